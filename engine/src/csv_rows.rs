@@ -1,0 +1,280 @@
+//! CSV rows with their exact place in the file.
+//!
+//! Built on `csv-core` (the parser inside the `csv` crate) rather than `csv::Reader`, because the
+//! reader's record positions start before skipped blank lines and, in CRLF files, before the `\n`
+//! of the previous row's terminator (its line numbers are then one short). Here a row's span
+//! starts at its first byte and ends after its own terminator (`\n`, `\r\n` or `\r`; none for a
+//! last line without one), so copying spans reproduces rows byte for byte, quoting and embedded
+//! newlines included. Line numbers count every `\n` before the row, plus one.
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use csv_core::ReadRecordResult;
+
+use crate::error::DataError;
+
+/// Longest row accepted; a longer one is almost always an unclosed quote swallowing the file.
+pub(crate) const MAX_ROW_BYTES: usize = 64 << 20;
+const BUF_BYTES: usize = 1 << 20;
+
+/// Reads a CSV file row by row (the header is the first row).
+pub(crate) struct RowScanner {
+    path: PathBuf,
+    file: File,
+    core: csv_core::Reader,
+    /// `buf[..filled]` holds file bytes from offset `base`; `buf[rec_start..pos]` is the row
+    /// being read, kept contiguous across refills.
+    buf: Vec<u8>,
+    base: u64,
+    pos: usize,
+    filled: usize,
+    rec_start: usize,
+    /// Line number of the row being read (of `pos` between rows).
+    line: u64,
+    core_line: u64,
+    fields: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+/// One row: its line, its span in the file, and its unescaped fields.
+pub(crate) struct Row<'a> {
+    pub line: u64,
+    /// File offset of the row's first byte.
+    pub start: u64,
+    /// The row's bytes as in the file, terminator included.
+    pub raw: &'a [u8],
+    fields: &'a [u8],
+    ends: &'a [usize],
+}
+
+impl Row<'_> {
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub(crate) fn field(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.fields[start..self.ends[i]]
+    }
+}
+
+/// `raw` without its line terminator.
+pub(crate) fn strip_terminator(raw: &[u8]) -> &[u8] {
+    let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
+    raw.strip_suffix(b"\r").unwrap_or(raw)
+}
+
+impl RowScanner {
+    pub(crate) fn open(path: &Path) -> Result<Self, DataError> {
+        let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            core: csv_core::Reader::new(),
+            buf: vec![0; BUF_BYTES],
+            base: 0,
+            pos: 0,
+            filled: 0,
+            rec_start: 0,
+            line: 1,
+            core_line: 1,
+            fields: vec![0; 4096],
+            ends: vec![0; 64],
+        })
+    }
+
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Reads more of the file, first dropping the bytes before `rec_start`. False at end of file.
+    fn fill(&mut self) -> Result<bool, DataError> {
+        let keep = self.rec_start;
+        if keep > 0 {
+            self.buf.copy_within(keep..self.filled, 0);
+            self.base += keep as u64;
+            self.pos -= keep;
+            self.filled -= keep;
+            self.rec_start = 0;
+        }
+        if self.filled == self.buf.len() {
+            if self.filled >= MAX_ROW_BYTES {
+                return Err(DataError::Row {
+                    path: self.path.clone(),
+                    line: self.line,
+                    column: None,
+                    message: format!("row longer than {} MiB (an unclosed quote?)", MAX_ROW_BYTES >> 20),
+                });
+            }
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        loop {
+            match self.file.read(&mut self.buf[self.filled..]) {
+                Ok(n) => {
+                    self.filled += n;
+                    return Ok(n > 0);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(DataError::io(&self.path, e)),
+            }
+        }
+    }
+
+    /// The next row, or `None` at the end of the file. Blank lines are skipped.
+    pub(crate) fn next_row(&mut self) -> Result<Option<Row<'_>>, DataError> {
+        // Skip blank lines and the `\n` of a `\r\n` split across reads.
+        loop {
+            if self.pos == self.filled {
+                self.rec_start = self.pos;
+                if !self.fill()? {
+                    return Ok(None);
+                }
+            }
+            match self.buf[self.pos] {
+                b'\n' => {
+                    self.line += 1;
+                    self.pos += 1;
+                }
+                b'\r' => self.pos += 1,
+                _ => break,
+            }
+        }
+        let line = self.line;
+        self.rec_start = self.pos;
+        let (mut nout, mut nend) = (0, 0);
+        loop {
+            let (res, nin, o, e) =
+                self.core.read_record(&self.buf[self.pos..self.filled], &mut self.fields[nout..], &mut self.ends[nend..]);
+            self.pos += nin;
+            nout += o;
+            nend += e;
+            match res {
+                ReadRecordResult::InputEmpty => {
+                    self.fill()?;
+                }
+                ReadRecordResult::OutputFull => {
+                    let n = self.fields.len() * 2;
+                    self.fields.resize(n, 0);
+                }
+                ReadRecordResult::OutputEndsFull => {
+                    let n = self.ends.len() * 2;
+                    self.ends.resize(n, 0);
+                }
+                ReadRecordResult::Record => break,
+                ReadRecordResult::End => return Ok(None),
+            }
+        }
+        let core_line = self.core.line();
+        self.line += core_line - self.core_line;
+        self.core_line = core_line;
+        // csv-core ends a `\r\n` row at the `\r`; the `\n` belongs to this row too.
+        if self.buf[self.pos - 1] == b'\r' {
+            if self.pos == self.filled {
+                self.fill()?;
+            }
+            if self.pos < self.filled && self.buf[self.pos] == b'\n' {
+                self.pos += 1;
+                self.line += 1;
+            }
+        }
+        Ok(Some(Row {
+            line,
+            start: self.base + self.rec_start as u64,
+            raw: &self.buf[self.rec_start..self.pos],
+            fields: &self.fields[..nout],
+            ends: &self.ends[..nend],
+        }))
+    }
+}
+
+pub(crate) fn count_newlines(bytes: &[u8]) -> u64 {
+    bytes.iter().filter(|&&b| b == b'\n').count() as u64
+}
+
+/// Line numbers of the rows starting at `offsets` (one pass over the file up to the last one).
+pub(crate) fn lines_at(path: &Path, offsets: &[u64]) -> Result<Vec<u64>, DataError> {
+    let mut order: Vec<usize> = (0..offsets.len()).collect();
+    order.sort_by_key(|&i| offsets[i]);
+    let mut lines = vec![0; offsets.len()];
+    let mut file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut buf = vec![0u8; BUF_BYTES];
+    let (mut base, mut filled, mut newlines) = (0u64, 0usize, 0u64);
+    for i in order {
+        let target = offsets[i];
+        while base + filled as u64 <= target {
+            newlines += count_newlines(&buf[..filled]);
+            base += filled as u64;
+            filled = file.read(&mut buf).map_err(|e| DataError::io(path, e))?;
+            if filled == 0 {
+                break;
+            }
+        }
+        let upto = (target.saturating_sub(base) as usize).min(filled);
+        lines[i] = 1 + newlines + count_newlines(&buf[..upto]);
+    }
+    Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(content: &[u8]) -> Vec<(u64, u64, Vec<u8>, Vec<Vec<u8>>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.csv");
+        std::fs::write(&path, content).unwrap();
+        let mut sc = RowScanner::open(&path).unwrap();
+        let mut out = Vec::new();
+        while let Some(r) = sc.next_row().unwrap() {
+            let fields = (0..r.len()).map(|i| r.field(i).to_vec()).collect();
+            out.push((r.line, r.start, r.raw.to_vec(), fields));
+        }
+        let offsets: Vec<u64> = out.iter().map(|r| r.1).collect();
+        let lines = lines_at(&path, &offsets).unwrap();
+        assert_eq!(lines, out.iter().map(|r| r.0).collect::<Vec<_>>(), "lines_at agrees with the scanner");
+        out
+    }
+
+    #[test]
+    fn spans_cover_rows_exactly() {
+        let rows = scan(b"id,v\r\n1,\"a\r\nb\"\r\n\r\n\n2,x\n3,\"q\"\"\"");
+        assert_eq!(rows.len(), 4);
+        assert_eq!((rows[0].0, rows[0].1, &rows[0].2[..]), (1, 0, &b"id,v\r\n"[..]));
+        assert_eq!((rows[1].0, &rows[1].2[..]), (2, &b"1,\"a\r\nb\"\r\n"[..]));
+        assert_eq!(rows[1].3, vec![b"1".to_vec(), b"a\r\nb".to_vec()]);
+        assert_eq!((rows[2].0, &rows[2].2[..]), (6, &b"2,x\n"[..]));
+        assert_eq!((rows[3].0, &rows[3].2[..]), (7, &b"3,\"q\"\"\""[..]));
+        assert_eq!(rows[3].3[1], b"q\"");
+    }
+
+    #[test]
+    fn bom_is_kept_in_the_span_and_dropped_from_the_field() {
+        let rows = scan(b"\xef\xbb\xbfid\n1\n");
+        assert_eq!(rows[0].2, b"\xef\xbb\xbfid\n");
+        assert_eq!(rows[0].3, vec![b"id".to_vec()]);
+    }
+
+    #[test]
+    fn rows_longer_than_the_buffer_stay_contiguous() {
+        let long = "x".repeat(3 * BUF_BYTES + 17);
+        let content = format!("a,b\r\n1,{long}\r\n2,\"{long}\n\"\r\n");
+        let rows = scan(content.as_bytes());
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[1].2, format!("1,{long}\r\n").as_bytes());
+        assert_eq!(rows[2].0, 3);
+        assert_eq!(rows[2].1, (5 + rows[1].2.len()) as u64);
+        assert_eq!(rows[2].3[1].len(), long.len() + 1);
+    }
+
+    #[test]
+    fn crlf_split_across_reads_belongs_to_its_row() {
+        // Put the `\r` of a row's terminator at the last byte of the first read.
+        let first = "a\r\n".to_string() + &"y".repeat(BUF_BYTES - 4) + "\r\nz\r\n";
+        let rows = scan(first.as_bytes());
+        assert_eq!(rows.len(), 3);
+        assert!(rows[1].2.ends_with(b"\r\n"));
+        assert_eq!(rows[2].2, b"z\r\n");
+        assert_eq!(rows[2].0, 3);
+    }
+}

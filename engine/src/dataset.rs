@@ -1,0 +1,648 @@
+//! Datasets: a CSV file with a header, one or more key columns, normalization options.
+//!
+//! Loading keeps, per row, only its normalized key (in a [`KeyArena`]) and where the row lives in
+//! the file (offset and length, 12 bytes); outputs copy the selected rows' original bytes back out
+//! of the file with positioned reads. So a dataset costs O(rows) small integers plus its keys, not
+//! the whole file, and output rows are byte-identical to the input rows.
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::csv_rows::{MAX_ROW_BYTES, Row, RowScanner, lines_at};
+use crate::error::DataError;
+pub use crate::keys::Normalization;
+use crate::keys::{KeyArena, KeyIndex, decode_key, display_key, normalize};
+
+/// A registered dataset as stored in the node config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetSpec {
+    pub name: String,
+    pub file: PathBuf,
+    /// Key column names; more than one makes a composite key.
+    pub keys: Vec<String>,
+    #[serde(default)]
+    pub normalize: Normalization,
+    /// Keep the first row of each duplicate key instead of failing.
+    #[serde(default)]
+    pub dedup: bool,
+}
+
+/// A loaded dataset: normalized keys of every kept row plus where each row lives in the file.
+pub struct Dataset {
+    pub spec: DatasetSpec,
+    /// Column names from the header.
+    pub columns: Vec<String>,
+    pub keys: KeyArena,
+    /// Data rows read from the file.
+    pub rows_read: u64,
+    /// Rows dropped as duplicates (only with `dedup`).
+    pub duplicates_dropped: u64,
+    /// Per kept row: file offset and length (terminator included) of its bytes.
+    starts: Vec<u64>,
+    lens: Vec<u32>,
+    /// The kept row that has no line terminator (the file's last line may lack one).
+    open_row: Option<u32>,
+    /// The header's bytes as in the file, terminator included.
+    header: Vec<u8>,
+    /// The file's line terminator (from its header line), for rows that lack one.
+    terminator: &'static [u8],
+    stamp: FileStamp,
+}
+
+impl std::fmt::Debug for Dataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataset")
+            .field("spec", &self.spec)
+            .field("columns", &self.columns)
+            .field("rows", &self.len())
+            .field("rows_read", &self.rows_read)
+            .field("duplicates_dropped", &self.duplicates_dropped)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the file looked like when loaded, so outputs never copy spans from a changed file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl FileStamp {
+    fn of(file: &File, path: &Path) -> Result<Self, DataError> {
+        let meta = file.metadata().map_err(|e| DataError::io(path, e))?;
+        Ok(Self { len: meta.len(), modified: meta.modified().ok() })
+    }
+}
+
+/// The header's column names and the positions of the key columns in it.
+pub(crate) struct Header {
+    pub columns: Vec<String>,
+    pub key_positions: Vec<usize>,
+    pub raw: Vec<u8>,
+}
+
+impl DatasetSpec {
+    /// Reads only the header and checks the key columns exist (quick check for `dataset add`).
+    pub fn check_header(&self) -> Result<Vec<String>, DataError> {
+        let mut scanner = RowScanner::open(&self.file)?;
+        Ok(self.read_header(&mut scanner)?.columns)
+    }
+
+    /// Reads the header row and finds the key columns (names compared after trimming).
+    pub(crate) fn read_header(&self, scanner: &mut RowScanner) -> Result<Header, DataError> {
+        let path = &self.file;
+        if self.keys.is_empty() {
+            return Err(DataError::Invalid(format!("dataset '{}': no key columns given", self.name)));
+        }
+        let row = scanner.next_row()?.ok_or_else(|| DataError::file(path, "empty file (no header line)"))?;
+        let line = row.line;
+        let columns: Vec<String> =
+            (0..row.len()).map(|i| String::from_utf8_lossy(row.field(i)).trim().to_string()).collect();
+        let raw = row.raw.to_vec();
+        let header_error = |column: &str, message: String| DataError::Row {
+            path: path.clone(),
+            line,
+            column: Some(column.to_string()),
+            message,
+        };
+        let mut key_positions = Vec::with_capacity(self.keys.len());
+        for (k, key) in self.keys.iter().enumerate() {
+            let name = key.trim();
+            if self.keys[..k].iter().any(|other| other.trim() == name) {
+                return Err(header_error(name, "named twice as a key column".into()));
+            }
+            let mut found = columns.iter().enumerate().filter(|(_, c)| c.as_str() == name).map(|(i, _)| i);
+            match (found.next(), found.next()) {
+                (Some(i), None) => key_positions.push(i),
+                (None, _) => {
+                    let list = columns.iter().map(|c| format!("'{c}'")).collect::<Vec<_>>().join(", ");
+                    return Err(header_error(name, format!("key column not in the header (columns: {list})")));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(header_error(name, "key column appears more than once in the header".into()));
+                }
+            }
+        }
+        Ok(Header { columns, key_positions, raw })
+    }
+}
+
+/// Appends the normalized key of `row` to `keys`, or says what is wrong with it.
+pub(crate) fn push_key(
+    spec: &DatasetSpec,
+    header: &Header,
+    row: &Row<'_>,
+    keys: &mut KeyArena,
+) -> Result<(), DataError> {
+    let error = |column: Option<&str>, message: String| DataError::Row {
+        path: spec.file.clone(),
+        line: row.line,
+        column: column.map(str::to_string),
+        message,
+    };
+    let ncols = header.columns.len();
+    if row.len() != ncols {
+        return Err(if row.len() < ncols {
+            error(
+                Some(&header.columns[row.len()]),
+                format!("missing: the row has {} fields, the header has {ncols}", row.len()),
+            )
+        } else {
+            error(None, format!("the row has {} fields, the header has {ncols}", row.len()))
+        });
+    }
+    for &c in &header.key_positions {
+        let column = Some(header.columns[c].as_str());
+        let value = std::str::from_utf8(row.field(c)).map_err(|e| {
+            error(column, format!("key is not valid UTF-8 (bad byte at position {})", e.valid_up_to() + 1))
+        })?;
+        let value = normalize(value, &spec.normalize);
+        if value.is_empty() {
+            let what = if spec.normalize.trim { "empty key (after trimming whitespace)" } else { "empty key" };
+            return Err(error(column, what.into()));
+        }
+        keys.push_column(value.as_bytes());
+    }
+    keys.finish_key();
+    Ok(())
+}
+
+impl Dataset {
+    /// Reads and validates the whole file.
+    pub fn load(spec: &DatasetSpec) -> Result<Dataset, DataError> {
+        let path = &spec.file;
+        let mut scanner = RowScanner::open(path)?;
+        let stamp = FileStamp::of(scanner.file(), path)?;
+        let header = spec.read_header(&mut scanner)?;
+        let mut keys = KeyArena::new();
+        let (mut starts, mut lens) = (Vec::new(), Vec::new());
+        let mut last_open = false;
+        while let Some(row) = scanner.next_row()? {
+            push_key(spec, &header, &row, &mut keys)?;
+            starts.push(row.start);
+            lens.push(row.raw.len() as u32); // at most MAX_ROW_BYTES
+            last_open = !row.raw.ends_with(b"\n") && !row.raw.ends_with(b"\r");
+        }
+        debug_assert!(lens.iter().all(|&l| l as usize <= MAX_ROW_BYTES + 2));
+        if starts.len() > u32::MAX as usize {
+            return Err(DataError::file(path, "more than 2^32 - 1 rows"));
+        }
+        let rows_read = starts.len() as u64;
+        let open_row = (last_open && !starts.is_empty()).then(|| starts.len() as u32 - 1);
+        let terminator: &'static [u8] = if header.raw.ends_with(b"\r\n") { b"\r\n" } else { b"\n" };
+        let mut dataset = Dataset {
+            spec: spec.clone(),
+            columns: header.columns,
+            keys,
+            rows_read,
+            duplicates_dropped: 0,
+            starts,
+            lens,
+            open_row,
+            header: header.raw,
+            terminator,
+            stamp,
+        };
+        dataset.handle_duplicates()?;
+        dataset.keys.shrink_to_fit();
+        dataset.starts.shrink_to_fit();
+        dataset.lens.shrink_to_fit();
+        Ok(dataset)
+    }
+
+    /// Fails on repeated keys, or with `dedup` keeps the first row of each key.
+    fn handle_duplicates(&mut self) -> Result<(), DataError> {
+        if self.keys.len() < 2 {
+            return Ok(());
+        }
+        let repeats = KeyIndex::build(&self.keys).repeats(&self.keys);
+        if repeats.is_empty() {
+            return Ok(());
+        }
+        if !self.spec.dedup {
+            let &(first, repeat) = repeats.iter().min_by_key(|&&(_, r)| r).expect("not empty");
+            let mut firsts: Vec<u32> = repeats.iter().map(|&(f, _)| f).collect();
+            firsts.par_sort_unstable();
+            firsts.dedup();
+            let lines = lines_at(&self.spec.file, &[self.starts[first as usize], self.starts[repeat as usize]])?;
+            return Err(DataError::DuplicateKey {
+                path: self.spec.file.clone(),
+                columns: self.spec.keys.iter().map(|k| k.trim().to_string()).collect(),
+                key: display_key(self.keys.get(repeat as usize)),
+                first_line: lines[0],
+                line: lines[1],
+                more: firsts.len() as u64 - 1,
+            });
+        }
+        let mut dropped = vec![false; self.keys.len()];
+        for &(_, r) in &repeats {
+            dropped[r as usize] = true;
+        }
+        self.keys.retain(|i| !dropped[i]);
+        retain_kept(&mut self.starts, &dropped);
+        retain_kept(&mut self.lens, &dropped);
+        self.open_row = self.open_row.filter(|&r| !dropped[r as usize]).map(|_| self.starts.len() as u32 - 1);
+        self.duplicates_dropped = repeats.len() as u64;
+        Ok(())
+    }
+
+    /// Number of kept rows (= items in the PSI).
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The normalized key of kept row `i` as text; the columns of a composite key are joined
+    /// with `,` (a display form for tests and messages; the protocol uses [`Dataset::keys`]).
+    pub fn key_of(&self, i: usize) -> String {
+        decode_key(self.keys.get(i)).map(String::from_utf8_lossy).collect::<Vec<_>>().join(",")
+    }
+
+    /// The key of kept row `i` as shown in messages (quoted).
+    pub fn display_key(&self, i: usize) -> String {
+        display_key(self.keys.get(i))
+    }
+
+    /// The header line's bytes as in the file (terminator included, if it has one).
+    pub fn header_bytes(&self) -> &[u8] {
+        &self.header
+    }
+
+    /// The bytes of kept row `i` as in the file (terminator included, if it has one).
+    pub fn row_bytes(&self, i: usize) -> Result<Vec<u8>, DataError> {
+        let file = self.open_unchanged()?;
+        let mut buf = vec![0; self.lens[i] as usize];
+        file.read_exact_at(&mut buf, self.starts[i]).map_err(|e| DataError::io(&self.spec.file, e))?;
+        Ok(buf)
+    }
+
+    /// File offset and length of kept row `i`.
+    pub(crate) fn row_span(&self, i: usize) -> (u64, u32) {
+        (self.starts[i], self.lens[i])
+    }
+
+    /// Bytes of memory held per dataset (keys plus row spans), for reports.
+    pub fn heap_bytes(&self) -> usize {
+        self.keys.heap_bytes() + self.starts.capacity() * 8 + self.lens.capacity() * 4 + self.header.capacity()
+    }
+
+    /// Opens the file, checking it is the one that was loaded.
+    pub(crate) fn open_unchanged(&self) -> Result<File, DataError> {
+        let path = &self.spec.file;
+        let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+        if FileStamp::of(&file, path)? != self.stamp {
+            return Err(DataError::file(path, "the file changed after it was loaded; load the dataset again"));
+        }
+        Ok(file)
+    }
+
+    /// The rows `order` selects, as a plan that owns what it needs (so it can move to rayon).
+    pub(crate) fn output_plan(&self, order: &[u32]) -> Result<OutputPlan, DataError> {
+        let n = self.len();
+        let rows = order
+            .iter()
+            .map(|&i| {
+                let k = i as usize;
+                if k >= n {
+                    return Err(DataError::Invalid(format!("row index {i} out of range: the dataset has {n} rows")));
+                }
+                Ok(Span { start: self.starts[k], len: self.lens[k], open: self.open_row == Some(i) })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(OutputPlan {
+            source: self.open_unchanged()?,
+            source_path: self.spec.file.clone(),
+            header: self.header.clone(),
+            terminator: self.terminator,
+            rows,
+        })
+    }
+
+    /// Writes the header and the given rows (indices into kept rows), in that order, to `out`
+    /// atomically (temp file in the same directory, then rename). Returns rows written.
+    pub fn write_rows(&self, order: &[u32], out: &Path) -> Result<u64, DataError> {
+        self.output_plan(order)?.write(out)
+    }
+}
+
+fn retain_kept<T>(items: &mut Vec<T>, dropped: &[bool]) {
+    let mut dropped = dropped.iter();
+    items.retain(|_| !dropped.next().expect("one flag per item"));
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: u64,
+    len: u32,
+    /// The row has no terminator (the file's last line); one is added on output.
+    open: bool,
+}
+
+/// Rows to copy from a dataset's file to an output, in output order.
+pub(crate) struct OutputPlan {
+    source: File,
+    source_path: PathBuf,
+    header: Vec<u8>,
+    terminator: &'static [u8],
+    rows: Vec<Span>,
+}
+
+/// Rows read per batch; reading one batch overlaps writing the previous one.
+const WRITE_BATCH: usize = 1 << 16;
+/// Rows per rayon task within a batch.
+const READ_CHUNK: usize = 2048;
+
+impl OutputPlan {
+    /// Copies the rows to `out` through a temp file in the same directory, renamed into place
+    /// only when complete: on any error no output file exists.
+    pub(crate) fn write(&self, out: &Path) -> Result<u64, DataError> {
+        let dir = match out.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".consort-")
+            .suffix(".partial")
+            .tempfile_in(dir)
+            .map_err(|e| DataError::io(dir, e))?;
+        let io_err = |e| DataError::io(out, e);
+        {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+            w.write_all(&self.header).map_err(io_err)?;
+            if !self.header.ends_with(b"\n") && !self.header.ends_with(b"\r") {
+                w.write_all(self.terminator).map_err(io_err)?;
+            }
+            let mut pending: Vec<Vec<u8>> = Vec::new();
+            for batch in self.rows.chunks(WRITE_BATCH) {
+                let (read, written) = rayon::join(
+                    || batch.par_chunks(READ_CHUNK).map(|c| self.read_rows(c)).collect::<Result<Vec<_>, _>>(),
+                    || pending.iter().try_for_each(|b| w.write_all(b)),
+                );
+                written.map_err(io_err)?;
+                pending = read?;
+            }
+            pending.iter().try_for_each(|b| w.write_all(b)).map_err(io_err)?;
+            w.flush().map_err(io_err)?;
+        }
+        tmp.as_file().sync_all().map_err(io_err)?;
+        tmp.persist(out).map_err(|e| DataError::io(out, e.error))?;
+        Ok(self.rows.len() as u64)
+    }
+
+    /// Reads `rows` from the source file into one buffer, in order.
+    fn read_rows(&self, rows: &[Span]) -> Result<Vec<u8>, DataError> {
+        let total: usize = rows.iter().map(|r| r.len as usize + if r.open { self.terminator.len() } else { 0 }).sum();
+        let mut buf = vec![0u8; total];
+        let mut at = 0;
+        for r in rows {
+            let len = r.len as usize;
+            let dst = &mut buf[at..at + len];
+            self.source.read_exact_at(dst, r.start).map_err(|e| DataError::io(&self.source_path, e))?;
+            // A cheap check that the span still holds a whole row.
+            if !r.open && !matches!(dst.last(), Some(b'\n' | b'\r')) {
+                return Err(DataError::file(
+                    &self.source_path,
+                    "the file changed after it was loaded; load the dataset again",
+                ));
+            }
+            at += len;
+            if r.open {
+                buf[at..at + self.terminator.len()].copy_from_slice(self.terminator);
+                at += self.terminator.len();
+            }
+        }
+        Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Self { dir: tempfile::tempdir().unwrap() }
+        }
+        fn file(&self, name: &str, content: &[u8]) -> PathBuf {
+            let p = self.dir.path().join(name);
+            std::fs::write(&p, content).unwrap();
+            p
+        }
+        fn spec(&self, name: &str, content: &[u8], keys: &[&str]) -> DatasetSpec {
+            DatasetSpec {
+                name: "t".into(),
+                file: self.file(name, content),
+                keys: keys.iter().map(|k| k.to_string()).collect(),
+                normalize: Normalization::default(),
+                dedup: false,
+            }
+        }
+        fn load_err(&self, name: &str, content: &[u8], keys: &[&str]) -> String {
+            match Dataset::load(&self.spec(name, content, keys)) {
+                Ok(_) => panic!("{name} loaded"),
+                Err(e) => e.to_string().replace(&format!("{}/", self.dir.path().display()), ""),
+            }
+        }
+    }
+
+    #[test]
+    fn loads_keys_normalized() {
+        let f = Fixture::new();
+        let mut spec = f.spec("a.csv", b"id,name\n 1555 ,Ann\n\t1666,Bob\n", &["id"]);
+        let ds = Dataset::load(&spec).unwrap();
+        assert_eq!(ds.columns, vec!["id", "name"]);
+        assert_eq!((ds.len(), ds.rows_read, ds.duplicates_dropped), (2, 2, 0));
+        assert_eq!(ds.key_of(0), "1555");
+        assert_eq!(ds.key_of(1), "1666");
+        assert_eq!(ds.keys.get(0), b"\x041555");
+
+        spec.file = f.file("c.csv", b"email, Last ,first\nA@X.org,Lee,Ann\na@x.org , lee,ann\n");
+        spec.keys = vec!["email".into(), "last".into()];
+        assert!(Dataset::load(&spec).unwrap_err().to_string().contains("column 'last': key column not in the header"));
+        spec.keys = vec!["email".into(), "Last".into()];
+        spec.normalize.case_fold = true;
+        let err = Dataset::load(&spec).unwrap_err().to_string();
+        assert!(err.contains("columns 'email', 'Last': duplicate key ('a@x.org', 'lee') on lines 2 and 3"), "{err}");
+        spec.normalize.case_fold = false;
+        let ds = Dataset::load(&spec).unwrap();
+        assert_eq!(ds.key_of(0), "A@X.org,Lee");
+        assert_eq!(ds.display_key(1), "('a@x.org', 'lee')");
+    }
+
+    #[test]
+    fn missing_key_column_lists_the_columns() {
+        let f = Fixture::new();
+        let err = f.load_err("a.csv", b"id,name,age\n1,a,3\n", &["phone"]);
+        assert_eq!(err, "a.csv:1: column 'phone': key column not in the header (columns: 'id', 'name', 'age')");
+        let spec = f.spec("b.csv", b"id,name,age\n1,a,3\n", &["phone"]);
+        assert!(spec.check_header().is_err());
+        let spec = f.spec("b.csv", b"id,name,age\n1,a,3\n", &["name"]);
+        assert_eq!(spec.check_header().unwrap(), vec!["id", "name", "age"]);
+        let err = f.load_err("e.csv", b"", &["id"]);
+        assert_eq!(err, "e.csv: empty file (no header line)");
+        let err = f.load_err("d.csv", b"id,x,id\n", &["id"]);
+        assert_eq!(err, "d.csv:1: column 'id': key column appears more than once in the header");
+    }
+
+    #[test]
+    fn empty_key_names_line_and_column() {
+        let f = Fixture::new();
+        let err = f.load_err("a.csv", b"name,id\nx,1\ny,  \n", &["id"]);
+        assert_eq!(err, "a.csv:3: column 'id': empty key (after trimming whitespace)");
+        let err = f.load_err("b.csv", b"name,id\r\nx,1\r\n\r\n\"multi\nline\",\"\"\r\n", &["id"]);
+        assert_eq!(err, "b.csv:4: column 'id': empty key (after trimming whitespace)");
+    }
+
+    #[test]
+    fn wrong_field_count_names_line_and_column() {
+        let f = Fixture::new();
+        let err = f.load_err("a.csv", b"id,name,age\n1,a,3\n2,b\n", &["id"]);
+        assert_eq!(err, "a.csv:3: column 'age': missing: the row has 2 fields, the header has 3");
+        let err = f.load_err("b.csv", b"id,name\n1,a\n2,b,c\n", &["id"]);
+        assert_eq!(err, "b.csv:3: the row has 3 fields, the header has 2");
+    }
+
+    #[test]
+    fn non_utf8_key_is_an_error_but_other_columns_may_be_anything() {
+        let f = Fixture::new();
+        let err = f.load_err("a.csv", b"id,name\n1,a\nx\xffy,b\n", &["id"]);
+        assert_eq!(err, "a.csv:3: column 'id': key is not valid UTF-8 (bad byte at position 2)");
+        let ds = Dataset::load(&f.spec("b.csv", b"id,name\n1,\xff\xfe\n", &["id"])).unwrap();
+        assert_eq!(ds.row_bytes(0).unwrap(), b"1,\xff\xfe\n");
+    }
+
+    #[test]
+    fn duplicates_fail_naming_the_first_or_are_dropped_with_dedup() {
+        let f = Fixture::new();
+        let mut content = String::from("id,v\n");
+        for (i, k) in ["1", "15551234567", "2", "3", "4", "5", "6", "7", "8", "9"].iter().enumerate() {
+            content += &format!("{k},{i}\n");
+        }
+        // Line 12 is the first repeat (of line 11); four other keys repeat later, one twice.
+        for k in ["9", "15551234567", "2", "4", "4", "5"] {
+            content += &format!("{k},dup\n");
+        }
+        let err = f.load_err("b.csv", content.as_bytes(), &["id"]);
+        assert_eq!(
+            err,
+            "b.csv: column 'id': duplicate key '9' on lines 11 and 12 (and 4 more duplicate keys); \
+             pass --dedup to keep the first row of each"
+        );
+        let mut spec = f.spec("b.csv", content.as_bytes(), &["id"]);
+        spec.dedup = true;
+        let ds = Dataset::load(&spec).unwrap();
+        assert_eq!((ds.len(), ds.rows_read, ds.duplicates_dropped), (10, 16, 6));
+        assert_eq!(ds.row_bytes(1).unwrap(), b"15551234567,1\n");
+        assert_eq!(ds.row_bytes(9).unwrap(), b"9,9\n");
+
+        let err = f.load_err("c.csv", b"id\n15551234567\n1\n15551234567\n", &["id"]);
+        assert_eq!(
+            err,
+            "c.csv: column 'id': duplicate key '15551234567' on lines 2 and 4; pass --dedup to keep the first row of each"
+        );
+    }
+
+    #[test]
+    fn dedup_keeps_an_unterminated_last_row_consistent() {
+        let f = Fixture::new();
+        let mut spec = f.spec("a.csv", b"id,v\r\n1,a\r\n2,b\r\n1,c", &["id"]);
+        spec.dedup = true;
+        let ds = Dataset::load(&spec).unwrap();
+        assert_eq!(ds.len(), 2);
+        let out = f.dir.path().join("o.csv");
+        ds.write_rows(&[1, 0], &out).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"id,v\r\n2,b\r\n1,a\r\n");
+        spec.file = f.file("b.csv", b"id,v\r\n1,a\r\n2,b\r\n3,c");
+        let ds = Dataset::load(&spec).unwrap();
+        ds.write_rows(&[2, 0], &out).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"id,v\r\n3,c\r\n1,a\r\n");
+    }
+
+    #[test]
+    fn write_rows_copies_raw_rows_in_order() {
+        let f = Fixture::new();
+        let content: &[u8] =
+            b"id,note\r\n1,\"multi\r\nline, \"\"quoted\"\"\"\r\n\r\n2,plain\r\n3,\"x\ny\"\n4,last no newline";
+        let ds = Dataset::load(&f.spec("a.csv", content, &["id"])).unwrap();
+        assert_eq!(ds.len(), 4);
+        let out = f.dir.path().join("sub/dir/out.csv");
+        assert_eq!(ds.write_rows(&[3, 0, 2, 1], &out).unwrap(), 4);
+        let written = std::fs::read(&out).unwrap();
+        assert_eq!(
+            written,
+            b"id,note\r\n4,last no newline\r\n1,\"multi\r\nline, \"\"quoted\"\"\"\r\n3,\"x\ny\"\n2,plain\r\n".as_slice()
+        );
+        // The output parses to the same records as the input (checked with the `csv` crate).
+        let records = |bytes: &[u8]| -> Vec<csv::ByteRecord> {
+            let mut r = csv::ReaderBuilder::new().has_headers(false).from_reader(bytes);
+            r.byte_records().map(Result::unwrap).collect()
+        };
+        let (input, output) = (records(content), records(&written));
+        assert_eq!(output[0], input[0]);
+        assert_eq!(output[1..], [input[4].clone(), input[1].clone(), input[3].clone(), input[2].clone()]);
+
+        // Header only, no newline.
+        let ds = Dataset::load(&f.spec("h.csv", b"id,v", &["id"])).unwrap();
+        assert!(ds.is_empty());
+        ds.write_rows(&[], &out).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"id,v\n");
+        // Output file is readable only by its owner (it holds rows of the intersection).
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o077, 0);
+    }
+
+    #[test]
+    fn write_rows_leaves_nothing_on_error() {
+        let f = Fixture::new();
+        let spec = f.spec("a.csv", b"id\n1\n2\n", &["id"]);
+        let ds = Dataset::load(&spec).unwrap();
+        let out_dir = f.dir.path().join("out");
+        let out = out_dir.join("o.csv");
+        let err = ds.write_rows(&[0, 5], &out).unwrap_err();
+        assert_eq!(err.to_string(), "row index 5 out of range: the dataset has 2 rows");
+        assert!(!out.exists());
+        // The input changed after loading: refuse rather than copy garbage.
+        std::fs::create_dir_all(&out_dir).unwrap();
+        std::fs::write(&spec.file, b"id\n1\n2\n3\n").unwrap();
+        let err = ds.write_rows(&[0, 1], &out).unwrap_err();
+        assert!(err.to_string().ends_with("the file changed after it was loaded; load the dataset again"), "{err}");
+        assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 0, "no output and no temp file");
+        // An output path that cannot be created (its parent is a file).
+        let ds = Dataset::load(&spec).unwrap();
+        let err = ds.write_rows(&[0], &spec.file.join("o.csv")).unwrap_err();
+        assert!(matches!(err, DataError::Io { .. }), "{err}");
+    }
+
+    #[test]
+    fn write_failure_midway_removes_the_temp_file() {
+        let f = Fixture::new();
+        let mut content = String::from("id,v\n");
+        for i in 0..200_000 {
+            content += &format!("{i},{}\n", "x".repeat(20));
+        }
+        let spec = f.spec("a.csv", content.as_bytes(), &["id"]);
+        let ds = Dataset::load(&spec).unwrap();
+        let order: Vec<u32> = (0..ds.len() as u32).rev().collect();
+        // Truncate the input between planning and copying: a read fails mid-write.
+        let plan = ds.output_plan(&order).unwrap();
+        std::fs::OpenOptions::new().write(true).open(&spec.file).unwrap().set_len(1000).unwrap();
+        let out_dir = f.dir.path().join("out");
+        let err = plan.write(&out_dir.join("o.csv")).unwrap_err();
+        assert!(matches!(err, DataError::Io { .. }), "{err}");
+        assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 0);
+    }
+}

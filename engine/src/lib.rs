@@ -1,0 +1,17 @@
+//! consort's data plane: datasets from CSV, key normalization, PSI jobs over a channel, outputs.
+//!
+//! Knows nothing of gRPC or the node; CPU and file work runs on rayon through
+//! [`consort_protocols::cpu::run`] so async callers never block their runtime.
+
+pub mod check;
+mod csv_rows;
+pub mod dataset;
+pub mod error;
+pub mod synth;
+pub mod keys;
+pub mod psi;
+
+pub use dataset::{Dataset, DatasetSpec, Normalization};
+pub use error::{DataError, EngineError};
+pub use psi::{PsiJob, PsiProtocol, PsiReport, run_psi};
+pub use synth::{GenSummary, PsiGenSpec, generate_psi};

@@ -1,0 +1,184 @@
+//! A PSI job on one party: run the protocol over a channel, write the aligned output.
+//!
+//! The protocol sees only the dataset's encoded keys ([`crate::keys`]). A party that learns the
+//! intersection gets the indices of its own intersecting rows in the joint order both parties
+//! share, and writes those rows (byte-identical to its input, header first) in that order, so
+//! row i of both outputs is the same entity. What each party learns is the protocol's to say
+//! (see `consort_protocols::ecdh_psi`); the engine adds nothing to it. A failed protocol run
+//! writes nothing, and the output file appears only when complete (temp file, then rename).
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Instant;
+
+use consort_protocols::ecdh_psi::{self, EcdhPsiConfig};
+use consort_protocols::{Channel, ProgressFn, Reveal, Role, cpu};
+
+use crate::dataset::Dataset;
+use crate::error::{DataError, EngineError};
+
+/// PSI protocols the engine can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PsiProtocol {
+    Ecdh,
+}
+
+impl FromStr for PsiProtocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ecdh" => Ok(PsiProtocol::Ecdh),
+            other => Err(format!("unknown PSI protocol '{other}' (known: ecdh)")),
+        }
+    }
+}
+
+impl PsiProtocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            PsiProtocol::Ecdh => "ecdh",
+        }
+    }
+}
+
+/// One party's side of a PSI job.
+#[derive(Clone)]
+pub struct PsiJob {
+    pub protocol: PsiProtocol,
+    pub role: Role,
+    pub reveal: Reveal,
+    /// Where to write this party's rows of the intersection (ignored if it does not learn it).
+    pub output: Option<PathBuf>,
+    pub progress: Option<ProgressFn>,
+}
+
+/// What one party's side of a PSI job did.
+#[derive(Debug, Clone)]
+pub struct PsiReport {
+    pub local_rows: u64,
+    pub peer_rows: u64,
+    /// Intersection size, if this party learns it.
+    pub intersection: Option<u64>,
+    /// The output file written, if any.
+    pub output: Option<PathBuf>,
+    /// Wall seconds per stage, in order: `protocol`, then `output` if an output was written.
+    pub stages: Vec<(String, f64)>,
+}
+
+/// Runs this party's side of a PSI job over `channel` and writes the output (atomically).
+pub async fn run_psi<C: Channel>(channel: &C, dataset: &Dataset, job: &PsiJob) -> Result<PsiReport, EngineError> {
+    let started = Instant::now();
+    let result = match job.protocol {
+        PsiProtocol::Ecdh => {
+            let config = EcdhPsiConfig { role: job.role, reveal: job.reveal, progress: job.progress.clone() };
+            ecdh_psi::run(channel, &dataset.keys, &config).await?
+        }
+    };
+    let mut stages = vec![("protocol".to_string(), started.elapsed().as_secs_f64())];
+    let mut output = None;
+    if let (Some(order), Some(path)) = (&result.intersection, &job.output) {
+        let started = Instant::now();
+        write_output(dataset, order, path).await?;
+        stages.push(("output".to_string(), started.elapsed().as_secs_f64()));
+        output = Some(path.clone());
+    }
+    Ok(PsiReport {
+        local_rows: dataset.len() as u64,
+        peer_rows: result.peer_size,
+        intersection: result.intersection.as_ref().map(|v| v.len() as u64),
+        output,
+        stages,
+    })
+}
+
+/// [`Dataset::write_rows`] on the rayon pool, awaited without blocking the async runtime.
+pub async fn write_output(dataset: &Dataset, order: &[u32], out: &Path) -> Result<u64, DataError> {
+    let plan = dataset.output_plan(order)?;
+    let out = out.to_path_buf();
+    cpu::run(move || plan.write(&out)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use consort_protocols::memory_pair;
+
+    use super::*;
+    use crate::check::verify_psi_outputs;
+    use crate::dataset::DatasetSpec;
+    use crate::synth::{PsiGenSpec, generate_psi};
+
+    fn specs(dir: &Path, rows_a: u64, rows_b: u64, overlap: u64) -> (DatasetSpec, DatasetSpec) {
+        generate_psi(&PsiGenSpec { rows_a, rows_b, overlap, seed: 3, out_dir: dir.to_path_buf() }).unwrap();
+        let spec = |name: &str| DatasetSpec {
+            name: name.into(),
+            file: dir.join(format!("{name}.csv")),
+            keys: vec!["id".into()],
+            normalize: Default::default(),
+            dedup: false,
+        };
+        (spec("a"), spec("b"))
+    }
+
+    fn job(role: Role, reveal: Reveal, output: PathBuf) -> PsiJob {
+        PsiJob { protocol: PsiProtocol::Ecdh, role, reveal, output: Some(output), progress: None }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn write_output_runs_on_rayon() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spec_a, _) = specs(dir.path(), 50, 10, 5);
+        let ds = Dataset::load(&spec_a).unwrap();
+        let out = dir.path().join("out/a.csv");
+        assert_eq!(write_output(&ds, &[4, 2, 0], &out).await.unwrap(), 3);
+        let text = std::fs::read_to_string(&out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert!(lines[1].starts_with(&ds.key_of(4)));
+        assert!(write_output(&ds, &[50], &out).await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn psi_over_memory_pair_writes_aligned_outputs() {
+        for reveal in [Reveal::Both, Reveal::RequesterOnly] {
+            let dir = tempfile::tempdir().unwrap();
+            let (spec_a, spec_b) = specs(dir.path(), 3000, 2000, 700);
+            let (a, b) = (Dataset::load(&spec_a).unwrap(), Dataset::load(&spec_b).unwrap());
+            let (out_a, out_b) = (dir.path().join("out/a.csv"), dir.path().join("out/b.csv"));
+            let (ca, cb) = memory_pair(16);
+            let job_a = job(Role::Requester, reveal, out_a.clone());
+            let job_b = job(Role::Responder, reveal, out_b.clone());
+            let (ra, rb) = tokio::join!(run_psi(&ca, &a, &job_a), run_psi(&cb, &b, &job_b));
+            let (ra, rb) = (ra.unwrap(), rb.unwrap());
+            assert_eq!((ra.local_rows, ra.peer_rows, ra.intersection), (3000, 2000, Some(700)));
+            assert_eq!(ra.output.as_deref(), Some(out_a.as_path()));
+            assert_eq!(ra.stages.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(), ["protocol", "output"]);
+            let b_out = match reveal {
+                Reveal::Both => {
+                    assert_eq!(rb.intersection, Some(700));
+                    Some(out_b.as_path())
+                }
+                Reveal::RequesterOnly => {
+                    assert_eq!((rb.intersection, rb.output.as_deref()), (None, None));
+                    assert!(!out_b.exists());
+                    None
+                }
+            };
+            assert_eq!(rb.peer_rows, 3000);
+            let report = verify_psi_outputs(&spec_a, &spec_b, Some(&out_a), b_out).unwrap();
+            assert_eq!(report.expected, 700);
+            assert!(report.ok, "{reveal:?}: {:?}", report.problems);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_protocol_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spec_a, _) = specs(dir.path(), 100, 100, 10);
+        let a = Dataset::load(&spec_a).unwrap();
+        let out = dir.path().join("out/a.csv");
+        let (ca, cb) = memory_pair(4);
+        drop(cb);
+        let err = run_psi(&ca, &a, &job(Role::Requester, Reveal::Both, out.clone())).await.unwrap_err();
+        assert!(matches!(err, EngineError::Psi(_)), "{err}");
+        assert!(!out.exists());
+    }
+}

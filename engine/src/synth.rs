@@ -1,0 +1,377 @@
+//! Synthetic data generation (`consort gen`). (Not `gen`: that is a reserved word in Rust 2024.)
+//!
+//! [`generate_psi`] writes two CSV files whose `id` columns share exactly `overlap` values.
+//! Ids are distinct 11-digit phone-number-like strings (`1` then 10 digits). Memory is O(1) in the
+//! number of rows: nothing is shuffled in memory; instead keyed bijections do the work.
+//!
+//! * Entity `j` (0 ≤ j < rows_a + rows_b − overlap) has id `10^10 + P_id(j)`, where `P_id` is a
+//!   keyed permutation of [0, 10^10): distinct entities get distinct ids that look random.
+//! * Entities `0..overlap` are the shared ones; a.csv also holds `overlap..rows_a`, b.csv holds
+//!   `rows_a..rows_a + rows_b − overlap`.
+//! * Row `p` of a.csv holds a.csv's entity number `P_a(p)`, a keyed permutation of [0, rows_a)
+//!   (likewise for b.csv), so shared ids are scattered through each file in a different order.
+//!
+//! The permutations are small Feistel networks over the smallest even number of bits that covers
+//! the domain, with cycle walking (re-apply until the value falls inside the domain), which keeps
+//! them bijections on any range. Everything is a function of `seed`: same seed, same files.
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rayon::prelude::*;
+use tempfile::NamedTempFile;
+
+use crate::error::DataError;
+use crate::keys::fmix64;
+
+/// Name of the key column in both generated files.
+pub const KEY_COLUMN: &str = "id";
+const HEADER_A: &str = "id,name,age,income\n";
+const HEADER_B: &str = "id,region,score,balance\n";
+const ID_SPACE: u64 = 10_000_000_000;
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct PsiGenSpec {
+    /// Rows in `a.csv`.
+    pub rows_a: u64,
+    /// Rows in `b.csv`.
+    pub rows_b: u64,
+    /// Ids present in both files.
+    pub overlap: u64,
+    pub seed: u64,
+    /// Directory for `a.csv` and `b.csv` (created if missing).
+    pub out_dir: PathBuf,
+}
+
+/// What was generated.
+#[derive(Debug, Clone)]
+pub struct GenSummary {
+    pub a: PathBuf,
+    pub b: PathBuf,
+    pub rows_a: u64,
+    pub rows_b: u64,
+    pub overlap: u64,
+    pub bytes_a: u64,
+    pub bytes_b: u64,
+    pub seconds: f64,
+}
+
+/// Writes `a.csv` (`id,name,age,income`) and `b.csv` (`id,region,score,balance`) into
+/// `spec.out_dir`, each atomically (temp file, then rename; both renamed only when both are
+/// complete).
+pub fn generate_psi(spec: &PsiGenSpec) -> Result<GenSummary, DataError> {
+    let started = Instant::now();
+    let PsiGenSpec { rows_a, rows_b, overlap, seed, .. } = *spec;
+    if overlap > rows_a.min(rows_b) {
+        return Err(DataError::Invalid(format!(
+            "overlap {overlap} is larger than the smaller file ({} rows)",
+            rows_a.min(rows_b)
+        )));
+    }
+    if rows_a + rows_b - overlap > ID_SPACE {
+        return Err(DataError::Invalid(format!("at most {ID_SPACE} distinct ids can be generated")));
+    }
+    let dir = &spec.out_dir;
+    std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    let ids = Permutation::new(ID_SPACE, seed, 1);
+    let gen_a = FileGen {
+        header: HEADER_A,
+        rows: rows_a,
+        scatter: Permutation::new(rows_a, seed, 2),
+        payload_key: fmix64(seed ^ 0xa11ce),
+        entity: Box::new(|l| l),
+        ids: &ids,
+        row: payload_a,
+    };
+    let b_only_base = rows_a - overlap;
+    let gen_b = FileGen {
+        header: HEADER_B,
+        rows: rows_b,
+        scatter: Permutation::new(rows_b, seed, 3),
+        payload_key: fmix64(seed ^ 0xb0b),
+        entity: Box::new(move |l| if l < overlap { l } else { l + b_only_base }),
+        ids: &ids,
+        row: payload_b,
+    };
+    let (a, b) = (dir.join("a.csv"), dir.join("b.csv"));
+    let (tmp_a, bytes_a) = gen_a.write(dir)?;
+    let (tmp_b, bytes_b) = gen_b.write(dir)?;
+    tmp_a.persist(&a).map_err(|e| DataError::io(&a, e.error))?;
+    tmp_b.persist(&b).map_err(|e| DataError::io(&b, e.error))?;
+    Ok(GenSummary { a, b, rows_a, rows_b, overlap, bytes_a, bytes_b, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// A keyed permutation of [0, n): a Feistel network on `2 * half_bits` bits with cycle walking.
+struct Permutation {
+    n: u64,
+    half_bits: u32,
+    keys: [u64; 6],
+}
+
+impl Permutation {
+    fn new(n: u64, seed: u64, label: u64) -> Self {
+        let bits = 64 - n.saturating_sub(1).leading_zeros();
+        let half_bits = bits.div_ceil(2).max(1);
+        let mut state = fmix64(seed.wrapping_add(label.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+        let keys = std::array::from_fn(|_| {
+            state = fmix64(state.wrapping_add(0x9e37_79b9_7f4a_7c15));
+            state
+        });
+        Self { n, half_bits, keys }
+    }
+
+    fn feistel(&self, x: u64) -> u64 {
+        let mask = (1u64 << self.half_bits) - 1;
+        let (mut l, mut r) = (x >> self.half_bits, x & mask);
+        for k in self.keys {
+            (l, r) = (r, l ^ (fmix64(r ^ k) & mask));
+        }
+        (l << self.half_bits) | r
+    }
+
+    /// The image of `x` (< n).
+    fn apply(&self, x: u64) -> u64 {
+        debug_assert!(x < self.n);
+        let mut y = self.feistel(x);
+        while y >= self.n {
+            y = self.feistel(y);
+        }
+        y
+    }
+}
+
+type PayloadFn = fn(&mut Vec<u8>, u64);
+
+/// One generated file: row `p` is entity `entity(scatter(p))`, then the payload columns.
+struct FileGen<'a> {
+    header: &'static str,
+    rows: u64,
+    scatter: Permutation,
+    payload_key: u64,
+    entity: Box<dyn Fn(u64) -> u64 + Sync + 'a>,
+    ids: &'a Permutation,
+    row: PayloadFn,
+}
+
+/// Rows formatted per rayon task.
+const GEN_BLOCK: u64 = 1 << 15;
+
+impl FileGen<'_> {
+    /// Writes the file to a temp file in `dir`; returns it (not yet renamed) and its size.
+    fn write(&self, dir: &Path) -> Result<(NamedTempFile, u64), DataError> {
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".consort-gen-")
+            .suffix(".partial")
+            .tempfile_in(dir)
+            .map_err(|e| DataError::io(dir, e))?;
+        let path = tmp.path().to_path_buf();
+        let io_err = |e| DataError::io(&path, e);
+        let file: &mut File = tmp.as_file_mut();
+        file.write_all(self.header.as_bytes()).map_err(io_err)?;
+        let mut bytes = self.header.len() as u64;
+        let blocks = self.rows.div_ceil(GEN_BLOCK);
+        let per_batch = 4 * rayon::current_num_threads() as u64;
+        let mut pending: Vec<Vec<u8>> = Vec::new();
+        let mut next = 0;
+        while next < blocks {
+            let batch = next..(next + per_batch).min(blocks);
+            next = batch.end;
+            let (formatted, written) = rayon::join(
+                || batch.into_par_iter().map(|b| self.block(b)).collect::<Vec<_>>(),
+                || pending.iter().try_for_each(|buf| file.write_all(buf)),
+            );
+            written.map_err(io_err)?;
+            bytes += formatted.iter().map(|b| b.len() as u64).sum::<u64>();
+            pending = formatted;
+        }
+        pending.iter().try_for_each(|buf| file.write_all(buf)).map_err(io_err)?;
+        file.sync_all().map_err(io_err)?;
+        Ok((tmp, bytes))
+    }
+
+    fn block(&self, block: u64) -> Vec<u8> {
+        let rows = block * GEN_BLOCK..((block + 1) * GEN_BLOCK).min(self.rows);
+        let mut buf = Vec::with_capacity((rows.end - rows.start) as usize * 48);
+        for p in rows {
+            let entity = (self.entity)(self.scatter.apply(p));
+            buf.push(b'1');
+            push_digits(&mut buf, self.ids.apply(entity), 10);
+            buf.push(b',');
+            (self.row)(&mut buf, fmix64(self.payload_key ^ p.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+            buf.push(b'\n');
+        }
+        buf
+    }
+}
+
+const FIRST: [&str; 32] = [
+    "James", "Mary", "Robert", "Patricia", "John", "Jennifer", "Michael", "Linda", "David", "Elizabeth", "William",
+    "Barbara", "Richard", "Susan", "Joseph", "Jessica", "Thomas", "Sarah", "Carlos", "Karen", "Wei", "Nancy", "Ahmed",
+    "Lisa", "Daniel", "Priya", "Matthew", "Sofia", "Anthony", "Yuki", "Mark", "Olga",
+];
+const LAST: [&str; 32] = [
+    "Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis", "Rodriguez", "Martinez",
+    "Hernandez", "Lopez", "Gonzalez", "Wilson", "Anderson", "Thomas", "Taylor", "Moore", "Jackson", "Martin", "Lee",
+    "Perez", "Thompson", "White", "Harris", "Sanchez", "Clark", "Nguyen", "Chen", "O'Brien", "Patel", "Kim",
+];
+/// Regions contain a comma, so they are quoted: the pipeline must carry quoted fields through.
+const REGIONS: [&str; 16] = [
+    "\"Austin, TX\"",
+    "\"Boston, MA\"",
+    "\"Chicago, IL\"",
+    "\"Denver, CO\"",
+    "\"Miami, FL\"",
+    "\"Seattle, WA\"",
+    "\"Phoenix, AZ\"",
+    "\"Atlanta, GA\"",
+    "\"Portland, OR\"",
+    "\"Detroit, MI\"",
+    "\"Nashville, TN\"",
+    "\"San Diego, CA\"",
+    "\"New York, NY\"",
+    "\"Columbus, OH\"",
+    "\"Raleigh, NC\"",
+    "\"Salt Lake City, UT\"",
+];
+
+/// `name,age,income` of a.csv from 64 random bits.
+fn payload_a(buf: &mut Vec<u8>, h: u64) {
+    buf.extend_from_slice(FIRST[(h & 31) as usize].as_bytes());
+    buf.push(b' ');
+    buf.extend_from_slice(LAST[((h >> 5) & 31) as usize].as_bytes());
+    buf.push(b',');
+    push_u64(buf, 18 + (h >> 10) % 72);
+    buf.push(b',');
+    push_u64(buf, 100 * (150 + (h >> 20) % 2350));
+}
+
+/// `region,score,balance` of b.csv from 64 random bits (balance in dollars and cents).
+fn payload_b(buf: &mut Vec<u8>, h: u64) {
+    buf.extend_from_slice(REGIONS[(h & 15) as usize].as_bytes());
+    buf.push(b',');
+    push_u64(buf, 300 + (h >> 4) % 551);
+    buf.push(b',');
+    let cents = (h >> 16) % 5_000_000;
+    if (h >> 60) == 0 {
+        buf.push(b'-');
+    }
+    push_u64(buf, cents / 100);
+    buf.push(b'.');
+    push_digits(buf, cents % 100, 2);
+}
+
+fn push_u64(buf: &mut Vec<u8>, v: u64) {
+    let digits = if v == 0 { 1 } else { v.ilog10() + 1 };
+    push_digits(buf, v, digits as usize);
+}
+
+/// `v` as exactly `width` decimal digits (zero-padded; `v < 10^width`).
+fn push_digits(buf: &mut Vec<u8>, mut v: u64, width: usize) {
+    let at = buf.len();
+    buf.resize(at + width, b'0');
+    for slot in buf[at..].iter_mut().rev() {
+        *slot = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::dataset::{Dataset, DatasetSpec};
+
+    fn gen_spec(dir: &Path, rows_a: u64, rows_b: u64, overlap: u64, seed: u64) -> PsiGenSpec {
+        PsiGenSpec { rows_a, rows_b, overlap, seed, out_dir: dir.to_path_buf() }
+    }
+
+    fn ids(path: &Path) -> Vec<String> {
+        let spec = DatasetSpec {
+            name: "g".into(),
+            file: path.to_path_buf(),
+            keys: vec![KEY_COLUMN.into()],
+            normalize: Default::default(),
+            dedup: false,
+        };
+        let ds = Dataset::load(&spec).expect("generated files load without duplicates");
+        (0..ds.len()).map(|i| ds.key_of(i)).collect()
+    }
+
+    #[test]
+    fn permutations_are_bijections() {
+        for n in [1u64, 2, 3, 5, 16, 17, 1000, 4097] {
+            let p = Permutation::new(n, 9, 1);
+            let image: HashSet<u64> = (0..n).map(|x| p.apply(x)).collect();
+            assert_eq!(image.len() as u64, n);
+            assert!(image.iter().all(|&y| y < n));
+        }
+        let ids = Permutation::new(ID_SPACE, 9, 1);
+        let image: HashSet<u64> = (0..100_000).map(|x| ids.apply(x)).collect();
+        assert_eq!(image.len(), 100_000);
+        assert!(image.iter().all(|&y| y < ID_SPACE));
+        assert!(image.iter().any(|&y| y > ID_SPACE / 2), "ids spread over the space");
+    }
+
+    #[test]
+    fn generates_exact_overlap_with_distinct_realistic_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let summary = generate_psi(&gen_spec(dir.path(), 100_000, 70_000, 12_345, 5)).unwrap();
+        let (a, b) = (ids(&summary.a), ids(&summary.b));
+        assert_eq!((a.len(), b.len()), (100_000, 70_000));
+        assert_eq!(summary.bytes_a, std::fs::metadata(&summary.a).unwrap().len());
+        assert!(a.iter().chain(&b).all(|id| id.len() == 11 && id.starts_with('1') && id.bytes().all(|c| c.is_ascii_digit())));
+        let set_a: HashSet<&String> = a.iter().collect();
+        let set_b: HashSet<&String> = b.iter().collect();
+        assert_eq!(set_a.intersection(&set_b).count(), 12_345);
+        // Shared ids are scattered, not the first rows.
+        let shared_in_first_tenth = a[..10_000].iter().filter(|id| set_b.contains(id)).count();
+        assert!((800..1700).contains(&shared_in_first_tenth), "{shared_in_first_tenth}");
+        let text = std::fs::read_to_string(&summary.b).unwrap();
+        assert!(text.starts_with("id,region,score,balance\n1"));
+        assert!(text.lines().nth(1).unwrap().contains(", "), "quoted regions");
+    }
+
+    #[test]
+    fn same_seed_same_files_other_seed_other_ids() {
+        let (d1, d2, d3) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        generate_psi(&gen_spec(d1.path(), 5000, 4000, 1000, 7)).unwrap();
+        generate_psi(&gen_spec(d2.path(), 5000, 4000, 1000, 7)).unwrap();
+        generate_psi(&gen_spec(d3.path(), 5000, 4000, 1000, 8)).unwrap();
+        for f in ["a.csv", "b.csv"] {
+            let read = |d: &tempfile::TempDir| std::fs::read(d.path().join(f)).unwrap();
+            assert_eq!(read(&d1), read(&d2));
+            assert_ne!(read(&d1), read(&d3));
+        }
+    }
+
+    #[test]
+    fn edge_sizes_and_bad_parameters() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = generate_psi(&gen_spec(&dir.path().join("new"), 0, 1, 0, 1)).unwrap();
+        assert_eq!(std::fs::read_to_string(&s.a).unwrap(), HEADER_A);
+        assert_eq!(ids(&s.b).len(), 1);
+        let s = generate_psi(&gen_spec(dir.path(), 3, 3, 3, 1)).unwrap();
+        let (mut a, mut b) = (ids(&s.a), ids(&s.b));
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+        let err = generate_psi(&gen_spec(dir.path(), 10, 5, 6, 1)).unwrap_err();
+        assert_eq!(err.to_string(), "overlap 6 is larger than the smaller file (5 rows)");
+        let err = generate_psi(&gen_spec(dir.path(), ID_SPACE, 1, 0, 1)).unwrap_err();
+        assert!(err.to_string().contains("distinct ids"));
+    }
+
+    #[test]
+    fn digits() {
+        let mut b = Vec::new();
+        push_u64(&mut b, 0);
+        b.push(b' ');
+        push_u64(&mut b, 1234567);
+        b.push(b' ');
+        push_digits(&mut b, 42, 10);
+        assert_eq!(b, b"0 1234567 0000000042");
+    }
+}

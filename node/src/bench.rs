@@ -1,0 +1,224 @@
+//! `consort bench psi`: the real pipeline end to end — two `consort node` processes, TLS gRPC on
+//! loopback, CSV in and out — timed, checked against a plaintext intersection, and compared with
+//! the curve-arithmetic floor measured in the same run. Prints one JSON line.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use consort_engine::{DatasetSpec, Normalization, PsiProtocol};
+
+use crate::client::NodeClient;
+use crate::proto::PsiRequest;
+use crate::{cli, config, pair, setup};
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Two-node PSI benchmark.
+    Psi(BenchPsiArgs),
+}
+
+#[derive(Args)]
+pub struct BenchPsiArgs {
+    /// Rows per party.
+    #[arg(long)]
+    rows: u64,
+    /// Shared ids (default: half of --rows).
+    #[arg(long)]
+    overlap: Option<u64>,
+    #[arg(long, default_value = "ecdh")]
+    protocol: String,
+    /// Who learns the intersection: both or self.
+    #[arg(long, default_value = "both")]
+    reveal: String,
+    /// Work directory (kept); default a temp dir removed afterwards. Data generated there is reused
+    /// by later runs with the same sizes.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print only the JSON line (no progress).
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Psi(args) => bench_psi(args).await,
+    }
+}
+
+/// A `consort node` child process, killed on drop.
+struct NodeProcess {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl NodeProcess {
+    fn spawn(dir: &Path) -> Result<NodeProcess> {
+        let exe = std::env::current_exe().context("cannot find the consort executable")?;
+        let log = std::fs::File::create(dir.join("node.log"))?;
+        let child = Command::new(exe)
+            .arg("node")
+            .arg(dir)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start a node process")?;
+        Ok(NodeProcess { child, dir: dir.to_path_buf() })
+    }
+
+    /// Waits for the node to write its actual listen address.
+    async fn wait_ready(&mut self) -> Result<std::net::SocketAddr> {
+        let file = self.dir.join(config::LISTEN_ADDR_FILE);
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("node {} exited ({status}); see {}", self.dir.display(), self.dir.join("node.log").display());
+            }
+            if let Ok(text) = std::fs::read_to_string(&file)
+                && let Ok(addr) = text.trim().parse()
+                && self.dir.join(config::CONTROL_SOCKET).exists()
+            {
+                return Ok(addr);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("node {} did not start within 10 s", self.dir.display())
+    }
+
+    /// Peak resident set size so far (VmHWM), in bytes.
+    fn peak_rss(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM in /proc status")?;
+        let kb: u64 = line.split_whitespace().nth(1).context("bad VmHWM line")?.parse()?;
+        Ok(kb * 1024)
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        // SIGTERM for a clean shutdown, then make sure.
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        for _ in 0..50 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
+    let protocol: PsiProtocol = args.protocol.parse().map_err(anyhow::Error::msg)?;
+    crate::peer::parse_reveal(&args.reveal).map_err(anyhow::Error::msg)?;
+    let overlap = args.overlap.unwrap_or(args.rows / 2);
+    let tmp = tempfile::tempdir()?;
+    let root = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            config::absolute(d)?
+        }
+        None => tmp.path().to_path_buf(),
+    };
+    let log = |s: String| {
+        if !args.json {
+            eprintln!("{s}");
+        }
+    };
+
+    // Data: generated once per size and reused.
+    let data = root.join(format!("data-{}-{}", args.rows, overlap));
+    if !(data.join("a.csv").exists() && data.join("b.csv").exists()) {
+        log(format!("generating {} × {} rows ({overlap} shared) in {}", args.rows, args.rows, data.display()));
+        let spec = consort_engine::synth::PsiGenSpec { rows_a: args.rows, rows_b: args.rows, overlap, seed: 42, out_dir: data.clone() };
+        consort_protocols::cpu::run(move || consort_engine::synth::generate_psi(&spec)).await?;
+    }
+
+    // The floor: this machine's per-item curve costs × items ÷ cores, measured now, before the job.
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let costs = consort_protocols::cpu::run(|| consort_protocols::ecdh_psi::measure_curve_costs(4096)).await;
+    let items = 2 * args.rows;
+    let floor_s = costs.per_item_ns() * items as f64 / cores as f64 / 1e9;
+    log(format!("curve floor: {:.2} µs per item per party → {floor_s:.2} s for {items} items on {cores} cores", costs.per_item_ns() / 1e3));
+
+    let nodes = root.join(format!("nodes-{}", std::process::id()));
+    let (a_dir, b_dir) = pair::init_pair(&nodes)?;
+    let spec = |name: &str, file: &str| DatasetSpec { name: name.into(), file: data.join(file), keys: vec!["id".into()], normalize: Normalization::default(), dedup: false };
+    let mut a = NodeProcess::spawn(&a_dir)?;
+    let mut b = NodeProcess::spawn(&b_dir)?;
+    let (a_addr, b_addr) = (a.wait_ready().await?, b.wait_ready().await?);
+    pair::pin_pair(&a_dir, a_addr, &b_dir, b_addr)?;
+    setup::dataset_add(&a_dir, spec("a", "a.csv"), vec![setup::parse_grant(pair::B)?], true, false)?;
+    setup::dataset_add(&b_dir, spec("b", "b.csv"), vec![setup::parse_grant(pair::A)?], true, false)?;
+    let client_a = NodeClient::connect(&a_dir).await?;
+    client_a.reload().await?;
+    NodeClient::connect(&b_dir).await?.reload().await?;
+
+    let out_a = root.join(format!("out-a-{}.csv", std::process::id()));
+    let started = Instant::now();
+    let job_id = client_a
+        .submit_psi(PsiRequest {
+            peer: pair::B.into(),
+            dataset: "a".into(),
+            peer_dataset: "b".into(),
+            protocol: protocol.name().into(),
+            reveal: args.reveal.clone(),
+            out: out_a.display().to_string(),
+        })
+        .await?;
+    let status = cli::watch_with_progress(&client_a, &job_id, args.json).await?;
+    let wall_s = started.elapsed().as_secs_f64();
+    let (rss_a, rss_b) = (a.peak_rss()?, b.peak_rss()?);
+    if status.state != crate::jobs::DONE {
+        bail!("benchmark job failed: {}", status.error);
+    }
+    let out_b = (!status.peer_output.is_empty()).then(|| b_dir.join(&status.peer_output));
+    let check = {
+        let (sa, sb, oa, ob) = (spec("a", "a.csv"), spec("b", "b.csv"), out_a.clone(), out_b.clone());
+        consort_protocols::cpu::run(move || consort_engine::check::verify_psi_outputs(&sa, &sb, Some(&oa), ob.as_deref())).await?
+    };
+    drop((a, b));
+    let _ = std::fs::remove_file(&out_a);
+    let _ = std::fs::remove_dir_all(&nodes);
+
+    let n = args.rows as f64;
+    let line = serde_json::json!({
+        "protocol": protocol.name(),
+        "n": args.rows,
+        "overlap": overlap,
+        "reveal": args.reveal,
+        "intersection": status.intersection,
+        "wall_s": round(wall_s, 3),
+        "items_per_s": round(items as f64 / wall_s, 0),
+        "bytes_per_item": round((status.wire_bytes_sent + status.wire_bytes_received) as f64 / items as f64, 2),
+        "bytes_per_item_a_to_b": round(status.wire_bytes_sent as f64 / n, 2),
+        "bytes_per_item_b_to_a": round(status.wire_bytes_received as f64 / n, 2),
+        "payload_bytes_per_item": round((status.bytes_sent + status.bytes_received) as f64 / items as f64, 2),
+        "peak_rss_a_mib": round(rss_a as f64 / 1048576.0, 1),
+        "peak_rss_b_mib": round(rss_b as f64 / 1048576.0, 1),
+        "floor_s": round(floor_s, 3),
+        "floor_ratio": round(wall_s / floor_s, 3),
+        "curve_ns_per_item": {
+            "hash_to_point": round(costs.hash_to_point_ns, 0),
+            "multiply_encode": round(costs.multiply_encode_ns, 0),
+            "decode": round(costs.decode_ns, 0),
+        },
+        "cores": cores,
+        "stages_a": status.stages.iter().map(|s| serde_json::json!([s.name, round(s.seconds, 3)])).collect::<Vec<_>>(),
+        "output_ok": check.ok,
+    });
+    println!("{line}");
+    if !check.ok {
+        bail!("benchmark output does not match the plaintext intersection: {}", check.problems.join("; "));
+    }
+    Ok(())
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let p = 10f64.powi(digits);
+    (x * p).round() / p
+}

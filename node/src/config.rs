@@ -1,0 +1,183 @@
+//! The node directory and its `config.toml`.
+//!
+//! ```text
+//! DIR/config.toml      name, listen address, pinned peers, datasets and their grants
+//! DIR/identity.key     ed25519 signing key (audit evidence), mode 0600
+//! DIR/node.key         TLS private key, mode 0600
+//! DIR/node.crt         TLS certificate (self-signed) — give this to peers to pin
+//! DIR/peers/NAME.crt   pinned certificates of peers
+//! DIR/control.sock     operator control socket (while the node runs), mode 0600
+//! DIR/listen.addr      the address the running node actually listens on
+//! DIR/outputs/         outputs this node writes for jobs other nodes requested
+//! ```
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use consort_engine::DatasetSpec;
+use serde::{Deserialize, Serialize};
+
+pub const CONFIG_FILE: &str = "config.toml";
+pub const IDENTITY_KEY_FILE: &str = "identity.key";
+pub const TLS_KEY_FILE: &str = "node.key";
+pub const TLS_CERT_FILE: &str = "node.crt";
+pub const CONTROL_SOCKET: &str = "control.sock";
+pub const LISTEN_ADDR_FILE: &str = "listen.addr";
+pub const OUTPUTS_DIR: &str = "outputs";
+pub const PEERS_DIR: &str = "peers";
+
+/// Job kinds a grant can allow.
+pub const JOB_KINDS: &[&str] = &["psi"];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeConfig {
+    /// This node's name (peers pin it under this name).
+    pub name: String,
+    /// Address the peer service listens on (HOST:PORT; port 0 picks a free port).
+    pub listen: String,
+    #[serde(default)]
+    pub peers: Vec<PeerEntry>,
+    #[serde(default)]
+    pub datasets: Vec<DatasetEntry>,
+}
+
+/// A pinned peer: only a TLS connection presenting exactly this certificate is this peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerEntry {
+    pub name: String,
+    pub addr: String,
+    /// Pinned certificate, relative to the node directory.
+    pub cert: PathBuf,
+    /// SHA-256 of the certificate's DER, for operators comparing out of band.
+    pub fingerprint: String,
+}
+
+/// A registered dataset and who may use it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetEntry {
+    #[serde(flatten)]
+    pub spec: DatasetSpec,
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+}
+
+/// Permission for one peer to run jobs of the listed kinds on a dataset (and so learn what those
+/// jobs reveal to it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub peer: String,
+    pub jobs: Vec<String>,
+}
+
+impl DatasetEntry {
+    /// Why `peer` may not run a `kind` job on this dataset, or `None` if it may.
+    pub fn refusal(&self, peer: &str, kind: &str) -> Option<String> {
+        match self.grants.iter().find(|g| g.peer == peer) {
+            None => Some(format!("dataset '{}' has no grant for peer '{peer}'", self.spec.name)),
+            Some(g) if !g.jobs.iter().any(|j| j == kind) => Some(format!(
+                "dataset '{}' grants peer '{peer}' only {} jobs, not {kind}",
+                self.spec.name,
+                g.jobs.join(", ")
+            )),
+            Some(_) => None,
+        }
+    }
+}
+
+impl NodeConfig {
+    pub fn load(dir: &Path) -> Result<NodeConfig> {
+        let path = dir.join(CONFIG_FILE);
+        let text = fs::read_to_string(&path).with_context(|| {
+            format!("cannot read {} (is {} a node directory? create one with `consort init`)", path.display(), dir.display())
+        })?;
+        let config: NodeConfig = toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))?;
+        config.validate().with_context(|| format!("{}: invalid config", path.display()))?;
+        Ok(config)
+    }
+
+    /// Writes the config atomically (temp file + rename), so a crash never leaves half a config.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        self.validate()?;
+        let text = toml::to_string_pretty(self).context("cannot encode config")?;
+        write_atomic(&dir.join(CONFIG_FILE), text.as_bytes(), false)
+    }
+
+    fn validate(&self) -> Result<()> {
+        check_name("node name", &self.name)?;
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.peers {
+            check_name("peer name", &p.name)?;
+            if !seen.insert(&p.name) {
+                bail!("peer '{}' is listed twice", p.name);
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for d in &self.datasets {
+            check_name("dataset name", &d.spec.name)?;
+            if !seen.insert(&d.spec.name) {
+                bail!("dataset '{}' is listed twice", d.spec.name);
+            }
+            for g in &d.grants {
+                for j in &g.jobs {
+                    if !JOB_KINDS.contains(&j.as_str()) {
+                        bail!("dataset '{}': grant for '{}' names unknown job kind '{j}' (known: {})", d.spec.name, g.peer, JOB_KINDS.join(", "));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn peer(&self, name: &str) -> Result<&PeerEntry> {
+        self.peers.iter().find(|p| p.name == name).with_context(|| {
+            format!("unknown peer '{name}' (pinned peers: {}); add it with `consort peer add`", names(self.peers.iter().map(|p| &p.name)))
+        })
+    }
+
+    pub fn dataset(&self, name: &str) -> Result<&DatasetEntry> {
+        self.datasets.iter().find(|d| d.spec.name == name).with_context(|| {
+            format!("unknown dataset '{name}' (registered: {}); add it with `consort dataset add`", names(self.datasets.iter().map(|d| &d.spec.name)))
+        })
+    }
+}
+
+fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<&str> = it.map(|s| s.as_str()).collect();
+    if v.is_empty() { "none".into() } else { v.join(", ") }
+}
+
+/// Names are used in file names and logs: keep them simple.
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !name.starts_with('.');
+    if !ok {
+        bail!("invalid {what} '{name}': use 1-64 letters, digits, '-', '_' or '.', not starting with '.'");
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` through a temp file in the same directory and a rename. `secret` files
+/// get mode 0600 before any byte is written.
+pub fn write_atomic(path: &Path, bytes: &[u8], secret: bool) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a temp file in {}", dir.display()))?;
+    if !secret {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file().set_permissions(fs::Permissions::from_mode(0o644))?;
+    }
+    tmp.write_all(bytes).and_then(|_| tmp.as_file().sync_all()).with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Absolute form of a user-given path (relative to the current directory).
+pub fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("cannot resolve path {}", path.display()))
+}

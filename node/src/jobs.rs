@@ -1,0 +1,120 @@
+//! The node's job registry: ids, states (pending, running, done, failed) and live progress.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use consort_protocols::{ChannelStats, PsiProgress};
+use tokio::sync::watch;
+
+use crate::proto::{JobStatus, Stage};
+
+pub const PENDING: &str = "pending";
+pub const RUNNING: &str = "running";
+pub const DONE: &str = "done";
+pub const FAILED: &str = "failed";
+
+pub fn is_final(state: &str) -> bool {
+    state == DONE || state == FAILED
+}
+
+/// A fresh random job id (12 hex digits from the OS CSPRNG).
+pub fn new_job_id() -> String {
+    let mut b = [0u8; 6];
+    getrandom::fill(&mut b).expect("the OS random number generator failed");
+    format!("j{}", crate::identity::hex(&b))
+}
+
+#[derive(Default)]
+pub struct Jobs {
+    inner: Mutex<(HashMap<String, Arc<JobHandle>>, Vec<String>)>,
+}
+
+/// One job's live status.
+pub struct JobHandle {
+    status: watch::Sender<JobStatus>,
+    started: Instant,
+}
+
+impl Jobs {
+    /// Registers a job; fails if the id is taken.
+    pub fn insert(&self, status: JobStatus) -> Option<Arc<JobHandle>> {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (map, order) = &mut *guard;
+        if map.contains_key(&status.job_id) {
+            return None;
+        }
+        let id = status.job_id.clone();
+        let handle = Arc::new(JobHandle { status: watch::channel(status).0, started: Instant::now() });
+        map.insert(id.clone(), handle.clone());
+        order.push(id);
+        Some(handle)
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<JobHandle>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).0.get(id).cloned()
+    }
+
+    pub fn list(&self) -> Vec<JobStatus> {
+        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        guard.1.iter().filter_map(|id| guard.0.get(id)).map(|h| h.status()).collect()
+    }
+}
+
+impl JobHandle {
+    pub fn status(&self) -> JobStatus {
+        self.status.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<JobStatus> {
+        self.status.subscribe()
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut JobStatus)) {
+        let secs = self.started.elapsed().as_secs_f64();
+        self.status.send_modify(|s| {
+            f(s);
+            s.seconds = secs;
+        });
+    }
+
+    pub fn stage(&self, stage: &str, done: u64, total: u64) {
+        self.update(|s| {
+            s.state = RUNNING.into();
+            s.stage = stage.into();
+            s.done = done;
+            s.total = total;
+        });
+    }
+
+    pub fn progress(&self, p: PsiProgress) {
+        self.stage(p.stage, p.done, p.total);
+    }
+
+    pub fn record_stats(&self, stats: &ChannelStats, wire: (u64, u64)) {
+        self.update(|s| {
+            s.bytes_sent = stats.bytes_sent;
+            s.bytes_received = stats.bytes_received;
+            s.wire_bytes_sent = wire.0;
+            s.wire_bytes_received = wire.1;
+        });
+    }
+
+    pub fn add_stage(&self, name: &str, seconds: f64) {
+        self.update(|s| s.stages.push(Stage { name: name.into(), seconds }));
+    }
+
+    pub fn finish(&self) {
+        self.update(|s| {
+            s.state = DONE.into();
+            s.stage = String::new();
+        });
+    }
+
+    pub fn fail(&self, error: String) {
+        self.update(|s| {
+            s.state = FAILED.into();
+            s.error = error;
+        });
+    }
+}

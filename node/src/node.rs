@@ -1,0 +1,218 @@
+//! A running node: the peer service on TCP (TLS 1.3, pinned mutual auth) and the control service on
+//! a Unix socket in the node directory, both served by tonic on the current tokio runtime.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tracing::{info, warn};
+
+use crate::config::{self, NodeConfig};
+use crate::jobs::Jobs;
+use crate::proto::control_server::ControlServer;
+use crate::proto::peer_server::PeerServer;
+use crate::tls::{self, PeerConn, PinnedPeers};
+use crate::{MAX_MESSAGE_BYTES, identity};
+
+/// HTTP/2 windows sized for ~1 MiB protocol frames on fast links.
+pub const STREAM_WINDOW: u32 = 4 << 20;
+pub const CONNECTION_WINDOW: u32 = 8 << 20;
+
+/// Everything the services share.
+pub struct NodeState {
+    pub dir: PathBuf,
+    config: RwLock<Arc<NodeConfig>>,
+    pub pinned: PinnedPeers,
+    pub jobs: Jobs,
+    pub cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+    pub listen_addr: SocketAddr,
+    job_tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl NodeState {
+    pub fn config(&self) -> Arc<NodeConfig> {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Runs a job on the runtime, tracked so that shutdown can stop it.
+    pub fn spawn_job(&self, job: impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = tokio::spawn(job).abort_handle();
+        let mut tasks = self.job_tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(handle);
+    }
+
+    fn abort_jobs(&self) {
+        for t in self.job_tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            t.abort();
+        }
+    }
+
+    pub fn key(&self) -> PrivateKeyDer<'static> {
+        self.key.clone_key()
+    }
+
+    /// Re-reads config.toml and the pinned certificates.
+    pub fn reload(&self) -> Result<Arc<NodeConfig>> {
+        let config = Arc::new(NodeConfig::load(&self.dir)?);
+        self.pinned.replace(load_pins(&self.dir, &config)?);
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config.clone();
+        Ok(config)
+    }
+}
+
+fn load_pins(dir: &Path, config: &NodeConfig) -> Result<Vec<(String, CertificateDer<'static>)>> {
+    config.peers.iter().map(|p| Ok((p.name.clone(), identity::read_cert(&dir.join(&p.cert))?))).collect()
+}
+
+/// A node running in this process.
+pub struct NodeHandle {
+    pub state: Arc<NodeState>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl NodeHandle {
+    /// The peer service's actual address (useful with port 0).
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.state.listen_addr
+    }
+
+    /// Stops both services: no new connections or jobs; running jobs get `grace` to finish.
+    pub async fn shutdown(mut self, grace: Duration) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
+            warn!("jobs still running after {grace:?}; stopping them");
+            // Dropping a job closes its stream, so the peer fails the job cleanly; outputs are only
+            // ever renamed into place complete, so nothing partial is left behind.
+            self.state.abort_jobs();
+            if tokio::time::timeout(Duration::from_secs(2), &mut self.task).await.is_err() {
+                self.task.abort();
+            }
+        }
+        cleanup(&self.state.dir);
+    }
+
+    /// Waits until the node stops by itself (it only does on a fatal serve error).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.task).await;
+    }
+}
+
+fn cleanup(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(config::CONTROL_SOCKET));
+    let _ = std::fs::remove_file(dir.join(config::LISTEN_ADDR_FILE));
+}
+
+/// Starts a node from its directory on the current tokio runtime.
+pub async fn start(dir: &Path) -> Result<NodeHandle> {
+    let dir = config::absolute(dir)?;
+    let config = Arc::new(NodeConfig::load(&dir)?);
+    let (cert, key) = identity::read_tls_identity(&dir)?;
+    let pinned = PinnedPeers::default();
+    pinned.replace(load_pins(&dir, &config)?);
+
+    let control_path = dir.join(config::CONTROL_SOCKET);
+    let control_listener = bind_control_socket(&control_path).await?;
+    let tcp = TcpListener::bind(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listen_addr = tcp.local_addr()?;
+    config::write_atomic(&dir.join(config::LISTEN_ADDR_FILE), listen_addr.to_string().as_bytes(), false)?;
+
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(cert.clone(), key.clone_key(), pinned.clone())?));
+    let state = Arc::new(NodeState { dir: dir.clone(), config: RwLock::new(config.clone()), pinned: pinned.clone(), jobs: Jobs::default(), cert, key, listen_addr, job_tasks: Default::default() });
+
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let (peer_stop_tx, peer_stop_rx) = oneshot::channel::<()>();
+    let (control_stop_tx, control_stop_rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = shutdown_rx.await;
+        let _ = peer_stop_tx.send(());
+        let _ = control_stop_tx.send(());
+    });
+
+    let incoming = accept_peers(tcp, acceptor, pinned);
+    let peer_server = tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(PeerServer::new(crate::peer::PeerService::new(state.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES))
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = peer_stop_rx.await;
+        });
+    let control_server = tonic::transport::Server::builder()
+        .add_service(ControlServer::new(crate::control::ControlService::new(state.clone())))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(control_listener), async {
+            let _ = control_stop_rx.await;
+        });
+    info!(node = %config.name, peer_addr = %listen_addr, control = %control_path.display(), "node started");
+    let task = tokio::spawn(async move {
+        let (p, c) = tokio::join!(peer_server, control_server);
+        if let Err(e) = p {
+            warn!("peer service stopped: {e}");
+        }
+        if let Err(e) = c {
+            warn!("control service stopped: {e}");
+        }
+    });
+    Ok(NodeHandle { state, shutdown: Some(shutdown_tx), task })
+}
+
+/// Binds DIR/control.sock with mode 0600. A stale socket (no node answering) is replaced; a live
+/// one means the node is already running.
+async fn bind_control_socket(path: &Path) -> Result<UnixListener> {
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            bail!("a node is already running in {} ({} answers)", path.parent().unwrap_or(path).display(), path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("cannot remove stale {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Accepts TCP connections and completes TLS handshakes concurrently; only connections from pinned
+/// peers come out. Rejections are logged with the remote address.
+fn accept_peers(tcp: TcpListener, acceptor: tokio_rustls::TlsAcceptor, pinned: PinnedPeers) -> ReceiverStream<Result<PeerConn, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = tcp.accept() => accepted,
+                // The server dropped the incoming stream: it is shutting down.
+                _ = tx.closed() => break,
+            };
+            let (stream, remote) = match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let (acceptor, pinned, tx) = (acceptor.clone(), pinned.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), PeerConn::accept(&acceptor, stream, remote, &pinned)).await {
+                    Ok(Ok(conn)) => {
+                        let _ = tx.send(Ok(conn)).await;
+                    }
+                    Ok(Err(e)) => warn!(%remote, "rejected peer connection: {e}"),
+                    Err(_) => warn!(%remote, "rejected peer connection: TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}

@@ -1,0 +1,115 @@
+//! Node directory administration shared by the CLI, the demo and the benchmark harness:
+//! pinning peers and registering datasets. A running node picks changes up on `Reload`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use consort_engine::{Dataset, DatasetSpec};
+
+use crate::config::{self, DatasetEntry, Grant, NodeConfig, PeerEntry};
+use crate::identity;
+
+/// Pins `cert` as peer `name` at `addr` (copied into DIR/peers/NAME.crt). Returns the fingerprint.
+pub fn peer_add(dir: &Path, name: &str, addr: &str, cert: &Path, replace: bool) -> Result<String> {
+    config::check_name("peer name", name)?;
+    let mut config = NodeConfig::load(dir)?;
+    if name == config.name {
+        bail!("'{name}' is this node's own name; a peer needs another name");
+    }
+    if addr.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+        bail!("invalid peer address '{addr}': expected HOST:PORT");
+    }
+    let der = identity::read_cert(cert)?;
+    if der.as_ref() == identity::read_tls_identity(dir)?.0.as_ref() {
+        bail!("{} is this node's own certificate, not the peer's", cert.display());
+    }
+    let existing = config.peers.iter().position(|p| p.name == name);
+    if existing.is_some() && !replace {
+        bail!("peer '{name}' is already pinned (pass --replace to pin a new certificate or address)");
+    }
+    let rel = PathBuf::from(config::PEERS_DIR).join(format!("{name}.crt"));
+    std::fs::create_dir_all(dir.join(config::PEERS_DIR))?;
+    let pem = std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?;
+    config::write_atomic(&dir.join(&rel), &pem, false)?;
+    let fingerprint = identity::fingerprint(&der);
+    let entry = PeerEntry { name: name.into(), addr: addr.into(), cert: rel, fingerprint: fingerprint.clone() };
+    match existing {
+        Some(i) => config.peers[i] = entry,
+        None => config.peers.push(entry),
+    }
+    config.save(dir)?;
+    Ok(fingerprint)
+}
+
+/// Parses `PEER` or `PEER:kind,kind` into a grant (a bare peer name grants PSI).
+pub fn parse_grant(s: &str) -> Result<Grant> {
+    let (peer, jobs) = match s.split_once(':') {
+        Some((p, j)) => (p, j.split(',').map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect()),
+        None => (s, vec!["psi".to_string()]),
+    };
+    config::check_name("peer name in grant", peer)?;
+    for j in &jobs {
+        if !config::JOB_KINDS.contains(&j.as_str()) {
+            bail!("grant '{s}': unknown job kind '{j}' (known: {})", config::JOB_KINDS.join(", "));
+        }
+    }
+    if jobs.is_empty() {
+        bail!("grant '{s}' names no job kinds");
+    }
+    Ok(Grant { peer: peer.into(), jobs })
+}
+
+/// What `dataset_add` found in the file.
+pub struct DatasetCheck {
+    pub columns: Vec<String>,
+    /// Rows that will take part in jobs (after dedup), if the whole file was checked.
+    pub rows: Option<u64>,
+    pub duplicates_dropped: u64,
+}
+
+/// Registers (or with `replace`, re-registers) a dataset. `full_check` reads the whole file now so
+/// bad rows or duplicate keys are reported at registration, not in the middle of a job.
+pub fn dataset_add(dir: &Path, mut spec: DatasetSpec, grants: Vec<Grant>, replace: bool, full_check: bool) -> Result<DatasetCheck> {
+    config::check_name("dataset name", &spec.name)?;
+    let mut config = NodeConfig::load(dir)?;
+    if spec.keys.is_empty() {
+        bail!("dataset '{}' needs at least one --key column", spec.name);
+    }
+    spec.file = config::absolute(&spec.file)?;
+    for g in &grants {
+        if !config.peers.iter().any(|p| p.name == g.peer) {
+            bail!("cannot grant unknown peer '{}' (pin it first with `consort peer add`)", g.peer);
+        }
+    }
+    let existing = config.datasets.iter().position(|d| d.spec.name == spec.name);
+    if existing.is_some() && !replace {
+        bail!("dataset '{}' is already registered (pass --replace to change it)", spec.name);
+    }
+    let check = if full_check {
+        let loaded = Dataset::load(&spec)?;
+        DatasetCheck { columns: loaded.columns.clone(), rows: Some(loaded.len() as u64), duplicates_dropped: loaded.duplicates_dropped }
+    } else {
+        DatasetCheck { columns: spec.check_header()?, rows: None, duplicates_dropped: 0 }
+    };
+    let entry = DatasetEntry { spec, grants };
+    match existing {
+        Some(i) => config.datasets[i] = entry,
+        None => config.datasets.push(entry),
+    }
+    config.save(dir)?;
+    Ok(check)
+}
+
+/// Asks a running node in `dir` to re-read its config. Not running is fine: it reads it at start.
+pub async fn notify_node(dir: &Path) -> Result<bool> {
+    if !dir.join(config::CONTROL_SOCKET).exists() {
+        return Ok(false);
+    }
+    match crate::client::NodeClient::connect(dir).await {
+        Ok(client) => {
+            client.reload().await?;
+            Ok(true)
+        }
+        Err(_) => Ok(false),
+    }
+}

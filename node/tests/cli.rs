@@ -1,0 +1,121 @@
+//! The CLI flow with two real `consort node` processes talking TLS gRPC on loopback.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+fn consort(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_consort")).args(args).output().expect("run consort")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = consort(args);
+    assert!(out.status.success(), "consort {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = consort(args);
+    assert!(!out.status.success(), "consort {args:?} should have failed");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.starts_with("error: "), "one-line cause expected, got: {err}");
+    err
+}
+
+struct NodeProc(Child);
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_node(dir: &Path) -> (NodeProc, String) {
+    let child = Command::new(env!("CARGO_BIN_EXE_consort")).arg("node").arg(dir).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let proc_ = NodeProc(child);
+    for _ in 0..400 {
+        if let Ok(addr) = std::fs::read_to_string(dir.join("listen.addr"))
+            && dir.join("control.sock").exists()
+        {
+            return (proc_, addr.trim().to_string());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("node in {} did not start", dir.display());
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn two_node_processes_run_psi_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (a, b, data): (PathBuf, PathBuf, PathBuf) = (root.join("bank"), root.join("partner"), root.join("data"));
+    ok(&["init", s(&a), "--name", "bank", "--listen", "127.0.0.1:0"]);
+    ok(&["init", s(&b), "--name", "partner", "--listen", "127.0.0.1:0"]);
+    fails(&["init", s(&a), "--name", "bank", "--listen", "127.0.0.1:0"]);
+    ok(&["gen", "psi", "--rows", "3000", "--rows-b", "2000", "--overlap", "700", "--seed", "5", "--out", s(&data)]);
+
+    let (_na, addr_a) = start_node(&a);
+    let (_nb, addr_b) = start_node(&b);
+    // Pinning and datasets are added while the nodes run: they reload their config.
+    let pinned = ok(&["peer", "add", s(&a), "--name", "partner", "--addr", &addr_b, "--cert", s(&b.join("node.crt"))]);
+    assert!(pinned.contains("sha256:"), "{pinned}");
+    ok(&["peer", "add", s(&b), "--name", "bank", "--addr", &addr_a, "--cert", s(&a.join("node.crt"))]);
+    let err = fails(&["dataset", "add", s(&a), "--name", "customers", "--file", s(&data.join("a.csv")), "--key", "customer_id", "--grant", "partner"]);
+    assert!(err.contains("customer_id"), "{err}");
+    ok(&["dataset", "add", s(&a), "--name", "customers", "--file", s(&data.join("a.csv")), "--key", "id", "--grant", "partner"]);
+    ok(&["dataset", "add", s(&b), "--name", "accounts", "--file", s(&data.join("b.csv")), "--key", "id", "--grant", "bank"]);
+
+    let out = root.join("shared.csv");
+    let json = ok(&["psi", s(&a), "--peer", "partner", "--dataset", "customers", "--peer-dataset", "accounts", "--out", s(&out), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["state"], "done", "{v}");
+    assert_eq!(v["intersection"], 700);
+    assert_eq!(v["local_rows"], 3000);
+    assert_eq!(v["peer_rows"], 2000);
+    let peer_out = b.join(v["peer_output"].as_str().unwrap());
+    let spec = |name: &str, file: &Path| consort_engine::DatasetSpec {
+        name: name.into(),
+        file: file.to_path_buf(),
+        keys: vec!["id".into()],
+        normalize: Default::default(),
+        dedup: false,
+    };
+    let check = consort_engine::check::verify_psi_outputs(&spec("a", &data.join("a.csv")), &spec("b", &data.join("b.csv")), Some(&out), Some(&peer_out)).unwrap();
+    assert!(check.ok, "{:?}", check.problems);
+    assert_eq!(check.expected, 700);
+
+    // Only the requester learns: the partner writes nothing.
+    let out_self = root.join("shared-self.csv");
+    let json = ok(&["psi", s(&a), "--peer", "partner", "--dataset", "customers", "--peer-dataset", "accounts", "--reveal", "self", "--out", s(&out_self), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["intersection"], 700);
+    assert!(v["peer_output"].is_null(), "{v}");
+    let check = consort_engine::check::verify_psi_outputs(&spec("a", &data.join("a.csv")), &spec("b", &data.join("b.csv")), Some(&out_self), None).unwrap();
+    assert!(check.ok, "{:?}", check.problems);
+
+    // Errors name what is wrong.
+    let err = fails(&["psi", s(&a), "--peer", "nobody", "--dataset", "customers", "--peer-dataset", "accounts", "--out", s(&root.join("x.csv"))]);
+    assert!(err.contains("unknown peer 'nobody'"), "{err}");
+    let err = fails(&["psi", s(&a), "--peer", "partner", "--dataset", "customers", "--peer-dataset", "missing", "--out", s(&root.join("x.csv"))]);
+    assert!(err.contains("refused") && err.contains("missing"), "{err}");
+    assert!(!root.join("x.csv").exists());
+    let jobs = ok(&["jobs", s(&a)]);
+    assert!(jobs.lines().count() >= 3, "{jobs}");
+}
+
+#[test]
+fn help_and_usage_errors() {
+    for cmd in [vec!["--help"], vec!["psi", "--help"], vec!["gen", "psi", "--help"], vec!["bench", "psi", "--help"], vec!["dataset", "add", "--help"]] {
+        ok(&cmd);
+    }
+    let out = consort(&["psi"]);
+    assert!(!out.status.success());
+    let out = consort(&["psi", "/nonexistent-node-dir", "--peer", "p", "--dataset", "d", "--peer-dataset", "e", "--out", "/tmp/x.csv"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no node is running"));
+}

@@ -1,0 +1,773 @@
+//! ECDH-PSI on ristretto255: private set intersection from the commutativity of scalar
+//! multiplication (Meadows 1986; Huberman, Franklin and Hogg 1999).
+//!
+//! # What it computes
+//!
+//! Let \\(\mathbb G\\) be the ristretto255 group, of prime order \\(\ell\\), and let
+//! \\(H : \\{0,1\\}^\* \to \mathbb G\\) hash an item to a point (SHA-512 of a domain tag and the
+//! item, mapped with the Elligator-based one-way map of RFC 9496 §4.3.4; see
+//! [`kernels::hash_to_point`]). The requester holds items \\(X\\), the responder items \\(Y\\).
+//! Each party samples a fresh secret \\(k \in \mathbb Z\_\ell^\*\\) per job (\\(k\_a\\) and
+//! \\(k\_b\\)) from the operating system's CSPRNG. Because
+//! \\(k\_a (k\_b H(v)) = k\_b (k\_a H(v))\\), both parties can compute the *joint value*
+//! \\[ J(v) = k\_a k\_b H(v) \\]
+//! of an item only together, and the *tag*
+//! \\( T(v) = \mathrm{SHA\text{-}256}(\mathtt{TAG\\_DOMAIN} \\,\\|\\, \mathrm{enc}(J(v)))[..16] \\)
+//! is equal for equal items and unrelated otherwise.
+//!
+//! Both parties run the same code (parameterized by [`Role`] and [`Reveal`]):
+//!
+//! 1. **Hello.** Each party sends the protocol id and version, its role, the reveal mode and its
+//!    own set size. A party aborts with [`EcdhPsiError::Protocol`] if the peer speaks another
+//!    protocol or version, claims the same role, or expects another reveal mode.
+//! 2. **Phase 1.** Each party streams \\(\mathrm{enc}(k H(v))\\) for its *own* items, in a secret
+//!    random order (so positions in the stream say nothing about positions in its dataset).
+//!    Concurrently it decodes the peer's points as they arrive, multiplies each by its own \\(k\\)
+//!    and keeps only the 16-byte tags \\(T(w)\\) of the peer's items, in the order received.
+//! 3. **Phase 2.** If the peer learns the intersection, a party sends the peer's tags back in the
+//!    order received. A party that learns receives the tags of its own items this way, maps
+//!    each stream position back through its secret order, and keeps its items whose tag is among
+//!    the tags it computed for the peer's set.
+//!
+//! The result ([`PsiOutput::intersection`]) lists the learning party's own indices sorted by tag
+//! (ties, i.e. duplicate copies of an item, by index). Both parties sort by the same tags, so when
+//! both learn, row `i` on both sides is the same entity: this is the *joint order*.
+//!
+//! # What each party learns
+//!
+//! Under the decisional Diffie–Hellman assumption in ristretto255, with \\(H\\) modeled as a random
+//! oracle, a semi-honest party learns:
+//!
+//! - the size of both sets (the hello carries them; duplicates count);
+//! - if it learns ([`Reveal::learns`]): which of its own items are in the intersection, and the
+//!   joint order of the intersection, which is a pseudorandom order determined by the items;
+//! - nothing else. For items outside the intersection, the points and tags it sees are
+//!   indistinguishable from random. A party that does not learn the intersection learns only the
+//!   peer's set size.
+//!
+//! Duplicates are visible: equal items of the peer give equal points, so each party learns the
+//! multiplicity pattern of the peer's input (how many items occur twice, ...). The engine removes
+//! or rejects duplicates before running the protocol.
+//!
+//! # Security model: semi-honest
+//!
+//! Both parties are assumed to follow the protocol. A malicious party could, among other things:
+//! use a different key for different items or phases (so that the peer's result is wrong, e.g.
+//! missing items, or replaced by tags of the cheater's choosing: the tags in phase 2 are not
+//! verified; Chaum–Pedersen DLEQ proofs, batched as in RFC 9497 §2.2.1, would detect this and are
+//! a separate issue); run with any input set it likes (inherent to PSI); announce a size and then
+//! abort; or, with [`Reveal::Both`], withhold its phase-2 tags after receiving its own, so that it
+//! learns the intersection and the peer does not (no fairness). Malformed messages (invalid
+//! points, the identity, wrong counts, unknown frames) are rejected with
+//! [`EcdhPsiError::Protocol`].
+//!
+//! Secret-dependent work is constant-time: the scalar multiplication is constant-time in the
+//! scalar, point decoding is constant-time; only public data (tags, counts) drives branches and
+//! sorting. The secret scalar is zeroized when the run ends.
+//!
+//! # Wire format
+//!
+//! Every frame starts with a one-byte kind. Integers are big-endian.
+//!
+//! | frame  | kind   | body                                                                  |
+//! |--------|--------|-----------------------------------------------------------------------|
+//! | hello  | `0x01` | `"consort/ecdh-psi"` (16 bytes), version `u16` (= 1), role `u8` (0 requester, 1 responder), reveal `u8` (0 both, 1 requester only), set size `u64` |
+//! | points | `0x02` | `m` ≥ 1 ristretto255 encodings of 32 bytes each (≈ 1 MiB frames of 32 768 points) |
+//! | tags   | `0x03` | `m` ≥ 1 tags of 16 bytes each (≈ 1 MiB frames of 65 536 tags)          |
+//!
+//! A party sends one hello, then exactly as many points as it announced, then (if the peer learns)
+//! exactly as many tags as the peer announced. Frame sizes are not part of the protocol; the
+//! receiver accepts any non-empty frame that does not overshoot the announced count.
+//!
+//! **Bytes per item.** Each party sends 32 bytes per own item, plus 16 bytes per peer item if the
+//! peer learns: with [`Reveal::Both`], 48 bytes per item of either set in total; with
+//! [`Reveal::RequesterOnly`], 32 per item plus 16 per requester item. Framing adds 1 byte per
+//! frame and the hello 29 bytes.
+//!
+//! # Performance
+//!
+//! Per item, each party hashes to the curve once, multiplies twice (own point, then the peer's)
+//! and decodes once; encodings use [`RistrettoPoint::double_and_compress_batch`] on a point
+//! multiplied by \\(k/2\\) so one field inversion is shared by a batch. The curve work runs on
+//! rayon in batches ([`crate::cpu`]), pipelined with the channel: while one frame is computed the
+//! previous one is sent, and the peer's frames are processed as they arrive. Only the 16-byte
+//! tags of the peer's items are kept (and, for a learning party, those of its own items).
+//!
+//! # References
+//!
+//! - C. Meadows, "A More Efficient Cryptographic Matchmaking Protocol for Use in the Absence of a
+//!   Continuously Available Third Party", IEEE S&P 1986.
+//! - B. A. Huberman, M. Franklin, T. Hogg, "Enhancing Privacy and Trust in Electronic
+//!   Communities", ACM EC 1999.
+//! - RFC 9496, "The ristretto255 and decaf448 Groups".
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use curve25519_dalek::ristretto::RistrettoPoint;
+use curve25519_dalek::scalar::Scalar;
+use rand::rngs::{StdRng, SysRng};
+use rand::seq::SliceRandom;
+use rand::{SeedableRng, TryRng};
+use rayon::prelude::*;
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::channel::{Channel, ChannelError};
+use crate::cpu;
+use crate::items::Items;
+use crate::psi::{ProgressFn, PsiOutput, PsiProgress, Reveal, Role};
+
+/// Protocol id carried in the hello.
+pub const PROTOCOL_ID: &[u8; 16] = b"consort/ecdh-psi";
+/// Wire format version carried in the hello.
+pub const VERSION: u16 = 1;
+/// Points per frame in phase 1 (32 bytes each: 1 MiB frames).
+pub const POINTS_PER_FRAME: usize = 32 * 1024;
+/// Tags per frame in phase 2 (16 bytes each: 1 MiB frames).
+pub const TAGS_PER_FRAME: usize = 64 * 1024;
+
+const HELLO: u8 = 0x01;
+const POINTS: u8 = 0x02;
+const TAGS: u8 = 0x03;
+const HELLO_LEN: usize = 1 + 16 + 2 + 1 + 1 + 8;
+
+/// Peer frames being processed on rayon at once (bounds memory, keeps the cores fed).
+const PEER_FRAMES_IN_FLIGHT: usize = 2;
+
+/// Parameters both parties must agree on (checked in the protocol's hello).
+#[derive(Clone)]
+pub struct EcdhPsiConfig {
+    pub role: Role,
+    pub reveal: Reveal,
+    /// Called as stages advance; `None` for no progress reports.
+    pub progress: Option<ProgressFn>,
+}
+
+/// Why an ECDH-PSI run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EcdhPsiError {
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// The peer sent something that does not follow the protocol (bad frame, invalid point,
+    /// wrong count, mismatched parameters).
+    #[error("protocol violation by the peer: {0}")]
+    Protocol(String),
+}
+
+fn violation(message: impl Into<String>) -> EcdhPsiError {
+    EcdhPsiError::Protocol(message.into())
+}
+
+/// Runs ECDH-PSI with the peer on `channel` over `items`.
+///
+/// Both parties call this with opposite roles and the same reveal mode. Indices in the result
+/// are `u32`, so a set may hold at most `u32::MAX` items. On error the caller should close the
+/// channel so that the peer's run ends too.
+///
+/// # Panics
+///
+/// If the operating system's random number generator fails (as `rand::rng()` does).
+pub async fn run<C: Channel, I: Items + ?Sized>(
+    channel: &C,
+    items: &I,
+    config: &EcdhPsiConfig,
+) -> Result<PsiOutput, EcdhPsiError> {
+    run_framed(channel, items, config, Framing::DEFAULT).await
+}
+
+/// Frame sizes: not part of the protocol (the receiver accepts any); tests use small frames to
+/// exercise the multi-frame paths.
+#[derive(Debug, Clone, Copy)]
+struct Framing {
+    points_per_frame: usize,
+    tags_per_frame: usize,
+}
+
+impl Framing {
+    const DEFAULT: Framing = Framing {
+        points_per_frame: POINTS_PER_FRAME,
+        tags_per_frame: TAGS_PER_FRAME,
+    };
+}
+
+async fn run_framed<C: Channel, I: Items + ?Sized>(
+    channel: &C,
+    items: &I,
+    config: &EcdhPsiConfig,
+    framing: Framing,
+) -> Result<PsiOutput, EcdhPsiError> {
+    let own_size = items.len();
+    if u32::try_from(own_size).is_err() {
+        return Err(violation(format!(
+            "this party's set has {own_size} items; ECDH-PSI supports at most {} per party",
+            u32::MAX
+        )));
+    }
+    let progress = Progress(config.progress.as_ref());
+
+    // Step 1: hello.
+    let ours = Hello {
+        role: config.role,
+        reveal: config.reveal,
+        size: own_size as u64,
+    };
+    let (_, peer_hello) = futures::try_join!(channel.send(ours.encode()), channel.recv())?;
+    let peer = Hello::decode(&peer_hello)?;
+    ours.check_compatible(&peer)?;
+    let peer_size = peer.size as usize;
+
+    let key = Arc::new(HalfKey::random());
+    let order = secret_order(own_size);
+
+    // Step 2 (phase 1): the writer only sends and the reader only receives, so bounded buffers
+    // in both directions cannot wait on each other.
+    let (_, peer_tags) = futures::try_join!(
+        send_own_points(
+            channel,
+            items,
+            &order,
+            &key,
+            framing.points_per_frame,
+            &progress
+        ),
+        encrypt_peer_points(channel, peer_size, &key, &progress),
+    )?;
+    drop(key);
+
+    // Step 3 (phase 2).
+    let peer_role = peer.role;
+    let (_, own_tags) = futures::try_join!(
+        async {
+            if config.reveal.learns(peer_role) {
+                send_tags(channel, &peer_tags, framing.tags_per_frame).await?;
+            }
+            Ok::<_, EcdhPsiError>(())
+        },
+        async {
+            if config.reveal.learns(config.role) {
+                Ok(Some(recv_own_tags(channel, own_size, &progress).await?))
+            } else {
+                Ok(None)
+            }
+        },
+    )?;
+
+    let intersection = match own_tags {
+        Some(own_tags) => {
+            let matched = cpu::run(move || intersect(own_tags, &order, peer_tags)).await;
+            progress.report("match", own_size, own_size);
+            Some(matched)
+        }
+        None => None,
+    };
+    Ok(PsiOutput {
+        peer_size: peer.size,
+        intersection,
+    })
+}
+
+/// The hello both parties send first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Hello {
+    role: Role,
+    reveal: Reveal,
+    size: u64,
+}
+
+impl Hello {
+    fn encode(&self) -> Bytes {
+        let mut frame = Vec::with_capacity(HELLO_LEN);
+        frame.push(HELLO);
+        frame.extend_from_slice(PROTOCOL_ID);
+        frame.extend_from_slice(&VERSION.to_be_bytes());
+        frame.push(match self.role {
+            Role::Requester => 0,
+            Role::Responder => 1,
+        });
+        frame.push(match self.reveal {
+            Reveal::Both => 0,
+            Reveal::RequesterOnly => 1,
+        });
+        frame.extend_from_slice(&self.size.to_be_bytes());
+        Bytes::from(frame)
+    }
+
+    fn decode(frame: &[u8]) -> Result<Hello, EcdhPsiError> {
+        if frame.len() < 19 || frame[0] != HELLO || &frame[1..17] != PROTOCOL_ID {
+            return Err(violation(
+                "the peer's first message is not an ECDH-PSI hello",
+            ));
+        }
+        let version = u16::from_be_bytes([frame[17], frame[18]]);
+        if version != VERSION {
+            return Err(violation(format!(
+                "the peer speaks ECDH-PSI version {version}, this party speaks version {VERSION}"
+            )));
+        }
+        if frame.len() != HELLO_LEN {
+            return Err(violation(format!(
+                "the peer's hello has {} bytes, expected {HELLO_LEN}",
+                frame.len()
+            )));
+        }
+        let role = match frame[19] {
+            0 => Role::Requester,
+            1 => Role::Responder,
+            other => {
+                return Err(violation(format!(
+                    "the peer's hello has unknown role {other}"
+                )));
+            }
+        };
+        let reveal = match frame[20] {
+            0 => Reveal::Both,
+            1 => Reveal::RequesterOnly,
+            other => {
+                return Err(violation(format!(
+                    "the peer's hello has unknown reveal mode {other}"
+                )));
+            }
+        };
+        let size = u64::from_be_bytes(frame[21..29].try_into().expect("8 bytes"));
+        if size > u64::from(u32::MAX) {
+            return Err(violation(format!(
+                "the peer announced {size} items; ECDH-PSI supports at most {} per party",
+                u32::MAX
+            )));
+        }
+        Ok(Hello { role, reveal, size })
+    }
+
+    fn check_compatible(&self, peer: &Hello) -> Result<(), EcdhPsiError> {
+        if peer.role == self.role {
+            return Err(violation(format!(
+                "both parties claim the {} role",
+                match self.role {
+                    Role::Requester => "requester",
+                    Role::Responder => "responder",
+                }
+            )));
+        }
+        if peer.reveal != self.reveal {
+            let name = |reveal| match reveal {
+                Reveal::Both => "both",
+                Reveal::RequesterOnly => "requester-only",
+            };
+            return Err(violation(format!(
+                "reveal mode mismatch: this party runs with reveal={}, the peer with reveal={}",
+                name(self.reveal),
+                name(peer.reveal)
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The per-job secret \\(k\\), stored as \\(k/2\\) (the encoding doubles). Sampling \\(k/2\\)
+/// uniformly is sampling \\(k\\) uniformly since 2 is invertible mod \\(\ell\\). Zeroized on drop.
+struct HalfKey(Scalar);
+
+impl HalfKey {
+    fn random() -> HalfKey {
+        let mut wide = Zeroizing::new([0u8; 64]);
+        loop {
+            SysRng
+                .try_fill_bytes(&mut wide[..])
+                .expect("the operating system's random number generator failed");
+            let half = Scalar::from_bytes_mod_order_wide(&wide);
+            if half != Scalar::ZERO {
+                return HalfKey(half);
+            }
+        }
+    }
+}
+
+impl Drop for HalfKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+/// A uniformly random order of `0..n` (Fisher–Yates with a ChaCha generator seeded from the OS),
+/// in which this party streams its own items.
+fn secret_order(n: usize) -> Zeroizing<Vec<u32>> {
+    let mut order: Zeroizing<Vec<u32>> = Zeroizing::new((0..n as u32).collect());
+    let mut rng = StdRng::try_from_rng(&mut SysRng)
+        .expect("the operating system's random number generator failed");
+    order.shuffle(&mut rng);
+    order
+}
+
+struct Progress<'a>(Option<&'a ProgressFn>);
+
+impl Progress<'_> {
+    fn report(&self, stage: &'static str, done: usize, total: usize) {
+        if let Some(report) = self.0 {
+            report(PsiProgress {
+                stage,
+                done: done as u64,
+                total: total as u64,
+            });
+        }
+    }
+}
+
+/// Phase 1, writer: streams `enc(k·H(x))` of the own items in `order`, computing frame `i + 1`
+/// on rayon while frame `i` is sent.
+async fn send_own_points<C: Channel, I: Items + ?Sized>(
+    channel: &C,
+    items: &I,
+    order: &[u32],
+    key: &Arc<HalfKey>,
+    per_frame: usize,
+    progress: &Progress<'_>,
+) -> Result<(), EcdhPsiError> {
+    let start = |positions: &[u32]| {
+        let batch = OwnItems::gather(items, positions);
+        let key = Arc::clone(key);
+        cpu::spawn(move || encrypt_own(&batch, &key.0))
+    };
+    let mut frames = order.chunks(per_frame.max(1));
+    let mut next = frames.next().map(start);
+    let mut done = 0;
+    while let Some(computing) = next.take() {
+        let frame = computing.await;
+        next = frames.next().map(start);
+        let count = (frame.len() - 1) / 32;
+        channel.send(frame).await?;
+        done += count;
+        progress.report("encrypt own set", done, order.len());
+    }
+    Ok(())
+}
+
+/// Own items of one frame copied out of [`Items`] (which is borrowed, so cannot go to rayon).
+struct OwnItems {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl OwnItems {
+    fn gather<I: Items + ?Sized>(items: &I, positions: &[u32]) -> OwnItems {
+        let mut bytes = Vec::new();
+        let mut ends = Vec::with_capacity(positions.len());
+        for &position in positions {
+            bytes.extend_from_slice(items.get(position as usize));
+            ends.push(bytes.len());
+        }
+        OwnItems { bytes, ends }
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn get(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.bytes[start..self.ends[i]]
+    }
+}
+
+/// A points frame: `enc(k·H(x))` for each item, batched for the shared inversion.
+fn encrypt_own(items: &OwnItems, half_key: &Scalar) -> Bytes {
+    let mut frame = vec![0u8; 1 + 32 * items.len()];
+    frame[0] = POINTS;
+    frame[1..]
+        .par_chunks_mut(32 * kernels::BATCH)
+        .enumerate()
+        .for_each_init(
+            || Vec::with_capacity(kernels::BATCH),
+            |points, (b, out)| {
+                let first = b * kernels::BATCH;
+                points.clear();
+                points.extend(
+                    (first..first + out.len() / 32).map(|i| kernels::hash_to_point(items.get(i))),
+                );
+                kernels::multiply_encode(points, half_key, out);
+            },
+        );
+    Bytes::from(frame)
+}
+
+/// Phase 1, reader: decodes the peer's points as they arrive and keeps the tags
+/// `T(y) = F(k·(k_peer·H(y)))`, in the order received.
+async fn encrypt_peer_points<C: Channel>(
+    channel: &C,
+    peer_size: usize,
+    key: &Arc<HalfKey>,
+    progress: &Progress<'_>,
+) -> Result<Vec<u128>, EcdhPsiError> {
+    let mut tags = Vec::with_capacity(peer_size.min(1 << 20));
+    let mut in_flight = VecDeque::with_capacity(PEER_FRAMES_IN_FLIGHT);
+    let mut received = 0;
+    while received < peer_size || !in_flight.is_empty() {
+        if received < peer_size && in_flight.len() < PEER_FRAMES_IN_FLIGHT {
+            let frame = channel.recv().await?;
+            let points = frame_body(frame, POINTS, 32)?;
+            let count = points.len() / 32;
+            if count > peer_size - received {
+                return Err(violation(format!(
+                    "the peer sent more than the {peer_size} points it announced"
+                )));
+            }
+            let key = Arc::clone(key);
+            in_flight.push_back((received, cpu::spawn(move || encrypt_peer(&points, &key.0))));
+            received += count;
+        } else {
+            let (first, computing) = in_flight.pop_front().expect("a frame is in flight");
+            let frame_tags = computing.await.map_err(|i| {
+                violation(format!(
+                    "the peer's point {} is not the encoding of a non-identity ristretto255 point",
+                    first + i
+                ))
+            })?;
+            tags.extend_from_slice(&frame_tags);
+            progress.report("encrypt peer set", tags.len(), peer_size);
+        }
+    }
+    Ok(tags)
+}
+
+/// Tags of one frame of peer points, or the index (in the frame) of an invalid point.
+fn encrypt_peer(points: &[u8], half_key: &Scalar) -> Result<Vec<u128>, usize> {
+    let mut tags = vec![0u128; points.len() / 32];
+    tags.par_chunks_mut(kernels::BATCH)
+        .zip(points.par_chunks(32 * kernels::BATCH))
+        .enumerate()
+        .try_for_each_init(
+            || {
+                (
+                    Vec::with_capacity(kernels::BATCH),
+                    vec![0u8; 32 * kernels::BATCH],
+                )
+            },
+            |(decoded, encoded), (b, (tags, points))| {
+                decoded.clear();
+                for (i, point) in points.chunks_exact(32).enumerate() {
+                    decoded.push(kernels::decode(point).ok_or(b * kernels::BATCH + i)?);
+                }
+                let encoded = &mut encoded[..points.len()];
+                kernels::multiply_encode(decoded, half_key, encoded);
+                for (tag, joint) in tags.iter_mut().zip(encoded.chunks_exact(32)) {
+                    *tag = kernels::tag(joint);
+                }
+                Ok::<(), usize>(())
+            },
+        )?;
+    Ok(tags)
+}
+
+/// Checks a frame's kind and that its body is a non-empty whole number of `size`-byte records.
+fn frame_body(frame: Bytes, kind: u8, size: usize) -> Result<Bytes, EcdhPsiError> {
+    let what = if kind == POINTS { "points" } else { "tags" };
+    match frame.first() {
+        Some(&k) if k == kind => {}
+        Some(&k) => {
+            return Err(violation(format!(
+                "expected a {what} frame (kind {kind:#04x}), got a frame of kind {k:#04x}"
+            )));
+        }
+        None => {
+            return Err(violation(format!(
+                "expected a {what} frame, got an empty frame"
+            )));
+        }
+    }
+    let body = frame.slice(1..);
+    if body.is_empty() || !body.len().is_multiple_of(size) {
+        return Err(violation(format!(
+            "a {what} frame has {} bytes of payload, not a positive multiple of {size}",
+            body.len()
+        )));
+    }
+    Ok(body)
+}
+
+/// Phase 2, sender: the peer's tags back, in the order its points arrived.
+async fn send_tags<C: Channel>(
+    channel: &C,
+    tags: &[u128],
+    per_frame: usize,
+) -> Result<(), EcdhPsiError> {
+    for chunk in tags.chunks(per_frame.max(1)) {
+        let mut frame = Vec::with_capacity(1 + 16 * chunk.len());
+        frame.push(TAGS);
+        for tag in chunk {
+            frame.extend_from_slice(&tag.to_be_bytes());
+        }
+        channel.send(Bytes::from(frame)).await?;
+    }
+    Ok(())
+}
+
+/// Phase 2, receiver: the tags of this party's own items, in the order it sent them.
+async fn recv_own_tags<C: Channel>(
+    channel: &C,
+    own_size: usize,
+    progress: &Progress<'_>,
+) -> Result<Vec<u128>, EcdhPsiError> {
+    let mut tags = Vec::with_capacity(own_size);
+    while tags.len() < own_size {
+        let body = frame_body(channel.recv().await?, TAGS, 16)?;
+        if body.len() / 16 > own_size - tags.len() {
+            return Err(violation(format!(
+                "the peer sent back more than {own_size} tags, one per item this party sent"
+            )));
+        }
+        tags.extend(
+            body.chunks_exact(16)
+                .map(|tag| u128::from_be_bytes(tag.try_into().expect("16 bytes"))),
+        );
+        progress.report("match", tags.len(), own_size);
+    }
+    Ok(tags)
+}
+
+/// Own indices whose tag is among the peer's tags, sorted by (tag, index): the joint order.
+fn intersect(own_tags: Vec<u128>, order: &[u32], mut peer_tags: Vec<u128>) -> Vec<u32> {
+    peer_tags.par_sort_unstable();
+    peer_tags.dedup();
+    let mut own: Vec<(u128, u32)> = own_tags.into_iter().zip(order.iter().copied()).collect();
+    own.par_sort_unstable();
+    let mut matched = Vec::new();
+    let mut peer = peer_tags.iter().peekable();
+    for (tag, index) in own {
+        while peer.next_if(|&&t| t < tag).is_some() {}
+        if peer.peek() == Some(&&tag) {
+            matched.push(index);
+        }
+    }
+    matched
+}
+
+/// The curve kernels of the protocol, public for benchmarks and [`measure_curve_costs`].
+///
+/// Single-threaded and allocation-free per item; the protocol runs them on rayon over batches of
+/// [`BATCH`](kernels::BATCH) items.
+pub mod kernels {
+    use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
+    use curve25519_dalek::scalar::Scalar;
+    use sha2::{Digest, Sha256, Sha512};
+
+    /// Domain separation of [`hash_to_point`] (prefixed to the item in the SHA-512 input).
+    pub const HASH_TO_POINT_DOMAIN: &[u8] = b"consort/ecdh-psi/v1/hash-to-point";
+    /// Domain separation of [`tag`] (prefixed to the joint point's encoding in the SHA-256 input).
+    pub const TAG_DOMAIN: &[u8] = b"consort/ecdh-psi/v1/tag";
+    /// Points per [`multiply_encode`] call in the protocol: one field inversion is shared by the
+    /// batch, and a batch is a reasonable unit of rayon work (a few milliseconds).
+    pub const BATCH: usize = 256;
+
+    /// \\(H(x)\\): SHA-512 over `HASH_TO_POINT_DOMAIN || item`, mapped to ristretto255 by
+    /// applying Elligator twice and adding (RFC 9496 §4.3.4). The domain tag has a fixed length,
+    /// so the encoding of the hash input is injective.
+    pub fn hash_to_point(item: &[u8]) -> RistrettoPoint {
+        RistrettoPoint::from_hash(
+            Sha512::new()
+                .chain_update(HASH_TO_POINT_DOMAIN)
+                .chain_update(item),
+        )
+    }
+
+    /// Writes \\(\mathrm{enc}(2 \cdot h \cdot P\_i)\\) for each point into consecutive 32-byte
+    /// slots of `out`, where \\(h\\) = `half_key` (so with \\(h = k/2\\) this is
+    /// \\(\mathrm{enc}(k P\_i)\\)). Overwrites `points` with \\(h P\_i\\).
+    ///
+    /// Constant-time in `half_key`. Uses [`RistrettoPoint::double_and_compress_batch`], which
+    /// shares one inversion over the batch.
+    ///
+    /// # Panics
+    ///
+    /// If `out.len() != 32 * points.len()`.
+    pub fn multiply_encode(points: &mut [RistrettoPoint], half_key: &Scalar, out: &mut [u8]) {
+        assert_eq!(out.len(), 32 * points.len(), "one 32-byte slot per point");
+        for point in points.iter_mut() {
+            *point *= half_key;
+        }
+        let encoded = RistrettoPoint::double_and_compress_batch(points.iter());
+        for (slot, encoding) in out.chunks_exact_mut(32).zip(&encoded) {
+            slot.copy_from_slice(encoding.as_bytes());
+        }
+    }
+
+    /// Decodes a point received from the peer: `None` unless `encoding` is the canonical
+    /// 32-byte encoding of a ristretto255 point other than the identity (an honest peer's
+    /// \\(k H(x)\\) is never the identity).
+    pub fn decode(encoding: &[u8]) -> Option<RistrettoPoint> {
+        let bytes: [u8; 32] = encoding.try_into().ok()?;
+        if bytes == [0; 32] {
+            return None;
+        }
+        CompressedRistretto(bytes).decompress()
+    }
+
+    /// \\(T = \mathrm{SHA\text{-}256}(\mathtt{TAG\\_DOMAIN} \\| \mathrm{enc}(J))[..16]\\) of a joint
+    /// point's encoding, as a big-endian `u128` (so integer order is the byte order of the tag).
+    pub fn tag(joint_encoding: &[u8]) -> u128 {
+        let digest = Sha256::new()
+            .chain_update(TAG_DOMAIN)
+            .chain_update(joint_encoding)
+            .finalize();
+        u128::from_be_bytes(digest[..16].try_into().expect("16 bytes"))
+    }
+}
+
+/// Per-item costs of the curve operations on this machine, single-threaded, in nanoseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct CurveCosts {
+    /// Hash one item to a ristretto255 point.
+    pub hash_to_point_ns: f64,
+    /// Multiply one point by the secret scalar and encode it (batched double-and-compress).
+    pub multiply_encode_ns: f64,
+    /// Decode (decompress) one point received from the peer.
+    pub decode_ns: f64,
+}
+
+impl CurveCosts {
+    /// Curve work per item, per party: hash + 2 × multiply/encode + decode.
+    pub fn per_item_ns(&self) -> f64 {
+        self.hash_to_point_ns + 2.0 * self.multiply_encode_ns + self.decode_ns
+    }
+}
+
+/// Measures [`CurveCosts`] over `samples` items (16-byte keys) with the same kernels and batch
+/// size the protocol uses, on the calling thread.
+pub fn measure_curve_costs(samples: usize) -> CurveCosts {
+    let samples = samples.max(1);
+    let key = HalfKey::random();
+    let items: Vec<[u8; 16]> = (0..samples as u128).map(u128::to_le_bytes).collect();
+
+    let clock = Instant::now();
+    let mut points: Vec<RistrettoPoint> = items
+        .iter()
+        .map(|item| kernels::hash_to_point(item))
+        .collect();
+    let hash = clock.elapsed();
+
+    let mut encoded = vec![0u8; 32 * samples];
+    let clock = Instant::now();
+    for (batch, out) in points
+        .chunks_mut(kernels::BATCH)
+        .zip(encoded.chunks_mut(32 * kernels::BATCH))
+    {
+        kernels::multiply_encode(batch, &key.0, out);
+    }
+    let multiply = clock.elapsed();
+
+    let clock = Instant::now();
+    for encoding in encoded.chunks_exact(32) {
+        std::hint::black_box(kernels::decode(std::hint::black_box(encoding)));
+    }
+    let decode = clock.elapsed();
+
+    let per_item = |d: std::time::Duration| d.as_nanos() as f64 / samples as f64;
+    CurveCosts {
+        hash_to_point_ns: per_item(hash),
+        multiply_encode_ns: per_item(multiply),
+        decode_ns: per_item(decode),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,570 @@
+//! Every run is checked against a plaintext intersection (a `HashSet`), and, when both parties
+//! learn, against the other party's output: both must list the same items in the same order.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::*;
+use crate::channel::{Metered, memory_pair};
+
+/// Small frames, so that modest sets exercise the multi-frame pipeline.
+const SMALL: Framing = Framing {
+    points_per_frame: 7,
+    tags_per_frame: 5,
+};
+/// No test should come near this; a hang fails instead of blocking the suite.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+type Outcome = Result<PsiOutput, EcdhPsiError>;
+
+fn config(role: Role, reveal: Reveal) -> EcdhPsiConfig {
+    EcdhPsiConfig {
+        role,
+        reveal,
+        progress: None,
+    }
+}
+
+fn keys(prefix: &str, range: std::ops::Range<usize>) -> Vec<Vec<u8>> {
+    range.map(|i| format!("{prefix}{i}").into_bytes()).collect()
+}
+
+fn strs(items: &[&str]) -> Vec<Vec<u8>> {
+    items.iter().map(|s| s.as_bytes().to_vec()).collect()
+}
+
+/// Runs one party over its channel end and drops the end when done, as a node would, so that
+/// an error on one side ends the other side's run too.
+async fn party<C: Channel>(
+    channel: C,
+    items: &[Vec<u8>],
+    config: EcdhPsiConfig,
+    framing: Framing,
+) -> Outcome {
+    let outcome = run_framed(&channel, items, &config, framing).await;
+    drop(channel);
+    outcome
+}
+
+async fn run_both(
+    requester: &[Vec<u8>],
+    responder: &[Vec<u8>],
+    reveal: Reveal,
+    framing: Framing,
+) -> (Outcome, Outcome) {
+    let (a, b) = memory_pair(4);
+    let both = futures::future::join(
+        party(a, requester, config(Role::Requester, reveal), framing),
+        party(b, responder, config(Role::Responder, reveal), framing),
+    );
+    tokio::time::timeout(DEADLINE, both)
+        .await
+        .expect("the protocol hung")
+}
+
+/// Indices of `own` whose item is in `peer`: the plaintext answer.
+fn plaintext(own: &[Vec<u8>], peer: &[Vec<u8>]) -> Vec<u32> {
+    let peer: HashSet<&[u8]> = peer.iter().map(Vec::as_slice).collect();
+    (0..own.len())
+        .filter(|&i| peer.contains(own[i].as_slice()))
+        .map(|i| i as u32)
+        .collect()
+}
+
+/// The distinct items listed by `indices`, in order, after checking that copies are adjacent.
+fn listed<'a>(items: &'a [Vec<u8>], indices: &[u32]) -> Vec<&'a [u8]> {
+    let mut runs: Vec<&[u8]> = indices
+        .iter()
+        .map(|&i| items[i as usize].as_slice())
+        .collect();
+    runs.dedup();
+    let distinct: HashSet<&[u8]> = runs.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        runs.len(),
+        "copies of an item are not adjacent"
+    );
+    runs
+}
+
+fn check_own(own: &[Vec<u8>], peer: &[Vec<u8>], output: &PsiOutput) -> Vec<u32> {
+    assert_eq!(output.peer_size, peer.len() as u64);
+    let indices = output
+        .intersection
+        .clone()
+        .expect("this party learns the intersection");
+    let mut sorted = indices.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, plaintext(own, peer), "wrong intersection");
+    indices
+}
+
+fn check(
+    requester: &[Vec<u8>],
+    responder: &[Vec<u8>],
+    reveal: Reveal,
+    outcome: (Outcome, Outcome),
+) {
+    let (a, b) = (
+        outcome.0.expect("requester failed"),
+        outcome.1.expect("responder failed"),
+    );
+    let a_indices = check_own(requester, responder, &a);
+    let a_items = listed(requester, &a_indices);
+    match reveal {
+        Reveal::Both => {
+            let b_indices = check_own(responder, requester, &b);
+            assert_eq!(
+                a_items,
+                listed(responder, &b_indices),
+                "the parties' orders differ"
+            );
+        }
+        Reveal::RequesterOnly => {
+            assert_eq!(b.peer_size, requester.len() as u64);
+            assert_eq!(b.intersection, None);
+        }
+    }
+}
+
+async fn check_run(requester: &[Vec<u8>], responder: &[Vec<u8>], reveal: Reveal, framing: Framing) {
+    let outcome = run_both(requester, responder, reveal, framing).await;
+    check(requester, responder, reveal, outcome);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn empty_vs_empty() {
+    for reveal in [Reveal::Both, Reveal::RequesterOnly] {
+        check_run(&[], &[], reveal, Framing::DEFAULT).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn empty_vs_many_either_way() {
+    let many = keys("k", 0..100);
+    for reveal in [Reveal::Both, Reveal::RequesterOnly] {
+        check_run(&[], &many, reveal, SMALL).await;
+        check_run(&many, &[], reveal, SMALL).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_item_matching_and_not() {
+    check_run(
+        &strs(&["alice"]),
+        &strs(&["alice"]),
+        Reveal::Both,
+        Framing::DEFAULT,
+    )
+    .await;
+    check_run(
+        &strs(&["alice"]),
+        &strs(&["bob"]),
+        Reveal::Both,
+        Framing::DEFAULT,
+    )
+    .await;
+    check_run(&strs(&[""]), &strs(&[""]), Reveal::Both, Framing::DEFAULT).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disjoint_sets() {
+    check_run(&keys("a", 0..300), &keys("b", 0..200), Reveal::Both, SMALL).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identical_sets() {
+    let set = keys("k", 0..500);
+    check_run(&set, &set, Reveal::Both, SMALL).await;
+    check_run(&set, &set, Reveal::Both, Framing::DEFAULT).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overlapping_sets_over_many_frames() {
+    let mut requester = keys("k", 0..1000);
+    requester.reverse();
+    let responder = keys("k", 600..1700);
+    check_run(&requester, &responder, Reveal::Both, SMALL).await;
+    check_run(&requester, &responder, Reveal::RequesterOnly, SMALL).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unequal_sizes_1_vs_10_000() {
+    let large = keys("k", 0..10_000);
+    check_run(&strs(&["k4242"]), &large, Reveal::Both, Framing::DEFAULT).await;
+    check_run(
+        &large,
+        &strs(&["k17", "absent"]),
+        Reveal::Both,
+        Framing::DEFAULT,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicates_list_every_copy_adjacent() {
+    let requester = strs(&["x", "y", "x", "z", "x", "w", "z"]);
+    let responder = strs(&["z", "x", "v", "x", "z", "u"]);
+    check_run(&requester, &responder, Reveal::Both, SMALL).await;
+    check_run(&requester, &responder, Reveal::Both, Framing::DEFAULT).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requester_only_reveal() {
+    let requester = keys("k", 0..200);
+    let responder = keys("k", 150..400);
+    check_run(&requester, &responder, Reveal::RequesterOnly, SMALL).await;
+    check_run(
+        &responder,
+        &requester,
+        Reveal::RequesterOnly,
+        Framing::DEFAULT,
+    )
+    .await;
+}
+
+/// Bytes on the wire are as documented: 32 per own item, 16 per peer item if the peer learns,
+/// 1 per frame, 29 for the hello.
+#[tokio::test(flavor = "multi_thread")]
+async fn wire_bytes_match_the_documented_format() {
+    let requester = keys("k", 0..30);
+    let responder = keys("k", 20..45);
+    for reveal in [Reveal::Both, Reveal::RequesterOnly] {
+        let (a, b) = memory_pair(4);
+        let (a, b) = (Metered::new(a), Metered::new(b));
+        let (config_a, config_b) = (
+            config(Role::Requester, reveal),
+            config(Role::Responder, reveal),
+        );
+        let (ra, rb) = futures::join!(
+            run_framed(&a, &requester, &config_a, SMALL),
+            run_framed(&b, &responder, &config_b, SMALL),
+        );
+        check(&requester, &responder, reveal, (ra, rb));
+        let frames = |n: usize, per: usize| n.div_ceil(per) as u64;
+        let points = |n: usize| 32 * n as u64 + frames(n, SMALL.points_per_frame);
+        let tags = |n: usize| 16 * n as u64 + frames(n, SMALL.tags_per_frame);
+        let requester_sends = 29 + points(30) + if reveal == Reveal::Both { tags(25) } else { 0 };
+        let responder_sends = 29 + points(25) + tags(30);
+        assert_eq!(a.stats().bytes_sent, requester_sends);
+        assert_eq!(b.stats().bytes_sent, responder_sends);
+        assert_eq!(a.stats().sent_digest, b.stats().received_digest);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn progress_is_reported_per_stage() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    let progress: ProgressFn = Arc::new(move |p| sink.lock().unwrap().push(p));
+    let requester = keys("k", 0..40);
+    let responder = keys("k", 10..30);
+    let (a, b) = memory_pair(4);
+    let with_progress = EcdhPsiConfig {
+        progress: Some(progress),
+        ..config(Role::Requester, Reveal::Both)
+    };
+    let (ra, rb) = futures::join!(
+        party(a, &requester, with_progress, SMALL),
+        party(b, &responder, config(Role::Responder, Reveal::Both), SMALL),
+    );
+    check(&requester, &responder, Reveal::Both, (ra, rb));
+    let seen = seen.lock().unwrap();
+    for (stage, total) in [
+        ("encrypt own set", 40),
+        ("encrypt peer set", 20),
+        ("match", 40),
+    ] {
+        let reports: Vec<_> = seen.iter().filter(|p| p.stage == stage).collect();
+        assert!(reports.len() > 1, "{stage}: {reports:?}");
+        assert!(
+            reports.windows(2).all(|w| w[0].done <= w[1].done),
+            "{stage}: {reports:?}"
+        );
+        assert!(
+            reports.iter().all(|p| p.total == total),
+            "{stage}: {reports:?}"
+        );
+        assert_eq!(reports.last().unwrap().done, total, "{stage}");
+    }
+}
+
+fn protocol_error(outcome: Outcome, needle: &str) {
+    match outcome {
+        Err(EcdhPsiError::Protocol(message)) => {
+            assert!(
+                message.contains(needle),
+                "error {message:?} does not mention {needle:?}"
+            )
+        }
+        other => panic!("expected a protocol error mentioning {needle:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mismatched_configs_fail_on_both_sides() {
+    let items = keys("k", 0..10);
+    let cases = [
+        (
+            (Role::Requester, Reveal::Both),
+            (Role::Requester, Reveal::Both),
+            "both parties claim the requester",
+        ),
+        (
+            (Role::Responder, Reveal::Both),
+            (Role::Responder, Reveal::Both),
+            "both parties claim the responder",
+        ),
+        (
+            (Role::Requester, Reveal::Both),
+            (Role::Responder, Reveal::RequesterOnly),
+            "reveal mode mismatch",
+        ),
+    ];
+    for ((role_a, reveal_a), (role_b, reveal_b), needle) in cases {
+        let (a, b) = memory_pair(4);
+        let (ra, rb) = futures::join!(
+            party(a, &items, config(role_a, reveal_a), SMALL),
+            party(b, &items, config(role_b, reveal_b), SMALL),
+        );
+        protocol_error(ra, needle);
+        protocol_error(rb, needle);
+    }
+}
+
+/// Runs the real protocol as requester against `fake`, a hand-written responder, and returns the
+/// requester's outcome (after at most [`DEADLINE`]).
+async fn against<F, Fut>(items: &[Vec<u8>], reveal: Reveal, fake: F) -> Outcome
+where
+    F: FnOnce(crate::channel::MemoryChannel) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (a, b) = memory_pair(4);
+    let both = futures::future::join(
+        party(a, items, config(Role::Requester, reveal), SMALL),
+        fake(b),
+    );
+    tokio::time::timeout(DEADLINE, both)
+        .await
+        .expect("the protocol hung")
+        .0
+}
+
+/// Reads until the real party closes its end (so its errors are not masked by ours).
+async fn drain<C: Channel>(channel: &C) {
+    while channel.recv().await.is_ok() {}
+}
+
+fn hello(role: Role, reveal: Reveal, size: u64) -> Bytes {
+    Hello { role, reveal, size }.encode()
+}
+
+fn points_frame(points: &[[u8; 32]]) -> Bytes {
+    let mut frame = vec![POINTS];
+    for point in points {
+        frame.extend_from_slice(point);
+    }
+    Bytes::from(frame)
+}
+
+/// Valid-looking points: `enc(k·H(x))` for a fresh key.
+fn honest_points(n: usize) -> Vec<[u8; 32]> {
+    let key = HalfKey::random();
+    let mut points: Vec<_> = (0..n)
+        .map(|i| kernels::hash_to_point(&i.to_le_bytes()))
+        .collect();
+    let mut out = vec![0u8; 32 * n];
+    kernels::multiply_encode(&mut points, &key.0, &mut out);
+    out.chunks_exact(32)
+        .map(|c| c.try_into().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_version_or_protocol_is_rejected() {
+    let items = keys("k", 0..5);
+    let mut other_version = hello(Role::Responder, Reveal::Both, 5).to_vec();
+    other_version[17..19].copy_from_slice(&2u16.to_be_bytes());
+    let outcome = against(&items, Reveal::Both, |c| async move {
+        let _ = c.send(Bytes::from(other_version)).await;
+        drain(&c).await;
+    })
+    .await;
+    protocol_error(outcome, "version 2");
+
+    let outcome = against(&items, Reveal::Both, |c| async move {
+        let _ = c.send(Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n")).await;
+        drain(&c).await;
+    })
+    .await;
+    protocol_error(outcome, "not an ECDH-PSI hello");
+
+    let outcome = against(&items, Reveal::Both, |c| async move {
+        let _ = c
+            .send(hello(
+                Role::Responder,
+                Reveal::Both,
+                u64::from(u32::MAX) + 1,
+            ))
+            .await;
+        drain(&c).await;
+    })
+    .await;
+    protocol_error(outcome, "at most");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn peer_dropping_the_channel_is_an_error_not_a_hang() {
+    let items = keys("k", 0..50);
+    // Gone right after the hello.
+    let outcome = against(&items, Reveal::Both, |c| async move {
+        let _ = c.send(hello(Role::Responder, Reveal::Both, 100)).await;
+        let _ = c.recv().await;
+    })
+    .await;
+    assert!(
+        matches!(outcome, Err(EcdhPsiError::Channel(ChannelError::Closed))),
+        "{outcome:?}"
+    );
+    // Gone in the middle of its points.
+    let outcome = against(&items, Reveal::Both, |c| async move {
+        let _ = c.send(hello(Role::Responder, Reveal::Both, 100)).await;
+        let _ = c.send(points_frame(&honest_points(10))).await;
+        let _ = c.recv().await;
+    })
+    .await;
+    assert!(
+        matches!(outcome, Err(EcdhPsiError::Channel(ChannelError::Closed))),
+        "{outcome:?}"
+    );
+    // Gone before sending the tags back (after reading everything).
+    let outcome = against(&items, Reveal::Both, |c| async move {
+        let _ = c.send(hello(Role::Responder, Reveal::Both, 3)).await;
+        let _ = c.send(points_frame(&honest_points(3))).await;
+        while c.recv().await.is_ok_and(|f| f[0] != TAGS) {}
+    })
+    .await;
+    assert!(
+        matches!(outcome, Err(EcdhPsiError::Channel(ChannelError::Closed))),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_points_are_rejected() {
+    let items = keys("k", 0..5);
+    let mut points = honest_points(20);
+    points[13] = [0xff; 32]; // not canonical: s >= p
+    let outcome = against(&items, Reveal::Both, |c| async move {
+        let _ = c.send(hello(Role::Responder, Reveal::Both, 20)).await;
+        let _ = c.send(points_frame(&points[..7])).await;
+        let _ = c.send(points_frame(&points[7..])).await;
+        drain(&c).await;
+    })
+    .await;
+    protocol_error(outcome, "point 13 is not");
+
+    let mut points = honest_points(3);
+    points[0] = [0; 32]; // the identity
+    let outcome = against(&items, Reveal::Both, |c| async move {
+        let _ = c.send(hello(Role::Responder, Reveal::Both, 3)).await;
+        let _ = c.send(points_frame(&points)).await;
+        drain(&c).await;
+    })
+    .await;
+    protocol_error(outcome, "point 0 is not");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_counts_and_frames_are_rejected() {
+    let items = keys("k", 0..3);
+    let outcome = against(&items, Reveal::Both, |c| async move {
+        let _ = c.send(hello(Role::Responder, Reveal::Both, 2)).await;
+        let _ = c.send(points_frame(&honest_points(3))).await;
+        drain(&c).await;
+    })
+    .await;
+    protocol_error(outcome, "more than the 2 points it announced");
+
+    let outcome = against(&items, Reveal::Both, |c| async move {
+        let _ = c.send(hello(Role::Responder, Reveal::Both, 2)).await;
+        let _ = c.send(Bytes::from(vec![TAGS; 33])).await;
+        drain(&c).await;
+    })
+    .await;
+    protocol_error(outcome, "expected a points frame");
+
+    let outcome = against(&items, Reveal::Both, |c| async move {
+        let _ = c.send(hello(Role::Responder, Reveal::Both, 2)).await;
+        let _ = c.send(Bytes::from(vec![POINTS; 40])).await;
+        drain(&c).await;
+    })
+    .await;
+    protocol_error(outcome, "not a positive multiple of 32");
+
+    // A responder with no items of its own sends back one tag too many...
+    let outcome = against(&items, Reveal::Both, |c| async move {
+        let _ = c.send(hello(Role::Responder, Reveal::Both, 0)).await;
+        let _ = c.send(Bytes::from(vec![TAGS; 1 + 16 * 4])).await;
+        drain(&c).await;
+    })
+    .await;
+    protocol_error(outcome, "more than 3 tags");
+
+    // ... or a truncated tag.
+    let outcome = against(&items, Reveal::Both, |c| async move {
+        let _ = c.send(hello(Role::Responder, Reveal::Both, 0)).await;
+        let _ = c.send(Bytes::from(vec![TAGS; 1 + 15])).await;
+        drain(&c).await;
+    })
+    .await;
+    protocol_error(outcome, "not a positive multiple of 16");
+}
+
+#[test]
+fn kernels_compute_k_times_h_of_x() {
+    let key = HalfKey::random();
+    let k = key.0 + key.0;
+    let items: Vec<[u8; 8]> = (0..300u64).map(u64::to_le_bytes).collect();
+    let mut points: Vec<_> = items.iter().map(|x| kernels::hash_to_point(x)).collect();
+    let expected: Vec<_> = points.iter().map(|p| (p * k).compress()).collect();
+    let mut out = vec![0u8; 32 * points.len()];
+    kernels::multiply_encode(&mut points, &key.0, &mut out);
+    for (encoding, expected) in out.chunks_exact(32).zip(&expected) {
+        assert_eq!(encoding, expected.as_bytes());
+        assert_eq!(kernels::decode(encoding).unwrap().compress(), *expected);
+    }
+    // Domain separation: not the undecorated hash of the item.
+    let plain = RistrettoPoint::hash_from_bytes::<sha2::Sha512>(&items[0]);
+    assert_ne!(kernels::hash_to_point(&items[0]), plain);
+    assert_eq!(
+        kernels::tag(&out[..32]),
+        kernels::tag(expected[0].as_bytes())
+    );
+    assert_ne!(kernels::tag(&out[..32]), kernels::tag(&out[32..64]));
+    assert!(kernels::decode(&[0u8; 31]).is_none());
+}
+
+#[test]
+fn curve_costs_are_measured() {
+    let costs = measure_curve_costs(16);
+    for ns in [
+        costs.hash_to_point_ns,
+        costs.multiply_encode_ns,
+        costs.decode_ns,
+    ] {
+        assert!(ns.is_finite() && ns > 0.0, "{costs:?}");
+    }
+    assert!(costs.per_item_ns() > costs.multiply_encode_ns * 2.0);
+}
+
+#[test]
+fn run_is_send() {
+    fn assert_send<T: Send>(_: T) {}
+    let (a, _b) = memory_pair(1);
+    let items = keys("k", 0..1);
+    let config = config(Role::Requester, Reveal::Both);
+    assert_send(run(&a, &items, &config));
+    assert_send(run(&a, items.as_slice(), &config));
+}

@@ -1,0 +1,16 @@
+//! consort's cryptographic protocols.
+//!
+//! Pure protocol logic over a byte [`channel::Channel`]: no files, no sockets, no async runtime.
+//! Each protocol module opens with what it computes, what each party learns, its security model
+//! and the paper it follows. Every protocol is tested against a plaintext computation over
+//! [`channel::memory_pair`].
+
+pub mod channel;
+pub mod cpu;
+pub mod ecdh_psi;
+pub mod items;
+pub mod psi;
+
+pub use channel::{Channel, ChannelError, ChannelStats, Metered, memory_pair};
+pub use items::Items;
+pub use psi::{ProgressFn, PsiOutput, PsiProgress, Reveal, Role};

@@ -1,0 +1,57 @@
+//! Types shared by all PSI protocols: roles, who learns the result, the result itself, progress.
+
+use std::sync::Arc;
+
+/// Which side of the job this party is. The requester is the party whose operator submitted the
+/// job; the responder accepted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Requester,
+    Responder,
+}
+
+/// Who learns the intersection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reveal {
+    /// Both parties learn which of their own items are in the intersection.
+    Both,
+    /// Only the requester learns it; the responder learns only the requester's set size.
+    RequesterOnly,
+}
+
+impl Reveal {
+    /// Whether the party in `role` learns the intersection.
+    pub fn learns(self, role: Role) -> bool {
+        matches!(
+            (self, role),
+            (Reveal::Both, _) | (Reveal::RequesterOnly, Role::Requester)
+        )
+    }
+}
+
+/// What a party learns from a PSI run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PsiOutput {
+    /// Number of items the peer put in.
+    pub peer_size: u64,
+    /// Indices (into this party's own items) of the items in the intersection, in the *joint
+    /// order*: both parties list the same entities in the same order (ordered by a joint PRF value
+    /// of the item that both can compute only for the intersection). `None` if this party does
+    /// not learn the intersection. With duplicate items, every copy of an intersecting item is
+    /// listed (copies are adjacent).
+    pub intersection: Option<Vec<u32>>,
+}
+
+/// Progress of a running protocol, for progress bars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PsiProgress {
+    /// A short stage name (e.g. "encrypt own set", "encrypt peer set", "match").
+    pub stage: &'static str,
+    /// Items done in this stage.
+    pub done: u64,
+    /// Items in this stage.
+    pub total: u64,
+}
+
+/// A progress callback; called from protocol code, must be cheap and must not block.
+pub type ProgressFn = Arc<dyn Fn(PsiProgress) + Send + Sync>;
