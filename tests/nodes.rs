@@ -184,7 +184,7 @@ async fn bad_input_fails_the_job_with_file_line_and_column_and_no_output() {
     p.b.state.reload().unwrap();
     let status = run_psi(&p.a_dir, "accounts", "both", &out).await;
     assert_eq!(status.state, "done", "{}", status.error);
-    assert_eq!(status.intersection, 1);
+    assert_eq!(status.intersection, 2);
 
     // Missing key column: refused at registration.
     let mut s = spec("other", &p.root.join("b.csv"));

@@ -2,15 +2,12 @@
 //!
 //! Reads both inputs in the clear, so it is for data both sides may see (generated data, tests),
 //! never part of a real job.
-use std::os::unix::fs::FileExt;
 use std::path::Path;
-
-use rayon::prelude::*;
 
 use crate::csv_rows::{RowScanner, strip_terminator};
 use crate::dataset::{Dataset, DatasetSpec, push_key};
 use crate::error::DataError;
-use crate::keys::{KeyArena, KeyIndex, display_key};
+use crate::keys::{KeyArena, KeyIndex, display_key, key_hash};
 
 /// The outcome of [`verify_psi_outputs`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,9 +38,17 @@ impl Problems {
         }
     }
 
+    fn extend(&mut self, other: Problems) {
+        for p in other.listed {
+            self.add(p);
+        }
+        self.more += other.more;
+    }
+
     fn into_list(mut self) -> Vec<String> {
         if self.more > 0 {
-            self.listed.push(format!("... and {} more problems", self.more));
+            self.listed
+                .push(format!("... and {} more problems", self.more));
         }
         self.listed
     }
@@ -58,11 +63,19 @@ struct Side<'a> {
     shared: Vec<bool>,
 }
 
-/// One output row as matched to its input: the input row index, if any, and its line.
+/// One output row: its line, its key (index into the output's keys; none if the key is bad),
+/// the input row with that key, and a hash of its bytes.
 #[derive(Clone, Copy)]
 struct OutRow {
-    input: Option<u32>,
     line: u64,
+    key: Option<u32>,
+    input: Option<u32>,
+    content: u64,
+}
+
+/// Hash of a row's bytes without its terminator, to compare rows without keeping them.
+fn content_hash(raw: &[u8]) -> u64 {
+    key_hash(strip_terminator(raw))
 }
 
 /// Checks PSI outputs against the plaintext intersection of the datasets `a` and `b`: each given
@@ -75,91 +88,105 @@ pub fn verify_psi_outputs(
     a_out: Option<&Path>,
     b_out: Option<&Path>,
 ) -> Result<VerifyReport, DataError> {
-    let (da, db) = rayon::join(|| Dataset::load(a), || Dataset::load(b));
-    let (da, db) = (da?, db?);
-    let (index_a, index_b) = rayon::join(|| KeyIndex::build(&da.keys), || KeyIndex::build(&db.keys));
-    let shared = |mine: &Dataset, theirs: &Dataset, their_index: &KeyIndex| -> Vec<bool> {
-        (0..mine.len()).into_par_iter().map(|i| their_index.find(&theirs.keys, mine.keys.get(i)).is_some()).collect()
-    };
-    let shared_a = shared(&da, &db, &index_b);
-    let shared_b = shared(&db, &da, &index_a);
+    let (da, db) = rayon::join(|| Dataset::load_indexed(a), || Dataset::load_indexed(b));
+    let ((da, index_a), (db, index_b)) = (da?, db?);
+    let (mut shared_a, mut shared_b) = (vec![false; da.len()], vec![false; db.len()]);
+    for (i, j) in index_a.join(&da.keys, &index_b, &db.keys) {
+        shared_a[i as usize] = true;
+        shared_b[j as usize] = true;
+    }
     let expected = shared_a.iter().filter(|&&s| s).count() as u64;
-    let side_a = Side { name: "a", input: &da, index: index_a, shared: shared_a };
-    let side_b = Side { name: "b", input: &db, index: index_b, shared: shared_b };
+    let side_a = Side {
+        name: "a",
+        input: &da,
+        index: index_a,
+        shared: shared_a,
+    };
+    let side_b = Side {
+        name: "b",
+        input: &db,
+        index: index_b,
+        shared: shared_b,
+    };
 
-    let mut problems = Problems::default();
-    let rows_a = a_out.map(|p| check_output(&side_a, p, &mut problems)).transpose()?.flatten();
-    let rows_b = b_out.map(|p| check_output(&side_b, p, &mut problems)).transpose()?.flatten();
-    if let (Some(ra), Some(rb)) = (&rows_a, &rows_b) {
+    let check = |side: &Side<'_>, out: Option<&Path>| {
+        let mut problems = Problems::default();
+        let rows = out
+            .map(|p| check_output(side, p, &mut problems))
+            .transpose();
+        rows.map(|rows| (rows.flatten(), problems))
+    };
+    let (a, b) = rayon::join(|| check(&side_a, a_out), || check(&side_b, b_out));
+    let ((out_a, mut problems), (out_b, problems_b)) = (a?, b?);
+    problems.extend(problems_b);
+    if let (Some(ra), Some(rb)) = (&out_a, &out_b) {
         check_aligned(&da, ra, &db, rb, &mut problems);
     }
     let problems = problems.into_list();
-    Ok(VerifyReport { expected, ok: problems.is_empty(), problems })
+    Ok(VerifyReport {
+        expected,
+        ok: problems.is_empty(),
+        problems,
+    })
 }
 
 /// Checks one output file; returns its rows as matched to the input, or `None` if it could not
 /// be read at all.
-fn check_output(side: &Side<'_>, out: &Path, problems: &mut Problems) -> Result<Option<Vec<OutRow>>, DataError> {
+fn check_output(
+    side: &Side<'_>,
+    out: &Path,
+    problems: &mut Problems,
+) -> Result<Option<Vec<OutRow>>, DataError> {
     let input = side.input;
     let shown = out.display();
-    let spec = DatasetSpec { file: out.to_path_buf(), ..input.spec.clone() };
-    let mut scanner = match RowScanner::open(out) {
-        Ok(s) => s,
-        Err(e) => {
-            problems.add(format!("output {}: {e}", side.name));
-            return Ok(None);
-        }
+    let Some((keys, mut rows)) = read_output(side, out, problems) else {
+        return Ok(None);
     };
-    let header = match spec.read_header(&mut scanner) {
-        Ok(h) => h,
-        Err(e) => {
-            problems.add(e.to_string());
-            return Ok(None);
-        }
-    };
-    if strip_terminator(&header.raw) != strip_terminator(input.header_bytes()) {
-        problems.add(format!("{shown}:1: the header differs from the input's"));
+
+    // Match output keys to input rows by joining the two hash-sorted indexes.
+    let mut input_of = vec![None; keys.len()];
+    for (k, i) in KeyIndex::build(&keys).join(&keys, &side.index, &input.keys) {
+        input_of[k as usize] = Some(i);
     }
-    let source = input.open_unchanged()?;
     let mut seen = vec![false; input.len()];
-    let mut rows = Vec::new();
-    let mut key = KeyArena::new();
-    let mut input_row = Vec::new();
-    loop {
-        let row = match scanner.next_row() {
-            Ok(Some(row)) => row,
-            Ok(None) => break,
-            Err(e) => {
-                problems.add(e.to_string());
-                break;
-            }
+    let mut expect = Vec::new();
+    for (r, row) in rows.iter_mut().enumerate() {
+        let Some(k) = row.key else { continue };
+        let at = || {
+            format!(
+                "{shown}:{}: key {}",
+                row.line,
+                display_key(keys.get(k as usize))
+            )
         };
-        key.clear();
-        if let Err(e) = push_key(&spec, &header, &row, &mut key) {
-            problems.add(e.to_string());
-            rows.push(OutRow { input: None, line: row.line });
-            continue;
-        }
-        let at = || format!("{shown}:{}: key {}", row.line, display_key(key.get(0)));
-        let found = side.index.find(&input.keys, key.get(0));
-        match found {
-            None => problems.add(format!("{} is not in input {}", at(), input.spec.file.display())),
-            Some(i) if !side.shared[i as usize] => problems.add(format!("{} is not in the intersection", at())),
+        row.input = input_of[k as usize];
+        match row.input {
+            None => problems.add(format!(
+                "{} is not in input {}",
+                at(),
+                input.spec.file.display()
+            )),
+            Some(i) if !side.shared[i as usize] => {
+                problems.add(format!("{} is not in the intersection", at()))
+            }
             Some(i) if seen[i as usize] => problems.add(format!("{} appears more than once", at())),
             Some(i) => {
                 seen[i as usize] = true;
-                input_row.clear();
-                let (start, len) = input.row_span(i as usize);
-                input_row.resize(len as usize, 0);
-                source.read_exact_at(&mut input_row, start).map_err(|e| DataError::io(&input.spec.file, e))?;
-                if strip_terminator(row.raw) != strip_terminator(&input_row) {
-                    problems.add(format!("{}: the row differs from the input row with that key", at()));
-                }
+                expect.push((i, r as u32));
             }
         }
-        rows.push(OutRow { input: found, line: row.line });
     }
-    let missing: Vec<usize> = (0..input.len()).filter(|&i| side.shared[i] && !seen[i]).collect();
+    for (i, r) in compare_contents(input, &rows, expect)? {
+        let row = &rows[r as usize];
+        problems.add(format!(
+            "{shown}:{}: key {}: the row differs from the input row with that key",
+            row.line,
+            input.display_key(i as usize)
+        ));
+    }
+    let missing: Vec<usize> = (0..input.len())
+        .filter(|&i| side.shared[i] && !seen[i])
+        .collect();
     if let Some(&first) = missing.first() {
         problems.add(format!(
             "{shown}: {} intersecting rows are missing (the first: key {})",
@@ -170,14 +197,110 @@ fn check_output(side: &Side<'_>, out: &Path, problems: &mut Problems) -> Result<
     Ok(Some(rows))
 }
 
+/// Reads an output file: the key of each row (with the input's key columns and normalization)
+/// and a hash of its bytes. `None` if the file cannot be read or has no usable header.
+fn read_output(
+    side: &Side<'_>,
+    out: &Path,
+    problems: &mut Problems,
+) -> Option<(KeyArena, Vec<OutRow>)> {
+    let input = side.input;
+    let spec = DatasetSpec {
+        file: out.to_path_buf(),
+        ..input.spec.clone()
+    };
+    let mut scanner = RowScanner::open(out)
+        .map_err(|e| problems.add(format!("output {}: {e}", side.name)))
+        .ok()?;
+    let header = spec
+        .read_header(&mut scanner)
+        .map_err(|e| problems.add(e.to_string()))
+        .ok()?;
+    if strip_terminator(&header.raw) != strip_terminator(input.header_bytes()) {
+        problems.add(format!(
+            "{}:1: the header differs from the input's",
+            out.display()
+        ));
+    }
+    let mut keys = KeyArena::new();
+    let mut rows = Vec::new();
+    loop {
+        let row = match scanner.next_row() {
+            Ok(Some(row)) => row,
+            Ok(None) => break,
+            Err(e) => {
+                problems.add(e.to_string());
+                break;
+            }
+        };
+        let key = match push_key(&spec, &header, &row, &mut keys) {
+            Ok(()) => Some(keys.len() as u32 - 1),
+            Err(e) => {
+                problems.add(e.to_string());
+                None
+            }
+        };
+        rows.push(OutRow {
+            line: row.line,
+            key,
+            input: None,
+            content: content_hash(row.raw),
+        });
+    }
+    Some((keys, rows))
+}
+
+/// Compares output rows with the input rows they claim to be, in one sequential pass over the
+/// input. `expect` holds `(input row, output row)` pairs; returns those whose bytes differ.
+fn compare_contents(
+    input: &Dataset,
+    rows: &[OutRow],
+    mut expect: Vec<(u32, u32)>,
+) -> Result<Vec<(u32, u32)>, DataError> {
+    expect.sort_unstable();
+    drop(input.open_unchanged()?);
+    let mut scanner = RowScanner::open(&input.spec.file)?;
+    scanner.next_row()?; // the header
+    let mut differ = Vec::new();
+    let (mut kept, mut next) = (0usize, 0usize);
+    while next < expect.len() {
+        let Some(row) = scanner.next_row()? else {
+            break;
+        };
+        // Rows dropped as duplicates are not kept rows; kept rows are recognized by their offset.
+        if kept < input.len() && row.start == input.row_span(kept).0 {
+            while next < expect.len() && expect[next].0 as usize == kept {
+                if content_hash(row.raw) != rows[expect[next].1 as usize].content {
+                    differ.push(expect[next]);
+                }
+                next += 1;
+            }
+            kept += 1;
+        }
+    }
+    Ok(differ)
+}
+
 /// Row i of both outputs must be the same entity.
-fn check_aligned(da: &Dataset, ra: &[OutRow], db: &Dataset, rb: &[OutRow], problems: &mut Problems) {
+fn check_aligned(
+    da: &Dataset,
+    ra: &[OutRow],
+    db: &Dataset,
+    rb: &[OutRow],
+    problems: &mut Problems,
+) {
     if ra.len() != rb.len() {
-        problems.add(format!("the outputs have different row counts: a {}, b {}", ra.len(), rb.len()));
+        problems.add(format!(
+            "the outputs have different row counts: a {}, b {}",
+            ra.len(),
+            rb.len()
+        ));
     }
     let mut misaligned = 0u64;
     for (x, y) in ra.iter().zip(rb) {
-        let (Some(i), Some(j)) = (x.input, y.input) else { continue };
+        let (Some(i), Some(j)) = (x.input, y.input) else {
+            continue;
+        };
         let (ka, kb) = (da.keys.get(i as usize), db.keys.get(j as usize));
         if ka != kb {
             misaligned += 1;
@@ -200,8 +323,8 @@ fn check_aligned(da: &Dataset, ra: &[OutRow], db: &Dataset, rb: &[OutRow], probl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::synth::{PsiGenSpec, generate_psi};
     use crate::keys::Normalization;
+    use crate::synth::{PsiGenSpec, generate_psi};
 
     struct Case {
         dir: tempfile::TempDir,
@@ -215,8 +338,14 @@ mod tests {
 
     fn case() -> Case {
         let dir = tempfile::tempdir().unwrap();
-        generate_psi(&PsiGenSpec { rows_a: 400, rows_b: 300, overlap: 50, seed: 11, out_dir: dir.path().into() })
-            .unwrap();
+        generate_psi(&PsiGenSpec {
+            rows_a: 400,
+            rows_b: 300,
+            overlap: 50,
+            seed: 11,
+            out_dir: dir.path().into(),
+        })
+        .unwrap();
         let spec = |f: &str| DatasetSpec {
             name: f.into(),
             file: dir.path().join(f),
@@ -227,10 +356,21 @@ mod tests {
         let (a, b) = (spec("a.csv"), spec("b.csv"));
         let (da, db) = (Dataset::load(&a).unwrap(), Dataset::load(&b).unwrap());
         let mut pairs: Vec<(u32, u32)> = (0..da.len())
-            .filter_map(|i| (0..db.len()).find(|&j| db.keys.get(j) == da.keys.get(i)).map(|j| (i as u32, j as u32)))
+            .filter_map(|i| {
+                (0..db.len())
+                    .find(|&j| db.keys.get(j) == da.keys.get(i))
+                    .map(|j| (i as u32, j as u32))
+            })
             .collect();
         pairs.sort_by_key(|&(i, _)| da.key_of(i as usize));
-        Case { dir, a, b, da, db, pairs }
+        Case {
+            dir,
+            a,
+            b,
+            da,
+            db,
+            pairs,
+        }
     }
 
     impl Case {
@@ -254,7 +394,14 @@ mod tests {
         let (oa, ob) = c.orders();
         let (pa, pb) = (c.write("oa.csv", true, &oa), c.write("ob.csv", false, &ob));
         let r = c.verify(Some(&pa), Some(&pb));
-        assert_eq!(r, VerifyReport { expected: 50, ok: true, problems: vec![] });
+        assert_eq!(
+            r,
+            VerifyReport {
+                expected: 50,
+                ok: true,
+                problems: vec![]
+            }
+        );
         assert!(c.verify(Some(&pa), None).ok);
         assert!(c.verify(None, Some(&pb)).ok);
     }
@@ -265,11 +412,18 @@ mod tests {
         let (oa, mut ob) = c.orders();
         ob.swap(3, 7);
         let (pa, pb) = (c.write("oa.csv", true, &oa), c.write("ob.csv", false, &ob));
-        assert!(c.verify(Some(&pa), None).ok && c.verify(None, Some(&pb)).ok, "each alone is right");
+        assert!(
+            c.verify(Some(&pa), None).ok && c.verify(None, Some(&pb)).ok,
+            "each alone is right"
+        );
         let r = c.verify(Some(&pa), Some(&pb));
         assert!(!r.ok);
         assert_eq!(r.problems.len(), 2, "{:?}", r.problems);
-        assert!(r.problems[0].starts_with("not aligned: a line 5 has key '"), "{:?}", r.problems);
+        assert!(
+            r.problems[0].starts_with("not aligned: a line 5 has key '"),
+            "{:?}",
+            r.problems
+        );
     }
 
     #[test]
@@ -285,24 +439,56 @@ mod tests {
         let r = c.verify(Some(&p), None);
         assert!(!r.ok);
         let text = r.problems.join("\n");
-        assert!(text.contains(&format!("key '{}' is not in the intersection", c.da.key_of(not_shared as usize))), "{text}");
-        assert!(text.contains(&format!("bad.csv:52: key '{}' appears more than once", c.da.key_of(oa[0] as usize))));
-        assert!(text.contains("bad.csv: 1 intersecting rows are missing"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "key '{}' is not in the intersection",
+                c.da.key_of(not_shared as usize)
+            )),
+            "{text}"
+        );
+        assert!(text.contains(&format!(
+            "bad.csv:52: key '{}' appears more than once",
+            c.da.key_of(oa[0] as usize)
+        )));
+        assert!(
+            text.contains("bad.csv: 1 intersecting rows are missing"),
+            "{text}"
+        );
 
         // A row whose payload was altered, and a key from the other file.
         let good = c.write("good.csv", true, &oa);
         let text = std::fs::read_to_string(&good).unwrap();
         let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
         lines[2] = format!("{},Someone Else,1,1", c.da.key_of(oa[1] as usize));
-        let stranger = (0..c.db.len()).find(|&j| !c.pairs.iter().any(|p| p.1 as usize == j)).unwrap();
+        let stranger = (0..c.db.len())
+            .find(|&j| !c.pairs.iter().any(|p| p.1 as usize == j))
+            .unwrap();
         lines[3] = format!("{},Zed Zed,1,1", c.db.key_of(stranger));
         std::fs::write(&good, lines.join("\n") + "\n").unwrap();
         let r = c.verify(Some(&good), None);
         let text = r.problems.join("\n");
         let key = |i: u32| c.da.key_of(i as usize);
-        assert!(text.contains(&format!("good.csv:3: key '{}': the row differs from the input row", key(oa[1]))), "{text}");
-        assert!(text.contains(&format!("good.csv:4: key '{}' is not in input", c.db.key_of(stranger))), "{text}");
-        assert!(text.contains(&format!("1 intersecting rows are missing (the first: key '{}')", key(oa[2]))), "{text}");
+        assert!(
+            text.contains(&format!(
+                "good.csv:3: key '{}': the row differs from the input row",
+                key(oa[1])
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "good.csv:4: key '{}' is not in input",
+                c.db.key_of(stranger)
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "1 intersecting rows are missing (the first: key '{}')",
+                key(oa[2])
+            )),
+            "{text}"
+        );
         assert_eq!(r.problems.len(), 3);
     }
 

@@ -8,7 +8,12 @@ use std::path::PathBuf;
 pub enum DataError {
     /// A problem at one place in a data file (line 1 is the header).
     #[error("{}:{line}: {}{message}", path.display(), ColumnPrefix(column.as_deref()))]
-    Row { path: PathBuf, line: u64, column: Option<String>, message: String },
+    Row {
+        path: PathBuf,
+        line: u64,
+        column: Option<String>,
+        message: String,
+    },
     /// The same key on more than one row (and `dedup` is off). Names the first repeated row in
     /// file order and the row it repeats.
     #[error(
@@ -32,7 +37,10 @@ pub enum DataError {
     #[error("{}: {message}", path.display())]
     File { path: PathBuf, message: String },
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// Invalid parameters, not about any file.
     #[error("{0}")]
     Invalid(String),
@@ -40,11 +48,17 @@ pub enum DataError {
 
 impl DataError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        DataError::Io { path: path.into(), source }
+        DataError::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub(crate) fn file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        DataError::File { path: path.into(), message: message.into() }
+        DataError::File {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 

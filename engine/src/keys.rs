@@ -31,7 +31,10 @@ fn yes() -> bool {
 
 impl Default for Normalization {
     fn default() -> Self {
-        Self { trim: true, case_fold: false }
+        Self {
+            trim: true,
+            case_fold: false,
+        }
     }
 }
 
@@ -134,7 +137,10 @@ impl KeyArena {
     }
 
     pub fn with_capacity(keys: usize, bytes: usize) -> Self {
-        Self { bytes: Vec::with_capacity(bytes), ends: Vec::with_capacity(keys) }
+        Self {
+            bytes: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(keys),
+        }
     }
 
     /// Appends one normalized column value to the key being built; [`KeyArena::finish_key`] ends it.
@@ -191,9 +197,10 @@ impl KeyArena {
         self.bytes.capacity() + self.ends.capacity() * 8
     }
 
-    pub(crate) fn clear(&mut self) {
-        self.bytes.clear();
-        self.ends.clear();
+    /// Drops the columns pushed since the last finished key.
+    pub(crate) fn discard_unfinished(&mut self) {
+        let end = self.ends.last().map_or(0, |&e| e as usize);
+        self.bytes.truncate(end);
     }
 
     pub(crate) fn shrink_to_fit(&mut self) {
@@ -244,46 +251,54 @@ pub(crate) fn fmix64(mut h: u64) -> u64 {
     h ^ (h >> 33)
 }
 
-/// The keys of an arena sorted by hash: finds a key, or all repeated keys, with about 18 bytes
-/// per key of memory.
+/// The keys of an arena sorted by hash, 16 bytes per key: finds repeated keys, or equal keys in
+/// two arenas, by walking sorted runs instead of random lookups.
 pub(crate) struct KeyIndex {
     /// `(hash, index)`, sorted; equal keys are adjacent in ascending index order.
     entries: Vec<(u64, u32)>,
-    /// `starts[p]` is the first entry whose hash has top bits `p` (hashes are uniform, so a
-    /// lookup touches one short run instead of binary-searching the whole table).
-    starts: Vec<u32>,
-    prefix_bits: u32,
 }
 
 impl KeyIndex {
     pub(crate) fn build(keys: &KeyArena) -> Self {
         assert!(keys.len() <= u32::MAX as usize, "more than 2^32 keys");
-        let mut entries: Vec<(u64, u32)> =
-            (0..keys.len()).into_par_iter().map(|i| (key_hash(keys.get(i)), i as u32)).collect();
+        let mut entries: Vec<(u64, u32)> = (0..keys.len())
+            .into_par_iter()
+            .map(|i| (key_hash(keys.get(i)), i as u32))
+            .collect();
         entries.par_sort_unstable();
-        let prefix_bits = entries.len().max(2).ilog2().clamp(1, 28);
-        let mut starts = Vec::with_capacity((1 << prefix_bits) + 1);
-        for (at, &(h, _)) in entries.iter().enumerate() {
-            let p = (h >> (64 - prefix_bits)) as usize;
-            while starts.len() <= p {
-                starts.push(at as u32);
-            }
-        }
-        starts.resize((1 << prefix_bits) + 1, entries.len() as u32);
-        Self { entries, starts, prefix_bits }
+        Self { entries }
     }
 
-    /// The first (lowest) index of `key` in `keys`, if present.
-    pub(crate) fn find(&self, keys: &KeyArena, key: &[u8]) -> Option<u32> {
-        let h = key_hash(key);
-        let p = (h >> (64 - self.prefix_bits)) as usize;
-        let run = &self.entries[self.starts[p] as usize..self.starts[p + 1] as usize];
-        let from = run.partition_point(|&(eh, _)| eh < h);
-        run[from..]
-            .iter()
-            .take_while(|&&(eh, _)| eh == h)
-            .map(|&(_, i)| i)
-            .find(|&i| keys.get(i as usize) == key)
+    /// Every `(i, j)` with `keys.get(i) == other_keys.get(j)`, in hash order.
+    pub(crate) fn join(
+        &self,
+        keys: &KeyArena,
+        other: &KeyIndex,
+        other_keys: &KeyArena,
+    ) -> Vec<(u32, u32)> {
+        let (mut x, mut y) = (
+            self.entries.chunk_by(|a, b| a.0 == b.0),
+            other.entries.chunk_by(|a, b| a.0 == b.0),
+        );
+        let (mut rx, mut ry) = (x.next(), y.next());
+        let mut out = Vec::new();
+        while let (Some(a), Some(b)) = (rx, ry) {
+            match a[0].0.cmp(&b[0].0) {
+                std::cmp::Ordering::Less => rx = x.next(),
+                std::cmp::Ordering::Greater => ry = y.next(),
+                std::cmp::Ordering::Equal => {
+                    for &(_, i) in a {
+                        for &(_, j) in b {
+                            if keys.get(i as usize) == other_keys.get(j as usize) {
+                                out.push((i, j));
+                            }
+                        }
+                    }
+                    (rx, ry) = (x.next(), y.next());
+                }
+            }
+        }
+        out
     }
 
     /// Every repeated key as `(first, repeat)` index pairs: `repeat` has the same key as the
@@ -300,7 +315,11 @@ impl KeyIndex {
             } else {
                 // A hash collision between different keys: group by the key itself.
                 let mut idx: Vec<u32> = run.iter().map(|&(_, i)| i).collect();
-                idx.sort_by(|&a, &b| keys.get(a as usize).cmp(keys.get(b as usize)).then(a.cmp(&b)));
+                idx.sort_by(|&a, &b| {
+                    keys.get(a as usize)
+                        .cmp(keys.get(b as usize))
+                        .then(a.cmp(&b))
+                });
                 for group in idx.chunk_by(|&a, &b| keys.get(a as usize) == keys.get(b as usize)) {
                     out.extend(group[1..].iter().map(|&i| (group[0], i)));
                 }
@@ -331,10 +350,19 @@ mod tests {
 
     #[test]
     fn case_folding_is_optional_and_unicode_aware() {
-        assert_eq!(normalize(" Alice@Example.COM ", &Normalization::default()), "Alice@Example.COM");
-        assert_eq!(normalize(" Alice@Example.COM ", &norm(true, true)), "alice@example.com");
+        assert_eq!(
+            normalize(" Alice@Example.COM ", &Normalization::default()),
+            "Alice@Example.COM"
+        );
+        assert_eq!(
+            normalize(" Alice@Example.COM ", &norm(true, true)),
+            "alice@example.com"
+        );
         assert_eq!(normalize("ÉCOLE Straße", &norm(true, true)), "école straße");
-        assert!(matches!(normalize("already lower", &norm(true, true)), Cow::Borrowed(_)));
+        assert!(matches!(
+            normalize("already lower", &norm(true, true)),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]
@@ -389,21 +417,19 @@ mod tests {
     }
 
     #[test]
-    fn index_finds_keys_and_repeats() {
+    fn index_joins_and_finds_repeats() {
         let mut arena = KeyArena::new();
         for k in ["a", "b", "a", "c", "b", "a"] {
             arena.push(&[k]);
         }
         let index = KeyIndex::build(&arena);
-        let mut enc = Vec::new();
-        encode_key(&["b"], &mut enc);
-        assert_eq!(index.find(&arena, &enc), Some(1));
-        enc.clear();
-        encode_key(&["z"], &mut enc);
-        assert_eq!(index.find(&arena, &enc), None);
-        for i in 0..arena.len() {
-            assert_eq!(index.find(&arena, arena.get(i)), Some([0, 1, 0, 3, 1, 0][i]));
+        let mut other = KeyArena::new();
+        for k in ["z", "b", "c", "y"] {
+            other.push(&[k]);
         }
+        let mut pairs = index.join(&arena, &KeyIndex::build(&other), &other);
+        pairs.sort();
+        assert_eq!(pairs, vec![(1, 1), (3, 2), (4, 1)]);
         let mut repeats = index.repeats(&arena);
         repeats.sort();
         assert_eq!(repeats, vec![(0, 2), (0, 5), (1, 4)]);
@@ -411,8 +437,9 @@ mod tests {
 
     #[test]
     fn hash_spreads_similar_keys() {
-        let hashes: std::collections::HashSet<u64> =
-            (0..100_000u64).map(|i| key_hash(format!("1{:010}", i).as_bytes())).collect();
+        let hashes: std::collections::HashSet<u64> = (0..100_000u64)
+            .map(|i| key_hash(format!("1{:010}", i).as_bytes()))
+            .collect();
         assert_eq!(hashes.len(), 100_000);
     }
 }

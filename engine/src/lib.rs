@@ -7,9 +7,9 @@ pub mod check;
 mod csv_rows;
 pub mod dataset;
 pub mod error;
-pub mod synth;
 pub mod keys;
 pub mod psi;
+pub mod synth;
 
 pub use dataset::{Dataset, DatasetSpec, Normalization};
 pub use error::{DataError, EngineError};

@@ -344,6 +344,11 @@ async fn run_job(channel: GrpcChannel, dataset: &Dataset, psi: PsiJob, handle: &
     };
     match peer_end {
         Ok(end) => {
+            if psi.role == Role::Requester {
+                // Our JobEnd may still sit in a buffer: wait until the responder, having read it,
+                // closes its side, so dropping the connection cannot cut it off.
+                let _ = tokio::time::timeout(ANSWER_TIMEOUT, channel.inner().recv_kind()).await;
+            }
             handle.record_stats(&channel.stats(), wire.get());
             handle.update(|s| s.peer_output = end.output);
             handle.finish();

@@ -60,6 +60,7 @@ pub fn parse_grant(s: &str) -> Result<Grant> {
 }
 
 /// What `dataset_add` found in the file.
+#[derive(Debug)]
 pub struct DatasetCheck {
     pub columns: Vec<String>,
     /// Rows that will take part in jobs (after dedup), if the whole file was checked.

@@ -3,27 +3,35 @@
 //!
 //! # What it computes
 //!
-//! Let \\(\mathbb G\\) be the ristretto255 group, of prime order \\(\ell\\), and let
-//! \\(H : \\{0,1\\}^\* \to \mathbb G\\) hash an item to a point (SHA-512 of a domain tag and the
-//! item, mapped with the Elligator-based one-way map of RFC 9496 §4.3.4; see
-//! [`kernels::hash_to_point`]). The requester holds items \\(X\\), the responder items \\(Y\\).
-//! Each party samples a fresh secret \\(k \in \mathbb Z\_\ell^\*\\) per job (\\(k\_a\\) and
-//! \\(k\_b\\)) from the operating system's CSPRNG. Because
-//! \\(k\_a (k\_b H(v)) = k\_b (k\_a H(v))\\), both parties can compute the *joint value*
-//! \\[ J(v) = k\_a k\_b H(v) \\]
-//! of an item only together, and the *tag*
-//! \\( T(v) = \mathrm{SHA\text{-}256}(\mathtt{TAG\\_DOMAIN} \\,\\|\\, \mathrm{enc}(J(v)))[..16] \\)
-//! is equal for equal items and unrelated otherwise.
+//! Let 𝔾 be the ristretto255 group, of prime order ℓ, and let H: {0,1}* → 𝔾 hash an item to a
+//! point (SHA-512 of a domain tag and the item, mapped by the Elligator-based one-way map of
+//! RFC 9496 §4.3.4; see [`kernels::hash_to_point`]). The requester holds the items X, the
+//! responder the items Y. Each party samples a fresh secret scalar per job, `k_a` and `k_b`,
+//! uniform in ℤ_ℓ \ {0}, from the operating system's CSPRNG. Since scalar multiplication
+//! commutes, `k_a·(k_b·H(v)) = k_b·(k_a·H(v))`, so the parties can compute the *joint value*
+//!
+//! ```text
+//! J(v) = k_a·k_b·H(v)
+//! ```
+//!
+//! of an item only together, and its *tag*
+//!
+//! ```text
+//! T(v) = SHA-256(TAG_DOMAIN || enc(J(v)))[..16]
+//! ```
+//!
+//! (`enc` is the canonical 32-byte ristretto255 encoding), which is equal for equal items and
+//! unrelated otherwise.
 //!
 //! Both parties run the same code (parameterized by [`Role`] and [`Reveal`]):
 //!
 //! 1. **Hello.** Each party sends the protocol id and version, its role, the reveal mode and its
 //!    own set size. A party aborts with [`EcdhPsiError::Protocol`] if the peer speaks another
 //!    protocol or version, claims the same role, or expects another reveal mode.
-//! 2. **Phase 1.** Each party streams \\(\mathrm{enc}(k H(v))\\) for its *own* items, in a secret
-//!    random order (so positions in the stream say nothing about positions in its dataset).
-//!    Concurrently it decodes the peer's points as they arrive, multiplies each by its own \\(k\\)
-//!    and keeps only the 16-byte tags \\(T(w)\\) of the peer's items, in the order received.
+//! 2. **Phase 1.** Each party streams `enc(k·H(v))` for its *own* items, in a secret random
+//!    order (so positions in the stream say nothing about positions in its dataset).
+//!    Concurrently it decodes the peer's points as they arrive, multiplies each by its own `k`
+//!    and keeps only the 16-byte tags `T(w)` of the peer's items, in the order received.
 //! 3. **Phase 2.** If the peer learns the intersection, a party sends the peer's tags back in the
 //!    order received. A party that learns receives the tags of its own items this way, maps
 //!    each stream position back through its secret order, and keeps its items whose tag is among
@@ -35,7 +43,7 @@
 //!
 //! # What each party learns
 //!
-//! Under the decisional Diffie–Hellman assumption in ristretto255, with \\(H\\) modeled as a random
+//! Under the decisional Diffie–Hellman assumption in ristretto255, with H modeled as a random
 //! oracle, a semi-honest party learns:
 //!
 //! - the size of both sets (the hello carries them; duplicates count);
@@ -88,7 +96,7 @@
 //!
 //! Per item, each party hashes to the curve once, multiplies twice (own point, then the peer's)
 //! and decodes once; encodings use [`RistrettoPoint::double_and_compress_batch`] on a point
-//! multiplied by \\(k/2\\) so one field inversion is shared by a batch. The curve work runs on
+//! multiplied by `k/2`, so one field inversion is shared by a batch. The curve work runs on
 //! rayon in batches ([`crate::cpu`]), pipelined with the channel: while one frame is computed the
 //! previous one is sent, and the peer's frames are processed as they arrive. Only the 16-byte
 //! tags of the peer's items are kept (and, for a learning party, those of its own items).
@@ -154,6 +162,9 @@ pub enum EcdhPsiError {
     /// wrong count, mismatched parameters).
     #[error("protocol violation by the peer: {0}")]
     Protocol(String),
+    /// This party's own input cannot be used (e.g. more than `u32::MAX` items).
+    #[error("invalid ECDH-PSI input: {0}")]
+    Input(String),
 }
 
 fn violation(message: impl Into<String>) -> EcdhPsiError {
@@ -200,8 +211,8 @@ async fn run_framed<C: Channel, I: Items + ?Sized>(
 ) -> Result<PsiOutput, EcdhPsiError> {
     let own_size = items.len();
     if u32::try_from(own_size).is_err() {
-        return Err(violation(format!(
-            "this party's set has {own_size} items; ECDH-PSI supports at most {} per party",
+        return Err(EcdhPsiError::Input(format!(
+            "the set has {own_size} items; ECDH-PSI supports at most {} per party",
             u32::MAX
         )));
     }
@@ -365,8 +376,8 @@ impl Hello {
     }
 }
 
-/// The per-job secret \\(k\\), stored as \\(k/2\\) (the encoding doubles). Sampling \\(k/2\\)
-/// uniformly is sampling \\(k\\) uniformly since 2 is invertible mod \\(\ell\\). Zeroized on drop.
+/// The per-job secret `k`, stored as `k/2` (the encoding doubles). Sampling `k/2` uniformly is
+/// sampling `k` uniformly, since 2 is invertible mod ℓ. Zeroized on drop.
 struct HalfKey(Scalar);
 
 impl HalfKey {
@@ -659,7 +670,7 @@ pub mod kernels {
     /// batch, and a batch is a reasonable unit of rayon work (a few milliseconds).
     pub const BATCH: usize = 256;
 
-    /// \\(H(x)\\): SHA-512 over `HASH_TO_POINT_DOMAIN || item`, mapped to ristretto255 by
+    /// `H(x)`: SHA-512 over `HASH_TO_POINT_DOMAIN || item`, mapped to ristretto255 by
     /// applying Elligator twice and adding (RFC 9496 §4.3.4). The domain tag has a fixed length,
     /// so the encoding of the hash input is injective.
     pub fn hash_to_point(item: &[u8]) -> RistrettoPoint {
@@ -670,9 +681,8 @@ pub mod kernels {
         )
     }
 
-    /// Writes \\(\mathrm{enc}(2 \cdot h \cdot P\_i)\\) for each point into consecutive 32-byte
-    /// slots of `out`, where \\(h\\) = `half_key` (so with \\(h = k/2\\) this is
-    /// \\(\mathrm{enc}(k P\_i)\\)). Overwrites `points` with \\(h P\_i\\).
+    /// Writes `enc(2·h·P_i)` for each point `P_i` into consecutive 32-byte slots of `out`, where
+    /// `h = half_key` (so with `h = k/2` this is `enc(k·P_i)`). Overwrites `points` with `h·P_i`.
     ///
     /// Constant-time in `half_key`. Uses [`RistrettoPoint::double_and_compress_batch`], which
     /// shares one inversion over the batch.
@@ -693,7 +703,7 @@ pub mod kernels {
 
     /// Decodes a point received from the peer: `None` unless `encoding` is the canonical
     /// 32-byte encoding of a ristretto255 point other than the identity (an honest peer's
-    /// \\(k H(x)\\) is never the identity).
+    /// `k·H(x)` is never the identity).
     pub fn decode(encoding: &[u8]) -> Option<RistrettoPoint> {
         let bytes: [u8; 32] = encoding.try_into().ok()?;
         if bytes == [0; 32] {
@@ -702,8 +712,8 @@ pub mod kernels {
         CompressedRistretto(bytes).decompress()
     }
 
-    /// \\(T = \mathrm{SHA\text{-}256}(\mathtt{TAG\\_DOMAIN} \\| \mathrm{enc}(J))[..16]\\) of a joint
-    /// point's encoding, as a big-endian `u128` (so integer order is the byte order of the tag).
+    /// The tag `T = SHA-256(TAG_DOMAIN || enc(J))[..16]` of a joint point's encoding, as a
+    /// big-endian `u128` (so integer order is the byte order of the tag on the wire).
     pub fn tag(joint_encoding: &[u8]) -> u128 {
         let digest = Sha256::new()
             .chain_update(TAG_DOMAIN)
