@@ -36,10 +36,11 @@ pub enum DataError {
     /// A problem with a file as a whole (empty file, changed since it was loaded, ...).
     #[error("{}: {message}", path.display())]
     File { path: PathBuf, message: String },
-    #[error("{}: {source}", path.display())]
+    // The io error is shown in the message, not chained as a source, so it is printed once.
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Invalid parameters, not about any file.
     #[error("{0}")]
@@ -50,7 +51,7 @@ impl DataError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         DataError::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 
