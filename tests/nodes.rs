@@ -20,7 +20,13 @@ struct Pair {
 }
 
 fn spec(name: &str, file: &Path) -> DatasetSpec {
-    DatasetSpec { name: name.into(), file: file.to_path_buf(), keys: vec!["id".into()], normalize: Normalization::default(), dedup: false }
+    DatasetSpec {
+        name: name.into(),
+        file: file.to_path_buf(),
+        keys: vec!["id".into()],
+        normalize: Normalization::default(),
+        dedup: false,
+    }
 }
 
 fn write(path: &Path, text: &str) {
@@ -37,8 +43,22 @@ async fn pair_with_data(a_csv: &str, b_csv: &str) -> Pair {
     pair::pin_pair(&a_dir, a.peer_addr(), &b_dir, b.peer_addr()).unwrap();
     write(&root.join("a.csv"), a_csv);
     write(&root.join("b.csv"), b_csv);
-    setup::dataset_add(&a_dir, spec("customers", &root.join("a.csv")), vec![setup::parse_grant(pair::B).unwrap()], true, false).unwrap();
-    setup::dataset_add(&b_dir, spec("accounts", &root.join("b.csv")), vec![setup::parse_grant(pair::A).unwrap()], true, false).unwrap();
+    setup::dataset_add(
+        &a_dir,
+        spec("customers", &root.join("a.csv")),
+        vec![setup::parse_grant(pair::B).unwrap()],
+        true,
+        false,
+    )
+    .unwrap();
+    setup::dataset_add(
+        &b_dir,
+        spec("accounts", &root.join("b.csv")),
+        vec![setup::parse_grant(pair::A).unwrap()],
+        true,
+        false,
+    )
+    .unwrap();
     a.state.reload().unwrap();
     b.state.reload().unwrap();
     Pair { _tmp: tmp, root, a_dir, b_dir, a, b }
@@ -124,7 +144,14 @@ async fn dataset_without_grant_is_refused_before_any_protocol_message() {
     p.a.state.reload().unwrap();
     let client = NodeClient::connect(&p.a_dir).await.unwrap();
     let err = client
-        .submit_psi(PsiRequest { peer: pair::B.into(), dataset: "customers".into(), peer_dataset: "accounts".into(), protocol: "ecdh".into(), reveal: "both".into(), out: String::new() })
+        .submit_psi(PsiRequest {
+            peer: pair::B.into(),
+            dataset: "customers".into(),
+            peer_dataset: "accounts".into(),
+            protocol: "ecdh".into(),
+            reveal: "both".into(),
+            out: String::new(),
+        })
         .await
         .unwrap_err();
     assert!(err.to_string().contains("no grant for peer 'partner'"), "{err}");
@@ -139,7 +166,14 @@ async fn unpinned_certificates_are_rejected_both_ways() {
     let c = node::start(&c_dir).await.unwrap();
     setup::peer_add(&c_dir, pair::B, &p.b.peer_addr().to_string(), &p.b_dir.join("node.crt"), false).unwrap();
     std::fs::copy(p.root.join("a.csv"), c_dir.join("a.csv")).unwrap();
-    setup::dataset_add(&c_dir, spec("customers", &c_dir.join("a.csv")), vec![setup::parse_grant(pair::B).unwrap()], false, false).unwrap();
+    setup::dataset_add(
+        &c_dir,
+        spec("customers", &c_dir.join("a.csv")),
+        vec![setup::parse_grant(pair::B).unwrap()],
+        false,
+        false,
+    )
+    .unwrap();
     c.state.reload().unwrap();
     let out = p.root.join("mallory-out.csv");
     let status = run_psi(&c_dir, "accounts", "both", &out).await;
@@ -206,7 +240,14 @@ async fn a_peer_that_goes_away_mid_job_fails_cleanly() {
     let out = p.root.join("out.csv");
     let client = NodeClient::connect(&p.a_dir).await.unwrap();
     let id = client
-        .submit_psi(PsiRequest { peer: pair::B.into(), dataset: "customers".into(), peer_dataset: "accounts".into(), protocol: "ecdh".into(), reveal: "both".into(), out: out.display().to_string() })
+        .submit_psi(PsiRequest {
+            peer: pair::B.into(),
+            dataset: "customers".into(),
+            peer_dataset: "accounts".into(),
+            protocol: "ecdh".into(),
+            reveal: "both".into(),
+            out: out.display().to_string(),
+        })
         .await
         .unwrap();
     // Wait for the protocol to start, then stop the partner abruptly.
@@ -218,7 +259,10 @@ async fn a_peer_that_goes_away_mid_job_fails_cleanly() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     p.b.shutdown(Duration::from_millis(0)).await;
-    let status = tokio::time::timeout(Duration::from_secs(60), client.watch(&id, |_| {})).await.expect("requester hangs").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(60), client.watch(&id, |_| {}))
+        .await
+        .expect("requester hangs")
+        .unwrap();
     assert_eq!(status.state, "failed", "{status:?}");
     assert!(!out.exists());
 }

@@ -134,7 +134,13 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
     let data = root.join(format!("data-{}-{}", args.rows, overlap));
     if !(data.join("a.csv").exists() && data.join("b.csv").exists()) {
         log(format!("generating {} × {} rows ({overlap} shared) in {}", args.rows, args.rows, data.display()));
-        let spec = consort_engine::synth::PsiGenSpec { rows_a: args.rows, rows_b: args.rows, overlap, seed: 42, out_dir: data.clone() };
+        let spec = consort_engine::synth::PsiGenSpec {
+            rows_a: args.rows,
+            rows_b: args.rows,
+            overlap,
+            seed: 42,
+            out_dir: data.clone(),
+        };
         consort_protocols::cpu::run(move || consort_engine::synth::generate_psi(&spec)).await?;
     }
 
@@ -143,11 +149,20 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
     let costs = consort_protocols::cpu::run(|| consort_protocols::ecdh_psi::measure_curve_costs(4096)).await;
     let items = 2 * args.rows;
     let floor_s = costs.per_item_ns() * items as f64 / cores as f64 / 1e9;
-    log(format!("curve floor: {:.2} µs per item per party → {floor_s:.2} s for {items} items on {cores} cores", costs.per_item_ns() / 1e3));
+    log(format!(
+        "curve floor: {:.2} µs per item per party → {floor_s:.2} s for {items} items on {cores} cores",
+        costs.per_item_ns() / 1e3
+    ));
 
     let nodes = root.join(format!("nodes-{}", std::process::id()));
     let (a_dir, b_dir) = pair::init_pair(&nodes)?;
-    let spec = |name: &str, file: &str| DatasetSpec { name: name.into(), file: data.join(file), keys: vec!["id".into()], normalize: Normalization::default(), dedup: false };
+    let spec = |name: &str, file: &str| DatasetSpec {
+        name: name.into(),
+        file: data.join(file),
+        keys: vec!["id".into()],
+        normalize: Normalization::default(),
+        dedup: false,
+    };
     let mut a = NodeProcess::spawn(&a_dir)?;
     let mut b = NodeProcess::spawn(&b_dir)?;
     let (a_addr, b_addr) = (a.wait_ready().await?, b.wait_ready().await?);
@@ -179,7 +194,10 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
     let out_b = (!status.peer_output.is_empty()).then(|| b_dir.join(&status.peer_output));
     let check = {
         let (sa, sb, oa, ob) = (spec("a", "a.csv"), spec("b", "b.csv"), out_a.clone(), out_b.clone());
-        consort_protocols::cpu::run(move || consort_engine::check::verify_psi_outputs(&sa, &sb, Some(&oa), ob.as_deref())).await?
+        consort_protocols::cpu::run(move || {
+            consort_engine::check::verify_psi_outputs(&sa, &sb, Some(&oa), ob.as_deref())
+        })
+        .await?
     };
     drop((a, b));
     let _ = std::fs::remove_file(&out_a);

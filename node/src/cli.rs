@@ -40,9 +40,7 @@ enum Command {
     #[command(subcommand)]
     Dataset(DatasetCommand),
     /// Run the node in the foreground (logs to stderr; stops cleanly on Ctrl-C or SIGTERM).
-    Node {
-        dir: PathBuf,
-    },
+    Node { dir: PathBuf },
     /// Run a private set intersection with a peer through the local node.
     Psi(PsiArgs),
     /// List the jobs a running node knows.
@@ -166,9 +164,14 @@ enum GenCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_log = if matches!(cli.command, Command::Node { .. }) { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log));
     use std::io::IsTerminal;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -195,13 +198,20 @@ async fn run(cli: Cli) -> Result<()> {
             identity::init(&dir, &name, &listen)?;
             let cert = identity::read_cert(&dir.join(config::TLS_CERT_FILE))?;
             println!("created node '{name}' in {}", dir.display());
-            println!("certificate for peers to pin: {} ({})", dir.join(config::TLS_CERT_FILE).display(), identity::fingerprint(&cert));
+            println!(
+                "certificate for peers to pin: {} ({})",
+                dir.join(config::TLS_CERT_FILE).display(),
+                identity::fingerprint(&cert)
+            );
             Ok(())
         }
         Command::Peer(PeerCommand::Add { dir, name, addr, cert, replace }) => {
             let fingerprint = setup::peer_add(&dir, &name, &addr, &cert, replace)?;
             let reloaded = setup::notify_node(&dir).await?;
-            println!("pinned peer '{name}' at {addr}: {fingerprint}{}", if reloaded { " (running node reloaded)" } else { "" });
+            println!(
+                "pinned peer '{name}' at {addr}: {fingerprint}{}",
+                if reloaded { " (running node reloaded)" } else { "" }
+            );
             Ok(())
         }
         Command::Peer(PeerCommand::List { dir }) => {
@@ -210,16 +220,37 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Dataset(DatasetCommand::Add { dir, name, file, keys, grants, dedup, case_fold, no_trim, no_check, replace }) => {
+        Command::Dataset(DatasetCommand::Add {
+            dir,
+            name,
+            file,
+            keys,
+            grants,
+            dedup,
+            case_fold,
+            no_trim,
+            no_check,
+            replace,
+        }) => {
             let grants = grants.iter().map(|g| setup::parse_grant(g)).collect::<Result<Vec<_>>>()?;
-            let spec = DatasetSpec { name: name.clone(), file, keys, normalize: Normalization { trim: !no_trim, case_fold }, dedup };
+            let spec = DatasetSpec {
+                name: name.clone(),
+                file,
+                keys,
+                normalize: Normalization { trim: !no_trim, case_fold },
+                dedup,
+            };
             let check = setup::dataset_add(&dir, spec, grants, replace, !no_check)?;
             let reloaded = setup::notify_node(&dir).await?;
             match check.rows {
                 Some(rows) => println!(
                     "registered dataset '{name}': {rows} rows, columns {}{}{}",
                     check.columns.join(","),
-                    if check.duplicates_dropped > 0 { format!(", {} duplicate rows dropped", check.duplicates_dropped) } else { String::new() },
+                    if check.duplicates_dropped > 0 {
+                        format!(", {} duplicate rows dropped", check.duplicates_dropped)
+                    } else {
+                        String::new()
+                    },
                     if reloaded { " (running node reloaded)" } else { "" }
                 ),
                 None => println!("registered dataset '{name}': columns {}", check.columns.join(",")),
@@ -229,7 +260,13 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Dataset(DatasetCommand::List { dir }) => {
             for d in config::NodeConfig::load(&dir)?.datasets {
                 let grants: Vec<String> = d.grants.iter().map(|g| format!("{}:{}", g.peer, g.jobs.join(","))).collect();
-                println!("{}\t{}\tkeys={}\tgrants={}", d.spec.name, d.spec.file.display(), d.spec.keys.join("+"), grants.join(" "));
+                println!(
+                    "{}\t{}\tkeys={}\tgrants={}",
+                    d.spec.name,
+                    d.spec.file.display(),
+                    d.spec.keys.join("+"),
+                    grants.join(" ")
+                );
             }
             Ok(())
         }
@@ -241,13 +278,22 @@ async fn run(cli: Cli) -> Result<()> {
                 if json {
                     println!("{}", status_json(j));
                 } else {
-                    println!("{}\t{}\t{}\t{}\tpeer={}\tdataset={}\t{:.1}s", j.job_id, j.kind, j.role, j.state, j.peer, j.dataset, j.seconds);
+                    println!(
+                        "{}\t{}\t{}\t{}\tpeer={}\tdataset={}\t{:.1}s",
+                        j.job_id, j.kind, j.role, j.state, j.peer, j.dataset, j.seconds
+                    );
                 }
             }
             Ok(())
         }
         Command::Gen(GenCommand::Psi { rows, overlap, rows_b, seed, out }) => {
-            let spec = consort_engine::synth::PsiGenSpec { rows_a: rows, rows_b: rows_b.unwrap_or(rows), overlap, seed, out_dir: out.clone() };
+            let spec = consort_engine::synth::PsiGenSpec {
+                rows_a: rows,
+                rows_b: rows_b.unwrap_or(rows),
+                overlap,
+                seed,
+                out_dir: out.clone(),
+            };
             let started = std::time::Instant::now();
             consort_protocols::cpu::run(move || consort_engine::synth::generate_psi(&spec)).await?;
             println!(
@@ -267,7 +313,12 @@ async fn run(cli: Cli) -> Result<()> {
 async fn run_node(dir: &Path) -> Result<()> {
     let handle = node::start(dir).await?;
     let config = handle.state.config();
-    eprintln!("consort node '{}' listening on {} (control socket {})", config.name, handle.peer_addr(), handle.state.dir.join(config::CONTROL_SOCKET).display());
+    eprintln!(
+        "consort node '{}' listening on {} (control socket {})",
+        config.name,
+        handle.peer_addr(),
+        handle.state.dir.join(config::CONTROL_SOCKET).display()
+    );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -307,7 +358,11 @@ async fn psi(args: PsiArgs) -> Result<()> {
 /// Follows a job with a progress bar on stderr (hidden when stderr is not a terminal).
 pub async fn watch_with_progress(client: &NodeClient, job_id: &str, quiet: bool) -> Result<JobStatus> {
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
-    bar.set_style(ProgressStyle::with_template("{spinner} {msg:<20} [{bar:30}] {pos}/{len} ({elapsed})").context("progress style")?.progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg:<20} [{bar:30}] {pos}/{len} ({elapsed})")
+            .context("progress style")?
+            .progress_chars("=> "),
+    );
     bar.enable_steady_tick(Duration::from_millis(200));
     let status = client
         .watch(job_id, |s| {

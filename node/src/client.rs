@@ -22,7 +22,12 @@ impl NodeClient {
     pub async fn connect(dir: &Path) -> Result<NodeClient> {
         let socket = config::absolute(&dir.join(config::CONTROL_SOCKET))?;
         if !socket.exists() {
-            return Err(anyhow!("no node is running in {} ({} does not exist; start one with `consort node {}`)", dir.display(), socket.display(), dir.display()));
+            return Err(anyhow!(
+                "no node is running in {} ({} does not exist; start one with `consort node {}`)",
+                dir.display(),
+                socket.display(),
+                dir.display()
+            ));
         }
         let path = socket.clone();
         // The URI is required by tonic but unused: the connector always dials the socket.
@@ -33,7 +38,9 @@ impl NodeClient {
                 async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
             }))
             .await
-            .with_context(|| format!("cannot connect to the node's control socket {} (is `consort node` running?)", socket.display()))?;
+            .with_context(|| {
+                format!("cannot connect to the node's control socket {} (is `consort node` running?)", socket.display())
+            })?;
         Ok(NodeClient { inner: ControlClient::new(channel) })
     }
 
@@ -44,7 +51,8 @@ impl NodeClient {
 
     /// Streams status updates of a job until it is done or failed; `on_update` sees each one.
     pub async fn watch(&self, job_id: &str, mut on_update: impl FnMut(&JobStatus)) -> Result<JobStatus> {
-        let mut stream = self.inner.clone().watch(JobRef { job_id: job_id.into() }).await.map_err(status_error)?.into_inner();
+        let mut stream =
+            self.inner.clone().watch(JobRef { job_id: job_id.into() }).await.map_err(status_error)?.into_inner();
         let mut last = None;
         while let Some(status) = stream.message().await.map_err(status_error)? {
             on_update(&status);

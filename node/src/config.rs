@@ -90,9 +90,14 @@ impl NodeConfig {
     pub fn load(dir: &Path) -> Result<NodeConfig> {
         let path = dir.join(CONFIG_FILE);
         let text = fs::read_to_string(&path).with_context(|| {
-            format!("cannot read {} (is {} a node directory? create one with `consort init`)", path.display(), dir.display())
+            format!(
+                "cannot read {} (is {} a node directory? create one with `consort init`)",
+                path.display(),
+                dir.display()
+            )
         })?;
-        let config: NodeConfig = toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))?;
+        let config: NodeConfig =
+            toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))?;
         config.validate().with_context(|| format!("{}: invalid config", path.display()))?;
         Ok(config)
     }
@@ -122,7 +127,12 @@ impl NodeConfig {
             for g in &d.grants {
                 for j in &g.jobs {
                     if !JOB_KINDS.contains(&j.as_str()) {
-                        bail!("dataset '{}': grant for '{}' names unknown job kind '{j}' (known: {})", d.spec.name, g.peer, JOB_KINDS.join(", "));
+                        bail!(
+                            "dataset '{}': grant for '{}' names unknown job kind '{j}' (known: {})",
+                            d.spec.name,
+                            g.peer,
+                            JOB_KINDS.join(", ")
+                        );
                     }
                 }
             }
@@ -132,13 +142,19 @@ impl NodeConfig {
 
     pub fn peer(&self, name: &str) -> Result<&PeerEntry> {
         self.peers.iter().find(|p| p.name == name).with_context(|| {
-            format!("unknown peer '{name}' (pinned peers: {}); add it with `consort peer add`", names(self.peers.iter().map(|p| &p.name)))
+            format!(
+                "unknown peer '{name}' (pinned peers: {}); add it with `consort peer add`",
+                names(self.peers.iter().map(|p| &p.name))
+            )
         })
     }
 
     pub fn dataset(&self, name: &str) -> Result<&DatasetEntry> {
         self.datasets.iter().find(|d| d.spec.name == name).with_context(|| {
-            format!("unknown dataset '{name}' (registered: {}); add it with `consort dataset add`", names(self.datasets.iter().map(|d| &d.spec.name)))
+            format!(
+                "unknown dataset '{name}' (registered: {}); add it with `consort dataset add`",
+                names(self.datasets.iter().map(|d| &d.spec.name))
+            )
         })
     }
 }
@@ -172,7 +188,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], secret: bool) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         tmp.as_file().set_permissions(fs::Permissions::from_mode(0o644))?;
     }
-    tmp.write_all(bytes).and_then(|_| tmp.as_file().sync_all()).with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|_| tmp.as_file().sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     tmp.persist(path).map_err(|e| e.error).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

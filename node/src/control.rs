@@ -50,7 +50,10 @@ impl crate::proto::control_server::Control for ControlService {
         config.peer(&r.peer).map_err(|e| Status::failed_precondition(e.to_string()))?;
         let entry = config.dataset(&r.dataset).map_err(|e| Status::failed_precondition(e.to_string()))?;
         if let Some(refusal) = entry.refusal(&r.peer, "psi") {
-            return Err(Status::permission_denied(format!("{refusal} (grant it with `consort dataset add ... --grant {}`)", r.peer)));
+            return Err(Status::permission_denied(format!(
+                "{refusal} (grant it with `consort dataset add ... --grant {}`)",
+                r.peer
+            )));
         }
         let out = if r.out.is_empty() {
             None
@@ -74,7 +77,8 @@ impl crate::proto::control_server::Control for ControlService {
             ..Default::default()
         };
         let handle = self.state.jobs.insert(status).ok_or_else(|| Status::internal("job id collision"))?;
-        let params = PsiParams { peer: r.peer, dataset: r.dataset, peer_dataset: r.peer_dataset, protocol, reveal, out };
+        let params =
+            PsiParams { peer: r.peer, dataset: r.dataset, peer_dataset: r.peer_dataset, protocol, reveal, out };
         self.state.spawn_job(peer::request_psi(self.state.clone(), handle, params));
         Ok(Response::new(JobRef { job_id }))
     }

@@ -41,12 +41,21 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         }
     };
     let (rows_a, rows_b, overlap) = (args.rows, args.rows * 8 / 10, args.rows * 3 / 10);
-    say(format!("consort demo — two nodes, '{}' and '{}', on loopback with mutual TLS 1.3 and pinned certificates", pair::A, pair::B));
+    say(format!(
+        "consort demo — two nodes, '{}' and '{}', on loopback with mutual TLS 1.3 and pinned certificates",
+        pair::A,
+        pair::B
+    ));
 
     let data = root.join("data");
     let spec = consort_engine::synth::PsiGenSpec { rows_a, rows_b, overlap, seed: 7, out_dir: data.clone() };
     consort_protocols::cpu::run(move || consort_engine::synth::generate_psi(&spec)).await?;
-    say(format!("1. generated {rows_a} customer rows for '{}' and {rows_b} for '{}' ({overlap} shared ids) in {}", pair::A, pair::B, data.display()));
+    say(format!(
+        "1. generated {rows_a} customer rows for '{}' and {rows_b} for '{}' ({overlap} shared ids) in {}",
+        pair::A,
+        pair::B,
+        data.display()
+    ));
 
     let (a_dir, b_dir) = pair::init_pair(&root.join("nodes"))?;
     let a = node::start(&a_dir).await?;
@@ -56,13 +65,31 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     b.state.reload()?;
     say(format!("2. started nodes at {} and {}; each pinned the other's certificate", a.peer_addr(), b.peer_addr()));
 
-    let spec_a = DatasetSpec { name: "customers".into(), file: data.join("a.csv"), keys: vec!["id".into()], normalize: Normalization::default(), dedup: false };
-    let spec_b = DatasetSpec { name: "accounts".into(), file: data.join("b.csv"), keys: vec!["id".into()], normalize: Normalization::default(), dedup: false };
+    let spec_a = DatasetSpec {
+        name: "customers".into(),
+        file: data.join("a.csv"),
+        keys: vec!["id".into()],
+        normalize: Normalization::default(),
+        dedup: false,
+    };
+    let spec_b = DatasetSpec {
+        name: "accounts".into(),
+        file: data.join("b.csv"),
+        keys: vec!["id".into()],
+        normalize: Normalization::default(),
+        dedup: false,
+    };
     setup::dataset_add(&a_dir, spec_a.clone(), vec![setup::parse_grant(pair::B)?], true, true)?;
     setup::dataset_add(&b_dir, spec_b.clone(), vec![setup::parse_grant(pair::A)?], true, true)?;
     a.state.reload()?;
     b.state.reload()?;
-    say(format!("3. registered '{}' at {} and '{}' at {}, each granted to the other for PSI", spec_a.name, pair::A, spec_b.name, pair::B));
+    say(format!(
+        "3. registered '{}' at {} and '{}' at {}, each granted to the other for PSI",
+        spec_a.name,
+        pair::A,
+        spec_b.name,
+        pair::B
+    ));
 
     let out_a = root.join("bank-intersection.csv");
     let client = NodeClient::connect(&a_dir).await?;
@@ -86,14 +113,16 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let out_b = b_dir.join(&status.peer_output);
     let check = {
         let (sa, sb, oa, ob) = (spec_a.clone(), spec_b.clone(), out_a.clone(), out_b.clone());
-        consort_protocols::cpu::run(move || consort_engine::check::verify_psi_outputs(&sa, &sb, Some(&oa), Some(&ob))).await?
+        consort_protocols::cpu::run(move || consort_engine::check::verify_psi_outputs(&sa, &sb, Some(&oa), Some(&ob)))
+            .await?
     };
     a.shutdown(Duration::from_secs(2)).await;
     b.shutdown(Duration::from_secs(2)).await;
 
     if args.json {
         let mut j = cli::status_json(&status);
-        j["plaintext_check"] = serde_json::json!({"expected": check.expected, "ok": check.ok, "problems": check.problems});
+        j["plaintext_check"] =
+            serde_json::json!({"expected": check.expected, "ok": check.ok, "problems": check.problems});
         j["demo_seconds"] = serde_json::json!(started.elapsed().as_secs_f64());
         println!("{j}");
     } else {
@@ -107,7 +136,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             println!("   problem: {p}");
         }
         print_aligned(&out_a, &out_b)?;
-        println!("demo finished in {:.1} s{}", started.elapsed().as_secs_f64(), if args.dir.is_some() { format!("; files kept in {}", root.display()) } else { String::new() });
+        println!(
+            "demo finished in {:.1} s{}",
+            started.elapsed().as_secs_f64(),
+            if args.dir.is_some() { format!("; files kept in {}", root.display()) } else { String::new() }
+        );
     }
     if !check.ok {
         bail!("the PSI outputs do not match the plaintext intersection");
@@ -118,7 +151,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 /// Shows the first rows of both outputs side by side: row i is the same customer on both sides.
 fn print_aligned(a: &std::path::Path, b: &std::path::Path) -> Result<()> {
     let read = |p: &std::path::Path| -> Result<Vec<String>> {
-        Ok(std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?.lines().take(4).map(str::to_string).collect())
+        Ok(std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read {}", p.display()))?
+            .lines()
+            .take(4)
+            .map(str::to_string)
+            .collect())
     };
     let (la, lb) = (read(a)?, read(b)?);
     println!("   first rows of each side's output (same order on both sides):");

@@ -21,7 +21,8 @@ pub fn init(dir: &Path, name: &str, listen: &str) -> Result<()> {
     }
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     // The directory holds keys and the control socket: owner only.
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).with_context(|| format!("cannot set permissions on {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot set permissions on {}", dir.display()))?;
     fs::create_dir_all(dir.join(config::PEERS_DIR))?;
     fs::create_dir_all(dir.join(config::OUTPUTS_DIR))?;
 
@@ -30,9 +31,11 @@ pub fn init(dir: &Path, name: &str, listen: &str) -> Result<()> {
     config::write_atomic(&dir.join(config::IDENTITY_KEY_FILE), seed.as_bytes(), true)?;
 
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).context("cannot generate the TLS key")?;
-    let mut params = rcgen::CertificateParams::new(vec![tls_server_name(name)]).context("cannot build the certificate")?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![tls_server_name(name)]).context("cannot build the certificate")?;
     params.distinguished_name.push(rcgen::DnType::CommonName, format!("consort node {name}"));
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages =
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     params.not_before = rcgen::date_time_ymd(2025, 1, 1);
     params.not_after = rcgen::date_time_ymd(2045, 1, 1);
     let cert = params.self_signed(&key).context("cannot sign the certificate")?;
@@ -84,7 +87,8 @@ pub fn read_cert(path: &Path) -> Result<CertificateDer<'static>> {
 pub fn read_tls_identity(dir: &Path) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>)> {
     let cert = read_cert(&dir.join(config::TLS_CERT_FILE))?;
     let key_path = dir.join(config::TLS_KEY_FILE);
-    let key = PrivateKeyDer::from_pem_file(&key_path).with_context(|| format!("cannot read TLS key {}", key_path.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&key_path)
+        .with_context(|| format!("cannot read TLS key {}", key_path.display()))?;
     Ok((cert, key))
 }
 
@@ -98,7 +102,8 @@ pub fn read_signing_key(dir: &Path) -> Result<ed25519_dalek::SigningKey> {
         bail!("{}: expected 64 hex digits", path.display());
     }
     for (i, byte) in seed.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&t[2 * i..2 * i + 2], 16).with_context(|| format!("{}: invalid hex", path.display()))?;
+        *byte =
+            u8::from_str_radix(&t[2 * i..2 * i + 2], 16).with_context(|| format!("{}: invalid hex", path.display()))?;
     }
     Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
 }

@@ -25,9 +25,16 @@ pub fn new_job_id() -> String {
     format!("j{}", crate::identity::hex(&b))
 }
 
+/// Jobs by id, plus ids in submission order for listing.
+#[derive(Default)]
+struct Registry {
+    by_id: HashMap<String, Arc<JobHandle>>,
+    order: Vec<String>,
+}
+
 #[derive(Default)]
 pub struct Jobs {
-    inner: Mutex<(HashMap<String, Arc<JobHandle>>, Vec<String>)>,
+    inner: Mutex<Registry>,
 }
 
 /// One job's live status.
@@ -39,25 +46,24 @@ pub struct JobHandle {
 impl Jobs {
     /// Registers a job; fails if the id is taken.
     pub fn insert(&self, status: JobStatus) -> Option<Arc<JobHandle>> {
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (map, order) = &mut *guard;
-        if map.contains_key(&status.job_id) {
+        let mut registry = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if registry.by_id.contains_key(&status.job_id) {
             return None;
         }
         let id = status.job_id.clone();
         let handle = Arc::new(JobHandle { status: watch::channel(status).0, started: Instant::now() });
-        map.insert(id.clone(), handle.clone());
-        order.push(id);
+        registry.by_id.insert(id.clone(), handle.clone());
+        registry.order.push(id);
         Some(handle)
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<JobHandle>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).0.get(id).cloned()
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).by_id.get(id).cloned()
     }
 
     pub fn list(&self) -> Vec<JobStatus> {
-        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        guard.1.iter().filter_map(|id| guard.0.get(id)).map(|h| h.status()).collect()
+        let registry = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        registry.order.iter().filter_map(|id| registry.by_id.get(id)).map(|h| h.status()).collect()
     }
 }
 

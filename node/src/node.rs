@@ -129,8 +129,18 @@ pub async fn start(dir: &Path) -> Result<NodeHandle> {
     let listen_addr = tcp.local_addr()?;
     config::write_atomic(&dir.join(config::LISTEN_ADDR_FILE), listen_addr.to_string().as_bytes(), false)?;
 
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(cert.clone(), key.clone_key(), pinned.clone())?));
-    let state = Arc::new(NodeState { dir: dir.clone(), config: RwLock::new(config.clone()), pinned: pinned.clone(), jobs: Jobs::default(), cert, key, listen_addr, job_tasks: Default::default() });
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(cert.clone(), key.clone_key(), pinned.clone())?));
+    let state = Arc::new(NodeState {
+        dir: dir.clone(),
+        config: RwLock::new(config.clone()),
+        pinned: pinned.clone(),
+        jobs: Jobs::default(),
+        cert,
+        key,
+        listen_addr,
+        job_tasks: Default::default(),
+    });
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let (peer_stop_tx, peer_stop_rx) = oneshot::channel::<()>();
@@ -146,7 +156,11 @@ pub async fn start(dir: &Path) -> Result<NodeHandle> {
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(PeerServer::new(crate::peer::PeerService::new(state.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(
+            PeerServer::new(crate::peer::PeerService::new(state.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(incoming, async {
             let _ = peer_stop_rx.await;
         });
@@ -173,7 +187,11 @@ pub async fn start(dir: &Path) -> Result<NodeHandle> {
 async fn bind_control_socket(path: &Path) -> Result<UnixListener> {
     if path.exists() {
         if tokio::net::UnixStream::connect(path).await.is_ok() {
-            bail!("a node is already running in {} ({} answers)", path.parent().unwrap_or(path).display(), path.display());
+            bail!(
+                "a node is already running in {} ({} answers)",
+                path.parent().unwrap_or(path).display(),
+                path.display()
+            );
         }
         std::fs::remove_file(path).with_context(|| format!("cannot remove stale {}", path.display()))?;
     }
@@ -184,7 +202,11 @@ async fn bind_control_socket(path: &Path) -> Result<UnixListener> {
 
 /// Accepts TCP connections and completes TLS handshakes concurrently; only connections from pinned
 /// peers come out. Rejections are logged with the remote address.
-fn accept_peers(tcp: TcpListener, acceptor: tokio_rustls::TlsAcceptor, pinned: PinnedPeers) -> ReceiverStream<Result<PeerConn, std::io::Error>> {
+fn accept_peers(
+    tcp: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    pinned: PinnedPeers,
+) -> ReceiverStream<Result<PeerConn, std::io::Error>> {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
         loop {
@@ -204,7 +226,12 @@ fn accept_peers(tcp: TcpListener, acceptor: tokio_rustls::TlsAcceptor, pinned: P
             let _ = stream.set_nodelay(true);
             let (acceptor, pinned, tx) = (acceptor.clone(), pinned.clone(), tx.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), PeerConn::accept(&acceptor, stream, remote, &pinned)).await {
+                match tokio::time::timeout(
+                    Duration::from_secs(10),
+                    PeerConn::accept(&acceptor, stream, remote, &pinned),
+                )
+                .await
+                {
                     Ok(Ok(conn)) => {
                         let _ = tx.send(Ok(conn)).await;
                     }

@@ -89,7 +89,11 @@ impl crate::proto::peer_server::Peer for PeerService {
     type RunJobStream = FrameStream;
 
     async fn run_job(&self, request: Request<Streaming<PeerFrame>>) -> Result<Response<FrameStream>, Status> {
-        let peer = request.extensions().get::<PeerInfo>().cloned().ok_or_else(|| Status::unauthenticated("connection has no pinned peer identity"))?;
+        let peer = request
+            .extensions()
+            .get::<PeerInfo>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("connection has no pinned peer identity"))?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(ANSWER_TIMEOUT, inbound.message())
             .await
@@ -110,7 +114,10 @@ impl crate::proto::peer_server::Peer for PeerService {
 /// The policy decision on a job request: the dataset and job parameters, or why not.
 fn admit(state: &NodeState, peer: &str, job: &JobRequest) -> Result<(DatasetSpec, PsiProtocol, Reveal), String> {
     if job.version != JOB_PROTOCOL_VERSION {
-        return Err(format!("job protocol version {} is not supported (this node speaks {JOB_PROTOCOL_VERSION})", job.version));
+        return Err(format!(
+            "job protocol version {} is not supported (this node speaks {JOB_PROTOCOL_VERSION})",
+            job.version
+        ));
     }
     if job.kind != "psi" {
         return Err(format!("unknown job kind '{}'", job.kind));
@@ -119,7 +126,11 @@ fn admit(state: &NodeState, peer: &str, job: &JobRequest) -> Result<(DatasetSpec
     let reveal = parse_reveal(&job.reveal)?;
     config::check_name("job id", &job.job_id).map_err(|e| e.to_string())?;
     let config = state.config();
-    let entry = config.datasets.iter().find(|d| d.spec.name == job.dataset).ok_or_else(|| format!("no dataset '{}' is shared with '{peer}'", job.dataset))?;
+    let entry = config
+        .datasets
+        .iter()
+        .find(|d| d.spec.name == job.dataset)
+        .ok_or_else(|| format!("no dataset '{}' is shared with '{peer}'", job.dataset))?;
     if let Some(refusal) = entry.refusal(peer, &job.kind) {
         // Same answer as for a missing dataset would leak less, but operators need to see why.
         return Err(refusal);
@@ -148,7 +159,9 @@ async fn respond(state: Arc<NodeState>, peer: PeerInfo, job: JobRequest, channel
         ..Default::default()
     };
     let Some(handle) = state.jobs.insert(status) else {
-        let _ = channel.send_kind(Kind::Reject(JobReject { reason: format!("job id {} is already in use here", job.job_id) })).await;
+        let _ = channel
+            .send_kind(Kind::Reject(JobReject { reason: format!("job id {} is already in use here", job.job_id) }))
+            .await;
         return;
     };
     info!(peer = %peer.name, job = %job.job_id, dataset = %spec.name, protocol = protocol.name(), reveal = %job.reveal, "accepted job request");
@@ -156,7 +169,8 @@ async fn respond(state: Arc<NodeState>, peer: PeerInfo, job: JobRequest, channel
         Ok(d) => d,
         Err(e) => {
             warn!(job = %job.job_id, "{e:#}");
-            let reason = format!("the responder could not load dataset '{}' (its operator sees why in its log)", job.dataset);
+            let reason =
+                format!("the responder could not load dataset '{}' (its operator sees why in its log)", job.dataset);
             let _ = channel.send_kind(Kind::Reject(JobReject { reason })).await;
             handle.fail(format!("{e:#}"));
             return;
@@ -167,7 +181,8 @@ async fn respond(state: Arc<NodeState>, peer: PeerInfo, job: JobRequest, channel
         return;
     }
     let (out, rel) = default_output(&state.dir, &job.job_id, &dataset.spec.name);
-    let psi = PsiJob { protocol, role: Role::Responder, reveal, output: Some(out), progress: Some(progress_fn(&handle)) };
+    let psi =
+        PsiJob { protocol, role: Role::Responder, reveal, output: Some(out), progress: Some(progress_fn(&handle)) };
     match run_job(channel, &dataset, psi, &handle, &peer.wire, rel).await {
         Ok(()) => info!(job = %job.job_id, "job done"),
         Err(e) => {
@@ -226,19 +241,31 @@ async fn request_psi_inner(state: &NodeState, handle: &Arc<JobHandle>, params: &
         Ok(Ok(Kind::Accept(a))) => handle.update(|s| s.peer_rows = a.rows),
         Ok(Ok(Kind::Reject(r))) => bail!("peer '{}' refused the job: {}", peer.name, r.reason),
         Ok(Ok(other)) => bail!("peer '{}' answered the job request with a {} frame", peer.name, kind_name(&other)),
-        Ok(Err(e)) => bail!("peer '{}' dropped the job request: {e} (is this node's certificate pinned there with `consort peer add`?)", peer.name),
+        Ok(Err(e)) => bail!(
+            "peer '{}' dropped the job request: {e} (is this node's certificate pinned there with `consort peer add`?)",
+            peer.name
+        ),
     }
     let (out, rel) = match &params.out {
         Some(p) => (p.clone(), p.display().to_string()),
         None => default_output(&state.dir, &job_id, &params.dataset),
     };
-    let psi = PsiJob { protocol: params.protocol, role: Role::Requester, reveal: params.reveal, output: Some(out), progress: Some(progress_fn(handle)) };
+    let psi = PsiJob {
+        protocol: params.protocol,
+        role: Role::Requester,
+        reveal: params.reveal,
+        output: Some(out),
+        progress: Some(progress_fn(handle)),
+    };
     run_job(channel, &dataset, psi, handle, &wire, rel).await
 }
 
 /// Opens a TLS 1.3 connection to a pinned peer (a new connection per job, so its byte counts are the
 /// job's).
-async fn connect(state: &NodeState, peer: &PeerEntry) -> Result<(PeerClient<tonic::transport::Channel>, Arc<WireCounters>)> {
+async fn connect(
+    state: &NodeState,
+    peer: &PeerEntry,
+) -> Result<(PeerClient<tonic::transport::Channel>, Arc<WireCounters>)> {
     let peer_cert = identity::read_cert(&state.dir.join(&peer.cert))?;
     let tls = tls::client_config(state.cert.clone(), state.key(), peer_cert)?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
@@ -254,7 +281,8 @@ async fn connect(state: &NodeState, peer: &PeerEntry) -> Result<(PeerClient<toni
     let (addr, counters) = (peer.addr.clone(), wire.clone());
     let channel = endpoint
         .connect_with_connector(tower::service_fn(move |_| {
-            let (connector, server_name, addr, counters) = (connector.clone(), server_name.clone(), addr.clone(), counters.clone());
+            let (connector, server_name, addr, counters) =
+                (connector.clone(), server_name.clone(), addr.clone(), counters.clone());
             async move {
                 let tcp = tokio::net::TcpStream::connect(&addr).await?;
                 tcp.set_nodelay(true)?;
@@ -264,7 +292,9 @@ async fn connect(state: &NodeState, peer: &PeerEntry) -> Result<(PeerClient<toni
         }))
         .await
         .map_err(|e| anyhow!("cannot connect to peer '{}' at {}: {}", peer.name, peer.addr, error_chain(&e)))?;
-    let client = PeerClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let client = PeerClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     Ok((client, wire))
 }
 
@@ -309,7 +339,14 @@ fn abort_reason(e: &EngineError) -> String {
 }
 
 /// Runs the protocol and the end-of-job exchange on an accepted job stream.
-async fn run_job(channel: GrpcChannel, dataset: &Dataset, psi: PsiJob, handle: &JobHandle, wire: &WireCounters, rel_output: String) -> Result<()> {
+async fn run_job(
+    channel: GrpcChannel,
+    dataset: &Dataset,
+    psi: PsiJob,
+    handle: &JobHandle,
+    wire: &WireCounters,
+    rel_output: String,
+) -> Result<()> {
     let channel = Metered::new(channel);
     let result = run_psi(&channel, dataset, &psi).await;
     handle.record_stats(&channel.stats(), wire.get());

@@ -70,7 +70,13 @@ pub struct DatasetCheck {
 
 /// Registers (or with `replace`, re-registers) a dataset. `full_check` reads the whole file now so
 /// bad rows or duplicate keys are reported at registration, not in the middle of a job.
-pub fn dataset_add(dir: &Path, mut spec: DatasetSpec, grants: Vec<Grant>, replace: bool, full_check: bool) -> Result<DatasetCheck> {
+pub fn dataset_add(
+    dir: &Path,
+    mut spec: DatasetSpec,
+    grants: Vec<Grant>,
+    replace: bool,
+    full_check: bool,
+) -> Result<DatasetCheck> {
     config::check_name("dataset name", &spec.name)?;
     let mut config = NodeConfig::load(dir)?;
     if spec.keys.is_empty() {
@@ -88,7 +94,11 @@ pub fn dataset_add(dir: &Path, mut spec: DatasetSpec, grants: Vec<Grant>, replac
     }
     let check = if full_check {
         let loaded = Dataset::load(&spec)?;
-        DatasetCheck { columns: loaded.columns.clone(), rows: Some(loaded.len() as u64), duplicates_dropped: loaded.duplicates_dropped }
+        DatasetCheck {
+            columns: loaded.columns.clone(),
+            rows: Some(loaded.len() as u64),
+            duplicates_dropped: loaded.duplicates_dropped,
+        }
     } else {
         DatasetCheck { columns: spec.check_header()?, rows: None, duplicates_dropped: 0 }
     };

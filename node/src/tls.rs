@@ -61,18 +61,33 @@ impl ClientCertVerifier for PinnedClientVerifier {
         &[]
     }
 
-    fn verify_client_cert(&self, end_entity: &CertificateDer<'_>, _intermediates: &[CertificateDer<'_>], _now: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
         match self.pinned.name_of(end_entity) {
             Some(_) => Ok(ClientCertVerified::assertion()),
             None => Err(rustls::Error::General("client certificate is not pinned by this node".into())),
         }
     }
 
-    fn verify_tls12_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
@@ -104,11 +119,21 @@ impl ServerCertVerifier for PinnedServerVerifier {
         }
     }
 
-    fn verify_tls12_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
@@ -118,7 +143,11 @@ impl ServerCertVerifier for PinnedServerVerifier {
 }
 
 /// TLS 1.3 server config requiring a pinned client certificate.
-pub fn server_config(cert: CertificateDer<'static>, key: PrivateKeyDer<'static>, pinned: PinnedPeers) -> Result<rustls::ServerConfig> {
+pub fn server_config(
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+    pinned: PinnedPeers,
+) -> Result<rustls::ServerConfig> {
     let provider = provider();
     let verifier = PinnedClientVerifier { pinned, algorithms: provider.signature_verification_algorithms };
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -132,7 +161,11 @@ pub fn server_config(cert: CertificateDer<'static>, key: PrivateKeyDer<'static>,
 }
 
 /// TLS 1.3 client config that accepts only `peer_cert` and presents our certificate.
-pub fn client_config(cert: CertificateDer<'static>, key: PrivateKeyDer<'static>, peer_cert: CertificateDer<'static>) -> Result<rustls::ClientConfig> {
+pub fn client_config(
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+    peer_cert: CertificateDer<'static>,
+) -> Result<rustls::ClientConfig> {
     let provider = provider();
     let verifier = PinnedServerVerifier { expected: peer_cert, algorithms: provider.signature_verification_algorithms };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -213,7 +246,12 @@ pub struct PeerConn {
 
 impl PeerConn {
     /// Completes the TLS handshake on an accepted TCP stream and identifies the pinned peer.
-    pub async fn accept(acceptor: &tokio_rustls::TlsAcceptor, tcp: tokio::net::TcpStream, remote: SocketAddr, pinned: &PinnedPeers) -> io::Result<PeerConn> {
+    pub async fn accept(
+        acceptor: &tokio_rustls::TlsAcceptor,
+        tcp: tokio::net::TcpStream,
+        remote: SocketAddr,
+        pinned: &PinnedPeers,
+    ) -> io::Result<PeerConn> {
         let wire = Arc::new(WireCounters::default());
         let stream = acceptor.accept(Counting::new(tcp, wire.clone())).await?;
         let cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned();

@@ -61,7 +61,9 @@ impl Channel for GrpcChannel {
     async fn recv(&self) -> Result<Bytes, ChannelError> {
         match self.recv_kind().await? {
             Kind::Data(frame) => Ok(frame),
-            other => Err(ChannelError::Transport(format!("unexpected {} frame during the protocol", kind_name(&other)))),
+            other => {
+                Err(ChannelError::Transport(format!("unexpected {} frame during the protocol", kind_name(&other))))
+            }
         }
     }
 }

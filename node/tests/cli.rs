@@ -32,7 +32,13 @@ impl Drop for NodeProc {
 }
 
 fn start_node(dir: &Path) -> (NodeProc, String) {
-    let child = Command::new(env!("CARGO_BIN_EXE_consort")).arg("node").arg(dir).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_consort"))
+        .arg("node")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let proc_ = NodeProc(child);
     for _ in 0..400 {
         if let Ok(addr) = std::fs::read_to_string(dir.join("listen.addr"))
@@ -65,13 +71,61 @@ fn two_node_processes_run_psi_through_the_cli() {
     let pinned = ok(&["peer", "add", s(&a), "--name", "partner", "--addr", &addr_b, "--cert", s(&b.join("node.crt"))]);
     assert!(pinned.contains("sha256:"), "{pinned}");
     ok(&["peer", "add", s(&b), "--name", "bank", "--addr", &addr_a, "--cert", s(&a.join("node.crt"))]);
-    let err = fails(&["dataset", "add", s(&a), "--name", "customers", "--file", s(&data.join("a.csv")), "--key", "customer_id", "--grant", "partner"]);
+    let err = fails(&[
+        "dataset",
+        "add",
+        s(&a),
+        "--name",
+        "customers",
+        "--file",
+        s(&data.join("a.csv")),
+        "--key",
+        "customer_id",
+        "--grant",
+        "partner",
+    ]);
     assert!(err.contains("customer_id"), "{err}");
-    ok(&["dataset", "add", s(&a), "--name", "customers", "--file", s(&data.join("a.csv")), "--key", "id", "--grant", "partner"]);
-    ok(&["dataset", "add", s(&b), "--name", "accounts", "--file", s(&data.join("b.csv")), "--key", "id", "--grant", "bank"]);
+    ok(&[
+        "dataset",
+        "add",
+        s(&a),
+        "--name",
+        "customers",
+        "--file",
+        s(&data.join("a.csv")),
+        "--key",
+        "id",
+        "--grant",
+        "partner",
+    ]);
+    ok(&[
+        "dataset",
+        "add",
+        s(&b),
+        "--name",
+        "accounts",
+        "--file",
+        s(&data.join("b.csv")),
+        "--key",
+        "id",
+        "--grant",
+        "bank",
+    ]);
 
     let out = root.join("shared.csv");
-    let json = ok(&["psi", s(&a), "--peer", "partner", "--dataset", "customers", "--peer-dataset", "accounts", "--out", s(&out), "--json"]);
+    let json = ok(&[
+        "psi",
+        s(&a),
+        "--peer",
+        "partner",
+        "--dataset",
+        "customers",
+        "--peer-dataset",
+        "accounts",
+        "--out",
+        s(&out),
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
     assert_eq!(v["state"], "done", "{v}");
     assert_eq!(v["intersection"], 700);
@@ -85,23 +139,71 @@ fn two_node_processes_run_psi_through_the_cli() {
         normalize: Default::default(),
         dedup: false,
     };
-    let check = consort_engine::check::verify_psi_outputs(&spec("a", &data.join("a.csv")), &spec("b", &data.join("b.csv")), Some(&out), Some(&peer_out)).unwrap();
+    let check = consort_engine::check::verify_psi_outputs(
+        &spec("a", &data.join("a.csv")),
+        &spec("b", &data.join("b.csv")),
+        Some(&out),
+        Some(&peer_out),
+    )
+    .unwrap();
     assert!(check.ok, "{:?}", check.problems);
     assert_eq!(check.expected, 700);
 
     // Only the requester learns: the partner writes nothing.
     let out_self = root.join("shared-self.csv");
-    let json = ok(&["psi", s(&a), "--peer", "partner", "--dataset", "customers", "--peer-dataset", "accounts", "--reveal", "self", "--out", s(&out_self), "--json"]);
+    let json = ok(&[
+        "psi",
+        s(&a),
+        "--peer",
+        "partner",
+        "--dataset",
+        "customers",
+        "--peer-dataset",
+        "accounts",
+        "--reveal",
+        "self",
+        "--out",
+        s(&out_self),
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
     assert_eq!(v["intersection"], 700);
     assert!(v["peer_output"].is_null(), "{v}");
-    let check = consort_engine::check::verify_psi_outputs(&spec("a", &data.join("a.csv")), &spec("b", &data.join("b.csv")), Some(&out_self), None).unwrap();
+    let check = consort_engine::check::verify_psi_outputs(
+        &spec("a", &data.join("a.csv")),
+        &spec("b", &data.join("b.csv")),
+        Some(&out_self),
+        None,
+    )
+    .unwrap();
     assert!(check.ok, "{:?}", check.problems);
 
     // Errors name what is wrong.
-    let err = fails(&["psi", s(&a), "--peer", "nobody", "--dataset", "customers", "--peer-dataset", "accounts", "--out", s(&root.join("x.csv"))]);
+    let err = fails(&[
+        "psi",
+        s(&a),
+        "--peer",
+        "nobody",
+        "--dataset",
+        "customers",
+        "--peer-dataset",
+        "accounts",
+        "--out",
+        s(&root.join("x.csv")),
+    ]);
     assert!(err.contains("unknown peer 'nobody'"), "{err}");
-    let err = fails(&["psi", s(&a), "--peer", "partner", "--dataset", "customers", "--peer-dataset", "missing", "--out", s(&root.join("x.csv"))]);
+    let err = fails(&[
+        "psi",
+        s(&a),
+        "--peer",
+        "partner",
+        "--dataset",
+        "customers",
+        "--peer-dataset",
+        "missing",
+        "--out",
+        s(&root.join("x.csv")),
+    ]);
     assert!(err.contains("refused") && err.contains("missing"), "{err}");
     assert!(!root.join("x.csv").exists());
     let jobs = ok(&["jobs", s(&a)]);
@@ -110,12 +212,29 @@ fn two_node_processes_run_psi_through_the_cli() {
 
 #[test]
 fn help_and_usage_errors() {
-    for cmd in [vec!["--help"], vec!["psi", "--help"], vec!["gen", "psi", "--help"], vec!["bench", "psi", "--help"], vec!["dataset", "add", "--help"]] {
+    for cmd in [
+        vec!["--help"],
+        vec!["psi", "--help"],
+        vec!["gen", "psi", "--help"],
+        vec!["bench", "psi", "--help"],
+        vec!["dataset", "add", "--help"],
+    ] {
         ok(&cmd);
     }
     let out = consort(&["psi"]);
     assert!(!out.status.success());
-    let out = consort(&["psi", "/nonexistent-node-dir", "--peer", "p", "--dataset", "d", "--peer-dataset", "e", "--out", "/tmp/x.csv"]);
+    let out = consort(&[
+        "psi",
+        "/nonexistent-node-dir",
+        "--peer",
+        "p",
+        "--dataset",
+        "d",
+        "--peer-dataset",
+        "e",
+        "--out",
+        "/tmp/x.csv",
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no node is running"));
 }

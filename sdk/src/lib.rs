@@ -29,7 +29,12 @@ pub enum Error {
 /// Intersects `keys` (exact byte strings; normalize them yourself) with the peer's keys over
 /// `channel` using ECDH-PSI. The result lists indices into `keys` in the joint order both parties
 /// share, or `None` if `reveal` does not let this party learn the intersection.
-pub async fn intersect<C: Channel, K: AsRef<[u8]> + Sync>(channel: &C, keys: &[K], role: Role, reveal: Reveal) -> Result<PsiOutput, Error> {
+pub async fn intersect<C: Channel, K: AsRef<[u8]> + Sync>(
+    channel: &C,
+    keys: &[K],
+    role: Role,
+    reveal: Reveal,
+) -> Result<PsiOutput, Error> {
     let config = consort_protocols::ecdh_psi::EcdhPsiConfig { role, reveal, progress: None };
     Ok(consort_protocols::ecdh_psi::run(channel, keys, &config).await?)
 }
@@ -38,7 +43,8 @@ pub async fn intersect<C: Channel, K: AsRef<[u8]> + Sync>(channel: &C, keys: &[K
 /// and writes its rows of the intersection to `job.output`, atomically.
 pub async fn join_dataset<C: Channel>(channel: &C, spec: &DatasetSpec, job: &PsiJob) -> Result<PsiReport, Error> {
     let spec = spec.clone();
-    let dataset = consort_protocols::cpu::run(move || Dataset::load(&spec)).await.map_err(consort_engine::EngineError::from)?;
+    let dataset =
+        consort_protocols::cpu::run(move || Dataset::load(&spec)).await.map_err(consort_engine::EngineError::from)?;
     Ok(consort_engine::run_psi(channel, &dataset, job).await?)
 }
 
