@@ -18,23 +18,17 @@ fn half_key() -> Scalar {
 }
 
 fn keys(prefix: &str, range: std::ops::Range<usize>) -> Vec<Vec<u8>> {
-    range
-        .map(|i| format!("{prefix}{i:016}").into_bytes())
-        .collect()
+    range.map(|i| format!("{prefix}{i:016}").into_bytes()).collect()
 }
 
 fn curve_kernels(c: &mut Criterion) {
     let mut group = c.benchmark_group("ecdh/kernels");
     let item = b"customer-0000000000042";
     group.throughput(Throughput::Elements(1));
-    group.bench_function("hash_to_point", |b| {
-        b.iter(|| kernels::hash_to_point(black_box(item)))
-    });
+    group.bench_function("hash_to_point", |b| b.iter(|| kernels::hash_to_point(black_box(item))));
 
     const N: usize = 1024;
-    let mut points: Vec<_> = (0..N as u64)
-        .map(|i| kernels::hash_to_point(&i.to_le_bytes()))
-        .collect();
+    let mut points: Vec<_> = (0..N as u64).map(|i| kernels::hash_to_point(&i.to_le_bytes())).collect();
     let mut encoded = vec![0u8; 32 * N];
     let key = half_key();
     group.throughput(Throughput::Elements(N as u64));
@@ -45,9 +39,7 @@ fn curve_kernels(c: &mut Criterion) {
 
     group.throughput(Throughput::Elements(1));
     let encoding: [u8; 32] = encoded[..32].try_into().unwrap();
-    group.bench_function("decode", |b| {
-        b.iter(|| kernels::decode(black_box(&encoding)))
-    });
+    group.bench_function("decode", |b| b.iter(|| kernels::decode(black_box(&encoding))));
     group.bench_function("tag", |b| b.iter(|| kernels::tag(black_box(&encoding))));
     group.finish();
 }
@@ -56,15 +48,8 @@ fn in_memory_run(c: &mut Criterion) {
     const N: usize = 1 << 14;
     let requester = keys("k", 0..N);
     let responder = keys("k", N / 2..N / 2 + N);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .unwrap();
-    let config = |role| EcdhPsiConfig {
-        role,
-        reveal: Reveal::Both,
-        progress: None,
-    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+    let config = |role| EcdhPsiConfig { role, reveal: Reveal::Both, progress: None };
     let (config_a, config_b) = (config(Role::Requester), config(Role::Responder));
 
     let mut group = c.benchmark_group("ecdh/psi");
@@ -77,10 +62,8 @@ fn in_memory_run(c: &mut Criterion) {
         b.iter(|| {
             runtime.block_on(async {
                 let (a, b) = memory_pair(8);
-                let (ra, rb) = tokio::join!(
-                    ecdh_psi::run(&a, &requester, &config_a),
-                    ecdh_psi::run(&b, &responder, &config_b),
-                );
+                let (ra, rb) =
+                    tokio::join!(ecdh_psi::run(&a, &requester, &config_a), ecdh_psi::run(&b, &responder, &config_b));
                 let (ra, rb) = (ra.unwrap(), rb.unwrap());
                 assert_eq!(ra.intersection.map(|i| i.len()), Some(N / 2));
                 assert_eq!(rb.intersection.map(|i| i.len()), Some(N / 2));

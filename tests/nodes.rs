@@ -64,19 +64,21 @@ async fn pair_with_data(a_csv: &str, b_csv: &str) -> Pair {
     Pair { _tmp: tmp, root, a_dir, b_dir, a, b }
 }
 
+/// The bank's PSI request on its dataset "customers" with the partner's `peer_dataset`.
+fn request(peer_dataset: &str, reveal: &str, out: &str) -> PsiRequest {
+    PsiRequest {
+        peer: pair::B.into(),
+        dataset: "customers".into(),
+        peer_dataset: peer_dataset.into(),
+        protocol: "ecdh".into(),
+        reveal: reveal.into(),
+        out: out.into(),
+    }
+}
+
 async fn run_psi(dir: &Path, peer_dataset: &str, reveal: &str, out: &Path) -> JobStatus {
     let client = NodeClient::connect(dir).await.unwrap();
-    let id = client
-        .submit_psi(PsiRequest {
-            peer: pair::B.into(),
-            dataset: "customers".into(),
-            peer_dataset: peer_dataset.into(),
-            protocol: "ecdh".into(),
-            reveal: reveal.into(),
-            out: out.display().to_string(),
-        })
-        .await
-        .unwrap();
+    let id = client.submit_psi(request(peer_dataset, reveal, &out.display().to_string())).await.unwrap();
     tokio::time::timeout(Duration::from_secs(60), client.watch(&id, |_| {})).await.expect("job hangs").unwrap()
 }
 
@@ -143,17 +145,7 @@ async fn dataset_without_grant_is_refused_before_any_protocol_message() {
     setup::dataset_add(&p.a_dir, spec("customers", &p.root.join("a.csv")), vec![], true, false).unwrap();
     p.a.state.reload().unwrap();
     let client = NodeClient::connect(&p.a_dir).await.unwrap();
-    let err = client
-        .submit_psi(PsiRequest {
-            peer: pair::B.into(),
-            dataset: "customers".into(),
-            peer_dataset: "accounts".into(),
-            protocol: "ecdh".into(),
-            reveal: "both".into(),
-            out: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let err = client.submit_psi(request("accounts", "both", "")).await.unwrap_err();
     assert!(err.to_string().contains("no grant for peer 'partner'"), "{err}");
 }
 
@@ -239,17 +231,7 @@ async fn a_peer_that_goes_away_mid_job_fails_cleanly() {
     let p = pair_with_data(&a, &b).await;
     let out = p.root.join("out.csv");
     let client = NodeClient::connect(&p.a_dir).await.unwrap();
-    let id = client
-        .submit_psi(PsiRequest {
-            peer: pair::B.into(),
-            dataset: "customers".into(),
-            peer_dataset: "accounts".into(),
-            protocol: "ecdh".into(),
-            reveal: "both".into(),
-            out: out.display().to_string(),
-        })
-        .await
-        .unwrap();
+    let id = client.submit_psi(request("accounts", "both", &out.display().to_string())).await.unwrap();
     // Wait for the protocol to start, then stop the partner abruptly.
     for _ in 0..400 {
         let s = client.job(&id).await.unwrap();

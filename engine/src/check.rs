@@ -47,8 +47,7 @@ impl Problems {
 
     fn into_list(mut self) -> Vec<String> {
         if self.more > 0 {
-            self.listed
-                .push(format!("... and {} more problems", self.more));
+            self.listed.push(format!("... and {} more problems", self.more));
         }
         self.listed
     }
@@ -96,24 +95,12 @@ pub fn verify_psi_outputs(
         shared_b[j as usize] = true;
     }
     let expected = shared_a.iter().filter(|&&s| s).count() as u64;
-    let side_a = Side {
-        name: "a",
-        input: &da,
-        index: index_a,
-        shared: shared_a,
-    };
-    let side_b = Side {
-        name: "b",
-        input: &db,
-        index: index_b,
-        shared: shared_b,
-    };
+    let side_a = Side { name: "a", input: &da, index: index_a, shared: shared_a };
+    let side_b = Side { name: "b", input: &db, index: index_b, shared: shared_b };
 
     let check = |side: &Side<'_>, out: Option<&Path>| {
         let mut problems = Problems::default();
-        let rows = out
-            .map(|p| check_output(side, p, &mut problems))
-            .transpose();
+        let rows = out.map(|p| check_output(side, p, &mut problems)).transpose();
         rows.map(|rows| (rows.flatten(), problems))
     };
     let (a, b) = rayon::join(|| check(&side_a, a_out), || check(&side_b, b_out));
@@ -123,20 +110,12 @@ pub fn verify_psi_outputs(
         check_aligned(&da, ra, &db, rb, &mut problems);
     }
     let problems = problems.into_list();
-    Ok(VerifyReport {
-        expected,
-        ok: problems.is_empty(),
-        problems,
-    })
+    Ok(VerifyReport { expected, ok: problems.is_empty(), problems })
 }
 
 /// Checks one output file; returns its rows as matched to the input, or `None` if it could not
 /// be read at all.
-fn check_output(
-    side: &Side<'_>,
-    out: &Path,
-    problems: &mut Problems,
-) -> Result<Option<Vec<OutRow>>, DataError> {
+fn check_output(side: &Side<'_>, out: &Path, problems: &mut Problems) -> Result<Option<Vec<OutRow>>, DataError> {
     let input = side.input;
     let shown = out.display();
     let Some((keys, mut rows)) = read_output(side, out, problems) else {
@@ -152,23 +131,11 @@ fn check_output(
     let mut expect = Vec::new();
     for (r, row) in rows.iter_mut().enumerate() {
         let Some(k) = row.key else { continue };
-        let at = || {
-            format!(
-                "{shown}:{}: key {}",
-                row.line,
-                display_key(keys.get(k as usize))
-            )
-        };
+        let at = || format!("{shown}:{}: key {}", row.line, display_key(keys.get(k as usize)));
         row.input = input_of[k as usize];
         match row.input {
-            None => problems.add(format!(
-                "{} is not in input {}",
-                at(),
-                input.spec.file.display()
-            )),
-            Some(i) if !side.shared[i as usize] => {
-                problems.add(format!("{} is not in the intersection", at()))
-            }
+            None => problems.add(format!("{} is not in input {}", at(), input.spec.file.display())),
+            Some(i) if !side.shared[i as usize] => problems.add(format!("{} is not in the intersection", at())),
             Some(i) if seen[i as usize] => problems.add(format!("{} appears more than once", at())),
             Some(i) => {
                 seen[i as usize] = true;
@@ -184,9 +151,7 @@ fn check_output(
             input.display_key(i as usize)
         ));
     }
-    let missing: Vec<usize> = (0..input.len())
-        .filter(|&i| side.shared[i] && !seen[i])
-        .collect();
+    let missing: Vec<usize> = (0..input.len()).filter(|&i| side.shared[i] && !seen[i]).collect();
     if let Some(&first) = missing.first() {
         problems.add(format!(
             "{shown}: {} intersecting rows are missing (the first: key {})",
@@ -199,28 +164,13 @@ fn check_output(
 
 /// Reads an output file: the key of each row (with the input's key columns and normalization)
 /// and a hash of its bytes. `None` if the file cannot be read or has no usable header.
-fn read_output(
-    side: &Side<'_>,
-    out: &Path,
-    problems: &mut Problems,
-) -> Option<(KeyArena, Vec<OutRow>)> {
+fn read_output(side: &Side<'_>, out: &Path, problems: &mut Problems) -> Option<(KeyArena, Vec<OutRow>)> {
     let input = side.input;
-    let spec = DatasetSpec {
-        file: out.to_path_buf(),
-        ..input.spec.clone()
-    };
-    let mut scanner = RowScanner::open(out)
-        .map_err(|e| problems.add(format!("output {}: {e}", side.name)))
-        .ok()?;
-    let header = spec
-        .read_header(&mut scanner)
-        .map_err(|e| problems.add(e.to_string()))
-        .ok()?;
+    let spec = DatasetSpec { file: out.to_path_buf(), ..input.spec.clone() };
+    let mut scanner = RowScanner::open(out).map_err(|e| problems.add(format!("output {}: {e}", side.name))).ok()?;
+    let header = spec.read_header(&mut scanner).map_err(|e| problems.add(e.to_string())).ok()?;
     if strip_terminator(&header.raw) != strip_terminator(input.header_bytes()) {
-        problems.add(format!(
-            "{}:1: the header differs from the input's",
-            out.display()
-        ));
+        problems.add(format!("{}:1: the header differs from the input's", out.display()));
     }
     let mut keys = KeyArena::new();
     let mut rows = Vec::new();
@@ -240,12 +190,7 @@ fn read_output(
                 None
             }
         };
-        rows.push(OutRow {
-            line: row.line,
-            key,
-            input: None,
-            content: content_hash(row.raw),
-        });
+        rows.push(OutRow { line: row.line, key, input: None, content: content_hash(row.raw) });
     }
     Some((keys, rows))
 }
@@ -282,19 +227,9 @@ fn compare_contents(
 }
 
 /// Row i of both outputs must be the same entity.
-fn check_aligned(
-    da: &Dataset,
-    ra: &[OutRow],
-    db: &Dataset,
-    rb: &[OutRow],
-    problems: &mut Problems,
-) {
+fn check_aligned(da: &Dataset, ra: &[OutRow], db: &Dataset, rb: &[OutRow], problems: &mut Problems) {
     if ra.len() != rb.len() {
-        problems.add(format!(
-            "the outputs have different row counts: a {}, b {}",
-            ra.len(),
-            rb.len()
-        ));
+        problems.add(format!("the outputs have different row counts: a {}, b {}", ra.len(), rb.len()));
     }
     let mut misaligned = 0u64;
     for (x, y) in ra.iter().zip(rb) {
@@ -338,14 +273,8 @@ mod tests {
 
     fn case() -> Case {
         let dir = tempfile::tempdir().unwrap();
-        generate_psi(&PsiGenSpec {
-            rows_a: 400,
-            rows_b: 300,
-            overlap: 50,
-            seed: 11,
-            out_dir: dir.path().into(),
-        })
-        .unwrap();
+        generate_psi(&PsiGenSpec { rows_a: 400, rows_b: 300, overlap: 50, seed: 11, out_dir: dir.path().into() })
+            .unwrap();
         let spec = |f: &str| DatasetSpec {
             name: f.into(),
             file: dir.path().join(f),
@@ -356,21 +285,10 @@ mod tests {
         let (a, b) = (spec("a.csv"), spec("b.csv"));
         let (da, db) = (Dataset::load(&a).unwrap(), Dataset::load(&b).unwrap());
         let mut pairs: Vec<(u32, u32)> = (0..da.len())
-            .filter_map(|i| {
-                (0..db.len())
-                    .find(|&j| db.keys.get(j) == da.keys.get(i))
-                    .map(|j| (i as u32, j as u32))
-            })
+            .filter_map(|i| (0..db.len()).find(|&j| db.keys.get(j) == da.keys.get(i)).map(|j| (i as u32, j as u32)))
             .collect();
         pairs.sort_by_key(|&(i, _)| da.key_of(i as usize));
-        Case {
-            dir,
-            a,
-            b,
-            da,
-            db,
-            pairs,
-        }
+        Case { dir, a, b, da, db, pairs }
     }
 
     impl Case {
@@ -394,14 +312,7 @@ mod tests {
         let (oa, ob) = c.orders();
         let (pa, pb) = (c.write("oa.csv", true, &oa), c.write("ob.csv", false, &ob));
         let r = c.verify(Some(&pa), Some(&pb));
-        assert_eq!(
-            r,
-            VerifyReport {
-                expected: 50,
-                ok: true,
-                problems: vec![]
-            }
-        );
+        assert_eq!(r, VerifyReport { expected: 50, ok: true, problems: vec![] });
         assert!(c.verify(Some(&pa), None).ok);
         assert!(c.verify(None, Some(&pb)).ok);
     }
@@ -412,18 +323,11 @@ mod tests {
         let (oa, mut ob) = c.orders();
         ob.swap(3, 7);
         let (pa, pb) = (c.write("oa.csv", true, &oa), c.write("ob.csv", false, &ob));
-        assert!(
-            c.verify(Some(&pa), None).ok && c.verify(None, Some(&pb)).ok,
-            "each alone is right"
-        );
+        assert!(c.verify(Some(&pa), None).ok && c.verify(None, Some(&pb)).ok, "each alone is right");
         let r = c.verify(Some(&pa), Some(&pb));
         assert!(!r.ok);
         assert_eq!(r.problems.len(), 2, "{:?}", r.problems);
-        assert!(
-            r.problems[0].starts_with("not aligned: a line 5 has key '"),
-            "{:?}",
-            r.problems
-        );
+        assert!(r.problems[0].starts_with("not aligned: a line 5 has key '"), "{:?}", r.problems);
     }
 
     #[test]
@@ -440,55 +344,29 @@ mod tests {
         assert!(!r.ok);
         let text = r.problems.join("\n");
         assert!(
-            text.contains(&format!(
-                "key '{}' is not in the intersection",
-                c.da.key_of(not_shared as usize)
-            )),
+            text.contains(&format!("key '{}' is not in the intersection", c.da.key_of(not_shared as usize))),
             "{text}"
         );
-        assert!(text.contains(&format!(
-            "bad.csv:52: key '{}' appears more than once",
-            c.da.key_of(oa[0] as usize)
-        )));
-        assert!(
-            text.contains("bad.csv: 1 intersecting rows are missing"),
-            "{text}"
-        );
+        assert!(text.contains(&format!("bad.csv:52: key '{}' appears more than once", c.da.key_of(oa[0] as usize))));
+        assert!(text.contains("bad.csv: 1 intersecting rows are missing"), "{text}");
 
         // A row whose payload was altered, and a key from the other file.
         let good = c.write("good.csv", true, &oa);
         let text = std::fs::read_to_string(&good).unwrap();
         let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
         lines[2] = format!("{},Someone Else,1,1", c.da.key_of(oa[1] as usize));
-        let stranger = (0..c.db.len())
-            .find(|&j| !c.pairs.iter().any(|p| p.1 as usize == j))
-            .unwrap();
+        let stranger = (0..c.db.len()).find(|&j| !c.pairs.iter().any(|p| p.1 as usize == j)).unwrap();
         lines[3] = format!("{},Zed Zed,1,1", c.db.key_of(stranger));
         std::fs::write(&good, lines.join("\n") + "\n").unwrap();
         let r = c.verify(Some(&good), None);
         let text = r.problems.join("\n");
         let key = |i: u32| c.da.key_of(i as usize);
         assert!(
-            text.contains(&format!(
-                "good.csv:3: key '{}': the row differs from the input row",
-                key(oa[1])
-            )),
+            text.contains(&format!("good.csv:3: key '{}': the row differs from the input row", key(oa[1]))),
             "{text}"
         );
-        assert!(
-            text.contains(&format!(
-                "good.csv:4: key '{}' is not in input",
-                c.db.key_of(stranger)
-            )),
-            "{text}"
-        );
-        assert!(
-            text.contains(&format!(
-                "1 intersecting rows are missing (the first: key '{}')",
-                key(oa[2])
-            )),
-            "{text}"
-        );
+        assert!(text.contains(&format!("good.csv:4: key '{}' is not in input", c.db.key_of(stranger))), "{text}");
+        assert!(text.contains(&format!("1 intersecting rows are missing (the first: key '{}')", key(oa[2]))), "{text}");
         assert_eq!(r.problems.len(), 3);
     }
 

@@ -104,10 +104,7 @@ impl RowScanner {
                     path: self.path.clone(),
                     line: self.line,
                     column: None,
-                    message: format!(
-                        "row longer than {} MiB (an unclosed quote?)",
-                        MAX_ROW_BYTES >> 20
-                    ),
+                    message: format!("row longer than {} MiB (an unclosed quote?)", MAX_ROW_BYTES >> 20),
                 });
             }
             self.buf.resize(self.buf.len() * 2, 0);
@@ -241,11 +238,7 @@ mod tests {
         }
         let offsets: Vec<u64> = out.iter().map(|r| r.1).collect();
         let lines = lines_at(&path, &offsets).unwrap();
-        assert_eq!(
-            lines,
-            out.iter().map(|r| r.0).collect::<Vec<_>>(),
-            "lines_at agrees with the scanner"
-        );
+        assert_eq!(lines, out.iter().map(|r| r.0).collect::<Vec<_>>(), "lines_at agrees with the scanner");
         out
     }
 
@@ -253,10 +246,7 @@ mod tests {
     fn spans_cover_rows_exactly() {
         let rows = scan(b"id,v\r\n1,\"a\r\nb\"\r\n\r\n\n2,x\n3,\"q\"\"\"");
         assert_eq!(rows.len(), 4);
-        assert_eq!(
-            (rows[0].0, rows[0].1, &rows[0].2[..]),
-            (1, 0, &b"id,v\r\n"[..])
-        );
+        assert_eq!((rows[0].0, rows[0].1, &rows[0].2[..]), (1, 0, &b"id,v\r\n"[..]));
         assert_eq!((rows[1].0, &rows[1].2[..]), (2, &b"1,\"a\r\nb\"\r\n"[..]));
         assert_eq!(rows[1].3, vec![b"1".to_vec(), b"a\r\nb".to_vec()]);
         assert_eq!((rows[2].0, &rows[2].2[..]), (6, &b"2,x\n"[..]));

@@ -76,10 +76,7 @@ fn open_unchanged(path: &Path, stamp: &FileStamp) -> Result<File, DataError> {
 }
 
 fn changed(path: &Path) -> DataError {
-    DataError::file(
-        path,
-        "the file changed after it was loaded; load the dataset again",
-    )
+    DataError::file(path, "the file changed after it was loaded; load the dataset again")
 }
 
 /// What the file looked like when loaded, so outputs never copy spans from a changed file.
@@ -92,10 +89,7 @@ struct FileStamp {
 impl FileStamp {
     fn of(file: &File, path: &Path) -> Result<Self, DataError> {
         let meta = file.metadata().map_err(|e| DataError::io(path, e))?;
-        Ok(Self {
-            len: meta.len(),
-            modified: meta.modified().ok(),
-        })
+        Ok(Self { len: meta.len(), modified: meta.modified().ok() })
     }
 }
 
@@ -117,18 +111,12 @@ impl DatasetSpec {
     pub(crate) fn read_header(&self, scanner: &mut RowScanner) -> Result<Header, DataError> {
         let path = &self.file;
         if self.keys.is_empty() {
-            return Err(DataError::Invalid(format!(
-                "dataset '{}': no key columns given",
-                self.name
-            )));
+            return Err(DataError::Invalid(format!("dataset '{}': no key columns given", self.name)));
         }
-        let row = scanner
-            .next_row()?
-            .ok_or_else(|| DataError::file(path, "empty file (no header line)"))?;
+        let row = scanner.next_row()?.ok_or_else(|| DataError::file(path, "empty file (no header line)"))?;
         let line = row.line;
-        let columns: Vec<String> = (0..row.len())
-            .map(|i| String::from_utf8_lossy(row.field(i)).trim().to_string())
-            .collect();
+        let columns: Vec<String> =
+            (0..row.len()).map(|i| String::from_utf8_lossy(row.field(i)).trim().to_string()).collect();
         let raw = row.raw.to_vec();
         let header_error = |column: &str, message: String| DataError::Row {
             path: path.clone(),
@@ -142,37 +130,19 @@ impl DatasetSpec {
             if self.keys[..k].iter().any(|other| other.trim() == name) {
                 return Err(header_error(name, "named twice as a key column".into()));
             }
-            let mut found = columns
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.as_str() == name)
-                .map(|(i, _)| i);
+            let mut found = columns.iter().enumerate().filter(|(_, c)| c.as_str() == name).map(|(i, _)| i);
             match (found.next(), found.next()) {
                 (Some(i), None) => key_positions.push(i),
                 (None, _) => {
-                    let list = columns
-                        .iter()
-                        .map(|c| format!("'{c}'"))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    return Err(header_error(
-                        name,
-                        format!("key column not in the header (columns: {list})"),
-                    ));
+                    let list = columns.iter().map(|c| format!("'{c}'")).collect::<Vec<_>>().join(", ");
+                    return Err(header_error(name, format!("key column not in the header (columns: {list})")));
                 }
                 (Some(_), Some(_)) => {
-                    return Err(header_error(
-                        name,
-                        "key column appears more than once in the header".into(),
-                    ));
+                    return Err(header_error(name, "key column appears more than once in the header".into()));
                 }
             }
         }
-        Ok(Header {
-            columns,
-            key_positions,
-            raw,
-        })
+        Ok(Header { columns, key_positions, raw })
     }
 }
 
@@ -192,12 +162,7 @@ pub(crate) fn push_key(
     pushed
 }
 
-fn push_key_columns(
-    spec: &DatasetSpec,
-    header: &Header,
-    row: &Row<'_>,
-    keys: &mut KeyArena,
-) -> Result<(), DataError> {
+fn push_key_columns(spec: &DatasetSpec, header: &Header, row: &Row<'_>, keys: &mut KeyArena) -> Result<(), DataError> {
     let error = |column: Option<&str>, message: String| DataError::Row {
         path: spec.file.clone(),
         line: row.line,
@@ -209,36 +174,20 @@ fn push_key_columns(
         return Err(if row.len() < ncols {
             error(
                 Some(&header.columns[row.len()]),
-                format!(
-                    "missing: the row has {} fields, the header has {ncols}",
-                    row.len()
-                ),
+                format!("missing: the row has {} fields, the header has {ncols}", row.len()),
             )
         } else {
-            error(
-                None,
-                format!("the row has {} fields, the header has {ncols}", row.len()),
-            )
+            error(None, format!("the row has {} fields, the header has {ncols}", row.len()))
         });
     }
     for &c in &header.key_positions {
         let column = Some(header.columns[c].as_str());
         let value = std::str::from_utf8(row.field(c)).map_err(|e| {
-            error(
-                column,
-                format!(
-                    "key is not valid UTF-8 (bad byte at position {})",
-                    e.valid_up_to() + 1
-                ),
-            )
+            error(column, format!("key is not valid UTF-8 (bad byte at position {})", e.valid_up_to() + 1))
         })?;
         let value = normalize(value, &spec.normalize);
         if value.is_empty() {
-            let what = if spec.normalize.trim {
-                "empty key (after trimming whitespace)"
-            } else {
-                "empty key"
-            };
+            let what = if spec.normalize.trim { "empty key (after trimming whitespace)" } else { "empty key" };
             return Err(error(column, what.into()));
         }
         keys.push_column(value.as_bytes());
@@ -273,11 +222,7 @@ impl Dataset {
         }
         let rows_read = starts.len() as u64;
         let open_row = (last_open && !starts.is_empty()).then(|| starts.len() as u32 - 1);
-        let terminator: &'static [u8] = if header.raw.ends_with(b"\r\n") {
-            b"\r\n"
-        } else {
-            b"\n"
-        };
+        let terminator: &'static [u8] = if header.raw.ends_with(b"\r\n") { b"\r\n" } else { b"\n" };
         let mut dataset = Dataset {
             spec: spec.clone(),
             columns: header.columns,
@@ -319,18 +264,10 @@ impl Dataset {
             let mut firsts: Vec<u32> = repeats.iter().map(|&(f, _)| f).collect();
             firsts.par_sort_unstable();
             firsts.dedup();
-            let lines = lines_at(
-                &self.spec.file,
-                &[self.starts[first as usize], self.starts[repeat as usize]],
-            )?;
+            let lines = lines_at(&self.spec.file, &[self.starts[first as usize], self.starts[repeat as usize]])?;
             return Err(DataError::DuplicateKey {
                 path: self.spec.file.clone(),
-                columns: self
-                    .spec
-                    .keys
-                    .iter()
-                    .map(|k| k.trim().to_string())
-                    .collect(),
+                columns: self.spec.keys.iter().map(|k| k.trim().to_string()).collect(),
                 key: display_key(self.keys.get(repeat as usize)),
                 first_line: lines[0],
                 line: lines[1],
@@ -344,10 +281,7 @@ impl Dataset {
         self.keys.retain(|i| !dropped[i]);
         retain_kept(&mut self.starts, &dropped);
         retain_kept(&mut self.lens, &dropped);
-        self.open_row = self
-            .open_row
-            .filter(|&r| !dropped[r as usize])
-            .map(|_| self.starts.len() as u32 - 1);
+        self.open_row = self.open_row.filter(|&r| !dropped[r as usize]).map(|_| self.starts.len() as u32 - 1);
         self.duplicates_dropped = repeats.len() as u64;
         Ok(())
     }
@@ -364,10 +298,7 @@ impl Dataset {
     /// The normalized key of kept row `i` as text; the columns of a composite key are joined
     /// with `,` (a display form for tests and messages; the protocol uses [`Dataset::keys`]).
     pub fn key_of(&self, i: usize) -> String {
-        decode_key(self.keys.get(i))
-            .map(String::from_utf8_lossy)
-            .collect::<Vec<_>>()
-            .join(",")
+        decode_key(self.keys.get(i)).map(String::from_utf8_lossy).collect::<Vec<_>>().join(",")
     }
 
     /// The key of kept row `i` as shown in messages (quoted).
@@ -384,8 +315,7 @@ impl Dataset {
     pub fn row_bytes(&self, i: usize) -> Result<Vec<u8>, DataError> {
         let file = self.open_unchanged()?;
         let mut buf = vec![0; self.lens[i] as usize];
-        file.read_exact_at(&mut buf, self.starts[i])
-            .map_err(|e| DataError::io(&self.spec.file, e))?;
+        file.read_exact_at(&mut buf, self.starts[i]).map_err(|e| DataError::io(&self.spec.file, e))?;
         Ok(buf)
     }
 
@@ -396,10 +326,7 @@ impl Dataset {
 
     /// Bytes of memory held per dataset (keys plus row spans), for reports.
     pub fn heap_bytes(&self) -> usize {
-        self.keys.heap_bytes()
-            + self.starts.capacity() * 8
-            + self.lens.capacity() * 4
-            + self.header.capacity()
+        self.keys.heap_bytes() + self.starts.capacity() * 8 + self.lens.capacity() * 4 + self.header.capacity()
     }
 
     /// Opens the file, checking it is the one that was loaded.
@@ -416,15 +343,9 @@ impl Dataset {
             .map(|&i| {
                 let k = i as usize;
                 if k >= n {
-                    return Err(DataError::Invalid(format!(
-                        "row index {i} out of range: the dataset has {n} rows"
-                    )));
+                    return Err(DataError::Invalid(format!("row index {i} out of range: the dataset has {n} rows")));
                 }
-                Ok(Span {
-                    start: self.starts[k],
-                    len: self.lens[k],
-                    open: self.open_row == Some(i),
-                })
+                Ok(Span { start: self.starts[k], len: self.lens[k], open: self.open_row == Some(i) })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(OutputPlan {
@@ -495,21 +416,13 @@ impl OutputPlan {
             let mut pending: Vec<Vec<u8>> = Vec::new();
             for batch in self.rows.chunks(WRITE_BATCH) {
                 let (read, written) = rayon::join(
-                    || {
-                        batch
-                            .par_chunks(READ_CHUNK)
-                            .map(|c| self.read_rows(&source, c))
-                            .collect::<Result<Vec<_>, _>>()
-                    },
+                    || batch.par_chunks(READ_CHUNK).map(|c| self.read_rows(&source, c)).collect::<Result<Vec<_>, _>>(),
                     || pending.iter().try_for_each(|b| w.write_all(b)),
                 );
                 written.map_err(io_err)?;
                 pending = read?;
             }
-            pending
-                .iter()
-                .try_for_each(|b| w.write_all(b))
-                .map_err(io_err)?;
+            pending.iter().try_for_each(|b| w.write_all(b)).map_err(io_err)?;
             w.flush().map_err(io_err)?;
         }
         tmp.as_file().sync_all().map_err(io_err)?;
@@ -520,18 +433,13 @@ impl OutputPlan {
 
     /// Reads `rows` from the source file into one buffer, in order.
     fn read_rows(&self, source: &File, rows: &[Span]) -> Result<Vec<u8>, DataError> {
-        let total: usize = rows
-            .iter()
-            .map(|r| r.len as usize + if r.open { self.terminator.len() } else { 0 })
-            .sum();
+        let total: usize = rows.iter().map(|r| r.len as usize + if r.open { self.terminator.len() } else { 0 }).sum();
         let mut buf = vec![0u8; total];
         let mut at = 0;
         for r in rows {
             let len = r.len as usize;
             let dst = &mut buf[at..at + len];
-            source
-                .read_exact_at(dst, r.start)
-                .map_err(|e| DataError::io(&self.source, e))?;
+            source.read_exact_at(dst, r.start).map_err(|e| DataError::io(&self.source, e))?;
             // A cheap check that the span still holds a whole row.
             if !r.open && !matches!(dst.last(), Some(b'\n' | b'\r')) {
                 return Err(changed(&self.source));
@@ -556,9 +464,7 @@ mod tests {
 
     impl Fixture {
         fn new() -> Self {
-            Self {
-                dir: tempfile::tempdir().unwrap(),
-            }
+            Self { dir: tempfile::tempdir().unwrap() }
         }
         fn file(&self, name: &str, content: &[u8]) -> PathBuf {
             let p = self.dir.path().join(name);
@@ -577,9 +483,7 @@ mod tests {
         fn load_err(&self, name: &str, content: &[u8], keys: &[&str]) -> String {
             match Dataset::load(&self.spec(name, content, keys)) {
                 Ok(_) => panic!("{name} loaded"),
-                Err(e) => e
-                    .to_string()
-                    .replace(&format!("{}/", self.dir.path().display()), ""),
+                Err(e) => e.to_string().replace(&format!("{}/", self.dir.path().display()), ""),
             }
         }
     }
@@ -595,26 +499,13 @@ mod tests {
         assert_eq!(ds.key_of(1), "1666");
         assert_eq!(ds.keys.get(0), b"\x041555");
 
-        spec.file = f.file(
-            "c.csv",
-            b"email, Last ,first\nA@X.org,Lee,Ann\na@x.org , lee,ann\n",
-        );
+        spec.file = f.file("c.csv", b"email, Last ,first\nA@X.org,Lee,Ann\na@x.org , lee,ann\n");
         spec.keys = vec!["email".into(), "last".into()];
-        assert!(
-            Dataset::load(&spec)
-                .unwrap_err()
-                .to_string()
-                .contains("column 'last': key column not in the header")
-        );
+        assert!(Dataset::load(&spec).unwrap_err().to_string().contains("column 'last': key column not in the header"));
         spec.keys = vec!["email".into(), "Last".into()];
         spec.normalize.case_fold = true;
         let err = Dataset::load(&spec).unwrap_err().to_string();
-        assert!(
-            err.contains(
-                "columns 'email', 'Last': duplicate key ('a@x.org', 'lee') on lines 2 and 3"
-            ),
-            "{err}"
-        );
+        assert!(err.contains("columns 'email', 'Last': duplicate key ('a@x.org', 'lee') on lines 2 and 3"), "{err}");
         spec.normalize.case_fold = false;
         let ds = Dataset::load(&spec).unwrap();
         assert_eq!(ds.key_of(0), "A@X.org,Lee");
@@ -625,10 +516,7 @@ mod tests {
     fn missing_key_column_lists_the_columns() {
         let f = Fixture::new();
         let err = f.load_err("a.csv", b"id,name,age\n1,a,3\n", &["phone"]);
-        assert_eq!(
-            err,
-            "a.csv:1: column 'phone': key column not in the header (columns: 'id', 'name', 'age')"
-        );
+        assert_eq!(err, "a.csv:1: column 'phone': key column not in the header (columns: 'id', 'name', 'age')");
         let spec = f.spec("b.csv", b"id,name,age\n1,a,3\n", &["phone"]);
         assert!(spec.check_header().is_err());
         let spec = f.spec("b.csv", b"id,name,age\n1,a,3\n", &["name"]);
@@ -636,39 +524,23 @@ mod tests {
         let err = f.load_err("e.csv", b"", &["id"]);
         assert_eq!(err, "e.csv: empty file (no header line)");
         let err = f.load_err("d.csv", b"id,x,id\n", &["id"]);
-        assert_eq!(
-            err,
-            "d.csv:1: column 'id': key column appears more than once in the header"
-        );
+        assert_eq!(err, "d.csv:1: column 'id': key column appears more than once in the header");
     }
 
     #[test]
     fn empty_key_names_line_and_column() {
         let f = Fixture::new();
         let err = f.load_err("a.csv", b"name,id\nx,1\ny,  \n", &["id"]);
-        assert_eq!(
-            err,
-            "a.csv:3: column 'id': empty key (after trimming whitespace)"
-        );
-        let err = f.load_err(
-            "b.csv",
-            b"name,id\r\nx,1\r\n\r\n\"multi\nline\",\"\"\r\n",
-            &["id"],
-        );
-        assert_eq!(
-            err,
-            "b.csv:4: column 'id': empty key (after trimming whitespace)"
-        );
+        assert_eq!(err, "a.csv:3: column 'id': empty key (after trimming whitespace)");
+        let err = f.load_err("b.csv", b"name,id\r\nx,1\r\n\r\n\"multi\nline\",\"\"\r\n", &["id"]);
+        assert_eq!(err, "b.csv:4: column 'id': empty key (after trimming whitespace)");
     }
 
     #[test]
     fn wrong_field_count_names_line_and_column() {
         let f = Fixture::new();
         let err = f.load_err("a.csv", b"id,name,age\n1,a,3\n2,b\n", &["id"]);
-        assert_eq!(
-            err,
-            "a.csv:3: column 'age': missing: the row has 2 fields, the header has 3"
-        );
+        assert_eq!(err, "a.csv:3: column 'age': missing: the row has 2 fields, the header has 3");
         let err = f.load_err("b.csv", b"id,name\n1,a\n2,b,c\n", &["id"]);
         assert_eq!(err, "b.csv:3: the row has 3 fields, the header has 2");
     }
@@ -677,10 +549,7 @@ mod tests {
     fn non_utf8_key_is_an_error_but_other_columns_may_be_anything() {
         let f = Fixture::new();
         let err = f.load_err("a.csv", b"id,name\n1,a\nx\xffy,b\n", &["id"]);
-        assert_eq!(
-            err,
-            "a.csv:3: column 'id': key is not valid UTF-8 (bad byte at position 2)"
-        );
+        assert_eq!(err, "a.csv:3: column 'id': key is not valid UTF-8 (bad byte at position 2)");
         let ds = Dataset::load(&f.spec("b.csv", b"id,name\n1,\xff\xfe\n", &["id"])).unwrap();
         assert_eq!(ds.row_bytes(0).unwrap(), b"1,\xff\xfe\n");
     }
@@ -689,10 +558,7 @@ mod tests {
     fn duplicates_fail_naming_the_first_or_are_dropped_with_dedup() {
         let f = Fixture::new();
         let mut content = String::from("id,v\n");
-        for (i, k) in ["1", "15551234567", "2", "3", "4", "5", "6", "7", "8", "9"]
-            .iter()
-            .enumerate()
-        {
+        for (i, k) in ["1", "15551234567", "2", "3", "4", "5", "6", "7", "8", "9"].iter().enumerate() {
             content += &format!("{k},{i}\n");
         }
         // Line 12 is the first repeat (of line 11); four other keys repeat later, one twice.
@@ -747,26 +613,17 @@ mod tests {
         let written = std::fs::read(&out).unwrap();
         assert_eq!(
             written,
-            b"id,note\r\n4,last no newline\r\n1,\"multi\r\nline, \"\"quoted\"\"\"\r\n3,\"x\ny\"\n2,plain\r\n".as_slice()
+            b"id,note\r\n4,last no newline\r\n1,\"multi\r\nline, \"\"quoted\"\"\"\r\n3,\"x\ny\"\n2,plain\r\n"
+                .as_slice()
         );
         // The output parses to the same records as the input (checked with the `csv` crate).
         let records = |bytes: &[u8]| -> Vec<csv::ByteRecord> {
-            let mut r = csv::ReaderBuilder::new()
-                .has_headers(false)
-                .from_reader(bytes);
+            let mut r = csv::ReaderBuilder::new().has_headers(false).from_reader(bytes);
             r.byte_records().map(Result::unwrap).collect()
         };
         let (input, output) = (records(content), records(&written));
         assert_eq!(output[0], input[0]);
-        assert_eq!(
-            output[1..],
-            [
-                input[4].clone(),
-                input[1].clone(),
-                input[3].clone(),
-                input[2].clone()
-            ]
-        );
+        assert_eq!(output[1..], [input[4].clone(), input[1].clone(), input[3].clone(), input[2].clone()]);
 
         // Header only, no newline.
         let ds = Dataset::load(&f.spec("h.csv", b"id,v", &["id"])).unwrap();
@@ -775,10 +632,7 @@ mod tests {
         assert_eq!(std::fs::read(&out).unwrap(), b"id,v\n");
         // Output file is readable only by its owner (it holds rows of the intersection).
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&out).unwrap().permissions().mode() & 0o077,
-            0
-        );
+        assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o077, 0);
     }
 
     #[test]
@@ -789,25 +643,14 @@ mod tests {
         let out_dir = f.dir.path().join("out");
         let out = out_dir.join("o.csv");
         let err = ds.write_rows(&[0, 5], &out).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "row index 5 out of range: the dataset has 2 rows"
-        );
+        assert_eq!(err.to_string(), "row index 5 out of range: the dataset has 2 rows");
         assert!(!out.exists());
         // The input changed after loading: refuse rather than copy garbage.
         std::fs::create_dir_all(&out_dir).unwrap();
         std::fs::write(&spec.file, b"id\n1\n2\n3\n").unwrap();
         let err = ds.write_rows(&[0, 1], &out).unwrap_err();
-        assert!(
-            err.to_string()
-                .ends_with("the file changed after it was loaded; load the dataset again"),
-            "{err}"
-        );
-        assert_eq!(
-            std::fs::read_dir(&out_dir).unwrap().count(),
-            0,
-            "no output and no temp file"
-        );
+        assert!(err.to_string().ends_with("the file changed after it was loaded; load the dataset again"), "{err}");
+        assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 0, "no output and no temp file");
         // An output path that cannot be created (its parent is a file).
         let ds = Dataset::load(&spec).unwrap();
         let err = ds.write_rows(&[0], &spec.file.join("o.csv")).unwrap_err();
@@ -827,11 +670,7 @@ mod tests {
         // After a few batches are written, a row past the end of the file cannot be read.
         let mut plan = ds.output_plan(&order).unwrap();
         let end = content.len() as u64;
-        plan.rows.push(Span {
-            start: end,
-            len: 10,
-            open: false,
-        });
+        plan.rows.push(Span { start: end, len: 10, open: false });
         let out_dir = f.dir.path().join("out");
         let err = plan.write(&out_dir.join("o.csv")).unwrap_err();
         assert!(matches!(err, DataError::Io { .. }), "{err}");

@@ -8,12 +8,7 @@ use std::path::PathBuf;
 pub enum DataError {
     /// A problem at one place in a data file (line 1 is the header).
     #[error("{}:{line}: {}{message}", path.display(), ColumnPrefix(column.as_deref()))]
-    Row {
-        path: PathBuf,
-        line: u64,
-        column: Option<String>,
-        message: String,
-    },
+    Row { path: PathBuf, line: u64, column: Option<String>, message: String },
     /// The same key on more than one row (and `dedup` is off). Names the first repeated row in
     /// file order and the row it repeats.
     #[error(
@@ -38,10 +33,7 @@ pub enum DataError {
     File { path: PathBuf, message: String },
     // The io error is shown in the message, not chained as a source, so it is printed once.
     #[error("{}: {cause}", path.display())]
-    Io {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
+    Io { path: PathBuf, cause: std::io::Error },
     /// Invalid parameters, not about any file.
     #[error("{0}")]
     Invalid(String),
@@ -49,17 +41,11 @@ pub enum DataError {
 
 impl DataError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        DataError::Io {
-            path: path.into(),
-            cause: source,
-        }
+        DataError::Io { path: path.into(), cause: source }
     }
 
     pub(crate) fn file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        DataError::File {
-            path: path.into(),
-            message: message.into(),
-        }
+        DataError::File { path: path.into(), message: message.into() }
     }
 }
 

@@ -31,10 +31,7 @@ fn yes() -> bool {
 
 impl Default for Normalization {
     fn default() -> Self {
-        Self {
-            trim: true,
-            case_fold: false,
-        }
+        Self { trim: true, case_fold: false }
     }
 }
 
@@ -137,10 +134,7 @@ impl KeyArena {
     }
 
     pub fn with_capacity(keys: usize, bytes: usize) -> Self {
-        Self {
-            bytes: Vec::with_capacity(bytes),
-            ends: Vec::with_capacity(keys),
-        }
+        Self { bytes: Vec::with_capacity(bytes), ends: Vec::with_capacity(keys) }
     }
 
     /// Appends one normalized column value to the key being built; [`KeyArena::finish_key`] ends it.
@@ -261,25 +255,15 @@ pub(crate) struct KeyIndex {
 impl KeyIndex {
     pub(crate) fn build(keys: &KeyArena) -> Self {
         assert!(keys.len() <= u32::MAX as usize, "more than 2^32 keys");
-        let mut entries: Vec<(u64, u32)> = (0..keys.len())
-            .into_par_iter()
-            .map(|i| (key_hash(keys.get(i)), i as u32))
-            .collect();
+        let mut entries: Vec<(u64, u32)> =
+            (0..keys.len()).into_par_iter().map(|i| (key_hash(keys.get(i)), i as u32)).collect();
         entries.par_sort_unstable();
         Self { entries }
     }
 
     /// Every `(i, j)` with `keys.get(i) == other_keys.get(j)`, in hash order.
-    pub(crate) fn join(
-        &self,
-        keys: &KeyArena,
-        other: &KeyIndex,
-        other_keys: &KeyArena,
-    ) -> Vec<(u32, u32)> {
-        let (mut x, mut y) = (
-            self.entries.chunk_by(|a, b| a.0 == b.0),
-            other.entries.chunk_by(|a, b| a.0 == b.0),
-        );
+    pub(crate) fn join(&self, keys: &KeyArena, other: &KeyIndex, other_keys: &KeyArena) -> Vec<(u32, u32)> {
+        let (mut x, mut y) = (self.entries.chunk_by(|a, b| a.0 == b.0), other.entries.chunk_by(|a, b| a.0 == b.0));
         let (mut rx, mut ry) = (x.next(), y.next());
         let mut out = Vec::new();
         while let (Some(a), Some(b)) = (rx, ry) {
@@ -315,11 +299,7 @@ impl KeyIndex {
             } else {
                 // A hash collision between different keys: group by the key itself.
                 let mut idx: Vec<u32> = run.iter().map(|&(_, i)| i).collect();
-                idx.sort_by(|&a, &b| {
-                    keys.get(a as usize)
-                        .cmp(keys.get(b as usize))
-                        .then(a.cmp(&b))
-                });
+                idx.sort_by(|&a, &b| keys.get(a as usize).cmp(keys.get(b as usize)).then(a.cmp(&b)));
                 for group in idx.chunk_by(|&a, &b| keys.get(a as usize) == keys.get(b as usize)) {
                     out.extend(group[1..].iter().map(|&i| (group[0], i)));
                 }
@@ -350,19 +330,10 @@ mod tests {
 
     #[test]
     fn case_folding_is_optional_and_unicode_aware() {
-        assert_eq!(
-            normalize(" Alice@Example.COM ", &Normalization::default()),
-            "Alice@Example.COM"
-        );
-        assert_eq!(
-            normalize(" Alice@Example.COM ", &norm(true, true)),
-            "alice@example.com"
-        );
+        assert_eq!(normalize(" Alice@Example.COM ", &Normalization::default()), "Alice@Example.COM");
+        assert_eq!(normalize(" Alice@Example.COM ", &norm(true, true)), "alice@example.com");
         assert_eq!(normalize("ÉCOLE Straße", &norm(true, true)), "école straße");
-        assert!(matches!(
-            normalize("already lower", &norm(true, true)),
-            Cow::Borrowed(_)
-        ));
+        assert!(matches!(normalize("already lower", &norm(true, true)), Cow::Borrowed(_)));
     }
 
     #[test]
@@ -437,9 +408,8 @@ mod tests {
 
     #[test]
     fn hash_spreads_similar_keys() {
-        let hashes: std::collections::HashSet<u64> = (0..100_000u64)
-            .map(|i| key_hash(format!("1{:010}", i).as_bytes()))
-            .collect();
+        let hashes: std::collections::HashSet<u64> =
+            (0..100_000u64).map(|i| key_hash(format!("1{:010}", i).as_bytes())).collect();
         assert_eq!(hashes.len(), 100_000);
     }
 }

@@ -65,19 +65,11 @@ pub struct PsiReport {
 }
 
 /// Runs this party's side of a PSI job over `channel` and writes the output (atomically).
-pub async fn run_psi<C: Channel>(
-    channel: &C,
-    dataset: &Dataset,
-    job: &PsiJob,
-) -> Result<PsiReport, EngineError> {
+pub async fn run_psi<C: Channel>(channel: &C, dataset: &Dataset, job: &PsiJob) -> Result<PsiReport, EngineError> {
     let started = Instant::now();
     let result = match job.protocol {
         PsiProtocol::Ecdh => {
-            let config = EcdhPsiConfig {
-                role: job.role,
-                reveal: job.reveal,
-                progress: job.progress.clone(),
-            };
+            let config = EcdhPsiConfig { role: job.role, reveal: job.reveal, progress: job.progress.clone() };
             ecdh_psi::run(channel, &dataset.keys, &config).await?
         }
     };
@@ -115,14 +107,7 @@ mod tests {
     use crate::synth::{PsiGenSpec, generate_psi};
 
     fn specs(dir: &Path, rows_a: u64, rows_b: u64, overlap: u64) -> (DatasetSpec, DatasetSpec) {
-        generate_psi(&PsiGenSpec {
-            rows_a,
-            rows_b,
-            overlap,
-            seed: 3,
-            out_dir: dir.to_path_buf(),
-        })
-        .unwrap();
+        generate_psi(&PsiGenSpec { rows_a, rows_b, overlap, seed: 3, out_dir: dir.to_path_buf() }).unwrap();
         let spec = |name: &str| DatasetSpec {
             name: name.into(),
             file: dir.join(format!("{name}.csv")),
@@ -134,13 +119,7 @@ mod tests {
     }
 
     fn job(role: Role, reveal: Reveal, output: PathBuf) -> PsiJob {
-        PsiJob {
-            protocol: PsiProtocol::Ecdh,
-            role,
-            reveal,
-            output: Some(output),
-            progress: None,
-        }
+        PsiJob { protocol: PsiProtocol::Ecdh, role, reveal, output: Some(output), progress: None }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,25 +141,16 @@ mod tests {
         for reveal in [Reveal::Both, Reveal::RequesterOnly] {
             let dir = tempfile::tempdir().unwrap();
             let (spec_a, spec_b) = specs(dir.path(), 3000, 2000, 700);
-            let (a, b) = (
-                Dataset::load(&spec_a).unwrap(),
-                Dataset::load(&spec_b).unwrap(),
-            );
+            let (a, b) = (Dataset::load(&spec_a).unwrap(), Dataset::load(&spec_b).unwrap());
             let (out_a, out_b) = (dir.path().join("out/a.csv"), dir.path().join("out/b.csv"));
             let (ca, cb) = memory_pair(16);
             let job_a = job(Role::Requester, reveal, out_a.clone());
             let job_b = job(Role::Responder, reveal, out_b.clone());
             let (ra, rb) = tokio::join!(run_psi(&ca, &a, &job_a), run_psi(&cb, &b, &job_b));
             let (ra, rb) = (ra.unwrap(), rb.unwrap());
-            assert_eq!(
-                (ra.local_rows, ra.peer_rows, ra.intersection),
-                (3000, 2000, Some(700))
-            );
+            assert_eq!((ra.local_rows, ra.peer_rows, ra.intersection), (3000, 2000, Some(700)));
             assert_eq!(ra.output.as_deref(), Some(out_a.as_path()));
-            assert_eq!(
-                ra.stages.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(),
-                ["protocol", "output"]
-            );
+            assert_eq!(ra.stages.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(), ["protocol", "output"]);
             let b_out = match reveal {
                 Reveal::Both => {
                     assert_eq!(rb.intersection, Some(700));
@@ -207,9 +177,7 @@ mod tests {
         let out = dir.path().join("out/a.csv");
         let (ca, cb) = memory_pair(4);
         drop(cb);
-        let err = run_psi(&ca, &a, &job(Role::Requester, Reveal::Both, out.clone()))
-            .await
-            .unwrap_err();
+        let err = run_psi(&ca, &a, &job(Role::Requester, Reveal::Both, out.clone())).await.unwrap_err();
         assert!(matches!(err, EngineError::Psi(_)), "{err}");
         assert!(!out.exists());
     }

@@ -63,13 +63,7 @@ pub struct GenSummary {
 /// complete).
 pub fn generate_psi(spec: &PsiGenSpec) -> Result<GenSummary, DataError> {
     let started = Instant::now();
-    let PsiGenSpec {
-        rows_a,
-        rows_b,
-        overlap,
-        seed,
-        ..
-    } = *spec;
+    let PsiGenSpec { rows_a, rows_b, overlap, seed, .. } = *spec;
     if overlap > rows_a.min(rows_b) {
         return Err(DataError::Invalid(format!(
             "overlap {overlap} is larger than the smaller file ({} rows)",
@@ -77,9 +71,7 @@ pub fn generate_psi(spec: &PsiGenSpec) -> Result<GenSummary, DataError> {
         )));
     }
     if rows_a.saturating_add(rows_b) - overlap > ID_SPACE {
-        return Err(DataError::Invalid(format!(
-            "at most {ID_SPACE} distinct ids can be generated"
-        )));
+        return Err(DataError::Invalid(format!("at most {ID_SPACE} distinct ids can be generated")));
     }
     let dir = &spec.out_dir;
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
@@ -108,16 +100,7 @@ pub fn generate_psi(spec: &PsiGenSpec) -> Result<GenSummary, DataError> {
     let (tmp_b, bytes_b) = gen_b.write(dir)?;
     tmp_a.persist(&a).map_err(|e| DataError::io(&a, e.error))?;
     tmp_b.persist(&b).map_err(|e| DataError::io(&b, e.error))?;
-    Ok(GenSummary {
-        a,
-        b,
-        rows_a,
-        rows_b,
-        overlap,
-        bytes_a,
-        bytes_b,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok(GenSummary { a, b, rows_a, rows_b, overlap, bytes_a, bytes_b, seconds: started.elapsed().as_secs_f64() })
 }
 
 /// A keyed permutation of [0, n): a Feistel network on `2 * half_bits` bits with cycle walking.
@@ -196,22 +179,14 @@ impl FileGen<'_> {
             let batch = next..(next + per_batch).min(blocks);
             next = batch.end;
             let (formatted, written) = rayon::join(
-                || {
-                    batch
-                        .into_par_iter()
-                        .map(|b| self.block(b))
-                        .collect::<Vec<_>>()
-                },
+                || batch.into_par_iter().map(|b| self.block(b)).collect::<Vec<_>>(),
                 || pending.iter().try_for_each(|buf| file.write_all(buf)),
             );
             written.map_err(io_err)?;
             bytes += formatted.iter().map(|b| b.len() as u64).sum::<u64>();
             pending = formatted;
         }
-        pending
-            .iter()
-            .try_for_each(|buf| file.write_all(buf))
-            .map_err(io_err)?;
+        pending.iter().try_for_each(|buf| file.write_all(buf)).map_err(io_err)?;
         file.sync_all().map_err(io_err)?;
         Ok((tmp, bytes))
     }
@@ -224,10 +199,7 @@ impl FileGen<'_> {
             buf.push(b'1');
             push_digits(&mut buf, self.ids.apply(entity), 10);
             buf.push(b',');
-            (self.row)(
-                &mut buf,
-                fmix64(self.payload_key ^ p.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-            );
+            (self.row)(&mut buf, fmix64(self.payload_key ^ p.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
             buf.push(b'\n');
         }
         buf
@@ -371,13 +343,7 @@ mod tests {
     use crate::dataset::{Dataset, DatasetSpec};
 
     fn gen_spec(dir: &Path, rows_a: u64, rows_b: u64, overlap: u64, seed: u64) -> PsiGenSpec {
-        PsiGenSpec {
-            rows_a,
-            rows_b,
-            overlap,
-            seed,
-            out_dir: dir.to_path_buf(),
-        }
+        PsiGenSpec { rows_a, rows_b, overlap, seed, out_dir: dir.to_path_buf() }
     }
 
     fn ids(path: &Path) -> Vec<String> {
@@ -404,10 +370,7 @@ mod tests {
         let image: HashSet<u64> = (0..100_000).map(|x| ids.apply(x)).collect();
         assert_eq!(image.len(), 100_000);
         assert!(image.iter().all(|&y| y < ID_SPACE));
-        assert!(
-            image.iter().any(|&y| y > ID_SPACE / 2),
-            "ids spread over the space"
-        );
+        assert!(image.iter().any(|&y| y > ID_SPACE / 2), "ids spread over the space");
     }
 
     #[test]
@@ -416,37 +379,26 @@ mod tests {
         let summary = generate_psi(&gen_spec(dir.path(), 100_000, 70_000, 12_345, 5)).unwrap();
         let (a, b) = (ids(&summary.a), ids(&summary.b));
         assert_eq!((a.len(), b.len()), (100_000, 70_000));
-        assert_eq!(
-            summary.bytes_a,
-            std::fs::metadata(&summary.a).unwrap().len()
+        assert_eq!(summary.bytes_a, std::fs::metadata(&summary.a).unwrap().len());
+        assert!(
+            a.iter()
+                .chain(&b)
+                .all(|id| id.len() == 11 && id.starts_with('1') && id.bytes().all(|c| c.is_ascii_digit()))
         );
-        assert!(a.iter().chain(&b).all(|id| id.len() == 11
-            && id.starts_with('1')
-            && id.bytes().all(|c| c.is_ascii_digit())));
         let set_a: HashSet<&String> = a.iter().collect();
         let set_b: HashSet<&String> = b.iter().collect();
         assert_eq!(set_a.intersection(&set_b).count(), 12_345);
         // Shared ids are scattered, not the first rows.
         let shared_in_first_tenth = a[..10_000].iter().filter(|id| set_b.contains(id)).count();
-        assert!(
-            (800..1700).contains(&shared_in_first_tenth),
-            "{shared_in_first_tenth}"
-        );
+        assert!((800..1700).contains(&shared_in_first_tenth), "{shared_in_first_tenth}");
         let text = std::fs::read_to_string(&summary.b).unwrap();
         assert!(text.starts_with("id,region,score,balance\n1"));
-        assert!(
-            text.lines().nth(1).unwrap().contains(", "),
-            "quoted regions"
-        );
+        assert!(text.lines().nth(1).unwrap().contains(", "), "quoted regions");
     }
 
     #[test]
     fn same_seed_same_files_other_seed_other_ids() {
-        let (d1, d2, d3) = (
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-        );
+        let (d1, d2, d3) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         generate_psi(&gen_spec(d1.path(), 5000, 4000, 1000, 7)).unwrap();
         generate_psi(&gen_spec(d2.path(), 5000, 4000, 1000, 7)).unwrap();
         generate_psi(&gen_spec(d3.path(), 5000, 4000, 1000, 8)).unwrap();
@@ -469,10 +421,7 @@ mod tests {
         b.sort();
         assert_eq!(a, b);
         let err = generate_psi(&gen_spec(dir.path(), 10, 5, 6, 1)).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "overlap 6 is larger than the smaller file (5 rows)"
-        );
+        assert_eq!(err.to_string(), "overlap 6 is larger than the smaller file (5 rows)");
         let err = generate_psi(&gen_spec(dir.path(), ID_SPACE, 1, 0, 1)).unwrap_err();
         assert!(err.to_string().contains("distinct ids"));
     }

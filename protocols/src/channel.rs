@@ -59,16 +59,7 @@ pub struct MemoryChannel {
 pub fn memory_pair(capacity: usize) -> (MemoryChannel, MemoryChannel) {
     let (a_tx, b_rx) = mpsc::channel(capacity.max(1));
     let (b_tx, a_rx) = mpsc::channel(capacity.max(1));
-    (
-        MemoryChannel {
-            tx: a_tx,
-            rx: Mutex::new(a_rx),
-        },
-        MemoryChannel {
-            tx: b_tx,
-            rx: Mutex::new(b_rx),
-        },
-    )
+    (MemoryChannel { tx: a_tx, rx: Mutex::new(a_rx) }, MemoryChannel { tx: b_tx, rx: Mutex::new(b_rx) })
 }
 
 impl Channel for MemoryChannel {
@@ -76,12 +67,7 @@ impl Channel for MemoryChannel {
         self.tx.send(frame).await.map_err(|_| ChannelError::Closed)
     }
     async fn recv(&self) -> Result<Bytes, ChannelError> {
-        self.rx
-            .lock()
-            .await
-            .recv()
-            .await
-            .ok_or(ChannelError::Closed)
+        self.rx.lock().await.recv().await.ok_or(ChannelError::Closed)
     }
 }
 
@@ -165,10 +151,7 @@ pub struct ByteCounter(Arc<Counters>);
 
 impl ByteCounter {
     pub fn get(&self) -> (u64, u64) {
-        (
-            self.0.bytes_sent.load(Ordering::Relaxed),
-            self.0.bytes_received.load(Ordering::Relaxed),
-        )
+        (self.0.bytes_sent.load(Ordering::Relaxed), self.0.bytes_received.load(Ordering::Relaxed))
     }
 }
 
@@ -186,12 +169,8 @@ impl<C: Channel> Channel for Metered<C> {
     async fn recv(&self) -> Result<Bytes, ChannelError> {
         let frame = self.inner.recv().await?;
         absorb(&self.received, &frame);
-        self.counters
-            .bytes_received
-            .fetch_add(frame.len() as u64, Ordering::Relaxed);
-        self.counters
-            .frames_received
-            .fetch_add(1, Ordering::Relaxed);
+        self.counters.bytes_received.fetch_add(frame.len() as u64, Ordering::Relaxed);
+        self.counters.frames_received.fetch_add(1, Ordering::Relaxed);
         Ok(frame)
     }
 }

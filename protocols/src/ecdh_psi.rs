@@ -197,10 +197,7 @@ struct Framing {
 }
 
 impl Framing {
-    const DEFAULT: Framing = Framing {
-        points_per_frame: POINTS_PER_FRAME,
-        tags_per_frame: TAGS_PER_FRAME,
-    };
+    const DEFAULT: Framing = Framing { points_per_frame: POINTS_PER_FRAME, tags_per_frame: TAGS_PER_FRAME };
 }
 
 async fn run_framed<C: Channel, I: Items + ?Sized>(
@@ -219,11 +216,7 @@ async fn run_framed<C: Channel, I: Items + ?Sized>(
     let progress = Progress(config.progress.as_ref());
 
     // Step 1: hello.
-    let ours = Hello {
-        role: config.role,
-        reveal: config.reveal,
-        size: own_size as u64,
-    };
+    let ours = Hello { role: config.role, reveal: config.reveal, size: own_size as u64 };
     let (_, peer_hello) = futures::try_join!(channel.send(ours.encode()), channel.recv())?;
     let peer = Hello::decode(&peer_hello)?;
     ours.check_compatible(&peer)?;
@@ -235,14 +228,7 @@ async fn run_framed<C: Channel, I: Items + ?Sized>(
     // Step 2 (phase 1): the writer only sends and the reader only receives, so bounded buffers
     // in both directions cannot wait on each other.
     let (_, peer_tags) = futures::try_join!(
-        send_own_points(
-            channel,
-            items,
-            &order,
-            &key,
-            framing.points_per_frame,
-            &progress
-        ),
+        send_own_points(channel, items, &order, &key, framing.points_per_frame, &progress),
         encrypt_peer_points(channel, peer_size, &key, &progress),
     )?;
     drop(key);
@@ -273,10 +259,7 @@ async fn run_framed<C: Channel, I: Items + ?Sized>(
         }
         None => None,
     };
-    Ok(PsiOutput {
-        peer_size: peer.size,
-        intersection,
-    })
+    Ok(PsiOutput { peer_size: peer.size, intersection })
 }
 
 /// The hello both parties send first.
@@ -307,9 +290,7 @@ impl Hello {
 
     fn decode(frame: &[u8]) -> Result<Hello, EcdhPsiError> {
         if frame.len() < 19 || frame[0] != HELLO || &frame[1..17] != PROTOCOL_ID {
-            return Err(violation(
-                "the peer's first message is not an ECDH-PSI hello",
-            ));
+            return Err(violation("the peer's first message is not an ECDH-PSI hello"));
         }
         let version = u16::from_be_bytes([frame[17], frame[18]]);
         if version != VERSION {
@@ -318,27 +299,20 @@ impl Hello {
             )));
         }
         if frame.len() != HELLO_LEN {
-            return Err(violation(format!(
-                "the peer's hello has {} bytes, expected {HELLO_LEN}",
-                frame.len()
-            )));
+            return Err(violation(format!("the peer's hello has {} bytes, expected {HELLO_LEN}", frame.len())));
         }
         let role = match frame[19] {
             0 => Role::Requester,
             1 => Role::Responder,
             other => {
-                return Err(violation(format!(
-                    "the peer's hello has unknown role {other}"
-                )));
+                return Err(violation(format!("the peer's hello has unknown role {other}")));
             }
         };
         let reveal = match frame[20] {
             0 => Reveal::Both,
             1 => Reveal::RequesterOnly,
             other => {
-                return Err(violation(format!(
-                    "the peer's hello has unknown reveal mode {other}"
-                )));
+                return Err(violation(format!("the peer's hello has unknown reveal mode {other}")));
             }
         };
         let size = u64::from_be_bytes(frame[21..29].try_into().expect("8 bytes"));
@@ -384,9 +358,7 @@ impl HalfKey {
     fn random() -> HalfKey {
         let mut wide = Zeroizing::new([0u8; 64]);
         loop {
-            SysRng
-                .try_fill_bytes(&mut wide[..])
-                .expect("the operating system's random number generator failed");
+            SysRng.try_fill_bytes(&mut wide[..]).expect("the operating system's random number generator failed");
             let half = Scalar::from_bytes_mod_order_wide(&wide);
             if half != Scalar::ZERO {
                 return HalfKey(half);
@@ -405,8 +377,7 @@ impl Drop for HalfKey {
 /// in which this party streams its own items.
 fn secret_order(n: usize) -> Zeroizing<Vec<u32>> {
     let mut order: Zeroizing<Vec<u32>> = Zeroizing::new((0..n as u32).collect());
-    let mut rng = StdRng::try_from_rng(&mut SysRng)
-        .expect("the operating system's random number generator failed");
+    let mut rng = StdRng::try_from_rng(&mut SysRng).expect("the operating system's random number generator failed");
     order.shuffle(&mut rng);
     order
 }
@@ -416,11 +387,7 @@ struct Progress<'a>(Option<&'a ProgressFn>);
 impl Progress<'_> {
     fn report(&self, stage: &'static str, done: usize, total: usize) {
         if let Some(report) = self.0 {
-            report(PsiProgress {
-                stage,
-                done: done as u64,
-                total: total as u64,
-            });
+            report(PsiProgress { stage, done: done as u64, total: total as u64 });
         }
     }
 }
@@ -485,20 +452,15 @@ impl OwnItems {
 fn encrypt_own(items: &OwnItems, half_key: &Scalar) -> Bytes {
     let mut frame = vec![0u8; 1 + 32 * items.len()];
     frame[0] = POINTS;
-    frame[1..]
-        .par_chunks_mut(32 * kernels::BATCH)
-        .enumerate()
-        .for_each_init(
-            || Vec::with_capacity(kernels::BATCH),
-            |points, (b, out)| {
-                let first = b * kernels::BATCH;
-                points.clear();
-                points.extend(
-                    (first..first + out.len() / 32).map(|i| kernels::hash_to_point(items.get(i))),
-                );
-                kernels::multiply_encode(points, half_key, out);
-            },
-        );
+    frame[1..].par_chunks_mut(32 * kernels::BATCH).enumerate().for_each_init(
+        || Vec::with_capacity(kernels::BATCH),
+        |points, (b, out)| {
+            let first = b * kernels::BATCH;
+            points.clear();
+            points.extend((first..first + out.len() / 32).map(|i| kernels::hash_to_point(items.get(i))));
+            kernels::multiply_encode(points, half_key, out);
+        },
+    );
     Bytes::from(frame)
 }
 
@@ -519,9 +481,7 @@ async fn encrypt_peer_points<C: Channel>(
             let points = frame_body(frame, POINTS, 32)?;
             let count = points.len() / 32;
             if count > peer_size - received {
-                return Err(violation(format!(
-                    "the peer sent more than the {peer_size} points it announced"
-                )));
+                return Err(violation(format!("the peer sent more than the {peer_size} points it announced")));
             }
             let key = Arc::clone(key);
             in_flight.push_back((received, cpu::spawn(move || encrypt_peer(&points, &key.0))));
@@ -544,29 +504,21 @@ async fn encrypt_peer_points<C: Channel>(
 /// Tags of one frame of peer points, or the index (in the frame) of an invalid point.
 fn encrypt_peer(points: &[u8], half_key: &Scalar) -> Result<Vec<u128>, usize> {
     let mut tags = vec![0u128; points.len() / 32];
-    tags.par_chunks_mut(kernels::BATCH)
-        .zip(points.par_chunks(32 * kernels::BATCH))
-        .enumerate()
-        .try_for_each_init(
-            || {
-                (
-                    Vec::with_capacity(kernels::BATCH),
-                    vec![0u8; 32 * kernels::BATCH],
-                )
-            },
-            |(decoded, encoded), (b, (tags, points))| {
-                decoded.clear();
-                for (i, point) in points.chunks_exact(32).enumerate() {
-                    decoded.push(kernels::decode(point).ok_or(b * kernels::BATCH + i)?);
-                }
-                let encoded = &mut encoded[..points.len()];
-                kernels::multiply_encode(decoded, half_key, encoded);
-                for (tag, joint) in tags.iter_mut().zip(encoded.chunks_exact(32)) {
-                    *tag = kernels::tag(joint);
-                }
-                Ok::<(), usize>(())
-            },
-        )?;
+    tags.par_chunks_mut(kernels::BATCH).zip(points.par_chunks(32 * kernels::BATCH)).enumerate().try_for_each_init(
+        || (Vec::with_capacity(kernels::BATCH), vec![0u8; 32 * kernels::BATCH]),
+        |(decoded, encoded), (b, (tags, points))| {
+            decoded.clear();
+            for (i, point) in points.chunks_exact(32).enumerate() {
+                decoded.push(kernels::decode(point).ok_or(b * kernels::BATCH + i)?);
+            }
+            let encoded = &mut encoded[..points.len()];
+            kernels::multiply_encode(decoded, half_key, encoded);
+            for (tag, joint) in tags.iter_mut().zip(encoded.chunks_exact(32)) {
+                *tag = kernels::tag(joint);
+            }
+            Ok::<(), usize>(())
+        },
+    )?;
     Ok(tags)
 }
 
@@ -576,14 +528,10 @@ fn frame_body(frame: Bytes, kind: u8, size: usize) -> Result<Bytes, EcdhPsiError
     match frame.first() {
         Some(&k) if k == kind => {}
         Some(&k) => {
-            return Err(violation(format!(
-                "expected a {what} frame (kind {kind:#04x}), got a frame of kind {k:#04x}"
-            )));
+            return Err(violation(format!("expected a {what} frame (kind {kind:#04x}), got a frame of kind {k:#04x}")));
         }
         None => {
-            return Err(violation(format!(
-                "expected a {what} frame, got an empty frame"
-            )));
+            return Err(violation(format!("expected a {what} frame, got an empty frame")));
         }
     }
     let body = frame.slice(1..);
@@ -597,11 +545,7 @@ fn frame_body(frame: Bytes, kind: u8, size: usize) -> Result<Bytes, EcdhPsiError
 }
 
 /// Phase 2, sender: the peer's tags back, in the order its points arrived.
-async fn send_tags<C: Channel>(
-    channel: &C,
-    tags: &[u128],
-    per_frame: usize,
-) -> Result<(), EcdhPsiError> {
+async fn send_tags<C: Channel>(channel: &C, tags: &[u128], per_frame: usize) -> Result<(), EcdhPsiError> {
     for chunk in tags.chunks(per_frame.max(1)) {
         let mut frame = Vec::with_capacity(1 + 16 * chunk.len());
         frame.push(TAGS);
@@ -627,10 +571,7 @@ async fn recv_own_tags<C: Channel>(
                 "the peer sent back more than {own_size} tags, one per item this party sent"
             )));
         }
-        tags.extend(
-            body.chunks_exact(16)
-                .map(|tag| u128::from_be_bytes(tag.try_into().expect("16 bytes"))),
-        );
+        tags.extend(body.chunks_exact(16).map(|tag| u128::from_be_bytes(tag.try_into().expect("16 bytes"))));
         progress.report("match", tags.len(), own_size);
     }
     Ok(tags)
@@ -674,11 +615,7 @@ pub mod kernels {
     /// applying Elligator twice and adding (RFC 9496 §4.3.4). The domain tag has a fixed length,
     /// so the encoding of the hash input is injective.
     pub fn hash_to_point(item: &[u8]) -> RistrettoPoint {
-        RistrettoPoint::from_hash(
-            Sha512::new()
-                .chain_update(HASH_TO_POINT_DOMAIN)
-                .chain_update(item),
-        )
+        RistrettoPoint::from_hash(Sha512::new().chain_update(HASH_TO_POINT_DOMAIN).chain_update(item))
     }
 
     /// Writes `enc(2·h·P_i)` for each point `P_i` into consecutive 32-byte slots of `out`, where
@@ -715,10 +652,7 @@ pub mod kernels {
     /// The tag `T = SHA-256(TAG_DOMAIN || enc(J))[..16]` of a joint point's encoding, as a
     /// big-endian `u128` (so integer order is the byte order of the tag on the wire).
     pub fn tag(joint_encoding: &[u8]) -> u128 {
-        let digest = Sha256::new()
-            .chain_update(TAG_DOMAIN)
-            .chain_update(joint_encoding)
-            .finalize();
+        let digest = Sha256::new().chain_update(TAG_DOMAIN).chain_update(joint_encoding).finalize();
         u128::from_be_bytes(digest[..16].try_into().expect("16 bytes"))
     }
 }
@@ -749,18 +683,12 @@ pub fn measure_curve_costs(samples: usize) -> CurveCosts {
     let items: Vec<[u8; 16]> = (0..samples as u128).map(u128::to_le_bytes).collect();
 
     let clock = Instant::now();
-    let mut points: Vec<RistrettoPoint> = items
-        .iter()
-        .map(|item| kernels::hash_to_point(item))
-        .collect();
+    let mut points: Vec<RistrettoPoint> = items.iter().map(|item| kernels::hash_to_point(item)).collect();
     let hash = clock.elapsed();
 
     let mut encoded = vec![0u8; 32 * samples];
     let clock = Instant::now();
-    for (batch, out) in points
-        .chunks_mut(kernels::BATCH)
-        .zip(encoded.chunks_mut(32 * kernels::BATCH))
-    {
+    for (batch, out) in points.chunks_mut(kernels::BATCH).zip(encoded.chunks_mut(32 * kernels::BATCH)) {
         kernels::multiply_encode(batch, &key.0, out);
     }
     let multiply = clock.elapsed();
@@ -772,11 +700,7 @@ pub fn measure_curve_costs(samples: usize) -> CurveCosts {
     let decode = clock.elapsed();
 
     let per_item = |d: std::time::Duration| d.as_nanos() as f64 / samples as f64;
-    CurveCosts {
-        hash_to_point_ns: per_item(hash),
-        multiply_encode_ns: per_item(multiply),
-        decode_ns: per_item(decode),
-    }
+    CurveCosts { hash_to_point_ns: per_item(hash), multiply_encode_ns: per_item(multiply), decode_ns: per_item(decode) }
 }
 
 #[cfg(test)]

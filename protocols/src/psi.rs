@@ -22,10 +22,7 @@ pub enum Reveal {
 impl Reveal {
     /// Whether the party in `role` learns the intersection.
     pub fn learns(self, role: Role) -> bool {
-        matches!(
-            (self, role),
-            (Reveal::Both, _) | (Reveal::RequesterOnly, Role::Requester)
-        )
+        matches!((self, role), (Reveal::Both, _) | (Reveal::RequesterOnly, Role::Requester))
     }
 }
 

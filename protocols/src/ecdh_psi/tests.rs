@@ -9,21 +9,14 @@ use super::*;
 use crate::channel::{Metered, memory_pair};
 
 /// Small frames, so that modest sets exercise the multi-frame pipeline.
-const SMALL: Framing = Framing {
-    points_per_frame: 7,
-    tags_per_frame: 5,
-};
+const SMALL: Framing = Framing { points_per_frame: 7, tags_per_frame: 5 };
 /// No test should come near this; a hang fails instead of blocking the suite.
 const DEADLINE: Duration = Duration::from_secs(120);
 
 type Outcome = Result<PsiOutput, EcdhPsiError>;
 
 fn config(role: Role, reveal: Reveal) -> EcdhPsiConfig {
-    EcdhPsiConfig {
-        role,
-        reveal,
-        progress: None,
-    }
+    EcdhPsiConfig { role, reveal, progress: None }
 }
 
 fn keys(prefix: &str, range: std::ops::Range<usize>) -> Vec<Vec<u8>> {
@@ -36,12 +29,7 @@ fn strs(items: &[&str]) -> Vec<Vec<u8>> {
 
 /// Runs one party over its channel end and drops the end when done, as a node would, so that
 /// an error on one side ends the other side's run too.
-async fn party<C: Channel>(
-    channel: C,
-    items: &[Vec<u8>],
-    config: EcdhPsiConfig,
-    framing: Framing,
-) -> Outcome {
+async fn party<C: Channel>(channel: C, items: &[Vec<u8>], config: EcdhPsiConfig, framing: Framing) -> Outcome {
     let outcome = run_framed(&channel, items, &config, framing).await;
     drop(channel);
     outcome
@@ -58,68 +46,41 @@ async fn run_both(
         party(a, requester, config(Role::Requester, reveal), framing),
         party(b, responder, config(Role::Responder, reveal), framing),
     );
-    tokio::time::timeout(DEADLINE, both)
-        .await
-        .expect("the protocol hung")
+    tokio::time::timeout(DEADLINE, both).await.expect("the protocol hung")
 }
 
 /// Indices of `own` whose item is in `peer`: the plaintext answer.
 fn plaintext(own: &[Vec<u8>], peer: &[Vec<u8>]) -> Vec<u32> {
     let peer: HashSet<&[u8]> = peer.iter().map(Vec::as_slice).collect();
-    (0..own.len())
-        .filter(|&i| peer.contains(own[i].as_slice()))
-        .map(|i| i as u32)
-        .collect()
+    (0..own.len()).filter(|&i| peer.contains(own[i].as_slice())).map(|i| i as u32).collect()
 }
 
 /// The distinct items listed by `indices`, in order, after checking that copies are adjacent.
 fn listed<'a>(items: &'a [Vec<u8>], indices: &[u32]) -> Vec<&'a [u8]> {
-    let mut runs: Vec<&[u8]> = indices
-        .iter()
-        .map(|&i| items[i as usize].as_slice())
-        .collect();
+    let mut runs: Vec<&[u8]> = indices.iter().map(|&i| items[i as usize].as_slice()).collect();
     runs.dedup();
     let distinct: HashSet<&[u8]> = runs.iter().copied().collect();
-    assert_eq!(
-        distinct.len(),
-        runs.len(),
-        "copies of an item are not adjacent"
-    );
+    assert_eq!(distinct.len(), runs.len(), "copies of an item are not adjacent");
     runs
 }
 
 fn check_own(own: &[Vec<u8>], peer: &[Vec<u8>], output: &PsiOutput) -> Vec<u32> {
     assert_eq!(output.peer_size, peer.len() as u64);
-    let indices = output
-        .intersection
-        .clone()
-        .expect("this party learns the intersection");
+    let indices = output.intersection.clone().expect("this party learns the intersection");
     let mut sorted = indices.clone();
     sorted.sort_unstable();
     assert_eq!(sorted, plaintext(own, peer), "wrong intersection");
     indices
 }
 
-fn check(
-    requester: &[Vec<u8>],
-    responder: &[Vec<u8>],
-    reveal: Reveal,
-    outcome: (Outcome, Outcome),
-) {
-    let (a, b) = (
-        outcome.0.expect("requester failed"),
-        outcome.1.expect("responder failed"),
-    );
+fn check(requester: &[Vec<u8>], responder: &[Vec<u8>], reveal: Reveal, outcome: (Outcome, Outcome)) {
+    let (a, b) = (outcome.0.expect("requester failed"), outcome.1.expect("responder failed"));
     let a_indices = check_own(requester, responder, &a);
     let a_items = listed(requester, &a_indices);
     match reveal {
         Reveal::Both => {
             let b_indices = check_own(responder, requester, &b);
-            assert_eq!(
-                a_items,
-                listed(responder, &b_indices),
-                "the parties' orders differ"
-            );
+            assert_eq!(a_items, listed(responder, &b_indices), "the parties' orders differ");
         }
         Reveal::RequesterOnly => {
             assert_eq!(b.peer_size, requester.len() as u64);
@@ -151,20 +112,8 @@ async fn empty_vs_many_either_way() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_item_matching_and_not() {
-    check_run(
-        &strs(&["alice"]),
-        &strs(&["alice"]),
-        Reveal::Both,
-        Framing::DEFAULT,
-    )
-    .await;
-    check_run(
-        &strs(&["alice"]),
-        &strs(&["bob"]),
-        Reveal::Both,
-        Framing::DEFAULT,
-    )
-    .await;
+    check_run(&strs(&["alice"]), &strs(&["alice"]), Reveal::Both, Framing::DEFAULT).await;
+    check_run(&strs(&["alice"]), &strs(&["bob"]), Reveal::Both, Framing::DEFAULT).await;
     check_run(&strs(&[""]), &strs(&[""]), Reveal::Both, Framing::DEFAULT).await;
 }
 
@@ -193,13 +142,7 @@ async fn overlapping_sets_over_many_frames() {
 async fn unequal_sizes_1_vs_10_000() {
     let large = keys("k", 0..10_000);
     check_run(&strs(&["k4242"]), &large, Reveal::Both, Framing::DEFAULT).await;
-    check_run(
-        &large,
-        &strs(&["k17", "absent"]),
-        Reveal::Both,
-        Framing::DEFAULT,
-    )
-    .await;
+    check_run(&large, &strs(&["k17", "absent"]), Reveal::Both, Framing::DEFAULT).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -215,13 +158,7 @@ async fn requester_only_reveal() {
     let requester = keys("k", 0..200);
     let responder = keys("k", 150..400);
     check_run(&requester, &responder, Reveal::RequesterOnly, SMALL).await;
-    check_run(
-        &responder,
-        &requester,
-        Reveal::RequesterOnly,
-        Framing::DEFAULT,
-    )
-    .await;
+    check_run(&responder, &requester, Reveal::RequesterOnly, Framing::DEFAULT).await;
 }
 
 /// Bytes on the wire are as documented: 32 per own item, 16 per peer item if the peer learns,
@@ -233,14 +170,9 @@ async fn wire_bytes_match_the_documented_format() {
     for reveal in [Reveal::Both, Reveal::RequesterOnly] {
         let (a, b) = memory_pair(4);
         let (a, b) = (Metered::new(a), Metered::new(b));
-        let (config_a, config_b) = (
-            config(Role::Requester, reveal),
-            config(Role::Responder, reveal),
-        );
-        let (ra, rb) = futures::join!(
-            run_framed(&a, &requester, &config_a, SMALL),
-            run_framed(&b, &responder, &config_b, SMALL),
-        );
+        let (config_a, config_b) = (config(Role::Requester, reveal), config(Role::Responder, reveal));
+        let (ra, rb) =
+            futures::join!(run_framed(&a, &requester, &config_a, SMALL), run_framed(&b, &responder, &config_b, SMALL));
         check(&requester, &responder, reveal, (ra, rb));
         let frames = |n: usize, per: usize| n.div_ceil(per) as u64;
         let points = |n: usize| 32 * n as u64 + frames(n, SMALL.points_per_frame);
@@ -261,31 +193,18 @@ async fn progress_is_reported_per_stage() {
     let requester = keys("k", 0..40);
     let responder = keys("k", 10..30);
     let (a, b) = memory_pair(4);
-    let with_progress = EcdhPsiConfig {
-        progress: Some(progress),
-        ..config(Role::Requester, Reveal::Both)
-    };
+    let with_progress = EcdhPsiConfig { progress: Some(progress), ..config(Role::Requester, Reveal::Both) };
     let (ra, rb) = futures::join!(
         party(a, &requester, with_progress, SMALL),
         party(b, &responder, config(Role::Responder, Reveal::Both), SMALL),
     );
     check(&requester, &responder, Reveal::Both, (ra, rb));
     let seen = seen.lock().unwrap();
-    for (stage, total) in [
-        ("encrypt own set", 40),
-        ("encrypt peer set", 20),
-        ("match", 40),
-    ] {
+    for (stage, total) in [("encrypt own set", 40), ("encrypt peer set", 20), ("match", 40)] {
         let reports: Vec<_> = seen.iter().filter(|p| p.stage == stage).collect();
         assert!(reports.len() > 1, "{stage}: {reports:?}");
-        assert!(
-            reports.windows(2).all(|w| w[0].done <= w[1].done),
-            "{stage}: {reports:?}"
-        );
-        assert!(
-            reports.iter().all(|p| p.total == total),
-            "{stage}: {reports:?}"
-        );
+        assert!(reports.windows(2).all(|w| w[0].done <= w[1].done), "{stage}: {reports:?}");
+        assert!(reports.iter().all(|p| p.total == total), "{stage}: {reports:?}");
         assert_eq!(reports.last().unwrap().done, total, "{stage}");
     }
 }
@@ -293,10 +212,7 @@ async fn progress_is_reported_per_stage() {
 fn protocol_error(outcome: Outcome, needle: &str) {
     match outcome {
         Err(EcdhPsiError::Protocol(message)) => {
-            assert!(
-                message.contains(needle),
-                "error {message:?} does not mention {needle:?}"
-            )
+            assert!(message.contains(needle), "error {message:?} does not mention {needle:?}")
         }
         other => panic!("expected a protocol error mentioning {needle:?}, got {other:?}"),
     }
@@ -306,21 +222,9 @@ fn protocol_error(outcome: Outcome, needle: &str) {
 async fn mismatched_configs_fail_on_both_sides() {
     let items = keys("k", 0..10);
     let cases = [
-        (
-            (Role::Requester, Reveal::Both),
-            (Role::Requester, Reveal::Both),
-            "both parties claim the requester",
-        ),
-        (
-            (Role::Responder, Reveal::Both),
-            (Role::Responder, Reveal::Both),
-            "both parties claim the responder",
-        ),
-        (
-            (Role::Requester, Reveal::Both),
-            (Role::Responder, Reveal::RequesterOnly),
-            "reveal mode mismatch",
-        ),
+        ((Role::Requester, Reveal::Both), (Role::Requester, Reveal::Both), "both parties claim the requester"),
+        ((Role::Responder, Reveal::Both), (Role::Responder, Reveal::Both), "both parties claim the responder"),
+        ((Role::Requester, Reveal::Both), (Role::Responder, Reveal::RequesterOnly), "reveal mode mismatch"),
     ];
     for ((role_a, reveal_a), (role_b, reveal_b), needle) in cases {
         let (a, b) = memory_pair(4);
@@ -341,14 +245,8 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     let (a, b) = memory_pair(4);
-    let both = futures::future::join(
-        party(a, items, config(Role::Requester, reveal), SMALL),
-        fake(b),
-    );
-    tokio::time::timeout(DEADLINE, both)
-        .await
-        .expect("the protocol hung")
-        .0
+    let both = futures::future::join(party(a, items, config(Role::Requester, reveal), SMALL), fake(b));
+    tokio::time::timeout(DEADLINE, both).await.expect("the protocol hung").0
 }
 
 /// Reads until the real party closes its end (so its errors are not masked by ours).
@@ -371,14 +269,10 @@ fn points_frame(points: &[[u8; 32]]) -> Bytes {
 /// Valid-looking points: `enc(k·H(x))` for a fresh key.
 fn honest_points(n: usize) -> Vec<[u8; 32]> {
     let key = HalfKey::random();
-    let mut points: Vec<_> = (0..n)
-        .map(|i| kernels::hash_to_point(&i.to_le_bytes()))
-        .collect();
+    let mut points: Vec<_> = (0..n).map(|i| kernels::hash_to_point(&i.to_le_bytes())).collect();
     let mut out = vec![0u8; 32 * n];
     kernels::multiply_encode(&mut points, &key.0, &mut out);
-    out.chunks_exact(32)
-        .map(|c| c.try_into().unwrap())
-        .collect()
+    out.chunks_exact(32).map(|c| c.try_into().unwrap()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -401,13 +295,7 @@ async fn wrong_version_or_protocol_is_rejected() {
     protocol_error(outcome, "not an ECDH-PSI hello");
 
     let outcome = against(&items, Reveal::Both, |c| async move {
-        let _ = c
-            .send(hello(
-                Role::Responder,
-                Reveal::Both,
-                u64::from(u32::MAX) + 1,
-            ))
-            .await;
+        let _ = c.send(hello(Role::Responder, Reveal::Both, u64::from(u32::MAX) + 1)).await;
         drain(&c).await;
     })
     .await;
@@ -423,10 +311,7 @@ async fn peer_dropping_the_channel_is_an_error_not_a_hang() {
         let _ = c.recv().await;
     })
     .await;
-    assert!(
-        matches!(outcome, Err(EcdhPsiError::Channel(ChannelError::Closed))),
-        "{outcome:?}"
-    );
+    assert!(matches!(outcome, Err(EcdhPsiError::Channel(ChannelError::Closed))), "{outcome:?}");
     // Gone in the middle of its points.
     let outcome = against(&items, Reveal::Both, |c| async move {
         let _ = c.send(hello(Role::Responder, Reveal::Both, 100)).await;
@@ -434,10 +319,7 @@ async fn peer_dropping_the_channel_is_an_error_not_a_hang() {
         let _ = c.recv().await;
     })
     .await;
-    assert!(
-        matches!(outcome, Err(EcdhPsiError::Channel(ChannelError::Closed))),
-        "{outcome:?}"
-    );
+    assert!(matches!(outcome, Err(EcdhPsiError::Channel(ChannelError::Closed))), "{outcome:?}");
     // Gone before sending the tags back (after reading everything).
     let outcome = against(&items, Reveal::Both, |c| async move {
         let _ = c.send(hello(Role::Responder, Reveal::Both, 3)).await;
@@ -445,10 +327,7 @@ async fn peer_dropping_the_channel_is_an_error_not_a_hang() {
         while c.recv().await.is_ok_and(|f| f[0] != TAGS) {}
     })
     .await;
-    assert!(
-        matches!(outcome, Err(EcdhPsiError::Channel(ChannelError::Closed))),
-        "{outcome:?}"
-    );
+    assert!(matches!(outcome, Err(EcdhPsiError::Channel(ChannelError::Closed))), "{outcome:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -538,10 +417,7 @@ fn kernels_compute_k_times_h_of_x() {
     // Domain separation: not the undecorated hash of the item.
     let plain = RistrettoPoint::hash_from_bytes::<sha2::Sha512>(&items[0]);
     assert_ne!(kernels::hash_to_point(&items[0]), plain);
-    assert_eq!(
-        kernels::tag(&out[..32]),
-        kernels::tag(expected[0].as_bytes())
-    );
+    assert_eq!(kernels::tag(&out[..32]), kernels::tag(expected[0].as_bytes()));
     assert_ne!(kernels::tag(&out[..32]), kernels::tag(&out[32..64]));
     assert!(kernels::decode(&[0u8; 31]).is_none());
 }
@@ -549,11 +425,7 @@ fn kernels_compute_k_times_h_of_x() {
 #[test]
 fn curve_costs_are_measured() {
     let costs = measure_curve_costs(16);
-    for ns in [
-        costs.hash_to_point_ns,
-        costs.multiply_encode_ns,
-        costs.decode_ns,
-    ] {
+    for ns in [costs.hash_to_point_ns, costs.multiply_encode_ns, costs.decode_ns] {
         assert!(ns.is_finite() && ns > 0.0, "{costs:?}");
     }
     assert!(costs.per_item_ns() > costs.multiply_encode_ns * 2.0);

@@ -83,9 +83,7 @@ pub struct FixedKeyAes {
 impl FixedKeyAes {
     /// π under `key`. Any public key works; protocols use [`FixedKeyAes::fixed`].
     pub fn new(key: [u8; 16]) -> Self {
-        Self {
-            aes: Aes128::new(&Array::from(key)),
-        }
+        Self { aes: Aes128::new(&Array::from(key)) }
     }
 
     /// π under [`FIXED_KEY`] (key schedule computed once per process).
@@ -149,18 +147,8 @@ impl FixedKeyAes {
     /// # Panics
     ///
     /// If the slices differ in length.
-    pub fn tccr_hash_correlated(
-        &self,
-        first_tweak: u128,
-        delta: u128,
-        q: &mut [u128],
-        m1: &mut [u128],
-    ) {
-        assert_eq!(
-            q.len(),
-            m1.len(),
-            "correlated hash of slices of different lengths"
-        );
+    pub fn tccr_hash_correlated(&self, first_tweak: u128, delta: u128, q: &mut [u128], m1: &mut [u128]) {
+        assert_eq!(q.len(), m1.len(), "correlated hash of slices of different lengths");
         let mut y = [aes::Block::default(); BATCH];
         with_aes_blocks(q, |q| {
             with_aes_blocks(m1, |m1| {
@@ -193,12 +181,7 @@ impl FixedKeyAes {
 
     /// `xs[k] ← post(xs[k], π(pre(xs[k])))`, [`BATCH`] blocks per call into the cipher.
     #[inline(always)]
-    fn map_blocks(
-        &self,
-        xs: &mut [u128],
-        pre: impl Fn(u128) -> u128,
-        post: impl Fn(u128, u128) -> u128,
-    ) {
+    fn map_blocks(&self, xs: &mut [u128], pre: impl Fn(u128) -> u128, post: impl Fn(u128, u128) -> u128) {
         let mut y = [aes::Block::default(); BATCH];
         with_aes_blocks(xs, |xs| {
             for chunk in xs.chunks_mut(BATCH) {
@@ -226,8 +209,7 @@ fn with_aes_blocks(xs: &mut [u128], f: impl FnOnce(&mut [aes::Block])) {
     // SAFETY: `aes::Block` is `Array<u8, U16>`, a `repr(transparent)` wrapper of `[u8; 16]`: same
     // size as `u128`, alignment 1 (which divides u128's), and every bit pattern is valid for
     // both types. The new slice covers exactly the memory of `xs` and borrows it mutably.
-    let blocks =
-        unsafe { std::slice::from_raw_parts_mut(xs.as_mut_ptr().cast::<aes::Block>(), xs.len()) };
+    let blocks = unsafe { std::slice::from_raw_parts_mut(xs.as_mut_ptr().cast::<aes::Block>(), xs.len()) };
     f(blocks);
     #[cfg(target_endian = "big")]
     for x in xs.iter_mut() {
@@ -300,9 +282,7 @@ impl AesPrg {
             for (k, c) in counters.iter_mut().enumerate() {
                 c[..8].copy_from_slice(&(next + k as u64).to_le_bytes());
             }
-            self.aes
-                .encrypt_blocks_b2b(counters, chunk)
-                .expect("equal lengths");
+            self.aes.encrypt_blocks_b2b(counters, chunk).expect("equal lengths");
             next += chunk.len() as u64;
         }
         if !tail.is_empty() {
@@ -340,10 +320,7 @@ mod tests {
         let key: [u8; 16] = core::array::from_fn(|i| i as u8);
         let pt = u128::from_le_bytes(core::array::from_fn(|i| (i as u8) * 0x11));
         let ct = FixedKeyAes::new(key).permute(pt);
-        assert_eq!(
-            ct.to_le_bytes(),
-            0x69c4e0d86a7b0430d8cdb78070b4c55au128.to_be_bytes()
-        );
+        assert_eq!(ct.to_le_bytes(), 0x69c4e0d86a7b0430d8cdb78070b4c55au128.to_be_bytes());
     }
 
     #[test]

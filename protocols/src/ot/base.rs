@@ -149,10 +149,7 @@ impl std::fmt::Debug for BaseOtReceiverOutput {
 ///
 /// If `count > MAX_BASE_OTS`, or the OS random number generator fails.
 pub async fn send<C: Channel>(channel: &C, count: usize) -> Result<BaseOtSenderOutput, OtError> {
-    assert!(
-        count <= MAX_BASE_OTS,
-        "{count} base OTs in one batch (at most {MAX_BASE_OTS})"
-    );
+    assert!(count <= MAX_BASE_OTS, "{count} base OTs in one batch (at most {MAX_BASE_OTS})");
     let a = Zeroizing::new(random_scalar());
     let big_a = RistrettoPoint::mul_base(&a).compress();
     let mut frame = BytesMut::with_capacity(HEADER + 32);
@@ -168,13 +165,7 @@ pub async fn send<C: Channel>(channel: &C, count: usize) -> Result<BaseOtSenderO
             .into_par_iter()
             .map(|i| {
                 let pair = &pairs[i * PAIR..(i + 1) * PAIR];
-                sender_keys(
-                    i as u64,
-                    &a,
-                    &big_a,
-                    pair[..32].try_into().unwrap(),
-                    pair[32..].try_into().unwrap(),
-                )
+                sender_keys(i as u64, &a, &big_a, pair[..32].try_into().unwrap(), pair[32..].try_into().unwrap())
             })
             .collect::<Result<Vec<_>, _>>()
     })
@@ -187,10 +178,7 @@ pub async fn send<C: Channel>(channel: &C, count: usize) -> Result<BaseOtSenderO
 /// # Panics
 ///
 /// If `count > MAX_BASE_OTS`, or the OS random number generator fails.
-pub async fn receive<C: Channel>(
-    channel: &C,
-    count: usize,
-) -> Result<BaseOtReceiverOutput, OtError> {
+pub async fn receive<C: Channel>(channel: &C, count: usize) -> Result<BaseOtReceiverOutput, OtError> {
     receive_with_choices(channel, ChoiceBits::random(count)).await
 }
 
@@ -204,10 +192,7 @@ pub async fn receive_with_choices<C: Channel>(
     choices: ChoiceBits,
 ) -> Result<BaseOtReceiverOutput, OtError> {
     let count = choices.len();
-    assert!(
-        count <= MAX_BASE_OTS,
-        "{count} base OTs in one batch (at most {MAX_BASE_OTS})"
-    );
+    assert!(count <= MAX_BASE_OTS, "{count} base OTs in one batch (at most {MAX_BASE_OTS})");
     // Per OT: 64 bytes for β_i (wide reduction: no bias), 64 for the uniform point r^{1−b}.
     let mut randomness = Zeroizing::new(vec![0u8; count * 128]);
     os_random(&mut randomness);
@@ -218,9 +203,8 @@ pub async fn receive_with_choices<C: Channel>(
     let reply = channel.recv().await?;
     let big_a = parse(&reply, KIND_SENDER, count, 0, "sender")?;
     let big_a = CompressedRistretto::from_slice(&big_a[..32]).expect("32 bytes");
-    let a_point = big_a
-        .decompress()
-        .ok_or_else(|| protocol("base OT: the sender's A is not a valid ristretto255 encoding"))?;
+    let a_point =
+        big_a.decompress().ok_or_else(|| protocol("base OT: the sender's A is not a valid ristretto255 encoding"))?;
     if a_point == RistrettoPoint::default() {
         return Err(protocol("base OT: the sender's A is the identity"));
     }
@@ -248,15 +232,11 @@ fn parse(frame: &Bytes, kind: u8, count: usize, item: usize, from: &str) -> Resu
     }
     let theirs = u32::from_be_bytes(frame[1..5].try_into().unwrap()) as usize;
     if theirs != count {
-        return Err(protocol(format!(
-            "base OT: the {from} runs {theirs} OTs, this party {count}"
-        )));
+        return Err(protocol(format!("base OT: the {from} runs {theirs} OTs, this party {count}")));
     }
     let body_len = if item == 0 { 32 } else { count * item };
     if frame.len() != HEADER + body_len {
-        return Err(protocol(format!(
-            "base OT: the {from}'s message has the wrong length"
-        )));
+        return Err(protocol(format!("base OT: the {from}'s message has the wrong length")));
     }
     Ok(frame.slice(HEADER..))
 }
@@ -274,8 +254,7 @@ fn receiver_message(choices: &ChoiceBits, randomness: &[u8]) -> (ReceiverSecrets
             let uniform: &[u8; 64] = randomness[128 * i + 64..128 * (i + 1)].try_into().unwrap();
             let beta = Scalar::from_bytes_mod_order_wide(wide);
             let mut other = RistrettoPoint::from_uniform_bytes(uniform); // r^{1−b}
-            let mut own =
-                RistrettoPoint::mul_base(&beta) - hash_to_group(i as u64, &other.compress());
+            let mut own = RistrettoPoint::mul_base(&beta) - hash_to_group(i as u64, &other.compress());
             let b = Choice::from(choices.get(i) as u8);
             // b = 0: (r^0, r^1) = (own, other); b = 1: (other, own). Constant-time in b.
             let r0 = RistrettoPoint::conditional_select(&own, &other, b);
@@ -309,9 +288,7 @@ fn sender_keys(
 ) -> Result<[u128; 2], OtError> {
     let decode = |bytes: &[u8; 32]| {
         CompressedRistretto(*bytes).decompress().ok_or_else(|| {
-            protocol(format!(
-                "base OT: point {i} of the receiver's message is not a valid ristretto255 encoding"
-            ))
+            protocol(format!("base OT: point {i} of the receiver's message is not a valid ristretto255 encoding"))
         })
     };
     let (p0, p1) = (decode(r0)?, decode(r1)?);
@@ -332,10 +309,7 @@ fn sender_keys(
 /// H(i, r): the hash to the group, domain-separated by OT index.
 fn hash_to_group(i: u64, point: &CompressedRistretto) -> RistrettoPoint {
     RistrettoPoint::from_hash(
-        Sha512::new()
-            .chain_update(HASH_TO_GROUP_DOMAIN)
-            .chain_update(i.to_be_bytes())
-            .chain_update(point.as_bytes()),
+        Sha512::new().chain_update(HASH_TO_GROUP_DOMAIN).chain_update(i.to_be_bytes()).chain_update(point.as_bytes()),
     )
 }
 
@@ -366,10 +340,7 @@ mod tests {
     use super::*;
     use crate::channel::memory_pair;
 
-    async fn run_pair(
-        count: usize,
-        choices: Option<ChoiceBits>,
-    ) -> (BaseOtSenderOutput, BaseOtReceiverOutput) {
+    async fn run_pair(count: usize, choices: Option<ChoiceBits>) -> (BaseOtSenderOutput, BaseOtReceiverOutput) {
         let (a, b) = memory_pair(4);
         let receiver = async {
             match choices {
@@ -386,10 +357,7 @@ mod tests {
         let (s, r) = run_pair(128, None).await;
         assert_eq!((s.len(), r.len()), (128, 128));
         let ones = r.choices().iter().filter(|&b| b).count();
-        assert!(
-            (20..=108).contains(&ones),
-            "choice bits look biased: {ones} of 128"
-        );
+        assert!((20..=108).contains(&ones), "choice bits look biased: {ones} of 128");
         for i in 0..128 {
             let b = r.choices().get(i) as usize;
             assert_eq!(r.keys()[i], s.keys()[i][b], "OT {i}");
@@ -448,11 +416,10 @@ mod tests {
             let _ = a.recv().await;
             drop(a);
         };
-        let (r, ()) = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            futures::join!(receiver, sender)
-        })
-        .await
-        .expect("hang");
+        let (r, ()) =
+            tokio::time::timeout(std::time::Duration::from_secs(10), async { futures::join!(receiver, sender) })
+                .await
+                .expect("hang");
         assert!(matches!(r, Err(OtError::Channel(_))), "{r:?}");
     }
 }

@@ -200,17 +200,13 @@ pub struct IknpReceiver {
 
 impl std::fmt::Debug for IknpSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IknpSender")
-            .field("security", &self.security)
-            .finish_non_exhaustive()
+        f.debug_struct("IknpSender").field("security", &self.security).finish_non_exhaustive()
     }
 }
 
 impl std::fmt::Debug for IknpReceiver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IknpReceiver")
-            .field("security", &self.security)
-            .finish_non_exhaustive()
+        f.debug_struct("IknpReceiver").field("security", &self.security).finish_non_exhaustive()
     }
 }
 
@@ -226,21 +222,14 @@ impl IknpSender {
 
     /// Runs the base OTs with a given Δ (e.g. the global Δ of a VOLE built on these OTs). Δ must
     /// be uniformly random and secret for the security claims to hold.
-    pub async fn setup_with_delta<C: Channel>(
-        channel: &C,
-        security: Security,
-        delta: u128,
-    ) -> Result<Self, OtError> {
+    pub async fn setup_with_delta<C: Channel>(channel: &C, security: Security, delta: u128) -> Result<Self, OtError> {
         let choices = ChoiceBits::from_bytes(delta.to_le_bytes().to_vec(), KAPPA);
         let base = base::receive_with_choices(channel, choices).await?;
         let streams = base.keys().iter().map(|&k| AesPrg::new(k)).collect();
         Ok(Self {
             keys: Arc::new(SenderKeys { delta, streams }),
             security,
-            cursor: Cursor {
-                position: 0,
-                index: 0,
-            },
+            cursor: Cursor { position: 0, index: 0 },
             aborted: false,
         })
     }
@@ -261,19 +250,11 @@ impl IknpSender {
         n: usize,
     ) -> Result<CorrelatedSenderOutput, OtError> {
         let (q, _, first_index) = self.extend(channel, n, false).await?;
-        Ok(CorrelatedSenderOutput {
-            delta: self.keys.delta,
-            q,
-            first_index,
-        })
+        Ok(CorrelatedSenderOutput { delta: self.keys.delta, q, first_index })
     }
 
     /// Extends to `n` random OTs: (m_i^0, m_i^1) = (H(i, q_i), H(i, q_i ⊕ Δ)).
-    pub async fn extend_random<C: Channel>(
-        &mut self,
-        channel: &C,
-        n: usize,
-    ) -> Result<RandomSenderOutput, OtError> {
+    pub async fn extend_random<C: Channel>(&mut self, channel: &C, n: usize) -> Result<RandomSenderOutput, OtError> {
         if self.security == Security::SemiHonest {
             // Hashed chunk by chunk while the rows are in cache.
             let (m0, m1, _) = self.extend(channel, n, true).await?;
@@ -351,8 +332,7 @@ impl IknpSender {
             frame.put_slice(&seed_s.to_le_bytes());
             channel.send(frame.freeze()).await?;
             let check = recv_kind(channel, KIND_CHECK, 48, "check values").await?;
-            let block =
-                |k: usize| u128::from_le_bytes(check[16 * k..16 * k + 16].try_into().unwrap());
+            let block = |k: usize| u128::from_le_bytes(check[16 * k..16 * k + 16].try_into().unwrap());
             let (seed_r, x, t) = (block(0), block(1), block(2));
             if commit(position, seed_r)[..] != commitment[..] {
                 // Opening to another seed than committed is cheating, like a failed check.
@@ -368,11 +348,7 @@ impl IknpSender {
         cpu::run(move || {
             let (lo, hi) = weighted_sum(chi, &q, None);
             let expected = gf128::reduce(lo, hi) ^ gf128::mul(x, delta);
-            let verdict = if expected == t {
-                Ok(())
-            } else {
-                Err(OtError::ConsistencyCheck)
-            };
+            let verdict = if expected == t { Ok(()) } else { Err(OtError::ConsistencyCheck) };
             (q, verdict)
         })
         .await
@@ -387,19 +363,8 @@ impl IknpReceiver {
     /// If the OS random number generator fails.
     pub async fn setup<C: Channel>(channel: &C, security: Security) -> Result<Self, OtError> {
         let base = base::send(channel, KAPPA).await?;
-        let streams = base
-            .keys()
-            .iter()
-            .map(|&[k0, k1]| [AesPrg::new(k0), AesPrg::new(k1)])
-            .collect();
-        Ok(Self {
-            keys: Arc::new(ReceiverKeys { streams }),
-            security,
-            cursor: Cursor {
-                position: 0,
-                index: 0,
-            },
-        })
+        let streams = base.keys().iter().map(|&[k0, k1]| [AesPrg::new(k0), AesPrg::new(k1)]).collect();
+        Ok(Self { keys: Arc::new(ReceiverKeys { streams }), security, cursor: Cursor { position: 0, index: 0 } })
     }
 
     pub fn security(&self) -> Security {
@@ -417,11 +382,7 @@ impl IknpReceiver {
         n: usize,
     ) -> Result<CorrelatedReceiverOutput, OtError> {
         let (choices, t, first_index) = self.extend(channel, n, false).await?;
-        Ok(CorrelatedReceiverOutput {
-            choices,
-            t,
-            first_index,
-        })
+        Ok(CorrelatedReceiverOutput { choices, t, first_index })
     }
 
     /// Extends to `n` random OTs: b_i and m_i^{b_i} = H(i, t_i).
@@ -429,11 +390,7 @@ impl IknpReceiver {
     /// # Panics
     ///
     /// If the OS random number generator fails.
-    pub async fn extend_random<C: Channel>(
-        &mut self,
-        channel: &C,
-        n: usize,
-    ) -> Result<RandomReceiverOutput, OtError> {
+    pub async fn extend_random<C: Channel>(&mut self, channel: &C, n: usize) -> Result<RandomReceiverOutput, OtError> {
         if self.security == Security::SemiHonest {
             let (choices, messages, _) = self.extend(channel, n, true).await?;
             return Ok(RandomReceiverOutput { choices, messages });
@@ -465,15 +422,10 @@ impl IknpReceiver {
         while start < total {
             let rows = (total - start).min(CHUNK_OTS);
             let position = at.position + (start / 128) as u64;
-            let (keys, choice_stream, security) =
-                (self.keys.clone(), choice_stream.clone(), self.security);
+            let (keys, choice_stream, security) = (self.keys.clone(), choice_stream.clone(), self.security);
             let frame;
             (state, frame) = cpu::run(move || {
-                let chunk = Chunk {
-                    position,
-                    start,
-                    rows,
-                };
+                let chunk = Chunk { position, start, rows };
                 let frame = receiver_chunk(&keys, &choice_stream, security, chunk, &mut state);
                 if hash {
                     let tweak = (at.index + start as u64) as u128;
@@ -485,11 +437,8 @@ impl IknpReceiver {
             channel.send(frame).await?;
             start += rows;
         }
-        let mut state = if self.security == Security::Malicious {
-            kos_prove(channel, state, at.position).await?
-        } else {
-            state
-        };
+        let mut state =
+            if self.security == Security::Malicious { kos_prove(channel, state, at.position).await? } else { state };
         let t = truncate(std::mem::take(&mut state.t), n);
         let mut choices = std::mem::take(&mut *state.choices);
         choices[n.div_ceil(8)..].fill(0);
@@ -511,23 +460,18 @@ fn truncate(mut rows: Zeroizing<Vec<u128>>, n: usize) -> Vec<u128> {
 /// `rows[k] ← H(tweak + k, rows[k])` (the receiver's random-OT messages), on rayon.
 fn hash_rows(tweak: u128, rows: &mut [u128]) {
     let pi = FixedKeyAes::fixed();
-    rows.par_chunks_mut(PAR_ROWS)
-        .enumerate()
-        .for_each(|(piece, rows)| {
-            pi.tccr_hash_blocks(tweak + (piece * PAR_ROWS) as u128, rows);
-        });
+    rows.par_chunks_mut(PAR_ROWS).enumerate().for_each(|(piece, rows)| {
+        pi.tccr_hash_blocks(tweak + (piece * PAR_ROWS) as u128, rows);
+    });
 }
 
 /// `(q[k], m1[k]) ← (H(tweak + k, q[k]), H(tweak + k, q[k] ⊕ Δ))` (the sender's random-OT
 /// messages), on rayon.
 fn hash_pairs(tweak: u128, delta: u128, q: &mut [u128], m1: &mut [u128]) {
     let pi = FixedKeyAes::fixed();
-    q.par_chunks_mut(PAR_ROWS)
-        .zip(m1.par_chunks_mut(PAR_ROWS))
-        .enumerate()
-        .for_each(|(piece, (q, m1))| {
-            pi.tccr_hash_correlated(tweak + (piece * PAR_ROWS) as u128, delta, q, m1);
-        });
+    q.par_chunks_mut(PAR_ROWS).zip(m1.par_chunks_mut(PAR_ROWS)).enumerate().for_each(|(piece, (q, m1))| {
+        pi.tccr_hash_correlated(tweak + (piece * PAR_ROWS) as u128, delta, q, m1);
+    });
 }
 
 /// Where a chunk sits: its stream position, first row and row count.
@@ -556,18 +500,10 @@ fn receiver_chunk(
     chunk: Chunk,
     state: &mut ReceiverState,
 ) -> Bytes {
-    let Chunk {
-        position,
-        start,
-        rows,
-    } = chunk;
+    let Chunk { position, start, rows } = chunk;
     let row_bytes = rows / 8;
     let stride = padded_stride(row_bytes);
-    let ReceiverState {
-        t,
-        choices,
-        scratch,
-    } = state;
+    let ReceiverState { t, choices, scratch } = state;
     let (t, choices, scratch) = (&mut **t, &mut **choices, &mut **scratch);
     let r = &mut choices[start / 8..start / 8 + row_bytes];
     choice_stream.fill_bytes((start / 128) as u64, r);
@@ -621,16 +557,9 @@ fn sender_chunk(keys: &SenderKeys, position: u64, u: &[u8], scratch: &mut [u8], 
 }
 
 /// Checks a u frame's kind, mode, position and size against what this sender expects.
-fn check_u_header(
-    frame: &Bytes,
-    security: Security,
-    position: u64,
-    rows: usize,
-) -> Result<(), OtError> {
+fn check_u_header(frame: &Bytes, security: Security, position: u64, rows: usize) -> Result<(), OtError> {
     if frame.len() < U_HEADER || frame[0] != KIND_U {
-        return Err(protocol(
-            "OT extension: expected a u chunk from the receiver",
-        ));
+        return Err(protocol("OT extension: expected a u chunk from the receiver"));
     }
     if frame[1] != security.wire() {
         return Err(protocol(format!(
@@ -653,11 +582,7 @@ fn check_u_header(
 }
 
 /// KOS step 5, the receiver's side.
-async fn kos_prove<C: Channel>(
-    channel: &C,
-    state: ReceiverState,
-    position: u64,
-) -> Result<ReceiverState, OtError> {
+async fn kos_prove<C: Channel>(channel: &C, state: ReceiverState, position: u64) -> Result<ReceiverState, OtError> {
     let seed_r = os_random_block();
     let mut frame = BytesMut::with_capacity(33);
     frame.put_u8(KIND_COMMIT);
@@ -728,17 +653,10 @@ fn chi_seed(position: u64, seed_s: u128, seed_r: u128) -> u128 {
     u128::from_le_bytes(digest[..16].try_into().unwrap())
 }
 
-async fn recv_kind<C: Channel>(
-    channel: &C,
-    kind: u8,
-    len: usize,
-    what: &str,
-) -> Result<Bytes, OtError> {
+async fn recv_kind<C: Channel>(channel: &C, kind: u8, len: usize, what: &str) -> Result<Bytes, OtError> {
     let frame = channel.recv().await?;
     if frame.len() != 1 + len || frame[0] != kind {
-        return Err(protocol(format!(
-            "OT extension: expected the peer's {what}"
-        )));
+        return Err(protocol(format!("OT extension: expected the peer's {what}")));
     }
     Ok(frame.slice(1..))
 }
@@ -897,12 +815,7 @@ macro_rules! opaque_debug {
     )*};
 }
 
-opaque_debug!(
-    CorrelatedSenderOutput,
-    CorrelatedReceiverOutput,
-    RandomSenderOutput,
-    RandomReceiverOutput
-);
+opaque_debug!(CorrelatedSenderOutput, CorrelatedReceiverOutput, RandomSenderOutput, RandomReceiverOutput);
 
 #[cfg(test)]
 mod tests;

@@ -57,11 +57,7 @@ pub fn inner_product(a: &[u128], b: &[u128]) -> u128 {
 ///
 /// If the slices differ in length.
 pub fn inner_product_wide(a: &[u128], b: &[u128]) -> Wide {
-    assert_eq!(
-        a.len(),
-        b.len(),
-        "inner product of slices of different lengths"
-    );
+    assert_eq!(a.len(), b.len(), "inner product of slices of different lengths");
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("pclmulqdq") {
         // SAFETY: the CPU supports PCLMULQDQ (checked just above).
@@ -115,12 +111,8 @@ mod x86 {
         for (&x, &y) in a.iter().zip(b) {
             // SAFETY: u128 and __m128i are both 16 plain bytes; x86 is little-endian, so the low
             // 64-bit lane of the vector is the low half of the u128.
-            let (x, y): (__m128i, __m128i) = unsafe {
-                (
-                    std::mem::transmute::<u128, __m128i>(x),
-                    std::mem::transmute::<u128, __m128i>(y),
-                )
-            };
+            let (x, y): (__m128i, __m128i) =
+                unsafe { (std::mem::transmute::<u128, __m128i>(x), std::mem::transmute::<u128, __m128i>(y)) };
             lo = _mm_xor_si128(lo, _mm_clmulepi64_si128(x, y, 0x00));
             hi = _mm_xor_si128(hi, _mm_clmulepi64_si128(x, y, 0x11));
             mid = _mm_xor_si128(mid, _mm_clmulepi64_si128(x, y, 0x01));

@@ -35,8 +35,8 @@ use crate::channel::ChannelError;
 
 pub use base::{BaseOtReceiverOutput, BaseOtSenderOutput};
 pub use extension::{
-    CorrelatedReceiverOutput, CorrelatedSenderOutput, IknpReceiver, IknpSender,
-    RandomReceiverOutput, RandomSenderOutput, Security,
+    CorrelatedReceiverOutput, CorrelatedSenderOutput, IknpReceiver, IknpSender, RandomReceiverOutput,
+    RandomSenderOutput, Security,
 };
 
 /// Why an OT protocol run failed.
@@ -78,11 +78,7 @@ impl ChoiceBits {
     ///
     /// If `bytes` holds fewer than `len` bits.
     pub fn from_bytes(mut bytes: Vec<u8>, len: usize) -> Self {
-        assert!(
-            bytes.len() * 8 >= len,
-            "{} bytes cannot hold {len} bits",
-            bytes.len()
-        );
+        assert!(bytes.len() * 8 >= len, "{} bytes cannot hold {len} bits", bytes.len());
         bytes.truncate(len.div_ceil(8));
         if !len.is_multiple_of(8) {
             let last = bytes.len() - 1;
@@ -97,10 +93,7 @@ impl ChoiceBits {
         for (i, &b) in bits.iter().enumerate() {
             bytes[i / 8] |= (b as u8) << (i % 8);
         }
-        Self {
-            bytes,
-            len: bits.len(),
-        }
+        Self { bytes, len: bits.len() }
     }
 
     /// `len` uniformly random bits from the OS CSPRNG.
@@ -152,9 +145,7 @@ impl std::fmt::Debug for ChoiceBits {
 ///
 /// If the operating system's random number generator fails.
 pub(crate) fn os_random(buf: &mut [u8]) {
-    SysRng
-        .try_fill_bytes(buf)
-        .expect("the operating system's random number generator failed");
+    SysRng.try_fill_bytes(buf).expect("the operating system's random number generator failed");
 }
 
 /// A uniformly random block from the OS CSPRNG.

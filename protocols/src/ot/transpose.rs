@@ -38,11 +38,7 @@ const PAR_BLOCKS: usize = 2048;
 /// do not all map to the same L1 cache sets) and is a multiple of 16.
 pub fn padded_stride(row_bytes: usize) -> usize {
     let stride = row_bytes.next_multiple_of(16);
-    if stride.is_multiple_of(4096) {
-        stride + 64
-    } else {
-        stride
-    }
+    if stride.is_multiple_of(4096) { stride + 64 } else { stride }
 }
 
 /// Transposes the 128 × n bit matrix whose row `j` is the `n.div_ceil(8)` bytes at
@@ -80,9 +76,7 @@ impl Kernel {
     pub(crate) fn best() -> Kernel {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-            {
+            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
                 return Kernel::Avx512;
             }
             if std::arch::is_x86_feature_detected!("avx2") {
@@ -106,9 +100,7 @@ impl Kernel {
             if std::arch::is_x86_feature_detected!("avx2") {
                 kernels.push(Kernel::Avx2);
             }
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-            {
+            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
                 kernels.push(Kernel::Avx512);
             }
         }
@@ -118,10 +110,7 @@ impl Kernel {
 
 fn check_shape(rows: &[u8], stride: usize, n: usize) {
     let row_bytes = n.div_ceil(8);
-    assert!(
-        stride >= row_bytes,
-        "row stride {stride} is shorter than a row of {n} bits"
-    );
+    assert!(stride >= row_bytes, "row stride {stride} is shorter than a row of {n} bits");
     if n > 0 {
         assert!(
             rows.len() >= 127 * stride + row_bytes,
@@ -148,10 +137,7 @@ pub(crate) fn transpose_with(kernel: Kernel, rows: &[u8], stride: usize, out: &m
         }
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => {
-            assert!(
-                std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512bw")
-            );
+            assert!(std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw"));
             // SAFETY: the CPU supports AVX-512F and AVX-512BW (asserted); shape checked above.
             unsafe { x86::tiles_avx512(rows, stride, head) }
         }
@@ -254,9 +240,7 @@ mod x86 {
                     let at = |row: usize| {
                         // SAFETY: row < 128 and t < tiles, so the 16 bytes are inside `rows`
                         // (asserted above); loadu has no alignment requirement.
-                        unsafe {
-                            _mm_loadu_si128($rows.as_ptr().add(row * $stride + 16 * t).cast())
-                        }
+                        unsafe { _mm_loadu_si128($rows.as_ptr().add(row * $stride + 16 * t).cast()) }
                     };
                     let x: [_; 16] = core::array::from_fn(|r| {
                         let $lane = |l: usize| at(16 * $lanes * g + 16 * l + r);
@@ -413,28 +397,9 @@ mod tests {
 
     #[test]
     fn all_kernels_match_the_naive_transpose() {
-        let shapes: [usize; 14] = [
-            0,
-            1,
-            7,
-            8,
-            9,
-            127,
-            128,
-            129,
-            200,
-            256,
-            1000,
-            1024,
-            1032,
-            4096 + 72,
-        ];
+        let shapes: [usize; 14] = [0, 1, 7, 8, 9, 127, 128, 129, 200, 256, 1000, 1024, 1032, 4096 + 72];
         for (s, &n) in shapes.iter().enumerate() {
-            for stride in [
-                n.div_ceil(8),
-                n.div_ceil(8) + 5,
-                padded_stride(n.div_ceil(8)),
-            ] {
+            for stride in [n.div_ceil(8), n.div_ceil(8) + 5, padded_stride(n.div_ceil(8))] {
                 let rows = random_rows(128 * stride.max(1), s as u128);
                 let expected = naive(&rows, stride, n);
                 for kernel in Kernel::available() {

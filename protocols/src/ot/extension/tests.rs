@@ -11,10 +11,7 @@ const LIMIT: Duration = Duration::from_secs(120);
 
 async fn setup(security: Security) -> (IknpSender, IknpReceiver, MemoryChannel, MemoryChannel) {
     let (a, b) = memory_pair(8);
-    let (s, r) = futures::join!(
-        IknpSender::setup(&a, security),
-        IknpReceiver::setup(&b, security)
-    );
+    let (s, r) = futures::join!(IknpSender::setup(&a, security), IknpReceiver::setup(&b, security));
     (s.unwrap(), r.unwrap(), a, b)
 }
 
@@ -25,11 +22,10 @@ async fn correlated(
     b: &impl Channel,
     n: usize,
 ) -> (CorrelatedSenderOutput, CorrelatedReceiverOutput) {
-    let (x, y) = tokio::time::timeout(LIMIT, async {
-        futures::join!(s.extend_correlated(a, n), r.extend_correlated(b, n))
-    })
-    .await
-    .expect("extension hung");
+    let (x, y) =
+        tokio::time::timeout(LIMIT, async { futures::join!(s.extend_correlated(a, n), r.extend_correlated(b, n)) })
+            .await
+            .expect("extension hung");
     (x.unwrap(), y.unwrap())
 }
 
@@ -59,14 +55,8 @@ fn check_random(s: &RandomSenderOutput, r: &RandomReceiverOutput, n: usize) {
     for i in 0..n {
         let b = r.choices().get(i) as usize;
         let pair = s.messages(i);
-        assert!(
-            r.messages()[i] == pair[b],
-            "OT {i}: the chosen message differs"
-        );
-        assert!(
-            r.messages()[i] != pair[1 - b],
-            "OT {i}: the other message is the chosen one"
-        );
+        assert!(r.messages()[i] == pair[b], "OT {i}: the chosen message differs");
+        assert!(r.messages()[i] != pair[1 - b], "OT {i}: the other message is the chosen one");
     }
     if n >= 2 {
         assert_ne!(s.m0()[0], s.m0()[1]);
@@ -98,11 +88,10 @@ async fn random_ots_are_consistent() {
     for security in [Security::SemiHonest, Security::Malicious] {
         let (mut s, mut r, a, b) = setup(security).await;
         for n in [0, 1, 127, 128, 1000, 1 << 20] {
-            let (x, y) = tokio::time::timeout(LIMIT, async {
-                futures::join!(s.extend_random(&a, n), r.extend_random(&b, n))
-            })
-            .await
-            .expect("extension hung");
+            let (x, y) =
+                tokio::time::timeout(LIMIT, async { futures::join!(s.extend_random(&a, n), r.extend_random(&b, n)) })
+                    .await
+                    .expect("extension hung");
             check_random(&x.unwrap(), &y.unwrap(), n);
         }
     }
@@ -113,20 +102,14 @@ async fn random_ots_hash_the_correlated_ones_with_their_session_index() {
     let (mut s, mut r, a, b) = setup(Security::SemiHonest).await;
     let (x0, _) = correlated(&mut s, &mut r, &a, &b, 300).await;
     let (x, y) = correlated(&mut s, &mut r, &a, &b, 200).await;
-    assert_eq!(
-        (x0.first_index(), x.first_index(), y.first_index()),
-        (0, 300, 300)
-    );
+    assert_eq!((x0.first_index(), x.first_index(), y.first_index()), (0, 300, 300));
     let (q, delta) = (x.q().to_vec(), x.delta());
     let (xr, yr) = (x.into_random(), y.into_random());
     check_random(&xr, &yr, 200);
     let pi = FixedKeyAes::fixed();
     for (i, &q) in q.iter().enumerate() {
         let tweak = 300 + i as u128;
-        assert_eq!(
-            xr.messages(i),
-            [pi.tccr_hash(tweak, q), pi.tccr_hash(tweak, q ^ delta)]
-        );
+        assert_eq!(xr.messages(i), [pi.tccr_hash(tweak, q), pi.tccr_hash(tweak, q ^ delta)]);
     }
 }
 
@@ -160,10 +143,8 @@ async fn a_given_delta_is_used() {
 async fn communication_is_16_bytes_per_ot() {
     let (a, b) = memory_pair(8);
     let (a, b) = (Metered::new(a), Metered::new(b));
-    let (s, r) = futures::join!(
-        IknpSender::setup(&a, Security::SemiHonest),
-        IknpReceiver::setup(&b, Security::SemiHonest)
-    );
+    let (s, r) =
+        futures::join!(IknpSender::setup(&a, Security::SemiHonest), IknpReceiver::setup(&b, Security::SemiHonest));
     let (mut s, mut r) = (s.unwrap(), r.unwrap());
     let before = b.stats().bytes_sent;
     let n = 3 << 16;
@@ -188,10 +169,8 @@ async fn parties_that_disagree_get_a_protocol_error_not_a_hang() {
 
     // Different security modes.
     let (a, b) = memory_pair(8);
-    let (s, r) = futures::join!(
-        IknpSender::setup(&a, Security::SemiHonest),
-        IknpReceiver::setup(&b, Security::Malicious)
-    );
+    let (s, r) =
+        futures::join!(IknpSender::setup(&a, Security::SemiHonest), IknpReceiver::setup(&b, Security::Malicious));
     let (mut s, mut r) = (s.unwrap(), r.unwrap());
     // A real node closes the channel when its side fails; the receiver then sees the close.
     let sender = async move {
@@ -199,11 +178,9 @@ async fn parties_that_disagree_get_a_protocol_error_not_a_hang() {
         drop(a);
         x
     };
-    let (x, y) = tokio::time::timeout(LIMIT, async {
-        futures::join!(sender, r.extend_correlated(&b, 1000))
-    })
-    .await
-    .expect("hang");
+    let (x, y) = tokio::time::timeout(LIMIT, async { futures::join!(sender, r.extend_correlated(&b, 1000)) })
+        .await
+        .expect("hang");
     assert!(matches!(x, Err(OtError::Protocol(_))), "{x:?}");
     assert_eq!(y.unwrap_err(), OtError::Channel(ChannelError::Closed));
 }
@@ -214,18 +191,14 @@ async fn a_peer_that_drops_the_channel_is_an_error_not_a_hang() {
         // The receiver vanishes after setup: the sender's extension fails.
         let (mut s, r, a, b) = setup(security).await;
         drop((r, b));
-        let x = tokio::time::timeout(LIMIT, s.extend_correlated(&a, 1 << 18))
-            .await
-            .expect("hang");
+        let x = tokio::time::timeout(LIMIT, s.extend_correlated(&a, 1 << 18)).await.expect("hang");
         assert_eq!(x.unwrap_err(), OtError::Channel(ChannelError::Closed));
 
         // The sender vanishes after setup: in malicious mode the receiver waits for the sender's
         // seed and must see the close; in semi-honest mode it fails once the buffer is full.
         let (s, mut r, a, b) = setup(security).await;
         drop((s, a));
-        let y = tokio::time::timeout(LIMIT, r.extend_correlated(&b, 1 << 20))
-            .await
-            .expect("hang");
+        let y = tokio::time::timeout(LIMIT, r.extend_correlated(&b, 1 << 20)).await.expect("hang");
         assert_eq!(y.unwrap_err(), OtError::Channel(ChannelError::Closed));
 
         // The receiver vanishes in the middle of the stream.
@@ -243,10 +216,7 @@ async fn a_peer_that_drops_the_channel_is_an_error_not_a_hang() {
         })
         .await
         .expect("hang");
-        assert!(
-            matches!(x, Err(OtError::Channel(_)) | Err(OtError::Protocol(_))),
-            "{x:?}"
-        );
+        assert!(matches!(x, Err(OtError::Channel(_)) | Err(OtError::Protocol(_))), "{x:?}");
     }
 }
 
@@ -286,21 +256,10 @@ async fn cheat(
     security: Security,
     delta: u128,
     column: usize,
-) -> (
-    Result<CorrelatedSenderOutput, OtError>,
-    IknpSender,
-    Tamper<MemoryChannel>,
-    MemoryChannel,
-) {
+) -> (Result<CorrelatedSenderOutput, OtError>, IknpSender, Tamper<MemoryChannel>, MemoryChannel) {
     let (a, b) = memory_pair(8);
-    let b = Tamper {
-        inner: b,
-        rewrite: Mutex::new(Box::new(|f| f)),
-    };
-    let (s, r) = futures::join!(
-        IknpSender::setup_with_delta(&a, security, delta),
-        IknpReceiver::setup(&b, security)
-    );
+    let b = Tamper { inner: b, rewrite: Mutex::new(Box::new(|f| f)) };
+    let (s, r) = futures::join!(IknpSender::setup_with_delta(&a, security, delta), IknpReceiver::setup(&b, security));
     let (mut s, mut r) = (s.unwrap(), r.unwrap());
     *b.rewrite.lock().unwrap() = flip_u_bit(column, 77);
     let (x, _) = tokio::time::timeout(LIMIT, async {
@@ -318,10 +277,7 @@ async fn the_kos_check_catches_an_inconsistent_receiver() {
     let (x, mut s, _b, a) = cheat(Security::Malicious, delta, 5).await;
     assert_eq!(x.unwrap_err(), OtError::ConsistencyCheck);
     // ...and the sender refuses to go on with this setup.
-    assert_eq!(
-        s.extend_correlated(&a, 10).await.unwrap_err(),
-        OtError::Aborted
-    );
+    assert_eq!(s.extend_correlated(&a, 10).await.unwrap_err(), OtError::Aborted);
 
     // Semi-honest IKNP does not notice: the outputs are silently inconsistent.
     let (x, ..) = cheat(Security::SemiHonest, delta, 5).await;
@@ -352,9 +308,6 @@ fn chunk_hashing_uses_one_tweak_per_row_across_pieces() {
     for (k, &x) in rows.iter().enumerate() {
         let i = tweak + k as u128;
         assert_eq!(h[k], pi.tccr_hash(i, x));
-        assert_eq!(
-            [q[k], m1[k]],
-            [pi.tccr_hash(i, x), pi.tccr_hash(i, x ^ delta)]
-        );
+        assert_eq!([q[k], m1[k]], [pi.tccr_hash(i, x), pi.tccr_hash(i, x ^ delta)]);
     }
 }
