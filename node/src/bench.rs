@@ -28,6 +28,7 @@ pub struct BenchPsiArgs {
     /// Shared ids (default: half of --rows).
     #[arg(long)]
     overlap: Option<u64>,
+    /// PSI protocol (ecdh).
     #[arg(long, default_value = "ecdh")]
     protocol: String,
     /// Who learns the intersection: both or self.

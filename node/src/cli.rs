@@ -119,6 +119,7 @@ enum DatasetCommand {
 struct PsiArgs {
     /// The local node's directory (the node must be running).
     dir: PathBuf,
+    /// The pinned peer to intersect with.
     #[arg(long)]
     peer: String,
     /// Local dataset.
@@ -127,6 +128,7 @@ struct PsiArgs {
     /// The peer's dataset.
     #[arg(long)]
     peer_dataset: String,
+    /// PSI protocol (ecdh).
     #[arg(long, default_value = "ecdh")]
     protocol: String,
     /// Who learns the intersection: both, or self (only this node).
