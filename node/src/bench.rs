@@ -101,7 +101,7 @@ impl NodeProcess {
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         // SIGTERM for a clean shutdown, then make sure.
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        terminate(&self.child);
         for _ in 0..50 {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
                 return;
@@ -110,6 +110,16 @@ impl Drop for NodeProcess {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Sends SIGTERM (the node's clean shutdown signal) to a child process.
+pub fn terminate(child: &Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill(2) with a pid we spawned and have not reaped; no memory is involved.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
     }
 }
 

@@ -26,7 +26,7 @@ struct NodeProc(Child);
 
 impl Drop for NodeProc {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        consort_node::bench::terminate(&self.0);
         let _ = self.0.wait();
     }
 }
