@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use consort_engine::{DatasetSpec, Normalization};
+use consort_engine::DatasetSpec;
 use consort_node::client::NodeClient;
 use consort_node::node::{self, NodeHandle};
 use consort_node::proto::{JobStatus, PsiRequest};
@@ -20,13 +20,7 @@ struct Pair {
 }
 
 fn spec(name: &str, file: &Path) -> DatasetSpec {
-    DatasetSpec {
-        name: name.into(),
-        file: file.to_path_buf(),
-        keys: vec!["id".into()],
-        normalize: Normalization::default(),
-        dedup: false,
-    }
+    DatasetSpec::new(name, file, &["id"])
 }
 
 fn write(path: &Path, text: &str) {

@@ -258,7 +258,6 @@ fn check_aligned(da: &Dataset, ra: &[OutRow], db: &Dataset, rb: &[OutRow], probl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::Normalization;
     use crate::synth::{PsiGenSpec, generate_psi};
 
     struct Case {
@@ -275,13 +274,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         generate_psi(&PsiGenSpec { rows_a: 400, rows_b: 300, overlap: 50, seed: 11, out_dir: dir.path().into() })
             .unwrap();
-        let spec = |f: &str| DatasetSpec {
-            name: f.into(),
-            file: dir.path().join(f),
-            keys: vec!["id".into()],
-            normalize: Normalization::default(),
-            dedup: false,
-        };
+        let spec = |f: &str| DatasetSpec::new(f, dir.path().join(f), &["id"]);
         let (a, b) = (spec("a.csv"), spec("b.csv"));
         let (da, db) = (Dataset::load(&a).unwrap(), Dataset::load(&b).unwrap());
         let mut pairs: Vec<(u32, u32)> = (0..da.len())

@@ -101,6 +101,17 @@ pub(crate) struct Header {
 }
 
 impl DatasetSpec {
+    /// A dataset keyed on `keys`, with the default normalization (trim) and duplicates rejected.
+    pub fn new(name: impl Into<String>, file: impl Into<PathBuf>, keys: &[&str]) -> DatasetSpec {
+        DatasetSpec {
+            name: name.into(),
+            file: file.into(),
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+            normalize: Normalization::default(),
+            dedup: false,
+        }
+    }
+
     /// Reads only the header and checks the key columns exist (quick check for `dataset add`).
     pub fn check_header(&self) -> Result<Vec<String>, DataError> {
         let mut scanner = RowScanner::open(&self.file)?;

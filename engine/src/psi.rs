@@ -108,13 +108,7 @@ mod tests {
 
     fn specs(dir: &Path, rows_a: u64, rows_b: u64, overlap: u64) -> (DatasetSpec, DatasetSpec) {
         generate_psi(&PsiGenSpec { rows_a, rows_b, overlap, seed: 3, out_dir: dir.to_path_buf() }).unwrap();
-        let spec = |name: &str| DatasetSpec {
-            name: name.into(),
-            file: dir.join(format!("{name}.csv")),
-            keys: vec!["id".into()],
-            normalize: Default::default(),
-            dedup: false,
-        };
+        let spec = |name: &str| DatasetSpec::new(name, dir.join(format!("{name}.csv")), &["id"]);
         (spec("a"), spec("b"))
     }
 

@@ -347,13 +347,7 @@ mod tests {
     }
 
     fn ids(path: &Path) -> Vec<String> {
-        let spec = DatasetSpec {
-            name: "g".into(),
-            file: path.to_path_buf(),
-            keys: vec![KEY_COLUMN.into()],
-            normalize: Default::default(),
-            dedup: false,
-        };
+        let spec = DatasetSpec::new("g", path, &[KEY_COLUMN]);
         let ds = Dataset::load(&spec).expect("generated files load without duplicates");
         (0..ds.len()).map(|i| ds.key_of(i)).collect()
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use consort_engine::{DatasetSpec, Normalization, PsiProtocol};
+use consort_engine::{DatasetSpec, PsiProtocol};
 
 use crate::client::NodeClient;
 use crate::proto::PsiRequest;
@@ -167,13 +167,7 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
 
     let nodes = root.join(format!("nodes-{}", std::process::id()));
     let (a_dir, b_dir) = pair::init_pair(&nodes)?;
-    let spec = |name: &str, file: &str| DatasetSpec {
-        name: name.into(),
-        file: data.join(file),
-        keys: vec!["id".into()],
-        normalize: Normalization::default(),
-        dedup: false,
-    };
+    let spec = |name: &str, file: &str| DatasetSpec::new(name, data.join(file), &["id"]);
     let mut a = NodeProcess::spawn(&a_dir)?;
     let mut b = NodeProcess::spawn(&b_dir)?;
     let (a_addr, b_addr) = (a.wait_ready().await?, b.wait_ready().await?);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use consort_engine::{DatasetSpec, Normalization};
+use consort_engine::DatasetSpec;
 
 use crate::client::NodeClient;
 use crate::proto::PsiRequest;
@@ -65,20 +65,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     b.state.reload()?;
     say(format!("2. started nodes at {} and {}; each pinned the other's certificate", a.peer_addr(), b.peer_addr()));
 
-    let spec_a = DatasetSpec {
-        name: "customers".into(),
-        file: data.join("a.csv"),
-        keys: vec!["id".into()],
-        normalize: Normalization::default(),
-        dedup: false,
-    };
-    let spec_b = DatasetSpec {
-        name: "accounts".into(),
-        file: data.join("b.csv"),
-        keys: vec!["id".into()],
-        normalize: Normalization::default(),
-        dedup: false,
-    };
+    let spec_a = DatasetSpec::new("customers", data.join("a.csv"), &["id"]);
+    let spec_b = DatasetSpec::new("accounts", data.join("b.csv"), &["id"]);
     setup::dataset_add(&a_dir, spec_a.clone(), vec![setup::parse_grant(pair::B)?], true, true)?;
     setup::dataset_add(&b_dir, spec_b.clone(), vec![setup::parse_grant(pair::A)?], true, true)?;
     a.state.reload()?;

@@ -55,6 +55,26 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `consort psi` from the bank's node against the partner's "accounts", parsed `--json` summary.
+fn psi_json(node: &Path, out: &Path, reveal: &str) -> serde_json::Value {
+    let json = ok(&[
+        "psi",
+        s(node),
+        "--peer",
+        "partner",
+        "--dataset",
+        "customers",
+        "--peer-dataset",
+        "accounts",
+        "--reveal",
+        reveal,
+        "--out",
+        s(out),
+        "--json",
+    ]);
+    serde_json::from_str(json.trim()).unwrap()
+}
+
 #[test]
 fn two_node_processes_run_psi_through_the_cli() {
     let tmp = tempfile::tempdir().unwrap();
@@ -113,32 +133,13 @@ fn two_node_processes_run_psi_through_the_cli() {
     ]);
 
     let out = root.join("shared.csv");
-    let json = ok(&[
-        "psi",
-        s(&a),
-        "--peer",
-        "partner",
-        "--dataset",
-        "customers",
-        "--peer-dataset",
-        "accounts",
-        "--out",
-        s(&out),
-        "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    let v = psi_json(&a, &out, "both");
     assert_eq!(v["state"], "done", "{v}");
     assert_eq!(v["intersection"], 700);
     assert_eq!(v["local_rows"], 3000);
     assert_eq!(v["peer_rows"], 2000);
     let peer_out = b.join(v["peer_output"].as_str().unwrap());
-    let spec = |name: &str, file: &Path| consort_engine::DatasetSpec {
-        name: name.into(),
-        file: file.to_path_buf(),
-        keys: vec!["id".into()],
-        normalize: Default::default(),
-        dedup: false,
-    };
+    let spec = |name: &str, file: &Path| consort_engine::DatasetSpec::new(name, file, &["id"]);
     let check = consort_engine::check::verify_psi_outputs(
         &spec("a", &data.join("a.csv")),
         &spec("b", &data.join("b.csv")),
@@ -151,22 +152,7 @@ fn two_node_processes_run_psi_through_the_cli() {
 
     // Only the requester learns: the partner writes nothing.
     let out_self = root.join("shared-self.csv");
-    let json = ok(&[
-        "psi",
-        s(&a),
-        "--peer",
-        "partner",
-        "--dataset",
-        "customers",
-        "--peer-dataset",
-        "accounts",
-        "--reveal",
-        "self",
-        "--out",
-        s(&out_self),
-        "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    let v = psi_json(&a, &out_self, "self");
     assert_eq!(v["intersection"], 700);
     assert!(v["peer_output"].is_null(), "{v}");
     let check = consort_engine::check::verify_psi_outputs(
