@@ -12,6 +12,7 @@ pub mod items;
 pub mod okvs;
 pub mod ot;
 pub mod psi;
+pub mod rr22;
 pub mod vole;
 
 pub use channel::{Channel, ChannelError, ChannelStats, Metered, memory_pair};
