@@ -9,6 +9,7 @@ pub mod channel;
 pub mod cpu;
 pub mod ecdh_psi;
 pub mod items;
+pub mod mem;
 pub mod okvs;
 pub mod ot;
 pub mod psi;

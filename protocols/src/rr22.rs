@@ -495,46 +495,49 @@ async fn run_receiver<C: Channel>(
     let mut own_matches: Vec<(u128, u32)> = Vec::new();
     let mut sender_matches: Vec<(u128, u32)> = Vec::new();
     let mut done = 0usize;
-    for b in 0..layout.buckets {
-        let (digests, indices) = buckets.bucket(b);
-        let keys = padded_keys(digests, cap, &mut os_rng());
-        let keys = std::sync::Arc::new(keys);
-        let encode = {
+    let spawn_encode = |b: usize| {
+        let keys = std::sync::Arc::new(padded_keys(buckets.bucket(b).0, cap, &mut os_rng()));
+        let task = {
             let keys = keys.clone();
             cpu::spawn(move || encode_bucket(&keys))
         };
+        (keys, task)
+    };
+    let mut next = (layout.buckets > 0).then(|| spawn_encode(0));
+    for b in 0..layout.buckets {
+        let (digests, indices) = buckets.bucket(b);
+        let (keys, encode) = next.take().expect("spawned");
         let vole_out = vole.extend(channel, m).await?;
         let (seed, cells) = encode.await?;
-        let (masked, own_values) = {
-            let keys = keys.clone();
-            let real = digests.len();
-            cpu::run(move || {
-                let mut masked = cells;
-                masked.par_iter_mut().zip(vole_out.a.par_iter()).for_each(|(p, a)| *p ^= a);
-                let store = Okvs::from_cells(seed, &vole_out.c[..]).expect("m cells");
-                let mut own = vec![0u128; real];
-                store.decode_batch(&keys[..real], &mut own);
-                output_hash(&keys[..real], &mut own, mask);
-                (masked, own)
-            })
-            .await
-        };
+        let a = vole_out.a;
+        let masked = cpu::run(move || {
+            let mut masked = cells;
+            masked.par_iter_mut().zip(a.par_iter()).for_each(|(p, a)| *p ^= a);
+            masked
+        })
+        .await;
         send_cells(channel, b, seed, &masked).await?;
         drop(masked);
-        let table = MatchTable::new(&own_values);
-        let mut matched = vec![false; own_values.len()];
-        recv_values(channel, b, layout, |position, value| {
-            if let Some(head) = table.find(value) {
-                sender_matches.push((value, (b * layout.cap_sender + position) as u32));
-                matched[head as usize] = true;
-            }
-        })
-        .await?;
-        for (k, &value) in own_values.iter().enumerate() {
-            if table.find(value).is_some_and(|head| matched[head as usize]) {
-                own_matches.push((value, indices[k]));
-            }
+        // While the sender works: this bucket's own values, and the next bucket's OKVS.
+        let real = digests.len();
+        let c = vole_out.c;
+        let own_values = cpu::spawn(move || {
+            let store = Okvs::from_cells(seed, &c[..]).expect("m cells");
+            let mut own = vec![0u128; real];
+            store.decode_batch(&keys[..real], &mut own);
+            output_hash(&keys[..real], &mut own, mask);
+            own
+        });
+        if b + 1 < layout.buckets {
+            next = Some(spawn_encode(b + 1));
         }
+        let peer_values = recv_values(channel, b, layout).await?;
+        let own_values = own_values.await;
+        let base = (b * layout.cap_sender) as u32;
+        let indices = indices.to_vec();
+        let (own, peer) = cpu::run(move || join_values(&own_values, &indices, &peer_values, base)).await;
+        own_matches.extend(own);
+        sender_matches.extend(peer);
         done += digests.len();
         progress.report("intersect buckets", done, total);
     }
@@ -601,51 +604,78 @@ async fn run_sender<C: Channel>(
     Ok(orders)
 }
 
-/// R's F values of one bucket, for lookups by value. Open addressing on the value's low bits
-/// (F values are pseudorandom); equal values (duplicate items) share one slot.
-struct MatchTable {
-    slots: Vec<(u128, u32)>,
-    mask: usize,
-}
-
-impl MatchTable {
-    const EMPTY: u32 = u32::MAX;
-
-    fn new(values: &[u128]) -> MatchTable {
-        let size = (2 * values.len()).next_power_of_two().max(16);
-        let mut slots = vec![(0u128, Self::EMPTY); size];
-        let mask = size - 1;
+/// Matches R's F values of a bucket against S's: returns (value, own index) of every own item
+/// whose value S sent, and (value, `base` + position) of every S position whose value R has.
+///
+/// A partitioned hash join: both lists are split by the values' low bits into partitions of a
+/// few thousand (F values are pseudorandom), so each partition's table stays in cache, and the
+/// partitions run in parallel. Equal values (duplicate items) all match.
+fn join_values(own: &[u128], own_index: &[u32], peer: &[u128], base: u32) -> (Vec<(u128, u32)>, Vec<(u128, u32)>) {
+    let parts = (own.len() / 2048).next_power_of_two().clamp(1, 1 << 12);
+    let bits = parts.trailing_zeros();
+    let split = |values: &[u128], id: &dyn Fn(usize) -> u32| -> (Vec<(u128, u32)>, Vec<usize>) {
+        let mut counts = vec![0usize; parts + 1];
+        for &v in values {
+            counts[(v as usize & (parts - 1)) + 1] += 1;
+        }
+        for p in 0..parts {
+            counts[p + 1] += counts[p];
+        }
+        let mut next = counts.clone();
+        let mut out = vec![(0u128, 0u32); values.len()];
         for (k, &v) in values.iter().enumerate() {
-            let mut s = (v as usize) & mask;
-            loop {
-                let (sv, si) = slots[s];
-                if si == Self::EMPTY {
-                    slots[s] = (v, k as u32);
-                    break;
-                }
-                if sv == v {
-                    break;
-                }
-                s = (s + 1) & mask;
-            }
+            let p = v as usize & (parts - 1);
+            out[next[p]] = (v, id(k));
+            next[p] += 1;
         }
-        MatchTable { slots, mask }
-    }
-
-    /// The first own index with this value.
-    fn find(&self, v: u128) -> Option<u32> {
-        let mut s = (v as usize) & self.mask;
-        loop {
-            let (sv, si) = self.slots[s];
-            if si == Self::EMPTY {
-                return None;
+        (out, counts)
+    };
+    let (own_parts, own_at) = split(own, &|k| own_index[k]);
+    let (peer_parts, peer_at) = split(peer, &|k| base + k as u32);
+    (0..parts)
+        .into_par_iter()
+        .map(|p| {
+            let own = &own_parts[own_at[p]..own_at[p + 1]];
+            let peer = &peer_parts[peer_at[p]..peer_at[p + 1]];
+            let size = (2 * own.len()).next_power_of_two().max(8);
+            let mask = size - 1;
+            let mut slots = vec![u32::MAX; size];
+            for (e, &(v, _)) in own.iter().enumerate() {
+                let mut s = (v >> bits) as usize & mask;
+                while slots[s] != u32::MAX {
+                    s = (s + 1) & mask;
+                }
+                slots[s] = e as u32;
             }
-            if sv == v {
-                return Some(si);
+            let mut matched = vec![false; own.len()];
+            let mut peer_matches = Vec::new();
+            for &(v, position) in peer {
+                let mut s = (v >> bits) as usize & mask;
+                let mut found = false;
+                while slots[s] != u32::MAX {
+                    let e = slots[s] as usize;
+                    if own[e].0 == v {
+                        matched[e] = true;
+                        found = true;
+                    }
+                    s = (s + 1) & mask;
+                }
+                if found {
+                    peer_matches.push((v, position));
+                }
             }
-            s = (s + 1) & self.mask;
-        }
-    }
+            let own_matches: Vec<(u128, u32)> =
+                own.iter().zip(&matched).filter(|&(_, &m)| m).map(|(&entry, _)| entry).collect();
+            (own_matches, peer_matches)
+        })
+        .reduce(
+            || (Vec::new(), Vec::new()),
+            |mut a, b| {
+                a.0.extend(b.0);
+                a.1.extend(b.1);
+                a
+            },
+        )
 }
 
 async fn send_cells<C: Channel>(channel: &C, bucket: usize, seed: OkvsSeed, cells: &[u128]) -> Result<(), Rr22Error> {
@@ -709,16 +739,12 @@ async fn send_values<C: Channel>(channel: &C, bucket: usize, width: usize, value
     Ok(())
 }
 
-async fn recv_values<C: Channel>(
-    channel: &C,
-    bucket: usize,
-    layout: &Layout,
-    mut each: impl FnMut(usize, u128),
-) -> Result<(), Rr22Error> {
+async fn recv_values<C: Channel>(channel: &C, bucket: usize, layout: &Layout) -> Result<Vec<u128>, Rr22Error> {
     let width = layout.value_bytes;
     let count = layout.cap_sender;
-    let mut at = 0usize;
-    while at < count {
+    let mut values = Vec::with_capacity(count);
+    while values.len() < count {
+        let at = values.len();
         let frame = channel.recv().await?;
         if frame.len() <= 9
             || frame[0] != VALUES
@@ -732,14 +758,13 @@ async fn recv_values<C: Channel>(
                 frame.len()
             )));
         }
-        for v in frame[9..].chunks_exact(width) {
+        values.extend(frame[9..].chunks_exact(width).map(|v| {
             let mut b = [0u8; 16];
             b[..width].copy_from_slice(v);
-            each(at, u128::from_le_bytes(b));
-            at += 1;
-        }
+            u128::from_le_bytes(b)
+        }));
     }
-    Ok(())
+    Ok(values)
 }
 
 async fn send_positions<C: Channel>(channel: &C, positions: &[u32]) -> Result<(), Rr22Error> {

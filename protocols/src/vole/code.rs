@@ -41,6 +41,30 @@ impl Accumulated<'_> {
     fn at(&self, p: usize) -> u128 {
         self.local[p] ^ self.tree_prefix[p >> self.depth]
     }
+
+    /// Starts loading the blocks a row will read (the reads are random over tens of MB: without
+    /// this, each costs a full memory latency).
+    #[inline(always)]
+    fn prefetch(&self, row: &[u32; WORDS_PER_ROW]) {
+        for &p in &row[..EXPANDER_WEIGHT] {
+            prefetch(&self.local[p as usize]);
+        }
+    }
+}
+
+/// Rows ahead whose reads are prefetched.
+const PREFETCH_ROWS: usize = 6;
+
+#[inline(always)]
+fn prefetch<T>(x: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it never faults and has no architectural effect; the
+    // pointer comes from a live reference anyway.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(x as *const T as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
 }
 
 /// Prefix-sums each tree of `leaves` (trees of `2^depth` leaves) in place and returns, per tree,
@@ -109,7 +133,10 @@ pub(crate) fn expand(acc: &Accumulated<'_>, code_len: usize, seed: u64, out: &mu
         let mut rows = Box::new(RowBuf([[0u32; WORDS_PER_ROW]; CHUNK]));
         let rows = &mut rows.0[..out.len()];
         row_positions(&prg, code_len, c * CHUNK, rows);
-        for (o, row) in out.iter_mut().zip(rows.iter()) {
+        for (i, (o, row)) in out.iter_mut().zip(rows.iter()).enumerate() {
+            if let Some(ahead) = rows.get(i + PREFETCH_ROWS) {
+                acc.prefetch(ahead);
+            }
             let mut x = 0u128;
             for &p in &row[..EXPANDER_WEIGHT] {
                 x ^= acc.at(p as usize);
@@ -157,7 +184,10 @@ pub(crate) fn expand_with_noise(
         let mut rows = Box::new(RowBuf([[0u32; WORDS_PER_ROW]; CHUNK]));
         let rows = &mut rows.0[..out_c.len()];
         row_positions(&prg, code_len, c * CHUNK, rows);
-        for ((oc, oa), row) in out_c.iter_mut().zip(out_a.iter_mut()).zip(rows.iter()) {
+        for (i, ((oc, oa), row)) in out_c.iter_mut().zip(out_a.iter_mut()).zip(rows.iter()).enumerate() {
+            if let Some(ahead) = rows.get(i + PREFETCH_ROWS) {
+                acc.prefetch(ahead);
+            }
             let (mut x, mut y) = (0u128, 0u128);
             for &p in &row[..EXPANDER_WEIGHT] {
                 x ^= acc.at(p as usize);

@@ -207,7 +207,7 @@ impl VoleSender {
         Ok(cpu::run(move || {
             let tree_prefix = Zeroizing::new(code::accumulate_trees(&mut leaves, params.depth));
             let acc = code::Accumulated { local: &leaves, tree_prefix: &tree_prefix, depth: params.depth };
-            let mut b = Zeroizing::new(vec![0u128; n]);
+            let mut b = Zeroizing::new(crate::mem::zeroed_blocks(n));
             code::expand(&acc, params.code_len(), first_index, &mut b);
             b
         })
@@ -249,7 +249,7 @@ fn sender_trees(params: &VoleParams, cot: &CorrelatedSenderOutput) -> (Zeroizing
     let per_tree = params.tree_message_blocks();
     let roots = AesPrg::from_entropy();
     let hash = FixedKeyAes::fixed();
-    let mut leaves = Zeroizing::new(vec![0u128; params.code_len()]);
+    let mut leaves = Zeroizing::new(crate::mem::zeroed_blocks(params.code_len()));
     let mut messages = Zeroizing::new(vec![0u128; params.trees * per_tree]);
     leaves.par_chunks_mut(1 << depth).zip(messages.par_chunks_mut(per_tree)).enumerate().for_each(
         |(j, (tree, out))| {
@@ -285,7 +285,7 @@ fn receiver_expand(params: &VoleParams, cot: &CorrelatedReceiverOutput, messages
     let depth = params.depth;
     let per_tree = params.tree_message_blocks();
     let hash = FixedKeyAes::fixed();
-    let mut leaves = Zeroizing::new(vec![0u128; params.code_len()]);
+    let mut leaves = Zeroizing::new(crate::mem::zeroed_blocks(params.code_len()));
     let mut alpha = Zeroizing::new(vec![0u32; params.trees]);
     let mut beta = Zeroizing::new(vec![0u128; params.trees]);
     leaves.par_chunks_mut(1 << depth).zip(alpha.par_iter_mut()).zip(beta.par_iter_mut()).enumerate().for_each(
@@ -316,8 +316,8 @@ fn receiver_expand(params: &VoleParams, cot: &CorrelatedReceiverOutput, messages
     let beta_prefix = Zeroizing::new(code::exclusive_prefix(&beta));
     let acc = code::Accumulated { local: &leaves, tree_prefix: &tree_prefix, depth };
     let noise = code::Noise { alpha: &alpha, beta: &beta, beta_prefix: &beta_prefix, depth };
-    let mut a = Zeroizing::new(vec![0u128; params.n]);
-    let mut c = Zeroizing::new(vec![0u128; params.n]);
+    let mut a = Zeroizing::new(crate::mem::zeroed_blocks(params.n));
+    let mut c = Zeroizing::new(crate::mem::zeroed_blocks(params.n));
     code::expand_with_noise(&acc, &noise, params.code_len(), cot.first_index(), &mut a, &mut c);
     VoleReceiverOutput { a, c }
 }
