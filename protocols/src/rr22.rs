@@ -604,13 +604,16 @@ async fn run_sender<C: Channel>(
     Ok(orders)
 }
 
+/// (F value, index or position) pairs.
+type Matches = Vec<(u128, u32)>;
+
 /// Matches R's F values of a bucket against S's: returns (value, own index) of every own item
 /// whose value S sent, and (value, `base` + position) of every S position whose value R has.
 ///
 /// A partitioned hash join: both lists are split by the values' low bits into partitions of a
 /// few thousand (F values are pseudorandom), so each partition's table stays in cache, and the
 /// partitions run in parallel. Equal values (duplicate items) all match.
-fn join_values(own: &[u128], own_index: &[u32], peer: &[u128], base: u32) -> (Vec<(u128, u32)>, Vec<(u128, u32)>) {
+fn join_values(own: &[u128], own_index: &[u32], peer: &[u128], base: u32) -> (Matches, Matches) {
     let parts = (own.len() / 2048).next_power_of_two().clamp(1, 1 << 12);
     let bits = parts.trailing_zeros();
     let split = |values: &[u128], id: &dyn Fn(usize) -> u32| -> (Vec<(u128, u32)>, Vec<usize>) {
