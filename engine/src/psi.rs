@@ -68,7 +68,9 @@ pub struct PsiReport {
     pub intersection: Option<u64>,
     /// The output file written, if any.
     pub output: Option<PathBuf>,
-    /// Wall seconds per stage, in order: `protocol`, then `output` if an output was written.
+    /// Wall seconds per stage, in order: `protocol`, the protocol's own steps as
+    /// `protocol/STEP` (if it reports any; they may overlap), then `output` if an output was
+    /// written.
     pub stages: Vec<(String, f64)>,
 }
 
@@ -86,6 +88,8 @@ pub async fn run_psi<C: Channel>(channel: &C, dataset: &Dataset, job: &PsiJob) -
         }
     };
     let mut stages = vec![("protocol".to_string(), started.elapsed().as_secs_f64())];
+    // The protocol's own breakdown, if it measures one (steps may overlap).
+    stages.extend(result.timings.iter().map(|&(step, secs)| (format!("protocol/{step}"), secs)));
     let mut output = None;
     if let (Some(order), Some(path)) = (&result.intersection, &job.output) {
         let started = Instant::now();
@@ -158,7 +162,10 @@ mod tests {
             let (ra, rb) = (ra.unwrap(), rb.unwrap());
             assert_eq!((ra.local_rows, ra.peer_rows, ra.intersection), (3000, 2000, Some(700)));
             assert_eq!(ra.output.as_deref(), Some(out_a.as_path()));
-            assert_eq!(ra.stages.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(), ["protocol", "output"]);
+            let stages: Vec<&str> =
+                ra.stages.iter().map(|s| s.0.as_str()).filter(|s| !s.starts_with("protocol/")).collect();
+            assert_eq!(stages, ["protocol", "output"]);
+            assert_eq!(ra.stages.len() > 2, protocol == PsiProtocol::Rr22, "{:?}", ra.stages);
             let b_out = match reveal {
                 Reveal::Both => {
                     assert_eq!(rb.intersection, Some(700));

@@ -176,7 +176,8 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
     setup::dataset_add(&b_dir, spec("b", "b.csv"), vec![setup::parse_grant(pair::A)?], true, false)?;
     let client_a = NodeClient::connect(&a_dir).await?;
     client_a.reload().await?;
-    NodeClient::connect(&b_dir).await?.reload().await?;
+    let client_b = NodeClient::connect(&b_dir).await?;
+    client_b.reload().await?;
 
     let out_a = root.join(format!("out-a-{}.csv", std::process::id()));
     let started = Instant::now();
@@ -193,6 +194,7 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
     let status = cli::watch_with_progress(&client_a, &job_id, args.json).await?;
     let wall_s = started.elapsed().as_secs_f64();
     let (rss_a, rss_b) = (a.peak_rss()?, b.peak_rss()?);
+    let stages_b = client_b.job(&job_id).await.map(|s| s.stages).unwrap_or_default();
     if status.state != crate::jobs::DONE {
         bail!("benchmark job failed: {}", status.error);
     }
@@ -231,6 +233,7 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
         },
         "cores": cores,
         "stages_a": status.stages.iter().map(|s| serde_json::json!([s.name, round(s.seconds, 3)])).collect::<Vec<_>>(),
+        "stages_b": stages_b.iter().map(|s| serde_json::json!([s.name, round(s.seconds, 3)])).collect::<Vec<_>>(),
         "output_ok": check.ok,
     });
     let mut line = line;

@@ -81,6 +81,8 @@
 //! The VOLE's base correlations cost a fixed ≈ 1.4 MB per bucket, which dominates small jobs
 //! (≈ 21 bytes per item at 2^16 items).
 
+use std::time::Instant;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use rand::rngs::{StdRng, SysRng};
 use rand::seq::SliceRandom;
@@ -95,7 +97,7 @@ use crate::items::Items;
 use crate::okvs::{self, Okvs, OkvsError, OkvsSeed};
 use crate::ot::aes_hash::{BATCH, FixedKeyAes};
 use crate::ot::{OtError, gf128};
-use crate::psi::{ProgressFn, PsiOutput, PsiProgress, Reveal, Role};
+use crate::psi::{ProgressFn, PsiOutput, PsiProgress, Reveal, Role, Timings};
 use crate::vole::{VoleReceiver, VoleSender};
 
 /// Protocol id carried in the hello.
@@ -321,23 +323,34 @@ pub async fn run<C: Channel, I: Items + ?Sized>(
     let layout = Layout::new(requester.size as usize, responder.size as usize, config.bucket_size);
     let progress = Progress(config.progress.as_ref());
     progress.report("hash items", 0, n);
-    let buckets = bucketize(items, &salt, &layout, config.role)?;
+    let mut timings = Timings::default();
+    let clock = Instant::now();
+    let buckets = bucketize(items, salt, &layout, config.role).await?;
+    timings.add("hash and bucket", clock);
     progress.report("hash items", n, n);
     let peer_size = peer.size;
     let intersection = match config.role {
         Role::Requester => {
-            let order = run_receiver(channel, &buckets, &layout, &progress).await?;
+            let order = run_receiver(channel, &buckets, &layout, &progress, &mut timings).await?;
             if config.reveal == Reveal::Both {
+                let clock = Instant::now();
                 send_positions(channel, &order.sender_positions).await?;
+                timings.add("send matched positions", clock);
             }
             Some(order.own)
         }
         Role::Responder => {
-            let orders = run_sender(channel, &buckets, &layout, &progress).await?;
-            if config.reveal == Reveal::Both { Some(recv_positions(channel, &orders, &layout).await?) } else { None }
+            let orders = run_sender(channel, &buckets, &layout, &progress, &mut timings).await?;
+            let clock = Instant::now();
+            let own = match config.reveal {
+                Reveal::Both => Some(recv_positions(channel, &orders, &layout).await?),
+                Reveal::RequesterOnly => None,
+            };
+            timings.add("wait for and receive matched positions", clock);
+            own
         }
     };
-    Ok(PsiOutput { peer_size, intersection })
+    Ok(PsiOutput { peer_size, intersection, timings: timings.into_vec() })
 }
 
 /// One party's items split into buckets: digests and item indices, bucket after bucket.
@@ -355,66 +368,100 @@ impl Buckets {
     }
 }
 
-/// The item's digest: SHA-256(salt ‖ item), low 128 bits; its bucket from the next 64 bits.
-fn digest(salt: &[u8; 32], item: &[u8]) -> (u128, u64) {
+/// The item's digest: SHA-256(salt ‖ item), first 128 bits.
+fn digest(salt: &[u8; 32], item: &[u8]) -> u128 {
     let mut h = Sha256::new();
     h.update(salt);
     h.update(item);
     let out: [u8; 32] = h.finalize().into();
-    (u128::from_le_bytes(out[..16].try_into().expect("16")), u64::from_le_bytes(out[16..24].try_into().expect("8")))
+    u128::from_le_bytes(out[..16].try_into().expect("16"))
 }
 
-fn bucket_of(hi: u64, buckets: usize) -> usize {
-    ((hi as u128 * buckets as u128) >> 64) as usize
+/// The bucket of a digest: its high 64 bits scaled to the bucket count (uniform, since the
+/// digest is). The OKVS hashes the whole digest under its own seed, so sharing these bits with
+/// the bucket choice costs it nothing.
+fn bucket_of(digest: u128, buckets: usize) -> usize {
+    (((digest >> 64) * buckets as u128) >> 64) as usize
 }
 
-/// Hashes every item (in parallel blocks) and scatters digests into buckets.
-fn bucketize<I: Items + ?Sized>(items: &I, salt: &[u8; 32], layout: &Layout, role: Role) -> Result<Buckets, Rr22Error> {
+/// A block of items copied out of the caller's list, so it can be hashed on rayon without
+/// blocking the async runtime.
+struct ItemBlock {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl ItemBlock {
+    fn gather<I: Items + ?Sized>(items: &I, range: std::ops::Range<usize>) -> ItemBlock {
+        let mut block = ItemBlock { bytes: Vec::new(), ends: Vec::with_capacity(range.len()) };
+        for i in range {
+            block.bytes.extend_from_slice(items.get(i));
+            block.ends.push(block.bytes.len());
+        }
+        block
+    }
+
+    fn digests(&self, salt: &[u8; 32]) -> Vec<u128> {
+        (0..self.ends.len())
+            .into_par_iter()
+            .map(|k| {
+                let start = if k == 0 { 0 } else { self.ends[k - 1] };
+                digest(salt, &self.bytes[start..self.ends[k]])
+            })
+            .collect()
+    }
+}
+
+/// Hashes every item (in parallel blocks on rayon) and scatters the digests into buckets.
+/// Memory: 16 bytes per item of digests in blocks, then 20 bytes per item in buckets; each block
+/// is freed as it is scattered, and the bucket arrays are touched only as they fill.
+async fn bucketize<I: Items + ?Sized>(
+    items: &I,
+    salt: [u8; 32],
+    layout: &Layout,
+    role: Role,
+) -> Result<Buckets, Rr22Error> {
     let n = items.len();
     let nb = layout.buckets;
     let cap = match role {
         Role::Requester => layout.cap_receiver,
         Role::Responder => layout.cap_sender,
     };
-    // First pass: per-bucket counts, so the second pass writes each bucket in place.
     let mut counts = vec![0usize; nb];
-    let mut blocks = Vec::new();
+    let mut blocks = Vec::with_capacity(n.div_ceil(HASH_BLOCK));
     for start in (0..n).step_by(HASH_BLOCK) {
-        let end = (start + HASH_BLOCK).min(n);
-        let hashed: Vec<(u128, u32)> = (start..end)
-            .into_par_iter()
-            .map(|i| {
-                let (d, hi) = digest(salt, items.get(i));
-                (d, bucket_of(hi, nb) as u32)
-            })
-            .collect();
-        for &(_, b) in &hashed {
-            counts[b as usize] += 1;
+        let block = ItemBlock::gather(items, start..(start + HASH_BLOCK).min(n));
+        let digests = cpu::run(move || block.digests(&salt)).await;
+        for &d in &digests {
+            counts[bucket_of(d, nb)] += 1;
         }
-        blocks.push(hashed);
+        blocks.push(digests);
     }
     if let Some((b, &items)) = counts.iter().enumerate().find(|&(_, &c)| c > cap) {
         return Err(Rr22Error::BucketOverflow { bucket: b, items, capacity: cap });
     }
-    let mut offsets = Vec::with_capacity(nb + 1);
-    offsets.push(0);
-    for &c in &counts {
-        offsets.push(offsets.last().expect("not empty") + c);
-    }
-    let mut digests = vec![0u128; n];
-    let mut indices = vec![0u32; n];
-    let mut next = offsets[..nb].to_vec();
-    let mut i = 0u32;
-    for block in blocks {
-        for (d, b) in block {
-            let at = next[b as usize];
-            digests[at] = d;
-            indices[at] = i;
-            next[b as usize] += 1;
-            i += 1;
+    Ok(cpu::run(move || {
+        let mut offsets = Vec::with_capacity(nb + 1);
+        offsets.push(0);
+        for &c in &counts {
+            offsets.push(offsets.last().expect("not empty") + c);
         }
-    }
-    Ok(Buckets { digests, indices, offsets })
+        let mut digests = vec![0u128; n];
+        let mut indices = vec![0u32; n];
+        let mut next = offsets[..nb].to_vec();
+        let mut i = 0u32;
+        for block in blocks {
+            for d in block {
+                let b = bucket_of(d, nb);
+                digests[next[b]] = d;
+                indices[next[b]] = i;
+                next[b] += 1;
+                i += 1;
+            }
+        }
+        Buckets { digests, indices, offsets }
+    })
+    .await)
 }
 
 /// v(d) = π(d) ⊕ d, the value R's OKVS encodes under d.
@@ -485,8 +532,11 @@ async fn run_receiver<C: Channel>(
     buckets: &Buckets,
     layout: &Layout,
     progress: &Progress<'_>,
+    timings: &mut Timings,
 ) -> Result<ReceiverResult, Rr22Error> {
+    let clock = Instant::now();
     let mut vole = VoleReceiver::setup(channel).await?;
+    timings.add("vole setup", clock);
     let mask = value_mask(layout.value_bytes);
     let cap = layout.cap_receiver;
     let m = okvs::cells_for(cap);
@@ -507,8 +557,13 @@ async fn run_receiver<C: Channel>(
     for b in 0..layout.buckets {
         let (digests, indices) = buckets.bucket(b);
         let (keys, encode) = next.take().expect("spawned");
+        let clock = Instant::now();
         let vole_out = vole.extend(channel, m).await?;
+        timings.add("vole", clock);
+        let clock = Instant::now();
         let (seed, cells) = encode.await?;
+        timings.add("okvs encode (beyond vole)", clock);
+        let clock = Instant::now();
         let a = vole_out.a;
         let masked = cpu::run(move || {
             let mut masked = cells;
@@ -518,6 +573,7 @@ async fn run_receiver<C: Channel>(
         .await;
         send_cells(channel, b, seed, &masked).await?;
         drop(masked);
+        timings.add("mask and send okvs", clock);
         // While the sender works: this bucket's own values, and the next bucket's OKVS.
         let real = digests.len();
         let c = vole_out.c;
@@ -531,22 +587,30 @@ async fn run_receiver<C: Channel>(
         if b + 1 < layout.buckets {
             next = Some(spawn_encode(b + 1));
         }
+        let clock = Instant::now();
         let peer_values = recv_values(channel, b, layout).await?;
+        timings.add("wait for and receive values", clock);
+        let clock = Instant::now();
         let own_values = own_values.await;
+        timings.add("own values (beyond wait)", clock);
+        let clock = Instant::now();
         let base = (b * layout.cap_sender) as u32;
         let indices = indices.to_vec();
         let (own, peer) = cpu::run(move || join_values(&own_values, &indices, &peer_values, base)).await;
+        timings.add("match", clock);
         own_matches.extend(own);
         sender_matches.extend(peer);
         done += digests.len();
         progress.report("intersect buckets", done, total);
     }
+    let clock = Instant::now();
     let (own, sender_positions) = cpu::run(move || {
         own_matches.par_sort_unstable();
         sender_matches.par_sort_unstable();
         (own_matches.into_iter().map(|(_, i)| i).collect(), sender_matches.into_iter().map(|(_, p)| p).collect())
     })
     .await;
+    timings.add("joint order", clock);
     Ok(ReceiverResult { own, sender_positions })
 }
 
@@ -558,8 +622,11 @@ async fn run_sender<C: Channel>(
     buckets: &Buckets,
     layout: &Layout,
     progress: &Progress<'_>,
+    timings: &mut Timings,
 ) -> Result<Vec<BucketOrder>, Rr22Error> {
+    let clock = Instant::now();
     let mut vole = VoleSender::setup(channel).await?;
+    timings.add("vole setup", clock);
     let delta = vole.delta();
     let mask = value_mask(layout.value_bytes);
     let m = okvs::cells_for(layout.cap_receiver);
@@ -568,8 +635,13 @@ async fn run_sender<C: Channel>(
     let mut done = 0usize;
     for b in 0..layout.buckets {
         let (digests, indices) = buckets.bucket(b);
+        let clock = Instant::now();
         let vole_b = vole.extend(channel, m).await?;
+        timings.add("vole", clock);
+        let clock = Instant::now();
         let (seed, masked) = recv_cells(channel, b, m).await?;
+        timings.add("wait for and receive okvs", clock);
+        let clock = Instant::now();
         let digests_owned = digests.to_vec();
         let indices_owned = indices.to_vec();
         let cap = layout.cap_sender;
@@ -596,7 +668,10 @@ async fn run_sender<C: Channel>(
             (values, order)
         })
         .await;
+        timings.add("oprf values", clock);
+        let clock = Instant::now();
         send_values(channel, b, layout.value_bytes, &values).await?;
+        timings.add("send values", clock);
         orders.push(order);
         done += digests.len();
         progress.report("intersect buckets", done, total);
