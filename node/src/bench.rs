@@ -96,6 +96,19 @@ impl NodeProcess {
         let kb: u64 = line.split_whitespace().nth(1).context("bad VmHWM line")?.parse()?;
         Ok(kb * 1024)
     }
+
+    /// CPU seconds (user + system) the process has used so far.
+    fn cpu_seconds(&self) -> Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
+        let rest = stat.rsplit_once(')').context("bad /proc stat")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11).context("no utime")?.parse::<u64>()? + fields.get(12).context("no stime")?.parse::<u64>()?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        Ok(ticks as f64 / hz)
+    }
 }
 
 impl Drop for NodeProcess {
@@ -180,6 +193,7 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
     client_b.reload().await?;
 
     let out_a = root.join(format!("out-a-{}.csv", std::process::id()));
+    let cpu_before = (a.cpu_seconds()?, b.cpu_seconds()?);
     let started = Instant::now();
     let job_id = client_a
         .submit_psi(PsiRequest {
@@ -194,6 +208,7 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
     let status = cli::watch_with_progress(&client_a, &job_id, args.json).await?;
     let wall_s = started.elapsed().as_secs_f64();
     let (rss_a, rss_b) = (a.peak_rss()?, b.peak_rss()?);
+    let cpu = (a.cpu_seconds()? - cpu_before.0, b.cpu_seconds()? - cpu_before.1);
     let stages_b = client_b.job(&job_id).await.map(|s| s.stages).unwrap_or_default();
     if status.state != crate::jobs::DONE {
         bail!("benchmark job failed: {}", status.error);
@@ -232,6 +247,9 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
             "decode": round(costs.decode_ns, 0),
         },
         "cores": cores,
+        "cpu_s_a": round(cpu.0, 2),
+        "cpu_s_b": round(cpu.1, 2),
+        "cpu_utilization": round((cpu.0 + cpu.1) / (wall_s * cores as f64), 3),
         "stages_a": status.stages.iter().map(|s| serde_json::json!([s.name, round(s.seconds, 3)])).collect::<Vec<_>>(),
         "stages_b": stages_b.iter().map(|s| serde_json::json!([s.name, round(s.seconds, 3)])).collect::<Vec<_>>(),
         "output_ok": check.ok,

@@ -554,15 +554,24 @@ async fn run_receiver<C: Channel>(
         (keys, task)
     };
     let mut next = (layout.buckets > 0).then(|| spawn_encode(0));
+    // Bucket b + 1's VOLE starts (its OT extension goes out) right after bucket b's OKVS, and is
+    // finished after bucket b's values arrive, while bucket b is matched.
+    let clock = Instant::now();
+    let mut vole_next = match layout.buckets {
+        0 => None,
+        _ => {
+            let pending = vole.extend_start(channel, m).await?;
+            Some(VoleReceiver::extend_finish(channel, pending).await?)
+        }
+    };
+    timings.add("vole", clock);
     for b in 0..layout.buckets {
         let (digests, indices) = buckets.bucket(b);
         let (keys, encode) = next.take().expect("spawned");
-        let clock = Instant::now();
-        let vole_out = vole.extend(channel, m).await?;
-        timings.add("vole", clock);
+        let vole_out = vole_next.take().expect("extended");
         let clock = Instant::now();
         let (seed, cells) = encode.await?;
-        timings.add("okvs encode (beyond vole)", clock);
+        timings.add("okvs encode (beyond other work)", clock);
         let clock = Instant::now();
         let a = vole_out.a;
         let masked = cpu::run(move || {
@@ -574,7 +583,7 @@ async fn run_receiver<C: Channel>(
         send_cells(channel, b, seed, &masked).await?;
         drop(masked);
         timings.add("mask and send okvs", clock);
-        // While the sender works: this bucket's own values, and the next bucket's OKVS.
+        // While the sender works: this bucket's own values, the next bucket's OKVS and VOLE.
         let real = digests.len();
         let c = vole_out.c;
         let own_values = cpu::spawn(move || {
@@ -588,16 +597,28 @@ async fn run_receiver<C: Channel>(
             next = Some(spawn_encode(b + 1));
         }
         let clock = Instant::now();
+        let pending = match b + 1 < layout.buckets {
+            true => Some(vole.extend_start(channel, m).await?),
+            false => None,
+        };
+        timings.add("vole", clock);
+        let clock = Instant::now();
         let peer_values = recv_values(channel, b, layout).await?;
         timings.add("wait for and receive values", clock);
         let clock = Instant::now();
         let own_values = own_values.await;
         timings.add("own values (beyond wait)", clock);
-        let clock = Instant::now();
         let base = (b * layout.cap_sender) as u32;
         let indices = indices.to_vec();
-        let (own, peer) = cpu::run(move || join_values(&own_values, &indices, &peer_values, base)).await;
-        timings.add("match", clock);
+        let matching = cpu::spawn(move || join_values(&own_values, &indices, &peer_values, base));
+        if let Some(pending) = pending {
+            let clock = Instant::now();
+            vole_next = Some(VoleReceiver::extend_finish(channel, pending).await?);
+            timings.add("vole", clock);
+        }
+        let clock = Instant::now();
+        let (own, peer) = matching.await;
+        timings.add("match (beyond vole)", clock);
         own_matches.extend(own);
         sender_matches.extend(peer);
         done += digests.len();
@@ -633,11 +654,21 @@ async fn run_sender<C: Channel>(
     let total = buckets.digests.len();
     let mut orders = Vec::with_capacity(layout.buckets);
     let mut done = 0usize;
+    // Bucket b + 1's VOLE is received and its trees built while bucket b's OPRF values are
+    // computed; its tree messages go out after bucket b's values (the receiver reads in that order).
+    let clock = Instant::now();
+    let first = match layout.buckets {
+        0 => None,
+        _ => Some(vole.extend_start(channel, m).await?),
+    };
+    let mut vole_next = match first {
+        Some(pending) => Some(VoleSender::extend_finish(channel, pending).await?),
+        None => None,
+    };
+    timings.add("vole", clock);
     for b in 0..layout.buckets {
         let (digests, indices) = buckets.bucket(b);
-        let clock = Instant::now();
-        let vole_b = vole.extend(channel, m).await?;
-        timings.add("vole", clock);
+        let vole_b = vole_next.take().expect("extended");
         let clock = Instant::now();
         let (seed, masked) = recv_cells(channel, b, m).await?;
         timings.add("wait for and receive okvs", clock);
@@ -645,7 +676,7 @@ async fn run_sender<C: Channel>(
         let digests_owned = digests.to_vec();
         let indices_owned = indices.to_vec();
         let cap = layout.cap_sender;
-        let (values, order) = cpu::run(move || {
+        let oprf = cpu::spawn(move || {
             // K = B + (A + P)·Δ.
             let mut key = Zeroizing::new(masked);
             key.par_iter_mut().zip(vole_b.par_iter()).for_each(|(k, &b)| *k = b ^ gf128::mul(*k, delta));
@@ -666,12 +697,21 @@ async fn run_sender<C: Channel>(
             let order: Vec<u32> =
                 order.iter().map(|&k| if k < real { indices_owned[k as usize] } else { DUMMY }).collect();
             (values, order)
-        })
-        .await;
-        timings.add("oprf values", clock);
+        });
+        let pending = match b + 1 < layout.buckets {
+            true => Some(vole.extend_start(channel, m).await?),
+            false => None,
+        };
+        let (values, order) = oprf.await;
+        timings.add("oprf values and next vole", clock);
         let clock = Instant::now();
         send_values(channel, b, layout.value_bytes, &values).await?;
         timings.add("send values", clock);
+        if let Some(pending) = pending {
+            let clock = Instant::now();
+            vole_next = Some(VoleSender::extend_finish(channel, pending).await?);
+            timings.add("vole", clock);
+        }
         orders.push(order);
         done += digests.len();
         progress.report("intersect buckets", done, total);

@@ -195,24 +195,57 @@ impl VoleSender {
     /// `n` correlations: returns b (the receiver gets a, c = b + a·Δ). In step with the
     /// receiver's [`VoleReceiver::extend`] (same n, same order).
     pub async fn extend<C: Channel>(&mut self, channel: &C, n: usize) -> Result<Zeroizing<Vec<u128>>, OtError> {
-        if n == 0 {
-            return Ok(Zeroizing::new(Vec::new()));
-        }
+        let pending = self.extend_start(channel, n).await?;
+        Self::extend_finish(channel, pending).await
+    }
+
+    /// First half of [`extend`](Self::extend): receives the OT extension and builds the trees,
+    /// sending nothing. Other frames may flow on the channel before
+    /// [`extend_finish`](Self::extend_finish) (the receiver's halves must be interleaved the same
+    /// way): this lets a protocol overlap one extension with other work.
+    pub async fn extend_start<C: Channel>(&mut self, channel: &C, n: usize) -> Result<PendingSend, OtError> {
         let params = VoleParams::for_len(n);
+        if n == 0 {
+            return Ok(PendingSend { params, first_index: 0, leaves: Zeroizing::new(Vec::new()), messages: None });
+        }
         let cot = self.ot.extend_correlated(channel, params.cots()).await?;
         let first_index = cot.first_index();
-        let (mut leaves, messages) = cpu::run(move || sender_trees(&params, &cot)).await;
+        let (leaves, messages) = cpu::run(move || sender_trees(&params, &cot)).await;
+        Ok(PendingSend { params, first_index, leaves, messages: Some(messages) })
+    }
+
+    /// Second half of [`extend`](Self::extend): sends the tree messages and compresses; returns b.
+    pub async fn extend_finish<C: Channel>(channel: &C, pending: PendingSend) -> Result<Zeroizing<Vec<u128>>, OtError> {
+        let PendingSend { params, first_index, mut leaves, messages } = pending;
+        let Some(messages) = messages else {
+            return Ok(Zeroizing::new(Vec::new()));
+        };
         send_tree_messages(channel, &params, first_index, &messages).await?;
         drop(messages);
         Ok(cpu::run(move || {
             let tree_prefix = Zeroizing::new(code::accumulate_trees(&mut leaves, params.depth));
             let acc = code::Accumulated { local: &leaves, tree_prefix: &tree_prefix, depth: params.depth };
-            let mut b = Zeroizing::new(crate::mem::zeroed_blocks(n));
+            let mut b = Zeroizing::new(crate::mem::zeroed_blocks(params.n));
             code::expand(&acc, params.code_len(), first_index, &mut b);
             b
         })
         .await)
     }
+}
+
+/// A sender's extension between [`VoleSender::extend_start`] and [`VoleSender::extend_finish`].
+pub struct PendingSend {
+    params: VoleParams,
+    first_index: u64,
+    leaves: Zeroizing<Vec<u128>>,
+    messages: Option<Zeroizing<Vec<u128>>>,
+}
+
+/// A receiver's extension between [`VoleReceiver::extend_start`] and
+/// [`VoleReceiver::extend_finish`].
+pub struct PendingReceive {
+    params: VoleParams,
+    cot: Option<CorrelatedReceiverOutput>,
 }
 
 impl VoleReceiver {
@@ -223,13 +256,31 @@ impl VoleReceiver {
 
     /// `n` correlations: returns a and c = b + a·Δ. In step with [`VoleSender::extend`].
     pub async fn extend<C: Channel>(&mut self, channel: &C, n: usize) -> Result<VoleReceiverOutput, OtError> {
-        if n == 0 {
-            return Ok(VoleReceiverOutput { a: Zeroizing::new(Vec::new()), c: Zeroizing::new(Vec::new()) });
-        }
+        let pending = self.extend_start(channel, n).await?;
+        Self::extend_finish(channel, pending).await
+    }
+
+    /// First half of [`extend`](Self::extend): runs the OT extension, which only sends. See
+    /// [`VoleSender::extend_start`].
+    pub async fn extend_start<C: Channel>(&mut self, channel: &C, n: usize) -> Result<PendingReceive, OtError> {
         let params = VoleParams::for_len(n);
+        if n == 0 {
+            return Ok(PendingReceive { params, cot: None });
+        }
         let cot = self.ot.extend_correlated(channel, params.cots()).await?;
-        let first_index = cot.first_index();
-        let messages = recv_tree_messages(channel, &params, first_index).await?;
+        Ok(PendingReceive { params, cot: Some(cot) })
+    }
+
+    /// Second half of [`extend`](Self::extend): receives the tree messages and compresses.
+    pub async fn extend_finish<C: Channel>(
+        channel: &C,
+        pending: PendingReceive,
+    ) -> Result<VoleReceiverOutput, OtError> {
+        let PendingReceive { params, cot } = pending;
+        let Some(cot) = cot else {
+            return Ok(VoleReceiverOutput { a: Zeroizing::new(Vec::new()), c: Zeroizing::new(Vec::new()) });
+        };
+        let messages = recv_tree_messages(channel, &params, cot.first_index()).await?;
         Ok(cpu::run(move || receiver_expand(&params, &cot, &messages)).await)
     }
 }
