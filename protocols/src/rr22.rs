@@ -25,8 +25,8 @@
 //! 4. **Match.** S sends its F values in a secret random order; R keeps its items whose value
 //!    appears.
 //!
-//! The result lists R's indices sorted by F (the *joint order*: F is a pseudorandom function of
-//! the item both can evaluate on the intersection). With [`Reveal::Both`] R then sends, in that
+//! The result lists R's indices by bucket, then by F within a bucket (the *joint order*: bucket
+//! and F are pseudorandom functions of the item that both can evaluate on the intersection). With [`Reveal::Both`] R then sends, in that
 //! order, the positions in S's stream that matched; S maps them back through its secret order, so
 //! row i is the same entity on both sides. With [`Reveal::RequesterOnly`] nothing goes back.
 //! Duplicates: every copy of an intersecting item is listed, copies adjacent (as in
@@ -541,9 +541,9 @@ async fn run_receiver<C: Channel>(
     let cap = layout.cap_receiver;
     let m = okvs::cells_for(cap);
     let total = buckets.digests.len();
-    // (F value, own index) and (F value, S position) of every match.
-    let mut own_matches: Vec<(u128, u32)> = Vec::new();
-    let mut sender_matches: Vec<(u128, u32)> = Vec::new();
+    // Own indices and S positions of every match, in the joint order (4 bytes per match each).
+    let mut own_matches: Vec<u32> = Vec::new();
+    let mut sender_matches: Vec<u32> = Vec::new();
     let mut done = 0usize;
     let spawn_encode = |b: usize| {
         let keys = std::sync::Arc::new(padded_keys(buckets.bucket(b).0, cap, &mut os_rng()));
@@ -610,7 +610,16 @@ async fn run_receiver<C: Channel>(
         timings.add("own values (beyond wait)", clock);
         let base = (b * layout.cap_sender) as u32;
         let indices = indices.to_vec();
-        let matching = cpu::spawn(move || join_values(&own_values, &indices, &peer_values, base));
+        let matching = cpu::spawn(move || {
+            // The joint order within a bucket: by F value (ties: copies of one item, by index).
+            let (mut own, mut peer) = join_values(&own_values, &indices, &peer_values, base);
+            own.par_sort_unstable();
+            peer.par_sort_unstable();
+            (
+                own.into_iter().map(|(_, i)| i).collect::<Vec<u32>>(),
+                peer.into_iter().map(|(_, p)| p).collect::<Vec<u32>>(),
+            )
+        });
         if let Some(pending) = pending {
             let clock = Instant::now();
             vole_next = Some(VoleReceiver::extend_finish(channel, pending).await?);
@@ -624,15 +633,7 @@ async fn run_receiver<C: Channel>(
         done += digests.len();
         progress.report("intersect buckets", done, total);
     }
-    let clock = Instant::now();
-    let (own, sender_positions) = cpu::run(move || {
-        own_matches.par_sort_unstable();
-        sender_matches.par_sort_unstable();
-        (own_matches.into_iter().map(|(_, i)| i).collect(), sender_matches.into_iter().map(|(_, p)| p).collect())
-    })
-    .await;
-    timings.add("joint order", clock);
-    Ok(ReceiverResult { own, sender_positions })
+    Ok(ReceiverResult { own: own_matches, sender_positions: sender_matches })
 }
 
 /// S's secret order of one bucket: stream position → own item index, or [`DUMMY`].
