@@ -299,7 +299,13 @@ impl Dataset {
 
     /// Number of kept rows (= items in the PSI).
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.starts.len()
+    }
+
+    /// Frees the keys (about 20 bytes per row) once the protocol no longer needs them; row
+    /// spans stay, so outputs can still be written. Key accessors return nothing afterwards.
+    pub(crate) fn release_keys(&mut self) {
+        self.keys = KeyArena::new();
     }
 
     pub fn is_empty(&self) -> bool {

@@ -76,6 +76,30 @@ pub struct PsiReport {
 
 /// Runs this party's side of a PSI job over `channel` and writes the output (atomically).
 pub async fn run_psi<C: Channel>(channel: &C, dataset: &Dataset, job: &PsiJob) -> Result<PsiReport, EngineError> {
+    let (result, stages) = run_protocol(channel, dataset, job).await?;
+    finish(dataset, job, result, stages).await
+}
+
+/// [`run_psi`] on a dataset the job owns (as a node's jobs do): the keys are freed as soon as the
+/// protocol is done, before the output is written, which is when copying rows out of the input
+/// file adds its pages to resident memory (at 10^8 rows: 2 GB of keys against a 3.5 GB file).
+pub async fn run_psi_owned<C: Channel>(
+    channel: &C,
+    mut dataset: Dataset,
+    job: &PsiJob,
+) -> Result<PsiReport, EngineError> {
+    let (result, stages) = run_protocol(channel, &dataset, job).await?;
+    dataset.release_keys();
+    finish(&dataset, job, result, stages).await
+}
+
+type Stages = Vec<(String, f64)>;
+
+async fn run_protocol<C: Channel>(
+    channel: &C,
+    dataset: &Dataset,
+    job: &PsiJob,
+) -> Result<(consort_protocols::PsiOutput, Stages), EngineError> {
     let started = Instant::now();
     let result = match job.protocol {
         PsiProtocol::Ecdh => {
@@ -90,6 +114,15 @@ pub async fn run_psi<C: Channel>(channel: &C, dataset: &Dataset, job: &PsiJob) -
     let mut stages = vec![("protocol".to_string(), started.elapsed().as_secs_f64())];
     // The protocol's own breakdown, if it measures one (steps may overlap).
     stages.extend(result.timings.iter().map(|&(step, secs)| (format!("protocol/{step}"), secs)));
+    Ok((result, stages))
+}
+
+async fn finish(
+    dataset: &Dataset,
+    job: &PsiJob,
+    result: consort_protocols::PsiOutput,
+    mut stages: Stages,
+) -> Result<PsiReport, EngineError> {
     let mut output = None;
     if let (Some(order), Some(path)) = (&result.intersection, &job.output) {
         let started = Instant::now();

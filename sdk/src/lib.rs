@@ -59,7 +59,7 @@ pub async fn join_dataset<C: Channel>(channel: &C, spec: &DatasetSpec, job: &Psi
     let spec = spec.clone();
     let dataset =
         consort_protocols::cpu::run(move || Dataset::load(&spec)).await.map_err(consort_engine::EngineError::from)?;
-    Ok(consort_engine::run_psi(channel, &dataset, job).await?)
+    Ok(consort_engine::run_psi_owned(channel, dataset, job).await?)
 }
 
 #[cfg(test)]
