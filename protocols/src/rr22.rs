@@ -321,6 +321,13 @@ pub async fn run<C: Channel, I: Items + ?Sized>(
     h.update(responder.salt);
     let salt: [u8; 32] = h.finalize().into();
     let layout = Layout::new(requester.size as usize, responder.size as usize, config.bucket_size);
+    if layout.buckets.saturating_mul(layout.cap_sender) >= DUMMY as usize {
+        // Stream positions are 32-bit.
+        return Err(Rr22Error::Input(format!(
+            "{} buckets of {} responder items exceed 2^32 stream positions",
+            layout.buckets, layout.cap_sender
+        )));
+    }
     let progress = Progress(config.progress.as_ref());
     progress.report("hash items", 0, n);
     let mut timings = Timings::default();
