@@ -14,6 +14,8 @@ pub mod okvs;
 pub mod ot;
 pub mod psi;
 pub mod rr22;
+#[cfg(test)]
+mod test_support;
 pub mod vole;
 
 pub use channel::{Channel, ChannelError, ChannelStats, Metered, memory_pair};
