@@ -33,8 +33,12 @@ use crate::{FRAME_BUFFER, MAX_MESSAGE_BYTES, identity};
 /// Version of the job-level exchange; bumped on incompatible changes.
 pub const JOB_PROTOCOL_VERSION: u32 = 1;
 
-/// How long a node waits for the peer's first answer or final `JobEnd`.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a node waits for the peer's first answer or final `JobEnd`. The first answer comes
+/// after the responder has loaded and validated its dataset, and the `JobEnd` after the peer has
+/// written its output: at 10^8 rows each takes a minute or more on a loaded 2-core machine, so
+/// this is generous. A peer that goes away is noticed at once (the stream closes); the timeout
+/// only catches a peer that stays connected and never answers.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// What the requester's operator asked for.
 #[derive(Debug, Clone)]
