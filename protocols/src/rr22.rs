@@ -151,8 +151,8 @@ pub enum Rr22Error {
     Input(String),
     /// A bucket received more items than its public capacity (probability below 2^-40 for
     /// honest inputs).
-    #[error("bucket {bucket} holds {items} items, over its capacity {capacity}; the job cannot hide bucket sizes")]
-    BucketOverflow { bucket: usize, items: usize, capacity: usize },
+    #[error("bucket {bucket} gets more than its capacity of {capacity} items; the job cannot hide bucket sizes")]
+    BucketOverflow { bucket: usize, capacity: usize },
 }
 
 impl From<OtError> for Rr22Error {
@@ -362,15 +362,17 @@ pub async fn run<C: Channel, I: Items + ?Sized>(
 
 /// One party's items split into buckets: digests and item indices, bucket after bucket.
 struct Buckets {
+    /// Bucket b's digests and item indices are `fill[b]` entries from `b · cap` on.
     digests: Vec<u128>,
     indices: Vec<u32>,
-    /// Bucket b is `offsets[b]..offsets[b + 1]`.
-    offsets: Vec<usize>,
+    cap: usize,
+    fill: Vec<usize>,
+    items: usize,
 }
 
 impl Buckets {
     fn bucket(&self, b: usize) -> (&[u128], &[u32]) {
-        let r = self.offsets[b]..self.offsets[b + 1];
+        let r = b * self.cap..b * self.cap + self.fill[b];
         (&self.digests[r.clone()], &self.indices[r])
     }
 }
@@ -419,9 +421,10 @@ impl ItemBlock {
     }
 }
 
-/// Hashes every item (in parallel blocks on rayon) and scatters the digests into buckets.
-/// Memory: 16 bytes per item of digests in blocks, then 20 bytes per item in buckets; each block
-/// is freed as it is scattered, and the bucket arrays are touched only as they fill.
+/// Hashes every item (in parallel blocks on rayon, the next block copied out while one is hashed)
+/// and puts each digest into its bucket's region of `cap` slots. Memory: 20 bytes per slot, but
+/// regions are touched only as they fill (`zeroed_blocks` pages are mapped lazily), so about 20
+/// bytes per item.
 async fn bucketize<I: Items + ?Sized>(
     items: &I,
     salt: [u8; 32],
@@ -434,41 +437,40 @@ async fn bucketize<I: Items + ?Sized>(
         Role::Requester => layout.cap_receiver,
         Role::Responder => layout.cap_sender,
     };
-    let mut counts = vec![0usize; nb];
-    let mut blocks = Vec::with_capacity(n.div_ceil(HASH_BLOCK));
-    for start in (0..n).step_by(HASH_BLOCK) {
+    let mut buckets = Buckets {
+        digests: crate::mem::zeroed_blocks(nb * cap),
+        indices: vec![0u32; nb * cap],
+        cap,
+        fill: vec![0; nb],
+        items: n,
+    };
+    let hash = |start: usize| {
         let block = ItemBlock::gather(items, start..(start + HASH_BLOCK).min(n));
-        let digests = cpu::run(move || block.digests(&salt)).await;
-        for &d in &digests {
-            counts[bucket_of(d, nb)] += 1;
-        }
-        blocks.push(digests);
-    }
-    if let Some((b, &items)) = counts.iter().enumerate().find(|&(_, &c)| c > cap) {
-        return Err(Rr22Error::BucketOverflow { bucket: b, items, capacity: cap });
-    }
-    Ok(cpu::run(move || {
-        let mut offsets = Vec::with_capacity(nb + 1);
-        offsets.push(0);
-        for &c in &counts {
-            offsets.push(offsets.last().expect("not empty") + c);
-        }
-        let mut digests = vec![0u128; n];
-        let mut indices = vec![0u32; n];
-        let mut next = offsets[..nb].to_vec();
-        let mut i = 0u32;
-        for block in blocks {
-            for d in block {
+        cpu::spawn(move || block.digests(&salt))
+    };
+    let mut pending = (n > 0).then(|| hash(0));
+    let mut start = 0;
+    while let Some(task) = pending.take() {
+        let next = start + HASH_BLOCK;
+        pending = (next < n).then(|| hash(next));
+        let digests = task.await;
+        buckets = cpu::run(move || {
+            for (k, d) in digests.into_iter().enumerate() {
                 let b = bucket_of(d, nb);
-                digests[next[b]] = d;
-                indices[next[b]] = i;
-                next[b] += 1;
-                i += 1;
+                let at = b * cap + buckets.fill[b];
+                if buckets.fill[b] == cap {
+                    return Err(Rr22Error::BucketOverflow { bucket: b, capacity: cap });
+                }
+                buckets.digests[at] = d;
+                buckets.indices[at] = (start + k) as u32;
+                buckets.fill[b] += 1;
             }
-        }
-        Buckets { digests, indices, offsets }
-    })
-    .await)
+            Ok(buckets)
+        })
+        .await?;
+        start = next;
+    }
+    Ok(buckets)
 }
 
 /// v(d) = π(d) ⊕ d, the value R's OKVS encodes under d.
@@ -547,7 +549,7 @@ async fn run_receiver<C: Channel>(
     let mask = value_mask(layout.value_bytes);
     let cap = layout.cap_receiver;
     let m = okvs::cells_for(cap);
-    let total = buckets.digests.len();
+    let total = buckets.items;
     // Own indices and S positions of every match, in the joint order (4 bytes per match each).
     let mut own_matches: Vec<u32> = Vec::new();
     let mut sender_matches: Vec<u32> = Vec::new();
@@ -659,7 +661,7 @@ async fn run_sender<C: Channel>(
     let delta = vole.delta();
     let mask = value_mask(layout.value_bytes);
     let m = okvs::cells_for(layout.cap_receiver);
-    let total = buckets.digests.len();
+    let total = buckets.items;
     let mut orders = Vec::with_capacity(layout.buckets);
     let mut done = 0usize;
     // Bucket b + 1's VOLE is received and its trees built while bucket b's OPRF values are

@@ -108,6 +108,26 @@ async fn duplicates_list_every_copy_adjacent() {
     check_run(&a, &b, Reveal::Both, 64).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucketing_keeps_every_item_once_and_refuses_overflow() {
+    let items = keys("k", 0..10_000);
+    let layout = Layout::new(10_000, 10_000, 1000);
+    let buckets = bucketize(&items, [9; 32], &layout, Role::Requester).await.unwrap();
+    let mut seen: Vec<u32> = (0..layout.buckets).flat_map(|b| buckets.bucket(b).1.to_vec()).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..10_000).collect::<Vec<u32>>());
+    for b in 0..layout.buckets {
+        let (digests, indices) = buckets.bucket(b);
+        for (&d, &i) in digests.iter().zip(indices) {
+            assert_eq!(bucket_of(d, layout.buckets), b);
+            assert_eq!(d, digest(&[9; 32], &items[i as usize]));
+        }
+    }
+    let tight = Layout { cap_receiver: 900, ..layout };
+    let err = bucketize(&items, [9; 32], &tight, Role::Requester).await.err().expect("overflow");
+    assert!(matches!(err, Rr22Error::BucketOverflow { capacity: 900, .. }), "{err}");
+}
+
 #[test]
 fn bucket_capacity_bounds_overflow() {
     // Bernstein: mean + about sqrt(2 mean L); L = ln(B) + 40 ln 2.
