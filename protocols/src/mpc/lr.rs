@@ -1,0 +1,1 @@
+//! Vertical logistic regression on secret shares (in progress).
