@@ -9,8 +9,8 @@ pub mod channel;
 pub mod cpu;
 pub mod ecdh_psi;
 pub mod items;
-pub mod okvs;
 pub mod mpc;
+pub mod okvs;
 pub mod ot;
 pub mod psi;
 
