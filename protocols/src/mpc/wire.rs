@@ -1,7 +1,7 @@
 //! Framing of ring vectors: a vector of u64 (little-endian) goes out in frames of at most
 //! [`FRAME_WORDS`] words; the receiver knows the length in advance and checks every frame.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::{MpcError, violation};
 use crate::channel::Channel;
@@ -17,11 +17,11 @@ pub async fn send_u64s<C: Channel>(channel: &C, words: &[u64]) -> Result<(), Mpc
         return Ok(());
     }
     for chunk in words.chunks(FRAME_WORDS) {
-        let mut frame = BytesMut::with_capacity(chunk.len() * 8);
+        let mut frame = Vec::with_capacity(chunk.len() * 8);
         for &w in chunk {
-            frame.put_u64_le(w);
+            frame.extend_from_slice(&w.to_le_bytes());
         }
-        channel.send(frame.freeze()).await?;
+        channel.send(Bytes::from(frame)).await?;
     }
     Ok(())
 }

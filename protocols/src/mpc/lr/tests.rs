@@ -164,3 +164,20 @@ fn feature_encoding_clips_and_rounds() {
     assert_eq!(c.encode_feature(f64::NAN), 0);
     assert!((c.decode_feature(c.encode_feature(0.3)) - 0.3).abs() <= 1.0 / 512.0);
 }
+
+/// Throughput probe (release, in memory): `cargo test --release -p consort-protocols lr_speed -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn lr_speed() {
+    let n: usize = std::env::var("LR_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let d_a: usize = std::env::var("LR_DA").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let d_b: usize = std::env::var("LR_DB").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let config = LrConfig { epochs: 1, ..LrConfig::default() };
+    let d = data(n, d_a, d_b, 15, &config);
+    let (train_rows, holdout) = split(n);
+    let started = std::time::Instant::now();
+    let (a, b) = run(&d, &config, &config, &train_rows, &holdout).await;
+    a.unwrap();
+    b.unwrap();
+    println!("{n} x ({d_a}+{d_b}) 1 epoch: {:.2} s", started.elapsed().as_secs_f64());
+}
