@@ -34,7 +34,7 @@ use crate::{FRAME_BUFFER, MAX_MESSAGE_BYTES, identity};
 pub const JOB_PROTOCOL_VERSION: u32 = 1;
 
 /// How long a node waits for the peer's first answer or final `JobEnd`.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What the requester's operator asked for.
 #[derive(Debug, Clone)]
@@ -63,7 +63,7 @@ pub fn parse_reveal(s: &str) -> Result<Reveal, String> {
     }
 }
 
-fn default_output(dir: &Path, job_id: &str, dataset: &str) -> (PathBuf, String) {
+pub(crate) fn default_output(dir: &Path, job_id: &str, dataset: &str) -> (PathBuf, String) {
     let rel = format!("{}/{job_id}-{dataset}.csv", config::OUTPUTS_DIR);
     (dir.join(&rel), rel)
 }
@@ -139,6 +139,9 @@ fn admit(state: &NodeState, peer: &str, job: &JobRequest) -> Result<(DatasetSpec
 }
 
 async fn respond(state: Arc<NodeState>, peer: PeerInfo, job: JobRequest, channel: GrpcChannel) {
+    if crate::lr_job::KINDS.contains(&job.kind.as_str()) {
+        return crate::lr_job::respond(state, peer, job, channel).await;
+    }
     let (spec, protocol, reveal) = match admit(&state, &peer.name, &job) {
         Ok(admitted) => admitted,
         Err(reason) => {
@@ -228,6 +231,7 @@ async fn request_psi_inner(state: &NodeState, handle: &Arc<JobHandle>, params: &
         protocol: params.protocol.name().into(),
         dataset: params.peer_dataset.clone(),
         reveal: reveal_name(params.reveal).into(),
+        params: String::new(),
     };
     tx.send(PeerFrame { kind: Some(Kind::Request(request)) }).await.map_err(|_| anyhow!("job stream closed"))?;
     let inbound = client
@@ -262,7 +266,7 @@ async fn request_psi_inner(state: &NodeState, handle: &Arc<JobHandle>, params: &
 
 /// Opens a TLS 1.3 connection to a pinned peer (a new connection per job, so its byte counts are the
 /// job's).
-async fn connect(
+pub(crate) async fn connect(
     state: &NodeState,
     peer: &PeerEntry,
 ) -> Result<(PeerClient<tonic::transport::Channel>, Arc<WireCounters>)> {
@@ -315,7 +319,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 // Both sides
 // ------------------------------------------------------------------------------------------------
 
-async fn load_dataset(handle: &JobHandle, spec: DatasetSpec) -> Result<Dataset> {
+pub(crate) async fn load_dataset(handle: &JobHandle, spec: DatasetSpec) -> Result<Dataset> {
     handle.stage("load dataset", 0, 0);
     let started = Instant::now();
     let name = spec.name.clone();
@@ -325,7 +329,7 @@ async fn load_dataset(handle: &JobHandle, spec: DatasetSpec) -> Result<Dataset> 
     Ok(dataset)
 }
 
-fn progress_fn(handle: &Arc<JobHandle>) -> consort_protocols::ProgressFn {
+pub(crate) fn progress_fn(handle: &Arc<JobHandle>) -> consort_protocols::ProgressFn {
     let handle = handle.clone();
     Arc::new(move |p| handle.progress(p))
 }
