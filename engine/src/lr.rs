@@ -98,6 +98,7 @@ impl LrParams {
             tolerance: self.tolerance,
             sigmoid: Sigmoid::Taylor1,
             security: Security::SemiHonest,
+            ..LrConfig::default()
         };
         c.validate().map_err(|e| DataError::Invalid(e.to_string()))?;
         if !(0.0..0.9).contains(&self.holdout) {

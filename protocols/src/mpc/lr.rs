@@ -101,6 +101,10 @@ pub struct LrConfig {
     pub tolerance: f64,
     pub sigmoid: Sigmoid,
     pub security: Security,
+    /// Keep the random OTs of all rows across epochs (re-keyed per epoch, see
+    /// [`ot_mul::ChooserCache`]) when they fit in this many bytes per party; otherwise extend
+    /// fresh OTs for every batch.
+    pub ot_cache_bytes: u64,
 }
 
 impl Default for LrConfig {
@@ -115,6 +119,7 @@ impl Default for LrConfig {
             tolerance: 0.0,
             sigmoid: Sigmoid::Taylor1,
             security: Security::SemiHonest,
+            ot_cache_bytes: 1536 << 20,
         }
     }
 }
@@ -165,6 +170,7 @@ impl LrConfig {
         h.update(self.feature_frac_bits.to_le_bytes());
         h.update(self.tolerance.to_le_bytes());
         h.update([self.sigmoid as u8, matches!(self.security, Security::Malicious) as u8]);
+        h.update(self.ot_cache_bytes.to_le_bytes());
     }
 }
 
@@ -224,6 +230,47 @@ struct Ctx<'a, C> {
     features: Arc<Matrix>,
     labels: Option<&'a [u8]>,
     peer_cols: usize,
+    /// OTs of the training rows (in batch order) and of the holdout rows, kept across epochs.
+    caches: Option<[(ot_mul::ChooserCache, ot_mul::SenderCache); 2]>,
+}
+
+/// Rows per OT extension when filling the caches.
+const CACHE_CHUNK_ROWS: usize = 4096;
+
+/// Upper bound on either party's cache: 16 bytes per own OT and 32 per peer OT.
+fn cache_bytes(rows: usize, cols_a: usize, cols_b: usize, bits: u32) -> u64 {
+    32 * rows as u64 * (cols_a + cols_b) as u64 * bits as u64
+}
+
+async fn fill_caches<C: Channel>(
+    ctx: &mut Ctx<'_, C>,
+    lists: [&[u32]; 2],
+) -> Result<[(ot_mul::ChooserCache, ot_mul::SenderCache); 2], MpcError> {
+    let bits = ctx.config.feature_bits;
+    let mut out = Vec::new();
+    for list in lists {
+        let mut own = ot_mul::ChooserCache::new(list.len(), ctx.features.cols(), bits);
+        let mut peer = ot_mul::SenderCache::new(list.len(), ctx.peer_cols, bits);
+        for chunk in list.chunks(CACHE_CHUNK_ROWS) {
+            let (features, rows) = (ctx.features.clone(), chunk.to_vec());
+            let x = Arc::new(cpu::run(move || gather(&features, &rows)).await);
+            let (c, s) = ot_mul::prepare_both(
+                ctx.channel,
+                &mut ctx.receiver,
+                &mut ctx.sender,
+                x,
+                chunk.len(),
+                ctx.peer_cols,
+                bits,
+            )
+            .await?;
+            own.append(c);
+            peer.append(s);
+        }
+        out.push((own, peer));
+    }
+    let mut it = out.into_iter();
+    Ok([it.next().unwrap(), it.next().unwrap()])
 }
 
 /// Runs one party's side of the training over `channel`.
@@ -256,14 +303,24 @@ pub async fn train<C: Channel>(
         features: Arc::new(input.features),
         labels: input.labels.as_deref(),
         peer_cols,
+        caches: None,
     };
+    let (cols_a, cols_b) = if input.party == Party::A { (own_cols, peer_cols) } else { (peer_cols, own_cols) };
+    let rows_used = input.train.len() + input.holdout.len();
+    if cache_bytes(rows_used, cols_a, cols_b, config.feature_bits) <= config.ot_cache_bytes {
+        ctx.caches = Some(fill_caches(&mut ctx, [&input.train, &input.holdout]).await?);
+    }
     let mut w = Shares { own: Zeroizing::new(vec![0; own_cols]), peer: Zeroizing::new(vec![0; peer_cols]), w0: 0 };
     let batches: Vec<&[u32]> = input.train.chunks(config.batch_size).collect();
     let mut losses = Vec::new();
     let (mut epochs_run, mut stopped_early) = (0, false);
     for epoch in 0..config.epochs {
         for (b, rows) in batches.iter().enumerate() {
-            step(&mut ctx, &mut w, rows).await?;
+            let at = b * config.batch_size;
+            let ots = ctx.caches.as_ref().map(|[(own, peer), _]| {
+                (own.session(epoch as u64, at..at + rows.len()), peer.session(epoch as u64, at..at + rows.len()))
+            });
+            step(&mut ctx, &mut w, rows, ots).await?;
             if let Some(p) = &progress {
                 p(LrProgress { epoch, epochs: config.epochs, batch: b + 1, batches: batches.len(), loss: None });
             }
@@ -272,7 +329,7 @@ pub async fn train<C: Channel>(
         if input.holdout.is_empty() {
             continue;
         }
-        let loss = holdout_loss(&mut ctx, &w, &input.holdout).await?;
+        let loss = holdout_loss(&mut ctx, &w, &input.holdout, epoch as u64).await?;
         if let (Some(loss), Some(p)) = (loss, &progress) {
             p(LrProgress {
                 epoch,
@@ -377,13 +434,18 @@ async fn forward<C: Channel>(
     ctx: &mut Ctx<'_, C>,
     w: &Shares,
     rows: &[u32],
+    ots: Option<(ot_mul::ChooserOts, ot_mul::SenderOts)>,
 ) -> Result<(Arc<Matrix>, ot_mul::ChooserOts, ot_mul::SenderOts, Vec<u64>), MpcError> {
     let (features, rows_v) = (ctx.features.clone(), rows.to_vec());
     let x = Arc::new(cpu::run(move || gather(&features, &rows_v)).await);
     let (m, bits) = (rows.len(), ctx.config.feature_bits);
-    let (c_ots, s_ots) =
-        ot_mul::prepare_both(ctx.channel, &mut ctx.receiver, &mut ctx.sender, x.clone(), m, ctx.peer_cols, bits)
-            .await?;
+    let (c_ots, s_ots) = match ots {
+        Some(ots) => ots,
+        None => {
+            ot_mul::prepare_both(ctx.channel, &mut ctx.receiver, &mut ctx.sender, x.clone(), m, ctx.peer_cols, bits)
+                .await?
+        }
+    };
     let (c_ots, s_ots) = (Arc::new(c_ots), Arc::new(s_ots));
     let (s2, y) = (s_ots.clone(), w.peer.to_vec());
     let (tau, out_s) = cpu::run(move || sender_forward(&s2, &y)).await?;
@@ -404,8 +466,13 @@ async fn forward<C: Channel>(
 }
 
 /// One mini-batch step (module docs, steps 1–4).
-async fn step<C: Channel>(ctx: &mut Ctx<'_, C>, w: &mut Shares, rows: &[u32]) -> Result<(), MpcError> {
-    let (x, c_ots, s_ots, z) = forward(ctx, w, rows).await?;
+async fn step<C: Channel>(
+    ctx: &mut Ctx<'_, C>,
+    w: &mut Shares,
+    rows: &[u32],
+    ots: Option<(ot_mul::ChooserOts, ot_mul::SenderOts)>,
+) -> Result<(), MpcError> {
+    let (x, c_ots, s_ots, z) = forward(ctx, w, rows, ots).await?;
     let m = rows.len();
     // Step 2: r' = 2 + z − 4y (A adds the constants).
     let r: Vec<u64> = match (ctx.party, ctx.labels) {
@@ -448,10 +515,19 @@ async fn step<C: Channel>(ctx: &mut Ctx<'_, C>, w: &mut Shares, rows: &[u32]) ->
 }
 
 /// Holdout loss L̂ (A gets `Some`, B `None`).
-async fn holdout_loss<C: Channel>(ctx: &mut Ctx<'_, C>, w: &Shares, rows: &[u32]) -> Result<Option<f64>, MpcError> {
+async fn holdout_loss<C: Channel>(
+    ctx: &mut Ctx<'_, C>,
+    w: &Shares,
+    rows: &[u32],
+    epoch: u64,
+) -> Result<Option<f64>, MpcError> {
     let mut z = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(ctx.config.batch_size) {
-        let (_, _, _, zc) = forward(ctx, w, chunk).await?;
+    for (k, chunk) in rows.chunks(ctx.config.batch_size).enumerate() {
+        let at = k * ctx.config.batch_size;
+        let ots = ctx.caches.as_ref().map(|[_, (own, peer)]| {
+            (own.session(epoch, at..at + chunk.len()), peer.session(epoch, at..at + chunk.len()))
+        });
+        let (_, _, _, zc) = forward(ctx, w, chunk, ots).await?;
         z.extend(zc);
     }
     let n = rows.len();

@@ -46,7 +46,8 @@ use super::wire::{recv_bytes, recv_u64s, send_bytes, send_u64s};
 use super::{MpcError, violation};
 use crate::channel::Channel;
 use crate::cpu;
-use crate::ot::{IknpReceiver, IknpSender, RandomReceiverOutput, RandomSenderOutput};
+use crate::ot::aes_hash::FixedKeyAes;
+use crate::ot::{IknpReceiver, IknpSender, RandomSenderOutput};
 
 /// Rows per rayon task in the backward (column-sum) kernels.
 const PAR_ROWS: usize = 256;
@@ -155,7 +156,8 @@ impl Half {
 
 /// The chooser's random OTs for one matrix, derandomized to the bits of its entries.
 pub struct ChooserOts {
-    ots: RandomReceiverOutput,
+    /// M^{c_o}_o.
+    msgs: Zeroizing<Vec<u128>>,
     rows: usize,
     cols: usize,
     bits: u32,
@@ -164,8 +166,9 @@ pub struct ChooserOts {
 
 /// The sender's random OTs for the peer's matrix, with the chooser's corrections e.
 pub struct SenderOts {
-    ots: RandomSenderOutput,
-    e: Vec<u8>,
+    /// M⁰_o and M¹_o (already relabeled by the chooser's corrections).
+    m0: Zeroizing<Vec<u128>>,
+    m1: Zeroizing<Vec<u128>>,
     rows: usize,
     cols: usize,
     bits: u32,
@@ -187,9 +190,7 @@ impl SenderOts {
     /// (h(M⁰_o), h(M¹_o)).
     #[inline]
     fn pads(&self, o: usize, half: Half) -> (u64, u64) {
-        let (m0, m1) = (half.of(self.ots.m0()[o]), half.of(self.ots.m1()[o]));
-        // e_o is public to the sender (it is what the chooser sent), so selecting on it is fine.
-        if (self.e[o / 8] >> (o % 8)) & 1 == 1 { (m1, m0) } else { (m0, m1) }
+        (half.of(self.m0[o]), half.of(self.m1[o]))
     }
 }
 
@@ -210,7 +211,8 @@ pub async fn chooser_prepare<C: Channel>(
     })
     .await;
     send_bytes(channel, &e).await?;
-    Ok(ChooserOts { ots, rows: x.rows, cols: x.cols, bits: x.bits, used: Default::default() })
+    let msgs = Zeroizing::new(ots.messages().to_vec());
+    Ok(ChooserOts { msgs, rows: x.rows, cols: x.cols, bits: x.bits, used: Default::default() })
 }
 
 /// Step 1–2, sender side, for the peer's rows × cols matrix of `bits`-bit entries.
@@ -224,7 +226,20 @@ pub async fn sender_prepare<C: Channel>(
     let n = rows * cols * bits as usize;
     let ots = ext.extend_random(channel, n).await?;
     let e = recv_bytes(channel, n.div_ceil(8)).await?;
-    Ok(SenderOts { ots, e, rows, cols, bits, used: Default::default() })
+    let (m0, m1) = cpu::run(move || relabel(&ots, &e)).await;
+    Ok(SenderOts { m0, m1, rows, cols, bits, used: Default::default() })
+}
+
+/// M⁰_o = m^{e_o}_o, M¹_o = m^{1⊕e_o}_o. (e_o is public to the sender: it is what the chooser
+/// sent, so selecting on it is fine.)
+fn relabel(ots: &RandomSenderOutput, e: &[u8]) -> (Zeroizing<Vec<u128>>, Zeroizing<Vec<u128>>) {
+    let n = ots.len();
+    let (mut m0, mut m1) = (Zeroizing::new(vec![0u128; n]), Zeroizing::new(vec![0u128; n]));
+    m0.par_iter_mut().zip(m1.par_iter_mut()).enumerate().for_each(|(o, (a, b))| {
+        let [x, y] = ots.messages(o);
+        (*a, *b) = if (e[o / 8] >> (o % 8)) & 1 == 1 { (y, x) } else { (x, y) };
+    });
+    (m0, m1)
 }
 
 /// The packed bits c_o of every entry of `x`, in OT order.
@@ -309,8 +324,8 @@ fn check_chooser(c: &ChooserOts, x: &Matrix, tau: &[u64], half: Half) -> Result<
     if (x.rows, x.cols, x.bits) != (c.rows, c.cols, c.bits) {
         return Err(MpcError::Invalid("matrix does not match its OTs".into()));
     }
-    if tau.len() != c.ots.len() {
-        return Err(violation(format!("{} corrections for {} OTs", tau.len(), c.ots.len())));
+    if tau.len() != c.msgs.len() {
+        return Err(violation(format!("{} corrections for {} OTs", tau.len(), c.msgs.len())));
     }
     take(&c.used, half)
 }
@@ -322,7 +337,7 @@ pub fn chooser_forward(c: &ChooserOts, x: &Matrix, tau: &[u64]) -> Result<Vec<u6
     if cb == 0 {
         return Ok(vec![0; c.rows]);
     }
-    let msgs = c.ots.messages();
+    let msgs = &c.msgs;
     Ok(x.data
         .par_chunks(c.cols)
         .enumerate()
@@ -347,7 +362,7 @@ pub fn chooser_backward(c: &ChooserOts, x: &Matrix, tau: &[u64]) -> Result<Vec<u
     if cb == 0 {
         return Ok(vec![0; cols]);
     }
-    let msgs = c.ots.messages();
+    let msgs = &c.msgs;
     Ok(x.data
         .par_chunks(cols * PAR_ROWS)
         .enumerate()
@@ -366,6 +381,95 @@ pub fn chooser_backward(c: &ChooserOts, x: &Matrix, tau: &[u64]) -> Result<Vec<u
             acc
         })
         .reduce(|| vec![0u64; cols], add_vecs))
+}
+
+/// Random OTs kept across epochs for a fixed matrix (the chooser's side), re-keyed for every
+/// use: the pads of use u are H(t, M) with H the TCCR hash of fixed-key AES and the tweak
+/// t = (u + 1)·2^64 + o unique per (use, OT). Sound because each M^{1−c}_o is a uniformly random
+/// key unknown to the chooser (a random-OT output), so its hashes under distinct tweaks are
+/// independent pseudorandom pads (GKWY20 TCCR); the chooser's M^{c}_o is known to both, as in a
+/// single use. Saves the OT extension (and its 16 bytes per OT) on every epoch after the first.
+/// Stored as σ_o = π(M_o), so a use costs one AES per message.
+pub struct ChooserCache {
+    sigma: Zeroizing<Vec<u128>>,
+    cols: usize,
+    bits: u32,
+}
+
+/// The sender's side of a [`ChooserCache`].
+pub struct SenderCache {
+    sigma0: Zeroizing<Vec<u128>>,
+    sigma1: Zeroizing<Vec<u128>>,
+    cols: usize,
+    bits: u32,
+}
+
+fn permuted(v: &[u128]) -> Zeroizing<Vec<u128>> {
+    let mut out = Zeroizing::new(v.to_vec());
+    out.par_chunks_mut(4096).for_each(|c| FixedKeyAes::fixed().permute_blocks(c));
+    out
+}
+
+/// H(t_o, M_o) = π(σ_o ⊕ t_o) ⊕ σ_o for o in `range`, t_o = (use + 1)·2^64 + o.
+fn rekey(sigma: &[u128], use_id: u64, range: std::ops::Range<usize>) -> Zeroizing<Vec<u128>> {
+    let base = ((use_id as u128 + 1) << 64) + range.start as u128;
+    let src = &sigma[range];
+    let mut out = Zeroizing::new(vec![0u128; src.len()]);
+    out.par_chunks_mut(4096).zip(src.par_chunks(4096)).enumerate().for_each(|(k, (o, s))| {
+        let first = base + (k * 4096) as u128;
+        for (i, (o, &s)) in o.iter_mut().zip(s).enumerate() {
+            *o = s ^ (first + i as u128);
+        }
+        FixedKeyAes::fixed().permute_blocks(o);
+        for (o, &s) in o.iter_mut().zip(s) {
+            *o ^= s;
+        }
+    });
+    out
+}
+
+impl ChooserCache {
+    /// An empty cache for up to `rows` rows (reserved up front: growing would leave copies of
+    /// secrets in freed memory).
+    pub fn new(rows: usize, cols: usize, bits: u32) -> Self {
+        Self { sigma: Zeroizing::new(Vec::with_capacity(rows * cols * bits as usize)), cols, bits }
+    }
+
+    /// Appends the OTs of further rows (fresh, unused OTs of this cache's shape).
+    pub fn append(&mut self, ots: ChooserOts) {
+        assert!(ots.cols == self.cols && ots.bits == self.bits, "OTs of another shape");
+        assert!(self.sigma.len() + ots.msgs.len() <= self.sigma.capacity(), "cache full");
+        self.sigma.extend(permuted(&ots.msgs).iter());
+    }
+
+    /// The OTs of rows `rows` for use number `use_id` (each use id at most once per row).
+    pub fn session(&self, use_id: u64, rows: std::ops::Range<usize>) -> ChooserOts {
+        let cb = self.cols * self.bits as usize;
+        let msgs = rekey(&self.sigma, use_id, rows.start * cb..rows.end * cb);
+        ChooserOts { msgs, rows: rows.len(), cols: self.cols, bits: self.bits, used: Default::default() }
+    }
+}
+
+impl SenderCache {
+    pub fn new(rows: usize, cols: usize, bits: u32) -> Self {
+        let n = rows * cols * bits as usize;
+        Self { sigma0: Zeroizing::new(Vec::with_capacity(n)), sigma1: Zeroizing::new(Vec::with_capacity(n)), cols, bits }
+    }
+
+    pub fn append(&mut self, ots: SenderOts) {
+        assert!(ots.cols == self.cols && ots.bits == self.bits, "OTs of another shape");
+        assert!(self.sigma0.len() + ots.m0.len() <= self.sigma0.capacity(), "cache full");
+        self.sigma0.extend(permuted(&ots.m0).iter());
+        self.sigma1.extend(permuted(&ots.m1).iter());
+    }
+
+    pub fn session(&self, use_id: u64, rows: std::ops::Range<usize>) -> SenderOts {
+        let cb = self.cols * self.bits as usize;
+        let range = rows.start * cb..rows.end * cb;
+        let m0 = rekey(&self.sigma0, use_id, range.clone());
+        let m1 = rekey(&self.sigma1, use_id, range);
+        SenderOts { m0, m1, rows: rows.len(), cols: self.cols, bits: self.bits, used: Default::default() }
+    }
 }
 
 /// One party's two roles at once: chooser for its own matrix (`own`), sender for the peer's

@@ -93,9 +93,10 @@ async fn secure_training_matches_the_plaintext_mirror() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uneven_batches_and_no_holdout() {
+async fn uneven_batches_and_no_holdout_with_fresh_ots_per_batch() {
     // 1000 rows in batches of 300: the last batch has 100 rows (a different p and constant).
-    let config = LrConfig { epochs: 2, batch_size: 300, learning_rate: 1.0, ..LrConfig::default() };
+    // No OT cache: every batch extends fresh OTs.
+    let config = LrConfig { epochs: 2, batch_size: 300, learning_rate: 1.0, ot_cache_bytes: 0, ..LrConfig::default() };
     let d = data(1000, 1, 2, 12, &config);
     let train_rows: Vec<u32> = (0..1000).rev().collect();
     let (a, b) = run(&d, &config, &config, &train_rows, &[]).await;
@@ -172,12 +173,14 @@ async fn lr_speed() {
     let n: usize = std::env::var("LR_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
     let d_a: usize = std::env::var("LR_DA").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
     let d_b: usize = std::env::var("LR_DB").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
-    let config = LrConfig { epochs: 1, ..LrConfig::default() };
+    let epochs: u32 = std::env::var("LR_EPOCHS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let cache: u64 = std::env::var("LR_CACHE").ok().and_then(|v| v.parse().ok()).unwrap_or(1536 << 20);
+    let config = LrConfig { epochs, ot_cache_bytes: cache, ..LrConfig::default() };
     let d = data(n, d_a, d_b, 15, &config);
     let (train_rows, holdout) = split(n);
     let started = std::time::Instant::now();
     let (a, b) = run(&d, &config, &config, &train_rows, &holdout).await;
     a.unwrap();
     b.unwrap();
-    println!("{n} x ({d_a}+{d_b}) 1 epoch: {:.2} s", started.elapsed().as_secs_f64());
+    println!("{n} x ({d_a}+{d_b}) {epochs} epochs, cache {cache}: {:.2} s", started.elapsed().as_secs_f64());
 }

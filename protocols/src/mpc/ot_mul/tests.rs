@@ -114,3 +114,63 @@ async fn wrong_corrections_are_rejected() {
     let (err, ()) = futures::join!(chooser, sender);
     assert!(matches!(err, MpcError::Protocol(_)), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_ots_rekeyed_per_use_give_correct_products_and_fresh_pads() {
+    let mut rng = StdRng::seed_from_u64(9);
+    let (rows, cols, bits) = (300, 3, 12);
+    let x = random_matrix(&mut rng, rows, cols, bits);
+    let (top, bottom) = (x.data()[..150 * cols].to_vec(), x.data()[150 * cols..].to_vec());
+    let (top, bottom) = (Arc::new(Matrix::new(top, 150, cols, bits)), Arc::new(Matrix::new(bottom, 150, cols, bits)));
+    let (ca, cb) = memory_pair(8);
+    let chooser = async {
+        let mut ext = IknpReceiver::setup(&ca, Security::SemiHonest).await.unwrap();
+        let mut cache = ChooserCache::new(rows, cols, bits);
+        for part in [top.clone(), bottom.clone()] {
+            cache.append(chooser_prepare(&ca, &mut ext, part).await.unwrap());
+        }
+        let mut outs = Vec::new();
+        for use_id in 0..2u64 {
+            // Rows 100..250 straddle the two appended parts.
+            let sub: Vec<u64> = x.data()[100 * cols..250 * cols].to_vec();
+            let sub = Matrix::new(sub, 150, cols, bits);
+            let ots = cache.session(use_id, 100..250);
+            let tau_f = recv_u64s(&ca, 150 * cols * bits as usize).await.unwrap();
+            let tau_b = recv_u64s(&ca, 150 * cols * bits as usize).await.unwrap();
+            outs.push((
+                chooser_forward(&ots, &sub, &tau_f).unwrap(),
+                chooser_backward(&ots, &sub, &tau_b).unwrap(),
+                tau_f,
+            ));
+        }
+        outs
+    };
+    let (y_f, y_b): (Vec<u64>, Vec<u64>) = ((0..cols).map(|_| rng.next_u64()).collect(), (0..150).map(|_| rng.next_u64()).collect());
+    let sender = async {
+        let mut ext = IknpSender::setup(&cb, Security::SemiHonest).await.unwrap();
+        let mut cache = SenderCache::new(rows, cols, bits);
+        for _ in 0..2 {
+            cache.append(sender_prepare(&cb, &mut ext, 150, cols, bits).await.unwrap());
+        }
+        let mut outs = Vec::new();
+        for use_id in 0..2u64 {
+            let ots = cache.session(use_id, 100..250);
+            let (tau_f, f) = sender_forward(&ots, &y_f).unwrap();
+            let (tau_b, b) = sender_backward(&ots, &y_b).unwrap();
+            send_u64s(&cb, &tau_f).await.unwrap();
+            send_u64s(&cb, &tau_b).await.unwrap();
+            outs.push((f, b));
+        }
+        outs
+    };
+    let (c, s) = futures::join!(chooser, sender);
+    let sub = Matrix::new(x.data()[100 * cols..250 * cols].to_vec(), 150, cols, bits);
+    let (want_f, want_b) = plain(&sub, &y_f, &y_b);
+    for ((cf, cbk, _), (sf, sb)) in c.iter().zip(&s) {
+        assert_eq!(add(cf, sf), want_f);
+        assert_eq!(add(cbk, sb), want_b);
+    }
+    // The same inputs in two uses: different pads, so different corrections and shares.
+    assert_ne!(c[0].2, c[1].2);
+    assert_ne!(c[0].0, c[1].0);
+}
