@@ -94,7 +94,14 @@ async fn train_then_score_between_two_nodes() {
     assert_eq!(status.state, "done", "{}", status.error);
     let text = std::fs::read_to_string(&out).unwrap();
     assert_eq!(text.lines().count(), 2751);
-    assert!(text.lines().skip(1).all(|l| l.split(',').nth(1).unwrap().parse::<f64>().is_ok_and(|s| (0.0..=1.0).contains(&s))));
+    assert!(
+        text.lines().skip(1).all(|l| l
+            .split(',')
+            .nth(1)
+            .unwrap()
+            .parse::<f64>()
+            .is_ok_and(|s| (0.0..=1.0).contains(&s)))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -648,7 +648,6 @@ fn csv_field(key: &str) -> String {
         .join(",")
 }
 
-
 /// A plaintext comparison for demos and tests, with both parties' data and models in one place
 /// (never available in a real deployment): AUC of the secure model and of a plaintext logistic
 /// regression with the exact sigmoid and the same hyper-parameters, both on all aligned rows.
@@ -676,7 +675,8 @@ pub async fn plaintext_comparison(
     let rows_a: Vec<u32> = pairs.iter().map(|p| p.1).collect();
     let rows_b: Vec<u32> = pairs.iter().map(|p| p.2).collect();
     let names = |m: &ModelFile| Some(m.features.iter().map(|f| f.name.clone()).collect::<Vec<_>>());
-    let ta = load_features(a, &rows_a, &ColumnChoice { label: model_a.label.clone(), features: names(model_a) }).await?;
+    let ta =
+        load_features(a, &rows_a, &ColumnChoice { label: model_a.label.clone(), features: names(model_a) }).await?;
     let tb = load_features(b, &rows_b, &ColumnChoice { label: None, features: names(model_b) }).await?;
     let y = ta.labels.clone().ok_or_else(|| DataError::Invalid("model A has no label column".into()))?;
     let (da, db, n) = (model_a.features.len(), model_b.features.len(), pairs.len());
@@ -686,7 +686,9 @@ pub async fn plaintext_comparison(
     let encode = |x: &[f64], d: usize| -> Vec<f64> {
         let s = standardization(x, d, &train);
         x.chunks(d.max(1))
-            .flat_map(|r| r.iter().zip(&s).map(|(&v, &(m, sd))| config.decode_feature(config.encode_feature((v - m) / sd))))
+            .flat_map(|r| {
+                r.iter().zip(&s).map(|(&v, &(m, sd))| config.decode_feature(config.encode_feature((v - m) / sd)))
+            })
             .collect()
     };
     let (fa, fb) = (encode(&ta.values, da), encode(&tb.values, db));
@@ -694,7 +696,8 @@ pub async fn plaintext_comparison(
     let dot = |x: &[f64], w: &[f64]| x.iter().zip(w).map(|(a, b)| a * b).sum::<f64>();
     let plain_scores: Vec<f64> = (0..n)
         .map(|i| {
-            dot(&fa[i * da..(i + 1) * da], &plain.weights_a) + dot(&fb[i * db..(i + 1) * db], &plain.weights_b)
+            dot(&fa[i * da..(i + 1) * da], &plain.weights_a)
+                + dot(&fb[i * db..(i + 1) * db], &plain.weights_b)
                 + plain.intercept
         })
         .collect();

@@ -211,13 +211,14 @@ pub fn summary(s: &JobStatus) -> String {
         return format!("{} job {} {} after {:.1} s: {}", s.kind, s.job_id, s.state, s.seconds, s.error);
     }
     let r: serde_json::Value = serde_json::from_str(&s.summary).unwrap_or_default();
-    let mut lines =
-        vec![format!("{} job {} done in {:.2} s with peer '{}'", s.kind, s.job_id, s.seconds, s.peer)];
+    let mut lines = vec![format!("{} job {} done in {:.2} s with peer '{}'", s.kind, s.job_id, s.seconds, s.peer)];
     lines.push(format!("  rows: {} here, {} at the peer, {} aligned", s.local_rows, s.peer_rows, s.intersection));
     if s.kind == "train" {
         lines.push(format!(
             "  features: {} here, {} at the peer; {} epochs{}",
-            r["features"], r["peer_features"], r["epochs_run"],
+            r["features"],
+            r["peer_features"],
+            r["epochs_run"],
             if r["stopped_early"] == true { " (stopped early)" } else { "" }
         ));
         if let Some(losses) = r["holdout_loss"].as_array().filter(|l| !l.is_empty()) {

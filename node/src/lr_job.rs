@@ -14,10 +14,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
+use consort_engine::Dataset;
 use consort_engine::lr::{
     ColumnChoice, LrError, LrParams, ModelFile, ScoreJob, ScoreReport, TrainJob, TrainReport, run_score, run_train,
 };
-use consort_engine::Dataset;
 use consort_protocols::mpc::lr::LrProgress;
 use consort_protocols::{ChannelError, Metered, Role};
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
+use crate::FRAME_BUFFER;
 use crate::config;
 use crate::jobs::{self, JobHandle};
 use crate::node::NodeState;
@@ -33,7 +34,6 @@ use crate::proto::peer_frame::Kind;
 use crate::proto::{JobAccept, JobEnd, JobReject, JobRequest, JobStatus, LrRequest, PeerFrame};
 use crate::tls::{PeerInfo, WireCounters};
 use crate::transport::{GrpcChannel, kind_name};
-use crate::FRAME_BUFFER;
 
 /// Job kinds handled here.
 pub const KINDS: &[&str] = &["train", "score"];
@@ -90,7 +90,9 @@ fn lr_progress(handle: &Arc<JobHandle>) -> consort_protocols::mpc::lr::LrProgres
 /// What a failing side tells its peer: nothing about its data or files.
 fn abort_reason(e: &LrError) -> String {
     match e {
-        LrError::Data(_) => "the peer could not read its data or write its output (its operator sees why in its log)".into(),
+        LrError::Data(_) => {
+            "the peer could not read its data or write its output (its operator sees why in its log)".into()
+        }
         other => other.to_string(),
     }
 }
@@ -219,8 +221,7 @@ fn admit(state: &NodeState, peer: &str, job: &JobRequest) -> Result<(consort_eng
             })
         }
         "score" => {
-            let p: ScoreParams =
-                serde_json::from_str(&job.params).map_err(|e| format!("bad score parameters: {e}"))?;
+            let p: ScoreParams = serde_json::from_str(&job.params).map_err(|e| format!("bad score parameters: {e}"))?;
             config::check_name("model job id", &p.model_job).map_err(|e| e.to_string())?;
             let (path, _) = responder_model(&state.dir, &p.model_job);
             let model = ModelFile::load(&path).map_err(|_| format!("no model of train job {} here", p.model_job))?;

@@ -66,6 +66,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use super::dealer::{DealerClient, DealerSession, List, SessionId};
 use super::ot_mul::{self, Matrix, chooser_backward, chooser_forward, sender_backward, sender_forward};
 use super::wire::{recv_bytes, recv_u64s, send_bytes, send_u64s};
 use super::{FRAC_BITS, MpcError, Party, decode, encode, trunc_share, violation};
@@ -221,8 +222,10 @@ struct Shares {
     w0: u64,
 }
 
-struct Ctx<'a, C> {
+struct Ctx<'a, C, D> {
     channel: &'a C,
+    /// The dealer and the peer's masked matrices (train, holdout), in dealer mode.
+    dealer: Option<(DealerClient<'a, D>, [Vec<u64>; 2])>,
     party: Party,
     config: &'a LrConfig,
     receiver: IknpReceiver,
@@ -242,8 +245,8 @@ fn cache_bytes(rows: usize, cols_a: usize, cols_b: usize, bits: u32) -> u64 {
     32 * rows as u64 * (cols_a + cols_b) as u64 * bits as u64
 }
 
-async fn fill_caches<C: Channel>(
-    ctx: &mut Ctx<'_, C>,
+async fn fill_caches<C: Channel, D: Channel>(
+    ctx: &mut Ctx<'_, C, D>,
     lists: [&[u32]; 2],
 ) -> Result<[(ot_mul::ChooserCache, ot_mul::SenderCache); 2], MpcError> {
     let bits = ctx.config.feature_bits;
@@ -273,16 +276,38 @@ async fn fill_caches<C: Channel>(
     Ok([it.next().unwrap(), it.next().unwrap()])
 }
 
-/// Runs one party's side of the training over `channel`.
+/// Runs one party's side of the training over `channel`, dealer-free.
 pub async fn train<C: Channel>(
     channel: &C,
     input: LrInput,
     config: &LrConfig,
     progress: Option<LrProgressFn>,
 ) -> Result<LrOutput, MpcError> {
+    train_inner::<C, C>(channel, None, input, config, progress).await
+}
+
+/// Runs one party's side of the training with the matrix-product correlations from a dealer
+/// ([`super::dealer`]; the other party must use the same dealer).
+pub async fn train_with_dealer<C: Channel, D: Channel>(
+    channel: &C,
+    dealer: &D,
+    input: LrInput,
+    config: &LrConfig,
+    progress: Option<LrProgressFn>,
+) -> Result<LrOutput, MpcError> {
+    train_inner(channel, Some(dealer), input, config, progress).await
+}
+
+async fn train_inner<C: Channel, D: Channel>(
+    channel: &C,
+    dealer: Option<&D>,
+    input: LrInput,
+    config: &LrConfig,
+    progress: Option<LrProgressFn>,
+) -> Result<LrOutput, MpcError> {
     config.validate()?;
     check_input(&input, config)?;
-    let peer_cols = handshake(channel, &input, config).await?;
+    let peer_cols = handshake(channel, &input, config, dealer.is_some()).await?;
     let (receiver, sender) = match input.party {
         Party::A => {
             let s = IknpSender::setup(channel, config.security).await?;
@@ -304,10 +329,13 @@ pub async fn train<C: Channel>(
         labels: input.labels.as_deref(),
         peer_cols,
         caches: None,
+        dealer: None,
     };
     let (cols_a, cols_b) = if input.party == Party::A { (own_cols, peer_cols) } else { (peer_cols, own_cols) };
     let rows_used = input.train.len() + input.holdout.len();
-    if cache_bytes(rows_used, cols_a, cols_b, config.feature_bits) <= config.ot_cache_bytes {
+    if let Some(d) = dealer {
+        ctx.dealer = Some(connect_dealer(&ctx, d, [&input.train, &input.holdout]).await?);
+    } else if cache_bytes(rows_used, cols_a, cols_b, config.feature_bits) <= config.ot_cache_bytes {
         ctx.caches = Some(fill_caches(&mut ctx, [&input.train, &input.holdout]).await?);
     }
     let mut w = Shares { own: Zeroizing::new(vec![0; own_cols]), peer: Zeroizing::new(vec![0; peer_cols]), w0: 0 };
@@ -316,11 +344,8 @@ pub async fn train<C: Channel>(
     let (mut epochs_run, mut stopped_early) = (0, false);
     for epoch in 0..config.epochs {
         for (b, rows) in batches.iter().enumerate() {
-            let at = b * config.batch_size;
-            let ots = ctx.caches.as_ref().map(|[(own, peer), _]| {
-                (own.session(epoch as u64, at..at + rows.len()), peer.session(epoch as u64, at..at + rows.len()))
-            });
-            step(&mut ctx, &mut w, rows, ots).await?;
+            let corr = correlations(&ctx, epoch as u64, List::Train, b * config.batch_size, rows.len()).await?;
+            step(&mut ctx, &mut w, rows, corr).await?;
             if let Some(p) = &progress {
                 p(LrProgress { epoch, epochs: config.epochs, batch: b + 1, batches: batches.len(), loss: None });
             }
@@ -384,10 +409,16 @@ fn check_input(input: &LrInput, config: &LrConfig) -> Result<(), MpcError> {
 
 /// Both parties send the digest of (parameters, rows, batch order, holdout) and their feature
 /// count; disagreeing parties stop here.
-async fn handshake<C: Channel>(channel: &C, input: &LrInput, config: &LrConfig) -> Result<usize, MpcError> {
+async fn handshake<C: Channel>(
+    channel: &C,
+    input: &LrInput,
+    config: &LrConfig,
+    dealer: bool,
+) -> Result<usize, MpcError> {
     let mut h = Sha256::new();
     h.update(b"consort/lr/v1");
     config.digest(&mut h);
+    h.update([dealer as u8]);
     h.update((input.features.rows() as u64).to_le_bytes());
     for list in [&input.train, &input.holdout] {
         h.update((list.len() as u64).to_le_bytes());
@@ -402,7 +433,7 @@ async fn handshake<C: Channel>(channel: &C, input: &LrInput, config: &LrConfig) 
     let theirs = theirs?;
     if theirs[..32] != msg[..32] {
         return Err(violation(
-            "the parties disagree on the training parameters, row count, batch order or holdout split",
+            "the parties disagree on the training parameters, row count, batch order, holdout split or dealer",
         ));
     }
     let cols = u64::from_le_bytes(theirs[32..].try_into().unwrap());
@@ -428,51 +459,162 @@ fn add_into(acc: &mut [u64], other: &[u64]) {
     }
 }
 
-/// Forward pass on rows `rows`: returns the batch matrix, the OTs (for the backward pass) and
-/// this party's shares of z (f fraction bits).
-async fn forward<C: Channel>(
-    ctx: &mut Ctx<'_, C>,
+/// The correlations of one batch: re-keyed cached OTs, fresh OTs (`None` here: extended in
+/// [`forward`]) or the dealer's.
+enum Corr {
+    Ot(ot_mul::ChooserOts, ot_mul::SenderOts),
+    Dealer(DealerSession),
+}
+
+impl Corr {
+    /// Length of the peer's message for our own matrix (m rows).
+    fn msg_len(&self, forward: bool, m: usize, own_cols: usize, bits: u32) -> usize {
+        match (self, forward) {
+            (Corr::Ot(..), _) => m * own_cols * bits as usize,
+            (Corr::Dealer(_), true) => own_cols,
+            (Corr::Dealer(_), false) => m,
+        }
+    }
+
+    /// Our message for the peer's matrix and our share of its product with `y`.
+    fn peer_side(&self, forward: bool, y: &[u64]) -> Result<(Vec<u64>, Vec<u64>), MpcError> {
+        match (self, forward) {
+            (Corr::Ot(_, s), true) => sender_forward(s, y),
+            (Corr::Ot(_, s), false) => sender_backward(s, y),
+            (Corr::Dealer(d), true) => Ok(d.peer_forward(y)),
+            (Corr::Dealer(d), false) => Ok(d.peer_backward(y)),
+        }
+    }
+
+    /// Our share of the product of our own matrix with the peer's vector, given its message.
+    fn own_side(&self, forward: bool, x: &Matrix, msg: &[u64]) -> Result<Vec<u64>, MpcError> {
+        match (self, forward) {
+            (Corr::Ot(c, _), true) => chooser_forward(c, x, msg),
+            (Corr::Ot(c, _), false) => chooser_backward(c, x, msg),
+            (Corr::Dealer(d), true) => Ok(d.owner_forward(x, msg)),
+            (Corr::Dealer(d), false) => Ok(d.owner_backward(x, msg)),
+        }
+    }
+}
+
+/// Announces the shape to the dealer, gets the seeds, and swaps masked matrices with the peer
+/// (once: the masks are reused for every epoch).
+async fn connect_dealer<'a, C: Channel, D: Channel>(
+    ctx: &Ctx<'a, C, D>,
+    dealer: &'a D,
+    [train, holdout]: [&[u32]; 2],
+) -> Result<(DealerClient<'a, D>, [Vec<u64>; 2]), MpcError> {
+    let cfg = ctx.config;
+    let client = DealerClient::connect(
+        dealer,
+        ctx.features.cols(),
+        ctx.peer_cols,
+        cfg.epochs,
+        cfg.batch_size,
+        train.len(),
+        holdout.len(),
+    )
+    .await?;
+    let mut peer_e = Vec::new();
+    for (list, rows) in [(List::Train, train), (List::Holdout, holdout)] {
+        let (features, rows_v) = (ctx.features.clone(), rows.to_vec());
+        let x = cpu::run(move || gather(&features, &rows_v)).await;
+        let e = client.masked(&x, list, 0);
+        peer_e.push(ot_mul::exchange_tau(ctx.channel, &e, rows.len() * ctx.peer_cols).await?);
+    }
+    let mut it = peer_e.into_iter();
+    Ok((client, [it.next().unwrap(), it.next().unwrap()]))
+}
+
+/// The correlations for `m` rows at position `at` of `list` in `epoch`, if they come from the
+/// cache or the dealer (`None`: extend fresh OTs).
+async fn correlations<C: Channel, D: Channel>(
+    ctx: &Ctx<'_, C, D>,
+    epoch: u64,
+    list: List,
+    at: usize,
+    m: usize,
+) -> Result<Option<Corr>, MpcError> {
+    if let Some(caches) = &ctx.caches {
+        let (own, peer) = &caches[list as usize];
+        return Ok(Some(Corr::Ot(own.session(epoch, at..at + m), peer.session(epoch, at..at + m))));
+    }
+    if let Some((client, peer_e)) = &ctx.dealer {
+        let cols = ctx.peer_cols;
+        let e = Matrix::new(peer_e[list as usize][at * cols..(at + m) * cols].to_vec(), m, cols, 64);
+        let s = SessionId { epoch, list, first: at, rows: m };
+        return Ok(Some(Corr::Dealer(client.session(s, e).await?)));
+    }
+    Ok(None)
+}
+
+/// One product in both directions: our share of (own matrix × the peer's vector) plus our share
+/// of (the peer's matrix × `y`).
+async fn product<C: Channel, D: Channel>(
+    ctx: &Ctx<'_, C, D>,
+    corr: &Arc<Corr>,
+    x: &Arc<Matrix>,
+    y: Vec<u64>,
+    forward: bool,
+) -> Result<(Vec<u64>, Vec<u64>), MpcError> {
+    let c2 = corr.clone();
+    let (msg, peer_part) = cpu::run(move || c2.peer_side(forward, &y)).await?;
+    let n = corr.msg_len(forward, x.rows(), x.cols(), ctx.config.feature_bits);
+    let theirs = ot_mul::exchange_tau(ctx.channel, &msg, n).await?;
+    let (c2, x2) = (corr.clone(), x.clone());
+    let own_part = cpu::run(move || c2.own_side(forward, &x2, &theirs)).await?;
+    Ok((own_part, peer_part))
+}
+
+/// Forward pass on rows `rows`: returns the batch matrix, the correlations (for the backward
+/// pass) and this party's shares of z (f fraction bits).
+async fn forward<C: Channel, D: Channel>(
+    ctx: &mut Ctx<'_, C, D>,
     w: &Shares,
     rows: &[u32],
-    ots: Option<(ot_mul::ChooserOts, ot_mul::SenderOts)>,
-) -> Result<(Arc<Matrix>, ot_mul::ChooserOts, ot_mul::SenderOts, Vec<u64>), MpcError> {
+    corr: Option<Corr>,
+) -> Result<(Arc<Matrix>, Arc<Corr>, Vec<u64>), MpcError> {
     let (features, rows_v) = (ctx.features.clone(), rows.to_vec());
     let x = Arc::new(cpu::run(move || gather(&features, &rows_v)).await);
     let (m, bits) = (rows.len(), ctx.config.feature_bits);
-    let (c_ots, s_ots) = match ots {
-        Some(ots) => ots,
+    let corr = match corr {
+        Some(c) => c,
         None => {
-            ot_mul::prepare_both(ctx.channel, &mut ctx.receiver, &mut ctx.sender, x.clone(), m, ctx.peer_cols, bits)
-                .await?
+            let (c, s) = ot_mul::prepare_both(
+                ctx.channel,
+                &mut ctx.receiver,
+                &mut ctx.sender,
+                x.clone(),
+                m,
+                ctx.peer_cols,
+                bits,
+            )
+            .await?;
+            Corr::Ot(c, s)
         }
     };
-    let (c_ots, s_ots) = (Arc::new(c_ots), Arc::new(s_ots));
-    let (s2, y) = (s_ots.clone(), w.peer.to_vec());
-    let (tau, out_s) = cpu::run(move || sender_forward(&s2, &y)).await?;
-    let tau_peer = ot_mul::exchange_tau(ctx.channel, &tau, m * x.cols() * bits as usize).await?;
-    let (c2, x2, own, w0, fx, party) =
-        (c_ots.clone(), x.clone(), w.own.to_vec(), w.w0, ctx.config.feature_frac_bits, ctx.party);
-    let z = cpu::run(move || -> Result<Vec<u64>, MpcError> {
-        let mut z = chooser_forward(&c2, &x2, &tau_peer)?;
+    let corr = Arc::new(corr);
+    let (own_part, peer_part) = product(ctx, &corr, &x, w.peer.to_vec(), true).await?;
+    let (x2, own, w0, fx, party) = (x.clone(), w.own.to_vec(), w.w0, ctx.config.feature_frac_bits, ctx.party);
+    let z = cpu::run(move || {
+        let mut z = own_part;
         add_into(&mut z, &x2.mul_vec(&own));
-        add_into(&mut z, &out_s);
+        add_into(&mut z, &peer_part);
         let w0 = w0 << fx;
-        Ok(z.into_iter().map(|v| trunc_share(v.wrapping_add(w0), fx, party)).collect())
+        z.into_iter().map(|v| trunc_share(v.wrapping_add(w0), fx, party)).collect::<Vec<u64>>()
     })
-    .await?;
-    let c_ots = Arc::try_unwrap(c_ots).map_err(|_| violation("OTs still shared"))?;
-    let s_ots = Arc::try_unwrap(s_ots).map_err(|_| violation("OTs still shared"))?;
-    Ok((x, c_ots, s_ots, z))
+    .await;
+    Ok((x, corr, z))
 }
 
 /// One mini-batch step (module docs, steps 1–4).
-async fn step<C: Channel>(
-    ctx: &mut Ctx<'_, C>,
+async fn step<C: Channel, D: Channel>(
+    ctx: &mut Ctx<'_, C, D>,
     w: &mut Shares,
     rows: &[u32],
-    ots: Option<(ot_mul::ChooserOts, ot_mul::SenderOts)>,
+    corr: Option<Corr>,
 ) -> Result<(), MpcError> {
-    let (x, c_ots, s_ots, z) = forward(ctx, w, rows, ots).await?;
+    let (x, corr, z) = forward(ctx, w, rows, corr).await?;
     let m = rows.len();
     // Step 2: r' = 2 + z − 4y (A adds the constants).
     let r: Vec<u64> = match (ctx.party, ctx.labels) {
@@ -483,17 +625,9 @@ async fn step<C: Channel>(
         _ => z,
     };
     // Step 3.
-    let (s_ots, r2) = (Arc::new(s_ots), r.clone());
-    let s2 = s_ots.clone();
-    let (tau, g_peer) = cpu::run(move || sender_backward(&s2, &r2)).await?;
-    let tau_peer = ot_mul::exchange_tau(ctx.channel, &tau, m * x.cols() * ctx.config.feature_bits as usize).await?;
+    let (mut g_own, g_peer) = product(ctx, &corr, &x, r.clone(), false).await?;
     let (x2, r2) = (x.clone(), r.clone());
-    let g_own = cpu::run(move || -> Result<Vec<u64>, MpcError> {
-        let mut g = chooser_backward(&c_ots, &x2, &tau_peer)?;
-        add_into(&mut g, &x2.mul_t_vec(&r2));
-        Ok(g)
-    })
-    .await?;
+    add_into(&mut g_own, &cpu::run(move || x2.mul_t_vec(&r2)).await);
     let g0 = r.iter().fold(0u64, |a, &v| a.wrapping_add(v));
     // Step 4.
     let cfg = ctx.config;
@@ -515,19 +649,16 @@ async fn step<C: Channel>(
 }
 
 /// Holdout loss L̂ (A gets `Some`, B `None`).
-async fn holdout_loss<C: Channel>(
-    ctx: &mut Ctx<'_, C>,
+async fn holdout_loss<C: Channel, D: Channel>(
+    ctx: &mut Ctx<'_, C, D>,
     w: &Shares,
     rows: &[u32],
     epoch: u64,
 ) -> Result<Option<f64>, MpcError> {
     let mut z = Vec::with_capacity(rows.len());
     for (k, chunk) in rows.chunks(ctx.config.batch_size).enumerate() {
-        let at = k * ctx.config.batch_size;
-        let ots = ctx.caches.as_ref().map(|[_, (own, peer)]| {
-            (own.session(epoch, at..at + chunk.len()), peer.session(epoch, at..at + chunk.len()))
-        });
-        let (_, _, _, zc) = forward(ctx, w, chunk, ots).await?;
+        let corr = correlations(ctx, epoch, List::Holdout, k * ctx.config.batch_size, chunk.len()).await?;
+        let (_, _, zc) = forward(ctx, w, chunk, corr).await?;
         z.extend(zc);
     }
     let n = rows.len();
@@ -566,7 +697,10 @@ async fn holdout_loss<C: Channel>(
 }
 
 /// Each party sends its share of the other's weights (B also its share of w₀).
-async fn reveal_weights<C: Channel>(ctx: &Ctx<'_, C>, w: &Shares) -> Result<(Vec<f64>, Option<f64>), MpcError> {
+async fn reveal_weights<C: Channel, D: Channel>(
+    ctx: &Ctx<'_, C, D>,
+    w: &Shares,
+) -> Result<(Vec<f64>, Option<f64>), MpcError> {
     let mut ours = w.peer.to_vec();
     let own_cols = w.own.len();
     let theirs_len = match ctx.party {

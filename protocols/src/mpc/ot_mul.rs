@@ -453,7 +453,12 @@ impl ChooserCache {
 impl SenderCache {
     pub fn new(rows: usize, cols: usize, bits: u32) -> Self {
         let n = rows * cols * bits as usize;
-        Self { sigma0: Zeroizing::new(Vec::with_capacity(n)), sigma1: Zeroizing::new(Vec::with_capacity(n)), cols, bits }
+        Self {
+            sigma0: Zeroizing::new(Vec::with_capacity(n)),
+            sigma1: Zeroizing::new(Vec::with_capacity(n)),
+            cols,
+            bits,
+        }
     }
 
     pub fn append(&mut self, ots: SenderOts) {

@@ -145,7 +145,8 @@ async fn cached_ots_rekeyed_per_use_give_correct_products_and_fresh_pads() {
         }
         outs
     };
-    let (y_f, y_b): (Vec<u64>, Vec<u64>) = ((0..cols).map(|_| rng.next_u64()).collect(), (0..150).map(|_| rng.next_u64()).collect());
+    let (y_f, y_b): (Vec<u64>, Vec<u64>) =
+        ((0..cols).map(|_| rng.next_u64()).collect(), (0..150).map(|_| rng.next_u64()).collect());
     let sender = async {
         let mut ext = IknpSender::setup(&cb, Security::SemiHonest).await.unwrap();
         let mut cache = SenderCache::new(rows, cols, bits);
