@@ -116,3 +116,39 @@ async fn train_needs_a_train_grant_and_a_label_column() {
     assert!(status.error.contains("a.csv:1: column 'label': no such label column"), "{}", status.error);
     assert!(!p.root.join("model-a.json").exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn train_with_a_dealer_node() {
+    let p = pair_with_lr_data(1500, 100, "train").await;
+    // A third node, pinned by both parties under the same name, pinning both of them.
+    let d_dir = p.root.join("dealer");
+    consort_node::identity::init(&d_dir, "dealer", "127.0.0.1:0").unwrap();
+    let d = node::start(&d_dir).await.unwrap();
+    let cert = |dir: &Path| dir.join(consort_node::config::TLS_CERT_FILE);
+    for (dir, name) in [(&p.a_dir, pair::A), (&p.b_dir, pair::B)] {
+        setup::peer_add(dir, "dealer", &d.peer_addr().to_string(), &cert(&d_dir), false).unwrap();
+        let addr = std::fs::read_to_string(dir.join(consort_node::config::LISTEN_ADDR_FILE)).unwrap();
+        setup::peer_add(&d_dir, name, addr.trim(), &cert(dir), false).unwrap();
+    }
+    d.state.reload().unwrap();
+    p._a.state.reload().unwrap();
+    p.b.state.reload().unwrap();
+
+    let mut request = train_request(&p, "y");
+    let mut params: LrParams = serde_json::from_str(&request.params).unwrap();
+    params.dealer = Some("dealer".into());
+    request.params = serde_json::to_string(&params).unwrap();
+    let status = run(&p.a_dir, request.clone()).await.unwrap();
+    assert_eq!(status.state, "done", "{}", status.error);
+    let report: serde_json::Value = serde_json::from_str(&status.summary).unwrap();
+    assert!(report["auc"].as_f64().unwrap() > 0.7);
+    let dealt = d.state.jobs.get(&status.job_id).unwrap().status();
+    assert_eq!((dealt.kind.as_str(), dealt.role.as_str()), ("deal", "dealer"));
+    assert!(dealt.bytes_sent > 0);
+
+    // A dealer this node has not pinned: refused at submission.
+    params.dealer = Some("nobody".into());
+    request.params = serde_json::to_string(&params).unwrap();
+    let err = run(&p.a_dir, request).await.unwrap_err();
+    assert!(err.contains("no pinned dealer node 'nobody'"), "{err}");
+}

@@ -67,6 +67,9 @@ pub struct LrParams {
     pub holdout: f64,
     /// Seed of the holdout split and batch order (public).
     pub split_seed: u64,
+    /// Dealer mode: the node (pinned by both parties) that supplies the correlations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dealer: Option<String>,
 }
 
 impl Default for LrParams {
@@ -82,6 +85,7 @@ impl Default for LrParams {
             tolerance: c.tolerance,
             holdout: 0.2,
             split_seed: 0,
+            dealer: None,
         }
     }
 }
@@ -477,6 +481,16 @@ async fn align<C: Channel>(
 
 /// Runs this party's side of a train job over `channel` and writes its model file.
 pub async fn run_train<C: Channel>(channel: &C, dataset: &Dataset, job: &TrainJob) -> Result<TrainReport, LrError> {
+    run_train_with_dealer::<C, C>(channel, None, dataset, job).await
+}
+
+/// [`run_train`], with the matrix-product correlations from a dealer when `dealer` is given.
+pub async fn run_train_with_dealer<C: Channel, D: Channel>(
+    channel: &C,
+    dealer: Option<&D>,
+    dataset: &Dataset,
+    job: &TrainJob,
+) -> Result<TrainReport, LrError> {
     let party = party_of(job.role);
     let config = job.params.config()?;
     if (party == Party::A) != job.columns.label.is_some() {
@@ -510,7 +524,10 @@ pub async fn run_train<C: Channel>(channel: &C, dataset: &Dataset, job: &TrainJo
         train: train_rows.clone(),
         holdout: holdout_rows.clone(),
     };
-    let out = lr::train(channel, input, &config, job.progress.clone()).await?;
+    let out = match dealer {
+        Some(d) => lr::train_with_dealer(channel, d, input, &config, job.progress.clone()).await?,
+        None => lr::train(channel, input, &config, job.progress.clone()).await?,
+    };
     stages.push(("train".to_string(), t.elapsed().as_secs_f64()));
     let t = Instant::now();
     let features: Vec<ModelFeature> = table

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod identity;
 pub mod jobs;
 pub mod lr_cli;
+pub mod lr_dealer;
 pub mod lr_demo;
 pub mod lr_job;
 pub mod node;

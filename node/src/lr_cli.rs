@@ -59,6 +59,10 @@ pub struct HyperArgs {
     /// Seed of the holdout split and batch order (default: random).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Dealer mode: take the correlations from this pinned third node (both parties must pin it;
+    /// it must not collude with either party). Default: dealer-free (OT-based).
+    #[arg(long)]
+    pub dealer: Option<String>,
 }
 
 impl HyperArgs {
@@ -73,6 +77,7 @@ impl HyperArgs {
             tolerance: self.tolerance,
             holdout: self.holdout,
             split_seed: self.seed.unwrap_or_else(rand::random),
+            dealer: self.dealer.clone(),
         }
     }
 }

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow, bail};
 use consort_engine::Dataset;
 use consort_engine::lr::{
-    ColumnChoice, LrError, LrParams, ModelFile, ScoreJob, ScoreReport, TrainJob, TrainReport, run_score, run_train,
+    ColumnChoice, LrError, LrParams, ModelFile, ScoreJob, ScoreReport, TrainJob, TrainReport, run_score,
+    run_train_with_dealer,
 };
 use consort_protocols::mpc::lr::LrProgress;
 use consort_protocols::{ChannelError, Metered, Role};
@@ -158,6 +159,16 @@ async fn request_inner(state: &NodeState, handle: &Arc<JobHandle>, params: &LrJo
         Ok(Ok(other)) => bail!("peer '{}' answered the job request with a {} frame", peer.name, kind_name(&other)),
         Ok(Err(e)) => bail!("peer '{}' dropped the job request: {e}", peer.name),
     }
+    let dealer = match &params.kind {
+        LrRequestKind::Train { params: p, .. } => match &p.dealer {
+            Some(name) => {
+                handle.stage("connect dealer", 0, 0);
+                Some(crate::lr_dealer::connect_dealer(state, name, &job_id, "A", &peer.name).await?)
+            }
+            None => None,
+        },
+        _ => None,
+    };
     let job = match &params.kind {
         LrRequestKind::Train { columns, params: p, model_out } => EngineJob::Train(TrainJob {
             role: Role::Requester,
@@ -176,7 +187,7 @@ async fn request_inner(state: &NodeState, handle: &Arc<JobHandle>, params: &LrJo
             psi_progress: Some(progress_fn(handle)),
         }),
     };
-    run(channel, &dataset, job, handle, &wire, Role::Requester).await
+    run(channel, dealer, &dataset, job, handle, &wire, Role::Requester).await
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -209,6 +220,11 @@ fn admit(state: &NodeState, peer: &str, job: &JobRequest) -> Result<(consort_eng
             let params: LrParams =
                 serde_json::from_str(&job.params).map_err(|e| format!("bad train parameters: {e}"))?;
             params.config().map_err(|e| e.to_string())?;
+            if let Some(dealer) = &params.dealer
+                && config.peer(dealer).is_err()
+            {
+                return Err(format!("this node has not pinned the dealer '{dealer}' the job names"));
+            }
             EngineJob::Train(TrainJob {
                 role: Role::Responder,
                 columns: ColumnChoice::default(),
@@ -283,7 +299,21 @@ pub async fn respond(state: Arc<NodeState>, peer: PeerInfo, job: JobRequest, cha
         handle.fail("the requester went away before the job started".into());
         return;
     }
-    match run(channel, &dataset, engine_job, &handle, &peer.wire, Role::Responder).await {
+    let dealer = match &engine_job {
+        EngineJob::Train(TrainJob { params: LrParams { dealer: Some(name), .. }, .. }) => {
+            match crate::lr_dealer::connect_dealer(&state, name, &job.job_id, "B", &peer.name).await {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    warn!(job = %job.job_id, "{e:#}");
+                    channel.abort("the responder could not reach the dealer").await;
+                    handle.fail(format!("{e:#}"));
+                    return;
+                }
+            }
+        }
+        _ => None,
+    };
+    match run(channel, dealer, &dataset, engine_job, &handle, &peer.wire, Role::Responder).await {
         Ok(()) => info!(job = %job.job_id, "job done"),
         Err(e) => {
             warn!(job = %job.job_id, "job failed: {e:#}");
@@ -325,6 +355,7 @@ impl EngineReport {
 /// Runs the engine job and the end-of-job exchange on an accepted job stream.
 async fn run(
     channel: GrpcChannel,
+    dealer: Option<GrpcChannel>,
     dataset: &Dataset,
     job: EngineJob,
     handle: &JobHandle,
@@ -333,9 +364,12 @@ async fn run(
 ) -> Result<()> {
     let channel = Metered::new(channel);
     let result = match &job {
-        EngineJob::Train(t) => run_train(&channel, dataset, t).await.map(EngineReport::Train),
+        EngineJob::Train(t) => {
+            run_train_with_dealer(&channel, dealer.as_ref(), dataset, t).await.map(EngineReport::Train)
+        }
         EngineJob::Score(s) => run_score(&channel, dataset, s).await.map(EngineReport::Score),
     };
+    drop(dealer);
     handle.record_stats(&channel.stats(), wire.get());
     let report = match result {
         Ok(r) => r,
@@ -427,6 +461,13 @@ pub fn submit(state: &Arc<NodeState>, r: LrRequest) -> Result<String, tonic::Sta
             let params: LrParams = serde_json::from_str(&r.params)
                 .map_err(|e| Status::invalid_argument(format!("bad train parameters: {e}")))?;
             params.config().map_err(|e| Status::invalid_argument(e.to_string()))?;
+            if let Some(dealer) = &params.dealer
+                && config.peer(dealer).is_err()
+            {
+                return Err(Status::failed_precondition(format!(
+                    "no pinned dealer node '{dealer}' (pin it with `consort peer add`)"
+                )));
+            }
             if r.label.is_empty() {
                 return Err(Status::invalid_argument("a train job needs the label column"));
             }

@@ -142,6 +142,9 @@ async fn respond(state: Arc<NodeState>, peer: PeerInfo, job: JobRequest, channel
     if crate::lr_job::KINDS.contains(&job.kind.as_str()) {
         return crate::lr_job::respond(state, peer, job, channel).await;
     }
+    if job.kind == crate::lr_dealer::KIND {
+        return crate::lr_dealer::respond(state, peer, job, channel).await;
+    }
     let (spec, protocol, reveal) = match admit(&state, &peer.name, &job) {
         Ok(admitted) => admitted,
         Err(reason) => {
