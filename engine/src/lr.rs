@@ -318,8 +318,8 @@ fn read_features(
         }
         if let (Some(c), Some(labels)) = (label, labels.as_mut()) {
             labels[i] = match number(c) {
-                Ok(v) if v == 0.0 => 0,
-                Ok(v) if v == 1.0 => 1,
+                Ok(0.0) => 0,
+                Ok(1.0) => 1,
                 _ => {
                     return Err(DataError::Row {
                         path: path.to_path_buf(),

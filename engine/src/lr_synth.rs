@@ -92,7 +92,7 @@ pub fn generate_lr(spec: &LrGenSpec) -> Result<LrGenSummary, DataError> {
         is_missing[i as usize] = true;
     }
     let mut positives = 0;
-    for i in 0..spec.rows as usize {
+    for (i, &missing) in is_missing.iter().enumerate() {
         let u: Vec<f64> = (0..d).map(|_| normal(&mut rng)).collect();
         let z = truth.intercept + u.iter().zip(&beta).map(|(x, b)| x * b).sum::<f64>();
         let y = u8::from(rng.random::<f64>() < 1.0 / (1.0 + (-z).exp()));
@@ -103,7 +103,7 @@ pub fn generate_lr(spec: &LrGenSpec) -> Result<LrGenSummary, DataError> {
             write!(a, ",{:.6}", shifts[j] + scales[j] * u[j]).unwrap();
         }
         a.push('\n');
-        if !is_missing[i] {
+        if !missing {
             let mut row = id;
             for j in fa..d {
                 write!(row, ",{:.6}", shifts[j] + scales[j] * u[j]).unwrap();

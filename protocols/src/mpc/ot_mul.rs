@@ -271,10 +271,10 @@ pub fn sender_forward(s: &SenderOts, y: &[u64]) -> Result<(Vec<u64>, Vec<u64>), 
         tau.par_chunks_mut(cb).zip(out.par_iter_mut()).enumerate().for_each(|(i, (t, out))| {
             let mut acc = 0u64;
             for (j, &yj) in y.iter().enumerate() {
-                for k in 0..bits {
+                for (k, wk) in w.iter().enumerate() {
                     let o = j * bits + k;
                     let (m0, m1) = s.pads(i * cb + o, Half::Forward);
-                    t[o] = m0.wrapping_sub(m1).wrapping_add(w[k].wrapping_mul(yj));
+                    t[o] = m0.wrapping_sub(m1).wrapping_add(wk.wrapping_mul(yj));
                     acc = acc.wrapping_sub(m0);
                 }
             }
@@ -306,10 +306,10 @@ pub fn sender_backward(s: &SenderOts, y: &[u64]) -> Result<(Vec<u64>, Vec<u64>),
                 let row = blk * PAR_ROWS + r;
                 let corr: Vec<u64> = w.iter().map(|wk| wk.wrapping_mul(yi)).collect();
                 for (j, a) in acc.iter_mut().enumerate() {
-                    for k in 0..bits {
+                    for (k, ck) in corr.iter().enumerate() {
                         let o = j * bits + k;
                         let (m0, m1) = s.pads(row * cb + o, Half::Backward);
-                        t[r * cb + o] = m0.wrapping_sub(m1).wrapping_add(corr[k]);
+                        t[r * cb + o] = m0.wrapping_sub(m1).wrapping_add(*ck);
                         *a = a.wrapping_sub(m0);
                     }
                 }
