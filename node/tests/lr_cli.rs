@@ -40,11 +40,13 @@ fn start_node(dir: &Path) -> (NodeProc, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // Wrapped at once, so the process is reaped on every path (including the panic below).
+    let node = NodeProc(child);
     for _ in 0..200 {
         if let Ok(addr) = std::fs::read_to_string(dir.join("listen.addr"))
             && dir.join("control.sock").exists()
         {
-            return (NodeProc(child), addr.trim().to_string());
+            return (node, addr.trim().to_string());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
