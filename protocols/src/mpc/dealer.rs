@@ -171,7 +171,8 @@ pub async fn run_dealer<A: Channel, B: Channel>(to_a: &A, to_b: &B) -> Result<De
         return Err(violation("implausible training shape"));
     }
     // Seeds: per matrix, the owner's (U) and the peer's (v, v', R, R').
-    let (ua, va, ub, vb) = (random_seed(), random_seed(), random_seed(), random_seed());
+    let seeds_all = Zeroizing::new([random_seed(), random_seed(), random_seed(), random_seed()]);
+    let [ua, va, ub, vb] = *seeds_all;
     let seeds = |own: u128, peer: u128| Zeroizing::new([own.to_le_bytes(), peer.to_le_bytes()].concat());
     let (seeds_a, seeds_b) = (seeds(ua, vb), seeds(ub, va));
     let (sa, sb) = futures::join!(send_bytes(to_a, &seeds_a), send_bytes(to_b, &seeds_b));
@@ -211,6 +212,13 @@ pub struct DealerClient<'a, D> {
     peer_seed: u128,
     own_cols: usize,
     peer_cols: usize,
+}
+
+impl<D> Drop for DealerClient<'_, D> {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.own_seed);
+        zeroize::Zeroize::zeroize(&mut self.peer_seed);
+    }
 }
 
 impl<'a, D: Channel> DealerClient<'a, D> {
