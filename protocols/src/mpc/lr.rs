@@ -617,17 +617,19 @@ async fn step<C: Channel, D: Channel>(
     let (x, corr, z) = forward(ctx, w, rows, corr).await?;
     let m = rows.len();
     // Step 2: r' = 2 + z − 4y (A adds the constants).
-    let r: Vec<u64> = match (ctx.party, ctx.labels) {
+    let z = Zeroizing::new(z);
+    let r = Zeroizing::new(match (ctx.party, ctx.labels) {
         (Party::A, Some(y)) => {
             let (two, four) = (encode(2.0, FRAC_BITS), encode(4.0, FRAC_BITS));
             z.iter().zip(rows).map(|(&z, &i)| z.wrapping_add(two).wrapping_sub(four * y[i as usize] as u64)).collect()
         }
-        _ => z,
-    };
+        _ => z.to_vec(),
+    });
     // Step 3.
-    let (mut g_own, g_peer) = product(ctx, &corr, &x, r.clone(), false).await?;
-    let (x2, r2) = (x.clone(), r.clone());
-    add_into(&mut g_own, &cpu::run(move || x2.mul_t_vec(&r2)).await);
+    let (g_own, g_peer) = product(ctx, &corr, &x, r.to_vec(), false).await?;
+    let (mut g_own, g_peer) = (Zeroizing::new(g_own), Zeroizing::new(g_peer));
+    let (x2, r2) = (x.clone(), Zeroizing::new(r.to_vec()));
+    add_into(&mut g_own, &Zeroizing::new(cpu::run(move || x2.mul_t_vec(&r2)).await));
     let g0 = r.iter().fold(0u64, |a, &v| a.wrapping_add(v));
     // Step 4.
     let cfg = ctx.config;
@@ -655,7 +657,7 @@ async fn holdout_loss<C: Channel, D: Channel>(
     rows: &[u32],
     epoch: u64,
 ) -> Result<Option<f64>, MpcError> {
-    let mut z = Vec::with_capacity(rows.len());
+    let mut z = Zeroizing::new(Vec::with_capacity(rows.len()));
     for (k, chunk) in rows.chunks(ctx.config.batch_size).enumerate() {
         let corr = correlations(ctx, epoch, List::Holdout, k * ctx.config.batch_size, chunk.len()).await?;
         let (_, _, zc) = forward(ctx, w, chunk, corr).await?;
@@ -669,7 +671,7 @@ async fn holdout_loss<C: Channel, D: Channel>(
     match (ctx.party, ctx.labels) {
         (Party::A, Some(y)) => {
             let mut data = Vec::with_capacity(2 * n);
-            for (&i, &zi) in rows.iter().zip(&z) {
+            for (&i, &zi) in rows.iter().zip(z.iter()) {
                 data.extend([y[i as usize] as u64, zi]);
             }
             let x = Arc::new(Matrix::new(data, n, 2, 64));
@@ -677,7 +679,7 @@ async fn holdout_loss<C: Channel, D: Channel>(
             let tau = recv_u64s(ctx.channel, n * 2 * 64).await?;
             let cross = cpu::run(move || chooser_backward(&ots, &x, &tau)).await?;
             let theirs = recv_u64s(ctx.channel, 3).await?;
-            let yz_own = rows.iter().zip(&z).fold(0u64, |a, (&i, &zi)| a.wrapping_add(y[i as usize] as u64 * zi));
+            let yz_own = rows.iter().zip(z.iter()).fold(0u64, |a, (&i, &zi)| a.wrapping_add(y[i as usize] as u64 * zi));
             let s1 = s1.wrapping_add(theirs[0]);
             let s2 = s2_local.wrapping_add(cross[1].wrapping_mul(2)).wrapping_add(theirs[1]);
             let s3 = yz_own.wrapping_add(cross[0]).wrapping_add(theirs[2]);
