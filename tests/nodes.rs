@@ -71,8 +71,13 @@ fn request(peer_dataset: &str, reveal: &str, out: &str) -> PsiRequest {
 }
 
 async fn run_psi(dir: &Path, peer_dataset: &str, reveal: &str, out: &Path) -> JobStatus {
+    run_psi_with("ecdh", dir, peer_dataset, reveal, out).await
+}
+
+async fn run_psi_with(protocol: &str, dir: &Path, peer_dataset: &str, reveal: &str, out: &Path) -> JobStatus {
     let client = NodeClient::connect(dir).await.unwrap();
-    let id = client.submit_psi(request(peer_dataset, reveal, &out.display().to_string())).await.unwrap();
+    let request = PsiRequest { protocol: protocol.into(), ..request(peer_dataset, reveal, &out.display().to_string()) };
+    let id = client.submit_psi(request).await.unwrap();
     tokio::time::timeout(Duration::from_secs(60), client.watch(&id, |_| {})).await.expect("job hangs").unwrap()
 }
 
@@ -81,9 +86,16 @@ const B_CSV: &str = "region,id,score\nnorth,15550000004,0.1\nsouth,15550000009,0
 
 #[tokio::test(flavor = "multi_thread")]
 async fn psi_between_two_nodes_gives_aligned_rows_on_both_sides() {
+    for protocol in ["ecdh", "rr22"] {
+        aligned_rows_on_both_sides(protocol).await;
+    }
+}
+
+async fn aligned_rows_on_both_sides(protocol: &str) {
     let p = pair_with_data(A_CSV, B_CSV).await;
     let out = p.root.join("out.csv");
-    let status = run_psi(&p.a_dir, "accounts", "both", &out).await;
+    let status = run_psi_with(protocol, &p.a_dir, "accounts", "both", &out).await;
+    assert_eq!(status.protocol, protocol);
     assert_eq!(status.state, "done", "{}", status.error);
     assert_eq!((status.local_rows, status.peer_rows, status.intersection), (4, 3, 2));
     assert!(status.wire_bytes_sent > 0 && status.bytes_sent > 0);
@@ -114,8 +126,14 @@ async fn psi_between_two_nodes_gives_aligned_rows_on_both_sides() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reveal_self_leaves_the_responder_without_output() {
+    for protocol in ["ecdh", "rr22"] {
+        responder_without_output(protocol).await;
+    }
+}
+
+async fn responder_without_output(protocol: &str) {
     let p = pair_with_data(A_CSV, B_CSV).await;
-    let status = run_psi(&p.a_dir, "accounts", "self", &p.root.join("out.csv")).await;
+    let status = run_psi_with(protocol, &p.a_dir, "accounts", "self", &p.root.join("out.csv")).await;
     assert_eq!(status.state, "done", "{}", status.error);
     assert_eq!(status.intersection, 2);
     assert!(status.peer_output.is_empty());

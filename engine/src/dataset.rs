@@ -299,7 +299,13 @@ impl Dataset {
 
     /// Number of kept rows (= items in the PSI).
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.starts.len()
+    }
+
+    /// Frees the keys (about 20 bytes per row) once the protocol no longer needs them; row
+    /// spans stay, so outputs can still be written. Key accessors return nothing afterwards.
+    pub(crate) fn release_keys(&mut self) {
+        self.keys = KeyArena::new();
     }
 
     pub fn is_empty(&self) -> bool {
@@ -406,7 +412,19 @@ impl OutputPlan {
     /// Copies the rows to `out` through a temp file in the same directory, renamed into place
     /// only when complete: on any error no output file exists.
     pub(crate) fn write(&self, out: &Path) -> Result<u64, DataError> {
-        let source = open_unchanged(&self.source, &self.stamp)?;
+        let file = open_unchanged(&self.source, &self.stamp)?;
+        // SAFETY: the map is only read. The file was checked against its stamp just now; if
+        // another process truncates it while we copy, reads past the end fault (the node dies
+        // before the output is renamed into place, so no partial output appears), and rewritten
+        // bytes are caught by the row-terminator check below. One copy per row instead of one
+        // `pread` per row: 5 million rows take well under a second instead of tens of seconds.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| DataError::io(&self.source, e))?;
+        if map.len() as u64 != self.stamp.len {
+            return Err(changed(&self.source));
+        }
+        #[cfg(unix)]
+        let _ = map.advise(memmap2::Advice::Random);
+        let source: &[u8] = &map;
         let dir = match out.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
@@ -427,7 +445,7 @@ impl OutputPlan {
             let mut pending: Vec<Vec<u8>> = Vec::new();
             for batch in self.rows.chunks(WRITE_BATCH) {
                 let (read, written) = rayon::join(
-                    || batch.par_chunks(READ_CHUNK).map(|c| self.read_rows(&source, c)).collect::<Result<Vec<_>, _>>(),
+                    || batch.par_chunks(READ_CHUNK).map(|c| self.read_rows(source, c)).collect::<Result<Vec<_>, _>>(),
                     || pending.iter().try_for_each(|b| w.write_all(b)),
                 );
                 written.map_err(io_err)?;
@@ -443,14 +461,15 @@ impl OutputPlan {
     }
 
     /// Reads `rows` from the source file into one buffer, in order.
-    fn read_rows(&self, source: &File, rows: &[Span]) -> Result<Vec<u8>, DataError> {
+    fn read_rows(&self, source: &[u8], rows: &[Span]) -> Result<Vec<u8>, DataError> {
         let total: usize = rows.iter().map(|r| r.len as usize + if r.open { self.terminator.len() } else { 0 }).sum();
         let mut buf = vec![0u8; total];
         let mut at = 0;
         for r in rows {
             let len = r.len as usize;
             let dst = &mut buf[at..at + len];
-            source.read_exact_at(dst, r.start).map_err(|e| DataError::io(&self.source, e))?;
+            let from = usize::try_from(r.start).ok().and_then(|s| source.get(s..s + len));
+            dst.copy_from_slice(from.ok_or_else(|| changed(&self.source))?);
             // A cheap check that the span still holds a whole row.
             if !r.open && !matches!(dst.last(), Some(b'\n' | b'\r')) {
                 return Err(changed(&self.source));
@@ -684,7 +703,7 @@ mod tests {
         plan.rows.push(Span { start: end, len: 10, open: false });
         let out_dir = f.dir.path().join("out");
         let err = plan.write(&out_dir.join("o.csv")).unwrap_err();
-        assert!(matches!(err, DataError::Io { .. }), "{err}");
+        assert!(err.to_string().contains("the file changed after it was loaded"), "{err}");
         assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 0);
     }
 }

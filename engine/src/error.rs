@@ -91,4 +91,6 @@ pub enum EngineError {
     Data(#[from] DataError),
     #[error(transparent)]
     Psi(#[from] consort_protocols::ecdh_psi::EcdhPsiError),
+    #[error(transparent)]
+    Rr22(#[from] consort_protocols::rr22::Rr22Error),
 }

@@ -132,7 +132,7 @@ struct PsiArgs {
     /// The peer's dataset.
     #[arg(long)]
     peer_dataset: String,
-    /// PSI protocol (ecdh).
+    /// PSI protocol: ecdh (ECDH-PSI) or rr22 (RR22 over silent VOLE, for large sets).
     #[arg(long, default_value = "ecdh")]
     protocol: String,
     /// Who learns the intersection: both, or self (only this node).

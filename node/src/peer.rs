@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use consort_engine::{Dataset, DatasetSpec, EngineError, PsiJob, PsiProtocol, run_psi};
+use consort_engine::{Dataset, DatasetSpec, EngineError, PsiJob, PsiProtocol, run_psi_owned};
 use consort_protocols::{ChannelError, Metered, Reveal, Role, cpu};
 use futures::{Stream, StreamExt};
 use rustls::pki_types::ServerName;
@@ -33,8 +33,12 @@ use crate::{FRAME_BUFFER, MAX_MESSAGE_BYTES, identity};
 /// Version of the job-level exchange; bumped on incompatible changes.
 pub const JOB_PROTOCOL_VERSION: u32 = 1;
 
-/// How long a node waits for the peer's first answer or final `JobEnd`.
-pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a node waits for the peer's first answer or final `JobEnd`. The first answer comes
+/// after the responder has loaded and validated its dataset, and the `JobEnd` after the peer has
+/// written its output: at 10^8 rows each takes a minute or more on a loaded 2-core machine, so
+/// this is generous. A peer that goes away is noticed at once (the stream closes); the timeout
+/// only catches a peer that stays connected and never answers.
+pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// What the requester's operator asked for.
 #[derive(Debug, Clone)]
@@ -189,7 +193,7 @@ async fn respond(state: Arc<NodeState>, peer: PeerInfo, job: JobRequest, channel
     let (out, rel) = default_output(&state.dir, &job.job_id, &dataset.spec.name);
     let psi =
         PsiJob { protocol, role: Role::Responder, reveal, output: Some(out), progress: Some(progress_fn(&handle)) };
-    match run_job(channel, &dataset, psi, &handle, &peer.wire, rel).await {
+    match run_job(channel, dataset, psi, &handle, &peer.wire, rel).await {
         Ok(()) => info!(job = %job.job_id, "job done"),
         Err(e) => {
             warn!(job = %job.job_id, "job failed: {e:#}");
@@ -264,7 +268,7 @@ async fn request_psi_inner(state: &NodeState, handle: &Arc<JobHandle>, params: &
         output: Some(out),
         progress: Some(progress_fn(handle)),
     };
-    run_job(channel, &dataset, psi, handle, &wire, rel).await
+    run_job(channel, dataset, psi, handle, &wire, rel).await
 }
 
 /// Opens a TLS 1.3 connection to a pinned peer (a new connection per job, so its byte counts are the
@@ -348,14 +352,14 @@ fn abort_reason(e: &EngineError) -> String {
 /// Runs the protocol and the end-of-job exchange on an accepted job stream.
 async fn run_job(
     channel: GrpcChannel,
-    dataset: &Dataset,
+    dataset: Dataset,
     psi: PsiJob,
     handle: &JobHandle,
     wire: &WireCounters,
     rel_output: String,
 ) -> Result<()> {
     let channel = Metered::new(channel);
-    let result = run_psi(&channel, dataset, &psi).await;
+    let result = run_psi_owned(&channel, dataset, &psi).await;
     handle.record_stats(&channel.stats(), wire.get());
     let report = match result {
         Ok(r) => r,

@@ -56,7 +56,7 @@ fn s(p: &Path) -> &str {
 }
 
 /// `consort psi` from the bank's node against the partner's "accounts", parsed `--json` summary.
-fn psi_json(node: &Path, out: &Path, reveal: &str) -> serde_json::Value {
+fn psi_json(node: &Path, out: &Path, reveal: &str, protocol: &str) -> serde_json::Value {
     let json = ok(&[
         "psi",
         s(node),
@@ -68,6 +68,8 @@ fn psi_json(node: &Path, out: &Path, reveal: &str) -> serde_json::Value {
         "accounts",
         "--reveal",
         reveal,
+        "--protocol",
+        protocol,
         "--out",
         s(out),
         "--json",
@@ -133,7 +135,7 @@ fn two_node_processes_run_psi_through_the_cli() {
     ]);
 
     let out = root.join("shared.csv");
-    let v = psi_json(&a, &out, "both");
+    let v = psi_json(&a, &out, "both", "ecdh");
     assert_eq!(v["state"], "done", "{v}");
     assert_eq!(v["intersection"], 700);
     assert_eq!(v["local_rows"], 3000);
@@ -150,9 +152,26 @@ fn two_node_processes_run_psi_through_the_cli() {
     assert!(check.ok, "{:?}", check.problems);
     assert_eq!(check.expected, 700);
 
+    // The same through RR22.
+    let out_rr22 = root.join("shared-rr22.csv");
+    let v = psi_json(&a, &out_rr22, "both", "rr22");
+    assert_eq!(
+        (v["state"].as_str(), v["protocol"].as_str(), v["intersection"].as_u64()),
+        (Some("done"), Some("rr22"), Some(700)),
+        "{v}"
+    );
+    let check = consort_engine::check::verify_psi_outputs(
+        &spec("a", &data.join("a.csv")),
+        &spec("b", &data.join("b.csv")),
+        Some(&out_rr22),
+        Some(&b.join(v["peer_output"].as_str().unwrap())),
+    )
+    .unwrap();
+    assert!(check.ok, "{:?}", check.problems);
+
     // Only the requester learns: the partner writes nothing.
     let out_self = root.join("shared-self.csv");
-    let v = psi_json(&a, &out_self, "self");
+    let v = psi_json(&a, &out_self, "self", "rr22");
     assert_eq!(v["intersection"], 700);
     assert!(v["peer_output"].is_null(), "{v}");
     let check = consort_engine::check::verify_psi_outputs(
@@ -193,7 +212,7 @@ fn two_node_processes_run_psi_through_the_cli() {
     assert!(err.contains("refused") && err.contains("missing"), "{err}");
     assert!(!root.join("x.csv").exists());
     let jobs = ok(&["jobs", s(&a)]);
-    assert!(jobs.lines().count() >= 3, "{jobs}");
+    assert!(jobs.lines().count() >= 4, "{jobs}");
 }
 
 #[test]

@@ -259,7 +259,7 @@ async fn run_framed<C: Channel, I: Items + ?Sized>(
         }
         None => None,
     };
-    Ok(PsiOutput { peer_size: peer.size, intersection })
+    Ok(PsiOutput { peer_size: peer.size, intersection, timings: Vec::new() })
 }
 
 /// The hello both parties send first.

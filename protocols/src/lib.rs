@@ -9,10 +9,15 @@ pub mod channel;
 pub mod cpu;
 pub mod ecdh_psi;
 pub mod items;
+pub mod mem;
 pub mod mpc;
 pub mod okvs;
 pub mod ot;
 pub mod psi;
+pub mod rr22;
+#[cfg(test)]
+mod test_support;
+pub mod vole;
 
 pub use channel::{Channel, ChannelError, ChannelStats, Metered, memory_pair};
 pub use items::Items;

@@ -27,7 +27,7 @@ impl Reveal {
 }
 
 /// What a party learns from a PSI run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PsiOutput {
     /// Number of items the peer put in.
     pub peer_size: u64,
@@ -37,6 +37,28 @@ pub struct PsiOutput {
     /// not learn the intersection. With duplicate items, every copy of an intersecting item is
     /// listed (copies are adjacent).
     pub intersection: Option<Vec<u32>>,
+    /// Wall seconds this party spent per step of the protocol (summed over buckets), for
+    /// profiling; steps overlap where the protocol pipelines them. Empty if not measured.
+    pub timings: Vec<(&'static str, f64)>,
+}
+
+/// Accumulates [`PsiOutput::timings`].
+#[derive(Debug, Default)]
+pub(crate) struct Timings(Vec<(&'static str, f64)>);
+
+impl Timings {
+    /// Adds the time since `since` to `step`.
+    pub(crate) fn add(&mut self, step: &'static str, since: std::time::Instant) {
+        let secs = since.elapsed().as_secs_f64();
+        match self.0.iter_mut().find(|(s, _)| *s == step) {
+            Some((_, t)) => *t += secs,
+            None => self.0.push((step, secs)),
+        }
+    }
+
+    pub(crate) fn into_vec(self) -> Vec<(&'static str, f64)> {
+        self.0
+    }
 }
 
 /// Progress of a running protocol, for progress bars.

@@ -6,7 +6,7 @@
 //! transport (a consort node provides a mutually authenticated gRPC one); the code of each half is
 //! the same.
 
-use consort_sdk::{Reveal, Role, intersect, memory_pair};
+use consort_sdk::{PsiProtocol, Reveal, Role, intersect, memory_pair};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -15,8 +15,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let (bank_end, insurer_end) = memory_pair(8);
     let (bank_result, insurer_result) = tokio::join!(
-        intersect(&bank_end, &bank, Role::Requester, Reveal::Both),
-        intersect(&insurer_end, &insurer, Role::Responder, Reveal::Both),
+        intersect(&bank_end, &bank, PsiProtocol::Rr22, Role::Requester, Reveal::Both),
+        intersect(&insurer_end, &insurer, PsiProtocol::Rr22, Role::Responder, Reveal::Both),
     );
     let (bank_result, insurer_result) = (bank_result?, insurer_result?);
 

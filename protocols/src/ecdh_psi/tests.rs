@@ -1,12 +1,12 @@
 //! Every run is checked against a plaintext intersection (a `HashSet`), and, when both parties
 //! learn, against the other party's output: both must list the same items in the same order.
 
-use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use super::*;
 use crate::channel::{Metered, memory_pair};
+use crate::test_support::{check, keys};
 
 /// Small frames, so that modest sets exercise the multi-frame pipeline.
 const SMALL: Framing = Framing { points_per_frame: 7, tags_per_frame: 5 };
@@ -17,10 +17,6 @@ type Outcome = Result<PsiOutput, EcdhPsiError>;
 
 fn config(role: Role, reveal: Reveal) -> EcdhPsiConfig {
     EcdhPsiConfig { role, reveal, progress: None }
-}
-
-fn keys(prefix: &str, range: std::ops::Range<usize>) -> Vec<Vec<u8>> {
-    range.map(|i| format!("{prefix}{i}").into_bytes()).collect()
 }
 
 fn strs(items: &[&str]) -> Vec<Vec<u8>> {
@@ -47,46 +43,6 @@ async fn run_both(
         party(b, responder, config(Role::Responder, reveal), framing),
     );
     tokio::time::timeout(DEADLINE, both).await.expect("the protocol hung")
-}
-
-/// Indices of `own` whose item is in `peer`: the plaintext answer.
-fn plaintext(own: &[Vec<u8>], peer: &[Vec<u8>]) -> Vec<u32> {
-    let peer: HashSet<&[u8]> = peer.iter().map(Vec::as_slice).collect();
-    (0..own.len()).filter(|&i| peer.contains(own[i].as_slice())).map(|i| i as u32).collect()
-}
-
-/// The distinct items listed by `indices`, in order, after checking that copies are adjacent.
-fn listed<'a>(items: &'a [Vec<u8>], indices: &[u32]) -> Vec<&'a [u8]> {
-    let mut runs: Vec<&[u8]> = indices.iter().map(|&i| items[i as usize].as_slice()).collect();
-    runs.dedup();
-    let distinct: HashSet<&[u8]> = runs.iter().copied().collect();
-    assert_eq!(distinct.len(), runs.len(), "copies of an item are not adjacent");
-    runs
-}
-
-fn check_own(own: &[Vec<u8>], peer: &[Vec<u8>], output: &PsiOutput) -> Vec<u32> {
-    assert_eq!(output.peer_size, peer.len() as u64);
-    let indices = output.intersection.clone().expect("this party learns the intersection");
-    let mut sorted = indices.clone();
-    sorted.sort_unstable();
-    assert_eq!(sorted, plaintext(own, peer), "wrong intersection");
-    indices
-}
-
-fn check(requester: &[Vec<u8>], responder: &[Vec<u8>], reveal: Reveal, outcome: (Outcome, Outcome)) {
-    let (a, b) = (outcome.0.expect("requester failed"), outcome.1.expect("responder failed"));
-    let a_indices = check_own(requester, responder, &a);
-    let a_items = listed(requester, &a_indices);
-    match reveal {
-        Reveal::Both => {
-            let b_indices = check_own(responder, requester, &b);
-            assert_eq!(a_items, listed(responder, &b_indices), "the parties' orders differ");
-        }
-        Reveal::RequesterOnly => {
-            assert_eq!(b.peer_size, requester.len() as u64);
-            assert_eq!(b.intersection, None);
-        }
-    }
 }
 
 async fn check_run(requester: &[Vec<u8>], responder: &[Vec<u8>], reveal: Reveal, framing: Framing) {
