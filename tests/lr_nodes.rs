@@ -52,6 +52,7 @@ fn train_request(p: &Pair, label: &str) -> LrRequest {
         params: serde_json::to_string(&params).unwrap(),
         model: p.root.join("model-a.json").display().to_string(),
         out: String::new(),
+        protocol: String::new(),
     }
 }
 
@@ -64,7 +65,9 @@ async fn run(dir: &Path, request: LrRequest) -> Result<JobStatus, String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn train_then_score_between_two_nodes() {
     let p = pair_with_lr_data(3000, 250, "psi,train,score").await;
-    let status = run(&p.a_dir, train_request(&p, "y")).await.unwrap();
+    // Aligned with RR22 here (the other tests use the default, ECDH-PSI).
+    let status = run(&p.a_dir, LrRequest { protocol: "rr22".into(), ..train_request(&p, "y") }).await.unwrap();
+    assert_eq!(status.protocol, "rr22");
     assert_eq!(status.state, "done", "{}", status.error);
     assert_eq!((status.local_rows, status.peer_rows, status.intersection), (3000, 2750, 2750));
     let report: serde_json::Value = serde_json::from_str(&status.summary).unwrap();

@@ -30,12 +30,14 @@ use consort_protocols::mpc::lr::{self, LrConfig, LrInput, LrProgressFn, Sigmoid}
 use consort_protocols::mpc::ot_mul::Matrix;
 use consort_protocols::mpc::{MpcError, Party};
 use consort_protocols::ot::Security;
+use consort_protocols::rr22::{self, Rr22Config, Rr22Error};
 use consort_protocols::{Channel, ProgressFn, Reveal, Role, cpu};
 use serde::{Deserialize, Serialize};
 
 use crate::csv_rows::RowScanner;
 use crate::dataset::Dataset;
 use crate::error::DataError;
+use crate::psi::PsiProtocol;
 
 /// Model file format identifier.
 pub const MODEL_FORMAT: &str = "consort-lr/1";
@@ -47,6 +49,8 @@ pub enum LrError {
     Data(#[from] DataError),
     #[error(transparent)]
     Psi(#[from] EcdhPsiError),
+    #[error(transparent)]
+    Rr22(#[from] Rr22Error),
     #[error(transparent)]
     Mpc(#[from] MpcError),
 }
@@ -427,6 +431,8 @@ pub fn sigmoid(z: f64) -> f64 {
 pub struct TrainJob {
     /// Requester = party A (labels), responder = party B.
     pub role: Role,
+    /// The PSI protocol that aligns the rows.
+    pub psi: PsiProtocol,
     pub columns: ColumnChoice,
     pub params: LrParams,
     pub model_out: PathBuf,
@@ -468,10 +474,19 @@ async fn align<C: Channel>(
     channel: &C,
     dataset: &Dataset,
     role: Role,
+    protocol: PsiProtocol,
     progress: Option<ProgressFn>,
 ) -> Result<(Vec<u32>, u64), LrError> {
-    let config = EcdhPsiConfig { role, reveal: Reveal::Both, progress };
-    let out = ecdh_psi::run(channel, &dataset.keys, &config).await?;
+    let out = match protocol {
+        PsiProtocol::Ecdh => {
+            let config = EcdhPsiConfig { role, reveal: Reveal::Both, progress };
+            ecdh_psi::run(channel, &dataset.keys, &config).await?
+        }
+        PsiProtocol::Rr22 => {
+            let config = Rr22Config { progress, ..Rr22Config::new(role, Reveal::Both) };
+            rr22::run(channel, &dataset.keys, &config).await?
+        }
+    };
     let order = out.intersection.unwrap_or_default();
     if order.is_empty() {
         return Err(DataError::Invalid("the two datasets have no keys in common".into()).into());
@@ -501,7 +516,7 @@ pub async fn run_train_with_dealer<C: Channel, D: Channel>(
     }
     let mut stages = Vec::new();
     let t = Instant::now();
-    let (order, peer_rows) = align(channel, dataset, job.role, job.psi_progress.clone()).await?;
+    let (order, peer_rows) = align(channel, dataset, job.role, job.psi, job.psi_progress.clone()).await?;
     stages.push(("psi".to_string(), t.elapsed().as_secs_f64()));
     let t = Instant::now();
     let table = load_features(dataset, &order, &job.columns).await?;
@@ -601,6 +616,7 @@ pub async fn run_train_with_dealer<C: Channel, D: Channel>(
 #[derive(Clone)]
 pub struct ScoreJob {
     pub role: Role,
+    pub psi: PsiProtocol,
     pub model: Arc<ModelFile>,
     /// Where A writes the predictions (`KEY..., score`); unused by B.
     pub out: Option<PathBuf>,
@@ -631,7 +647,7 @@ pub async fn run_score<C: Channel>(channel: &C, dataset: &Dataset, job: &ScoreJo
     }
     let mut stages = Vec::new();
     let t = Instant::now();
-    let (order, peer_rows) = align(channel, dataset, job.role, job.psi_progress.clone()).await?;
+    let (order, peer_rows) = align(channel, dataset, job.role, job.psi, job.psi_progress.clone()).await?;
     stages.push(("psi".to_string(), t.elapsed().as_secs_f64()));
     let t = Instant::now();
     let names: Vec<String> = model.features.iter().map(|f| f.name.clone()).collect();

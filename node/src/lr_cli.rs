@@ -98,6 +98,9 @@ pub struct TrainArgs {
     /// Label column (0/1).
     #[arg(long)]
     pub label: String,
+    /// PSI protocol aligning the rows (ecdh, rr22).
+    #[arg(long, default_value = "ecdh")]
+    pub protocol: String,
     /// Feature columns, comma-separated (default: every column but keys and label).
     #[arg(long, value_delimiter = ',')]
     pub features: Vec<String>,
@@ -129,6 +132,9 @@ pub struct ScoreArgs {
     /// Where to write the predictions (CSV: key columns, score = probability).
     #[arg(long)]
     pub out: PathBuf,
+    /// PSI protocol aligning the rows (ecdh, rr22).
+    #[arg(long, default_value = "ecdh")]
+    pub protocol: String,
     #[arg(long)]
     pub json: bool,
 }
@@ -169,6 +175,7 @@ pub async fn train(args: TrainArgs) -> Result<()> {
         params: serde_json::to_string(&params)?,
         model: config::absolute(&args.out)?.display().to_string(),
         out: String::new(),
+        protocol: args.protocol,
     };
     run(&args.dir, request, args.json).await
 }
@@ -181,6 +188,7 @@ pub async fn score(args: ScoreArgs) -> Result<()> {
         peer_dataset: args.peer_dataset,
         model: config::absolute(&args.model)?.display().to_string(),
         out: config::absolute(&args.out)?.display().to_string(),
+        protocol: args.protocol,
         ..Default::default()
     };
     run(&args.dir, request, args.json).await

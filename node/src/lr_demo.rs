@@ -55,6 +55,7 @@ pub async fn run(
             params: serde_json::to_string(&params)?,
             model: model_a.display().to_string(),
             out: String::new(),
+            protocol: "ecdh".into(),
         })
         .await?;
     let status = cli::watch_with_progress(&client, &job_id, json).await?;

@@ -14,11 +14,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
-use consort_engine::Dataset;
 use consort_engine::lr::{
     ColumnChoice, LrError, LrParams, ModelFile, ScoreJob, ScoreReport, TrainJob, TrainReport, run_score,
     run_train_with_dealer,
 };
+use consort_engine::{Dataset, PsiProtocol};
 use consort_protocols::mpc::lr::LrProgress;
 use consort_protocols::{ChannelError, Metered, Role};
 use serde::{Deserialize, Serialize};
@@ -56,6 +56,7 @@ pub enum LrRequestKind {
 
 #[derive(Debug, Clone)]
 pub struct LrJobParams {
+    pub protocol: PsiProtocol,
     pub peer: String,
     pub dataset: String,
     pub peer_dataset: String,
@@ -140,7 +141,7 @@ async fn request_inner(state: &NodeState, handle: &Arc<JobHandle>, params: &LrJo
         version: JOB_PROTOCOL_VERSION,
         job_id: job_id.clone(),
         kind: kind.into(),
-        protocol: "ecdh".into(),
+        protocol: params.protocol.name().into(),
         dataset: params.peer_dataset.clone(),
         reveal: "both".into(),
         params: wire_params,
@@ -172,6 +173,7 @@ async fn request_inner(state: &NodeState, handle: &Arc<JobHandle>, params: &LrJo
     let job = match &params.kind {
         LrRequestKind::Train { columns, params: p, model_out } => EngineJob::Train(TrainJob {
             role: Role::Requester,
+            psi: params.protocol,
             columns: columns.clone(),
             params: p.clone(),
             model_out: model_out.clone(),
@@ -182,6 +184,7 @@ async fn request_inner(state: &NodeState, handle: &Arc<JobHandle>, params: &LrJo
         }),
         LrRequestKind::Score { model, out } => EngineJob::Score(ScoreJob {
             role: Role::Requester,
+            psi: params.protocol,
             model: model.clone(),
             out: Some(out.clone()),
             psi_progress: Some(progress_fn(handle)),
@@ -202,8 +205,9 @@ fn admit(state: &NodeState, peer: &str, job: &JobRequest) -> Result<(consort_eng
             job.version
         ));
     }
-    if job.protocol != "ecdh" || job.reveal != "both" {
-        return Err("LR jobs align with ECDH-PSI revealed to both".into());
+    let psi: PsiProtocol = job.protocol.parse()?;
+    if job.reveal != "both" {
+        return Err("LR jobs align with PSI revealed to both".into());
     }
     config::check_name("job id", &job.job_id).map_err(|e| e.to_string())?;
     let config = state.config();
@@ -227,6 +231,7 @@ fn admit(state: &NodeState, peer: &str, job: &JobRequest) -> Result<(consort_eng
             }
             EngineJob::Train(TrainJob {
                 role: Role::Responder,
+                psi,
                 columns: ColumnChoice::default(),
                 params,
                 model_out: responder_model(&state.dir, &job.job_id).0,
@@ -244,7 +249,13 @@ fn admit(state: &NodeState, peer: &str, job: &JobRequest) -> Result<(consort_eng
             if model.peer != peer {
                 return Err(format!("the model of train job {} was not trained with '{peer}'", p.model_job));
             }
-            EngineJob::Score(ScoreJob { role: Role::Responder, model: Arc::new(model), out: None, psi_progress: None })
+            EngineJob::Score(ScoreJob {
+                role: Role::Responder,
+                psi,
+                model: Arc::new(model),
+                out: None,
+                psi_progress: None,
+            })
         }
         other => return Err(format!("unknown job kind '{other}'")),
     };
@@ -484,11 +495,13 @@ pub fn submit(state: &Arc<NodeState>, r: LrRequest) -> Result<String, tonic::Sta
             LrRequestKind::Score { model: Arc::new(model), out: absolute(&r.out, "output")? }
         }
     };
+    let protocol: PsiProtocol =
+        if r.protocol.is_empty() { PsiProtocol::Ecdh } else { r.protocol.parse().map_err(Status::invalid_argument)? };
     let job_id = jobs::new_job_id();
     let status = JobStatus {
         job_id: job_id.clone(),
         kind: r.kind.clone(),
-        protocol: "ecdh".into(),
+        protocol: protocol.name().into(),
         role: "requester".into(),
         peer: r.peer.clone(),
         dataset: r.dataset.clone(),
@@ -497,7 +510,7 @@ pub fn submit(state: &Arc<NodeState>, r: LrRequest) -> Result<String, tonic::Sta
         ..Default::default()
     };
     let handle = state.jobs.insert(status).ok_or_else(|| Status::internal("job id collision"))?;
-    let params = LrJobParams { peer: r.peer, dataset: r.dataset, peer_dataset: r.peer_dataset, kind };
+    let params = LrJobParams { protocol, peer: r.peer, dataset: r.dataset, peer_dataset: r.peer_dataset, kind };
     state.spawn_job(request(state.clone(), handle, params));
     Ok(job_id)
 }

@@ -39,6 +39,7 @@ fn params() -> LrParams {
 async fn train_both(dir: &Path, a: &Dataset, b: &Dataset, params: LrParams) -> (TrainReport, TrainReport) {
     let job = |role, label: Option<&str>, out: &str| TrainJob {
         role,
+        psi: crate::PsiProtocol::Ecdh,
         columns: ColumnChoice { label: label.map(String::from), features: None },
         params: params.clone(),
         model_out: dir.join(out),
@@ -114,8 +115,10 @@ async fn train_with_missing_ids_matches_plaintext_lr_and_models_reload() {
     // Scoring with the reloaded models: A's predictions equal σ(own + peer + w0) from the files.
     let (ca, cb) = memory_pair(16);
     let out = dir.path().join("scores.csv");
+    // Scoring aligns with RR22 (training used ECDH-PSI): same joint-order contract.
     let job = |role, model: &ModelFile, out: Option<PathBuf>| ScoreJob {
         role,
+        psi: crate::PsiProtocol::Rr22,
         model: Arc::new(model.clone()),
         out,
         psi_progress: None,
