@@ -8,6 +8,8 @@ mod csv_rows;
 pub mod dataset;
 pub mod error;
 pub mod keys;
+pub mod lr;
+pub mod lr_synth;
 pub mod psi;
 pub mod synth;
 

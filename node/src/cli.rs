@@ -43,6 +43,10 @@ enum Command {
     Node { dir: PathBuf },
     /// Run a private set intersection with a peer through the local node.
     Psi(PsiArgs),
+    /// Train a joint logistic regression with a peer (this node holds the labels).
+    Train(crate::lr_cli::TrainArgs),
+    /// Score new aligned rows with a jointly trained model (predictions for this node only).
+    Score(crate::lr_cli::ScoreArgs),
     /// List the jobs a running node knows.
     Jobs {
         dir: PathBuf,
@@ -160,6 +164,8 @@ enum GenCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Vertical data with a logistic ground truth: a.csv (id, y, a0..), b.csv (id, b0..), truth.json.
+    Lr(crate::lr_cli::GenLrArgs),
 }
 
 /// Entry point of the binary: one-line error on stderr and a non-zero exit on failure.
@@ -307,6 +313,9 @@ async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Gen(GenCommand::Lr(args)) => crate::lr_cli::gen_lr(args).await,
+        Command::Train(args) => crate::lr_cli::train(args).await,
+        Command::Score(args) => crate::lr_cli::score(args).await,
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Bench(cmd) => crate::bench::run(cmd).await,
     }

@@ -9,7 +9,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::config;
 use crate::proto::control_client::ControlClient;
-use crate::proto::{Empty, JobRef, JobStatus, NodeInfo, PsiRequest};
+use crate::proto::{Empty, JobRef, JobStatus, LrRequest, NodeInfo, PsiRequest};
 
 /// A connection to a running node's control socket.
 #[derive(Clone)]
@@ -46,6 +46,11 @@ impl NodeClient {
 
     pub async fn submit_psi(&self, request: PsiRequest) -> Result<String> {
         let r = self.inner.clone().submit_psi(request).await.map_err(status_error)?;
+        Ok(r.into_inner().job_id)
+    }
+
+    pub async fn submit_lr(&self, request: LrRequest) -> Result<String> {
+        let r = self.inner.clone().submit_lr(request).await.map_err(status_error)?;
         Ok(r.into_inner().job_id)
     }
 

@@ -29,7 +29,7 @@ pub const OUTPUTS_DIR: &str = "outputs";
 pub const PEERS_DIR: &str = "peers";
 
 /// Job kinds a grant can allow.
-pub const JOB_KINDS: &[&str] = &["psi"];
+pub const JOB_KINDS: &[&str] = &["psi", "train", "score"];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeConfig {

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use crate::jobs;
 use crate::node::NodeState;
 use crate::peer::{self, PsiParams};
-use crate::proto::{Empty, JobList, JobRef, JobStatus, NodeInfo, PsiRequest};
+use crate::proto::{Empty, JobList, JobRef, JobStatus, LrRequest, NodeInfo, PsiRequest};
 
 pub struct ControlService {
     state: Arc<NodeState>,
@@ -80,6 +80,11 @@ impl crate::proto::control_server::Control for ControlService {
         let params =
             PsiParams { peer: r.peer, dataset: r.dataset, peer_dataset: r.peer_dataset, protocol, reveal, out };
         self.state.spawn_job(peer::request_psi(self.state.clone(), handle, params));
+        Ok(Response::new(JobRef { job_id }))
+    }
+
+    async fn submit_lr(&self, request: Request<LrRequest>) -> Result<Response<JobRef>, Status> {
+        let job_id = crate::lr_job::submit(&self.state, request.into_inner())?;
         Ok(Response::new(JobRef { job_id }))
     }
 

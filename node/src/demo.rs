@@ -21,6 +21,9 @@ pub struct DemoArgs {
     /// Keep everything (node directories, data, outputs) in this directory instead of a temp dir.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Rows of the joint logistic regression part (0 skips it).
+    #[arg(long, default_value_t = 20_000)]
+    lr_rows: u64,
     #[arg(long)]
     json: bool,
 }
@@ -104,16 +107,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         consort_protocols::cpu::run(move || consort_engine::check::verify_psi_outputs(&sa, &sb, Some(&oa), Some(&ob)))
             .await?
     };
-    a.shutdown(Duration::from_secs(2)).await;
-    b.shutdown(Duration::from_secs(2)).await;
-
-    if args.json {
-        let mut j = cli::status_json(&status);
-        j["plaintext_check"] =
-            serde_json::json!({"expected": check.expected, "ok": check.ok, "problems": check.problems});
-        j["demo_seconds"] = serde_json::json!(started.elapsed().as_secs_f64());
-        println!("{j}");
-    } else {
+    if !args.json {
         println!("{}", cli::summary(&status));
         println!(
             "5. plaintext check: expected {} shared rows; both outputs {} ",
@@ -124,6 +118,22 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             println!("   problem: {p}");
         }
         print_aligned(&out_a, &out_b)?;
+    }
+    let lr = match args.lr_rows {
+        0 => Ok(None),
+        rows => crate::lr_demo::run(&root, (&a, &b), (&a_dir, &b_dir), rows, args.json).await.map(Some),
+    };
+    a.shutdown(Duration::from_secs(2)).await;
+    b.shutdown(Duration::from_secs(2)).await;
+    let lr = lr?;
+    if args.json {
+        let mut j = cli::status_json(&status);
+        j["plaintext_check"] =
+            serde_json::json!({"expected": check.expected, "ok": check.ok, "problems": check.problems});
+        j["lr"] = serde_json::json!(lr);
+        j["demo_seconds"] = serde_json::json!(started.elapsed().as_secs_f64());
+        println!("{j}");
+    } else {
         println!(
             "demo finished in {:.1} s{}",
             started.elapsed().as_secs_f64(),

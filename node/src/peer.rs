@@ -38,7 +38,7 @@ pub const JOB_PROTOCOL_VERSION: u32 = 1;
 /// written its output: at 10^8 rows each takes a minute or more on a loaded 2-core machine, so
 /// this is generous. A peer that goes away is noticed at once (the stream closes); the timeout
 /// only catches a peer that stays connected and never answers.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// What the requester's operator asked for.
 #[derive(Debug, Clone)]
@@ -67,7 +67,7 @@ pub fn parse_reveal(s: &str) -> Result<Reveal, String> {
     }
 }
 
-fn default_output(dir: &Path, job_id: &str, dataset: &str) -> (PathBuf, String) {
+pub(crate) fn default_output(dir: &Path, job_id: &str, dataset: &str) -> (PathBuf, String) {
     let rel = format!("{}/{job_id}-{dataset}.csv", config::OUTPUTS_DIR);
     (dir.join(&rel), rel)
 }
@@ -143,6 +143,12 @@ fn admit(state: &NodeState, peer: &str, job: &JobRequest) -> Result<(DatasetSpec
 }
 
 async fn respond(state: Arc<NodeState>, peer: PeerInfo, job: JobRequest, channel: GrpcChannel) {
+    if crate::lr_job::KINDS.contains(&job.kind.as_str()) {
+        return crate::lr_job::respond(state, peer, job, channel).await;
+    }
+    if job.kind == crate::lr_dealer::KIND {
+        return crate::lr_dealer::respond(state, peer, job, channel).await;
+    }
     let (spec, protocol, reveal) = match admit(&state, &peer.name, &job) {
         Ok(admitted) => admitted,
         Err(reason) => {
@@ -232,6 +238,7 @@ async fn request_psi_inner(state: &NodeState, handle: &Arc<JobHandle>, params: &
         protocol: params.protocol.name().into(),
         dataset: params.peer_dataset.clone(),
         reveal: reveal_name(params.reveal).into(),
+        params: String::new(),
     };
     tx.send(PeerFrame { kind: Some(Kind::Request(request)) }).await.map_err(|_| anyhow!("job stream closed"))?;
     let inbound = client
@@ -266,7 +273,7 @@ async fn request_psi_inner(state: &NodeState, handle: &Arc<JobHandle>, params: &
 
 /// Opens a TLS 1.3 connection to a pinned peer (a new connection per job, so its byte counts are the
 /// job's).
-async fn connect(
+pub(crate) async fn connect(
     state: &NodeState,
     peer: &PeerEntry,
 ) -> Result<(PeerClient<tonic::transport::Channel>, Arc<WireCounters>)> {
@@ -319,7 +326,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 // Both sides
 // ------------------------------------------------------------------------------------------------
 
-async fn load_dataset(handle: &JobHandle, spec: DatasetSpec) -> Result<Dataset> {
+pub(crate) async fn load_dataset(handle: &JobHandle, spec: DatasetSpec) -> Result<Dataset> {
     handle.stage("load dataset", 0, 0);
     let started = Instant::now();
     let name = spec.name.clone();
@@ -329,7 +336,7 @@ async fn load_dataset(handle: &JobHandle, spec: DatasetSpec) -> Result<Dataset> 
     Ok(dataset)
 }
 
-fn progress_fn(handle: &Arc<JobHandle>) -> consort_protocols::ProgressFn {
+pub(crate) fn progress_fn(handle: &Arc<JobHandle>) -> consort_protocols::ProgressFn {
     let handle = handle.clone();
     Arc::new(move |p| handle.progress(p))
 }

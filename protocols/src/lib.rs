@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod ecdh_psi;
 pub mod items;
 pub mod mem;
+pub mod mpc;
 pub mod okvs;
 pub mod ot;
 pub mod psi;

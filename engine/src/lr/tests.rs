@@ -1,0 +1,196 @@
+use std::collections::HashMap;
+
+use consort_protocols::memory_pair;
+use consort_protocols::mpc::lr::plain::train_plain;
+
+use super::*;
+use crate::dataset::DatasetSpec;
+use crate::lr_synth::{LrGenSpec, generate_lr};
+
+fn make_data(dir: &Path, rows: u64, fa: u32, fb: u32, missing_b: u64) {
+    generate_lr(&LrGenSpec { rows, features_a: fa, features_b: fb, missing_b, seed: 5, out_dir: dir.to_path_buf() })
+        .unwrap();
+}
+
+fn datasets(dir: &Path) -> (Dataset, Dataset) {
+    let a = Dataset::load(&DatasetSpec::new("a", dir.join("a.csv"), &["id"])).unwrap();
+    let b = Dataset::load(&DatasetSpec::new("b", dir.join("b.csv"), &["id"])).unwrap();
+    (a, b)
+}
+
+/// Raw rows of a CSV by id: (id → values after the id column), and the header.
+fn read_csv(path: &Path) -> (Vec<String>, HashMap<String, Vec<f64>>) {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    let header = r.headers().unwrap().iter().map(String::from).collect();
+    let rows = r
+        .records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            (rec[0].to_string(), rec.iter().skip(1).map(|v| v.parse().unwrap()).collect())
+        })
+        .collect();
+    (header, rows)
+}
+
+fn params() -> LrParams {
+    LrParams { epochs: 5, batch_size: 256, learning_rate: 0.5, l2: 0.001, split_seed: 99, ..LrParams::default() }
+}
+
+async fn train_both(dir: &Path, a: &Dataset, b: &Dataset, params: LrParams) -> (TrainReport, TrainReport) {
+    let job = |role, label: Option<&str>, out: &str| TrainJob {
+        role,
+        psi: crate::PsiProtocol::Ecdh,
+        columns: ColumnChoice { label: label.map(String::from), features: None },
+        params: params.clone(),
+        model_out: dir.join(out),
+        job_id: "j1".into(),
+        peer: "peer".into(),
+        psi_progress: None,
+        progress: None,
+    };
+    let (ja, jb) = (job(Role::Requester, Some("y"), "model-a.json"), job(Role::Responder, None, "model-b.json"));
+    let (ca, cb) = memory_pair(16);
+    let (ra, rb) = tokio::join!(run_train(&ca, a, &ja), run_train(&cb, b, &jb));
+    (ra.unwrap(), rb.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn train_with_missing_ids_matches_plaintext_lr_and_models_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    make_data(dir.path(), 6000, 3, 4, 700);
+    let (a, b) = datasets(dir.path());
+    let (ra, rb) = train_both(dir.path(), &a, &b, params()).await;
+    assert_eq!((ra.local_rows, rb.local_rows, ra.aligned_rows, rb.aligned_rows), (6000, 5300, 5300, 5300));
+    assert_eq!((ra.features, ra.peer_features, rb.features, rb.peer_features), (3, 4, 4, 3));
+    assert_eq!(ra.holdout_rows, 1060);
+    assert!(rb.auc.is_none() && rb.holdout_loss.is_empty());
+    let (auc_secure, ks_secure) = (ra.auc.unwrap(), ra.ks.unwrap());
+    assert!(auc_secure > 0.75, "auc {auc_secure}");
+    assert!(ks_secure > 0.3 && ks_secure < 1.0);
+
+    // Models: each party only its own features; A has the intercept.
+    let ma = ModelFile::load(&dir.path().join("model-a.json")).unwrap();
+    let mb = ModelFile::load(&dir.path().join("model-b.json")).unwrap();
+    assert_eq!(ma.features.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["a0", "a1", "a2"]);
+    assert_eq!(mb.features.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["b0", "b1", "b2", "b3"]);
+    assert!(ma.intercept.is_some() && mb.intercept.is_none());
+
+    // Plaintext baseline on the same aligned rows (joined by id) with the same hyper-parameters
+    // and the exact sigmoid; compare AUC on all aligned rows.
+    let (_, rows_a) = read_csv(&dir.path().join("a.csv"));
+    let (_, rows_b) = read_csv(&dir.path().join("b.csv"));
+    let mut ids: Vec<&String> = rows_b.keys().collect();
+    ids.sort();
+    let y: Vec<u8> = ids.iter().map(|id| rows_a[*id][0] as u8).collect();
+    let xa: Vec<f64> = ids.iter().flat_map(|id| rows_a[*id][1..].to_vec()).collect();
+    let xb: Vec<f64> = ids.iter().flat_map(|id| rows_b[*id].clone()).collect();
+    let n = ids.len();
+    let (train, holdout) = split(n, 0.2, 99);
+    let config = params().config().unwrap();
+    let std_a = standardization(&xa, 3, &train);
+    let std_b = standardization(&xb, 4, &train);
+    let enc = |x: &[f64], s: &[(f64, f64)]| -> Vec<f64> {
+        x.chunks(s.len())
+            .flat_map(|r| {
+                r.iter().zip(s).map(|(&v, &(m, sd))| config.decode_feature(config.encode_feature((v - m) / sd)))
+            })
+            .collect()
+    };
+    let (fa, fb) = (enc(&xa, &std_a), enc(&xb, &std_b));
+    let exact = train_plain(&fa, 3, &fb, 4, &y, &train, &holdout, &config, true);
+    let score_plain = |i: usize| {
+        let s: f64 = fa[i * 3..i * 3 + 3].iter().zip(&exact.weights_a).map(|(x, w)| x * w).sum::<f64>()
+            + fb[i * 4..i * 4 + 4].iter().zip(&exact.weights_b).map(|(x, w)| x * w).sum::<f64>();
+        s + exact.intercept
+    };
+    let plain_scores: Vec<f64> = (0..n).map(score_plain).collect();
+    let secure_scores: Vec<f64> = {
+        let pa = ma.partial_scores(&xa);
+        let pb = mb.partial_scores(&xb);
+        pa.iter().zip(&pb).map(|(a, b)| a + b + ma.intercept.unwrap()).collect()
+    };
+    let (auc_plain, auc_sec_all) = (auc(&plain_scores, &y).unwrap(), auc(&secure_scores, &y).unwrap());
+    assert!((auc_plain - auc_sec_all).abs() < 0.01, "plaintext {auc_plain} vs secure {auc_sec_all}");
+
+    // Scoring with the reloaded models: A's predictions equal σ(own + peer + w0) from the files.
+    let (ca, cb) = memory_pair(16);
+    let out = dir.path().join("scores.csv");
+    // Scoring aligns with RR22 (training used ECDH-PSI): same joint-order contract.
+    let job = |role, model: &ModelFile, out: Option<PathBuf>| ScoreJob {
+        role,
+        psi: crate::PsiProtocol::Rr22,
+        model: Arc::new(model.clone()),
+        out,
+        psi_progress: None,
+    };
+    let (ja, jb) = (job(Role::Requester, &ma, Some(out.clone())), job(Role::Responder, &mb, None));
+    let (sa, sb) = tokio::join!(run_score(&ca, &a, &ja), run_score(&cb, &b, &jb));
+    let (sa, sb) = (sa.unwrap(), sb.unwrap());
+    assert_eq!((sa.aligned_rows, sb.aligned_rows), (5300, 5300));
+    assert!(sb.output.is_none());
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("id,score"));
+    let mut count = 0;
+    for line in lines {
+        let (id, score) = line.split_once(',').unwrap();
+        let i = ids.binary_search(&&id.to_string()).unwrap();
+        let want = sigmoid(secure_scores[i]);
+        assert!((score.parse::<f64>().unwrap() - want).abs() < 1e-6, "{id}");
+        count += 1;
+    }
+    assert_eq!(count, 5300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(p.join("x.csv"), "id,y,f1,f2\nk1,0,1.5,2\nk2,1,abc,3\nk3,2,1,1\n").unwrap();
+    let ds = Dataset::load(&DatasetSpec::new("x", p.join("x.csv"), &["id"])).unwrap();
+    let with = |label: Option<&str>, features: Option<Vec<&str>>| ColumnChoice {
+        label: label.map(String::from),
+        features: features.map(|f| f.into_iter().map(String::from).collect()),
+    };
+    let err = load_features(&ds, &[0, 1], &with(Some("y"), None)).await.unwrap_err().to_string();
+    assert!(err.ends_with("x.csv:3: column 'f1': not a number: 'abc'"), "{err}");
+    let err = load_features(&ds, &[0], &with(Some("label"), None)).await.unwrap_err().to_string();
+    assert!(err.contains("x.csv:1: column 'label': no such label column"), "{err}");
+    let err = load_features(&ds, &[2], &with(Some("y"), None)).await.unwrap_err().to_string();
+    assert!(err.ends_with("x.csv:4: column 'y': label must be 0 or 1, found '2'"), "{err}");
+    let err = load_features(&ds, &[0], &with(None, Some(vec!["id"]))).await.unwrap_err().to_string();
+    assert!(err.contains("cannot be a feature"), "{err}");
+    let ok = load_features(&ds, &[2, 0], &with(None, Some(vec!["f2"]))).await.unwrap();
+    assert_eq!((ok.values, ok.labels), (vec![1.0, 2.0], None));
+    let ok = load_features(&ds, &[1, 0], &with(Some("y"), Some(vec!["f2"]))).await.unwrap();
+    assert_eq!((ok.values, ok.labels), (vec![3.0, 2.0], Some(vec![1, 0])));
+    assert!(ModelFile::load(&p.join("x.csv")).unwrap_err().to_string().contains("not a model file"));
+}
+
+#[test]
+fn auc_and_ks_match_hand_computed_values() {
+    // Perfect ranking, reversed ranking, ties.
+    assert_eq!(auc(&[0.1, 0.2, 0.8, 0.9], &[0, 0, 1, 1]), Some(1.0));
+    assert_eq!(auc(&[0.9, 0.8, 0.2, 0.1], &[0, 0, 1, 1]), Some(0.0));
+    assert_eq!(auc(&[0.5, 0.5, 0.5, 0.5], &[0, 1, 0, 1]), Some(0.5));
+    // 3 positives, 2 negatives; pairs ordered correctly: (0.9>0.3),(0.9>0.6),(0.7>0.3),(0.7>0.6),(0.4>0.3) = 5/6.
+    assert!((auc(&[0.9, 0.7, 0.4, 0.3, 0.6], &[1, 1, 1, 0, 0]).unwrap() - 5.0 / 6.0).abs() < 1e-12);
+    assert_eq!(auc(&[0.1, 0.2], &[1, 1]), None);
+    assert_eq!(ks(&[0.1, 0.2, 0.8, 0.9], &[0, 0, 1, 1]), Some(1.0));
+    // Thresholds: after 0.9 → TPR 1/3, FPR 0; after 0.7 → 2/3, 0; after 0.6 → 2/3, 1/2; ... max 2/3.
+    assert!((ks(&[0.9, 0.7, 0.4, 0.3, 0.6], &[1, 1, 1, 0, 0]).unwrap() - 2.0 / 3.0).abs() < 1e-12);
+    assert_eq!(ks(&[0.5, 0.5], &[0, 1]), Some(0.0));
+}
+
+#[test]
+fn split_is_deterministic_and_disjoint() {
+    let (t1, h1) = split(1000, 0.2, 7);
+    let (t2, h2) = split(1000, 0.2, 7);
+    assert_eq!((t1.clone(), h1.clone()), (t2, h2));
+    assert_eq!((t1.len(), h1.len()), (800, 200));
+    let mut all: Vec<u32> = t1.iter().chain(&h1).copied().collect();
+    all.sort();
+    assert_eq!(all, (0..1000).collect::<Vec<_>>());
+    assert_ne!(split(1000, 0.2, 8).1, h1);
+    assert_eq!(split(5, 0.0, 1).1.len(), 0);
+}

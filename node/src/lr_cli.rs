@@ -1,0 +1,261 @@
+//! `consort gen lr`, `consort train` and `consort score`.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use consort_engine::lr::LrParams;
+use consort_engine::lr_synth::{LrGenSpec, generate_lr};
+
+use crate::cli::watch_with_progress;
+use crate::client::NodeClient;
+use crate::config;
+use crate::proto::{JobStatus, LrRequest};
+
+#[derive(Args, Debug)]
+pub struct GenLrArgs {
+    /// Rows (entities) in a.csv.
+    #[arg(long)]
+    pub rows: u64,
+    /// Features of party A (a.csv: id, y, a0..).
+    #[arg(long)]
+    pub features_a: u32,
+    /// Features of party B (b.csv: id, b0..).
+    #[arg(long)]
+    pub features_b: u32,
+    /// Ids of a.csv left out of b.csv.
+    #[arg(long, default_value_t = 0)]
+    pub missing_b: u64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Hyper-parameters (defaults: the engine's).
+#[derive(Args, Debug, Clone)]
+pub struct HyperArgs {
+    #[arg(long, default_value_t = LrParams::default().epochs)]
+    pub epochs: u32,
+    #[arg(long, default_value_t = LrParams::default().batch_size)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = LrParams::default().learning_rate)]
+    pub learning_rate: f64,
+    /// L2 penalty λ.
+    #[arg(long, default_value_t = 0.0)]
+    pub l2: f64,
+    /// Fraction of aligned rows held out for loss, early stopping, AUC and KS.
+    #[arg(long, default_value_t = 0.2)]
+    pub holdout: f64,
+    /// Early stopping: stop when the holdout loss improves by less than this (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub tolerance: f64,
+    /// Bits per encoded feature.
+    #[arg(long, default_value_t = LrParams::default().feature_bits)]
+    pub feature_bits: u32,
+    /// Fraction bits per encoded feature.
+    #[arg(long, default_value_t = LrParams::default().feature_frac_bits)]
+    pub feature_frac_bits: u32,
+    /// Seed of the holdout split and batch order (default: random).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Dealer mode: take the correlations from this pinned third node (both parties must pin it;
+    /// it must not collude with either party). Default: dealer-free (OT-based).
+    #[arg(long)]
+    pub dealer: Option<String>,
+}
+
+impl HyperArgs {
+    pub fn params(&self) -> LrParams {
+        LrParams {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            learning_rate: self.learning_rate,
+            l2: self.l2,
+            feature_bits: self.feature_bits,
+            feature_frac_bits: self.feature_frac_bits,
+            tolerance: self.tolerance,
+            holdout: self.holdout,
+            split_seed: self.seed.unwrap_or_else(rand::random),
+            dealer: self.dealer.clone(),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// The local node's directory (the node must be running). This node is party A (labels).
+    pub dir: PathBuf,
+    /// The pinned peer (party B).
+    #[arg(long)]
+    pub peer: String,
+    /// Local dataset (keys, label, features).
+    #[arg(long)]
+    pub dataset: String,
+    /// The peer's dataset.
+    #[arg(long)]
+    pub peer_dataset: String,
+    /// Label column (0/1).
+    #[arg(long)]
+    pub label: String,
+    /// PSI protocol aligning the rows (ecdh, rr22).
+    #[arg(long, default_value = "ecdh")]
+    pub protocol: String,
+    /// Feature columns, comma-separated (default: every column but keys and label).
+    #[arg(long, value_delimiter = ',')]
+    pub features: Vec<String>,
+    #[command(flatten)]
+    pub hyper: HyperArgs,
+    /// Where to write this node's model (JSON).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Print a JSON summary instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    /// The local node's directory (the node must be running). This node is party A.
+    pub dir: PathBuf,
+    #[arg(long)]
+    pub peer: String,
+    /// Local dataset with the new rows.
+    #[arg(long)]
+    pub dataset: String,
+    /// The peer's dataset with the new rows.
+    #[arg(long)]
+    pub peer_dataset: String,
+    /// This node's model from `consort train` (the peer uses its own model of the same job).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Where to write the predictions (CSV: key columns, score = probability).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// PSI protocol aligning the rows (ecdh, rr22).
+    #[arg(long, default_value = "ecdh")]
+    pub protocol: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn gen_lr(args: GenLrArgs) -> Result<()> {
+    let spec = LrGenSpec {
+        rows: args.rows,
+        features_a: args.features_a,
+        features_b: args.features_b,
+        missing_b: args.missing_b,
+        seed: args.seed,
+        out_dir: args.out.clone(),
+    };
+    let s = consort_protocols::cpu::run(move || generate_lr(&spec)).await?;
+    println!(
+        "wrote {} ({} rows, {} positive) and {} ({} rows), ground truth in {}, in {:.1} s",
+        s.a.display(),
+        s.rows_a,
+        s.positives,
+        s.b.display(),
+        s.rows_b,
+        s.truth.display(),
+        s.seconds
+    );
+    Ok(())
+}
+
+pub async fn train(args: TrainArgs) -> Result<()> {
+    let params = args.hyper.params();
+    params.config()?;
+    let request = LrRequest {
+        kind: "train".into(),
+        peer: args.peer,
+        dataset: args.dataset,
+        peer_dataset: args.peer_dataset,
+        label: args.label,
+        features: args.features,
+        params: serde_json::to_string(&params)?,
+        model: config::absolute(&args.out)?.display().to_string(),
+        out: String::new(),
+        protocol: args.protocol,
+    };
+    run(&args.dir, request, args.json).await
+}
+
+pub async fn score(args: ScoreArgs) -> Result<()> {
+    let request = LrRequest {
+        kind: "score".into(),
+        peer: args.peer,
+        dataset: args.dataset,
+        peer_dataset: args.peer_dataset,
+        model: config::absolute(&args.model)?.display().to_string(),
+        out: config::absolute(&args.out)?.display().to_string(),
+        protocol: args.protocol,
+        ..Default::default()
+    };
+    run(&args.dir, request, args.json).await
+}
+
+async fn run(dir: &std::path::Path, request: LrRequest, json: bool) -> Result<()> {
+    let client = NodeClient::connect(dir).await?;
+    let job_id = client.submit_lr(request).await?;
+    let status = watch_with_progress(&client, &job_id, json).await?;
+    if json {
+        println!("{}", status_json(&status));
+    } else {
+        println!("{}", summary(&status));
+    }
+    if status.state != crate::jobs::DONE {
+        bail!("job {job_id} failed: {}", status.error);
+    }
+    Ok(())
+}
+
+/// The job status plus the engine's report, as one JSON object.
+pub fn status_json(s: &JobStatus) -> serde_json::Value {
+    let mut v = crate::cli::status_json(s);
+    if let Ok(report) = serde_json::from_str::<serde_json::Value>(&s.summary) {
+        v["report"] = report;
+    }
+    v
+}
+
+/// A readable summary of a finished train or score job.
+pub fn summary(s: &JobStatus) -> String {
+    if s.state != crate::jobs::DONE {
+        return format!("{} job {} {} after {:.1} s: {}", s.kind, s.job_id, s.state, s.seconds, s.error);
+    }
+    let r: serde_json::Value = serde_json::from_str(&s.summary).unwrap_or_default();
+    let mut lines = vec![format!("{} job {} done in {:.2} s with peer '{}'", s.kind, s.job_id, s.seconds, s.peer)];
+    lines.push(format!("  rows: {} here, {} at the peer, {} aligned", s.local_rows, s.peer_rows, s.intersection));
+    if s.kind == "train" {
+        lines.push(format!(
+            "  features: {} here, {} at the peer; {} epochs{}",
+            r["features"],
+            r["peer_features"],
+            r["epochs_run"],
+            if r["stopped_early"] == true { " (stopped early)" } else { "" }
+        ));
+        if let Some(losses) = r["holdout_loss"].as_array().filter(|l| !l.is_empty()) {
+            let l: Vec<String> = losses.iter().filter_map(|v| v.as_f64()).map(|v| format!("{v:.4}")).collect();
+            lines.push(format!("  holdout loss per epoch: {}", l.join(" ")));
+        }
+        if let (Some(auc), Some(ks)) = (r["auc"].as_f64(), r["ks"].as_f64()) {
+            lines.push(format!("  holdout ({} rows): AUC {auc:.4}, KS {ks:.4}", r["holdout_rows"]));
+        }
+        lines.push(format!("  model: {}", s.output));
+        if !s.peer_output.is_empty() {
+            lines.push(format!("  the peer's model: {} (under its node directory)", s.peer_output));
+        }
+    } else if !s.output.is_empty() {
+        lines.push(format!("  wrote {} predictions to {}", s.output_rows, s.output));
+    }
+    lines.push(format!(
+        "  sent {:.1} MB, received {:.1} MB on the wire",
+        s.wire_bytes_sent as f64 / 1e6,
+        s.wire_bytes_received as f64 / 1e6
+    ));
+    let stages: Vec<String> = s.stages.iter().map(|st| format!("{} {:.2}s", st.name, st.seconds)).collect();
+    if !stages.is_empty() {
+        lines.push(format!("  stages: {}", stages.join(", ")));
+    }
+    lines.join("\n")
+}

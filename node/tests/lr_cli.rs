@@ -1,0 +1,169 @@
+//! `consort gen lr`, `consort train` and `consort score` as processes: two real nodes, the whole
+//! flow through the CLI, and the one-line errors.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+fn consort(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_consort")).args(args).output().expect("run consort")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = consort(args);
+    assert!(out.status.success(), "consort {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = consort(args);
+    assert!(!out.status.success(), "consort {args:?} should have failed");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.starts_with("error: ") && err.trim_end().lines().count() == 1, "one-line cause expected: {err}");
+    err
+}
+
+struct NodeProc(Child);
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        consort_node::bench::terminate(&self.0);
+        let _ = self.0.wait();
+    }
+}
+
+fn start_node(dir: &Path) -> (NodeProc, String) {
+    let child = Command::new(env!("CARGO_BIN_EXE_consort"))
+        .arg("node")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wrapped at once, so the process is reaped on every path (including the panic below).
+    let node = NodeProc(child);
+    for _ in 0..200 {
+        if let Ok(addr) = std::fs::read_to_string(dir.join("listen.addr"))
+            && dir.join("control.sock").exists()
+        {
+            return (node, addr.trim().to_string());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("node did not start");
+}
+
+#[test]
+fn gen_train_score_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let p = |s: &str| root.join(s).display().to_string();
+    let out = ok(&[
+        "gen",
+        "lr",
+        "--rows",
+        "1200",
+        "--features-a",
+        "2",
+        "--features-b",
+        "2",
+        "--missing-b",
+        "50",
+        "--out",
+        &p("data"),
+    ]);
+    assert!(out.contains("1200 rows") && out.contains("1150 rows"), "{out}");
+    ok(&["init", &p("bank"), "--name", "bank", "--listen", "127.0.0.1:0"]);
+    ok(&["init", &p("partner"), "--name", "partner", "--listen", "127.0.0.1:0"]);
+    let (_a, a_addr) = start_node(&root.join("bank"));
+    let (_b, b_addr) = start_node(&root.join("partner"));
+    ok(&["peer", "add", &p("bank"), "--name", "partner", "--addr", &b_addr, "--cert", &p("partner/node.crt")]);
+    ok(&["peer", "add", &p("partner"), "--name", "bank", "--addr", &a_addr, "--cert", &p("bank/node.crt")]);
+    let a_csv = p("data/a.csv");
+    let b_csv = p("data/b.csv");
+    ok(&[
+        "dataset",
+        "add",
+        &p("bank"),
+        "--name",
+        "loans",
+        "--file",
+        &a_csv,
+        "--key",
+        "id",
+        "--grant",
+        "partner:train,score",
+    ]);
+    ok(&[
+        "dataset",
+        "add",
+        &p("partner"),
+        "--name",
+        "feats",
+        "--file",
+        &b_csv,
+        "--key",
+        "id",
+        "--grant",
+        "bank:train,score",
+    ]);
+
+    let train = |label: &str| {
+        vec![
+            "train".to_string(),
+            p("bank"),
+            "--peer".into(),
+            "partner".into(),
+            "--dataset".into(),
+            "loans".into(),
+            "--peer-dataset".into(),
+            "feats".into(),
+            "--label".into(),
+            label.into(),
+            "--epochs".into(),
+            "2".into(),
+            "--batch-size".into(),
+            "128".into(),
+            "--seed".into(),
+            "3".into(),
+            "--out".into(),
+            p("model.json"),
+        ]
+    };
+    let args = train("y");
+    let text = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(text.contains("1150 aligned") && text.contains("AUC") && text.contains("KS"), "{text}");
+    let model: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("model.json")).unwrap()).unwrap();
+    assert_eq!(model["format"], "consort-lr/1");
+    assert_eq!(model["features"].as_array().unwrap().len(), 2);
+
+    let json = ok(&[
+        "score",
+        &p("bank"),
+        "--peer",
+        "partner",
+        "--dataset",
+        "loans",
+        "--peer-dataset",
+        "feats",
+        "--model",
+        &p("model.json"),
+        "--out",
+        &p("pred.csv"),
+        "--json",
+    ]);
+    let status: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(status["state"], "done");
+    assert_eq!(std::fs::read_to_string(root.join("pred.csv")).unwrap().lines().count(), 1151);
+
+    // A label column that does not exist: the job fails with the file, line and column.
+    let args = train("target");
+    let err = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("a.csv:1: column 'target': no such label column"), "{err}");
+    // Bad hyper-parameters are refused before anything runs.
+    let mut args = train("y");
+    args.extend(["--learning-rate".to_string(), "0".to_string()]);
+    let err = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("learning rate"), "{err}");
+}

@@ -1,0 +1,507 @@
+//! Gilboa OT multiplication of a plaintext integer matrix by a private ring vector.
+//!
+//! # What it computes
+//!
+//! The *chooser* holds a matrix X (rows × cols) of ℓ-bit two's-complement integers
+//! (x = Σ_{k<ℓ−1} 2^k·x_k − 2^{ℓ−1}·x_{ℓ−1}); the *sender* holds a vector y ∈ Z_2^64. They end with
+//! additive shares (mod 2^64) of
+//!
+//! - **forward**: X·y (y has `cols` entries; a share per row), or
+//! - **backward**: Xᵀ·y (y has `rows` entries; a share per column).
+//!
+//! One batch of rows·cols·ℓ random OTs ([`prepare`]) serves one forward *and* one backward
+//! product on the same X: each 128-bit random-OT message is two independent 64-bit pads, the low
+//! half for the forward product and the high half for the backward one.
+//!
+//! # Protocol (Gilboa 1999, over random OT as in e.g. Keller–Orsini–Scholl "MASCOT" §3)
+//!
+//! 1. IKNP random OTs ([`crate::ot::extension`]): the sender gets (m⁰_o, m¹_o), the chooser a
+//!    random bit b_o and m^{b_o}_o, for o = (i·cols + j)·ℓ + k.
+//! 2. The chooser sends e_o = b_o ⊕ c_o where c_o = bit k of X_ij (derandomization, ⌈n/8⌉ bytes);
+//!    the sender relabels M⁰_o = m^{e_o}_o, M¹_o = m^{1⊕e_o}_o, so the chooser holds M^{c_o}_o.
+//! 3. Per product, with h(·) the chosen 64-bit half and w_k = ±2^k the weight of bit k, the sender
+//!    sends τ_o = h(M⁰_o) − h(M¹_o) + w_k·y (y = y_j forward, y_i backward) and keeps −Σ h(M⁰_o);
+//!    the chooser keeps Σ h(M^{c_o}_o) + c_o·τ_o. The sums are over the OTs of each output entry.
+//!    For c_o = 1 the chooser's term is h(M⁰_o) + w_k·y, so the shares add up to Σ c_o·w_k·y.
+//!
+//! # What each party learns
+//!
+//! The sender sees e_o = b_o ⊕ c_o, with b_o uniform and unknown to it: nothing about X. The
+//! chooser sees τ_o, masked by h(M^{1−c_o}_o), which is pseudorandom to it (TCCR hash of IKNP,
+//! and each half is used for exactly one τ): nothing about y. Both learn the dimensions and ℓ.
+//! Outputs are uniformly random shares. Semi-honest security (the OT extension may run in
+//! malicious mode, but the τ and e messages are not checked).
+//!
+//! # Cost
+//!
+//! rows·cols·ℓ random OTs (16 bytes each on the wire with IKNP), ⌈n/8⌉ bytes of choice
+//! corrections, and 8 bytes of τ per OT per product.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rayon::prelude::*;
+use zeroize::Zeroizing;
+
+use super::wire::{recv_bytes, recv_u64s, send_bytes, send_u64s};
+use super::{MpcError, violation};
+use crate::channel::Channel;
+use crate::cpu;
+use crate::ot::aes_hash::FixedKeyAes;
+use crate::ot::{IknpReceiver, IknpSender, RandomSenderOutput};
+
+/// Rows per rayon task in the backward (column-sum) kernels.
+const PAR_ROWS: usize = 256;
+
+/// A plaintext integer matrix (row-major, two's-complement entries of `bits` bits stored in u64).
+/// Zeroized on drop: it is a party's private data.
+pub struct Matrix {
+    data: Zeroizing<Vec<u64>>,
+    rows: usize,
+    cols: usize,
+    bits: u32,
+}
+
+impl Matrix {
+    /// # Panics
+    ///
+    /// If `data.len() != rows * cols`, `bits` is not in 1..=64, or an entry does not fit in
+    /// `bits` bits as a two's-complement integer.
+    pub fn new(data: Vec<u64>, rows: usize, cols: usize, bits: u32) -> Self {
+        assert_eq!(data.len(), rows * cols, "matrix data of the wrong length");
+        assert!((1..=64).contains(&bits), "bits must be 1..=64");
+        if bits < 64 {
+            let (lo, hi) = (-(1i64 << (bits - 1)), (1i64 << (bits - 1)) - 1);
+            assert!(data.iter().all(|&x| (lo..=hi).contains(&(x as i64))), "entry out of the {bits}-bit range");
+        }
+        Self { data: Zeroizing::new(data), rows, cols, bits }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn bits(&self) -> u32 {
+        self.bits
+    }
+
+    pub fn data(&self) -> &[u64] {
+        &self.data
+    }
+
+    /// Local X·v (mod 2^64).
+    pub fn mul_vec(&self, v: &[u64]) -> Vec<u64> {
+        assert_eq!(v.len(), self.cols);
+        self.data.par_chunks(self.cols.max(1)).take(self.rows).map(|row| dot(row, v)).collect()
+    }
+
+    /// Local Xᵀ·v (mod 2^64).
+    pub fn mul_t_vec(&self, v: &[u64]) -> Vec<u64> {
+        assert_eq!(v.len(), self.rows);
+        let cols = self.cols;
+        if cols == 0 {
+            return Vec::new();
+        }
+        self.data
+            .par_chunks(cols * PAR_ROWS)
+            .zip(v.par_chunks(PAR_ROWS))
+            .map(|(block, vs)| {
+                let mut acc = vec![0u64; cols];
+                for (row, &vi) in block.chunks(cols).zip(vs) {
+                    for (a, &x) in acc.iter_mut().zip(row) {
+                        *a = a.wrapping_add(x.wrapping_mul(vi));
+                    }
+                }
+                acc
+            })
+            .reduce(|| vec![0u64; cols], add_vecs)
+    }
+}
+
+fn dot(a: &[u64], b: &[u64]) -> u64 {
+    a.iter().zip(b).fold(0u64, |s, (&x, &y)| s.wrapping_add(x.wrapping_mul(y)))
+}
+
+fn add_vecs(mut a: Vec<u64>, b: Vec<u64>) -> Vec<u64> {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x = x.wrapping_add(y);
+    }
+    a
+}
+
+/// w_k: the weight of bit k in a `bits`-bit two's-complement integer, mod 2^64.
+fn bit_weights(bits: u32) -> Vec<u64> {
+    (0..bits).map(|k| if k + 1 == bits { (1u64 << k).wrapping_neg() } else { 1u64 << k }).collect()
+}
+
+/// Which product, and so which half of each OT message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Half {
+    Forward,
+    Backward,
+}
+
+impl Half {
+    #[inline]
+    fn of(self, m: u128) -> u64 {
+        match self {
+            Half::Forward => m as u64,
+            Half::Backward => (m >> 64) as u64,
+        }
+    }
+}
+
+/// The chooser's random OTs for one matrix, derandomized to the bits of its entries.
+pub struct ChooserOts {
+    /// M^{c_o}_o.
+    msgs: Zeroizing<Vec<u128>>,
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    used: [AtomicBool; 2],
+}
+
+/// The sender's random OTs for the peer's matrix, with the chooser's corrections e.
+pub struct SenderOts {
+    /// M⁰_o and M¹_o (already relabeled by the chooser's corrections).
+    m0: Zeroizing<Vec<u128>>,
+    m1: Zeroizing<Vec<u128>>,
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    used: [AtomicBool; 2],
+}
+
+fn take(used: &[AtomicBool; 2], half: Half) -> Result<(), MpcError> {
+    if used[half as usize].swap(true, Ordering::SeqCst) {
+        return Err(violation("OT pads used twice"));
+    }
+    Ok(())
+}
+
+impl SenderOts {
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// (h(M⁰_o), h(M¹_o)).
+    #[inline]
+    fn pads(&self, o: usize, half: Half) -> (u64, u64) {
+        (half.of(self.m0[o]), half.of(self.m1[o]))
+    }
+}
+
+/// Step 1–2, chooser side: random OTs for every bit of `x`, then the corrections e.
+pub async fn chooser_prepare<C: Channel>(
+    channel: &C,
+    ext: &mut IknpReceiver,
+    x: std::sync::Arc<Matrix>,
+) -> Result<ChooserOts, MpcError> {
+    let n = x.rows * x.cols * x.bits as usize;
+    let ots = ext.extend_random(channel, n).await?;
+    let (x2, ots) = (x.clone(), ots);
+    let (ots, e) = cpu::run(move || {
+        let c = choice_bytes(&x2);
+        let b = ots.choices().as_bytes();
+        let e: Vec<u8> = c.iter().zip(b).map(|(c, b)| c ^ b).collect();
+        (ots, e)
+    })
+    .await;
+    send_bytes(channel, &e).await?;
+    let msgs = Zeroizing::new(ots.messages().to_vec());
+    Ok(ChooserOts { msgs, rows: x.rows, cols: x.cols, bits: x.bits, used: Default::default() })
+}
+
+/// Step 1–2, sender side, for the peer's rows × cols matrix of `bits`-bit entries.
+pub async fn sender_prepare<C: Channel>(
+    channel: &C,
+    ext: &mut IknpSender,
+    rows: usize,
+    cols: usize,
+    bits: u32,
+) -> Result<SenderOts, MpcError> {
+    let n = rows * cols * bits as usize;
+    let ots = ext.extend_random(channel, n).await?;
+    let e = recv_bytes(channel, n.div_ceil(8)).await?;
+    let (m0, m1) = cpu::run(move || relabel(&ots, &e)).await;
+    Ok(SenderOts { m0, m1, rows, cols, bits, used: Default::default() })
+}
+
+/// M⁰_o = m^{e_o}_o, M¹_o = m^{1⊕e_o}_o. (e_o is public to the sender: it is what the chooser
+/// sent, so selecting on it is fine.)
+fn relabel(ots: &RandomSenderOutput, e: &[u8]) -> (Zeroizing<Vec<u128>>, Zeroizing<Vec<u128>>) {
+    let n = ots.len();
+    let (mut m0, mut m1) = (Zeroizing::new(vec![0u128; n]), Zeroizing::new(vec![0u128; n]));
+    m0.par_iter_mut().zip(m1.par_iter_mut()).enumerate().for_each(|(o, (a, b))| {
+        let [x, y] = ots.messages(o);
+        (*a, *b) = if (e[o / 8] >> (o % 8)) & 1 == 1 { (y, x) } else { (x, y) };
+    });
+    (m0, m1)
+}
+
+/// The packed bits c_o of every entry of `x`, in OT order.
+fn choice_bytes(x: &Matrix) -> Zeroizing<Vec<u8>> {
+    let bits = x.bits as usize;
+    let n = x.data.len() * bits;
+    let mut out = Zeroizing::new(vec![0u8; n.div_ceil(8)]);
+    let mut o = 0;
+    for &v in x.data.iter() {
+        for k in 0..bits {
+            out[o / 8] |= (((v >> k) & 1) as u8) << (o % 8);
+            o += 1;
+        }
+    }
+    out
+}
+
+/// Step 3, sender side, forward: τ for every OT and the sender's share of X·y (one per row).
+pub fn sender_forward(s: &SenderOts, y: &[u64]) -> Result<(Vec<u64>, Vec<u64>), MpcError> {
+    if y.len() != s.cols {
+        return Err(MpcError::Invalid(format!("forward vector of {} entries for {} columns", y.len(), s.cols)));
+    }
+    take(&s.used, Half::Forward)?;
+    let (bits, cb) = (s.bits as usize, s.cols * s.bits as usize);
+    let w = bit_weights(s.bits);
+    let mut tau = vec![0u64; s.rows * cb];
+    let mut out = vec![0u64; s.rows];
+    if cb > 0 {
+        tau.par_chunks_mut(cb).zip(out.par_iter_mut()).enumerate().for_each(|(i, (t, out))| {
+            let mut acc = 0u64;
+            for (j, &yj) in y.iter().enumerate() {
+                for (k, wk) in w.iter().enumerate() {
+                    let o = j * bits + k;
+                    let (m0, m1) = s.pads(i * cb + o, Half::Forward);
+                    t[o] = m0.wrapping_sub(m1).wrapping_add(wk.wrapping_mul(yj));
+                    acc = acc.wrapping_sub(m0);
+                }
+            }
+            *out = acc;
+        });
+    }
+    Ok((tau, out))
+}
+
+/// Step 3, sender side, backward: τ for every OT and the sender's share of Xᵀ·y (one per column).
+pub fn sender_backward(s: &SenderOts, y: &[u64]) -> Result<(Vec<u64>, Vec<u64>), MpcError> {
+    if y.len() != s.rows {
+        return Err(MpcError::Invalid(format!("backward vector of {} entries for {} rows", y.len(), s.rows)));
+    }
+    take(&s.used, Half::Backward)?;
+    let (bits, cols, cb) = (s.bits as usize, s.cols, s.cols * s.bits as usize);
+    let w = bit_weights(s.bits);
+    let mut tau = vec![0u64; s.rows * cb];
+    if cb == 0 {
+        return Ok((tau, vec![0; cols]));
+    }
+    let out = tau
+        .par_chunks_mut(cb * PAR_ROWS)
+        .zip(y.par_chunks(PAR_ROWS))
+        .enumerate()
+        .map(|(blk, (t, ys))| {
+            let mut acc = vec![0u64; cols];
+            for (r, &yi) in ys.iter().enumerate() {
+                let row = blk * PAR_ROWS + r;
+                let corr: Vec<u64> = w.iter().map(|wk| wk.wrapping_mul(yi)).collect();
+                for (j, a) in acc.iter_mut().enumerate() {
+                    for (k, ck) in corr.iter().enumerate() {
+                        let o = j * bits + k;
+                        let (m0, m1) = s.pads(row * cb + o, Half::Backward);
+                        t[r * cb + o] = m0.wrapping_sub(m1).wrapping_add(*ck);
+                        *a = a.wrapping_sub(m0);
+                    }
+                }
+            }
+            acc
+        })
+        .reduce(|| vec![0u64; cols], add_vecs);
+    Ok((tau, out))
+}
+
+fn check_chooser(c: &ChooserOts, x: &Matrix, tau: &[u64], half: Half) -> Result<(), MpcError> {
+    if (x.rows, x.cols, x.bits) != (c.rows, c.cols, c.bits) {
+        return Err(MpcError::Invalid("matrix does not match its OTs".into()));
+    }
+    if tau.len() != c.msgs.len() {
+        return Err(violation(format!("{} corrections for {} OTs", tau.len(), c.msgs.len())));
+    }
+    take(&c.used, half)
+}
+
+/// Step 3, chooser side, forward: its share of X·y given the sender's τ.
+pub fn chooser_forward(c: &ChooserOts, x: &Matrix, tau: &[u64]) -> Result<Vec<u64>, MpcError> {
+    check_chooser(c, x, tau, Half::Forward)?;
+    let (bits, cb) = (c.bits as usize, c.cols * c.bits as usize);
+    if cb == 0 {
+        return Ok(vec![0; c.rows]);
+    }
+    let msgs = &c.msgs;
+    Ok(x.data
+        .par_chunks(c.cols)
+        .enumerate()
+        .map(|(i, row)| {
+            let mut acc = 0u64;
+            for (j, &v) in row.iter().enumerate() {
+                for k in 0..bits {
+                    let o = i * cb + j * bits + k;
+                    let mask = ((v >> k) & 1).wrapping_neg();
+                    acc = acc.wrapping_add(Half::Forward.of(msgs[o])).wrapping_add(mask & tau[o]);
+                }
+            }
+            acc
+        })
+        .collect())
+}
+
+/// Step 3, chooser side, backward: its share of Xᵀ·y given the sender's τ.
+pub fn chooser_backward(c: &ChooserOts, x: &Matrix, tau: &[u64]) -> Result<Vec<u64>, MpcError> {
+    check_chooser(c, x, tau, Half::Backward)?;
+    let (bits, cols, cb) = (c.bits as usize, c.cols, c.cols * c.bits as usize);
+    if cb == 0 {
+        return Ok(vec![0; cols]);
+    }
+    let msgs = &c.msgs;
+    Ok(x.data
+        .par_chunks(cols * PAR_ROWS)
+        .enumerate()
+        .map(|(blk, block)| {
+            let mut acc = vec![0u64; cols];
+            for (r, row) in block.chunks(cols).enumerate() {
+                let base = (blk * PAR_ROWS + r) * cb;
+                for (j, (a, &v)) in acc.iter_mut().zip(row).enumerate() {
+                    for k in 0..bits {
+                        let o = base + j * bits + k;
+                        let mask = ((v >> k) & 1).wrapping_neg();
+                        *a = a.wrapping_add(Half::Backward.of(msgs[o])).wrapping_add(mask & tau[o]);
+                    }
+                }
+            }
+            acc
+        })
+        .reduce(|| vec![0u64; cols], add_vecs))
+}
+
+/// Random OTs kept across epochs for a fixed matrix (the chooser's side), re-keyed for every
+/// use: the pads of use u are H(t, M) with H the TCCR hash of fixed-key AES and the tweak
+/// t = (u + 1)·2^64 + o unique per (use, OT). Sound because each M^{1−c}_o is a uniformly random
+/// key unknown to the chooser (a random-OT output), so its hashes under distinct tweaks are
+/// independent pseudorandom pads (GKWY20 TCCR); the chooser's M^{c}_o is known to both, as in a
+/// single use. Saves the OT extension (and its 16 bytes per OT) on every epoch after the first.
+/// Stored as σ_o = π(M_o), so a use costs one AES per message.
+pub struct ChooserCache {
+    sigma: Zeroizing<Vec<u128>>,
+    cols: usize,
+    bits: u32,
+}
+
+/// The sender's side of a [`ChooserCache`].
+pub struct SenderCache {
+    sigma0: Zeroizing<Vec<u128>>,
+    sigma1: Zeroizing<Vec<u128>>,
+    cols: usize,
+    bits: u32,
+}
+
+fn permuted(v: &[u128]) -> Zeroizing<Vec<u128>> {
+    let mut out = Zeroizing::new(v.to_vec());
+    out.par_chunks_mut(4096).for_each(|c| FixedKeyAes::fixed().permute_blocks(c));
+    out
+}
+
+/// H(t_o, M_o) = π(σ_o ⊕ t_o) ⊕ σ_o for o in `range`, t_o = (use + 1)·2^64 + o.
+fn rekey(sigma: &[u128], use_id: u64, range: std::ops::Range<usize>) -> Zeroizing<Vec<u128>> {
+    let base = ((use_id as u128 + 1) << 64) + range.start as u128;
+    let src = &sigma[range];
+    let mut out = Zeroizing::new(vec![0u128; src.len()]);
+    out.par_chunks_mut(4096).zip(src.par_chunks(4096)).enumerate().for_each(|(k, (o, s))| {
+        let first = base + (k * 4096) as u128;
+        for (i, (o, &s)) in o.iter_mut().zip(s).enumerate() {
+            *o = s ^ (first + i as u128);
+        }
+        FixedKeyAes::fixed().permute_blocks(o);
+        for (o, &s) in o.iter_mut().zip(s) {
+            *o ^= s;
+        }
+    });
+    out
+}
+
+impl ChooserCache {
+    /// An empty cache for up to `rows` rows (reserved up front: growing would leave copies of
+    /// secrets in freed memory).
+    pub fn new(rows: usize, cols: usize, bits: u32) -> Self {
+        Self { sigma: Zeroizing::new(Vec::with_capacity(rows * cols * bits as usize)), cols, bits }
+    }
+
+    /// Appends the OTs of further rows (fresh, unused OTs of this cache's shape).
+    pub fn append(&mut self, ots: ChooserOts) {
+        assert!(ots.cols == self.cols && ots.bits == self.bits, "OTs of another shape");
+        assert!(self.sigma.len() + ots.msgs.len() <= self.sigma.capacity(), "cache full");
+        self.sigma.extend(permuted(&ots.msgs).iter());
+    }
+
+    /// The OTs of rows `rows` for use number `use_id` (each use id at most once per row).
+    pub fn session(&self, use_id: u64, rows: std::ops::Range<usize>) -> ChooserOts {
+        let cb = self.cols * self.bits as usize;
+        let msgs = rekey(&self.sigma, use_id, rows.start * cb..rows.end * cb);
+        ChooserOts { msgs, rows: rows.len(), cols: self.cols, bits: self.bits, used: Default::default() }
+    }
+}
+
+impl SenderCache {
+    pub fn new(rows: usize, cols: usize, bits: u32) -> Self {
+        let n = rows * cols * bits as usize;
+        Self {
+            sigma0: Zeroizing::new(Vec::with_capacity(n)),
+            sigma1: Zeroizing::new(Vec::with_capacity(n)),
+            cols,
+            bits,
+        }
+    }
+
+    pub fn append(&mut self, ots: SenderOts) {
+        assert!(ots.cols == self.cols && ots.bits == self.bits, "OTs of another shape");
+        assert!(self.sigma0.len() + ots.m0.len() <= self.sigma0.capacity(), "cache full");
+        self.sigma0.extend(permuted(&ots.m0).iter());
+        self.sigma1.extend(permuted(&ots.m1).iter());
+    }
+
+    pub fn session(&self, use_id: u64, rows: std::ops::Range<usize>) -> SenderOts {
+        let cb = self.cols * self.bits as usize;
+        let range = rows.start * cb..rows.end * cb;
+        let m0 = rekey(&self.sigma0, use_id, range.clone());
+        let m1 = rekey(&self.sigma1, use_id, range);
+        SenderOts { m0, m1, rows: rows.len(), cols: self.cols, bits: self.bits, used: Default::default() }
+    }
+}
+
+/// One party's two roles at once: chooser for its own matrix (`own`), sender for the peer's
+/// (`peer_rows` × `peer_cols`, `peer_bits`). The two OT extensions run concurrently, one per
+/// direction of the channel.
+pub async fn prepare_both<C: Channel>(
+    channel: &C,
+    receiver: &mut IknpReceiver,
+    sender: &mut IknpSender,
+    own: std::sync::Arc<Matrix>,
+    peer_rows: usize,
+    peer_cols: usize,
+    peer_bits: u32,
+) -> Result<(ChooserOts, SenderOts), MpcError> {
+    let (c, s) = futures::join!(
+        chooser_prepare(channel, receiver, own),
+        sender_prepare(channel, sender, peer_rows, peer_cols, peer_bits)
+    );
+    Ok((c?, s?))
+}
+
+/// Sends our τ and receives the peer's (`n` of them), concurrently.
+pub async fn exchange_tau<C: Channel>(channel: &C, ours: &[u64], n: usize) -> Result<Vec<u64>, MpcError> {
+    let (sent, theirs) = futures::join!(send_u64s(channel, ours), recv_u64s(channel, n));
+    sent?;
+    theirs
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,177 @@
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::{Rng, RngExt, SeedableRng};
+
+use super::*;
+use crate::memory_pair;
+use crate::ot::Security;
+
+fn random_matrix(rng: &mut StdRng, rows: usize, cols: usize, bits: u32) -> Matrix {
+    let data = (0..rows * cols)
+        .map(|_| if bits == 64 { rng.next_u64() } else { ((rng.next_u64() as i64) >> (64 - bits)) as u64 })
+        .collect();
+    Matrix::new(data, rows, cols, bits)
+}
+
+/// Plaintext X·y and Xᵀ·y mod 2^64.
+fn plain(x: &Matrix, y_fwd: &[u64], y_bwd: &[u64]) -> (Vec<u64>, Vec<u64>) {
+    (x.mul_vec(y_fwd), x.mul_t_vec(y_bwd))
+}
+
+async fn run_both(x: Matrix, y_fwd: Vec<u64>, y_bwd: Vec<u64>) -> ((Vec<u64>, Vec<u64>), (Vec<u64>, Vec<u64>)) {
+    let (rows, cols, bits) = (x.rows(), x.cols(), x.bits());
+    let x = Arc::new(x);
+    let (ca, cb) = memory_pair(8);
+    let chooser = async {
+        let mut ext = IknpReceiver::setup(&ca, Security::SemiHonest).await.unwrap();
+        let ots = chooser_prepare(&ca, &mut ext, x.clone()).await.unwrap();
+        let tau = recv_u64s(&ca, rows * cols * bits as usize).await.unwrap();
+        let f = chooser_forward(&ots, &x, &tau).unwrap();
+        let tau = recv_u64s(&ca, rows * cols * bits as usize).await.unwrap();
+        let b = chooser_backward(&ots, &x, &tau).unwrap();
+        // Pads are single-use.
+        assert!(chooser_backward(&ots, &x, &tau).is_err());
+        (f, b)
+    };
+    let sender = async {
+        let mut ext = IknpSender::setup(&cb, Security::SemiHonest).await.unwrap();
+        let ots = sender_prepare(&cb, &mut ext, rows, cols, bits).await.unwrap();
+        let (tau, f) = sender_forward(&ots, &y_fwd).unwrap();
+        send_u64s(&cb, &tau).await.unwrap();
+        let (tau, b) = sender_backward(&ots, &y_bwd).unwrap();
+        send_u64s(&cb, &tau).await.unwrap();
+        assert!(sender_forward(&ots, &y_fwd).is_err());
+        (f, b)
+    };
+    futures::join!(chooser, sender)
+}
+
+fn add(a: &[u64], b: &[u64]) -> Vec<u64> {
+    a.iter().zip(b).map(|(x, y)| x.wrapping_add(*y)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn products_match_plaintext_for_random_and_edge_values() {
+    let mut rng = StdRng::seed_from_u64(7);
+    for (rows, cols, bits) in [(1, 1, 1), (3, 2, 12), (300, 7, 12), (513, 3, 64), (40, 1, 5), (1000, 2, 2)] {
+        let x = random_matrix(&mut rng, rows, cols, bits);
+        let mut y_fwd: Vec<u64> = (0..cols).map(|_| rng.next_u64()).collect();
+        let mut y_bwd: Vec<u64> = (0..rows).map(|_| rng.next_u64()).collect();
+        // Edge values of y.
+        y_fwd[0] = u64::MAX;
+        y_bwd[0] = 1 << 63;
+        if rows > 1 {
+            y_bwd[1] = 0;
+        }
+        let (want_f, want_b) = plain(&x, &y_fwd, &y_bwd);
+        let ((cf, cbk), (sf, sb)) = run_both(x, y_fwd, y_bwd).await;
+        assert_eq!(add(&cf, &sf), want_f, "forward {rows}x{cols}x{bits}");
+        assert_eq!(add(&cbk, &sb), want_b, "backward {rows}x{cols}x{bits}");
+        // Shares are not the answer in the clear.
+        if rows > 10 {
+            assert_ne!(cf, want_f);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_matrix_entries() {
+    // The most negative and most positive entries of each width.
+    let mut rng = StdRng::seed_from_u64(8);
+    for bits in [1u32, 8, 12, 63, 64] {
+        let min = if bits == 64 { 1u64 << 63 } else { (-(1i64 << (bits - 1))) as u64 };
+        let max = if bits == 64 { i64::MAX as u64 } else { ((1i64 << (bits - 1)) - 1) as u64 };
+        let x = Matrix::new(vec![min, max, 0, min, max, u64::from(bits == 1).wrapping_neg()], 3, 2, bits);
+        let y_fwd = vec![rng.next_u64(), rng.random_range(0..5)];
+        let y_bwd = vec![u64::MAX, 1, rng.next_u64()];
+        let (want_f, want_b) = plain(&x, &y_fwd, &y_bwd);
+        let ((cf, cbk), (sf, sb)) = run_both(x, y_fwd, y_bwd).await;
+        assert_eq!(add(&cf, &sf), want_f, "bits {bits}");
+        assert_eq!(add(&cbk, &sb), want_b, "bits {bits}");
+    }
+}
+
+#[test]
+#[should_panic(expected = "out of the 4-bit range")]
+fn entries_must_fit_their_width() {
+    Matrix::new(vec![8], 1, 1, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_corrections_are_rejected() {
+    let x = Arc::new(Matrix::new(vec![1, 2], 1, 2, 4));
+    let (ca, cb) = memory_pair(8);
+    let chooser = async {
+        let mut ext = IknpReceiver::setup(&ca, Security::SemiHonest).await.unwrap();
+        let ots = chooser_prepare(&ca, &mut ext, x.clone()).await.unwrap();
+        chooser_forward(&ots, &x, &[0; 7]).unwrap_err()
+    };
+    let sender = async {
+        let mut ext = IknpSender::setup(&cb, Security::SemiHonest).await.unwrap();
+        sender_prepare(&cb, &mut ext, 1, 2, 4).await.unwrap();
+    };
+    let (err, ()) = futures::join!(chooser, sender);
+    assert!(matches!(err, MpcError::Protocol(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_ots_rekeyed_per_use_give_correct_products_and_fresh_pads() {
+    let mut rng = StdRng::seed_from_u64(9);
+    let (rows, cols, bits) = (300, 3, 12);
+    let x = random_matrix(&mut rng, rows, cols, bits);
+    let (top, bottom) = (x.data()[..150 * cols].to_vec(), x.data()[150 * cols..].to_vec());
+    let (top, bottom) = (Arc::new(Matrix::new(top, 150, cols, bits)), Arc::new(Matrix::new(bottom, 150, cols, bits)));
+    let (ca, cb) = memory_pair(8);
+    let chooser = async {
+        let mut ext = IknpReceiver::setup(&ca, Security::SemiHonest).await.unwrap();
+        let mut cache = ChooserCache::new(rows, cols, bits);
+        for part in [top.clone(), bottom.clone()] {
+            cache.append(chooser_prepare(&ca, &mut ext, part).await.unwrap());
+        }
+        let mut outs = Vec::new();
+        for use_id in 0..2u64 {
+            // Rows 100..250 straddle the two appended parts.
+            let sub: Vec<u64> = x.data()[100 * cols..250 * cols].to_vec();
+            let sub = Matrix::new(sub, 150, cols, bits);
+            let ots = cache.session(use_id, 100..250);
+            let tau_f = recv_u64s(&ca, 150 * cols * bits as usize).await.unwrap();
+            let tau_b = recv_u64s(&ca, 150 * cols * bits as usize).await.unwrap();
+            outs.push((
+                chooser_forward(&ots, &sub, &tau_f).unwrap(),
+                chooser_backward(&ots, &sub, &tau_b).unwrap(),
+                tau_f,
+            ));
+        }
+        outs
+    };
+    let (y_f, y_b): (Vec<u64>, Vec<u64>) =
+        ((0..cols).map(|_| rng.next_u64()).collect(), (0..150).map(|_| rng.next_u64()).collect());
+    let sender = async {
+        let mut ext = IknpSender::setup(&cb, Security::SemiHonest).await.unwrap();
+        let mut cache = SenderCache::new(rows, cols, bits);
+        for _ in 0..2 {
+            cache.append(sender_prepare(&cb, &mut ext, 150, cols, bits).await.unwrap());
+        }
+        let mut outs = Vec::new();
+        for use_id in 0..2u64 {
+            let ots = cache.session(use_id, 100..250);
+            let (tau_f, f) = sender_forward(&ots, &y_f).unwrap();
+            let (tau_b, b) = sender_backward(&ots, &y_b).unwrap();
+            send_u64s(&cb, &tau_f).await.unwrap();
+            send_u64s(&cb, &tau_b).await.unwrap();
+            outs.push((f, b));
+        }
+        outs
+    };
+    let (c, s) = futures::join!(chooser, sender);
+    let sub = Matrix::new(x.data()[100 * cols..250 * cols].to_vec(), 150, cols, bits);
+    let (want_f, want_b) = plain(&sub, &y_f, &y_b);
+    for ((cf, cbk, _), (sf, sb)) in c.iter().zip(&s) {
+        assert_eq!(add(cf, sf), want_f);
+        assert_eq!(add(cbk, sb), want_b);
+    }
+    // The same inputs in two uses: different pads, so different corrections and shares.
+    assert_ne!(c[0].2, c[1].2);
+    assert_ne!(c[0].0, c[1].0);
+}

@@ -1,0 +1,157 @@
+//! Logistic regression jobs between two in-process nodes on loopback with mutual TLS: train,
+//! score, grants, and bad inputs.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use consort_engine::DatasetSpec;
+use consort_engine::lr::{LrParams, ModelFile};
+use consort_engine::lr_synth::{LrGenSpec, generate_lr};
+use consort_node::client::NodeClient;
+use consort_node::node::{self, NodeHandle};
+use consort_node::proto::{JobStatus, LrRequest};
+use consort_node::{pair, setup};
+
+struct Pair {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    a_dir: PathBuf,
+    b_dir: PathBuf,
+    _a: NodeHandle,
+    b: NodeHandle,
+}
+
+/// Two nodes pinning each other; the bank's "loans" and the partner's "features" with `grant_kinds`.
+async fn pair_with_lr_data(rows: u64, missing_b: u64, grant_kinds: &str) -> Pair {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let (a_dir, b_dir) = pair::init_pair(&root).unwrap();
+    let a = node::start(&a_dir).await.unwrap();
+    let b = node::start(&b_dir).await.unwrap();
+    pair::pin_pair(&a_dir, a.peer_addr(), &b_dir, b.peer_addr()).unwrap();
+    let spec = LrGenSpec { rows, features_a: 2, features_b: 3, missing_b, seed: 4, out_dir: root.join("data") };
+    generate_lr(&spec).unwrap();
+    let grant = |peer: &str| setup::parse_grant(&format!("{peer}:{grant_kinds}")).unwrap();
+    let ds = |name: &str, file: &str| DatasetSpec::new(name, root.join("data").join(file), &["id"]);
+    setup::dataset_add(&a_dir, ds("loans", "a.csv"), vec![grant(pair::B)], true, false).unwrap();
+    setup::dataset_add(&b_dir, ds("features", "b.csv"), vec![grant(pair::A)], true, false).unwrap();
+    a.state.reload().unwrap();
+    b.state.reload().unwrap();
+    Pair { _tmp: tmp, root, a_dir, b_dir, _a: a, b }
+}
+
+fn train_request(p: &Pair, label: &str) -> LrRequest {
+    let params = LrParams { epochs: 3, batch_size: 256, split_seed: 5, ..LrParams::default() };
+    LrRequest {
+        kind: "train".into(),
+        peer: pair::B.into(),
+        dataset: "loans".into(),
+        peer_dataset: "features".into(),
+        label: label.into(),
+        features: vec![],
+        params: serde_json::to_string(&params).unwrap(),
+        model: p.root.join("model-a.json").display().to_string(),
+        out: String::new(),
+        protocol: String::new(),
+    }
+}
+
+async fn run(dir: &Path, request: LrRequest) -> Result<JobStatus, String> {
+    let client = NodeClient::connect(dir).await.unwrap();
+    let id = client.submit_lr(request).await.map_err(|e| e.to_string())?;
+    Ok(tokio::time::timeout(Duration::from_secs(120), client.watch(&id, |_| {})).await.expect("job hangs").unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn train_then_score_between_two_nodes() {
+    let p = pair_with_lr_data(3000, 250, "psi,train,score").await;
+    // Aligned with RR22 here (the other tests use the default, ECDH-PSI).
+    let status = run(&p.a_dir, LrRequest { protocol: "rr22".into(), ..train_request(&p, "y") }).await.unwrap();
+    assert_eq!(status.protocol, "rr22");
+    assert_eq!(status.state, "done", "{}", status.error);
+    assert_eq!((status.local_rows, status.peer_rows, status.intersection), (3000, 2750, 2750));
+    let report: serde_json::Value = serde_json::from_str(&status.summary).unwrap();
+    assert_eq!((report["features"].as_u64(), report["peer_features"].as_u64()), (Some(2), Some(3)));
+    let auc = report["auc"].as_f64().unwrap();
+    assert!(auc > 0.7 && auc <= 1.0, "auc {auc}");
+    assert!(status.wire_bytes_sent > 0 && status.bytes_received > 0);
+    // The partner's model sits under its node directory and holds only its own features.
+    assert_eq!(status.peer_output, format!("outputs/{}.model.json", status.job_id));
+    let mb = ModelFile::load(&p.b_dir.join(&status.peer_output)).unwrap();
+    assert_eq!(mb.features.len(), 3);
+    assert!(mb.intercept.is_none() && mb.training.auc.is_none());
+    let peer_job = p.b.state.jobs.get(&status.job_id).unwrap().status();
+    assert_eq!((peer_job.state.as_str(), peer_job.role.as_str()), ("done", "responder"));
+
+    let out = p.root.join("scores.csv");
+    let score = LrRequest {
+        kind: "score".into(),
+        peer: pair::B.into(),
+        dataset: "loans".into(),
+        peer_dataset: "features".into(),
+        model: p.root.join("model-a.json").display().to_string(),
+        out: out.display().to_string(),
+        ..Default::default()
+    };
+    let status = run(&p.a_dir, score).await.unwrap();
+    assert_eq!(status.state, "done", "{}", status.error);
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.lines().count(), 2751);
+    assert!(
+        text.lines().skip(1).all(|l| l
+            .split(',')
+            .nth(1)
+            .unwrap()
+            .parse::<f64>()
+            .is_ok_and(|s| (0.0..=1.0).contains(&s)))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn train_needs_a_train_grant_and_a_label_column() {
+    let p = pair_with_lr_data(200, 0, "psi").await;
+    let err = run(&p.a_dir, train_request(&p, "y")).await.unwrap_err();
+    assert!(err.contains("grants peer 'partner' only psi jobs, not train"), "{err}");
+
+    let p = pair_with_lr_data(200, 0, "train").await;
+    let status = run(&p.a_dir, train_request(&p, "label")).await.unwrap();
+    assert_eq!(status.state, "failed");
+    assert!(status.error.contains("a.csv:1: column 'label': no such label column"), "{}", status.error);
+    assert!(!p.root.join("model-a.json").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn train_with_a_dealer_node() {
+    let p = pair_with_lr_data(1500, 100, "train").await;
+    // A third node, pinned by both parties under the same name, pinning both of them.
+    let d_dir = p.root.join("dealer");
+    consort_node::identity::init(&d_dir, "dealer", "127.0.0.1:0").unwrap();
+    let d = node::start(&d_dir).await.unwrap();
+    let cert = |dir: &Path| dir.join(consort_node::config::TLS_CERT_FILE);
+    for (dir, name) in [(&p.a_dir, pair::A), (&p.b_dir, pair::B)] {
+        setup::peer_add(dir, "dealer", &d.peer_addr().to_string(), &cert(&d_dir), false).unwrap();
+        let addr = std::fs::read_to_string(dir.join(consort_node::config::LISTEN_ADDR_FILE)).unwrap();
+        setup::peer_add(&d_dir, name, addr.trim(), &cert(dir), false).unwrap();
+    }
+    d.state.reload().unwrap();
+    p._a.state.reload().unwrap();
+    p.b.state.reload().unwrap();
+
+    let mut request = train_request(&p, "y");
+    let mut params: LrParams = serde_json::from_str(&request.params).unwrap();
+    params.dealer = Some("dealer".into());
+    request.params = serde_json::to_string(&params).unwrap();
+    let status = run(&p.a_dir, request.clone()).await.unwrap();
+    assert_eq!(status.state, "done", "{}", status.error);
+    let report: serde_json::Value = serde_json::from_str(&status.summary).unwrap();
+    assert!(report["auc"].as_f64().unwrap() > 0.7);
+    let dealt = d.state.jobs.get(&status.job_id).unwrap().status();
+    assert_eq!((dealt.kind.as_str(), dealt.role.as_str()), ("deal", "dealer"));
+    assert!(dealt.bytes_sent > 0);
+
+    // A dealer this node has not pinned: refused at submission.
+    params.dealer = Some("nobody".into());
+    request.params = serde_json::to_string(&params).unwrap();
+    let err = run(&p.a_dir, request).await.unwrap_err();
+    assert!(err.contains("no pinned dealer node 'nobody'"), "{err}");
+}
