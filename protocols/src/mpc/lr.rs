@@ -12,18 +12,28 @@
 //! # What it computes
 //!
 //! Mini-batch gradient descent on the logistic loss with L2 regularization, on the batches the
-//! caller fixes (both parties pass the same row order), with the sigmoid replaced by its
-//! first-order Taylor expansion σ̂(z) = 1/2 + z/4 ([`Sigmoid::Taylor1`]). That is exact gradient
-//! descent on the second-order Taylor expansion of the log-loss, L̂(z) = ln 2 + z/2 + z²/8 − y·z
-//! (the approximation FATE's hetero-LR and Hardy et al. 2017 use). Error of σ̂ against σ: 0 at
-//! z = 0, 0.0044 at |z| = 1, 0.030 at |z| = 2, 0.20 at |z| = 4 (σ̂ is not clamped to [0, 1]).
-//! It ranks like a linear discriminant and is accurate while |z| stays moderate (it does on
-//! standardized credit data; check AUC on the holdout, which this protocol reports). Per batch I:
+//! caller fixes (both parties pass the same row order), with the sigmoid replaced by an
+//! approximation σ̂ ([`Sigmoid`], chosen by [`LrConfig::sigmoid`]; its docs tabulate the errors):
+//!
+//! - `taylor1` (default): the first-order Taylor expansion σ̂(z) = 1/2 + z/4. That is exact
+//!   gradient descent on the second-order Taylor expansion of the log-loss, L̂(z) = ln 2 + z/2 +
+//!   z²/8 − y·z (the approximation FATE's hetero-LR and Hardy et al. 2017 use). Error of σ̂
+//!   against σ: 0 at z = 0, 0.019 at |z| = 1, 0.119 at |z| = 2, 0.52 at |z| = 4 (σ̂ is not
+//!   clamped to [0, 1]). Linear: no secure multiplication per row.
+//! - `poly3`: σ̂(z) = 1/2 + 0.15012·z − 0.0015930·z³, the least-squares cubic on [−8, 8] (max
+//!   error 0.114 there; it diverges outside). Costs three share×share products per row.
+//!
+//! Per batch I:
 //!
 //! 1. z = X_A·w_A + X_B·w_B + w₀ on shares: the local parts X_P·⟨w_P⟩_P plus two Gilboa products
 //!    ([`super::ot_mul`], forward) of each party's plaintext matrix with the other party's share
 //!    of that party's weights; then truncation by f_x (to f = [`super::FRAC_BITS`] fraction bits).
-//! 2. r' = 4(σ̂(z) − y) = 2 + z − 4y: local (A adds the public constant and its labels).
+//! 2. r' = 4(σ̂(z) − y): `taylor1` 2 + z − 4y, local (A adds the public constant and its
+//!    labels); `poly3` 2 + trunc(q₁·z − q₃·z³) − 4y, where z³ comes from two elementwise
+//!    products of shares (z² then z²·z, each truncated; [`sigmoid_part`]) by Gilboa OT
+//!    multiplication with one party's 64-bit share bits as choice bits (64 OTs per cross term,
+//!    one cross term for z², both for z²·z: 192 random OTs per row and batch, fresh from the
+//!    IKNP extension — also in dealer mode, whose dealer only serves the matrix products).
 //! 3. g = Xᵀ·r' (own part local, cross parts by the backward Gilboa product on the *same* OTs as
 //!    step 1, the other 64-bit half of each pad), g₀ = Σ r'.
 //! 4. w ← w − trunc(c·trunc(g, f_x + p) + c₂·w, 20) with 2^p ≥ |I| > 2^(p−1), c = round(η·2^p /
@@ -33,13 +43,18 @@
 //! S₃ = Σ y·z (one more Gilboa product with A's 64-bit shares as choice bits) and B sends its
 //! shares to A, who computes the holdout loss L̂ = ln 2 + (S₁/2 + S₂/8 − S₃)/n_h and decides on
 //! early stopping (stop when it improved by less than [`LrConfig::tolerance`]); A sends B one
-//! byte: continue or stop. At the end each party sends the other its share of the other's
-//! weights: A learns w_A and w₀, B learns w_B.
+//! byte: continue or stop, and whether this epoch's loss is the lowest so far. The holdout loss
+//! is this quadratic L̂ for both sigmoids (with `poly3` it is a proxy for the model's own
+//! surrogate loss, which would need Σz⁴). With early stopping on, both parties keep a copy of
+//! their shares after the best epoch and return those (the best epoch's weights, not the last
+//! epoch's). At the end each party sends the other its share of the other's weights: A learns
+//! w_A and w₀, B learns w_B.
 //!
 //! # What each party learns
 //!
 //! - Both: n, the batch order and holdout split (inputs both agreed on), the other's feature
-//!   count, the hyper-parameters, the number of epochs run (early stopping is visible).
+//!   count, the hyper-parameters, the number of epochs run (early stopping is visible) and, with
+//!   early stopping on, which epochs had the lowest holdout loss so far (the returned epoch).
 //! - A: per epoch, the holdout aggregates S₁, S₂, S₃ (so the holdout loss); at the end w_A, w₀.
 //! - B: at the end w_B.
 //! - Nothing else: every message is an OT-extension message, a choice-bit correction masked by a
@@ -53,7 +68,8 @@
 //!
 //! Semi-honest, both parties (OT extension per [`crate::ot::extension`]). Truncation is
 //! SecureML's local truncation ([`super::trunc_share`]): error ≤ 1 ulp, failure probability
-//! ≤ |x|·2^−63 per truncated value x. The truncated values here are z·2^{f_x+f} (|z| ≲ 2^6 →
+//! ≤ |x|·2^−63 per truncated value x (`poly3` adds four truncations per row of values below
+//! 2^31 while |z| ≤ 8, see [`sigmoid_part`]). The truncated values here are z·2^{f_x+f} (|z| ≲ 2^6 →
 //! 2^30), mean-gradient sums (≲ 2^{11+24} for batches ≤ 2^11 with |x·r'| ≲ 1 on average) and
 //! updates (≲ 2^36): per training run of 10 epochs on 10^5 rows, about 10^6 truncations of
 //! values below 2^31 and 10^4 of values below 2^36, so a failure probability around 10^−3 at
@@ -80,10 +96,80 @@ const CONST_FRAC_BITS: u32 = 20;
 const MAX_WEIGHT: f64 = (1u64 << 20) as f64;
 
 /// The sigmoid approximation used on shares.
+///
+/// max \|σ̂ − σ\| over \|z\| ≤ t:
+///
+/// | name      | σ̂(z)                          | t = 1  | t = 2 | t = 4 | t = 8 | outside [−8, 8]                        |
+/// |-----------|--------------------------------|--------|-------|-------|-------|----------------------------------------|
+/// | `taylor1` | 1/2 + z/4                      | 0.019  | 0.119 | 0.52  | 1.50  | linear: error ≈ \|z\|/4 − 1/2            |
+/// | `poly3`   | 1/2 + 0.15012·z − 0.0015930·z³ | 0.083  | 0.098 | 0.098 | 0.114 | cubic: 0.50 off at \|z\| = 9.7, diverges |
+///
+/// `poly3` is the least-squares odd cubic on [−8, 8] (uniform weight; the coefficients of Kim et
+/// al., "Secure logistic regression based on homomorphic encryption", 2018), as evaluated on shares
+/// with its coefficients rounded to 4·c₁·2¹² and 4·c₃·2¹⁸ ([`Sigmoid::eval`] is the exact function
+/// the protocol computes, up to fixed-point rounding). Its error is spread evenly over the interval
+/// (≤ 0.114), where `taylor1` is close near 0 and useless beyond |z| ≈ 2 (σ̂ leaves [0, 1]).
+///
+/// Which is better: `taylor1` when the scores stay small (|z| ≲ 2 for most rows: weak signal, as
+/// typical credit data), since it is more accurate there and costs no secure multiplication;
+/// `poly3` when the signal is strong (many rows with |z| of 3–8), where `taylor1`'s residuals are
+/// far too large and its weights come out shrunk. Outside [−8, 8] `poly3` is worse than useless
+/// (its σ̂ leaves [0, 1] and eventually crosses 1/2), so it needs standardized features and
+/// scores that stay in the interval; `taylor1` is then the safer default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sigmoid {
     /// σ̂(z) = 1/2 + z/4 (see the module docs for its error).
     Taylor1,
+    /// σ̂(z) = 1/2 + c₁·z − c₃·z³ on [−8, 8] (table above). Per row: three secure products of
+    /// shares (z² and z³ with truncation after each), 192 random OTs.
+    Poly3,
+}
+
+/// `poly3`: c₁ and c₃ as the protocol uses them: 4·c₁ with [`POLY_CONST_BITS`] fraction bits and
+/// 4·c₃ with [`POLY_CONST_BITS`] + 6.
+const POLY3_C1: f64 = 0.150_119_877;
+const POLY3_C3: f64 = 0.001_592_998;
+/// Fraction bits of z inside the polynomial (z is truncated from 16 to this before the products).
+const POLY_FRAC_BITS: u32 = 10;
+/// Fraction bits of 4·c₁ (4·c₃ has this + 6, so both products land on 16 + 12 bits).
+const POLY_CONST_BITS: u32 = 12;
+
+impl Sigmoid {
+    pub fn name(self) -> &'static str {
+        match self {
+            Sigmoid::Taylor1 => "taylor1",
+            Sigmoid::Poly3 => "poly3",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Sigmoid> {
+        match name {
+            "taylor1" => Some(Sigmoid::Taylor1),
+            "poly3" => Some(Sigmoid::Poly3),
+            _ => None,
+        }
+    }
+
+    /// The fixed-point coefficients (4·c₁·2^12, 4·c₃·2^18) of `poly3`.
+    fn poly3_q() -> (u64, u64) {
+        (
+            (4.0 * POLY3_C1 * (POLY_CONST_BITS as f64).exp2()).round() as u64,
+            (4.0 * POLY3_C3 * ((POLY_CONST_BITS + 16 - POLY_FRAC_BITS) as f64).exp2()).round() as u64,
+        )
+    }
+
+    /// σ̂(z) in plaintext, with the rounded coefficients the protocol uses.
+    pub fn eval(self, z: f64) -> f64 {
+        match self {
+            Sigmoid::Taylor1 => 0.5 + z / 4.0,
+            Sigmoid::Poly3 => {
+                let (q1, q3) = Self::poly3_q();
+                let c1 = q1 as f64 / (POLY_CONST_BITS as f64).exp2() / 4.0;
+                let c3 = q3 as f64 / ((POLY_CONST_BITS + 16 - POLY_FRAC_BITS) as f64).exp2() / 4.0;
+                0.5 + c1 * z - c3 * z * z * z
+            }
+        }
+    }
 }
 
 /// Hyper-parameters; both parties must use the same (they are checked).
@@ -209,6 +295,9 @@ pub struct LrOutput {
     /// The intercept (A only).
     pub intercept: Option<f64>,
     pub epochs_run: u32,
+    /// The epoch (1-based) whose weights these are: with early stopping on (tolerance > 0) and a
+    /// holdout, the one with the lowest holdout loss; otherwise the last.
+    pub weights_epoch: u32,
     pub stopped_early: bool,
     /// Holdout loss L̂ after each epoch (A only; empty without holdout).
     pub holdout_loss: Vec<f64>,
@@ -216,6 +305,7 @@ pub struct LrOutput {
 }
 
 /// The shared state: this party's shares of both weight vectors and the intercept.
+#[derive(Clone)]
 struct Shares {
     own: Zeroizing<Vec<u64>>,
     peer: Zeroizing<Vec<u64>>,
@@ -342,6 +432,8 @@ async fn train_inner<C: Channel, D: Channel>(
     let batches: Vec<&[u32]> = input.train.chunks(config.batch_size).collect();
     let mut losses = Vec::new();
     let (mut epochs_run, mut stopped_early) = (0, false);
+    // With early stopping: the epoch (1-based) with the lowest holdout loss and the shares after it.
+    let mut best: Option<(u32, Shares)> = None;
     for epoch in 0..config.epochs {
         for (b, rows) in batches.iter().enumerate() {
             let corr = correlations(&ctx, epoch as u64, List::Train, b * config.batch_size, rows.len()).await?;
@@ -364,27 +456,45 @@ async fn train_inner<C: Channel, D: Channel>(
                 loss: Some(loss),
             });
         }
-        let stop = match (ctx.party, loss) {
+        // A's flag: bit 0 = stop, bit 1 = this epoch has the lowest holdout loss so far (both
+        // parties then keep a copy of their shares: early stopping returns the best epoch's).
+        let flag = match (ctx.party, loss) {
             (Party::A, Some(loss)) => {
                 let stop =
                     config.tolerance > 0.0 && losses.last().is_some_and(|&prev: &f64| prev - loss < config.tolerance);
+                let best = losses.iter().all(|&l| loss < l);
                 losses.push(loss);
-                send_bytes(channel, &[stop as u8]).await?;
-                stop
+                let flag = stop as u8 | (best as u8) << 1;
+                send_bytes(channel, &[flag]).await?;
+                flag
             }
             _ => match recv_bytes(channel, 1).await?[0] {
-                0 => false,
-                1 => true,
+                f @ 0..=3 => f,
                 _ => return Err(violation("bad early-stopping flag")),
             },
         };
-        if stop {
+        if config.tolerance > 0.0 && flag & 2 != 0 {
+            best = Some((epoch + 1, w.clone()));
+        }
+        if flag & 1 != 0 {
             stopped_early = epoch + 1 < config.epochs;
             break;
         }
     }
+    let (weights_epoch, w) = match best {
+        Some((e, b)) => (e, b),
+        None => (epochs_run, w),
+    };
     let (weights, intercept) = reveal_weights(&ctx, &w).await?;
-    Ok(LrOutput { weights, intercept, epochs_run, stopped_early, holdout_loss: losses, peer_features: peer_cols })
+    Ok(LrOutput {
+        weights,
+        intercept,
+        epochs_run,
+        weights_epoch,
+        stopped_early,
+        holdout_loss: losses,
+        peer_features: peer_cols,
+    })
 }
 
 fn check_input(input: &LrInput, config: &LrConfig) -> Result<(), MpcError> {
@@ -607,6 +717,78 @@ async fn forward<C: Channel, D: Channel>(
     Ok((x, corr, z))
 }
 
+/// Shares of x∘y (elementwise, mod 2^64, no truncation) for shared vectors x and y: the local
+/// x_P∘y_P plus the cross terms by Gilboa OT multiplication with 64-bit choice bits. For a square
+/// (`y` = `None`) one cross term x_A·x_B, counted twice (A chooses with x_A, B sends x_B: 64 OTs
+/// per entry); otherwise both x_A·y_B (A chooses) and x_B·y_A (B chooses), concurrently (128).
+async fn mul_shared<C: Channel, D: Channel>(
+    ctx: &mut Ctx<'_, C, D>,
+    x: &[u64],
+    y: Option<&[u64]>,
+) -> Result<Vec<u64>, MpcError> {
+    let n = x.len();
+    let mine = Arc::new(Matrix::new(x.to_vec(), n, 1, 64));
+    let local: Vec<u64> = match y {
+        None => x.iter().map(|&v| v.wrapping_mul(v)).collect(),
+        Some(y) => x.iter().zip(y).map(|(&a, &b)| a.wrapping_mul(b)).collect(),
+    };
+    let cross = match y {
+        None => match ctx.party {
+            Party::A => {
+                let ots = ot_mul::chooser_prepare(ctx.channel, &mut ctx.receiver, mine.clone()).await?;
+                let tau = recv_u64s(ctx.channel, n * 64).await?;
+                let c = cpu::run(move || chooser_forward(&ots, &mine, &tau)).await?;
+                c.into_iter().map(|v| v.wrapping_mul(2)).collect::<Vec<u64>>()
+            }
+            Party::B => {
+                let ots = ot_mul::sender_prepare(ctx.channel, &mut ctx.sender, n, 1, 64).await?;
+                let xv = Zeroizing::new(x.to_vec());
+                let (tau, c) = cpu::run(move || ot_mul::sender_elementwise(&ots, &xv)).await?;
+                send_u64s(ctx.channel, &tau).await?;
+                c.into_iter().map(|v| v.wrapping_mul(2)).collect()
+            }
+        },
+        Some(y) => {
+            let (c, s) =
+                ot_mul::prepare_both(ctx.channel, &mut ctx.receiver, &mut ctx.sender, mine.clone(), n, 1, 64).await?;
+            let yv = Zeroizing::new(y.to_vec());
+            let (tau, peer_part) = cpu::run(move || ot_mul::sender_elementwise(&s, &yv)).await?;
+            let theirs = ot_mul::exchange_tau(ctx.channel, &tau, n * 64).await?;
+            let own_part = cpu::run(move || chooser_forward(&c, &mine, &theirs)).await?;
+            own_part.iter().zip(&peer_part).map(|(a, b)| a.wrapping_add(*b)).collect()
+        }
+    };
+    Ok(local.iter().zip(&cross).map(|(a, b)| a.wrapping_add(*b)).collect())
+}
+
+/// Shares of 4·(σ̂(z) − 1/2) for shares of z (f fraction bits), per [`LrConfig::sigmoid`].
+/// `poly3`: z' = trunc(z, f − 10); s = trunc(z'², 10); c = trunc(s·z', 10) (z³ with 10 fraction
+/// bits); result trunc(q₁·z − q₃·c, 12) with q₁ = 4c₁·2^12, q₃ = 4c₃·2^18. The truncated values
+/// stay below 2^31 for |z| ≤ 8 (2^38 at |z| = 64), so their failure probability is ≤ 2^−32
+/// each in the interval.
+async fn sigmoid_part<C: Channel, D: Channel>(ctx: &mut Ctx<'_, C, D>, z: &[u64]) -> Result<Vec<u64>, MpcError> {
+    match ctx.config.sigmoid {
+        Sigmoid::Taylor1 => Ok(z.to_vec()),
+        Sigmoid::Poly3 => {
+            let party = ctx.party;
+            let zl: Zeroizing<Vec<u64>> =
+                Zeroizing::new(z.iter().map(|&v| trunc_share(v, FRAC_BITS - POLY_FRAC_BITS, party)).collect());
+            let sq = Zeroizing::new(mul_shared(ctx, &zl, None).await?);
+            let sq: Zeroizing<Vec<u64>> =
+                Zeroizing::new(sq.iter().map(|&v| trunc_share(v, POLY_FRAC_BITS, party)).collect());
+            let cube = Zeroizing::new(mul_shared(ctx, &sq, Some(&zl)).await?);
+            let (q1, q3) = Sigmoid::poly3_q();
+            Ok(z.iter()
+                .zip(cube.iter())
+                .map(|(&z, &c)| {
+                    let c = trunc_share(c, POLY_FRAC_BITS, party);
+                    trunc_share(q1.wrapping_mul(z).wrapping_sub(q3.wrapping_mul(c)), POLY_CONST_BITS, party)
+                })
+                .collect())
+        }
+    }
+}
+
 /// One mini-batch step (module docs, steps 1–4).
 async fn step<C: Channel, D: Channel>(
     ctx: &mut Ctx<'_, C, D>,
@@ -616,8 +798,8 @@ async fn step<C: Channel, D: Channel>(
 ) -> Result<(), MpcError> {
     let (x, corr, z) = forward(ctx, w, rows, corr).await?;
     let m = rows.len();
-    // Step 2: r' = 2 + z − 4y (A adds the constants).
-    let z = Zeroizing::new(z);
+    // Step 2: r' = 4(σ̂(z) − y) = 2 + 4(σ̂(z) − 1/2) − 4y (A adds the constants).
+    let z = Zeroizing::new(sigmoid_part(ctx, &Zeroizing::new(z)).await?);
     let r = Zeroizing::new(match (ctx.party, ctx.labels) {
         (Party::A, Some(y)) => {
             let (two, four) = (encode(2.0, FRAC_BITS), encode(4.0, FRAC_BITS));
@@ -764,10 +946,13 @@ pub mod plain {
         pub intercept: f64,
         pub holdout_loss: Vec<f64>,
         pub epochs_run: u32,
+        /// The epoch (1-based) whose weights these are (see [`LrOutput::weights_epoch`]).
+        pub weights_epoch: u32,
     }
 
     /// Trains on decoded features `x_a` (n × d_a) and `x_b` (n × d_b), row-major. With `exact`,
-    /// uses σ itself (and reports the true log-loss); otherwise [`Sigmoid::Taylor1`] and L̂.
+    /// uses σ itself (and reports the true log-loss); otherwise `config.sigmoid` (as
+    /// [`Sigmoid::eval`]) and L̂.
     #[allow(clippy::too_many_arguments)]
     pub fn train_plain(
         x_a: &[f64],
@@ -791,6 +976,7 @@ pub mod plain {
         let c2 = decode(encode(config.learning_rate * config.l2, CONST_FRAC_BITS), CONST_FRAC_BITS);
         let mut losses = Vec::new();
         let mut epochs_run = 0;
+        let mut best: Option<(u32, Vec<f64>, Vec<f64>, f64)> = None;
         for _ in 0..config.epochs {
             for rows in train.chunks(config.batch_size) {
                 let m = rows.len();
@@ -803,7 +989,7 @@ pub mod plain {
                 for &i in rows {
                     let i = i as usize;
                     let z = score(&wa, &wb, w0, i);
-                    let s = if exact { 1.0 / (1.0 + (-z).exp()) } else { 0.5 + z / 4.0 };
+                    let s = if exact { 1.0 / (1.0 + (-z).exp()) } else { config.sigmoid.eval(z) };
                     let r = 4.0 * (s - y[i] as f64);
                     for (g, x) in ga.iter_mut().zip(&x_a[i * d_a..(i + 1) * d_a]) {
                         *g += x * r;
@@ -837,12 +1023,22 @@ pub mod plain {
                 / holdout.len() as f64;
             let stop =
                 config.tolerance > 0.0 && losses.last().is_some_and(|&prev: &f64| prev - loss < config.tolerance);
+            if config.tolerance > 0.0 && losses.iter().all(|&l| loss < l) {
+                best = Some((epochs_run, wa.clone(), wb.clone(), w0));
+            }
             losses.push(loss);
             if stop {
                 break;
             }
         }
-        PlainModel { weights_a: wa, weights_b: wb, intercept: w0, holdout_loss: losses, epochs_run }
+        let weights_epoch = match best {
+            Some((e, a, b, i)) => {
+                (wa, wb, w0) = (a, b, i);
+                e
+            }
+            None => epochs_run,
+        };
+        PlainModel { weights_a: wa, weights_b: wb, intercept: w0, holdout_loss: losses, epochs_run, weights_epoch }
     }
 }
 

@@ -320,6 +320,30 @@ pub fn sender_backward(s: &SenderOts, y: &[u64]) -> Result<(Vec<u64>, Vec<u64>),
     Ok((tau, out))
 }
 
+/// Step 3, sender side, elementwise (the chooser's matrix has one column): τ for every OT and the
+/// sender's share of x_i·y_i (one per row). The chooser's side is [`chooser_forward`] (with one
+/// column its per-row sum is the same). Uses the forward halves.
+pub fn sender_elementwise(s: &SenderOts, y: &[u64]) -> Result<(Vec<u64>, Vec<u64>), MpcError> {
+    if s.cols != 1 || y.len() != s.rows {
+        return Err(MpcError::Invalid(format!("elementwise vector of {} entries for {}×{}", y.len(), s.rows, s.cols)));
+    }
+    take(&s.used, Half::Forward)?;
+    let bits = s.bits as usize;
+    let w = bit_weights(s.bits);
+    let mut tau = vec![0u64; s.rows * bits];
+    let mut out = vec![0u64; s.rows];
+    tau.par_chunks_mut(bits).zip(out.par_iter_mut()).zip(y.par_iter()).enumerate().for_each(|(i, ((t, out), &yi))| {
+        let mut acc = 0u64;
+        for (k, wk) in w.iter().enumerate() {
+            let (m0, m1) = s.pads(i * bits + k, Half::Forward);
+            t[k] = m0.wrapping_sub(m1).wrapping_add(wk.wrapping_mul(yi));
+            acc = acc.wrapping_sub(m0);
+        }
+        *out = acc;
+    });
+    Ok((tau, out))
+}
+
 fn check_chooser(c: &ChooserOts, x: &Matrix, tau: &[u64], half: Half) -> Result<(), MpcError> {
     if (x.rows, x.cols, x.bits) != (c.rows, c.cols, c.bits) {
         return Err(MpcError::Invalid("matrix does not match its OTs".into()));

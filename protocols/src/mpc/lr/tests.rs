@@ -231,3 +231,155 @@ async fn dealer_mode_matches_the_plaintext_mirror_and_survives_early_stopping() 
         assert!(close(&a.holdout_loss, &p.holdout_loss));
     }
 }
+
+/// Strong-signal data: ground-truth weights scaled so that |z| reaches 4–8 for many rows.
+fn strong_data(n: usize, d_a: usize, d_b: usize, seed: u64, scale: f64, config: &LrConfig) -> Data {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let truth: Vec<f64> = (0..d_a + d_b).map(|_| scale * normal(&mut rng)).collect();
+    let (mut qa, mut qb, mut y) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..n {
+        let x: Vec<f64> = (0..d_a + d_b).map(|_| normal(&mut rng)).collect();
+        let z: f64 = x.iter().zip(&truth).map(|(a, b)| a * b).sum::<f64>() + 0.3;
+        y.push(u8::from(rng.random::<f64>() < 1.0 / (1.0 + (-z).exp())));
+        qa.extend(x[..d_a].iter().map(|&v| config.encode_feature(v)));
+        qb.extend(x[d_a..].iter().map(|&v| config.encode_feature(v)));
+    }
+    let fa = qa.iter().map(|&q| config.decode_feature(q)).collect();
+    let fb = qb.iter().map(|&q| config.decode_feature(q)).collect();
+    Data { qa, qb, fa, fb, y, d_a, d_b }
+}
+
+fn weights(m: &plain::PlainModel) -> Vec<f64> {
+    m.weights_a.iter().chain(&m.weights_b).chain([&m.intercept]).copied().collect()
+}
+
+fn distance(x: &[f64], y: &[f64]) -> f64 {
+    x.iter().zip(y).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poly3_matches_its_plaintext_mirror_and_beats_taylor1_on_strong_signal() {
+    // Ground truth with |z| of 3–8 for many rows (z has std ≈ 3): taylor1's residuals are far too
+    // large there and shrink the weights; poly3 follows σ within 0.114 on [−8, 8].
+    let config = LrConfig { epochs: 10, batch_size: 256, sigmoid: Sigmoid::Poly3, ..LrConfig::default() };
+    let d = strong_data(4000, 3, 3, 21, 1.2, &config);
+    let (train_rows, holdout) = split(4000);
+    let (a, b) = run(&d, &config, &config, &train_rows, &holdout).await;
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mirror = train_plain(&d.fa, 3, &d.fb, 3, &d.y, &train_rows, &holdout, &config, false);
+    let secure: Vec<f64> = a.weights.iter().chain(&b.weights).chain(&a.intercept).copied().collect();
+    let close = |x: &[f64], y: &[f64]| x.iter().zip(y).all(|(a, b)| (a - b).abs() < 5e-3);
+    assert!(close(&secure, &weights(&mirror)), "{secure:?} vs {:?}", weights(&mirror));
+    assert!(close(&a.holdout_loss, &mirror.holdout_loss), "{:?} vs {:?}", a.holdout_loss, mirror.holdout_loss);
+    let exact = weights(&train_plain(&d.fa, 3, &d.fb, 3, &d.y, &train_rows, &holdout, &config, true));
+    let taylor1 = LrConfig { sigmoid: Sigmoid::Taylor1, ..config.clone() };
+    let t1 = weights(&train_plain(&d.fa, 3, &d.fb, 3, &d.y, &train_rows, &holdout, &taylor1, false));
+    let (d_poly, d_taylor) = (distance(&secure, &exact), distance(&t1, &exact));
+    assert!(d_poly < 0.7 * d_taylor, "poly3 {d_poly} vs taylor1 {d_taylor} from the exact-sigmoid weights");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poly3_in_dealer_mode_matches_its_plaintext_mirror() {
+    use crate::mpc::dealer::run_dealer;
+    let config = LrConfig { epochs: 3, batch_size: 200, sigmoid: Sigmoid::Poly3, ..LrConfig::default() };
+    let d = strong_data(1500, 2, 3, 22, 1.0, &config);
+    let (train_rows, holdout) = split(1500);
+    let n = d.y.len();
+    let input = |party, q: &Vec<u64>, cols, labels| LrInput {
+        party,
+        features: Matrix::new(q.clone(), n, cols, config.feature_bits),
+        labels,
+        train: train_rows.clone(),
+        holdout: holdout.clone(),
+    };
+    let (ab_a, ab_b) = memory_pair(16);
+    let ((a_d, d_a), (b_d, d_b)) = (memory_pair(16), memory_pair(16));
+    let (report, a, b) = futures::join!(
+        run_dealer(&d_a, &d_b),
+        train_with_dealer(&ab_a, &a_d, input(Party::A, &d.qa, 2, Some(d.y.clone())), &config, None),
+        train_with_dealer(&ab_b, &b_d, input(Party::B, &d.qb, 3, None), &config, None),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    report.unwrap();
+    let p = train_plain(&d.fa, 2, &d.fb, 3, &d.y, &train_rows, &holdout, &config, false);
+    let secure: Vec<f64> = a.weights.iter().chain(&b.weights).chain(&a.intercept).copied().collect();
+    assert!(secure.iter().zip(weights(&p)).all(|(x, y)| (x - y).abs() < 5e-3), "{secure:?} vs {:?}", weights(&p));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parties_with_different_sigmoids_are_refused() {
+    let config = LrConfig { epochs: 1, ..LrConfig::default() };
+    let other = LrConfig { sigmoid: Sigmoid::Poly3, ..config.clone() };
+    let d = data(100, 1, 1, 14, &config);
+    let (train_rows, holdout) = split(100);
+    let (a, b) = run(&d, &config, &other, &train_rows, &holdout).await;
+    for r in [a, b] {
+        assert!(r.unwrap_err().to_string().contains("disagree"));
+    }
+}
+
+#[test]
+fn sigmoid_errors_are_as_documented() {
+    let sigma = |z: f64| 1.0 / (1.0 + (-z).exp());
+    let max_err = |s: Sigmoid, t: f64| {
+        (0..=8000).map(|i| i as f64 * t / 8000.0).map(|z| (s.eval(z) - sigma(z)).abs()).fold(0.0, f64::max)
+    };
+    // The table in the `Sigmoid` docs (odd functions around 1/2, so z ≥ 0 suffices).
+    for (t, taylor, poly) in [(1.0, 0.019, 0.083), (2.0, 0.119, 0.098), (4.0, 0.518, 0.098), (8.0, 1.500, 0.114)] {
+        assert!(
+            (max_err(Sigmoid::Taylor1, t) - taylor).abs() < 1e-3,
+            "taylor1 t={t}: {}",
+            max_err(Sigmoid::Taylor1, t)
+        );
+        assert!((max_err(Sigmoid::Poly3, t) - poly).abs() < 1e-3, "poly3 t={t}: {}", max_err(Sigmoid::Poly3, t));
+    }
+    // Outside the interval poly3 turns back: half a unit off at |z| ≈ 9.7.
+    assert!((Sigmoid::Poly3.eval(9.7) - sigma(9.7)).abs() > 0.45);
+    assert_eq!(Sigmoid::parse("poly3"), Some(Sigmoid::Poly3));
+    assert_eq!(Sigmoid::parse(Sigmoid::Taylor1.name()), Some(Sigmoid::Taylor1));
+    assert_eq!(Sigmoid::parse("exact"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_stopping_returns_the_best_epochs_weights() {
+    // A learning rate this large oscillates: the holdout loss goes 1.20, 0.57, 0.94, so training
+    // stops after epoch 3 and must return epoch 2's weights, not epoch 3's.
+    let config = LrConfig { epochs: 8, batch_size: 128, learning_rate: 7.0, tolerance: 1e-6, ..LrConfig::default() };
+    let d = data(1000, 2, 2, 13, &config);
+    let (train_rows, holdout) = split(1000);
+    let (a, b) = run(&d, &config, &config, &train_rows, &holdout).await;
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!((a.epochs_run, b.epochs_run), (3, 3));
+    assert_eq!((a.weights_epoch, b.weights_epoch), (2, 2));
+    assert!(a.holdout_loss[1] < a.holdout_loss[0] && a.holdout_loss[1] < a.holdout_loss[2], "{:?}", a.holdout_loss);
+    let p = train_plain(&d.fa, 2, &d.fb, 2, &d.y, &train_rows, &holdout, &config, false);
+    assert_eq!((p.epochs_run, p.weights_epoch), (3, 2));
+    let secure: Vec<f64> = a.weights.iter().chain(&b.weights).chain(&a.intercept).copied().collect();
+    assert!(secure.iter().zip(weights(&p)).all(|(x, y)| (x - y).abs() < 2e-3), "{secure:?} vs {:?}", weights(&p));
+    // ... which are epoch 2's: the same as two epochs without early stopping, far from three.
+    let two = train_plain(
+        &d.fa,
+        2,
+        &d.fb,
+        2,
+        &d.y,
+        &train_rows,
+        &holdout,
+        &LrConfig { epochs: 2, tolerance: 0.0, ..config.clone() },
+        false,
+    );
+    let three = train_plain(
+        &d.fa,
+        2,
+        &d.fb,
+        2,
+        &d.y,
+        &train_rows,
+        &holdout,
+        &LrConfig { epochs: 3, tolerance: 0.0, ..config.clone() },
+        false,
+    );
+    assert_eq!(weights(&two), weights(&p));
+    assert!(distance(&weights(&three), &secure) > 0.05, "{:?} vs {secure:?}", weights(&three));
+    assert_eq!(three.weights_epoch, 3);
+}
