@@ -74,6 +74,14 @@ pub struct LrParams {
     /// Dealer mode: the node (pinned by both parties) that supplies the correlations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dealer: Option<String>,
+    /// The sigmoid approximation: "taylor1" (default) or "poly3" (see
+    /// [`consort_protocols::mpc::lr::Sigmoid`] for their errors). Absent in older files: taylor1.
+    #[serde(default = "default_sigmoid")]
+    pub sigmoid: String,
+}
+
+fn default_sigmoid() -> String {
+    Sigmoid::Taylor1.name().into()
 }
 
 impl Default for LrParams {
@@ -90,12 +98,16 @@ impl Default for LrParams {
             holdout: 0.2,
             split_seed: 0,
             dealer: None,
+            sigmoid: c.sigmoid.name().into(),
         }
     }
 }
 
 impl LrParams {
     pub fn config(&self) -> Result<LrConfig, DataError> {
+        let sigmoid = Sigmoid::parse(&self.sigmoid).ok_or_else(|| {
+            DataError::Invalid(format!("unknown sigmoid approximation '{}' (taylor1, poly3)", self.sigmoid))
+        })?;
         let c = LrConfig {
             epochs: self.epochs,
             batch_size: self.batch_size,
@@ -104,7 +116,7 @@ impl LrParams {
             feature_bits: self.feature_bits,
             feature_frac_bits: self.feature_frac_bits,
             tolerance: self.tolerance,
-            sigmoid: Sigmoid::Taylor1,
+            sigmoid,
             security: Security::SemiHonest,
             ..LrConfig::default()
         };
@@ -135,6 +147,10 @@ pub struct TrainingSummary {
     pub train_rows: u64,
     pub holdout_rows: u64,
     pub epochs_run: u32,
+    /// The epoch (1-based) whose weights the model holds: with early stopping, the one with the
+    /// lowest holdout loss; otherwise the last. Absent in older files.
+    #[serde(default)]
+    pub weights_epoch: u32,
     pub stopped_early: bool,
     pub holdout_loss: Vec<f64>,
     pub auc: Option<f64>,
@@ -159,7 +175,7 @@ pub struct ModelFile {
     pub intercept: Option<f64>,
     pub feature_bits: u32,
     pub feature_frac_bits: u32,
-    /// The sigmoid approximation used in training ("taylor1").
+    /// The sigmoid approximation used in training ("taylor1" or "poly3"; scoring always uses σ).
     pub sigmoid: String,
     pub peer_features: u64,
     pub training: TrainingSummary,
@@ -454,7 +470,10 @@ pub struct TrainReport {
     pub features: u64,
     pub peer_features: u64,
     pub epochs_run: u32,
+    /// The epoch whose weights the model holds (see [`TrainingSummary::weights_epoch`]).
+    pub weights_epoch: u32,
     pub stopped_early: bool,
+    pub sigmoid: String,
     pub holdout_loss: Vec<f64>,
     pub auc: Option<f64>,
     pub ks: Option<f64>,
@@ -564,7 +583,7 @@ pub async fn run_train_with_dealer<C: Channel, D: Channel>(
         intercept: out.intercept,
         feature_bits: config.feature_bits,
         feature_frac_bits: config.feature_frac_bits,
-        sigmoid: "taylor1".into(),
+        sigmoid: config.sigmoid.name().into(),
         peer_features: out.peer_features as u64,
         training: TrainingSummary {
             params: job.params.clone(),
@@ -572,6 +591,7 @@ pub async fn run_train_with_dealer<C: Channel, D: Channel>(
             train_rows: train_rows.len() as u64,
             holdout_rows: holdout_rows.len() as u64,
             epochs_run: out.epochs_run,
+            weights_epoch: out.weights_epoch,
             stopped_early: out.stopped_early,
             holdout_loss: out.holdout_loss.clone(),
             auc: None,
@@ -603,7 +623,9 @@ pub async fn run_train_with_dealer<C: Channel, D: Channel>(
         features: d as u64,
         peer_features: out.peer_features as u64,
         epochs_run: out.epochs_run,
+        weights_epoch: out.weights_epoch,
         stopped_early: out.stopped_early,
+        sigmoid: config.sigmoid.name().into(),
         holdout_loss: out.holdout_loss,
         auc: model.training.auc,
         ks: model.training.ks,

@@ -59,6 +59,10 @@ pub struct HyperArgs {
     /// Seed of the holdout split and batch order (default: random).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Sigmoid approximation: taylor1 (1/2 + z/4; cheapest, best while scores stay small) or
+    /// poly3 (least-squares cubic on [-8, 8]; better for strong signal, 3 secure products per row).
+    #[arg(long, default_value = "taylor1", value_parser = ["taylor1", "poly3"])]
+    pub sigmoid: String,
     /// Dealer mode: take the correlations from this pinned third node (both parties must pin it;
     /// it must not collude with either party). Default: dealer-free (OT-based).
     #[arg(long)]
@@ -78,6 +82,7 @@ impl HyperArgs {
             holdout: self.holdout,
             split_seed: self.seed.unwrap_or_else(rand::random),
             dealer: self.dealer.clone(),
+            sigmoid: self.sigmoid.clone(),
         }
     }
 }
@@ -228,11 +233,16 @@ pub fn summary(s: &JobStatus) -> String {
     lines.push(format!("  rows: {} here, {} at the peer, {} aligned", s.local_rows, s.peer_rows, s.intersection));
     if s.kind == "train" {
         lines.push(format!(
-            "  features: {} here, {} at the peer; {} epochs{}",
+            "  features: {} here, {} at the peer; sigmoid {}; {} epochs{}",
             r["features"],
             r["peer_features"],
+            r["sigmoid"].as_str().unwrap_or("?"),
             r["epochs_run"],
-            if r["stopped_early"] == true { " (stopped early)" } else { "" }
+            if r["stopped_early"] == true {
+                format!(" (stopped early; weights of epoch {})", r["weights_epoch"])
+            } else {
+                String::new()
+            }
         ));
         if let Some(losses) = r["holdout_loss"].as_array().filter(|l| !l.is_empty()) {
             let l: Vec<String> = losses.iter().filter_map(|v| v.as_f64()).map(|v| format!("{v:.4}")).collect();

@@ -194,3 +194,36 @@ fn split_is_deterministic_and_disjoint() {
     assert_ne!(split(1000, 0.2, 8).1, h1);
     assert_eq!(split(5, 0.0, 1).1.len(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poly3_and_early_stopping_reach_the_reports_and_model_files() {
+    let dir = tempfile::tempdir().unwrap();
+    make_data(dir.path(), 2000, 2, 2, 0);
+    let (a, b) = datasets(dir.path());
+    let p = LrParams { sigmoid: "poly3".into(), epochs: 4, tolerance: 1e-9, ..params() };
+    let (ra, rb) = train_both(dir.path(), &a, &b, p.clone()).await;
+    assert_eq!((ra.sigmoid.as_str(), rb.sigmoid.as_str()), ("poly3", "poly3"));
+    assert!(ra.auc.unwrap() > 0.75, "auc {:?}", ra.auc);
+    assert!(ra.weights_epoch >= 1 && ra.weights_epoch <= ra.epochs_run && ra.weights_epoch == rb.weights_epoch);
+    // The returned epoch has the lowest holdout loss.
+    let best = ra.holdout_loss.iter().copied().fold(f64::INFINITY, f64::min);
+    assert_eq!(ra.holdout_loss[ra.weights_epoch as usize - 1], best);
+    for m in ["model-a.json", "model-b.json"] {
+        let model = ModelFile::load(&dir.path().join(m)).unwrap();
+        assert_eq!((model.sigmoid.as_str(), model.training.params.sigmoid.as_str()), ("poly3", "poly3"));
+        assert_eq!(model.training.weights_epoch, ra.weights_epoch);
+    }
+}
+
+#[test]
+fn sigmoid_parameter_is_checked_and_defaults_to_taylor1() {
+    assert_eq!(LrParams::default().sigmoid, "taylor1");
+    let bad = LrParams { sigmoid: "exact".into(), ..params() };
+    assert!(bad.config().unwrap_err().to_string().contains("unknown sigmoid approximation 'exact'"));
+    let p: LrParams = serde_json::from_str(
+        r#"{"epochs":1,"batch_size":8,"learning_rate":0.5,"l2":0,"feature_bits":12,"feature_frac_bits":8,
+            "tolerance":0,"holdout":0.2,"split_seed":1}"#,
+    )
+    .unwrap();
+    assert_eq!(p.config().unwrap().sigmoid, consort_protocols::mpc::lr::Sigmoid::Taylor1);
+}
