@@ -61,7 +61,7 @@ pub struct HyperArgs {
     pub seed: Option<u64>,
     /// Sigmoid approximation: taylor1 (1/2 + z/4; cheapest, best while scores stay small) or
     /// poly3 (least-squares cubic on [-8, 8]; better for strong signal, 3 secure products per row).
-    #[arg(long, default_value = "taylor1", value_parser = ["taylor1", "poly3"])]
+    #[arg(long, default_value = "taylor1")]
     pub sigmoid: String,
     /// Dealer mode: take the correlations from this pinned third node (both parties must pin it;
     /// it must not collude with either party). Default: dealer-free (OT-based).

@@ -157,6 +157,22 @@ fn gen_train_score_through_the_cli() {
     assert_eq!(status["state"], "done");
     assert_eq!(std::fs::read_to_string(root.join("pred.csv")).unwrap().lines().count(), 1151);
 
+    // The poly3 sigmoid through the CLI: JSON summary and model file name it.
+    let mut args = train("y");
+    args.extend(["--sigmoid".to_string(), "poly3".to_string(), "--json".to_string()]);
+    let json = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let status: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(status["state"], "done");
+    assert_eq!(status["report"]["sigmoid"], "poly3", "{status}");
+    assert_eq!(status["report"]["weights_epoch"], 2, "{status}");
+    let model: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("model.json")).unwrap()).unwrap();
+    assert_eq!((&model["sigmoid"], &model["training"]["params"]["sigmoid"]), (&"poly3".into(), &"poly3".into()));
+    let mut args = train("y");
+    args.extend(["--sigmoid".to_string(), "exact".to_string()]);
+    let err = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("poly3"), "{err}");
+
     // A label column that does not exist: the job fails with the file, line and column.
     let args = train("target");
     let err = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
