@@ -40,12 +40,13 @@
 //!    (4|I|)·2^20) and c₂ = round(η·λ·2^20): i.e. w ← w − η·(mean gradient) − η·λ·w (no L2 on w₀).
 //!
 //! After each epoch, on the holdout rows, the parties compute shares of S₁ = Σ z, S₂ = Σ z² and
-//! S₃ = Σ y·z (one more Gilboa product with A's 64-bit shares as choice bits) and B sends its
-//! shares to A, who computes the holdout loss L̂ = ln 2 + (S₁/2 + S₂/8 − S₃)/n_h and decides on
-//! early stopping (stop when it improved by less than [`LrConfig::tolerance`]); A sends B one
-//! byte: continue or stop, and whether this epoch's loss is the lowest so far. The holdout loss
-//! is this quadratic L̂ for both sigmoids (with `poly3` it is a proxy for the model's own
-//! surrogate loss, which would need Σz⁴). With early stopping on, both parties keep a copy of
+//! S₃ = Σ y·z (one more Gilboa product with A's 64-bit shares as choice bits), with `poly3` also
+//! S₄ = Σ z⁴ (two elementwise squarings, 128 OTs per holdout row), and B sends its shares to A,
+//! who computes the holdout loss — the surrogate whose gradient the sigmoid gives,
+//! L̂ = ln 2 + (S₁/2 + c₁·S₂/2 − c₃·S₄/4 − S₃)/n_h ([`Sigmoid::loss`]; `taylor1`: c₁ = 1/4,
+//! c₃ = 0, the second-order Taylor log-loss) — and decides on early stopping (stop when it
+//! improved by less than [`LrConfig::tolerance`]); A sends B one byte: continue or stop, and
+//! whether this epoch's loss is the lowest so far. With early stopping on, both parties keep a copy of
 //! their shares after the best epoch and return those (the best epoch's weights, not the last
 //! epoch's). At the end each party sends the other its share of the other's weights: A learns
 //! w_A and w₀, B learns w_B.
@@ -55,7 +56,8 @@
 //! - Both: n, the batch order and holdout split (inputs both agreed on), the other's feature
 //!   count, the hyper-parameters, the number of epochs run (early stopping is visible) and, with
 //!   early stopping on, which epochs had the lowest holdout loss so far (the returned epoch).
-//! - A: per epoch, the holdout aggregates S₁, S₂, S₃ (so the holdout loss); at the end w_A, w₀.
+//! - A: per epoch, the holdout aggregates S₁, S₂, S₃ (and S₄ with `poly3`), so the holdout loss;
+//!   at the end w_A, w₀.
 //! - B: at the end w_B.
 //! - Nothing else: every message is an OT-extension message, a choice-bit correction masked by a
 //!   random choice bit, a τ masked by a pseudorandom pad, or a uniformly random share. No
@@ -158,17 +160,37 @@ impl Sigmoid {
         )
     }
 
-    /// σ̂(z) in plaintext, with the rounded coefficients the protocol uses.
-    pub fn eval(self, z: f64) -> f64 {
+    /// (c₁, c₃) of σ̂ = 1/2 + c₁·z − c₃·z³ as the protocol rounds them (`taylor1`: (1/4, 0)).
+    fn coefficients(self) -> (f64, f64) {
         match self {
-            Sigmoid::Taylor1 => 0.5 + z / 4.0,
+            Sigmoid::Taylor1 => (0.25, 0.0),
             Sigmoid::Poly3 => {
                 let (q1, q3) = Self::poly3_q();
-                let c1 = q1 as f64 / (POLY_CONST_BITS as f64).exp2() / 4.0;
-                let c3 = q3 as f64 / ((POLY_CONST_BITS + 16 - POLY_FRAC_BITS) as f64).exp2() / 4.0;
-                0.5 + c1 * z - c3 * z * z * z
+                (
+                    q1 as f64 / (POLY_CONST_BITS as f64).exp2() / 4.0,
+                    q3 as f64 / ((POLY_CONST_BITS + 16 - POLY_FRAC_BITS) as f64).exp2() / 4.0,
+                )
             }
         }
+    }
+
+    /// σ̂(z) in plaintext, with the rounded coefficients the protocol uses.
+    pub fn eval(self, z: f64) -> f64 {
+        let (c1, c3) = self.coefficients();
+        0.5 + c1 * z - c3 * z * z * z
+    }
+
+    /// The surrogate loss whose gradient descent this σ̂ performs, L̂(z) = ln 2 + ∫₀^z (σ̂ − y) =
+    /// ln 2 + z/2 + c₁·z²/2 − c₃·z⁴/4 − y·z (`taylor1`: the second-order Taylor log-loss), summed
+    /// over rows (without the ln 2) from S₁ = Σz, S₂ = Σz², S₃ = Σyz and S₄ = Σz⁴.
+    fn loss_sum(self, s1: f64, s2: f64, s3: f64, s4: f64) -> f64 {
+        let (c1, c3) = self.coefficients();
+        s1 / 2.0 + c1 * s2 / 2.0 - c3 * s4 / 4.0 - s3
+    }
+
+    /// L̂(z) for one row with label `y` (plaintext).
+    pub fn loss(self, z: f64, y: f64) -> f64 {
+        std::f64::consts::LN_2 + self.loss_sum(z, z * z, y * z, z * z * z * z)
     }
 }
 
@@ -846,6 +868,20 @@ async fn holdout_loss<C: Channel, D: Channel>(
         z.extend(zc);
     }
     let n = rows.len();
+    // poly3: S₄ = Σ z⁴ (20 fraction bits) from z'² (as in [`sigmoid_part`]) squared again.
+    let s4 = match ctx.config.sigmoid {
+        Sigmoid::Taylor1 => 0,
+        Sigmoid::Poly3 => {
+            let party = ctx.party;
+            let zl: Zeroizing<Vec<u64>> =
+                Zeroizing::new(z.iter().map(|&v| trunc_share(v, FRAC_BITS - POLY_FRAC_BITS, party)).collect());
+            let sq = Zeroizing::new(mul_shared(ctx, &zl, None).await?);
+            let sq: Zeroizing<Vec<u64>> =
+                Zeroizing::new(sq.iter().map(|&v| trunc_share(v, POLY_FRAC_BITS, party)).collect());
+            let q = Zeroizing::new(mul_shared(ctx, &sq, None).await?);
+            q.iter().fold(0u64, |a, &v| a.wrapping_add(v))
+        }
+    };
     let s1 = z.iter().fold(0u64, |a, &v| a.wrapping_add(v));
     let s2_local = z.iter().fold(0u64, |a, &v| a.wrapping_add(v.wrapping_mul(v)));
     // Cross terms: A chooses with [y_i, z_A,i] (64-bit entries), B sends z_B: shares of
@@ -860,13 +896,14 @@ async fn holdout_loss<C: Channel, D: Channel>(
             let ots = ot_mul::chooser_prepare(ctx.channel, &mut ctx.receiver, x.clone()).await?;
             let tau = recv_u64s(ctx.channel, n * 2 * 64).await?;
             let cross = cpu::run(move || chooser_backward(&ots, &x, &tau)).await?;
-            let theirs = recv_u64s(ctx.channel, 3).await?;
+            let theirs = recv_u64s(ctx.channel, 4).await?;
             let yz_own = rows.iter().zip(z.iter()).fold(0u64, |a, (&i, &zi)| a.wrapping_add(y[i as usize] as u64 * zi));
             let s1 = s1.wrapping_add(theirs[0]);
             let s2 = s2_local.wrapping_add(cross[1].wrapping_mul(2)).wrapping_add(theirs[1]);
             let s3 = yz_own.wrapping_add(cross[0]).wrapping_add(theirs[2]);
             let (s1, s2, s3) = (decode(s1, FRAC_BITS), decode(s2, 2 * FRAC_BITS), decode(s3, FRAC_BITS));
-            Ok(Some(std::f64::consts::LN_2 + (s1 / 2.0 + s2 / 8.0 - s3) / n as f64))
+            let s4 = decode(s4.wrapping_add(theirs[3]), 2 * POLY_FRAC_BITS);
+            Ok(Some(std::f64::consts::LN_2 + ctx.config.sigmoid.loss_sum(s1, s2, s3, s4) / n as f64))
         }
         _ => {
             let ots = ot_mul::sender_prepare(ctx.channel, &mut ctx.sender, n, 2, 64).await?;
@@ -874,7 +911,7 @@ async fn holdout_loss<C: Channel, D: Channel>(
             let (tau, cross) = cpu::run(move || sender_backward(&ots, &z2)).await?;
             send_u64s(ctx.channel, &tau).await?;
             let s2 = s2_local.wrapping_add(cross[1].wrapping_mul(2));
-            send_u64s(ctx.channel, &[s1, s2, cross[0]]).await?;
+            send_u64s(ctx.channel, &[s1, s2, cross[0], s4]).await?;
             Ok(None)
         }
     }
@@ -1013,11 +1050,7 @@ pub mod plain {
                 .map(|&i| {
                     let z = score(&wa, &wb, w0, i as usize);
                     let y = y[i as usize] as f64;
-                    if exact {
-                        (1.0 + z.exp()).ln() - y * z
-                    } else {
-                        std::f64::consts::LN_2 + z / 2.0 + z * z / 8.0 - y * z
-                    }
+                    if exact { (1.0 + z.exp()).ln() - y * z } else { config.sigmoid.loss(z, y) }
                 })
                 .sum::<f64>()
                 / holdout.len() as f64;

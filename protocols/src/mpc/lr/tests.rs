@@ -304,6 +304,14 @@ async fn poly3_in_dealer_mode_matches_its_plaintext_mirror() {
     let p = train_plain(&d.fa, 2, &d.fb, 3, &d.y, &train_rows, &holdout, &config, false);
     let secure: Vec<f64> = a.weights.iter().chain(&b.weights).chain(&a.intercept).copied().collect();
     assert!(secure.iter().zip(weights(&p)).all(|(x, y)| (x - y).abs() < 5e-3), "{secure:?} vs {:?}", weights(&p));
+    // The holdout loss is poly3's own surrogate (with Σz⁴), as in the mirror.
+    assert_eq!(a.holdout_loss.len(), 3);
+    assert!(
+        a.holdout_loss.iter().zip(&p.holdout_loss).all(|(x, y)| (x - y).abs() < 5e-3),
+        "{:?} vs {:?}",
+        a.holdout_loss,
+        p.holdout_loss
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
