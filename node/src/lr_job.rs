@@ -171,7 +171,7 @@ async fn request_inner(state: &NodeState, handle: &Arc<JobHandle>, params: &LrJo
         _ => None,
     };
     let job = match &params.kind {
-        LrRequestKind::Train { columns, params: p, model_out } => EngineJob::Train(TrainJob {
+        LrRequestKind::Train { columns, params: p, model_out } => EngineJob::Train(Box::new(TrainJob {
             role: Role::Requester,
             psi: params.protocol,
             columns: columns.clone(),
@@ -181,7 +181,7 @@ async fn request_inner(state: &NodeState, handle: &Arc<JobHandle>, params: &LrJo
             peer: peer.name.clone(),
             psi_progress: Some(progress_fn(handle)),
             progress: Some(lr_progress(handle)),
-        }),
+        })),
         LrRequestKind::Score { model, out } => EngineJob::Score(ScoreJob {
             role: Role::Requester,
             psi: params.protocol,
@@ -229,7 +229,7 @@ fn admit(state: &NodeState, peer: &str, job: &JobRequest) -> Result<(consort_eng
             {
                 return Err(format!("this node has not pinned the dealer '{dealer}' the job names"));
             }
-            EngineJob::Train(TrainJob {
+            EngineJob::Train(Box::new(TrainJob {
                 role: Role::Responder,
                 psi,
                 columns: ColumnChoice::default(),
@@ -239,7 +239,7 @@ fn admit(state: &NodeState, peer: &str, job: &JobRequest) -> Result<(consort_eng
                 peer: peer.to_string(),
                 psi_progress: None,
                 progress: None,
-            })
+            }))
         }
         "score" => {
             let p: ScoreParams = serde_json::from_str(&job.params).map_err(|e| format!("bad score parameters: {e}"))?;
@@ -311,7 +311,8 @@ pub async fn respond(state: Arc<NodeState>, peer: PeerInfo, job: JobRequest, cha
         return;
     }
     let dealer = match &engine_job {
-        EngineJob::Train(TrainJob { params: LrParams { dealer: Some(name), .. }, .. }) => {
+        EngineJob::Train(t) if t.params.dealer.is_some() => {
+            let name = t.params.dealer.as_deref().unwrap_or_default();
             match crate::lr_dealer::connect_dealer(&state, name, &job.job_id, "B", &peer.name).await {
                 Ok(d) => Some(d),
                 Err(e) => {
@@ -338,7 +339,8 @@ pub async fn respond(state: Arc<NodeState>, peer: PeerInfo, job: JobRequest, cha
 // ------------------------------------------------------------------------------------------------
 
 enum EngineJob {
-    Train(TrainJob),
+    /// Boxed: a train job's parameters make it several times larger than a score job.
+    Train(Box<TrainJob>),
     Score(ScoreJob),
 }
 
