@@ -27,10 +27,15 @@
 //!
 //! # Wire format
 //!
-//! Party → dealer: `hello` = feature count, epochs, batch size, training rows, holdout rows (u64
-//! LE each) — the dealer checks that both parties agree on everything but the feature counts.
-//! Dealer → party: own U seed, peer's v seed (16 bytes each), then per session (every training
-//! batch and holdout chunk of every epoch, in order) Z (m words) and Z' (d words).
+//! Party → dealer: `hello` = feature count, epochs, batch size, training rows, holdout rows,
+//! triples per row (u64 LE each) — the dealer checks that both parties agree on everything but
+//! the feature counts. Dealer → party: own U seed, peer's v seed (16 bytes each), then per session
+//! (every training batch and holdout chunk of every epoch, in order) Z (m words), Z' (d words)
+//! and the party's c shares of t·m multiplication triples (t = triples per row; the party's a
+//! and b shares come from its own seed, c_A is uniform and c_B = a·b − c_A). The triples serve
+//! elementwise products of two shared vectors (Beaver), e.g. z² and z³ of the `poly3` sigmoid;
+//! the dealer sees none of the opened d = x − a, e = y − b, but it knows a and b, so colluding
+//! with either party it would learn x and y themselves (per-row scores z and their powers).
 
 use rand::TryRng;
 use rand::rngs::SysRng;
@@ -120,11 +125,13 @@ struct Hello {
     batch: u64,
     train: u64,
     holdout: u64,
+    /// Multiplication triples per row and session (elementwise products of shares; 0 or 2).
+    triples: u64,
 }
 
 impl Hello {
-    fn to_words(self) -> [u64; 5] {
-        [self.cols, self.epochs, self.batch, self.train, self.holdout]
+    fn to_words(self) -> [u64; 6] {
+        [self.cols, self.epochs, self.batch, self.train, self.holdout, self.triples]
     }
 
     fn sessions(self) -> impl Iterator<Item = SessionId> {
@@ -160,14 +167,16 @@ pub struct DealerReport {
 /// Runs the dealer for one training job between parties A (`to_a`) and B (`to_b`). Ends when all
 /// sessions are sent or when the parties close their channels (early stopping).
 pub async fn run_dealer<A: Channel, B: Channel>(to_a: &A, to_b: &B) -> Result<DealerReport, MpcError> {
-    let (ha, hb) = futures::join!(recv_u64s(to_a, 5), recv_u64s(to_b, 5));
+    let (ha, hb) = futures::join!(recv_u64s(to_a, 6), recv_u64s(to_b, 6));
     let (ha, hb) = (ha?, hb?);
-    let hello = |w: &[u64]| Hello { cols: w[0], epochs: w[1], batch: w[2], train: w[3], holdout: w[4] };
+    let hello = |w: &[u64]| Hello { cols: w[0], epochs: w[1], batch: w[2], train: w[3], holdout: w[4], triples: w[5] };
     let (ha, hb) = (hello(&ha), hello(&hb));
-    if (ha.epochs, ha.batch, ha.train, ha.holdout) != (hb.epochs, hb.batch, hb.train, hb.holdout) {
+    if (ha.epochs, ha.batch, ha.train, ha.holdout, ha.triples)
+        != (hb.epochs, hb.batch, hb.train, hb.holdout, hb.triples)
+    {
         return Err(violation("the parties announced different training shapes"));
     }
-    if ha.cols > 1 << 20 || hb.cols > 1 << 20 || ha.train + ha.holdout > 1 << 32 {
+    if ha.cols > 1 << 20 || hb.cols > 1 << 20 || ha.train + ha.holdout > 1 << 32 || ha.triples > 4 {
         return Err(violation("implausible training shape"));
     }
     // Seeds: per matrix, the owner's (U) and the peer's (v, v', R, R').
@@ -184,6 +193,13 @@ pub async fn run_dealer<A: Channel, B: Channel>(to_a: &A, to_b: &B) -> Result<De
             crate::cpu::run(move || owner_correlation(ua, va, s, ha.cols as usize)),
             crate::cpu::run(move || owner_correlation(ub, vb, s, hb.cols as usize)),
         );
+        let (mut za, mut zb) = (za, zb);
+        let t = ha.triples as usize;
+        if t > 0 {
+            let (ca, cb) = crate::cpu::run(move || triple_c_shares(ua, ub, s, t)).await;
+            za.extend_from_slice(&ca);
+            zb.extend_from_slice(&cb);
+        }
         let (ra, rb) = futures::join!(send_u64s(to_a, &za), send_u64s(to_b, &zb));
         match (ra, rb) {
             (Ok(()), Ok(())) => sessions += 1,
@@ -205,6 +221,24 @@ fn owner_correlation(u_seed: u128, v_seed: u128, s: SessionId, cols: usize) -> V
     out
 }
 
+/// A party's shares a_P, b_P of the multiplication triples of session `s` (`t` per row, rows
+/// × t each), from its own seed.
+fn triple_ab(seed: u128, s: SessionId, t: usize) -> (Zeroizing<Vec<u64>>, Zeroizing<Vec<u64>>) {
+    let id = [s.epoch, s.list as u64, s.first as u64];
+    (words(subseed(seed, "ta", &id), 0, s.rows * t), words(subseed(seed, "tb", &id), 0, s.rows * t))
+}
+
+/// The dealer's c shares for both parties: c_A uniform, c_B = a·b − c_A (a = a_A + a_B, ...).
+fn triple_c_shares(ua: u128, ub: u128, s: SessionId, t: usize) -> (Vec<u64>, Vec<u64>) {
+    let ((aa, ba), (ab, bb)) = (triple_ab(ua, s, t), triple_ab(ub, s, t));
+    let id = [s.epoch, s.list as u64, s.first as u64];
+    let ca = words(subseed(ua, "tc", &id), 0, s.rows * t);
+    let cb = (0..s.rows * t)
+        .map(|i| aa[i].wrapping_add(ab[i]).wrapping_mul(ba[i].wrapping_add(bb[i])).wrapping_sub(ca[i]))
+        .collect();
+    (ca.to_vec(), cb)
+}
+
 /// A party's connection to the dealer for one training run.
 pub struct DealerClient<'a, D> {
     channel: &'a D,
@@ -212,6 +246,7 @@ pub struct DealerClient<'a, D> {
     peer_seed: u128,
     own_cols: usize,
     peer_cols: usize,
+    triples: usize,
 }
 
 impl<D> Drop for DealerClient<'_, D> {
@@ -232,7 +267,23 @@ impl<'a, D: Channel> DealerClient<'a, D> {
         train: usize,
         holdout: usize,
     ) -> Result<Self, MpcError> {
+        Self::connect_with_triples(channel, own_cols, peer_cols, epochs, batch, train, holdout, 0).await
+    }
+
+    /// [`Self::connect`], asking also for `triples` multiplication triples per row and session.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn connect_with_triples(
+        channel: &'a D,
+        own_cols: usize,
+        peer_cols: usize,
+        epochs: u32,
+        batch: usize,
+        train: usize,
+        holdout: usize,
+        triples: usize,
+    ) -> Result<Self, MpcError> {
         let hello = Hello {
+            triples: triples as u64,
             cols: own_cols as u64,
             epochs: epochs as u64,
             batch: batch as u64,
@@ -243,7 +294,7 @@ impl<'a, D: Channel> DealerClient<'a, D> {
         let seeds = recv_bytes(channel, 32).await?;
         let own_seed = u128::from_le_bytes(seeds[..16].try_into().unwrap());
         let peer_seed = u128::from_le_bytes(seeds[16..].try_into().unwrap());
-        Ok(Self { channel, own_seed, peer_seed, own_cols, peer_cols })
+        Ok(Self { channel, own_seed, peer_seed, own_cols, peer_cols, triples })
     }
 
     /// E = X − U for the owner's rows `first..` of `list` (sent once to the peer).
@@ -254,16 +305,27 @@ impl<'a, D: Channel> DealerClient<'a, D> {
     /// This party's correlations for session `s`: its Z, Z' (from the dealer) and its peer-side
     /// vectors for the other party's matrix.
     pub async fn session(&self, s: SessionId, peer_e: Matrix) -> Result<DealerSession, MpcError> {
-        let z = recv_u64s(self.channel, s.rows + self.own_cols).await?;
+        let z = recv_u64s(self.channel, s.rows + self.own_cols + s.rows * self.triples).await?;
         let (seed, cols) = (self.peer_seed, self.peer_cols);
         let p = crate::cpu::run(move || peer_vectors(seed, s, cols)).await;
-        Ok(DealerSession { z: Zeroizing::new(z), rows: s.rows, peer: p, peer_e })
+        let (a, b) = triple_ab(self.own_seed, s, self.triples);
+        let mut z = Zeroizing::new(z);
+        let c = Zeroizing::new(z.split_off(s.rows + self.own_cols));
+        Ok(DealerSession { z, rows: s.rows, peer: p, peer_e, triples: Triples { a, b, c } })
     }
+}
+
+/// This party's shares of a session's multiplication triples (c = a·b), `rows` per triple index.
+pub struct Triples {
+    a: Zeroizing<Vec<u64>>,
+    b: Zeroizing<Vec<u64>>,
+    c: Zeroizing<Vec<u64>>,
 }
 
 /// One batch's dealer correlations, both roles.
 pub struct DealerSession {
     z: Zeroizing<Vec<u64>>,
+    triples: Triples,
     rows: usize,
     peer: PeerVectors,
     /// The peer's masked matrix rows of this session (rows × peer cols).
@@ -271,6 +333,13 @@ pub struct DealerSession {
 }
 
 impl DealerSession {
+    /// This party's shares (a, b, c) of triple number `k` (one per row), if the dealer sent any.
+    pub fn triple(&self, k: usize) -> Option<(&[u64], &[u64], &[u64])> {
+        let r = k * self.rows..(k + 1) * self.rows;
+        let t = &self.triples;
+        (t.c.len() >= r.end).then(|| (&t.a[r.clone()], &t.b[r.clone()], &t.c[r]))
+    }
+
     /// Peer side, forward: the message f = y − v and the peer's share E·v + R.
     pub fn peer_forward(&self, y: &[u64]) -> (Vec<u64>, Vec<u64>) {
         (sub(y, &self.peer.v), add(&self.peer_e.mul_vec(&self.peer.v), &self.peer.r))
@@ -359,8 +428,8 @@ mod tests {
         let ((a_d, d_a), (b_d, d_b)) = (memory_pair(8), memory_pair(8));
         let (r, _, _) = futures::join!(
             run_dealer(&d_a, &d_b),
-            send_u64s(&a_d, &[2, 1, 32, 100, 0]),
-            send_u64s(&b_d, &[2, 1, 32, 101, 0]),
+            send_u64s(&a_d, &[2, 1, 32, 100, 0, 0]),
+            send_u64s(&b_d, &[2, 1, 32, 101, 0, 0]),
         );
         assert!(matches!(r, Err(MpcError::Protocol(_))));
     }

@@ -33,7 +33,8 @@
 //!    products of shares (z² then z²·z, each truncated; [`sigmoid_part`]) by Gilboa OT
 //!    multiplication with one party's 64-bit share bits as choice bits (64 OTs per cross term,
 //!    one cross term for z², both for z²·z: 192 random OTs per row and batch, fresh from the
-//!    IKNP extension — also in dealer mode, whose dealer only serves the matrix products).
+//!    IKNP extension); in dealer mode with two Beaver triples per row from the dealer instead
+//!    ([`super::dealer::DealerSession::triple`]: 32 bytes per row and party on the wire).
 //! 3. g = Xᵀ·r' (own part local, cross parts by the backward Gilboa product on the *same* OTs as
 //!    step 1, the other 64-bit half of each pad), g₀ = Σ r'.
 //! 4. w ← w − trunc(c·trunc(g, f_x + p) + c₂·w, 20) with 2^p ≥ |I| > 2^(p−1), c = round(η·2^p /
@@ -123,7 +124,8 @@ pub enum Sigmoid {
     /// σ̂(z) = 1/2 + z/4 (see the module docs for its error).
     Taylor1,
     /// σ̂(z) = 1/2 + c₁·z − c₃·z³ on [−8, 8] (table above). Per row: three secure products of
-    /// shares (z² and z³ with truncation after each), 192 random OTs.
+    /// shares (z² and z³ with truncation after each): 192 random OTs, or two dealer triples in
+    /// dealer mode.
     Poly3,
 }
 
@@ -637,7 +639,11 @@ async fn connect_dealer<'a, C: Channel, D: Channel>(
     [train, holdout]: [&[u32]; 2],
 ) -> Result<(DealerClient<'a, D>, [Vec<u64>; 2]), MpcError> {
     let cfg = ctx.config;
-    let client = DealerClient::connect(
+    let triples = match cfg.sigmoid {
+        Sigmoid::Taylor1 => 0,
+        Sigmoid::Poly3 => 2,
+    };
+    let client = DealerClient::connect_with_triples(
         dealer,
         ctx.features.cols(),
         ctx.peer_cols,
@@ -645,6 +651,7 @@ async fn connect_dealer<'a, C: Channel, D: Channel>(
         cfg.batch_size,
         train.len(),
         holdout.len(),
+        triples,
     )
     .await?;
     let mut peer_e = Vec::new();
@@ -743,12 +750,35 @@ async fn forward<C: Channel, D: Channel>(
 /// x_P∘y_P plus the cross terms by Gilboa OT multiplication with 64-bit choice bits. For a square
 /// (`y` = `None`) one cross term x_A·x_B, counted twice (A chooses with x_A, B sends x_B: 64 OTs
 /// per entry); otherwise both x_A·y_B (A chooses) and x_B·y_A (B chooses), concurrently (128).
+///
+/// In dealer mode the dealer's multiplication triple number `k` of the session replaces the OTs
+/// (Beaver: the parties open d = x − a and e = y − b, uniformly random, and keep
+/// c + d·b + e·a, A also d·e).
 async fn mul_shared<C: Channel, D: Channel>(
     ctx: &mut Ctx<'_, C, D>,
+    corr: &Corr,
+    k: usize,
     x: &[u64],
     y: Option<&[u64]>,
 ) -> Result<Vec<u64>, MpcError> {
     let n = x.len();
+    if let Corr::Dealer(session) = corr
+        && let Some((a, b, c)) = session.triple(k)
+    {
+        let y = y.unwrap_or(x);
+        let mut mine: Vec<u64> = x.iter().zip(a).map(|(x, a)| x.wrapping_sub(*a)).collect();
+        mine.extend(y.iter().zip(b).map(|(y, b)| y.wrapping_sub(*b)));
+        let theirs = ot_mul::exchange_tau(ctx.channel, &mine, 2 * n).await?;
+        let is_a = ctx.party == Party::A;
+        return Ok((0..n)
+            .map(|i| {
+                let d = mine[i].wrapping_add(theirs[i]);
+                let e = mine[n + i].wrapping_add(theirs[n + i]);
+                let v = c[i].wrapping_add(d.wrapping_mul(b[i])).wrapping_add(e.wrapping_mul(a[i]));
+                if is_a { v.wrapping_add(d.wrapping_mul(e)) } else { v }
+            })
+            .collect());
+    }
     let mine = Arc::new(Matrix::new(x.to_vec(), n, 1, 64));
     let local: Vec<u64> = match y {
         None => x.iter().map(|&v| v.wrapping_mul(v)).collect(),
@@ -788,17 +818,21 @@ async fn mul_shared<C: Channel, D: Channel>(
 /// bits); result trunc(q₁·z − q₃·c, 12) with q₁ = 4c₁·2^12, q₃ = 4c₃·2^18. The truncated values
 /// stay below 2^31 for |z| ≤ 8 (2^38 at |z| = 64), so their failure probability is ≤ 2^−32
 /// each in the interval.
-async fn sigmoid_part<C: Channel, D: Channel>(ctx: &mut Ctx<'_, C, D>, z: &[u64]) -> Result<Vec<u64>, MpcError> {
+async fn sigmoid_part<C: Channel, D: Channel>(
+    ctx: &mut Ctx<'_, C, D>,
+    corr: &Corr,
+    z: &[u64],
+) -> Result<Vec<u64>, MpcError> {
     match ctx.config.sigmoid {
         Sigmoid::Taylor1 => Ok(z.to_vec()),
         Sigmoid::Poly3 => {
             let party = ctx.party;
             let zl: Zeroizing<Vec<u64>> =
                 Zeroizing::new(z.iter().map(|&v| trunc_share(v, FRAC_BITS - POLY_FRAC_BITS, party)).collect());
-            let sq = Zeroizing::new(mul_shared(ctx, &zl, None).await?);
+            let sq = Zeroizing::new(mul_shared(ctx, corr, 0, &zl, None).await?);
             let sq: Zeroizing<Vec<u64>> =
                 Zeroizing::new(sq.iter().map(|&v| trunc_share(v, POLY_FRAC_BITS, party)).collect());
-            let cube = Zeroizing::new(mul_shared(ctx, &sq, Some(&zl)).await?);
+            let cube = Zeroizing::new(mul_shared(ctx, corr, 1, &sq, Some(&zl)).await?);
             let (q1, q3) = Sigmoid::poly3_q();
             Ok(z.iter()
                 .zip(cube.iter())
@@ -821,7 +855,7 @@ async fn step<C: Channel, D: Channel>(
     let (x, corr, z) = forward(ctx, w, rows, corr).await?;
     let m = rows.len();
     // Step 2: r' = 4(σ̂(z) − y) = 2 + 4(σ̂(z) − 1/2) − 4y (A adds the constants).
-    let z = Zeroizing::new(sigmoid_part(ctx, &Zeroizing::new(z)).await?);
+    let z = Zeroizing::new(sigmoid_part(ctx, &corr, &Zeroizing::new(z)).await?);
     let r = Zeroizing::new(match (ctx.party, ctx.labels) {
         (Party::A, Some(y)) => {
             let (two, four) = (encode(2.0, FRAC_BITS), encode(4.0, FRAC_BITS));
@@ -862,26 +896,24 @@ async fn holdout_loss<C: Channel, D: Channel>(
     epoch: u64,
 ) -> Result<Option<f64>, MpcError> {
     let mut z = Zeroizing::new(Vec::with_capacity(rows.len()));
+    // poly3: S₄ = Σ z⁴ (20 fraction bits) from z'² (as in [`sigmoid_part`]) squared again.
+    let mut s4 = 0u64;
     for (k, chunk) in rows.chunks(ctx.config.batch_size).enumerate() {
         let corr = correlations(ctx, epoch, List::Holdout, k * ctx.config.batch_size, chunk.len()).await?;
-        let (_, _, zc) = forward(ctx, w, chunk, corr).await?;
+        let (_, corr, zc) = forward(ctx, w, chunk, corr).await?;
+        if ctx.config.sigmoid == Sigmoid::Poly3 {
+            let party = ctx.party;
+            let zl: Zeroizing<Vec<u64>> =
+                Zeroizing::new(zc.iter().map(|&v| trunc_share(v, FRAC_BITS - POLY_FRAC_BITS, party)).collect());
+            let sq = Zeroizing::new(mul_shared(ctx, &corr, 0, &zl, None).await?);
+            let sq: Zeroizing<Vec<u64>> =
+                Zeroizing::new(sq.iter().map(|&v| trunc_share(v, POLY_FRAC_BITS, party)).collect());
+            let q = Zeroizing::new(mul_shared(ctx, &corr, 1, &sq, None).await?);
+            s4 = q.iter().fold(s4, |a, &v| a.wrapping_add(v));
+        }
         z.extend(zc);
     }
     let n = rows.len();
-    // poly3: S₄ = Σ z⁴ (20 fraction bits) from z'² (as in [`sigmoid_part`]) squared again.
-    let s4 = match ctx.config.sigmoid {
-        Sigmoid::Taylor1 => 0,
-        Sigmoid::Poly3 => {
-            let party = ctx.party;
-            let zl: Zeroizing<Vec<u64>> =
-                Zeroizing::new(z.iter().map(|&v| trunc_share(v, FRAC_BITS - POLY_FRAC_BITS, party)).collect());
-            let sq = Zeroizing::new(mul_shared(ctx, &zl, None).await?);
-            let sq: Zeroizing<Vec<u64>> =
-                Zeroizing::new(sq.iter().map(|&v| trunc_share(v, POLY_FRAC_BITS, party)).collect());
-            let q = Zeroizing::new(mul_shared(ctx, &sq, None).await?);
-            q.iter().fold(0u64, |a, &v| a.wrapping_add(v))
-        }
-    };
     let s1 = z.iter().fold(0u64, |a, &v| a.wrapping_add(v));
     let s2_local = z.iter().fold(0u64, |a, &v| a.wrapping_add(v.wrapping_mul(v)));
     // Cross terms: A chooses with [y_i, z_A,i] (64-bit entries), B sends z_B: shares of

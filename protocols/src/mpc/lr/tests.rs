@@ -293,6 +293,7 @@ async fn poly3_in_dealer_mode_matches_its_plaintext_mirror() {
         holdout: holdout.clone(),
     };
     let (ab_a, ab_b) = memory_pair(16);
+    let ab_a = crate::channel::Metered::new(ab_a);
     let ((a_d, d_a), (b_d, d_b)) = (memory_pair(16), memory_pair(16));
     let (report, a, b) = futures::join!(
         run_dealer(&d_a, &d_b),
@@ -304,6 +305,11 @@ async fn poly3_in_dealer_mode_matches_its_plaintext_mirror() {
     let p = train_plain(&d.fa, 2, &d.fb, 3, &d.y, &train_rows, &holdout, &config, false);
     let secure: Vec<f64> = a.weights.iter().chain(&b.weights).chain(&a.intercept).copied().collect();
     assert!(secure.iter().zip(weights(&p)).all(|(x, y)| (x - y).abs() < 5e-3), "{secure:?} vs {:?}", weights(&p));
+    // The share products used the dealer's triples, not OTs: with OTs A alone would send ≈ 2.5 kB
+    // per training row and epoch (128 IKNP rows of 16 bytes, 64 τ of 8; 1200 rows × 3 epochs:
+    // ≈ 9 MB); Beaver costs 16 bytes per product and party.
+    let sent = ab_a.stats().bytes_sent;
+    assert!(sent < 4_000_000, "A sent {sent} bytes");
     // The holdout loss is poly3's own surrogate (with Σz⁴), as in the mirror.
     assert_eq!(a.holdout_loss.len(), 3);
     assert!(
