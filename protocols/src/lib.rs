@@ -7,8 +7,10 @@
 
 pub mod channel;
 pub mod cpu;
+pub mod dleq;
 pub mod ecdh_psi;
 pub mod items;
+pub mod merkle;
 pub mod okvs;
 pub mod ot;
 pub mod psi;

@@ -35,7 +35,7 @@ pub async fn intersect<C: Channel, K: AsRef<[u8]> + Sync>(
     role: Role,
     reveal: Reveal,
 ) -> Result<PsiOutput, Error> {
-    let config = consort_protocols::ecdh_psi::EcdhPsiConfig { role, reveal, progress: None };
+    let config = consort_protocols::ecdh_psi::EcdhPsiConfig { role, reveal, progress: None, proofs: true };
     Ok(consort_protocols::ecdh_psi::run(channel, keys, &config).await?)
 }
 
