@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Instant;
 
-use consort_protocols::ecdh_psi::{self, EcdhPsiConfig};
+use consort_protocols::ecdh_psi::{self, EcdhEvidence, EcdhPsiConfig};
 use consort_protocols::{Channel, ProgressFn, Reveal, Role, cpu};
 
 use crate::dataset::Dataset;
@@ -49,6 +49,9 @@ pub struct PsiJob {
     /// Where to write this party's rows of the intersection (ignored if it does not learn it).
     pub output: Option<PathBuf>,
     pub progress: Option<ProgressFn>,
+    /// Prove the protocol steps where the protocol can (ECDH-PSI: key commitments and DLEQ
+    /// proofs, see [`crate::audit`]); both parties must agree.
+    pub proofs: bool,
 }
 
 /// What one party's side of a PSI job did.
@@ -62,15 +65,22 @@ pub struct PsiReport {
     pub output: Option<PathBuf>,
     /// Wall seconds per stage, in order: `protocol`, then `output` if an output was written.
     pub stages: Vec<(String, f64)>,
+    /// ECDH-PSI run with proofs: commitments and proof records for the audit evidence.
+    pub ecdh_evidence: Option<EcdhEvidence>,
 }
 
 /// Runs this party's side of a PSI job over `channel` and writes the output (atomically).
 pub async fn run_psi<C: Channel>(channel: &C, dataset: &Dataset, job: &PsiJob) -> Result<PsiReport, EngineError> {
     let started = Instant::now();
-    let result = match job.protocol {
+    let (result, ecdh_evidence) = match job.protocol {
         PsiProtocol::Ecdh => {
-            let config = EcdhPsiConfig { role: job.role, reveal: job.reveal, progress: job.progress.clone() };
-            ecdh_psi::run(channel, &dataset.keys, &config).await?
+            let config = EcdhPsiConfig {
+                role: job.role,
+                reveal: job.reveal,
+                progress: job.progress.clone(),
+                proofs: job.proofs,
+            };
+            ecdh_psi::run_with_evidence(channel, &dataset.keys, &config).await?
         }
     };
     let mut stages = vec![("protocol".to_string(), started.elapsed().as_secs_f64())];
@@ -87,6 +97,7 @@ pub async fn run_psi<C: Channel>(channel: &C, dataset: &Dataset, job: &PsiJob) -
         intersection: result.intersection.as_ref().map(|v| v.len() as u64),
         output,
         stages,
+        ecdh_evidence,
     })
 }
 
@@ -113,7 +124,7 @@ mod tests {
     }
 
     fn job(role: Role, reveal: Reveal, output: PathBuf) -> PsiJob {
-        PsiJob { protocol: PsiProtocol::Ecdh, role, reveal, output: Some(output), progress: None }
+        PsiJob { protocol: PsiProtocol::Ecdh, role, reveal, output: Some(output), progress: None, proofs: true }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

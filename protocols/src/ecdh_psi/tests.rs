@@ -335,7 +335,8 @@ async fn tampered_records_are_rejected() {
     let evidence = rb.unwrap().1.unwrap();
     let b = evidence.own_commitment;
     let good = evidence.sent.unwrap();
-    let cases: Vec<(Box<dyn Fn(&mut ProofRecord)>, &str)> = vec![
+    type Tamper = Box<dyn Fn(&mut ProofRecord)>;
+    let cases: Vec<(Tamper, &str)> = vec![
         (Box::new(|r| r.proof[3] ^= 1), "DLEQ proof over all"),
         (Box::new(|r| r.sample_proof[40] ^= 1), "sampled pairs"),
         (Box::new(|r| r.sample[5].d[7] ^= 1), "audit path"),
