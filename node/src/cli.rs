@@ -57,6 +57,9 @@ enum Command {
     /// End-to-end benchmarks with two real node processes.
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),
+    /// Audit evidence: export a job's bundle, verify bundles and logs offline.
+    #[command(subcommand)]
+    Audit(crate::audit::AuditCommand),
 }
 
 #[derive(Subcommand)]
@@ -309,6 +312,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Bench(cmd) => crate::bench::run(cmd).await,
+        Command::Audit(cmd) => crate::audit::run(cmd).await,
     }
 }
 
