@@ -166,7 +166,8 @@ pub fn composite(
         .try_reduce(identity, |a, b| Ok((a.0 + b.0, a.1 + b.1)))
 }
 
-fn decode_all(encodings: &[u8], side: &'static str, first: u64) -> Result<Vec<RistrettoPoint>, DleqError> {
+/// Decodes consecutive 32-byte encodings (`side` and `first` name a bad one in the error).
+pub fn decode_all(encodings: &[u8], side: &'static str, first: u64) -> Result<Vec<RistrettoPoint>, DleqError> {
     encodings
         .chunks_exact(32)
         .enumerate()

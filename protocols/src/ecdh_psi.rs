@@ -25,17 +25,25 @@
 //!
 //! Both parties run the same code (parameterized by [`Role`] and [`Reveal`]):
 //!
-//! 1. **Hello.** Each party sends the protocol id and version, its role, the reveal mode and its
-//!    own set size. A party aborts with [`EcdhPsiError::Protocol`] if the peer speaks another
-//!    protocol or version, claims the same role, or expects another reveal mode.
+//! 1. **Hello.** Each party sends the protocol id and version, its role, the reveal mode, its own
+//!    set size, whether proofs are on, and (with proofs) its *key commitment* `B = k·G` (`G` the
+//!    ristretto255 base point). A party aborts with [`EcdhPsiError::Protocol`] if the peer speaks
+//!    another protocol or version, claims the same role, expects another reveal mode or proofs
+//!    setting, or commits to an invalid point or the identity.
 //! 2. **Phase 1.** Each party streams `enc(k·H(v))` for its *own* items, in a secret random
 //!    order (so positions in the stream say nothing about positions in its dataset).
-//!    Concurrently it decodes the peer's points as they arrive, multiplies each by its own `k`
-//!    and keeps only the 16-byte tags `T(w)` of the peer's items, in the order received.
-//! 3. **Phase 2.** If the peer learns the intersection, a party sends the peer's tags back in the
-//!    order received. A party that learns receives the tags of its own items this way, maps
-//!    each stream position back through its secret order, and keeps its items whose tag is among
-//!    the tags it computed for the peer's set.
+//!    Concurrently it decodes the peer's points `Q_j` as they arrive, multiplies each by its own
+//!    `k` and keeps the 16-byte tags `T(w)` of the peer's items, in the order received. If the
+//!    peer learns and proofs are on, it also keeps `(Q_j, k·Q_j)` and accumulates the composite of
+//!    the DLEQ proof ([`crate::dleq`]).
+//! 3. **Phase 2.** If the peer learns the intersection, a party sends the peer's joint values back
+//!    in the order received: with proofs, the 32-byte joint points `k·Q_j` followed by a proof
+//!    frame (a batched DLEQ proof that every returned point is `k·Q_j` for the committed `k`, and a
+//!    proof over a Fiat–Shamir sample of 256 pairs for auditors); without proofs, their 16-byte
+//!    tags. A party that learns receives the joint values of its own items this way, *verifies
+//!    both proofs before using them* (aborting with "the peer's DLEQ proof ... does not verify"),
+//!    hashes the points to tags, maps each stream position back through its secret order, and
+//!    keeps its items whose tag is among the tags it computed for the peer's set.
 //!
 //! The result ([`PsiOutput::intersection`]) lists the learning party's own indices sorted by tag
 //! (ties, i.e. duplicate copies of an item, by index). Both parties sort by the same tags, so when
@@ -51,27 +59,51 @@
 //!   joint order of the intersection, which is a pseudorandom order determined by the items;
 //! - nothing else. For items outside the intersection, the points and tags it sees are
 //!   indistinguishable from random. A party that does not learn the intersection learns only the
-//!   peer's set size.
+//!   peer's set size. The key commitment `B = k·G` and the DLEQ proofs are zero-knowledge about
+//!   `k` (honest-verifier ZK, Fiat–Shamir in the random-oracle model).
+//!
+//! With proofs, a learning party receives the joint *points* `k_peer·k·H(x)` of its own items, not
+//! only their tags, so it can compute `k_peer·H(x)` for its own items. For intersecting items that
+//! equals one of the peer's phase-1 points (at a position of the peer's secret random order), which
+//! is the intersection it learns anyway; for the others it is a fresh pseudorandom point. So the
+//! leakage is the same as with tags.
 //!
 //! Duplicates are visible: equal items of the peer give equal points, so each party learns the
 //! multiplicity pattern of the peer's input (how many items occur twice, ...). The engine removes
 //! or rejects duplicates before running the protocol.
 //!
-//! # Security model: semi-honest
+//! # Security model and what the proofs prove
 //!
-//! Both parties are assumed to follow the protocol. A malicious party could, among other things:
-//! use a different key for different items or phases (so that the peer's result is wrong, e.g.
-//! missing items, or replaced by tags of the cheater's choosing: the tags in phase 2 are not
-//! verified; Chaum–Pedersen DLEQ proofs, batched as in RFC 9497 §2.2.1, would detect this and are
-//! a separate issue); run with any input set it likes (inherent to PSI); announce a size and then
-//! abort; or, with [`Reveal::Both`], withhold its phase-2 tags after receiving its own, so that it
-//! learns the intersection and the peer does not (no fairness). Malformed messages (invalid
-//! points, the identity, wrong counts, unknown frames) are rejected with
-//! [`EcdhPsiError::Protocol`].
+//! Privacy holds against a semi-honest peer. With proofs, each party additionally *proves* one
+//! thing a malicious party could otherwise get away with: **every joint point it returns to the
+//! peer is the peer's point multiplied by the key `k` it committed to in its hello** (batched
+//! Chaum–Pedersen, soundness error ≈ 2⁻¹²⁸). So a party cannot return points made with a second
+//! key, garbage, or points of its choosing for some items (which would silently drop items from,
+//! or inject tags into, the peer's result): the peer checks the proof during the run and aborts.
+//! The points, proofs and a Merkle root over the proved pairs go into the audit evidence
+//! ([`EcdhEvidence`]), so an auditor can re-check them offline ([`verify_record`]).
+//!
+//! What the proofs do **not** prove, and why:
+//!
+//! - That a party's *own* phase-1 points are `k·H(x)` for its items with the committed `k`: the
+//!   peer does not know `H(x)` (revealing it would let the peer test guesses of low-entropy ids),
+//!   so no DLEQ over them can be checked. A party that multiplies its own points by a different
+//!   key `k'` (or sends random points) is indistinguishable from a party whose input is a set of
+//!   random points — input substitution, which no PSI prevents. Combined with using `k'` locally,
+//!   this lets it learn the intersection while the peer's result comes out empty: with
+//!   [`Reveal::Both`], the peer's output is only as good as the cheater's own-set points.
+//! - Which input a party uses (inherent to PSI), and fairness: a party may abort after announcing
+//!   its size or, with [`Reveal::Both`], withhold its phase-2 points after receiving its own, so
+//!   that it learns the intersection and the peer does not.
+//!
+//! Malformed messages (invalid points, the identity, wrong counts, unknown frames, invalid proofs)
+//! are rejected with [`EcdhPsiError::Protocol`].
 //!
 //! Secret-dependent work is constant-time: the scalar multiplication is constant-time in the
-//! scalar, point decoding is constant-time; only public data (tags, counts) drives branches and
-//! sorting. The secret scalar is zeroized when the run ends.
+//! scalar, point decoding is constant-time, `B = k·G` uses the constant-time base-point table;
+//! only public data (tags, counts, the public points of the proofs) drives branches, sorting and
+//! the variable-time multiscalar multiplications. The secret scalar is zeroized when the run ends
+//! (after the proofs over the returned points are made).
 //!
 //! # Wire format
 //!
@@ -79,18 +111,21 @@
 //!
 //! | frame  | kind   | body                                                                  |
 //! |--------|--------|-----------------------------------------------------------------------|
-//! | hello  | `0x01` | `"consort/ecdh-psi"` (16 bytes), version `u16` (= 1), role `u8` (0 requester, 1 responder), reveal `u8` (0 both, 1 requester only), set size `u64` |
+//! | hello  | `0x01` | `"consort/ecdh-psi"` (16 bytes), version `u16` (= 2), role `u8` (0 requester, 1 responder), reveal `u8` (0 both, 1 requester only), set size `u64`, proofs `u8` (0/1), commitment `B` (32 bytes; zero without proofs) |
 //! | points | `0x02` | `m` ≥ 1 ristretto255 encodings of 32 bytes each (≈ 1 MiB frames of 32 768 points) |
-//! | tags   | `0x03` | `m` ≥ 1 tags of 16 bytes each (≈ 1 MiB frames of 65 536 tags)          |
+//! | tags   | `0x03` | (without proofs) `m` ≥ 1 tags of 16 bytes each (≈ 1 MiB frames of 65 536 tags) |
+//! | joint  | `0x04` | (with proofs) `m` ≥ 1 joint points of 32 bytes each, in the order the peer's points arrived |
+//! | proof  | `0x05` | (with proofs) DLEQ proof over all returned pairs (`c ‖ s`, 64 bytes), then over the sample (64 bytes) |
 //!
 //! A party sends one hello, then exactly as many points as it announced, then (if the peer learns)
-//! exactly as many tags as the peer announced. Frame sizes are not part of the protocol; the
-//! receiver accepts any non-empty frame that does not overshoot the announced count.
+//! exactly as many joint points (or tags) as the peer announced, and with proofs one proof frame.
+//! Frame sizes are not part of the protocol; the receiver accepts any non-empty frame that does not
+//! overshoot the announced count.
 //!
-//! **Bytes per item.** Each party sends 32 bytes per own item, plus 16 bytes per peer item if the
-//! peer learns: with [`Reveal::Both`], 48 bytes per item of either set in total; with
-//! [`Reveal::RequesterOnly`], 32 per item plus 16 per requester item. Framing adds 1 byte per
-//! frame and the hello 29 bytes.
+//! **Bytes per item.** With proofs, each party sends 32 bytes per own item, plus 32 per peer item
+//! if the peer learns: with [`Reveal::Both`], 64 bytes per item of either set in total. Without
+//! proofs the second part is a 16-byte tag (48 in total). Framing adds 1 byte per frame, the hello
+//! 62 bytes and the proof frame 129.
 //!
 //! # Performance
 //!
@@ -98,8 +133,13 @@
 //! and decodes once; encodings use [`RistrettoPoint::double_and_compress_batch`] on a point
 //! multiplied by `k/2`, so one field inversion is shared by a batch. The curve work runs on
 //! rayon in batches ([`crate::cpu`]), pipelined with the channel: while one frame is computed the
-//! previous one is sent, and the peer's frames are processed as they arrive. Only the 16-byte
-//! tags of the peer's items are kept (and, for a learning party, those of its own items).
+//! previous one is sent, and the peer's frames are processed as they arrive.
+//!
+//! Proofs add, per returned item, a 128-bit composite coefficient (SHA-512) and one point of a
+//! variable-time multiscalar multiplication for the prover (computed on `(k/2)·Q_j`, which phase 1
+//! has at hand, then scaled by `(k/2)⁻¹`); and for the verifier the decoding of both points and two
+//! multiscalar points, plus the Merkle tree over the pairs. Memory: the proved pairs are kept
+//! (64 bytes per pair and direction) for the evidence.
 //!
 //! # References
 //!
@@ -381,12 +421,13 @@ async fn run_framed<C: Channel, I: Items + ?Sized>(
         None => (None, None),
         Some(OwnJoint::Tags(tags)) => (Some(tags), None),
         Some(OwnJoint::Points(returned)) => {
-            let c: Vec<u8> = sent_frames.iter().flat_map(|f| f[1..].iter().copied()).collect();
+            let c: Vec<u8> = sent_frames.frames.iter().flat_map(|f| f[1..].iter().copied()).collect();
+            let halved = sent_frames.halved;
             let peer_commitment = peer.commitment;
             progress.report("verify proof", 0, own_size);
             let (tags, record) = cpu::run(move || {
                 let tags: Vec<u128> = returned.points.par_chunks(32).map(kernels::tag).collect();
-                check_returned(&peer_commitment, c, returned).map(|record| (tags, record))
+                check_returned(&peer_commitment, c, &halved, returned).map(|record| (tags, record))
             })
             .await
             .map_err(violation)?;
@@ -512,12 +553,17 @@ fn sample_of(c: &[u8], d: &[u8], tree: &merkle::Tree, b: &CompressedRistretto) -
 
 /// The learning party's check of the peer's proof over this party's points `c` (in the order
 /// sent) and the joint points returned for them. Returns the evidence record.
-fn check_returned(peer_commitment: &[u8; 32], c: Vec<u8>, returned: Returned) -> Result<ProofRecord, String> {
+fn check_returned(
+    peer_commitment: &[u8; 32],
+    c: Vec<u8>,
+    halved: &[RistrettoPoint],
+    returned: Returned,
+) -> Result<ProofRecord, String> {
     let n = c.len() / 32;
     let b = CompressedRistretto(*peer_commitment);
     let proof = dleq::Proof::from_bytes(&returned.proof)
         .ok_or_else(|| "the peer's DLEQ proof is not two canonical scalars".to_string())?;
-    dleq::verify_pairs(DLEQ_CONTEXT, &b, &c, &returned.points, &proof).map_err(|e| {
+    verify_returned(&b, &c, halved, &returned.points, &proof).map_err(|e| {
         format!(
             "the peer's DLEQ proof over the {n} points it returned does not verify ({e}); it did not multiply \
              every point of this party by the key it committed to in its hello"
@@ -535,6 +581,38 @@ fn check_returned(peer_commitment: &[u8; 32], c: Vec<u8>, returned: Returned) ->
     };
     verify_sample(peer_commitment, &record).map_err(|e| format!("the peer's sampled DLEQ proof: {e}"))?;
     Ok(record)
+}
+
+/// [`dleq::verify_pairs`] for the learning party, which holds its own points `C_i` as
+/// `(k/2)·H(x_i) = C_i/2` already: only the returned points `D_i` are decoded.
+fn verify_returned(
+    b: &CompressedRistretto,
+    c: &[u8],
+    halved: &[RistrettoPoint],
+    d: &[u8],
+    proof: &dleq::Proof,
+) -> Result<(), dleq::DleqError> {
+    if halved.len() * 32 != c.len() || c.len() != d.len() {
+        return Err(dleq::DleqError::BadLengths);
+    }
+    let seed = dleq::composite_seed(DLEQ_CONTEXT, b);
+    let identity = || (RistrettoPoint::identity(), RistrettoPoint::identity());
+    let (m_half, z) = halved
+        .par_chunks(COMPOSITE_CHUNK)
+        .zip(c.par_chunks(32 * COMPOSITE_CHUNK))
+        .zip(d.par_chunks(32 * COMPOSITE_CHUNK))
+        .enumerate()
+        .map(|(chunk, ((halved, c), d))| {
+            let first = (chunk * COMPOSITE_CHUNK) as u64;
+            let ds = dleq::decode_all(d, "second", first)?;
+            let coefficients = dleq::coefficients(&seed, first, c, d);
+            Ok((
+                RistrettoPoint::vartime_multiscalar_mul(&coefficients, halved),
+                RistrettoPoint::vartime_multiscalar_mul(&coefficients, &ds),
+            ))
+        })
+        .try_reduce(identity, |a, b| Ok((a.0 + b.0, a.1 + b.1)))?;
+    dleq::verify(DLEQ_CONTEXT, b, &(m_half + m_half), &z, proof)
 }
 
 /// Checks a proof record against the prover's key commitment `B`, as an auditor would: the
@@ -753,28 +831,36 @@ async fn send_own_points<C: Channel, I: Items + ?Sized>(
     per_frame: usize,
     keep: bool,
     progress: &Progress<'_>,
-) -> Result<Vec<Bytes>, EcdhPsiError> {
-    let mut sent = Vec::new();
+) -> Result<SentPoints, EcdhPsiError> {
+    let mut sent = SentPoints { frames: Vec::new(), halved: Vec::new() };
     let start = |positions: &[u32]| {
         let batch = OwnItems::gather(items, positions);
         let key = Arc::clone(key);
-        cpu::spawn(move || encrypt_own(&batch, &key.0))
+        cpu::spawn(move || encrypt_own(&batch, &key.0, keep))
     };
     let mut frames = order.chunks(per_frame.max(1));
     let mut next = frames.next().map(start);
     let mut done = 0;
     while let Some(computing) = next.take() {
-        let frame = computing.await;
+        let (frame, halved) = computing.await;
         next = frames.next().map(start);
         let count = (frame.len() - 1) / 32;
         if keep {
-            sent.push(frame.clone());
+            sent.frames.push(frame.clone());
+            sent.halved.extend_from_slice(&halved);
         }
         channel.send(frame).await?;
         done += count;
         progress.report("encrypt own set", done, order.len());
     }
     Ok(sent)
+}
+
+/// What a learning party keeps of its own points to check the proof over the points returned for
+/// them: the frames as sent and the points `(k/2)·H(x)` (160 bytes each in memory).
+struct SentPoints {
+    frames: Vec<Bytes>,
+    halved: Vec<RistrettoPoint>,
 }
 
 /// Own items of one frame copied out of [`Items`] (which is borrowed, so cannot go to rayon).
@@ -805,19 +891,25 @@ impl OwnItems {
 }
 
 /// A points frame: `enc(k·H(x))` for each item, batched for the shared inversion.
-fn encrypt_own(items: &OwnItems, half_key: &Scalar) -> Bytes {
+/// With `keep`, also returns the points `(k/2)·H(x)` (so the proof over the points the peer
+/// returns can be checked without decoding this party's own points again).
+fn encrypt_own(items: &OwnItems, half_key: &Scalar, keep: bool) -> (Bytes, Vec<RistrettoPoint>) {
     let mut frame = vec![0u8; 1 + 32 * items.len()];
     frame[0] = POINTS;
-    frame[1..].par_chunks_mut(32 * kernels::BATCH).enumerate().for_each_init(
-        || Vec::with_capacity(kernels::BATCH),
-        |points, (b, out)| {
+    let mut points = vec![RistrettoPoint::identity(); items.len()];
+    points.par_chunks_mut(kernels::BATCH).zip(frame[1..].par_chunks_mut(32 * kernels::BATCH)).enumerate().for_each(
+        |(b, (batch, out))| {
             let first = b * kernels::BATCH;
-            points.clear();
-            points.extend((first..first + out.len() / 32).map(|i| kernels::hash_to_point(items.get(i))));
-            kernels::multiply_encode(points, half_key, out);
+            for (i, point) in batch.iter_mut().enumerate() {
+                *point = kernels::hash_to_point(items.get(first + i));
+            }
+            kernels::multiply_encode(batch, half_key, out);
         },
     );
-    Bytes::from(frame)
+    if !keep {
+        points = Vec::new();
+    }
+    (Bytes::from(frame), points)
 }
 
 /// What phase 1 leaves of the peer's points.
