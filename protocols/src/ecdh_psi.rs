@@ -522,6 +522,11 @@ fn random_proof() -> dleq::Proof {
     dleq::Proof { c: scalar(), s: scalar() }
 }
 
+/// The RFC 6962 root over the pairs (leaves `C_i || D_i`), as in [`ProofRecord::pairs_root`].
+pub fn pairs_root(c: &[u8], d: &[u8]) -> merkle::Hash {
+    merkle::root(&pair_leaves(c, d))
+}
+
 /// Leaves `C_i || D_i` of the tree over the pairs.
 fn pair_leaves(c: &[u8], d: &[u8]) -> Vec<merkle::Hash> {
     c.par_chunks(32)

@@ -293,8 +293,9 @@ struct Facts {
 pub fn verify_bundles(bundles: &[(PathBuf, Bundle)], options: &VerifyOptions) -> Report {
     let mut report = Report::default();
     let mut facts = Vec::new();
+    let mut verified = Verified::default();
     for (path, bundle) in bundles {
-        facts.push(verify_one(path, bundle, options, &mut report));
+        facts.push(verify_one(path, bundle, options, &mut report, &mut verified));
     }
     if let [(path_a, a), (path_b, b)] = bundles {
         let name = format!("{} + {}", path_a.display(), path_b.display());
@@ -352,7 +353,17 @@ fn ecdh_agree(a: &Facts, b: &Facts, na: &str, nb: &str) -> Result<String, String
     Ok("commitments cross-match; the proved point sets have the same Merkle roots on both sides".into())
 }
 
-fn verify_one(path: &Path, bundle: &Bundle, options: &VerifyOptions, report: &mut Report) -> Option<Facts> {
+/// Proofs already checked in this run, by (commitment, root, proof, full): the two bundles of a job
+/// carry the same proof (one node sent it, the other received it), which need not be checked twice.
+type Verified = std::collections::HashSet<(String, String, String, bool)>;
+
+fn verify_one(
+    path: &Path,
+    bundle: &Bundle,
+    options: &VerifyOptions,
+    report: &mut Report,
+    verified: &mut Verified,
+) -> Option<Facts> {
     let file = path.display().to_string();
     let key = match check_key(bundle, options) {
         Ok((key, detail)) => {
@@ -399,7 +410,7 @@ fn verify_one(path: &Path, bundle: &Bundle, options: &VerifyOptions, report: &mu
         }
     };
     if facts.ecdh.is_some() || bundle.ecdh.is_some() {
-        report.push(format!("{file}: ECDH DLEQ proofs"), check_ecdh(path, bundle, &facts, options.full));
+        report.push(format!("{file}: ECDH DLEQ proofs"), check_ecdh(path, bundle, &facts, options.full, verified));
     }
     Some(facts)
 }
@@ -505,7 +516,13 @@ fn check_entries(bundle: &Bundle, root: &Hash) -> Result<Facts, String> {
     Ok(facts)
 }
 
-fn check_ecdh(path: &Path, bundle: &Bundle, facts: &Facts, full: bool) -> Result<String, String> {
+fn check_ecdh(
+    path: &Path,
+    bundle: &Bundle,
+    facts: &Facts,
+    full: bool,
+    verified: &mut Verified,
+) -> Result<String, String> {
     let (Some(signed), Some(json)) = (&facts.ecdh, &bundle.ecdh) else {
         return Err("the signed log records ECDH proofs but the bundle does not carry them, or the reverse".into());
     };
@@ -522,13 +539,25 @@ fn check_ecdh(path: &Path, bundle: &Bundle, facts: &Facts, full: bool) -> Result
         let Some(proof) = proof else { continue };
         let (record, have_points) = record_of(dir, proof, full).map_err(|e| format!("{which} proof: {e}"))?;
         let full_check = full && have_points;
-        ecdh_psi::verify_record(commitment, &record, full_check)
-            .map_err(|e| format!("the proof {prover} made ({which}) does not verify: {e}"))?;
-        details.push(format!(
-            "{which}: {prover} used its committed key on {} {} pairs",
-            if full_check { "all" } else { "a sample of" },
-            record.pairs
-        ));
+        let key = (hex(commitment), proof.summary.pairs_root.clone(), proof.summary.proof.clone(), full_check);
+        // The sample (with its audit paths) is always checked; the costly full check once per proof.
+        if verified.contains(&key) {
+            ecdh_psi::verify_sample(commitment, &record).and_then(|()| match full_check {
+                true if ecdh_psi::pairs_root(&record.c, &record.d) != record.pairs_root => {
+                    Err("the points do not hash to the recorded Merkle root of the pairs".into())
+                }
+                _ => Ok(()),
+            })
+        } else {
+            ecdh_psi::verify_record(commitment, &record, full_check)
+        }
+        .map_err(|e| format!("the proof {prover} made ({which}) does not verify: {e}"))?;
+        verified.insert(key);
+        let scope = match full_check {
+            true => format!("all {} pairs", record.pairs),
+            false => format!("a sample of {} of {} pairs", record.sample.len(), record.pairs),
+        };
+        details.push(format!("{which}: {prover} used its committed key on {scope}"));
         if full && !have_points {
             return Err(format!("{which} proof: --full needs the points file, which the bundle does not name"));
         }

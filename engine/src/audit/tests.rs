@@ -115,7 +115,7 @@ async fn honest_job_verifies_from_both_bundles_sampled_and_full() {
         assert!(report.checks.iter().any(|c| c.name.contains("transcript digests agree")));
         assert!(report.checks.iter().any(|c| c.name.contains("ECDH commitments and proofs agree")));
         let proofs = report.checks.iter().find(|c| c.name.contains("a.json: ECDH DLEQ proofs")).unwrap();
-        assert!(proofs.detail.contains(if full { "all 400" } else { "a sample of 400" }), "{}", proofs.detail);
+        assert!(proofs.detail.contains(if full { "all 400" } else { "a sample of 256 of 400" }), "{}", proofs.detail);
     }
     // One bundle alone verifies too; without pinned keys the report says so.
     let report = verify_bundles(&bundles[..1], &VerifyOptions::default());
@@ -177,11 +177,20 @@ async fn tampered_bundles_are_caught() {
     // A flipped byte in a points file (full check only).
     let points =
         out.path().join(bundles[0].1.ecdh.as_ref().unwrap().sent.as_ref().unwrap().points_file.clone().unwrap());
-    let mut bytes = std::fs::read(&points).unwrap();
+    let honest = std::fs::read(&points).unwrap();
+    let mut bytes = honest.clone();
     bytes[32 * 400 + 5] ^= 1;
-    std::fs::write(&points, bytes).unwrap();
-    assert_fails(&verify_bundles(&bundles, &options), &["Merkle root of the pairs"]);
+    std::fs::write(&points, &bytes).unwrap();
+    assert_fails(&verify_bundles(&bundles, &options), &["a.json: ECDH DLEQ proofs", "Merkle root of the pairs"]);
     assert!(verify_bundles(&bundles, &trusted(&a, &b, false)).ok());
+    // The same pairs in the peer's bundle (checked in full once, then only against the root).
+    std::fs::write(&points, &honest).unwrap();
+    let peer_points =
+        out.path().join(bundles[1].1.ecdh.as_ref().unwrap().received.as_ref().unwrap().points_file.clone().unwrap());
+    let mut bytes = std::fs::read(&peer_points).unwrap();
+    bytes[7] ^= 1;
+    std::fs::write(&peer_points, &bytes).unwrap();
+    assert_fails(&verify_bundles(&bundles, &options), &["b.json: ECDH DLEQ proofs", "Merkle root of the pairs"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
