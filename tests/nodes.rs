@@ -124,6 +124,54 @@ async fn aligned_rows_on_both_sides(protocol: &str) {
     p.b.shutdown(Duration::from_secs(1)).await;
 }
 
+/// The events of `job` in a node's audit log, in order.
+fn logged_events(dir: &Path, job: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join("audit/log.jsonl")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["job"] == job)
+        .map(|v| v["event"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_nodes_record_signed_evidence_that_an_auditor_verifies() {
+    use consort_engine::audit::{self, VerifyOptions};
+    let p = pair_with_data(A_CSV, B_CSV).await;
+    let status = run_psi(&p.a_dir, "accounts", "both", &p.root.join("out.csv")).await;
+    assert_eq!(status.state, "done", "{}", status.error);
+    let events = ["request", "grant", "start", "transcript", "proofs", "output", "end"];
+    assert_eq!(logged_events(&p.a_dir, &status.job_id), events);
+    assert_eq!(logged_events(&p.b_dir, &status.job_id), events);
+
+    let mut bundles = Vec::new();
+    let mut keys = Vec::new();
+    for (name, dir) in [(pair::A, &p.a_dir), (pair::B, &p.b_dir)] {
+        let key = identity::read_signing_key(dir).unwrap().verifying_key();
+        let out = p.root.join(format!("evidence-{name}.json"));
+        let bundle = audit::export(&dir.join("audit"), name, &key, &status.job_id, &out).unwrap();
+        bundles.push((out, bundle));
+        keys.push(key);
+    }
+    let report = audit::verify_bundles(&bundles, &VerifyOptions { trusted_keys: keys.clone(), full: true });
+    assert!(report.ok(), "{report:#?}");
+    assert!(report.checks.iter().any(|c| c.name.contains("transcript digests agree") && c.ok));
+
+    // A refused request is logged with the decision on the responder.
+    let refused = run_psi(&p.a_dir, "nope", "both", &p.root.join("x.csv")).await;
+    assert_eq!(refused.state, "failed");
+    assert_eq!(logged_events(&p.b_dir, &refused.job_id), ["request", "grant"]);
+    assert_eq!(logged_events(&p.a_dir, &refused.job_id), ["request", "grant", "failure"]);
+    let log = std::fs::read_to_string(p.b_dir.join("audit/log.jsonl")).unwrap();
+    assert!(log.lines().last().unwrap().contains("\"decision\":\"refused\""));
+    // Data commitments are salted: the dataset file's plain SHA-256 appears nowhere in the logs.
+    use sha2::Digest;
+    let plain: String = sha2::Sha256::digest(A_CSV.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    assert!(!std::fs::read_to_string(p.a_dir.join("audit/log.jsonl")).unwrap().contains(&plain));
+    p.a.shutdown(Duration::from_secs(1)).await;
+    p.b.shutdown(Duration::from_secs(1)).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn reveal_self_leaves_the_responder_without_output() {
     for protocol in ["ecdh", "rr22"] {

@@ -3,6 +3,7 @@
 //! Knows nothing of gRPC or the node; CPU and file work runs on rayon through
 //! [`consort_protocols::cpu::run`] so async callers never block their runtime.
 
+pub mod audit;
 pub mod check;
 mod csv_rows;
 pub mod dataset;

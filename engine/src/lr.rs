@@ -498,7 +498,7 @@ async fn align<C: Channel>(
 ) -> Result<(Vec<u32>, u64), LrError> {
     let out = match protocol {
         PsiProtocol::Ecdh => {
-            let config = EcdhPsiConfig { role, reveal: Reveal::Both, progress };
+            let config = EcdhPsiConfig { role, reveal: Reveal::Both, progress, proofs: true };
             ecdh_psi::run(channel, &dataset.keys, &config).await?
         }
         PsiProtocol::Rr22 => {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Instant;
 
-use consort_protocols::ecdh_psi::{self, EcdhPsiConfig};
+use consort_protocols::ecdh_psi::{self, EcdhEvidence, EcdhPsiConfig};
 use consort_protocols::rr22::{self, Rr22Config};
 use consort_protocols::{Channel, ProgressFn, Reveal, Role, cpu};
 
@@ -57,6 +57,9 @@ pub struct PsiJob {
     /// Where to write this party's rows of the intersection (ignored if it does not learn it).
     pub output: Option<PathBuf>,
     pub progress: Option<ProgressFn>,
+    /// Prove the protocol steps where the protocol can (ECDH-PSI: key commitments and DLEQ
+    /// proofs, see [`crate::audit`]); both parties must agree.
+    pub proofs: bool,
 }
 
 /// What one party's side of a PSI job did.
@@ -72,12 +75,14 @@ pub struct PsiReport {
     /// `protocol/STEP` (if it reports any; they may overlap), then `output` if an output was
     /// written.
     pub stages: Vec<(String, f64)>,
+    /// ECDH-PSI run with proofs: commitments and proof records for the audit evidence.
+    pub ecdh_evidence: Option<EcdhEvidence>,
 }
 
 /// Runs this party's side of a PSI job over `channel` and writes the output (atomically).
 pub async fn run_psi<C: Channel>(channel: &C, dataset: &Dataset, job: &PsiJob) -> Result<PsiReport, EngineError> {
-    let (result, stages) = run_protocol(channel, dataset, job).await?;
-    finish(dataset, job, result, stages).await
+    let (result, evidence, stages) = run_protocol(channel, dataset, job).await?;
+    finish(dataset, job, result, evidence, stages).await
 }
 
 /// [`run_psi`] on a dataset the job owns (as a node's jobs do): the keys are freed as soon as the
@@ -88,9 +93,9 @@ pub async fn run_psi_owned<C: Channel>(
     mut dataset: Dataset,
     job: &PsiJob,
 ) -> Result<PsiReport, EngineError> {
-    let (result, stages) = run_protocol(channel, &dataset, job).await?;
+    let (result, evidence, stages) = run_protocol(channel, &dataset, job).await?;
     dataset.release_keys();
-    finish(&dataset, job, result, stages).await
+    finish(&dataset, job, result, evidence, stages).await
 }
 
 type Stages = Vec<(String, f64)>;
@@ -99,28 +104,34 @@ async fn run_protocol<C: Channel>(
     channel: &C,
     dataset: &Dataset,
     job: &PsiJob,
-) -> Result<(consort_protocols::PsiOutput, Stages), EngineError> {
+) -> Result<(consort_protocols::PsiOutput, Option<EcdhEvidence>, Stages), EngineError> {
     let started = Instant::now();
-    let result = match job.protocol {
+    let (result, ecdh_evidence) = match job.protocol {
         PsiProtocol::Ecdh => {
-            let config = EcdhPsiConfig { role: job.role, reveal: job.reveal, progress: job.progress.clone() };
-            ecdh_psi::run(channel, &dataset.keys, &config).await?
+            let config = EcdhPsiConfig {
+                role: job.role,
+                reveal: job.reveal,
+                progress: job.progress.clone(),
+                proofs: job.proofs,
+            };
+            ecdh_psi::run_with_evidence(channel, &dataset.keys, &config).await?
         }
         PsiProtocol::Rr22 => {
             let config = Rr22Config { progress: job.progress.clone(), ..Rr22Config::new(job.role, job.reveal) };
-            rr22::run(channel, &dataset.keys, &config).await?
+            (rr22::run(channel, &dataset.keys, &config).await?, None)
         }
     };
     let mut stages = vec![("protocol".to_string(), started.elapsed().as_secs_f64())];
     // The protocol's own breakdown, if it measures one (steps may overlap).
     stages.extend(result.timings.iter().map(|&(step, secs)| (format!("protocol/{step}"), secs)));
-    Ok((result, stages))
+    Ok((result, ecdh_evidence, stages))
 }
 
 async fn finish(
     dataset: &Dataset,
     job: &PsiJob,
     result: consort_protocols::PsiOutput,
+    ecdh_evidence: Option<EcdhEvidence>,
     mut stages: Stages,
 ) -> Result<PsiReport, EngineError> {
     let mut output = None;
@@ -136,6 +147,7 @@ async fn finish(
         intersection: result.intersection.as_ref().map(|v| v.len() as u64),
         output,
         stages,
+        ecdh_evidence,
     })
 }
 
@@ -162,7 +174,7 @@ mod tests {
     }
 
     fn job(role: Role, reveal: Reveal, output: PathBuf) -> PsiJob {
-        PsiJob { protocol: PsiProtocol::Ecdh, role, reveal, output: Some(output), progress: None }
+        PsiJob { protocol: PsiProtocol::Ecdh, role, reveal, output: Some(output), progress: None, proofs: true }
     }
 
     const PROTOCOLS: [PsiProtocol; 2] = [PsiProtocol::Ecdh, PsiProtocol::Rr22];

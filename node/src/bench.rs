@@ -41,6 +41,12 @@ pub struct BenchPsiArgs {
     /// Print only the JSON line (no progress).
     #[arg(long)]
     json: bool,
+    /// Run ECDH-PSI without key commitments and DLEQ proofs (to measure their overhead).
+    #[arg(long)]
+    no_proofs: bool,
+    /// Export both nodes' audit evidence bundles of the job into this directory.
+    #[arg(long)]
+    evidence: Option<PathBuf>,
 }
 
 pub async fn run(cmd: BenchCommand) -> Result<()> {
@@ -56,13 +62,14 @@ struct NodeProcess {
 }
 
 impl NodeProcess {
-    fn spawn(dir: &Path) -> Result<NodeProcess> {
+    fn spawn(dir: &Path, proofs: bool) -> Result<NodeProcess> {
         let exe = std::env::current_exe().context("cannot find the consort executable")?;
         let log = std::fs::File::create(dir.join("node.log"))?;
         let child = Command::new(exe)
             .arg("node")
             .arg(dir)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(crate::audit::PROOFS_ENV, if proofs { "on" } else { "off" })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -181,8 +188,8 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
     let nodes = root.join(format!("nodes-{}", std::process::id()));
     let (a_dir, b_dir) = pair::init_pair(&nodes)?;
     let spec = |name: &str, file: &str| DatasetSpec::new(name, data.join(file), &["id"]);
-    let mut a = NodeProcess::spawn(&a_dir)?;
-    let mut b = NodeProcess::spawn(&b_dir)?;
+    let mut a = NodeProcess::spawn(&a_dir, !args.no_proofs)?;
+    let mut b = NodeProcess::spawn(&b_dir, !args.no_proofs)?;
     let (a_addr, b_addr) = (a.wait_ready().await?, b.wait_ready().await?);
     pair::pin_pair(&a_dir, a_addr, &b_dir, b_addr)?;
     setup::dataset_add(&a_dir, spec("a", "a.csv"), vec![setup::parse_grant(pair::B)?], true, false)?;
@@ -222,12 +229,16 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
         .await?
     };
     drop((a, b));
+    if let Some(dir) = &args.evidence {
+        crate::audit::export_pair(&a_dir, &b_dir, &job_id, dir).await?;
+    }
     let _ = std::fs::remove_file(&out_a);
     let _ = std::fs::remove_dir_all(&nodes);
 
     let n = args.rows as f64;
     let line = serde_json::json!({
         "protocol": protocol.name(),
+        "proofs": !args.no_proofs,
         "n": args.rows,
         "overlap": overlap,
         "reveal": args.reveal,

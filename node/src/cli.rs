@@ -61,6 +61,9 @@ enum Command {
     /// End-to-end benchmarks with two real node processes.
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),
+    /// Audit evidence: export a job's bundle, verify bundles and logs offline.
+    #[command(subcommand)]
+    Audit(crate::audit::AuditCommand),
 }
 
 #[derive(Subcommand)]
@@ -318,6 +321,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Score(args) => crate::lr_cli::score(args).await,
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Bench(cmd) => crate::bench::run(cmd).await,
+        Command::Audit(cmd) => crate::audit::run(cmd).await,
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Instant;
 use consort_protocols::{ChannelStats, PsiProgress};
 use tokio::sync::watch;
 
+use crate::audit::NodeAudit;
 use crate::proto::{JobStatus, Stage};
 
 pub const PENDING: &str = "pending";
@@ -35,15 +36,23 @@ struct Registry {
 #[derive(Default)]
 pub struct Jobs {
     inner: Mutex<Registry>,
+    /// Where jobs record their outcome (`None` in tests of the registry alone).
+    audit: Option<Arc<NodeAudit>>,
 }
 
 /// One job's live status.
 pub struct JobHandle {
     status: watch::Sender<JobStatus>,
     started: Instant,
+    audit: Option<Arc<NodeAudit>>,
 }
 
 impl Jobs {
+    /// A registry whose jobs record their end or failure in the node's audit log.
+    pub fn with_audit(audit: Arc<NodeAudit>) -> Jobs {
+        Jobs { inner: Mutex::default(), audit: Some(audit) }
+    }
+
     /// Registers a job; fails if the id is taken.
     pub fn insert(&self, status: JobStatus) -> Option<Arc<JobHandle>> {
         let mut registry = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -51,7 +60,11 @@ impl Jobs {
             return None;
         }
         let id = status.job_id.clone();
-        let handle = Arc::new(JobHandle { status: watch::channel(status).0, started: Instant::now() });
+        let handle = Arc::new(JobHandle {
+            status: watch::channel(status).0,
+            started: Instant::now(),
+            audit: self.audit.clone(),
+        });
         registry.by_id.insert(id.clone(), handle.clone());
         registry.order.push(id);
         Some(handle)
@@ -68,6 +81,11 @@ impl Jobs {
 }
 
 impl JobHandle {
+    /// The node's audit log, if this job records evidence.
+    pub fn audit(&self) -> Option<Arc<NodeAudit>> {
+        self.audit.clone()
+    }
+
     pub fn status(&self) -> JobStatus {
         self.status.borrow().clone()
     }
@@ -111,6 +129,9 @@ impl JobHandle {
     }
 
     pub fn finish(&self) {
+        if let Some(audit) = &self.audit {
+            crate::audit::record_outcome(audit, &self.status().job_id, None);
+        }
         self.update(|s| {
             s.state = DONE.into();
             s.stage = String::new();
@@ -118,6 +139,9 @@ impl JobHandle {
     }
 
     pub fn fail(&self, error: String) {
+        if let Some(audit) = &self.audit {
+            crate::audit::record_outcome(audit, &self.status().job_id, Some(&error));
+        }
         self.update(|s| {
             s.state = FAILED.into();
             s.error = error;

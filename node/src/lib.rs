@@ -4,6 +4,7 @@
 //! over a [`consort_protocols::Channel`]; the node plugs a gRPC bidirectional stream into it
 //! ([`transport::GrpcChannel`]).
 
+pub mod audit;
 pub mod bench;
 pub mod cli;
 pub mod client;

@@ -36,6 +36,8 @@ pub struct NodeState {
     key: PrivateKeyDer<'static>,
     pub listen_addr: SocketAddr,
     job_tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+    /// The node's signed audit log (`DIR/audit`).
+    pub audit: Arc<crate::audit::NodeAudit>,
 }
 
 impl NodeState {
@@ -120,6 +122,7 @@ pub async fn start(dir: &Path) -> Result<NodeHandle> {
     let dir = config::absolute(dir)?;
     let config = Arc::new(NodeConfig::load(&dir)?);
     let (cert, key) = identity::read_tls_identity(&dir)?;
+    let audit = crate::audit::NodeAudit::open(&dir)?;
     let pinned = PinnedPeers::default();
     pinned.replace(load_pins(&dir, &config)?);
 
@@ -135,11 +138,12 @@ pub async fn start(dir: &Path) -> Result<NodeHandle> {
         dir: dir.clone(),
         config: RwLock::new(config.clone()),
         pinned: pinned.clone(),
-        jobs: Jobs::default(),
+        jobs: Jobs::with_audit(audit.clone()),
         cert,
         key,
         listen_addr,
         job_tasks: Default::default(),
+        audit,
     });
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();

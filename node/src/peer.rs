@@ -149,7 +149,18 @@ async fn respond(state: Arc<NodeState>, peer: PeerInfo, job: JobRequest, channel
     if job.kind == crate::lr_dealer::KIND {
         return crate::lr_dealer::respond(state, peer, job, channel).await;
     }
-    let (spec, protocol, reveal) = match admit(&state, &peer.name, &job) {
+    let admitted = admit(&state, &peer.name, &job);
+    let request =
+        serde_json::json!({"kind": job.kind, "protocol": job.protocol, "dataset": job.dataset, "reveal": job.reveal});
+    let decision = admitted.as_ref().map(|_| ()).map_err(String::as_str);
+    if let Err(e) = crate::audit::record_request(&state, &job.job_id, "responder", &peer.name, request, decision).await
+    {
+        warn!(job = %job.job_id, "cannot record the job request in the audit log: {e:#}");
+        let reason = "the responder cannot record the job in its audit log".to_string();
+        let _ = channel.send_kind(Kind::Reject(JobReject { reason })).await;
+        return;
+    }
+    let (spec, protocol, reveal) = match admitted {
         Ok(admitted) => admitted,
         Err(reason) => {
             warn!(peer = %peer.name, job = %job.job_id, dataset = %job.dataset, "refused job: {reason}");
@@ -191,8 +202,14 @@ async fn respond(state: Arc<NodeState>, peer: PeerInfo, job: JobRequest, channel
         return;
     }
     let (out, rel) = default_output(&state.dir, &job.job_id, &dataset.spec.name);
-    let psi =
-        PsiJob { protocol, role: Role::Responder, reveal, output: Some(out), progress: Some(progress_fn(&handle)) };
+    let psi = PsiJob {
+        protocol,
+        role: Role::Responder,
+        reveal,
+        output: Some(out),
+        progress: Some(progress_fn(&handle)),
+        proofs: crate::audit::proofs_enabled(),
+    };
     match run_job(channel, dataset, psi, &handle, &peer.wire, rel).await {
         Ok(()) => info!(job = %job.job_id, "job done"),
         Err(e) => {
@@ -250,13 +267,18 @@ async fn request_psi_inner(state: &NodeState, handle: &Arc<JobHandle>, params: &
     match tokio::time::timeout(ANSWER_TIMEOUT, channel.recv_kind()).await {
         Err(_) => bail!("peer '{}' did not answer the job request within {ANSWER_TIMEOUT:?}", peer.name),
         Ok(Ok(Kind::Accept(a))) => handle.update(|s| s.peer_rows = a.rows),
-        Ok(Ok(Kind::Reject(r))) => bail!("peer '{}' refused the job: {}", peer.name, r.reason),
+        Ok(Ok(Kind::Reject(r))) => {
+            crate::audit::record_request(state, &job_id, "requester", &peer.name, audited(params), Err(&r.reason))
+                .await?;
+            bail!("peer '{}' refused the job: {}", peer.name, r.reason)
+        }
         Ok(Ok(other)) => bail!("peer '{}' answered the job request with a {} frame", peer.name, kind_name(&other)),
         Ok(Err(e)) => bail!(
             "peer '{}' dropped the job request: {e} (is this node's certificate pinned there with `consort peer add`?)",
             peer.name
         ),
     }
+    crate::audit::record_request(state, &job_id, "requester", &peer.name, audited(params), Ok(())).await?;
     let (out, rel) = match &params.out {
         Some(p) => (p.clone(), p.display().to_string()),
         None => default_output(&state.dir, &job_id, &params.dataset),
@@ -267,8 +289,20 @@ async fn request_psi_inner(state: &NodeState, handle: &Arc<JobHandle>, params: &
         reveal: params.reveal,
         output: Some(out),
         progress: Some(progress_fn(handle)),
+        proofs: crate::audit::proofs_enabled(),
     };
     run_job(channel, dataset, psi, handle, &wire, rel).await
+}
+
+/// The request's parameters as the audit log records them.
+fn audited(params: &PsiParams) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "psi",
+        "protocol": params.protocol.name(),
+        "dataset": params.dataset,
+        "peer_dataset": params.peer_dataset,
+        "reveal": reveal_name(params.reveal),
+    })
 }
 
 /// Opens a TLS 1.3 connection to a pinned peer (a new connection per job, so its byte counts are the
@@ -358,14 +392,26 @@ async fn run_job(
     wire: &WireCounters,
     rel_output: String,
 ) -> Result<()> {
+    if let Err(e) = crate::audit::record_start(handle, &dataset).await {
+        channel.abort("the peer cannot record the job in its audit log").await;
+        return Err(e);
+    }
     let channel = Metered::new(channel);
-    let result = run_psi_owned(&channel, dataset, &psi).await;
+    let mut result = run_psi_owned(&channel, dataset, &psi).await;
     handle.record_stats(&channel.stats(), wire.get());
-    let report = match result {
-        Ok(r) => r,
-        Err(e) => {
+    let recorded = crate::audit::record_run(handle, &channel.stats(), result.as_mut().ok()).await;
+    let report = match (result, recorded) {
+        (Ok(r), Ok(())) => r,
+        (Err(e), _) => {
             channel.inner().abort(&abort_reason(&e)).await;
             return Err(e.into());
+        }
+        (Ok(r), Err(e)) => {
+            if let Some(out) = &r.output {
+                let _ = std::fs::remove_file(out);
+            }
+            channel.inner().abort("the peer cannot record the job in its audit log").await;
+            return Err(e);
         }
     };
     for (name, secs) in &report.stages {

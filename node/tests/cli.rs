@@ -136,6 +136,7 @@ fn two_node_processes_run_psi_through_the_cli() {
 
     let out = root.join("shared.csv");
     let v = psi_json(&a, &out, "both", "ecdh");
+    let ecdh_job = v["job_id"].as_str().unwrap().to_string();
     assert_eq!(v["state"], "done", "{v}");
     assert_eq!(v["intersection"], 700);
     assert_eq!(v["local_rows"], 3000);
@@ -213,6 +214,42 @@ fn two_node_processes_run_psi_through_the_cli() {
     assert!(!root.join("x.csv").exists());
     let jobs = ok(&["jobs", s(&a)]);
     assert!(jobs.lines().count() >= 4, "{jobs}");
+
+    audit_through_the_cli(root, &a, &b, &ecdh_job);
+}
+
+/// `consort audit key/export/verify` on the job just run, then a tampered bundle and log.
+fn audit_through_the_cli(root: &Path, a: &Path, b: &Path, job: &str) {
+    let key_a = ok(&["audit", "key", s(a)]).trim().to_string();
+    let key_b = ok(&["audit", "key", s(b)]).trim().to_string();
+    let (bundle_a, bundle_b) = (root.join("evidence/a.json"), root.join("evidence/b.json"));
+    std::fs::create_dir_all(root.join("evidence")).unwrap();
+    ok(&["audit", "export", s(a), "--job", job, "--out", s(&bundle_a)]);
+    ok(&["audit", "export", s(b), "--job", job, "--out", s(&bundle_b)]);
+    let keys = ["--key", &key_a, "--key", &key_b];
+    let mut args = vec!["audit", "verify", s(&bundle_a), s(&bundle_b), "--full"];
+    args.extend(keys);
+    let report = ok(&args);
+    assert!(report.contains("evidence verifies") && report.contains("transcript digests agree"), "{report}");
+    args.push("--json");
+    let json: serde_json::Value = serde_json::from_str(ok(&args).trim()).unwrap();
+    assert_eq!(json["ok"], true);
+
+    // A flipped byte in a bundle's log entry.
+    let text = std::fs::read_to_string(&bundle_a).unwrap();
+    let tampered = root.join("evidence/tampered.json");
+    std::fs::write(&tampered, text.replacen("\\\"event\\\":\\\"start\\\"", "\\\"event\\\":\\\"stArt\\\"", 1)).unwrap();
+    let err = fails(&["audit", "verify", s(&tampered), "--key", &key_a]);
+    assert!(err.contains("is not in the signed log"), "{err}");
+    // A whole log, then a flipped byte in it.
+    let log_dir = a.join("audit");
+    let out = ok(&["audit", "verify", "--log", s(&log_dir), "--key", &key_a]);
+    assert!(out.contains("every head verifies"), "{out}");
+    let log = std::fs::read_to_string(log_dir.join("log.jsonl")).unwrap();
+    std::fs::write(log_dir.join("log.jsonl"), log.replacen("\"event\":\"grant\"", "\"event\":\"grAnt\"", 1)).unwrap();
+    let err = fails(&["audit", "verify", "--log", s(&log_dir), "--key", &key_a]);
+    assert!(err.contains("log.jsonl line 2 (entry 1)") || err.contains("entry 1 ("), "{err}");
+    std::fs::write(log_dir.join("log.jsonl"), log).unwrap();
 }
 
 #[test]

@@ -25,17 +25,25 @@
 //!
 //! Both parties run the same code (parameterized by [`Role`] and [`Reveal`]):
 //!
-//! 1. **Hello.** Each party sends the protocol id and version, its role, the reveal mode and its
-//!    own set size. A party aborts with [`EcdhPsiError::Protocol`] if the peer speaks another
-//!    protocol or version, claims the same role, or expects another reveal mode.
+//! 1. **Hello.** Each party sends the protocol id and version, its role, the reveal mode, its own
+//!    set size, whether proofs are on, and (with proofs) its *key commitment* `B = k·G` (`G` the
+//!    ristretto255 base point). A party aborts with [`EcdhPsiError::Protocol`] if the peer speaks
+//!    another protocol or version, claims the same role, expects another reveal mode or proofs
+//!    setting, or commits to an invalid point or the identity.
 //! 2. **Phase 1.** Each party streams `enc(k·H(v))` for its *own* items, in a secret random
 //!    order (so positions in the stream say nothing about positions in its dataset).
-//!    Concurrently it decodes the peer's points as they arrive, multiplies each by its own `k`
-//!    and keeps only the 16-byte tags `T(w)` of the peer's items, in the order received.
-//! 3. **Phase 2.** If the peer learns the intersection, a party sends the peer's tags back in the
-//!    order received. A party that learns receives the tags of its own items this way, maps
-//!    each stream position back through its secret order, and keeps its items whose tag is among
-//!    the tags it computed for the peer's set.
+//!    Concurrently it decodes the peer's points `Q_j` as they arrive, multiplies each by its own
+//!    `k` and keeps the 16-byte tags `T(w)` of the peer's items, in the order received. If the
+//!    peer learns and proofs are on, it also keeps `(Q_j, k·Q_j)` and accumulates the composite of
+//!    the DLEQ proof ([`crate::dleq`]).
+//! 3. **Phase 2.** If the peer learns the intersection, a party sends the peer's joint values back
+//!    in the order received: with proofs, the 32-byte joint points `k·Q_j` followed by a proof
+//!    frame (a batched DLEQ proof that every returned point is `k·Q_j` for the committed `k`, and a
+//!    proof over a Fiat–Shamir sample of 256 pairs for auditors); without proofs, their 16-byte
+//!    tags. A party that learns receives the joint values of its own items this way, *verifies
+//!    both proofs before using them* (aborting with "the peer's DLEQ proof ... does not verify"),
+//!    hashes the points to tags, maps each stream position back through its secret order, and
+//!    keeps its items whose tag is among the tags it computed for the peer's set.
 //!
 //! The result ([`PsiOutput::intersection`]) lists the learning party's own indices sorted by tag
 //! (ties, i.e. duplicate copies of an item, by index). Both parties sort by the same tags, so when
@@ -51,27 +59,51 @@
 //!   joint order of the intersection, which is a pseudorandom order determined by the items;
 //! - nothing else. For items outside the intersection, the points and tags it sees are
 //!   indistinguishable from random. A party that does not learn the intersection learns only the
-//!   peer's set size.
+//!   peer's set size. The key commitment `B = k·G` and the DLEQ proofs are zero-knowledge about
+//!   `k` (honest-verifier ZK, Fiat–Shamir in the random-oracle model).
+//!
+//! With proofs, a learning party receives the joint *points* `k_peer·k·H(x)` of its own items, not
+//! only their tags, so it can compute `k_peer·H(x)` for its own items. For intersecting items that
+//! equals one of the peer's phase-1 points (at a position of the peer's secret random order), which
+//! is the intersection it learns anyway; for the others it is a fresh pseudorandom point. So the
+//! leakage is the same as with tags.
 //!
 //! Duplicates are visible: equal items of the peer give equal points, so each party learns the
 //! multiplicity pattern of the peer's input (how many items occur twice, ...). The engine removes
 //! or rejects duplicates before running the protocol.
 //!
-//! # Security model: semi-honest
+//! # Security model and what the proofs prove
 //!
-//! Both parties are assumed to follow the protocol. A malicious party could, among other things:
-//! use a different key for different items or phases (so that the peer's result is wrong, e.g.
-//! missing items, or replaced by tags of the cheater's choosing: the tags in phase 2 are not
-//! verified; Chaum–Pedersen DLEQ proofs, batched as in RFC 9497 §2.2.1, would detect this and are
-//! a separate issue); run with any input set it likes (inherent to PSI); announce a size and then
-//! abort; or, with [`Reveal::Both`], withhold its phase-2 tags after receiving its own, so that it
-//! learns the intersection and the peer does not (no fairness). Malformed messages (invalid
-//! points, the identity, wrong counts, unknown frames) are rejected with
-//! [`EcdhPsiError::Protocol`].
+//! Privacy holds against a semi-honest peer. With proofs, each party additionally *proves* one
+//! thing a malicious party could otherwise get away with: **every joint point it returns to the
+//! peer is the peer's point multiplied by the key `k` it committed to in its hello** (batched
+//! Chaum–Pedersen, soundness error ≈ 2⁻¹²⁸). So a party cannot return points made with a second
+//! key, garbage, or points of its choosing for some items (which would silently drop items from,
+//! or inject tags into, the peer's result): the peer checks the proof during the run and aborts.
+//! The points, proofs and a Merkle root over the proved pairs go into the audit evidence
+//! ([`EcdhEvidence`]), so an auditor can re-check them offline ([`verify_record`]).
+//!
+//! What the proofs do **not** prove, and why:
+//!
+//! - That a party's *own* phase-1 points are `k·H(x)` for its items with the committed `k`: the
+//!   peer does not know `H(x)` (revealing it would let the peer test guesses of low-entropy ids),
+//!   so no DLEQ over them can be checked. A party that multiplies its own points by a different
+//!   key `k'` (or sends random points) is indistinguishable from a party whose input is a set of
+//!   random points — input substitution, which no PSI prevents. Combined with using `k'` locally,
+//!   this lets it learn the intersection while the peer's result comes out empty: with
+//!   [`Reveal::Both`], the peer's output is only as good as the cheater's own-set points.
+//! - Which input a party uses (inherent to PSI), and fairness: a party may abort after announcing
+//!   its size or, with [`Reveal::Both`], withhold its phase-2 points after receiving its own, so
+//!   that it learns the intersection and the peer does not.
+//!
+//! Malformed messages (invalid points, the identity, wrong counts, unknown frames, invalid proofs)
+//! are rejected with [`EcdhPsiError::Protocol`].
 //!
 //! Secret-dependent work is constant-time: the scalar multiplication is constant-time in the
-//! scalar, point decoding is constant-time; only public data (tags, counts) drives branches and
-//! sorting. The secret scalar is zeroized when the run ends.
+//! scalar, point decoding is constant-time, `B = k·G` uses the constant-time base-point table;
+//! only public data (tags, counts, the public points of the proofs) drives branches, sorting and
+//! the variable-time multiscalar multiplications. The secret scalar is zeroized when the run ends
+//! (after the proofs over the returned points are made).
 //!
 //! # Wire format
 //!
@@ -79,18 +111,21 @@
 //!
 //! | frame  | kind   | body                                                                  |
 //! |--------|--------|-----------------------------------------------------------------------|
-//! | hello  | `0x01` | `"consort/ecdh-psi"` (16 bytes), version `u16` (= 1), role `u8` (0 requester, 1 responder), reveal `u8` (0 both, 1 requester only), set size `u64` |
+//! | hello  | `0x01` | `"consort/ecdh-psi"` (16 bytes), version `u16` (= 2), role `u8` (0 requester, 1 responder), reveal `u8` (0 both, 1 requester only), set size `u64`, proofs `u8` (0/1), commitment `B` (32 bytes; zero without proofs) |
 //! | points | `0x02` | `m` ≥ 1 ristretto255 encodings of 32 bytes each (≈ 1 MiB frames of 32 768 points) |
-//! | tags   | `0x03` | `m` ≥ 1 tags of 16 bytes each (≈ 1 MiB frames of 65 536 tags)          |
+//! | tags   | `0x03` | (without proofs) `m` ≥ 1 tags of 16 bytes each (≈ 1 MiB frames of 65 536 tags) |
+//! | joint  | `0x04` | (with proofs) `m` ≥ 1 joint points of 32 bytes each, in the order the peer's points arrived |
+//! | proof  | `0x05` | (with proofs) DLEQ proof over all returned pairs (`c ‖ s`, 64 bytes), then over the sample (64 bytes) |
 //!
 //! A party sends one hello, then exactly as many points as it announced, then (if the peer learns)
-//! exactly as many tags as the peer announced. Frame sizes are not part of the protocol; the
-//! receiver accepts any non-empty frame that does not overshoot the announced count.
+//! exactly as many joint points (or tags) as the peer announced, and with proofs one proof frame.
+//! Frame sizes are not part of the protocol; the receiver accepts any non-empty frame that does not
+//! overshoot the announced count.
 //!
-//! **Bytes per item.** Each party sends 32 bytes per own item, plus 16 bytes per peer item if the
-//! peer learns: with [`Reveal::Both`], 48 bytes per item of either set in total; with
-//! [`Reveal::RequesterOnly`], 32 per item plus 16 per requester item. Framing adds 1 byte per
-//! frame and the hello 29 bytes.
+//! **Bytes per item.** With proofs, each party sends 32 bytes per own item, plus 32 per peer item
+//! if the peer learns: with [`Reveal::Both`], 64 bytes per item of either set in total. Without
+//! proofs the second part is a 16-byte tag (48 in total). Framing adds 1 byte per frame, the hello
+//! 62 bytes and the proof frame 129.
 //!
 //! # Performance
 //!
@@ -98,8 +133,13 @@
 //! and decodes once; encodings use [`RistrettoPoint::double_and_compress_batch`] on a point
 //! multiplied by `k/2`, so one field inversion is shared by a batch. The curve work runs on
 //! rayon in batches ([`crate::cpu`]), pipelined with the channel: while one frame is computed the
-//! previous one is sent, and the peer's frames are processed as they arrive. Only the 16-byte
-//! tags of the peer's items are kept (and, for a learning party, those of its own items).
+//! previous one is sent, and the peer's frames are processed as they arrive.
+//!
+//! Proofs add, per returned item, a 128-bit composite coefficient (SHA-512) and one point of a
+//! variable-time multiscalar multiplication for the prover (computed on `(k/2)·Q_j`, which phase 1
+//! has at hand, then scaled by `(k/2)⁻¹`); and for the verifier the decoding of both points and two
+//! multiscalar points, plus the Merkle tree over the pairs. Memory: the proved pairs are kept
+//! (64 bytes per pair and direction) for the evidence.
 //!
 //! # References
 //!
@@ -114,8 +154,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use curve25519_dalek::ristretto::RistrettoPoint;
+use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
 use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::{Identity, VartimeMultiscalarMul};
 use rand::rngs::{StdRng, SysRng};
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, TryRng};
@@ -123,14 +164,14 @@ use rayon::prelude::*;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::channel::{Channel, ChannelError};
-use crate::cpu;
 use crate::items::Items;
 use crate::psi::{ProgressFn, PsiOutput, PsiProgress, Reveal, Role};
+use crate::{cpu, dleq, merkle};
 
 /// Protocol id carried in the hello.
 pub const PROTOCOL_ID: &[u8; 16] = b"consort/ecdh-psi";
-/// Wire format version carried in the hello.
-pub const VERSION: u16 = 1;
+/// Wire format version carried in the hello (2: key commitments, joint points and DLEQ proofs).
+pub const VERSION: u16 = 2;
 /// Points per frame in phase 1 (32 bytes each: 1 MiB frames).
 pub const POINTS_PER_FRAME: usize = 32 * 1024;
 /// Tags per frame in phase 2 (16 bytes each: 1 MiB frames).
@@ -139,10 +180,22 @@ pub const TAGS_PER_FRAME: usize = 64 * 1024;
 const HELLO: u8 = 0x01;
 const POINTS: u8 = 0x02;
 const TAGS: u8 = 0x03;
-const HELLO_LEN: usize = 1 + 16 + 2 + 1 + 1 + 8;
+const JOINT: u8 = 0x04;
+const PROOF: u8 = 0x05;
+const HELLO_LEN: usize = 1 + 16 + 2 + 1 + 1 + 8 + 1 + 32;
+
+/// Domain of the batched DLEQ proof over all returned points.
+pub const DLEQ_CONTEXT: &[u8] = b"consort/ecdh-psi/v2/dleq";
+/// Domain of the DLEQ proof over the Fiat–Shamir sample of returned points (sampled audits).
+pub const DLEQ_SAMPLE_CONTEXT: &[u8] = b"consort/ecdh-psi/v2/dleq-sample";
+/// Pairs in the sampled proof (all pairs if there are fewer).
+pub const SAMPLE_SIZE: usize = 256;
 
 /// Peer frames being processed on rayon at once (bounds memory, keeps the cores fed).
 const PEER_FRAMES_IN_FLIGHT: usize = 2;
+/// Pairs per multiscalar multiplication of the prover's composite (Pippenger gets cheaper per
+/// point with size; this keeps rayon tasks at a few milliseconds).
+const COMPOSITE_CHUNK: usize = 2048;
 
 /// Parameters both parties must agree on (checked in the protocol's hello).
 #[derive(Clone)]
@@ -151,6 +204,9 @@ pub struct EcdhPsiConfig {
     pub reveal: Reveal,
     /// Called as stages advance; `None` for no progress reports.
     pub progress: Option<ProgressFn>,
+    /// Commit to the job key and prove with DLEQ proofs that it was used on every returned point
+    /// (both parties must agree). Off: phase 2 sends 16-byte tags and nothing is proved.
+    pub proofs: bool,
 }
 
 /// Why an ECDH-PSI run failed.
@@ -185,7 +241,97 @@ pub async fn run<C: Channel, I: Items + ?Sized>(
     items: &I,
     config: &EcdhPsiConfig,
 ) -> Result<PsiOutput, EcdhPsiError> {
-    run_framed(channel, items, config, Framing::DEFAULT).await
+    Ok(run_framed(channel, items, config, Framing::DEFAULT, Behaviour::Honest).await?.0)
+}
+
+/// [`run`], also returning the key commitments and the DLEQ proofs of the run (for the audit
+/// evidence). The evidence is `None` if the run was without proofs.
+pub async fn run_with_evidence<C: Channel, I: Items + ?Sized>(
+    channel: &C,
+    items: &I,
+    config: &EcdhPsiConfig,
+) -> Result<(PsiOutput, Option<EcdhEvidence>), EcdhPsiError> {
+    run_framed(channel, items, config, Framing::DEFAULT, Behaviour::Honest).await
+}
+
+/// A dishonest party, for tests of the proofs (feature `test-cheats`; never in a real node).
+#[cfg(feature = "test-cheats")]
+#[derive(Debug, Clone, Copy)]
+pub enum Cheat {
+    /// Multiply the peer's points from this index on by a second key (the committed key's proof
+    /// is still sent).
+    SecondKeyFrom(usize),
+    /// Send random scalars as the DLEQ proof.
+    ForgedProof,
+}
+
+/// [`run_with_evidence`] for a cheating party (feature `test-cheats`).
+#[cfg(feature = "test-cheats")]
+pub async fn run_cheating<C: Channel, I: Items + ?Sized>(
+    channel: &C,
+    items: &I,
+    config: &EcdhPsiConfig,
+    cheat: Cheat,
+) -> Result<(PsiOutput, Option<EcdhEvidence>), EcdhPsiError> {
+    let behaviour = match cheat {
+        Cheat::SecondKeyFrom(index) => Behaviour::SecondKeyFrom(index),
+        Cheat::ForgedProof => Behaviour::ForgedProof,
+    };
+    run_framed(channel, items, config, Framing::DEFAULT, behaviour).await
+}
+
+/// How this party behaves: honestly, or (tests only) cheating in a way the proofs must catch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Behaviour {
+    Honest,
+    #[cfg_attr(not(any(test, feature = "test-cheats")), allow(dead_code))]
+    SecondKeyFrom(usize),
+    #[cfg_attr(not(any(test, feature = "test-cheats")), allow(dead_code))]
+    ForgedProof,
+}
+
+/// The audit evidence of one ECDH-PSI run with proofs.
+#[derive(Debug, Clone)]
+pub struct EcdhEvidence {
+    /// `B = k·G` of this party's job key (sent in its hello).
+    pub own_commitment: [u8; 32],
+    /// The peer's `B` (from its hello).
+    pub peer_commitment: [u8; 32],
+    /// The proof this party made over the peer's points and its multiples of them (`None` if the
+    /// peer does not learn, so nothing was returned).
+    pub sent: Option<ProofRecord>,
+    /// The proof the peer made over this party's points and the peer's multiples of them, which
+    /// this party verified before using them (`None` if this party does not learn).
+    pub received: Option<ProofRecord>,
+}
+
+/// A batched DLEQ proof over pairs `(C_i, D_i = k·C_i)`, `i` in stream order, with what an auditor
+/// needs to check it: all pairs, or a Merkle root over them and a Fiat–Shamir sample.
+#[derive(Debug, Clone)]
+pub struct ProofRecord {
+    /// Number of pairs.
+    pub pairs: u64,
+    /// RFC 6962 root over leaves `C_i || D_i` (64 bytes each).
+    pub pairs_root: [u8; 32],
+    /// The proof over all pairs ([`DLEQ_CONTEXT`]).
+    pub proof: [u8; dleq::PROOF_LEN],
+    /// The proof over the sampled pairs ([`DLEQ_SAMPLE_CONTEXT`]).
+    pub sample_proof: [u8; dleq::PROOF_LEN],
+    /// The sampled pairs ([`dleq::sample_indices`] of the root), with inclusion proofs.
+    pub sample: Vec<SampledPair>,
+    /// All `C_i` encodings, concatenated (32 bytes each).
+    pub c: Vec<u8>,
+    /// All `D_i` encodings, concatenated.
+    pub d: Vec<u8>,
+}
+
+/// One pair of a sample, with its RFC 6962 audit path in the tree of all pairs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampledPair {
+    pub index: u64,
+    pub c: [u8; 32],
+    pub d: [u8; 32],
+    pub path: Vec<merkle::Hash>,
 }
 
 /// Frame sizes: not part of the protocol (the receiver accepts any); tests use small frames to
@@ -205,7 +351,8 @@ async fn run_framed<C: Channel, I: Items + ?Sized>(
     items: &I,
     config: &EcdhPsiConfig,
     framing: Framing,
-) -> Result<PsiOutput, EcdhPsiError> {
+    behaviour: Behaviour,
+) -> Result<(PsiOutput, Option<EcdhEvidence>), EcdhPsiError> {
     let own_size = items.len();
     if u32::try_from(own_size).is_err() {
         return Err(EcdhPsiError::Input(format!(
@@ -214,42 +361,80 @@ async fn run_framed<C: Channel, I: Items + ?Sized>(
         )));
     }
     let progress = Progress(config.progress.as_ref());
+    let key = Arc::new(HalfKey::random());
+    let commitment = if config.proofs { key.commitment() } else { [0; 32] };
 
-    // Step 1: hello.
-    let ours = Hello { role: config.role, reveal: config.reveal, size: own_size as u64 };
+    // Step 1: hello, with the commitment B = k·G to the job key when proofs are on.
+    let ours =
+        Hello { role: config.role, reveal: config.reveal, size: own_size as u64, proofs: config.proofs, commitment };
     let (_, peer_hello) = futures::try_join!(channel.send(ours.encode()), channel.recv())?;
     let peer = Hello::decode(&peer_hello)?;
     ours.check_compatible(&peer)?;
     let peer_size = peer.size as usize;
-
-    let key = Arc::new(HalfKey::random());
     let order = secret_order(own_size);
+    let (we_learn, peer_learns) = (config.reveal.learns(config.role), config.reveal.learns(peer.role));
+    let proving = config.proofs && peer_learns;
+    let second_key = match behaviour {
+        Behaviour::SecondKeyFrom(from) => Some((from, Arc::new(HalfKey::random()))),
+        _ => None,
+    };
+    let seed = proving.then(|| dleq::composite_seed(DLEQ_CONTEXT, &CompressedRistretto(commitment)));
 
     // Step 2 (phase 1): the writer only sends and the reader only receives, so bounded buffers
     // in both directions cannot wait on each other.
-    let (_, peer_tags) = futures::try_join!(
-        send_own_points(channel, items, &order, &key, framing.points_per_frame, &progress),
-        encrypt_peer_points(channel, peer_size, &key, &progress),
+    let keys = FrameKeys { key: &key, second: second_key.as_ref() };
+    let (sent_frames, peer_pass) = futures::try_join!(
+        send_own_points(channel, items, &order, &key, framing.points_per_frame, config.proofs && we_learn, &progress),
+        encrypt_peer_points(channel, peer_size, keys, seed, &progress),
     )?;
+    let PeerPass { tags: peer_tags, peer_points, joint, m } = peer_pass;
+    // The proof over the points this party returns is made while the key is still here.
+    let sent_record = match m {
+        Some(m) => {
+            let key = Arc::clone(&key);
+            Some(cpu::run(move || prove_returned(&key, &commitment, peer_points, joint, &m, behaviour)).await)
+        }
+        None => None,
+    };
     drop(key);
+    drop(second_key);
 
-    // Step 3 (phase 2).
-    let peer_role = peer.role;
-    let (_, own_tags) = futures::try_join!(
+    // Step 3 (phase 2): the peer's joint values go back (as points and a proof, or as tags).
+    let (_, own_joint) = futures::try_join!(
         async {
-            if config.reveal.learns(peer_role) {
-                send_tags(channel, &peer_tags, framing.tags_per_frame).await?;
+            match (&sent_record, peer_learns) {
+                (Some(record), _) => send_joint(channel, record, framing.points_per_frame).await,
+                (None, true) => send_tags(channel, &peer_tags, framing.tags_per_frame).await,
+                (None, false) => Ok(()),
             }
-            Ok::<_, EcdhPsiError>(())
         },
         async {
-            if config.reveal.learns(config.role) {
-                Ok(Some(recv_own_tags(channel, own_size, &progress).await?))
-            } else {
-                Ok(None)
+            match (we_learn, config.proofs) {
+                (true, true) => Ok(Some(OwnJoint::Points(recv_own_joint(channel, own_size, &progress).await?))),
+                (true, false) => Ok(Some(OwnJoint::Tags(recv_own_tags(channel, own_size, &progress).await?))),
+                (false, _) => Ok(None),
             }
         },
     )?;
+
+    let (own_tags, received) = match own_joint {
+        None => (None, None),
+        Some(OwnJoint::Tags(tags)) => (Some(tags), None),
+        Some(OwnJoint::Points(returned)) => {
+            let c: Vec<u8> = sent_frames.frames.iter().flat_map(|f| f[1..].iter().copied()).collect();
+            let halved = sent_frames.halved;
+            let peer_commitment = peer.commitment;
+            progress.report("verify proof", 0, own_size);
+            let (tags, record) = cpu::run(move || {
+                let tags: Vec<u128> = returned.points.par_chunks(32).map(kernels::tag).collect();
+                check_returned(&peer_commitment, c, &halved, returned).map(|record| (tags, record))
+            })
+            .await
+            .map_err(violation)?;
+            progress.report("verify proof", own_size, own_size);
+            (Some(tags), Some(record))
+        }
+    };
 
     let intersection = match own_tags {
         Some(own_tags) => {
@@ -259,7 +444,228 @@ async fn run_framed<C: Channel, I: Items + ?Sized>(
         }
         None => None,
     };
-    Ok(PsiOutput { peer_size: peer.size, intersection, timings: Vec::new() })
+    let evidence = config.proofs.then_some(EcdhEvidence {
+        own_commitment: commitment,
+        peer_commitment: peer.commitment,
+        sent: sent_record,
+        received,
+    });
+    Ok((PsiOutput { peer_size: peer.size, intersection, timings: Vec::new() }, evidence))
+}
+
+/// What a learning party receives in phase 2.
+enum OwnJoint {
+    Tags(Vec<u128>),
+    Points(Returned),
+}
+
+/// The joint points the peer returned for this party's items, with its proofs.
+struct Returned {
+    points: Vec<u8>,
+    proof: [u8; dleq::PROOF_LEN],
+    sample_proof: [u8; dleq::PROOF_LEN],
+}
+
+/// The key(s) a party multiplies the peer's points by: one, unless it cheats (tests only).
+#[derive(Clone, Copy)]
+struct FrameKeys<'a> {
+    key: &'a Arc<HalfKey>,
+    second: Option<&'a (usize, Arc<HalfKey>)>,
+}
+
+impl FrameKeys<'_> {
+    fn for_frame(&self, first: usize) -> Arc<HalfKey> {
+        match self.second {
+            Some((from, second)) if first >= *from => Arc::clone(second),
+            _ => Arc::clone(self.key),
+        }
+    }
+}
+
+/// Makes the record of the proof over the points this party returns: the batched proof (from
+/// the composite `M` accumulated in phase 1, `Z = k·M`), the Merkle root over the pairs, the
+/// Fiat–Shamir sample and the proof over the sample.
+fn prove_returned(
+    key: &HalfKey,
+    commitment: &[u8; 32],
+    c: Vec<u8>,
+    d: Vec<u8>,
+    m: &RistrettoPoint,
+    behaviour: Behaviour,
+) -> ProofRecord {
+    let k = Zeroizing::new(key.0 + key.0);
+    let b = CompressedRistretto(*commitment);
+    let tree = merkle::Tree::new(pair_leaves(&c, &d));
+    let pairs_root = tree.root();
+    let sample = sample_of(&c, &d, &tree, &b);
+    let seed = dleq::composite_seed(DLEQ_SAMPLE_CONTEXT, &b);
+    let triples: Vec<_> = sample.iter().map(|p| (p.index, p.c, p.d)).collect();
+    let (ms, _) = dleq::composite_indexed(&seed, &triples).expect("the pairs decoded in phase 1");
+    let (proof, sample_proof) = if behaviour == Behaviour::ForgedProof {
+        (random_proof(), random_proof())
+    } else {
+        (dleq::prove(DLEQ_CONTEXT, &k, &b, m, &(m * *k)), dleq::prove(DLEQ_SAMPLE_CONTEXT, &k, &b, &ms, &(ms * *k)))
+    };
+    ProofRecord {
+        pairs: (c.len() / 32) as u64,
+        pairs_root,
+        proof: proof.to_bytes(),
+        sample_proof: sample_proof.to_bytes(),
+        sample,
+        c,
+        d,
+    }
+}
+
+fn random_proof() -> dleq::Proof {
+    let scalar = || HalfKey::random().0;
+    dleq::Proof { c: scalar(), s: scalar() }
+}
+
+/// The RFC 6962 root over the pairs (leaves `C_i || D_i`), as in [`ProofRecord::pairs_root`].
+pub fn pairs_root(c: &[u8], d: &[u8]) -> merkle::Hash {
+    merkle::root(&pair_leaves(c, d))
+}
+
+/// Leaves `C_i || D_i` of the tree over the pairs.
+fn pair_leaves(c: &[u8], d: &[u8]) -> Vec<merkle::Hash> {
+    c.par_chunks(32)
+        .zip(d.par_chunks(32))
+        .map(|(ci, di)| {
+            let mut leaf = [0u8; 64];
+            leaf[..32].copy_from_slice(ci);
+            leaf[32..].copy_from_slice(di);
+            merkle::leaf_hash(&leaf)
+        })
+        .collect()
+}
+
+fn sample_of(c: &[u8], d: &[u8], tree: &merkle::Tree, b: &CompressedRistretto) -> Vec<SampledPair> {
+    let n = (c.len() / 32) as u64;
+    dleq::sample_indices(&tree.root(), b, n, SAMPLE_SIZE)
+        .into_iter()
+        .map(|index| {
+            let i = index as usize;
+            SampledPair {
+                index,
+                c: c[32 * i..32 * i + 32].try_into().expect("32 bytes"),
+                d: d[32 * i..32 * i + 32].try_into().expect("32 bytes"),
+                path: tree.inclusion_proof(i).expect("index in range"),
+            }
+        })
+        .collect()
+}
+
+/// The learning party's check of the peer's proof over this party's points `c` (in the order
+/// sent) and the joint points returned for them. Returns the evidence record.
+fn check_returned(
+    peer_commitment: &[u8; 32],
+    c: Vec<u8>,
+    halved: &[RistrettoPoint],
+    returned: Returned,
+) -> Result<ProofRecord, String> {
+    let n = c.len() / 32;
+    let b = CompressedRistretto(*peer_commitment);
+    let proof = dleq::Proof::from_bytes(&returned.proof)
+        .ok_or_else(|| "the peer's DLEQ proof is not two canonical scalars".to_string())?;
+    verify_returned(&b, &c, halved, &returned.points, &proof).map_err(|e| {
+        format!(
+            "the peer's DLEQ proof over the {n} points it returned does not verify ({e}); it did not multiply \
+             every point of this party by the key it committed to in its hello"
+        )
+    })?;
+    let tree = merkle::Tree::new(pair_leaves(&c, &returned.points));
+    let record = ProofRecord {
+        pairs: n as u64,
+        pairs_root: tree.root(),
+        proof: returned.proof,
+        sample_proof: returned.sample_proof,
+        sample: sample_of(&c, &returned.points, &tree, &b),
+        c,
+        d: returned.points,
+    };
+    verify_sample(peer_commitment, &record).map_err(|e| format!("the peer's sampled DLEQ proof: {e}"))?;
+    Ok(record)
+}
+
+/// [`dleq::verify_pairs`] for the learning party, which holds its own points `C_i` as
+/// `(k/2)·H(x_i) = C_i/2` already: only the returned points `D_i` are decoded.
+fn verify_returned(
+    b: &CompressedRistretto,
+    c: &[u8],
+    halved: &[RistrettoPoint],
+    d: &[u8],
+    proof: &dleq::Proof,
+) -> Result<(), dleq::DleqError> {
+    if halved.len() * 32 != c.len() || c.len() != d.len() {
+        return Err(dleq::DleqError::BadLengths);
+    }
+    let seed = dleq::composite_seed(DLEQ_CONTEXT, b);
+    let identity = || (RistrettoPoint::identity(), RistrettoPoint::identity());
+    let (m_half, z) = halved
+        .par_chunks(COMPOSITE_CHUNK)
+        .zip(c.par_chunks(32 * COMPOSITE_CHUNK))
+        .zip(d.par_chunks(32 * COMPOSITE_CHUNK))
+        .enumerate()
+        .map(|(chunk, ((halved, c), d))| {
+            let first = (chunk * COMPOSITE_CHUNK) as u64;
+            let ds = dleq::decode_all(d, "second", first)?;
+            let coefficients = dleq::coefficients(&seed, first, c, d);
+            Ok((
+                RistrettoPoint::vartime_multiscalar_mul(&coefficients, halved),
+                RistrettoPoint::vartime_multiscalar_mul(&coefficients, &ds),
+            ))
+        })
+        .try_reduce(identity, |a, b| Ok((a.0 + b.0, a.1 + b.1)))?;
+    dleq::verify(DLEQ_CONTEXT, b, &(m_half + m_half), &z, proof)
+}
+
+/// Checks a proof record against the prover's key commitment `B`, as an auditor would: the
+/// sample (indices drawn from the root, audit paths, proof over the sample) and, if `full` and the
+/// record holds all pairs, the root over all pairs and the batched proof over all of them.
+pub fn verify_record(commitment: &[u8; 32], record: &ProofRecord, full: bool) -> Result<(), String> {
+    verify_sample(commitment, record)?;
+    if full {
+        let n = record.pairs as usize;
+        if record.c.len() != 32 * n || record.d.len() != 32 * n {
+            return Err(format!(
+                "the record holds {} and {} bytes of points, not 32 × {n}",
+                record.c.len(),
+                record.d.len()
+            ));
+        }
+        let root = merkle::root(&pair_leaves(&record.c, &record.d));
+        if root != record.pairs_root {
+            return Err("the points do not hash to the recorded Merkle root of the pairs".into());
+        }
+        let proof = dleq::Proof::from_bytes(&record.proof).ok_or("the DLEQ proof is not two canonical scalars")?;
+        dleq::verify_pairs(DLEQ_CONTEXT, &CompressedRistretto(*commitment), &record.c, &record.d, &proof)
+            .map_err(|e| format!("the DLEQ proof over all {n} pairs: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The sampled part of [`verify_record`].
+pub fn verify_sample(commitment: &[u8; 32], record: &ProofRecord) -> Result<(), String> {
+    let b = CompressedRistretto(*commitment);
+    let expected = dleq::sample_indices(&record.pairs_root, &b, record.pairs, SAMPLE_SIZE);
+    let indices: Vec<u64> = record.sample.iter().map(|p| p.index).collect();
+    if indices != expected {
+        return Err("the sampled indices are not the ones drawn from the Merkle root of the pairs".into());
+    }
+    for pair in &record.sample {
+        let mut leaf = [0u8; 64];
+        leaf[..32].copy_from_slice(&pair.c);
+        leaf[32..].copy_from_slice(&pair.d);
+        merkle::verify_inclusion(&merkle::leaf_hash(&leaf), pair.index, record.pairs, &pair.path, &record.pairs_root)
+            .map_err(|e| format!("sampled pair {}: audit path: {e}", pair.index))?;
+    }
+    let seed = dleq::composite_seed(DLEQ_SAMPLE_CONTEXT, &b);
+    let triples: Vec<_> = record.sample.iter().map(|p| (p.index, p.c, p.d)).collect();
+    let (m, z) = dleq::composite_indexed(&seed, &triples).map_err(|e| format!("sampled pairs: {e}"))?;
+    let proof = dleq::Proof::from_bytes(&record.sample_proof).ok_or("the sample proof is not two canonical scalars")?;
+    dleq::verify(DLEQ_SAMPLE_CONTEXT, &b, &m, &z, &proof)
+        .map_err(|e| format!("the DLEQ proof over the {} sampled pairs: {e}", record.sample.len()))
 }
 
 /// The hello both parties send first.
@@ -268,6 +674,9 @@ struct Hello {
     role: Role,
     reveal: Reveal,
     size: u64,
+    proofs: bool,
+    /// `B = k·G` (all zero without proofs).
+    commitment: [u8; 32],
 }
 
 impl Hello {
@@ -285,6 +694,8 @@ impl Hello {
             Reveal::RequesterOnly => 1,
         });
         frame.extend_from_slice(&self.size.to_be_bytes());
+        frame.push(u8::from(self.proofs));
+        frame.extend_from_slice(&self.commitment);
         Bytes::from(frame)
     }
 
@@ -322,7 +733,16 @@ impl Hello {
                 u32::MAX
             )));
         }
-        Ok(Hello { role, reveal, size })
+        let proofs = match frame[29] {
+            0 => false,
+            1 => true,
+            other => return Err(violation(format!("the peer's hello has unknown proofs flag {other}"))),
+        };
+        let commitment: [u8; 32] = frame[30..62].try_into().expect("32 bytes");
+        if proofs && dleq::decode_commitment(&commitment).is_err() {
+            return Err(violation("the peer's key commitment is not a valid non-identity ristretto255 point"));
+        }
+        Ok(Hello { role, reveal, size, proofs, commitment })
     }
 
     fn check_compatible(&self, peer: &Hello) -> Result<(), EcdhPsiError> {
@@ -346,6 +766,14 @@ impl Hello {
                 name(peer.reveal)
             )));
         }
+        if peer.proofs != self.proofs {
+            let name = |on| if on { "on" } else { "off" };
+            return Err(violation(format!(
+                "proofs mismatch: this party runs with proofs {}, the peer with proofs {}",
+                name(self.proofs),
+                name(peer.proofs)
+            )));
+        }
         Ok(())
     }
 }
@@ -364,6 +792,12 @@ impl HalfKey {
                 return HalfKey(half);
             }
         }
+    }
+
+    /// The encoding of `B = k·G`, `k = 2·(k/2)`.
+    fn commitment(&self) -> [u8; 32] {
+        let k = Zeroizing::new(self.0 + self.0);
+        dleq::commit(&k).to_bytes()
     }
 }
 
@@ -400,25 +834,38 @@ async fn send_own_points<C: Channel, I: Items + ?Sized>(
     order: &[u32],
     key: &Arc<HalfKey>,
     per_frame: usize,
+    keep: bool,
     progress: &Progress<'_>,
-) -> Result<(), EcdhPsiError> {
+) -> Result<SentPoints, EcdhPsiError> {
+    let mut sent = SentPoints { frames: Vec::new(), halved: Vec::new() };
     let start = |positions: &[u32]| {
         let batch = OwnItems::gather(items, positions);
         let key = Arc::clone(key);
-        cpu::spawn(move || encrypt_own(&batch, &key.0))
+        cpu::spawn(move || encrypt_own(&batch, &key.0, keep))
     };
     let mut frames = order.chunks(per_frame.max(1));
     let mut next = frames.next().map(start);
     let mut done = 0;
     while let Some(computing) = next.take() {
-        let frame = computing.await;
+        let (frame, halved) = computing.await;
         next = frames.next().map(start);
         let count = (frame.len() - 1) / 32;
+        if keep {
+            sent.frames.push(frame.clone());
+            sent.halved.extend_from_slice(&halved);
+        }
         channel.send(frame).await?;
         done += count;
         progress.report("encrypt own set", done, order.len());
     }
-    Ok(())
+    Ok(sent)
+}
+
+/// What a learning party keeps of its own points to check the proof over the points returned for
+/// them: the frames as sent and the points `(k/2)·H(x)` (160 bytes each in memory).
+struct SentPoints {
+    frames: Vec<Bytes>,
+    halved: Vec<RistrettoPoint>,
 }
 
 /// Own items of one frame copied out of [`Items`] (which is borrowed, so cannot go to rayon).
@@ -449,30 +896,55 @@ impl OwnItems {
 }
 
 /// A points frame: `enc(k·H(x))` for each item, batched for the shared inversion.
-fn encrypt_own(items: &OwnItems, half_key: &Scalar) -> Bytes {
+/// With `keep`, also returns the points `(k/2)·H(x)` (so the proof over the points the peer
+/// returns can be checked without decoding this party's own points again).
+fn encrypt_own(items: &OwnItems, half_key: &Scalar, keep: bool) -> (Bytes, Vec<RistrettoPoint>) {
     let mut frame = vec![0u8; 1 + 32 * items.len()];
     frame[0] = POINTS;
-    frame[1..].par_chunks_mut(32 * kernels::BATCH).enumerate().for_each_init(
-        || Vec::with_capacity(kernels::BATCH),
-        |points, (b, out)| {
+    let mut points = vec![RistrettoPoint::identity(); items.len()];
+    points.par_chunks_mut(kernels::BATCH).zip(frame[1..].par_chunks_mut(32 * kernels::BATCH)).enumerate().for_each(
+        |(b, (batch, out))| {
             let first = b * kernels::BATCH;
-            points.clear();
-            points.extend((first..first + out.len() / 32).map(|i| kernels::hash_to_point(items.get(i))));
-            kernels::multiply_encode(points, half_key, out);
+            for (i, point) in batch.iter_mut().enumerate() {
+                *point = kernels::hash_to_point(items.get(first + i));
+            }
+            kernels::multiply_encode(batch, half_key, out);
         },
     );
-    Bytes::from(frame)
+    if !keep {
+        points = Vec::new();
+    }
+    (Bytes::from(frame), points)
+}
+
+/// What phase 1 leaves of the peer's points.
+struct PeerPass {
+    /// `T(k·Q_j)` for the peer's points `Q_j`, in the order received.
+    tags: Vec<u128>,
+    /// When proving: the peer's point encodings and this party's multiples `k·Q_j`, concatenated.
+    peer_points: Vec<u8>,
+    joint: Vec<u8>,
+    /// When proving: the composite `M = Σ d_j·Q_j` of the DLEQ proof.
+    m: Option<RistrettoPoint>,
 }
 
 /// Phase 1, reader: decodes the peer's points as they arrive and keeps the tags
-/// `T(y) = F(k·(k_peer·H(y)))`, in the order received.
+/// `T(y) = F(k·(k_peer·H(y)))`, in the order received; when proving (`seed` given) also the pairs
+/// and the proof's composite.
 async fn encrypt_peer_points<C: Channel>(
     channel: &C,
     peer_size: usize,
-    key: &Arc<HalfKey>,
+    keys: FrameKeys<'_>,
+    seed: Option<[u8; 64]>,
     progress: &Progress<'_>,
-) -> Result<Vec<u128>, EcdhPsiError> {
-    let mut tags = Vec::with_capacity(peer_size.min(1 << 20));
+) -> Result<PeerPass, EcdhPsiError> {
+    let proving = seed.is_some();
+    let mut pass = PeerPass {
+        tags: Vec::with_capacity(peer_size.min(1 << 20)),
+        peer_points: Vec::new(),
+        joint: Vec::new(),
+        m: seed.map(|_| RistrettoPoint::identity()),
+    };
     let mut in_flight = VecDeque::with_capacity(PEER_FRAMES_IN_FLIGHT);
     let mut received = 0;
     while received < peer_size || !in_flight.is_empty() {
@@ -483,48 +955,88 @@ async fn encrypt_peer_points<C: Channel>(
             if count > peer_size - received {
                 return Err(violation(format!("the peer sent more than the {peer_size} points it announced")));
             }
-            let key = Arc::clone(key);
-            in_flight.push_back((received, cpu::spawn(move || encrypt_peer(&points, &key.0))));
+            if proving {
+                pass.peer_points.extend_from_slice(&points);
+            }
+            let key = keys.for_frame(received);
+            let first = received as u64;
+            in_flight
+                .push_back((received, cpu::spawn(move || encrypt_peer(&points, &key.0, seed.map(|s| (s, first))))));
             received += count;
         } else {
             let (first, computing) = in_flight.pop_front().expect("a frame is in flight");
-            let frame_tags = computing.await.map_err(|i| {
+            let frame = computing.await.map_err(|i| {
                 violation(format!(
                     "the peer's point {} is not the encoding of a non-identity ristretto255 point",
                     first + i
                 ))
             })?;
-            tags.extend_from_slice(&frame_tags);
-            progress.report("encrypt peer set", tags.len(), peer_size);
+            pass.tags.extend_from_slice(&frame.tags);
+            if let (Some(m), Some(part)) = (&mut pass.m, frame.m) {
+                *m += part;
+                pass.joint.extend_from_slice(&frame.joint);
+            }
+            progress.report("encrypt peer set", pass.tags.len(), peer_size);
         }
     }
-    Ok(tags)
+    Ok(pass)
 }
 
-/// Tags of one frame of peer points, or the index (in the frame) of an invalid point.
-fn encrypt_peer(points: &[u8], half_key: &Scalar) -> Result<Vec<u128>, usize> {
-    let mut tags = vec![0u128; points.len() / 32];
-    tags.par_chunks_mut(kernels::BATCH).zip(points.par_chunks(32 * kernels::BATCH)).enumerate().try_for_each_init(
-        || (Vec::with_capacity(kernels::BATCH), vec![0u8; 32 * kernels::BATCH]),
-        |(decoded, encoded), (b, (tags, points))| {
-            decoded.clear();
-            for (i, point) in points.chunks_exact(32).enumerate() {
-                decoded.push(kernels::decode(point).ok_or(b * kernels::BATCH + i)?);
+/// One frame of the peer's points after phase 1.
+struct FrameOut {
+    tags: Vec<u128>,
+    /// `enc(k·Q_j)` of the frame's points.
+    joint: Vec<u8>,
+    /// `Σ d_j·Q_j` over the frame, when proving.
+    m: Option<RistrettoPoint>,
+}
+
+/// Multiplies one frame of peer points by the key: their joint encodings, tags and (when proving,
+/// given the composite seed and the frame's first index) the frame's part of the composite `M`.
+/// Fails with the index (in the frame) of an invalid point.
+fn encrypt_peer(points: &[u8], half_key: &Scalar, proving: Option<([u8; 64], u64)>) -> Result<FrameOut, usize> {
+    let n = points.len() / 32;
+    let mut joint = vec![0u8; 32 * n];
+    // After `multiply_encode`, `blinded` holds (k/2)·Q_j.
+    let mut blinded = vec![RistrettoPoint::identity(); n];
+    blinded
+        .par_chunks_mut(kernels::BATCH)
+        .zip(joint.par_chunks_mut(32 * kernels::BATCH))
+        .zip(points.par_chunks(32 * kernels::BATCH))
+        .enumerate()
+        .try_for_each(|(b, ((batch, out), encodings))| {
+            for (i, (slot, encoding)) in batch.iter_mut().zip(encodings.chunks_exact(32)).enumerate() {
+                *slot = kernels::decode(encoding).ok_or(b * kernels::BATCH + i)?;
             }
-            let encoded = &mut encoded[..points.len()];
-            kernels::multiply_encode(decoded, half_key, encoded);
-            for (tag, joint) in tags.iter_mut().zip(encoded.chunks_exact(32)) {
-                *tag = kernels::tag(joint);
-            }
+            kernels::multiply_encode(batch, half_key, out);
             Ok::<(), usize>(())
-        },
-    )?;
-    Ok(tags)
+        })?;
+    let tags = joint.par_chunks(32).map(kernels::tag).collect();
+    // M = Σ d_j·Q_j = (k/2)⁻¹ · Σ d_j·((k/2)·Q_j): one multiscalar over the points at hand.
+    let m = proving.map(|(seed, first)| {
+        let w = blinded
+            .par_chunks(COMPOSITE_CHUNK)
+            .zip(points.par_chunks(32 * COMPOSITE_CHUNK))
+            .zip(joint.par_chunks(32 * COMPOSITE_CHUNK))
+            .enumerate()
+            .map(|(chunk, ((blinded, q), r))| {
+                let coefficients = dleq::coefficients(&seed, first + (chunk * COMPOSITE_CHUNK) as u64, q, r);
+                RistrettoPoint::vartime_multiscalar_mul(&coefficients, blinded)
+            })
+            .reduce(RistrettoPoint::identity, |a, b| a + b);
+        w * half_key.invert()
+    });
+    Ok(FrameOut { tags, joint, m })
 }
 
 /// Checks a frame's kind and that its body is a non-empty whole number of `size`-byte records.
 fn frame_body(frame: Bytes, kind: u8, size: usize) -> Result<Bytes, EcdhPsiError> {
-    let what = if kind == POINTS { "points" } else { "tags" };
+    let what = match kind {
+        POINTS => "points",
+        TAGS => "tags",
+        JOINT => "joint points",
+        _ => "proof",
+    };
     match frame.first() {
         Some(&k) if k == kind => {}
         Some(&k) => {
@@ -555,6 +1067,51 @@ async fn send_tags<C: Channel>(channel: &C, tags: &[u128], per_frame: usize) -> 
         channel.send(Bytes::from(frame)).await?;
     }
     Ok(())
+}
+
+/// Phase 2 with proofs, sender: the joint points of the peer's items in the order its points
+/// arrived, then the proofs.
+async fn send_joint<C: Channel>(channel: &C, record: &ProofRecord, per_frame: usize) -> Result<(), EcdhPsiError> {
+    for chunk in record.d.chunks(32 * per_frame.max(1)) {
+        let mut frame = Vec::with_capacity(1 + chunk.len());
+        frame.push(JOINT);
+        frame.extend_from_slice(chunk);
+        channel.send(Bytes::from(frame)).await?;
+    }
+    let mut frame = Vec::with_capacity(1 + 2 * dleq::PROOF_LEN);
+    frame.push(PROOF);
+    frame.extend_from_slice(&record.proof);
+    frame.extend_from_slice(&record.sample_proof);
+    channel.send(Bytes::from(frame)).await?;
+    Ok(())
+}
+
+/// Phase 2 with proofs, receiver: the joint points of this party's own items, then the proofs.
+async fn recv_own_joint<C: Channel>(
+    channel: &C,
+    own_size: usize,
+    progress: &Progress<'_>,
+) -> Result<Returned, EcdhPsiError> {
+    let mut points = Vec::with_capacity(32 * own_size);
+    while points.len() < 32 * own_size {
+        let body = frame_body(channel.recv().await?, JOINT, 32)?;
+        if body.len() > 32 * own_size - points.len() {
+            return Err(violation(format!(
+                "the peer sent back more than {own_size} joint points, one per item this party sent"
+            )));
+        }
+        points.extend_from_slice(&body);
+        progress.report("match", points.len() / 32, own_size);
+    }
+    let body = frame_body(channel.recv().await?, PROOF, 2 * dleq::PROOF_LEN)?;
+    if body.len() != 2 * dleq::PROOF_LEN {
+        return Err(violation(format!("the proof frame has {} bytes, expected {}", body.len(), 2 * dleq::PROOF_LEN)));
+    }
+    Ok(Returned {
+        points,
+        proof: body[..dleq::PROOF_LEN].try_into().expect("64 bytes"),
+        sample_proof: body[dleq::PROOF_LEN..].try_into().expect("64 bytes"),
+    })
 }
 
 /// Phase 2, receiver: the tags of this party's own items, in the order it sent them.

@@ -7,9 +7,11 @@
 
 pub mod channel;
 pub mod cpu;
+pub mod dleq;
 pub mod ecdh_psi;
 pub mod items;
 pub mod mem;
+pub mod merkle;
 pub mod mpc;
 pub mod okvs;
 pub mod ot;

@@ -43,7 +43,7 @@ pub async fn intersect<C: Channel, K: AsRef<[u8]> + Sync>(
 ) -> Result<PsiOutput, Error> {
     match protocol {
         PsiProtocol::Ecdh => {
-            let config = consort_protocols::ecdh_psi::EcdhPsiConfig { role, reveal, progress: None };
+            let config = consort_protocols::ecdh_psi::EcdhPsiConfig { role, reveal, progress: None, proofs: true };
             Ok(consort_protocols::ecdh_psi::run(channel, keys, &config).await?)
         }
         PsiProtocol::Rr22 => {

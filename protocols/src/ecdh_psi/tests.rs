@@ -16,7 +16,11 @@ const DEADLINE: Duration = Duration::from_secs(120);
 type Outcome = Result<PsiOutput, EcdhPsiError>;
 
 fn config(role: Role, reveal: Reveal) -> EcdhPsiConfig {
-    EcdhPsiConfig { role, reveal, progress: None }
+    EcdhPsiConfig { role, reveal, progress: None, proofs: true }
+}
+
+fn without_proofs(role: Role, reveal: Reveal) -> EcdhPsiConfig {
+    EcdhPsiConfig { proofs: false, ..config(role, reveal) }
 }
 
 fn strs(items: &[&str]) -> Vec<Vec<u8>> {
@@ -26,7 +30,7 @@ fn strs(items: &[&str]) -> Vec<Vec<u8>> {
 /// Runs one party over its channel end and drops the end when done, as a node would, so that
 /// an error on one side ends the other side's run too.
 async fn party<C: Channel>(channel: C, items: &[Vec<u8>], config: EcdhPsiConfig, framing: Framing) -> Outcome {
-    let outcome = run_framed(&channel, items, &config, framing).await;
+    let outcome = run_framed(&channel, items, &config, framing, Behaviour::Honest).await.map(|r| r.0);
     drop(channel);
     outcome
 }
@@ -117,28 +121,194 @@ async fn requester_only_reveal() {
     check_run(&responder, &requester, Reveal::RequesterOnly, Framing::DEFAULT).await;
 }
 
-/// Bytes on the wire are as documented: 32 per own item, 16 per peer item if the peer learns,
-/// 1 per frame, 29 for the hello.
+/// Bytes on the wire are as documented: a 62-byte hello, 32 per own item, then per peer item (if
+/// the peer learns) 32 and a 129-byte proof frame with proofs, 16 without; 1 per frame.
 #[tokio::test(flavor = "multi_thread")]
 async fn wire_bytes_match_the_documented_format() {
     let requester = keys("k", 0..30);
     let responder = keys("k", 20..45);
+    for proofs in [true, false] {
+        for reveal in [Reveal::Both, Reveal::RequesterOnly] {
+            let (a, b) = memory_pair(4);
+            let (a, b) = (Metered::new(a), Metered::new(b));
+            let config_a = EcdhPsiConfig { proofs, ..config(Role::Requester, reveal) };
+            let config_b = EcdhPsiConfig { proofs, ..config(Role::Responder, reveal) };
+            let (ra, rb) = futures::join!(
+                run_framed(&a, &requester, &config_a, SMALL, Behaviour::Honest),
+                run_framed(&b, &responder, &config_b, SMALL, Behaviour::Honest)
+            );
+            check(&requester, &responder, reveal, (ra.map(|r| r.0), rb.map(|r| r.0)));
+            let frames = |n: usize, per: usize| n.div_ceil(per) as u64;
+            let points = |n: usize| 32 * n as u64 + frames(n, SMALL.points_per_frame);
+            let back = |n: usize| match proofs {
+                true => points(n) + 129,
+                false => 16 * n as u64 + frames(n, SMALL.tags_per_frame),
+            };
+            let requester_sends = 62 + points(30) + if reveal == Reveal::Both { back(25) } else { 0 };
+            let responder_sends = 62 + points(25) + back(30);
+            assert_eq!(a.stats().bytes_sent, requester_sends);
+            assert_eq!(b.stats().bytes_sent, responder_sends);
+            assert_eq!(a.stats().sent_digest, b.stats().received_digest);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_without_proofs_give_the_same_results() {
+    let requester = keys("k", 0..300);
+    let responder = keys("k", 100..350);
     for reveal in [Reveal::Both, Reveal::RequesterOnly] {
         let (a, b) = memory_pair(4);
-        let (a, b) = (Metered::new(a), Metered::new(b));
-        let (config_a, config_b) = (config(Role::Requester, reveal), config(Role::Responder, reveal));
-        let (ra, rb) =
-            futures::join!(run_framed(&a, &requester, &config_a, SMALL), run_framed(&b, &responder, &config_b, SMALL));
+        let (ra, rb) = futures::join!(
+            party(a, &requester, without_proofs(Role::Requester, reveal), SMALL),
+            party(b, &responder, without_proofs(Role::Responder, reveal), SMALL),
+        );
         check(&requester, &responder, reveal, (ra, rb));
-        let frames = |n: usize, per: usize| n.div_ceil(per) as u64;
-        let points = |n: usize| 32 * n as u64 + frames(n, SMALL.points_per_frame);
-        let tags = |n: usize| 16 * n as u64 + frames(n, SMALL.tags_per_frame);
-        let requester_sends = 29 + points(30) + if reveal == Reveal::Both { tags(25) } else { 0 };
-        let responder_sends = 29 + points(25) + tags(30);
-        assert_eq!(a.stats().bytes_sent, requester_sends);
-        assert_eq!(b.stats().bytes_sent, responder_sends);
-        assert_eq!(a.stats().sent_digest, b.stats().received_digest);
     }
+    // Both parties must agree on proofs.
+    let (a, b) = memory_pair(4);
+    let (ra, rb) = futures::join!(
+        party(a, &requester, without_proofs(Role::Requester, Reveal::Both), SMALL),
+        party(b, &responder, config(Role::Responder, Reveal::Both), SMALL),
+    );
+    protocol_error(ra, "proofs mismatch");
+    protocol_error(rb, "proofs mismatch");
+}
+
+type Evidenced = Result<(PsiOutput, Option<EcdhEvidence>), EcdhPsiError>;
+
+async fn run_behaving(
+    requester: &[Vec<u8>],
+    responder: &[Vec<u8>],
+    reveal: Reveal,
+    cheat: Behaviour,
+) -> (Evidenced, Evidenced) {
+    let (a, b) = memory_pair(4);
+    let a_run = async {
+        let config = config(Role::Requester, reveal);
+        let outcome = run_framed(&a, requester, &config, SMALL, cheat).await;
+        drop(a);
+        outcome
+    };
+    let b_run = async {
+        let config = config(Role::Responder, reveal);
+        let outcome = run_framed(&b, responder, &config, SMALL, Behaviour::Honest).await;
+        drop(b);
+        outcome
+    };
+    tokio::time::timeout(DEADLINE, futures::future::join(a_run, b_run)).await.expect("the protocol hung")
+}
+
+/// Honest runs: both parties' evidence agrees and every record verifies, sampled and in full.
+#[tokio::test(flavor = "multi_thread")]
+async fn honest_evidence_agrees_and_verifies() {
+    let requester = keys("k", 0..400);
+    let responder = keys("k", 300..700);
+    for reveal in [Reveal::Both, Reveal::RequesterOnly] {
+        let (ra, rb) = run_behaving(&requester, &responder, reveal, Behaviour::Honest).await;
+        let (ea, eb) = (ra.unwrap().1.unwrap(), rb.unwrap().1.unwrap());
+        assert_eq!(ea.own_commitment, eb.peer_commitment);
+        assert_eq!(eb.own_commitment, ea.peer_commitment);
+        // B returned A's points; A verified that proof.
+        let (b_sent, a_received) = (eb.sent.as_ref().unwrap(), ea.received.as_ref().unwrap());
+        assert_eq!((b_sent.pairs, b_sent.pairs_root), (400, a_received.pairs_root));
+        assert_eq!(b_sent.sample, a_received.sample);
+        assert_eq!(b_sent.sample.len(), SAMPLE_SIZE);
+        verify_record(&eb.own_commitment, b_sent, true).unwrap();
+        verify_record(&eb.own_commitment, a_received, true).unwrap();
+        match reveal {
+            Reveal::Both => {
+                let a_sent = ea.sent.as_ref().unwrap();
+                assert_eq!(a_sent.pairs_root, eb.received.as_ref().unwrap().pairs_root);
+                verify_record(&ea.own_commitment, a_sent, true).unwrap();
+            }
+            Reveal::RequesterOnly => assert!(ea.sent.is_none() && eb.received.is_none()),
+        }
+        // The other party's key does not verify this party's record.
+        assert!(verify_record(&ea.own_commitment, b_sent, false).is_err());
+    }
+}
+
+/// A party that multiplies part of the peer's points by a second key is caught by the peer during
+/// the run, and its own record fails an auditor's check.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_party_using_two_keys_is_caught() {
+    let requester = keys("k", 0..300);
+    let responder = keys("k", 100..400);
+    let (ra, rb) = run_behaving(&requester, &responder, Reveal::Both, Behaviour::SecondKeyFrom(140)).await;
+    match rb {
+        Err(EcdhPsiError::Protocol(message)) => {
+            assert!(message.contains("DLEQ proof over the 300 points it returned does not verify"), "{message}")
+        }
+        other => panic!("the honest responder accepted a cheating requester: {other:?}"),
+    }
+    // The cheater itself may or may not finish (the peer hangs up); if it recorded evidence, an
+    // auditor rejects it.
+    if let Ok((_, Some(evidence))) = ra {
+        let record = evidence.sent.unwrap();
+        let error = verify_record(&evidence.own_commitment, &record, true).unwrap_err();
+        assert!(error.contains("DLEQ proof"), "{error}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cheaters_record_fails_the_sampled_and_full_audit() {
+    // Build the cheater's record directly: the second key on pairs 50.., proved with the first.
+    let key = HalfKey::random();
+    let second = HalfKey::random();
+    let commitment = key.commitment();
+    let b = CompressedRistretto(commitment);
+    let seed = dleq::composite_seed(DLEQ_CONTEXT, &b);
+    let peer_points: Vec<u8> = honest_points(100).concat();
+    let honest_part = encrypt_peer(&peer_points[..32 * 50], &key.0, Some((seed, 0))).unwrap();
+    let cheat_part = encrypt_peer(&peer_points[32 * 50..], &second.0, Some((seed, 50))).unwrap();
+    let joint = [honest_part.joint, cheat_part.joint].concat();
+    let m = honest_part.m.unwrap() + cheat_part.m.unwrap();
+    let record = prove_returned(&key, &commitment, peer_points, joint, &m, Behaviour::Honest);
+    let sampled = verify_record(&commitment, &record, false).unwrap_err();
+    assert!(sampled.contains("sampled pairs"), "{sampled}");
+    let full = verify_record(&commitment, &record, true).unwrap_err();
+    assert!(full.contains("sampled pairs"), "{full}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_proof_is_caught() {
+    let requester = keys("k", 0..50);
+    let responder = keys("k", 10..60);
+    let (_, rb) = run_behaving(&requester, &responder, Reveal::Both, Behaviour::ForgedProof).await;
+    match rb {
+        Err(EcdhPsiError::Protocol(message)) => assert!(message.contains("DLEQ proof"), "{message}"),
+        other => panic!("the honest responder accepted a forged proof: {other:?}"),
+    }
+}
+
+/// Tampering with any part of a record is caught by the audit check, naming the part.
+#[tokio::test(flavor = "multi_thread")]
+async fn tampered_records_are_rejected() {
+    let requester = keys("k", 0..300);
+    let responder = keys("k", 0..10);
+    let (_, rb) = run_behaving(&requester, &responder, Reveal::RequesterOnly, Behaviour::Honest).await;
+    let evidence = rb.unwrap().1.unwrap();
+    let b = evidence.own_commitment;
+    let good = evidence.sent.unwrap();
+    type Tamper = Box<dyn Fn(&mut ProofRecord)>;
+    let cases: Vec<(Tamper, &str)> = vec![
+        (Box::new(|r| r.proof[3] ^= 1), "DLEQ proof over all"),
+        (Box::new(|r| r.sample_proof[40] ^= 1), "sampled pairs"),
+        (Box::new(|r| r.sample[5].d[7] ^= 1), "audit path"),
+        (Box::new(|r| r.sample[5].path[0][0] ^= 1), "audit path"),
+        (Box::new(|r| r.pairs_root[0] ^= 1), "sampled indices"),
+        (Box::new(|r| r.sample.swap(1, 2)), "sampled indices"),
+        (Box::new(|r| r.d[32 * 299] ^= 1), "Merkle root"),
+        (Box::new(|r| r.d.truncate(32)), "bytes of points"),
+    ];
+    for (tamper, needle) in cases {
+        let mut record = good.clone();
+        tamper(&mut record);
+        let error = verify_record(&b, &record, true).unwrap_err();
+        assert!(error.contains(needle), "{error:?} does not mention {needle:?}");
+    }
+    verify_record(&b, &good, true).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -201,7 +371,7 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     let (a, b) = memory_pair(4);
-    let both = futures::future::join(party(a, items, config(Role::Requester, reveal), SMALL), fake(b));
+    let both = futures::future::join(party(a, items, without_proofs(Role::Requester, reveal), SMALL), fake(b));
     tokio::time::timeout(DEADLINE, both).await.expect("the protocol hung").0
 }
 
@@ -211,7 +381,7 @@ async fn drain<C: Channel>(channel: &C) {
 }
 
 fn hello(role: Role, reveal: Reveal, size: u64) -> Bytes {
-    Hello { role, reveal, size }.encode()
+    Hello { role, reveal, size, proofs: false, commitment: [0; 32] }.encode()
 }
 
 fn points_frame(points: &[[u8; 32]]) -> Bytes {
@@ -235,13 +405,13 @@ fn honest_points(n: usize) -> Vec<[u8; 32]> {
 async fn wrong_version_or_protocol_is_rejected() {
     let items = keys("k", 0..5);
     let mut other_version = hello(Role::Responder, Reveal::Both, 5).to_vec();
-    other_version[17..19].copy_from_slice(&2u16.to_be_bytes());
+    other_version[17..19].copy_from_slice(&1u16.to_be_bytes());
     let outcome = against(&items, Reveal::Both, |c| async move {
         let _ = c.send(Bytes::from(other_version)).await;
         drain(&c).await;
     })
     .await;
-    protocol_error(outcome, "version 2");
+    protocol_error(outcome, "version 1");
 
     let outcome = against(&items, Reveal::Both, |c| async move {
         let _ = c.send(Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n")).await;
