@@ -30,9 +30,9 @@ use crate::FRAME_BUFFER;
 use crate::config;
 use crate::jobs::{self, JobHandle};
 use crate::node::NodeState;
-use crate::peer::{ANSWER_TIMEOUT, JOB_PROTOCOL_VERSION, connect, load_dataset, progress_fn};
+use crate::peer::{ANSWER_TIMEOUT, JOB_PROTOCOL_VERSION, connect, load_and_accept, load_dataset, progress_fn};
 use crate::proto::peer_frame::Kind;
-use crate::proto::{JobAccept, JobEnd, JobReject, JobRequest, JobStatus, LrRequest, PeerFrame};
+use crate::proto::{JobEnd, JobReject, JobRequest, JobStatus, LrRequest, PeerFrame};
 use crate::tls::{PeerInfo, WireCounters};
 use crate::transport::{GrpcChannel, kind_name};
 
@@ -295,21 +295,7 @@ pub async fn respond(state: Arc<NodeState>, peer: PeerInfo, job: JobRequest, cha
         }
         EngineJob::Score(s) => s.psi_progress = Some(progress_fn(&handle)),
     }
-    let dataset = match load_dataset(&handle, spec).await {
-        Ok(d) => d,
-        Err(e) => {
-            warn!(job = %job.job_id, "{e:#}");
-            let reason =
-                format!("the responder could not load dataset '{}' (its operator sees why in its log)", job.dataset);
-            let _ = channel.send_kind(Kind::Reject(JobReject { reason })).await;
-            handle.fail(format!("{e:#}"));
-            return;
-        }
-    };
-    if channel.send_kind(Kind::Accept(JobAccept { rows: dataset.len() as u64 })).await.is_err() {
-        handle.fail("the requester went away before the job started".into());
-        return;
-    }
+    let Some(dataset) = load_and_accept(&handle, spec, &job, &channel).await else { return };
     let dealer = match &engine_job {
         EngineJob::Train(t) if t.params.dealer.is_some() => {
             let name = t.params.dealer.as_deref().unwrap_or_default();

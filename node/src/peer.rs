@@ -186,21 +186,7 @@ async fn respond(state: Arc<NodeState>, peer: PeerInfo, job: JobRequest, channel
         return;
     };
     info!(peer = %peer.name, job = %job.job_id, dataset = %spec.name, protocol = protocol.name(), reveal = %job.reveal, "accepted job request");
-    let dataset = match load_dataset(&handle, spec).await {
-        Ok(d) => d,
-        Err(e) => {
-            warn!(job = %job.job_id, "{e:#}");
-            let reason =
-                format!("the responder could not load dataset '{}' (its operator sees why in its log)", job.dataset);
-            let _ = channel.send_kind(Kind::Reject(JobReject { reason })).await;
-            handle.fail(format!("{e:#}"));
-            return;
-        }
-    };
-    if channel.send_kind(Kind::Accept(JobAccept { rows: dataset.len() as u64 })).await.is_err() {
-        handle.fail("the requester went away before the job started".into());
-        return;
-    }
+    let Some(dataset) = load_and_accept(&handle, spec, &job, &channel).await else { return };
     let (out, rel) = default_output(&state.dir, &job.job_id, &dataset.spec.name);
     let psi = PsiJob {
         protocol,
@@ -359,6 +345,33 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 // ------------------------------------------------------------------------------------------------
 // Both sides
 // ------------------------------------------------------------------------------------------------
+
+/// The responder's last step before a job starts: loads and validates the dataset, then answers
+/// `JobAccept`, or `JobReject` (and fails the job) if the dataset cannot be loaded. `None` when the
+/// job cannot go on.
+pub(crate) async fn load_and_accept(
+    handle: &JobHandle,
+    spec: DatasetSpec,
+    job: &JobRequest,
+    channel: &GrpcChannel,
+) -> Option<Dataset> {
+    let dataset = match load_dataset(handle, spec).await {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(job = %job.job_id, "{e:#}");
+            let reason =
+                format!("the responder could not load dataset '{}' (its operator sees why in its log)", job.dataset);
+            let _ = channel.send_kind(Kind::Reject(JobReject { reason })).await;
+            handle.fail(format!("{e:#}"));
+            return None;
+        }
+    };
+    if channel.send_kind(Kind::Accept(JobAccept { rows: dataset.len() as u64 })).await.is_err() {
+        handle.fail("the requester went away before the job started".into());
+        return None;
+    }
+    Some(dataset)
+}
 
 pub(crate) async fn load_dataset(handle: &JobHandle, spec: DatasetSpec) -> Result<Dataset> {
     handle.stage("load dataset", 0, 0);
