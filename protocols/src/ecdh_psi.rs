@@ -165,7 +165,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::channel::{Channel, ChannelError};
 use crate::items::Items;
-use crate::psi::{ProgressFn, PsiOutput, PsiProgress, Reveal, Role};
+use crate::psi::{Progress, ProgressFn, PsiOutput, Reveal, Role};
 use crate::{cpu, dleq, merkle};
 
 /// Protocol id carried in the hello.
@@ -685,14 +685,8 @@ impl Hello {
         frame.push(HELLO);
         frame.extend_from_slice(PROTOCOL_ID);
         frame.extend_from_slice(&VERSION.to_be_bytes());
-        frame.push(match self.role {
-            Role::Requester => 0,
-            Role::Responder => 1,
-        });
-        frame.push(match self.reveal {
-            Reveal::Both => 0,
-            Reveal::RequesterOnly => 1,
-        });
+        frame.push(self.role.wire());
+        frame.push(self.reveal.wire());
         frame.extend_from_slice(&self.size.to_be_bytes());
         frame.push(u8::from(self.proofs));
         frame.extend_from_slice(&self.commitment);
@@ -712,20 +706,10 @@ impl Hello {
         if frame.len() != HELLO_LEN {
             return Err(violation(format!("the peer's hello has {} bytes, expected {HELLO_LEN}", frame.len())));
         }
-        let role = match frame[19] {
-            0 => Role::Requester,
-            1 => Role::Responder,
-            other => {
-                return Err(violation(format!("the peer's hello has unknown role {other}")));
-            }
-        };
-        let reveal = match frame[20] {
-            0 => Reveal::Both,
-            1 => Reveal::RequesterOnly,
-            other => {
-                return Err(violation(format!("the peer's hello has unknown reveal mode {other}")));
-            }
-        };
+        let role = Role::from_wire(frame[19])
+            .ok_or_else(|| violation(format!("the peer's hello has unknown role {}", frame[19])))?;
+        let reveal = Reveal::from_wire(frame[20])
+            .ok_or_else(|| violation(format!("the peer's hello has unknown reveal mode {}", frame[20])))?;
         let size = u64::from_be_bytes(frame[21..29].try_into().expect("8 bytes"));
         if size > u64::from(u32::MAX) {
             return Err(violation(format!(
@@ -814,16 +798,6 @@ fn secret_order(n: usize) -> Zeroizing<Vec<u32>> {
     let mut rng = StdRng::try_from_rng(&mut SysRng).expect("the operating system's random number generator failed");
     order.shuffle(&mut rng);
     order
-}
-
-struct Progress<'a>(Option<&'a ProgressFn>);
-
-impl Progress<'_> {
-    fn report(&self, stage: &'static str, done: usize, total: usize) {
-        if let Some(report) = self.0 {
-            report(PsiProgress { stage, done: done as u64, total: total as u64 });
-        }
-    }
 }
 
 /// Phase 1, writer: streams `enc(k·H(x))` of the own items in `order`, computing frame `i + 1`

@@ -19,7 +19,41 @@ pub enum Reveal {
     RequesterOnly,
 }
 
+impl Role {
+    /// The role's byte in the protocols' hello frames.
+    pub(crate) fn wire(self) -> u8 {
+        match self {
+            Role::Requester => 0,
+            Role::Responder => 1,
+        }
+    }
+
+    pub(crate) fn from_wire(b: u8) -> Option<Role> {
+        match b {
+            0 => Some(Role::Requester),
+            1 => Some(Role::Responder),
+            _ => None,
+        }
+    }
+}
+
 impl Reveal {
+    /// The reveal mode's byte in the protocols' hello frames.
+    pub(crate) fn wire(self) -> u8 {
+        match self {
+            Reveal::Both => 0,
+            Reveal::RequesterOnly => 1,
+        }
+    }
+
+    pub(crate) fn from_wire(b: u8) -> Option<Reveal> {
+        match b {
+            0 => Some(Reveal::Both),
+            1 => Some(Reveal::RequesterOnly),
+            _ => None,
+        }
+    }
+
     /// Whether the party in `role` learns the intersection.
     pub fn learns(self, role: Role) -> bool {
         matches!((self, role), (Reveal::Both, _) | (Reveal::RequesterOnly, Role::Requester))
@@ -74,3 +108,14 @@ pub struct PsiProgress {
 
 /// A progress callback; called from protocol code, must be cheap and must not block.
 pub type ProgressFn = Arc<dyn Fn(PsiProgress) + Send + Sync>;
+
+/// An optional [`ProgressFn`], as the protocols hold it.
+pub(crate) struct Progress<'a>(pub(crate) Option<&'a ProgressFn>);
+
+impl Progress<'_> {
+    pub(crate) fn report(&self, stage: &'static str, done: usize, total: usize) {
+        if let Some(report) = self.0 {
+            report(PsiProgress { stage, done: done as u64, total: total as u64 });
+        }
+    }
+}

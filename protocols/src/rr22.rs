@@ -97,7 +97,7 @@ use crate::items::Items;
 use crate::okvs::{self, Okvs, OkvsError, OkvsSeed};
 use crate::ot::aes_hash::{BATCH, FixedKeyAes};
 use crate::ot::{OtError, gf128};
-use crate::psi::{ProgressFn, PsiOutput, PsiProgress, Reveal, Role, Timings};
+use crate::psi::{Progress, ProgressFn, PsiOutput, Reveal, Role, Timings};
 use crate::vole::{VoleReceiver, VoleSender};
 
 /// Protocol id carried in the hello.
@@ -214,14 +214,8 @@ impl Hello {
         b.put_u8(HELLO);
         b.put_slice(PROTOCOL_ID);
         b.put_u16(VERSION);
-        b.put_u8(match self.role {
-            Role::Requester => 0,
-            Role::Responder => 1,
-        });
-        b.put_u8(match self.reveal {
-            Reveal::Both => 0,
-            Reveal::RequesterOnly => 1,
-        });
+        b.put_u8(self.role.wire());
+        b.put_u8(self.reveal.wire());
         b.put_u64(self.size);
         b.put_u64(self.bucket_size);
         b.put_slice(&self.salt);
@@ -239,30 +233,13 @@ impl Hello {
         if f.len() != HELLO_LEN {
             return Err(violation(format!("hello of {} bytes, expected {HELLO_LEN}", f.len())));
         }
-        let role = match f[19] {
-            0 => Role::Requester,
-            1 => Role::Responder,
-            r => return Err(violation(format!("unknown role {r} in hello"))),
-        };
-        let reveal = match f[20] {
-            0 => Reveal::Both,
-            1 => Reveal::RequesterOnly,
-            r => return Err(violation(format!("unknown reveal mode {r} in hello"))),
-        };
+        let role = Role::from_wire(f[19]).ok_or_else(|| violation(format!("unknown role {} in hello", f[19])))?;
+        let reveal =
+            Reveal::from_wire(f[20]).ok_or_else(|| violation(format!("unknown reveal mode {} in hello", f[20])))?;
         let size = u64::from_be_bytes(f[21..29].try_into().expect("8 bytes"));
         let bucket_size = u64::from_be_bytes(f[29..37].try_into().expect("8 bytes"));
         let salt = f[37..53].try_into().expect("16 bytes");
         Ok(Hello { role, reveal, size, bucket_size, salt })
-    }
-}
-
-struct Progress<'a>(Option<&'a ProgressFn>);
-
-impl Progress<'_> {
-    fn report(&self, stage: &'static str, done: usize, total: usize) {
-        if let Some(report) = self.0 {
-            report(PsiProgress { stage, done: done as u64, total: total as u64 });
-        }
     }
 }
 

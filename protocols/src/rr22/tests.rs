@@ -164,7 +164,7 @@ async fn communication_is_about_30_bytes_per_item() {
 async fn progress_reaches_every_item() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = seen.clone();
-    let progress: ProgressFn = Arc::new(move |p: PsiProgress| sink.lock().unwrap().push(p));
+    let progress: ProgressFn = Arc::new(move |p: crate::psi::PsiProgress| sink.lock().unwrap().push(p));
     let (a, b) = memory_pair(8);
     let mut ca = config(Role::Requester, Reveal::Both, 1000);
     ca.progress = Some(progress);
