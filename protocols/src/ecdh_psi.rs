@@ -34,16 +34,21 @@
 //!    order (so positions in the stream say nothing about positions in its dataset).
 //!    Concurrently it decodes the peer's points `Q_j` as they arrive, multiplies each by its own
 //!    `k` and keeps the 16-byte tags `T(w)` of the peer's items, in the order received. If the
-//!    peer learns and proofs are on, it also keeps `(Q_j, k·Q_j)` and accumulates the composite of
-//!    the DLEQ proof ([`crate::dleq`]).
+//!    peer learns and proofs are on, it also keeps the pairs `(Q_j, k·Q_j)`. If it learns and
+//!    proofs are on, it has drawn a secret challenge seed `σ` before this phase and accumulates
+//!    `M = Σ r_i·C_i` over its own points `C_i` as it computes them (`r_i` derived from `σ`,
+//!    [`crate::dleq`]).
 //! 3. **Phase 2.** If the peer learns the intersection, a party sends the peer's joint values back
-//!    in the order received: with proofs, the 32-byte joint points `k·Q_j` followed by a proof
-//!    frame (a batched DLEQ proof that every returned point is `k·Q_j` for the committed `k`, and a
-//!    proof over a Fiat–Shamir sample of 256 pairs for auditors); without proofs, their 16-byte
-//!    tags. A party that learns receives the joint values of its own items this way, *verifies
-//!    both proofs before using them* (aborting with "the peer's DLEQ proof ... does not verify"),
-//!    hashes the points to tags, maps each stream position back through its secret order, and
-//!    keeps its items whose tag is among the tags it computed for the peer's set.
+//!    in the order received: with proofs, the 32-byte joint points `D_j = k·Q_j`; without proofs,
+//!    their 16-byte tags. A party that learns receives the joint values of its own items; with
+//!    proofs it decodes them as they arrive into `Z = Σ r_i·D_i`, then reveals its challenge
+//!    `(σ, M, Z)`. The returning party checks `Z = k·M` (one scalar multiplication; it refuses and
+//!    aborts otherwise) and answers with a proof frame: a Chaum–Pedersen proof that `Z = k·M` for
+//!    the committed `k`, and one over a sample of 256 pairs drawn from `σ` for auditors. The
+//!    learning party *verifies both proofs before using the points* (aborting with "the peer's
+//!    DLEQ proof ... does not verify"), hashes the points to tags, maps each stream position back
+//!    through its secret order, and keeps its items whose tag is among the tags it computed for
+//!    the peer's set.
 //!
 //! The result ([`PsiOutput::intersection`]) lists the learning party's own indices sorted by tag
 //! (ties, i.e. duplicate copies of an item, by index). Both parties sort by the same tags, so when
@@ -77,9 +82,17 @@
 //! Privacy holds against a semi-honest peer. With proofs, each party additionally *proves* one
 //! thing a malicious party could otherwise get away with: **every joint point it returns to the
 //! peer is the peer's point multiplied by the key `k` it committed to in its hello** (batched
-//! Chaum–Pedersen, soundness error ≈ 2⁻¹²⁸). So a party cannot return points made with a second
-//! key, garbage, or points of its choosing for some items (which would silently drop items from,
-//! or inject tags into, the peer's result): the peer checks the proof during the run and aborts.
+//! Chaum–Pedersen over a composite with coefficients from the verifier's challenge, which it
+//! reveals only after all returned points arrived: soundness error 2⁻⁶⁴ per run, nothing to grind
+//! offline). So a party cannot return points made with a second key, garbage, or points of its
+//! choosing for some items (which would silently drop items from, or inject tags into, the peer's
+//! result): the peer checks the proof during the run and aborts.
+//!
+//! The challenge reveals `M` (a combination of the learner's own points, which the returner holds
+//! anyway) and `Z`; the returner answers with a proof only if `Z = k·M`. A *malicious* learner
+//! could send another `(M, Z)` and so learns one bit: whether `Z = k·M` for a pair of its choice
+//! (for instance whether a guessed item is the responder's `j`-th streamed item, a `1/n` chance of
+//! a membership test); the returner then aborts. An honest learner learns nothing new.
 //! The points, proofs and a Merkle root over the proved pairs go into the audit evidence
 //! ([`EcdhEvidence`]), so an auditor can re-check them offline ([`verify_record`]).
 //!
@@ -115,17 +128,20 @@
 //! | points | `0x02` | `m` ≥ 1 ristretto255 encodings of 32 bytes each (≈ 1 MiB frames of 32 768 points) |
 //! | tags   | `0x03` | (without proofs) `m` ≥ 1 tags of 16 bytes each (≈ 1 MiB frames of 65 536 tags) |
 //! | joint  | `0x04` | (with proofs) `m` ≥ 1 joint points of 32 bytes each, in the order the peer's points arrived |
-//! | proof  | `0x05` | (with proofs) DLEQ proof over all returned pairs (`c ‖ s`, 64 bytes), then over the sample (64 bytes) |
+//! | proof  | `0x05` | (with proofs, returner) proof that `Z = k·M` (`c ‖ s`, 64 bytes), then the proof over the sample (64 bytes) |
+//! | challenge | `0x06` | (with proofs, learner) `σ` (32 bytes) ‖ `enc(M)` ‖ `enc(Z)` |
 //!
 //! A party sends one hello, then exactly as many points as it announced, then (if the peer learns)
-//! exactly as many joint points (or tags) as the peer announced, and with proofs one proof frame.
+//! exactly as many joint points (or tags) as the peer announced; with proofs a learner sends one
+//! challenge frame once it has all its joint points, and a returner one proof frame once it has
+//! the peer's challenge (with [`Reveal::Both`] these two may come in either order).
 //! Frame sizes are not part of the protocol; the receiver accepts any non-empty frame that does not
 //! overshoot the announced count.
 //!
 //! **Bytes per item.** With proofs, each party sends 32 bytes per own item, plus 32 per peer item
 //! if the peer learns: with [`Reveal::Both`], 64 bytes per item of either set in total. Without
 //! proofs the second part is a 16-byte tag (48 in total). Framing adds 1 byte per frame, the hello
-//! 62 bytes and the proof frame 129.
+//! 62 bytes, the challenge frame 97 and the proof frame 129.
 //!
 //! # Performance
 //!
@@ -135,11 +151,12 @@
 //! rayon in batches ([`crate::cpu`]), pipelined with the channel: while one frame is computed the
 //! previous one is sent, and the peer's frames are processed as they arrive.
 //!
-//! Proofs add, per returned item, a 128-bit composite coefficient (SHA-512) and one point of a
-//! variable-time multiscalar multiplication for the prover (computed on `(k/2)·Q_j`, which phase 1
-//! has at hand, then scaled by `(k/2)⁻¹`); and for the verifier the decoding of both points and two
-//! multiscalar points, plus the Merkle tree over the pairs. Memory: the proved pairs are kept
-//! (64 bytes per pair and direction) for the evidence.
+//! Proofs add, per returned item: for the learner, one point of a 64-bit variable-time multiscalar
+//! multiplication over its own points (on the `(k/2)·H(x)` phase 1 has at hand), the decoding of
+//! the returned point and one point of a second multiscalar multiplication; for the returner,
+//! nothing but keeping the pairs (one scalar multiplication per proof). Both build the Merkle tree
+//! over the pairs for the evidence. Memory: the proved pairs are kept (64 bytes per pair and
+//! direction) for the evidence.
 //!
 //! # References
 //!
@@ -156,7 +173,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
 use curve25519_dalek::scalar::Scalar;
-use curve25519_dalek::traits::{Identity, VartimeMultiscalarMul};
+use curve25519_dalek::traits::Identity;
+use futures::StreamExt;
 use rand::rngs::{StdRng, SysRng};
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, TryRng};
@@ -170,8 +188,9 @@ use crate::{cpu, dleq, merkle};
 
 /// Protocol id carried in the hello.
 pub const PROTOCOL_ID: &[u8; 16] = b"consort/ecdh-psi";
-/// Wire format version carried in the hello (2: key commitments, joint points and DLEQ proofs).
-pub const VERSION: u16 = 2;
+/// Wire format version carried in the hello (3: key commitments, joint points, the verifier's
+/// challenge and DLEQ proofs).
+pub const VERSION: u16 = 3;
 /// Points per frame in phase 1 (32 bytes each: 1 MiB frames).
 pub const POINTS_PER_FRAME: usize = 32 * 1024;
 /// Tags per frame in phase 2 (16 bytes each: 1 MiB frames).
@@ -182,21 +201,18 @@ const POINTS: u8 = 0x02;
 const TAGS: u8 = 0x03;
 const JOINT: u8 = 0x04;
 const PROOF: u8 = 0x05;
+const CHALLENGE: u8 = 0x06;
 const HELLO_LEN: usize = 1 + 16 + 2 + 1 + 1 + 8 + 1 + 32;
 
 /// Domain of the batched DLEQ proof over all returned points.
-pub const DLEQ_CONTEXT: &[u8] = b"consort/ecdh-psi/v2/dleq";
-/// Domain of the DLEQ proof over the Fiat–Shamir sample of returned points (sampled audits).
-pub const DLEQ_SAMPLE_CONTEXT: &[u8] = b"consort/ecdh-psi/v2/dleq-sample";
+pub const DLEQ_CONTEXT: &[u8] = b"consort/ecdh-psi/v3/dleq";
+/// Domain of the DLEQ proof over the sample of returned points (sampled audits).
+pub const DLEQ_SAMPLE_CONTEXT: &[u8] = b"consort/ecdh-psi/v3/dleq-sample";
 /// Pairs in the sampled proof (all pairs if there are fewer).
 pub const SAMPLE_SIZE: usize = 256;
 
 /// Peer frames being processed on rayon at once (bounds memory, keeps the cores fed).
 const PEER_FRAMES_IN_FLIGHT: usize = 2;
-/// Pairs per multiscalar multiplication of the prover's composite (Pippenger gets cheaper per
-/// point with size; this keeps rayon tasks at a few milliseconds).
-const COMPOSITE_CHUNK: usize = 2048;
-
 /// Parameters both parties must agree on (checked in the protocol's hello).
 #[derive(Clone)]
 pub struct EcdhPsiConfig {
@@ -306,18 +322,25 @@ pub struct EcdhEvidence {
 }
 
 /// A batched DLEQ proof over pairs `(C_i, D_i = k·C_i)`, `i` in stream order, with what an auditor
-/// needs to check it: all pairs, or a Merkle root over them and a Fiat–Shamir sample.
+/// needs to check it: the verifier's challenge and composite, and all pairs, or a Merkle root over
+/// them and a sample drawn from the challenge.
 #[derive(Debug, Clone)]
 pub struct ProofRecord {
     /// Number of pairs.
     pub pairs: u64,
     /// RFC 6962 root over leaves `C_i || D_i` (64 bytes each).
     pub pairs_root: [u8; 32],
-    /// The proof over all pairs ([`DLEQ_CONTEXT`]).
+    /// The verifier's challenge seed `σ` (the composite's coefficients and the sample derive from it).
+    pub challenge: [u8; dleq::CHALLENGE_LEN],
+    /// `enc(M)`, `M = Σ r_i·C_i`, as the verifier computed and sent it.
+    pub m: [u8; 32],
+    /// `enc(Z)`, `Z = Σ r_i·D_i`.
+    pub z: [u8; 32],
+    /// The proof that `Z = k·M` ([`DLEQ_CONTEXT`]).
     pub proof: [u8; dleq::PROOF_LEN],
     /// The proof over the sampled pairs ([`DLEQ_SAMPLE_CONTEXT`]).
     pub sample_proof: [u8; dleq::PROOF_LEN],
-    /// The sampled pairs ([`dleq::sample_indices`] of the root), with inclusion proofs.
+    /// The sampled pairs ([`dleq::sample_indices`] of the challenge and root), with inclusion proofs.
     pub sample: Vec<SampledPair>,
     /// All `C_i` encodings, concatenated (32 bytes each).
     pub c: Vec<u8>,
@@ -325,14 +348,22 @@ pub struct ProofRecord {
     pub d: Vec<u8>,
 }
 
-/// One pair of a sample, with its RFC 6962 audit path in the tree of all pairs.
+/// One pair of a sample, with the leaf it belongs to and that leaf's RFC 6962 audit path in the
+/// tree over all pairs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SampledPair {
     pub index: u64,
     pub c: [u8; 32],
     pub d: [u8; 32],
+    /// The pairs of the pair's leaf (`C_j || D_j` for `j` in `PAIRS_PER_LEAF·⌊index / PAIRS_PER_LEAF⌋..`).
+    pub leaf: Vec<u8>,
     pub path: Vec<merkle::Hash>,
 }
+
+/// Pairs per leaf of the tree over the pairs: a leaf hashes `C_j || D_j` of 16 consecutive pairs
+/// (1 KiB), which costs about one SHA-256 block per pair in all, a quarter of a tree with a leaf
+/// per pair; a sampled pair carries its leaf (1 KiB) as evidence.
+pub const PAIRS_PER_LEAF: usize = 16;
 
 /// Frame sizes: not part of the protocol (the receiver accepts any); tests use small frames to
 /// exercise the multi-frame paths.
@@ -373,67 +404,61 @@ async fn run_framed<C: Channel, I: Items + ?Sized>(
     let peer_size = peer.size as usize;
     let order = secret_order(own_size);
     let (we_learn, peer_learns) = (config.reveal.learns(config.role), config.reveal.learns(peer.role));
+    // This party returns joint points and proves (`proving`), and/or checks the peer's proof.
     let proving = config.proofs && peer_learns;
+    let challenge = (config.proofs && we_learn).then(dleq::random_challenge);
+    let coefficients = challenge.map(|sigma| Arc::new(dleq::Coefficients::new(DLEQ_CONTEXT, &sigma)));
     let second_key = match behaviour {
         Behaviour::SecondKeyFrom(from) => Some((from, Arc::new(HalfKey::random()))),
         _ => None,
     };
-    let seed = proving.then(|| dleq::composite_seed(DLEQ_CONTEXT, &CompressedRistretto(commitment)));
 
     // Step 2 (phase 1): the writer only sends and the reader only receives, so bounded buffers
     // in both directions cannot wait on each other.
     let keys = FrameKeys { key: &key, second: second_key.as_ref() };
-    let (sent_frames, peer_pass) = futures::try_join!(
-        send_own_points(channel, items, &order, &key, framing.points_per_frame, config.proofs && we_learn, &progress),
-        encrypt_peer_points(channel, peer_size, keys, seed, &progress),
+    let (sent, peer_pass) = futures::try_join!(
+        send_own_points(channel, items, &order, &key, framing.points_per_frame, coefficients.clone(), &progress),
+        encrypt_peer_points(channel, peer_size, keys, proving, &progress),
     )?;
-    let PeerPass { tags: peer_tags, peer_points, joint, m } = peer_pass;
-    // The proof over the points this party returns is made while the key is still here.
-    let sent_record = match m {
-        Some(m) => {
-            let key = Arc::clone(&key);
-            Some(cpu::run(move || prove_returned(&key, &commitment, peer_points, joint, &m, behaviour)).await)
-        }
-        None => None,
-    };
-    drop(key);
     drop(second_key);
+    let PeerPass { tags: peer_tags, peer_points, joint } = peer_pass;
 
-    // Step 3 (phase 2): the peer's joint values go back (as points and a proof, or as tags).
-    let (_, own_joint) = futures::try_join!(
-        async {
-            match (&sent_record, peer_learns) {
-                (Some(record), _) => send_joint(channel, record, framing.points_per_frame).await,
-                (None, true) => send_tags(channel, &peer_tags, framing.tags_per_frame).await,
-                (None, false) => Ok(()),
-            }
-        },
-        async {
-            match (we_learn, config.proofs) {
-                (true, true) => Ok(Some(OwnJoint::Points(recv_own_joint(channel, own_size, &progress).await?))),
-                (true, false) => Ok(Some(OwnJoint::Tags(recv_own_tags(channel, own_size, &progress).await?))),
-                (false, _) => Ok(None),
-            }
-        },
-    )?;
-
-    let (own_tags, received) = match own_joint {
-        None => (None, None),
-        Some(OwnJoint::Tags(tags)) => (Some(tags), None),
-        Some(OwnJoint::Points(returned)) => {
-            let c: Vec<u8> = sent_frames.frames.iter().flat_map(|f| f[1..].iter().copied()).collect();
-            let halved = sent_frames.halved;
-            let peer_commitment = peer.commitment;
-            progress.report("verify proof", 0, own_size);
-            let (tags, record) = cpu::run(move || {
-                let tags: Vec<u128> = returned.points.par_chunks(32).map(kernels::tag).collect();
-                check_returned(&peer_commitment, c, &halved, returned).map(|record| (tags, record))
-            })
-            .await
-            .map_err(violation)?;
-            progress.report("verify proof", own_size, own_size);
-            (Some(tags), Some(record))
-        }
+    // Step 3 (phase 2): the peer's joint values go back (as points, then challenge and proofs, or
+    // as tags).
+    let (own_tags, sent_record, received) = if config.proofs {
+        let proving = proving.then(|| Proving {
+            key: Arc::clone(&key),
+            commitment,
+            peer_points: Bytes::from(peer_points),
+            joint: Bytes::from(joint),
+            behaviour,
+        });
+        let verifying = challenge.zip(coefficients).map(|(challenge, coefficients)| Verifying {
+            challenge,
+            coefficients,
+            own: sent.encodings,
+            m_half: sent.m_half,
+            peer_commitment: peer.commitment,
+        });
+        drop(key);
+        phase2_with_proofs(channel, proving, verifying, own_size, framing.points_per_frame, &progress).await?
+    } else {
+        drop(key);
+        let (_, own_tags) = futures::try_join!(
+            async {
+                match peer_learns {
+                    true => send_tags(channel, &peer_tags, framing.tags_per_frame).await,
+                    false => Ok(()),
+                }
+            },
+            async {
+                match we_learn {
+                    true => Ok(Some(recv_own_tags(channel, own_size, &progress).await?)),
+                    false => Ok(None),
+                }
+            },
+        )?;
+        (own_tags, None, None)
     };
 
     let intersection = match own_tags {
@@ -453,19 +478,6 @@ async fn run_framed<C: Channel, I: Items + ?Sized>(
     Ok((PsiOutput { peer_size: peer.size, intersection, timings: Vec::new() }, evidence))
 }
 
-/// What a learning party receives in phase 2.
-enum OwnJoint {
-    Tags(Vec<u128>),
-    Points(Returned),
-}
-
-/// The joint points the peer returned for this party's items, with its proofs.
-struct Returned {
-    points: Vec<u8>,
-    proof: [u8; dleq::PROOF_LEN],
-    sample_proof: [u8; dleq::PROOF_LEN],
-}
-
 /// The key(s) a party multiplies the peer's points by: one, unless it cheats (tests only).
 #[derive(Clone, Copy)]
 struct FrameKeys<'a> {
@@ -482,39 +494,287 @@ impl FrameKeys<'_> {
     }
 }
 
-/// Makes the record of the proof over the points this party returns: the batched proof (from
-/// the composite `M` accumulated in phase 1, `Z = k·M`), the Merkle root over the pairs, the
-/// Fiat–Shamir sample and the proof over the sample.
-fn prove_returned(
-    key: &HalfKey,
-    commitment: &[u8; 32],
-    c: Vec<u8>,
-    d: Vec<u8>,
-    m: &RistrettoPoint,
+/// What a party that returns joint points (and proves) brings to phase 2.
+struct Proving {
+    key: Arc<HalfKey>,
+    commitment: [u8; 32],
+    /// The peer's phase-1 points `C_j`, as received.
+    peer_points: Bytes,
+    /// This party's multiples `D_j = k·C_j`, in the same order.
+    joint: Bytes,
     behaviour: Behaviour,
-) -> ProofRecord {
-    let k = Zeroizing::new(key.0 + key.0);
-    let b = CompressedRistretto(*commitment);
+}
+
+/// What a party that learns (and checks the peer's proof) brings to phase 2.
+struct Verifying {
+    /// `σ`, drawn before phase 1 and revealed only after all returned points arrived.
+    challenge: [u8; dleq::CHALLENGE_LEN],
+    coefficients: Arc<dleq::Coefficients>,
+    /// This party's phase-1 points as sent (`C_i`, 32 bytes each, in stream order).
+    own: Vec<u8>,
+    /// `Σ r_i·(k/2)·H(x_i) = M/2`, accumulated in phase 1.
+    m_half: RistrettoPoint,
+    peer_commitment: [u8; 32],
+}
+
+/// Joint-point frames of the peer being processed on rayon at once.
+const JOINT_FRAMES_IN_FLIGHT: usize = 2;
+
+/// Phase 2 with proofs. A returning party sends the joint points, waits for the peer's challenge
+/// `(σ, M, Z)`, checks `Z = k·M` and sends its proofs. A learning party receives the joint points
+/// (decoding them into `Z` and hashing them to tags as they arrive), then sends its challenge and
+/// checks the peer's proofs. With [`Reveal::Both`] a party does both at once: one writer sends its
+/// joint points and then the challenge and proof frames in the order the reader produces them; one
+/// reader takes the peer's frames in whatever order they come.
+///
+/// Returns the tags of this party's own items (if it learns) and the records of the proof it
+/// made and the one it checked.
+async fn phase2_with_proofs<C: Channel>(
+    channel: &C,
+    proving: Option<Proving>,
+    verifying: Option<Verifying>,
+    own_size: usize,
+    per_frame: usize,
+    progress: &Progress<'_>,
+) -> Result<(Option<Vec<u128>>, Option<ProofRecord>, Option<ProofRecord>), EcdhPsiError> {
+    let (control, mut control_out) = futures::channel::mpsc::unbounded::<Bytes>();
+    let control_frames = usize::from(proving.is_some()) + usize::from(verifying.is_some());
+    let joint = proving.as_ref().map(|p| p.joint.clone());
+    let writer = async move {
+        if let Some(joint) = joint {
+            for chunk in joint.chunks(32 * per_frame.max(1)) {
+                let mut frame = Vec::with_capacity(1 + chunk.len());
+                frame.push(JOINT);
+                frame.extend_from_slice(chunk);
+                channel.send(Bytes::from(frame)).await?;
+            }
+        }
+        for _ in 0..control_frames {
+            let frame = control_out.next().await.ok_or_else(|| violation("phase 2 ended before its last frame"))?;
+            channel.send(frame).await?;
+        }
+        Ok::<(), EcdhPsiError>(())
+    };
+    let reader = async move {
+        let mut learner = verifying.map(|v| Learner::new(v, own_size));
+        let mut returner = proving;
+        let (mut sent_record, mut received_record) = (None, None);
+        if let Some(l) = learner.as_mut().filter(|_| own_size == 0) {
+            control.unbounded_send(l.finish().await?).expect("the writer outlives the reader");
+        }
+        while returner.is_some() || learner.as_ref().is_some_and(|l| l.record.is_none()) {
+            let frame = channel.recv().await?;
+            match frame.first().copied() {
+                Some(JOINT) => {
+                    let l = learner
+                        .as_mut()
+                        .filter(|l| l.received.len() < 32 * own_size)
+                        .ok_or_else(|| violation("the peer sent joint points this party did not expect"))?;
+                    l.add_frame(frame_body(frame, JOINT, 32)?).await?;
+                    progress.report("match", l.received.len() / 32, own_size);
+                    if l.received.len() == 32 * own_size {
+                        control.unbounded_send(l.finish().await?).expect("the writer outlives the reader");
+                    }
+                }
+                Some(CHALLENGE) => {
+                    let p = returner.take().ok_or_else(|| violation("the peer sent a challenge this party did not expect"))?;
+                    let body = frame.slice(1..);
+                    if body.len() != CHALLENGE_BODY {
+                        return Err(violation(format!("the challenge frame has {} bytes, expected {CHALLENGE_BODY}", body.len())));
+                    }
+                    let (record, proof_frame) = cpu::run(move || prove_returned(p, &body)).await.map_err(violation)?;
+                    control.unbounded_send(proof_frame).expect("the writer outlives the reader");
+                    sent_record = Some(record);
+                }
+                Some(PROOF) => {
+                    let l = learner
+                        .as_mut()
+                        .filter(|l| l.sent_challenge)
+                        .ok_or_else(|| violation("the peer sent a proof before this party's challenge"))?;
+                    let body = frame.slice(1..);
+                    if body.len() != 2 * dleq::PROOF_LEN {
+                        return Err(violation(format!("the proof frame has {} bytes, expected {}", body.len(), 2 * dleq::PROOF_LEN)));
+                    }
+                    l.record = Some(l.check(&body).await.map_err(violation)?);
+                }
+                Some(kind) => return Err(violation(format!("unexpected frame of kind {kind:#04x} in phase 2"))),
+                None => return Err(violation("an empty frame in phase 2")),
+            }
+        }
+        let own_tags = learner.as_mut().map(|l| std::mem::take(&mut l.tags));
+        received_record = learner.and_then(|l| l.record).or(received_record);
+        Ok::<_, EcdhPsiError>((own_tags, sent_record, received_record))
+    };
+    let ((), result) = futures::try_join!(writer, reader)?;
+    Ok(result)
+}
+
+/// Body of a challenge frame: `σ || enc(M) || enc(Z)`.
+const CHALLENGE_BODY: usize = dleq::CHALLENGE_LEN + 64;
+
+/// The learning side of phase 2 with proofs.
+struct Learner {
+    v: Verifying,
+    /// The returned joint points so far (`D_i`, in stream order).
+    received: Vec<u8>,
+    tags: Vec<u128>,
+    z: RistrettoPoint,
+    in_flight: VecDeque<(u64, cpu::Task<Result<(RistrettoPoint, Vec<u128>), dleq::DleqError>>)>,
+    sent_challenge: bool,
+    m: RistrettoPoint,
+    record: Option<ProofRecord>,
+}
+
+impl Learner {
+    fn new(v: Verifying, own_size: usize) -> Learner {
+        let m = v.m_half + v.m_half;
+        Learner {
+            v,
+            received: Vec::with_capacity(32 * own_size),
+            tags: Vec::with_capacity(own_size),
+            z: RistrettoPoint::identity(),
+            in_flight: VecDeque::new(),
+            sent_challenge: false,
+            m,
+            record: None,
+        }
+    }
+
+    /// Takes one frame of returned points: decoding, its part of `Z` and its tags run on rayon.
+    async fn add_frame(&mut self, body: Bytes) -> Result<(), EcdhPsiError> {
+        let own_size = self.received.capacity() / 32;
+        if body.len() > 32 * own_size - self.received.len() {
+            return Err(violation(format!(
+                "the peer sent back more than {own_size} joint points, one per item this party sent"
+            )));
+        }
+        let first = (self.received.len() / 32) as u64;
+        self.received.extend_from_slice(&body);
+        let coefficients = Arc::clone(&self.v.coefficients);
+        self.in_flight.push_back((
+            first,
+            cpu::spawn(move || {
+                let z = dleq::composite_of_encodings(&coefficients, first, &body, "returned")?;
+                Ok((z, body.par_chunks(32).map(kernels::tag).collect()))
+            }),
+        ));
+        while self.in_flight.len() > JOINT_FRAMES_IN_FLIGHT {
+            self.settle_one().await?;
+        }
+        Ok(())
+    }
+
+    async fn settle_one(&mut self) -> Result<(), EcdhPsiError> {
+        let (_, task) = self.in_flight.pop_front().expect("a frame is in flight");
+        let (z, tags) = task.await.map_err(|e| match e {
+            dleq::DleqError::BadPoint { index, .. } => {
+                violation(format!("the peer's returned point {index} is not a valid ristretto255 encoding"))
+            }
+            other => violation(other.to_string()),
+        })?;
+        self.z += z;
+        self.tags.extend_from_slice(&tags);
+        Ok(())
+    }
+
+    /// All returned points are in: the challenge frame `σ || enc(M) || enc(Z)`.
+    async fn finish(&mut self) -> Result<Bytes, EcdhPsiError> {
+        while !self.in_flight.is_empty() {
+            self.settle_one().await?;
+        }
+        let mut frame = Vec::with_capacity(1 + CHALLENGE_BODY);
+        frame.push(CHALLENGE);
+        frame.extend_from_slice(&self.v.challenge);
+        frame.extend_from_slice(self.m.compress().as_bytes());
+        frame.extend_from_slice(self.z.compress().as_bytes());
+        self.sent_challenge = true;
+        Ok(Bytes::from(frame))
+    }
+
+    /// Checks the peer's proofs (the proof frame's body) and makes the evidence record.
+    async fn check(&mut self, body: &[u8]) -> Result<ProofRecord, String> {
+        let n = self.received.len() / 32;
+        let peer_commitment = self.v.peer_commitment;
+        let b = CompressedRistretto(peer_commitment);
+        let proof = dleq::Proof::from_bytes(&body[..dleq::PROOF_LEN])
+            .ok_or_else(|| "the peer's DLEQ proof is not two canonical scalars".to_string())?;
+        dleq::verify(DLEQ_CONTEXT, &b, &self.m, &self.z, &proof).map_err(|e| {
+            format!(
+                "the peer's DLEQ proof over the {n} points it returned does not verify ({e}); it did not multiply \
+                 every point of this party by the key it committed to in its hello"
+            )
+        })?;
+        let (c, d) = (std::mem::take(&mut self.v.own), std::mem::take(&mut self.received));
+        let (challenge, m, z) = (self.v.challenge, self.m.compress().to_bytes(), self.z.compress().to_bytes());
+        let proof_bytes: [u8; dleq::PROOF_LEN] = body[..dleq::PROOF_LEN].try_into().expect("64 bytes");
+        let sample_proof: [u8; dleq::PROOF_LEN] = body[dleq::PROOF_LEN..].try_into().expect("64 bytes");
+        cpu::run(move || {
+            let tree = merkle::Tree::new(pair_leaves(&c, &d));
+            let record = ProofRecord {
+                pairs: n as u64,
+                pairs_root: tree.root(),
+                challenge,
+                m,
+                z,
+                proof: proof_bytes,
+                sample_proof,
+                sample: sample_of(&challenge, &c, &d, &tree, &b),
+                c,
+                d,
+            };
+            verify_sample(&peer_commitment, &record).map_err(|e| format!("the peer's sampled DLEQ proof: {e}"))?;
+            Ok(record)
+        })
+        .await
+    }
+}
+
+/// The returning party's answer to the peer's challenge `(σ, M, Z)`: checks `Z = k·M` (refusing
+/// otherwise: the peer did not combine the points this party returned, and proving anyway would
+/// hand it `k·M` for a point of its choosing), then proves it, and proves the sample drawn from the challenge.
+/// Returns the evidence record and the proof frame.
+fn prove_returned(p: Proving, body: &[u8]) -> Result<(ProofRecord, Bytes), String> {
+    let challenge: [u8; dleq::CHALLENGE_LEN] = body[..32].try_into().expect("32 bytes");
+    let (m_bytes, z_bytes): ([u8; 32], [u8; 32]) =
+        (body[32..64].try_into().expect("32 bytes"), body[64..96].try_into().expect("32 bytes"));
+    let m = CompressedRistretto(m_bytes).decompress().ok_or("the peer's challenge M is not a valid point")?;
+    let z = CompressedRistretto(z_bytes).decompress().ok_or("the peer's challenge Z is not a valid point")?;
+    let k = Zeroizing::new(p.key.0 + p.key.0);
+    let b = CompressedRistretto(p.commitment);
+    // A cheating party (tests) skips the check so that the verifier's check is what catches it.
+    if p.behaviour == Behaviour::Honest && (m * *k).compress().to_bytes() != z_bytes {
+        return Err("the peer's challenge is inconsistent: its Z is not this party's key times its M, so it did not \
+                    combine the points this party returned; refusing to prove"
+            .into());
+    }
+    let (c, d) = (p.peer_points.to_vec(), p.joint.to_vec());
     let tree = merkle::Tree::new(pair_leaves(&c, &d));
-    let pairs_root = tree.root();
-    let sample = sample_of(&c, &d, &tree, &b);
-    let seed = dleq::composite_seed(DLEQ_SAMPLE_CONTEXT, &b);
-    let triples: Vec<_> = sample.iter().map(|p| (p.index, p.c, p.d)).collect();
-    let (ms, _) = dleq::composite_indexed(&seed, &triples).expect("the pairs decoded in phase 1");
-    let (proof, sample_proof) = if behaviour == Behaviour::ForgedProof {
+    let sample = sample_of(&challenge, &c, &d, &tree, &b);
+    let triples: Vec<_> = sample.iter().map(|s| (s.index, s.c, s.d)).collect();
+    let sample_coefficients = dleq::Coefficients::new(DLEQ_SAMPLE_CONTEXT, &challenge);
+    let (ms, _) = dleq::composite_indexed(&sample_coefficients, &triples).map_err(|e| e.to_string())?;
+    let (proof, sample_proof) = if p.behaviour == Behaviour::ForgedProof {
         (random_proof(), random_proof())
     } else {
-        (dleq::prove(DLEQ_CONTEXT, &k, &b, m, &(m * *k)), dleq::prove(DLEQ_SAMPLE_CONTEXT, &k, &b, &ms, &(ms * *k)))
+        (dleq::prove(DLEQ_CONTEXT, &k, &b, &m, &z), dleq::prove(DLEQ_SAMPLE_CONTEXT, &k, &b, &ms, &(ms * *k)))
     };
-    ProofRecord {
+    let mut frame = Vec::with_capacity(1 + 2 * dleq::PROOF_LEN);
+    frame.push(PROOF);
+    frame.extend_from_slice(&proof.to_bytes());
+    frame.extend_from_slice(&sample_proof.to_bytes());
+    let record = ProofRecord {
         pairs: (c.len() / 32) as u64,
-        pairs_root,
+        pairs_root: tree.root(),
+        challenge,
+        m: m_bytes,
+        z: z_bytes,
         proof: proof.to_bytes(),
         sample_proof: sample_proof.to_bytes(),
         sample,
         c,
         d,
-    }
+    };
+    Ok((record, Bytes::from(frame)))
 }
 
 fn random_proof() -> dleq::Proof {
@@ -522,27 +782,38 @@ fn random_proof() -> dleq::Proof {
     dleq::Proof { c: scalar(), s: scalar() }
 }
 
-/// The RFC 6962 root over the pairs (leaves `C_i || D_i`), as in [`ProofRecord::pairs_root`].
+/// The RFC 6962 root over the pairs (see [`PAIRS_PER_LEAF`]), as in [`ProofRecord::pairs_root`].
 pub fn pairs_root(c: &[u8], d: &[u8]) -> merkle::Hash {
     merkle::root(&pair_leaves(c, d))
 }
 
-/// Leaves `C_i || D_i` of the tree over the pairs.
-fn pair_leaves(c: &[u8], d: &[u8]) -> Vec<merkle::Hash> {
-    c.par_chunks(32)
-        .zip(d.par_chunks(32))
-        .map(|(ci, di)| {
-            let mut leaf = [0u8; 64];
-            leaf[..32].copy_from_slice(ci);
-            leaf[32..].copy_from_slice(di);
-            merkle::leaf_hash(&leaf)
-        })
-        .collect()
+/// The bytes of leaf `leaf`: `C_j || D_j` for its pairs.
+fn leaf_bytes(c: &[u8], d: &[u8], leaf: usize) -> Vec<u8> {
+    let per = 32 * PAIRS_PER_LEAF;
+    let (c, d) = (&c[leaf * per..(leaf * per + per).min(c.len())], &d[leaf * per..(leaf * per + per).min(d.len())]);
+    let mut bytes = Vec::with_capacity(2 * c.len());
+    for (ci, di) in c.chunks_exact(32).zip(d.chunks_exact(32)) {
+        bytes.extend_from_slice(ci);
+        bytes.extend_from_slice(di);
+    }
+    bytes
 }
 
-fn sample_of(c: &[u8], d: &[u8], tree: &merkle::Tree, b: &CompressedRistretto) -> Vec<SampledPair> {
+/// Leaves of the tree over the pairs.
+fn pair_leaves(c: &[u8], d: &[u8]) -> Vec<merkle::Hash> {
+    let leaves = (c.len() / 32).div_ceil(PAIRS_PER_LEAF);
+    (0..leaves).into_par_iter().map(|leaf| merkle::leaf_hash(&leaf_bytes(c, d, leaf))).collect()
+}
+
+fn sample_of(
+    challenge: &[u8; dleq::CHALLENGE_LEN],
+    c: &[u8],
+    d: &[u8],
+    tree: &merkle::Tree,
+    b: &CompressedRistretto,
+) -> Vec<SampledPair> {
     let n = (c.len() / 32) as u64;
-    dleq::sample_indices(&tree.root(), b, n, SAMPLE_SIZE)
+    dleq::sample_indices(challenge, &tree.root(), b, n, SAMPLE_SIZE)
         .into_iter()
         .map(|index| {
             let i = index as usize;
@@ -550,81 +821,29 @@ fn sample_of(c: &[u8], d: &[u8], tree: &merkle::Tree, b: &CompressedRistretto) -
                 index,
                 c: c[32 * i..32 * i + 32].try_into().expect("32 bytes"),
                 d: d[32 * i..32 * i + 32].try_into().expect("32 bytes"),
-                path: tree.inclusion_proof(i).expect("index in range"),
+                leaf: leaf_bytes(c, d, i / PAIRS_PER_LEAF),
+                path: tree.inclusion_proof(i / PAIRS_PER_LEAF).expect("index in range"),
             }
         })
         .collect()
 }
 
-/// The learning party's check of the peer's proof over this party's points `c` (in the order
-/// sent) and the joint points returned for them. Returns the evidence record.
-fn check_returned(
-    peer_commitment: &[u8; 32],
-    c: Vec<u8>,
-    halved: &[RistrettoPoint],
-    returned: Returned,
-) -> Result<ProofRecord, String> {
-    let n = c.len() / 32;
-    let b = CompressedRistretto(*peer_commitment);
-    let proof = dleq::Proof::from_bytes(&returned.proof)
-        .ok_or_else(|| "the peer's DLEQ proof is not two canonical scalars".to_string())?;
-    verify_returned(&b, &c, halved, &returned.points, &proof).map_err(|e| {
-        format!(
-            "the peer's DLEQ proof over the {n} points it returned does not verify ({e}); it did not multiply \
-             every point of this party by the key it committed to in its hello"
-        )
-    })?;
-    let tree = merkle::Tree::new(pair_leaves(&c, &returned.points));
-    let record = ProofRecord {
-        pairs: n as u64,
-        pairs_root: tree.root(),
-        proof: returned.proof,
-        sample_proof: returned.sample_proof,
-        sample: sample_of(&c, &returned.points, &tree, &b),
-        c,
-        d: returned.points,
-    };
-    verify_sample(peer_commitment, &record).map_err(|e| format!("the peer's sampled DLEQ proof: {e}"))?;
-    Ok(record)
-}
-
-/// [`dleq::verify_pairs`] for the learning party, which holds its own points `C_i` as
-/// `(k/2)·H(x_i) = C_i/2` already: only the returned points `D_i` are decoded.
-fn verify_returned(
-    b: &CompressedRistretto,
-    c: &[u8],
-    halved: &[RistrettoPoint],
-    d: &[u8],
-    proof: &dleq::Proof,
-) -> Result<(), dleq::DleqError> {
-    if halved.len() * 32 != c.len() || c.len() != d.len() {
-        return Err(dleq::DleqError::BadLengths);
-    }
-    let seed = dleq::composite_seed(DLEQ_CONTEXT, b);
-    let identity = || (RistrettoPoint::identity(), RistrettoPoint::identity());
-    let (m_half, z) = halved
-        .par_chunks(COMPOSITE_CHUNK)
-        .zip(c.par_chunks(32 * COMPOSITE_CHUNK))
-        .zip(d.par_chunks(32 * COMPOSITE_CHUNK))
-        .enumerate()
-        .map(|(chunk, ((halved, c), d))| {
-            let first = (chunk * COMPOSITE_CHUNK) as u64;
-            let ds = dleq::decode_all(d, "second", first)?;
-            let coefficients = dleq::coefficients(&seed, first, c, d);
-            Ok((
-                RistrettoPoint::vartime_multiscalar_mul(&coefficients, halved),
-                RistrettoPoint::vartime_multiscalar_mul(&coefficients, &ds),
-            ))
-        })
-        .try_reduce(identity, |a, b| Ok((a.0 + b.0, a.1 + b.1)))?;
-    dleq::verify(DLEQ_CONTEXT, b, &(m_half + m_half), &z, proof)
-}
-
 /// Checks a proof record against the prover's key commitment `B`, as an auditor would: the
-/// sample (indices drawn from the root, audit paths, proof over the sample) and, if `full` and the
-/// record holds all pairs, the root over all pairs and the batched proof over all of them.
+/// sample (indices drawn from the challenge and the root, audit paths, proof over the sample), the
+/// proof over the recorded composite `(M, Z)`, and, if `full` and the record holds all pairs, that
+/// the pairs hash to the root and that `(M, Z)` is their combination under the recorded challenge.
+///
+/// Without `full` the composite is taken from the record: both nodes record it (the verifier
+/// computed it from the pairs, the prover checked `Z = k·M` before proving), so two bundles that
+/// agree on it (see the engine's cross-checks) need no recomputation unless they are disputed.
 pub fn verify_record(commitment: &[u8; 32], record: &ProofRecord, full: bool) -> Result<(), String> {
     verify_sample(commitment, record)?;
+    let b = CompressedRistretto(*commitment);
+    let m = CompressedRistretto(record.m).decompress().ok_or("the recorded composite M is not a valid point")?;
+    let z = CompressedRistretto(record.z).decompress().ok_or("the recorded composite Z is not a valid point")?;
+    let proof = dleq::Proof::from_bytes(&record.proof).ok_or("the DLEQ proof is not two canonical scalars")?;
+    dleq::verify(DLEQ_CONTEXT, &b, &m, &z, &proof)
+        .map_err(|e| format!("the DLEQ proof over the composite of all {} pairs: {e}", record.pairs))?;
     if full {
         let n = record.pairs as usize;
         if record.c.len() != 32 * n || record.d.len() != 32 * n {
@@ -634,13 +853,20 @@ pub fn verify_record(commitment: &[u8; 32], record: &ProofRecord, full: bool) ->
                 record.d.len()
             ));
         }
-        let root = merkle::root(&pair_leaves(&record.c, &record.d));
+        let coefficients = dleq::Coefficients::new(DLEQ_CONTEXT, &record.challenge);
+        let (root, composite) = rayon::join(
+            || pairs_root(&record.c, &record.d),
+            || dleq::composite_pairs(&coefficients, &record.c, &record.d),
+        );
         if root != record.pairs_root {
             return Err("the points do not hash to the recorded Merkle root of the pairs".into());
         }
-        let proof = dleq::Proof::from_bytes(&record.proof).ok_or("the DLEQ proof is not two canonical scalars")?;
-        dleq::verify_pairs(DLEQ_CONTEXT, &CompressedRistretto(*commitment), &record.c, &record.d, &proof)
-            .map_err(|e| format!("the DLEQ proof over all {n} pairs: {e}"))?;
+        let (m_all, z_all) = composite.map_err(|e| format!("the pairs: {e}"))?;
+        if m_all != m || z_all != z {
+            return Err(format!(
+                "the recorded composite is not the combination of the {n} pairs under the recorded challenge"
+            ));
+        }
     }
     Ok(())
 }
@@ -648,21 +874,26 @@ pub fn verify_record(commitment: &[u8; 32], record: &ProofRecord, full: bool) ->
 /// The sampled part of [`verify_record`].
 pub fn verify_sample(commitment: &[u8; 32], record: &ProofRecord) -> Result<(), String> {
     let b = CompressedRistretto(*commitment);
-    let expected = dleq::sample_indices(&record.pairs_root, &b, record.pairs, SAMPLE_SIZE);
+    let expected = dleq::sample_indices(&record.challenge, &record.pairs_root, &b, record.pairs, SAMPLE_SIZE);
     let indices: Vec<u64> = record.sample.iter().map(|p| p.index).collect();
     if indices != expected {
-        return Err("the sampled indices are not the ones drawn from the Merkle root of the pairs".into());
+        return Err("the sampled indices are not the ones drawn from the challenge and the Merkle root of the pairs".into());
     }
+    let leaves = record.pairs.div_ceil(PAIRS_PER_LEAF as u64);
     for pair in &record.sample {
-        let mut leaf = [0u8; 64];
-        leaf[..32].copy_from_slice(&pair.c);
-        leaf[32..].copy_from_slice(&pair.d);
-        merkle::verify_inclusion(&merkle::leaf_hash(&leaf), pair.index, record.pairs, &pair.path, &record.pairs_root)
+        let (leaf, slot) = (pair.index / PAIRS_PER_LEAF as u64, (pair.index % PAIRS_PER_LEAF as u64) as usize);
+        let in_leaf = (record.pairs - leaf * PAIRS_PER_LEAF as u64).min(PAIRS_PER_LEAF as u64) as usize;
+        if pair.leaf.len() != 64 * in_leaf || pair.leaf[64 * slot..64 * slot + 32] != pair.c
+            || pair.leaf[64 * slot + 32..64 * slot + 64] != pair.d
+        {
+            return Err(format!("sampled pair {}: audit path: its leaf does not hold the pair", pair.index));
+        }
+        merkle::verify_inclusion(&merkle::leaf_hash(&pair.leaf), leaf, leaves, &pair.path, &record.pairs_root)
             .map_err(|e| format!("sampled pair {}: audit path: {e}", pair.index))?;
     }
-    let seed = dleq::composite_seed(DLEQ_SAMPLE_CONTEXT, &b);
+    let coefficients = dleq::Coefficients::new(DLEQ_SAMPLE_CONTEXT, &record.challenge);
     let triples: Vec<_> = record.sample.iter().map(|p| (p.index, p.c, p.d)).collect();
-    let (m, z) = dleq::composite_indexed(&seed, &triples).map_err(|e| format!("sampled pairs: {e}"))?;
+    let (m, z) = dleq::composite_indexed(&coefficients, &triples).map_err(|e| format!("sampled pairs: {e}"))?;
     let proof = dleq::Proof::from_bytes(&record.sample_proof).ok_or("the sample proof is not two canonical scalars")?;
     dleq::verify(DLEQ_SAMPLE_CONTEXT, &b, &m, &z, &proof)
         .map_err(|e| format!("the DLEQ proof over the {} sampled pairs: {e}", record.sample.len()))
@@ -801,32 +1032,41 @@ fn secret_order(n: usize) -> Zeroizing<Vec<u32>> {
 }
 
 /// Phase 1, writer: streams `enc(k·H(x))` of the own items in `order`, computing frame `i + 1`
-/// on rayon while frame `i` is sent.
+/// on rayon while frame `i` is sent. With `coefficients` (this party will check the peer's proof),
+/// also keeps the encodings as sent and accumulates `Σ r_i·(k/2)·H(x_i)` (half the composite `M`).
 async fn send_own_points<C: Channel, I: Items + ?Sized>(
     channel: &C,
     items: &I,
     order: &[u32],
     key: &Arc<HalfKey>,
     per_frame: usize,
-    keep: bool,
+    coefficients: Option<Arc<dleq::Coefficients>>,
     progress: &Progress<'_>,
 ) -> Result<SentPoints, EcdhPsiError> {
-    let mut sent = SentPoints { frames: Vec::new(), halved: Vec::new() };
-    let start = |positions: &[u32]| {
+    let keep = coefficients.is_some();
+    let mut sent = SentPoints {
+        encodings: Vec::with_capacity(if keep { 32 * order.len() } else { 0 }),
+        m_half: RistrettoPoint::identity(),
+    };
+    let mut first = 0u64;
+    let mut start = |positions: &[u32]| {
         let batch = OwnItems::gather(items, positions);
         let key = Arc::clone(key);
-        cpu::spawn(move || encrypt_own(&batch, &key.0, keep))
+        let coefficients = coefficients.clone();
+        let frame_first = first;
+        first += positions.len() as u64;
+        cpu::spawn(move || encrypt_own(&batch, &key.0, coefficients.as_deref().map(|c| (c, frame_first))))
     };
     let mut frames = order.chunks(per_frame.max(1));
-    let mut next = frames.next().map(start);
+    let mut next = frames.next().map(&mut start);
     let mut done = 0;
     while let Some(computing) = next.take() {
-        let (frame, halved) = computing.await;
-        next = frames.next().map(start);
+        let (frame, m_half) = computing.await;
+        next = frames.next().map(&mut start);
         let count = (frame.len() - 1) / 32;
         if keep {
-            sent.frames.push(frame.clone());
-            sent.halved.extend_from_slice(&halved);
+            sent.encodings.extend_from_slice(&frame[1..]);
+            sent.m_half += m_half;
         }
         channel.send(frame).await?;
         done += count;
@@ -836,10 +1076,10 @@ async fn send_own_points<C: Channel, I: Items + ?Sized>(
 }
 
 /// What a learning party keeps of its own points to check the proof over the points returned for
-/// them: the frames as sent and the points `(k/2)·H(x)` (160 bytes each in memory).
+/// them: the encodings as sent and half the composite `M`.
 struct SentPoints {
-    frames: Vec<Bytes>,
-    halved: Vec<RistrettoPoint>,
+    encodings: Vec<u8>,
+    m_half: RistrettoPoint,
 }
 
 /// Own items of one frame copied out of [`Items`] (which is borrowed, so cannot go to rayon).
@@ -869,10 +1109,14 @@ impl OwnItems {
     }
 }
 
-/// A points frame: `enc(k·H(x))` for each item, batched for the shared inversion.
-/// With `keep`, also returns the points `(k/2)·H(x)` (so the proof over the points the peer
-/// returns can be checked without decoding this party's own points again).
-fn encrypt_own(items: &OwnItems, half_key: &Scalar, keep: bool) -> (Bytes, Vec<RistrettoPoint>) {
+/// A points frame: `enc(k·H(x))` for each item, batched for the shared inversion. Given the
+/// composite coefficients and the frame's first stream index, also returns `Σ r_i·(k/2)·H(x_i)`
+/// over the frame (identity otherwise).
+fn encrypt_own(
+    items: &OwnItems,
+    half_key: &Scalar,
+    composite: Option<(&dleq::Coefficients, u64)>,
+) -> (Bytes, RistrettoPoint) {
     let mut frame = vec![0u8; 1 + 32 * items.len()];
     frame[0] = POINTS;
     let mut points = vec![RistrettoPoint::identity(); items.len()];
@@ -885,10 +1129,11 @@ fn encrypt_own(items: &OwnItems, half_key: &Scalar, keep: bool) -> (Bytes, Vec<R
             kernels::multiply_encode(batch, half_key, out);
         },
     );
-    if !keep {
-        points = Vec::new();
-    }
-    (Bytes::from(frame), points)
+    let m_half = match composite {
+        Some((coefficients, first)) => dleq::composite_of_points(coefficients, first, &points),
+        None => RistrettoPoint::identity(),
+    };
+    (Bytes::from(frame), m_half)
 }
 
 /// What phase 1 leaves of the peer's points.
@@ -898,26 +1143,21 @@ struct PeerPass {
     /// When proving: the peer's point encodings and this party's multiples `k·Q_j`, concatenated.
     peer_points: Vec<u8>,
     joint: Vec<u8>,
-    /// When proving: the composite `M = Σ d_j·Q_j` of the DLEQ proof.
-    m: Option<RistrettoPoint>,
 }
 
 /// Phase 1, reader: decodes the peer's points as they arrive and keeps the tags
-/// `T(y) = F(k·(k_peer·H(y)))`, in the order received; when proving (`seed` given) also the pairs
-/// and the proof's composite.
+/// `T(y) = F(k·(k_peer·H(y)))`, in the order received; when `proving` also the pairs.
 async fn encrypt_peer_points<C: Channel>(
     channel: &C,
     peer_size: usize,
     keys: FrameKeys<'_>,
-    seed: Option<[u8; 64]>,
+    proving: bool,
     progress: &Progress<'_>,
 ) -> Result<PeerPass, EcdhPsiError> {
-    let proving = seed.is_some();
     let mut pass = PeerPass {
         tags: Vec::with_capacity(peer_size.min(1 << 20)),
-        peer_points: Vec::new(),
-        joint: Vec::new(),
-        m: seed.map(|_| RistrettoPoint::identity()),
+        peer_points: Vec::with_capacity(if proving { 32 * peer_size } else { 0 }),
+        joint: Vec::with_capacity(if proving { 32 * peer_size } else { 0 }),
     };
     let mut in_flight = VecDeque::with_capacity(PEER_FRAMES_IN_FLIGHT);
     let mut received = 0;
@@ -933,9 +1173,7 @@ async fn encrypt_peer_points<C: Channel>(
                 pass.peer_points.extend_from_slice(&points);
             }
             let key = keys.for_frame(received);
-            let first = received as u64;
-            in_flight
-                .push_back((received, cpu::spawn(move || encrypt_peer(&points, &key.0, seed.map(|s| (s, first))))));
+            in_flight.push_back((received, cpu::spawn(move || encrypt_peer(&points, &key.0))));
             received += count;
         } else {
             let (first, computing) = in_flight.pop_front().expect("a frame is in flight");
@@ -946,8 +1184,7 @@ async fn encrypt_peer_points<C: Channel>(
                 ))
             })?;
             pass.tags.extend_from_slice(&frame.tags);
-            if let (Some(m), Some(part)) = (&mut pass.m, frame.m) {
-                *m += part;
+            if proving {
                 pass.joint.extend_from_slice(&frame.joint);
             }
             progress.report("encrypt peer set", pass.tags.len(), peer_size);
@@ -961,17 +1198,13 @@ struct FrameOut {
     tags: Vec<u128>,
     /// `enc(k·Q_j)` of the frame's points.
     joint: Vec<u8>,
-    /// `Σ d_j·Q_j` over the frame, when proving.
-    m: Option<RistrettoPoint>,
 }
 
-/// Multiplies one frame of peer points by the key: their joint encodings, tags and (when proving,
-/// given the composite seed and the frame's first index) the frame's part of the composite `M`.
-/// Fails with the index (in the frame) of an invalid point.
-fn encrypt_peer(points: &[u8], half_key: &Scalar, proving: Option<([u8; 64], u64)>) -> Result<FrameOut, usize> {
+/// Multiplies one frame of peer points by the key: their joint encodings and tags. Fails with the
+/// index (in the frame) of an invalid point.
+fn encrypt_peer(points: &[u8], half_key: &Scalar) -> Result<FrameOut, usize> {
     let n = points.len() / 32;
     let mut joint = vec![0u8; 32 * n];
-    // After `multiply_encode`, `blinded` holds (k/2)·Q_j.
     let mut blinded = vec![RistrettoPoint::identity(); n];
     blinded
         .par_chunks_mut(kernels::BATCH)
@@ -986,21 +1219,7 @@ fn encrypt_peer(points: &[u8], half_key: &Scalar, proving: Option<([u8; 64], u64
             Ok::<(), usize>(())
         })?;
     let tags = joint.par_chunks(32).map(kernels::tag).collect();
-    // M = Σ d_j·Q_j = (k/2)⁻¹ · Σ d_j·((k/2)·Q_j): one multiscalar over the points at hand.
-    let m = proving.map(|(seed, first)| {
-        let w = blinded
-            .par_chunks(COMPOSITE_CHUNK)
-            .zip(points.par_chunks(32 * COMPOSITE_CHUNK))
-            .zip(joint.par_chunks(32 * COMPOSITE_CHUNK))
-            .enumerate()
-            .map(|(chunk, ((blinded, q), r))| {
-                let coefficients = dleq::coefficients(&seed, first + (chunk * COMPOSITE_CHUNK) as u64, q, r);
-                RistrettoPoint::vartime_multiscalar_mul(&coefficients, blinded)
-            })
-            .reduce(RistrettoPoint::identity, |a, b| a + b);
-        w * half_key.invert()
-    });
-    Ok(FrameOut { tags, joint, m })
+    Ok(FrameOut { tags, joint })
 }
 
 /// Checks a frame's kind and that its body is a non-empty whole number of `size`-byte records.
@@ -1009,7 +1228,7 @@ fn frame_body(frame: Bytes, kind: u8, size: usize) -> Result<Bytes, EcdhPsiError
         POINTS => "points",
         TAGS => "tags",
         JOINT => "joint points",
-        _ => "proof",
+        _ => "other",
     };
     match frame.first() {
         Some(&k) if k == kind => {}
@@ -1041,51 +1260,6 @@ async fn send_tags<C: Channel>(channel: &C, tags: &[u128], per_frame: usize) -> 
         channel.send(Bytes::from(frame)).await?;
     }
     Ok(())
-}
-
-/// Phase 2 with proofs, sender: the joint points of the peer's items in the order its points
-/// arrived, then the proofs.
-async fn send_joint<C: Channel>(channel: &C, record: &ProofRecord, per_frame: usize) -> Result<(), EcdhPsiError> {
-    for chunk in record.d.chunks(32 * per_frame.max(1)) {
-        let mut frame = Vec::with_capacity(1 + chunk.len());
-        frame.push(JOINT);
-        frame.extend_from_slice(chunk);
-        channel.send(Bytes::from(frame)).await?;
-    }
-    let mut frame = Vec::with_capacity(1 + 2 * dleq::PROOF_LEN);
-    frame.push(PROOF);
-    frame.extend_from_slice(&record.proof);
-    frame.extend_from_slice(&record.sample_proof);
-    channel.send(Bytes::from(frame)).await?;
-    Ok(())
-}
-
-/// Phase 2 with proofs, receiver: the joint points of this party's own items, then the proofs.
-async fn recv_own_joint<C: Channel>(
-    channel: &C,
-    own_size: usize,
-    progress: &Progress<'_>,
-) -> Result<Returned, EcdhPsiError> {
-    let mut points = Vec::with_capacity(32 * own_size);
-    while points.len() < 32 * own_size {
-        let body = frame_body(channel.recv().await?, JOINT, 32)?;
-        if body.len() > 32 * own_size - points.len() {
-            return Err(violation(format!(
-                "the peer sent back more than {own_size} joint points, one per item this party sent"
-            )));
-        }
-        points.extend_from_slice(&body);
-        progress.report("match", points.len() / 32, own_size);
-    }
-    let body = frame_body(channel.recv().await?, PROOF, 2 * dleq::PROOF_LEN)?;
-    if body.len() != 2 * dleq::PROOF_LEN {
-        return Err(violation(format!("the proof frame has {} bytes, expected {}", body.len(), 2 * dleq::PROOF_LEN)));
-    }
-    Ok(Returned {
-        points,
-        proof: body[..dleq::PROOF_LEN].try_into().expect("64 bytes"),
-        sample_proof: body[dleq::PROOF_LEN..].try_into().expect("64 bytes"),
-    })
 }
 
 /// Phase 2, receiver: the tags of this party's own items, in the order it sent them.

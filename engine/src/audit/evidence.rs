@@ -11,8 +11,8 @@
 //! job_head    the signed tree head right after the job's last entry
 //! head        the latest signed tree head when exported
 //! consistency RFC 6962 consistency proof from job_head to head
-//! ecdh        (ECDH-PSI with proofs) commitments and proof records: {pairs, pairs_root, proof,
-//!             sample_proof, sample: [{index, c, d, path}], points_file}; points_file holds all
+//! ecdh        (ECDH-PSI with proofs) commitments and proof records: {pairs, pairs_root, challenge,
+//!             m, z, proof, sample_proof, sample: [{index, c, d, leaf, path}], points_file}; points_file holds all
 //!             pairs (C_0..C_{n-1} then D_0..D_{n-1}, 32 bytes each), next to the bundle
 //! ```
 //!
@@ -29,9 +29,9 @@ use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
 use super::log::{SignedHead, read_log, verify_log};
-use super::{AuditError, hex, unhex, write_atomic};
+use super::{AuditError, hex, unhex, unhex_vec, write_atomic};
 
-pub const FORMAT: &str = "consort-audit-evidence/1";
+pub const FORMAT: &str = "consort-audit-evidence/2";
 /// Per-job ECDH evidence files live here, under the audit directory.
 pub const JOBS_DIR: &str = "jobs";
 
@@ -40,6 +40,10 @@ pub const JOBS_DIR: &str = "jobs";
 pub struct ProofSummary {
     pub pairs: u64,
     pub pairs_root: String,
+    /// The verifier's challenge seed and the composite `(M, Z)` it sent.
+    pub challenge: String,
+    pub m: String,
+    pub z: String,
     pub proof: String,
     pub sample_proof: String,
 }
@@ -59,6 +63,8 @@ pub struct SampleJson {
     pub index: u64,
     pub c: String,
     pub d: String,
+    /// The pairs of the sampled pair's leaf, hex.
+    pub leaf: String,
     pub path: Vec<String>,
 }
 
@@ -120,6 +126,9 @@ fn proof_json(record: &ProofRecord, points_file: Option<String>) -> ProofJson {
         summary: ProofSummary {
             pairs: record.pairs,
             pairs_root: hex(&record.pairs_root),
+            challenge: hex(&record.challenge),
+            m: hex(&record.m),
+            z: hex(&record.z),
             proof: hex(&record.proof),
             sample_proof: hex(&record.sample_proof),
         },
@@ -130,6 +139,7 @@ fn proof_json(record: &ProofRecord, points_file: Option<String>) -> ProofJson {
                 index: p.index,
                 c: hex(&p.c),
                 d: hex(&p.d),
+                leaf: hex(&p.leaf),
                 path: p.path.iter().map(|h| hex(h)).collect(),
             })
             .collect(),
@@ -577,6 +587,7 @@ fn record_of(dir: &Path, json: &ProofJson, full: bool) -> Result<(ProofRecord, b
                 index: p.index,
                 c: bytes32(&p.c, "a sampled point")?,
                 d: bytes32(&p.d, "a sampled point")?,
+                leaf: unhex_vec(&p.leaf).ok_or("a sampled leaf is not hex")?,
                 path: parse_hashes(&p.path, "a sample's audit path")?,
             })
         })
@@ -598,6 +609,9 @@ fn record_of(dir: &Path, json: &ProofJson, full: bool) -> Result<(ProofRecord, b
     let record = ProofRecord {
         pairs: s.pairs,
         pairs_root: bytes32(&s.pairs_root, "pairs_root")?,
+        challenge: bytes32(&s.challenge, "challenge")?,
+        m: bytes32(&s.m, "m")?,
+        z: bytes32(&s.z, "z")?,
         proof: bytes64(&s.proof, "proof")?,
         sample_proof: bytes64(&s.sample_proof, "sample_proof")?,
         sample,

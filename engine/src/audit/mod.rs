@@ -85,6 +85,14 @@ pub fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
+/// Parses lower- or upper-case hex of any even length.
+pub fn unhex_vec(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len() / 2).map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()).collect()
+}
+
 /// Writes `bytes` to `path` atomically (temp file in the same directory, then rename), with mode
 /// 0600 if `private`.
 pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8], private: bool) -> Result<(), AuditError> {

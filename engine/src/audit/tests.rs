@@ -66,28 +66,35 @@ async fn job(cheat: Option<Cheat>, out_dir: &Path) -> (Node, Node, Vec<(PathBuf,
     let (a, b) = (Node::new("a", 1), Node::new("b", 2));
     let (ca, cb) = memory_pair(8);
     let (ca, cb) = (Metered::new(ca), Metered::new(cb));
-    let config = |role| EcdhPsiConfig { role, reveal: Reveal::Both, progress: None, proofs: true };
+    // A cheater is the responder of a requester-only job: it returns points and proves, and its
+    // run ends (with its evidence) once it has sent its proof, while the requester checks it.
+    let reveal = if cheat.is_some() { Reveal::RequesterOnly } else { Reveal::Both };
+    let config = move |role| EcdhPsiConfig { role, reveal, progress: None, proofs: true };
     let (items_a, items_b) = (keys(0..300), keys(100..500));
-    let run_a = async {
+    let run_a = async move {
+        let run = ecdh_psi::run_with_evidence(&ca, &items_a, &config(Role::Requester)).await;
+        let stats = ca.stats();
+        drop(ca);
+        (run, stats)
+    };
+    let run_b = async move {
         let run = match cheat {
-            Some(cheat) => ecdh_psi::run_cheating(&ca, &items_a, &config(Role::Requester), cheat).await,
-            None => ecdh_psi::run_with_evidence(&ca, &items_a, &config(Role::Requester)).await,
+            Some(cheat) => ecdh_psi::run_cheating(&cb, &items_b, &config(Role::Responder), cheat).await,
+            None => ecdh_psi::run_with_evidence(&cb, &items_b, &config(Role::Responder)).await,
         };
-        (run, ca)
+        let stats = cb.stats();
+        drop(cb);
+        (run, stats)
     };
-    let run_b = async {
-        let run = ecdh_psi::run_with_evidence(&cb, &items_b, &config(Role::Responder)).await;
-        (run, cb)
-    };
-    let ((ra, ca), (rb, cb)) = futures_join(run_a, run_b).await;
-    a.record("j1", "requester", &ca.stats(), &ra);
-    b.record("j1", "responder", &cb.stats(), &rb);
+    let ((ra, stats_a), (rb, stats_b)) = futures_join(run_a, run_b).await;
+    a.record("j1", "requester", &stats_a, &ra);
+    b.record("j1", "responder", &stats_b, &rb);
     let bundles = vec![a.export("j1", out_dir), b.export("j1", out_dir)];
     (a, b, bundles)
 }
 
-/// Joins two futures, dropping each channel end as soon as its side is done (so an abort on one
-/// side ends the other).
+/// Joins two futures; each drops its channel end when its side is done (so an abort on one side
+/// ends the other, as a node closing the job's stream does).
 async fn futures_join<A: std::future::Future, B: std::future::Future>(a: A, b: B) -> (A::Output, B::Output) {
     tokio::join!(a, b)
 }
@@ -223,17 +230,17 @@ async fn a_node_that_used_two_keys_is_caught_by_its_peer_and_by_the_auditor() {
     let out = tempfile::tempdir().unwrap();
     let (a, b, bundles) = job(Some(Cheat::SecondKeyFrom(0)), out.path()).await;
     // The honest peer aborted during the job and logged why.
-    let b_entries: Vec<&str> = bundles[1].1.entries.iter().map(|e| e.entry.as_str()).collect();
-    assert!(b_entries.iter().any(|e| e.contains("failure") && e.contains("DLEQ proof")), "{b_entries:?}");
+    let a_entries: Vec<&str> = bundles[0].1.entries.iter().map(|e| e.entry.as_str()).collect();
+    assert!(a_entries.iter().any(|e| e.contains("failure") && e.contains("DLEQ proof")), "{a_entries:?}");
     // The cheater's own signed evidence does not verify.
     let report = verify_bundles(&bundles, &trusted(&a, &b, false));
-    assert_fails(&report, &["a.json: ECDH DLEQ proofs", "the proof this node made (sent) does not verify"]);
+    assert_fails(&report, &["b.json: ECDH DLEQ proofs", "the proof this node made (sent) does not verify"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_signed_forged_proof_is_caught() {
     let out = tempfile::tempdir().unwrap();
     let (a, b, bundles) = job(Some(Cheat::ForgedProof), out.path()).await;
-    let report = verify_bundles(&bundles[..1], &trusted(&a, &b, true));
+    let report = verify_bundles(&bundles[1..], &trusted(&a, &b, true));
     assert_fails(&report, &["the proof this node made (sent) does not verify"]);
 }

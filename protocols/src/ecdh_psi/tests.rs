@@ -122,7 +122,8 @@ async fn requester_only_reveal() {
 }
 
 /// Bytes on the wire are as documented: a 62-byte hello, 32 per own item, then per peer item (if
-/// the peer learns) 32 and a 129-byte proof frame with proofs, 16 without; 1 per frame.
+/// the peer learns) 32 and a 129-byte proof frame with proofs, 16 without; with proofs a party that
+/// learns sends a 97-byte challenge frame; 1 per frame.
 #[tokio::test(flavor = "multi_thread")]
 async fn wire_bytes_match_the_documented_format() {
     let requester = keys("k", 0..30);
@@ -144,8 +145,9 @@ async fn wire_bytes_match_the_documented_format() {
                 true => points(n) + 129,
                 false => 16 * n as u64 + frames(n, SMALL.tags_per_frame),
             };
-            let requester_sends = 62 + points(30) + if reveal == Reveal::Both { back(25) } else { 0 };
-            let responder_sends = 62 + points(25) + back(30);
+            let challenge = if proofs { 97 } else { 0 };
+            let requester_sends = 62 + points(30) + challenge + if reveal == Reveal::Both { back(25) } else { 0 };
+            let responder_sends = 62 + points(25) + back(30) + if reveal == Reveal::Both { challenge } else { 0 };
             assert_eq!(a.stats().bytes_sent, requester_sends);
             assert_eq!(b.stats().bytes_sent, responder_sends);
             assert_eq!(a.stats().sent_digest, b.stats().received_digest);
@@ -251,24 +253,50 @@ async fn a_party_using_two_keys_is_caught() {
     }
 }
 
+/// The returning party's answer to a challenge over the given pairs (its record).
+fn answer(key: &Arc<HalfKey>, peer_points: Vec<u8>, joint: Vec<u8>, m: RistrettoPoint, z: RistrettoPoint, behaviour: Behaviour) -> Result<ProofRecord, String> {
+    let challenge = [5u8; 32];
+    let body = [challenge.as_slice(), m.compress().as_bytes(), z.compress().as_bytes()].concat();
+    let proving = Proving {
+        key: Arc::clone(key),
+        commitment: key.commitment(),
+        peer_points: Bytes::from(peer_points),
+        joint: Bytes::from(joint),
+        behaviour,
+    };
+    prove_returned(proving, &body).map(|(record, _)| record)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cheaters_record_fails_the_sampled_and_full_audit() {
-    // Build the cheater's record directly: the second key on pairs 50.., proved with the first.
-    let key = HalfKey::random();
+    // The cheater's pairs: the second key on pairs 50..; the honest verifier's composite of them.
+    let key = Arc::new(HalfKey::random());
     let second = HalfKey::random();
     let commitment = key.commitment();
-    let b = CompressedRistretto(commitment);
-    let seed = dleq::composite_seed(DLEQ_CONTEXT, &b);
     let peer_points: Vec<u8> = honest_points(100).concat();
-    let honest_part = encrypt_peer(&peer_points[..32 * 50], &key.0, Some((seed, 0))).unwrap();
-    let cheat_part = encrypt_peer(&peer_points[32 * 50..], &second.0, Some((seed, 50))).unwrap();
+    let honest_part = encrypt_peer(&peer_points[..32 * 50], &key.0).unwrap();
+    let cheat_part = encrypt_peer(&peer_points[32 * 50..], &second.0).unwrap();
     let joint = [honest_part.joint, cheat_part.joint].concat();
-    let m = honest_part.m.unwrap() + cheat_part.m.unwrap();
-    let record = prove_returned(&key, &commitment, peer_points, joint, &m, Behaviour::Honest);
+    let coefficients = dleq::Coefficients::new(DLEQ_CONTEXT, &[5u8; 32]);
+    let (m, z) = dleq::composite_pairs(&coefficients, &peer_points, &joint).unwrap();
+    // An honest prover refuses to prove a composite that is not k·M.
+    let refused = answer(&key, peer_points.clone(), joint.clone(), m, z, Behaviour::Honest).unwrap_err();
+    assert!(refused.contains("refusing to prove"), "{refused}");
+    // A cheater proves anyway: the proof and the sample fail an auditor's check.
+    let record = answer(&key, peer_points.clone(), joint.clone(), m, z, Behaviour::SecondKeyFrom(50)).unwrap();
     let sampled = verify_record(&commitment, &record, false).unwrap_err();
     assert!(sampled.contains("sampled pairs"), "{sampled}");
     let full = verify_record(&commitment, &record, true).unwrap_err();
     assert!(full.contains("sampled pairs"), "{full}");
+    // A record whose composite is some other (M', k·M') passes the proof but not the full check,
+    // which recomputes the composite from the pairs.
+    let honest_joint = encrypt_peer(&peer_points, &key.0).unwrap().joint;
+    let other = RistrettoPoint::hash_from_bytes::<sha2::Sha512>(b"another point");
+    let k = key.0 + key.0;
+    let record = answer(&key, peer_points, honest_joint, other, other * k, Behaviour::Honest).unwrap();
+    verify_record(&commitment, &record, false).unwrap();
+    let full = verify_record(&commitment, &record, true).unwrap_err();
+    assert!(full.contains("not the combination"), "{full}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -293,9 +321,12 @@ async fn tampered_records_are_rejected() {
     let good = evidence.sent.unwrap();
     type Tamper = Box<dyn Fn(&mut ProofRecord)>;
     let cases: Vec<(Tamper, &str)> = vec![
-        (Box::new(|r| r.proof[3] ^= 1), "DLEQ proof over all"),
+        (Box::new(|r| r.proof[3] ^= 1), "DLEQ proof over the composite"),
+        (Box::new(|r| r.z[3] ^= 1), "composite"),
+        (Box::new(|r| r.challenge[0] ^= 1), "sampled indices"),
         (Box::new(|r| r.sample_proof[40] ^= 1), "sampled pairs"),
         (Box::new(|r| r.sample[5].d[7] ^= 1), "audit path"),
+        (Box::new(|r| r.sample[5].leaf[64 * 15 + 3] ^= 1), "audit path"),
         (Box::new(|r| r.sample[5].path[0][0] ^= 1), "audit path"),
         (Box::new(|r| r.pairs_root[0] ^= 1), "sampled indices"),
         (Box::new(|r| r.sample.swap(1, 2)), "sampled indices"),
