@@ -10,8 +10,14 @@
 //! `heads.jsonl`. With a head per entry, the first head whose root does not match names the first
 //! altered entry.
 //!
-//! Both files are rewritten atomically (temp file + rename) on every append, so a crash never
-//! leaves a torn line; this is `O(size)` per append, fine for job-level events.
+//! An append writes one line to each file (`O_APPEND`, then `fdatasync`): entry first, then its
+//! head, so a crash leaves at worst a torn last line or an entry without a head, never a head
+//! without its entries. Opening the log repairs exactly that: it cuts a torn last line (no
+//! newline: it was never complete, so never acknowledged) and signs a head for a last complete
+//! entry that lacks one (the crash window; more unsigned entries are refused), then verifies the
+//! whole log. The root of the next head comes from the
+//! "frontier" of perfect subtrees (`O(log n)` hashes per append), so appends cost the same
+//! whatever the log's size.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,7 +27,7 @@ use consort_protocols::merkle::{self, Hash};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use super::{AUDIT_DIR, AuditError, hex, unhex, write_atomic};
+use super::{AUDIT_DIR, AuditError, hex, unhex};
 
 pub const LOG_FILE: &str = "log.jsonl";
 pub const HEADS_FILE: &str = "heads.jsonl";
@@ -74,8 +80,57 @@ pub struct AuditLog {
     lines: Vec<String>,
     leaves: Vec<Hash>,
     heads: Vec<SignedHead>,
+    /// Roots of the perfect subtrees the entries so far split into (RFC 6962), largest first,
+    /// with their sizes: the next root is their fold, and an append merges equal neighbours.
+    frontier: Vec<(u64, Hash)>,
     /// Index of each job's latest entry (each entry names the job's previous one in `prev`).
     last_of_job: HashMap<String, u64>,
+}
+
+/// Pushes a leaf onto a frontier of perfect subtrees, merging equal sizes.
+fn frontier_push(frontier: &mut Vec<(u64, Hash)>, leaf: Hash) {
+    frontier.push((1, leaf));
+    while let [.., (left_size, left), (right_size, right)] = frontier.as_slice() {
+        if left_size != right_size {
+            break;
+        }
+        let merged = (left_size + right_size, merkle::node_hash(left, right));
+        frontier.truncate(frontier.len() - 2);
+        frontier.push(merged);
+    }
+}
+
+/// The RFC 6962 root of the entries a frontier covers.
+fn frontier_root(frontier: &[(u64, Hash)]) -> Hash {
+    match frontier.split_last() {
+        None => merkle::empty_root(),
+        Some((&(_, last), rest)) => rest.iter().rev().fold(last, |right, (_, left)| merkle::node_hash(left, &right)),
+    }
+}
+
+/// Appends `line` and a newline to `path` and syncs its data.
+fn append_line(path: &Path, line: &str) -> Result<(), AuditError> {
+    use std::io::Write;
+    let mut file =
+        std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| AuditError::io(path, e))?;
+    file.write_all(format!("{line}\n").as_bytes()).map_err(|e| AuditError::io(path, e))?;
+    file.sync_data().map_err(|e| AuditError::io(path, e))
+}
+
+/// Cuts a torn last line (one without a newline: a crash during its append) from `path`.
+fn cut_torn_tail(path: &Path) -> Result<(), AuditError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(AuditError::io(path, e)),
+    };
+    if bytes.is_empty() || bytes.ends_with(b"\n") {
+        return Ok(());
+    }
+    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let file = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| AuditError::io(path, e))?;
+    file.set_len(keep as u64).map_err(|e| AuditError::io(path, e))?;
+    file.sync_all().map_err(|e| AuditError::io(path, e))
 }
 
 impl AuditLog {
@@ -84,9 +139,25 @@ impl AuditLog {
     pub fn open(node_dir: &Path, key: SigningKey) -> Result<AuditLog, AuditError> {
         let dir = node_dir.join(AUDIT_DIR);
         std::fs::create_dir_all(&dir).map_err(|e| AuditError::io(&dir, e))?;
-        let (lines, heads) = read_log(&dir)?;
+        // Crash repair: a torn last line was never completely written; one complete entry after
+        // the last head is the crash window between an entry and its head (more than one is not
+        // a crash, and is left for verification to refuse).
+        cut_torn_tail(&dir.join(LOG_FILE))?;
+        cut_torn_tail(&dir.join(HEADS_FILE))?;
+        let (lines, mut heads) = read_log(&dir)?;
+        let leaves: Vec<Hash> = lines.iter().map(|l| merkle::leaf_hash(l.as_bytes())).collect();
+        let signed = heads.last().map_or(0, |h| h.size);
+        if signed as usize + 1 == lines.len() {
+            verify_log(&dir, &lines[..signed as usize], &heads, &key.verifying_key())?;
+            let head = SignedHead::sign(&key, lines.len() as u64, merkle::root(&leaves), now());
+            append_line(&dir.join(HEADS_FILE), &json_line(&head))?;
+            heads.push(head);
+        }
         verify_log(&dir, &lines, &heads, &key.verifying_key())?;
-        let leaves = lines.iter().map(|l| merkle::leaf_hash(l.as_bytes())).collect();
+        let mut frontier = Vec::new();
+        for leaf in &leaves {
+            frontier_push(&mut frontier, *leaf);
+        }
         let mut last_of_job = HashMap::new();
         for (i, line) in lines.iter().enumerate() {
             if let Some(job) = serde_json::from_str::<serde_json::Value>(line)
@@ -96,7 +167,7 @@ impl AuditLog {
                 last_of_job.insert(job, i as u64);
             }
         }
-        Ok(AuditLog { dir, key, lines, leaves, heads, last_of_job })
+        Ok(AuditLog { dir, key, lines, leaves, heads, frontier, last_of_job })
     }
 
     pub fn dir(&self) -> &Path {
@@ -131,22 +202,17 @@ impl AuditLog {
             }
         }
         let line = serde_json::Value::Object(entry).to_string();
-        let mut leaves = self.leaves.clone();
-        leaves.push(merkle::leaf_hash(line.as_bytes()));
-        let head = SignedHead::sign(&self.key, seq + 1, merkle::root(&leaves), time);
-
-        let mut lines_text: String = self.lines.iter().map(|l| format!("{l}\n")).collect();
-        lines_text.push_str(&line);
-        lines_text.push('\n');
-        let mut heads_text: String = self.heads.iter().map(|h| format!("{}\n", json_line(h))).collect();
-        heads_text.push_str(&json_line(&head));
-        heads_text.push('\n');
-        // Entries first: a crash in between leaves an entry without a head, which verification
-        // reports, never a head without its entries.
-        write_atomic(&self.dir.join(LOG_FILE), lines_text.as_bytes(), false)?;
-        write_atomic(&self.dir.join(HEADS_FILE), heads_text.as_bytes(), false)?;
+        let leaf = merkle::leaf_hash(line.as_bytes());
+        let mut frontier = self.frontier.clone();
+        frontier_push(&mut frontier, leaf);
+        let head = SignedHead::sign(&self.key, seq + 1, frontier_root(&frontier), time);
+        // Entry first: a crash in between leaves an entry without a head (which `open` signs),
+        // never a head without its entry.
+        append_line(&self.dir.join(LOG_FILE), &line)?;
+        append_line(&self.dir.join(HEADS_FILE), &json_line(&head))?;
         self.lines.push(line);
-        self.leaves = leaves;
+        self.leaves.push(leaf);
+        self.frontier = frontier;
         self.heads.push(head);
         self.last_of_job.insert(job.to_string(), seq);
         Ok(seq)
@@ -314,6 +380,47 @@ mod tests {
         for needle in needles {
             assert!(error.contains(needle), "{error:?} does not mention {needle:?}");
         }
+    }
+
+    #[test]
+    fn frontier_roots_match_full_roots() {
+        let mut frontier = Vec::new();
+        let mut leaves = Vec::new();
+        assert_eq!(frontier_root(&frontier), merkle::empty_root());
+        for i in 0u32..70 {
+            let leaf = merkle::leaf_hash(&i.to_be_bytes());
+            leaves.push(leaf);
+            frontier_push(&mut frontier, leaf);
+            assert_eq!(frontier_root(&frontier), merkle::root(&leaves), "{} leaves", i + 1);
+        }
+    }
+
+    #[test]
+    fn a_crash_between_entry_and_head_or_mid_line_is_repaired_on_open() {
+        let (dir, log) = log_with(3);
+        drop(log);
+        let audit = dir.path().join(AUDIT_DIR);
+        // A crash after the entry, before its head: the entry is there, unsigned.
+        let mut log = AuditLog::open(dir.path(), key()).unwrap();
+        log.append("j9", "end", serde_json::json!({})).unwrap();
+        drop(log);
+        rewrite(dir.path(), HEADS_FILE, |heads| {
+            heads.pop();
+        });
+        // And a torn line in each file (a crash in the middle of a write).
+        for name in [LOG_FILE, HEADS_FILE] {
+            let mut file = std::fs::OpenOptions::new().append(true).open(audit.join(name)).unwrap();
+            std::io::Write::write_all(&mut file, b"{\"seq\":4,\"tim").unwrap();
+        }
+        let log = AuditLog::open(dir.path(), key()).unwrap();
+        assert_eq!((log.entries().len(), log.heads().len()), (4, 4));
+        verify_files(dir.path(), &key().verifying_key()).unwrap();
+        drop(log);
+        // Two unsigned entries are not a crash: refused.
+        rewrite(dir.path(), HEADS_FILE, |heads| {
+            heads.truncate(2);
+        });
+        assert!(AuditLog::open(dir.path(), key()).is_err());
     }
 
     #[test]
