@@ -82,6 +82,23 @@ async fn train_then_score_between_two_nodes() {
     assert!(mb.intercept.is_none() && mb.training.auc.is_none());
     let peer_job = p.b.state.jobs.get(&status.job_id).unwrap().status();
     assert_eq!((peer_job.state.as_str(), peer_job.role.as_str()), ("done", "responder"));
+    // Both audit logs record the request (with its parameters), the grant decision and the end.
+    for (dir, role, dataset) in [(&p.a_dir, "requester", "loans"), (&p.b_dir, "responder", "features")] {
+        let log = std::fs::read_to_string(dir.join("audit/log.jsonl")).unwrap();
+        let events: Vec<serde_json::Value> = log
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|e| e["job"] == status.job_id.as_str())
+            .collect();
+        let names: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+        assert_eq!(&names[..2], ["request", "grant"], "{role}: {names:?}");
+        assert_eq!(names.last(), Some(&"end"), "{role}: {names:?}");
+        let request = &events[0];
+        assert_eq!((request["kind"].as_str(), request["role"].as_str()), (Some("train"), Some(role)));
+        assert_eq!(request["dataset"].as_str(), Some(dataset));
+        assert_eq!(request["parameters"]["epochs"].as_u64(), Some(3), "{request}");
+        assert_eq!(events[1]["decision"].as_str(), Some("accepted"));
+    }
 
     let out = p.root.join("scores.csv");
     let score = LrRequest {

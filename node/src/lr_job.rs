@@ -144,8 +144,10 @@ async fn request_inner(state: &NodeState, handle: &Arc<JobHandle>, params: &LrJo
         protocol: params.protocol.name().into(),
         dataset: params.peer_dataset.clone(),
         reveal: "both".into(),
-        params: wire_params,
+        params: wire_params.clone(),
     };
+    let request_params = wire_params;
+    let datasets = serde_json::json!({"dataset": params.dataset, "peer_dataset": params.peer_dataset});
     tx.send(PeerFrame { kind: Some(Kind::Request(request)) }).await.map_err(|_| anyhow!("job stream closed"))?;
     let inbound = client
         .run_job(ReceiverStream::new(rx))
@@ -156,10 +158,16 @@ async fn request_inner(state: &NodeState, handle: &Arc<JobHandle>, params: &LrJo
     match tokio::time::timeout(ANSWER_TIMEOUT, channel.recv_kind()).await {
         Err(_) => bail!("peer '{}' did not answer the job request within {ANSWER_TIMEOUT:?}", peer.name),
         Ok(Ok(Kind::Accept(a))) => handle.update(|s| s.peer_rows = a.rows),
-        Ok(Ok(Kind::Reject(r))) => bail!("peer '{}' refused the job: {}", peer.name, r.reason),
+        Ok(Ok(Kind::Reject(r))) => {
+            let audited = audited_request(kind, params.protocol.name(), &request_params, &datasets);
+            crate::audit::record_request(state, &job_id, "requester", &peer.name, audited, Err(&r.reason)).await?;
+            bail!("peer '{}' refused the job: {}", peer.name, r.reason)
+        }
         Ok(Ok(other)) => bail!("peer '{}' answered the job request with a {} frame", peer.name, kind_name(&other)),
         Ok(Err(e)) => bail!("peer '{}' dropped the job request: {e}", peer.name),
     }
+    let audited = audited_request(kind, params.protocol.name(), &request_params, &datasets);
+    crate::audit::record_request(state, &job_id, "requester", &peer.name, audited, Ok(())).await?;
     let dealer = match &params.kind {
         LrRequestKind::Train { params: p, .. } => match &p.dealer {
             Some(name) => {
@@ -263,7 +271,17 @@ fn admit(state: &NodeState, peer: &str, job: &JobRequest) -> Result<(consort_eng
 }
 
 pub async fn respond(state: Arc<NodeState>, peer: PeerInfo, job: JobRequest, channel: GrpcChannel) {
-    let (spec, mut engine_job) = match admit(&state, &peer.name, &job) {
+    let admitted = admit(&state, &peer.name, &job);
+    let request = audited_request(&job.kind, &job.protocol, &job.params, &serde_json::json!({"dataset": job.dataset}));
+    let decision = admitted.as_ref().map(|_| ()).map_err(String::as_str);
+    if let Err(e) = crate::audit::record_request(&state, &job.job_id, "responder", &peer.name, request, decision).await
+    {
+        warn!(job = %job.job_id, "cannot record the job request in the audit log: {e:#}");
+        let reason = "the responder cannot record the job in its audit log".to_string();
+        let _ = channel.send_kind(Kind::Reject(JobReject { reason })).await;
+        return;
+    }
+    let (spec, mut engine_job) = match admitted {
         Ok(admitted) => admitted,
         Err(reason) => {
             warn!(peer = %peer.name, job = %job.job_id, dataset = %job.dataset, "refused job: {reason}");
@@ -422,6 +440,18 @@ async fn run(
             Err(e)
         }
     }
+}
+
+/// An LR job request as the audit log records it: kind, PSI protocol, the datasets (this node's
+/// and, for the requester, the peer's) and the job's parameters (hyper-parameters, or the model's
+/// train job for scoring) as sent.
+fn audited_request(kind: &str, protocol: &str, params: &str, datasets: &serde_json::Value) -> serde_json::Value {
+    let params: serde_json::Value = serde_json::from_str(params).unwrap_or_else(|_| params.into());
+    let mut request = serde_json::json!({"kind": kind, "protocol": protocol, "parameters": params});
+    if let (serde_json::Value::Object(r), serde_json::Value::Object(d)) = (&mut request, datasets) {
+        r.extend(d.clone());
+    }
+    request
 }
 
 /// The output path as the peer sees it: relative to the node directory for responder outputs.
