@@ -577,10 +577,15 @@ async fn phase2_with_proofs<C: Channel>(
                     }
                 }
                 Some(CHALLENGE) => {
-                    let p = returner.take().ok_or_else(|| violation("the peer sent a challenge this party did not expect"))?;
+                    let p = returner
+                        .take()
+                        .ok_or_else(|| violation("the peer sent a challenge this party did not expect"))?;
                     let body = frame.slice(1..);
                     if body.len() != CHALLENGE_BODY {
-                        return Err(violation(format!("the challenge frame has {} bytes, expected {CHALLENGE_BODY}", body.len())));
+                        return Err(violation(format!(
+                            "the challenge frame has {} bytes, expected {CHALLENGE_BODY}",
+                            body.len()
+                        )));
                     }
                     let (record, proof_frame) = cpu::run(move || prove_returned(p, &body)).await.map_err(violation)?;
                     control.unbounded_send(proof_frame).expect("the writer outlives the reader");
@@ -593,7 +598,11 @@ async fn phase2_with_proofs<C: Channel>(
                         .ok_or_else(|| violation("the peer sent a proof before this party's challenge"))?;
                     let body = frame.slice(1..);
                     if body.len() != 2 * dleq::PROOF_LEN {
-                        return Err(violation(format!("the proof frame has {} bytes, expected {}", body.len(), 2 * dleq::PROOF_LEN)));
+                        return Err(violation(format!(
+                            "the proof frame has {} bytes, expected {}",
+                            body.len(),
+                            2 * dleq::PROOF_LEN
+                        )));
                     }
                     l.record = Some(l.check(&body).await.map_err(violation)?);
                 }
@@ -612,6 +621,9 @@ async fn phase2_with_proofs<C: Channel>(
 /// Body of a challenge frame: `σ || enc(M) || enc(Z)`.
 const CHALLENGE_BODY: usize = dleq::CHALLENGE_LEN + 64;
 
+/// One frame of returned points after decoding: its part of `Z` and its tags.
+type JointFrame = Result<(RistrettoPoint, Vec<u128>), dleq::DleqError>;
+
 /// The learning side of phase 2 with proofs.
 struct Learner {
     v: Verifying,
@@ -619,7 +631,7 @@ struct Learner {
     received: Vec<u8>,
     tags: Vec<u128>,
     z: RistrettoPoint,
-    in_flight: VecDeque<(u64, cpu::Task<Result<(RistrettoPoint, Vec<u128>), dleq::DleqError>>)>,
+    in_flight: VecDeque<cpu::Task<JointFrame>>,
     sent_challenge: bool,
     m: RistrettoPoint,
     record: Option<ProofRecord>,
@@ -651,13 +663,10 @@ impl Learner {
         let first = (self.received.len() / 32) as u64;
         self.received.extend_from_slice(&body);
         let coefficients = Arc::clone(&self.v.coefficients);
-        self.in_flight.push_back((
-            first,
-            cpu::spawn(move || {
-                let z = dleq::composite_of_encodings(&coefficients, first, &body, "returned")?;
-                Ok((z, body.par_chunks(32).map(kernels::tag).collect()))
-            }),
-        ));
+        self.in_flight.push_back(cpu::spawn(move || {
+            let z = dleq::composite_of_encodings(&coefficients, first, &body, "returned")?;
+            Ok((z, body.par_chunks(32).map(kernels::tag).collect()))
+        }));
         while self.in_flight.len() > JOINT_FRAMES_IN_FLIGHT {
             self.settle_one().await?;
         }
@@ -665,7 +674,7 @@ impl Learner {
     }
 
     async fn settle_one(&mut self) -> Result<(), EcdhPsiError> {
-        let (_, task) = self.in_flight.pop_front().expect("a frame is in flight");
+        let task = self.in_flight.pop_front().expect("a frame is in flight");
         let (z, tags) = task.await.map_err(|e| match e {
             dleq::DleqError::BadPoint { index, .. } => {
                 violation(format!("the peer's returned point {index} is not a valid ristretto255 encoding"))
@@ -877,13 +886,16 @@ pub fn verify_sample(commitment: &[u8; 32], record: &ProofRecord) -> Result<(), 
     let expected = dleq::sample_indices(&record.challenge, &record.pairs_root, &b, record.pairs, SAMPLE_SIZE);
     let indices: Vec<u64> = record.sample.iter().map(|p| p.index).collect();
     if indices != expected {
-        return Err("the sampled indices are not the ones drawn from the challenge and the Merkle root of the pairs".into());
+        return Err(
+            "the sampled indices are not the ones drawn from the challenge and the Merkle root of the pairs".into()
+        );
     }
     let leaves = record.pairs.div_ceil(PAIRS_PER_LEAF as u64);
     for pair in &record.sample {
         let (leaf, slot) = (pair.index / PAIRS_PER_LEAF as u64, (pair.index % PAIRS_PER_LEAF as u64) as usize);
         let in_leaf = (record.pairs - leaf * PAIRS_PER_LEAF as u64).min(PAIRS_PER_LEAF as u64) as usize;
-        if pair.leaf.len() != 64 * in_leaf || pair.leaf[64 * slot..64 * slot + 32] != pair.c
+        if pair.leaf.len() != 64 * in_leaf
+            || pair.leaf[64 * slot..64 * slot + 32] != pair.c
             || pair.leaf[64 * slot + 32..64 * slot + 64] != pair.d
         {
             return Err(format!("sampled pair {}: audit path: its leaf does not hold the pair", pair.index));

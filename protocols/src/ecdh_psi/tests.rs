@@ -254,7 +254,14 @@ async fn a_party_using_two_keys_is_caught() {
 }
 
 /// The returning party's answer to a challenge over the given pairs (its record).
-fn answer(key: &Arc<HalfKey>, peer_points: Vec<u8>, joint: Vec<u8>, m: RistrettoPoint, z: RistrettoPoint, behaviour: Behaviour) -> Result<ProofRecord, String> {
+fn answer(
+    key: &Arc<HalfKey>,
+    peer_points: Vec<u8>,
+    joint: Vec<u8>,
+    m: RistrettoPoint,
+    z: RistrettoPoint,
+    behaviour: Behaviour,
+) -> Result<ProofRecord, String> {
     let challenge = [5u8; 32];
     let body = [challenge.as_slice(), m.compress().as_bytes(), z.compress().as_bytes()].concat();
     let proving = Proving {
