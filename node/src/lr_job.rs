@@ -274,11 +274,7 @@ pub async fn respond(state: Arc<NodeState>, peer: PeerInfo, job: JobRequest, cha
     let admitted = admit(&state, &peer.name, &job);
     let request = audited_request(&job.kind, &job.protocol, &job.params, &serde_json::json!({"dataset": job.dataset}));
     let decision = admitted.as_ref().map(|_| ()).map_err(String::as_str);
-    if let Err(e) = crate::audit::record_request(&state, &job.job_id, "responder", &peer.name, request, decision).await
-    {
-        warn!(job = %job.job_id, "cannot record the job request in the audit log: {e:#}");
-        let reason = "the responder cannot record the job in its audit log".to_string();
-        let _ = channel.send_kind(Kind::Reject(JobReject { reason })).await;
+    if !crate::peer::record_request_or_reject(&state, &peer, &job, request, decision, &channel).await {
         return;
     }
     let (spec, mut engine_job) = match admitted {

@@ -142,6 +142,26 @@ fn admit(state: &NodeState, peer: &str, job: &JobRequest) -> Result<(DatasetSpec
     Ok((entry.spec.clone(), protocol, reveal))
 }
 
+/// Logs a responder's job request and grant decision; if the log cannot take them, rejects the
+/// job (a node runs no job it cannot account for) and returns `false`.
+pub(crate) async fn record_request_or_reject(
+    state: &NodeState,
+    peer: &PeerInfo,
+    job: &JobRequest,
+    request: serde_json::Value,
+    decision: Result<(), &str>,
+    channel: &GrpcChannel,
+) -> bool {
+    let Err(e) = crate::audit::record_request(state, &job.job_id, "responder", &peer.name, request, decision).await
+    else {
+        return true;
+    };
+    warn!(job = %job.job_id, "cannot record the job request in the audit log: {e:#}");
+    let reason = "the responder cannot record the job in its audit log".to_string();
+    let _ = channel.send_kind(Kind::Reject(JobReject { reason })).await;
+    false
+}
+
 async fn respond(state: Arc<NodeState>, peer: PeerInfo, job: JobRequest, channel: GrpcChannel) {
     if crate::lr_job::KINDS.contains(&job.kind.as_str()) {
         return crate::lr_job::respond(state, peer, job, channel).await;
@@ -153,11 +173,7 @@ async fn respond(state: Arc<NodeState>, peer: PeerInfo, job: JobRequest, channel
     let request =
         serde_json::json!({"kind": job.kind, "protocol": job.protocol, "dataset": job.dataset, "reveal": job.reveal});
     let decision = admitted.as_ref().map(|_| ()).map_err(String::as_str);
-    if let Err(e) = crate::audit::record_request(&state, &job.job_id, "responder", &peer.name, request, decision).await
-    {
-        warn!(job = %job.job_id, "cannot record the job request in the audit log: {e:#}");
-        let reason = "the responder cannot record the job in its audit log".to_string();
-        let _ = channel.send_kind(Kind::Reject(JobReject { reason })).await;
+    if !record_request_or_reject(&state, &peer, &job, request, decision, &channel).await {
         return;
     }
     let (spec, protocol, reveal) = match admitted {
