@@ -558,7 +558,7 @@ async fn phase2_with_proofs<C: Channel>(
     let reader = async move {
         let mut learner = verifying.map(|v| Learner::new(v, own_size));
         let mut returner = proving;
-        let (mut sent_record, mut received_record) = (None, None);
+        let mut sent_record = None;
         if let Some(l) = learner.as_mut().filter(|_| own_size == 0) {
             control.unbounded_send(l.finish().await?).expect("the writer outlives the reader");
         }
@@ -611,8 +611,7 @@ async fn phase2_with_proofs<C: Channel>(
             }
         }
         let own_tags = learner.as_mut().map(|l| std::mem::take(&mut l.tags));
-        received_record = learner.and_then(|l| l.record).or(received_record);
-        Ok::<_, EcdhPsiError>((own_tags, sent_record, received_record))
+        Ok::<_, EcdhPsiError>((own_tags, sent_record, learner.and_then(|l| l.record)))
     };
     let ((), result) = futures::try_join!(writer, reader)?;
     Ok(result)
