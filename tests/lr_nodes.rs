@@ -4,12 +4,17 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use consort_api::{JobKind, JobState};
 use consort_engine::DatasetSpec;
+use consort_engine::PsiProtocol;
 use consort_engine::lr::{LrParams, ModelFile};
 use consort_engine::lr_synth::{LrGenSpec, generate_lr};
+use consort_node::cli::lr::submit_request;
 use consort_node::client::NodeClient;
+use consort_node::job::score::ScoreRequest;
+use consort_node::job::train::TrainRequest;
 use consort_node::node::{self, NodeHandle};
-use consort_node::proto::{JobStatus, LrRequest};
+use consort_node::proto::{JobStatus, SubmitRequest};
 use consort_node::{pair, setup};
 
 struct Pair {
@@ -40,25 +45,19 @@ async fn pair_with_lr_data(rows: u64, missing_b: u64, grant_kinds: &str) -> Pair
     Pair { _tmp: tmp, root, a_dir, b_dir, _a: a, b }
 }
 
-fn train_request(p: &Pair, label: &str) -> LrRequest {
-    let params = LrParams { epochs: 3, batch_size: 256, split_seed: 5, ..LrParams::default() };
-    LrRequest {
-        kind: "train".into(),
-        peer: pair::B.into(),
-        dataset: "loans".into(),
-        peer_dataset: "features".into(),
-        label: label.into(),
-        features: vec![],
-        params: serde_json::to_string(&params).unwrap(),
-        model: p.root.join("model-a.json").display().to_string(),
-        out: String::new(),
-        protocol: String::new(),
-    }
+fn lr_params() -> LrParams {
+    LrParams { epochs: 3, batch_size: 256, split_seed: 5, ..LrParams::default() }
 }
 
-async fn run(dir: &Path, request: LrRequest) -> Result<JobStatus, String> {
+fn train_request(p: &Pair, label: &str, protocol: PsiProtocol, params: LrParams) -> SubmitRequest {
+    let train = TrainRequest { label: label.into(), features: vec![], params };
+    let parties = (pair::B, "loans", "features");
+    submit_request(JobKind::Train, parties, protocol, &train, &p.root.join("model-a.json")).unwrap()
+}
+
+async fn run(dir: &Path, request: SubmitRequest) -> Result<JobStatus, String> {
     let client = NodeClient::connect(dir).await.unwrap();
-    let id = client.submit_lr(request).await.map_err(|e| e.to_string())?;
+    let id = client.submit(request).await.map_err(|e| e.to_string())?;
     Ok(tokio::time::timeout(Duration::from_secs(120), client.watch(&id, |_| {})).await.expect("job hangs").unwrap())
 }
 
@@ -66,9 +65,9 @@ async fn run(dir: &Path, request: LrRequest) -> Result<JobStatus, String> {
 async fn train_then_score_between_two_nodes() {
     let p = pair_with_lr_data(3000, 250, "psi,train,score").await;
     // Aligned with RR22 here (the other tests use the default, ECDH-PSI).
-    let status = run(&p.a_dir, LrRequest { protocol: "rr22".into(), ..train_request(&p, "y") }).await.unwrap();
-    assert_eq!(status.protocol, "rr22");
-    assert_eq!(status.state, "done", "{}", status.error);
+    let status = run(&p.a_dir, train_request(&p, "y", PsiProtocol::Rr22, lr_params())).await.unwrap();
+    assert_eq!(status.protocol_name(), "rr22");
+    assert_eq!(status.job_state(), JobState::Done, "{}", status.error);
     assert_eq!((status.local_rows, status.peer_rows, status.intersection), (3000, 2750, 2750));
     let report: serde_json::Value = serde_json::from_str(&status.summary).unwrap();
     assert_eq!((report["features"].as_u64(), report["peer_features"].as_u64()), (Some(2), Some(3)));
@@ -81,7 +80,7 @@ async fn train_then_score_between_two_nodes() {
     assert_eq!(mb.features.len(), 3);
     assert!(mb.intercept.is_none() && mb.training.auc.is_none());
     let peer_job = p.b.state.jobs.get(&status.job_id).unwrap().status();
-    assert_eq!((peer_job.state.as_str(), peer_job.role.as_str()), ("done", "responder"));
+    assert_eq!((peer_job.job_state(), peer_job.role_name()), (JobState::Done, "responder"));
     // Both audit logs record the request (with its parameters), the grant decision and the end.
     for (dir, role, dataset) in [(&p.a_dir, "requester", "loans"), (&p.b_dir, "responder", "features")] {
         let log = std::fs::read_to_string(dir.join("audit/log.jsonl")).unwrap();
@@ -91,8 +90,8 @@ async fn train_then_score_between_two_nodes() {
             .filter(|e| e["job"] == status.job_id.as_str())
             .collect();
         let names: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
-        assert_eq!(&names[..2], ["request", "grant"], "{role}: {names:?}");
-        assert_eq!(names.last(), Some(&"end"), "{role}: {names:?}");
+        // Audited like a PSI job: the dataset commitment, the transcript, the model's commitment.
+        assert_eq!(names, ["request", "grant", "start", "transcript", "output", "end"], "{role}");
         let request = &events[0];
         assert_eq!((request["kind"].as_str(), request["role"].as_str()), (Some("train"), Some(role)));
         assert_eq!(request["dataset"].as_str(), Some(dataset));
@@ -101,17 +100,11 @@ async fn train_then_score_between_two_nodes() {
     }
 
     let out = p.root.join("scores.csv");
-    let score = LrRequest {
-        kind: "score".into(),
-        peer: pair::B.into(),
-        dataset: "loans".into(),
-        peer_dataset: "features".into(),
-        model: p.root.join("model-a.json").display().to_string(),
-        out: out.display().to_string(),
-        ..Default::default()
-    };
+    let model = ScoreRequest { model: p.root.join("model-a.json") };
+    let score =
+        submit_request(JobKind::Score, (pair::B, "loans", "features"), PsiProtocol::Ecdh, &model, &out).unwrap();
     let status = run(&p.a_dir, score).await.unwrap();
-    assert_eq!(status.state, "done", "{}", status.error);
+    assert_eq!(status.job_state(), JobState::Done, "{}", status.error);
     let text = std::fs::read_to_string(&out).unwrap();
     assert_eq!(text.lines().count(), 2751);
     assert!(
@@ -127,12 +120,12 @@ async fn train_then_score_between_two_nodes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn train_needs_a_train_grant_and_a_label_column() {
     let p = pair_with_lr_data(200, 0, "psi").await;
-    let err = run(&p.a_dir, train_request(&p, "y")).await.unwrap_err();
+    let err = run(&p.a_dir, train_request(&p, "y", PsiProtocol::Ecdh, lr_params())).await.unwrap_err();
     assert!(err.contains("grants peer 'partner' only psi jobs, not train"), "{err}");
 
     let p = pair_with_lr_data(200, 0, "train").await;
-    let status = run(&p.a_dir, train_request(&p, "label")).await.unwrap();
-    assert_eq!(status.state, "failed");
+    let status = run(&p.a_dir, train_request(&p, "label", PsiProtocol::Ecdh, lr_params())).await.unwrap();
+    assert_eq!(status.job_state(), JobState::Failed);
     assert!(status.error.contains("a.csv:1: column 'label': no such label column"), "{}", status.error);
     assert!(!p.root.join("model-a.json").exists());
 }
@@ -154,21 +147,24 @@ async fn train_with_a_dealer_node() {
     p._a.state.reload().unwrap();
     p.b.state.reload().unwrap();
 
-    let mut request = train_request(&p, "y");
-    let mut params: LrParams = serde_json::from_str(&request.params).unwrap();
+    let mut params = lr_params();
     params.dealer = Some("dealer".into());
-    request.params = serde_json::to_string(&params).unwrap();
-    let status = run(&p.a_dir, request.clone()).await.unwrap();
-    assert_eq!(status.state, "done", "{}", status.error);
+    let status = run(&p.a_dir, train_request(&p, "y", PsiProtocol::Ecdh, params.clone())).await.unwrap();
+    assert_eq!(status.job_state(), JobState::Done, "{}", status.error);
     let report: serde_json::Value = serde_json::from_str(&status.summary).unwrap();
     assert!(report["auc"].as_f64().unwrap() > 0.7);
-    let dealt = d.state.jobs.get(&status.job_id).unwrap().status();
-    assert_eq!((dealt.kind.as_str(), dealt.role.as_str()), ("deal", "dealer"));
-    assert!(dealt.bytes_sent > 0);
+    // The dealer ran one deal job per party, each through the envelope and audited.
+    for party in ["a", "b"] {
+        let dealt = d.state.jobs.get(&format!("{}.deal-{party}", status.job_id)).unwrap().status();
+        assert_eq!(
+            (dealt.job_kind(), dealt.role_name(), dealt.job_state()),
+            (JobKind::Deal, "responder", JobState::Done)
+        );
+        assert!(dealt.bytes_sent > 0);
+    }
 
     // A dealer this node has not pinned: refused at submission.
     params.dealer = Some("nobody".into());
-    request.params = serde_json::to_string(&params).unwrap();
-    let err = run(&p.a_dir, request).await.unwrap_err();
+    let err = run(&p.a_dir, train_request(&p, "y", PsiProtocol::Ecdh, params)).await.unwrap_err();
     assert!(err.contains("no pinned dealer node 'nobody'"), "{err}");
 }

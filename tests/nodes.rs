@@ -4,10 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use consort_api::JobState;
+use consort_api::vocab::Vocabulary;
 use consort_engine::DatasetSpec;
+use consort_node::cli::psi::psi_request;
 use consort_node::client::NodeClient;
 use consort_node::node::{self, NodeHandle};
-use consort_node::proto::{JobStatus, PsiRequest};
+use consort_node::proto::{JobStatus, SubmitRequest};
 use consort_node::{identity, pair, setup};
 
 struct Pair {
@@ -59,15 +62,9 @@ async fn pair_with_data(a_csv: &str, b_csv: &str) -> Pair {
 }
 
 /// The bank's PSI request on its dataset "customers" with the partner's `peer_dataset`.
-fn request(peer_dataset: &str, reveal: &str, out: &str) -> PsiRequest {
-    PsiRequest {
-        peer: pair::B.into(),
-        dataset: "customers".into(),
-        peer_dataset: peer_dataset.into(),
-        protocol: "ecdh".into(),
-        reveal: reveal.into(),
-        out: out.into(),
-    }
+fn request(protocol: &str, peer_dataset: &str, reveal: &str, out: &str) -> SubmitRequest {
+    let (protocol, reveal) = (protocol.parse().unwrap(), consort_protocols::Reveal::parse_name(reveal).unwrap());
+    psi_request(pair::B, "customers", peer_dataset, protocol, reveal, Path::new(out))
 }
 
 async fn run_psi(dir: &Path, peer_dataset: &str, reveal: &str, out: &Path) -> JobStatus {
@@ -76,8 +73,7 @@ async fn run_psi(dir: &Path, peer_dataset: &str, reveal: &str, out: &Path) -> Jo
 
 async fn run_psi_with(protocol: &str, dir: &Path, peer_dataset: &str, reveal: &str, out: &Path) -> JobStatus {
     let client = NodeClient::connect(dir).await.unwrap();
-    let request = PsiRequest { protocol: protocol.into(), ..request(peer_dataset, reveal, &out.display().to_string()) };
-    let id = client.submit_psi(request).await.unwrap();
+    let id = client.submit(request(protocol, peer_dataset, reveal, &out.display().to_string())).await.unwrap();
     tokio::time::timeout(Duration::from_secs(60), client.watch(&id, |_| {})).await.expect("job hangs").unwrap()
 }
 
@@ -95,8 +91,8 @@ async fn aligned_rows_on_both_sides(protocol: &str) {
     let p = pair_with_data(A_CSV, B_CSV).await;
     let out = p.root.join("out.csv");
     let status = run_psi_with(protocol, &p.a_dir, "accounts", "both", &out).await;
-    assert_eq!(status.protocol, protocol);
-    assert_eq!(status.state, "done", "{}", status.error);
+    assert_eq!(status.protocol_name(), protocol);
+    assert_eq!(status.job_state(), JobState::Done, "{}", status.error);
     assert_eq!((status.local_rows, status.peer_rows, status.intersection), (4, 3, 2));
     assert!(status.wire_bytes_sent > 0 && status.bytes_sent > 0);
     let mine = std::fs::read_to_string(&out).unwrap();
@@ -117,8 +113,8 @@ async fn aligned_rows_on_both_sides(protocol: &str) {
     assert_eq!(ids, ["15550000001", "15550000004"]);
     // The responder recorded the same job.
     let peer_job = p.b.state.jobs.get(&status.job_id).unwrap().status();
-    assert_eq!(peer_job.state, "done");
-    assert_eq!(peer_job.role, "responder");
+    assert_eq!(peer_job.job_state(), JobState::Done);
+    assert_eq!(peer_job.role_name(), "responder");
     assert_eq!(peer_job.intersection, 2);
     p.a.shutdown(Duration::from_secs(1)).await;
     p.b.shutdown(Duration::from_secs(1)).await;
@@ -139,7 +135,7 @@ async fn both_nodes_record_signed_evidence_that_an_auditor_verifies() {
     use consort_engine::audit::{self, VerifyOptions};
     let p = pair_with_data(A_CSV, B_CSV).await;
     let status = run_psi(&p.a_dir, "accounts", "both", &p.root.join("out.csv")).await;
-    assert_eq!(status.state, "done", "{}", status.error);
+    assert_eq!(status.job_state(), JobState::Done, "{}", status.error);
     let events = ["request", "grant", "start", "transcript", "proofs", "output", "end"];
     assert_eq!(logged_events(&p.a_dir, &status.job_id), events);
     assert_eq!(logged_events(&p.b_dir, &status.job_id), events);
@@ -159,7 +155,7 @@ async fn both_nodes_record_signed_evidence_that_an_auditor_verifies() {
 
     // A refused request is logged with the decision on the responder.
     let refused = run_psi(&p.a_dir, "nope", "both", &p.root.join("x.csv")).await;
-    assert_eq!(refused.state, "failed");
+    assert_eq!(refused.job_state(), JobState::Failed);
     assert_eq!(logged_events(&p.b_dir, &refused.job_id), ["request", "grant"]);
     assert_eq!(logged_events(&p.a_dir, &refused.job_id), ["request", "grant", "failure"]);
     let log = std::fs::read_to_string(p.b_dir.join("audit/log.jsonl")).unwrap();
@@ -182,7 +178,7 @@ async fn reveal_self_leaves_the_responder_without_output() {
 async fn responder_without_output(protocol: &str) {
     let p = pair_with_data(A_CSV, B_CSV).await;
     let status = run_psi_with(protocol, &p.a_dir, "accounts", "self", &p.root.join("out.csv")).await;
-    assert_eq!(status.state, "done", "{}", status.error);
+    assert_eq!(status.job_state(), JobState::Done, "{}", status.error);
     assert_eq!(status.intersection, 2);
     assert!(status.peer_output.is_empty());
     let peer_job = p.b.state.jobs.get(&status.job_id).unwrap().status();
@@ -197,7 +193,7 @@ async fn dataset_without_grant_is_refused_before_any_protocol_message() {
     p.b.state.reload().unwrap();
     let out = p.root.join("out.csv");
     let status = run_psi(&p.a_dir, "private", "both", &out).await;
-    assert_eq!(status.state, "failed");
+    assert_eq!(status.job_state(), JobState::Failed);
     assert!(status.error.contains("refused") && status.error.contains("no grant for peer 'bank'"), "{}", status.error);
     assert!(!out.exists());
     assert_eq!(status.bytes_sent, 0, "no protocol bytes before the grant check");
@@ -205,7 +201,7 @@ async fn dataset_without_grant_is_refused_before_any_protocol_message() {
     setup::dataset_add(&p.a_dir, spec("customers", &p.root.join("a.csv")), vec![], true, false).unwrap();
     p.a.state.reload().unwrap();
     let client = NodeClient::connect(&p.a_dir).await.unwrap();
-    let err = client.submit_psi(request("accounts", "both", "")).await.unwrap_err();
+    let err = client.submit(request("ecdh", "accounts", "both", "")).await.unwrap_err();
     assert!(err.to_string().contains("no grant for peer 'partner'"), "{err}");
 }
 
@@ -229,7 +225,7 @@ async fn unpinned_certificates_are_rejected_both_ways() {
     c.state.reload().unwrap();
     let out = p.root.join("mallory-out.csv");
     let status = run_psi(&c_dir, "accounts", "both", &out).await;
-    assert_eq!(status.state, "failed");
+    assert_eq!(status.job_state(), JobState::Failed);
     assert!(status.error.contains("partner"), "{}", status.error);
     assert!(!out.exists());
     assert!(p.b.state.jobs.list().is_empty(), "the partner must not see a job from an unpinned certificate");
@@ -238,7 +234,7 @@ async fn unpinned_certificates_are_rejected_both_ways() {
     setup::peer_add(&p.a_dir, pair::B, &p.b.peer_addr().to_string(), &c_dir.join("node.crt"), true).unwrap();
     p.a.state.reload().unwrap();
     let status = run_psi(&p.a_dir, "accounts", "both", &out).await;
-    assert_eq!(status.state, "failed");
+    assert_eq!(status.job_state(), JobState::Failed);
     assert!(status.error.contains("does not match the one pinned"), "{}", status.error);
     assert!(!out.exists());
 }
@@ -249,14 +245,14 @@ async fn bad_input_fails_the_job_with_file_line_and_column_and_no_output() {
     let p = pair_with_data(malformed, B_CSV).await;
     let out = p.root.join("out.csv");
     let status = run_psi(&p.a_dir, "accounts", "both", &out).await;
-    assert_eq!(status.state, "failed");
+    assert_eq!(status.job_state(), JobState::Failed);
     assert!(status.error.contains("a.csv:3"), "{}", status.error);
     assert!(!out.exists());
 
     let dup = "id,name\n15550000001,ann\n15550000002,bob\n15550000001,cy\n";
     let p = pair_with_data(A_CSV, dup).await;
     let status = run_psi(&p.a_dir, "accounts", "both", &out).await;
-    assert_eq!(status.state, "failed");
+    assert_eq!(status.job_state(), JobState::Failed);
     // The responder's file problem stays in its own log; the requester learns only that it failed.
     assert!(status.error.contains("could not load dataset 'accounts'"), "{}", status.error);
     let peer_job = p.b.state.jobs.list();
@@ -269,7 +265,7 @@ async fn bad_input_fails_the_job_with_file_line_and_column_and_no_output() {
     setup::dataset_add(&p.b_dir, s, vec![setup::parse_grant(pair::A).unwrap()], true, false).unwrap();
     p.b.state.reload().unwrap();
     let status = run_psi(&p.a_dir, "accounts", "both", &out).await;
-    assert_eq!(status.state, "done", "{}", status.error);
+    assert_eq!(status.job_state(), JobState::Done, "{}", status.error);
     assert_eq!(status.intersection, 2);
 
     // Missing key column: refused at registration.
@@ -291,7 +287,7 @@ async fn a_peer_that_goes_away_mid_job_fails_cleanly() {
     let p = pair_with_data(&a, &b).await;
     let out = p.root.join("out.csv");
     let client = NodeClient::connect(&p.a_dir).await.unwrap();
-    let id = client.submit_psi(request("accounts", "both", &out.display().to_string())).await.unwrap();
+    let id = client.submit(request("ecdh", "accounts", "both", &out.display().to_string())).await.unwrap();
     // Wait for the protocol to start, then stop the partner abruptly.
     for _ in 0..400 {
         let s = client.job(&id).await.unwrap();
@@ -305,6 +301,6 @@ async fn a_peer_that_goes_away_mid_job_fails_cleanly() {
         .await
         .expect("requester hangs")
         .unwrap();
-    assert_eq!(status.state, "failed", "{status:?}");
+    assert_eq!(status.job_state(), JobState::Failed, "{status:?}");
     assert!(!out.exists());
 }

@@ -9,6 +9,8 @@
 //! DIR/control.sock     operator control socket (while the node runs), mode 0600
 //! DIR/listen.addr      the address the running node actually listens on
 //! DIR/outputs/         outputs this node writes for jobs other nodes requested
+//! DIR/jobs/ID.json     the job table: one record per job, past and running
+//! DIR/audit/           the signed audit log (see `consort_engine::audit`)
 //! ```
 
 use std::fs;
@@ -16,6 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use consort_api::JobKind;
 use consort_engine::DatasetSpec;
 use serde::{Deserialize, Serialize};
 
@@ -23,13 +26,13 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub const IDENTITY_KEY_FILE: &str = "identity.key";
 pub const TLS_KEY_FILE: &str = "node.key";
 pub const TLS_CERT_FILE: &str = "node.crt";
-pub const CONTROL_SOCKET: &str = "control.sock";
+pub const CONTROL_SOCKET: &str = consort_api::CONTROL_SOCKET;
 pub const LISTEN_ADDR_FILE: &str = "listen.addr";
 pub const OUTPUTS_DIR: &str = "outputs";
 pub const PEERS_DIR: &str = "peers";
 
-/// Job kinds a grant can allow.
-pub const JOB_KINDS: &[&str] = &["psi", "train", "score"];
+/// Job kinds a dataset grant can allow (a `deal` job uses no dataset).
+pub const GRANTABLE: &[JobKind] = &[JobKind::Psi, JobKind::Train, JobKind::Score];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeConfig {
@@ -68,18 +71,18 @@ pub struct DatasetEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     pub peer: String,
-    pub jobs: Vec<String>,
+    pub jobs: Vec<JobKind>,
 }
 
 impl DatasetEntry {
     /// Why `peer` may not run a `kind` job on this dataset, or `None` if it may.
-    pub fn refusal(&self, peer: &str, kind: &str) -> Option<String> {
+    pub fn refusal(&self, peer: &str, kind: JobKind) -> Option<String> {
         match self.grants.iter().find(|g| g.peer == peer) {
             None => Some(format!("dataset '{}' has no grant for peer '{peer}'", self.spec.name)),
-            Some(g) if !g.jobs.iter().any(|j| j == kind) => Some(format!(
+            Some(g) if !g.jobs.contains(&kind) => Some(format!(
                 "dataset '{}' grants peer '{peer}' only {} jobs, not {kind}",
                 self.spec.name,
-                g.jobs.join(", ")
+                g.jobs.iter().map(|j| j.to_string()).collect::<Vec<_>>().join(", ")
             )),
             Some(_) => None,
         }
@@ -126,12 +129,11 @@ impl NodeConfig {
             }
             for g in &d.grants {
                 for j in &g.jobs {
-                    if !JOB_KINDS.contains(&j.as_str()) {
+                    if !GRANTABLE.contains(j) {
                         bail!(
-                            "dataset '{}': grant for '{}' names unknown job kind '{j}' (known: {})",
+                            "dataset '{}': grant for '{}' names job kind '{j}', which uses no dataset",
                             d.spec.name,
-                            g.peer,
-                            JOB_KINDS.join(", ")
+                            g.peer
                         );
                     }
                 }

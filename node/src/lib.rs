@@ -1,34 +1,25 @@
-//! The consort node: gRPC services, TLS identity, config, policy, and the `consort` CLI.
+//! The consort node: gRPC services, TLS identity, config, policy, the job envelope and the
+//! `consort` CLI.
 //!
 //! This is the only crate that knows about the network. Protocols run in `consort-protocols`
-//! over a [`consort_protocols::Channel`]; the node plugs a gRPC bidirectional stream into it
-//! ([`transport::GrpcChannel`]).
+//! over a [`consort_protocols::Channel`]; the node plugs a job's gRPC bidirectional stream into it
+//! ([`job::JobChannel`]). Every job kind goes through one envelope ([`job::envelope`]).
 
 pub mod audit;
-pub mod bench;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod control;
-pub mod demo;
 pub mod identity;
-pub mod jobs;
-pub mod lr_cli;
-pub mod lr_dealer;
-pub mod lr_demo;
-pub mod lr_job;
+pub mod job;
 pub mod node;
 pub mod pair;
-pub mod peer;
 pub mod setup;
+pub mod state;
+pub mod table;
 pub mod tls;
-pub mod transport;
 
-/// Generated protobuf/gRPC code (`proto/consort.proto`).
-pub mod proto {
-    #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("consort.v1");
-}
+/// The API crate's generated protobuf/gRPC code and control-socket client, re-exported.
+pub use consort_api::{client, proto};
 
 /// Largest gRPC message a node accepts or sends. Protocol frames are ~1 MiB; tonic's default 4 MiB
 /// limit is raised on purpose to leave room, and memory stays bounded by the stream buffers below.

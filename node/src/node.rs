@@ -3,78 +3,23 @@
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tracing::{info, warn};
 
+use crate::MAX_MESSAGE_BYTES;
 use crate::config::{self, NodeConfig};
-use crate::jobs::Jobs;
 use crate::proto::control_server::ControlServer;
 use crate::proto::peer_server::PeerServer;
+pub use crate::state::{CONNECTION_WINDOW, NodeState, STREAM_WINDOW};
 use crate::tls::{self, PeerConn, PinnedPeers};
-use crate::{MAX_MESSAGE_BYTES, identity};
-
-/// HTTP/2 windows sized for ~1 MiB protocol frames on fast links.
-pub const STREAM_WINDOW: u32 = 4 << 20;
-pub const CONNECTION_WINDOW: u32 = 8 << 20;
-
-/// Everything the services share.
-pub struct NodeState {
-    pub dir: PathBuf,
-    config: RwLock<Arc<NodeConfig>>,
-    pub pinned: PinnedPeers,
-    pub jobs: Jobs,
-    pub cert: CertificateDer<'static>,
-    key: PrivateKeyDer<'static>,
-    pub listen_addr: SocketAddr,
-    job_tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
-    /// The node's signed audit log (`DIR/audit`).
-    pub audit: Arc<crate::audit::NodeAudit>,
-}
-
-impl NodeState {
-    pub fn config(&self) -> Arc<NodeConfig> {
-        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Runs a job on the runtime, tracked so that shutdown can stop it.
-    pub fn spawn_job(&self, job: impl std::future::Future<Output = ()> + Send + 'static) {
-        let handle = tokio::spawn(job).abort_handle();
-        let mut tasks = self.job_tasks.lock().unwrap_or_else(|p| p.into_inner());
-        tasks.retain(|t| !t.is_finished());
-        tasks.push(handle);
-    }
-
-    fn abort_jobs(&self) {
-        for t in self.job_tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
-            t.abort();
-        }
-    }
-
-    pub fn key(&self) -> PrivateKeyDer<'static> {
-        self.key.clone_key()
-    }
-
-    /// Re-reads config.toml and the pinned certificates.
-    pub fn reload(&self) -> Result<Arc<NodeConfig>> {
-        let config = Arc::new(NodeConfig::load(&self.dir)?);
-        self.pinned.replace(load_pins(&self.dir, &config)?);
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config.clone();
-        Ok(config)
-    }
-}
-
-fn load_pins(dir: &Path, config: &NodeConfig) -> Result<Vec<(String, CertificateDer<'static>)>> {
-    config.peers.iter().map(|p| Ok((p.name.clone(), identity::read_cert(&dir.join(&p.cert))?))).collect()
-}
 
 /// A node running in this process.
 pub struct NodeHandle {
@@ -120,31 +65,16 @@ fn cleanup(dir: &Path) {
 /// Starts a node from its directory on the current tokio runtime.
 pub async fn start(dir: &Path) -> Result<NodeHandle> {
     let dir = config::absolute(dir)?;
-    let config = Arc::new(NodeConfig::load(&dir)?);
-    let (cert, key) = identity::read_tls_identity(&dir)?;
-    let audit = crate::audit::NodeAudit::open(&dir)?;
-    let pinned = PinnedPeers::default();
-    pinned.replace(load_pins(&dir, &config)?);
-
+    let config = NodeConfig::load(&dir)?;
     let control_path = dir.join(config::CONTROL_SOCKET);
     let control_listener = bind_control_socket(&control_path).await?;
     let tcp = TcpListener::bind(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     let listen_addr = tcp.local_addr()?;
+    let state = NodeState::open(&dir, listen_addr).await?;
     config::write_atomic(&dir.join(config::LISTEN_ADDR_FILE), listen_addr.to_string().as_bytes(), false)?;
-
+    let pinned = state.pinned.clone();
     let acceptor =
-        tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(cert.clone(), key.clone_key(), pinned.clone())?));
-    let state = Arc::new(NodeState {
-        dir: dir.clone(),
-        config: RwLock::new(config.clone()),
-        pinned: pinned.clone(),
-        jobs: Jobs::with_audit(audit.clone()),
-        cert,
-        key,
-        listen_addr,
-        job_tasks: Default::default(),
-        audit,
-    });
+        tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(state.cert.clone(), state.key(), pinned.clone())?));
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let (peer_stop_tx, peer_stop_rx) = oneshot::channel::<()>();
@@ -161,7 +91,7 @@ pub async fn start(dir: &Path) -> Result<NodeHandle> {
         .initial_connection_window_size(CONNECTION_WINDOW)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(
-            PeerServer::new(crate::peer::PeerService::new(state.clone()))
+            PeerServer::new(crate::job::service::PeerService::new(state.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
@@ -173,7 +103,7 @@ pub async fn start(dir: &Path) -> Result<NodeHandle> {
         .serve_with_incoming_shutdown(UnixListenerStream::new(control_listener), async {
             let _ = control_stop_rx.await;
         });
-    info!(node = %config.name, peer_addr = %listen_addr, control = %control_path.display(), "node started");
+    info!(node = %state.config().name, peer_addr = %listen_addr, control = %control_path.display(), "node started");
     let task = tokio::spawn(async move {
         let (p, c) = tokio::join!(peer_server, control_server);
         if let Err(e) = p {

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use consort_api::JobKind;
 use consort_engine::{Dataset, DatasetSpec};
 
 use crate::config::{self, DatasetEntry, Grant, NodeConfig, PeerEntry};
@@ -43,15 +44,18 @@ pub fn peer_add(dir: &Path, name: &str, addr: &str, cert: &Path, replace: bool) 
 
 /// Parses `PEER` or `PEER:kind,kind` into a grant (a bare peer name grants PSI).
 pub fn parse_grant(s: &str) -> Result<Grant> {
-    let (peer, jobs) = match s.split_once(':') {
-        Some((p, j)) => (p, j.split(',').map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect()),
-        None => (s, vec!["psi".to_string()]),
+    let (peer, words): (&str, Vec<&str>) = match s.split_once(':') {
+        Some((p, j)) => (p, j.split(',').map(str::trim).filter(|k| !k.is_empty()).collect()),
+        None => (s, vec!["psi"]),
     };
     config::check_name("peer name in grant", peer)?;
-    for j in &jobs {
-        if !config::JOB_KINDS.contains(&j.as_str()) {
-            bail!("grant '{s}': unknown job kind '{j}' (known: {})", config::JOB_KINDS.join(", "));
+    let mut jobs = Vec::new();
+    for word in words {
+        let kind: JobKind = word.parse().map_err(|e| anyhow::anyhow!("grant '{s}': {e}"))?;
+        if !config::GRANTABLE.contains(&kind) {
+            bail!("grant '{s}': job kind '{kind}' uses no dataset and cannot be granted on one");
         }
+        jobs.push(kind);
     }
     if jobs.is_empty() {
         bail!("grant '{s}' names no job kinds");

@@ -27,7 +27,7 @@ struct NodeProc(Child);
 
 impl Drop for NodeProc {
     fn drop(&mut self) {
-        consort_node::bench::terminate(&self.0);
+        consort_node::cli::bench::terminate(&self.0);
         let _ = self.0.wait();
     }
 }

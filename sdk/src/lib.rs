@@ -14,9 +14,9 @@
 //! sizes, and the side(s) that `Reveal` names learn which of their own keys are shared, in an
 //! order both sides agree on. Both are secure against semi-honest parties.
 
+pub use consort_api::proto::{JobStatus, SubmitRequest};
+pub use consort_api::{ClientError, JobKind, JobState, NodeClient};
 pub use consort_engine::{Dataset, DatasetSpec, Normalization, PsiJob, PsiProtocol, PsiReport};
-pub use consort_node::client::NodeClient;
-pub use consort_node::proto::{JobStatus, PsiRequest};
 pub use consort_protocols::{Channel, ChannelError, Metered, PsiOutput, Reveal, Role, memory_pair};
 
 /// Errors from the SDK's in-process joins.

@@ -27,6 +27,27 @@ pub fn record_transcript(log: &mut AuditLog, job: &str, stats: &ChannelStats) ->
     )
 }
 
+/// Another channel the job used (e.g. a train job's channel to its dealer), by name
+/// (`channel_transcript` event; the job channel's own digests stay in `transcript`).
+pub fn record_channel_transcript(
+    log: &mut AuditLog,
+    job: &str,
+    channel: &str,
+    stats: &ChannelStats,
+) -> Result<u64, AuditError> {
+    log.append(
+        job,
+        "channel_transcript",
+        json!({
+            "channel": channel,
+            "sent_digest": hex(&stats.sent_digest),
+            "received_digest": hex(&stats.received_digest),
+            "bytes_sent": stats.bytes_sent,
+            "bytes_received": stats.bytes_received,
+        }),
+    )
+}
+
 /// ECDH-PSI commitments and proofs (`proofs` event); the records and points go to
 /// `audit/jobs/JOB.*` for `consort audit export`.
 pub fn record_ecdh(log: &mut AuditLog, job: &str, evidence: &EcdhEvidence) -> Result<u64, AuditError> {

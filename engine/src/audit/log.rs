@@ -182,6 +182,11 @@ impl AuditLog {
         &self.lines
     }
 
+    /// Every job id with an entry in the log (a node never reuses one).
+    pub fn job_ids(&self) -> std::collections::HashSet<String> {
+        self.last_of_job.keys().cloned().collect()
+    }
+
     pub fn heads(&self) -> &[SignedHead] {
         &self.heads
     }

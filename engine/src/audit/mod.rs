@@ -42,6 +42,8 @@ mod tests;
 
 use std::path::PathBuf;
 
+/// The ECDH-PSI evidence a job hands to the log (re-exported for the node's job kinds).
+pub use consort_protocols::ecdh_psi::EcdhEvidence;
 pub use evidence::{Bundle, Check, Report, VerifyOptions, export, verify_bundles};
 pub use log::{AuditLog, SignedHead, verify_log};
 

@@ -1,17 +1,32 @@
-//! The `consort` command line.
+//! The `consort` command line: strings are parsed here, once, into typed values (clap value
+//! enums for the vocabulary) and carried inward; `main` prints one-line errors.
+
+pub mod audit;
+pub mod bench;
+pub mod demo;
+pub mod lr;
+pub mod lr_demo;
+pub mod psi;
+pub mod status;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
-use consort_engine::{DatasetSpec, Normalization, PsiProtocol};
-use indicatif::{ProgressBar, ProgressStyle};
+use anyhow::Result;
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::{Parser, Subcommand};
+use consort_api::vocab::Vocabulary;
+use consort_engine::{DatasetSpec, Normalization};
 
 use crate::client::NodeClient;
-use crate::proto::{JobStatus, PsiRequest};
-use crate::{config, identity, node, peer, setup};
+use crate::{config, identity, node, setup};
+
+/// A value parser for a vocabulary enum: its names (and aliases) in `--help` and completions.
+pub fn vocab<T: Vocabulary + Clone + Send + Sync>() -> impl TypedValueParser<Value = T> {
+    let values = T::ALL.iter().map(|v| PossibleValue::new(v.name()).aliases(v.aliases().iter().copied()));
+    PossibleValuesParser::new(values).map(|s| T::parse_name(&s).expect("a listed value"))
+}
 
 #[derive(Parser)]
 #[command(name = "consort", version, about = "Privacy-preserving joins and joint computation between data owners", long_about = None)]
@@ -42,12 +57,12 @@ enum Command {
     /// Run the node in the foreground (logs to stderr; stops cleanly on Ctrl-C or SIGTERM).
     Node { dir: PathBuf },
     /// Run a private set intersection with a peer through the local node.
-    Psi(PsiArgs),
+    Psi(psi::PsiArgs),
     /// Train a joint logistic regression with a peer (this node holds the labels).
-    Train(crate::lr_cli::TrainArgs),
+    Train(lr::TrainArgs),
     /// Score new aligned rows with a jointly trained model (predictions for this node only).
-    Score(crate::lr_cli::ScoreArgs),
-    /// List the jobs a running node knows.
+    Score(lr::ScoreArgs),
+    /// List the jobs of a node, running or past (works with the node stopped).
     Jobs {
         dir: PathBuf,
         #[arg(long)]
@@ -57,13 +72,13 @@ enum Command {
     #[command(subcommand)]
     Gen(GenCommand),
     /// Run the whole pipeline on generated data: two nodes with TLS on loopback, PSI, plaintext check.
-    Demo(crate::demo::DemoArgs),
+    Demo(demo::DemoArgs),
     /// End-to-end benchmarks with two real node processes.
     #[command(subcommand)]
-    Bench(crate::bench::BenchCommand),
+    Bench(bench::BenchCommand),
     /// Audit evidence: export a job's bundle, verify bundles and logs offline.
     #[command(subcommand)]
-    Audit(crate::audit::AuditCommand),
+    Audit(audit::AuditCommand),
 }
 
 #[derive(Subcommand)]
@@ -122,33 +137,6 @@ enum DatasetCommand {
     List { dir: PathBuf },
 }
 
-#[derive(Args)]
-struct PsiArgs {
-    /// The local node's directory (the node must be running).
-    dir: PathBuf,
-    /// The pinned peer to intersect with.
-    #[arg(long)]
-    peer: String,
-    /// Local dataset.
-    #[arg(long)]
-    dataset: String,
-    /// The peer's dataset.
-    #[arg(long)]
-    peer_dataset: String,
-    /// PSI protocol: ecdh (ECDH-PSI) or rr22 (RR22 over silent VOLE, for large sets).
-    #[arg(long, default_value = "ecdh")]
-    protocol: String,
-    /// Who learns the intersection: both, or self (only this node).
-    #[arg(long, default_value = "both")]
-    reveal: String,
-    /// This node's output: its own rows of the intersection, in the order both sides share.
-    #[arg(long)]
-    out: PathBuf,
-    /// Print a JSON summary instead of text.
-    #[arg(long)]
-    json: bool,
-}
-
 #[derive(Subcommand)]
 enum GenCommand {
     /// Two CSV files a.csv and b.csv with ids (11-digit phone numbers) and payload columns.
@@ -168,7 +156,7 @@ enum GenCommand {
         out: PathBuf,
     },
     /// Vertical data with a logistic ground truth: a.csv (id, y, a0..), b.csv (id, b0..), truth.json.
-    Lr(crate::lr_cli::GenLrArgs),
+    Lr(lr::GenLrArgs),
 }
 
 /// Entry point of the binary: one-line error on stderr and a non-zero exit on failure.
@@ -270,7 +258,13 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Dataset(DatasetCommand::List { dir }) => {
             for d in config::NodeConfig::load(&dir)?.datasets {
-                let grants: Vec<String> = d.grants.iter().map(|g| format!("{}:{}", g.peer, g.jobs.join(","))).collect();
+                let grants: Vec<String> = d
+                    .grants
+                    .iter()
+                    .map(|g| {
+                        format!("{}:{}", g.peer, g.jobs.iter().map(|j| j.to_string()).collect::<Vec<_>>().join(","))
+                    })
+                    .collect();
                 println!(
                     "{}\t{}\tkeys={}\tgrants={}",
                     d.spec.name,
@@ -282,21 +276,8 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Node { dir } => run_node(&dir).await,
-        Command::Psi(args) => psi(args).await,
-        Command::Jobs { dir, json } => {
-            let jobs = NodeClient::connect(&dir).await?.jobs().await?;
-            for j in &jobs {
-                if json {
-                    println!("{}", status_json(j));
-                } else {
-                    println!(
-                        "{}\t{}\t{}\t{}\tpeer={}\tdataset={}\t{:.1}s",
-                        j.job_id, j.kind, j.role, j.state, j.peer, j.dataset, j.seconds
-                    );
-                }
-            }
-            Ok(())
-        }
+        Command::Psi(args) => psi::psi(args).await,
+        Command::Jobs { dir, json } => jobs(&dir, json).await,
         Command::Gen(GenCommand::Psi { rows, overlap, rows_b, seed, out }) => {
             let spec = consort_engine::synth::PsiGenSpec {
                 rows_a: rows,
@@ -316,12 +297,12 @@ async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Gen(GenCommand::Lr(args)) => crate::lr_cli::gen_lr(args).await,
-        Command::Train(args) => crate::lr_cli::train(args).await,
-        Command::Score(args) => crate::lr_cli::score(args).await,
-        Command::Demo(args) => crate::demo::run(args).await,
-        Command::Bench(cmd) => crate::bench::run(cmd).await,
-        Command::Audit(cmd) => crate::audit::run(cmd).await,
+        Command::Gen(GenCommand::Lr(args)) => lr::gen_lr(args).await,
+        Command::Train(args) => lr::train(args).await,
+        Command::Score(args) => lr::score(args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Bench(cmd) => bench::run(cmd).await,
+        Command::Audit(cmd) => audit::run(cmd).await,
     }
 }
 
@@ -344,114 +325,22 @@ async fn run_node(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn psi(args: PsiArgs) -> Result<()> {
-    let protocol: PsiProtocol = args.protocol.parse().map_err(anyhow::Error::msg)?;
-    peer::parse_reveal(&args.reveal).map_err(anyhow::Error::msg)?;
-    let out = config::absolute(&args.out)?;
-    let client = NodeClient::connect(&args.dir).await?;
-    let request = PsiRequest {
-        peer: args.peer.clone(),
-        dataset: args.dataset.clone(),
-        peer_dataset: args.peer_dataset.clone(),
-        protocol: protocol.name().into(),
-        reveal: args.reveal.clone(),
-        out: out.display().to_string(),
+/// `consort jobs`: the running node's live view, or the job table on disk when it is stopped.
+async fn jobs(dir: &Path, json: bool) -> Result<()> {
+    let jobs = match NodeClient::connect(dir).await {
+        Ok(client) => client.jobs().await?,
+        // No node answers (never started, stopped, or killed leaving its socket): the table on disk.
+        Err(consort_api::ClientError::NotRunning { .. } | consort_api::ClientError::Connect { .. }) => {
+            crate::table::read_table_stopped(dir)?
+        }
+        Err(e) => return Err(e.into()),
     };
-    let job_id = client.submit_psi(request).await?;
-    let status = watch_with_progress(&client, &job_id, args.json).await?;
-    if args.json {
-        println!("{}", status_json(&status));
-    } else {
-        println!("{}", summary(&status));
-    }
-    if status.state != crate::jobs::DONE {
-        anyhow::bail!("job {job_id} failed: {}", status.error);
+    for j in &jobs {
+        if json {
+            println!("{}", status::status_json(j));
+        } else {
+            println!("{}", status::job_line(j));
+        }
     }
     Ok(())
-}
-
-/// Follows a job with a progress bar on stderr (hidden when stderr is not a terminal).
-pub async fn watch_with_progress(client: &NodeClient, job_id: &str, quiet: bool) -> Result<JobStatus> {
-    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg:<20} [{bar:30}] {pos}/{len} ({elapsed})")
-            .context("progress style")?
-            .progress_chars("=> "),
-    );
-    bar.enable_steady_tick(Duration::from_millis(200));
-    let status = client
-        .watch(job_id, |s| {
-            bar.set_message(if s.stage.is_empty() { s.state.clone() } else { s.stage.clone() });
-            bar.set_length(s.total);
-            bar.set_position(s.done);
-        })
-        .await?;
-    bar.finish_and_clear();
-    Ok(status)
-}
-
-fn mb(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1e6)
-}
-
-/// A readable summary of a finished job.
-pub fn summary(s: &JobStatus) -> String {
-    if s.state != crate::jobs::DONE {
-        return format!("PSI job {} {} after {:.1} s: {}", s.job_id, s.state, s.seconds, s.error);
-    }
-    let mut lines = vec![format!(
-        "PSI job {} ({}, reveal {}) done in {:.2} s with peer '{}'",
-        s.job_id, s.protocol, s.reveal, s.seconds, s.peer
-    )];
-    lines.push(format!("  rows: {} here, {} at the peer", s.local_rows, s.peer_rows));
-    if s.has_intersection {
-        lines.push(format!("  intersection: {} rows", s.intersection));
-    }
-    if !s.output.is_empty() {
-        lines.push(format!("  wrote {} rows to {}", s.output_rows, s.output));
-    }
-    if s.peer_output.is_empty() {
-        lines.push("  the peer wrote no output".into());
-    } else {
-        lines.push(format!("  the peer wrote its rows under its node directory: {}", s.peer_output));
-    }
-    let items = (s.local_rows + s.peer_rows).max(1) as f64;
-    lines.push(format!(
-        "  sent {}, received {} on the wire ({:.1} bytes per item)",
-        mb(s.wire_bytes_sent),
-        mb(s.wire_bytes_received),
-        (s.wire_bytes_sent + s.wire_bytes_received) as f64 / items
-    ));
-    let stages: Vec<String> = s.stages.iter().map(|st| format!("{} {:.2}s", st.name, st.seconds)).collect();
-    if !stages.is_empty() {
-        lines.push(format!("  stages: {}", stages.join(", ")));
-    }
-    lines.join("\n")
-}
-
-/// A job status as one JSON object.
-pub fn status_json(s: &JobStatus) -> serde_json::Value {
-    serde_json::json!({
-        "job_id": s.job_id,
-        "kind": s.kind,
-        "protocol": s.protocol,
-        "role": s.role,
-        "peer": s.peer,
-        "dataset": s.dataset,
-        "reveal": s.reveal,
-        "state": s.state,
-        "error": if s.error.is_empty() { None } else { Some(&s.error) },
-        "seconds": s.seconds,
-        "local_rows": s.local_rows,
-        "peer_rows": s.peer_rows,
-        "intersection": if s.has_intersection { Some(s.intersection) } else { None },
-        "output": if s.output.is_empty() { None } else { Some(&s.output) },
-        "output_rows": s.output_rows,
-        "peer_output": if s.peer_output.is_empty() { None } else { Some(&s.peer_output) },
-        "bytes_sent": s.bytes_sent,
-        "bytes_received": s.bytes_received,
-        "wire_bytes_sent": s.wire_bytes_sent,
-        "wire_bytes_received": s.wire_bytes_received,
-        "stages": s.stages.iter().map(|st| serde_json::json!({"name": st.name, "seconds": st.seconds})).collect::<Vec<_>>(),
-    })
 }

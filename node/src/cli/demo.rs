@@ -9,9 +9,13 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use consort_engine::DatasetSpec;
 
+use consort_engine::PsiProtocol;
+use consort_protocols::Reveal;
+
+use super::psi::psi_request;
+use super::status;
 use crate::client::NodeClient;
-use crate::proto::PsiRequest;
-use crate::{cli, node, pair, setup};
+use crate::{node, pair, setup};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -85,18 +89,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let out_a = root.join("bank-intersection.csv");
     let client = NodeClient::connect(&a_dir).await?;
     let job_id = client
-        .submit_psi(PsiRequest {
-            peer: pair::B.into(),
-            dataset: spec_a.name.clone(),
-            peer_dataset: spec_b.name.clone(),
-            protocol: "ecdh".into(),
-            reveal: "both".into(),
-            out: out_a.display().to_string(),
-        })
+        .submit(psi_request(pair::B, &spec_a.name, &spec_b.name, PsiProtocol::Ecdh, Reveal::Both, &out_a))
         .await?;
     say(format!("4. '{}' submitted ECDH-PSI job {job_id} through its control socket", pair::A));
-    let status = cli::watch_with_progress(&client, &job_id, args.json).await?;
-    if status.state != crate::jobs::DONE {
+    let status = status::watch_with_progress(&client, &job_id, args.json).await?;
+    if status.job_state() != consort_api::JobState::Done {
         a.shutdown(Duration::from_secs(1)).await;
         b.shutdown(Duration::from_secs(1)).await;
         bail!("demo job failed: {}", status.error);
@@ -108,7 +105,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             .await?
     };
     if !args.json {
-        println!("{}", cli::summary(&status));
+        println!("{}", status::summary(&status));
         println!(
             "5. plaintext check: expected {} shared rows; both outputs {} ",
             check.expected,
@@ -121,13 +118,13 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     }
     let lr = match args.lr_rows {
         0 => Ok(None),
-        rows => crate::lr_demo::run(&root, (&a, &b), (&a_dir, &b_dir), rows, args.json).await.map(Some),
+        rows => super::lr_demo::run(&root, (&a, &b), (&a_dir, &b_dir), rows, args.json).await.map(Some),
     };
     a.shutdown(Duration::from_secs(2)).await;
     b.shutdown(Duration::from_secs(2)).await;
     let lr = lr?;
     if args.json {
-        let mut j = cli::status_json(&status);
+        let mut j = status::status_json(&status);
         j["plaintext_check"] =
             serde_json::json!({"expected": check.expected, "ok": check.ok, "problems": check.problems});
         j["lr"] = serde_json::json!(lr);

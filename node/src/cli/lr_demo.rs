@@ -8,9 +8,13 @@ use consort_engine::lr::{LrParams, ModelFile, plaintext_comparison};
 use consort_engine::lr_synth::{LrGenSpec, generate_lr};
 use consort_engine::{Dataset, DatasetSpec};
 
+use consort_api::JobKind;
+use consort_engine::PsiProtocol;
+
+use super::{lr, status};
 use crate::client::NodeClient;
-use crate::proto::LrRequest;
-use crate::{cli, lr_cli, node, pair, setup};
+use crate::job::train::TrainRequest;
+use crate::{node, pair, setup};
 
 /// Generates `rows` entities with 5 + 5 features (5% of the bank's ids unknown to the partner),
 /// registers them, trains from the bank's node, and compares with plaintext LR.
@@ -45,24 +49,19 @@ pub async fn run(
     let model_a = root.join("bank-model.json");
     let client = NodeClient::connect(a_dir).await?;
     let job_id = client
-        .submit_lr(LrRequest {
-            kind: "train".into(),
-            peer: pair::B.into(),
-            dataset: spec_a.name.clone(),
-            peer_dataset: spec_b.name.clone(),
-            label: "y".into(),
-            features: vec![],
-            params: serde_json::to_string(&params)?,
-            model: model_a.display().to_string(),
-            out: String::new(),
-            protocol: "ecdh".into(),
-        })
+        .submit(lr::submit_request(
+            JobKind::Train,
+            (pair::B, &spec_a.name, &spec_b.name),
+            PsiProtocol::Ecdh,
+            &TrainRequest { label: "y".into(), features: vec![], params },
+            &model_a,
+        )?)
         .await?;
-    let status = cli::watch_with_progress(&client, &job_id, json).await?;
-    if status.state != crate::jobs::DONE {
+    let status = status::watch_with_progress(&client, &job_id, json).await?;
+    if status.job_state() != consort_api::JobState::Done {
         bail!("demo train job failed: {}", status.error);
     }
-    say(lr_cli::summary(&status));
+    say(lr::summary(&status));
     let (ma, mb) = (ModelFile::load(&model_a)?, ModelFile::load(&b_dir.join(&status.peer_output))?);
     let (sa, sb) = (spec_a.clone(), spec_b.clone());
     let (da, db) = consort_protocols::cpu::run(move || -> Result<(Dataset, Dataset)> {
@@ -75,7 +74,7 @@ pub async fn run(
          hyper-parameters); KS {:.4} vs {:.4}",
         cmp.aligned_rows, cmp.auc_secure, cmp.auc_plaintext, cmp.ks_secure, cmp.ks_plaintext
     ));
-    let mut j = lr_cli::status_json(&status);
+    let mut j = lr::status_json(&status);
     j["plaintext_comparison"] = serde_json::to_value(&cmp)?;
     Ok(j)
 }

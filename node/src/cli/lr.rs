@@ -1,16 +1,22 @@
-//! `consort gen lr`, `consort train` and `consort score`.
+//! `consort gen lr`, `consort train` and `consort score`: flags parsed once into the typed job
+//! requests ([`TrainRequest`], [`ScoreRequest`]) the node's job kinds take.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
+use consort_api::proto::{self, JobStatus, SubmitRequest};
+use consort_api::{JobKind, JobState};
+use consort_engine::PsiProtocol;
 use consort_engine::lr::LrParams;
 use consort_engine::lr_synth::{LrGenSpec, generate_lr};
 
-use crate::cli::watch_with_progress;
+use super::status::{ensure_done, watch_with_progress};
 use crate::client::NodeClient;
 use crate::config;
-use crate::proto::{JobStatus, LrRequest};
+use crate::job::envelope::protocol_wire;
+use crate::job::score::ScoreRequest;
+use crate::job::train::TrainRequest;
 
 #[derive(Args, Debug)]
 pub struct GenLrArgs {
@@ -104,8 +110,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub label: String,
     /// PSI protocol aligning the rows (ecdh, rr22).
-    #[arg(long, default_value = "ecdh")]
-    pub protocol: String,
+    #[arg(long, default_value = "ecdh", value_parser = super::psi::protocol_parser())]
+    pub protocol: PsiProtocol,
     /// Feature columns, comma-separated (default: every column but keys and label).
     #[arg(long, value_delimiter = ',')]
     pub features: Vec<String>,
@@ -138,8 +144,8 @@ pub struct ScoreArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// PSI protocol aligning the rows (ecdh, rr22).
-    #[arg(long, default_value = "ecdh")]
-    pub protocol: String,
+    #[arg(long, default_value = "ecdh", value_parser = super::psi::protocol_parser())]
+    pub protocol: PsiProtocol,
     #[arg(long)]
     pub json: bool,
 }
@@ -170,53 +176,57 @@ pub async fn gen_lr(args: GenLrArgs) -> Result<()> {
 pub async fn train(args: TrainArgs) -> Result<()> {
     let params = args.hyper.params();
     params.config()?;
-    let request = LrRequest {
-        kind: "train".into(),
-        peer: args.peer,
-        dataset: args.dataset,
-        peer_dataset: args.peer_dataset,
-        label: args.label,
-        features: args.features,
-        params: serde_json::to_string(&params)?,
-        model: config::absolute(&args.out)?.display().to_string(),
-        out: String::new(),
-        protocol: args.protocol,
-    };
+    let train = TrainRequest { label: args.label, features: args.features, params };
+    let out = config::absolute(&args.out)?;
+    let request =
+        submit_request(JobKind::Train, (&args.peer, &args.dataset, &args.peer_dataset), args.protocol, &train, &out)?;
     run(&args.dir, request, args.json).await
 }
 
 pub async fn score(args: ScoreArgs) -> Result<()> {
-    let request = LrRequest {
-        kind: "score".into(),
-        peer: args.peer,
-        dataset: args.dataset,
-        peer_dataset: args.peer_dataset,
-        model: config::absolute(&args.model)?.display().to_string(),
-        out: config::absolute(&args.out)?.display().to_string(),
-        protocol: args.protocol,
-        ..Default::default()
-    };
+    let score = ScoreRequest { model: config::absolute(&args.model)? };
+    let out = config::absolute(&args.out)?;
+    let request =
+        submit_request(JobKind::Score, (&args.peer, &args.dataset, &args.peer_dataset), args.protocol, &score, &out)?;
     run(&args.dir, request, args.json).await
 }
 
-async fn run(dir: &std::path::Path, request: LrRequest, json: bool) -> Result<()> {
+/// An LR job submission: the kind's operator parameters as JSON, `out` absolute (train: the model
+/// file; score: the predictions).
+pub fn submit_request(
+    kind: JobKind,
+    (peer, dataset, peer_dataset): (&str, &str, &str),
+    protocol: PsiProtocol,
+    params: &impl serde::Serialize,
+    out: &Path,
+) -> Result<SubmitRequest> {
+    Ok(SubmitRequest {
+        kind: kind as i32,
+        peer: peer.into(),
+        dataset: dataset.into(),
+        peer_dataset: peer_dataset.into(),
+        protocol: protocol_wire(protocol) as i32,
+        reveal: proto::Reveal::Both as i32,
+        out: out.display().to_string(),
+        params: serde_json::to_string(params)?,
+    })
+}
+
+async fn run(dir: &Path, request: SubmitRequest, json: bool) -> Result<()> {
     let client = NodeClient::connect(dir).await?;
-    let job_id = client.submit_lr(request).await?;
+    let job_id = client.submit(request).await?;
     let status = watch_with_progress(&client, &job_id, json).await?;
     if json {
         println!("{}", status_json(&status));
     } else {
         println!("{}", summary(&status));
     }
-    if status.state != crate::jobs::DONE {
-        bail!("job {job_id} failed: {}", status.error);
-    }
-    Ok(())
+    ensure_done(&status)
 }
 
 /// The job status plus the engine's report, as one JSON object.
 pub fn status_json(s: &JobStatus) -> serde_json::Value {
-    let mut v = crate::cli::status_json(s);
+    let mut v = super::status::status_json(s);
     if let Ok(report) = serde_json::from_str::<serde_json::Value>(&s.summary) {
         v["report"] = report;
     }
@@ -225,13 +235,14 @@ pub fn status_json(s: &JobStatus) -> serde_json::Value {
 
 /// A readable summary of a finished train or score job.
 pub fn summary(s: &JobStatus) -> String {
-    if s.state != crate::jobs::DONE {
-        return format!("{} job {} {} after {:.1} s: {}", s.kind, s.job_id, s.state, s.seconds, s.error);
+    let kind = s.job_kind();
+    if s.job_state() != JobState::Done {
+        return format!("{kind} job {} {} after {:.1} s: {}", s.job_id, s.job_state(), s.seconds, s.error);
     }
     let r: serde_json::Value = serde_json::from_str(&s.summary).unwrap_or_default();
-    let mut lines = vec![format!("{} job {} done in {:.2} s with peer '{}'", s.kind, s.job_id, s.seconds, s.peer)];
+    let mut lines = vec![format!("{kind} job {} done in {:.2} s with peer '{}'", s.job_id, s.seconds, s.peer)];
     lines.push(format!("  rows: {} here, {} at the peer, {} aligned", s.local_rows, s.peer_rows, s.intersection));
-    if s.kind == "train" {
+    if kind == JobKind::Train {
         lines.push(format!(
             "  features: {} here, {} at the peer; sigmoid {}; {} epochs{}",
             r["features"],

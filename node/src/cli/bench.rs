@@ -11,8 +11,9 @@ use clap::{Args, Subcommand};
 use consort_engine::{DatasetSpec, PsiProtocol};
 
 use crate::client::NodeClient;
-use crate::proto::PsiRequest;
-use crate::{cli, config, pair, setup};
+use crate::{config, pair, setup};
+use consort_api::vocab::Vocabulary;
+use consort_protocols::Reveal;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -29,11 +30,11 @@ pub struct BenchPsiArgs {
     #[arg(long)]
     overlap: Option<u64>,
     /// PSI protocol: ecdh (ECDH-PSI) or rr22 (RR22 over silent VOLE, for large sets).
-    #[arg(long, default_value = "ecdh")]
-    protocol: String,
-    /// Who learns the intersection: both or self.
-    #[arg(long, default_value = "both")]
-    reveal: String,
+    #[arg(long, default_value = "ecdh", value_parser = super::psi::protocol_parser())]
+    protocol: PsiProtocol,
+    /// Who learns the intersection: both, or requester-only (alias: self).
+    #[arg(long, default_value = "both", value_parser = super::vocab::<Reveal>())]
+    reveal: Reveal,
     /// Work directory (kept); default a temp dir removed afterwards. Data generated there is reused
     /// by later runs with the same sizes.
     #[arg(long)]
@@ -144,8 +145,7 @@ pub fn terminate(child: &Child) {
 }
 
 async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
-    let protocol: PsiProtocol = args.protocol.parse().map_err(anyhow::Error::msg)?;
-    crate::peer::parse_reveal(&args.reveal).map_err(anyhow::Error::msg)?;
+    let protocol = args.protocol;
     let overlap = args.overlap.unwrap_or(args.rows / 2);
     let tmp = tempfile::tempdir()?;
     let root = match &args.dir {
@@ -202,22 +202,13 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
     let out_a = root.join(format!("out-a-{}.csv", std::process::id()));
     let cpu_before = (a.cpu_seconds()?, b.cpu_seconds()?);
     let started = Instant::now();
-    let job_id = client_a
-        .submit_psi(PsiRequest {
-            peer: pair::B.into(),
-            dataset: "a".into(),
-            peer_dataset: "b".into(),
-            protocol: protocol.name().into(),
-            reveal: args.reveal.clone(),
-            out: out_a.display().to_string(),
-        })
-        .await?;
-    let status = cli::watch_with_progress(&client_a, &job_id, args.json).await?;
+    let job_id = client_a.submit(super::psi::psi_request(pair::B, "a", "b", protocol, args.reveal, &out_a)).await?;
+    let status = super::status::watch_with_progress(&client_a, &job_id, args.json).await?;
     let wall_s = started.elapsed().as_secs_f64();
     let (rss_a, rss_b) = (a.peak_rss()?, b.peak_rss()?);
     let cpu = (a.cpu_seconds()? - cpu_before.0, b.cpu_seconds()? - cpu_before.1);
     let stages_b = client_b.job(&job_id).await.map(|s| s.stages).unwrap_or_default();
-    if status.state != crate::jobs::DONE {
+    if status.job_state() != consort_api::JobState::Done {
         bail!("benchmark job failed: {}", status.error);
     }
     let out_b = (!status.peer_output.is_empty()).then(|| b_dir.join(&status.peer_output));
@@ -230,7 +221,7 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
     };
     drop((a, b));
     if let Some(dir) = &args.evidence {
-        crate::audit::export_pair(&a_dir, &b_dir, &job_id, dir).await?;
+        super::audit::export_pair(&a_dir, &b_dir, &job_id, dir).await?;
     }
     let _ = std::fs::remove_file(&out_a);
     let _ = std::fs::remove_dir_all(&nodes);
@@ -241,7 +232,7 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
         "proofs": !args.no_proofs,
         "n": args.rows,
         "overlap": overlap,
-        "reveal": args.reveal,
+        "reveal": args.reveal.name(),
         "intersection": status.intersection,
         "wall_s": round(wall_s, 3),
         "items_per_s": round(items as f64 / wall_s, 0),

@@ -1,0 +1,276 @@
+//! One name per concept: the vocabulary enums' names as the CLI, config files, logs and docs spell
+//! them, and conversions between the wire enums and the protocol crate's types.
+//!
+//! | concept  | CLI / config / JSON                         | wire (proto)      | Rust                                  |
+//! |----------|---------------------------------------------|-------------------|---------------------------------------|
+//! | job kind | `psi`, `train`, `score`, `deal`             | `JobKind`         | [`JobKind`]                           |
+//! | state    | `pending` … `interrupted`, `refused`        | `JobState`        | [`JobState`]                          |
+//! | role     | `requester`, `responder`                    | `Role`            | [`consort_protocols::Role`]           |
+//! | protocol | `ecdh`, `rr22`                              | `PsiProtocol`     | `consort_engine::PsiProtocol`         |
+//! | reveal   | `both`, `requester-only` (alias `self`)     | `Reveal`          | [`consort_protocols::Reveal`]         |
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::proto;
+pub use crate::proto::{JobKind, JobState};
+
+/// A word that names no known value of a vocabulary enum.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} '{word}' (known: {known})")]
+pub struct UnknownName {
+    pub what: &'static str,
+    pub word: String,
+    pub known: String,
+}
+
+/// A vocabulary enum: its values and their one name each.
+pub trait Vocabulary: Sized + Copy + 'static {
+    /// What the enum names, for error messages ("job kind").
+    const WHAT: &'static str;
+    /// Every meaningful value (never the wire's "unspecified").
+    const ALL: &'static [Self];
+    fn name(self) -> &'static str;
+    /// Other accepted spellings of a value (kept for older command lines).
+    fn aliases(self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn parse_name(word: &str) -> Result<Self, UnknownName> {
+        Self::ALL.iter().copied().find(|v| v.name() == word || v.aliases().contains(&word)).ok_or_else(|| UnknownName {
+            what: Self::WHAT,
+            word: word.chars().take(32).collect(),
+            known: Self::ALL.iter().map(|v| v.name()).collect::<Vec<_>>().join(", "),
+        })
+    }
+}
+
+impl Vocabulary for JobKind {
+    const WHAT: &'static str = "job kind";
+    const ALL: &'static [Self] = &[JobKind::Psi, JobKind::Train, JobKind::Score, JobKind::Deal];
+    fn name(self) -> &'static str {
+        match self {
+            JobKind::Unspecified => "unspecified",
+            JobKind::Psi => "psi",
+            JobKind::Train => "train",
+            JobKind::Score => "score",
+            JobKind::Deal => "deal",
+        }
+    }
+}
+
+impl Vocabulary for JobState {
+    const WHAT: &'static str = "job state";
+    const ALL: &'static [Self] = &[
+        JobState::Pending,
+        JobState::Running,
+        JobState::Done,
+        JobState::Failed,
+        JobState::Interrupted,
+        JobState::Refused,
+    ];
+    fn name(self) -> &'static str {
+        match self {
+            JobState::Unspecified => "unspecified",
+            JobState::Pending => "pending",
+            JobState::Running => "running",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+            JobState::Interrupted => "interrupted",
+            JobState::Refused => "refused",
+        }
+    }
+}
+
+impl JobState {
+    /// A state the job never leaves.
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Done | JobState::Failed | JobState::Interrupted | JobState::Refused)
+    }
+}
+
+impl Vocabulary for consort_protocols::Role {
+    const WHAT: &'static str = "role";
+    const ALL: &'static [Self] = &[consort_protocols::Role::Requester, consort_protocols::Role::Responder];
+    fn name(self) -> &'static str {
+        match self {
+            consort_protocols::Role::Requester => "requester",
+            consort_protocols::Role::Responder => "responder",
+        }
+    }
+}
+
+impl Vocabulary for consort_protocols::Reveal {
+    const WHAT: &'static str = "reveal mode";
+    const ALL: &'static [Self] = &[consort_protocols::Reveal::Both, consort_protocols::Reveal::RequesterOnly];
+    fn name(self) -> &'static str {
+        match self {
+            consort_protocols::Reveal::Both => "both",
+            consort_protocols::Reveal::RequesterOnly => "requester-only",
+        }
+    }
+    fn aliases(self) -> &'static [&'static str] {
+        match self {
+            consort_protocols::Reveal::RequesterOnly => &["self"],
+            consort_protocols::Reveal::Both => &[],
+        }
+    }
+}
+
+macro_rules! display_fromstr {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(Vocabulary::name(*self))
+            }
+        }
+        impl FromStr for $t {
+            type Err = UnknownName;
+            fn from_str(s: &str) -> Result<Self, UnknownName> {
+                <$t as Vocabulary>::parse_name(s)
+            }
+        }
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(Vocabulary::name(*self))
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+                <$t as Vocabulary>::parse_name(&s).map_err(serde::de::Error::custom)
+            }
+        }
+        #[cfg(feature = "clap")]
+        impl clap::ValueEnum for $t {
+            fn value_variants<'a>() -> &'a [Self] {
+                <$t as Vocabulary>::ALL
+            }
+            fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+                Some(clap::builder::PossibleValue::new(Vocabulary::name(*self)).aliases(self.aliases().iter().copied()))
+            }
+        }
+    )*};
+}
+display_fromstr!(JobKind, JobState);
+
+/// A wire enum whose value this node does not know (a newer peer, or a malformed request).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown or unspecified {what} (wire value {value})")]
+pub struct BadWireValue {
+    pub what: &'static str,
+    pub value: i32,
+}
+
+/// Reads a wire enum field, refusing "unspecified" and values this build does not know.
+pub fn wire<T: TryFrom<i32>>(what: &'static str, value: i32) -> Result<T, BadWireValue> {
+    if value == 0 {
+        return Err(BadWireValue { what, value });
+    }
+    T::try_from(value).map_err(|_| BadWireValue { what, value })
+}
+
+impl From<consort_protocols::Role> for proto::Role {
+    fn from(r: consort_protocols::Role) -> Self {
+        match r {
+            consort_protocols::Role::Requester => proto::Role::Requester,
+            consort_protocols::Role::Responder => proto::Role::Responder,
+        }
+    }
+}
+
+impl TryFrom<proto::Role> for consort_protocols::Role {
+    type Error = BadWireValue;
+    fn try_from(r: proto::Role) -> Result<Self, BadWireValue> {
+        match r {
+            proto::Role::Requester => Ok(consort_protocols::Role::Requester),
+            proto::Role::Responder => Ok(consort_protocols::Role::Responder),
+            proto::Role::Unspecified => Err(BadWireValue { what: "role", value: 0 }),
+        }
+    }
+}
+
+impl From<consort_protocols::Reveal> for proto::Reveal {
+    fn from(r: consort_protocols::Reveal) -> Self {
+        match r {
+            consort_protocols::Reveal::Both => proto::Reveal::Both,
+            consort_protocols::Reveal::RequesterOnly => proto::Reveal::RequesterOnly,
+        }
+    }
+}
+
+impl TryFrom<proto::Reveal> for consort_protocols::Reveal {
+    type Error = BadWireValue;
+    fn try_from(r: proto::Reveal) -> Result<Self, BadWireValue> {
+        match r {
+            proto::Reveal::Both => Ok(consort_protocols::Reveal::Both),
+            proto::Reveal::RequesterOnly => Ok(consort_protocols::Reveal::RequesterOnly),
+            proto::Reveal::Unspecified => Err(BadWireValue { what: "reveal mode", value: 0 }),
+        }
+    }
+}
+
+impl proto::JobStatus {
+    /// The typed state (a record from a newer node with an unknown state reads as unspecified).
+    pub fn job_state(&self) -> JobState {
+        JobState::try_from(self.state).unwrap_or(JobState::Unspecified)
+    }
+
+    pub fn job_kind(&self) -> JobKind {
+        JobKind::try_from(self.kind).unwrap_or(JobKind::Unspecified)
+    }
+
+    /// The role's name ("requester", "responder").
+    pub fn role_name(&self) -> &'static str {
+        match proto::Role::try_from(self.role) {
+            Ok(proto::Role::Requester) => "requester",
+            Ok(proto::Role::Responder) => "responder",
+            _ => "?",
+        }
+    }
+
+    /// The PSI protocol's name ("ecdh", "rr22"; "" if the job has none).
+    pub fn protocol_name(&self) -> &'static str {
+        match proto::PsiProtocol::try_from(self.protocol) {
+            Ok(proto::PsiProtocol::Ecdh) => "ecdh",
+            Ok(proto::PsiProtocol::Rr22) => "rr22",
+            _ => "",
+        }
+    }
+
+    /// The reveal mode's name ("" if the job has none).
+    pub fn reveal_name(&self) -> &'static str {
+        match proto::Reveal::try_from(self.reveal) {
+            Ok(r) => consort_protocols::Reveal::try_from(r).map(Vocabulary::name).unwrap_or(""),
+            Err(_) => "",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use consort_protocols::Reveal;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_are_refused() {
+        for k in JobKind::ALL {
+            assert_eq!(k.name().parse::<JobKind>().unwrap(), *k);
+        }
+        for s in JobState::ALL {
+            assert_eq!(s.name().parse::<JobState>().unwrap(), *s);
+        }
+        assert_eq!(Reveal::parse_name("self").unwrap(), Reveal::RequesterOnly);
+        assert_eq!(Reveal::parse_name("requester-only").unwrap(), Reveal::RequesterOnly);
+        let e = "bogus".parse::<JobKind>().unwrap_err();
+        assert_eq!(e.to_string(), "unknown job kind 'bogus' (known: psi, train, score, deal)");
+        assert!("unspecified".parse::<JobKind>().is_err());
+    }
+
+    #[test]
+    fn wire_values_refuse_unspecified_and_unknown() {
+        assert_eq!(wire::<proto::JobKind>("job kind", 1).unwrap(), JobKind::Psi);
+        assert!(wire::<proto::JobKind>("job kind", 0).is_err());
+        assert!(wire::<proto::JobKind>("job kind", 99).is_err());
+    }
+}

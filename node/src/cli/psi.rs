@@ -1,0 +1,84 @@
+//! `consort psi`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::Args;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use consort_api::JobKind;
+use consort_api::proto::{self, SubmitRequest};
+use consort_engine::PsiProtocol;
+use consort_protocols::Reveal;
+
+use super::status::{ensure_done, status_json, summary, watch_with_progress};
+use super::vocab;
+use crate::client::NodeClient;
+use crate::config;
+use crate::job::envelope::protocol_wire;
+
+/// `--protocol`: the PSI protocols, listed in `--help` and completions.
+pub fn protocol_parser() -> impl TypedValueParser<Value = PsiProtocol> {
+    PossibleValuesParser::new(["ecdh", "rr22"]).map(|s| s.parse::<PsiProtocol>().expect("a listed value"))
+}
+
+#[derive(Args)]
+pub struct PsiArgs {
+    /// The local node's directory (the node must be running).
+    dir: PathBuf,
+    /// The pinned peer to intersect with.
+    #[arg(long)]
+    peer: String,
+    /// Local dataset.
+    #[arg(long)]
+    dataset: String,
+    /// The peer's dataset.
+    #[arg(long)]
+    peer_dataset: String,
+    /// PSI protocol: ecdh (ECDH-PSI) or rr22 (RR22 over silent VOLE, for large sets).
+    #[arg(long, default_value = "ecdh", value_parser = protocol_parser())]
+    protocol: PsiProtocol,
+    /// Who learns the intersection: both, or requester-only (only this node; alias: self).
+    #[arg(long, default_value = "both", value_parser = vocab::<Reveal>())]
+    reveal: Reveal,
+    /// This node's output: its own rows of the intersection, in the order both sides share.
+    #[arg(long)]
+    out: PathBuf,
+    /// Print a JSON summary instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A PSI job submission (`out` absolute).
+pub fn psi_request(
+    peer: &str,
+    dataset: &str,
+    peer_dataset: &str,
+    protocol: PsiProtocol,
+    reveal: Reveal,
+    out: &Path,
+) -> SubmitRequest {
+    SubmitRequest {
+        kind: JobKind::Psi as i32,
+        peer: peer.into(),
+        dataset: dataset.into(),
+        peer_dataset: peer_dataset.into(),
+        protocol: protocol_wire(protocol) as i32,
+        reveal: proto::Reveal::from(reveal) as i32,
+        out: out.display().to_string(),
+        params: String::new(),
+    }
+}
+
+pub async fn psi(args: PsiArgs) -> Result<()> {
+    let out = config::absolute(&args.out)?;
+    let client = NodeClient::connect(&args.dir).await?;
+    let request = psi_request(&args.peer, &args.dataset, &args.peer_dataset, args.protocol, args.reveal, &out);
+    let job_id = client.submit(request).await?;
+    let status = watch_with_progress(&client, &job_id, args.json).await?;
+    if args.json {
+        println!("{}", status_json(&status));
+    } else {
+        println!("{}", summary(&status));
+    }
+    ensure_done(&status)
+}

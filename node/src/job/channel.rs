@@ -1,0 +1,96 @@
+//! A job's stream of [`PeerFrame`]s as the protocol [`Channel`].
+//!
+//! Protocol frames travel as `PeerFrame::data`; the job envelope uses the other frame kinds
+//! (request, accept, reject, end, abort) around the protocol. Outbound frames go through a bounded
+//! queue (flow control); inbound frames come from any stream of frames: tonic's `Streaming` on a
+//! node (whose HTTP/2 window bounds the rest), or an in-memory queue in tests ([`memory_pair`]),
+//! so the envelope is tested without TLS.
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use consort_api::proto::{Abort, PeerFrame, peer_frame::Kind};
+use consort_protocols::{Channel, ChannelError};
+use futures::{Stream, StreamExt};
+use tokio::sync::{Mutex, mpsc};
+
+type Inbound = Pin<Box<dyn Stream<Item = Result<PeerFrame, tonic::Status>> + Send>>;
+
+pub struct JobChannel {
+    tx: mpsc::Sender<PeerFrame>,
+    rx: Mutex<Inbound>,
+}
+
+impl JobChannel {
+    pub fn new(
+        tx: mpsc::Sender<PeerFrame>,
+        rx: impl Stream<Item = Result<PeerFrame, tonic::Status>> + Send + 'static,
+    ) -> Self {
+        Self { tx, rx: Mutex::new(Box::pin(rx)) }
+    }
+
+    /// Sends a job-layer frame.
+    pub async fn send_kind(&self, kind: Kind) -> Result<(), ChannelError> {
+        self.tx.send(PeerFrame { kind: Some(kind) }).await.map_err(|_| ChannelError::Closed)
+    }
+
+    /// Tells the peer this side failed. Best effort: the peer may already be gone.
+    pub async fn abort(&self, reason: &str) {
+        let _ = self.send_kind(Kind::Abort(Abort { reason: reason.to_string() })).await;
+    }
+
+    /// Receives the next frame of any kind; an `Abort` from the peer becomes an error.
+    pub async fn recv_kind(&self) -> Result<Kind, ChannelError> {
+        let mut rx = self.rx.lock().await;
+        loop {
+            match rx.next().await {
+                Some(Ok(PeerFrame { kind: Some(Kind::Abort(a)) })) => return Err(ChannelError::Aborted(a.reason)),
+                Some(Ok(PeerFrame { kind: Some(kind) })) => return Ok(kind),
+                Some(Ok(PeerFrame { kind: None })) => continue,
+                None => return Err(ChannelError::Closed),
+                Some(Err(status)) => return Err(status_error(status)),
+            }
+        }
+    }
+}
+
+fn status_error(status: tonic::Status) -> ChannelError {
+    match status.code() {
+        tonic::Code::Cancelled | tonic::Code::Unavailable => ChannelError::Closed,
+        _ => ChannelError::Transport(status.message().to_string()),
+    }
+}
+
+impl Channel for JobChannel {
+    async fn send(&self, frame: Bytes) -> Result<(), ChannelError> {
+        self.send_kind(Kind::Data(frame)).await
+    }
+
+    async fn recv(&self) -> Result<Bytes, ChannelError> {
+        match self.recv_kind().await? {
+            Kind::Data(frame) => Ok(frame),
+            other => {
+                Err(ChannelError::Transport(format!("unexpected {} frame during the protocol", kind_name(&other))))
+            }
+        }
+    }
+}
+
+pub fn kind_name(kind: &Kind) -> &'static str {
+    match kind {
+        Kind::Request(_) => "job request",
+        Kind::Accept(_) => "accept",
+        Kind::Reject(_) => "reject",
+        Kind::Data(_) => "data",
+        Kind::End(_) => "end",
+        Kind::Abort(_) => "abort",
+    }
+}
+
+/// Two connected job channels in memory (tests of the envelope and the kinds).
+pub fn memory_pair(buffer: usize) -> (JobChannel, JobChannel) {
+    let (a_tx, a_rx) = mpsc::channel(buffer);
+    let (b_tx, b_rx) = mpsc::channel(buffer);
+    let inbound = |rx| tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<PeerFrame, tonic::Status>);
+    (JobChannel::new(a_tx, inbound(b_rx)), JobChannel::new(b_tx, inbound(a_rx)))
+}

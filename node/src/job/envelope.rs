@@ -1,0 +1,526 @@
+//! The job envelope: the one flow every job kind goes through, on both sides.
+//!
+//! ```text
+//! requester                                   responder
+//! submit: kind.plan, own grant, table         ─ JobRequest ─▶  structure (version, id, sizes)
+//!   load dataset, connect                                       id never seen here (else refuse, log nothing)
+//!                                                               grant, kind.plan  → log request + grant
+//!                                             ◀─ JobReject ─   refused: state `refused`, stop
+//!                                             ◀─ JobAccept ─   load dataset
+//! log request + grant
+//! log start (dataset commitment)                                log start
+//! kind's protocol ◀──────────── data ──────────────▶ kind's protocol
+//! log transcript, proofs, output                                log transcript, proofs, output
+//!                                             ◀── JobEnd ──▶
+//! log end (state `done`)                                        log end
+//! ```
+//! Any failure sends `Abort` with a reason safe for the peer (never a path or a data value), logs
+//! `failure`, and removes this side's output; a side whose peer fails after the protocol removes
+//! its output too, so a job completes on both sides or leaves no output. The envelope talks only in
+//! frames over a [`JobChannel`], so its branches are tested over an in-memory pair.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use consort_api::proto::peer_frame::Kind as Frame;
+use consort_api::proto::{self, JobAccept, JobEnd, JobReject, JobRequest, JobStatus, SubmitRequest};
+use consort_api::vocab::{Vocabulary, wire};
+use consort_api::{JOB_PROTOCOL_VERSION, JobKind, JobState};
+use consort_engine::{Dataset, DatasetSpec, PsiProtocol};
+use consort_protocols::{ChannelError, Metered, Reveal, Role, cpu};
+use tonic::Status;
+use tracing::{info, warn};
+
+use super::channel::{JobChannel, kind_name};
+use super::connect::{ANSWER_TIMEOUT, Answer};
+use super::{Ask, Job, JobHandle, Outcome, RunCtx};
+use crate::audit::{Parties, RunEvidence};
+use crate::config::{self, NodeConfig};
+use crate::state::NodeState;
+use crate::table::new_job_id;
+use crate::tls::{PeerInfo, WireCounters};
+
+/// Largest `params` a job request may carry; larger requests are refused unread.
+pub const MAX_PARAMS_BYTES: usize = 64 << 10;
+
+// ------------------------------------------------------------------------------------------------
+// Requester
+// ------------------------------------------------------------------------------------------------
+
+/// The control service's `Submit`: types and checks the operator's request, registers the job and
+/// starts it. Errors are the operator's to fix (unknown peer, missing grant, bad parameters).
+pub async fn submit(state: &Arc<NodeState>, r: SubmitRequest) -> Result<String, Status> {
+    let (ask, job, dataset, handle) = prepare(state, r).await?;
+    let id = ask.job_id.clone();
+    let st = state.clone();
+    state.spawn_job(async move {
+        let peer = ask.peer.clone();
+        let open = |request| {
+            let st = st.clone();
+            async move {
+                let peer = st.config().peer(&peer)?.clone();
+                super::connect::open(&st, &peer, request).await
+            }
+        };
+        let result = request(&st, &handle, &ask, job, dataset, open).await;
+        conclude(&st, &handle, result).await;
+    });
+    Ok(id)
+}
+
+/// A submission typed, checked against this node's own grants and the kind's rules, and registered
+/// in the job table under a fresh id.
+pub(super) async fn prepare(
+    state: &Arc<NodeState>,
+    r: SubmitRequest,
+) -> Result<(Ask, Box<dyn Job>, Option<DatasetSpec>, Arc<JobHandle>), Status> {
+    let kind: JobKind = wire("job kind", r.kind).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let spec =
+        super::kind(kind).ok_or_else(|| Status::invalid_argument(format!("job kind {kind} cannot be submitted")))?;
+    let config = state.config();
+    config.peer(&r.peer).map_err(|e| Status::failed_precondition(e.to_string()))?;
+    let out = match r.out.as_str() {
+        "" => None,
+        p if std::path::Path::new(p).is_absolute() => Some(p.into()),
+        _ => return Err(Status::invalid_argument("the output path must be absolute")),
+    };
+    let ask = Ask {
+        kind,
+        role: Role::Requester,
+        job_id: new_job_id(),
+        peer: r.peer,
+        dataset: r.dataset,
+        peer_dataset: r.peer_dataset,
+        protocol: optional_protocol(r.protocol).map_err(Status::invalid_argument)?,
+        reveal: optional_reveal(r.reveal).map_err(Status::invalid_argument)?,
+        out,
+        params: r.params,
+    };
+    let dataset = if spec.uses_dataset() {
+        let spec = grant(&config, &ask).map_err(|e| {
+            Status::permission_denied(format!(
+                "{e} (grant it with `consort dataset add ... --grant {}:{kind}`)",
+                ask.peer
+            ))
+        })?;
+        Some(spec)
+    } else {
+        None
+    };
+    let job = spec.plan(state, &ask).map_err(Status::invalid_argument)?;
+    let handle = state
+        .jobs
+        .insert(status_of(&ask, &*job))
+        .await
+        .map_err(|e| Status::internal(format!("cannot record the job: {e:#}")))?
+        .ok_or_else(|| Status::internal("job id collision"))?;
+    Ok((ask, job, dataset, handle))
+}
+
+/// The requester's side of an accepted submission, with the stream opener injected (TLS on a
+/// node, an in-memory pair in tests).
+pub async fn request<F, Fut>(
+    state: &Arc<NodeState>,
+    handle: &Arc<JobHandle>,
+    ask: &Ask,
+    job: Box<dyn Job>,
+    dataset: Option<DatasetSpec>,
+    open: F,
+) -> Result<()>
+where
+    F: FnOnce(JobRequest) -> Fut,
+    Fut: Future<Output = Result<(JobChannel, Answer, Arc<WireCounters>)>>,
+{
+    let dataset = match dataset {
+        Some(spec) => Some(load_dataset(handle, spec).await?),
+        None => None,
+    };
+    handle.stage("connect", 0, 0);
+    let request = JobRequest {
+        version: JOB_PROTOCOL_VERSION,
+        job_id: ask.job_id.clone(),
+        kind: ask.kind as i32,
+        protocol: job.protocol().map(protocol_wire).unwrap_or_default() as i32,
+        reveal: job.reveal().map(proto::Reveal::from).unwrap_or_default() as i32,
+        responder_dataset: ask.peer_dataset.clone(),
+        params: job.wire_params(),
+    };
+    let (channel, answer, wire) = open(request).await?;
+    let decision = match &answer {
+        Answer::Accepted(a) => {
+            handle.update(|s| s.peer_rows = a.rows);
+            Ok(())
+        }
+        Answer::Refused(reason) => Err(reason.as_str()),
+    };
+    crate::audit::record_request(
+        &state.audit,
+        &ask.job_id,
+        parties(state, ask.role, &ask.peer),
+        audited(ask, &*job),
+        decision,
+    )
+    .await?;
+    if let Answer::Refused(reason) = answer {
+        bail!("peer '{}' refused the job: {reason}", ask.peer);
+    }
+    run_accepted(state, handle, ask, job, channel, dataset, &wire).await
+}
+
+// ------------------------------------------------------------------------------------------------
+// Responder
+// ------------------------------------------------------------------------------------------------
+
+/// The responder's side of a job request that arrived on `channel` from the pinned `peer`.
+pub async fn respond(state: Arc<NodeState>, peer: PeerInfo, request: JobRequest, channel: JobChannel) {
+    // Nothing is logged under an id before the request's structure and the id are known good.
+    if let Err(reason) = check_structure(&request) {
+        warn!(peer = %peer.name, "refused a malformed job request: {reason}");
+        refuse(&channel, reason).await;
+        return;
+    }
+    let handle = match state.jobs.insert(responder_status(&peer.name, &request)).await {
+        Ok(Some(h)) => h,
+        Ok(None) => {
+            warn!(peer = %peer.name, job = %request.job_id, "refused a job request reusing a known job id");
+            refuse(
+                &channel,
+                format!("job id {} was already used with this node; ids are never reused", request.job_id),
+            )
+            .await;
+            return;
+        }
+        Err(e) => {
+            warn!(job = %request.job_id, "cannot record the job: {e:#}");
+            refuse(&channel, "the responder cannot record the job".into()).await;
+            return;
+        }
+    };
+    let admitted = admit(&state, &peer.name, &request);
+    let (ask, decision) = match &admitted {
+        Ok((ask, _, _)) => (Some(ask), Ok(())),
+        Err(reason) => (None, Err(reason.as_str())),
+    };
+    let fields = match (&admitted, ask) {
+        (Ok((ask, job, _)), _) => audited(ask, &**job),
+        _ => refused_fields(&request),
+    };
+    let who = parties(&state, Role::Responder, &peer.name);
+    if let Err(e) = crate::audit::record_request(&state.audit, &request.job_id, who, fields, decision).await {
+        warn!(job = %request.job_id, "cannot record the job request in the audit log: {e:#}");
+        refuse(&channel, "the responder cannot record the job in its audit log".into()).await;
+        handle.set_state(JobState::Failed, Some(format!("cannot record the job request: {e:#}"))).await;
+        return;
+    }
+    let (ask, job, dataset) = match admitted {
+        Ok(admitted) => admitted,
+        Err(reason) => {
+            warn!(peer = %peer.name, job = %request.job_id, "refused job: {reason}");
+            refuse(&channel, reason.clone()).await;
+            handle.set_state(JobState::Refused, Some(reason)).await;
+            return;
+        }
+    };
+    info!(peer = %peer.name, job = %ask.job_id, kind = %ask.kind, dataset = %ask.dataset, "accepted job request");
+    let result = async {
+        let dataset = match dataset {
+            Some(spec) => match load_dataset(&handle, spec).await {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    let reason = format!(
+                        "the responder could not load dataset '{}' (its operator sees why in its log)",
+                        ask.dataset
+                    );
+                    refuse(&channel, reason).await;
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
+        let rows = dataset.as_ref().map(|d| d.len() as u64).unwrap_or(0);
+        channel
+            .send_kind(Frame::Accept(JobAccept { rows }))
+            .await
+            .map_err(|_| anyhow!("the requester went away before the job started"))?;
+        run_accepted(&state, &handle, &ask, job, channel, dataset, &peer.wire).await
+    }
+    .await;
+    conclude(&state, &handle, result).await;
+}
+
+/// What is checked before anything is recorded: the exchange's version, the id's and names' form,
+/// the size of the parameters. The reason quotes nothing the peer sent but the version.
+fn check_structure(r: &JobRequest) -> Result<(), String> {
+    if r.version != JOB_PROTOCOL_VERSION {
+        return Err(format!(
+            "job protocol version {} is not supported (this node speaks {JOB_PROTOCOL_VERSION}; upgrade the older node)",
+            r.version
+        ));
+    }
+    config::check_name("job id", &r.job_id).map_err(|_| "invalid job id".to_string())?;
+    if !r.responder_dataset.is_empty() {
+        config::check_name("dataset name", &r.responder_dataset).map_err(|_| "invalid dataset name".to_string())?;
+    }
+    if r.params.len() > MAX_PARAMS_BYTES {
+        return Err(format!("job parameters over {MAX_PARAMS_BYTES} bytes"));
+    }
+    Ok(())
+}
+
+type Admitted = (Ask, Box<dyn Job>, Option<DatasetSpec>);
+
+/// The policy decision on a well-formed request: the typed job and its dataset, or why not.
+fn admit(state: &NodeState, peer: &str, r: &JobRequest) -> Result<Admitted, String> {
+    let kind: JobKind = wire("job kind", r.kind).map_err(|e| e.to_string())?;
+    let spec = super::kind(kind).ok_or_else(|| format!("job kind {kind} is not served here"))?;
+    let ask = Ask {
+        kind,
+        role: Role::Responder,
+        job_id: r.job_id.clone(),
+        peer: peer.to_string(),
+        dataset: r.responder_dataset.clone(),
+        peer_dataset: String::new(),
+        protocol: optional_protocol(r.protocol)?,
+        reveal: optional_reveal(r.reveal)?,
+        out: None,
+        params: r.params.clone(),
+    };
+    let config = state.config();
+    let dataset = if spec.uses_dataset() { Some(grant(&config, &ask)?) } else { None };
+    let job = spec.plan(state, &ask)?;
+    Ok((ask, job, dataset))
+}
+
+/// The dataset a job uses on this node, if its grant lets the peer run this kind of job on it.
+fn grant(config: &NodeConfig, ask: &Ask) -> Result<DatasetSpec, String> {
+    let entry = config.datasets.iter().find(|d| d.spec.name == ask.dataset).ok_or_else(|| match ask.role {
+        Role::Requester => format!("unknown dataset '{}' (register it with `consort dataset add`)", ask.dataset),
+        Role::Responder => format!("no dataset '{}' is shared with '{}'", ask.dataset, ask.peer),
+    })?;
+    match entry.refusal(&ask.peer, ask.kind) {
+        Some(refusal) => Err(refusal),
+        None => Ok(entry.spec.clone()),
+    }
+}
+
+/// Who the request is between, as the audit log records it (the fingerprint of the peer's pin).
+fn parties<'a>(state: &NodeState, role: Role, peer: &'a str) -> Parties<'a> {
+    let peer_certificate = state.config().peers.iter().find(|p| p.name == peer).map(|p| p.fingerprint.clone());
+    Parties { role, peer, peer_certificate }
+}
+
+async fn refuse(channel: &JobChannel, reason: String) {
+    let _ = channel.send_kind(Frame::Reject(JobReject { reason })).await;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Both sides
+// ------------------------------------------------------------------------------------------------
+
+/// An accepted job: start, the kind's protocol, evidence, the end exchange; rolls back this side's
+/// output if anything fails after it was written.
+pub(super) async fn run_accepted(
+    state: &Arc<NodeState>,
+    handle: &Arc<JobHandle>,
+    ask: &Ask,
+    job: Box<dyn Job>,
+    channel: JobChannel,
+    dataset: Option<Dataset>,
+    wire: &WireCounters,
+) -> Result<()> {
+    handle.set_state(JobState::Running, None).await;
+    if let Err(e) = crate::audit::record_start(&state.audit, &ask.job_id, dataset.as_ref()).await {
+        channel.abort("the peer cannot record the job in its audit log").await;
+        return Err(e);
+    }
+    let channel = Arc::new(Metered::new(channel));
+    let result = job.run(RunCtx { state, handle, channel: channel.clone(), dataset, ask }).await;
+    handle.record_stats(&channel.stats(), wire.get());
+    let mut outcome = match result {
+        Ok(o) => o,
+        Err(f) => {
+            channel.inner().abort(&f.peer).await;
+            return Err(f.local);
+        }
+    };
+    let evidence = RunEvidence {
+        stats: channel.stats(),
+        other_channels: std::mem::take(&mut outcome.other_channels),
+        ecdh: outcome.ecdh_evidence.take(),
+        output: outcome.output.as_ref().map(|o| (o.path.clone(), o.rows)),
+    };
+    if let Err(e) = crate::audit::record_run(&state.audit, &ask.job_id, evidence).await {
+        rollback(&outcome);
+        channel.inner().abort("the peer cannot record the job in its audit log").await;
+        return Err(e);
+    }
+    apply(handle, &outcome);
+    let end = JobEnd {
+        output_rows: outcome.output.as_ref().map(|o| o.rows).unwrap_or(0),
+        output: outcome.output.as_ref().map(|o| o.shown.clone()).unwrap_or_default(),
+    };
+    match end_exchange(channel.inner(), ask.role, end).await {
+        Ok(peer_end) => {
+            handle.record_stats(&channel.stats(), wire.get());
+            handle.update(|s| s.peer_output = peer_end.output);
+            Ok(())
+        }
+        Err(e) => {
+            rollback(&outcome);
+            Err(e)
+        }
+    }
+}
+
+/// Sends this side's `JobEnd` and waits for the peer's. The requester then waits for the responder
+/// to close the stream, so that dropping the connection cannot cut off its own `JobEnd`.
+pub async fn end_exchange(channel: &JobChannel, role: Role, end: JobEnd) -> Result<JobEnd> {
+    channel.send_kind(Frame::End(end)).await.context("the peer went away before the job ended")?;
+    let peer_end = match tokio::time::timeout(ANSWER_TIMEOUT, channel.recv_kind()).await {
+        Ok(Ok(Frame::End(end))) => end,
+        Ok(Ok(other)) => bail!("the peer sent a {} frame instead of ending the job", kind_name(&other)),
+        Ok(Err(ChannelError::Aborted(reason))) => bail!("the peer failed at the end of the job: {reason}"),
+        Ok(Err(e)) => bail!("the peer did not end the job: {e}"),
+        Err(_) => bail!("the peer did not end the job within {ANSWER_TIMEOUT:?}"),
+    };
+    if role == Role::Requester {
+        let _ = tokio::time::timeout(ANSWER_TIMEOUT, channel.recv_kind()).await;
+    }
+    Ok(peer_end)
+}
+
+/// Removes what the job wrote (a job completes on both sides or leaves no output behind).
+fn rollback(outcome: &Outcome) {
+    if let Some(out) = &outcome.output {
+        let _ = std::fs::remove_file(&out.path);
+    }
+}
+
+fn apply(handle: &JobHandle, outcome: &Outcome) {
+    for (name, secs) in &outcome.stages {
+        handle.add_stage(name, *secs);
+    }
+    handle.update(|s| {
+        s.local_rows = outcome.local_rows;
+        s.peer_rows = outcome.peer_rows;
+        s.has_intersection = outcome.intersection.is_some();
+        s.intersection = outcome.intersection.unwrap_or(0);
+        s.output = outcome.output.as_ref().map(|o| o.path.display().to_string()).unwrap_or_default();
+        s.output_rows = outcome.output.as_ref().map(|o| o.rows).unwrap_or(0);
+        s.summary = outcome.summary.clone();
+    });
+}
+
+/// Records the job's end (`end` or `failure` in the audit log, `done` or `failed` in the table).
+pub(super) async fn conclude(state: &NodeState, handle: &JobHandle, result: Result<()>) {
+    let id = handle.id();
+    let error = result.err().map(|e| format!("{e:#}"));
+    match &error {
+        None => info!(job = %id, "job done"),
+        Some(e) => warn!(job = %id, "job failed: {e}"),
+    }
+    crate::audit::record_outcome(&state.audit, &id, error.as_deref()).await;
+    let final_state = if error.is_none() { JobState::Done } else { JobState::Failed };
+    handle.set_state(final_state, error).await;
+}
+
+pub(crate) async fn load_dataset(handle: &JobHandle, spec: DatasetSpec) -> Result<Dataset> {
+    handle.stage("load dataset", 0, 0);
+    let started = Instant::now();
+    let name = spec.name.clone();
+    let dataset = cpu::run(move || Dataset::load(&spec)).await.with_context(|| format!("dataset '{name}'"))?;
+    handle.add_stage("load", started.elapsed().as_secs_f64());
+    handle.update(|s| s.local_rows = dataset.len() as u64);
+    Ok(dataset)
+}
+
+// ------------------------------------------------------------------------------------------------
+// Vocabulary at the edge
+// ------------------------------------------------------------------------------------------------
+
+pub fn protocol_wire(p: PsiProtocol) -> proto::PsiProtocol {
+    match p {
+        PsiProtocol::Ecdh => proto::PsiProtocol::Ecdh,
+        PsiProtocol::Rr22 => proto::PsiProtocol::Rr22,
+    }
+}
+
+fn optional_protocol(v: i32) -> Result<Option<PsiProtocol>, String> {
+    match proto::PsiProtocol::try_from(v) {
+        Ok(proto::PsiProtocol::Unspecified) => Ok(None),
+        Ok(proto::PsiProtocol::Ecdh) => Ok(Some(PsiProtocol::Ecdh)),
+        Ok(proto::PsiProtocol::Rr22) => Ok(Some(PsiProtocol::Rr22)),
+        Err(_) => Err(format!("unknown PSI protocol (wire value {v})")),
+    }
+}
+
+fn optional_reveal(v: i32) -> Result<Option<Reveal>, String> {
+    match proto::Reveal::try_from(v) {
+        Ok(proto::Reveal::Unspecified) => Ok(None),
+        Ok(r) => Reveal::try_from(r).map(Some).map_err(|e| e.to_string()),
+        Err(_) => Err(format!("unknown reveal mode (wire value {v})")),
+    }
+}
+
+fn status_of(ask: &Ask, job: &dyn Job) -> JobStatus {
+    JobStatus {
+        job_id: ask.job_id.clone(),
+        kind: ask.kind as i32,
+        protocol: job.protocol().map(protocol_wire).unwrap_or_default() as i32,
+        role: proto::Role::from(ask.role) as i32,
+        peer: ask.peer.clone(),
+        dataset: ask.dataset.clone(),
+        peer_dataset: ask.peer_dataset.clone(),
+        reveal: job.reveal().map(proto::Reveal::from).unwrap_or_default() as i32,
+        state: JobState::Pending as i32,
+        ..Default::default()
+    }
+}
+
+/// The responder's record of a well-formed request, before it is admitted (every field bounded
+/// by [`check_structure`]; enum values are stored as numbers, never as text).
+fn responder_status(peer: &str, r: &JobRequest) -> JobStatus {
+    JobStatus {
+        job_id: r.job_id.clone(),
+        kind: r.kind,
+        protocol: r.protocol,
+        role: proto::Role::Responder as i32,
+        peer: peer.to_string(),
+        dataset: r.responder_dataset.clone(),
+        reveal: r.reveal,
+        state: JobState::Pending as i32,
+        ..Default::default()
+    }
+}
+
+/// A job request as the audit log records it (both sides, `role` is this node's).
+fn audited(ask: &Ask, job: &dyn Job) -> serde_json::Value {
+    let mut fields = serde_json::json!({
+        "kind": ask.kind.name(),
+        "dataset": ask.dataset,
+        "parameters": job.audited(),
+    });
+    let object = fields.as_object_mut().expect("an object");
+    if let Some(p) = job.protocol() {
+        object.insert("protocol".into(), p.name().into());
+    }
+    if let Some(r) = job.reveal() {
+        object.insert("reveal".into(), r.name().into());
+    }
+    if ask.role == Role::Requester && !ask.peer_dataset.is_empty() {
+        object.insert("peer_dataset".into(), ask.peer_dataset.clone().into());
+    }
+    fields
+}
+
+/// A refused request as the audit log records it: only fields of bounded size and known form
+/// (never the raw parameters).
+fn refused_fields(r: &JobRequest) -> serde_json::Value {
+    serde_json::json!({
+        "kind": JobKind::try_from(r.kind).map(|k| k.name()).unwrap_or("unknown"),
+        "dataset": r.responder_dataset,
+        "parameter_bytes": r.params.len(),
+    })
+}

@@ -1,0 +1,159 @@
+//! Jobs between nodes: one envelope ([`envelope`]) for every job kind, the kinds themselves (one
+//! module each), the job stream ([`channel`]), connections to peers ([`connect`]), the peer
+//! service ([`service`]) and the persisted job table ([`table`]).
+//!
+//! A job kind is a [`Kind`]: it turns a request (the operator's on the requester, the peer's on the
+//! responder) into a typed, validated [`Job`], and a `Job` runs its protocol over the job channel
+//! and says what it wrote. Everything else — the request/accept/reject handshake, grants, id reuse,
+//! the job table, dataset loading, audit entries (request, grant, start, transcript, proofs,
+//! output, end/failure), the end exchange and the rollback of outputs when either side fails — is
+//! the envelope's, written once.
+//!
+//! Adding a job kind: a module here implementing [`Kind`] and [`Job`], a line in [`KINDS`], and
+//! its value in the `JobKind` enum of `api/proto/consort.proto`.
+
+pub mod channel;
+pub mod connect;
+pub mod deal;
+pub mod envelope;
+pub mod psi;
+pub mod score;
+pub mod service;
+#[cfg(test)]
+mod tests;
+pub mod train;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use consort_api::JobKind;
+use consort_engine::audit::EcdhEvidence;
+use consort_engine::{Dataset, PsiProtocol};
+use consort_protocols::{ChannelStats, Metered, Reveal, Role};
+
+pub use crate::table::{JobHandle, JobTable};
+pub use channel::JobChannel;
+
+use crate::state::NodeState;
+
+/// Every job kind this node runs.
+pub static KINDS: &[&dyn Kind] = &[&psi::Psi, &train::Train, &score::Score, &deal::Deal];
+
+pub fn kind(k: JobKind) -> Option<&'static dyn Kind> {
+    KINDS.iter().copied().find(|x| x.kind() == k)
+}
+
+/// A job request as either side sees it, with the vocabulary already typed.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    pub kind: JobKind,
+    /// This node's role in the job.
+    pub role: Role,
+    pub job_id: String,
+    /// The other node (the requester's choice, or the responder's pinned name for the caller).
+    pub peer: String,
+    /// This node's dataset ("" for kinds without one).
+    pub dataset: String,
+    /// The other node's dataset (known to the requester; "" on the responder).
+    pub peer_dataset: String,
+    /// `None` where the request did not say (the kind picks its default or refuses).
+    pub protocol: Option<PsiProtocol>,
+    pub reveal: Option<Reveal>,
+    /// The requester's output path (absolute), if its operator chose one.
+    pub out: Option<PathBuf>,
+    /// The kind's own parameters (JSON): the operator's on the requester, the peer's wire
+    /// parameters on the responder.
+    pub params: String,
+}
+
+/// A job kind.
+pub trait Kind: Send + Sync {
+    fn kind(&self) -> JobKind;
+
+    /// Whether jobs of this kind use a dataset of each node (granted per peer and kind).
+    fn uses_dataset(&self) -> bool {
+        true
+    }
+
+    /// Validates a request (after the envelope checked the dataset's grant) and types its
+    /// parameters; the refusal is told to the operator or the peer, so it names no file path and
+    /// no data value.
+    fn plan(&self, state: &NodeState, ask: &Ask) -> Result<Box<dyn Job>, String>;
+}
+
+/// One planned job of some kind on this node.
+#[tonic::async_trait]
+pub trait Job: Send + Sync {
+    /// The PSI protocol and reveal mode the job runs with (for the request and the job table).
+    fn protocol(&self) -> Option<PsiProtocol>;
+    fn reveal(&self) -> Option<Reveal>;
+
+    /// The parameters the requester sends the responder (JSON, validated there by `plan`).
+    fn wire_params(&self) -> String;
+
+    /// The parameters as the audit log records them.
+    fn audited(&self) -> serde_json::Value;
+
+    /// Runs the job's protocol over the job channel and writes this node's outputs.
+    async fn run(self: Box<Self>, ctx: RunCtx<'_>) -> Result<Outcome, Failure>;
+}
+
+/// What a running job gets from the envelope.
+pub struct RunCtx<'a> {
+    pub state: &'a Arc<NodeState>,
+    pub handle: &'a Arc<JobHandle>,
+    pub channel: Arc<Metered<JobChannel>>,
+    /// This node's dataset, loaded and validated (kinds without one get `None`).
+    pub dataset: Option<Dataset>,
+    pub ask: &'a Ask,
+}
+
+/// A file a job wrote, committed in the audit log and removed if the job fails on either side.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub path: PathBuf,
+    /// As the peer is told (relative to the node directory for default outputs).
+    pub shown: String,
+    pub rows: u64,
+}
+
+/// What a job did.
+#[derive(Default)]
+pub struct Outcome {
+    pub output: Option<Output>,
+    pub local_rows: u64,
+    pub peer_rows: u64,
+    /// Intersection (aligned rows) size, if this node learns it.
+    pub intersection: Option<u64>,
+    /// Wall seconds per stage.
+    pub stages: Vec<(String, f64)>,
+    /// Kind-specific results (JSON) for the job status.
+    pub summary: String,
+    /// ECDH-PSI proofs of the job (its PSI or its alignment), for the audit log.
+    pub ecdh_evidence: Option<EcdhEvidence>,
+    /// Other channels the job used (e.g. to a dealer), by name, for the audit log.
+    pub other_channels: Vec<(String, ChannelStats)>,
+}
+
+/// Why a job failed: the full story for this node's log and job table, and what the peer is told.
+#[derive(Debug)]
+pub struct Failure {
+    pub local: anyhow::Error,
+    pub peer: String,
+}
+
+impl Failure {
+    /// A failure whose message is safe to tell the peer as it is (a protocol or peer error).
+    pub fn shared(e: impl Into<anyhow::Error>) -> Failure {
+        let local = e.into();
+        Failure { peer: format!("{local:#}"), local }
+    }
+
+    /// A failure in this node's own data or files: the peer hears only that it happened.
+    pub fn private(e: impl Into<anyhow::Error>) -> Failure {
+        Failure {
+            local: e.into(),
+            peer: "the peer could not read its data or write its output (its operator sees why in its log)".into(),
+        }
+    }
+}

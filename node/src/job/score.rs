@@ -1,0 +1,135 @@
+//! `score` jobs: new aligned rows scored with a jointly trained model; the requester (party A) gets
+//! the predictions, the responder (party B) contributes its partial scores with its own model of
+//! the same train job.
+//!
+//! Operator parameters ([`ScoreRequest`]): A's model file; the predictions go to the submit's
+//! `out`. On the wire: the train job's id ([`ScoreParams`]); B scores only with a model it trained
+//! with the same peer.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use consort_api::JobKind;
+use consort_engine::PsiProtocol;
+use consort_engine::lr::{ModelFile, ScoreJob, run_score};
+use consort_protocols::{Reveal, Role};
+use serde::{Deserialize, Serialize};
+
+use super::psi::progress_fn;
+use super::train::{check_alignment, lr_failure, responder_model};
+use super::{Ask, Failure, Job, Kind, Outcome, Output, RunCtx};
+use crate::config;
+use crate::state::NodeState;
+
+/// What the requester's operator asks for (the submit's `params`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreRequest {
+    /// Party A's model file from `consort train` (absolute path).
+    pub model: PathBuf,
+}
+
+/// A score job's parameters on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScoreParams {
+    /// The train job whose models both sides use.
+    model_job: String,
+}
+
+pub struct Score;
+
+impl Kind for Score {
+    fn kind(&self) -> JobKind {
+        JobKind::Score
+    }
+
+    fn plan(&self, state: &NodeState, ask: &Ask) -> Result<Box<dyn Job>, String> {
+        check_alignment(ask)?;
+        let protocol = ask.protocol.unwrap_or(PsiProtocol::Ecdh);
+        match ask.role {
+            Role::Requester => {
+                let r: ScoreRequest =
+                    serde_json::from_str(&ask.params).map_err(|e| format!("bad score parameters: {e}"))?;
+                if !r.model.is_absolute() {
+                    return Err("the model path must be absolute".into());
+                }
+                let model = ModelFile::load(&r.model).map_err(|e| e.to_string())?;
+                if model.party != "A" {
+                    return Err("score with party A's model (the one with the intercept)".into());
+                }
+                if model.peer != ask.peer {
+                    return Err(format!("the model was trained with peer '{}', not '{}'", model.peer, ask.peer));
+                }
+                let out = ask.out.clone().ok_or("a score job needs the predictions file to write (--out)")?;
+                Ok(Box::new(ScorePlan { protocol, model: Arc::new(model), out: Some(out) }))
+            }
+            Role::Responder => {
+                let p: ScoreParams =
+                    serde_json::from_str(&ask.params).map_err(|e| format!("bad score parameters: {e}"))?;
+                config::check_name("model job id", &p.model_job).map_err(|_| "invalid model job id".to_string())?;
+                let (path, _) = responder_model(&state.dir, &p.model_job);
+                let model =
+                    ModelFile::load(&path).map_err(|_| format!("no model of train job {} here", p.model_job))?;
+                if model.peer != ask.peer {
+                    return Err(format!("the model of train job {} was not trained with '{}'", p.model_job, ask.peer));
+                }
+                Ok(Box::new(ScorePlan { protocol, model: Arc::new(model), out: None }))
+            }
+        }
+    }
+}
+
+struct ScorePlan {
+    protocol: PsiProtocol,
+    model: Arc<ModelFile>,
+    /// A's predictions file.
+    out: Option<PathBuf>,
+}
+
+#[tonic::async_trait]
+impl Job for ScorePlan {
+    fn protocol(&self) -> Option<PsiProtocol> {
+        Some(self.protocol)
+    }
+
+    fn reveal(&self) -> Option<Reveal> {
+        Some(Reveal::Both)
+    }
+
+    fn wire_params(&self) -> String {
+        serde_json::to_string(&ScoreParams { model_job: self.model.job_id.clone() }).expect("parameters serialize")
+    }
+
+    fn audited(&self) -> serde_json::Value {
+        serde_json::json!({ "model_job": self.model.job_id })
+    }
+
+    async fn run(self: Box<Self>, ctx: RunCtx<'_>) -> Result<Outcome, Failure> {
+        let dataset = ctx.dataset.expect("score jobs load a dataset");
+        let job = ScoreJob {
+            role: ctx.ask.role,
+            psi: self.protocol,
+            model: self.model,
+            out: self.out,
+            psi_progress: Some(progress_fn(ctx.handle)),
+        };
+        let report = run_score(&*ctx.channel, &dataset, &job).await.map_err(lr_failure)?;
+        let summary = serde_json::to_string(&report).unwrap_or_default();
+        let output = report.output.clone().map(|path| Output {
+            shown: path.display().to_string(),
+            path,
+            rows: report.aligned_rows,
+        });
+        Ok(Outcome {
+            output,
+            local_rows: report.local_rows,
+            peer_rows: report.peer_rows,
+            intersection: Some(report.aligned_rows),
+            stages: report.stages,
+            summary,
+            ecdh_evidence: None,
+            other_channels: Vec::new(),
+        })
+    }
+}

@@ -1,0 +1,343 @@
+//! The envelope's branches over an in-memory job channel pair: no TLS, no sockets. Two node
+//! directories that pin each other, their states opened as a node would, requests driven by the
+//! real envelope on one side and either the real envelope or raw frames on the other.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use consort_api::proto::peer_frame::Kind as Frame;
+use consort_api::proto::{self, JobRequest, SubmitRequest};
+use consort_api::{JOB_PROTOCOL_VERSION, JobKind, JobState};
+use consort_engine::{DatasetSpec, PsiProtocol};
+use consort_protocols::{Reveal, Role};
+
+use super::channel::{JobChannel, memory_pair};
+use super::connect::Answer;
+use super::envelope::{self, protocol_wire};
+use super::{Ask, Failure, Job, Outcome, Output, RunCtx};
+use crate::state::NodeState;
+use crate::tls::{PeerInfo, WireCounters};
+use crate::{pair, setup};
+
+const A_CSV: &str = "id,v\n1,a\n2,b\n3,c\n4,d\n";
+const B_CSV: &str = "id,w\n3,x\n4,y\n5,z\n";
+
+struct Two {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    a: Arc<NodeState>,
+    b: Arc<NodeState>,
+}
+
+fn addr() -> SocketAddr {
+    "127.0.0.1:9".parse().unwrap()
+}
+
+async fn two() -> Two {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let (a_dir, b_dir) = pair::init_pair(&root).unwrap();
+    pair::pin_pair(&a_dir, addr(), &b_dir, addr()).unwrap();
+    std::fs::write(root.join("a.csv"), A_CSV).unwrap();
+    std::fs::write(root.join("b.csv"), B_CSV).unwrap();
+    let spec = |name: &str, file: &str| DatasetSpec::new(name, root.join(file), &["id"]);
+    setup::dataset_add(&a_dir, spec("customers", "a.csv"), vec![setup::parse_grant(pair::B).unwrap()], true, true)
+        .unwrap();
+    setup::dataset_add(&b_dir, spec("accounts", "b.csv"), vec![setup::parse_grant(pair::A).unwrap()], true, true)
+        .unwrap();
+    let a = NodeState::open(&a_dir, addr()).await.unwrap();
+    let b = NodeState::open(&b_dir, addr()).await.unwrap();
+    Two { _tmp: tmp, root, a, b }
+}
+
+fn psi_submit(peer_dataset: &str, out: &Path) -> SubmitRequest {
+    SubmitRequest {
+        kind: JobKind::Psi as i32,
+        peer: pair::B.into(),
+        dataset: "customers".into(),
+        peer_dataset: peer_dataset.into(),
+        protocol: protocol_wire(PsiProtocol::Ecdh) as i32,
+        reveal: proto::Reveal::Both as i32,
+        out: out.display().to_string(),
+        params: String::new(),
+    }
+}
+
+fn peer_info(name: &str) -> PeerInfo {
+    PeerInfo { name: name.into(), remote: addr(), wire: Arc::new(WireCounters::default()) }
+}
+
+type Opened = Result<(JobChannel, Answer, Arc<WireCounters>)>;
+type Opening = std::pin::Pin<Box<dyn Future<Output = Opened> + Send>>;
+
+/// Opens the job "connection" to `b`'s real envelope over an in-memory pair.
+fn opener(b: Arc<NodeState>) -> impl FnOnce(JobRequest) -> Opening {
+    move |request| {
+        Box::pin(async move {
+            let (ca, cb) = memory_pair(8);
+            tokio::spawn(envelope::respond(b, peer_info(pair::A), request, cb));
+            let answer = first_answer(&ca).await?;
+            Ok((ca, answer, Arc::new(WireCounters::default())))
+        })
+    }
+}
+
+async fn first_answer(channel: &JobChannel) -> Result<Answer> {
+    match channel.recv_kind().await? {
+        Frame::Accept(a) => Ok(Answer::Accepted(a)),
+        Frame::Reject(r) => Ok(Answer::Refused(r.reason)),
+        _ => bail!("unexpected first answer"),
+    }
+}
+
+/// Submits on `a` and runs the requester's envelope to the end; returns its final status.
+async fn run_submitted(t: &Two, request: SubmitRequest) -> proto::JobStatus {
+    let (ask, job, dataset, handle) = envelope::prepare(&t.a, request).await.unwrap();
+    let result = envelope::request(&t.a, &handle, &ask, job, dataset, opener(t.b.clone())).await;
+    envelope::conclude(&t.a, &handle, result).await;
+    // The responder concludes on its own task: wait until its record is final.
+    for _ in 0..500 {
+        match t.b.jobs.get(&ask.job_id) {
+            Some(h) if h.status().job_state().is_final() => break,
+            _ => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+    handle.status()
+}
+
+fn events(state: &NodeState, job: &str) -> Vec<String> {
+    state
+        .audit
+        .with(|log| Ok(log.entries().to_vec()))
+        .unwrap()
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["job"] == job)
+        .map(|v| v["event"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn entries(state: &NodeState) -> usize {
+    state.audit.with(|log| Ok(log.entries().len())).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_psi_job_runs_through_the_envelope_on_both_sides() {
+    let t = two().await;
+    let out = t.root.join("out.csv");
+    let status = run_submitted(&t, psi_submit("accounts", &out)).await;
+    assert_eq!(status.job_state(), JobState::Done, "{}", status.error);
+    assert_eq!((status.intersection, status.output_rows), (2, 2));
+    let peer = t.b.jobs.get(&status.job_id).unwrap().status();
+    assert_eq!((peer.job_state(), peer.role_name(), peer.job_kind()), (JobState::Done, "responder", JobKind::Psi));
+    let all = ["request", "grant", "start", "transcript", "proofs", "output", "end"];
+    assert_eq!(events(&t.a, &status.job_id), all);
+    assert_eq!(events(&t.b, &status.job_id), all);
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 3);
+    assert!(t.b.dir.join(&status.peer_output).exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_request_is_recorded_as_refused_and_never_starts() {
+    let t = two().await;
+    let out = t.root.join("out.csv");
+    let status = run_submitted(&t, psi_submit("nope", &out)).await;
+    assert_eq!(status.job_state(), JobState::Failed);
+    assert!(status.error.contains("refused the job: no dataset 'nope' is shared with 'bank'"), "{}", status.error);
+    let peer = t.b.jobs.get(&status.job_id).unwrap().status();
+    assert_eq!(peer.job_state(), JobState::Refused);
+    assert_eq!(events(&t.b, &status.job_id), ["request", "grant"]);
+    assert_eq!(events(&t.a, &status.job_id), ["request", "grant", "failure"]);
+    assert!(!out.exists());
+    assert_eq!(status.bytes_sent, 0, "no protocol message before the decision");
+}
+
+/// Sends `request` to `b`'s envelope as the pinned peer `bank` and returns the first answer.
+async fn raw_request(b: &Arc<NodeState>, request: JobRequest) -> Answer {
+    let (ca, cb) = memory_pair(8);
+    tokio::spawn(envelope::respond(b.clone(), peer_info(pair::A), request, cb));
+    first_answer(&ca).await.unwrap()
+}
+
+fn raw_psi(job_id: &str) -> JobRequest {
+    JobRequest {
+        version: JOB_PROTOCOL_VERSION,
+        job_id: job_id.into(),
+        kind: JobKind::Psi as i32,
+        protocol: proto::PsiProtocol::Ecdh as i32,
+        reveal: proto::Reveal::Both as i32,
+        responder_dataset: "accounts".into(),
+        params: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reused_job_id_is_refused_before_anything_is_logged_under_it() {
+    let t = two().await;
+    let done = run_submitted(&t, psi_submit("accounts", &t.root.join("out.csv"))).await;
+    let refused = run_submitted(&t, psi_submit("nope", &t.root.join("x.csv"))).await;
+    for id in [&done.job_id, &refused.job_id] {
+        let before = events(&t.b, id);
+        let Answer::Refused(reason) = raw_request(&t.b, raw_psi(id)).await else { panic!("reuse accepted") };
+        assert!(reason.contains("already used"), "{reason}");
+        assert_eq!(events(&t.b, id), before, "nothing logged under a reused id");
+    }
+    // Still refused after the node restarts (the table is on disk).
+    let b = NodeState::open(&t.b.dir, addr()).await.unwrap();
+    let Answer::Refused(reason) = raw_request(&b, raw_psi(&done.job_id)).await else { panic!("reuse accepted") };
+    assert!(reason.contains("already used"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_or_old_requests_are_refused_without_a_record() {
+    let t = two().await;
+    let before = entries(&t.b);
+    let old = JobRequest { version: 1, ..raw_psi("j1") };
+    let Answer::Refused(reason) = raw_request(&t.b, old).await else { panic!("old version accepted") };
+    assert!(reason.contains("job protocol version 1 is not supported (this node speaks 2"), "{reason}");
+    let bad_id = raw_psi("../../etc");
+    let Answer::Refused(reason) = raw_request(&t.b, bad_id).await else { panic!("bad id accepted") };
+    assert_eq!(reason, "invalid job id");
+    let huge = JobRequest { params: "x".repeat(envelope::MAX_PARAMS_BYTES + 1), ..raw_psi("j2") };
+    let Answer::Refused(reason) = raw_request(&t.b, huge).await else { panic!("huge params accepted") };
+    assert!(reason.contains("parameters over"), "{reason}");
+    let unknown_kind = JobRequest { kind: 99, ..raw_psi("j3") };
+    let Answer::Refused(reason) = raw_request(&t.b, unknown_kind).await else { panic!("unknown kind accepted") };
+    assert!(reason.contains("unknown or unspecified job kind"), "{reason}");
+    // The first three left no trace; the unknown kind is a policy refusal under a good id.
+    assert_eq!(entries(&t.b), before + 2);
+    assert!(t.b.jobs.get("j1").is_none() && t.b.jobs.get("j2").is_none());
+    assert_eq!(t.b.jobs.get("j3").unwrap().status().job_state(), JobState::Refused);
+}
+
+/// A job kind of the tests: writes its output, then succeeds or fails as told.
+struct TestJob {
+    fail: bool,
+}
+
+#[tonic::async_trait]
+impl Job for TestJob {
+    fn protocol(&self) -> Option<PsiProtocol> {
+        None
+    }
+    fn reveal(&self) -> Option<Reveal> {
+        None
+    }
+    fn wire_params(&self) -> String {
+        String::new()
+    }
+    fn audited(&self) -> serde_json::Value {
+        serde_json::json!({})
+    }
+    async fn run(self: Box<Self>, ctx: RunCtx<'_>) -> Result<Outcome, Failure> {
+        if self.fail {
+            return Err(Failure::private(anyhow::anyhow!("secret.csv:7: bad value 'alice'")));
+        }
+        let path = ctx.state.dir.join("outputs/test-out.csv");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "k\n1\n").unwrap();
+        Ok(Outcome {
+            output: Some(Output { path, shown: "outputs/test-out.csv".into(), rows: 1 }),
+            ..Default::default()
+        })
+    }
+}
+
+fn test_ask(id: &str) -> Ask {
+    Ask {
+        kind: JobKind::Psi,
+        role: Role::Requester,
+        job_id: id.into(),
+        peer: pair::B.into(),
+        dataset: String::new(),
+        peer_dataset: String::new(),
+        protocol: None,
+        reveal: None,
+        out: None,
+        params: String::new(),
+    }
+}
+
+async fn test_handle(state: &NodeState, id: &str) -> Arc<super::JobHandle> {
+    let status = proto::JobStatus { job_id: id.into(), state: JobState::Pending as i32, ..Default::default() };
+    state.jobs.insert(status).await.unwrap().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_that_aborts_at_the_end_rolls_back_this_sides_output() {
+    let t = two().await;
+    let handle = test_handle(&t.a, "jt1").await;
+    let (mine, theirs) = memory_pair(8);
+    let peer = tokio::spawn(async move {
+        // The peer sees our JobEnd, then fails.
+        let end = theirs.recv_kind().await.unwrap();
+        assert!(matches!(end, Frame::End(ref e) if e.output_rows == 1), "{end:?}");
+        theirs.abort("could not write its output").await;
+    });
+    let ask = test_ask("jt1");
+    let result = envelope::run_accepted(
+        &t.a,
+        &handle,
+        &ask,
+        Box::new(TestJob { fail: false }),
+        mine,
+        None,
+        &WireCounters::default(),
+    )
+    .await;
+    peer.await.unwrap();
+    let e = result.unwrap_err();
+    assert!(format!("{e:#}").contains("the peer failed at the end of the job: could not write"), "{e:#}");
+    assert!(!t.a.dir.join("outputs/test-out.csv").exists(), "output rolled back");
+    envelope::conclude(&t.a, &handle, Err(e)).await;
+    assert_eq!(events(&t.a, "jt1"), ["start", "transcript", "output", "failure"]);
+    assert_eq!(handle.status().job_state(), JobState::Failed);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_job_tells_the_peer_only_the_safe_reason() {
+    let t = two().await;
+    let handle = test_handle(&t.a, "jt2").await;
+    let (mine, theirs) = memory_pair(8);
+    let ask = test_ask("jt2");
+    let result = envelope::run_accepted(
+        &t.a,
+        &handle,
+        &ask,
+        Box::new(TestJob { fail: true }),
+        mine,
+        None,
+        &WireCounters::default(),
+    )
+    .await;
+    let local = format!("{:#}", result.unwrap_err());
+    assert!(local.contains("secret.csv:7"), "the operator sees why: {local}");
+    match theirs.recv_kind().await {
+        Err(consort_protocols::ChannelError::Aborted(reason)) => {
+            assert!(!reason.contains("secret") && !reason.contains("alice"), "{reason}");
+            assert!(reason.contains("its operator sees why in its log"), "{reason}");
+        }
+        other => panic!("expected an abort, got {other:?}"),
+    }
+    assert_eq!(events(&t.a, "jt2"), ["start"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_that_goes_away_before_answering_fails_the_request() {
+    let t = two().await;
+    let (ask, job, dataset, handle) =
+        envelope::prepare(&t.a, psi_submit("accounts", &t.root.join("o.csv"))).await.unwrap();
+    let open = |_request: JobRequest| async move {
+        let (ca, cb) = memory_pair(8);
+        drop(cb);
+        let answer = first_answer(&ca).await?;
+        Ok((ca, answer, Arc::new(WireCounters::default())))
+    };
+    let result = envelope::request(&t.a, &handle, &ask, job, dataset, open).await;
+    assert!(result.is_err());
+    envelope::conclude(&t.a, &handle, result).await;
+    assert_eq!(handle.status().job_state(), JobState::Failed);
+    assert_eq!(events(&t.a, &ask.job_id), ["failure"]);
+}

@@ -1,0 +1,224 @@
+//! `train` jobs: joint logistic regression (`consort_engine::lr`). The requester is party A (the
+//! label holder: it gets the intercept, the holdout AUC/KS and later the predictions), the
+//! responder party B.
+//!
+//! Operator parameters ([`TrainRequest`], the submit's `params`): label column, feature columns
+//! and hyper-parameters; the model file is the submit's `out`. On the wire only the
+//! hyper-parameters travel ([`LrParams`], validated again by B). B writes its model to
+//! `DIR/outputs/JOB.model.json`. With a dealer, both parties open a `deal` job to it
+//! ([`super::deal`]) and its channel's transcript joins this job's evidence.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use consort_api::proto::{JobEnd, JobRequest};
+use consort_api::vocab::Vocabulary;
+use consort_api::{JOB_PROTOCOL_VERSION, JobKind};
+use consort_engine::PsiProtocol;
+use consort_engine::lr::{ColumnChoice, LrError, LrParams, TrainJob, run_train_with_dealer};
+use consort_protocols::mpc::lr::LrProgress;
+use consort_protocols::{Metered, Reveal, Role};
+use serde::{Deserialize, Serialize};
+
+use super::connect::Answer;
+use super::deal::{DealParams, Party};
+use super::psi::progress_fn;
+use super::{Ask, Failure, Job, JobChannel, JobHandle, Kind, Outcome, Output, RunCtx};
+use crate::config;
+use crate::state::NodeState;
+
+/// What the requester's operator asks for (the submit's `params`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainRequest {
+    /// The label column (0/1).
+    pub label: String,
+    /// Feature columns (empty: every column but the keys and the label).
+    #[serde(default)]
+    pub features: Vec<String>,
+    pub params: LrParams,
+}
+
+pub struct Train;
+
+impl Kind for Train {
+    fn kind(&self) -> JobKind {
+        JobKind::Train
+    }
+
+    fn plan(&self, state: &NodeState, ask: &Ask) -> Result<Box<dyn Job>, String> {
+        check_alignment(ask)?;
+        let (columns, params, model_out) = match ask.role {
+            Role::Requester => {
+                let r: TrainRequest =
+                    serde_json::from_str(&ask.params).map_err(|e| format!("bad train parameters: {e}"))?;
+                if r.label.is_empty() {
+                    return Err("a train job needs the label column".into());
+                }
+                let out = ask.out.clone().ok_or("a train job needs the model file to write (--out)")?;
+                let features = if r.features.is_empty() { None } else { Some(r.features) };
+                (ColumnChoice { label: Some(r.label), features }, r.params, out)
+            }
+            Role::Responder => {
+                let params: LrParams =
+                    serde_json::from_str(&ask.params).map_err(|e| format!("bad train parameters: {e}"))?;
+                (ColumnChoice::default(), params, responder_model(&state.dir, &ask.job_id).0)
+            }
+        };
+        params.config().map_err(|e| e.to_string())?;
+        if let Some(dealer) = &params.dealer
+            && state.config().peer(dealer).is_err()
+        {
+            return Err(match ask.role {
+                Role::Requester => format!("no pinned dealer node '{dealer}' (pin it with `consort peer add`)"),
+                Role::Responder => format!("this node has not pinned the dealer '{dealer}' the job names"),
+            });
+        }
+        Ok(Box::new(TrainPlan { protocol: ask.protocol.unwrap_or(PsiProtocol::Ecdh), columns, params, model_out }))
+    }
+}
+
+/// LR jobs align their rows with a PSI revealed to both (both must know which rows take part).
+pub(crate) fn check_alignment(ask: &Ask) -> Result<(), String> {
+    match ask.reveal {
+        None | Some(Reveal::Both) => Ok(()),
+        Some(Reveal::RequesterOnly) => Err("LR jobs align with PSI revealed to both".into()),
+    }
+}
+
+/// B's model file of train job `job_id` (and its name relative to the node directory).
+pub fn responder_model(dir: &Path, job_id: &str) -> (PathBuf, String) {
+    let rel = format!("{}/{job_id}.model.json", config::OUTPUTS_DIR);
+    (dir.join(&rel), rel)
+}
+
+struct TrainPlan {
+    protocol: PsiProtocol,
+    columns: ColumnChoice,
+    params: LrParams,
+    model_out: PathBuf,
+}
+
+pub(crate) fn lr_progress(handle: &Arc<JobHandle>) -> consort_protocols::mpc::lr::LrProgressFn {
+    let handle = handle.clone();
+    Arc::new(move |p: LrProgress| {
+        let stage = match p.loss {
+            Some(loss) => format!("epoch {}/{} loss {loss:.4}", p.epoch + 1, p.epochs),
+            None => format!("epoch {}/{}", p.epoch + 1, p.epochs),
+        };
+        handle.stage(&stage, p.batch as u64, p.batches as u64);
+    })
+}
+
+/// What a failing side tells its peer: nothing about its data or files.
+pub(crate) fn lr_failure(e: LrError) -> Failure {
+    match e {
+        LrError::Data(_) => Failure::private(e),
+        other => Failure::shared(other),
+    }
+}
+
+#[tonic::async_trait]
+impl Job for TrainPlan {
+    fn protocol(&self) -> Option<PsiProtocol> {
+        Some(self.protocol)
+    }
+
+    fn reveal(&self) -> Option<Reveal> {
+        Some(Reveal::Both)
+    }
+
+    fn wire_params(&self) -> String {
+        serde_json::to_string(&self.params).expect("LR parameters serialize")
+    }
+
+    fn audited(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.params).unwrap_or_default();
+        if let (Some(label), serde_json::Value::Object(o)) = (&self.columns.label, &mut v) {
+            o.insert("label".into(), label.clone().into());
+            o.insert("features".into(), self.columns.features.clone().into());
+        }
+        v
+    }
+
+    async fn run(self: Box<Self>, ctx: RunCtx<'_>) -> Result<Outcome, Failure> {
+        let dataset = ctx.dataset.expect("train jobs load a dataset");
+        let dealer = match &self.params.dealer {
+            Some(name) => {
+                ctx.handle.stage("connect dealer", 0, 0);
+                let d = open_dealer(ctx.state, name, ctx.ask).await.map_err(|e| Failure {
+                    peer: format!("the {} could not reach the dealer", ctx.ask.role.name()),
+                    local: e,
+                })?;
+                Some(Metered::new(d))
+            }
+            None => None,
+        };
+        let (shown_model, model_out) = match ctx.ask.role {
+            Role::Requester => (self.model_out.display().to_string(), self.model_out.clone()),
+            Role::Responder => {
+                let (path, rel) = responder_model(&ctx.state.dir, &ctx.ask.job_id);
+                (rel, path)
+            }
+        };
+        let job = TrainJob {
+            role: ctx.ask.role,
+            psi: self.protocol,
+            columns: self.columns,
+            params: self.params,
+            model_out,
+            job_id: ctx.ask.job_id.clone(),
+            peer: ctx.ask.peer.clone(),
+            psi_progress: Some(progress_fn(ctx.handle)),
+            progress: Some(lr_progress(ctx.handle)),
+        };
+        let result = run_train_with_dealer(&*ctx.channel, dealer.as_ref(), &dataset, &job).await;
+        let mut other_channels = Vec::new();
+        if let Some(d) = dealer {
+            if result.is_ok() {
+                super::envelope::end_exchange(d.inner(), Role::Requester, JobEnd::default())
+                    .await
+                    .map_err(|e| Failure { peer: "the dealer did not end the job".into(), local: e })?;
+            } else {
+                d.inner().abort("the train job failed").await;
+            }
+            other_channels.push(("dealer".to_string(), d.stats()));
+        }
+        let report = result.map_err(lr_failure)?;
+        let summary = serde_json::to_string(&report).unwrap_or_default();
+        Ok(Outcome {
+            output: Some(Output { path: report.model.clone(), shown: shown_model, rows: report.aligned_rows }),
+            local_rows: report.local_rows,
+            peer_rows: report.peer_rows,
+            intersection: Some(report.aligned_rows),
+            stages: report.stages,
+            summary,
+            ecdh_evidence: None,
+            other_channels,
+        })
+    }
+}
+
+/// Opens this party's `deal` job stream to the dealer node (its own job id, derived from the train
+/// job's) and waits until the dealer accepts.
+async fn open_dealer(state: &NodeState, dealer: &str, ask: &Ask) -> anyhow::Result<JobChannel> {
+    let entry = state.config().peer(dealer).map_err(|_| anyhow!("no pinned dealer node '{dealer}'"))?.clone();
+    let party = match ask.role {
+        Role::Requester => Party::A,
+        Role::Responder => Party::B,
+    };
+    let params = DealParams { party, peer: ask.peer.clone(), train_job: ask.job_id.clone() };
+    let request = JobRequest {
+        version: JOB_PROTOCOL_VERSION,
+        job_id: super::deal::deal_job_id(&ask.job_id, party),
+        kind: JobKind::Deal as i32,
+        params: serde_json::to_string(&params)?,
+        ..Default::default()
+    };
+    let (channel, answer, _wire) = super::connect::open(state, &entry, request).await?;
+    match answer {
+        Answer::Accepted(_) => Ok(channel),
+        Answer::Refused(reason) => Err(anyhow!("dealer '{dealer}' refused: {reason}")),
+    }
+}

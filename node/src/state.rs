@@ -1,0 +1,102 @@
+//! What a node's services and jobs share: its directory, config, pinned peers, identity, audit log
+//! and job table.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use anyhow::Result;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tracing::warn;
+
+use crate::config::{self, NodeConfig};
+use crate::identity;
+use crate::table::JobTable;
+use crate::tls::PinnedPeers;
+
+/// HTTP/2 windows sized for ~1 MiB protocol frames on fast links.
+pub const STREAM_WINDOW: u32 = 4 << 20;
+pub const CONNECTION_WINDOW: u32 = 8 << 20;
+
+/// Everything the services share.
+pub struct NodeState {
+    pub dir: PathBuf,
+    config: RwLock<Arc<NodeConfig>>,
+    pub pinned: PinnedPeers,
+    /// Every job this node has a record of (persisted in `DIR/jobs`).
+    pub jobs: JobTable,
+    pub cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+    pub listen_addr: SocketAddr,
+    job_tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+    /// The node's signed audit log (`DIR/audit`).
+    pub audit: Arc<crate::audit::NodeAudit>,
+}
+
+impl NodeState {
+    pub fn config(&self) -> Arc<NodeConfig> {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Runs a job on the runtime, tracked so that shutdown can stop it.
+    pub fn spawn_job(&self, job: impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = tokio::spawn(job).abort_handle();
+        let mut tasks = self.job_tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(handle);
+    }
+
+    pub(crate) fn abort_jobs(&self) {
+        for t in self.job_tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            t.abort();
+        }
+    }
+
+    pub fn key(&self) -> PrivateKeyDer<'static> {
+        self.key.clone_key()
+    }
+
+    /// Re-reads config.toml and the pinned certificates.
+    pub fn reload(&self) -> Result<Arc<NodeConfig>> {
+        let config = Arc::new(NodeConfig::load(&self.dir)?);
+        self.pinned.replace(load_pins(&self.dir, &config)?);
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config.clone();
+        Ok(config)
+    }
+}
+
+fn load_pins(dir: &Path, config: &NodeConfig) -> Result<Vec<(String, CertificateDer<'static>)>> {
+    config.peers.iter().map(|p| Ok((p.name.clone(), identity::read_cert(&dir.join(&p.cert))?))).collect()
+}
+
+impl NodeState {
+    /// Opens a node directory's state without serving anything: config, identity, pins, audit log
+    /// and job table. Jobs that were running when the node last stopped are marked `interrupted`
+    /// (table and audit log).
+    pub async fn open(dir: &Path, listen_addr: SocketAddr) -> Result<Arc<NodeState>> {
+        let dir = config::absolute(dir)?;
+        let config = Arc::new(NodeConfig::load(&dir)?);
+        let (cert, key) = identity::read_tls_identity(&dir)?;
+        let audit = crate::audit::NodeAudit::open(&dir)?;
+        let pinned = PinnedPeers::default();
+        pinned.replace(load_pins(&dir, &config)?);
+        let known = audit.with(|log| Ok(log.job_ids()))?;
+        let (jobs, interrupted) = JobTable::open(&dir, known)?;
+        for id in &interrupted {
+            warn!(job = %id, "the node stopped while this job ran: marked interrupted");
+            let fields = serde_json::json!({"reason": "interrupted: the node stopped while the job ran"});
+            audit.append_async(id, "failure", fields).await?;
+        }
+        Ok(Arc::new(NodeState {
+            dir,
+            config: RwLock::new(config),
+            pinned,
+            jobs,
+            cert,
+            key,
+            listen_addr,
+            job_tasks: Default::default(),
+            audit,
+        }))
+    }
+}
