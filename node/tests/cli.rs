@@ -1,59 +1,10 @@
 //! The CLI flow with two real `consort node` processes talking TLS gRPC on loopback.
 
+mod common;
+
+use common::{consort, fails, ok, s, start_node};
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
-
-fn consort(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_consort")).args(args).output().expect("run consort")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = consort(args);
-    assert!(out.status.success(), "consort {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = consort(args);
-    assert!(!out.status.success(), "consort {args:?} should have failed");
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.starts_with("error: "), "one-line cause expected, got: {err}");
-    err
-}
-
-struct NodeProc(Child);
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        consort_node::cli::bench::terminate(&self.0);
-        let _ = self.0.wait();
-    }
-}
-
-fn start_node(dir: &Path) -> (NodeProc, String) {
-    let child = Command::new(env!("CARGO_BIN_EXE_consort"))
-        .arg("node")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let proc_ = NodeProc(child);
-    for _ in 0..400 {
-        if let Ok(addr) = std::fs::read_to_string(dir.join("listen.addr"))
-            && dir.join("control.sock").exists()
-        {
-            return (proc_, addr.trim().to_string());
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("node in {} did not start", dir.display());
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// `consort psi` from the bank's node against the partner's "accounts", parsed `--json` summary.
 fn psi_json(node: &Path, out: &Path, reveal: &str, protocol: &str) -> serde_json::Value {

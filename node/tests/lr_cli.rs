@@ -1,57 +1,9 @@
 //! `consort gen lr`, `consort train` and `consort score` as processes: two real nodes, the whole
 //! flow through the CLI, and the one-line errors.
 
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+mod common;
 
-fn consort(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_consort")).args(args).output().expect("run consort")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = consort(args);
-    assert!(out.status.success(), "consort {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = consort(args);
-    assert!(!out.status.success(), "consort {args:?} should have failed");
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.starts_with("error: ") && err.trim_end().lines().count() == 1, "one-line cause expected: {err}");
-    err
-}
-
-struct NodeProc(Child);
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        consort_node::cli::bench::terminate(&self.0);
-        let _ = self.0.wait();
-    }
-}
-
-fn start_node(dir: &Path) -> (NodeProc, String) {
-    let child = Command::new(env!("CARGO_BIN_EXE_consort"))
-        .arg("node")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wrapped at once, so the process is reaped on every path (including the panic below).
-    let node = NodeProc(child);
-    for _ in 0..200 {
-        if let Ok(addr) = std::fs::read_to_string(dir.join("listen.addr"))
-            && dir.join("control.sock").exists()
-        {
-            return (node, addr.trim().to_string());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("node did not start");
-}
+use common::{fails, ok, start_node};
 
 #[test]
 fn gen_train_score_through_the_cli() {

@@ -3,66 +3,18 @@
 //! once it runs again — earlier jobs as done, and a request reusing any earlier job id is refused
 //! before anything is logged under it. Real `consort node` processes on loopback.
 
+mod common;
+
+use common::{ok, s, start_node};
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use consort_api::proto::{self, JobRequest};
 use consort_api::{JOB_PROTOCOL_VERSION, JobKind};
 use consort_node::job::connect::{self, Answer};
 use consort_node::state::NodeState;
-
-fn consort(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_consort")).args(args).output().expect("run consort")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = consort(args);
-    assert!(out.status.success(), "consort {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-struct NodeProc(Child);
-
-impl NodeProc {
-    fn kill9(mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        consort_node::cli::bench::terminate(&self.0);
-        let _ = self.0.wait();
-    }
-}
-
-fn start_node(dir: &Path) -> (NodeProc, String) {
-    let _ = std::fs::remove_file(dir.join("listen.addr"));
-    let child = Command::new(env!("CARGO_BIN_EXE_consort"))
-        .arg("node")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let proc_ = NodeProc(child);
-    for _ in 0..400 {
-        if let Ok(addr) = std::fs::read_to_string(dir.join("listen.addr"))
-            && dir.join("control.sock").exists()
-        {
-            return (proc_, addr.trim().to_string());
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("node in {} did not start", dir.display());
-}
 
 /// `consort jobs DIR --json`, one object per job.
 fn jobs(dir: &Path) -> Vec<serde_json::Value> {

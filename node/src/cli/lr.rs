@@ -11,6 +11,7 @@ use consort_engine::PsiProtocol;
 use consort_engine::lr::LrParams;
 use consort_engine::lr_synth::{LrGenSpec, generate_lr};
 
+use super::JobArgs;
 use super::status::{ensure_done, watch_with_progress};
 use crate::client::NodeClient;
 use crate::config;
@@ -95,17 +96,9 @@ impl HyperArgs {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// The local node's directory (the node must be running). This node is party A (labels).
-    pub dir: PathBuf,
-    /// The pinned peer (party B).
-    #[arg(long)]
-    pub peer: String,
-    /// Local dataset (keys, label, features).
-    #[arg(long)]
-    pub dataset: String,
-    /// The peer's dataset.
-    #[arg(long)]
-    pub peer_dataset: String,
+    /// This node is party A (it holds the labels), the peer party B.
+    #[command(flatten)]
+    pub job: JobArgs,
     /// Label column (0/1).
     #[arg(long)]
     pub label: String,
@@ -127,16 +120,9 @@ pub struct TrainArgs {
 
 #[derive(Args, Debug)]
 pub struct ScoreArgs {
-    /// The local node's directory (the node must be running). This node is party A.
-    pub dir: PathBuf,
-    #[arg(long)]
-    pub peer: String,
-    /// Local dataset with the new rows.
-    #[arg(long)]
-    pub dataset: String,
-    /// The peer's dataset with the new rows.
-    #[arg(long)]
-    pub peer_dataset: String,
+    /// This node is party A; both datasets hold the new rows.
+    #[command(flatten)]
+    pub job: JobArgs,
     /// This node's model from `consort train` (the peer uses its own model of the same job).
     #[arg(long)]
     pub model: PathBuf,
@@ -178,17 +164,17 @@ pub async fn train(args: TrainArgs) -> Result<()> {
     params.config()?;
     let train = TrainRequest { label: args.label, features: args.features, params };
     let out = config::absolute(&args.out)?;
-    let request =
-        submit_request(JobKind::Train, (&args.peer, &args.dataset, &args.peer_dataset), args.protocol, &train, &out)?;
-    run(&args.dir, request, args.json).await
+    let j = &args.job;
+    let request = submit_request(JobKind::Train, (&j.peer, &j.dataset, &j.peer_dataset), args.protocol, &train, &out)?;
+    run(&j.dir, request, args.json).await
 }
 
 pub async fn score(args: ScoreArgs) -> Result<()> {
     let score = ScoreRequest { model: config::absolute(&args.model)? };
     let out = config::absolute(&args.out)?;
-    let request =
-        submit_request(JobKind::Score, (&args.peer, &args.dataset, &args.peer_dataset), args.protocol, &score, &out)?;
-    run(&args.dir, request, args.json).await
+    let j = &args.job;
+    let request = submit_request(JobKind::Score, (&j.peer, &j.dataset, &j.peer_dataset), args.protocol, &score, &out)?;
+    run(&j.dir, request, args.json).await
 }
 
 /// An LR job submission: the kind's operator parameters as JSON, `out` absolute (train: the model

@@ -22,6 +22,22 @@ use consort_engine::{DatasetSpec, Normalization};
 use crate::client::NodeClient;
 use crate::{config, identity, node, setup};
 
+/// What every job submission names: the local node, the peer, and each side's dataset.
+#[derive(clap::Args, Debug, Clone)]
+pub struct JobArgs {
+    /// The local node's directory (the node must be running); this node is the requester.
+    pub dir: PathBuf,
+    /// The pinned peer (the responder).
+    #[arg(long)]
+    pub peer: String,
+    /// This node's dataset.
+    #[arg(long)]
+    pub dataset: String,
+    /// The peer's dataset.
+    #[arg(long)]
+    pub peer_dataset: String,
+}
+
 /// A value parser for a vocabulary enum: its names (and aliases) in `--help` and completions.
 pub fn vocab<T: Vocabulary + Clone + Send + Sync>() -> impl TypedValueParser<Value = T> {
     let values = T::ALL.iter().map(|v| PossibleValue::new(v.name()).aliases(v.aliases().iter().copied()));

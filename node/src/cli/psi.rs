@@ -11,7 +11,7 @@ use consort_engine::PsiProtocol;
 use consort_protocols::Reveal;
 
 use super::status::{ensure_done, status_json, summary, watch_with_progress};
-use super::vocab;
+use super::{JobArgs, vocab};
 use crate::client::NodeClient;
 use crate::config;
 use crate::job::envelope::protocol_wire;
@@ -23,17 +23,8 @@ pub fn protocol_parser() -> impl TypedValueParser<Value = PsiProtocol> {
 
 #[derive(Args)]
 pub struct PsiArgs {
-    /// The local node's directory (the node must be running).
-    dir: PathBuf,
-    /// The pinned peer to intersect with.
-    #[arg(long)]
-    peer: String,
-    /// Local dataset.
-    #[arg(long)]
-    dataset: String,
-    /// The peer's dataset.
-    #[arg(long)]
-    peer_dataset: String,
+    #[command(flatten)]
+    job: JobArgs,
     /// PSI protocol: ecdh (ECDH-PSI) or rr22 (RR22 over silent VOLE, for large sets).
     #[arg(long, default_value = "ecdh", value_parser = protocol_parser())]
     protocol: PsiProtocol,
@@ -71,8 +62,9 @@ pub fn psi_request(
 
 pub async fn psi(args: PsiArgs) -> Result<()> {
     let out = config::absolute(&args.out)?;
-    let client = NodeClient::connect(&args.dir).await?;
-    let request = psi_request(&args.peer, &args.dataset, &args.peer_dataset, args.protocol, args.reveal, &out);
+    let j = &args.job;
+    let client = NodeClient::connect(&j.dir).await?;
+    let request = psi_request(&j.peer, &j.dataset, &j.peer_dataset, args.protocol, args.reveal, &out);
     let job_id = client.submit(request).await?;
     let status = watch_with_progress(&client, &job_id, args.json).await?;
     if args.json {

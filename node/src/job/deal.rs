@@ -102,11 +102,7 @@ fn waiting() -> &'static WaitingMap {
 
 #[tonic::async_trait]
 impl Job for DealPlan {
-    fn protocol(&self) -> Option<PsiProtocol> {
-        None
-    }
-
-    fn reveal(&self) -> Option<Reveal> {
+    fn psi(&self) -> Option<(PsiProtocol, Reveal)> {
         None
     }
 

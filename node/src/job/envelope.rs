@@ -142,8 +142,8 @@ where
         version: JOB_PROTOCOL_VERSION,
         job_id: ask.job_id.clone(),
         kind: ask.kind as i32,
-        protocol: job.protocol().map(protocol_wire).unwrap_or_default() as i32,
-        reveal: job.reveal().map(proto::Reveal::from).unwrap_or_default() as i32,
+        protocol: job.psi().map(|(p, _)| protocol_wire(p)).unwrap_or_default() as i32,
+        reveal: job.psi().map(|(_, r)| proto::Reveal::from(r)).unwrap_or_default() as i32,
         responder_dataset: ask.peer_dataset.clone(),
         params: job.wire_params(),
     };
@@ -468,12 +468,12 @@ fn status_of(ask: &Ask, job: &dyn Job) -> JobStatus {
     JobStatus {
         job_id: ask.job_id.clone(),
         kind: ask.kind as i32,
-        protocol: job.protocol().map(protocol_wire).unwrap_or_default() as i32,
+        protocol: job.psi().map(|(p, _)| protocol_wire(p)).unwrap_or_default() as i32,
         role: proto::Role::from(ask.role) as i32,
         peer: ask.peer.clone(),
         dataset: ask.dataset.clone(),
         peer_dataset: ask.peer_dataset.clone(),
-        reveal: job.reveal().map(proto::Reveal::from).unwrap_or_default() as i32,
+        reveal: job.psi().map(|(_, r)| proto::Reveal::from(r)).unwrap_or_default() as i32,
         state: JobState::Pending as i32,
         ..Default::default()
     }
@@ -503,10 +503,8 @@ fn audited(ask: &Ask, job: &dyn Job) -> serde_json::Value {
         "parameters": job.audited(),
     });
     let object = fields.as_object_mut().expect("an object");
-    if let Some(p) = job.protocol() {
+    if let Some((p, r)) = job.psi() {
         object.insert("protocol".into(), p.name().into());
-    }
-    if let Some(r) = job.reveal() {
         object.insert("reveal".into(), r.name().into());
     }
     if ask.role == Role::Requester && !ask.peer_dataset.is_empty() {

@@ -84,9 +84,9 @@ pub trait Kind: Send + Sync {
 /// One planned job of some kind on this node.
 #[tonic::async_trait]
 pub trait Job: Send + Sync {
-    /// The PSI protocol and reveal mode the job runs with (for the request and the job table).
-    fn protocol(&self) -> Option<PsiProtocol>;
-    fn reveal(&self) -> Option<Reveal>;
+    /// The PSI (protocol, reveal mode) the job runs or aligns its rows with, if any (for the
+    /// request and the job table).
+    fn psi(&self) -> Option<(PsiProtocol, Reveal)>;
 
     /// The parameters the requester sends the responder (JSON, validated there by `plan`).
     fn wire_params(&self) -> String;

@@ -61,12 +61,8 @@ pub(crate) fn progress_fn(handle: &Arc<super::JobHandle>) -> consort_protocols::
 
 #[tonic::async_trait]
 impl Job for PsiPlan {
-    fn protocol(&self) -> Option<PsiProtocol> {
-        Some(self.protocol)
-    }
-
-    fn reveal(&self) -> Option<Reveal> {
-        Some(self.reveal)
+    fn psi(&self) -> Option<(PsiProtocol, Reveal)> {
+        Some((self.protocol, self.reveal))
     }
 
     fn wire_params(&self) -> String {

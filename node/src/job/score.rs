@@ -16,7 +16,7 @@ use consort_protocols::{Reveal, Role};
 use serde::{Deserialize, Serialize};
 
 use super::psi::progress_fn;
-use super::train::{check_alignment, lr_failure, responder_model};
+use super::train::{alignment, lr_failure, responder_model};
 use super::{Ask, Failure, Job, Kind, Outcome, Output, RunCtx};
 use crate::config;
 use crate::state::NodeState;
@@ -45,8 +45,7 @@ impl Kind for Score {
     }
 
     fn plan(&self, state: &NodeState, ask: &Ask) -> Result<Box<dyn Job>, String> {
-        check_alignment(ask)?;
-        let protocol = ask.protocol.unwrap_or(PsiProtocol::Ecdh);
+        let protocol = alignment(ask)?;
         match ask.role {
             Role::Requester => {
                 let r: ScoreRequest =
@@ -89,12 +88,8 @@ struct ScorePlan {
 
 #[tonic::async_trait]
 impl Job for ScorePlan {
-    fn protocol(&self) -> Option<PsiProtocol> {
-        Some(self.protocol)
-    }
-
-    fn reveal(&self) -> Option<Reveal> {
-        Some(Reveal::Both)
+    fn psi(&self) -> Option<(PsiProtocol, Reveal)> {
+        Some((self.protocol, Reveal::Both))
     }
 
     fn wire_params(&self) -> String {

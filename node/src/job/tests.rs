@@ -219,10 +219,7 @@ struct TestJob {
 
 #[tonic::async_trait]
 impl Job for TestJob {
-    fn protocol(&self) -> Option<PsiProtocol> {
-        None
-    }
-    fn reveal(&self) -> Option<Reveal> {
+    fn psi(&self) -> Option<(PsiProtocol, Reveal)> {
         None
     }
     fn wire_params(&self) -> String {

@@ -48,7 +48,7 @@ impl Kind for Train {
     }
 
     fn plan(&self, state: &NodeState, ask: &Ask) -> Result<Box<dyn Job>, String> {
-        check_alignment(ask)?;
+        let protocol = alignment(ask)?;
         let (columns, params, model_out) = match ask.role {
             Role::Requester => {
                 let r: TrainRequest =
@@ -75,14 +75,15 @@ impl Kind for Train {
                 Role::Responder => format!("this node has not pinned the dealer '{dealer}' the job names"),
             });
         }
-        Ok(Box::new(TrainPlan { protocol: ask.protocol.unwrap_or(PsiProtocol::Ecdh), columns, params, model_out }))
+        Ok(Box::new(TrainPlan { protocol, columns, params, model_out }))
     }
 }
 
-/// LR jobs align their rows with a PSI revealed to both (both must know which rows take part).
-pub(crate) fn check_alignment(ask: &Ask) -> Result<(), String> {
+/// The PSI protocol that aligns an LR job's rows (ECDH by default), revealed to both: both must
+/// know which of their rows take part.
+pub(crate) fn alignment(ask: &Ask) -> Result<PsiProtocol, String> {
     match ask.reveal {
-        None | Some(Reveal::Both) => Ok(()),
+        None | Some(Reveal::Both) => Ok(ask.protocol.unwrap_or(PsiProtocol::Ecdh)),
         Some(Reveal::RequesterOnly) => Err("LR jobs align with PSI revealed to both".into()),
     }
 }
@@ -121,12 +122,8 @@ pub(crate) fn lr_failure(e: LrError) -> Failure {
 
 #[tonic::async_trait]
 impl Job for TrainPlan {
-    fn protocol(&self) -> Option<PsiProtocol> {
-        Some(self.protocol)
-    }
-
-    fn reveal(&self) -> Option<Reveal> {
-        Some(Reveal::Both)
+    fn psi(&self) -> Option<(PsiProtocol, Reveal)> {
+        Some((self.protocol, Reveal::Both))
     }
 
     fn wire_params(&self) -> String {
