@@ -99,6 +99,8 @@ async fn train_then_score_between_two_nodes() {
         assert_eq!(events[1]["decision"].as_str(), Some("accepted"));
     }
 
+    let train_job = status.job_id.clone();
+
     let out = p.root.join("scores.csv");
     let model = ScoreRequest { model: p.root.join("model-a.json") };
     let score =
@@ -115,6 +117,47 @@ async fn train_then_score_between_two_nodes() {
             .parse::<f64>()
             .is_ok_and(|s| (0.0..=1.0).contains(&s)))
     );
+
+    // Both jobs' evidence verifies like a PSI job's (the score job aligned with ECDH-PSI: with its
+    // DLEQ proofs), and a flipped byte in either bundle is caught.
+    let trained = ["request", "grant", "start", "transcript", "output", "end"];
+    verify_evidence(&p, &train_job, [&trained, &trained]);
+    let scored = ["request", "grant", "start", "transcript", "proofs", "output", "end"];
+    let scored_b = ["request", "grant", "start", "transcript", "proofs", "end"];
+    verify_evidence(&p, &status.job_id, [&scored, &scored_b]);
+}
+
+/// Exports both nodes' bundles of `job` (whose events must be `events`), verifies them together,
+/// then flips a byte in each.
+fn verify_evidence(p: &Pair, job: &str, events: [&[&str]; 2]) {
+    use consort_engine::audit::{self, VerifyOptions};
+    let mut bundles = Vec::new();
+    let mut keys = Vec::new();
+    for ((name, dir), expected) in [(pair::A, &p.a_dir), (pair::B, &p.b_dir)].into_iter().zip(events) {
+        let key = consort_node::identity::read_signing_key(dir).unwrap().verifying_key();
+        let out = p.root.join(format!("evidence-{job}-{name}.json"));
+        let bundle = audit::export(&dir.join("audit"), name, &key, job, &out).unwrap();
+        let logged: Vec<String> = bundle
+            .entries
+            .iter()
+            .map(|e| serde_json::from_str::<serde_json::Value>(&e.entry).unwrap()["event"].as_str().unwrap().into())
+            .collect();
+        assert_eq!(logged, expected, "{name}: job {job}");
+        bundles.push((out, bundle));
+        keys.push(key);
+    }
+    let options = VerifyOptions { trusted_keys: keys, full: true };
+    let report = audit::verify_bundles(&bundles, &options);
+    assert!(report.ok(), "{report:#?}");
+    assert!(report.checks.iter().any(|c| c.name.contains("transcript digests agree") && c.ok));
+    for i in 0..2 {
+        let mut tampered = bundles.clone();
+        let start = tampered[i].1.entries.iter_mut().find(|e| e.entry.contains("\"event\":\"start\"")).unwrap();
+        start.entry = start.entry.replacen("\"event\":\"start\"", "\"event\":\"stArt\"", 1);
+        assert_ne!(tampered[i].1, bundles[i].1);
+        let report = audit::verify_bundles(&tampered, &options);
+        assert!(!report.ok(), "a changed byte in bundle {i} of job {job} went unnoticed");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

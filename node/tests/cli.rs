@@ -216,6 +216,27 @@ fn help_and_usage_errors() {
     }
     let out = consort(&["psi"]);
     assert!(!out.status.success());
+    // Vocabulary values are listed in --help and offered by shell completion.
+    let help = ok(&["psi", "--help"]);
+    assert!(help.contains("[possible values: ecdh, rr22]") && help.contains("both, requester-only"), "{help}");
+    let completion = ok(&["completions", "bash"]);
+    assert!(completion.contains("requester-only") && completion.contains("rr22"), "bash completion lacks values");
+    let out = consort(&[
+        "psi",
+        "/tmp",
+        "--peer",
+        "p",
+        "--dataset",
+        "d",
+        "--peer-dataset",
+        "e",
+        "--out",
+        "x",
+        "--reveal",
+        "no",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("invalid value 'no' for '--reveal"), "{err}");
     let out = consort(&[
         "psi",
         "/nonexistent-node-dir",

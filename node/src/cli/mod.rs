@@ -95,6 +95,11 @@ enum Command {
     /// Audit evidence: export a job's bundle, verify bundles and logs offline.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Print a shell completion script (e.g. `consort completions bash > /etc/bash_completion.d/consort`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -319,6 +324,11 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Audit(cmd) => audit::run(cmd).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "consort", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
 

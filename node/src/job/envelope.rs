@@ -109,14 +109,17 @@ pub(super) async fn prepare(
     } else {
         None
     };
+    let mut ask = ask;
     let job = spec.plan(state, &ask).map_err(Status::invalid_argument)?;
-    let handle = state
-        .jobs
-        .insert(status_of(&ask, &*job))
-        .await
-        .map_err(|e| Status::internal(format!("cannot record the job: {e:#}")))?
-        .ok_or_else(|| Status::internal("job id collision"))?;
-    Ok((ask, job, dataset, handle))
+    // A fresh random id is taken only if this node never saw it (48 random bits: a retry is rare).
+    for _ in 0..8 {
+        let inserted = state.jobs.insert(status_of(&ask, &*job)).await;
+        match inserted.map_err(|e| Status::internal(format!("cannot record the job: {e:#}")))? {
+            Some(handle) => return Ok((ask, job, dataset, handle)),
+            None => ask.job_id = new_job_id(),
+        }
+    }
+    Err(Status::internal("no unused job id found"))
 }
 
 /// The requester's side of an accepted submission, with the stream opener injected (TLS on a
