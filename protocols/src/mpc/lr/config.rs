@@ -123,8 +123,8 @@ pub struct LrConfig {
     pub sigmoid: Sigmoid,
     pub security: Security,
     /// Keep the random OTs of all rows across epochs (re-keyed per epoch, see
-    /// [`ot_mul::ChooserCache`]) when they fit in this many bytes per party; otherwise extend
-    /// fresh OTs for every batch.
+    /// [`ChooserCache`](crate::mpc::ot_mul::ChooserCache)) when they fit in this many bytes per
+    /// party; otherwise extend fresh OTs for every batch.
     pub ot_cache_bytes: u64,
 }
 

@@ -73,7 +73,7 @@ async fn fill_caches<C: Channel, D: Channel>(
 }
 
 /// The correlations of one batch: re-keyed cached OTs, fresh OTs (`None` here: extended in
-/// [`forward`]) or the dealer's.
+/// [`forward`](super::products::forward)) or the dealer's.
 pub(super) enum Corr {
     Ot(ot_mul::ChooserOts, ot_mul::SenderOts),
     Dealer(DealerSession),

@@ -30,7 +30,7 @@
 //!    of that party's weights; then truncation by f_x (to f = [`super::FRAC_BITS`] fraction bits).
 //! 2. r' = 4(σ̂(z) − y): `taylor1` 2 + z − 4y, local (A adds the public constant and its
 //!    labels); `poly3` 2 + trunc(q₁·z − q₃·z³) − 4y, where z³ comes from two elementwise
-//!    products of shares (z² then z²·z, each truncated; [`sigmoid_part`](step::sigmoid_part)) by Gilboa OT
+//!    products of shares (z² then z²·z, each truncated; `step::sigmoid_part`) by Gilboa OT
 //!    multiplication with one party's 64-bit share bits as choice bits (64 OTs per cross term,
 //!    one cross term for z², both for z²·z: 192 random OTs per row and batch, fresh from the
 //!    IKNP extension); in dealer mode with two Beaver triples per row from the dealer instead
@@ -72,12 +72,13 @@
 //! Semi-honest, both parties (OT extension per [`crate::ot::extension`]). Truncation is
 //! SecureML's local truncation ([`super::trunc_share`]): error ≤ 1 ulp, failure probability
 //! ≤ |x|·2^−63 per truncated value x (`poly3` adds four truncations per row of values below
-//! 2^31 while |z| ≤ 8, see [`sigmoid_part`](step::sigmoid_part)). The truncated values here are z·2^{f_x+f} (|z| ≲ 2^6 →
-//! 2^30), mean-gradient sums (≲ 2^{11+24} for batches ≤ 2^11 with |x·r'| ≲ 1 on average) and
-//! updates (≲ 2^36): per training run of 10 epochs on 10^5 rows, about 10^6 truncations of
-//! values below 2^31 and 10^4 of values below 2^36, so a failure probability around 10^−3 at
-//! worst, far less in practice. A failure shows as a weight off by ±2^44 or more; the revealed
-//! weights are checked and the run fails with [`MpcError::Overflow`](crate::mpc::MpcError::Overflow) instead of returning it.
+//! 2^31 while |z| ≤ 8, see `step::sigmoid_part`). The truncated values here are
+//! z·2^{f_x+f} (|z| ≲ 2^6 → 2^30), mean-gradient sums (≲ 2^{11+24} for batches ≤ 2^11 with
+//! |x·r'| ≲ 1 on average) and updates (≲ 2^36): per training run of 10 epochs on 10^5 rows, about
+//! 10^6 truncations of values below 2^31 and 10^4 of values below 2^36, so a failure probability
+//! around 10^−3 at worst, far less in practice. A failure shows as a weight off by ±2^44 or more;
+//! the revealed weights are checked and the run fails with
+//! [`MpcError::Overflow`](crate::mpc::MpcError::Overflow) instead of returning it.
 //! Shares of weights, OT pads and feature matrices are zeroized when dropped.
 //!
 //! # Files

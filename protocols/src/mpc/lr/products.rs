@@ -72,6 +72,8 @@ pub(super) async fn forward<C: Channel, D: Channel>(
         add_into(&mut z, &x2.mul_vec(&own));
         add_into(&mut z, &peer_part);
         let w0 = w0 << fx;
+        // Back from f_x + f to f fraction bits: SecureML's local truncation (Mohassel–Zhang S&P
+        // 2017, Thm. 1), no message.
         z.into_iter().map(|v| trunc_share(v.wrapping_add(w0), fx, party)).collect::<Vec<u64>>()
     })
     .await;
@@ -96,8 +98,8 @@ pub(super) async fn mul_shared<C: Channel, D: Channel>(
     gilboa_mul(ctx, x, y).await
 }
 
-/// Beaver's multiplication with a dealer's triple (c = a·b shared): the parties open d = x − a and
-/// e = y − b, uniformly random, and keep c + d·b + e·a, A also d·e.
+/// Beaver's multiplication (Beaver, CRYPTO 1991) with a dealer's triple (c = a·b shared): the
+/// parties open d = x − a and e = y − b, uniformly random, and keep c + d·b + e·a, A also d·e.
 async fn beaver_mul<C: Channel, D: Channel>(
     ctx: &Ctx<'_, C, D>,
     (a, b, c): (&[u64], &[u64], &[u64]),

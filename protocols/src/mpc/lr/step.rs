@@ -10,7 +10,7 @@ use crate::channel::Channel;
 use crate::cpu;
 use crate::mpc::{FRAC_BITS, MpcError, Party, encode, trunc_share};
 
-/// Shares of 4·(σ̂(z) − 1/2) for shares of z (f fraction bits), per [`LrConfig::sigmoid`].
+/// Shares of 4·(σ̂(z) − 1/2) for shares of z (f fraction bits), per [`LrConfig::sigmoid`](super::LrConfig::sigmoid).
 /// `poly3`: z' = trunc(z, f − 10); s = trunc(z'², 10); c = trunc(s·z', 10) (z³ with 10 fraction
 /// bits); result trunc(q₁·z − q₃·c, 12) with q₁ = 4c₁·2^12, q₃ = 4c₃·2^18. The truncated values
 /// stay below 2^31 for |z| ≤ 8 (2^38 at |z| = 64), so their failure probability is ≤ 2^−32
@@ -60,13 +60,15 @@ pub(super) async fn step<C: Channel, D: Channel>(
         }
         _ => z.to_vec(),
     });
-    // Step 3.
+    // Step 3: the backward products on the correlations of step 1 (the other 64-bit half of each
+    // OT pad, or the dealer's second mask).
     let (g_own, g_peer) = product(ctx, &corr, &x, r.to_vec(), false).await?;
     let (mut g_own, g_peer) = (Zeroizing::new(g_own), Zeroizing::new(g_peer));
     let (x2, r2) = (x.clone(), Zeroizing::new(r.to_vec()));
     add_into(&mut g_own, &Zeroizing::new(cpu::run(move || x2.mul_t_vec(&r2)).await));
     let g0 = r.iter().fold(0u64, |a, &v| a.wrapping_add(v));
-    // Step 4.
+    // Step 4: every share truncated locally (SecureML, Mohassel–Zhang S&P 2017, Thm. 1), first
+    // the gradient sum to the mean's scale, then the scaled update to the weights' f bits.
     let cfg = ctx.config;
     let p = (m as u64).next_power_of_two().trailing_zeros();
     let c = encode(cfg.learning_rate * (1u64 << p) as f64 / (4.0 * m as f64), CONST_FRAC_BITS);

@@ -30,7 +30,7 @@ pub async fn train<C: Channel>(
 }
 
 /// Runs one party's side of the training with the matrix-product correlations from a dealer
-/// ([`super::dealer`]; the other party must use the same dealer).
+/// ([`crate::mpc::dealer`]; the other party must use the same dealer).
 pub async fn train_with_dealer<C: Channel, D: Channel>(
     channel: &C,
     dealer: &D,
