@@ -41,6 +41,8 @@ pub async fn train_with_dealer<C: Channel, D: Channel>(
     train_inner(channel, Some(dealer), input, config, progress).await
 }
 
+/// Both entry points: checks, the handshake, the OT setup, the source of the correlations, the
+/// epochs and the reveal.
 async fn train_inner<C: Channel, D: Channel>(
     channel: &C,
     dealer: Option<&D>,
