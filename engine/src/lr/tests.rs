@@ -1,10 +1,14 @@
+//! End-to-end train and score jobs of both parties over an in-memory channel, and the helpers
+//! the unit tests of the `lr` modules share.
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use consort_protocols::memory_pair;
 use consort_protocols::mpc::lr::plain::train_plain;
 
 use super::*;
-use crate::dataset::DatasetSpec;
+use crate::dataset::{Dataset, DatasetSpec};
 use crate::lr_synth::{LrGenSpec, generate_lr};
 
 fn make_data(dir: &Path, rows: u64, fa: u32, fb: u32, missing_b: u64) {
@@ -32,7 +36,7 @@ fn read_csv(path: &Path) -> (Vec<String>, HashMap<String, Vec<f64>>) {
     (header, rows)
 }
 
-fn params() -> LrParams {
+pub(super) fn params() -> LrParams {
     LrParams { epochs: 5, batch_size: 256, learning_rate: 0.5, l2: 0.001, split_seed: 99, ..LrParams::default() }
 }
 
@@ -143,59 +147,6 @@ async fn train_with_missing_ids_matches_plaintext_lr_and_models_reload() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_inputs_give_clear_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path();
-    std::fs::write(p.join("x.csv"), "id,y,f1,f2\nk1,0,1.5,2\nk2,1,abc,3\nk3,2,1,1\n").unwrap();
-    let ds = Dataset::load(&DatasetSpec::new("x", p.join("x.csv"), &["id"])).unwrap();
-    let with = |label: Option<&str>, features: Option<Vec<&str>>| ColumnChoice {
-        label: label.map(String::from),
-        features: features.map(|f| f.into_iter().map(String::from).collect()),
-    };
-    let err = load_features(&ds, &[0, 1], &with(Some("y"), None)).await.unwrap_err().to_string();
-    assert!(err.ends_with("x.csv:3: column 'f1': not a number: 'abc'"), "{err}");
-    let err = load_features(&ds, &[0], &with(Some("label"), None)).await.unwrap_err().to_string();
-    assert!(err.contains("x.csv:1: column 'label': no such label column"), "{err}");
-    let err = load_features(&ds, &[2], &with(Some("y"), None)).await.unwrap_err().to_string();
-    assert!(err.ends_with("x.csv:4: column 'y': label must be 0 or 1, found '2'"), "{err}");
-    let err = load_features(&ds, &[0], &with(None, Some(vec!["id"]))).await.unwrap_err().to_string();
-    assert!(err.contains("cannot be a feature"), "{err}");
-    let ok = load_features(&ds, &[2, 0], &with(None, Some(vec!["f2"]))).await.unwrap();
-    assert_eq!((ok.values, ok.labels), (vec![1.0, 2.0], None));
-    let ok = load_features(&ds, &[1, 0], &with(Some("y"), Some(vec!["f2"]))).await.unwrap();
-    assert_eq!((ok.values, ok.labels), (vec![3.0, 2.0], Some(vec![1, 0])));
-    assert!(ModelFile::load(&p.join("x.csv")).unwrap_err().to_string().contains("not a model file"));
-}
-
-#[test]
-fn auc_and_ks_match_hand_computed_values() {
-    // Perfect ranking, reversed ranking, ties.
-    assert_eq!(auc(&[0.1, 0.2, 0.8, 0.9], &[0, 0, 1, 1]), Some(1.0));
-    assert_eq!(auc(&[0.9, 0.8, 0.2, 0.1], &[0, 0, 1, 1]), Some(0.0));
-    assert_eq!(auc(&[0.5, 0.5, 0.5, 0.5], &[0, 1, 0, 1]), Some(0.5));
-    // 3 positives, 2 negatives; pairs ordered correctly: (0.9>0.3),(0.9>0.6),(0.7>0.3),(0.7>0.6),(0.4>0.3) = 5/6.
-    assert!((auc(&[0.9, 0.7, 0.4, 0.3, 0.6], &[1, 1, 1, 0, 0]).unwrap() - 5.0 / 6.0).abs() < 1e-12);
-    assert_eq!(auc(&[0.1, 0.2], &[1, 1]), None);
-    assert_eq!(ks(&[0.1, 0.2, 0.8, 0.9], &[0, 0, 1, 1]), Some(1.0));
-    // Thresholds: after 0.9 → TPR 1/3, FPR 0; after 0.7 → 2/3, 0; after 0.6 → 2/3, 1/2; ... max 2/3.
-    assert!((ks(&[0.9, 0.7, 0.4, 0.3, 0.6], &[1, 1, 1, 0, 0]).unwrap() - 2.0 / 3.0).abs() < 1e-12);
-    assert_eq!(ks(&[0.5, 0.5], &[0, 1]), Some(0.0));
-}
-
-#[test]
-fn split_is_deterministic_and_disjoint() {
-    let (t1, h1) = split(1000, 0.2, 7);
-    let (t2, h2) = split(1000, 0.2, 7);
-    assert_eq!((t1.clone(), h1.clone()), (t2, h2));
-    assert_eq!((t1.len(), h1.len()), (800, 200));
-    let mut all: Vec<u32> = t1.iter().chain(&h1).copied().collect();
-    all.sort();
-    assert_eq!(all, (0..1000).collect::<Vec<_>>());
-    assert_ne!(split(1000, 0.2, 8).1, h1);
-    assert_eq!(split(5, 0.0, 1).1.len(), 0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poly3_and_early_stopping_reach_the_reports_and_model_files() {
     let dir = tempfile::tempdir().unwrap();
     make_data(dir.path(), 2000, 2, 2, 0);
@@ -213,17 +164,4 @@ async fn poly3_and_early_stopping_reach_the_reports_and_model_files() {
         assert_eq!((model.sigmoid.as_str(), model.training.params.sigmoid.as_str()), ("poly3", "poly3"));
         assert_eq!(model.training.weights_epoch, ra.weights_epoch);
     }
-}
-
-#[test]
-fn sigmoid_parameter_is_checked_and_defaults_to_taylor1() {
-    assert_eq!(LrParams::default().sigmoid, "taylor1");
-    let bad = LrParams { sigmoid: "exact".into(), ..params() };
-    assert!(bad.config().unwrap_err().to_string().contains("unknown sigmoid approximation 'exact'"));
-    let p: LrParams = serde_json::from_str(
-        r#"{"epochs":1,"batch_size":8,"learning_rate":0.5,"l2":0,"feature_bits":12,"feature_frac_bits":8,
-            "tolerance":0,"holdout":0.2,"split_seed":1}"#,
-    )
-    .unwrap();
-    assert_eq!(p.config().unwrap().sigmoid, consort_protocols::mpc::lr::Sigmoid::Taylor1);
 }

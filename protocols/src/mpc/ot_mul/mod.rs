@@ -9,9 +9,10 @@
 //! - **forward**: X·y (y has `cols` entries; a share per row), or
 //! - **backward**: Xᵀ·y (y has `rows` entries; a share per column).
 //!
-//! One batch of rows·cols·ℓ random OTs ([`prepare`]) serves one forward *and* one backward
-//! product on the same X: each 128-bit random-OT message is two independent 64-bit pads, the low
-//! half for the forward product and the high half for the backward one.
+//! One batch of rows·cols·ℓ random OTs ([`chooser_prepare`], [`sender_prepare`]) serves one
+//! forward *and* one backward product on the same X: each 128-bit random-OT message is two
+//! independent 64-bit pads, the low half for the forward product and the high half for the
+//! backward one.
 //!
 //! # Protocol (Gilboa 1999, over random OT as in e.g. Keller–Orsini–Scholl "MASCOT" §3)
 //!
@@ -36,6 +37,12 @@
 //!
 //! rows·cols·ℓ random OTs (16 bytes each on the wire with IKNP), ⌈n/8⌉ bytes of choice
 //! corrections, and 8 bytes of τ per OT per product.
+//!
+//! # Files
+//!
+//! This file holds the protocol (steps 1–3 for both roles); `matrix` the chooser's plaintext
+//! [`Matrix`] and its local products; `cache` the OTs kept across epochs ([`ChooserCache`],
+//! [`SenderCache`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -46,84 +53,16 @@ use super::wire::{recv_bytes, recv_u64s, send_bytes, send_u64s};
 use super::{MpcError, violation};
 use crate::channel::Channel;
 use crate::cpu;
-use crate::ot::aes_hash::FixedKeyAes;
 use crate::ot::{IknpReceiver, IknpSender, RandomSenderOutput};
+
+mod cache;
+mod matrix;
+
+pub use cache::{ChooserCache, SenderCache};
+pub use matrix::Matrix;
 
 /// Rows per rayon task in the backward (column-sum) kernels.
 const PAR_ROWS: usize = 256;
-
-/// A plaintext integer matrix (row-major, two's-complement entries of `bits` bits stored in u64).
-/// Zeroized on drop: it is a party's private data.
-pub struct Matrix {
-    data: Zeroizing<Vec<u64>>,
-    rows: usize,
-    cols: usize,
-    bits: u32,
-}
-
-impl Matrix {
-    /// # Panics
-    ///
-    /// If `data.len() != rows * cols`, `bits` is not in 1..=64, or an entry does not fit in
-    /// `bits` bits as a two's-complement integer.
-    pub fn new(data: Vec<u64>, rows: usize, cols: usize, bits: u32) -> Self {
-        assert_eq!(data.len(), rows * cols, "matrix data of the wrong length");
-        assert!((1..=64).contains(&bits), "bits must be 1..=64");
-        if bits < 64 {
-            let (lo, hi) = (-(1i64 << (bits - 1)), (1i64 << (bits - 1)) - 1);
-            assert!(data.iter().all(|&x| (lo..=hi).contains(&(x as i64))), "entry out of the {bits}-bit range");
-        }
-        Self { data: Zeroizing::new(data), rows, cols, bits }
-    }
-
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-
-    pub fn bits(&self) -> u32 {
-        self.bits
-    }
-
-    pub fn data(&self) -> &[u64] {
-        &self.data
-    }
-
-    /// Local X·v (mod 2^64).
-    pub fn mul_vec(&self, v: &[u64]) -> Vec<u64> {
-        assert_eq!(v.len(), self.cols);
-        self.data.par_chunks(self.cols.max(1)).take(self.rows).map(|row| dot(row, v)).collect()
-    }
-
-    /// Local Xᵀ·v (mod 2^64).
-    pub fn mul_t_vec(&self, v: &[u64]) -> Vec<u64> {
-        assert_eq!(v.len(), self.rows);
-        let cols = self.cols;
-        if cols == 0 {
-            return Vec::new();
-        }
-        self.data
-            .par_chunks(cols * PAR_ROWS)
-            .zip(v.par_chunks(PAR_ROWS))
-            .map(|(block, vs)| {
-                let mut acc = vec![0u64; cols];
-                for (row, &vi) in block.chunks(cols).zip(vs) {
-                    for (a, &x) in acc.iter_mut().zip(row) {
-                        *a = a.wrapping_add(x.wrapping_mul(vi));
-                    }
-                }
-                acc
-            })
-            .reduce(|| vec![0u64; cols], add_vecs)
-    }
-}
-
-fn dot(a: &[u64], b: &[u64]) -> u64 {
-    a.iter().zip(b).fold(0u64, |s, (&x, &y)| s.wrapping_add(x.wrapping_mul(y)))
-}
 
 fn add_vecs(mut a: Vec<u64>, b: Vec<u64>) -> Vec<u64> {
     for (x, y) in a.iter_mut().zip(b) {
@@ -405,100 +344,6 @@ pub fn chooser_backward(c: &ChooserOts, x: &Matrix, tau: &[u64]) -> Result<Vec<u
             acc
         })
         .reduce(|| vec![0u64; cols], add_vecs))
-}
-
-/// Random OTs kept across epochs for a fixed matrix (the chooser's side), re-keyed for every
-/// use: the pads of use u are H(t, M) with H the TCCR hash of fixed-key AES and the tweak
-/// t = (u + 1)·2^64 + o unique per (use, OT). Sound because each M^{1−c}_o is a uniformly random
-/// key unknown to the chooser (a random-OT output), so its hashes under distinct tweaks are
-/// independent pseudorandom pads (GKWY20 TCCR); the chooser's M^{c}_o is known to both, as in a
-/// single use. Saves the OT extension (and its 16 bytes per OT) on every epoch after the first.
-/// Stored as σ_o = π(M_o), so a use costs one AES per message.
-pub struct ChooserCache {
-    sigma: Zeroizing<Vec<u128>>,
-    cols: usize,
-    bits: u32,
-}
-
-/// The sender's side of a [`ChooserCache`].
-pub struct SenderCache {
-    sigma0: Zeroizing<Vec<u128>>,
-    sigma1: Zeroizing<Vec<u128>>,
-    cols: usize,
-    bits: u32,
-}
-
-fn permuted(v: &[u128]) -> Zeroizing<Vec<u128>> {
-    let mut out = Zeroizing::new(v.to_vec());
-    out.par_chunks_mut(4096).for_each(|c| FixedKeyAes::fixed().permute_blocks(c));
-    out
-}
-
-/// H(t_o, M_o) = π(σ_o ⊕ t_o) ⊕ σ_o for o in `range`, t_o = (use + 1)·2^64 + o.
-fn rekey(sigma: &[u128], use_id: u64, range: std::ops::Range<usize>) -> Zeroizing<Vec<u128>> {
-    let base = ((use_id as u128 + 1) << 64) + range.start as u128;
-    let src = &sigma[range];
-    let mut out = Zeroizing::new(vec![0u128; src.len()]);
-    out.par_chunks_mut(4096).zip(src.par_chunks(4096)).enumerate().for_each(|(k, (o, s))| {
-        let first = base + (k * 4096) as u128;
-        for (i, (o, &s)) in o.iter_mut().zip(s).enumerate() {
-            *o = s ^ (first + i as u128);
-        }
-        FixedKeyAes::fixed().permute_blocks(o);
-        for (o, &s) in o.iter_mut().zip(s) {
-            *o ^= s;
-        }
-    });
-    out
-}
-
-impl ChooserCache {
-    /// An empty cache for up to `rows` rows (reserved up front: growing would leave copies of
-    /// secrets in freed memory).
-    pub fn new(rows: usize, cols: usize, bits: u32) -> Self {
-        Self { sigma: Zeroizing::new(Vec::with_capacity(rows * cols * bits as usize)), cols, bits }
-    }
-
-    /// Appends the OTs of further rows (fresh, unused OTs of this cache's shape).
-    pub fn append(&mut self, ots: ChooserOts) {
-        assert!(ots.cols == self.cols && ots.bits == self.bits, "OTs of another shape");
-        assert!(self.sigma.len() + ots.msgs.len() <= self.sigma.capacity(), "cache full");
-        self.sigma.extend(permuted(&ots.msgs).iter());
-    }
-
-    /// The OTs of rows `rows` for use number `use_id` (each use id at most once per row).
-    pub fn session(&self, use_id: u64, rows: std::ops::Range<usize>) -> ChooserOts {
-        let cb = self.cols * self.bits as usize;
-        let msgs = rekey(&self.sigma, use_id, rows.start * cb..rows.end * cb);
-        ChooserOts { msgs, rows: rows.len(), cols: self.cols, bits: self.bits, used: Default::default() }
-    }
-}
-
-impl SenderCache {
-    pub fn new(rows: usize, cols: usize, bits: u32) -> Self {
-        let n = rows * cols * bits as usize;
-        Self {
-            sigma0: Zeroizing::new(Vec::with_capacity(n)),
-            sigma1: Zeroizing::new(Vec::with_capacity(n)),
-            cols,
-            bits,
-        }
-    }
-
-    pub fn append(&mut self, ots: SenderOts) {
-        assert!(ots.cols == self.cols && ots.bits == self.bits, "OTs of another shape");
-        assert!(self.sigma0.len() + ots.m0.len() <= self.sigma0.capacity(), "cache full");
-        self.sigma0.extend(permuted(&ots.m0).iter());
-        self.sigma1.extend(permuted(&ots.m1).iter());
-    }
-
-    pub fn session(&self, use_id: u64, rows: std::ops::Range<usize>) -> SenderOts {
-        let cb = self.cols * self.bits as usize;
-        let range = rows.start * cb..rows.end * cb;
-        let m0 = rekey(&self.sigma0, use_id, range.clone());
-        let m1 = rekey(&self.sigma1, use_id, range);
-        SenderOts { m0, m1, rows: rows.len(), cols: self.cols, bits: self.bits, used: Default::default() }
-    }
 }
 
 /// One party's two roles at once: chooser for its own matrix (`own`), sender for the peer's

@@ -1,0 +1,223 @@
+//! The feature CSV: reading the chosen columns of the aligned rows (errors name file, line and
+//! column), standardization, and the holdout split both parties derive from the same seed.
+use std::collections::HashMap;
+use std::path::Path;
+
+use consort_protocols::cpu;
+
+use crate::csv_rows::RowScanner;
+use crate::dataset::Dataset;
+use crate::error::DataError;
+
+/// Feature values (row-major) and labels of selected rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureTable {
+    pub names: Vec<String>,
+    pub values: Vec<f64>,
+    pub labels: Option<Vec<u8>>,
+}
+
+/// Which columns to read: the label (A only) and the features (`None`: every column that is
+/// not a key or the label).
+#[derive(Debug, Clone, Default)]
+pub struct ColumnChoice {
+    pub label: Option<String>,
+    pub features: Option<Vec<String>>,
+}
+
+/// Reads the features (and label) of the dataset's kept rows `rows`, in that order, on rayon.
+pub async fn load_features(dataset: &Dataset, rows: &[u32], choice: &ColumnChoice) -> Result<FeatureTable, DataError> {
+    let path = dataset.spec.file.clone();
+    let columns = dataset.columns.clone();
+    let keys: Vec<String> = dataset.spec.keys.iter().map(|k| k.trim().to_string()).collect();
+    // Fails if the file changed since the dataset was loaded (row offsets would be stale).
+    if !dataset.is_empty() {
+        dataset.row_bytes(0)?;
+    }
+    let starts: Vec<u64> = rows.iter().map(|&r| dataset.row_span(r as usize).0).collect();
+    let choice = choice.clone();
+    cpu::run(move || read_features(&path, &columns, &keys, &starts, &choice)).await
+}
+
+/// Reads the rows starting at byte offsets `starts` (in that order) of the CSV at `path`.
+fn read_features(
+    path: &Path,
+    columns: &[String],
+    keys: &[String],
+    starts: &[u64],
+    choice: &ColumnChoice,
+) -> Result<FeatureTable, DataError> {
+    let (label, features) = choose_columns(path, columns, keys, choice)?;
+    let d = features.len();
+    let slot: HashMap<u64, usize> = starts.iter().enumerate().map(|(i, &s)| (s, i)).collect();
+    let mut values = vec![0.0; starts.len() * d];
+    let mut labels = label.map(|_| vec![0u8; starts.len()]);
+    let mut seen = 0;
+    let mut scanner = RowScanner::open(path)?;
+    scanner.next_row()?; // header
+    while let Some(row) = scanner.next_row()? {
+        let Some(&i) = slot.get(&row.start) else { continue };
+        seen += 1;
+        let field = |c: usize| -> Result<&str, DataError> {
+            let err = |m: String| DataError::Row {
+                path: path.to_path_buf(),
+                line: row.line,
+                column: Some(columns[c].clone()),
+                message: m,
+            };
+            if c >= row.len() {
+                return Err(err("missing value (row too short)".into()));
+            }
+            std::str::from_utf8(row.field(c)).map(str::trim).map_err(|_| err("not valid UTF-8".into()))
+        };
+        let number = |c: usize| -> Result<f64, DataError> {
+            let text = field(c)?;
+            match text.parse::<f64>() {
+                Ok(v) if v.is_finite() => Ok(v),
+                _ => Err(DataError::Row {
+                    path: path.to_path_buf(),
+                    line: row.line,
+                    column: Some(columns[c].clone()),
+                    message: format!("not a number: '{text}'"),
+                }),
+            }
+        };
+        for (j, &c) in features.iter().enumerate() {
+            values[i * d + j] = number(c)?;
+        }
+        if let (Some(c), Some(labels)) = (label, labels.as_mut()) {
+            labels[i] = match number(c) {
+                Ok(0.0) => 0,
+                Ok(1.0) => 1,
+                _ => {
+                    return Err(DataError::Row {
+                        path: path.to_path_buf(),
+                        line: row.line,
+                        column: Some(columns[c].clone()),
+                        message: format!("label must be 0 or 1, found '{}'", field(c)?),
+                    });
+                }
+            }
+        }
+    }
+    if seen != starts.len() {
+        return Err(DataError::file(path, "the file changed after it was loaded; load the dataset again"));
+    }
+    Ok(FeatureTable { names: features.iter().map(|&c| columns[c].clone()).collect(), values, labels })
+}
+
+/// The indices of the label column (if chosen) and of the feature columns; errors point at the
+/// header line.
+fn choose_columns(
+    path: &Path,
+    columns: &[String],
+    keys: &[String],
+    choice: &ColumnChoice,
+) -> Result<(Option<usize>, Vec<usize>), DataError> {
+    let header_err = |column: &str, message: String| DataError::Row {
+        path: path.to_path_buf(),
+        line: 1,
+        column: Some(column.to_string()),
+        message,
+    };
+    let find = |name: &str| columns.iter().position(|c| c == name.trim());
+    let label = match &choice.label {
+        Some(l) => Some(
+            find(l).ok_or_else(|| header_err(l, format!("no such label column (columns: {})", columns.join(", "))))?,
+        ),
+        None => None,
+    };
+    let features: Vec<usize> = match &choice.features {
+        Some(names) => names
+            .iter()
+            .map(|n| {
+                let i = find(n).ok_or_else(|| header_err(n, "no such feature column".into()))?;
+                if keys.contains(&columns[i]) || Some(i) == label {
+                    return Err(header_err(n, "a key or label column cannot be a feature".into()));
+                }
+                Ok(i)
+            })
+            .collect::<Result<_, _>>()?,
+        None => (0..columns.len()).filter(|&i| !keys.contains(&columns[i]) && Some(i) != label).collect(),
+    };
+    Ok((label, features))
+}
+
+/// Deterministic split of `n` aligned rows: (training rows in batch order, holdout rows).
+pub fn split(n: usize, holdout: f64, seed: u64) -> (Vec<u32>, Vec<u32>) {
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    // Fisher–Yates with SplitMix64: both parties must get the same order from the same seed.
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    for i in (1..n).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    let h = ((n as f64) * holdout).round() as usize;
+    let h = h.min(n.saturating_sub(1));
+    let holdout_rows = order[..h].to_vec();
+    (order[h..].to_vec(), holdout_rows)
+}
+
+/// Mean and population standard deviation of each column over `rows` (std 1 for constant
+/// columns).
+pub fn standardization(values: &[f64], d: usize, rows: &[u32]) -> Vec<(f64, f64)> {
+    (0..d)
+        .map(|j| {
+            let n = rows.len().max(1) as f64;
+            let mean = rows.iter().map(|&i| values[i as usize * d + j]).sum::<f64>() / n;
+            let var = rows.iter().map(|&i| (values[i as usize * d + j] - mean).powi(2)).sum::<f64>() / n;
+            let std = var.sqrt();
+            (mean, if std > 1e-12 { std } else { 1.0 })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::DatasetSpec;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_inputs_give_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::write(p.join("x.csv"), "id,y,f1,f2\nk1,0,1.5,2\nk2,1,abc,3\nk3,2,1,1\n").unwrap();
+        let ds = Dataset::load(&DatasetSpec::new("x", p.join("x.csv"), &["id"])).unwrap();
+        let with = |label: Option<&str>, features: Option<Vec<&str>>| ColumnChoice {
+            label: label.map(String::from),
+            features: features.map(|f| f.into_iter().map(String::from).collect()),
+        };
+        let err = load_features(&ds, &[0, 1], &with(Some("y"), None)).await.unwrap_err().to_string();
+        assert!(err.ends_with("x.csv:3: column 'f1': not a number: 'abc'"), "{err}");
+        let err = load_features(&ds, &[0], &with(Some("label"), None)).await.unwrap_err().to_string();
+        assert!(err.contains("x.csv:1: column 'label': no such label column"), "{err}");
+        let err = load_features(&ds, &[2], &with(Some("y"), None)).await.unwrap_err().to_string();
+        assert!(err.ends_with("x.csv:4: column 'y': label must be 0 or 1, found '2'"), "{err}");
+        let err = load_features(&ds, &[0], &with(None, Some(vec!["id"]))).await.unwrap_err().to_string();
+        assert!(err.contains("cannot be a feature"), "{err}");
+        let ok = load_features(&ds, &[2, 0], &with(None, Some(vec!["f2"]))).await.unwrap();
+        assert_eq!((ok.values, ok.labels), (vec![1.0, 2.0], None));
+        let ok = load_features(&ds, &[1, 0], &with(Some("y"), Some(vec!["f2"]))).await.unwrap();
+        assert_eq!((ok.values, ok.labels), (vec![3.0, 2.0], Some(vec![1, 0])));
+    }
+
+    #[test]
+    fn split_is_deterministic_and_disjoint() {
+        let (t1, h1) = split(1000, 0.2, 7);
+        let (t2, h2) = split(1000, 0.2, 7);
+        assert_eq!((t1.clone(), h1.clone()), (t2, h2));
+        assert_eq!((t1.len(), h1.len()), (800, 200));
+        let mut all: Vec<u32> = t1.iter().chain(&h1).copied().collect();
+        all.sort();
+        assert_eq!(all, (0..1000).collect::<Vec<_>>());
+        assert_ne!(split(1000, 0.2, 8).1, h1);
+        assert_eq!(split(5, 0.0, 1).1.len(), 0);
+    }
+}

@@ -1,0 +1,167 @@
+//! Where the correlated randomness of a batch's products comes from: random OTs extended fresh
+//! for the batch (Gilboa, CRYPTO 1999, over IKNP), the OTs of every row extended once and
+//! re-keyed per epoch ([`ot_mul::ChooserCache`]), or a dealer's reusable masks (SecureML,
+//! Mohassel–Zhang S&P 2017: the masked matrix E = X − U is sent once and reused in every
+//! iteration, see [`crate::mpc::dealer`]).
+use std::sync::Arc;
+
+use super::Sigmoid;
+use super::state::{Ctx, gather};
+use crate::channel::Channel;
+use crate::cpu;
+use crate::mpc::dealer::{DealerClient, DealerSession, List, SessionId};
+use crate::mpc::ot_mul::{self, Matrix, chooser_backward, chooser_forward, sender_backward, sender_forward};
+use crate::mpc::{MpcError, Party};
+
+/// Rows per OT extension when filling the caches.
+const CACHE_CHUNK_ROWS: usize = 4096;
+
+/// Where this run's correlations come from, decided once before the first epoch: the dealer
+/// (its seeds, and the masked matrices swapped with the peer), or the OTs of every row extended
+/// now when they fit in [`LrConfig::ot_cache_bytes`](super::LrConfig::ot_cache_bytes); otherwise
+/// neither, and every batch extends fresh OTs.
+pub(super) async fn prepare_correlations<'a, C: Channel, D: Channel>(
+    ctx: &mut Ctx<'a, C, D>,
+    dealer: Option<&'a D>,
+    lists: [&[u32]; 2],
+) -> Result<(), MpcError> {
+    let (own_cols, peer_cols) = (ctx.features.cols(), ctx.peer_cols);
+    let (cols_a, cols_b) = if ctx.party == Party::A { (own_cols, peer_cols) } else { (peer_cols, own_cols) };
+    let rows_used = lists[0].len() + lists[1].len();
+    if let Some(d) = dealer {
+        ctx.dealer = Some(connect_dealer(ctx, d, lists).await?);
+    } else if cache_bytes(rows_used, cols_a, cols_b, ctx.config.feature_bits) <= ctx.config.ot_cache_bytes {
+        ctx.caches = Some(fill_caches(ctx, lists).await?);
+    }
+    Ok(())
+}
+
+/// Upper bound on either party's cache: 16 bytes per own OT and 32 per peer OT.
+fn cache_bytes(rows: usize, cols_a: usize, cols_b: usize, bits: u32) -> u64 {
+    32 * rows as u64 * (cols_a + cols_b) as u64 * bits as u64
+}
+
+async fn fill_caches<C: Channel, D: Channel>(
+    ctx: &mut Ctx<'_, C, D>,
+    lists: [&[u32]; 2],
+) -> Result<[(ot_mul::ChooserCache, ot_mul::SenderCache); 2], MpcError> {
+    let bits = ctx.config.feature_bits;
+    let mut out = Vec::new();
+    for list in lists {
+        let mut own = ot_mul::ChooserCache::new(list.len(), ctx.features.cols(), bits);
+        let mut peer = ot_mul::SenderCache::new(list.len(), ctx.peer_cols, bits);
+        for chunk in list.chunks(CACHE_CHUNK_ROWS) {
+            let (features, rows) = (ctx.features.clone(), chunk.to_vec());
+            let x = Arc::new(cpu::run(move || gather(&features, &rows)).await);
+            let (c, s) = ot_mul::prepare_both(
+                ctx.channel,
+                &mut ctx.receiver,
+                &mut ctx.sender,
+                x,
+                chunk.len(),
+                ctx.peer_cols,
+                bits,
+            )
+            .await?;
+            own.append(c);
+            peer.append(s);
+        }
+        out.push((own, peer));
+    }
+    let mut it = out.into_iter();
+    Ok([it.next().unwrap(), it.next().unwrap()])
+}
+
+/// The correlations of one batch: re-keyed cached OTs, fresh OTs (`None` here: extended in
+/// [`forward`](super::products::forward)) or the dealer's.
+pub(super) enum Corr {
+    Ot(ot_mul::ChooserOts, ot_mul::SenderOts),
+    Dealer(DealerSession),
+}
+
+impl Corr {
+    /// Length of the peer's message for our own matrix (m rows).
+    pub(super) fn msg_len(&self, forward: bool, m: usize, own_cols: usize, bits: u32) -> usize {
+        match (self, forward) {
+            (Corr::Ot(..), _) => m * own_cols * bits as usize,
+            (Corr::Dealer(_), true) => own_cols,
+            (Corr::Dealer(_), false) => m,
+        }
+    }
+
+    /// Our message for the peer's matrix and our share of its product with `y`.
+    pub(super) fn peer_side(&self, forward: bool, y: &[u64]) -> Result<(Vec<u64>, Vec<u64>), MpcError> {
+        match (self, forward) {
+            (Corr::Ot(_, s), true) => sender_forward(s, y),
+            (Corr::Ot(_, s), false) => sender_backward(s, y),
+            (Corr::Dealer(d), true) => Ok(d.peer_forward(y)),
+            (Corr::Dealer(d), false) => Ok(d.peer_backward(y)),
+        }
+    }
+
+    /// Our share of the product of our own matrix with the peer's vector, given its message.
+    pub(super) fn own_side(&self, forward: bool, x: &Matrix, msg: &[u64]) -> Result<Vec<u64>, MpcError> {
+        match (self, forward) {
+            (Corr::Ot(c, _), true) => chooser_forward(c, x, msg),
+            (Corr::Ot(c, _), false) => chooser_backward(c, x, msg),
+            (Corr::Dealer(d), true) => Ok(d.owner_forward(x, msg)),
+            (Corr::Dealer(d), false) => Ok(d.owner_backward(x, msg)),
+        }
+    }
+}
+
+/// Announces the shape to the dealer, gets the seeds, and swaps masked matrices with the peer
+/// (once: the masks are reused for every epoch).
+async fn connect_dealer<'a, C: Channel, D: Channel>(
+    ctx: &Ctx<'a, C, D>,
+    dealer: &'a D,
+    [train, holdout]: [&[u32]; 2],
+) -> Result<(DealerClient<'a, D>, [Vec<u64>; 2]), MpcError> {
+    let cfg = ctx.config;
+    let triples = match cfg.sigmoid {
+        Sigmoid::Taylor1 => 0,
+        Sigmoid::Poly3 => 2,
+    };
+    let client = DealerClient::connect_with_triples(
+        dealer,
+        ctx.features.cols(),
+        ctx.peer_cols,
+        cfg.epochs,
+        cfg.batch_size,
+        train.len(),
+        holdout.len(),
+        triples,
+    )
+    .await?;
+    let mut peer_e = Vec::new();
+    for (list, rows) in [(List::Train, train), (List::Holdout, holdout)] {
+        let (features, rows_v) = (ctx.features.clone(), rows.to_vec());
+        let x = cpu::run(move || gather(&features, &rows_v)).await;
+        let e = client.masked(&x, list, 0);
+        peer_e.push(ot_mul::exchange_tau(ctx.channel, &e, rows.len() * ctx.peer_cols).await?);
+    }
+    let mut it = peer_e.into_iter();
+    Ok((client, [it.next().unwrap(), it.next().unwrap()]))
+}
+
+/// The correlations for `m` rows at position `at` of `list` in `epoch`, if they come from the
+/// cache or the dealer (`None`: extend fresh OTs).
+pub(super) async fn correlations<C: Channel, D: Channel>(
+    ctx: &Ctx<'_, C, D>,
+    epoch: u64,
+    list: List,
+    at: usize,
+    m: usize,
+) -> Result<Option<Corr>, MpcError> {
+    if let Some(caches) = &ctx.caches {
+        let (own, peer) = &caches[list as usize];
+        return Ok(Some(Corr::Ot(own.session(epoch, at..at + m), peer.session(epoch, at..at + m))));
+    }
+    if let Some((client, peer_e)) = &ctx.dealer {
+        let cols = ctx.peer_cols;
+        let e = Matrix::new(peer_e[list as usize][at * cols..(at + m) * cols].to_vec(), m, cols, 64);
+        let s = SessionId { epoch, list, first: at, rows: m };
+        return Ok(Some(Corr::Dealer(client.session(s, e).await?)));
+    }
+    Ok(None)
+}

@@ -1,0 +1,45 @@
+//! One party's state during a training run.
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use super::LrConfig;
+use crate::mpc::Party;
+use crate::mpc::dealer::DealerClient;
+use crate::mpc::ot_mul::{self, Matrix};
+use crate::ot::{IknpReceiver, IknpSender};
+
+/// The shared state: this party's shares of both weight vectors and the intercept.
+#[derive(Clone)]
+pub(super) struct Shares {
+    pub(super) own: Zeroizing<Vec<u64>>,
+    pub(super) peer: Zeroizing<Vec<u64>>,
+    pub(super) w0: u64,
+}
+
+/// One party's side of a run: the channel, its OT extension in both roles, its own features
+/// (and labels), and the source of the correlations.
+pub(super) struct Ctx<'a, C, D> {
+    pub(super) channel: &'a C,
+    /// The dealer and the peer's masked matrices (train, holdout), in dealer mode.
+    pub(super) dealer: Option<(DealerClient<'a, D>, [Vec<u64>; 2])>,
+    pub(super) party: Party,
+    pub(super) config: &'a LrConfig,
+    pub(super) receiver: IknpReceiver,
+    pub(super) sender: IknpSender,
+    pub(super) features: Arc<Matrix>,
+    pub(super) labels: Option<&'a [u8]>,
+    pub(super) peer_cols: usize,
+    /// OTs of the training rows (in batch order) and of the holdout rows, kept across epochs.
+    pub(super) caches: Option<[(ot_mul::ChooserCache, ot_mul::SenderCache); 2]>,
+}
+
+/// The rows `rows` of the own feature matrix.
+pub(super) fn gather(features: &Matrix, rows: &[u32]) -> Matrix {
+    let cols = features.cols();
+    let mut data = Vec::with_capacity(rows.len() * cols);
+    for &r in rows {
+        data.extend_from_slice(&features.data()[r as usize * cols..(r as usize + 1) * cols]);
+    }
+    Matrix::new(data, rows.len(), cols, features.bits())
+}

@@ -1,0 +1,304 @@
+//! The entry points and the run of one party: input checks, the parameter handshake, the OT
+//! setup, the epochs (with A's early-stopping decision) and the final reveal of the weights.
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::correlations::{correlations, prepare_correlations};
+use super::holdout::holdout_loss;
+use super::state::{Ctx, Shares};
+use super::step::step;
+use super::{LrConfig, LrInput, LrOutput, LrProgress, LrProgressFn};
+use crate::channel::Channel;
+use crate::mpc::dealer::List;
+use crate::mpc::wire::{recv_bytes, recv_u64s, send_bytes, send_u64s};
+use crate::mpc::{FRAC_BITS, MpcError, Party, decode, violation};
+use crate::ot::{IknpReceiver, IknpSender};
+
+/// Revealed weights beyond this magnitude mean the fixed-point computation broke down.
+const MAX_WEIGHT: f64 = (1u64 << 20) as f64;
+
+/// Runs one party's side of the training over `channel`, dealer-free.
+pub async fn train<C: Channel>(
+    channel: &C,
+    input: LrInput,
+    config: &LrConfig,
+    progress: Option<LrProgressFn>,
+) -> Result<LrOutput, MpcError> {
+    train_inner::<C, C>(channel, None, input, config, progress).await
+}
+
+/// Runs one party's side of the training with the matrix-product correlations from a dealer
+/// ([`crate::mpc::dealer`]; the other party must use the same dealer).
+pub async fn train_with_dealer<C: Channel, D: Channel>(
+    channel: &C,
+    dealer: &D,
+    input: LrInput,
+    config: &LrConfig,
+    progress: Option<LrProgressFn>,
+) -> Result<LrOutput, MpcError> {
+    train_inner(channel, Some(dealer), input, config, progress).await
+}
+
+/// Both entry points: checks, the handshake, the OT setup, the source of the correlations, the
+/// epochs and the reveal.
+async fn train_inner<C: Channel, D: Channel>(
+    channel: &C,
+    dealer: Option<&D>,
+    input: LrInput,
+    config: &LrConfig,
+    progress: Option<LrProgressFn>,
+) -> Result<LrOutput, MpcError> {
+    config.validate()?;
+    check_input(&input, config)?;
+    let peer_cols = handshake(channel, &input, config, dealer.is_some()).await?;
+    let (receiver, sender) = setup_ots(channel, input.party, config).await?;
+    let mut ctx = Ctx {
+        channel,
+        party: input.party,
+        config,
+        receiver,
+        sender,
+        features: Arc::new(input.features),
+        labels: input.labels.as_deref(),
+        peer_cols,
+        caches: None,
+        dealer: None,
+    };
+    prepare_correlations(&mut ctx, dealer, [&input.train, &input.holdout]).await?;
+    let run = run_epochs(&mut ctx, &input.train, &input.holdout, progress).await?;
+    let (weights, intercept) = reveal_weights(&ctx, &run.shares).await?;
+    Ok(LrOutput {
+        weights,
+        intercept,
+        epochs_run: run.epochs_run,
+        weights_epoch: run.weights_epoch,
+        stopped_early: run.stopped_early,
+        holdout_loss: run.losses,
+        peer_features: peer_cols,
+    })
+}
+
+/// IKNP in both directions (each party is the chooser for its own matrix and the sender for the
+/// peer's); A sets up its sender first, B its receiver, so the two base-OT runs pair up.
+async fn setup_ots<C: Channel>(
+    channel: &C,
+    party: Party,
+    config: &LrConfig,
+) -> Result<(IknpReceiver, IknpSender), MpcError> {
+    Ok(match party {
+        Party::A => {
+            let s = IknpSender::setup(channel, config.security).await?;
+            (IknpReceiver::setup(channel, config.security).await?, s)
+        }
+        Party::B => {
+            let r = IknpReceiver::setup(channel, config.security).await?;
+            (r, IknpSender::setup(channel, config.security).await?)
+        }
+    })
+}
+
+/// The shares a run ends with, and how it ended.
+struct EpochsRun {
+    /// The shares to reveal: after the best epoch with early stopping, else after the last.
+    shares: Shares,
+    epochs_run: u32,
+    weights_epoch: u32,
+    stopped_early: bool,
+    /// A's holdout loss per epoch (empty on B's side).
+    losses: Vec<f64>,
+}
+
+/// The epochs: every batch in order (steps 1–4), then the holdout loss and A's decision to go on.
+async fn run_epochs<C: Channel, D: Channel>(
+    ctx: &mut Ctx<'_, C, D>,
+    train: &[u32],
+    holdout: &[u32],
+    progress: Option<LrProgressFn>,
+) -> Result<EpochsRun, MpcError> {
+    let config = ctx.config;
+    let mut w = Shares {
+        own: Zeroizing::new(vec![0; ctx.features.cols()]),
+        peer: Zeroizing::new(vec![0; ctx.peer_cols]),
+        w0: 0,
+    };
+    let batches: Vec<&[u32]> = train.chunks(config.batch_size).collect();
+    let mut losses = Vec::new();
+    let (mut epochs_run, mut stopped_early) = (0, false);
+    // With early stopping: the epoch (1-based) with the lowest holdout loss and the shares after it.
+    let mut best: Option<(u32, Shares)> = None;
+    for epoch in 0..config.epochs {
+        for (b, rows) in batches.iter().enumerate() {
+            let corr = correlations(ctx, epoch as u64, List::Train, b * config.batch_size, rows.len()).await?;
+            step(ctx, &mut w, rows, corr).await?;
+            if let Some(p) = &progress {
+                p(LrProgress { epoch, epochs: config.epochs, batch: b + 1, batches: batches.len(), loss: None });
+            }
+        }
+        epochs_run = epoch + 1;
+        if holdout.is_empty() {
+            continue;
+        }
+        let loss = holdout_loss(ctx, &w, holdout, epoch as u64).await?;
+        if let (Some(loss), Some(p)) = (loss, &progress) {
+            p(LrProgress {
+                epoch,
+                epochs: config.epochs,
+                batch: batches.len(),
+                batches: batches.len(),
+                loss: Some(loss),
+            });
+        }
+        let flag = early_stopping_flag(ctx, loss, &mut losses).await?;
+        if config.tolerance > 0.0 && flag & 2 != 0 {
+            best = Some((epoch + 1, w.clone()));
+        }
+        if flag & 1 != 0 {
+            stopped_early = epoch + 1 < config.epochs;
+            break;
+        }
+    }
+    let (weights_epoch, shares) = match best {
+        Some((e, b)) => (e, b),
+        None => (epochs_run, w),
+    };
+    Ok(EpochsRun { shares, epochs_run, weights_epoch, stopped_early, losses })
+}
+
+/// A's flag after an epoch's holdout loss: bit 0 = stop, bit 1 = this epoch has the lowest
+/// holdout loss so far (both parties then keep a copy of their shares: early stopping returns the
+/// best epoch's). A decides and sends it (recording the loss in `losses`); B receives it.
+async fn early_stopping_flag<C: Channel, D: Channel>(
+    ctx: &Ctx<'_, C, D>,
+    loss: Option<f64>,
+    losses: &mut Vec<f64>,
+) -> Result<u8, MpcError> {
+    let tolerance = ctx.config.tolerance;
+    Ok(match (ctx.party, loss) {
+        (Party::A, Some(loss)) => {
+            let stop = tolerance > 0.0 && losses.last().is_some_and(|&prev: &f64| prev - loss < tolerance);
+            let best = losses.iter().all(|&l| loss < l);
+            losses.push(loss);
+            let flag = stop as u8 | (best as u8) << 1;
+            send_bytes(ctx.channel, &[flag]).await?;
+            flag
+        }
+        _ => match recv_bytes(ctx.channel, 1).await?[0] {
+            f @ 0..=3 => f,
+            _ => return Err(violation("bad early-stopping flag")),
+        },
+    })
+}
+
+pub(super) fn check_input(input: &LrInput, config: &LrConfig) -> Result<(), MpcError> {
+    let rows = input.features.rows();
+    if input.features.bits() != config.feature_bits {
+        return Err(MpcError::Invalid("features encoded with a different bit width than configured".into()));
+    }
+    if let Some(&bad) = input.train.iter().chain(&input.holdout).find(|&&r| r as usize >= rows) {
+        return Err(MpcError::Invalid(format!("row {bad} is out of range ({rows} rows)")));
+    }
+    if input.train.is_empty() {
+        return Err(MpcError::Invalid("no training rows".into()));
+    }
+    match (input.party, &input.labels) {
+        (Party::A, Some(y)) if y.len() == rows && y.iter().all(|&v| v <= 1) => Ok(()),
+        (Party::A, Some(_)) => Err(MpcError::Invalid("labels must be one 0/1 value per row".into())),
+        (Party::A, None) => Err(MpcError::Invalid("party A must provide labels".into())),
+        (Party::B, Some(_)) => Err(MpcError::Invalid("party B holds no labels".into())),
+        (Party::B, None) => Ok(()),
+    }
+}
+
+/// Both parties send the digest of (parameters, rows, batch order, holdout) and their feature
+/// count; disagreeing parties stop here.
+async fn handshake<C: Channel>(
+    channel: &C,
+    input: &LrInput,
+    config: &LrConfig,
+    dealer: bool,
+) -> Result<usize, MpcError> {
+    let mut h = Sha256::new();
+    h.update(b"consort/lr/v1");
+    config.digest(&mut h);
+    h.update([dealer as u8]);
+    h.update((input.features.rows() as u64).to_le_bytes());
+    for list in [&input.train, &input.holdout] {
+        h.update((list.len() as u64).to_le_bytes());
+        for r in list.iter() {
+            h.update(r.to_le_bytes());
+        }
+    }
+    let mut msg = h.finalize().to_vec();
+    msg.extend_from_slice(&(input.features.cols() as u64).to_le_bytes());
+    let (sent, theirs) = futures::join!(send_bytes(channel, &msg), recv_bytes(channel, 40));
+    sent?;
+    let theirs = theirs?;
+    if theirs[..32] != msg[..32] {
+        return Err(violation(
+            "the parties disagree on the training parameters, row count, batch order, holdout split or dealer",
+        ));
+    }
+    let cols = u64::from_le_bytes(theirs[32..].try_into().unwrap());
+    if cols > 1 << 20 {
+        return Err(violation(format!("the peer claims {cols} features")));
+    }
+    Ok(cols as usize)
+}
+
+/// Each party sends its share of the other's weights (B also its share of w₀).
+async fn reveal_weights<C: Channel, D: Channel>(
+    ctx: &Ctx<'_, C, D>,
+    w: &Shares,
+) -> Result<(Vec<f64>, Option<f64>), MpcError> {
+    let mut ours = w.peer.to_vec();
+    let own_cols = w.own.len();
+    let theirs_len = match ctx.party {
+        Party::A => own_cols + 1,
+        Party::B => {
+            ours.push(w.w0);
+            own_cols
+        }
+    };
+    let (sent, theirs) = futures::join!(send_u64s(ctx.channel, &ours), recv_u64s(ctx.channel, theirs_len));
+    sent?;
+    let theirs = theirs?;
+    let weights: Vec<f64> = w.own.iter().zip(&theirs).map(|(&a, &b)| decode(a.wrapping_add(b), FRAC_BITS)).collect();
+    let intercept = (ctx.party == Party::A).then(|| decode(w.w0.wrapping_add(theirs[own_cols]), FRAC_BITS));
+    if let Some(bad) = weights.iter().chain(&intercept).find(|v| v.abs() > MAX_WEIGHT) {
+        return Err(MpcError::Overflow(format!(
+            "a trained weight came out as {bad:e}: a truncation failed or training diverged (try a smaller \
+             learning rate, or run again)"
+        )));
+    }
+    Ok((weights, intercept))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mpc::ot_mul::Matrix;
+
+    #[test]
+    fn bad_inputs_and_parameters_are_rejected() {
+        let config = LrConfig::default();
+        assert!(LrConfig { epochs: 0, ..config.clone() }.validate().is_err());
+        assert!(LrConfig { learning_rate: -1.0, ..config.clone() }.validate().is_err());
+        assert!(LrConfig { feature_bits: 8, feature_frac_bits: 7, ..config.clone() }.validate().is_err());
+        let input = |labels: Option<Vec<u8>>, party| LrInput {
+            party,
+            features: Matrix::new(vec![0; 4], 2, 2, 12),
+            labels,
+            train: vec![0, 1],
+            holdout: vec![],
+        };
+        assert!(check_input(&input(Some(vec![0, 2]), Party::A), &config).is_err());
+        assert!(check_input(&input(None, Party::A), &config).is_err());
+        assert!(check_input(&input(Some(vec![0, 1]), Party::B), &config).is_err());
+        assert!(check_input(&input(Some(vec![0, 1]), Party::A), &config).is_ok());
+        let mut out_of_range = input(None, Party::B);
+        out_of_range.holdout = vec![2];
+        assert!(check_input(&out_of_range, &config).is_err());
+    }
+}
