@@ -8,6 +8,7 @@
 //! | role     | `requester`, `responder`                    | `Role`            | [`consort_protocols::Role`]           |
 //! | protocol | `ecdh`, `rr22`                              | `PsiProtocol`     | `consort_engine::PsiProtocol`         |
 //! | reveal   | `both`, `requester-only` (alias `self`)     | `Reveal`          | [`consort_protocols::Reveal`]         |
+//! | sigmoid  | `taylor1`, `poly3`                          | (in LR params)    | `consort_protocols::mpc::lr::Sigmoid` |
 
 use std::fmt;
 use std::str::FromStr;
@@ -114,6 +115,15 @@ impl Vocabulary for consort_protocols::Reveal {
             consort_protocols::Reveal::RequesterOnly => &["self"],
             consort_protocols::Reveal::Both => &[],
         }
+    }
+}
+
+impl Vocabulary for consort_protocols::mpc::lr::Sigmoid {
+    const WHAT: &'static str = "sigmoid approximation";
+    const ALL: &'static [Self] =
+        &[consort_protocols::mpc::lr::Sigmoid::Taylor1, consort_protocols::mpc::lr::Sigmoid::Poly3];
+    fn name(self) -> &'static str {
+        consort_protocols::mpc::lr::Sigmoid::name(self)
     }
 }
 

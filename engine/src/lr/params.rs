@@ -27,12 +27,31 @@ pub struct LrParams {
     pub dealer: Option<String>,
     /// The sigmoid approximation: "taylor1" (default) or "poly3" (see
     /// [`consort_protocols::mpc::lr::Sigmoid`] for their errors). Absent in older files: taylor1.
-    #[serde(default = "default_sigmoid")]
-    pub sigmoid: String,
+    /// An unknown name is refused when the parameters are read (CLI, job request or model file).
+    #[serde(default = "default_sigmoid", with = "sigmoid_name")]
+    pub sigmoid: Sigmoid,
 }
 
-fn default_sigmoid() -> String {
-    Sigmoid::Taylor1.name().into()
+fn default_sigmoid() -> Sigmoid {
+    Sigmoid::Taylor1
+}
+
+/// The sigmoid by its one name ([`Sigmoid::name`]) in JSON.
+mod sigmoid_name {
+    use consort_protocols::mpc::lr::Sigmoid;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(s: &Sigmoid, out: S) -> Result<S::Ok, S::Error> {
+        out.serialize_str(s.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Sigmoid, D::Error> {
+        let name = String::deserialize(d)?;
+        Sigmoid::parse(&name).ok_or_else(|| {
+            let shown: String = name.chars().take(32).collect();
+            serde::de::Error::custom(format!("unknown sigmoid approximation '{shown}' (taylor1, poly3)"))
+        })
+    }
 }
 
 impl Default for LrParams {
@@ -49,16 +68,13 @@ impl Default for LrParams {
             holdout: 0.2,
             split_seed: 0,
             dealer: None,
-            sigmoid: c.sigmoid.name().into(),
+            sigmoid: c.sigmoid,
         }
     }
 }
 
 impl LrParams {
     pub fn config(&self) -> Result<LrConfig, DataError> {
-        let sigmoid = Sigmoid::parse(&self.sigmoid).ok_or_else(|| {
-            DataError::Invalid(format!("unknown sigmoid approximation '{}' (taylor1, poly3)", self.sigmoid))
-        })?;
         let c = LrConfig {
             epochs: self.epochs,
             batch_size: self.batch_size,
@@ -67,7 +83,7 @@ impl LrParams {
             feature_bits: self.feature_bits,
             feature_frac_bits: self.feature_frac_bits,
             tolerance: self.tolerance,
-            sigmoid,
+            sigmoid: self.sigmoid,
             security: Security::SemiHonest,
             ..LrConfig::default()
         };
@@ -86,9 +102,13 @@ mod tests {
 
     #[test]
     fn sigmoid_parameter_is_checked_and_defaults_to_taylor1() {
-        assert_eq!(LrParams::default().sigmoid, "taylor1");
-        let bad = LrParams { sigmoid: "exact".into(), ..params() };
-        assert!(bad.config().unwrap_err().to_string().contains("unknown sigmoid approximation 'exact'"));
+        assert_eq!(LrParams::default().sigmoid, Sigmoid::Taylor1);
+        let mut bad = serde_json::to_value(params()).unwrap();
+        bad["sigmoid"] = "exact".into();
+        let err = serde_json::from_value::<LrParams>(bad).unwrap_err();
+        assert!(err.to_string().contains("unknown sigmoid approximation 'exact'"), "{err}");
+        let text = serde_json::to_string(&LrParams { sigmoid: Sigmoid::Poly3, ..params() }).unwrap();
+        assert!(text.contains(r#""sigmoid":"poly3""#), "{text}");
         let p: LrParams = serde_json::from_str(
             r#"{"epochs":1,"batch_size":8,"learning_rate":0.5,"l2":0,"feature_bits":12,"feature_frac_bits":8,
                 "tolerance":0,"holdout":0.2,"split_seed":1}"#,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use consort_protocols::memory_pair;
+use consort_protocols::mpc::lr::Sigmoid;
 use consort_protocols::mpc::lr::plain::train_plain;
 
 use super::*;
@@ -151,7 +152,7 @@ async fn poly3_and_early_stopping_reach_the_reports_and_model_files() {
     let dir = tempfile::tempdir().unwrap();
     make_data(dir.path(), 2000, 2, 2, 0);
     let (a, b) = datasets(dir.path());
-    let p = LrParams { sigmoid: "poly3".into(), epochs: 4, tolerance: 1e-9, ..params() };
+    let p = LrParams { sigmoid: Sigmoid::Poly3, epochs: 4, tolerance: 1e-9, ..params() };
     let (ra, rb) = train_both(dir.path(), &a, &b, p.clone()).await;
     assert_eq!((ra.sigmoid.as_str(), rb.sigmoid.as_str()), ("poly3", "poly3"));
     assert!(ra.auc.unwrap() > 0.75, "auc {:?}", ra.auc);
@@ -161,7 +162,7 @@ async fn poly3_and_early_stopping_reach_the_reports_and_model_files() {
     assert_eq!(ra.holdout_loss[ra.weights_epoch as usize - 1], best);
     for m in ["model-a.json", "model-b.json"] {
         let model = ModelFile::load(&dir.path().join(m)).unwrap();
-        assert_eq!((model.sigmoid.as_str(), model.training.params.sigmoid.as_str()), ("poly3", "poly3"));
+        assert_eq!((model.sigmoid.as_str(), model.training.params.sigmoid.name()), ("poly3", "poly3"));
         assert_eq!(model.training.weights_epoch, ra.weights_epoch);
     }
 }

@@ -10,6 +10,7 @@ use consort_api::{JobKind, JobState};
 use consort_engine::PsiProtocol;
 use consort_engine::lr::LrParams;
 use consort_engine::lr_synth::{LrGenSpec, generate_lr};
+use consort_protocols::mpc::lr::Sigmoid;
 
 use super::JobArgs;
 use super::status::{ensure_done, watch_with_progress};
@@ -49,13 +50,13 @@ pub struct HyperArgs {
     #[arg(long, default_value_t = LrParams::default().learning_rate)]
     pub learning_rate: f64,
     /// L2 penalty λ.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = LrParams::default().l2)]
     pub l2: f64,
     /// Fraction of aligned rows held out for loss, early stopping, AUC and KS.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = LrParams::default().holdout)]
     pub holdout: f64,
     /// Early stopping: stop when the holdout loss improves by less than this (0: off).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = LrParams::default().tolerance)]
     pub tolerance: f64,
     /// Bits per encoded feature.
     #[arg(long, default_value_t = LrParams::default().feature_bits)]
@@ -68,8 +69,8 @@ pub struct HyperArgs {
     pub seed: Option<u64>,
     /// Sigmoid approximation: taylor1 (1/2 + z/4; cheapest, best while scores stay small) or
     /// poly3 (least-squares cubic on [-8, 8]; better for strong signal, 3 secure products per row).
-    #[arg(long, default_value = "taylor1")]
-    pub sigmoid: String,
+    #[arg(long, default_value = LrParams::default().sigmoid.name(), value_parser = super::vocab::<Sigmoid>())]
+    pub sigmoid: Sigmoid,
     /// Dealer mode: take the correlations from this pinned third node (both parties must pin it;
     /// it must not collude with either party). Default: dealer-free (OT-based).
     #[arg(long)]
@@ -89,7 +90,7 @@ impl HyperArgs {
             holdout: self.holdout,
             split_seed: self.seed.unwrap_or_else(rand::random),
             dealer: self.dealer.clone(),
-            sigmoid: self.sigmoid.clone(),
+            sigmoid: self.sigmoid,
         }
     }
 }
