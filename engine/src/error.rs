@@ -90,7 +90,7 @@ pub enum EngineError {
     #[error(transparent)]
     Data(#[from] DataError),
     #[error(transparent)]
-    Psi(#[from] consort_protocols::ecdh_psi::EcdhPsiError),
+    Psi(#[from] consort_protocols::psi::ecdh::EcdhPsiError),
     #[error(transparent)]
-    Rr22(#[from] consort_protocols::rr22::Rr22Error),
+    Rr22(#[from] consort_protocols::psi::rr22::Rr22Error),
 }

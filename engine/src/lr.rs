@@ -25,12 +25,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use consort_protocols::ecdh_psi::{self, EcdhPsiConfig, EcdhPsiError};
 use consort_protocols::mpc::lr::{self, LrConfig, LrInput, LrProgressFn, Sigmoid};
 use consort_protocols::mpc::ot_mul::Matrix;
 use consort_protocols::mpc::{MpcError, Party};
 use consort_protocols::ot::Security;
-use consort_protocols::rr22::{self, Rr22Config, Rr22Error};
+use consort_protocols::psi::ecdh::{self as ecdh_psi, EcdhPsiConfig, EcdhPsiError};
+use consort_protocols::psi::rr22::{self, Rr22Config, Rr22Error};
 use consort_protocols::{Channel, ProgressFn, Reveal, Role, cpu};
 use serde::{Deserialize, Serialize};
 

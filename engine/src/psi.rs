@@ -4,14 +4,14 @@
 //! intersection gets the indices of its own intersecting rows in the joint order both parties
 //! share, and writes those rows (byte-identical to its input, header first) in that order, so
 //! row i of both outputs is the same entity. What each party learns is the protocol's to say
-//! (see `consort_protocols::ecdh_psi`); the engine adds nothing to it. A failed protocol run
+//! (see `consort_protocols::psi::ecdh`); the engine adds nothing to it. A failed protocol run
 //! writes nothing, and the output file appears only when complete (temp file, then rename).
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Instant;
 
-use consort_protocols::ecdh_psi::{self, EcdhEvidence, EcdhPsiConfig};
-use consort_protocols::rr22::{self, Rr22Config};
+use consort_protocols::psi::ecdh::{self, EcdhEvidence, EcdhPsiConfig};
+use consort_protocols::psi::rr22::{self, Rr22Config};
 use consort_protocols::{Channel, ProgressFn, Reveal, Role, cpu};
 
 use crate::dataset::Dataset;
@@ -20,10 +20,10 @@ use crate::error::{DataError, EngineError};
 /// PSI protocols the engine can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PsiProtocol {
-    /// ECDH-PSI on ristretto255 ([`consort_protocols::ecdh_psi`]): ~40 µs of curve work per item
+    /// ECDH-PSI on ristretto255 ([`consort_protocols::psi::ecdh`]): ~40 µs of curve work per item
     /// per party, 48 bytes per item per direction; the one to audit with DLEQ proofs.
     Ecdh,
-    /// RR22 over silent VOLE ([`consort_protocols::rr22`]): about 100 times faster, about 30
+    /// RR22 over silent VOLE ([`consort_protocols::psi::rr22`]): about 100 times faster, about 30
     /// bytes per item in total; for large sets.
     Rr22,
 }
@@ -114,7 +114,7 @@ async fn run_protocol<C: Channel>(
                 progress: job.progress.clone(),
                 proofs: job.proofs,
             };
-            ecdh_psi::run_with_evidence(channel, &dataset.keys, &config).await?
+            ecdh::run_with_evidence(channel, &dataset.keys, &config).await?
         }
         PsiProtocol::Rr22 => {
             let config = Rr22Config { progress: job.progress.clone(), ..Rr22Config::new(job.role, job.reveal) };

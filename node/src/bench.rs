@@ -177,7 +177,7 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
 
     // The floor: this machine's per-item curve costs × items ÷ cores, measured now, before the job.
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let costs = consort_protocols::cpu::run(|| consort_protocols::ecdh_psi::measure_curve_costs(4096)).await;
+    let costs = consort_protocols::cpu::run(|| consort_protocols::psi::ecdh::measure_curve_costs(4096)).await;
     let items = 2 * args.rows;
     let floor_s = costs.per_item_ns() * items as f64 / cores as f64 / 1e9;
     log(format!(

@@ -23,9 +23,9 @@ pub use consort_protocols::{Channel, ChannelError, Metered, PsiOutput, Reveal, R
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Protocol(#[from] consort_protocols::ecdh_psi::EcdhPsiError),
+    Protocol(#[from] consort_protocols::psi::ecdh::EcdhPsiError),
     #[error(transparent)]
-    Rr22(#[from] consort_protocols::rr22::Rr22Error),
+    Rr22(#[from] consort_protocols::psi::rr22::Rr22Error),
     #[error(transparent)]
     Engine(#[from] consort_engine::EngineError),
 }
@@ -43,12 +43,12 @@ pub async fn intersect<C: Channel, K: AsRef<[u8]> + Sync>(
 ) -> Result<PsiOutput, Error> {
     match protocol {
         PsiProtocol::Ecdh => {
-            let config = consort_protocols::ecdh_psi::EcdhPsiConfig { role, reveal, progress: None, proofs: true };
-            Ok(consort_protocols::ecdh_psi::run(channel, keys, &config).await?)
+            let config = consort_protocols::psi::ecdh::EcdhPsiConfig { role, reveal, progress: None, proofs: true };
+            Ok(consort_protocols::psi::ecdh::run(channel, keys, &config).await?)
         }
         PsiProtocol::Rr22 => {
-            let config = consort_protocols::rr22::Rr22Config::new(role, reveal);
-            Ok(consort_protocols::rr22::run(channel, keys, &config).await?)
+            let config = consort_protocols::psi::rr22::Rr22Config::new(role, reveal);
+            Ok(consort_protocols::psi::rr22::run(channel, keys, &config).await?)
         }
     }
 }

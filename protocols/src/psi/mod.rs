@@ -2,6 +2,9 @@
 
 use std::sync::Arc;
 
+pub mod ecdh;
+pub mod rr22;
+
 /// Which side of the job this party is. The requester is the party whose operator submitted the
 /// job; the responder accepted it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
