@@ -15,6 +15,7 @@ pub mod mpc;
 pub mod okvs;
 pub mod ot;
 pub mod psi;
+pub mod simd;
 #[cfg(test)]
 mod test_support;
 pub mod vole;
