@@ -129,7 +129,7 @@ pub(super) async fn run_framed<C: Channel, I: Items + ?Sized>(
 
 /// The key(s) a party multiplies the peer's points by: one, unless it cheats (tests only).
 #[derive(Clone, Copy)]
-pub(super) struct FrameKeys<'a> {
+struct FrameKeys<'a> {
     key: &'a Arc<HalfKey>,
     second: Option<&'a (usize, Arc<HalfKey>)>,
 }

@@ -165,7 +165,7 @@
 //! - B. A. Huberman, M. Franklin, T. Hogg, "Enhancing Privacy and Trust in Electronic
 //!   Communities", ACM EC 1999.
 //! - RFC 9496, "The ristretto255 and decaf448 Groups".
-
+//!
 //! # Code map
 //!
 //! One file per step: `hello` (step 1), `flow` (the run, phase 1, and phase 2 without proofs),

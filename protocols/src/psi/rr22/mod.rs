@@ -25,6 +25,10 @@
 //! 4. **Match.** S sends its F values in a secret random order; R keeps its items whose value
 //!    appears.
 //!
+//! These are the steps of the paper's semi-honest protocol Π_psi (Fig. 4) in another order: our
+//! step 1 is its step 2, our step 2 its steps 1 and 3 (R's side), our step 3 its steps 3 (S's
+//! side) and 4, our step 4 its steps 4 and 5. `receiver` and `sender` cite them where they run.
+//!
 //! The result lists R's indices by bucket, then by F within a bucket (the *joint order*: bucket
 //! and F are pseudorandom functions of the item that both can evaluate on the intersection). With [`Reveal::Both`] R then sends, in that
 //! order, the positions in S's stream that matched; S maps them back through its secret order, so
@@ -80,7 +84,7 @@
 //! intersecting item with [`Reveal::Both`]: about 30 bytes per item of the larger set in total.
 //! The VOLE's base correlations cost a fixed ≈ 1.4 MB per bucket, which dominates small jobs
 //! (≈ 21 bytes per item at 2^16 items).
-
+//!
 //! # Code map
 //!
 //! `bucket` (digests, buckets, their public capacity), `receiver` and `sender` (one file per
