@@ -1,13 +1,13 @@
 //! ECDH-PSI: the curve kernels (single-threaded, per item) and a whole in-memory run.
 //!
 //! `cargo bench --bench ecdh`. The kernels are the ones the protocol runs
-//! (`consort_protocols::ecdh_psi::kernels`); their per-item sum (hash + 2 × multiply/encode +
+//! (`consort_protocols::psi::ecdh::kernels`); their per-item sum (hash + 2 × multiply/encode +
 //! decode, per party) is the curve arithmetic floor the end-to-end figures are compared with.
 
 use std::hint::black_box;
 use std::time::Duration;
 
-use consort_protocols::ecdh_psi::{self, EcdhPsiConfig, kernels};
+use consort_protocols::psi::ecdh::{self, EcdhPsiConfig, kernels};
 use consort_protocols::{Reveal, Role, memory_pair};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use curve25519_dalek::scalar::Scalar;
@@ -62,8 +62,7 @@ fn in_memory_run(c: &mut Criterion) {
         b.iter(|| {
             runtime.block_on(async {
                 let (a, b) = memory_pair(8);
-                let (ra, rb) =
-                    tokio::join!(ecdh_psi::run(&a, &requester, &config_a), ecdh_psi::run(&b, &responder, &config_b));
+                let (ra, rb) = tokio::join!(ecdh::run(&a, &requester, &config_a), ecdh::run(&b, &responder, &config_b));
                 let (ra, rb) = (ra.unwrap(), rb.unwrap());
                 assert_eq!(ra.intersection.map(|i| i.len()), Some(N / 2));
                 assert_eq!(rb.intersection.map(|i| i.len()), Some(N / 2));
@@ -72,7 +71,7 @@ fn in_memory_run(c: &mut Criterion) {
     });
     group.finish();
 
-    let costs = ecdh_psi::measure_curve_costs(4096);
+    let costs = ecdh::measure_curve_costs(4096);
     let floor = costs.per_item_ns() * N as f64 * 2.0 / rayon::current_num_threads() as f64;
     println!(
         "curve costs per item: hash {:.0} ns, multiply+encode {:.0} ns, decode {:.0} ns; \

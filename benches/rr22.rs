@@ -2,7 +2,7 @@
 //! silent VOLE extension at one full bucket (m = 1.15 M correlations), and PSI of 2^20 × 2^20
 //! items (half shared). Both parties run in this process, so on two cores each gets about one.
 
-use consort_protocols::rr22::{Rr22Config, run};
+use consort_protocols::psi::rr22::{Rr22Config, run};
 use consort_protocols::vole::{VoleReceiver, VoleSender};
 use consort_protocols::{Reveal, Role, memory_pair, okvs};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

@@ -6,12 +6,14 @@
 //! | job kind | `psi`, `train`, `score`, `deal`             | `JobKind`         | [`JobKind`]                           |
 //! | state    | `pending` … `interrupted`, `refused`        | `JobState`        | [`JobState`]                          |
 //! | role     | `requester`, `responder`                    | `Role`            | [`consort_protocols::Role`]           |
-//! | protocol | `ecdh`, `rr22`                              | `PsiProtocol`     | `consort_engine::PsiProtocol`         |
+//! | protocol | `ecdh`, `rr22`                              | `PsiProtocol`     | [`PsiProtocol`]                       |
 //! | reveal   | `both`, `requester-only` (alias `self`)     | `Reveal`          | [`consort_protocols::Reveal`]         |
 //! | sigmoid  | `taylor1`, `poly3`                          | (in LR params)    | `consort_protocols::mpc::lr::Sigmoid` |
 
 use std::fmt;
 use std::str::FromStr;
+
+use consort_protocols::psi::PsiProtocol;
 
 use crate::proto;
 pub use crate::proto::{JobKind, JobState};
@@ -116,6 +118,48 @@ impl Vocabulary for consort_protocols::Reveal {
             consort_protocols::Reveal::Both => &[],
         }
     }
+}
+
+impl Vocabulary for PsiProtocol {
+    const WHAT: &'static str = "PSI protocol";
+    const ALL: &'static [Self] = &[PsiProtocol::Ecdh, PsiProtocol::Rr22];
+    fn name(self) -> &'static str {
+        PsiProtocol::name(self)
+    }
+}
+
+impl From<PsiProtocol> for proto::PsiProtocol {
+    fn from(p: PsiProtocol) -> Self {
+        match p {
+            PsiProtocol::Ecdh => proto::PsiProtocol::Ecdh,
+            PsiProtocol::Rr22 => proto::PsiProtocol::Rr22,
+        }
+    }
+}
+
+impl TryFrom<proto::PsiProtocol> for PsiProtocol {
+    type Error = BadWireValue;
+    fn try_from(p: proto::PsiProtocol) -> Result<Self, BadWireValue> {
+        match p {
+            proto::PsiProtocol::Ecdh => Ok(PsiProtocol::Ecdh),
+            proto::PsiProtocol::Rr22 => Ok(PsiProtocol::Rr22),
+            proto::PsiProtocol::Unspecified => Err(BadWireValue { what: "PSI protocol", value: 0 }),
+        }
+    }
+}
+
+/// A wire enum field that may be left unspecified (the job kind then picks its default); values
+/// this build does not know are refused.
+pub fn optional_wire<W, T>(what: &'static str, value: i32) -> Result<Option<T>, BadWireValue>
+where
+    W: TryFrom<i32>,
+    T: TryFrom<W, Error = BadWireValue>,
+{
+    if value == 0 {
+        return Ok(None);
+    }
+    let w = W::try_from(value).map_err(|_| BadWireValue { what, value })?;
+    T::try_from(w).map(Some)
 }
 
 impl Vocabulary for consort_protocols::mpc::lr::Sigmoid {
@@ -241,19 +285,15 @@ impl proto::JobStatus {
 
     /// The PSI protocol's name ("ecdh", "rr22"; "" if the job has none).
     pub fn protocol_name(&self) -> &'static str {
-        match proto::PsiProtocol::try_from(self.protocol) {
-            Ok(proto::PsiProtocol::Ecdh) => "ecdh",
-            Ok(proto::PsiProtocol::Rr22) => "rr22",
-            _ => "",
-        }
+        optional_wire::<proto::PsiProtocol, PsiProtocol>("", self.protocol).ok().flatten().map_or("", Vocabulary::name)
     }
 
     /// The reveal mode's name ("" if the job has none).
     pub fn reveal_name(&self) -> &'static str {
-        match proto::Reveal::try_from(self.reveal) {
-            Ok(r) => consort_protocols::Reveal::try_from(r).map(Vocabulary::name).unwrap_or(""),
-            Err(_) => "",
-        }
+        optional_wire::<proto::Reveal, consort_protocols::Reveal>("", self.reveal)
+            .ok()
+            .flatten()
+            .map_or("", Vocabulary::name)
     }
 }
 
@@ -275,6 +315,14 @@ mod tests {
         let e = "bogus".parse::<JobKind>().unwrap_err();
         assert_eq!(e.to_string(), "unknown job kind 'bogus' (known: psi, train, score, deal)");
         assert!("unspecified".parse::<JobKind>().is_err());
+    }
+
+    #[test]
+    fn optional_wire_values_default_when_unspecified_and_refuse_unknown() {
+        assert_eq!(optional_wire::<proto::PsiProtocol, PsiProtocol>("p", 0), Ok(None));
+        assert_eq!(optional_wire::<proto::PsiProtocol, PsiProtocol>("p", 2), Ok(Some(PsiProtocol::Rr22)));
+        assert!(optional_wire::<proto::PsiProtocol, PsiProtocol>("p", 7).is_err());
+        assert_eq!(optional_wire::<proto::Reveal, Reveal>("r", 2), Ok(Some(Reveal::RequesterOnly)));
     }
 
     #[test]

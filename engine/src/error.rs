@@ -90,7 +90,5 @@ pub enum EngineError {
     #[error(transparent)]
     Data(#[from] DataError),
     #[error(transparent)]
-    Psi(#[from] consort_protocols::ecdh_psi::EcdhPsiError),
-    #[error(transparent)]
-    Rr22(#[from] consort_protocols::rr22::Rr22Error),
+    Psi(#[from] consort_protocols::psi::PsiError),
 }

@@ -4,49 +4,18 @@
 //! intersection gets the indices of its own intersecting rows in the joint order both parties
 //! share, and writes those rows (byte-identical to its input, header first) in that order, so
 //! row i of both outputs is the same entity. What each party learns is the protocol's to say
-//! (see `consort_protocols::ecdh_psi`); the engine adds nothing to it. A failed protocol run
+//! (see the protocols in `consort_protocols::psi`); the engine adds nothing to it. A failed protocol run
 //! writes nothing, and the output file appears only when complete (temp file, then rename).
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Instant;
 
-use consort_protocols::ecdh_psi::{self, EcdhEvidence, EcdhPsiConfig};
-use consort_protocols::rr22::{self, Rr22Config};
+pub use consort_protocols::psi::PsiProtocol;
+use consort_protocols::psi::ecdh::EcdhEvidence;
+use consort_protocols::psi::{self, PsiConfig, PsiRun};
 use consort_protocols::{Channel, ProgressFn, Reveal, Role, cpu};
 
 use crate::dataset::Dataset;
 use crate::error::{DataError, EngineError};
-
-/// PSI protocols the engine can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PsiProtocol {
-    /// ECDH-PSI on ristretto255 ([`consort_protocols::ecdh_psi`]): ~40 µs of curve work per item
-    /// per party, 48 bytes per item per direction; the one to audit with DLEQ proofs.
-    Ecdh,
-    /// RR22 over silent VOLE ([`consort_protocols::rr22`]): about 100 times faster, about 30
-    /// bytes per item in total; for large sets.
-    Rr22,
-}
-
-impl FromStr for PsiProtocol {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "ecdh" => Ok(PsiProtocol::Ecdh),
-            "rr22" => Ok(PsiProtocol::Rr22),
-            other => Err(format!("unknown PSI protocol '{other}' (known: ecdh, rr22)")),
-        }
-    }
-}
-
-impl PsiProtocol {
-    pub fn name(self) -> &'static str {
-        match self {
-            PsiProtocol::Ecdh => "ecdh",
-            PsiProtocol::Rr22 => "rr22",
-        }
-    }
-}
 
 /// One party's side of a PSI job.
 #[derive(Clone)]
@@ -106,25 +75,12 @@ async fn run_protocol<C: Channel>(
     job: &PsiJob,
 ) -> Result<(consort_protocols::PsiOutput, Option<EcdhEvidence>, Stages), EngineError> {
     let started = Instant::now();
-    let (result, ecdh_evidence) = match job.protocol {
-        PsiProtocol::Ecdh => {
-            let config = EcdhPsiConfig {
-                role: job.role,
-                reveal: job.reveal,
-                progress: job.progress.clone(),
-                proofs: job.proofs,
-            };
-            ecdh_psi::run_with_evidence(channel, &dataset.keys, &config).await?
-        }
-        PsiProtocol::Rr22 => {
-            let config = Rr22Config { progress: job.progress.clone(), ..Rr22Config::new(job.role, job.reveal) };
-            (rr22::run(channel, &dataset.keys, &config).await?, None)
-        }
-    };
+    let config = PsiConfig { role: job.role, reveal: job.reveal, progress: job.progress.clone(), proofs: job.proofs };
+    let PsiRun { output, ecdh_evidence } = psi::run(channel, &dataset.keys, job.protocol, &config).await?;
     let mut stages = vec![("protocol".to_string(), started.elapsed().as_secs_f64())];
     // The protocol's own breakdown, if it measures one (steps may overlap).
-    stages.extend(result.timings.iter().map(|&(step, secs)| (format!("protocol/{step}"), secs)));
-    Ok((result, ecdh_evidence, stages))
+    stages.extend(output.timings.iter().map(|&(step, secs)| (format!("protocol/{step}"), secs)));
+    Ok((output, ecdh_evidence, stages))
 }
 
 async fn finish(
@@ -240,7 +196,7 @@ mod tests {
             drop(cb);
             let job = PsiJob { protocol, ..job(Role::Requester, Reveal::Both, out.clone()) };
             let err = run_psi(&ca, &a, &job).await.unwrap_err();
-            assert!(matches!(err, EngineError::Psi(_) | EngineError::Rr22(_)), "{err}");
+            assert!(matches!(err, EngineError::Psi(_)), "{err}");
             assert!(!out.exists());
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release -p consort-protocols --example proof_cost -- 100000`
 
-use consort_protocols::ecdh_psi::{self, EcdhPsiConfig};
+use consort_protocols::psi::ecdh::{self, EcdhPsiConfig};
 use consort_protocols::{PsiProgress, Reveal, Role, memory_pair};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -25,7 +25,7 @@ fn main() {
         let ca_cfg = EcdhPsiConfig { role: Role::Requester, reveal: Reveal::Both, progress: Some(progress), proofs };
         let cb_cfg = EcdhPsiConfig { role: Role::Responder, reveal: Reveal::Both, progress: None, proofs };
         let (ra, rb) = rt.block_on(async {
-            tokio::join!(ecdh_psi::run_with_evidence(&ca, &a, &ca_cfg), ecdh_psi::run_with_evidence(&cb, &b, &cb_cfg))
+            tokio::join!(ecdh::run_with_evidence(&ca, &a, &ca_cfg), ecdh::run_with_evidence(&cb, &b, &cb_cfg))
         });
         let (ra, rb) = (ra.unwrap(), rb.unwrap());
         let mut marks = marks.lock().unwrap().clone();

@@ -8,7 +8,6 @@
 pub mod channel;
 pub mod cpu;
 pub mod dleq;
-pub mod ecdh_psi;
 pub mod items;
 pub mod mem;
 pub mod merkle;
@@ -16,7 +15,7 @@ pub mod mpc;
 pub mod okvs;
 pub mod ot;
 pub mod psi;
-pub mod rr22;
+pub mod simd;
 #[cfg(test)]
 mod test_support;
 pub mod vole;

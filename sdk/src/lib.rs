@@ -17,15 +17,14 @@
 pub use consort_api::proto::{JobStatus, SubmitRequest};
 pub use consort_api::{ClientError, JobKind, JobState, NodeClient};
 pub use consort_engine::{Dataset, DatasetSpec, Normalization, PsiJob, PsiProtocol, PsiReport};
+pub use consort_protocols::psi::PsiError;
 pub use consort_protocols::{Channel, ChannelError, Metered, PsiOutput, Reveal, Role, memory_pair};
 
 /// Errors from the SDK's in-process joins.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Protocol(#[from] consort_protocols::ecdh_psi::EcdhPsiError),
-    #[error(transparent)]
-    Rr22(#[from] consort_protocols::rr22::Rr22Error),
+    Psi(#[from] consort_protocols::psi::PsiError),
     #[error(transparent)]
     Engine(#[from] consort_engine::EngineError),
 }
@@ -41,16 +40,8 @@ pub async fn intersect<C: Channel, K: AsRef<[u8]> + Sync>(
     role: Role,
     reveal: Reveal,
 ) -> Result<PsiOutput, Error> {
-    match protocol {
-        PsiProtocol::Ecdh => {
-            let config = consort_protocols::ecdh_psi::EcdhPsiConfig { role, reveal, progress: None, proofs: true };
-            Ok(consort_protocols::ecdh_psi::run(channel, keys, &config).await?)
-        }
-        PsiProtocol::Rr22 => {
-            let config = consort_protocols::rr22::Rr22Config::new(role, reveal);
-            Ok(consort_protocols::rr22::run(channel, keys, &config).await?)
-        }
-    }
+    let config = consort_protocols::psi::PsiConfig::new(role, reveal);
+    Ok(consort_protocols::psi::run(channel, keys, protocol, &config).await?.output)
 }
 
 /// Runs this party's side of a private join on a CSV dataset (loaded and validated as a node would)

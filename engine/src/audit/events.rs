@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use consort_protocols::ChannelStats;
-use consort_protocols::ecdh_psi::EcdhEvidence;
+use consort_protocols::psi::ecdh::EcdhEvidence;
 use serde_json::json;
 
 use super::evidence::store_ecdh;

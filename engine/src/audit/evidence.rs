@@ -23,8 +23,8 @@
 
 use std::path::{Path, PathBuf};
 
-use consort_protocols::ecdh_psi::{self, EcdhEvidence, ProofRecord, SampledPair};
 use consort_protocols::merkle::{self, Hash};
+use consort_protocols::psi::ecdh::{self, EcdhEvidence, ProofRecord, SampledPair};
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
@@ -552,14 +552,14 @@ fn check_ecdh(
         let key = (hex(commitment), proof.summary.pairs_root.clone(), proof.summary.proof.clone(), full_check);
         // The sample (with its audit paths) is always checked; the costly full check once per proof.
         if verified.contains(&key) {
-            ecdh_psi::verify_sample(commitment, &record).and_then(|()| match full_check {
-                true if ecdh_psi::pairs_root(&record.c, &record.d) != record.pairs_root => {
+            ecdh::verify_sample(commitment, &record).and_then(|()| match full_check {
+                true if ecdh::pairs_root(&record.c, &record.d) != record.pairs_root => {
                     Err("the points do not hash to the recorded Merkle root of the pairs".into())
                 }
                 _ => Ok(()),
             })
         } else {
-            ecdh_psi::verify_record(commitment, &record, full_check)
+            ecdh::verify_record(commitment, &record, full_check)
         }
         .map_err(|e| format!("the proof {prover} made ({which}) does not verify: {e}"))?;
         verified.insert(key);

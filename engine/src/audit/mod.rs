@@ -21,7 +21,7 @@
 //!   claimed, not of truth). Claims that involve the peer are cross-checked: both nodes record the
 //!   transcript digests of the same channel, which must agree (sent by one = received by the
 //!   other), and both record the ECDH key commitments and the Merkle roots of the proved points.
-//! - ECDH-PSI DLEQ proofs (see `consort_protocols::ecdh_psi`) prove that each party used the key it
+//! - ECDH-PSI DLEQ proofs (see `consort_protocols::psi::ecdh`) prove that each party used the key it
 //!   committed to on every point it returned to the peer. The peer checks them during the job;
 //!   an auditor re-checks them from the bundle (a Fiat–Shamir sample always, all points with
 //!   `--full` when the bundle carries them).
@@ -43,7 +43,7 @@ mod tests;
 use std::path::PathBuf;
 
 /// The ECDH-PSI evidence a job hands to the log (re-exported for the node's job kinds).
-pub use consort_protocols::ecdh_psi::EcdhEvidence;
+pub use consort_protocols::psi::ecdh::EcdhEvidence;
 pub use evidence::{Bundle, Check, Report, VerifyOptions, export, verify_bundles};
 pub use log::{AuditLog, SignedHead, verify_log};
 

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use consort_protocols::ecdh_psi::{self, Cheat, EcdhEvidence, EcdhPsiConfig, EcdhPsiError};
+use consort_protocols::psi::ecdh::{self, Cheat, EcdhEvidence, EcdhPsiConfig, EcdhPsiError};
 use consort_protocols::{ChannelStats, Metered, PsiOutput, Reveal, Role, memory_pair};
 use ed25519_dalek::SigningKey;
 use serde_json::json;
@@ -72,15 +72,15 @@ async fn job(cheat: Option<Cheat>, out_dir: &Path) -> (Node, Node, Vec<(PathBuf,
     let config = move |role| EcdhPsiConfig { role, reveal, progress: None, proofs: true };
     let (items_a, items_b) = (keys(0..300), keys(100..500));
     let run_a = async move {
-        let run = ecdh_psi::run_with_evidence(&ca, &items_a, &config(Role::Requester)).await;
+        let run = ecdh::run_with_evidence(&ca, &items_a, &config(Role::Requester)).await;
         let stats = ca.stats();
         drop(ca);
         (run, stats)
     };
     let run_b = async move {
         let run = match cheat {
-            Some(cheat) => ecdh_psi::run_cheating(&cb, &items_b, &config(Role::Responder), cheat).await,
-            None => ecdh_psi::run_with_evidence(&cb, &items_b, &config(Role::Responder)).await,
+            Some(cheat) => ecdh::run_cheating(&cb, &items_b, &config(Role::Responder), cheat).await,
+            None => ecdh::run_with_evidence(&cb, &items_b, &config(Role::Responder)).await,
         };
         let stats = cb.stats();
         drop(cb);
@@ -210,10 +210,8 @@ async fn mismatched_transcript_digests_are_caught() {
     let (ca, cb) = (Metered::new(ca), Metered::new(cb));
     let config = |role| EcdhPsiConfig { role, reveal: Reveal::Both, progress: None, proofs: true };
     let (config_a, config_b, items) = (config(Role::Requester), config(Role::Responder), keys(0..10));
-    let (x, y) = tokio::join!(
-        ecdh_psi::run_with_evidence(&ca, &items, &config_a),
-        ecdh_psi::run_with_evidence(&cb, &items, &config_b),
-    );
+    let (x, y) =
+        tokio::join!(ecdh::run_with_evidence(&ca, &items, &config_a), ecdh::run_with_evidence(&cb, &items, &config_b),);
     x.unwrap();
     y.unwrap();
     let mut stats = cb.stats();

@@ -1,13 +1,22 @@
 //! The first step of train and score jobs: PSI revealed to both parties, giving each the joint
-//! order of its rows.
-use consort_protocols::ecdh_psi::{self, EcdhPsiConfig};
-use consort_protocols::rr22::{self, Rr22Config};
+//! order of its rows (through the one PSI runner, [`consort_protocols::psi::run`]). An ECDH
+//! alignment runs with its key commitments and DLEQ proofs, and hands their evidence to the job's
+//! audit log like a PSI job's.
+use consort_protocols::psi::ecdh::EcdhEvidence;
+use consort_protocols::psi::{self, PsiConfig};
 use consort_protocols::{Channel, ProgressFn, Reveal, Role};
 
 use super::LrError;
 use crate::dataset::Dataset;
 use crate::error::DataError;
 use crate::psi::PsiProtocol;
+
+/// This party's rows in the joint order, the peer's row count, and the ECDH proofs' evidence.
+pub(super) struct Alignment {
+    pub order: Vec<u32>,
+    pub peer_rows: u64,
+    pub ecdh_evidence: Option<EcdhEvidence>,
+}
 
 /// PSI with the intersection revealed to both; the joint order of this party's rows.
 pub(super) async fn align<C: Channel>(
@@ -16,20 +25,12 @@ pub(super) async fn align<C: Channel>(
     role: Role,
     protocol: PsiProtocol,
     progress: Option<ProgressFn>,
-) -> Result<(Vec<u32>, u64), LrError> {
-    let out = match protocol {
-        PsiProtocol::Ecdh => {
-            let config = EcdhPsiConfig { role, reveal: Reveal::Both, progress, proofs: true };
-            ecdh_psi::run(channel, &dataset.keys, &config).await?
-        }
-        PsiProtocol::Rr22 => {
-            let config = Rr22Config { progress, ..Rr22Config::new(role, Reveal::Both) };
-            rr22::run(channel, &dataset.keys, &config).await?
-        }
-    };
-    let order = out.intersection.unwrap_or_default();
+) -> Result<Alignment, LrError> {
+    let config = PsiConfig { progress, ..PsiConfig::new(role, Reveal::Both) };
+    let run = psi::run(channel, &dataset.keys, protocol, &config).await?;
+    let order = run.output.intersection.unwrap_or_default();
     if order.is_empty() {
         return Err(DataError::Invalid("the two datasets have no keys in common".into()).into());
     }
-    Ok((order, out.peer_size))
+    Ok(Alignment { order, peer_rows: run.output.peer_size, ecdh_evidence: run.ecdh_evidence })
 }

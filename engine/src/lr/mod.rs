@@ -33,9 +33,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use consort_protocols::Role;
-use consort_protocols::ecdh_psi::EcdhPsiError;
 use consort_protocols::mpc::{MpcError, Party};
-use consort_protocols::rr22::Rr22Error;
+use consort_protocols::psi::PsiError;
 
 use crate::error::DataError;
 
@@ -62,9 +61,7 @@ pub enum LrError {
     #[error(transparent)]
     Data(#[from] DataError),
     #[error(transparent)]
-    Psi(#[from] EcdhPsiError),
-    #[error(transparent)]
-    Rr22(#[from] Rr22Error),
+    Psi(#[from] PsiError),
     #[error(transparent)]
     Mpc(#[from] MpcError),
 }

@@ -1,5 +1,6 @@
 //! The score job: align, partial scores with each party's own model, B → A; A writes the
 //! predictions.
+use consort_protocols::psi::ecdh::EcdhEvidence;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -36,6 +37,10 @@ pub struct ScoreReport {
     /// Where A wrote the predictions.
     pub output: Option<PathBuf>,
     pub stages: Vec<(String, f64)>,
+    /// The ECDH alignment's key commitments and DLEQ proofs, for the audit log (not in the JSON
+    /// report).
+    #[serde(skip)]
+    pub ecdh_evidence: Option<EcdhEvidence>,
 }
 
 /// Runs this party's side of a score job: align, partial scores, B → A; A writes predictions.
@@ -50,7 +55,8 @@ pub async fn run_score<C: Channel>(channel: &C, dataset: &Dataset, job: &ScoreJo
         .into());
     }
     let mut stages = Stages::start();
-    let (order, peer_rows) = align(channel, dataset, job.role, job.psi, job.psi_progress.clone()).await?;
+    let aligned = align(channel, dataset, job.role, job.psi, job.psi_progress.clone()).await?;
+    let (order, peer_rows) = (aligned.order, aligned.peer_rows);
     stages.end("psi");
     let names: Vec<String> = model.features.iter().map(|f| f.name.clone()).collect();
     let table = load_features(dataset, &order, &ColumnChoice { label: None, features: Some(names) }).await?;
@@ -78,6 +84,7 @@ pub async fn run_score<C: Channel>(channel: &C, dataset: &Dataset, job: &ScoreJo
         aligned_rows: order.len() as u64,
         output,
         stages: stages.into_vec(),
+        ecdh_evidence: aligned.ecdh_evidence,
     })
 }
 

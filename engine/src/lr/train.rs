@@ -1,4 +1,5 @@
 //! The train job: align → features → train → model → evaluate → save.
+use consort_protocols::psi::ecdh::EcdhEvidence;
 use std::path::PathBuf;
 
 use consort_protocols::mpc::Party;
@@ -54,6 +55,10 @@ pub struct TrainReport {
     pub ks: Option<f64>,
     pub model: PathBuf,
     pub stages: Vec<(String, f64)>,
+    /// The ECDH alignment's key commitments and DLEQ proofs, for the audit log (not in the JSON
+    /// report).
+    #[serde(skip)]
+    pub ecdh_evidence: Option<EcdhEvidence>,
 }
 
 impl TrainReport {
@@ -78,6 +83,7 @@ impl TrainReport {
             ks: t.ks,
             model: path,
             stages: stages.into_vec(),
+            ecdh_evidence: None,
         }
     }
 }
@@ -103,9 +109,9 @@ pub async fn run_train_with_dealer<C: Channel, D: Channel>(
         .into());
     }
     let mut stages = Stages::start();
-    let (order, peer_rows) = align(channel, dataset, job.role, job.psi, job.psi_progress.clone()).await?;
+    let aligned = align(channel, dataset, job.role, job.psi, job.psi_progress.clone()).await?;
     stages.end("psi");
-    let data = TrainingData::load(dataset, &order, job).await?;
+    let data = TrainingData::load(dataset, &aligned.order, job).await?;
     let input = data.input(party, &config);
     stages.end("features");
     let out = match dealer {
@@ -118,7 +124,9 @@ pub async fn run_train_with_dealer<C: Channel, D: Channel>(
     stages.end("evaluate");
     let (path, m) = (job.model_out.clone(), model.clone());
     cpu::run(move || m.save(&path)).await?;
-    Ok(TrainReport::new(&model, dataset.len() as u64, peer_rows, job.model_out.clone(), stages))
+    let mut report = TrainReport::new(&model, dataset.len() as u64, aligned.peer_rows, job.model_out.clone(), stages);
+    report.ecdh_evidence = aligned.ecdh_evidence;
+    Ok(report)
 }
 
 /// The aligned rows' features and labels, the split, and the standardization of the training rows.

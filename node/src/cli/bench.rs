@@ -30,7 +30,7 @@ pub struct BenchPsiArgs {
     #[arg(long)]
     overlap: Option<u64>,
     /// PSI protocol: ecdh (ECDH-PSI) or rr22 (RR22 over silent VOLE, for large sets).
-    #[arg(long, default_value = "ecdh", value_parser = super::psi::protocol_parser())]
+    #[arg(long, default_value = "ecdh", value_parser = super::vocab::<PsiProtocol>())]
     protocol: PsiProtocol,
     /// Who learns the intersection: both, or requester-only (alias: self).
     #[arg(long, default_value = "both", value_parser = super::vocab::<Reveal>())]
@@ -177,7 +177,7 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
 
     // The floor: this machine's per-item curve costs × items ÷ cores, measured now, before the job.
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let costs = consort_protocols::cpu::run(|| consort_protocols::ecdh_psi::measure_curve_costs(4096)).await;
+    let costs = consort_protocols::cpu::run(|| consort_protocols::psi::ecdh::measure_curve_costs(4096)).await;
     let items = 2 * args.rows;
     let floor_s = costs.per_item_ns() * items as f64 / cores as f64 / 1e9;
     log(format!(

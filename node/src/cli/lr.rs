@@ -16,7 +16,6 @@ use super::JobArgs;
 use super::status::{ensure_done, watch_with_progress};
 use crate::client::NodeClient;
 use crate::config;
-use crate::job::envelope::protocol_wire;
 use crate::job::score::ScoreRequest;
 use crate::job::train::TrainRequest;
 
@@ -104,7 +103,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub label: String,
     /// PSI protocol aligning the rows (ecdh, rr22).
-    #[arg(long, default_value = "ecdh", value_parser = super::psi::protocol_parser())]
+    #[arg(long, default_value = "ecdh", value_parser = super::vocab::<PsiProtocol>())]
     pub protocol: PsiProtocol,
     /// Feature columns, comma-separated (default: every column but keys and label).
     #[arg(long, value_delimiter = ',')]
@@ -131,7 +130,7 @@ pub struct ScoreArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// PSI protocol aligning the rows (ecdh, rr22).
-    #[arg(long, default_value = "ecdh", value_parser = super::psi::protocol_parser())]
+    #[arg(long, default_value = "ecdh", value_parser = super::vocab::<PsiProtocol>())]
     pub protocol: PsiProtocol,
     #[arg(long)]
     pub json: bool,
@@ -192,7 +191,7 @@ pub fn submit_request(
         peer: peer.into(),
         dataset: dataset.into(),
         peer_dataset: peer_dataset.into(),
-        protocol: protocol_wire(protocol) as i32,
+        protocol: proto::PsiProtocol::from(protocol) as i32,
         reveal: proto::Reveal::Both as i32,
         out: out.display().to_string(),
         params: serde_json::to_string(params)?,

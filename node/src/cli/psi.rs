@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Args;
-use clap::builder::{PossibleValuesParser, TypedValueParser};
 use consort_api::JobKind;
 use consort_api::proto::{self, SubmitRequest};
 use consort_engine::PsiProtocol;
@@ -14,19 +13,13 @@ use super::status::{ensure_done, status_json, summary, watch_with_progress};
 use super::{JobArgs, vocab};
 use crate::client::NodeClient;
 use crate::config;
-use crate::job::envelope::protocol_wire;
-
-/// `--protocol`: the PSI protocols, listed in `--help` and completions.
-pub fn protocol_parser() -> impl TypedValueParser<Value = PsiProtocol> {
-    PossibleValuesParser::new(["ecdh", "rr22"]).map(|s| s.parse::<PsiProtocol>().expect("a listed value"))
-}
 
 #[derive(Args)]
 pub struct PsiArgs {
     #[command(flatten)]
     job: JobArgs,
     /// PSI protocol: ecdh (ECDH-PSI) or rr22 (RR22 over silent VOLE, for large sets).
-    #[arg(long, default_value = "ecdh", value_parser = protocol_parser())]
+    #[arg(long, default_value = "ecdh", value_parser = vocab::<PsiProtocol>())]
     protocol: PsiProtocol,
     /// Who learns the intersection: both, or requester-only (only this node; alias: self).
     #[arg(long, default_value = "both", value_parser = vocab::<Reveal>())]
@@ -53,7 +46,7 @@ pub fn psi_request(
         peer: peer.into(),
         dataset: dataset.into(),
         peer_dataset: peer_dataset.into(),
-        protocol: protocol_wire(protocol) as i32,
+        protocol: proto::PsiProtocol::from(protocol) as i32,
         reveal: proto::Reveal::from(reveal) as i32,
         out: out.display().to_string(),
         params: String::new(),

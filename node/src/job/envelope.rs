@@ -26,7 +26,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use consort_api::proto::peer_frame::Kind as Frame;
 use consort_api::proto::{self, JobAccept, JobEnd, JobReject, JobRequest, JobStatus, SubmitRequest};
-use consort_api::vocab::{Vocabulary, wire};
+use consort_api::vocab::{Vocabulary, optional_wire, wire};
 use consort_api::{JOB_PROTOCOL_VERSION, JobKind, JobState};
 use consort_engine::{Dataset, DatasetSpec, PsiProtocol};
 use consort_protocols::{ChannelError, Metered, Reveal, Role, cpu};
@@ -145,7 +145,7 @@ where
         version: JOB_PROTOCOL_VERSION,
         job_id: ask.job_id.clone(),
         kind: ask.kind as i32,
-        protocol: job.psi().map(|(p, _)| protocol_wire(p)).unwrap_or_default() as i32,
+        protocol: job.psi().map(|(p, _)| proto::PsiProtocol::from(p)).unwrap_or_default() as i32,
         reveal: job.psi().map(|(_, r)| proto::Reveal::from(r)).unwrap_or_default() as i32,
         responder_dataset: ask.peer_dataset.clone(),
         params: job.wire_params(),
@@ -443,35 +443,19 @@ pub(crate) async fn load_dataset(handle: &JobHandle, spec: DatasetSpec) -> Resul
 // Vocabulary at the edge
 // ------------------------------------------------------------------------------------------------
 
-pub fn protocol_wire(p: PsiProtocol) -> proto::PsiProtocol {
-    match p {
-        PsiProtocol::Ecdh => proto::PsiProtocol::Ecdh,
-        PsiProtocol::Rr22 => proto::PsiProtocol::Rr22,
-    }
-}
-
 fn optional_protocol(v: i32) -> Result<Option<PsiProtocol>, String> {
-    match proto::PsiProtocol::try_from(v) {
-        Ok(proto::PsiProtocol::Unspecified) => Ok(None),
-        Ok(proto::PsiProtocol::Ecdh) => Ok(Some(PsiProtocol::Ecdh)),
-        Ok(proto::PsiProtocol::Rr22) => Ok(Some(PsiProtocol::Rr22)),
-        Err(_) => Err(format!("unknown PSI protocol (wire value {v})")),
-    }
+    optional_wire::<proto::PsiProtocol, PsiProtocol>("PSI protocol", v).map_err(|e| e.to_string())
 }
 
 fn optional_reveal(v: i32) -> Result<Option<Reveal>, String> {
-    match proto::Reveal::try_from(v) {
-        Ok(proto::Reveal::Unspecified) => Ok(None),
-        Ok(r) => Reveal::try_from(r).map(Some).map_err(|e| e.to_string()),
-        Err(_) => Err(format!("unknown reveal mode (wire value {v})")),
-    }
+    optional_wire::<proto::Reveal, Reveal>("reveal mode", v).map_err(|e| e.to_string())
 }
 
 fn status_of(ask: &Ask, job: &dyn Job) -> JobStatus {
     JobStatus {
         job_id: ask.job_id.clone(),
         kind: ask.kind as i32,
-        protocol: job.psi().map(|(p, _)| protocol_wire(p)).unwrap_or_default() as i32,
+        protocol: job.psi().map(|(p, _)| proto::PsiProtocol::from(p)).unwrap_or_default() as i32,
         role: proto::Role::from(ask.role) as i32,
         peer: ask.peer.clone(),
         dataset: ask.dataset.clone(),

@@ -109,8 +109,9 @@ impl Job for ScorePlan {
             out: self.out,
             psi_progress: Some(progress_fn(ctx.handle)),
         };
-        let report = run_score(&*ctx.channel, &dataset, &job).await.map_err(lr_failure)?;
+        let mut report = run_score(&*ctx.channel, &dataset, &job).await.map_err(lr_failure)?;
         let summary = serde_json::to_string(&report).unwrap_or_default();
+        let ecdh_evidence = report.ecdh_evidence.take();
         let output = report.output.clone().map(|path| Output {
             shown: path.display().to_string(),
             path,
@@ -123,7 +124,7 @@ impl Job for ScorePlan {
             intersection: Some(report.aligned_rows),
             stages: report.stages,
             summary,
-            ecdh_evidence: None,
+            ecdh_evidence,
             other_channels: Vec::new(),
         })
     }

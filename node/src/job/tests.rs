@@ -15,7 +15,7 @@ use consort_protocols::{Reveal, Role};
 
 use super::channel::{JobChannel, memory_pair};
 use super::connect::Answer;
-use super::envelope::{self, protocol_wire};
+use super::envelope;
 use super::{Ask, Failure, Job, Outcome, Output, RunCtx};
 use crate::state::NodeState;
 use crate::tls::{PeerInfo, WireCounters};
@@ -58,7 +58,7 @@ fn psi_submit(peer_dataset: &str, out: &Path) -> SubmitRequest {
         peer: pair::B.into(),
         dataset: "customers".into(),
         peer_dataset: peer_dataset.into(),
-        protocol: protocol_wire(PsiProtocol::Ecdh) as i32,
+        protocol: proto::PsiProtocol::from(PsiProtocol::Ecdh) as i32,
         reveal: proto::Reveal::Both as i32,
         out: out.display().to_string(),
         params: String::new(),

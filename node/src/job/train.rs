@@ -182,8 +182,9 @@ impl Job for TrainPlan {
             }
             other_channels.push(("dealer".to_string(), d.stats()));
         }
-        let report = result.map_err(lr_failure)?;
+        let mut report = result.map_err(lr_failure)?;
         let summary = serde_json::to_string(&report).unwrap_or_default();
+        let ecdh_evidence = report.ecdh_evidence.take();
         Ok(Outcome {
             output: Some(Output { path: report.model.clone(), shown: shown_model, rows: report.aligned_rows }),
             local_rows: report.local_rows,
@@ -191,7 +192,7 @@ impl Job for TrainPlan {
             intersection: Some(report.aligned_rows),
             stages: report.stages,
             summary,
-            ecdh_evidence: None,
+            ecdh_evidence,
             other_channels,
         })
     }

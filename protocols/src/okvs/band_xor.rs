@@ -1,6 +1,6 @@
 //! The inner product of a band row with the cell vector: the XOR of the cells the band selects.
 //! It is the whole cost of decoding and of back-substitution, so it has AVX-512 and AVX2 forms,
-//! chosen at run time, and a portable fallback.
+//! chosen at run time ([`crate::simd`]), and a portable fallback.
 
 use super::BAND_WIDTH;
 use super::band::{BAND_WORDS, Band};
@@ -14,11 +14,12 @@ pub(crate) fn band_xor(cells: &[u128], start: usize, band: &Band) -> u128 {
     assert!(start + BAND_WIDTH <= cells.len(), "band row past the last cell");
     #[cfg(target_arch = "x86_64")]
     {
-        if avx512::available() {
+        let cpu = crate::simd::features();
+        if cpu.avx512f && cpu.bmi2 {
             // SAFETY: the CPU has the features (checked just above); the window is in bounds.
             return unsafe { avx512::band_xor(cells, start, band) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if cpu.avx2 {
             // SAFETY: as above.
             return unsafe { avx2::band_xor(cells, start, band) };
         }
@@ -45,10 +46,6 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{BAND_WIDTH, BAND_WORDS, Band};
-
-    pub(super) fn available() -> bool {
-        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("bmi2")
-    }
 
     /// Masked XOR with AVX-512. A 512-bit register holds four cells. The loads are aligned to
     /// 64 bytes (a window at an arbitrary cell would split three loads in four across cache
@@ -181,7 +178,7 @@ mod tests {
                 assert_eq!(band_xor(&cells, start, band), expected, "start {start}");
                 assert_eq!(bit_scan(&cells[start..], band), expected);
                 #[cfg(target_arch = "x86_64")]
-                if std::arch::is_x86_feature_detected!("avx2") {
+                if crate::simd::features().avx2 {
                     // SAFETY: AVX2 was detected; the window is in bounds.
                     let avx2 = unsafe { avx2::band_xor(&cells, start, band) };
                     assert_eq!(avx2, expected, "avx2, start {start}");

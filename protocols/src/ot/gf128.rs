@@ -7,7 +7,7 @@
 //! check (and later, VOLE) does over millions of terms.
 //!
 //! Everything is constant-time: no branch or memory index depends on the operands. On x86-64
-//! with PCLMULQDQ (detected at run time) a product is four `pclmulqdq`; elsewhere a portable
+//! with PCLMULQDQ (detected at run time, [`crate::simd`]) a product is four `pclmulqdq`; elsewhere a portable
 //! shift-and-mask loop is used (about 100 times slower, still constant-time).
 
 /// An unreduced 256-bit carry-less product or sum of products: `(low, high)` 128-bit halves.
@@ -24,7 +24,7 @@ pub fn mul(a: u128, b: u128) -> u128 {
 #[inline]
 pub fn clmul(a: u128, b: u128) -> Wide {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("pclmulqdq") {
+    if crate::simd::features().pclmulqdq {
         // SAFETY: the CPU supports PCLMULQDQ (checked just above).
         return unsafe { x86::inner_product(&[a], &[b]) };
     }
@@ -59,7 +59,7 @@ pub fn inner_product(a: &[u128], b: &[u128]) -> u128 {
 pub fn inner_product_wide(a: &[u128], b: &[u128]) -> Wide {
     assert_eq!(a.len(), b.len(), "inner product of slices of different lengths");
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("pclmulqdq") {
+    if crate::simd::features().pclmulqdq {
         // SAFETY: the CPU supports PCLMULQDQ (checked just above).
         return unsafe { x86::inner_product(a, b) };
     }

@@ -23,7 +23,7 @@
 //! The portable kernel transposes 8 × 8 bit blocks packed in a `u64` with three masked
 //! "delta swaps" (Hacker's Delight, §7-3); it also handles the tail of n % 128 columns.
 //!
-//! The kernel is picked at run time (`is_x86_feature_detected!`). A stride that is a multiple of
+//! The kernel is picked at run time ([`crate::simd`]). A stride that is a multiple of
 //! 4 KiB makes the 128 rows of a tile collide in the same L1 sets; callers that own the input
 //! buffer pad the stride (see [`padded_stride`]).
 //!
@@ -76,10 +76,11 @@ impl Kernel {
     pub(crate) fn best() -> Kernel {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+            let cpu = crate::simd::features();
+            if cpu.avx512f && cpu.avx512bw {
                 return Kernel::Avx512;
             }
-            if std::arch::is_x86_feature_detected!("avx2") {
+            if cpu.avx2 {
                 return Kernel::Avx2;
             }
             // SSE2 is part of the x86-64 baseline.
@@ -97,10 +98,11 @@ impl Kernel {
         #[cfg(target_arch = "x86_64")]
         {
             kernels.push(Kernel::Sse2);
-            if std::arch::is_x86_feature_detected!("avx2") {
+            let cpu = crate::simd::features();
+            if cpu.avx2 {
                 kernels.push(Kernel::Avx2);
             }
-            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+            if cpu.avx512f && cpu.avx512bw {
                 kernels.push(Kernel::Avx512);
             }
         }
@@ -131,13 +133,14 @@ pub(crate) fn transpose_with(kernel: Kernel, rows: &[u8], stride: usize, out: &m
         Kernel::Sse2 => unsafe { x86::tiles_sse2(rows, stride, head) },
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => {
-            assert!(std::arch::is_x86_feature_detected!("avx2"));
+            assert!(crate::simd::features().avx2);
             // SAFETY: the CPU supports AVX2 (asserted); the shape was checked above.
             unsafe { x86::tiles_avx2(rows, stride, head) }
         }
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => {
-            assert!(std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw"));
+            let cpu = crate::simd::features();
+            assert!(cpu.avx512f && cpu.avx512bw);
             // SAFETY: the CPU supports AVX-512F and AVX-512BW (asserted); shape checked above.
             unsafe { x86::tiles_avx512(rows, stride, head) }
         }

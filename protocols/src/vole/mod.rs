@@ -8,7 +8,7 @@
 //! - the **sender** a secret Δ ∈ GF(2^128) (fixed at setup) and a vector b ∈ GF(2^128)^n;
 //! - the **receiver** vectors a, c ∈ GF(2^128)^n with **c_i = b_i + a_i·Δ**, a pseudorandom.
 //!
-//! This is the correlation the RR22 OPRF ([`crate::rr22`]) consumes: its receiver masks its OKVS
+//! This is the correlation the RR22 OPRF ([`crate::psi::rr22`]) consumes: its receiver masks its OKVS
 //! with a and the sender's key is (b, Δ).
 //!
 //! # Construction (Boyle–Couteau–Gilboa–Ishai–Kohl–Scholl, "Efficient Two-Round OT Extension

@@ -5,6 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+
+use super::bucket::{bucket_of, bucketize, digest};
 use super::*;
 use crate::channel::{Metered, memory_pair};
 use crate::test_support::{check, keys};

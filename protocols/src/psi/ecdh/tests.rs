@@ -1,11 +1,19 @@
 //! Every run is checked against a plaintext intersection (a `HashSet`), and, when both parties
 //! learn, against the other party's output: both must list the same items in the same order.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use curve25519_dalek::ristretto::RistrettoPoint;
+
+use super::flow::{encrypt_peer, run_framed};
+use super::hello::Hello;
+use super::key::HalfKey;
+use super::proofs::{Proving, prove_returned};
 use super::*;
 use crate::channel::{Metered, memory_pair};
+use crate::dleq;
 use crate::test_support::{check, keys};
 
 /// Small frames, so that modest sets exercise the multi-frame pipeline.

@@ -1,0 +1,108 @@
+//! S, the OPRF sender (the responder): per bucket it unmasks R's OKVS with its VOLE share and Δ,
+//! evaluates the OPRF on its own items and sends the values in a secret random order (RR22
+//! Fig. 4, steps 3 and 4).
+
+use std::time::Instant;
+
+use rand::RngExt;
+use rand::seq::SliceRandom;
+use rayon::prelude::*;
+use zeroize::Zeroizing;
+
+use super::bucket::Buckets;
+use super::oprf::{okvs_values, output_hash, value_mask};
+use super::wire::{recv_cells, send_values};
+use super::{DUMMY, Layout, Rr22Error, os_rng};
+use crate::channel::Channel;
+use crate::cpu;
+use crate::okvs::{self, Okvs};
+use crate::ot::gf128;
+use crate::psi::{Progress, Timings};
+use crate::vole::VoleSender;
+
+/// S's secret order of one bucket: stream position → own item index, or [`DUMMY`].
+pub(super) type BucketOrder = Vec<u32>;
+
+pub(super) async fn run_sender<C: Channel>(
+    channel: &C,
+    buckets: &Buckets,
+    layout: &Layout,
+    progress: &Progress<'_>,
+    timings: &mut Timings,
+) -> Result<Vec<BucketOrder>, Rr22Error> {
+    let clock = Instant::now();
+    let mut vole = VoleSender::setup(channel).await?;
+    timings.add("vole setup", clock);
+    let delta = vole.delta();
+    let mask = value_mask(layout.value_bytes);
+    let m = okvs::cells_for(layout.cap_receiver);
+    let total = buckets.items;
+    let mut orders = Vec::with_capacity(layout.buckets);
+    let mut done = 0usize;
+    // Bucket b + 1's VOLE is received and its trees built while bucket b's OPRF values are
+    // computed; its tree messages go out after bucket b's values (the receiver reads in that order).
+    let clock = Instant::now();
+    // Fig. 4, step 2 (the VOLE; S gets Δ, once per job, and B), one per bucket.
+    let first = match layout.buckets {
+        0 => None,
+        _ => Some(vole.extend_start(channel, m).await?),
+    };
+    let mut vole_next = match first {
+        Some(pending) => Some(VoleSender::extend_finish(channel, pending).await?),
+        None => None,
+    };
+    timings.add("vole", clock);
+    for b in 0..layout.buckets {
+        let (digests, indices) = buckets.bucket(b);
+        let vole_b = vole_next.take().expect("extended");
+        let clock = Instant::now();
+        let (seed, masked) = recv_cells(channel, b, m).await?;
+        timings.add("wait for and receive okvs", clock);
+        let clock = Instant::now();
+        let digests_owned = digests.to_vec();
+        let indices_owned = indices.to_vec();
+        let cap = layout.cap_sender;
+        let oprf = cpu::spawn(move || {
+            // Fig. 4, step 3: K = B' = B + A'·Δ with A' = A + P.
+            // Step 4: F(y) = H^o(Decode(K, y) + Δ·v(y)) (the paper's minus is XOR here).
+            let mut key = Zeroizing::new(masked);
+            key.par_iter_mut().zip(vole_b.par_iter()).for_each(|(k, &b)| *k = b ^ gf128::mul(*k, delta));
+            let store = Okvs::from_cells(seed, &key[..]).expect("m cells");
+            let mut out = vec![0u128; digests_owned.len()];
+            store.decode_batch(&digests_owned, &mut out);
+            let mut v = vec![0u128; digests_owned.len()];
+            okvs_values(&digests_owned, &mut v);
+            out.par_iter_mut().zip(v.par_iter()).for_each(|(o, &v)| *o ^= gf128::mul(delta, v));
+            output_hash(&digests_owned, &mut out, mask);
+            // The stream (step 4, "in a random order"): own values and random dummies, in a secret
+            // random order.
+            let mut rng = os_rng();
+            let mut order: Vec<u32> = (0..cap as u32).collect();
+            order.shuffle(&mut rng);
+            let real = digests_owned.len() as u32;
+            let values: Vec<u128> =
+                order.iter().map(|&k| if k < real { out[k as usize] } else { rng.random::<u128>() & mask }).collect();
+            let order: Vec<u32> =
+                order.iter().map(|&k| if k < real { indices_owned[k as usize] } else { DUMMY }).collect();
+            (values, order)
+        });
+        let pending = match b + 1 < layout.buckets {
+            true => Some(vole.extend_start(channel, m).await?),
+            false => None,
+        };
+        let (values, order) = oprf.await;
+        timings.add("oprf values and next vole", clock);
+        let clock = Instant::now();
+        send_values(channel, b, layout.value_bytes, &values).await?;
+        timings.add("send values", clock);
+        if let Some(pending) = pending {
+            let clock = Instant::now();
+            vole_next = Some(VoleSender::extend_finish(channel, pending).await?);
+            timings.add("vole", clock);
+        }
+        orders.push(order);
+        done += digests.len();
+        progress.report("intersect buckets", done, total);
+    }
+    Ok(orders)
+}
