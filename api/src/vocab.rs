@@ -264,6 +264,30 @@ impl TryFrom<proto::Reveal> for consort_protocols::Reveal {
     }
 }
 
+impl proto::SubmitRequest {
+    /// A PSI job with `peer`: this node's `dataset` against the peer's `peer_dataset`; `out` is
+    /// this node's output (an absolute path, or "" for the node's default under `DIR/outputs`).
+    pub fn psi(
+        peer: &str,
+        dataset: &str,
+        peer_dataset: &str,
+        protocol: PsiProtocol,
+        reveal: consort_protocols::Reveal,
+        out: &str,
+    ) -> Self {
+        proto::SubmitRequest {
+            kind: JobKind::Psi as i32,
+            peer: peer.into(),
+            dataset: dataset.into(),
+            peer_dataset: peer_dataset.into(),
+            protocol: proto::PsiProtocol::from(protocol) as i32,
+            reveal: proto::Reveal::from(reveal) as i32,
+            out: out.into(),
+            params: String::new(),
+        }
+    }
+}
+
 impl proto::JobStatus {
     /// The typed state (a record from a newer node with an unknown state reads as unspecified).
     pub fn job_state(&self) -> JobState {

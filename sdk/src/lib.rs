@@ -6,7 +6,8 @@
 //!   [`intersect`] on keys you already hold in memory, or [`join_dataset`] on a CSV dataset to get
 //!   your rows of the intersection written to a file.
 //! - **Through a node**: [`NodeClient`] drives a running `consort node` over its control socket
-//!   (submit a PSI job with a peer node, watch its progress, read its result).
+//!   (submit a job — e.g. [`SubmitRequest::psi`] — with a peer node, watch its progress, read its
+//!   result; the node keeps a record of every job, see [`JobState`]).
 //!
 //! Two protocols ([`PsiProtocol`]): `Ecdh` (ECDH-PSI on ristretto255) and `Rr22` (RR22 over
 //! silent VOLE, about a hundred times faster on large sets). What each party learns is documented

@@ -4,8 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Args;
-use consort_api::JobKind;
-use consort_api::proto::{self, SubmitRequest};
+use consort_api::proto::SubmitRequest;
 use consort_engine::PsiProtocol;
 use consort_protocols::Reveal;
 
@@ -41,16 +40,7 @@ pub fn psi_request(
     reveal: Reveal,
     out: &Path,
 ) -> SubmitRequest {
-    SubmitRequest {
-        kind: JobKind::Psi as i32,
-        peer: peer.into(),
-        dataset: dataset.into(),
-        peer_dataset: peer_dataset.into(),
-        protocol: proto::PsiProtocol::from(protocol) as i32,
-        reveal: proto::Reveal::from(reveal) as i32,
-        out: out.display().to_string(),
-        params: String::new(),
-    }
+    SubmitRequest::psi(peer, dataset, peer_dataset, protocol, reveal, &out.display().to_string())
 }
 
 pub async fn psi(args: PsiArgs) -> Result<()> {
