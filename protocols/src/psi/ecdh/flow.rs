@@ -257,6 +257,10 @@ struct PeerPass {
     joint: Vec<u8>,
 }
 
+/// Items' worth of buffer reserved ahead for the peer's points; beyond it buffers grow as points
+/// arrive.
+const MAX_RESERVE_ITEMS: usize = 1 << 20;
+
 /// Phase 1, reader: decodes the peer's points as they arrive and keeps the tags
 /// `T(y) = F(k·(k_peer·H(y)))`, in the order received; when `proving` also the pairs.
 async fn encrypt_peer_points<C: Channel>(
@@ -266,10 +270,13 @@ async fn encrypt_peer_points<C: Channel>(
     proving: bool,
     progress: &Progress<'_>,
 ) -> Result<PeerPass, EcdhPsiError> {
+    // The peer's announced size is not trusted: buffers are reserved up to a bound and grow with
+    // the points actually received (a hello announcing 2^32 − 1 items must not reserve 137 GB).
+    let reserve = peer_size.min(MAX_RESERVE_ITEMS);
     let mut pass = PeerPass {
-        tags: Vec::with_capacity(peer_size.min(1 << 20)),
-        peer_points: Vec::with_capacity(if proving { 32 * peer_size } else { 0 }),
-        joint: Vec::with_capacity(if proving { 32 * peer_size } else { 0 }),
+        tags: Vec::with_capacity(reserve),
+        peer_points: Vec::with_capacity(if proving { 32 * reserve } else { 0 }),
+        joint: Vec::with_capacity(if proving { 32 * reserve } else { 0 }),
     };
     let mut in_flight = VecDeque::with_capacity(PEER_FRAMES_IN_FLIGHT);
     let mut received = 0;

@@ -475,6 +475,25 @@ async fn wrong_version_or_protocol_is_rejected() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_huge_announced_size_reserves_nothing_before_points_arrive() {
+    // A peer announcing 2^32 − 1 items, with proofs (so this party keeps the pairs it proves), then
+    // a few points and gone: a clean error, not an abort on a 137 GB reservation.
+    let items = keys("k", 0..50);
+    let (a, b) = memory_pair(4);
+    let commitment = curve25519_dalek::constants::RISTRETTO_BASEPOINT_COMPRESSED.to_bytes();
+    let fake = async move {
+        let huge =
+            Hello { role: Role::Responder, reveal: Reveal::Both, size: u64::from(u32::MAX), proofs: true, commitment };
+        let _ = b.send(huge.encode()).await;
+        let _ = b.send(points_frame(&honest_points(10))).await;
+        let _ = b.recv().await;
+    };
+    let both = futures::future::join(party(a, &items, config(Role::Requester, Reveal::Both), SMALL), fake);
+    let outcome = tokio::time::timeout(DEADLINE, both).await.expect("the protocol hung").0;
+    assert!(matches!(outcome, Err(EcdhPsiError::Channel(ChannelError::Closed))), "{outcome:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn peer_dropping_the_channel_is_an_error_not_a_hang() {
     let items = keys("k", 0..50);
     // Gone right after the hello.
