@@ -222,6 +222,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counting<T> {
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     pub name: String,
+    /// The fingerprint of the certificate the peer presented on this connection (checked against
+    /// the current pin at every request, so a replaced or removed pin stops an open connection).
+    pub fingerprint: String,
     pub remote: SocketAddr,
     pub wire: Arc<WireCounters>,
 }
@@ -243,10 +246,11 @@ impl PeerConn {
         let wire = Arc::new(WireCounters::default());
         let stream = acceptor.accept(Counting::new(tcp, wire.clone())).await?;
         let cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned();
-        let name = cert
-            .and_then(|c| pinned.name_of(&c))
-            .ok_or_else(|| io::Error::new(io::ErrorKind::PermissionDenied, "peer certificate is not pinned"))?;
-        Ok(PeerConn { stream, info: PeerInfo { name, remote, wire } })
+        let not_pinned = || io::Error::new(io::ErrorKind::PermissionDenied, "peer certificate is not pinned");
+        let cert = cert.ok_or_else(not_pinned)?;
+        let name = pinned.name_of(&cert).ok_or_else(not_pinned)?;
+        let fingerprint = crate::identity::fingerprint(&cert);
+        Ok(PeerConn { stream, info: PeerInfo { name, fingerprint, remote, wire } })
     }
 }
 

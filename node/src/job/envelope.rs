@@ -178,6 +178,13 @@ where
 
 /// The responder's side of a job request that arrived on `channel` from the pinned `peer`.
 pub async fn respond(state: Arc<NodeState>, peer: PeerInfo, request: JobRequest, channel: JobChannel) {
+    // The pin is checked per request: a connection opened before its peer's pin was replaced or
+    // removed carries no request any more.
+    if !still_pinned(&state, &peer) {
+        warn!(peer = %peer.name, "refused a job request on a connection whose certificate is no longer pinned");
+        refuse(&channel, "this connection's certificate is no longer pinned here; reconnect".into()).await;
+        return;
+    }
     // Nothing is logged under an id before the request's structure and the id are known good.
     if let Err(reason) = check_structure(&request) {
         warn!(peer = %peer.name, "refused a malformed job request: {reason}");
@@ -201,7 +208,7 @@ pub async fn respond(state: Arc<NodeState>, peer: PeerInfo, request: JobRequest,
             return;
         }
     };
-    let admitted = admit(&state, &peer.name, &request);
+    let admitted = admit(&state, &peer.name, &request).map_err(bounded);
     let (ask, decision) = match &admitted {
         Ok((ask, _, _)) => (Some(ask), Ok(())),
         Err(reason) => (None, Err(reason.as_str())),
@@ -210,19 +217,19 @@ pub async fn respond(state: Arc<NodeState>, peer: PeerInfo, request: JobRequest,
         (Ok((ask, job, _)), _) => audited(ask, &**job),
         _ => refused_fields(&request),
     };
-    let who = parties(&state, Role::Responder, &peer.name);
+    let who = Parties { role: Role::Responder, peer: &peer.name, peer_certificate: Some(peer.fingerprint.clone()) };
     if let Err(e) = crate::audit::record_request(&state.audit, &request.job_id, who, fields, decision).await {
         warn!(job = %request.job_id, "cannot record the job request in the audit log: {e:#}");
-        refuse(&channel, "the responder cannot record the job in its audit log".into()).await;
         handle.set_state(JobState::Failed, Some(format!("cannot record the job request: {e:#}"))).await;
+        refuse(&channel, "the responder cannot record the job in its audit log".into()).await;
         return;
     }
     let (ask, job, dataset) = match admitted {
         Ok(admitted) => admitted,
         Err(reason) => {
             warn!(peer = %peer.name, job = %request.job_id, "refused job: {reason}");
-            refuse(&channel, reason.clone()).await;
-            handle.set_state(JobState::Refused, Some(reason)).await;
+            handle.set_state(JobState::Refused, Some(reason.clone())).await;
+            refuse(&channel, reason).await;
             return;
         }
     };
@@ -308,14 +315,33 @@ fn grant(config: &NodeConfig, ask: &Ask) -> Result<DatasetSpec, String> {
     }
 }
 
-/// Who the request is between, as the audit log records it (the fingerprint of the peer's pin).
+/// Whether the certificate the peer presented on this connection is still the one pinned under its
+/// name.
+fn still_pinned(state: &NodeState, peer: &PeerInfo) -> bool {
+    state.config().peers.iter().any(|p| p.name == peer.name && p.fingerprint == peer.fingerprint)
+}
+
+/// Who the request is between, as the requester's audit log records it (the fingerprint of the
+/// peer's pin it connected with; the responder records the certificate the connection presented).
 fn parties<'a>(state: &NodeState, role: Role, peer: &'a str) -> Parties<'a> {
     let peer_certificate = state.config().peers.iter().find(|p| p.name == peer).map(|p| p.fingerprint.clone());
     Parties { role, peer, peer_certificate }
 }
 
 async fn refuse(channel: &JobChannel, reason: String) {
-    let _ = channel.send_kind(Frame::Reject(JobReject { reason })).await;
+    let _ = channel.send_kind(Frame::Reject(JobReject { reason: bounded(reason) })).await;
+}
+
+/// Longest refusal reason logged or sent back: a reason can quote what the peer sent (a parser's
+/// message about its parameters), and a refusal must not echo a large request.
+pub const MAX_REASON_CHARS: usize = 300;
+
+fn bounded(reason: String) -> String {
+    if reason.chars().count() <= MAX_REASON_CHARS {
+        return reason;
+    }
+    let head: String = reason.chars().take(MAX_REASON_CHARS).collect();
+    format!("{head}… ({} bytes in all)", reason.len())
 }
 
 // ------------------------------------------------------------------------------------------------

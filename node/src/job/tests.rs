@@ -45,8 +45,8 @@ async fn two() -> Two {
     let spec = |name: &str, file: &str| DatasetSpec::new(name, root.join(file), &["id"]);
     setup::dataset_add(&a_dir, spec("customers", "a.csv"), vec![setup::parse_grant(pair::B).unwrap()], true, true)
         .unwrap();
-    setup::dataset_add(&b_dir, spec("accounts", "b.csv"), vec![setup::parse_grant(pair::A).unwrap()], true, true)
-        .unwrap();
+    let grant = setup::parse_grant(&format!("{}:psi,train,score", pair::A)).unwrap();
+    setup::dataset_add(&b_dir, spec("accounts", "b.csv"), vec![grant], true, true).unwrap();
     let a = NodeState::open(&a_dir, addr()).await.unwrap();
     let b = NodeState::open(&b_dir, addr()).await.unwrap();
     Two { _tmp: tmp, root, a, b }
@@ -65,8 +65,10 @@ fn psi_submit(peer_dataset: &str, out: &Path) -> SubmitRequest {
     }
 }
 
-fn peer_info(name: &str) -> PeerInfo {
-    PeerInfo { name: name.into(), remote: addr(), wire: Arc::new(WireCounters::default()) }
+/// `name` as `at` knows it: the fingerprint of the certificate pinned there.
+fn peer_info(at: &NodeState, name: &str) -> PeerInfo {
+    let fingerprint = at.config().peer(name).map(|p| p.fingerprint.clone()).unwrap_or_default();
+    PeerInfo { name: name.into(), fingerprint, remote: addr(), wire: Arc::new(WireCounters::default()) }
 }
 
 type Opened = Result<(JobChannel, Answer, Arc<WireCounters>)>;
@@ -77,7 +79,8 @@ fn opener(b: Arc<NodeState>) -> impl FnOnce(JobRequest) -> Opening {
     move |request| {
         Box::pin(async move {
             let (ca, cb) = memory_pair(8);
-            tokio::spawn(envelope::respond(b, peer_info(pair::A), request, cb));
+            let peer = peer_info(&b, pair::A);
+            tokio::spawn(envelope::respond(b, peer, request, cb));
             let answer = first_answer(&ca).await?;
             Ok((ca, answer, Arc::new(WireCounters::default())))
         })
@@ -157,7 +160,7 @@ async fn a_refused_request_is_recorded_as_refused_and_never_starts() {
 /// Sends `request` to `b`'s envelope as the pinned peer `bank` and returns the first answer.
 async fn raw_request(b: &Arc<NodeState>, request: JobRequest) -> Answer {
     let (ca, cb) = memory_pair(8);
-    tokio::spawn(envelope::respond(b.clone(), peer_info(pair::A), request, cb));
+    tokio::spawn(envelope::respond(b.clone(), peer_info(b, pair::A), request, cb));
     first_answer(&ca).await.unwrap()
 }
 
@@ -203,13 +206,44 @@ async fn malformed_or_old_requests_are_refused_without_a_record() {
     let huge = JobRequest { params: "x".repeat(envelope::MAX_PARAMS_BYTES + 1), ..raw_psi("j2") };
     let Answer::Refused(reason) = raw_request(&t.b, huge).await else { panic!("huge params accepted") };
     assert!(reason.contains("parameters over"), "{reason}");
+    // A parameter parser's message quoting a large request is cut before it is logged or sent.
+    let long = JobRequest {
+        kind: JobKind::Train as i32,
+        params: format!("{{\"{}\": 1}}", "x".repeat(20_000)),
+        ..raw_psi("j4")
+    };
+    let Answer::Refused(reason) = raw_request(&t.b, long).await else { panic!("bad params accepted") };
+    assert!(reason.len() < envelope::MAX_REASON_CHARS * 4, "{} bytes", reason.len());
+    let logged = t.b.audit.with(|log| Ok(log.entries().last().cloned().unwrap())).unwrap();
+    assert!(logged.len() < 2_000, "the refusal logged {} bytes", logged.len());
     let unknown_kind = JobRequest { kind: 99, ..raw_psi("j3") };
     let Answer::Refused(reason) = raw_request(&t.b, unknown_kind).await else { panic!("unknown kind accepted") };
     assert!(reason.contains("unknown or unspecified job kind"), "{reason}");
-    // The first three left no trace; the unknown kind is a policy refusal under a good id.
-    assert_eq!(entries(&t.b), before + 2);
+    // The first three left no trace; the long parameters and the unknown kind are policy
+    // refusals under good ids.
+    assert_eq!(entries(&t.b), before + 4);
     assert!(t.b.jobs.get("j1").is_none() && t.b.jobs.get("j2").is_none());
     assert_eq!(t.b.jobs.get("j3").unwrap().status().job_state(), JobState::Refused);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_whose_pin_was_replaced_carries_no_request() {
+    let t = two().await;
+    let before = entries(&t.b);
+    // The connection presented the bank's old certificate; the pin has since been replaced.
+    let stale = PeerInfo { fingerprint: "sha256:00".into(), ..peer_info(&t.b, pair::A) };
+    let (ca, cb) = memory_pair(8);
+    tokio::spawn(envelope::respond(t.b.clone(), stale, raw_psi("j1"), cb));
+    let Answer::Refused(reason) = first_answer(&ca).await.unwrap() else { panic!("stale pin accepted") };
+    assert!(reason.contains("no longer pinned"), "{reason}");
+    assert_eq!(entries(&t.b), before, "nothing logged for a revoked connection");
+    assert!(t.b.jobs.get("j1").is_none());
+    // The responder logs the certificate the connection presented.
+    let status = run_submitted(&t, psi_submit("accounts", &t.root.join("o.csv"))).await;
+    let presented = peer_info(&t.b, pair::A).fingerprint;
+    let log = t.b.audit.with(|log| Ok(log.entries().to_vec())).unwrap();
+    let request = log.iter().find(|l| l.contains(&status.job_id) && l.contains("\"request\"")).unwrap();
+    assert!(request.contains(&presented), "{request}");
 }
 
 /// A job kind of the tests: writes its output, then succeeds or fails as told.
