@@ -35,7 +35,7 @@ use tracing::{info, warn};
 
 use super::channel::{JobChannel, kind_name};
 use super::connect::{ANSWER_TIMEOUT, Answer};
-use super::{Ask, Job, JobHandle, Outcome, RunCtx};
+use super::{Ask, Failure, Job, JobHandle, Outcome, RunCtx};
 use crate::audit::{Parties, RunEvidence};
 use crate::config::{self, NodeConfig};
 use crate::state::NodeState;
@@ -131,13 +131,13 @@ pub async fn request<F, Fut>(
     job: Box<dyn Job>,
     dataset: Option<DatasetSpec>,
     open: F,
-) -> Result<()>
+) -> Result<(), Failure>
 where
     F: FnOnce(JobRequest) -> Fut,
     Fut: Future<Output = Result<(JobChannel, Answer, Arc<WireCounters>)>>,
 {
     let dataset = match dataset {
-        Some(spec) => Some(load_dataset(handle, spec).await?),
+        Some(spec) => Some(load_dataset(handle, spec).await.map_err(Failure::private)?),
         None => None,
     };
     handle.stage("connect", 0, 0);
@@ -150,7 +150,7 @@ where
         responder_dataset: ask.peer_dataset.clone(),
         params: job.wire_params(),
     };
-    let (channel, answer, wire) = open(request).await?;
+    let (channel, answer, wire) = open(request).await.map_err(|e| Failure::context("could not reach the peer", e))?;
     let decision = match &answer {
         Answer::Accepted(a) => {
             handle.update(|s| s.peer_rows = a.rows);
@@ -165,9 +165,10 @@ where
         audited(ask, &*job),
         decision,
     )
-    .await?;
+    .await
+    .map_err(|e| Failure::context(AUDIT_FAILED, e))?;
     if let Answer::Refused(reason) = answer {
-        bail!("peer '{}' refused the job: {reason}", ask.peer);
+        return Err(Failure::shared(anyhow!("peer '{}' refused the job: {}", ask.peer, bounded(reason))));
     }
     run_accepted(state, handle, ask, job, channel, dataset, &wire).await
 }
@@ -243,8 +244,8 @@ pub async fn respond(state: Arc<NodeState>, peer: PeerInfo, request: JobRequest,
                         "the responder could not load dataset '{}' (its operator sees why in its log)",
                         ask.dataset
                     );
-                    refuse(&channel, reason).await;
-                    return Err(e);
+                    refuse(&channel, reason.clone()).await;
+                    return Err(Failure::context(&reason, e));
                 }
             },
             None => None,
@@ -253,7 +254,7 @@ pub async fn respond(state: Arc<NodeState>, peer: PeerInfo, request: JobRequest,
         channel
             .send_kind(Frame::Accept(JobAccept { rows }))
             .await
-            .map_err(|_| anyhow!("the requester went away before the job started"))?;
+            .map_err(|_| Failure::shared(anyhow!("the requester went away before the job started")))?;
         run_accepted(&state, &handle, &ask, job, channel, dataset, &peer.wire).await
     }
     .await;
@@ -336,7 +337,7 @@ async fn refuse(channel: &JobChannel, reason: String) {
 /// message about its parameters), and a refusal must not echo a large request.
 pub const MAX_REASON_CHARS: usize = 300;
 
-fn bounded(reason: String) -> String {
+pub(crate) fn bounded(reason: String) -> String {
     if reason.chars().count() <= MAX_REASON_CHARS {
         return reason;
     }
@@ -358,11 +359,11 @@ pub(super) async fn run_accepted(
     channel: JobChannel,
     dataset: Option<Dataset>,
     wire: &WireCounters,
-) -> Result<()> {
+) -> Result<(), Failure> {
     handle.set_state(JobState::Running, None).await;
     if let Err(e) = crate::audit::record_start(&state.audit, &ask.job_id, dataset.as_ref()).await {
         channel.abort("the peer cannot record the job in its audit log").await;
-        return Err(e);
+        return Err(Failure::context(AUDIT_FAILED, e));
     }
     let channel = Arc::new(Metered::new(channel));
     let result = job.run(RunCtx { state, handle, channel: channel.clone(), dataset, ask }).await;
@@ -371,7 +372,7 @@ pub(super) async fn run_accepted(
         Ok(o) => o,
         Err(f) => {
             channel.inner().abort(&f.peer).await;
-            return Err(f.local);
+            return Err(f);
         }
     };
     let evidence = RunEvidence {
@@ -383,7 +384,7 @@ pub(super) async fn run_accepted(
     if let Err(e) = crate::audit::record_run(&state.audit, &ask.job_id, evidence).await {
         rollback(&outcome);
         channel.inner().abort("the peer cannot record the job in its audit log").await;
-        return Err(e);
+        return Err(Failure::context(AUDIT_FAILED, e));
     }
     apply(handle, &outcome);
     let end = JobEnd {
@@ -398,7 +399,7 @@ pub(super) async fn run_accepted(
         }
         Err(e) => {
             rollback(&outcome);
-            Err(e)
+            Err(Failure::shared(e))
         }
     }
 }
@@ -410,7 +411,7 @@ pub async fn end_exchange(channel: &JobChannel, role: Role, end: JobEnd) -> Resu
     let peer_end = match tokio::time::timeout(ANSWER_TIMEOUT, channel.recv_kind()).await {
         Ok(Ok(Frame::End(end))) => end,
         Ok(Ok(other)) => bail!("the peer sent a {} frame instead of ending the job", kind_name(&other)),
-        Ok(Err(ChannelError::Aborted(reason))) => bail!("the peer failed at the end of the job: {reason}"),
+        Ok(Err(ChannelError::Aborted(reason))) => bail!("the peer failed at the end of the job: {}", bounded(reason)),
         Ok(Err(e)) => bail!("the peer did not end the job: {e}"),
         Err(_) => bail!("the peer did not end the job within {ANSWER_TIMEOUT:?}"),
     };
@@ -442,18 +443,25 @@ fn apply(handle: &JobHandle, outcome: &Outcome) {
     });
 }
 
-/// Records the job's end (`end` or `failure` in the audit log, `done` or `failed` in the table).
-pub(super) async fn conclude(state: &NodeState, handle: &JobHandle, result: Result<()>) {
+/// Records the job's end: `end`, or `failure` with the reason that may leave the node, in the
+/// audit log; `done`, or `failed` with the whole story, in the job table.
+pub(super) async fn conclude(state: &NodeState, handle: &JobHandle, result: Result<(), Failure>) {
     let id = handle.id();
-    let error = result.err().map(|e| format!("{e:#}"));
+    let (error, reason) = match result {
+        Ok(()) => (None, None),
+        Err(f) => (Some(format!("{:#}", f.local)), Some(f.peer)),
+    };
     match &error {
         None => info!(job = %id, "job done"),
         Some(e) => warn!(job = %id, "job failed: {e}"),
     }
-    crate::audit::record_outcome(&state.audit, &id, error.as_deref()).await;
+    crate::audit::record_outcome(&state.audit, &id, reason.as_deref()).await;
     let final_state = if error.is_none() { JobState::Done } else { JobState::Failed };
     handle.set_state(final_state, error).await;
 }
+
+/// What the peer and the audit log hear when this node's audit log cannot be written.
+const AUDIT_FAILED: &str = "the node could not write its audit log";
 
 pub(crate) async fn load_dataset(handle: &JobHandle, spec: DatasetSpec) -> Result<Dataset> {
     handle.stage("load dataset", 0, 0);

@@ -135,7 +135,9 @@ pub struct Outcome {
     pub other_channels: Vec<(String, ChannelStats)>,
 }
 
-/// Why a job failed: the full story for this node's log and job table, and what the peer is told.
+/// Why a job failed: the full story for this node's job record and stderr, and what may leave the
+/// node — the text the peer is told and the audit log records. The latter never holds a data value
+/// or a file path (issue 11: evidence and messages to the peer name the kind of error only).
 #[derive(Debug)]
 pub struct Failure {
     pub local: anyhow::Error,
@@ -146,14 +148,23 @@ impl Failure {
     /// A failure whose message is safe to tell the peer as it is (a protocol or peer error).
     pub fn shared(e: impl Into<anyhow::Error>) -> Failure {
         let local = e.into();
-        Failure { peer: format!("{local:#}"), local }
+        Failure { peer: envelope::bounded(format!("{local:#}")), local }
     }
 
     /// A failure in this node's own data or files: the peer hears only that it happened.
     pub fn private(e: impl Into<anyhow::Error>) -> Failure {
-        Failure {
-            local: e.into(),
-            peer: "the peer could not read its data or write its output (its operator sees why in its log)".into(),
-        }
+        Failure::context("the peer could not read its data or write its output (its operator sees why in its log)", e)
+    }
+
+    /// A failure told to the peer and the audit log only as `what`.
+    pub fn context(what: &str, e: impl Into<anyhow::Error>) -> Failure {
+        Failure { local: e.into(), peer: what.to_string() }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    /// Errors of the envelope itself (peer answers, timeouts): they quote the peer, never data.
+    fn from(e: anyhow::Error) -> Failure {
+        Failure::shared(e)
     }
 }

@@ -320,7 +320,7 @@ async fn a_peer_that_aborts_at_the_end_rolls_back_this_sides_output() {
     .await;
     peer.await.unwrap();
     let e = result.unwrap_err();
-    assert!(format!("{e:#}").contains("the peer failed at the end of the job: could not write"), "{e:#}");
+    assert!(format!("{:#}", e.local).contains("the peer failed at the end of the job: could not write"), "{e:?}");
     assert!(!t.a.dir.join("outputs/test-out.csv").exists(), "output rolled back");
     envelope::conclude(&t.a, &handle, Err(e)).await;
     assert_eq!(events(&t.a, "jt1"), ["start", "transcript", "output", "failure"]);
@@ -343,7 +343,8 @@ async fn a_failing_job_tells_the_peer_only_the_safe_reason() {
         &WireCounters::default(),
     )
     .await;
-    let local = format!("{:#}", result.unwrap_err());
+    let failure = result.unwrap_err();
+    let local = format!("{:#}", failure.local);
     assert!(local.contains("secret.csv:7"), "the operator sees why: {local}");
     match theirs.recv_kind().await {
         Err(consort_protocols::ChannelError::Aborted(reason)) => {
@@ -353,6 +354,13 @@ async fn a_failing_job_tells_the_peer_only_the_safe_reason() {
         other => panic!("expected an abort, got {other:?}"),
     }
     assert_eq!(events(&t.a, "jt2"), ["start"]);
+    // The audit log's failure entry holds the safe reason; the job record the whole story.
+    envelope::conclude(&t.a, &handle, Err(failure)).await;
+    let log = t.a.audit.with(|log| Ok(log.entries().last().cloned().unwrap())).unwrap();
+    assert!(log.contains("\"failure\"") && !log.contains("secret") && !log.contains("alice"), "{log}");
+    assert!(handle.status().error.contains("secret.csv:7"));
+    let record = std::fs::read_to_string(t.a.dir.join("jobs/jt2.json")).unwrap();
+    assert!(record.contains("secret.csv:7"), "the local job table keeps the details");
 }
 
 #[tokio::test(flavor = "multi_thread")]
