@@ -44,6 +44,36 @@ pub struct NodeConfig {
     pub peers: Vec<PeerEntry>,
     #[serde(default)]
     pub datasets: Vec<DatasetEntry>,
+    /// Limits on jobs (defaults when the section is absent).
+    #[serde(default, skip_serializing_if = "Limits::is_default")]
+    pub limits: Limits,
+}
+
+/// How much a node lets its jobs take (`[limits]` in config.toml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Jobs that run at once; more wait (state `pending`, stage `queued`) rather than being
+    /// refused. Read at start.
+    pub max_concurrent_jobs: u32,
+    /// A job fails when its peer sends nothing for this long (seconds) once the job runs.
+    pub peer_idle_seconds: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_concurrent_jobs: 4, peer_idle_seconds: 600 }
+    }
+}
+
+impl Limits {
+    fn is_default(&self) -> bool {
+        *self == Limits::default()
+    }
+
+    pub fn peer_idle(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.peer_idle_seconds)
+    }
 }
 
 /// A pinned peer: only a TLS connection presenting exactly this certificate is this peer.
@@ -114,6 +144,9 @@ impl NodeConfig {
 
     fn validate(&self) -> Result<()> {
         check_name("node name", &self.name)?;
+        if self.limits.max_concurrent_jobs == 0 || self.limits.peer_idle_seconds == 0 {
+            bail!("[limits]: max_concurrent_jobs and peer_idle_seconds must be at least 1");
+        }
         let mut seen = std::collections::HashSet::new();
         for p in &self.peers {
             check_name("peer name", &p.name)?;

@@ -43,7 +43,14 @@ pub fn init(dir: &Path, name: &str, listen: &str) -> Result<()> {
     config::write_atomic(&dir.join(config::TLS_KEY_FILE), key_pem.as_bytes(), true)?;
     config::write_atomic(&dir.join(config::TLS_CERT_FILE), cert.pem().as_bytes(), false)?;
 
-    NodeConfig { name: name.to_string(), listen: listen.to_string(), peers: vec![], datasets: vec![] }.save(dir)
+    NodeConfig {
+        name: name.to_string(),
+        listen: listen.to_string(),
+        peers: vec![],
+        datasets: vec![],
+        limits: Default::default(),
+    }
+    .save(dir)
 }
 
 /// The DNS name in a node's certificate. Pinning compares whole certificates, so this only has to

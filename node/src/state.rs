@@ -25,6 +25,8 @@ pub struct NodeState {
     pub pinned: PinnedPeers,
     /// Every job this node has a record of (persisted in `DIR/jobs`).
     pub jobs: JobTable,
+    /// One permit per job that may run at once (`[limits] max_concurrent_jobs`); jobs wait for one.
+    pub job_slots: Arc<tokio::sync::Semaphore>,
     pub cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,
     pub listen_addr: SocketAddr,
@@ -87,11 +89,13 @@ impl NodeState {
             let fields = serde_json::json!({"reason": "interrupted: the node stopped while the job ran"});
             audit.append_async(id, "failure", fields).await?;
         }
+        let job_slots = Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrent_jobs as usize));
         Ok(Arc::new(NodeState {
             dir,
             config: RwLock::new(config),
             pinned,
             jobs,
+            job_slots,
             cert,
             key,
             listen_addr,

@@ -7,6 +7,7 @@
 //! so the envelope is tested without TLS.
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use bytes::Bytes;
 use consort_api::proto::{Abort, PeerFrame, peer_frame::Kind};
@@ -19,14 +20,17 @@ type Inbound = Pin<Box<dyn Stream<Item = Result<PeerFrame, tonic::Status>> + Sen
 pub struct JobChannel {
     tx: mpsc::Sender<PeerFrame>,
     rx: Mutex<Inbound>,
+    /// A peer that sends nothing for this long fails the job (it may be stalling on purpose).
+    idle: Duration,
 }
 
 impl JobChannel {
     pub fn new(
         tx: mpsc::Sender<PeerFrame>,
         rx: impl Stream<Item = Result<PeerFrame, tonic::Status>> + Send + 'static,
+        idle: Duration,
     ) -> Self {
-        Self { tx, rx: Mutex::new(Box::pin(rx)) }
+        Self { tx, rx: Mutex::new(Box::pin(rx)), idle }
     }
 
     /// Sends a job-layer frame.
@@ -43,7 +47,10 @@ impl JobChannel {
     pub async fn recv_kind(&self) -> Result<Kind, ChannelError> {
         let mut rx = self.rx.lock().await;
         loop {
-            match rx.next().await {
+            let next = tokio::time::timeout(self.idle, rx.next())
+                .await
+                .map_err(|_| ChannelError::Transport(format!("the peer sent nothing for {} s", self.idle.as_secs())))?;
+            match next {
                 Some(Ok(PeerFrame { kind: Some(Kind::Abort(a)) })) => return Err(ChannelError::Aborted(a.reason)),
                 Some(Ok(PeerFrame { kind: Some(kind) })) => return Ok(kind),
                 Some(Ok(PeerFrame { kind: None })) => continue,
@@ -89,8 +96,13 @@ pub fn kind_name(kind: &Kind) -> &'static str {
 
 /// Two connected job channels in memory (tests of the envelope and the kinds).
 pub fn memory_pair(buffer: usize) -> (JobChannel, JobChannel) {
+    memory_pair_idle(buffer, Duration::from_secs(600))
+}
+
+/// [`memory_pair`] whose ends give up on a silent peer after `idle`.
+pub fn memory_pair_idle(buffer: usize, idle: Duration) -> (JobChannel, JobChannel) {
     let (a_tx, a_rx) = mpsc::channel(buffer);
     let (b_tx, b_rx) = mpsc::channel(buffer);
     let inbound = |rx| tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<PeerFrame, tonic::Status>);
-    (JobChannel::new(a_tx, inbound(b_rx)), JobChannel::new(b_tx, inbound(a_rx)))
+    (JobChannel::new(a_tx, inbound(b_rx), idle), JobChannel::new(b_tx, inbound(a_rx), idle))
 }

@@ -53,7 +53,7 @@ pub async fn open(
             )
         })?
         .into_inner();
-    let channel = JobChannel::new(tx, inbound);
+    let channel = JobChannel::new(tx, inbound, state.config().limits.peer_idle());
     let answer = match tokio::time::timeout(ANSWER_TIMEOUT, channel.recv_kind()).await {
         Err(_) => bail!("peer '{}' did not answer the job request within {ANSWER_TIMEOUT:?}", peer.name),
         Ok(Ok(Kind::Accept(a))) => Answer::Accepted(a),

@@ -64,6 +64,7 @@ pub async fn submit(state: &Arc<NodeState>, r: SubmitRequest) -> Result<String, 
                 super::connect::open(&st, &peer, request).await
             }
         };
+        let _slot = queue(&st, &handle, dataset.is_some()).await;
         let result = request(&st, &handle, &ask, job, dataset, open).await;
         conclude(&st, &handle, result).await;
     });
@@ -235,6 +236,7 @@ pub async fn respond(state: Arc<NodeState>, peer: PeerInfo, request: JobRequest,
         }
     };
     info!(peer = %peer.name, job = %ask.job_id, kind = %ask.kind, dataset = %ask.dataset, "accepted job request");
+    let _slot = queue(&state, &handle, dataset.is_some()).await;
     let result = async {
         let dataset = match dataset {
             Some(spec) => match load_dataset(&handle, spec).await {
@@ -462,6 +464,17 @@ pub(super) async fn conclude(state: &NodeState, handle: &JobHandle, result: Resu
 
 /// What the peer and the audit log hear when this node's audit log cannot be written.
 const AUDIT_FAILED: &str = "the node could not write its audit log";
+
+/// Waits for one of the node's job slots (`[limits] max_concurrent_jobs`): jobs beyond the cap
+/// queue rather than being refused. Jobs without a dataset (a dealer's) take no slot: a deal pairs
+/// two streams, and the first must not hold the slot the second waits for.
+async fn queue(state: &NodeState, handle: &JobHandle, uses_dataset: bool) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    if !uses_dataset {
+        return None;
+    }
+    handle.stage("queued", 0, 0);
+    state.job_slots.clone().acquire_owned().await.ok()
+}
 
 pub(crate) async fn load_dataset(handle: &JobHandle, spec: DatasetSpec) -> Result<Dataset> {
     handle.stage("load dataset", 0, 0);

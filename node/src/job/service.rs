@@ -49,7 +49,7 @@ impl consort_api::proto::peer_server::Peer for PeerService {
         let (tx, rx) = mpsc::channel(FRAME_BUFFER);
         let state = self.state.clone();
         self.state.spawn_job(async move {
-            let channel = JobChannel::new(tx, inbound);
+            let channel = JobChannel::new(tx, inbound, state.config().limits.peer_idle());
             super::envelope::respond(state, peer, job, channel).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))

@@ -246,6 +246,43 @@ async fn a_connection_whose_pin_was_replaced_carries_no_request() {
     assert!(request.contains(&presented), "{request}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_beyond_the_cap_queue_and_then_run() {
+    let t = two().await;
+    // Every slot of the responder is taken: the request waits, neither refused nor started.
+    let slots = t.b.job_slots.clone().acquire_many_owned(4).await.unwrap();
+    let t = Arc::new(t);
+    let running = {
+        let t = t.clone();
+        tokio::spawn(async move { run_submitted(&t, psi_submit("accounts", &t.root.join("q.csv"))).await })
+    };
+    let mut queued = None;
+    for _ in 0..200 {
+        queued = t.b.jobs.list().into_iter().find(|s| s.stage == "queued");
+        if queued.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let queued = queued.expect("the responder never queued the job");
+    assert_eq!(queued.job_state(), JobState::Pending);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(t.b.jobs.get(&queued.job_id).unwrap().status().stage, "queued", "it waits while the slots are taken");
+    drop(slots);
+    let status = running.await.unwrap();
+    assert_eq!(status.job_state(), JobState::Done, "{}", status.error);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_peer_fails_the_job_after_the_idle_time() {
+    let (mine, theirs) = super::channel::memory_pair_idle(8, std::time::Duration::from_secs(1));
+    let started = std::time::Instant::now();
+    let err = mine.recv_kind().await.unwrap_err();
+    assert!(err.to_string().contains("the peer sent nothing for 1 s"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    drop(theirs);
+}
+
 /// A job kind of the tests: writes its output, then succeeds or fails as told.
 struct TestJob {
     fail: bool,

@@ -145,11 +145,16 @@ impl Default for LrConfig {
     }
 }
 
+/// Most epochs a train job may run.
+pub const MAX_EPOCHS: u32 = 1000;
+
 impl LrConfig {
+    /// Refuses parameters outside the protocol's ranges (a peer's as much as the operator's: a
+    /// train job of 4·10^9 epochs would hold both nodes for ever).
     pub fn validate(&self) -> Result<(), MpcError> {
         let bad = |m: &str| Err(MpcError::Invalid(m.to_string()));
-        if self.epochs == 0 {
-            return bad("epochs must be at least 1");
+        if !(1..=MAX_EPOCHS).contains(&self.epochs) {
+            return bad("epochs must be between 1 and 1000");
         }
         if !(1..=1 << 16).contains(&self.batch_size) {
             return bad("batch size must be between 1 and 65536");

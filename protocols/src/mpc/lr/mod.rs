@@ -107,7 +107,7 @@ mod state;
 mod step;
 mod train;
 
-pub use config::{LrConfig, Sigmoid};
+pub use config::{LrConfig, MAX_EPOCHS, Sigmoid};
 pub use scores::exchange_partial_scores;
 pub use train::{train, train_with_dealer};
 

@@ -171,3 +171,12 @@ async fn lr_speed() {
     b.unwrap();
     println!("{n} x ({d_a}+{d_b}) {epochs} epochs, cache {cache}: {:.2} s", started.elapsed().as_secs_f64());
 }
+
+#[test]
+fn out_of_range_hyper_parameters_are_refused() {
+    // A train job of 4·10^9 epochs at batch size 1 was accepted and would never end.
+    let huge = LrConfig { epochs: 4_000_000_000, batch_size: 1, ..LrConfig::default() };
+    assert!(huge.validate().unwrap_err().to_string().contains("epochs must be between 1 and 1000"));
+    assert!(LrConfig { epochs: MAX_EPOCHS, ..LrConfig::default() }.validate().is_ok());
+    assert!(LrConfig { epochs: 0, ..LrConfig::default() }.validate().is_err());
+}
