@@ -101,6 +101,20 @@ async fn train_then_score_between_two_nodes() {
 
     let train_job = status.job_id.clone();
 
+    // The partner's model scores only the dataset it was trained on.
+    let other = DatasetSpec::new("features-copy", p.root.join("data").join("b.csv"), &["id"]);
+    let grant = setup::parse_grant(&format!("{}:train,score", pair::A)).unwrap();
+    setup::dataset_add(&p.b_dir, other, vec![grant], true, false).unwrap();
+    p.b.state.reload().unwrap();
+    let model = ScoreRequest { model: p.root.join("model-a.json") };
+    let out = p.root.join("scores-copy.csv");
+    let score =
+        submit_request(JobKind::Score, (pair::B, "loans", "features-copy"), PsiProtocol::Ecdh, &model, &out).unwrap();
+    let refused = run(&p.a_dir, score).await.unwrap();
+    assert_eq!(refused.job_state(), JobState::Failed);
+    assert!(refused.error.contains("was trained on dataset 'features', not 'features-copy'"), "{}", refused.error);
+    assert!(!out.exists());
+
     let out = p.root.join("scores.csv");
     let model = ScoreRequest { model: p.root.join("model-a.json") };
     let score =

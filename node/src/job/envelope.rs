@@ -66,7 +66,7 @@ pub async fn submit(state: &Arc<NodeState>, r: SubmitRequest) -> Result<String, 
         };
         let _slot = queue(&st, &handle, dataset.is_some()).await;
         let result = request(&st, &handle, &ask, job, dataset, open).await;
-        conclude(&st, &handle, result).await;
+        conclude_then_close(&st, &handle, result).await;
     });
     Ok(id)
 }
@@ -132,7 +132,7 @@ pub async fn request<F, Fut>(
     job: Box<dyn Job>,
     dataset: Option<DatasetSpec>,
     open: F,
-) -> Result<(), Failure>
+) -> Result<Stream, Failure>
 where
     F: FnOnce(JobRequest) -> Fut,
     Fut: Future<Output = Result<(JobChannel, Answer, Arc<WireCounters>)>>,
@@ -260,7 +260,7 @@ pub async fn respond(state: Arc<NodeState>, peer: PeerInfo, request: JobRequest,
         run_accepted(&state, &handle, &ask, job, channel, dataset, &peer.wire).await
     }
     .await;
-    conclude(&state, &handle, result).await;
+    conclude_then_close(&state, &handle, result).await;
 }
 
 /// What is checked before anything is recorded: the exchange's version, the id's and names' form,
@@ -361,7 +361,7 @@ pub(super) async fn run_accepted(
     channel: JobChannel,
     dataset: Option<Dataset>,
     wire: &WireCounters,
-) -> Result<(), Failure> {
+) -> Result<Stream, Failure> {
     handle.set_state(JobState::Running, None).await;
     if let Err(e) = crate::audit::record_start(&state.audit, &ask.job_id, dataset.as_ref()).await {
         channel.abort("the peer cannot record the job in its audit log").await;
@@ -397,7 +397,7 @@ pub(super) async fn run_accepted(
         Ok(peer_end) => {
             handle.record_stats(&channel.stats(), wire.get());
             handle.update(|s| s.peer_output = peer_end.output);
-            Ok(())
+            Ok(channel)
         }
         Err(e) => {
             rollback(&outcome);
@@ -443,6 +443,20 @@ fn apply(handle: &JobHandle, outcome: &Outcome) {
         s.output_rows = outcome.output.as_ref().map(|o| o.rows).unwrap_or(0);
         s.summary = outcome.summary.clone();
     });
+}
+
+/// A finished job's stream, kept open until the job's end is recorded, so that when the peer sees
+/// it close this node's record and evidence of the job are complete.
+pub(super) type Stream = Arc<Metered<JobChannel>>;
+
+/// [`conclude`], then lets the job's stream close.
+pub(super) async fn conclude_then_close(state: &NodeState, handle: &JobHandle, result: Result<Stream, Failure>) {
+    let (result, stream) = match result {
+        Ok(stream) => (Ok(()), Some(stream)),
+        Err(f) => (Err(f), None),
+    };
+    conclude(state, handle, result).await;
+    drop(stream);
 }
 
 /// Records the job's end: `end`, or `failure` with the reason that may leave the node, in the

@@ -73,6 +73,14 @@ impl Kind for Score {
                 if model.peer != ask.peer {
                     return Err(format!("the model of train job {} was not trained with '{}'", p.model_job, ask.peer));
                 }
+                // A model scores only the dataset it was trained on (other data would hand the
+                // requester this node's partial scores of rows no train job agreed to).
+                if model.dataset != ask.dataset {
+                    return Err(format!(
+                        "the model of train job {} was trained on dataset '{}', not '{}'",
+                        p.model_job, model.dataset, ask.dataset
+                    ));
+                }
                 Ok(Box::new(ScorePlan { protocol, model: Arc::new(model), out: None }))
             }
         }

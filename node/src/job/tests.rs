@@ -99,7 +99,7 @@ async fn first_answer(channel: &JobChannel) -> Result<Answer> {
 async fn run_submitted(t: &Two, request: SubmitRequest) -> proto::JobStatus {
     let (ask, job, dataset, handle) = envelope::prepare(&t.a, request).await.unwrap();
     let result = envelope::request(&t.a, &handle, &ask, job, dataset, opener(t.b.clone())).await;
-    envelope::conclude(&t.a, &handle, result).await;
+    envelope::conclude_then_close(&t.a, &handle, result).await;
     // The responder concludes on its own task: wait until its record is final.
     for _ in 0..500 {
         match t.b.jobs.get(&ask.job_id) {
@@ -283,6 +283,30 @@ async fn a_silent_peer_fails_the_job_after_the_idle_time() {
     drop(theirs);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dealer_must_be_a_third_node() {
+    let t = two().await;
+    // `peer add` refuses a node's own certificate; a hand-edited config pins it under a name.
+    let mut config = crate::config::NodeConfig::load(&t.b.dir).unwrap();
+    config.peers.push(crate::config::PeerEntry {
+        name: "me".into(),
+        addr: "127.0.0.1:9".into(),
+        cert: crate::config::TLS_CERT_FILE.into(),
+        fingerprint: crate::identity::fingerprint(&t.b.cert),
+    });
+    config.save(&t.b.dir).unwrap();
+    t.b.reload().unwrap();
+    let train = |id: &str, dealer: &str| {
+        let params = consort_engine::lr::LrParams { dealer: Some(dealer.into()), ..Default::default() };
+        JobRequest { kind: JobKind::Train as i32, params: serde_json::to_string(&params).unwrap(), ..raw_psi(id) }
+    };
+    for (id, dealer, why) in [("j1", pair::A, "is the other party"), ("j2", "me", "is this node")] {
+        let Answer::Refused(reason) = raw_request(&t.b, train(id, dealer)).await else { panic!("{dealer} accepted") };
+        assert!(reason.contains(why), "{reason}");
+        assert_eq!(t.b.jobs.get(id).unwrap().status().job_state(), JobState::Refused);
+    }
+}
+
 /// A job kind of the tests: writes its output, then succeeds or fails as told.
 struct TestJob {
     fail: bool,
@@ -356,7 +380,7 @@ async fn a_peer_that_aborts_at_the_end_rolls_back_this_sides_output() {
     )
     .await;
     peer.await.unwrap();
-    let e = result.unwrap_err();
+    let Err(e) = result else { panic!("the job should fail") };
     assert!(format!("{:#}", e.local).contains("the peer failed at the end of the job: could not write"), "{e:?}");
     assert!(!t.a.dir.join("outputs/test-out.csv").exists(), "output rolled back");
     envelope::conclude(&t.a, &handle, Err(e)).await;
@@ -380,7 +404,7 @@ async fn a_failing_job_tells_the_peer_only_the_safe_reason() {
         &WireCounters::default(),
     )
     .await;
-    let failure = result.unwrap_err();
+    let Err(failure) = result else { panic!("the job should fail") };
     let local = format!("{:#}", failure.local);
     assert!(local.contains("secret.csv:7"), "the operator sees why: {local}");
     match theirs.recv_kind().await {
@@ -413,7 +437,7 @@ async fn a_peer_that_goes_away_before_answering_fails_the_request() {
     };
     let result = envelope::request(&t.a, &handle, &ask, job, dataset, open).await;
     assert!(result.is_err());
-    envelope::conclude(&t.a, &handle, result).await;
+    envelope::conclude_then_close(&t.a, &handle, result).await;
     assert_eq!(handle.status().job_state(), JobState::Failed);
     assert_eq!(events(&t.a, &ask.job_id), ["failure"]);
 }

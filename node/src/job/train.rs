@@ -67,16 +67,32 @@ impl Kind for Train {
             }
         };
         params.config().map_err(|e| e.to_string())?;
-        if let Some(dealer) = &params.dealer
-            && state.config().peer(dealer).is_err()
-        {
-            return Err(match ask.role {
-                Role::Requester => format!("no pinned dealer node '{dealer}' (pin it with `consort peer add`)"),
-                Role::Responder => format!("this node has not pinned the dealer '{dealer}' the job names"),
-            });
+        if let Some(dealer) = &params.dealer {
+            check_dealer(state, ask, dealer)?;
         }
         Ok(Box::new(TrainPlan { protocol, columns, params, model_out }))
     }
+}
+
+/// A dealer must be a third node: pinned here, and neither the other party nor this node (checked
+/// by certificate, whatever the names) — a party acting as dealer knows the masks U and would get
+/// the other's features from X − U.
+fn check_dealer(state: &NodeState, ask: &Ask, dealer: &str) -> Result<(), String> {
+    let config = state.config();
+    let Ok(entry) = config.peer(dealer) else {
+        return Err(match ask.role {
+            Role::Requester => format!("no pinned dealer node '{dealer}' (pin it with `consort peer add`)"),
+            Role::Responder => format!("this node has not pinned the dealer '{dealer}' the job names"),
+        });
+    };
+    let other = config.peer(&ask.peer).map(|p| p.fingerprint.as_str()).unwrap_or_default();
+    if entry.fingerprint == other {
+        return Err(format!("the dealer '{dealer}' is the other party of the job; a dealer must be a third node"));
+    }
+    if entry.fingerprint == crate::identity::fingerprint(&state.cert) {
+        return Err(format!("the dealer '{dealer}' is this node; a dealer must be a third node"));
+    }
+    Ok(())
 }
 
 /// The PSI protocol that aligns an LR job's rows (ECDH by default), revealed to both: both must
