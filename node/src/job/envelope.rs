@@ -25,8 +25,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use consort_api::proto::peer_frame::Kind as Frame;
-use consort_api::proto::{self, JobAccept, JobEnd, JobReject, JobRequest, JobStatus, SubmitRequest};
-use consort_api::vocab::{Vocabulary, optional_wire, wire};
+use consort_api::proto::{self, JobAccept, JobEnd, JobReject, JobRequest, SubmitRequest};
+use consort_api::vocab::{optional_wire, wire};
 use consort_api::{JOB_PROTOCOL_VERSION, JobKind, JobState};
 use consort_engine::{Dataset, DatasetSpec, PsiProtocol};
 use consort_protocols::{ChannelError, Metered, Reveal, Role, cpu};
@@ -35,7 +35,7 @@ use tracing::{info, warn};
 
 use super::channel::{JobChannel, kind_name};
 use super::connect::{ANSWER_TIMEOUT, Answer};
-use super::{Ask, Failure, Job, JobHandle, Outcome, RunCtx};
+use super::{Ask, Failure, Job, JobHandle, Outcome, RunCtx, record};
 use crate::audit::{Parties, RunEvidence};
 use crate::config::{self, NodeConfig};
 use crate::state::NodeState;
@@ -114,7 +114,7 @@ pub(super) async fn prepare(
     let job = spec.plan(state, &ask).map_err(Status::invalid_argument)?;
     // A fresh random id is taken only if this node never saw it (48 random bits: a retry is rare).
     for _ in 0..8 {
-        let inserted = state.jobs.insert(status_of(&ask, &*job)).await;
+        let inserted = state.jobs.insert(record::status_of(&ask, &*job)).await;
         match inserted.map_err(|e| Status::internal(format!("cannot record the job: {e:#}")))? {
             Some(handle) => return Ok((ask, job, dataset, handle)),
             None => ask.job_id = new_job_id(),
@@ -163,7 +163,7 @@ where
         &state.audit,
         &ask.job_id,
         parties(state, ask.role, &ask.peer),
-        audited(ask, &*job),
+        record::audited(ask, &*job),
         decision,
     )
     .await
@@ -180,61 +180,8 @@ where
 
 /// The responder's side of a job request that arrived on `channel` from the pinned `peer`.
 pub async fn respond(state: Arc<NodeState>, peer: PeerInfo, request: JobRequest, channel: JobChannel) {
-    // The pin is checked per request: a connection opened before its peer's pin was replaced or
-    // removed carries no request any more.
-    if !still_pinned(&state, &peer) {
-        warn!(peer = %peer.name, "refused a job request on a connection whose certificate is no longer pinned");
-        refuse(&channel, "this connection's certificate is no longer pinned here; reconnect".into()).await;
-        return;
-    }
-    // Nothing is logged under an id before the request's structure and the id are known good.
-    if let Err(reason) = check_structure(&request) {
-        warn!(peer = %peer.name, "refused a malformed job request: {reason}");
-        refuse(&channel, reason).await;
-        return;
-    }
-    let handle = match state.jobs.insert(responder_status(&peer.name, &request)).await {
-        Ok(Some(h)) => h,
-        Ok(None) => {
-            warn!(peer = %peer.name, job = %request.job_id, "refused a job request reusing a known job id");
-            refuse(
-                &channel,
-                format!("job id {} was already used with this node; ids are never reused", request.job_id),
-            )
-            .await;
-            return;
-        }
-        Err(e) => {
-            warn!(job = %request.job_id, "cannot record the job: {e:#}");
-            refuse(&channel, "the responder cannot record the job".into()).await;
-            return;
-        }
-    };
-    let admitted = admit(&state, &peer.name, &request).map_err(bounded);
-    let (ask, decision) = match &admitted {
-        Ok((ask, _, _)) => (Some(ask), Ok(())),
-        Err(reason) => (None, Err(reason.as_str())),
-    };
-    let fields = match (&admitted, ask) {
-        (Ok((ask, job, _)), _) => audited(ask, &**job),
-        _ => refused_fields(&request),
-    };
-    let who = Parties { role: Role::Responder, peer: &peer.name, peer_certificate: Some(peer.fingerprint.clone()) };
-    if let Err(e) = crate::audit::record_request(&state.audit, &request.job_id, who, fields, decision).await {
-        warn!(job = %request.job_id, "cannot record the job request in the audit log: {e:#}");
-        handle.set_state(JobState::Failed, Some(format!("cannot record the job request: {e:#}"))).await;
-        refuse(&channel, "the responder cannot record the job in its audit log".into()).await;
-        return;
-    }
-    let (ask, job, dataset) = match admitted {
-        Ok(admitted) => admitted,
-        Err(reason) => {
-            warn!(peer = %peer.name, job = %request.job_id, "refused job: {reason}");
-            handle.set_state(JobState::Refused, Some(reason.clone())).await;
-            refuse(&channel, reason).await;
-            return;
-        }
-    };
+    let Some(handle) = take(&state, &peer, &request, &channel).await else { return };
+    let Some((ask, job, dataset)) = decide(&state, &peer, &request, &handle, &channel).await else { return };
     info!(peer = %peer.name, job = %ask.job_id, kind = %ask.kind, dataset = %ask.dataset, "accepted job request");
     let _slot = queue(&state, &handle, dataset.is_some()).await;
     let result = async {
@@ -261,6 +208,74 @@ pub async fn respond(state: Arc<NodeState>, peer: PeerInfo, request: JobRequest,
     }
     .await;
     conclude_then_close(&state, &handle, result).await;
+}
+
+/// The responder's first steps, before anything is logged: the connection's pin, the request's
+/// structure, and its id, which is taken (registered `pending`) only if this node never saw it.
+async fn take(
+    state: &NodeState,
+    peer: &PeerInfo,
+    request: &JobRequest,
+    channel: &JobChannel,
+) -> Option<Arc<JobHandle>> {
+    // The pin is checked per request: a connection opened before its peer's pin was replaced or
+    // removed carries no request any more.
+    if !still_pinned(state, peer) {
+        warn!(peer = %peer.name, "refused a job request on a connection whose certificate is no longer pinned");
+        refuse(channel, "this connection's certificate is no longer pinned here; reconnect".into()).await;
+        return None;
+    }
+    if let Err(reason) = check_structure(request) {
+        warn!(peer = %peer.name, "refused a malformed job request: {reason}");
+        refuse(channel, reason).await;
+        return None;
+    }
+    match state.jobs.insert(record::responder_status(&peer.name, request)).await {
+        Ok(Some(h)) => Some(h),
+        Ok(None) => {
+            warn!(peer = %peer.name, job = %request.job_id, "refused a job request reusing a known job id");
+            let reason = format!("job id {} was already used with this node; ids are never reused", request.job_id);
+            refuse(channel, reason).await;
+            None
+        }
+        Err(e) => {
+            warn!(job = %request.job_id, "cannot record the job: {e:#}");
+            refuse(channel, "the responder cannot record the job".into()).await;
+            None
+        }
+    }
+}
+
+/// The policy decision, logged (`request`, `grant`) before it is answered; a refusal is recorded
+/// as `refused` and sent back.
+async fn decide(
+    state: &NodeState,
+    peer: &PeerInfo,
+    request: &JobRequest,
+    handle: &JobHandle,
+    channel: &JobChannel,
+) -> Option<Admitted> {
+    let admitted = admit(state, &peer.name, request).map_err(bounded);
+    let (fields, decision) = match &admitted {
+        Ok((ask, job, _)) => (record::audited(ask, &**job), Ok(())),
+        Err(reason) => (record::refused_fields(request), Err(reason.as_str())),
+    };
+    let who = Parties { role: Role::Responder, peer: &peer.name, peer_certificate: Some(peer.fingerprint.clone()) };
+    if let Err(e) = crate::audit::record_request(&state.audit, &request.job_id, who, fields, decision).await {
+        warn!(job = %request.job_id, "cannot record the job request in the audit log: {e:#}");
+        handle.set_state(JobState::Failed, Some(format!("cannot record the job request: {e:#}"))).await;
+        refuse(channel, "the responder cannot record the job in its audit log".into()).await;
+        return None;
+    }
+    match admitted {
+        Ok(admitted) => Some(admitted),
+        Err(reason) => {
+            warn!(peer = %peer.name, job = %request.job_id, "refused job: {reason}");
+            handle.set_state(JobState::Refused, Some(reason.clone())).await;
+            refuse(channel, reason).await;
+            None
+        }
+    }
 }
 
 /// What is checked before anything is recorded: the exchange's version, the id's and names' form,
@@ -510,63 +525,4 @@ fn optional_protocol(v: i32) -> Result<Option<PsiProtocol>, String> {
 
 fn optional_reveal(v: i32) -> Result<Option<Reveal>, String> {
     optional_wire::<proto::Reveal, Reveal>("reveal mode", v).map_err(|e| e.to_string())
-}
-
-fn status_of(ask: &Ask, job: &dyn Job) -> JobStatus {
-    JobStatus {
-        job_id: ask.job_id.clone(),
-        kind: ask.kind as i32,
-        protocol: job.psi().map(|(p, _)| proto::PsiProtocol::from(p)).unwrap_or_default() as i32,
-        role: proto::Role::from(ask.role) as i32,
-        peer: ask.peer.clone(),
-        dataset: ask.dataset.clone(),
-        peer_dataset: ask.peer_dataset.clone(),
-        reveal: job.psi().map(|(_, r)| proto::Reveal::from(r)).unwrap_or_default() as i32,
-        state: JobState::Pending as i32,
-        ..Default::default()
-    }
-}
-
-/// The responder's record of a well-formed request, before it is admitted (every field bounded
-/// by [`check_structure`]; enum values are stored as numbers, never as text).
-fn responder_status(peer: &str, r: &JobRequest) -> JobStatus {
-    JobStatus {
-        job_id: r.job_id.clone(),
-        kind: r.kind,
-        protocol: r.protocol,
-        role: proto::Role::Responder as i32,
-        peer: peer.to_string(),
-        dataset: r.responder_dataset.clone(),
-        reveal: r.reveal,
-        state: JobState::Pending as i32,
-        ..Default::default()
-    }
-}
-
-/// A job request as the audit log records it (both sides, `role` is this node's).
-fn audited(ask: &Ask, job: &dyn Job) -> serde_json::Value {
-    let mut fields = serde_json::json!({
-        "kind": ask.kind.name(),
-        "dataset": ask.dataset,
-        "parameters": job.audited(),
-    });
-    let object = fields.as_object_mut().expect("an object");
-    if let Some((p, r)) = job.psi() {
-        object.insert("protocol".into(), p.name().into());
-        object.insert("reveal".into(), r.name().into());
-    }
-    if ask.role == Role::Requester && !ask.peer_dataset.is_empty() {
-        object.insert("peer_dataset".into(), ask.peer_dataset.clone().into());
-    }
-    fields
-}
-
-/// A refused request as the audit log records it: only fields of bounded size and known form
-/// (never the raw parameters).
-fn refused_fields(r: &JobRequest) -> serde_json::Value {
-    serde_json::json!({
-        "kind": JobKind::try_from(r.kind).map(|k| k.name()).unwrap_or("unknown"),
-        "dataset": r.responder_dataset,
-        "parameter_bytes": r.params.len(),
-    })
 }

@@ -17,6 +17,7 @@ pub mod connect;
 pub mod deal;
 pub mod envelope;
 pub mod psi;
+mod record;
 pub mod score;
 pub mod service;
 #[cfg(test)]
