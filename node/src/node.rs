@@ -1,6 +1,7 @@
 //! A running node: the peer service on TCP (TLS 1.3, pinned mutual auth) and the control service on
 //! a Unix socket in the node directory, both served by tonic on the current tokio runtime.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -134,6 +135,23 @@ async fn bind_control_socket(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// TLS handshakes in progress at most. Before the handshake a connection is anybody's: when the
+/// cap is reached a new connection closes the oldest pending one, since an honest handshake takes
+/// milliseconds while idle connections would hold file descriptors for the whole timeout (300 idle
+/// connections against a 256-descriptor limit made legitimate jobs fail).
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Forgets finished handshakes and, at the cap, closes the oldest pending one.
+fn make_room(pending: &mut VecDeque<tokio::task::AbortHandle>) {
+    pending.retain(|h| !h.is_finished());
+    while pending.len() >= MAX_PENDING_HANDSHAKES {
+        if let Some(oldest) = pending.pop_front() {
+            oldest.abort();
+        }
+    }
+}
+
 /// Accepts TCP connections and completes TLS handshakes concurrently; only connections from pinned
 /// peers come out. Rejections are logged with the remote address.
 fn accept_peers(
@@ -143,6 +161,7 @@ fn accept_peers(
 ) -> ReceiverStream<Result<PeerConn, std::io::Error>> {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
+        let mut pending: VecDeque<tokio::task::AbortHandle> = VecDeque::new();
         loop {
             let accepted = tokio::select! {
                 accepted = tcp.accept() => accepted,
@@ -158,13 +177,11 @@ fn accept_peers(
                 }
             };
             let _ = stream.set_nodelay(true);
+            make_room(&mut pending);
             let (acceptor, pinned, tx) = (acceptor.clone(), pinned.clone(), tx.clone());
-            tokio::spawn(async move {
-                match tokio::time::timeout(
-                    Duration::from_secs(10),
-                    PeerConn::accept(&acceptor, stream, remote, &pinned),
-                )
-                .await
+            let handshake = tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, PeerConn::accept(&acceptor, stream, remote, &pinned))
+                    .await
                 {
                     Ok(Ok(conn)) => {
                         let _ = tx.send(Ok(conn)).await;
@@ -173,6 +190,7 @@ fn accept_peers(
                     Err(_) => warn!(%remote, "rejected peer connection: TLS handshake timed out"),
                 }
             });
+            pending.push_back(handshake.abort_handle());
         }
     });
     ReceiverStream::new(rx)

@@ -33,6 +33,10 @@ pub fn s(p: &Path) -> &str {
 pub struct NodeProc(Child);
 
 impl NodeProc {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
     /// Kills the node without warning (SIGKILL), as a crash would.
     pub fn kill9(mut self) {
         let _ = self.0.kill();
