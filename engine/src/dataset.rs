@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::csv_rows::{MAX_ROW_BYTES, Row, RowScanner, lines_at};
-use crate::error::DataError;
+use crate::error::{Column, DataError, name_list};
 pub use crate::keys::Normalization;
 use crate::keys::{KeyArena, KeyIndex, decode_key, display_key, normalize};
 
@@ -132,7 +132,7 @@ impl DatasetSpec {
         let header_error = |column: &str, message: String| DataError::Row {
             path: path.clone(),
             line,
-            column: Some(column.to_string()),
+            column: Column::name(column),
             message,
         };
         let mut key_positions = Vec::with_capacity(self.keys.len());
@@ -145,8 +145,8 @@ impl DatasetSpec {
             match (found.next(), found.next()) {
                 (Some(i), None) => key_positions.push(i),
                 (None, _) => {
-                    let list = columns.iter().map(|c| format!("'{c}'")).collect::<Vec<_>>().join(", ");
-                    return Err(header_error(name, format!("key column not in the header (columns: {list})")));
+                    let message = format!("key column not in the header (columns: {})", name_list(&columns));
+                    return Err(header_error(name, message));
                 }
                 (Some(_), Some(_)) => {
                     return Err(header_error(name, "key column appears more than once in the header".into()));
@@ -177,7 +177,7 @@ fn push_key_columns(spec: &DatasetSpec, header: &Header, row: &Row<'_>, keys: &m
     let error = |column: Option<&str>, message: String| DataError::Row {
         path: spec.file.clone(),
         line: row.line,
-        column: column.map(str::to_string),
+        column: column.and_then(Column::name),
         message,
     };
     let ncols = header.columns.len();
@@ -279,7 +279,6 @@ impl Dataset {
             return Err(DataError::DuplicateKey {
                 path: self.spec.file.clone(),
                 columns: self.spec.keys.iter().map(|k| k.trim().to_string()).collect(),
-                key: display_key(self.keys.get(repeat as usize)),
                 first_line: lines[0],
                 line: lines[1],
                 more: firsts.len() as u64 - 1,
@@ -318,7 +317,7 @@ impl Dataset {
         decode_key(self.keys.get(i)).map(String::from_utf8_lossy).collect::<Vec<_>>().join(",")
     }
 
-    /// The key of kept row `i` as shown in messages (quoted).
+    /// The key of kept row `i` as shown to the local operator (quoted); never put it in an error.
     pub fn display_key(&self, i: usize) -> String {
         display_key(self.keys.get(i))
     }
@@ -535,7 +534,7 @@ mod tests {
         spec.keys = vec!["email".into(), "Last".into()];
         spec.normalize.case_fold = true;
         let err = Dataset::load(&spec).unwrap_err().to_string();
-        assert!(err.contains("columns 'email', 'Last': duplicate key ('a@x.org', 'lee') on lines 2 and 3"), "{err}");
+        assert!(err.contains("c.csv:3: columns 'email', 'Last': duplicate key, first seen on line 2"), "{err}");
         spec.normalize.case_fold = false;
         let ds = Dataset::load(&spec).unwrap();
         assert_eq!(ds.key_of(0), "A@X.org,Lee");
@@ -555,6 +554,16 @@ mod tests {
         assert_eq!(err, "e.csv: empty file (no header line)");
         let err = f.load_err("d.csv", b"id,x,id\n", &["id"]);
         assert_eq!(err, "d.csv:1: column 'id': key column appears more than once in the header");
+    }
+
+    #[test]
+    fn errors_name_the_file_not_its_directory() {
+        let f = Fixture::new();
+        let spec = f.spec("a.csv", b"id,v\n1,a\n1,b\n", &["id"]);
+        let err = Dataset::load(&spec).unwrap_err().to_string();
+        assert!(err.starts_with("a.csv:3: column 'id': duplicate key"), "{err}");
+        let err = Dataset::load(&DatasetSpec::new("t", f.dir.path().join("none.csv"), &["id"])).unwrap_err();
+        assert!(err.to_string().starts_with("none.csv: "), "{err}");
     }
 
     #[test]
@@ -598,7 +607,7 @@ mod tests {
         let err = f.load_err("b.csv", content.as_bytes(), &["id"]);
         assert_eq!(
             err,
-            "b.csv: column 'id': duplicate key '9' on lines 11 and 12 (and 4 more duplicate keys); \
+            "b.csv:12: column 'id': duplicate key, first seen on line 11 (and 4 more duplicate keys); \
              pass --dedup to keep the first row of each"
         );
         let mut spec = f.spec("b.csv", content.as_bytes(), &["id"]);
@@ -609,9 +618,10 @@ mod tests {
         assert_eq!(ds.row_bytes(9).unwrap(), b"9,9\n");
 
         let err = f.load_err("c.csv", b"id\n15551234567\n1\n15551234567\n", &["id"]);
+        // The key itself is data: it is never part of the message.
         assert_eq!(
             err,
-            "c.csv: column 'id': duplicate key '15551234567' on lines 2 and 4; pass --dedup to keep the first row of each"
+            "c.csv:4: column 'id': duplicate key, first seen on line 2; pass --dedup to keep the first row of each"
         );
     }
 
