@@ -59,6 +59,11 @@ impl Column {
     pub(crate) fn name(name: &str) -> Option<Column> {
         Some(Column::Name(name.to_string()))
     }
+
+    /// The column at 0-based position `index`.
+    pub(crate) fn at(index: usize) -> Option<Column> {
+        Some(Column::Number(index + 1))
+    }
 }
 
 impl DataError {
