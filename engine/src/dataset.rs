@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::csv_rows::{MAX_ROW_BYTES, Row, RowScanner, lines_at};
-use crate::error::{Column, DataError, name_list};
+use crate::error::{Column, DataError, name_list, quoted_name};
 pub use crate::keys::Normalization;
 use crate::keys::{KeyArena, KeyIndex, decode_key, display_key, normalize};
 
@@ -129,32 +129,34 @@ impl DatasetSpec {
         let columns: Vec<String> =
             (0..row.len()).map(|i| String::from_utf8_lossy(row.field(i)).trim().to_string()).collect();
         let raw = row.raw.to_vec();
-        let header_error = |column: &str, message: String| DataError::Row {
-            path: path.clone(),
-            line,
-            column: Column::name(column),
-            message,
-        };
+        let header_error =
+            |column: Option<Column>, message: String| DataError::Row { path: path.clone(), line, column, message };
+        if let Some((first, again)) = first_repeated_name(&columns) {
+            let message = format!("the name {} is already used by column {}", quoted_name(&columns[again]), first + 1);
+            return Err(header_error(Column::at(again), message));
+        }
         let mut key_positions = Vec::with_capacity(self.keys.len());
         for (k, key) in self.keys.iter().enumerate() {
             let name = key.trim();
             if self.keys[..k].iter().any(|other| other.trim() == name) {
-                return Err(header_error(name, "named twice as a key column".into()));
+                return Err(header_error(Column::name(name), "named twice as a key column".into()));
             }
-            let mut found = columns.iter().enumerate().filter(|(_, c)| c.as_str() == name).map(|(i, _)| i);
-            match (found.next(), found.next()) {
-                (Some(i), None) => key_positions.push(i),
-                (None, _) => {
-                    let message = format!("key column not in the header (columns: {})", name_list(&columns));
-                    return Err(header_error(name, message));
-                }
-                (Some(_), Some(_)) => {
-                    return Err(header_error(name, "key column appears more than once in the header".into()));
-                }
-            }
+            let Some(i) = columns.iter().position(|c| c == name) else {
+                let message = format!("key column not in the header (columns: {})", name_list(&columns));
+                return Err(header_error(Column::name(name), message));
+            };
+            key_positions.push(i);
         }
         Ok(Header { columns, key_positions, raw })
     }
+}
+
+/// The first column whose name an earlier column already has, as `(earlier, repeated)`
+/// positions. Columns are found by name (key and feature columns, and a model's features when
+/// scoring), so a repeated name would make them ambiguous.
+fn first_repeated_name(columns: &[String]) -> Option<(usize, usize)> {
+    let mut seen = std::collections::HashMap::with_capacity(columns.len());
+    columns.iter().enumerate().find_map(|(i, name)| seen.insert(name.as_str(), i).map(|first| (first, i)))
 }
 
 /// Appends the normalized key of `row` to `keys`, or says what is wrong with it (and appends
@@ -553,7 +555,26 @@ mod tests {
         let err = f.load_err("e.csv", b"", &["id"]);
         assert_eq!(err, "e.csv: empty file (no header line)");
         let err = f.load_err("d.csv", b"id,x,id\n", &["id"]);
-        assert_eq!(err, "d.csv:1: column 'id': key column appears more than once in the header");
+        assert_eq!(err, "d.csv:1: column 3: the name 'id' is already used by column 1");
+    }
+
+    #[test]
+    fn duplicate_header_names_are_refused() {
+        // Training reads features by position and scoring by name: two columns named alike
+        // made them disagree.
+        let f = Fixture::new();
+        let err = f.load_err("a.csv", b"id,x,y,x\n1,2,3,4\n", &["id"]);
+        assert_eq!(err, "a.csv:1: column 4: the name 'x' is already used by column 2");
+        // Names are compared after trimming, as key and feature names are looked up.
+        let err = f.load_err("b.csv", b"id,x,\" x \"\r\n1,2,3\r\n", &["id"]);
+        assert_eq!(err, "b.csv:1: column 3: the name 'x' is already used by column 2");
+        let err = f.load_err("c.csv", b"id,,\n1,2,3\n", &["id"]);
+        assert_eq!(err, "c.csv:1: column 3: the name '' is already used by column 2");
+        assert!(f.spec("d.csv", b"id,v,v\n", &["id"]).check_header().is_err(), "dataset add refuses it too");
+        // A long name is shown shortened.
+        let long = "n".repeat(100);
+        let err = f.load_err("e.csv", format!("id,{long},{long}\n").as_bytes(), &["id"]);
+        assert_eq!(err, format!("e.csv:1: column 3: the name '{}…' is already used by column 2", &long[..64]));
     }
 
     #[test]
