@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::csv_rows::{MAX_ROW_BYTES, Row, RowScanner, lines_at};
 use crate::error::{Column, DataError, name_list, quoted_name};
 pub use crate::keys::Normalization;
-use crate::keys::{KeyArena, KeyIndex, decode_key, display_key, normalize};
+use crate::keys::{KeyArena, KeyIndex, check_key_chars, decode_key, display_key, normalize};
 
 /// A registered dataset as stored in the node config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,6 +203,7 @@ fn push_key_columns(spec: &DatasetSpec, header: &Header, row: &Row<'_>, keys: &m
             let what = if spec.normalize.trim { "empty key (after trimming whitespace)" } else { "empty key" };
             return Err(error(column, what.into()));
         }
+        check_key_chars(&value).map_err(|m| error(column, m))?;
         keys.push_column(value.as_bytes());
     }
     Ok(())
@@ -575,6 +576,28 @@ mod tests {
         let long = "n".repeat(100);
         let err = f.load_err("e.csv", format!("id,{long},{long}\n").as_bytes(), &["id"]);
         assert_eq!(err, format!("e.csv:1: column 3: the name '{}…' is already used by column 2", &long[..64]));
+    }
+
+    #[test]
+    fn control_characters_in_keys_are_refused() {
+        let f = Fixture::new();
+        let err = f.load_err("a.csv", b"id,v\n1,a\n2\x003,b\n", &["id"]);
+        assert_eq!(err, "a.csv:3: column 'id': the key contains a control character (U+0000)");
+        let err = f.load_err("b.csv", b"v,id\r\na,1\r\nb,\"4\r\n5\"\r\n", &["id"]);
+        assert_eq!(err, "b.csv:3: column 'id': the key contains a control character (U+000D)");
+        let err = f.load_err("c.csv", b"id\n\x1b[0m\n", &["id"]);
+        assert_eq!(err, "c.csv:2: column 'id': the key contains a control character (U+001B)");
+        let err = f.load_err("d.csv", "id\n7\u{7f}\n8\u{85}9\n".as_bytes(), &["id"]);
+        assert_eq!(err, "d.csv:2: column 'id': the key contains a control character (U+007F)");
+        // Tabs are allowed inside a key; around it (like a CR) trimming removes them first.
+        let ds = Dataset::load(&f.spec("e.csv", b"id,v\r\n4\t5,a\r\n\"\t6\r\",b\r\n", &["id"])).unwrap();
+        assert_eq!((ds.key_of(0), ds.key_of(1)), ("4\t5".into(), "6".into()));
+        let mut spec = f.spec("g.csv", b"id\n\"6\r\"\n", &["id"]);
+        spec.normalize.trim = false;
+        let err = Dataset::load(&spec).unwrap_err().to_string();
+        assert!(err.ends_with("g.csv:2: column 'id': the key contains a control character (U+000D)"), "{err}");
+        // Other columns may hold anything.
+        assert_eq!(Dataset::load(&f.spec("h.csv", b"id,v\n1,\x00\x01\n", &["id"])).unwrap().len(), 1);
     }
 
     #[test]
