@@ -5,7 +5,7 @@
 //! of the file with positioned reads. So a dataset costs O(rows) small integers plus its keys, not
 //! the whole file, and output rows are byte-identical to the input rows.
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -414,24 +414,32 @@ impl OutputPlan {
     /// Copies the rows to `out` through a temp file in the same directory, renamed into place
     /// only when complete: on any error no output file exists.
     pub(crate) fn write(&self, out: &Path) -> Result<u64, DataError> {
+        self.write_observed(out, || {})
+    }
+
+    /// [`OutputPlan::write`], calling `mapped` once the source is mapped, before any row is
+    /// copied (tests change the source there).
+    fn write_observed(&self, out: &Path, mapped: impl FnOnce()) -> Result<u64, DataError> {
         let file = open_unchanged(&self.source, &self.stamp)?;
-        // SAFETY: the map is only read. The file was checked against its stamp just now; if
-        // another process truncates it while we copy, reads past the end fault (the node dies
-        // before the output is renamed into place, so no partial output appears), and rewritten
-        // bytes are caught by the row-terminator check below. One copy per row instead of one
-        // `pread` per row: 5 million rows take well under a second instead of tens of seconds.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| DataError::io(&self.source, e))?;
+        let dir = match out.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+        let snapshot = self.snapshot(&file, dir)?;
+        // SAFETY: the map is only read, and it maps our private, unlinked copy of the source,
+        // which no other process can truncate (that would fault: SIGBUS). The copy matched the
+        // stamp; bytes rewritten in place before it are caught by the row-terminator check
+        // below. One copy per row instead of one `pread` per row: 5 million rows take well
+        // under a second instead of tens of seconds.
+        let map = unsafe { memmap2::Mmap::map(&snapshot) }.map_err(|e| DataError::io(dir, e))?;
         if map.len() as u64 != self.stamp.len {
             return Err(changed(&self.source));
         }
         #[cfg(unix)]
         let _ = map.advise(memmap2::Advice::Random);
         let source: &[u8] = &map;
-        let dir = match out.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+        mapped();
         let mut tmp = tempfile::Builder::new()
             .prefix(".consort-")
             .suffix(".partial")
@@ -460,6 +468,21 @@ impl OutputPlan {
         tmp.persist(out).map_err(|e| DataError::io(out, e.error))?;
         tracing::debug!(rows = self.rows.len(), output = %out.display(), "rows written");
         Ok(self.rows.len() as u64)
+    }
+
+    /// A private copy of the source as it was loaded: an unlinked temp file in `dir` (next to
+    /// the output), so the map the rows are copied from cannot shrink under us. Mapping the
+    /// source itself let any process that truncated it kill the node with SIGBUS. Costs one
+    /// sequential in-kernel copy (`copy_file_range`; a reflink where the filesystem has them)
+    /// and, while the output is written, disk space for the source. A source that changes
+    /// during the copy gives an error.
+    fn snapshot(&self, file: &File, dir: &Path) -> Result<File, DataError> {
+        let mut copy = tempfile::tempfile_in(dir).map_err(|e| DataError::io(dir, e))?;
+        let copied = std::io::copy(&mut file.take(self.stamp.len + 1), &mut copy).map_err(|e| DataError::io(dir, e))?;
+        if copied != self.stamp.len || FileStamp::of(file, &self.source)? != self.stamp {
+            return Err(changed(&self.source));
+        }
+        Ok(copy)
     }
 
     /// Reads `rows` from the source file into one buffer, in order.
@@ -739,6 +762,33 @@ mod tests {
         let ds = Dataset::load(&spec).unwrap();
         let err = ds.write_rows(&[0], &spec.file.join("o.csv")).unwrap_err();
         assert!(matches!(err, DataError::Io { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_source_truncated_during_output_cannot_crash_the_node() {
+        // The source was memory-mapped: truncating it mid-copy killed the node with SIGBUS.
+        let f = Fixture::new();
+        let mut content = String::from("id,v\n");
+        for i in 0..50_000 {
+            content += &format!("{i},{}\n", "x".repeat(40));
+        }
+        let spec = f.spec("a.csv", content.as_bytes(), &["id"]);
+        let ds = Dataset::load(&spec).unwrap();
+        let order: Vec<u32> = (0..ds.len() as u32).rev().collect();
+        let out = f.dir.path().join("o.csv");
+        let truncate = || File::options().write(true).open(&spec.file).unwrap().set_len(0).unwrap();
+        let written = ds.output_plan(&order).unwrap().write_observed(&out, truncate).unwrap();
+        assert_eq!(written, ds.len() as u64);
+        // The output holds the rows as loaded, and there is nothing else in the directory.
+        let mut expected = b"id,v\n".to_vec();
+        for i in (0..50_000).rev() {
+            expected.extend_from_slice(format!("{i},{}\n", "x".repeat(40)).as_bytes());
+        }
+        assert!(std::fs::read(&out).unwrap() == expected);
+        assert_eq!(std::fs::read_dir(f.dir.path()).unwrap().count(), 2, "input and output only");
+        // The next output sees the change.
+        let err = ds.write_rows(&[0], &out).unwrap_err();
+        assert!(err.to_string().ends_with("the file changed after it was loaded; load the dataset again"), "{err}");
     }
 
     #[test]
