@@ -6,13 +6,16 @@
 //! starts at its first byte and ends after its own terminator (`\n`, `\r\n` or `\r`; none for a
 //! last line without one), so copying spans reproduces rows byte for byte, quoting and embedded
 //! newlines included. Line numbers count every `\n` before the row, plus one.
+//!
+//! csv-core is lenient where we are not: a quoted field still open at the end of the file ends
+//! the last row there, silently swallowing every row after the quote. That is an error here.
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use csv_core::ReadRecordResult;
 
-use crate::error::DataError;
+use crate::error::{Column, DataError};
 
 /// Longest row accepted; a longer one is almost always an unclosed quote swallowing the file.
 pub(crate) const MAX_ROW_BYTES: usize = 64 << 20;
@@ -143,6 +146,7 @@ impl RowScanner {
         let line = self.line;
         self.rec_start = self.pos;
         let (mut nout, mut nend) = (0, 0);
+        let mut at_eof = false;
         loop {
             let (res, nin, o, e) = self.core.read_record(
                 &self.buf[self.pos..self.filled],
@@ -154,7 +158,7 @@ impl RowScanner {
             nend += e;
             match res {
                 ReadRecordResult::InputEmpty => {
-                    self.fill()?;
+                    at_eof = !self.fill()?;
                 }
                 ReadRecordResult::OutputFull => {
                     let n = self.fields.len() * 2;
@@ -181,6 +185,15 @@ impl RowScanner {
                 self.line += 1;
             }
         }
+        let raw = &self.buf[self.rec_start..self.pos];
+        if at_eof && let Some((offset, field)) = unclosed_quote(raw, self.base + self.rec_start as u64 == 0) {
+            return Err(DataError::Row {
+                path: self.path.clone(),
+                line: line + count_newlines(&raw[..offset]),
+                column: Column::at(field),
+                message: "a quoted field starts here and is not closed before the end of the file".into(),
+            });
+        }
         Ok(Some(Row {
             line,
             start: self.base + self.rec_start as u64,
@@ -189,6 +202,41 @@ impl RowScanner {
             ends: &self.ends[..nend],
         }))
     }
+}
+
+/// Where the quoted field left open at the end of `raw` (one row, as csv-core read it with its
+/// default dialect) starts: byte offset of its opening quote and the field's 0-based index.
+/// `None` if every quoted field is closed. `first` says `raw` starts the file (a UTF-8 BOM there
+/// is not part of the first field).
+fn unclosed_quote(raw: &[u8], first: bool) -> Option<(usize, usize)> {
+    #[derive(PartialEq)]
+    enum State {
+        FieldStart,
+        Unquoted,
+        Quoted,
+        /// A quote inside a quoted field: it closes the field unless another quote follows.
+        QuoteInQuoted,
+    }
+    let skip = if first && raw.starts_with(b"\xef\xbb\xbf") { 3 } else { 0 };
+    let (mut state, mut field, mut opened) = (State::FieldStart, 0, 0);
+    for (i, &b) in raw.iter().enumerate().skip(skip) {
+        state = match (state, b) {
+            (State::FieldStart, b'"') => {
+                opened = i;
+                State::Quoted
+            }
+            (State::Quoted, b'"') => State::QuoteInQuoted,
+            (State::Quoted, _) | (State::QuoteInQuoted, b'"') => State::Quoted,
+            (_, b',') => {
+                field += 1;
+                State::FieldStart
+            }
+            // Only a row's terminator, at its end.
+            (_, b'\n' | b'\r') => State::FieldStart,
+            _ => State::Unquoted,
+        };
+    }
+    (state == State::Quoted).then_some((opened, field))
 }
 
 pub(crate) fn count_newlines(bytes: &[u8]) -> u64 {
@@ -240,6 +288,44 @@ mod tests {
         let lines = lines_at(&path, &offsets).unwrap();
         assert_eq!(lines, out.iter().map(|r| r.0).collect::<Vec<_>>(), "lines_at agrees with the scanner");
         out
+    }
+
+    /// The first error the scanner reports for `content`, with the file as `t.csv`.
+    fn scan_err(content: &[u8]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.csv");
+        std::fs::write(&path, content).unwrap();
+        let mut sc = RowScanner::open(&path).unwrap();
+        loop {
+            match sc.next_row() {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("{} scanned without an error", String::from_utf8_lossy(content)),
+                Err(e) => return e.to_string().replace(&format!("{}/", dir.path().display()), ""),
+            }
+        }
+    }
+
+    #[test]
+    fn unclosed_quote_at_end_of_file_names_where_it_opened() {
+        // Once merged three rows into one without an error.
+        let err = scan_err(b"id,v\n1,a\n2,\"b\n3,c\n");
+        assert_eq!(err, "t.csv:3: column 2: a quoted field starts here and is not closed before the end of the file");
+        assert_eq!(&scan_err(b"\"id,v\n1,a\n")[..17], "t.csv:1: column 1");
+        // An escaped quote at the very end leaves the field open.
+        assert_eq!(&scan_err(b"id,v\n1,\"a\"\"")[..17], "t.csv:2: column 2");
+        // The opening quote is on the row's second line, after a closed multi-line field.
+        assert_eq!(&scan_err(b"id,v,w\r\n1,\"x\r\ny\",\"open\r\n2,z\r\n")[..17], "t.csv:3: column 3");
+    }
+
+    #[test]
+    fn quotes_closed_at_end_of_file_are_fine() {
+        assert_eq!(scan(b"id,v\n1,\"a\"").len(), 2);
+        assert_eq!(scan(b"id,v\r\n1,\"a\r\nb\"").len(), 2);
+        assert_eq!(scan(b"id,v\r\n1,\"a\"\"\"").len(), 2);
+        assert_eq!(scan(b"id,v\r\n1,\"a\"\r\n").len(), 2);
+        assert_eq!(scan(b"\xef\xbb\xbf\"id\",v\n1,2").len(), 2);
+        // A quote inside an unquoted field is data, not an opening quote.
+        assert_eq!(scan(b"id,v\n1,a\"b").len(), 2);
     }
 
     #[test]

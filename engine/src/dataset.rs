@@ -5,7 +5,7 @@
 //! of the file with positioned reads. So a dataset costs O(rows) small integers plus its keys, not
 //! the whole file, and output rows are byte-identical to the input rows.
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -14,9 +14,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::csv_rows::{MAX_ROW_BYTES, Row, RowScanner, lines_at};
-use crate::error::DataError;
+use crate::error::{Column, DataError, name_list, quoted_name};
 pub use crate::keys::Normalization;
-use crate::keys::{KeyArena, KeyIndex, decode_key, display_key, normalize};
+use crate::keys::{KeyArena, KeyIndex, check_key_chars, decode_key, display_key, normalize};
 
 /// A registered dataset as stored in the node config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,32 +129,34 @@ impl DatasetSpec {
         let columns: Vec<String> =
             (0..row.len()).map(|i| String::from_utf8_lossy(row.field(i)).trim().to_string()).collect();
         let raw = row.raw.to_vec();
-        let header_error = |column: &str, message: String| DataError::Row {
-            path: path.clone(),
-            line,
-            column: Some(column.to_string()),
-            message,
-        };
+        let header_error =
+            |column: Option<Column>, message: String| DataError::Row { path: path.clone(), line, column, message };
+        if let Some((first, again)) = first_repeated_name(&columns) {
+            let message = format!("the name {} is already used by column {}", quoted_name(&columns[again]), first + 1);
+            return Err(header_error(Column::at(again), message));
+        }
         let mut key_positions = Vec::with_capacity(self.keys.len());
         for (k, key) in self.keys.iter().enumerate() {
             let name = key.trim();
             if self.keys[..k].iter().any(|other| other.trim() == name) {
-                return Err(header_error(name, "named twice as a key column".into()));
+                return Err(header_error(Column::name(name), "named twice as a key column".into()));
             }
-            let mut found = columns.iter().enumerate().filter(|(_, c)| c.as_str() == name).map(|(i, _)| i);
-            match (found.next(), found.next()) {
-                (Some(i), None) => key_positions.push(i),
-                (None, _) => {
-                    let list = columns.iter().map(|c| format!("'{c}'")).collect::<Vec<_>>().join(", ");
-                    return Err(header_error(name, format!("key column not in the header (columns: {list})")));
-                }
-                (Some(_), Some(_)) => {
-                    return Err(header_error(name, "key column appears more than once in the header".into()));
-                }
-            }
+            let Some(i) = columns.iter().position(|c| c == name) else {
+                let message = format!("key column not in the header (columns: {})", name_list(&columns));
+                return Err(header_error(Column::name(name), message));
+            };
+            key_positions.push(i);
         }
         Ok(Header { columns, key_positions, raw })
     }
+}
+
+/// The first column whose name an earlier column already has, as `(earlier, repeated)`
+/// positions. Columns are found by name (key and feature columns, and a model's features when
+/// scoring), so a repeated name would make them ambiguous.
+fn first_repeated_name(columns: &[String]) -> Option<(usize, usize)> {
+    let mut seen = std::collections::HashMap::with_capacity(columns.len());
+    columns.iter().enumerate().find_map(|(i, name)| seen.insert(name.as_str(), i).map(|first| (first, i)))
 }
 
 /// Appends the normalized key of `row` to `keys`, or says what is wrong with it (and appends
@@ -177,7 +179,7 @@ fn push_key_columns(spec: &DatasetSpec, header: &Header, row: &Row<'_>, keys: &m
     let error = |column: Option<&str>, message: String| DataError::Row {
         path: spec.file.clone(),
         line: row.line,
-        column: column.map(str::to_string),
+        column: column.and_then(Column::name),
         message,
     };
     let ncols = header.columns.len();
@@ -201,6 +203,7 @@ fn push_key_columns(spec: &DatasetSpec, header: &Header, row: &Row<'_>, keys: &m
             let what = if spec.normalize.trim { "empty key (after trimming whitespace)" } else { "empty key" };
             return Err(error(column, what.into()));
         }
+        check_key_chars(&value).map_err(|m| error(column, m))?;
         keys.push_column(value.as_bytes());
     }
     Ok(())
@@ -279,7 +282,6 @@ impl Dataset {
             return Err(DataError::DuplicateKey {
                 path: self.spec.file.clone(),
                 columns: self.spec.keys.iter().map(|k| k.trim().to_string()).collect(),
-                key: display_key(self.keys.get(repeat as usize)),
                 first_line: lines[0],
                 line: lines[1],
                 more: firsts.len() as u64 - 1,
@@ -318,7 +320,7 @@ impl Dataset {
         decode_key(self.keys.get(i)).map(String::from_utf8_lossy).collect::<Vec<_>>().join(",")
     }
 
-    /// The key of kept row `i` as shown in messages (quoted).
+    /// The key of kept row `i` as shown to the local operator (quoted); never put it in an error.
     pub fn display_key(&self, i: usize) -> String {
         display_key(self.keys.get(i))
     }
@@ -412,24 +414,32 @@ impl OutputPlan {
     /// Copies the rows to `out` through a temp file in the same directory, renamed into place
     /// only when complete: on any error no output file exists.
     pub(crate) fn write(&self, out: &Path) -> Result<u64, DataError> {
+        self.write_observed(out, || {})
+    }
+
+    /// [`OutputPlan::write`], calling `mapped` once the source is mapped, before any row is
+    /// copied (tests change the source there).
+    fn write_observed(&self, out: &Path, mapped: impl FnOnce()) -> Result<u64, DataError> {
         let file = open_unchanged(&self.source, &self.stamp)?;
-        // SAFETY: the map is only read. The file was checked against its stamp just now; if
-        // another process truncates it while we copy, reads past the end fault (the node dies
-        // before the output is renamed into place, so no partial output appears), and rewritten
-        // bytes are caught by the row-terminator check below. One copy per row instead of one
-        // `pread` per row: 5 million rows take well under a second instead of tens of seconds.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| DataError::io(&self.source, e))?;
+        let dir = match out.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+        let snapshot = self.snapshot(&file, dir)?;
+        // SAFETY: the map is only read, and it maps our private, unlinked copy of the source,
+        // which no other process can truncate (that would fault: SIGBUS). The copy matched the
+        // stamp; bytes rewritten in place before it are caught by the row-terminator check
+        // below. One copy per row instead of one `pread` per row: 5 million rows take well
+        // under a second instead of tens of seconds.
+        let map = unsafe { memmap2::Mmap::map(&snapshot) }.map_err(|e| DataError::io(dir, e))?;
         if map.len() as u64 != self.stamp.len {
             return Err(changed(&self.source));
         }
         #[cfg(unix)]
         let _ = map.advise(memmap2::Advice::Random);
         let source: &[u8] = &map;
-        let dir = match out.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+        mapped();
         let mut tmp = tempfile::Builder::new()
             .prefix(".consort-")
             .suffix(".partial")
@@ -458,6 +468,21 @@ impl OutputPlan {
         tmp.persist(out).map_err(|e| DataError::io(out, e.error))?;
         tracing::debug!(rows = self.rows.len(), output = %out.display(), "rows written");
         Ok(self.rows.len() as u64)
+    }
+
+    /// A private copy of the source as it was loaded: an unlinked temp file in `dir` (next to
+    /// the output), so the map the rows are copied from cannot shrink under us. Mapping the
+    /// source itself let any process that truncated it kill the node with SIGBUS. Costs one
+    /// sequential in-kernel copy (`copy_file_range`; a reflink where the filesystem has them)
+    /// and, while the output is written, disk space for the source. A source that changes
+    /// during the copy gives an error.
+    fn snapshot(&self, file: &File, dir: &Path) -> Result<File, DataError> {
+        let mut copy = tempfile::tempfile_in(dir).map_err(|e| DataError::io(dir, e))?;
+        let copied = std::io::copy(&mut file.take(self.stamp.len + 1), &mut copy).map_err(|e| DataError::io(dir, e))?;
+        if copied != self.stamp.len || FileStamp::of(file, &self.source)? != self.stamp {
+            return Err(changed(&self.source));
+        }
+        Ok(copy)
     }
 
     /// Reads `rows` from the source file into one buffer, in order.
@@ -535,7 +560,7 @@ mod tests {
         spec.keys = vec!["email".into(), "Last".into()];
         spec.normalize.case_fold = true;
         let err = Dataset::load(&spec).unwrap_err().to_string();
-        assert!(err.contains("columns 'email', 'Last': duplicate key ('a@x.org', 'lee') on lines 2 and 3"), "{err}");
+        assert!(err.contains("c.csv:3: columns 'email', 'Last': duplicate key, first seen on line 2"), "{err}");
         spec.normalize.case_fold = false;
         let ds = Dataset::load(&spec).unwrap();
         assert_eq!(ds.key_of(0), "A@X.org,Lee");
@@ -554,7 +579,58 @@ mod tests {
         let err = f.load_err("e.csv", b"", &["id"]);
         assert_eq!(err, "e.csv: empty file (no header line)");
         let err = f.load_err("d.csv", b"id,x,id\n", &["id"]);
-        assert_eq!(err, "d.csv:1: column 'id': key column appears more than once in the header");
+        assert_eq!(err, "d.csv:1: column 3: the name 'id' is already used by column 1");
+    }
+
+    #[test]
+    fn duplicate_header_names_are_refused() {
+        // Training reads features by position and scoring by name: two columns named alike
+        // made them disagree.
+        let f = Fixture::new();
+        let err = f.load_err("a.csv", b"id,x,y,x\n1,2,3,4\n", &["id"]);
+        assert_eq!(err, "a.csv:1: column 4: the name 'x' is already used by column 2");
+        // Names are compared after trimming, as key and feature names are looked up.
+        let err = f.load_err("b.csv", b"id,x,\" x \"\r\n1,2,3\r\n", &["id"]);
+        assert_eq!(err, "b.csv:1: column 3: the name 'x' is already used by column 2");
+        let err = f.load_err("c.csv", b"id,,\n1,2,3\n", &["id"]);
+        assert_eq!(err, "c.csv:1: column 3: the name '' is already used by column 2");
+        assert!(f.spec("d.csv", b"id,v,v\n", &["id"]).check_header().is_err(), "dataset add refuses it too");
+        // A long name is shown shortened.
+        let long = "n".repeat(100);
+        let err = f.load_err("e.csv", format!("id,{long},{long}\n").as_bytes(), &["id"]);
+        assert_eq!(err, format!("e.csv:1: column 3: the name '{}…' is already used by column 2", &long[..64]));
+    }
+
+    #[test]
+    fn control_characters_in_keys_are_refused() {
+        let f = Fixture::new();
+        let err = f.load_err("a.csv", b"id,v\n1,a\n2\x003,b\n", &["id"]);
+        assert_eq!(err, "a.csv:3: column 'id': the key contains a control character (U+0000)");
+        let err = f.load_err("b.csv", b"v,id\r\na,1\r\nb,\"4\r\n5\"\r\n", &["id"]);
+        assert_eq!(err, "b.csv:3: column 'id': the key contains a control character (U+000D)");
+        let err = f.load_err("c.csv", b"id\n\x1b[0m\n", &["id"]);
+        assert_eq!(err, "c.csv:2: column 'id': the key contains a control character (U+001B)");
+        let err = f.load_err("d.csv", "id\n7\u{7f}\n8\u{85}9\n".as_bytes(), &["id"]);
+        assert_eq!(err, "d.csv:2: column 'id': the key contains a control character (U+007F)");
+        // Tabs are allowed inside a key; around it (like a CR) trimming removes them first.
+        let ds = Dataset::load(&f.spec("e.csv", b"id,v\r\n4\t5,a\r\n\"\t6\r\",b\r\n", &["id"])).unwrap();
+        assert_eq!((ds.key_of(0), ds.key_of(1)), ("4\t5".into(), "6".into()));
+        let mut spec = f.spec("g.csv", b"id\n\"6\r\"\n", &["id"]);
+        spec.normalize.trim = false;
+        let err = Dataset::load(&spec).unwrap_err().to_string();
+        assert!(err.ends_with("g.csv:2: column 'id': the key contains a control character (U+000D)"), "{err}");
+        // Other columns may hold anything.
+        assert_eq!(Dataset::load(&f.spec("h.csv", b"id,v\n1,\x00\x01\n", &["id"])).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_file_not_its_directory() {
+        let f = Fixture::new();
+        let spec = f.spec("a.csv", b"id,v\n1,a\n1,b\n", &["id"]);
+        let err = Dataset::load(&spec).unwrap_err().to_string();
+        assert!(err.starts_with("a.csv:3: column 'id': duplicate key"), "{err}");
+        let err = Dataset::load(&DatasetSpec::new("t", f.dir.path().join("none.csv"), &["id"])).unwrap_err();
+        assert!(err.to_string().starts_with("none.csv: "), "{err}");
     }
 
     #[test]
@@ -598,7 +674,7 @@ mod tests {
         let err = f.load_err("b.csv", content.as_bytes(), &["id"]);
         assert_eq!(
             err,
-            "b.csv: column 'id': duplicate key '9' on lines 11 and 12 (and 4 more duplicate keys); \
+            "b.csv:12: column 'id': duplicate key, first seen on line 11 (and 4 more duplicate keys); \
              pass --dedup to keep the first row of each"
         );
         let mut spec = f.spec("b.csv", content.as_bytes(), &["id"]);
@@ -609,9 +685,10 @@ mod tests {
         assert_eq!(ds.row_bytes(9).unwrap(), b"9,9\n");
 
         let err = f.load_err("c.csv", b"id\n15551234567\n1\n15551234567\n", &["id"]);
+        // The key itself is data: it is never part of the message.
         assert_eq!(
             err,
-            "c.csv: column 'id': duplicate key '15551234567' on lines 2 and 4; pass --dedup to keep the first row of each"
+            "c.csv:4: column 'id': duplicate key, first seen on line 2; pass --dedup to keep the first row of each"
         );
     }
 
@@ -685,6 +762,33 @@ mod tests {
         let ds = Dataset::load(&spec).unwrap();
         let err = ds.write_rows(&[0], &spec.file.join("o.csv")).unwrap_err();
         assert!(matches!(err, DataError::Io { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_source_truncated_during_output_cannot_crash_the_node() {
+        // The source was memory-mapped: truncating it mid-copy killed the node with SIGBUS.
+        let f = Fixture::new();
+        let mut content = String::from("id,v\n");
+        for i in 0..50_000 {
+            content += &format!("{i},{}\n", "x".repeat(40));
+        }
+        let spec = f.spec("a.csv", content.as_bytes(), &["id"]);
+        let ds = Dataset::load(&spec).unwrap();
+        let order: Vec<u32> = (0..ds.len() as u32).rev().collect();
+        let out = f.dir.path().join("o.csv");
+        let truncate = || File::options().write(true).open(&spec.file).unwrap().set_len(0).unwrap();
+        let written = ds.output_plan(&order).unwrap().write_observed(&out, truncate).unwrap();
+        assert_eq!(written, ds.len() as u64);
+        // The output holds the rows as loaded, and there is nothing else in the directory.
+        let mut expected = b"id,v\n".to_vec();
+        for i in (0..50_000).rev() {
+            expected.extend_from_slice(format!("{i},{}\n", "x".repeat(40)).as_bytes());
+        }
+        assert!(std::fs::read(&out).unwrap() == expected);
+        assert_eq!(std::fs::read_dir(f.dir.path()).unwrap().count(), 2, "input and output only");
+        // The next output sees the change.
+        let err = ds.write_rows(&[0], &out).unwrap_err();
+        assert!(err.to_string().ends_with("the file changed after it was loaded; load the dataset again"), "{err}");
     }
 
     #[test]

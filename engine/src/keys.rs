@@ -54,6 +54,19 @@ pub fn normalize<'a>(value: &'a str, n: &Normalization) -> Cow<'a, str> {
     }
 }
 
+/// Refuses a normalized key value holding a control character (Unicode `Cc`: U+0000–U+001F,
+/// U+007F–U+009F) other than tab. Such a key is almost always a broken export (a NUL from a
+/// C string, a CR from a mixed line ending, an escape sequence) that would match nothing or the
+/// wrong row. Tabs are allowed: some exports keep them inside values. Checked after
+/// normalization, so with trimming on, whitespace controls at the edges (CR, LF, tab) are
+/// removed first. The message names the character, never the value.
+pub fn check_key_chars(value: &str) -> Result<(), String> {
+    match value.chars().find(|&c| c.is_control() && c != '\t') {
+        Some(c) => Err(format!("the key contains a control character (U+{:04X})", c as u32)),
+        None => Ok(()),
+    }
+}
+
 /// Appends one encoded column value (length varint, then bytes).
 fn encode_column(value: &[u8], out: &mut Vec<u8>) {
     let mut len = value.len() as u64;
@@ -100,8 +113,9 @@ pub fn decode_key(mut encoded: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// A key as shown in messages: `'v'` for one column, `('v1', 'v2')` for several; long values
-/// are shortened.
+/// A key as shown to the local operator: `'v'` for one column, `('v1', 'v2')` for several;
+/// long values are shortened. Keys are data: never put one in an error, the audit log or a
+/// message to the peer.
 pub fn display_key(encoded: &[u8]) -> String {
     const MAX_CHARS: usize = 64;
     let parts: Vec<String> = decode_key(encoded)

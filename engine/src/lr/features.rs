@@ -5,9 +5,9 @@ use std::path::Path;
 
 use consort_protocols::cpu;
 
-use crate::csv_rows::RowScanner;
+use crate::csv_rows::{Row, RowScanner};
 use crate::dataset::Dataset;
-use crate::error::DataError;
+use crate::error::{Column, DataError, name_list};
 
 /// Feature values (row-major) and labels of selected rows.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,43 +58,27 @@ fn read_features(
     while let Some(row) = scanner.next_row()? {
         let Some(&i) = slot.get(&row.start) else { continue };
         seen += 1;
-        let field = |c: usize| -> Result<&str, DataError> {
-            let err = |m: String| DataError::Row {
+        let number = |c: usize| {
+            number_at(&row, c).map_err(|message| DataError::Row {
                 path: path.to_path_buf(),
                 line: row.line,
-                column: Some(columns[c].clone()),
-                message: m,
-            };
-            if c >= row.len() {
-                return Err(err("missing value (row too short)".into()));
-            }
-            std::str::from_utf8(row.field(c)).map(str::trim).map_err(|_| err("not valid UTF-8".into()))
-        };
-        let number = |c: usize| -> Result<f64, DataError> {
-            let text = field(c)?;
-            match text.parse::<f64>() {
-                Ok(v) if v.is_finite() => Ok(v),
-                _ => Err(DataError::Row {
-                    path: path.to_path_buf(),
-                    line: row.line,
-                    column: Some(columns[c].clone()),
-                    message: format!("not a number: '{text}'"),
-                }),
-            }
+                column: Column::name(&columns[c]),
+                message: message.into(),
+            })
         };
         for (j, &c) in features.iter().enumerate() {
             values[i * d + j] = number(c)?;
         }
         if let (Some(c), Some(labels)) = (label, labels.as_mut()) {
-            labels[i] = match number(c) {
-                Ok(0.0) => 0,
-                Ok(1.0) => 1,
+            labels[i] = match number(c)? {
+                0.0 => 0,
+                1.0 => 1,
                 _ => {
                     return Err(DataError::Row {
                         path: path.to_path_buf(),
                         line: row.line,
-                        column: Some(columns[c].clone()),
-                        message: format!("label must be 0 or 1, found '{}'", field(c)?),
+                        column: Column::name(&columns[c]),
+                        message: "the label must be 0 or 1".into(),
                     });
                 }
             }
@@ -104,6 +88,21 @@ fn read_features(
         return Err(DataError::file(path, "the file changed after it was loaded; load the dataset again"));
     }
     Ok(FeatureTable { names: features.iter().map(|&c| columns[c].clone()).collect(), values, labels })
+}
+
+/// The finite number in field `c` of `row`, or the kind of problem with it. The message never
+/// holds the value: it can reach the audit log and the peer.
+fn number_at(row: &Row<'_>, c: usize) -> Result<f64, &'static str> {
+    if c >= row.len() {
+        return Err("missing value (row too short)");
+    }
+    let text = std::str::from_utf8(row.field(c)).map_err(|_| "not valid UTF-8")?.trim();
+    match text.parse::<f64>() {
+        _ if text.is_empty() => Err("empty value"),
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(_) => Err("not a finite number"),
+        Err(_) => Err("not a number"),
+    }
 }
 
 /// The indices of the label column (if chosen) and of the feature columns; errors point at the
@@ -117,13 +116,13 @@ fn choose_columns(
     let header_err = |column: &str, message: String| DataError::Row {
         path: path.to_path_buf(),
         line: 1,
-        column: Some(column.to_string()),
+        column: Column::name(column),
         message,
     };
     let find = |name: &str| columns.iter().position(|c| c == name.trim());
     let label = match &choice.label {
         Some(l) => Some(
-            find(l).ok_or_else(|| header_err(l, format!("no such label column (columns: {})", columns.join(", "))))?,
+            find(l).ok_or_else(|| header_err(l, format!("no such label column (columns: {})", name_list(columns))))?,
         ),
         None => None,
     };
@@ -195,17 +194,36 @@ mod tests {
             features: features.map(|f| f.into_iter().map(String::from).collect()),
         };
         let err = load_features(&ds, &[0, 1], &with(Some("y"), None)).await.unwrap_err().to_string();
-        assert!(err.ends_with("x.csv:3: column 'f1': not a number: 'abc'"), "{err}");
+        // Values are data: errors name the place and the kind of problem, never the value.
+        assert_eq!(err, "x.csv:3: column 'f1': not a number");
         let err = load_features(&ds, &[0], &with(Some("label"), None)).await.unwrap_err().to_string();
         assert!(err.contains("x.csv:1: column 'label': no such label column"), "{err}");
         let err = load_features(&ds, &[2], &with(Some("y"), None)).await.unwrap_err().to_string();
-        assert!(err.ends_with("x.csv:4: column 'y': label must be 0 or 1, found '2'"), "{err}");
+        assert_eq!(err, "x.csv:4: column 'y': the label must be 0 or 1");
         let err = load_features(&ds, &[0], &with(None, Some(vec!["id"]))).await.unwrap_err().to_string();
         assert!(err.contains("cannot be a feature"), "{err}");
         let ok = load_features(&ds, &[2, 0], &with(None, Some(vec!["f2"]))).await.unwrap();
         assert_eq!((ok.values, ok.labels), (vec![1.0, 2.0], None));
         let ok = load_features(&ds, &[1, 0], &with(Some("y"), Some(vec!["f2"]))).await.unwrap();
         assert_eq!((ok.values, ok.labels), (vec![3.0, 2.0], Some(vec![1, 0])));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn feature_errors_never_show_the_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("b_bad.csv");
+        std::fs::write(&file, "id,b1,b2\nk1,1,2\nk2,SECRET-VALUE-42,3\nk3,inf,1\nk4, ,1\nk5,1,\n").unwrap();
+        let ds = Dataset::load(&DatasetSpec::new("b", &file, &["id"])).unwrap();
+        let all = ColumnChoice::default();
+        let err = |rows: &'static [u32]| {
+            let ds = &ds;
+            let all = &all;
+            async move { load_features(ds, rows, all).await.unwrap_err().to_string() }
+        };
+        assert_eq!(err(&[0, 1]).await, "b_bad.csv:3: column 'b1': not a number");
+        assert_eq!(err(&[2]).await, "b_bad.csv:4: column 'b1': not a finite number");
+        assert_eq!(err(&[3]).await, "b_bad.csv:5: column 'b1': empty value");
+        assert_eq!(err(&[4]).await, "b_bad.csv:6: column 'b2': empty value");
     }
 
     #[test]
