@@ -256,7 +256,10 @@ async fn bad_input_fails_the_job_with_file_line_and_column_and_no_output() {
     // The responder's file problem stays in its own log; the requester learns only that it failed.
     assert!(status.error.contains("could not load dataset 'accounts'"), "{}", status.error);
     let peer_job = p.b.state.jobs.list();
-    assert!(peer_job[0].error.contains("duplicate key '15550000001'"), "{}", peer_job[0].error);
+    // ... and names the lines, never the key itself (issue 11: no raw values in errors).
+    let error = &peer_job[0].error;
+    assert!(error.contains("b.csv:4: column 'id': duplicate key, first seen on line 2"), "{error}");
+    assert!(!error.contains("15550000001"), "{error}");
     assert!(!out.exists());
 
     // With dedup the same file works.
