@@ -70,7 +70,7 @@ pub(crate) fn strip_terminator(raw: &[u8]) -> &[u8] {
 
 impl RowScanner {
     pub(crate) fn open(path: &Path) -> Result<Self, DataError> {
-        let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+        let file = crate::storage::open_regular(path).map_err(|e| DataError::io(path, e))?;
         Ok(Self {
             path: path.to_path_buf(),
             file,

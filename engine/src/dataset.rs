@@ -68,7 +68,7 @@ impl std::fmt::Debug for Dataset {
 
 /// Opens `path`, checking it still looks as it did when stamped.
 fn open_unchanged(path: &Path, stamp: &FileStamp) -> Result<File, DataError> {
-    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    let file = crate::storage::open_regular(path).map_err(|e| DataError::io(path, e))?;
     if FileStamp::of(&file, path)? != *stamp {
         return Err(changed(path));
     }
@@ -466,6 +466,11 @@ impl OutputPlan {
         }
         tmp.as_file().sync_all().map_err(io_err)?;
         tmp.persist(out).map_err(|e| DataError::io(out, e.error))?;
+        if let Err(e) = crate::storage::sync_dir(dir) {
+            // The rename may not survive a crash: fail, and leave no output the job cannot vouch for.
+            let _ = std::fs::remove_file(out);
+            return Err(DataError::io(dir, e));
+        }
         tracing::debug!(rows = self.rows.len(), output = %out.display(), "rows written");
         Ok(self.rows.len() as u64)
     }
@@ -631,6 +636,27 @@ mod tests {
         assert!(err.starts_with("a.csv:3: column 'id': duplicate key"), "{err}");
         let err = Dataset::load(&DatasetSpec::new("t", f.dir.path().join("none.csv"), &["id"])).unwrap_err();
         assert!(err.to_string().starts_with("none.csv: "), "{err}");
+    }
+
+    #[test]
+    fn a_fifo_or_directory_is_refused_at_once_naming_the_file() {
+        let f = Fixture::new();
+        let fifo = f.dir.path().join("fifo.csv");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        for file in [fifo, f.dir.path().to_path_buf()] {
+            let spec = DatasetSpec::new("t", &file, &["id"]);
+            let (tx, rx) = std::sync::mpsc::channel();
+            // A blocked open would hang this thread, not the test: the timeout below fails it.
+            std::thread::spawn(move || {
+                let errors = [spec.check_header().map(drop), Dataset::load(&spec).map(drop)];
+                tx.send(errors.map(|r| r.unwrap_err().to_string()))
+            });
+            for error in rx.recv_timeout(std::time::Duration::from_secs(5)).expect("refused promptly") {
+                assert!(error.starts_with(&format!("{}: ", file.display())), "{error}");
+                assert!(error.contains("a directory") || error.contains("not a regular file"), "{error}");
+            }
+        }
     }
 
     #[test]

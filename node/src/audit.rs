@@ -10,15 +10,15 @@
 //! channels a job used (a train job's dealer) get `channel_transcript`. The node signs a tree head after each entry with its ed25519 identity key.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use consort_api::vocab::Vocabulary;
 use consort_engine::Dataset;
 use consort_engine::audit::{self, AuditError, AuditLog, EcdhEvidence, events};
 use consort_protocols::{ChannelStats, Role, cpu};
 use serde_json::{Value, json};
-use tracing::warn;
+use tracing::{error, warn};
 
 use crate::identity;
 
@@ -32,8 +32,16 @@ pub fn proofs_enabled() -> bool {
 }
 
 /// The node's audit log, shared by its jobs.
+///
+/// A node never runs a job it cannot log: after the first failed write to the audit directory (a
+/// full disk, lost permissions) every further use of the log fails at once, so the job envelope
+/// refuses new jobs, until the node is restarted with the cause fixed. The failed append itself
+/// left the files as they were ([`AuditLog::append`] cuts them back), so the restart finds a log
+/// that verifies.
 pub struct NodeAudit {
     log: Mutex<AuditLog>,
+    /// Why the log could not be written, from the first failure on.
+    failure: OnceLock<String>,
 }
 
 impl NodeAudit {
@@ -41,13 +49,37 @@ impl NodeAudit {
     pub fn open(dir: &Path) -> Result<Arc<NodeAudit>> {
         let key = identity::read_signing_key(dir)?;
         let log = AuditLog::open(dir, key).context("cannot open the audit log")?;
-        Ok(Arc::new(NodeAudit { log: Mutex::new(log) }))
+        Ok(Arc::new(NodeAudit { log: Mutex::new(log), failure: OnceLock::new() }))
+    }
+
+    /// Whether the log can still be written (false after an audit I/O error, until a restart).
+    pub fn healthy(&self) -> bool {
+        self.failure.get().is_none()
+    }
+
+    /// Why the log could not be written, if it could not.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
     }
 
     /// Runs `f` on the log (callers in async code go through [`cpu::run`]: appends rewrite files).
+    /// Fails at once after an earlier audit I/O error, and records one that `f` runs into.
     pub fn with<T>(&self, f: impl FnOnce(&mut AuditLog) -> Result<T, AuditError>) -> Result<T> {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(f(&mut log)?)
+        if let Some(cause) = self.failure.get() {
+            bail!("{}", stopped(cause));
+        }
+        match f(&mut log) {
+            Ok(value) => Ok(value),
+            // Only the audit directory's own files (log, heads, salts): a dataset file that a
+            // commitment cannot read fails its job, not the node.
+            Err(AuditError::Io { path, cause }) if path.starts_with(log.dir()) => {
+                let cause = format!("{}: {cause}", path.display());
+                error!("{}", stopped(&cause));
+                Err(anyhow!("{}", stopped(self.failure.get_or_init(|| cause))))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub fn append(&self, job: &str, event: &str, fields: Value) -> Result<()> {
@@ -59,6 +91,12 @@ impl NodeAudit {
         let (audit, job, event) = (self.clone(), job.to_string(), event.to_string());
         cpu::run(move || audit.append(&job, &event, fields)).await
     }
+}
+
+fn stopped(cause: &str) -> String {
+    format!(
+        "the audit log could not be written ({cause}); the node takes no new jobs until it is restarted with space/permissions fixed"
+    )
 }
 
 /// The parties of a request as the log records them: this node's role, the peer's name and the
@@ -158,5 +196,47 @@ pub async fn record_outcome(audit: &Arc<NodeAudit>, job: &str, failure: Option<&
     };
     if let Err(e) = audit.append_async(job, fields.0, fields.1).await {
         warn!(job, "cannot record the job outcome in the audit log: {e:#}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_an_audit_write_error_the_node_takes_no_new_jobs_until_restarted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("node");
+        identity::init(&dir, "a", "127.0.0.1:0").unwrap();
+        let audit = NodeAudit::open(&dir).unwrap();
+        audit.append("j1", "request", json!({})).unwrap();
+        // A dataset file a commitment cannot read is the job's problem, not the log's.
+        assert!(audit.with(|_| audit::commitment::commit_file(&tmp.path().join("gone.csv"))).is_err());
+        assert!(audit.healthy());
+
+        // The audit directory stops being writable (here: it is replaced by a file, so every open
+        // under it fails with ENOTDIR).
+        let (audit_dir, moved) = (dir.join(audit::AUDIT_DIR), dir.join("audit.moved"));
+        std::fs::rename(&audit_dir, &moved).unwrap();
+        std::fs::write(&audit_dir, b"").unwrap();
+        let error = format!("{:#}", audit.append("j2", "request", json!({})).unwrap_err());
+        assert!(error.contains("the audit log could not be written") && error.contains("log.jsonl"), "{error}");
+        assert!(error.contains("takes no new jobs until it is restarted"), "{error}");
+        assert!(!audit.healthy());
+        assert!(audit.failure().unwrap().contains("log.jsonl"));
+
+        // The cause is fixed, but this node stays stopped: it fails fast, naming the first cause.
+        std::fs::remove_file(&audit_dir).unwrap();
+        std::fs::rename(&moved, &audit_dir).unwrap();
+        let again = format!("{:#}", audit.append("j3", "request", json!({})).unwrap_err());
+        assert_eq!(again, error);
+        assert_eq!(audit.with(|log| Ok(log.entries().len())).unwrap_err().to_string(), error);
+        drop(audit);
+
+        // A restart finds a log that verifies, and logs again.
+        let audit = NodeAudit::open(&dir).unwrap();
+        assert!(audit.healthy());
+        audit.append("j4", "request", json!({})).unwrap();
+        assert_eq!(audit.with(|log| Ok(log.entries().len())).unwrap(), 2);
     }
 }

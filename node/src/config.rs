@@ -14,7 +14,6 @@
 //! ```
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -211,23 +210,12 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Writes `bytes` to `path` through a temp file in the same directory and a rename. `secret` files
-/// get mode 0600 before any byte is written.
+/// Writes `bytes` to `path` with [`consort_engine::storage::write_atomic`] (temp file, fsync,
+/// rename, directory fsync). `secret` files are 0600 from their creation, others 0644.
 pub fn write_atomic(path: &Path, bytes: &[u8], secret: bool) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a temp file in {}", dir.display()))?;
-    if !secret {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file().set_permissions(fs::Permissions::from_mode(0o644))?;
-    }
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    use consort_engine::storage::{self, Access};
+    let access = if secret { Access::OwnerOnly } else { Access::Readable };
+    storage::write_atomic(path, bytes, access).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Absolute form of a user-given path (relative to the current directory).

@@ -8,7 +8,6 @@
 //! stays taken across restarts.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -180,19 +179,12 @@ fn read_records(dir: &Path) -> Result<Vec<JobStatus>> {
     Ok(records)
 }
 
+/// Records are private to the node (0600), like the rest of its directory.
 fn write_record(dir: &Path, status: &JobStatus) -> Result<()> {
     let path = dir.join(format!("{}.json", status.job_id));
     let text = serde_json::to_vec_pretty(status)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a temp file in {}", dir.display()))?;
-    tmp.write_all(&text)
-        .and_then(|_| tmp.as_file().sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    tmp.persist(&path).map_err(|e| e.error).with_context(|| format!("cannot write {}", path.display()))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))?;
-    Ok(())
+    consort_engine::storage::write_atomic(&path, &text, consort_engine::storage::Access::OwnerOnly)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 impl JobHandle {

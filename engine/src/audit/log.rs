@@ -15,7 +15,9 @@
 //! without its entries. Opening the log repairs exactly that: it cuts a torn last line (no
 //! newline: it was never complete, so never acknowledged) and signs a head for a last complete
 //! entry that lacks one (the crash window; more unsigned entries are refused), then verifies the
-//! whole log. The root of the next head comes from the
+//! whole log. An append that fails (a full disk, a file size limit) cuts both files back to their
+//! lengths before it and leaves the log in memory as it was, so the log stays verifiable and the
+//! next append, once the disk has room, works. The root of the next head comes from the
 //! "frontier" of perfect subtrees (`O(log n)` hashes per append), so appends cost the same
 //! whatever the log's size.
 
@@ -85,6 +87,9 @@ pub struct AuditLog {
     frontier: Vec<(u64, Hash)>,
     /// Index of each job's latest entry (each entry names the job's previous one in `prev`).
     last_of_job: HashMap<String, u64>,
+    /// Lengths of `log.jsonl` and `heads.jsonl` before an append that failed and could not be cut
+    /// back (the disk refused even that): the next append cuts back to them first.
+    cut_pending: Option<(u64, u64)>,
 }
 
 /// Pushes a leaf onto a frontier of perfect subtrees, merging equal sizes.
@@ -114,6 +119,29 @@ fn append_line(path: &Path, line: &str) -> Result<(), AuditError> {
     let mut file =
         std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| AuditError::io(path, e))?;
     file.write_all(format!("{line}\n").as_bytes()).map_err(|e| AuditError::io(path, e))?;
+    file.sync_data().map_err(|e| AuditError::io(path, e))
+}
+
+/// The length of `path` (0 if it does not exist yet).
+fn file_len(path: &Path) -> Result<u64, AuditError> {
+    match std::fs::metadata(path) {
+        Ok(meta) => Ok(meta.len()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(AuditError::io(path, e)),
+    }
+}
+
+/// Cuts `path` back to `len` bytes and syncs it (a missing file has nothing to cut).
+fn cut_to(path: &Path, len: u64) -> Result<(), AuditError> {
+    let file = match std::fs::OpenOptions::new().write(true).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(AuditError::io(path, e)),
+    };
+    if file.metadata().map_err(|e| AuditError::io(path, e))?.len() == len {
+        return Ok(());
+    }
+    file.set_len(len).map_err(|e| AuditError::io(path, e))?;
     file.sync_data().map_err(|e| AuditError::io(path, e))
 }
 
@@ -167,7 +195,7 @@ impl AuditLog {
                 last_of_job.insert(job, i as u64);
             }
         }
-        Ok(AuditLog { dir, key, lines, leaves, heads, frontier, last_of_job })
+        Ok(AuditLog { dir, key, lines, leaves, heads, frontier, last_of_job, cut_pending: None })
     }
 
     pub fn dir(&self) -> &Path {
@@ -211,16 +239,37 @@ impl AuditLog {
         let mut frontier = self.frontier.clone();
         frontier_push(&mut frontier, leaf);
         let head = SignedHead::sign(&self.key, seq + 1, frontier_root(&frontier), time);
-        // Entry first: a crash in between leaves an entry without a head (which `open` signs),
-        // never a head without its entry.
-        append_line(&self.dir.join(LOG_FILE), &line)?;
-        append_line(&self.dir.join(HEADS_FILE), &json_line(&head))?;
+        self.write_entry(&line, &json_line(&head))?;
         self.lines.push(line);
         self.leaves.push(leaf);
         self.frontier = frontier;
         self.heads.push(head);
         self.last_of_job.insert(job.to_string(), seq);
         Ok(seq)
+    }
+
+    /// Appends an entry's line and its head's line, or neither. Entry first: a crash in between
+    /// leaves an entry without a head (which `open` signs), never a head without its entry. On any
+    /// error (a full disk, a file size limit, a failed sync) both files are cut back to their
+    /// lengths before the append, so no torn or unsigned line stays behind to make the next append
+    /// unverifiable; if even the cut fails, the next append retries it before writing.
+    fn write_entry(&mut self, line: &str, head: &str) -> Result<(), AuditError> {
+        let (log_path, heads_path) = (self.dir.join(LOG_FILE), self.dir.join(HEADS_FILE));
+        if let Some((log_len, heads_len)) = self.cut_pending {
+            cut_to(&log_path, log_len)?;
+            cut_to(&heads_path, heads_len)?;
+            self.cut_pending = None;
+        }
+        let before = (file_len(&log_path)?, file_len(&heads_path)?);
+        let written = append_line(&log_path, line).and_then(|()| append_line(&heads_path, head));
+        if let Err(error) = written {
+            if let Err(cut) = cut_to(&log_path, before.0).and_then(|()| cut_to(&heads_path, before.1)) {
+                tracing::error!("audit append failed ({error}) and cannot be cut back yet ({cut})");
+                self.cut_pending = Some(before);
+            }
+            return Err(error);
+        }
+        Ok(())
     }
 
     /// The audit path of entry `index` in the tree of the first `size` entries.
@@ -426,6 +475,86 @@ mod tests {
             heads.truncate(2);
         });
         assert!(AuditLog::open(dir.path(), key()).is_err());
+    }
+
+    /// Names the node directory of [`appends_under_a_file_size_limit`], run in a child process.
+    const FSIZE_CHILD_DIR: &str = "CONSORT_TEST_FSIZE_CHILD_DIR";
+
+    /// Sets this process's soft limit on file sizes (`None`: back to the hard limit).
+    fn limit_file_size(bytes: Option<u64>) {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit) }, 0);
+        limit.rlim_cur = bytes.map_or(limit.rlim_max, |b| b as libc::rlim_t);
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &limit) }, 0);
+    }
+
+    fn assert_efbig(error: AuditError, file: &str) {
+        match &error {
+            AuditError::Io { path, cause } if path.ends_with(file) && cause.raw_os_error() == Some(libc::EFBIG) => {}
+            _ => panic!("expected EFBIG on {file}, got {error}"),
+        }
+    }
+
+    /// The writes of this test fail for real: a file size limit (`RLIMIT_FSIZE`, with `SIGXFSZ`
+    /// ignored so `write` returns `EFBIG`) cuts a line in the middle, as a full disk does. The
+    /// limit is per process, so this runs in a child process started by
+    /// [`an_append_that_fails_mid_line_is_cut_back`].
+    #[test]
+    #[ignore = "run in a child process by an_append_that_fails_mid_line_is_cut_back"]
+    fn appends_under_a_file_size_limit() {
+        let dir = PathBuf::from(std::env::var_os(FSIZE_CHILD_DIR).expect("run by the parent test"));
+        unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+        let audit = dir.join(AUDIT_DIR);
+        let sizes = || (file_len(&audit.join(LOG_FILE)).unwrap(), file_len(&audit.join(HEADS_FILE)).unwrap());
+        let mut log = AuditLog::open(&dir, key()).unwrap();
+        for i in 0..5 {
+            log.append(&format!("j{i}"), "start", serde_json::json!({"rows": i})).unwrap();
+        }
+        // A head line is longer than an entry line: under this limit the entry fits, its head is
+        // torn.
+        let (entries, heads) = sizes();
+        assert!(heads > entries + 200, "{entries} {heads}");
+        limit_file_size(Some(heads + 10));
+        let error = log.append("j0", "end", serde_json::json!({})).unwrap_err();
+        limit_file_size(None);
+        assert_efbig(error, HEADS_FILE);
+        assert_eq!(sizes(), (entries, heads), "both files cut back");
+        assert_eq!((log.entries().len(), log.heads().len()), (5, 5));
+        // A long entry makes the log the larger file; then the entry itself is torn.
+        log.append("pad", "start", serde_json::json!({"pad": "x".repeat(4000)})).unwrap();
+        let (entries, heads) = sizes();
+        limit_file_size(Some(entries + 10));
+        let error = log.append("j1", "end", serde_json::json!({})).unwrap_err();
+        limit_file_size(None);
+        assert_efbig(error, LOG_FILE);
+        assert_eq!(sizes(), (entries, heads), "both files cut back");
+        // Space is back: the next appends work and the files verify as they are, before any
+        // repair by `open`.
+        assert_eq!(log.append("j0", "end", serde_json::json!({})).unwrap(), 6);
+        assert_eq!(log.append("j1", "end", serde_json::json!({})).unwrap(), 7);
+        assert_eq!(verify_files(&dir, &key().verifying_key()).unwrap().entries, 8);
+        // `prev` still names each job's last written entry.
+        assert!(log.entries()[6].contains("\"prev\":0") && log.entries()[7].contains("\"prev\":1"));
+    }
+
+    #[test]
+    fn an_append_that_fails_mid_line_is_cut_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "audit::log::tests::appends_under_a_file_size_limit", "--ignored", "--test-threads=1"])
+            .env(FSIZE_CHILD_DIR, dir.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&child.stdout);
+        assert!(
+            child.status.success() && stdout.contains("1 passed"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&child.stderr)
+        );
+        // The node starts again on that log, and it verifies.
+        let log = AuditLog::open(dir.path(), key()).unwrap();
+        assert_eq!((log.entries().len(), log.heads().len()), (8, 8));
+        assert_eq!(verify_files(dir.path(), &key().verifying_key()).unwrap().entries, 8);
     }
 
     #[test]

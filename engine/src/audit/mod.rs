@@ -95,20 +95,9 @@ pub fn unhex_vec(text: &str) -> Option<Vec<u8>> {
     (0..text.len() / 2).map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()).collect()
 }
 
-/// Writes `bytes` to `path` atomically (temp file in the same directory, then rename), with mode
-/// 0600 if `private`.
+/// Writes `bytes` to `path` with [`crate::storage::write_atomic`], mode 0600 if `private`.
 pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8], private: bool) -> Result<(), AuditError> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| AuditError::io(dir, e))?;
-    if !private {
-        // Temp files are created 0600; evidence that is not secret is readable by others.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
-            .map_err(|e| AuditError::io(tmp.path(), e))?;
-    }
-    tmp.write_all(bytes).map_err(|e| AuditError::io(path, e))?;
-    tmp.as_file().sync_all().map_err(|e| AuditError::io(path, e))?;
-    tmp.persist(path).map_err(|e| AuditError::io(path, e.error))?;
-    Ok(())
+    use crate::storage::Access;
+    let access = if private { Access::OwnerOnly } else { Access::Readable };
+    crate::storage::write_atomic(path, bytes, access).map_err(|e| AuditError::io(path, e))
 }

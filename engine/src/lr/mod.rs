@@ -28,7 +28,6 @@
 //! comparison of demos and tests). The modules are private: everything public is re-exported here,
 //! so `consort_engine::lr::X` is the one path to each item.
 
-use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
@@ -95,18 +94,15 @@ impl Stages {
     }
 }
 
-/// Writes `bytes` to `path` atomically (temp file in the same directory, fsync, then rename):
-/// model files, A's predictions and the synthetic LR datasets ([`crate::lr_synth`]).
+/// Writes `bytes` to `path` with [`crate::storage::write_atomic`] (mode 0600), creating its
+/// directory: model files, A's predictions and the synthetic LR datasets ([`crate::lr_synth`]).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| DataError::io(dir, e))?;
-    tmp.write_all(bytes).and_then(|_| tmp.as_file().sync_all()).map_err(|e| DataError::io(path, e))?;
-    tmp.persist(path).map_err(|e| DataError::io(path, e.error))?;
-    Ok(())
+    crate::storage::write_atomic(path, bytes, crate::storage::Access::OwnerOnly).map_err(|e| DataError::io(path, e))
 }
 
 #[cfg(test)]
