@@ -77,6 +77,9 @@ pub(super) async fn prepare(
     state: &Arc<NodeState>,
     r: SubmitRequest,
 ) -> Result<(Ask, Box<dyn Job>, Option<DatasetSpec>, Arc<JobHandle>), Status> {
+    if let Some(why) = state.audit.failure() {
+        return Err(Status::unavailable(format!("this node takes no new jobs: {why}")));
+    }
     let kind: JobKind = wire("job kind", r.kind).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let spec =
         super::kind(kind).ok_or_else(|| Status::invalid_argument(format!("job kind {kind} cannot be submitted")))?;
@@ -220,6 +223,11 @@ async fn take(
 ) -> Option<Arc<JobHandle>> {
     // The pin is checked per request: a connection opened before its peer's pin was replaced or
     // removed carries no request any more.
+    if !state.audit.healthy() {
+        warn!(peer = %peer.name, "refused a job request: the audit log cannot be written");
+        refuse(channel, "the responder cannot record jobs in its audit log; it takes no new jobs".into()).await;
+        return None;
+    }
     if !still_pinned(state, peer) {
         warn!(peer = %peer.name, "refused a job request on a connection whose certificate is no longer pinned");
         refuse(channel, "this connection's certificate is no longer pinned here; reconnect".into()).await;

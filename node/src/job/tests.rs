@@ -307,6 +307,25 @@ async fn a_dealer_must_be_a_third_node() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn after_an_audit_write_error_the_node_refuses_new_jobs() {
+    let t = two().await;
+    // The audit directory becomes a file: the next append fails (ENOTDIR).
+    let audit = t.b.dir.join("audit");
+    std::fs::rename(&audit, t.b.dir.join("audit.moved")).unwrap();
+    std::fs::write(&audit, b"").unwrap();
+    let Answer::Refused(reason) = raw_request(&t.b, raw_psi("j1")).await else { panic!("accepted unlogged") };
+    assert!(reason.contains("cannot record the job in its audit log"), "{reason}");
+    assert!(!t.b.audit.healthy());
+    // Space or permissions back: still no new jobs until the node restarts.
+    std::fs::remove_file(&audit).unwrap();
+    std::fs::rename(t.b.dir.join("audit.moved"), &audit).unwrap();
+    let Answer::Refused(reason) = raw_request(&t.b, raw_psi("j2")).await else { panic!("accepted unlogged") };
+    assert!(reason.contains("takes no new jobs"), "{reason}");
+    let restarted = NodeState::open(&t.b.dir, addr()).await.unwrap();
+    assert!(restarted.audit.healthy());
+}
+
 /// A job kind of the tests: writes its output, then succeeds or fails as told.
 struct TestJob {
     fail: bool,

@@ -180,3 +180,41 @@ fn out_of_range_hyper_parameters_are_refused() {
     assert!(LrConfig { epochs: MAX_EPOCHS, ..LrConfig::default() }.validate().is_ok());
     assert!(LrConfig { epochs: 0, ..LrConfig::default() }.validate().is_err());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_announcing_too_many_features_is_refused_before_any_ot() {
+    // B's 20,000 features × batch 1024 × 12 bits would be 2.5e8 OTs per batch for A.
+    let config = LrConfig { epochs: 1, batch_size: 1024, ..LrConfig::default() };
+    let (n, d_a, d_b) = (4, 2, 20_000);
+    let input_a = LrInput {
+        party: Party::A,
+        features: Matrix::new(vec![0; n * d_a], n, d_a, config.feature_bits),
+        labels: Some(vec![0, 1, 0, 1]),
+        train: (0..n as u32).collect(),
+        holdout: vec![],
+    };
+    let input_b = LrInput {
+        party: Party::B,
+        features: Matrix::new(vec![0; n * d_b], n, d_b, config.feature_bits),
+        labels: None,
+        train: (0..n as u32).collect(),
+        holdout: vec![],
+    };
+    let (ca, cb) = memory_pair(16);
+    let config_b = config.clone();
+    // Each side drops its end when it returns, so the other is not left waiting.
+    let (ra, _rb) = futures::join!(
+        async move {
+            let r = train(&ca, input_a, &config, None).await;
+            drop(ca);
+            r
+        },
+        async move {
+            let r = train(&cb, input_b, &config_b, None).await;
+            drop(cb);
+            r
+        }
+    );
+    let err = ra.unwrap_err().to_string();
+    assert!(err.contains("the peer claims 20000 features"), "{err}");
+}

@@ -213,6 +213,11 @@ pub(super) fn check_input(input: &LrInput, config: &LrConfig) -> Result<(), MpcE
 
 /// Both parties send the digest of (parameters, rows, batch order, holdout) and their feature
 /// count; disagreeing parties stop here.
+/// Most features a peer may announce.
+pub const MAX_PEER_FEATURES: u64 = 1 << 16;
+/// Most random OTs one batch's products may need (2^27 OTs: 2 GiB of 16-byte OT messages).
+pub const MAX_OTS_PER_BATCH: u64 = 1 << 27;
+
 async fn handshake<C: Channel>(
     channel: &C,
     input: &LrInput,
@@ -241,8 +246,15 @@ async fn handshake<C: Channel>(
         ));
     }
     let cols = u64::from_le_bytes(theirs[32..].try_into().unwrap());
-    if cols > 1 << 20 {
-        return Err(violation(format!("the peer claims {cols} features")));
+    // The peer's feature count sizes this party's OT work per batch (its features' bits are the
+    // choice bits): bound it before anything is allocated for it.
+    let ots = cols.saturating_mul(config.batch_size as u64).saturating_mul(u64::from(config.feature_bits));
+    if cols > MAX_PEER_FEATURES || ots > MAX_OTS_PER_BATCH {
+        return Err(violation(format!(
+            "the peer claims {cols} features: with batch size {} and {} bits that is {ots} OTs per batch (at most \
+             {MAX_OTS_PER_BATCH}, and at most {MAX_PEER_FEATURES} features)",
+            config.batch_size, config.feature_bits
+        )));
     }
     Ok(cols as usize)
 }
