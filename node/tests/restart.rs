@@ -5,9 +5,9 @@
 
 mod common;
 
-use common::{ok, s, start_node};
+use common::{TwoNodes, ok, psi_args, s, start_node, two_nodes};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -27,22 +27,6 @@ fn state_of(jobs: &[serde_json::Value], id: &str) -> String {
 
 fn audit_lines(dir: &Path) -> usize {
     std::fs::read_to_string(dir.join("audit/log.jsonl")).unwrap().lines().count()
-}
-
-fn psi_args<'a>(a: &'a Path, out: &'a Path) -> Vec<&'a str> {
-    vec![
-        "psi",
-        s(a),
-        "--peer",
-        "partner",
-        "--dataset",
-        "customers",
-        "--peer-dataset",
-        "accounts",
-        "--out",
-        s(out),
-        "--json",
-    ]
 }
 
 /// Sends a job request with a chosen id to the node at `addr` as the node of `client_dir` (stopped).
@@ -66,19 +50,7 @@ async fn raw_request(client_dir: &Path, peer: &str, addr: &str, job_id: &str, da
 fn a_killed_node_marks_its_running_job_interrupted_and_never_reuses_ids() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let (a, b, data): (PathBuf, PathBuf, PathBuf) = (root.join("bank"), root.join("partner"), root.join("data"));
-    ok(&["init", s(&a), "--name", "bank", "--listen", "127.0.0.1:0"]);
-    ok(&["init", s(&b), "--name", "partner", "--listen", "127.0.0.1:0"]);
-    ok(&["gen", "psi", "--rows", "150000", "--overlap", "50000", "--seed", "3", "--out", s(&data)]);
-    let (na, addr_a) = start_node(&a);
-    let (nb, addr_b) = start_node(&b);
-    ok(&["peer", "add", s(&a), "--name", "partner", "--addr", &addr_b, "--cert", s(&b.join("node.crt"))]);
-    ok(&["peer", "add", s(&b), "--name", "bank", "--addr", &addr_a, "--cert", s(&a.join("node.crt"))]);
-    let add = |dir: &Path, name: &str, file: &str, grant: &str| {
-        ok(&["dataset", "add", s(dir), "--name", name, "--file", s(&data.join(file)), "--key", "id", "--grant", grant]);
-    };
-    add(&a, "customers", "a.csv", "partner");
-    add(&b, "accounts", "b.csv", "bank");
+    let TwoNodes { a, b, na, nb, .. } = two_nodes(root, 150_000, 50_000);
 
     // A job that completes, then one during which the bank's node is killed.
     let out = root.join("first.csv");
@@ -113,7 +85,7 @@ fn a_killed_node_marks_its_running_job_interrupted_and_never_reuses_ids() {
     assert!(!out2.exists(), "no output from an interrupted job");
 
     // Restarted, the node has marked it (table and audit log) and still lists both.
-    let (na, addr_a) = start_node(&a);
+    let (na, _) = start_node(&a);
     let online = jobs(&a);
     assert_eq!(state_of(&online, &first_id), "done");
     assert_eq!(state_of(&online, &second_id), "interrupted");
@@ -125,7 +97,6 @@ fn a_killed_node_marks_its_running_job_interrupted_and_never_reuses_ids() {
 
     // Requests reusing either id are refused by both nodes before anything is logged under them.
     let (_na, addr_a2) = start_node(&a);
-    let _ = addr_a;
     drop(nb);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     for id in [&first_id, &second_id] {

@@ -74,3 +74,50 @@ pub fn start_node(dir: &Path) -> (NodeProc, String) {
     }
     panic!("node in {} did not start", dir.display());
 }
+
+/// Two running node processes, "bank" (dataset "customers", a.csv) and "partner" ("accounts",
+/// b.csv), pinning each other, each dataset granted to the other for PSI.
+pub struct TwoNodes {
+    pub a: std::path::PathBuf,
+    pub b: std::path::PathBuf,
+    pub na: NodeProc,
+    pub nb: NodeProc,
+    pub addr_a: String,
+    pub addr_b: String,
+}
+
+/// [`TwoNodes`] under `root`, on generated data of `rows` ids per side with `overlap` shared.
+pub fn two_nodes(root: &Path, rows: u64, overlap: u64) -> TwoNodes {
+    let (a, b, data) = (root.join("bank"), root.join("partner"), root.join("data"));
+    ok(&["init", s(&a), "--name", "bank", "--listen", "127.0.0.1:0"]);
+    ok(&["init", s(&b), "--name", "partner", "--listen", "127.0.0.1:0"]);
+    let (rows, overlap) = (rows.to_string(), overlap.to_string());
+    ok(&["gen", "psi", "--rows", &rows, "--overlap", &overlap, "--seed", "3", "--out", s(&data)]);
+    let (na, addr_a) = start_node(&a);
+    let (nb, addr_b) = start_node(&b);
+    ok(&["peer", "add", s(&a), "--name", "partner", "--addr", &addr_b, "--cert", s(&b.join("node.crt"))]);
+    ok(&["peer", "add", s(&b), "--name", "bank", "--addr", &addr_a, "--cert", s(&a.join("node.crt"))]);
+    let add = |dir: &Path, name: &str, file: &str, grant: &str| {
+        ok(&["dataset", "add", s(dir), "--name", name, "--file", s(&data.join(file)), "--key", "id", "--grant", grant]);
+    };
+    add(&a, "customers", "a.csv", "partner");
+    add(&b, "accounts", "b.csv", "bank");
+    TwoNodes { a, b, na, nb, addr_a, addr_b }
+}
+
+/// `consort psi` from the bank against the partner's "accounts", writing `out`, with `--json`.
+pub fn psi_args<'a>(a: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    vec![
+        "psi",
+        s(a),
+        "--peer",
+        "partner",
+        "--dataset",
+        "customers",
+        "--peer-dataset",
+        "accounts",
+        "--out",
+        s(out),
+        "--json",
+    ]
+}
