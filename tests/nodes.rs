@@ -7,7 +7,6 @@ use std::time::Duration;
 use consort_api::JobState;
 use consort_api::vocab::Vocabulary;
 use consort_engine::DatasetSpec;
-use consort_node::cli::psi::psi_request;
 use consort_node::client::NodeClient;
 use consort_node::node::{self, NodeHandle};
 use consort_node::proto::{JobStatus, SubmitRequest};
@@ -64,7 +63,7 @@ async fn pair_with_data(a_csv: &str, b_csv: &str) -> Pair {
 /// The bank's PSI request on its dataset "customers" with the partner's `peer_dataset`.
 fn request(protocol: &str, peer_dataset: &str, reveal: &str, out: &str) -> SubmitRequest {
     let (protocol, reveal) = (protocol.parse().unwrap(), consort_protocols::Reveal::parse_name(reveal).unwrap());
-    psi_request(pair::B, "customers", peer_dataset, protocol, reveal, Path::new(out))
+    SubmitRequest::psi(pair::B, "customers", peer_dataset, protocol, reveal, Path::new(out))
 }
 
 async fn run_psi(dir: &Path, peer_dataset: &str, reveal: &str, out: &Path) -> JobStatus {

@@ -266,14 +266,15 @@ impl TryFrom<proto::Reveal> for consort_protocols::Reveal {
 
 impl proto::SubmitRequest {
     /// A PSI job with `peer`: this node's `dataset` against the peer's `peer_dataset`; `out` is
-    /// this node's output (an absolute path, or "" for the node's default under `DIR/outputs`).
+    /// this node's output (an absolute path, or an empty path for the node's default under
+    /// `DIR/outputs`).
     pub fn psi(
         peer: &str,
         dataset: &str,
         peer_dataset: &str,
         protocol: PsiProtocol,
         reveal: consort_protocols::Reveal,
-        out: &str,
+        out: &std::path::Path,
     ) -> Self {
         proto::SubmitRequest {
             kind: JobKind::Psi as i32,
@@ -282,7 +283,7 @@ impl proto::SubmitRequest {
             peer_dataset: peer_dataset.into(),
             protocol: proto::PsiProtocol::from(protocol) as i32,
             reveal: proto::Reveal::from(reveal) as i32,
-            out: out.into(),
+            out: out.display().to_string(),
             params: String::new(),
         }
     }

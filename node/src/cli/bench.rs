@@ -202,7 +202,9 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
     let out_a = root.join(format!("out-a-{}.csv", std::process::id()));
     let cpu_before = (a.cpu_seconds()?, b.cpu_seconds()?);
     let started = Instant::now();
-    let job_id = client_a.submit(super::psi::psi_request(pair::B, "a", "b", protocol, args.reveal, &out_a)).await?;
+    let job_id = client_a
+        .submit(consort_api::proto::SubmitRequest::psi(pair::B, "a", "b", protocol, args.reveal, &out_a))
+        .await?;
     let status = super::status::watch_with_progress(&client_a, &job_id, args.json).await?;
     let wall_s = started.elapsed().as_secs_f64();
     let (rss_a, rss_b) = (a.peak_rss()?, b.peak_rss()?);

@@ -12,10 +12,10 @@ use consort_engine::DatasetSpec;
 use consort_engine::PsiProtocol;
 use consort_protocols::Reveal;
 
-use super::psi::psi_request;
 use super::status;
 use crate::client::NodeClient;
 use crate::{node, pair, setup};
+use consort_api::proto::SubmitRequest;
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -89,7 +89,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let out_a = root.join("bank-intersection.csv");
     let client = NodeClient::connect(&a_dir).await?;
     let job_id = client
-        .submit(psi_request(pair::B, &spec_a.name, &spec_b.name, PsiProtocol::Ecdh, Reveal::Both, &out_a))
+        .submit(SubmitRequest::psi(pair::B, &spec_a.name, &spec_b.name, PsiProtocol::Ecdh, Reveal::Both, &out_a))
         .await?;
     say(format!("4. '{}' submitted ECDH-PSI job {job_id} through its control socket", pair::A));
     let status = status::watch_with_progress(&client, &job_id, args.json).await?;

@@ -1,6 +1,6 @@
 //! `consort psi`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
@@ -31,23 +31,11 @@ pub struct PsiArgs {
     json: bool,
 }
 
-/// A PSI job submission (`out` absolute).
-pub fn psi_request(
-    peer: &str,
-    dataset: &str,
-    peer_dataset: &str,
-    protocol: PsiProtocol,
-    reveal: Reveal,
-    out: &Path,
-) -> SubmitRequest {
-    SubmitRequest::psi(peer, dataset, peer_dataset, protocol, reveal, &out.display().to_string())
-}
-
 pub async fn psi(args: PsiArgs) -> Result<()> {
     let out = config::absolute(&args.out)?;
     let j = &args.job;
     let client = NodeClient::connect(&j.dir).await?;
-    let request = psi_request(&j.peer, &j.dataset, &j.peer_dataset, args.protocol, args.reveal, &out);
+    let request = SubmitRequest::psi(&j.peer, &j.dataset, &j.peer_dataset, args.protocol, args.reveal, &out);
     let job_id = client.submit(request).await?;
     let status = watch_with_progress(&client, &job_id, args.json).await?;
     if args.json {

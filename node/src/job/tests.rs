@@ -224,6 +224,20 @@ async fn malformed_or_old_requests_are_refused_without_a_record() {
     assert_eq!(entries(&t.b), before + 4);
     assert!(t.b.jobs.get("j1").is_none() && t.b.jobs.get("j2").is_none());
     assert_eq!(t.b.jobs.get("j3").unwrap().status().job_state(), JobState::Refused);
+    // Garbage in the typed fields: refused as policy decisions, never misread as a default.
+    for (id, request) in [
+        ("j5", JobRequest { protocol: 77, ..raw_psi("j5") }),
+        ("j6", JobRequest { reveal: -3, ..raw_psi("j6") }),
+        ("j7", JobRequest { kind: JobKind::Deal as i32, params: "{not json".into(), ..raw_psi("j7") }),
+    ] {
+        let Answer::Refused(reason) = raw_request(&t.b, request).await else { panic!("{id} accepted") };
+        assert!(reason.contains("unknown") || reason.contains("bad deal parameters"), "{id}: {reason}");
+    }
+    // The node is alive and its audit log still verifies after all of it.
+    assert_eq!(t.b.jobs.get("j5").unwrap().status().job_state(), JobState::Refused);
+    let (lines, heads) = consort_engine::audit::log::read_log(&t.b.dir.join("audit")).unwrap();
+    let key = crate::identity::read_signing_key(&t.b.dir).unwrap().verifying_key();
+    consort_engine::audit::verify_log(&t.b.dir.join("audit"), &lines, &heads, &key).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
