@@ -67,10 +67,11 @@ impl JobTable {
     /// Opens `DIR/jobs`: loads every record, and marks jobs that were pending or running when the
     /// node stopped as `interrupted` (returning their ids, so the caller can log it). `reserved`
     /// ids (e.g. every job id in the audit log) are never handed out again either.
-    pub fn open(node_dir: &Path, reserved: HashSet<String>) -> Result<(JobTable, Vec<String>)> {
+    pub fn open(node_dir: &Path, mut reserved: HashSet<String>) -> Result<(JobTable, Vec<String>)> {
         let dir = node_dir.join(JOBS_DIR);
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let mut records = read_records(&dir)?;
+        let (mut records, damaged) = read_records(&dir)?;
+        reserved.extend(damaged);
         let mut interrupted = Vec::new();
         for s in &mut records {
             if !s.job_state().is_final() {
@@ -111,8 +112,8 @@ impl JobTable {
         status.created = now_unix();
         let handle = {
             let mut registry = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            let on_disk = self.dir.as_ref().is_some_and(|d| d.join(format!("{}.json", status.job_id)).exists());
-            if registry.by_id.contains_key(&status.job_id) || on_disk || self.reserved.contains(&status.job_id) {
+            // Every record on disk was loaded at open: no file system call under the lock.
+            if registry.by_id.contains_key(&status.job_id) || self.reserved.contains(&status.job_id) {
                 return Ok(None);
             }
             let handle = self.handle(status);
@@ -140,7 +141,7 @@ pub fn read_table(node_dir: &Path) -> Result<Vec<JobStatus>> {
     if !dir.exists() {
         return Ok(Vec::new());
     }
-    let mut records = read_records(&dir)?;
+    let (mut records, _) = read_records(&dir)?;
     records.sort_by(|a, b| (a.created, &a.job_id).cmp(&(b.created, &b.job_id)));
     Ok(records)
 }
@@ -159,8 +160,9 @@ pub fn read_table_stopped(node_dir: &Path) -> Result<Vec<JobStatus>> {
     Ok(records)
 }
 
-fn read_records(dir: &Path) -> Result<Vec<JobStatus>> {
-    let mut records = Vec::new();
+/// The records in `dir`, and the ids of files that are not records (kept taken).
+fn read_records(dir: &Path) -> Result<(Vec<JobStatus>, Vec<String>)> {
+    let (mut records, mut damaged) = (Vec::new(), Vec::new());
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -173,10 +175,13 @@ fn read_records(dir: &Path) -> Result<Vec<JobStatus>> {
             Ok(s) => records.push(s),
             // Records are renamed into place whole, so this is damage from outside the node: keep
             // starting, keep the id taken (the file stays), and say so.
-            Err(e) => warn!("{}: not a job record ({e}); ignored", path.display()),
+            Err(e) => {
+                warn!("{}: not a job record ({e}); ignored", path.display());
+                damaged.push(name.trim_end_matches(".json").to_string());
+            }
         }
     }
-    Ok(records)
+    Ok((records, damaged))
 }
 
 /// Records are private to the node (0600), like the rest of its directory.
@@ -292,8 +297,10 @@ mod tests {
         assert!(table.insert(status("j1")).await.unwrap().is_none(), "an id in use is refused");
         drop(table);
 
-        // A crash leaves a temp file of an interrupted write: it is ignored.
+        // A crash leaves a temp file of an interrupted write: it is ignored. A damaged record
+        // keeps its id taken.
         std::fs::write(dir.path().join(JOBS_DIR).join(".tmp-x"), b"{half").unwrap();
+        std::fs::write(dir.path().join(JOBS_DIR).join("j8.json"), b"{half").unwrap();
         let (table, interrupted) = JobTable::open(dir.path(), HashSet::new()).unwrap();
         assert_eq!(interrupted, vec!["j2".to_string()]);
         let list = table.list();
@@ -303,6 +310,7 @@ mod tests {
         assert!(table.insert(status("j1")).await.unwrap().is_none(), "an earlier id stays taken after a restart");
         assert!(table.insert(status("j2")).await.unwrap().is_none());
         assert!(table.insert(status("j3")).await.unwrap().is_some());
+        assert!(table.insert(status("j8")).await.unwrap().is_none(), "a damaged record's id stays taken");
         drop(table);
         let reserved = HashSet::from(["j9".to_string()]);
         let (table, _) = JobTable::open(dir.path(), reserved).unwrap();
