@@ -49,7 +49,8 @@ fn in_memory_run(c: &mut Criterion) {
     let requester = keys("k", 0..N);
     let responder = keys("k", N / 2..N / 2 + N);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
-    let config = |role| EcdhPsiConfig { role, reveal: Reveal::Both, progress: None, proofs: true };
+    let config =
+        |role| EcdhPsiConfig { role, reveal: Reveal::Both, progress: None, proofs: true, max_peer_items: u64::MAX };
     let (config_a, config_b) = (config(Role::Requester), config(Role::Responder));
 
     let mut group = c.benchmark_group("ecdh/psi");

@@ -17,5 +17,5 @@ pub mod synth;
 
 pub use dataset::{Dataset, DatasetSpec, Normalization};
 pub use error::{DataError, EngineError};
-pub use psi::{PsiJob, PsiProtocol, PsiReport, run_psi, run_psi_owned};
+pub use psi::{JobLimits, PsiJob, PsiProtocol, PsiReport, run_psi, run_psi_owned};
 pub use synth::{GenSummary, PsiGenSpec, generate_psi};

@@ -29,6 +29,39 @@ pub struct PsiJob {
     /// Prove the protocol steps where the protocol can (ECDH-PSI: key commitments and DLEQ
     /// proofs, see [`crate::audit`]); both parties must agree.
     pub proofs: bool,
+    /// The bounds this party's node puts on the job (its grant's).
+    pub limits: JobLimits,
+}
+
+/// Bounds a node's grant puts on one job, checked by the protocol (the peer's announced size)
+/// and by the engine (the aligned rows) before anything is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobLimits {
+    /// Most items the peer's set may have (its hello is refused above this).
+    pub max_peer_rows: u64,
+    /// Fewest rows the intersection may have for this party to write or train on it.
+    pub min_aligned_rows: u64,
+}
+
+impl Default for JobLimits {
+    /// No bounds but the protocols' own.
+    fn default() -> Self {
+        JobLimits { max_peer_rows: u64::MAX, min_aligned_rows: 0 }
+    }
+}
+
+impl JobLimits {
+    /// An intersection of `rows` rows is refused below the minimum (the peer hears the rule, not
+    /// the size, which it learns from the protocol anyway when it may).
+    pub fn check_aligned(&self, rows: u64) -> Result<(), DataError> {
+        if rows < self.min_aligned_rows {
+            return Err(DataError::Invalid(format!(
+                "the intersection has fewer rows than this node's grant requires ({})",
+                self.min_aligned_rows
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// What one party's side of a PSI job did.
@@ -75,7 +108,13 @@ async fn run_protocol<C: Channel>(
     job: &PsiJob,
 ) -> Result<(consort_protocols::PsiOutput, Option<EcdhEvidence>, Stages), EngineError> {
     let started = Instant::now();
-    let config = PsiConfig { role: job.role, reveal: job.reveal, progress: job.progress.clone(), proofs: job.proofs };
+    let config = PsiConfig {
+        role: job.role,
+        reveal: job.reveal,
+        progress: job.progress.clone(),
+        proofs: job.proofs,
+        max_peer_items: job.limits.max_peer_rows,
+    };
     let PsiRun { output, ecdh_evidence } = psi::run(channel, &dataset.keys, job.protocol, &config).await?;
     let mut stages = vec![("protocol".to_string(), started.elapsed().as_secs_f64())];
     // The protocol's own breakdown, if it measures one (steps may overlap).
@@ -91,6 +130,9 @@ async fn finish(
     mut stages: Stages,
 ) -> Result<PsiReport, EngineError> {
     let mut output = None;
+    if let Some(order) = &result.intersection {
+        job.limits.check_aligned(order.len() as u64)?;
+    }
     if let (Some(order), Some(path)) = (&result.intersection, &job.output) {
         let started = Instant::now();
         write_output(dataset, order, path).await?;
@@ -130,7 +172,15 @@ mod tests {
     }
 
     fn job(role: Role, reveal: Reveal, output: PathBuf) -> PsiJob {
-        PsiJob { protocol: PsiProtocol::Ecdh, role, reveal, output: Some(output), progress: None, proofs: true }
+        PsiJob {
+            protocol: PsiProtocol::Ecdh,
+            role,
+            reveal,
+            output: Some(output),
+            progress: None,
+            proofs: true,
+            limits: JobLimits::default(),
+        }
     }
 
     const PROTOCOLS: [PsiProtocol; 2] = [PsiProtocol::Ecdh, PsiProtocol::Rr22];
@@ -182,6 +232,44 @@ mod tests {
             let report = verify_psi_outputs(&spec_a, &spec_b, Some(&out_a), b_out).unwrap();
             assert_eq!(report.expected, 700);
             assert!(report.ok, "{protocol:?} {reveal:?}: {:?}", report.problems);
+        }
+    }
+
+    /// A grant's limits: an intersection below the minimum writes nothing on the side that set
+    /// it; a peer set above the maximum is refused by the protocol before any output.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grant_limits_refuse_before_any_output() {
+        for protocol in PROTOCOLS {
+            let dir = tempfile::tempdir().unwrap();
+            let (spec_a, spec_b) = specs(dir.path(), 300, 200, 70);
+            let (a, b) = (Dataset::load(&spec_a).unwrap(), Dataset::load(&spec_b).unwrap());
+            let (out_a, out_b) = (dir.path().join("out/a.csv"), dir.path().join("out/b.csv"));
+            for (limits, expect) in [
+                (JobLimits { min_aligned_rows: 71, ..JobLimits::default() }, "fewer rows than this node's grant"),
+                (JobLimits { max_peer_rows: 199, ..JobLimits::default() }, "more than the 199 agreed"),
+            ] {
+                let (ca, cb) = memory_pair(16);
+                let job_a = PsiJob { protocol, limits, ..job(Role::Requester, Reveal::Both, out_a.clone()) };
+                let job_b = PsiJob { protocol, ..job(Role::Responder, Reveal::Both, out_b.clone()) };
+                let (ra, _) = tokio::join!(
+                    async {
+                        let r = run_psi(&ca, &a, &job_a).await;
+                        drop(ca);
+                        r
+                    },
+                    run_psi(&cb, &b, &job_b)
+                );
+                let error = ra.unwrap_err().to_string();
+                assert!(error.contains(expect), "{protocol:?}: {error}");
+                assert!(!out_a.exists(), "{protocol:?}: no output below the limits");
+            }
+            // At the limits exactly, the job runs.
+            let (ca, cb) = memory_pair(16);
+            let limits = JobLimits { min_aligned_rows: 70, max_peer_rows: 200 };
+            let job_a = PsiJob { protocol, limits, ..job(Role::Requester, Reveal::Both, out_a.clone()) };
+            let job_b = PsiJob { protocol, ..job(Role::Responder, Reveal::Both, out_b.clone()) };
+            let (ra, rb) = tokio::join!(run_psi(&ca, &a, &job_a), run_psi(&cb, &b, &job_b));
+            assert_eq!((ra.unwrap().intersection, rb.unwrap().intersection), (Some(70), Some(70)));
         }
     }
 

@@ -22,8 +22,20 @@ fn main() {
                 m.lock().unwrap().push(format!("{} {:.2}", p.stage, t.elapsed().as_secs_f64()));
             }
         });
-        let ca_cfg = EcdhPsiConfig { role: Role::Requester, reveal: Reveal::Both, progress: Some(progress), proofs };
-        let cb_cfg = EcdhPsiConfig { role: Role::Responder, reveal: Reveal::Both, progress: None, proofs };
+        let ca_cfg = EcdhPsiConfig {
+            role: Role::Requester,
+            reveal: Reveal::Both,
+            progress: Some(progress),
+            proofs,
+            max_peer_items: u64::MAX,
+        };
+        let cb_cfg = EcdhPsiConfig {
+            role: Role::Responder,
+            reveal: Reveal::Both,
+            progress: None,
+            proofs,
+            max_peer_items: u64::MAX,
+        };
         let (ra, rb) = rt.block_on(async {
             tokio::join!(ecdh::run_with_evidence(&ca, &a, &ca_cfg), ecdh::run_with_evidence(&cb, &b, &cb_cfg))
         });

@@ -69,7 +69,7 @@ async fn job(cheat: Option<Cheat>, out_dir: &Path) -> (Node, Node, Vec<(PathBuf,
     // A cheater is the responder of a requester-only job: it returns points and proves, and its
     // run ends (with its evidence) once it has sent its proof, while the requester checks it.
     let reveal = if cheat.is_some() { Reveal::RequesterOnly } else { Reveal::Both };
-    let config = move |role| EcdhPsiConfig { role, reveal, progress: None, proofs: true };
+    let config = move |role| EcdhPsiConfig { role, reveal, progress: None, proofs: true, max_peer_items: u64::MAX };
     let (items_a, items_b) = (keys(0..300), keys(100..500));
     let run_a = async move {
         let run = ecdh::run_with_evidence(&ca, &items_a, &config(Role::Requester)).await;
@@ -208,7 +208,8 @@ async fn mismatched_transcript_digests_are_caught() {
     let b2 = Node::new("b", 2);
     let (ca, cb) = memory_pair(8);
     let (ca, cb) = (Metered::new(ca), Metered::new(cb));
-    let config = |role| EcdhPsiConfig { role, reveal: Reveal::Both, progress: None, proofs: true };
+    let config =
+        |role| EcdhPsiConfig { role, reveal: Reveal::Both, progress: None, proofs: true, max_peer_items: u64::MAX };
     let (config_a, config_b, items) = (config(Role::Requester), config(Role::Responder), keys(0..10));
     let (x, y) =
         tokio::join!(ecdh::run_with_evidence(&ca, &items, &config_a), ecdh::run_with_evidence(&cb, &items, &config_b),);

@@ -9,7 +9,7 @@ use consort_protocols::{Channel, ProgressFn, Reveal, Role};
 use super::LrError;
 use crate::dataset::Dataset;
 use crate::error::DataError;
-use crate::psi::PsiProtocol;
+use crate::psi::{JobLimits, PsiProtocol};
 
 /// This party's rows in the joint order, the peer's row count, and the ECDH proofs' evidence.
 pub(super) struct Alignment {
@@ -25,12 +25,14 @@ pub(super) async fn align<C: Channel>(
     role: Role,
     protocol: PsiProtocol,
     progress: Option<ProgressFn>,
+    limits: JobLimits,
 ) -> Result<Alignment, LrError> {
-    let config = PsiConfig { progress, ..PsiConfig::new(role, Reveal::Both) };
+    let config = PsiConfig { progress, max_peer_items: limits.max_peer_rows, ..PsiConfig::new(role, Reveal::Both) };
     let run = psi::run(channel, &dataset.keys, protocol, &config).await?;
     let order = run.output.intersection.unwrap_or_default();
     if order.is_empty() {
         return Err(DataError::Invalid("the two datasets have no keys in common".into()).into());
     }
+    limits.check_aligned(order.len() as u64)?;
     Ok(Alignment { order, peer_rows: run.output.peer_size, ecdh_evidence: run.ecdh_evidence })
 }

@@ -26,6 +26,8 @@ pub struct ScoreJob {
     /// Where A writes the predictions (`KEY..., score`); unused by B.
     pub out: Option<PathBuf>,
     pub psi_progress: Option<ProgressFn>,
+    /// The bounds this party's grant puts on the job (peer set size, aligned rows).
+    pub limits: crate::psi::JobLimits,
 }
 
 /// What one party's side of a score job did.
@@ -55,7 +57,7 @@ pub async fn run_score<C: Channel>(channel: &C, dataset: &Dataset, job: &ScoreJo
         .into());
     }
     let mut stages = Stages::start();
-    let aligned = align(channel, dataset, job.role, job.psi, job.psi_progress.clone()).await?;
+    let aligned = align(channel, dataset, job.role, job.psi, job.psi_progress.clone(), job.limits).await?;
     let (order, peer_rows) = (aligned.order, aligned.peer_rows);
     stages.end("psi");
     let names: Vec<String> = model.features.iter().map(|f| f.name.clone()).collect();

@@ -52,6 +52,7 @@ async fn train_both(dir: &Path, a: &Dataset, b: &Dataset, params: LrParams) -> (
         peer: "peer".into(),
         psi_progress: None,
         progress: None,
+        limits: crate::JobLimits::default(),
     };
     let (ja, jb) = (job(Role::Requester, Some("y"), "model-a.json"), job(Role::Responder, None, "model-b.json"));
     let (ca, cb) = memory_pair(16);
@@ -127,6 +128,7 @@ async fn train_with_missing_ids_matches_plaintext_lr_and_models_reload() {
         model: Arc::new(model.clone()),
         out,
         psi_progress: None,
+        limits: crate::JobLimits::default(),
     };
     let (ja, jb) = (job(Role::Requester, &ma, Some(out.clone())), job(Role::Responder, &mb, None));
     let (sa, sb) = tokio::join!(run_score(&ca, &a, &ja), run_score(&cb, &b, &jb));

@@ -31,6 +31,8 @@ pub struct TrainJob {
     pub job_id: String,
     pub peer: String,
     pub psi_progress: Option<ProgressFn>,
+    /// The bounds this party's grant puts on the job (peer set size, aligned rows).
+    pub limits: crate::psi::JobLimits,
     pub progress: Option<LrProgressFn>,
 }
 
@@ -109,7 +111,7 @@ pub async fn run_train_with_dealer<C: Channel, D: Channel>(
         .into());
     }
     let mut stages = Stages::start();
-    let aligned = align(channel, dataset, job.role, job.psi, job.psi_progress.clone()).await?;
+    let aligned = align(channel, dataset, job.role, job.psi, job.psi_progress.clone(), job.limits).await?;
     stages.end("psi");
     let data = TrainingData::load(dataset, &aligned.order, job).await?;
     let input = data.input(party, &config);

@@ -61,12 +61,16 @@ pub struct PsiConfig {
     /// ECDH-PSI: commit to the job key and prove with DLEQ proofs that it was used on every
     /// returned point ([`EcdhPsiConfig::proofs`]). RR22 proves nothing and ignores it.
     pub proofs: bool,
+    /// Most items the peer may announce: its hello is refused above this before any buffer or
+    /// work is sized by it (a node passes the size the peer declared in its job request, checked
+    /// against the grant). [`u64::MAX`] leaves only each protocol's own bound.
+    pub max_peer_items: u64,
 }
 
 impl PsiConfig {
-    /// `role` and `reveal` with proofs on and no progress reports.
+    /// `role` and `reveal` with proofs on, no progress reports and no peer size bound of the job's.
     pub fn new(role: Role, reveal: Reveal) -> PsiConfig {
-        PsiConfig { role, reveal, progress: None, proofs: true }
+        PsiConfig { role, reveal, progress: None, proofs: true, max_peer_items: u64::MAX }
     }
 }
 
@@ -105,16 +109,16 @@ pub async fn run<C: Channel, I: Items + ?Sized>(
     protocol: PsiProtocol,
     config: &PsiConfig,
 ) -> Result<PsiRun, PsiError> {
-    let PsiConfig { role, reveal, ref progress, proofs } = *config;
+    let PsiConfig { role, reveal, ref progress, proofs, max_peer_items } = *config;
     let progress = progress.clone();
     match protocol {
         PsiProtocol::Ecdh => {
-            let config = EcdhPsiConfig { role, reveal, progress, proofs };
+            let config = EcdhPsiConfig { role, reveal, progress, proofs, max_peer_items };
             let (output, ecdh_evidence) = ecdh::run_with_evidence(channel, items, &config).await?;
             Ok(PsiRun { output, ecdh_evidence })
         }
         PsiProtocol::Rr22 => {
-            let config = Rr22Config { progress, ..Rr22Config::new(role, reveal) };
+            let config = Rr22Config { progress, max_peer_items, ..Rr22Config::new(role, reveal) };
             Ok(PsiRun { output: rr22::run(channel, items, &config).await?, ecdh_evidence: None })
         }
     }

@@ -87,3 +87,38 @@ fn run_is_send() {
     assert_send(run(&a, &items, PsiProtocol::Rr22, &config));
     assert_send(run(&a, items.as_slice(), PsiProtocol::Ecdh, &config));
 }
+
+/// The job's agreed peer size bounds the peer's hello in both protocols: a set one larger than
+/// agreed is refused (each side's run errs, nothing computed), exactly the agreed size runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_announcing_more_than_agreed_is_refused() {
+    let small = keys("k", 0..10);
+    let large = keys("k", 5..16);
+    for protocol in PROTOCOLS {
+        for (limit, ok) in [(11u64, true), (10, false)] {
+            let (a, b) = memory_pair(8);
+            let requester = PsiConfig { max_peer_items: limit, ..PsiConfig::new(Role::Requester, Reveal::Both) };
+            let responder = PsiConfig::new(Role::Responder, Reveal::Both);
+            let (ra, rb) = futures::join!(
+                async {
+                    let r = run(&a, &small, protocol, &requester).await;
+                    drop(a);
+                    r
+                },
+                async {
+                    let r = run(&b, &large, protocol, &responder).await;
+                    drop(b);
+                    r
+                }
+            );
+            if ok {
+                assert_eq!(ra.unwrap().output.intersection.map(|v| v.len()), Some(5), "{protocol:?}");
+                assert!(rb.is_ok(), "{protocol:?}");
+            } else {
+                let error = ra.unwrap_err().to_string();
+                assert!(error.contains("more than the 10 agreed"), "{protocol:?}: {error}");
+                assert!(rb.is_err(), "{protocol:?}: the honest-looking peer must not finish");
+            }
+        }
+    }
+}

@@ -50,6 +50,12 @@ pub(super) async fn run_framed<C: Channel, I: Items + ?Sized>(
     let (_, peer_hello) = futures::try_join!(channel.send(ours.encode()), channel.recv())?;
     let peer = Hello::decode(&peer_hello)?;
     ours.check_compatible(&peer)?;
+    if peer.size > config.max_peer_items {
+        return Err(violation(format!(
+            "the peer announced {} items, more than the {} agreed for this job",
+            peer.size, config.max_peer_items
+        )));
+    }
     let peer_size = peer.size as usize;
     let order = secret_order(own_size);
     let (we_learn, peer_learns) = (config.reveal.learns(config.role), config.reveal.learns(peer.role));

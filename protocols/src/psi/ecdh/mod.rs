@@ -229,6 +229,9 @@ pub struct EcdhPsiConfig {
     /// Commit to the job key and prove with DLEQ proofs that it was used on every returned point
     /// (both parties must agree). Off: phase 2 sends 16-byte tags and nothing is proved.
     pub proofs: bool,
+    /// Most items the peer may announce (its hello is refused above this, before any buffer is
+    /// sized): the job's agreed peer set size, or [`u64::MAX`] for only the protocol's own bound.
+    pub max_peer_items: u64,
 }
 
 /// Why an ECDH-PSI run failed.

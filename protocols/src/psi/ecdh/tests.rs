@@ -24,7 +24,7 @@ const DEADLINE: Duration = Duration::from_secs(120);
 type Outcome = Result<PsiOutput, EcdhPsiError>;
 
 fn config(role: Role, reveal: Reveal) -> EcdhPsiConfig {
-    EcdhPsiConfig { role, reveal, progress: None, proofs: true }
+    EcdhPsiConfig { role, reveal, progress: None, proofs: true, max_peer_items: u64::MAX }
 }
 
 fn without_proofs(role: Role, reveal: Reveal) -> EcdhPsiConfig {

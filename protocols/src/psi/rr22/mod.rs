@@ -146,11 +146,14 @@ pub struct Rr22Config {
     pub progress: Option<ProgressFn>,
     /// Target items per bucket of the larger set; both parties must use the same.
     pub bucket_size: usize,
+    /// Most items the peer may announce (its hello is refused above this, before any work is
+    /// sized by it): the job's agreed peer set size, or [`u64::MAX`] for the protocol's own bound.
+    pub max_peer_items: u64,
 }
 
 impl Rr22Config {
     pub fn new(role: Role, reveal: Reveal) -> Rr22Config {
-        Rr22Config { role, reveal, progress: None, bucket_size: DEFAULT_BUCKET_SIZE }
+        Rr22Config { role, reveal, progress: None, bucket_size: DEFAULT_BUCKET_SIZE, max_peer_items: u64::MAX }
     }
 }
 
@@ -268,6 +271,12 @@ async fn handshake<C: Channel>(
     }
     if peer.size >= DUMMY as u64 {
         return Err(violation(format!("the peer announces {} items", peer.size)));
+    }
+    if peer.size > config.max_peer_items {
+        return Err(violation(format!(
+            "the peer announces {} items, more than the {} agreed for this job",
+            peer.size, config.max_peer_items
+        )));
     }
     let (requester, responder) = match config.role {
         Role::Requester => (&own, &peer),

@@ -17,7 +17,7 @@ const DEADLINE: Duration = Duration::from_secs(300);
 type Outcome = Result<PsiOutput, Rr22Error>;
 
 fn config(role: Role, reveal: Reveal, bucket_size: usize) -> Rr22Config {
-    Rr22Config { role, reveal, progress: None, bucket_size }
+    Rr22Config { role, reveal, progress: None, bucket_size, max_peer_items: u64::MAX }
 }
 
 async fn party<C: Channel>(channel: C, items: &[Vec<u8>], config: Rr22Config) -> Outcome {
