@@ -93,4 +93,11 @@ impl NodeClient {
     pub async fn info(&self) -> Result<NodeInfo, ClientError> {
         Ok(self.inner.clone().info(Empty {}).await?.into_inner())
     }
+
+    /// Approves (or denies, with a reason the requester is told) a job awaiting this node's
+    /// approval.
+    pub async fn decide(&self, job_id: &str, approve: bool, reason: &str) -> Result<JobStatus, ClientError> {
+        let decision = crate::proto::Decision { job_id: job_id.into(), approve, reason: reason.into() };
+        Ok(self.inner.clone().decide(decision).await?.into_inner())
+    }
 }

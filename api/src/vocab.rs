@@ -4,7 +4,7 @@
 //! | concept  | CLI / config / JSON                         | wire (proto)      | Rust                                  |
 //! |----------|---------------------------------------------|-------------------|---------------------------------------|
 //! | job kind | `psi`, `train`, `score`, `deal`             | `JobKind`         | [`JobKind`]                           |
-//! | state    | `pending` … `interrupted`, `refused`        | `JobState`        | [`JobState`]                          |
+//! | state    | `pending` … `refused`, `awaiting-approval`  | `JobState`        | [`JobState`]                          |
 //! | role     | `requester`, `responder`                    | `Role`            | [`consort_protocols::Role`]           |
 //! | protocol | `ecdh`, `rr22`                              | `PsiProtocol`     | [`PsiProtocol`]                       |
 //! | reveal   | `both`, `requester-only` (alias `self`)     | `Reveal`          | [`consort_protocols::Reveal`]         |
@@ -71,6 +71,7 @@ impl Vocabulary for JobState {
         JobState::Failed,
         JobState::Interrupted,
         JobState::Refused,
+        JobState::AwaitingApproval,
     ];
     fn name(self) -> &'static str {
         match self {
@@ -81,6 +82,7 @@ impl Vocabulary for JobState {
             JobState::Failed => "failed",
             JobState::Interrupted => "interrupted",
             JobState::Refused => "refused",
+            JobState::AwaitingApproval => "awaiting-approval",
         }
     }
 }

@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use consort_api::JobKind;
-use consort_engine::DatasetSpec;
+use consort_engine::{DatasetSpec, PsiProtocol};
+use consort_protocols::Reveal;
 use serde::{Deserialize, Serialize};
 
 pub const CONFIG_FILE: &str = "config.toml";
@@ -84,6 +85,29 @@ pub struct PeerEntry {
     pub cert: PathBuf,
     /// SHA-256 of the certificate's DER, for operators comparing out of band.
     pub fingerprint: String,
+    /// The certificate pinned before a rotation (`peer add --rotate`), still accepted until its
+    /// window ends, so the peer can switch keys without failing jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousPin>,
+}
+
+/// A peer's earlier certificate during a rotation window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousPin {
+    pub cert: PathBuf,
+    pub fingerprint: String,
+    /// Unix seconds after which the earlier certificate is no longer accepted.
+    pub until: u64,
+}
+
+impl PeerEntry {
+    /// Whether a connection that presented `fingerprint` is this peer (now: the current pin, or
+    /// the previous one inside its rotation window).
+    pub fn accepts(&self, fingerprint: &str, now: u64) -> bool {
+        self.fingerprint == fingerprint
+            || self.previous.as_ref().is_some_and(|p| p.fingerprint == fingerprint && now < p.until)
+    }
 }
 
 /// A registered dataset and who may use it.
@@ -96,24 +120,161 @@ pub struct DatasetEntry {
 }
 
 /// Permission for one peer to run jobs of the listed kinds on a dataset (and so learn what those
-/// jobs reveal to it).
+/// jobs reveal to it), with the policy that bounds them (`[[datasets.grants]]` in config.toml;
+/// `consort grant`). Every bound is checked by the job envelope for every job kind, on the
+/// responder before the job is accepted and on the requester before it is sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Grant {
     pub peer: String,
     pub jobs: Vec<JobKind>,
+    /// PSI protocols the jobs may run or align with (empty: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "vocab_list")]
+    pub protocols: Vec<PsiProtocol>,
+    /// Reveal modes PSI jobs may use (empty: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "vocab_list")]
+    pub reveal: Vec<Reveal>,
+    /// Largest set the peer may bring to a job (default [`DEFAULT_MAX_PEER_ROWS`]); the peer
+    /// declares its size in the request and its protocol hello may not exceed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_peer_rows: Option<u64>,
+    /// Fewest aligned rows a job may use (PSI output, training, scoring); 0: no minimum.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_aligned_rows: u64,
+    /// Dealer nodes train jobs may use (by pinned name; never the peer or this node). Empty:
+    /// dealer-free training only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dealers: Vec<String>,
+    /// Jobs of this peer on this dataset in any 24 hours (all kinds, both roles; refused
+    /// requests do not count). None: no budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs_per_day: Option<u32>,
+    /// Train jobs (models) this peer may run on this dataset (default [`DEFAULT_MODELS`]): each
+    /// model scored hands the party with the labels one more linear combination of this node's
+    /// features per row (docs/security.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<u32>,
+    /// When the grant ends: `YYYY-MM-DD` (midnight UTC) or RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    /// Incoming jobs wait as `awaiting-approval` until this node's operator runs `consort
+    /// approve` or `consort deny`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approval: bool,
+}
+
+/// A grant's peer set size bound when it names none.
+pub const DEFAULT_MAX_PEER_ROWS: u64 = 2_000_000_000;
+/// A grant's model budget when it names none.
+pub const DEFAULT_MODELS: u32 = 1;
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+impl Grant {
+    /// A grant of `jobs` to `peer` with the default policy.
+    pub fn new(peer: &str, jobs: Vec<JobKind>) -> Grant {
+        Grant {
+            peer: peer.into(),
+            jobs,
+            protocols: Vec::new(),
+            reveal: Vec::new(),
+            max_peer_rows: None,
+            min_aligned_rows: 0,
+            dealers: Vec::new(),
+            jobs_per_day: None,
+            models: None,
+            expires: None,
+            approval: false,
+        }
+    }
+
+    pub fn max_peer_rows(&self) -> u64 {
+        self.max_peer_rows.unwrap_or(DEFAULT_MAX_PEER_ROWS)
+    }
+
+    pub fn models(&self) -> u32 {
+        self.models.unwrap_or(DEFAULT_MODELS)
+    }
+
+    /// Unix seconds at which the grant ends, if it does.
+    pub fn expires_at(&self) -> Result<Option<u64>> {
+        self.expires.as_deref().map(parse_date).transpose()
+    }
+
+    /// The policy in one line (`consort dataset list`, `consort grant list`).
+    pub fn describe(&self) -> String {
+        let mut parts =
+            vec![format!("{}:{}", self.peer, self.jobs.iter().map(|j| j.to_string()).collect::<Vec<_>>().join(","))];
+        let names = |v: Vec<&str>| v.join(",");
+        if !self.protocols.is_empty() {
+            parts.push(format!("protocols={}", names(self.protocols.iter().map(|p| p.name()).collect())));
+        }
+        if !self.reveal.is_empty() {
+            parts.push(format!(
+                "reveal={}",
+                names(self.reveal.iter().map(|r| consort_api::vocab::Vocabulary::name(*r)).collect())
+            ));
+        }
+        parts.push(format!("max-peer-rows={}", self.max_peer_rows()));
+        if self.min_aligned_rows > 0 {
+            parts.push(format!("min-aligned-rows={}", self.min_aligned_rows));
+        }
+        if !self.dealers.is_empty() {
+            parts.push(format!("dealers={}", self.dealers.join(",")));
+        }
+        if let Some(n) = self.jobs_per_day {
+            parts.push(format!("jobs-per-day={n}"));
+        }
+        if self.jobs.contains(&JobKind::Train) {
+            parts.push(format!("models={}", self.models()));
+        }
+        if let Some(e) = &self.expires {
+            parts.push(format!("expires={e}"));
+        }
+        if self.approval {
+            parts.push("approval".into());
+        }
+        parts.join(" ")
+    }
+}
+
+/// `YYYY-MM-DD` (midnight UTC) or RFC 3339 to unix seconds.
+pub fn parse_date(s: &str) -> Result<u64> {
+    use time::format_description::well_known::Rfc3339;
+    let full = if s.len() == 10 { format!("{s}T00:00:00Z") } else { s.to_string() };
+    let t = time::OffsetDateTime::parse(&full, &Rfc3339)
+        .map_err(|_| anyhow::anyhow!("invalid date '{s}': use YYYY-MM-DD or RFC 3339 (2027-01-31T18:00:00Z)"))?;
+    u64::try_from(t.unix_timestamp()).map_err(|_| anyhow::anyhow!("date '{s}' is before 1970"))
+}
+
+/// Serde for lists of vocabulary words (`["ecdh", "rr22"]`).
+mod vocab_list {
+    use consort_api::vocab::Vocabulary;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer, T: Vocabulary>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|x| x.name()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Vocabulary>(d: D) -> Result<Vec<T>, D::Error> {
+        let words = Vec::<String>::deserialize(d)?;
+        words.iter().map(|w| T::parse_name(w).map_err(serde::de::Error::custom)).collect()
+    }
 }
 
 impl DatasetEntry {
-    /// Why `peer` may not run a `kind` job on this dataset, or `None` if it may.
-    pub fn refusal(&self, peer: &str, kind: JobKind) -> Option<String> {
+    /// The grant for `peer`, if it may run a `kind` job on this dataset, or why not.
+    pub fn grant_for(&self, peer: &str, kind: JobKind) -> Result<&Grant, String> {
         match self.grants.iter().find(|g| g.peer == peer) {
-            None => Some(format!("dataset '{}' has no grant for peer '{peer}'", self.spec.name)),
-            Some(g) if !g.jobs.contains(&kind) => Some(format!(
+            None => Err(format!("dataset '{}' has no grant for peer '{peer}'", self.spec.name)),
+            Some(g) if !g.jobs.contains(&kind) => Err(format!(
                 "dataset '{}' grants peer '{peer}' only {} jobs, not {kind}",
                 self.spec.name,
                 g.jobs.iter().map(|j| j.to_string()).collect::<Vec<_>>().join(", ")
             )),
-            Some(_) => None,
+            Some(g) => Ok(g),
         }
     }
 }
@@ -159,7 +320,25 @@ impl NodeConfig {
             if !seen.insert(&d.spec.name) {
                 bail!("dataset '{}' is listed twice", d.spec.name);
             }
+            let mut peers = std::collections::HashSet::new();
             for g in &d.grants {
+                if !peers.insert(&g.peer) {
+                    bail!("dataset '{}': peer '{}' has two grants", d.spec.name, g.peer);
+                }
+                g.expires_at().with_context(|| format!("dataset '{}', grant for '{}'", d.spec.name, g.peer))?;
+                if g.max_peer_rows == Some(0) {
+                    bail!("dataset '{}', grant for '{}': max_peer_rows must be at least 1", d.spec.name, g.peer);
+                }
+                for dealer in &g.dealers {
+                    check_name("dealer name", dealer)?;
+                    if *dealer == g.peer || *dealer == self.name {
+                        bail!(
+                            "dataset '{}', grant for '{}': the dealer '{dealer}' must be a third node, not the peer or this node",
+                            d.spec.name,
+                            g.peer
+                        );
+                    }
+                }
                 for j in &g.jobs {
                     if !GRANTABLE.contains(j) {
                         bail!(

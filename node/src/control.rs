@@ -8,7 +8,8 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::job::JobHandle;
-use crate::proto::{Empty, JobList, JobRef, JobStatus, NodeInfo, SubmitRequest};
+use crate::policy::Verdict;
+use crate::proto::{Decision, Empty, JobList, JobRef, JobStatus, NodeInfo, SubmitRequest};
 use crate::state::NodeState;
 
 pub struct ControlService {
@@ -74,6 +75,39 @@ impl crate::proto::control_server::Control for ControlService {
     async fn reload(&self, _: Request<Empty>) -> Result<Response<NodeInfo>, Status> {
         self.state.reload().map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
         Ok(Response::new(self.info()))
+    }
+
+    async fn decide(&self, request: Request<Decision>) -> Result<Response<JobStatus>, Status> {
+        let d = request.into_inner();
+        let handle = self.job(&d.job_id)?;
+        if handle.status().job_state() != consort_api::JobState::AwaitingApproval {
+            return Err(Status::failed_precondition(format!(
+                "job {} does not await approval (state {})",
+                d.job_id,
+                handle.status().job_state()
+            )));
+        }
+        let verdict = if d.approve {
+            Verdict::Approve
+        } else if d.reason.is_empty() {
+            Verdict::Deny("no reason given".into())
+        } else {
+            Verdict::Deny(d.reason)
+        };
+        if !self.state.approvals.decide(&d.job_id, verdict) {
+            return Err(Status::failed_precondition(format!("job {} no longer awaits approval", d.job_id)));
+        }
+        // The job records the decision; report its state once it has.
+        let mut rx = handle.subscribe();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while rx.borrow_and_update().job_state() == consort_api::JobState::AwaitingApproval {
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        Ok(Response::new(handle.status()))
     }
 
     async fn info(&self, _: Request<Empty>) -> Result<Response<NodeInfo>, Status> {

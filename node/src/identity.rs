@@ -30,18 +30,9 @@ pub fn init(dir: &Path, name: &str, listen: &str) -> Result<()> {
     let seed = Zeroizing::new(hex(signing.as_bytes()));
     config::write_atomic(&dir.join(config::IDENTITY_KEY_FILE), seed.as_bytes(), true)?;
 
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).context("cannot generate the TLS key")?;
-    let mut params =
-        rcgen::CertificateParams::new(vec![tls_server_name(name)]).context("cannot build the certificate")?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, format!("consort node {name}"));
-    params.extended_key_usages =
-        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    params.not_before = rcgen::date_time_ymd(2025, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2045, 1, 1);
-    let cert = params.self_signed(&key).context("cannot sign the certificate")?;
-    let key_pem = Zeroizing::new(key.serialize_pem());
+    let (key_pem, cert_pem) = new_tls_identity(name)?;
     config::write_atomic(&dir.join(config::TLS_KEY_FILE), key_pem.as_bytes(), true)?;
-    config::write_atomic(&dir.join(config::TLS_CERT_FILE), cert.pem().as_bytes(), false)?;
+    config::write_atomic(&dir.join(config::TLS_CERT_FILE), cert_pem.as_bytes(), false)?;
 
     NodeConfig {
         name: name.to_string(),
@@ -51,6 +42,80 @@ pub fn init(dir: &Path, name: &str, listen: &str) -> Result<()> {
         limits: Default::default(),
     }
     .save(dir)
+}
+
+/// A fresh TLS key (ed25519, PEM, zeroized on drop) and its self-signed certificate (PEM).
+fn new_tls_identity(name: &str) -> Result<(Zeroizing<String>, String)> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).context("cannot generate the TLS key")?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![tls_server_name(name)]).context("cannot build the certificate")?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, format!("consort node {name}"));
+    params.extended_key_usages =
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = rcgen::date_time_ymd(2025, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2045, 1, 1);
+    let cert = params.self_signed(&key).context("cannot sign the certificate")?;
+    Ok((Zeroizing::new(key.serialize_pem()), cert.pem()))
+}
+
+/// The next TLS identity during a key rotation (`consort init --rotate-key`).
+pub const NEXT_KEY_FILE: &str = "node.next.key";
+pub const NEXT_CERT_FILE: &str = "node.next.crt";
+/// The certificate the node presented before its last rotation (kept for the operator's records).
+pub const PREVIOUS_CERT_FILE: &str = "node.previous.crt";
+
+/// What a step of a key rotation did.
+pub enum Rotation {
+    /// A next key and certificate were made: peers pin the certificate with `peer add --rotate`.
+    Prepared { cert: std::path::PathBuf, fingerprint: String },
+    /// The next key became the node's key (used from the node's next start).
+    Activated { fingerprint: String, previous: String },
+}
+
+/// Rotates the node's TLS identity in two steps, so that no job fails: first a next key and
+/// certificate (`DIR/node.next.*`) that the peers pin beside the current one (`consort peer add
+/// --rotate`, which keeps accepting the current one for a window); then, with `activate`, the next
+/// key replaces the current one (the old certificate is kept as `node.previous.crt`, the old key
+/// is deleted). The running node presents the new certificate from its next start.
+pub fn rotate_tls_key(dir: &Path, activate: bool) -> Result<Rotation> {
+    let config = NodeConfig::load(dir)?;
+    let (next_key, next_cert) = (dir.join(NEXT_KEY_FILE), dir.join(NEXT_CERT_FILE));
+    if !activate {
+        if next_cert.exists() {
+            bail!(
+                "a rotation is already prepared ({}): give it to the peers, then run `consort init {} --rotate-key --activate`",
+                next_cert.display(),
+                dir.display()
+            );
+        }
+        let (key_pem, cert_pem) = new_tls_identity(&config.name)?;
+        config::write_atomic(&next_key, key_pem.as_bytes(), true)?;
+        config::write_atomic(&next_cert, cert_pem.as_bytes(), false)?;
+        let fingerprint = fingerprint(&read_cert(&next_cert)?);
+        return Ok(Rotation::Prepared { cert: next_cert, fingerprint });
+    }
+    if !next_cert.exists() && next_key.exists() {
+        // An activation stopped between its two renames: the certificate is in place, the key
+        // not yet.
+        fs::rename(&next_key, dir.join(config::TLS_KEY_FILE)).context("cannot install the new key")?;
+        consort_engine::storage::sync_dir(dir).context("cannot sync the node directory")?;
+        let new = fingerprint(&read_cert(&dir.join(config::TLS_CERT_FILE))?);
+        let previous = read_cert(&dir.join(PREVIOUS_CERT_FILE)).map(|c| fingerprint(&c)).unwrap_or_default();
+        return Ok(Rotation::Activated { fingerprint: new, previous });
+    }
+    if !next_cert.exists() || !next_key.exists() {
+        bail!("no rotation is prepared: run `consort init {} --rotate-key` first", dir.display());
+    }
+    let new = fingerprint(&read_cert(&next_cert)?);
+    let old = fingerprint(&read_cert(&dir.join(config::TLS_CERT_FILE))?);
+    // Each step is a rename (atomic); a crash between them leaves either the old identity or the
+    // new one in place, and the next key file tells which step remains.
+    fs::copy(dir.join(config::TLS_CERT_FILE), dir.join(PREVIOUS_CERT_FILE))
+        .context("cannot keep the previous certificate")?;
+    fs::rename(&next_cert, dir.join(config::TLS_CERT_FILE)).context("cannot install the new certificate")?;
+    fs::rename(&next_key, dir.join(config::TLS_KEY_FILE)).context("cannot install the new key")?;
+    consort_engine::storage::sync_dir(dir).context("cannot sync the node directory")?;
+    Ok(Rotation::Activated { fingerprint: new, previous: old })
 }
 
 /// The DNS name in a node's certificate. Pinning compares whole certificates, so this only has to

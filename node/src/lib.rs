@@ -13,6 +13,7 @@ pub mod identity;
 pub mod job;
 pub mod node;
 pub mod pair;
+pub mod policy;
 pub mod setup;
 pub mod state;
 pub mod table;

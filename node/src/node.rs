@@ -91,6 +91,8 @@ pub async fn start(dir: &Path) -> Result<NodeHandle> {
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // A job is one stream; a peer has no use for many at once on one connection.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(
             PeerServer::new(crate::job::service::PeerService::new(state.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -140,6 +142,8 @@ async fn bind_control_socket(path: &Path) -> Result<UnixListener> {
 /// milliseconds while idle connections would hold file descriptors for the whole timeout (300 idle
 /// connections against a 256-descriptor limit made legitimate jobs fail).
 pub const MAX_PENDING_HANDSHAKES: usize = 64;
+/// HTTP/2 streams (jobs) a peer may have open at once on one connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 16;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Forgets finished handshakes and, at the cap, closes the oldest pending one.

@@ -10,8 +10,26 @@ use consort_engine::{Dataset, DatasetSpec};
 use crate::config::{self, DatasetEntry, Grant, NodeConfig, PeerEntry};
 use crate::identity;
 
+/// How a pin is added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinChange {
+    /// A new peer name.
+    New,
+    /// Replace the peer's pin (and address): connections with the old certificate are closed.
+    Replace,
+    /// A rotation: the new certificate becomes the pin, the old one stays accepted for this many
+    /// seconds.
+    Rotate(u64),
+}
+
 /// Pins `cert` as peer `name` at `addr` (copied into DIR/peers/NAME.crt). Returns the fingerprint.
 pub fn peer_add(dir: &Path, name: &str, addr: &str, cert: &Path, replace: bool) -> Result<String> {
+    peer_pin(dir, name, addr, cert, if replace { PinChange::Replace } else { PinChange::New })
+}
+
+/// [`peer_add`] with the kind of change spelled out (`--replace`, `--rotate`).
+pub fn peer_pin(dir: &Path, name: &str, addr: &str, cert: &Path, change: PinChange) -> Result<String> {
+    let replace = change != PinChange::New;
     config::check_name("peer name", name)?;
     let mut config = NodeConfig::load(dir)?;
     if name == config.name {
@@ -26,20 +44,97 @@ pub fn peer_add(dir: &Path, name: &str, addr: &str, cert: &Path, replace: bool) 
     }
     let existing = config.peers.iter().position(|p| p.name == name);
     if existing.is_some() && !replace {
-        bail!("peer '{name}' is already pinned (pass --replace to pin a new certificate or address)");
+        bail!(
+            "peer '{name}' is already pinned (pass --replace to pin a new certificate or address, --rotate to accept both for a while)"
+        );
     }
+    let fingerprint = identity::fingerprint(&der);
+    let previous = match (change, existing) {
+        (PinChange::Rotate(_), None) => bail!("peer '{name}' is not pinned yet: add it without --rotate"),
+        (PinChange::Rotate(window), Some(i)) => {
+            let old = &config.peers[i];
+            if old.fingerprint == fingerprint {
+                bail!("{} is the certificate already pinned for '{name}'", cert.display());
+            }
+            let kept = PathBuf::from(config::PEERS_DIR).join(format!("{name}.previous.crt"));
+            let old_pem =
+                std::fs::read(dir.join(&old.cert)).with_context(|| format!("cannot read {}", old.cert.display()))?;
+            config::write_atomic(&dir.join(&kept), &old_pem, false)?;
+            let until = crate::table::now_unix() + window;
+            Some(config::PreviousPin { cert: kept, fingerprint: old.fingerprint.clone(), until })
+        }
+        _ => None,
+    };
     let rel = PathBuf::from(config::PEERS_DIR).join(format!("{name}.crt"));
     std::fs::create_dir_all(dir.join(config::PEERS_DIR))?;
     let pem = std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?;
     config::write_atomic(&dir.join(&rel), &pem, false)?;
-    let fingerprint = identity::fingerprint(&der);
-    let entry = PeerEntry { name: name.into(), addr: addr.into(), cert: rel, fingerprint: fingerprint.clone() };
+    let entry =
+        PeerEntry { name: name.into(), addr: addr.into(), cert: rel, fingerprint: fingerprint.clone(), previous };
     match existing {
         Some(i) => config.peers[i] = entry,
         None => config.peers.push(entry),
     }
     config.save(dir)?;
     Ok(fingerprint)
+}
+
+/// Unpins peer `name`: its certificates, its grants on every dataset and its place in dealer
+/// allow-lists go. Returns what was removed, for the operator.
+pub fn peer_remove(dir: &Path, name: &str) -> Result<Vec<String>> {
+    let mut config = NodeConfig::load(dir)?;
+    let Some(i) = config.peers.iter().position(|p| p.name == name) else {
+        bail!("no pinned peer '{name}'");
+    };
+    let entry = config.peers.remove(i);
+    let mut removed = vec![format!("pin {}", entry.fingerprint)];
+    for d in &mut config.datasets {
+        let before = d.grants.len();
+        d.grants.retain(|g| g.peer != name);
+        if d.grants.len() < before {
+            removed.push(format!("grant on dataset '{}'", d.spec.name));
+        }
+        for g in &mut d.grants {
+            if g.dealers.iter().any(|x| x == name) {
+                g.dealers.retain(|x| x != name);
+                removed.push(format!("dealer in the grant for '{}' on '{}'", g.peer, d.spec.name));
+            }
+        }
+    }
+    config.save(dir)?;
+    for cert in std::iter::once(&entry.cert).chain(entry.previous.as_ref().map(|p| &p.cert)) {
+        let _ = std::fs::remove_file(dir.join(cert));
+    }
+    Ok(removed)
+}
+
+/// Sets (adds or replaces) the grant for `grant.peer` on dataset `dataset`.
+pub fn grant_set(dir: &Path, dataset: &str, grant: Grant) -> Result<()> {
+    let mut config = NodeConfig::load(dir)?;
+    config.peer(&grant.peer)?;
+    for dealer in &grant.dealers {
+        config.peer(dealer).with_context(|| format!("dealer '{dealer}'"))?;
+    }
+    let entry = config.datasets.iter_mut().find(|d| d.spec.name == dataset);
+    let Some(entry) = entry else { bail!("unknown dataset '{dataset}'") };
+    match entry.grants.iter_mut().find(|g| g.peer == grant.peer) {
+        Some(g) => *g = grant,
+        None => entry.grants.push(grant),
+    }
+    config.save(dir)
+}
+
+/// Removes the grant for `peer` on `dataset`.
+pub fn grant_revoke(dir: &Path, dataset: &str, peer: &str) -> Result<()> {
+    let mut config = NodeConfig::load(dir)?;
+    let entry = config.datasets.iter_mut().find(|d| d.spec.name == dataset);
+    let Some(entry) = entry else { bail!("unknown dataset '{dataset}'") };
+    let before = entry.grants.len();
+    entry.grants.retain(|g| g.peer != peer);
+    if entry.grants.len() == before {
+        bail!("dataset '{dataset}' has no grant for '{peer}'");
+    }
+    config.save(dir)
 }
 
 /// Parses `PEER` or `PEER:kind,kind` into a grant (a bare peer name grants PSI).
@@ -60,7 +155,7 @@ pub fn parse_grant(s: &str) -> Result<Grant> {
     if jobs.is_empty() {
         bail!("grant '{s}' names no job kinds");
     }
-    Ok(Grant { peer: peer.into(), jobs })
+    Ok(Grant::new(peer, jobs))
 }
 
 /// What `dataset_add` found in the file.

@@ -33,6 +33,10 @@ pub struct NodeState {
     job_tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
     /// The node's signed audit log (`DIR/audit`).
     pub audit: Arc<crate::audit::NodeAudit>,
+    /// Refusals per peer, to turn away a peer that keeps sending refused requests.
+    pub refusals: crate::policy::RefusalLimiter,
+    /// Jobs waiting for this node's operator to approve them.
+    pub approvals: crate::policy::Approvals,
 }
 
 impl NodeState {
@@ -67,8 +71,28 @@ impl NodeState {
     }
 }
 
-fn load_pins(dir: &Path, config: &NodeConfig) -> Result<Vec<(String, CertificateDer<'static>)>> {
-    config.peers.iter().map(|p| Ok((p.name.clone(), identity::read_cert(&dir.join(&p.cert))?))).collect()
+/// Every certificate a peer may present: each peer's pin, and its previous pin while its rotation
+/// window lasts.
+fn load_pins(dir: &Path, config: &NodeConfig) -> Result<Vec<crate::tls::PinEntry>> {
+    let now = crate::table::now_unix();
+    let mut pins = Vec::new();
+    for p in &config.peers {
+        pins.push((p.name.clone(), identity::read_cert(&dir.join(&p.cert))?, None));
+        if let Some(prev) = p.previous.as_ref().filter(|prev| now < prev.until) {
+            pins.push((p.name.clone(), identity::read_cert(&dir.join(&prev.cert))?, Some(prev.until)));
+        }
+    }
+    Ok(pins)
+}
+
+/// The certificates this node accepts from `peer` when it connects to it.
+pub fn peer_certs(dir: &Path, peer: &crate::config::PeerEntry) -> Result<Vec<CertificateDer<'static>>> {
+    let now = crate::table::now_unix();
+    let mut certs = vec![identity::read_cert(&dir.join(&peer.cert))?];
+    if let Some(prev) = peer.previous.as_ref().filter(|prev| now < prev.until) {
+        certs.push(identity::read_cert(&dir.join(&prev.cert))?);
+    }
+    Ok(certs)
 }
 
 impl NodeState {
@@ -101,6 +125,8 @@ impl NodeState {
             listen_addr,
             job_tasks: Default::default(),
             audit,
+            refusals: Default::default(),
+            approvals: Default::default(),
         }))
     }
 }

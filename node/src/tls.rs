@@ -29,17 +29,76 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// The pinned peer certificates, shared with the TLS verifier so `peer add` takes effect on reload.
 #[derive(Clone, Default)]
-pub struct PinnedPeers(Arc<RwLock<Vec<(String, CertificateDer<'static>)>>>);
+pub struct PinnedPeers(Arc<RwLock<Vec<PinEntry>>>, Arc<std::sync::Mutex<Vec<Tracked>>>);
+
+/// An open connection: the fingerprint of the certificate it presented, and how to close it.
+type Tracked = (String, std::sync::Weak<Revocation>);
+
+/// One accepted certificate: the peer's name, the certificate, and for a previous pin during a
+/// rotation the unix second it stops being accepted.
+pub type PinEntry = (String, CertificateDer<'static>, Option<u64>);
 
 impl PinnedPeers {
-    pub fn replace(&self, peers: Vec<(String, CertificateDer<'static>)>) {
+    /// Replaces the accepted certificates and closes every open connection whose certificate is
+    /// no longer among them (a replaced, rotated-out or removed peer).
+    pub fn replace(&self, peers: Vec<PinEntry>) {
+        let kept: std::collections::HashSet<String> =
+            peers.iter().map(|(_, c, _)| crate::identity::fingerprint(c)).collect();
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = peers;
+        let conns = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        for (fingerprint, revocation) in conns.iter() {
+            if !kept.contains(fingerprint)
+                && let Some(r) = revocation.upgrade()
+            {
+                r.revoke();
+            }
+        }
     }
 
-    /// The pinned peer presenting exactly `cert`, if any.
     pub fn name_of(&self, cert: &CertificateDer<'_>) -> Option<String> {
+        let now = crate::table::now_unix();
         let peers = self.0.read().unwrap_or_else(|p| p.into_inner());
-        peers.iter().find(|(_, c)| c.as_ref() == cert.as_ref()).map(|(n, _)| n.clone())
+        peers
+            .iter()
+            .find(|(_, c, until)| c.as_ref() == cert.as_ref() && until.is_none_or(|u| now < u))
+            .map(|(n, _, _)| n.clone())
+    }
+
+    /// Tracks an open connection so that [`replace`](Self::replace) can close it.
+    fn track(&self, fingerprint: &str) -> Arc<Revocation> {
+        let revocation = Arc::new(Revocation::default());
+        let mut conns = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        conns.retain(|(_, r)| r.strong_count() > 0);
+        conns.push((fingerprint.to_string(), Arc::downgrade(&revocation)));
+        revocation
+    }
+
+    /// Open connections tracked (tests).
+    pub fn open_connections(&self) -> usize {
+        self.1.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|(_, r)| r.strong_count() > 0).count()
+    }
+}
+
+/// Closes a connection from outside: the next read or write of the connection fails, which ends
+/// the HTTP/2 connection and every stream (job) on it.
+#[derive(Default)]
+pub struct Revocation {
+    revoked: std::sync::atomic::AtomicBool,
+    waker: futures::task::AtomicWaker,
+}
+
+impl Revocation {
+    fn revoke(&self) {
+        self.revoked.store(true, Ordering::SeqCst);
+        self.waker.wake();
+    }
+
+    fn check(&self, cx: &Context<'_>) -> io::Result<()> {
+        self.waker.register(cx.waker());
+        if self.revoked.load(Ordering::SeqCst) {
+            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "the peer's pin was replaced or removed"));
+        }
+        Ok(())
     }
 }
 
@@ -107,7 +166,8 @@ impl ClientCertVerifier for PinnedClientVerifier {
 /// Client side: the server must present exactly the pinned certificate of the peer we dialled.
 #[derive(Debug)]
 struct PinnedServerVerifier {
-    expected: CertificateDer<'static>,
+    /// The peer's pin, and its previous one during a rotation window.
+    expected: Vec<CertificateDer<'static>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -120,7 +180,7 @@ impl ServerCertVerifier for PinnedServerVerifier {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.expected.as_ref() {
+        if self.expected.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General("server certificate does not match the one pinned for this peer".into()))
@@ -152,10 +212,11 @@ pub fn server_config(
 pub fn client_config(
     cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,
-    peer_cert: CertificateDer<'static>,
+    peer_certs: Vec<CertificateDer<'static>>,
 ) -> Result<rustls::ClientConfig> {
     let provider = provider();
-    let verifier = PinnedServerVerifier { expected: peer_cert, algorithms: provider.signature_verification_algorithms };
+    let verifier =
+        PinnedServerVerifier { expected: peer_certs, algorithms: provider.signature_verification_algorithms };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 unavailable")?
@@ -233,6 +294,7 @@ pub struct PeerInfo {
 pub struct PeerConn {
     stream: tokio_rustls::server::TlsStream<Counting<tokio::net::TcpStream>>,
     info: PeerInfo,
+    revocation: Arc<Revocation>,
 }
 
 impl PeerConn {
@@ -250,7 +312,8 @@ impl PeerConn {
         let cert = cert.ok_or_else(not_pinned)?;
         let name = pinned.name_of(&cert).ok_or_else(not_pinned)?;
         let fingerprint = crate::identity::fingerprint(&cert);
-        Ok(PeerConn { stream, info: PeerInfo { name, fingerprint, remote, wire } })
+        let revocation = pinned.track(&fingerprint);
+        Ok(PeerConn { stream, info: PeerInfo { name, fingerprint, remote, wire }, revocation })
     }
 }
 
@@ -263,12 +326,21 @@ impl tonic::transport::server::Connected for PeerConn {
 
 impl AsyncRead for PeerConn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if let Err(e) = self.revocation.check(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for PeerConn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.revocation.revoked.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the peer's pin was replaced or removed",
+            )));
+        }
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

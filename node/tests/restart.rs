@@ -42,8 +42,9 @@ async fn raw_request(client_dir: &Path, peer: &str, addr: &str, job_id: &str, da
         reveal: proto::Reveal::Both as i32,
         responder_dataset: dataset.into(),
         params: String::new(),
+        rows: 1,
     };
-    connect::open(&state, &entry, request).await.unwrap().1
+    connect::open(&state, &entry, request, None).await.unwrap().1
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The `consort` command line: strings are parsed here, once, into typed values (clap value
 //! enums for the vocabulary) and carried inward; `main` prints one-line errors.
 
+pub mod admin;
 pub mod audit;
 pub mod bench;
 pub mod demo;
@@ -58,11 +59,18 @@ enum Command {
         /// Node directory to create.
         dir: PathBuf,
         /// This node's name (peers pin it under this name).
-        #[arg(long)]
-        name: String,
+        #[arg(long, required_unless_present = "rotate_key")]
+        name: Option<String>,
         /// Address for the peer service, HOST:PORT (port 0 picks a free port at start).
-        #[arg(long)]
-        listen: String,
+        #[arg(long, required_unless_present = "rotate_key")]
+        listen: Option<String>,
+        /// Rotate an existing node's TLS key: make the next key and certificate (peers pin it
+        /// with `peer add --rotate`), then with --activate make it the node's key.
+        #[arg(long, conflicts_with_all = ["name", "listen"])]
+        rotate_key: bool,
+        /// With --rotate-key: switch to the prepared key (used from the node's next start).
+        #[arg(long, requires = "rotate_key")]
+        activate: bool,
     },
     /// Manage pinned peers.
     #[command(subcommand)]
@@ -70,6 +78,18 @@ enum Command {
     /// Manage datasets.
     #[command(subcommand)]
     Dataset(DatasetCommand),
+    /// Grants: which peer may run which jobs on a dataset, and the policy that bounds them.
+    #[command(subcommand)]
+    Grant(admin::GrantCommand),
+    /// Approve a job waiting for this node's approval (grant with --approval).
+    Approve { dir: PathBuf, job: String },
+    /// Deny a job waiting for this node's approval; the requester is told the reason.
+    Deny {
+        dir: PathBuf,
+        job: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Run the node in the foreground (logs to stderr; stops cleanly on Ctrl-C or SIGTERM).
     Node { dir: PathBuf },
     /// Run a private set intersection with a peer through the local node.
@@ -115,9 +135,24 @@ enum PeerCommand {
         /// The peer's certificate (PEM).
         #[arg(long)]
         cert: PathBuf,
-        /// Replace an existing pin of the same name.
-        #[arg(long)]
+        /// Replace an existing pin of the same name (open connections with the old certificate
+        /// are closed).
+        #[arg(long, conflicts_with = "rotate")]
         replace: bool,
+        /// Pin the peer's new certificate and keep accepting its current one for
+        /// --window-days (the peer rotates its key with `consort init --rotate-key`).
+        #[arg(long)]
+        rotate: bool,
+        /// Days the previous certificate stays accepted after --rotate.
+        #[arg(long, default_value_t = 7, requires = "rotate")]
+        window_days: u64,
+    },
+    /// Unpin a peer: its certificates, its grants and its place in dealer lists go, and a
+    /// running node closes its connections.
+    Remove {
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
     },
     /// List pinned peers with their certificate fingerprints.
     List { dir: PathBuf },
@@ -238,7 +273,27 @@ fn one_line(e: &anyhow::Error) -> String {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Init { dir, name, listen } => {
+        Command::Init { dir, rotate_key: true, activate, .. } => {
+            match identity::rotate_tls_key(&dir, activate)? {
+                identity::Rotation::Prepared { cert, fingerprint } => {
+                    println!("prepared the next TLS key: {} ({fingerprint})", cert.display());
+                    println!(
+                        "give it to each peer to pin with `consort peer add DIR --name {} --addr ... --cert {} --rotate`, then run `consort init {} --rotate-key --activate`",
+                        config::NodeConfig::load(&dir)?.name,
+                        cert.display(),
+                        dir.display()
+                    );
+                }
+                identity::Rotation::Activated { fingerprint, previous } => {
+                    println!(
+                        "the node's TLS key is now {fingerprint} (was {previous}); restart the node to present it"
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Init { dir, name, listen, .. } => {
+            let (name, listen) = (name.unwrap_or_default(), listen.unwrap_or_default());
             identity::init(&dir, &name, &listen)?;
             let cert = identity::read_cert(&dir.join(config::TLS_CERT_FILE))?;
             println!("created node '{name}' in {}", dir.display());
@@ -249,15 +304,28 @@ async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Peer(PeerCommand::Add { dir, name, addr, cert, replace }) => {
-            let fingerprint = setup::peer_add(&dir, &name, &addr, &cert, replace)?;
+        Command::Peer(PeerCommand::Add { dir, name, addr, cert, replace, rotate, window_days }) => {
+            let change = match (replace, rotate) {
+                (_, true) => setup::PinChange::Rotate(window_days.saturating_mul(24 * 60 * 60)),
+                (true, false) => setup::PinChange::Replace,
+                (false, false) => setup::PinChange::New,
+            };
+            let fingerprint = setup::peer_pin(&dir, &name, &addr, &cert, change)?;
             let reloaded = setup::notify_node(&dir).await?;
-            println!(
-                "pinned peer '{name}' at {addr}: {fingerprint}{}",
-                if reloaded { " (running node reloaded)" } else { "" }
-            );
+            let also =
+                if rotate { format!(", previous certificate accepted for {window_days} days") } else { String::new() };
+            println!("pinned peer '{name}' at {addr}: {fingerprint}{also}{}", admin::reloaded_note(reloaded));
             Ok(())
         }
+        Command::Peer(PeerCommand::Remove { dir, name }) => {
+            let removed = setup::peer_remove(&dir, &name)?;
+            let reloaded = setup::notify_node(&dir).await?;
+            println!("removed peer '{name}': {}{}", removed.join(", "), admin::reloaded_note(reloaded));
+            Ok(())
+        }
+        Command::Grant(cmd) => admin::grant(cmd).await,
+        Command::Approve { dir, job } => admin::decide(dir, job, true, None).await,
+        Command::Deny { dir, job, reason } => admin::decide(dir, job, false, reason).await,
         Command::Peer(PeerCommand::List { dir }) => {
             for p in config::NodeConfig::load(&dir)?.peers {
                 println!("{}\t{}\t{}", p.name, p.addr, p.fingerprint);
@@ -303,13 +371,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Dataset(DatasetCommand::List { dir }) => {
             for d in config::NodeConfig::load(&dir)?.datasets {
-                let grants: Vec<String> = d
-                    .grants
-                    .iter()
-                    .map(|g| {
-                        format!("{}:{}", g.peer, g.jobs.iter().map(|j| j.to_string()).collect::<Vec<_>>().join(","))
-                    })
-                    .collect();
+                let grants: Vec<String> = d.grants.iter().map(|g| format!("[{}]", g.describe())).collect();
                 println!(
                     "{}\t{}\tkeys={}\tgrants={}",
                     d.spec.name,

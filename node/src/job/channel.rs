@@ -45,11 +45,17 @@ impl JobChannel {
 
     /// Receives the next frame of any kind; an `Abort` from the peer becomes an error.
     pub async fn recv_kind(&self) -> Result<Kind, ChannelError> {
+        self.recv_within(self.idle).await
+    }
+
+    /// [`recv_kind`](Self::recv_kind) with its own silence bound (a job waiting for an approval
+    /// hears nothing from its peer for hours).
+    pub async fn recv_within(&self, idle: std::time::Duration) -> Result<Kind, ChannelError> {
         let mut rx = self.rx.lock().await;
         loop {
-            let next = tokio::time::timeout(self.idle, rx.next())
+            let next = tokio::time::timeout(idle, rx.next())
                 .await
-                .map_err(|_| ChannelError::Transport(format!("the peer sent nothing for {} s", self.idle.as_secs())))?;
+                .map_err(|_| ChannelError::Transport(format!("the peer sent nothing for {} s", idle.as_secs())))?;
             match next {
                 Some(Ok(PeerFrame { kind: Some(Kind::Abort(a)) })) => return Err(ChannelError::Aborted(a.reason)),
                 Some(Ok(PeerFrame { kind: Some(kind) })) => return Ok(kind),
@@ -91,6 +97,7 @@ pub fn kind_name(kind: &Kind) -> &'static str {
         Kind::Data(_) => "data",
         Kind::End(_) => "end",
         Kind::Abort(_) => "abort",
+        Kind::Waiting(_) => "waiting",
     }
 }
 

@@ -37,6 +37,7 @@ pub async fn open(
     state: &NodeState,
     peer: &PeerEntry,
     request: JobRequest,
+    waiting: Option<&super::JobHandle>,
 ) -> Result<(JobChannel, Answer, Arc<WireCounters>)> {
     let (mut client, wire) = connect(state, peer).await?;
     let (tx, rx) = mpsc::channel(FRAME_BUFFER);
@@ -54,8 +55,23 @@ pub async fn open(
         })?
         .into_inner();
     let channel = JobChannel::new(tx, inbound, state.config().limits.peer_idle());
-    let answer = match tokio::time::timeout(ANSWER_TIMEOUT, channel.recv_kind()).await {
-        Err(_) => bail!("peer '{}' did not answer the job request within {ANSWER_TIMEOUT:?}", peer.name),
+    let mut wait = ANSWER_TIMEOUT;
+    let answer = loop {
+        let answer = match tokio::time::timeout(wait, channel.recv_within(wait)).await {
+            Ok(Ok(Kind::Waiting(_))) if wait == ANSWER_TIMEOUT => {
+                // The responder's operator approves each job of this grant: wait for the decision.
+                if let Some(h) = waiting {
+                    h.stage("awaiting the peer's approval", 0, 0);
+                }
+                wait = crate::policy::APPROVAL_TIMEOUT + Duration::from_secs(60);
+                continue;
+            }
+            answer => answer,
+        };
+        break answer;
+    };
+    let answer = match answer {
+        Err(_) => bail!("peer '{}' did not answer the job request within {wait:?}", peer.name),
         Ok(Ok(Kind::Accept(a))) => Answer::Accepted(a),
         Ok(Ok(Kind::Reject(r))) => Answer::Refused(r.reason),
         Ok(Ok(other)) => bail!("peer '{}' answered the job request with a {} frame", peer.name, kind_name(&other)),
@@ -73,8 +89,8 @@ pub async fn connect(
     state: &NodeState,
     peer: &PeerEntry,
 ) -> Result<(PeerClient<tonic::transport::Channel>, Arc<WireCounters>)> {
-    let peer_cert = identity::read_cert(&state.dir.join(&peer.cert))?;
-    let tls = tls::client_config(state.cert.clone(), state.key(), peer_cert)?;
+    let peer_certs = crate::state::peer_certs(&state.dir, peer)?;
+    let tls = tls::client_config(state.cert.clone(), state.key(), peer_certs)?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
     let server_name = ServerName::try_from(identity::tls_server_name(&peer.name)).context("invalid peer name")?;
     let wire = Arc::new(WireCounters::default());

@@ -25,10 +25,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use consort_api::proto::peer_frame::Kind as Frame;
-use consort_api::proto::{self, JobAccept, JobEnd, JobReject, JobRequest, SubmitRequest};
+use consort_api::proto::{self, JobAccept, JobEnd, JobReject, JobRequest, JobWaiting, SubmitRequest};
 use consort_api::vocab::{optional_wire, wire};
 use consort_api::{JOB_PROTOCOL_VERSION, JobKind, JobState};
-use consort_engine::{Dataset, DatasetSpec, PsiProtocol};
+use consort_engine::{Dataset, DatasetSpec, JobLimits, PsiProtocol};
 use consort_protocols::{ChannelError, Metered, Reveal, Role, cpu};
 use tonic::Status;
 use tracing::{info, warn};
@@ -37,13 +37,20 @@ use super::channel::{JobChannel, kind_name};
 use super::connect::{ANSWER_TIMEOUT, Answer};
 use super::{Ask, Failure, Job, JobHandle, Outcome, RunCtx, record};
 use crate::audit::{Parties, RunEvidence};
-use crate::config::{self, NodeConfig};
+use crate::config::{self, Grant, NodeConfig};
+use crate::policy::{APPROVAL_TIMEOUT, Verdict};
 use crate::state::NodeState;
 use crate::table::new_job_id;
 use crate::tls::{PeerInfo, WireCounters};
 
-/// Largest `params` a job request may carry; larger requests are refused unread.
-pub const MAX_PARAMS_BYTES: usize = 64 << 10;
+/// Largest `params` a job request may carry; larger requests are refused unread (the largest a
+/// kind sends today, a train job's hyper-parameters, is under 1 KiB).
+pub const MAX_PARAMS_BYTES: usize = 8 << 10;
+/// Largest first frame (the job request) a responder reads; a larger one closes the stream with
+/// nothing recorded.
+pub const MAX_REQUEST_BYTES: usize = MAX_PARAMS_BYTES + (4 << 10);
+/// How long a responder waits for the job request on a new stream.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 // ------------------------------------------------------------------------------------------------
 // Requester
@@ -58,10 +65,10 @@ pub async fn submit(state: &Arc<NodeState>, r: SubmitRequest) -> Result<String, 
     state.spawn_job(async move {
         let peer = ask.peer.clone();
         let open = |request| {
-            let st = st.clone();
+            let (st, handle) = (st.clone(), handle.clone());
             async move {
                 let peer = st.config().peer(&peer)?.clone();
-                super::connect::open(&st, &peer, request).await
+                super::connect::open(&st, &peer, request, Some(&handle)).await
             }
         };
         let _slot = queue(&st, &handle, dataset.is_some()).await;
@@ -76,7 +83,7 @@ pub async fn submit(state: &Arc<NodeState>, r: SubmitRequest) -> Result<String, 
 pub(super) async fn prepare(
     state: &Arc<NodeState>,
     r: SubmitRequest,
-) -> Result<(Ask, Box<dyn Job>, Option<DatasetSpec>, Arc<JobHandle>), Status> {
+) -> Result<(Ask, Box<dyn Job>, Option<Granted>, Arc<JobHandle>), Status> {
     if let Some(why) = state.audit.failure() {
         return Err(Status::unavailable(format!("this node takes no new jobs: {why}")));
     }
@@ -103,18 +110,23 @@ pub(super) async fn prepare(
         params: r.params,
     };
     let dataset = if spec.uses_dataset() {
-        let spec = grant(&config, &ask).map_err(|e| {
+        let granted = grant(&config, &ask).map_err(|e| {
             Status::permission_denied(format!(
-                "{e} (grant it with `consort dataset add ... --grant {}:{kind}`)",
-                ask.peer
+                "{e} (grant it with `consort grant {}` or `consort dataset add ... --grant {}:{kind}`)",
+                ask.dataset, ask.peer
             ))
         })?;
-        Some(spec)
+        Some(granted)
     } else {
         None
     };
     let mut ask = ask;
     let job = spec.plan(state, &ask).map_err(Status::invalid_argument)?;
+    // This node's own grant binds what it asks of the peer as much as what the peer asks of it.
+    if let Some((_, grant)) = &dataset {
+        crate::policy::check(grant, &ask, &*job, None, &state.jobs.list(), crate::table::now_unix())
+            .map_err(Status::permission_denied)?;
+    }
     // A fresh random id is taken only if this node never saw it (48 random bits: a retry is rare).
     for _ in 0..8 {
         let inserted = state.jobs.insert(record::status_of(&ask, &*job)).await;
@@ -133,16 +145,16 @@ pub async fn request<F, Fut>(
     handle: &Arc<JobHandle>,
     ask: &Ask,
     job: Box<dyn Job>,
-    dataset: Option<DatasetSpec>,
+    dataset: Option<Granted>,
     open: F,
 ) -> Result<Stream, Failure>
 where
     F: FnOnce(JobRequest) -> Fut,
     Fut: Future<Output = Result<(JobChannel, Answer, Arc<WireCounters>)>>,
 {
-    let dataset = match dataset {
-        Some(spec) => Some(load_dataset(handle, spec).await.map_err(Failure::private)?),
-        None => None,
+    let (dataset, grant) = match dataset {
+        Some((spec, grant)) => (Some(load_dataset(handle, spec).await.map_err(Failure::private)?), Some(grant)),
+        None => (None, None),
     };
     handle.stage("connect", 0, 0);
     let request = JobRequest {
@@ -153,8 +165,17 @@ where
         reveal: job.psi().map(|(_, r)| proto::Reveal::from(r)).unwrap_or_default() as i32,
         responder_dataset: ask.peer_dataset.clone(),
         params: job.wire_params(),
+        rows: dataset.as_ref().map(|d| d.len() as u64).unwrap_or(0),
     };
     let (channel, answer, wire) = open(request).await.map_err(|e| Failure::context("could not reach the peer", e))?;
+    // The responder's set, as it declared it, against this node's grant; its protocol hello may
+    // not announce more.
+    let mut limits = JobLimits::default();
+    let mut too_large = None;
+    if let (Answer::Accepted(a), Some(grant)) = (&answer, &grant) {
+        limits = JobLimits { max_peer_rows: a.rows, min_aligned_rows: grant.min_aligned_rows };
+        too_large = crate::policy::check_peer_rows(grant, a.rows).err();
+    }
     let decision = match &answer {
         Answer::Accepted(a) => {
             handle.update(|s| s.peer_rows = a.rows);
@@ -174,7 +195,11 @@ where
     if let Answer::Refused(reason) = answer {
         return Err(Failure::shared(anyhow!("peer '{}' refused the job: {}", ask.peer, bounded(reason))));
     }
-    run_accepted(state, handle, ask, job, channel, dataset, &wire).await
+    if let Some(why) = too_large {
+        channel.abort(&why).await;
+        return Err(Failure::shared(anyhow!("{why} (this node's grant for '{}' on '{}')", ask.peer, ask.dataset)));
+    }
+    run_accepted(state, handle, ask, job, channel, dataset, &wire, limits).await
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -184,7 +209,11 @@ where
 /// The responder's side of a job request that arrived on `channel` from the pinned `peer`.
 pub async fn respond(state: Arc<NodeState>, peer: PeerInfo, request: JobRequest, channel: JobChannel) {
     let Some(handle) = take(&state, &peer, &request, &channel).await else { return };
-    let Some((ask, job, dataset)) = decide(&state, &peer, &request, &handle, &channel).await else { return };
+    let Some(admitted) = decide(&state, &peer, &request, &handle, &channel).await else { return };
+    let Admitted { ask, job, dataset, limits, approval } = admitted;
+    if approval && !approved(&state, &handle, &ask, &channel).await {
+        return;
+    }
     info!(peer = %peer.name, job = %ask.job_id, kind = %ask.kind, dataset = %ask.dataset, "accepted job request");
     let _slot = queue(&state, &handle, dataset.is_some()).await;
     let result = async {
@@ -207,10 +236,62 @@ pub async fn respond(state: Arc<NodeState>, peer: PeerInfo, request: JobRequest,
             .send_kind(Frame::Accept(JobAccept { rows }))
             .await
             .map_err(|_| Failure::shared(anyhow!("the requester went away before the job started")))?;
-        run_accepted(&state, &handle, &ask, job, channel, dataset, &peer.wire).await
+        run_accepted(&state, &handle, &ask, job, channel, dataset, &peer.wire, limits).await
     }
     .await;
     conclude_then_close(&state, &handle, result).await;
+}
+
+/// A job whose grant requires approval waits here (state `awaiting-approval`, the request shown in
+/// full by `consort job`) until this node's operator decides; the requester is told it waits. A
+/// denial or [`APPROVAL_TIMEOUT`] refuses the job; the requester going away fails it. The decision
+/// is logged (`approval`).
+async fn approved(state: &Arc<NodeState>, handle: &Arc<JobHandle>, ask: &Ask, channel: &JobChannel) -> bool {
+    let verdict = state.approvals.wait(&ask.job_id);
+    handle.set_state(JobState::AwaitingApproval, None).await;
+    handle.stage("awaiting approval", 0, 0);
+    info!(peer = %ask.peer, job = %ask.job_id, "job awaits approval: `consort approve` or `consort deny`");
+    let waiting = JobWaiting { reason: "the responder's operator approves each job of this grant".into() };
+    let outcome = if channel.send_kind(Frame::Waiting(waiting)).await.is_err() {
+        Err("the requester went away while the job awaited approval")
+    } else {
+        tokio::select! {
+            v = verdict => Ok(v.unwrap_or_else(|_| Verdict::Deny("the node stopped".into()))),
+            _ = channel.recv_within(APPROVAL_TIMEOUT) => Err("the requester went away while the job awaited approval"),
+            _ = tokio::time::sleep(APPROVAL_TIMEOUT) => {
+                Ok(Verdict::Deny(format!("not approved within {} hours", APPROVAL_TIMEOUT.as_secs() / 3600)))
+            }
+        }
+    };
+    state.approvals.forget(&ask.job_id);
+    let (decision, reason) = match &outcome {
+        Ok(Verdict::Approve) => ("approved", String::new()),
+        Ok(Verdict::Deny(reason)) => ("denied", bounded(reason.clone())),
+        Err(why) => ("withdrawn", why.to_string()),
+    };
+    let fields = serde_json::json!({ "decision": decision, "reason": reason });
+    if let Err(e) = state.audit.append_async(&ask.job_id, "approval", fields).await {
+        warn!(job = %ask.job_id, "cannot record the approval in the audit log: {e:#}");
+        refuse(channel, "the responder cannot record the job in its audit log".into()).await;
+        handle.set_state(JobState::Failed, Some(format!("cannot record the approval: {e:#}"))).await;
+        return false;
+    }
+    match outcome {
+        Ok(Verdict::Approve) => {
+            handle.set_state(JobState::Pending, None).await;
+            true
+        }
+        Ok(Verdict::Deny(_)) => {
+            let told = format!("the responder's operator denied the job: {reason}");
+            handle.set_state(JobState::Refused, Some(told.clone())).await;
+            refuse(channel, told).await;
+            false
+        }
+        Err(why) => {
+            conclude(state, handle, Err(Failure::shared(anyhow!(why)))).await;
+            false
+        }
+    }
 }
 
 /// The responder's first steps, before anything is logged: the connection's pin, the request's
@@ -223,17 +304,30 @@ async fn take(
 ) -> Option<Arc<JobHandle>> {
     // The pin is checked per request: a connection opened before its peer's pin was replaced or
     // removed carries no request any more.
+    if let Some(first) = state.refusals.over(&peer.name) {
+        if first {
+            warn!(
+                peer = %peer.name,
+                "peer passed {} refused requests this minute: its requests are refused unrecorded until the minute ends",
+                crate::policy::MAX_REFUSALS_PER_MINUTE
+            );
+        }
+        refuse(channel, "too many refused requests from this node; wait a minute".into()).await;
+        return None;
+    }
     if !state.audit.healthy() {
         warn!(peer = %peer.name, "refused a job request: the audit log cannot be written");
         refuse(channel, "the responder cannot record jobs in its audit log; it takes no new jobs".into()).await;
         return None;
     }
     if !still_pinned(state, peer) {
+        state.refusals.note(&peer.name);
         warn!(peer = %peer.name, "refused a job request on a connection whose certificate is no longer pinned");
         refuse(channel, "this connection's certificate is no longer pinned here; reconnect".into()).await;
         return None;
     }
     if let Err(reason) = check_structure(request) {
+        state.refusals.note(&peer.name);
         warn!(peer = %peer.name, "refused a malformed job request: {reason}");
         refuse(channel, reason).await;
         return None;
@@ -241,6 +335,7 @@ async fn take(
     match state.jobs.insert(record::responder_status(&peer.name, request)).await {
         Ok(Some(h)) => Some(h),
         Ok(None) => {
+            state.refusals.note(&peer.name);
             warn!(peer = %peer.name, job = %request.job_id, "refused a job request reusing a known job id");
             let reason = format!("job id {} was already used with this node; ids are never reused", request.job_id);
             refuse(channel, reason).await;
@@ -265,10 +360,12 @@ async fn decide(
 ) -> Option<Admitted> {
     let admitted = admit(state, &peer.name, request).map_err(bounded);
     let (fields, decision) = match &admitted {
-        Ok((ask, job, _)) => (record::audited(ask, &**job), Ok(())),
+        Ok(a) => (record::audited(&a.ask, &*a.job), Ok(())),
         Err(reason) => (record::refused_fields(request), Err(reason.as_str())),
     };
     let who = Parties { role: Role::Responder, peer: &peer.name, peer_certificate: Some(peer.fingerprint.clone()) };
+    let shown = fields.to_string();
+    handle.update(|s| s.request = shown);
     if let Err(e) = crate::audit::record_request(&state.audit, &request.job_id, who, fields, decision).await {
         warn!(job = %request.job_id, "cannot record the job request in the audit log: {e:#}");
         handle.set_state(JobState::Failed, Some(format!("cannot record the job request: {e:#}"))).await;
@@ -278,6 +375,7 @@ async fn decide(
     match admitted {
         Ok(admitted) => Some(admitted),
         Err(reason) => {
+            state.refusals.note(&peer.name);
             warn!(peer = %peer.name, job = %request.job_id, "refused job: {reason}");
             handle.set_state(JobState::Refused, Some(reason.clone())).await;
             refuse(channel, reason).await;
@@ -305,7 +403,18 @@ fn check_structure(r: &JobRequest) -> Result<(), String> {
     Ok(())
 }
 
-type Admitted = (Ask, Box<dyn Job>, Option<DatasetSpec>);
+/// A request the policy admitted: the typed job, its dataset, the limits it runs with and whether
+/// it waits for the operator's approval.
+struct Admitted {
+    ask: Ask,
+    job: Box<dyn Job>,
+    dataset: Option<DatasetSpec>,
+    limits: JobLimits,
+    approval: bool,
+}
+
+/// A dataset of this node and the grant that lets the peer use it.
+pub(super) type Granted = (DatasetSpec, Grant);
 
 /// The policy decision on a well-formed request: the typed job and its dataset, or why not.
 fn admit(state: &NodeState, peer: &str, r: &JobRequest) -> Result<Admitted, String> {
@@ -324,27 +433,30 @@ fn admit(state: &NodeState, peer: &str, r: &JobRequest) -> Result<Admitted, Stri
         params: r.params.clone(),
     };
     let config = state.config();
-    let dataset = if spec.uses_dataset() { Some(grant(&config, &ask)?) } else { None };
+    let granted = if spec.uses_dataset() { Some(grant(&config, &ask)?) } else { None };
     let job = spec.plan(state, &ask)?;
-    Ok((ask, job, dataset))
+    let Some((dataset, grant)) = granted else {
+        return Ok(Admitted { ask, job, dataset: None, limits: JobLimits::default(), approval: false });
+    };
+    let limits = crate::policy::check(&grant, &ask, &*job, Some(r.rows), &state.jobs.list(), crate::table::now_unix())?;
+    Ok(Admitted { ask, job, dataset: Some(dataset), limits, approval: grant.approval })
 }
 
 /// The dataset a job uses on this node, if its grant lets the peer run this kind of job on it.
-fn grant(config: &NodeConfig, ask: &Ask) -> Result<DatasetSpec, String> {
+fn grant(config: &NodeConfig, ask: &Ask) -> Result<Granted, String> {
     let entry = config.datasets.iter().find(|d| d.spec.name == ask.dataset).ok_or_else(|| match ask.role {
         Role::Requester => format!("unknown dataset '{}' (register it with `consort dataset add`)", ask.dataset),
         Role::Responder => format!("no dataset '{}' is shared with '{}'", ask.dataset, ask.peer),
     })?;
-    match entry.refusal(&ask.peer, ask.kind) {
-        Some(refusal) => Err(refusal),
-        None => Ok(entry.spec.clone()),
-    }
+    let grant = entry.grant_for(&ask.peer, ask.kind)?;
+    Ok((entry.spec.clone(), grant.clone()))
 }
 
 /// Whether the certificate the peer presented on this connection is still the one pinned under its
 /// name.
 fn still_pinned(state: &NodeState, peer: &PeerInfo) -> bool {
-    state.config().peers.iter().any(|p| p.name == peer.name && p.fingerprint == peer.fingerprint)
+    let now = crate::table::now_unix();
+    state.config().peers.iter().any(|p| p.name == peer.name && p.accepts(&peer.fingerprint, now))
 }
 
 /// Who the request is between, as the requester's audit log records it (the fingerprint of the
@@ -376,6 +488,7 @@ pub(crate) fn bounded(reason: String) -> String {
 
 /// An accepted job: start, the kind's protocol, evidence, the end exchange; rolls back this side's
 /// output if anything fails after it was written.
+#[allow(clippy::too_many_arguments)] // the job's parts, as both sides' entry points hold them
 pub(super) async fn run_accepted(
     state: &Arc<NodeState>,
     handle: &Arc<JobHandle>,
@@ -384,6 +497,7 @@ pub(super) async fn run_accepted(
     channel: JobChannel,
     dataset: Option<Dataset>,
     wire: &WireCounters,
+    limits: JobLimits,
 ) -> Result<Stream, Failure> {
     handle.set_state(JobState::Running, None).await;
     if let Err(e) = crate::audit::record_start(&state.audit, &ask.job_id, dataset.as_ref()).await {
@@ -391,7 +505,7 @@ pub(super) async fn run_accepted(
         return Err(Failure::context(AUDIT_FAILED, e));
     }
     let channel = Arc::new(Metered::new(channel));
-    let result = job.run(RunCtx { state, handle, channel: channel.clone(), dataset, ask }).await;
+    let result = job.run(RunCtx { state, handle, channel: channel.clone(), dataset, ask, limits }).await;
     handle.record_stats(&channel.stats(), wire.get());
     let mut outcome = match result {
         Ok(o) => o,

@@ -95,6 +95,11 @@ pub trait Job: Send + Sync {
     /// The parameters as the audit log records them.
     fn audited(&self) -> serde_json::Value;
 
+    /// The dealer node the job uses, if any (checked against the grant's dealer allow-list).
+    fn dealer(&self) -> Option<&str> {
+        None
+    }
+
     /// Runs the job's protocol over the job channel and writes this node's outputs.
     async fn run(self: Box<Self>, ctx: RunCtx<'_>) -> Result<Outcome, Failure>;
 }
@@ -107,6 +112,9 @@ pub struct RunCtx<'a> {
     /// This node's dataset, loaded and validated (kinds without one get `None`).
     pub dataset: Option<Dataset>,
     pub ask: &'a Ask,
+    /// The bounds this node's grant puts on the job: the peer's declared set size (its protocol
+    /// hello may not announce more) and the fewest aligned rows.
+    pub limits: consort_engine::JobLimits,
 }
 
 /// A file a job wrote, committed in the audit log and removed if the job fails on either side.

@@ -86,6 +86,7 @@ impl Job for PsiPlan {
             output: Some(path),
             progress: Some(progress_fn(ctx.handle)),
             proofs: crate::audit::proofs_enabled(),
+            limits: ctx.limits,
         };
         let report = run_psi_owned(&*ctx.channel, dataset, &psi).await.map_err(failure)?;
         let rows = report.intersection.unwrap_or(0);

@@ -116,6 +116,7 @@ impl Job for ScorePlan {
             model: self.model,
             out: self.out,
             psi_progress: Some(progress_fn(ctx.handle)),
+            limits: ctx.limits,
         };
         let mut report = run_score(&*ctx.channel, &dataset, &job).await.map_err(lr_failure)?;
         let summary = serde_json::to_string(&report).unwrap_or_default();

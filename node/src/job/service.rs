@@ -11,7 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::channel::JobChannel;
-use super::connect::ANSWER_TIMEOUT;
+use super::envelope::{MAX_REQUEST_BYTES, REQUEST_TIMEOUT};
 use crate::FRAME_BUFFER;
 use crate::state::NodeState;
 use crate::tls::PeerInfo;
@@ -40,12 +40,17 @@ impl consort_api::proto::peer_server::Peer for PeerService {
             .cloned()
             .ok_or_else(|| Status::unauthenticated("connection has no pinned peer identity"))?;
         let mut inbound = request.into_inner();
-        let first = tokio::time::timeout(ANSWER_TIMEOUT, inbound.message())
+        let first = tokio::time::timeout(REQUEST_TIMEOUT, inbound.message())
             .await
             .map_err(|_| Status::deadline_exceeded("no job request received"))??;
         let Some(PeerFrame { kind: Some(Kind::Request(job)) }) = first else {
             return Err(Status::invalid_argument("the first frame of a job must be a job request"));
         };
+        if prost::Message::encoded_len(&job) > MAX_REQUEST_BYTES {
+            tracing::warn!(peer = %peer.name, "refused a job request over {MAX_REQUEST_BYTES} bytes");
+            self.state.refusals.note(&peer.name);
+            return Err(Status::resource_exhausted(format!("a job request is at most {MAX_REQUEST_BYTES} bytes")));
+        }
         let (tx, rx) = mpsc::channel(FRAME_BUFFER);
         let state = self.state.clone();
         self.state.spawn_job(async move {

@@ -146,6 +146,10 @@ impl Job for TrainPlan {
         serde_json::to_string(&self.params).expect("LR parameters serialize")
     }
 
+    fn dealer(&self) -> Option<&str> {
+        self.params.dealer.as_deref()
+    }
+
     fn audited(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(&self.params).unwrap_or_default();
         if let (Some(label), serde_json::Value::Object(o)) = (&self.columns.label, &mut v) {
@@ -185,6 +189,7 @@ impl Job for TrainPlan {
             peer: ctx.ask.peer.clone(),
             psi_progress: Some(progress_fn(ctx.handle)),
             progress: Some(lr_progress(ctx.handle)),
+            limits: ctx.limits,
         };
         let result = run_train_with_dealer(&*ctx.channel, dealer.as_ref(), &dataset, &job).await;
         let mut other_channels = Vec::new();
@@ -230,7 +235,7 @@ async fn open_dealer(state: &NodeState, dealer: &str, ask: &Ask) -> anyhow::Resu
         params: serde_json::to_string(&params)?,
         ..Default::default()
     };
-    let (channel, answer, _wire) = super::connect::open(state, &entry, request).await?;
+    let (channel, answer, _wire) = super::connect::open(state, &entry, request, None).await?;
     match answer {
         Answer::Accepted(_) => Ok(channel),
         Answer::Refused(reason) => Err(anyhow!("dealer '{dealer}' refused: {reason}")),

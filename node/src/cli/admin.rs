@@ -1,0 +1,134 @@
+//! `consort grant`, `consort approve` / `deny`: the data owner's policy over its datasets and its
+//! decisions on jobs that wait for it.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Subcommand;
+use consort_api::JobKind;
+use consort_engine::PsiProtocol;
+use consort_protocols::Reveal;
+
+use super::status;
+use crate::client::NodeClient;
+use crate::config::{self, Grant, NodeConfig};
+use crate::setup;
+
+#[derive(Subcommand)]
+pub enum GrantCommand {
+    /// Allow a peer jobs on a dataset, with the policy that bounds them (replaces its grant).
+    Set(GrantArgs),
+    /// Withdraw a peer's grant on a dataset (jobs already running finish; new ones are refused).
+    Revoke {
+        dir: PathBuf,
+        #[arg(long)]
+        dataset: String,
+        #[arg(long)]
+        peer: String,
+    },
+    /// List every grant with its policy.
+    List { dir: PathBuf },
+}
+
+#[derive(clap::Args)]
+pub struct GrantArgs {
+    dir: PathBuf,
+    #[arg(long)]
+    dataset: String,
+    #[arg(long)]
+    peer: String,
+    /// Job kinds allowed (comma-separated).
+    #[arg(long, value_delimiter = ',', required = true, value_parser = super::vocab::<JobKind>())]
+    jobs: Vec<JobKind>,
+    /// PSI protocols allowed, for PSI jobs and the alignment of train and score jobs (default: all).
+    #[arg(long, value_delimiter = ',', value_parser = super::vocab::<PsiProtocol>())]
+    protocols: Vec<PsiProtocol>,
+    /// Reveal modes allowed for PSI jobs (default: all).
+    #[arg(long, value_delimiter = ',', value_parser = super::vocab::<Reveal>())]
+    reveal: Vec<Reveal>,
+    /// Largest set the peer may bring to a job (default 2000000000).
+    #[arg(long)]
+    max_peer_rows: Option<u64>,
+    /// Fewest aligned rows a job may use (refuses `--reveal requester-only` PSI, which this node
+    /// could not check).
+    #[arg(long, default_value_t = 0)]
+    min_aligned_rows: u64,
+    /// A dealer node train jobs may use (pinned; never the peer or this node). Repeatable.
+    /// Without one, training is dealer-free only.
+    #[arg(long = "dealer")]
+    dealers: Vec<String>,
+    /// Jobs of this peer on this dataset in any 24 hours (default: no budget).
+    #[arg(long)]
+    jobs_per_day: Option<u32>,
+    /// Train jobs (models) this peer may run on this dataset, ever (default 1): each model scored
+    /// gives the label holder one more linear combination of this dataset's features per row.
+    #[arg(long)]
+    models: Option<u32>,
+    /// When the grant ends: YYYY-MM-DD (midnight UTC) or RFC 3339.
+    #[arg(long)]
+    expires: Option<String>,
+    /// Each job waits for `consort approve` / `consort deny` by this node's operator.
+    #[arg(long)]
+    approval: bool,
+}
+
+pub async fn grant(cmd: GrantCommand) -> Result<()> {
+    match cmd {
+        GrantCommand::Set(a) => {
+            for kind in &a.jobs {
+                if !config::GRANTABLE.contains(kind) {
+                    bail!("job kind '{kind}' uses no dataset and cannot be granted on one");
+                }
+            }
+            if let Some(e) = &a.expires {
+                config::parse_date(e)?;
+            }
+            let grant = Grant {
+                protocols: a.protocols,
+                reveal: a.reveal,
+                max_peer_rows: a.max_peer_rows,
+                min_aligned_rows: a.min_aligned_rows,
+                dealers: a.dealers,
+                jobs_per_day: a.jobs_per_day,
+                models: a.models,
+                expires: a.expires,
+                approval: a.approval,
+                ..Grant::new(&a.peer, a.jobs)
+            };
+            let line = grant.describe();
+            setup::grant_set(&a.dir, &a.dataset, grant)?;
+            let reloaded = setup::notify_node(&a.dir).await?;
+            println!("dataset '{}': {line}{}", a.dataset, reloaded_note(reloaded));
+        }
+        GrantCommand::Revoke { dir, dataset, peer } => {
+            setup::grant_revoke(&dir, &dataset, &peer)?;
+            let reloaded = setup::notify_node(&dir).await?;
+            println!("revoked the grant for '{peer}' on dataset '{dataset}'{}", reloaded_note(reloaded));
+        }
+        GrantCommand::List { dir } => {
+            for d in NodeConfig::load(&dir)?.datasets {
+                for g in &d.grants {
+                    println!("{}\t{}", d.spec.name, g.describe());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn reloaded_note(reloaded: bool) -> &'static str {
+    if reloaded { " (running node reloaded)" } else { "" }
+}
+
+/// `consort approve` / `consort deny`.
+pub async fn decide(dir: PathBuf, job: String, approve: bool, reason: Option<String>) -> Result<()> {
+    let client = NodeClient::connect(&dir).await?;
+    let before = client.job(&job).await?;
+    if !approve || before.job_state() == consort_api::JobState::AwaitingApproval {
+        // Show the operator what is being decided.
+        eprintln!("request: {}", if before.request.is_empty() { "(not recorded)" } else { &before.request });
+    }
+    let after = client.decide(&job, approve, reason.as_deref().unwrap_or_default()).await?;
+    println!("{}", status::job_line(&after));
+    Ok(())
+}
