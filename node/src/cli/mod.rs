@@ -104,6 +104,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// One job in full: its state, stages, figures and, on the responder, the request as the
+    /// peer sent it (what `consort approve` approves). Works with the node stopped.
+    Job {
+        dir: PathBuf,
+        job: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Generate synthetic data.
     #[command(subcommand)]
     Gen(GenCommand),
@@ -385,6 +393,18 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Node { dir } => run_node(&dir).await,
         Command::Psi(args) => psi::psi(args).await,
         Command::Jobs { dir, json } => jobs(&dir, json).await,
+        Command::Job { dir, job, json } => {
+            let all = job_records(&dir).await?;
+            let Some(status) = all.iter().find(|j| j.job_id == job) else {
+                anyhow::bail!("no job '{job}' on the node in {}", dir.display());
+            };
+            if json {
+                println!("{}", status::status_json(status));
+            } else {
+                println!("{}", serde_json::to_string_pretty(&status::status_json(status))?);
+            }
+            Ok(())
+        }
         Command::Gen(GenCommand::Psi { rows, overlap, rows_b, seed, out }) => {
             let spec = consort_engine::synth::PsiGenSpec {
                 rows_a: rows,
@@ -439,14 +459,7 @@ async fn run_node(dir: &Path) -> Result<()> {
 
 /// `consort jobs`: the running node's live view, or the job table on disk when it is stopped.
 async fn jobs(dir: &Path, json: bool) -> Result<()> {
-    let jobs = match NodeClient::connect(dir).await {
-        Ok(client) => client.jobs().await?,
-        // No node answers (never started, stopped, or killed leaving its socket): the table on disk.
-        Err(consort_api::ClientError::NotRunning { .. } | consort_api::ClientError::Connect { .. }) => {
-            crate::table::read_table_stopped(dir)?
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let jobs = job_records(dir).await?;
     for j in &jobs {
         if json {
             println!("{}", status::status_json(j));
@@ -455,4 +468,16 @@ async fn jobs(dir: &Path, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The running node's live job records, or the job table on disk when it is stopped.
+async fn job_records(dir: &Path) -> Result<Vec<consort_api::proto::JobStatus>> {
+    Ok(match NodeClient::connect(dir).await {
+        Ok(client) => client.jobs().await?,
+        // No node answers (never started, stopped, or killed leaving its socket): the table on disk.
+        Err(consort_api::ClientError::NotRunning { .. } | consort_api::ClientError::Connect { .. }) => {
+            crate::table::read_table_stopped(dir)?
+        }
+        Err(e) => return Err(e.into()),
+    })
 }

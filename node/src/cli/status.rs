@@ -100,6 +100,7 @@ pub fn status_json(s: &JobStatus) -> serde_json::Value {
         "wire_bytes_sent": s.wire_bytes_sent,
         "wire_bytes_received": s.wire_bytes_received,
         "stages": s.stages.iter().map(|st| serde_json::json!({"name": st.name, "seconds": st.seconds})).collect::<Vec<_>>(),
+        "request": serde_json::from_str::<serde_json::Value>(&s.request).ok(),
     })
 }
 
