@@ -200,6 +200,14 @@ async fn train_with_a_dealer_node() {
         let addr = std::fs::read_to_string(dir.join(consort_node::config::LISTEN_ADDR_FILE)).unwrap();
         setup::peer_add(&d_dir, name, addr.trim(), &cert(dir), false).unwrap();
     }
+    // Each party's grant lists the dealer (without it, training is dealer-free only).
+    let allow = |dir: &Path, dataset: &str, peer: &str| {
+        let mut grant = setup::parse_grant(&format!("{peer}:train")).unwrap();
+        grant.dealers = vec!["dealer".into()];
+        setup::grant_set(dir, dataset, grant).unwrap();
+    };
+    allow(&p.a_dir, "loans", pair::B);
+    allow(&p.b_dir, "features", pair::A);
     d.state.reload().unwrap();
     p._a.state.reload().unwrap();
     p.b.state.reload().unwrap();

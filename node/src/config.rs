@@ -149,9 +149,9 @@ pub struct Grant {
     /// requests do not count). None: no budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jobs_per_day: Option<u32>,
-    /// Train jobs (models) this peer may run on this dataset (default [`DEFAULT_MODELS`]): each
-    /// model scored hands the party with the labels one more linear combination of this node's
-    /// features per row (docs/security.md).
+    /// Train jobs (models) this peer may run on this dataset when this node is the responder
+    /// (default [`DEFAULT_MODELS`]): each model scored hands the party with the labels one more
+    /// linear combination of this node's features per row (docs/security.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub models: Option<u32>,
     /// When the grant ends: `YYYY-MM-DD` (midnight UTC) or RFC 3339.

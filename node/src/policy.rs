@@ -77,7 +77,9 @@ pub fn check(
             return Err(on(format!("the budget of {budget} jobs per 24 hours is used up")));
         }
     }
-    if ask.kind == JobKind::Train {
+    // Scores go to the label holder (the requester of train and score jobs): the models budget
+    // protects the responder's features, and is counted there.
+    if ask.kind == JobKind::Train && ask.role == Role::Responder {
         let budget = grant.models();
         let used =
             jobs.iter().filter(mine).filter(|s| s.job_kind() == JobKind::Train && holds_model(s.job_state())).count();

@@ -109,6 +109,25 @@ fn gen_train_score_through_the_cli() {
     assert_eq!(status["state"], "done");
     assert_eq!(std::fs::read_to_string(root.join("pred.csv")).unwrap().lines().count(), 1151);
 
+    // A second model on the same dataset: refused by the partner's grant (one model by default:
+    // each scored model gives the bank one more combination of the partner's features per row),
+    // until the partner's operator allows more.
+    let err = fails(&train("y").iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("the budget of 1 model(s) on this dataset is used up"), "{err}");
+    ok(&[
+        "grant",
+        "set",
+        &p("partner"),
+        "--dataset",
+        "feats",
+        "--peer",
+        "bank",
+        "--jobs",
+        "train,score",
+        "--models",
+        "9",
+    ]);
+
     // The poly3 sigmoid through the CLI: JSON summary and model file name it.
     let mut args = train("y");
     args.extend(["--sigmoid".to_string(), "poly3".to_string(), "--json".to_string()]);
