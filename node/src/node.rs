@@ -146,11 +146,25 @@ pub const MAX_PENDING_HANDSHAKES: usize = 64;
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 16;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Forgets finished handshakes and, at the cap, closes the oldest pending one.
-fn make_room(pending: &mut VecDeque<tokio::task::AbortHandle>) {
-    pending.retain(|h| !h.is_finished());
+/// TLS handshakes pending from one IP address at most: a new connection from an address at the
+/// cap closes that address's oldest pending one, so one host holds at most this many of the
+/// [`MAX_PENDING_HANDSHAKES`] and cannot push out other hosts' handshakes.
+pub const MAX_PENDING_HANDSHAKES_PER_ADDRESS: usize = 8;
+
+type Pending = VecDeque<(std::net::IpAddr, tokio::task::AbortHandle)>;
+
+/// Forgets finished handshakes; closes the oldest pending one of `from` at the per-address cap,
+/// and the oldest of all at the global cap.
+fn make_room(pending: &mut Pending, from: std::net::IpAddr) {
+    pending.retain(|(_, h)| !h.is_finished());
+    if pending.iter().filter(|(ip, _)| *ip == from).count() >= MAX_PENDING_HANDSHAKES_PER_ADDRESS
+        && let Some(i) = pending.iter().position(|(ip, _)| *ip == from)
+        && let Some((_, oldest)) = pending.remove(i)
+    {
+        oldest.abort();
+    }
     while pending.len() >= MAX_PENDING_HANDSHAKES {
-        if let Some(oldest) = pending.pop_front() {
+        if let Some((_, oldest)) = pending.pop_front() {
             oldest.abort();
         }
     }
@@ -165,7 +179,7 @@ fn accept_peers(
 ) -> ReceiverStream<Result<PeerConn, std::io::Error>> {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
-        let mut pending: VecDeque<tokio::task::AbortHandle> = VecDeque::new();
+        let mut pending: Pending = VecDeque::new();
         loop {
             let accepted = tokio::select! {
                 accepted = tcp.accept() => accepted,
@@ -181,7 +195,7 @@ fn accept_peers(
                 }
             };
             let _ = stream.set_nodelay(true);
-            make_room(&mut pending);
+            make_room(&mut pending, remote.ip());
             let (acceptor, pinned, tx) = (acceptor.clone(), pinned.clone(), tx.clone());
             let handshake = tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, PeerConn::accept(&acceptor, stream, remote, &pinned))
@@ -194,7 +208,7 @@ fn accept_peers(
                     Err(_) => warn!(%remote, "rejected peer connection: TLS handshake timed out"),
                 }
             });
-            pending.push_back(handshake.abort_handle());
+            pending.push_back((remote.ip(), handshake.abort_handle()));
         }
     });
     ReceiverStream::new(rx)

@@ -28,6 +28,10 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// The pinned peer certificates, shared with the TLS verifier so `peer add` takes effect on reload.
+/// Open connections one pinned peer may hold (a job uses one; `max_concurrent_jobs` and queued
+/// jobs stay far below this).
+pub const MAX_CONNECTIONS_PER_PEER: usize = 64;
+
 #[derive(Clone, Default)]
 pub struct PinnedPeers(Arc<RwLock<Vec<PinEntry>>>, Arc<std::sync::Mutex<Vec<Tracked>>>);
 
@@ -64,13 +68,17 @@ impl PinnedPeers {
             .map(|(n, _, _)| n.clone())
     }
 
-    /// Tracks an open connection so that [`replace`](Self::replace) can close it.
-    fn track(&self, fingerprint: &str) -> Arc<Revocation> {
+    /// Tracks an open connection so that [`replace`](Self::replace) can close it; `None` if the
+    /// peer already has [`MAX_CONNECTIONS_PER_PEER`] open.
+    fn track(&self, fingerprint: &str) -> Option<Arc<Revocation>> {
         let revocation = Arc::new(Revocation::default());
         let mut conns = self.1.lock().unwrap_or_else(|p| p.into_inner());
         conns.retain(|(_, r)| r.strong_count() > 0);
+        if conns.iter().filter(|(f, _)| f == fingerprint).count() >= MAX_CONNECTIONS_PER_PEER {
+            return None;
+        }
         conns.push((fingerprint.to_string(), Arc::downgrade(&revocation)));
-        revocation
+        Some(revocation)
     }
 
     /// Open connections tracked (tests).
@@ -312,7 +320,12 @@ impl PeerConn {
         let cert = cert.ok_or_else(not_pinned)?;
         let name = pinned.name_of(&cert).ok_or_else(not_pinned)?;
         let fingerprint = crate::identity::fingerprint(&cert);
-        let revocation = pinned.track(&fingerprint);
+        let revocation = pinned.track(&fingerprint).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("the peer has {MAX_CONNECTIONS_PER_PEER} connections open"),
+            )
+        })?;
         Ok(PeerConn { stream, info: PeerInfo { name, fingerprint, remote, wire }, revocation })
     }
 }

@@ -235,3 +235,48 @@ fn replacing_or_removing_a_pin_closes_the_open_connections() {
         server.shutdown(Duration::from_secs(2)).await;
     });
 }
+
+/// A pinned peer holds at most `MAX_CONNECTIONS_PER_PEER` connections; more are refused at the
+/// handshake, and a slot frees when a connection closes.
+#[test]
+fn a_peer_cannot_hold_more_than_its_share_of_connections() {
+    use consort_node::tls::MAX_CONNECTIONS_PER_PEER;
+    use consort_node::{job::connect, node, state::NodeState};
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = consort_node::pair::init_pair(tmp.path()).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    consort_node::pair::pin_pair(&a, any, &b, any).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let server = node::start(&b).await.unwrap();
+        let client = NodeState::open(&a, any).await.unwrap();
+        let mut entry = client.config().peer(consort_node::pair::B).unwrap().clone();
+        entry.addr = server.peer_addr().to_string();
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS_PER_PEER {
+            held.push(connect::connect(&client, &entry).await.unwrap());
+        }
+        for _ in 0..200 {
+            if server.state.pinned.open_connections() == MAX_CONNECTIONS_PER_PEER {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(server.state.pinned.open_connections(), MAX_CONNECTIONS_PER_PEER);
+        let request = |id: &str| consort_node::proto::JobRequest {
+            version: consort_api::JOB_PROTOCOL_VERSION,
+            job_id: id.into(),
+            kind: consort_api::JobKind::Psi as i32,
+            ..Default::default()
+        };
+        let over = connect::open(&client, &entry, request("over"), None).await;
+        assert!(over.is_err(), "a connection over the cap was served");
+        assert_eq!(server.state.pinned.open_connections(), MAX_CONNECTIONS_PER_PEER);
+        drop(held.pop());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // A slot is free again: the request is served (and refused by policy: no dataset).
+        let (_, answer, _) = connect::open(&client, &entry, request("after"), None).await.unwrap();
+        assert!(matches!(answer, connect::Answer::Refused(_)));
+        server.shutdown(Duration::from_secs(2)).await;
+    });
+}
