@@ -364,6 +364,71 @@ fn a_replaced_pin_stops_an_open_connection() {
     report("revoked pin, open connection", &end, started.elapsed(), t.survives());
 }
 
+/// A train job whose requester runs the real alignment (ECDH-PSI) and then an LR handshake with the
+/// right digest claiming `cols` features: the victim must refuse before sizing anything by it.
+fn lr_handshake_claiming(t: &Setup, cols: u64) -> (Ending, Duration) {
+    use consort_protocols::psi::{self, PsiConfig};
+    use consort_protocols::{Reveal, Role};
+    use sha2::{Digest, Sha256};
+    let root = t.nodes.b.parent().unwrap();
+    let data = root.join("lrdata");
+    if !data.exists() {
+        ok(&["gen", "lr", "--rows", "1000", "--features-a", "1", "--features-b", "2", "--out", s(&data)]);
+        let b = s(&t.nodes.b);
+        ok(&[
+            "dataset",
+            "add",
+            b,
+            "--name",
+            "feats",
+            "--file",
+            s(&data.join("b.csv")),
+            "--key",
+            "id",
+            "--grant",
+            "mallory:train",
+        ]);
+    }
+    let own =
+        consort_engine::Dataset::load(&consort_engine::DatasetSpec::new("own", data.join("a.csv"), &["id"])).unwrap();
+    let params = LrParams::default();
+    let r = rogue::request(JobKind::Train, PsiProtocol::Ecdh, "feats", &serde_json::to_string(&params).unwrap());
+    t.rt.block_on(async {
+        let channel = t.rogue.accepted(r).await;
+        let config = PsiConfig::new(Role::Requester, Reveal::Both);
+        let aligned = psi::run(&channel, &own.keys, consort_engine::PsiProtocol::Ecdh, &config).await.unwrap();
+        let n = aligned.output.intersection.unwrap().len();
+        // The digest as `mpc::lr::train::handshake` computes it, then the claimed feature count.
+        let (train, holdout) = consort_engine::lr::split(n, params.holdout, params.split_seed);
+        let mut h = Sha256::new();
+        h.update(b"consort/lr/v1");
+        params.config().unwrap().digest(&mut h);
+        h.update([0u8]);
+        h.update((n as u64).to_le_bytes());
+        for list in [&train, &holdout] {
+            h.update((list.len() as u64).to_le_bytes());
+            list.iter().for_each(|r| h.update(r.to_le_bytes()));
+        }
+        let mut msg = h.finalize().to_vec();
+        msg.extend_from_slice(&cols.to_le_bytes());
+        let started = Instant::now();
+        rogue::send(&channel, bytes::Bytes::from(msg)).await;
+        let (end, _) = ending(&channel, Duration::from_secs(60)).await;
+        (end, started.elapsed())
+    })
+}
+
+#[test]
+fn lr_handshake_claiming_huge_feature_counts_is_aborted() {
+    let t = setup(None);
+    for cols in [u64::MAX, 1 << 40, 1 << 16] {
+        let (end, took) = lr_handshake_claiming(&t, cols);
+        assert!(matches!(&end, Ending::Aborted(r) if r.contains("features")), "{cols}: {end:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        report(&format!("LR handshake claiming {cols} features"), &end, took, t.survives());
+    }
+}
+
 // ------------------------------------------------------------------------------------------------
 // The LR reconstruction probe
 // ------------------------------------------------------------------------------------------------
