@@ -95,17 +95,24 @@ fn a_failed_audit_append_stops_new_jobs_keeps_the_log_verifiable_and_a_restart_r
     audit_verifies(&nodes.a);
 }
 
-#[test]
-fn a_failed_output_write_fails_the_job_on_both_sides_and_leaves_no_output() {
-    let tmp = tempfile::tempdir().unwrap();
-    // b.csv is over 1 MB: the partner's copy of it for the output cannot be written under 256 KiB.
-    let nodes = restart_partner(two_nodes(tmp.path(), 30_000, 10_000), ignore_sigxfsz);
-    assert!(file_len(&tmp.path().join("data/b.csv")) > 1 << 20);
+/// A PSI job during which the partner cannot write its output (b.csv is over 1 MB: the partner's
+/// copy of it for the output cannot be written under a 256 KiB limit): the nodes and the
+/// requester's final status.
+fn failed_output_write(tmp: &Path) -> (TwoNodes, PathBuf, serde_json::Value) {
+    let nodes = restart_partner(two_nodes(tmp, 30_000, 10_000), ignore_sigxfsz);
+    assert!(file_len(&tmp.join("data/b.csv")) > 1 << 20);
     limit_file_size(nodes.nb.pid(), Some(256 << 10));
-    let out = tmp.path().join("out.csv");
+    let out = tmp.join("out.csv");
     let started = Instant::now();
     let failed = psi(&nodes, &out);
     eprintln!("job with a failed output write: {failed} after {:.2} s", started.elapsed().as_secs_f64());
+    (nodes, out, failed)
+}
+
+#[test]
+fn a_failed_output_write_fails_the_job_on_both_sides_and_leaves_no_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (nodes, out, failed) = failed_output_write(tmp.path());
     assert_eq!(failed["state"], "failed", "{failed}");
     let id = failed["job_id"].as_str().unwrap();
     let record = wait_final(&nodes.b, id, Duration::from_secs(10));
@@ -119,6 +126,28 @@ fn a_failed_output_write_fails_the_job_on_both_sides_and_leaves_no_output() {
     limit_file_size(nodes.nb.pid(), None);
     common::legit_psi_succeeds(&nodes, &out, 10_000);
     audit_verifies(&nodes.b);
+}
+
+/// The requester's record of a job whose peer failed after the protocol must not name the output
+/// it removed.
+#[test]
+#[ignore = "bug: the failed job's record still names the removed output (envelope applies the outcome before the end exchange)"]
+fn a_job_failed_at_the_end_names_no_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_nodes, out, failed) = failed_output_write(tmp.path());
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert!(!out.exists());
+    assert_eq!((&failed["output"], &failed["output_rows"]), (&serde_json::Value::Null, &0.into()), "{failed}");
+}
+
+/// The requester's failure names the peer's abort reason, not only that the stream closed.
+#[test]
+#[ignore = "bug: the requester sends its JobEnd first and, the stream being closed, never reads the peer's Abort"]
+fn the_requester_hears_why_the_peer_failed_at_the_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_nodes, _out, failed) = failed_output_write(tmp.path());
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(error.contains("could not read its data or write its output"), "{failed}");
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -262,7 +291,7 @@ fn kill_at(side: Side, stage: Stage) -> bool {
     drop(restarted);
     audit_verifies(killed_dir);
     eprintln!(
-        "CASE kill -9 {side:?} at {stage:?}: survivor failed after {:.2} s; killed node lists {state:?}; leftovers {leftovers:?}",
+        "CASE kill -9 {side:?} at {stage:?}: survivor's job final after {:.2} s; killed node lists {state:?}; leftovers {leftovers:?}",
         took.as_secs_f64()
     );
     assert_eq!(state, Some("interrupted".into()), "{side:?} {stage:?}");
