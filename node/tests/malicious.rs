@@ -607,3 +607,39 @@ fn audit_verifies_both(root: &std::path::Path) {
     common::audit_verifies(&root.join("bank"));
     common::audit_verifies(&root.join("partner"));
 }
+
+/// Established (authenticated) connections that never carry a job are not capped: each holds a
+/// descriptor for as long as the peer answers HTTP/2 pings. With the common soft limit of 1024
+/// descriptors on the victim, one pinned peer shuts out every other.
+#[test]
+#[ignore = "bug: no cap on a peer's established idle connections; 1100 of them exhaust a 1024-descriptor node"]
+fn idle_established_connections_cannot_exhaust_the_victims_descriptors() {
+    let t = setup(None);
+    let nofile = libc::rlimit { rlim_cur: 1024, rlim_max: 1024 };
+    let pid = t.nodes.nb.pid() as libc::pid_t;
+    assert_eq!(unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &nofile, std::ptr::null_mut()) }, 0);
+    let idle = t.rt.block_on(async {
+        let mut idle = Vec::new();
+        for _ in 0..1100 {
+            match tokio::time::timeout(Duration::from_secs(5), t.rogue.try_connection()).await {
+                Ok(Ok(c)) => idle.push(c),
+                _ => break,
+            }
+        }
+        idle
+    });
+    eprintln!("{} idle TLS connections held; the victim holds {} descriptors", idle.len(), open_fds(t.nodes.nb.pid()));
+    let started = Instant::now();
+    let out = common::consort(&common::psi_args(&t.nodes.a, &t.out));
+    eprintln!(
+        "an honest job meanwhile: {} after {:.1} s",
+        String::from_utf8_lossy(if out.status.success() { &out.stdout } else { &out.stderr }).trim(),
+        started.elapsed().as_secs_f64()
+    );
+    let held = idle.len();
+    drop(idle);
+    // Once they close, the victim takes jobs again.
+    std::thread::sleep(Duration::from_secs(1));
+    t.survives();
+    assert!(out.status.success(), "an honest job failed while a rogue peer held {held} connections");
+}

@@ -88,7 +88,12 @@ impl Rogue {
 
     /// A TLS connection to the victim with no job on it yet (HTTP/2 is up once this returns).
     pub async fn connection(&self) -> PeerClient<tonic::transport::Channel> {
-        connect::connect(&self.state, &self.victim).await.unwrap().0
+        self.try_connection().await.unwrap()
+    }
+
+    /// [`Rogue::connection`], or why it could not be made.
+    pub async fn try_connection(&self) -> anyhow::Result<PeerClient<tonic::transport::Channel>> {
+        Ok(connect::connect(&self.state, &self.victim).await?.0)
     }
 }
 
