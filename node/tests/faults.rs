@@ -87,6 +87,21 @@ fn a_failed_audit_append_stops_new_jobs_keeps_the_log_verifiable_and_a_restart_r
     let why = refused["error"].as_str().unwrap_or_default();
     assert!(why.contains("audit log"), "{refused}");
     common::jobs(&nodes.b);
+    // Its own operator is told at submission.
+    let own = common::fails(&[
+        "psi",
+        common::s(&nodes.b),
+        "--peer",
+        "bank",
+        "--dataset",
+        "accounts",
+        "--peer-dataset",
+        "customers",
+        "--out",
+        common::s(&tmp.path().join("z.csv")),
+    ]);
+    assert!(own.contains("takes no new jobs") && own.contains("audit/log.jsonl"), "{own}");
+    eprintln!("the partner's operator is told: {}", own.trim());
 
     // Restarted, it verifies its log, and jobs run again.
     let nodes = restart_partner(nodes, |_| {});
