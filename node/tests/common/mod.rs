@@ -54,14 +54,16 @@ impl Drop for NodeProc {
 
 /// Starts `consort node DIR` and waits until it listens; the process and its peer address.
 pub fn start_node(dir: &Path) -> (NodeProc, String) {
+    start_node_with(dir, |_| {})
+}
+
+/// [`start_node`], with the command adjusted by `setup` first (e.g. resource limits).
+pub fn start_node_with(dir: &Path, setup: impl FnOnce(&mut Command)) -> (NodeProc, String) {
     let _ = std::fs::remove_file(dir.join("listen.addr"));
-    let child = Command::new(env!("CARGO_BIN_EXE_consort"))
-        .arg("node")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_consort"));
+    command.arg("node").arg(dir).stdout(Stdio::null()).stderr(Stdio::null());
+    setup(&mut command);
+    let child = command.spawn().unwrap();
     // Wrapped at once, so the process is reaped on every path (including the panic below).
     let node = NodeProc(child);
     for _ in 0..400 {
@@ -105,6 +107,16 @@ pub fn two_nodes(root: &Path, rows: u64, overlap: u64) -> TwoNodes {
     TwoNodes { a, b, na, nb, addr_a, addr_b }
 }
 
+/// Restarts the partner's node (after `setup` adjusts its command, e.g. resource limits or
+/// `[limits]` written to its config) and re-pins its new address at the bank.
+pub fn restart_partner(nodes: TwoNodes, setup: impl FnOnce(&mut Command)) -> TwoNodes {
+    let TwoNodes { a, b, na, nb, addr_a, .. } = nodes;
+    drop(nb);
+    let (nb, addr_b) = start_node_with(&b, setup);
+    ok(&["peer", "add", s(&a), "--name", "partner", "--addr", &addr_b, "--cert", s(&b.join("node.crt")), "--replace"]);
+    TwoNodes { a, b, na, nb, addr_a, addr_b }
+}
+
 /// `consort psi` from the bank against the partner's "accounts", writing `out`, with `--json`.
 pub fn psi_args<'a>(a: &'a Path, out: &'a Path) -> Vec<&'a str> {
     vec![
@@ -120,4 +132,92 @@ pub fn psi_args<'a>(a: &'a Path, out: &'a Path) -> Vec<&'a str> {
         s(out),
         "--json",
     ]
+}
+
+pub mod rogue;
+
+/// `consort jobs DIR --json`, one object per job.
+pub fn jobs(dir: &Path) -> Vec<serde_json::Value> {
+    ok(&["jobs", s(dir), "--json"]).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Job `id` as `consort jobs DIR --json` lists it.
+pub fn job(dir: &Path, id: &str) -> Option<serde_json::Value> {
+    jobs(dir).into_iter().find(|j| j["job_id"] == id)
+}
+
+pub const FINAL_STATES: [&str; 4] = ["done", "failed", "refused", "interrupted"];
+
+/// Waits (up to `limit`) until job `id` of the node in `dir` is in a final state: its record.
+pub fn wait_final(dir: &Path, id: &str, limit: Duration) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    loop {
+        let record = job(dir, id);
+        if let Some(r) = &record
+            && FINAL_STATES.contains(&r["state"].as_str().unwrap_or_default())
+        {
+            return record.unwrap();
+        }
+        assert!(started.elapsed() < limit, "job {id} not final after {limit:?}: {record:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Peak resident set size of a process (`VmHWM` in /proc/PID/status), in MiB.
+pub fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process is alive");
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+}
+
+/// CPU seconds (user + system) a process has used so far (/proc/PID/stat).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process is alive");
+    // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// `consort audit verify --log DIR/audit --key KEY` with the node's own key: must pass.
+pub fn audit_verifies(dir: &Path) {
+    let key = ok(&["audit", "key", s(dir)]);
+    ok(&["audit", "verify", "--log", s(&dir.join("audit")), "--key", key.trim()]);
+}
+
+/// Sets `[limits]` in DIR/config.toml (read when the node starts).
+pub fn set_limits(dir: &Path, max_concurrent_jobs: Option<u32>, peer_idle_seconds: Option<u64>) {
+    let path = dir.join("config.toml");
+    let mut config: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+    let limits = config.entry("limits").or_insert_with(|| toml::Value::Table(Default::default()));
+    let limits = limits.as_table_mut().unwrap();
+    if let Some(n) = max_concurrent_jobs {
+        limits.insert("max_concurrent_jobs".into(), toml::Value::Integer(n.into()));
+    }
+    if let Some(secs) = peer_idle_seconds {
+        limits.insert("peer_idle_seconds".into(), toml::Value::Integer(secs as i64));
+    }
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+}
+
+/// A PSI job from the bank to the partner ([`two_nodes`]) that must succeed with `overlap` rows.
+pub fn legit_psi_succeeds(nodes: &TwoNodes, out: &Path, overlap: u64) {
+    let _ = std::fs::remove_file(out);
+    let v: serde_json::Value = serde_json::from_str(ok(&psi_args(&nodes.a, out)).trim()).unwrap();
+    assert_eq!((v["state"].as_str(), v["intersection"].as_u64()), (Some("done"), Some(overlap)), "{v}");
+}
+
+/// What every malicious-peer case ends with: the victim process is alive, answers `consort jobs`,
+/// its peak RSS stayed under `max_rss_mib`, a legitimate job with the honest node still runs, and
+/// its audit log verifies. The victim's peak RSS (MiB).
+pub fn victim_survives(nodes: &TwoNodes, out: &Path, overlap: u64, max_rss_mib: u64) -> u64 {
+    let pid = nodes.nb.pid();
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "the victim died");
+    jobs(&nodes.b);
+    let rss = peak_rss_mib(pid);
+    assert!(rss < max_rss_mib, "the victim's peak RSS is {rss} MiB");
+    legit_psi_succeeds(nodes, out, overlap);
+    audit_verifies(&nodes.b);
+    rss
 }

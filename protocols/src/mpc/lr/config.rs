@@ -187,7 +187,9 @@ impl LrConfig {
         q as i64 as f64 / (self.feature_frac_bits as f64).exp2()
     }
 
-    pub(super) fn digest(&self, h: &mut Sha256) {
+    /// Feeds the parameters both parties must agree on into the handshake's digest (public so that
+    /// a test peer can speak the handshake by hand).
+    pub fn digest(&self, h: &mut Sha256) {
         h.update(self.epochs.to_le_bytes());
         h.update((self.batch_size as u64).to_le_bytes());
         h.update(self.learning_rate.to_le_bytes());
