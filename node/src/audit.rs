@@ -58,8 +58,8 @@ impl NodeAudit {
     }
 
     /// Why the log could not be written, if it could not.
-    pub fn failure(&self) -> Option<&str> {
-        self.failure.get().map(String::as_str)
+    pub fn failure(&self) -> Option<String> {
+        self.failure.get().map(|cause| stopped(cause))
     }
 
     /// Runs `f` on the log (callers in async code go through [`cpu::run`]: appends rewrite files).

@@ -149,7 +149,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// TLS handshakes pending from one IP address at most: a new connection from an address at the
 /// cap closes that address's oldest pending one, so one host holds at most this many of the
 /// [`MAX_PENDING_HANDSHAKES`] and cannot push out other hosts' handshakes.
-pub const MAX_PENDING_HANDSHAKES_PER_ADDRESS: usize = 8;
+pub const MAX_PENDING_HANDSHAKES_PER_ADDRESS: usize = 32;
 
 type Pending = VecDeque<(std::net::IpAddr, tokio::task::AbortHandle)>;
 

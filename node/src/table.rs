@@ -58,6 +58,25 @@ pub struct JobHandle {
     persist_lock: tokio::sync::Mutex<()>,
 }
 
+/// Whether `path` is a file last modified at or after unix second `since`.
+fn modified_since(path: &Path, since: u64) -> bool {
+    let modified = std::fs::symlink_metadata(path).ok().filter(|m| m.is_file()).and_then(|m| m.modified().ok());
+    modified.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).is_some_and(|d| d.as_secs() >= since)
+}
+
+/// Removes the temporary files of output writes cut short (`.consort-*.partial`, the engine's
+/// temp file names) in `dir`. Called only at start, when no job of this node writes.
+fn remove_partials(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(".consort-") && name.ends_with(".partial") && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 impl JobTable {
     /// A table kept only in memory.
     pub fn in_memory() -> JobTable {
@@ -75,13 +94,33 @@ impl JobTable {
         let mut interrupted = Vec::new();
         for s in &mut records {
             if !s.job_state().is_final() {
+                // Nothing of an interrupted job stays: its output (named in the record as soon as
+                // it was in place) and the temporary files of a write the stop cut short.
+                if !s.output.is_empty() {
+                    let _ = std::fs::remove_file(&s.output);
+                }
+                // The output the job was about to write, if it was written after the job began
+                // (a file that was there before is someone else's and stays).
+                if !s.output_target.is_empty() && modified_since(Path::new(&s.output_target), s.created) {
+                    let _ = std::fs::remove_file(&s.output_target);
+                }
+                for written in [&s.output, &s.output_target] {
+                    if let Some(parent) = Path::new(written.as_str()).parent().filter(|p| p.is_absolute()) {
+                        remove_partials(parent);
+                    }
+                }
                 s.state = JobState::Interrupted as i32;
                 s.error = "the node stopped while the job ran".into();
                 s.stage = String::new();
                 s.finished = now_unix();
+                s.output.clear();
+                s.output_rows = 0;
                 write_record(&dir, s)?;
                 interrupted.push(s.job_id.clone());
             }
+        }
+        if !interrupted.is_empty() {
+            remove_partials(&node_dir.join(crate::config::OUTPUTS_DIR));
         }
         records.sort_by(|a, b| (a.created, &a.job_id).cmp(&(b.created, &b.job_id)));
         let table = JobTable { dir: Some(dir), inner: Mutex::default(), reserved };
@@ -283,6 +322,42 @@ mod tests {
             state: JobState::Pending as i32,
             ..Default::default()
         }
+    }
+
+    /// A node killed mid-job: at its next start the interrupted job's files go (its output, the
+    /// output it was writing, temp files), but a file that was at the output path before the job
+    /// began stays.
+    #[test]
+    fn an_interrupted_jobs_files_are_removed_at_start_but_not_older_files() {
+        let node = tempfile::tempdir().unwrap();
+        let jobs = node.path().join(JOBS_DIR);
+        let outs = node.path().join(crate::config::OUTPUTS_DIR);
+        std::fs::create_dir_all(&jobs).unwrap();
+        std::fs::create_dir_all(&outs).unwrap();
+        let file = |name: &str| {
+            let p = outs.join(name);
+            std::fs::write(&p, "x").unwrap();
+            p
+        };
+        let (done, writing, older, partial) =
+            (file("done.csv"), file("writing.csv"), file("older.csv"), file(".consort-a1b2.partial"));
+        let now = now_unix();
+        let record = |id: &str, output: &Path, target: &Path, created: u64| JobStatus {
+            state: JobState::Running as i32,
+            output: output.display().to_string(),
+            output_target: target.display().to_string(),
+            created,
+            ..status(id)
+        };
+        write_record(&jobs, &record("j1", &done, &done, now - 5)).unwrap();
+        write_record(&jobs, &record("j2", Path::new(""), &writing, now - 5)).unwrap();
+        // Its target existed before the job was registered (modified before `created`).
+        write_record(&jobs, &record("j3", Path::new(""), &older, now + 3600)).unwrap();
+        let (table, interrupted) = JobTable::open(node.path(), HashSet::new()).unwrap();
+        assert_eq!(interrupted.len(), 3);
+        assert!(!done.exists() && !writing.exists() && !partial.exists());
+        assert!(older.exists(), "a file older than the job is not the job's");
+        assert!(table.list().iter().all(|s| s.output.is_empty() && s.job_state() == JobState::Interrupted));
     }
 
     #[tokio::test]

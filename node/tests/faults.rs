@@ -146,7 +146,6 @@ fn a_failed_output_write_fails_the_job_on_both_sides_and_leaves_no_output() {
 /// The requester's record of a job whose peer failed after the protocol must not name the output
 /// it removed.
 #[test]
-#[ignore = "bug: the failed job's record still names the removed output (envelope applies the outcome before the end exchange)"]
 fn a_job_failed_at_the_end_names_no_output() {
     let tmp = tempfile::tempdir().unwrap();
     let (_nodes, out, failed) = failed_output_write(tmp.path());
@@ -157,7 +156,6 @@ fn a_job_failed_at_the_end_names_no_output() {
 
 /// The requester's failure names the peer's abort reason, not only that the stream closed.
 #[test]
-#[ignore = "bug: the requester sends its JobEnd first and, the stream being closed, never reads the peer's Abort"]
 fn the_requester_hears_why_the_peer_failed_at_the_end() {
     let tmp = tempfile::tempdir().unwrap();
     let (_nodes, _out, failed) = failed_output_write(tmp.path());
@@ -293,16 +291,18 @@ fn kill_at(side: Side, stage: Stage) -> bool {
     let took = killed_at.elapsed();
     let _ = submitter.wait_with_output();
 
-    // No output anywhere: the requester's --out directory, both outputs directories.
-    let leftovers: Vec<String> = [out.parent().unwrap().to_path_buf(), a.join("outputs"), b.join("outputs")]
-        .iter()
-        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().map(|e| e.unwrap().path().display().to_string()))
-        .collect();
+    // No output anywhere once the killed node has started again (it removes what its interrupted
+    // job left: the output named in its record, the temp files of a write cut short): the
+    // requester's --out directory, both outputs directories.
     audit_verifies(survivor_dir);
     audit_verifies(killed_dir);
     drop(survivor);
     let (restarted, _) = start_node(killed_dir);
     let state = job(killed_dir, &id).map(|j| j["state"].clone());
+    let leftovers: Vec<String> = [out.parent().unwrap().to_path_buf(), a.join("outputs"), b.join("outputs")]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().map(|e| e.unwrap().path().display().to_string()))
+        .collect();
     drop(restarted);
     audit_verifies(killed_dir);
     eprintln!(
@@ -339,25 +339,21 @@ fn kill9_responder_during_the_protocol() {
 }
 
 #[test]
-#[ignore = "bug: a crash during the output write leaves its .consort-*.partial temp file; nothing removes it at restart"]
 fn kill9_requester_while_writing_its_output() {
     kill_case(Side::Requester, Stage::Output);
 }
 
 #[test]
-#[ignore = "bug: a crash during the output write leaves its .consort-*.partial temp file; nothing removes it at restart"]
 fn kill9_responder_while_writing_its_output() {
     kill_case(Side::Responder, Stage::Output);
 }
 
 #[test]
-#[ignore = "bug: an interrupted job's complete output stays on disk after the restart (the peer's job failed)"]
 fn kill9_requester_between_its_output_and_the_end_exchange() {
     kill_case(Side::Requester, Stage::End);
 }
 
 #[test]
-#[ignore = "bug: an interrupted job's complete output stays on disk after the restart (the peer's job failed)"]
 fn kill9_responder_between_its_output_and_the_end_exchange() {
     kill_case(Side::Responder, Stage::End);
 }

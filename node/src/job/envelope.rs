@@ -85,7 +85,7 @@ pub(super) async fn prepare(
     r: SubmitRequest,
 ) -> Result<(Ask, Box<dyn Job>, Option<Granted>, Arc<JobHandle>), Status> {
     if let Some(why) = state.audit.failure() {
-        return Err(Status::unavailable(format!("this node takes no new jobs: {why}")));
+        return Err(Status::unavailable(why));
     }
     let kind: JobKind = wire("job kind", r.kind).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let spec =
@@ -514,6 +514,14 @@ pub(super) async fn run_accepted(
             return Err(f);
         }
     };
+    // The output is in place: the job record names it at once, so that a node killed before the
+    // job ends removes it when it starts again (a job completes on both sides or leaves nothing).
+    if let Some(out) = &outcome.output {
+        handle.update(|s| s.output = out.path.display().to_string());
+        if let Err(e) = handle.persist().await {
+            warn!(job = %ask.job_id, "cannot record the job's output in the job table: {e:#}");
+        }
+    }
     let evidence = RunEvidence {
         stats: channel.stats(),
         other_channels: std::mem::take(&mut outcome.other_channels),
@@ -521,7 +529,7 @@ pub(super) async fn run_accepted(
         output: outcome.output.as_ref().map(|o| (o.path.clone(), o.rows)),
     };
     if let Err(e) = crate::audit::record_run(&state.audit, &ask.job_id, evidence).await {
-        rollback(&outcome);
+        rollback(handle, &outcome);
         channel.inner().abort("the peer cannot record the job in its audit log").await;
         return Err(Failure::context(AUDIT_FAILED, e));
     }
@@ -537,7 +545,7 @@ pub(super) async fn run_accepted(
             Ok(channel)
         }
         Err(e) => {
-            rollback(&outcome);
+            rollback(handle, &outcome);
             Err(Failure::shared(e))
         }
     }
@@ -546,7 +554,14 @@ pub(super) async fn run_accepted(
 /// Sends this side's `JobEnd` and waits for the peer's. The requester then waits for the responder
 /// to close the stream, so that dropping the connection cannot cut off its own `JobEnd`.
 pub async fn end_exchange(channel: &JobChannel, role: Role, end: JobEnd) -> Result<JobEnd> {
-    channel.send_kind(Frame::End(end)).await.context("the peer went away before the job ended")?;
+    if channel.send_kind(Frame::End(end)).await.is_err() {
+        // The stream is closed for sending; the peer may have said why before it closed it.
+        let why = match tokio::time::timeout(std::time::Duration::from_secs(2), channel.recv_kind()).await {
+            Ok(Err(ChannelError::Aborted(reason))) => format!(": {}", bounded(reason)),
+            _ => String::new(),
+        };
+        bail!("the peer failed at the end of the job{why}");
+    }
     let peer_end = match tokio::time::timeout(ANSWER_TIMEOUT, channel.recv_kind()).await {
         Ok(Ok(Frame::End(end))) => end,
         Ok(Ok(other)) => bail!("the peer sent a {} frame instead of ending the job", kind_name(&other)),
@@ -560,10 +575,15 @@ pub async fn end_exchange(channel: &JobChannel, role: Role, end: JobEnd) -> Resu
     Ok(peer_end)
 }
 
-/// Removes what the job wrote (a job completes on both sides or leaves no output behind).
-fn rollback(outcome: &Outcome) {
+/// Removes what the job wrote (a job completes on both sides or leaves no output behind), and
+/// its record stops naming it.
+fn rollback(handle: &JobHandle, outcome: &Outcome) {
     if let Some(out) = &outcome.output {
         let _ = std::fs::remove_file(&out.path);
+        handle.update(|s| {
+            s.output.clear();
+            s.output_rows = 0;
+        });
     }
 }
 

@@ -117,6 +117,16 @@ pub struct RunCtx<'a> {
     pub limits: consort_engine::JobLimits,
 }
 
+/// Records, before a job writes it, where its output goes: a node killed before the job ends
+/// removes that file (if written after the job began) when it starts again.
+pub async fn will_write(handle: &JobHandle, path: &std::path::Path) {
+    let shown = path.display().to_string();
+    handle.update(|s| s.output_target = shown);
+    if let Err(e) = handle.persist().await {
+        tracing::warn!(job = %handle.id(), "cannot record the job's output path: {e:#}");
+    }
+}
+
 /// A file a job wrote, committed in the audit log and removed if the job fails on either side.
 #[derive(Debug, Clone)]
 pub struct Output {

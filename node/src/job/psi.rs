@@ -79,6 +79,7 @@ impl Job for PsiPlan {
             (Some(p), Role::Requester) => (p.clone(), p.display().to_string()),
             _ => default_output(&ctx.state.dir, &ctx.ask.job_id, &dataset.spec.name),
         };
+        super::will_write(ctx.handle, &path).await;
         let psi = PsiJob {
             protocol: self.protocol,
             role: ctx.ask.role,

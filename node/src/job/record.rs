@@ -19,6 +19,7 @@ pub(super) fn status_of(ask: &Ask, job: &dyn Job) -> JobStatus {
         peer_dataset: ask.peer_dataset.clone(),
         reveal: job.psi().map(|(_, r)| proto::Reveal::from(r)).unwrap_or_default() as i32,
         state: JobState::Pending as i32,
+        output_target: ask.out.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
         ..Default::default()
     }
 }

@@ -110,6 +110,9 @@ impl Job for ScorePlan {
 
     async fn run(self: Box<Self>, ctx: RunCtx<'_>) -> Result<Outcome, Failure> {
         let dataset = ctx.dataset.expect("score jobs load a dataset");
+        if let Some(out) = &self.out {
+            super::will_write(ctx.handle, out).await;
+        }
         let job = ScoreJob {
             role: ctx.ask.role,
             psi: self.protocol,

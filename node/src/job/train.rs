@@ -179,6 +179,7 @@ impl Job for TrainPlan {
                 (rel, path)
             }
         };
+        super::will_write(ctx.handle, &model_out).await;
         let job = TrainJob {
             role: ctx.ask.role,
             psi: self.protocol,

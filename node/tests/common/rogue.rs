@@ -66,7 +66,7 @@ impl Rogue {
 
     /// Opens a job stream to the victim with `request`: the stream and the victim's answer.
     pub async fn open(&self, request: JobRequest) -> anyhow::Result<(JobChannel, Answer)> {
-        let (channel, answer, _wire) = connect::open(&self.state, &self.victim, request).await?;
+        let (channel, answer, _wire) = connect::open(&self.state, &self.victim, request, None).await?;
         Ok((channel, answer))
     }
 
@@ -107,8 +107,13 @@ pub fn request(kind: JobKind, protocol: proto::PsiProtocol, dataset: &str, param
         reveal: proto::Reveal::Both as i32,
         responder_dataset: dataset.into(),
         params: params.into(),
+        // The set size the rogue declares; its protocol hellos may then announce anything.
+        rows: ROGUE_ROWS,
     }
 }
+
+/// What a rogue's requests declare as their set size (within the default grant's maximum).
+pub const ROGUE_ROWS: u64 = 1000;
 
 /// A PSI request (reveal both) for the victim's `dataset`.
 pub fn psi_request(protocol: proto::PsiProtocol, dataset: &str) -> JobRequest {
