@@ -58,17 +58,26 @@ pub struct Limits {
     pub max_concurrent_jobs: u32,
     /// A job fails when its peer sends nothing for this long (seconds) once the job runs.
     pub peer_idle_seconds: u64,
+    /// Slots one peer's jobs may hold at once (default: `max_concurrent_jobs − 1`, at least 1), so
+    /// another peer's job always finds one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_jobs_per_peer: Option<u32>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_concurrent_jobs: 4, peer_idle_seconds: 600 }
+        Limits { max_concurrent_jobs: 4, peer_idle_seconds: 600, max_jobs_per_peer: None }
     }
 }
 
 impl Limits {
     fn is_default(&self) -> bool {
         *self == Limits::default()
+    }
+
+    pub fn jobs_per_peer(&self) -> usize {
+        let all = self.max_concurrent_jobs.max(1);
+        self.max_jobs_per_peer.unwrap_or(all.saturating_sub(1)).clamp(1, all) as usize
     }
 
     pub fn peer_idle(&self) -> std::time::Duration {

@@ -27,6 +27,8 @@ pub struct NodeState {
     pub jobs: JobTable,
     /// One permit per job that may run at once (`[limits] max_concurrent_jobs`); jobs wait for one.
     pub job_slots: Arc<tokio::sync::Semaphore>,
+    /// Each peer's share of the slots (`[limits] max_jobs_per_peer`), by peer name.
+    peer_shares: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
     pub cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,
     pub listen_addr: SocketAddr,
@@ -56,6 +58,13 @@ impl NodeState {
         for t in self.job_tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
             t.abort();
         }
+    }
+
+    /// The semaphore of `peer`'s share of the job slots (read at start, like the slots).
+    pub fn peer_share(&self, peer: &str) -> Arc<tokio::sync::Semaphore> {
+        let share = self.config().limits.jobs_per_peer();
+        let mut shares = self.peer_shares.lock().unwrap_or_else(|p| p.into_inner());
+        shares.entry(peer.to_string()).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(share))).clone()
     }
 
     pub fn key(&self) -> PrivateKeyDer<'static> {
@@ -120,6 +129,7 @@ impl NodeState {
             pinned,
             jobs,
             job_slots,
+            peer_shares: Default::default(),
             cert,
             key,
             listen_addr,

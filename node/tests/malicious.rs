@@ -332,9 +332,9 @@ fn many_concurrent_stalled_jobs_and_idle_connections_end_and_the_victim_recovers
     report("concurrent jobs + idle connections", &Ending::Closed(format!("{JOBS} jobs failed")), took, t.survives());
 }
 
-/// While the rogue's jobs hold every slot, an honest job waits: how long (a finding, not a bound).
+/// A rogue's stalled jobs hold only its share of the slots: an honest peer's job runs at once.
 #[test]
-fn an_honest_job_waits_behind_a_rogue_peers_stalled_jobs() {
+fn an_honest_job_does_not_wait_behind_a_rogue_peers_stalled_jobs() {
     const JOBS: usize = 6;
     let t = setup(Some(2));
     let rogue_jobs = std::thread::scope(|scope| {
@@ -354,7 +354,9 @@ fn an_honest_job_waits_behind_a_rogue_peers_stalled_jobs() {
         rogue.join().unwrap();
         waited
     });
-    assert!(rogue_jobs < Duration::from_secs((JOBS as u64 / 2 + 3) * (IDLE_SECS + 3)), "{rogue_jobs:?}");
+    // The rogue's jobs hold at most its share (one of the two slots): the honest job does not wait
+    // for them (it waited 3 waves × IDLE_SECS, 10.2 s, before peers had shares).
+    assert!(rogue_jobs < Duration::from_secs(2 * IDLE_SECS), "the honest job waited {rogue_jobs:?}");
     t.survives();
 }
 

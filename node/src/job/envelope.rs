@@ -639,13 +639,22 @@ const AUDIT_FAILED: &str = "the node could not write its audit log";
 /// Waits for one of the node's job slots (`[limits] max_concurrent_jobs`): jobs beyond the cap
 /// queue rather than being refused. Jobs without a dataset (a dealer's) take no slot: a deal pairs
 /// two streams, and the first must not hold the slot the second waits for.
-async fn queue(state: &NodeState, handle: &JobHandle, uses_dataset: bool) -> Option<tokio::sync::OwnedSemaphorePermit> {
+///
+/// A peer's jobs take at most `[limits] max_jobs_per_peer` slots (default: all but one), waiting
+/// for their peer's share first, so one peer's stalled jobs cannot hold every slot while other
+/// peers' jobs wait.
+async fn queue(state: &NodeState, handle: &JobHandle, uses_dataset: bool) -> Option<Slot> {
     if !uses_dataset {
         return None;
     }
     handle.stage("queued", 0, 0);
-    state.job_slots.clone().acquire_owned().await.ok()
+    let share = state.peer_share(&handle.status().peer).acquire_owned().await.ok()?;
+    let slot = state.job_slots.clone().acquire_owned().await.ok()?;
+    Some((share, slot))
 }
+
+/// A job's place among the running jobs: its peer's share and one of the node's slots.
+type Slot = (tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit);
 
 pub(crate) async fn load_dataset(handle: &JobHandle, spec: DatasetSpec) -> Result<Dataset> {
     handle.stage("load dataset", 0, 0);

@@ -289,6 +289,27 @@ async fn jobs_beyond_the_cap_queue_and_then_run() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_peer_that_holds_its_share_of_slots_queues_though_slots_are_free() {
+    let t = two().await;
+    // The bank holds its whole share (all slots but one); a free slot is left for other peers.
+    let share = t.b.config().limits.jobs_per_peer() as u32;
+    assert_eq!(share, 3);
+    let held = t.b.peer_share(pair::A).acquire_many_owned(share).await.unwrap();
+    let t = Arc::new(t);
+    let running = {
+        let t = t.clone();
+        tokio::spawn(async move { run_submitted(&t, psi_submit("accounts", &t.root.join("q.csv"))).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let queued = t.b.jobs.list().into_iter().find(|s| s.stage == "queued").expect("the bank's job should queue");
+    assert_eq!(t.b.job_slots.available_permits(), 4, "the node's slots stay free for other peers");
+    drop(held);
+    let status = running.await.unwrap();
+    assert_eq!(status.job_state(), JobState::Done, "{}", status.error);
+    assert_eq!(t.b.jobs.get(&queued.job_id).unwrap().status().job_state(), JobState::Done);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_silent_peer_fails_the_job_after_the_idle_time() {
     let (mine, theirs) = super::channel::memory_pair_idle(8, std::time::Duration::from_secs(1));
     let started = std::time::Instant::now();
