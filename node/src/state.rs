@@ -9,6 +9,7 @@ use anyhow::Result;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::warn;
 
+use crate::at_rest::NodeStorage;
 use crate::config::{self, NodeConfig};
 use crate::identity;
 use crate::table::JobTable;
@@ -33,6 +34,8 @@ pub struct NodeState {
     job_tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
     /// The node's signed audit log (`DIR/audit`).
     pub audit: Arc<crate::audit::NodeAudit>,
+    /// The storage key and whether outputs are sealed under it (read at start).
+    pub storage: NodeStorage,
 }
 
 impl NodeState {
@@ -78,8 +81,9 @@ impl NodeState {
     pub async fn open(dir: &Path, listen_addr: SocketAddr) -> Result<Arc<NodeState>> {
         let dir = config::absolute(dir)?;
         let config = Arc::new(NodeConfig::load(&dir)?);
+        let storage = NodeStorage::open(&dir, &config)?;
         let (cert, key) = identity::read_tls_identity(&dir)?;
-        let audit = crate::audit::NodeAudit::open(&dir)?;
+        let audit = crate::audit::NodeAudit::open(&dir, Some(storage.key.clone()))?;
         let pinned = PinnedPeers::default();
         pinned.replace(load_pins(&dir, &config)?);
         let known = audit.with(|log| Ok(log.job_ids()))?;
@@ -101,6 +105,7 @@ impl NodeState {
             listen_addr,
             job_tasks: Default::default(),
             audit,
+            storage,
         }))
     }
 }

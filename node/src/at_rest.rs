@@ -1,0 +1,149 @@
+//! Encryption at rest: where a node's storage key lives and what is sealed under it
+//! ([`consort_engine::sealed`] is the format). What the key protects against, and what it does
+//! not, is in `docs/security.md`.
+//!
+//! The key file is found, in order: `$CONSORT_STORAGE_KEY_FILE`, `[storage] key_file` in
+//! config.toml, `DIR/storage.key`. `consort init` creates it (at the first of those places that is
+//! set; a key file that already exists there, e.g. a mounted secret, is used as it is). A node
+//! directory made before encryption at rest gets `DIR/storage.key` at its next start. A key file
+//! named outside the node directory is never created by a start: a missing secret mount stops the
+//! node instead of sealing new files under a key nobody keeps.
+//!
+//! Node keys (`identity.key`, `node.key`) are sealed too when `consort init` finds the storage key
+//! outside the node directory; next to the key in the same directory, sealing them would protect
+//! nothing. Readers take sealed and plain files alike (sniffed by the magic).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use consort_engine::sealed::{self, StorageKey};
+use consort_engine::storage::AtRest;
+use zeroize::Zeroizing;
+
+use crate::config::{self, NodeConfig};
+
+pub const STORAGE_KEY_FILE: &str = "storage.key";
+/// Names the storage key file, overriding `[storage] key_file`.
+pub const STORAGE_KEY_ENV: &str = "CONSORT_STORAGE_KEY_FILE";
+
+/// Where a node's storage key is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPlace {
+    /// `DIR/storage.key`: created when missing; protects copies of outputs, not of the directory.
+    NodeDir(PathBuf),
+    /// A file the operator named (environment or config), e.g. a mounted secret: never created by
+    /// a node start.
+    Outside(PathBuf),
+}
+
+impl KeyPlace {
+    pub fn path(&self) -> &Path {
+        match self {
+            KeyPlace::NodeDir(p) | KeyPlace::Outside(p) => p,
+        }
+    }
+
+    /// Where the key of the node in `dir` is, by the environment and its config.
+    pub fn of(dir: &Path, storage: &config::Storage) -> Result<KeyPlace> {
+        let named = std::env::var_os(STORAGE_KEY_ENV).map(PathBuf::from).or_else(|| storage.key_file.clone());
+        match named {
+            Some(p) => Ok(KeyPlace::Outside(config::absolute(&p)?)),
+            None => Ok(KeyPlace::NodeDir(dir.join(STORAGE_KEY_FILE))),
+        }
+    }
+}
+
+/// A running node's storage: its key (always loaded, so files sealed earlier stay readable) and
+/// whether it seals what it writes.
+#[derive(Debug, Clone)]
+pub struct NodeStorage {
+    pub key: Arc<StorageKey>,
+    pub encrypt_outputs: bool,
+}
+
+impl NodeStorage {
+    /// What job outputs are written as.
+    pub fn at_rest(&self) -> AtRest {
+        if self.encrypt_outputs { AtRest::Sealed(self.key.clone()) } else { AtRest::Plain }
+    }
+
+    /// Opens the storage of the node in `dir` at its start: loads the key, creating
+    /// `DIR/storage.key` for a node directory made before encryption at rest.
+    pub fn open(dir: &Path, config: &NodeConfig) -> Result<NodeStorage> {
+        let place = KeyPlace::of(dir, &config.storage)?;
+        let key = match &place {
+            KeyPlace::NodeDir(path) if !path.exists() => {
+                let key = StorageKey::generate()?;
+                key.create_file(path).with_context(|| format!("cannot create the storage key {}", path.display()))?;
+                tracing::info!(key = %path.display(), "created the storage key (this node directory predates encryption at rest)");
+                key
+            }
+            _ => load_key_at(&place)?,
+        };
+        Ok(NodeStorage { key: Arc::new(key), encrypt_outputs: config.storage.encrypt_outputs })
+    }
+}
+
+fn load_key_at(place: &KeyPlace) -> Result<StorageKey> {
+    let path = place.path();
+    StorageKey::load(path).with_context(|| match place {
+        KeyPlace::NodeDir(_) => format!("cannot read the storage key {}", path.display()),
+        KeyPlace::Outside(_) => format!(
+            "cannot read the storage key {} (named by ${STORAGE_KEY_ENV} or [storage] key_file; is the secret mounted?)",
+            path.display()
+        ),
+    })
+}
+
+/// The storage key of the node in `dir` (for commands that read its files: `consort export`, the
+/// demo, tests). Creates nothing.
+pub fn load_key(dir: &Path) -> Result<StorageKey> {
+    let config = NodeConfig::load(dir)?;
+    load_key_at(&KeyPlace::of(dir, &config.storage)?)
+}
+
+/// `consort init`: creates (or adopts, if the operator put one there) the storage key, and says
+/// whether node keys are to be sealed under it (only when it is kept outside `dir`). Returns the
+/// config's `[storage]` section.
+pub fn init_key(dir: &Path) -> Result<(StorageKey, config::Storage, bool)> {
+    let place = KeyPlace::of(dir, &config::Storage::default())?;
+    let path = place.path();
+    let key = if path.exists() {
+        load_key_at(&place)?
+    } else {
+        let key = StorageKey::generate()?;
+        key.create_file(path).with_context(|| format!("cannot create the storage key {}", path.display()))?;
+        key
+    };
+    let outside = match &place {
+        KeyPlace::Outside(p) => !p.starts_with(config::absolute(dir)?),
+        KeyPlace::NodeDir(_) => false,
+    };
+    let key_file = match place {
+        KeyPlace::Outside(p) => Some(p),
+        KeyPlace::NodeDir(_) => None,
+    };
+    Ok((key, config::Storage { encrypt_outputs: true, key_file }, outside))
+}
+
+/// Writes a secret file (mode 0600), sealed under `key` if given.
+pub fn write_secret(path: &Path, bytes: &[u8], key: Option<&StorageKey>) -> Result<()> {
+    let Some(key) = key else {
+        return config::write_atomic(path, bytes, true);
+    };
+    let mut w = sealed::SealedWriter::create(path, key, consort_engine::storage::Access::OwnerOnly)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::io::Write::write_all(&mut w, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    w.finish().with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Reads a secret file of the node in `dir`, unsealing it with the node's storage key if sealed.
+pub fn read_secret(dir: &Path, path: &Path) -> Result<Zeroizing<Vec<u8>>> {
+    let sealed = sealed::is_sealed(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let key = if sealed { Some(load_key(dir)?) } else { None };
+    let bytes = consort_engine::storage::read_data(path, key.as_ref())
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Zeroizing::new(bytes))
+}
