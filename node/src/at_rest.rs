@@ -147,3 +147,65 @@ pub fn read_secret(dir: &Path, path: &Path) -> Result<Zeroizing<Vec<u8>>> {
         .with_context(|| format!("cannot read {}", path.display()))?;
     Ok(Zeroizing::new(bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node directory as `consort init` makes it (no test here sets the environment variable).
+    fn node_dir() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("node");
+        crate::identity::init(&dir, "n", "127.0.0.1:0").unwrap();
+        (tmp, dir)
+    }
+
+    #[test]
+    fn init_keeps_the_key_in_the_directory_and_node_keys_plain() {
+        let (_tmp, dir) = node_dir();
+        let config = NodeConfig::load(&dir).unwrap();
+        assert_eq!(config.storage, config::Storage::default());
+        let storage = NodeStorage::open(&dir, &config).unwrap();
+        assert_eq!(storage.key.id(), load_key(&dir).unwrap().id());
+        assert!(matches!(storage.at_rest(), AtRest::Sealed(_)));
+        for f in [config::IDENTITY_KEY_FILE, config::TLS_KEY_FILE] {
+            assert!(!sealed::is_sealed(&dir.join(f)).unwrap(), "{f}: sealing next to the key protects nothing");
+        }
+    }
+
+    #[test]
+    fn an_older_node_directory_gets_a_key_at_start_and_sealing_can_be_turned_off() {
+        let (_tmp, dir) = node_dir();
+        std::fs::remove_file(dir.join(STORAGE_KEY_FILE)).unwrap();
+        let mut config = NodeConfig::load(&dir).unwrap();
+        config.storage.encrypt_outputs = false;
+        let storage = NodeStorage::open(&dir, &config).unwrap();
+        assert!(dir.join(STORAGE_KEY_FILE).exists());
+        assert!(matches!(storage.at_rest(), AtRest::Plain));
+        // The key is kept: the next start reads the same one.
+        assert_eq!(NodeStorage::open(&dir, &config).unwrap().key.id(), storage.key.id());
+    }
+
+    #[test]
+    fn a_missing_key_outside_the_directory_stops_the_node_and_is_not_created() {
+        let (tmp, dir) = node_dir();
+        let mut config = NodeConfig::load(&dir).unwrap();
+        let secret = tmp.path().join("secrets/storage.key");
+        config.storage.key_file = Some(secret.clone());
+        let err = format!("{:#}", NodeStorage::open(&dir, &config).unwrap_err());
+        assert!(err.contains("is the secret mounted?"), "{err}");
+        assert!(!secret.exists());
+    }
+
+    #[test]
+    fn secrets_sealed_or_plain_read_back() {
+        let (tmp, dir) = node_dir();
+        let key = load_key(&dir).unwrap();
+        let path = tmp.path().join("secret");
+        write_secret(&path, b"seed", Some(&key)).unwrap();
+        assert!(sealed::is_sealed(&path).unwrap());
+        assert_eq!(&**read_secret(&dir, &path).unwrap(), b"seed");
+        write_secret(&path, b"plain", None).unwrap();
+        assert_eq!(&**read_secret(&dir, &path).unwrap(), b"plain");
+    }
+}
