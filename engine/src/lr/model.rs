@@ -162,7 +162,7 @@ mod tests {
         bytes[at] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
         let err = ModelFile::load(&path, Some(&key)).unwrap_err().to_string();
-        assert!(err.contains("fails authentication"), "{err}");
+        assert!(err.starts_with("m.model.json: sealed file damaged") && err.contains("fails authentication"), "{err}");
     }
 
     #[test]

@@ -243,3 +243,53 @@ fn key_files_roundtrip_owner_only_and_are_never_replaced() {
     assert!(msg.contains("not a storage key") && !msg.contains("zz"), "{msg}");
     assert!(!format!("{k:?}").contains(&hex(&*k.bytes)), "Debug shows only the id");
 }
+
+/// Measures sealing against plain writing for a 10^6-row PSI output (run in release:
+/// `cargo test --release -p consort-engine --lib -- --ignored --nocapture sealing_overhead`).
+#[test]
+#[ignore]
+fn sealing_overhead_on_a_million_row_output() {
+    use std::time::Instant;
+
+    use crate::dataset::{Dataset, DatasetSpec};
+    use crate::storage::{AtRest, read_data};
+    use crate::synth::{PsiGenSpec, generate_psi};
+    let dir = tempfile::tempdir().unwrap();
+    let rows = 1_000_000u64;
+    generate_psi(&PsiGenSpec { rows_a: rows, rows_b: 10, overlap: 0, seed: 1, out_dir: dir.path().to_path_buf() })
+        .unwrap();
+    let ds = Dataset::load(&DatasetSpec::new("a", dir.path().join("a.csv"), &["id"])).unwrap();
+    let order: Vec<u32> = (0..rows as u32).rev().collect();
+    let key = std::sync::Arc::new(StorageKey::generate().unwrap());
+    let mut plain_bytes = 0;
+    for (name, at_rest) in [("plain", AtRest::Plain), ("sealed", AtRest::Sealed(key.clone()))] {
+        let out = dir.path().join(format!("{name}.csv"));
+        let started = Instant::now();
+        ds.write_rows(&order, &out, &at_rest).unwrap();
+        let write_s = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let bytes = read_data(&out, Some(&key)).unwrap();
+        let read_s = started.elapsed().as_secs_f64();
+        plain_bytes = bytes.len();
+        let mb = bytes.len() as f64 / 1e6;
+        let on_disk = std::fs::metadata(&out).unwrap().len();
+        println!(
+            "{name}: {rows} rows, {mb:.1} MB plaintext, {on_disk} B on disk; write {write_s:.3} s ({:.0} MB/s), \
+             read {read_s:.3} s ({:.0} MB/s)",
+            mb / write_s,
+            mb / read_s
+        );
+    }
+    // The seal and unseal alone, in memory.
+    let data = vec![7u8; plain_bytes];
+    let path = dir.path().join("raw");
+    let started = Instant::now();
+    seal(&path, &key, &data);
+    let seal_s = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let back = unseal(&path, &key).unwrap();
+    let unseal_s = started.elapsed().as_secs_f64();
+    assert_eq!(back.len(), data.len());
+    let mb = plain_bytes as f64 / 1e6;
+    println!("seal {:.0} MB/s, unseal {:.0} MB/s (incl. file write/read)", mb / seal_s, mb / unseal_s);
+}
