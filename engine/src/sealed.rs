@@ -180,6 +180,8 @@ pub struct SealedWriter {
     index: u64,
     /// Plaintext of the current chunk, then its ciphertext and tag.
     buf: Zeroizing<Vec<u8>>,
+    /// A chunk failed to be written: the file can only be dropped.
+    failed: bool,
 }
 
 impl SealedWriter {
@@ -206,11 +208,16 @@ impl SealedWriter {
             header,
             index: 0,
             buf: Zeroizing::new(Vec::with_capacity(CHUNK + TAG)),
+            failed: false,
         })
     }
 
     /// Seals the buffered plaintext as chunk `index` and writes it.
     fn seal_chunk(&mut self, last: bool) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other("an earlier write to this sealed file failed"));
+        }
+        self.failed = true;
         let aad = chunk_aad(&self.header, self.index, last);
         let tag = self
             .cipher
@@ -220,6 +227,7 @@ impl SealedWriter {
         self.tmp.as_file_mut().write_all(&self.buf)?;
         self.buf.clear();
         self.index += 1;
+        self.failed = false;
         Ok(())
     }
 
@@ -245,6 +253,9 @@ impl SealedWriter {
 
 impl Write for SealedWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.failed {
+            return Err(io::Error::other("an earlier write to this sealed file failed"));
+        }
         let take = data.len().min(CHUNK - self.buf.len());
         self.buf.extend_from_slice(&data[..take]);
         // A full chunk is sealed at once, so the last chunk is always shorter than CHUNK.

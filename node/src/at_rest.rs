@@ -46,9 +46,13 @@ impl KeyPlace {
 
     /// Where the key of the node in `dir` is, by the environment and its config.
     pub fn of(dir: &Path, storage: &config::Storage) -> Result<KeyPlace> {
-        let named = std::env::var_os(STORAGE_KEY_ENV).map(PathBuf::from).or_else(|| storage.key_file.clone());
-        match named {
-            Some(p) => Ok(KeyPlace::Outside(config::absolute(&p)?)),
+        // The environment's path is relative to the working directory, the config's to the node
+        // directory (the config travels with the directory, the environment with the process).
+        if let Some(p) = std::env::var_os(STORAGE_KEY_ENV) {
+            return Ok(KeyPlace::Outside(config::absolute(Path::new(&p))?));
+        }
+        match &storage.key_file {
+            Some(p) => Ok(KeyPlace::Outside(config::absolute(&dir.join(p))?)),
             None => Ok(KeyPlace::NodeDir(dir.join(STORAGE_KEY_FILE))),
         }
     }
@@ -191,10 +195,14 @@ mod tests {
         let (tmp, dir) = node_dir();
         let mut config = NodeConfig::load(&dir).unwrap();
         let secret = tmp.path().join("secrets/storage.key");
-        config.storage.key_file = Some(secret.clone());
+        // A relative key file in the config is relative to the node directory.
+        config.storage.key_file = Some(PathBuf::from("../secrets/storage.key"));
         let err = format!("{:#}", NodeStorage::open(&dir, &config).unwrap_err());
-        assert!(err.contains("is the secret mounted?"), "{err}");
+        assert!(err.contains("is the secret mounted?") && err.contains("node/../secrets/storage.key"), "{err}");
         assert!(!secret.exists());
+        std::fs::create_dir(tmp.path().join("secrets")).unwrap();
+        std::fs::copy(dir.join(STORAGE_KEY_FILE), &secret).unwrap();
+        assert_eq!(NodeStorage::open(&dir, &config).unwrap().key.id(), load_key(&dir).unwrap().id());
     }
 
     #[test]
