@@ -207,6 +207,10 @@ fn export_through_the_cli(root: &Path, (a, b): (&Path, &Path), (out, peer_out): 
     assert!(err.contains("exists (pass --force"), "{err}");
     ok(&["export", s(a), s(out), "--out", s(&plain), "--force"]);
     assert_eq!(ok(&["export", s(a), s(out), "--out", "-"]).as_bytes(), expected);
+    // A sealed output is not a dataset; its plaintext is.
+    let err = fails(&["dataset", "add", s(a), "--name", "again", "--file", s(out), "--key", "id"]);
+    assert!(err.contains("is sealed") && err.contains("consort export"), "{err}");
+    ok(&["dataset", "add", s(a), "--name", "again", "--file", s(&plain), "--key", "id"]);
     // The responder's output by the name `consort jobs` shows, relative to its node directory.
     let rel = peer_out.strip_prefix(b).unwrap();
     let peer_plain = root.join("peer-plain.csv");
