@@ -62,12 +62,16 @@ fn export(args: &ExportArgs) -> Result<()> {
 
 /// Streams the plaintext of `input` to `to`; errors name the file and what failed.
 fn copy(input: &Path, key: &StorageKey, to: &mut impl Write) -> Result<u64> {
-    let mut from =
-        storage::open_data(input, Some(key)).with_context(|| format!("cannot export {}", input.display()))?;
+    // A sealed file's own errors (`InvalidData`) name it already; others get its path.
+    let failed = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::InvalidData => anyhow::Error::new(e).context("cannot export"),
+        _ => anyhow::Error::new(e).context(format!("cannot export {}", input.display())),
+    };
+    let mut from = storage::open_data(input, Some(key)).map_err(failed)?;
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
-        let n = from.read(&mut buf).with_context(|| format!("cannot export {}", input.display()))?;
+        let n = from.read(&mut buf).map_err(failed)?;
         if n == 0 {
             return Ok(total);
         }
