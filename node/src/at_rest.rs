@@ -32,15 +32,15 @@ pub const STORAGE_KEY_ENV: &str = "CONSORT_STORAGE_KEY_FILE";
 pub enum KeyPlace {
     /// `DIR/storage.key`: created when missing; protects copies of outputs, not of the directory.
     NodeDir(PathBuf),
-    /// A file the operator named (environment or config), e.g. a mounted secret: never created by
-    /// a node start.
-    Outside(PathBuf),
+    /// A file the operator named (environment or config), e.g. a mounted secret, usually outside
+    /// the node directory: never created by a node start.
+    Named(PathBuf),
 }
 
 impl KeyPlace {
     pub fn path(&self) -> &Path {
         match self {
-            KeyPlace::NodeDir(p) | KeyPlace::Outside(p) => p,
+            KeyPlace::NodeDir(p) | KeyPlace::Named(p) => p,
         }
     }
 
@@ -49,10 +49,10 @@ impl KeyPlace {
         // The environment's path is relative to the working directory, the config's to the node
         // directory (the config travels with the directory, the environment with the process).
         if let Some(p) = std::env::var_os(STORAGE_KEY_ENV) {
-            return Ok(KeyPlace::Outside(config::absolute(Path::new(&p))?));
+            return Ok(KeyPlace::Named(config::absolute(Path::new(&p))?));
         }
         match &storage.key_file {
-            Some(p) => Ok(KeyPlace::Outside(config::absolute(&dir.join(p))?)),
+            Some(p) => Ok(KeyPlace::Named(config::absolute(&dir.join(p))?)),
             None => Ok(KeyPlace::NodeDir(dir.join(STORAGE_KEY_FILE))),
         }
     }
@@ -93,7 +93,7 @@ fn load_key_at(place: &KeyPlace) -> Result<StorageKey> {
     let path = place.path();
     StorageKey::load(path).with_context(|| match place {
         KeyPlace::NodeDir(_) => format!("cannot read the storage key {}", path.display()),
-        KeyPlace::Outside(_) => format!(
+        KeyPlace::Named(_) => format!(
             "cannot read the storage key {} (named by ${STORAGE_KEY_ENV} or [storage] key_file; is the secret mounted?)",
             path.display()
         ),
@@ -121,11 +121,11 @@ pub fn init_key(dir: &Path) -> Result<(StorageKey, config::Storage, bool)> {
         key
     };
     let outside = match &place {
-        KeyPlace::Outside(p) => !p.starts_with(config::absolute(dir)?),
+        KeyPlace::Named(p) => !p.starts_with(config::absolute(dir)?),
         KeyPlace::NodeDir(_) => false,
     };
     let key_file = match place {
-        KeyPlace::Outside(p) => Some(p),
+        KeyPlace::Named(p) => Some(p),
         KeyPlace::NodeDir(_) => None,
     };
     Ok((key, config::Storage { encrypt_outputs: true, key_file }, outside))
