@@ -22,7 +22,7 @@ struct Pair {
     root: PathBuf,
     a_dir: PathBuf,
     b_dir: PathBuf,
-    _a: NodeHandle,
+    a: NodeHandle,
     b: NodeHandle,
 }
 
@@ -42,7 +42,7 @@ async fn pair_with_lr_data(rows: u64, missing_b: u64, grant_kinds: &str) -> Pair
     setup::dataset_add(&b_dir, ds("features", "b.csv"), vec![grant(pair::A)], true, false).unwrap();
     a.state.reload().unwrap();
     b.state.reload().unwrap();
-    Pair { _tmp: tmp, root, a_dir, b_dir, _a: a, b }
+    Pair { _tmp: tmp, root, a_dir, b_dir, a, b }
 }
 
 fn lr_params() -> LrParams {
@@ -76,7 +76,7 @@ async fn train_then_score_between_two_nodes() {
     assert!(status.wire_bytes_sent > 0 && status.bytes_received > 0);
     // The partner's model sits under its node directory and holds only its own features.
     assert_eq!(status.peer_output, format!("outputs/{}.model.json", status.job_id));
-    let mb = ModelFile::load(&p.b_dir.join(&status.peer_output)).unwrap();
+    let mb = ModelFile::load(&p.b_dir.join(&status.peer_output), Some(&p.b.state.storage.key)).unwrap();
     assert_eq!(mb.features.len(), 3);
     assert!(mb.intercept.is_none() && mb.training.auc.is_none());
     let peer_job = p.b.state.jobs.get(&status.job_id).unwrap().status();
@@ -121,7 +121,8 @@ async fn train_then_score_between_two_nodes() {
         submit_request(JobKind::Score, (pair::B, "loans", "features"), PsiProtocol::Ecdh, &model, &out).unwrap();
     let status = run(&p.a_dir, score).await.unwrap();
     assert_eq!(status.job_state(), JobState::Done, "{}", status.error);
-    let text = std::fs::read_to_string(&out).unwrap();
+    let text = consort_engine::storage::read_data(&out, Some(&p.a.state.storage.key)).unwrap();
+    let text = String::from_utf8(text).unwrap();
     assert_eq!(text.lines().count(), 2751);
     assert!(
         text.lines().skip(1).all(|l| l
@@ -209,7 +210,7 @@ async fn train_with_a_dealer_node() {
     allow(&p.a_dir, "loans", pair::B);
     allow(&p.b_dir, "features", pair::A);
     d.state.reload().unwrap();
-    p._a.state.reload().unwrap();
+    p.a.state.reload().unwrap();
     p.b.state.reload().unwrap();
 
     let mut params = lr_params();

@@ -94,8 +94,12 @@ async fn aligned_rows_on_both_sides(protocol: &str) {
     assert_eq!(status.job_state(), JobState::Done, "{}", status.error);
     assert_eq!((status.local_rows, status.peer_rows, status.intersection), (4, 3, 2));
     assert!(status.wire_bytes_sent > 0 && status.bytes_sent > 0);
-    let mine = std::fs::read_to_string(&out).unwrap();
-    let theirs = std::fs::read_to_string(p.b_dir.join(&status.peer_output)).unwrap();
+    // Each side's output is sealed under its own node's storage key.
+    let read = |path: &std::path::Path, key| {
+        String::from_utf8(consort_engine::storage::read_data(path, Some(key)).unwrap()).unwrap()
+    };
+    let mine = read(&out, &p.a.state.storage.key);
+    let theirs = read(&p.b_dir.join(&status.peer_output), &p.b.state.storage.key);
     let mine: Vec<&str> = mine.lines().collect();
     let theirs: Vec<&str> = theirs.lines().collect();
     assert_eq!(mine[0], "id,name,age");

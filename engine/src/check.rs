@@ -8,6 +8,24 @@ use crate::csv_rows::{RowScanner, strip_terminator};
 use crate::dataset::{Dataset, DatasetSpec, push_key};
 use crate::error::DataError;
 use crate::keys::{KeyArena, KeyIndex, display_key, key_hash};
+use crate::sealed::StorageKey;
+
+/// An output file to check and, if it is sealed, the key of the node that wrote it.
+#[derive(Clone, Copy)]
+pub struct OutputFile<'a> {
+    pub path: &'a Path,
+    pub key: Option<&'a StorageKey>,
+}
+
+impl<'a> OutputFile<'a> {
+    pub fn plain(path: &'a Path) -> Self {
+        OutputFile { path, key: None }
+    }
+
+    pub fn sealed(path: &'a Path, key: &'a StorageKey) -> Self {
+        OutputFile { path, key: Some(key) }
+    }
+}
 
 /// The outcome of [`verify_psi_outputs`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,8 +102,8 @@ fn content_hash(raw: &[u8]) -> u64 {
 pub fn verify_psi_outputs(
     a: &DatasetSpec,
     b: &DatasetSpec,
-    a_out: Option<&Path>,
-    b_out: Option<&Path>,
+    a_out: Option<OutputFile<'_>>,
+    b_out: Option<OutputFile<'_>>,
 ) -> Result<VerifyReport, DataError> {
     let (da, db) = rayon::join(|| Dataset::load_indexed(a), || Dataset::load_indexed(b));
     let ((da, index_a), (db, index_b)) = (da?, db?);
@@ -98,9 +116,9 @@ pub fn verify_psi_outputs(
     let side_a = Side { name: "a", input: &da, index: index_a, shared: shared_a };
     let side_b = Side { name: "b", input: &db, index: index_b, shared: shared_b };
 
-    let check = |side: &Side<'_>, out: Option<&Path>| {
+    let check = |side: &Side<'_>, out: Option<OutputFile<'_>>| {
         let mut problems = Problems::default();
-        let rows = out.map(|p| check_output(side, p, &mut problems)).transpose();
+        let rows = out.map(|o| check_output(side, o.path, o.key, &mut problems)).transpose();
         rows.map(|rows| (rows.flatten(), problems))
     };
     let (a, b) = rayon::join(|| check(&side_a, a_out), || check(&side_b, b_out));
@@ -115,10 +133,15 @@ pub fn verify_psi_outputs(
 
 /// Checks one output file; returns its rows as matched to the input, or `None` if it could not
 /// be read at all.
-fn check_output(side: &Side<'_>, out: &Path, problems: &mut Problems) -> Result<Option<Vec<OutRow>>, DataError> {
+fn check_output(
+    side: &Side<'_>,
+    out: &Path,
+    key: Option<&StorageKey>,
+    problems: &mut Problems,
+) -> Result<Option<Vec<OutRow>>, DataError> {
     let input = side.input;
     let shown = out.display();
-    let Some((keys, mut rows)) = read_output(side, out, problems) else {
+    let Some((keys, mut rows)) = read_output(side, out, key, problems) else {
         return Ok(None);
     };
 
@@ -164,10 +187,16 @@ fn check_output(side: &Side<'_>, out: &Path, problems: &mut Problems) -> Result<
 
 /// Reads an output file: the key of each row (with the input's key columns and normalization)
 /// and a hash of its bytes. `None` if the file cannot be read or has no usable header.
-fn read_output(side: &Side<'_>, out: &Path, problems: &mut Problems) -> Option<(KeyArena, Vec<OutRow>)> {
+fn read_output(
+    side: &Side<'_>,
+    out: &Path,
+    key: Option<&StorageKey>,
+    problems: &mut Problems,
+) -> Option<(KeyArena, Vec<OutRow>)> {
     let input = side.input;
     let spec = DatasetSpec { file: out.to_path_buf(), ..input.spec.clone() };
-    let mut scanner = RowScanner::open(out).map_err(|e| problems.add(format!("output {}: {e}", side.name))).ok()?;
+    let mut scanner =
+        RowScanner::open_data(out, key).map_err(|e| problems.add(format!("output {}: {e}", side.name))).ok()?;
     let header = spec.read_header(&mut scanner).map_err(|e| problems.add(e.to_string())).ok()?;
     if strip_terminator(&header.raw) != strip_terminator(input.header_bytes()) {
         problems.add(format!("{}:1: the header differs from the input's", out.display()));
@@ -288,14 +317,14 @@ mod tests {
         fn write(&self, name: &str, a_side: bool, order: &[u32]) -> std::path::PathBuf {
             let out = self.dir.path().join(name);
             let ds = if a_side { &self.da } else { &self.db };
-            ds.write_rows(order, &out).unwrap();
+            ds.write_rows(order, &out, &crate::storage::AtRest::Plain).unwrap();
             out
         }
         fn orders(&self) -> (Vec<u32>, Vec<u32>) {
             self.pairs.iter().copied().unzip()
         }
         fn verify(&self, a_out: Option<&Path>, b_out: Option<&Path>) -> VerifyReport {
-            verify_psi_outputs(&self.a, &self.b, a_out, b_out).unwrap()
+            verify_psi_outputs(&self.a, &self.b, a_out.map(OutputFile::plain), b_out.map(OutputFile::plain)).unwrap()
         }
     }
 

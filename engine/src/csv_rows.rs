@@ -25,6 +25,8 @@ const BUF_BYTES: usize = 1 << 20;
 pub(crate) struct RowScanner {
     path: PathBuf,
     file: File,
+    /// What the rows are read from when not `file` as it is: a sealed file's plaintext.
+    data: Option<Box<dyn Read + Send>>,
     core: csv_core::Reader,
     /// `buf[..filled]` holds file bytes from offset `base`; `buf[rec_start..pos]` is the row
     /// being read, kept contiguous across refills.
@@ -74,6 +76,7 @@ impl RowScanner {
         Ok(Self {
             path: path.to_path_buf(),
             file,
+            data: None,
             core: csv_core::Reader::new(),
             buf: vec![0; BUF_BYTES],
             base: 0,
@@ -85,6 +88,13 @@ impl RowScanner {
             fields: vec![0; 4096],
             ends: vec![0; 64],
         })
+    }
+
+    /// Scans a data file this node wrote, sealed or plain ([`crate::storage::open_data`]).
+    pub(crate) fn open_data(path: &Path, key: Option<&crate::sealed::StorageKey>) -> Result<Self, DataError> {
+        let mut scanner = Self::open(path)?;
+        scanner.data = Some(crate::storage::open_data(path, key).map_err(|e| DataError::io(path, e))?);
+        Ok(scanner)
     }
 
     pub(crate) fn file(&self) -> &File {
@@ -113,7 +123,11 @@ impl RowScanner {
             self.buf.resize(self.buf.len() * 2, 0);
         }
         loop {
-            match self.file.read(&mut self.buf[self.filled..]) {
+            let read = match &mut self.data {
+                Some(data) => data.read(&mut self.buf[self.filled..]),
+                None => self.file.read(&mut self.buf[self.filled..]),
+            };
+            match read {
                 Ok(n) => {
                     self.filled += n;
                     return Ok(n > 0);

@@ -17,6 +17,7 @@ use crate::csv_rows::{MAX_ROW_BYTES, Row, RowScanner, lines_at};
 use crate::error::{Column, DataError, name_list, quoted_name};
 pub use crate::keys::Normalization;
 use crate::keys::{KeyArena, KeyIndex, check_key_chars, decode_key, display_key, normalize};
+use crate::storage::{AtRest, DataWriter};
 
 /// A registered dataset as stored in the node config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -378,8 +379,8 @@ impl Dataset {
 
     /// Writes the header and the given rows (indices into kept rows), in that order, to `out`
     /// atomically (temp file in the same directory, then rename). Returns rows written.
-    pub fn write_rows(&self, order: &[u32], out: &Path) -> Result<u64, DataError> {
-        self.output_plan(order)?.write(out)
+    pub fn write_rows(&self, order: &[u32], out: &Path, at_rest: &AtRest) -> Result<u64, DataError> {
+        self.output_plan(order)?.write(out, at_rest)
     }
 }
 
@@ -413,13 +414,13 @@ const READ_CHUNK: usize = 2048;
 impl OutputPlan {
     /// Copies the rows to `out` through a temp file in the same directory, renamed into place
     /// only when complete: on any error no output file exists.
-    pub(crate) fn write(&self, out: &Path) -> Result<u64, DataError> {
-        self.write_observed(out, || {})
+    pub(crate) fn write(&self, out: &Path, at_rest: &AtRest) -> Result<u64, DataError> {
+        self.write_observed(out, at_rest, || {})
     }
 
     /// [`OutputPlan::write`], calling `mapped` once the source is mapped, before any row is
     /// copied (tests change the source there).
-    fn write_observed(&self, out: &Path, mapped: impl FnOnce()) -> Result<u64, DataError> {
+    fn write_observed(&self, out: &Path, at_rest: &AtRest, mapped: impl FnOnce()) -> Result<u64, DataError> {
         let file = open_unchanged(&self.source, &self.stamp)?;
         let dir = match out.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
@@ -440,37 +441,25 @@ impl OutputPlan {
         let _ = map.advise(memmap2::Advice::Random);
         let source: &[u8] = &map;
         mapped();
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".consort-")
-            .suffix(".partial")
-            .tempfile_in(dir)
-            .map_err(|e| DataError::io(dir, e))?;
         let io_err = |e| DataError::io(out, e);
-        {
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-            w.write_all(&self.header).map_err(io_err)?;
-            if !self.header.ends_with(b"\n") && !self.header.ends_with(b"\r") {
-                w.write_all(self.terminator).map_err(io_err)?;
-            }
-            let mut pending: Vec<Vec<u8>> = Vec::new();
-            for batch in self.rows.chunks(WRITE_BATCH) {
-                let (read, written) = rayon::join(
-                    || batch.par_chunks(READ_CHUNK).map(|c| self.read_rows(source, c)).collect::<Result<Vec<_>, _>>(),
-                    || pending.iter().try_for_each(|b| w.write_all(b)),
-                );
-                written.map_err(io_err)?;
-                pending = read?;
-            }
-            pending.iter().try_for_each(|b| w.write_all(b)).map_err(io_err)?;
-            w.flush().map_err(io_err)?;
+        // Sealed or plain, through a temp file that only `finish` renames into place.
+        let mut w = DataWriter::create(out, at_rest).map_err(|e| DataError::io(dir, e))?;
+        w.write_all(&self.header).map_err(io_err)?;
+        if !self.header.ends_with(b"\n") && !self.header.ends_with(b"\r") {
+            w.write_all(self.terminator).map_err(io_err)?;
         }
-        tmp.as_file().sync_all().map_err(io_err)?;
-        tmp.persist(out).map_err(|e| DataError::io(out, e.error))?;
-        if let Err(e) = crate::storage::sync_dir(dir) {
-            // The rename may not survive a crash: fail, and leave no output the job cannot vouch for.
-            let _ = std::fs::remove_file(out);
-            return Err(DataError::io(dir, e));
+        let mut pending: Vec<Vec<u8>> = Vec::new();
+        for batch in self.rows.chunks(WRITE_BATCH) {
+            let (read, written) = rayon::join(
+                || batch.par_chunks(READ_CHUNK).map(|c| self.read_rows(source, c)).collect::<Result<Vec<_>, _>>(),
+                || pending.iter().try_for_each(|b| w.write_all(b)),
+            );
+            written.map_err(io_err)?;
+            pending = read?;
         }
+        pending.iter().try_for_each(|b| w.write_all(b)).map_err(io_err)?;
+        // The rename may not survive a crash if the directory fsync fails: then no output is left.
+        w.finish().map_err(io_err)?;
         tracing::debug!(rows = self.rows.len(), output = %out.display(), "rows written");
         Ok(self.rows.len() as u64)
     }
@@ -728,11 +717,11 @@ mod tests {
         let ds = Dataset::load(&spec).unwrap();
         assert_eq!(ds.len(), 2);
         let out = f.dir.path().join("o.csv");
-        ds.write_rows(&[1, 0], &out).unwrap();
+        ds.write_rows(&[1, 0], &out, &AtRest::Plain).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), b"id,v\r\n2,b\r\n1,a\r\n");
         spec.file = f.file("b.csv", b"id,v\r\n1,a\r\n2,b\r\n3,c");
         let ds = Dataset::load(&spec).unwrap();
-        ds.write_rows(&[2, 0], &out).unwrap();
+        ds.write_rows(&[2, 0], &out, &AtRest::Plain).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), b"id,v\r\n3,c\r\n1,a\r\n");
     }
 
@@ -744,7 +733,7 @@ mod tests {
         let ds = Dataset::load(&f.spec("a.csv", content, &["id"])).unwrap();
         assert_eq!(ds.len(), 4);
         let out = f.dir.path().join("sub/dir/out.csv");
-        assert_eq!(ds.write_rows(&[3, 0, 2, 1], &out).unwrap(), 4);
+        assert_eq!(ds.write_rows(&[3, 0, 2, 1], &out, &AtRest::Plain).unwrap(), 4);
         let written = std::fs::read(&out).unwrap();
         assert_eq!(
             written,
@@ -763,7 +752,7 @@ mod tests {
         // Header only, no newline.
         let ds = Dataset::load(&f.spec("h.csv", b"id,v", &["id"])).unwrap();
         assert!(ds.is_empty());
-        ds.write_rows(&[], &out).unwrap();
+        ds.write_rows(&[], &out, &AtRest::Plain).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), b"id,v\n");
         // Output file is readable only by its owner (it holds rows of the intersection).
         use std::os::unix::fs::PermissionsExt;
@@ -777,18 +766,18 @@ mod tests {
         let ds = Dataset::load(&spec).unwrap();
         let out_dir = f.dir.path().join("out");
         let out = out_dir.join("o.csv");
-        let err = ds.write_rows(&[0, 5], &out).unwrap_err();
+        let err = ds.write_rows(&[0, 5], &out, &AtRest::Plain).unwrap_err();
         assert_eq!(err.to_string(), "row index 5 out of range: the dataset has 2 rows");
         assert!(!out.exists());
         // The input changed after loading: refuse rather than copy garbage.
         std::fs::create_dir_all(&out_dir).unwrap();
         std::fs::write(&spec.file, b"id\n1\n2\n3\n").unwrap();
-        let err = ds.write_rows(&[0, 1], &out).unwrap_err();
+        let err = ds.write_rows(&[0, 1], &out, &AtRest::Plain).unwrap_err();
         assert!(err.to_string().ends_with("the file changed after it was loaded; load the dataset again"), "{err}");
         assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 0, "no output and no temp file");
         // An output path that cannot be created (its parent is a file).
         let ds = Dataset::load(&spec).unwrap();
-        let err = ds.write_rows(&[0], &spec.file.join("o.csv")).unwrap_err();
+        let err = ds.write_rows(&[0], &spec.file.join("o.csv"), &AtRest::Plain).unwrap_err();
         assert!(matches!(err, DataError::Io { .. }), "{err}");
     }
 
@@ -805,7 +794,7 @@ mod tests {
         let order: Vec<u32> = (0..ds.len() as u32).rev().collect();
         let out = f.dir.path().join("o.csv");
         let truncate = || File::options().write(true).open(&spec.file).unwrap().set_len(0).unwrap();
-        let written = ds.output_plan(&order).unwrap().write_observed(&out, truncate).unwrap();
+        let written = ds.output_plan(&order).unwrap().write_observed(&out, &AtRest::Plain, truncate).unwrap();
         assert_eq!(written, ds.len() as u64);
         // The output holds the rows as loaded, and there is nothing else in the directory.
         let mut expected = b"id,v\n".to_vec();
@@ -815,7 +804,7 @@ mod tests {
         assert!(std::fs::read(&out).unwrap() == expected);
         assert_eq!(std::fs::read_dir(f.dir.path()).unwrap().count(), 2, "input and output only");
         // The next output sees the change.
-        let err = ds.write_rows(&[0], &out).unwrap_err();
+        let err = ds.write_rows(&[0], &out, &AtRest::Plain).unwrap_err();
         assert!(err.to_string().ends_with("the file changed after it was loaded; load the dataset again"), "{err}");
     }
 
@@ -834,7 +823,7 @@ mod tests {
         let end = content.len() as u64;
         plan.rows.push(Span { start: end, len: 10, open: false });
         let out_dir = f.dir.path().join("out");
-        let err = plan.write(&out_dir.join("o.csv")).unwrap_err();
+        let err = plan.write(&out_dir.join("o.csv"), &AtRest::Plain).unwrap_err();
         assert!(err.to_string().contains("the file changed after it was loaded"), "{err}");
         assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 0);
     }

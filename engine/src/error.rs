@@ -68,7 +68,17 @@ impl Column {
 
 impl DataError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        DataError::Io { path: path.into(), cause: source }
+        let path = path.into();
+        // Sealed-file errors already name the file (`FILE: what`): show it once.
+        let name = path.file_name().map(|n| format!("{}: ", n.to_string_lossy()));
+        let cause = match (source.get_ref(), name) {
+            (Some(inner), Some(name)) if inner.to_string().starts_with(&name) => {
+                let message = inner.to_string()[name.len()..].to_string();
+                std::io::Error::new(source.kind(), message)
+            }
+            _ => source,
+        };
+        DataError::Io { path, cause }
     }
 
     pub(crate) fn file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {

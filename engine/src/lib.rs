@@ -12,6 +12,7 @@ pub mod keys;
 pub mod lr;
 pub mod lr_synth;
 pub mod psi;
+pub mod sealed;
 pub mod storage;
 pub mod synth;
 

@@ -16,6 +16,7 @@ use consort_protocols::{Channel, ProgressFn, Reveal, Role, cpu};
 
 use crate::dataset::Dataset;
 use crate::error::{DataError, EngineError};
+use crate::storage::AtRest;
 
 /// One party's side of a PSI job.
 #[derive(Clone)]
@@ -25,6 +26,8 @@ pub struct PsiJob {
     pub reveal: Reveal,
     /// Where to write this party's rows of the intersection (ignored if it does not learn it).
     pub output: Option<PathBuf>,
+    /// Whether the output is sealed under the node's storage key ([`crate::sealed`]).
+    pub at_rest: AtRest,
     pub progress: Option<ProgressFn>,
     /// Prove the protocol steps where the protocol can (ECDH-PSI: key commitments and DLEQ
     /// proofs, see [`crate::audit`]); both parties must agree.
@@ -135,7 +138,7 @@ async fn finish(
     }
     if let (Some(order), Some(path)) = (&result.intersection, &job.output) {
         let started = Instant::now();
-        write_output(dataset, order, path).await?;
+        write_output(dataset, order, path, &job.at_rest).await?;
         stages.push(("output".to_string(), started.elapsed().as_secs_f64()));
         output = Some(path.clone());
     }
@@ -150,10 +153,10 @@ async fn finish(
 }
 
 /// [`Dataset::write_rows`] on the rayon pool, awaited without blocking the async runtime.
-pub async fn write_output(dataset: &Dataset, order: &[u32], out: &Path) -> Result<u64, DataError> {
+pub async fn write_output(dataset: &Dataset, order: &[u32], out: &Path, at_rest: &AtRest) -> Result<u64, DataError> {
     let plan = dataset.output_plan(order)?;
-    let out = out.to_path_buf();
-    cpu::run(move || plan.write(&out)).await
+    let (out, at_rest) = (out.to_path_buf(), at_rest.clone());
+    cpu::run(move || plan.write(&out, &at_rest)).await
 }
 
 #[cfg(test)]
@@ -161,8 +164,9 @@ mod tests {
     use consort_protocols::memory_pair;
 
     use super::*;
-    use crate::check::verify_psi_outputs;
+    use crate::check::{OutputFile, verify_psi_outputs};
     use crate::dataset::DatasetSpec;
+    use crate::sealed::StorageKey;
     use crate::synth::{PsiGenSpec, generate_psi};
 
     fn specs(dir: &Path, rows_a: u64, rows_b: u64, overlap: u64) -> (DatasetSpec, DatasetSpec) {
@@ -177,6 +181,7 @@ mod tests {
             role,
             reveal,
             output: Some(output),
+            at_rest: AtRest::Plain,
             progress: None,
             proofs: true,
             limits: JobLimits::default(),
@@ -191,12 +196,12 @@ mod tests {
         let (spec_a, _) = specs(dir.path(), 50, 10, 5);
         let ds = Dataset::load(&spec_a).unwrap();
         let out = dir.path().join("out/a.csv");
-        assert_eq!(write_output(&ds, &[4, 2, 0], &out).await.unwrap(), 3);
+        assert_eq!(write_output(&ds, &[4, 2, 0], &out, &AtRest::Plain).await.unwrap(), 3);
         let text = std::fs::read_to_string(&out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4);
         assert!(lines[1].starts_with(&ds.key_of(4)));
-        assert!(write_output(&ds, &[50], &out).await.is_err());
+        assert!(write_output(&ds, &[50], &out, &AtRest::Plain).await.is_err());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,7 +212,10 @@ mod tests {
             let (a, b) = (Dataset::load(&spec_a).unwrap(), Dataset::load(&spec_b).unwrap());
             let (out_a, out_b) = (dir.path().join("out/a.csv"), dir.path().join("out/b.csv"));
             let (ca, cb) = memory_pair(16);
-            let job_a = PsiJob { protocol, ..job(Role::Requester, reveal, out_a.clone()) };
+            // A seals its output, B does not: each node decides for itself.
+            let key_a = std::sync::Arc::new(StorageKey::generate().unwrap());
+            let at_rest = AtRest::Sealed(key_a.clone());
+            let job_a = PsiJob { protocol, at_rest, ..job(Role::Requester, reveal, out_a.clone()) };
             let job_b = PsiJob { protocol, ..job(Role::Responder, reveal, out_b.clone()) };
             let (ra, rb) = tokio::join!(run_psi(&ca, &a, &job_a), run_psi(&cb, &b, &job_b));
             let (ra, rb) = (ra.unwrap(), rb.unwrap());
@@ -229,7 +237,15 @@ mod tests {
                 }
             };
             assert_eq!(rb.peer_rows, 3000);
-            let report = verify_psi_outputs(&spec_a, &spec_b, Some(&out_a), b_out).unwrap();
+            assert!(crate::sealed::is_sealed(&out_a).unwrap());
+            let first_key = a.key_of(0);
+            let raw = std::fs::read(&out_a).unwrap();
+            assert!(
+                !raw.windows(first_key.len()).any(|w| w == first_key.as_bytes()),
+                "no plaintext id in a sealed output"
+            );
+            let a_out = OutputFile::sealed(&out_a, &key_a);
+            let report = verify_psi_outputs(&spec_a, &spec_b, Some(a_out), b_out.map(OutputFile::plain)).unwrap();
             assert_eq!(report.expected, 700);
             assert!(report.ok, "{protocol:?} {reveal:?}: {:?}", report.problems);
         }

@@ -16,6 +16,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use consort_api::vocab::Vocabulary;
 use consort_engine::Dataset;
 use consort_engine::audit::{self, AuditError, AuditLog, EcdhEvidence, events};
+use consort_engine::sealed::StorageKey;
 use consort_protocols::{ChannelStats, Role, cpu};
 use serde_json::{Value, json};
 use tracing::{error, warn};
@@ -42,14 +43,17 @@ pub struct NodeAudit {
     log: Mutex<AuditLog>,
     /// Why the log could not be written, from the first failure on.
     failure: OnceLock<String>,
+    /// Opens sealed outputs, whose plaintext the `output` commitment is over.
+    storage_key: Option<Arc<StorageKey>>,
 }
 
 impl NodeAudit {
     /// Opens `DIR/audit` with the node's identity key; fails if the existing log does not verify.
-    pub fn open(dir: &Path) -> Result<Arc<NodeAudit>> {
+    /// `storage_key` opens sealed outputs for their commitments.
+    pub fn open(dir: &Path, storage_key: Option<Arc<StorageKey>>) -> Result<Arc<NodeAudit>> {
         let key = identity::read_signing_key(dir)?;
         let log = AuditLog::open(dir, key).context("cannot open the audit log")?;
-        Ok(Arc::new(NodeAudit { log: Mutex::new(log), failure: OnceLock::new() }))
+        Ok(Arc::new(NodeAudit { log: Mutex::new(log), failure: OnceLock::new(), storage_key }))
     }
 
     /// Whether the log can still be written (false after an audit I/O error, until a restart).
@@ -170,6 +174,7 @@ pub async fn record_run(audit: &Arc<NodeAudit>, job_id: &str, run: RunEvidence) 
     let audit = audit.clone();
     let job = job_id.to_string();
     let RunEvidence { stats, other_channels: others, ecdh: evidence, output } = run;
+    let storage_key = audit.storage_key.clone();
     cpu::run(move || {
         audit.with(|log| {
             events::record_transcript(log, &job, &stats)?;
@@ -180,7 +185,7 @@ pub async fn record_run(audit: &Arc<NodeAudit>, job_id: &str, run: RunEvidence) 
                 events::record_ecdh(log, &job, evidence)?;
             }
             if let Some((path, rows)) = &output {
-                events::record_file(log, &job, "output", path, *rows)?;
+                events::record_file(log, &job, "output", path, *rows, storage_key.as_deref())?;
             }
             Ok(())
         })
@@ -208,7 +213,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("node");
         identity::init(&dir, "a", "127.0.0.1:0").unwrap();
-        let audit = NodeAudit::open(&dir).unwrap();
+        let audit = NodeAudit::open(&dir, None).unwrap();
         audit.append("j1", "request", json!({})).unwrap();
         // A dataset file a commitment cannot read is the job's problem, not the log's.
         assert!(audit.with(|_| audit::commitment::commit_file(&tmp.path().join("gone.csv"))).is_err());
@@ -234,7 +239,7 @@ mod tests {
         drop(audit);
 
         // A restart finds a log that verifies, and logs again.
-        let audit = NodeAudit::open(&dir).unwrap();
+        let audit = NodeAudit::open(&dir, None).unwrap();
         assert!(audit.healthy());
         audit.append("j4", "request", json!({})).unwrap();
         assert_eq!(audit.with(|log| Ok(log.entries().len())).unwrap(), 2);

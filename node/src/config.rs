@@ -5,6 +5,8 @@
 //! DIR/identity.key     ed25519 signing key (audit evidence), mode 0600
 //! DIR/node.key         TLS private key, mode 0600
 //! DIR/node.crt         TLS certificate (self-signed) — give this to peers to pin
+//! DIR/storage.key      the key data files are sealed under (unless `[storage] key_file` is set),
+//!                      mode 0600; see `crate::at_rest`
 //! DIR/peers/NAME.crt   pinned certificates of peers
 //! DIR/control.sock     operator control socket (while the node runs), mode 0600
 //! DIR/listen.addr      the address the running node actually listens on
@@ -47,6 +49,33 @@ pub struct NodeConfig {
     /// Limits on jobs (defaults when the section is absent).
     #[serde(default, skip_serializing_if = "Limits::is_default")]
     pub limits: Limits,
+    /// Encryption at rest (defaults when the section is absent; see [`crate::at_rest`]).
+    #[serde(default, skip_serializing_if = "Storage::is_default")]
+    pub storage: Storage,
+}
+
+/// How a node keeps the data files it writes (`[storage]` in config.toml). Read at start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Storage {
+    /// Seal outputs, model files and predictions under the storage key (default true).
+    pub encrypt_outputs: bool,
+    /// The storage key file, if not `DIR/storage.key` (e.g. a mounted secret). The environment
+    /// variable `CONSORT_STORAGE_KEY_FILE` overrides it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage { encrypt_outputs: true, key_file: None }
+    }
+}
+
+impl Storage {
+    fn is_default(&self) -> bool {
+        *self == Storage::default()
+    }
 }
 
 /// How much a node lets its jobs take (`[limits]` in config.toml).

@@ -10,6 +10,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use crate::at_rest;
 use crate::config::{self, NodeConfig};
 
 /// Creates a node directory: config, ed25519 identity, TLS key and certificate.
@@ -26,12 +27,15 @@ pub fn init(dir: &Path, name: &str, listen: &str) -> Result<()> {
     fs::create_dir_all(dir.join(config::PEERS_DIR))?;
     fs::create_dir_all(dir.join(config::OUTPUTS_DIR))?;
 
+    // Node keys are sealed only under a storage key kept outside this directory (see `at_rest`).
+    let (storage_key, storage, seal_node_keys) = at_rest::init_key(dir)?;
+    let seal = seal_node_keys.then_some(&storage_key);
     let signing = ed25519_dalek::SigningKey::from_bytes(&random_seed()?);
     let seed = Zeroizing::new(hex(signing.as_bytes()));
-    config::write_atomic(&dir.join(config::IDENTITY_KEY_FILE), seed.as_bytes(), true)?;
+    at_rest::write_secret(&dir.join(config::IDENTITY_KEY_FILE), seed.as_bytes(), seal)?;
 
     let (key_pem, cert_pem) = new_tls_identity(name)?;
-    config::write_atomic(&dir.join(config::TLS_KEY_FILE), key_pem.as_bytes(), true)?;
+    at_rest::write_secret(&dir.join(config::TLS_KEY_FILE), key_pem.as_bytes(), seal)?;
     config::write_atomic(&dir.join(config::TLS_CERT_FILE), cert_pem.as_bytes(), false)?;
 
     NodeConfig {
@@ -40,6 +44,7 @@ pub fn init(dir: &Path, name: &str, listen: &str) -> Result<()> {
         peers: vec![],
         datasets: vec![],
         limits: Default::default(),
+        storage,
     }
     .save(dir)
 }
@@ -89,7 +94,14 @@ pub fn rotate_tls_key(dir: &Path, activate: bool) -> Result<Rotation> {
             );
         }
         let (key_pem, cert_pem) = new_tls_identity(&config.name)?;
-        config::write_atomic(&next_key, key_pem.as_bytes(), true)?;
+        // Sealed like the current key (under a storage key kept outside the directory), or not.
+        let current = dir.join(config::TLS_KEY_FILE);
+        let storage_key = if consort_engine::sealed::is_sealed(&current).unwrap_or(false) {
+            Some(at_rest::load_key(dir)?)
+        } else {
+            None
+        };
+        at_rest::write_secret(&next_key, key_pem.as_bytes(), storage_key.as_ref())?;
         config::write_atomic(&next_cert, cert_pem.as_bytes(), false)?;
         let fingerprint = fingerprint(&read_cert(&next_cert)?);
         return Ok(Rotation::Prepared { cert: next_cert, fingerprint });
@@ -159,15 +171,17 @@ pub fn read_cert(path: &Path) -> Result<CertificateDer<'static>> {
 pub fn read_tls_identity(dir: &Path) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>)> {
     let cert = read_cert(&dir.join(config::TLS_CERT_FILE))?;
     let key_path = dir.join(config::TLS_KEY_FILE);
-    let key = PrivateKeyDer::from_pem_file(&key_path)
-        .with_context(|| format!("cannot read TLS key {}", key_path.display()))?;
+    let pem = at_rest::read_secret(dir, &key_path)?;
+    let key =
+        PrivateKeyDer::from_pem_slice(&pem).with_context(|| format!("cannot read TLS key {}", key_path.display()))?;
     Ok((cert, key))
 }
 
 /// The node's ed25519 signing key.
 pub fn read_signing_key(dir: &Path) -> Result<ed25519_dalek::SigningKey> {
     let path = dir.join(config::IDENTITY_KEY_FILE);
-    let text = Zeroizing::new(fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?);
+    let bytes = at_rest::read_secret(dir, &path)?;
+    let text = std::str::from_utf8(&bytes).with_context(|| format!("{}: expected 64 hex digits", path.display()))?;
     let mut seed = Zeroizing::new([0u8; 32]);
     let t = text.trim();
     if t.len() != 64 {

@@ -5,6 +5,7 @@
 //! over a [`consort_protocols::Channel`]; the node plugs a job's gRPC bidirectional stream into it
 //! ([`job::JobChannel`]). Every job kind goes through one envelope ([`job::envelope`]).
 
+pub mod at_rest;
 pub mod audit;
 pub mod cli;
 pub mod config;

@@ -182,6 +182,12 @@ pub fn dataset_add(
         bail!("dataset '{}' needs at least one --key column", spec.name);
     }
     spec.file = config::absolute(&spec.file)?;
+    if consort_engine::sealed::is_sealed(&spec.file).unwrap_or(false) {
+        bail!(
+            "{} is sealed (an output of a node?): register its plaintext, from `consort export`",
+            spec.file.display()
+        );
+    }
     for g in &grants {
         if !config.peers.iter().any(|p| p.name == g.peer) {
             bail!("cannot grant unknown peer '{}' (pin it first with `consort peer add`)", g.peer);

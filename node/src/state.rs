@@ -9,6 +9,7 @@ use anyhow::Result;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::warn;
 
+use crate::at_rest::NodeStorage;
 use crate::config::{self, NodeConfig};
 use crate::identity;
 use crate::table::JobTable;
@@ -39,6 +40,8 @@ pub struct NodeState {
     pub refusals: crate::policy::RefusalLimiter,
     /// Jobs waiting for this node's operator to approve them.
     pub approvals: crate::policy::Approvals,
+    /// The storage key and whether outputs are sealed under it (read at start).
+    pub storage: NodeStorage,
 }
 
 impl NodeState {
@@ -111,8 +114,9 @@ impl NodeState {
     pub async fn open(dir: &Path, listen_addr: SocketAddr) -> Result<Arc<NodeState>> {
         let dir = config::absolute(dir)?;
         let config = Arc::new(NodeConfig::load(&dir)?);
+        let storage = NodeStorage::open(&dir, &config)?;
         let (cert, key) = identity::read_tls_identity(&dir)?;
-        let audit = crate::audit::NodeAudit::open(&dir)?;
+        let audit = crate::audit::NodeAudit::open(&dir, Some(storage.key.clone()))?;
         let pinned = PinnedPeers::default();
         pinned.replace(load_pins(&dir, &config)?);
         let known = audit.with(|log| Ok(log.job_ids()))?;
@@ -137,6 +141,7 @@ impl NodeState {
             audit,
             refusals: Default::default(),
             approvals: Default::default(),
+            storage,
         }))
     }
 }

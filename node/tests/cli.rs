@@ -6,6 +6,9 @@ use common::{consort, fails, ok, s, start_node};
 
 use std::path::{Path, PathBuf};
 
+use consort_engine::check::OutputFile;
+use consort_node::at_rest::load_key;
+
 /// `consort psi` from the bank's node against the partner's "accounts", parsed `--json` summary.
 fn psi_json(node: &Path, out: &Path, reveal: &str, protocol: &str) -> serde_json::Value {
     let json = ok(&[
@@ -94,11 +97,13 @@ fn two_node_processes_run_psi_through_the_cli() {
     assert_eq!(v["peer_rows"], 2000);
     let peer_out = b.join(v["peer_output"].as_str().unwrap());
     let spec = |name: &str, file: &Path| consort_engine::DatasetSpec::new(name, file, &["id"]);
+    // Each node sealed its output under its own storage key.
+    let (key_a, key_b) = (load_key(&a).unwrap(), load_key(&b).unwrap());
     let check = consort_engine::check::verify_psi_outputs(
         &spec("a", &data.join("a.csv")),
         &spec("b", &data.join("b.csv")),
-        Some(&out),
-        Some(&peer_out),
+        Some(OutputFile::sealed(&out, &key_a)),
+        Some(OutputFile::sealed(&peer_out, &key_b)),
     )
     .unwrap();
     assert!(check.ok, "{:?}", check.problems);
@@ -115,8 +120,8 @@ fn two_node_processes_run_psi_through_the_cli() {
     let check = consort_engine::check::verify_psi_outputs(
         &spec("a", &data.join("a.csv")),
         &spec("b", &data.join("b.csv")),
-        Some(&out_rr22),
-        Some(&b.join(v["peer_output"].as_str().unwrap())),
+        Some(OutputFile::sealed(&out_rr22, &key_a)),
+        Some(OutputFile::sealed(&b.join(v["peer_output"].as_str().unwrap()), &key_b)),
     )
     .unwrap();
     assert!(check.ok, "{:?}", check.problems);
@@ -129,11 +134,12 @@ fn two_node_processes_run_psi_through_the_cli() {
     let check = consort_engine::check::verify_psi_outputs(
         &spec("a", &data.join("a.csv")),
         &spec("b", &data.join("b.csv")),
-        Some(&out_self),
+        Some(OutputFile::sealed(&out_self, &key_a)),
         None,
     )
     .unwrap();
     assert!(check.ok, "{:?}", check.problems);
+    export_through_the_cli(root, (&a, &b), (&out, &peer_out), &data);
 
     // Errors name what is wrong.
     let err = fails(&[
@@ -170,6 +176,70 @@ fn two_node_processes_run_psi_through_the_cli() {
 }
 
 /// `consort audit key/export/verify` on the job just run, then a tampered bundle and log.
+/// Outputs on disk hold no input id; `consort export` gives back exactly their plaintext, refuses to
+/// overwrite, and fails without writing anything on a changed file.
+fn export_through_the_cli(root: &Path, (a, b): (&Path, &Path), (out, peer_out): (&Path, &Path), data: &Path) {
+    let ids: Vec<String> = std::fs::read_to_string(data.join("a.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().to_string())
+        .collect();
+    for sealed in [out, peer_out] {
+        let raw = std::fs::read(sealed).unwrap();
+        assert!(consort_engine::sealed::is_sealed(sealed).unwrap());
+        for id in &ids {
+            assert!(
+                !raw.windows(id.len()).any(|w| w == id.as_bytes()),
+                "id {id} in plain text in {}",
+                sealed.display()
+            );
+        }
+    }
+    let key_a = load_key(a).unwrap();
+    let plain = root.join("plain.csv");
+    let said = ok(&["export", s(a), s(out), "--out", s(&plain)]);
+    assert!(said.contains("decrypted"), "{said}");
+    let expected = consort_engine::storage::read_data(out, Some(&key_a)).unwrap();
+    assert_eq!(std::fs::read(&plain).unwrap(), expected);
+    assert!(String::from_utf8_lossy(&expected).lines().count() == 701, "header and 700 rows");
+    let err = fails(&["export", s(a), s(out), "--out", s(&plain)]);
+    assert!(err.contains("exists (pass --force"), "{err}");
+    ok(&["export", s(a), s(out), "--out", s(&plain), "--force"]);
+    assert_eq!(ok(&["export", s(a), s(out), "--out", "-"]).as_bytes(), expected);
+    // A sealed output is not a dataset; its plaintext is.
+    let err = fails(&["dataset", "add", s(a), "--name", "again", "--file", s(out), "--key", "id"]);
+    assert!(err.contains("is sealed") && err.contains("consort export"), "{err}");
+    ok(&["dataset", "add", s(a), "--name", "again", "--file", s(&plain), "--key", "id"]);
+    // The responder's output by the name `consort jobs` shows, relative to its node directory.
+    let rel = peer_out.strip_prefix(b).unwrap();
+    let peer_plain = root.join("peer-plain.csv");
+    ok(&["export", s(b), s(rel), "--out", s(&peer_plain)]);
+    assert_eq!(String::from_utf8(std::fs::read(&peer_plain).unwrap()).unwrap().lines().count(), 701);
+    // Another node's key does not open it.
+    let err = fails(&["export", s(a), s(peer_out), "--out", s(&root.join("never.csv"))]);
+    assert!(err.contains("sealed under another storage key"), "{err}");
+    // One flipped byte: a non-zero exit, and nothing written (also not to stdout).
+    let mut bytes = std::fs::read(out).unwrap();
+    let at = bytes.len() - 40;
+    bytes[at] ^= 0x10;
+    let tampered = root.join("tampered.csv");
+    std::fs::write(&tampered, &bytes).unwrap();
+    let target = root.join("from-tampered.csv");
+    let err = fails(&["export", s(a), s(&tampered), "--out", s(&target)]);
+    assert!(err.contains("fails authentication") && err.contains("tampered.csv"), "{err}");
+    assert!(!target.exists());
+    let stdout = common::consort(&["export", s(a), s(&tampered), "--out", "-"]);
+    assert!(!stdout.status.success() && stdout.stdout.is_empty());
+    assert_eq!(
+        std::fs::read_dir(root)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".partial"))
+            .count(),
+        0
+    );
+}
+
 fn audit_through_the_cli(root: &Path, a: &Path, b: &Path, job: &str) {
     let key_a = ok(&["audit", "key", s(a)]).trim().to_string();
     let key_b = ok(&["audit", "key", s(b)]).trim().to_string();

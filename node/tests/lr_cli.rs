@@ -85,8 +85,11 @@ fn gen_train_score_through_the_cli() {
     let args = train("y");
     let text = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(text.contains("1150 aligned") && text.contains("AUC") && text.contains("KS"), "{text}");
-    let model: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root.join("model.json")).unwrap()).unwrap();
+    // Model files and predictions are sealed under the node's storage key.
+    let key_a = consort_node::at_rest::load_key(&root.join("bank")).unwrap();
+    let read = |name: &str| consort_engine::storage::read_data(&root.join(name), Some(&key_a)).unwrap();
+    assert!(consort_engine::sealed::is_sealed(&root.join("model.json")).unwrap());
+    let model: serde_json::Value = serde_json::from_slice(&read("model.json")).unwrap();
     assert_eq!(model["format"], "consort-lr/1");
     assert_eq!(model["features"].as_array().unwrap().len(), 2);
 
@@ -107,7 +110,38 @@ fn gen_train_score_through_the_cli() {
     ]);
     let status: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
     assert_eq!(status["state"], "done");
-    assert_eq!(std::fs::read_to_string(root.join("pred.csv")).unwrap().lines().count(), 1151);
+    assert!(consort_engine::sealed::is_sealed(&root.join("pred.csv")).unwrap());
+    assert_eq!(String::from_utf8(read("pred.csv")).unwrap().lines().count(), 1151);
+    ok(&["export", &p("bank"), &p("pred.csv"), "--out", &p("pred-plain.csv")]);
+    assert_eq!(std::fs::read(root.join("pred-plain.csv")).unwrap(), read("pred.csv"));
+
+    // A sealed model with one flipped byte: the score job is refused before it runs, naming the
+    // file, and writes no predictions; on the responder's side the job fails without its model.
+    let score = |model: &str, out: &str| {
+        let args = ["score", &p("bank"), "--peer", "partner", "--dataset", "loans", "--peer-dataset", "feats"];
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.extend(["--model".into(), p(model), "--out".into(), p(out)]);
+        fails(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let mut bytes = std::fs::read(root.join("model.json")).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(root.join("model-flipped.json"), &bytes).unwrap();
+    let err = score("model-flipped.json", "pred-flipped.csv");
+    assert!(err.contains("model-flipped.json") && err.contains("fails authentication"), "{err}");
+    assert!(!root.join("pred-flipped.csv").exists());
+    let partner_models: Vec<_> = std::fs::read_dir(root.join("partner/outputs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".model.json"))
+        .collect();
+    assert_eq!(partner_models.len(), 1);
+    let mut bytes = std::fs::read(&partner_models[0]).unwrap();
+    bytes[100] ^= 0x01;
+    std::fs::write(&partner_models[0], &bytes).unwrap();
+    let err = score("model.json", "pred-2.csv");
+    assert!(err.contains("no model of train job"), "{err}");
+    assert!(!root.join("pred-2.csv").exists());
 
     // A second model on the same dataset: refused by the partner's grant (one model by default:
     // each scored model gives the bank one more combination of the partner's features per row),
@@ -136,8 +170,7 @@ fn gen_train_score_through_the_cli() {
     assert_eq!(status["state"], "done");
     assert_eq!(status["report"]["sigmoid"], "poly3", "{status}");
     assert_eq!(status["report"]["weights_epoch"], 2, "{status}");
-    let model: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root.join("model.json")).unwrap()).unwrap();
+    let model: serde_json::Value = serde_json::from_slice(&read("model.json")).unwrap();
     assert_eq!((&model["sigmoid"], &model["training"]["params"]["sigmoid"]), (&"poly3".into(), &"poly3".into()));
     let mut args = train("y");
     args.extend(["--sigmoid".to_string(), "exact".to_string()]);

@@ -13,6 +13,8 @@ use rand::TryRng;
 use rand::rngs::SysRng;
 use sha2::{Digest, Sha256};
 
+use crate::sealed::StorageKey;
+
 use super::{AuditError, hex, write_atomic};
 
 pub const COMMITMENT_DOMAIN: &[u8] = b"consort/audit/v1/commitment";
@@ -27,11 +29,16 @@ pub struct Commitment {
 
 /// SHA-256 of a file's bytes, streamed.
 fn file_digest(path: &Path) -> Result<[u8; 32], AuditError> {
-    let mut file = std::fs::File::open(path).map_err(|e| AuditError::io(path, e))?;
+    let file = std::fs::File::open(path).map_err(|e| AuditError::io(path, e))?;
+    digest(path, file)
+}
+
+/// SHA-256 of what `reader` gives (`path` names it in errors).
+fn digest(path: &Path, mut reader: impl Read) -> Result<[u8; 32], AuditError> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).map_err(|e| AuditError::io(path, e))?;
+        let n = reader.read(&mut buf).map_err(|e| AuditError::io(path, e))?;
         if n == 0 {
             break;
         }
@@ -51,6 +58,19 @@ pub fn commit_file(path: &Path) -> Result<Commitment, AuditError> {
         .try_fill_bytes(&mut salt)
         .map_err(|e| AuditError::failed("salt", format!("the OS random number generator failed: {e}")))?;
     Ok(Commitment { value: outer(&salt, &file_digest(path)?), salt })
+}
+
+/// Commits to the plaintext of a data file the node wrote, sealed or plain
+/// ([`crate::storage::open_data`]): the commitment opens with the exported plaintext file, so an
+/// auditor never needs the node's storage key.
+pub fn commit_data(path: &Path, key: Option<&StorageKey>) -> Result<Commitment, AuditError> {
+    let reader = crate::storage::open_data(path, key).map_err(|e| AuditError::io(path, e))?;
+    let value = digest(path, reader)?;
+    let mut salt = [0u8; 32];
+    SysRng
+        .try_fill_bytes(&mut salt)
+        .map_err(|e| AuditError::failed("salt", format!("the OS random number generator failed: {e}")))?;
+    Ok(Commitment { value: outer(&salt, &value), salt })
 }
 
 /// Whether `file` and `salt` open `commitment`.
@@ -97,5 +117,22 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join(SALTS_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_sealed_output_commitment_opens_with_its_plaintext() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let key = std::sync::Arc::new(StorageKey::from_bytes([9; 32]));
+        let (sealed, plain) = (dir.path().join("out.csv"), dir.path().join("plain.csv"));
+        let at_rest = crate::storage::AtRest::Sealed(key.clone());
+        let mut w = crate::storage::DataWriter::create(&sealed, &at_rest).unwrap();
+        w.write_all(b"id\n12345678901\n").unwrap();
+        w.finish().unwrap();
+        std::fs::write(&plain, "id\n12345678901\n").unwrap();
+        let c = commit_data(&sealed, Some(&key)).unwrap();
+        assert!(open(&plain, &c.salt, &c.value).unwrap());
+        assert!(!open(&sealed, &c.salt, &c.value).unwrap());
+        assert!(commit_data(&sealed, None).is_err());
     }
 }

@@ -56,10 +56,17 @@ pub fn record_ecdh(log: &mut AuditLog, job: &str, evidence: &EcdhEvidence) -> Re
     log.append(job, "proofs", json!({ "ecdh": summary, "peer_proof_verified": verified }))
 }
 
-/// A salted commitment to a data file and its row count (`event`, e.g. `dataset` or `output`);
-/// the salt goes to the node's private salts file.
-pub fn record_file(log: &mut AuditLog, job: &str, event: &str, path: &Path, rows: u64) -> Result<u64, AuditError> {
-    let c = commitment::commit_file(path)?;
+/// A salted commitment to a data file's plaintext and its row count (`event`, e.g. `dataset` or
+/// `output`; a sealed file is opened with `key`); the salt goes to the node's private salts file.
+pub fn record_file(
+    log: &mut AuditLog,
+    job: &str,
+    event: &str,
+    path: &Path,
+    rows: u64,
+    key: Option<&crate::sealed::StorageKey>,
+) -> Result<u64, AuditError> {
+    let c = commitment::commit_data(path, key)?;
     commitment::keep_salt(log.dir(), job, event, &c)?;
     log.append(job, event, json!({ "commitment": hex(&c.value), "rows": rows }))
 }

@@ -39,7 +39,7 @@ impl Node {
                 let out = self.dir.path().join("out.csv");
                 std::fs::write(&out, "id\n1\n").unwrap();
                 let rows = output.intersection.as_ref().map_or(0, |v| v.len() as u64);
-                record_file(&mut log, job, "output", &out, rows).unwrap();
+                record_file(&mut log, job, "output", &out, rows, None).unwrap();
                 log.append(job, "end", json!({})).unwrap();
             }
             Err(e) => {

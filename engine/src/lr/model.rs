@@ -6,8 +6,9 @@ use consort_protocols::mpc::lr::LrConfig;
 use serde::{Deserialize, Serialize};
 
 use super::params::LrParams;
-use super::write_atomic;
 use crate::error::DataError;
+use crate::sealed::StorageKey;
+use crate::storage::{AtRest, DataWriter};
 
 /// Model file format identifier.
 pub const MODEL_FORMAT: &str = "consort-lr/1";
@@ -66,10 +67,12 @@ pub struct ModelFile {
 }
 
 impl ModelFile {
-    pub fn load(path: &Path) -> Result<Self, DataError> {
-        let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+    /// Reads a model file, sealed (opened with `key`, every byte authenticated before it is
+    /// used) or plain.
+    pub fn load(path: &Path, key: Option<&StorageKey>) -> Result<Self, DataError> {
+        let bytes = crate::storage::read_data(path, key).map_err(|e| DataError::io(path, e))?;
         let model: ModelFile =
-            serde_json::from_str(&text).map_err(|e| DataError::file(path, format!("not a model file: {e}")))?;
+            serde_json::from_slice(&bytes).map_err(|e| DataError::file(path, format!("not a model file: {e}")))?;
         if model.format != MODEL_FORMAT {
             return Err(DataError::file(path, format!("model format '{}', expected '{MODEL_FORMAT}'", model.format)));
         }
@@ -79,10 +82,16 @@ impl ModelFile {
         Ok(model)
     }
 
-    /// Writes the model atomically (temp file in the same directory, then rename).
-    pub fn save(&self, path: &Path) -> Result<(), DataError> {
+    /// Writes the model atomically (temp file in the same directory, then rename), sealed or
+    /// plain as `at_rest` says; creates the directory.
+    pub fn save(&self, path: &Path, at_rest: &AtRest) -> Result<(), DataError> {
         let text = serde_json::to_string_pretty(self).map_err(|e| DataError::Invalid(e.to_string()))?;
-        write_atomic(path, text.as_bytes())
+        let dir = crate::storage::parent_dir(path);
+        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+        let mut w = DataWriter::create(path, at_rest).map_err(|e| DataError::io(dir, e))?;
+        std::io::Write::write_all(&mut w, text.as_bytes()).map_err(|e| DataError::io(path, e))?;
+        w.finish().map_err(|e| DataError::io(path, e))?;
+        Ok(())
     }
 
     fn encoder(&self) -> LrConfig {
@@ -113,10 +122,54 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_sealed_model_with_one_flipped_byte_does_not_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = std::sync::Arc::new(StorageKey::from_bytes([3; 32]));
+        let path = dir.path().join("m.model.json");
+        let training = TrainingSummary {
+            params: LrParams::default(),
+            aligned_rows: 10,
+            train_rows: 8,
+            holdout_rows: 2,
+            epochs_run: 1,
+            weights_epoch: 1,
+            stopped_early: false,
+            holdout_loss: vec![0.5],
+            auc: None,
+            ks: None,
+        };
+        let model = ModelFile {
+            format: MODEL_FORMAT.into(),
+            party: "A".into(),
+            job_id: "j1".into(),
+            peer: "b".into(),
+            dataset: "d".into(),
+            key_columns: vec!["id".into()],
+            label: Some("y".into()),
+            features: vec![ModelFeature { name: "f".into(), mean: 0.5, std: 2.0, weight: 1.5 }],
+            intercept: Some(0.25),
+            feature_bits: 24,
+            feature_frac_bits: 16,
+            sigmoid: "poly3".into(),
+            peer_features: 2,
+            training,
+        };
+        model.save(&path, &AtRest::Sealed(key.clone())).unwrap();
+        assert_eq!(ModelFile::load(&path, Some(&key)).unwrap(), model);
+        assert!(ModelFile::load(&path, None).unwrap_err().to_string().contains("no storage key"));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = ModelFile::load(&path, Some(&key)).unwrap_err().to_string();
+        assert!(err.starts_with("m.model.json: sealed file damaged") && err.contains("fails authentication"), "{err}");
+    }
+
+    #[test]
     fn a_csv_is_not_a_model_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
         std::fs::write(p.join("x.csv"), "id,y,f1,f2\nk1,0,1.5,2\nk2,1,abc,3\nk3,2,1,1\n").unwrap();
-        assert!(ModelFile::load(&p.join("x.csv")).unwrap_err().to_string().contains("not a model file"));
+        assert!(ModelFile::load(&p.join("x.csv"), None).unwrap_err().to_string().contains("not a model file"));
     }
 }

@@ -1,21 +1,23 @@
 //! The score job: align, partial scores with each party's own model, B → A; A writes the
 //! predictions.
 use consort_protocols::psi::ecdh::EcdhEvidence;
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use consort_protocols::mpc::lr;
-use consort_protocols::{Channel, ProgressFn, Role};
+use consort_protocols::{Channel, ProgressFn, Role, cpu};
 use serde::Serialize;
 
 use super::align::align;
 use super::features::{ColumnChoice, load_features};
 use super::metrics::sigmoid;
 use super::model::ModelFile;
-use super::{LrError, Stages, party_of, write_atomic};
+use super::{LrError, Stages, party_of};
 use crate::dataset::Dataset;
 use crate::error::DataError;
 use crate::psi::PsiProtocol;
+use crate::storage::{AtRest, DataWriter};
 
 /// One party's side of a score job.
 #[derive(Clone)]
@@ -25,6 +27,8 @@ pub struct ScoreJob {
     pub model: Arc<ModelFile>,
     /// Where A writes the predictions (`KEY..., score`); unused by B.
     pub out: Option<PathBuf>,
+    /// Whether A's predictions are sealed under its storage key.
+    pub at_rest: AtRest,
     pub psi_progress: Option<ProgressFn>,
     /// The bounds this party's grant puts on the job (peer set size, aligned rows).
     pub limits: crate::psi::JobLimits,
@@ -68,15 +72,10 @@ pub async fn run_score<C: Channel>(channel: &C, dataset: &Dataset, job: &ScoreJo
     if let Some(peer) = peer {
         let path = job.out.clone().ok_or_else(|| DataError::Invalid("party A needs an output path".into()))?;
         let w0 = model.intercept.unwrap_or(0.0);
-        let mut text = String::new();
-        text.push_str(&dataset.spec.keys.join(","));
-        text.push_str(",score\n");
-        for ((&row, a), b) in order.iter().zip(&own).zip(&peer) {
-            let key = dataset.key_of(row as usize);
-            text.push_str(&csv_field(&key));
-            text.push_str(&format!(",{:.6}\n", sigmoid(a + b + w0)));
-        }
-        write_atomic(&path, text.as_bytes())?;
+        let scores: Vec<f64> = own.iter().zip(&peer).map(|(a, b)| sigmoid(a + b + w0)).collect();
+        let (keys, at_rest, p) = (dataset.spec.keys.join(","), job.at_rest.clone(), path.clone());
+        let rows: Vec<String> = order.iter().map(|&row| dataset.key_of(row as usize)).collect();
+        cpu::run(move || write_predictions(&p, &keys, &rows, &scores, &at_rest)).await?;
         output = Some(path);
     }
     stages.end("score");
@@ -88,6 +87,26 @@ pub async fn run_score<C: Channel>(channel: &C, dataset: &Dataset, job: &ScoreJo
         stages: stages.into_vec(),
         ecdh_evidence: aligned.ecdh_evidence,
     })
+}
+
+/// Writes `KEY..., score` rows as a stream, sealed or plain, appearing only when complete.
+fn write_predictions(
+    path: &Path,
+    keys: &str,
+    rows: &[String],
+    scores: &[f64],
+    at_rest: &AtRest,
+) -> Result<(), DataError> {
+    let dir = crate::storage::parent_dir(path);
+    std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    let io_err = |e| DataError::io(path, e);
+    let mut w = DataWriter::create(path, at_rest).map_err(|e| DataError::io(dir, e))?;
+    writeln!(w, "{keys},score").map_err(io_err)?;
+    for (key, score) in rows.iter().zip(scores) {
+        writeln!(w, "{},{score:.6}", csv_field(key)).map_err(io_err)?;
+    }
+    w.finish().map_err(io_err)?;
+    Ok(())
 }
 
 /// Quotes a CSV field if needed (composite keys are already joined by commas: quote each part).

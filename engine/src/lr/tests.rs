@@ -11,6 +11,8 @@ use consort_protocols::mpc::lr::plain::train_plain;
 use super::*;
 use crate::dataset::{Dataset, DatasetSpec};
 use crate::lr_synth::{LrGenSpec, generate_lr};
+use crate::sealed::StorageKey;
+use crate::storage::AtRest;
 
 fn make_data(dir: &Path, rows: u64, fa: u32, fb: u32, missing_b: u64) {
     generate_lr(&LrGenSpec { rows, features_a: fa, features_b: fb, missing_b, seed: 5, out_dir: dir.to_path_buf() })
@@ -37,6 +39,18 @@ fn read_csv(path: &Path) -> (Vec<String>, HashMap<String, Vec<f64>>) {
     (header, rows)
 }
 
+/// Party A's storage key: A seals its model and predictions, B keeps its model plain.
+fn key_a() -> Arc<StorageKey> {
+    Arc::new(StorageKey::from_bytes([0xa1; 32]))
+}
+
+fn at_rest(role: Role) -> AtRest {
+    match role {
+        Role::Requester => AtRest::Sealed(key_a()),
+        Role::Responder => AtRest::Plain,
+    }
+}
+
 pub(super) fn params() -> LrParams {
     LrParams { epochs: 5, batch_size: 256, learning_rate: 0.5, l2: 0.001, split_seed: 99, ..LrParams::default() }
 }
@@ -48,6 +62,7 @@ async fn train_both(dir: &Path, a: &Dataset, b: &Dataset, params: LrParams) -> (
         columns: ColumnChoice { label: label.map(String::from), features: None },
         params: params.clone(),
         model_out: dir.join(out),
+        at_rest: at_rest(role),
         job_id: "j1".into(),
         peer: "peer".into(),
         psi_progress: None,
@@ -75,8 +90,8 @@ async fn train_with_missing_ids_matches_plaintext_lr_and_models_reload() {
     assert!(ks_secure > 0.3 && ks_secure < 1.0);
 
     // Models: each party only its own features; A has the intercept.
-    let ma = ModelFile::load(&dir.path().join("model-a.json")).unwrap();
-    let mb = ModelFile::load(&dir.path().join("model-b.json")).unwrap();
+    let ma = ModelFile::load(&dir.path().join("model-a.json"), Some(&key_a())).unwrap();
+    let mb = ModelFile::load(&dir.path().join("model-b.json"), None).unwrap();
     assert_eq!(ma.features.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["a0", "a1", "a2"]);
     assert_eq!(mb.features.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["b0", "b1", "b2", "b3"]);
     assert!(ma.intercept.is_some() && mb.intercept.is_none());
@@ -127,6 +142,7 @@ async fn train_with_missing_ids_matches_plaintext_lr_and_models_reload() {
         psi: crate::PsiProtocol::Rr22,
         model: Arc::new(model.clone()),
         out,
+        at_rest: at_rest(role),
         psi_progress: None,
         limits: crate::JobLimits::default(),
     };
@@ -135,7 +151,10 @@ async fn train_with_missing_ids_matches_plaintext_lr_and_models_reload() {
     let (sa, sb) = (sa.unwrap(), sb.unwrap());
     assert_eq!((sa.aligned_rows, sb.aligned_rows), (5300, 5300));
     assert!(sb.output.is_none());
-    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        crate::sealed::is_sealed(&out).unwrap() && crate::sealed::is_sealed(&dir.path().join("model-a.json")).unwrap()
+    );
+    let text = String::from_utf8(crate::storage::read_data(&out, Some(&key_a())).unwrap()).unwrap();
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("id,score"));
     let mut count = 0;
@@ -163,7 +182,7 @@ async fn poly3_and_early_stopping_reach_the_reports_and_model_files() {
     let best = ra.holdout_loss.iter().copied().fold(f64::INFINITY, f64::min);
     assert_eq!(ra.holdout_loss[ra.weights_epoch as usize - 1], best);
     for m in ["model-a.json", "model-b.json"] {
-        let model = ModelFile::load(&dir.path().join(m)).unwrap();
+        let model = ModelFile::load(&dir.path().join(m), Some(&key_a())).unwrap();
         assert_eq!((model.sigmoid.as_str(), model.training.params.sigmoid.name()), ("poly3", "poly3"));
         assert_eq!(model.training.weights_epoch, ra.weights_epoch);
     }

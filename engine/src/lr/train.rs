@@ -17,6 +17,7 @@ use super::{LrError, Stages, party_of};
 use crate::dataset::Dataset;
 use crate::error::DataError;
 use crate::psi::PsiProtocol;
+use crate::storage::AtRest;
 
 /// One party's side of a train job.
 #[derive(Clone)]
@@ -28,6 +29,8 @@ pub struct TrainJob {
     pub columns: ColumnChoice,
     pub params: LrParams,
     pub model_out: PathBuf,
+    /// Whether the model file is sealed under the node's storage key.
+    pub at_rest: AtRest,
     pub job_id: String,
     pub peer: String,
     pub psi_progress: Option<ProgressFn>,
@@ -124,8 +127,8 @@ pub async fn run_train_with_dealer<C: Channel, D: Channel>(
     let mut model = model_file(job, dataset, &config, &data, &out, party);
     evaluate(channel, party, &data, &mut model).await?;
     stages.end("evaluate");
-    let (path, m) = (job.model_out.clone(), model.clone());
-    cpu::run(move || m.save(&path)).await?;
+    let (path, m, at_rest) = (job.model_out.clone(), model.clone(), job.at_rest.clone());
+    cpu::run(move || m.save(&path, &at_rest)).await?;
     let mut report = TrainReport::new(&model, dataset.len() as u64, aligned.peer_rows, job.model_out.clone(), stages);
     report.ecdh_evidence = aligned.ecdh_evidence;
     Ok(report)

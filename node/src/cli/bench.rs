@@ -214,10 +214,13 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
         bail!("benchmark job failed: {}", status.error);
     }
     let out_b = (!status.peer_output.is_empty()).then(|| b_dir.join(&status.peer_output));
+    let (key_a, key_b) = (crate::at_rest::load_key(&a_dir)?, crate::at_rest::load_key(&b_dir)?);
     let check = {
         let (sa, sb, oa, ob) = (spec("a", "a.csv"), spec("b", "b.csv"), out_a.clone(), out_b.clone());
         consort_protocols::cpu::run(move || {
-            consort_engine::check::verify_psi_outputs(&sa, &sb, Some(&oa), ob.as_deref())
+            use consort_engine::check::{OutputFile, verify_psi_outputs};
+            let oa = OutputFile::sealed(&oa, &key_a);
+            verify_psi_outputs(&sa, &sb, Some(oa), ob.as_deref().map(|p| OutputFile::sealed(p, &key_b)))
         })
         .await?
     };

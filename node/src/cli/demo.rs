@@ -2,12 +2,14 @@
 //! real mutual TLS gRPC, generated data, an ECDH-PSI job through the control socket, and a check of
 //! both outputs against a plaintext intersection.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use consort_engine::DatasetSpec;
+use consort_engine::check::OutputFile;
+use consort_engine::sealed::StorageKey;
 
 use consort_engine::PsiProtocol;
 use consort_protocols::Reveal;
@@ -99,10 +101,16 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         bail!("demo job failed: {}", status.error);
     }
     let out_b = b_dir.join(&status.peer_output);
+    // Each output is sealed under its own node's storage key.
+    let (key_a, key_b) = (a.state.storage.key.clone(), b.state.storage.key.clone());
     let check = {
         let (sa, sb, oa, ob) = (spec_a.clone(), spec_b.clone(), out_a.clone(), out_b.clone());
-        consort_protocols::cpu::run(move || consort_engine::check::verify_psi_outputs(&sa, &sb, Some(&oa), Some(&ob)))
-            .await?
+        let (ka, kb) = (key_a.clone(), key_b.clone());
+        consort_protocols::cpu::run(move || {
+            let (oa, ob) = (OutputFile::sealed(&oa, &ka), OutputFile::sealed(&ob, &kb));
+            consort_engine::check::verify_psi_outputs(&sa, &sb, Some(oa), Some(ob))
+        })
+        .await?
     };
     if !args.json {
         println!("{}", status::summary(&status));
@@ -114,7 +122,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         for p in &check.problems {
             println!("   problem: {p}");
         }
-        print_aligned(&out_a, &out_b)?;
+        print_aligned((&out_a, &key_a), (&out_b, &key_b))?;
     }
     let lr = match args.lr_rows {
         0 => Ok(None),
@@ -144,14 +152,14 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 }
 
 /// Shows the first rows of both outputs side by side: row i is the same customer on both sides.
-fn print_aligned(a: &std::path::Path, b: &std::path::Path) -> Result<()> {
-    let read = |p: &std::path::Path| -> Result<Vec<String>> {
-        Ok(std::fs::read_to_string(p)
-            .with_context(|| format!("cannot read {}", p.display()))?
-            .lines()
+fn print_aligned(a: (&Path, &StorageKey), b: (&Path, &StorageKey)) -> Result<()> {
+    let read = |(p, key): (&Path, &StorageKey)| -> Result<Vec<String>> {
+        let file =
+            consort_engine::storage::open_data(p, Some(key)).with_context(|| format!("cannot read {}", p.display()))?;
+        std::io::BufRead::lines(std::io::BufReader::new(file))
             .take(4)
-            .map(str::to_string)
-            .collect())
+            .collect::<std::io::Result<Vec<String>>>()
+            .with_context(|| format!("cannot read {}", p.display()))
     };
     let (la, lb) = (read(a)?, read(b)?);
     println!("   first rows of each side's output (same order on both sides):");

@@ -62,7 +62,8 @@ pub async fn run(
         bail!("demo train job failed: {}", status.error);
     }
     say(lr::summary(&status));
-    let (ma, mb) = (ModelFile::load(&model_a)?, ModelFile::load(&b_dir.join(&status.peer_output))?);
+    let (ka, kb) = (&a.state.storage.key, &b.state.storage.key);
+    let (ma, mb) = (ModelFile::load(&model_a, Some(ka))?, ModelFile::load(&b_dir.join(&status.peer_output), Some(kb))?);
     let (sa, sb) = (spec_a.clone(), spec_b.clone());
     let (da, db) = consort_protocols::cpu::run(move || -> Result<(Dataset, Dataset)> {
         Ok((Dataset::load(&sa)?, Dataset::load(&sb)?))

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod audit;
 pub mod bench;
 pub mod demo;
+pub mod export;
 pub mod lr;
 pub mod lr_demo;
 pub mod psi;
@@ -120,6 +121,8 @@ enum Command {
     /// End-to-end benchmarks with two real node processes.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Write the plaintext of a sealed output or model file of this node (to hand a result on).
+    Export(export::ExportArgs),
     /// Audit evidence: export a job's bundle, verify bundles and logs offline.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -429,6 +432,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Score(args) => lr::score(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,
+        Command::Export(args) => export::run(args).await,
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;

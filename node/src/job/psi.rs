@@ -3,7 +3,8 @@
 //!
 //! Parameters: the protocol (`ecdh` by default) and the reveal mode (`both` by default) travel in
 //! the request's typed fields; `params` is empty. The responder writes `DIR/outputs/JOB-DATASET.csv`,
-//! the requester where `--out` says (default the same form).
+//! the requester where `--out` says (default the same form); both sealed under the node's storage
+//! key unless `[storage] encrypt_outputs = false` (`consort export` gives the plaintext).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -85,6 +86,7 @@ impl Job for PsiPlan {
             role: ctx.ask.role,
             reveal: self.reveal,
             output: Some(path),
+            at_rest: ctx.state.storage.at_rest(),
             progress: Some(progress_fn(ctx.handle)),
             proofs: crate::audit::proofs_enabled(),
             limits: ctx.limits,

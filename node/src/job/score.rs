@@ -12,6 +12,7 @@ use std::sync::Arc;
 use consort_api::JobKind;
 use consort_engine::PsiProtocol;
 use consort_engine::lr::{ModelFile, ScoreJob, run_score};
+use consort_engine::storage::AtRest;
 use consort_protocols::{Reveal, Role};
 use serde::{Deserialize, Serialize};
 
@@ -53,7 +54,7 @@ impl Kind for Score {
                 if !r.model.is_absolute() {
                     return Err("the model path must be absolute".into());
                 }
-                let model = ModelFile::load(&r.model).map_err(|e| e.to_string())?;
+                let model = ModelFile::load(&r.model, Some(&state.storage.key)).map_err(|e| e.to_string())?;
                 if model.party != "A" {
                     return Err("score with party A's model (the one with the intercept)".into());
                 }
@@ -61,15 +62,23 @@ impl Kind for Score {
                     return Err(format!("the model was trained with peer '{}', not '{}'", model.peer, ask.peer));
                 }
                 let out = ask.out.clone().ok_or("a score job needs the predictions file to write (--out)")?;
-                Ok(Box::new(ScorePlan { protocol, model: Arc::new(model), out: Some(out) }))
+                Ok(Box::new(ScorePlan {
+                    protocol,
+                    model: Arc::new(model),
+                    out: Some(out),
+                    at_rest: state.storage.at_rest(),
+                }))
             }
             Role::Responder => {
                 let p: ScoreParams =
                     serde_json::from_str(&ask.params).map_err(|e| format!("bad score parameters: {e}"))?;
                 config::check_name("model job id", &p.model_job).map_err(|_| "invalid model job id".to_string())?;
                 let (path, _) = responder_model(&state.dir, &p.model_job);
-                let model =
-                    ModelFile::load(&path).map_err(|_| format!("no model of train job {} here", p.model_job))?;
+                let model = ModelFile::load(&path, Some(&state.storage.key)).map_err(|e| {
+                    // The operator sees why (e.g. a damaged sealed file); the peer only that there is none.
+                    tracing::warn!(job = %ask.job_id, model = %path.display(), "cannot load the model: {e}");
+                    format!("no model of train job {} here", p.model_job)
+                })?;
                 if model.peer != ask.peer {
                     return Err(format!("the model of train job {} was not trained with '{}'", p.model_job, ask.peer));
                 }
@@ -81,7 +90,12 @@ impl Kind for Score {
                         p.model_job, model.dataset, ask.dataset
                     ));
                 }
-                Ok(Box::new(ScorePlan { protocol, model: Arc::new(model), out: None }))
+                Ok(Box::new(ScorePlan {
+                    protocol,
+                    model: Arc::new(model),
+                    out: None,
+                    at_rest: state.storage.at_rest(),
+                }))
             }
         }
     }
@@ -92,6 +106,7 @@ struct ScorePlan {
     model: Arc<ModelFile>,
     /// A's predictions file.
     out: Option<PathBuf>,
+    at_rest: AtRest,
 }
 
 #[tonic::async_trait]
@@ -118,6 +133,7 @@ impl Job for ScorePlan {
             psi: self.protocol,
             model: self.model,
             out: self.out,
+            at_rest: self.at_rest,
             psi_progress: Some(progress_fn(ctx.handle)),
             limits: ctx.limits,
         };

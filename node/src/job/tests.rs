@@ -138,8 +138,9 @@ async fn a_psi_job_runs_through_the_envelope_on_both_sides() {
     let all = ["request", "grant", "start", "transcript", "proofs", "output", "end"];
     assert_eq!(events(&t.a, &status.job_id), all);
     assert_eq!(events(&t.b, &status.job_id), all);
-    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 3);
-    assert!(t.b.dir.join(&status.peer_output).exists());
+    let plain = consort_engine::storage::read_data(&out, Some(&t.a.storage.key)).unwrap();
+    assert_eq!(String::from_utf8(plain).unwrap().lines().count(), 3);
+    assert!(consort_engine::sealed::is_sealed(&t.b.dir.join(&status.peer_output)).unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -186,6 +186,7 @@ impl Job for TrainPlan {
             columns: self.columns,
             params: self.params,
             model_out,
+            at_rest: ctx.state.storage.at_rest(),
             job_id: ctx.ask.job_id.clone(),
             peer: ctx.ask.peer.clone(),
             psi_progress: Some(progress_fn(ctx.handle)),
