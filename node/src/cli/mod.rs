@@ -5,6 +5,7 @@ pub mod admin;
 pub mod audit;
 pub mod bench;
 pub mod demo;
+pub mod jobfile;
 pub mod lr;
 pub mod lr_demo;
 pub mod psi;
@@ -24,9 +25,11 @@ use crate::client::NodeClient;
 use crate::{config, identity, node, setup};
 
 /// What every job submission names: the local node, the peer, and each side's dataset.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct JobArgs {
     /// The local node's directory (the node must be running); this node is the requester.
+    #[serde(skip)]
     pub dir: PathBuf,
     /// The pinned peer (the responder).
     #[arg(long)]
@@ -98,6 +101,17 @@ enum Command {
     Train(lr::TrainArgs),
     /// Score new aligned rows with a jointly trained model (predictions for this node only).
     Score(lr::ScoreArgs),
+    /// Run the job a job file describes (TOML: `kind` and the flags of `consort KIND`, e.g. one
+    /// saved with `--save-job`; see examples/jobs/).
+    Run {
+        /// The local node's directory (the node must be running); this node is the requester.
+        dir: PathBuf,
+        /// The job file.
+        job: PathBuf,
+        /// Print a JSON summary instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the jobs of a node, running or past (works with the node stopped).
     Jobs {
         dir: PathBuf,
@@ -427,6 +441,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Gen(GenCommand::Lr(args)) => lr::gen_lr(args).await,
         Command::Train(args) => lr::train(args).await,
         Command::Score(args) => lr::score(args).await,
+        Command::Run { dir, job, json } => jobfile::run(dir, job, json).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Audit(cmd) => audit::run(cmd).await,
