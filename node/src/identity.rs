@@ -40,6 +40,7 @@ pub fn init(dir: &Path, name: &str, listen: &str) -> Result<()> {
         peers: vec![],
         datasets: vec![],
         limits: Default::default(),
+        metrics: None,
     }
     .save(dir)
 }

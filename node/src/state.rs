@@ -37,6 +37,8 @@ pub struct NodeState {
     pub refusals: crate::policy::RefusalLimiter,
     /// Jobs waiting for this node's operator to approve them.
     pub approvals: crate::policy::Approvals,
+    /// The figures `/metrics` serves (`crate::monitor`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl NodeState {
@@ -114,6 +116,7 @@ impl NodeState {
             audit.append_async(id, "failure", fields).await?;
         }
         let job_slots = Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrent_jobs as usize));
+        let metrics = crate::metrics::Metrics::new(jobs.metrics(), &audit);
         Ok(Arc::new(NodeState {
             dir,
             config: RwLock::new(config),
@@ -127,6 +130,7 @@ impl NodeState {
             audit,
             refusals: Default::default(),
             approvals: Default::default(),
+            metrics,
         }))
     }
 }
