@@ -100,7 +100,7 @@ fn metrics_show_a_running_job_then_the_counters_moved() {
 }
 
 #[test]
-fn a_metrics_address_in_use_or_malformed_fails_the_start() {
+fn the_metrics_address_comes_from_the_flag_or_the_config_and_a_bad_one_fails_the_start() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("n");
     ok(&["init", s(&dir), "--name", "n", "--listen", "127.0.0.1:0"]);
@@ -110,4 +110,16 @@ fn a_metrics_address_in_use_or_malformed_fails_the_start() {
     assert!(err.contains(&format!("cannot listen for metrics on {addr}")), "{err}");
     let err = fails(&["node", s(&dir), "--metrics", "nowhere"]);
     assert!(err.contains("cannot listen for metrics on nowhere"), "{err}");
+
+    // `[metrics] listen` in config.toml, without the flag.
+    let config = dir.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n[metrics]\nlisten = \"127.0.0.1:0\"\n")).unwrap();
+    let node = common::start_node(&dir);
+    assert_eq!(http_get(&metrics_addr(&dir), "/healthz"), (200, "ok\n".to_string()));
+    drop(node);
+    assert!(!dir.join("metrics.addr").exists(), "removed when the node stops");
+    std::fs::write(&config, format!("{text}\n[metrics]\nlisten = \"127.0.0.1:0\"\nport = 1\n")).unwrap();
+    let err = fails(&["node", s(&dir)]);
+    assert!(err.contains("port"), "{err}");
 }
