@@ -8,7 +8,6 @@
 //! Plain HTTP/1.1 without authentication: bind it to loopback or a monitoring network, never to
 //! the peers' address. hyper serves it on the node's runtime; answers are computed in memory.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -61,8 +60,8 @@ pub async fn bind(addr: &str) -> Result<TcpListener> {
 
 /// Serves the metrics and health endpoints on `listener` until the returned task is aborted.
 pub fn serve(listener: TcpListener, state: Arc<NodeState>) -> tokio::task::JoinHandle<()> {
-    let addr: Option<SocketAddr> = listener.local_addr().ok();
-    info!(metrics = ?addr, "serving /metrics, /healthz and /readyz");
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    info!(metrics = %addr, "serving /metrics, /healthz and /readyz");
     tokio::spawn(async move {
         loop {
             let (stream, _) = match listener.accept().await {

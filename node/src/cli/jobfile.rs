@@ -11,6 +11,10 @@
 //! goes the other way: the typed, resolved arguments (paths made absolute, a train job's split
 //! seed drawn) are serialized with `serde` under the same kebab-case names; a test checks the
 //! round trip for every kind.
+//!
+//! A new job command becomes a job file kind by its `JobKind` in [`JOB_KINDS`], a `save_if_asked`
+//! call after it resolved its arguments, and its arm in [`run`] (the round-trip test then needs
+//! its case).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -275,6 +279,7 @@ mod tests {
             ),
             (JobKind::Score, &["--model", "/m.json", "--out", "/p.csv", "--protocol", "rr22"]),
         ];
+        assert_eq!(cases.map(|c| c.0), JOB_KINDS, "a case per job file kind");
         for (kind, extra) in cases {
             let mut argv = vec!["consort", kind.name()];
             argv.extend(job);
