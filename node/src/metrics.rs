@@ -103,7 +103,11 @@ impl JobMetrics {
     pub fn changed(&self, status: &JobStatus, from: Option<JobState>, seconds: f64) {
         let (kind, role, to) = (status.job_kind().name(), status.role_name(), status.job_state());
         let labels = |state: JobState| JobLabels { kind, role, state: state.name() };
-        if let Some(from) = from.filter(|s| !s.is_final()) {
+        if let Some(from) = from {
+            if from.is_final() {
+                // A job finishes once: a later change of a final record is not counted again.
+                return;
+            }
             self.current.get_or_create(&labels(from)).dec();
         }
         if !to.is_final() {
@@ -200,6 +204,10 @@ mod tests {
         let done = JobLabels { state: "done", ..running.clone() };
         assert_eq!((m.current.get_or_create(&running).get(), m.finished.get_or_create(&done).get()), (0, 1));
         assert_eq!((m.wire_sent.get(), m.wire_received.get()), (10, 20));
+        s.state = JobState::Failed as i32;
+        m.changed(&s, Some(JobState::Done), 3.0);
+        let failed = JobLabels { state: "failed", ..running.clone() };
+        assert_eq!((m.finished.get_or_create(&failed).get(), m.wire_sent.get()), (0, 10));
     }
 
     #[test]
