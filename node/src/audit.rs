@@ -45,6 +45,10 @@ pub struct NodeAudit {
     failure: OnceLock<String>,
     /// Opens sealed outputs, whose plaintext the `output` commitment is over.
     storage_key: Option<Arc<StorageKey>>,
+    /// Entries appended since the node started (registered in `crate::metrics`).
+    pub appends: prometheus_client::metrics::counter::Counter,
+    /// Failed writes to the audit directory since the node started.
+    pub failures: prometheus_client::metrics::counter::Counter,
 }
 
 impl NodeAudit {
@@ -53,7 +57,13 @@ impl NodeAudit {
     pub fn open(dir: &Path, storage_key: Option<Arc<StorageKey>>) -> Result<Arc<NodeAudit>> {
         let key = identity::read_signing_key(dir)?;
         let log = AuditLog::open(dir, key).context("cannot open the audit log")?;
-        Ok(Arc::new(NodeAudit { log: Mutex::new(log), failure: OnceLock::new(), storage_key }))
+        Ok(Arc::new(NodeAudit {
+            log: Mutex::new(log),
+            failure: OnceLock::new(),
+            storage_key,
+            appends: Default::default(),
+            failures: Default::default(),
+        }))
     }
 
     /// Whether the log can still be written (false after an audit I/O error, until a restart).
@@ -73,12 +83,16 @@ impl NodeAudit {
         if let Some(cause) = self.failure.get() {
             bail!("{}", stopped(cause));
         }
-        match f(&mut log) {
+        let before = log.entries().len();
+        let result = f(&mut log);
+        self.appends.inc_by(log.entries().len().saturating_sub(before) as u64);
+        match result {
             Ok(value) => Ok(value),
             // Only the audit directory's own files (log, heads, salts): a dataset file that a
             // commitment cannot read fails its job, not the node.
             Err(AuditError::Io { path, cause }) if path.starts_with(log.dir()) => {
                 let cause = format!("{}: {cause}", path.display());
+                self.failures.inc();
                 error!("{}", stopped(&cause));
                 Err(anyhow!("{}", stopped(self.failure.get_or_init(|| cause))))
             }

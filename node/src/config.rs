@@ -30,6 +30,8 @@ pub const TLS_KEY_FILE: &str = "node.key";
 pub const TLS_CERT_FILE: &str = "node.crt";
 pub const CONTROL_SOCKET: &str = consort_api::CONTROL_SOCKET;
 pub const LISTEN_ADDR_FILE: &str = "listen.addr";
+/// The metrics endpoint's actual address while the node runs with one.
+pub const METRICS_ADDR_FILE: &str = "metrics.addr";
 pub const OUTPUTS_DIR: &str = "outputs";
 pub const PEERS_DIR: &str = "peers";
 
@@ -52,6 +54,9 @@ pub struct NodeConfig {
     /// Encryption at rest (defaults when the section is absent; see [`crate::at_rest`]).
     #[serde(default, skip_serializing_if = "Storage::is_default")]
     pub storage: Storage,
+    /// The metrics and health endpoint (`[metrics] listen = "127.0.0.1:9464"`; off when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// How a node keeps the data files it writes (`[storage]` in config.toml). Read at start.
@@ -76,6 +81,16 @@ impl Storage {
     fn is_default(&self) -> bool {
         *self == Storage::default()
     }
+}
+
+/// `[metrics]` in config.toml: where `consort node` serves `/metrics`, `/healthz` and `/readyz`
+/// (see `crate::monitor`); `consort node --metrics ADDR` overrides it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// HOST:PORT, a local or monitoring address (port 0 picks a free port, written to
+    /// `DIR/metrics.addr`).
+    pub listen: String,
 }
 
 /// How much a node lets its jobs take (`[limits]` in config.toml).

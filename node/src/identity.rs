@@ -45,6 +45,7 @@ pub fn init(dir: &Path, name: &str, listen: &str) -> Result<()> {
         datasets: vec![],
         limits: Default::default(),
         storage,
+        metrics: None,
     }
     .save(dir)
 }

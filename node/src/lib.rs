@@ -12,6 +12,8 @@ pub mod config;
 pub mod control;
 pub mod identity;
 pub mod job;
+pub mod metrics;
+pub mod monitor;
 pub mod node;
 pub mod pair;
 pub mod policy;

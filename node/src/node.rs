@@ -27,12 +27,19 @@ pub struct NodeHandle {
     pub state: Arc<NodeState>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    /// The metrics endpoint (`crate::monitor`), when the node serves one: its address and task.
+    monitor: Option<(SocketAddr, JoinHandle<()>)>,
 }
 
 impl NodeHandle {
     /// The peer service's actual address (useful with port 0).
     pub fn peer_addr(&self) -> SocketAddr {
         self.state.listen_addr
+    }
+
+    /// The metrics endpoint's actual address, if the node serves one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.monitor.as_ref().map(|(addr, _)| *addr)
     }
 
     /// Stops both services: no new connections or jobs; running jobs get `grace` to finish.
@@ -49,6 +56,9 @@ impl NodeHandle {
                 self.task.abort();
             }
         }
+        if let Some((_, monitor)) = self.monitor.take() {
+            monitor.abort();
+        }
         cleanup(&self.state.dir);
     }
 
@@ -61,12 +71,24 @@ impl NodeHandle {
 fn cleanup(dir: &Path) {
     let _ = std::fs::remove_file(dir.join(config::CONTROL_SOCKET));
     let _ = std::fs::remove_file(dir.join(config::LISTEN_ADDR_FILE));
+    let _ = std::fs::remove_file(dir.join(config::METRICS_ADDR_FILE));
 }
 
 /// Starts a node from its directory on the current tokio runtime.
 pub async fn start(dir: &Path) -> Result<NodeHandle> {
+    start_with_metrics(dir, None).await
+}
+
+/// [`start`], serving metrics and health on `metrics` (HOST:PORT) if given, else where the
+/// config's `[metrics] listen` says, if it does.
+pub async fn start_with_metrics(dir: &Path, metrics: Option<&str>) -> Result<NodeHandle> {
     let dir = config::absolute(dir)?;
     let config = NodeConfig::load(&dir)?;
+    let metrics = metrics.map(str::to_string).or_else(|| config.metrics.as_ref().map(|m| m.listen.clone()));
+    let metrics_listener = match &metrics {
+        Some(addr) => Some(crate::monitor::bind(addr).await?),
+        None => None,
+    };
     let control_path = dir.join(config::CONTROL_SOCKET);
     let control_listener = bind_control_socket(&control_path).await?;
     let tcp = TcpListener::bind(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -116,7 +138,15 @@ pub async fn start(dir: &Path) -> Result<NodeHandle> {
             warn!("control service stopped: {e}");
         }
     });
-    Ok(NodeHandle { state, shutdown: Some(shutdown_tx), task })
+    let monitor = match metrics_listener {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            config::write_atomic(&dir.join(config::METRICS_ADDR_FILE), addr.to_string().as_bytes(), false)?;
+            Some((addr, crate::monitor::serve(listener, state.clone())))
+        }
+        None => None,
+    };
+    Ok(NodeHandle { state, shutdown: Some(shutdown_tx), task, monitor })
 }
 
 /// Binds DIR/control.sock with mode 0600. A stale socket (no node answering) is replaced; a live

@@ -42,6 +42,8 @@ pub struct NodeState {
     pub approvals: crate::policy::Approvals,
     /// The storage key and whether outputs are sealed under it (read at start).
     pub storage: NodeStorage,
+    /// The figures `/metrics` serves (`crate::monitor`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl NodeState {
@@ -127,6 +129,7 @@ impl NodeState {
             audit.append_async(id, "failure", fields).await?;
         }
         let job_slots = Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrent_jobs as usize));
+        let metrics = crate::metrics::Metrics::new(jobs.metrics(), &audit);
         Ok(Arc::new(NodeState {
             dir,
             config: RwLock::new(config),
@@ -142,6 +145,7 @@ impl NodeState {
             refusals: Default::default(),
             approvals: Default::default(),
             storage,
+            metrics,
         }))
     }
 }

@@ -47,6 +47,8 @@ pub struct JobTable {
     inner: Mutex<Registry>,
     /// Ids known from elsewhere (the audit log of a node older than its table): taken too.
     reserved: HashSet<String>,
+    /// Jobs by kind, role and state, for `/metrics` (this process's jobs only).
+    metrics: Arc<crate::metrics::JobMetrics>,
 }
 
 /// One job's live status; state changes are persisted.
@@ -56,6 +58,7 @@ pub struct JobHandle {
     file: Option<PathBuf>,
     /// Serializes this job's table writes so a later state never loses to an earlier one.
     persist_lock: tokio::sync::Mutex<()>,
+    metrics: Arc<crate::metrics::JobMetrics>,
 }
 
 /// Whether `path` is a file last modified at or after unix second `since`.
@@ -80,7 +83,7 @@ fn remove_partials(dir: &Path) {
 impl JobTable {
     /// A table kept only in memory.
     pub fn in_memory() -> JobTable {
-        JobTable { dir: None, inner: Mutex::default(), reserved: HashSet::new() }
+        JobTable { dir: None, inner: Mutex::default(), reserved: HashSet::new(), metrics: Default::default() }
     }
 
     /// Opens `DIR/jobs`: loads every record, and marks jobs that were pending or running when the
@@ -123,7 +126,7 @@ impl JobTable {
             remove_partials(&node_dir.join(crate::config::OUTPUTS_DIR));
         }
         records.sort_by(|a, b| (a.created, &a.job_id).cmp(&(b.created, &b.job_id)));
-        let table = JobTable { dir: Some(dir), inner: Mutex::default(), reserved };
+        let table = JobTable { dir: Some(dir), inner: Mutex::default(), reserved, metrics: Default::default() };
         {
             let mut registry = table.inner.lock().unwrap_or_else(|p| p.into_inner());
             for s in records {
@@ -142,7 +145,13 @@ impl JobTable {
             started: Instant::now(),
             file,
             persist_lock: Default::default(),
+            metrics: self.metrics.clone(),
         })
+    }
+
+    /// The figures of this process's jobs (registered in `NodeState::metrics`).
+    pub fn metrics(&self) -> &crate::metrics::JobMetrics {
+        &self.metrics
     }
 
     /// Registers a job under a fresh id and persists it; `None` if the id was ever seen here
@@ -160,6 +169,7 @@ impl JobTable {
             registry.order.push(handle.id());
             handle
         };
+        self.metrics.changed(&handle.status(), None, 0.0);
         handle.persist().await?;
         Ok(Some(handle))
     }
@@ -295,7 +305,9 @@ impl JobHandle {
     /// Moves the job to `state` and persists it (errors are logged: the job's outcome stands in
     /// memory and in the audit log even if the table cannot take it).
     pub async fn set_state(&self, state: JobState, error: Option<String>) {
+        let mut from = JobState::Unspecified;
         self.update(|s| {
+            from = s.job_state();
             s.state = state as i32;
             if state.is_final() {
                 s.stage = String::new();
@@ -305,6 +317,9 @@ impl JobHandle {
                 s.error = e;
             }
         });
+        if from != state {
+            self.metrics.changed(&self.status(), Some(from), self.started.elapsed().as_secs_f64());
+        }
         if let Err(e) = self.persist().await {
             warn!(job = %self.id(), "cannot persist the job's state: {e:#}");
         }

@@ -58,9 +58,14 @@ fn psi(nodes: &TwoNodes, out: &Path) -> serde_json::Value {
 #[test]
 fn a_failed_audit_append_stops_new_jobs_keeps_the_log_verifiable_and_a_restart_recovers() {
     let tmp = tempfile::tempdir().unwrap();
-    let nodes = restart_partner(two_nodes(tmp.path(), 2000, 500), ignore_sigxfsz);
+    let nodes = restart_partner(two_nodes(tmp.path(), 2000, 500), |c| {
+        ignore_sigxfsz(c);
+        c.args(["--metrics", "127.0.0.1:0"]);
+    });
     let out = tmp.path().join("out.csv");
     common::legit_psi_succeeds(&nodes, &out, 500);
+    let metrics = common::metrics_addr(&nodes.b);
+    assert_eq!(common::http_get(&metrics, "/healthz").0, 200);
 
     // The partner's audit log cannot grow: its next entry fails with EFBIG.
     let log = nodes.b.join("audit/log.jsonl");
@@ -87,6 +92,13 @@ fn a_failed_audit_append_stops_new_jobs_keeps_the_log_verifiable_and_a_restart_r
     let why = refused["error"].as_str().unwrap_or_default();
     assert!(why.contains("audit log"), "{refused}");
     common::jobs(&nodes.b);
+    // Its health endpoint says so; the metrics count the failure and the refusal.
+    let (status, body) = common::http_get(&metrics, "/healthz");
+    assert!(status == 503 && body.contains("audit log could not be written"), "{status} {body}");
+    assert_eq!(common::http_get(&metrics, "/readyz").0, 503);
+    let scrape = common::http_get(&metrics, "/metrics").1;
+    assert!(common::sample(&scrape, "consort_audit_failures_total", "") >= Some(1.0), "{scrape}");
+    assert!(common::sample(&scrape, "consort_refusals_total", "reason=\"audit\"") >= Some(1.0), "{scrape}");
     // Its own operator is told at submission.
     let own = common::fails(&[
         "psi",

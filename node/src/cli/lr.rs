@@ -12,8 +12,8 @@ use consort_engine::lr::LrParams;
 use consort_engine::lr_synth::{LrGenSpec, generate_lr};
 use consort_protocols::mpc::lr::Sigmoid;
 
-use super::JobArgs;
 use super::status::{ensure_done, watch_with_progress};
+use super::{JobArgs, jobfile};
 use crate::client::NodeClient;
 use crate::config;
 use crate::job::score::ScoreRequest;
@@ -40,7 +40,8 @@ pub struct GenLrArgs {
 }
 
 /// Hyper-parameters (defaults: the engine's).
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct HyperArgs {
     #[arg(long, default_value_t = LrParams::default().epochs)]
     pub epochs: u32,
@@ -65,14 +66,17 @@ pub struct HyperArgs {
     pub feature_frac_bits: u32,
     /// Seed of the holdout split and batch order (default: random).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "jobfile::toml_u64")]
     pub seed: Option<u64>,
     /// Sigmoid approximation: taylor1 (1/2 + z/4; cheapest, best while scores stay small) or
     /// poly3 (least-squares cubic on [-8, 8]; better for strong signal, 3 secure products per row).
     #[arg(long, default_value = LrParams::default().sigmoid.name(), value_parser = super::vocab::<Sigmoid>())]
+    #[serde(serialize_with = "jobfile::vocab_name")]
     pub sigmoid: Sigmoid,
     /// Dealer mode: take the correlations from this pinned third node (both parties must pin it;
     /// it must not collude with either party). Default: dealer-free (OT-based).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dealer: Option<String>,
 }
 
@@ -94,34 +98,47 @@ impl HyperArgs {
     }
 }
 
-#[derive(Args, Debug)]
+/// Serialized (kebab-case, without the node directory and the output format): its job file.
+#[derive(Args, Debug, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct TrainArgs {
     /// This node is party A (it holds the labels), the peer party B.
     #[command(flatten)]
+    #[serde(flatten)]
     pub job: JobArgs,
     /// Label column (0/1).
     #[arg(long)]
     pub label: String,
     /// PSI protocol aligning the rows (ecdh, rr22).
     #[arg(long, default_value = "ecdh", value_parser = super::vocab::<PsiProtocol>())]
+    #[serde(serialize_with = "jobfile::vocab_name")]
     pub protocol: PsiProtocol,
     /// Feature columns, comma-separated (default: every column but keys and label).
     #[arg(long, value_delimiter = ',')]
     pub features: Vec<String>,
     #[command(flatten)]
+    #[serde(flatten)]
     pub hyper: HyperArgs,
     /// Where to write this node's model (JSON).
     #[arg(long)]
     pub out: PathBuf,
     /// Print a JSON summary instead of text.
     #[arg(long)]
+    #[serde(skip)]
     pub json: bool,
+    /// Also write this job as a job file (TOML) for `consort run`, then run it.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub save_job: Option<PathBuf>,
 }
 
-#[derive(Args, Debug)]
+/// Serialized (kebab-case, without the node directory and the output format): its job file.
+#[derive(Args, Debug, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct ScoreArgs {
     /// This node is party A; both datasets hold the new rows.
     #[command(flatten)]
+    #[serde(flatten)]
     pub job: JobArgs,
     /// This node's model from `consort train` (the peer uses its own model of the same job).
     #[arg(long)]
@@ -131,9 +148,16 @@ pub struct ScoreArgs {
     pub out: PathBuf,
     /// PSI protocol aligning the rows (ecdh, rr22).
     #[arg(long, default_value = "ecdh", value_parser = super::vocab::<PsiProtocol>())]
+    #[serde(serialize_with = "jobfile::vocab_name")]
     pub protocol: PsiProtocol,
+    /// Print a JSON summary instead of text.
     #[arg(long)]
+    #[serde(skip)]
     pub json: bool,
+    /// Also write this job as a job file (TOML) for `consort run`, then run it.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub save_job: Option<PathBuf>,
 }
 
 pub async fn gen_lr(args: GenLrArgs) -> Result<()> {
@@ -159,19 +183,26 @@ pub async fn gen_lr(args: GenLrArgs) -> Result<()> {
     Ok(())
 }
 
-pub async fn train(args: TrainArgs) -> Result<()> {
+pub async fn train(mut args: TrainArgs) -> Result<()> {
+    // Drawn here, not in `params`, so that a saved job file repeats the same split.
+    args.hyper.seed.get_or_insert_with(rand::random);
+    args.out = config::absolute(&args.out)?;
     let params = args.hyper.params();
     params.config()?;
+    jobfile::save_if_asked(args.save_job.as_deref(), JobKind::Train, &args)?;
     let train = TrainRequest { label: args.label, features: args.features, params };
-    let out = config::absolute(&args.out)?;
+    let out = args.out;
     let j = &args.job;
     let request = submit_request(JobKind::Train, (&j.peer, &j.dataset, &j.peer_dataset), args.protocol, &train, &out)?;
     run(&j.dir, request, args.json).await
 }
 
-pub async fn score(args: ScoreArgs) -> Result<()> {
-    let score = ScoreRequest { model: config::absolute(&args.model)? };
-    let out = config::absolute(&args.out)?;
+pub async fn score(mut args: ScoreArgs) -> Result<()> {
+    args.model = config::absolute(&args.model)?;
+    args.out = config::absolute(&args.out)?;
+    jobfile::save_if_asked(args.save_job.as_deref(), JobKind::Score, &args)?;
+    let score = ScoreRequest { model: args.model };
+    let out = args.out;
     let j = &args.job;
     let request = submit_request(JobKind::Score, (&j.peer, &j.dataset, &j.peer_dataset), args.protocol, &score, &out)?;
     run(&j.dir, request, args.json).await

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod bench;
 pub mod demo;
 pub mod export;
+pub mod jobfile;
 pub mod lr;
 pub mod lr_demo;
 pub mod psi;
@@ -25,9 +26,11 @@ use crate::client::NodeClient;
 use crate::{config, identity, node, setup};
 
 /// What every job submission names: the local node, the peer, and each side's dataset.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct JobArgs {
     /// The local node's directory (the node must be running); this node is the requester.
+    #[serde(skip)]
     pub dir: PathBuf,
     /// The pinned peer (the responder).
     #[arg(long)]
@@ -92,13 +95,34 @@ enum Command {
         reason: Option<String>,
     },
     /// Run the node in the foreground (logs to stderr; stops cleanly on Ctrl-C or SIGTERM).
-    Node { dir: PathBuf },
+    Node {
+        dir: PathBuf,
+        /// Serve Prometheus metrics (/metrics) and health (/healthz, /readyz) over plain HTTP on
+        /// this local address, HOST:PORT (overrides `[metrics] listen` in config.toml; keep it
+        /// off the peers' network).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
+        /// Log format on stderr: text, or json (one object per line, for log shippers).
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
     /// Run a private set intersection with a peer through the local node.
     Psi(psi::PsiArgs),
     /// Train a joint logistic regression with a peer (this node holds the labels).
     Train(lr::TrainArgs),
     /// Score new aligned rows with a jointly trained model (predictions for this node only).
     Score(lr::ScoreArgs),
+    /// Run the job a job file describes (TOML: `kind` and the flags of `consort KIND`, e.g. one
+    /// saved with `--save-job`; see examples/jobs/).
+    Run {
+        /// The local node's directory (the node must be running); this node is the requester.
+        dir: PathBuf,
+        /// The job file.
+        job: PathBuf,
+        /// Print a JSON summary instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the jobs of a node, running or past (works with the node stopped).
     Jobs {
         dir: PathBuf,
@@ -131,6 +155,13 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// How `consort node` writes its log.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -257,11 +288,12 @@ pub fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log));
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let log = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if matches!(cli.command, Command::Node { log_format: LogFormat::Json, .. }) {
+        log.json().init();
+    } else {
+        log.with_ansi(std::io::stderr().is_terminal()).init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -393,7 +425,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Node { dir } => run_node(&dir).await,
+        Command::Node { dir, metrics, log_format } => run_node(&dir, metrics.as_deref(), log_format).await,
         Command::Psi(args) => psi::psi(args).await,
         Command::Jobs { dir, json } => jobs(&dir, json).await,
         Command::Job { dir, job, json } => {
@@ -430,6 +462,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Gen(GenCommand::Lr(args)) => lr::gen_lr(args).await,
         Command::Train(args) => lr::train(args).await,
         Command::Score(args) => lr::score(args).await,
+        Command::Run { dir, job, json } => jobfile::run(dir, job, json).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Export(args) => export::run(args).await,
@@ -442,21 +475,33 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn run_node(dir: &Path) -> Result<()> {
-    let handle = node::start(dir).await?;
+async fn run_node(dir: &Path, metrics: Option<&str>, log_format: LogFormat) -> Result<()> {
+    let handle = node::start_with_metrics(dir, metrics).await?;
+    // With --log-format json stderr carries log objects only (the `node started` event has the
+    // addresses); the lines below are for a person at a terminal.
+    let text = log_format == LogFormat::Text;
     let config = handle.state.config();
-    eprintln!(
-        "consort node '{}' listening on {} (control socket {})",
-        config.name,
-        handle.peer_addr(),
-        handle.state.dir.join(config::CONTROL_SOCKET).display()
-    );
+    if text {
+        eprintln!(
+            "consort node '{}' listening on {} (control socket {})",
+            config.name,
+            handle.peer_addr(),
+            handle.state.dir.join(config::CONTROL_SOCKET).display()
+        );
+        if let Some(addr) = handle.metrics_addr() {
+            eprintln!("metrics on http://{addr}/metrics, health on http://{addr}/healthz");
+        }
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    eprintln!("shutting down");
+    if text {
+        eprintln!("shutting down");
+    } else {
+        tracing::info!("shutting down");
+    }
     handle.shutdown(Duration::from_secs(10)).await;
     Ok(())
 }

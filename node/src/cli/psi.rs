@@ -4,38 +4,52 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+use consort_api::JobKind;
 use consort_api::proto::SubmitRequest;
 use consort_engine::PsiProtocol;
 use consort_protocols::Reveal;
 
 use super::status::{ensure_done, status_json, summary, watch_with_progress};
-use super::{JobArgs, vocab};
+use super::{JobArgs, jobfile, vocab};
 use crate::client::NodeClient;
 use crate::config;
 
-#[derive(Args)]
+/// `consort psi`'s flags; serialized (kebab-case, without the node directory and the output
+/// format) they are its job file (`super::jobfile`).
+#[derive(Args, Debug, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct PsiArgs {
     #[command(flatten)]
+    #[serde(flatten)]
     job: JobArgs,
     /// PSI protocol: ecdh (ECDH-PSI) or rr22 (RR22 over silent VOLE, for large sets).
     #[arg(long, default_value = "ecdh", value_parser = vocab::<PsiProtocol>())]
+    #[serde(serialize_with = "jobfile::vocab_name")]
     protocol: PsiProtocol,
     /// Who learns the intersection: both, or requester-only (only this node; alias: self).
     #[arg(long, default_value = "both", value_parser = vocab::<Reveal>())]
+    #[serde(serialize_with = "jobfile::vocab_name")]
     reveal: Reveal,
     /// This node's output: its own rows of the intersection, in the order both sides share.
     #[arg(long)]
     out: PathBuf,
     /// Print a JSON summary instead of text.
     #[arg(long)]
+    #[serde(skip)]
     json: bool,
+    /// Also write this job as a job file (TOML) for `consort run`, then run it.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    save_job: Option<PathBuf>,
 }
 
-pub async fn psi(args: PsiArgs) -> Result<()> {
-    let out = config::absolute(&args.out)?;
+pub async fn psi(mut args: PsiArgs) -> Result<()> {
+    args.out = config::absolute(&args.out)?;
+    jobfile::save_if_asked(args.save_job.as_deref(), JobKind::Psi, &args)?;
+    let out = &args.out;
     let j = &args.job;
     let client = NodeClient::connect(&j.dir).await?;
-    let request = SubmitRequest::psi(&j.peer, &j.dataset, &j.peer_dataset, args.protocol, args.reveal, &out);
+    let request = SubmitRequest::psi(&j.peer, &j.dataset, &j.peer_dataset, args.protocol, args.reveal, out);
     let job_id = client.submit(request).await?;
     let status = watch_with_progress(&client, &job_id, args.json).await?;
     if args.json {

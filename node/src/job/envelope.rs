@@ -38,6 +38,7 @@ use super::connect::{ANSWER_TIMEOUT, Answer};
 use super::{Ask, Failure, Job, JobHandle, Outcome, RunCtx, record};
 use crate::audit::{Parties, RunEvidence};
 use crate::config::{self, Grant, NodeConfig};
+use crate::metrics::Refusal;
 use crate::policy::{APPROVAL_TIMEOUT, Verdict};
 use crate::state::NodeState;
 use crate::table::new_job_id;
@@ -225,6 +226,7 @@ pub async fn respond(state: Arc<NodeState>, peer: PeerInfo, request: JobRequest,
                         "the responder could not load dataset '{}' (its operator sees why in its log)",
                         ask.dataset
                     );
+                    state.metrics.refused(Refusal::Internal);
                     refuse(&channel, reason.clone()).await;
                     return Err(Failure::context(&reason, e));
                 }
@@ -272,6 +274,7 @@ async fn approved(state: &Arc<NodeState>, handle: &Arc<JobHandle>, ask: &Ask, ch
     let fields = serde_json::json!({ "decision": decision, "reason": reason });
     if let Err(e) = state.audit.append_async(&ask.job_id, "approval", fields).await {
         warn!(job = %ask.job_id, "cannot record the approval in the audit log: {e:#}");
+        state.metrics.refused(Refusal::Audit);
         refuse(channel, "the responder cannot record the job in its audit log".into()).await;
         handle.set_state(JobState::Failed, Some(format!("cannot record the approval: {e:#}"))).await;
         return false;
@@ -284,6 +287,7 @@ async fn approved(state: &Arc<NodeState>, handle: &Arc<JobHandle>, ask: &Ask, ch
         Ok(Verdict::Deny(_)) => {
             let told = format!("the responder's operator denied the job: {reason}");
             handle.set_state(JobState::Refused, Some(told.clone())).await;
+            state.metrics.refused(Refusal::Policy);
             refuse(channel, told).await;
             false
         }
@@ -312,23 +316,27 @@ async fn take(
                 crate::policy::MAX_REFUSALS_PER_MINUTE
             );
         }
+        state.metrics.refused(Refusal::RateLimited);
         refuse(channel, "too many refused requests from this node; wait a minute".into()).await;
         return None;
     }
     if !state.audit.healthy() {
         warn!(peer = %peer.name, "refused a job request: the audit log cannot be written");
+        state.metrics.refused(Refusal::Audit);
         refuse(channel, "the responder cannot record jobs in its audit log; it takes no new jobs".into()).await;
         return None;
     }
     if !still_pinned(state, peer) {
         state.refusals.note(&peer.name);
         warn!(peer = %peer.name, "refused a job request on a connection whose certificate is no longer pinned");
+        state.metrics.refused(Refusal::Pin);
         refuse(channel, "this connection's certificate is no longer pinned here; reconnect".into()).await;
         return None;
     }
     if let Err(reason) = check_structure(request) {
         state.refusals.note(&peer.name);
         warn!(peer = %peer.name, "refused a malformed job request: {reason}");
+        state.metrics.refused(Refusal::Structure);
         refuse(channel, reason).await;
         return None;
     }
@@ -337,12 +345,14 @@ async fn take(
         Ok(None) => {
             state.refusals.note(&peer.name);
             warn!(peer = %peer.name, job = %request.job_id, "refused a job request reusing a known job id");
+            state.metrics.refused(Refusal::Structure);
             let reason = format!("job id {} was already used with this node; ids are never reused", request.job_id);
             refuse(channel, reason).await;
             None
         }
         Err(e) => {
             warn!(job = %request.job_id, "cannot record the job: {e:#}");
+            state.metrics.refused(Refusal::Internal);
             refuse(channel, "the responder cannot record the job".into()).await;
             None
         }
@@ -369,6 +379,7 @@ async fn decide(
     if let Err(e) = crate::audit::record_request(&state.audit, &request.job_id, who, fields, decision).await {
         warn!(job = %request.job_id, "cannot record the job request in the audit log: {e:#}");
         handle.set_state(JobState::Failed, Some(format!("cannot record the job request: {e:#}"))).await;
+        state.metrics.refused(Refusal::Audit);
         refuse(channel, "the responder cannot record the job in its audit log".into()).await;
         return None;
     }
@@ -377,6 +388,7 @@ async fn decide(
         Err(reason) => {
             state.refusals.note(&peer.name);
             warn!(peer = %peer.name, job = %request.job_id, "refused job: {reason}");
+            state.metrics.refused(Refusal::Policy);
             handle.set_state(JobState::Refused, Some(reason.clone())).await;
             refuse(channel, reason).await;
             None

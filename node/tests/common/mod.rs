@@ -90,13 +90,18 @@ pub struct TwoNodes {
 
 /// [`TwoNodes`] under `root`, on generated data of `rows` ids per side with `overlap` shared.
 pub fn two_nodes(root: &Path, rows: u64, overlap: u64) -> TwoNodes {
+    two_nodes_with(root, rows, overlap, |_| {})
+}
+
+/// [`two_nodes`], each node's command adjusted by `setup` first (e.g. `--metrics`).
+pub fn two_nodes_with(root: &Path, rows: u64, overlap: u64, setup: impl Fn(&mut Command)) -> TwoNodes {
     let (a, b, data) = (root.join("bank"), root.join("partner"), root.join("data"));
     ok(&["init", s(&a), "--name", "bank", "--listen", "127.0.0.1:0"]);
     ok(&["init", s(&b), "--name", "partner", "--listen", "127.0.0.1:0"]);
     let (rows, overlap) = (rows.to_string(), overlap.to_string());
     ok(&["gen", "psi", "--rows", &rows, "--overlap", &overlap, "--seed", "3", "--out", s(&data)]);
-    let (na, addr_a) = start_node(&a);
-    let (nb, addr_b) = start_node(&b);
+    let (na, addr_a) = start_node_with(&a, &setup);
+    let (nb, addr_b) = start_node_with(&b, &setup);
     ok(&["peer", "add", s(&a), "--name", "partner", "--addr", &addr_b, "--cert", s(&b.join("node.crt"))]);
     ok(&["peer", "add", s(&b), "--name", "bank", "--addr", &addr_a, "--cert", s(&a.join("node.crt"))]);
     let add = |dir: &Path, name: &str, file: &str, grant: &str| {
@@ -220,4 +225,29 @@ pub fn victim_survives(nodes: &TwoNodes, out: &Path, overlap: u64, max_rss_mib: 
     legit_psi_succeeds(nodes, out, overlap);
     audit_verifies(&nodes.b);
     rss
+}
+
+/// The address a node started with `--metrics HOST:0` serves metrics on (`DIR/metrics.addr`).
+pub fn metrics_addr(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("metrics.addr")).expect("the node serves metrics").trim().to_string()
+}
+
+/// A plain HTTP/1.1 GET over TCP (no client library): the status code and the body.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics address");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("a status code");
+    (status, body.to_string())
+}
+
+/// The value of the sample `name{labels}` (labels as the text format writes them, e.g.
+/// `kind="psi",role="requester",state="done"`; empty for none) in a metrics scrape.
+pub fn sample(scrape: &str, name: &str, labels: &str) -> Option<f64> {
+    let key = if labels.is_empty() { name.to_string() } else { format!("{name}{{{labels}}}") };
+    scrape.lines().find_map(|l| l.strip_prefix(&key)?.strip_prefix(' ')?.split_whitespace().next()?.parse().ok())
 }
