@@ -8,6 +8,8 @@ pub mod check;
 mod csv_rows;
 pub mod dataset;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 pub mod lr;
 pub mod lr_synth;

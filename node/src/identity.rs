@@ -185,7 +185,8 @@ pub fn read_signing_key(dir: &Path) -> Result<ed25519_dalek::SigningKey> {
     let text = std::str::from_utf8(&bytes).with_context(|| format!("{}: expected 64 hex digits", path.display()))?;
     let mut seed = Zeroizing::new([0u8; 32]);
     let t = text.trim();
-    if t.len() != 64 {
+    // ASCII first: the digits are sliced by byte, and a multi-byte character must not split.
+    if t.len() != 64 || !t.is_ascii() {
         bail!("{}: expected 64 hex digits", path.display());
     }
     for (i, byte) in seed.iter_mut().enumerate() {
@@ -193,4 +194,25 @@ pub fn read_signing_key(dir: &Path) -> Result<ed25519_dalek::SigningKey> {
             u8::from_str_radix(&t[2 * i..2 * i + 2], 16).with_context(|| format!("{}: invalid hex", path.display()))?;
     }
     Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found while writing the key-parsing fuzz target (fuzz/fuzz_targets/pem.rs): 64 bytes that are not 64
+    /// ASCII characters panicked on a slice inside a character instead of being refused.
+    #[test]
+    fn an_identity_key_with_a_multibyte_character_is_refused_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(config::IDENTITY_KEY_FILE);
+        for text in [format!("a\u{e9}{}", "0".repeat(61)), format!("{}\u{20ac}0", "0".repeat(60))] {
+            assert_eq!(text.len(), 64);
+            fs::write(&path, &text).unwrap();
+            let err = read_signing_key(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("expected 64 hex digits"), "{err}");
+        }
+        fs::write(&path, "0f".repeat(32)).unwrap();
+        assert_eq!(read_signing_key(dir.path()).unwrap().to_bytes(), [0x0f; 32]);
+    }
 }

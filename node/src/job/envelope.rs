@@ -398,7 +398,7 @@ async fn decide(
 
 /// What is checked before anything is recorded: the exchange's version, the id's and names' form,
 /// the size of the parameters. The reason quotes nothing the peer sent but the version.
-fn check_structure(r: &JobRequest) -> Result<(), String> {
+pub fn check_structure(r: &JobRequest) -> Result<(), String> {
     if r.version != JOB_PROTOCOL_VERSION {
         return Err(format!(
             "job protocol version {} is not supported (this node speaks {JOB_PROTOCOL_VERSION}; upgrade the older node)",

@@ -23,6 +23,8 @@ pub mod service;
 #[cfg(test)]
 mod tests;
 pub mod train;
+#[cfg(test)]
+mod wire_tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -117,6 +117,14 @@ fn add(a: &[u64], b: &[u64]) -> Vec<u64> {
     a.iter().zip(b).map(|(x, y)| x.wrapping_add(*y)).collect()
 }
 
+/// Most features of a party (as the LR handshake's bound on the peer's).
+const MAX_COLS: u64 = 1 << 16;
+/// Largest batch (`LrConfig::validate`).
+const MAX_BATCH: u64 = 1 << 16;
+/// Most mask words (rows × cols) per session and party: a party accepts at most 2^27 OTs per
+/// batch at 2 or more bits per feature, so 2^26 (512 MiB) is every shape a party can run.
+const MAX_SESSION_WORDS: u64 = 1 << 26;
+
 /// The shape both parties announce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Hello {
@@ -132,6 +140,19 @@ struct Hello {
 impl Hello {
     fn to_words(self) -> [u64; 6] {
         [self.cols, self.epochs, self.batch, self.train, self.holdout, self.triples]
+    }
+
+    /// Within what a party accepts (`LrConfig::validate`, the LR handshake's bound on the peer's
+    /// features), checked before anything is allocated for it: a session's mask is rows × cols
+    /// words per party, so the announced shape must not size it beyond that.
+    fn plausible(self) -> bool {
+        let rows = self.batch.max(1).min(self.train.max(self.holdout));
+        self.cols <= MAX_COLS
+            && self.batch <= MAX_BATCH
+            && self.epochs <= u64::from(super::lr::MAX_EPOCHS)
+            && self.train.checked_add(self.holdout).is_some_and(|n| n <= 1 << 32)
+            && rows.saturating_mul(self.cols) <= MAX_SESSION_WORDS
+            && self.triples <= 4
     }
 
     fn sessions(self) -> impl Iterator<Item = SessionId> {
@@ -176,7 +197,7 @@ pub async fn run_dealer<A: Channel, B: Channel>(to_a: &A, to_b: &B) -> Result<De
     {
         return Err(violation("the parties announced different training shapes"));
     }
-    if ha.cols > 1 << 20 || hb.cols > 1 << 20 || ha.train + ha.holdout > 1 << 32 || ha.triples > 4 {
+    if !ha.plausible() || !hb.plausible() {
         return Err(violation("implausible training shape"));
     }
     // Seeds: per matrix, the owner's (U) and the peer's (v, v', R, R').

@@ -89,3 +89,25 @@ async fn poly3_in_dealer_mode_matches_its_plaintext_mirror() {
         p.holdout_loss
     );
 }
+
+/// Found while writing the dealer's fuzz target (fuzz/fuzz_targets/lr.rs): a shape whose rows ×
+/// cols is beyond what any party runs made the dealer allocate it (8 GiB and up), and training and
+/// holdout sizes whose sum overflows panicked. Both are refused now, before any allocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dealer_refuses_shapes_no_party_runs_before_allocating_them() {
+    use crate::mpc::dealer::run_dealer;
+    use crate::mpc::wire::send_u64s;
+    // cols, epochs, batch, train, holdout, triples
+    let shapes: [[u64; 6]; 4] = [
+        [1 << 16, 1, 1 << 16, 1 << 20, 0, 0],
+        [1 << 20, 1, 1024, 1 << 20, 0, 0],
+        [2, 1, 4, u64::MAX, 1, 0],
+        [2, 1, 1 << 40, 1 << 20, 0, 0],
+    ];
+    for shape in shapes {
+        let ((a, d_a), (b, d_b)) = (memory_pair(4), memory_pair(4));
+        let (_, _, dealt) = futures::join!(send_u64s(&a, &shape), send_u64s(&b, &shape), run_dealer(&d_a, &d_b));
+        let err = dealt.unwrap_err().to_string();
+        assert!(err.contains("implausible training shape"), "{shape:?}: {err}");
+    }
+}

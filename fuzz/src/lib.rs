@@ -1,0 +1,157 @@
+//! What the fuzz targets share: a peer that replays frames from the fuzzer's input (so every
+//! protocol decoder is reached through the protocol's own public `run`, in the order a real peer
+//! would drive it), a way to record a real peer's frames as seeds, and scratch directories.
+//!
+//! Script format (protocol targets): one options byte, then frames, each a little-endian u32
+//! length and that many bytes (a length past the end takes the rest). Bit 31 of a length sends the
+//! frame to the second peer (LR's dealer mode: party A's and party B's channels).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use consort_protocols::{Channel, ChannelError};
+
+/// The frames of a script, per peer.
+pub struct Script {
+    pub options: u8,
+    pub first: Vec<Bytes>,
+    pub second: Vec<Bytes>,
+}
+
+impl Script {
+    pub fn parse(data: &[u8]) -> Option<Script> {
+        let (&options, mut rest) = data.split_first()?;
+        let (mut first, mut second) = (Vec::new(), Vec::new());
+        while rest.len() >= 4 {
+            let word = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes"));
+            rest = &rest[4..];
+            let len = ((word & 0x7fff_ffff) as usize).min(rest.len());
+            let frame = Bytes::copy_from_slice(&rest[..len]);
+            rest = &rest[len..];
+            if word >> 31 == 1 { second.push(frame) } else { first.push(frame) }
+        }
+        Some(Script { options, first, second })
+    }
+}
+
+/// Writes a script (for seeds): `first` and `second` frames in the order given.
+pub fn encode_script(options: u8, frames: &[(bool, Bytes)]) -> Vec<u8> {
+    let mut out = vec![options];
+    for (second, frame) in frames {
+        let word = frame.len() as u32 | if *second { 1 << 31 } else { 0 };
+        out.extend_from_slice(&word.to_le_bytes());
+        out.extend_from_slice(frame);
+    }
+    out
+}
+
+/// A peer that sends the script's frames in order, whatever it is sent (sent frames are dropped),
+/// and has closed the channel once the script is exhausted.
+pub struct ScriptedPeer {
+    frames: Mutex<VecDeque<Bytes>>,
+}
+
+impl ScriptedPeer {
+    pub fn new(frames: Vec<Bytes>) -> ScriptedPeer {
+        ScriptedPeer { frames: Mutex::new(frames.into()) }
+    }
+}
+
+impl Channel for ScriptedPeer {
+    async fn send(&self, _frame: Bytes) -> Result<(), ChannelError> {
+        Ok(())
+    }
+    async fn recv(&self) -> Result<Bytes, ChannelError> {
+        self.frames.lock().expect("not poisoned").pop_front().ok_or(ChannelError::Closed)
+    }
+}
+
+/// A channel that keeps a copy of every frame it receives (seed making: a real peer's frames).
+pub struct Recording<C> {
+    inner: C,
+    pub received: Mutex<Vec<Bytes>>,
+}
+
+impl<C> Recording<C> {
+    pub fn new(inner: C) -> Recording<C> {
+        Recording { inner, received: Mutex::new(Vec::new()) }
+    }
+    pub fn frames(&self) -> Vec<Bytes> {
+        self.received.lock().expect("not poisoned").clone()
+    }
+}
+
+impl<C: Channel> Channel for Recording<C> {
+    async fn send(&self, frame: Bytes) -> Result<(), ChannelError> {
+        self.inner.send(frame).await
+    }
+    async fn recv(&self) -> Result<Bytes, ChannelError> {
+        let frame = self.inner.recv().await?;
+        self.received.lock().expect("not poisoned").push(frame.clone());
+        Ok(frame)
+    }
+}
+
+/// The announced set size of a PSI hello (big-endian u64 at bytes 21..29 in both protocols'
+/// hellos), if the script's first frame is long enough to have one.
+pub fn announced_size(script: &Script) -> Option<u64> {
+    let hello = script.first.first()?;
+    Some(u64::from_be_bytes(hello.get(21..29)?.try_into().ok()?))
+}
+
+/// A scratch directory for the life of the fuzzing process.
+pub fn scratch() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("a temporary directory")).path()
+}
+
+/// Node `partner` of a pinned pair (as `consort demo` makes it), with a dataset `accounts` granted
+/// to `bank` for psi, train and score: what a request is planned against on the responder.
+pub fn node() -> &'static std::sync::Arc<consort_node::state::NodeState> {
+    use consort_node::{pair, setup};
+    static NODE: std::sync::OnceLock<std::sync::Arc<consort_node::state::NodeState>> = std::sync::OnceLock::new();
+    NODE.get_or_init(|| {
+        let root = scratch().join("nodes");
+        std::fs::create_dir_all(&root).expect("scratch");
+        let addr: std::net::SocketAddr = "127.0.0.1:9".parse().expect("an address");
+        let (a, b) = pair::init_pair(&root).expect("init");
+        pair::pin_pair(&a, addr, &b, addr).expect("pin");
+        std::fs::write(root.join("b.csv"), "id,w\n3,x\n4,y\n").expect("dataset");
+        let spec = consort_engine::DatasetSpec::new("accounts", root.join("b.csv"), &["id"]);
+        let grant = setup::parse_grant(&format!("{}:psi,train,score", pair::A)).expect("grant");
+        setup::dataset_add(&b, spec, vec![grant], true, true).expect("dataset add");
+        runtime().block_on(consort_node::state::NodeState::open(&b, addr)).expect("open")
+    })
+}
+
+/// One runtime for the process (opening a node's state is async).
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt"))
+}
+
+/// Plans `params` as job kind `kind` the way the responder does once a request is admitted
+/// (and the requester for its operator's parameters, where that reads no file the input names).
+pub fn plan(kind: consort_api::JobKind, role: consort_protocols::Role, job_id: &str, params: &str) {
+    use consort_node::job::{Ask, kind as find};
+    let Some(spec) = find(kind) else { return };
+    let ask = Ask {
+        kind,
+        role,
+        job_id: job_id.into(),
+        peer: consort_node::pair::A.into(),
+        dataset: if spec.uses_dataset() { "accounts".into() } else { String::new() },
+        peer_dataset: String::new(),
+        protocol: None,
+        reveal: None,
+        out: Some(scratch().join("out")),
+        params: params.into(),
+    };
+    let _ = spec.plan(node(), &ask);
+}
+
+/// The signing key of the audit logs of the seeds and targets (fixed, so seeded logs verify).
+pub fn audit_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+}
