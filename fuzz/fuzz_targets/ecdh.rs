@@ -18,6 +18,8 @@ fuzz_target!(|data: &[u8]| {
         reveal: if script.options & 2 == 0 { Reveal::Both } else { Reveal::RequesterOnly },
         progress: None,
         proofs: script.options & 4 != 0,
+        // Only the protocol's own bound: a huge announcement must be refused by it, not by a job's.
+        max_peer_items: u64::MAX,
     };
     let peer = ScriptedPeer::new(script.first);
     // Errors are the expected outcome of most inputs; a panic, hang or huge allocation is a bug.

@@ -1,7 +1,7 @@
 //! RR22-PSI, one party against a peer that sends the fuzzer's frames: the hello decoder and
 //! checks, then base OTs, VOLE, OKVS cells, values and positions frames, all reached through
 //! `psi::rr22::run`. Options byte: bit 0 role (responder), bit 1 reveal requester-only, bit 2
-//! buckets of 4 items (several buckets, padded) instead of one.
+//! buckets of 4 items (several buckets, padded) instead of one, bit 3 a job bound of 6 peer items.
 #![no_main]
 
 use consort_fuzz::{Script, ScriptedPeer, announced_size};
@@ -25,6 +25,10 @@ fuzz_target!(|data: &[u8]| {
     );
     if script.options & 4 != 0 {
         config.bucket_size = 4;
+    }
+    // Bit 3: a job's agreed bound, so the refusal of a larger hello is reached too.
+    if script.options & 8 != 0 {
+        config.max_peer_items = ITEMS.len() as u64;
     }
     let peer = ScriptedPeer::new(script.first);
     let _ = futures::executor::block_on(run(&peer, &ITEMS[..], &config));

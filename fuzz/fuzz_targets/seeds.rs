@@ -65,7 +65,13 @@ fn reveal(options: u8) -> Reveal {
 async fn ecdh_seeds(dir: &Path) {
     for options in [0u8, 1, 2 | 4, 1 | 4] {
         let (ours, theirs) = role(options);
-        let config = |role| EcdhPsiConfig { role, reveal: reveal(options), progress: None, proofs: options & 4 != 0 };
+        let config = |role| EcdhPsiConfig {
+            role,
+            reveal: reveal(options),
+            progress: None,
+            proofs: options & 4 != 0,
+            max_peer_items: u64::MAX,
+        };
         let (a, b) = memory_pair(64);
         let a = Recording::new(a);
         let (ours, theirs) = (config(ours), config(theirs));
@@ -174,6 +180,7 @@ fn job_seeds(root: &Path) {
         reveal: consort_api::proto::Reveal::Both as i32,
         responder_dataset: if kind == JobKind::Deal { String::new() } else { "accounts".into() },
         params: params.into(),
+        rows: OURS.len() as u64,
     };
     let dir = root.join("job_request");
     write(&dir, "psi", &request("j1", JobKind::Psi, "").encode_to_vec());
@@ -212,7 +219,8 @@ fn audit_seeds(root: &Path) {
     log.append("j1", "grant", serde_json::json!({"granted": true})).unwrap();
     let (a, b) = memory_pair(64);
     let (a, b) = (Metered::new(a), Metered::new(b));
-    let config = |role| EcdhPsiConfig { role, reveal: Reveal::Both, progress: None, proofs: true };
+    let config =
+        |role| EcdhPsiConfig { role, reveal: Reveal::Both, progress: None, proofs: true, max_peer_items: u64::MAX };
     let (responder, requester) = (config(Role::Responder), config(Role::Requester));
     let (x, y) = futures::executor::block_on(async {
         futures::join!(ecdh::run_with_evidence(&a, &OURS[..], &responder), ecdh::run(&b, &PEERS[..], &requester))
