@@ -6,30 +6,12 @@
 //! a dealer.
 #![no_main]
 
+use consort_fuzz::lr::{ROWS, config, input};
 use consort_fuzz::{Script, ScriptedPeer};
 use consort_protocols::mpc::Party;
 use consort_protocols::mpc::dealer::run_dealer;
-use consort_protocols::mpc::lr::{LrConfig, LrInput, exchange_partial_scores, train, train_with_dealer};
-use consort_protocols::mpc::ot_mul::Matrix;
+use consort_protocols::mpc::lr::{exchange_partial_scores, train, train_with_dealer};
 use libfuzzer_sys::fuzz_target;
-
-pub const ROWS: usize = 8;
-
-pub fn config() -> LrConfig {
-    LrConfig { epochs: 2, batch_size: 4, ..LrConfig::default() }
-}
-
-pub fn input(party: Party, config: &LrConfig) -> LrInput {
-    let cols = if party == Party::A { 2 } else { 1 };
-    let values = (0..ROWS * cols).map(|i| config.encode_feature(i as f64 / 7.0 - 0.5)).collect();
-    LrInput {
-        party,
-        features: Matrix::new(values, ROWS, cols, config.feature_bits),
-        labels: (party == Party::A).then(|| (0..ROWS).map(|i| (i % 2) as u8).collect()),
-        train: (0..6).collect(),
-        holdout: vec![6, 7],
-    }
-}
 
 fuzz_target!(|data: &[u8]| {
     let Some(script) = Script::parse(data) else { return };

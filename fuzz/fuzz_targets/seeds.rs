@@ -10,11 +10,11 @@ use bytes::Bytes;
 use consort_api::proto::JobRequest;
 use consort_api::{JOB_PROTOCOL_VERSION, JobKind};
 use consort_engine::audit::{AuditLog, events, export};
+use consort_fuzz::lr::{ROWS, config, input};
 use consort_fuzz::{Recording, audit_key, encode_script};
 use consort_protocols::mpc::Party;
 use consort_protocols::mpc::dealer::run_dealer;
-use consort_protocols::mpc::lr::{LrConfig, LrInput, exchange_partial_scores, train, train_with_dealer};
-use consort_protocols::mpc::ot_mul::Matrix;
+use consort_protocols::mpc::lr::{exchange_partial_scores, train, train_with_dealer};
 use consort_protocols::psi::ecdh::{self, EcdhPsiConfig};
 use consort_protocols::psi::rr22::{self, Rr22Config};
 use consort_protocols::{Metered, Reveal, Role, memory_pair};
@@ -104,32 +104,14 @@ async fn rr22_seeds(dir: &Path) {
 }
 
 // The same shapes as the lr target.
-const ROWS: usize = 8;
-
-fn lr_config() -> LrConfig {
-    LrConfig { epochs: 2, batch_size: 4, ..LrConfig::default() }
-}
-
-fn lr_input(party: Party, config: &LrConfig) -> LrInput {
-    let cols = if party == Party::A { 2 } else { 1 };
-    let values = (0..ROWS * cols).map(|i| config.encode_feature(i as f64 / 7.0 - 0.5)).collect();
-    LrInput {
-        party,
-        features: Matrix::new(values, ROWS, cols, config.feature_bits),
-        labels: (party == Party::A).then(|| (0..ROWS).map(|i| (i % 2) as u8).collect()),
-        train: (0..6).collect(),
-        holdout: vec![6, 7],
-    }
-}
-
 async fn lr_seeds(dir: &Path) {
-    let config = lr_config();
+    let config = config();
     // Dealer-free: the frames A receives (options 0) and B receives (options 1).
     let (a, b) = memory_pair(64);
     let (a, b) = (Recording::new(a), Recording::new(b));
     let (x, y) = futures::join!(
-        train(&a, lr_input(Party::A, &config), &config, None),
-        train(&b, lr_input(Party::B, &config), &config, None)
+        train(&a, input(Party::A, &config), &config, None),
+        train(&b, input(Party::B, &config), &config, None)
     );
     x.unwrap();
     y.unwrap();
@@ -142,8 +124,8 @@ async fn lr_seeds(dir: &Path) {
     let (a, a_dealer) = (Recording::new(a), Recording::new(a_dealer));
     let (dealer_a, dealer_b) = (Recording::new(dealer_a), Recording::new(dealer_b));
     let (x, y, z) = futures::join!(
-        train_with_dealer(&a, &a_dealer, lr_input(Party::A, &config), &config, None),
-        train_with_dealer(&b, &b_dealer, lr_input(Party::B, &config), &config, None),
+        train_with_dealer(&a, &a_dealer, input(Party::A, &config), &config, None),
+        train_with_dealer(&b, &b_dealer, input(Party::B, &config), &config, None),
         run_dealer(&dealer_a, &dealer_b)
     );
     x.unwrap();

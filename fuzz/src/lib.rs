@@ -155,3 +155,31 @@ pub fn plan(kind: consort_api::JobKind, role: consort_protocols::Role, job_id: &
 pub fn audit_key() -> ed25519_dalek::SigningKey {
     ed25519_dalek::SigningKey::from_bytes(&[7; 32])
 }
+
+/// The LR fixture of the `lr` target and of its seeds (one definition, so the seeds are frames of
+/// the very runs the target replays against).
+pub mod lr {
+    use consort_protocols::mpc::Party;
+    use consort_protocols::mpc::lr::{LrConfig, LrInput};
+    use consort_protocols::mpc::ot_mul::Matrix;
+
+    /// Aligned rows of both parties.
+    pub const ROWS: usize = 8;
+
+    pub fn config() -> LrConfig {
+        LrConfig { epochs: 2, batch_size: 4, ..LrConfig::default() }
+    }
+
+    /// Party A has 2 feature columns and the labels, B 1 column; rows 0..6 train, 6..8 holdout.
+    pub fn input(party: Party, config: &LrConfig) -> LrInput {
+        let cols = if party == Party::A { 2 } else { 1 };
+        let values = (0..ROWS * cols).map(|i| config.encode_feature(i as f64 / 7.0 - 0.5)).collect();
+        LrInput {
+            party,
+            features: Matrix::new(values, ROWS, cols, config.feature_bits),
+            labels: (party == Party::A).then(|| (0..ROWS).map(|i| (i % 2) as u8).collect()),
+            train: (0..6).collect(),
+            holdout: vec![6, 7],
+        }
+    }
+}
