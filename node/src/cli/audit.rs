@@ -9,7 +9,7 @@ use consort_engine::audit::{self, Bundle};
 use consort_protocols::cpu;
 use serde_json::json;
 
-use super::exit::{Coded, Exit};
+use super::exit::Exit;
 use super::print_json;
 use crate::identity;
 
@@ -144,7 +144,7 @@ async fn verify(args: VerifyArgs) -> Result<()> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
         let bundle: Bundle = serde_json::from_str(&text)
             .with_context(|| format!("{}: not an evidence bundle", path.display()))
-            .map_err(|e| Coded::new(Exit::BadInput, e))?;
+            .map_err(|e| Exit::BadInput.wrap(e))?;
         bundles.push((path.clone(), bundle));
     }
     let options = VerifyOptions { trusted_keys: keys, full: args.full };

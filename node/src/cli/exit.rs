@@ -50,6 +50,11 @@ impl Exit {
     pub fn code(self) -> u8 {
         self as u8
     }
+
+    /// `error`, carrying this exit code ([`Coded`]).
+    pub fn wrap(self, error: impl Into<anyhow::Error>) -> anyhow::Error {
+        anyhow::Error::new(Coded { exit: self, error: error.into() })
+    }
 }
 
 impl From<Exit> for ExitCode {
@@ -63,12 +68,6 @@ impl From<Exit> for ExitCode {
 pub struct Coded {
     pub exit: Exit,
     pub error: anyhow::Error,
-}
-
-impl Coded {
-    pub fn new(exit: Exit, error: impl Into<anyhow::Error>) -> anyhow::Error {
-        anyhow::Error::new(Coded { exit, error: error.into() })
-    }
 }
 
 impl fmt::Display for Coded {
@@ -128,7 +127,7 @@ mod tests {
         assert_eq!(classify(&anyhow::Error::new(denied)), Exit::Refused);
         let other = ClientError::Node { code: tonic::Code::FailedPrecondition, message: "unknown peer".into() };
         assert_eq!(classify(&anyhow::Error::new(other)), Exit::Failure);
-        let coded = Coded::new(Exit::JobFailed, anyhow::anyhow!("job j failed"));
+        let coded = Exit::JobFailed.wrap(anyhow::anyhow!("job j failed"));
         assert_eq!(classify(&Err::<(), _>(coded).context("running j").unwrap_err()), Exit::JobFailed);
         assert_eq!(classify(&anyhow::anyhow!("anything else")), Exit::Failure);
     }
@@ -136,7 +135,7 @@ mod tests {
     #[test]
     fn coded_errors_print_the_wrapped_chain_once() {
         let inner = anyhow::anyhow!("line 3: bad").context("job.toml");
-        let e = Coded::new(Exit::BadInput, inner).context("cannot run");
+        let e = Exit::BadInput.wrap(inner).context("cannot run");
         assert_eq!(format!("{e:#}"), "cannot run: job.toml: line 3: bad");
     }
 

@@ -27,7 +27,7 @@ use consort_api::vocab::Vocabulary;
 use serde::Serialize;
 use toml::Spanned;
 
-use super::exit::{Coded, Exit};
+use super::exit::Exit;
 use super::{Cli, Command};
 use crate::config;
 
@@ -218,7 +218,7 @@ impl Locator<'_> {
 /// Where `consort run` takes the job's command from.
 pub(super) async fn run(dir: PathBuf, file: PathBuf, json: bool) -> Result<()> {
     // A file that cannot be read as a job (naming the key, line and column) is bad input.
-    let command = load(&dir, &file, json).map_err(|e| Coded::new(Exit::BadInput, e))?;
+    let command = load(&dir, &file, json).map_err(|e| Exit::BadInput.wrap(e))?;
     match command {
         Command::Psi(args) => super::psi::psi(args).await,
         Command::Train(args) => super::lr::train(args).await,

@@ -8,7 +8,7 @@ use consort_api::JobState;
 use consort_api::proto::JobStatus;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::exit::{Coded, Exit};
+use super::exit::Exit;
 use crate::client::NodeClient;
 
 /// Follows a job with a progress bar on stderr (hidden when stderr is not a terminal).
@@ -143,5 +143,5 @@ pub fn ensure_done(s: &JobStatus) -> Result<()> {
         _ if s.refused_by_peer => Exit::Refused,
         _ => Exit::JobFailed,
     };
-    Err(Coded::new(exit, anyhow::anyhow!("job {} {}: {}", s.job_id, s.job_state(), s.error)))
+    Err(exit.wrap(anyhow::anyhow!("job {} {}: {}", s.job_id, s.job_state(), s.error)))
 }
