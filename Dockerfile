@@ -20,11 +20,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM debian:trixie-slim
 RUN useradd --system --no-log-init --uid 10001 --user-group --home-dir /var/lib/consort \
         --shell /usr/sbin/nologin consort \
-    && install -d -m 0700 -o consort -g consort /var/lib/consort /var/lib/consort/node
+    && install -d -m 0700 -o consort -g consort /var/lib/consort /var/lib/consort/node /var/lib/consort/key
 COPY --from=builder /usr/local/bin/consort /usr/local/bin/consort
 USER 10001:10001
 WORKDIR /var/lib/consort
 # The node directory: config, keys (0600), audit log, job table, the responder's outputs.
+# (/var/lib/consort/key is for a storage key kept outside it, on a volume of its own.)
 VOLUME ["/var/lib/consort/node"]
 # The peer service (TLS 1.3); `consort init ... --listen 0.0.0.0:7001` binds it.
 EXPOSE 7001
