@@ -167,6 +167,31 @@ fn exit_codes(root: &Path, (a, b): (&Path, &Path), psi_data: &Path) {
     let err = exits(&strs(&psi(a, "loans", "accounts", &[])), Exit::Refused);
     assert!(String::from_utf8_lossy(&err.stderr).contains("grant"), "{}", String::from_utf8_lossy(&err.stderr));
 
+    // Refused by the peer's operator: a grant that needs approval, and `deny --json`.
+    ok(&["grant", "set", s(b), "--dataset", "accounts", "--peer", "bank", "--jobs", "psi", "--approval"]);
+    let waiting = std::process::Command::new(env!("CARGO_BIN_EXE_consort"))
+        .args(strs(&psi(a, "customers", "accounts", &[])))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let id = loop {
+        let awaiting = common::jobs(b).into_iter().find(|j| j["state"] == "awaiting-approval");
+        if let Some(job) = awaiting {
+            break job["job_id"].as_str().unwrap().to_string();
+        }
+        assert!(started.elapsed().as_secs() < 60, "no job awaits approval");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let denied = json(&["deny", s(b), &id, "--reason", "not this week", "--json"]);
+    assert_eq!((denied["job_id"].as_str(), denied["state"].as_str()), (Some(id.as_str()), Some("refused")), "{denied}");
+    let requester = waiting.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&requester.stderr);
+    assert_eq!(requester.status.code(), Some(i32::from(Exit::Refused.code())), "{err}");
+    assert!(err.contains("denied") && err.contains("not this week"), "{err}");
+    ok(&["grant", "set", s(b), "--dataset", "accounts", "--peer", "bank", "--jobs", "psi"]);
+
     // Job failed: the job runs, but its dataset's file is gone by then.
     let copy = root.join("gone.csv");
     std::fs::copy(psi_data.join("a.csv"), &copy).unwrap();

@@ -139,6 +139,23 @@ mod tests {
         assert_eq!(format!("{e:#}"), "cannot run: job.toml: line 3: bad");
     }
 
+    /// The numbers are a public interface (scripts, docs/deploy.md, README): changing one is a
+    /// breaking change, not a refactoring.
+    #[test]
+    fn codes_are_the_documented_numbers() {
+        let codes = [
+            Exit::Ok,
+            Exit::Failure,
+            Exit::Usage,
+            Exit::Refused,
+            Exit::JobFailed,
+            Exit::NodeUnavailable,
+            Exit::BadInput,
+        ]
+        .map(Exit::code);
+        assert_eq!(codes, [0, 1, 2, 3, 4, 5, 6]);
+    }
+
     #[test]
     fn help_lists_every_code() {
         for exit in [
