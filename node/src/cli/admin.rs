@@ -9,10 +9,11 @@ use consort_api::JobKind;
 use consort_engine::PsiProtocol;
 use consort_protocols::Reveal;
 
-use super::status;
+use super::{print_json, status};
 use crate::client::NodeClient;
 use crate::config::{self, Grant, NodeConfig};
 use crate::setup;
+use serde_json::json;
 
 #[derive(Subcommand)]
 pub enum GrantCommand {
@@ -25,9 +26,18 @@ pub enum GrantCommand {
         dataset: String,
         #[arg(long)]
         peer: String,
+        /// Print a JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// List every grant with its policy.
-    List { dir: PathBuf },
+    List {
+        dir: PathBuf,
+        /// Print a JSON array (one object per grant: its dataset and its policy as config.toml
+        /// holds it) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -70,6 +80,9 @@ pub struct GrantArgs {
     /// Each job waits for `consort approve` / `consort deny` by this node's operator.
     #[arg(long)]
     approval: bool,
+    /// Print a JSON object (the dataset and the grant as stored) instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 pub async fn grant(cmd: GrantCommand) -> Result<()> {
@@ -96,20 +109,30 @@ pub async fn grant(cmd: GrantCommand) -> Result<()> {
                 ..Grant::new(&a.peer, a.jobs)
             };
             let line = grant.describe();
-            setup::grant_set(&a.dir, &a.dataset, grant)?;
+            setup::grant_set(&a.dir, &a.dataset, grant.clone())?;
             let reloaded = setup::notify_node(&a.dir).await?;
+            if a.json {
+                return print_json(&json!({"dataset": a.dataset, "grant": grant, "reloaded": reloaded}));
+            }
             println!("dataset '{}': {line}{}", a.dataset, reloaded_note(reloaded));
         }
-        GrantCommand::Revoke { dir, dataset, peer } => {
+        GrantCommand::Revoke { dir, dataset, peer, json } => {
             setup::grant_revoke(&dir, &dataset, &peer)?;
             let reloaded = setup::notify_node(&dir).await?;
+            if json {
+                return print_json(&json!({"dataset": dataset, "peer": peer, "revoked": true, "reloaded": reloaded}));
+            }
             println!("revoked the grant for '{peer}' on dataset '{dataset}'{}", reloaded_note(reloaded));
         }
-        GrantCommand::List { dir } => {
-            for d in NodeConfig::load(&dir)?.datasets {
-                for g in &d.grants {
-                    println!("{}\t{}", d.spec.name, g.describe());
-                }
+        GrantCommand::List { dir, json } => {
+            let datasets = NodeConfig::load(&dir)?.datasets;
+            let grants = datasets.iter().flat_map(|d| d.grants.iter().map(move |g| (&d.spec.name, g)));
+            if json {
+                let list: Vec<_> = grants.map(|(dataset, grant)| json!({"dataset": dataset, "grant": grant})).collect();
+                return print_json(&list);
+            }
+            for (dataset, g) in grants {
+                println!("{dataset}\t{}", g.describe());
             }
         }
     }
@@ -120,8 +143,9 @@ pub fn reloaded_note(reloaded: bool) -> &'static str {
     if reloaded { " (running node reloaded)" } else { "" }
 }
 
-/// `consort approve` / `consort deny`.
-pub async fn decide(dir: PathBuf, job: String, approve: bool, reason: Option<String>) -> Result<()> {
+/// `consort approve` / `consort deny`: prints the job's record after the decision (its JSON
+/// object with `json`).
+pub async fn decide(dir: PathBuf, job: String, approve: bool, reason: Option<String>, json: bool) -> Result<()> {
     let client = NodeClient::connect(&dir).await?;
     let before = client.job(&job).await?;
     if !approve || before.job_state() == consort_api::JobState::AwaitingApproval {
@@ -129,6 +153,9 @@ pub async fn decide(dir: PathBuf, job: String, approve: bool, reason: Option<Str
         eprintln!("request: {}", if before.request.is_empty() { "(not recorded)" } else { &before.request });
     }
     let after = client.decide(&job, approve, reason.as_deref().unwrap_or_default()).await?;
+    if json {
+        return print_json(&status::status_json(&after));
+    }
     println!("{}", status::job_line(&after));
     Ok(())
 }

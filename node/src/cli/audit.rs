@@ -9,6 +9,8 @@ use consort_engine::audit::{self, Bundle};
 use consort_protocols::cpu;
 use serde_json::json;
 
+use super::exit::Exit;
+use super::print_json;
 use crate::identity;
 
 /// Exports both nodes' bundles of `job` into `out_dir` as `NODE.json` (for `consort bench`).
@@ -35,11 +37,19 @@ pub enum AuditCommand {
         /// Bundle file to write (points files go next to it).
         #[arg(long)]
         out: PathBuf,
+        /// Print a JSON object (the bundle written, its entries) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Check evidence bundles (one or both nodes' bundles of a job) and/or a node's whole log.
     Verify(VerifyArgs),
     /// Print this node's audit public key (ed25519, hex), for auditors to pin.
-    Key { dir: PathBuf },
+    Key {
+        dir: PathBuf,
+        /// Print a JSON object (`{"key": HEX}`) instead of the bare key.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -63,7 +73,7 @@ pub struct VerifyArgs {
 
 pub async fn run(cmd: AuditCommand) -> Result<()> {
     match cmd {
-        AuditCommand::Export { dir, job, out } => {
+        AuditCommand::Export { dir, job, out, json } => {
             let name = crate::config::NodeConfig::load(&dir)?.name;
             let key = identity::read_signing_key(&dir)?.verifying_key();
             let out = crate::config::absolute(&out)?;
@@ -72,6 +82,14 @@ pub async fn run(cmd: AuditCommand) -> Result<()> {
                 let out = out.clone();
                 cpu::run(move || audit::export(&audit_dir, &name, &key, &job, &out)).await?
             };
+            if json {
+                return print_json(&json!({
+                    "job": bundle.job,
+                    "out": out,
+                    "entries": bundle.entries.len(),
+                    "ecdh_proofs": bundle.ecdh.is_some(),
+                }));
+            }
             println!(
                 "wrote {} ({} entries of job {}{})",
                 out.display(),
@@ -82,8 +100,12 @@ pub async fn run(cmd: AuditCommand) -> Result<()> {
             Ok(())
         }
         AuditCommand::Verify(args) => verify(args).await,
-        AuditCommand::Key { dir } => {
-            println!("{}", audit::hex(identity::read_signing_key(&dir)?.verifying_key().as_bytes()));
+        AuditCommand::Key { dir, json } => {
+            let key = audit::hex(identity::read_signing_key(&dir)?.verifying_key().as_bytes());
+            if json {
+                return print_json(&json!({ "key": key }));
+            }
+            println!("{key}");
             Ok(())
         }
     }
@@ -120,8 +142,9 @@ async fn verify(args: VerifyArgs) -> Result<()> {
     let mut bundles = Vec::new();
     for path in &args.bundles {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let bundle: Bundle =
-            serde_json::from_str(&text).with_context(|| format!("{}: not an evidence bundle", path.display()))?;
+        let bundle: Bundle = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not an evidence bundle", path.display()))
+            .map_err(|e| Exit::BadInput.wrap(e))?;
         bundles.push((path.clone(), bundle));
     }
     let options = VerifyOptions { trusted_keys: keys, full: args.full };

@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use consort_engine::sealed::{self, StorageKey};
 use consort_engine::storage::{self, AtRest, DataWriter};
 
+use super::exit::Exit;
 use crate::{at_rest, config};
 
 #[derive(clap::Args, Debug)]
@@ -64,7 +65,8 @@ fn export(args: &ExportArgs) -> Result<()> {
 fn copy(input: &Path, key: &StorageKey, to: &mut impl Write) -> Result<u64> {
     // A sealed file's own errors (`InvalidData`) name it already; others get its path.
     let failed = |e: std::io::Error| match e.kind() {
-        std::io::ErrorKind::InvalidData => anyhow::Error::new(e).context("cannot export"),
+        // Damaged, changed or sealed under another key: bad input, not an I/O failure.
+        std::io::ErrorKind::InvalidData => Exit::BadInput.wrap(anyhow::Error::new(e).context("cannot export")),
         _ => anyhow::Error::new(e).context(format!("cannot export {}", input.display())),
     };
     let mut from = storage::open_data(input, Some(key)).map_err(failed)?;

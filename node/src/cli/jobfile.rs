@@ -27,6 +27,7 @@ use consort_api::vocab::Vocabulary;
 use serde::Serialize;
 use toml::Spanned;
 
+use super::exit::Exit;
 use super::{Cli, Command};
 use crate::config;
 
@@ -216,7 +217,9 @@ impl Locator<'_> {
 
 /// Where `consort run` takes the job's command from.
 pub(super) async fn run(dir: PathBuf, file: PathBuf, json: bool) -> Result<()> {
-    match load(&dir, &file, json)? {
+    // A file that cannot be read as a job (naming the key, line and column) is bad input.
+    let command = load(&dir, &file, json).map_err(|e| Exit::BadInput.wrap(e))?;
+    match command {
         Command::Psi(args) => super::psi::psi(args).await,
         Command::Train(args) => super::lr::train(args).await,
         Command::Score(args) => super::lr::score(args).await,

@@ -37,6 +37,9 @@ pub struct GenLrArgs {
     pub seed: u64,
     #[arg(long)]
     pub out: PathBuf,
+    /// Print a JSON object (files, rows, positives) instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Hyper-parameters (defaults: the engine's).
@@ -170,6 +173,9 @@ pub async fn gen_lr(args: GenLrArgs) -> Result<()> {
         out_dir: args.out.clone(),
     };
     let s = consort_protocols::cpu::run(move || generate_lr(&spec)).await?;
+    if args.json {
+        return super::print_json(&s);
+    }
     println!(
         "wrote {} ({} rows, {} positive) and {} ({} rows), ground truth in {}, in {:.1} s",
         s.a.display(),

@@ -4,13 +4,19 @@
 pub mod admin;
 pub mod audit;
 pub mod bench;
+pub mod dataset;
 pub mod demo;
+pub mod exit;
 pub mod export;
+pub mod init;
 pub mod jobfile;
 pub mod lr;
 pub mod lr_demo;
+pub mod manual;
+pub mod peer;
 pub mod psi;
 pub mod status;
+pub mod synth;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,10 +26,10 @@ use anyhow::Result;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
 use consort_api::vocab::Vocabulary;
-use consort_engine::{DatasetSpec, Normalization};
 
 use crate::client::NodeClient;
-use crate::{config, identity, node, setup};
+use crate::{config, node};
+use exit::Exit;
 
 /// What every job submission names: the local node, the peer, and each side's dataset.
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]
@@ -50,7 +56,13 @@ pub fn vocab<T: Vocabulary + Clone + Send + Sync>() -> impl TypedValueParser<Val
 }
 
 #[derive(Parser)]
-#[command(name = "consort", version, about = "Privacy-preserving joins and joint computation between data owners", long_about = None)]
+#[command(
+    name = "consort",
+    version,
+    about = "Privacy-preserving joins and joint computation between data owners",
+    long_about = None,
+    after_help = exit::AFTER_HELP
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -59,40 +71,33 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Create a node directory: config, ed25519 identity, TLS key and self-signed certificate.
-    Init {
-        /// Node directory to create.
-        dir: PathBuf,
-        /// This node's name (peers pin it under this name).
-        #[arg(long, required_unless_present = "rotate_key")]
-        name: Option<String>,
-        /// Address for the peer service, HOST:PORT (port 0 picks a free port at start).
-        #[arg(long, required_unless_present = "rotate_key")]
-        listen: Option<String>,
-        /// Rotate an existing node's TLS key: make the next key and certificate (peers pin it
-        /// with `peer add --rotate`), then with --activate make it the node's key.
-        #[arg(long, conflicts_with_all = ["name", "listen"])]
-        rotate_key: bool,
-        /// With --rotate-key: switch to the prepared key (used from the node's next start).
-        #[arg(long, requires = "rotate_key")]
-        activate: bool,
-    },
+    Init(init::InitArgs),
     /// Manage pinned peers.
     #[command(subcommand)]
-    Peer(PeerCommand),
+    Peer(peer::PeerCommand),
     /// Manage datasets.
     #[command(subcommand)]
-    Dataset(DatasetCommand),
+    Dataset(dataset::DatasetCommand),
     /// Grants: which peer may run which jobs on a dataset, and the policy that bounds them.
     #[command(subcommand)]
     Grant(admin::GrantCommand),
     /// Approve a job waiting for this node's approval (grant with --approval).
-    Approve { dir: PathBuf, job: String },
+    Approve {
+        dir: PathBuf,
+        job: String,
+        /// Print the job's record as a JSON object instead of a line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Deny a job waiting for this node's approval; the requester is told the reason.
     Deny {
         dir: PathBuf,
         job: String,
         #[arg(long)]
         reason: Option<String>,
+        /// Print the job's record as a JSON object instead of a line.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the node in the foreground (logs to stderr; stops cleanly on Ctrl-C or SIGTERM).
     Node {
@@ -126,6 +131,7 @@ enum Command {
     /// List the jobs of a node, running or past (works with the node stopped).
     Jobs {
         dir: PathBuf,
+        /// One JSON object per job, one per line (JSON Lines), instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -134,12 +140,13 @@ enum Command {
     Job {
         dir: PathBuf,
         job: String,
+        /// Print the record as one line of JSON (default: indented JSON).
         #[arg(long)]
         json: bool,
     },
     /// Generate synthetic data.
     #[command(subcommand)]
-    Gen(GenCommand),
+    Gen(synth::GenCommand),
     /// Run the whole pipeline on generated data: two nodes with TLS on loopback, PSI, plaintext check.
     Demo(demo::DemoArgs),
     /// End-to-end benchmarks with two real node processes.
@@ -155,6 +162,16 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Write man pages, one per command and subcommand (consort.1, consort-psi.1, ...), into a
+    /// directory.
+    Man {
+        /// Directory to write the pages into (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+        /// Print a JSON object (the pages written) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// How `consort node` writes its log.
@@ -162,99 +179,6 @@ enum Command {
 enum LogFormat {
     Text,
     Json,
-}
-
-#[derive(Subcommand)]
-enum PeerCommand {
-    /// Pin a peer's certificate (its DIR/node.crt, obtained out of band) under a name.
-    Add {
-        dir: PathBuf,
-        #[arg(long)]
-        name: String,
-        /// The peer's peer-service address, HOST:PORT.
-        #[arg(long)]
-        addr: String,
-        /// The peer's certificate (PEM).
-        #[arg(long)]
-        cert: PathBuf,
-        /// Replace an existing pin of the same name (open connections with the old certificate
-        /// are closed).
-        #[arg(long, conflicts_with = "rotate")]
-        replace: bool,
-        /// Pin the peer's new certificate and keep accepting its current one for
-        /// --window-days (the peer rotates its key with `consort init --rotate-key`).
-        #[arg(long)]
-        rotate: bool,
-        /// Days the previous certificate stays accepted after --rotate.
-        #[arg(long, default_value_t = 7, requires = "rotate")]
-        window_days: u64,
-    },
-    /// Unpin a peer: its certificates, its grants and its place in dealer lists go, and a
-    /// running node closes its connections.
-    Remove {
-        dir: PathBuf,
-        #[arg(long)]
-        name: String,
-    },
-    /// List pinned peers with their certificate fingerprints.
-    List { dir: PathBuf },
-}
-
-#[derive(Subcommand)]
-enum DatasetCommand {
-    /// Register a CSV file (with a header) as a dataset.
-    Add {
-        dir: PathBuf,
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        file: PathBuf,
-        /// Key column; repeat for a composite key.
-        #[arg(long = "key", required = true)]
-        keys: Vec<String>,
-        /// Peer allowed to run jobs on this dataset: PEER (PSI) or PEER:KIND[,KIND]. Repeatable.
-        #[arg(long = "grant")]
-        grants: Vec<String>,
-        /// Keep the first row of each duplicate key instead of rejecting the file.
-        #[arg(long)]
-        dedup: bool,
-        /// Lower-case keys before matching.
-        #[arg(long)]
-        case_fold: bool,
-        /// Do not trim whitespace around keys.
-        #[arg(long)]
-        no_trim: bool,
-        /// Only check the header now (the full file is checked when a job runs).
-        #[arg(long)]
-        no_check: bool,
-        /// Replace an existing dataset of the same name.
-        #[arg(long)]
-        replace: bool,
-    },
-    /// List registered datasets and their grants.
-    List { dir: PathBuf },
-}
-
-#[derive(Subcommand)]
-enum GenCommand {
-    /// Two CSV files a.csv and b.csv with ids (11-digit phone numbers) and payload columns.
-    Psi {
-        /// Rows in a.csv.
-        #[arg(long)]
-        rows: u64,
-        /// Ids present in both files.
-        #[arg(long)]
-        overlap: u64,
-        /// Rows in b.csv (default: --rows).
-        #[arg(long)]
-        rows_b: Option<u64>,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        #[arg(long)]
-        out: PathBuf,
-    },
-    /// Vertical data with a logistic ground truth: a.csv (id, y, a0..), b.csv (id, b0..), truth.json.
-    Lr(lr::GenLrArgs),
 }
 
 /// Help and version go to stdout as clap renders them; a usage error becomes one line on stderr
@@ -275,7 +199,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
         .filter(|l| !l.is_empty())
         .collect();
     eprintln!("{}", line.join(" "));
-    ExitCode::from(2)
+    Exit::Usage.into()
 }
 
 /// Entry point of the binary: one-line error on stderr and a non-zero exit on failure.
@@ -298,14 +222,14 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return Exit::Failure.into();
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => Exit::Ok.into(),
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
-            ExitCode::FAILURE
+            exit::classify(&e).into()
         }
     }
 }
@@ -314,117 +238,21 @@ fn one_line(e: &anyhow::Error) -> String {
     format!("{e:#}").replace('\n', " ")
 }
 
+/// Prints one JSON value on stdout: with `--json`, a command's whole output there (messages
+/// and progress go to stderr).
+pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Init { dir, rotate_key: true, activate, .. } => {
-            match identity::rotate_tls_key(&dir, activate)? {
-                identity::Rotation::Prepared { cert, fingerprint } => {
-                    println!("prepared the next TLS key: {} ({fingerprint})", cert.display());
-                    println!(
-                        "give it to each peer to pin with `consort peer add DIR --name {} --addr ... --cert {} --rotate`, then run `consort init {} --rotate-key --activate`",
-                        config::NodeConfig::load(&dir)?.name,
-                        cert.display(),
-                        dir.display()
-                    );
-                }
-                identity::Rotation::Activated { fingerprint, previous } => {
-                    println!(
-                        "the node's TLS key is now {fingerprint} (was {previous}); restart the node to present it"
-                    );
-                }
-            }
-            Ok(())
-        }
-        Command::Init { dir, name, listen, .. } => {
-            let (name, listen) = (name.unwrap_or_default(), listen.unwrap_or_default());
-            identity::init(&dir, &name, &listen)?;
-            let cert = identity::read_cert(&dir.join(config::TLS_CERT_FILE))?;
-            println!("created node '{name}' in {}", dir.display());
-            println!(
-                "certificate for peers to pin: {} ({})",
-                dir.join(config::TLS_CERT_FILE).display(),
-                identity::fingerprint(&cert)
-            );
-            Ok(())
-        }
-        Command::Peer(PeerCommand::Add { dir, name, addr, cert, replace, rotate, window_days }) => {
-            let change = match (replace, rotate) {
-                (_, true) => setup::PinChange::Rotate(window_days.saturating_mul(24 * 60 * 60)),
-                (true, false) => setup::PinChange::Replace,
-                (false, false) => setup::PinChange::New,
-            };
-            let fingerprint = setup::peer_pin(&dir, &name, &addr, &cert, change)?;
-            let reloaded = setup::notify_node(&dir).await?;
-            let also =
-                if rotate { format!(", previous certificate accepted for {window_days} days") } else { String::new() };
-            println!("pinned peer '{name}' at {addr}: {fingerprint}{also}{}", admin::reloaded_note(reloaded));
-            Ok(())
-        }
-        Command::Peer(PeerCommand::Remove { dir, name }) => {
-            let removed = setup::peer_remove(&dir, &name)?;
-            let reloaded = setup::notify_node(&dir).await?;
-            println!("removed peer '{name}': {}{}", removed.join(", "), admin::reloaded_note(reloaded));
-            Ok(())
-        }
+        Command::Init(args) => init::run(args),
+        Command::Peer(cmd) => peer::run(cmd).await,
+        Command::Dataset(cmd) => dataset::run(cmd).await,
         Command::Grant(cmd) => admin::grant(cmd).await,
-        Command::Approve { dir, job } => admin::decide(dir, job, true, None).await,
-        Command::Deny { dir, job, reason } => admin::decide(dir, job, false, reason).await,
-        Command::Peer(PeerCommand::List { dir }) => {
-            for p in config::NodeConfig::load(&dir)?.peers {
-                println!("{}\t{}\t{}", p.name, p.addr, p.fingerprint);
-            }
-            Ok(())
-        }
-        Command::Dataset(DatasetCommand::Add {
-            dir,
-            name,
-            file,
-            keys,
-            grants,
-            dedup,
-            case_fold,
-            no_trim,
-            no_check,
-            replace,
-        }) => {
-            let grants = grants.iter().map(|g| setup::parse_grant(g)).collect::<Result<Vec<_>>>()?;
-            let spec = DatasetSpec {
-                name: name.clone(),
-                file,
-                keys,
-                normalize: Normalization { trim: !no_trim, case_fold },
-                dedup,
-            };
-            let check = setup::dataset_add(&dir, spec, grants, replace, !no_check)?;
-            let reloaded = setup::notify_node(&dir).await?;
-            match check.rows {
-                Some(rows) => println!(
-                    "registered dataset '{name}': {rows} rows, columns {}{}{}",
-                    check.columns.join(","),
-                    if check.duplicates_dropped > 0 {
-                        format!(", {} duplicate rows dropped", check.duplicates_dropped)
-                    } else {
-                        String::new()
-                    },
-                    if reloaded { " (running node reloaded)" } else { "" }
-                ),
-                None => println!("registered dataset '{name}': columns {}", check.columns.join(",")),
-            }
-            Ok(())
-        }
-        Command::Dataset(DatasetCommand::List { dir }) => {
-            for d in config::NodeConfig::load(&dir)?.datasets {
-                let grants: Vec<String> = d.grants.iter().map(|g| format!("[{}]", g.describe())).collect();
-                println!(
-                    "{}\t{}\tkeys={}\tgrants={}",
-                    d.spec.name,
-                    d.spec.file.display(),
-                    d.spec.keys.join("+"),
-                    grants.join(" ")
-                );
-            }
-            Ok(())
-        }
+        Command::Approve { dir, job, json } => admin::decide(dir, job, true, None, json).await,
+        Command::Deny { dir, job, reason, json } => admin::decide(dir, job, false, reason, json).await,
         Command::Node { dir, metrics, log_format } => run_node(&dir, metrics.as_deref(), log_format).await,
         Command::Psi(args) => psi::psi(args).await,
         Command::Jobs { dir, json } => jobs(&dir, json).await,
@@ -440,26 +268,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Gen(GenCommand::Psi { rows, overlap, rows_b, seed, out }) => {
-            let spec = consort_engine::synth::PsiGenSpec {
-                rows_a: rows,
-                rows_b: rows_b.unwrap_or(rows),
-                overlap,
-                seed,
-                out_dir: out.clone(),
-            };
-            let started = std::time::Instant::now();
-            consort_protocols::cpu::run(move || consort_engine::synth::generate_psi(&spec)).await?;
-            println!(
-                "wrote {} ({rows} rows) and {} ({} rows), {overlap} shared ids, in {:.1} s",
-                out.join("a.csv").display(),
-                out.join("b.csv").display(),
-                rows_b.unwrap_or(rows),
-                started.elapsed().as_secs_f64()
-            );
-            Ok(())
-        }
-        Command::Gen(GenCommand::Lr(args)) => lr::gen_lr(args).await,
+        Command::Gen(cmd) => synth::run(cmd).await,
         Command::Train(args) => lr::train(args).await,
         Command::Score(args) => lr::score(args).await,
         Command::Run { dir, job, json } => jobfile::run(dir, job, json).await,
@@ -468,10 +277,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Export(args) => export::run(args).await,
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Completions { shell } => {
-            use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "consort", &mut std::io::stdout());
+            manual::completions(shell);
             Ok(())
         }
+        Command::Man { out, json } => manual::man(&out, json),
     }
 }
 

@@ -8,6 +8,7 @@ use consort_api::JobState;
 use consort_api::proto::JobStatus;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::exit::Exit;
 use crate::client::NodeClient;
 
 /// Follows a job with a progress bar on stderr (hidden when stderr is not a terminal).
@@ -88,6 +89,7 @@ pub fn status_json(s: &JobStatus) -> serde_json::Value {
         "created": s.created,
         "finished": if s.finished == 0 { None } else { Some(s.finished) },
         "error": if s.error.is_empty() { None } else { Some(&s.error) },
+        "refused_by_peer": s.refused_by_peer,
         "seconds": s.seconds,
         "local_rows": s.local_rows,
         "peer_rows": s.peer_rows,
@@ -132,10 +134,14 @@ pub fn job_line(j: &JobStatus) -> String {
     line
 }
 
-/// Fails with the job's error unless it is done.
+/// Fails with the job's error unless it is done, with the exit code of how it ended: refused
+/// (by the peer, or a responder's record of a request it refused) or failed.
 pub fn ensure_done(s: &JobStatus) -> Result<()> {
-    if s.job_state() != JobState::Done {
-        anyhow::bail!("job {} {}: {}", s.job_id, s.job_state(), s.error);
-    }
-    Ok(())
+    let exit = match s.job_state() {
+        JobState::Done => return Ok(()),
+        JobState::Refused => Exit::Refused,
+        _ if s.refused_by_peer => Exit::Refused,
+        _ => Exit::JobFailed,
+    };
+    Err(exit.wrap(anyhow::anyhow!("job {} {}: {}", s.job_id, s.job_state(), s.error)))
 }

@@ -194,6 +194,7 @@ where
     .await
     .map_err(|e| Failure::context(AUDIT_FAILED, e))?;
     if let Answer::Refused(reason) = answer {
+        handle.update(|s| s.refused_by_peer = true);
         return Err(Failure::shared(anyhow!("peer '{}' refused the job: {}", ask.peer, bounded(reason))));
     }
     if let Some(why) = too_large {

@@ -1,0 +1,119 @@
+//! `consort dataset add|list`: the datasets this node registers, and their grants.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Subcommand;
+use consort_engine::{DatasetSpec, Normalization};
+use serde_json::json;
+
+use super::admin::reloaded_note;
+use super::print_json;
+use crate::config::NodeConfig;
+use crate::setup;
+
+#[derive(Subcommand)]
+pub enum DatasetCommand {
+    /// Register a CSV file (with a header) as a dataset.
+    Add(AddArgs),
+    /// List registered datasets and their grants.
+    List {
+        dir: PathBuf,
+        /// Print a JSON array (one object per dataset, as config.toml holds it) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct AddArgs {
+    dir: PathBuf,
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    file: PathBuf,
+    /// Key column; repeat for a composite key.
+    #[arg(long = "key", required = true)]
+    keys: Vec<String>,
+    /// Peer allowed to run jobs on this dataset: PEER (PSI) or PEER:KIND[,KIND]. Repeatable.
+    #[arg(long = "grant")]
+    grants: Vec<String>,
+    /// Keep the first row of each duplicate key instead of rejecting the file.
+    #[arg(long)]
+    dedup: bool,
+    /// Lower-case keys before matching.
+    #[arg(long)]
+    case_fold: bool,
+    /// Do not trim whitespace around keys.
+    #[arg(long)]
+    no_trim: bool,
+    /// Only check the header now (the full file is checked when a job runs).
+    #[arg(long)]
+    no_check: bool,
+    /// Replace an existing dataset of the same name.
+    #[arg(long)]
+    replace: bool,
+    /// Print a JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(cmd: DatasetCommand) -> Result<()> {
+    match cmd {
+        DatasetCommand::Add(args) => add(args).await,
+        DatasetCommand::List { dir, json } => {
+            let datasets = NodeConfig::load(&dir)?.datasets;
+            if json {
+                return print_json(&datasets);
+            }
+            for d in datasets {
+                let grants: Vec<String> = d.grants.iter().map(|g| format!("[{}]", g.describe())).collect();
+                println!(
+                    "{}\t{}\tkeys={}\tgrants={}",
+                    d.spec.name,
+                    d.spec.file.display(),
+                    d.spec.keys.join("+"),
+                    grants.join(" ")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn add(a: AddArgs) -> Result<()> {
+    let grants = a.grants.iter().map(|g| setup::parse_grant(g)).collect::<Result<Vec<_>>>()?;
+    let name = a.name;
+    let spec = DatasetSpec {
+        name: name.clone(),
+        file: a.file,
+        keys: a.keys,
+        normalize: Normalization { trim: !a.no_trim, case_fold: a.case_fold },
+        dedup: a.dedup,
+    };
+    let check = setup::dataset_add(&a.dir, spec, grants, a.replace, !a.no_check)?;
+    let reloaded = setup::notify_node(&a.dir).await?;
+    if a.json {
+        return print_json(&json!({
+            "name": name,
+            "columns": check.columns,
+            "rows": check.rows,
+            "duplicates_dropped": check.duplicates_dropped,
+            "reloaded": reloaded,
+        }));
+    }
+    let columns = check.columns.join(",");
+    match check.rows {
+        Some(rows) => println!(
+            "registered dataset '{name}': {rows} rows, columns {columns}{}{}",
+            if check.duplicates_dropped > 0 {
+                format!(", {} duplicate rows dropped", check.duplicates_dropped)
+            } else {
+                String::new()
+            },
+            reloaded_note(reloaded)
+        ),
+        None => println!("registered dataset '{name}': columns {columns}"),
+    }
+    Ok(())
+}

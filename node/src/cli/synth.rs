@@ -1,0 +1,70 @@
+//! `consort gen psi|lr`: synthetic data (the engine's `synth` and `lr_synth`).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Subcommand;
+use serde_json::json;
+
+use super::{lr, print_json};
+
+#[derive(Subcommand)]
+pub enum GenCommand {
+    /// Two CSV files a.csv and b.csv with ids (11-digit phone numbers) and payload columns.
+    Psi {
+        /// Rows in a.csv.
+        #[arg(long)]
+        rows: u64,
+        /// Ids present in both files.
+        #[arg(long)]
+        overlap: u64,
+        /// Rows in b.csv (default: --rows).
+        #[arg(long)]
+        rows_b: Option<u64>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+        /// Print a JSON object (files, rows, shared ids) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Vertical data with a logistic ground truth: a.csv (id, y, a0..), b.csv (id, b0..), truth.json.
+    Lr(lr::GenLrArgs),
+}
+
+pub async fn run(cmd: GenCommand) -> Result<()> {
+    match cmd {
+        GenCommand::Psi { rows, overlap, rows_b, seed, out, json } => {
+            let spec = consort_engine::synth::PsiGenSpec {
+                rows_a: rows,
+                rows_b: rows_b.unwrap_or(rows),
+                overlap,
+                seed,
+                out_dir: out,
+            };
+            let s = consort_protocols::cpu::run(move || consort_engine::synth::generate_psi(&spec)).await?;
+            if json {
+                return print_json(&json!({
+                    "a": s.a,
+                    "b": s.b,
+                    "rows_a": s.rows_a,
+                    "rows_b": s.rows_b,
+                    "overlap": s.overlap,
+                    "seconds": s.seconds,
+                }));
+            }
+            println!(
+                "wrote {} ({} rows) and {} ({} rows), {} shared ids, in {:.1} s",
+                s.a.display(),
+                s.rows_a,
+                s.b.display(),
+                s.rows_b,
+                s.overlap,
+                s.seconds
+            );
+            Ok(())
+        }
+        GenCommand::Lr(args) => lr::gen_lr(args).await,
+    }
+}
