@@ -72,7 +72,7 @@ pub fn check(
     let mine = |s: &&JobStatus| s.job_id != ask.job_id && s.peer == ask.peer && s.dataset == ask.dataset;
     if let Some(budget) = grant.jobs_per_day {
         let since = now.saturating_sub(DAY);
-        let used = jobs.iter().filter(mine).filter(|s| s.created >= since && counts(s.job_state())).count();
+        let used = jobs.iter().filter(mine).filter(|s| s.created >= since && counts(s)).count();
         if used >= budget as usize {
             return Err(on(format!("the budget of {budget} jobs per 24 hours is used up")));
         }
@@ -103,9 +103,11 @@ pub fn check_peer_rows(grant: &Grant, rows: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// Jobs that count against a daily budget: every accepted job (refused requests do not).
-fn counts(state: JobState) -> bool {
-    !matches!(state, JobState::Refused | JobState::Unspecified)
+/// Jobs that count against a daily budget: every accepted job. Refused requests do not, on
+/// either side: the responder records them `refused`, the requester `failed` with
+/// `refused_by_peer`.
+fn counts(s: &JobStatus) -> bool {
+    !s.refused_by_peer && !matches!(s.job_state(), JobState::Refused | JobState::Unspecified)
 }
 
 /// Train jobs that produced or may still produce a model.

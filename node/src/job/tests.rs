@@ -588,6 +588,14 @@ async fn budgets_count_jobs_per_day_and_models_per_dataset() {
     set_grant(&t, |g| g.jobs_per_day = Some(3));
     let reason = refused(&t, raw_psi("d1")).await;
     assert!(reason.contains("the budget of 3 jobs per 24 hours is used up"), "{reason}");
+    // A job of this node that the peer refused (failed here, `refused_by_peer`) does not count.
+    let h =
+        t.b.jobs
+            .insert(proto::JobStatus { refused_by_peer: true, ..earlier("r0", JobKind::Psi) })
+            .await
+            .unwrap()
+            .unwrap();
+    h.set_state(JobState::Failed, None).await;
     set_grant(&t, |g| g.jobs_per_day = Some(4));
     assert!(matches!(raw_request(&t.b, raw_psi("d2")).await, Answer::Accepted(_)));
 }
