@@ -74,12 +74,13 @@ def keys_list(key: Union[str, Sequence[str]]) -> List[str]:
 
 def rename_file(message: str, path: Path, label: str) -> str:
     """A data error about the CSV written for a DataFrame, told about the DataFrame instead (the
-    engine's ``FILE:LINE:`` becomes ``LABEL, row N (CSV line LINE):``)."""
-    pattern = re.escape(str(path)) + r":(\d+):"
+    engine's ``FILE:LINE:``, FILE as a path or a bare name, becomes ``LABEL, row N (CSV line
+    LINE):``)."""
+    name = "(?:" + re.escape(str(path)) + "|" + re.escape(path.name) + ")"
 
     def row(m: "re.Match[str]") -> str:
         line = int(m.group(1))
         return f"{label}, row {line - 2} (CSV line {line}):" if line >= 2 else f"{label}, header:"
 
-    replaced = re.sub(pattern, row, message)
-    return replaced.replace(str(path), label)
+    replaced = re.sub(name + r":(\d+):", row, message)
+    return re.sub(name, label, replaced)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,10 @@ if TYPE_CHECKING:
 PathLike = Union[str, "os.PathLike[str]"]
 Data = Union[PathLike, "pd.DataFrame", Any]
 Progress = Union[bool, Callable[[str, int, int], None]]
+
+#: A requester records a job its peer refused as ``failed`` with this reason (the node's wording,
+#: ``node/src/job/envelope.rs``; the peer's own record says ``refused``).
+_REFUSED_BY_PEER = re.compile(r"^peer '[^']*' refused the job: ")
 
 #: Where ``add_dataset`` writes a DataFrame's CSV, under the node directory.
 DATASETS_DIR = "datasets"
@@ -249,7 +254,7 @@ class Node:
         if state == "done":
             return status
         message = status.get("error") or f"{kind} job {job_id} ended {state}"
-        if state == "refused":
+        if state == "refused" or _REFUSED_BY_PEER.match(message):
             raise JobRefused(message, job_id, status)
         raise JobFailed(message, job_id, status)
 

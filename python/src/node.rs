@@ -223,6 +223,18 @@ impl NativeNode {
         let client = self.client.clone();
         let latest: Arc<Mutex<Option<JobStatus>>> = Arc::default();
         let seen = latest.clone();
+        // Called at each wake-up and once at the end, so even a job shorter than one wake-up
+        // reports its final state.
+        let mut report = |py: Python<'_>| {
+            let update = latest.lock().unwrap_or_else(|p| p.into_inner()).take();
+            match (&progress, update) {
+                (Some(callback), Some(s)) => {
+                    let stage = if s.stage.is_empty() { s.job_state().to_string() } else { s.stage.clone() };
+                    callback.call1(py, (stage, s.done, s.total)).map(drop)
+                }
+                _ => Ok(()),
+            }
+        };
         let status = block_on(
             py,
             async move {
@@ -233,17 +245,9 @@ impl NativeNode {
                     .await?;
                 Ok(to_json(&status))
             },
-            |py| {
-                let update = latest.lock().unwrap_or_else(|p| p.into_inner()).take();
-                match (&progress, update) {
-                    (Some(callback), Some(s)) => {
-                        let stage = if s.stage.is_empty() { s.job_state().to_string() } else { s.stage.clone() };
-                        callback.call1(py, (stage, s.done, s.total)).map(drop)
-                    }
-                    _ => Ok(()),
-                }
-            },
+            &mut report,
         )?;
+        report(py)?;
         Ok(status)
     }
 
