@@ -8,8 +8,10 @@ Both sides use the same data (`consort gen psi`, half the ids shared), registere
 the CLI runs and as DataFrames (read from the same CSV) for the Python runs. Timed:
 - cli: `consort psi` as a subprocess, from start to exit (its output stays sealed in a file);
 - python: `node.psi(...)` from the call to the returned DataFrame (submit, wait, decrypt the
-  output and parse it into pandas).
-Runs alternate (cli, python, cli, python, ...); the medians are compared. Prints one JSON line.
+  output and parse it into pandas), on the DataFrame dataset;
+- python_file: the same call on the file dataset the CLI uses (only the client differs).
+Runs alternate (cli, python, python_file, cli, ...); the medians are compared (`ratio`: python
+over cli). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="consort-bench-") as tmp:
         root = args.dir or Path(tmp)
         data = root / f"data-{args.rows}"
-        with LocalPair(root / "nodes") as pair:
+        with LocalPair(Path(tmp) / "nodes") as pair:
             if not (data / "a.csv").exists():
                 pair.cli("gen", "psi", "--rows", args.rows, "--overlap", args.rows // 2, "--out", data)
             # The CLI's datasets: the files.
@@ -54,7 +56,7 @@ def main() -> None:
             pair.a.add_dataset("a-frame", frame, key="id", grant=pair.names[1])
             register_s = time.perf_counter() - started
 
-            cli_s, py_s, rows = [], [], None
+            cli_s, py_s, py_file_s, rows = [], [], [], None
             for i in range(args.repeat):
                 out = root / f"cli-out-{i}.csv"
                 started = time.perf_counter()
@@ -69,13 +71,20 @@ def main() -> None:
                                 progress=False)
                 py_s.append(time.perf_counter() - started)
                 rows = len(df)
+                started = time.perf_counter()
+                same = pair.a.psi(peer=pair.names[1], dataset="a-file", peer_dataset="b", protocol=args.protocol,
+                                  progress=False)
+                py_file_s.append(time.perf_counter() - started)
+                assert len(same) == rows
                 out.unlink(missing_ok=True)
 
-    cli, py = statistics.median(cli_s), statistics.median(py_s)
+    cli, py, py_file = statistics.median(cli_s), statistics.median(py_s), statistics.median(py_file_s)
     print(json.dumps({
         "n": args.rows, "protocol": args.protocol, "intersection": rows,
         "cli_s": [round(s, 3) for s in cli_s], "python_s": [round(s, 3) for s in py_s],
         "cli_median_s": round(cli, 3), "python_median_s": round(py, 3), "ratio": round(py / cli, 3),
+        "python_file_s": [round(s, 3) for s in py_file_s], "python_file_median_s": round(py_file, 3),
+        "ratio_file": round(py_file / cli, 3),
         "python_register_dataframe_s": round(register_s, 3),
     }))
 

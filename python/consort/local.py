@@ -73,11 +73,12 @@ class LocalPair:
         self.a: Node
         self.b: Node
 
-    def cli(self, *args: PathLike, check: bool = True) -> subprocess.CompletedProcess:
+    def cli(self, *args: Union[PathLike, int], check: bool = True) -> subprocess.CompletedProcess:
         """Runs ``consort ARGS`` and returns the completed process (output captured as text)."""
-        run = subprocess.run([str(self.binary), *map(os.fspath, args)], capture_output=True, text=True)
+        words = [os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in args]
+        run = subprocess.run([str(self.binary), *words], capture_output=True, text=True)
         if check and run.returncode != 0:
-            raise Error(f"consort {' '.join(map(os.fspath, args))}: {run.stderr.strip()}")
+            raise Error(f"consort {' '.join(words)}: {run.stderr.strip()}")
         return run
 
     def start(self, timeout: float = 30.0) -> "LocalPair":

@@ -52,7 +52,8 @@ pub fn intersect_files(
         proofs: false,
         limits: JobLimits::default(),
     };
-    let sides = [(spec("left", left), job(Role::Requester, left_out)), (spec("right", right), job(Role::Responder, right_out))];
+    let sides =
+        [(spec("left", left), job(Role::Requester, left_out)), (spec("right", right), job(Role::Responder, right_out))];
     block_on(
         py,
         async move {
@@ -76,7 +77,8 @@ fn both(
     l: Result<PsiReport, consort_sdk::Error>,
     r: Result<PsiReport, consort_sdk::Error>,
 ) -> Result<(PsiReport, PsiReport), Failure> {
-    let is_data = |e: &consort_sdk::Error| matches!(e, consort_sdk::Error::Engine(consort_engine::EngineError::Data(_)));
+    let is_data =
+        |e: &consort_sdk::Error| matches!(e, consort_sdk::Error::Engine(consort_engine::EngineError::Data(_)));
     match (l, r) {
         (Ok(l), Ok(r)) => Ok((l, r)),
         (Err(e), _) | (_, Err(e)) if is_data(&e) => Err(Failure::Dataset(e.to_string())),

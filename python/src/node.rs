@@ -2,6 +2,9 @@
 //! directory operations the CLI runs for its operator (dataset registration, reading a sealed
 //! output with the node's storage key). Statuses cross to Python as the CLI's `--json` objects.
 
+// The methods mirror the Python API's keyword arguments one for one.
+#![allow(clippy::too_many_arguments)]
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -99,7 +102,6 @@ impl NativeNode {
     /// (`setup::dataset_add`, then the running node re-reads its config). Returns the columns,
     /// the rows and the duplicates dropped (JSON).
     #[pyo3(signature = (name, file, keys, grants, dedup, case_fold, trim, replace, check))]
-    #[allow(clippy::too_many_arguments)]
     fn add_dataset(
         &self,
         py: Python<'_>,
@@ -166,7 +168,6 @@ impl NativeNode {
     /// hyper-parameters overriding the engine's defaults (the fields of the CLI's flags; unknown
     /// ones are an error). Returns its id.
     #[pyo3(signature = (peer, dataset, peer_dataset, label, features, protocol, params, out))]
-    #[allow(clippy::too_many_arguments)]
     fn submit_train(
         &self,
         py: Python<'_>,
@@ -193,7 +194,6 @@ impl NativeNode {
 
     /// Submits a score job with this node's model file from a train job; returns its id.
     #[pyo3(signature = (peer, dataset, peer_dataset, model, protocol, out))]
-    #[allow(clippy::too_many_arguments)]
     fn submit_score(
         &self,
         py: Python<'_>,
@@ -298,10 +298,9 @@ impl NativeNode {
 /// validated as the CLI validates its flags. A split seed is drawn if none is given.
 fn lr_params(overrides: &str) -> Result<LrParams, Failure> {
     let bad = |e: &dyn std::fmt::Display| Failure::Invalid(format!("train parameters: {e}"));
-    let mut params = serde_json::to_value(LrParams { split_seed: rand::random(), ..LrParams::default() })
-        .map_err(|e| bad(&e))?;
-    let overrides: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(overrides).map_err(|e| bad(&e))?;
+    let mut params =
+        serde_json::to_value(LrParams { split_seed: rand::random(), ..LrParams::default() }).map_err(|e| bad(&e))?;
+    let overrides: serde_json::Map<String, serde_json::Value> = serde_json::from_str(overrides).map_err(|e| bad(&e))?;
     for (key, value) in overrides {
         params[key.as_str()] = value;
     }
