@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, Tuple, Union
@@ -55,7 +54,7 @@ def intersect(
         for table, file, side in zip(tables, files, ("left", "right")):
             _frames.write_csv(_keys_and_rows(table, keys, side), file)
         try:
-            report = _native.intersect_files(
+            _native.intersect_files(
                 str(files[0]), str(files[1]), keys, protocol, trim, case_fold, dedup, str(outs[0]), str(outs[1])
             )
         except DatasetError as e:
@@ -63,7 +62,6 @@ def intersect(
             for file, side in zip(files, ("left", "right")):
                 message = _frames.rename_file(message, file, side)
             raise DatasetError(message) from None
-        json.loads(report)
         positions = [_positions(out) for out in outs]
     return tuple(_select(data, table, rows) for data, table, rows in zip((left, right), tables, positions))  # type: ignore[return-value]
 

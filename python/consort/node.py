@@ -117,7 +117,9 @@ class Node:
             table = _frames.to_table(data)
             folder = self.dir / DATASETS_DIR
             folder.mkdir(mode=0o700, exist_ok=True)
-            file = written = folder / f"{name}-{time.time_ns()}.csv"
+            # The node checks the name; the file name only has to be safe and unique.
+            safe = re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64]
+            file = written = folder / f"{safe}-{time.time_ns()}.csv"
             _frames.write_csv(table, file)
         previous = {d["name"]: d["file"] for d in self.datasets()}.get(name)
         try:

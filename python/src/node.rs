@@ -130,7 +130,7 @@ impl NativeNode {
                 let check = tokio::task::spawn_blocking(move || setup::dataset_add(&at, spec, grants, replace, check))
                     .await
                     .map_err(|e| Failure::Other(format!("internal error: {e}")))?
-                    .map_err(|e| Failure::Dataset(one_line(&e)))?;
+                    .map_err(|e| registration_failure(&e))?;
                 setup::notify_node(&dir).await.map_err(Failure::other)?;
                 Ok(serde_json::json!({
                     "columns": check.columns, "rows": check.rows, "duplicates_dropped": check.duplicates_dropped,
@@ -307,6 +307,16 @@ fn lr_params(overrides: &str) -> Result<LrParams, Failure> {
     let params: LrParams = serde_json::from_value(params).map_err(|e| bad(&e))?;
     params.config().map_err(|e| bad(&e))?;
     Ok(params)
+}
+
+/// A registration that failed on the data (a row, a key, the header, reading the file) is a
+/// `DatasetError`; on the request (name taken, unknown peer in a grant) an `InvalidArgument`.
+fn registration_failure(e: &anyhow::Error) -> Failure {
+    if e.chain().any(|c| c.is::<consort_engine::DataError>()) {
+        Failure::Dataset(one_line(e))
+    } else {
+        Failure::Invalid(one_line(e))
+    }
 }
 
 fn read_plaintext(dir: &Path, path: &Path) -> Result<Vec<u8>, Failure> {

@@ -146,3 +146,24 @@ def test_train_and_score(pair, lr_frames):
 def test_unknown_train_parameter_is_invalid(pair, lr_frames):
     with pytest.raises(consort.InvalidArgument, match="epochz"):
         pair.a.train(peer="partner", dataset="loans", peer_dataset="features", label="y", epochz=3)
+
+
+def test_registration_errors_that_are_not_about_data(pair, psi_datasets):
+    frame = pd.DataFrame({"id": ["x"]})
+    with pytest.raises(consort.InvalidArgument, match="already registered"):
+        pair.a.add_dataset("customers", frame, key="id")
+    with pytest.raises(consort.InvalidArgument, match="unknown peer 'mallory'"):
+        pair.a.add_dataset("other", frame, key="id", grant="mallory")
+    with pytest.raises(consort.InvalidArgument):
+        pair.a.add_dataset("../escape", frame, key="id")
+    assert not list(pair.a.dir.glob("escape*")) and not list(pair.a.dir.parent.glob("escape*"))
+    assert not list((pair.a.dir / "datasets").glob("*escape*")), "the refused DataFrame's file is removed"
+
+
+def test_replacing_a_dataframe_dataset_removes_its_old_file(pair):
+    pair.a.add_dataset("replaced", pd.DataFrame({"id": ["a", "b"]}), key="id")
+    first = next(d["file"] for d in pair.a.datasets() if d["name"] == "replaced")
+    added = pair.a.add_dataset("replaced", pd.DataFrame({"id": ["a", "b", "c"]}), key="id", replace=True)
+    second = next(d["file"] for d in pair.a.datasets() if d["name"] == "replaced")
+    assert added["rows"] == 3 and first != second
+    assert not os.path.exists(first) and os.path.exists(second)
