@@ -167,3 +167,13 @@ def test_replacing_a_dataframe_dataset_removes_its_old_file(pair):
     second = next(d["file"] for d in pair.a.datasets() if d["name"] == "replaced")
     assert added["rows"] == 3 and first != second
     assert not os.path.exists(first) and os.path.exists(second)
+
+
+def test_reveal_requester_only_gives_the_peer_nothing(pair, psi_datasets):
+    rows = pair.a.psi(
+        peer="partner", dataset="customers", peer_dataset="accounts", reveal="requester-only", progress=False
+    )
+    assert len(rows) == 200
+    job = pair.a.jobs()[-1]
+    assert job["reveal"] == "requester-only" and job["peer_output"] is None
+    assert pair.b.job(job["job_id"])["intersection"] is None, "the partner does not learn the intersection"
