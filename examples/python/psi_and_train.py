@@ -3,7 +3,7 @@ logistic regression, both from DataFrames.
 
 Run from the repository after building the node and installing the package:
 
-    cargo build --release          # the `consort` binary, target/release/consort
+    cargo build --release -p consort-node   # the `consort` binary, target/release/consort
     pip install ./python
     python examples/python/psi_and_train.py
 

@@ -1,7 +1,7 @@
 """PSI of 10^6 × 10^6 rows through Python (`Node.psi` to a DataFrame) against the same job through
 the CLI (`consort psi ... --out FILE`), between the same two node processes on loopback.
 
-    cargo build --release && pip install ./python
+    cargo build --release -p consort-node && pip install ./python
     python python/bench/psi_bench.py --rows 1000000 --protocol rr22 --repeat 3
 
 Both sides use the same data (`consort gen psi`, half the ids shared), registered as files for

@@ -4,7 +4,7 @@ for the tests and examples. Each node is a real ``consort node`` process (mutual
 
 The ``consort`` binary is found by :func:`find_binary`: ``$CONSORT_BIN``, else ``consort`` on
 ``PATH``, else ``release/consort`` under ``$CARGO_TARGET_DIR`` or under ``target/`` of the current
-directory or one of its parents (a checkout after ``cargo build --release``).
+directory or one of its parents (a checkout after ``cargo build --release -p consort-node``).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def find_binary() -> Path:
             return c
     raise Error(
         "cannot find the consort binary: set CONSORT_BIN, put consort on PATH, or run from the "
-        "repository after `cargo build --release`"
+        "repository after `cargo build --release -p consort-node`"
     )
 
 

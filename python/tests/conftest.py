@@ -2,7 +2,7 @@
 
 The node tests need the ``consort`` binary (``consort.local.find_binary``: ``$CONSORT_BIN``,
 ``PATH``, or ``target/release/consort`` of the checkout): build it first with
-``cargo build --release``. Without it they fail, saying so; they are never skipped.
+``cargo build --release -p consort-node``. Without it they fail, saying so; they are never skipped.
 """
 
 from __future__ import annotations
