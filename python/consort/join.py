@@ -32,7 +32,8 @@ def intersect(
 ) -> Tuple[Any, Any]:
     """Runs a private set intersection between ``left`` (the requester) and ``right`` (the
     responder) in this process, over an in-memory channel: the same protocol, key normalization
-    and checks as between two nodes, without the network. For notebooks and tests; between
+    and checks as between two nodes, without the network (and without audit evidence or ECDH
+    proofs: there is no node log to record them). For notebooks and tests; between
     organisations, each runs a node (:class:`consort.Node`).
 
     ``key`` is a column or a list of columns (composite key), present in both. Keys are compared
