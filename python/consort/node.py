@@ -20,10 +20,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 Data = Union[PathLike, "pd.DataFrame", Any]
 Progress = Union[bool, Callable[[str, int, int], None]]
 
-#: A requester records a job its peer refused as ``failed`` with this reason (the node's wording,
-#: ``node/src/job/envelope.rs``; the peer's own record says ``refused``).
-_REFUSED_BY_PEER = re.compile(r"^peer '[^']*' refused the job: ")
-
 #: Where ``add_dataset`` writes a DataFrame's CSV, under the node directory.
 DATASETS_DIR = "datasets"
 
@@ -256,7 +252,9 @@ class Node:
         if state == "done":
             return status
         message = status.get("error") or f"{kind} job {job_id} ended {state}"
-        if state == "refused" or _REFUSED_BY_PEER.match(message):
+        # A requester records a job its peer refused as ``failed`` with ``refused_by_peer`` set;
+        # the peer's own record (and a refusal by this node's policy) says ``refused``.
+        if state == "refused" or status.get("refused_by_peer"):
             raise JobRefused(message, job_id, status)
         raise JobFailed(message, job_id, status)
 
