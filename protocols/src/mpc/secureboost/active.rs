@@ -247,7 +247,9 @@ async fn split_level<C: Channel>(
             (Decision::SplitA, Some((feature, bin))) => {
                 nodes.push(Node { id: node.id, split: Split::Own { feature, bin }, gain })
             }
-            (Decision::SplitB { .. }, _) => nodes.push(Node { id: node.id, split: Split::Peer, gain }),
+            (Decision::SplitB { feature, bin }, _) => {
+                nodes.push(Node { id: node.id, split: Split::Peer { feature, bin }, gain })
+            }
             _ => {}
         }
         chosen.push((i, decision, own_split));
@@ -348,7 +350,8 @@ async fn update_margins<C: Channel>(
             margins[r as usize] += weight[id];
         }
     }
-    let peer_nodes: Vec<u32> = tree.nodes.iter().filter(|n| n.split == Split::Peer).map(|n| n.id).collect();
+    let peer_nodes: Vec<u32> =
+        tree.nodes.iter().filter(|n| matches!(n.split, Split::Peer { .. })).map(|n| n.id).collect();
     let per_node = routed.len().div_ceil(8);
     let bytes = recv_bytes(ctx.channel, per_node * peer_nodes.len()).await?;
     let mut directions: HashMap<u32, Vec<bool>> = HashMap::new();

@@ -117,8 +117,9 @@ pub enum Split {
     Leaf { weight: f64 },
     /// A split on this party's feature: rows whose bin is ≤ `bin` go left.
     Own { feature: u32, bin: u8 },
-    /// A split on the peer's feature (A's opaque reference to one of B's nodes).
-    Peer,
+    /// A split on the peer's feature (A's reference to one of B's nodes): B's feature index and
+    /// bin, which A chose from B's histograms — opaque to A (no name, no threshold).
+    Peer { feature: u32, bin: u8 },
 }
 
 /// One node: its heap position (root 0, children of i at 2i + 1 and 2i + 2), what it is, and

@@ -22,7 +22,7 @@ pub async fn predict<C: Channel>(
     let split_nodes =
         |s: fn(&Split) -> bool| trees.iter().map(|t| t.nodes.iter().filter(|n| s(&n.split)).count()).sum();
     let b_nodes: usize = match party {
-        Party::A => split_nodes(|s| *s == Split::Peer),
+        Party::A => split_nodes(|s| matches!(s, Split::Peer { .. })),
         Party::B => split_nodes(|s| matches!(s, Split::Own { .. })),
     };
     for t in trees {
@@ -67,7 +67,8 @@ pub async fn predict<C: Channel>(
             let mut margins = vec![0.0; x.rows];
             let mut at = 0;
             for t in trees {
-                let peer_ids: Vec<u32> = t.nodes.iter().filter(|n| n.split == Split::Peer).map(|n| n.id).collect();
+                let peer_ids: Vec<u32> =
+                    t.nodes.iter().filter(|n| matches!(n.split, Split::Peer { .. })).map(|n| n.id).collect();
                 let dirs = &directions[at..at + peer_ids.len()];
                 at += peer_ids.len();
                 for (r, m) in margins.iter_mut().enumerate() {

@@ -124,8 +124,8 @@ fn check_against_plain(run: &Run, d: &Data, train: &[u32], holdout: &[u32], conf
                     assert_eq!((feature, bin, node.gain), (f, j, gain));
                     a_splits += 1;
                 }
-                (Split::Peer, PlainNode::Split { party: 1, feature: f, bin: j, gain }) => {
-                    assert_eq!(node.gain, gain);
+                (Split::Peer { feature, bin }, PlainNode::Split { party: 1, feature: f, bin: j, gain }) => {
+                    assert_eq!((feature, bin, node.gain), (f, j, gain));
                     let own = b_own.next().expect("B has the split");
                     assert_eq!((own.id, own.split), (id, Split::Own { feature: f, bin: j }));
                     b_splits += 1;
