@@ -226,6 +226,9 @@ impl SbModelFile {
     }
 
     fn check(&self) -> Result<(), String> {
+        if self.party != "A" && self.party != "B" {
+            return Err(format!("model party '{}', expected A or B", self.party));
+        }
         if self.features.iter().any(|f| f.edges.iter().any(|e| !e.is_finite()) || !f.edges.is_sorted_by(|a, b| a < b)) {
             return Err("a feature's bin edges are not finite and increasing".into());
         }
@@ -264,7 +267,11 @@ pub async fn score<C: Channel>(
     columns: &[Vec<f64>],
     rows: usize,
 ) -> Result<Vec<f64>, MpcError> {
-    let party = if model.party == "A" { Party::A } else { Party::B };
+    let party = match model.party.as_str() {
+        "A" => Party::A,
+        "B" => Party::B,
+        other => return Err(MpcError::Invalid(format!("model party '{other}', expected A or B"))),
+    };
     let x = model.bin(columns, rows).map_err(|e| MpcError::Invalid(e.to_string()))?;
     let margins = secureboost::predict(channel, party, &model.protocol_trees(), &x).await?;
     Ok(margins.into_iter().map(crate::lr::sigmoid).collect())

@@ -43,8 +43,9 @@ pub(super) async fn train<C: Channel>(channel: &C, input: SbInput, config: &SbCo
     let key = input.key.clone().expect("checked");
     let peer_bins = exchange_hello(channel, digest(&input, config), &input.features.bins, config).await?;
     send_bytes(channel, &key.public.to_bytes()).await?;
-    let public = key.public.clone();
-    let encryptor = cpu::run(move || Encryptor::new(&public)).await.map_err(|e| MpcError::Invalid(e.to_string()))?;
+    let holder = key.clone();
+    let encryptor =
+        cpu::run(move || Encryptor::for_key_holder(&holder)).await.map_err(|e| MpcError::Invalid(e.to_string()))?;
     let mut ctx = Ctx {
         channel,
         config,
