@@ -38,13 +38,17 @@ fn he_ops() -> Arc<KeyPair> {
     println!("ou encryption tables                         {:>10.2} s", t.elapsed().as_secs_f64());
     let n = 2000;
     let values: Vec<i128> = (0..n).map(|i| (i as i128 - 1000) << 60 | 12345).collect();
+    let crt = Encryptor::for_key_holder(&key).unwrap();
     let mut cts = Vec::new();
-    per_op("ou encrypt (1 thread)", n, || {
+    per_op("ou encrypt, public key (1 thread)", n, || {
         cts = values.iter().map(|&m| enc.encrypt(m, &mut rng).unwrap()).collect();
     });
-    per_op(&format!("ou encrypt ({} threads)", rayon::current_num_threads()), n, || {
+    per_op("ou encrypt, key holder CRT (1 thread)", n, || {
+        cts = values.iter().map(|&m| crt.encrypt(m, &mut rng).unwrap()).collect();
+    });
+    per_op(&format!("ou encrypt, key holder CRT ({} threads)", rayon::current_num_threads()), n, || {
         let _: Vec<_> =
-            values.par_iter().map_init(|| StdRng::seed_from_u64(2), |r, &m| enc.encrypt(m, r).unwrap()).collect();
+            values.par_iter().map_init(|| StdRng::seed_from_u64(2), |r, &m| crt.encrypt(m, r).unwrap()).collect();
     });
     let mut acc = key.public.zero();
     per_op("ou add (1 thread)", n, || cts.iter().for_each(|c| key.public.add_assign(&mut acc, c)));
