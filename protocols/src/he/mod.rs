@@ -52,7 +52,15 @@
 //!
 //! - Fixed-base windows ([`Encryptor`]): tables G^(j·2^(8i)), G^(−j·2^(8i)), H^(j·2^(8i)) for
 //!   bytes j (≈ 5 MB per key, built in parallel once): an encryption is at most 16 + 32
-//!   multiplications mod n, no squarings.
+//!   multiplications, no squarings.
+//! - The key holder ([`Encryptor::for_key_holder`]) keeps those tables mod p² and mod q and
+//!   recombines by the CRT: the same ciphertexts, 1.6× faster.
+//! - Decrypting 1 (the empty sum) costs nothing.
+//!
+//! This module's operations as measured by `cargo bench --bench secureboost` (release, 2 vCPUs
+//! shared with other builds, load average 5–8; µs per operation, one thread): key generation
+//! 0.1–0.3 s, encryption tables 0.1–0.2 s, encryption 248 with the public key and 152 by the key
+//! holder (CRT), addition 5.6–13.4, decryption 587–980 (the spread is the machine's load).
 //! - Packing: SecureBoost puts a row's gradient and hessian in one plaintext
 //!   ([`crate::mpc::secureboost`] documents the slots and their headroom).
 //!
