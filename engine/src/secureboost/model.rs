@@ -47,6 +47,7 @@ pub struct SbParams {
     pub gamma: f64,
     pub min_child_weight: f64,
     pub subsample: f64,
+    pub colsample: f64,
     pub tolerance: f64,
     pub max_bins: u32,
 }
@@ -61,6 +62,7 @@ impl From<&SbConfig> for SbParams {
             gamma: c.gamma,
             min_child_weight: c.min_child_weight,
             subsample: c.subsample,
+            colsample: c.colsample,
             tolerance: c.tolerance,
             max_bins: c.max_bins,
         }

@@ -10,7 +10,8 @@ use rayon::prelude::*;
 use super::binning::BinnedFeatures;
 use super::setup::{LevelNode, check_input, digest, histogram_plan, may_split, partition, routed_rows};
 use super::split::{
-    Layout, best_split, gradient, histogram, leaf_weight, log_loss, pack, sample_rows, subtract, unpack,
+    Layout, best_split, gradient, histogram, leaf_weight, log_loss, pack, sample_features, sample_rows, subtract,
+    unpack,
 };
 use super::wire::{Decision, encode_decisions, exchange_hello, pack_bits, unpack_bits};
 use super::{Node, SbConfig, SbInput, SbOutput, SbTimings, Split, Tree};
@@ -18,7 +19,7 @@ use crate::channel::Channel;
 use crate::cpu;
 use crate::he::{Encryptor, KeyPair};
 use crate::mpc::wire::{recv_bytes, send_bytes};
-use crate::mpc::{MpcError, violation};
+use crate::mpc::{MpcError, Party, violation};
 
 type Hist = Vec<[i64; 2]>;
 /// A's own (feature, bin) when A splits a node.
@@ -35,6 +36,9 @@ struct Ctx<'a, C> {
     encryptor: Encryptor,
     own: Layout,
     peer: Layout,
+    /// This tree's features of each party (column subsampling).
+    own_feats: Vec<u32>,
+    peer_feats: Vec<u32>,
     timings: SbTimings,
 }
 
@@ -55,6 +59,8 @@ pub(super) async fn train<C: Channel>(channel: &C, input: SbInput, config: &SbCo
         encryptor,
         own: Layout::new(&input.features.bins),
         peer: Layout::new(&peer_bins),
+        own_feats: Vec::new(),
+        peer_feats: Vec::new(),
         timings: SbTimings::default(),
     };
     let mut margins = vec![0.0; input.features.rows];
@@ -104,6 +110,8 @@ async fn grow_tree<C: Channel>(
     margins: &mut [f64],
 ) -> Result<Tree, MpcError> {
     let sample = sample_rows(&input.train, ctx.config, t);
+    ctx.own_feats = sample_features(ctx.own.features(), ctx.config, t, Party::A);
+    ctx.peer_feats = sample_features(ctx.peer.features(), ctx.config, t, Party::B);
     let mut in_sample = vec![false; input.features.rows];
     for &r in &sample {
         in_sample[r as usize] = true;
@@ -185,11 +193,20 @@ async fn peer_histograms<C: Channel>(
     let mut out: Vec<Option<Hist>> = vec![None; level.len()];
     let w = ctx.key.public.ciphertext_bytes();
     for (computed, sibling) in histogram_plan(level, depth, ctx.config) {
-        let bytes = recv_bytes(ctx.channel, ctx.peer.total() * w).await?;
+        let cells: usize = ctx.peer_feats.iter().map(|&f| ctx.peer.range(f as usize).len()).sum();
+        let bytes = recv_bytes(ctx.channel, cells * w).await?;
         let started = Instant::now();
         let key = ctx.key.clone();
-        let hist = cpu::run(move || decrypt_histogram(&key, &bytes)).await?;
+        let sent = cpu::run(move || decrypt_histogram(&key, &bytes)).await?;
         ctx.timings.decrypt += started.elapsed().as_secs_f64();
+        // B sends this tree's features only; the others stay empty (never considered).
+        let mut hist = vec![[0i64; 2]; ctx.peer.total()];
+        let mut at = 0;
+        for &f in &ctx.peer_feats {
+            let range = ctx.peer.range(f as usize);
+            hist[range.clone()].copy_from_slice(&sent[at..at + range.len()]);
+            at += range.len();
+        }
         if let Some(s) = sibling {
             let parent = parents.get(&((level[computed].id - 1) / 2)).expect("a split parent's histogram is kept");
             out[s] = Some(subtract(parent, &hist));
@@ -230,9 +247,10 @@ async fn split_level<C: Channel>(
             continue;
         }
         let total = node.rows.iter().fold([0, 0], |a, &r| [a[0] + gh[r as usize][0], a[1] + gh[r as usize][1]]);
-        let own = best_split(&histogram(ctx.x, &ctx.own, gh, &node.rows), &ctx.own, total, ctx.config);
+        let own_hist = histogram(ctx.x, &ctx.own, gh, &node.rows);
+        let own = best_split(&own_hist, &ctx.own, &ctx.own_feats, total, ctx.config);
         let peer_hist = peer_hists[i].as_ref().expect("a node that may split has B's histogram");
-        let peer = best_split(peer_hist, &ctx.peer, total, ctx.config);
+        let peer = best_split(peer_hist, &ctx.peer, &ctx.peer_feats, total, ctx.config);
         let (decision, gain) = match (own, peer) {
             (Some((f, b, g)), p) if p.is_none_or(|p| p.2 <= g) => {
                 let col = &ctx.x.columns[f as usize];

@@ -25,6 +25,10 @@ pub struct SbConfig {
     pub min_child_weight: f64,
     /// Fraction of the training rows each tree samples (1 = all), drawn by A with `seed`.
     pub subsample: f64,
+    /// Fraction of each party's features each tree considers (1 = all; at least one), drawn
+    /// with `seed` per tree and party: both parties compute both lists (A must know which of
+    /// B's histograms come).
+    pub colsample: f64,
     pub seed: u64,
     /// Early stopping: stop when the holdout loss improved by less than this after a tree
     /// (0 = off; needs holdout rows). The model keeps the trees up to the best holdout loss.
@@ -43,6 +47,7 @@ impl Default for SbConfig {
             gamma: 0.0,
             min_child_weight: 1.0,
             subsample: 1.0,
+            colsample: 1.0,
             seed: 0,
             tolerance: 0.0,
             max_bins: 33,
@@ -71,6 +76,9 @@ impl SbConfig {
         if !(self.subsample > 0.0 && self.subsample <= 1.0) {
             return bad("subsample must be in (0, 1]");
         }
+        if !(self.colsample > 0.0 && self.colsample <= 1.0) {
+            return bad("colsample must be in (0, 1]");
+        }
         if !(self.tolerance >= 0.0 && self.tolerance.is_finite()) {
             return bad("tolerance must be finite and non-negative");
         }
@@ -84,7 +92,15 @@ impl SbConfig {
         for v in [self.trees, self.max_depth, self.max_bins] {
             h.update(v.to_le_bytes());
         }
-        for v in [self.learning_rate, self.lambda, self.gamma, self.min_child_weight, self.subsample, self.tolerance] {
+        for v in [
+            self.learning_rate,
+            self.lambda,
+            self.gamma,
+            self.min_child_weight,
+            self.subsample,
+            self.colsample,
+            self.tolerance,
+        ] {
             h.update(v.to_bits().to_le_bytes());
         }
         h.update(self.seed.to_le_bytes());

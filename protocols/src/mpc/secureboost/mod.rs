@@ -21,12 +21,14 @@
 //!
 //! Per tree (steps of Cheng et al., Algorithms 1–2):
 //!
+//! 0. Both draw the features each party's tree considers (`colsample`, seeded by the agreed seed:
+//!    A must know which of B's histograms come; B learns which of A's features are eligible).
 //! 1. A → B: the rows the tree samples (a bit per training row, `subsample`), then Enc(g_i +
 //!    h_i·2^56) for each sampled row — gradient and hessian packed in one OU plaintext ([`pack`]:
 //!    headroom for 2^20 rows), encrypted with fixed-base tables ([`crate::he`]).
 //! 2. Per level, B → A: for each pair of sibling nodes (the root alone at level 0), the encrypted
 //!    histogram of the child with fewer rows: per feature and bin, the product of the ciphertexts
-//!    of its rows (rayon over features; an empty bin is sent as 1). A decrypts, unpacks and gets
+//!    of its rows (rayon over this tree's features; an empty bin is sent as 1). A decrypts, unpacks and gets
 //!    the sibling's histogram by subtraction from the parent's, in plaintext.
 //! 3. A → B: per node that may split, its decision — leaf, "A splits" or "B's feature k, bin j"
 //!    — and for A's splits the partition of the node's rows (a bit each). B → A: the partitions
@@ -91,7 +93,7 @@ pub use config::{MAX_BINS, MAX_DEPTH, MAX_TREES, SbConfig};
 pub use predict::predict;
 pub use split::{
     GH_FRAC_BITS, Layout, MAX_ROWS, SLOT_BITS, best_split, gradient, leaf_weight, log_loss, pack, quantize,
-    sample_rows, unpack,
+    sample_features, sample_rows, unpack,
 };
 pub use wire::{MAX_PEER_CELLS, MAX_PEER_FEATURES};
 

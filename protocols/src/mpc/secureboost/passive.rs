@@ -7,19 +7,22 @@ use rayon::prelude::*;
 
 use super::binning::BinnedFeatures;
 use super::setup::{LevelNode, check_input, digest, histogram_plan, may_split, partition, routed_rows};
+use super::split::sample_features;
 use super::wire::{Decision, decode_decisions, exchange_hello, pack_bits, unpack_bits};
 use super::{Node, SbConfig, SbInput, SbOutput, SbTimings, Split, Tree};
 use crate::channel::Channel;
 use crate::cpu;
 use crate::he::{Ciphertext, KEY_BITS, PublicKey};
 use crate::mpc::wire::{recv_bytes, send_bytes};
-use crate::mpc::{MpcError, violation};
+use crate::mpc::{MpcError, Party, violation};
 
 struct Ctx<'a, C> {
     channel: &'a C,
     config: &'a SbConfig,
     x: Arc<BinnedFeatures>,
     key: Arc<PublicKey>,
+    /// This tree's features (column subsampling).
+    feats: Arc<Vec<u32>>,
     timings: SbTimings,
 }
 
@@ -28,10 +31,17 @@ pub(super) async fn train<C: Channel>(channel: &C, input: SbInput, config: &SbCo
     let peer_bins = exchange_hello(channel, digest(&input, config), &input.features.bins, config).await?;
     let key_bytes = recv_bytes(channel, 3 * KEY_BITS.div_ceil(8) as usize).await?;
     let key = PublicKey::from_bytes(&key_bytes).map_err(|e| violation(e.to_string()))?;
-    let mut ctx =
-        Ctx { channel, config, x: Arc::new(input.features.clone()), key: Arc::new(key), timings: SbTimings::default() };
+    let mut ctx = Ctx {
+        channel,
+        config,
+        x: Arc::new(input.features.clone()),
+        key: Arc::new(key),
+        feats: Arc::new(Vec::new()),
+        timings: SbTimings::default(),
+    };
     let (mut trees, mut best, mut stopped_early) = (Vec::new(), None, false);
     for t in 0..config.trees {
+        ctx.feats = Arc::new(sample_features(ctx.x.features(), config, t, Party::B));
         trees.push(grow_tree(&mut ctx, &input).await?);
         if input.holdout.is_empty() {
             continue;
@@ -89,8 +99,8 @@ async fn grow_tree<C: Channel>(ctx: &mut Ctx<'_, C>, input: &SbInput) -> Result<
         for (computed, _) in histogram_plan(&level, depth, ctx.config) {
             let started = Instant::now();
             let (x, key, cts, slot) = (ctx.x.clone(), ctx.key.clone(), cts.clone(), slot.clone());
-            let rows = level[computed].rows.clone();
-            let bytes = cpu::run(move || encrypted_histogram(&x, &key, &cts, &slot, &rows)).await;
+            let (rows, feats) = (level[computed].rows.clone(), ctx.feats.clone());
+            let bytes = cpu::run(move || encrypted_histogram(&x, &feats, &key, &cts, &slot, &rows)).await;
             ctx.timings.histograms += started.elapsed().as_secs_f64();
             send_bytes(ctx.channel, &bytes).await?;
         }
@@ -102,11 +112,19 @@ async fn grow_tree<C: Channel>(ctx: &mut Ctx<'_, C>, input: &SbInput) -> Result<
 }
 
 /// Step 2: per feature and bin, the product of the ciphertexts of `rows` in that bin (1 for an
-/// empty bin), rayon over features; as wire bytes, features and bins in order.
-fn encrypted_histogram(x: &BinnedFeatures, key: &PublicKey, cts: &[Ciphertext], slot: &[u32], rows: &[u32]) -> Vec<u8> {
-    let per_feature: Vec<Vec<u8>> = (0..x.features())
-        .into_par_iter()
-        .map(|f| {
+/// empty bin), rayon over this tree's features; as wire bytes, features and bins in order.
+fn encrypted_histogram(
+    x: &BinnedFeatures,
+    feats: &[u32],
+    key: &PublicKey,
+    cts: &[Ciphertext],
+    slot: &[u32],
+    rows: &[u32],
+) -> Vec<u8> {
+    let per_feature: Vec<Vec<u8>> = feats
+        .par_iter()
+        .map(|&f| {
+            let f = f as usize;
             let mut cells: Vec<Option<Ciphertext>> = vec![None; x.bins[f] as usize];
             let col = &x.columns[f];
             for &r in rows {

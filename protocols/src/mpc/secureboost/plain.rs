@@ -3,7 +3,8 @@
 //! must produce exactly its trees.
 use super::SbConfig;
 use super::binning::BinnedFeatures;
-use super::split::{Layout, best_split, gradient, histogram, leaf_weight, log_loss, sample_rows};
+use super::split::{Layout, best_split, gradient, histogram, leaf_weight, log_loss, sample_features, sample_rows};
+use crate::mpc::Party;
 
 /// A node of the reference's trees.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -46,8 +47,10 @@ pub fn train(
         for &r in train {
             gh[r as usize] = gradient(margins[r as usize], labels[r as usize]);
         }
+        let feats =
+            [sample_features(a.features(), config, t, Party::A), sample_features(b.features(), config, t, Party::B)];
         let mut nodes = Vec::new();
-        grow(a, b, &la, &lb, &gh, 0, sample, 0, config, &mut nodes);
+        grow(a, b, &la, &lb, &feats, &gh, 0, sample, 0, config, &mut nodes);
         nodes.sort_by_key(|n| n.0);
         for &r in train.iter().chain(holdout) {
             margins[r as usize] += score_row(&nodes, a, b, r as usize);
@@ -81,6 +84,7 @@ fn grow(
     b: &BinnedFeatures,
     la: &Layout,
     lb: &Layout,
+    feats: &[Vec<u32>; 2],
     gh: &[[i64; 2]],
     id: u32,
     rows: Vec<u32>,
@@ -90,8 +94,8 @@ fn grow(
 ) {
     let total = rows.iter().fold([0, 0], |s, &r| [s[0] + gh[r as usize][0], s[1] + gh[r as usize][1]]);
     let best = if depth < config.max_depth && rows.len() >= 2 {
-        let sa = best_split(&histogram(a, la, gh, &rows), la, total, config);
-        let sb = best_split(&histogram(b, lb, gh, &rows), lb, total, config);
+        let sa = best_split(&histogram(a, la, gh, &rows), la, &feats[0], total, config);
+        let sb = best_split(&histogram(b, lb, gh, &rows), lb, &feats[1], total, config);
         match (sa, sb) {
             (Some((f, j, g)), s) if s.is_none_or(|s| s.2 <= g) => Some((0u8, f, j, g)),
             (_, Some((f, j, g))) => Some((1, f, j, g)),
@@ -107,8 +111,8 @@ fn grow(
     let col = if party == 0 { &a.columns[feature as usize] } else { &b.columns[feature as usize] };
     let (l, r): (Vec<u32>, Vec<u32>) = rows.iter().partition(|&&r| col[r as usize] <= bin);
     out.push((id, PlainNode::Split { party, feature, bin, gain }));
-    grow(a, b, la, lb, gh, 2 * id + 1, l, depth + 1, config, out);
-    grow(a, b, la, lb, gh, 2 * id + 2, r, depth + 1, config, out);
+    grow(a, b, la, lb, feats, gh, 2 * id + 1, l, depth + 1, config, out);
+    grow(a, b, la, lb, feats, gh, 2 * id + 2, r, depth + 1, config, out);
 }
 
 /// The leaf weight row `r` reaches in one tree.

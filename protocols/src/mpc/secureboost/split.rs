@@ -6,7 +6,7 @@ use rand::{RngExt, SeedableRng};
 
 use super::binning::BinnedFeatures;
 use super::config::SbConfig;
-use crate::mpc::MpcError;
+use crate::mpc::{MpcError, Party};
 
 /// Fraction bits of the fixed-point gradients and hessians.
 pub const GH_FRAC_BITS: u32 = 32;
@@ -108,10 +108,17 @@ fn score(g: i64, h: i64, lambda: f64) -> f64 {
 /// gain = ½[G_L²/(H_L+λ) + G_R²/(H_R+λ) − G²/(H+λ)] − γ over splits "bin ≤ j goes left"
 /// (j below the feature's last bin) with H_L, H_R ≥ min child weight and gain > 0. Ties keep the
 /// first in (feature, bin) order. `total` is the node's (ΣG, ΣH).
-pub fn best_split(hist: &[[i64; 2]], layout: &Layout, total: [i64; 2], config: &SbConfig) -> Option<(u32, u8, f64)> {
+/// Only the `features` listed (ascending) are considered.
+pub fn best_split(
+    hist: &[[i64; 2]],
+    layout: &Layout,
+    features: &[u32],
+    total: [i64; 2],
+    config: &SbConfig,
+) -> Option<(u32, u8, f64)> {
     let parent = score(total[0], total[1], config.lambda);
     let mut best: Option<(u32, u8, f64)> = None;
-    for f in 0..layout.features() {
+    for f in features.iter().map(|&f| f as usize) {
         let cells = &hist[layout.range(f)];
         let mut left = [0i64; 2];
         for (j, cell) in cells.iter().enumerate().take(cells.len().saturating_sub(1)) {
@@ -150,6 +157,29 @@ pub fn sample_rows(train: &[u32], config: &SbConfig, tree: u32) -> Vec<u32> {
     };
     rows.sort_unstable();
     rows
+}
+
+/// The features of `party` that tree `tree` considers (ascending): all with `colsample` = 1,
+/// else ⌈colsample·d⌉ of the d drawn without replacement by a generator seeded by (seed, tree,
+/// party). Public to both parties.
+pub fn sample_features(d: usize, config: &SbConfig, tree: u32, party: Party) -> Vec<u32> {
+    let mut all: Vec<u32> = (0..d as u32).collect();
+    if config.colsample >= 1.0 || d == 0 {
+        return all;
+    }
+    let k = ((config.colsample * d as f64).ceil() as usize).clamp(1, d);
+    let tag = match party {
+        Party::A => 0xa,
+        Party::B => 0xb,
+    };
+    let mut rng = StdRng::seed_from_u64(config.seed ^ (u64::from(tree) << 32) ^ (tag << 16) ^ 0xc01);
+    for i in 0..k {
+        let j = rng.random_range(i..d);
+        all.swap(i, j);
+    }
+    let mut chosen = all[..k].to_vec();
+    chosen.sort_unstable();
+    chosen
 }
 
 /// Mean log-loss of margins `z` against labels.
@@ -193,11 +223,14 @@ mod tests {
         let layout = Layout::new(&[3]);
         let total = [0, q(4.0)];
         let config = SbConfig { lambda: 1.0, gamma: 0.0, min_child_weight: 0.0, ..SbConfig::default() };
-        let (f, bin, gain) = best_split(&hist, &layout, total, &config).unwrap();
+        let (f, bin, gain) = best_split(&hist, &layout, &[0], total, &config).unwrap();
         assert_eq!((f, bin), (0, 1));
         assert!((gain - 0.5 * (16.0 / 3.0 + 16.0 / 3.0)).abs() < 1e-9);
-        assert_eq!(best_split(&hist, &layout, total, &SbConfig { gamma: 6.0, ..config.clone() }), None);
-        assert_eq!(best_split(&hist, &layout, total, &SbConfig { min_child_weight: 2.5, ..config.clone() }), None);
+        assert_eq!(best_split(&hist, &layout, &[0], total, &SbConfig { gamma: 6.0, ..config.clone() }), None);
+        assert_eq!(
+            best_split(&hist, &layout, &[0], total, &SbConfig { min_child_weight: 2.5, ..config.clone() }),
+            None
+        );
         assert!((leaf_weight([q(-4.0), q(2.0)], &config) - 0.3 * 4.0 / 3.0).abs() < 1e-9);
     }
 }

@@ -166,6 +166,23 @@ async fn trees_and_predictions_equal_the_plaintext_reference() {
     assert!(out.holdout_loss[2] < out.holdout_loss[0], "the model learns: {:?}", out.holdout_loss);
     assert_eq!(out.peer_features, 4);
     check_prediction(&run, &d, &config, &train_rows, &holdout).await;
+    // Column subsampling: 2 of A's 3 and 2 of B's 4 features per tree.
+    let config = SbConfig { colsample: 0.5, seed: 10, ..config };
+    let (a, b) = inputs(&d, &train_rows, &holdout, &config);
+    let run = run_with(a, b, &config, None, None).await;
+    check_against_plain(&run, &d, &train_rows, &holdout, &config);
+    check_prediction(&run, &d, &config, &train_rows, &holdout).await;
+    for t in 0..3 {
+        let (fa, fb) = (sample_features(3, &config, t, Party::A), sample_features(4, &config, t, Party::B));
+        assert_eq!((fa.len(), fb.len()), (2, 2));
+        for n in &run.a.as_ref().unwrap().trees[t as usize].nodes {
+            match n.split {
+                Split::Own { feature, .. } => assert!(fa.contains(&feature)),
+                Split::Peer { feature, .. } => assert!(fb.contains(&feature)),
+                Split::Leaf { .. } => {}
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
