@@ -15,6 +15,7 @@ pub mod lr;
 pub mod lr_synth;
 pub mod psi;
 pub mod sealed;
+pub mod secureboost;
 pub mod storage;
 pub mod synth;
 

@@ -8,6 +8,7 @@
 pub mod channel;
 pub mod cpu;
 pub mod dleq;
+pub mod he;
 pub mod items;
 pub mod mem;
 pub mod merkle;

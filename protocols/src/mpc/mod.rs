@@ -30,6 +30,7 @@
 pub mod dealer;
 pub mod lr;
 pub mod ot_mul;
+pub mod secureboost;
 pub mod wire;
 
 use crate::channel::ChannelError;

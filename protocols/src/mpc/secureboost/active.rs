@@ -1,0 +1,399 @@
+//! Party A (active: labels, its own features, the OU key): steps 1–4 of the module docs.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand::SeedableRng;
+use rand::rngs::{StdRng, SysRng};
+use rayon::prelude::*;
+
+use super::binning::BinnedFeatures;
+use super::setup::{LevelNode, check_input, digest, histogram_plan, may_split, partition, routed_rows};
+use super::split::{
+    Layout, best_split, gradient, histogram, leaf_weight, log_loss, pack, sample_features, sample_rows, subtract,
+    unpack,
+};
+use super::wire::{Decision, encode_decisions, exchange_hello, pack_bits, unpack_bits};
+use super::{Node, SbConfig, SbInput, SbOutput, SbTimings, Split, Tree};
+use crate::channel::Channel;
+use crate::cpu;
+use crate::he::{Encryptor, KeyPair};
+use crate::mpc::wire::{recv_bytes, send_bytes};
+use crate::mpc::{MpcError, Party, violation};
+
+type Hist = Vec<[i64; 2]>;
+/// A's own (feature, bin) when A splits a node.
+type OwnSplit = Option<(u32, u8)>;
+/// A node's index in its level, A's decision and A's own split.
+type Chosen = (usize, Decision, OwnSplit);
+
+struct Ctx<'a, C> {
+    channel: &'a C,
+    config: &'a SbConfig,
+    x: &'a BinnedFeatures,
+    labels: &'a [u8],
+    key: Arc<KeyPair>,
+    encryptor: Encryptor,
+    own: Layout,
+    peer: Layout,
+    /// This tree's features of each party (column subsampling).
+    own_feats: Vec<u32>,
+    peer_feats: Vec<u32>,
+    timings: SbTimings,
+}
+
+pub(super) async fn train<C: Channel>(channel: &C, input: SbInput, config: &SbConfig) -> Result<SbOutput, MpcError> {
+    check_input(&input, config)?;
+    let key = input.key.clone().expect("checked");
+    let peer_bins = exchange_hello(channel, digest(&input, config), &input.features.bins, config).await?;
+    send_bytes(channel, &key.public.to_bytes()).await?;
+    let holder = key.clone();
+    let encryptor =
+        cpu::run(move || Encryptor::for_key_holder(&holder)).await.map_err(|e| MpcError::Invalid(e.to_string()))?;
+    let mut ctx = Ctx {
+        channel,
+        config,
+        x: &input.features,
+        labels: input.labels.as_deref().expect("checked"),
+        key,
+        encryptor,
+        own: Layout::new(&input.features.bins),
+        peer: Layout::new(&peer_bins),
+        own_feats: Vec::new(),
+        peer_feats: Vec::new(),
+        timings: SbTimings::default(),
+    };
+    let mut margins = vec![0.0; input.features.rows];
+    let (mut trees, mut losses, mut best) = (Vec::new(), Vec::new(), None);
+    let mut stopped_early = false;
+    for t in 0..config.trees {
+        let tree = grow_tree(&mut ctx, &input, t, &mut margins).await?;
+        trees.push(tree);
+        if input.holdout.is_empty() {
+            continue;
+        }
+        let z: Vec<f64> = input.holdout.iter().map(|&r| margins[r as usize]).collect();
+        let y: Vec<u8> = input.holdout.iter().map(|&r| ctx.labels[r as usize]).collect();
+        let loss = log_loss(&z, &y);
+        let stop = config.tolerance > 0.0 && losses.last().is_some_and(|&prev: &f64| prev - loss < config.tolerance);
+        let is_best = losses.iter().all(|&l| loss < l);
+        losses.push(loss);
+        if is_best {
+            best = Some(t + 1);
+        }
+        send_bytes(channel, &[stop as u8 | (is_best as u8) << 1]).await?;
+        if stop {
+            stopped_early = t + 1 < config.trees;
+            break;
+        }
+    }
+    let trees_run = trees.len() as u32;
+    if let (true, Some(b)) = (config.tolerance > 0.0, best) {
+        trees.truncate(b as usize);
+    }
+    Ok(SbOutput {
+        trees,
+        trees_run,
+        stopped_early,
+        holdout_loss: losses,
+        peer_features: peer_bins.len(),
+        timings: ctx.timings,
+    })
+}
+
+/// Step 1: the sample and the encrypted, packed gradients; then the levels (steps 2–3) and the
+/// margins (step 4).
+async fn grow_tree<C: Channel>(
+    ctx: &mut Ctx<'_, C>,
+    input: &SbInput,
+    t: u32,
+    margins: &mut [f64],
+) -> Result<Tree, MpcError> {
+    let sample = sample_rows(&input.train, ctx.config, t);
+    ctx.own_feats = sample_features(ctx.own.features(), ctx.config, t, Party::A);
+    ctx.peer_feats = sample_features(ctx.peer.features(), ctx.config, t, Party::B);
+    let mut in_sample = vec![false; input.features.rows];
+    for &r in &sample {
+        in_sample[r as usize] = true;
+    }
+    send_bytes(ctx.channel, &pack_bits(input.train.iter().map(|&r| in_sample[r as usize]))).await?;
+    let mut gh = vec![[0i64; 2]; input.features.rows];
+    for &r in &input.train {
+        gh[r as usize] = gradient(margins[r as usize], ctx.labels[r as usize]);
+    }
+    let started = Instant::now();
+    let plain: Vec<i128> = sample.iter().map(|&r| pack(gh[r as usize])).collect();
+    let encryptor = ctx.encryptor.clone();
+    let bytes = cpu::run(move || encrypt_all(&encryptor, &plain)).await?;
+    ctx.timings.encrypt += started.elapsed().as_secs_f64();
+    send_bytes(ctx.channel, &bytes).await?;
+    drop(bytes);
+
+    let mut nodes = Vec::new();
+    let mut leaves: Vec<(u32, Vec<u32>)> = Vec::new();
+    let mut level = vec![LevelNode { id: 0, rows: sample }];
+    let mut parent_hists: HashMap<u32, Hist> = HashMap::new();
+    for depth in 0..=ctx.config.max_depth {
+        if level.is_empty() {
+            break;
+        }
+        let peer_hists = peer_histograms(ctx, &level, depth, &parent_hists).await?;
+        let (next, hists) = split_level(ctx, &gh, level, depth, peer_hists, &mut nodes, &mut leaves).await?;
+        level = next;
+        parent_hists = hists;
+    }
+    for (id, rows) in &leaves {
+        let total = rows.iter().fold([0, 0], |a, &r| [a[0] + gh[r as usize][0], a[1] + gh[r as usize][1]]);
+        nodes.push(Node { id: *id, split: Split::Leaf { weight: leaf_weight(total, ctx.config) }, gain: 0.0 });
+    }
+    nodes.sort_by_key(|n| n.id);
+    let tree = Tree { nodes };
+    let routed = routed_rows(input, &leaves_rows(&leaves));
+    update_margins(ctx, &tree, &leaves, routed, margins).await?;
+    Ok(tree)
+}
+
+fn leaves_rows(leaves: &[(u32, Vec<u32>)]) -> Vec<u32> {
+    let mut rows: Vec<u32> = leaves.iter().flat_map(|(_, r)| r.iter().copied()).collect();
+    rows.sort_unstable();
+    rows
+}
+
+/// Enc(packed g, h) of every sampled row, as wire bytes (rayon, one OS-seeded generator per chunk).
+fn encrypt_all(encryptor: &Encryptor, plain: &[i128]) -> Result<Vec<u8>, MpcError> {
+    let w = encryptor.public().ciphertext_bytes();
+    let chunks: Vec<Result<Vec<u8>, MpcError>> = plain
+        .par_chunks(256)
+        .map(|chunk| {
+            let mut rng =
+                StdRng::try_from_rng(&mut SysRng).expect("the operating system's random number generator failed");
+            let mut out = Vec::with_capacity(chunk.len() * w);
+            for &m in chunk {
+                let c = encryptor.encrypt(m, &mut rng).map_err(|e| MpcError::Overflow(e.to_string()))?;
+                encryptor.public().ciphertext_to_bytes(&c, &mut out);
+            }
+            Ok(out)
+        })
+        .collect();
+    let mut bytes = Vec::with_capacity(plain.len() * w);
+    for c in chunks {
+        bytes.extend_from_slice(&c?);
+    }
+    Ok(bytes)
+}
+
+/// Step 2: B's histograms of this level's nodes, decrypted (the computed child) or by subtraction
+/// from the parent's (its sibling). None for nodes that may not split.
+async fn peer_histograms<C: Channel>(
+    ctx: &mut Ctx<'_, C>,
+    level: &[LevelNode],
+    depth: u32,
+    parents: &HashMap<u32, Hist>,
+) -> Result<Vec<Option<Hist>>, MpcError> {
+    let mut out: Vec<Option<Hist>> = vec![None; level.len()];
+    let w = ctx.key.public.ciphertext_bytes();
+    for (computed, sibling) in histogram_plan(level, depth, ctx.config) {
+        let cells: usize = ctx.peer_feats.iter().map(|&f| ctx.peer.range(f as usize).len()).sum();
+        let bytes = recv_bytes(ctx.channel, cells * w).await?;
+        let started = Instant::now();
+        let key = ctx.key.clone();
+        let sent = cpu::run(move || decrypt_histogram(&key, &bytes)).await?;
+        ctx.timings.decrypt += started.elapsed().as_secs_f64();
+        // B sends this tree's features only; the others stay empty (never considered).
+        let mut hist = vec![[0i64; 2]; ctx.peer.total()];
+        let mut at = 0;
+        for &f in &ctx.peer_feats {
+            let range = ctx.peer.range(f as usize);
+            hist[range.clone()].copy_from_slice(&sent[at..at + range.len()]);
+            at += range.len();
+        }
+        if let Some(s) = sibling {
+            let parent = parents.get(&((level[computed].id - 1) / 2)).expect("a split parent's histogram is kept");
+            out[s] = Some(subtract(parent, &hist));
+        }
+        out[computed] = Some(hist);
+    }
+    Ok(out)
+}
+
+fn decrypt_histogram(key: &KeyPair, bytes: &[u8]) -> Result<Hist, MpcError> {
+    let w = key.public.ciphertext_bytes();
+    bytes
+        .par_chunks_exact(w)
+        .map(|c| {
+            let c = key.public.ciphertext(c).map_err(|e| violation(e.to_string()))?;
+            let m = key.secret.decrypt(&c).map_err(|e| violation(format!("a histogram sum: {e}")))?;
+            unpack(m)
+        })
+        .collect()
+}
+
+/// Step 3: A's decisions for the level's nodes, the partitions, and the next level.
+async fn split_level<C: Channel>(
+    ctx: &mut Ctx<'_, C>,
+    gh: &[[i64; 2]],
+    level: Vec<LevelNode>,
+    depth: u32,
+    mut peer_hists: Vec<Option<Hist>>,
+    nodes: &mut Vec<Node>,
+    leaves: &mut Vec<(u32, Vec<u32>)>,
+) -> Result<(Vec<LevelNode>, HashMap<u32, Hist>), MpcError> {
+    let mut decisions = Vec::new();
+    let mut own_bits = Vec::new();
+    // (index in the level, decision, A's own (feature, bin) when A splits)
+    let mut chosen: Vec<Chosen> = Vec::new();
+    for (i, node) in level.iter().enumerate() {
+        if !may_split(node, depth, ctx.config) {
+            continue;
+        }
+        let total = node.rows.iter().fold([0, 0], |a, &r| [a[0] + gh[r as usize][0], a[1] + gh[r as usize][1]]);
+        let own_hist = histogram(ctx.x, &ctx.own, gh, &node.rows);
+        let own = best_split(&own_hist, &ctx.own, &ctx.own_feats, total, ctx.config);
+        let peer_hist = peer_hists[i].as_ref().expect("a node that may split has B's histogram");
+        let peer = best_split(peer_hist, &ctx.peer, &ctx.peer_feats, total, ctx.config);
+        let (decision, gain) = match (own, peer) {
+            (Some((f, b, g)), p) if p.is_none_or(|p| p.2 <= g) => {
+                let col = &ctx.x.columns[f as usize];
+                own_bits.extend(pack_bits(node.rows.iter().map(|&r| col[r as usize] <= b)));
+                (Decision::SplitA, g)
+            }
+            (_, Some((f, b, g))) => (Decision::SplitB { feature: f, bin: b }, g),
+            (_, None) => (Decision::Leaf, 0.0),
+        };
+        decisions.push(decision);
+        let own_split = own.filter(|_| decision == Decision::SplitA).map(|(f, b, _)| (f, b));
+        match (decision, own_split) {
+            (Decision::SplitA, Some((feature, bin))) => {
+                nodes.push(Node { id: node.id, split: Split::Own { feature, bin }, gain })
+            }
+            (Decision::SplitB { feature, bin }, _) => {
+                nodes.push(Node { id: node.id, split: Split::Peer { feature, bin }, gain })
+            }
+            _ => {}
+        }
+        chosen.push((i, decision, own_split));
+    }
+    if !decisions.is_empty() {
+        send_bytes(ctx.channel, &encode_decisions(&decisions)).await?;
+        send_bytes(ctx.channel, &own_bits).await?;
+    }
+    let peer_len: usize = chosen
+        .iter()
+        .filter(|c| matches!(c.1, Decision::SplitB { .. }))
+        .map(|c| level[c.0].rows.len().div_ceil(8))
+        .sum();
+    let peer_bits = if peer_len > 0 { recv_bytes(ctx.channel, peer_len).await? } else { Vec::new() };
+    next_level(ctx, gh, level, &chosen, &peer_bits, &mut peer_hists, leaves)
+}
+
+/// The children of the level's split nodes (B's partitions checked against its histograms) and the
+/// B-histograms of the split nodes, kept for the children's subtraction.
+#[allow(clippy::too_many_arguments)]
+fn next_level<C>(
+    ctx: &Ctx<'_, C>,
+    gh: &[[i64; 2]],
+    level: Vec<LevelNode>,
+    chosen: &[Chosen],
+    peer_bits: &[u8],
+    peer_hists: &mut [Option<Hist>],
+    leaves: &mut Vec<(u32, Vec<u32>)>,
+) -> Result<(Vec<LevelNode>, HashMap<u32, Hist>), MpcError> {
+    let mut decision_of: Vec<Option<(Decision, OwnSplit)>> = vec![None; level.len()];
+    for &(i, d, own) in chosen {
+        decision_of[i] = Some((d, own));
+    }
+    let (mut next, mut kept, mut at) = (Vec::new(), HashMap::new(), 0usize);
+    for (i, node) in level.into_iter().enumerate() {
+        let left: Vec<bool> = match decision_of[i] {
+            None | Some((Decision::Leaf, _)) => {
+                leaves.push((node.id, node.rows));
+                continue;
+            }
+            Some((Decision::SplitA, own)) => {
+                let (f, b) = own.expect("A's split is recorded with its decision");
+                let col = &ctx.x.columns[f as usize];
+                node.rows.iter().map(|&r| col[r as usize] <= b).collect()
+            }
+            Some((Decision::SplitB { feature, bin }, _)) => {
+                let len = node.rows.len().div_ceil(8);
+                let bits = unpack_bits(&peer_bits[at..at + len], node.rows.len())?;
+                at += len;
+                let hist = peer_hists[i].as_ref().expect("kept");
+                check_partition(gh, &node.rows, &bits, &hist[ctx.peer.range(feature as usize)], bin)?;
+                bits
+            }
+        };
+        let (l, r) = partition(&node.rows, &left);
+        if let Some(h) = peer_hists[i].take() {
+            kept.insert(node.id, h);
+        }
+        next.push(LevelNode { id: 2 * node.id + 1, rows: l });
+        next.push(LevelNode { id: 2 * node.id + 2, rows: r });
+    }
+    Ok((next, kept))
+}
+
+/// B's partition must agree with the histogram B sent: the (ΣG, ΣH) of the rows it sends left is
+/// the sum of the histogram's bins 0..=bin of the chosen feature.
+fn check_partition(gh: &[[i64; 2]], rows: &[u32], left: &[bool], cells: &[[i64; 2]], bin: u8) -> Result<(), MpcError> {
+    let claimed = rows
+        .iter()
+        .zip(left)
+        .filter(|x| *x.1)
+        .fold([0i64, 0], |a, (&r, _)| [a[0] + gh[r as usize][0], a[1] + gh[r as usize][1]]);
+    let expected = cells[..=bin as usize].iter().fold([0i64, 0], |a, c| [a[0] + c[0], a[1] + c[1]]);
+    if claimed != expected {
+        return Err(violation("the peer's partition does not match its histogram"));
+    }
+    Ok(())
+}
+
+/// Step 4: B's directions for the routed rows, then every training and holdout row's margin.
+async fn update_margins<C: Channel>(
+    ctx: &Ctx<'_, C>,
+    tree: &Tree,
+    leaves: &[(u32, Vec<u32>)],
+    routed: Vec<u32>,
+    margins: &mut [f64],
+) -> Result<(), MpcError> {
+    let weight: HashMap<u32, f64> = tree
+        .nodes
+        .iter()
+        .filter_map(|n| match n.split {
+            Split::Leaf { weight } => Some((n.id, weight)),
+            _ => None,
+        })
+        .collect();
+    for (id, rows) in leaves {
+        for &r in rows {
+            margins[r as usize] += weight[id];
+        }
+    }
+    let peer_nodes: Vec<u32> =
+        tree.nodes.iter().filter(|n| matches!(n.split, Split::Peer { .. })).map(|n| n.id).collect();
+    let per_node = routed.len().div_ceil(8);
+    let bytes = recv_bytes(ctx.channel, per_node * peer_nodes.len()).await?;
+    let mut directions: HashMap<u32, Vec<bool>> = HashMap::new();
+    for (k, &id) in peer_nodes.iter().enumerate() {
+        directions.insert(id, unpack_bits(&bytes[k * per_node..(k + 1) * per_node], routed.len())?);
+    }
+    for (pos, &r) in routed.iter().enumerate() {
+        margins[r as usize] += walk(tree, |id, split| match split {
+            Split::Own { feature, bin } => ctx.x.columns[feature as usize][r as usize] <= bin,
+            _ => directions[&id][pos],
+        });
+    }
+    Ok(())
+}
+
+/// The leaf weight a row reaches, `left(id, split)` saying where it goes at each split node.
+pub(super) fn walk(tree: &Tree, mut left: impl FnMut(u32, Split) -> bool) -> f64 {
+    let mut id = 0u32;
+    loop {
+        let Ok(i) = tree.nodes.binary_search_by_key(&id, |n| n.id) else { return 0.0 };
+        match tree.nodes[i].split {
+            Split::Leaf { weight } => return weight,
+            split => id = if left(id, split) { 2 * id + 1 } else { 2 * id + 2 },
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The hyper-parameters both parties must agree on, and their validation.
+use sha2::{Digest, Sha256};
+
+use crate::mpc::MpcError;
+
+/// Deepest tree allowed (node ids are heap positions below 2^(MAX_DEPTH + 1)).
+pub const MAX_DEPTH: u32 = 16;
+/// Most trees per model.
+pub const MAX_TREES: u32 = 10_000;
+/// Most bins per feature, the missing-value bin included (bins are one byte).
+pub const MAX_BINS: u32 = 256;
+
+/// SecureBoost hyper-parameters (XGBoost's names and meaning).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SbConfig {
+    pub trees: u32,
+    pub max_depth: u32,
+    /// Shrinkage η: a leaf's weight is −η·G/(H + λ).
+    pub learning_rate: f64,
+    /// L2 regularization λ of leaf weights.
+    pub lambda: f64,
+    /// Minimum gain γ of a split.
+    pub gamma: f64,
+    /// Minimum hessian sum of each child.
+    pub min_child_weight: f64,
+    /// Fraction of the training rows each tree samples (1 = all), drawn by A with `seed`.
+    pub subsample: f64,
+    /// Fraction of each party's features each tree considers (1 = all; at least one), drawn
+    /// with `seed` per tree and party: both parties compute both lists (A must know which of
+    /// B's histograms come).
+    pub colsample: f64,
+    pub seed: u64,
+    /// Early stopping: stop when the holdout loss improved by less than this after a tree
+    /// (0 = off; needs holdout rows). The model keeps the trees up to the best holdout loss.
+    pub tolerance: f64,
+    /// Most bins per feature, missing-value bin included (2..=[`MAX_BINS`]).
+    pub max_bins: u32,
+}
+
+impl Default for SbConfig {
+    fn default() -> Self {
+        Self {
+            trees: 5,
+            max_depth: 5,
+            learning_rate: 0.3,
+            lambda: 1.0,
+            gamma: 0.0,
+            min_child_weight: 1.0,
+            subsample: 1.0,
+            colsample: 1.0,
+            seed: 0,
+            tolerance: 0.0,
+            max_bins: 33,
+        }
+    }
+}
+
+impl SbConfig {
+    pub fn validate(&self) -> Result<(), MpcError> {
+        let bad = |m: &str| Err(MpcError::Invalid(m.into()));
+        if self.trees == 0 || self.trees > MAX_TREES {
+            return bad("trees must be in 1..=10000");
+        }
+        if self.max_depth == 0 || self.max_depth > MAX_DEPTH {
+            return bad("max depth must be in 1..=16");
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate <= 1.0) {
+            return bad("learning rate must be in (0, 1]");
+        }
+        if !(self.lambda >= 0.0 && self.lambda.is_finite() && self.gamma >= 0.0 && self.gamma.is_finite()) {
+            return bad("lambda and gamma must be finite and non-negative");
+        }
+        if !(self.min_child_weight >= 0.0 && self.min_child_weight.is_finite()) {
+            return bad("min child weight must be finite and non-negative");
+        }
+        if !(self.subsample > 0.0 && self.subsample <= 1.0) {
+            return bad("subsample must be in (0, 1]");
+        }
+        if !(self.colsample > 0.0 && self.colsample <= 1.0) {
+            return bad("colsample must be in (0, 1]");
+        }
+        if !(self.tolerance >= 0.0 && self.tolerance.is_finite()) {
+            return bad("tolerance must be finite and non-negative");
+        }
+        if !(2..=MAX_BINS).contains(&self.max_bins) {
+            return bad("max bins must be in 2..=256");
+        }
+        Ok(())
+    }
+
+    pub(super) fn digest(&self, h: &mut Sha256) {
+        for v in [self.trees, self.max_depth, self.max_bins] {
+            h.update(v.to_le_bytes());
+        }
+        for v in [
+            self.learning_rate,
+            self.lambda,
+            self.gamma,
+            self.min_child_weight,
+            self.subsample,
+            self.colsample,
+            self.tolerance,
+        ] {
+            h.update(v.to_bits().to_le_bytes());
+        }
+        h.update(self.seed.to_le_bytes());
+    }
+}

@@ -1,0 +1,180 @@
+//! Vertical SecureBoost (Cheng et al., "SecureBoost: A Lossless Federated Learning Framework",
+//! IEEE Intelligent Systems 2021; SecretFlow's SGB as the engineering reference): gradient-boosted
+//! decision trees for binary classification over rows aligned by PSI, two parties, no third party.
+//!
+//! # Setting
+//!
+//! Party A (active) holds the labels and some features, party B (passive) other features of the
+//! same rows (row i is the same entity on both sides). Each party bins its own features locally
+//! ([`FeatureBins`]: quantile bins, missing values in their own bin 0, below every value).
+//!
+//! # What it computes
+//!
+//! XGBoost-style boosting on the log-loss (binary classification only), exactly as the plaintext
+//! reference [`plain::train`] does on the two parties' binned features side by side: per tree, A
+//! computes g = σ(z) − y, h = σ(z)(1 − σ(z)) at the current margins, in fixed point with 32
+//! fraction bits ([`gradient`]); nodes grow level by level to `max_depth`; a node with at least two
+//! rows takes the split "bin ≤ j goes left" of largest gain
+//! ½[G_L²/(H_L+λ) + G_R²/(H_R+λ) − G²/(H+λ)] − γ with both H ≥ `min_child_weight` and gain > 0
+//! ([`best_split`]: ties keep A's split, then the lower feature, then the lower bin); leaves get
+//! −η·G/(H + λ). Integer sums are exact, so the trees are the reference's, bit for bit.
+//!
+//! Per tree (steps of Cheng et al., Algorithms 1–2):
+//!
+//! 0. Both draw the features each party's tree considers (`colsample`, seeded by the agreed seed:
+//!    A must know which of B's histograms come; B learns which of A's features are eligible).
+//! 1. A → B: the rows the tree samples (a bit per training row, `subsample`), then Enc(g_i +
+//!    h_i·2^56) for each sampled row — gradient and hessian packed in one OU plaintext ([`pack`]:
+//!    headroom for 2^20 rows), encrypted with fixed-base tables ([`crate::he`]).
+//! 2. Per level, B → A: for each pair of sibling nodes (the root alone at level 0), the encrypted
+//!    histogram of the child with fewer rows: per feature and bin, the product of the ciphertexts
+//!    of its rows (rayon over this tree's features; an empty bin is sent as 1). A decrypts, unpacks and gets
+//!    the sibling's histogram by subtraction from the parent's, in plaintext.
+//! 3. A → B: per node that may split, its decision — leaf, "A splits" or "B's feature k, bin j"
+//!    — and for A's splits the partition of the node's rows (a bit each). B → A: the partitions
+//!    of its own splits; A checks each against the histogram it decrypted (the left side's
+//!    (ΣG, ΣH) must be the histogram's prefix sum). B keeps its threshold.
+//! 4. After the tree, B → A: for each of its split nodes, the direction of every training row the
+//!    tree did not sample and of every holdout row (a bit each), so A can update all margins.
+//!    With holdout rows A computes the holdout log-loss and sends one flag byte (stop; best so
+//!    far), as the LR protocol does: with `tolerance` > 0 both keep the trees up to the best loss.
+//!
+//! Prediction ([`predict`]): B sends, per split node of its own, the direction of every row; A
+//! walks the trees and adds the leaf weights.
+//!
+//! # What each party learns
+//!
+//! - Both: the row count, the training and holdout rows, the hyper-parameters, the other's feature
+//!   count and bins per feature, every tree's shape (which nodes split, and which party's split
+//!   each is) and the instance set of every node: B computes histograms for nodes split by A, so
+//!   A's partitions are revealed to B, as in the original SecureBoost (SGB's privacy-enhanced
+//!   mode, which hides them, is not built).
+//! - A: for every node, B's per-(feature, bin) sums of g and h (the decrypted histograms — for a
+//!   bin with few rows, A can sometimes tell which of its rows they are by their gradients, a
+//!   known SecureBoost leakage); which of B's (feature, bin) splits are chosen, the partitions
+//!   they induce, and the direction of B's splits for unsampled and holdout rows (and, in
+//!   prediction, for the rows scored). Not B's feature values or thresholds.
+//! - B: the instance sets above, its own chosen splits, the number of trees and the early-stopping
+//!   flags. Nothing about labels, gradients, margins or leaf weights: it sees only OU ciphertexts
+//!   under A's key (IND-CPA, [`crate::he`]).
+//!
+//! # Security model
+//!
+//! Semi-honest for privacy. A pinned peer is authenticated, not trusted: every size a peer's
+//! message could announce is checked before a buffer is sized (feature and bin counts against
+//! [`MAX_PEER_FEATURES`], [`MAX_PEER_CELLS`] and `max_bins`; everything else has a length both
+//! parties derive from agreed state — rows, instance sets, bins — and frames of another length are
+//! errors), ciphertexts must lie in [1, n), the public key must be a 3072-bit modulus with
+//! generators in range, decisions name an existing feature and a bin that leaves rows on the
+//! right, bit vectors have zero padding, decrypted sums must fit the packing bounds: a malformed
+//! message is an [`MpcError`], never a panic. What a malicious peer can still do: B can return
+//! wrong histograms or partitions consistent with them (a worse model, or steering which rows
+//! share leaves); A can send ciphertexts of anything, choose its splits and samples freely, and
+//! learn B's split directions for any rows it asks to have scored. Neither learns the other's
+//! feature values beyond what is listed above.
+
+use std::sync::Arc;
+
+use crate::he::KeyPair;
+use crate::mpc::Party;
+
+mod active;
+mod binning;
+mod config;
+mod passive;
+pub mod plain;
+mod predict;
+mod setup;
+mod split;
+mod wire;
+
+pub use binning::{BinnedFeatures, FeatureBins};
+pub use config::{MAX_BINS, MAX_DEPTH, MAX_TREES, SbConfig};
+pub use predict::predict;
+pub use split::{
+    GH_FRAC_BITS, Layout, MAX_ROWS, SLOT_BITS, best_split, gradient, leaf_weight, log_loss, pack, quantize,
+    sample_features, sample_rows, unpack,
+};
+pub use wire::{MAX_PEER_CELLS, MAX_PEER_FEATURES};
+
+/// One party's inputs.
+pub struct SbInput {
+    pub party: Party,
+    /// This party's binned features of every aligned row.
+    pub features: BinnedFeatures,
+    /// Labels (A only), one 0/1 per row.
+    pub labels: Option<Vec<u8>>,
+    /// Training rows (ascending or not; the same on both sides).
+    pub train: Vec<u32>,
+    /// Holdout rows (the same on both sides; may be empty).
+    pub holdout: Vec<u32>,
+    /// A's OU key pair (A only; [`KeyPair::generate`]).
+    pub key: Option<Arc<KeyPair>>,
+}
+
+/// What a node of a tree is, from one party's point of view.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Split {
+    /// A leaf and its weight (A only).
+    Leaf { weight: f64 },
+    /// A split on this party's feature: rows whose bin is ≤ `bin` go left.
+    Own { feature: u32, bin: u8 },
+    /// A split on the peer's feature (A's reference to one of B's nodes): B's feature index and
+    /// bin, which A chose from B's histograms — opaque to A (no name, no threshold).
+    Peer { feature: u32, bin: u8 },
+}
+
+/// One node: its heap position (root 0, children of i at 2i + 1 and 2i + 2), what it is, and
+/// the split's gain (A only; 0 for leaves and in B's trees).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Node {
+    pub id: u32,
+    pub split: Split,
+    pub gain: f64,
+}
+
+/// One tree, nodes by ascending id. A's trees hold every node; B's only its own splits.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Tree {
+    pub nodes: Vec<Node>,
+}
+
+/// Wall time of the protocol's costly parts, seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SbTimings {
+    /// A: encrypting gradients.
+    pub encrypt: f64,
+    /// B: summing ciphertexts into histograms.
+    pub histograms: f64,
+    /// A: decrypting histograms.
+    pub decrypt: f64,
+}
+
+/// One party's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SbOutput {
+    /// The trees kept (with early stopping, up to the best holdout loss).
+    pub trees: Vec<Tree>,
+    pub trees_run: u32,
+    pub stopped_early: bool,
+    /// Holdout log-loss after each tree (A only; empty without holdout).
+    pub holdout_loss: Vec<f64>,
+    pub peer_features: usize,
+    pub timings: SbTimings,
+}
+
+/// Runs one party's side of the training over `channel`.
+pub async fn train<C: crate::channel::Channel>(
+    channel: &C,
+    input: SbInput,
+    config: &SbConfig,
+) -> Result<SbOutput, crate::mpc::MpcError> {
+    config.validate()?;
+    match input.party {
+        Party::A => active::train(channel, input, config).await,
+        Party::B => passive::train(channel, input, config).await,
+    }
+}
+
+#[cfg(test)]
+mod tests;

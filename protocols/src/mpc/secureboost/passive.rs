@@ -1,0 +1,215 @@
+//! Party B (passive: its own features only): the mirror of [`super::active`]; it sums A's
+//! ciphertexts into histograms and splits when told to.
+use std::sync::Arc;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use super::binning::BinnedFeatures;
+use super::setup::{LevelNode, check_input, digest, histogram_plan, may_split, partition, routed_rows};
+use super::split::sample_features;
+use super::wire::{Decision, decode_decisions, exchange_hello, pack_bits, unpack_bits};
+use super::{Node, SbConfig, SbInput, SbOutput, SbTimings, Split, Tree};
+use crate::channel::Channel;
+use crate::cpu;
+use crate::he::{Ciphertext, KEY_BITS, PublicKey};
+use crate::mpc::wire::{recv_bytes, send_bytes};
+use crate::mpc::{MpcError, Party, violation};
+
+struct Ctx<'a, C> {
+    channel: &'a C,
+    config: &'a SbConfig,
+    x: Arc<BinnedFeatures>,
+    key: Arc<PublicKey>,
+    /// This tree's features (column subsampling).
+    feats: Arc<Vec<u32>>,
+    timings: SbTimings,
+}
+
+pub(super) async fn train<C: Channel>(channel: &C, input: SbInput, config: &SbConfig) -> Result<SbOutput, MpcError> {
+    check_input(&input, config)?;
+    let peer_bins = exchange_hello(channel, digest(&input, config), &input.features.bins, config).await?;
+    let key_bytes = recv_bytes(channel, 3 * KEY_BITS.div_ceil(8) as usize).await?;
+    let key = PublicKey::from_bytes(&key_bytes).map_err(|e| violation(e.to_string()))?;
+    let mut ctx = Ctx {
+        channel,
+        config,
+        x: Arc::new(input.features.clone()),
+        key: Arc::new(key),
+        feats: Arc::new(Vec::new()),
+        timings: SbTimings::default(),
+    };
+    let (mut trees, mut best, mut stopped_early) = (Vec::new(), None, false);
+    for t in 0..config.trees {
+        ctx.feats = Arc::new(sample_features(ctx.x.features(), config, t, Party::B));
+        trees.push(grow_tree(&mut ctx, &input).await?);
+        if input.holdout.is_empty() {
+            continue;
+        }
+        let flag = match recv_bytes(channel, 1).await?[0] {
+            f @ 0..=3 => f,
+            _ => return Err(violation("bad early-stopping flag")),
+        };
+        if flag & 2 != 0 {
+            best = Some(t + 1);
+        }
+        if flag & 1 != 0 {
+            stopped_early = t + 1 < config.trees;
+            break;
+        }
+    }
+    let trees_run = trees.len() as u32;
+    if let (true, Some(b)) = (config.tolerance > 0.0, best) {
+        trees.truncate(b as usize);
+    }
+    Ok(SbOutput {
+        trees,
+        trees_run,
+        stopped_early,
+        holdout_loss: Vec::new(),
+        peer_features: peer_bins.len(),
+        timings: ctx.timings,
+    })
+}
+
+/// Step 1 (receiving), the levels, step 4 (sending).
+async fn grow_tree<C: Channel>(ctx: &mut Ctx<'_, C>, input: &SbInput) -> Result<Tree, MpcError> {
+    let bits = unpack_bits(&recv_bytes(ctx.channel, input.train.len().div_ceil(8)).await?, input.train.len())?;
+    let mut sample: Vec<u32> = input.train.iter().zip(&bits).filter(|x| *x.1).map(|x| *x.0).collect();
+    sample.sort_unstable();
+    let w = ctx.key.ciphertext_bytes();
+    let bytes = recv_bytes(ctx.channel, sample.len() * w).await?;
+    let key = ctx.key.clone();
+    let cts: Vec<Ciphertext> =
+        cpu::run(move || bytes.par_chunks_exact(w).map(|c| key.ciphertext(c)).collect::<Result<Vec<_>, _>>())
+            .await
+            .map_err(|e| violation(e.to_string()))?;
+    // Position of each sampled row's ciphertext.
+    let mut slot = vec![u32::MAX; input.features.rows];
+    for (i, &r) in sample.iter().enumerate() {
+        slot[r as usize] = i as u32;
+    }
+    let (cts, slot) = (Arc::new(cts), Arc::new(slot));
+    let mut nodes = Vec::new();
+    let mut level = vec![LevelNode { id: 0, rows: sample.clone() }];
+    for depth in 0..=ctx.config.max_depth {
+        if level.is_empty() {
+            break;
+        }
+        for (computed, _) in histogram_plan(&level, depth, ctx.config) {
+            let started = Instant::now();
+            let (x, key, cts, slot) = (ctx.x.clone(), ctx.key.clone(), cts.clone(), slot.clone());
+            let (rows, feats) = (level[computed].rows.clone(), ctx.feats.clone());
+            let bytes = cpu::run(move || encrypted_histogram(&x, &feats, &key, &cts, &slot, &rows)).await;
+            ctx.timings.histograms += started.elapsed().as_secs_f64();
+            send_bytes(ctx.channel, &bytes).await?;
+        }
+        level = split_level(ctx, level, depth, &mut nodes).await?;
+    }
+    let tree = Tree { nodes };
+    send_directions(ctx, &tree, &routed_rows(input, &sample)).await?;
+    Ok(tree)
+}
+
+/// Step 2: per feature and bin, the product of the ciphertexts of `rows` in that bin (1 for an
+/// empty bin), rayon over this tree's features; as wire bytes, features and bins in order.
+fn encrypted_histogram(
+    x: &BinnedFeatures,
+    feats: &[u32],
+    key: &PublicKey,
+    cts: &[Ciphertext],
+    slot: &[u32],
+    rows: &[u32],
+) -> Vec<u8> {
+    let per_feature: Vec<Vec<u8>> = feats
+        .par_iter()
+        .map(|&f| {
+            let f = f as usize;
+            let mut cells: Vec<Option<Ciphertext>> = vec![None; x.bins[f] as usize];
+            let col = &x.columns[f];
+            for &r in rows {
+                let c = &cts[slot[r as usize] as usize];
+                match &mut cells[col[r as usize] as usize] {
+                    Some(acc) => key.add_assign(acc, c),
+                    cell @ None => *cell = Some(c.clone()),
+                }
+            }
+            let mut out = Vec::with_capacity(cells.len() * key.ciphertext_bytes());
+            for cell in cells {
+                key.ciphertext_to_bytes(&cell.unwrap_or_else(|| key.zero()), &mut out);
+            }
+            out
+        })
+        .collect();
+    per_feature.concat()
+}
+
+/// Step 3 at B: A's decisions, A's partitions, B's own partitions; the next level.
+async fn split_level<C: Channel>(
+    ctx: &mut Ctx<'_, C>,
+    level: Vec<LevelNode>,
+    depth: u32,
+    nodes: &mut Vec<Node>,
+) -> Result<Vec<LevelNode>, MpcError> {
+    let candidates: Vec<usize> = (0..level.len()).filter(|&i| may_split(&level[i], depth, ctx.config)).collect();
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let decisions =
+        decode_decisions(&recv_bytes(ctx.channel, candidates.len() * 6).await?, candidates.len(), &ctx.x.bins)?;
+    let a_len: usize = candidates
+        .iter()
+        .zip(&decisions)
+        .filter(|x| *x.1 == Decision::SplitA)
+        .map(|x| level[*x.0].rows.len().div_ceil(8))
+        .sum();
+    let a_bits = recv_bytes(ctx.channel, a_len).await?;
+    let mut own_bits = Vec::new();
+    let mut lefts: Vec<Option<Vec<bool>>> = vec![None; level.len()];
+    let mut at = 0;
+    for (&i, &d) in candidates.iter().zip(&decisions) {
+        let rows = &level[i].rows;
+        lefts[i] = match d {
+            Decision::Leaf => None,
+            Decision::SplitA => {
+                let len = rows.len().div_ceil(8);
+                let bits = unpack_bits(&a_bits[at..at + len], rows.len())?;
+                at += len;
+                Some(bits)
+            }
+            Decision::SplitB { feature, bin } => {
+                let col = &ctx.x.columns[feature as usize];
+                let bits: Vec<bool> = rows.iter().map(|&r| col[r as usize] <= bin).collect();
+                own_bits.extend(pack_bits(bits.iter().copied()));
+                nodes.push(Node { id: level[i].id, split: Split::Own { feature, bin }, gain: 0.0 });
+                Some(bits)
+            }
+        };
+    }
+    if own_bits.is_empty() && decisions.iter().all(|d| !matches!(d, Decision::SplitB { .. })) {
+        // Nothing to send: A expects no partition frame.
+    } else {
+        send_bytes(ctx.channel, &own_bits).await?;
+    }
+    let mut next = Vec::new();
+    for (node, left) in level.into_iter().zip(lefts) {
+        if let Some(left) = left {
+            let (l, r) = partition(&node.rows, &left);
+            next.push(LevelNode { id: 2 * node.id + 1, rows: l });
+            next.push(LevelNode { id: 2 * node.id + 2, rows: r });
+        }
+    }
+    Ok(next)
+}
+
+/// Step 4: for each of B's split nodes, the direction of every routed row.
+async fn send_directions<C: Channel>(ctx: &Ctx<'_, C>, tree: &Tree, routed: &[u32]) -> Result<(), MpcError> {
+    let mut bytes = Vec::new();
+    for node in &tree.nodes {
+        if let Split::Own { feature, bin } = node.split {
+            let col = &ctx.x.columns[feature as usize];
+            bytes.extend(pack_bits(routed.iter().map(|&r| col[r as usize] <= bin)));
+        }
+    }
+    send_bytes(ctx.channel, &bytes).await
+}

@@ -1,0 +1,577 @@
+//! Two-party runs over `memory_pair`, checked against the plaintext reference ([`super::plain`]),
+//! and runs against a peer whose messages are tampered with.
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use super::plain::{self, PlainNode};
+use super::*;
+use crate::channel::{Channel, ChannelError, MemoryChannel, memory_pair};
+use crate::he::test_key;
+use crate::mpc::MpcError;
+
+/// Synthetic rows: A's and B's features (standard normal, a share `missing` of them NaN) and labels
+/// from a logistic model over `a_weights` and `b_weights`.
+struct Data {
+    a: Vec<Vec<f64>>,
+    b: Vec<Vec<f64>>,
+    labels: Vec<u8>,
+}
+
+fn data(n: usize, a_weights: &[f64], b_weights: &[f64], missing: f64, seed: u64) -> Data {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut col = |_| -> Vec<f64> {
+        (0..n).map(|_| if rng.random::<f64>() < missing { f64::NAN } else { rng.random::<f64>() * 4.0 - 2.0 }).collect()
+    };
+    let a: Vec<Vec<f64>> = (0..a_weights.len()).map(&mut col).collect();
+    let b: Vec<Vec<f64>> = (0..b_weights.len()).map(&mut col).collect();
+    let labels = (0..n)
+        .map(|i| {
+            let z: f64 = a
+                .iter()
+                .zip(a_weights)
+                .chain(b.iter().zip(b_weights))
+                .map(|(c, w)| w * c[i].clamp(-2.0, 2.0) * (!c[i].is_nan() as u8 as f64))
+                .sum();
+            (rng.random::<f64>() < 1.0 / (1.0 + (-z).exp())) as u8
+        })
+        .collect();
+    Data { a, b, labels }
+}
+
+struct Run {
+    a: Result<SbOutput, MpcError>,
+    b: Result<SbOutput, MpcError>,
+    xa: BinnedFeatures,
+    xb: BinnedFeatures,
+}
+
+fn split_rows(n: usize, holdout: usize) -> (Vec<u32>, Vec<u32>) {
+    let rows: Vec<u32> = (0..n as u32).collect();
+    (rows[holdout..].to_vec(), rows[..holdout].to_vec())
+}
+
+fn inputs(d: &Data, train: &[u32], holdout: &[u32], config: &SbConfig) -> (SbInput, SbInput) {
+    let n = d.labels.len();
+    let (_, xa) = BinnedFeatures::fit(&d.a, n, train, config.max_bins);
+    let (_, xb) = BinnedFeatures::fit(&d.b, n, train, config.max_bins);
+    let a = SbInput {
+        party: Party::A,
+        features: xa,
+        labels: Some(d.labels.clone()),
+        train: train.to_vec(),
+        holdout: holdout.to_vec(),
+        key: Some(test_key()),
+    };
+    let b = SbInput {
+        party: Party::B,
+        features: xb,
+        labels: None,
+        train: train.to_vec(),
+        holdout: holdout.to_vec(),
+        key: None,
+    };
+    (a, b)
+}
+
+/// Runs both parties; `tamper_a`/`tamper_b` rewrite one frame the honest A (B) sends.
+async fn run_with(
+    a: SbInput,
+    b: SbInput,
+    config: &SbConfig,
+    tamper_a: Option<TamperFn>,
+    tamper_b: Option<TamperFn>,
+) -> Run {
+    let (xa, xb) = (a.features.clone(), b.features.clone());
+    let (ca, cb) = memory_pair(64);
+    let (ca, cb) = (Tampered::new(ca, tamper_a), Tampered::new(cb, tamper_b));
+    let fa = async move {
+        let r = train(&ca, a, config).await;
+        drop(ca);
+        r
+    };
+    let fb = async move {
+        let r = train(&cb, b, config).await;
+        drop(cb);
+        r
+    };
+    let (a, b) = tokio::time::timeout(std::time::Duration::from_secs(600), async { futures::join!(fa, fb) })
+        .await
+        .expect("a party hangs");
+    Run { a, b, xa, xb }
+}
+
+/// Checks the secure trees against the reference node by node, and returns the number of A and B
+/// splits.
+fn check_against_plain(run: &Run, d: &Data, train: &[u32], holdout: &[u32], config: &SbConfig) -> (usize, usize) {
+    let (a, b) = (run.a.as_ref().expect("A failed"), run.b.as_ref().expect("B failed"));
+    let reference = plain::train(&run.xa, &run.xb, &d.labels, train, holdout, config);
+    assert_eq!(a.trees.len(), reference.trees.len());
+    assert_eq!(b.trees.len(), reference.trees.len());
+    assert_eq!(a.holdout_loss, reference.holdout_loss);
+    assert_eq!((a.trees_run, b.trees_run), (reference.trees_run, reference.trees_run));
+    let (mut a_splits, mut b_splits) = (0, 0);
+    for ((ta, tb), tp) in a.trees.iter().zip(&b.trees).zip(&reference.trees) {
+        assert_eq!(ta.nodes.len(), tp.len(), "A's tree has the reference's nodes");
+        let mut b_own = tb.nodes.iter();
+        for (node, &(id, p)) in ta.nodes.iter().zip(tp) {
+            assert_eq!(node.id, id);
+            match (node.split, p) {
+                (Split::Leaf { weight }, PlainNode::Leaf { weight: w }) => assert_eq!(weight, w),
+                (Split::Own { feature, bin }, PlainNode::Split { party: 0, feature: f, bin: j, gain }) => {
+                    assert_eq!((feature, bin, node.gain), (f, j, gain));
+                    a_splits += 1;
+                }
+                (Split::Peer { feature, bin }, PlainNode::Split { party: 1, feature: f, bin: j, gain }) => {
+                    assert_eq!((feature, bin, node.gain), (f, j, gain));
+                    let own = b_own.next().expect("B has the split");
+                    assert_eq!((own.id, own.split), (id, Split::Own { feature: f, bin: j }));
+                    b_splits += 1;
+                }
+                (x, y) => panic!("node {id}: secure {x:?}, reference {y:?}"),
+            }
+        }
+        assert!(b_own.next().is_none(), "B has no other nodes");
+    }
+    (a_splits, b_splits)
+}
+
+/// Joint prediction of every row equals the reference's scores.
+async fn check_prediction(run: &Run, d: &Data, config: &SbConfig, train: &[u32], holdout: &[u32]) {
+    let (a, b) = (run.a.as_ref().unwrap(), run.b.as_ref().unwrap());
+    let (ca, cb) = memory_pair(64);
+    let (ma, mb) = futures::join!(predict(&ca, Party::A, &a.trees, &run.xa), predict(&cb, Party::B, &b.trees, &run.xb));
+    let (ma, mb) = (ma.unwrap(), mb.unwrap());
+    assert!(mb.is_empty());
+    let reference = plain::train(&run.xa, &run.xb, &d.labels, train, holdout, config);
+    for (r, m) in ma.iter().enumerate() {
+        let expected: f64 = reference.trees.iter().map(|t| plain::score_row(t, &run.xa, &run.xb, r)).sum();
+        assert_eq!(*m, expected, "row {r}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trees_and_predictions_equal_the_plaintext_reference() {
+    let d = data(400, &[1.5, -1.0, 0.0], &[2.0, 0.0, -1.5, 0.5], 0.05, 1);
+    let (train_rows, holdout) = split_rows(400, 60);
+    let config = SbConfig { trees: 3, max_depth: 3, subsample: 0.8, seed: 9, max_bins: 9, ..SbConfig::default() };
+    let (a, b) = inputs(&d, &train_rows, &holdout, &config);
+    let run = run_with(a, b, &config, None, None).await;
+    let (a_splits, b_splits) = check_against_plain(&run, &d, &train_rows, &holdout, &config);
+    assert!(a_splits > 0 && b_splits > 0, "both parties' features split ({a_splits}, {b_splits})");
+    let out = run.a.as_ref().unwrap();
+    assert_eq!(out.holdout_loss.len(), 3);
+    assert!(out.holdout_loss[2] < out.holdout_loss[0], "the model learns: {:?}", out.holdout_loss);
+    assert_eq!(out.peer_features, 4);
+    check_prediction(&run, &d, &config, &train_rows, &holdout).await;
+    // Column subsampling: 2 of A's 3 and 2 of B's 4 features per tree.
+    let config = SbConfig { colsample: 0.5, seed: 10, ..config };
+    let (a, b) = inputs(&d, &train_rows, &holdout, &config);
+    let run = run_with(a, b, &config, None, None).await;
+    check_against_plain(&run, &d, &train_rows, &holdout, &config);
+    check_prediction(&run, &d, &config, &train_rows, &holdout).await;
+    for t in 0..3 {
+        let (fa, fb) = (sample_features(3, &config, t, Party::A), sample_features(4, &config, t, Party::B));
+        assert_eq!((fa.len(), fb.len()), (2, 2));
+        for n in &run.a.as_ref().unwrap().trees[t as usize].nodes {
+            match n.split {
+                Split::Own { feature, .. } => assert!(fa.contains(&feature)),
+                Split::Peer { feature, .. } => assert!(fb.contains(&feature)),
+                Split::Leaf { .. } => {}
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_cases_match_the_reference() {
+    let base = SbConfig { trees: 2, max_depth: 3, max_bins: 5, ..SbConfig::default() };
+    // (what, rows, A's weights, B's weights, missing share, config)
+    type Case = (&'static str, usize, Vec<f64>, Vec<f64>, f64, SbConfig);
+    let cases: Vec<Case> = vec![
+        ("one row", 1, vec![1.0], vec![1.0], 0.0, base.clone()),
+        ("depth 1", 120, vec![1.0, 1.0], vec![2.0], 0.0, SbConfig { max_depth: 1, ..base.clone() }),
+        ("unequal feature counts", 150, vec![2.0], vec![0.5, -1.0, 1.0, 0.0, 2.0], 0.0, base.clone()),
+        ("missing values", 150, vec![1.0, 1.0], vec![2.0, -2.0], 0.4, base.clone()),
+        ("B without features", 100, vec![2.0, -1.0], vec![], 0.0, base.clone()),
+        (
+            "min child weight and gamma",
+            150,
+            vec![2.0],
+            vec![2.0],
+            0.0,
+            SbConfig { min_child_weight: 5.0, gamma: 0.5, lambda: 3.0, ..base.clone() },
+        ),
+    ];
+    for (what, n, wa, wb, missing, config) in cases {
+        let d = data(n, &wa, &wb, missing, 2);
+        let (train_rows, holdout) = split_rows(n, n / 5);
+        let (a, b) = inputs(&d, &train_rows, &holdout, &config);
+        let run = run_with(a, b, &config, None, None).await;
+        let (sa, sb) = check_against_plain(&run, &d, &train_rows, &holdout, &config);
+        if what == "one row" {
+            assert_eq!((sa, sb), (0, 0), "{what}");
+        }
+        if what == "depth 1" {
+            assert!(run.a.as_ref().unwrap().trees.iter().all(|t| t.nodes.len() <= 3), "{what}");
+        }
+        check_prediction(&run, &d, &config, &train_rows, &holdout).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn constant_labels_and_useless_b_features_give_no_b_splits() {
+    let config = SbConfig { trees: 2, max_depth: 3, max_bins: 9, ..SbConfig::default() };
+    // B's features are constant: it never wins a split; all labels equal: nothing splits at all.
+    let mut d = data(200, &[2.0, -2.0], &[0.0, 0.0], 0.0, 3);
+    d.b.iter_mut().for_each(|c| c.fill(1.5));
+    let (train_rows, holdout) = split_rows(200, 0);
+    let (a, b) = inputs(&d, &train_rows, &holdout, &config);
+    let run = run_with(a, b, &config, None, None).await;
+    let (sa, sb) = check_against_plain(&run, &d, &train_rows, &holdout, &config);
+    assert!(sa > 0 && sb == 0, "{sa} {sb}");
+    d.labels.fill(1);
+    let (a, b) = inputs(&d, &train_rows, &holdout, &config);
+    let run = run_with(a, b, &config, None, None).await;
+    assert_eq!(check_against_plain(&run, &d, &train_rows, &holdout, &config), (0, 0));
+    check_prediction(&run, &d, &config, &train_rows, &holdout).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_stopping_keeps_the_best_trees_on_both_sides() {
+    let d = data(300, &[1.0], &[1.0], 0.0, 4);
+    let (train_rows, holdout) = split_rows(300, 80);
+    // A large tolerance stops after the second tree; a large learning rate overfits quickly.
+    let config = SbConfig {
+        trees: 6,
+        max_depth: 4,
+        learning_rate: 1.0,
+        lambda: 0.0,
+        min_child_weight: 0.0,
+        tolerance: 0.05,
+        max_bins: 17,
+        ..SbConfig::default()
+    };
+    let (a, b) = inputs(&d, &train_rows, &holdout, &config);
+    let run = run_with(a, b, &config, None, None).await;
+    check_against_plain(&run, &d, &train_rows, &holdout, &config);
+    let (a, b) = (run.a.as_ref().unwrap(), run.b.as_ref().unwrap());
+    assert!(a.stopped_early && b.stopped_early);
+    assert!(a.trees_run < 6);
+    let best = a.holdout_loss.iter().enumerate().min_by(|x, y| x.1.total_cmp(y.1)).unwrap().0 + 1;
+    assert_eq!(a.trees.len(), best);
+    assert_eq!(b.trees.len(), best);
+}
+
+// ---- a peer whose messages are tampered with ----
+
+type TamperFn = Box<dyn Fn(usize, &Bytes) -> Option<Bytes> + Send + Sync>;
+
+/// A channel that lets `tamper` replace one frame it sends (the first for which it returns Some).
+struct Tampered {
+    inner: MemoryChannel,
+    tamper: Option<TamperFn>,
+    sent: AtomicUsize,
+    done: AtomicBool,
+}
+
+impl Tampered {
+    fn new(inner: MemoryChannel, tamper: Option<TamperFn>) -> Self {
+        Self { inner, tamper, sent: AtomicUsize::new(0), done: AtomicBool::new(false) }
+    }
+}
+
+impl Channel for Tampered {
+    async fn send(&self, frame: Bytes) -> Result<(), ChannelError> {
+        let i = self.sent.fetch_add(1, Ordering::SeqCst);
+        let frame = match &self.tamper {
+            Some(t) if !self.done.load(Ordering::SeqCst) => match t(i, &frame) {
+                Some(new) => {
+                    self.done.store(true, Ordering::SeqCst);
+                    new
+                }
+                None => frame,
+            },
+            _ => frame,
+        };
+        self.inner.send(frame).await
+    }
+    async fn recv(&self) -> Result<Bytes, ChannelError> {
+        self.inner.recv().await
+    }
+}
+
+fn with(frame: &Bytes, f: impl FnOnce(&mut Vec<u8>)) -> Option<Bytes> {
+    let mut v = frame.to_vec();
+    f(&mut v);
+    Some(Bytes::from(v))
+}
+
+/// Runs the small fixture with one tampered frame from `from` and checks that the victim fails
+/// with an error (no panic, no hang) mentioning `expect`.
+async fn attack(from: Party, what: &str, expect: &str, tamper: TamperFn) {
+    attack_depth(from, what, expect, tamper, 3).await
+}
+
+async fn attack_depth(from: Party, what: &str, expect: &str, tamper: TamperFn, max_depth: u32) {
+    let d = data(120, &[1.0, -1.0], &[2.0, 1.0, 0.0], 0.0, 5);
+    let (train_rows, holdout) = split_rows(120, 17);
+    let config = SbConfig { trees: 2, max_depth, max_bins: 9, ..SbConfig::default() };
+    let (a, b) = inputs(&d, &train_rows, &holdout, &config);
+    let run = match from {
+        Party::A => run_with(a, b, &config, Some(tamper), None).await,
+        Party::B => run_with(a, b, &config, None, Some(tamper)).await,
+    };
+    let victim = match from {
+        Party::A => run.b,
+        Party::B => run.a,
+    };
+    let err = victim.expect_err(what).to_string();
+    assert!(err.contains(expect), "{what}: {err}");
+}
+
+const W: usize = 384;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_from_a_are_errors_at_b() {
+    // Frames A sends: 0 hello head, 1 hello body, 2 public key, 3 sample bits (13 bytes for 103
+    // training rows: one padding bit), 4 ciphertexts, then per level: decisions, A's partitions.
+    attack(
+        Party::A,
+        "other parameters",
+        "disagree",
+        Box::new(|i, f| (i == 0).then(|| with(f, |v| v[0] ^= 1)).flatten()),
+    )
+    .await;
+    attack(
+        Party::A,
+        "truncated key",
+        "expected 1152",
+        Box::new(|i, f| (i == 2).then(|| with(f, |v| v.truncate(1000))).flatten()),
+    )
+    .await;
+    attack(
+        Party::A,
+        "tiny modulus",
+        "modulus",
+        Box::new(|i, f| {
+            (i == 2)
+                .then(|| {
+                    with(f, |v| {
+                        v[..W].fill(0);
+                        v[0] = 0xfb;
+                    })
+                })
+                .flatten()
+        }),
+    )
+    .await;
+    attack(
+        Party::A,
+        "generator out of range",
+        "generator",
+        Box::new(|i, f| (i == 2).then(|| with(f, |v| v[W..2 * W].fill(0xff))).flatten()),
+    )
+    .await;
+    attack(
+        Party::A,
+        "sample padding bits",
+        "padding",
+        Box::new(|i, f| (i == 3).then(|| with(f, |v| *v.last_mut().unwrap() |= 0x80)).flatten()),
+    )
+    .await;
+    attack(
+        Party::A,
+        "oversized sample",
+        "expected 13",
+        Box::new(|i, f| (i == 3).then(|| with(f, |v| v.push(0))).flatten()),
+    )
+    .await;
+    attack(
+        Party::A,
+        "ciphertext out of range",
+        "out of range",
+        Box::new(|i, f| (i == 4).then(|| with(f, |v| v[W..2 * W].fill(0xff))).flatten()),
+    )
+    .await;
+    attack(
+        Party::A,
+        "zero ciphertext",
+        "out of range",
+        Box::new(|i, f| (i == 4).then(|| with(f, |v| v[..W].fill(0))).flatten()),
+    )
+    .await;
+    attack(
+        Party::A,
+        "truncated ciphertexts",
+        "byte frame",
+        Box::new(|i, f| (i == 4).then(|| with(f, |v| v.truncate(v.len() - 1))).flatten()),
+    )
+    .await;
+    // The root's decisions: one node, 6 bytes.
+    attack(
+        Party::A,
+        "unknown decision",
+        "bad split decision",
+        Box::new(|i, f| (i == 5).then(|| with(f, |v| v[0] = 9)).flatten()),
+    )
+    .await;
+    attack(
+        Party::A,
+        "B feature out of range",
+        "bad split decision",
+        Box::new(|i, f| {
+            (i == 5)
+                .then(|| {
+                    with(f, |v| {
+                        v[0] = 2;
+                        v[1] = 3;
+                    })
+                })
+                .flatten()
+        }),
+    )
+    .await;
+    attack(
+        Party::A,
+        "B bin past the last",
+        "bad split decision",
+        Box::new(|i, f| {
+            (i == 5)
+                .then(|| {
+                    with(f, |v| {
+                        v[0] = 2;
+                        v[1..5].fill(0);
+                        v[5] = 200;
+                    })
+                })
+                .flatten()
+        }),
+    )
+    .await;
+    attack(
+        Party::A,
+        "truncated decisions",
+        "byte frame",
+        Box::new(|i, f| (i == 5).then(|| with(f, |v| v.truncate(5))).flatten()),
+    )
+    .await;
+    // Depth 1: the only one-byte frames A sends are the flags (its partition of 103 rows is 13).
+    attack_depth(
+        Party::A,
+        "bad early-stopping flag",
+        "flag",
+        Box::new(|_, f| (f.len() == 1).then(|| Bytes::from_static(&[9]))),
+        1,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_from_b_are_errors_at_a() {
+    // Frames B sends: 0 hello head, 1 hello body (3 features × 2 bytes), then histograms (a
+    // multiple of 384 bytes), partitions, directions.
+    attack(
+        Party::B,
+        "too many features",
+        "features",
+        Box::new(|i, f| {
+            (i == 0).then(|| with(f, |v| v[32..36].copy_from_slice(&(1u32 << 20).to_le_bytes()))).flatten()
+        }),
+    )
+    .await;
+    attack(
+        Party::B,
+        "bin count out of range",
+        "bin count",
+        Box::new(|i, f| (i == 1).then(|| with(f, |v| v[0..2].copy_from_slice(&300u16.to_le_bytes()))).flatten()),
+    )
+    .await;
+    attack(
+        Party::B,
+        "truncated bins",
+        "byte frame",
+        Box::new(|i, f| (i == 1).then(|| with(f, |v| v.truncate(4))).flatten()),
+    )
+    .await;
+    let hist = |f: &Bytes| f.len() >= W && f.len().is_multiple_of(W);
+    attack(
+        Party::B,
+        "histogram cell out of range",
+        "out of range",
+        Box::new(move |_, f| hist(f).then(|| with(f, |v| v[..W].fill(0xff))).flatten()),
+    )
+    .await;
+    attack(
+        Party::B,
+        "short histogram",
+        "byte frame",
+        Box::new(move |_, f| hist(f).then(|| with(f, |v| v.truncate(v.len() - W))).flatten()),
+    )
+    .await;
+    attack(
+        Party::B,
+        "oversized histogram",
+        "byte frame",
+        Box::new(move |_, f| hist(f).then(|| with(f, |v| v.extend_from_slice(&[1; W]))).flatten()),
+    )
+    .await;
+    // A cell that decrypts to garbage (not a packed sum of at most 2^20 rows).
+    attack(
+        Party::B,
+        "garbage sum",
+        "histogram sum",
+        Box::new(move |_, f| {
+            hist(f)
+                .then(|| {
+                    with(f, |v| {
+                        v[..W].fill(0x11);
+                        v[W - 1] = 0;
+                    })
+                })
+                .flatten()
+        }),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_that_contradicts_the_histogram_is_refused() {
+    // B's first partition frame (13 bytes for the 104-row root would be the root's, if B wins it):
+    // flip one row's direction.
+    let d = data(120, &[0.0], &[3.0], 0.0, 6);
+    let (train_rows, holdout) = split_rows(120, 16);
+    let config = SbConfig { trees: 1, max_depth: 2, max_bins: 9, ..SbConfig::default() };
+    let (a, b) = inputs(&d, &train_rows, &holdout, &config);
+    let tamper: TamperFn = Box::new(|_, f| (f.len() == 13).then(|| with(f, |v| v[0] ^= 1)).flatten());
+    let run = run_with(a, b, &config, None, Some(tamper)).await;
+    let err = run.a.expect_err("tampered partition").to_string();
+    assert!(err.contains("does not match its histogram"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prediction_refuses_a_mismatched_or_malformed_peer() {
+    let d = data(100, &[1.0], &[2.0], 0.0, 7);
+    let (train_rows, holdout) = split_rows(100, 0);
+    let config = SbConfig { trees: 2, max_depth: 2, max_bins: 9, ..SbConfig::default() };
+    let (a, b) = inputs(&d, &train_rows, &holdout, &config);
+    let run = run_with(a, b, &config, None, None).await;
+    let (ta, tb) = (run.a.as_ref().unwrap().trees.clone(), run.b.as_ref().unwrap().trees.clone());
+    assert!(tb.iter().any(|t| !t.nodes.is_empty()), "B has splits to route");
+    // One tree fewer on B's side: the hello differs.
+    let (ca, cb) = memory_pair(8);
+    let (ra, _) = futures::join!(predict(&ca, Party::A, &ta, &run.xa), predict(&cb, Party::B, &tb[..1], &run.xb));
+    assert!(ra.unwrap_err().to_string().contains("disagree"));
+    // Directions with padding bits set (100 rows: 13 bytes per node).
+    let (ca, cb) = memory_pair(8);
+    let cb = Tampered::new(cb, Some(Box::new(|i, f| (i == 1).then(|| with(f, |v| v[12] |= 0x80)).flatten())));
+    let (ra, _) = futures::join!(predict(&ca, Party::A, &ta, &run.xa), predict(&cb, Party::B, &tb, &run.xb));
+    assert!(ra.unwrap_err().to_string().contains("padding"));
+    // Truncated directions.
+    let (ca, cb) = memory_pair(8);
+    let cb = Tampered::new(cb, Some(Box::new(|i, f| (i == 1).then(|| with(f, |v| v.truncate(3))).flatten())));
+    let (ra, _) = futures::join!(predict(&ca, Party::A, &ta, &run.xa), predict(&cb, Party::B, &tb, &run.xb));
+    assert!(ra.unwrap_err().to_string().contains("byte frame"));
+}
