@@ -14,6 +14,16 @@ import pytest
 import consort
 
 
+@pytest.fixture(autouse=True)
+def python_handles_sigint():
+    """Python raises KeyboardInterrupt on SIGINT only if it installed its handler at start, which it
+    skips when SIGINT was ignored then (a command started in the background by a non-interactive
+    shell, as CI may run us). A terminal or a notebook kernel has the handler; install it here."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def interrupt_after(seconds: float) -> threading.Timer:
     timer = threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
