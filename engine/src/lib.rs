@@ -14,6 +14,7 @@ pub mod keys;
 pub mod lr;
 pub mod lr_synth;
 pub mod psi;
+pub mod report;
 pub mod sealed;
 pub mod secureboost;
 pub mod storage;
