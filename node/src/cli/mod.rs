@@ -15,6 +15,7 @@ pub mod lr_demo;
 pub mod manual;
 pub mod peer;
 pub mod psi;
+pub mod report;
 pub mod status;
 pub mod synth;
 
@@ -152,6 +153,8 @@ enum Command {
     /// End-to-end benchmarks with two real node processes.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Model evaluation report of a scored file: AUC, KS, Gini, lift by decile, PSI (HTML, JSON; no peer).
+    Report(report::ReportArgs),
     /// Write the plaintext of a sealed output or model file of this node (to hand a result on).
     Export(export::ExportArgs),
     /// Audit evidence: export a job's bundle, verify bundles and logs offline.
@@ -275,6 +278,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Export(args) => export::run(args).await,
+        Command::Report(args) => report::run(args).await,
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Completions { shell } => {
             manual::completions(shell);
