@@ -68,7 +68,8 @@ fn bad_input_exits_6_names_the_place_not_the_value_and_writes_nothing() {
         let scores = tmp.path().join("scored.csv");
         std::fs::write(&scores, text).unwrap();
         let (html, json) = (tmp.path().join("r.html"), tmp.path().join("r.json"));
-        let run = consort(&["report", "--scores", s(&scores), "--label", "label", "--out", s(&html), "--json", s(&json)]);
+        let run =
+            consort(&["report", "--scores", s(&scores), "--label", "label", "--out", s(&html), "--json", s(&json)]);
         assert_eq!(run.status.code(), Some(6), "{text:?}");
         let err = String::from_utf8(run.stderr).unwrap();
         assert!(err.contains(want), "{err:?} should contain {want:?}");

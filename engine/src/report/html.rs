@@ -37,7 +37,9 @@ fn chart_error(e: impl std::fmt::Display) -> DataError {
 /// Draws into an SVG string of [`CHART`] size. plotters writes the SVG namespace as an `xmlns`
 /// URL; HTML puts inline `<svg>` in that namespace by itself, so it is dropped and the page holds
 /// no URL at all.
-fn svg(draw: impl FnOnce(DrawingArea<SVGBackend<'_>, plotters::coord::Shift>) -> Result<(), String>) -> Result<String, DataError> {
+fn svg(
+    draw: impl FnOnce(DrawingArea<SVGBackend<'_>, plotters::coord::Shift>) -> Result<(), String>,
+) -> Result<String, DataError> {
     let mut out = String::new();
     {
         let root = SVGBackend::with_string(&mut out, CHART).into_drawing_area();
@@ -152,12 +154,7 @@ fn distribution_chart(r: &Report) -> Result<String, DataError> {
             .y_label_area_size(50)
             .build_cartesian_2d(lo..hi, 0f64..top.max(1e-9))
             .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc("Score")
-            .y_desc("Share of the class's rows")
-            .draw()
-            .map_err(|e| e.to_string())?;
+        chart.configure_mesh().x_desc("Score").y_desc("Share of the class's rows").draw().map_err(|e| e.to_string())?;
         chart
             .draw_series(LineSeries::new(steps(&d.goods), GOOD.stroke_width(2)))
             .map_err(|e| e.to_string())?

@@ -48,9 +48,7 @@ pub fn read_scored(path: &Path, key: Option<&StorageKey>, columns: &Columns<'_>)
         match (at.next(), at.next()) {
             (Some(i), None) => Ok(i),
             (Some(_), Some(_)) => Err(header_err(name, format!("the {what} column is named twice in the header"))),
-            (None, _) => {
-                Err(header_err(name, format!("no such {what} column (columns: {})", name_list(&names))))
-            }
+            (None, _) => Err(header_err(name, format!("no such {what} column (columns: {})", name_list(&names)))),
         }
     };
     let score = match columns.score {

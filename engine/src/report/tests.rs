@@ -58,7 +58,8 @@ fn auc_and_ks_match_a_brute_force_count_and_the_lr_metrics() {
         close(a, good / pairs);
         close(a, crate::lr::auc(&scores, &labels).unwrap());
         // KS by brute force over every distinct threshold.
-        let (p, q) = (labels.iter().filter(|&&l| l == 1).count() as f64, labels.iter().filter(|&&l| l == 0).count() as f64);
+        let (p, q) =
+            (labels.iter().filter(|&&l| l == 1).count() as f64, labels.iter().filter(|&&l| l == 0).count() as f64);
         let best = scores
             .iter()
             .map(|&t| {
@@ -197,7 +198,10 @@ fn psi_matches_hand_computed_values() {
     let base: Vec<f64> = (1..=10).map(f64::from).collect();
     let p = psi(&base, &[1.0, 1.0, 1.0, 1.0, 1.0, 10.0, 10.0, 10.0, 10.0, 10.0]).unwrap();
     assert_eq!(p.bins.len(), 10);
-    assert_eq!((p.bins[0].lower, p.bins[0].upper, p.bins[9].lower, p.bins[9].upper), (None, Some(1.0), Some(9.0), None));
+    assert_eq!(
+        (p.bins[0].lower, p.bins[0].upper, p.bins[9].lower, p.bins[9].upper),
+        (None, Some(1.0), Some(9.0), None)
+    );
     let want = 2.0 * (0.5 - 0.1) * (0.5f64 / 0.1).ln() + 8.0 * (eps - 0.1) * (eps / 0.1).ln();
     close(p.value, want);
     // 1,1,1 in (−∞,1]; 2..8 one each in (1,2]..(7,8]; none above 8.
@@ -254,7 +258,11 @@ fn scored_files_are_read_strictly_with_errors_that_name_the_place_not_the_value(
 #[test]
 fn build_reads_scores_labels_points_and_a_baseline() {
     let dir = tempfile::tempdir().unwrap();
-    let scored = write_csv(dir.path(), "scored.csv", "id,points,probability,y\na,600,0.9,1\nb,640,0.5,1\nc,620,0.5,0\nd,700,0.1,0\n");
+    let scored = write_csv(
+        dir.path(),
+        "scored.csv",
+        "id,points,probability,y\na,600,0.9,1\nb,640,0.5,1\nc,620,0.5,0\nd,700,0.1,0\n",
+    );
     let baseline = write_csv(dir.path(), "train.csv", "id,probability\na,0.9\nb,0.5\nc,0.5\nd,0.1\n");
     let inputs = Inputs {
         scored: scored.clone(),
@@ -279,7 +287,8 @@ fn html_has_the_four_charts_no_url_no_script_and_escaped_names() {
     let labels: Vec<u8> = (0..2000).map(|_| rng.random_range(0..2u8)).collect();
     let scores: Vec<f64> = labels.iter().map(|&l| (rng.random::<f64>() + 0.6 * l as f64) / 1.6).collect();
     let name = "<script>alert(\"x\")</script>&'";
-    let options = Options { score_column: name, label_column: "y&<b>", baseline: Some(&scores[..500]), ..Options::default() };
+    let options =
+        Options { score_column: name, label_column: "y&<b>", baseline: Some(&scores[..500]), ..Options::default() };
     let r = Report::compute(&scores, &labels, &options).unwrap();
     assert!(r.roc.len() <= MAX_CURVE_POINTS && r.ks_curve.len() <= MAX_CURVE_POINTS);
     let html = render_html(&r).unwrap();

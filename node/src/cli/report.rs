@@ -80,7 +80,8 @@ fn report(args: &ReportArgs) -> Result<()> {
     };
     let report = report::build(&inputs, key.as_ref()).context("cannot build the report")?;
     report::write(&report, &args.out, args.json.as_deref()).context("cannot write the report")?;
-    let psi = report.psi.as_ref().map_or(String::new(), |p| format!(", PSI {:.4} ({})", p.value, report::psi_grade(p.value)));
+    let psi =
+        report.psi.as_ref().map_or(String::new(), |p| format!(", PSI {:.4} ({})", p.value, report::psi_grade(p.value)));
     println!(
         "{} rows ({} bads): AUC {:.4}, KS {:.4}, Gini {:.4}{psi}; wrote {}{}",
         report.rows,
