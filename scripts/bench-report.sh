@@ -16,7 +16,7 @@ awk -v n="$rows" 'BEGIN { srand(12); print "id,probability";
   for (i = 0; i < n; i++) { y = rand() < 0.1; printf "k%d,%.6f\n", i, (rand() + 0.6 * y) / 1.6 } }' >"$work/train.csv"
 for _ in 1 2 3; do
   /usr/bin/time -f "%e %M" -o "$work/time" "$bin" report --scores "$work/scored.csv" --label label \
-    --points-column points --baseline "$work/train.csv" --out "$work/r.html" --json "$work/r.json" >/dev/null
+    --points-column points --baseline "$work/train.csv" --out "$work/r.html" --json-out "$work/r.json" >/dev/null
   read -r wall rss <"$work/time"
   awk -v w="$wall" -v r="$rss" -v n="$rows" \
     'BEGIN { printf "rows %d: wall %.2f s, %.0f scored rows/s (plus as many baseline rows), peak RSS %.0f MiB\n", n, w, n / w, r / 1024 }'

@@ -70,7 +70,7 @@ if [ -z "$page" ]; then
   awk 'BEGIN { srand(8); print "id,<b>p&\"q\"</b>";
     for (i = 0; i < 4000; i++) { y = rand() < 0.2; printf "k%d,%.6f\n", i, (rand() + 0.6 * y) / 1.6 } }' >"$work/train.csv"
   "$bin" report --scores "$work/scored.csv" --label label --score-column '<b>p&"q"</b>' --points-column points \
-    --baseline "$work/train.csv" --out "$work/report.html" --json "$work/report.json" >&2
+    --baseline "$work/train.csv" --out "$work/report.html" --json-out "$work/report.json" >&2
   page="$work/report.html"
 fi
 check "$page"

@@ -40,7 +40,7 @@ fn report_writes_html_and_json_without_a_node() {
         s(&scores),
         "--out",
         s(&html),
-        "--json",
+        "--json-out",
         s(&json),
     ]);
     assert!(out.starts_with("200 rows (") && out.contains("AUC 0.") && out.contains("PSI 0.0000 (stable)"), "{out}");
@@ -53,6 +53,11 @@ fn report_writes_html_and_json_without_a_node() {
         assert!(page.contains(&format!("<figure id=\"{id}\">")), "no {id}");
     }
     assert!(!page.contains("http://") && !page.contains("https://"));
+    // --json: the same figures as one JSON object on stdout.
+    let printed = ok(&["report", "--scores", s(&scores), "--label", "label", "--out", s(&html), "--json"]);
+    let printed: serde_json::Value = serde_json::from_str(printed.trim()).unwrap();
+    assert_eq!(printed["rows"], 200);
+    assert_eq!(printed["auc"], figures["auc"]);
 }
 
 #[test]
@@ -69,7 +74,7 @@ fn bad_input_exits_6_names_the_place_not_the_value_and_writes_nothing() {
         std::fs::write(&scores, text).unwrap();
         let (html, json) = (tmp.path().join("r.html"), tmp.path().join("r.json"));
         let run =
-            consort(&["report", "--scores", s(&scores), "--label", "label", "--out", s(&html), "--json", s(&json)]);
+            consort(&["report", "--scores", s(&scores), "--label", "label", "--out", s(&html), "--json-out", s(&json)]);
         assert_eq!(run.status.code(), Some(6), "{text:?}");
         let err = String::from_utf8(run.stderr).unwrap();
         assert!(err.contains(want), "{err:?} should contain {want:?}");

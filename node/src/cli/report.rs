@@ -1,7 +1,7 @@
 //! `consort report`: the model evaluation report of a scored file (`consort_engine::report`):
 //! AUC, KS, Gini, lift and gain by decile, bad rate by score band and, with `--baseline`, PSI
-//! against the training population; one self-contained HTML page and, with `--json`, the same
-//! figures as JSON. Local and plaintext: no node needs to run and no peer is involved.
+//! against the training population; one self-contained HTML page and, with `--json-out FILE`, the
+//! same figures as JSON (`--json` prints them on stdout). Local and plaintext: no node needs to run and no peer is involved.
 //!
 //! The labels are a column of the scored file (join them to the scores beforehand, e.g. the
 //! label column of the dataset that was scored, by key). Sealed files (`consort score` output
@@ -46,7 +46,10 @@ pub struct ReportArgs {
     out: PathBuf,
     /// Also write the figures as JSON to this file.
     #[arg(long, value_name = "REPORT.json")]
-    json: Option<PathBuf>,
+    json_out: Option<PathBuf>,
+    /// Print the figures as one JSON object on stdout instead of the summary line.
+    #[arg(long)]
+    json: bool,
 }
 
 pub async fn run(args: ReportArgs) -> Result<()> {
@@ -54,8 +57,8 @@ pub async fn run(args: ReportArgs) -> Result<()> {
 }
 
 fn report(args: &ReportArgs) -> Result<()> {
-    if args.json.as_ref() == Some(&args.out) {
-        bail!("--out and --json name the same file");
+    if args.json_out.as_ref() == Some(&args.out) {
+        bail!("--out and --json-out name the same file");
     }
     let key = match &args.dir {
         Some(dir) => Some(at_rest::load_key(dir)?),
@@ -79,7 +82,10 @@ fn report(args: &ReportArgs) -> Result<()> {
         band_width: Some(args.band_width),
     };
     let report = report::build(&inputs, key.as_ref()).context("cannot build the report")?;
-    report::write(&report, &args.out, args.json.as_deref()).context("cannot write the report")?;
+    report::write(&report, &args.out, args.json_out.as_deref()).context("cannot write the report")?;
+    if args.json {
+        return super::print_json(&report);
+    }
     let psi =
         report.psi.as_ref().map_or(String::new(), |p| format!(", PSI {:.4} ({})", p.value, report::psi_grade(p.value)));
     println!(
@@ -90,7 +96,7 @@ fn report(args: &ReportArgs) -> Result<()> {
         report.ks,
         report.gini,
         args.out.display(),
-        args.json.as_ref().map_or(String::new(), |j| format!(" and {}", j.display()))
+        args.json_out.as_ref().map_or(String::new(), |j| format!(" and {}", j.display()))
     );
     Ok(())
 }
