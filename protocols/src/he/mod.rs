@@ -76,12 +76,12 @@ mod ou;
 mod prime;
 
 pub use ou::{
-    Ciphertext, Encryptor, KEY_BITS, KeyPair, MIN_KEY_BITS, PLAINTEXT_BITS, PRIME_BITS, PublicKey, SUBGROUP_BITS,
-    SecretKey,
+    Adder, Ciphertext, Encryptor, KEY_BITS, KeyPair, KeySize, MIN_KEY_BITS, PLAINTEXT_BITS, PRIME_BITS, PublicKey,
+    SUBGROUP_BITS, SecretKey,
 };
 
 #[cfg(test)]
-pub(crate) use ou::tests::test_key;
+pub(crate) use ou::tests::{test_key, test_key_2048};
 
 /// A homomorphic-encryption failure.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
