@@ -188,7 +188,8 @@ impl PublicKey {
         }
         let c = BoxedUint::from_le_slice(bytes, precision(self.size.bits()))
             .map_err(|_| HeError::Malformed("ciphertext encoding".into()))?;
-        if bool::from(c.is_zero()) || &c >= self.params.modulus().as_ref() {
+        let modulus: &BoxedUint = self.params.modulus().as_ref();
+        if bool::from(c.is_zero()) || c >= *modulus {
             return Err(HeError::Malformed("ciphertext out of range".into()));
         }
         Ok(Ciphertext(BoxedMontyForm::new(c, &self.params)))
@@ -354,7 +355,7 @@ impl SecretKey {
         let reduced = c.rem(&self.p2_int);
         let x = BoxedMontyForm::new(reduced, &self.p2).pow_bounded_exp(&self.t, SUBGROUP_BITS as u32).retrieve();
         // x ≡ 1 (mod p): L = (x − 1)/p exactly, computed as (x − 1)·p⁻¹ mod 2^k (L < p < 2^k).
-        let l = x.wrapping_sub(&BoxedUint::one_with_precision(x.bits_precision())).wrapping_mul(&self.p_inv_pow2);
+        let l = x.wrapping_sub(BoxedUint::one_with_precision(x.bits_precision())).wrapping_mul(&self.p_inv_pow2);
         let l = resize(&l, self.p_int.bits_precision());
         let m = (BoxedMontyForm::new(l, &self.p) * &self.inv).retrieve();
         let neg = m.ct_gt(&self.half_p);
@@ -551,7 +552,7 @@ impl Encryptor {
                 let diff = c1.sub_mod(&c2_wide, p2_int);
                 let k = (BoxedMontyForm::new(diff, &p2.params) * q_inv).retrieve();
                 let qk = resize(&q_int.concatenating_mul(&k), prec_n);
-                Ok(qk.wrapping_add(&resize(&c2, prec_n)))
+                Ok(qk.wrapping_add(resize(&c2, prec_n)))
             }
         }
     }
