@@ -1,21 +1,31 @@
 //! SecureBoost benchmark (a bench binary, not criterion: one training run takes minutes).
 //!
 //! `cargo bench --bench secureboost` prints, as plain lines:
-//! - OU (3072-bit n) per-operation costs: key generation, encryption tables, encryption (one
-//!   thread and all threads), addition, decryption;
-//! - training on synthetic data (A: 10 features and labels, B: 10 features, 32 value bins + the
-//!   missing bin, 5 trees of depth 5) over `memory_pair`, both parties in this process sharing
-//!   the machine's cores: wall time per tree, bytes on the wire per tree (both directions), and
-//!   the time in A's encryption, B's histogram sums and A's decryption.
+//! - OU per-operation costs for each key size: key generation, encryption tables, encryption (one
+//!   thread and all threads), addition (crypto-bigint Montgomery, next to num-bigint's `a·b mod
+//!   n` for comparison), decryption;
+//! - training on synthetic data over `memory_pair`, both parties in this process sharing the
+//!   machine's cores: wall time per tree, trees/s, bytes on the wire per tree (both directions),
+//!   and per tree the time in A's encryption, B's histogram sums, A's decryption and the rest.
 //!
-//! `SB_ROWS=10000,100000` (the default) chooses the row counts; `SB_TREES` the trees.
+//! Environment (defaults in brackets):
+//! - `SB_ROWS` [10000]: row counts, comma-separated;
+//! - `SB_A_FEATURES` [10], `SB_B_FEATURES` [10]: features of A and of B;
+//! - `SB_BINS` [32]: value bins per feature (+ the missing-value bin);
+//! - `SB_TREES` [5], `SB_DEPTH` [5];
+//! - `SB_KEY_BITS` [3072]: key sizes to train with, comma-separated (2048 and/or 3072);
+//! - `SB_OPS` [1]: 0 skips the per-operation figures.
+//!
+//! The issue's target shapes: `SB_ROWS=100000 SB_A_FEATURES=30 SB_B_FEATURES=300 SB_TREES=1` and
+//! `SB_ROWS=285000 SB_A_FEATURES=10 SB_B_FEATURES=20 SB_TREES=3`.
 use std::sync::Arc;
 use std::time::Instant;
 
-use consort_protocols::he::{Encryptor, KeyPair};
+use consort_protocols::he::{Encryptor, KeyPair, KeySize};
 use consort_protocols::mpc::Party;
 use consort_protocols::mpc::secureboost::{BinnedFeatures, SbConfig, SbInput, train};
 use consort_protocols::{Metered, memory_pair};
+use num_bigint::BigUint;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rayon::prelude::*;
@@ -24,60 +34,129 @@ fn per_op(label: &str, ops: usize, f: impl FnOnce()) -> f64 {
     let t = Instant::now();
     f();
     let s = t.elapsed().as_secs_f64();
-    println!("{label:44} {:>10.1} µs/op {:>10.0} ops/s", s * 1e6 / ops as f64, ops as f64 / s);
+    println!("{label:52} {:>10.2} µs/op {:>10.0} ops/s", s * 1e6 / ops as f64, ops as f64 / s);
     s
 }
 
-fn he_ops() -> Arc<KeyPair> {
-    let mut rng = StdRng::seed_from_u64(1);
+fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default)
+}
+
+fn list(name: &str, default: &str) -> Vec<u64> {
+    std::env::var(name).unwrap_or_else(|_| default.into()).split(',').filter_map(|r| r.trim().parse().ok()).collect()
+}
+
+fn size_of(bits: u64) -> KeySize {
+    match bits {
+        2048 => KeySize::Bits2048,
+        3072 => KeySize::Bits3072,
+        _ => panic!("SB_KEY_BITS: 2048 or 3072"),
+    }
+}
+
+fn key(size: KeySize) -> Arc<KeyPair> {
     let t = Instant::now();
-    let key = Arc::new(KeyPair::generate(&mut rng));
-    println!("ou keygen (3072-bit n)                       {:>10.2} s", t.elapsed().as_secs_f64());
+    let key = Arc::new(KeyPair::generate_sized(&mut StdRng::seed_from_u64(1), size));
+    println!("ou keygen ({}-bit n)                              {:>10.2} s", size.bits(), t.elapsed().as_secs_f64());
+    key
+}
+
+fn he_ops(key: &KeyPair) {
+    let bits = key.public.size().bits();
+    let mut rng = StdRng::seed_from_u64(2);
     let t = Instant::now();
     let enc = Encryptor::new(&key.public).unwrap();
-    println!("ou encryption tables                         {:>10.2} s", t.elapsed().as_secs_f64());
+    println!("ou {bits} encryption tables, public key               {:>10.2} s", t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let crt = Encryptor::for_key_holder(key).unwrap();
+    println!("ou {bits} encryption tables, key holder (CRT)         {:>10.2} s", t.elapsed().as_secs_f64());
     let n = 2000;
-    let values: Vec<i128> = (0..n).map(|i| (i as i128 - 1000) << 60 | 12345).collect();
-    let crt = Encryptor::for_key_holder(&key).unwrap();
+    // Packed (g, h) of the size SecureBoost encrypts: about 87 bits.
+    let values: Vec<i128> = (0..n).map(|i| (i as i128 + 1) << 56 | (i as i128 * 7919) << 20).collect();
     let mut cts = Vec::new();
-    per_op("ou encrypt, public key (1 thread)", n, || {
+    per_op(&format!("ou {bits} encrypt, public key (1 thread)"), n, || {
         cts = values.iter().map(|&m| enc.encrypt(m, &mut rng).unwrap()).collect();
     });
-    per_op("ou encrypt, key holder CRT (1 thread)", n, || {
-        cts = values.iter().map(|&m| crt.encrypt(m, &mut rng).unwrap()).collect();
+    per_op(&format!("ou {bits} encrypt to bytes, key holder CRT (1 thread)"), n, || {
+        let mut out = Vec::new();
+        values.iter().for_each(|&m| crt.encrypt_to_bytes(m, &mut rng, &mut out).unwrap());
     });
-    per_op(&format!("ou encrypt, key holder CRT ({} threads)", rayon::current_num_threads()), n, || {
-        let _: Vec<_> =
-            values.par_iter().map_init(|| StdRng::seed_from_u64(2), |r, &m| crt.encrypt(m, r).unwrap()).collect();
+    per_op(&format!("ou {bits} encrypt to bytes, CRT ({} threads)", rayon::current_num_threads()), n, || {
+        let _: Vec<_> = values
+            .par_chunks(64)
+            .map_init(
+                || StdRng::seed_from_u64(3),
+                |r, c| {
+                    let mut out = Vec::new();
+                    c.iter().for_each(|&m| crt.encrypt_to_bytes(m, r, &mut out).unwrap());
+                    out
+                },
+            )
+            .collect();
     });
+    let reps = 20;
     let mut acc = key.public.zero();
-    per_op("ou add (1 thread)", n, || cts.iter().for_each(|c| key.public.add_assign(&mut acc, c)));
+    let mut adder = key.public.adder();
+    per_op(&format!("ou {bits} add, crypto-bigint Montgomery (1 thread)"), n * reps, || {
+        for _ in 0..reps {
+            cts.iter().for_each(|c| adder.add_assign(&mut acc, c));
+        }
+    });
+    // The same additions as num-bigint computed them before (a·b mod n), for comparison.
+    let w = key.public.ciphertext_bytes();
+    let modulus = BigUint::from_bytes_le(&key.public.to_bytes()[..w]);
+    let big: Vec<BigUint> = cts
+        .iter()
+        .map(|c| {
+            let mut b = Vec::new();
+            key.public.ciphertext_to_bytes(c, &mut b);
+            BigUint::from_bytes_le(&b)
+        })
+        .collect();
+    let mut acc = BigUint::from(1u8);
+    per_op(&format!("ou {bits} add, num-bigint a·b mod n (1 thread)"), n * reps, || {
+        for _ in 0..reps {
+            big.iter().for_each(|c| acc = (&acc * c) % &modulus);
+        }
+    });
+    std::hint::black_box(acc);
     let m = 200;
-    per_op("ou decrypt (1 thread)", m, || {
+    per_op(&format!("ou {bits} decrypt (1 thread)"), m, || {
         for c in &cts[..m] {
             std::hint::black_box(key.secret.decrypt(c).unwrap());
         }
     });
-    key
 }
 
 fn synthetic(n: usize, d: usize, rng: &mut StdRng) -> Vec<Vec<f64>> {
     (0..d).map(|_| (0..n).map(|_| rng.random::<f64>() * 4.0 - 2.0).collect()).collect()
 }
 
-fn training(rt: &tokio::runtime::Runtime, key: Arc<KeyPair>, n: usize, trees: u32) {
+struct Shape {
+    rows: usize,
+    a_features: usize,
+    b_features: usize,
+    bins: u32,
+    trees: u32,
+    depth: u32,
+}
+
+fn training(rt: &tokio::runtime::Runtime, key: Arc<KeyPair>, s: &Shape) {
+    let n = s.rows;
     let mut rng = StdRng::seed_from_u64(n as u64);
-    let (xa, xb) = (synthetic(n, 10, &mut rng), synthetic(n, 10, &mut rng));
+    let (xa, xb) = (synthetic(n, s.a_features, &mut rng), synthetic(n, s.b_features, &mut rng));
     let labels: Vec<u8> = (0..n)
         .map(|i| {
-            let z = xa[0][i] - xa[1][i] + 1.5 * xb[0][i] - xb[2][i];
+            let z = xa[0][i] - xa[1 % s.a_features][i] + 1.5 * xb[0][i] - xb[2 % s.b_features][i];
             (rng.random::<f64>() < 1.0 / (1.0 + (-z).exp())) as u8
         })
         .collect();
     let train_rows: Vec<u32> = (0..n as u32).collect();
-    let config = SbConfig { trees, max_depth: 5, max_bins: 33, ..SbConfig::default() };
+    let config = SbConfig { trees: s.trees, max_depth: s.depth, max_bins: s.bins + 1, ..SbConfig::default() };
     let (_, ba) = BinnedFeatures::fit(&xa, n, &train_rows, config.max_bins);
     let (_, bb) = BinnedFeatures::fit(&xb, n, &train_rows, config.max_bins);
+    drop((xa, xb));
+    let bits = key.public.size().bits();
     let a = SbInput {
         party: Party::A,
         features: ba,
@@ -93,20 +172,29 @@ fn training(rt: &tokio::runtime::Runtime, key: Arc<KeyPair>, n: usize, trees: u3
     let (ra, rb) = rt.block_on(async { futures::join!(train(&ca, a, &config), train(&cb, b, &config)) });
     let wall = t.elapsed().as_secs_f64();
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
-    let s = ca.stats();
-    let per_tree = |x: f64| x / f64::from(ra.trees_run);
+    let st = ca.stats();
+    let trees = f64::from(ra.trees_run);
+    let per_tree = |x: f64| x / trees;
     let splits =
         |o: &consort_protocols::mpc::secureboost::SbOutput| o.trees.iter().map(|t| t.nodes.len()).sum::<usize>();
+    let (enc, hist, dec) = (ra.timings.encrypt, rb.timings.histograms, ra.timings.decrypt);
     println!(
-        "train n={n} trees={} depth=5 bins=32: {:.1} s per tree; wire per tree A→B {:.1} MB, B→A {:.1} MB; \
-         per tree: encrypt {:.1} s, B histograms {:.1} s, decrypt {:.1} s (A nodes {}, B splits {})",
+        "train key={bits} n={n} features={}+{} bins={} trees={} depth={}: {:.2} s per tree, {:.3} trees/s; \
+         wire per tree A→B {:.1} MB, B→A {:.1} MB; per tree: A encrypt {:.2} s, B histograms {:.2} s, \
+         A decrypt {:.2} s, rest {:.2} s (A nodes {}, B splits {})",
+        s.a_features,
+        s.b_features,
+        s.bins,
         ra.trees_run,
+        s.depth,
         per_tree(wall),
-        per_tree(s.bytes_sent as f64) / 1e6,
-        per_tree(s.bytes_received as f64) / 1e6,
-        per_tree(ra.timings.encrypt),
-        per_tree(rb.timings.histograms),
-        per_tree(ra.timings.decrypt),
+        trees / wall,
+        per_tree(st.bytes_sent as f64) / 1e6,
+        per_tree(st.bytes_received as f64) / 1e6,
+        per_tree(enc),
+        per_tree(hist),
+        per_tree(dec),
+        per_tree(wall - enc - hist - dec),
         splits(&ra),
         splits(&rb),
     );
@@ -118,10 +206,21 @@ fn main() {
         return;
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let key = he_ops();
-    let rows = std::env::var("SB_ROWS").unwrap_or_else(|_| "10000,100000".into());
-    let trees = std::env::var("SB_TREES").ok().and_then(|t| t.parse().ok()).unwrap_or(5);
-    for n in rows.split(',').filter_map(|r| r.trim().parse().ok()) {
-        training(&rt, key.clone(), n, trees);
+    let keys: Vec<Arc<KeyPair>> = list("SB_KEY_BITS", "3072").into_iter().map(|b| key(size_of(b))).collect();
+    if env("SB_OPS", 1u32) != 0 {
+        keys.iter().for_each(|k| he_ops(k));
+    }
+    for rows in list("SB_ROWS", "10000") {
+        let shape = Shape {
+            rows: rows as usize,
+            a_features: env("SB_A_FEATURES", 10),
+            b_features: env("SB_B_FEATURES", 10),
+            bins: env("SB_BINS", 32),
+            trees: env("SB_TREES", 5),
+            depth: env("SB_DEPTH", 5),
+        };
+        for k in &keys {
+            training(&rt, k.clone(), &shape);
+        }
     }
 }

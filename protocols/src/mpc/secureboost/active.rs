@@ -46,6 +46,7 @@ pub(super) async fn train<C: Channel>(channel: &C, input: SbInput, config: &SbCo
     check_input(&input, config)?;
     let key = input.key.clone().expect("checked");
     let peer_bins = exchange_hello(channel, digest(&input, config), &input.features.bins, config).await?;
+    send_bytes(channel, &(key.public.size().bits() as u16).to_le_bytes()).await?;
     send_bytes(channel, &key.public.to_bytes()).await?;
     let holder = key.clone();
     let encryptor =
@@ -169,8 +170,7 @@ fn encrypt_all(encryptor: &Encryptor, plain: &[i128]) -> Result<Vec<u8>, MpcErro
                 StdRng::try_from_rng(&mut SysRng).expect("the operating system's random number generator failed");
             let mut out = Vec::with_capacity(chunk.len() * w);
             for &m in chunk {
-                let c = encryptor.encrypt(m, &mut rng).map_err(|e| MpcError::Overflow(e.to_string()))?;
-                encryptor.public().ciphertext_to_bytes(&c, &mut out);
+                encryptor.encrypt_to_bytes(m, &mut rng, &mut out).map_err(|e| MpcError::Overflow(e.to_string()))?;
             }
             Ok(out)
         })

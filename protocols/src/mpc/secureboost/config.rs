@@ -35,6 +35,11 @@ pub struct SbConfig {
     pub tolerance: f64,
     /// Most bins per feature, missing-value bin included (2..=[`MAX_BINS`]).
     pub max_bins: u32,
+    /// B's policy: the smallest OU key size (bits of n, 2048 or 3072) it accepts from A. Not
+    /// agreed (not in the digest): A's key size is A's choice ([`crate::he::KeySize`]), B only
+    /// checks it. Default 2048 (≈ 112-bit security, the floor the issue allows; the key protects
+    /// A's own gradients).
+    pub min_key_bits: u32,
 }
 
 impl Default for SbConfig {
@@ -51,6 +56,7 @@ impl Default for SbConfig {
             seed: 0,
             tolerance: 0.0,
             max_bins: 33,
+            min_key_bits: 2048,
         }
     }
 }
@@ -84,6 +90,9 @@ impl SbConfig {
         }
         if !(2..=MAX_BINS).contains(&self.max_bins) {
             return bad("max bins must be in 2..=256");
+        }
+        if ![2048, 3072].contains(&self.min_key_bits) {
+            return bad("min key bits must be 2048 or 3072");
         }
         Ok(())
     }

@@ -21,15 +21,20 @@
 //!
 //! Per tree (steps of Cheng et al., Algorithms 1–2):
 //!
-//! 0. Both draw the features each party's tree considers (`colsample`, seeded by the agreed seed:
+//! 0. A sends its OU public key: the size (u16: 2048 or 3072 bits, A's choice), then n, G, H.
+//!    Both draw the features each party's tree considers (`colsample`, seeded by the agreed seed:
 //!    A must know which of B's histograms come; B learns which of A's features are eligible).
 //! 1. A → B: the rows the tree samples (a bit per training row, `subsample`), then Enc(g_i +
 //!    h_i·2^56) for each sampled row — gradient and hessian packed in one OU plaintext ([`pack`]:
 //!    headroom for 2^20 rows), encrypted with fixed-base tables ([`crate::he`]).
 //! 2. Per level, B → A: for each pair of sibling nodes (the root alone at level 0), the encrypted
 //!    histogram of the child with fewer rows: per feature and bin, the product of the ciphertexts
-//!    of its rows (rayon over this tree's features; an empty bin is sent as 1). A decrypts, unpacks and gets
-//!    the sibling's histogram by subtraction from the parent's, in plaintext.
+//!    of its rows (an empty bin is sent as 1). B sums two features at once where that is cheaper:
+//!    the joint histogram of the pair (one addition per row), then each feature's bins as sums of
+//!    joint cells — about rows + cells additions instead of 2·rows, when the pair has at most
+//!    rows/2 cells; rayon over the (pairs of) features; sums stay in Montgomery form
+//!    ([`crate::he`]) until written. A decrypts, unpacks and gets the sibling's histogram by
+//!    subtraction from the parent's, in plaintext.
 //! 3. A → B: per node that may split, its decision — leaf, "A splits" or "B's feature k, bin j"
 //!    — and for A's splits the partition of the node's rows (a bit each). B → A: the partitions
 //!    of its own splits; A checks each against the histogram it decrypted (the left side's
@@ -64,8 +69,9 @@
 //! message could announce is checked before a buffer is sized (feature and bin counts against
 //! [`MAX_PEER_FEATURES`], [`MAX_PEER_CELLS`] and `max_bins`; everything else has a length both
 //! parties derive from agreed state — rows, instance sets, bins — and frames of another length are
-//! errors), ciphertexts must lie in [1, n), the public key must be a 3072-bit modulus with
-//! generators in range, decisions name an existing feature and a bin that leaves rows on the
+//! errors), ciphertexts must lie in [1, n), the public key's announced size must be 2048 or 3072
+//! bits and at least B's `min_key_bits` (checked before the key is read), its modulus of that size
+//! and its generators in range, decisions name an existing feature and a bin that leaves rows on the
 //! right, bit vectors have zero padding, decrypted sums must fit the packing bounds: a malformed
 //! message is an [`MpcError`], never a panic. What a malicious peer can still do: B can return
 //! wrong histograms or partitions consistent with them (a worse model, or steering which rows

@@ -9,7 +9,7 @@ use rand::{RngExt, SeedableRng};
 use super::plain::{self, PlainNode};
 use super::*;
 use crate::channel::{Channel, ChannelError, MemoryChannel, memory_pair};
-use crate::he::test_key;
+use crate::he::{Encryptor, test_key, test_key_2048};
 use crate::mpc::MpcError;
 
 /// Synthetic rows: A's and B's features (standard normal, a share `missing` of them NaN) and labels
@@ -336,8 +336,9 @@ const W: usize = 384;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_messages_from_a_are_errors_at_b() {
-    // Frames A sends: 0 hello head, 1 hello body, 2 public key, 3 sample bits (13 bytes for 103
-    // training rows: one padding bit), 4 ciphertexts, then per level: decisions, A's partitions.
+    // Frames A sends: 0 hello head, 1 hello body, 2 key size, 3 public key, 4 sample bits (13 bytes
+    // for 103 training rows: one padding bit), 5 ciphertexts, then per level: decisions, A's
+    // partitions.
     attack(
         Party::A,
         "other parameters",
@@ -347,9 +348,30 @@ async fn malformed_messages_from_a_are_errors_at_b() {
     .await;
     attack(
         Party::A,
+        "unknown key size",
+        "announces a 1024-bit key",
+        Box::new(|i, f| (i == 2).then(|| with(f, |v| v.copy_from_slice(&1024u16.to_le_bytes()))).flatten()),
+    )
+    .await;
+    attack(
+        Party::A,
+        "truncated key size",
+        "byte frame",
+        Box::new(|i, f| (i == 2).then(|| with(f, |v| v.truncate(1))).flatten()),
+    )
+    .await;
+    attack(
+        Party::A,
+        "a 3072-bit key announced as 2048",
+        "byte frame",
+        Box::new(|i, f| (i == 2).then(|| with(f, |v| v.copy_from_slice(&2048u16.to_le_bytes()))).flatten()),
+    )
+    .await;
+    attack(
+        Party::A,
         "truncated key",
         "expected 1152",
-        Box::new(|i, f| (i == 2).then(|| with(f, |v| v.truncate(1000))).flatten()),
+        Box::new(|i, f| (i == 3).then(|| with(f, |v| v.truncate(1000))).flatten()),
     )
     .await;
     attack(
@@ -357,7 +379,7 @@ async fn malformed_messages_from_a_are_errors_at_b() {
         "tiny modulus",
         "modulus",
         Box::new(|i, f| {
-            (i == 2)
+            (i == 3)
                 .then(|| {
                     with(f, |v| {
                         v[..W].fill(0);
@@ -372,42 +394,42 @@ async fn malformed_messages_from_a_are_errors_at_b() {
         Party::A,
         "generator out of range",
         "generator",
-        Box::new(|i, f| (i == 2).then(|| with(f, |v| v[W..2 * W].fill(0xff))).flatten()),
+        Box::new(|i, f| (i == 3).then(|| with(f, |v| v[W..2 * W].fill(0xff))).flatten()),
     )
     .await;
     attack(
         Party::A,
         "sample padding bits",
         "padding",
-        Box::new(|i, f| (i == 3).then(|| with(f, |v| *v.last_mut().unwrap() |= 0x80)).flatten()),
+        Box::new(|i, f| (i == 4).then(|| with(f, |v| *v.last_mut().unwrap() |= 0x80)).flatten()),
     )
     .await;
     attack(
         Party::A,
         "oversized sample",
         "expected 13",
-        Box::new(|i, f| (i == 3).then(|| with(f, |v| v.push(0))).flatten()),
+        Box::new(|i, f| (i == 4).then(|| with(f, |v| v.push(0))).flatten()),
     )
     .await;
     attack(
         Party::A,
         "ciphertext out of range",
         "out of range",
-        Box::new(|i, f| (i == 4).then(|| with(f, |v| v[W..2 * W].fill(0xff))).flatten()),
+        Box::new(|i, f| (i == 5).then(|| with(f, |v| v[W..2 * W].fill(0xff))).flatten()),
     )
     .await;
     attack(
         Party::A,
         "zero ciphertext",
         "out of range",
-        Box::new(|i, f| (i == 4).then(|| with(f, |v| v[..W].fill(0))).flatten()),
+        Box::new(|i, f| (i == 5).then(|| with(f, |v| v[..W].fill(0))).flatten()),
     )
     .await;
     attack(
         Party::A,
         "truncated ciphertexts",
         "byte frame",
-        Box::new(|i, f| (i == 4).then(|| with(f, |v| v.truncate(v.len() - 1))).flatten()),
+        Box::new(|i, f| (i == 5).then(|| with(f, |v| v.truncate(v.len() - 1))).flatten()),
     )
     .await;
     // The root's decisions: one node, 6 bytes.
@@ -415,7 +437,7 @@ async fn malformed_messages_from_a_are_errors_at_b() {
         Party::A,
         "unknown decision",
         "bad split decision",
-        Box::new(|i, f| (i == 5).then(|| with(f, |v| v[0] = 9)).flatten()),
+        Box::new(|i, f| (i == 6).then(|| with(f, |v| v[0] = 9)).flatten()),
     )
     .await;
     attack(
@@ -423,7 +445,7 @@ async fn malformed_messages_from_a_are_errors_at_b() {
         "B feature out of range",
         "bad split decision",
         Box::new(|i, f| {
-            (i == 5)
+            (i == 6)
                 .then(|| {
                     with(f, |v| {
                         v[0] = 2;
@@ -439,7 +461,7 @@ async fn malformed_messages_from_a_are_errors_at_b() {
         "B bin past the last",
         "bad split decision",
         Box::new(|i, f| {
-            (i == 5)
+            (i == 6)
                 .then(|| {
                     with(f, |v| {
                         v[0] = 2;
@@ -455,7 +477,7 @@ async fn malformed_messages_from_a_are_errors_at_b() {
         Party::A,
         "truncated decisions",
         "byte frame",
-        Box::new(|i, f| (i == 5).then(|| with(f, |v| v.truncate(5))).flatten()),
+        Box::new(|i, f| (i == 6).then(|| with(f, |v| v.truncate(5))).flatten()),
     )
     .await;
     // Depth 1: the only one-byte frames A sends are the flags (its partition of 103 rows is 13).
@@ -574,4 +596,81 @@ async fn prediction_refuses_a_mismatched_or_malformed_peer() {
     let cb = Tampered::new(cb, Some(Box::new(|i, f| (i == 1).then(|| with(f, |v| v.truncate(3))).flatten())));
     let (ra, _) = futures::join!(predict(&ca, Party::A, &ta, &run.xa), predict(&cb, Party::B, &tb, &run.xb));
     assert!(ra.unwrap_err().to_string().contains("byte frame"));
+}
+
+// ---- B's encrypted histograms, the key sizes ----
+
+/// B's encrypted histogram (single features and joint pairs alike) decrypts to the plaintext
+/// histogram, for row sets from empty to all rows, with bins that pair and bins that do not.
+#[test]
+fn encrypted_histograms_equal_plaintext_histograms() {
+    let key = test_key();
+    let mut rng = StdRng::seed_from_u64(3);
+    let n = 300;
+    let bins = [5u32, 5, 3, 2, 33, 9, 4];
+    let columns: Vec<Vec<u8>> = bins.iter().map(|&b| (0..n).map(|_| rng.random_range(0..b) as u8).collect()).collect();
+    let x = BinnedFeatures { rows: n, columns, bins: bins.to_vec() };
+    let layout = Layout::new(&x.bins);
+    let gh: Vec<[i64; 2]> = (0..n).map(|_| gradient(rng.random::<f64>() * 6.0 - 3.0, rng.random_range(0..2))).collect();
+    let enc = Encryptor::for_key_holder(&key).unwrap();
+    let cts: Vec<_> = gh.iter().map(|&v| enc.encrypt(pack(v), &mut rng).unwrap()).collect();
+    let slot: Vec<u32> = (0..n as u32).collect();
+    let all: Vec<u32> = (0..n as u32).collect();
+    let some: Vec<u32> = all.iter().copied().filter(|r| r % 3 == 1).collect();
+    for (rows, feats) in [
+        (all.clone(), (0..7).collect::<Vec<u32>>()),
+        (some, vec![0, 1, 4, 5, 6]),
+        (vec![7], vec![2, 3]),
+        (vec![], vec![0, 1]),
+        (all, vec![4]),
+    ] {
+        let groups = super::passive::pair_features(&x, &feats, rows.len());
+        assert_eq!(groups.concat(), feats, "groups keep the features in order");
+        for g in &groups {
+            assert!(
+                g.len() == 1 || 2 * x.bins[g[0] as usize] * x.bins[g[1] as usize] <= rows.len() as u32,
+                "{g:?} pairs only when cheaper"
+            );
+        }
+        let bytes = super::passive::encrypted_histogram(&x, &feats, &key.public, &cts, &slot, &rows);
+        let w = key.public.ciphertext_bytes();
+        let got: Vec<[i64; 2]> = bytes
+            .chunks_exact(w)
+            .map(|c| unpack(key.secret.decrypt(&key.public.ciphertext(c).unwrap()).unwrap()).unwrap())
+            .collect();
+        let plain = split::histogram(&x, &layout, &gh, &rows);
+        let expected: Vec<[i64; 2]> = feats.iter().flat_map(|&f| plain[layout.range(f as usize)].to_vec()).collect();
+        assert_eq!(got, expected, "{} rows, features {feats:?}", rows.len());
+    }
+    // With 300 rows, 5×5 and 3×2 bins pair at the root; 33×9 does not.
+    assert_eq!(
+        super::passive::pair_features(&x, &[0, 1, 2, 3, 4, 5, 6], 300),
+        vec![vec![0, 1], vec![2, 3], vec![4], vec![5, 6]]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2048_bit_key_gives_the_same_trees_and_b_can_refuse_it() {
+    let d = data(200, &[1.5, -1.0], &[2.0, -1.5, 0.5], 0.05, 4);
+    let (train_rows, holdout) = split_rows(200, 30);
+    let config = SbConfig { trees: 2, max_depth: 3, max_bins: 9, ..SbConfig::default() };
+    let (mut a, b) = inputs(&d, &train_rows, &holdout, &config);
+    a.key = Some(test_key_2048());
+    let run = run_with(a, b, &config, None, None).await;
+    let (_, b_splits) = check_against_plain(&run, &d, &train_rows, &holdout, &config);
+    assert!(b_splits > 0);
+    check_prediction(&run, &d, &config, &train_rows, &holdout).await;
+    // B requiring 3072 bits refuses A's 2048-bit key before reading it.
+    let strict = SbConfig { min_key_bits: 3072, ..config.clone() };
+    let (mut a, b) = inputs(&d, &train_rows, &holdout, &strict);
+    a.key = Some(test_key_2048());
+    let run = run_with(a, b, &strict, None, None).await;
+    let err = run.b.expect_err("a key below B's minimum").to_string();
+    assert!(err.contains("requires 3072"), "{err}");
+    assert!(run.a.is_err(), "A fails too once B hangs up");
+    // A 3072-bit key is accepted under either minimum (the default run above used 2048).
+    let (a, b) = inputs(&d, &train_rows, &holdout, &strict);
+    let run = run_with(a, b, &strict, None, None).await;
+    check_against_plain(&run, &d, &train_rows, &holdout, &strict);
+    assert!(SbConfig { min_key_bits: 1024, ..config }.validate().is_err());
 }
