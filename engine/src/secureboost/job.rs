@@ -1,6 +1,6 @@
 //! The SecureBoost train and score jobs on one party: align (the LR jobs' PSI step, revealed to
 //! both), read the features (the LR feature reader: finite numbers, labels 0/1, errors by file,
-//! line and column), bin locally, split with the LR split, train, evaluate on the holdout, and
+//! line and column), bin locally, split by keyed hash ([`keyed_split`]), train, evaluate on the holdout, and
 //! write the model file; or bin with a model and score.
 //!
 //! **Model id.** Both halves of a model carry the same [`SbModelFile::model_id`]: a SHA-256 over
@@ -23,7 +23,7 @@ use super::model::{SbFeature, SbModelFile, SbNode, evaluate};
 use crate::dataset::Dataset;
 use crate::error::DataError;
 use crate::lr::align::align;
-use crate::lr::{ColumnChoice, LrError, Stages, load_features, party_of, split};
+use crate::lr::{ColumnChoice, LrError, Stages, load_features, party_of};
 use crate::psi::{JobLimits, PsiProtocol};
 use crate::storage::AtRest;
 
@@ -193,7 +193,8 @@ pub async fn run_sb_train<C: Channel>(
         ))
         .into());
     }
-    let (train_rows, holdout_rows) = split(n, job.params.holdout, job.params.seed);
+    let keys: Vec<String> = aligned.order.iter().map(|&r| dataset.key_of(r as usize)).collect();
+    let (train_rows, holdout_rows) = keyed_split(&keys, job.params.holdout, job.params.seed);
     let (edges, binned) = {
         let (cols, fit, max_bins) = (data.columns.clone(), train_rows.clone(), config.max_bins);
         cpu::run(move || BinnedFeatures::fit(&cols, n, &fit, max_bins)).await
@@ -265,8 +266,29 @@ pub async fn run_sb_train<C: Channel>(
     })
 }
 
+/// The holdout split of aligned rows whose keys are `keys`: rows ranked by SHA-256(seed, key), the
+/// first round(n·holdout) (at most n − 1) held out, the rest the training rows in rank order.
+/// Unlike the LR split it does not depend on the PSI's joint order, which is fresh each run: both
+/// parties get the same split, and so does a plaintext audit that knows the keys and the seed
+/// ([`super::plaintext_comparison`]), whatever order it lists the rows in.
+pub fn keyed_split(keys: &[String], holdout: f64, seed: u64) -> (Vec<u32>, Vec<u32>) {
+    let rank = |key: &String| -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"consort-secureboost split v1\0");
+        h.update(seed.to_le_bytes());
+        h.update(key.as_bytes());
+        h.finalize().into()
+    };
+    let mut ranked: Vec<([u8; 32], u32)> = keys.iter().enumerate().map(|(i, k)| (rank(k), i as u32)).collect();
+    ranked.sort_unstable();
+    let n = keys.len();
+    let h = (((n as f64) * holdout).round() as usize).min(n.saturating_sub(1));
+    let order: Vec<u32> = ranked.into_iter().map(|(_, i)| i).collect();
+    (order[h..].to_vec(), order[..h].to_vec())
+}
+
 /// The rows `rows` of binned features, in that order.
-fn subset(x: &BinnedFeatures, rows: &[u32]) -> BinnedFeatures {
+pub(super) fn subset(x: &BinnedFeatures, rows: &[u32]) -> BinnedFeatures {
     BinnedFeatures {
         rows: rows.len(),
         columns: x.columns.iter().map(|c| rows.iter().map(|&r| c[r as usize]).collect()).collect(),

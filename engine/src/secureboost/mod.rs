@@ -21,6 +21,7 @@
 //!   local binning, the LR holdout split, training, holdout evaluation, and the model id that binds
 //!   the two halves of a model ([`model_id`]).
 
+mod compare;
 mod job;
 mod model;
 
@@ -28,8 +29,9 @@ pub use model::{
     Importance, SB_MODEL_FORMAT, SbFeature, SbModelFile, SbNode, SbParams, SbSummary, SbTree, evaluate, score,
 };
 
+pub use compare::{SbComparison, plaintext_comparison};
 pub use job::{
-    SbParamsWire, SbScoreJob, SbScoreReport, SbTrainJob, SbTrainReport, model_id, run_sb_score, run_sb_train,
+    SbParamsWire, keyed_split, SbScoreJob, SbScoreReport, SbTrainJob, SbTrainReport, model_id, run_sb_score, run_sb_train,
 };
 
 #[cfg(test)]
