@@ -12,6 +12,7 @@ pub mod init;
 pub mod jobfile;
 pub mod lr;
 pub mod lr_demo;
+pub mod sb_demo;
 pub mod manual;
 pub mod peer;
 pub mod psi;
