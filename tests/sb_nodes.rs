@@ -98,7 +98,9 @@ async fn secureboost_train_then_score_matches_the_plaintext_mirror() {
     assert!(!ma.model_id.is_empty());
     assert_eq!(ma.model_id, mb.model_id, "both halves carry the same model id");
     // B's half holds no leaf weight and none of A's features.
-    assert!(mb.trees.iter().flat_map(|t| &t.nodes).all(|n| matches!(n, consort_engine::secureboost::SbNode::Own { .. })));
+    assert!(
+        mb.trees.iter().flat_map(|t| &t.nodes).all(|n| matches!(n, consort_engine::secureboost::SbNode::Own { .. }))
+    );
     assert!(mb.training.auc.is_none());
 
     // The plaintext mirror: same keys, split, bins and hyper-parameters.

@@ -50,14 +50,8 @@ pub trait Vocabulary: Sized + Copy + 'static {
 
 impl Vocabulary for JobKind {
     const WHAT: &'static str = "job kind";
-    const ALL: &'static [Self] = &[
-        JobKind::Psi,
-        JobKind::Train,
-        JobKind::Score,
-        JobKind::Deal,
-        JobKind::Secureboost,
-        JobKind::SecureboostScore,
-    ];
+    const ALL: &'static [Self] =
+        &[JobKind::Psi, JobKind::Train, JobKind::Score, JobKind::Deal, JobKind::Secureboost, JobKind::SecureboostScore];
     fn name(self) -> &'static str {
         match self {
             JobKind::Unspecified => "unspecified",

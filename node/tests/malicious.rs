@@ -322,7 +322,12 @@ fn out_of_range_secureboost_parameters_and_rows_are_refused_before_allocation() 
         r#"{"model_job":"jnothere","model_id":"00"}"#,
     );
     assert!(t.refused(r).contains("no SecureBoost model"));
-    let r = rogue::request(JobKind::SecureboostScore, PsiProtocol::Ecdh, "shared", r#"{"model_job":"../../x","model_id":""}"#);
+    let r = rogue::request(
+        JobKind::SecureboostScore,
+        PsiProtocol::Ecdh,
+        "shared",
+        r#"{"model_job":"../../x","model_id":""}"#,
+    );
     assert!(t.refused(r).contains("invalid model job id"));
     // Every refusal is one request and one grant entry: nothing started, nothing allocated.
     assert!(t.audit_lines() > before);

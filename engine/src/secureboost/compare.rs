@@ -49,7 +49,8 @@ pub async fn plaintext_comparison(
     let rows_a: Vec<u32> = pairs.iter().map(|p| p.1).collect();
     let rows_b: Vec<u32> = pairs.iter().map(|p| p.2).collect();
     let names = |m: &SbModelFile| Some(m.features.iter().map(|f| f.name.clone()).collect::<Vec<_>>());
-    let ta = load_features(a, &rows_a, &ColumnChoice { label: model_a.label.clone(), features: names(model_a) }).await?;
+    let ta =
+        load_features(a, &rows_a, &ColumnChoice { label: model_a.label.clone(), features: names(model_a) }).await?;
     let tb = load_features(b, &rows_b, &ColumnChoice { label: None, features: names(model_b) }).await?;
     let y = ta.labels.clone().ok_or_else(|| DataError::Invalid("model A has no label column".into()))?;
     let n = pairs.len();
@@ -81,9 +82,11 @@ pub async fn plaintext_comparison(
         for (t, tree) in model_a.trees.iter().enumerate() {
             let mut id = 0;
             loop {
-                let node = tree.nodes.iter().find(|nd| node_id(nd) == id).ok_or_else(|| {
-                    DataError::Invalid("model A's tree is missing a node a row reaches".into())
-                })?;
+                let node = tree
+                    .nodes
+                    .iter()
+                    .find(|nd| node_id(nd) == id)
+                    .ok_or_else(|| DataError::Invalid("model A's tree is missing a node a row reaches".into()))?;
                 let left = match *node {
                     SbNode::Leaf { weight, .. } => {
                         z += weight;
@@ -106,11 +109,11 @@ pub async fn plaintext_comparison(
     let mut plaintext_scores = Vec::with_capacity(n);
     let (mut secure_h, mut plain_h) = (Vec::new(), Vec::new());
     let in_holdout: std::collections::HashSet<u32> = holdout.iter().copied().collect();
-    for r in 0..n {
+    for (r, key) in keys.iter().enumerate() {
         let s = sigmoid(secure_margin(r)?);
         let p = sigmoid(plain_margin(&reference.trees, &xa, &xb, r));
         max_diff = max_diff.max((s - p).abs());
-        plaintext_scores.push((keys[r].clone(), p));
+        plaintext_scores.push((key.clone(), p));
         if in_holdout.contains(&(r as u32)) {
             secure_h.push(s);
             plain_h.push(p);

@@ -73,6 +73,9 @@ impl SbParamsWire {
     /// The protocol's configuration, validated (bounds on trees, depth, bins, rates), and the
     /// holdout fraction checked.
     pub fn config(&self) -> Result<SbConfig, DataError> {
+        // `..Default::default()` although every field is set today: fields the protocol adds
+        // later (e.g. a key-size option) keep their defaults.
+        #[allow(clippy::needless_update)]
         let c = SbConfig {
             trees: self.trees,
             max_depth: self.max_depth,

@@ -31,7 +31,8 @@ pub use model::{
 
 pub use compare::{SbComparison, plaintext_comparison};
 pub use job::{
-    SbParamsWire, keyed_split, SbScoreJob, SbScoreReport, SbTrainJob, SbTrainReport, model_id, run_sb_score, run_sb_train,
+    SbParamsWire, SbScoreJob, SbScoreReport, SbTrainJob, SbTrainReport, keyed_split, model_id, run_sb_score,
+    run_sb_train,
 };
 
 #[cfg(test)]

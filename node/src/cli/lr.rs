@@ -295,7 +295,9 @@ pub async fn train(mut args: TrainArgs) -> Result<()> {
         return train_secureboost(args).await;
     }
     if args.trees.any() {
-        bail!("--trees, --max-depth, --max-bins, --lambda, --gamma, --min-child-weight, --subsample and --colsample are SecureBoost flags: add --model secureboost");
+        bail!(
+            "--trees, --max-depth, --max-bins, --lambda, --gamma, --min-child-weight, --subsample and --colsample are SecureBoost flags: add --model secureboost"
+        );
     }
     let params = args.hyper.params();
     params.config()?;
@@ -317,8 +319,13 @@ async fn train_secureboost(args: TrainArgs) -> Result<()> {
     jobfile::save_if_asked(args.save_job.as_deref(), JobKind::Train, &args)?;
     let request = SbTrainRequest { label: args.label.clone(), features: args.features.clone(), params };
     let j = &args.job;
-    let submit =
-        submit_request(JobKind::Secureboost, (&j.peer, &j.dataset, &j.peer_dataset), args.protocol, &request, &args.out)?;
+    let submit = submit_request(
+        JobKind::Secureboost,
+        (&j.peer, &j.dataset, &j.peer_dataset),
+        args.protocol,
+        &request,
+        &args.out,
+    )?;
     run(&j.dir, submit, args.json).await
 }
 
@@ -477,7 +484,12 @@ fn sb_lines(r: &serde_json::Value, s: &JobStatus, lines: &mut Vec<String>) {
             .iter()
             .take(10)
             .map(|i| {
-                format!("{} ({} splits, gain {:.2})", i["feature"].as_str().unwrap_or("?"), i["splits"], i["gain"].as_f64().unwrap_or(0.0))
+                format!(
+                    "{} ({} splits, gain {:.2})",
+                    i["feature"].as_str().unwrap_or("?"),
+                    i["splits"],
+                    i["gain"].as_f64().unwrap_or(0.0)
+                )
             })
             .collect();
         if !shown.is_empty() {

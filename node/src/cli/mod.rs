@@ -12,10 +12,10 @@ pub mod init;
 pub mod jobfile;
 pub mod lr;
 pub mod lr_demo;
-pub mod sb_demo;
 pub mod manual;
 pub mod peer;
 pub mod psi;
+pub mod sb_demo;
 pub mod status;
 pub mod synth;
 

@@ -19,9 +19,7 @@ use std::sync::Arc;
 use consort_api::JobKind;
 use consort_engine::PsiProtocol;
 use consort_engine::lr::ColumnChoice;
-use consort_engine::secureboost::{
-    SbModelFile, SbParamsWire, SbScoreJob, SbTrainJob, run_sb_score, run_sb_train,
-};
+use consort_engine::secureboost::{SbModelFile, SbParamsWire, SbScoreJob, SbTrainJob, run_sb_score, run_sb_train};
 use consort_protocols::{Reveal, Role};
 use serde::{Deserialize, Serialize};
 
@@ -189,8 +187,14 @@ impl Kind for SbScore {
                 if model.model_id.is_empty() {
                     return Err("the model file has no model id (train it again)".into());
                 }
-                let out = ask.out.clone().ok_or("a secureboost-score job needs the predictions file to write (--out)")?;
-                Ok(Box::new(SbScorePlan { protocol, model: Arc::new(model), out: Some(out), at_rest: state.storage.at_rest() }))
+                let out =
+                    ask.out.clone().ok_or("a secureboost-score job needs the predictions file to write (--out)")?;
+                Ok(Box::new(SbScorePlan {
+                    protocol,
+                    model: Arc::new(model),
+                    out: Some(out),
+                    at_rest: state.storage.at_rest(),
+                }))
             }
             Role::Responder => {
                 let p: SbScoreParams = serde_json::from_str(&ask.params).map_err(bad)?;
@@ -220,7 +224,12 @@ impl Kind for SbScore {
                         p.model_job
                     ));
                 }
-                Ok(Box::new(SbScorePlan { protocol, model: Arc::new(model), out: None, at_rest: state.storage.at_rest() }))
+                Ok(Box::new(SbScorePlan {
+                    protocol,
+                    model: Arc::new(model),
+                    out: None,
+                    at_rest: state.storage.at_rest(),
+                }))
             }
         }
     }

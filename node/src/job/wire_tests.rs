@@ -254,15 +254,18 @@ async fn run_jobs(t: &Two) -> Vec<String> {
     let score = run(t, submit(JobKind::Score, "accounts", PsiProtocol::Ecdh, &out("scores.csv"), score_params)).await;
     expect(score, JobState::Done);
     let sb_model = out("sb-model.json");
-    let sb_params = consort_engine::secureboost::SbParamsWire { trees: 2, max_depth: 2, max_bins: 9, ..Default::default() };
+    let sb_params =
+        consort_engine::secureboost::SbParamsWire { trees: 2, max_depth: 2, max_bins: 9, ..Default::default() };
     let sb_request = super::secureboost::SbTrainRequest { label: "label".into(), features: vec![], params: sb_params };
     let sb_request = serde_json::to_string(&sb_request).unwrap();
     let sb = run(t, submit(JobKind::Secureboost, "accounts", PsiProtocol::Ecdh, &sb_model, sb_request)).await;
     expect(sb, JobState::Done);
     let sb_score_params = serde_json::json!({ "model": sb_model }).to_string();
-    let sb_score =
-        run(t, submit(JobKind::SecureboostScore, "accounts", PsiProtocol::Ecdh, &out("sb-scores.csv"), sb_score_params))
-            .await;
+    let sb_score = run(
+        t,
+        submit(JobKind::SecureboostScore, "accounts", PsiProtocol::Ecdh, &out("sb-scores.csv"), sb_score_params),
+    )
+    .await;
     expect(sb_score, JobState::Done);
     let bad = run(t, submit(JobKind::Train, "accounts_bad", PsiProtocol::Ecdh, &out("bad.json"), train_params())).await;
     expect(bad, JobState::Failed);
