@@ -343,7 +343,10 @@ mod tests {
         assert_eq!(Reveal::parse_name("self").unwrap(), Reveal::RequesterOnly);
         assert_eq!(Reveal::parse_name("requester-only").unwrap(), Reveal::RequesterOnly);
         let e = "bogus".parse::<JobKind>().unwrap_err();
-        assert_eq!(e.to_string(), "unknown job kind 'bogus' (known: psi, train, score, deal, secureboost, secureboost-score)");
+        assert_eq!(
+            e.to_string(),
+            "unknown job kind 'bogus' (known: psi, train, score, deal, secureboost, secureboost-score)"
+        );
         assert!("unspecified".parse::<JobKind>().is_err());
     }
 
