@@ -3,7 +3,7 @@
 //!
 //! | concept  | CLI / config / JSON                         | wire (proto)      | Rust                                  |
 //! |----------|---------------------------------------------|-------------------|---------------------------------------|
-//! | job kind | `psi`, `train`, `score`, `deal`             | `JobKind`         | [`JobKind`]                           |
+//! | job kind | `psi`, `train`, `score`, `deal`, `secureboost`, `secureboost-score` | `JobKind` | [`JobKind`]            |
 //! | state    | `pending` … `refused`, `awaiting-approval`  | `JobState`        | [`JobState`]                          |
 //! | role     | `requester`, `responder`                    | `Role`            | [`consort_protocols::Role`]           |
 //! | protocol | `ecdh`, `rr22`                              | `PsiProtocol`     | [`PsiProtocol`]                       |
@@ -50,7 +50,8 @@ pub trait Vocabulary: Sized + Copy + 'static {
 
 impl Vocabulary for JobKind {
     const WHAT: &'static str = "job kind";
-    const ALL: &'static [Self] = &[JobKind::Psi, JobKind::Train, JobKind::Score, JobKind::Deal];
+    const ALL: &'static [Self] =
+        &[JobKind::Psi, JobKind::Train, JobKind::Score, JobKind::Deal, JobKind::Secureboost, JobKind::SecureboostScore];
     fn name(self) -> &'static str {
         match self {
             JobKind::Unspecified => "unspecified",
@@ -58,6 +59,8 @@ impl Vocabulary for JobKind {
             JobKind::Train => "train",
             JobKind::Score => "score",
             JobKind::Deal => "deal",
+            JobKind::Secureboost => "secureboost",
+            JobKind::SecureboostScore => "secureboost-score",
         }
     }
 }
@@ -340,7 +343,10 @@ mod tests {
         assert_eq!(Reveal::parse_name("self").unwrap(), Reveal::RequesterOnly);
         assert_eq!(Reveal::parse_name("requester-only").unwrap(), Reveal::RequesterOnly);
         let e = "bogus".parse::<JobKind>().unwrap_err();
-        assert_eq!(e.to_string(), "unknown job kind 'bogus' (known: psi, train, score, deal)");
+        assert_eq!(
+            e.to_string(),
+            "unknown job kind 'bogus' (known: psi, train, score, deal, secureboost, secureboost-score)"
+        );
         assert!("unspecified".parse::<JobKind>().is_err());
     }
 

@@ -184,6 +184,13 @@ fn job_seeds(root: &Path) {
     write(&dir, "score-responder", &with(2, r#"{"model_job":"j2"}"#));
     write(&dir, "score-requester", &with(4 | 2, r#"{"model":"/nonexistent/model.json"}"#));
     write(&dir, "deal", &with(3, deal));
+    let dir = root.join("sb_params");
+    let sb = consort_engine::secureboost::SbParamsWire::default();
+    write(&dir, "secureboost-responder", &with(0, &serde_json::to_string(&sb).unwrap()));
+    let request = consort_node::job::secureboost::SbTrainRequest { label: "y".into(), features: vec!["x1".into()], params: sb };
+    write(&dir, "secureboost-requester", &with(2, &serde_json::to_string(&request).unwrap()));
+    write(&dir, "secureboost-score-responder", &with(1, r#"{"model_job":"j2","model_id":"00"}"#));
+    write(&dir, "secureboost-score-requester", &with(3, r#"{"model":"/nonexistent/model.json"}"#));
 }
 
 fn csv_seeds(dir: &Path) {

@@ -36,7 +36,8 @@ pub const OUTPUTS_DIR: &str = "outputs";
 pub const PEERS_DIR: &str = "peers";
 
 /// Job kinds a dataset grant can allow (a `deal` job uses no dataset).
-pub const GRANTABLE: &[JobKind] = &[JobKind::Psi, JobKind::Train, JobKind::Score];
+pub const GRANTABLE: &[JobKind] =
+    &[JobKind::Psi, JobKind::Train, JobKind::Score, JobKind::Secureboost, JobKind::SecureboostScore];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeConfig {
@@ -280,7 +281,7 @@ impl Grant {
         if let Some(n) = self.jobs_per_day {
             parts.push(format!("jobs-per-day={n}"));
         }
-        if self.jobs.contains(&JobKind::Train) {
+        if self.jobs.contains(&JobKind::Train) || self.jobs.contains(&JobKind::Secureboost) {
             parts.push(format!("models={}", self.models()));
         }
         if let Some(e) = &self.expires {

@@ -79,10 +79,12 @@ pub fn check(
     }
     // Scores go to the label holder (the requester of train and score jobs): the models budget
     // protects the responder's features, and is counted there.
-    if ask.kind == JobKind::Train && ask.role == Role::Responder {
+    // LR and SecureBoost models count against the one budget: each scored model reveals more of
+    // this node's features, whichever kind it is.
+    if trains_model(ask.kind) && ask.role == Role::Responder {
         let budget = grant.models();
         let used =
-            jobs.iter().filter(mine).filter(|s| s.job_kind() == JobKind::Train && holds_model(s.job_state())).count();
+            jobs.iter().filter(mine).filter(|s| trains_model(s.job_kind()) && holds_model(s.job_state())).count();
         if used >= budget as usize {
             return Err(on(format!(
                 "the budget of {budget} model(s) on this dataset is used up (each model scored reveals one more combination of this node's features)"
@@ -108,6 +110,11 @@ pub fn check_peer_rows(grant: &Grant, rows: u64) -> Result<(), String> {
 /// `refused_by_peer`.
 fn counts(s: &JobStatus) -> bool {
     !s.refused_by_peer && !matches!(s.job_state(), JobState::Refused | JobState::Unspecified)
+}
+
+/// Job kinds that train a model (LR `train`, `secureboost`).
+fn trains_model(kind: JobKind) -> bool {
+    matches!(kind, JobKind::Train | JobKind::Secureboost)
 }
 
 /// Train jobs that produced or may still produce a model.

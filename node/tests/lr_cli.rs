@@ -187,3 +187,102 @@ fn gen_train_score_through_the_cli() {
     let err = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(err.contains("learning rate"), "{err}");
 }
+
+#[test]
+fn secureboost_through_the_cli_needs_its_own_grant() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let p = |s: &str| root.join(s).display().to_string();
+    ok(&[
+        "gen",
+        "lr",
+        "--rows",
+        "600",
+        "--features-a",
+        "2",
+        "--features-b",
+        "2",
+        "--missing-b",
+        "20",
+        "--out",
+        &p("data"),
+    ]);
+    ok(&["init", &p("bank"), "--name", "bank", "--listen", "127.0.0.1:0"]);
+    ok(&["init", &p("partner"), "--name", "partner", "--listen", "127.0.0.1:0"]);
+    let (_a, a_addr) = start_node(&root.join("bank"));
+    let (_b, b_addr) = start_node(&root.join("partner"));
+    ok(&["peer", "add", &p("bank"), "--name", "partner", "--addr", &b_addr, "--cert", &p("partner/node.crt")]);
+    ok(&["peer", "add", &p("partner"), "--name", "bank", "--addr", &a_addr, "--cert", &p("bank/node.crt")]);
+    let add = |dir: &str, name: &str, file: &str, grant: &str| {
+        ok(&["dataset", "add", &p(dir), "--name", name, "--file", &p(file), "--key", "id", "--grant", grant]);
+    };
+    add("bank", "loans", "data/a.csv", "partner:train,score,secureboost,secureboost-score");
+    add("partner", "lr-only", "data/b.csv", "bank:train,score");
+    add("partner", "sb", "data/b.csv", "bank:secureboost,secureboost-score");
+    let train = |peer_dataset: &str| {
+        common::consort(&[
+            "train",
+            &p("bank"),
+            "--peer",
+            "partner",
+            "--dataset",
+            "loans",
+            "--peer-dataset",
+            peer_dataset,
+            "--label",
+            "y",
+            "--model",
+            "secureboost",
+            "--trees",
+            "2",
+            "--max-depth",
+            "2",
+            "--max-bins",
+            "9",
+            "--out",
+            &p("sb.json"),
+        ])
+    };
+    // The partner grants LR only: refused (exit 3), no model.
+    let refused = train("lr-only");
+    assert_eq!(refused.status.code(), Some(3), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(!root.join("sb.json").exists());
+    let done = train("sb");
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(stdout.contains("holdout loss per tree") && stdout.contains("AUC"), "{stdout}");
+    // `consort score` reads the model file's format and runs a secureboost-score job.
+    let out = ok(&[
+        "score",
+        &p("bank"),
+        "--peer",
+        "partner",
+        "--dataset",
+        "loans",
+        "--peer-dataset",
+        "sb",
+        "--model",
+        &p("sb.json"),
+        "--out",
+        &p("sb-scores.csv"),
+    ]);
+    assert!(out.contains("secureboost-score job") && out.contains("580 predictions"), "{out}");
+    // SecureBoost flags without --model secureboost are a usage mistake, not an LR job.
+    let e = fails(&[
+        "train",
+        &p("bank"),
+        "--peer",
+        "partner",
+        "--dataset",
+        "loans",
+        "--peer-dataset",
+        "lr-only",
+        "--label",
+        "y",
+        "--trees",
+        "3",
+        "--out",
+        &p("lr.json"),
+    ]);
+    assert!(e.contains("add --model secureboost"), "{e}");
+}

@@ -58,7 +58,7 @@ fn setup(max_concurrent_jobs: Option<u32>) -> Setup {
         "--key",
         "id",
         "--grant",
-        "mallory:psi,train,score",
+        "mallory:psi,train,score,secureboost,secureboost-score",
     ]);
     Setup { out: root.join("legit.csv"), _tmp: tmp, nodes, rogue, rt }
 }
@@ -275,6 +275,63 @@ fn out_of_range_hyper_parameters_are_refused() {
     let r = rogue::request(JobKind::Score, PsiProtocol::Ecdh, "shared", r#"{"model":"/etc/passwd"}"#);
     eprintln!("score with a foreign model: refused: {}", t.refused(r));
     report("hyper-parameters", &Ending::Closed("all refused".into()), Duration::ZERO, t.survives());
+}
+
+#[test]
+fn out_of_range_secureboost_parameters_and_rows_are_refused_before_allocation() {
+    let t = setup(None);
+    let base = serde_json::to_value(consort_engine::secureboost::SbParamsWire::default()).unwrap();
+    let before = t.audit_lines();
+    // At most 19 refusals: the victim turns a peer away unrecorded past 20 a minute.
+    let cases: Vec<(&str, serde_json::Value)> = vec![
+        ("trees", 0.into()),
+        ("trees", u32::MAX.into()),
+        ("trees", u64::MAX.into()),
+        ("max_depth", 0.into()),
+        ("max_depth", 64.into()),
+        ("max_bins", 1.into()),
+        ("max_bins", 257.into()),
+        ("learning_rate", 1e300.into()),
+        ("lambda", (-1.0).into()),
+        ("min_child_weight", (-1.0).into()),
+        ("subsample", 0.into()),
+        ("subsample", 2.into()),
+        ("tolerance", (-1.0).into()),
+        ("holdout", 0.95.into()),
+        ("seed", (-1).into()),
+        ("surprise", 1.into()),
+    ];
+    for (field, value) in cases {
+        let mut params = base.clone();
+        params[field] = value.clone();
+        let r = rogue::request(JobKind::Secureboost, PsiProtocol::Ecdh, "shared", &params.to_string());
+        let reason = t.refused(r);
+        assert!(reason.chars().count() < 400, "{reason}");
+        eprintln!("secureboost {field} = {value}: refused: {reason}");
+    }
+    // A set of 2^63 rows announced in the request: refused by the grant's maximum, unread.
+    let mut r = rogue::request(JobKind::Secureboost, PsiProtocol::Ecdh, "shared", &base.to_string());
+    r.rows = 1 << 63;
+    let reason = t.refused(r);
+    assert!(reason.contains("larger than the"), "{reason}");
+    // Score parameters naming a model that is not here, or no model id, are refused.
+    let r = rogue::request(
+        JobKind::SecureboostScore,
+        PsiProtocol::Ecdh,
+        "shared",
+        r#"{"model_job":"jnothere","model_id":"00"}"#,
+    );
+    assert!(t.refused(r).contains("no SecureBoost model"));
+    let r = rogue::request(
+        JobKind::SecureboostScore,
+        PsiProtocol::Ecdh,
+        "shared",
+        r#"{"model_job":"../../x","model_id":""}"#,
+    );
+    assert!(t.refused(r).contains("invalid model job id"));
+    // Every refusal is one request and one grant entry: nothing started, nothing allocated.
+    assert!(t.audit_lines() > before);
+    report("secureboost parameters", &Ending::Closed("all refused".into()), Duration::ZERO, t.survives());
 }
 
 #[test]

@@ -12,14 +12,14 @@ use crate::error::DataError;
 use crate::psi::{JobLimits, PsiProtocol};
 
 /// This party's rows in the joint order, the peer's row count, and the ECDH proofs' evidence.
-pub(super) struct Alignment {
+pub(crate) struct Alignment {
     pub order: Vec<u32>,
     pub peer_rows: u64,
     pub ecdh_evidence: Option<EcdhEvidence>,
 }
 
 /// PSI with the intersection revealed to both; the joint order of this party's rows.
-pub(super) async fn align<C: Channel>(
+pub(crate) async fn align<C: Channel>(
     channel: &C,
     dataset: &Dataset,
     role: Role,

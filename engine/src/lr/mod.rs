@@ -37,13 +37,13 @@ use consort_protocols::psi::PsiError;
 
 use crate::error::DataError;
 
-mod align;
+pub(crate) mod align;
 mod compare;
 mod features;
 mod metrics;
 mod model;
 mod params;
-mod score;
+pub(crate) mod score;
 mod train;
 
 pub use compare::{PlainComparison, plaintext_comparison};
@@ -65,7 +65,7 @@ pub enum LrError {
     Mpc(#[from] MpcError),
 }
 
-fn party_of(role: Role) -> Party {
+pub(crate) fn party_of(role: Role) -> Party {
     match role {
         Role::Requester => Party::A,
         Role::Responder => Party::B,
@@ -73,23 +73,23 @@ fn party_of(role: Role) -> Party {
 }
 
 /// Wall time of each step of a job, for its report.
-struct Stages {
+pub(crate) struct Stages {
     done: Vec<(String, f64)>,
     since: Instant,
 }
 
 impl Stages {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self { done: Vec::new(), since: Instant::now() }
     }
 
     /// Records the step that ran since the previous one ended (or since the start).
-    fn end(&mut self, name: &str) {
+    pub(crate) fn end(&mut self, name: &str) {
         self.done.push((name.to_string(), self.since.elapsed().as_secs_f64()));
         self.since = Instant::now();
     }
 
-    fn into_vec(self) -> Vec<(String, f64)> {
+    pub(crate) fn into_vec(self) -> Vec<(String, f64)> {
         self.done
     }
 }

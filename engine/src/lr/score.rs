@@ -90,7 +90,7 @@ pub async fn run_score<C: Channel>(channel: &C, dataset: &Dataset, job: &ScoreJo
 }
 
 /// Writes `KEY..., score` rows as a stream, sealed or plain, appearing only when complete.
-fn write_predictions(
+pub(crate) fn write_predictions(
     path: &Path,
     keys: &str,
     rows: &[String],

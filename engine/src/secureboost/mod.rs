@@ -1,7 +1,7 @@
 //! SecureBoost models on the engine side: the model file each party keeps, scoring with it, and
 //! evaluation. The protocol (and what each party learns) is
-//! [`consort_protocols::mpc::secureboost`]; the node job kind, CLI flags and `consort demo` step
-//! are not built yet.
+//! [`consort_protocols::mpc::secureboost`]; the node runs it as the `secureboost` and
+//! `secureboost-score` job kinds (`consort train --model secureboost`, `consort score`).
 //!
 //! - **Model file** ([`SbModelFile`], JSON, `"format": "consort-secureboost/1"`, written through
 //!   `storage::DataWriter` like the LR model: atomic, sealed unless sealing is off): this party's
@@ -17,11 +17,22 @@
 //! - **Feature importance** ([`SbModelFile::importance`], A): split count and total gain per A
 //!   feature by name and per B feature by index.
 //! - **Evaluation**: AUC and KS with [`crate::lr::auc`] and [`crate::lr::ks`].
+//! - **Jobs** ([`run_sb_train`], [`run_sb_score`]): the LR jobs' alignment and feature reader,
+//!   local binning, the LR holdout split, training, holdout evaluation, and the model id that binds
+//!   the two halves of a model ([`model_id`]).
 
+mod compare;
+mod job;
 mod model;
 
 pub use model::{
     Importance, SB_MODEL_FORMAT, SbFeature, SbModelFile, SbNode, SbParams, SbSummary, SbTree, evaluate, score,
+};
+
+pub use compare::{SbComparison, plaintext_comparison};
+pub use job::{
+    SbParamsWire, SbScoreJob, SbScoreReport, SbTrainJob, SbTrainReport, keyed_split, model_id, run_sb_score,
+    run_sb_train,
 };
 
 #[cfg(test)]

@@ -88,6 +88,10 @@ pub struct SbModelFile {
     /// "A" (labels, leaf weights) or "B".
     pub party: String,
     pub job_id: String,
+    /// The id both halves of the model share ([`super::model_id`]); a score job checks that the
+    /// peer's half has the same. Empty in files written before it existed.
+    #[serde(default)]
+    pub model_id: String,
     pub peer: String,
     pub dataset: String,
     pub key_columns: Vec<String>,
@@ -138,6 +142,7 @@ impl SbModelFile {
             format: SB_MODEL_FORMAT.into(),
             party: if a { "A" } else { "B" }.into(),
             job_id: String::new(),
+            model_id: String::new(),
             peer: String::new(),
             dataset: String::new(),
             key_columns: Vec::new(),

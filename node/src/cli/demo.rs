@@ -30,6 +30,9 @@ pub struct DemoArgs {
     /// Rows of the joint logistic regression part (0 skips it).
     #[arg(long, default_value_t = 20_000)]
     lr_rows: u64,
+    /// Rows of the SecureBoost part (0 skips it).
+    #[arg(long, default_value_t = 3_000)]
+    sb_rows: u64,
     #[arg(long)]
     json: bool,
 }
@@ -128,14 +131,20 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         0 => Ok(None),
         rows => super::lr_demo::run(&root, (&a, &b), (&a_dir, &b_dir), rows, args.json).await.map(Some),
     };
+    let sb = match (&lr, args.sb_rows) {
+        (Err(_), _) | (_, 0) => Ok(None),
+        (Ok(_), rows) => super::sb_demo::run(&root, (&a, &b), (&a_dir, &b_dir), rows, args.json).await.map(Some),
+    };
     a.shutdown(Duration::from_secs(2)).await;
     b.shutdown(Duration::from_secs(2)).await;
     let lr = lr?;
+    let sb = sb?;
     if args.json {
         let mut j = status::status_json(&status);
         j["plaintext_check"] =
             serde_json::json!({"expected": check.expected, "ok": check.ok, "problems": check.problems});
         j["lr"] = serde_json::json!(lr);
+        j["secureboost"] = serde_json::json!(sb);
         j["demo_seconds"] = serde_json::json!(started.elapsed().as_secs_f64());
         println!("{j}");
     } else {

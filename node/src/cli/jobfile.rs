@@ -293,6 +293,78 @@ mod tests {
     }
 
     #[test]
+    fn secureboost_train_round_trips_and_lr_files_keep_their_keys() {
+        let argv = [
+            "consort",
+            "train",
+            "/n",
+            "--peer",
+            "p",
+            "--dataset",
+            "d",
+            "--peer-dataset",
+            "e",
+            "--label",
+            "y",
+            "--model",
+            "secureboost",
+            "--trees",
+            "7",
+            "--max-depth",
+            "3",
+            "--max-bins",
+            "17",
+            "--learning-rate",
+            "0.2",
+            "--lambda",
+            "2",
+            "--gamma",
+            "0.5",
+            "--min-child-weight",
+            "3",
+            "--subsample",
+            "0.8",
+            "--colsample",
+            "0.9",
+            "--seed",
+            "5",
+            "--out",
+            "/m.json",
+        ];
+        let (before, after) = round_trip(&argv, JobKind::Train);
+        assert_eq!(before, after);
+        assert!(after.contains("Secureboost") && after.contains("trees: Some(7)"), "{after}");
+        // An LR job file names none of the SecureBoost keys (files saved before stay the same).
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("j.toml");
+        let lr = [
+            "consort",
+            "train",
+            "/n",
+            "--peer",
+            "p",
+            "--dataset",
+            "d",
+            "--peer-dataset",
+            "e",
+            "--label",
+            "y",
+            "--out",
+            "/m.json",
+        ];
+        let Cli { command: Command::Train(a) } = Cli::try_parse_from(lr).unwrap() else { unreachable!() };
+        save(&file, JobKind::Train, &a).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        for key in ["model", "trees", "max-depth", "learning-rate", "lambda"] {
+            assert!(!text.lines().any(|l| l.starts_with(&format!("{key} "))), "{key} in {text}");
+        }
+        std::fs::write(&file, format!("{text}trees = \"many\"\n")).unwrap();
+        let Err(e) = load(Path::new("/n"), &file, false) else { panic!("a bad trees value loaded") };
+        let e = format!("{e:#}");
+        assert!(e.contains("key 'trees'"), "{e}");
+    }
+
+    #[test]
     fn keys_are_named_in_errors() {
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("j.toml");

@@ -3,13 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::Args;
 use consort_api::proto::{self, JobStatus, SubmitRequest};
 use consort_api::{JobKind, JobState};
 use consort_engine::PsiProtocol;
 use consort_engine::lr::LrParams;
 use consort_engine::lr_synth::{LrGenSpec, generate_lr};
+use consort_engine::secureboost::{SB_MODEL_FORMAT, SbParamsWire};
 use consort_protocols::mpc::lr::Sigmoid;
 
 use super::status::{ensure_done, watch_with_progress};
@@ -17,6 +18,7 @@ use super::{JobArgs, jobfile};
 use crate::client::NodeClient;
 use crate::config;
 use crate::job::score::ScoreRequest;
+use crate::job::secureboost::{SbScoreRequest, SbTrainRequest};
 use crate::job::train::TrainRequest;
 
 #[derive(Args, Debug)]
@@ -50,8 +52,10 @@ pub struct HyperArgs {
     pub epochs: u32,
     #[arg(long, default_value_t = LrParams::default().batch_size)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = LrParams::default().learning_rate)]
-    pub learning_rate: f64,
+    /// Learning rate (default: 0.5 for LR, 0.3 for SecureBoost, the engines' defaults).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub learning_rate: Option<f64>,
     /// L2 penalty λ.
     #[arg(long, default_value_t = LrParams::default().l2)]
     pub l2: f64,
@@ -88,7 +92,7 @@ impl HyperArgs {
         LrParams {
             epochs: self.epochs,
             batch_size: self.batch_size,
-            learning_rate: self.learning_rate,
+            learning_rate: self.learning_rate.unwrap_or(LrParams::default().learning_rate),
             l2: self.l2,
             feature_bits: self.feature_bits,
             feature_frac_bits: self.feature_frac_bits,
@@ -98,6 +102,91 @@ impl HyperArgs {
             dealer: self.dealer.clone(),
             sigmoid: self.sigmoid,
         }
+    }
+}
+
+/// The model a train job fits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    Lr,
+    Secureboost,
+}
+
+impl ModelKind {
+    fn is_lr(&self) -> bool {
+        *self == ModelKind::Lr
+    }
+}
+
+/// SecureBoost hyper-parameters (defaults: the protocol's, [`SbParamsWire::default`]).
+#[derive(Args, Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SbArgs {
+    /// SecureBoost: number of trees (default 5).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trees: Option<u32>,
+    /// SecureBoost: depth of each tree (default 5).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_depth: Option<u32>,
+    /// SecureBoost: bins per feature, the missing-value bin included (2..=256; default 33).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bins: Option<u32>,
+    /// SecureBoost: L2 regularization λ of leaf weights (default 1).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lambda: Option<f64>,
+    /// SecureBoost: minimum gain γ of a split (default 0).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gamma: Option<f64>,
+    /// SecureBoost: minimum hessian sum of each child (default 1).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_child_weight: Option<f64>,
+    /// SecureBoost: fraction of training rows each tree samples (default 1).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subsample: Option<f64>,
+    /// SecureBoost: fraction of each party's features each tree considers (default 1).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub colsample: Option<f64>,
+}
+
+impl SbArgs {
+    fn any(&self) -> bool {
+        self.trees.is_some()
+            || self.max_depth.is_some()
+            || self.max_bins.is_some()
+            || self.lambda.is_some()
+            || self.gamma.is_some()
+            || self.min_child_weight.is_some()
+            || self.subsample.is_some()
+            || self.colsample.is_some()
+    }
+}
+
+/// The SecureBoost parameters of `consort train --model secureboost`: its own flags, and the
+/// shared --learning-rate, --holdout, --tolerance and --seed.
+pub fn sb_params(hyper: &HyperArgs, t: &SbArgs) -> SbParamsWire {
+    let d = SbParamsWire::default();
+    SbParamsWire {
+        trees: t.trees.unwrap_or(d.trees),
+        max_depth: t.max_depth.unwrap_or(d.max_depth),
+        learning_rate: hyper.learning_rate.unwrap_or(d.learning_rate),
+        max_bins: t.max_bins.unwrap_or(d.max_bins),
+        lambda: t.lambda.unwrap_or(d.lambda),
+        gamma: t.gamma.unwrap_or(d.gamma),
+        min_child_weight: t.min_child_weight.unwrap_or(d.min_child_weight),
+        subsample: t.subsample.unwrap_or(d.subsample),
+        colsample: t.colsample.unwrap_or(d.colsample),
+        tolerance: hyper.tolerance,
+        holdout: hyper.holdout,
+        seed: hyper.seed.unwrap_or_else(rand::random),
     }
 }
 
@@ -122,6 +211,15 @@ pub struct TrainArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub hyper: HyperArgs,
+    /// The model: lr (joint logistic regression) or secureboost (gradient-boosted trees; takes
+    /// --trees, --max-depth, --max-bins ... and of the flags above --learning-rate, --holdout,
+    /// --tolerance and --seed).
+    #[arg(long, value_enum, default_value_t = ModelKind::Lr)]
+    #[serde(skip_serializing_if = "ModelKind::is_lr")]
+    pub model: ModelKind,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub trees: SbArgs,
     /// Where to write this node's model (JSON).
     #[arg(long)]
     pub out: PathBuf,
@@ -193,6 +291,14 @@ pub async fn train(mut args: TrainArgs) -> Result<()> {
     // Drawn here, not in `params`, so that a saved job file repeats the same split.
     args.hyper.seed.get_or_insert_with(rand::random);
     args.out = config::absolute(&args.out)?;
+    if args.model == ModelKind::Secureboost {
+        return train_secureboost(args).await;
+    }
+    if args.trees.any() {
+        bail!(
+            "--trees, --max-depth, --max-bins, --lambda, --gamma, --min-child-weight, --subsample and --colsample are SecureBoost flags: add --model secureboost"
+        );
+    }
     let params = args.hyper.params();
     params.config()?;
     jobfile::save_if_asked(args.save_job.as_deref(), JobKind::Train, &args)?;
@@ -203,10 +309,57 @@ pub async fn train(mut args: TrainArgs) -> Result<()> {
     run(&j.dir, request, args.json).await
 }
 
+/// `consort train --model secureboost`: a `secureboost` job.
+async fn train_secureboost(args: TrainArgs) -> Result<()> {
+    if args.hyper.dealer.is_some() {
+        bail!("--dealer is for LR training; SecureBoost needs no dealer");
+    }
+    let params = sb_params(&args.hyper, &args.trees);
+    params.config()?;
+    jobfile::save_if_asked(args.save_job.as_deref(), JobKind::Train, &args)?;
+    let request = SbTrainRequest { label: args.label.clone(), features: args.features.clone(), params };
+    let j = &args.job;
+    let submit = submit_request(
+        JobKind::Secureboost,
+        (&j.peer, &j.dataset, &j.peer_dataset),
+        args.protocol,
+        &request,
+        &args.out,
+    )?;
+    run(&j.dir, submit, args.json).await
+}
+
+/// Whether the model file declares the SecureBoost format (read with the node's storage key when
+/// sealed). A file this command cannot read goes to the node as an LR score job, whose error
+/// names what is wrong with it, as before SecureBoost existed.
+fn is_secureboost_model(dir: &Path, model: &Path) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Format {
+        format: String,
+    }
+    let key = crate::at_rest::load_key(dir).ok();
+    consort_engine::storage::read_data(model, key.as_ref())
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Format>(&bytes).ok())
+        .is_some_and(|f| f.format == SB_MODEL_FORMAT)
+}
+
 pub async fn score(mut args: ScoreArgs) -> Result<()> {
     args.model = config::absolute(&args.model)?;
     args.out = config::absolute(&args.out)?;
     jobfile::save_if_asked(args.save_job.as_deref(), JobKind::Score, &args)?;
+    if is_secureboost_model(&args.job.dir, &args.model) {
+        let request = SbScoreRequest { model: args.model.clone() };
+        let j = &args.job;
+        let submit = submit_request(
+            JobKind::SecureboostScore,
+            (&j.peer, &j.dataset, &j.peer_dataset),
+            args.protocol,
+            &request,
+            &args.out,
+        )?;
+        return run(&j.dir, submit, args.json).await;
+    }
     let score = ScoreRequest { model: args.model };
     let out = args.out;
     let j = &args.job;
@@ -289,6 +442,8 @@ pub fn summary(s: &JobStatus) -> String {
         if !s.peer_output.is_empty() {
             lines.push(format!("  the peer's model: {} (under its node directory)", s.peer_output));
         }
+    } else if kind == JobKind::Secureboost {
+        sb_lines(&r, s, &mut lines);
     } else if !s.output.is_empty() {
         lines.push(format!("  wrote {} predictions to {}", s.output_rows, s.output));
     }
@@ -302,4 +457,53 @@ pub fn summary(s: &JobStatus) -> String {
         lines.push(format!("  stages: {}", stages.join(", ")));
     }
     lines.join("\n")
+}
+
+/// The SecureBoost part of a train job's summary: trees, holdout loss per tree, AUC/KS, importance.
+fn sb_lines(r: &serde_json::Value, s: &JobStatus, lines: &mut Vec<String>) {
+    lines.push(format!(
+        "  SecureBoost: features {} here, {} at the peer; {} trees run, {} kept{}; model id {}",
+        r["features"],
+        r["peer_features"],
+        r["trees_run"],
+        r["trees_kept"],
+        if r["stopped_early"] == true { " (stopped early)" } else { "" },
+        r["model_id"].as_str().unwrap_or("?")
+    ));
+    if let Some(losses) = r["holdout_loss"].as_array().filter(|l| !l.is_empty()) {
+        let l: Vec<String> = losses.iter().filter_map(|v| v.as_f64()).map(|v| format!("{v:.4}")).collect();
+        lines.push(format!("  holdout loss per tree: {}", l.join(" ")));
+    }
+    if let (Some(auc), Some(ks)) = (r["auc"].as_f64(), r["ks"].as_f64()) {
+        lines.push(format!("  holdout ({} rows): AUC {auc:.4}, KS {ks:.4}", r["holdout_rows"]));
+    }
+    if let Some(imp) = r["importance"].as_array() {
+        let mut imp: Vec<&serde_json::Value> = imp.iter().filter(|i| i["splits"].as_u64() > Some(0)).collect();
+        imp.sort_by(|a, b| b["gain"].as_f64().unwrap_or(0.0).total_cmp(&a["gain"].as_f64().unwrap_or(0.0)));
+        let shown: Vec<String> = imp
+            .iter()
+            .take(10)
+            .map(|i| {
+                format!(
+                    "{} ({} splits, gain {:.2})",
+                    i["feature"].as_str().unwrap_or("?"),
+                    i["splits"],
+                    i["gain"].as_f64().unwrap_or(0.0)
+                )
+            })
+            .collect();
+        if !shown.is_empty() {
+            lines.push(format!("  importance (peer:K = the peer's feature K): {}", shown.join(", ")));
+        }
+    }
+    if let Some(he) = r["he_seconds"].as_array() {
+        let v: Vec<f64> = he.iter().filter_map(|x| x.as_f64()).collect();
+        if v.len() == 3 && r["party"] == "A" {
+            lines.push(format!("  encrypt {:.2}s, decrypt {:.2}s (the peer's histograms are timed there)", v[0], v[2]));
+        }
+    }
+    lines.push(format!("  model: {}", s.output));
+    if !s.peer_output.is_empty() {
+        lines.push(format!("  the peer's model: {} (under its node directory)", s.peer_output));
+    }
 }

@@ -16,6 +16,7 @@ pub mod manual;
 pub mod peer;
 pub mod psi;
 pub mod report;
+pub mod sb_demo;
 pub mod status;
 pub mod synth;
 

@@ -19,6 +19,7 @@ pub mod envelope;
 pub mod psi;
 mod record;
 pub mod score;
+pub mod secureboost;
 pub mod service;
 #[cfg(test)]
 mod tests;
@@ -40,7 +41,8 @@ pub use channel::JobChannel;
 use crate::state::NodeState;
 
 /// Every job kind this node runs.
-pub static KINDS: &[&dyn Kind] = &[&psi::Psi, &train::Train, &score::Score, &deal::Deal];
+pub static KINDS: &[&dyn Kind] =
+    &[&psi::Psi, &train::Train, &score::Score, &deal::Deal, &secureboost::SbTrain, &secureboost::SbScore];
 
 pub fn kind(k: JobKind) -> Option<&'static dyn Kind> {
     KINDS.iter().copied().find(|x| x.kind() == k)

@@ -1,4 +1,4 @@
-//! Wire capture (issue 11): real PSI (ECDH and RR22), train and score jobs between two node
+//! Wire capture (issue 11): real PSI (ECDH and RR22), train and score jobs (LR and SecureBoost) between two node
 //! states through the real envelope on both sides, with every `PeerFrame` recorded as it is sent
 //! (protobuf-encoded, as the gRPC stream would carry it; the request too). Then no input value —
 //! id, feature value, label sequence — and no node secret key may appear in any frame, any reject
@@ -149,7 +149,8 @@ fn addr() -> SocketAddr {
 }
 
 /// Two pinned node states: `bank` (requester, party A) with `customers`, `partner` with
-/// `accounts`, `accounts_bad` and `accounts_dup`, all granted for psi, train and score.
+/// `accounts`, `accounts_bad` and `accounts_dup`, all granted for psi, train, score and both
+/// SecureBoost kinds.
 async fn two(inputs: &Inputs) -> Two {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();
@@ -164,7 +165,9 @@ async fn two(inputs: &Inputs) -> Two {
     for (dir, peer, name, csv) in files {
         let file = root.join(format!("{name}.csv"));
         std::fs::write(&file, csv).unwrap();
-        let grant = setup::parse_grant(&format!("{peer}:psi,train,score")).unwrap();
+        let mut grant = setup::parse_grant(&format!("{peer}:psi,train,score,secureboost,secureboost-score")).unwrap();
+        // One LR and one SecureBoost model (they share the models budget).
+        grant.models = Some(2);
         setup::dataset_add(dir, DatasetSpec::new(name, file, &["id"]), vec![grant], true, true).unwrap();
     }
     // `dataset add` checks the file: the duplicate comes after it, as an edit of the file would.
@@ -250,6 +253,20 @@ async fn run_jobs(t: &Two) -> Vec<String> {
     let score_params = serde_json::json!({ "model": model }).to_string();
     let score = run(t, submit(JobKind::Score, "accounts", PsiProtocol::Ecdh, &out("scores.csv"), score_params)).await;
     expect(score, JobState::Done);
+    let sb_model = out("sb-model.json");
+    let sb_params =
+        consort_engine::secureboost::SbParamsWire { trees: 2, max_depth: 2, max_bins: 9, ..Default::default() };
+    let sb_request = super::secureboost::SbTrainRequest { label: "label".into(), features: vec![], params: sb_params };
+    let sb_request = serde_json::to_string(&sb_request).unwrap();
+    let sb = run(t, submit(JobKind::Secureboost, "accounts", PsiProtocol::Ecdh, &sb_model, sb_request)).await;
+    expect(sb, JobState::Done);
+    let sb_score_params = serde_json::json!({ "model": sb_model }).to_string();
+    let sb_score = run(
+        t,
+        submit(JobKind::SecureboostScore, "accounts", PsiProtocol::Ecdh, &out("sb-scores.csv"), sb_score_params),
+    )
+    .await;
+    expect(sb_score, JobState::Done);
     let bad = run(t, submit(JobKind::Train, "accounts_bad", PsiProtocol::Ecdh, &out("bad.json"), train_params())).await;
     expect(bad, JobState::Failed);
     let dup = run(t, submit(JobKind::Psi, "accounts_dup", PsiProtocol::Rr22, &out("dup.csv"), String::new())).await;
