@@ -273,10 +273,8 @@ mod tests {
         let (a, b) = (Dataset::load(&spec_a).unwrap(), Dataset::load(&spec_b).unwrap());
         let (out_a, out_b) = (dir.path().join("out/a.csv"), dir.path().join("out/b.csv"));
         let columns = ["risk_tag", "score"];
-        let receive = PayloadJob::Receive {
-            header: columns.iter().map(|c| format!("peer.{c}")).collect(),
-            max_bytes: 1 << 16,
-        };
+        let receive =
+            PayloadJob::Receive { header: columns.iter().map(|c| format!("peer.{c}")).collect(), max_bytes: 1 << 16 };
         let send = PayloadJob::Send { columns: columns.iter().map(|c| c.to_string()).collect() };
         let (ca, cb) = memory_pair(8);
         let (job_a, job_b) =
@@ -301,8 +299,7 @@ mod tests {
     }
 
     const OWN: &str = "id,name,city\nk1,Ann,\"Paris, FR\"\nk2,\"Bo \"\"B\"\"\",\"two\nlines\"\nk3,Cé,東京\nk9,x,\n";
-    const PEER: &str =
-        "score,id,risk_tag\n1,k1,\"high, very\"\n,k2,\"say \"\"hi\"\"\"\n3.5,k3,Zürich\n4,k4,low\n";
+    const PEER: &str = "score,id,risk_tag\n1,k1,\"high, very\"\n,k2,\"say \"\"hi\"\"\"\n3.5,k3,Zürich\n4,k4,low\n";
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn payload_joins_match_a_plaintext_join_with_awkward_values() {
@@ -359,10 +356,7 @@ mod tests {
         let (ca, cb) = memory_pair(8);
         let send = PayloadJob::Send { columns: vec!["risk_tag".into(), "secret_col".into()] };
         let job_b = job(Role::Responder, Reveal::RequesterOnly, dir.path().join("o.csv"), send);
-        let err = run_psi(&cb, &b, &job_b)
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = run_psi(&cb, &b, &job_b).await.unwrap_err().to_string();
         assert!(err.contains("no column 'secret_col'"), "{err}");
         drop(cb);
         assert!(consort_protocols::Channel::recv(&ca).await.is_err(), "no frame was sent");

@@ -117,9 +117,9 @@ pub async fn run<C: Channel, I: Items + ?Sized>(
     let PsiConfig { role, reveal, ref progress, proofs, max_peer_items, ref payload } = *config;
     let progress = progress.clone();
     match protocol {
-        PsiProtocol::Ecdh if !payload.is_none() => Err(PsiError::Ecdh(EcdhPsiError::Input(
-            "payload joins run over RR22 only (use --protocol rr22)".into(),
-        ))),
+        PsiProtocol::Ecdh if !payload.is_none() => {
+            Err(PsiError::Ecdh(EcdhPsiError::Input("payload joins run over RR22 only (use --protocol rr22)".into())))
+        }
         PsiProtocol::Ecdh => {
             let config = EcdhPsiConfig { role, reveal, progress, proofs, max_peer_items };
             let (output, ecdh_evidence) = ecdh::run_with_evidence(channel, items, &config).await?;

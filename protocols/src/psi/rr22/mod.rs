@@ -78,6 +78,8 @@
 //! | okvs      | R    | `0x41` | bucket `u32`, first cell `u32`, OKVS seed (16 bytes, first frame of a bucket only), cells of A + P (16 bytes each) |
 //! | values    | S    | `0x42` | bucket `u32`, first position `u32`, F values (ℓ/8 bytes each) |
 //! | positions | R    | `0x43` | first `u32`, S stream positions (`u32` each) — [`Reveal::Both`] only, then an empty-bodied last frame |
+//! | payload width | S | `0x44` | (labeled PSI only, once, after the hellos) padded payload width W `u32` ([`crate::psi::payload`]) |
+//! | payloads  | S    | `0x45` | (labeled PSI only, after each bucket's values) bucket `u32`, first position `u32`, AES-GCM ciphertexts of W + 16 bytes each, in the values' order |
 //!
 //! Integers are big-endian. Per item of a full bucket (2^20 items): ≈ 1.1·16 = 17.6 bytes of
 //! OKVS from R, ℓ/8 ≈ 10–11 bytes of values from S, ≈ 1.3 bytes of VOLE, plus 4 bytes per
@@ -138,6 +140,8 @@ const SALT_DOMAIN: &[u8] = b"consort/rr22-psi/v1/salt";
 const FRAME_BYTES: usize = 1 << 20;
 /// Items hashed per parallel block while bucketing.
 const HASH_BLOCK: usize = 1 << 18;
+/// Most bytes of sealed payloads per bucket (held at once by both parties).
+pub const MAX_PAYLOAD_BUCKET_BYTES: usize = 1 << 30;
 /// Marks a dummy in the sender's bucket order.
 const DUMMY: u32 = u32::MAX;
 
@@ -232,6 +236,20 @@ pub async fn run<C: Channel, I: Items + ?Sized>(
         }
         PayloadMode::Receive { max_bytes } => Some(recv_payload_width(channel, *max_bytes).await?),
     };
+    // A bucket's sealed payloads are held at once on both sides: bounded, whatever the width.
+    if let Some(width) = payload_width {
+        let bucket_bytes = (width + payload::TAG_BYTES).saturating_mul(layout.cap_sender);
+        if bucket_bytes > MAX_PAYLOAD_BUCKET_BYTES {
+            let why = format!(
+                "payloads of {width} bytes for {} positions per bucket need {bucket_bytes} bytes per bucket, more than {MAX_PAYLOAD_BUCKET_BYTES}",
+                layout.cap_sender
+            );
+            return Err(match config.role {
+                Role::Requester => violation(why),
+                Role::Responder => Rr22Error::Input(why),
+            });
+        }
+    }
     let progress = Progress(config.progress.as_ref());
     progress.report("hash items", 0, n);
     let mut timings = Timings::default();

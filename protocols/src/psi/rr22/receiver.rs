@@ -12,10 +12,10 @@ use super::matching::join_values;
 use super::oprf::{okvs_values, output_hash, value_mask};
 use super::wire::{recv_payloads, recv_values, send_cells};
 use super::{Layout, PayloadKeys, Rr22Error, os_rng, violation};
-use crate::psi::payload::{Payloads, TAG_BYTES, item_key, open};
 use crate::channel::Channel;
 use crate::cpu;
 use crate::okvs::{self, Okvs, OkvsError, OkvsSeed};
+use crate::psi::payload::{Payloads, TAG_BYTES, item_key, open};
 use crate::psi::{Progress, Timings};
 use crate::vole::VoleReceiver;
 
@@ -243,9 +243,5 @@ fn match_with_payloads(
     for p in opened {
         payloads.push(&p?);
     }
-    Ok((
-        own.into_iter().map(|(_, i, _)| i).collect(),
-        peer.into_iter().map(|(_, p)| base + p).collect(),
-        payloads,
-    ))
+    Ok((own.into_iter().map(|(_, i, _)| i).collect(), peer.into_iter().map(|(_, p)| base + p).collect(), payloads))
 }

@@ -4,8 +4,8 @@
 
 use std::time::Instant;
 
-use rand::{Rng, RngExt};
 use rand::seq::SliceRandom;
+use rand::{Rng, RngExt};
 use rayon::prelude::*;
 use zeroize::Zeroizing;
 
@@ -13,14 +13,14 @@ use super::bucket::Buckets;
 use super::oprf::{okvs_values, output_hash, value_mask};
 use super::wire::{recv_cells, send_payloads, send_values};
 use super::{DUMMY, Layout, PayloadKeys, Rr22Error, os_rng};
-use crate::psi::payload::{Payloads, TAG_BYTES, item_key, seal};
-use std::sync::Arc;
 use crate::channel::Channel;
 use crate::cpu;
 use crate::okvs::{self, Okvs};
 use crate::ot::gf128;
+use crate::psi::payload::{Payloads, TAG_BYTES, item_key, seal};
 use crate::psi::{Progress, Timings};
 use crate::vole::VoleSender;
+use std::sync::Arc;
 
 /// S's secret order of one bucket: stream position → own item index, or [`DUMMY`].
 pub(super) type BucketOrder = Vec<u32>;
@@ -79,7 +79,10 @@ pub(super) async fn run_sender<C: Channel>(
             out.par_iter_mut().zip(v.par_iter()).for_each(|(o, &v)| *o ^= gf128::mul(delta, v));
             // Labeled PSI: each item's payload sealed under a key from its OPRF input z = out[k]
             // (before the output hash), see `crate::psi::payload`.
-            let sealed = bucket_payloads.as_ref().map(|(p, keys)| seal_payloads(p, keys, &digests_owned, &indices_owned, &out)).transpose()?;
+            let sealed = bucket_payloads
+                .as_ref()
+                .map(|(p, keys)| seal_payloads(p, keys, &digests_owned, &indices_owned, &out))
+                .transpose()?;
             output_hash(&digests_owned, &mut out, mask);
             // The stream (step 4, "in a random order"): own values and random dummies, in a secret
             // random order.

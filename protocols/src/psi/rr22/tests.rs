@@ -342,8 +342,10 @@ mod payloads {
             payload: PayloadMode::Receive { max_bytes: 1 << 10 },
             ..config(Role::Requester, reveal, bucket_size)
         };
-        let send =
-            Rr22Config { payload: PayloadMode::Send(Arc::new(payloads)), ..config(Role::Responder, reveal, bucket_size) };
+        let send = Rr22Config {
+            payload: PayloadMode::Send(Arc::new(payloads)),
+            ..config(Role::Responder, reveal, bucket_size)
+        };
         let both = futures::future::join(party(a, requester, receive), party(b, responder, send));
         tokio::time::timeout(DEADLINE, both).await.expect("the protocol hung")
     }
@@ -368,8 +370,11 @@ mod payloads {
         match reveal {
             Reveal::Both => {
                 let theirs = rb.intersection.expect("the responder learns");
-                let pairs: Vec<(&[u8], &[u8])> =
-                    own.iter().zip(&theirs).map(|(&i, &j)| (&requester[i as usize][..], &responder[j as usize][..])).collect();
+                let pairs: Vec<(&[u8], &[u8])> = own
+                    .iter()
+                    .zip(&theirs)
+                    .map(|(&i, &j)| (&requester[i as usize][..], &responder[j as usize][..]))
+                    .collect();
                 assert!(pairs.iter().all(|(a, b)| a == b), "joint order");
             }
             Reveal::RequesterOnly => assert_eq!(rb.intersection, None, "the responder learns no rows"),
@@ -452,8 +457,13 @@ mod payloads {
         (ra, rb)
     }
 
-    fn with_kind(kind: u8, f: impl Fn(Vec<u8>) -> Vec<u8> + Send + Sync) -> impl Fn(Bytes) -> Option<Bytes> + Send + Sync {
-        move |frame: Bytes| if frame.first() == Some(&kind) { Some(Bytes::from(f(frame.to_vec()))) } else { Some(frame) }
+    fn with_kind(
+        kind: u8,
+        f: impl Fn(Vec<u8>) -> Vec<u8> + Send + Sync,
+    ) -> impl Fn(Bytes) -> Option<Bytes> + Send + Sync {
+        move |frame: Bytes| {
+            if frame.first() == Some(&kind) { Some(Bytes::from(f(frame.to_vec()))) } else { Some(frame) }
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -579,7 +589,8 @@ mod payloads {
             payload: PayloadMode::Send(Arc::new(payloads)),
             ..config(Role::Responder, Reveal::RequesterOnly, DEFAULT_BUCKET_SIZE)
         };
-        let (ra, rb, _) = futures::future::join3(party(honest, &requester, receive), party(peer, &responder, send), relay).await;
+        let (ra, rb, _) =
+            futures::future::join3(party(honest, &requester, receive), party(peer, &responder, send), relay).await;
         assert_eq!(ra.unwrap().payloads.unwrap().len(), 25);
         rb.unwrap();
         let frames = frames.lock().unwrap();

@@ -5,12 +5,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::sender::BucketOrder;
 use super::{
-    DUMMY, FRAME_BYTES, HELLO, HELLO_LEN, Layout, OKVS_CELLS, PAYLOAD_HEAD, PAYLOADS, POSITIONS, PROTOCOL_ID, Rr22Error,
-    VALUES, VERSION, violation,
+    DUMMY, FRAME_BYTES, HELLO, HELLO_LEN, Layout, OKVS_CELLS, PAYLOAD_HEAD, PAYLOADS, POSITIONS, PROTOCOL_ID,
+    Rr22Error, VALUES, VERSION, violation,
 };
-use crate::psi::payload::{LEN_BYTES, TAG_BYTES};
 use crate::channel::Channel;
 use crate::okvs::OkvsSeed;
+use crate::psi::payload::{LEN_BYTES, TAG_BYTES};
 use crate::psi::{Reveal, Role};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
