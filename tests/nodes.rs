@@ -359,7 +359,8 @@ async fn a_payload_join_between_two_nodes_matches_a_plaintext_join() {
     );
     let peer_job = p.b.state.jobs.get(&status.job_id).unwrap().status();
     assert_eq!(peer_job.job_state(), JobState::Done);
-    assert!(peer_job.peer_output.is_empty() && status.peer_output.is_empty(), "the partner writes no rows");
+    assert!(!peer_job.has_intersection && status.peer_output.is_empty(), "the partner learns no rows");
+    assert!(std::fs::read_dir(p.b_dir.join("outputs")).unwrap().next().is_none(), "the partner wrote no output");
     // Not shared: refused by the partner before any protocol message, nothing written.
     let never = p.root.join("never.csv");
     let id = client.submit(submit("score,region", &never)).await.unwrap();
