@@ -63,10 +63,17 @@ pub const LEN_BYTES: usize = 4;
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
 /// The payloads of one party's items: item `i`'s payload is `bytes[ends[i-1]..ends[i]]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// `Debug` shows sizes only, never a payload.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Payloads {
     bytes: Vec<u8>,
     ends: Vec<usize>,
+}
+
+impl std::fmt::Debug for Payloads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Payloads({} items, {} bytes)", self.ends.len(), self.bytes.len())
+    }
 }
 
 impl Payloads {

@@ -156,12 +156,18 @@ pub(super) async fn run_receiver<C: Channel>(
         let base = (b * layout.cap_sender) as u32;
         let indices = indices.to_vec();
         if let (Some((sealed, pk)), Some(z)) = (sealed, z) {
-            let clock = Instant::now();
             let own_keys = keys.clone();
-            let (own, peer, opened) = cpu::spawn(move || {
+            // Matched and opened on rayon while the next bucket's VOLE finishes.
+            let matching = cpu::spawn(move || {
                 match_with_payloads(&own_values, &indices, &peer_values, base, &own_keys[..real], &z, &sealed, pk)
-            })
-            .await?;
+            });
+            if let Some(pending) = pending {
+                let clock = Instant::now();
+                vole_next = Some(VoleReceiver::extend_finish(channel, pending).await?);
+                timings.add("vole", clock);
+            }
+            let clock = Instant::now();
+            let (own, peer, opened) = matching.await?;
             if let Some(p) = payloads.as_mut() {
                 for x in opened.iter() {
                     p.push(x);
@@ -169,12 +175,7 @@ pub(super) async fn run_receiver<C: Channel>(
             }
             own_matches.extend(own);
             sender_matches.extend(peer);
-            timings.add("match and open payloads", clock);
-            if let Some(pending) = pending {
-                let clock = Instant::now();
-                vole_next = Some(VoleReceiver::extend_finish(channel, pending).await?);
-                timings.add("vole", clock);
-            }
+            timings.add("match and open payloads (beyond vole)", clock);
             done += digests.len();
             progress.report("intersect buckets", done, total);
             continue;

@@ -496,7 +496,8 @@ mod payloads {
     /// panics; a flipped bit in a matched payload fails its tag.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bad_payload_frames_are_errors_not_panics() {
-        let cases: Vec<(Box<dyn Fn(Vec<u8>) -> Vec<u8> + Send + Sync>, &str)> = vec![
+        type Tamper = Box<dyn Fn(Vec<u8>) -> Vec<u8> + Send + Sync>;
+        let cases: Vec<(Tamper, &str)> = vec![
             (Box::new(|f: Vec<u8>| f[..f.len() - 1].to_vec()), "bad payload frame"),
             (Box::new(|f: Vec<u8>| f[..5].to_vec()), "bad payload frame"),
             (Box::new(|f: Vec<u8>| f[..9].to_vec()), "bad payload frame"),
