@@ -310,3 +310,65 @@ async fn a_peer_that_goes_away_mid_job_fails_cleanly() {
     assert_eq!(status.job_state(), JobState::Failed, "{status:?}");
     assert!(!out.exists());
 }
+
+/// A payload join through gRPC between two node processes' services on loopback: the bank gets
+/// its rows plus the partner's shared `score` column (quoted, empty and non-ASCII values and a
+/// key on two partner rows round-trip), the partner writes nothing with reveal self; a column
+/// the partner does not share is refused before any protocol message.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_payload_join_between_two_nodes_matches_a_plaintext_join() {
+    let b_csv = "region,id,score\nnorth,15550000004,\"0,1\"\nsouth,15550000009,0.7\neast,15550000001,\neast,15550000001,\"Zürich \"\"x\"\"\"\n";
+    let p = pair_with_data(A_CSV, "region,id,score\nnorth,15550000004,1\n").await;
+    write(&p.root.join("b.csv"), b_csv);
+    let mut spec_b = spec("accounts", &p.root.join("b.csv"));
+    spec_b.dedup = true;
+    let mut grant = setup::parse_grant(pair::A).unwrap();
+    setup::apply_shares(
+        std::slice::from_mut(&mut grant),
+        &[format!("{}:score", pair::A)],
+        &["region".into(), "id".into(), "score".into()],
+    )
+    .unwrap();
+    setup::dataset_add(&p.b_dir, spec_b, vec![grant], true, true).unwrap();
+    p.b.state.reload().unwrap();
+    let client = NodeClient::connect(&p.a_dir).await.unwrap();
+    let submit = |columns: &str, out: &Path| {
+        let mut r = request("rr22", "accounts", "requester-only", &out.display().to_string());
+        r.params = serde_json::json!({ "peer_columns": columns.split(',').collect::<Vec<_>>() }).to_string();
+        r
+    };
+    let out = p.root.join("joined.csv");
+    let id = client.submit(submit("score", &out)).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(60), client.watch(&id, |_| {})).await.unwrap().unwrap();
+    assert_eq!(status.job_state(), JobState::Done, "{}", status.error);
+    assert_eq!((status.intersection, status.output_rows), (2, 3));
+    let text = consort_engine::storage::read_data(&out, Some(&p.a.state.storage.key)).unwrap();
+    let mut reader = csv::ReaderBuilder::new().from_reader(&text[..]);
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(header, ["id", "name", "age", &format!("{}.score", pair::B)]);
+    let mut rows: Vec<Vec<String>> =
+        reader.records().map(|r| r.unwrap().iter().map(|f| f.trim().to_string()).collect()).collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            ["15550000001", "ann", "31", ""],
+            ["15550000001", "ann", "31", "Zürich \"x\""],
+            ["15550000004", "di", "52", "0,1"],
+        ]
+    );
+    let peer_job = p.b.state.jobs.get(&status.job_id).unwrap().status();
+    assert_eq!(peer_job.job_state(), JobState::Done);
+    assert!(!peer_job.has_intersection && status.peer_output.is_empty(), "the partner learns no rows");
+    assert!(std::fs::read_dir(p.b_dir.join("outputs")).unwrap().next().is_none(), "the partner wrote no output");
+    // Not shared: refused by the partner before any protocol message, nothing written.
+    let never = p.root.join("never.csv");
+    let id = client.submit(submit("score,region", &never)).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(60), client.watch(&id, |_| {})).await.unwrap().unwrap();
+    assert_eq!(status.job_state(), JobState::Failed);
+    assert!(status.refused_by_peer && status.error.contains("column 'region' is not shared"), "{}", status.error);
+    assert_eq!(logged_events(&p.b_dir, &status.job_id), ["request", "grant"]);
+    assert!(!never.exists());
+    p.a.shutdown(Duration::from_secs(1)).await;
+    p.b.shutdown(Duration::from_secs(1)).await;
+}

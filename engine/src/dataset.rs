@@ -43,6 +43,9 @@ pub struct Dataset {
     pub rows_read: u64,
     /// Rows dropped as duplicates (only with `dedup`).
     pub duplicates_dropped: u64,
+    /// Each dropped duplicate row's file offset and the kept row of its key (only with `dedup`),
+    /// for payload joins, which carry every row of a key ([`crate::payload`]).
+    repeats: Vec<(u64, u32)>,
     /// Per kept row: file offset and length (terminator included) of its bytes.
     starts: Vec<u64>,
     lens: Vec<u32>,
@@ -244,6 +247,7 @@ impl Dataset {
             keys,
             rows_read,
             duplicates_dropped: 0,
+            repeats: Vec::new(),
             starts,
             lens,
             open_row,
@@ -292,6 +296,14 @@ impl Dataset {
         for &(_, r) in &repeats {
             dropped[r as usize] = true;
         }
+        // Kept index of each row after the drop: rows before it minus dropped rows before it.
+        let mut kept_index = Vec::with_capacity(dropped.len());
+        let mut kept = 0u32;
+        for &d in &dropped {
+            kept_index.push(kept);
+            kept += u32::from(!d);
+        }
+        self.repeats = repeats.iter().map(|&(f, r)| (self.starts[r as usize], kept_index[f as usize])).collect();
         self.keys.retain(|i| !dropped[i]);
         retain_kept(&mut self.starts, &dropped);
         retain_kept(&mut self.lens, &dropped);
@@ -339,6 +351,17 @@ impl Dataset {
         Ok(buf)
     }
 
+    /// Where the kept rows and the dropped duplicates (`dedup` only: file offset and the kept
+    /// row of the same key) are, owned, for a scan on rayon ([`crate::payload`]).
+    pub(crate) fn row_source(&self) -> RowSource {
+        RowSource {
+            path: self.spec.file.clone(),
+            stamp: self.stamp.clone(),
+            starts: self.starts.clone(),
+            repeats: self.repeats.clone(),
+        }
+    }
+
     /// File offset and length of kept row `i`.
     pub(crate) fn row_span(&self, i: usize) -> (u64, u32) {
         (self.starts[i], self.lens[i])
@@ -365,7 +388,7 @@ impl Dataset {
                 if k >= n {
                     return Err(DataError::Invalid(format!("row index {i} out of range: the dataset has {n} rows")));
                 }
-                Ok(Span { start: self.starts[k], len: self.lens[k], open: self.open_row == Some(i) })
+                Ok(Span { start: self.starts[k], len: self.lens[k], open: self.open_row == Some(i), suffix: None })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(OutputPlan {
@@ -374,6 +397,8 @@ impl Dataset {
             header: self.header.clone(),
             terminator: self.terminator,
             rows,
+            header_suffix: Vec::new(),
+            suffixes: Vec::new(),
         })
     }
 
@@ -381,6 +406,25 @@ impl Dataset {
     /// atomically (temp file in the same directory, then rename). Returns rows written.
     pub fn write_rows(&self, order: &[u32], out: &Path, at_rest: &AtRest) -> Result<u64, DataError> {
         self.output_plan(order)?.write(out, at_rest)
+    }
+}
+
+/// A dataset's row places, owned ([`Dataset::row_source`]).
+pub(crate) struct RowSource {
+    pub(crate) path: PathBuf,
+    stamp: FileStamp,
+    pub(crate) starts: Vec<u64>,
+    pub(crate) repeats: Vec<(u64, u32)>,
+}
+
+impl RowSource {
+    /// Fails if the file is no longer the one loaded.
+    pub(crate) fn check_unchanged(&self) -> Result<(), DataError> {
+        open_unchanged(&self.path, &self.stamp).map(drop)
+    }
+
+    pub(crate) fn changed(&self) -> DataError {
+        changed(&self.path)
     }
 }
 
@@ -395,6 +439,8 @@ struct Span {
     len: u32,
     /// The row has no terminator (the file's last line); one is added on output.
     open: bool,
+    /// Bytes appended to the row before its terminator: an index into the plan's suffixes.
+    suffix: Option<u32>,
 }
 
 /// Rows to copy from a dataset's file to an output, in output order.
@@ -404,6 +450,10 @@ pub(crate) struct OutputPlan {
     header: Vec<u8>,
     terminator: &'static [u8],
     rows: Vec<Span>,
+    /// Appended to the header, before its terminator (payload joins: the peer's columns).
+    header_suffix: Vec<u8>,
+    /// Appended to rows, before their terminator (payload joins: the peer's values).
+    suffixes: Vec<Vec<u8>>,
 }
 
 /// Rows read per batch; reading one batch overlaps writing the previous one.
@@ -412,6 +462,18 @@ const WRITE_BATCH: usize = 1 << 16;
 const READ_CHUNK: usize = 2048;
 
 impl OutputPlan {
+    /// The plan with `suffixes[i]` appended to row `i` and `header_suffix` to the header (each
+    /// before the line's terminator).
+    pub(crate) fn with_suffixes(mut self, header_suffix: Vec<u8>, suffixes: Vec<Vec<u8>>) -> OutputPlan {
+        assert_eq!(suffixes.len(), self.rows.len(), "one suffix per row");
+        for (i, r) in self.rows.iter_mut().enumerate() {
+            r.suffix = Some(i as u32);
+        }
+        self.header_suffix = header_suffix;
+        self.suffixes = suffixes;
+        self
+    }
+
     /// Copies the rows to `out` through a temp file in the same directory, renamed into place
     /// only when complete: on any error no output file exists.
     pub(crate) fn write(&self, out: &Path, at_rest: &AtRest) -> Result<u64, DataError> {
@@ -444,9 +506,17 @@ impl OutputPlan {
         let io_err = |e| DataError::io(out, e);
         // Sealed or plain, through a temp file that only `finish` renames into place.
         let mut w = DataWriter::create(out, at_rest).map_err(|e| DataError::io(dir, e))?;
-        w.write_all(&self.header).map_err(io_err)?;
-        if !self.header.ends_with(b"\n") && !self.header.ends_with(b"\r") {
-            w.write_all(self.terminator).map_err(io_err)?;
+        if self.header_suffix.is_empty() {
+            w.write_all(&self.header).map_err(io_err)?;
+            if !self.header.ends_with(b"\n") && !self.header.ends_with(b"\r") {
+                w.write_all(self.terminator).map_err(io_err)?;
+            }
+        } else {
+            let line = crate::csv_rows::strip_terminator(&self.header);
+            let end = &self.header[line.len()..];
+            w.write_all(line).map_err(io_err)?;
+            w.write_all(&self.header_suffix).map_err(io_err)?;
+            w.write_all(if end.is_empty() { self.terminator } else { end }).map_err(io_err)?;
         }
         let mut pending: Vec<Vec<u8>> = Vec::new();
         for batch in self.rows.chunks(WRITE_BATCH) {
@@ -481,7 +551,11 @@ impl OutputPlan {
 
     /// Reads `rows` from the source file into one buffer, in order.
     fn read_rows(&self, source: &[u8], rows: &[Span]) -> Result<Vec<u8>, DataError> {
-        let total: usize = rows.iter().map(|r| r.len as usize + if r.open { self.terminator.len() } else { 0 }).sum();
+        let suffix = |r: &Span| r.suffix.map_or(&[][..], |i| &self.suffixes[i as usize][..]);
+        let total: usize = rows
+            .iter()
+            .map(|r| r.len as usize + suffix(r).len() + if r.open { self.terminator.len() } else { 0 })
+            .sum();
         let mut buf = vec![0u8; total];
         let mut at = 0;
         for r in rows {
@@ -494,6 +568,15 @@ impl OutputPlan {
                 return Err(changed(&self.source));
             }
             at += len;
+            let extra = suffix(r);
+            if !extra.is_empty() {
+                // Before the row's own terminator (moved after the suffix).
+                let line = crate::csv_rows::strip_terminator(&buf[at - len..at]).len();
+                let end = len - line;
+                buf.copy_within(at - end..at, at - end + extra.len());
+                buf[at - end..at - end + extra.len()].copy_from_slice(extra);
+                at += extra.len();
+            }
             if r.open {
                 buf[at..at + self.terminator.len()].copy_from_slice(self.terminator);
                 at += self.terminator.len();
@@ -821,7 +904,7 @@ mod tests {
         // After a few batches are written, a row past the end of the file cannot be read.
         let mut plan = ds.output_plan(&order).unwrap();
         let end = content.len() as u64;
-        plan.rows.push(Span { start: end, len: 10, open: false });
+        plan.rows.push(Span { start: end, len: 10, open: false, suffix: None });
         let out_dir = f.dir.path().join("out");
         let err = plan.write(&out_dir.join("o.csv"), &AtRest::Plain).unwrap_err();
         assert!(err.to_string().contains("the file changed after it was loaded"), "{err}");

@@ -13,6 +13,7 @@ pub mod fuzzing;
 pub mod keys;
 pub mod lr;
 pub mod lr_synth;
+pub mod payload;
 pub mod psi;
 pub mod report;
 pub mod sealed;
@@ -22,5 +23,5 @@ pub mod synth;
 
 pub use dataset::{Dataset, DatasetSpec, Normalization};
 pub use error::{DataError, EngineError};
-pub use psi::{JobLimits, PsiJob, PsiProtocol, PsiReport, run_psi, run_psi_owned};
+pub use psi::{JobLimits, PayloadJob, PsiJob, PsiProtocol, PsiReport, run_psi, run_psi_owned};
 pub use synth::{GenSummary, PsiGenSpec, generate_psi};

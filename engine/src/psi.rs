@@ -11,7 +11,7 @@ use std::time::Instant;
 
 pub use consort_protocols::psi::PsiProtocol;
 use consort_protocols::psi::ecdh::EcdhEvidence;
-use consort_protocols::psi::{self, PsiConfig, PsiRun};
+use consort_protocols::psi::{self, PayloadMode, PsiConfig, PsiRun};
 use consort_protocols::{Channel, ProgressFn, Reveal, Role, cpu};
 
 use crate::dataset::Dataset;
@@ -34,6 +34,23 @@ pub struct PsiJob {
     pub proofs: bool,
     /// The bounds this party's node puts on the job (its grant's).
     pub limits: JobLimits,
+    /// A payload (labeled) join ([`crate::payload`]; RR22 only): the responder sends columns,
+    /// the requester writes its rows joined with them.
+    pub payload: PayloadJob,
+}
+
+/// This party's side of a payload join.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PayloadJob {
+    /// A plain PSI.
+    #[default]
+    None,
+    /// The responder: sends the values of these columns (header names) of its rows.
+    Send { columns: Vec<String> },
+    /// The requester: receives the peer's values of its matched rows and appends them to its
+    /// output under `header`; refuses the peer's payload width above `max_bytes` (one key's
+    /// encoded rows) before anything is sized by it.
+    Receive { header: Vec<String>, max_bytes: usize },
 }
 
 /// Bounds a node's grant puts on one job, checked by the protocol (the peer's announced size)
@@ -76,6 +93,9 @@ pub struct PsiReport {
     pub intersection: Option<u64>,
     /// The output file written, if any.
     pub output: Option<PathBuf>,
+    /// Data rows in the output (the intersection's size, or for a payload join one row per pair
+    /// of rows sharing a key).
+    pub output_rows: u64,
     /// Wall seconds per stage, in order: `protocol`, the protocol's own steps as
     /// `protocol/STEP` (if it reports any; they may overlap), then `output` if an output was
     /// written.
@@ -111,12 +131,23 @@ async fn run_protocol<C: Channel>(
     job: &PsiJob,
 ) -> Result<(consort_protocols::PsiOutput, Option<EcdhEvidence>, Stages), EngineError> {
     let started = Instant::now();
+    let payload = match &job.payload {
+        PayloadJob::None => PayloadMode::None,
+        PayloadJob::Send { columns } => {
+            let at = crate::payload::column_positions(dataset, columns)?;
+            let source = dataset.row_source();
+            let payloads = cpu::run(move || crate::payload::collect_payloads(&source, &at)).await?;
+            PayloadMode::Send(std::sync::Arc::new(payloads))
+        }
+        PayloadJob::Receive { max_bytes, .. } => PayloadMode::Receive { max_bytes: *max_bytes },
+    };
     let config = PsiConfig {
         role: job.role,
         reveal: job.reveal,
         progress: job.progress.clone(),
         proofs: job.proofs,
         max_peer_items: job.limits.max_peer_rows,
+        payload,
     };
     let PsiRun { output, ecdh_evidence } = psi::run(channel, &dataset.keys, job.protocol, &config).await?;
     let mut stages = vec![("protocol".to_string(), started.elapsed().as_secs_f64())];
@@ -133,12 +164,21 @@ async fn finish(
     mut stages: Stages,
 ) -> Result<PsiReport, EngineError> {
     let mut output = None;
+    let mut output_rows = 0;
     if let Some(order) = &result.intersection {
         job.limits.check_aligned(order.len() as u64)?;
     }
     if let (Some(order), Some(path)) = (&result.intersection, &job.output) {
         let started = Instant::now();
-        write_output(dataset, order, path, &job.at_rest).await?;
+        output_rows = match (&job.payload, &result.payloads) {
+            (PayloadJob::Receive { header, .. }, Some(payloads)) => {
+                crate::payload::write_joined(dataset, order, payloads, header, path, &job.at_rest).await?
+            }
+            (PayloadJob::Receive { .. }, None) => {
+                return Err(DataError::Invalid("the protocol returned no payloads".into()).into());
+            }
+            _ => write_output(dataset, order, path, &job.at_rest).await?,
+        };
         stages.push(("output".to_string(), started.elapsed().as_secs_f64()));
         output = Some(path.clone());
     }
@@ -147,6 +187,7 @@ async fn finish(
         peer_rows: result.peer_size,
         intersection: result.intersection.as_ref().map(|v| v.len() as u64),
         output,
+        output_rows,
         stages,
         ecdh_evidence,
     })
@@ -185,6 +226,7 @@ mod tests {
             progress: None,
             proofs: true,
             limits: JobLimits::default(),
+            payload: PayloadJob::None,
         }
     }
 

@@ -215,6 +215,11 @@ pub struct Grant {
     /// approve` or `consort deny`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub approval: bool,
+    /// Columns of this dataset the peer may receive in payload (labeled) PSI joins it requests
+    /// (`consort dataset add ... --share PEER:COL,COL`; `consort psi --peer-columns`). Empty:
+    /// none; a job asking for a column not listed is refused before any protocol message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub share: Vec<String>,
 }
 
 /// A grant's peer set size bound when it names none.
@@ -241,6 +246,7 @@ impl Grant {
             models: None,
             expires: None,
             approval: false,
+            share: Vec::new(),
         }
     }
 
@@ -289,6 +295,9 @@ impl Grant {
         }
         if self.approval {
             parts.push("approval".into());
+        }
+        if !self.share.is_empty() {
+            parts.push(format!("share={}", self.share.join(",")));
         }
         parts.join(" ")
     }

@@ -57,6 +57,15 @@ pub fn check(
             )));
         }
     }
+    // Payload joins: every column the requester asks for must be shared with it by this grant.
+    if ask.role == Role::Responder
+        && let Some(column) = job.shared_columns().iter().find(|c| !grant.share.contains(c))
+    {
+        return Err(on(format!(
+            "column '{column}' is not shared with this peer{}",
+            if grant.share.is_empty() { String::new() } else { format!(" (shared: {})", grant.share.join(", ")) }
+        )));
+    }
     if let Some(dealer) = job.dealer()
         && !grant.dealers.iter().any(|d| d == dealer)
     {

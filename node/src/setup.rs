@@ -158,6 +158,34 @@ pub fn parse_grant(s: &str) -> Result<Grant> {
     Ok(Grant::new(peer, jobs))
 }
 
+/// Adds `--share PEER:COL,COL` to the grant of PEER in `grants`: the columns must be in the
+/// dataset's header (`columns`) and the grant must allow PSI jobs.
+pub fn apply_shares(grants: &mut [Grant], shares: &[String], columns: &[String]) -> Result<()> {
+    for s in shares {
+        let Some((peer, cols)) = s.split_once(':') else {
+            bail!("--share '{s}': expected PEER:COLUMN[,COLUMN]");
+        };
+        let Some(grant) = grants.iter_mut().find(|g| g.peer == peer) else {
+            bail!("--share '{s}': peer '{peer}' has no --grant on this dataset");
+        };
+        if !grant.jobs.contains(&JobKind::Psi) {
+            bail!("--share '{s}': the grant for '{peer}' does not allow psi jobs");
+        }
+        for c in cols.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if !columns.iter().any(|h| h.trim() == c) {
+                bail!("--share '{s}': the dataset has no column '{c}'");
+            }
+            if !grant.share.iter().any(|x| x == c) {
+                grant.share.push(c.to_string());
+            }
+        }
+        if grant.share.is_empty() {
+            bail!("--share '{s}' names no columns");
+        }
+    }
+    Ok(())
+}
+
 /// What `dataset_add` found in the file.
 #[derive(Debug)]
 pub struct DatasetCheck {

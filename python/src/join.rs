@@ -51,6 +51,7 @@ pub fn intersect_files(
         progress: None,
         proofs: false,
         limits: JobLimits::default(),
+        payload: Default::default(),
     };
     let sides =
         [(spec("left", left), job(Role::Requester, left_out)), (spec("right", right), job(Role::Responder, right_out))];

@@ -48,6 +48,10 @@ pub struct BenchPsiArgs {
     /// Export both nodes' audit evidence bundles of the job into this directory.
     #[arg(long)]
     evidence: Option<PathBuf>,
+    /// A payload join (rr22): the requester also receives these columns of the generated
+    /// responder data (`region`, `score`, `balance`; e.g. `score` ≈ 8-byte values).
+    #[arg(long, value_delimiter = ',', value_name = "COL,...")]
+    peer_columns: Vec<String>,
 }
 
 pub async fn run(cmd: BenchCommand) -> Result<()> {
@@ -193,7 +197,12 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
     let (a_addr, b_addr) = (a.wait_ready().await?, b.wait_ready().await?);
     pair::pin_pair(&a_dir, a_addr, &b_dir, b_addr)?;
     setup::dataset_add(&a_dir, spec("a", "a.csv"), vec![setup::parse_grant(pair::B)?], true, false)?;
-    setup::dataset_add(&b_dir, spec("b", "b.csv"), vec![setup::parse_grant(pair::A)?], true, false)?;
+    let mut grant_b = setup::parse_grant(pair::A)?;
+    if !args.peer_columns.is_empty() {
+        let share = format!("{}:{}", pair::A, args.peer_columns.join(","));
+        setup::apply_shares(std::slice::from_mut(&mut grant_b), &[share], &spec("b", "b.csv").check_header()?)?;
+    }
+    setup::dataset_add(&b_dir, spec("b", "b.csv"), vec![grant_b], true, false)?;
     let client_a = NodeClient::connect(&a_dir).await?;
     client_a.reload().await?;
     let client_b = NodeClient::connect(&b_dir).await?;
@@ -202,9 +211,12 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
     let out_a = root.join(format!("out-a-{}.csv", std::process::id()));
     let cpu_before = (a.cpu_seconds()?, b.cpu_seconds()?);
     let started = Instant::now();
-    let job_id = client_a
-        .submit(consort_api::proto::SubmitRequest::psi(pair::B, "a", "b", protocol, args.reveal, &out_a))
-        .await?;
+    let mut request = consort_api::proto::SubmitRequest::psi(pair::B, "a", "b", protocol, args.reveal, &out_a);
+    if !args.peer_columns.is_empty() {
+        request.params =
+            serde_json::to_string(&crate::job::psi::PsiParams { peer_columns: args.peer_columns.clone() })?;
+    }
+    let job_id = client_a.submit(request).await?;
     let status = super::status::watch_with_progress(&client_a, &job_id, args.json).await?;
     let wall_s = started.elapsed().as_secs_f64();
     let (rss_a, rss_b) = (a.peak_rss()?, b.peak_rss()?);
@@ -215,7 +227,16 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
     }
     let out_b = (!status.peer_output.is_empty()).then(|| b_dir.join(&status.peer_output));
     let (key_a, key_b) = (crate::at_rest::load_key(&a_dir)?, crate::at_rest::load_key(&b_dir)?);
-    let check = {
+    // A payload join's output has the peer's columns too: checked by its row count (the generated
+    // keys are unique); its correctness against a plaintext join is tested in engine::payload.
+    let payload_rows_ok = status.output_rows == overlap && status.intersection == overlap;
+    let check = if !args.peer_columns.is_empty() {
+        consort_engine::check::VerifyReport {
+            expected: overlap,
+            ok: payload_rows_ok,
+            problems: vec![format!("{} output rows, {overlap} expected", status.output_rows)],
+        }
+    } else {
         let (sa, sb, oa, ob) = (spec("a", "a.csv"), spec("b", "b.csv"), out_a.clone(), out_b.clone());
         consort_protocols::cpu::run(move || {
             use consort_engine::check::{OutputFile, verify_psi_outputs};
@@ -238,6 +259,7 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
         "n": args.rows,
         "overlap": overlap,
         "reveal": args.reveal.name(),
+        "peer_columns": args.peer_columns,
         "intersection": status.intersection,
         "wall_s": round(wall_s, 3),
         "items_per_s": round(items as f64 / wall_s, 0),

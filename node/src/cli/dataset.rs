@@ -38,6 +38,10 @@ pub struct AddArgs {
     /// Peer allowed to run jobs on this dataset: PEER (PSI) or PEER:KIND[,KIND]. Repeatable.
     #[arg(long = "grant")]
     grants: Vec<String>,
+    /// Columns a granted peer may receive in payload PSI joins it requests (`consort psi
+    /// --peer-columns`): PEER:COL[,COL]. Repeatable; PEER needs a --grant with psi.
+    #[arg(long = "share", value_name = "PEER:COL,...")]
+    shares: Vec<String>,
     /// Keep the first row of each duplicate key instead of rejecting the file.
     #[arg(long)]
     dedup: bool,
@@ -82,7 +86,7 @@ pub async fn run(cmd: DatasetCommand) -> Result<()> {
 }
 
 async fn add(a: AddArgs) -> Result<()> {
-    let grants = a.grants.iter().map(|g| setup::parse_grant(g)).collect::<Result<Vec<_>>>()?;
+    let mut grants = a.grants.iter().map(|g| setup::parse_grant(g)).collect::<Result<Vec<_>>>()?;
     let name = a.name;
     let spec = DatasetSpec {
         name: name.clone(),
@@ -91,6 +95,10 @@ async fn add(a: AddArgs) -> Result<()> {
         normalize: Normalization { trim: !a.no_trim, case_fold: a.case_fold },
         dedup: a.dedup,
     };
+    if !a.shares.is_empty() {
+        let columns = spec.check_header()?;
+        setup::apply_shares(&mut grants, &a.shares, &columns)?;
+    }
     let check = setup::dataset_add(&a.dir, spec, grants, a.replace, !a.no_check)?;
     let reloaded = setup::notify_node(&a.dir).await?;
     if a.json {

@@ -33,6 +33,15 @@ pub struct PsiArgs {
     /// This node's output: its own rows of the intersection, in the order both sides share.
     #[arg(long)]
     out: PathBuf,
+    /// Payload join (rr22 only): also receive these columns of the peer's matching rows
+    /// (comma-separated; the peer's grant must share each: `dataset add ... --share ME:COL,...`).
+    /// The output is this node's rows followed by the peer's values, named PEER.COLUMN, one row
+    /// per pair of rows sharing a key (a key on several peer rows gives several output rows).
+    /// The peer learns the columns asked for and, with --reveal requester-only, only this node's
+    /// set size; this node learns the largest payload's size and the matched rows' values.
+    #[arg(long, value_delimiter = ',', value_name = "COL,...")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    peer_columns: Vec<String>,
     /// Print a JSON summary instead of text.
     #[arg(long)]
     #[serde(skip)]
@@ -49,7 +58,11 @@ pub async fn psi(mut args: PsiArgs) -> Result<()> {
     let out = &args.out;
     let j = &args.job;
     let client = NodeClient::connect(&j.dir).await?;
-    let request = SubmitRequest::psi(&j.peer, &j.dataset, &j.peer_dataset, args.protocol, args.reveal, out);
+    let mut request = SubmitRequest::psi(&j.peer, &j.dataset, &j.peer_dataset, args.protocol, args.reveal, out);
+    if !args.peer_columns.is_empty() {
+        request.params =
+            serde_json::to_string(&crate::job::psi::PsiParams { peer_columns: args.peer_columns.clone() })?;
+    }
     let job_id = client.submit(request).await?;
     let status = watch_with_progress(&client, &job_id, args.json).await?;
     if args.json {

@@ -104,6 +104,12 @@ pub trait Job: Send + Sync {
         None
     }
 
+    /// Columns of the responder's dataset the job hands the requester (payload PSI joins): the
+    /// responder's grant must share each ([`crate::policy::check`]).
+    fn shared_columns(&self) -> &[String] {
+        &[]
+    }
+
     /// Runs the job's protocol over the job channel and writes this node's outputs.
     async fn run(self: Box<Self>, ctx: RunCtx<'_>) -> Result<Outcome, Failure>;
 }

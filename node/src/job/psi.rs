@@ -2,7 +2,13 @@
 //! intersection in the joint order (`consort_engine::psi`).
 //!
 //! Parameters: the protocol (`ecdh` by default) and the reveal mode (`both` by default) travel in
-//! the request's typed fields; `params` is empty. The responder writes `DIR/outputs/JOB-DATASET.csv`,
+//! the request's typed fields; `params` is empty for a plain PSI, or `{"peer_columns": [...]}`
+//! for a payload (labeled) join (RR22 only, `consort_engine::payload`): the requester's output
+//! then has its rows followed by the responder's values of those columns, named `PEER.COLUMN`
+//! (PEER the responder's name on the requester), one row per pair of rows sharing a key. The
+//! responder validates the columns (count, names) in `plan`, before anything is logged, and the
+//! envelope refuses a column its grant does not share (`Grant::share`) before any protocol
+//! message. The responder writes `DIR/outputs/JOB-DATASET.csv`,
 //! the requester where `--out` says (default the same form); both sealed under the node's storage
 //! key unless `[storage] encrypt_outputs = false` (`consort export` gives the plaintext).
 
@@ -10,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use consort_api::JobKind;
-use consort_engine::{EngineError, PsiJob, PsiProtocol, run_psi_owned};
+use consort_engine::{EngineError, PayloadJob, PsiJob, PsiProtocol, run_psi_owned};
 use consort_protocols::{Reveal, Role};
 
 use super::{Ask, Failure, Job, Kind, Outcome, Output, RunCtx};
@@ -25,19 +31,63 @@ impl Kind for Psi {
     }
 
     fn plan(&self, _state: &NodeState, ask: &Ask) -> Result<Box<dyn Job>, String> {
-        if !ask.params.is_empty() {
-            return Err("psi jobs take no parameters beyond protocol and reveal".into());
+        let protocol = ask.protocol.unwrap_or(PsiProtocol::Ecdh);
+        let peer_columns = parse_params(&ask.params)?.peer_columns;
+        if !peer_columns.is_empty() && protocol != PsiProtocol::Rr22 {
+            return Err("payload joins (peer columns) run over rr22 only: use --protocol rr22".into());
         }
-        Ok(Box::new(PsiPlan {
-            protocol: ask.protocol.unwrap_or(PsiProtocol::Ecdh),
-            reveal: ask.reveal.unwrap_or(Reveal::Both),
-        }))
+        Ok(Box::new(PsiPlan { protocol, reveal: ask.reveal.unwrap_or(Reveal::Both), peer_columns }))
     }
+}
+
+/// Most peer columns one payload join may ask for.
+pub const MAX_PEER_COLUMNS: usize = 64;
+/// Longest column name a payload join may name, in bytes.
+pub const MAX_COLUMN_NAME: usize = 128;
+/// Largest payload of one key (its rows' values of the asked columns, encoded) a requester
+/// accepts: the responder's announced width is refused above this before anything is sized.
+pub const MAX_PAYLOAD_BYTES_PER_KEY: usize = 64 << 10;
+
+/// A PSI job's parameters (`Ask::params`).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PsiParams {
+    /// The responder's columns to join to the requester's rows (payload join); empty: plain PSI.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peer_columns: Vec<String>,
+}
+
+/// Parses and validates a PSI job's parameters (on the requester from its operator, on the
+/// responder from the peer, before anything is logged): the message names no value but the
+/// column's position.
+pub fn parse_params(params: &str) -> Result<PsiParams, String> {
+    if params.is_empty() {
+        return Ok(PsiParams::default());
+    }
+    let p: PsiParams = serde_json::from_str(params)
+        .map_err(|e| format!("psi parameters are not valid (line {}, column {})", e.line(), e.column()))?;
+    if p.peer_columns.len() > MAX_PEER_COLUMNS {
+        return Err(format!("a payload join asks for at most {MAX_PEER_COLUMNS} peer columns"));
+    }
+    for (i, c) in p.peer_columns.iter().enumerate() {
+        if c.trim().is_empty() || c.len() > MAX_COLUMN_NAME || c.chars().any(char::is_control) || c.trim() != c {
+            return Err(format!(
+                "peer column {} is not a valid column name (1 to {MAX_COLUMN_NAME} bytes, no control characters or surrounding spaces)",
+                i + 1
+            ));
+        }
+        if p.peer_columns[..i].contains(c) {
+            return Err(format!("peer column {} is named twice", i + 1));
+        }
+    }
+    Ok(p)
 }
 
 struct PsiPlan {
     protocol: PsiProtocol,
     reveal: Reveal,
+    /// Payload join: the responder's columns the requester receives.
+    peer_columns: Vec<String>,
 }
 
 /// Where a node writes a job's output when its operator did not choose (and the name the peer
@@ -67,11 +117,21 @@ impl Job for PsiPlan {
     }
 
     fn wire_params(&self) -> String {
-        String::new()
+        if self.peer_columns.is_empty() {
+            return String::new();
+        }
+        serde_json::to_string(&PsiParams { peer_columns: self.peer_columns.clone() }).expect("serializable")
     }
 
     fn audited(&self) -> serde_json::Value {
-        serde_json::json!({})
+        if self.peer_columns.is_empty() {
+            return serde_json::json!({});
+        }
+        serde_json::json!({ "peer_columns": self.peer_columns })
+    }
+
+    fn shared_columns(&self) -> &[String] {
+        &self.peer_columns
     }
 
     async fn run(self: Box<Self>, ctx: RunCtx<'_>) -> Result<Outcome, Failure> {
@@ -90,9 +150,17 @@ impl Job for PsiPlan {
             progress: Some(progress_fn(ctx.handle)),
             proofs: crate::audit::proofs_enabled(),
             limits: ctx.limits,
+            payload: match (self.peer_columns.is_empty(), ctx.ask.role) {
+                (true, _) => PayloadJob::None,
+                (false, Role::Requester) => PayloadJob::Receive {
+                    header: self.peer_columns.iter().map(|c| format!("{}.{c}", ctx.ask.peer)).collect(),
+                    max_bytes: MAX_PAYLOAD_BYTES_PER_KEY,
+                },
+                (false, Role::Responder) => PayloadJob::Send { columns: self.peer_columns.clone() },
+            },
         };
         let report = run_psi_owned(&*ctx.channel, dataset, &psi).await.map_err(failure)?;
-        let rows = report.intersection.unwrap_or(0);
+        let rows = report.output_rows;
         Ok(Outcome {
             output: report.output.map(|path| Output { path, shown, rows }),
             local_rows: report.local_rows,

@@ -658,3 +658,83 @@ async fn with_approval_a_job_waits_for_the_operator() {
     let (lines, heads) = consort_engine::audit::log::read_log(&t.b.dir.join("audit")).unwrap();
     consort_engine::audit::verify_log(&t.b.dir.join("audit"), &lines, &heads, &key).unwrap();
 }
+
+// ------------------------------------------------------------------------------------------------
+// Payload (labeled) PSI joins (issue 13 item 1)
+// ------------------------------------------------------------------------------------------------
+
+fn payload_submit(out: &Path, columns: &[&str], reveal: Reveal) -> SubmitRequest {
+    let params = serde_json::json!({ "peer_columns": columns }).to_string();
+    SubmitRequest {
+        protocol: proto::PsiProtocol::from(PsiProtocol::Rr22) as i32,
+        reveal: proto::Reveal::from(reveal) as i32,
+        params,
+        ..psi_submit("accounts", out)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_payload_join_gives_the_requester_the_shared_columns_of_its_matches() {
+    let t = two().await;
+    set_grant(&t, |g| g.share = vec!["w".into()]);
+    for reveal in [Reveal::RequesterOnly, Reveal::Both] {
+        let out = t.root.join(format!("joined-{reveal:?}.csv"));
+        let status = run_submitted(&t, payload_submit(&out, &["w"], reveal)).await;
+        assert_eq!(status.job_state(), JobState::Done, "{}", status.error);
+        assert_eq!((status.intersection, status.output_rows), (2, 2));
+        let plain = consort_engine::storage::read_data(&out, Some(&t.a.storage.key)).unwrap();
+        let mut lines: Vec<String> = String::from_utf8(plain).unwrap().lines().map(String::from).collect();
+        let header = lines.remove(0);
+        lines.sort();
+        assert_eq!(header, format!("id,v,{}.w", pair::B));
+        assert_eq!(lines, ["3,c,x", "4,d,y"], "the plaintext join of A_CSV and B_CSV on id");
+        let peer = t.b.jobs.get(&status.job_id).unwrap().status();
+        assert_eq!(peer.job_state(), JobState::Done);
+        assert_eq!(
+            status.peer_output.is_empty(),
+            reveal == Reveal::RequesterOnly,
+            "the responder writes rows only with reveal both"
+        );
+        assert_eq!(peer.has_intersection, reveal == Reveal::Both);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_column_not_shared_is_refused_before_any_protocol_message() {
+    let t = two().await;
+    let with = |columns: &[&str], id: &str| JobRequest {
+        protocol: proto::PsiProtocol::from(PsiProtocol::Rr22) as i32,
+        params: serde_json::json!({ "peer_columns": columns }).to_string(),
+        ..raw_psi(id)
+    };
+    // No share at all, then a share of another column.
+    let reason = refused(&t, with(&["w"], "s1")).await;
+    assert!(reason.contains("column 'w' is not shared with this peer"), "{reason}");
+    set_grant(&t, |g| g.share = vec!["id".into()]);
+    let reason = refused(&t, with(&["id", "w"], "s2")).await;
+    assert!(reason.contains("column 'w' is not shared") && reason.contains("(shared: id)"), "{reason}");
+    // Invalid parameters are refused in `plan`, before the grant is even looked at.
+    for (n, (params, expect)) in [
+        (serde_json::json!({ "peer_columns": ["w\n"] }).to_string(), "peer column 1 is not a valid column name"),
+        (serde_json::json!({ "peer_columns": ["id", "id"] }).to_string(), "peer column 2 is named twice"),
+        (serde_json::json!({ "peer_columns": vec!["c"; 65] }).to_string(), "at most 64 peer columns"),
+        (serde_json::json!({ "other": 1 }).to_string(), "psi parameters are not valid"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let request = JobRequest { params, ..with(&[], &format!("s3-{n}")) };
+        let Answer::Refused(reason) = raw_request(&t.b, request).await else { panic!("accepted") };
+        assert!(reason.contains(expect), "{reason}");
+    }
+    // Over ECDH: refused (payloads are RR22 only).
+    let ecdh = JobRequest { protocol: proto::PsiProtocol::from(PsiProtocol::Ecdh) as i32, ..with(&["id"], "s4") };
+    let Answer::Refused(reason) = raw_request(&t.b, ecdh).await else { panic!("accepted") };
+    assert!(reason.contains("rr22 only"), "{reason}");
+    // Through the requester: the job fails as refused by the peer, nothing is written.
+    let out = t.root.join("never.csv");
+    let status = run_submitted(&t, payload_submit(&out, &["w"], Reveal::RequesterOnly)).await;
+    assert_eq!(status.job_state(), JobState::Failed);
+    assert!(status.refused_by_peer && status.error.contains("column 'w' is not shared"), "{}", status.error);
+    assert!(!out.exists());
+}

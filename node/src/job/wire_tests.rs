@@ -428,3 +428,65 @@ async fn no_input_value_or_key_appears_on_the_wire_in_reasons_audit_entries_or_b
     }
     assert!(leaks.is_empty(), "input values or keys leave the node:\n{}", leaks.join("\n"));
 }
+
+/// The protocol frames (`data`) the responder sent, by their kind byte.
+fn responder_data(frames: &[Captured]) -> Vec<Vec<u8>> {
+    frames
+        .iter()
+        .filter(|f| f.from == "responder")
+        .filter_map(|f| match PeerFrame::decode(f.bytes.as_slice()).ok()?.kind {
+            Some(Frame::Data(d)) => Some(d.to_vec()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Payload joins (issue 13): the responder's shared feature values never appear in clear, matched
+/// or not (the search finds every id and feature value); a plain PSI sends no payload frame at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn payload_joins_send_no_value_in_clear_and_plain_psi_sends_no_payload() {
+    const PAYLOAD_WIDTH: u8 = 0x44;
+    const PAYLOADS: u8 = 0x45;
+    let inputs = Inputs::new();
+    let t = two(&inputs).await;
+    let mut grant = crate::config::Grant::new(pair::A, vec![JobKind::Psi]);
+    grant.share = vec!["g1".into(), "g2".into()];
+    setup::grant_set(&t.b.dir, "accounts", grant).unwrap();
+    t.b.reload().unwrap();
+    let search = Search::new(needles(&inputs, &t.a, &t.b));
+
+    // A plain RR22 PSI: no payload frame.
+    let out = t.root.join("plain.csv");
+    let status = run(&t, submit(JobKind::Psi, "accounts", PsiProtocol::Rr22, &out, String::new())).await;
+    assert_eq!(status.job_state(), JobState::Done, "{}", status.error);
+    let frames = std::mem::take(&mut *t.capture.0.lock().unwrap());
+    let data = responder_data(&frames);
+    assert!(data.iter().any(|d| d.first() == Some(&0x42)), "the responder's protocol frames (its values) are captured");
+    assert!(!data.iter().any(|d| matches!(d.first(), Some(&PAYLOAD_WIDTH | &PAYLOADS))), "no payload was asked");
+
+    // The payload join, requester-only: every responder row's values travel sealed.
+    let out = t.root.join("joined.csv");
+    let params = serde_json::json!({ "peer_columns": ["g1", "g2"] }).to_string();
+    let request = SubmitRequest {
+        reveal: proto::Reveal::RequesterOnly as i32,
+        ..submit(JobKind::Psi, "accounts", PsiProtocol::Rr22, &out, params)
+    };
+    let status = run(&t, request).await;
+    assert_eq!(status.job_state(), JobState::Done, "{}", status.error);
+    assert_eq!(status.output_rows, OVERLAP as u64);
+    let frames = std::mem::take(&mut *t.capture.0.lock().unwrap());
+    let data = responder_data(&frames);
+    let sealed: usize = data.iter().filter(|d| d.first() == Some(&PAYLOADS)).map(|d| d.len() - 9).sum();
+    assert!(sealed > 0 && data.iter().any(|d| d.first() == Some(&PAYLOAD_WIDTH)), "payload frames are captured");
+    let mut leaks = Vec::new();
+    for (i, frame) in frames.iter().enumerate() {
+        for name in search.find(&frame.bytes) {
+            leaks.push(format!("frame {i} from the {}: {name}", frame.from));
+        }
+    }
+    assert!(leaks.is_empty(), "shared values or keys in clear on the wire:\n{}", leaks.join("\n"));
+    // The requester's table holds the values: the search can find them there.
+    let joined = consort_engine::storage::read_data(&out, Some(&t.a.storage.key)).unwrap();
+    let found = search.find(&joined);
+    assert!(found.iter().any(|n| n.starts_with("feature ")), "the joined output holds the peer's values");
+}

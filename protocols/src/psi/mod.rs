@@ -12,11 +12,13 @@ use crate::channel::Channel;
 use crate::items::Items;
 
 pub mod ecdh;
+pub mod payload;
 pub mod rr22;
 #[cfg(test)]
 mod tests;
 
 use ecdh::{EcdhEvidence, EcdhPsiConfig, EcdhPsiError};
+pub use payload::{PayloadMode, Payloads};
 use rr22::{Rr22Config, Rr22Error};
 
 /// The PSI protocols.
@@ -65,12 +67,15 @@ pub struct PsiConfig {
     /// work is sized by it (a node passes the size the peer declared in its job request, checked
     /// against the grant). [`u64::MAX`] leaves only each protocol's own bound.
     pub max_peer_items: u64,
+    /// Labeled PSI ([`payload`]): the responder's payloads or the requester's limit on them.
+    /// RR22 only; ECDH-PSI refuses anything but [`PayloadMode::None`].
+    pub payload: PayloadMode,
 }
 
 impl PsiConfig {
     /// `role` and `reveal` with proofs on, no progress reports and no peer size bound of the job's.
     pub fn new(role: Role, reveal: Reveal) -> PsiConfig {
-        PsiConfig { role, reveal, progress: None, proofs: true, max_peer_items: u64::MAX }
+        PsiConfig { role, reveal, progress: None, proofs: true, max_peer_items: u64::MAX, payload: PayloadMode::None }
     }
 }
 
@@ -109,16 +114,20 @@ pub async fn run<C: Channel, I: Items + ?Sized>(
     protocol: PsiProtocol,
     config: &PsiConfig,
 ) -> Result<PsiRun, PsiError> {
-    let PsiConfig { role, reveal, ref progress, proofs, max_peer_items } = *config;
+    let PsiConfig { role, reveal, ref progress, proofs, max_peer_items, ref payload } = *config;
     let progress = progress.clone();
     match protocol {
+        PsiProtocol::Ecdh if !payload.is_none() => {
+            Err(PsiError::Ecdh(EcdhPsiError::Input("payload joins run over RR22 only (use --protocol rr22)".into())))
+        }
         PsiProtocol::Ecdh => {
             let config = EcdhPsiConfig { role, reveal, progress, proofs, max_peer_items };
             let (output, ecdh_evidence) = ecdh::run_with_evidence(channel, items, &config).await?;
             Ok(PsiRun { output, ecdh_evidence })
         }
         PsiProtocol::Rr22 => {
-            let config = Rr22Config { progress, max_peer_items, ..Rr22Config::new(role, reveal) };
+            let config =
+                Rr22Config { progress, max_peer_items, payload: payload.clone(), ..Rr22Config::new(role, reveal) };
             Ok(PsiRun { output: rr22::run(channel, items, &config).await?, ecdh_evidence: None })
         }
     }
@@ -193,6 +202,9 @@ pub struct PsiOutput {
     /// not learn the intersection. With duplicate items, every copy of an intersecting item is
     /// listed (copies are adjacent).
     pub intersection: Option<Vec<u32>>,
+    /// Labeled PSI ([`payload`]), on the requester: the peer's payload of each entry of
+    /// `intersection`, in the same order. `None` without payloads.
+    pub payloads: Option<payload::Payloads>,
     /// Wall seconds this party spent per step of the protocol (summed over buckets), for
     /// profiling; steps overlap where the protocol pipelines them. Empty if not measured.
     pub timings: Vec<(&'static str, f64)>,

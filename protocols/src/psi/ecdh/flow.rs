@@ -130,7 +130,7 @@ pub(super) async fn run_framed<C: Channel, I: Items + ?Sized>(
         sent: sent_record,
         received,
     });
-    Ok((PsiOutput { peer_size: peer.size, intersection, timings: Vec::new() }, evidence))
+    Ok((PsiOutput { peer_size: peer.size, intersection, payloads: None, timings: Vec::new() }, evidence))
 }
 
 /// The key(s) a party multiplies the peer's points by: one, unless it cheats (tests only).

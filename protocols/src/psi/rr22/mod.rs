@@ -78,6 +78,8 @@
 //! | okvs      | R    | `0x41` | bucket `u32`, first cell `u32`, OKVS seed (16 bytes, first frame of a bucket only), cells of A + P (16 bytes each) |
 //! | values    | S    | `0x42` | bucket `u32`, first position `u32`, F values (ℓ/8 bytes each) |
 //! | positions | R    | `0x43` | first `u32`, S stream positions (`u32` each) — [`Reveal::Both`] only, then an empty-bodied last frame |
+//! | payload width | S | `0x44` | (labeled PSI only, once, after the hellos) padded payload width W `u32` ([`crate::psi::payload`]) |
+//! | payloads  | S    | `0x45` | (labeled PSI only, after each bucket's values) bucket `u32`, first position `u32`, AES-GCM ciphertexts of W + 16 bytes each, in the values' order |
 //!
 //! Integers are big-endian. Per item of a full bucket (2^20 items): ≈ 1.1·16 = 17.6 bytes of
 //! OKVS from R, ℓ/8 ≈ 10–11 bytes of values from S, ≈ 1.3 bytes of VOLE, plus 4 bytes per
@@ -110,11 +112,12 @@ use crate::channel::{Channel, ChannelError};
 use crate::items::Items;
 use crate::okvs;
 use crate::ot::OtError;
+use crate::psi::payload::{self, PayloadMode};
 use crate::psi::{Progress, ProgressFn, PsiOutput, Reveal, Role, Timings};
 use bucket::bucketize;
 use receiver::run_receiver;
 use sender::run_sender;
-use wire::{Hello, recv_positions, send_positions};
+use wire::{Hello, recv_payload_width, recv_positions, send_payload_width, send_positions};
 
 /// Protocol id carried in the hello.
 pub const PROTOCOL_ID: &[u8; 16] = b"consort/rr22-psi";
@@ -129,12 +132,16 @@ const HELLO: u8 = 0x40;
 const OKVS_CELLS: u8 = 0x41;
 const VALUES: u8 = 0x42;
 const POSITIONS: u8 = 0x43;
+const PAYLOAD_HEAD: u8 = 0x44;
+const PAYLOADS: u8 = 0x45;
 const HELLO_LEN: usize = 1 + 16 + 2 + 1 + 1 + 8 + 8 + 16;
 const SALT_DOMAIN: &[u8] = b"consort/rr22-psi/v1/salt";
 /// Bytes of payload per frame.
 const FRAME_BYTES: usize = 1 << 20;
 /// Items hashed per parallel block while bucketing.
 const HASH_BLOCK: usize = 1 << 18;
+/// Most bytes of sealed payloads per bucket (held at once by both parties).
+pub const MAX_PAYLOAD_BUCKET_BYTES: usize = 1 << 30;
 /// Marks a dummy in the sender's bucket order.
 const DUMMY: u32 = u32::MAX;
 
@@ -149,11 +156,21 @@ pub struct Rr22Config {
     /// Most items the peer may announce (its hello is refused above this, before any work is
     /// sized by it): the job's agreed peer set size, or [`u64::MAX`] for the protocol's own bound.
     pub max_peer_items: u64,
+    /// Labeled PSI ([`crate::psi::payload`]): the responder sends one payload per item, the
+    /// requester receives those of its matches. Both must agree.
+    pub payload: PayloadMode,
 }
 
 impl Rr22Config {
     pub fn new(role: Role, reveal: Reveal) -> Rr22Config {
-        Rr22Config { role, reveal, progress: None, bucket_size: DEFAULT_BUCKET_SIZE, max_peer_items: u64::MAX }
+        Rr22Config {
+            role,
+            reveal,
+            progress: None,
+            bucket_size: DEFAULT_BUCKET_SIZE,
+            max_peer_items: u64::MAX,
+            payload: PayloadMode::None,
+        }
     }
 }
 
@@ -206,7 +223,33 @@ pub async fn run<C: Channel, I: Items + ?Sized>(
     if config.bucket_size == 0 || config.bucket_size > okvs::MAX_KEYS / 2 {
         return Err(Rr22Error::Input(format!("bucket size {} out of range", config.bucket_size)));
     }
+    let payload_width = check_payload_mode(n, config)?;
     let (peer, salt, layout) = handshake(channel, n, config).await?;
+    // Labeled PSI: the responder announces its payload width; the requester checks it against
+    // its limit before anything is sized by it.
+    let payload_width = match &config.payload {
+        PayloadMode::None => None,
+        PayloadMode::Send(_) => {
+            let width = payload_width.expect("checked");
+            send_payload_width(channel, width).await?;
+            Some(width)
+        }
+        PayloadMode::Receive { max_bytes } => Some(recv_payload_width(channel, *max_bytes).await?),
+    };
+    // A bucket's sealed payloads are held at once on both sides: bounded, whatever the width.
+    if let Some(width) = payload_width {
+        let bucket_bytes = (width + payload::TAG_BYTES).saturating_mul(layout.cap_sender);
+        if bucket_bytes > MAX_PAYLOAD_BUCKET_BYTES {
+            let why = format!(
+                "payloads of {width} bytes for {} positions per bucket need {bucket_bytes} bytes per bucket, more than {MAX_PAYLOAD_BUCKET_BYTES}",
+                layout.cap_sender
+            );
+            return Err(match config.role {
+                Role::Requester => violation(why),
+                Role::Responder => Rr22Error::Input(why),
+            });
+        }
+    }
     let progress = Progress(config.progress.as_ref());
     progress.report("hash items", 0, n);
     let mut timings = Timings::default();
@@ -215,9 +258,12 @@ pub async fn run<C: Channel, I: Items + ?Sized>(
     timings.add("hash and bucket", clock);
     progress.report("hash items", n, n);
     let peer_size = peer.size;
+    let mut payloads = None;
     let intersection = match config.role {
         Role::Requester => {
-            let order = run_receiver(channel, &buckets, &layout, &progress, &mut timings).await?;
+            let keys = payload_width.map(|width| PayloadKeys { salt, width });
+            let order = run_receiver(channel, &buckets, &layout, keys, &progress, &mut timings).await?;
+            payloads = order.payloads;
             if config.reveal == Reveal::Both {
                 let clock = Instant::now();
                 send_positions(channel, &order.sender_positions).await?;
@@ -226,7 +272,11 @@ pub async fn run<C: Channel, I: Items + ?Sized>(
             Some(order.own)
         }
         Role::Responder => {
-            let orders = run_sender(channel, &buckets, &layout, &progress, &mut timings).await?;
+            let sent = match (&config.payload, payload_width) {
+                (PayloadMode::Send(p), Some(width)) => Some((p.clone(), PayloadKeys { salt, width })),
+                _ => None,
+            };
+            let orders = run_sender(channel, &buckets, &layout, sent, &progress, &mut timings).await?;
             let clock = Instant::now();
             let own = match config.reveal {
                 Reveal::Both => Some(recv_positions(channel, &orders, &layout).await?),
@@ -236,7 +286,38 @@ pub async fn run<C: Channel, I: Items + ?Sized>(
             own
         }
     };
-    Ok(PsiOutput { peer_size, intersection, timings: timings.into_vec() })
+    Ok(PsiOutput { peer_size, intersection, payloads, timings: timings.into_vec() })
+}
+
+/// What both roles need to derive payload keys: the job's salt and the padded payload width.
+#[derive(Clone, Copy)]
+pub(super) struct PayloadKeys {
+    pub(super) salt: [u8; 32],
+    pub(super) width: usize,
+}
+
+/// The payload mode against the role and the items; the sender's width.
+fn check_payload_mode(n: usize, config: &Rr22Config) -> Result<Option<usize>, Rr22Error> {
+    match (&config.payload, config.role) {
+        (PayloadMode::None, _) => Ok(None),
+        (PayloadMode::Send(p), Role::Responder) => {
+            if p.len() != n {
+                return Err(Rr22Error::Input(format!("{} payloads for {n} items", p.len())));
+            }
+            if p.max_len() > payload::MAX_PAYLOAD_BYTES {
+                return Err(Rr22Error::Input(format!(
+                    "a payload of {} bytes; at most {} per item",
+                    p.max_len(),
+                    payload::MAX_PAYLOAD_BYTES
+                )));
+            }
+            Ok(Some(payload::width_for(p)))
+        }
+        (PayloadMode::Receive { .. }, Role::Requester) => Ok(None),
+        (_, role) => Err(Rr22Error::Input(format!(
+            "payloads go from the responder to the requester; this party is the {role:?}"
+        ))),
+    }
 }
 
 /// The hello exchange: both parties' parameters must agree; both derive the joint salt and the

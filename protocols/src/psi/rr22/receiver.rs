@@ -10,11 +10,12 @@ use rayon::prelude::*;
 use super::bucket::Buckets;
 use super::matching::join_values;
 use super::oprf::{okvs_values, output_hash, value_mask};
-use super::wire::{recv_values, send_cells};
-use super::{Layout, Rr22Error, os_rng};
+use super::wire::{recv_payloads, recv_values, send_cells};
+use super::{Layout, PayloadKeys, Rr22Error, os_rng, violation};
 use crate::channel::Channel;
 use crate::cpu;
 use crate::okvs::{self, Okvs, OkvsError, OkvsSeed};
+use crate::psi::payload::{Payloads, TAG_BYTES, item_key, open};
 use crate::psi::{Progress, Timings};
 use crate::vole::VoleReceiver;
 
@@ -22,6 +23,8 @@ use crate::vole::VoleReceiver;
 pub(super) struct ReceiverResult {
     pub(super) own: Vec<u32>,
     pub(super) sender_positions: Vec<u32>,
+    /// Labeled PSI: the payload of each of `own`'s matches, in the same order.
+    pub(super) payloads: Option<Payloads>,
 }
 
 /// R's bucket keys: its digests padded with random dummies to the capacity.
@@ -54,6 +57,7 @@ pub(super) async fn run_receiver<C: Channel>(
     channel: &C,
     buckets: &Buckets,
     layout: &Layout,
+    payload_keys: Option<PayloadKeys>,
     progress: &Progress<'_>,
     timings: &mut Timings,
 ) -> Result<ReceiverResult, Rr22Error> {
@@ -67,6 +71,7 @@ pub(super) async fn run_receiver<C: Channel>(
     // Own indices and S positions of every match, in the joint order (4 bytes per match each).
     let mut own_matches: Vec<u32> = Vec::new();
     let mut sender_matches: Vec<u32> = Vec::new();
+    let mut payloads = payload_keys.map(|_| Payloads::new());
     let mut done = 0usize;
     let spawn_encode = |b: usize| {
         let keys = std::sync::Arc::new(padded_keys(buckets.bucket(b).0, cap, &mut os_rng()));
@@ -112,12 +117,17 @@ pub(super) async fn run_receiver<C: Channel>(
         let real = digests.len();
         let c = vole_out.c;
         // Fig. 4, step 5, R's side: H^o(Decode(C, x)) for its own keys.
+        let with_payloads = payload_keys.is_some();
+        let keys_for_values = keys.clone();
         let own_values = cpu::spawn(move || {
+            let keys = keys_for_values;
             let store = Okvs::from_cells(seed, &c[..]).expect("m cells");
             let mut own = vec![0u128; real];
             store.decode_batch(&keys[..real], &mut own);
+            // Labeled PSI: the OPRF inputs z, for the payload keys of the matches.
+            let z = with_payloads.then(|| own.clone());
             output_hash(&keys[..real], &mut own, mask);
-            own
+            (own, z)
         });
         if b + 1 < layout.buckets {
             next = Some(spawn_encode(b + 1));
@@ -131,11 +141,45 @@ pub(super) async fn run_receiver<C: Channel>(
         let clock = Instant::now();
         let peer_values = recv_values(channel, b, layout).await?;
         timings.add("wait for and receive values", clock);
+        let sealed = match payload_keys {
+            Some(pk) => {
+                let clock = Instant::now();
+                let sealed = recv_payloads(channel, b, layout.cap_sender, pk.width).await?;
+                timings.add("receive payloads", clock);
+                Some((sealed, pk))
+            }
+            None => None,
+        };
         let clock = Instant::now();
-        let own_values = own_values.await;
+        let (own_values, z) = own_values.await;
         timings.add("own values (beyond wait)", clock);
         let base = (b * layout.cap_sender) as u32;
         let indices = indices.to_vec();
+        if let (Some((sealed, pk)), Some(z)) = (sealed, z) {
+            let own_keys = keys.clone();
+            // Matched and opened on rayon while the next bucket's VOLE finishes.
+            let matching = cpu::spawn(move || {
+                match_with_payloads(&own_values, &indices, &peer_values, base, &own_keys[..real], &z, &sealed, pk)
+            });
+            if let Some(pending) = pending {
+                let clock = Instant::now();
+                vole_next = Some(VoleReceiver::extend_finish(channel, pending).await?);
+                timings.add("vole", clock);
+            }
+            let clock = Instant::now();
+            let (own, peer, opened) = matching.await?;
+            if let Some(p) = payloads.as_mut() {
+                for x in opened.iter() {
+                    p.push(x);
+                }
+            }
+            own_matches.extend(own);
+            sender_matches.extend(peer);
+            timings.add("match and open payloads (beyond vole)", clock);
+            done += digests.len();
+            progress.report("intersect buckets", done, total);
+            continue;
+        }
         // Fig. 4, step 5: R keeps its items whose value is among S's.
         let matching = cpu::spawn(move || {
             // The joint order within a bucket: by F value (ties: copies of one item, by index).
@@ -160,5 +204,45 @@ pub(super) async fn run_receiver<C: Channel>(
         done += digests.len();
         progress.report("intersect buckets", done, total);
     }
-    Ok(ReceiverResult { own: own_matches, sender_positions: sender_matches })
+    Ok(ReceiverResult { own: own_matches, sender_positions: sender_matches, payloads })
+}
+
+/// Step 5 with payloads: the matches in the joint order (as without payloads), and for each own
+/// match the payload sealed at the matching S position, opened with the key of the own item.
+#[allow(clippy::too_many_arguments)]
+fn match_with_payloads(
+    own_values: &[u128],
+    indices: &[u32],
+    peer_values: &[u128],
+    base: u32,
+    digests: &[u128],
+    z: &[u128],
+    sealed: &[u8],
+    pk: PayloadKeys,
+) -> Result<(Vec<u32>, Vec<u32>, Payloads), Rr22Error> {
+    let local: Vec<u32> = (0..own_values.len() as u32).collect();
+    let (own, mut peer) = join_values(own_values, &local, peer_values, 0);
+    // (value, own item index, position in the bucket), in the joint order.
+    let mut own: Vec<(u128, u32, u32)> = own.into_iter().map(|(v, k)| (v, indices[k as usize], k)).collect();
+    own.par_sort_unstable();
+    peer.par_sort_unstable();
+    let each = pk.width + TAG_BYTES;
+    let opened: Vec<Result<Vec<u8>, Rr22Error>> = own
+        .par_iter()
+        .map(|&(v, _, k)| {
+            let at = peer.partition_point(|&(pv, _)| pv < v);
+            let position = match peer.get(at) {
+                Some(&(pv, p)) if pv == v => p as usize,
+                _ => return Err(violation("a matched value has no position")),
+            };
+            let key = item_key(&pk.salt, digests[k as usize], z[k as usize]);
+            open(&key, &sealed[position * each..(position + 1) * each])
+                .ok_or_else(|| violation("a matched payload does not open (wrong key or a corrupted payload)"))
+        })
+        .collect();
+    let mut payloads = Payloads::new();
+    for p in opened {
+        payloads.push(&p?);
+    }
+    Ok((own.into_iter().map(|(_, i, _)| i).collect(), peer.into_iter().map(|(_, p)| base + p).collect(), payloads))
 }

@@ -4,21 +4,23 @@
 
 use std::time::Instant;
 
-use rand::RngExt;
 use rand::seq::SliceRandom;
+use rand::{Rng, RngExt};
 use rayon::prelude::*;
 use zeroize::Zeroizing;
 
 use super::bucket::Buckets;
 use super::oprf::{okvs_values, output_hash, value_mask};
-use super::wire::{recv_cells, send_values};
-use super::{DUMMY, Layout, Rr22Error, os_rng};
+use super::wire::{recv_cells, send_payloads, send_values};
+use super::{DUMMY, Layout, PayloadKeys, Rr22Error, os_rng};
 use crate::channel::Channel;
 use crate::cpu;
 use crate::okvs::{self, Okvs};
 use crate::ot::gf128;
+use crate::psi::payload::{Payloads, TAG_BYTES, item_key, seal};
 use crate::psi::{Progress, Timings};
 use crate::vole::VoleSender;
+use std::sync::Arc;
 
 /// S's secret order of one bucket: stream position → own item index, or [`DUMMY`].
 pub(super) type BucketOrder = Vec<u32>;
@@ -27,6 +29,7 @@ pub(super) async fn run_sender<C: Channel>(
     channel: &C,
     buckets: &Buckets,
     layout: &Layout,
+    payloads: Option<(Arc<Payloads>, PayloadKeys)>,
     progress: &Progress<'_>,
     timings: &mut Timings,
 ) -> Result<Vec<BucketOrder>, Rr22Error> {
@@ -62,7 +65,8 @@ pub(super) async fn run_sender<C: Channel>(
         let digests_owned = digests.to_vec();
         let indices_owned = indices.to_vec();
         let cap = layout.cap_sender;
-        let oprf = cpu::spawn(move || {
+        let bucket_payloads = payloads.clone();
+        let oprf = cpu::spawn(move || -> Result<_, Rr22Error> {
             // Fig. 4, step 3: K = B' = B + A'·Δ with A' = A + P.
             // Step 4: F(y) = H^o(Decode(K, y) + Δ·v(y)) (the paper's minus is XOR here).
             let mut key = Zeroizing::new(masked);
@@ -73,6 +77,12 @@ pub(super) async fn run_sender<C: Channel>(
             let mut v = vec![0u128; digests_owned.len()];
             okvs_values(&digests_owned, &mut v);
             out.par_iter_mut().zip(v.par_iter()).for_each(|(o, &v)| *o ^= gf128::mul(delta, v));
+            // Labeled PSI: each item's payload sealed under a key from its OPRF input z = out[k]
+            // (before the output hash), see `crate::psi::payload`.
+            let sealed = bucket_payloads
+                .as_ref()
+                .map(|(p, keys)| seal_payloads(p, keys, &digests_owned, &indices_owned, &out))
+                .transpose()?;
             output_hash(&digests_owned, &mut out, mask);
             // The stream (step 4, "in a random order"): own values and random dummies, in a secret
             // random order.
@@ -82,19 +92,36 @@ pub(super) async fn run_sender<C: Channel>(
             let real = digests_owned.len() as u32;
             let values: Vec<u128> =
                 order.iter().map(|&k| if k < real { out[k as usize] } else { rng.random::<u128>() & mask }).collect();
+            // Payloads in the same secret order; a dummy's is random bytes.
+            let stream = sealed.map(|(sealed, each)| {
+                let mut stream = vec![0u8; cap * each];
+                stream.par_chunks_mut(each).zip(order.par_iter()).for_each_init(os_rng, |rng, (dst, &k)| {
+                    if k < real {
+                        dst.copy_from_slice(&sealed[k as usize * each..(k as usize + 1) * each]);
+                    } else {
+                        rng.fill_bytes(dst);
+                    }
+                });
+                stream
+            });
             let order: Vec<u32> =
                 order.iter().map(|&k| if k < real { indices_owned[k as usize] } else { DUMMY }).collect();
-            (values, order)
+            Ok((values, order, stream))
         });
         let pending = match b + 1 < layout.buckets {
             true => Some(vole.extend_start(channel, m).await?),
             false => None,
         };
-        let (values, order) = oprf.await;
+        let (values, order, stream) = oprf.await?;
         timings.add("oprf values and next vole", clock);
         let clock = Instant::now();
         send_values(channel, b, layout.value_bytes, &values).await?;
         timings.add("send values", clock);
+        if let (Some(stream), Some((_, keys))) = (stream, &payloads) {
+            let clock = Instant::now();
+            send_payloads(channel, b, keys.width, &stream).await?;
+            timings.add("send payloads", clock);
+        }
         if let Some(pending) = pending {
             let clock = Instant::now();
             vole_next = Some(VoleSender::extend_finish(channel, pending).await?);
@@ -105,4 +132,29 @@ pub(super) async fn run_sender<C: Channel>(
         progress.report("intersect buckets", done, total);
     }
     Ok(orders)
+}
+
+/// Seals each item's payload under its key (bucket order); returns the ciphertexts and their
+/// size. Fails if two items are equal: their keys would be equal too.
+fn seal_payloads(
+    payloads: &Payloads,
+    keys: &PayloadKeys,
+    digests: &[u128],
+    indices: &[u32],
+    z: &[u128],
+) -> Result<(Vec<u8>, usize), Rr22Error> {
+    let mut sorted = digests.to_vec();
+    sorted.par_sort_unstable();
+    if sorted.windows(2).any(|w| w[0] == w[1]) {
+        return Err(Rr22Error::Input(
+            "a responder sending payloads must hold distinct items (group the rows of a key into one payload)".into(),
+        ));
+    }
+    let each = keys.width + TAG_BYTES;
+    let mut sealed = vec![0u8; digests.len() * each];
+    sealed.par_chunks_mut(each).enumerate().for_each(|(k, dst)| {
+        let key = item_key(&keys.salt, digests[k], z[k]);
+        seal(&key, payloads.get(indices[k] as usize), keys.width, dst);
+    });
+    Ok((sealed, each))
 }

@@ -17,7 +17,7 @@ const DEADLINE: Duration = Duration::from_secs(300);
 type Outcome = Result<PsiOutput, Rr22Error>;
 
 fn config(role: Role, reveal: Reveal, bucket_size: usize) -> Rr22Config {
-    Rr22Config { role, reveal, progress: None, bucket_size, max_peer_items: u64::MAX }
+    Rr22Config { bucket_size, ..Rr22Config::new(role, reveal) }
 }
 
 async fn party<C: Channel>(channel: C, items: &[Vec<u8>], config: Rr22Config) -> Outcome {
@@ -297,4 +297,309 @@ fn run_is_send() {
     let items = keys("k", 0..1);
     let config = config(Role::Requester, Reveal::Both, 1000);
     assert_send(run(&a, &items, &config));
+}
+
+// ------------------------------------------------------------------------------------------------
+// Labeled PSI (payloads), against a plaintext join
+// ------------------------------------------------------------------------------------------------
+
+mod payloads {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::psi::payload::{PayloadMode, Payloads};
+    use crate::test_support::plaintext;
+
+    /// A payload for responder item `i` with commas, quotes, newlines, empty values and non-ASCII,
+    /// of varying length (including empty).
+    fn payload_of(i: usize) -> Vec<u8> {
+        match i % 5 {
+            0 => Vec::new(),
+            1 => format!("risk,{i}").into_bytes(),
+            2 => format!("\"q\"\n{i}").into_bytes(),
+            3 => format!("Zürich-東京-{i}").into_bytes(),
+            _ => vec![b'x'; i % 37],
+        }
+    }
+
+    fn payloads_for(items: &[Vec<u8>]) -> Payloads {
+        let mut p = Payloads::new();
+        for i in 0..items.len() {
+            p.push(&payload_of(i));
+        }
+        p
+    }
+
+    async fn run_payload(
+        requester: &[Vec<u8>],
+        responder: &[Vec<u8>],
+        payloads: Payloads,
+        reveal: Reveal,
+        bucket_size: usize,
+    ) -> (Outcome, Outcome) {
+        let (a, b) = memory_pair(8);
+        let receive = Rr22Config {
+            payload: PayloadMode::Receive { max_bytes: 1 << 10 },
+            ..config(Role::Requester, reveal, bucket_size)
+        };
+        let send = Rr22Config {
+            payload: PayloadMode::Send(Arc::new(payloads)),
+            ..config(Role::Responder, reveal, bucket_size)
+        };
+        let both = futures::future::join(party(a, requester, receive), party(b, responder, send));
+        tokio::time::timeout(DEADLINE, both).await.expect("the protocol hung")
+    }
+
+    /// The requester's rows with the responder's payload of the same item, against a plaintext
+    /// hash join; with `Reveal::Both` the responder's rows too.
+    async fn check_payload_run(requester: &[Vec<u8>], responder: &[Vec<u8>], reveal: Reveal, bucket_size: usize) {
+        let (ra, rb) = run_payload(requester, responder, payloads_for(responder), reveal, bucket_size).await;
+        let (ra, rb) = (ra.expect("requester"), rb.expect("responder"));
+        let own = ra.intersection.clone().expect("the requester learns");
+        let got = ra.payloads.clone().expect("payloads");
+        assert_eq!(got.len(), own.len(), "one payload per matched row");
+        let by_item: HashMap<&[u8], usize> = responder.iter().enumerate().map(|(j, x)| (x.as_slice(), j)).collect();
+        for (k, &i) in own.iter().enumerate() {
+            let j = by_item[requester[i as usize].as_slice()];
+            assert_eq!(got.get(k), payload_of(j).as_slice(), "row {k}: the payload of the same item");
+        }
+        let mut sorted = own.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, plaintext(requester, responder), "the intersection");
+        assert_eq!(rb.payloads, None);
+        match reveal {
+            Reveal::Both => {
+                let theirs = rb.intersection.expect("the responder learns");
+                let pairs: Vec<(&[u8], &[u8])> = own
+                    .iter()
+                    .zip(&theirs)
+                    .map(|(&i, &j)| (&requester[i as usize][..], &responder[j as usize][..]))
+                    .collect();
+                assert!(pairs.iter().all(|(a, b)| a == b), "joint order");
+            }
+            Reveal::RequesterOnly => assert_eq!(rb.intersection, None, "the responder learns no rows"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn payload_joins_match_a_plaintext_join() {
+        for reveal in BOTH {
+            check_payload_run(&[], &[], reveal, DEFAULT_BUCKET_SIZE).await;
+            check_payload_run(&[], &keys("k", 0..50), reveal, DEFAULT_BUCKET_SIZE).await;
+            check_payload_run(&keys("k", 0..50), &[], reveal, DEFAULT_BUCKET_SIZE).await;
+            check_payload_run(&keys("k", 0..1), &keys("k", 0..1), reveal, DEFAULT_BUCKET_SIZE).await;
+            check_payload_run(&keys("k", 0..1), &keys("k", 1..2), reveal, DEFAULT_BUCKET_SIZE).await;
+            check_payload_run(&keys("k", 0..500), &keys("j", 0..500), reveal, DEFAULT_BUCKET_SIZE).await;
+            check_payload_run(&keys("k", 0..500), &keys("k", 0..500), reveal, DEFAULT_BUCKET_SIZE).await;
+            check_payload_run(&keys("k", 0..700), &keys("k", 300..1200), reveal, DEFAULT_BUCKET_SIZE).await;
+            // Several buckets, padded with dummies.
+            check_payload_run(&keys("k", 0..3000), &keys("k", 1000..5000), reveal, 512).await;
+        }
+    }
+
+    /// Duplicates on the requester's side: every copy gets the payload. The responder's side
+    /// must hold distinct items (the engine groups a key's rows into one payload).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requester_copies_all_get_the_payload_and_responder_copies_are_refused() {
+        let mut requester = keys("k", 0..20);
+        requester.extend(keys("k", 5..10));
+        check_payload_run(&requester, &keys("k", 0..8), Reveal::RequesterOnly, DEFAULT_BUCKET_SIZE).await;
+        let mut responder = keys("k", 0..8);
+        responder.push(b"k3".to_vec());
+        let (ra, rb) =
+            run_payload(&keys("k", 0..5), &responder, payloads_for(&responder), Reveal::RequesterOnly, 1000).await;
+        assert!(matches!(rb, Err(Rr22Error::Input(ref m)) if m.contains("distinct")), "{rb:?}");
+        assert!(ra.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_payload_count_that_does_not_fit_the_items_is_refused_locally() {
+        let items = keys("k", 0..10);
+        let (ra, rb) = run_payload(&items, &items, payloads_for(&items[..9]), Reveal::RequesterOnly, 1000).await;
+        assert!(matches!(rb, Err(Rr22Error::Input(ref m)) if m.contains("9 payloads for 10 items")), "{rb:?}");
+        assert!(ra.is_err());
+    }
+
+    /// A relay between an honest requester and an honest responder that rewrites the responder's
+    /// frames of one kind with `tamper`.
+    async fn tampered(tamper: impl Fn(Bytes) -> Option<Bytes> + Send + Sync, max_bytes: usize) -> (Outcome, Outcome) {
+        let requester = keys("k", 0..300);
+        let responder = keys("k", 100..400);
+        let (honest, relay_near) = memory_pair(8);
+        let (relay_far, peer) = memory_pair(8);
+        let relay = async move {
+            loop {
+                tokio::select! {
+                    f = relay_near.recv() => match f {
+                        Ok(f) => if relay_far.send(f).await.is_err() { break },
+                        Err(_) => break,
+                    },
+                    f = relay_far.recv() => match f {
+                        Ok(f) => match tamper(f) {
+                            Some(f) => if relay_near.send(f).await.is_err() { break },
+                            None => break,
+                        },
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
+        let receive = Rr22Config {
+            payload: PayloadMode::Receive { max_bytes },
+            ..config(Role::Requester, Reveal::RequesterOnly, DEFAULT_BUCKET_SIZE)
+        };
+        let send = Rr22Config {
+            payload: PayloadMode::Send(Arc::new(payloads_for(&responder))),
+            ..config(Role::Responder, Reveal::RequesterOnly, DEFAULT_BUCKET_SIZE)
+        };
+        let all = futures::future::join3(party(honest, &requester, receive), party(peer, &responder, send), relay);
+        let (ra, rb, _) = tokio::time::timeout(DEADLINE, all).await.expect("hung");
+        (ra, rb)
+    }
+
+    fn with_kind(
+        kind: u8,
+        f: impl Fn(Vec<u8>) -> Vec<u8> + Send + Sync,
+    ) -> impl Fn(Bytes) -> Option<Bytes> + Send + Sync {
+        move |frame: Bytes| {
+            if frame.first() == Some(&kind) { Some(Bytes::from(f(frame.to_vec()))) } else { Some(frame) }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_honest_relay_changes_nothing() {
+        let (ra, rb) = tampered(Some, 1 << 10).await;
+        assert_eq!(ra.unwrap().payloads.unwrap().len(), 200);
+        assert!(rb.is_ok());
+    }
+
+    /// The announced width above the requester's limit (up to 2^32 - 1) is refused before any
+    /// buffer is sized by it; a width below the length field too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_announced_payload_width_over_the_limit_is_refused_before_allocating() {
+        for width in [u32::MAX, 1 << 20, 36 + 4 + 1, 3, 0] {
+            let set = move |mut f: Vec<u8>| {
+                f[1..5].copy_from_slice(&width.to_be_bytes());
+                f
+            };
+            let (ra, _) = tampered(with_kind(PAYLOAD_HEAD, set), 36).await;
+            protocol_error(ra, "payloads of");
+        }
+        // The honest width of this job (36 bytes of payload at most) passes a limit of 36.
+        let (ra, _) = tampered(Some, 36).await;
+        assert!(ra.is_ok(), "{ra:?}");
+        let (ra, _) = tampered(Some, 35).await;
+        protocol_error(ra, "more than the 35 allowed");
+    }
+
+    /// Truncated, overlong, misnumbered and garbage payload frames are protocol errors, not
+    /// panics; a flipped bit in a matched payload fails its tag.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_payload_frames_are_errors_not_panics() {
+        type Tamper = Box<dyn Fn(Vec<u8>) -> Vec<u8> + Send + Sync>;
+        let cases: Vec<(Tamper, &str)> = vec![
+            (Box::new(|f: Vec<u8>| f[..f.len() - 1].to_vec()), "bad payload frame"),
+            (Box::new(|f: Vec<u8>| f[..5].to_vec()), "bad payload frame"),
+            (Box::new(|f: Vec<u8>| f[..9].to_vec()), "bad payload frame"),
+            (
+                Box::new(|mut f: Vec<u8>| {
+                    f.extend_from_slice(&[0u8; 56]);
+                    f
+                }),
+                "bad payload frame",
+            ),
+            (
+                Box::new(|mut f: Vec<u8>| {
+                    f[4] ^= 1;
+                    f
+                }),
+                "bad payload frame",
+            ),
+            (
+                Box::new(|mut f: Vec<u8>| {
+                    f[8] ^= 1;
+                    f
+                }),
+                "bad payload frame",
+            ),
+            (
+                Box::new(|f: Vec<u8>| {
+                    let mut g = vec![PAYLOADS];
+                    g.extend(f[1..].iter().map(|b| b ^ 0x5a));
+                    g[1..9].copy_from_slice(&f[1..9]);
+                    g
+                }),
+                "does not open",
+            ),
+        ];
+        for (tamper, expect) in cases {
+            let (ra, _) = tampered(with_kind(PAYLOADS, tamper), 1 << 10).await;
+            protocol_error(ra, expect);
+        }
+        // A plain responder where one sending payloads is expected: the width is missing.
+        let items = keys("k", 0..10);
+        let (a, b) = memory_pair(8);
+        let receive = Rr22Config {
+            payload: PayloadMode::Receive { max_bytes: 10 },
+            ..config(Role::Requester, Reveal::RequesterOnly, 1000)
+        };
+        let (ra, _) = futures::future::join(
+            party(a, &items, receive),
+            party(b, &items, config(Role::Responder, Reveal::RequesterOnly, 1000)),
+        )
+        .await;
+        protocol_error(ra, "expected the payload width");
+    }
+
+    /// No payload byte in clear on the wire, matched or not; and every unmatched payload's
+    /// ciphertext differs from a matched one only in being unopenable (sizes are uniform).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_payload_appears_in_clear_and_sizes_are_uniform() {
+        let requester = keys("k", 0..50);
+        let responder = keys("k", 25..75);
+        let mut payloads = Payloads::new();
+        for i in 0..responder.len() {
+            payloads.push(format!("SECRET-PAYLOAD-{i:04}").as_bytes());
+        }
+        let frames = Arc::new(Mutex::new(Vec::<Bytes>::new()));
+        let (honest, relay_near) = memory_pair(8);
+        let (relay_far, peer) = memory_pair(8);
+        let seen = frames.clone();
+        let relay = async move {
+            loop {
+                tokio::select! {
+                    f = relay_near.recv() => match f {
+                        Ok(f) => if relay_far.send(f).await.is_err() { break },
+                        Err(_) => break,
+                    },
+                    f = relay_far.recv() => match f {
+                        Ok(f) => {
+                            seen.lock().unwrap().push(f.clone());
+                            if relay_near.send(f).await.is_err() { break }
+                        }
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
+        let receive = Rr22Config {
+            payload: PayloadMode::Receive { max_bytes: 64 },
+            ..config(Role::Requester, Reveal::RequesterOnly, DEFAULT_BUCKET_SIZE)
+        };
+        let send = Rr22Config {
+            payload: PayloadMode::Send(Arc::new(payloads)),
+            ..config(Role::Responder, Reveal::RequesterOnly, DEFAULT_BUCKET_SIZE)
+        };
+        let (ra, rb, _) =
+            futures::future::join3(party(honest, &requester, receive), party(peer, &responder, send), relay).await;
+        assert_eq!(ra.unwrap().payloads.unwrap().len(), 25);
+        rb.unwrap();
+        let frames = frames.lock().unwrap();
+        let payload_frames: Vec<&Bytes> = frames.iter().filter(|f| f[0] == PAYLOADS).collect();
+        assert_eq!(payload_frames.len(), 1);
+        assert_eq!(payload_frames[0].len(), 9 + 50 * (4 + 19 + 16), "50 ciphertexts of one width");
+        for f in frames.iter() {
+            assert!(!f.windows(7).any(|w| w == b"SECRET-" || w == b"PAYLOAD"), "a payload in clear on the wire");
+        }
+    }
 }

@@ -5,11 +5,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::sender::BucketOrder;
 use super::{
-    DUMMY, FRAME_BYTES, HELLO, HELLO_LEN, Layout, OKVS_CELLS, POSITIONS, PROTOCOL_ID, Rr22Error, VALUES, VERSION,
-    violation,
+    DUMMY, FRAME_BYTES, HELLO, HELLO_LEN, Layout, OKVS_CELLS, PAYLOAD_HEAD, PAYLOADS, POSITIONS, PROTOCOL_ID,
+    Rr22Error, VALUES, VERSION, violation,
 };
 use crate::channel::Channel;
 use crate::okvs::OkvsSeed;
+use crate::psi::payload::{LEN_BYTES, TAG_BYTES};
 use crate::psi::{Reveal, Role};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,4 +220,80 @@ pub(super) async fn recv_positions<C: Channel>(
             return Err(violation("more matched positions than values sent"));
         }
     }
+}
+
+/// The responder's payload width (bytes of each padded plaintext, length included).
+pub(super) async fn send_payload_width<C: Channel>(channel: &C, width: usize) -> Result<(), Rr22Error> {
+    let mut frame = BytesMut::with_capacity(5);
+    frame.put_u8(PAYLOAD_HEAD);
+    frame.put_u32(width as u32);
+    channel.send(frame.freeze()).await?;
+    Ok(())
+}
+
+/// The peer's payload width, refused above `max_bytes` of payload before anything is sized by it.
+pub(super) async fn recv_payload_width<C: Channel>(channel: &C, max_bytes: usize) -> Result<usize, Rr22Error> {
+    let frame = channel.recv().await?;
+    if frame.len() != 5 || frame[0] != PAYLOAD_HEAD {
+        return Err(violation(format!("expected the payload width, got a frame of {} bytes", frame.len())));
+    }
+    let width = u32::from_be_bytes(frame[1..5].try_into().expect("4")) as usize;
+    if width < LEN_BYTES || width - LEN_BYTES > max_bytes {
+        return Err(violation(format!(
+            "the peer announces payloads of {} bytes, more than the {max_bytes} allowed",
+            width.saturating_sub(LEN_BYTES)
+        )));
+    }
+    Ok(width)
+}
+
+/// One bucket's sealed payloads (`width + TAG_BYTES` bytes each, in stream order).
+pub(super) async fn send_payloads<C: Channel>(
+    channel: &C,
+    bucket: usize,
+    width: usize,
+    sealed: &[u8],
+) -> Result<(), Rr22Error> {
+    let each = width + TAG_BYTES;
+    let per_frame = (FRAME_BYTES / each).max(1);
+    for (f, chunk) in sealed.chunks(per_frame * each).enumerate() {
+        let mut frame = BytesMut::with_capacity(9 + chunk.len());
+        frame.put_u8(PAYLOADS);
+        frame.put_u32(bucket as u32);
+        frame.put_u32((f * per_frame) as u32);
+        frame.put_slice(chunk);
+        channel.send(frame.freeze()).await?;
+    }
+    Ok(())
+}
+
+/// One bucket's sealed payloads: exactly `count` of `width + TAG_BYTES` bytes.
+pub(super) async fn recv_payloads<C: Channel>(
+    channel: &C,
+    bucket: usize,
+    count: usize,
+    width: usize,
+) -> Result<Vec<u8>, Rr22Error> {
+    let each = width + TAG_BYTES;
+    let total = count.checked_mul(each).ok_or_else(|| violation("payload stream too large"))?;
+    // Grown by what arrives, not sized by the announcement alone.
+    let mut sealed = Vec::with_capacity(total.min(4 * FRAME_BYTES));
+    while sealed.len() < total {
+        let at = sealed.len() / each;
+        let frame = channel.recv().await?;
+        if frame.len() <= 9
+            || frame[0] != PAYLOADS
+            || u32::from_be_bytes(frame[1..5].try_into().expect("4")) as usize != bucket
+            || u32::from_be_bytes(frame[5..9].try_into().expect("4")) as usize != at
+            || !(frame.len() - 9).is_multiple_of(each)
+            || sealed.len() + (frame.len() - 9) > total
+        {
+            return Err(violation(format!(
+                "bad payload frame for bucket {bucket} at position {at} of {count} ({} bytes)",
+                frame.len()
+            )));
+        }
+        sealed.extend_from_slice(&frame[9..]);
+    }
+    Ok(sealed)
 }

@@ -1,0 +1,214 @@
+//! Labeled PSI: the responder's payloads, one per item, encrypted under a key only a matching
+//! requester item can derive (used by [`crate::psi::rr22`] when [`PayloadMode`] asks for it).
+//!
+//! # Construction (ours, from the labeled-PSI idea: Chen, Huang, Laine, Rindal, "Labeled PSI
+//! from fully homomorphic encryption with malicious security", CCS 2018, §1; the OPRF-keyed
+//! variant every OPRF-based PSI admits)
+//!
+//! In RR22 both parties evaluate the same OPRF input `z(x)` for an item `x` (S as
+//! `Decode(K, x) ⊕ Δ·v(x)`, R as `Decode(C, x)`, equal exactly when R holds `x`); the PSI's
+//! match values are `H_x(z)` truncated to ℓ bits. For the payload of each of its items S derives
+//!
+//! ```text
+//! k(x) = SHA-256(KEY_DOMAIN ‖ salt ‖ d(x) ‖ z(x))[..16]      (d(x): the item's salted digest)
+//! ```
+//!
+//! — a second random-oracle output on the OPRF input, independent of the match value — and sends
+//! `AES-128-GCM_k(x)(nonce = 0, len ‖ payload ‖ 0-padding)`: every plaintext padded to the job's
+//! width `W` (announced first, checked by R against its limit before anything is sized by it),
+//! so every ciphertext is `W + 16` bytes. Each key encrypts one message (S's items are distinct,
+//! which [`Payloads`] senders must ensure: a caller with several rows per key groups them into one
+//! payload), so the fixed nonce is never reused under a key.
+//!
+//! The ciphertexts travel in the *same secret random order* as S's match values (bucket by
+//! bucket, dummies included: a dummy's ciphertext is random bytes), right after them. R opens
+//! the ciphertext at each position whose match value it matched, with the key of its own item.
+//!
+//! # What each party learns (semi-honest, random-oracle model for SHA-256 and the OPRF's hash)
+//!
+//! - **R** learns the payloads of the matched items and nothing about the others: for an item
+//!   R does not hold, `z(x)` is masked by Δ (see [`crate::psi::rr22`]), so `k(x)` is a uniformly
+//!   random key to R and the AES-GCM ciphertext under it (CTR keystream and tag mask from AES
+//!   under that key) is indistinguishable from the random bytes of a dummy. R also learns `W`,
+//!   the largest payload of the job (to the byte, after its 4-byte length), and S's padded
+//!   stream size (as in the plain PSI).
+//! - **S** learns nothing more than in the plain PSI: it sends, it receives nothing new. With
+//!   [`crate::psi::Reveal::RequesterOnly`] it learns R's set size and not which of its rows matched.
+//!
+//! # What a malicious peer can do
+//!
+//! A malicious S can send any payload for any of its items (input substitution), an empty or
+//! over-long width (refused: `W` above R's limit aborts before allocation), or garbage where a
+//! matched payload should be: the matched item's ciphertext then fails its tag and R aborts the
+//! job ("a matched payload does not open") — so a cheating S can make the job fail, not give R a
+//! payload for an item it does not hold without R noticing a wrong key (S cannot compute `k(x)`
+//! for an item it does not hold). A selective-failure attack remains (S garbles one position, R
+//! aborts iff it matched it); it reveals one membership bit per job to a party that also sees
+//! the abort, and is inherent to this semi-honest protocol. A malicious R learns nothing beyond the
+//! payloads of items it put in (the OPRF's security).
+
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::{Aes128Gcm, Nonce, Tag};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+/// Domain of the per-item payload key.
+pub const KEY_DOMAIN: &[u8] = b"consort/psi-payload/v1/key";
+/// Bytes of the AES-GCM tag after each ciphertext.
+pub const TAG_BYTES: usize = 16;
+/// Bytes of the length before each padded payload.
+pub const LEN_BYTES: usize = 4;
+/// Largest payload (of one item, before its length and padding) this implementation accepts
+/// from a peer unless the caller sets a smaller limit.
+pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+
+/// The payloads of one party's items: item `i`'s payload is `bytes[ends[i-1]..ends[i]]`.
+/// `Debug` shows sizes only, never a payload.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Payloads {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl std::fmt::Debug for Payloads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Payloads({} items, {} bytes)", self.ends.len(), self.bytes.len())
+    }
+}
+
+impl Payloads {
+    pub fn new() -> Payloads {
+        Payloads::default()
+    }
+
+    /// Appends the next item's payload.
+    pub fn push(&mut self, payload: &[u8]) {
+        self.bytes.extend_from_slice(payload);
+        self.ends.push(self.bytes.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Item `i`'s payload.
+    pub fn get(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.bytes[start..self.ends[i]]
+    }
+
+    /// The longest payload's length (0 if none).
+    pub fn max_len(&self) -> usize {
+        let mut start = 0;
+        let mut max = 0;
+        for &e in &self.ends {
+            max = max.max(e - start);
+            start = e;
+        }
+        max
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.len()).map(|i| self.get(i))
+    }
+}
+
+/// Whether a party sends or receives payloads in a PSI run (both must agree: the responder sends,
+/// the requester receives).
+#[derive(Debug, Clone, Default)]
+pub enum PayloadMode {
+    /// A plain PSI.
+    #[default]
+    None,
+    /// The responder: one payload per own item (same order as the items), at most
+    /// [`MAX_PAYLOAD_BYTES`] each.
+    Send(std::sync::Arc<Payloads>),
+    /// The requester: receives the matched items' payloads; refuses a width above `max_bytes`
+    /// (a payload's bytes, before length and padding) before sizing anything by it.
+    Receive { max_bytes: usize },
+}
+
+impl PayloadMode {
+    pub fn is_none(&self) -> bool {
+        matches!(self, PayloadMode::None)
+    }
+}
+
+/// The key of an item's payload from its salted digest and its OPRF input (see the module docs).
+pub(crate) fn item_key(salt: &[u8; 32], digest: u128, z: u128) -> Zeroizing<[u8; 16]> {
+    let mut h = Sha256::new();
+    h.update(KEY_DOMAIN);
+    h.update(salt);
+    h.update(digest.to_le_bytes());
+    h.update(z.to_le_bytes());
+    let out = Zeroizing::new(<[u8; 32]>::from(h.finalize()));
+    Zeroizing::new(out[..16].try_into().expect("16 bytes"))
+}
+
+/// Encrypts `payload` (at most `width - LEN_BYTES` bytes) padded to `width` under `key` into
+/// `out` (`width + TAG_BYTES` bytes).
+pub(crate) fn seal(key: &[u8; 16], payload: &[u8], width: usize, out: &mut [u8]) {
+    debug_assert!(payload.len() + LEN_BYTES <= width && out.len() == width + TAG_BYTES);
+    let (body, tag_out) = out.split_at_mut(width);
+    body.fill(0);
+    body[..LEN_BYTES].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+    body[LEN_BYTES..LEN_BYTES + payload.len()].copy_from_slice(payload);
+    let cipher = Aes128Gcm::new_from_slice(key).expect("16-byte key");
+    let tag = cipher.encrypt_inout_detached(&Nonce::default(), &[], body.into()).expect("small message");
+    tag_out.copy_from_slice(&tag);
+}
+
+/// Opens a ciphertext of [`seal`]; `None` if the tag fails or the length inside is out of range.
+pub(crate) fn open(key: &[u8; 16], sealed: &[u8]) -> Option<Vec<u8>> {
+    let width = sealed.len().checked_sub(TAG_BYTES)?;
+    let mut body = Zeroizing::new(sealed[..width].to_vec());
+    let tag = Tag::try_from(&sealed[width..]).ok()?;
+    let cipher = Aes128Gcm::new_from_slice(key).expect("16-byte key");
+    cipher.decrypt_inout_detached(&Nonce::default(), &[], body.as_mut_slice().into(), &tag).ok()?;
+    let len = u32::from_be_bytes(body.get(..LEN_BYTES)?.try_into().ok()?) as usize;
+    body.get(LEN_BYTES..LEN_BYTES.checked_add(len)?).map(<[u8]>::to_vec)
+}
+
+/// The width the responder announces for its payloads.
+pub(crate) fn width_for(payloads: &Payloads) -> usize {
+    payloads.max_len() + LEN_BYTES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_payloads_open_only_under_their_key() {
+        let salt = [7u8; 32];
+        let key = item_key(&salt, 1, 2);
+        assert_ne!(*key, *item_key(&salt, 1, 3), "the key depends on the OPRF input");
+        assert_ne!(*key, *item_key(&[8u8; 32], 1, 2), "and on the job's salt");
+        for payload in [&b""[..], b"a", b"risk,\"quoted\"\n\xc3\xa9"] {
+            let width = 20;
+            let mut out = vec![0u8; width + TAG_BYTES];
+            seal(&key, payload, width, &mut out);
+            assert!(!out.windows(payload.len().max(1)).any(|w| w == payload) || payload.is_empty());
+            assert_eq!(open(&key, &out).as_deref(), Some(payload));
+            assert_eq!(open(&item_key(&salt, 1, 3), &out), None, "a wrong key fails the tag");
+            out[3] ^= 1;
+            assert_eq!(open(&key, &out), None, "a flipped bit fails the tag");
+        }
+        assert_eq!(open(&key, &[0u8; 5]), None, "shorter than a tag");
+    }
+
+    #[test]
+    fn payloads_store_items_in_order() {
+        let mut p = Payloads::new();
+        for x in [&b"ab"[..], b"", b"xyz"] {
+            p.push(x);
+        }
+        assert_eq!((p.len(), p.max_len()), (3, 3));
+        assert_eq!(p.iter().collect::<Vec<_>>(), [&b"ab"[..], b"", b"xyz"]);
+        assert_eq!(width_for(&p), 7);
+    }
+}
