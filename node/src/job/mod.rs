@@ -164,6 +164,30 @@ pub struct Outcome {
     pub other_channels: Vec<(String, ChannelStats)>,
 }
 
+impl Outcome {
+    /// A scoring job's outcome: rows aligned by PSI, the predictions file if this side wrote one
+    /// (`rows` = `[local, peer, aligned]`), no other channel.
+    pub fn scored(
+        output: Option<PathBuf>,
+        rows: [u64; 3],
+        stages: Vec<(String, f64)>,
+        summary: String,
+        ecdh_evidence: Option<EcdhEvidence>,
+    ) -> Outcome {
+        let [local_rows, peer_rows, aligned] = rows;
+        Outcome {
+            output: output.map(|path| Output { shown: path.display().to_string(), path, rows: aligned }),
+            local_rows,
+            peer_rows,
+            intersection: Some(aligned),
+            stages,
+            summary,
+            ecdh_evidence,
+            other_channels: Vec::new(),
+        }
+    }
+}
+
 /// Why a job failed: the full story for this node's job record and stderr, and what may leave the
 /// node — the text the peer is told and the audit log records. The latter never holds a data value
 /// or a file path (issue 11: evidence and messages to the peer name the kind of error only).

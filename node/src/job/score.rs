@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::psi::progress_fn;
 use super::train::{alignment, lr_failure, responder_model};
-use super::{Ask, Failure, Job, Kind, Outcome, Output, RunCtx};
+use super::{Ask, Failure, Job, Kind, Outcome, RunCtx};
 use crate::config;
 use crate::state::NodeState;
 
@@ -140,20 +140,12 @@ impl Job for ScorePlan {
         let mut report = run_score(&*ctx.channel, &dataset, &job).await.map_err(lr_failure)?;
         let summary = serde_json::to_string(&report).unwrap_or_default();
         let ecdh_evidence = report.ecdh_evidence.take();
-        let output = report.output.clone().map(|path| Output {
-            shown: path.display().to_string(),
-            path,
-            rows: report.aligned_rows,
-        });
-        Ok(Outcome {
-            output,
-            local_rows: report.local_rows,
-            peer_rows: report.peer_rows,
-            intersection: Some(report.aligned_rows),
-            stages: report.stages,
+        Ok(Outcome::scored(
+            report.output,
+            [report.local_rows, report.peer_rows, report.aligned_rows],
+            report.stages,
             summary,
             ecdh_evidence,
-            other_channels: Vec::new(),
-        })
+        ))
     }
 }

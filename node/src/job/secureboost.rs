@@ -114,12 +114,7 @@ impl Job for SbTrainPlan {
     }
 
     fn audited(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(&self.params).unwrap_or_default();
-        if let (Some(label), serde_json::Value::Object(o)) = (&self.columns.label, &mut v) {
-            o.insert("label".into(), label.clone().into());
-            o.insert("features".into(), self.columns.features.clone().into());
-        }
-        v
+        super::train::audited_training(&self.params, &self.columns)
     }
 
     async fn run(self: Box<Self>, ctx: RunCtx<'_>) -> Result<Outcome, Failure> {
@@ -275,20 +270,12 @@ impl Job for SbScorePlan {
         let mut report = run_sb_score(&*ctx.channel, &dataset, &job).await.map_err(lr_failure)?;
         let summary = serde_json::to_string(&report).unwrap_or_default();
         let ecdh_evidence = report.ecdh_evidence.take();
-        let output = report.output.clone().map(|path| Output {
-            shown: path.display().to_string(),
-            path,
-            rows: report.aligned_rows,
-        });
-        Ok(Outcome {
-            output,
-            local_rows: report.local_rows,
-            peer_rows: report.peer_rows,
-            intersection: Some(report.aligned_rows),
-            stages: report.stages,
+        Ok(Outcome::scored(
+            report.output,
+            [report.local_rows, report.peer_rows, report.aligned_rows],
+            report.stages,
             summary,
             ecdh_evidence,
-            other_channels: Vec::new(),
-        })
+        ))
     }
 }

@@ -151,12 +151,7 @@ impl Job for TrainPlan {
     }
 
     fn audited(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(&self.params).unwrap_or_default();
-        if let (Some(label), serde_json::Value::Object(o)) = (&self.columns.label, &mut v) {
-            o.insert("label".into(), label.clone().into());
-            o.insert("features".into(), self.columns.features.clone().into());
-        }
-        v
+        audited_training(&self.params, &self.columns)
     }
 
     async fn run(self: Box<Self>, ctx: RunCtx<'_>) -> Result<Outcome, Failure> {
@@ -242,4 +237,15 @@ async fn open_dealer(state: &NodeState, dealer: &str, ask: &Ask) -> anyhow::Resu
         Answer::Accepted(_) => Ok(channel),
         Answer::Refused(reason) => Err(anyhow!("dealer '{dealer}' refused: {reason}")),
     }
+}
+
+/// A training job's audited parameters: the wire parameters and, on the requester (the label
+/// holder), the label and feature columns it chose.
+pub(super) fn audited_training(params: &impl Serialize, columns: &ColumnChoice) -> serde_json::Value {
+    let mut v = serde_json::to_value(params).unwrap_or_default();
+    if let (Some(label), serde_json::Value::Object(o)) = (&columns.label, &mut v) {
+        o.insert("label".into(), label.clone().into());
+        o.insert("features".into(), columns.features.clone().into());
+    }
+    v
 }
