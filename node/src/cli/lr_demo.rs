@@ -30,16 +30,8 @@ pub async fn run(
             println!("{s}");
         }
     };
-    let data = root.join("lr-data");
-    let spec = LrGenSpec { rows, features_a: 5, features_b: 5, missing_b: rows / 20, seed: 11, out_dir: data.clone() };
-    consort_protocols::cpu::run(move || generate_lr(&spec)).await?;
-    let spec_a = DatasetSpec::new("loans", data.join("a.csv"), &["id"]);
-    let spec_b = DatasetSpec::new("partner-features", data.join("b.csv"), &["id"]);
-    let grant = |peer: &str| setup::parse_grant(&format!("{peer}:train,score"));
-    setup::dataset_add(a_dir, spec_a.clone(), vec![grant(pair::B)?], true, true)?;
-    setup::dataset_add(b_dir, spec_b.clone(), vec![grant(pair::A)?], true, true)?;
-    a.state.reload()?;
-    b.state.reload()?;
+    let demo = DemoData { dir: "lr-data", seed: 11, names: ("loans", "partner-features"), kinds: "train,score" };
+    let (spec_a, spec_b) = demo.register(root, (a, b), (a_dir, b_dir), rows).await?;
     say(format!(
         "6. joint model: '{}' holds {rows} loans (label y, 5 features), '{}' 5 other features for 95% of them",
         pair::A,
@@ -78,4 +70,45 @@ pub async fn run(
     let mut j = lr::status_json(&status);
     j["plaintext_comparison"] = serde_json::to_value(&cmp)?;
     Ok(j)
+}
+
+/// A demo model step's generated data: `rows` entities with 5 + 5 features (5% of the bank's ids
+/// unknown to the partner) under `root/dir`, registered on both demo nodes and granted to each
+/// other for `kinds`.
+pub(super) struct DemoData {
+    pub dir: &'static str,
+    pub seed: u64,
+    /// The bank's and the partner's dataset names.
+    pub names: (&'static str, &'static str),
+    pub kinds: &'static str,
+}
+
+impl DemoData {
+    /// Generates, registers and grants the data; returns both dataset specs.
+    pub async fn register(
+        &self,
+        root: &Path,
+        (a, b): (&node::NodeHandle, &node::NodeHandle),
+        (a_dir, b_dir): (&Path, &Path),
+        rows: u64,
+    ) -> Result<(DatasetSpec, DatasetSpec)> {
+        let data = root.join(self.dir);
+        let spec = LrGenSpec {
+            rows,
+            features_a: 5,
+            features_b: 5,
+            missing_b: rows / 20,
+            seed: self.seed,
+            out_dir: data.clone(),
+        };
+        consort_protocols::cpu::run(move || generate_lr(&spec)).await?;
+        let spec_a = DatasetSpec::new(self.names.0, data.join("a.csv"), &["id"]);
+        let spec_b = DatasetSpec::new(self.names.1, data.join("b.csv"), &["id"]);
+        let grant = |peer: &str| setup::parse_grant(&format!("{peer}:{}", self.kinds));
+        setup::dataset_add(a_dir, spec_a.clone(), vec![grant(pair::B)?], true, true)?;
+        setup::dataset_add(b_dir, spec_b.clone(), vec![grant(pair::A)?], true, true)?;
+        a.state.reload()?;
+        b.state.reload()?;
+        Ok((spec_a, spec_b))
+    }
 }

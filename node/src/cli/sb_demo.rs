@@ -6,15 +6,15 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 use consort_api::JobKind;
+use consort_engine::Dataset;
 use consort_engine::PsiProtocol;
-use consort_engine::lr_synth::{LrGenSpec, generate_lr};
 use consort_engine::secureboost::{SbModelFile, SbParamsWire, plaintext_comparison};
-use consort_engine::{Dataset, DatasetSpec};
 
+use super::lr_demo::DemoData;
 use super::{lr, status};
 use crate::client::NodeClient;
 use crate::job::secureboost::SbTrainRequest;
-use crate::{node, pair, setup};
+use crate::{node, pair};
 
 /// Generates `rows` entities with 5 + 5 features (5% of the bank's ids unknown to the partner),
 /// grants them for SecureBoost, trains 3 trees of depth 3 from the bank's node, and compares with
@@ -31,16 +31,13 @@ pub async fn run(
             println!("{s}");
         }
     };
-    let data = root.join("sb-data");
-    let spec = LrGenSpec { rows, features_a: 5, features_b: 5, missing_b: rows / 20, seed: 12, out_dir: data.clone() };
-    consort_protocols::cpu::run(move || generate_lr(&spec)).await?;
-    let spec_a = DatasetSpec::new("sb-loans", data.join("a.csv"), &["id"]);
-    let spec_b = DatasetSpec::new("sb-partner-features", data.join("b.csv"), &["id"]);
-    let grant = |peer: &str| setup::parse_grant(&format!("{peer}:secureboost,secureboost-score"));
-    setup::dataset_add(a_dir, spec_a.clone(), vec![grant(pair::B)?], true, true)?;
-    setup::dataset_add(b_dir, spec_b.clone(), vec![grant(pair::A)?], true, true)?;
-    a.state.reload()?;
-    b.state.reload()?;
+    let demo = DemoData {
+        dir: "sb-data",
+        seed: 12,
+        names: ("sb-loans", "sb-partner-features"),
+        kinds: "secureboost,secureboost-score",
+    };
+    let (spec_a, spec_b) = demo.register(root, (a, b), (a_dir, b_dir), rows).await?;
     let params = SbParamsWire { trees: 3, max_depth: 3, max_bins: 17, seed: 5, ..SbParamsWire::default() };
     say(format!(
         "8. SecureBoost: '{}' {rows} loans (label y, 5 features), '{}' 5 other features for 95% of them, granted \
