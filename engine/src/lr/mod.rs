@@ -72,6 +72,18 @@ pub(crate) fn party_of(role: Role) -> Party {
     }
 }
 
+/// A training job's label is A's: the requester (party A) names the label column, the responder
+/// has none.
+pub(crate) fn check_label_side(party: Party, columns: &ColumnChoice) -> Result<(), LrError> {
+    if (party == Party::A) != columns.label.is_some() {
+        return Err(DataError::Invalid(
+            "the requester (party A) names the label column; the responder has none".into(),
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// Wall time of each step of a job, for its report.
 pub(crate) struct Stages {
     done: Vec<(String, f64)>,

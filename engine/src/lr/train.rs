@@ -13,7 +13,7 @@ use super::features::{ColumnChoice, FeatureTable, load_features, split, standard
 use super::metrics::{auc, ks};
 use super::model::{MODEL_FORMAT, ModelFeature, ModelFile, TrainingSummary};
 use super::params::LrParams;
-use super::{LrError, Stages, party_of};
+use super::{LrError, Stages, check_label_side, party_of};
 use crate::dataset::Dataset;
 use crate::error::DataError;
 use crate::psi::PsiProtocol;
@@ -107,12 +107,7 @@ pub async fn run_train_with_dealer<C: Channel, D: Channel>(
 ) -> Result<TrainReport, LrError> {
     let party = party_of(job.role);
     let config = job.params.config()?;
-    if (party == Party::A) != job.columns.label.is_some() {
-        return Err(DataError::Invalid(
-            "the requester (party A) names the label column; the responder has none".into(),
-        )
-        .into());
-    }
+    check_label_side(party, &job.columns)?;
     let mut stages = Stages::start();
     let aligned = align(channel, dataset, job.role, job.psi, job.psi_progress.clone(), job.limits).await?;
     stages.end("psi");

@@ -23,7 +23,7 @@ use super::model::{SbFeature, SbModelFile, SbNode, evaluate};
 use crate::dataset::Dataset;
 use crate::error::DataError;
 use crate::lr::align::align;
-use crate::lr::{ColumnChoice, LrError, Stages, load_features, party_of};
+use crate::lr::{ColumnChoice, LrError, Stages, check_label_side, load_features, party_of};
 use crate::psi::{JobLimits, PsiProtocol};
 use crate::storage::AtRest;
 
@@ -178,12 +178,7 @@ pub async fn run_sb_train<C: Channel>(
 ) -> Result<SbTrainReport, LrError> {
     let party = party_of(job.role);
     let config = job.params.config()?;
-    if (party == Party::A) != job.columns.label.is_some() {
-        return Err(DataError::Invalid(
-            "the requester (party A) names the label column; the responder has none".into(),
-        )
-        .into());
-    }
+    check_label_side(party, &job.columns)?;
     let mut stages = Stages::start();
     let aligned = align(channel, dataset, job.role, job.psi, job.psi_progress.clone(), job.limits).await?;
     stages.end("psi");
