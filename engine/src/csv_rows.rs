@@ -62,6 +62,21 @@ impl Row<'_> {
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
         &self.fields[start..self.ends[i]]
     }
+
+    /// The finite number in field `c`, or the kind of problem with it. The message never holds
+    /// the value: it can reach the audit log and the peer.
+    pub(crate) fn number(&self, c: usize) -> Result<f64, &'static str> {
+        if c >= self.len() {
+            return Err("missing value (row too short)");
+        }
+        let text = std::str::from_utf8(self.field(c)).map_err(|_| "not valid UTF-8")?.trim();
+        match text.parse::<f64>() {
+            _ if text.is_empty() => Err("empty value"),
+            Ok(v) if v.is_finite() => Ok(v),
+            Ok(_) => Err("not a finite number"),
+            Err(_) => Err("not a number"),
+        }
+    }
 }
 
 /// `raw` without its line terminator.

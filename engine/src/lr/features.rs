@@ -5,7 +5,7 @@ use std::path::Path;
 
 use consort_protocols::cpu;
 
-use crate::csv_rows::{Row, RowScanner};
+use crate::csv_rows::RowScanner;
 use crate::dataset::Dataset;
 use crate::error::{Column, DataError, name_list};
 
@@ -59,7 +59,7 @@ fn read_features(
         let Some(&i) = slot.get(&row.start) else { continue };
         seen += 1;
         let number = |c: usize| {
-            number_at(&row, c).map_err(|message| DataError::Row {
+            row.number(c).map_err(|message| DataError::Row {
                 path: path.to_path_buf(),
                 line: row.line,
                 column: Column::name(&columns[c]),
@@ -88,21 +88,6 @@ fn read_features(
         return Err(DataError::file(path, "the file changed after it was loaded; load the dataset again"));
     }
     Ok(FeatureTable { names: features.iter().map(|&c| columns[c].clone()).collect(), values, labels })
-}
-
-/// The finite number in field `c` of `row`, or the kind of problem with it. The message never
-/// holds the value: it can reach the audit log and the peer.
-fn number_at(row: &Row<'_>, c: usize) -> Result<f64, &'static str> {
-    if c >= row.len() {
-        return Err("missing value (row too short)");
-    }
-    let text = std::str::from_utf8(row.field(c)).map_err(|_| "not valid UTF-8")?.trim();
-    match text.parse::<f64>() {
-        _ if text.is_empty() => Err("empty value"),
-        Ok(v) if v.is_finite() => Ok(v),
-        Ok(_) => Err("not a finite number"),
-        Err(_) => Err("not a number"),
-    }
 }
 
 /// The indices of the label column (if chosen) and of the feature columns; errors point at the

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::csv_rows::{Row, RowScanner};
+use crate::csv_rows::RowScanner;
 use crate::error::{Column, DataError, name_list};
 use crate::sealed::StorageKey;
 
@@ -85,34 +85,20 @@ pub fn read_scored(path: &Path, key: Option<&StorageKey>, columns: &Columns<'_>)
             column: Column::name(&names[c]),
             message: message.into(),
         };
-        scores.push(number_at(&row, score).map_err(|m| at(score, m))?);
+        scores.push(row.number(score).map_err(|m| at(score, m))?);
         if let (Some(c), Some(labels)) = (label, labels.as_mut()) {
-            labels.push(match number_at(&row, c).map_err(|m| at(c, m))? {
+            labels.push(match row.number(c).map_err(|m| at(c, m))? {
                 0.0 => 0,
                 1.0 => 1,
                 _ => return Err(at(c, "the label must be 0 or 1")),
             });
         }
         if let (Some(c), Some(values)) = (points, point_values.as_mut()) {
-            values.push(number_at(&row, c).map_err(|m| at(c, m))?);
+            values.push(row.number(c).map_err(|m| at(c, m))?);
         }
     }
     if scores.is_empty() {
         return Err(DataError::file(path, "no rows after the header"));
     }
     Ok(Scored { score_column, scores, labels, points: point_values })
-}
-
-/// Field `c` of `row` as a finite number; the error says what is wrong, not what is there.
-fn number_at(row: &Row<'_>, c: usize) -> Result<f64, &'static str> {
-    if c >= row.len() {
-        return Err("missing value (row too short)");
-    }
-    let text = std::str::from_utf8(row.field(c)).map_err(|_| "not valid UTF-8")?.trim();
-    match text.parse::<f64>() {
-        _ if text.is_empty() => Err("empty value"),
-        Ok(v) if v.is_finite() => Ok(v),
-        Ok(_) => Err("not a finite number"),
-        Err(_) => Err("not a number"),
-    }
 }
