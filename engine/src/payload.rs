@@ -129,9 +129,14 @@ pub fn decode_payload(bytes: &[u8], columns: usize) -> Option<Vec<Vec<&[u8]>>> {
 
 /// Appends `,v1,v2,…` to `out`: the values as CSV fields, quoted where needed (csv-core).
 pub fn append_fields(out: &mut Vec<u8>, values: &[&[u8]]) {
+    out.push(b',');
+    write_fields(out, values);
+}
+
+/// Appends `v1,v2,…` to `out`: the values as CSV fields, quoted where needed (csv-core).
+pub(crate) fn write_fields(out: &mut Vec<u8>, values: &[&[u8]]) {
     let mut w = csv_core::Writer::new();
     let mut buf = [0u8; 4096];
-    out.push(b',');
     for (i, v) in values.iter().enumerate() {
         if i > 0 {
             let (_, n) = w.delimiter(&mut buf);

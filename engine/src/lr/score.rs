@@ -109,10 +109,26 @@ pub(crate) fn write_predictions(
     Ok(())
 }
 
-/// Quotes a CSV field if needed (composite keys are already joined by commas: quote each part).
+/// The key as CSV fields, quoted where needed by csv-core (composite keys are already joined by
+/// commas: each part is a field).
 fn csv_field(key: &str) -> String {
-    key.split(',')
-        .map(|p| if p.contains('"') || p.contains('\n') { format!("\"{}\"", p.replace('"', "\"\"")) } else { p.into() })
-        .collect::<Vec<_>>()
-        .join(",")
+    let parts: Vec<&[u8]> = key.split(',').map(str::as_bytes).collect();
+    let mut out = Vec::with_capacity(key.len() + 2);
+    crate::payload::write_fields(&mut out, &parts);
+    String::from_utf8(out).expect("CSV quoting keeps UTF-8")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_field;
+
+    #[test]
+    fn keys_are_written_as_csv_fields_quoted_where_needed() {
+        assert_eq!(csv_field("a17"), "a17");
+        assert_eq!(csv_field("a,b"), "a,b");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("two\nlines,x"), "\"two\nlines\",x");
+        assert_eq!(csv_field("cr\r"), "\"cr\r\"");
+        assert_eq!(csv_field("ünï"), "ünï");
+    }
 }
