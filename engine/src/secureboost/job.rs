@@ -163,9 +163,13 @@ async fn fresh_key() -> Arc<KeyPair> {
     cpu::run(|| {
         use rand::SeedableRng;
         use rand::TryRng;
-        let mut seed = [0u8; 32];
-        rand::rngs::SysRng.try_fill_bytes(&mut seed).expect("the operating system's random number generator failed");
-        Arc::new(KeyPair::generate(&mut rand::rngs::StdRng::from_seed(seed)))
+        // The seed is the key's whole entropy: wiped once the generator is seeded (the generator's own
+        // state is dropped at the end of this closure; `StdRng` offers no zeroization).
+        let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+        rand::rngs::SysRng.try_fill_bytes(seed.as_mut()).expect("the operating system's random number generator failed");
+        let mut rng = rand::rngs::StdRng::from_seed(*seed);
+        drop(seed);
+        Arc::new(KeyPair::generate(&mut rng))
     })
     .await
 }
