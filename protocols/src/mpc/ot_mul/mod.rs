@@ -152,7 +152,7 @@ pub async fn chooser_prepare<C: Channel>(
     })
     .await;
     send_bytes(channel, &e).await?;
-    let msgs = Zeroizing::new(ots.messages().to_vec());
+    let msgs = ots.into_messages();
     Ok(ChooserOts { msgs, rows: x.rows, layout: x.layout.clone(), used: Default::default() })
 }
 
@@ -177,18 +177,20 @@ pub async fn sender_prepare_layout<C: Channel>(
     let n = rows * layout.per_row();
     let ots = ext.extend_random(channel, n).await?;
     let e = recv_bytes(channel, n.div_ceil(8)).await?;
-    let (m0, m1) = cpu::run(move || relabel(&ots, &e)).await;
+    let (m0, m1) = cpu::run(move || relabel(ots, &e)).await;
     Ok(SenderOts { m0, m1, rows, layout, used: Default::default() })
 }
 
-/// M⁰_o = m^{e_o}_o, M¹_o = m^{1⊕e_o}_o. (e_o is public to the sender: it is what the chooser
-/// sent, so selecting on it is fine.)
-fn relabel(ots: &RandomSenderOutput, e: &[u8]) -> (Zeroizing<Vec<u128>>, Zeroizing<Vec<u128>>) {
-    let n = ots.len();
-    let (mut m0, mut m1) = (Zeroizing::new(vec![0u128; n]), Zeroizing::new(vec![0u128; n]));
-    m0.par_iter_mut().zip(m1.par_iter_mut()).enumerate().for_each(|(o, (a, b))| {
-        let [x, y] = ots.messages(o);
-        (*a, *b) = if (e[o / 8] >> (o % 8)) & 1 == 1 { (y, x) } else { (x, y) };
+/// M⁰_o = m^{e_o}_o, M¹_o = m^{1⊕e_o}_o, swapped in place. (e_o is public to the sender: it is
+/// what the chooser sent, so selecting on it is fine.)
+fn relabel(ots: RandomSenderOutput, e: &[u8]) -> (Zeroizing<Vec<u128>>, Zeroizing<Vec<u128>>) {
+    let (mut m0, mut m1) = ots.into_parts();
+    m0.par_chunks_mut(8).zip(m1.par_chunks_mut(8)).zip(e.par_iter()).for_each(|((a, b), &e)| {
+        for (k, (a, b)) in a.iter_mut().zip(b.iter_mut()).enumerate() {
+            if (e >> k) & 1 == 1 {
+                std::mem::swap(a, b);
+            }
+        }
     });
     (m0, m1)
 }
