@@ -13,7 +13,8 @@
 //! - `LR_A` [30], `LR_B` [300]: features of A and of B;
 //! - `LR_B_KIND` [raw]: `raw` (standard normal, 12-bit fixed point with 8 fraction bits) or `bin`
 //!   (0/1 bin indicators, as binned scorecard features: each row has one 1 per group of 10);
-//! - `LR_EPOCHS` [1], `LR_BATCH` [1024];
+//! - `LR_EPOCHS` [1], `LR_BATCH` [1024], `LR_LR` [0.5] (learning rate: with many indicator columns
+//!   ‖x‖² is large and plain gradient descent needs a smaller one, e.g. 0.01 for 3000);
 //! - `LR_DEALER` [0]: 1 trains with a dealer (three parties in this process);
 //! - `LR_CACHE_MB` [1536]: [`LrConfig::ot_cache_bytes`] in MiB.
 //!
@@ -54,6 +55,7 @@ fn main() {
     let config = LrConfig {
         epochs: env("LR_EPOCHS", 1),
         batch_size: env("LR_BATCH", 1024),
+        learning_rate: env("LR_LR", 0.5),
         ot_cache_bytes: env("LR_CACHE_MB", 1536u64) << 20,
         ..LrConfig::default()
     };
@@ -148,8 +150,6 @@ fn main() {
         }
     });
     let total_s = start.elapsed().as_secs_f64();
-    let (a, b) = (a.expect("party A"), b.expect("party B"));
-    assert_eq!(b.weights.len(), d_b);
     let mut prev = (0.0, 0, 0);
     for (e, &(t, s, r)) in marks.lock().unwrap().iter().enumerate() {
         let (dt, bytes) = (t - prev.0, (s - prev.1) + (r - prev.2));
@@ -161,6 +161,8 @@ fn main() {
         );
         prev = (t, s, r);
     }
+    let (a, b) = (a.expect("party A"), b.expect("party B"));
+    assert_eq!(b.weights.len(), d_b);
     let st = ca.stats();
     println!(
         "total {total_s:.2} s (setup + {} epochs + reveal), {:.1} MB on the wire, peak RSS {:.0} MB (both parties{}), \
