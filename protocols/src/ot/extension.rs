@@ -772,6 +772,11 @@ impl RandomSenderOutput {
         self.m0.len()
     }
 
+    /// (all m_i^0, all m_i^1), moved out without a copy (still zeroized on drop).
+    pub fn into_parts(mut self) -> (Zeroizing<Vec<u128>>, Zeroizing<Vec<u128>>) {
+        (Zeroizing::new(std::mem::take(&mut self.m0)), Zeroizing::new(std::mem::take(&mut self.m1)))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.m0.is_empty()
     }
@@ -797,6 +802,11 @@ impl RandomReceiverOutput {
 
     pub fn len(&self) -> usize {
         self.messages.len()
+    }
+
+    /// All m_i^{b_i}, moved out without a copy (still zeroized on drop).
+    pub fn into_messages(mut self) -> Zeroizing<Vec<u128>> {
+        Zeroizing::new(std::mem::take(&mut self.messages))
     }
 
     pub fn is_empty(&self) -> bool {

@@ -126,6 +126,12 @@ pub struct LrConfig {
     /// [`ChooserCache`](crate::mpc::ot_mul::ChooserCache)) when they fit in this many bytes per
     /// party; otherwise extend fresh OTs for every batch.
     pub ot_cache_bytes: u64,
+    /// Multiply by this party's columns bit by bit only over the bits they use (the narrowest
+    /// [`ColBits`](crate::mpc::ot_mul::ColBits) per column: a 0/1 indicator needs 1 OT per entry
+    /// instead of ℓ, an all-zero column none), and announce those widths to the peer; `false`: all
+    /// ℓ bits of every column, which reveals nothing about the values' range. Each party's own
+    /// choice for its own columns (not part of the handshake digest).
+    pub narrow_bits: bool,
 }
 
 impl Default for LrConfig {
@@ -141,6 +147,7 @@ impl Default for LrConfig {
             sigmoid: Sigmoid::Taylor1,
             security: Security::SemiHonest,
             ot_cache_bytes: 1536 << 20,
+            narrow_bits: true,
         }
     }
 }

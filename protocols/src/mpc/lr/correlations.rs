@@ -25,31 +25,31 @@ pub(super) async fn prepare_correlations<'a, C: Channel, D: Channel>(
     dealer: Option<&'a D>,
     lists: [&[u32]; 2],
 ) -> Result<(), MpcError> {
-    let (own_cols, peer_cols) = (ctx.features.cols(), ctx.peer_cols);
-    let (cols_a, cols_b) = if ctx.party == Party::A { (own_cols, peer_cols) } else { (peer_cols, own_cols) };
+    let (own, peer) = (ctx.features.layout().per_row(), ctx.peer_layout.per_row());
+    let (ots_a, ots_b) = if ctx.party == Party::A { (own, peer) } else { (peer, own) };
     let rows_used = lists[0].len() + lists[1].len();
     if let Some(d) = dealer {
         ctx.dealer = Some(connect_dealer(ctx, d, lists).await?);
-    } else if cache_bytes(rows_used, cols_a, cols_b, ctx.config.feature_bits) <= ctx.config.ot_cache_bytes {
+    } else if cache_bytes(rows_used, ots_a, ots_b) <= ctx.config.ot_cache_bytes {
         ctx.caches = Some(fill_caches(ctx, lists).await?);
     }
     Ok(())
 }
 
-/// Upper bound on either party's cache: 16 bytes per own OT and 32 per peer OT.
-fn cache_bytes(rows: usize, cols_a: usize, cols_b: usize, bits: u32) -> u64 {
-    32 * rows as u64 * (cols_a + cols_b) as u64 * bits as u64
+/// Upper bound on either party's cache (A's and B's OTs per row given): 16 bytes per own OT and
+/// 32 per peer OT. The same on both sides, so both decide alike.
+fn cache_bytes(rows: usize, ots_a: usize, ots_b: usize) -> u64 {
+    32 * rows as u64 * (ots_a + ots_b) as u64
 }
 
 async fn fill_caches<C: Channel, D: Channel>(
     ctx: &mut Ctx<'_, C, D>,
     lists: [&[u32]; 2],
 ) -> Result<[(ot_mul::ChooserCache, ot_mul::SenderCache); 2], MpcError> {
-    let bits = ctx.config.feature_bits;
     let mut out = Vec::new();
     for list in lists {
-        let mut own = ot_mul::ChooserCache::new(list.len(), ctx.features.cols(), bits);
-        let mut peer = ot_mul::SenderCache::new(list.len(), ctx.peer_cols, bits);
+        let mut own = ot_mul::ChooserCache::with_layout(list.len(), ctx.features.layout().clone());
+        let mut peer = ot_mul::SenderCache::with_layout(list.len(), ctx.peer_layout.clone());
         for chunk in list.chunks(CACHE_CHUNK_ROWS) {
             let (features, rows) = (ctx.features.clone(), chunk.to_vec());
             let x = Arc::new(cpu::run(move || gather(&features, &rows)).await);
@@ -59,8 +59,7 @@ async fn fill_caches<C: Channel, D: Channel>(
                 &mut ctx.sender,
                 x,
                 chunk.len(),
-                ctx.peer_cols,
-                bits,
+                ctx.peer_layout.clone(),
             )
             .await?;
             own.append(c);
@@ -81,11 +80,11 @@ pub(super) enum Corr {
 
 impl Corr {
     /// Length of the peer's message for our own matrix (m rows).
-    pub(super) fn msg_len(&self, forward: bool, m: usize, own_cols: usize, bits: u32) -> usize {
+    pub(super) fn msg_len(&self, forward: bool, x: &Matrix) -> usize {
         match (self, forward) {
-            (Corr::Ot(..), _) => m * own_cols * bits as usize,
-            (Corr::Dealer(_), true) => own_cols,
-            (Corr::Dealer(_), false) => m,
+            (Corr::Ot(..), _) => x.rows() * x.layout().per_row(),
+            (Corr::Dealer(_), true) => x.cols(),
+            (Corr::Dealer(_), false) => x.rows(),
         }
     }
 

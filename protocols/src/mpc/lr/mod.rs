@@ -28,6 +28,11 @@
 //! 1. z = X_A·w_A + X_B·w_B + w₀ on shares: the local parts X_P·⟨w_P⟩_P plus two Gilboa products
 //!    ([`super::ot_mul`], forward) of each party's plaintext matrix with the other party's share
 //!    of that party's weights; then truncation by f_x (to f = [`super::FRAC_BITS`] fraction bits).
+//!    The products take one OT per bit of an entry that its column uses: with
+//!    [`LrConfig::narrow_bits`] (default) the narrowest [`ColBits`](super::ot_mul::ColBits) of each
+//!    column over all of the party's rows (a 0/1 indicator: 1 OT per entry instead of ℓ; a column
+//!    of small integers 0..3: 2; an all-zero column: none), announced to the peer after the
+//!    handshake (2 bytes per column); otherwise all ℓ bits.
 //! 2. r' = 4(σ̂(z) − y): `taylor1` 2 + z − 4y, local (A adds the public constant and its
 //!    labels); `poly3` 2 + trunc(q₁·z − q₃·z³) − 4y, where z³ comes from two elementwise
 //!    products of shares (z² then z²·z, each truncated; `step::sigmoid_part`) by Gilboa OT
@@ -57,6 +62,14 @@
 //! - Both: n, the batch order and holdout split (inputs both agreed on), the other's feature
 //!   count, the hyper-parameters, the number of epochs run (early stopping is visible) and, with
 //!   early stopping on, which epochs had the lowest holdout loss so far (the returned epoch).
+//! - Both, for each party that keeps [`LrConfig::narrow_bits`] on (the default): the bit layout of
+//!   that party's encoded columns, per column the lowest and the highest bit any of its values
+//!   uses and whether any is negative. That is a function of the party's own data range: the peer
+//!   learns e.g. that a column is a 0/1 indicator, takes values 0..3, is constant or all zero, or
+//!   that all its standardized values lie within ±4 standard deviations (11 bits instead of 12),
+//!   nothing about any row. We accept it by default because binned features are public in kind
+//!   (the peer knows it is training on bin indicators) and it cuts the OTs ℓ-fold; a party whose
+//!   ranges are sensitive turns it off and pays the full ℓ OTs per entry.
 //! - A: per epoch, the holdout aggregates S₁, S₂, S₃ (and S₄ with `poly3`), so the holdout loss;
 //!   at the end w_A, w₀.
 //! - B: at the end w_B.

@@ -9,7 +9,7 @@ use super::correlations::Corr;
 use super::state::{Ctx, Shares, gather};
 use crate::channel::Channel;
 use crate::cpu;
-use crate::mpc::ot_mul::{self, Matrix, chooser_forward};
+use crate::mpc::ot_mul::{self, Layout, Matrix, chooser_forward};
 use crate::mpc::wire::{recv_u64s, send_u64s};
 use crate::mpc::{MpcError, Party, trunc_share};
 
@@ -30,7 +30,7 @@ pub(super) async fn product<C: Channel, D: Channel>(
 ) -> Result<(Vec<u64>, Vec<u64>), MpcError> {
     let c2 = corr.clone();
     let (msg, peer_part) = cpu::run(move || c2.peer_side(forward, &y)).await?;
-    let n = corr.msg_len(forward, x.rows(), x.cols(), ctx.config.feature_bits);
+    let n = corr.msg_len(forward, x);
     let theirs = ot_mul::exchange_tau(ctx.channel, &msg, n).await?;
     let (c2, x2) = (corr.clone(), x.clone());
     let own_part = cpu::run(move || c2.own_side(forward, &x2, &theirs)).await?;
@@ -47,7 +47,7 @@ pub(super) async fn forward<C: Channel, D: Channel>(
 ) -> Result<(Arc<Matrix>, Arc<Corr>, Vec<u64>), MpcError> {
     let (features, rows_v) = (ctx.features.clone(), rows.to_vec());
     let x = Arc::new(cpu::run(move || gather(&features, &rows_v)).await);
-    let (m, bits) = (rows.len(), ctx.config.feature_bits);
+    let m = rows.len();
     let corr = match corr {
         Some(c) => c,
         None => {
@@ -57,8 +57,7 @@ pub(super) async fn forward<C: Channel, D: Channel>(
                 &mut ctx.sender,
                 x.clone(),
                 m,
-                ctx.peer_cols,
-                bits,
+                ctx.peer_layout.clone(),
             )
             .await?;
             Corr::Ot(c, s)
@@ -153,8 +152,9 @@ async fn gilboa_mul<C: Channel, D: Channel>(
             }
         },
         Some(y) => {
+            let full = Arc::new(Layout::full(1, 64));
             let (c, s) =
-                ot_mul::prepare_both(ctx.channel, &mut ctx.receiver, &mut ctx.sender, mine.clone(), n, 1, 64).await?;
+                ot_mul::prepare_both(ctx.channel, &mut ctx.receiver, &mut ctx.sender, mine.clone(), n, full).await?;
             let yv = Zeroizing::new(y.to_vec());
             let (tau, peer_part) = cpu::run(move || ot_mul::sender_elementwise(&s, &yv)).await?;
             let theirs = ot_mul::exchange_tau(ctx.channel, &tau, n * 64).await?;

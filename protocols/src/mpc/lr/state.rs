@@ -6,7 +6,7 @@ use zeroize::Zeroizing;
 use super::LrConfig;
 use crate::mpc::Party;
 use crate::mpc::dealer::DealerClient;
-use crate::mpc::ot_mul::{self, Matrix};
+use crate::mpc::ot_mul::{self, Layout, Matrix};
 use crate::ot::{IknpReceiver, IknpSender};
 
 /// The shared state: this party's shares of both weight vectors and the intercept.
@@ -30,16 +30,13 @@ pub(super) struct Ctx<'a, C, D> {
     pub(super) features: Arc<Matrix>,
     pub(super) labels: Option<&'a [u8]>,
     pub(super) peer_cols: usize,
+    /// Which bits of the peer's columns get an OT (announced by the peer in the handshake).
+    pub(super) peer_layout: Arc<Layout>,
     /// OTs of the training rows (in batch order) and of the holdout rows, kept across epochs.
     pub(super) caches: Option<[(ot_mul::ChooserCache, ot_mul::SenderCache); 2]>,
 }
 
-/// The rows `rows` of the own feature matrix.
+/// The rows `rows` of the own feature matrix (with its layout).
 pub(super) fn gather(features: &Matrix, rows: &[u32]) -> Matrix {
-    let cols = features.cols();
-    let mut data = Vec::with_capacity(rows.len() * cols);
-    for &r in rows {
-        data.extend_from_slice(&features.data()[r as usize * cols..(r as usize + 1) * cols]);
-    }
-    Matrix::new(data, rows.len(), cols, features.bits())
+    features.select_rows(rows)
 }

@@ -12,6 +12,7 @@ use crate::mpc::{MpcError, Party};
 mod dealer;
 mod early_stopping;
 mod sigmoid;
+mod widths;
 
 /// Synthetic vertical data with a known logistic ground truth: encoded features of A and B,
 /// decoded copies for the plaintext mirror, labels.

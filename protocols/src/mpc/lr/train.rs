@@ -11,7 +11,9 @@ use super::state::{Ctx, Shares};
 use super::step::step;
 use super::{LrConfig, LrInput, LrOutput, LrProgress, LrProgressFn};
 use crate::channel::Channel;
+use crate::cpu;
 use crate::mpc::dealer::List;
+use crate::mpc::ot_mul::{ColBits, Layout};
 use crate::mpc::wire::{recv_bytes, recv_u64s, send_bytes, send_u64s};
 use crate::mpc::{FRAC_BITS, MpcError, Party, decode, violation};
 use crate::ot::{IknpReceiver, IknpSender};
@@ -52,7 +54,11 @@ async fn train_inner<C: Channel, D: Channel>(
 ) -> Result<LrOutput, MpcError> {
     config.validate()?;
     check_input(&input, config)?;
-    let peer_cols = handshake(channel, &input, config, dealer.is_some()).await?;
+    let features = if config.narrow_bits { cpu::run(move || input.features.tightened()).await } else { input.features };
+    let peer_cols =
+        handshake(channel, &input.train, &input.holdout, features.rows(), features.cols(), config, dealer.is_some())
+            .await?;
+    let peer_layout = exchange_layouts(channel, features.layout(), peer_cols, config).await?;
     let (receiver, sender) = setup_ots(channel, input.party, config).await?;
     let mut ctx = Ctx {
         channel,
@@ -60,9 +66,10 @@ async fn train_inner<C: Channel, D: Channel>(
         config,
         receiver,
         sender,
-        features: Arc::new(input.features),
+        features: Arc::new(features),
         labels: input.labels.as_deref(),
         peer_cols,
+        peer_layout,
         caches: None,
         dealer: None,
     };
@@ -218,9 +225,12 @@ pub const MAX_PEER_FEATURES: u64 = 1 << 16;
 /// Most random OTs one batch's products may need (2^27 OTs: 2 GiB of 16-byte OT messages).
 pub const MAX_OTS_PER_BATCH: u64 = 1 << 27;
 
-async fn handshake<C: Channel>(
+pub(super) async fn handshake<C: Channel>(
     channel: &C,
-    input: &LrInput,
+    train: &[u32],
+    holdout: &[u32],
+    rows: usize,
+    own_cols: usize,
     config: &LrConfig,
     dealer: bool,
 ) -> Result<usize, MpcError> {
@@ -228,15 +238,15 @@ async fn handshake<C: Channel>(
     h.update(b"consort/lr/v1");
     config.digest(&mut h);
     h.update([dealer as u8]);
-    h.update((input.features.rows() as u64).to_le_bytes());
-    for list in [&input.train, &input.holdout] {
+    h.update((rows as u64).to_le_bytes());
+    for list in [train, holdout] {
         h.update((list.len() as u64).to_le_bytes());
         for r in list.iter() {
             h.update(r.to_le_bytes());
         }
     }
     let mut msg = h.finalize().to_vec();
-    msg.extend_from_slice(&(input.features.cols() as u64).to_le_bytes());
+    msg.extend_from_slice(&(own_cols as u64).to_le_bytes());
     let (sent, theirs) = futures::join!(send_bytes(channel, &msg), recv_bytes(channel, 40));
     sent?;
     let theirs = theirs?;
@@ -257,6 +267,30 @@ async fn handshake<C: Channel>(
         )));
     }
     Ok(cols as usize)
+}
+
+/// Each party announces which bits of its columns get an OT ([`LrConfig::narrow_bits`]): two bytes
+/// per column, `lo` and `hi | signed << 7`. The peer's is checked (0 ≤ lo ≤ hi ≤ ℓ, no sign bit on
+/// an empty column) before it sizes anything.
+async fn exchange_layouts<C: Channel>(
+    channel: &C,
+    own: &Layout,
+    peer_cols: usize,
+    config: &LrConfig,
+) -> Result<Arc<Layout>, MpcError> {
+    let msg: Vec<u8> = own.cols().iter().flat_map(|c| [c.lo, c.hi | (c.signed as u8) << 7]).collect();
+    let (sent, theirs) = futures::join!(send_bytes(channel, &msg), recv_bytes(channel, 2 * peer_cols));
+    sent?;
+    let theirs = theirs?;
+    let mut cols = Vec::with_capacity(peer_cols);
+    for pair in theirs.chunks(2) {
+        let (lo, hi, signed) = (pair[0], pair[1] & 0x7f, pair[1] >> 7 == 1);
+        if lo > hi || u32::from(hi) > config.feature_bits || (signed && lo == hi) {
+            return Err(violation("the peer announced a malformed bit layout of its features"));
+        }
+        cols.push(ColBits { lo, hi, signed });
+    }
+    Ok(Arc::new(Layout::new(cols)))
 }
 
 /// Each party sends its share of the other's weights (B also its share of w₀).

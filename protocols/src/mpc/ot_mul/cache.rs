@@ -1,8 +1,10 @@
 //! Random OTs kept across epochs for a fixed matrix and re-keyed for every use.
+use std::sync::Arc;
+
 use rayon::prelude::*;
 use zeroize::Zeroizing;
 
-use super::{ChooserOts, SenderOts};
+use super::{ChooserOts, Layout, SenderOts};
 use crate::ot::aes_hash::FixedKeyAes;
 
 /// Random OTs kept across epochs for a fixed matrix (the chooser's side), re-keyed for every
@@ -14,16 +16,14 @@ use crate::ot::aes_hash::FixedKeyAes;
 /// Stored as σ_o = π(M_o), so a use costs one AES per message.
 pub struct ChooserCache {
     sigma: Zeroizing<Vec<u128>>,
-    cols: usize,
-    bits: u32,
+    layout: Arc<Layout>,
 }
 
 /// The sender's side of a [`ChooserCache`].
 pub struct SenderCache {
     sigma0: Zeroizing<Vec<u128>>,
     sigma1: Zeroizing<Vec<u128>>,
-    cols: usize,
-    bits: u32,
+    layout: Arc<Layout>,
 }
 
 fn permuted(v: &[u128]) -> Zeroizing<Vec<u128>> {
@@ -54,47 +54,51 @@ impl ChooserCache {
     /// An empty cache for up to `rows` rows (reserved up front: growing would leave copies of
     /// secrets in freed memory).
     pub fn new(rows: usize, cols: usize, bits: u32) -> Self {
-        Self { sigma: Zeroizing::new(Vec::with_capacity(rows * cols * bits as usize)), cols, bits }
+        Self::with_layout(rows, Arc::new(Layout::full(cols, bits)))
+    }
+
+    /// An empty cache for up to `rows` rows of a matrix with `layout`.
+    pub fn with_layout(rows: usize, layout: Arc<Layout>) -> Self {
+        Self { sigma: Zeroizing::new(Vec::with_capacity(rows * layout.per_row())), layout }
     }
 
     /// Appends the OTs of further rows (fresh, unused OTs of this cache's shape).
     pub fn append(&mut self, ots: ChooserOts) {
-        assert!(ots.cols == self.cols && ots.bits == self.bits, "OTs of another shape");
+        assert!(*ots.layout == *self.layout, "OTs of another shape");
         assert!(self.sigma.len() + ots.msgs.len() <= self.sigma.capacity(), "cache full");
         self.sigma.extend(permuted(&ots.msgs).iter());
     }
 
     /// The OTs of rows `rows` for use number `use_id` (each use id at most once per row).
     pub fn session(&self, use_id: u64, rows: std::ops::Range<usize>) -> ChooserOts {
-        let cb = self.cols * self.bits as usize;
+        let cb = self.layout.per_row();
         let msgs = rekey(&self.sigma, use_id, rows.start * cb..rows.end * cb);
-        ChooserOts { msgs, rows: rows.len(), cols: self.cols, bits: self.bits, used: Default::default() }
+        ChooserOts { msgs, rows: rows.len(), layout: self.layout.clone(), used: Default::default() }
     }
 }
 
 impl SenderCache {
     pub fn new(rows: usize, cols: usize, bits: u32) -> Self {
-        let n = rows * cols * bits as usize;
-        Self {
-            sigma0: Zeroizing::new(Vec::with_capacity(n)),
-            sigma1: Zeroizing::new(Vec::with_capacity(n)),
-            cols,
-            bits,
-        }
+        Self::with_layout(rows, Arc::new(Layout::full(cols, bits)))
+    }
+
+    pub fn with_layout(rows: usize, layout: Arc<Layout>) -> Self {
+        let n = rows * layout.per_row();
+        Self { sigma0: Zeroizing::new(Vec::with_capacity(n)), sigma1: Zeroizing::new(Vec::with_capacity(n)), layout }
     }
 
     pub fn append(&mut self, ots: SenderOts) {
-        assert!(ots.cols == self.cols && ots.bits == self.bits, "OTs of another shape");
+        assert!(*ots.layout == *self.layout, "OTs of another shape");
         assert!(self.sigma0.len() + ots.m0.len() <= self.sigma0.capacity(), "cache full");
         self.sigma0.extend(permuted(&ots.m0).iter());
         self.sigma1.extend(permuted(&ots.m1).iter());
     }
 
     pub fn session(&self, use_id: u64, rows: std::ops::Range<usize>) -> SenderOts {
-        let cb = self.cols * self.bits as usize;
+        let cb = self.layout.per_row();
         let range = rows.start * cb..rows.end * cb;
         let m0 = rekey(&self.sigma0, use_id, range.clone());
         let m1 = rekey(&self.sigma1, use_id, range);
-        SenderOts { m0, m1, rows: rows.len(), cols: self.cols, bits: self.bits, used: Default::default() }
+        SenderOts { m0, m1, rows: rows.len(), layout: self.layout.clone(), used: Default::default() }
     }
 }

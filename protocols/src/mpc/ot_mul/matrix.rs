@@ -1,16 +1,122 @@
-//! The plaintext matrix a chooser multiplies, and its local products.
+//! The plaintext matrix a chooser multiplies, its local products, and its bit [`Layout`] (which
+//! bits of which column get an OT).
+use std::sync::Arc;
+
 use rayon::prelude::*;
 use zeroize::Zeroizing;
 
 use super::{PAR_ROWS, add_vecs};
 
-/// A plaintext integer matrix (row-major, two's-complement entries of `bits` bits stored in u64).
-/// Zeroized on drop: it is a party's private data.
+/// The bits of one column that carry information: every entry is a multiple of 2^`lo` and, as a
+/// two's-complement integer (`signed`) or a non-negative one, fits in `hi` bits, so
+/// x = Σ_{lo≤k<hi} w_k·x_k with w_k = 2^k, except w_{hi−1} = −2^{hi−1} when `signed`. `lo` = `hi`:
+/// the column is all zero (no OTs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ColBits {
+    pub lo: u8,
+    pub hi: u8,
+    pub signed: bool,
+}
+
+impl ColBits {
+    /// All `bits` bits of a two's-complement entry.
+    pub fn full(bits: u32) -> Self {
+        Self { lo: 0, hi: bits as u8, signed: true }
+    }
+
+    /// The narrowest bits of a column with these entries (two's-complement integers as u64).
+    pub fn of(values: impl Iterator<Item = u64>) -> Self {
+        let (mut lo, mut hi, mut signed, mut any) = (64u32, 0u32, false, false);
+        for v in values {
+            if v == 0 {
+                continue;
+            }
+            any = true;
+            lo = lo.min(v.trailing_zeros());
+            let v = v as i64;
+            signed |= v < 0;
+            // Bits of the magnitude part: v for v ≥ 0, !v (= −v − 1) for v < 0.
+            hi = hi.max(64 - (if v < 0 { !v } else { v } as u64).leading_zeros());
+        }
+        if !any {
+            return Self { lo: 0, hi: 0, signed: false };
+        }
+        // Signed: one more bit for the sign.
+        let hi = if signed { hi + 1 } else { hi };
+        Self { lo: lo as u8, hi: hi as u8, signed }
+    }
+
+    /// OTs per entry.
+    pub fn width(self) -> usize {
+        (self.hi - self.lo) as usize
+    }
+
+    /// Whether every entry of `values` is Σ_{lo≤k<hi} w_k·x_k for its bits x_k.
+    fn holds(self, v: u64) -> bool {
+        if self.lo == self.hi {
+            return v == 0;
+        }
+        let v = v as i64;
+        let (lo, hi) = (self.lo as u32, self.hi as u32);
+        let fits = if self.signed {
+            hi == 64 || (-(1i128 << (hi - 1))..(1i128 << (hi - 1))).contains(&(v as i128))
+        } else {
+            v >= 0 && (hi == 64 || (v as u64) < (1u64 << hi))
+        };
+        fits && (v as u64).trailing_zeros() >= lo
+    }
+}
+
+/// Which bits of each column get an OT, in OT order within a row: column by column, bit `lo` to
+/// `hi − 1`. Both parties must use the same layout for a matrix (the chooser announces it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    cols: Vec<ColBits>,
+    /// Per OT of a row: (column, bit, weight w_k mod 2^64).
+    slots: Vec<(u32, u8, u64)>,
+}
+
+impl Layout {
+    pub fn new(cols: Vec<ColBits>) -> Self {
+        let mut slots = Vec::new();
+        for (j, c) in cols.iter().enumerate() {
+            assert!(c.lo <= c.hi && c.hi <= 64, "bad column bits {c:?}");
+            for k in c.lo..c.hi {
+                let w = 1u64 << k;
+                let w = if c.signed && k + 1 == c.hi { w.wrapping_neg() } else { w };
+                slots.push((j as u32, k, w));
+            }
+        }
+        Self { cols, slots }
+    }
+
+    /// Every column with all `bits` bits.
+    pub fn full(cols: usize, bits: u32) -> Self {
+        Self::new(vec![ColBits::full(bits); cols])
+    }
+
+    pub fn cols(&self) -> &[ColBits] {
+        &self.cols
+    }
+
+    /// OTs per row.
+    pub fn per_row(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub(super) fn slots(&self) -> &[(u32, u8, u64)] {
+        &self.slots
+    }
+}
+
+/// A plaintext integer matrix (row-major, two's-complement entries of `bits` bits stored in u64)
+/// and the [`Layout`] of its OTs. Zeroized on drop: it is a party's private data.
 pub struct Matrix {
     pub(super) data: Zeroizing<Vec<u64>>,
     pub(super) rows: usize,
     pub(super) cols: usize,
     pub(super) bits: u32,
+    pub(super) layout: Arc<Layout>,
 }
 
 impl Matrix {
@@ -25,7 +131,48 @@ impl Matrix {
             let (lo, hi) = (-(1i64 << (bits - 1)), (1i64 << (bits - 1)) - 1);
             assert!(data.iter().all(|&x| (lo..=hi).contains(&(x as i64))), "entry out of the {bits}-bit range");
         }
-        Self { data: Zeroizing::new(data), rows, cols, bits }
+        Self { data: Zeroizing::new(data), rows, cols, bits, layout: Arc::new(Layout::full(cols, bits)) }
+    }
+
+    /// The same matrix with the narrowest layout its columns allow ([`ColBits::of`]).
+    pub fn tightened(self) -> Self {
+        let cols = self.cols;
+        let bits: Vec<ColBits> = (0..cols)
+            .into_par_iter()
+            .map(|j| ColBits::of(self.data.iter().skip(j).step_by(cols.max(1)).copied()))
+            .collect();
+        self.with_layout(Arc::new(Layout::new(bits)))
+    }
+
+    /// The same matrix with `layout`.
+    ///
+    /// # Panics
+    ///
+    /// If the layout has another column count or an entry is not representable in it.
+    pub fn with_layout(mut self, layout: Arc<Layout>) -> Self {
+        assert_eq!(layout.cols.len(), self.cols, "layout of another column count");
+        if self.cols > 0 {
+            assert!(
+                self.data.par_chunks(self.cols).all(|row| row.iter().zip(&layout.cols).all(|(&v, c)| c.holds(v))),
+                "entry not representable in the layout"
+            );
+        }
+        self.layout = layout;
+        self
+    }
+
+    /// The rows `rows` of this matrix, with the same layout.
+    pub fn select_rows(&self, rows: &[u32]) -> Matrix {
+        let cols = self.cols;
+        let mut data = Vec::with_capacity(rows.len() * cols);
+        for &r in rows {
+            data.extend_from_slice(&self.data[r as usize * cols..(r as usize + 1) * cols]);
+        }
+        Matrix { data: Zeroizing::new(data), rows: rows.len(), cols, bits: self.bits, layout: self.layout.clone() }
+    }
+
+    pub fn layout(&self) -> &Arc<Layout> {
+        &self.layout
     }
 
     pub fn rows(&self) -> usize {

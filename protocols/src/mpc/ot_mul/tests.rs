@@ -20,15 +20,16 @@ fn plain(x: &Matrix, y_fwd: &[u64], y_bwd: &[u64]) -> (Vec<u64>, Vec<u64>) {
 }
 
 async fn run_both(x: Matrix, y_fwd: Vec<u64>, y_bwd: Vec<u64>) -> ((Vec<u64>, Vec<u64>), (Vec<u64>, Vec<u64>)) {
-    let (rows, cols, bits) = (x.rows(), x.cols(), x.bits());
+    let (rows, layout) = (x.rows(), x.layout().clone());
+    let n = rows * layout.per_row();
     let x = Arc::new(x);
     let (ca, cb) = memory_pair(8);
     let chooser = async {
         let mut ext = IknpReceiver::setup(&ca, Security::SemiHonest).await.unwrap();
         let ots = chooser_prepare(&ca, &mut ext, x.clone()).await.unwrap();
-        let tau = recv_u64s(&ca, rows * cols * bits as usize).await.unwrap();
+        let tau = recv_u64s(&ca, n).await.unwrap();
         let f = chooser_forward(&ots, &x, &tau).unwrap();
-        let tau = recv_u64s(&ca, rows * cols * bits as usize).await.unwrap();
+        let tau = recv_u64s(&ca, n).await.unwrap();
         let b = chooser_backward(&ots, &x, &tau).unwrap();
         // Pads are single-use.
         assert!(chooser_backward(&ots, &x, &tau).is_err());
@@ -36,7 +37,7 @@ async fn run_both(x: Matrix, y_fwd: Vec<u64>, y_bwd: Vec<u64>) -> ((Vec<u64>, Ve
     };
     let sender = async {
         let mut ext = IknpSender::setup(&cb, Security::SemiHonest).await.unwrap();
-        let ots = sender_prepare(&cb, &mut ext, rows, cols, bits).await.unwrap();
+        let ots = sender_prepare_layout(&cb, &mut ext, rows, layout).await.unwrap();
         let (tau, f) = sender_forward(&ots, &y_fwd).unwrap();
         send_u64s(&cb, &tau).await.unwrap();
         let (tau, b) = sender_backward(&ots, &y_bwd).unwrap();
@@ -174,4 +175,115 @@ async fn cached_ots_rekeyed_per_use_give_correct_products_and_fresh_pads() {
     // The same inputs in two uses: different pads, so different corrections and shares.
     assert_ne!(c[0].2, c[1].2);
     assert_ne!(c[0].0, c[1].0);
+}
+
+#[test]
+fn column_bits_are_the_narrowest_that_hold_the_entries() {
+    let of = |v: &[i64]| ColBits::of(v.iter().map(|&x| x as u64));
+    let cb = |lo, hi, signed| ColBits { lo, hi, signed };
+    assert_eq!(of(&[]), cb(0, 0, false));
+    assert_eq!(of(&[0, 0, 0]), cb(0, 0, false));
+    assert_eq!(of(&[0, 1, 1, 0]), cb(0, 1, false));
+    // A 0/1 indicator encoded with 8 fraction bits: still one bit.
+    assert_eq!(of(&[0, 256]), cb(8, 9, false));
+    assert_eq!(of(&[3, 3, 3]), cb(0, 2, false));
+    assert_eq!(of(&[0, 1, 2, 3]), cb(0, 2, false));
+    assert_eq!(of(&[-1, 0]), cb(0, 1, true));
+    assert_eq!(of(&[-256]), cb(8, 9, true));
+    assert_eq!(of(&[-256, 256]), cb(8, 10, true));
+    assert_eq!(of(&[-2, 1]), cb(0, 2, true));
+    assert_eq!(of(&[-2048, 2047]), cb(0, 12, true));
+    assert_eq!(of(&[i64::MIN, 5]), cb(0, 64, true));
+    assert_eq!(of(&[i64::MIN]), cb(63, 64, true));
+    for c in [cb(0, 0, false), cb(0, 1, false), cb(8, 10, true), cb(0, 64, true)] {
+        assert_eq!(Layout::new(vec![c]).per_row(), c.width());
+    }
+}
+
+/// Columns of every kind: 0/1, 0/256 (an indicator at 8 fraction bits), small non-negative
+/// integers, all zero, constant, negative only, 12-bit signed, and 64-bit.
+fn mixed_matrix(rng: &mut StdRng, rows: usize) -> Matrix {
+    let mut data = Vec::new();
+    for i in 0..rows {
+        data.extend([
+            rng.random_range(0..2u64),
+            rng.random_range(0..2u64) << 8,
+            rng.random_range(0..4u64),
+            0,
+            5,
+            (-(rng.random_range(1..100i64))) as u64,
+            ((rng.next_u64() as i64) >> 52) as u64,
+            if i == 0 { 1 << 63 } else { rng.next_u64() },
+        ]);
+    }
+    Matrix::new(data, rows, 8, 64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrow_layouts_give_the_same_products_with_fewer_ots() {
+    let mut rng = StdRng::seed_from_u64(10);
+    for rows in [1usize, 2, 300] {
+        let x = mixed_matrix(&mut rng, rows).tightened();
+        let widths: Vec<usize> = x.layout().cols().iter().map(|c| c.width()).collect();
+        if rows == 300 {
+            assert_eq!(widths[..5], [1, 1, 2, 0, 3]);
+            assert!(widths[5] <= 8 && widths[6] <= 12 && widths[7] == 64, "{widths:?}");
+        }
+        let y_fwd: Vec<u64> = (0..8).map(|_| rng.next_u64()).collect();
+        let y_bwd: Vec<u64> = (0..rows).map(|_| rng.next_u64()).collect();
+        let (want_f, want_b) = plain(&x, &y_fwd, &y_bwd);
+        let ((cf, cbk), (sf, sb)) = run_both(x, y_fwd, y_bwd).await;
+        assert_eq!(add(&cf, &sf), want_f, "forward, {rows} rows");
+        assert_eq!(add(&cbk, &sb), want_b, "backward, {rows} rows");
+    }
+    // A matrix with no OTs at all (every column zero).
+    let x = Matrix::new(vec![0; 6], 3, 2, 12).tightened();
+    assert_eq!(x.layout().per_row(), 0);
+    let ((cf, cbk), (sf, sb)) = run_both(x, vec![7, 9], vec![1, 2, 3]).await;
+    assert_eq!((add(&cf, &sf), add(&cbk, &sb)), (vec![0; 3], vec![0; 2]));
+}
+
+#[test]
+#[should_panic(expected = "not representable")]
+fn a_layout_must_hold_every_entry() {
+    let narrow = Arc::new(Layout::new(vec![ColBits { lo: 0, hi: 1, signed: false }]));
+    Matrix::new(vec![0, 1, 2], 3, 1, 12).with_layout(narrow);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_ots_with_a_narrow_layout() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let x = mixed_matrix(&mut rng, 200).tightened();
+    let layout = x.layout().clone();
+    let n = 100 * layout.per_row();
+    let (ca, cb) = memory_pair(8);
+    let (y_f, y_b): (Vec<u64>, Vec<u64>) =
+        ((0..8).map(|_| rng.next_u64()).collect(), (0..100).map(|_| rng.next_u64()).collect());
+    let sub = x.select_rows(&(50..150).collect::<Vec<u32>>());
+    let chooser = async {
+        let mut ext = IknpReceiver::setup(&ca, Security::SemiHonest).await.unwrap();
+        let mut cache = ChooserCache::with_layout(200, layout.clone());
+        cache.append(
+            chooser_prepare(&ca, &mut ext, Arc::new(x.select_rows(&(0..200).collect::<Vec<u32>>()))).await.unwrap(),
+        );
+        let ots = cache.session(3, 50..150);
+        let tau_f = recv_u64s(&ca, n).await.unwrap();
+        let tau_b = recv_u64s(&ca, n).await.unwrap();
+        (chooser_forward(&ots, &sub, &tau_f).unwrap(), chooser_backward(&ots, &sub, &tau_b).unwrap())
+    };
+    let sender = async {
+        let mut ext = IknpSender::setup(&cb, Security::SemiHonest).await.unwrap();
+        let mut cache = SenderCache::with_layout(200, layout.clone());
+        cache.append(sender_prepare_layout(&cb, &mut ext, 200, layout.clone()).await.unwrap());
+        let ots = cache.session(3, 50..150);
+        let (tau_f, f) = sender_forward(&ots, &y_f).unwrap();
+        let (tau_b, b) = sender_backward(&ots, &y_b).unwrap();
+        send_u64s(&cb, &tau_f).await.unwrap();
+        send_u64s(&cb, &tau_b).await.unwrap();
+        (f, b)
+    };
+    let ((cf, cbk), (sf, sb)) = futures::join!(chooser, sender);
+    let (want_f, want_b) = plain(&sub, &y_f, &y_b);
+    assert_eq!(add(&cf, &sf), want_f);
+    assert_eq!(add(&cbk, &sb), want_b);
 }
