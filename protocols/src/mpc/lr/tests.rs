@@ -154,25 +154,6 @@ async fn disagreeing_parameters_are_refused() {
     }
 }
 
-/// Throughput probe (release, in memory): `cargo test --release -p consort-protocols lr_speed -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn lr_speed() {
-    let n: usize = std::env::var("LR_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
-    let d_a: usize = std::env::var("LR_DA").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
-    let d_b: usize = std::env::var("LR_DB").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
-    let epochs: u32 = std::env::var("LR_EPOCHS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-    let cache: u64 = std::env::var("LR_CACHE").ok().and_then(|v| v.parse().ok()).unwrap_or(1536 << 20);
-    let config = LrConfig { epochs, ot_cache_bytes: cache, ..LrConfig::default() };
-    let d = data(n, d_a, d_b, 15, &config);
-    let (train_rows, holdout) = split(n);
-    let started = std::time::Instant::now();
-    let (a, b) = run(&d, &config, &config, &train_rows, &holdout).await;
-    a.unwrap();
-    b.unwrap();
-    println!("{n} x ({d_a}+{d_b}) {epochs} epochs, cache {cache}: {:.2} s", started.elapsed().as_secs_f64());
-}
-
 #[test]
 fn out_of_range_hyper_parameters_are_refused() {
     // A train job of 4·10^9 epochs at batch size 1 was accepted and would never end.
