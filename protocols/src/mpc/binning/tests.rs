@@ -250,3 +250,28 @@ fn groups_take_the_cheapest_joint_size() {
     // 33 bins: 35,937 joint cells of three exceed the cap; pairs (1089 cells).
     assert_eq!(group_features(&[33; 4], &[0, 1, 2, 3], 100_000), vec![vec![0, 1], vec![2, 3]]);
 }
+
+#[test]
+fn sums_by_groups_of_three_equal_sums_feature_by_feature() {
+    let key = test_key();
+    let n = 60;
+    let (cols, labels) = data(n, 4, 0.2, 9);
+    let x = binned(&cols, n, 6);
+    let enc = Encryptor::new(&key.public).unwrap();
+    let mut rng = StdRng::seed_from_u64(2);
+    let cts: Vec<Ciphertext> = labels.iter().map(|&y| enc.encrypt(i128::from(y), &mut rng).unwrap()).collect();
+    let all: Vec<u32> = (0..n as u32).collect();
+    let decrypt = |bytes: Vec<u8>| -> Vec<i128> {
+        bytes.chunks_exact(W).map(|c| key.secret.decrypt(&key.public.ciphertext(c).unwrap()).unwrap()).collect()
+    };
+    let single: Vec<Vec<u32>> = (0..4).map(|f| vec![f]).collect();
+    let expect = decrypt(grouped_histogram(&x, &single, &key.public, &cts, &all, &all));
+    let plain: Vec<i128> = (0..4)
+        .flat_map(|f| BinCounts::of(&x.columns[f], &labels, x.bins[f] as usize).events)
+        .map(i128::from)
+        .collect();
+    assert_eq!(expect, plain);
+    for groups in [vec![vec![0, 1, 2], vec![3]], vec![vec![0], vec![1, 2, 3]], vec![vec![0, 1], vec![2, 3]]] {
+        assert_eq!(decrypt(grouped_histogram(&x, &groups, &key.public, &cts, &all, &all)), plain, "{groups:?}");
+    }
+}
