@@ -76,7 +76,8 @@ fn params() -> BinParamsWire {
 
 fn bin_request(p: &Pair, params: BinParamsWire) -> SubmitRequest {
     let r = BinRequest { label: "y".into(), features: vec![], params };
-    submit_request(JobKind::Bin, (pair::B, "loans", "features"), PsiProtocol::Ecdh, &r, &p.root.join("bins.json")).unwrap()
+    submit_request(JobKind::Bin, (pair::B, "loans", "features"), PsiProtocol::Ecdh, &r, &p.root.join("bins.json"))
+        .unwrap()
 }
 
 async fn run(dir: &Path, request: SubmitRequest) -> Result<JobStatus, String> {
@@ -169,13 +170,15 @@ async fn bin_bad_inputs_fail_cleanly_with_no_output() {
     let p = pair_with_data(200, "bin", "bin").await;
     let data = p.root.join("data");
     let text = std::fs::read_to_string(data.join("a.csv")).unwrap();
-    // A label that is not 0/1 on line 5.
+    // A label that is not 0/1 on line 6 (id4, which both hold).
     let mut lines: Vec<String> = text.lines().map(String::from).collect();
-    lines[4] = lines[4].replacen(",0,", ",2,", 1).replacen(",1,", ",2,", 1);
+    let mut fields: Vec<String> = lines[5].split(',').map(String::from).collect();
+    fields[1] = "2".into();
+    lines[5] = fields.join(",");
     std::fs::write(data.join("a.csv"), lines.join("\n") + "\n").unwrap();
     let status = run(&p.a_dir, bin_request(&p, params())).await.unwrap();
     assert_eq!(status.job_state(), JobState::Failed);
-    assert!(status.error.contains("a.csv:5: column 'y': the label must be 0 or 1"), "{}", status.error);
+    assert!(status.error.contains("a.csv:6: column 'y': the label must be 0 or 1"), "{}", status.error);
     assert!(!p.root.join("bins.json").exists());
     let theirs = settled(&p.b, &status.job_id).await;
     assert_eq!(theirs.job_state(), JobState::Failed);

@@ -43,10 +43,7 @@ fn job(role: Role, params: &BinParamsWire, out: std::path::PathBuf) -> BinJob {
     BinJob {
         role,
         psi: PsiProtocol::Rr22,
-        columns: ColumnChoice {
-            label: (role == Role::Requester).then(|| "y".to_string()),
-            features: None,
-        },
+        columns: ColumnChoice { label: (role == Role::Requester).then(|| "y".to_string()), features: None },
         params: params.clone(),
         out,
         at_rest: AtRest::Plain,
@@ -64,7 +61,8 @@ async fn run_both(
     dir: &Path,
 ) -> (Result<BinReport, LrError>, Result<BinReport, LrError>) {
     let (ca, cb) = memory_pair(64);
-    let (ja, jb) = (job(Role::Requester, params, dir.join("bins-a.json")), job(Role::Responder, params, dir.join("bins-b.json")));
+    let (ja, jb) =
+        (job(Role::Requester, params, dir.join("bins-a.json")), job(Role::Responder, params, dir.join("bins-b.json")));
     let fa = async move {
         let r = run_bin(&ca, a, &ja).await;
         drop(ca);

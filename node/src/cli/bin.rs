@@ -101,8 +101,13 @@ pub async fn bin(mut args: BinArgs) -> Result<()> {
     jobfile::save_if_asked(args.save_job.as_deref(), JobKind::Bin, &args)?;
     let request = BinRequest { label: args.label.clone(), features: args.features.clone(), params };
     let j = &args.job;
-    let submit =
-        super::lr::submit_request(JobKind::Bin, (&j.peer, &j.dataset, &j.peer_dataset), args.protocol, &request, &args.out)?;
+    let submit = super::lr::submit_request(
+        JobKind::Bin,
+        (&j.peer, &j.dataset, &j.peer_dataset),
+        args.protocol,
+        &request,
+        &args.out,
+    )?;
     let client = NodeClient::connect(&j.dir).await?;
     let job_id = client.submit(submit).await?;
     let status = watch_with_progress(&client, &job_id, args.json).await?;
@@ -131,7 +136,10 @@ pub fn summary(s: &JobStatus) -> String {
     ));
     if let Some(iv) = r["iv"].as_array() {
         let width = iv.iter().filter_map(|l| l["feature"].as_str()).map(str::len).max().unwrap_or(7).max(7);
-        lines.push(format!("  {:<width$}  {:<5}  {:>4}  {:>8}  {:<8}  reason", "feature", "owner", "bins", "IV", "selected"));
+        lines.push(format!(
+            "  {:<width$}  {:<5}  {:>4}  {:>8}  {:<8}  reason",
+            "feature", "owner", "bins", "IV", "selected"
+        ));
         for l in iv {
             lines.push(format!(
                 "  {:<width$}  {:<5}  {:>4}  {:>8.4}  {:<8}  {}",

@@ -42,15 +42,8 @@ pub use channel::JobChannel;
 use crate::state::NodeState;
 
 /// Every job kind this node runs.
-pub static KINDS: &[&dyn Kind] = &[
-    &psi::Psi,
-    &train::Train,
-    &score::Score,
-    &deal::Deal,
-    &secureboost::SbTrain,
-    &secureboost::SbScore,
-    &bin::Bin,
-];
+pub static KINDS: &[&dyn Kind] =
+    &[&psi::Psi, &train::Train, &score::Score, &deal::Deal, &secureboost::SbTrain, &secureboost::SbScore, &bin::Bin];
 
 pub fn kind(k: JobKind) -> Option<&'static dyn Kind> {
     KINDS.iter().copied().find(|x| x.kind() == k)

@@ -90,9 +90,7 @@ use crate::mpc::wire::{recv_bytes, send_bytes};
 use crate::mpc::{MpcError, Party, violation};
 
 pub use crate::mpc::secureboost::FeatureBins;
-pub use woe::{
-    BinCounts, WOE_SMOOTHING, Woe, chi_merge, index_correlations, valid_merge, value_correlations, woe_iv,
-};
+pub use woe::{BinCounts, WOE_SMOOTHING, Woe, chi_merge, index_correlations, valid_merge, value_correlations, woe_iv};
 
 mod woe;
 

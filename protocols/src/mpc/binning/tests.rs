@@ -13,7 +13,11 @@ use crate::mpc::secureboost::tests::{TamperFn, Tampered, with};
 fn data(n: usize, d: usize, missing: f64, seed: u64) -> (Vec<Vec<f64>>, Vec<u8>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let cols: Vec<Vec<f64>> = (0..d)
-        .map(|_| (0..n).map(|_| if rng.random::<f64>() < missing { f64::NAN } else { rng.random::<f64>() * 4.0 - 2.0 }).collect())
+        .map(|_| {
+            (0..n)
+                .map(|_| if rng.random::<f64>() < missing { f64::NAN } else { rng.random::<f64>() * 4.0 - 2.0 })
+                .collect()
+        })
         .collect();
     let labels = (0..n)
         .map(|i| {
@@ -145,9 +149,11 @@ async fn edge_cases_one_row_one_class_no_peer_features() {
             labels.iter_mut().for_each(|v| *v = y);
         }
         let (b_cols, _) = data(n, d, 0.2, 4);
-        let config = BinConfig { method: BinMethod::Tree, bins: 3, fine_bins: 6, max_corr: Some(0.0), ..Default::default() };
+        let config =
+            BinConfig { method: BinMethod::Tree, bins: 3, fine_bins: 6, max_corr: Some(0.0), ..Default::default() };
         let xb = binned(&b_cols, n, config.max_bins());
-        let run = run_pair(binned(&a_cols, n, config.max_bins()), xb.clone(), labels.clone(), &config, None, None).await;
+        let run =
+            run_pair(binned(&a_cols, n, config.max_bins()), xb.clone(), labels.clone(), &config, None, None).await;
         check(&run, &xb, &labels, &config);
         let a = run.a.unwrap();
         if let Some(y) = all {
@@ -208,22 +214,70 @@ async fn malformed_messages_from_b_are_errors_at_a() {
     let q = BinConfig { bins: 4, ..BinConfig::default() };
     let corr = BinConfig { bins: 4, max_corr: Some(0.0), ..BinConfig::default() };
     attack(Party::B, "digest", "disagree", q.clone(), at(0, |v| v[0] ^= 1)).await;
-    attack(Party::B, "too many features", "features", q.clone(), at(0, |v| v[32..36].copy_from_slice(&5000u32.to_le_bytes()))).await;
+    attack(
+        Party::B,
+        "too many features",
+        "features",
+        q.clone(),
+        at(0, |v| v[32..36].copy_from_slice(&5000u32.to_le_bytes())),
+    )
+    .await;
     attack(Party::B, "bins out of range", "bin count", q.clone(), at(1, |v| v[0] = 9)).await;
-    attack(Party::B, "oversized count", "do not add up", q.clone(), at(2, |v| v[4..8].copy_from_slice(&u32::MAX.to_le_bytes()))).await;
+    attack(
+        Party::B,
+        "oversized count",
+        "do not add up",
+        q.clone(),
+        at(2, |v| v[4..8].copy_from_slice(&u32::MAX.to_le_bytes())),
+    )
+    .await;
     attack(Party::B, "one ciphertext too few", "expected", q.clone(), at(3, |v| v.truncate(v.len() - W))).await;
     attack(Party::B, "ciphertext out of range", "range", q.clone(), at(3, |v| v[..W].fill(0xff))).await;
-    attack(Party::B, "a sum that is no count", "out of range", q.clone(), at(3, |v| {
-        let enc = Encryptor::new(&test_key().public).unwrap();
-        let mut out = Vec::new();
-        enc.encrypt_to_bytes(1 << 40, &mut StdRng::seed_from_u64(1), &mut out).unwrap();
-        v[W..2 * W].copy_from_slice(&out);
-    }))
+    attack(
+        Party::B,
+        "a sum that is no count",
+        "out of range",
+        q.clone(),
+        at(3, |v| {
+            let enc = Encryptor::new(&test_key().public).unwrap();
+            let mut out = Vec::new();
+            enc.encrypt_to_bytes(1 << 40, &mut StdRng::seed_from_u64(1), &mut out).unwrap();
+            v[W..2 * W].copy_from_slice(&out);
+        }),
+    )
     .await;
-    attack(Party::B, "too many pairs", "more correlated pairs", corr.clone(), at(4, |v| v.copy_from_slice(&7u32.to_le_bytes()))).await;
-    attack(Party::B, "pair index out of range", "out of range", corr.clone(), at(5, |v| v[4..8].copy_from_slice(&3u32.to_le_bytes()))).await;
-    attack(Party::B, "pair not ordered", "out of range", corr.clone(), at(5, |v| v[..4].copy_from_slice(&2u32.to_le_bytes()))).await;
-    attack(Party::B, "correlation above 1", "out of range", corr, at(5, |v| v[8..12].copy_from_slice(&2.0f32.to_le_bytes()))).await;
+    attack(
+        Party::B,
+        "too many pairs",
+        "more correlated pairs",
+        corr.clone(),
+        at(4, |v| v.copy_from_slice(&7u32.to_le_bytes())),
+    )
+    .await;
+    attack(
+        Party::B,
+        "pair index out of range",
+        "out of range",
+        corr.clone(),
+        at(5, |v| v[4..8].copy_from_slice(&3u32.to_le_bytes())),
+    )
+    .await;
+    attack(
+        Party::B,
+        "pair not ordered",
+        "out of range",
+        corr.clone(),
+        at(5, |v| v[..4].copy_from_slice(&2u32.to_le_bytes())),
+    )
+    .await;
+    attack(
+        Party::B,
+        "correlation above 1",
+        "out of range",
+        corr,
+        at(5, |v| v[8..12].copy_from_slice(&2.0f32.to_le_bytes())),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,12 +286,15 @@ async fn malformed_messages_from_a_are_errors_at_b() {
     // (tree) 5 the merges.
     let tree = BinConfig { method: BinMethod::Tree, bins: 3, fine_bins: 8, ..BinConfig::default() };
     let q = BinConfig { bins: 4, ..BinConfig::default() };
-    attack(Party::A, "key too small", "1024-bit key", q.clone(), at(2, |v| v.copy_from_slice(&1024u16.to_le_bytes()))).await;
-    attack(Party::A, "B requires 3072", "requires", BinConfig { min_key_bits: 4000, ..q.clone() }, at(99, |_| {})).await;
+    attack(Party::A, "key too small", "1024-bit key", q.clone(), at(2, |v| v.copy_from_slice(&1024u16.to_le_bytes())))
+        .await;
+    attack(Party::A, "B requires 3072", "requires", BinConfig { min_key_bits: 4000, ..q.clone() }, at(99, |_| {}))
+        .await;
     attack(Party::A, "bad key", "key", q.clone(), at(3, |v| v[..W].fill(0))).await;
     attack(Party::A, "one label ciphertext too few", "expected", q.clone(), at(4, |v| v.truncate(v.len() - W))).await;
     attack(Party::A, "label ciphertext out of range", "range", q.clone(), at(4, |v| v[W..2 * W].fill(0xff))).await;
-    attack(Party::A, "a merge to a bin out of range", "merge", tree.clone(), at(5, |v| *v.last_mut().unwrap() = 200)).await;
+    attack(Party::A, "a merge to a bin out of range", "merge", tree.clone(), at(5, |v| *v.last_mut().unwrap() = 200))
+        .await;
     attack(Party::A, "missing bin merged", "merge", tree.clone(), at(5, |v| v[0] = 1)).await;
     attack(Party::A, "merges of the wrong length", "expected", tree, at(5, |v| v.truncate(v.len() - 1))).await;
 }
@@ -245,7 +302,10 @@ async fn malformed_messages_from_a_are_errors_at_b() {
 #[test]
 fn groups_take_the_cheapest_joint_size() {
     // 11 bins: triples (1331 cells) beat pairs for 10^5 rows; with 100 rows single features.
-    assert_eq!(group_features(&[11; 7], &(0..7).collect::<Vec<_>>(), 100_000), vec![vec![0, 1, 2], vec![3, 4, 5], vec![6]]);
+    assert_eq!(
+        group_features(&[11; 7], &(0..7).collect::<Vec<_>>(), 100_000),
+        vec![vec![0, 1, 2], vec![3, 4, 5], vec![6]]
+    );
     assert_eq!(group_features(&[11; 3], &[0, 1, 2], 100), vec![vec![0], vec![1], vec![2]]);
     // 33 bins: 35,937 joint cells of three exceed the cap; pairs (1089 cells).
     assert_eq!(group_features(&[33; 4], &[0, 1, 2, 3], 100_000), vec![vec![0, 1], vec![2, 3]]);
@@ -266,10 +326,8 @@ fn sums_by_groups_of_three_equal_sums_feature_by_feature() {
     };
     let single: Vec<Vec<u32>> = (0..4).map(|f| vec![f]).collect();
     let expect = decrypt(grouped_histogram(&x, &single, &key.public, &cts, &all, &all));
-    let plain: Vec<i128> = (0..4)
-        .flat_map(|f| BinCounts::of(&x.columns[f], &labels, x.bins[f] as usize).events)
-        .map(i128::from)
-        .collect();
+    let plain: Vec<i128> =
+        (0..4).flat_map(|f| BinCounts::of(&x.columns[f], &labels, x.bins[f] as usize).events).map(i128::from).collect();
     assert_eq!(expect, plain);
     for groups in [vec![vec![0, 1, 2], vec![3]], vec![vec![0], vec![1, 2, 3]], vec![vec![0, 1], vec![2, 3]]] {
         assert_eq!(decrypt(grouped_histogram(&x, &groups, &key.public, &cts, &all, &all)), plain, "{groups:?}");
