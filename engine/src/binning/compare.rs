@@ -48,8 +48,7 @@ pub async fn check_against_plaintext(
         let col: Vec<u8> = values.iter().map(|&x| e.bin(x)).collect();
         let expect = BinCounts::of(&col, &labels, e.bins() as usize);
         let w = woe_iv(&expect);
-        let got: Vec<(u32, Option<u64>, Option<u64>, Option<u64>, Option<f64>, Option<f64>)> =
-            f.bins.iter().map(|b| (b.bin, b.count, b.events, b.non_events, b.woe, b.iv)).collect();
+        let got: Vec<_> = f.bins.iter().map(|b| (b.bin, b.count, b.events, b.non_events, b.woe, b.iv)).collect();
         let want: Vec<_> = (0..expect.counts.len())
             .map(|j| {
                 let (c, e) = (expect.counts[j], expect.events[j]);
