@@ -50,8 +50,15 @@ pub trait Vocabulary: Sized + Copy + 'static {
 
 impl Vocabulary for JobKind {
     const WHAT: &'static str = "job kind";
-    const ALL: &'static [Self] =
-        &[JobKind::Psi, JobKind::Train, JobKind::Score, JobKind::Deal, JobKind::Secureboost, JobKind::SecureboostScore];
+    const ALL: &'static [Self] = &[
+        JobKind::Psi,
+        JobKind::Train,
+        JobKind::Score,
+        JobKind::Deal,
+        JobKind::Secureboost,
+        JobKind::SecureboostScore,
+        JobKind::Bin,
+    ];
     fn name(self) -> &'static str {
         match self {
             JobKind::Unspecified => "unspecified",
@@ -61,6 +68,7 @@ impl Vocabulary for JobKind {
             JobKind::Deal => "deal",
             JobKind::Secureboost => "secureboost",
             JobKind::SecureboostScore => "secureboost-score",
+            JobKind::Bin => "bin",
         }
     }
 }

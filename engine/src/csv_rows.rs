@@ -65,6 +65,11 @@ impl Row<'_> {
 
     /// The finite number in field `c`, or the kind of problem with it. The message never holds
     /// the value: it can reach the audit log and the peer.
+    /// Whether field `c` is empty or nothing but blanks (a missing value where one may be).
+    pub(crate) fn is_blank(&self, c: usize) -> bool {
+        c < self.len() && self.field(c).iter().all(u8::is_ascii_whitespace)
+    }
+
     pub(crate) fn number(&self, c: usize) -> Result<f64, &'static str> {
         if c >= self.len() {
             return Err("missing value (row too short)");

@@ -4,6 +4,7 @@
 //! [`consort_protocols::cpu::run`] so async callers never block their runtime.
 
 pub mod audit;
+pub mod binning;
 pub mod check;
 mod csv_rows;
 pub mod dataset;

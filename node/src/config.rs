@@ -37,7 +37,7 @@ pub const PEERS_DIR: &str = "peers";
 
 /// Job kinds a dataset grant can allow (a `deal` job uses no dataset).
 pub const GRANTABLE: &[JobKind] =
-    &[JobKind::Psi, JobKind::Train, JobKind::Score, JobKind::Secureboost, JobKind::SecureboostScore];
+    &[JobKind::Psi, JobKind::Train, JobKind::Score, JobKind::Secureboost, JobKind::SecureboostScore, JobKind::Bin];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeConfig {

@@ -58,7 +58,7 @@ fn setup(max_concurrent_jobs: Option<u32>) -> Setup {
         "--key",
         "id",
         "--grant",
-        "mallory:psi,train,score,secureboost,secureboost-score",
+        "mallory:psi,train,score,secureboost,secureboost-score,bin",
     ]);
     Setup { out: root.join("legit.csv"), _tmp: tmp, nodes, rogue, rt }
 }
@@ -332,6 +332,40 @@ fn out_of_range_secureboost_parameters_and_rows_are_refused_before_allocation() 
     // Every refusal is one request and one grant entry: nothing started, nothing allocated.
     assert!(t.audit_lines() > before);
     report("secureboost parameters", &Ending::Closed("all refused".into()), Duration::ZERO, t.survives());
+}
+
+#[test]
+fn out_of_range_bin_parameters_are_refused_before_allocation() {
+    let t = setup(None);
+    let base = serde_json::to_value(consort_engine::binning::BinParamsWire::default()).unwrap();
+    let before = t.audit_lines();
+    let cases: Vec<(&str, serde_json::Value)> = vec![
+        ("bins", 0.into()),
+        ("bins", 129.into()),
+        ("bins", u64::MAX.into()),
+        ("fine_bins", 9.into()),
+        ("fine_bins", 1000.into()),
+        ("method", "forest".into()),
+        ("max_corr", 1.5.into()),
+        ("max_corr", (-0.1).into()),
+        ("min_iv", (-1.0).into()),
+        ("key_bits", 1024.into()),
+        ("surprise", 1.into()),
+    ];
+    for (field, value) in cases {
+        let mut params = base.clone();
+        params[field] = value.clone();
+        if field == "fine_bins" {
+            params["method"] = "tree".into();
+        }
+        let r = rogue::request(JobKind::Bin, PsiProtocol::Ecdh, "shared", &params.to_string());
+        let reason = t.refused(r);
+        assert!(reason.chars().count() < 400, "{reason}");
+        eprintln!("bin {field} = {value}: refused: {reason}");
+    }
+    // Every refusal is one request and one grant entry: nothing started, nothing allocated.
+    assert!(t.audit_lines() > before);
+    report("bin parameters", &Ending::Closed("all refused".into()), Duration::ZERO, t.survives());
 }
 
 #[test]

@@ -26,7 +26,28 @@ pub struct ColumnChoice {
 }
 
 /// Reads the features (and label) of the dataset's kept rows `rows`, in that order, on rayon.
+/// Every feature value must be a finite number (an empty cell is an error).
 pub async fn load_features(dataset: &Dataset, rows: &[u32], choice: &ColumnChoice) -> Result<FeatureTable, DataError> {
+    load_features_as(dataset, rows, choice, Missing::Refuse).await
+}
+
+/// What an empty feature cell (nothing but blanks) means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// An error naming file, line and column (LR and SecureBoost training and scoring).
+    Refuse,
+    /// A missing value, read as NaN (binning: missing values get their own bin). Labels must
+    /// still be 0 or 1, and a non-empty cell must still be a finite number.
+    Keep,
+}
+
+/// [`load_features`] with the choice of what an empty feature cell means.
+pub async fn load_features_as(
+    dataset: &Dataset,
+    rows: &[u32],
+    choice: &ColumnChoice,
+    missing: Missing,
+) -> Result<FeatureTable, DataError> {
     let path = dataset.spec.file.clone();
     let columns = dataset.columns.clone();
     let keys: Vec<String> = dataset.spec.keys.iter().map(|k| k.trim().to_string()).collect();
@@ -36,7 +57,7 @@ pub async fn load_features(dataset: &Dataset, rows: &[u32], choice: &ColumnChoic
     }
     let starts: Vec<u64> = rows.iter().map(|&r| dataset.row_span(r as usize).0).collect();
     let choice = choice.clone();
-    cpu::run(move || read_features(&path, &columns, &keys, &starts, &choice)).await
+    cpu::run(move || read_features(&path, &columns, &keys, &starts, &choice, missing)).await
 }
 
 /// Reads the rows starting at byte offsets `starts` (in that order) of the CSV at `path`.
@@ -46,6 +67,7 @@ fn read_features(
     keys: &[String],
     starts: &[u64],
     choice: &ColumnChoice,
+    missing: Missing,
 ) -> Result<FeatureTable, DataError> {
     let (label, features) = choose_columns(path, columns, keys, choice)?;
     let d = features.len();
@@ -67,7 +89,10 @@ fn read_features(
             })
         };
         for (j, &c) in features.iter().enumerate() {
-            values[i * d + j] = number(c)?;
+            values[i * d + j] = match number(c) {
+                Err(_) if missing == Missing::Keep && row.is_blank(c) => f64::NAN,
+                v => v?,
+            };
         }
         if let (Some(c), Some(labels)) = (label, labels.as_mut()) {
             labels[i] = match number(c)? {
@@ -209,6 +234,27 @@ mod tests {
         assert_eq!(err(&[2]).await, "b_bad.csv:4: column 'b1': not a finite number");
         assert_eq!(err(&[3]).await, "b_bad.csv:5: column 'b1': empty value");
         assert_eq!(err(&[4]).await, "b_bad.csv:6: column 'b2': empty value");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn missing_values_are_kept_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.csv");
+        std::fs::write(&file, "id,y,f1,f2\nk1,1,,2\nk2,0, ,3\nk3,1,4,\nk4,,1,1\nk5,1,x,1\n").unwrap();
+        let ds = Dataset::load(&DatasetSpec::new("m", &file, &["id"])).unwrap();
+        let choice = ColumnChoice { label: Some("y".into()), features: None };
+        let t = load_features_as(&ds, &[0, 1, 2], &choice, Missing::Keep).await.unwrap();
+        assert!(t.values[0].is_nan() && t.values[2].is_nan() && t.values[5].is_nan());
+        assert_eq!((t.values[1], t.values[3], t.values[4]), (2.0, 3.0, 4.0));
+        assert_eq!(t.labels, Some(vec![1, 0, 1]));
+        // Without the opt-in, the same cell is an error; a missing label is one either way, and
+        // so is a non-numeric value.
+        let err = load_features(&ds, &[0], &choice).await.unwrap_err().to_string();
+        assert_eq!(err, "m.csv:2: column 'f1': empty value");
+        let err = load_features_as(&ds, &[3], &choice, Missing::Keep).await.unwrap_err().to_string();
+        assert_eq!(err, "m.csv:5: column 'y': empty value");
+        let err = load_features_as(&ds, &[4], &choice, Missing::Keep).await.unwrap_err().to_string();
+        assert_eq!(err, "m.csv:6: column 'f1': not a number");
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub(crate) mod score;
 mod train;
 
 pub use compare::{PlainComparison, plaintext_comparison};
-pub use features::{ColumnChoice, FeatureTable, load_features, split, standardization};
+pub use features::{ColumnChoice, FeatureTable, Missing, load_features, load_features_as, split, standardization};
 pub use metrics::{auc, ks, sigmoid};
 pub use model::{MODEL_FORMAT, ModelFeature, ModelFile, TrainingSummary};
 pub use params::LrParams;

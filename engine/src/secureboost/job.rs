@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use consort_protocols::he::KeyPair;
+use consort_protocols::he::{KeyPair, KeySize};
 use consort_protocols::mpc::Party;
 use consort_protocols::mpc::secureboost::{self, BinnedFeatures, FeatureBins, SbConfig, SbInput, SbTimings};
 use consort_protocols::psi::ecdh::EcdhEvidence;
@@ -158,9 +158,10 @@ async fn read_columns(dataset: &Dataset, order: &[u32], choice: &ColumnChoice) -
     Ok(Columns { names: table.names, columns, labels: table.labels, rows: n })
 }
 
-/// A fresh OU key pair from the operating system's randomness (a second or two, on rayon).
-async fn fresh_key() -> Arc<KeyPair> {
-    cpu::run(|| {
+/// A fresh OU key pair of `size` from the operating system's randomness (a second or two, on
+/// rayon). Also the binning job's.
+pub(crate) async fn fresh_key(size: KeySize) -> Arc<KeyPair> {
+    cpu::run(move || {
         use rand::SeedableRng;
         use rand::TryRng;
         // The seed is the key's whole entropy: wiped once the generator is seeded (the generator's own
@@ -169,7 +170,7 @@ async fn fresh_key() -> Arc<KeyPair> {
         rand::rngs::SysRng.try_fill_bytes(seed.as_mut()).expect("the operating system's random number generator failed");
         let mut rng = rand::rngs::StdRng::from_seed(*seed);
         drop(seed);
-        Arc::new(KeyPair::generate(&mut rng))
+        Arc::new(KeyPair::generate_sized(&mut rng, size))
     })
     .await
 }
@@ -203,7 +204,7 @@ pub async fn run_sb_train<C: Channel>(
     };
     stages.end("features");
     let key = match party {
-        Party::A => Some(fresh_key().await),
+        Party::A => Some(fresh_key(KeySize::default()).await),
         Party::B => None,
     };
     stages.end("keygen");

@@ -22,7 +22,7 @@
 //!   the two halves of a model ([`model_id`]).
 
 mod compare;
-mod job;
+pub(crate) mod job;
 mod model;
 
 pub use model::{

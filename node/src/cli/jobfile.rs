@@ -32,7 +32,7 @@ use super::{Cli, Command};
 use crate::config;
 
 /// The commands a job file can describe, by `kind`.
-const JOB_KINDS: [JobKind; 3] = [JobKind::Psi, JobKind::Train, JobKind::Score];
+const JOB_KINDS: [JobKind; 4] = [JobKind::Psi, JobKind::Train, JobKind::Score, JobKind::Bin];
 
 /// Flags of a job command that are not part of the job (they come from `consort run`'s own
 /// command line) and so are no keys of a file.
@@ -223,6 +223,7 @@ pub(super) async fn run(dir: PathBuf, file: PathBuf, json: bool) -> Result<()> {
         Command::Psi(args) => super::psi::psi(args).await,
         Command::Train(args) => super::lr::train(args).await,
         Command::Score(args) => super::lr::score(args).await,
+        Command::Bin(args) => super::bin::bin(args).await,
         _ => unreachable!("load parses only job kinds"),
     }
 }
@@ -240,6 +241,7 @@ mod tests {
             Command::Psi(a) => save(&file, kind, a).unwrap(),
             Command::Train(a) => save(&file, kind, a).unwrap(),
             Command::Score(a) => save(&file, kind, a).unwrap(),
+            Command::Bin(a) => save(&file, kind, a).unwrap(),
             _ => unreachable!(),
         }
         (debug(&command), debug(&load(Path::new("/n"), &file, false).unwrap()))
@@ -250,6 +252,7 @@ mod tests {
             Command::Psi(a) => format!("{a:?}"),
             Command::Train(a) => format!("{a:?}"),
             Command::Score(a) => format!("{a:?}"),
+            Command::Bin(a) => format!("{a:?}"),
             _ => unreachable!(),
         }
     }
@@ -257,7 +260,7 @@ mod tests {
     #[test]
     fn every_kind_round_trips_through_its_job_file() {
         let job = ["/n", "--peer", "p", "--dataset", "d", "--peer-dataset", "e"];
-        let cases: [(JobKind, &[&str]); 3] = [
+        let cases: [(JobKind, &[&str]); 4] = [
             (JobKind::Psi, &["--protocol", "rr22", "--reveal", "requester-only", "--out", "/o.csv"]),
             (
                 JobKind::Train,
@@ -281,6 +284,27 @@ mod tests {
                 ],
             ),
             (JobKind::Score, &["--model", "/m.json", "--out", "/p.csv", "--protocol", "rr22"]),
+            (
+                JobKind::Bin,
+                &[
+                    "--label",
+                    "y",
+                    "--bins",
+                    "6",
+                    "--method",
+                    "tree",
+                    "--fine-bins",
+                    "40",
+                    "--min-iv",
+                    "0.02",
+                    "--max-corr",
+                    "0.8",
+                    "--key-bits",
+                    "2048",
+                    "--out",
+                    "/bins.json",
+                ],
+            ),
         ];
         assert_eq!(cases.map(|c| c.0), JOB_KINDS, "a case per job file kind");
         for (kind, extra) in cases {
@@ -385,7 +409,7 @@ mod tests {
         let e = try_load("kind = \"psi\"\npeer = \"p\"\n");
         assert!(e.contains("j.toml: missing keys: dataset peer-dataset out"), "{e}");
         let e = try_load("kind = \"deal\"\n");
-        assert!(e.contains("j.toml:1:8: key 'kind' must be one of psi, train, score"), "{e}");
+        assert!(e.contains("j.toml:1:8: key 'kind' must be one of psi, train, score, bin"), "{e}");
         let e = try_load("kind = \"psi\"\npeer = \n");
         assert!(e.contains("j.toml:2:"), "{e}");
     }

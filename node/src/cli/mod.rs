@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod audit;
 pub mod bench;
+pub mod bin;
 pub mod dataset;
 pub mod demo;
 pub mod exit;
@@ -119,6 +120,8 @@ enum Command {
     Train(lr::TrainArgs),
     /// Score new aligned rows with a jointly trained model (predictions for this node only).
     Score(lr::ScoreArgs),
+    /// Bin both parties' features securely, with WOE, IV and feature selection (this node holds the labels).
+    Bin(bin::BinArgs),
     /// Run the job a job file describes (TOML: `kind` and the flags of `consort KIND`, e.g. one
     /// saved with `--save-job`; see examples/jobs/).
     Run {
@@ -275,6 +278,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Gen(cmd) => synth::run(cmd).await,
         Command::Train(args) => lr::train(args).await,
         Command::Score(args) => lr::score(args).await,
+        Command::Bin(args) => bin::bin(args).await,
         Command::Run { dir, job, json } => jobfile::run(dir, job, json).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,

@@ -12,6 +12,7 @@
 //! Adding a job kind: a module here implementing [`Kind`] and [`Job`], a line in [`KINDS`], and
 //! its value in the `JobKind` enum of `api/proto/consort.proto`.
 
+pub mod bin;
 pub mod channel;
 pub mod connect;
 pub mod deal;
@@ -42,7 +43,7 @@ use crate::state::NodeState;
 
 /// Every job kind this node runs.
 pub static KINDS: &[&dyn Kind] =
-    &[&psi::Psi, &train::Train, &score::Score, &deal::Deal, &secureboost::SbTrain, &secureboost::SbScore];
+    &[&psi::Psi, &train::Train, &score::Score, &deal::Deal, &secureboost::SbTrain, &secureboost::SbScore, &bin::Bin];
 
 pub fn kind(k: JobKind) -> Option<&'static dyn Kind> {
     KINDS.iter().copied().find(|x| x.kind() == k)

@@ -1,4 +1,4 @@
-//! Wire capture (issue 11): real PSI (ECDH and RR22), train and score jobs (LR and SecureBoost) between two node
+//! Wire capture (issue 11): real PSI (ECDH and RR22), train and score jobs (LR and SecureBoost) and a bin job between two node
 //! states through the real envelope on both sides, with every `PeerFrame` recorded as it is sent
 //! (protobuf-encoded, as the gRPC stream would carry it; the request too). Then no input value —
 //! id, feature value, label sequence — and no node secret key may appear in any frame, any reject
@@ -149,8 +149,8 @@ fn addr() -> SocketAddr {
 }
 
 /// Two pinned node states: `bank` (requester, party A) with `customers`, `partner` with
-/// `accounts`, `accounts_bad` and `accounts_dup`, all granted for psi, train, score and both
-/// SecureBoost kinds.
+/// `accounts`, `accounts_bad` and `accounts_dup`, all granted for psi, train, score, both
+/// SecureBoost kinds and bin.
 async fn two(inputs: &Inputs) -> Two {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();
@@ -165,7 +165,8 @@ async fn two(inputs: &Inputs) -> Two {
     for (dir, peer, name, csv) in files {
         let file = root.join(format!("{name}.csv"));
         std::fs::write(&file, csv).unwrap();
-        let mut grant = setup::parse_grant(&format!("{peer}:psi,train,score,secureboost,secureboost-score")).unwrap();
+        let mut grant =
+            setup::parse_grant(&format!("{peer}:psi,train,score,secureboost,secureboost-score,bin")).unwrap();
         // One LR and one SecureBoost model (they share the models budget).
         grant.models = Some(2);
         setup::dataset_add(dir, DatasetSpec::new(name, file, &["id"]), vec![grant], true, true).unwrap();
@@ -267,6 +268,19 @@ async fn run_jobs(t: &Two) -> Vec<String> {
     )
     .await;
     expect(sb_score, JobState::Done);
+    // Secure binning with every message: merges (tree) and the responder's correlated pairs.
+    let bin_params = consort_engine::binning::BinParamsWire {
+        method: consort_engine::binning::Method::Tree,
+        bins: 3,
+        fine_bins: 8,
+        min_iv: Some(0.01),
+        max_corr: Some(0.0),
+        key_bits: 2048,
+    };
+    let bin_request = super::bin::BinRequest { label: "label".into(), features: vec![], params: bin_params };
+    let bin_request = serde_json::to_string(&bin_request).unwrap();
+    let bin = run(t, submit(JobKind::Bin, "accounts", PsiProtocol::Ecdh, &out("bins.json"), bin_request)).await;
+    expect(bin, JobState::Done);
     let bad = run(t, submit(JobKind::Train, "accounts_bad", PsiProtocol::Ecdh, &out("bad.json"), train_params())).await;
     expect(bad, JobState::Failed);
     let dup = run(t, submit(JobKind::Psi, "accounts_dup", PsiProtocol::Rr22, &out("dup.csv"), String::new())).await;

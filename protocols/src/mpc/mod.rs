@@ -27,6 +27,7 @@
 //! vector y ∈ Z_2^64 held by the other (the *sender*), giving additive shares of X·y or Xᵀ·y.
 //! The random OTs come from the IKNP extension in [`crate::ot`]; no third party.
 
+pub mod binning;
 pub mod dealer;
 pub mod lr;
 pub mod ot_mul;

@@ -161,7 +161,8 @@ fn leaves_rows(leaves: &[(u32, Vec<u32>)]) -> Vec<u32> {
 }
 
 /// Enc(packed g, h) of every sampled row, as wire bytes (rayon, one OS-seeded generator per chunk).
-fn encrypt_all(encryptor: &Encryptor, plain: &[i128]) -> Result<Vec<u8>, MpcError> {
+/// Also the binning protocol's encryption of the labels ([`crate::mpc::binning`]).
+pub(crate) fn encrypt_all(encryptor: &Encryptor, plain: &[i128]) -> Result<Vec<u8>, MpcError> {
     let w = encryptor.public().ciphertext_bytes();
     let chunks: Vec<Result<Vec<u8>, MpcError>> = plain
         .par_chunks(256)

@@ -35,6 +35,16 @@ impl FeatureBins {
         if x.is_nan() { 0 } else { (1 + self.edges.partition_point(|&e| e < x)) as u8 }
     }
 
+    /// The coarser bins that merge adjacent bins of these: `map[j]` is the new bin of bin j
+    /// (`map[0] = 0`: the missing-value bin stays alone; for value bins 1, 2, … nondecreasing in
+    /// steps of 0 or 1 from 1, as [`crate::mpc::binning`] checks). The new bin m's upper edge is
+    /// the upper edge of its last old bin, so `merged.bin(x) == map[self.bin(x)]` for every x.
+    pub fn merged(&self, map: &[u8]) -> Self {
+        let last = map.len() - 1;
+        let edges = (1..last).filter(|&j| map[j + 1] != map[j]).map(|j| self.edges[j - 1]).collect();
+        Self { edges }
+    }
+
     /// The threshold a split at `bin` means: left iff missing or x ≤ threshold (None: only the
     /// missing values go left).
     pub fn threshold(&self, bin: u8) -> Option<f64> {
@@ -115,5 +125,14 @@ mod tests {
         assert_eq!(FeatureBins::fit(&[3.0; 10], 33).bins(), 2);
         assert_eq!(FeatureBins::fit(&[1.0, 2.0, 2.0, 3.0, f64::NAN], 33).edges, vec![1.0, 2.0]);
         assert_eq!(FeatureBins::fit(&[f64::NAN; 3], 33).bins(), 2);
+        // Merging adjacent bins: every value lands in the bin the map names.
+        let map = [0u8, 1, 1, 2, 2];
+        let m = f.merged(&map);
+        assert_eq!(m.edges, vec![49.0]);
+        for x in [f64::NAN, -5.0, 0.0, 24.0, 24.5, 49.0, 49.5, 74.0, 99.0, 1e9] {
+            assert_eq!(m.bin(x), map[f.bin(x) as usize], "{x}");
+        }
+        assert_eq!(f.merged(&[0, 1, 2, 3, 4]), f);
+        assert_eq!(f.merged(&[0, 1, 1, 1, 1]).edges, Vec::<f64>::new());
     }
 }

@@ -84,10 +84,10 @@ use std::sync::Arc;
 use crate::he::KeyPair;
 use crate::mpc::Party;
 
-mod active;
+pub(crate) mod active;
 mod binning;
 mod config;
-mod passive;
+pub(crate) mod passive;
 pub mod plain;
 mod predict;
 mod setup;
@@ -183,4 +183,4 @@ pub async fn train<C: crate::channel::Channel>(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -29,7 +29,7 @@ struct Ctx<'a, C> {
 pub(super) async fn train<C: Channel>(channel: &C, input: SbInput, config: &SbConfig) -> Result<SbOutput, MpcError> {
     check_input(&input, config)?;
     let peer_bins = exchange_hello(channel, digest(&input, config), &input.features.bins, config).await?;
-    let key = receive_key(channel, config).await?;
+    let key = receive_key(channel, config.min_key_bits).await?;
     let mut ctx = Ctx {
         channel,
         config,
@@ -71,9 +71,10 @@ pub(super) async fn train<C: Channel>(channel: &C, input: SbInput, config: &SbCo
     })
 }
 
-/// A's public key: its size in bits (u16: 2048 or 3072, at least `config.min_key_bits`, checked
-/// before the key is read), then n | G | H ([`PublicKey::from_bytes`]).
-async fn receive_key<C: Channel>(channel: &C, config: &SbConfig) -> Result<PublicKey, MpcError> {
+/// A's public key: its size in bits (u16: 2048 or 3072, at least `min_key_bits`, checked
+/// before the key is read), then n | G | H ([`PublicKey::from_bytes`]). Also the binning
+/// protocol's ([`crate::mpc::binning`]).
+pub(crate) async fn receive_key<C: Channel>(channel: &C, min_key_bits: u32) -> Result<PublicKey, MpcError> {
     let head = recv_bytes(channel, 2).await?;
     let bits = u16::from_le_bytes([head[0], head[1]]);
     let size = match bits {
@@ -81,8 +82,8 @@ async fn receive_key<C: Channel>(channel: &C, config: &SbConfig) -> Result<Publi
         3072 => KeySize::Bits3072,
         _ => return Err(violation(format!("the peer announces a {bits}-bit key (2048 or 3072)"))),
     };
-    if u64::from(config.min_key_bits) > size.bits() {
-        return Err(violation(format!("the peer's key has {bits} bits, this party requires {}", config.min_key_bits)));
+    if u64::from(min_key_bits) > size.bits() {
+        return Err(violation(format!("the peer's key has {bits} bits, this party requires {min_key_bits}")));
     }
     let key =
         PublicKey::from_bytes(&recv_bytes(channel, 3 * size.bytes()).await?).map_err(|e| violation(e.to_string()))?;
@@ -146,7 +147,23 @@ pub(super) fn encrypted_histogram(
     slot: &[u32],
     rows: &[u32],
 ) -> Vec<u8> {
-    let groups = pair_features(x, feats, rows.len());
+    grouped_histogram(x, &pair_features(x, feats, rows.len()), key, cts, slot, rows)
+}
+
+/// The encrypted histogram of `rows` for the features of `groups` (in order, each group's
+/// features consecutive in the output): a group of one feature sums its rows' ciphertexts into
+/// its bins; a group of k > 1 features first sums into the joint cells of the group (one addition
+/// per row, a mixed-radix cell index), then each feature's bins as sums of the joint cells over
+/// the others (k additions per non-empty joint cell). rayon over the groups. `slot[r]` is the
+/// index in `cts` of row r's ciphertext. Also the binning protocol's ([`crate::mpc::binning`]).
+pub(crate) fn grouped_histogram(
+    x: &BinnedFeatures,
+    groups: &[Vec<u32>],
+    key: &PublicKey,
+    cts: &[Ciphertext],
+    slot: &[u32],
+    rows: &[u32],
+) -> Vec<u8> {
     let per_group: Vec<Vec<u8>> = groups
         .par_iter()
         .map(|group| {
@@ -160,25 +177,26 @@ pub(super) fn encrypted_histogram(
                     }
                     vec![cells]
                 }
-                [f1, f2] => {
-                    let (c1, c2) = (&x.columns[f1 as usize], &x.columns[f2 as usize]);
-                    let (b1, b2) = (x.bins[f1 as usize] as usize, x.bins[f2 as usize] as usize);
-                    let mut joint: Vec<Option<Ciphertext>> = vec![None; b1 * b2];
+                _ => {
+                    let cols: Vec<&[u8]> = group.iter().map(|&f| x.columns[f as usize].as_slice()).collect();
+                    let bins: Vec<usize> = group.iter().map(|&f| x.bins[f as usize] as usize).collect();
+                    let mut joint: Vec<Option<Ciphertext>> = vec![None; bins.iter().product()];
                     for &r in rows {
-                        let cell = c1[r as usize] as usize * b2 + c2[r as usize] as usize;
+                        let cell = cols.iter().zip(&bins).fold(0, |at, (c, &b)| at * b + c[r as usize] as usize);
                         accumulate(&mut adder, &mut joint[cell], &cts[slot[r as usize] as usize]);
                     }
-                    let mut first: Vec<Option<Ciphertext>> = vec![None; b1];
-                    let mut second: Vec<Option<Ciphertext>> = vec![None; b2];
+                    let mut marginals: Vec<Vec<Option<Ciphertext>>> = bins.iter().map(|&b| vec![None; b]).collect();
                     for (cell, sum) in joint.iter().enumerate() {
                         if let Some(sum) = sum {
-                            accumulate(&mut adder, &mut first[cell / b2], sum);
-                            accumulate(&mut adder, &mut second[cell % b2], sum);
+                            let mut rest = cell;
+                            for (m, &b) in marginals.iter_mut().zip(&bins).rev() {
+                                accumulate(&mut adder, &mut m[rest % b], sum);
+                                rest /= b;
+                            }
                         }
                     }
-                    vec![first, second]
+                    marginals
                 }
-                _ => unreachable!("groups of one or two features"),
             };
             let mut out = Vec::with_capacity(cells.iter().map(Vec::len).sum::<usize>() * key.ciphertext_bytes());
             for cell in cells.into_iter().flatten() {

@@ -267,10 +267,11 @@ async fn early_stopping_keeps_the_best_trees_on_both_sides() {
 
 // ---- a peer whose messages are tampered with ----
 
-type TamperFn = Box<dyn Fn(usize, &Bytes) -> Option<Bytes> + Send + Sync>;
+pub(crate) type TamperFn = Box<dyn Fn(usize, &Bytes) -> Option<Bytes> + Send + Sync>;
 
 /// A channel that lets `tamper` replace one frame it sends (the first for which it returns Some).
-struct Tampered {
+/// Also used by the binning protocol's tests.
+pub(crate) struct Tampered {
     inner: MemoryChannel,
     tamper: Option<TamperFn>,
     sent: AtomicUsize,
@@ -278,7 +279,7 @@ struct Tampered {
 }
 
 impl Tampered {
-    fn new(inner: MemoryChannel, tamper: Option<TamperFn>) -> Self {
+    pub(crate) fn new(inner: MemoryChannel, tamper: Option<TamperFn>) -> Self {
         Self { inner, tamper, sent: AtomicUsize::new(0), done: AtomicBool::new(false) }
     }
 }
@@ -303,7 +304,7 @@ impl Channel for Tampered {
     }
 }
 
-fn with(frame: &Bytes, f: impl FnOnce(&mut Vec<u8>)) -> Option<Bytes> {
+pub(crate) fn with(frame: &Bytes, f: impl FnOnce(&mut Vec<u8>)) -> Option<Bytes> {
     let mut v = frame.to_vec();
     f(&mut v);
     Some(Bytes::from(v))
