@@ -459,6 +459,10 @@ async fn run_streaming_observed<C: Channel>(
     Ok((report, figures))
 }
 
+/// What the scan leaves for the output: the snapshot (learning side), the header's bytes and the
+/// file's line terminator.
+type Scanned = (Option<File>, Vec<u8>, &'static [u8]);
+
 /// The scan: every row's digest and place into its bucket's sealed spill file. A learning
 /// party scans a private snapshot of its input (returned, for the output) so the rows it copies
 /// out later are the rows it hashed. Returns the snapshot, the header's bytes and the file's
@@ -470,7 +474,7 @@ fn scan(
     buckets: usize,
     cap: usize,
     learns: bool,
-) -> Result<(Option<File>, Vec<u8>, &'static [u8]), DataError> {
+) -> Result<Scanned, DataError> {
     let spec = &input.spec;
     let source = open_unchanged(&spec.file, &input.stamp)?;
     let (mut scanner, snapshot) = if learns {
@@ -566,8 +570,7 @@ fn write_rows(
         w.write_all(terminator).map_err(io_err)?;
     }
     let mut rows = 0u64;
-    let mut buckets = 0usize;
-    for batch in batches {
+    for (buckets, batch) in batches.into_iter().enumerate() {
         if fail_after == Some(buckets) {
             return Err(DataError::Invalid("injected failure".into()));
         }
@@ -582,7 +585,6 @@ fn write_rows(
             }
         }
         rows += batch.len() as u64;
-        buckets += 1;
     }
     Ok((w, rows))
 }

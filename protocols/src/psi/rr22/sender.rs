@@ -23,8 +23,11 @@ use crate::psi::{Progress, Timings};
 use crate::vole::VoleSender;
 use std::sync::Arc;
 
+/// A bucket's digests and ids, as the source gives them.
+type Loaded = Result<(Vec<u128>, Vec<u32>), Rr22Error>;
+
 /// Loads bucket `b` from the source on rayon.
-fn load(source: &Arc<dyn BucketSource>, b: usize, cap: usize) -> cpu::Task<Result<(Vec<u128>, Vec<u32>), Rr22Error>> {
+fn load(source: &Arc<dyn BucketSource>, b: usize, cap: usize) -> cpu::Task<Loaded> {
     let source = source.clone();
     cpu::spawn(move || {
         let (digests, ids) = source.bucket(b)?;
