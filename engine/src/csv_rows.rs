@@ -93,7 +93,12 @@ pub(crate) fn strip_terminator(raw: &[u8]) -> &[u8] {
 impl RowScanner {
     pub(crate) fn open(path: &Path) -> Result<Self, DataError> {
         let file = crate::storage::open_regular(path).map_err(|e| DataError::io(path, e))?;
-        Ok(Self {
+        Ok(Self::from_file(path, file))
+    }
+
+    /// Scans `file` from its current position (errors name `path`).
+    pub(crate) fn from_file(path: &Path, file: File) -> Self {
+        Self {
             path: path.to_path_buf(),
             file,
             data: None,
@@ -107,7 +112,7 @@ impl RowScanner {
             core_line: 1,
             fields: vec![0; 4096],
             ends: vec![0; 64],
-        })
+        }
     }
 
     /// Scans a data file this node wrote, sealed or plain ([`crate::storage::open_data`]).

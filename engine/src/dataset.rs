@@ -71,7 +71,7 @@ impl std::fmt::Debug for Dataset {
 }
 
 /// Opens `path`, checking it still looks as it did when stamped.
-fn open_unchanged(path: &Path, stamp: &FileStamp) -> Result<File, DataError> {
+pub(crate) fn open_unchanged(path: &Path, stamp: &FileStamp) -> Result<File, DataError> {
     let file = crate::storage::open_regular(path).map_err(|e| DataError::io(path, e))?;
     if FileStamp::of(&file, path)? != *stamp {
         return Err(changed(path));
@@ -79,19 +79,19 @@ fn open_unchanged(path: &Path, stamp: &FileStamp) -> Result<File, DataError> {
     Ok(file)
 }
 
-fn changed(path: &Path) -> DataError {
+pub(crate) fn changed(path: &Path) -> DataError {
     DataError::file(path, "the file changed after it was loaded; load the dataset again")
 }
 
 /// What the file looked like when loaded, so outputs never copy spans from a changed file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamp {
-    len: u64,
+pub(crate) struct FileStamp {
+    pub(crate) len: u64,
     modified: Option<SystemTime>,
 }
 
 impl FileStamp {
-    fn of(file: &File, path: &Path) -> Result<Self, DataError> {
+    pub(crate) fn of(file: &File, path: &Path) -> Result<Self, DataError> {
         let meta = file.metadata().map_err(|e| DataError::io(path, e))?;
         Ok(Self { len: meta.len(), modified: meta.modified().ok() })
     }

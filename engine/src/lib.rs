@@ -16,6 +16,7 @@ pub mod lr;
 pub mod lr_synth;
 pub mod payload;
 pub mod psi;
+pub mod psi_stream;
 pub mod report;
 pub mod sealed;
 pub mod secureboost;

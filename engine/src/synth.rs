@@ -62,6 +62,17 @@ pub struct GenSummary {
 /// `spec.out_dir`, each atomically (temp file, then rename; both renamed only when both are
 /// complete).
 pub fn generate_psi(spec: &PsiGenSpec) -> Result<GenSummary, DataError> {
+    generate(spec, false)
+}
+
+/// [`generate_psi`] with the id column only (`id`, 12 bytes a row): the large inputs of PSI
+/// benchmarks. Same ids, same overlap, same row order as [`generate_psi`] with the same spec.
+/// Streams like it: memory does not grow with the rows.
+pub fn generate_psi_ids(spec: &PsiGenSpec) -> Result<GenSummary, DataError> {
+    generate(spec, true)
+}
+
+fn generate(spec: &PsiGenSpec, ids_only: bool) -> Result<GenSummary, DataError> {
     let started = Instant::now();
     let PsiGenSpec { rows_a, rows_b, overlap, seed, .. } = *spec;
     if overlap > rows_a.min(rows_b) {
@@ -77,23 +88,23 @@ pub fn generate_psi(spec: &PsiGenSpec) -> Result<GenSummary, DataError> {
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
     let ids = Permutation::new(ID_SPACE, seed, 1);
     let gen_a = FileGen {
-        header: HEADER_A,
+        header: if ids_only { "id\n" } else { HEADER_A },
         rows: rows_a,
         scatter: Permutation::new(rows_a, seed, 2),
         payload_key: fmix64(seed ^ 0xa11ce),
         entity: Box::new(|l| l),
         ids: &ids,
-        row: payload_a,
+        row: if ids_only { None } else { Some(payload_a) },
     };
     let b_only_base = rows_a - overlap;
     let gen_b = FileGen {
-        header: HEADER_B,
+        header: if ids_only { "id\n" } else { HEADER_B },
         rows: rows_b,
         scatter: Permutation::new(rows_b, seed, 3),
         payload_key: fmix64(seed ^ 0xb0b),
         entity: Box::new(move |l| if l < overlap { l } else { l + b_only_base }),
         ids: &ids,
-        row: payload_b,
+        row: if ids_only { None } else { Some(payload_b) },
     };
     let (a, b) = (dir.join("a.csv"), dir.join("b.csv"));
     let (tmp_a, bytes_a) = gen_a.write(dir)?;
@@ -152,7 +163,8 @@ struct FileGen<'a> {
     payload_key: u64,
     entity: Box<dyn Fn(u64) -> u64 + Sync + 'a>,
     ids: &'a Permutation,
-    row: PayloadFn,
+    /// The payload columns (none: ids only).
+    row: Option<PayloadFn>,
 }
 
 /// Rows formatted per rayon task.
@@ -198,8 +210,10 @@ impl FileGen<'_> {
             let entity = (self.entity)(self.scatter.apply(p));
             buf.push(b'1');
             push_digits(&mut buf, self.ids.apply(entity), 10);
-            buf.push(b',');
-            (self.row)(&mut buf, fmix64(self.payload_key ^ p.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+            if let Some(row) = self.row {
+                buf.push(b',');
+                row(&mut buf, fmix64(self.payload_key ^ p.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+            }
             buf.push(b'\n');
         }
         buf

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{Context, Result, anyhow, bail};
 use consort_api::vocab::Vocabulary;
-use consort_engine::Dataset;
+use consort_engine::DatasetSpec;
 use consort_engine::audit::{self, AuditError, AuditLog, EcdhEvidence, events};
 use consort_engine::sealed::StorageKey;
 use consort_protocols::{ChannelStats, Role, cpu};
@@ -148,13 +148,14 @@ pub async fn record_request(
 
 /// Logs the start of a job: a salted commitment to the dataset file and its rows (`dataset` null
 /// for kinds without one).
-pub async fn record_start(audit: &Arc<NodeAudit>, job_id: &str, dataset: Option<&Dataset>) -> Result<()> {
+pub async fn record_start(audit: &Arc<NodeAudit>, job_id: &str, dataset: Option<(&DatasetSpec, u64)>) -> Result<()> {
     let audit = audit.clone();
     let job = job_id.to_string();
     let Some(dataset) = dataset else {
         return audit.append_async(&job, "start", json!({"dataset": null})).await;
     };
-    let (file, rows, name) = (dataset.spec.file.clone(), dataset.len() as u64, dataset.spec.name.clone());
+    let (spec, rows) = dataset;
+    let (file, name) = (spec.file.clone(), spec.name.clone());
     cpu::run(move || {
         audit.with(|log| {
             let c = audit::commitment::commit_file(&file)?;

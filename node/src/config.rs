@@ -33,6 +33,8 @@ pub const LISTEN_ADDR_FILE: &str = "listen.addr";
 /// The metrics endpoint's actual address while the node runs with one.
 pub const METRICS_ADDR_FILE: &str = "metrics.addr";
 pub const OUTPUTS_DIR: &str = "outputs";
+/// Streaming jobs' spill, one directory per job, removed when the job ends (and at start).
+pub const SPILL_DIR: &str = "spill";
 pub const PEERS_DIR: &str = "peers";
 
 /// Job kinds a dataset grant can allow (a `deal` job uses no dataset).

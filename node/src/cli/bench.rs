@@ -52,6 +52,12 @@ pub struct BenchPsiArgs {
     /// responder data (`region`, `score`, `balance`; e.g. `score` ≈ 8-byte values).
     #[arg(long, value_delimiter = ',', value_name = "COL,...")]
     peer_columns: Vec<String>,
+    /// Generate ids-only inputs (`consort gen psi --ids-only`: about 12 bytes a row).
+    #[arg(long)]
+    ids_only: bool,
+    /// RR22 target items per bucket on both nodes (default: the protocol's, 2^20).
+    #[arg(long)]
+    bucket_size: Option<usize>,
 }
 
 pub async fn run(cmd: BenchCommand) -> Result<()> {
@@ -67,10 +73,14 @@ struct NodeProcess {
 }
 
 impl NodeProcess {
-    fn spawn(dir: &Path, proofs: bool) -> Result<NodeProcess> {
+    fn spawn(dir: &Path, proofs: bool, bucket_size: Option<usize>) -> Result<NodeProcess> {
         let exe = std::env::current_exe().context("cannot find the consort executable")?;
         let log = std::fs::File::create(dir.join("node.log"))?;
-        let child = Command::new(exe)
+        let mut command = Command::new(exe);
+        if let Some(size) = bucket_size {
+            command.env("CONSORT_RR22_BUCKET_SIZE", size.to_string());
+        }
+        let child = command
             .arg("node")
             .arg(dir)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
@@ -166,7 +176,7 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
     };
 
     // Data: generated once per size and reused.
-    let data = root.join(format!("data-{}-{}", args.rows, overlap));
+    let data = root.join(format!("data-{}-{}{}", args.rows, overlap, if args.ids_only { "-ids" } else { "" }));
     if !(data.join("a.csv").exists() && data.join("b.csv").exists()) {
         log(format!("generating {} × {} rows ({overlap} shared) in {}", args.rows, args.rows, data.display()));
         let spec = consort_engine::synth::PsiGenSpec {
@@ -176,7 +186,12 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
             seed: 42,
             out_dir: data.clone(),
         };
-        consort_protocols::cpu::run(move || consort_engine::synth::generate_psi(&spec)).await?;
+        let ids_only = args.ids_only;
+        consort_protocols::cpu::run(move || match ids_only {
+            true => consort_engine::synth::generate_psi_ids(&spec),
+            false => consort_engine::synth::generate_psi(&spec),
+        })
+        .await?;
     }
 
     // The floor: this machine's per-item curve costs × items ÷ cores, measured now, before the job.
@@ -192,8 +207,8 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
     let nodes = root.join(format!("nodes-{}", std::process::id()));
     let (a_dir, b_dir) = pair::init_pair(&nodes)?;
     let spec = |name: &str, file: &str| DatasetSpec::new(name, data.join(file), &["id"]);
-    let mut a = NodeProcess::spawn(&a_dir, !args.no_proofs)?;
-    let mut b = NodeProcess::spawn(&b_dir, !args.no_proofs)?;
+    let mut a = NodeProcess::spawn(&a_dir, !args.no_proofs, args.bucket_size)?;
+    let mut b = NodeProcess::spawn(&b_dir, !args.no_proofs, args.bucket_size)?;
     let (a_addr, b_addr) = (a.wait_ready().await?, b.wait_ready().await?);
     pair::pin_pair(&a_dir, a_addr, &b_dir, b_addr)?;
     setup::dataset_add(&a_dir, spec("a", "a.csv"), vec![setup::parse_grant(pair::B)?], true, false)?;
@@ -216,9 +231,26 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
         request.params =
             serde_json::to_string(&crate::job::psi::PsiParams { peer_columns: args.peer_columns.clone() })?;
     }
+    // Peak spill on disk per node, sampled while the job runs (streaming jobs' bucket files; a
+    // learning side's input snapshot is an unlinked file, not seen here: add its input's size).
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (sampling, spill_a, spill_b) =
+            (sampling.clone(), a_dir.join(config::SPILL_DIR), b_dir.join(config::SPILL_DIR));
+        tokio::task::spawn_blocking(move || {
+            let mut peak = (0u64, 0u64);
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = (peak.0.max(dir_bytes(&spill_a)), peak.1.max(dir_bytes(&spill_b)));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            peak
+        })
+    };
     let job_id = client_a.submit(request).await?;
     let status = super::status::watch_with_progress(&client_a, &job_id, args.json).await?;
     let wall_s = started.elapsed().as_secs_f64();
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (spill_a, spill_b) = sampler.await?;
     let (rss_a, rss_b) = (a.peak_rss()?, b.peak_rss()?);
     let cpu = (a.cpu_seconds()? - cpu_before.0, b.cpu_seconds()? - cpu_before.1);
     let stages_b = client_b.job(&job_id).await.map(|s| s.stages).unwrap_or_default();
@@ -253,6 +285,13 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
     let _ = std::fs::remove_dir_all(&nodes);
 
     let n = args.rows as f64;
+    // The protocol stage per item of one set, per core each party has (the box's cores shared by
+    // the two nodes), comparable with the paper's single-thread figure.
+    let protocol_ns = status
+        .stages
+        .iter()
+        .find(|s| s.name == "protocol")
+        .map(|s| s.seconds * 1e9 * (cores as f64 / 2.0).max(1.0) / n.max(1.0));
     let line = serde_json::json!({
         "protocol": protocol.name(),
         "proofs": !args.no_proofs,
@@ -279,6 +318,11 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
         "cpu_s_a": round(cpu.0, 2),
         "cpu_s_b": round(cpu.1, 2),
         "cpu_utilization": round((cpu.0 + cpu.1) / (wall_s * cores as f64), 3),
+        "peak_spill_a_mib": round(spill_a as f64 / 1048576.0, 1),
+        "peak_spill_b_mib": round(spill_b as f64 / 1048576.0, 1),
+        "input_mib": round(std::fs::metadata(data.join("a.csv")).map(|m| m.len()).unwrap_or(0) as f64 / 1048576.0, 1),
+        "protocol_ns_per_item_per_core": protocol_ns.map(|ns| round(ns, 1)),
+        "protocol_ratio_to_rr22_paper": protocol_ns.map(|ns| round(ns / RR22_PAPER_NS_PER_ITEM, 2)),
         "stages_a": status.stages.iter().map(|s| serde_json::json!([s.name, round(s.seconds, 3)])).collect::<Vec<_>>(),
         "stages_b": stages_b.iter().map(|s| serde_json::json!([s.name, round(s.seconds, 3)])).collect::<Vec<_>>(),
         "output_ok": check.ok,
@@ -301,6 +345,21 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
         bail!("benchmark output does not match the plaintext intersection: {}", check.problems.join("; "));
     }
     Ok(())
+}
+
+/// RR22's single-thread rate in the paper (2^24 items in 6.99 s, one core per party).
+const RR22_PAPER_NS_PER_ITEM: f64 = 6.99e9 / (1u64 << 24) as f64;
+
+/// Bytes of the files under `dir` (recursively); 0 if it does not exist.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
 }
 
 fn round(x: f64, digits: i32) -> f64 {

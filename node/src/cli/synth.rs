@@ -28,6 +28,9 @@ pub enum GenCommand {
         /// Print a JSON object (files, rows, shared ids) instead of text.
         #[arg(long)]
         json: bool,
+        /// Only the id column (about 12 bytes a row): large PSI inputs.
+        #[arg(long)]
+        ids_only: bool,
     },
     /// Vertical data with a logistic ground truth: a.csv (id, y, a0..), b.csv (id, b0..), truth.json.
     Lr(lr::GenLrArgs),
@@ -35,7 +38,7 @@ pub enum GenCommand {
 
 pub async fn run(cmd: GenCommand) -> Result<()> {
     match cmd {
-        GenCommand::Psi { rows, overlap, rows_b, seed, out, json } => {
+        GenCommand::Psi { rows, overlap, rows_b, seed, out, json, ids_only } => {
             let spec = consort_engine::synth::PsiGenSpec {
                 rows_a: rows,
                 rows_b: rows_b.unwrap_or(rows),
@@ -43,7 +46,11 @@ pub async fn run(cmd: GenCommand) -> Result<()> {
                 seed,
                 out_dir: out,
             };
-            let s = consort_protocols::cpu::run(move || consort_engine::synth::generate_psi(&spec)).await?;
+            let s = consort_protocols::cpu::run(move || match ids_only {
+                true => consort_engine::synth::generate_psi_ids(&spec),
+                false => consort_engine::synth::generate_psi(&spec),
+            })
+            .await?;
             if json {
                 return print_json(&json!({
                     "a": s.a,

@@ -28,6 +28,7 @@ use consort_api::proto::peer_frame::Kind as Frame;
 use consort_api::proto::{self, JobAccept, JobEnd, JobReject, JobRequest, JobWaiting, SubmitRequest};
 use consort_api::vocab::{optional_wire, wire};
 use consort_api::{JOB_PROTOCOL_VERSION, JobKind, JobState};
+use consort_engine::psi_stream::StreamInput;
 use consort_engine::{Dataset, DatasetSpec, JobLimits, PsiProtocol};
 use consort_protocols::{ChannelError, Metered, Reveal, Role, cpu};
 use tonic::Status;
@@ -154,7 +155,9 @@ where
     Fut: Future<Output = Result<(JobChannel, Answer, Arc<WireCounters>)>>,
 {
     let (dataset, grant) = match dataset {
-        Some((spec, grant)) => (Some(load_dataset(handle, spec).await.map_err(Failure::private)?), Some(grant)),
+        Some((spec, grant)) => {
+            (Some(load_dataset(handle, spec, job.streams()).await.map_err(Failure::private)?), Some(grant))
+        }
         None => (None, None),
     };
     handle.stage("connect", 0, 0);
@@ -166,7 +169,7 @@ where
         reveal: job.psi().map(|(_, r)| proto::Reveal::from(r)).unwrap_or_default() as i32,
         responder_dataset: ask.peer_dataset.clone(),
         params: job.wire_params(),
-        rows: dataset.as_ref().map(|d| d.len() as u64).unwrap_or(0),
+        rows: dataset.as_ref().map(Loaded::rows).unwrap_or(0),
     };
     let (channel, answer, wire) = open(request).await.map_err(|e| Failure::context("could not reach the peer", e))?;
     // The responder's set, as it declared it, against this node's grant; its protocol hello may
@@ -220,7 +223,7 @@ pub async fn respond(state: Arc<NodeState>, peer: PeerInfo, request: JobRequest,
     let _slot = queue(&state, &handle, dataset.is_some()).await;
     let result = async {
         let dataset = match dataset {
-            Some(spec) => match load_dataset(&handle, spec).await {
+            Some(spec) => match load_dataset(&handle, spec, job.streams()).await {
                 Ok(d) => Some(d),
                 Err(e) => {
                     let reason = format!(
@@ -234,7 +237,7 @@ pub async fn respond(state: Arc<NodeState>, peer: PeerInfo, request: JobRequest,
             },
             None => None,
         };
-        let rows = dataset.as_ref().map(|d| d.len() as u64).unwrap_or(0);
+        let rows = dataset.as_ref().map(Loaded::rows).unwrap_or(0);
         channel
             .send_kind(Frame::Accept(JobAccept { rows }))
             .await
@@ -508,17 +511,23 @@ pub(super) async fn run_accepted(
     ask: &Ask,
     job: Box<dyn Job>,
     channel: JobChannel,
-    dataset: Option<Dataset>,
+    dataset: Option<Loaded>,
     wire: &WireCounters,
     limits: JobLimits,
 ) -> Result<Stream, Failure> {
     handle.set_state(JobState::Running, None).await;
-    if let Err(e) = crate::audit::record_start(&state.audit, &ask.job_id, dataset.as_ref()).await {
+    let started = dataset.as_ref().map(|d| (d.spec(), d.rows()));
+    if let Err(e) = crate::audit::record_start(&state.audit, &ask.job_id, started).await {
         channel.abort("the peer cannot record the job in its audit log").await;
         return Err(Failure::context(AUDIT_FAILED, e));
     }
     let channel = Arc::new(Metered::new(channel));
-    let result = job.run(RunCtx { state, handle, channel: channel.clone(), dataset, ask, limits }).await;
+    let (dataset, stream) = match dataset {
+        Some(Loaded::Dataset(d)) => (Some(d), None),
+        Some(Loaded::Stream(s)) => (None, Some(s)),
+        None => (None, None),
+    };
+    let result = job.run(RunCtx { state, handle, channel: channel.clone(), dataset, stream, ask, limits }).await;
     handle.record_stats(&channel.stats(), wire.get());
     let mut outcome = match result {
         Ok(o) => o,
@@ -669,14 +678,47 @@ async fn queue(state: &NodeState, handle: &JobHandle, uses_dataset: bool) -> Opt
 /// A job's place among the running jobs: its peer's share and one of the node's slots.
 type Slot = (tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit);
 
-pub(crate) async fn load_dataset(handle: &JobHandle, spec: DatasetSpec) -> Result<Dataset> {
-    handle.stage("load dataset", 0, 0);
+/// A job's dataset as the envelope hands it to the job: loaded, or (for a job that streams it)
+/// validated and counted in constant memory.
+pub(crate) enum Loaded {
+    Dataset(Dataset),
+    Stream(StreamInput),
+}
+
+impl Loaded {
+    /// The rows that take part (a streamed dataset's count includes duplicates `dedup` drops).
+    pub(crate) fn rows(&self) -> u64 {
+        match self {
+            Loaded::Dataset(d) => d.len() as u64,
+            Loaded::Stream(s) => s.rows,
+        }
+    }
+
+    fn spec(&self) -> &DatasetSpec {
+        match self {
+            Loaded::Dataset(d) => &d.spec,
+            Loaded::Stream(s) => &s.spec,
+        }
+    }
+}
+
+pub(crate) async fn load_dataset(handle: &JobHandle, spec: DatasetSpec, streams: bool) -> Result<Loaded> {
     let started = Instant::now();
     let name = spec.name.clone();
-    let dataset = cpu::run(move || Dataset::load(&spec)).await.with_context(|| format!("dataset '{name}'"))?;
-    handle.add_stage("load", started.elapsed().as_secs_f64());
-    handle.update(|s| s.local_rows = dataset.len() as u64);
-    Ok(dataset)
+    let loaded = if streams {
+        handle.stage("check dataset", 0, 0);
+        let input = cpu::run(move || StreamInput::open(&spec)).await.with_context(|| format!("dataset '{name}'"))?;
+        handle.add_stage("check", started.elapsed().as_secs_f64());
+        Loaded::Stream(input)
+    } else {
+        handle.stage("load dataset", 0, 0);
+        let dataset = cpu::run(move || Dataset::load(&spec)).await.with_context(|| format!("dataset '{name}'"))?;
+        handle.add_stage("load", started.elapsed().as_secs_f64());
+        Loaded::Dataset(dataset)
+    };
+    let rows = loaded.rows();
+    handle.update(|s| s.local_rows = rows);
+    Ok(loaded)
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -111,6 +111,12 @@ pub trait Job: Send + Sync {
         &[]
     }
 
+    /// Whether the job streams its dataset from disk (RR22 PSI, `consort_engine::psi_stream`):
+    /// the envelope then only validates and counts the rows instead of loading them.
+    fn streams(&self) -> bool {
+        false
+    }
+
     /// Runs the job's protocol over the job channel and writes this node's outputs.
     async fn run(self: Box<Self>, ctx: RunCtx<'_>) -> Result<Outcome, Failure>;
 }
@@ -122,6 +128,8 @@ pub struct RunCtx<'a> {
     pub channel: Arc<Metered<JobChannel>>,
     /// This node's dataset, loaded and validated (kinds without one get `None`).
     pub dataset: Option<Dataset>,
+    /// This node's dataset, validated and counted, for a job that streams it ([`Job::streams`]).
+    pub stream: Option<consort_engine::psi_stream::StreamInput>,
     pub ask: &'a Ask,
     /// The bounds this node's grant puts on the job: the peer's declared set size (its protocol
     /// hello may not announce more) and the fewest aligned rows.

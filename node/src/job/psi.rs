@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use consort_api::JobKind;
+use consort_engine::psi_stream::{StreamOptions, run_psi_streaming};
 use consort_engine::{EngineError, PayloadJob, PsiJob, PsiProtocol, run_psi_owned};
 use consort_protocols::{Reveal, Role};
 
@@ -105,6 +106,16 @@ fn failure(e: EngineError) -> Failure {
     }
 }
 
+/// Target items per RR22 bucket: the protocol's default, or `CONSORT_RR22_BUCKET_SIZE` (both
+/// nodes must agree; the hello refuses a mismatch) for tests that want many buckets.
+fn spill_bucket_size() -> usize {
+    std::env::var("CONSORT_RR22_BUCKET_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(consort_protocols::psi::rr22::DEFAULT_BUCKET_SIZE)
+}
+
 pub(crate) fn progress_fn(handle: &Arc<super::JobHandle>) -> consort_protocols::ProgressFn {
     let handle = handle.clone();
     Arc::new(move |p| handle.progress(p))
@@ -134,11 +145,20 @@ impl Job for PsiPlan {
         &self.peer_columns
     }
 
+    /// RR22 without payloads streams its dataset bucket by bucket from disk.
+    fn streams(&self) -> bool {
+        self.protocol == PsiProtocol::Rr22 && self.peer_columns.is_empty()
+    }
+
     async fn run(self: Box<Self>, ctx: RunCtx<'_>) -> Result<Outcome, Failure> {
-        let dataset = ctx.dataset.expect("psi jobs load a dataset");
+        let name = match (&ctx.dataset, &ctx.stream) {
+            (Some(d), _) => d.spec.name.clone(),
+            (None, Some(s)) => s.spec.name.clone(),
+            (None, None) => unreachable!("psi jobs load a dataset"),
+        };
         let (path, shown) = match (&ctx.ask.out, ctx.ask.role) {
             (Some(p), Role::Requester) => (p.clone(), p.display().to_string()),
-            _ => default_output(&ctx.state.dir, &ctx.ask.job_id, &dataset.spec.name),
+            _ => default_output(&ctx.state.dir, &ctx.ask.job_id, &name),
         };
         super::will_write(ctx.handle, &path).await;
         let psi = PsiJob {
@@ -159,7 +179,25 @@ impl Job for PsiPlan {
                 (false, Role::Responder) => PayloadJob::Send { columns: self.peer_columns.clone() },
             },
         };
-        let report = run_psi_owned(&*ctx.channel, dataset, &psi).await.map_err(failure)?;
+        let report = match (ctx.dataset, &ctx.stream) {
+            (Some(dataset), _) => run_psi_owned(&*ctx.channel, dataset, &psi).await.map_err(failure)?,
+            (None, Some(input)) => {
+                let options = StreamOptions {
+                    spill_dir: ctx.state.dir.join(config::SPILL_DIR).join(&ctx.ask.job_id),
+                    bucket_size: spill_bucket_size(),
+                };
+                let (report, figures) =
+                    run_psi_streaming(&*ctx.channel, input, &psi, &options).await.map_err(failure)?;
+                tracing::info!(
+                    job = %ctx.ask.job_id,
+                    peak_temp_bytes = figures.peak_temp_bytes,
+                    duplicates_dropped = figures.duplicates_dropped,
+                    "streaming psi done"
+                );
+                report
+            }
+            (None, None) => unreachable!("psi jobs load a dataset"),
+        };
         let rows = report.output_rows;
         Ok(Outcome {
             output: report.output.map(|path| Output { path, shown, rows }),

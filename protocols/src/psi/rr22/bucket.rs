@@ -47,13 +47,20 @@ pub(super) struct Buckets {
     pub(super) indices: Vec<u32>,
     pub(super) cap: usize,
     pub(super) fill: Vec<usize>,
-    pub(super) items: usize,
 }
 
 impl Buckets {
     pub(super) fn bucket(&self, b: usize) -> (&[u128], &[u32]) {
         let r = b * self.cap..b * self.cap + self.fill[b];
         (&self.digests[r.clone()], &self.indices[r])
+    }
+}
+
+/// In memory, a bucket's ids are the items' indices in the caller's list.
+impl super::BucketSource for Buckets {
+    fn bucket(&self, b: usize) -> Result<(Vec<u128>, Vec<u32>), Rr22Error> {
+        let (digests, indices) = Buckets::bucket(self, b);
+        Ok((digests.to_vec(), indices.to_vec()))
     }
 }
 
@@ -117,13 +124,8 @@ pub(super) async fn bucketize<I: Items + ?Sized>(
         Role::Requester => layout.cap_receiver,
         Role::Responder => layout.cap_sender,
     };
-    let mut buckets = Buckets {
-        digests: crate::mem::zeroed_blocks(nb * cap),
-        indices: vec![0u32; nb * cap],
-        cap,
-        fill: vec![0; nb],
-        items: n,
-    };
+    let mut buckets =
+        Buckets { digests: crate::mem::zeroed_blocks(nb * cap), indices: vec![0u32; nb * cap], cap, fill: vec![0; nb] };
     let hash = |start: usize| {
         let block = ItemBlock::gather(items, start..(start + HASH_BLOCK).min(n));
         cpu::spawn(move || block.digests(&salt))

@@ -87,6 +87,17 @@
 //! The VOLE's base correlations cost a fixed ≈ 1.4 MB per bucket, which dominates small jobs
 //! (≈ 21 bytes per item at 2^16 items).
 //!
+//! # Running from disk: the per-bucket entry point
+//!
+//! [`run`] takes all items in memory. A caller whose items are on disk calls [`start`] (the hello
+//! exchange; it fixes the salt, so the caller can hash its items only now, with
+//! [`Session::hasher`]) and then [`run_buckets`], which asks a [`BucketSource`] for each bucket's
+//! digests when it reaches the bucket and hands each bucket's matches, in the joint order, to a
+//! [`BucketSink`] as soon as they are known. The wire is the same either way. The responder hands
+//! over its matches bucket by bucket as R's positions arrive, so it refuses positions that are
+//! not in bucket order. A call runs a bucket range `[start, end)` with its own VOLE setup and its
+//! own positions, so a range can run alone once both sides agree on it (resume and shards).
+//!
 //! # Code map
 //!
 //! `bucket` (digests, buckets, their public capacity), `receiver` and `sender` (one file per
@@ -208,6 +219,9 @@ fn violation(message: impl Into<String>) -> Rr22Error {
 /// roles and the same reveal mode and bucket size. On error the caller should close the channel
 /// so that the peer's run ends too.
 ///
+/// This is [`start`], the items hashed into in-memory buckets, then [`run_buckets`] over all
+/// buckets: the per-bucket entry point a caller with its items on disk uses directly.
+///
 /// # Panics
 ///
 /// If the operating system's random number generator fails.
@@ -217,6 +231,78 @@ pub async fn run<C: Channel, I: Items + ?Sized>(
     config: &Rr22Config,
 ) -> Result<PsiOutput, Rr22Error> {
     let n = items.len();
+    let session = start(channel, n, config).await?;
+    let progress = Progress(config.progress.as_ref());
+    progress.report("hash items", 0, n);
+    let clock = Instant::now();
+    let buckets = bucketize(items, session.salt, &session.layout, config.role).await?;
+    let hashed = clock.elapsed().as_secs_f64();
+    progress.report("hash items", n, n);
+    let mut sink = CollectMatches::default();
+    let all = 0..session.layout.buckets;
+    let done = run_buckets(channel, &session, std::sync::Arc::new(buckets), &mut sink, all).await?;
+    let mut timings = vec![("hash and bucket", hashed)];
+    timings.extend(done.timings);
+    let intersection = session.reveal.learns(config.role).then_some(sink.matched);
+    Ok(PsiOutput { peer_size: session.peer_size, intersection, payloads: done.payloads, timings })
+}
+
+/// A job after the hello exchange: what both parties agreed, from which each side hashes and
+/// buckets its own items ([`Session::digest`], [`Session::bucket_of`]) and then runs the buckets
+/// ([`run_buckets`]). The salt is fixed here, so a caller can hash its items as it reads them.
+pub struct Session {
+    /// Items the peer announced (checked against [`Rr22Config::max_peer_items`]).
+    pub peer_size: u64,
+    /// This party's announced item count.
+    pub own_size: u64,
+    /// The job's shape, the same on both sides.
+    pub layout: Layout,
+    role: Role,
+    reveal: Reveal,
+    salt: [u8; 32],
+    progress: Option<ProgressFn>,
+    /// Labeled PSI: the padded payload width both agreed, and the responder's payloads.
+    payload_width: Option<usize>,
+    payload: PayloadMode,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The salt stays out of logs.
+        f.debug_struct("Session")
+            .field("peer_size", &self.peer_size)
+            .field("own_size", &self.own_size)
+            .field("layout", &self.layout)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// How this job hashes and buckets items (a copy that can move to another thread).
+    pub fn hasher(&self) -> ItemHasher {
+        ItemHasher { salt: self.salt, buckets: self.layout.buckets }
+    }
+
+    /// Most items (real ones) one of this party's buckets may hold: its public capacity.
+    pub fn own_capacity(&self) -> usize {
+        match self.role {
+            Role::Requester => self.layout.cap_receiver,
+            Role::Responder => self.layout.cap_sender,
+        }
+    }
+
+    /// Whether this party learns the intersection.
+    pub fn learns(&self) -> bool {
+        self.reveal.learns(self.role)
+    }
+}
+
+/// The hello exchange (and, for labeled PSI, the payload width): checks this party's input and
+/// the peer's parameters, fixes the joint salt and the [`Layout`]. `n` is the item count this
+/// party announces; its buckets may then hold fewer items in all (e.g. duplicates dropped), never
+/// more than a bucket's capacity.
+pub async fn start<C: Channel>(channel: &C, n: usize, config: &Rr22Config) -> Result<Session, Rr22Error> {
     if n >= DUMMY as usize {
         return Err(Rr22Error::Input(format!("{n} items; at most {} per set", DUMMY - 1)));
     }
@@ -250,43 +336,175 @@ pub async fn run<C: Channel, I: Items + ?Sized>(
             });
         }
     }
-    let progress = Progress(config.progress.as_ref());
-    progress.report("hash items", 0, n);
+    Ok(Session {
+        peer_size: peer.size,
+        own_size: n as u64,
+        layout,
+        role: config.role,
+        reveal: config.reveal,
+        salt,
+        progress: config.progress.clone(),
+        payload_width,
+        payload: config.payload.clone(),
+    })
+}
+
+/// The job's item digest (SHA-256 under the joint salt, 128 bits) and bucket choice.
+#[derive(Clone)]
+pub struct ItemHasher {
+    salt: [u8; 32],
+    buckets: usize,
+}
+
+impl std::fmt::Debug for ItemHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ItemHasher").field("buckets", &self.buckets).finish_non_exhaustive()
+    }
+}
+
+impl ItemHasher {
+    /// An item's 128-bit digest under the job's joint salt (what the protocol runs on).
+    pub fn digest(&self, item: &[u8]) -> u128 {
+        bucket::digest(&self.salt, item)
+    }
+
+    /// The bucket of a digest, in `0..layout.buckets`.
+    pub fn bucket_of(&self, digest: u128) -> usize {
+        bucket::bucket_of(digest, self.buckets)
+    }
+}
+
+/// One party's items bucket by bucket, for [`run_buckets`]: in memory ([`run`]) or read back
+/// from spill files on disk (the engine's streaming PSI).
+pub trait BucketSource: Send + Sync + 'static {
+    /// Bucket `b`'s digests (at most the party's bucket capacity), each with an id the caller
+    /// chooses; matches are reported by these ids. Called once per bucket, possibly on a rayon
+    /// thread, while an earlier bucket is still running. An error here fails the job.
+    fn bucket(&self, b: usize) -> Result<(Vec<u128>, Vec<u32>), Rr22Error>;
+}
+
+/// Where [`run_buckets`] puts each bucket's result as soon as it is known.
+pub trait BucketSink: Send {
+    /// Bucket `b` is finished: the ids ([`BucketSource::bucket`]) of this party's matched items
+    /// in the joint order. Called once for every bucket of the range, in bucket order, if this
+    /// party learns the intersection (the requester during the run, the responder once the
+    /// matched positions arrive).
+    fn matched(&mut self, b: usize, ids: Vec<u32>) -> Result<(), Rr22Error>;
+    /// The responder with [`Reveal::Both`]: bucket `b`'s secret stream order (position → id, or
+    /// `u32::MAX` for a dummy), kept until the matched positions arrive.
+    fn keep_order(&mut self, b: usize, order: Vec<u32>) -> Result<(), Rr22Error>;
+    /// The order kept for bucket `b` (each is taken once).
+    fn take_order(&mut self, b: usize) -> Result<Vec<u32>, Rr22Error>;
+}
+
+/// A [`BucketSink`] that keeps everything in memory: the matches concatenated (bucket after
+/// bucket, i.e. in the joint order) and the orders.
+#[derive(Default)]
+pub struct CollectMatches {
+    pub matched: Vec<u32>,
+    orders: Vec<Option<Vec<u32>>>,
+}
+
+impl BucketSink for CollectMatches {
+    fn matched(&mut self, _b: usize, ids: Vec<u32>) -> Result<(), Rr22Error> {
+        self.matched.extend(ids);
+        Ok(())
+    }
+
+    fn keep_order(&mut self, b: usize, order: Vec<u32>) -> Result<(), Rr22Error> {
+        if self.orders.len() <= b {
+            self.orders.resize_with(b + 1, || None);
+        }
+        self.orders[b] = Some(order);
+        Ok(())
+    }
+
+    fn take_order(&mut self, b: usize) -> Result<Vec<u32>, Rr22Error> {
+        self.orders
+            .get_mut(b)
+            .and_then(Option::take)
+            .ok_or_else(|| Rr22Error::Input(format!("no order kept for bucket {b}")))
+    }
+}
+
+/// What [`run_buckets`] returns besides what it gave the sink.
+pub struct BucketsDone {
+    /// Wall seconds per step, summed over the range's buckets (steps overlap).
+    pub timings: Vec<(&'static str, f64)>,
+    /// Labeled PSI, on the requester: the payloads of its matches, in the order of the ids given
+    /// to [`BucketSink::matched`].
+    pub payloads: Option<payload::Payloads>,
+}
+
+/// Runs the buckets `range` of a [`Session`] one after another: each bucket's items come from
+/// `source` when the bucket (or, on the requester, the bucket before it) starts, and each
+/// bucket's matches go to `sink` as soon as they are known, so memory is fixed per bucket
+/// whatever the job's size. With [`Reveal::Both`] the matched positions go back at the end of
+/// the range. The range is its own unit (its own VOLE setup, its own positions), so a range can
+/// run alone when both sides agree on it (how resuming a job and shards will split the work);
+/// today callers run `0..layout.buckets`.
+pub async fn run_buckets<C: Channel>(
+    channel: &C,
+    session: &Session,
+    source: std::sync::Arc<dyn BucketSource>,
+    sink: &mut dyn BucketSink,
+    range: std::ops::Range<usize>,
+) -> Result<BucketsDone, Rr22Error> {
+    if range.start > range.end || range.end > session.layout.buckets {
+        return Err(Rr22Error::Input(format!(
+            "bucket range {}..{} outside the job's {} buckets",
+            range.start, range.end, session.layout.buckets
+        )));
+    }
+    let progress = Progress(session.progress.as_ref());
     let mut timings = Timings::default();
-    let clock = Instant::now();
-    let buckets = bucketize(items, salt, &layout, config.role).await?;
-    timings.add("hash and bucket", clock);
-    progress.report("hash items", n, n);
-    let peer_size = peer.size;
+    let layout = &session.layout;
+    let salt = session.salt;
     let mut payloads = None;
-    let intersection = match config.role {
+    match session.role {
         Role::Requester => {
-            let keys = payload_width.map(|width| PayloadKeys { salt, width });
-            let order = run_receiver(channel, &buckets, &layout, keys, &progress, &mut timings).await?;
-            payloads = order.payloads;
-            if config.reveal == Reveal::Both {
+            let keys = session.payload_width.map(|width| PayloadKeys { salt, width });
+            let mut positions = Vec::new();
+            let mut matched = |b: usize, own: Vec<u32>, peer: Vec<u32>| -> Result<(), Rr22Error> {
+                positions.extend(peer);
+                sink.matched(b, own)
+            };
+            let total = session.own_size as usize;
+            let run = run_receiver(
+                channel,
+                &source,
+                layout,
+                range.clone(),
+                keys,
+                total,
+                &progress,
+                &mut timings,
+                &mut matched,
+            );
+            payloads = run.await?;
+            if session.reveal == Reveal::Both {
                 let clock = Instant::now();
-                send_positions(channel, &order.sender_positions).await?;
+                send_positions(channel, &positions).await?;
                 timings.add("send matched positions", clock);
             }
-            Some(order.own)
         }
         Role::Responder => {
-            let sent = match (&config.payload, payload_width) {
+            let sent = match (&session.payload, session.payload_width) {
                 (PayloadMode::Send(p), Some(width)) => Some((p.clone(), PayloadKeys { salt, width })),
                 _ => None,
             };
-            let orders = run_sender(channel, &buckets, &layout, sent, &progress, &mut timings).await?;
-            let clock = Instant::now();
-            let own = match config.reveal {
-                Reveal::Both => Some(recv_positions(channel, &orders, &layout).await?),
-                Reveal::RequesterOnly => None,
-            };
-            timings.add("wait for and receive matched positions", clock);
-            own
+            let keep = session.reveal == Reveal::Both;
+            let total = session.own_size as usize;
+            run_sender(channel, &source, layout, range.clone(), sent, keep, sink, total, &progress, &mut timings)
+                .await?;
+            if keep {
+                let clock = Instant::now();
+                recv_positions(channel, sink, layout, range).await?;
+                timings.add("wait for and receive matched positions", clock);
+            }
         }
-    };
-    Ok(PsiOutput { peer_size, intersection, payloads, timings: timings.into_vec() })
+    }
+    Ok(BucketsDone { timings: timings.into_vec(), payloads })
 }
 
 /// What both roles need to derive payload keys: the job's salt and the padded payload width.

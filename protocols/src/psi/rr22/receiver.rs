@@ -1,31 +1,24 @@
 //! R, the OPRF receiver (the requester): per bucket it encodes its OKVS, masks it with its VOLE
 //! share and sends it, then matches S's values against its own (RR22 Fig. 4, steps 1, 3 and 5).
 
+use std::ops::Range;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rand::RngExt;
 use rand::rngs::StdRng;
 use rayon::prelude::*;
 
-use super::bucket::Buckets;
 use super::matching::join_values;
 use super::oprf::{okvs_values, output_hash, value_mask};
 use super::wire::{recv_payloads, recv_values, send_cells};
-use super::{Layout, PayloadKeys, Rr22Error, os_rng, violation};
+use super::{BucketSource, Layout, PayloadKeys, Rr22Error, os_rng, violation};
 use crate::channel::Channel;
 use crate::cpu;
 use crate::okvs::{self, Okvs, OkvsError, OkvsSeed};
 use crate::psi::payload::{Payloads, TAG_BYTES, item_key, open};
 use crate::psi::{Progress, Timings};
 use crate::vole::VoleReceiver;
-
-/// R's result: own indices in the joint order and the matched S positions in the same order.
-pub(super) struct ReceiverResult {
-    pub(super) own: Vec<u32>,
-    pub(super) sender_positions: Vec<u32>,
-    /// Labeled PSI: the payload of each of `own`'s matches, in the same order.
-    pub(super) payloads: Option<Payloads>,
-}
 
 /// R's bucket keys: its digests padded with random dummies to the capacity.
 fn padded_keys(digests: &[u128], cap: usize, rng: &mut StdRng) -> Vec<u128> {
@@ -53,54 +46,65 @@ fn encode_bucket(keys: &[u128]) -> Result<(OkvsSeed, Vec<u128>), Rr22Error> {
     Err(Rr22Error::Input("the OKVS failed four times in a row (probability below 2^-160)".into()))
 }
 
+/// What R does with a finished bucket: its own matched ids and S's matched stream positions,
+/// both in the joint order.
+pub(super) type OnMatched<'a> = dyn FnMut(usize, Vec<u32>, Vec<u32>) -> Result<(), Rr22Error> + Send + 'a;
+
+/// Bucket `b` from the source, padded, encoded: (padded keys, ids, OKVS seed, cells).
+type Encoded = (Arc<Vec<u128>>, Vec<u32>, OkvsSeed, Vec<u128>);
+
+/// Loads bucket `b` from the source and encodes its OKVS (Fig. 4, step 1), on rayon.
+fn load_and_encode(source: &Arc<dyn BucketSource>, b: usize, cap: usize) -> cpu::Task<Result<Encoded, Rr22Error>> {
+    let source = source.clone();
+    cpu::spawn(move || {
+        let (digests, ids) = source.bucket(b)?;
+        check_bucket(b, &digests, &ids, cap)?;
+        let keys = Arc::new(padded_keys(&digests, cap, &mut os_rng()));
+        drop(digests);
+        let (seed, cells) = encode_bucket(&keys)?;
+        Ok((keys, ids, seed, cells))
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn run_receiver<C: Channel>(
     channel: &C,
-    buckets: &Buckets,
+    source: &Arc<dyn BucketSource>,
     layout: &Layout,
+    range: Range<usize>,
     payload_keys: Option<PayloadKeys>,
+    total: usize,
     progress: &Progress<'_>,
     timings: &mut Timings,
-) -> Result<ReceiverResult, Rr22Error> {
+    on_matched: &mut OnMatched<'_>,
+) -> Result<Option<Payloads>, Rr22Error> {
     let clock = Instant::now();
     let mut vole = VoleReceiver::setup(channel).await?;
     timings.add("vole setup", clock);
     let mask = value_mask(layout.value_bytes);
     let cap = layout.cap_receiver;
     let m = okvs::cells_for(cap);
-    let total = buckets.items;
-    // Own indices and S positions of every match, in the joint order (4 bytes per match each).
-    let mut own_matches: Vec<u32> = Vec::new();
-    let mut sender_matches: Vec<u32> = Vec::new();
     let mut payloads = payload_keys.map(|_| Payloads::new());
     let mut done = 0usize;
-    let spawn_encode = |b: usize| {
-        let keys = std::sync::Arc::new(padded_keys(buckets.bucket(b).0, cap, &mut os_rng()));
-        let task = {
-            let keys = keys.clone();
-            cpu::spawn(move || encode_bucket(&keys))
-        };
-        (keys, task)
-    };
-    let mut next = (layout.buckets > 0).then(|| spawn_encode(0));
+    let mut next = (!range.is_empty()).then(|| load_and_encode(source, range.start, cap));
     // Fig. 4, step 2 (the VOLE; R gets A and C = B + A·Δ), one per bucket.
     // Bucket b + 1's VOLE starts (its OT extension goes out) right after bucket b's OKVS, and is
     // finished after bucket b's values arrive, while bucket b is matched.
     let clock = Instant::now();
-    let mut vole_next = match layout.buckets {
-        0 => None,
-        _ => {
+    let mut vole_next = match range.is_empty() {
+        true => None,
+        false => {
             let pending = vole.extend_start(channel, m).await?;
             Some(VoleReceiver::extend_finish(channel, pending).await?)
         }
     };
     timings.add("vole", clock);
-    for b in 0..layout.buckets {
-        let (digests, indices) = buckets.bucket(b);
-        let (keys, encode) = next.take().expect("spawned");
+    for b in range.clone() {
+        let encode = next.take().expect("spawned");
         let vole_out = vole_next.take().expect("extended");
         let clock = Instant::now();
-        let (seed, cells) = encode.await?;
-        timings.add("okvs encode (beyond other work)", clock);
+        let (keys, indices, seed, cells) = encode.await?;
+        timings.add("load and okvs encode (beyond other work)", clock);
         // Fig. 4, step 3: R sends r and A' = A − P (= A ⊕ P in characteristic 2).
         let clock = Instant::now();
         let a = vole_out.a;
@@ -114,7 +118,7 @@ pub(super) async fn run_receiver<C: Channel>(
         drop(masked);
         timings.add("mask and send okvs", clock);
         // While the sender works: this bucket's own values, the next bucket's OKVS and VOLE.
-        let real = digests.len();
+        let real = indices.len();
         let c = vole_out.c;
         // Fig. 4, step 5, R's side: H^o(Decode(C, x)) for its own keys.
         let with_payloads = payload_keys.is_some();
@@ -129,11 +133,11 @@ pub(super) async fn run_receiver<C: Channel>(
             output_hash(&keys[..real], &mut own, mask);
             (own, z)
         });
-        if b + 1 < layout.buckets {
-            next = Some(spawn_encode(b + 1));
+        if b + 1 < range.end {
+            next = Some(load_and_encode(source, b + 1, cap));
         }
         let clock = Instant::now();
-        let pending = match b + 1 < layout.buckets {
+        let pending = match b + 1 < range.end {
             true => Some(vole.extend_start(channel, m).await?),
             false => None,
         };
@@ -154,7 +158,6 @@ pub(super) async fn run_receiver<C: Channel>(
         let (own_values, z) = own_values.await;
         timings.add("own values (beyond wait)", clock);
         let base = (b * layout.cap_sender) as u32;
-        let indices = indices.to_vec();
         if let (Some((sealed, pk)), Some(z)) = (sealed, z) {
             let own_keys = keys.clone();
             // Matched and opened on rayon while the next bucket's VOLE finishes.
@@ -173,10 +176,9 @@ pub(super) async fn run_receiver<C: Channel>(
                     p.push(x);
                 }
             }
-            own_matches.extend(own);
-            sender_matches.extend(peer);
+            on_matched(b, own, peer)?;
             timings.add("match and open payloads (beyond vole)", clock);
-            done += digests.len();
+            done += real;
             progress.report("intersect buckets", done, total);
             continue;
         }
@@ -199,12 +201,24 @@ pub(super) async fn run_receiver<C: Channel>(
         let clock = Instant::now();
         let (own, peer) = matching.await;
         timings.add("match (beyond vole)", clock);
-        own_matches.extend(own);
-        sender_matches.extend(peer);
-        done += digests.len();
+        let clock = Instant::now();
+        on_matched(b, own, peer)?;
+        timings.add("hand over matches", clock);
+        done += real;
         progress.report("intersect buckets", done, total);
     }
-    Ok(ReceiverResult { own: own_matches, sender_positions: sender_matches, payloads })
+    Ok(payloads)
+}
+
+/// A bucket from the source: one id per digest, no more than the capacity.
+pub(super) fn check_bucket(b: usize, digests: &[u128], ids: &[u32], cap: usize) -> Result<(), Rr22Error> {
+    if digests.len() != ids.len() {
+        return Err(Rr22Error::Input(format!("bucket {b}: {} digests, {} ids", digests.len(), ids.len())));
+    }
+    if digests.len() > cap {
+        return Err(Rr22Error::BucketOverflow { bucket: b, capacity: cap });
+    }
+    Ok(())
 }
 
 /// Step 5 with payloads: the matches in the joint order (as without payloads), and for each own

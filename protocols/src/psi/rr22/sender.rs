@@ -2,6 +2,7 @@
 //! evaluates the OPRF on its own items and sends the values in a secret random order (RR22
 //! Fig. 4, steps 3 and 4).
 
+use std::ops::Range;
 use std::time::Instant;
 
 use rand::seq::SliceRandom;
@@ -9,10 +10,10 @@ use rand::{Rng, RngExt};
 use rayon::prelude::*;
 use zeroize::Zeroizing;
 
-use super::bucket::Buckets;
 use super::oprf::{okvs_values, output_hash, value_mask};
+use super::receiver::check_bucket;
 use super::wire::{recv_cells, send_payloads, send_values};
-use super::{DUMMY, Layout, PayloadKeys, Rr22Error, os_rng};
+use super::{BucketSink, BucketSource, DUMMY, Layout, PayloadKeys, Rr22Error, os_rng};
 use crate::channel::Channel;
 use crate::cpu;
 use crate::okvs::{self, Okvs};
@@ -22,49 +23,68 @@ use crate::psi::{Progress, Timings};
 use crate::vole::VoleSender;
 use std::sync::Arc;
 
-/// S's secret order of one bucket: stream position → own item index, or [`DUMMY`].
-pub(super) type BucketOrder = Vec<u32>;
+/// A bucket's digests and ids, as the source gives them.
+type Loaded = Result<(Vec<u128>, Vec<u32>), Rr22Error>;
 
+/// Loads bucket `b` from the source on rayon.
+fn load(source: &Arc<dyn BucketSource>, b: usize, cap: usize) -> cpu::Task<Loaded> {
+    let source = source.clone();
+    cpu::spawn(move || {
+        let (digests, ids) = source.bucket(b)?;
+        check_bucket(b, &digests, &ids, cap)?;
+        Ok((digests, ids))
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn run_sender<C: Channel>(
     channel: &C,
-    buckets: &Buckets,
+    source: &Arc<dyn BucketSource>,
     layout: &Layout,
+    range: Range<usize>,
     payloads: Option<(Arc<Payloads>, PayloadKeys)>,
+    keep_orders: bool,
+    sink: &mut dyn BucketSink,
+    total: usize,
     progress: &Progress<'_>,
     timings: &mut Timings,
-) -> Result<Vec<BucketOrder>, Rr22Error> {
+) -> Result<(), Rr22Error> {
     let clock = Instant::now();
     let mut vole = VoleSender::setup(channel).await?;
     timings.add("vole setup", clock);
     let delta = vole.delta();
     let mask = value_mask(layout.value_bytes);
     let m = okvs::cells_for(layout.cap_receiver);
-    let total = buckets.items;
-    let mut orders = Vec::with_capacity(layout.buckets);
+    let cap = layout.cap_sender;
     let mut done = 0usize;
+    let mut next = (!range.is_empty()).then(|| load(source, range.start, cap));
     // Bucket b + 1's VOLE is received and its trees built while bucket b's OPRF values are
     // computed; its tree messages go out after bucket b's values (the receiver reads in that order).
     let clock = Instant::now();
     // Fig. 4, step 2 (the VOLE; S gets Δ, once per job, and B), one per bucket.
-    let first = match layout.buckets {
-        0 => None,
-        _ => Some(vole.extend_start(channel, m).await?),
+    let first = match range.is_empty() {
+        true => None,
+        false => Some(vole.extend_start(channel, m).await?),
     };
     let mut vole_next = match first {
         Some(pending) => Some(VoleSender::extend_finish(channel, pending).await?),
         None => None,
     };
     timings.add("vole", clock);
-    for b in 0..layout.buckets {
-        let (digests, indices) = buckets.bucket(b);
+    for b in range.clone() {
         let vole_b = vole_next.take().expect("extended");
         let clock = Instant::now();
         let (seed, masked) = recv_cells(channel, b, m).await?;
         timings.add("wait for and receive okvs", clock);
         let clock = Instant::now();
-        let digests_owned = digests.to_vec();
-        let indices_owned = indices.to_vec();
-        let cap = layout.cap_sender;
+        let (digests_owned, indices_owned) = next.take().expect("spawned").await?;
+        timings.add("load bucket (beyond wait)", clock);
+        // The next bucket is read while this one runs (two buckets in memory at most).
+        if b + 1 < range.end {
+            next = Some(load(source, b + 1, cap));
+        }
+        let clock = Instant::now();
+        let real_items = digests_owned.len();
         let bucket_payloads = payloads.clone();
         let oprf = cpu::spawn(move || -> Result<_, Rr22Error> {
             // Fig. 4, step 3: K = B' = B + A'·Δ with A' = A + P.
@@ -108,7 +128,7 @@ pub(super) async fn run_sender<C: Channel>(
                 order.iter().map(|&k| if k < real { indices_owned[k as usize] } else { DUMMY }).collect();
             Ok((values, order, stream))
         });
-        let pending = match b + 1 < layout.buckets {
+        let pending = match b + 1 < range.end {
             true => Some(vole.extend_start(channel, m).await?),
             false => None,
         };
@@ -127,11 +147,13 @@ pub(super) async fn run_sender<C: Channel>(
             vole_next = Some(VoleSender::extend_finish(channel, pending).await?);
             timings.add("vole", clock);
         }
-        orders.push(order);
-        done += digests.len();
+        if keep_orders {
+            sink.keep_order(b, order)?;
+        }
+        done += real_items;
         progress.report("intersect buckets", done, total);
     }
-    Ok(orders)
+    Ok(())
 }
 
 /// Seals each item's payload under its key (bucket order); returns the ciphertexts and their

@@ -290,6 +290,66 @@ async fn peer_aborting_mid_protocol_fails_cleanly() {
     }
 }
 
+/// An honest responder behind a relay that rewrites the requester's positions frames (those that
+/// carry positions) with `tamper`; returns the responder's outcome.
+async fn positions_tampered(tamper: fn(Vec<u8>) -> Vec<u8>) -> Outcome {
+    let requester = keys("k", 0..300);
+    let responder = keys("k", 100..400);
+    let (honest, relay_near) = memory_pair(8);
+    let (relay_far, peer) = memory_pair(8);
+    let relay = async move {
+        loop {
+            tokio::select! {
+                f = relay_near.recv() => match f {
+                    Ok(f) => if relay_far.send(f).await.is_err() { break },
+                    Err(_) => break,
+                },
+                f = relay_far.recv() => match f {
+                    Ok(f) => {
+                        let f = if f.first() == Some(&POSITIONS) && f.len() > 5 { Bytes::from(tamper(f.to_vec())) } else { f };
+                        if relay_near.send(f).await.is_err() { break }
+                    }
+                    Err(_) => break,
+                },
+            }
+        }
+    };
+    let all = futures::future::join3(
+        party(honest, &responder, config(Role::Responder, Reveal::Both, 64)),
+        party(peer, &requester, config(Role::Requester, Reveal::Both, 64)),
+        relay,
+    );
+    let (outcome, _, _) = tokio::time::timeout(DEADLINE, all).await.expect("hung");
+    outcome
+}
+
+/// The responder hands its matches over bucket by bucket as the positions arrive: positions out
+/// of bucket order, outside the buckets, or a frame cut short are protocol errors, not panics
+/// (an honest requester sends them in the joint order, bucket after bucket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_matched_positions_are_errors_not_panics() {
+    let honest = positions_tampered(|f| f).await;
+    assert_eq!(honest.unwrap().intersection.unwrap().len(), 200);
+    let reversed = |mut f: Vec<u8>| {
+        let mut positions: Vec<[u8; 4]> = f[5..].chunks_exact(4).map(|c| c.try_into().unwrap()).collect();
+        positions.reverse();
+        f.truncate(5);
+        f.extend(positions.concat());
+        f
+    };
+    protocol_error(positions_tampered(reversed).await, "out of bucket order");
+    let outside = |mut f: Vec<u8>| {
+        f[5..9].copy_from_slice(&(u32::MAX - 1).to_be_bytes());
+        f
+    };
+    protocol_error(positions_tampered(outside).await, "outside");
+    let cut = |mut f: Vec<u8>| {
+        f.pop();
+        f
+    };
+    protocol_error(positions_tampered(cut).await, "bad positions frame");
+}
+
 #[test]
 fn run_is_send() {
     fn assert_send<T: Send>(_: T) {}

@@ -3,10 +3,11 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::sender::BucketOrder;
+use std::ops::Range;
+
 use super::{
-    DUMMY, FRAME_BYTES, HELLO, HELLO_LEN, Layout, OKVS_CELLS, PAYLOAD_HEAD, PAYLOADS, POSITIONS, PROTOCOL_ID,
-    Rr22Error, VALUES, VERSION, violation,
+    BucketSink, DUMMY, FRAME_BYTES, HELLO, HELLO_LEN, Layout, OKVS_CELLS, PAYLOAD_HEAD, PAYLOADS, POSITIONS,
+    PROTOCOL_ID, Rr22Error, VALUES, VERSION, violation,
 };
 use crate::channel::Channel;
 use crate::okvs::OkvsSeed;
@@ -184,14 +185,24 @@ pub(super) async fn send_positions<C: Channel>(channel: &C, positions: &[u32]) -
     Ok(())
 }
 
+/// S's side of the positions: reads R's matched stream positions (in the joint order, so bucket
+/// after bucket) and hands each bucket of the range to the sink, mapped through the bucket's
+/// secret order to own ids, as soon as its positions are complete; every bucket of the range is
+/// handed over once, in order, those without matches empty. Positions outside the range, out of
+/// bucket order, or more than a bucket's capacity are refused.
 pub(super) async fn recv_positions<C: Channel>(
     channel: &C,
-    orders: &[BucketOrder],
+    sink: &mut dyn BucketSink,
     layout: &Layout,
-) -> Result<Vec<u32>, Rr22Error> {
-    let mut own = Vec::new();
+    range: Range<usize>,
+) -> Result<(), Rr22Error> {
+    let cap = layout.cap_sender;
+    let (low, high) = (range.start * cap, range.end * cap);
+    // The bucket being collected: its order and its matched ids so far.
+    let mut current: Option<(usize, Vec<u32>, Vec<u32>)> = None;
+    // The next bucket of the range not handed over yet.
+    let mut next = range.start;
     let mut at = 0usize;
-    let limit = layout.buckets * layout.cap_sender;
     loop {
         let frame = channel.recv().await?;
         if frame.len() < 5
@@ -202,22 +213,45 @@ pub(super) async fn recv_positions<C: Channel>(
             return Err(violation(format!("bad positions frame at {at} ({} bytes)", frame.len())));
         }
         if frame.len() == 5 {
-            return Ok(own);
+            if let Some((b, _, ids)) = current.take() {
+                sink.matched(b, ids)?;
+            }
+            for b in next..range.end {
+                sink.take_order(b)?;
+                sink.matched(b, Vec::new())?;
+            }
+            return Ok(());
         }
         for p in frame[5..].chunks_exact(4) {
             let p = u32::from_be_bytes(p.try_into().expect("4")) as usize;
-            if p >= limit {
-                return Err(violation(format!("matched position {p} outside the {limit} sent")));
+            if p < low || p >= high {
+                return Err(violation(format!("matched position {p} outside the {low}..{high} sent")));
             }
+            let bucket = p / cap;
+            if current.as_ref().is_none_or(|c| c.0 != bucket) {
+                if bucket < next {
+                    return Err(violation("matched positions out of bucket order"));
+                }
+                if let Some((b, _, ids)) = current.take() {
+                    sink.matched(b, ids)?;
+                }
+                for b in next..bucket {
+                    sink.take_order(b)?;
+                    sink.matched(b, Vec::new())?;
+                }
+                current = Some((bucket, sink.take_order(bucket)?, Vec::new()));
+                next = bucket + 1;
+            }
+            let (_, order, ids) = current.as_mut().expect("set above");
             // A dummy can match only by a false positive (below 2^-40): skip it.
-            let index = orders[p / layout.cap_sender][p % layout.cap_sender];
+            let index = order[p % cap];
             if index != DUMMY {
-                own.push(index);
+                ids.push(index);
+            }
+            if ids.len() > cap {
+                return Err(violation("more matched positions than values sent"));
             }
             at += 1;
-        }
-        if own.len() > limit {
-            return Err(violation("more matched positions than values sent"));
         }
     }
 }

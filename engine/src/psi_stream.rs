@@ -1,0 +1,593 @@
+//! Streaming RR22 PSI: the dataset flows from disk bucket by bucket, nothing is kept per row in
+//! memory, so a job's memory is fixed whatever its size.
+//!
+//! # How a job runs
+//!
+//! 1. **Count** ([`StreamInput::open`]): a constant-memory pass validates every row (as loading
+//!    does: field counts, keys) and counts them. The count is the set size this party announces.
+//! 2. **Hello** ([`rr22::start`]): both parties exchange their hellos; this fixes the joint salt,
+//!    so digests can be computed, and the [`Layout`](consort_protocols::psi::rr22::Layout) (bucket
+//!    count and public capacities) from both set sizes. The salt exchange therefore happens
+//!    before the scan: the hello carries only the counts and the salt shares.
+//! 3. **Scan, digest, spill**: one streaming pass parses the CSV (csv-core, [`RowScanner`]),
+//!    computes each row's salted 128-bit digest of its normalized key and appends (digest, row
+//!    offset, row length) — 28 bytes, no raw id — to its bucket's spill file. Spill files are
+//!    sealed ([`crate::sealed`]: AES-256-GCM in 64 KiB chunks, each chunk's nonce unique, the
+//!    STREAM construction) under a fresh per-job key that lives only in memory and is zeroized
+//!    when the job ends; memory is one 64 KiB chunk buffer per bucket. A party that learns the
+//!    intersection first copies its input to an unlinked private snapshot and scans that, so the
+//!    rows it later copies out are exactly the rows it hashed (no check-then-use window).
+//! 4. **Buckets** ([`rr22::run_buckets`]): each bucket's spill is read back when the protocol
+//!    reaches it (the next one while the current runs), duplicate keys are found within the
+//!    bucket (equal keys have equal digests, so they always share one), and the matches go to a
+//!    writer thread that appends the bucket's rows, in the joint order, to the output's temp file.
+//!    A bucket's spill is deleted as soon as the bucket is finished. The responder with
+//!    `Reveal::Both` learns its matches only when the requester's positions arrive after the last
+//!    bucket: until then it keeps each bucket's secret stream order as a sealed spill too
+//!    (12 bytes per padded position), read back bucket by bucket as the positions come.
+//! 5. **Finish**: the grant's minimum is checked, then the temp file is renamed into place. On
+//!    any error no output exists and the spill directory is removed.
+//!
+//! Buckets run as a range `[start, end)` ([`rr22::run_buckets`]); today one range covers the
+//! job, but a range can be run alone once both sides agree on it, which is how resuming a job
+//! and sharding it will plug in.
+//!
+//! # What is different from the in-memory path
+//!
+//! The announced set size is the file's row count, before duplicates are dropped (`dedup`): the
+//! peer learns the number of rows rather than of distinct keys. Duplicate keys without `dedup`
+//! fail the job when their bucket is reached (the in-memory path fails before the hello). The
+//! requester keeps the matched stream positions (4 bytes per match) until it sends them at the
+//! end. ECDH-PSI and payload joins keep the in-memory path ([`crate::psi`]).
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use consort_protocols::psi::rr22::{self, BucketSink, BucketSource, ItemHasher, Rr22Config, Rr22Error};
+use consort_protocols::psi::{PayloadMode, PsiError};
+use consort_protocols::{Channel, cpu};
+use rayon::prelude::*;
+
+use crate::csv_rows::{RowScanner, lines_at};
+use crate::dataset::{DatasetSpec, FileStamp, changed, open_unchanged, push_key};
+use crate::error::{DataError, EngineError};
+use crate::keys::KeyArena;
+use crate::psi::{PayloadJob, PsiJob, PsiProtocol, PsiReport};
+use crate::sealed::{SealedReader, SealedWriter, StorageKey};
+use crate::storage::{Access, DataWriter};
+
+/// Bytes of one spill record: digest (16), row offset (8), row length (4).
+const RECORD: usize = 28;
+/// Rows hashed per parallel block during the scan.
+const SCAN_BLOCK: usize = 1 << 16;
+/// A row length marking a dummy position in a kept order.
+const DUMMY_LEN: u32 = u32::MAX;
+
+/// A dataset to stream: validated and counted, nothing per row kept.
+#[derive(Debug, Clone)]
+pub struct StreamInput {
+    pub spec: DatasetSpec,
+    pub columns: Vec<String>,
+    /// Data rows in the file (duplicates included): the set size announced.
+    pub rows: u64,
+    stamp: FileStamp,
+}
+
+impl StreamInput {
+    /// Validates every row and counts them, in constant memory.
+    pub fn open(spec: &DatasetSpec) -> Result<StreamInput, DataError> {
+        let mut scanner = RowScanner::open(&spec.file)?;
+        let stamp = FileStamp::of(scanner.file(), &spec.file)?;
+        let header = spec.read_header(&mut scanner)?;
+        let mut keys = KeyArena::new();
+        let mut rows = 0u64;
+        while let Some(row) = scanner.next_row()? {
+            push_key(spec, &header, &row, &mut keys)?;
+            rows += 1;
+            if keys.len() >= SCAN_BLOCK {
+                keys = KeyArena::new();
+            }
+        }
+        if rows >= u32::MAX as u64 {
+            return Err(DataError::file(&spec.file, "more than 2^32 - 2 rows"));
+        }
+        Ok(StreamInput { spec: spec.clone(), columns: header.columns, rows, stamp })
+    }
+}
+
+/// Where and how a streaming job spills.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// A directory of its own for this job's spill (created, and removed at the end).
+    pub spill_dir: PathBuf,
+    /// Target items per bucket (both parties must agree; [`rr22::DEFAULT_BUCKET_SIZE`]).
+    pub bucket_size: usize,
+}
+
+/// Whether a job runs on the streaming path: RR22 without payloads.
+pub fn streams(job: &PsiJob) -> bool {
+    job.protocol == PsiProtocol::Rr22 && job.payload == PayloadJob::None
+}
+
+/// Removes the spill directory when the job ends, however it ends.
+struct SpillDir(PathBuf);
+
+impl Drop for SpillDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn bucket_path(dir: &Path, b: usize) -> PathBuf {
+    dir.join(format!("bucket-{b:07}"))
+}
+
+fn order_path(dir: &Path, b: usize) -> PathBuf {
+    dir.join(format!("order-{b:07}"))
+}
+
+/// What the source and the sink share: the job's spill, the rows of buckets in flight, the first
+/// local failure (kept here: the protocol only hears that this side failed).
+struct Shared {
+    dir: PathBuf,
+    key: StorageKey,
+    spec: DatasetSpec,
+    /// Offsets and lengths of the items of buckets loaded but not finished.
+    rows: Mutex<HashMap<usize, Vec<(u64, u32)>>>,
+    failure: Mutex<Option<DataError>>,
+    dropped: AtomicU64,
+    /// This party writes rows (else a bucket's spill goes as soon as it is read).
+    learns: bool,
+    /// Bytes of spill on disk now and at most.
+    disk: AtomicU64,
+    peak_disk: AtomicU64,
+}
+
+impl Shared {
+    fn fail(&self, e: DataError) -> Rr22Error {
+        let mut slot = self.failure.lock().expect("not poisoned");
+        slot.get_or_insert(e);
+        Rr22Error::Input("this party's input or spill failed (its operator sees why)".into())
+    }
+
+    fn added(&self, bytes: u64) {
+        let now = self.disk.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak_disk.fetch_max(now, Ordering::Relaxed);
+    }
+
+    fn remove(&self, path: &Path) {
+        if let Ok(meta) = std::fs::metadata(path) {
+            self.disk.fetch_sub(meta.len().min(self.disk.load(Ordering::Relaxed)), Ordering::Relaxed);
+        }
+        let _ = std::fs::remove_file(path);
+    }
+
+    fn read_sealed(&self, path: &Path) -> Result<Vec<u8>, DataError> {
+        let mut bytes = Vec::new();
+        SealedReader::open(path, &self.key)
+            .and_then(|mut r| r.read_to_end(&mut bytes))
+            .map_err(|e| DataError::io(path, e))?;
+        Ok(bytes)
+    }
+}
+
+/// Reads buckets back from their spill files.
+struct SpillSource(Arc<Shared>);
+
+impl BucketSource for SpillSource {
+    fn bucket(&self, b: usize) -> Result<(Vec<u128>, Vec<u32>), Rr22Error> {
+        let s = &self.0;
+        let path = bucket_path(&s.dir, b);
+        let bytes = s.read_sealed(&path).map_err(|e| s.fail(e))?;
+        if !bytes.len().is_multiple_of(RECORD) {
+            return Err(s.fail(DataError::file(&path, "spill file damaged")));
+        }
+        let mut digests = Vec::with_capacity(bytes.len() / RECORD);
+        let mut rows = Vec::with_capacity(bytes.len() / RECORD);
+        for r in bytes.chunks_exact(RECORD) {
+            digests.push(u128::from_le_bytes(r[..16].try_into().expect("16")));
+            rows.push((
+                u64::from_le_bytes(r[16..24].try_into().expect("8")),
+                u32::from_le_bytes(r[24..].try_into().expect("4")),
+            ));
+        }
+        drop(bytes);
+        // Duplicate keys share a digest, hence a bucket: found here, in file order.
+        let mut by_digest: Vec<u32> = (0..digests.len() as u32).collect();
+        by_digest.par_sort_unstable_by_key(|&k| (digests[k as usize], k));
+        let repeats: Vec<(u32, u32)> = by_digest
+            .windows(2)
+            .filter(|w| digests[w[0] as usize] == digests[w[1] as usize])
+            .map(|w| (w[0], w[1]))
+            .collect();
+        drop(by_digest);
+        if !repeats.is_empty() {
+            if !s.spec.dedup {
+                let &(first, again) = repeats.iter().min_by_key(|&&(_, r)| rows[r as usize].0).expect("one");
+                let lines = lines_at(&s.spec.file, &[rows[first as usize].0, rows[again as usize].0]);
+                let e = match lines {
+                    Ok(lines) => DataError::DuplicateKey {
+                        path: s.spec.file.clone(),
+                        columns: s.spec.keys.iter().map(|k| k.trim().to_string()).collect(),
+                        first_line: lines[0],
+                        line: lines[1],
+                        more: 0,
+                    },
+                    Err(e) => e,
+                };
+                return Err(s.fail(e));
+            }
+            // Keep the first row of each key (the smallest offset: records are in file order).
+            let mut drop_row = vec![false; digests.len()];
+            for &(_, again) in &repeats {
+                drop_row[again as usize] = true;
+            }
+            let mut keep = drop_row.iter().map(|d| !d);
+            digests.retain(|_| keep.next().expect("one flag each"));
+            let mut keep = drop_row.iter().map(|d| !d);
+            rows.retain(|_| keep.next().expect("one flag each"));
+            s.dropped.fetch_add(repeats.len() as u64, Ordering::Relaxed);
+        }
+        let ids = (0..digests.len() as u32).collect();
+        if s.learns {
+            s.rows.lock().expect("not poisoned").insert(b, rows);
+        } else {
+            s.remove(&path);
+        }
+        Ok((digests, ids))
+    }
+}
+
+/// A bucket's rows to append to the output, in the joint order.
+type RowBatch = Vec<(u64, u32)>;
+
+/// Hands finished buckets to the output writer and keeps the responder's orders.
+struct SpillSink {
+    shared: Arc<Shared>,
+    writer: Option<std::sync::mpsc::SyncSender<RowBatch>>,
+    /// The responder's current bucket, by stream position (from its kept order).
+    positions: Vec<(u64, u32)>,
+}
+
+impl SpillSink {
+    fn send(&mut self, rows: RowBatch) -> Result<(), Rr22Error> {
+        let s = self.shared.clone();
+        match &self.writer {
+            Some(w) => w.send(rows).map_err(|_| s.fail(DataError::Invalid("the output writer stopped".into()))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl BucketSink for SpillSink {
+    fn matched(&mut self, b: usize, ids: Vec<u32>) -> Result<(), Rr22Error> {
+        let s = self.shared.clone();
+        if !s.learns {
+            return Ok(());
+        }
+        let stashed = s.rows.lock().expect("not poisoned").remove(&b);
+        let rows = match &stashed {
+            Some(rows) => ids.iter().map(|&i| rows.get(i as usize).copied()).collect::<Option<Vec<_>>>(),
+            // The responder: ids are stream positions of the order taken last.
+            None => ids
+                .iter()
+                .map(|&p| self.positions.get(p as usize).copied().filter(|row| row.1 != DUMMY_LEN))
+                .collect::<Option<Vec<_>>>(),
+        }
+        .ok_or_else(|| s.fail(DataError::Invalid(format!("bucket {b}: a match without a row"))))?;
+        s.remove(&bucket_path(&s.dir, b));
+        s.remove(&order_path(&s.dir, b));
+        self.positions = Vec::new();
+        self.send(rows)
+    }
+
+    fn keep_order(&mut self, b: usize, order: Vec<u32>) -> Result<(), Rr22Error> {
+        let s = self.shared.clone();
+        let rows = s.rows.lock().expect("not poisoned").remove(&b).unwrap_or_default();
+        let path = order_path(&s.dir, b);
+        let written = (|| -> std::io::Result<u64> {
+            let mut w =
+                std::io::BufWriter::with_capacity(1 << 16, SealedWriter::create(&path, &s.key, Access::OwnerOnly)?);
+            for &k in &order {
+                let (offset, len) = rows.get(k as usize).copied().unwrap_or((0, DUMMY_LEN));
+                w.write_all(&offset.to_le_bytes())?;
+                w.write_all(&len.to_le_bytes())?;
+            }
+            w.into_inner().map_err(|e| e.into_error())?.finish()?;
+            Ok(std::fs::metadata(&path)?.len())
+        })()
+        .map_err(|e| s.fail(DataError::io(&path, e)))?;
+        s.added(written);
+        s.remove(&bucket_path(&s.dir, b));
+        Ok(())
+    }
+
+    fn take_order(&mut self, b: usize) -> Result<Vec<u32>, Rr22Error> {
+        let s = self.shared.clone();
+        let path = order_path(&s.dir, b);
+        let bytes = s.read_sealed(&path).map_err(|e| s.fail(e))?;
+        self.positions = bytes
+            .chunks_exact(12)
+            .map(|r| {
+                (u64::from_le_bytes(r[..8].try_into().expect("8")), u32::from_le_bytes(r[8..].try_into().expect("4")))
+            })
+            .collect();
+        Ok((0..self.positions.len() as u32)
+            .map(|p| if self.positions[p as usize].1 == DUMMY_LEN { u32::MAX } else { p })
+            .collect())
+    }
+}
+
+/// Figures of a streaming job, besides the report's stages.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamFigures {
+    /// Most bytes of temporary files at once (snapshot and spill).
+    pub peak_temp_bytes: u64,
+    /// Rows dropped as duplicate keys (`dedup`).
+    pub duplicates_dropped: u64,
+}
+
+/// Runs this party's side of an RR22 PSI job from disk ([`streams`] must hold for `job`) and
+/// writes the output bucket by bucket into a temp file renamed at the end.
+pub async fn run_psi_streaming<C: Channel>(
+    channel: &C,
+    input: &StreamInput,
+    job: &PsiJob,
+    options: &StreamOptions,
+) -> Result<(PsiReport, StreamFigures), EngineError> {
+    run_streaming_observed(channel, input, job, options, None).await
+}
+
+/// A failure injected by tests after this many buckets were written.
+type FailAfter = Option<usize>;
+
+async fn run_streaming_observed<C: Channel>(
+    channel: &C,
+    input: &StreamInput,
+    job: &PsiJob,
+    options: &StreamOptions,
+    fail_after: FailAfter,
+) -> Result<(PsiReport, StreamFigures), EngineError> {
+    if !streams(job) {
+        return Err(DataError::Invalid("only RR22 jobs without payloads stream".into()).into());
+    }
+    let config = Rr22Config {
+        role: job.role,
+        reveal: job.reveal,
+        progress: job.progress.clone(),
+        bucket_size: options.bucket_size,
+        max_peer_items: job.limits.max_peer_rows,
+        payload: PayloadMode::None,
+    };
+    let psi_err = |e: Rr22Error| EngineError::Psi(PsiError::Rr22(e));
+    let session = rr22::start(channel, input.rows as usize, &config).await.map_err(psi_err)?;
+    let learns = session.learns() && job.output.is_some();
+    let mut stages = Vec::new();
+    // Scan, digest, spill.
+    let started = Instant::now();
+    std::fs::create_dir_all(&options.spill_dir).map_err(|e| DataError::io(&options.spill_dir, e))?;
+    let guard = SpillDir(options.spill_dir.clone());
+    let key = StorageKey::generate().map_err(|e| DataError::io(&options.spill_dir, e))?;
+    let shared = Arc::new(Shared {
+        dir: options.spill_dir.clone(),
+        key,
+        spec: input.spec.clone(),
+        rows: Mutex::new(HashMap::new()),
+        failure: Mutex::new(None),
+        dropped: AtomicU64::new(0),
+        learns,
+        disk: AtomicU64::new(0),
+        peak_disk: AtomicU64::new(0),
+    });
+    let scan = {
+        let (input, shared, hasher, cap) = (input.clone(), shared.clone(), session.hasher(), session.own_capacity());
+        let buckets = session.layout.buckets;
+        cpu::run(move || scan(&input, &shared, &hasher, buckets, cap, learns)).await
+    };
+    let (snapshot, header, terminator) = match scan {
+        Ok(s) => s,
+        // The caller closes the channel: the peer hears only that this side failed.
+        Err(e) => return Err(e.into()),
+    };
+    stages.push(("scan".to_string(), started.elapsed().as_secs_f64()));
+    // The writer: one thread appending finished buckets' rows to the output's temp file.
+    let started = Instant::now();
+    let (writer, rows_tx) = match (learns, &job.output) {
+        (true, Some(out)) => {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<RowBatch>(2);
+            let (out, at_rest) = (out.clone(), job.at_rest.clone());
+            let snapshot = snapshot.expect("a learning party snapshots");
+            let handle = std::thread::Builder::new()
+                .name("psi-output".into())
+                .spawn(move || write_rows(&snapshot, &header, terminator, &out, &at_rest, rx, fail_after))
+                .map_err(|e| DataError::Invalid(format!("cannot start the output writer: {e}")))?;
+            (Some(handle), Some(tx))
+        }
+        _ => (None, None),
+    };
+    let source: Arc<dyn BucketSource> = Arc::new(SpillSource(shared.clone()));
+    let mut sink = SpillSink { shared: shared.clone(), writer: rows_tx, positions: Vec::new() };
+    let all = 0..session.layout.buckets;
+    let run = rr22::run_buckets(channel, &session, source, &mut sink, all).await;
+    drop(sink);
+    let protocol_secs = started.elapsed().as_secs_f64();
+    // The writer's result first: a failed write ends the protocol with a local error.
+    let started = Instant::now();
+    let written = match writer {
+        Some(h) => Some(h.join().map_err(|_| DataError::Invalid("the output writer panicked".into()))?),
+        None => None,
+    };
+    let written = match written {
+        Some(Err(e)) => return Err(e.into()),
+        Some(Ok(w)) => Some(w),
+        None => None,
+    };
+    if let Some(e) = shared.failure.lock().expect("not poisoned").take() {
+        return Err(e.into());
+    }
+    let done = run.map_err(psi_err)?;
+    stages.push(("protocol".to_string(), protocol_secs));
+    stages.extend(done.timings.iter().map(|&(step, secs)| (format!("protocol/{step}"), secs)));
+    let (mut output, mut output_rows) = (None, 0);
+    if let Some(written) = written {
+        let (pending, rows) = written;
+        job.limits.check_aligned(rows)?;
+        let out = job.output.clone().expect("learns");
+        cpu::run(move || pending.finish()).await.map_err(|e| DataError::io(&out, e))?;
+        output = job.output.clone();
+        output_rows = rows;
+        stages.push(("output".to_string(), started.elapsed().as_secs_f64()));
+    }
+    let figures = StreamFigures {
+        peak_temp_bytes: shared.peak_disk.load(Ordering::Relaxed),
+        duplicates_dropped: shared.dropped.load(Ordering::Relaxed),
+    };
+    drop(guard);
+    let report = PsiReport {
+        local_rows: input.rows - figures.duplicates_dropped,
+        peer_rows: session.peer_size,
+        intersection: session.learns().then_some(output_rows),
+        output,
+        output_rows,
+        stages,
+        ecdh_evidence: None,
+    };
+    Ok((report, figures))
+}
+
+/// What the scan leaves for the output: the snapshot (learning side), the header's bytes and the
+/// file's line terminator.
+type Scanned = (Option<File>, Vec<u8>, &'static [u8]);
+
+/// The scan: every row's digest and place into its bucket's sealed spill file. A learning
+/// party scans a private snapshot of its input (returned, for the output) so the rows it copies
+/// out later are the rows it hashed. Returns the snapshot, the header's bytes and the file's
+/// line terminator.
+fn scan(
+    input: &StreamInput,
+    shared: &Shared,
+    hasher: &ItemHasher,
+    buckets: usize,
+    cap: usize,
+    learns: bool,
+) -> Result<Scanned, DataError> {
+    let spec = &input.spec;
+    let source = open_unchanged(&spec.file, &input.stamp)?;
+    let (mut scanner, snapshot) = if learns {
+        let mut copy = tempfile::tempfile_in(&shared.dir).map_err(|e| DataError::io(&shared.dir, e))?;
+        let copied = std::io::copy(&mut (&source).take(input.stamp.len + 1), &mut copy)
+            .map_err(|e| DataError::io(&shared.dir, e))?;
+        if copied != input.stamp.len || FileStamp::of(&source, &spec.file)? != input.stamp {
+            return Err(changed(&spec.file));
+        }
+        shared.added(copied);
+        copy.seek(std::io::SeekFrom::Start(0)).map_err(|e| DataError::io(&shared.dir, e))?;
+        let scanner = RowScanner::from_file(&spec.file, copy.try_clone().map_err(|e| DataError::io(&shared.dir, e))?);
+        (scanner, Some(copy))
+    } else {
+        (RowScanner::from_file(&spec.file, source), None)
+    };
+    let header = spec.read_header(&mut scanner)?;
+    let mut writers: Vec<std::io::BufWriter<SealedWriter>> = (0..buckets)
+        .map(|b| {
+            let path = bucket_path(&shared.dir, b);
+            SealedWriter::create(&path, &shared.key, Access::OwnerOnly)
+                .map(|w| std::io::BufWriter::with_capacity(RECORD * 1024, w))
+                .map_err(|e| DataError::io(&path, e))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut fill = vec![0usize; buckets];
+    let mut rows = 0u64;
+    let mut keys = KeyArena::with_capacity(SCAN_BLOCK, SCAN_BLOCK * 16);
+    let mut places: Vec<(u64, u32)> = Vec::with_capacity(SCAN_BLOCK);
+    let mut flush = |keys: &mut KeyArena, places: &mut Vec<(u64, u32)>| -> Result<(), DataError> {
+        let digests: Vec<u128> = (0..keys.len()).into_par_iter().map(|k| hasher.digest(keys.get(k))).collect();
+        for (d, &(offset, len)) in digests.iter().zip(places.iter()) {
+            let b = hasher.bucket_of(*d);
+            fill[b] += 1;
+            if fill[b] > cap {
+                return Err(DataError::Invalid(format!(
+                    "bucket {b} gets more than its capacity of {cap} items; the job cannot hide bucket sizes"
+                )));
+            }
+            let mut record = [0u8; RECORD];
+            record[..16].copy_from_slice(&d.to_le_bytes());
+            record[16..24].copy_from_slice(&offset.to_le_bytes());
+            record[24..].copy_from_slice(&len.to_le_bytes());
+            writers[b].write_all(&record).map_err(|e| DataError::io(bucket_path(&shared.dir, b), e))?;
+        }
+        *keys = KeyArena::with_capacity(SCAN_BLOCK, SCAN_BLOCK * 16);
+        places.clear();
+        Ok(())
+    };
+    while let Some(row) = scanner.next_row()? {
+        push_key(spec, &header, &row, &mut keys)?;
+        places.push((row.start, row.raw.len() as u32));
+        rows += 1;
+        if places.len() == SCAN_BLOCK {
+            flush(&mut keys, &mut places)?;
+        }
+    }
+    flush(&mut keys, &mut places)?;
+    if rows != input.rows {
+        return Err(changed(&spec.file));
+    }
+    for (b, w) in writers.into_iter().enumerate() {
+        let path = bucket_path(&shared.dir, b);
+        w.into_inner().map_err(|e| e.into_error()).and_then(|w| w.finish()).map_err(|e| DataError::io(&path, e))?;
+        shared.added(std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0));
+    }
+    let terminator: &'static [u8] = if header.raw.ends_with(b"\r\n") { b"\r\n" } else { b"\n" };
+    Ok((snapshot, header.raw, terminator))
+}
+
+/// The output writer: the header, then each finished bucket's rows copied from the snapshot, into
+/// a temp file; returns it unfinished (renamed only once the job succeeded) with its row count.
+fn write_rows(
+    snapshot: &File,
+    header: &[u8],
+    terminator: &[u8],
+    out: &Path,
+    at_rest: &crate::storage::AtRest,
+    batches: std::sync::mpsc::Receiver<RowBatch>,
+    fail_after: FailAfter,
+) -> Result<(DataWriter, u64), DataError> {
+    let dir = crate::storage::parent_dir(out);
+    std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    // SAFETY: the map is only read, and it maps our private, unlinked snapshot, which no other
+    // process can truncate.
+    let map = unsafe { memmap2::Mmap::map(snapshot) }.map_err(|e| DataError::io(dir, e))?;
+    #[cfg(unix)]
+    let _ = map.advise(memmap2::Advice::Random);
+    let io_err = |e| DataError::io(out, e);
+    let mut w = DataWriter::create(out, at_rest).map_err(|e| DataError::io(dir, e))?;
+    w.write_all(header).map_err(io_err)?;
+    if !header.ends_with(b"\n") && !header.ends_with(b"\r") {
+        w.write_all(terminator).map_err(io_err)?;
+    }
+    let mut rows = 0u64;
+    for (buckets, batch) in batches.into_iter().enumerate() {
+        if fail_after == Some(buckets) {
+            return Err(DataError::Invalid("injected failure".into()));
+        }
+        for &(offset, len) in &batch {
+            let row = usize::try_from(offset)
+                .ok()
+                .and_then(|s| map.get(s..s + len as usize))
+                .ok_or_else(|| DataError::Invalid("a spilled row lies outside the input".into()))?;
+            w.write_all(row).map_err(io_err)?;
+            if !row.ends_with(b"\n") && !row.ends_with(b"\r") {
+                w.write_all(terminator).map_err(io_err)?;
+            }
+        }
+        rows += batch.len() as u64;
+    }
+    Ok((w, rows))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,314 @@
+use std::path::{Path, PathBuf};
+
+use consort_protocols::{Reveal, Role, memory_pair};
+
+use super::*;
+use crate::check::{OutputFile, verify_psi_outputs};
+use crate::psi::{JobLimits, run_psi};
+use crate::storage::AtRest;
+use crate::synth::{PsiGenSpec, generate_psi};
+use crate::{Dataset, PsiProtocol};
+
+fn job(role: Role, reveal: Reveal, output: PathBuf) -> PsiJob {
+    PsiJob {
+        protocol: PsiProtocol::Rr22,
+        role,
+        reveal,
+        output: Some(output),
+        at_rest: AtRest::Plain,
+        progress: None,
+        proofs: false,
+        limits: JobLimits::default(),
+        payload: PayloadJob::None,
+    }
+}
+
+fn csv(dir: &Path, name: &str, ids: &[&str]) -> DatasetSpec {
+    let mut text = String::from("id,v\r\n");
+    for (i, id) in ids.iter().enumerate() {
+        text.push_str(&format!("{id},row {i} of {name}\r\n"));
+    }
+    let path = dir.join(format!("{name}.csv"));
+    std::fs::write(&path, text).unwrap();
+    DatasetSpec::new(name, path, &["id"])
+}
+
+fn options(dir: &Path, name: &str, bucket_size: usize) -> StreamOptions {
+    StreamOptions { spill_dir: dir.join(format!("spill-{name}")), bucket_size }
+}
+
+/// Both sides stream; returns both reports.
+async fn run_both(
+    dir: &Path,
+    a: &DatasetSpec,
+    b: &DatasetSpec,
+    reveal: Reveal,
+    bucket_size: usize,
+) -> Result<(PsiReport, PsiReport), String> {
+    let _ = std::fs::remove_dir_all(dir.join("out"));
+    let (ia, ib) = (StreamInput::open(a).unwrap(), StreamInput::open(b).unwrap());
+    let (ja, jb) =
+        (job(Role::Requester, reveal, dir.join("out/a.csv")), job(Role::Responder, reveal, dir.join("out/b.csv")));
+    let (oa, ob) = (options(dir, "a", bucket_size), options(dir, "b", bucket_size));
+    let (ca, cb) = memory_pair(64);
+    let (ra, rb) = tokio::join!(
+        async {
+            let r = run_psi_streaming(&ca, &ia, &ja, &oa).await;
+            drop(ca);
+            r
+        },
+        async {
+            let r = run_psi_streaming(&cb, &ib, &jb, &ob).await;
+            drop(cb);
+            r
+        }
+    );
+    assert!(!oa.spill_dir.exists() && !ob.spill_dir.exists(), "spill removed at the end");
+    match (ra, rb) {
+        (Ok(a), Ok(b)) => Ok((a.0, b.0)),
+        (ra, rb) => Err(format!("{:?} / {:?}", ra.err().map(|e| e.to_string()), rb.err().map(|e| e.to_string()))),
+    }
+}
+
+fn check(dir: &Path, a: &DatasetSpec, b: &DatasetSpec, reveal: Reveal, expected: u64) {
+    let out_a = dir.join("out/a.csv");
+    let out_b = dir.join("out/b.csv");
+    let b_out = (reveal == Reveal::Both).then(|| OutputFile::plain(&out_b));
+    if reveal == Reveal::RequesterOnly {
+        assert!(!out_b.exists());
+    }
+    let report = verify_psi_outputs(a, b, Some(OutputFile::plain(&out_a)), b_out).unwrap();
+    assert_eq!(report.expected, expected);
+    assert!(report.ok, "{:?}", report.problems);
+}
+
+/// The streaming path against the plaintext intersection, on the edge cases, one bucket and many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_matches_the_plaintext_intersection() {
+    let ids = |r: std::ops::Range<u32>| r.map(|i| format!("id{i:05}")).collect::<Vec<_>>();
+    let refs = |v: &[String]| v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("|");
+    let cases: Vec<(&str, Vec<String>, Vec<String>, u64)> = vec![
+        ("empty both", vec![], vec![], 0),
+        ("empty requester", vec![], ids(0..50), 0),
+        ("empty responder", ids(0..50), vec![], 0),
+        ("one item, shared", ids(7..8), ids(7..8), 1),
+        ("one item, not shared", ids(7..8), ids(8..9), 0),
+        ("disjoint", ids(0..300), ids(300..700), 0),
+        ("identical", ids(0..500), ids(0..500), 500),
+        ("unequal sizes", ids(0..40), ids(20..2000), 20),
+    ];
+    for bucket_size in [1 << 20, 64] {
+        for (name, a_ids, b_ids, expected) in &cases {
+            for reveal in [Reveal::Both, Reveal::RequesterOnly] {
+                let dir = tempfile::tempdir().unwrap();
+                let a_text = refs(a_ids);
+                let b_text = refs(b_ids);
+                let a_list: Vec<&str> = a_text.split('|').filter(|s| !s.is_empty()).collect();
+                let b_list: Vec<&str> = b_text.split('|').filter(|s| !s.is_empty()).collect();
+                let (a, b) = (csv(dir.path(), "a", &a_list), csv(dir.path(), "b", &b_list));
+                let (ra, rb) = run_both(dir.path(), &a, &b, reveal, bucket_size)
+                    .await
+                    .unwrap_or_else(|e| panic!("{name} {reveal:?} {bucket_size}: {e}"));
+                assert_eq!(ra.intersection, Some(*expected), "{name}");
+                assert_eq!((ra.local_rows, ra.peer_rows), (a_list.len() as u64, b_list.len() as u64));
+                assert_eq!(rb.intersection, (reveal == Reveal::Both).then_some(*expected), "{name}");
+                check(dir.path(), &a, &b, reveal, *expected);
+            }
+        }
+    }
+}
+
+/// Many buckets (a small bucket size) on generated data, both reveal modes, a sealed output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_buckets_on_generated_data() {
+    let dir = tempfile::tempdir().unwrap();
+    generate_psi(&PsiGenSpec { rows_a: 6000, rows_b: 4000, overlap: 1500, seed: 5, out_dir: dir.path().into() })
+        .unwrap();
+    let spec = |n: &str| DatasetSpec::new(n, dir.path().join(format!("{n}.csv")), &["id"]);
+    let (a, b) = (spec("a"), spec("b"));
+    for reveal in [Reveal::Both, Reveal::RequesterOnly] {
+        let (ra, _) = run_both(dir.path(), &a, &b, reveal, 512).await.unwrap();
+        assert_eq!(ra.intersection, Some(1500));
+        check(dir.path(), &a, &b, reveal, 1500);
+    }
+}
+
+/// Duplicate keys: refused (naming both lines) without `dedup`, the first row kept with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_are_refused_or_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = csv(dir.path(), "a", &["k1", "k2", "k1", "k3", "k2", "k9"]);
+    let b = csv(dir.path(), "b", &["k2", "k3", "k4"]);
+    let err = run_both(dir.path(), &a, &b, Reveal::Both, 1 << 20).await.unwrap_err();
+    assert!(err.contains("a.csv:4: column 'id': duplicate key, first seen on line 2"), "{err}");
+    assert!(!dir.path().join("out/a.csv").exists() && !dir.path().join("out/b.csv").exists());
+    let a = DatasetSpec { dedup: true, ..a };
+    let (ra, rb) = run_both(dir.path(), &a, &b, Reveal::Both, 1 << 20).await.unwrap();
+    assert_eq!((ra.intersection, rb.intersection), (Some(2), Some(2)));
+    assert_eq!(ra.local_rows, 4);
+    check(dir.path(), &a, &b, Reveal::Both, 2);
+    // The kept rows are the first of each key.
+    let out = std::fs::read_to_string(dir.path().join("out/a.csv")).unwrap();
+    assert!(out.contains("k2,row 1 of a\r\n") && !out.contains("row 4 of a"), "{out}");
+}
+
+/// One side streams, the other runs the in-memory path: the wire is the same, the outputs align,
+/// and each output holds exactly the rows (byte for byte) the in-memory path writes for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_and_in_memory_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    generate_psi(&PsiGenSpec { rows_a: 3000, rows_b: 2500, overlap: 900, seed: 8, out_dir: dir.path().into() })
+        .unwrap();
+    let spec = |n: &str| DatasetSpec::new(n, dir.path().join(format!("{n}.csv")), &["id"]);
+    let (a, b) = (spec("a"), spec("b"));
+    let sorted_lines = |p: &Path| {
+        let text = std::fs::read_to_string(p).unwrap();
+        let mut lines: Vec<String> = text.lines().map(String::from).collect();
+        let header = lines.remove(0);
+        lines.sort();
+        (header, lines)
+    };
+    // Reference: both in memory.
+    let (da, db) = (Dataset::load(&a).unwrap(), Dataset::load(&b).unwrap());
+    let (ref_a, ref_b) = (dir.path().join("ref/a.csv"), dir.path().join("ref/b.csv"));
+    let (ca, cb) = memory_pair(64);
+    let (ja, jb) =
+        (job(Role::Requester, Reveal::Both, ref_a.clone()), job(Role::Responder, Reveal::Both, ref_b.clone()));
+    let (x, y) = tokio::join!(run_psi(&ca, &da, &ja), run_psi(&cb, &db, &jb));
+    x.unwrap();
+    y.unwrap();
+    for streaming_side in [Role::Requester, Role::Responder] {
+        let (out_a, out_b) = (dir.path().join("out/a.csv"), dir.path().join("out/b.csv"));
+        let (ja, jb) =
+            (job(Role::Requester, Reveal::Both, out_a.clone()), job(Role::Responder, Reveal::Both, out_b.clone()));
+        let (ca, cb) = memory_pair(64);
+        let opts = options(dir.path(), "s", rr22::DEFAULT_BUCKET_SIZE);
+        let (ra, rb) = match streaming_side {
+            Role::Requester => {
+                let input = StreamInput::open(&a).unwrap();
+                let (x, y) = tokio::join!(run_psi_streaming(&ca, &input, &ja, &opts), run_psi(&cb, &db, &jb));
+                (x.unwrap().0, y.unwrap())
+            }
+            Role::Responder => {
+                let input = StreamInput::open(&b).unwrap();
+                let (x, y) = tokio::join!(run_psi(&ca, &da, &ja), run_psi_streaming(&cb, &input, &jb, &opts));
+                (x.unwrap(), y.unwrap().0)
+            }
+        };
+        assert_eq!((ra.intersection, rb.intersection), (Some(900), Some(900)));
+        check(dir.path(), &a, &b, Reveal::Both, 900);
+        assert_eq!(sorted_lines(&out_a), sorted_lines(&ref_a), "{streaming_side:?}");
+        assert_eq!(sorted_lines(&out_b), sorted_lines(&ref_b), "{streaming_side:?}");
+        assert!(!opts.spill_dir.exists());
+    }
+}
+
+/// A failure in the middle of the output (after one bucket was written): no output appears, the
+/// spill is removed, and a job below the grant's minimum writes nothing either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_leave_no_output_and_no_spill() {
+    let dir = tempfile::tempdir().unwrap();
+    generate_psi(&PsiGenSpec { rows_a: 3000, rows_b: 3000, overlap: 1000, seed: 2, out_dir: dir.path().into() })
+        .unwrap();
+    let spec = |n: &str| DatasetSpec::new(n, dir.path().join(format!("{n}.csv")), &["id"]);
+    let (ia, ib) = (StreamInput::open(&spec("a")).unwrap(), StreamInput::open(&spec("b")).unwrap());
+    let (out_a, out_b) = (dir.path().join("out/a.csv"), dir.path().join("out/b.csv"));
+    for (fail_after, limits) in
+        [(Some(1), JobLimits::default()), (None, JobLimits { min_aligned_rows: 1001, ..JobLimits::default() })]
+    {
+        let ja = PsiJob { limits, ..job(Role::Requester, Reveal::Both, out_a.clone()) };
+        let jb = job(Role::Responder, Reveal::Both, out_b.clone());
+        let (oa, ob) = (options(dir.path(), "a", 256), options(dir.path(), "b", 256));
+        let (ca, cb) = memory_pair(64);
+        let (ra, _) = tokio::join!(
+            async {
+                let r = run_streaming_observed(&ca, &ia, &ja, &oa, fail_after).await;
+                drop(ca);
+                r
+            },
+            async {
+                let r = run_psi_streaming(&cb, &ib, &jb, &ob).await;
+                drop(cb);
+                r
+            }
+        );
+        let err = ra.unwrap_err().to_string();
+        assert!(err.contains("injected failure") || err.contains("fewer rows than this node's grant"), "{err}");
+        assert!(!out_a.exists(), "no partial output");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("out"))
+            .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            leftovers.iter().all(|n| n != "a.csv" && !n.to_string_lossy().starts_with(".consort-")),
+            "{leftovers:?}"
+        );
+        assert!(!oa.spill_dir.exists() && !ob.spill_dir.exists());
+    }
+}
+
+/// The spill: sealed bucket files holding digests and row places, never a raw id.
+#[test]
+fn spill_files_hold_no_raw_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<String> = (0..2000).map(|i| format!("customer-{i:06}@example.org")).collect();
+    let list: Vec<&str> = ids.iter().map(|s| s.as_str()).collect();
+    let a = csv(dir.path(), "a", &list);
+    let input = StreamInput::open(&a).unwrap();
+    let spill = dir.path().join("spill");
+    std::fs::create_dir_all(&spill).unwrap();
+    let shared = Shared {
+        dir: spill.clone(),
+        key: StorageKey::generate().unwrap(),
+        spec: a.clone(),
+        rows: Mutex::new(HashMap::new()),
+        failure: Mutex::new(None),
+        dropped: AtomicU64::new(0),
+        learns: false,
+        disk: AtomicU64::new(0),
+        peak_disk: AtomicU64::new(0),
+    };
+    let layout = rr22::Layout::new(2000, 2000, 256);
+    let hasher = test_hasher(layout.buckets);
+    let (snapshot, header, _) = scan(&input, &shared, &hasher, layout.buckets, layout.cap_receiver, false).unwrap();
+    assert!(snapshot.is_none());
+    assert_eq!(header, b"id,v\r\n");
+    let files: Vec<PathBuf> = std::fs::read_dir(&spill).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), layout.buckets);
+    let mut records = 0;
+    for f in &files {
+        let raw = std::fs::read(f).unwrap();
+        assert!(crate::sealed::is_sealed(f).unwrap());
+        for id in ["customer-", "example.org", "row "] {
+            assert!(!raw.windows(id.len()).any(|w| w == id.as_bytes()), "{id} in {}", f.display());
+        }
+        // Decrypted, it holds each row's digest and place, nothing else.
+        let plain = shared.read_sealed(f).unwrap();
+        assert!(plain.len().is_multiple_of(RECORD));
+        for id in ["customer-", "example.org"] {
+            assert!(!plain.windows(id.len()).any(|w| w == id.as_bytes()));
+        }
+        records += plain.len() / RECORD;
+    }
+    assert_eq!(records, 2000);
+    // Reading a bucket back gives its digests (and, not learning, deletes its spill).
+    let source = SpillSource(Arc::new(shared));
+    let (digests, ids) = source.bucket(0).unwrap();
+    assert_eq!(digests.len(), ids.len());
+    assert!(digests.iter().all(|&d| hasher.bucket_of(d) == 0));
+    assert!(!bucket_path(&spill, 0).exists());
+}
+
+/// A hasher for tests that need one without a session: a job's start over a memory pair.
+fn test_hasher(buckets: usize) -> ItemHasher {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let (ca, cb) = memory_pair(8);
+        let n = buckets * 8;
+        let ra = Rr22Config { bucket_size: 8, ..Rr22Config::new(Role::Requester, Reveal::Both) };
+        let rb = Rr22Config { bucket_size: 8, ..Rr22Config::new(Role::Responder, Reveal::Both) };
+        let (x, _) = tokio::join!(rr22::start(&ca, n, &ra), rr22::start(&cb, n, &rb));
+        let session = x.unwrap();
+        assert_eq!(session.layout.buckets, buckets);
+        session.hasher()
+    })
+}
