@@ -3,7 +3,7 @@
 //!
 //! | concept  | CLI / config / JSON                         | wire (proto)      | Rust                                  |
 //! |----------|---------------------------------------------|-------------------|---------------------------------------|
-//! | job kind | `psi`, `train`, `score`, `deal`, `secureboost`, `secureboost-score` | `JobKind` | [`JobKind`]            |
+//! | job kind | `psi`, `train`, `score`, `deal`, `secureboost`, `secureboost-score`, `psi-fetch`, `psi-query` | `JobKind` | [`JobKind`]            |
 //! | state    | `pending` … `refused`, `awaiting-approval`  | `JobState`        | [`JobState`]                          |
 //! | role     | `requester`, `responder`                    | `Role`            | [`consort_protocols::Role`]           |
 //! | protocol | `ecdh`, `rr22`                              | `PsiProtocol`     | [`PsiProtocol`]                       |
@@ -51,7 +51,16 @@ pub trait Vocabulary: Sized + Copy + 'static {
 impl Vocabulary for JobKind {
     const WHAT: &'static str = "job kind";
     const ALL: &'static [Self] =
-        &[JobKind::Psi, JobKind::Train, JobKind::Score, JobKind::Deal, JobKind::Secureboost, JobKind::SecureboostScore];
+        &[
+            JobKind::Psi,
+            JobKind::Train,
+            JobKind::Score,
+            JobKind::Deal,
+            JobKind::Secureboost,
+            JobKind::SecureboostScore,
+            JobKind::PsiFetch,
+            JobKind::PsiQuery,
+        ];
     fn name(self) -> &'static str {
         match self {
             JobKind::Unspecified => "unspecified",
@@ -61,6 +70,8 @@ impl Vocabulary for JobKind {
             JobKind::Deal => "deal",
             JobKind::Secureboost => "secureboost",
             JobKind::SecureboostScore => "secureboost-score",
+            JobKind::PsiFetch => "psi-fetch",
+            JobKind::PsiQuery => "psi-query",
         }
     }
 }
@@ -345,7 +356,7 @@ mod tests {
         let e = "bogus".parse::<JobKind>().unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown job kind 'bogus' (known: psi, train, score, deal, secureboost, secureboost-score)"
+            "unknown job kind 'bogus' (known: psi, train, score, deal, secureboost, secureboost-score, psi-fetch, psi-query)"
         );
         assert!("unspecified".parse::<JobKind>().is_err());
     }

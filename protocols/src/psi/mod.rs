@@ -14,6 +14,7 @@ use crate::items::Items;
 pub mod ecdh;
 pub mod payload;
 pub mod rr22;
+pub mod unbalanced;
 #[cfg(test)]
 mod tests;
 
