@@ -54,8 +54,14 @@ async fn nodes(grant: Grant) -> Pair {
     write(&root.join("query.csv"), QUERY);
     write(&root.join("list.csv"), LIST);
     let query_grant = Grant::new(pair::B, vec![JobKind::PsiQuery, JobKind::Psi]);
-    setup::dataset_add(&a_dir, DatasetSpec::new("suspects", root.join("query.csv"), &["id"]), vec![query_grant], true, false)
-        .unwrap();
+    setup::dataset_add(
+        &a_dir,
+        DatasetSpec::new("suspects", root.join("query.csv"), &["id"]),
+        vec![query_grant],
+        true,
+        false,
+    )
+    .unwrap();
     setup::dataset_add(&b_dir, DatasetSpec::new("blacklist", root.join("list.csv"), &["id"]), vec![grant], true, false)
         .unwrap();
     a.state.reload().unwrap();
@@ -64,7 +70,10 @@ async fn nodes(grant: Grant) -> Pair {
 }
 
 fn full_grant() -> Grant {
-    Grant { share: vec!["risk".into()], ..Grant::new(pair::A, vec![JobKind::PsiFetch, JobKind::PsiQuery, JobKind::Psi]) }
+    Grant {
+        share: vec!["risk".into()],
+        ..Grant::new(pair::A, vec![JobKind::PsiFetch, JobKind::PsiQuery, JobKind::Psi])
+    }
 }
 
 async fn submit(dir: &Path, request: SubmitRequest) -> JobStatus {
@@ -76,7 +85,12 @@ async fn submit(dir: &Path, request: SubmitRequest) -> JobStatus {
 async fn fetch(p: &Pair) -> JobStatus {
     submit(
         &p.a_dir,
-        SubmitRequest { kind: JobKind::PsiFetch as i32, peer: pair::B.into(), peer_dataset: "blacklist".into(), ..Default::default() },
+        SubmitRequest {
+            kind: JobKind::PsiFetch as i32,
+            peer: pair::B.into(),
+            peer_dataset: "blacklist".into(),
+            ..Default::default()
+        },
     )
     .await
 }
@@ -112,8 +126,13 @@ fn records(text: &[u8]) -> Vec<Vec<String>> {
 
 /// The plaintext join: the bank's rows (file order) whose id is in the list, with the list's risk.
 fn plaintext(columns: bool) -> Vec<Vec<String>> {
-    let list: BTreeMap<String, String> = records(LIST.as_bytes())[1..].iter().map(|r| (r[0].clone(), r[1].clone())).collect();
-    let mut out = vec![if columns { vec!["id".into(), "case".into(), "partner.risk".into()] } else { vec!["id".into(), "case".into()] }];
+    let list: BTreeMap<String, String> =
+        records(LIST.as_bytes())[1..].iter().map(|r| (r[0].clone(), r[1].clone())).collect();
+    let mut out = vec![if columns {
+        vec!["id".into(), "case".into(), "partner.risk".into()]
+    } else {
+        vec!["id".into(), "case".into()]
+    }];
     for r in &records(QUERY.as_bytes())[1..] {
         if let Some(risk) = list.get(&r[0]) {
             let mut row = r.clone();
@@ -144,7 +163,12 @@ async fn queries_after_a_setup_match_a_plaintext_join_and_a_balanced_psi() {
         let status = query(&p, &out).await;
         assert_eq!(status.job_state(), JobState::Done, "{}", status.error);
         assert_eq!((status.local_rows, status.intersection), (5, 3));
-        assert!(status.bytes_sent < 1000 && status.bytes_received < 1000, "{} / {}", status.bytes_sent, status.bytes_received);
+        assert!(
+            status.bytes_sent < 1000 && status.bytes_received < 1000,
+            "{} / {}",
+            status.bytes_sent,
+            status.bytes_received
+        );
         let got = records(&read(&p, &out));
         assert_eq!(got, plaintext(true));
         // The owner learns the number of query items and nothing else: it writes no output.

@@ -50,17 +50,16 @@ pub trait Vocabulary: Sized + Copy + 'static {
 
 impl Vocabulary for JobKind {
     const WHAT: &'static str = "job kind";
-    const ALL: &'static [Self] =
-        &[
-            JobKind::Psi,
-            JobKind::Train,
-            JobKind::Score,
-            JobKind::Deal,
-            JobKind::Secureboost,
-            JobKind::SecureboostScore,
-            JobKind::PsiFetch,
-            JobKind::PsiQuery,
-        ];
+    const ALL: &'static [Self] = &[
+        JobKind::Psi,
+        JobKind::Train,
+        JobKind::Score,
+        JobKind::Deal,
+        JobKind::Secureboost,
+        JobKind::SecureboostScore,
+        JobKind::PsiFetch,
+        JobKind::PsiQuery,
+    ];
     fn name(self) -> &'static str {
         match self {
             JobKind::Unspecified => "unspecified",

@@ -57,7 +57,8 @@ pub fn evaluate(dataset: &Dataset, columns: &[String], query_budget: u64) -> Res
         Some(crate::payload::collect_payloads(&dataset.row_source(), &at)?)
     };
     let key = OprfKey::random();
-    let set = evaluate_set(&key, &dataset.keys, labels.as_ref(), query_budget).map_err(|e| DataError::Invalid(e.to_string()))?;
+    let set = evaluate_set(&key, &dataset.keys, labels.as_ref(), query_budget)
+        .map_err(|e| DataError::Invalid(e.to_string()))?;
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     Ok((SetupKey { key: Arc::new(key), params: set.params, created, columns: columns.to_vec() }, set))
 }
@@ -69,9 +70,7 @@ fn sealed_writer(path: &Path, storage: &Arc<StorageKey>) -> Result<DataWriter, D
 /// Opens a file that must be sealed (a plain file at the path is refused, not trusted).
 fn open_sealed(path: &Path, storage: &StorageKey, magic: &[u8; 8]) -> Result<Box<dyn Read + Send>, DataError> {
     let mut head = [0u8; 8];
-    crate::storage::open_regular(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .map_err(|e| DataError::io(path, e))?;
+    crate::storage::open_regular(path).and_then(|mut f| f.read_exact(&mut head)).map_err(|e| DataError::io(path, e))?;
     if &head != sealed::MAGIC {
         return Err(DataError::file(path, "not sealed under this node's storage key: refused"));
     }
@@ -100,7 +99,7 @@ pub fn write_key(path: &Path, setup: &SetupKey, storage: &Arc<StorageKey>) -> Re
 
 /// Reads the owner's key file.
 pub fn read_key(path: &Path, storage: &StorageKey) -> Result<SetupKey, DataError> {
-    let mut r = open_sealed(path, storage, KEY_MAGIC)?;
+    let r = open_sealed(path, storage, KEY_MAGIC)?;
     let mut body = Zeroizing::new(Vec::new());
     r.take(1 << 20).read_to_end(&mut body).map_err(|e| DataError::io(path, e))?;
     let bad = || DataError::file(path, "the unbalanced PSI key file is malformed");

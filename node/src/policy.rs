@@ -84,7 +84,12 @@ pub fn check(
         && ask.role == Role::Responder
         && let Some(budget) = grant.queries
     {
-        let used: u64 = jobs.iter().filter(mine).filter(|s| s.job_kind() == JobKind::PsiQuery && counts(s)).map(|s| s.peer_rows).sum();
+        let used: u64 = jobs
+            .iter()
+            .filter(mine)
+            .filter(|s| s.job_kind() == JobKind::PsiQuery && counts(s))
+            .map(|s| s.peer_rows)
+            .sum();
         let asked = peer_rows.unwrap_or(0);
         if used.saturating_add(asked) > budget {
             return Err(on(format!("the budget of {budget} query items is used up ({used} used, {asked} asked)")));

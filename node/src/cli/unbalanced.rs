@@ -106,7 +106,13 @@ impl SetupReport {
 /// The setup of `dataset` in the node directory `dir` (blocking; CPU work on rayon): loads the
 /// list, evaluates it under a fresh key and replaces the setup files (the set first, then the key).
 /// Refuses to replace an existing setup unless `rotate`.
-pub fn run_setup(dir: &Path, dataset: &str, columns: &[String], query_budget: u64, rotate: bool) -> Result<SetupReport> {
+pub fn run_setup(
+    dir: &Path,
+    dataset: &str,
+    columns: &[String],
+    query_budget: u64,
+    rotate: bool,
+) -> Result<SetupReport> {
     let cfg = NodeConfig::load(dir)?;
     let entry = cfg
         .datasets

@@ -148,7 +148,9 @@ async fn serve_fetch(ctx: RunCtx<'_>) -> Result<Outcome, Failure> {
         Ok::<_, consort_engine::DataError>((setup, set))
     })
     .await
-    .map_err(|e| Failure::context("the owner could not read its evaluated list (its operator sees why in its log)", e))?;
+    .map_err(|e| {
+        Failure::context("the owner could not read its evaluated list (its operator sees why in its log)", e)
+    })?;
     if set.id() != setup.params.id() {
         return Err(Failure::shared(anyhow!("the owner's setup is being replaced; fetch again in a moment")));
     }
@@ -193,8 +195,9 @@ async fn receive_fetch(ctx: RunCtx<'_>) -> Result<Outcome, Failure> {
     let storage = ctx.state.storage.key.clone();
     let target = path.clone();
     cpu::run(move || {
-        std::fs::create_dir_all(target.parent().expect("a parent"))
-            .map_err(|e| consort_engine::DataError::Invalid(format!("cannot create the fetched lists' directory: {e}")))?;
+        std::fs::create_dir_all(target.parent().expect("a parent")).map_err(|e| {
+            consort_engine::DataError::Invalid(format!("cannot create the fetched lists' directory: {e}"))
+        })?;
         files::write_set(&target, &set, &columns, &storage)
     })
     .await
@@ -342,9 +345,11 @@ async fn ask_query(ctx: RunCtx<'_>) -> Result<Outcome, Failure> {
     let keys = Arc::new(Keys(dataset.clone()));
     let matches = ubal::query(&*ctx.channel, &set, &keys).await.map_err(Failure::shared)?;
     let query = started.elapsed().as_secs_f64();
-    let out = ctx.ask.out.clone().unwrap_or_else(|| {
-        super::psi::default_output(&ctx.state.dir, &ctx.ask.job_id, &dataset.spec.name).0
-    });
+    let out = ctx
+        .ask
+        .out
+        .clone()
+        .unwrap_or_else(|| super::psi::default_output(&ctx.state.dir, &ctx.ask.job_id, &dataset.spec.name).0);
     super::will_write(ctx.handle, &out).await;
     let header: Vec<String> = columns.iter().map(|c| format!("{}.{c}", ctx.ask.peer)).collect();
     let started = Instant::now();
@@ -382,7 +387,8 @@ fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
 }
 
 async fn cached_set(path: &Path, storage: &Arc<consort_engine::sealed::StorageKey>) -> anyhow::Result<Cached> {
-    let stamp = file_stamp(path).ok_or_else(|| anyhow!("the fetched list is missing: run `consort psi-fetch` again"))?;
+    let stamp =
+        file_stamp(path).ok_or_else(|| anyhow!("the fetched list is missing: run `consort psi-fetch` again"))?;
     if let Some((t, l, c)) = CACHE.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_default().get(path)
         && (*t, *l) == stamp
     {

@@ -14,9 +14,9 @@ use crate::items::Items;
 pub mod ecdh;
 pub mod payload;
 pub mod rr22;
-pub mod unbalanced;
 #[cfg(test)]
 mod tests;
+pub mod unbalanced;
 
 use ecdh::{EcdhEvidence, EcdhPsiConfig, EcdhPsiError};
 pub use payload::{PayloadMode, Payloads};

@@ -260,7 +260,9 @@ impl SetupParams {
                 p.tag_bytes, p.items, p.query_budget
             ));
         }
-        if p.label_width as usize > MAX_LABEL_BYTES + LEN_BYTES || (p.label_width > 0 && (p.label_width as usize) < LEN_BYTES) {
+        if p.label_width as usize > MAX_LABEL_BYTES + LEN_BYTES
+            || (p.label_width > 0 && (p.label_width as usize) < LEN_BYTES)
+        {
             return Err(format!("a label width of {} bytes is out of range", p.label_width));
         }
         if decode(&p.commitment).is_none() {
@@ -461,7 +463,9 @@ fn read_hello(frame: &[u8], mode: u8, body_len: usize) -> Result<&[u8], Unbalanc
     }
     let version = u16::from_be_bytes([frame[17], frame[18]]);
     if version != VERSION {
-        return Err(violation(format!("unbalanced PSI version {version} is not supported (this node speaks {VERSION})")));
+        return Err(violation(format!(
+            "unbalanced PSI version {version} is not supported (this node speaks {VERSION})"
+        )));
     }
     if frame[19] != mode {
         return Err(violation("the peer runs another step of the unbalanced PSI"));
@@ -503,7 +507,10 @@ pub async fn fetch<C: Channel>(channel: &C, limits: &FetchLimits) -> Result<Oprf
     let first = channel.recv().await?;
     let params = SetupParams::decode(read_hello(&first, MODE_FETCH, SetupParams::ENCODED)?).map_err(violation)?;
     if params.items > limits.max_items {
-        return Err(violation(format!("the list of {} items is larger than the {} allowed", params.items, limits.max_items)));
+        return Err(violation(format!(
+            "the list of {} items is larger than the {} allowed",
+            params.items, limits.max_items
+        )));
     }
     if params.label_width as usize > limits.max_label_bytes + LEN_BYTES {
         return Err(violation(format!(
@@ -513,7 +520,12 @@ pub async fn fetch<C: Channel>(channel: &C, limits: &FetchLimits) -> Result<Oprf
         )));
     }
     let total = params.set_bytes().filter(|&b| b <= limits.max_bytes).ok_or_else(|| {
-        violation(format!("a fetch of {} items of {} bytes is larger than the {} bytes allowed", params.items, params.record_bytes(), limits.max_bytes))
+        violation(format!(
+            "a fetch of {} items of {} bytes is larger than the {} bytes allowed",
+            params.items,
+            params.record_bytes(),
+            limits.max_bytes
+        ))
     })?;
     let total = usize::try_from(total).map_err(|_| violation("the fetch does not fit in memory"))?;
     let record = params.record_bytes();
@@ -691,7 +703,10 @@ pub async fn answer<C: Channel>(
     }
     let m = u64::from_be_bytes(body[32..40].try_into().expect("8 bytes"));
     if m > max_items.min(MAX_QUERY_ITEMS) {
-        return Err(violation(format!("a query of {m} items is larger than the {} allowed", max_items.min(MAX_QUERY_ITEMS))));
+        return Err(violation(format!(
+            "a query of {m} items is larger than the {} allowed",
+            max_items.min(MAX_QUERY_ITEMS)
+        )));
     }
     channel.send(hello(MODE_QUERY, body).into()).await?;
     let mut received = 0u64;
@@ -715,9 +730,9 @@ pub async fn answer<C: Channel>(
                 .par_chunks_exact(32)
                 .enumerate()
                 .map(|(j, e)| {
-                    decode(e)
-                        .map(|p| p * *half)
-                        .ok_or_else(|| violation(format!("query point {} is not a valid point", first_index + j as u64 + 1)))
+                    decode(e).map(|p| p * *half).ok_or_else(|| {
+                        violation(format!("query point {} is not a valid point", first_index + j as u64 + 1))
+                    })
                 })
                 .collect::<Result<_, _>>()?;
             let mut out = Vec::with_capacity(1 + 32 * points.len());

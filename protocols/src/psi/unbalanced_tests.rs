@@ -104,7 +104,8 @@ async fn labels_of_matched_items_open_and_only_those() {
     let q = strs(&["carol", "mallory", "alice", "dave", "bob"]);
     let (matches, fetched) = fetch_and_query(&list, Some(&labels), q.clone()).await;
     let by_item: HashMap<&[u8], &[u8]> = list.iter().map(|x| &x[..]).zip(labels.iter()).collect();
-    let want: Vec<(u32, Vec<u8>)> = expected(&list, &q).into_iter().map(|i| (i, by_item[&q[i as usize][..]].to_vec())).collect();
+    let want: Vec<(u32, Vec<u8>)> =
+        expected(&list, &q).into_iter().map(|i| (i, by_item[&q[i as usize][..]].to_vec())).collect();
     let got: Vec<(u32, Vec<u8>)> = matches.into_iter().map(|m| (m.index, m.label.unwrap())).collect();
     assert_eq!(got, want);
     // No label appears in clear in the fetched set.
@@ -152,7 +153,10 @@ async fn a_rotated_key_refuses_the_old_setup() {
     let new_key = Arc::new(OprfKey::random());
     let new = evaluate_set(&new_key, &list, None, 1000).unwrap();
     let err = run_query(&new_key, &new.params, &old, strs(&["id-1"])).await.unwrap_err();
-    assert!(err.to_string().contains("not the owner's current one") || matches!(err, UnbalancedError::Channel(_)), "{err}");
+    assert!(
+        err.to_string().contains("not the owner's current one") || matches!(err, UnbalancedError::Channel(_)),
+        "{err}"
+    );
     // The owner's error, on its side, names the superseded setup.
     let (a, b) = memory_pair(4);
     let items = Arc::new(strs(&["id-1"]));
@@ -211,10 +215,8 @@ async fn owner_error(frames: Vec<Vec<u8>>, max_items: u64) -> String {
     let key = Arc::new(OprfKey::random());
     let set = evaluate_set(&key, &ids("id-", 0..5), None, 1000).unwrap();
     let frames = frames.into_iter().map(|f| f.to_vec()).collect::<Vec<_>>();
-    let frames: Vec<Vec<u8>> = frames
-        .into_iter()
-        .map(|f| if f == b"HELLO" { query_hello(set.id(), 2) } else { f })
-        .collect();
+    let frames: Vec<Vec<u8>> =
+        frames.into_iter().map(|f| if f == b"HELLO" { query_hello(set.id(), 2) } else { f }).collect();
     as_peer(frames, async |c| answer(c, &key, &set.params, max_items).await).await.unwrap_err().to_string()
 }
 
@@ -258,7 +260,10 @@ async fn the_querier_refuses_malformed_answers() {
         (vec![query_hello([1; 32], 2)], "another setup"),
         (vec![query_hello(set.id(), 3)], "another number"),
         (vec![ok_hello.clone(), points_frame(EVALUATED, &[valid_point(1)])], "one point per query point"),
-        (vec![ok_hello.clone(), points_frame(EVALUATED, &[valid_point(1), [0; 32]])], "evaluated point 2 is not a valid"),
+        (
+            vec![ok_hello.clone(), points_frame(EVALUATED, &[valid_point(1), [0; 32]])],
+            "evaluated point 2 is not a valid",
+        ),
         (vec![ok_hello.clone(), points_frame(POINTS, &[valid_point(1), valid_point(2)])], "one point per query point"),
     ];
     for (frames, want) in cases {
@@ -294,7 +299,11 @@ async fn the_querier_refuses_malformed_fetches() {
         p.items = u64::MAX / 2;
         p.tag_bytes = tag_bytes(p.items, p.query_budget).unwrap();
     });
-    assert!(fetch_err(vec![huge], FetchLimits { max_items: u64::MAX, max_bytes: u64::MAX, ..LIMITS }).await.contains("larger"));
+    assert!(
+        fetch_err(vec![huge], FetchLimits { max_items: u64::MAX, max_bytes: u64::MAX, ..LIMITS })
+            .await
+            .contains("larger")
+    );
     let labels = with(set.params, &|p| p.label_width = 1 << 20);
     assert!(fetch_err(vec![labels], LIMITS).await.contains("out of range"));
     let short_tags = with(set.params, &|p| p.tag_bytes -= 1);
@@ -341,7 +350,8 @@ async fn no_raw_id_on_the_wire_and_bytes_proportional_to_the_query() {
     let set = Arc::new(evaluate_set(&key, &list, None, 1000).unwrap());
     let q = ids("customer-0000", 400..600);
     let (a, b) = memory_pair(4);
-    let (a, b) = (Capture { inner: a, sent: Mutex::default() }, Metered::new(Capture { inner: b, sent: Mutex::default() }));
+    let (a, b) =
+        (Capture { inner: a, sent: Mutex::default() }, Metered::new(Capture { inner: b, sent: Mutex::default() }));
     let items = Arc::new(q.clone());
     let (answered, matches) = tokio::join!(answer(&a, &key, &set.params, 1000), query(&b, &set, &items));
     answered.unwrap();
