@@ -562,14 +562,11 @@ pub struct QueryMatch {
 }
 
 /// The querier's side of a query: the query items found in `set`, by index (ascending).
-pub async fn query<C: Channel, I: Items + ?Sized>(
+pub async fn query<C: Channel, I: Items + Send + ?Sized + 'static>(
     channel: &C,
     set: &Arc<OprfSet>,
     items: &Arc<I>,
-) -> Result<Vec<QueryMatch>, UnbalancedError>
-where
-    I: Send + 'static,
-{
+) -> Result<Vec<QueryMatch>, UnbalancedError> {
     let m = items.len();
     if m as u64 > MAX_QUERY_ITEMS {
         return Err(UnbalancedError::Input(format!("a query holds at most {MAX_QUERY_ITEMS} items")));
