@@ -379,7 +379,10 @@ type Cached = (Arc<OprfSet>, Arc<Vec<String>>);
 
 /// Fetched sets already read and checked, by path, with the file's modification time and length
 /// (a new fetch replaces the file, so the entry no longer matches).
-static CACHE: Mutex<Option<HashMap<PathBuf, (SystemTime, u64, Cached)>>> = Mutex::new(None);
+static CACHE: Mutex<Option<CachedSets>> = Mutex::new(None);
+
+/// Per path: the file's modification time and length when read, and what was read.
+type CachedSets = HashMap<PathBuf, (SystemTime, u64, Cached)>;
 
 fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let m = std::fs::metadata(path).ok()?;
