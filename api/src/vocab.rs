@@ -3,7 +3,7 @@
 //!
 //! | concept  | CLI / config / JSON                         | wire (proto)      | Rust                                  |
 //! |----------|---------------------------------------------|-------------------|---------------------------------------|
-//! | job kind | `psi`, `train`, `score`, `deal`, `secureboost`, `secureboost-score` | `JobKind` | [`JobKind`]            |
+//! | job kind | `psi`, `train`, `score`, `deal`, `secureboost`, `secureboost-score`, `psi-fetch`, `psi-query` | `JobKind` | [`JobKind`]            |
 //! | state    | `pending` … `refused`, `awaiting-approval`  | `JobState`        | [`JobState`]                          |
 //! | role     | `requester`, `responder`                    | `Role`            | [`consort_protocols::Role`]           |
 //! | protocol | `ecdh`, `rr22`                              | `PsiProtocol`     | [`PsiProtocol`]                       |
@@ -58,6 +58,8 @@ impl Vocabulary for JobKind {
         JobKind::Secureboost,
         JobKind::SecureboostScore,
         JobKind::Bin,
+        JobKind::PsiFetch,
+        JobKind::PsiQuery,
     ];
     fn name(self) -> &'static str {
         match self {
@@ -69,6 +71,8 @@ impl Vocabulary for JobKind {
             JobKind::Secureboost => "secureboost",
             JobKind::SecureboostScore => "secureboost-score",
             JobKind::Bin => "bin",
+            JobKind::PsiFetch => "psi-fetch",
+            JobKind::PsiQuery => "psi-query",
         }
     }
 }
@@ -353,7 +357,7 @@ mod tests {
         let e = "bogus".parse::<JobKind>().unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown job kind 'bogus' (known: psi, train, score, deal, secureboost, secureboost-score)"
+            "unknown job kind 'bogus' (known: psi, train, score, deal, secureboost, secureboost-score, psi-fetch, psi-query)"
         );
         assert!("unspecified".parse::<JobKind>().is_err());
     }

@@ -22,6 +22,7 @@ pub mod sealed;
 pub mod secureboost;
 pub mod storage;
 pub mod synth;
+pub mod unbalanced;
 
 pub use dataset::{Dataset, DatasetSpec, Normalization};
 pub use error::{DataError, EngineError};

@@ -38,8 +38,16 @@ pub const SPILL_DIR: &str = "spill";
 pub const PEERS_DIR: &str = "peers";
 
 /// Job kinds a dataset grant can allow (a `deal` job uses no dataset).
-pub const GRANTABLE: &[JobKind] =
-    &[JobKind::Psi, JobKind::Train, JobKind::Score, JobKind::Secureboost, JobKind::SecureboostScore, JobKind::Bin];
+pub const GRANTABLE: &[JobKind] = &[
+    JobKind::Psi,
+    JobKind::Train,
+    JobKind::Score,
+    JobKind::Secureboost,
+    JobKind::SecureboostScore,
+    JobKind::Bin,
+    JobKind::PsiFetch,
+    JobKind::PsiQuery,
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeConfig {
@@ -222,6 +230,12 @@ pub struct Grant {
     /// none; a job asking for a column not listed is refused before any protocol message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub share: Vec<String>,
+    /// Unbalanced PSI: query items this peer may check against this dataset in `psi-query` jobs,
+    /// in all (each job's size, as declared, counts; refused requests do not). None: no budget
+    /// but the setup's own (`consort psi-setup --query-budget`). Each query item is one
+    /// membership test of the list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queries: Option<u64>,
 }
 
 /// A grant's peer set size bound when it names none.
@@ -249,6 +263,7 @@ impl Grant {
             expires: None,
             approval: false,
             share: Vec::new(),
+            queries: None,
         }
     }
 
@@ -288,6 +303,9 @@ impl Grant {
         }
         if let Some(n) = self.jobs_per_day {
             parts.push(format!("jobs-per-day={n}"));
+        }
+        if let Some(n) = self.queries {
+            parts.push(format!("queries={n}"));
         }
         if self.jobs.contains(&JobKind::Train) || self.jobs.contains(&JobKind::Secureboost) {
             parts.push(format!("models={}", self.models()));

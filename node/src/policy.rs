@@ -79,6 +79,22 @@ pub fn check(
         check_peer_rows(grant, rows).map_err(on)?;
     }
     let mine = |s: &&JobStatus| s.job_id != ask.job_id && s.peer == ask.peer && s.dataset == ask.dataset;
+    // Unbalanced PSI: every query item is a membership test of the list, counted in all.
+    if ask.kind == JobKind::PsiQuery
+        && ask.role == Role::Responder
+        && let Some(budget) = grant.queries
+    {
+        let used: u64 = jobs
+            .iter()
+            .filter(mine)
+            .filter(|s| s.job_kind() == JobKind::PsiQuery && counts(s))
+            .map(|s| s.peer_rows)
+            .sum();
+        let asked = peer_rows.unwrap_or(0);
+        if used.saturating_add(asked) > budget {
+            return Err(on(format!("the budget of {budget} query items is used up ({used} used, {asked} asked)")));
+        }
+    }
     if let Some(budget) = grant.jobs_per_day {
         let since = now.saturating_sub(DAY);
         let used = jobs.iter().filter(mine).filter(|s| s.created >= since && counts(s)).count();

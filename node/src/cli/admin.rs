@@ -74,6 +74,10 @@ pub struct GrantArgs {
     /// gives the label holder one more linear combination of this dataset's features per row.
     #[arg(long)]
     models: Option<u32>,
+    /// Unbalanced PSI: query items this peer may check against this dataset in psi-query jobs,
+    /// in all (default: only the setup's budget). Each item is one membership test of the list.
+    #[arg(long)]
+    queries: Option<u64>,
     /// When the grant ends: YYYY-MM-DD (midnight UTC) or RFC 3339.
     #[arg(long)]
     expires: Option<String>,
@@ -104,6 +108,7 @@ pub async fn grant(cmd: GrantCommand) -> Result<()> {
                 dealers: a.dealers,
                 jobs_per_day: a.jobs_per_day,
                 models: a.models,
+                queries: a.queries,
                 expires: a.expires,
                 approval: a.approval,
                 ..Grant::new(&a.peer, a.jobs)

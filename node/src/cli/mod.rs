@@ -20,6 +20,7 @@ pub mod report;
 pub mod sb_demo;
 pub mod status;
 pub mod synth;
+pub mod unbalanced;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -116,6 +117,13 @@ enum Command {
     },
     /// Run a private set intersection with a peer through the local node.
     Psi(psi::PsiArgs),
+    /// Unbalanced PSI, list owner: evaluate the list once with a fresh OPRF key (local; sealed).
+    PsiSetup(unbalanced::PsiSetupArgs),
+    /// Unbalanced PSI, querier: fetch the owner's evaluated list once (kept sealed here).
+    PsiFetch(unbalanced::PsiFetchArgs),
+    /// Unbalanced PSI, querier: check a small query set against the fetched list (work and bytes
+    /// proportional to the query); writes the matched rows and their labels.
+    PsiQuery(unbalanced::PsiQueryArgs),
     /// Train a joint logistic regression with a peer (this node holds the labels).
     Train(lr::TrainArgs),
     /// Score new aligned rows with a jointly trained model (predictions for this node only).
@@ -262,6 +270,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Deny { dir, job, reason, json } => admin::decide(dir, job, false, reason, json).await,
         Command::Node { dir, metrics, log_format } => run_node(&dir, metrics.as_deref(), log_format).await,
         Command::Psi(args) => psi::psi(args).await,
+        Command::PsiSetup(args) => unbalanced::setup(args).await,
+        Command::PsiFetch(args) => unbalanced::fetch(args).await,
+        Command::PsiQuery(args) => unbalanced::query(args).await,
         Command::Jobs { dir, json } => jobs(&dir, json).await,
         Command::Job { dir, job, json } => {
             let all = job_records(&dir).await?;

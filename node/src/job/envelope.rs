@@ -111,7 +111,7 @@ pub(super) async fn prepare(
         out,
         params: r.params,
     };
-    let dataset = if spec.uses_dataset() {
+    let dataset = if spec.uses_dataset() && spec.requester_dataset() {
         let granted = grant(&config, &ask).map_err(|e| {
             Status::permission_denied(format!(
                 "{e} (grant it with `consort grant {}` or `consort dataset add ... --grant {}:{kind}`)",
@@ -155,9 +155,10 @@ where
     Fut: Future<Output = Result<(JobChannel, Answer, Arc<WireCounters>)>>,
 {
     let (dataset, grant) = match dataset {
-        Some((spec, grant)) => {
+        Some((spec, grant)) if job.loads_dataset() => {
             (Some(load_dataset(handle, spec, job.streams()).await.map_err(Failure::private)?), Some(grant))
         }
+        Some((_, grant)) => (None, Some(grant)),
         None => (None, None),
     };
     handle.stage("connect", 0, 0);
@@ -223,7 +224,7 @@ pub async fn respond(state: Arc<NodeState>, peer: PeerInfo, request: JobRequest,
     let _slot = queue(&state, &handle, dataset.is_some()).await;
     let result = async {
         let dataset = match dataset {
-            Some(spec) => match load_dataset(&handle, spec, job.streams()).await {
+            Some(spec) if job.loads_dataset() => match load_dataset(&handle, spec, job.streams()).await {
                 Ok(d) => Some(d),
                 Err(e) => {
                     let reason = format!(
@@ -235,7 +236,7 @@ pub async fn respond(state: Arc<NodeState>, peer: PeerInfo, request: JobRequest,
                     return Err(Failure::context(&reason, e));
                 }
             },
-            None => None,
+            _ => None,
         };
         let rows = dataset.as_ref().map(Loaded::rows).unwrap_or(0);
         channel

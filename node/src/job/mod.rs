@@ -25,6 +25,7 @@ pub mod service;
 #[cfg(test)]
 mod tests;
 pub mod train;
+pub mod unbalanced;
 #[cfg(test)]
 mod wire_tests;
 
@@ -42,8 +43,17 @@ pub use channel::JobChannel;
 use crate::state::NodeState;
 
 /// Every job kind this node runs.
-pub static KINDS: &[&dyn Kind] =
-    &[&psi::Psi, &train::Train, &score::Score, &deal::Deal, &secureboost::SbTrain, &secureboost::SbScore, &bin::Bin];
+pub static KINDS: &[&dyn Kind] = &[
+    &psi::Psi,
+    &train::Train,
+    &score::Score,
+    &deal::Deal,
+    &secureboost::SbTrain,
+    &secureboost::SbScore,
+    &bin::Bin,
+    &unbalanced::PsiFetch,
+    &unbalanced::PsiQuery,
+];
 
 pub fn kind(k: JobKind) -> Option<&'static dyn Kind> {
     KINDS.iter().copied().find(|x| x.kind() == k)
@@ -81,6 +91,12 @@ pub trait Kind: Send + Sync {
         true
     }
 
+    /// Whether the requester names a dataset of its own (granted to the peer), when the kind
+    /// uses datasets; `false`: only the responder's (an unbalanced PSI fetch).
+    fn requester_dataset(&self) -> bool {
+        true
+    }
+
     /// Validates a request (after the envelope checked the dataset's grant) and types its
     /// parameters; the refusal is told to the operator or the peer, so it names no file path and
     /// no data value.
@@ -115,6 +131,12 @@ pub trait Job: Send + Sync {
     /// the envelope then only validates and counts the rows instead of loading them.
     fn streams(&self) -> bool {
         false
+    }
+
+    /// Whether the envelope loads this side's dataset for the job (its grant is checked either
+    /// way): `false` for a side that works from other files (an unbalanced PSI list owner).
+    fn loads_dataset(&self) -> bool {
+        true
     }
 
     /// Runs the job's protocol over the job channel and writes this node's outputs.

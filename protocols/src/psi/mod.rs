@@ -16,6 +16,7 @@ pub mod payload;
 pub mod rr22;
 #[cfg(test)]
 mod tests;
+pub mod unbalanced;
 
 use ecdh::{EcdhEvidence, EcdhPsiConfig, EcdhPsiError};
 pub use payload::{PayloadMode, Payloads};
