@@ -167,7 +167,9 @@ pub(crate) async fn fresh_key(size: KeySize) -> Arc<KeyPair> {
         // The seed is the key's whole entropy: wiped once the generator is seeded (the generator's own
         // state is dropped at the end of this closure; `StdRng` offers no zeroization).
         let mut seed = zeroize::Zeroizing::new([0u8; 32]);
-        rand::rngs::SysRng.try_fill_bytes(seed.as_mut()).expect("the operating system's random number generator failed");
+        rand::rngs::SysRng
+            .try_fill_bytes(seed.as_mut())
+            .expect("the operating system's random number generator failed");
         let mut rng = rand::rngs::StdRng::from_seed(*seed);
         drop(seed);
         Arc::new(KeyPair::generate_sized(&mut rng, size))
