@@ -357,7 +357,7 @@ mod tests {
         let e = "bogus".parse::<JobKind>().unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown job kind 'bogus' (known: psi, train, score, deal, secureboost, secureboost-score, psi-fetch, psi-query)"
+            "unknown job kind 'bogus' (known: psi, train, score, deal, secureboost, secureboost-score, bin, psi-fetch, psi-query)"
         );
         assert!("unspecified".parse::<JobKind>().is_err());
     }

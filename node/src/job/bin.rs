@@ -16,7 +16,6 @@ use consort_engine::PsiProtocol;
 use consort_engine::binning::{BinJob, BinParamsWire, run_bin};
 use consort_engine::lr::ColumnChoice;
 use consort_protocols::{Reveal, Role};
-use serde::{Deserialize, Serialize};
 
 use super::psi::progress_fn;
 use super::train::{alignment, lr_failure};
@@ -25,16 +24,7 @@ use crate::config;
 use crate::state::NodeState;
 
 /// What the requester's operator asks for in a `bin` job (the submit's `params`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BinRequest {
-    /// The label column (0/1).
-    pub label: String,
-    /// Feature columns (empty: every column but the keys and the label).
-    #[serde(default)]
-    pub features: Vec<String>,
-    pub params: BinParamsWire,
-}
+pub type BinRequest = super::train::LabeledRequest<BinParamsWire>;
 
 /// B's bins file of bin job `job_id` (and its name relative to the node directory).
 pub fn responder_bins(dir: &Path, job_id: &str) -> (PathBuf, String) {
@@ -51,22 +41,9 @@ impl Kind for Bin {
 
     fn plan(&self, state: &NodeState, ask: &Ask) -> Result<Box<dyn Job>, String> {
         let protocol = alignment(ask)?;
-        let bad = |e: serde_json::Error| format!("bad bin parameters: {e}");
-        let (columns, params, out) = match ask.role {
-            Role::Requester => {
-                let r: BinRequest = serde_json::from_str(&ask.params).map_err(bad)?;
-                if r.label.is_empty() {
-                    return Err("a bin job needs the label column".into());
-                }
-                let out = ask.out.clone().ok_or("a bin job needs the bins file to write (--out)")?;
-                let features = if r.features.is_empty() { None } else { Some(r.features) };
-                (ColumnChoice { label: Some(r.label), features }, r.params, out)
-            }
-            Role::Responder => {
-                let params: BinParamsWire = serde_json::from_str(&ask.params).map_err(bad)?;
-                (ColumnChoice::default(), params, responder_bins(&state.dir, &ask.job_id).0)
-            }
-        };
+        let (columns, params, out) = super::train::plan_labeled::<BinParamsWire>(ask, "bin", "bins file", || {
+            responder_bins(&state.dir, &ask.job_id).0
+        })?;
         // Every bound (bins, fine bins, min-iv, max-corr, key size) before anything is logged or
         // allocated.
         params.config().map_err(|e| e.to_string())?;

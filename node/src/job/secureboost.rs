@@ -30,16 +30,7 @@ use crate::config;
 use crate::state::NodeState;
 
 /// What the requester's operator asks for in a `secureboost` job (the submit's `params`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SbTrainRequest {
-    /// The label column (0/1).
-    pub label: String,
-    /// Feature columns (empty: every column but the keys and the label).
-    #[serde(default)]
-    pub features: Vec<String>,
-    pub params: SbParamsWire,
-}
+pub type SbTrainRequest = super::train::LabeledRequest<SbParamsWire>;
 
 /// What the requester's operator asks for in a `secureboost-score` job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,22 +65,10 @@ impl Kind for SbTrain {
 
     fn plan(&self, state: &NodeState, ask: &Ask) -> Result<Box<dyn Job>, String> {
         let protocol = alignment(ask)?;
-        let bad = |e: serde_json::Error| format!("bad secureboost parameters: {e}");
-        let (columns, params, model_out) = match ask.role {
-            Role::Requester => {
-                let r: SbTrainRequest = serde_json::from_str(&ask.params).map_err(bad)?;
-                if r.label.is_empty() {
-                    return Err("a secureboost job needs the label column".into());
-                }
-                let out = ask.out.clone().ok_or("a secureboost job needs the model file to write (--out)")?;
-                let features = if r.features.is_empty() { None } else { Some(r.features) };
-                (ColumnChoice { label: Some(r.label), features }, r.params, out)
-            }
-            Role::Responder => {
-                let params: SbParamsWire = serde_json::from_str(&ask.params).map_err(bad)?;
-                (ColumnChoice::default(), params, responder_model(&state.dir, &ask.job_id).0)
-            }
-        };
+        let (columns, params, model_out) =
+            super::train::plan_labeled::<SbParamsWire>(ask, "secureboost", "model file", || {
+                responder_model(&state.dir, &ask.job_id).0
+            })?;
         // Every bound (trees, depth, bins, rates, holdout) before anything is logged or allocated.
         params.config().map_err(|e| e.to_string())?;
         Ok(Box::new(SbTrainPlan { protocol, columns, params, model_out }))

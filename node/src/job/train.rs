@@ -28,16 +28,46 @@ use super::{Ask, Failure, Job, JobChannel, JobHandle, Kind, Outcome, Output, Run
 use crate::config;
 use crate::state::NodeState;
 
-/// What the requester's operator asks for (the submit's `params`).
+/// What the requester's operator asks for in a label-holder job (`train`, `secureboost`, `bin`;
+/// the submit's `params`): the label column, the feature columns and the kind's parameters.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TrainRequest {
+pub struct LabeledRequest<P> {
     /// The label column (0/1).
     pub label: String,
     /// Feature columns (empty: every column but the keys and the label).
     #[serde(default)]
     pub features: Vec<String>,
-    pub params: LrParams,
+    pub params: P,
+}
+
+/// A `train` job's request.
+pub type TrainRequest = LabeledRequest<LrParams>;
+
+/// Types a label-holder job's request, the same way for every such kind (`what` names the kind and
+/// `file` what it writes, in errors): the requester's [`LabeledRequest`] and its `--out`, or the
+/// responder's parameters and `responder_out` (its file under `outputs/`).
+pub(crate) fn plan_labeled<P: serde::de::DeserializeOwned>(
+    ask: &Ask,
+    what: &str,
+    file: &str,
+    responder_out: impl FnOnce() -> PathBuf,
+) -> Result<(ColumnChoice, P, PathBuf), String> {
+    let bad = |e: serde_json::Error| format!("bad {what} parameters: {e}");
+    match ask.role {
+        Role::Requester => {
+            let r: LabeledRequest<P> = serde_json::from_str(&ask.params).map_err(bad)?;
+            if r.label.is_empty() {
+                return Err(format!("a {what} job needs the label column"));
+            }
+            let out = ask.out.clone().ok_or_else(|| format!("a {what} job needs the {file} to write (--out)"))?;
+            let features = if r.features.is_empty() { None } else { Some(r.features) };
+            Ok((ColumnChoice { label: Some(r.label), features }, r.params, out))
+        }
+        Role::Responder => {
+            Ok((ColumnChoice::default(), serde_json::from_str(&ask.params).map_err(bad)?, responder_out()))
+        }
+    }
 }
 
 pub struct Train;
@@ -49,23 +79,8 @@ impl Kind for Train {
 
     fn plan(&self, state: &NodeState, ask: &Ask) -> Result<Box<dyn Job>, String> {
         let protocol = alignment(ask)?;
-        let (columns, params, model_out) = match ask.role {
-            Role::Requester => {
-                let r: TrainRequest =
-                    serde_json::from_str(&ask.params).map_err(|e| format!("bad train parameters: {e}"))?;
-                if r.label.is_empty() {
-                    return Err("a train job needs the label column".into());
-                }
-                let out = ask.out.clone().ok_or("a train job needs the model file to write (--out)")?;
-                let features = if r.features.is_empty() { None } else { Some(r.features) };
-                (ColumnChoice { label: Some(r.label), features }, r.params, out)
-            }
-            Role::Responder => {
-                let params: LrParams =
-                    serde_json::from_str(&ask.params).map_err(|e| format!("bad train parameters: {e}"))?;
-                (ColumnChoice::default(), params, responder_model(&state.dir, &ask.job_id).0)
-            }
-        };
+        let (columns, params, model_out) =
+            plan_labeled::<LrParams>(ask, "train", "model file", || responder_model(&state.dir, &ask.job_id).0)?;
         params.config().map_err(|e| e.to_string())?;
         if let Some(dealer) = &params.dealer {
             check_dealer(state, ask, dealer)?;
