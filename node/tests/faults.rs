@@ -243,8 +243,11 @@ fn reach(rt: &tokio::runtime::Runtime, nodes: &TwoNodes, side: Side, stage: Stag
             Some((job, _, st)) => {
                 id = Some(job);
                 let at = match stage {
-                    Stage::Load => st == "load dataset",
-                    Stage::Protocol => !["", "queued", "load dataset", "connect"].contains(&st.as_str()),
+                    // RR22 jobs stream their dataset: the envelope only checks and counts it.
+                    Stage::Load => st == "load dataset" || st == "check dataset",
+                    Stage::Protocol => {
+                        !["", "queued", "load dataset", "check dataset", "connect"].contains(&st.as_str())
+                    }
                     Stage::Output | Stage::End => false,
                 };
                 if at {
