@@ -388,10 +388,12 @@ impl Dataset {
                 if k >= n {
                     return Err(DataError::Invalid(format!("row index {i} out of range: the dataset has {n} rows")));
                 }
-                Ok(Span { start: self.starts[k], len: self.lens[k], open: self.open_row == Some(i), suffix: None })
+                Ok(self.span(i))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(OutputPlan {
+            tagged: false,
+            fill_line: Vec::new(),
             source: self.spec.file.clone(),
             stamp: self.stamp.clone(),
             header: self.header.clone(),
@@ -400,6 +402,86 @@ impl Dataset {
             header_suffix: Vec::new(),
             suffixes: Vec::new(),
         })
+    }
+
+    fn span(&self, i: u32) -> Span {
+        let k = i as usize;
+        Span {
+            start: self.starts[k],
+            len: self.lens[k],
+            open: self.open_row == Some(i),
+            suffix: None,
+            tag: None,
+            fill: 0,
+        }
+    }
+
+    /// The kept rows not in `matched` (indices into kept rows), in file order.
+    pub(crate) fn unmatched(&self, matched: &[u32]) -> Result<Vec<u32>, DataError> {
+        let n = self.len();
+        let mut seen = vec![false; n];
+        for &i in matched {
+            *seen
+                .get_mut(i as usize)
+                .ok_or_else(|| DataError::Invalid(format!("row index {i} out of range: the dataset has {n} rows")))? =
+                true;
+        }
+        Ok((0..n as u32).filter(|&i| !seen[i as usize]).collect())
+    }
+
+    /// Appends a join's sections ([`crate::join`]) to `plan`: `unmatched` (this side's rows not
+    /// in the intersection, file order) for its own section, placeholder rows for the peer's.
+    /// A tagged plan's rows so far are the intersection (`both`). Rows of a plan with suffixes
+    /// (a payload join) get `empty_suffix` (the peer's columns, empty).
+    pub(crate) fn join_plan(
+        &self,
+        mut plan: OutputPlan,
+        join: crate::join::JoinType,
+        sections: &[crate::join::Section],
+        unmatched: &[u32],
+        empty_suffix: &[u8],
+    ) -> OutputPlan {
+        use crate::join::{Section, Side};
+        if join.tagged() {
+            plan.tagged = true;
+            for r in &mut plan.rows {
+                r.tag = Some(Side::Both);
+            }
+        }
+        let with_suffix = !plan.header_suffix.is_empty();
+        let tag = |side: Side| join.tagged().then_some(side);
+        for &section in sections {
+            match section {
+                Section::Own(side) => {
+                    for &i in unmatched {
+                        let mut span = Span { tag: tag(side), ..self.span(i) };
+                        if with_suffix {
+                            span.suffix = Some(plan.suffixes.len() as u32);
+                            plan.suffixes.push(empty_suffix.to_vec());
+                        }
+                        plan.rows.push(span);
+                    }
+                }
+                Section::Fill(side, mut n) => {
+                    // The placeholder: every field empty (the `_side` field says which side).
+                    plan.fill_line = vec![b','; self.columns.len().saturating_sub(1)];
+                    plan.fill_line.extend_from_slice(empty_suffix);
+                    while n > 0 {
+                        let take = n.min(FILL_RUN as u64);
+                        plan.rows.push(Span {
+                            start: 0,
+                            len: 0,
+                            open: false,
+                            suffix: None,
+                            tag: tag(side),
+                            fill: take as u32,
+                        });
+                        n -= take;
+                    }
+                }
+            }
+        }
+        plan
     }
 
     /// Writes the header and the given rows (indices into kept rows), in that order, to `out`
@@ -441,7 +523,14 @@ struct Span {
     open: bool,
     /// Bytes appended to the row before its terminator: an index into the plan's suffixes.
     suffix: Option<u32>,
+    /// The row's `_side` field, in a tagged output (join types, [`crate::join`]).
+    tag: Option<crate::join::Side>,
+    /// Not a row of the source but this many placeholder rows (the tag, then empty fields).
+    fill: u32,
 }
+
+/// Most placeholder rows one span stands for (a read chunk of spans stays small).
+const FILL_RUN: u32 = 64;
 
 /// Rows to copy from a dataset's file to an output, in output order.
 pub(crate) struct OutputPlan {
@@ -454,6 +543,10 @@ pub(crate) struct OutputPlan {
     header_suffix: Vec<u8>,
     /// Appended to rows, before their terminator (payload joins: the peer's values).
     suffixes: Vec<Vec<u8>>,
+    /// The header starts with `_side` and each row with its tag ([`crate::join`]).
+    tagged: bool,
+    /// A placeholder row after its tag, without terminator.
+    fill_line: Vec<u8>,
 }
 
 /// Rows read per batch; reading one batch overlaps writing the previous one.
@@ -506,6 +599,9 @@ impl OutputPlan {
         let io_err = |e| DataError::io(out, e);
         // Sealed or plain, through a temp file that only `finish` renames into place.
         let mut w = DataWriter::create(out, at_rest).map_err(|e| DataError::io(dir, e))?;
+        if self.tagged {
+            w.write_all(crate::join::SIDE_HEADER).map_err(io_err)?;
+        }
         if self.header_suffix.is_empty() {
             w.write_all(&self.header).map_err(io_err)?;
             if !self.header.ends_with(b"\n") && !self.header.ends_with(b"\r") {
@@ -530,8 +626,14 @@ impl OutputPlan {
         pending.iter().try_for_each(|b| w.write_all(b)).map_err(io_err)?;
         // The rename may not survive a crash if the directory fsync fails: then no output is left.
         w.finish().map_err(io_err)?;
-        tracing::debug!(rows = self.rows.len(), output = %out.display(), "rows written");
-        Ok(self.rows.len() as u64)
+        let rows = self.row_count();
+        tracing::debug!(rows, output = %out.display(), "rows written");
+        Ok(rows)
+    }
+
+    /// Rows the plan writes (placeholders included).
+    pub(crate) fn row_count(&self) -> u64 {
+        self.rows.iter().map(|r| if r.fill > 0 { r.fill as u64 } else { 1 }).sum()
     }
 
     /// A private copy of the source as it was loaded: an unlinked temp file in `dir` (next to
@@ -552,13 +654,29 @@ impl OutputPlan {
     /// Reads `rows` from the source file into one buffer, in order.
     fn read_rows(&self, source: &[u8], rows: &[Span]) -> Result<Vec<u8>, DataError> {
         let suffix = |r: &Span| r.suffix.map_or(&[][..], |i| &self.suffixes[i as usize][..]);
+        let tag = |r: &Span| r.tag.map_or(&[][..], |t| t.tag());
         let total: usize = rows
             .iter()
-            .map(|r| r.len as usize + suffix(r).len() + if r.open { self.terminator.len() } else { 0 })
+            .map(|r| match r.fill {
+                0 => tag(r).len() + r.len as usize + suffix(r).len() + if r.open { self.terminator.len() } else { 0 },
+                n => n as usize * (tag(r).len() + self.fill_line.len() + self.terminator.len()),
+            })
             .sum();
         let mut buf = vec![0u8; total];
         let mut at = 0;
         for r in rows {
+            if r.fill > 0 {
+                for _ in 0..r.fill {
+                    for part in [tag(r), &self.fill_line, self.terminator] {
+                        buf[at..at + part.len()].copy_from_slice(part);
+                        at += part.len();
+                    }
+                }
+                continue;
+            }
+            let t = tag(r);
+            buf[at..at + t.len()].copy_from_slice(t);
+            at += t.len();
             let len = r.len as usize;
             let dst = &mut buf[at..at + len];
             let from = usize::try_from(r.start).ok().and_then(|s| source.get(s..s + len));
@@ -904,7 +1022,7 @@ mod tests {
         // After a few batches are written, a row past the end of the file cannot be read.
         let mut plan = ds.output_plan(&order).unwrap();
         let end = content.len() as u64;
-        plan.rows.push(Span { start: end, len: 10, open: false, suffix: None });
+        plan.rows.push(Span { start: end, len: 10, open: false, suffix: None, tag: None, fill: 0 });
         let out_dir = f.dir.path().join("out");
         let err = plan.write(&out_dir.join("o.csv"), &AtRest::Plain).unwrap_err();
         assert!(err.to_string().contains("the file changed after it was loaded"), "{err}");

@@ -181,4 +181,7 @@ pub enum EngineError {
     Data(#[from] DataError),
     #[error(transparent)]
     Psi(#[from] consort_protocols::psi::PsiError),
+    /// The peer sent something after the PSI that the job does not accept (a join's row count).
+    #[error("protocol violation by the peer: {0}")]
+    Peer(String),
 }

@@ -11,6 +11,7 @@ pub mod dataset;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod join;
 pub mod keys;
 pub mod lr;
 pub mod lr_synth;
@@ -26,5 +27,6 @@ pub mod unbalanced;
 
 pub use dataset::{Dataset, DatasetSpec, Normalization};
 pub use error::{DataError, EngineError};
+pub use join::JoinType;
 pub use psi::{JobLimits, PayloadJob, PsiJob, PsiProtocol, PsiReport, run_psi, run_psi_owned};
 pub use synth::{GenSummary, PsiGenSpec, generate_psi};

@@ -178,7 +178,7 @@ pub async fn write_joined(
     consort_protocols::cpu::run(move || plan.write(&out, &at_rest)).await
 }
 
-fn joined_plan(
+pub(crate) fn joined_plan(
     dataset: &Dataset,
     order: &[u32],
     payloads: &Payloads,
@@ -238,6 +238,7 @@ mod tests {
             proofs: false,
             limits: JobLimits::default(),
             payload,
+            join: crate::join::JoinType::Inner,
         }
     }
 

@@ -16,6 +16,7 @@ use consort_protocols::{Channel, ProgressFn, Reveal, Role, cpu};
 
 use crate::dataset::Dataset;
 use crate::error::{DataError, EngineError};
+use crate::join::{self, JoinType};
 use crate::storage::AtRest;
 
 /// One party's side of a PSI job.
@@ -37,6 +38,8 @@ pub struct PsiJob {
     /// A payload (labeled) join ([`crate::payload`]; RR22 only): the responder sends columns,
     /// the requester writes its rows joined with them.
     pub payload: PayloadJob,
+    /// The join type of the outputs ([`crate::join`]); both parties must agree.
+    pub join: JoinType,
 }
 
 /// This party's side of a payload join.
@@ -107,7 +110,7 @@ pub struct PsiReport {
 /// Runs this party's side of a PSI job over `channel` and writes the output (atomically).
 pub async fn run_psi<C: Channel>(channel: &C, dataset: &Dataset, job: &PsiJob) -> Result<PsiReport, EngineError> {
     let (result, evidence, stages) = run_protocol(channel, dataset, job).await?;
-    finish(dataset, job, result, evidence, stages).await
+    finish(channel, dataset, job, result, evidence, stages).await
 }
 
 /// [`run_psi`] on a dataset the job owns (as a node's jobs do): the keys are freed as soon as the
@@ -120,7 +123,7 @@ pub async fn run_psi_owned<C: Channel>(
 ) -> Result<PsiReport, EngineError> {
     let (result, evidence, stages) = run_protocol(channel, &dataset, job).await?;
     dataset.release_keys();
-    finish(&dataset, job, result, evidence, stages).await
+    finish(channel, &dataset, job, result, evidence, stages).await
 }
 
 type Stages = Vec<(String, f64)>;
@@ -156,7 +159,8 @@ async fn run_protocol<C: Channel>(
     Ok((output, ecdh_evidence, stages))
 }
 
-async fn finish(
+async fn finish<C: Channel>(
+    channel: &C,
     dataset: &Dataset,
     job: &PsiJob,
     result: consort_protocols::PsiOutput,
@@ -168,17 +172,36 @@ async fn finish(
     if let Some(order) = &result.intersection {
         job.limits.check_aligned(order.len() as u64)?;
     }
+    // A join's sections after the intersection: this side's unmatched rows and the count of the
+    // peer's, exchanged whenever this side learns (so the peer never waits for it).
+    let mut sections = Vec::new();
+    let mut unmatched = Vec::new();
+    if let Some(order) = &result.intersection {
+        if job.join.needs_unmatched(job.role) {
+            unmatched = dataset.unmatched(order)?;
+        }
+        let (own, shared) = (unmatched.len() as u64, order.len() as u64);
+        let peer =
+            join::exchange_counts(channel, job.join, job.role, job.reveal, own, result.peer_size, shared).await?;
+        sections = job.join.sections(job.role, job.reveal, peer);
+    }
     if let (Some(order), Some(path)) = (&result.intersection, &job.output) {
         let started = Instant::now();
-        output_rows = match (&job.payload, &result.payloads) {
+        let shown: &[u32] = if job.join.writes_intersection() { order } else { &[] };
+        let plan = match (&job.payload, &result.payloads) {
             (PayloadJob::Receive { header, .. }, Some(payloads)) => {
-                crate::payload::write_joined(dataset, order, payloads, header, path, &job.at_rest).await?
+                let empty = vec![&b""[..]; header.len()];
+                let mut empty_suffix = Vec::new();
+                crate::payload::append_fields(&mut empty_suffix, &empty);
+                let plan = crate::payload::joined_plan(dataset, order, payloads, header)?;
+                dataset.join_plan(plan, job.join, &sections, &unmatched, &empty_suffix)
             }
             (PayloadJob::Receive { .. }, None) => {
                 return Err(DataError::Invalid("the protocol returned no payloads".into()).into());
             }
-            _ => write_output(dataset, order, path, &job.at_rest).await?,
+            _ => dataset.join_plan(dataset.output_plan(shown)?, job.join, &sections, &unmatched, b""),
         };
+        output_rows = write_plan(plan, path, &job.at_rest).await?;
         stages.push(("output".to_string(), started.elapsed().as_secs_f64()));
         output = Some(path.clone());
     }
@@ -195,7 +218,10 @@ async fn finish(
 
 /// [`Dataset::write_rows`] on the rayon pool, awaited without blocking the async runtime.
 pub async fn write_output(dataset: &Dataset, order: &[u32], out: &Path, at_rest: &AtRest) -> Result<u64, DataError> {
-    let plan = dataset.output_plan(order)?;
+    write_plan(dataset.output_plan(order)?, out, at_rest).await
+}
+
+async fn write_plan(plan: crate::dataset::OutputPlan, out: &Path, at_rest: &AtRest) -> Result<u64, DataError> {
     let (out, at_rest) = (out.to_path_buf(), at_rest.clone());
     cpu::run(move || plan.write(&out, &at_rest)).await
 }
@@ -227,6 +253,7 @@ mod tests {
             proofs: true,
             limits: JobLimits::default(),
             payload: PayloadJob::None,
+            join: JoinType::Inner,
         }
     }
 

@@ -60,8 +60,10 @@ use crate::psi::{PayloadJob, PsiJob, PsiProtocol, PsiReport};
 use crate::sealed::{SealedReader, SealedWriter, StorageKey};
 use crate::storage::{Access, DataWriter};
 
-/// Bytes of one spill record: digest (16), row offset (8), row length (4).
-const RECORD: usize = 28;
+/// Bytes of one spill record: digest (16), row offset (8), row length (4), row number (4).
+const RECORD: usize = 32;
+/// Bytes of one kept position of a responder's order: row offset (8), length (4), number (4).
+const KEPT: usize = 16;
 /// Rows hashed per parallel block during the scan.
 const SCAN_BLOCK: usize = 1 << 16;
 /// A row length marking a dummy position in a kept order.
@@ -136,8 +138,8 @@ struct Shared {
     dir: PathBuf,
     key: StorageKey,
     spec: DatasetSpec,
-    /// Offsets and lengths of the items of buckets loaded but not finished.
-    rows: Mutex<HashMap<usize, Vec<(u64, u32)>>>,
+    /// Places of the items of buckets loaded but not finished.
+    rows: Mutex<HashMap<usize, Vec<Place>>>,
     failure: Mutex<Option<DataError>>,
     dropped: AtomicU64,
     /// This party writes rows (else a bucket's spill goes as soon as it is read).
@@ -145,6 +147,25 @@ struct Shared {
     /// Bytes of spill on disk now and at most.
     disk: AtomicU64,
     peak_disk: AtomicU64,
+    /// A join that shows this side's unmatched rows: one bit per row (by row number), set for
+    /// rows matched or dropped as duplicates; the rest are written after the buckets.
+    done: Option<Mutex<Vec<u64>>>,
+    /// Rows matched so far (the intersection's size).
+    matched: AtomicU64,
+    /// The intersection's rows go to the output (not for `difference`).
+    writes_matched: bool,
+}
+
+/// A row's place in the input: file offset, length (terminator included), row number.
+type Place = (u64, u32, u32);
+
+fn set_bits(bits: &mut [u64], rows: impl Iterator<Item = u32>) -> Result<(), DataError> {
+    for r in rows {
+        let word =
+            bits.get_mut(r as usize / 64).ok_or_else(|| DataError::Invalid("a row number out of range".into()))?;
+        *word |= 1 << (r % 64);
+    }
+    Ok(())
 }
 
 impl Shared {
@@ -192,7 +213,8 @@ impl BucketSource for SpillSource {
             digests.push(u128::from_le_bytes(r[..16].try_into().expect("16")));
             rows.push((
                 u64::from_le_bytes(r[16..24].try_into().expect("8")),
-                u32::from_le_bytes(r[24..].try_into().expect("4")),
+                u32::from_le_bytes(r[24..28].try_into().expect("4")),
+                u32::from_le_bytes(r[28..].try_into().expect("4")),
             ));
         }
         drop(bytes);
@@ -226,6 +248,10 @@ impl BucketSource for SpillSource {
             for &(_, again) in &repeats {
                 drop_row[again as usize] = true;
             }
+            if let Some(done) = &s.done {
+                let dropped = repeats.iter().map(|&(_, again)| rows[again as usize].2);
+                set_bits(&mut done.lock().expect("not poisoned"), dropped).map_err(|e| s.fail(e))?;
+            }
             let mut keep = drop_row.iter().map(|d| !d);
             digests.retain(|_| keep.next().expect("one flag each"));
             let mut keep = drop_row.iter().map(|d| !d);
@@ -243,14 +269,14 @@ impl BucketSource for SpillSource {
 }
 
 /// A bucket's rows to append to the output, in the joint order.
-type RowBatch = Vec<(u64, u32)>;
+type RowBatch = Vec<Place>;
 
 /// Hands finished buckets to the output writer and keeps the responder's orders.
 struct SpillSink {
     shared: Arc<Shared>,
     writer: Option<std::sync::mpsc::SyncSender<RowBatch>>,
     /// The responder's current bucket, by stream position (from its kept order).
-    positions: Vec<(u64, u32)>,
+    positions: Vec<Place>,
 }
 
 impl SpillSink {
@@ -282,6 +308,13 @@ impl BucketSink for SpillSink {
         s.remove(&bucket_path(&s.dir, b));
         s.remove(&order_path(&s.dir, b));
         self.positions = Vec::new();
+        s.matched.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        if let Some(done) = &s.done {
+            set_bits(&mut done.lock().expect("not poisoned"), rows.iter().map(|r| r.2)).map_err(|e| s.fail(e))?;
+        }
+        if !s.writes_matched {
+            return Ok(());
+        }
         self.send(rows)
     }
 
@@ -293,9 +326,10 @@ impl BucketSink for SpillSink {
             let mut w =
                 std::io::BufWriter::with_capacity(1 << 16, SealedWriter::create(&path, &s.key, Access::OwnerOnly)?);
             for &k in &order {
-                let (offset, len) = rows.get(k as usize).copied().unwrap_or((0, DUMMY_LEN));
+                let (offset, len, number) = rows.get(k as usize).copied().unwrap_or((0, DUMMY_LEN, 0));
                 w.write_all(&offset.to_le_bytes())?;
                 w.write_all(&len.to_le_bytes())?;
+                w.write_all(&number.to_le_bytes())?;
             }
             w.into_inner().map_err(|e| e.into_error())?.finish()?;
             Ok(std::fs::metadata(&path)?.len())
@@ -311,9 +345,13 @@ impl BucketSink for SpillSink {
         let path = order_path(&s.dir, b);
         let bytes = s.read_sealed(&path).map_err(|e| s.fail(e))?;
         self.positions = bytes
-            .chunks_exact(12)
+            .chunks_exact(KEPT)
             .map(|r| {
-                (u64::from_le_bytes(r[..8].try_into().expect("8")), u32::from_le_bytes(r[8..].try_into().expect("4")))
+                (
+                    u64::from_le_bytes(r[..8].try_into().expect("8")),
+                    u32::from_le_bytes(r[8..12].try_into().expect("4")),
+                    u32::from_le_bytes(r[12..].try_into().expect("4")),
+                )
             })
             .collect();
         Ok((0..self.positions.len() as u32)
@@ -382,6 +420,10 @@ async fn run_streaming_observed<C: Channel>(
         learns,
         disk: AtomicU64::new(0),
         peak_disk: AtomicU64::new(0),
+        done: (learns && job.join.needs_unmatched(job.role))
+            .then(|| Mutex::new(vec![0u64; (input.rows as usize).div_ceil(64)])),
+        matched: AtomicU64::new(0),
+        writes_matched: job.join.writes_intersection(),
     });
     let scan = {
         let (input, shared, hasher, cap) = (input.clone(), shared.clone(), session.hasher(), session.own_capacity());
@@ -396,14 +438,20 @@ async fn run_streaming_observed<C: Channel>(
     stages.push(("scan".to_string(), started.elapsed().as_secs_f64()));
     // The writer: one thread appending finished buckets' rows to the output's temp file.
     let started = Instant::now();
+    let tail_input = match &snapshot {
+        Some(f) => Some(f.try_clone().map_err(|e| DataError::io(&options.spill_dir, e))?),
+        None => None,
+    };
+    let tagged = job.join.tagged();
     let (writer, rows_tx) = match (learns, &job.output) {
         (true, Some(out)) => {
             let (tx, rx) = std::sync::mpsc::sync_channel::<RowBatch>(2);
             let (out, at_rest) = (out.clone(), job.at_rest.clone());
             let snapshot = snapshot.expect("a learning party snapshots");
+            let header = header.clone();
             let handle = std::thread::Builder::new()
                 .name("psi-output".into())
-                .spawn(move || write_rows(&snapshot, &header, terminator, &out, &at_rest, rx, fail_after))
+                .spawn(move || write_rows(&snapshot, &header, terminator, tagged, &out, &at_rest, rx, fail_after))
                 .map_err(|e| DataError::Invalid(format!("cannot start the output writer: {e}")))?;
             (Some(handle), Some(tx))
         }
@@ -432,10 +480,49 @@ async fn run_streaming_observed<C: Channel>(
     let done = run.map_err(psi_err)?;
     stages.push(("protocol".to_string(), protocol_secs));
     stages.extend(done.timings.iter().map(|&(step, secs)| (format!("protocol/{step}"), secs)));
+    let matched = shared.matched.load(Ordering::Relaxed);
+    let dropped = shared.dropped.load(Ordering::Relaxed);
+    if session.learns() {
+        job.limits.check_aligned(matched)?;
+    }
+    // A join's sections after the intersection: this side's unmatched rows (a pass over the
+    // snapshot) and placeholders for the peer's, whose count the peer tells.
+    let mut sections = Vec::new();
+    let mut done_bits = None;
+    if session.learns() {
+        let own = match shared.done.as_ref() {
+            Some(done) => {
+                let bits = std::mem::take(&mut *done.lock().expect("not poisoned"));
+                let set: u64 = bits.iter().map(|w| w.count_ones() as u64).sum();
+                done_bits = Some(bits);
+                input.rows - set
+            }
+            None => input.rows - dropped - matched,
+        };
+        let peer =
+            crate::join::exchange_counts(channel, job.join, job.role, job.reveal, own, session.peer_size, matched)
+                .await?;
+        sections = job.join.sections(job.role, job.reveal, peer);
+    }
     let (mut output, mut output_rows) = (None, 0);
     if let Some(written) = written {
-        let (pending, rows) = written;
-        job.limits.check_aligned(rows)?;
+        let (mut pending, mut rows) = written;
+        if !sections.is_empty() {
+            let (file, spec, columns) =
+                (tail_input.expect("a learning party snapshots"), input.spec.clone(), input.columns.len());
+            let bits = done_bits.unwrap_or_default();
+            let sections = sections.clone();
+            let out = job.output.clone().expect("learns");
+            let (w, tail) = cpu::run(move || {
+                write_tail(file, &spec, pending, &bits, &sections, columns, tagged, terminator).map_err(|e| match e {
+                    TailError::Data(d) => d,
+                    TailError::Io(e) => DataError::io(&out, e),
+                })
+            })
+            .await?;
+            pending = w;
+            rows += tail;
+        }
         let out = job.output.clone().expect("learns");
         cpu::run(move || pending.finish()).await.map_err(|e| DataError::io(&out, e))?;
         output = job.output.clone();
@@ -450,7 +537,7 @@ async fn run_streaming_observed<C: Channel>(
     let report = PsiReport {
         local_rows: input.rows - figures.duplicates_dropped,
         peer_rows: session.peer_size,
-        intersection: session.learns().then_some(output_rows),
+        intersection: session.learns().then_some(matched),
         output,
         output_rows,
         stages,
@@ -503,10 +590,10 @@ fn scan(
     let mut fill = vec![0usize; buckets];
     let mut rows = 0u64;
     let mut keys = KeyArena::with_capacity(SCAN_BLOCK, SCAN_BLOCK * 16);
-    let mut places: Vec<(u64, u32)> = Vec::with_capacity(SCAN_BLOCK);
-    let mut flush = |keys: &mut KeyArena, places: &mut Vec<(u64, u32)>| -> Result<(), DataError> {
+    let mut places: Vec<Place> = Vec::with_capacity(SCAN_BLOCK);
+    let mut flush = |keys: &mut KeyArena, places: &mut Vec<Place>| -> Result<(), DataError> {
         let digests: Vec<u128> = (0..keys.len()).into_par_iter().map(|k| hasher.digest(keys.get(k))).collect();
-        for (d, &(offset, len)) in digests.iter().zip(places.iter()) {
+        for (d, &(offset, len, number)) in digests.iter().zip(places.iter()) {
             let b = hasher.bucket_of(*d);
             fill[b] += 1;
             if fill[b] > cap {
@@ -517,7 +604,8 @@ fn scan(
             let mut record = [0u8; RECORD];
             record[..16].copy_from_slice(&d.to_le_bytes());
             record[16..24].copy_from_slice(&offset.to_le_bytes());
-            record[24..].copy_from_slice(&len.to_le_bytes());
+            record[24..28].copy_from_slice(&len.to_le_bytes());
+            record[28..].copy_from_slice(&number.to_le_bytes());
             writers[b].write_all(&record).map_err(|e| DataError::io(bucket_path(&shared.dir, b), e))?;
         }
         *keys = KeyArena::with_capacity(SCAN_BLOCK, SCAN_BLOCK * 16);
@@ -526,7 +614,7 @@ fn scan(
     };
     while let Some(row) = scanner.next_row()? {
         push_key(spec, &header, &row, &mut keys)?;
-        places.push((row.start, row.raw.len() as u32));
+        places.push((row.start, row.raw.len() as u32, rows as u32));
         rows += 1;
         if places.len() == SCAN_BLOCK {
             flush(&mut keys, &mut places)?;
@@ -551,6 +639,7 @@ fn write_rows(
     snapshot: &File,
     header: &[u8],
     terminator: &[u8],
+    tagged: bool,
     out: &Path,
     at_rest: &crate::storage::AtRest,
     batches: std::sync::mpsc::Receiver<RowBatch>,
@@ -565,6 +654,10 @@ fn write_rows(
     let _ = map.advise(memmap2::Advice::Random);
     let io_err = |e| DataError::io(out, e);
     let mut w = DataWriter::create(out, at_rest).map_err(|e| DataError::io(dir, e))?;
+    let tag = if tagged { crate::join::Side::Both.tag() } else { &[][..] };
+    if tagged {
+        w.write_all(crate::join::SIDE_HEADER).map_err(io_err)?;
+    }
     w.write_all(header).map_err(io_err)?;
     if !header.ends_with(b"\n") && !header.ends_with(b"\r") {
         w.write_all(terminator).map_err(io_err)?;
@@ -574,17 +667,85 @@ fn write_rows(
         if fail_after == Some(buckets) {
             return Err(DataError::Invalid("injected failure".into()));
         }
-        for &(offset, len) in &batch {
+        for &(offset, len, _) in &batch {
             let row = usize::try_from(offset)
                 .ok()
                 .and_then(|s| map.get(s..s + len as usize))
                 .ok_or_else(|| DataError::Invalid("a spilled row lies outside the input".into()))?;
+            w.write_all(tag).map_err(io_err)?;
             w.write_all(row).map_err(io_err)?;
             if !row.ends_with(b"\n") && !row.ends_with(b"\r") {
                 w.write_all(terminator).map_err(io_err)?;
             }
         }
         rows += batch.len() as u64;
+    }
+    Ok((w, rows))
+}
+
+enum TailError {
+    Data(DataError),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for TailError {
+    fn from(e: std::io::Error) -> Self {
+        TailError::Io(e)
+    }
+}
+
+/// A join's sections after the intersection ([`crate::join`]), appended to the output's temp
+/// file: this side's rows whose bit in `done` is clear (a pass over the snapshot, file order) and
+/// placeholder rows for the peer's. Returns the writer and the rows appended.
+#[allow(clippy::too_many_arguments)]
+fn write_tail(
+    mut snapshot: File,
+    spec: &DatasetSpec,
+    mut w: DataWriter,
+    done: &[u64],
+    sections: &[crate::join::Section],
+    columns: usize,
+    tagged: bool,
+    terminator: &[u8],
+) -> Result<(DataWriter, u64), TailError> {
+    use crate::join::Section;
+    let mut rows = 0u64;
+    let tag = |side: crate::join::Side| if tagged { side.tag() } else { &[][..] };
+    for &section in sections {
+        match section {
+            Section::Own(side) => {
+                snapshot.seek(std::io::SeekFrom::Start(0))?;
+                let mut scanner = RowScanner::from_file(&spec.file, snapshot.try_clone()?);
+                spec.read_header(&mut scanner).map_err(TailError::Data)?;
+                let mut out = std::io::BufWriter::with_capacity(1 << 16, &mut w);
+                let mut number = 0usize;
+                while let Some(row) = scanner.next_row().map_err(TailError::Data)? {
+                    let set = done.get(number / 64).is_some_and(|word| word & (1 << (number % 64)) != 0);
+                    number += 1;
+                    if set {
+                        continue;
+                    }
+                    out.write_all(tag(side))?;
+                    out.write_all(row.raw)?;
+                    if !row.raw.ends_with(b"\n") && !row.raw.ends_with(b"\r") {
+                        out.write_all(terminator)?;
+                    }
+                    rows += 1;
+                }
+                out.flush()?;
+            }
+            Section::Fill(side, n) => {
+                let mut line = tag(side).to_vec();
+                line.extend(std::iter::repeat_n(b',', columns.saturating_sub(1)));
+                line.extend_from_slice(terminator);
+                let mut out = std::io::BufWriter::with_capacity(1 << 16, &mut w);
+                for _ in 0..n {
+                    out.write_all(&line)?;
+                }
+                out.flush()?;
+                rows += n;
+            }
+        }
     }
     Ok((w, rows))
 }

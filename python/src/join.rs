@@ -52,6 +52,7 @@ pub fn intersect_files(
         proofs: false,
         limits: JobLimits::default(),
         payload: Default::default(),
+        join: Default::default(),
     };
     let sides =
         [(spec("left", left), job(Role::Requester, left_out)), (spec("right", right), job(Role::Responder, right_out))];

@@ -20,6 +20,7 @@ fn job(role: Role, reveal: Reveal, output: PathBuf) -> PsiJob {
         proofs: false,
         limits: JobLimits::default(),
         payload: PayloadJob::None,
+        join: crate::join::JoinType::Inner,
     }
 }
 
@@ -266,6 +267,9 @@ fn spill_files_hold_no_raw_id() {
         learns: false,
         disk: AtomicU64::new(0),
         peak_disk: AtomicU64::new(0),
+        done: None,
+        matched: AtomicU64::new(0),
+        writes_matched: true,
     };
     let layout = rr22::Layout::new(2000, 2000, 256);
     let hasher = test_hasher(layout.buckets);

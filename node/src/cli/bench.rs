@@ -58,6 +58,9 @@ pub struct BenchPsiArgs {
     /// RR22 target items per bucket on both nodes (default: the protocol's, 2^20).
     #[arg(long)]
     bucket_size: Option<usize>,
+    /// Join type of the outputs (inner, left, right, full, difference; see `consort psi --help`).
+    #[arg(long, default_value = "inner", value_parser = super::psi::parse_join)]
+    join: consort_engine::JoinType,
 }
 
 pub async fn run(cmd: BenchCommand) -> Result<()> {
@@ -227,9 +230,11 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
     let cpu_before = (a.cpu_seconds()?, b.cpu_seconds()?);
     let started = Instant::now();
     let mut request = consort_api::proto::SubmitRequest::psi(pair::B, "a", "b", protocol, args.reveal, &out_a);
-    if !args.peer_columns.is_empty() {
-        request.params =
-            serde_json::to_string(&crate::job::psi::PsiParams { peer_columns: args.peer_columns.clone() })?;
+    if !args.peer_columns.is_empty() || !args.join.is_inner() {
+        request.params = serde_json::to_string(&crate::job::psi::PsiParams {
+            peer_columns: args.peer_columns.clone(),
+            join: args.join,
+        })?;
     }
     // Peak spill on disk per node, sampled while the job runs (streaming jobs' bucket files; a
     // learning side's input snapshot is an unlinked file, not seen here: add its input's size).
@@ -262,7 +267,22 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
     // A payload join's output has the peer's columns too: checked by its row count (the generated
     // keys are unique); its correctness against a plaintext join is tested in engine::payload.
     let payload_rows_ok = status.output_rows == overlap && status.intersection == overlap;
-    let check = if !args.peer_columns.is_empty() {
+    // A join other than inner: checked by its row counts (the generated keys are unique, both
+    // sets have --rows rows); join outputs are tested against a plaintext join in engine::join.
+    use consort_engine::JoinType;
+    let join_rows = match args.join {
+        JoinType::Inner => overlap,
+        JoinType::Left | JoinType::Right => args.rows,
+        JoinType::Full => 2 * args.rows - overlap,
+        JoinType::Difference => args.rows - overlap,
+    };
+    let check = if !args.join.is_inner() {
+        consort_engine::check::VerifyReport {
+            expected: join_rows,
+            ok: status.output_rows == join_rows && status.intersection == overlap,
+            problems: vec![format!("{} output rows, {join_rows} expected", status.output_rows)],
+        }
+    } else if !args.peer_columns.is_empty() {
         consort_engine::check::VerifyReport {
             expected: overlap,
             ok: payload_rows_ok,
@@ -298,6 +318,7 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
         "n": args.rows,
         "overlap": overlap,
         "reveal": args.reveal.name(),
+        "join": args.join.name(),
         "peer_columns": args.peer_columns,
         "intersection": status.intersection,
         "wall_s": round(wall_s, 3),

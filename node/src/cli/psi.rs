@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 use consort_api::JobKind;
 use consort_api::proto::SubmitRequest;
-use consort_engine::PsiProtocol;
+use consort_engine::{JoinType, PsiProtocol};
 use consort_protocols::Reveal;
 
 use super::status::{ensure_done, status_json, summary, watch_with_progress};
@@ -42,6 +42,20 @@ pub struct PsiArgs {
     #[arg(long, value_delimiter = ',', value_name = "COL,...")]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     peer_columns: Vec<String>,
+    /// Join type of both outputs ("left" is this node, "right" the peer; each writes its own):
+    /// inner (default): the rows of the intersection, aligned row for row.
+    /// left: this node's output has all its rows: the intersection first, then its other rows
+    ///   (file order); with --reveal both the peer writes one empty placeholder row per such row,
+    ///   so rows still correspond, and learns their count (it knows this node's set size already).
+    /// right: the mirror (the peer's other rows, placeholders here); needs --reveal both.
+    /// full: both; needs --reveal both; each side learns the other's unmatched row count.
+    /// difference: each learning side writes its rows not in the intersection (file order);
+    ///   learns nothing the intersection does not reveal.
+    /// left, right and full outputs start with a column _side (both, left or right: where the
+    /// row comes from). Payload joins (--peer-columns) run inner or left (empty peer columns).
+    #[arg(long, default_value = "inner", value_parser = parse_join, verbatim_doc_comment)]
+    #[serde(skip_serializing_if = "JoinType::is_inner")]
+    join: JoinType,
     /// Print a JSON summary instead of text.
     #[arg(long)]
     #[serde(skip)]
@@ -59,9 +73,11 @@ pub async fn psi(mut args: PsiArgs) -> Result<()> {
     let j = &args.job;
     let client = NodeClient::connect(&j.dir).await?;
     let mut request = SubmitRequest::psi(&j.peer, &j.dataset, &j.peer_dataset, args.protocol, args.reveal, out);
-    if !args.peer_columns.is_empty() {
-        request.params =
-            serde_json::to_string(&crate::job::psi::PsiParams { peer_columns: args.peer_columns.clone() })?;
+    if !args.peer_columns.is_empty() || !args.join.is_inner() {
+        request.params = serde_json::to_string(&crate::job::psi::PsiParams {
+            peer_columns: args.peer_columns.clone(),
+            join: args.join,
+        })?;
     }
     let job_id = client.submit(request).await?;
     let status = watch_with_progress(&client, &job_id, args.json).await?;
@@ -71,4 +87,9 @@ pub async fn psi(mut args: PsiArgs) -> Result<()> {
         println!("{}", summary(&status));
     }
     ensure_done(&status)
+}
+
+/// `--join`'s values.
+pub fn parse_join(s: &str) -> Result<JoinType, String> {
+    JoinType::parse(s).ok_or_else(|| "expected one of inner, left, right, full, difference".to_string())
 }

@@ -8,7 +8,11 @@
 //! (PEER the responder's name on the requester), one row per pair of rows sharing a key. The
 //! responder validates the columns (count, names) in `plan`, before anything is logged, and the
 //! envelope refuses a column its grant does not share (`Grant::share`) before any protocol
-//! message. The responder writes `DIR/outputs/JOB-DATASET.csv`,
+//! message. `{"join": "left"}` (also `right`, `full`, `difference`; default `inner`) picks the
+//! join type of both outputs (`consort_engine::join`): both sides validate it against the reveal
+//! mode in `plan` (right and full need `both`; a payload join runs inner or left), and the
+//! responder runs the join the requester asked for, which its audit log records.
+//! The responder writes `DIR/outputs/JOB-DATASET.csv`,
 //! the requester where `--out` says (default the same form); both sealed under the node's storage
 //! key unless `[storage] encrypt_outputs = false` (`consort export` gives the plaintext).
 
@@ -17,7 +21,7 @@ use std::sync::Arc;
 
 use consort_api::JobKind;
 use consort_engine::psi_stream::{StreamOptions, run_psi_streaming};
-use consort_engine::{EngineError, PayloadJob, PsiJob, PsiProtocol, run_psi_owned};
+use consort_engine::{EngineError, JoinType, PayloadJob, PsiJob, PsiProtocol, run_psi_owned};
 use consort_protocols::{Reveal, Role};
 
 use super::{Ask, Failure, Job, Kind, Outcome, Output, RunCtx};
@@ -33,11 +37,16 @@ impl Kind for Psi {
 
     fn plan(&self, _state: &NodeState, ask: &Ask) -> Result<Box<dyn Job>, String> {
         let protocol = ask.protocol.unwrap_or(PsiProtocol::Ecdh);
-        let peer_columns = parse_params(&ask.params)?.peer_columns;
+        let PsiParams { peer_columns, join } = parse_params(&ask.params)?;
         if !peer_columns.is_empty() && protocol != PsiProtocol::Rr22 {
             return Err("payload joins (peer columns) run over rr22 only: use --protocol rr22".into());
         }
-        Ok(Box::new(PsiPlan { protocol, reveal: ask.reveal.unwrap_or(Reveal::Both), peer_columns }))
+        let reveal = ask.reveal.unwrap_or(Reveal::Both);
+        join.check(reveal)?;
+        if !peer_columns.is_empty() && !matches!(join, JoinType::Inner | JoinType::Left) {
+            return Err(format!("a payload join (peer columns) runs as an inner or left join, not {}", join.name()));
+        }
+        Ok(Box::new(PsiPlan { protocol, reveal, peer_columns, join }))
     }
 }
 
@@ -56,6 +65,9 @@ pub struct PsiParams {
     /// The responder's columns to join to the requester's rows (payload join); empty: plain PSI.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peer_columns: Vec<String>,
+    /// The join type of the outputs (`consort_engine::join`); default inner.
+    #[serde(default, skip_serializing_if = "JoinType::is_inner")]
+    pub join: JoinType,
 }
 
 /// Parses and validates a PSI job's parameters (on the requester from its operator, on the
@@ -89,6 +101,7 @@ struct PsiPlan {
     reveal: Reveal,
     /// Payload join: the responder's columns the requester receives.
     peer_columns: Vec<String>,
+    join: JoinType,
 }
 
 /// Where a node writes a job's output when its operator did not choose (and the name the peer
@@ -128,17 +141,22 @@ impl Job for PsiPlan {
     }
 
     fn wire_params(&self) -> String {
-        if self.peer_columns.is_empty() {
+        if self.peer_columns.is_empty() && self.join.is_inner() {
             return String::new();
         }
-        serde_json::to_string(&PsiParams { peer_columns: self.peer_columns.clone() }).expect("serializable")
+        serde_json::to_string(&PsiParams { peer_columns: self.peer_columns.clone(), join: self.join })
+            .expect("serializable")
     }
 
     fn audited(&self) -> serde_json::Value {
-        if self.peer_columns.is_empty() {
-            return serde_json::json!({});
+        let mut v = serde_json::json!({});
+        if !self.peer_columns.is_empty() {
+            v["peer_columns"] = serde_json::json!(self.peer_columns);
         }
-        serde_json::json!({ "peer_columns": self.peer_columns })
+        if !self.join.is_inner() {
+            v["join"] = serde_json::json!(self.join.name());
+        }
+        v
     }
 
     fn shared_columns(&self) -> &[String] {
@@ -178,6 +196,7 @@ impl Job for PsiPlan {
                 },
                 (false, Role::Responder) => PayloadJob::Send { columns: self.peer_columns.clone() },
             },
+            join: self.join,
         };
         let report = match (ctx.dataset, &ctx.stream) {
             (Some(dataset), _) => run_psi_owned(&*ctx.channel, dataset, &psi).await.map_err(failure)?,
