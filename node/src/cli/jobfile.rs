@@ -261,7 +261,7 @@ mod tests {
     fn every_kind_round_trips_through_its_job_file() {
         let job = ["/n", "--peer", "p", "--dataset", "d", "--peer-dataset", "e"];
         let cases: [(JobKind, &[&str]); 4] = [
-            (JobKind::Psi, &["--protocol", "rr22", "--reveal", "requester-only", "--out", "/o.csv"]),
+            (JobKind::Psi, &["--protocol", "rr22", "--reveal", "requester-only", "--out", "/o.csv", "--join", "left"]),
             (
                 JobKind::Train,
                 &[

@@ -1,0 +1,126 @@
+//! `consort psi --join left|full` between two node processes, through the CLI, against a
+//! plaintext join of the generated inputs; and the refusals that come before any protocol message.
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use common::{fails, ok, psi_args, s, two_nodes};
+
+/// A sealed output as plaintext lines (through `consort export`).
+fn export(dir: &Path, file: &Path) -> Vec<String> {
+    ok(&["export", s(dir), s(file), "--out", "-"]).lines().map(str::to_string).collect()
+}
+
+/// Generated data: plain fields, no quoting. (header, rows), rows as lines.
+fn input(path: &Path) -> (String, Vec<String>) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines().map(str::to_string);
+    let header = lines.next().unwrap();
+    (header, lines.collect())
+}
+
+fn key(header: &str, row: &str) -> String {
+    let at = header.split(',').position(|h| h == "id").unwrap();
+    row.split(',').nth(at).unwrap().trim().to_string()
+}
+
+/// One side's expected output: the tagged intersection rows (as a set, sorted), then the tail.
+fn expected(
+    own: &(String, Vec<String>),
+    peer: &(String, Vec<String>),
+    own_side: &str,
+    full: bool,
+) -> (String, Vec<String>, Vec<String>) {
+    let peer_keys: HashSet<String> = peer.1.iter().map(|r| key(&peer.0, r)).collect();
+    let own_keys: HashSet<String> = own.1.iter().map(|r| key(&own.0, r)).collect();
+    let mut both: Vec<String> =
+        own.1.iter().filter(|r| peer_keys.contains(&key(&own.0, r))).map(|r| format!("both,{r}")).collect();
+    both.sort();
+    let mine: Vec<String> =
+        own.1.iter().filter(|r| !peer_keys.contains(&key(&own.0, r))).map(|r| format!("{own_side},{r}")).collect();
+    let peer_side = if own_side == "left" { "right" } else { "left" };
+    let placeholder = format!("{peer_side},{}", ",".repeat(own.0.split(',').count() - 1));
+    let theirs = vec![placeholder; peer.1.iter().filter(|r| !own_keys.contains(&key(&peer.0, r))).count()];
+    // left: only the requester's section; full: left section, then right section.
+    let tail = match (own_side, full) {
+        ("left", false) => mine,
+        ("right", false) => theirs,
+        ("left", true) => [mine, theirs].concat(),
+        (_, true) => [theirs, mine].concat(),
+        _ => unreachable!(),
+    };
+    (format!("_side,{}", own.0), both, tail)
+}
+
+fn check(got: &[String], want: &(String, Vec<String>, Vec<String>), what: &str) {
+    assert_eq!(got[0], want.0, "{what}: header");
+    let body = &got[1..];
+    assert_eq!(body.len(), want.1.len() + want.2.len(), "{what}: rows");
+    let mut both = body[..want.1.len()].to_vec();
+    both.sort();
+    assert_eq!(both, want.1, "{what}: intersection rows");
+    assert_eq!(&body[want.1.len()..], &want.2[..], "{what}: rows after the intersection");
+}
+
+#[test]
+fn left_and_full_joins_between_two_node_processes_match_a_plaintext_join() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let nodes = two_nodes(root, 60, 20);
+    let (a, b) = (&nodes.a, &nodes.b);
+    let data = root.join("data");
+    let (ta, tb) = (input(&data.join("a.csv")), input(&data.join("b.csv")));
+    for (join, protocol) in [("left", "rr22"), ("full", "ecdh"), ("full", "rr22")] {
+        let out = root.join(format!("{join}-{protocol}.csv"));
+        let mut args = psi_args(a, &out);
+        args.extend(["--join", join, "--protocol", protocol]);
+        let v: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+        assert_eq!(v["state"], "done", "{v}");
+        assert_eq!(v["intersection"], 20, "{v}");
+        let full = join == "full";
+        assert_eq!(v["output_rows"], if full { 100 } else { 60 }, "{v}");
+        let mine = export(a, &out);
+        let theirs = export(b, &b.join(v["peer_output"].as_str().unwrap()));
+        check(&mine, &expected(&ta, &tb, "left", full), &format!("{join} {protocol} requester"));
+        check(&theirs, &expected(&tb, &ta, "right", full), &format!("{join} {protocol} responder"));
+        // Row k of both files: the same side, and in the intersection the same key.
+        for (m, t) in mine[1..].iter().zip(&theirs[1..]) {
+            let (ms, ts) = (m.split_once(',').unwrap(), t.split_once(',').unwrap());
+            assert_eq!(ms.0, ts.0);
+            if ms.0 == "both" {
+                let hdr = |h: &str| h.to_string();
+                assert_eq!(key(&hdr(&ta.0), ms.1), key(&hdr(&tb.0), ts.1));
+            }
+        }
+    }
+    // A job file carries the join type.
+    let job = root.join("left.toml");
+    let out = root.join("from-file.csv");
+    let mut args = psi_args(a, &out);
+    args.extend(["--join", "left", "--save-job", s(&job)]);
+    ok(&args);
+    assert!(std::fs::read_to_string(&job).unwrap().contains("join = \"left\""));
+    std::fs::remove_file(&out).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(&["run", s(a), s(&job), "--json"])).unwrap();
+    assert_eq!((v["state"].as_str(), v["output_rows"].as_u64()), (Some("done"), Some(60)), "{v}");
+    // Right and full with only the requester learning, and a payload join other than inner or
+    // left, are refused before any protocol message: nothing written, the partner saw no job.
+    let jobs_before = std::fs::read_to_string(b.join("audit/log.jsonl")).unwrap().lines().count();
+    for (join, extra) in [("right", &[][..]), ("full", &[][..]), ("difference", &["--peer-columns", "x"][..])] {
+        let never = root.join("never.csv");
+        let mut args = psi_args(a, &never);
+        args.extend(["--join", join, "--protocol", "rr22"]);
+        if extra.is_empty() {
+            args.extend(["--reveal", "requester-only"]);
+        }
+        args.extend(extra);
+        let err = fails(&args);
+        let expect = if extra.is_empty() { "needs --reveal both" } else { "inner or left join" };
+        assert!(err.contains(expect), "{join}: {err}");
+        assert!(!never.exists());
+    }
+    let jobs_after = std::fs::read_to_string(b.join("audit/log.jsonl")).unwrap().lines().count();
+    assert_eq!(jobs_before, jobs_after, "the partner heard of no refused job");
+    drop(nodes);
+}
