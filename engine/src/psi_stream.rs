@@ -11,7 +11,7 @@
 //!    before the scan: the hello carries only the counts and the salt shares.
 //! 3. **Scan, digest, spill**: one streaming pass parses the CSV (csv-core, [`RowScanner`]),
 //!    computes each row's salted 128-bit digest of its normalized key and appends (digest, row
-//!    offset, row length) — 28 bytes, no raw id — to its bucket's spill file. Spill files are
+//!    offset, row length, row number) — 32 bytes, no raw id — to its bucket's spill file. Spill files are
 //!    sealed ([`crate::sealed`]: AES-256-GCM in 64 KiB chunks, each chunk's nonce unique, the
 //!    STREAM construction) under a fresh per-job key that lives only in memory and is zeroized
 //!    when the job ends; memory is one 64 KiB chunk buffer per bucket. A party that learns the
@@ -24,8 +24,12 @@
 //!    A bucket's spill is deleted as soon as the bucket is finished. The responder with
 //!    `Reveal::Both` learns its matches only when the requester's positions arrive after the last
 //!    bucket: until then it keeps each bucket's secret stream order as a sealed spill too
-//!    (12 bytes per padded position), read back bucket by bucket as the positions come.
-//! 5. **Finish**: the grant's minimum is checked, then the temp file is renamed into place. On
+//!    (16 bytes per padded position), read back bucket by bucket as the positions come.
+//! 5. **Join tail** ([`crate::join`], not for `inner`): a side whose unmatched rows its output
+//!    shows keeps a bitmap (1 bit per row) of rows matched or dropped as duplicates; after the last
+//!    bucket the placeholder counts are exchanged and one pass over the snapshot appends the
+//!    unmatched rows, then the placeholders, to the same temp file.
+//! 6. **Finish**: the grant's minimum is checked, then the temp file is renamed into place. On
 //!    any error no output exists and the spill directory is removed.
 //!
 //! Buckets run as a range `[start, end)` ([`rr22::run_buckets`]); today one range covers the
@@ -635,6 +639,7 @@ fn scan(
 
 /// The output writer: the header, then each finished bucket's rows copied from the snapshot, into
 /// a temp file; returns it unfinished (renamed only once the job succeeded) with its row count.
+#[allow(clippy::too_many_arguments)]
 fn write_rows(
     snapshot: &File,
     header: &[u8],
