@@ -46,7 +46,8 @@ pub struct PsiArgs {
     /// inner (default): the rows of the intersection, aligned row for row.
     /// left: this node's output has all its rows: the intersection first, then its other rows
     ///   (file order); with --reveal both the peer writes one empty placeholder row per such row,
-    ///   so rows still correspond, and learns their count (it knows this node's set size already).
+    ///   so rows still correspond, and learns their count (it knows this node's set size already;
+    ///   with rr22 and --dedup the count also tells it how many duplicate rows were dropped).
     /// right: the mirror (the peer's other rows, placeholders here); needs --reveal both.
     /// full: both; needs --reveal both; each side learns the other's unmatched row count.
     /// difference: each learning side writes its rows not in the intersection (file order);

@@ -230,3 +230,23 @@ impl Job for PsiPlan {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The join type travels in the parameters, inner by default and then not written at all
+    /// (inner requests are unchanged on the wire); an unknown one is refused with its place.
+    #[test]
+    fn join_parameters_round_trip_and_unknown_ones_are_refused() {
+        assert_eq!(parse_params("").unwrap().join, JoinType::Inner);
+        assert_eq!(parse_params(r#"{"join":"full"}"#).unwrap().join, JoinType::Full);
+        let p = parse_params(r#"{"peer_columns":["score"],"join":"left"}"#).unwrap();
+        assert_eq!((p.peer_columns.as_slice(), p.join), (&["score".to_string()][..], JoinType::Left));
+        let inner = PsiParams { peer_columns: vec!["s".into()], join: JoinType::Inner };
+        assert_eq!(serde_json::to_string(&inner).unwrap(), r#"{"peer_columns":["s"]}"#);
+        let e = parse_params(r#"{"join":"outer"}"#).unwrap_err();
+        assert!(e.contains("line 1, column"), "{e}");
+        assert!(!e.contains("outer"), "no value in the message: {e}");
+    }
+}
