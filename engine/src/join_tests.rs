@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use consort_protocols::{Reveal, Role, memory_pair};
 
-use super::{JoinType, Side};
+use super::JoinType;
 use crate::dataset::{Dataset, DatasetSpec};
 use crate::psi::{JobLimits, PayloadJob, PsiJob, PsiProtocol, run_psi};
 use crate::psi_stream::{StreamInput, StreamOptions, run_psi_streaming};
@@ -14,13 +14,13 @@ use crate::storage::AtRest;
 type Table = Vec<Vec<String>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Path_ {
+enum Route {
     Ecdh,
     Rr22,
     Stream,
 }
 
-const PATHS: [Path_; 3] = [Path_::Ecdh, Path_::Rr22, Path_::Stream];
+const ROUTES: [Route; 3] = [Route::Ecdh, Route::Rr22, Route::Stream];
 
 fn read_table(path: &Path) -> Table {
     let mut r = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_path(path).unwrap();
@@ -124,18 +124,18 @@ fn job(protocol: PsiProtocol, role: Role, reveal: Reveal, output: PathBuf, join:
 /// Runs both sides; returns (requester's, responder's) intersection sizes.
 async fn run_both(
     dir: &Path,
-    path: Path_,
+    path: Route,
     a: &DatasetSpec,
     b: &DatasetSpec,
     reveal: Reveal,
     join: JoinType,
 ) -> (Option<u64>, Option<u64>) {
     let _ = std::fs::remove_dir_all(dir.join("out"));
-    let protocol = if path == Path_::Ecdh { PsiProtocol::Ecdh } else { PsiProtocol::Rr22 };
+    let protocol = if path == Route::Ecdh { PsiProtocol::Ecdh } else { PsiProtocol::Rr22 };
     let ja = job(protocol, Role::Requester, reveal, dir.join("out/a.csv"), join);
     let jb = job(protocol, Role::Responder, reveal, dir.join("out/b.csv"), join);
     let (ca, cb) = memory_pair(64);
-    let (ra, rb) = if path == Path_::Stream {
+    let (ra, rb) = if path == Route::Stream {
         let (ia, ib) = (StreamInput::open(a).unwrap(), StreamInput::open(b).unwrap());
         let oa = StreamOptions { spill_dir: dir.join("spill-a"), bucket_size: 16 };
         let ob = StreamOptions { spill_dir: dir.join("spill-b"), bucket_size: 16 };
@@ -168,7 +168,7 @@ fn check_side(got: Option<Table>, expected: Option<Expected>, what: &str) -> Opt
     }
 }
 
-async fn check_case(path: Path_, a_ids: &[String], b_ids: &[String], dedup: bool, join: JoinType, reveal: Reveal) {
+async fn check_case(path: Route, a_ids: &[String], b_ids: &[String], dedup: bool, join: JoinType, reveal: Reveal) {
     let dir = tempfile::tempdir().unwrap();
     let a = write_csv(dir.path(), "a", a_ids, true, dedup);
     let b = write_csv(dir.path(), "b", b_ids, false, dedup);
@@ -246,7 +246,7 @@ fn reveals(join: JoinType) -> Vec<Reveal> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_join_type_matches_a_plaintext_join() {
-    for path in PATHS {
+    for path in ROUTES {
         for join in JoinType::ALL {
             for reveal in reveals(join) {
                 for (a, b) in cases() {
@@ -259,7 +259,7 @@ async fn every_join_type_matches_a_plaintext_join() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_join_type_with_duplicates_matches_a_plaintext_join() {
-    for path in PATHS {
+    for path in ROUTES {
         for join in JoinType::ALL {
             for reveal in reveals(join) {
                 for (a, b) in dup_cases() {
@@ -276,14 +276,13 @@ async fn an_inner_join_has_no_side_column() {
     let dir = tempfile::tempdir().unwrap();
     let a = write_csv(dir.path(), "a", &ids(0..20), true, false);
     let b = write_csv(dir.path(), "b", &ids(10..30), false, false);
-    for path in PATHS {
+    for path in ROUTES {
         run_both(dir.path(), path, &a, &b, Reveal::Both, JoinType::Inner).await;
         let text = std::fs::read_to_string(dir.path().join("out/a.csv")).unwrap();
         assert!(text.starts_with("id,v\n"), "{path:?}");
         assert!(!text.contains("both,"), "{path:?}");
         assert_eq!(text.lines().count(), 11, "{path:?}");
     }
-    let _ = Side::Both;
 }
 
 /// A payload left join: the requester's unmatched rows get empty peer columns; the values with
