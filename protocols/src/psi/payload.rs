@@ -74,7 +74,7 @@ pub const KEY_DOMAIN: &[u8] = b"consort/psi-payload/v2/keys";
 pub const TAG_DOMAIN: &[u8] = b"consort/psi-payload/v2/tag";
 /// The sealing format, sent with the width: both sides refuse another.
 pub const FORMAT: u8 = 2;
-/// Bytes of the AES-GCM tag after each ciphertext.
+/// Bytes of the tag after each sealed payload (the AES-GCM tag of format 1, the truncated SHA-256 of format 2).
 pub const TAG_BYTES: usize = 16;
 /// Bytes of the length before each padded payload.
 pub const LEN_BYTES: usize = 4;
@@ -134,6 +134,13 @@ impl Payloads {
 
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
         (0..self.len()).map(|i| self.get(i))
+    }
+
+    /// Appends all of `other`'s payloads, in order (one copy of the bytes).
+    pub fn append(&mut self, other: &Payloads) {
+        let offset = self.bytes.len();
+        self.bytes.extend_from_slice(&other.bytes);
+        self.ends.extend(other.ends.iter().map(|e| e + offset));
     }
 }
 
@@ -349,5 +356,10 @@ mod tests {
         assert_eq!((p.len(), p.max_len()), (3, 3));
         assert_eq!(p.iter().collect::<Vec<_>>(), [&b"ab"[..], b"", b"xyz"]);
         assert_eq!(width_for(&p), 7);
+        let mut q = Payloads::new();
+        q.push(b"first");
+        q.append(&p);
+        q.append(&Payloads::new());
+        assert_eq!(q.iter().collect::<Vec<_>>(), [&b"first"[..], b"ab", b"", b"xyz"]);
     }
 }

@@ -466,9 +466,7 @@ fn random_scalars(count: usize) -> Zeroizing<Vec<Scalar>> {
     let mut wide = Zeroizing::new(vec![0u8; 64 * count]);
     SysRng.try_fill_bytes(&mut wide[..]).expect("the operating system's random number generator failed");
     Zeroizing::new(
-        wide.chunks_exact(64)
-            .map(|w| Scalar::from_bytes_mod_order_wide(w.try_into().expect("64 bytes")))
-            .collect(),
+        wide.chunks_exact(64).map(|w| Scalar::from_bytes_mod_order_wide(w.try_into().expect("64 bytes"))).collect(),
     )
 }
 

@@ -172,9 +172,7 @@ pub(super) async fn run_receiver<C: Channel>(
             let clock = Instant::now();
             let (own, peer, opened) = matching.await?;
             if let Some(p) = payloads.as_mut() {
-                for x in opened.iter() {
-                    p.push(x);
-                }
+                p.append(&opened);
             }
             on_matched(b, own, peer)?;
             timings.add("match and open payloads (beyond vole)", clock);

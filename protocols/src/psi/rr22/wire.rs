@@ -279,10 +279,7 @@ pub(super) async fn recv_payload_width<C: Channel>(channel: &C, max_bytes: usize
         return Err(violation(format!("expected the payload width, got a frame of {} bytes", frame.len())));
     }
     if frame[5] != FORMAT {
-        return Err(violation(format!(
-            "the peer seals payloads in format {}, this node in format {FORMAT}",
-            frame[5]
-        )));
+        return Err(violation(format!("the peer seals payloads in format {}, this node in format {FORMAT}", frame[5])));
     }
     let width = u32::from_be_bytes(frame[1..5].try_into().expect("4")) as usize;
     if width < LEN_BYTES || width - LEN_BYTES > max_bytes {
