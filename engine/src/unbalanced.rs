@@ -5,8 +5,8 @@
 //! the OPRF key, or the list's tags and encrypted labels)
 //!
 //! ```text
-//! key file  "ubalkey1" | setup parameters (85) | k (32) | created u64 | columns: count u32, then len u32 ‖ name
-//! set file  "ubalset1" | setup parameters (85) | label columns (as in the key file) | records (n · record bytes, sorted by tag)
+//! key file  "ubalkey2" | setup parameters (85) | k (32) | created u64 | columns: count u32, then len u32 ‖ name
+//! set file  "ubalset2" | setup parameters (85) | label columns (as in the key file) | records (n · record bytes, sorted by tag)
 //! ```
 //!
 //! The owner keeps both (the key file is all a query needs, so answering never reads the list);
@@ -14,6 +14,10 @@
 //! a flipped bit, a cut or a swapped file fails), the magic, the parameters, that the records
 //! hash to the digest the setup id binds, and that the tags are sorted: a tampered store is
 //! refused, never used.
+//!
+//! The magics end in the protocol version they were made for: version 2 changed the OPRF's output
+//! (see the protocol's module docs), so a file of version 1 (`ubalkey1`, `ubalset1`) is refused
+//! with a message to run the setup (owner) or the fetch (querier) again.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -28,8 +32,8 @@ use crate::error::DataError;
 use crate::sealed::{self, StorageKey};
 use crate::storage::{AtRest, DataWriter, open_data};
 
-pub const KEY_MAGIC: &[u8; 8] = b"ubalkey1";
-pub const SET_MAGIC: &[u8; 8] = b"ubalset1";
+pub const KEY_MAGIC: &[u8; 8] = b"ubalkey2";
+pub const SET_MAGIC: &[u8; 8] = b"ubalset2";
 /// Most label columns a setup may carry.
 pub const MAX_LABEL_COLUMNS: usize = 64;
 
@@ -78,6 +82,12 @@ fn open_sealed(path: &Path, storage: &StorageKey, magic: &[u8; 8]) -> Result<Box
     let mut m = [0u8; 8];
     r.read_exact(&mut m).map_err(|e| DataError::io(path, e))?;
     if &m != magic {
+        if m[..7] == magic[..7] {
+            return Err(DataError::file(
+                path,
+                "made for an older unbalanced PSI version: run psi-setup (list owner) or psi-fetch (querier) again",
+            ));
+        }
         return Err(DataError::file(path, "not an unbalanced PSI file of this kind"));
     }
     Ok(r)
@@ -255,6 +265,13 @@ mod tests {
         std::fs::write(&sp, &plain).unwrap();
         assert!(read_set(&sp, &storage).unwrap_err().to_string().contains("not sealed"));
         assert!(read_set(&kp, &storage).unwrap_err().to_string().contains("not an unbalanced PSI file of this kind"));
+        // A set file of protocol version 1 (another OPRF) is refused with what to do.
+        let mut old = b"ubalset1".to_vec();
+        old.extend_from_slice(&plain[8..]);
+        let mut w = sealed_writer(&sp, &storage).unwrap();
+        w.write_all(&old).unwrap();
+        w.finish().unwrap();
+        assert!(read_set(&sp, &storage).unwrap_err().to_string().contains("older unbalanced PSI version"));
         // A set whose records were changed and resealed does not hash to its id.
         let mut records = set.records.clone();
         records[0] ^= 1;

@@ -36,6 +36,7 @@ fn write_seeds() {
         ecdh_seeds(&root.join("ecdh")).await;
         rr22_seeds(&root.join("rr22")).await;
         lr_seeds(&root.join("lr")).await;
+        unbalanced_seeds(&root.join("unbalanced")).await;
     });
     job_seeds(&root);
     csv_seeds(&root.join("csv_rows"));
@@ -100,6 +101,37 @@ async fn rr22_seeds(dir: &Path) {
         x.unwrap();
         y.unwrap();
         write(dir, &format!("options-{options}"), &encode_script(options, &first(a.frames())));
+    }
+}
+
+/// The frames a real owner sends a querier (fetch, query) and a real querier sends an owner.
+async fn unbalanced_seeds(dir: &Path) {
+    use consort_fuzz::unbalanced::{LIMITS, QUERY, set_and_key};
+    use consort_protocols::psi::unbalanced::{answer, fetch, query, serve_fetch};
+    use std::sync::Arc;
+    for labels in [0u8, 4] {
+        let (set, key) = set_and_key(labels != 0);
+        let items = Arc::new(QUERY.map(<[u8]>::to_vec).to_vec());
+        // The querier's fetch (options 0) and query (1): what the owner sends.
+        let (a, b) = memory_pair(64);
+        let a = Recording::new(a);
+        let (x, y) = futures::join!(fetch(&a, &LIMITS), serve_fetch(&b, set));
+        x.unwrap();
+        y.unwrap();
+        write(dir, &format!("options-{}", labels), &encode_script(labels, &first(a.frames())));
+        let (a, b) = memory_pair(64);
+        let a = Recording::new(a);
+        let (x, y) = futures::join!(query(&a, set, &items), answer(&b, key, &set.params, 1 << 16));
+        x.unwrap();
+        y.unwrap();
+        write(dir, &format!("options-{}", labels | 1), &encode_script(labels | 1, &first(a.frames())));
+        // The owner's answer (2): what the querier sends.
+        let (a, b) = memory_pair(64);
+        let a = Recording::new(a);
+        let (x, y) = futures::join!(answer(&a, key, &set.params, 1 << 16), query(&b, set, &items));
+        x.unwrap();
+        y.unwrap();
+        write(dir, &format!("options-{}", labels | 2), &encode_script(labels | 2, &first(a.frames())));
     }
 }
 

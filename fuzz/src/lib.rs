@@ -183,3 +183,33 @@ pub mod lr {
         }
     }
 }
+
+/// The fixed list, key and query of the unbalanced PSI target and its seeds.
+pub mod unbalanced {
+    use std::sync::{Arc, OnceLock};
+
+    use consort_protocols::psi::Payloads;
+    use consort_protocols::psi::unbalanced::{FetchLimits, OprfKey, OprfSet, evaluate_set};
+
+    pub const LIST: [&[u8]; 5] = [b"alice", b"bob", b"carol", b"dave", b"erin"];
+    pub const QUERY: [&[u8]; 3] = [b"bob", b"zed", b"erin"];
+    /// Small limits: an announcement above them must be refused before anything is sized.
+    pub const LIMITS: FetchLimits = FetchLimits { max_items: 1 << 16, max_bytes: 1 << 22, max_label_bytes: 1 << 10 };
+
+    type Fixed = (Arc<OprfSet>, Arc<OprfKey>);
+
+    /// The owner's set (with labels or not) under a fixed key, and the key.
+    pub fn set_and_key(labels: bool) -> &'static Fixed {
+        static PLAIN: OnceLock<Fixed> = OnceLock::new();
+        static LABELED: OnceLock<Fixed> = OnceLock::new();
+        (if labels { &LABELED } else { &PLAIN }).get_or_init(|| {
+            let key = OprfKey::from_bytes(&[7; 32]).expect("a valid key");
+            let mut payloads = Payloads::new();
+            for (i, _) in LIST.iter().enumerate() {
+                payloads.push(format!("label-{i}").as_bytes());
+            }
+            let set = evaluate_set(&key, &LIST[..], labels.then_some(&payloads), 1 << 20).expect("a valid set");
+            (Arc::new(set), Arc::new(key))
+        })
+    }
+}

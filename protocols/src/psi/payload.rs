@@ -7,18 +7,30 @@
 //!
 //! In RR22 both parties evaluate the same OPRF input `z(x)` for an item `x` (S as
 //! `Decode(K, x) ⊕ Δ·v(x)`, R as `Decode(C, x)`, equal exactly when R holds `x`); the PSI's
-//! match values are `H_x(z)` truncated to ℓ bits. For the payload of each of its items S derives
+//! match values are `H_x(z)` truncated to ℓ bits. For the payload of each of its items S derives,
+//! with one SHA-256 per item,
 //!
 //! ```text
-//! k(x) = SHA-256(KEY_DOMAIN ‖ salt ‖ d(x) ‖ z(x))[..16]      (d(x): the item's salted digest)
+//! e(x) ‖ m(x) = SHA-256(KEY_DOMAIN ‖ salt ‖ d(x) ‖ z(x))     (16 + 16 bytes; d(x): the item's salted digest)
 //! ```
 //!
 //! — a second random-oracle output on the OPRF input, independent of the match value — and sends
-//! `AES-128-GCM_k(x)(nonce = 0, len ‖ payload ‖ 0-padding)`: every plaintext padded to the job's
-//! width `W` (announced first, checked by R against its limit before anything is sized by it),
-//! so every ciphertext is `W + 16` bytes. Each key encrypts one message (S's items are distinct,
-//! which [`Payloads`] senders must ensure: a caller with several rows per key groups them into one
-//! payload), so the fixed nonce is never reused under a key.
+//! (format 2, [`FORMAT`], encrypt-then-MAC with one-time keys):
+//!
+//! ```text
+//! c = (len ‖ payload ‖ 0-padding) ⊕ pad(e(x))     pad = e[..W] if W ≤ 16, else AES-128-CTR_e(0, 1, ...)[..W]
+//! t = SHA-256(TAG_DOMAIN ‖ m(x) ‖ c)[..16]        (compared in constant time)
+//! ```
+//!
+//! Every plaintext is padded to the job's width `W` (announced first with the format, checked by R
+//! against its limit before anything is sized by it), so every sealed payload is `W + 16` bytes.
+//! Each key seals one message (S's items are distinct, which [`Payloads`] senders must ensure: a
+//! caller with several rows per key groups them into one payload; the salt is fresh per job), so
+//! the pad is a one-time pad and `m` a one-time MAC key. Format 1 (AES-128-GCM under a 16-byte
+//! key from the same hash) cost an AES key schedule, a GHASH key and an allocation per item on
+//! both sides; format 2 costs two SHA-256 calls (three compression rounds at W ≤ 20) and, for
+//! `W > 16`, one AES key schedule. Both sides refuse the other format (the width frame carries
+//! it).
 //!
 //! The ciphertexts travel in the *same secret random order* as S's match values (bucket by
 //! bucket, dummies included: a dummy's ciphertext is random bytes), right after them. R opens
@@ -27,9 +39,10 @@
 //! # What each party learns (semi-honest, random-oracle model for SHA-256 and the OPRF's hash)
 //!
 //! - **R** learns the payloads of the matched items and nothing about the others: for an item
-//!   R does not hold, `z(x)` is masked by Δ (see [`crate::psi::rr22`]), so `k(x)` is a uniformly
-//!   random key to R and the AES-GCM ciphertext under it (CTR keystream and tag mask from AES
-//!   under that key) is indistinguishable from the random bytes of a dummy. R also learns `W`,
+//!   R does not hold, `z(x)` is masked by Δ (see [`crate::psi::rr22`]), so `e(x) ‖ m(x)` is
+//!   uniformly random to R, the pad hides the plaintext perfectly (or as AES-CTR under a random
+//!   key), and the tag — SHA-256 keyed by the secret `m(x)`, a random oracle — is random too: the
+//!   sealed payload is indistinguishable from the random bytes of a dummy. R also learns `W`,
 //!   the largest payload of the job (to the byte, after its 4-byte length), and S's padded
 //!   stream size (as in the plain PSI).
 //! - **S** learns nothing more than in the plain PSI: it sends, it receives nothing new. With
@@ -39,7 +52,7 @@
 //!
 //! A malicious S can send any payload for any of its items (input substitution), an empty or
 //! over-long width (refused: `W` above R's limit aborts before allocation), or garbage where a
-//! matched payload should be: the matched item's ciphertext then fails its tag and R aborts the
+//! matched payload should be: the matched item's sealed payload then fails its tag and R aborts the
 //! job ("a matched payload does not open") — so a cheating S can make the job fail, not give R a
 //! payload for an item it does not hold without R noticing a wrong key (S cannot compute `k(x)`
 //! for an item it does not hold). A selective-failure attack remains (S garbles one position, R
@@ -50,11 +63,18 @@
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes128Gcm, Nonce, Tag};
 use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
+use subtle::ConstantTimeEq;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-/// Domain of the per-item payload key.
-pub const KEY_DOMAIN: &[u8] = b"consort/psi-payload/v1/key";
-/// Bytes of the AES-GCM tag after each ciphertext.
+use crate::ot::aes_hash::AesPrg;
+
+/// Domain of the per-item payload keys (format 2).
+pub const KEY_DOMAIN: &[u8] = b"consort/psi-payload/v2/keys";
+/// Domain of the per-item tag (format 2).
+pub const TAG_DOMAIN: &[u8] = b"consort/psi-payload/v2/tag";
+/// The sealing format, sent with the width: both sides refuse another.
+pub const FORMAT: u8 = 2;
+/// Bytes of the tag after each sealed payload (the AES-GCM tag of format 1, the truncated SHA-256 of format 2).
 pub const TAG_BYTES: usize = 16;
 /// Bytes of the length before each padded payload.
 pub const LEN_BYTES: usize = 4;
@@ -115,6 +135,13 @@ impl Payloads {
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
         (0..self.len()).map(|i| self.get(i))
     }
+
+    /// Appends all of `other`'s payloads, in order (one copy of the bytes).
+    pub fn append(&mut self, other: &Payloads) {
+        let offset = self.bytes.len();
+        self.bytes.extend_from_slice(&other.bytes);
+        self.ends.extend(other.ends.iter().map(|e| e + offset));
+    }
 }
 
 /// Whether a party sends or receives payloads in a PSI run (both must agree: the responder sends,
@@ -138,19 +165,78 @@ impl PayloadMode {
     }
 }
 
-/// The key of an item's payload from its salted digest and its OPRF input (see the module docs).
-pub(crate) fn item_key(salt: &[u8; 32], digest: u128, z: u128) -> Zeroizing<[u8; 16]> {
+/// One item's one-time keys `e ‖ m` (see the module docs), zeroized on drop.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub(crate) struct ItemKeys {
+    pad: [u8; 16],
+    mac: [u8; 16],
+}
+
+/// The keys of an item's payload from its salted digest and its OPRF input (see the module docs).
+pub(crate) fn item_keys(salt: &[u8; 32], digest: u128, z: u128) -> ItemKeys {
     let mut h = Sha256::new();
     h.update(KEY_DOMAIN);
     h.update(salt);
     h.update(digest.to_le_bytes());
     h.update(z.to_le_bytes());
-    let out = Zeroizing::new(<[u8; 32]>::from(h.finalize()));
-    Zeroizing::new(out[..16].try_into().expect("16 bytes"))
+    let mut out = <[u8; 32]>::from(h.finalize());
+    let keys = ItemKeys { pad: out[..16].try_into().expect("16 bytes"), mac: out[16..].try_into().expect("16 bytes") };
+    out.zeroize();
+    keys
+}
+
+/// `body ⊕= pad(e)`: the key itself for up to 16 bytes, else AES-128-CTR under it.
+fn xor_pad(keys: &ItemKeys, body: &mut [u8]) {
+    if body.len() <= 16 {
+        body.iter_mut().zip(&keys.pad).for_each(|(b, p)| *b ^= p);
+        return;
+    }
+    let prg = AesPrg::new(u128::from_le_bytes(keys.pad));
+    let mut stream = Zeroizing::new([0u8; 512]);
+    for (i, chunk) in body.chunks_mut(512).enumerate() {
+        let stream = &mut stream[..chunk.len()];
+        prg.fill_bytes((i * 512 / 16) as u64, stream);
+        chunk.iter_mut().zip(stream.iter()).for_each(|(b, p)| *b ^= p);
+    }
+}
+
+fn tag_of(keys: &ItemKeys, body: &[u8]) -> [u8; 32] {
+    Sha256::new().chain_update(TAG_DOMAIN).chain_update(keys.mac).chain_update(body).finalize().into()
+}
+
+/// Seals `payload` (at most `width - LEN_BYTES` bytes) padded to `width` under `keys` into `out`
+/// (`width + TAG_BYTES` bytes): format 2 (see the module docs).
+pub(crate) fn seal_item(keys: &ItemKeys, payload: &[u8], width: usize, out: &mut [u8]) {
+    debug_assert!(payload.len() + LEN_BYTES <= width && out.len() == width + TAG_BYTES);
+    let (body, tag_out) = out.split_at_mut(width);
+    body.fill(0);
+    body[..LEN_BYTES].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+    body[LEN_BYTES..LEN_BYTES + payload.len()].copy_from_slice(payload);
+    xor_pad(keys, body);
+    tag_out.copy_from_slice(&tag_of(keys, body)[..TAG_BYTES]);
+}
+
+/// Opens a payload of [`seal_item`] into `body` (`sealed.len() - TAG_BYTES` bytes, overwritten):
+/// the payload's length (its bytes are `body[LEN_BYTES..][..len]`); `None` if the tag fails (in
+/// constant time) or the length inside is out of range.
+pub(crate) fn open_item(keys: &ItemKeys, sealed: &[u8], body: &mut [u8]) -> Option<usize> {
+    let width = sealed.len().checked_sub(TAG_BYTES)?;
+    if body.len() != width || width < LEN_BYTES {
+        return None;
+    }
+    let tag = tag_of(keys, &sealed[..width]);
+    if !bool::from(tag[..TAG_BYTES].ct_eq(&sealed[width..])) {
+        return None;
+    }
+    body.copy_from_slice(&sealed[..width]);
+    xor_pad(keys, body);
+    let len = u32::from_be_bytes(body[..LEN_BYTES].try_into().expect("4 bytes")) as usize;
+    (len <= width - LEN_BYTES).then_some(len)
 }
 
 /// Encrypts `payload` (at most `width - LEN_BYTES` bytes) padded to `width` under `key` into
-/// `out` (`width + TAG_BYTES` bytes).
+/// `out` (`width + TAG_BYTES` bytes) with AES-128-GCM (nonce 0): the unbalanced PSI's labels,
+/// whose keys come from its OPRF output (format 1 of the payload joins).
 pub(crate) fn seal(key: &[u8; 16], payload: &[u8], width: usize, out: &mut [u8]) {
     debug_assert!(payload.len() + LEN_BYTES <= width && out.len() == width + TAG_BYTES);
     let (body, tag_out) = out.split_at_mut(width);
@@ -182,19 +268,79 @@ pub(crate) fn width_for(payloads: &Payloads) -> usize {
 mod tests {
     use super::*;
 
+    fn open_vec(keys: &ItemKeys, sealed: &[u8]) -> Option<Vec<u8>> {
+        let mut body = vec![0u8; sealed.len().checked_sub(TAG_BYTES)?];
+        let len = open_item(keys, sealed, &mut body)?;
+        Some(body[LEN_BYTES..LEN_BYTES + len].to_vec())
+    }
+
     #[test]
-    fn sealed_payloads_open_only_under_their_key() {
+    fn sealed_payloads_open_only_under_their_keys() {
         let salt = [7u8; 32];
-        let key = item_key(&salt, 1, 2);
-        assert_ne!(*key, *item_key(&salt, 1, 3), "the key depends on the OPRF input");
-        assert_ne!(*key, *item_key(&[8u8; 32], 1, 2), "and on the job's salt");
+        let keys = item_keys(&salt, 1, 2);
+        let (other, salted) = (item_keys(&salt, 1, 3), item_keys(&[8u8; 32], 1, 2));
+        assert_ne!((keys.pad, keys.mac), (other.pad, other.mac), "the keys depend on the OPRF input");
+        assert_ne!((keys.pad, keys.mac), (salted.pad, salted.mac), "and on the job's salt");
+        assert_ne!(keys.pad, keys.mac);
+        // Widths on both sides of the 16-byte pad (key as pad, then AES-CTR), and past 512.
+        let long = vec![0xabu8; 700];
+        for payload in [&b""[..], b"a", b"12345678", b"risk,\"quoted\"\n\xc3\xa9", &long] {
+            for width in [payload.len() + LEN_BYTES, payload.len() + LEN_BYTES + 13] {
+                let mut out = vec![0u8; width + TAG_BYTES];
+                seal_item(&keys, payload, width, &mut out);
+                if !payload.is_empty() {
+                    assert!(!out.windows(payload.len()).any(|w| w == payload), "the payload in clear");
+                }
+                assert_eq!(open_vec(&keys, &out).as_deref(), Some(payload));
+                assert_eq!(open_vec(&other, &out), None, "a wrong key fails the tag");
+                for at in [0, LEN_BYTES, width - 1, width, out.len() - 1] {
+                    let mut tampered = out.clone();
+                    tampered[at] ^= 1;
+                    assert_eq!(open_vec(&keys, &tampered), None, "a flipped bit at {at} fails the tag");
+                }
+                let mut tampered = out.clone();
+                tampered.pop();
+                assert_eq!(open_vec(&keys, &tampered), None, "a shortened payload fails");
+            }
+        }
+        // Two items with the same payload seal to unrelated bytes (one-time keys).
+        let (mut a, mut b) = ([0u8; 28], [0u8; 28]);
+        seal_item(&keys, b"same", 12, &mut a);
+        seal_item(&other, b"same", 12, &mut b);
+        assert!(a.iter().zip(&b).filter(|(x, y)| x == y).count() < 8);
+        assert_eq!(open_vec(&keys, &[0u8; 5]), None, "shorter than a tag");
+        assert_eq!(open_vec(&keys, &[0u8; 16 + 3]), None, "shorter than a length");
+    }
+
+    /// A length field past the width is refused even under the right keys (a cheating sender).
+    #[test]
+    fn an_out_of_range_length_does_not_open() {
+        let keys = item_keys(&[1u8; 32], 5, 6);
+        let width = 12;
+        let mut body = vec![0u8; width];
+        body[..LEN_BYTES].copy_from_slice(&9u32.to_be_bytes());
+        xor_pad(&keys, &mut body);
+        let mut sealed = body.clone();
+        sealed.extend_from_slice(&tag_of(&keys, &body)[..TAG_BYTES]);
+        assert_eq!(open_vec(&keys, &sealed), None);
+        // Length 8 fits exactly.
+        let mut body = vec![0u8; width];
+        body[..LEN_BYTES].copy_from_slice(&8u32.to_be_bytes());
+        xor_pad(&keys, &mut body);
+        let mut sealed = body.clone();
+        sealed.extend_from_slice(&tag_of(&keys, &body)[..TAG_BYTES]);
+        assert_eq!(open_vec(&keys, &sealed), Some(vec![0u8; 8]));
+    }
+
+    #[test]
+    fn labels_open_only_under_their_key() {
+        let key = [3u8; 16];
         for payload in [&b""[..], b"a", b"risk,\"quoted\"\n\xc3\xa9"] {
             let width = 20;
             let mut out = vec![0u8; width + TAG_BYTES];
             seal(&key, payload, width, &mut out);
-            assert!(!out.windows(payload.len().max(1)).any(|w| w == payload) || payload.is_empty());
             assert_eq!(open(&key, &out).as_deref(), Some(payload));
-            assert_eq!(open(&item_key(&salt, 1, 3), &out), None, "a wrong key fails the tag");
+            assert_eq!(open(&[4u8; 16], &out), None, "a wrong key fails the tag");
             out[3] ^= 1;
             assert_eq!(open(&key, &out), None, "a flipped bit fails the tag");
         }
@@ -210,5 +356,10 @@ mod tests {
         assert_eq!((p.len(), p.max_len()), (3, 3));
         assert_eq!(p.iter().collect::<Vec<_>>(), [&b"ab"[..], b"", b"xyz"]);
         assert_eq!(width_for(&p), 7);
+        let mut q = Payloads::new();
+        q.push(b"first");
+        q.append(&p);
+        q.append(&Payloads::new());
+        assert_eq!(q.iter().collect::<Vec<_>>(), [&b"first"[..], b"ab", b"", b"xyz"]);
     }
 }

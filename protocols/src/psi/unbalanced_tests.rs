@@ -366,3 +366,45 @@ async fn no_raw_id_on_the_wire_and_bytes_proportional_to_the_query() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_queries_of_one_id_send_unrelated_points() {
+    // Additive blinding: X = 2·(H(y) + r·G) with a fresh r, so the owner cannot link two queries
+    // of the same id; both still find it.
+    let list = ids("id-", 0..50);
+    let key = Arc::new(OprfKey::random());
+    let set = Arc::new(evaluate_set(&key, &list, None, 1000).unwrap());
+    let mut sent = Vec::new();
+    for _ in 0..2 {
+        let (a, b) = memory_pair(4);
+        let b = Capture { inner: b, sent: Mutex::default() };
+        let items = Arc::new(strs(&["id-7", "id-7", "nope"]));
+        let (answered, matches) = tokio::join!(answer(&a, &key, &set.params, 10), query(&b, &set, &items));
+        answered.unwrap();
+        assert_eq!(matches.unwrap().iter().map(|m| m.index).collect::<Vec<_>>(), [0, 1]);
+        sent.push(b.sent.into_inner().unwrap());
+    }
+    let points = |s: &[u8]| s[HELLO_HEAD + 40 + 1..].chunks(32).map(<[u8]>::to_vec).collect::<Vec<_>>();
+    let (p0, p1) = (points(&sent[0]), points(&sent[1]));
+    assert_eq!(p0.len(), 3);
+    let all: HashSet<&Vec<u8>> = p0.iter().chain(&p1).collect();
+    assert_eq!(all.len(), 6, "the same id twice, in one query or two, gives different points");
+    // None is the unblinded hash (times 1 or 2).
+    let h = hash_to_point(b"id-7");
+    for p in p0.iter().chain(&p1) {
+        assert!(p[..] != h.compress().as_bytes()[..] && p[..] != (h + h).compress().as_bytes()[..]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_of_version_one_is_refused_by_both_sides() {
+    let key = Arc::new(OprfKey::random());
+    let set = Arc::new(evaluate_set(&key, &ids("id-", 0..5), None, 1000).unwrap());
+    let mut old = query_hello(set.id(), 2);
+    old[17..19].copy_from_slice(&1u16.to_be_bytes());
+    let err = as_peer(vec![old.clone()], async |c| answer(c, &key, &set.params, 10).await).await.unwrap_err();
+    assert!(err.to_string().contains("version 1 is not supported"), "{err}");
+    let items = Arc::new(strs(&["id-1", "x"]));
+    let err = as_peer(vec![old], async |c| query(c, &set, &items).await).await.unwrap_err();
+    assert!(err.to_string().contains("version 1 is not supported"), "{err}");
+}

@@ -78,8 +78,8 @@
 //! | okvs      | R    | `0x41` | bucket `u32`, first cell `u32`, OKVS seed (16 bytes, first frame of a bucket only), cells of A + P (16 bytes each) |
 //! | values    | S    | `0x42` | bucket `u32`, first position `u32`, F values (ℓ/8 bytes each) |
 //! | positions | R    | `0x43` | first `u32`, S stream positions (`u32` each) — [`Reveal::Both`] only, then an empty-bodied last frame |
-//! | payload width | S | `0x44` | (labeled PSI only, once, after the hellos) padded payload width W `u32` ([`crate::psi::payload`]) |
-//! | payloads  | S    | `0x45` | (labeled PSI only, after each bucket's values) bucket `u32`, first position `u32`, AES-GCM ciphertexts of W + 16 bytes each, in the values' order |
+//! | payload width | S | `0x44` | (labeled PSI only, once, after the hellos) padded payload width W `u32`, sealing format `u8` (= 2; [`crate::psi::payload`]) |
+//! | payloads  | S    | `0x45` | (labeled PSI only, after each bucket's values) bucket `u32`, first position `u32`, sealed payloads of W + 16 bytes each, in the values' order |
 //!
 //! Integers are big-endian. Per item of a full bucket (2^20 items): ≈ 1.1·16 = 17.6 bytes of
 //! OKVS from R, ℓ/8 ≈ 10–11 bytes of values from S, ≈ 1.3 bytes of VOLE, plus 4 bytes per

@@ -16,7 +16,7 @@ use super::{BucketSource, Layout, PayloadKeys, Rr22Error, os_rng, violation};
 use crate::channel::Channel;
 use crate::cpu;
 use crate::okvs::{self, Okvs, OkvsError, OkvsSeed};
-use crate::psi::payload::{Payloads, TAG_BYTES, item_key, open};
+use crate::psi::payload::{LEN_BYTES, Payloads, TAG_BYTES, item_keys, open_item};
 use crate::psi::{Progress, Timings};
 use crate::vole::VoleReceiver;
 
@@ -172,9 +172,7 @@ pub(super) async fn run_receiver<C: Channel>(
             let clock = Instant::now();
             let (own, peer, opened) = matching.await?;
             if let Some(p) = payloads.as_mut() {
-                for x in opened.iter() {
-                    p.push(x);
-                }
+                p.append(&opened);
             }
             on_matched(b, own, peer)?;
             timings.add("match and open payloads (beyond vole)", clock);
@@ -240,23 +238,26 @@ fn match_with_payloads(
     let mut own: Vec<(u128, u32, u32)> = own.into_iter().map(|(v, k)| (v, indices[k as usize], k)).collect();
     own.par_sort_unstable();
     peer.par_sort_unstable();
-    let each = pk.width + TAG_BYTES;
-    let opened: Vec<Result<Vec<u8>, Rr22Error>> = own
-        .par_iter()
-        .map(|&(v, _, k)| {
+    let (width, each) = (pk.width, pk.width + TAG_BYTES);
+    // Opened in place into one buffer (no allocation per item), then copied into `Payloads`.
+    let mut bodies = vec![0u8; own.len() * width];
+    let lengths: Vec<usize> = bodies
+        .par_chunks_mut(width.max(1))
+        .zip(own.par_iter())
+        .map(|(body, &(v, _, k))| {
             let at = peer.partition_point(|&(pv, _)| pv < v);
             let position = match peer.get(at) {
                 Some(&(pv, p)) if pv == v => p as usize,
                 _ => return Err(violation("a matched value has no position")),
             };
-            let key = item_key(&pk.salt, digests[k as usize], z[k as usize]);
-            open(&key, &sealed[position * each..(position + 1) * each])
+            let keys = item_keys(&pk.salt, digests[k as usize], z[k as usize]);
+            open_item(&keys, &sealed[position * each..(position + 1) * each], body)
                 .ok_or_else(|| violation("a matched payload does not open (wrong key or a corrupted payload)"))
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     let mut payloads = Payloads::new();
-    for p in opened {
-        payloads.push(&p?);
+    for (body, len) in bodies.chunks(width.max(1)).zip(lengths) {
+        payloads.push(&body[LEN_BYTES..LEN_BYTES + len]);
     }
     Ok((own.into_iter().map(|(_, i, _)| i).collect(), peer.into_iter().map(|(_, p)| base + p).collect(), payloads))
 }

@@ -18,7 +18,7 @@ use crate::channel::Channel;
 use crate::cpu;
 use crate::okvs::{self, Okvs};
 use crate::ot::gf128;
-use crate::psi::payload::{Payloads, TAG_BYTES, item_key, seal};
+use crate::psi::payload::{Payloads, TAG_BYTES, item_keys, seal_item};
 use crate::psi::{Progress, Timings};
 use crate::vole::VoleSender;
 use std::sync::Arc;
@@ -175,8 +175,7 @@ fn seal_payloads(
     let each = keys.width + TAG_BYTES;
     let mut sealed = vec![0u8; digests.len() * each];
     sealed.par_chunks_mut(each).enumerate().for_each(|(k, dst)| {
-        let key = item_key(&keys.salt, digests[k], z[k]);
-        seal(&key, payloads.get(indices[k] as usize), keys.width, dst);
+        seal_item(&item_keys(&keys.salt, digests[k], z[k]), payloads.get(indices[k] as usize), keys.width, dst);
     });
     Ok((sealed, each))
 }

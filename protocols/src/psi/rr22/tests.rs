@@ -552,6 +552,23 @@ mod payloads {
         protocol_error(ra, "more than the 35 allowed");
     }
 
+    /// A responder sealing in another format (format 1's 5-byte width frame, or another format
+    /// byte) is refused before any payload is read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_sealing_format_is_refused() {
+        let (ra, _) = tampered(with_kind(PAYLOAD_HEAD, |f: Vec<u8>| f[..5].to_vec()), 36).await;
+        protocol_error(ra, "format 1");
+        let (ra, _) = tampered(
+            with_kind(PAYLOAD_HEAD, |mut f: Vec<u8>| {
+                f[5] = 3;
+                f
+            }),
+            36,
+        )
+        .await;
+        protocol_error(ra, "format 3");
+    }
+
     /// Truncated, overlong, misnumbered and garbage payload frames are protocol errors, not
     /// panics; a flipped bit in a matched payload fails its tag.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

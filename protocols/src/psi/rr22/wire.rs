@@ -11,7 +11,7 @@ use super::{
 };
 use crate::channel::Channel;
 use crate::okvs::OkvsSeed;
-use crate::psi::payload::{LEN_BYTES, TAG_BYTES};
+use crate::psi::payload::{FORMAT, LEN_BYTES, TAG_BYTES};
 use crate::psi::{Reveal, Role};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,18 +258,28 @@ pub(super) async fn recv_positions<C: Channel>(
 
 /// The responder's payload width (bytes of each padded plaintext, length included).
 pub(super) async fn send_payload_width<C: Channel>(channel: &C, width: usize) -> Result<(), Rr22Error> {
-    let mut frame = BytesMut::with_capacity(5);
+    let mut frame = BytesMut::with_capacity(6);
     frame.put_u8(PAYLOAD_HEAD);
     frame.put_u32(width as u32);
+    frame.put_u8(FORMAT);
     channel.send(frame.freeze()).await?;
     Ok(())
 }
 
-/// The peer's payload width, refused above `max_bytes` of payload before anything is sized by it.
+/// The peer's payload width, refused above `max_bytes` of payload before anything is sized by it,
+/// and its sealing format, refused unless it is this node's [`FORMAT`].
 pub(super) async fn recv_payload_width<C: Channel>(channel: &C, max_bytes: usize) -> Result<usize, Rr22Error> {
     let frame = channel.recv().await?;
-    if frame.len() != 5 || frame[0] != PAYLOAD_HEAD {
+    if frame.first() == Some(&PAYLOAD_HEAD) && frame.len() == 5 {
+        return Err(violation(format!(
+            "the peer seals payloads in format 1, this node in format {FORMAT} (update the older node)"
+        )));
+    }
+    if frame.len() != 6 || frame[0] != PAYLOAD_HEAD {
         return Err(violation(format!("expected the payload width, got a frame of {} bytes", frame.len())));
+    }
+    if frame[5] != FORMAT {
+        return Err(violation(format!("the peer seals payloads in format {}, this node in format {FORMAT}", frame[5])));
     }
     let width = u32::from_be_bytes(frame[1..5].try_into().expect("4")) as usize;
     if width < LEN_BYTES || width - LEN_BYTES > max_bytes {
