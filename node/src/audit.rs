@@ -4,7 +4,7 @@
 //! Every job leaves entries in `DIR/audit/log.jsonl`, whatever its kind or protocol: `request`
 //! (who asked, for which datasets, protocol and parameters), `grant` (the decision), `start`
 //! (a salted commitment to the local dataset file and its row count), `transcript` (the job
-//! channel's SHA-256 digests per direction), `proofs` (ECDH-PSI only: key commitments and DLEQ
+//! channel's BLAKE3 digests per direction), `proofs` (ECDH-PSI only: key commitments and DLEQ
 //! proofs), `output` (a salted commitment to the output file and its row count), and `end` or
 //! `failure`; a job interrupted by a crash gets `failure` when the node starts again. Other
 //! channels a job used (a train job's dealer) get `channel_transcript`. The node signs a tree head after each entry with its ed25519 identity key.

@@ -3,7 +3,7 @@
 //!
 //! `cargo bench -p consort-protocols --bench lr` trains on synthetic data over `memory_pair` (both parties in this
 //! process, sharing the machine's cores; each side's channel is [`Metered`], as in the node, so
-//! the SHA-256 transcript cost is included) and prints one line per epoch (wall time, rows/s,
+//! the BLAKE3 transcript cost is included) and prints one line per epoch (wall time, rows/s,
 //! bytes on the wire in both directions) and a summary with the peak RSS of the process (both
 //! parties together).
 //!

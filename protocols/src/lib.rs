@@ -21,6 +21,6 @@ pub mod simd;
 mod test_support;
 pub mod vole;
 
-pub use channel::{Channel, ChannelError, ChannelStats, Metered, memory_pair};
+pub use channel::{Channel, ChannelError, ChannelStats, Metered, TRANSCRIPT_DIGEST, memory_pair};
 pub use items::Items;
 pub use psi::{ProgressFn, PsiOutput, PsiProgress, Reveal, Role};

@@ -4,14 +4,15 @@
 
 use std::path::Path;
 
-use consort_protocols::ChannelStats;
 use consort_protocols::psi::ecdh::EcdhEvidence;
+use consort_protocols::{ChannelStats, TRANSCRIPT_DIGEST};
 use serde_json::json;
 
 use super::evidence::store_ecdh;
 use super::{AuditError, AuditLog, commitment, hex};
 
-/// The job channel's transcript digests and counts (`transcript` event).
+/// The job channel's transcript digests and counts (`transcript` event; `digest` names the hash,
+/// [`TRANSCRIPT_DIGEST`]; entries without it are older nodes' SHA-256).
 pub fn record_transcript(log: &mut AuditLog, job: &str, stats: &ChannelStats) -> Result<u64, AuditError> {
     log.append(
         job,
@@ -19,6 +20,7 @@ pub fn record_transcript(log: &mut AuditLog, job: &str, stats: &ChannelStats) ->
         json!({
             "sent_digest": hex(&stats.sent_digest),
             "received_digest": hex(&stats.received_digest),
+            "digest": TRANSCRIPT_DIGEST,
             "bytes_sent": stats.bytes_sent,
             "bytes_received": stats.bytes_received,
             "frames_sent": stats.frames_sent,
@@ -42,6 +44,7 @@ pub fn record_channel_transcript(
             "channel": channel,
             "sent_digest": hex(&stats.sent_digest),
             "received_digest": hex(&stats.received_digest),
+            "digest": TRANSCRIPT_DIGEST,
             "bytes_sent": stats.bytes_sent,
             "bytes_received": stats.bytes_received,
         }),

@@ -294,7 +294,8 @@ pub struct VerifyOptions {
 /// What one bundle's entries say, for cross-checks.
 #[derive(Default)]
 struct Facts {
-    transcript: Option<(String, String)>,
+    /// Sent and received digests, and their hash (`sha256` for entries of nodes that did not name it).
+    transcript: Option<(String, String, String)>,
     ecdh: Option<EcdhSummary>,
     outcome: Option<String>,
 }
@@ -331,9 +332,14 @@ fn same_job(a: &Bundle, b: &Bundle) -> Result<String, String> {
 }
 
 fn transcripts_agree(a: &Facts, b: &Facts, na: &str, nb: &str) -> Result<String, String> {
-    let (Some((a_sent, a_recv)), Some((b_sent, b_recv))) = (&a.transcript, &b.transcript) else {
+    let (Some((a_sent, a_recv, a_alg)), Some((b_sent, b_recv, b_alg))) = (&a.transcript, &b.transcript) else {
         return Err("a bundle has no transcript entry".into());
     };
+    if a_alg != b_alg {
+        return Err(format!(
+            "the transcript digests cannot be compared: '{na}' recorded {a_alg}, '{nb}' {b_alg} (nodes of different versions)"
+        ));
+    }
     if a_sent != b_recv {
         return Err(format!(
             "mismatched transcript digests: '{na}' sent {a_sent} but '{nb}' received {b_recv} (frames were altered, dropped or injected, or a log lies)"
@@ -344,7 +350,7 @@ fn transcripts_agree(a: &Facts, b: &Facts, na: &str, nb: &str) -> Result<String,
             "mismatched transcript digests: '{nb}' sent {b_sent} but '{na}' received {a_recv} (frames were altered, dropped or injected, or a log lies)"
         ));
     }
-    Ok(format!("{na}→{nb} {a_sent}, {nb}→{na} {b_sent}"))
+    Ok(format!("{a_alg}: {na}→{nb} {a_sent}, {nb}→{na} {b_sent}"))
 }
 
 fn ecdh_agree(a: &Facts, b: &Facts, na: &str, nb: &str) -> Result<String, String> {
@@ -505,7 +511,10 @@ fn check_entries(bundle: &Bundle, root: &Hash) -> Result<Facts, String> {
         previous = Some(entry.index);
         let text = |k: &str| value.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
         match value.get("event").and_then(|e| e.as_str()) {
-            Some("transcript") => facts.transcript = Some((text("sent_digest"), text("received_digest"))),
+            Some("transcript") => {
+                let alg = value.get("digest").and_then(|v| v.as_str()).unwrap_or("sha256").to_string();
+                facts.transcript = Some((text("sent_digest"), text("received_digest"), alg));
+            }
             Some("proofs") => {
                 let summary = serde_json::from_value(value.get("ecdh").cloned().unwrap_or_default())
                     .map_err(|e| format!("{place}: the proofs entry is malformed: {e}"))?;

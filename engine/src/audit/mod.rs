@@ -5,8 +5,8 @@
 //!
 //! Every job event is one *entry* of the node's log (`DIR/audit/log.jsonl`, one JSON object per
 //! line): the request (requester identity, datasets, protocol, parameters), the grant decision,
-//! the start, the transcript digests of the job channel (SHA-256 over every protocol frame, per
-//! direction, in order), the ECDH-PSI key commitments and DLEQ proofs, the output commitment and
+//! the start, the transcript digests of the job channel (BLAKE3 over every protocol frame, per
+//! direction, in order; the entry names the hash, [`consort_protocols::TRANSCRIPT_DIGEST`]), the ECDH-PSI key commitments and DLEQ proofs, the output commitment and
 //! counts, and the end or failure. Entries are the leaves of an RFC 6962/9162 Merkle tree
 //! ([`consort_protocols::merkle`]); after every append the node signs the new *tree head* (size,
 //! root, time) with its ed25519 identity key (`DIR/identity.key`) into `DIR/audit/heads.jsonl`.

@@ -224,6 +224,37 @@ async fn mismatched_transcript_digests_are_caught() {
     drop(b);
 }
 
+/// A transcript entry of an older node (SHA-256, no `digest` field) next to a BLAKE3 one: the
+/// verifier says the digests cannot be compared instead of calling them tampered or equal.
+#[tokio::test(flavor = "multi_thread")]
+async fn transcript_digests_of_different_hashes_are_not_compared() {
+    let out = tempfile::tempdir().unwrap();
+    let (a, b, mut bundles) = job(None, out.path()).await;
+    let ok = verify_bundles(&bundles, &trusted(&a, &b, false));
+    let agree = ok.checks.iter().find(|c| c.name.contains("transcript digests agree")).unwrap();
+    assert!(agree.ok && agree.detail.starts_with("blake3: "), "{agree:?}");
+    // b's log as an older node would have written it: the same digests, no hash named.
+    let transcript: serde_json::Value = bundles[1]
+        .1
+        .entries
+        .iter()
+        .map(|e| serde_json::from_str::<serde_json::Value>(&e.entry).unwrap())
+        .find(|v| v["event"] == "transcript")
+        .unwrap();
+    assert_eq!(transcript["digest"], "blake3");
+    let b2 = Node::new("b", 2);
+    let mut log = AuditLog::open(b2.dir.path(), b2.key.clone()).unwrap();
+    log.append("j1", "request", json!({"role": "responder", "protocol": "ecdh", "reveal": "both"})).unwrap();
+    log.append("j1", "start", json!({})).unwrap();
+    let (sent, received) = (&transcript["sent_digest"], &transcript["received_digest"]);
+    log.append("j1", "transcript", json!({"sent_digest": sent, "received_digest": received})).unwrap();
+    log.append("j1", "end", json!({})).unwrap();
+    drop(log);
+    bundles[1] = b2.export("j1", out.path());
+    let report = verify_bundles(&bundles, &trusted(&a, &b, false));
+    assert_fails(&report, &["transcript digests agree", "recorded blake3, 'b' sha256"]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_that_used_two_keys_is_caught_by_its_peer_and_by_the_auditor() {
     let out = tempfile::tempdir().unwrap();

@@ -17,9 +17,10 @@ pub async fn send_u64s<C: Channel>(channel: &C, words: &[u64]) -> Result<(), Mpc
         return Ok(());
     }
     for chunk in words.chunks(FRAME_WORDS) {
-        let mut frame = Vec::with_capacity(chunk.len() * 8);
-        for &w in chunk {
-            frame.extend_from_slice(&w.to_le_bytes());
+        let mut frame = vec![0u8; chunk.len() * 8];
+        // Fixed-size copies: a plain memcpy on little-endian targets.
+        for (out, &w) in frame.chunks_exact_mut(8).zip(chunk) {
+            out.copy_from_slice(&w.to_le_bytes());
         }
         channel.send(Bytes::from(frame)).await?;
     }

@@ -189,6 +189,8 @@ pub struct IknpSender {
     security: Security,
     cursor: Cursor,
     aborted: bool,
+    /// Output buffers handed back by [`IknpSender::recycle`], reused by the next call.
+    spare: Spare,
 }
 
 /// The OT extension receiver: gets the choice bits. See [`IknpSender`].
@@ -196,6 +198,40 @@ pub struct IknpReceiver {
     keys: Arc<ReceiverKeys>,
     security: Security,
     cursor: Cursor,
+    /// See [`IknpSender::recycle`].
+    spare: Spare,
+}
+
+/// At most this many recycled buffers are kept per party role (the sender's m⁰ and m¹).
+const MAX_SPARE: usize = 2;
+
+/// Recycled output buffers (old OT messages: secret, zeroized when dropped, i.e. when they are
+/// not reused, and at the latest with the extension object).
+#[derive(Default)]
+struct Spare(Vec<Zeroizing<Vec<u128>>>);
+
+impl Spare {
+    fn put(&mut self, buf: Zeroizing<Vec<u128>>) {
+        if self.0.len() < MAX_SPARE && buf.capacity() > 0 {
+            self.0.push(buf);
+        }
+    }
+
+    /// A buffer of `n` blocks whose contents the caller overwrites entirely: a recycled one
+    /// (stale blocks, no clearing, no page faults) if one is large enough, else a fresh zeroed one.
+    fn take(&mut self, n: usize) -> Zeroizing<Vec<u128>> {
+        if let Some(i) = self.0.iter().position(|b| b.capacity() >= n) {
+            let mut buf = self.0.swap_remove(i);
+            if buf.len() > n {
+                // The tail stays in the spare capacity, zeroized with the vector.
+                buf.truncate(n);
+            } else {
+                buf.resize(n, 0);
+            }
+            return buf;
+        }
+        Zeroizing::new(vec![0u128; n])
+    }
 }
 
 impl std::fmt::Debug for IknpSender {
@@ -231,7 +267,17 @@ impl IknpSender {
             security,
             cursor: Cursor { position: 0, index: 0 },
             aborted: false,
+            spare: Spare::default(),
         })
+    }
+
+    /// Hands back the buffer of spent random-OT messages (e.g. [`RandomSenderOutput::into_parts`]
+    /// after use) for the next `extend_*` call to overwrite instead of allocating, clearing and
+    /// later zeroizing a fresh one: for callers that extend OTs of the same size again and again
+    /// (a training run's batches). The old messages stay in memory until overwritten or until
+    /// this object is dropped (then zeroized). At most two are kept; others are zeroized now.
+    pub fn recycle(&mut self, buf: Zeroizing<Vec<u128>>) {
+        self.spare.put(buf);
     }
 
     /// The correlation Δ (secret).
@@ -280,8 +326,9 @@ impl IknpSender {
         let total = (n + self.security.padding()).next_multiple_of(128);
         let at = self.cursor.reserve(n, total);
         // Zeroizing: an error or a cancelled call must not leave rows or columns behind.
-        let mut q = Zeroizing::new(vec![0u128; total]);
-        let mut m1 = Zeroizing::new(if hash { vec![0u128; total] } else { Vec::new() });
+        // Every row of q (and m1) is written below, so a recycled buffer needs no clearing.
+        let mut q = self.spare.take(total);
+        let mut m1 = if hash { self.spare.take(total) } else { Zeroizing::new(Vec::new()) };
         let mut scratch = Zeroizing::new(vec![0u8; 128 * padded_stride(total.min(CHUNK_OTS) / 8)]);
         let mut start = 0;
         while start < total {
@@ -364,7 +411,18 @@ impl IknpReceiver {
     pub async fn setup<C: Channel>(channel: &C, security: Security) -> Result<Self, OtError> {
         let base = base::send(channel, KAPPA).await?;
         let streams = base.keys().iter().map(|&[k0, k1]| [AesPrg::new(k0), AesPrg::new(k1)]).collect();
-        Ok(Self { keys: Arc::new(ReceiverKeys { streams }), security, cursor: Cursor { position: 0, index: 0 } })
+        Ok(Self {
+            keys: Arc::new(ReceiverKeys { streams }),
+            security,
+            cursor: Cursor { position: 0, index: 0 },
+            spare: Spare::default(),
+        })
+    }
+
+    /// As [`IknpSender::recycle`], for spent receiver messages
+    /// ([`RandomReceiverOutput::into_messages`]).
+    pub fn recycle(&mut self, buf: Zeroizing<Vec<u128>>) {
+        self.spare.put(buf);
     }
 
     pub fn security(&self) -> Security {
@@ -414,7 +472,8 @@ impl IknpReceiver {
         // reads its own range, so chunks are independent.
         let choice_stream = Arc::new(AesPrg::from_entropy());
         let mut state = ReceiverState {
-            t: Zeroizing::new(vec![0u128; total]),
+            // Every row is written by the chunks' transposes: a recycled buffer needs no clearing.
+            t: self.spare.take(total),
             choices: Zeroizing::new(vec![0u8; total / 8]),
             scratch: Zeroizing::new(vec![0u8; 128 * padded_stride(total.min(CHUNK_OTS) / 8)]),
         };

@@ -84,5 +84,18 @@ pub(super) async fn step<C: Channel, D: Channel>(
     update(&mut w.own, &g_own, c2, cfg.feature_frac_bits + p);
     update(&mut w.peer, &g_peer, c2, cfg.feature_frac_bits + p);
     update(std::slice::from_mut(&mut w.w0), &[g0], 0, p);
+    // The batch's fresh OT pads are spent (both halves used): their buffers go back to the OT
+    // extension, which overwrites them in the next batch instead of allocating, clearing and
+    // zeroizing ~16 bytes per OT per batch; they are zeroized when the run's extension objects
+    // are dropped. (Cached or dealer correlations: nothing to recycle.)
+    if ctx.caches.is_none()
+        && ctx.dealer.is_none()
+        && let Ok(Corr::Ot(c, s)) = std::sync::Arc::try_unwrap(corr)
+    {
+        ctx.receiver.recycle(c.into_buffer());
+        let [m0, m1] = s.into_buffers();
+        ctx.sender.recycle(m0);
+        ctx.sender.recycle(m1);
+    }
     Ok(())
 }

@@ -116,6 +116,13 @@ pub struct SenderOts {
     used: [AtomicBool; 2],
 }
 
+impl ChooserOts {
+    /// The pads' buffer, e.g. for [`IknpReceiver::recycle`] once both products are done.
+    pub fn into_buffer(self) -> Zeroizing<Vec<u128>> {
+        self.msgs
+    }
+}
+
 fn take(used: &[AtomicBool; 2], half: Half) -> Result<(), MpcError> {
     if used[half as usize].swap(true, Ordering::SeqCst) {
         return Err(violation("OT pads used twice"));
@@ -126,6 +133,11 @@ fn take(used: &[AtomicBool; 2], half: Half) -> Result<(), MpcError> {
 impl SenderOts {
     pub fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// The pads' buffers (M⁰, M¹), e.g. for [`IknpSender::recycle`] once both products are done.
+    pub fn into_buffers(self) -> [Zeroizing<Vec<u128>>; 2] {
+        [self.m0, self.m1]
     }
 
     /// (h(M⁰_o), h(M¹_o)).

@@ -97,6 +97,33 @@ async fn random_ots_are_consistent() {
     }
 }
 
+/// Recycled output buffers (larger, equal or smaller than the next call needs, full of stale
+/// values) are overwritten entirely: the next OTs are consistent and carry nothing stale.
+#[tokio::test]
+async fn recycled_buffers_are_overwritten_entirely() {
+    const STALE: u128 = u128::MAX;
+    for security in [Security::SemiHonest, Security::Malicious] {
+        let (mut s, mut r, a, b) = setup(security).await;
+        for n in [1000, 1000, 700, 1 << 17, 5, 0, 300] {
+            let (x, y) =
+                tokio::time::timeout(LIMIT, async { futures::join!(s.extend_random(&a, n), r.extend_random(&b, n)) })
+                    .await
+                    .expect("extension hung");
+            let (x, y) = (x.unwrap(), y.unwrap());
+            check_random(&x, &y, n);
+            assert!(x.m0().iter().chain(x.m1()).chain(y.messages()).all(|&m| m != STALE), "stale block in an output");
+            let (mut m0, mut m1) = x.into_parts();
+            let mut t = y.into_messages();
+            for buf in [&mut m0, &mut m1, &mut t] {
+                buf.fill(STALE);
+            }
+            s.recycle(m0);
+            s.recycle(m1);
+            r.recycle(t);
+        }
+    }
+}
+
 #[tokio::test]
 async fn random_ots_hash_the_correlated_ones_with_their_session_index() {
     let (mut s, mut r, a, b) = setup(Security::SemiHonest).await;
