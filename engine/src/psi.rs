@@ -49,8 +49,10 @@ pub enum PayloadJob {
     Send { columns: Vec<String> },
     /// The requester: receives the peer's values of its matched rows and appends them to its
     /// output under `header`; refuses the peer's payload width above `max_bytes` (one key's
-    /// encoded rows) before anything is sized by it.
-    Receive { header: Vec<String>, max_bytes: usize },
+    /// encoded rows) before anything is sized by it. With `row_index` each output row also
+    /// carries its own row's index (kept rows, file order) in a column `#row` between its own
+    /// fields and the peer's: the form a several-peer join merges (`crate::multi_join`).
+    Receive { header: Vec<String>, max_bytes: usize, row_index: bool },
 }
 
 /// Bounds a node's grant puts on one job, checked by the protocol (the peer's announced size)
@@ -171,8 +173,9 @@ async fn finish(
     if let (Some(order), Some(path)) = (&result.intersection, &job.output) {
         let started = Instant::now();
         output_rows = match (&job.payload, &result.payloads) {
-            (PayloadJob::Receive { header, .. }, Some(payloads)) => {
-                crate::payload::write_joined(dataset, order, payloads, header, path, &job.at_rest).await?
+            (PayloadJob::Receive { header, row_index, .. }, Some(payloads)) => {
+                let rows = crate::payload::JoinedRows { order, payloads, peer_header: header, row_index: *row_index };
+                crate::payload::write_joined_rows(dataset, rows, path, &job.at_rest).await?
             }
             (PayloadJob::Receive { .. }, None) => {
                 return Err(DataError::Invalid("the protocol returned no payloads".into()).into());

@@ -33,11 +33,15 @@ impl Kind for Psi {
 
     fn plan(&self, _state: &NodeState, ask: &Ask) -> Result<Box<dyn Job>, String> {
         let protocol = ask.protocol.unwrap_or(PsiProtocol::Ecdh);
-        let peer_columns = parse_params(&ask.params)?.peer_columns;
+        let params = parse_params(&ask.params)?;
+        let (peer_columns, row_index) = (params.peer_columns, params.row_index);
         if !peer_columns.is_empty() && protocol != PsiProtocol::Rr22 {
             return Err("payload joins (peer columns) run over rr22 only: use --protocol rr22".into());
         }
-        Ok(Box::new(PsiPlan { protocol, reveal: ask.reveal.unwrap_or(Reveal::Both), peer_columns }))
+        if row_index && (ask.role != Role::Requester || peer_columns.is_empty()) {
+            return Err("the row index is an option of the requester of a payload join only".into());
+        }
+        Ok(Box::new(PsiPlan { protocol, reveal: ask.reveal.unwrap_or(Reveal::Both), peer_columns, row_index }))
     }
 }
 
@@ -56,6 +60,10 @@ pub struct PsiParams {
     /// The responder's columns to join to the requester's rows (payload join); empty: plain PSI.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peer_columns: Vec<String>,
+    /// Requester only, never sent to the peer: the joined output also carries the own row's
+    /// index (`#row`), for a several-peer join's merge (`crate::multi`). A responder refuses it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub row_index: bool,
 }
 
 /// Parses and validates a PSI job's parameters (on the requester from its operator, on the
@@ -89,6 +97,8 @@ struct PsiPlan {
     reveal: Reveal,
     /// Payload join: the responder's columns the requester receives.
     peer_columns: Vec<String>,
+    /// Requester of a payload join: write the own row's index too (never told to the peer).
+    row_index: bool,
 }
 
 /// Where a node writes a job's output when its operator did not choose (and the name the peer
@@ -131,14 +141,18 @@ impl Job for PsiPlan {
         if self.peer_columns.is_empty() {
             return String::new();
         }
-        serde_json::to_string(&PsiParams { peer_columns: self.peer_columns.clone() }).expect("serializable")
+        serde_json::to_string(&PsiParams { peer_columns: self.peer_columns.clone(), ..Default::default() })
+            .expect("serializable")
     }
 
     fn audited(&self) -> serde_json::Value {
         if self.peer_columns.is_empty() {
             return serde_json::json!({});
         }
-        serde_json::json!({ "peer_columns": self.peer_columns })
+        match self.row_index {
+            false => serde_json::json!({ "peer_columns": self.peer_columns }),
+            true => serde_json::json!({ "peer_columns": self.peer_columns, "row_index": true }),
+        }
     }
 
     fn shared_columns(&self) -> &[String] {
@@ -175,6 +189,7 @@ impl Job for PsiPlan {
                 (false, Role::Requester) => PayloadJob::Receive {
                     header: self.peer_columns.iter().map(|c| format!("{}.{c}", ctx.ask.peer)).collect(),
                     max_bytes: MAX_PAYLOAD_BYTES_PER_KEY,
+                    row_index: self.row_index,
                 },
                 (false, Role::Responder) => PayloadJob::Send { columns: self.peer_columns.clone() },
             },
