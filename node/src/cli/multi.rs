@@ -221,3 +221,72 @@ pub async fn run(job: &PsiJobArgs, spec: MultiSpec, json: bool) -> Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(peers: &[&str], datasets: &[&str]) -> PsiJobArgs {
+        PsiJobArgs {
+            dir: "/n".into(),
+            peer: peers.iter().map(|s| s.to_string()).collect(),
+            dataset: "customers".into(),
+            peer_dataset: datasets.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn flags_name_each_peer_s_dataset_and_columns() {
+        let a = args(&["p1", "p2"], &["p2:scores", "p1:risk"]);
+        let s = spec(&a, &strings(&["p1:risk_tag", "n", "p2:score"]), MultiJoin::Inner, "/o.csv".into()).unwrap();
+        assert_eq!(
+            s.peers,
+            [
+                MultiPeer { peer: "p1".into(), peer_dataset: "risk".into(), columns: strings(&["risk_tag", "n"]) },
+                MultiPeer { peer: "p2".into(), peer_dataset: "scores".into(), columns: strings(&["score"]) },
+            ]
+        );
+        // A column name may hold ':' when it does not start with a peer's name.
+        let s = spec(&a, &strings(&["p1:a:b", "p2:c"]), MultiJoin::Left, "/o.csv".into()).unwrap();
+        assert_eq!(s.peers[0].columns, ["a:b"]);
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors_naming_what_is_wrong() {
+        let two = args(&["p1", "p2"], &["p1:risk", "p2:scores"]);
+        let cases: Vec<(PsiJobArgs, Vec<String>, &str)> = vec![
+            (args(&["p1", "p2"], &["risk", "p2:scores"]), strings(&["p1:a", "p2:b"]), "does not start with one of the --peer"),
+            (args(&["p1", "p2"], &["p1:risk", "p1:x"]), strings(&["p1:a", "p2:b"]), "two --peer-dataset"),
+            (args(&["p1", "p2"], &["p1:risk"]), strings(&["p1:a", "p2:b"]), "peer 'p2' has no --peer-dataset"),
+            (two.clone(), strings(&["a", "p2:b"]), "names no peer"),
+            (two.clone(), strings(&["p1:a"]), "peer 'p2' has no --peer-columns"),
+            (two.clone(), strings(&["p1:a", "p1:a", "p2:b"]), "named twice"),
+            (args(&["p1", "p1"], &["p1:risk"]), strings(&["p1:a"]), "named twice"),
+        ];
+        for (a, columns, expect) in cases {
+            let e = spec(&a, &columns, MultiJoin::Left, "/o.csv".into()).unwrap_err();
+            assert_eq!(super::super::exit::classify(&e), Exit::Usage);
+            assert!(format!("{e:#}").contains(expect), "{expect}: {e:#}");
+        }
+        // Two-party: one peer and one dataset; several peers need --multi.
+        assert_eq!(args(&["p1"], &["d"]).single().unwrap(), ("p1", "d"));
+        assert!(format!("{:#}", two.single().unwrap_err()).contains("--multi"));
+    }
+
+    #[test]
+    fn a_job_file_keeps_one_peer_a_string_and_several_an_array() {
+        #[derive(serde::Serialize)]
+        struct File {
+            #[serde(flatten)]
+            job: PsiJobArgs,
+        }
+        let one = toml::to_string(&File { job: args(&["p1"], &["d"]) }).unwrap();
+        assert!(one.contains("peer = \"p1\"") && one.contains("peer-dataset = \"d\""), "{one}");
+        let two = toml::to_string(&File { job: args(&["p1", "p2"], &["p1:a", "p2:b"]) }).unwrap();
+        assert!(two.contains("peer = [\"p1\", \"p2\"]"), "{two}");
+    }
+}
