@@ -169,7 +169,8 @@ fn logged_events(dir: &Path, job: &str) -> Vec<String> {
         .collect()
 }
 
-const BANK_CSV: &str = "id,name,city\nk1,Ann,\"Paris, FR\"\nk2,\"Bo \"\"B\"\"\",東京\nk3,Cé,\nk4,x,y\nk5,z,\"two\nlines\"\n";
+const BANK_CSV: &str =
+    "id,name,city\nk1,Ann,\"Paris, FR\"\nk2,\"Bo \"\"B\"\"\",東京\nk3,Cé,\nk4,x,y\nk5,z,\"two\nlines\"\n";
 const RISK: &str = "id,risk_tag,other\nk1,\"high, very\",a\nk3,Zürich,b\nk4,,c\nk9,low,d\n";
 /// A key on several rows (k1 twice, k4 twice): kept with `dedup`, every row joins.
 const SCORES: &str = "score,id\n0.5,k1\n\"say \"\"hi\"\"\",k2\n0.7,k4\n0.9,k1\n\"ö,1\",k4\n";
@@ -222,8 +223,14 @@ async fn a_source_without_matches_and_an_empty_bank_give_the_plaintext_join() {
     // An empty bank: header only, on both joins.
     std::fs::write(t.root.join("bank.csv"), "id,name,city\n").unwrap();
     let grants = SOURCES.iter().map(|s| setup::parse_grant(s).unwrap()).collect();
-    setup::dataset_add(&t.bank_dir, DatasetSpec::new("customers", t.root.join("bank.csv"), &["id"]), grants, true, true)
-        .unwrap();
+    setup::dataset_add(
+        &t.bank_dir,
+        DatasetSpec::new("customers", t.root.join("bank.csv"), &["id"]),
+        grants,
+        true,
+        true,
+    )
+    .unwrap();
     t.bank.state.reload().unwrap();
     for join in [MultiJoin::Left, MultiJoin::Inner] {
         let spec = spec(&t, join, ["risk_tag", "score"], "empty.csv");
@@ -290,7 +297,8 @@ async fn a_source_that_drops_mid_job_fails_the_job_cleanly() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(dropped, "the pairwise job with s2 never got under way");
-    let failure = tokio::time::timeout(Duration::from_secs(120), run).await.expect("the job hangs").unwrap().unwrap_err();
+    let failure =
+        tokio::time::timeout(Duration::from_secs(120), run).await.expect("the job hangs").unwrap().unwrap_err();
     let message = format!("{:#}", failure.error);
     assert!(message.contains("peer 's2'"), "{message}");
     assert!(!spec.out.exists());

@@ -84,7 +84,12 @@ impl Grouped {
 }
 
 fn malformed(file: &Path, line: u64, what: &str) -> DataError {
-    DataError::Row { path: file.to_path_buf(), line, column: None, message: format!("not a pairwise join output: {what}") }
+    DataError::Row {
+        path: file.to_path_buf(),
+        line,
+        column: None,
+        message: format!("not a pairwise join output: {what}"),
+    }
 }
 
 /// Reads one part. The own fields are not parsed: the `#row` index and the peer's values are
@@ -201,7 +206,8 @@ pub fn merge(
             suffixes.push(suffix);
         }
     }
-    let names: Vec<String> = parts.iter().flat_map(|p| p.columns.iter().map(move |c| format!("{}.{c}", p.peer))).collect();
+    let names: Vec<String> =
+        parts.iter().flat_map(|p| p.columns.iter().map(move |c| format!("{}.{c}", p.peer))).collect();
     let names: Vec<&[u8]> = names.iter().map(|n| n.as_bytes()).collect();
     let mut header_suffix = Vec::new();
     append_fields(&mut header_suffix, &names);
@@ -303,7 +309,11 @@ mod tests {
             let (ra, rb) = tokio::join!(run_psi(&ca, &a, &ja), run_psi(&cb, &b, &jb));
             ra.unwrap();
             rb.unwrap();
-            parts.push(Part { peer: name.to_string(), columns: columns.iter().map(|c| c.to_string()).collect(), file: out });
+            parts.push(Part {
+                peer: name.to_string(),
+                columns: columns.iter().map(|c| c.to_string()).collect(),
+                file: out,
+            });
         }
         let out = dir.path().join("merged.csv");
         let report = merge(&a, &parts, join, &out, &AtRest::Plain).unwrap();

@@ -304,8 +304,7 @@ mod tests {
         let (a, b) = (Dataset::load(&spec_a).unwrap(), Dataset::load(&spec_b).unwrap());
         let (out_a, out_b) = (dir.path().join("out/a.csv"), dir.path().join("out/b.csv"));
         let columns = ["risk_tag", "score"];
-        let receive =
-            PayloadJob::Receive {
+        let receive = PayloadJob::Receive {
             header: columns.iter().map(|c| format!("peer.{c}")).collect(),
             max_bytes: 1 << 16,
             row_index: false,

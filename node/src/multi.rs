@@ -114,8 +114,14 @@ pub struct MultiFailure {
 
 /// The request of one pairwise job.
 fn pairwise_request(spec: &MultiSpec, peer: &MultiPeer, out: &Path) -> SubmitRequest {
-    let mut request =
-        SubmitRequest::psi(&peer.peer, &spec.dataset, &peer.peer_dataset, PsiProtocol::Rr22, Reveal::RequesterOnly, out);
+    let mut request = SubmitRequest::psi(
+        &peer.peer,
+        &spec.dataset,
+        &peer.peer_dataset,
+        PsiProtocol::Rr22,
+        Reveal::RequesterOnly,
+        out,
+    );
     let params =
         crate::job::psi::PsiParams { peer_columns: peer.columns.clone(), row_index: true, ..Default::default() };
     request.params = serde_json::to_string(&params).expect("serializable");
@@ -175,7 +181,9 @@ pub async fn run(
         match client.submit(pairwise_request(spec, peer, &part.file)).await {
             Ok(id) => submitted.push((peer.peer.clone(), id)),
             Err(e) => {
-                refused = Some(anyhow::Error::new(e).context(format!("peer '{}': the pairwise job was not started", peer.peer)));
+                refused = Some(
+                    anyhow::Error::new(e).context(format!("peer '{}': the pairwise job was not started", peer.peer)),
+                );
                 break;
             }
         }
@@ -200,7 +208,9 @@ pub async fn run(
                 children.push(Child { peer, status });
             }
             Err(e) => {
-                lost.get_or_insert_with(|| anyhow::Error::new(e).context(format!("peer '{peer}': cannot follow job {id}")));
+                lost.get_or_insert_with(|| {
+                    anyhow::Error::new(e).context(format!("peer '{peer}': cannot follow job {id}"))
+                });
             }
         }
     }
@@ -229,9 +239,11 @@ pub async fn run(
         .map_err(|e| anyhow!("the merge task failed: {e}"))
         .and_then(|r| r.map_err(anyhow::Error::new));
     remove_parts();
-    let merge = merged
-        .context("cannot write the merged table")
-        .map_err(|error| MultiFailure { error, children: children.clone(), failed: None })?;
+    let merge = merged.context("cannot write the merged table").map_err(|error| MultiFailure {
+        error,
+        children: children.clone(),
+        failed: None,
+    })?;
     Ok(MultiOutcome {
         children,
         merge,

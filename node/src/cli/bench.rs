@@ -228,8 +228,10 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
     let started = Instant::now();
     let mut request = consort_api::proto::SubmitRequest::psi(pair::B, "a", "b", protocol, args.reveal, &out_a);
     if !args.peer_columns.is_empty() {
-        request.params =
-            serde_json::to_string(&crate::job::psi::PsiParams { peer_columns: args.peer_columns.clone(), ..Default::default() })?;
+        request.params = serde_json::to_string(&crate::job::psi::PsiParams {
+            peer_columns: args.peer_columns.clone(),
+            ..Default::default()
+        })?;
     }
     // Peak spill on disk per node, sampled while the job runs (streaming jobs' bucket files; a
     // learning side's input snapshot is an unlinked file, not seen here: add its input's size).

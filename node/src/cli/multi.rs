@@ -184,7 +184,8 @@ pub async fn run(job: &PsiJobArgs, spec: MultiSpec, json: bool) -> Result<()> {
                 );
                 for (c, m) in outcome.children.iter().zip(&outcome.merge.matched) {
                     let s = &c.status;
-                    let stages: Vec<String> = s.stages.iter().map(|st| format!("{} {:.2}s", st.name, st.seconds)).collect();
+                    let stages: Vec<String> =
+                        s.stages.iter().map(|st| format!("{} {:.2}s", st.name, st.seconds)).collect();
                     println!(
                         "  peer '{}': job {}, {m} rows matched, {} rows at the peer, {:.1} MB on the wire, {:.2} s ({})",
                         c.peer,
@@ -195,7 +196,12 @@ pub async fn run(job: &PsiJobArgs, spec: MultiSpec, json: bool) -> Result<()> {
                         stages.join(", ")
                     );
                 }
-                println!("  wrote {} rows to {} (merge {:.2} s)", outcome.merge.rows, spec.out.display(), outcome.merge_seconds);
+                println!(
+                    "  wrote {} rows to {} (merge {:.2} s)",
+                    outcome.merge.rows,
+                    spec.out.display(),
+                    outcome.merge_seconds
+                );
             }
             Ok(())
         }
@@ -259,7 +265,11 @@ mod tests {
     fn bad_flags_are_usage_errors_naming_what_is_wrong() {
         let two = args(&["p1", "p2"], &["p1:risk", "p2:scores"]);
         let cases: Vec<(PsiJobArgs, Vec<String>, &str)> = vec![
-            (args(&["p1", "p2"], &["risk", "p2:scores"]), strings(&["p1:a", "p2:b"]), "does not start with one of the --peer"),
+            (
+                args(&["p1", "p2"], &["risk", "p2:scores"]),
+                strings(&["p1:a", "p2:b"]),
+                "does not start with one of the --peer",
+            ),
             (args(&["p1", "p2"], &["p1:risk", "p1:x"]), strings(&["p1:a", "p2:b"]), "two --peer-dataset"),
             (args(&["p1", "p2"], &["p1:risk"]), strings(&["p1:a", "p2:b"]), "peer 'p2' has no --peer-dataset"),
             (two.clone(), strings(&["a", "p2:b"]), "names no peer"),

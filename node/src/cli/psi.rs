@@ -78,8 +78,10 @@ pub async fn psi(mut args: PsiArgs) -> Result<()> {
     let client = NodeClient::connect(&j.dir).await?;
     let mut request = SubmitRequest::psi(peer, &j.dataset, peer_dataset, args.protocol, args.reveal, out);
     if !args.peer_columns.is_empty() {
-        request.params =
-            serde_json::to_string(&crate::job::psi::PsiParams { peer_columns: args.peer_columns.clone(), ..Default::default() })?;
+        request.params = serde_json::to_string(&crate::job::psi::PsiParams {
+            peer_columns: args.peer_columns.clone(),
+            ..Default::default()
+        })?;
     }
     let job_id = client.submit(request).await?;
     let status = watch_with_progress(&client, &job_id, args.json).await?;
