@@ -122,6 +122,8 @@ fn pairwise_request(spec: &MultiSpec, peer: &MultiPeer, out: &Path) -> SubmitReq
         Reveal::RequesterOnly,
         out,
     );
+    // `..Default::default()`: an option added to `PsiParams` later keeps its default here.
+    #[allow(clippy::needless_update)]
     let params =
         crate::job::psi::PsiParams { peer_columns: peer.columns.clone(), row_index: true, ..Default::default() };
     request.params = serde_json::to_string(&params).expect("serializable");
