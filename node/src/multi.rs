@@ -140,6 +140,8 @@ pub async fn run(
     let fail = |error: anyhow::Error| MultiFailure { error, children: Vec::new(), failed: None };
     spec.validate().map_err(fail)?;
     let started = Instant::now();
+    // The pairwise jobs' outputs are named to the node by absolute paths.
+    let dir = &config::absolute(dir).map_err(fail)?;
     let config = NodeConfig::load(dir).map_err(fail)?;
     let mut dataset_spec = config.dataset(&spec.dataset).map_err(fail)?.spec.clone();
     if dataset_spec.file.is_relative() {
