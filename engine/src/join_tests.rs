@@ -306,8 +306,11 @@ async fn a_payload_left_join_gives_unmatched_rows_empty_peer_columns() {
         let (oa, ob) = (dir.path().join("out/a.csv"), dir.path().join("out/b.csv"));
         let columns = ["risk_tag", "score"];
         let mut ja = job(PsiProtocol::Rr22, Role::Requester, reveal, oa.clone(), JoinType::Left);
-        ja.payload =
-            PayloadJob::Receive { header: columns.iter().map(|c| format!("peer.{c}")).collect(), max_bytes: 1 << 16 };
+        ja.payload = PayloadJob::Receive {
+            header: columns.iter().map(|c| format!("peer.{c}")).collect(),
+            max_bytes: 1 << 16,
+            row_index: false,
+        };
         let mut jb = job(PsiProtocol::Rr22, Role::Responder, reveal, ob.clone(), JoinType::Left);
         jb.payload = PayloadJob::Send { columns: columns.iter().map(|c| c.to_string()).collect() };
         let (ca, cb) = memory_pair(16);

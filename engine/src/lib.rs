@@ -15,6 +15,7 @@ pub mod join;
 pub mod keys;
 pub mod lr;
 pub mod lr_synth;
+pub mod multi_join;
 pub mod payload;
 pub mod psi;
 pub mod psi_stream;

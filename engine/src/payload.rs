@@ -173,17 +173,36 @@ pub async fn write_joined(
     out: &Path,
     at_rest: &AtRest,
 ) -> Result<u64, DataError> {
-    let plan = joined_plan(dataset, order, payloads, peer_header)?;
+    write_joined_rows(dataset, JoinedRows { order, payloads, peer_header, row_index: false }, out, at_rest).await
+}
+
+/// What a joined output holds: the own rows `order` selects, each key's payload rows, the
+/// peer's column names, and whether a `#row` column (the own row's index, between the own
+/// fields and the peer's) is written for a several-peer merge ([`crate::multi_join`]).
+pub struct JoinedRows<'a> {
+    pub order: &'a [u32],
+    pub payloads: &'a Payloads,
+    pub peer_header: &'a [String],
+    pub row_index: bool,
+}
+
+/// [`write_joined`] with the choices of [`JoinedRows`].
+pub async fn write_joined_rows(
+    dataset: &Dataset,
+    rows: JoinedRows<'_>,
+    out: &Path,
+    at_rest: &AtRest,
+) -> Result<u64, DataError> {
+    let plan = joined_plan(dataset, &rows)?;
     let (out, at_rest) = (out.to_path_buf(), at_rest.clone());
     consort_protocols::cpu::run(move || plan.write(&out, &at_rest)).await
 }
 
-pub(crate) fn joined_plan(
-    dataset: &Dataset,
-    order: &[u32],
-    payloads: &Payloads,
-    peer_header: &[String],
-) -> Result<crate::dataset::OutputPlan, DataError> {
+/// Name of the own-row index column of a joined output written for a merge.
+pub const ROW_INDEX_COLUMN: &str = "#row";
+
+pub(crate) fn joined_plan(dataset: &Dataset, j: &JoinedRows<'_>) -> Result<crate::dataset::OutputPlan, DataError> {
+    let (order, payloads, peer_header) = (j.order, j.payloads, j.peer_header);
     if payloads.len() != order.len() {
         return Err(DataError::Invalid("the peer sent a payload count that does not match the intersection".into()));
     }
@@ -194,12 +213,19 @@ pub(crate) fn joined_plan(
             .ok_or_else(|| DataError::Invalid("the peer sent a malformed payload for a matched row".into()))?;
         for values in group {
             let mut s = Vec::new();
+            if j.row_index {
+                s.push(b',');
+                s.extend_from_slice(i.to_string().as_bytes());
+            }
             append_fields(&mut s, &values);
             rows.push(i);
             suffixes.push(s);
         }
     }
-    let names: Vec<&[u8]> = peer_header.iter().map(|h| h.as_bytes()).collect();
+    let mut names: Vec<&[u8]> = peer_header.iter().map(|h| h.as_bytes()).collect();
+    if j.row_index {
+        names.insert(0, ROW_INDEX_COLUMN.as_bytes());
+    }
     let mut header_suffix = Vec::new();
     append_fields(&mut header_suffix, &names);
     Ok(dataset.output_plan(&rows)?.with_suffixes(header_suffix, suffixes))
@@ -279,8 +305,11 @@ mod tests {
         let (a, b) = (Dataset::load(&spec_a).unwrap(), Dataset::load(&spec_b).unwrap());
         let (out_a, out_b) = (dir.path().join("out/a.csv"), dir.path().join("out/b.csv"));
         let columns = ["risk_tag", "score"];
-        let receive =
-            PayloadJob::Receive { header: columns.iter().map(|c| format!("peer.{c}")).collect(), max_bytes: 1 << 16 };
+        let receive = PayloadJob::Receive {
+            header: columns.iter().map(|c| format!("peer.{c}")).collect(),
+            max_bytes: 1 << 16,
+            row_index: false,
+        };
         let send = PayloadJob::Send { columns: columns.iter().map(|c| c.to_string()).collect() };
         let (ca, cb) = memory_pair(8);
         let (job_a, job_b) =

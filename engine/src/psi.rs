@@ -52,8 +52,10 @@ pub enum PayloadJob {
     Send { columns: Vec<String> },
     /// The requester: receives the peer's values of its matched rows and appends them to its
     /// output under `header`; refuses the peer's payload width above `max_bytes` (one key's
-    /// encoded rows) before anything is sized by it.
-    Receive { header: Vec<String>, max_bytes: usize },
+    /// encoded rows) before anything is sized by it. With `row_index` each output row also
+    /// carries its own row's index (kept rows, file order) in a column `#row` between its own
+    /// fields and the peer's: the form a several-peer join merges (`crate::multi_join`).
+    Receive { header: Vec<String>, max_bytes: usize, row_index: bool },
 }
 
 /// Bounds a node's grant puts on one job, checked by the protocol (the peer's announced size)
@@ -189,11 +191,12 @@ async fn finish<C: Channel>(
         let started = Instant::now();
         let shown: &[u32] = if job.join.writes_intersection() { order } else { &[] };
         let plan = match (&job.payload, &result.payloads) {
-            (PayloadJob::Receive { header, .. }, Some(payloads)) => {
+            (PayloadJob::Receive { header, row_index, .. }, Some(payloads)) => {
                 let empty = vec![&b""[..]; header.len()];
                 let mut empty_suffix = Vec::new();
                 crate::payload::append_fields(&mut empty_suffix, &empty);
-                let plan = crate::payload::joined_plan(dataset, order, payloads, header)?;
+                let rows = crate::payload::JoinedRows { order, payloads, peer_header: header, row_index: *row_index };
+                let plan = crate::payload::joined_plan(dataset, &rows)?;
                 dataset.join_plan(plan, job.join, &sections, &unmatched, &empty_suffix)
             }
             (PayloadJob::Receive { .. }, None) => {

@@ -14,6 +14,7 @@ pub mod identity;
 pub mod job;
 pub mod metrics;
 pub mod monitor;
+pub mod multi;
 pub mod node;
 pub mod pair;
 pub mod policy;

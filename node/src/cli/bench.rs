@@ -234,6 +234,7 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
         request.params = serde_json::to_string(&crate::job::psi::PsiParams {
             peer_columns: args.peer_columns.clone(),
             join: args.join,
+            ..Default::default()
         })?;
     }
     // Peak spill on disk per node, sampled while the job runs (streaming jobs' bucket files; a

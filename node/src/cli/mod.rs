@@ -14,6 +14,7 @@ pub mod jobfile;
 pub mod lr;
 pub mod lr_demo;
 pub mod manual;
+pub mod multi;
 pub mod peer;
 pub mod psi;
 pub mod report;

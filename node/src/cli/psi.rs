@@ -10,7 +10,7 @@ use consort_engine::{JoinType, PsiProtocol};
 use consort_protocols::Reveal;
 
 use super::status::{ensure_done, status_json, summary, watch_with_progress};
-use super::{JobArgs, jobfile, vocab};
+use super::{jobfile, vocab};
 use crate::client::NodeClient;
 use crate::config;
 
@@ -21,7 +21,7 @@ use crate::config;
 pub struct PsiArgs {
     #[command(flatten)]
     #[serde(flatten)]
-    job: JobArgs,
+    job: super::multi::PsiJobArgs,
     /// PSI protocol: ecdh (ECDH-PSI) or rr22 (RR22 over silent VOLE, for large sets).
     #[arg(long, default_value = "ecdh", value_parser = vocab::<PsiProtocol>())]
     #[serde(serialize_with = "jobfile::vocab_name")]
@@ -65,19 +65,43 @@ pub struct PsiArgs {
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     save_job: Option<PathBuf>,
+    /// Several peers in one job (repeat --peer; --peer-dataset PEER:DATASET and --peer-columns
+    /// PEER:COL,... for each): one RR22 payload join per peer (requester-only: each peer learns
+    /// only this node's set size, as in a two-party job), run concurrently, merged into one
+    /// table of this node's rows in file order with each peer's columns named PEER.COLUMN.
+    /// left: every row, empty fields where a peer has no match; inner: only rows every peer
+    /// matched. A key on m_p rows of peer p gives the product of the m_p (left: of max(1, m_p))
+    /// output rows. Any peer failing or refusing fails the job: no table is written.
+    #[arg(long, value_name = "JOIN", value_parser = super::multi::join_parser())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    multi: Option<consort_engine::multi_join::MultiJoin>,
 }
 
 pub async fn psi(mut args: PsiArgs) -> Result<()> {
     args.out = config::absolute(&args.out)?;
+    if let Some(join) = args.multi {
+        if !args.join.is_inner() {
+            return Err(super::exit::Exit::Usage.wrap(anyhow::anyhow!(
+                "--join does not combine with --multi: --multi left|inner is the several-peer join"
+            )));
+        }
+        // Several peers: every pairwise job is an RR22 payload join revealed to this node only.
+        (args.protocol, args.reveal) = (PsiProtocol::Rr22, Reveal::RequesterOnly);
+        let spec = super::multi::spec(&args.job, &args.peer_columns, join, args.out.clone())?;
+        jobfile::save_if_asked(args.save_job.as_deref(), JobKind::Psi, &args)?;
+        return super::multi::run(&args.job, spec, args.json).await;
+    }
+    let (peer, peer_dataset) = args.job.single()?;
     jobfile::save_if_asked(args.save_job.as_deref(), JobKind::Psi, &args)?;
     let out = &args.out;
     let j = &args.job;
     let client = NodeClient::connect(&j.dir).await?;
-    let mut request = SubmitRequest::psi(&j.peer, &j.dataset, &j.peer_dataset, args.protocol, args.reveal, out);
+    let mut request = SubmitRequest::psi(peer, &j.dataset, peer_dataset, args.protocol, args.reveal, out);
     if !args.peer_columns.is_empty() || !args.join.is_inner() {
         request.params = serde_json::to_string(&crate::job::psi::PsiParams {
             peer_columns: args.peer_columns.clone(),
             join: args.join,
+            ..Default::default()
         })?;
     }
     let job_id = client.submit(request).await?;

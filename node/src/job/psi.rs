@@ -37,7 +37,7 @@ impl Kind for Psi {
 
     fn plan(&self, _state: &NodeState, ask: &Ask) -> Result<Box<dyn Job>, String> {
         let protocol = ask.protocol.unwrap_or(PsiProtocol::Ecdh);
-        let PsiParams { peer_columns, join } = parse_params(&ask.params)?;
+        let PsiParams { peer_columns, join, row_index } = parse_params(&ask.params)?;
         if !peer_columns.is_empty() && protocol != PsiProtocol::Rr22 {
             return Err("payload joins (peer columns) run over rr22 only: use --protocol rr22".into());
         }
@@ -46,7 +46,10 @@ impl Kind for Psi {
         if !peer_columns.is_empty() && !matches!(join, JoinType::Inner | JoinType::Left) {
             return Err(format!("a payload join (peer columns) runs as an inner or left join, not {}", join.name()));
         }
-        Ok(Box::new(PsiPlan { protocol, reveal, peer_columns, join }))
+        if row_index && (ask.role != Role::Requester || peer_columns.is_empty() || !join.is_inner()) {
+            return Err("the row index is an option of the requester of an inner payload join only".into());
+        }
+        Ok(Box::new(PsiPlan { protocol, reveal, peer_columns, join, row_index }))
     }
 }
 
@@ -68,6 +71,10 @@ pub struct PsiParams {
     /// The join type of the outputs (`consort_engine::join`); default inner.
     #[serde(default, skip_serializing_if = "JoinType::is_inner")]
     pub join: JoinType,
+    /// Requester only, never sent to the peer: the joined output also carries the own row's
+    /// index (`#row`), for a several-peer join's merge (`crate::multi`). A responder refuses it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub row_index: bool,
 }
 
 /// Parses and validates a PSI job's parameters (on the requester from its operator, on the
@@ -102,6 +109,8 @@ struct PsiPlan {
     /// Payload join: the responder's columns the requester receives.
     peer_columns: Vec<String>,
     join: JoinType,
+    /// Requester of a payload join: write the own row's index too (never told to the peer).
+    row_index: bool,
 }
 
 /// Where a node writes a job's output when its operator did not choose (and the name the peer
@@ -144,8 +153,12 @@ impl Job for PsiPlan {
         if self.peer_columns.is_empty() && self.join.is_inner() {
             return String::new();
         }
-        serde_json::to_string(&PsiParams { peer_columns: self.peer_columns.clone(), join: self.join })
-            .expect("serializable")
+        serde_json::to_string(&PsiParams {
+            peer_columns: self.peer_columns.clone(),
+            join: self.join,
+            ..Default::default()
+        })
+        .expect("serializable")
     }
 
     fn audited(&self) -> serde_json::Value {
@@ -155,6 +168,9 @@ impl Job for PsiPlan {
         }
         if !self.join.is_inner() {
             v["join"] = serde_json::json!(self.join.name());
+        }
+        if self.row_index {
+            v["row_index"] = serde_json::json!(true);
         }
         v
     }
@@ -193,6 +209,7 @@ impl Job for PsiPlan {
                 (false, Role::Requester) => PayloadJob::Receive {
                     header: self.peer_columns.iter().map(|c| format!("{}.{c}", ctx.ask.peer)).collect(),
                     max_bytes: MAX_PAYLOAD_BYTES_PER_KEY,
+                    row_index: self.row_index,
                 },
                 (false, Role::Responder) => PayloadJob::Send { columns: self.peer_columns.clone() },
             },
@@ -243,7 +260,7 @@ mod tests {
         assert_eq!(parse_params(r#"{"join":"full"}"#).unwrap().join, JoinType::Full);
         let p = parse_params(r#"{"peer_columns":["score"],"join":"left"}"#).unwrap();
         assert_eq!((p.peer_columns.as_slice(), p.join), (&["score".to_string()][..], JoinType::Left));
-        let inner = PsiParams { peer_columns: vec!["s".into()], join: JoinType::Inner };
+        let inner = PsiParams { peer_columns: vec!["s".into()], join: JoinType::Inner, ..Default::default() };
         assert_eq!(serde_json::to_string(&inner).unwrap(), r#"{"peer_columns":["s"]}"#);
         let e = parse_params(r#"{"join":"outer"}"#).unwrap_err();
         assert!(e.contains("line 1, column"), "{e}");

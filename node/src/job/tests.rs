@@ -731,6 +731,16 @@ async fn a_peer_column_not_shared_is_refused_before_any_protocol_message() {
     let ecdh = JobRequest { protocol: proto::PsiProtocol::from(PsiProtocol::Ecdh) as i32, ..with(&["id"], "s4") };
     let Answer::Refused(reason) = raw_request(&t.b, ecdh).await else { panic!("accepted") };
     assert!(reason.contains("rr22 only"), "{reason}");
+    // The row index of a several-peer join is the requester's own option: a peer asking a
+    // responder for it is refused (it would change nothing there; it is malformed).
+    set_grant(&t, |g| g.share = vec!["w".into()]);
+    let indexed = JobRequest {
+        params: serde_json::json!({ "peer_columns": ["w"], "row_index": true }).to_string(),
+        ..with(&[], "s5")
+    };
+    let Answer::Refused(reason) = raw_request(&t.b, indexed).await else { panic!("accepted") };
+    assert!(reason.contains("the row index is an option of the requester"), "{reason}");
+    set_grant(&t, |g| g.share = vec!["id".into()]);
     // Through the requester: the job fails as refused by the peer, nothing is written.
     let out = t.root.join("never.csv");
     let status = run_submitted(&t, payload_submit(&out, &["w"], Reveal::RequesterOnly)).await;
