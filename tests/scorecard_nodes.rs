@@ -85,7 +85,8 @@ async fn run(dir: &Path, request: SubmitRequest) -> JobStatus {
 
 async fn bin_job(p: &Pair, out: &Path) -> JobStatus {
     let params = BinParamsWire { bins: 5, key_bits: 2048, ..BinParamsWire::default() };
-    let s = run(&p.a_dir, request!(JobKind::Bin, &BinRequest { label: "y".into(), features: vec![], params }, out)).await;
+    let s =
+        run(&p.a_dir, request!(JobKind::Bin, &BinRequest { label: "y".into(), features: vec![], params }, out)).await;
     assert_eq!(s.job_state(), JobState::Done, "{}", s.error);
     s
 }
@@ -94,7 +95,14 @@ fn card_request(bins: &Path, out: &Path) -> SubmitRequest {
     let mut card = CardParams::new(600.0, 50.0, 20.0);
     card.bins_file = Some(bins.to_path_buf());
     card.auto_rate = true;
-    let params = LrParams { epochs: 30, batch_size: 4096, holdout: 0.0, split_seed: 9, scorecard: Some(card), ..LrParams::default() };
+    let params = LrParams {
+        epochs: 30,
+        batch_size: 4096,
+        holdout: 0.0,
+        split_seed: 9,
+        scorecard: Some(card),
+        ..LrParams::default()
+    };
     request!(JobKind::Train, &TrainRequest { label: "y".into(), features: vec![], params }, out)
 }
 
@@ -107,8 +115,7 @@ fn binned(file: &Path, card: &ScorecardFile) -> HashMap<String, Vec<usize>> {
     let text = std::fs::read_to_string(file).unwrap();
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let cols: Vec<usize> =
-        card.features.iter().map(|f| header.iter().position(|h| *h == f.name).unwrap()).collect();
+    let cols: Vec<usize> = card.features.iter().map(|f| header.iter().position(|h| *h == f.name).unwrap()).collect();
     lines
         .map(|l| {
             let v: Vec<&str> = l.split(',').collect();
@@ -179,7 +186,8 @@ async fn scorecard_train_and_score_match_a_plaintext_mirror() {
         t
     };
     for (i, k) in keys.iter().enumerate() {
-        let z = dot(&xa[i * da..(i + 1) * da], &plain.weights_a) + dot(&xb[i * db..(i + 1) * db], &plain.weights_b)
+        let z = dot(&xa[i * da..(i + 1) * da], &plain.weights_a)
+            + dot(&xb[i * db..(i + 1) * db], &plain.weights_b)
             + plain.intercept;
         let (_, secure_z) = card_points(k);
         assert!((z - secure_z).abs() < 0.02, "row {k}: plaintext {z}, secure {secure_z}");

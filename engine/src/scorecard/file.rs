@@ -132,8 +132,7 @@ impl ScorecardFile {
         if !(s.factor.is_finite() && s.factor > 0.0 && s.offset.is_finite()) {
             return Err(DataError::file(path, "the scaling's factor or offset is not valid"));
         }
-        if card.base_points.is_some_and(|p| p.abs() > MAX_POINTS) || (card.party == "A") != card.base_points.is_some()
-        {
+        if card.base_points.is_some_and(|p| p.abs() > MAX_POINTS) || (card.party == "A") != card.base_points.is_some() {
             return Err(DataError::file(path, "A's scorecard (only) has base points, of sane size"));
         }
         for f in &card.features {
@@ -170,17 +169,13 @@ impl ScorecardFile {
     /// the rows' bins ([`Self::bins_of`]) of `n` rows.
     pub fn partial_points(&self, bins: &[u8], n: usize) -> Vec<i64> {
         let d = self.features.len();
-        (0..n)
-            .map(|i| (0..d).map(|j| self.features[j].bins[bins[i * d + j] as usize].points).sum())
-            .collect()
+        (0..n).map(|i| (0..d).map(|j| self.features[j].bins[bins[i * d + j] as usize].points).sum()).collect()
     }
 
     /// This party's unrounded contribution to the log-odds of each of `n` rows.
     pub fn partial_logits(&self, bins: &[u8], n: usize) -> Vec<f64> {
         let d = self.features.len();
-        (0..n)
-            .map(|i| (0..d).map(|j| self.features[j].bins[bins[i * d + j] as usize].logit).sum())
-            .collect()
+        (0..n).map(|i| (0..d).map(|j| self.features[j].bins[bins[i * d + j] as usize].logit).sum()).collect()
     }
 
     /// The probability of the event that `points` (a row's total) imply.

@@ -167,7 +167,9 @@ impl CardParams {
 pub fn prepare_requester(params: &mut LrParams, bins: &BinsFile, peer: &str, dataset: &str) -> Result<(), DataError> {
     let card = params.scorecard.as_mut().ok_or_else(|| DataError::Invalid("not a scorecard job".into()))?;
     if bins.party != "A" {
-        return Err(DataError::Invalid("the bins file is the responder's; pass party A's (the bin job's --out)".into()));
+        return Err(DataError::Invalid(
+            "the bins file is the responder's; pass party A's (the bin job's --out)".into(),
+        ));
     }
     check_same_job(bins, peer, dataset)?;
     card.bins_job = bins.job_id.clone();

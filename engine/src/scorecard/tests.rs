@@ -296,7 +296,9 @@ async fn scorecard_matches_its_plaintext_mirror_and_points_reproduce_log_odds() 
     }
     // The points rank like the labels: higher points, lower risk.
     let points: Vec<f64> = (0..n)
-        .map(|i| -((card_a.base_points.unwrap() + card_row(&card_a, &j.xa, i).0 + card_row(&card_b, &j.xb, i).0) as f64))
+        .map(|i| {
+            -((card_a.base_points.unwrap() + card_row(&card_a, &j.xa, i).0 + card_row(&card_b, &j.xb, i).0) as f64)
+        })
         .collect();
     assert!(crate::lr::auc(&points, &j.y).unwrap() > 0.75);
 
@@ -355,7 +357,9 @@ async fn another_bin_jobs_files_and_bad_announcements_are_refused() {
     // The trainer itself refuses a bins file that is not the one the parameters name.
     let (ca, _cb) = memory_pair(64);
     let job = train_job(Role::Responder, &pb, dir.path().join("x.json"));
-    let err = run_train_card::<_, consort_protocols::channel::MemoryChannel>(&ca, None, &b, &job, &other_b).await.unwrap_err();
+    let err = run_train_card::<_, consort_protocols::channel::MemoryChannel>(&ca, None, &b, &job, &other_b)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("not the one the job names"), "{err}");
     assert!(!dir.path().join("x.json").exists());
     let _ = pa;

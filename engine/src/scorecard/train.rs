@@ -178,7 +178,13 @@ pub(crate) fn card_features(planned: &[Planned], weights: &[f64], config: &LrCon
                         .map(|(b, &v)| {
                             let enc = config.decode_feature(config.encode_feature(v));
                             let logit = wt * enc;
-                            CardBin { bin: b as u32, range: p.ranges[b].clone(), woe: Some(enc), logit, points: points(logit) }
+                            CardBin {
+                                bin: b as u32,
+                                range: p.ranges[b].clone(),
+                                woe: Some(enc),
+                                logit,
+                                points: points(logit),
+                            }
                         })
                         .collect();
                     (Some(wt), None, bins)
@@ -192,7 +198,13 @@ pub(crate) fn card_features(planned: &[Planned], weights: &[f64], config: &LrCon
                                 col += 1;
                                 weights[col - 1]
                             };
-                            CardBin { bin: b, range: p.ranges[b as usize].clone(), woe: None, logit, points: points(logit) }
+                            CardBin {
+                                bin: b,
+                                range: p.ranges[b as usize].clone(),
+                                woe: None,
+                                logit,
+                                points: points(logit),
+                            }
                         })
                         .collect();
                     (None, Some(*reference), bins)

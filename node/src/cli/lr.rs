@@ -336,7 +336,9 @@ pub async fn train(mut args: TrainArgs) -> Result<()> {
     let mut params = args.hyper.params();
     if args.card.scorecard {
         if !args.features.is_empty() {
-            bail!("a scorecard takes its features from the bins file's selection (the bin job's --min-iv, --max-corr): drop --features");
+            bail!(
+                "a scorecard takes its features from the bins file's selection (the bin job's --min-iv, --max-corr): drop --features"
+            );
         }
         let bins = args.card.bins.as_deref().map(config::absolute).transpose()?;
         args.card.bins = bins.clone();

@@ -126,7 +126,8 @@ impl Job for ScorePlan {
     }
 
     fn wire_params(&self) -> String {
-        serde_json::to_string(&ScoreParams { model_job: self.model.job_id.clone(), scorecard: false }).expect("parameters serialize")
+        serde_json::to_string(&ScoreParams { model_job: self.model.job_id.clone(), scorecard: false })
+            .expect("parameters serialize")
     }
 
     fn audited(&self) -> serde_json::Value {
