@@ -205,10 +205,11 @@ async fn scorecard_train_and_score_match_a_plaintext_mirror() {
     let sc = &card_a.scaling;
     for l in lines {
         let v: Vec<&str> = l.split(',').collect();
-        let (points, _) = card_points(v[0]);
+        let (points, z) = card_points(v[0]);
         assert_eq!(v[1].parse::<i64>().unwrap(), points, "{l}");
-        let prob = 1.0 / (1.0 + ((points as f64 - sc.offset) / sc.factor).exp());
-        assert!((v[2].parse::<f64>().unwrap() - prob).abs() < 1e-6);
+        assert!((v[2].parse::<f64>().unwrap() - 1.0 / (1.0 + (-z).exp())).abs() < 1e-6);
+        // Points and log-odds agree within rounding: points ≈ offset − factor·z.
+        assert!((points as f64 - (sc.offset - sc.factor * z)).abs() <= 0.5 * 6.0, "{l}");
         rows += 1;
     }
     assert_eq!(rows, n);

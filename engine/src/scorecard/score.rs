@@ -1,5 +1,6 @@
 //! Scoring with a scorecard: align, each party's points of its own features per row, B's partial
-//! points → A; A writes `KEY..., points, probability`.
+//! points and partial log-odds → A; A writes `KEY..., points, probability` (points: the integer
+//! total of the card; probability: σ of the model's unrounded log-odds).
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,7 +33,7 @@ pub struct CardScoreJob {
 }
 
 /// Runs this party's side: align, bins and points of its own features (missing values: bin 0),
-/// B → A partial points; A writes the scored rows.
+/// B → A partial points and partial log-odds; A writes the scored rows.
 pub async fn run_score_card<C: Channel>(
     channel: &C,
     dataset: &Dataset,
@@ -55,23 +56,32 @@ pub async fn run_score_card<C: Channel>(
     let table =
         load_features_as(dataset, &order, &ColumnChoice { label: None, features: Some(names) }, Missing::Keep).await?;
     let n = order.len();
-    let own = {
+    let (own, own_z) = {
         let (c, values) = (card.clone(), table.values);
-        cpu::run(move || c.partial_points(&c.bins_of(&values), n)).await
+        cpu::run(move || {
+            let bins = c.bins_of(&values);
+            (c.partial_points(&bins, n), c.partial_logits(&bins, n))
+        })
+        .await
     };
     let own_f: Vec<f64> = own.iter().map(|&p| p as f64).collect();
     let peer = lr::exchange_partial_scores(channel, party, &own_f).await?;
+    // The unrounded partial log-odds too (as LR scoring): the probability is the model's, not
+    // the rounded points' (with many features of small effect every bin can round to 0 points).
+    let peer_z = lr::exchange_partial_scores(channel, party, &own_z).await?;
     let mut output = None;
-    if let Some(peer) = peer {
+    if let (Some(peer), Some(peer_z)) = (peer, peer_z) {
         if peer.iter().any(|p| p.fract() != 0.0 || p.abs() > MAX_PEER_POINTS) {
             return Err(MpcError::Protocol("the peer sent partial points that are not integers in range".into()).into());
         }
         let path = job.out.clone().ok_or_else(|| DataError::Invalid("party A needs an output path".into()))?;
         let base = card.base_points.unwrap_or(0);
         let points: Vec<i64> = own.iter().zip(&peer).map(|(&a, &b)| base + a + b as i64).collect();
-        let (keys, at_rest, p, c) = (dataset.spec.keys.join(","), job.at_rest.clone(), path.clone(), card.clone());
+        let w0 = card.intercept.unwrap_or(0.0);
+        let prob: Vec<f64> = own_z.iter().zip(&peer_z).map(|(a, b)| crate::lr::sigmoid(a + b + w0)).collect();
+        let (keys, at_rest, p) = (dataset.spec.keys.join(","), job.at_rest.clone(), path.clone());
         let rows: Vec<String> = order.iter().map(|&row| dataset.key_of(row as usize)).collect();
-        cpu::run(move || write_points(&p, &keys, &rows, &points, &c, &at_rest)).await?;
+        cpu::run(move || write_points(&p, &keys, &rows, &points, &prob, &at_rest)).await?;
         output = Some(path);
     }
     stages.end("score");
@@ -92,7 +102,7 @@ fn write_points(
     keys: &str,
     rows: &[String],
     points: &[i64],
-    card: &ScorecardFile,
+    prob: &[f64],
     at_rest: &AtRest,
 ) -> Result<(), DataError> {
     let dir = crate::storage::parent_dir(path);
@@ -100,8 +110,8 @@ fn write_points(
     let io_err = |e| DataError::io(path, e);
     let mut w = DataWriter::create(path, at_rest).map_err(|e| DataError::io(dir, e))?;
     writeln!(w, "{keys},points,probability").map_err(io_err)?;
-    for (key, &p) in rows.iter().zip(points) {
-        writeln!(w, "{},{p},{:.6}", crate::lr::score::csv_field(key), card.probability(p)).map_err(io_err)?;
+    for ((key, &p), q) in rows.iter().zip(points).zip(prob) {
+        writeln!(w, "{},{p},{q:.6}", crate::lr::score::csv_field(key)).map_err(io_err)?;
     }
     w.finish().map_err(io_err)?;
     Ok(())

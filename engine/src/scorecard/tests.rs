@@ -280,7 +280,7 @@ async fn scorecard_matches_its_plaintext_mirror_and_points_reproduce_log_odds() 
     assert!(spread(&card_a.features[0]) > 20 && spread(&card_b.features[0]) > 20);
 
     // Scoring: A's file has every aligned row with the points both cards give (binned here) and
-    // the probability those points imply.
+    // the model's probability σ(z).
     let out = dir.path().join("scored.csv");
     let lines = score_both(&a, &b, (&card_a, &card_b), &out).await;
     assert_eq!(lines[0], "id,points,probability");
@@ -291,8 +291,10 @@ async fn scorecard_matches_its_plaintext_mirror_and_points_reproduce_log_odds() 
         let i = row_of[f[0]];
         let expect = card_a.base_points.unwrap() + card_row(&card_a, &j.xa, i).0 + card_row(&card_b, &j.xb, i).0;
         assert_eq!(f[1].parse::<i64>().unwrap(), expect);
-        let p = 1.0 / (1.0 + ((expect as f64 - s.offset) / s.factor).exp());
-        assert!((f[2].parse::<f64>().unwrap() - p).abs() < 1e-6);
+        let z = card_a.intercept.unwrap() + card_row(&card_a, &j.xa, i).1 + card_row(&card_b, &j.xb, i).1;
+        assert!((f[2].parse::<f64>().unwrap() - 1.0 / (1.0 + (-z).exp())).abs() < 1e-6);
+        // Within rounding, the probability the integer points imply.
+        assert!((card_a.probability(expect) - 1.0 / (1.0 + (-z).exp())).abs() < 0.05);
     }
     // The points rank like the labels: higher points, lower risk.
     let points: Vec<f64> = (0..n)
