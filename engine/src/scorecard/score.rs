@@ -66,14 +66,14 @@ pub async fn run_score_card<C: Channel>(
     };
     let own_f: Vec<f64> = own.iter().map(|&p| p as f64).collect();
     let peer = lr::exchange_partial_scores(channel, party, &own_f).await?;
+    if peer.as_ref().is_some_and(|peer| peer.iter().any(|p| p.fract() != 0.0 || p.abs() > MAX_PEER_POINTS)) {
+        return Err(MpcError::Protocol("the peer sent partial points that are not integers in range".into()).into());
+    }
     // The unrounded partial log-odds too (as LR scoring): the probability is the model's, not
     // the rounded points' (with many features of small effect every bin can round to 0 points).
     let peer_z = lr::exchange_partial_scores(channel, party, &own_z).await?;
     let mut output = None;
     if let (Some(peer), Some(peer_z)) = (peer, peer_z) {
-        if peer.iter().any(|p| p.fract() != 0.0 || p.abs() > MAX_PEER_POINTS) {
-            return Err(MpcError::Protocol("the peer sent partial points that are not integers in range".into()).into());
-        }
         let path = job.out.clone().ok_or_else(|| DataError::Invalid("party A needs an output path".into()))?;
         let base = card.base_points.unwrap_or(0);
         let points: Vec<i64> = own.iter().zip(&peer).map(|(&a, &b)| base + a + b as i64).collect();
