@@ -20,6 +20,7 @@ pub mod payload;
 pub mod psi;
 pub mod psi_stream;
 pub mod report;
+pub mod scorecard;
 pub mod sealed;
 pub mod secureboost;
 pub mod storage;

@@ -30,6 +30,10 @@ pub struct LrParams {
     /// An unknown name is refused when the parameters are read (CLI, job request or model file).
     #[serde(default = "default_sigmoid", with = "sigmoid_name")]
     pub sigmoid: Sigmoid,
+    /// A scorecard job (`consort train --scorecard`): LR on the binned features of a `bin` job
+    /// and points per bin ([`crate::scorecard`]). Absent: a raw-feature LR job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scorecard: Option<crate::scorecard::CardParams>,
 }
 
 fn default_sigmoid() -> Sigmoid {
@@ -69,6 +73,7 @@ impl Default for LrParams {
             split_seed: 0,
             dealer: None,
             sigmoid: c.sigmoid,
+            scorecard: None,
         }
     }
 }
@@ -90,6 +95,9 @@ impl LrParams {
         c.validate().map_err(|e| DataError::Invalid(e.to_string()))?;
         if !(0.0..0.9).contains(&self.holdout) {
             return Err(DataError::Invalid("holdout fraction must be in [0, 0.9)".into()));
+        }
+        if let Some(card) = &self.scorecard {
+            card.validate()?;
         }
         Ok(c)
     }

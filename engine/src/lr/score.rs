@@ -111,7 +111,7 @@ pub(crate) fn write_predictions(
 
 /// The key as CSV fields, quoted where needed by csv-core (composite keys are already joined by
 /// commas: each part is a field).
-fn csv_field(key: &str) -> String {
+pub(crate) fn csv_field(key: &str) -> String {
     let parts: Vec<&[u8]> = key.split(',').map(str::as_bytes).collect();
     let mut out = Vec::with_capacity(key.len() + 2);
     crate::payload::write_fields(&mut out, &parts);

@@ -10,6 +10,7 @@ use consort_api::{JobKind, JobState};
 use consort_engine::PsiProtocol;
 use consort_engine::lr::LrParams;
 use consort_engine::lr_synth::{LrGenSpec, generate_lr};
+use consort_engine::scorecard::CardParams;
 use consort_engine::secureboost::{SB_MODEL_FORMAT, SbParamsWire};
 use consort_protocols::mpc::lr::Sigmoid;
 
@@ -101,6 +102,7 @@ impl HyperArgs {
             split_seed: self.seed.unwrap_or_else(rand::random),
             dealer: self.dealer.clone(),
             sigmoid: self.sigmoid,
+            scorecard: None,
         }
     }
 }
@@ -190,6 +192,34 @@ pub fn sb_params(hyper: &HyperArgs, t: &SbArgs) -> SbParamsWire {
     }
 }
 
+/// Scorecard flags of `consort train` (issue 14 item 3; `consort_engine::scorecard`).
+#[derive(Args, Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct CardArgs {
+    /// Train a credit scorecard on the bins of a `bin` job: LR on A's features as WOE and B's as
+    /// bin indicators, then integer points per bin (needs --bins). The peer uses its own bins
+    /// file of the same bin job.
+    #[arg(long, requires = "bins")]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub scorecard: bool,
+    /// Scorecard: this node's bins file (the bin job's --out).
+    #[arg(long, value_name = "BINS.json", requires = "scorecard")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bins: Option<PathBuf>,
+    /// Scorecard: points at the base odds (default 600).
+    #[arg(long, requires = "scorecard")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_score: Option<f64>,
+    /// Scorecard: good:bad odds at the base score (default 50).
+    #[arg(long, requires = "scorecard")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_odds: Option<f64>,
+    /// Scorecard: points that double the good:bad odds (default 20). Higher points = lower risk.
+    #[arg(long, requires = "scorecard")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pdo: Option<f64>,
+}
+
 /// Serialized (kebab-case, without the node directory and the output format): its job file.
 #[derive(Args, Debug, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -220,6 +250,9 @@ pub struct TrainArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub trees: SbArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub card: CardArgs,
     /// Where to write this node's model (JSON).
     #[arg(long)]
     pub out: PathBuf,
@@ -244,7 +277,8 @@ pub struct ScoreArgs {
     /// This node's model from `consort train` (the peer uses its own model of the same job).
     #[arg(long)]
     pub model: PathBuf,
-    /// Where to write the predictions (CSV: key columns, score = probability).
+    /// Where to write the predictions (CSV: key columns, score = probability; with a scorecard:
+    /// key columns, points (integer), probability).
     #[arg(long)]
     pub out: PathBuf,
     /// PSI protocol aligning the rows (ecdh, rr22).
@@ -299,7 +333,23 @@ pub async fn train(mut args: TrainArgs) -> Result<()> {
             "--trees, --max-depth, --max-bins, --lambda, --gamma, --min-child-weight, --subsample and --colsample are SecureBoost flags: add --model secureboost"
         );
     }
-    let params = args.hyper.params();
+    let mut params = args.hyper.params();
+    if args.card.scorecard {
+        if !args.features.is_empty() {
+            bail!(
+                "a scorecard takes its features from the bins file's selection (the bin job's --min-iv, --max-corr): drop --features"
+            );
+        }
+        let bins = args.card.bins.as_deref().map(config::absolute).transpose()?;
+        args.card.bins = bins.clone();
+        let c = &args.card;
+        let mut card =
+            CardParams::new(c.base_score.unwrap_or(600.0), c.base_odds.unwrap_or(50.0), c.pdo.unwrap_or(20.0));
+        card.bins_file = bins;
+        // The scorecard default rate is chosen by the node from the bins file (engine docs).
+        card.auto_rate = args.hyper.learning_rate.is_none();
+        params.scorecard = Some(card);
+    }
     params.config()?;
     jobfile::save_if_asked(args.save_job.as_deref(), JobKind::Train, &args)?;
     let train = TrainRequest { label: args.label, features: args.features, params };
@@ -313,6 +363,9 @@ pub async fn train(mut args: TrainArgs) -> Result<()> {
 async fn train_secureboost(args: TrainArgs) -> Result<()> {
     if args.hyper.dealer.is_some() {
         bail!("--dealer is for LR training; SecureBoost needs no dealer");
+    }
+    if args.card.scorecard {
+        bail!("--scorecard is LR on binned features: drop --model secureboost");
     }
     let params = sb_params(&args.hyper, &args.trees);
     params.config()?;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use consort_api::JobKind;
 use consort_engine::PsiProtocol;
 use consort_engine::lr::{ModelFile, ScoreJob, run_score};
+use consort_engine::scorecard::{self, CardScoreJob, ScorecardFile, run_score_card};
 use consort_engine::storage::AtRest;
 use consort_protocols::{Reveal, Role};
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,9 @@ pub struct ScoreRequest {
 struct ScoreParams {
     /// The train job whose models both sides use.
     model_job: String,
+    /// Its models are scorecards ([`consort_engine::scorecard`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    scorecard: bool,
 }
 
 pub struct Score;
@@ -53,6 +57,9 @@ impl Kind for Score {
                     serde_json::from_str(&ask.params).map_err(|e| format!("bad score parameters: {e}"))?;
                 if !r.model.is_absolute() {
                     return Err("the model path must be absolute".into());
+                }
+                if scorecard::is_scorecard(&r.model, Some(&state.storage.key)).unwrap_or(false) {
+                    return plan_card_requester(state, ask, &r.model, protocol);
                 }
                 let model = ModelFile::load(&r.model, Some(&state.storage.key)).map_err(|e| e.to_string())?;
                 if model.party != "A" {
@@ -74,6 +81,9 @@ impl Kind for Score {
                     serde_json::from_str(&ask.params).map_err(|e| format!("bad score parameters: {e}"))?;
                 config::check_name("model job id", &p.model_job).map_err(|_| "invalid model job id".to_string())?;
                 let (path, _) = responder_model(&state.dir, &p.model_job);
+                if p.scorecard {
+                    return plan_card_responder(state, ask, &p.model_job, &path, protocol);
+                }
                 let model = ModelFile::load(&path, Some(&state.storage.key)).map_err(|e| {
                     // The operator sees why (e.g. a damaged sealed file); the peer only that there is none.
                     tracing::warn!(job = %ask.job_id, model = %path.display(), "cannot load the model: {e}");
@@ -116,7 +126,8 @@ impl Job for ScorePlan {
     }
 
     fn wire_params(&self) -> String {
-        serde_json::to_string(&ScoreParams { model_job: self.model.job_id.clone() }).expect("parameters serialize")
+        serde_json::to_string(&ScoreParams { model_job: self.model.job_id.clone(), scorecard: false })
+            .expect("parameters serialize")
     }
 
     fn audited(&self) -> serde_json::Value {
@@ -138,6 +149,98 @@ impl Job for ScorePlan {
             limits: ctx.limits,
         };
         let mut report = run_score(&*ctx.channel, &dataset, &job).await.map_err(lr_failure)?;
+        let summary = serde_json::to_string(&report).unwrap_or_default();
+        let ecdh_evidence = report.ecdh_evidence.take();
+        Ok(Outcome::scored(
+            report.output,
+            [report.local_rows, report.peer_rows, report.aligned_rows],
+            report.stages,
+            summary,
+            ecdh_evidence,
+        ))
+    }
+}
+
+/// A score job with a scorecard (`consort score --model CARD`; the file says it is one): A's card
+/// (party A's, trained with this peer), the output `KEY..., points, probability`.
+fn plan_card_requester(
+    state: &NodeState,
+    ask: &Ask,
+    path: &std::path::Path,
+    protocol: PsiProtocol,
+) -> Result<Box<dyn Job>, String> {
+    let card = ScorecardFile::load(path, Some(&state.storage.key)).map_err(|e| e.to_string())?;
+    if card.party != "A" {
+        return Err("score with party A's scorecard (the one with the base points)".into());
+    }
+    if card.peer != ask.peer {
+        return Err(format!("the scorecard was trained with peer '{}', not '{}'", card.peer, ask.peer));
+    }
+    let out = ask.out.clone().ok_or("a score job needs the predictions file to write (--out)")?;
+    Ok(Box::new(CardScorePlan { protocol, card: Arc::new(card), out: Some(out), at_rest: state.storage.at_rest() }))
+}
+
+/// The responder's scorecard of train job `model_job`: trained with this peer on this dataset.
+fn plan_card_responder(
+    state: &NodeState,
+    ask: &Ask,
+    model_job: &str,
+    path: &std::path::Path,
+    protocol: PsiProtocol,
+) -> Result<Box<dyn Job>, String> {
+    let card = ScorecardFile::load(path, Some(&state.storage.key)).map_err(|e| {
+        tracing::warn!(job = %ask.job_id, model = %path.display(), "cannot load the scorecard: {e}");
+        format!("no scorecard of train job {model_job} here")
+    })?;
+    if card.peer != ask.peer {
+        return Err(format!("the scorecard of train job {model_job} was not trained with '{}'", ask.peer));
+    }
+    if card.dataset != ask.dataset {
+        return Err(format!(
+            "the scorecard of train job {model_job} was trained on dataset '{}', not '{}'",
+            card.dataset, ask.dataset
+        ));
+    }
+    Ok(Box::new(CardScorePlan { protocol, card: Arc::new(card), out: None, at_rest: state.storage.at_rest() }))
+}
+
+struct CardScorePlan {
+    protocol: PsiProtocol,
+    card: Arc<ScorecardFile>,
+    out: Option<PathBuf>,
+    at_rest: AtRest,
+}
+
+#[tonic::async_trait]
+impl Job for CardScorePlan {
+    fn psi(&self) -> Option<(PsiProtocol, Reveal)> {
+        Some((self.protocol, Reveal::Both))
+    }
+
+    fn wire_params(&self) -> String {
+        serde_json::to_string(&ScoreParams { model_job: self.card.job_id.clone(), scorecard: true })
+            .expect("parameters serialize")
+    }
+
+    fn audited(&self) -> serde_json::Value {
+        serde_json::json!({ "model_job": self.card.job_id, "scorecard": true })
+    }
+
+    async fn run(self: Box<Self>, ctx: RunCtx<'_>) -> Result<Outcome, Failure> {
+        let dataset = ctx.dataset.expect("score jobs load a dataset");
+        if let Some(out) = &self.out {
+            super::will_write(ctx.handle, out).await;
+        }
+        let job = CardScoreJob {
+            role: ctx.ask.role,
+            psi: self.protocol,
+            card: self.card,
+            out: self.out,
+            at_rest: self.at_rest,
+            psi_progress: Some(progress_fn(ctx.handle)),
+            limits: ctx.limits,
+        };
+        let mut report = run_score_card(&*ctx.channel, &dataset, &job).await.map_err(lr_failure)?;
         let summary = serde_json::to_string(&report).unwrap_or_default();
         let ecdh_evidence = report.ecdh_evidence.take();
         Ok(Outcome::scored(

@@ -16,7 +16,9 @@ use consort_api::proto::{JobEnd, JobRequest};
 use consort_api::vocab::Vocabulary;
 use consort_api::{JOB_PROTOCOL_VERSION, JobKind};
 use consort_engine::PsiProtocol;
+use consort_engine::binning::BinsFile;
 use consort_engine::lr::{ColumnChoice, LrError, LrParams, TrainJob, run_train_with_dealer};
+use consort_engine::scorecard;
 use consort_protocols::mpc::lr::LrProgress;
 use consort_protocols::{Metered, Reveal, Role};
 use serde::{Deserialize, Serialize};
@@ -81,11 +83,16 @@ impl Kind for Train {
         let protocol = alignment(ask)?;
         let (columns, params, model_out) =
             plan_labeled::<LrParams>(ask, "train", "model file", || responder_model(&state.dir, &ask.job_id).0)?;
+        let mut params = params;
         params.config().map_err(|e| e.to_string())?;
         if let Some(dealer) = &params.dealer {
             check_dealer(state, ask, dealer)?;
         }
-        Ok(Box::new(TrainPlan { protocol, columns, params, model_out }))
+        let bins = match params.scorecard {
+            Some(_) => Some(plan_scorecard(state, ask, &columns, &mut params)?),
+            None => None,
+        };
+        Ok(Box::new(TrainPlan { protocol, columns, params, model_out, bins }))
     }
 }
 
@@ -130,6 +137,48 @@ struct TrainPlan {
     columns: ColumnChoice,
     params: LrParams,
     model_out: PathBuf,
+    /// A scorecard job: this node's bins file of the bin job it names.
+    bins: Option<Arc<BinsFile>>,
+}
+
+/// A scorecard job's bins file: the requester's `bins_file` (party A's, from the bin job's
+/// `--out`), which fills in the bin job, its id and B's features for the wire; the responder's
+/// own file of the bin job the requester names (`outputs/JOB.bins.json`), which must carry the
+/// same bins id and have been made with this peer on this dataset.
+fn plan_scorecard(
+    state: &NodeState,
+    ask: &Ask,
+    columns: &ColumnChoice,
+    params: &mut LrParams,
+) -> Result<Arc<BinsFile>, String> {
+    let card = params.scorecard.clone().expect("a scorecard job");
+    let key: Option<&consort_engine::sealed::StorageKey> = Some(&state.storage.key);
+    let bins = match ask.role {
+        Role::Requester => {
+            if columns.features.is_some() {
+                return Err("a scorecard takes its features from the bins file's selection; drop --features".into());
+            }
+            let path = card.bins_file.ok_or("a scorecard job needs party A's bins file (--bins)")?;
+            if !path.is_absolute() {
+                return Err("the bins file path must be absolute".into());
+            }
+            let bins = BinsFile::load(&path, key).map_err(|e| e.to_string())?;
+            scorecard::prepare_requester(params, &bins, &ask.peer, &ask.dataset).map_err(|e| e.to_string())?;
+            bins
+        }
+        Role::Responder => {
+            config::check_name("bin job id", &card.bins_job).map_err(|_| "invalid bin job id".to_string())?;
+            let (path, _) = super::bin::responder_bins(&state.dir, &card.bins_job);
+            let bins = BinsFile::load(&path, key).map_err(|e| {
+                // The operator sees why; the peer only that there is none.
+                tracing::warn!(job = %ask.job_id, bins = %path.display(), "cannot load the bins file: {e}");
+                format!("no bins file of bin job {} here", card.bins_job)
+            })?;
+            scorecard::check_responder(&card, &bins, &ask.peer, &ask.dataset).map_err(|e| e.to_string())?;
+            bins
+        }
+    };
+    Ok(Arc::new(bins))
 }
 
 pub(crate) fn lr_progress(handle: &Arc<JobHandle>) -> consort_protocols::mpc::lr::LrProgressFn {
@@ -203,7 +252,10 @@ impl Job for TrainPlan {
             progress: Some(lr_progress(ctx.handle)),
             limits: ctx.limits,
         };
-        let result = run_train_with_dealer(&*ctx.channel, dealer.as_ref(), &dataset, &job).await;
+        let result = match &self.bins {
+            Some(bins) => scorecard::run_train_card(&*ctx.channel, dealer.as_ref(), &dataset, &job, bins).await,
+            None => run_train_with_dealer(&*ctx.channel, dealer.as_ref(), &dataset, &job).await,
+        };
         let mut other_channels = Vec::new();
         if let Some(d) = dealer {
             if result.is_ok() {
