@@ -148,16 +148,7 @@ impl Job for ScorePlan {
             psi_progress: Some(progress_fn(ctx.handle)),
             limits: ctx.limits,
         };
-        let mut report = run_score(&*ctx.channel, &dataset, &job).await.map_err(lr_failure)?;
-        let summary = serde_json::to_string(&report).unwrap_or_default();
-        let ecdh_evidence = report.ecdh_evidence.take();
-        Ok(Outcome::scored(
-            report.output,
-            [report.local_rows, report.peer_rows, report.aligned_rows],
-            report.stages,
-            summary,
-            ecdh_evidence,
-        ))
+        run_score(&*ctx.channel, &dataset, &job).await.map(scored).map_err(lr_failure)
     }
 }
 
@@ -240,15 +231,19 @@ impl Job for CardScorePlan {
             psi_progress: Some(progress_fn(ctx.handle)),
             limits: ctx.limits,
         };
-        let mut report = run_score_card(&*ctx.channel, &dataset, &job).await.map_err(lr_failure)?;
-        let summary = serde_json::to_string(&report).unwrap_or_default();
-        let ecdh_evidence = report.ecdh_evidence.take();
-        Ok(Outcome::scored(
-            report.output,
-            [report.local_rows, report.peer_rows, report.aligned_rows],
-            report.stages,
-            summary,
-            ecdh_evidence,
-        ))
+        run_score_card(&*ctx.channel, &dataset, &job).await.map(scored).map_err(lr_failure)
     }
+}
+
+/// A score job's outcome from its report (LR and scorecard scoring report alike).
+fn scored(mut report: consort_engine::lr::ScoreReport) -> Outcome {
+    let summary = serde_json::to_string(&report).unwrap_or_default();
+    let ecdh_evidence = report.ecdh_evidence.take();
+    Outcome::scored(
+        report.output,
+        [report.local_rows, report.peer_rows, report.aligned_rows],
+        report.stages,
+        summary,
+        ecdh_evidence,
+    )
 }
