@@ -41,6 +41,24 @@ pub(crate) fn parent_dir(path: &Path) -> &Path {
     path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
+/// Writes `value` as pretty-printed JSON through a [`DataWriter`] (atomic: temp file, then
+/// rename; sealed or plain as `at_rest` says), creating the directory: the model, bins and
+/// scorecard files.
+pub fn write_json<T: serde::Serialize>(
+    path: &Path,
+    value: &T,
+    at_rest: &AtRest,
+) -> Result<(), crate::error::DataError> {
+    use crate::error::DataError;
+    let text = serde_json::to_string_pretty(value).map_err(|e| DataError::Invalid(e.to_string()))?;
+    let dir = parent_dir(path);
+    std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    let mut w = DataWriter::create(path, at_rest).map_err(|e| DataError::io(dir, e))?;
+    w.write_all(text.as_bytes()).map_err(|e| DataError::io(path, e))?;
+    w.finish().map_err(|e| DataError::io(path, e))?;
+    Ok(())
+}
+
 /// Replaces `path` with `bytes` atomically and durably: a temp file in the same directory
 /// (created 0600, so a secret is never readable by others, then set to `access`), written,
 /// fsynced, renamed over `path`, and the directory fsynced. On error `path` is unchanged and the

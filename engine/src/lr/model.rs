@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::params::LrParams;
 use crate::error::DataError;
 use crate::sealed::StorageKey;
-use crate::storage::{AtRest, DataWriter};
+use crate::storage::AtRest;
 
 /// Model file format identifier.
 pub const MODEL_FORMAT: &str = "consort-lr/1";
@@ -85,13 +85,7 @@ impl ModelFile {
     /// Writes the model atomically (temp file in the same directory, then rename), sealed or
     /// plain as `at_rest` says; creates the directory.
     pub fn save(&self, path: &Path, at_rest: &AtRest) -> Result<(), DataError> {
-        let text = serde_json::to_string_pretty(self).map_err(|e| DataError::Invalid(e.to_string()))?;
-        let dir = crate::storage::parent_dir(path);
-        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-        let mut w = DataWriter::create(path, at_rest).map_err(|e| DataError::io(dir, e))?;
-        std::io::Write::write_all(&mut w, text.as_bytes()).map_err(|e| DataError::io(path, e))?;
-        w.finish().map_err(|e| DataError::io(path, e))?;
-        Ok(())
+        crate::storage::write_json(path, self, at_rest)
     }
 
     fn encoder(&self) -> LrConfig {
