@@ -16,10 +16,9 @@ join=${3:-left}
 bin=${CONSORT:-${CARGO_TARGET_DIR:-target}/release/consort}
 work=${WORK:-$(mktemp -d)}
 mkdir -p "$work"
-pids=()
+. "$(dirname "$0")/lib-nodes.sh"
 cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  stop_nodes
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -27,17 +26,9 @@ trap cleanup EXIT
 "$bin" gen psi --rows "$bank_rows" --rows-b "$source_rows" --overlap $((bank_rows * 3 / 10)) --seed 7 --out "$work/g2" --json
 cmp -s "$work/g1/a.csv" "$work/g2/a.csv" || { echo "the two bank files differ" >&2; exit 1; }
 rm "$work/g2/a.csv"
-for n in bank s1 s2; do
-  "$bin" init "$work/$n" --name "$n" --listen 127.0.0.1:0 >/dev/null
-  "$bin" node "$work/$n" 2>"$work/$n.log" &
-  pids+=($!)
-done
-for n in bank s1 s2; do
-  for _ in $(seq 100); do [ -S "$work/$n/control.sock" ] && [ -s "$work/$n/listen.addr" ] && break; sleep 0.1; done
-done
+start_nodes "$work" bank s1 s2
 for s in s1 s2; do
-  "$bin" peer add "$work/bank" --name "$s" --addr "$(cat "$work/$s/listen.addr")" --cert "$work/$s/node.crt" >/dev/null
-  "$bin" peer add "$work/$s" --name bank --addr "$(cat "$work/bank/listen.addr")" --cert "$work/bank/node.crt" >/dev/null
+  pin_pair "$work" bank "$s"
 done
 # Header checks only: each job checks its file in full when it loads it.
 "$bin" dataset add "$work/bank" --name customers --file "$work/g1/a.csv" --key id --grant s1 --grant s2 --no-check >/dev/null

@@ -15,23 +15,14 @@ epochs=$2
 shift 2
 bin=${CONSORT:-${CARGO_TARGET_DIR:-target}/release/consort}
 work=$(mktemp -d)
-pids=()
+. "$(dirname "$0")/lib-nodes.sh"
 cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  stop_nodes
   rm -rf "$work"
 }
 trap cleanup EXIT
-for n in bank partner; do
-  "$bin" init "$work/$n" --name "$n" --listen 127.0.0.1:0 >/dev/null
-  "$bin" node "$work/$n" 2>"$work/$n.log" &
-  pids+=($!)
-done
-for n in bank partner; do
-  for _ in $(seq 100); do [ -S "$work/$n/control.sock" ] && [ -s "$work/$n/listen.addr" ] && break; sleep 0.1; done
-done
-"$bin" peer add "$work/bank" --name partner --addr "$(cat "$work/partner/listen.addr")" --cert "$work/partner/node.crt" >/dev/null
-"$bin" peer add "$work/partner" --name bank --addr "$(cat "$work/bank/listen.addr")" --cert "$work/bank/node.crt" >/dev/null
+start_nodes "$work" bank partner
+pin_pair "$work" bank partner
 "$bin" dataset add "$work/bank" --name loans --file "$data/a.csv" --key id --grant partner:bin,train,score >/dev/null
 "$bin" dataset add "$work/partner" --name features --file "$data/b.csv" --key id --grant bank:bin,train,score >/dev/null
 summary='import json,sys; j=json.load(sys.stdin); r=j.get("report",{}); print(json.dumps({k: j.get(k) for k in ("job_id","kind","seconds","bytes_sent","bytes_received")} | {"stages": r.get("stages"), "auc": r.get("auc"), "learning_rate": None}))'

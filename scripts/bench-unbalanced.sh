@@ -12,25 +12,16 @@ shift
 bin=${CONSORT:-${CARGO_TARGET_DIR:-target}/release/consort}
 work=${WORK:-$(mktemp -d)}
 mkdir -p "$work"
-pids=()
+. "$(dirname "$0")/lib-nodes.sh"
 cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  stop_nodes
   rm -rf "$work"
 }
 trap cleanup EXIT
 # Ids: the list holds id-0..LIST-1; each query holds Q/2 of them and Q/2 others.
 awk -v n="$list" 'BEGIN { print "id"; for (i = 0; i < n; i++) printf "id-%012d\n", i }' >"$work/list.csv"
-for n in bank partner; do
-  "$bin" init "$work/$n" --name "$n" --listen 127.0.0.1:0 >/dev/null
-  "$bin" node "$work/$n" 2>"$work/$n.log" &
-  pids+=($!)
-done
-for n in bank partner; do
-  for _ in $(seq 100); do [ -S "$work/$n/control.sock" ] && [ -s "$work/$n/listen.addr" ] && break; sleep 0.1; done
-done
-"$bin" peer add "$work/bank" --name partner --addr "$(cat "$work/partner/listen.addr")" --cert "$work/partner/node.crt" >/dev/null
-"$bin" peer add "$work/partner" --name bank --addr "$(cat "$work/bank/listen.addr")" --cert "$work/bank/node.crt" >/dev/null
+start_nodes "$work" bank partner
+pin_pair "$work" bank partner
 "$bin" dataset add "$work/partner" --name blacklist --file "$work/list.csv" --key id --grant bank:psi-fetch,psi-query >/dev/null
 /usr/bin/time -f '{"step":"setup-process","max_rss_kib":%M,"wall_s":%e}' \
   "$bin" psi-setup "$work/partner" --dataset blacklist --json

@@ -15,24 +15,15 @@ here=$(cd "$(dirname "$0")" && pwd)
 bin=${CONSORT:-${CARGO_TARGET_DIR:-target}/release/consort}
 mkdir -p "$work"
 nodes=$(mktemp -d)
-pids=()
+. "$(dirname "$0")/lib-nodes.sh"
 cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  stop_nodes
   rm -rf "$nodes"
 }
 trap cleanup EXIT
 "$py" "$here/scorecard_germancredit.py" prepare "$work" >/dev/null
-for n in bank partner; do
-  "$bin" init "$nodes/$n" --name "$n" --listen 127.0.0.1:0 >/dev/null
-  "$bin" node "$nodes/$n" 2>"$nodes/$n.log" &
-  pids+=($!)
-done
-for n in bank partner; do
-  for _ in $(seq 100); do [ -S "$nodes/$n/control.sock" ] && [ -s "$nodes/$n/listen.addr" ] && break; sleep 0.1; done
-done
-"$bin" peer add "$nodes/bank" --name partner --addr "$(cat "$nodes/partner/listen.addr")" --cert "$nodes/partner/node.crt" >/dev/null
-"$bin" peer add "$nodes/partner" --name bank --addr "$(cat "$nodes/bank/listen.addr")" --cert "$nodes/bank/node.crt" >/dev/null
+start_nodes "$nodes" bank partner
+pin_pair "$nodes" bank partner
 for s in train test; do
   "$bin" dataset add "$nodes/bank" --name "loans_$s" --file "$work/a_$s.csv" --key id --grant partner:bin,train,score >/dev/null
 done
