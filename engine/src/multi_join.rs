@@ -20,13 +20,13 @@
 //! The merge is local: no message crosses, and each peer learned only what its pairwise job
 //! told it (the requester's set size; `docs/security.md`).
 
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
+use crate::csv_rows::RowScanner;
 use crate::dataset::Dataset;
 use crate::error::DataError;
 use crate::payload::{ROW_INDEX_COLUMN, append_fields};
-use crate::storage::{self, AtRest};
+use crate::storage::AtRest;
 
 /// How the pairwise results combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -98,37 +98,26 @@ fn read_part(dataset: &Dataset, part: &Part, at_rest: &AtRest) -> Result<Grouped
     let file = &part.file;
     let n = dataset.len();
     let tail = 1 + part.columns.len();
-    let reader = storage::open_data(file, at_rest.key()).map_err(|e| DataError::io(file, e))?;
-    let mut csv = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(BufReader::with_capacity(1 << 20, reader));
-    let mut record = csv::ByteRecord::new();
-    let read = |csv: &mut csv::Reader<_>, record: &mut csv::ByteRecord| -> Result<bool, DataError> {
-        csv.read_byte_record(record).map_err(|e| match e.kind() {
-            csv::ErrorKind::Io(io) => DataError::io(file, std::io::Error::new(io.kind(), io.to_string())),
-            _ => malformed(file, e.position().map_or(0, |p| p.line()), "not CSV"),
-        })
-    };
-    if !read(&mut csv, &mut record)? {
-        return Err(malformed(file, 1, "no header"));
-    }
-    if record.len() < tail || &record[record.len() - tail] != ROW_INDEX_COLUMN.as_bytes() {
-        return Err(malformed(file, 1, "no row index column"));
+    let mut rows = RowScanner::open_data(file, at_rest.key())?;
+    match rows.next_row()? {
+        None => return Err(malformed(file, 1, "no header")),
+        Some(header) if header.len() < tail || header.field(header.len() - tail) != ROW_INDEX_COLUMN.as_bytes() => {
+            return Err(malformed(file, 1, "no row index column"));
+        }
+        Some(_) => {}
     }
     let mut pairs: Vec<(u32, Vec<u8>)> = Vec::new();
-    while read(&mut csv, &mut record)? {
-        let line = record.position().map_or(0, |p| p.line());
-        if record.len() < tail {
-            return Err(malformed(file, line, "too few fields"));
+    while let Some(row) = rows.next_row()? {
+        if row.len() < tail {
+            return Err(malformed(file, row.line, "too few fields"));
         }
-        let at = record.len() - tail;
-        let index = std::str::from_utf8(&record[at])
+        let at = row.len() - tail;
+        let index = std::str::from_utf8(row.field(at))
             .ok()
             .and_then(|s| s.parse::<u32>().ok())
             .filter(|&i| (i as usize) < n)
-            .ok_or_else(|| malformed(file, line, "a row index out of range"))?;
-        let values: Vec<&[u8]> = record.iter().skip(at + 1).collect();
+            .ok_or_else(|| malformed(file, row.line, "a row index out of range"))?;
+        let values: Vec<&[u8]> = (at + 1..row.len()).map(|c| row.field(c)).collect();
         let mut encoded = Vec::with_capacity(values.iter().map(|v| v.len() + 1).sum());
         append_fields(&mut encoded, &values);
         pairs.push((index, encoded));
