@@ -330,7 +330,11 @@ impl Dataset {
             let (first, repeat) = (self.starts[first as usize], self.starts[repeat as usize]);
             if self.parquet {
                 let columns: Vec<String> = self.spec.keys.iter().map(|k| quoted_name(k.trim())).collect();
-                let more = if firsts.len() > 1 { format!(" (and {} more duplicate keys)", firsts.len() - 1) } else { String::new() };
+                let more = if firsts.len() > 1 {
+                    format!(" (and {} more duplicate keys)", firsts.len() - 1)
+                } else {
+                    String::new()
+                };
                 return Err(DataError::file(
                     &self.spec.file,
                     format!(
@@ -480,7 +484,11 @@ impl Dataset {
         let mut at: Vec<usize> = Vec::with_capacity(self.spec.keys.len());
         for key in &self.spec.keys {
             let name = key.trim();
-            let i = self.columns.iter().position(|c| c == name).ok_or_else(|| DataError::Invalid(format!("key column {} not found", quoted_name(name))))?;
+            let i = self
+                .columns
+                .iter()
+                .position(|c| c == name)
+                .ok_or_else(|| DataError::Invalid(format!("key column {} not found", quoted_name(name))))?;
             at.push(i);
         }
         at.sort_unstable();
@@ -813,9 +821,16 @@ impl OutputPlan {
                 continue;
             }
             let len = r.len as usize;
-            let raw = usize::try_from(r.start).ok().and_then(|s| source.get(s..s + len)).ok_or_else(|| changed(&self.source))?;
+            let raw = usize::try_from(r.start)
+                .ok()
+                .and_then(|s| source.get(s..s + len))
+                .ok_or_else(|| changed(&self.source))?;
             let fields = crate::csv_rows::fields_of(raw);
-            let values = at.iter().map(|&c| fields.get(c).map(Vec::as_slice)).collect::<Option<Vec<_>>>().ok_or_else(|| changed(&self.source))?;
+            let values = at
+                .iter()
+                .map(|&c| fields.get(c).map(Vec::as_slice))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| changed(&self.source))?;
             buf.extend_from_slice(tag);
             crate::payload::write_fields(&mut buf, &values);
             buf.extend_from_slice(self.terminator);

@@ -214,14 +214,14 @@ impl Formats {
 
 /// The expected output with only the key column `id` (and `_side`), as `--output keys` writes.
 fn keys_only(e: Option<Expected>, tagged: bool) -> Option<Expected> {
+    fn keep(row: &[String], at: usize, tagged: bool) -> Vec<String> {
+        if tagged { vec![row[0].clone(), row[at].clone()] } else { vec![row[at].clone()] }
+    }
     let mut e = e?;
     let at = e.header.iter().position(|h| h == "id").unwrap();
-    let keep = |row: &Vec<String>| -> Vec<String> {
-        if tagged { vec![row[0].clone(), row[at].clone()] } else { vec![row[at].clone()] }
-    };
-    e.header = keep(&e.header);
-    e.both = e.both.iter().map(keep).collect();
-    e.tail = e.tail.iter().map(keep).collect();
+    e.header = keep(&e.header, at, tagged);
+    e.both = e.both.iter().map(|r| keep(r, at, tagged)).collect();
+    e.tail = e.tail.iter().map(|r| keep(r, at, tagged)).collect();
     Some(e)
 }
 
@@ -248,11 +248,8 @@ async fn check_case_with(
         }
     }
     let (ia, ib) = run_both_with(dir.path(), path, &a, &b, reveal, join, formats.columns).await;
-    let what = format!(
-        "{path:?} {join:?} {reveal:?} dedup={dedup} {formats:?} |a|={} |b|={}",
-        a_ids.len(),
-        b_ids.len()
-    );
+    let what =
+        format!("{path:?} {join:?} {reveal:?} dedup={dedup} {formats:?} |a|={} |b|={}", a_ids.len(), b_ids.len());
     let out = |n: &str| dir.path().join(format!("out/{n}.csv"));
     let got_a = out("a").exists().then(|| read_table(&out("a")));
     let got_b = out("b").exists().then(|| read_table(&out("b")));

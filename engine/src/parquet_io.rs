@@ -155,10 +155,8 @@ impl ParquetRows {
             Columns::All => (0..names.len()).collect(),
         };
         projected.sort_unstable();
-        let keys = positions
-            .iter()
-            .map(|p| (projected.binary_search(p).expect("projected"), names[*p].clone()))
-            .collect();
+        let keys =
+            positions.iter().map(|p| (projected.binary_search(p).expect("projected"), names[*p].clone())).collect();
         let mask = ProjectionMask::roots(builder.parquet_schema(), projected.iter().copied());
         let batch_schema = Arc::new(schema.project(&projected).map_err(|e| bad_file(path, e))?);
         let reader =
@@ -202,7 +200,8 @@ impl ParquetRows {
                     key_text(column, i, &mut text).map_err(|m| self.row_error(row, name, m))?;
                     let value = normalize(&text, &spec.normalize);
                     if value.is_empty() {
-                        let what = if spec.normalize.trim { "empty key (after trimming whitespace)" } else { "empty key" };
+                        let what =
+                            if spec.normalize.trim { "empty key (after trimming whitespace)" } else { "empty key" };
                         return Err(self.row_error(row, name, what.into()));
                     }
                     check_key_chars(&value).map_err(|m| self.row_error(row, name, m))?;
@@ -378,7 +377,12 @@ impl ParquetOut {
         self.tagged.then(|| Arc::new(StringArray::from(vec![name.unwrap_or("both"); n])) as ArrayRef)
     }
 
-    fn write_columns(&mut self, side: Option<crate::join::Side>, columns: Vec<ArrayRef>, n: usize) -> std::io::Result<()> {
+    fn write_columns(
+        &mut self,
+        side: Option<crate::join::Side>,
+        columns: Vec<ArrayRef>,
+        n: usize,
+    ) -> std::io::Result<()> {
         let mut all: Vec<ArrayRef> = self.side_column(side, n).into_iter().collect();
         all.extend(columns);
         let batch = RecordBatch::try_new(self.schema.clone(), all).map_err(std::io::Error::other)?;
@@ -408,7 +412,8 @@ impl ParquetOut {
                 .converter
                 .convert_rows(rows)
                 .map_err(|e| DataError::Invalid(format!("the row store is damaged ({e})")))?;
-            self.write_columns(side, columns, chunk.len()).map_err(|e| DataError::Invalid(format!("cannot write Parquet: {e}")))?;
+            self.write_columns(side, columns, chunk.len())
+                .map_err(|e| DataError::Invalid(format!("cannot write Parquet: {e}")))?;
         }
         Ok(())
     }
@@ -419,7 +424,8 @@ impl ParquetOut {
             let take = n.min(BATCH_ROWS as u64) as usize;
             let start = usize::from(self.tagged);
             let columns = self.schema.fields()[start..].iter().map(|f| new_null_array(f.data_type(), take)).collect();
-            self.write_columns(Some(side), columns, take).map_err(|e| DataError::Invalid(format!("cannot write Parquet: {e}")))?;
+            self.write_columns(Some(side), columns, take)
+                .map_err(|e| DataError::Invalid(format!("cannot write Parquet: {e}")))?;
             n -= take as u64;
         }
         Ok(())
@@ -433,7 +439,11 @@ impl ParquetOut {
 
 /// Writes a Parquet file of `batches` (tests and `consort gen psi --format parquet`) to `path`
 /// atomically.
-pub fn write_file(path: &Path, schema: SchemaRef, batches: impl IntoIterator<Item = RecordBatch>) -> Result<(), DataError> {
+pub fn write_file(
+    path: &Path,
+    schema: SchemaRef,
+    batches: impl IntoIterator<Item = RecordBatch>,
+) -> Result<(), DataError> {
     let w = DataWriter::create(path, &AtRest::Plain).map_err(|e| DataError::io(path, e))?;
     let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
     let mut writer = ArrowWriter::try_new(w, schema, Some(props)).map_err(|e| DataError::file(path, e.to_string()))?;

@@ -66,7 +66,10 @@ fn integer_and_string_keys_match_the_csv_keys() {
     assert_eq!(keys(&csv), ["42", "-7", "0", "9223372036854775807"]);
     assert_eq!(keys(&ints), keys(&csv));
     assert_eq!(keys(&strings), keys(&csv));
-    assert_eq!((0..4).map(|i| ints.keys.get(i)).collect::<Vec<_>>(), (0..4).map(|i| csv.keys.get(i)).collect::<Vec<_>>());
+    assert_eq!(
+        (0..4).map(|i| ints.keys.get(i)).collect::<Vec<_>>(),
+        (0..4).map(|i| csv.keys.get(i)).collect::<Vec<_>>()
+    );
     // Trimming and case folding apply to Parquet strings as to CSV fields.
     let mut spec = parquet(dir.path(), "t", "id\n  Ab \nx\n", &[], &[], 8);
     spec.normalize.case_fold = true;
@@ -88,7 +91,10 @@ fn null_keys_and_bad_keys_name_the_column_and_the_row_never_the_value() {
     let spec = parquet(dir.path(), "n", &text, &[], &["id"], 4);
     assert_eq!(load_err(&spec), "n.parquet: row 10 (row group 2, row 1): column 'id': null key");
     let spec = parquet(dir.path(), "e", "id,v\nk1,a\n  ,b\n", &[], &[], 4);
-    assert_eq!(load_err(&spec), "e.parquet: row 2 (row group 0, row 1): column 'id': empty key (after trimming whitespace)");
+    assert_eq!(
+        load_err(&spec),
+        "e.parquet: row 2 (row group 0, row 1): column 'id': empty key (after trimming whitespace)"
+    );
     let spec = parquet(dir.path(), "c", "id,v\nk1,a\n\"a\u{1b}b\",b\n", &[], &[], 4);
     assert_eq!(
         load_err(&spec),
@@ -120,7 +126,8 @@ fn wrong_columns_and_key_types_are_refused_by_name() {
     assert_eq!(spec.check_header().unwrap(), ["id", "v"]);
     // A float key column.
     let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Float64, false)]));
-    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(arrow_array::Float64Array::from(vec![1.5]))]).unwrap();
+    let batch =
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(arrow_array::Float64Array::from(vec![1.5]))]).unwrap();
     let file = dir.path().join("f.parquet");
     write_file(&file, schema, [batch]).unwrap();
     let err = load_err(&DatasetSpec::new("f", file, &["id"]));
@@ -242,7 +249,8 @@ fn table(path: &Path) -> Vec<Vec<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csv_and_parquet_inputs_give_the_same_intersection() {
     let dir = tempfile::tempdir().unwrap();
-    let gen_spec = |sub: &str| PsiGenSpec { rows_a: 3000, rows_b: 2200, overlap: 900, seed: 5, out_dir: dir.path().join(sub) };
+    let gen_spec =
+        |sub: &str| PsiGenSpec { rows_a: 3000, rows_b: 2200, overlap: 900, seed: 5, out_dir: dir.path().join(sub) };
     generate_psi(&gen_spec("g")).unwrap();
     let s = generate_psi_parquet(&gen_spec("g"), false).unwrap();
     assert_eq!((s.rows_a, s.rows_b), (3000, 2200));
@@ -315,7 +323,12 @@ async fn a_changed_or_truncated_parquet_input_leaves_no_output() {
         let bytes = std::fs::read(&a.file).unwrap();
         std::fs::write(&a.file, &bytes[..bytes.len() - 100]).unwrap();
         let _ = std::fs::remove_dir_all(dir.path().join("out"));
-        let ja = job(if streaming { PsiProtocol::Rr22 } else { PsiProtocol::Ecdh }, Role::Requester, dir.path().join("out/a.out"), OutputColumns::Rows);
+        let ja = job(
+            if streaming { PsiProtocol::Rr22 } else { PsiProtocol::Ecdh },
+            Role::Requester,
+            dir.path().join("out/a.out"),
+            OutputColumns::Rows,
+        );
         let jb = job(ja.protocol, Role::Responder, dir.path().join("out/b.out"), OutputColumns::Rows);
         let (ca, cb) = memory_pair(64);
         let err = if streaming {
@@ -343,7 +356,10 @@ async fn a_changed_or_truncated_parquet_input_leaves_no_output() {
         assert!(err.contains("a.parquet: the file changed after it was loaded"), "{err}");
         let out = dir.path().join("out");
         assert!(!out.join("a.out").exists());
-        assert!(std::fs::read_dir(&out).map(|d| d.flatten().all(|e| e.file_name() == "b.out")).unwrap_or(true), "no temp file left");
+        assert!(
+            std::fs::read_dir(&out).map(|d| d.flatten().all(|e| e.file_name() == "b.out")).unwrap_or(true),
+            "no temp file left"
+        );
         std::fs::write(&a.file, &bytes).unwrap();
     }
 }
@@ -363,5 +379,30 @@ async fn empty_and_one_row_parquet_files() {
         assert_eq!(run_pair(dir.path(), &one, &other, streaming, OutputColumns::Rows).await.unwrap(), (1, 1));
         assert_eq!(read_table(&dir.path().join("out/a.out"))[1], ["7", "x"]);
         assert_eq!(std::fs::read_to_string(dir.path().join("out/b.out")).unwrap(), "v,id\ny,7\n");
+    }
+}
+
+/// Payload joins read and write CSV rows: a Parquet dataset (or `--output keys`) is refused
+/// before any message, on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_joins_refuse_parquet_and_key_outputs_before_any_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let pq = Dataset::load(&parquet(dir.path(), "b", "id,v\n1,a\n", &[], &[], 4)).unwrap();
+    let csv = Dataset::load(&DatasetSpec::new("c", write(dir.path(), "c.csv", "id,v\n1,a\n"), &["id"])).unwrap();
+    let send = PayloadJob::Send { columns: vec!["v".into()] };
+    let receive = PayloadJob::Receive { header: vec!["p.v".into()], max_bytes: 1024, row_index: false };
+    let cases = [
+        (&pq, Role::Responder, send.clone(), OutputColumns::Rows),
+        (&pq, Role::Requester, receive.clone(), OutputColumns::Rows),
+        (&csv, Role::Requester, receive, OutputColumns::Keys),
+    ];
+    for (dataset, role, payload, columns) in cases {
+        let (ca, cb) = memory_pair(8);
+        let mut j = job(PsiProtocol::Rr22, role, dir.path().join("o.out"), columns);
+        j.payload = payload;
+        let err = run_psi(&cb, dataset, &j).await.unwrap_err().to_string();
+        assert!(err.contains("a payload join writes every column of CSV rows"), "{err}");
+        drop(cb);
+        assert!(consort_protocols::Channel::recv(&ca).await.is_err(), "no frame was sent");
     }
 }

@@ -174,6 +174,13 @@ async fn run_protocol<C: Channel>(
     job: &PsiJob,
 ) -> Result<(consort_protocols::PsiOutput, Option<EcdhEvidence>, Stages), EngineError> {
     let started = Instant::now();
+    // Before any message: a payload join reads and writes CSV rows, whole.
+    if job.payload != PayloadJob::None && (job.columns == OutputColumns::Keys || dataset.is_parquet()) {
+        return Err(DataError::Invalid(
+            "a payload join writes every column of CSV rows (no Parquet, no --output keys)".into(),
+        )
+        .into());
+    }
     let payload = match &job.payload {
         PayloadJob::None => PayloadMode::None,
         PayloadJob::Send { columns } => {
@@ -228,9 +235,6 @@ async fn finish<C: Channel>(
     if let (Some(order), Some(path)) = (&result.intersection, &job.output) {
         let started = Instant::now();
         let shown: &[u32] = if job.join.writes_intersection() { order } else { &[] };
-        if job.payload != PayloadJob::None && (job.columns == OutputColumns::Keys || dataset.is_parquet()) {
-            return Err(DataError::Invalid("a payload join writes every column of CSV rows".into()).into());
-        }
         let plan = match (&job.payload, &result.payloads) {
             (PayloadJob::Receive { header, row_index, .. }, Some(payloads)) => {
                 let empty = vec![&b""[..]; header.len()];

@@ -534,9 +534,11 @@ async fn run_streaming_observed<C: Channel>(
             let sections = sections.clone();
             let out = job.output.clone().expect("learns");
             let (w, tail) = cpu::run(move || {
-                write_tail(file, &spec, pending, &bits, &sections, columns, tagged, terminator, parquet).map_err(|e| match e {
-                    TailError::Data(d) => d,
-                    TailError::Io(e) => DataError::io(&out, e),
+                write_tail(file, &spec, pending, &bits, &sections, columns, tagged, terminator, parquet).map_err(|e| {
+                    match e {
+                        TailError::Data(d) => d,
+                        TailError::Io(e) => DataError::io(&out, e),
+                    }
                 })
             })
             .await?;

@@ -293,4 +293,18 @@ mod tests {
         assert!(e.contains("line 1, column"), "{e}");
         assert!(!e.contains("outer"), "no value in the message: {e}");
     }
+
+    /// `--output keys` travels like the join type: omitted for rows, refused when unknown.
+    #[test]
+    fn output_parameter_round_trips_and_unknown_ones_are_refused() {
+        assert_eq!(parse_params("").unwrap().output, OutputColumns::Rows);
+        let p = parse_params(r#"{"output":"keys","join":"left"}"#).unwrap();
+        assert_eq!((p.output, p.join), (OutputColumns::Keys, JoinType::Left));
+        let rows = PsiParams { join: JoinType::Full, ..Default::default() };
+        assert_eq!(serde_json::to_string(&rows).unwrap(), r#"{"join":"full"}"#);
+        let keys = PsiParams { output: OutputColumns::Keys, ..Default::default() };
+        assert_eq!(serde_json::to_string(&keys).unwrap(), r#"{"output":"keys"}"#);
+        let e = parse_params(r#"{"output":"all"}"#).unwrap_err();
+        assert!(e.contains("line 1, column") && !e.contains("all"), "{e}");
+    }
 }
