@@ -8,7 +8,7 @@
 //! **Columns and keys.** The columns are the schema's top-level fields; key columns are found
 //! by name as in a CSV header (compared after trimming; a repeated name is an error). A key
 //! column holds strings (`Utf8`, `LargeUtf8`, `Utf8View`) or integers (8 to 64 bits, signed or
-//! unsigned). An integer's key bytes are its decimal text without sign for non-negative values
+//! unsigned), or a dictionary of either (keyed by its values). An integer's key bytes are its decimal text without sign for non-negative values
 //! and without leading zeros (`42`, `-7`), so the Parquet int 42 and the CSV field `42` are the
 //! same key; a CSV `042` or `+42` is not. Keys are then normalized as CSV keys are (trim, case
 //! fold, the control-character check). A null in a key column is an error naming the column and
@@ -30,7 +30,7 @@
 //! Parquet writer (Snappy), through the same temp file + rename as CSV outputs. The output's
 //! schema is the input's (or its key columns), with a first string column `_side` for the
 //! join types that tag rows; tagged outputs make every column nullable (placeholder rows are
-//! nulls).
+//! nulls). A dictionary column comes out as its value type (the row format decodes it).
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -191,11 +191,15 @@ impl ParquetRows {
         };
         let first = self.next_row;
         let mut text = String::new();
+        let columns = self
+            .keys
+            .iter()
+            .map(|(c, name)| hydrate(batch.column(*c)).map_err(|m| self.row_error(first, name, m)))
+            .collect::<Result<Vec<_>, _>>()?;
         for i in 0..batch.num_rows() {
             let pushed = (|| {
-                for (c, name) in &self.keys {
+                for ((_, name), column) in self.keys.iter().zip(&columns) {
                     let row = first + i as u64;
-                    let column = batch.column(*c);
                     text.clear();
                     key_text(column, i, &mut text).map_err(|m| self.row_error(row, name, m))?;
                     let value = normalize(&text, &spec.normalize);
@@ -238,7 +242,34 @@ impl ParquetRows {
 
 fn key_type(ty: &DataType) -> bool {
     use DataType::*;
-    matches!(ty, Utf8 | LargeUtf8 | Utf8View | Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64)
+    match ty {
+        // Dictionary-encoded strings or integers (pandas categoricals): keyed by their values.
+        Dictionary(_, values) => !matches!(**values, Dictionary(..)) && key_type(values),
+        _ => {
+            matches!(ty, Utf8 | LargeUtf8 | Utf8View | Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64)
+        }
+    }
+}
+
+/// A key column with a dictionary replaced by its values (one `take` per batch).
+fn hydrate(column: &ArrayRef) -> Result<ArrayRef, String> {
+    if !matches!(column.data_type(), DataType::Dictionary(..)) {
+        return Ok(column.clone());
+    }
+    let d = column.as_any_dictionary();
+    let keys = arrow_array::UInt64Array::from_iter(
+        d.normalized_keys().into_iter().enumerate().map(|(i, k)| (!column.is_null(i)).then_some(k as u64)),
+    );
+    arrow_select::take::take(d.values().as_ref(), &keys, None).map_err(|e| format!("a damaged dictionary ({e})"))
+}
+
+/// The type a column has in an output: its own, or a dictionary's value type (the row format
+/// decodes dictionaries to their values).
+fn output_type(ty: &DataType) -> DataType {
+    match ty {
+        DataType::Dictionary(_, values) => values.as_ref().clone(),
+        other => other.clone(),
+    }
 }
 
 /// Appends the key text of row `i` of a key column (a type [`key_type`] accepts) to `out`.
@@ -358,7 +389,7 @@ impl ParquetOut {
             fields.push(Field::new("_side", DataType::Utf8, false));
         }
         fields.extend(stored.fields().iter().map(|f| {
-            let f = f.as_ref().clone();
+            let f = f.as_ref().clone().with_data_type(output_type(f.data_type()));
             if tagged { f.with_nullable(true) } else { f }
         }));
         let schema = Arc::new(Schema::new_with_metadata(fields, stored.metadata().clone()));

@@ -406,3 +406,49 @@ async fn payload_joins_refuse_parquet_and_key_outputs_before_any_message() {
         assert!(consort_protocols::Channel::recv(&ca).await.is_err(), "no frame was sent");
     }
 }
+
+/// Dictionary-encoded columns (pandas categoricals): a key column is keyed by its values, and
+/// outputs hold the values (the row format decodes dictionaries), as plain strings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dictionary_encoded_columns_are_read_by_value() {
+    use arrow_array::DictionaryArray;
+    use arrow_array::types::Int32Type;
+    let dir = tempfile::tempdir().unwrap();
+    let dict = |v: Vec<Option<&str>>| Arc::new(v.into_iter().collect::<DictionaryArray<Int32Type>>()) as ArrayRef;
+    let ty = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", ty.clone(), true),
+        Field::new("cat", ty, true),
+        Field::new("v", DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            dict(vec![Some("k1"), Some("k2"), Some("k3"), Some("k4")]),
+            dict(vec![Some("red"), None, Some("red"), Some("blue")]),
+            Arc::new(StringArray::from(vec!["a", "b", "c", "d"])),
+        ],
+    )
+    .unwrap();
+    let file = dir.path().join("d.parquet");
+    write_file(&file, schema.clone(), [batch]).unwrap();
+    let a = DatasetSpec::new("d", &file, &["id"]);
+    assert_eq!(keys(&Dataset::load(&a).unwrap()), ["k1", "k2", "k3", "k4"]);
+    let b = DatasetSpec::new("c", write(dir.path(), "c.csv", "id\nk2\nk4\nk9\n"), &["id"]);
+    for streaming in [true, false] {
+        assert_eq!(run_pair(dir.path(), &a, &b, streaming, OutputColumns::Rows).await.unwrap(), (2, 2));
+        let mut t = read_table(&dir.path().join("out/a.out"));
+        t[1..].sort();
+        assert_eq!(t, [vec!["id", "cat", "v"], vec!["k2", "", "b"], vec!["k4", "blue", "d"]]);
+        let out = ParquetRecordBatchReaderBuilder::try_new(File::open(dir.path().join("out/a.out")).unwrap()).unwrap();
+        assert!(out.schema().fields().iter().take(2).all(|f| f.data_type() == &DataType::Utf8), "{:?}", out.schema());
+    }
+    // A null inside a dictionary key column is named like any null key.
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![dict(vec![Some("k1"), None]), dict(vec![None, None]), Arc::new(StringArray::from(vec!["a", "b"]))],
+    )
+    .unwrap();
+    write_file(&file, schema, [batch]).unwrap();
+    assert_eq!(load_err(&a), "d.parquet: row 2 (row group 0, row 1): column 'id': null key");
+}
