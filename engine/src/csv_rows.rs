@@ -93,6 +93,11 @@ pub(crate) fn strip_terminator(raw: &[u8]) -> &[u8] {
 impl RowScanner {
     pub(crate) fn open(path: &Path) -> Result<Self, DataError> {
         let file = crate::storage::open_regular(path).map_err(|e| DataError::io(path, e))?;
+        // Jobs other than a plain PSI read CSV only: a Parquet file is refused by name here
+        // rather than parsed as text.
+        if crate::parquet_io::is_parquet(path) {
+            return Err(crate::parquet_io::psi_only(path));
+        }
         Ok(Self::from_file(path, file))
     }
 
@@ -276,6 +281,41 @@ fn unclosed_quote(raw: &[u8], first: bool) -> Option<(usize, usize)> {
         };
     }
     (state == State::Quoted).then_some((opened, field))
+}
+
+/// The unescaped fields of one row's bytes (as this module's scanner gives a row).
+pub(crate) fn fields_of(raw: &[u8]) -> Vec<Vec<u8>> {
+    let mut core = csv_core::Reader::new();
+    let (mut input, mut fields, mut ends) = (strip_terminator(raw), vec![0u8; raw.len() + 1], vec![0usize; 64]);
+    let (mut nout, mut nend) = (0, 0);
+    loop {
+        let (res, nin, o, e) = core.read_record(input, &mut fields[nout..], &mut ends[nend..]);
+        input = &input[nin..];
+        nout += o;
+        nend += e;
+        match res {
+            ReadRecordResult::OutputEndsFull => ends.resize(ends.len() * 2, 0),
+            ReadRecordResult::OutputFull => fields.resize(fields.len() * 2, 0),
+            ReadRecordResult::InputEmpty if input.is_empty() => {
+                // End of the row: tell csv-core the input is over.
+                let (_, _, o, e) = core.read_record(&[], &mut fields[nout..], &mut ends[nend..]);
+                nout += o;
+                nend += e;
+                break;
+            }
+            ReadRecordResult::InputEmpty => {}
+            ReadRecordResult::Record | ReadRecordResult::End => break,
+        }
+    }
+    let mut start = 0;
+    ends[..nend]
+        .iter()
+        .map(|&end| {
+            let f = fields[start..end.min(nout)].to_vec();
+            start = end;
+            f
+        })
+        .collect()
 }
 
 pub(crate) fn count_newlines(bytes: &[u8]) -> u64 {

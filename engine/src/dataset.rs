@@ -56,6 +56,8 @@ pub struct Dataset {
     /// The file's line terminator (from its header line), for rows that lack one.
     terminator: &'static [u8],
     stamp: FileStamp,
+    /// A Parquet file ([`crate::parquet_io`]): `starts` hold row numbers, there is no header.
+    parquet: bool,
 }
 
 impl std::fmt::Debug for Dataset {
@@ -118,6 +120,10 @@ impl DatasetSpec {
 
     /// Reads only the header and checks the key columns exist (quick check for `dataset add`).
     pub fn check_header(&self) -> Result<Vec<String>, DataError> {
+        if crate::parquet_io::is_parquet(&self.file) {
+            let file = crate::storage::open_regular(&self.file).map_err(|e| DataError::io(&self.file, e))?;
+            return Ok(crate::parquet_io::ParquetRows::open(self, file, crate::parquet_io::Columns::Keys)?.columns);
+        }
         let mut scanner = RowScanner::open(&self.file)?;
         Ok(self.read_header(&mut scanner)?.columns)
     }
@@ -222,6 +228,9 @@ impl Dataset {
     /// [`Dataset::load`], also returning the key index built to find duplicates.
     pub(crate) fn load_indexed(spec: &DatasetSpec) -> Result<(Dataset, KeyIndex), DataError> {
         let path = &spec.file;
+        if crate::parquet_io::is_parquet(path) {
+            return Self::load_parquet(spec);
+        }
         let mut scanner = RowScanner::open(path)?;
         let stamp = FileStamp::of(scanner.file(), path)?;
         let header = spec.read_header(&mut scanner)?;
@@ -234,16 +243,50 @@ impl Dataset {
             lens.push(row.raw.len() as u32); // at most MAX_ROW_BYTES
             last_open = !row.raw.ends_with(b"\n") && !row.raw.ends_with(b"\r");
         }
+        let header = (header.columns, header.raw);
+        Self::finish_load(spec, keys, starts, lens, last_open, header, stamp, false)
+    }
+
+    /// [`Dataset::load_indexed`] of a Parquet file: the keys row group by row group; a row's
+    /// place is its row number.
+    fn load_parquet(spec: &DatasetSpec) -> Result<(Dataset, KeyIndex), DataError> {
+        let path = &spec.file;
+        let file = crate::storage::open_regular(path).map_err(|e| DataError::io(path, e))?;
+        let stamp = FileStamp::of(&file, path)?;
+        let mut reader = crate::parquet_io::ParquetRows::open(spec, file, crate::parquet_io::Columns::Keys)?;
+        let mut keys = KeyArena::new();
+        let mut rows = 0u64;
+        while let Some((_, batch)) = reader.next_batch(spec, &mut keys)? {
+            rows += batch.num_rows() as u64;
+        }
+        let starts: Vec<u64> = (0..rows).collect();
+        let lens = vec![0u32; starts.len()];
+        let header = (reader.columns.clone(), Vec::new());
+        Self::finish_load(spec, keys, starts, lens, false, header, stamp, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish_load(
+        spec: &DatasetSpec,
+        keys: KeyArena,
+        starts: Vec<u64>,
+        lens: Vec<u32>,
+        last_open: bool,
+        (columns, raw_header): (Vec<String>, Vec<u8>),
+        stamp: FileStamp,
+        parquet: bool,
+    ) -> Result<(Dataset, KeyIndex), DataError> {
+        let path = &spec.file;
         debug_assert!(lens.iter().all(|&l| l as usize <= MAX_ROW_BYTES + 2));
         if starts.len() > u32::MAX as usize {
             return Err(DataError::file(path, "more than 2^32 - 1 rows"));
         }
         let rows_read = starts.len() as u64;
         let open_row = (last_open && !starts.is_empty()).then(|| starts.len() as u32 - 1);
-        let terminator: &'static [u8] = if header.raw.ends_with(b"\r\n") { b"\r\n" } else { b"\n" };
+        let terminator: &'static [u8] = if raw_header.ends_with(b"\r\n") { b"\r\n" } else { b"\n" };
         let mut dataset = Dataset {
             spec: spec.clone(),
-            columns: header.columns,
+            columns,
             keys,
             rows_read,
             duplicates_dropped: 0,
@@ -251,9 +294,10 @@ impl Dataset {
             starts,
             lens,
             open_row,
-            header: header.raw,
+            header: raw_header,
             terminator,
             stamp,
+            parquet,
         };
         let index = KeyIndex::build(&dataset.keys);
         let repeats = index.repeats(&dataset.keys);
@@ -283,7 +327,26 @@ impl Dataset {
             let mut firsts: Vec<u32> = repeats.iter().map(|&(f, _)| f).collect();
             firsts.par_sort_unstable();
             firsts.dedup();
-            let lines = lines_at(&self.spec.file, &[self.starts[first as usize], self.starts[repeat as usize]])?;
+            let (first, repeat) = (self.starts[first as usize], self.starts[repeat as usize]);
+            if self.parquet {
+                let columns: Vec<String> = self.spec.keys.iter().map(|k| quoted_name(k.trim())).collect();
+                let more = if firsts.len() > 1 {
+                    format!(" (and {} more duplicate keys)", firsts.len() - 1)
+                } else {
+                    String::new()
+                };
+                return Err(DataError::file(
+                    &self.spec.file,
+                    format!(
+                        "row {}: column{} {}: duplicate key, first seen on row {}{more}; pass --dedup to keep the first row of each",
+                        repeat + 1,
+                        if columns.len() > 1 { "s" } else { "" },
+                        columns.join(", "),
+                        first + 1
+                    ),
+                ));
+            }
+            let lines = lines_at(&self.spec.file, &[first, repeat])?;
             return Err(DataError::DuplicateKey {
                 path: self.spec.file.clone(),
                 columns: self.spec.keys.iter().map(|k| k.trim().to_string()).collect(),
@@ -345,6 +408,9 @@ impl Dataset {
 
     /// The bytes of kept row `i` as in the file (terminator included, if it has one).
     pub fn row_bytes(&self, i: usize) -> Result<Vec<u8>, DataError> {
+        if self.parquet {
+            return Err(crate::parquet_io::psi_only(&self.spec.file));
+        }
         let file = self.open_unchanged()?;
         let mut buf = vec![0; self.lens[i] as usize];
         file.read_exact_at(&mut buf, self.starts[i]).map_err(|e| DataError::io(&self.spec.file, e))?;
@@ -354,6 +420,7 @@ impl Dataset {
     /// Where the kept rows and the dropped duplicates (`dedup` only: file offset and the kept
     /// row of the same key) are, owned, for a scan on rayon ([`crate::payload`]).
     pub(crate) fn row_source(&self) -> RowSource {
+        // A Parquet dataset's `starts` are row numbers: the CSV reader of the payload refuses it.
         RowSource {
             path: self.spec.file.clone(),
             stamp: self.stamp.clone(),
@@ -401,7 +468,39 @@ impl Dataset {
             rows,
             header_suffix: Vec::new(),
             suffixes: Vec::new(),
+            keys: None,
+            parquet: self.parquet.then(|| self.spec.clone()),
         })
+    }
+
+    /// Whether the dataset is a Parquet file.
+    pub fn is_parquet(&self) -> bool {
+        self.parquet
+    }
+
+    /// `plan` with only the key columns (`--output keys`): the header and each row hold the
+    /// key fields, in the file's column order.
+    pub(crate) fn keys_plan(&self, mut plan: OutputPlan) -> Result<OutputPlan, DataError> {
+        let mut at: Vec<usize> = Vec::with_capacity(self.spec.keys.len());
+        for key in &self.spec.keys {
+            let name = key.trim();
+            let i = self
+                .columns
+                .iter()
+                .position(|c| c == name)
+                .ok_or_else(|| DataError::Invalid(format!("key column {} not found", quoted_name(name))))?;
+            at.push(i);
+        }
+        at.sort_unstable();
+        if !self.parquet {
+            let names: Vec<&[u8]> = at.iter().map(|&c| self.columns[c].as_bytes()).collect();
+            let mut header = Vec::new();
+            crate::payload::write_fields(&mut header, &names);
+            header.extend_from_slice(self.terminator);
+            plan.header = header;
+        }
+        plan.keys = Some(at);
+        Ok(plan)
     }
 
     fn span(&self, i: u32) -> Span {
@@ -464,7 +563,8 @@ impl Dataset {
                 }
                 Section::Fill(side, mut n) => {
                     // The placeholder: every field empty (the `_side` field says which side).
-                    plan.fill_line = vec![b','; self.columns.len().saturating_sub(1)];
+                    let columns = plan.keys.as_ref().map_or(self.columns.len(), Vec::len);
+                    plan.fill_line = vec![b','; columns.saturating_sub(1)];
                     plan.fill_line.extend_from_slice(empty_suffix);
                     while n > 0 {
                         let take = n.min(FILL_RUN as u64);
@@ -547,6 +647,10 @@ pub(crate) struct OutputPlan {
     tagged: bool,
     /// A placeholder row after its tag, without terminator.
     fill_line: Vec<u8>,
+    /// `--output keys`: the positions of the key columns, the only fields written.
+    keys: Option<Vec<usize>>,
+    /// The source is this Parquet dataset: the output is Parquet ([`crate::parquet_io`]).
+    parquet: Option<DatasetSpec>,
 }
 
 /// Rows read per batch; reading one batch overlaps writing the previous one.
@@ -576,6 +680,9 @@ impl OutputPlan {
     /// [`OutputPlan::write`], calling `mapped` once the source is mapped, before any row is
     /// copied (tests change the source there).
     fn write_observed(&self, out: &Path, at_rest: &AtRest, mapped: impl FnOnce()) -> Result<u64, DataError> {
+        if let Some(spec) = &self.parquet {
+            return self.write_parquet(spec, out, at_rest);
+        }
         let file = open_unchanged(&self.source, &self.stamp)?;
         let dir = match out.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
@@ -651,8 +758,91 @@ impl OutputPlan {
         Ok(copy)
     }
 
+    /// [`OutputPlan::write`] of a Parquet source: one pass converts its rows (or key columns)
+    /// into a private row store next to the output, then the plan's rows are decoded from it in
+    /// order and written as Parquet.
+    fn write_parquet(&self, spec: &DatasetSpec, out: &Path, at_rest: &AtRest) -> Result<u64, DataError> {
+        use crate::parquet_io::{Columns, ParquetOut, ParquetRows, converter, store_batch};
+        if !self.suffixes.is_empty() || !self.header_suffix.is_empty() {
+            return Err(DataError::file(&self.source, "payload joins read CSV datasets only"));
+        }
+        let dir = crate::storage::parent_dir(out);
+        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+        let file = open_unchanged(&self.source, &self.stamp)?;
+        let columns = if self.keys.is_some() { Columns::Keys } else { Columns::All };
+        let mut reader = ParquetRows::open(spec, file, columns)?;
+        let schema = reader.batch_schema.clone();
+        let conv = converter(&self.source, &schema)?;
+        let store = tempfile::tempfile_in(dir).map_err(|e| DataError::io(dir, e))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, store);
+        let mut places: Vec<(u64, u32)> = Vec::new();
+        let mut offset = 0u64;
+        let mut keys = KeyArena::new();
+        while let Some((_, batch)) = reader.next_batch(spec, &mut keys)? {
+            keys = KeyArena::new();
+            offset = store_batch(&conv, &batch, &mut w, offset, |at, len| places.push((at, len)))
+                .map_err(|e| DataError::io(dir, e))?;
+        }
+        let store = w.into_inner().map_err(|e| DataError::io(dir, e.into_error()))?;
+        // SAFETY: read only; our private, unlinked row store.
+        let map = unsafe { memmap2::Mmap::map(&store) }.map_err(|e| DataError::io(dir, e))?;
+        let mut writer = ParquetOut::create(out, at_rest, &schema, self.tagged)?;
+        let mut run: Vec<(u64, u32)> = Vec::new();
+        let mut run_tag = None;
+        for r in &self.rows {
+            if r.fill > 0 || r.tag != run_tag || run.len() == crate::parquet_io::BATCH_ROWS {
+                writer.write_rows(&map, &run, run_tag)?;
+                run.clear();
+                run_tag = r.tag;
+            }
+            if r.fill > 0 {
+                writer.write_fill(r.fill as u64, r.tag.unwrap_or(crate::join::Side::Both))?;
+                continue;
+            }
+            let place = places.get(r.start as usize).ok_or_else(|| changed(&self.source))?;
+            run.push(*place);
+        }
+        writer.write_rows(&map, &run, run_tag)?;
+        writer.finish().map_err(|e| DataError::io(out, e))?;
+        Ok(self.row_count())
+    }
+
+    /// [`OutputPlan::read_rows`] for `--output keys` on CSV: each row's key fields re-encoded.
+    fn read_key_rows(&self, source: &[u8], rows: &[Span], at: &[usize]) -> Result<Vec<u8>, DataError> {
+        let mut buf = Vec::new();
+        for r in rows {
+            let tag = r.tag.map_or(&[][..], |t| t.tag());
+            if r.fill > 0 {
+                for _ in 0..r.fill {
+                    buf.extend_from_slice(tag);
+                    buf.extend_from_slice(&self.fill_line);
+                    buf.extend_from_slice(self.terminator);
+                }
+                continue;
+            }
+            let len = r.len as usize;
+            let raw = usize::try_from(r.start)
+                .ok()
+                .and_then(|s| source.get(s..s + len))
+                .ok_or_else(|| changed(&self.source))?;
+            let fields = crate::csv_rows::fields_of(raw);
+            let values = at
+                .iter()
+                .map(|&c| fields.get(c).map(Vec::as_slice))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| changed(&self.source))?;
+            buf.extend_from_slice(tag);
+            crate::payload::write_fields(&mut buf, &values);
+            buf.extend_from_slice(self.terminator);
+        }
+        Ok(buf)
+    }
+
     /// Reads `rows` from the source file into one buffer, in order.
     fn read_rows(&self, source: &[u8], rows: &[Span]) -> Result<Vec<u8>, DataError> {
+        if let Some(at) = &self.keys {
+            return self.read_key_rows(source, rows, at);
+        }
         let suffix = |r: &Span| r.suffix.map_or(&[][..], |i| &self.suffixes[i as usize][..]);
         let tag = |r: &Span| r.tag.map_or(&[][..], |t| t.tag());
         let total: usize = rows

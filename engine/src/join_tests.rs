@@ -23,6 +23,9 @@ enum Route {
 const ROUTES: [Route; 3] = [Route::Ecdh, Route::Rr22, Route::Stream];
 
 fn read_table(path: &Path) -> Table {
+    if crate::parquet_io::is_parquet(path) {
+        return crate::parquet_io::test_util::read_table(path);
+    }
     let mut r = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_path(path).unwrap();
     r.records().map(|rec| rec.unwrap().iter().map(str::to_string).collect()).collect()
 }
@@ -107,6 +110,17 @@ fn plaintext(own: &Table, peer: &Table, role: Role, join: JoinType, reveal: Reve
 }
 
 fn job(protocol: PsiProtocol, role: Role, reveal: Reveal, output: PathBuf, join: JoinType) -> PsiJob {
+    job_with(protocol, role, reveal, output, join, crate::psi::OutputColumns::Rows)
+}
+
+fn job_with(
+    protocol: PsiProtocol,
+    role: Role,
+    reveal: Reveal,
+    output: PathBuf,
+    join: JoinType,
+    columns: crate::psi::OutputColumns,
+) -> PsiJob {
     PsiJob {
         protocol,
         role,
@@ -118,6 +132,7 @@ fn job(protocol: PsiProtocol, role: Role, reveal: Reveal, output: PathBuf, join:
         limits: JobLimits::default(),
         payload: PayloadJob::None,
         join,
+        columns,
     }
 }
 
@@ -130,10 +145,23 @@ async fn run_both(
     reveal: Reveal,
     join: JoinType,
 ) -> (Option<u64>, Option<u64>) {
+    run_both_with(dir, path, a, b, reveal, join, crate::psi::OutputColumns::Rows).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_both_with(
+    dir: &Path,
+    path: Route,
+    a: &DatasetSpec,
+    b: &DatasetSpec,
+    reveal: Reveal,
+    join: JoinType,
+    columns: crate::psi::OutputColumns,
+) -> (Option<u64>, Option<u64>) {
     let _ = std::fs::remove_dir_all(dir.join("out"));
     let protocol = if path == Route::Ecdh { PsiProtocol::Ecdh } else { PsiProtocol::Rr22 };
-    let ja = job(protocol, Role::Requester, reveal, dir.join("out/a.csv"), join);
-    let jb = job(protocol, Role::Responder, reveal, dir.join("out/b.csv"), join);
+    let ja = job_with(protocol, Role::Requester, reveal, dir.join("out/a.csv"), join, columns);
+    let jb = job_with(protocol, Role::Responder, reveal, dir.join("out/b.csv"), join, columns);
     let (ca, cb) = memory_pair(64);
     let (ra, rb) = if path == Route::Stream {
         let (ia, ib) = (StreamInput::open(a).unwrap(), StreamInput::open(b).unwrap());
@@ -169,19 +197,76 @@ fn check_side(got: Option<Table>, expected: Option<Expected>, what: &str) -> Opt
 }
 
 async fn check_case(path: Route, a_ids: &[String], b_ids: &[String], dedup: bool, join: JoinType, reveal: Reveal) {
+    check_case_with(path, a_ids, b_ids, dedup, join, reveal, Formats::CSV).await
+}
+
+/// The inputs' formats and the outputs' columns of a case.
+#[derive(Debug, Clone, Copy)]
+struct Formats {
+    /// The requester's and the responder's dataset is Parquet (else CSV).
+    parquet: (bool, bool),
+    columns: crate::psi::OutputColumns,
+}
+
+impl Formats {
+    const CSV: Formats = Formats { parquet: (false, false), columns: crate::psi::OutputColumns::Rows };
+}
+
+/// The expected output with only the key column `id` (and `_side`), as `--output keys` writes.
+fn keys_only(e: Option<Expected>, tagged: bool) -> Option<Expected> {
+    fn keep(row: &[String], at: usize, tagged: bool) -> Vec<String> {
+        if tagged { vec![row[0].clone(), row[at].clone()] } else { vec![row[at].clone()] }
+    }
+    let mut e = e?;
+    let at = e.header.iter().position(|h| h == "id").unwrap();
+    e.header = keep(&e.header, at, tagged);
+    e.both = e.both.iter().map(|r| keep(r, at, tagged)).collect();
+    e.tail = e.tail.iter().map(|r| keep(r, at, tagged)).collect();
+    Some(e)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn check_case_with(
+    path: Route,
+    a_ids: &[String],
+    b_ids: &[String],
+    dedup: bool,
+    join: JoinType,
+    reveal: Reveal,
+    formats: Formats,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let a = write_csv(dir.path(), "a", a_ids, true, dedup);
-    let b = write_csv(dir.path(), "b", b_ids, false, dedup);
-    let (ia, ib) = run_both(dir.path(), path, &a, &b, reveal, join).await;
+    let mut a = write_csv(dir.path(), "a", a_ids, true, dedup);
+    let mut b = write_csv(dir.path(), "b", b_ids, false, dedup);
     let (ta, tb) = (read_table(&a.file), read_table(&b.file));
-    let what = format!("{path:?} {join:?} {reveal:?} dedup={dedup} |a|={} |b|={}", a_ids.len(), b_ids.len());
+    // The same tables as Parquet (every column Utf8; small row groups).
+    for (spec, parquet) in [(&mut a, formats.parquet.0), (&mut b, formats.parquet.1)] {
+        if parquet {
+            let file = spec.file.with_extension("parquet");
+            crate::parquet_io::test_util::csv_to_parquet(&spec.file, &file, &[], &[], 16);
+            spec.file = file;
+        }
+    }
+    let (ia, ib) = run_both_with(dir.path(), path, &a, &b, reveal, join, formats.columns).await;
+    let what =
+        format!("{path:?} {join:?} {reveal:?} dedup={dedup} {formats:?} |a|={} |b|={}", a_ids.len(), b_ids.len());
     let out = |n: &str| dir.path().join(format!("out/{n}.csv"));
     let got_a = out("a").exists().then(|| read_table(&out("a")));
     let got_b = out("b").exists().then(|| read_table(&out("b")));
-    let ea = plaintext(&ta, &tb, Role::Requester, join, reveal);
+    for (name, parquet) in [("a", formats.parquet.0), ("b", formats.parquet.1)] {
+        if out(name).exists() {
+            let written = crate::parquet_io::is_parquet(&out(name));
+            assert_eq!(written, parquet, "{what}: the output is in the input's format");
+        }
+    }
+    let mut ea = plaintext(&ta, &tb, Role::Requester, join, reveal);
+    let mut eb = plaintext(&tb, &ta, Role::Responder, join, reveal);
+    if formats.columns == crate::psi::OutputColumns::Keys {
+        (ea, eb) = (keys_only(ea, join.tagged()), keys_only(eb, join.tagged()));
+    }
     let shared = ea.as_ref().map(|e| e.both.len() as u64);
     let body_a = check_side(got_a, ea, &format!("{what} requester"));
-    let body_b = check_side(got_b, plaintext(&tb, &ta, Role::Responder, join, reveal), &format!("{what} responder"));
+    let body_b = check_side(got_b, eb, &format!("{what} responder"));
     let expected_shared = {
         let keys: HashSet<&String> = b_ids.iter().collect();
         a_ids.iter().filter(|k| keys.contains(k)).collect::<HashSet<_>>().len() as u64
@@ -196,7 +281,13 @@ async fn check_case(path: Route, a_ids: &[String], b_ids: &[String], dedup: bool
         && join != JoinType::Difference
     {
         assert_eq!(ra.len(), rb.len(), "{what}: both outputs have as many rows");
-        let (ka, kb) = if join.tagged() { (1, 2) } else { (0, 1) };
+        let keys = formats.columns == crate::psi::OutputColumns::Keys;
+        let (ka, kb) = match (join.tagged(), keys) {
+            (true, false) => (1, 2),
+            (false, false) => (0, 1),
+            (true, true) => (1, 1),
+            (false, true) => (0, 0),
+        };
         for (x, y) in ra.iter().zip(&rb) {
             if join.tagged() {
                 assert_eq!(x[0], y[0], "{what}: _side of row");
@@ -265,6 +356,34 @@ async fn every_join_type_with_duplicates_matches_a_plaintext_join() {
                 for (a, b) in dup_cases() {
                     check_case(path, &a, &b, true, join, reveal).await;
                 }
+            }
+        }
+    }
+}
+
+/// Parquet inputs (both or one side) and `--output keys` (CSV and Parquet), for every join
+/// type, on every path: the outputs are the plaintext join's rows, in the input's format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_inputs_and_key_outputs_match_a_plaintext_join() {
+    use crate::psi::OutputColumns::{Keys, Rows};
+    let variants = [
+        Formats { parquet: (true, true), columns: Rows },
+        Formats { parquet: (false, true), columns: Rows },
+        Formats { parquet: (true, false), columns: Keys },
+        Formats { parquet: (false, false), columns: Keys },
+    ];
+    for formats in variants {
+        for path in ROUTES {
+            for join in JoinType::ALL {
+                for reveal in reveals(join) {
+                    for (a, b) in cases().into_iter().step_by(2) {
+                        check_case_with(path, &a, &b, false, join, reveal, formats).await;
+                    }
+                }
+            }
+            if formats.parquet.0 {
+                let (a, b) = dup_cases().swap_remove(0);
+                check_case_with(path, &a, &b, true, JoinType::Full, Reveal::Both, formats).await;
             }
         }
     }

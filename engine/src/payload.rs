@@ -265,6 +265,7 @@ mod tests {
             limits: JobLimits::default(),
             payload,
             join: crate::join::JoinType::Inner,
+            columns: crate::psi::OutputColumns::Rows,
         }
     }
 

@@ -40,6 +40,44 @@ pub struct PsiJob {
     pub payload: PayloadJob,
     /// The join type of the outputs ([`crate::join`]); both parties must agree.
     pub join: JoinType,
+    /// Which columns of this side's rows its output holds (`--output rows|keys`); both parties
+    /// must agree.
+    pub columns: OutputColumns,
+}
+
+/// Which columns of a side's rows its PSI output holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputColumns {
+    /// Every column, as in the input (CSV rows byte for byte).
+    #[default]
+    Rows,
+    /// Only the key columns (in the file's column order): for rows too large to copy.
+    Keys,
+}
+
+impl OutputColumns {
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputColumns::Rows => "rows",
+            OutputColumns::Keys => "keys",
+        }
+    }
+
+    pub fn is_rows(&self) -> bool {
+        *self == OutputColumns::Rows
+    }
+}
+
+impl std::str::FromStr for OutputColumns {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "rows" => Ok(OutputColumns::Rows),
+            "keys" => Ok(OutputColumns::Keys),
+            _ => Err("the output is `rows` (every column) or `keys` (the key columns only)".into()),
+        }
+    }
 }
 
 /// This party's side of a payload join.
@@ -136,6 +174,13 @@ async fn run_protocol<C: Channel>(
     job: &PsiJob,
 ) -> Result<(consort_protocols::PsiOutput, Option<EcdhEvidence>, Stages), EngineError> {
     let started = Instant::now();
+    // Before any message: a payload join reads and writes CSV rows, whole.
+    if job.payload != PayloadJob::None && (job.columns == OutputColumns::Keys || dataset.is_parquet()) {
+        return Err(DataError::Invalid(
+            "a payload join writes every column of CSV rows (no Parquet, no --output keys)".into(),
+        )
+        .into());
+    }
     let payload = match &job.payload {
         PayloadJob::None => PayloadMode::None,
         PayloadJob::Send { columns } => {
@@ -202,7 +247,13 @@ async fn finish<C: Channel>(
             (PayloadJob::Receive { .. }, None) => {
                 return Err(DataError::Invalid("the protocol returned no payloads".into()).into());
             }
-            _ => dataset.join_plan(dataset.output_plan(shown)?, job.join, &sections, &unmatched, b""),
+            _ => {
+                let mut plan = dataset.output_plan(shown)?;
+                if job.columns == OutputColumns::Keys {
+                    plan = dataset.keys_plan(plan)?;
+                }
+                dataset.join_plan(plan, job.join, &sections, &unmatched, b"")
+            }
         };
         output_rows = write_plan(plan, path, &job.at_rest).await?;
         stages.push(("output".to_string(), started.elapsed().as_secs_f64()));
@@ -257,6 +308,7 @@ mod tests {
             limits: JobLimits::default(),
             payload: PayloadJob::None,
             join: JoinType::Inner,
+            columns: OutputColumns::Rows,
         }
     }
 

@@ -81,11 +81,22 @@ pub struct StreamInput {
     /// Data rows in the file (duplicates included): the set size announced.
     pub rows: u64,
     stamp: FileStamp,
+    /// A Parquet file ([`crate::parquet_io`]), else CSV.
+    parquet: bool,
 }
 
 impl StreamInput {
     /// Validates every row and counts them, in constant memory.
     pub fn open(spec: &DatasetSpec) -> Result<StreamInput, DataError> {
+        if crate::parquet_io::is_parquet(&spec.file) {
+            let file = crate::storage::open_regular(&spec.file).map_err(|e| DataError::io(&spec.file, e))?;
+            let stamp = FileStamp::of(&file, &spec.file)?;
+            let (columns, rows) = crate::parquet_io::check(spec, file)?;
+            if rows >= u32::MAX as u64 {
+                return Err(DataError::file(&spec.file, "more than 2^32 - 2 rows"));
+            }
+            return Ok(StreamInput { spec: spec.clone(), columns, rows, stamp, parquet: true });
+        }
         let mut scanner = RowScanner::open(&spec.file)?;
         let stamp = FileStamp::of(scanner.file(), &spec.file)?;
         let header = spec.read_header(&mut scanner)?;
@@ -101,7 +112,7 @@ impl StreamInput {
         if rows >= u32::MAX as u64 {
             return Err(DataError::file(&spec.file, "more than 2^32 - 2 rows"));
         }
-        Ok(StreamInput { spec: spec.clone(), columns: header.columns, rows, stamp })
+        Ok(StreamInput { spec: spec.clone(), columns: header.columns, rows, stamp, parquet: false })
     }
 }
 
@@ -432,9 +443,10 @@ async fn run_streaming_observed<C: Channel>(
     let scan = {
         let (input, shared, hasher, cap) = (input.clone(), shared.clone(), session.hasher(), session.own_capacity());
         let buckets = session.layout.buckets;
-        cpu::run(move || scan(&input, &shared, &hasher, buckets, cap, learns)).await
+        let keys_only = job.columns == crate::psi::OutputColumns::Keys;
+        cpu::run(move || scan(&input, &shared, &hasher, buckets, cap, learns, keys_only)).await
     };
-    let (snapshot, header, terminator) = match scan {
+    let Scanned { snapshot, header, terminator, parquet, columns } = match scan {
         Ok(s) => s,
         // The caller closes the channel: the peer hears only that this side failed.
         Err(e) => return Err(e.into()),
@@ -453,9 +465,13 @@ async fn run_streaming_observed<C: Channel>(
             let (out, at_rest) = (out.clone(), job.at_rest.clone());
             let snapshot = snapshot.expect("a learning party snapshots");
             let header = header.clone();
+            let parquet = parquet.clone();
             let handle = std::thread::Builder::new()
                 .name("psi-output".into())
-                .spawn(move || write_rows(&snapshot, &header, terminator, tagged, &out, &at_rest, rx, fail_after))
+                .spawn(move || match parquet {
+                    Some(schema) => write_rows_parquet(&snapshot, &schema, tagged, &out, &at_rest, rx, fail_after),
+                    None => write_rows(&snapshot, &header, terminator, tagged, &out, &at_rest, rx, fail_after),
+                })
                 .map_err(|e| DataError::Invalid(format!("cannot start the output writer: {e}")))?;
             (Some(handle), Some(tx))
         }
@@ -512,15 +528,17 @@ async fn run_streaming_observed<C: Channel>(
     if let Some(written) = written {
         let (mut pending, mut rows) = written;
         if !sections.is_empty() {
-            let (file, spec, columns) =
-                (tail_input.expect("a learning party snapshots"), input.spec.clone(), input.columns.len());
+            let (file, spec) = (tail_input.expect("a learning party snapshots"), input.spec.clone());
+            let parquet = parquet.is_some();
             let bits = done_bits.unwrap_or_default();
             let sections = sections.clone();
             let out = job.output.clone().expect("learns");
             let (w, tail) = cpu::run(move || {
-                write_tail(file, &spec, pending, &bits, &sections, columns, tagged, terminator).map_err(|e| match e {
-                    TailError::Data(d) => d,
-                    TailError::Io(e) => DataError::io(&out, e),
+                write_tail(file, &spec, pending, &bits, &sections, columns, tagged, terminator, parquet).map_err(|e| {
+                    match e {
+                        TailError::Data(d) => d,
+                        TailError::Io(e) => DataError::io(&out, e),
+                    }
                 })
             })
             .await?;
@@ -550,14 +568,93 @@ async fn run_streaming_observed<C: Channel>(
     Ok((report, figures))
 }
 
-/// What the scan leaves for the output: the snapshot (learning side), the header's bytes and the
-/// file's line terminator.
-type Scanned = (Option<File>, Vec<u8>, &'static [u8]);
+/// What the scan leaves for the output.
+struct Scanned {
+    /// The learning party's rows to copy out: the private snapshot of a CSV input, a CSV of the
+    /// key columns (`--output keys`), or a Parquet input's row store ([`crate::parquet_io`]).
+    snapshot: Option<File>,
+    /// The CSV output's header line (the snapshot's first line).
+    header: Vec<u8>,
+    /// The CSV file's line terminator.
+    terminator: &'static [u8],
+    /// A Parquet input: the row store's columns (the output's schema, before `_side`).
+    parquet: Option<arrow_schema::SchemaRef>,
+    /// Columns of an output row (placeholders have this many fields).
+    columns: usize,
+}
+
+/// Hashes blocks of keys and appends their records to the bucket spill files.
+struct Spiller<'a> {
+    shared: &'a Shared,
+    hasher: &'a ItemHasher,
+    cap: usize,
+    writers: Vec<std::io::BufWriter<SealedWriter>>,
+    fill: Vec<usize>,
+    keys: KeyArena,
+    places: Vec<Place>,
+}
+
+impl<'a> Spiller<'a> {
+    fn new(shared: &'a Shared, hasher: &'a ItemHasher, buckets: usize, cap: usize) -> Result<Self, DataError> {
+        let writers = (0..buckets)
+            .map(|b| {
+                let path = bucket_path(&shared.dir, b);
+                SealedWriter::create(&path, &shared.key, Access::OwnerOnly)
+                    .map(|w| std::io::BufWriter::with_capacity(RECORD * 1024, w))
+                    .map_err(|e| DataError::io(&path, e))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Spiller {
+            shared,
+            hasher,
+            cap,
+            writers,
+            fill: vec![0; buckets],
+            keys: KeyArena::with_capacity(SCAN_BLOCK, SCAN_BLOCK * 16),
+            places: Vec::with_capacity(SCAN_BLOCK),
+        })
+    }
+
+    /// Digests the keys pushed so far (one per place) and spills them.
+    fn flush(&mut self) -> Result<(), DataError> {
+        let (keys, hasher) = (&self.keys, self.hasher);
+        let digests: Vec<u128> = (0..keys.len()).into_par_iter().map(|k| hasher.digest(keys.get(k))).collect();
+        for (d, &(offset, len, number)) in digests.iter().zip(self.places.iter()) {
+            let b = self.hasher.bucket_of(*d);
+            self.fill[b] += 1;
+            if self.fill[b] > self.cap {
+                return Err(DataError::Invalid(format!(
+                    "bucket {b} gets more than its capacity of {} items; the job cannot hide bucket sizes",
+                    self.cap
+                )));
+            }
+            let mut record = [0u8; RECORD];
+            record[..16].copy_from_slice(&d.to_le_bytes());
+            record[16..24].copy_from_slice(&offset.to_le_bytes());
+            record[24..28].copy_from_slice(&len.to_le_bytes());
+            record[28..].copy_from_slice(&number.to_le_bytes());
+            self.writers[b].write_all(&record).map_err(|e| DataError::io(bucket_path(&self.shared.dir, b), e))?;
+        }
+        self.keys = KeyArena::with_capacity(SCAN_BLOCK, SCAN_BLOCK * 16);
+        self.places.clear();
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(), DataError> {
+        self.flush()?;
+        for (b, w) in self.writers.into_iter().enumerate() {
+            let path = bucket_path(&self.shared.dir, b);
+            w.into_inner().map_err(|e| e.into_error()).and_then(|w| w.finish()).map_err(|e| DataError::io(&path, e))?;
+            self.shared.added(std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0));
+        }
+        Ok(())
+    }
+}
 
 /// The scan: every row's digest and place into its bucket's sealed spill file. A learning
 /// party scans a private snapshot of its input (returned, for the output) so the rows it copies
-/// out later are the rows it hashed. Returns the snapshot, the header's bytes and the file's
-/// line terminator.
+/// out later are the rows it hashed; with `keys_only` (or a Parquet input) the snapshot it
+/// writes holds only what the output copies, written in the same pass as the rows are hashed.
 fn scan(
     input: &StreamInput,
     shared: &Shared,
@@ -565,10 +662,23 @@ fn scan(
     buckets: usize,
     cap: usize,
     learns: bool,
+    keys_only: bool,
 ) -> Result<Scanned, DataError> {
+    let mut spill = Spiller::new(shared, hasher, buckets, cap)?;
+    let scanned = if input.parquet {
+        scan_parquet(input, &mut spill, learns, keys_only)?
+    } else {
+        scan_csv(input, &mut spill, learns, keys_only)?
+    };
+    spill.finish()?;
+    Ok(scanned)
+}
+
+fn scan_csv(input: &StreamInput, spill: &mut Spiller, learns: bool, keys_only: bool) -> Result<Scanned, DataError> {
     let spec = &input.spec;
+    let shared = spill.shared;
     let source = open_unchanged(&spec.file, &input.stamp)?;
-    let (mut scanner, snapshot) = if learns {
+    let (mut scanner, snapshot) = if learns && !keys_only {
         let mut copy = tempfile::tempfile_in(&shared.dir).map_err(|e| DataError::io(&shared.dir, e))?;
         let copied = std::io::copy(&mut (&source).take(input.stamp.len + 1), &mut copy)
             .map_err(|e| DataError::io(&shared.dir, e))?;
@@ -583,58 +693,146 @@ fn scan(
         (RowScanner::from_file(&spec.file, source), None)
     };
     let header = spec.read_header(&mut scanner)?;
-    let mut writers: Vec<std::io::BufWriter<SealedWriter>> = (0..buckets)
-        .map(|b| {
-            let path = bucket_path(&shared.dir, b);
-            SealedWriter::create(&path, &shared.key, Access::OwnerOnly)
-                .map(|w| std::io::BufWriter::with_capacity(RECORD * 1024, w))
-                .map_err(|e| DataError::io(&path, e))
-        })
-        .collect::<Result<_, _>>()?;
-    let mut fill = vec![0usize; buckets];
+    let terminator: &'static [u8] = if header.raw.ends_with(b"\r\n") { b"\r\n" } else { b"\n" };
+    // `--output keys`: the snapshot is a CSV of the key columns (file order), written here.
+    let mut key_positions = header.key_positions.clone();
+    key_positions.sort_unstable();
+    let mut keys_out = None;
+    let mut key_header = Vec::new();
+    if learns && keys_only {
+        let names: Vec<&[u8]> = key_positions.iter().map(|&c| header.columns[c].as_bytes()).collect();
+        crate::payload::write_fields(&mut key_header, &names);
+        key_header.extend_from_slice(terminator);
+        let file = tempfile::tempfile_in(&shared.dir).map_err(|e| DataError::io(&shared.dir, e))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, file);
+        w.write_all(&key_header).map_err(|e| DataError::io(&shared.dir, e))?;
+        keys_out = Some((w, key_header.len() as u64));
+    }
     let mut rows = 0u64;
-    let mut keys = KeyArena::with_capacity(SCAN_BLOCK, SCAN_BLOCK * 16);
-    let mut places: Vec<Place> = Vec::with_capacity(SCAN_BLOCK);
-    let mut flush = |keys: &mut KeyArena, places: &mut Vec<Place>| -> Result<(), DataError> {
-        let digests: Vec<u128> = (0..keys.len()).into_par_iter().map(|k| hasher.digest(keys.get(k))).collect();
-        for (d, &(offset, len, number)) in digests.iter().zip(places.iter()) {
-            let b = hasher.bucket_of(*d);
-            fill[b] += 1;
-            if fill[b] > cap {
-                return Err(DataError::Invalid(format!(
-                    "bucket {b} gets more than its capacity of {cap} items; the job cannot hide bucket sizes"
-                )));
-            }
-            let mut record = [0u8; RECORD];
-            record[..16].copy_from_slice(&d.to_le_bytes());
-            record[16..24].copy_from_slice(&offset.to_le_bytes());
-            record[24..28].copy_from_slice(&len.to_le_bytes());
-            record[28..].copy_from_slice(&number.to_le_bytes());
-            writers[b].write_all(&record).map_err(|e| DataError::io(bucket_path(&shared.dir, b), e))?;
-        }
-        *keys = KeyArena::with_capacity(SCAN_BLOCK, SCAN_BLOCK * 16);
-        places.clear();
-        Ok(())
-    };
+    let mut line = Vec::new();
     while let Some(row) = scanner.next_row()? {
-        push_key(spec, &header, &row, &mut keys)?;
-        places.push((row.start, row.raw.len() as u32, rows as u32));
+        push_key(spec, &header, &row, &mut spill.keys)?;
+        let mut place = (row.start, row.raw.len() as u32, rows as u32);
+        if let Some((w, offset)) = &mut keys_out {
+            line.clear();
+            let fields: Vec<&[u8]> = key_positions.iter().map(|&c| row.field(c)).collect();
+            crate::payload::write_fields(&mut line, &fields);
+            line.extend_from_slice(terminator);
+            w.write_all(&line).map_err(|e| DataError::io(&shared.dir, e))?;
+            place = (*offset, line.len() as u32, rows as u32);
+            *offset += line.len() as u64;
+        }
+        spill.places.push(place);
         rows += 1;
-        if places.len() == SCAN_BLOCK {
-            flush(&mut keys, &mut places)?;
+        if spill.places.len() == SCAN_BLOCK {
+            spill.flush()?;
         }
     }
-    flush(&mut keys, &mut places)?;
     if rows != input.rows {
         return Err(changed(&spec.file));
     }
-    for (b, w) in writers.into_iter().enumerate() {
-        let path = bucket_path(&shared.dir, b);
-        w.into_inner().map_err(|e| e.into_error()).and_then(|w| w.finish()).map_err(|e| DataError::io(&path, e))?;
-        shared.added(std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0));
+    let (snapshot, raw, columns) = match keys_out {
+        Some((w, size)) => {
+            let mut file = w.into_inner().map_err(|e| DataError::io(&shared.dir, e.into_error()))?;
+            file.seek(std::io::SeekFrom::Start(0)).map_err(|e| DataError::io(&shared.dir, e))?;
+            shared.added(size);
+            (Some(file), key_header, key_positions.len())
+        }
+        None => (snapshot, header.raw, header.columns.len()),
+    };
+    Ok(Scanned { snapshot, header: raw, terminator, parquet: None, columns })
+}
+
+/// [`scan_csv`] for a Parquet input: row group by row group; a learning party writes the rows
+/// (or their key columns) to a row store, in the same pass.
+fn scan_parquet(input: &StreamInput, spill: &mut Spiller, learns: bool, keys_only: bool) -> Result<Scanned, DataError> {
+    use crate::parquet_io::{Columns, ParquetRows, converter, store_batch};
+    let spec = &input.spec;
+    let shared = spill.shared;
+    let source = open_unchanged(&spec.file, &input.stamp)?;
+    let projection = if learns && !keys_only { Columns::All } else { Columns::Keys };
+    let mut reader = ParquetRows::open(spec, source, projection)?;
+    let schema = reader.batch_schema.clone();
+    let mut store = None;
+    if learns {
+        let file = tempfile::tempfile_in(&shared.dir).map_err(|e| DataError::io(&shared.dir, e))?;
+        store = Some((converter(&spec.file, &schema)?, std::io::BufWriter::with_capacity(1 << 16, file), 0u64));
     }
-    let terminator: &'static [u8] = if header.raw.ends_with(b"\r\n") { b"\r\n" } else { b"\n" };
-    Ok((snapshot, header.raw, terminator))
+    let mut rows = 0u64;
+    while let Some((first, batch)) = reader.next_batch(spec, &mut spill.keys)? {
+        let n = batch.num_rows();
+        match &mut store {
+            Some((conv, w, offset)) => {
+                let mut number = first as u32;
+                let places = &mut spill.places;
+                *offset = store_batch(conv, &batch, w, *offset, |at, len| {
+                    places.push((at, len, number));
+                    number += 1;
+                })
+                .map_err(|e| DataError::io(&shared.dir, e))?;
+            }
+            None => spill.places.extend((0..n as u32).map(|i| (0, 0, first as u32 + i))),
+        }
+        rows += n as u64;
+        spill.flush()?;
+    }
+    let source = open_unchanged(&spec.file, &input.stamp);
+    if rows != input.rows || source.is_err() {
+        return Err(changed(&spec.file));
+    }
+    let snapshot = match store {
+        Some((_, w, size)) => {
+            let file = w.into_inner().map_err(|e| DataError::io(&shared.dir, e.into_error()))?;
+            shared.added(size);
+            Some(file)
+        }
+        None => None,
+    };
+    let columns = schema.fields().len();
+    Ok(Scanned { snapshot, header: Vec::new(), terminator: b"\n", parquet: Some(schema), columns })
+}
+
+/// The output's temp file, CSV or Parquet, until it is renamed into place.
+enum Pending {
+    Csv(DataWriter),
+    Parquet(Box<crate::parquet_io::ParquetOut>),
+}
+
+impl Pending {
+    fn finish(self) -> std::io::Result<PathBuf> {
+        match self {
+            Pending::Csv(w) => w.finish(),
+            Pending::Parquet(w) => w.finish(),
+        }
+    }
+}
+
+/// [`write_rows`] for a Parquet input: each finished bucket's rows decoded from the row store.
+fn write_rows_parquet(
+    store: &File,
+    schema: &arrow_schema::Schema,
+    tagged: bool,
+    out: &Path,
+    at_rest: &crate::storage::AtRest,
+    batches: std::sync::mpsc::Receiver<RowBatch>,
+    fail_after: FailAfter,
+) -> Result<(Pending, u64), DataError> {
+    let mut w = crate::parquet_io::ParquetOut::create(out, at_rest, schema, tagged)?;
+    // SAFETY: the map is only read, and it maps our private, unlinked row store.
+    let map = unsafe { memmap2::Mmap::map(store) }.map_err(|e| DataError::io(out, e))?;
+    #[cfg(unix)]
+    let _ = map.advise(memmap2::Advice::Random);
+    let side = tagged.then_some(crate::join::Side::Both);
+    let mut rows = 0u64;
+    for (buckets, batch) in batches.into_iter().enumerate() {
+        if fail_after == Some(buckets) {
+            return Err(DataError::Invalid("injected failure".into()));
+        }
+        let places: Vec<(u64, u32)> = batch.iter().map(|&(offset, len, _)| (offset, len)).collect();
+        w.write_rows(&map, &places, side)?;
+        rows += batch.len() as u64;
+    }
+    Ok((Pending::Parquet(Box::new(w)), rows))
 }
 
 /// The output writer: the header, then each finished bucket's rows copied from the snapshot, into
@@ -649,7 +847,7 @@ fn write_rows(
     at_rest: &crate::storage::AtRest,
     batches: std::sync::mpsc::Receiver<RowBatch>,
     fail_after: FailAfter,
-) -> Result<(DataWriter, u64), DataError> {
+) -> Result<(Pending, u64), DataError> {
     let dir = crate::storage::parent_dir(out);
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
     // SAFETY: the map is only read, and it maps our private, unlinked snapshot, which no other
@@ -685,7 +883,7 @@ fn write_rows(
         }
         rows += batch.len() as u64;
     }
-    Ok((w, rows))
+    Ok((Pending::Csv(w), rows))
 }
 
 enum TailError {
@@ -704,6 +902,74 @@ impl From<std::io::Error> for TailError {
 /// placeholder rows for the peer's. Returns the writer and the rows appended.
 #[allow(clippy::too_many_arguments)]
 fn write_tail(
+    snapshot: File,
+    spec: &DatasetSpec,
+    w: Pending,
+    done: &[u64],
+    sections: &[crate::join::Section],
+    columns: usize,
+    tagged: bool,
+    terminator: &[u8],
+    parquet: bool,
+) -> Result<(Pending, u64), TailError> {
+    match w {
+        Pending::Csv(w) => write_tail_csv(snapshot, spec, w, done, sections, columns, tagged, terminator)
+            .map(|(w, rows)| (Pending::Csv(w), rows)),
+        Pending::Parquet(mut w) if parquet => {
+            let rows = write_tail_parquet(&snapshot, &mut w, done, sections, tagged)?;
+            Ok((Pending::Parquet(w), rows))
+        }
+        Pending::Parquet(_) => Err(TailError::Data(DataError::Invalid("a Parquet output of a CSV input".into()))),
+    }
+}
+
+fn is_done(done: &[u64], number: usize) -> bool {
+    done.get(number / 64).is_some_and(|word| word & (1 << (number % 64)) != 0)
+}
+
+/// [`write_tail`] for a Parquet input: the unmatched rows from the row store, placeholders as
+/// null rows.
+fn write_tail_parquet(
+    store: &File,
+    w: &mut crate::parquet_io::ParquetOut,
+    done: &[u64],
+    sections: &[crate::join::Section],
+    tagged: bool,
+) -> Result<u64, TailError> {
+    use crate::join::Section;
+    let mut rows = 0u64;
+    for &section in sections {
+        match section {
+            Section::Own(side) => {
+                // SAFETY: read only; our private, unlinked row store.
+                let map = unsafe { memmap2::Mmap::map(store) }?;
+                let mut pending = Vec::new();
+                for (number, place) in crate::parquet_io::store_places(&map).enumerate() {
+                    let place = place.map_err(TailError::Data)?;
+                    if is_done(done, number) {
+                        continue;
+                    }
+                    pending.push(place);
+                    if pending.len() == crate::parquet_io::BATCH_ROWS {
+                        w.write_rows(&map, &pending, tagged.then_some(side)).map_err(TailError::Data)?;
+                        rows += pending.len() as u64;
+                        pending.clear();
+                    }
+                }
+                w.write_rows(&map, &pending, tagged.then_some(side)).map_err(TailError::Data)?;
+                rows += pending.len() as u64;
+            }
+            Section::Fill(side, n) => {
+                w.write_fill(n, side).map_err(TailError::Data)?;
+                rows += n;
+            }
+        }
+    }
+    Ok(rows)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_tail_csv(
     mut snapshot: File,
     spec: &DatasetSpec,
     mut w: DataWriter,
@@ -725,7 +991,7 @@ fn write_tail(
                 let mut out = std::io::BufWriter::with_capacity(1 << 16, &mut w);
                 let mut number = 0usize;
                 while let Some(row) = scanner.next_row().map_err(TailError::Data)? {
-                    let set = done.get(number / 64).is_some_and(|word| word & (1 << (number % 64)) != 0);
+                    let set = is_done(done, number);
                     number += 1;
                     if set {
                         continue;

@@ -62,17 +62,25 @@ pub struct GenSummary {
 /// `spec.out_dir`, each atomically (temp file, then rename; both renamed only when both are
 /// complete).
 pub fn generate_psi(spec: &PsiGenSpec) -> Result<GenSummary, DataError> {
-    generate(spec, false)
+    generate(spec, false, false)
+}
+
+/// [`generate_psi`] (or with `ids_only` [`generate_psi_ids`]) as Parquet files `a.parquet` and
+/// `b.parquet` (Snappy, one row group per 2^20 rows): the same rows in the same order, the id
+/// column as `Int64` (`10^10 + n`, whose decimal text is the CSV id, so both formats give the
+/// same keys) and the other columns as the CSV's unquoted text (`Utf8`).
+pub fn generate_psi_parquet(spec: &PsiGenSpec, ids_only: bool) -> Result<GenSummary, DataError> {
+    generate(spec, ids_only, true)
 }
 
 /// [`generate_psi`] with the id column only (`id`, 12 bytes a row): the large inputs of PSI
 /// benchmarks. Same ids, same overlap, same row order as [`generate_psi`] with the same spec.
 /// Streams like it: memory does not grow with the rows.
 pub fn generate_psi_ids(spec: &PsiGenSpec) -> Result<GenSummary, DataError> {
-    generate(spec, true)
+    generate(spec, true, false)
 }
 
-fn generate(spec: &PsiGenSpec, ids_only: bool) -> Result<GenSummary, DataError> {
+fn generate(spec: &PsiGenSpec, ids_only: bool, parquet: bool) -> Result<GenSummary, DataError> {
     let started = Instant::now();
     let PsiGenSpec { rows_a, rows_b, overlap, seed, .. } = *spec;
     if overlap > rows_a.min(rows_b) {
@@ -106,9 +114,11 @@ fn generate(spec: &PsiGenSpec, ids_only: bool) -> Result<GenSummary, DataError> 
         ids: &ids,
         row: if ids_only { None } else { Some(payload_b) },
     };
-    let (a, b) = (dir.join("a.csv"), dir.join("b.csv"));
-    let (tmp_a, bytes_a) = gen_a.write(dir)?;
-    let (tmp_b, bytes_b) = gen_b.write(dir)?;
+    let ext = if parquet { "parquet" } else { "csv" };
+    let (a, b) = (dir.join(format!("a.{ext}")), dir.join(format!("b.{ext}")));
+    let write = |g: &FileGen| if parquet { g.write_parquet(dir) } else { g.write(dir) };
+    let (tmp_a, bytes_a) = write(&gen_a)?;
+    let (tmp_b, bytes_b) = write(&gen_b)?;
     tmp_a.persist(&a).map_err(|e| DataError::io(&a, e.error))?;
     tmp_b.persist(&b).map_err(|e| DataError::io(&b, e.error))?;
     Ok(GenSummary { a, b, rows_a, rows_b, overlap, bytes_a, bytes_b, seconds: started.elapsed().as_secs_f64() })
@@ -200,6 +210,70 @@ impl FileGen<'_> {
         }
         pending.iter().try_for_each(|buf| file.write_all(buf)).map_err(io_err)?;
         file.sync_all().map_err(io_err)?;
+        Ok((tmp, bytes))
+    }
+
+    /// [`FileGen::write`] as Parquet: the id column `Int64`, the others their CSV text.
+    fn write_parquet(&self, dir: &Path) -> Result<(NamedTempFile, u64), DataError> {
+        use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+        use arrow_schema::{DataType, Field, Schema};
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".consort-gen-")
+            .suffix(".partial")
+            .tempfile_in(dir)
+            .map_err(|e| DataError::io(dir, e))?;
+        let path = tmp.path().to_path_buf();
+        let names: Vec<&str> = self.header.trim_end().split(',').collect();
+        let fields: Vec<Field> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Field::new(*n, if i == 0 { DataType::Int64 } else { DataType::Utf8 }, false))
+            .collect();
+        let schema = std::sync::Arc::new(Schema::new(fields));
+        let pq_err = |e: parquet::errors::ParquetError| DataError::file(&path, format!("cannot write Parquet: {e}"));
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(1 << 20))
+            .build();
+        let file: &mut File = tmp.as_file_mut();
+        let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(pq_err)?;
+        let blocks = self.rows.div_ceil(GEN_BLOCK);
+        let per_batch = 4 * rayon::current_num_threads() as u64;
+        let mut next = 0;
+        while next < blocks {
+            let batch = next..(next + per_batch).min(blocks);
+            next = batch.end;
+            let built: Vec<RecordBatch> = batch
+                .into_par_iter()
+                .map(|b| {
+                    let rows = b * GEN_BLOCK..((b + 1) * GEN_BLOCK).min(self.rows);
+                    let mut ids = Vec::with_capacity((rows.end - rows.start) as usize);
+                    let mut columns: Vec<Vec<String>> = vec![Vec::new(); names.len() - 1];
+                    let mut text = Vec::new();
+                    for p in rows {
+                        let entity = (self.entity)(self.scatter.apply(p));
+                        ids.push((ID_SPACE + self.ids.apply(entity)) as i64);
+                        if let Some(row) = self.row {
+                            text.clear();
+                            row(&mut text, fmix64(self.payload_key ^ p.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+                            for (c, f) in crate::csv_rows::fields_of(&text).into_iter().enumerate() {
+                                columns[c].push(String::from_utf8_lossy(&f).into_owned());
+                            }
+                        }
+                    }
+                    let mut arrays: Vec<ArrayRef> = vec![std::sync::Arc::new(Int64Array::from(ids))];
+                    arrays.extend(columns.into_iter().map(|c| std::sync::Arc::new(StringArray::from(c)) as ArrayRef));
+                    RecordBatch::try_new(schema.clone(), arrays).expect("columns match the schema")
+                })
+                .collect();
+            for b in &built {
+                writer.write(b).map_err(pq_err)?;
+            }
+        }
+        writer.close().map_err(pq_err)?;
+        let file = tmp.as_file_mut();
+        file.sync_all().map_err(|e| DataError::io(&path, e))?;
+        let bytes = file.metadata().map_err(|e| DataError::io(&path, e))?.len();
         Ok((tmp, bytes))
     }
 

@@ -225,7 +225,12 @@ pub fn dataset_add(
     if existing.is_some() && !replace {
         bail!("dataset '{}' is already registered (pass --replace to change it)", spec.name);
     }
-    let check = if full_check {
+    let check = if full_check && consort_engine::parquet_io::is_parquet(&spec.file) {
+        // Parquet: a constant-memory validation pass (schema, key types, nulls, keys) row group
+        // by row group; duplicate keys are found when a job runs (the streaming path's rule).
+        let input = consort_engine::psi_stream::StreamInput::open(&spec)?;
+        DatasetCheck { columns: input.columns.clone(), rows: Some(input.rows), duplicates_dropped: 0 }
+    } else if full_check {
         let loaded = Dataset::load(&spec)?;
         DatasetCheck {
             columns: loaded.columns.clone(),

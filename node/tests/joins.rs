@@ -124,3 +124,72 @@ fn left_and_full_joins_between_two_node_processes_match_a_plaintext_join() {
     assert_eq!(jobs_before, jobs_after, "the partner heard of no refused job");
     drop(nodes);
 }
+
+/// A Parquet dataset on one node and `--output keys`, between two node processes: the
+/// responder's output is Parquet (named `.parquet`), the requester's CSV holds only the key
+/// column, both as the plaintext intersection says; `--output keys` with peer columns is refused
+/// before any protocol message.
+#[test]
+fn parquet_datasets_and_key_outputs_between_two_node_processes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let nodes = two_nodes(root, 60, 20);
+    let (a, b) = (&nodes.a, &nodes.b);
+    let data = root.join("data");
+    ok(&["gen", "psi", "--rows", "60", "--overlap", "20", "--seed", "3", "--out", s(&data), "--format", "parquet"]);
+    let added = ok(&[
+        "dataset",
+        "add",
+        s(b),
+        "--name",
+        "accounts",
+        "--file",
+        s(&data.join("b.parquet")),
+        "--key",
+        "id",
+        "--grant",
+        "bank",
+        "--replace",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&added).unwrap();
+    assert_eq!((v["rows"].as_u64(), v["columns"][0].as_str()), (Some(60), Some("id")), "{v}");
+    let (ta, tb) = (input(&data.join("a.csv")), input(&data.join("b.csv")));
+    let b_keys: HashSet<String> = tb.1.iter().map(|r| key(&tb.0, r)).collect();
+    let mut shared: Vec<String> = ta.1.iter().map(|r| key(&ta.0, r)).filter(|k| b_keys.contains(k)).collect();
+    shared.sort();
+    for (protocol, join) in [("rr22", "inner"), ("ecdh", "inner"), ("rr22", "left")] {
+        let out = root.join(format!("keys-{protocol}-{join}.csv"));
+        let mut args = psi_args(a, &out);
+        args.extend(["--protocol", protocol, "--output", "keys", "--join", join]);
+        let v: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+        assert_eq!((v["state"].as_str(), v["intersection"].as_u64()), (Some("done"), Some(20)), "{v}");
+        let mine = export(a, &out);
+        let tagged = join == "left";
+        assert_eq!(mine[0], if tagged { "_side,id" } else { "id" });
+        let mut got: Vec<String> = mine[1..]
+            .iter()
+            .filter(|r| !tagged || r.starts_with("both,"))
+            .map(|r| r.trim_start_matches("both,").to_string())
+            .collect();
+        got.sort();
+        assert_eq!(got, shared, "{protocol} {join}: the shared keys, and nothing else of the rows");
+        assert_eq!(mine.len() - 1, if tagged { 60 } else { 20 });
+        let peer_output = v["peer_output"].as_str().unwrap();
+        assert!(peer_output.ends_with(".parquet"), "{peer_output}");
+        let plain = root.join(format!("peer-{protocol}-{join}.parquet"));
+        ok(&["export", s(b), s(&b.join(peer_output)), "--out", s(&plain)]);
+        let bytes = std::fs::read(&plain).unwrap();
+        assert!(bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"), "the responder's output is Parquet");
+    }
+    let jobs_before = std::fs::read_to_string(b.join("audit/log.jsonl")).unwrap().lines().count();
+    let never = root.join("never.csv");
+    let mut args = psi_args(a, &never);
+    args.extend(["--protocol", "rr22", "--output", "keys", "--peer-columns", "region"]);
+    let err = fails(&args);
+    assert!(err.contains("--output keys is for plain PSI"), "{err}");
+    assert!(!never.exists());
+    let jobs_after = std::fs::read_to_string(b.join("audit/log.jsonl")).unwrap().lines().count();
+    assert_eq!(jobs_before, jobs_after, "the partner heard of no refused job");
+    drop(nodes);
+}

@@ -53,6 +53,7 @@ pub fn intersect_files(
         limits: JobLimits::default(),
         payload: Default::default(),
         join: Default::default(),
+        columns: Default::default(),
     };
     let sides =
         [(spec("left", left), job(Role::Requester, left_out)), (spec("right", right), job(Role::Responder, right_out))];

@@ -21,6 +21,7 @@ fn job(role: Role, reveal: Reveal, output: PathBuf) -> PsiJob {
         limits: JobLimits::default(),
         payload: PayloadJob::None,
         join: crate::join::JoinType::Inner,
+        columns: crate::psi::OutputColumns::Rows,
     }
 }
 
@@ -273,7 +274,8 @@ fn spill_files_hold_no_raw_id() {
     };
     let layout = rr22::Layout::new(2000, 2000, 256);
     let hasher = test_hasher(layout.buckets);
-    let (snapshot, header, _) = scan(&input, &shared, &hasher, layout.buckets, layout.cap_receiver, false).unwrap();
+    let Scanned { snapshot, header, .. } =
+        scan(&input, &shared, &hasher, layout.buckets, layout.cap_receiver, false, false).unwrap();
     assert!(snapshot.is_none());
     assert_eq!(header, b"id,v\r\n");
     let files: Vec<PathBuf> = std::fs::read_dir(&spill).unwrap().map(|e| e.unwrap().path()).collect();

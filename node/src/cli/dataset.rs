@@ -14,7 +14,11 @@ use crate::setup;
 
 #[derive(Subcommand)]
 pub enum DatasetCommand {
-    /// Register a CSV file (with a header) as a dataset.
+    /// Register a CSV file (with a header) or a Parquet file (`.parquet`, `.parq`, `.pq`, or
+    /// starting with PAR1) as a dataset. Parquet: key columns hold strings or integers (an
+    /// integer's key is its decimal text, so int 42 matches CSV "42"); the file is checked row
+    /// group by row group in constant memory, duplicate keys when a job runs; only PSI jobs
+    /// read it, and their outputs are Parquet.
     Add(AddArgs),
     /// List registered datasets and their grants.
     List {

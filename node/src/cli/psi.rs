@@ -57,6 +57,12 @@ pub struct PsiArgs {
     #[arg(long, default_value = "inner", value_parser = parse_join, verbatim_doc_comment)]
     #[serde(skip_serializing_if = "JoinType::is_inner")]
     join: JoinType,
+    /// Columns of both outputs: rows (default: every column) or keys (only the key columns, in
+    /// the file's column order: for rows too large to copy). Both sides write the same choice.
+    /// Outputs are in the input's format: CSV for a CSV dataset, Parquet for a Parquet one.
+    #[arg(long, default_value = "rows", value_parser = parse_output)]
+    #[serde(skip_serializing_if = "consort_engine::OutputColumns::is_rows")]
+    output: consort_engine::OutputColumns,
     /// Print a JSON summary instead of text.
     #[arg(long)]
     #[serde(skip)]
@@ -97,10 +103,11 @@ pub async fn psi(mut args: PsiArgs) -> Result<()> {
     let j = &args.job;
     let client = NodeClient::connect(&j.dir).await?;
     let mut request = SubmitRequest::psi(peer, &j.dataset, peer_dataset, args.protocol, args.reveal, out);
-    if !args.peer_columns.is_empty() || !args.join.is_inner() {
+    if !args.peer_columns.is_empty() || !args.join.is_inner() || !args.output.is_rows() {
         request.params = serde_json::to_string(&crate::job::psi::PsiParams {
             peer_columns: args.peer_columns.clone(),
             join: args.join,
+            output: args.output,
             ..Default::default()
         })?;
     }
@@ -112,6 +119,11 @@ pub async fn psi(mut args: PsiArgs) -> Result<()> {
         println!("{}", summary(&status));
     }
     ensure_done(&status)
+}
+
+/// `--output`'s values.
+pub fn parse_output(s: &str) -> Result<consort_engine::OutputColumns, String> {
+    s.parse()
 }
 
 /// `--join`'s values.

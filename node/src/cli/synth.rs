@@ -10,7 +10,8 @@ use super::{lr, print_json};
 
 #[derive(Subcommand)]
 pub enum GenCommand {
-    /// Two CSV files a.csv and b.csv with ids (11-digit phone numbers) and payload columns.
+    /// Two CSV files a.csv and b.csv (or with --format parquet a.parquet and b.parquet) with ids
+    /// (11-digit phone numbers) and payload columns.
     Psi {
         /// Rows in a.csv.
         #[arg(long)]
@@ -31,6 +32,10 @@ pub enum GenCommand {
         /// Only the id column (about 12 bytes a row): large PSI inputs.
         #[arg(long)]
         ids_only: bool,
+        /// File format: csv (a.csv, b.csv) or parquet (a.parquet, b.parquet: the same rows, the
+        /// id column as Int64 so both formats give the same keys, Snappy, 2^20 rows a row group).
+        #[arg(long, default_value = "csv", value_parser = ["csv", "parquet"])]
+        format: String,
     },
     /// Vertical data with a logistic ground truth: a.csv (id, y, a0..), b.csv (id, b0..), truth.json.
     Lr(lr::GenLrArgs),
@@ -38,7 +43,7 @@ pub enum GenCommand {
 
 pub async fn run(cmd: GenCommand) -> Result<()> {
     match cmd {
-        GenCommand::Psi { rows, overlap, rows_b, seed, out, json, ids_only } => {
+        GenCommand::Psi { rows, overlap, rows_b, seed, out, json, ids_only, format } => {
             let spec = consort_engine::synth::PsiGenSpec {
                 rows_a: rows,
                 rows_b: rows_b.unwrap_or(rows),
@@ -46,9 +51,10 @@ pub async fn run(cmd: GenCommand) -> Result<()> {
                 seed,
                 out_dir: out,
             };
-            let s = consort_protocols::cpu::run(move || match ids_only {
-                true => consort_engine::synth::generate_psi_ids(&spec),
-                false => consort_engine::synth::generate_psi(&spec),
+            let s = consort_protocols::cpu::run(move || match (format.as_str(), ids_only) {
+                ("parquet", _) => consort_engine::synth::generate_psi_parquet(&spec, ids_only),
+                (_, true) => consort_engine::synth::generate_psi_ids(&spec),
+                (_, false) => consort_engine::synth::generate_psi(&spec),
             })
             .await?;
             if json {
@@ -59,6 +65,8 @@ pub async fn run(cmd: GenCommand) -> Result<()> {
                     "rows_b": s.rows_b,
                     "overlap": s.overlap,
                     "seconds": s.seconds,
+                    "bytes_a": s.bytes_a,
+                    "bytes_b": s.bytes_b,
                 }));
             }
             println!(

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use consort_api::JobKind;
 use consort_engine::psi_stream::{StreamOptions, run_psi_streaming};
-use consort_engine::{EngineError, JoinType, PayloadJob, PsiJob, PsiProtocol, run_psi_owned};
+use consort_engine::{EngineError, JoinType, OutputColumns, PayloadJob, PsiJob, PsiProtocol, run_psi_owned};
 use consort_protocols::{Reveal, Role};
 
 use super::{Ask, Failure, Job, Kind, Outcome, Output, RunCtx};
@@ -37,7 +37,7 @@ impl Kind for Psi {
 
     fn plan(&self, _state: &NodeState, ask: &Ask) -> Result<Box<dyn Job>, String> {
         let protocol = ask.protocol.unwrap_or(PsiProtocol::Ecdh);
-        let PsiParams { peer_columns, join, row_index } = parse_params(&ask.params)?;
+        let PsiParams { peer_columns, join, row_index, output } = parse_params(&ask.params)?;
         if !peer_columns.is_empty() && protocol != PsiProtocol::Rr22 {
             return Err("payload joins (peer columns) run over rr22 only: use --protocol rr22".into());
         }
@@ -49,7 +49,10 @@ impl Kind for Psi {
         if row_index && (ask.role != Role::Requester || peer_columns.is_empty() || !join.is_inner()) {
             return Err("the row index is an option of the requester of an inner payload join only".into());
         }
-        Ok(Box::new(PsiPlan { protocol, reveal, peer_columns, join, row_index }))
+        if output == OutputColumns::Keys && !peer_columns.is_empty() {
+            return Err("a payload join (peer columns) writes whole rows: --output keys is for plain PSI".into());
+        }
+        Ok(Box::new(PsiPlan { protocol, reveal, peer_columns, join, row_index, output }))
     }
 }
 
@@ -75,6 +78,10 @@ pub struct PsiParams {
     /// index (`#row`), for a several-peer join's merge (`crate::multi`). A responder refuses it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub row_index: bool,
+    /// Which columns both outputs hold: `rows` (default, not written) or `keys` (the key
+    /// columns only, for rows too large to copy); both sides run what the requester asked.
+    #[serde(default, skip_serializing_if = "OutputColumns::is_rows")]
+    pub output: OutputColumns,
 }
 
 /// Parses and validates a PSI job's parameters (on the requester from its operator, on the
@@ -111,12 +118,19 @@ struct PsiPlan {
     join: JoinType,
     /// Requester of a payload join: write the own row's index too (never told to the peer).
     row_index: bool,
+    /// The outputs' columns (`--output rows|keys`).
+    output: OutputColumns,
 }
 
 /// Where a node writes a job's output when its operator did not choose (and the name the peer
 /// is told: relative to the node directory).
 pub fn default_output(dir: &Path, job_id: &str, dataset: &str) -> (PathBuf, String) {
-    let rel = format!("{}/{job_id}-{dataset}.csv", config::OUTPUTS_DIR);
+    default_output_ext(dir, job_id, dataset, "csv")
+}
+
+/// [`default_output`] with the file's extension (`parquet` for a Parquet dataset's output).
+pub fn default_output_ext(dir: &Path, job_id: &str, dataset: &str, ext: &str) -> (PathBuf, String) {
+    let rel = format!("{}/{job_id}-{dataset}.{ext}", config::OUTPUTS_DIR);
     (dir.join(&rel), rel)
 }
 
@@ -150,12 +164,13 @@ impl Job for PsiPlan {
     }
 
     fn wire_params(&self) -> String {
-        if self.peer_columns.is_empty() && self.join.is_inner() {
+        if self.peer_columns.is_empty() && self.join.is_inner() && self.output.is_rows() {
             return String::new();
         }
         serde_json::to_string(&PsiParams {
             peer_columns: self.peer_columns.clone(),
             join: self.join,
+            output: self.output,
             ..Default::default()
         })
         .expect("serializable")
@@ -171,6 +186,9 @@ impl Job for PsiPlan {
         }
         if self.row_index {
             v["row_index"] = serde_json::json!(true);
+        }
+        if !self.output.is_rows() {
+            v["output"] = serde_json::json!(self.output.name());
         }
         v
     }
@@ -192,7 +210,15 @@ impl Job for PsiPlan {
         };
         let (path, shown) = match (&ctx.ask.out, ctx.ask.role) {
             (Some(p), Role::Requester) => (p.clone(), p.display().to_string()),
-            _ => default_output(&ctx.state.dir, &ctx.ask.job_id, &name),
+            _ => {
+                let file = match (&ctx.dataset, &ctx.stream) {
+                    (Some(d), _) => d.spec.file.clone(),
+                    (None, Some(s)) => s.spec.file.clone(),
+                    (None, None) => unreachable!("psi jobs load a dataset"),
+                };
+                let ext = if consort_engine::parquet_io::is_parquet(&file) { "parquet" } else { "csv" };
+                default_output_ext(&ctx.state.dir, &ctx.ask.job_id, &name, ext)
+            }
         };
         super::will_write(ctx.handle, &path).await;
         let psi = PsiJob {
@@ -214,6 +240,7 @@ impl Job for PsiPlan {
                 (false, Role::Responder) => PayloadJob::Send { columns: self.peer_columns.clone() },
             },
             join: self.join,
+            columns: self.output,
         };
         let report = match (ctx.dataset, &ctx.stream) {
             (Some(dataset), _) => run_psi_owned(&*ctx.channel, dataset, &psi).await.map_err(failure)?,
@@ -265,5 +292,19 @@ mod tests {
         let e = parse_params(r#"{"join":"outer"}"#).unwrap_err();
         assert!(e.contains("line 1, column"), "{e}");
         assert!(!e.contains("outer"), "no value in the message: {e}");
+    }
+
+    /// `--output keys` travels like the join type: omitted for rows, refused when unknown.
+    #[test]
+    fn output_parameter_round_trips_and_unknown_ones_are_refused() {
+        assert_eq!(parse_params("").unwrap().output, OutputColumns::Rows);
+        let p = parse_params(r#"{"output":"keys","join":"left"}"#).unwrap();
+        assert_eq!((p.output, p.join), (OutputColumns::Keys, JoinType::Left));
+        let rows = PsiParams { join: JoinType::Full, ..Default::default() };
+        assert_eq!(serde_json::to_string(&rows).unwrap(), r#"{"join":"full"}"#);
+        let keys = PsiParams { output: OutputColumns::Keys, ..Default::default() };
+        assert_eq!(serde_json::to_string(&keys).unwrap(), r#"{"output":"keys"}"#);
+        let e = parse_params(r#"{"output":"all"}"#).unwrap_err();
+        assert!(e.contains("line 1, column") && !e.contains("all"), "{e}");
     }
 }
