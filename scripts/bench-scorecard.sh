@@ -7,13 +7,15 @@
 # uses 10 quantile bins and a 2048-bit key; training is dealer-free. Prints one JSON line per job
 # (its wall seconds, wire bytes and stages: `consort ... --json`), the report's AUC/KS, the
 # wall time of the whole workflow and each node's peak RSS (VmHWM). CONSORT=path/to/consort
-# overrides the binary (default target/release/consort). Scores the training rows themselves
+# overrides the binary (default target/release/consort). PROTOCOL=rr22 aligns the rows of all
+# three jobs with RR22 instead of the default ECDH PSI. Scores the training rows themselves
 # (the workflow's cost, not a held-out evaluation).
 set -euo pipefail
 data=$1
 epochs=$2
 shift 2
 bin=${CONSORT:-${CARGO_TARGET_DIR:-target}/release/consort}
+psi=(--protocol "${PROTOCOL:-ecdh}")
 work=$(mktemp -d)
 . "$(dirname "$0")/lib-nodes.sh"
 cleanup() {
@@ -28,12 +30,12 @@ pin_pair "$work" bank partner
 summary='import json,sys; j=json.load(sys.stdin); r=j.get("report",{}); print(json.dumps({k: j.get(k) for k in ("job_id","kind","seconds","bytes_sent","bytes_received")} | {"stages": r.get("stages"), "auc": r.get("auc"), "learning_rate": None}))'
 start=$(date +%s.%N)
 "$bin" bin "$work/bank" --peer partner --dataset loans --peer-dataset features --label y --bins 10 --key-bits 2048 \
-  --out "$work/bins.json" --json | python3 -c "$summary"
+  "${psi[@]}" --out "$work/bins.json" --json | python3 -c "$summary"
 "$bin" train "$work/bank" --peer partner --dataset loans --peer-dataset features --label y --scorecard \
-  --bins "$work/bins.json" --base-score 600 --base-odds 50 --pdo 20 --epochs "$epochs" "$@" \
+  --bins "$work/bins.json" --base-score 600 --base-odds 50 --pdo 20 --epochs "$epochs" "${psi[@]}" "$@" \
   --out "$work/card.json" --json | python3 -c "$summary"
 "$bin" score "$work/bank" --peer partner --dataset loans --peer-dataset features --model "$work/card.json" \
-  --out "$work/scored.csv" --json | python3 -c "$summary"
+  "${psi[@]}" --out "$work/scored.csv" --json | python3 -c "$summary"
 "$bin" export "$work/bank" "$work/scored.csv" --out "$work/scored.plain.csv" >/dev/null
 awk -F, 'NR==FNR { if (FNR > 1) y[$1] = $2; next } FNR == 1 { print $0 ",y"; next } { print $0 "," y[$1] }' \
   "$data/a.csv" "$work/scored.plain.csv" >"$work/scored-labeled.csv"
