@@ -29,3 +29,14 @@ stop_nodes() {
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
+
+# node_cpu: the CPU seconds (user + system) each started node has used so far, space-separated
+# in start order (from /proc/PID/stat, in clock ticks of `getconf CLK_TCK`).
+node_cpu() {
+  local p hz out=()
+  hz=$(getconf CLK_TCK)
+  for p in "${pids[@]}"; do
+    out+=("$(awk -v hz="$hz" '{ printf "%.2f", ($14 + $15) / hz }' /proc/"$p"/stat)")
+  done
+  echo "${out[*]}"
+}

@@ -770,3 +770,56 @@ fn idle_established_connections_cannot_exhaust_the_victims_descriptors() {
     t.survives();
     assert!(out.status.success(), "an honest job failed while a rogue peer held {held} connections");
 }
+
+/// A rogue requester's scorecard train jobs: out-of-range card parameters, B-feature lists that
+/// would size the victim's matrix wrongly, requester-only fields, and bin jobs that are not there
+/// (or are paths) — all refused before the victim reads a bins file or sizes anything.
+#[test]
+fn malformed_scorecard_parameters_are_refused_before_allocation() {
+    let t = setup(None);
+    let card = consort_engine::scorecard::CardParams {
+        bins_job: "jnothere".into(),
+        bins_id: "00".into(),
+        peer_features: vec![consort_engine::scorecard::PeerFeature { index: 0, bins: 10, reference: 3 }],
+        ..consort_engine::scorecard::CardParams::new(600.0, 50.0, 20.0)
+    };
+    let base = serde_json::to_value(LrParams { scorecard: Some(card), ..LrParams::default() }).unwrap();
+    let before = t.audit_lines();
+    let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+        ("pdo", 0.into(), "pdo"),
+        ("base_odds", (-1.0).into(), "base odds"),
+        ("base_score", 1e300.into(), "base score"),
+        ("peer_features", serde_json::json!([[0, 0, 0]]), "out of range"),
+        ("peer_features", serde_json::json!([[0, 10, 10]]), "out of range"),
+        ("peer_features", serde_json::json!([[0, 257, 0]]), "out of range"),
+        ("peer_features", serde_json::json!([[5, 10, 0], [5, 10, 0]]), "increasing index"),
+        ("peer_features", serde_json::json!([[0, 10]]), ""),
+        ("bins_job", "../../etc".into(), "invalid bin job id"),
+        ("bins_job", "jnothere".into(), "no bins file of bin job jnothere"),
+        ("bins_file", "/etc/passwd".into(), ""),
+        ("surprise", 1.into(), ""),
+    ];
+    for (field, value, expect) in cases {
+        let mut params = base.clone();
+        params["scorecard"][field] = value.clone();
+        let r = rogue::request(JobKind::Train, PsiProtocol::Ecdh, "shared", &params.to_string());
+        let reason = t.refused(r);
+        assert!(reason.chars().count() < 400, "{reason}");
+        assert!(reason.contains(expect), "scorecard {field}: {reason}");
+        eprintln!("scorecard {field} = {value}: refused: {reason}");
+    }
+    // Feature lists sized by the rogue: 900 of B's features (~9 KB) are over the 8 KiB parameter bound
+    // (refused, recorded); 2^16 + 1 (the card's maximum + 1) are over the 12 KiB request cap (the
+    // stream is closed before anything is parsed).
+    let features = |n: u32| serde_json::json!((0..n).map(|i| [i, 2, 0]).collect::<Vec<_>>());
+    let mut params = base.clone();
+    params["scorecard"]["peer_features"] = features(900);
+    let reason = t.refused(rogue::request(JobKind::Train, PsiProtocol::Ecdh, "shared", &params.to_string()));
+    assert!(reason.contains("job parameters over"), "{reason}");
+    params["scorecard"]["peer_features"] = features((1 << 16) + 1);
+    let r = rogue::request(JobKind::Train, PsiProtocol::Ecdh, "shared", &params.to_string());
+    let Err(e) = t.rt.block_on(t.rogue.open(r)) else { panic!("an oversized scorecard request was taken") };
+    assert!(format!("{e:#}").contains("a job request is at most 12288 bytes"), "{e:#}");
+    assert!(t.audit_lines() > before);
+    report("scorecard parameters", &Ending::Closed("all refused".into()), Duration::ZERO, t.survives());
+}

@@ -389,6 +389,54 @@ mod tests {
     }
 
     #[test]
+    fn scorecard_train_round_trips_and_plain_lr_files_name_no_card_keys() {
+        let job = ["consort", "train", "/n", "--peer", "p", "--dataset", "d", "--peer-dataset", "e", "--label", "y"];
+        let card = [
+            "--scorecard",
+            "--bins",
+            "/b/bins.json",
+            "--base-score",
+            "650",
+            "--base-odds",
+            "20",
+            "--pdo",
+            "40",
+            "--epochs",
+            "3",
+            "--out",
+            "/card.json",
+        ];
+        let argv: Vec<&str> = job.iter().chain(&card).copied().collect();
+        let (before, after) = round_trip(&argv, JobKind::Train);
+        assert_eq!(before, after);
+        for part in ["scorecard: true", "\"/b/bins.json\"", "base_score: Some(650.0)", "base_odds: Some(20.0)"] {
+            assert!(after.contains(part), "{part} missing in {after}");
+        }
+        assert!(after.contains("pdo: Some(40.0)"), "{after}");
+        // Defaults stay unset (the plan applies 600/50/20), so they round-trip as absent.
+        let argv: Vec<&str> =
+            job.iter().copied().chain(["--scorecard", "--bins", "/b/bins.json", "--out", "/card.json"]).collect();
+        let (before, after) = round_trip(&argv, JobKind::Train);
+        assert_eq!(before, after);
+        assert!(after.contains("base_score: None") && after.contains("pdo: None"), "{after}");
+        // A plain LR job file names none of the scorecard keys; a card key without `scorecard`
+        // is refused with its line.
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("j.toml");
+        let argv: Vec<&str> = job.iter().copied().chain(["--out", "/m.json"]).collect();
+        let Cli { command: Command::Train(a) } = Cli::try_parse_from(argv).unwrap() else { unreachable!() };
+        save(&file, JobKind::Train, &a).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        for key in ["scorecard", "bins", "base-score", "base-odds", "pdo"] {
+            assert!(!text.lines().any(|l| l.starts_with(&format!("{key} "))), "{key} in {text}");
+        }
+        std::fs::write(&file, format!("{text}pdo = 30\n")).unwrap();
+        let Err(e) = load(Path::new("/n"), &file, false) else { panic!("pdo without scorecard loaded") };
+        let e = format!("{e:#}");
+        assert!(e.contains("j.toml:") && e.contains("scorecard"), "{e}");
+    }
+
+    #[test]
     fn keys_are_named_in_errors() {
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("j.toml");

@@ -26,24 +26,11 @@ impl ColBits {
 
     /// The narrowest bits of a column with these entries (two's-complement integers as u64).
     pub fn of(values: impl Iterator<Item = u64>) -> Self {
-        let (mut lo, mut hi, mut signed, mut any) = (64u32, 0u32, false, false);
+        let mut acc = BitsAcc::default();
         for v in values {
-            if v == 0 {
-                continue;
-            }
-            any = true;
-            lo = lo.min(v.trailing_zeros());
-            let v = v as i64;
-            signed |= v < 0;
-            // Bits of the magnitude part: v for v ≥ 0, !v (= −v − 1) for v < 0.
-            hi = hi.max(64 - (if v < 0 { !v } else { v } as u64).leading_zeros());
+            acc.push(v);
         }
-        if !any {
-            return Self { lo: 0, hi: 0, signed: false };
-        }
-        // Signed: one more bit for the sign.
-        let hi = if signed { hi + 1 } else { hi };
-        Self { lo: lo as u8, hi: hi as u8, signed }
+        acc.bits()
     }
 
     /// OTs per entry.
@@ -64,6 +51,52 @@ impl ColBits {
             v >= 0 && (hi == 64 || (v as u64) < (1u64 << hi))
         };
         fits && (v as u64).trailing_zeros() >= lo
+    }
+}
+
+/// The running state of [`ColBits::of`] over a column's entries, so that a row-major matrix is
+/// scanned once, row by row, for all its columns ([`Matrix::tightened`]) instead of column by
+/// column with a stride of a whole row (a cache miss per entry on a wide matrix).
+#[derive(Debug, Clone, Copy)]
+struct BitsAcc {
+    /// Lowest set bit of any entry (64: none yet).
+    lo: u32,
+    /// Bits of the largest magnitude part (v for v ≥ 0, !v for v < 0).
+    hi: u32,
+    signed: bool,
+    any: bool,
+}
+
+impl Default for BitsAcc {
+    fn default() -> Self {
+        Self { lo: 64, hi: 0, signed: false, any: false }
+    }
+}
+
+impl BitsAcc {
+    #[inline]
+    fn push(&mut self, v: u64) {
+        if v == 0 {
+            return;
+        }
+        self.any = true;
+        self.lo = self.lo.min(v.trailing_zeros());
+        let v = v as i64;
+        self.signed |= v < 0;
+        self.hi = self.hi.max(64 - (if v < 0 { !v } else { v } as u64).leading_zeros());
+    }
+
+    fn merge(self, o: Self) -> Self {
+        Self { lo: self.lo.min(o.lo), hi: self.hi.max(o.hi), signed: self.signed | o.signed, any: self.any | o.any }
+    }
+
+    fn bits(self) -> ColBits {
+        if !self.any {
+            return ColBits { lo: 0, hi: 0, signed: false };
+        }
+        // Signed: one more bit for the sign.
+        let hi = if self.signed { self.hi + 1 } else { self.hi };
+        ColBits { lo: self.lo as u8, hi: hi as u8, signed: self.signed }
     }
 }
 
@@ -137,10 +170,25 @@ impl Matrix {
     /// The same matrix with the narrowest layout its columns allow ([`ColBits::of`]).
     pub fn tightened(self) -> Self {
         let cols = self.cols;
-        let bits: Vec<ColBits> = (0..cols)
-            .into_par_iter()
-            .map(|j| ColBits::of(self.data.iter().skip(j).step_by(cols.max(1)).copied()))
-            .collect();
+        let empty = || vec![BitsAcc::default(); cols];
+        let merge = |a: Vec<BitsAcc>, b: Vec<BitsAcc>| a.into_iter().zip(b).map(|(a, b)| a.merge(b)).collect();
+        let acc: Vec<BitsAcc> = if cols == 0 {
+            Vec::new()
+        } else {
+            self.data
+                .par_chunks(cols * PAR_ROWS)
+                .map(|block| {
+                    let mut acc = empty();
+                    for row in block.chunks(cols) {
+                        for (a, &v) in acc.iter_mut().zip(row) {
+                            a.push(v);
+                        }
+                    }
+                    acc
+                })
+                .reduce(empty, merge)
+        };
+        let bits: Vec<ColBits> = acc.into_iter().map(BitsAcc::bits).collect();
         self.with_layout(Arc::new(Layout::new(bits)))
     }
 

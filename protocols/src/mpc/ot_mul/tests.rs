@@ -219,6 +219,32 @@ fn mixed_matrix(rng: &mut StdRng, rows: usize) -> Matrix {
     Matrix::new(data, rows, 8, 64)
 }
 
+/// The row-major scan of `tightened` (blocks of rows merged on rayon) gives each column the
+/// layout [`ColBits::of`] gives that column alone: for one row, a block's worth and several
+/// blocks (the last one partial), with a column whose only non-zero entry is in the last row.
+#[test]
+fn tightened_layout_is_the_per_column_narrowest() {
+    let mut rng = StdRng::seed_from_u64(12);
+    for rows in [1usize, 256, 1000] {
+        let x = mixed_matrix(&mut rng, rows);
+        let (cols, data) = (x.cols(), x.data().to_vec());
+        let mut extra = Vec::with_capacity(rows * (cols + 1));
+        for (i, row) in data.chunks(cols).enumerate() {
+            extra.extend_from_slice(row);
+            extra.push(if i + 1 == rows { (-4096i64) as u64 } else { 0 });
+        }
+        let x = Matrix::new(extra, rows, cols + 1, 64);
+        let want: Vec<ColBits> =
+            (0..=cols).map(|j| ColBits::of((0..rows).map(|i| x.data()[i * (cols + 1) + j]))).collect();
+        let x = x.tightened();
+        assert_eq!(x.layout().cols(), &want[..], "{rows} rows");
+        assert_eq!(want[cols], ColBits { lo: 12, hi: 13, signed: true });
+    }
+    let empty = Matrix::new(Vec::new(), 0, 3, 12).tightened();
+    assert_eq!(empty.layout().cols(), &[ColBits { lo: 0, hi: 0, signed: false }; 3]);
+    assert_eq!(Matrix::new(Vec::new(), 4, 0, 12).tightened().layout().per_row(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn narrow_layouts_give_the_same_products_with_fewer_ots() {
     let mut rng = StdRng::seed_from_u64(10);
