@@ -173,6 +173,36 @@ pub fn discard(spill_dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// The file in a job's spill directory holding its spill key, sealed under the caller's key.
+const KEY_FILE: &str = "key";
+
+/// Makes a resumable job's spill directory and spill key, the key kept in it sealed under
+/// `under` (a node's storage key), so a restarted node can take the job up again.
+pub fn create_job_key(spill_dir: &Path, under: &StorageKey) -> Result<StorageKey, DataError> {
+    std::fs::create_dir_all(spill_dir).map_err(|e| DataError::io(spill_dir, e))?;
+    let key = StorageKey::generate().map_err(|e| DataError::io(spill_dir, e))?;
+    write_sealed(&spill_dir.join(KEY_FILE), under, key.secret_bytes())?;
+    Ok(key)
+}
+
+/// The spill key of a resumable job ([`create_job_key`]).
+pub fn load_job_key(spill_dir: &Path, under: &StorageKey) -> Result<StorageKey, DataError> {
+    let path = spill_dir.join(KEY_FILE);
+    if !path.exists() {
+        return Err(DataError::Invalid("no resumable state for this job on this node".into()));
+    }
+    let bytes = zeroize::Zeroizing::new(read_sealed(&path, under)?);
+    let bytes: [u8; 32] =
+        bytes.as_slice().try_into().map_err(|_| DataError::file(&path, "the job's key file is damaged"))?;
+    Ok(StorageKey::from_bytes(bytes))
+}
+
+/// Whether a spill directory holds a resumable job (its key and a checkpoint), so a node start
+/// keeps it.
+pub fn is_resumable(spill_dir: &Path) -> bool {
+    spill_dir.join(KEY_FILE).is_file() && checkpoint_path(spill_dir).is_file()
+}
+
 /// A channel that hashes the frames each way (length-prefixed, in order): a range's transcript.
 struct Transcript<'a, C> {
     inner: &'a C,

@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use consort_api::JobKind;
-use consort_engine::psi_stream::{StreamOptions, run_psi_streaming};
+use consort_engine::psi_stream::StreamOptions;
+use consort_engine::psi_stream::resume::{Resumable, run_psi_resumable};
 use consort_engine::{EngineError, JoinType, PayloadJob, PsiJob, PsiProtocol, run_psi_owned};
 use consort_protocols::{Reveal, Role};
 
@@ -37,7 +38,10 @@ impl Kind for Psi {
 
     fn plan(&self, _state: &NodeState, ask: &Ask) -> Result<Box<dyn Job>, String> {
         let protocol = ask.protocol.unwrap_or(PsiProtocol::Ecdh);
-        let PsiParams { peer_columns, join, row_index } = parse_params(&ask.params)?;
+        let PsiParams { peer_columns, join, row_index, resume } = parse_params(&ask.params)?;
+        if resume.is_some() && (protocol != PsiProtocol::Rr22 || !peer_columns.is_empty()) {
+            return Err("only streaming rr22 jobs (no peer columns) can be resumed".into());
+        }
         if !peer_columns.is_empty() && protocol != PsiProtocol::Rr22 {
             return Err("payload joins (peer columns) run over rr22 only: use --protocol rr22".into());
         }
@@ -49,7 +53,7 @@ impl Kind for Psi {
         if row_index && (ask.role != Role::Requester || peer_columns.is_empty() || !join.is_inner()) {
             return Err("the row index is an option of the requester of an inner payload join only".into());
         }
-        Ok(Box::new(PsiPlan { protocol, reveal, peer_columns, join, row_index }))
+        Ok(Box::new(PsiPlan { protocol, reveal, peer_columns, join, row_index, resume }))
     }
 }
 
@@ -75,6 +79,11 @@ pub struct PsiParams {
     /// index (`#row`), for a several-peer join's merge (`crate::multi`). A responder refuses it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub row_index: bool,
+    /// Resume: the id of an interrupted streaming RR22 job (same peer, datasets and parameters)
+    /// this job takes up from its first range not finished on both nodes
+    /// (`consort_engine::psi_stream::resume`). Both nodes check it in `plan`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<String>,
 }
 
 /// Parses and validates a PSI job's parameters (on the requester from its operator, on the
@@ -86,6 +95,11 @@ pub fn parse_params(params: &str) -> Result<PsiParams, String> {
     }
     let p: PsiParams = serde_json::from_str(params)
         .map_err(|e| format!("psi parameters are not valid (line {}, column {})", e.line(), e.column()))?;
+    if let Some(id) = &p.resume
+        && config::check_name("job id", id).is_err()
+    {
+        return Err("the job to resume is not a valid job id".into());
+    }
     if p.peer_columns.len() > MAX_PEER_COLUMNS {
         return Err(format!("a payload join asks for at most {MAX_PEER_COLUMNS} peer columns"));
     }
@@ -111,6 +125,8 @@ struct PsiPlan {
     join: JoinType,
     /// Requester of a payload join: write the own row's index too (never told to the peer).
     row_index: bool,
+    /// The interrupted job this one resumes.
+    resume: Option<String>,
 }
 
 /// Where a node writes a job's output when its operator did not choose (and the name the peer
@@ -138,6 +154,12 @@ fn spill_bucket_size() -> usize {
         .unwrap_or(consort_protocols::psi::rr22::DEFAULT_BUCKET_SIZE)
 }
 
+/// Buckets per resumable range: the engine's default (the job in at most 32 ranges), or
+/// `CONSORT_RESUME_RANGE_BUCKETS` (both nodes must agree; checked) for tests with small ranges.
+fn range_buckets() -> usize {
+    std::env::var("CONSORT_RESUME_RANGE_BUCKETS").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 pub(crate) fn progress_fn(handle: &Arc<super::JobHandle>) -> consort_protocols::ProgressFn {
     let handle = handle.clone();
     Arc::new(move |p| handle.progress(p))
@@ -150,12 +172,13 @@ impl Job for PsiPlan {
     }
 
     fn wire_params(&self) -> String {
-        if self.peer_columns.is_empty() && self.join.is_inner() {
+        if self.peer_columns.is_empty() && self.join.is_inner() && self.resume.is_none() {
             return String::new();
         }
         serde_json::to_string(&PsiParams {
             peer_columns: self.peer_columns.clone(),
             join: self.join,
+            resume: self.resume.clone(),
             ..Default::default()
         })
         .expect("serializable")
@@ -171,6 +194,10 @@ impl Job for PsiPlan {
         }
         if self.row_index {
             v["row_index"] = serde_json::json!(true);
+        }
+        // A resumed job names the job it continues: the audit log links the parts.
+        if let Some(id) = &self.resume {
+            v["resume"] = serde_json::json!(id);
         }
         v
     }
@@ -218,12 +245,19 @@ impl Job for PsiPlan {
         let report = match (ctx.dataset, &ctx.stream) {
             (Some(dataset), _) => run_psi_owned(&*ctx.channel, dataset, &psi).await.map_err(failure)?,
             (None, Some(input)) => {
+                // Streaming jobs are resumable: their state lives in DIR/spill/JOB (JOB the first
+                // part's id), their spill key sealed under the node's storage key.
+                let first = self.resume.as_deref().unwrap_or(&ctx.ask.job_id);
                 let options = StreamOptions {
-                    spill_dir: ctx.state.dir.join(config::SPILL_DIR).join(&ctx.ask.job_id),
+                    spill_dir: ctx.state.dir.join(config::SPILL_DIR).join(first),
                     bucket_size: spill_bucket_size(),
                 };
+                let (key, _lock) =
+                    super::resume::job_key(ctx.state, ctx.ask, &options.spill_dir, self.resume.is_some())
+                        .map_err(Failure::shared)?;
+                let resumable = Resumable { key, range_buckets: range_buckets(), resume: self.resume.is_some() };
                 let (report, figures) =
-                    run_psi_streaming(&*ctx.channel, input, &psi, &options).await.map_err(failure)?;
+                    run_psi_resumable(&*ctx.channel, input, &psi, &options, resumable).await.map_err(failure)?;
                 tracing::info!(
                     job = %ctx.ask.job_id,
                     peak_temp_bytes = figures.peak_temp_bytes,
