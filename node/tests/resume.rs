@@ -42,7 +42,17 @@ fn segments(dir: &Path) -> usize {
 }
 
 #[test]
-fn a_job_cut_by_a_killed_node_resumes_to_the_same_output() {
+fn a_job_cut_by_a_killed_responder_resumes_to_the_same_output() {
+    cut_and_resume(false);
+}
+
+#[test]
+fn a_job_cut_by_a_killed_requester_resumes_to_the_same_output() {
+    cut_and_resume(true);
+}
+
+/// Kills the partner's node (or, with `requester`, the bank's) mid-job, restarts it, resumes.
+fn cut_and_resume(requester: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let TwoNodes { a, b, na, nb, .. } = two_nodes_with(root, 40_000, 20_000, small_ranges);
@@ -74,16 +84,40 @@ fn a_job_cut_by_a_killed_node_resumes_to_the_same_output() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(!job_id.is_empty(), "the job never recorded three ranges");
-    nb.kill9();
-    let _ = submitter.wait_with_output();
+    let (na, nb) = if requester {
+        na.kill9();
+        let _ = submitter.wait_with_output();
+        assert_eq!(wait_final(&b, &job_id, Duration::from_secs(30))["state"], "failed");
+        // The bank's node comes back (its state of the job kept); the partner re-pins it.
+        let (na, addr_a) = start_node_with(&a, small_ranges);
+        ok(&["peer", "add", s(&b), "--name", "bank", "--addr", &addr_a, "--cert", s(&a.join("node.crt")), "--replace"]);
+        assert_eq!(common::job(&a, &job_id).unwrap()["state"], "interrupted");
+        (na, nb)
+    } else {
+        nb.kill9();
+        let _ = submitter.wait_with_output();
+        assert_eq!(wait_final(&a, &job_id, Duration::from_secs(30))["state"], "failed");
+        // The partner's node comes back (its state of the job kept); the bank re-pins it.
+        let (nb, addr_b) = start_node_with(&b, small_ranges);
+        ok(&[
+            "peer",
+            "add",
+            s(&a),
+            "--name",
+            "partner",
+            "--addr",
+            &addr_b,
+            "--cert",
+            s(&b.join("node.crt")),
+            "--replace",
+        ]);
+        (na, nb)
+    };
     assert!(!out.exists(), "no output from the cut job");
-    assert_eq!(wait_final(&a, &job_id, Duration::from_secs(30))["state"], "failed");
     let finished_before = segments(&spill.join(&job_id));
-
-    // The partner's node comes back (its state of the job kept); the bank re-pins its address.
-    let (nb, addr_b) = start_node_with(&b, small_ranges);
-    ok(&["peer", "add", s(&a), "--name", "partner", "--addr", &addr_b, "--cert", s(&b.join("node.crt")), "--replace"]);
-    assert!(b.join("spill").join(&job_id).join("checkpoint").exists(), "the killed node kept the job's state");
+    for dir in [&a, &b] {
+        assert!(dir.join("spill").join(&job_id).join("checkpoint").exists(), "{} kept the job's state", dir.display());
+    }
 
     // A resume of a job the peer does not have is refused, and leaves the bank's state.
     let err = fails(&rr22(&a, &root.join("never.csv"), Some("no-such-job")));

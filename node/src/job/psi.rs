@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use consort_api::JobKind;
 use consort_engine::psi_stream::StreamOptions;
-use consort_engine::psi_stream::resume::{Resumable, run_psi_resumable};
+use consort_engine::psi_stream::resume::{Resumable, discard, is_resumable, run_psi_resumable};
 use consort_engine::{EngineError, JoinType, PayloadJob, PsiJob, PsiProtocol, run_psi_owned};
 use consort_protocols::{Reveal, Role};
 
@@ -256,8 +256,12 @@ impl Job for PsiPlan {
                     super::resume::job_key(ctx.state, ctx.ask, &options.spill_dir, self.resume.is_some())
                         .map_err(Failure::shared)?;
                 let resumable = Resumable { key, range_buckets: range_buckets(), resume: self.resume.is_some() };
-                let (report, figures) =
-                    run_psi_resumable(&*ctx.channel, input, &psi, &options, resumable).await.map_err(failure)?;
+                let run = run_psi_resumable(&*ctx.channel, input, &psi, &options, resumable).await;
+                if run.is_err() && !is_resumable(&options.spill_dir) {
+                    // Cut short before its first checkpoint: nothing to resume, nothing kept.
+                    let _ = discard(&options.spill_dir);
+                }
+                let (report, figures) = run.map_err(failure)?;
                 tracing::info!(
                     job = %ctx.ask.job_id,
                     peak_temp_bytes = figures.peak_temp_bytes,
