@@ -368,3 +368,39 @@ async fn resume_refuses_an_unknown_job_and_a_changed_input() {
     discard(&case.spill("a")).unwrap();
     assert!(!case.spill("a").exists());
 }
+
+/// Resumable runs without a stop against the plaintext intersection on the edge cases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumable_runs_match_the_plaintext_on_edge_cases() {
+    let ids = |r: std::ops::Range<u32>| r.map(|i| format!("id{i:05}")).collect::<Vec<_>>();
+    let cases: Vec<(&str, Vec<String>, Vec<String>)> = vec![
+        ("empty both", vec![], vec![]),
+        ("empty requester", vec![], ids(0..50)),
+        ("empty responder", ids(0..50), vec![]),
+        ("one item, shared", ids(7..8), ids(7..8)),
+        ("one item, not shared", ids(7..8), ids(8..9)),
+        ("disjoint", ids(0..100), ids(100..250)),
+        ("identical", ids(0..200), ids(0..200)),
+        ("unequal sizes", ids(0..20), ids(10..400)),
+    ];
+    for (name, a_ids, b_ids) in &cases {
+        for reveal in [Reveal::Both, Reveal::RequesterOnly] {
+            let dir = tempfile::tempdir().unwrap();
+            let case = Case {
+                dir: dir.path().to_path_buf(),
+                a: csv(dir.path(), "a", a_ids, false),
+                b: csv(dir.path(), "b", b_ids, false),
+                reveal,
+                join: JoinType::Inner,
+            };
+            let (ra, rb) = case.run(false, None).await;
+            assert!(ra.is_ok() && rb.is_ok(), "{name} {reveal:?}: {ra:?} {rb:?}");
+            let (pa, pb) = (case.out("a"), case.out("b"));
+            let b_out = (reveal == Reveal::Both).then(|| OutputFile::plain(&pb));
+            assert_eq!(pb.exists(), reveal == Reveal::Both, "{name}");
+            let report = verify_psi_outputs(&case.a, &case.b, Some(OutputFile::plain(&pa)), b_out).unwrap();
+            assert!(report.ok, "{name} {reveal:?}: {:?}", report.problems);
+            assert!(!case.spill("a").exists() && !case.spill("b").exists(), "{name}: nothing left");
+        }
+    }
+}

@@ -12,6 +12,7 @@
 //! join type of both outputs (`consort_engine::join`): both sides validate it against the reveal
 //! mode in `plan` (right and full need `both`; a payload join runs inner or left), and the
 //! responder runs the join the requester asked for, which its audit log records.
+//! `{"resume": "JOB"}` takes up the interrupted streaming RR22 job JOB (`super::resume`).
 //! The responder writes `DIR/outputs/JOB-DATASET.csv`,
 //! the requester where `--out` says (default the same form); both sealed under the node's storage
 //! key unless `[storage] encrypt_outputs = false` (`consort export` gives the plaintext).
@@ -303,5 +304,17 @@ mod tests {
         let e = parse_params(r#"{"join":"outer"}"#).unwrap_err();
         assert!(e.contains("line 1, column"), "{e}");
         assert!(!e.contains("outer"), "no value in the message: {e}");
+    }
+
+    /// A resume names a job by a valid id; anything else is refused in `plan` without echoing it.
+    #[test]
+    fn resume_parameters_are_checked() {
+        assert_eq!(parse_params(r#"{"resume":"j0123abc"}"#).unwrap().resume.as_deref(), Some("j0123abc"));
+        for bad in [r#"{"resume":"../etc"}"#, r#"{"resume":""}"#, r#"{"resume":".hidden"}"#] {
+            let e = parse_params(bad).unwrap_err();
+            assert!(e.contains("not a valid job id") && !e.contains("etc") && !e.contains("hidden"), "{e}");
+        }
+        let p = PsiParams { resume: Some("j1".into()), ..Default::default() };
+        assert_eq!(serde_json::to_string(&p).unwrap(), r#"{"resume":"j1"}"#);
     }
 }
