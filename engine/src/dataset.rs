@@ -86,7 +86,7 @@ pub(crate) fn changed(path: &Path) -> DataError {
 }
 
 /// What the file looked like when loaded, so outputs never copy spans from a changed file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct FileStamp {
     pub(crate) len: u64,
     modified: Option<SystemTime>,

@@ -86,6 +86,12 @@ pub struct StreamInput {
 }
 
 impl StreamInput {
+    /// Whether the input is a Parquet file (such jobs stream without resume checkpoints:
+    /// [`resume::run_psi_resumable`] takes CSV inputs with whole-row outputs).
+    pub fn is_parquet(&self) -> bool {
+        self.parquet
+    }
+
     /// Validates every row and counts them, in constant memory.
     pub fn open(spec: &DatasetSpec) -> Result<StreamInput, DataError> {
         if crate::parquet_io::is_parquet(&spec.file) {
@@ -169,6 +175,11 @@ struct Shared {
     matched: AtomicU64,
     /// The intersection's rows go to the output (not for `difference`).
     writes_matched: bool,
+    /// A resumable job ([`resume`]): a bucket's spill stays until both sides recorded its range,
+    /// and each bucket's matches are written in digest order (see [`resume`]).
+    keeps: bool,
+    /// A resumable job's learning side: the digests of buckets loaded but not finished.
+    digests: Mutex<HashMap<usize, Vec<u128>>>,
 }
 
 /// A row's place in the input: file offset, length (terminator included), row number.
@@ -275,8 +286,11 @@ impl BucketSource for SpillSource {
         }
         let ids = (0..digests.len() as u32).collect();
         if s.learns {
+            if s.keeps {
+                s.digests.lock().expect("not poisoned").insert(b, digests.clone());
+            }
             s.rows.lock().expect("not poisoned").insert(b, rows);
-        } else {
+        } else if !s.keeps {
             s.remove(&path);
         }
         Ok((digests, ids))
@@ -292,6 +306,8 @@ struct SpillSink {
     writer: Option<std::sync::mpsc::SyncSender<RowBatch>>,
     /// The responder's current bucket, by stream position (from its kept order).
     positions: Vec<Place>,
+    /// A resumable job's responder: the digests of `positions`.
+    position_digests: Vec<u128>,
 }
 
 impl SpillSink {
@@ -311,7 +327,7 @@ impl BucketSink for SpillSink {
             return Ok(());
         }
         let stashed = s.rows.lock().expect("not poisoned").remove(&b);
-        let rows = match &stashed {
+        let mut rows = match &stashed {
             Some(rows) => ids.iter().map(|&i| rows.get(i as usize).copied()).collect::<Option<Vec<_>>>(),
             // The responder: ids are stream positions of the order taken last.
             None => ids
@@ -320,8 +336,26 @@ impl BucketSink for SpillSink {
                 .collect::<Option<Vec<_>>>(),
         }
         .ok_or_else(|| s.fail(DataError::Invalid(format!("bucket {b}: a match without a row"))))?;
-        s.remove(&bucket_path(&s.dir, b));
-        s.remove(&order_path(&s.dir, b));
+        if s.keeps {
+            // A resumable job's order within a bucket: by digest (equal on both sides for a
+            // match, fixed by the salt alone), so a range run again writes the same bytes.
+            let digests = match &stashed {
+                Some(_) => s.digests.lock().expect("not poisoned").remove(&b).unwrap_or_default(),
+                None => std::mem::take(&mut self.position_digests),
+            };
+            let mut keyed = ids
+                .iter()
+                .zip(rows)
+                .map(|(&i, row)| digests.get(i as usize).map(|&d| (d, row)))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| s.fail(DataError::Invalid(format!("bucket {b}: a match without a digest"))))?;
+            keyed.sort_unstable_by_key(|&(d, row)| (d, row.2));
+            rows = keyed.into_iter().map(|(_, row)| row).collect();
+        }
+        if !s.keeps {
+            s.remove(&bucket_path(&s.dir, b));
+            s.remove(&order_path(&s.dir, b));
+        }
         self.positions = Vec::new();
         s.matched.fetch_add(rows.len() as u64, Ordering::Relaxed);
         if let Some(done) = &s.done {
@@ -336,6 +370,7 @@ impl BucketSink for SpillSink {
     fn keep_order(&mut self, b: usize, order: Vec<u32>) -> Result<(), Rr22Error> {
         let s = self.shared.clone();
         let rows = s.rows.lock().expect("not poisoned").remove(&b).unwrap_or_default();
+        let digests = if s.keeps { s.digests.lock().expect("not poisoned").remove(&b) } else { None };
         let path = order_path(&s.dir, b);
         let written = (|| -> std::io::Result<u64> {
             let mut w =
@@ -345,13 +380,18 @@ impl BucketSink for SpillSink {
                 w.write_all(&offset.to_le_bytes())?;
                 w.write_all(&len.to_le_bytes())?;
                 w.write_all(&number.to_le_bytes())?;
+                if let Some(digests) = &digests {
+                    w.write_all(&digests.get(k as usize).copied().unwrap_or(0).to_le_bytes())?;
+                }
             }
             w.into_inner().map_err(|e| e.into_error())?.finish()?;
             Ok(std::fs::metadata(&path)?.len())
         })()
         .map_err(|e| s.fail(DataError::io(&path, e)))?;
         s.added(written);
-        s.remove(&bucket_path(&s.dir, b));
+        if !s.keeps {
+            s.remove(&bucket_path(&s.dir, b));
+        }
         Ok(())
     }
 
@@ -359,13 +399,21 @@ impl BucketSink for SpillSink {
         let s = self.shared.clone();
         let path = order_path(&s.dir, b);
         let bytes = s.read_sealed(&path).map_err(|e| s.fail(e))?;
+        let kept = if s.keeps { KEPT + 16 } else { KEPT };
+        if !bytes.len().is_multiple_of(kept) {
+            return Err(s.fail(DataError::file(&path, "spill file damaged")));
+        }
+        if s.keeps {
+            self.position_digests =
+                bytes.chunks_exact(kept).map(|r| u128::from_le_bytes(r[KEPT..].try_into().expect("16"))).collect();
+        }
         self.positions = bytes
-            .chunks_exact(KEPT)
+            .chunks_exact(kept)
             .map(|r| {
                 (
                     u64::from_le_bytes(r[..8].try_into().expect("8")),
                     u32::from_le_bytes(r[8..12].try_into().expect("4")),
-                    u32::from_le_bytes(r[12..].try_into().expect("4")),
+                    u32::from_le_bytes(r[12..16].try_into().expect("4")),
                 )
             })
             .collect();
@@ -439,6 +487,8 @@ async fn run_streaming_observed<C: Channel>(
             .then(|| Mutex::new(vec![0u64; (input.rows as usize).div_ceil(64)])),
         matched: AtomicU64::new(0),
         writes_matched: job.join.writes_intersection(),
+        keeps: false,
+        digests: Mutex::new(HashMap::new()),
     });
     let scan = {
         let (input, shared, hasher, cap) = (input.clone(), shared.clone(), session.hasher(), session.own_capacity());
@@ -478,7 +528,8 @@ async fn run_streaming_observed<C: Channel>(
         _ => (None, None),
     };
     let source: Arc<dyn BucketSource> = Arc::new(SpillSource(shared.clone()));
-    let mut sink = SpillSink { shared: shared.clone(), writer: rows_tx, positions: Vec::new() };
+    let mut sink =
+        SpillSink { shared: shared.clone(), writer: rows_tx, positions: Vec::new(), position_digests: Vec::new() };
     let all = 0..session.layout.buckets;
     let run = rr22::run_buckets(channel, &session, source, &mut sink, all).await;
     drop(sink);
@@ -1021,5 +1072,6 @@ fn write_tail_csv(
     Ok((w, rows))
 }
 
+pub mod resume;
 #[cfg(test)]
 mod tests;

@@ -102,6 +102,11 @@ impl StorageKey {
         crate::storage::write_atomic(path, text.as_bytes(), Access::OwnerOnly)
     }
 
+    /// The key's bytes, for sealing it under another key (a resumable job's spill key).
+    pub(crate) fn secret_bytes(&self) -> &[u8; 32] {
+        &self.bytes
+    }
+
     /// A public 8-byte fingerprint of the key, stored in every file's header.
     pub fn id(&self) -> [u8; KEY_ID] {
         let mut id = [0u8; KEY_ID];

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::warn;
 
@@ -128,11 +128,9 @@ impl NodeState {
             let fields = serde_json::json!({"reason": "interrupted: the node stopped while the job ran"});
             audit.append_async(id, "failure", fields).await?;
         }
-        // Spill of streaming jobs a stop cut short: no job runs yet, none of it is needed.
-        let spill = dir.join(config::SPILL_DIR);
-        if spill.exists() {
-            std::fs::remove_dir_all(&spill).with_context(|| format!("cannot remove old spill {}", spill.display()))?;
-        }
+        // Spill of streaming jobs a stop cut short: kept if resumable (and not expired), else
+        // removed (`job::resume::keep_resumable`).
+        crate::job::resume::keep_resumable(&dir.join(config::SPILL_DIR))?;
         let job_slots = Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrent_jobs as usize));
         let metrics = crate::metrics::Metrics::new(jobs.metrics(), &audit);
         Ok(Arc::new(NodeState {

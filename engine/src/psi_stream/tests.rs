@@ -271,6 +271,8 @@ fn spill_files_hold_no_raw_id() {
         done: None,
         matched: AtomicU64::new(0),
         writes_matched: true,
+        keeps: false,
+        digests: Mutex::new(HashMap::new()),
     };
     let layout = rr22::Layout::new(2000, 2000, 256);
     let hasher = test_hasher(layout.buckets);

@@ -106,6 +106,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Remove an interrupted streaming job's resumable state (DIR/spill/JOB) at once, instead of
+    /// keeping it for `consort psi ... --resume JOB` until it expires (7 days, at a node start).
+    Discard { dir: PathBuf, job: String },
     /// Run the node in the foreground (logs to stderr; stops cleanly on Ctrl-C or SIGTERM).
     Node {
         dir: PathBuf,
@@ -271,6 +274,14 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Grant(cmd) => admin::grant(cmd).await,
         Command::Approve { dir, job, json } => admin::decide(dir, job, true, None, json).await,
         Command::Deny { dir, job, reason, json } => admin::decide(dir, job, false, reason, json).await,
+        Command::Discard { dir, job } => {
+            let removed = crate::job::resume::discard(&config::absolute(&dir)?, &job)?;
+            println!(
+                "{}",
+                if removed { "removed the job's resumable state" } else { "no resumable state for that job" }
+            );
+            Ok(())
+        }
         Command::Node { dir, metrics, log_format } => run_node(&dir, metrics.as_deref(), log_format).await,
         Command::Psi(args) => psi::psi(args).await,
         Command::PsiSetup(args) => unbalanced::setup(args).await,

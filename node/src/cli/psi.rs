@@ -81,6 +81,15 @@ pub struct PsiArgs {
     #[arg(long, value_name = "JOIN", value_parser = super::multi::join_parser())]
     #[serde(skip_serializing_if = "Option::is_none")]
     multi: Option<consort_engine::multi_join::MultiJoin>,
+    /// Resume the interrupted streaming rr22 job JOB (a node killed or a connection lost; see
+    /// `consort jobs`): run again with the same peer, datasets and flags and --resume JOB. Both
+    /// nodes check they hold JOB's state for the same session and datasets (an input changed
+    /// since is refused) and go on from the first bucket range not finished on both; the output
+    /// is the one JOB would have written. The new job's audit record names JOB. Interrupted
+    /// state is kept 7 days (`consort discard DIR JOB` removes it sooner).
+    #[arg(long, value_name = "JOB")]
+    #[serde(skip)]
+    resume: Option<String>,
 }
 
 pub async fn psi(mut args: PsiArgs) -> Result<()> {
@@ -103,11 +112,12 @@ pub async fn psi(mut args: PsiArgs) -> Result<()> {
     let j = &args.job;
     let client = NodeClient::connect(&j.dir).await?;
     let mut request = SubmitRequest::psi(peer, &j.dataset, peer_dataset, args.protocol, args.reveal, out);
-    if !args.peer_columns.is_empty() || !args.join.is_inner() || !args.output.is_rows() {
+    if !args.peer_columns.is_empty() || !args.join.is_inner() || !args.output.is_rows() || args.resume.is_some() {
         request.params = serde_json::to_string(&crate::job::psi::PsiParams {
             peer_columns: args.peer_columns.clone(),
             join: args.join,
             output: args.output,
+            resume: args.resume.clone(),
             ..Default::default()
         })?;
     }

@@ -19,6 +19,7 @@ pub mod deal;
 pub mod envelope;
 pub mod psi;
 mod record;
+pub mod resume;
 pub mod score;
 pub mod secureboost;
 pub mod service;

@@ -12,6 +12,7 @@
 //! join type of both outputs (`consort_engine::join`): both sides validate it against the reveal
 //! mode in `plan` (right and full need `both`; a payload join runs inner or left), and the
 //! responder runs the join the requester asked for, which its audit log records.
+//! `{"resume": "JOB"}` takes up the interrupted streaming RR22 job JOB (`super::resume`).
 //! The responder writes `DIR/outputs/JOB-DATASET.csv`,
 //! the requester where `--out` says (default the same form); both sealed under the node's storage
 //! key unless `[storage] encrypt_outputs = false` (`consort export` gives the plaintext).
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use consort_api::JobKind;
+use consort_engine::psi_stream::resume::{Resumable, discard, is_resumable, run_psi_resumable};
 use consort_engine::psi_stream::{StreamOptions, run_psi_streaming};
 use consort_engine::{EngineError, JoinType, OutputColumns, PayloadJob, PsiJob, PsiProtocol, run_psi_owned};
 use consort_protocols::{Reveal, Role};
@@ -37,7 +39,10 @@ impl Kind for Psi {
 
     fn plan(&self, _state: &NodeState, ask: &Ask) -> Result<Box<dyn Job>, String> {
         let protocol = ask.protocol.unwrap_or(PsiProtocol::Ecdh);
-        let PsiParams { peer_columns, join, row_index, output } = parse_params(&ask.params)?;
+        let PsiParams { peer_columns, join, row_index, output, resume } = parse_params(&ask.params)?;
+        if resume.is_some() && (protocol != PsiProtocol::Rr22 || !peer_columns.is_empty() || !output.is_rows()) {
+            return Err("only streaming rr22 jobs (no peer columns, whole rows) can be resumed".into());
+        }
         if !peer_columns.is_empty() && protocol != PsiProtocol::Rr22 {
             return Err("payload joins (peer columns) run over rr22 only: use --protocol rr22".into());
         }
@@ -52,7 +57,7 @@ impl Kind for Psi {
         if output == OutputColumns::Keys && !peer_columns.is_empty() {
             return Err("a payload join (peer columns) writes whole rows: --output keys is for plain PSI".into());
         }
-        Ok(Box::new(PsiPlan { protocol, reveal, peer_columns, join, row_index, output }))
+        Ok(Box::new(PsiPlan { protocol, reveal, peer_columns, join, row_index, output, resume }))
     }
 }
 
@@ -82,6 +87,11 @@ pub struct PsiParams {
     /// columns only, for rows too large to copy); both sides run what the requester asked.
     #[serde(default, skip_serializing_if = "OutputColumns::is_rows")]
     pub output: OutputColumns,
+    /// Resume: the id of an interrupted streaming RR22 job (same peer, datasets and parameters)
+    /// this job takes up from its first range not finished on both nodes
+    /// (`consort_engine::psi_stream::resume`). Both nodes check it in `plan`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<String>,
 }
 
 /// Parses and validates a PSI job's parameters (on the requester from its operator, on the
@@ -93,6 +103,11 @@ pub fn parse_params(params: &str) -> Result<PsiParams, String> {
     }
     let p: PsiParams = serde_json::from_str(params)
         .map_err(|e| format!("psi parameters are not valid (line {}, column {})", e.line(), e.column()))?;
+    if let Some(id) = &p.resume
+        && config::check_name("job id", id).is_err()
+    {
+        return Err("the job to resume is not a valid job id".into());
+    }
     if p.peer_columns.len() > MAX_PEER_COLUMNS {
         return Err(format!("a payload join asks for at most {MAX_PEER_COLUMNS} peer columns"));
     }
@@ -120,6 +135,8 @@ struct PsiPlan {
     row_index: bool,
     /// The outputs' columns (`--output rows|keys`).
     output: OutputColumns,
+    /// The interrupted job this one resumes.
+    resume: Option<String>,
 }
 
 /// Where a node writes a job's output when its operator did not choose (and the name the peer
@@ -152,6 +169,12 @@ fn spill_bucket_size() -> usize {
         .unwrap_or(consort_protocols::psi::rr22::DEFAULT_BUCKET_SIZE)
 }
 
+/// Buckets per resumable range: the engine's default (the job in at most 32 ranges), or
+/// `CONSORT_RESUME_RANGE_BUCKETS` (both nodes must agree; checked) for tests with small ranges.
+fn range_buckets() -> usize {
+    std::env::var("CONSORT_RESUME_RANGE_BUCKETS").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 pub(crate) fn progress_fn(handle: &Arc<super::JobHandle>) -> consort_protocols::ProgressFn {
     let handle = handle.clone();
     Arc::new(move |p| handle.progress(p))
@@ -164,13 +187,14 @@ impl Job for PsiPlan {
     }
 
     fn wire_params(&self) -> String {
-        if self.peer_columns.is_empty() && self.join.is_inner() && self.output.is_rows() {
+        if self.peer_columns.is_empty() && self.join.is_inner() && self.output.is_rows() && self.resume.is_none() {
             return String::new();
         }
         serde_json::to_string(&PsiParams {
             peer_columns: self.peer_columns.clone(),
             join: self.join,
             output: self.output,
+            resume: self.resume.clone(),
             ..Default::default()
         })
         .expect("serializable")
@@ -189,6 +213,10 @@ impl Job for PsiPlan {
         }
         if !self.output.is_rows() {
             v["output"] = serde_json::json!(self.output.name());
+        }
+        // A resumed job names the job it continues: the audit log links the parts.
+        if let Some(id) = &self.resume {
+            v["resume"] = serde_json::json!(id);
         }
         v
     }
@@ -244,13 +272,44 @@ impl Job for PsiPlan {
         };
         let report = match (ctx.dataset, &ctx.stream) {
             (Some(dataset), _) => run_psi_owned(&*ctx.channel, dataset, &psi).await.map_err(failure)?,
-            (None, Some(input)) => {
+            (None, Some(input)) if input.is_parquet() || !self.output.is_rows() => {
+                // Parquet inputs and key-only outputs stream without resume checkpoints (the
+                // resumable path copies CSV rows into its range segments).
+                if self.resume.is_some() {
+                    return Err(Failure::shared(anyhow::anyhow!("a job over a Parquet dataset cannot be resumed")));
+                }
                 let options = StreamOptions {
                     spill_dir: ctx.state.dir.join(config::SPILL_DIR).join(&ctx.ask.job_id),
                     bucket_size: spill_bucket_size(),
                 };
                 let (report, figures) =
                     run_psi_streaming(&*ctx.channel, input, &psi, &options).await.map_err(failure)?;
+                tracing::info!(
+                    job = %ctx.ask.job_id,
+                    peak_temp_bytes = figures.peak_temp_bytes,
+                    duplicates_dropped = figures.duplicates_dropped,
+                    "streaming psi done"
+                );
+                report
+            }
+            (None, Some(input)) => {
+                // Streaming jobs are resumable: their state lives in DIR/spill/JOB (JOB the first
+                // part's id), their spill key sealed under the node's storage key.
+                let first = self.resume.as_deref().unwrap_or(&ctx.ask.job_id);
+                let options = StreamOptions {
+                    spill_dir: ctx.state.dir.join(config::SPILL_DIR).join(first),
+                    bucket_size: spill_bucket_size(),
+                };
+                let (key, _lock) =
+                    super::resume::job_key(ctx.state, ctx.ask, &options.spill_dir, self.resume.is_some())
+                        .map_err(Failure::shared)?;
+                let resumable = Resumable { key, range_buckets: range_buckets(), resume: self.resume.is_some() };
+                let run = run_psi_resumable(&*ctx.channel, input, &psi, &options, resumable).await;
+                if run.is_err() && !is_resumable(&options.spill_dir) {
+                    // Cut short before its first checkpoint: nothing to resume, nothing kept.
+                    let _ = discard(&options.spill_dir);
+                }
+                let (report, figures) = run.map_err(failure)?;
                 tracing::info!(
                     job = %ctx.ask.job_id,
                     peak_temp_bytes = figures.peak_temp_bytes,
@@ -306,5 +365,17 @@ mod tests {
         assert_eq!(serde_json::to_string(&keys).unwrap(), r#"{"output":"keys"}"#);
         let e = parse_params(r#"{"output":"all"}"#).unwrap_err();
         assert!(e.contains("line 1, column") && !e.contains("all"), "{e}");
+    }
+
+    /// A resume names a job by a valid id; anything else is refused in `plan` without echoing it.
+    #[test]
+    fn resume_parameters_are_checked() {
+        assert_eq!(parse_params(r#"{"resume":"j0123abc"}"#).unwrap().resume.as_deref(), Some("j0123abc"));
+        for bad in [r#"{"resume":"../etc"}"#, r#"{"resume":""}"#, r#"{"resume":".hidden"}"#] {
+            let e = parse_params(bad).unwrap_err();
+            assert!(e.contains("not a valid job id") && !e.contains("etc") && !e.contains("hidden"), "{e}");
+        }
+        let p = PsiParams { resume: Some("j1".into()), ..Default::default() };
+        assert_eq!(serde_json::to_string(&p).unwrap(), r#"{"resume":"j1"}"#);
     }
 }

@@ -298,6 +298,101 @@ impl Session {
     }
 }
 
+/// What a restart needs to take a [`Session`] up again without a new hello: the sizes both
+/// announced, the bucket size and the joint salt (so items hash and bucket as before, and the
+/// [`Layout`] is derived again). Only sessions without payloads can be saved. The salt is secret
+/// from third parties: callers keep this sealed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionState {
+    pub own_size: u64,
+    pub peer_size: u64,
+    pub bucket_size: u64,
+    pub salt: [u8; 32],
+}
+
+impl std::fmt::Debug for SessionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionState")
+            .field("own_size", &self.own_size)
+            .field("peer_size", &self.peer_size)
+            .field("bucket_size", &self.bucket_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// The parameters to save for a restart ([`resume_session`]); `None` for labeled PSI, whose
+    /// payload width is not saved.
+    pub fn state(&self, bucket_size: usize) -> Option<SessionState> {
+        (self.payload_width.is_none() && matches!(self.payload, PayloadMode::None)).then_some(SessionState {
+            own_size: self.own_size,
+            peer_size: self.peer_size,
+            bucket_size: bucket_size as u64,
+            salt: self.salt,
+        })
+    }
+
+    /// A fingerprint of everything both parties agreed in the hello (salt, sizes by role, bucket
+    /// size, reveal mode, layout): equal on both sides of one session, so a restart can check the
+    /// peer restored the same session. It tells the peer nothing it does not already know.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let (requester, responder) = match self.role {
+            Role::Requester => (self.own_size, self.peer_size),
+            Role::Responder => (self.peer_size, self.own_size),
+        };
+        let mut h = Sha256::new();
+        h.update(b"consort/rr22-psi/v1/session-fingerprint");
+        h.update(self.salt);
+        h.update(requester.to_le_bytes());
+        h.update(responder.to_le_bytes());
+        h.update([self.reveal.wire()]);
+        for v in [self.layout.buckets, self.layout.cap_receiver, self.layout.cap_sender, self.layout.value_bytes] {
+            h.update((v as u64).to_le_bytes());
+        }
+        h.finalize().into()
+    }
+}
+
+/// Takes a saved session up again ([`Session::state`]) for `config` (same role and reveal mode
+/// as the first run; no payloads): no message is exchanged, the layout is derived again from the
+/// saved sizes, and the peer's restored session is compared by [`Session::fingerprint`].
+pub fn resume_session(state: &SessionState, config: &Rr22Config) -> Result<Session, Rr22Error> {
+    if !matches!(config.payload, PayloadMode::None) {
+        return Err(Rr22Error::Input("labeled PSI sessions cannot be resumed".into()));
+    }
+    if state.own_size >= DUMMY as u64 || state.peer_size >= DUMMY as u64 {
+        return Err(Rr22Error::Input("a saved set size out of range".into()));
+    }
+    if state.peer_size > config.max_peer_items {
+        return Err(Rr22Error::Input(format!(
+            "the saved peer size {} is more than the {} agreed for this job",
+            state.peer_size, config.max_peer_items
+        )));
+    }
+    if state.bucket_size == 0 || state.bucket_size as usize > okvs::MAX_KEYS / 2 {
+        return Err(Rr22Error::Input(format!("saved bucket size {} out of range", state.bucket_size)));
+    }
+    let (requester, responder) = match config.role {
+        Role::Requester => (state.own_size, state.peer_size),
+        Role::Responder => (state.peer_size, state.own_size),
+    };
+    let layout = Layout::new(requester as usize, responder as usize, state.bucket_size as usize);
+    if layout.buckets.saturating_mul(layout.cap_sender) >= DUMMY as usize {
+        return Err(Rr22Error::Input("the saved layout exceeds 2^32 stream positions".into()));
+    }
+    Ok(Session {
+        peer_size: state.peer_size,
+        own_size: state.own_size,
+        layout,
+        role: config.role,
+        reveal: config.reveal,
+        salt: state.salt,
+        progress: config.progress.clone(),
+        payload_width: None,
+        payload: PayloadMode::None,
+    })
+}
+
 /// The hello exchange (and, for labeled PSI, the payload width): checks this party's input and
 /// the peer's parameters, fixes the joint salt and the [`Layout`]. `n` is the item count this
 /// party announces; its buckets may then hold fewer items in all (e.g. duplicates dropped), never

@@ -680,3 +680,33 @@ mod payloads {
         }
     }
 }
+
+/// A saved session comes back as it was: same layout, hashing and fingerprint on both sides;
+/// saved values out of range are refused, and payload sessions cannot be saved.
+#[tokio::test]
+async fn a_saved_session_is_restored_with_the_same_parameters() {
+    let (a, b) = memory_pair(8);
+    let (ca, cb) = (config(Role::Requester, Reveal::Both, 64), config(Role::Responder, Reveal::Both, 64));
+    let (sa, sb) = futures::future::join(start(&a, 1000, &ca), start(&b, 300, &cb)).await;
+    let (sa, sb) = (sa.unwrap(), sb.unwrap());
+    assert_eq!(sa.fingerprint(), sb.fingerprint(), "both sides of one session agree");
+    for (session, config) in [(&sa, &ca), (&sb, &cb)] {
+        let state = session.state(64).unwrap();
+        let again = resume_session(&state, config).unwrap();
+        assert_eq!(again.layout, session.layout);
+        assert_eq!(again.fingerprint(), session.fingerprint());
+        assert_eq!(again.hasher().digest(b"id-7"), session.hasher().digest(b"id-7"));
+        assert_eq!((again.own_size, again.peer_size), (session.own_size, session.peer_size));
+    }
+    let state = sa.state(64).unwrap();
+    let other = resume_session(&SessionState { peer_size: 301, ..state.clone() }, &ca).unwrap();
+    assert_ne!(other.fingerprint(), sa.fingerprint(), "another size, another fingerprint");
+    let other = resume_session(&SessionState { salt: [9; 32], ..state.clone() }, &ca).unwrap();
+    assert_ne!(other.fingerprint(), sa.fingerprint(), "another salt, another fingerprint");
+    let limited = Rr22Config { max_peer_items: 299, ..ca.clone() };
+    assert!(resume_session(&state, &limited).is_err(), "the peer's size is checked against the job's limit");
+    assert!(resume_session(&SessionState { bucket_size: 0, ..state.clone() }, &ca).is_err());
+    assert!(resume_session(&SessionState { own_size: u64::from(u32::MAX), ..state.clone() }, &ca).is_err());
+    let payload = Rr22Config { payload: PayloadMode::Receive { max_bytes: 16 }, ..ca.clone() };
+    assert!(resume_session(&state, &payload).is_err(), "labeled sessions are not resumed");
+}

@@ -1,0 +1,701 @@
+//! Resuming an interrupted streaming RR22 job (issue 12 item 3).
+//!
+//! A resumable job ([`run_psi_resumable`]) runs its buckets in **ranges** of
+//! [`Resumable::range_buckets`] buckets ([`default_range_buckets`]: the job's buckets split into
+//! at most [`DEFAULT_RANGES`] ranges), each range with its own VOLE setup and positions
+//! ([`rr22::run_buckets`]). Everything it needs to go on after a crash lives in its spill
+//! directory, sealed under the job's spill key (which the caller keeps, e.g. sealed under the
+//! node's storage key):
+//! - `checkpoint`: the session both parties agreed (sizes, bucket size, joint salt), the role,
+//!   reveal mode and join, the input's stamp (length and modification time), the range size and,
+//!   per finished range, its digest and the running counts (matches, duplicates dropped, output
+//!   rows). Written atomically (sealed temp file, fsync, rename, directory fsync);
+//! - `bucket-B` / `order-B`: the spill of every bucket whose range is not known to be recorded
+//!   by both sides (a bucket's spill is deleted only once the peer confirmed its range);
+//! - `segment-R`: range R's output rows, sealed, written before the checkpoint records R;
+//! - `bits`: a join's matched/dropped-row bitmap after the last recorded range (setting a bit
+//!   twice is harmless, so a bitmap newer than the checkpoint is fine).
+//!
+//! **After each range** both sides finish its output segment, record the range in the checkpoint,
+//! then exchange an acknowledgement carrying the range's digest: SHA-256 over the session's
+//! fingerprint, the range's index and bounds and the hashes of the frames each way during the
+//! range (length-prefixed, in order). Both parties see the same frames, so honest digests are
+//! equal; a difference means the two sides did not run the same range (another session, a
+//! different salt or layout, a lost or altered frame, a forged record) and the job stops. The
+//! digest is computed from frames the peer itself sent or received: it tells it nothing new.
+//!
+//! **Resuming**: both sides restore the session from their checkpoint (no new hello: the salt
+//! must stay, since the unfinished buckets' spill was hashed under it), check the input is
+//! unchanged (a learning side copies it to a fresh private snapshot and checks the stamp again),
+//! and exchange their fingerprint, range size and finished ranges' digests. The job goes on from
+//! the first range not finished on both sides, after comparing the digests of the ranges both
+//! finished; a side that had recorded more rolls back (drops those segments and counts). The
+//! output is then the header, the segments in order and the join's tail: the same bytes, rows
+//! and order, as an uninterrupted run of the same session.
+//!
+//! **Order.** The in-memory path orders a bucket's matches by their OPRF values, which depend on
+//! the range's VOLE keys: a range run again after a resume would come out in another order. A
+//! resumable job therefore writes each bucket's matches in **digest order** (the salted digest,
+//! equal on both sides for a match, fixed by the salt that the resume keeps): the two outputs stay
+//! aligned row by row, and a rerun range writes the same bytes. (Two *separate* runs of a job
+//! still differ in order: each hello draws a fresh salt.)
+//!
+//! A finished job leaves nothing (the directory is removed); a failed one leaves its directory
+//! for a resume or for the caller to discard ([`discard`]).
+use std::io::Write;
+
+use bytes::Bytes;
+use consort_protocols::ChannelError;
+use consort_protocols::Role;
+use consort_protocols::psi::rr22::SessionState;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::*;
+use crate::dataset::FileStamp;
+
+/// Ranges per job at most with [`default_range_buckets`]: 10^8 rows in buckets of 2^20 make 96
+/// buckets, 32 ranges of 3.
+pub const DEFAULT_RANGES: usize = 32;
+/// Frame tags of the resume messages.
+const AGREE: u8 = 0x70;
+const RECORDED: u8 = 0x71;
+const CHECKPOINT_VERSION: u32 = 1;
+
+/// The range size (in buckets) a job of `buckets` buckets uses by default.
+pub fn default_range_buckets(buckets: usize) -> usize {
+    buckets.div_ceil(DEFAULT_RANGES).max(1)
+}
+
+/// What makes a streaming job resumable.
+pub struct Resumable {
+    /// The job's spill key: the caller keeps it across restarts (a node seals it under its
+    /// storage key); the same key must be given to resume.
+    pub key: StorageKey,
+    /// Buckets per range; 0 for [`default_range_buckets`]. Both parties must agree (checked).
+    pub range_buckets: usize,
+    /// Take up the job whose state is in the spill directory instead of starting it.
+    pub resume: bool,
+}
+
+/// The running counts after a finished range.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+struct Finished {
+    digest: [u8; 32],
+    matched: u64,
+    dropped: u64,
+    /// Output rows written up to and including this range.
+    rows: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Checkpoint {
+    version: u32,
+    /// `Requester` / `Responder`, `Both` / `RequesterOnly` (their Debug names).
+    role: String,
+    reveal: String,
+    join: crate::join::JoinType,
+    own_size: u64,
+    peer_size: u64,
+    bucket_size: u64,
+    salt: [u8; 32],
+    range_buckets: u64,
+    stamp: FileStamp,
+    finished: Vec<Finished>,
+}
+
+fn checkpoint_path(dir: &Path) -> PathBuf {
+    dir.join("checkpoint")
+}
+
+fn bits_path(dir: &Path) -> PathBuf {
+    dir.join("bits")
+}
+
+fn segment_path(dir: &Path, r: usize) -> PathBuf {
+    dir.join(format!("segment-{r:05}"))
+}
+
+fn write_sealed(path: &Path, key: &StorageKey, bytes: &[u8]) -> Result<(), DataError> {
+    SealedWriter::create(path, key, Access::OwnerOnly)
+        .and_then(|mut w| {
+            w.write_all(bytes)?;
+            w.finish()
+        })
+        .map(|_| ())
+        .map_err(|e| DataError::io(path, e))
+}
+
+fn read_sealed(path: &Path, key: &StorageKey) -> Result<Vec<u8>, DataError> {
+    let mut bytes = Vec::new();
+    SealedReader::open(path, key).and_then(|mut r| r.read_to_end(&mut bytes)).map_err(|e| DataError::io(path, e))?;
+    Ok(bytes)
+}
+
+impl Checkpoint {
+    fn save(&self, dir: &Path, key: &StorageKey) -> Result<(), DataError> {
+        let text = serde_json::to_vec(self).map_err(|e| DataError::Invalid(e.to_string()))?;
+        write_sealed(&checkpoint_path(dir), key, &text)
+    }
+
+    fn load(dir: &Path, key: &StorageKey) -> Result<Checkpoint, DataError> {
+        let path = checkpoint_path(dir);
+        if !path.exists() {
+            return Err(DataError::Invalid(
+                "this job has no resumable state (it stopped before its scan finished, or was discarded); run it again"
+                    .into(),
+            ));
+        }
+        let bytes = read_sealed(&path, key)?;
+        let c: Checkpoint =
+            serde_json::from_slice(&bytes).map_err(|_| DataError::file(&path, "the checkpoint is damaged"))?;
+        if c.version != CHECKPOINT_VERSION {
+            return Err(DataError::file(&path, "the checkpoint is from another version"));
+        }
+        Ok(c)
+    }
+
+    fn state(&self) -> SessionState {
+        SessionState {
+            own_size: self.own_size,
+            peer_size: self.peer_size,
+            bucket_size: self.bucket_size,
+            salt: self.salt,
+        }
+    }
+}
+
+/// Removes a job's resumable state (its spill directory). Nothing else of the job is on disk.
+pub fn discard(spill_dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(spill_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// The file in a job's spill directory holding its spill key, sealed under the caller's key.
+const KEY_FILE: &str = "key";
+
+/// Makes a resumable job's spill directory and spill key, the key kept in it sealed under
+/// `under` (a node's storage key), so a restarted node can take the job up again.
+pub fn create_job_key(spill_dir: &Path, under: &StorageKey) -> Result<StorageKey, DataError> {
+    std::fs::create_dir_all(spill_dir).map_err(|e| DataError::io(spill_dir, e))?;
+    let key = StorageKey::generate().map_err(|e| DataError::io(spill_dir, e))?;
+    write_sealed(&spill_dir.join(KEY_FILE), under, key.secret_bytes())?;
+    Ok(key)
+}
+
+/// The spill key of a resumable job ([`create_job_key`]).
+pub fn load_job_key(spill_dir: &Path, under: &StorageKey) -> Result<StorageKey, DataError> {
+    let path = spill_dir.join(KEY_FILE);
+    if !path.exists() {
+        return Err(DataError::Invalid("no resumable state for this job on this node".into()));
+    }
+    let bytes = zeroize::Zeroizing::new(read_sealed(&path, under)?);
+    let bytes: [u8; 32] =
+        bytes.as_slice().try_into().map_err(|_| DataError::file(&path, "the job's key file is damaged"))?;
+    Ok(StorageKey::from_bytes(bytes))
+}
+
+/// Whether a spill directory holds a resumable job (its key and a checkpoint), so a node start
+/// keeps it.
+pub fn is_resumable(spill_dir: &Path) -> bool {
+    spill_dir.join(KEY_FILE).is_file() && checkpoint_path(spill_dir).is_file()
+}
+
+/// A channel that hashes the frames each way (length-prefixed, in order): a range's transcript.
+struct Transcript<'a, C> {
+    inner: &'a C,
+    sent: Mutex<Sha256>,
+    received: Mutex<Sha256>,
+}
+
+impl<'a, C: Channel> Transcript<'a, C> {
+    fn new(inner: &'a C) -> Self {
+        Transcript { inner, sent: Mutex::new(Sha256::new()), received: Mutex::new(Sha256::new()) }
+    }
+
+    /// The range's digest, the same on both sides of one run.
+    fn digest(self, fingerprint: &[u8; 32], role: Role, r: usize, range: &std::ops::Range<usize>) -> [u8; 32] {
+        let sent: [u8; 32] = self.sent.into_inner().expect("not poisoned").finalize().into();
+        let received: [u8; 32] = self.received.into_inner().expect("not poisoned").finalize().into();
+        let (from_requester, from_responder) = match role {
+            Role::Requester => (sent, received),
+            Role::Responder => (received, sent),
+        };
+        let mut h = Sha256::new();
+        h.update(b"consort/psi-resume/v1/range");
+        h.update(fingerprint);
+        for v in [r, range.start, range.end] {
+            h.update((v as u64).to_le_bytes());
+        }
+        h.update(from_requester);
+        h.update(from_responder);
+        h.finalize().into()
+    }
+}
+
+fn absorb(h: &Mutex<Sha256>, frame: &[u8]) {
+    let mut h = h.lock().expect("not poisoned");
+    h.update((frame.len() as u64).to_le_bytes());
+    h.update(frame);
+}
+
+impl<C: Channel> Channel for Transcript<'_, C> {
+    fn send(&self, frame: Bytes) -> impl std::future::Future<Output = Result<(), ChannelError>> + Send {
+        absorb(&self.sent, &frame);
+        self.inner.send(frame)
+    }
+
+    async fn recv(&self) -> Result<Bytes, ChannelError> {
+        let frame = self.inner.recv().await?;
+        absorb(&self.received, &frame);
+        Ok(frame)
+    }
+}
+
+fn peer_err(what: impl Into<String>) -> EngineError {
+    EngineError::Peer(what.into())
+}
+
+fn closed(e: ChannelError) -> EngineError {
+    EngineError::Peer(format!("the resume exchange failed: {e}"))
+}
+
+/// Both sides say which session they hold, their range size and the digests of the ranges they
+/// finished; returns the first range to run (the first not finished on both sides). Every
+/// field of the peer's message is checked before it is used.
+async fn agree<C: Channel>(
+    channel: &C,
+    fingerprint: &[u8; 32],
+    range_buckets: usize,
+    ranges: usize,
+    finished: &[Finished],
+) -> Result<usize, EngineError> {
+    let mut frame = Vec::with_capacity(1 + 32 + 8 + 4 + 32 * finished.len());
+    frame.push(AGREE);
+    frame.extend_from_slice(fingerprint);
+    frame.extend_from_slice(&(range_buckets as u64).to_le_bytes());
+    frame.extend_from_slice(&(finished.len() as u32).to_le_bytes());
+    for f in finished {
+        frame.extend_from_slice(&f.digest);
+    }
+    channel.send(Bytes::from(frame)).await.map_err(closed)?;
+    let peer = channel.recv().await.map_err(closed)?;
+    if peer.len() < 45 || peer[0] != AGREE {
+        return Err(peer_err("the peer's resume message is malformed"));
+    }
+    if peer[1..33] != fingerprint[..] {
+        return Err(peer_err(
+            "the peer holds another session (salt, set sizes, reveal mode or layout differ): not the same job",
+        ));
+    }
+    let peer_range = u64::from_le_bytes(peer[33..41].try_into().expect("8"));
+    if peer_range != range_buckets as u64 {
+        return Err(peer_err(format!("range sizes differ: this node {range_buckets} buckets, the peer {peer_range}")));
+    }
+    let peer_finished = u32::from_le_bytes(peer[41..45].try_into().expect("4")) as usize;
+    if peer_finished > ranges {
+        return Err(peer_err(format!("the peer claims {peer_finished} finished ranges of the job's {ranges}")));
+    }
+    if peer.len() != 45 + 32 * peer_finished {
+        return Err(peer_err("the peer's resume message is malformed"));
+    }
+    let common = peer_finished.min(finished.len());
+    for (r, f) in finished.iter().enumerate().take(common) {
+        if peer[45 + 32 * r..45 + 32 * (r + 1)] != f.digest[..] {
+            return Err(peer_err(format!("range {r}: the peer's digest differs from this node's record")));
+        }
+    }
+    Ok(common)
+}
+
+/// After recording range `r`: tells the peer and checks the peer recorded the same digest.
+async fn recorded<C: Channel>(channel: &C, r: usize, digest: &[u8; 32]) -> Result<(), EngineError> {
+    let mut frame = Vec::with_capacity(37);
+    frame.push(RECORDED);
+    frame.extend_from_slice(&(r as u32).to_le_bytes());
+    frame.extend_from_slice(digest);
+    channel.send(Bytes::from(frame)).await.map_err(closed)?;
+    let peer = channel.recv().await.map_err(closed)?;
+    if peer.len() != 37 || peer[0] != RECORDED {
+        return Err(peer_err("the peer's range record message is malformed"));
+    }
+    if u32::from_le_bytes(peer[1..5].try_into().expect("4")) as usize != r {
+        return Err(peer_err(format!("the peer recorded another range than {r}")));
+    }
+    if peer[5..] != digest[..] {
+        return Err(peer_err(format!("range {r}: the two sides' digests differ (they did not run the same range)")));
+    }
+    Ok(())
+}
+
+/// Copies the input to an unlinked private snapshot (a learning side's rows come from it),
+/// checking it is the file the job started with; returns it with its header and terminator.
+fn snapshot(input: &StreamInput, dir: &Path, stamp: &FileStamp) -> Result<Scanned, DataError> {
+    let spec = &input.spec;
+    let source = open_unchanged(&spec.file, stamp)?;
+    let mut copy = tempfile::tempfile_in(dir).map_err(|e| DataError::io(dir, e))?;
+    let copied = std::io::copy(&mut (&source).take(stamp.len + 1), &mut copy).map_err(|e| DataError::io(dir, e))?;
+    if copied != stamp.len || FileStamp::of(&source, &spec.file)? != *stamp {
+        return Err(changed(&spec.file));
+    }
+    copy.seek(std::io::SeekFrom::Start(0)).map_err(|e| DataError::io(dir, e))?;
+    let mut scanner = RowScanner::from_file(&spec.file, copy.try_clone().map_err(|e| DataError::io(dir, e))?);
+    let header = spec.read_header(&mut scanner)?;
+    let terminator: &'static [u8] = if header.raw.ends_with(b"\r\n") { b"\r\n" } else { b"\n" };
+    let columns = header.columns.len();
+    Ok(Scanned { snapshot: Some(copy), header: header.raw, terminator, parquet: None, columns })
+}
+
+/// One range's output segment: its rows copied from the snapshot, sealed under the spill key.
+fn write_segment(
+    snapshot: &File,
+    terminator: &[u8],
+    tagged: bool,
+    path: &Path,
+    key: &StorageKey,
+    batches: std::sync::mpsc::Receiver<RowBatch>,
+) -> Result<u64, DataError> {
+    // SAFETY: the map is only read, and it maps our private, unlinked snapshot.
+    let map = unsafe { memmap2::Mmap::map(snapshot) }.map_err(|e| DataError::io(path, e))?;
+    let io_err = |e| DataError::io(path, e);
+    let mut w =
+        std::io::BufWriter::with_capacity(1 << 16, SealedWriter::create(path, key, Access::OwnerOnly).map_err(io_err)?);
+    let tag = if tagged { crate::join::Side::Both.tag() } else { &[][..] };
+    let mut rows = 0u64;
+    for batch in batches {
+        for &(offset, len, _) in &batch {
+            let row = usize::try_from(offset)
+                .ok()
+                .and_then(|s| map.get(s..s + len as usize))
+                .ok_or_else(|| DataError::Invalid("a spilled row lies outside the input".into()))?;
+            w.write_all(tag).map_err(io_err)?;
+            w.write_all(row).map_err(io_err)?;
+            if !row.ends_with(b"\n") && !row.ends_with(b"\r") {
+                w.write_all(terminator).map_err(io_err)?;
+            }
+        }
+        rows += batch.len() as u64;
+    }
+    w.into_inner().map_err(|e| e.into_error()).and_then(|w| w.finish()).map_err(io_err)?;
+    Ok(rows)
+}
+
+/// Runs (or, with [`Resumable::resume`], takes up) a resumable streaming RR22 job: as
+/// [`run_psi_streaming`], with the buckets in recorded ranges. On error the spill directory
+/// stays, for a resume or [`discard`]; on success nothing is left but the output.
+pub async fn run_psi_resumable<C: Channel>(
+    channel: &C,
+    input: &StreamInput,
+    job: &PsiJob,
+    options: &StreamOptions,
+    resumable: Resumable,
+) -> Result<(PsiReport, StreamFigures), EngineError> {
+    if !streams(job) {
+        return Err(DataError::Invalid("only RR22 jobs without payloads stream".into()).into());
+    }
+    if input.parquet || !job.columns.is_rows() {
+        return Err(DataError::Invalid(
+            "only CSV inputs with whole-row outputs run resumably (a Parquet input or --output keys runs without checkpoints)".into(),
+        )
+        .into());
+    }
+    let config = Rr22Config {
+        role: job.role,
+        reveal: job.reveal,
+        progress: job.progress.clone(),
+        bucket_size: options.bucket_size,
+        max_peer_items: job.limits.max_peer_rows,
+        payload: PayloadMode::None,
+    };
+    let psi_err = |e: Rr22Error| EngineError::Psi(PsiError::Rr22(e));
+    let dir = options.spill_dir.clone();
+    let Resumable { key, range_buckets, resume } = resumable;
+    let mut stages = Vec::new();
+    let started = Instant::now();
+    // The session, the spill and the checkpoint: made now, or found from the first run.
+    let (session, checkpoint, shared, scanned) = if resume {
+        let c = Checkpoint::load(&dir, &key)?;
+        if (c.role.as_str(), c.reveal.as_str(), c.join) != (names(job).0.as_str(), names(job).1.as_str(), job.join) {
+            return Err(
+                DataError::Invalid("the job's role, reveal mode or join differ from the run to resume".into()).into()
+            );
+        }
+        if c.bucket_size != options.bucket_size as u64 || c.own_size != input.rows || c.stamp != input.stamp {
+            return Err(DataError::file(
+                &input.spec.file,
+                "the input changed since the job started (or its bucket size did): it cannot be resumed; discard the job and run it again",
+            )
+            .into());
+        }
+        let session = rr22::resume_session(&c.state(), &config).map_err(psi_err)?;
+        let learns = session.learns() && job.output.is_some();
+        let shared = new_shared(&dir, key, input, job, learns);
+        let scanned = if learns {
+            snapshot(input, &dir, &c.stamp)?
+        } else {
+            Scanned { snapshot: None, header: Vec::new(), terminator: b"\n", parquet: None, columns: 0 }
+        };
+        (session, c, shared, scanned)
+    } else {
+        let session = rr22::start(channel, input.rows as usize, &config).await.map_err(psi_err)?;
+        let learns = session.learns() && job.output.is_some();
+        std::fs::create_dir_all(&dir).map_err(|e| DataError::io(&dir, e))?;
+        let shared = new_shared(&dir, key, input, job, learns);
+        let scanned = {
+            let (input, shared, hasher, cap) =
+                (input.clone(), shared.clone(), session.hasher(), session.own_capacity());
+            let buckets = session.layout.buckets;
+            cpu::run(move || scan(&input, &shared, &hasher, buckets, cap, learns, false)).await
+        };
+        // Stopped before its checkpoint, a job cannot be resumed: it leaves nothing.
+        let scanned = scanned.inspect_err(|_| {
+            let _ = discard(&dir);
+        })?;
+        let state = session.state(options.bucket_size).expect("no payloads");
+        let range_buckets =
+            if range_buckets == 0 { default_range_buckets(session.layout.buckets) } else { range_buckets };
+        let c = Checkpoint {
+            version: CHECKPOINT_VERSION,
+            role: names(job).0,
+            reveal: names(job).1,
+            join: job.join,
+            own_size: state.own_size,
+            peer_size: state.peer_size,
+            bucket_size: state.bucket_size,
+            salt: state.salt,
+            range_buckets: range_buckets as u64,
+            stamp: input.stamp.clone(),
+            finished: Vec::new(),
+        };
+        c.save(&dir, &shared.key).inspect_err(|_| {
+            let _ = discard(&dir);
+        })?;
+        (session, c, shared, scanned)
+    };
+    stages.push(("scan".to_string(), started.elapsed().as_secs_f64()));
+    let mut checkpoint = checkpoint;
+    let learns = shared.learns;
+    let buckets = session.layout.buckets;
+    let range_buckets = checkpoint.range_buckets as usize;
+    if range_buckets == 0 {
+        return Err(DataError::Invalid("a range of 0 buckets".into()).into());
+    }
+    let ranges = buckets.div_ceil(range_buckets);
+    if checkpoint.finished.len() > ranges {
+        return Err(DataError::file(checkpoint_path(&dir), "the checkpoint is damaged").into());
+    }
+    let fingerprint = session.fingerprint();
+    let first = agree(channel, &fingerprint, range_buckets, ranges, &checkpoint.finished).await?;
+    let range_of = |r: usize| r * range_buckets..((r + 1) * range_buckets).min(buckets);
+    // Ranges before `first` are recorded on both sides: their spill can go. Ranges from `first`
+    // on run (again): their spill must be here, their segments and counts are dropped.
+    for r in 0..first {
+        for b in range_of(r) {
+            shared.remove(&bucket_path(&dir, b));
+            shared.remove(&order_path(&dir, b));
+        }
+    }
+    for r in first..ranges {
+        for b in range_of(r) {
+            if !bucket_path(&dir, b).exists() && !order_path(&dir, b).exists() {
+                return Err(DataError::Invalid(format!(
+                    "range {r} must run again but this node's spill of bucket {b} is gone (the peer had confirmed the range): the job cannot be resumed"
+                ))
+                .into());
+            }
+        }
+        let _ = std::fs::remove_file(segment_path(&dir, r));
+    }
+    if checkpoint.finished.len() > first {
+        checkpoint.finished.truncate(first);
+        checkpoint.save(&dir, &shared.key)?;
+    }
+    let last = checkpoint.finished.last().copied();
+    shared.matched.store(last.map_or(0, |f| f.matched), Ordering::Relaxed);
+    shared.dropped.store(last.map_or(0, |f| f.dropped), Ordering::Relaxed);
+    if let Some(done) = &shared.done
+        && bits_path(&dir).exists()
+    {
+        let bytes = read_sealed(&bits_path(&dir), &shared.key)?;
+        let mut bits = done.lock().expect("not poisoned");
+        if bytes.len() != bits.len() * 8 {
+            return Err(DataError::file(bits_path(&dir), "the row bitmap is damaged").into());
+        }
+        for (word, b) in bits.iter_mut().zip(bytes.chunks_exact(8)) {
+            *word = u64::from_le_bytes(b.try_into().expect("8"));
+        }
+    }
+    let Scanned { snapshot, header, terminator, .. } = scanned;
+    let tagged = job.join.tagged();
+    // The ranges: each runs, writes its segment, is recorded, then confirmed by both sides.
+    let started = Instant::now();
+    let mut timings: Vec<(&'static str, f64)> = Vec::new();
+    for r in first..ranges {
+        let range = range_of(r);
+        let writer = match (&snapshot, learns) {
+            (Some(snap), true) => {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<RowBatch>(2);
+                let snap = snap.try_clone().map_err(|e| DataError::io(&dir, e))?;
+                let (shared, path) = (shared.clone(), segment_path(&dir, r));
+                let handle = std::thread::Builder::new()
+                    .name("psi-segment".into())
+                    .spawn(move || write_segment(&snap, terminator, tagged, &path, &shared.key, rx))
+                    .map_err(|e| DataError::Invalid(format!("cannot start the output writer: {e}")))?;
+                Some((handle, tx))
+            }
+            _ => None,
+        };
+        let (handle, tx) = match writer {
+            Some((h, tx)) => (Some(h), Some(tx)),
+            None => (None, None),
+        };
+        let source: Arc<dyn BucketSource> = Arc::new(SpillSource(shared.clone()));
+        let mut sink =
+            SpillSink { shared: shared.clone(), writer: tx, positions: Vec::new(), position_digests: Vec::new() };
+        let transcript = Transcript::new(channel);
+        let run = rr22::run_buckets(&transcript, &session, source, &mut sink, range.clone()).await;
+        drop(sink);
+        let written = match handle {
+            Some(h) => h.join().map_err(|_| DataError::Invalid("the output writer panicked".into()))?,
+            None => Ok(0),
+        };
+        if let Some(e) = shared.failure.lock().expect("not poisoned").take() {
+            return Err(e.into());
+        }
+        let written = written?;
+        let done = run.map_err(psi_err)?;
+        for (step, secs) in done.timings {
+            match timings.iter_mut().find(|(s, _)| *s == step) {
+                Some(t) => t.1 += secs,
+                None => timings.push((step, secs)),
+            }
+        }
+        let digest = transcript.digest(&fingerprint, job.role, r, &range);
+        if let Some(done) = &shared.done {
+            let bytes: Vec<u8> =
+                done.lock().expect("not poisoned").iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>();
+            write_sealed(&bits_path(&dir), &shared.key, &bytes)?;
+        }
+        let rows = checkpoint.finished.last().map_or(0, |f| f.rows) + written;
+        checkpoint.finished.push(Finished {
+            digest,
+            matched: shared.matched.load(Ordering::Relaxed),
+            dropped: shared.dropped.load(Ordering::Relaxed),
+            rows,
+        });
+        checkpoint.save(&dir, &shared.key)?;
+        recorded(channel, r, &digest).await?;
+        for b in range {
+            shared.remove(&bucket_path(&dir, b));
+            shared.remove(&order_path(&dir, b));
+        }
+    }
+    stages.push(("protocol".to_string(), started.elapsed().as_secs_f64()));
+    stages.extend(timings.iter().map(|&(step, secs)| (format!("protocol/{step}"), secs)));
+    // The output: header, segments in range order, the join's tail; renamed at the end.
+    let started = Instant::now();
+    let matched = shared.matched.load(Ordering::Relaxed);
+    let dropped = shared.dropped.load(Ordering::Relaxed);
+    if session.learns() {
+        job.limits.check_aligned(matched)?;
+    }
+    let mut sections = Vec::new();
+    let mut done_bits = None;
+    if session.learns() {
+        let own = match shared.done.as_ref() {
+            Some(done) => {
+                let bits = std::mem::take(&mut *done.lock().expect("not poisoned"));
+                let set: u64 = bits.iter().map(|w| w.count_ones() as u64).sum();
+                done_bits = Some(bits);
+                input.rows - set
+            }
+            None => input.rows - dropped - matched,
+        };
+        let peer =
+            crate::join::exchange_counts(channel, job.join, job.role, job.reveal, own, session.peer_size, matched)
+                .await?;
+        sections = job.join.sections(job.role, job.reveal, peer);
+    }
+    let (mut output, mut output_rows) = (None, 0);
+    if let (true, Some(out), Some(snap)) = (learns, job.output.clone(), snapshot) {
+        let (spec, columns, at_rest) = (input.spec.clone(), input.columns.len(), job.at_rest.clone());
+        let (shared, dir, bits) = (shared.clone(), dir.clone(), done_bits.unwrap_or_default());
+        let segment_rows = checkpoint.finished.last().map_or(0, |f| f.rows);
+        let tail = cpu::run(move || -> Result<u64, DataError> {
+            let parent = crate::storage::parent_dir(&out);
+            std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
+            let io_err = |e| DataError::io(&out, e);
+            let mut w = DataWriter::create(&out, &at_rest).map_err(|e| DataError::io(parent, e))?;
+            if tagged {
+                w.write_all(crate::join::SIDE_HEADER).map_err(io_err)?;
+            }
+            w.write_all(&header).map_err(io_err)?;
+            if !header.ends_with(b"\n") && !header.ends_with(b"\r") {
+                w.write_all(terminator).map_err(io_err)?;
+            }
+            for r in 0..ranges {
+                let path = segment_path(&dir, r);
+                if path.exists() {
+                    SealedReader::open(&path, &shared.key)
+                        .and_then(|mut seg| std::io::copy(&mut seg, &mut w))
+                        .map_err(|e| DataError::io(&path, e))?;
+                }
+            }
+            let (w, tail) =
+                write_tail_csv(snap, &spec, w, &bits, &sections, columns, tagged, terminator).map_err(|e| match e {
+                    TailError::Data(d) => d,
+                    TailError::Io(e) => DataError::io(&out, e),
+                })?;
+            w.finish().map_err(|e| DataError::io(&out, e))?;
+            Ok(tail)
+        })
+        .await?;
+        output = job.output.clone();
+        output_rows = segment_rows + tail;
+        stages.push(("output".to_string(), started.elapsed().as_secs_f64()));
+    }
+    let figures =
+        StreamFigures { peak_temp_bytes: shared.peak_disk.load(Ordering::Relaxed), duplicates_dropped: dropped };
+    discard(&dir).map_err(|e| DataError::io(&dir, e))?;
+    let report = PsiReport {
+        local_rows: input.rows - dropped,
+        peer_rows: session.peer_size,
+        intersection: session.learns().then_some(matched),
+        output,
+        output_rows,
+        stages,
+        ecdh_evidence: None,
+    };
+    Ok((report, figures))
+}
+
+/// The role's and reveal mode's names, as the checkpoint keeps them.
+fn names(job: &PsiJob) -> (String, String) {
+    (format!("{:?}", job.role), format!("{:?}", job.reveal))
+}
+
+fn new_shared(dir: &Path, key: StorageKey, input: &StreamInput, job: &PsiJob, learns: bool) -> Arc<Shared> {
+    Arc::new(Shared {
+        dir: dir.to_path_buf(),
+        key,
+        spec: input.spec.clone(),
+        rows: Mutex::new(HashMap::new()),
+        failure: Mutex::new(None),
+        dropped: AtomicU64::new(0),
+        learns,
+        disk: AtomicU64::new(0),
+        peak_disk: AtomicU64::new(0),
+        done: (learns && job.join.needs_unmatched(job.role))
+            .then(|| Mutex::new(vec![0u64; (input.rows as usize).div_ceil(64)])),
+        matched: AtomicU64::new(0),
+        writes_matched: job.join.writes_intersection(),
+        keeps: true,
+        digests: Mutex::new(HashMap::new()),
+    })
+}
+
+#[cfg(test)]
+#[path = "resume_tests.rs"]
+mod tests;

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Resume benchmark (issue 12 item 3): an RR22 PSI of ROWS x ROWS ids-only rows (half shared) run
+# once without a stop, then again with the partner's node killed (SIGKILL) once the bank has
+# recorded KILL_AT ranges (default 5: half of the 10 ranges of 10^7 rows), the node restarted and the job resumed with --resume.
+# Prints the times (uninterrupted, until the kill, restart, resume, total) and the sha256 of
+# both outputs' sorted plaintext (two runs draw different salts, hence different joint orders).
+# Usage: scripts/bench-resume.sh BIN WORKDIR [ROWS]
+set -euo pipefail
+bin=$(realpath "$1"); work=$2; rows=${3:-10000000}; kill_at=${KILL_AT:-5}
+source "$(dirname "$0")/lib-nodes.sh"
+trap stop_nodes EXIT
+rm -rf "$work"; mkdir -p "$work"
+"$bin" gen psi --rows "$rows" --overlap $((rows / 2)) --ids-only --seed 5 --out "$work/data" >/dev/null
+start_nodes "$work" bank partner
+pin_pair "$work" bank partner
+"$bin" dataset add "$work/bank" --name customers --file "$work/data/a.csv" --key id --grant partner >/dev/null
+"$bin" dataset add "$work/partner" --name accounts --file "$work/data/b.csv" --key id --grant bank >/dev/null
+psi() { "$bin" psi "$work/bank" --peer partner --dataset customers --peer-dataset accounts --protocol rr22 --json "$@"; }
+now() { date +%s.%N; }
+t0=$(now); psi --out "$work/ref.csv" >"$work/ref.json"; t1=$(now)
+uninterrupted=$(echo "$t1 - $t0" | bc)
+# The cut run: the partner's node is killed once half of the bank's ranges are recorded.
+t0=$(now)
+psi --out "$work/out.csv" >"$work/cut.json" 2>&1 &
+submitter=$!
+job=""
+while :; do
+  d=$(ls -d "$work"/bank/spill/*/ 2>/dev/null | head -1 || true)
+  if [ -n "$d" ]; then
+    n=$(ls "$d" | grep -c '^segment-' || true)
+    if [ "$n" -ge "$kill_at" ]; then job=$(basename "$d"); break; fi
+  fi
+  sleep 0.05
+done
+kill -9 "${pids[1]}"; t_kill=$(now)
+wait "$submitter" || true
+t2=$(now)
+rm -f "$work/partner/listen.addr"
+"$bin" node "$work/partner" 2>>"$work/partner.log" &
+pids[1]=$!
+for _ in $(seq 200); do [ -S "$work/partner/control.sock" ] && [ -s "$work/partner/listen.addr" ] && break; sleep 0.05; done
+"$bin" peer add "$work/bank" --name partner --addr "$(cat "$work/partner/listen.addr")" --cert "$work/partner/node.crt" --replace >/dev/null
+t3=$(now)
+psi --out "$work/out.csv" --resume "$job" >"$work/resumed.json"; t4=$(now)
+sorted_sha() { "$bin" export "$work/bank" "$1" --out - | LC_ALL=C sort | sha256sum | cut -d' ' -f1; }
+echo "rows $rows job $job segments_at_kill $n"
+echo "uninterrupted_s $uninterrupted"
+echo "until_kill_s $(echo "$t_kill - $t0" | bc)  restart_s $(echo "$t3 - $t2" | bc)  resume_s $(echo "$t4 - $t3" | bc)  total_s $(echo "$t4 - $t0" | bc)"
+echo "ref_sorted_sha256 $(sorted_sha "$work/ref.csv")"
+echo "out_sorted_sha256 $(sorted_sha "$work/out.csv")"
+echo "ref_rows $(grep -o '"output_rows":[0-9]*' "$work/ref.json" || true) resumed $(grep -o '"output_rows":[0-9]*' "$work/resumed.json" || true)"
+cat "$work/resumed.json"
