@@ -210,7 +210,9 @@ pub async fn run<C: Channel, I: Items + ?Sized>(
             )));
         }
         (Role::Responder, PayloadMode::Send(_)) | (Role::Requester, PayloadMode::Receive { .. }) => {}
-        _ => return Err(EcdhPsiError::Input("the responder sends the payloads and the requester receives them".into())),
+        _ => {
+            return Err(EcdhPsiError::Input("the responder sends the payloads and the requester receives them".into()));
+        }
     }
     let mut timings = Timings::default();
     let started = Instant::now();
@@ -229,9 +231,8 @@ pub async fn run<C: Channel, I: Items + ?Sized>(
             let key = Arc::new(OprfKey::random());
             let (k, o, p) = (key.clone(), own.clone(), payloads.clone());
             progress.report("evaluate own set", 0, n_own);
-            let (set, order) = cpu::run(move || evaluate_set_ordered(&k, &*o, Some(&p), peer_size))
-                .await
-                .map_err(from_unbalanced)?;
+            let (set, order) =
+                cpu::run(move || evaluate_set_ordered(&k, &*o, Some(&p), peer_size)).await.map_err(from_unbalanced)?;
             progress.report("evaluate own set", n_own, n_own);
             timings.add("evaluate", started);
             let started = Instant::now();

@@ -40,7 +40,8 @@ const RECEIVE: PayloadMode = PayloadMode::Receive { max_bytes: 1 << 16 };
 
 async fn join(own: &[Vec<u8>], peer: &[Vec<u8>], reveal: Reveal) -> (PsiOutput, PsiOutput) {
     let (a, b) = memory_pair(4);
-    let (ca, cb) = (config(Role::Requester, reveal, RECEIVE), config(Role::Responder, reveal, PayloadMode::Send(payloads(peer))));
+    let (ca, cb) =
+        (config(Role::Requester, reveal, RECEIVE), config(Role::Responder, reveal, PayloadMode::Send(payloads(peer))));
     let (ra, rb) = tokio::join!(run(&a, own, &ca), run(&b, peer, &cb));
     (ra.unwrap(), rb.unwrap())
 }
@@ -49,7 +50,8 @@ async fn join(own: &[Vec<u8>], peer: &[Vec<u8>], reveal: Reveal) -> (PsiOutput, 
 async fn check(own: &[Vec<u8>], peer: &[Vec<u8>], reveal: Reveal) -> usize {
     let (ra, rb) = join(own, peer, reveal).await;
     let by_item: HashMap<&[u8], Vec<u8>> = peer.iter().map(|p| (p.as_slice(), payload_of(p))).collect();
-    let mut want: Vec<u32> = (0..own.len() as u32).filter(|&i| by_item.contains_key(own[i as usize].as_slice())).collect();
+    let mut want: Vec<u32> =
+        (0..own.len() as u32).filter(|&i| by_item.contains_key(own[i as usize].as_slice())).collect();
     let got = ra.intersection.clone().unwrap();
     let payloads = ra.payloads.clone().unwrap();
     assert_eq!(payloads.len(), got.len());
@@ -165,7 +167,8 @@ async fn requester_error(frames: Vec<Vec<u8>>, own: &[Vec<u8>], reveal: Reveal) 
 async fn responder_error(frames: Vec<Vec<u8>>, own: &[Vec<u8>], reveal: Reveal, max_peer_items: u64) -> String {
     let own = own.to_vec();
     as_peer(frames, async move |c| {
-        let cfg = LabeledConfig { max_peer_items, ..config(Role::Responder, reveal, PayloadMode::Send(payloads(&own))) };
+        let cfg =
+            LabeledConfig { max_peer_items, ..config(Role::Responder, reveal, PayloadMode::Send(payloads(&own))) };
         run(c, &own[..], &cfg).await.expect_err("the responder must refuse").to_string()
     })
     .await
@@ -283,9 +286,7 @@ async fn the_requester_refuses_malformed_sets() {
     .await
     .unwrap_err();
     expect(&e.to_string(), "not sorted");
-    let e = cheating_responder(&own, &query_items, Reveal::RequesterOnly, |s, _| s.records[3] ^= 1)
-        .await
-        .unwrap_err();
+    let e = cheating_responder(&own, &query_items, Reveal::RequesterOnly, |s, _| s.records[3] ^= 1).await.unwrap_err();
     expect(&e.to_string(), "digest");
 }
 
@@ -410,7 +411,8 @@ async fn the_responder_refuses_malformed_positions_and_points() {
         assert!(e.contains(part), "{part}: {e}");
     }
     // A requester that closes right after its hello: a channel error, not a panic.
-    let e = responder_error(vec![hello(Role::Requester, Reveal::RequesterOnly, 1)], &own, Reveal::RequesterOnly, 99).await;
+    let e =
+        responder_error(vec![hello(Role::Requester, Reveal::RequesterOnly, 1)], &own, Reveal::RequesterOnly, 99).await;
     expect(&e.to_lowercase(), "closed");
 }
 
