@@ -404,7 +404,7 @@ async fn an_inner_join_has_no_side_column() {
     }
 }
 
-/// A payload left join: the requester's unmatched rows get empty peer columns; the values with
+/// A payload left join (over both protocols): the requester's unmatched rows get empty peer columns; the values with
 /// commas, quotes, empty strings and non-ASCII survive; with reveal both the responder writes
 /// placeholders aligned with them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,17 +420,20 @@ async fn a_payload_left_join_gives_unmatched_rows_empty_peer_columns() {
         Dataset::load(&DatasetSpec::new("a", pa, &["id"])).unwrap(),
         Dataset::load(&DatasetSpec::new("b", pb, &["id"])).unwrap(),
     );
-    for reveal in [Reveal::RequesterOnly, Reveal::Both] {
+    let runs = [PsiProtocol::Rr22, PsiProtocol::Ecdh]
+        .into_iter()
+        .flat_map(|p| [(p, Reveal::RequesterOnly), (p, Reveal::Both)]);
+    for (protocol, reveal) in runs {
         let _ = std::fs::remove_dir_all(dir.path().join("out"));
         let (oa, ob) = (dir.path().join("out/a.csv"), dir.path().join("out/b.csv"));
         let columns = ["risk_tag", "score"];
-        let mut ja = job(PsiProtocol::Rr22, Role::Requester, reveal, oa.clone(), JoinType::Left);
+        let mut ja = job(protocol, Role::Requester, reveal, oa.clone(), JoinType::Left);
         ja.payload = PayloadJob::Receive {
             header: columns.iter().map(|c| format!("peer.{c}")).collect(),
             max_bytes: 1 << 16,
             row_index: false,
         };
-        let mut jb = job(PsiProtocol::Rr22, Role::Responder, reveal, ob.clone(), JoinType::Left);
+        let mut jb = job(protocol, Role::Responder, reveal, ob.clone(), JoinType::Left);
         jb.payload = PayloadJob::Send { columns: columns.iter().map(|c| c.to_string()).collect() };
         let (ca, cb) = memory_pair(16);
         let (ra, rb) = tokio::join!(run_psi(&ca, &a, &ja), run_psi(&cb, &b, &jb));

@@ -253,9 +253,12 @@ mod tests {
         p
     }
 
-    fn job(role: Role, reveal: Reveal, output: PathBuf, payload: PayloadJob) -> PsiJob {
+    /// Payload joins run over both protocols: every case below runs over each.
+    const PROTOCOLS: [PsiProtocol; 2] = [PsiProtocol::Rr22, PsiProtocol::Ecdh];
+
+    fn job(protocol: PsiProtocol, role: Role, reveal: Reveal, output: PathBuf, payload: PayloadJob) -> PsiJob {
         PsiJob {
-            protocol: PsiProtocol::Rr22,
+            protocol,
             role,
             reveal,
             output: Some(output),
@@ -274,9 +277,10 @@ mod tests {
         r.byte_records().map(|rec| rec.unwrap().iter().map(<[u8]>::to_vec).collect()).collect()
     }
 
-    /// The plaintext join: each requester row (in any order) with each payload-side row of the
-    /// same key, as (own fields ++ peer values); sorted.
-    fn plaintext_join(own: &[u8], peer: &[u8], peer_columns: &[&str]) -> Vec<Vec<Vec<u8>>> {
+    /// The plaintext join: each requester row (in any order; with `own_dedup` only the first row
+    /// of each key) with each payload-side row of the same key, as (own fields ++ peer values);
+    /// sorted.
+    fn plaintext_join(own: &[u8], peer: &[u8], peer_columns: &[&str], own_dedup: bool) -> Vec<Vec<Vec<u8>>> {
         let (own, peer) = (records(own), records(peer));
         let at: Vec<usize> =
             peer_columns.iter().map(|c| peer[0].iter().position(|h| h == c.as_bytes()).unwrap()).collect();
@@ -287,7 +291,11 @@ mod tests {
             by_key.entry(row[peer_id].clone()).or_default().push(at.iter().map(|&c| row[c].clone()).collect());
         }
         let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for row in &own[1..] {
+            if own_dedup && !seen.insert(row[own_id].clone()) {
+                continue;
+            }
             for values in by_key.get(&row[own_id]).into_iter().flatten() {
                 out.push(row.iter().cloned().chain(values.iter().cloned()).collect());
             }
@@ -299,8 +307,25 @@ mod tests {
     /// Runs a payload join of `own` (requester) against `peer` (responder, `dedup` as given) and
     /// checks the requester's table against the plaintext join.
     async fn check_join(own: &str, peer: &str, dedup: bool, reveal: Reveal) -> Vec<Vec<Vec<u8>>> {
+        let mut first = None;
+        for protocol in PROTOCOLS {
+            let got = check_join_over(protocol, own, peer, (false, dedup), reveal).await;
+            assert_eq!(*first.get_or_insert_with(|| got.clone()), got, "{protocol:?}: both protocols join alike");
+        }
+        first.unwrap()
+    }
+
+    /// [`check_join`] over one protocol, with `dedup` = (requester's, responder's).
+    async fn check_join_over(
+        protocol: PsiProtocol,
+        own: &str,
+        peer: &str,
+        (own_dedup, dedup): (bool, bool),
+        reveal: Reveal,
+    ) -> Vec<Vec<Vec<u8>>> {
         let dir = tempfile::tempdir().unwrap();
-        let spec_a = DatasetSpec::new("a", write(dir.path(), "a.csv", own), &["id"]);
+        let mut spec_a = DatasetSpec::new("a", write(dir.path(), "a.csv", own), &["id"]);
+        spec_a.dedup = own_dedup;
         let mut spec_b = DatasetSpec::new("b", write(dir.path(), "b.csv", peer), &["id"]);
         spec_b.dedup = dedup;
         let (a, b) = (Dataset::load(&spec_a).unwrap(), Dataset::load(&spec_b).unwrap());
@@ -313,8 +338,10 @@ mod tests {
         };
         let send = PayloadJob::Send { columns: columns.iter().map(|c| c.to_string()).collect() };
         let (ca, cb) = memory_pair(8);
-        let (job_a, job_b) =
-            (job(Role::Requester, reveal, out_a.clone(), receive), job(Role::Responder, reveal, out_b.clone(), send));
+        let (job_a, job_b) = (
+            job(protocol, Role::Requester, reveal, out_a.clone(), receive),
+            job(protocol, Role::Responder, reveal, out_b.clone(), send),
+        );
         let (ra, rb) = tokio::join!(run_psi(&ca, &a, &job_a), run_psi(&cb, &b, &job_b));
         let (ra, rb) = (ra.unwrap(), rb.unwrap());
         let text = std::fs::read(&out_a).unwrap();
@@ -325,8 +352,8 @@ mod tests {
         assert_eq!(header[own_header.len()..], [b"peer.risk_tag".to_vec(), b"peer.score".to_vec()]);
         assert_eq!(ra.output_rows, got.len() as u64);
         got.sort();
-        let expected = plaintext_join(own.as_bytes(), peer.as_bytes(), &columns);
-        assert_eq!(got, expected, "the joined table differs from the plaintext join");
+        let expected = plaintext_join(own.as_bytes(), peer.as_bytes(), &columns, own_dedup);
+        assert_eq!(got, expected, "{protocol:?}: the joined table differs from the plaintext join");
         match reveal {
             Reveal::Both => assert_eq!(rb.intersection, ra.intersection),
             Reveal::RequesterOnly => assert!(rb.intersection.is_none() && !out_b.exists()),
@@ -381,21 +408,32 @@ mod tests {
             let got = check_join(own, peer, true, reveal).await;
             assert_eq!(got.len(), 5, "3 rows of k1 and 2 of k2");
         }
+        // Duplicates on both sides: the requester's `dedup` keeps its first row of each key (as
+        // in a plain PSI), joined with every payload-side row of that key.
+        let own = "id,v\nk1,x\nk2,y\nk1,x2\nk4,z\nk2,y2\n";
+        for protocol in PROTOCOLS {
+            for reveal in [Reveal::RequesterOnly, Reveal::Both] {
+                let got = check_join_over(protocol, own, peer, (true, true), reveal).await;
+                assert_eq!(got.len(), 5, "{protocol:?}: k1 (x) × 3 and k2 (y) × 2");
+            }
+        }
     }
 
     /// A column the payload side does not have fails there before any protocol message.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_missing_column_fails_before_any_message() {
-        let dir = tempfile::tempdir().unwrap();
-        let spec = DatasetSpec::new("b", write(dir.path(), "b.csv", PEER), &["id"]);
-        let b = Dataset::load(&spec).unwrap();
-        let (ca, cb) = memory_pair(8);
-        let send = PayloadJob::Send { columns: vec!["risk_tag".into(), "secret_col".into()] };
-        let job_b = job(Role::Responder, Reveal::RequesterOnly, dir.path().join("o.csv"), send);
-        let err = run_psi(&cb, &b, &job_b).await.unwrap_err().to_string();
-        assert!(err.contains("no column 'secret_col'"), "{err}");
-        drop(cb);
-        assert!(consort_protocols::Channel::recv(&ca).await.is_err(), "no frame was sent");
+        for protocol in PROTOCOLS {
+            let dir = tempfile::tempdir().unwrap();
+            let spec = DatasetSpec::new("b", write(dir.path(), "b.csv", PEER), &["id"]);
+            let b = Dataset::load(&spec).unwrap();
+            let (ca, cb) = memory_pair(8);
+            let send = PayloadJob::Send { columns: vec!["risk_tag".into(), "secret_col".into()] };
+            let job_b = job(protocol, Role::Responder, Reveal::RequesterOnly, dir.path().join("o.csv"), send);
+            let err = run_psi(&cb, &b, &job_b).await.unwrap_err().to_string();
+            assert!(err.contains("no column 'secret_col'"), "{err}");
+            drop(cb);
+            assert!(consort_protocols::Channel::recv(&ca).await.is_err(), "no frame was sent");
+        }
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub struct PsiJob {
     pub proofs: bool,
     /// The bounds this party's node puts on the job (its grant's).
     pub limits: JobLimits,
-    /// A payload (labeled) join ([`crate::payload`]; RR22 only): the responder sends columns,
+    /// A payload (labeled) join ([`crate::payload`]; RR22 or ECDH): the responder sends columns,
     /// the requester writes its rows joined with them.
     pub payload: PayloadJob,
     /// The join type of the outputs ([`crate::join`]); both parties must agree.

@@ -193,3 +193,72 @@ fn parquet_datasets_and_key_outputs_between_two_node_processes() {
     assert_eq!(jobs_before, jobs_after, "the partner heard of no refused job");
     drop(nodes);
 }
+
+/// `consort psi --peer-columns` between two node processes, over both protocols, inner and left
+/// and both reveal modes, against a plaintext join of the generated inputs; a column the partner
+/// does not share is refused before any protocol message over either protocol.
+#[test]
+fn payload_joins_between_two_node_processes_match_a_plaintext_join() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let nodes = two_nodes(root, 60, 20);
+    let (a, b) = (&nodes.a, &nodes.b);
+    let data = root.join("data");
+    let (ta, tb) = (input(&data.join("a.csv")), input(&data.join("b.csv")));
+    // The partner's dataset again, sharing two of its columns with the bank.
+    let file = data.join("b.csv");
+    let add = ["dataset", "add", s(b), "--name", "risk", "--file", s(&file), "--key", "id", "--grant", "bank"];
+    ok(&[&add[..], &["--share", "bank:score,balance"]].concat());
+    // score and balance are the last two columns (region holds quoted commas).
+    assert!(tb.0.ends_with(",score,balance"), "{}", tb.0);
+    let peer_values: std::collections::HashMap<String, String> =
+        tb.1.iter()
+            .map(|r| {
+                let f: Vec<&str> = r.rsplitn(3, ',').collect();
+                (key(&tb.0, r), format!("{},{}", f[1], f[0]))
+            })
+            .collect();
+    for protocol in ["ecdh", "rr22"] {
+        for (join, reveal) in [("inner", "requester-only"), ("inner", "both"), ("left", "requester-only")] {
+            let out = root.join(format!("pay-{protocol}-{join}-{reveal}.csv"));
+            let mut args = psi_args(a, &out);
+            args.extend(["--protocol", protocol, "--join", join, "--reveal", reveal]);
+            args.extend(["--peer-columns", "score,balance"]);
+            let at = args.iter().position(|x| *x == "accounts").unwrap();
+            args[at] = "risk";
+            let v: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+            let what = format!("{protocol} {join} {reveal}");
+            assert_eq!((v["state"].as_str(), v["intersection"].as_u64()), (Some("done"), Some(20)), "{what}: {v}");
+            let got = export(a, &out);
+            let left = join == "left";
+            let header = format!("{}{},partner.score,partner.balance", if left { "_side," } else { "" }, ta.0);
+            assert_eq!(got[0], header, "{what}");
+            let mut want: Vec<String> =
+                ta.1.iter()
+                    .filter_map(|r| match peer_values.get(&key(&ta.0, r)) {
+                        Some(p) => Some(format!("{}{r},{p}", if left { "both," } else { "" })),
+                        None if left => Some(format!("left,{r},,")),
+                        None => None,
+                    })
+                    .collect();
+            want.sort();
+            let mut body = got[1..].to_vec();
+            body.sort();
+            assert_eq!(body, want, "{what}: the plaintext join");
+            assert_eq!(v["output_rows"].as_u64(), Some(want.len() as u64), "{what}");
+        }
+    }
+    // A column not shared: refused by the partner before any protocol message, over either protocol.
+    for protocol in ["ecdh", "rr22"] {
+        let never = root.join("never.csv");
+        let mut args = psi_args(a, &never);
+        args.retain(|x| *x != "--json");
+        args.extend(["--protocol", protocol, "--peer-columns", "score,region"]);
+        let at = args.iter().position(|x| *x == "accounts").unwrap();
+        args[at] = "risk";
+        let err = fails(&args);
+        assert!(err.contains("column 'region' is not shared"), "{protocol}: {err}");
+        assert!(!never.exists());
+    }
+    drop(nodes);
+}

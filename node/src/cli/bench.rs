@@ -48,7 +48,7 @@ pub struct BenchPsiArgs {
     /// Export both nodes' audit evidence bundles of the job into this directory.
     #[arg(long)]
     evidence: Option<PathBuf>,
-    /// A payload join (rr22): the requester also receives these columns of the generated
+    /// A payload join (rr22 or ecdh): the requester also receives these columns of the generated
     /// responder data (`region`, `score`, `balance`; e.g. `score` ≈ 8-byte values).
     #[arg(long, value_delimiter = ',', value_name = "COL,...")]
     peer_columns: Vec<String>,

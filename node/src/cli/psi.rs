@@ -33,12 +33,13 @@ pub struct PsiArgs {
     /// This node's output: its own rows of the intersection, in the order both sides share.
     #[arg(long)]
     out: PathBuf,
-    /// Payload join (rr22 only): also receive these columns of the peer's matching rows
+    /// Payload join (rr22 or ecdh): also receive these columns of the peer's matching rows
     /// (comma-separated; the peer's grant must share each: `dataset add ... --share ME:COL,...`).
     /// The output is this node's rows followed by the peer's values, named PEER.COLUMN, one row
     /// per pair of rows sharing a key (a key on several peer rows gives several output rows).
     /// The peer learns the columns asked for and, with --reveal requester-only, only this node's
     /// set size; this node learns the largest payload's size and the matched rows' values.
+    /// With ecdh the join runs a per-job DH-OPRF (no DLEQ proofs; see docs/security.md).
     #[arg(long, value_delimiter = ',', value_name = "COL,...")]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     peer_columns: Vec<String>,

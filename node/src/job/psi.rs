@@ -3,7 +3,8 @@
 //!
 //! Parameters: the protocol (`ecdh` by default) and the reveal mode (`both` by default) travel in
 //! the request's typed fields; `params` is empty for a plain PSI, or `{"peer_columns": [...]}`
-//! for a payload (labeled) join (RR22 only, `consort_engine::payload`): the requester's output
+//! for a payload (labeled) join (RR22, or with ECDH the per-job DH-OPRF payload join of
+//! `consort_protocols::psi::labeled`; `consort_engine::payload`): the requester's output
 //! then has its rows followed by the responder's values of those columns, named `PEER.COLUMN`
 //! (PEER the responder's name on the requester), one row per pair of rows sharing a key. The
 //! responder validates the columns (count, names) in `plan`, before anything is logged, and the
@@ -42,9 +43,6 @@ impl Kind for Psi {
         let PsiParams { peer_columns, join, row_index, output, resume } = parse_params(&ask.params)?;
         if resume.is_some() && (protocol != PsiProtocol::Rr22 || !peer_columns.is_empty() || !output.is_rows()) {
             return Err("only streaming rr22 jobs (no peer columns, whole rows) can be resumed".into());
-        }
-        if !peer_columns.is_empty() && protocol != PsiProtocol::Rr22 {
-            return Err("payload joins (peer columns) run over rr22 only: use --protocol rr22".into());
         }
         let reveal = ask.reveal.unwrap_or(Reveal::Both);
         join.check(reveal)?;

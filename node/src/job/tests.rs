@@ -663,10 +663,10 @@ async fn with_approval_a_job_waits_for_the_operator() {
 // Payload (labeled) PSI joins (issue 13 item 1)
 // ------------------------------------------------------------------------------------------------
 
-fn payload_submit(out: &Path, columns: &[&str], reveal: Reveal) -> SubmitRequest {
+fn payload_submit(out: &Path, columns: &[&str], reveal: Reveal, protocol: PsiProtocol) -> SubmitRequest {
     let params = serde_json::json!({ "peer_columns": columns }).to_string();
     SubmitRequest {
-        protocol: proto::PsiProtocol::from(PsiProtocol::Rr22) as i32,
+        protocol: proto::PsiProtocol::from(protocol) as i32,
         reveal: proto::Reveal::from(reveal) as i32,
         params,
         ..psi_submit("accounts", out)
@@ -677,9 +677,12 @@ fn payload_submit(out: &Path, columns: &[&str], reveal: Reveal) -> SubmitRequest
 async fn a_payload_join_gives_the_requester_the_shared_columns_of_its_matches() {
     let t = two().await;
     set_grant(&t, |g| g.share = vec!["w".into()]);
-    for reveal in [Reveal::RequesterOnly, Reveal::Both] {
-        let out = t.root.join(format!("joined-{reveal:?}.csv"));
-        let status = run_submitted(&t, payload_submit(&out, &["w"], reveal)).await;
+    let runs = [PsiProtocol::Rr22, PsiProtocol::Ecdh]
+        .into_iter()
+        .flat_map(|p| [(p, Reveal::RequesterOnly), (p, Reveal::Both)]);
+    for (protocol, reveal) in runs {
+        let out = t.root.join(format!("joined-{protocol:?}-{reveal:?}.csv"));
+        let status = run_submitted(&t, payload_submit(&out, &["w"], reveal, protocol)).await;
         assert_eq!(status.job_state(), JobState::Done, "{}", status.error);
         assert_eq!((status.intersection, status.output_rows), (2, 2));
         let plain = consort_engine::storage::read_data(&out, Some(&t.a.storage.key)).unwrap();
@@ -702,17 +705,21 @@ async fn a_payload_join_gives_the_requester_the_shared_columns_of_its_matches() 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_peer_column_not_shared_is_refused_before_any_protocol_message() {
     let t = two().await;
-    let with = |columns: &[&str], id: &str| JobRequest {
-        protocol: proto::PsiProtocol::from(PsiProtocol::Rr22) as i32,
+    let over = |protocol: PsiProtocol, columns: &[&str], id: &str| JobRequest {
+        protocol: proto::PsiProtocol::from(protocol) as i32,
         params: serde_json::json!({ "peer_columns": columns }).to_string(),
         ..raw_psi(id)
     };
-    // No share at all, then a share of another column.
-    let reason = refused(&t, with(&["w"], "s1")).await;
-    assert!(reason.contains("column 'w' is not shared with this peer"), "{reason}");
-    set_grant(&t, |g| g.share = vec!["id".into()]);
-    let reason = refused(&t, with(&["id", "w"], "s2")).await;
-    assert!(reason.contains("column 'w' is not shared") && reason.contains("(shared: id)"), "{reason}");
+    let with = |columns: &[&str], id: &str| over(PsiProtocol::Rr22, columns, id);
+    // No share at all, then a share of another column; over both protocols.
+    for protocol in [PsiProtocol::Rr22, PsiProtocol::Ecdh] {
+        set_grant(&t, |_| {});
+        let reason = refused(&t, over(protocol, &["w"], &format!("s1-{protocol:?}"))).await;
+        assert!(reason.contains("column 'w' is not shared with this peer"), "{reason}");
+        set_grant(&t, |g| g.share = vec!["id".into()]);
+        let reason = refused(&t, over(protocol, &["id", "w"], &format!("s2-{protocol:?}"))).await;
+        assert!(reason.contains("column 'w' is not shared") && reason.contains("(shared: id)"), "{reason}");
+    }
     // Invalid parameters are refused in `plan`, before the grant is even looked at.
     for (n, (params, expect)) in [
         (serde_json::json!({ "peer_columns": ["w\n"] }).to_string(), "peer column 1 is not a valid column name"),
@@ -727,10 +734,6 @@ async fn a_peer_column_not_shared_is_refused_before_any_protocol_message() {
         let Answer::Refused(reason) = raw_request(&t.b, request).await else { panic!("accepted") };
         assert!(reason.contains(expect), "{reason}");
     }
-    // Over ECDH: refused (payloads are RR22 only).
-    let ecdh = JobRequest { protocol: proto::PsiProtocol::from(PsiProtocol::Ecdh) as i32, ..with(&["id"], "s4") };
-    let Answer::Refused(reason) = raw_request(&t.b, ecdh).await else { panic!("accepted") };
-    assert!(reason.contains("rr22 only"), "{reason}");
     // The row index of a several-peer join is the requester's own option: a peer asking a
     // responder for it is refused (it would change nothing there; it is malformed).
     set_grant(&t, |g| g.share = vec!["w".into()]);
@@ -742,9 +745,11 @@ async fn a_peer_column_not_shared_is_refused_before_any_protocol_message() {
     assert!(reason.contains("the row index is an option of the requester"), "{reason}");
     set_grant(&t, |g| g.share = vec!["id".into()]);
     // Through the requester: the job fails as refused by the peer, nothing is written.
-    let out = t.root.join("never.csv");
-    let status = run_submitted(&t, payload_submit(&out, &["w"], Reveal::RequesterOnly)).await;
-    assert_eq!(status.job_state(), JobState::Failed);
-    assert!(status.refused_by_peer && status.error.contains("column 'w' is not shared"), "{}", status.error);
-    assert!(!out.exists());
+    for protocol in [PsiProtocol::Rr22, PsiProtocol::Ecdh] {
+        let out = t.root.join("never.csv");
+        let status = run_submitted(&t, payload_submit(&out, &["w"], Reveal::RequesterOnly, protocol)).await;
+        assert_eq!(status.job_state(), JobState::Failed);
+        assert!(status.refused_by_peer && status.error.contains("column 'w' is not shared"), "{}", status.error);
+        assert!(!out.exists());
+    }
 }

@@ -503,4 +503,43 @@ async fn payload_joins_send_no_value_in_clear_and_plain_psi_sends_no_payload() {
     let joined = consort_engine::storage::read_data(&out, Some(&t.a.storage.key)).unwrap();
     let found = search.find(&joined);
     assert!(found.iter().any(|n| n.starts_with("feature ")), "the joined output holds the peer's values");
+
+    // The same over ECDH. A plain ECDH-PSI sends no frame of the payload join (whose hello is
+    // 0x11 and whose records frames follow the OPRF set's hello).
+    const ECDH_PAYLOAD_HELLO: u8 = 0x11;
+    const RECORDS: u8 = 0x02;
+    let out = t.root.join("plain-ecdh.csv");
+    let status = run(&t, submit(JobKind::Psi, "accounts", PsiProtocol::Ecdh, &out, String::new())).await;
+    assert_eq!(status.job_state(), JobState::Done, "{}", status.error);
+    let frames = std::mem::take(&mut *t.capture.0.lock().unwrap());
+    let data = responder_data(&frames);
+    assert!(data.len() > 1, "the responder's protocol frames are captured");
+    assert!(!data.iter().any(|d| d.first() == Some(&ECDH_PAYLOAD_HELLO)), "no payload was asked");
+    // The ECDH payload join, requester-only: one sealed record per responder row, matched or not,
+    // and no value in clear anywhere.
+    let out = t.root.join("joined-ecdh.csv");
+    let params = serde_json::json!({ "peer_columns": ["g1", "g2"] }).to_string();
+    let request = SubmitRequest {
+        reveal: proto::Reveal::RequesterOnly as i32,
+        ..submit(JobKind::Psi, "accounts", PsiProtocol::Ecdh, &out, params)
+    };
+    let status = run(&t, request).await;
+    assert_eq!(status.job_state(), JobState::Done, "{}", status.error);
+    assert_eq!(status.output_rows, OVERLAP as u64);
+    let frames = std::mem::take(&mut *t.capture.0.lock().unwrap());
+    let data = responder_data(&frames);
+    assert_eq!(data.first().and_then(|d| d.first()), Some(&ECDH_PAYLOAD_HELLO), "the payload join's hello");
+    // Each record: a tag (≥ 5 bytes), then the sealed payload (width ≥ 2 × 15-byte values and
+    // their lengths, + 16).
+    let records: usize = data.iter().skip(2).filter(|d| d.first() == Some(&RECORDS)).map(|d| d.len() - 1).sum();
+    assert!(records >= ROWS * (5 + 8 + 30 + 4 + 16), "one sealed record per responder row: {records} bytes");
+    let mut leaks = Vec::new();
+    for (i, frame) in frames.iter().enumerate() {
+        for name in search.find(&frame.bytes) {
+            leaks.push(format!("frame {i} from the {}: {name}", frame.from));
+        }
+    }
+    assert!(leaks.is_empty(), "shared values or keys in clear on the wire (ECDH):\n{}", leaks.join("\n"));
+    let joined = consort_engine::storage::read_data(&out, Some(&t.a.storage.key)).unwrap();
+    assert!(search.find(&joined).iter().any(|n| n.starts_with("feature ")), "the ECDH joined output holds values");
 }

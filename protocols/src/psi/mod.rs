@@ -12,6 +12,7 @@ use crate::channel::Channel;
 use crate::items::Items;
 
 pub mod ecdh;
+pub mod labeled;
 pub mod payload;
 pub mod rr22;
 #[cfg(test)]
@@ -68,8 +69,9 @@ pub struct PsiConfig {
     /// work is sized by it (a node passes the size the peer declared in its job request, checked
     /// against the grant). [`u64::MAX`] leaves only each protocol's own bound.
     pub max_peer_items: u64,
-    /// Labeled PSI ([`payload`]): the responder's payloads or the requester's limit on them.
-    /// RR22 only; ECDH-PSI refuses anything but [`PayloadMode::None`].
+    /// Labeled PSI: the responder's payloads or the requester's limit on them. RR22 carries them
+    /// in its own run ([`payload`]); with ECDH the job runs the per-job DH-OPRF payload join of
+    /// [`labeled`] instead of the plain ECDH-PSI (without proofs: `proofs` is ignored).
     pub payload: PayloadMode,
 }
 
@@ -119,7 +121,8 @@ pub async fn run<C: Channel, I: Items + ?Sized>(
     let progress = progress.clone();
     match protocol {
         PsiProtocol::Ecdh if !payload.is_none() => {
-            Err(PsiError::Ecdh(EcdhPsiError::Input("payload joins run over RR22 only (use --protocol rr22)".into())))
+            let config = labeled::LabeledConfig { role, reveal, progress, max_peer_items, payload: payload.clone() };
+            Ok(PsiRun { output: labeled::run(channel, items, &config).await?, ecdh_evidence: None })
         }
         PsiProtocol::Ecdh => {
             let config = EcdhPsiConfig { role, reveal, progress, proofs, max_peer_items };

@@ -144,6 +144,17 @@ impl Payloads {
     }
 }
 
+/// A payload list is also a list of items (the ECDH payload join copies its items into one to
+/// hand them to rayon).
+impl crate::items::Items for Payloads {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+    fn get(&self, index: usize) -> &[u8] {
+        Payloads::get(self, index)
+    }
+}
+
 /// Whether a party sends or receives payloads in a PSI run (both must agree: the responder sends,
 /// the requester receives).
 #[derive(Debug, Clone, Default)]

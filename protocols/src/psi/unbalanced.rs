@@ -348,8 +348,8 @@ impl OprfSet {
         &self.records[i * r..(i + 1) * r]
     }
 
-    /// The records whose tag is `tag` (`t` bytes).
-    fn lookup(&self, tag: &[u8]) -> impl Iterator<Item = &[u8]> {
+    /// The records whose tag is `tag` (`t` bytes), with the position of the first.
+    fn lookup(&self, tag: &[u8]) -> (usize, impl Iterator<Item = &[u8]>) {
         let t = self.params.tag_bytes as usize;
         let n = self.params.items as usize;
         // First record with a tag ≥ `tag`.
@@ -358,7 +358,7 @@ impl OprfSet {
             let mid = (lo + hi) / 2;
             if &self.record(mid)[..t] < tag { lo = mid + 1 } else { hi = mid }
         }
-        (lo..n).map(move |i| self.record(i)).take_while(move |r| &r[..t] == tag)
+        (lo, (lo..n).map(move |i| self.record(i)).take_while(move |r| &r[..t] == tag))
     }
 }
 
@@ -386,7 +386,22 @@ pub fn evaluate_set<I: Items + ?Sized>(
     labels: Option<&Payloads>,
     query_budget: u64,
 ) -> Result<OprfSet, UnbalancedError> {
+    evaluate_set_ordered(key, items, labels, query_budget).map(|(set, _)| set)
+}
+
+/// [`evaluate_set`], also returning the item index of each record (record `r` is item
+/// `order[r]`): the ECDH payload join ([`super::labeled`]) maps the records the requester matched
+/// back to the responder's items with it.
+pub fn evaluate_set_ordered<I: Items + ?Sized>(
+    key: &OprfKey,
+    items: &I,
+    labels: Option<&Payloads>,
+    query_budget: u64,
+) -> Result<(OprfSet, Vec<u32>), UnbalancedError> {
     let n = items.len();
+    if n as u64 > MAX_QUERY_ITEMS {
+        return Err(UnbalancedError::Input(format!("a list holds at most {MAX_QUERY_ITEMS} items")));
+    }
     if let Some(l) = labels {
         if l.len() != n {
             return Err(UnbalancedError::Input("one label per item is needed".into()));
@@ -438,7 +453,7 @@ pub fn evaluate_set<I: Items + ?Sized>(
         slot.copy_from_slice(&unsorted[i * record..(i + 1) * record]);
     });
     let params = SetupParams { digest: records_digest(&records), ..params };
-    Ok(OprfSet { params, records })
+    Ok((OprfSet { params, records }, order.into_iter().map(|(_, i)| i).collect()))
 }
 
 /// SHA-256 of [`RECORDS_DOMAIN`] and the records.
@@ -590,6 +605,8 @@ pub struct QueryMatch {
     pub index: u32,
     /// Its label (the owner's payload), if the set has labels.
     pub label: Option<Vec<u8>>,
+    /// The position of the matched record in the fetched set (tag order).
+    pub record: u64,
 }
 
 /// The querier's side of a query: the query items found in `set`, by index (ascending).
@@ -704,12 +721,18 @@ fn unblind_and_match<I: Items + ?Sized>(
         .filter_map(|(j, e)| {
             let index = start + j;
             let output = oprf_output(items.get(index), e.as_bytes());
-            let mut hits = set.lookup(&output[..t]);
+            let (first, mut hits) = set.lookup(&output[..t]);
             if set.params.label_width == 0 {
-                return hits.next().map(|_| QueryMatch { index: index as u32, label: None });
+                return hits.next().map(|_| QueryMatch { index: index as u32, label: None, record: first as u64 });
             }
             let key = label_key(&output);
-            hits.find_map(|r| open(&key, &r[t..])).map(|label| QueryMatch { index: index as u32, label: Some(label) })
+            hits.enumerate().find_map(|(j, r)| {
+                open(&key, &r[t..]).map(|label| QueryMatch {
+                    index: index as u32,
+                    label: Some(label),
+                    record: (first + j) as u64,
+                })
+            })
         })
         .collect())
 }
