@@ -552,29 +552,7 @@ async fn run_streaming_observed<C: Channel>(
     stages.push(("protocol".to_string(), protocol_secs));
     stages.extend(done.timings.iter().map(|&(step, secs)| (format!("protocol/{step}"), secs)));
     let matched = shared.matched.load(Ordering::Relaxed);
-    let dropped = shared.dropped.load(Ordering::Relaxed);
-    if session.learns() {
-        job.limits.check_aligned(matched)?;
-    }
-    // A join's sections after the intersection: this side's unmatched rows (a pass over the
-    // snapshot) and placeholders for the peer's, whose count the peer tells.
-    let mut sections = Vec::new();
-    let mut done_bits = None;
-    if session.learns() {
-        let own = match shared.done.as_ref() {
-            Some(done) => {
-                let bits = std::mem::take(&mut *done.lock().expect("not poisoned"));
-                let set: u64 = bits.iter().map(|w| w.count_ones() as u64).sum();
-                done_bits = Some(bits);
-                input.rows - set
-            }
-            None => input.rows - dropped - matched,
-        };
-        let peer =
-            crate::join::exchange_counts(channel, job.join, job.role, job.reveal, own, session.peer_size, matched)
-                .await?;
-        sections = job.join.sections(job.role, job.reveal, peer);
-    }
+    let (sections, done_bits) = tail_sections(channel, job, &session, &shared, input.rows).await?;
     let (mut output, mut output_rows) = (None, 0);
     if let Some(written) = written {
         let (mut pending, mut rows) = written;
@@ -946,6 +924,35 @@ impl From<std::io::Error> for TailError {
     fn from(e: std::io::Error) -> Self {
         TailError::Io(e)
     }
+}
+
+/// After the buckets, on a learning side: checks the grant's minimum on the intersection, then a
+/// join's sections after it (this side's unmatched rows, a pass over the snapshot, and
+/// placeholders for the peer's, whose count the peer tells), with the bitmap of this side's
+/// matched or dropped rows when the join tracks them. Nothing for a side that does not learn.
+async fn tail_sections<C: Channel>(
+    channel: &C,
+    job: &PsiJob,
+    session: &rr22::Session,
+    shared: &Shared,
+    rows: u64,
+) -> Result<(Vec<crate::join::Section>, Option<Vec<u64>>), EngineError> {
+    if !session.learns() {
+        return Ok((Vec::new(), None));
+    }
+    let matched = shared.matched.load(Ordering::Relaxed);
+    job.limits.check_aligned(matched)?;
+    let (own, done_bits) = match shared.done.as_ref() {
+        Some(done) => {
+            let bits = std::mem::take(&mut *done.lock().expect("not poisoned"));
+            let set: u64 = bits.iter().map(|w| w.count_ones() as u64).sum();
+            (rows - set, Some(bits))
+        }
+        None => (rows - shared.dropped.load(Ordering::Relaxed) - matched, None),
+    };
+    let peer =
+        crate::join::exchange_counts(channel, job.join, job.role, job.reveal, own, session.peer_size, matched).await?;
+    Ok((job.join.sections(job.role, job.reveal, peer), done_bits))
 }
 
 /// A join's sections after the intersection ([`crate::join`]), appended to the output's temp

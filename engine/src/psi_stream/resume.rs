@@ -596,28 +596,8 @@ pub async fn run_psi_resumable<C: Channel>(
     stages.extend(timings.iter().map(|&(step, secs)| (format!("protocol/{step}"), secs)));
     // The output: header, segments in range order, the join's tail; renamed at the end.
     let started = Instant::now();
-    let matched = shared.matched.load(Ordering::Relaxed);
-    let dropped = shared.dropped.load(Ordering::Relaxed);
-    if session.learns() {
-        job.limits.check_aligned(matched)?;
-    }
-    let mut sections = Vec::new();
-    let mut done_bits = None;
-    if session.learns() {
-        let own = match shared.done.as_ref() {
-            Some(done) => {
-                let bits = std::mem::take(&mut *done.lock().expect("not poisoned"));
-                let set: u64 = bits.iter().map(|w| w.count_ones() as u64).sum();
-                done_bits = Some(bits);
-                input.rows - set
-            }
-            None => input.rows - dropped - matched,
-        };
-        let peer =
-            crate::join::exchange_counts(channel, job.join, job.role, job.reveal, own, session.peer_size, matched)
-                .await?;
-        sections = job.join.sections(job.role, job.reveal, peer);
-    }
+    let (matched, dropped) = (shared.matched.load(Ordering::Relaxed), shared.dropped.load(Ordering::Relaxed));
+    let (sections, done_bits) = tail_sections(channel, job, &session, &shared, input.rows).await?;
     let (mut output, mut output_rows) = (None, 0);
     if let (true, Some(out), Some(snap)) = (learns, job.output.clone(), snapshot) {
         let (spec, columns, at_rest) = (input.spec.clone(), input.columns.len(), job.at_rest.clone());

@@ -270,44 +270,37 @@ impl Job for PsiPlan {
         };
         let report = match (ctx.dataset, &ctx.stream) {
             (Some(dataset), _) => run_psi_owned(&*ctx.channel, dataset, &psi).await.map_err(failure)?,
-            (None, Some(input)) if input.is_parquet() || !self.output.is_rows() => {
-                // Parquet inputs and key-only outputs stream without resume checkpoints (the
-                // resumable path copies CSV rows into its range segments).
-                if self.resume.is_some() {
-                    return Err(Failure::shared(anyhow::anyhow!("a job over a Parquet dataset cannot be resumed")));
-                }
-                let options = StreamOptions {
-                    spill_dir: ctx.state.dir.join(config::SPILL_DIR).join(&ctx.ask.job_id),
-                    bucket_size: spill_bucket_size(),
-                };
-                let (report, figures) =
-                    run_psi_streaming(&*ctx.channel, input, &psi, &options).await.map_err(failure)?;
-                tracing::info!(
-                    job = %ctx.ask.job_id,
-                    peak_temp_bytes = figures.peak_temp_bytes,
-                    duplicates_dropped = figures.duplicates_dropped,
-                    "streaming psi done"
-                );
-                report
-            }
             (None, Some(input)) => {
-                // Streaming jobs are resumable: their state lives in DIR/spill/JOB (JOB the first
-                // part's id), their spill key sealed under the node's storage key.
-                let first = self.resume.as_deref().unwrap_or(&ctx.ask.job_id);
-                let options = StreamOptions {
-                    spill_dir: ctx.state.dir.join(config::SPILL_DIR).join(first),
-                    bucket_size: spill_bucket_size(),
+                let (report, figures) = if input.is_parquet() || !self.output.is_rows() {
+                    // Parquet inputs and key-only outputs stream without resume checkpoints (the
+                    // resumable path copies CSV rows into its range segments).
+                    if self.resume.is_some() {
+                        return Err(Failure::shared(anyhow::anyhow!("a job over a Parquet dataset cannot be resumed")));
+                    }
+                    let options = StreamOptions {
+                        spill_dir: ctx.state.dir.join(config::SPILL_DIR).join(&ctx.ask.job_id),
+                        bucket_size: spill_bucket_size(),
+                    };
+                    run_psi_streaming(&*ctx.channel, input, &psi, &options).await.map_err(failure)?
+                } else {
+                    // Other streaming jobs are resumable: their state lives in DIR/spill/JOB (JOB
+                    // the first part's id), their spill key sealed under the node's storage key.
+                    let first = self.resume.as_deref().unwrap_or(&ctx.ask.job_id);
+                    let options = StreamOptions {
+                        spill_dir: ctx.state.dir.join(config::SPILL_DIR).join(first),
+                        bucket_size: spill_bucket_size(),
+                    };
+                    let (key, _lock) =
+                        super::resume::job_key(ctx.state, ctx.ask, &options.spill_dir, self.resume.is_some())
+                            .map_err(Failure::shared)?;
+                    let resumable = Resumable { key, range_buckets: range_buckets(), resume: self.resume.is_some() };
+                    let run = run_psi_resumable(&*ctx.channel, input, &psi, &options, resumable).await;
+                    if run.is_err() && !is_resumable(&options.spill_dir) {
+                        // Cut short before its first checkpoint: nothing to resume, nothing kept.
+                        let _ = discard(&options.spill_dir);
+                    }
+                    run.map_err(failure)?
                 };
-                let (key, _lock) =
-                    super::resume::job_key(ctx.state, ctx.ask, &options.spill_dir, self.resume.is_some())
-                        .map_err(Failure::shared)?;
-                let resumable = Resumable { key, range_buckets: range_buckets(), resume: self.resume.is_some() };
-                let run = run_psi_resumable(&*ctx.channel, input, &psi, &options, resumable).await;
-                if run.is_err() && !is_resumable(&options.spill_dir) {
-                    // Cut short before its first checkpoint: nothing to resume, nothing kept.
-                    let _ = discard(&options.spill_dir);
-                }
-                let (report, figures) = run.map_err(failure)?;
                 tracing::info!(
                     job = %ctx.ask.job_id,
                     peak_temp_bytes = figures.peak_temp_bytes,
