@@ -473,23 +473,7 @@ async fn run_streaming_observed<C: Channel>(
     std::fs::create_dir_all(&options.spill_dir).map_err(|e| DataError::io(&options.spill_dir, e))?;
     let guard = SpillDir(options.spill_dir.clone());
     let key = StorageKey::generate().map_err(|e| DataError::io(&options.spill_dir, e))?;
-    let shared = Arc::new(Shared {
-        dir: options.spill_dir.clone(),
-        key,
-        spec: input.spec.clone(),
-        rows: Mutex::new(HashMap::new()),
-        failure: Mutex::new(None),
-        dropped: AtomicU64::new(0),
-        learns,
-        disk: AtomicU64::new(0),
-        peak_disk: AtomicU64::new(0),
-        done: (learns && job.join.needs_unmatched(job.role))
-            .then(|| Mutex::new(vec![0u64; (input.rows as usize).div_ceil(64)])),
-        matched: AtomicU64::new(0),
-        writes_matched: job.join.writes_intersection(),
-        keeps: false,
-        digests: Mutex::new(HashMap::new()),
-    });
+    let shared = new_shared(&options.spill_dir, key, input, job, learns, false);
     let scan = {
         let (input, shared, hasher, cap) = (input.clone(), shared.clone(), session.hasher(), session.own_capacity());
         let buckets = session.layout.buckets;
@@ -924,6 +908,35 @@ impl From<std::io::Error> for TailError {
     fn from(e: std::io::Error) -> Self {
         TailError::Io(e)
     }
+}
+
+/// The state the scan, the buckets and the writers share; `keeps`: a resumable job's spill stays
+/// until the peer confirms its range.
+fn new_shared(
+    dir: &Path,
+    key: StorageKey,
+    input: &StreamInput,
+    job: &PsiJob,
+    learns: bool,
+    keeps: bool,
+) -> Arc<Shared> {
+    Arc::new(Shared {
+        dir: dir.to_path_buf(),
+        key,
+        spec: input.spec.clone(),
+        rows: Mutex::new(HashMap::new()),
+        failure: Mutex::new(None),
+        dropped: AtomicU64::new(0),
+        learns,
+        disk: AtomicU64::new(0),
+        peak_disk: AtomicU64::new(0),
+        done: (learns && job.join.needs_unmatched(job.role))
+            .then(|| Mutex::new(vec![0u64; (input.rows as usize).div_ceil(64)])),
+        matched: AtomicU64::new(0),
+        writes_matched: job.join.writes_intersection(),
+        keeps,
+        digests: Mutex::new(HashMap::new()),
+    })
 }
 
 /// After the buckets, on a learning side: checks the grant's minimum on the intersection, then a

@@ -431,7 +431,7 @@ pub async fn run_psi_resumable<C: Channel>(
         }
         let session = rr22::resume_session(&c.state(), &config).map_err(psi_err)?;
         let learns = session.learns() && job.output.is_some();
-        let shared = new_shared(&dir, key, input, job, learns);
+        let shared = new_shared(&dir, key, input, job, learns, true);
         let scanned = if learns {
             snapshot(input, &dir, &c.stamp)?
         } else {
@@ -442,7 +442,7 @@ pub async fn run_psi_resumable<C: Channel>(
         let session = rr22::start(channel, input.rows as usize, &config).await.map_err(psi_err)?;
         let learns = session.learns() && job.output.is_some();
         std::fs::create_dir_all(&dir).map_err(|e| DataError::io(&dir, e))?;
-        let shared = new_shared(&dir, key, input, job, learns);
+        let shared = new_shared(&dir, key, input, job, learns, true);
         let scanned = {
             let (input, shared, hasher, cap) =
                 (input.clone(), shared.clone(), session.hasher(), session.own_capacity());
@@ -654,26 +654,6 @@ pub async fn run_psi_resumable<C: Channel>(
 /// The role's and reveal mode's names, as the checkpoint keeps them.
 fn names(job: &PsiJob) -> (String, String) {
     (format!("{:?}", job.role), format!("{:?}", job.reveal))
-}
-
-fn new_shared(dir: &Path, key: StorageKey, input: &StreamInput, job: &PsiJob, learns: bool) -> Arc<Shared> {
-    Arc::new(Shared {
-        dir: dir.to_path_buf(),
-        key,
-        spec: input.spec.clone(),
-        rows: Mutex::new(HashMap::new()),
-        failure: Mutex::new(None),
-        dropped: AtomicU64::new(0),
-        learns,
-        disk: AtomicU64::new(0),
-        peak_disk: AtomicU64::new(0),
-        done: (learns && job.join.needs_unmatched(job.role))
-            .then(|| Mutex::new(vec![0u64; (input.rows as usize).div_ceil(64)])),
-        matched: AtomicU64::new(0),
-        writes_matched: job.join.writes_intersection(),
-        keeps: true,
-        digests: Mutex::new(HashMap::new()),
-    })
 }
 
 #[cfg(test)]
