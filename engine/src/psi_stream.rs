@@ -687,19 +687,26 @@ fn scan(
     Ok(scanned)
 }
 
+/// Copies the input `source` (at `path`) to an unlinked private snapshot in `dir`, checking that
+/// it is the file of `stamp` before and after the copy (a learning side's rows come from the
+/// snapshot, so they are exactly the rows it hashed); returns the snapshot at offset 0.
+fn private_snapshot(source: &File, path: &Path, stamp: &FileStamp, dir: &Path) -> Result<File, DataError> {
+    let mut copy = tempfile::tempfile_in(dir).map_err(|e| DataError::io(dir, e))?;
+    let copied = std::io::copy(&mut source.take(stamp.len + 1), &mut copy).map_err(|e| DataError::io(dir, e))?;
+    if copied != stamp.len || FileStamp::of(source, path)? != *stamp {
+        return Err(changed(path));
+    }
+    copy.seek(std::io::SeekFrom::Start(0)).map_err(|e| DataError::io(dir, e))?;
+    Ok(copy)
+}
+
 fn scan_csv(input: &StreamInput, spill: &mut Spiller, learns: bool, keys_only: bool) -> Result<Scanned, DataError> {
     let spec = &input.spec;
     let shared = spill.shared;
     let source = open_unchanged(&spec.file, &input.stamp)?;
     let (mut scanner, snapshot) = if learns && !keys_only {
-        let mut copy = tempfile::tempfile_in(&shared.dir).map_err(|e| DataError::io(&shared.dir, e))?;
-        let copied = std::io::copy(&mut (&source).take(input.stamp.len + 1), &mut copy)
-            .map_err(|e| DataError::io(&shared.dir, e))?;
-        if copied != input.stamp.len || FileStamp::of(&source, &spec.file)? != input.stamp {
-            return Err(changed(&spec.file));
-        }
-        shared.added(copied);
-        copy.seek(std::io::SeekFrom::Start(0)).map_err(|e| DataError::io(&shared.dir, e))?;
+        let copy = private_snapshot(&source, &spec.file, &input.stamp, &shared.dir)?;
+        shared.added(input.stamp.len);
         let scanner = RowScanner::from_file(&spec.file, copy.try_clone().map_err(|e| DataError::io(&shared.dir, e))?);
         (scanner, Some(copy))
     } else {

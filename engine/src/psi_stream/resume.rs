@@ -335,12 +335,7 @@ async fn recorded<C: Channel>(channel: &C, r: usize, digest: &[u8; 32]) -> Resul
 fn snapshot(input: &StreamInput, dir: &Path, stamp: &FileStamp) -> Result<Scanned, DataError> {
     let spec = &input.spec;
     let source = open_unchanged(&spec.file, stamp)?;
-    let mut copy = tempfile::tempfile_in(dir).map_err(|e| DataError::io(dir, e))?;
-    let copied = std::io::copy(&mut (&source).take(stamp.len + 1), &mut copy).map_err(|e| DataError::io(dir, e))?;
-    if copied != stamp.len || FileStamp::of(&source, &spec.file)? != *stamp {
-        return Err(changed(&spec.file));
-    }
-    copy.seek(std::io::SeekFrom::Start(0)).map_err(|e| DataError::io(dir, e))?;
+    let copy = private_snapshot(&source, &spec.file, stamp, dir)?;
     let mut scanner = RowScanner::from_file(&spec.file, copy.try_clone().map_err(|e| DataError::io(dir, e))?);
     let header = spec.read_header(&mut scanner)?;
     let terminator: &'static [u8] = if header.raw.ends_with(b"\r\n") { b"\r\n" } else { b"\n" };
