@@ -291,8 +291,7 @@ impl Job for PsiPlan {
                         bucket_size: spill_bucket_size(),
                     };
                     let (key, _lock) =
-                        super::resume::job_key(ctx.state, ctx.ask, &options.spill_dir, self.resume.is_some())
-                            .map_err(Failure::shared)?;
+                        super::resume::job_key(ctx.state, ctx.ask, &options.spill_dir, self.resume.is_some())?;
                     let resumable = Resumable { key, range_buckets: range_buckets(), resume: self.resume.is_some() };
                     let run = run_psi_resumable(&*ctx.channel, input, &psi, &options, resumable).await;
                     if run.is_err() && !is_resumable(&options.spill_dir) {

@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use super::Failure;
 use anyhow::{Context, Result, anyhow, bail};
 use consort_engine::psi_stream::resume::{create_job_key, is_resumable, load_job_key};
 use consort_engine::sealed::StorageKey;
@@ -40,30 +41,34 @@ fn meta_of(ask: &Ask) -> Meta {
 }
 
 /// The spill key of a streaming job (made, or found for a resume) and the lock held while the
-/// part runs.
-pub fn job_key(state: &Arc<NodeState>, ask: &Ask, dir: &Path, resume: bool) -> Result<(StorageKey, File)> {
+/// part runs. Refusals (no such state, another peer) are told to the peer as they are; a failure
+/// of this node's files is private (its message names paths).
+pub fn job_key(state: &Arc<NodeState>, ask: &Ask, dir: &Path, resume: bool) -> Result<(StorageKey, File), Failure> {
     let node_key = &state.storage.key;
     let key = if resume {
         if !dir.is_dir() {
-            bail!("this node has no resumable state for that job (unknown, finished, discarded or expired)");
+            return Err(Failure::shared(anyhow!(
+                "this node has no resumable state for that job (unknown, finished, discarded or expired)"
+            )));
         }
         let meta: Meta = std::fs::read(dir.join(META))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| anyhow!("the resumable state of that job is damaged"))?;
+            .ok_or_else(|| Failure::shared(anyhow!("the resumable state of that job is damaged")))?;
         if meta != meta_of(ask) {
-            bail!("the job to resume ran with another peer, dataset or role");
+            return Err(Failure::shared(anyhow!("the job to resume ran with another peer, dataset or role")));
         }
-        load_job_key(dir, node_key)?
+        load_job_key(dir, node_key).map_err(Failure::private)?
     } else {
-        let key = create_job_key(dir, node_key)?;
+        let key = create_job_key(dir, node_key).map_err(Failure::private)?;
         let meta = serde_json::to_vec(&meta_of(ask)).expect("serializable");
         consort_engine::storage::write_atomic(&dir.join(META), &meta, consort_engine::storage::Access::OwnerOnly)
-            .with_context(|| format!("cannot write {}", dir.join(META).display()))?;
+            .with_context(|| format!("cannot write {}", dir.join(META).display()))
+            .map_err(Failure::private)?;
         key
     };
-    let lock = File::open(dir.join("key")).context("cannot open the job's key file")?;
-    lock.try_lock().map_err(|_| anyhow!("that job is running (or being resumed) already"))?;
+    let lock = File::open(dir.join("key")).context("cannot open the job's key file").map_err(Failure::private)?;
+    lock.try_lock().map_err(|_| Failure::shared(anyhow!("that job is running (or being resumed) already")))?;
     Ok((key, lock))
 }
 
