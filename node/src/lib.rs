@@ -22,6 +22,7 @@ pub mod setup;
 pub mod state;
 pub mod table;
 pub mod tls;
+pub mod worker;
 
 /// The API crate's generated protobuf/gRPC code and control-socket client, re-exported.
 pub use consort_api::{client, proto};

@@ -654,3 +654,6 @@ fn names(job: &PsiJob) -> (String, String) {
 #[cfg(test)]
 #[path = "resume_tests.rs"]
 mod tests;
+
+#[path = "shard.rs"]
+pub mod shard;

@@ -22,6 +22,7 @@ pub mod sb_demo;
 pub mod status;
 pub mod synth;
 pub mod unbalanced;
+pub mod worker;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -123,6 +124,9 @@ enum Command {
     },
     /// Run a private set intersection with a peer through the local node.
     Psi(psi::PsiArgs),
+    /// Run one shard of a sharded psi job (`consort psi --shards N`): started by the node, or
+    /// as a Kubernetes Indexed Job's pod (the shard from JOB_COMPLETION_INDEX).
+    Worker(worker::WorkerArgs),
     /// Unbalanced PSI, list owner: evaluate the list once with a fresh OPRF key (local; sealed).
     PsiSetup(unbalanced::PsiSetupArgs),
     /// Unbalanced PSI, querier: fetch the owner's evaluated list once (kept sealed here).
@@ -284,6 +288,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Node { dir, metrics, log_format } => run_node(&dir, metrics.as_deref(), log_format).await,
         Command::Psi(args) => psi::psi(args).await,
+        Command::Worker(args) => worker::run(args).await,
         Command::PsiSetup(args) => unbalanced::setup(args).await,
         Command::PsiFetch(args) => unbalanced::fetch(args).await,
         Command::PsiQuery(args) => unbalanced::query(args).await,

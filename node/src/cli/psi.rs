@@ -91,6 +91,13 @@ pub struct PsiArgs {
     #[arg(long, value_name = "JOB")]
     #[serde(skip)]
     resume: Option<String>,
+    /// Run the job as N worker pairs (rr22, inner join, whole rows; 1 to 64): the bucket space is
+    /// split into N contiguous ranges, each node starts N `consort worker` processes, worker i of
+    /// this node pairs with worker i of the peer, and the nodes merge the segments in shard order.
+    /// Both nodes check N. A failed shard fails the job; --resume JOB runs the rest.
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shards: Option<u32>,
 }
 
 pub async fn psi(mut args: PsiArgs) -> Result<()> {
@@ -113,12 +120,18 @@ pub async fn psi(mut args: PsiArgs) -> Result<()> {
     let j = &args.job;
     let client = NodeClient::connect(&j.dir).await?;
     let mut request = SubmitRequest::psi(peer, &j.dataset, peer_dataset, args.protocol, args.reveal, out);
-    if !args.peer_columns.is_empty() || !args.join.is_inner() || !args.output.is_rows() || args.resume.is_some() {
+    if !args.peer_columns.is_empty()
+        || !args.join.is_inner()
+        || !args.output.is_rows()
+        || args.resume.is_some()
+        || args.shards.is_some()
+    {
         request.params = serde_json::to_string(&crate::job::psi::PsiParams {
             peer_columns: args.peer_columns.clone(),
             join: args.join,
             output: args.output,
             resume: args.resume.clone(),
+            shards: args.shards,
             ..Default::default()
         })?;
     }

@@ -23,6 +23,7 @@ pub mod resume;
 pub mod score;
 pub mod secureboost;
 pub mod service;
+pub mod shards;
 #[cfg(test)]
 mod tests;
 pub mod train;

@@ -30,6 +30,7 @@ use consort_protocols::{Reveal, Role};
 use super::{Ask, Failure, Job, Kind, Outcome, Output, RunCtx};
 use crate::config;
 use crate::state::NodeState;
+pub use consort_engine::psi_stream::resume::shard::MAX_SHARDS;
 
 pub struct Psi;
 
@@ -40,7 +41,18 @@ impl Kind for Psi {
 
     fn plan(&self, _state: &NodeState, ask: &Ask) -> Result<Box<dyn Job>, String> {
         let protocol = ask.protocol.unwrap_or(PsiProtocol::Ecdh);
-        let PsiParams { peer_columns, join, row_index, output, resume } = parse_params(&ask.params)?;
+        let PsiParams { peer_columns, join, row_index, output, resume, shards } = parse_params(&ask.params)?;
+        if shards.is_some()
+            && (protocol != PsiProtocol::Rr22
+                || !peer_columns.is_empty()
+                || !output.is_rows()
+                || !join.is_inner()
+                || resume.is_some())
+        {
+            return Err(
+                "only streaming rr22 inner joins (no peer columns, whole rows, not a resume) run in shards".into()
+            );
+        }
         if resume.is_some() && (protocol != PsiProtocol::Rr22 || !peer_columns.is_empty() || !output.is_rows()) {
             return Err("only streaming rr22 jobs (no peer columns, whole rows) can be resumed".into());
         }
@@ -55,7 +67,7 @@ impl Kind for Psi {
         if output == OutputColumns::Keys && !peer_columns.is_empty() {
             return Err("a payload join (peer columns) writes whole rows: --output keys is for plain PSI".into());
         }
-        Ok(Box::new(PsiPlan { protocol, reveal, peer_columns, join, row_index, output, resume }))
+        Ok(Box::new(PsiPlan { protocol, reveal, peer_columns, join, row_index, output, resume, shards }))
     }
 }
 
@@ -90,6 +102,10 @@ pub struct PsiParams {
     /// (`consort_engine::psi_stream::resume`). Both nodes check it in `plan`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<String>,
+    /// Shards: the job's bucket space runs as this many worker pairs (`super::shards`), 1 to
+    /// `MAX_SHARDS`; both nodes check it in `plan`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<u32>,
 }
 
 /// Parses and validates a PSI job's parameters (on the requester from its operator, on the
@@ -105,6 +121,11 @@ pub fn parse_params(params: &str) -> Result<PsiParams, String> {
         && config::check_name("job id", id).is_err()
     {
         return Err("the job to resume is not a valid job id".into());
+    }
+    if let Some(n) = p.shards
+        && !(1..=MAX_SHARDS as u32).contains(&n)
+    {
+        return Err(format!("a job runs in 1 to {MAX_SHARDS} shards"));
     }
     if p.peer_columns.len() > MAX_PEER_COLUMNS {
         return Err(format!("a payload join asks for at most {MAX_PEER_COLUMNS} peer columns"));
@@ -135,6 +156,8 @@ struct PsiPlan {
     output: OutputColumns,
     /// The interrupted job this one resumes.
     resume: Option<String>,
+    /// Worker pairs the job runs as (`super::shards`).
+    shards: Option<u32>,
 }
 
 /// Where a node writes a job's output when its operator did not choose (and the name the peer
@@ -150,7 +173,7 @@ pub fn default_output_ext(dir: &Path, job_id: &str, dataset: &str, ext: &str) ->
 }
 
 /// What a failing side tells its peer: enough to act on, nothing about its data or files.
-fn failure(e: EngineError) -> Failure {
+pub(super) fn failure(e: EngineError) -> Failure {
     match e {
         EngineError::Data(_) => Failure::private(e),
         other => Failure::shared(other),
@@ -185,7 +208,12 @@ impl Job for PsiPlan {
     }
 
     fn wire_params(&self) -> String {
-        if self.peer_columns.is_empty() && self.join.is_inner() && self.output.is_rows() && self.resume.is_none() {
+        if self.peer_columns.is_empty()
+            && self.join.is_inner()
+            && self.output.is_rows()
+            && self.resume.is_none()
+            && self.shards.is_none()
+        {
             return String::new();
         }
         serde_json::to_string(&PsiParams {
@@ -193,6 +221,7 @@ impl Job for PsiPlan {
             join: self.join,
             output: self.output,
             resume: self.resume.clone(),
+            shards: self.shards,
             ..Default::default()
         })
         .expect("serializable")
@@ -215,6 +244,9 @@ impl Job for PsiPlan {
         // A resumed job names the job it continues: the audit log links the parts.
         if let Some(id) = &self.resume {
             v["resume"] = serde_json::json!(id);
+        }
+        if let Some(n) = self.shards {
+            v["shards"] = serde_json::json!(n);
         }
         v
     }
@@ -271,7 +303,17 @@ impl Job for PsiPlan {
         let report = match (ctx.dataset, &ctx.stream) {
             (Some(dataset), _) => run_psi_owned(&*ctx.channel, dataset, &psi).await.map_err(failure)?,
             (None, Some(input)) => {
-                let (report, figures) = if input.is_parquet() || !self.output.is_rows() {
+                let (report, figures) = if let Some(n) = self.shards {
+                    if input.is_parquet() {
+                        return Err(Failure::shared(anyhow::anyhow!("a sharded job needs a CSV dataset")));
+                    }
+                    let options = StreamOptions {
+                        spill_dir: ctx.state.dir.join(config::SPILL_DIR).join(&ctx.ask.job_id),
+                        bucket_size: spill_bucket_size(),
+                    };
+                    let shard_ctx = super::shards::Ctx { state: ctx.state, ask: ctx.ask, channel: &ctx.channel };
+                    super::shards::run(&shard_ctx, input, &psi, &options, n as usize).await?
+                } else if input.is_parquet() || !self.output.is_rows() {
                     // Parquet inputs and key-only outputs stream without resume checkpoints (the
                     // resumable path copies CSV rows into its range segments).
                     if self.resume.is_some() {

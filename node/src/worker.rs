@@ -1,0 +1,241 @@
+//! `consort worker`: one shard of a sharded streaming RR22 job (issue 12 item 4; the protocol side
+//! is `consort_engine::psi_stream::resume::shard`, the coordination `crate::job::shards`).
+//!
+//! A worker runs in the node's directory (it reads the node's config, TLS identity, pins and
+//! storage key, and the job's state in `DIR/spill/JOB/`), connects to the peer's worker of the
+//! same shard, runs the shard's bucket range and writes its sealed segment and record there.
+//!
+//! **Connection.** Mutual TLS 1.3 with the node's own identity and the peer's pinned certificate
+//! (the node's pins, not per-job certificates: no new key material to issue, rotate or revoke,
+//! and a worker is exactly as trusted as the node that started it). The ALPN protocol is
+//! `consort-worker/1`, so a worker never talks to a node's gRPC port or the reverse. Binding a
+//! connection to one job and shard is the engine's pairing frame: the session fingerprint (the
+//! job's fresh joint salt, sizes and layout), the shard index, the shard count and the bucket
+//! range must be equal on both sides, else both refuse before any protocol frame.
+//!
+//! Frames are length-prefixed (u32, little-endian) on the TLS stream; a frame above
+//! [`MAX_FRAME`] is refused before a buffer is sized.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use consort_protocols::{Channel, ChannelError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::Mutex;
+
+use crate::config::{self, NodeConfig};
+use crate::{identity, tls};
+
+/// ALPN protocol of worker connections.
+pub const ALPN: &[u8] = b"consort-worker/1";
+/// Largest frame a worker accepts (the node's gRPC message bound).
+pub const MAX_FRAME: usize = crate::MAX_MESSAGE_BYTES;
+/// How long a listening worker waits for its peer, and a connecting one keeps trying.
+pub const CONNECT_WAIT: Duration = Duration::from_secs(60);
+
+/// A framed [`Channel`] over a byte stream (a worker's TLS connection).
+pub struct StreamChannel<S> {
+    read: Mutex<ReadHalf<S>>,
+    write: Mutex<WriteHalf<S>>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Send> StreamChannel<S> {
+    pub fn new(stream: S) -> Self {
+        let (read, write) = tokio::io::split(stream);
+        StreamChannel { read: Mutex::new(read), write: Mutex::new(write) }
+    }
+}
+
+fn transport(e: std::io::Error) -> ChannelError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        ChannelError::Closed
+    } else {
+        ChannelError::Transport(e.to_string())
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Send> Channel for StreamChannel<S> {
+    async fn send(&self, frame: Bytes) -> Result<(), ChannelError> {
+        if frame.len() > MAX_FRAME {
+            return Err(ChannelError::Transport(format!("a frame of {} bytes is over the limit", frame.len())));
+        }
+        let mut w = self.write.lock().await;
+        w.write_all(&(frame.len() as u32).to_le_bytes()).await.map_err(transport)?;
+        w.write_all(&frame).await.map_err(transport)?;
+        w.flush().await.map_err(transport)
+    }
+
+    async fn recv(&self) -> Result<Bytes, ChannelError> {
+        let mut r = self.read.lock().await;
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len).await.map_err(transport)?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > MAX_FRAME {
+            return Err(ChannelError::Transport(format!("the peer sent a frame of {len} bytes, over the limit")));
+        }
+        let mut frame = vec![0u8; len];
+        r.read_exact(&mut frame).await.map_err(transport)?;
+        Ok(Bytes::from(frame))
+    }
+}
+
+/// Where a worker meets its peer: it listens (and prints the bound port) or connects.
+#[derive(Debug, Clone)]
+pub enum Meet {
+    Listen(String),
+    Connect(String),
+}
+
+/// One worker's task.
+#[derive(Debug, Clone)]
+pub struct WorkerTask {
+    /// The node directory.
+    pub dir: PathBuf,
+    /// The job (its state is `DIR/spill/JOB`).
+    pub job: String,
+    pub shard: usize,
+    /// The pinned peer whose worker this one pairs with.
+    pub peer: String,
+    pub meet: Meet,
+}
+
+/// What a worker prints on its last stdout line (JSON) when it finished its shard.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct WorkerReport {
+    pub shard: u32,
+    pub matched: u64,
+    pub rows: u64,
+    /// Wall seconds of the shard (pairing, protocol, segment).
+    pub secs: f64,
+    /// CPU seconds of the worker process (user + system).
+    pub cpu_secs: f64,
+}
+
+/// CPU seconds (user + system) this process used so far.
+pub fn cpu_secs() -> f64 {
+    // SAFETY: getrusage writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// The TLS configurations of a worker: the node's identity, only `peer`'s pinned certificates.
+fn tls_configs(dir: &Path, config: &NodeConfig, peer: &str) -> Result<(rustls::ServerConfig, rustls::ClientConfig)> {
+    let entry = config.peer(peer)?;
+    let certs = crate::state::peer_certs(dir, entry)?;
+    let (cert, key) = identity::read_tls_identity(dir)?;
+    let pinned = tls::PinnedPeers::default();
+    pinned.replace(certs.iter().map(|c| (peer.to_string(), c.clone(), None)).collect());
+    let mut server = tls::server_config(cert.clone(), key.clone_key(), pinned)?;
+    server.alpn_protocols = vec![ALPN.to_vec()];
+    let mut client = tls::client_config(cert, key, certs)?;
+    client.alpn_protocols = vec![ALPN.to_vec()];
+    Ok((server, client))
+}
+
+/// Runs one worker to the end; `on_listen` hears the bound address of a listening worker
+/// before it waits for its peer.
+pub async fn run(task: &WorkerTask, on_listen: impl FnOnce(SocketAddr)) -> Result<WorkerReport> {
+    let dir = config::absolute(&task.dir)?;
+    config::check_name("job id", &task.job)?;
+    let config = NodeConfig::load(&dir)?;
+    let storage = crate::at_rest::NodeStorage::open(&dir, &config)?;
+    let spill = dir.join(config::SPILL_DIR).join(&task.job);
+    let key = consort_engine::psi_stream::resume::load_job_key(&spill, &storage.key)?;
+    let shards = consort_engine::psi_stream::resume::shard::shard_count(&spill, &key)?;
+    if task.shard >= shards {
+        bail!("shard {} is out of range: the job runs {shards} shards", task.shard);
+    }
+    let (server, client) = tls_configs(&dir, &config, &task.peer)?;
+    let started = Instant::now();
+    let stream = match &task.meet {
+        Meet::Listen(addr) => {
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+            on_listen(listener.local_addr()?);
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+            let deadline = tokio::time::Instant::now() + CONNECT_WAIT;
+            // The first connection that completes the handshake with the pinned peer pairs; others
+            // (not the peer) are dropped and the worker keeps waiting until its deadline.
+            let stream = loop {
+                let (tcp, _) = tokio::time::timeout_at(deadline, listener.accept())
+                    .await
+                    .map_err(|_| anyhow!("the peer's worker did not connect within {}s", CONNECT_WAIT.as_secs()))??;
+                let _ = tcp.set_nodelay(true);
+                match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => break s,
+                    Ok(Err(e)) => tracing::warn!("a worker connection was refused: {e}"),
+                    Err(_) => bail!("the peer's worker did not connect within {}s", CONNECT_WAIT.as_secs()),
+                }
+            };
+            tokio_rustls::TlsStream::from(stream)
+        }
+        Meet::Connect(addr) => {
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+            let deadline = Instant::now() + CONNECT_WAIT;
+            let tcp = loop {
+                match tokio::net::TcpStream::connect(addr).await {
+                    Ok(tcp) => break tcp,
+                    Err(e) if Instant::now() < deadline => {
+                        tracing::debug!("peer worker at {addr} not there yet: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => return Err(anyhow!("cannot connect to the peer's worker at {addr}: {e}")),
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let name = rustls::pki_types::ServerName::try_from(identity::tls_server_name(&task.peer))
+                .map_err(|e| anyhow!("invalid peer name: {e}"))?;
+            let stream =
+                connector.connect(name, tcp).await.context("the TLS handshake with the peer's worker failed")?;
+            tokio_rustls::TlsStream::from(stream)
+        }
+    };
+    let channel = StreamChannel::new(stream);
+    // Fault injection for tests: this shard's worker stops once connected (its peer worker then
+    // fails too, the other shards finish).
+    if std::env::var("CONSORT_TEST_FAIL_SHARD").ok().and_then(|v| v.parse::<usize>().ok()) == Some(task.shard) {
+        bail!("shard {}: stopped on purpose (CONSORT_TEST_FAIL_SHARD)", task.shard);
+    }
+    let done = consort_engine::psi_stream::resume::shard::run_shard(&channel, &spill, &key, task.shard).await;
+    let done = done.map_err(|e| anyhow!("shard {}: {e}", task.shard))?;
+    Ok(WorkerReport {
+        shard: done.shard,
+        matched: done.matched,
+        rows: done.rows,
+        secs: started.elapsed().as_secs_f64(),
+        cpu_secs: cpu_secs(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frames round-trip; a frame length above the limit is refused before a buffer is sized.
+    #[tokio::test]
+    async fn frames_round_trip_and_oversized_ones_are_refused() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (ca, cb) = (StreamChannel::new(a), StreamChannel::new(b));
+        ca.send(Bytes::from_static(b"hello")).await.unwrap();
+        ca.send(Bytes::new()).await.unwrap();
+        assert_eq!(&cb.recv().await.unwrap()[..], b"hello");
+        assert!(cb.recv().await.unwrap().is_empty());
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let mut raw = a;
+        raw.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+        let cb = StreamChannel::new(b);
+        let e = cb.recv().await.unwrap_err();
+        assert!(e.to_string().contains("over the limit"), "{e}");
+        drop(raw);
+        let (a, b) = tokio::io::duplex(64);
+        drop(a);
+        assert_eq!(StreamChannel::new(b).recv().await.unwrap_err(), ChannelError::Closed);
+    }
+}
