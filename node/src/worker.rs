@@ -35,6 +35,8 @@ pub const ALPN: &[u8] = b"consort-worker/1";
 pub const MAX_FRAME: usize = crate::MAX_MESSAGE_BYTES;
 /// How long a listening worker waits for its peer, and a connecting one keeps trying.
 pub const CONNECT_WAIT: Duration = Duration::from_secs(60);
+/// How long a listening worker gives one connection to finish its TLS handshake.
+pub const HANDSHAKE_WAIT: Duration = Duration::from_secs(10);
 
 /// A framed [`Channel`] over a byte stream (a worker's TLS connection).
 pub struct StreamChannel<S> {
@@ -139,9 +141,50 @@ fn tls_configs(dir: &Path, config: &NodeConfig, peer: &str) -> Result<(rustls::S
     Ok((server, client))
 }
 
+/// How long a worker without `--job` waits for its node to name the job.
+pub const JOB_WAIT: Duration = Duration::from_secs(600);
+
+/// The job an external worker runs: the one its node names in `DIR/shard-job.json` (waiting for
+/// it up to [`JOB_WAIT`]).
+pub async fn current_job(dir: &Path) -> Result<String> {
+    let path = config::absolute(dir)?.join(crate::job::shards::CURRENT_FILE);
+    let deadline = Instant::now() + JOB_WAIT;
+    loop {
+        if let Ok(bytes) = std::fs::read(&path) {
+            let current: crate::job::shards::Current =
+                serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))?;
+            return Ok(current.job);
+        }
+        if Instant::now() > deadline {
+            bail!("no sharded job named in {} within {}s", path.display(), JOB_WAIT.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Marks a shard failed in the job's spill directory, for a node waiting on external workers.
+fn mark_failed(task: &WorkerTask) {
+    if let Ok(dir) = config::absolute(&task.dir) {
+        let spill = dir.join(config::SPILL_DIR).join(&task.job);
+        if spill.is_dir() {
+            let _ = std::fs::write(spill.join(format!("failed-{:05}", task.shard)), b"");
+        }
+    }
+}
+
+/// Runs one worker to the end (a failed shard is marked in the job's spill directory);
+/// `on_listen` hears the bound address of a listening worker before it waits for its peer.
+pub async fn run(task: &WorkerTask, on_listen: impl FnOnce(SocketAddr)) -> Result<WorkerReport> {
+    let result = run_inner(task, on_listen).await;
+    if result.is_err() && config::check_name("job id", &task.job).is_ok() {
+        mark_failed(task);
+    }
+    result
+}
+
 /// Runs one worker to the end; `on_listen` hears the bound address of a listening worker
 /// before it waits for its peer.
-pub async fn run(task: &WorkerTask, on_listen: impl FnOnce(SocketAddr)) -> Result<WorkerReport> {
+async fn run_inner(task: &WorkerTask, on_listen: impl FnOnce(SocketAddr)) -> Result<WorkerReport> {
     let dir = config::absolute(&task.dir)?;
     config::check_name("job id", &task.job)?;
     let config = NodeConfig::load(&dir)?;
@@ -168,10 +211,12 @@ pub async fn run(task: &WorkerTask, on_listen: impl FnOnce(SocketAddr)) -> Resul
                     .await
                     .map_err(|_| anyhow!("the peer's worker did not connect within {}s", CONNECT_WAIT.as_secs()))??;
                 let _ = tcp.set_nodelay(true);
-                match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                // A connection that stalls its handshake is dropped after HANDSHAKE_WAIT.
+                let until = deadline.min(tokio::time::Instant::now() + HANDSHAKE_WAIT);
+                match tokio::time::timeout_at(until, acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => break s,
                     Ok(Err(e)) => tracing::warn!("a worker connection was refused: {e}"),
-                    Err(_) => bail!("the peer's worker did not connect within {}s", CONNECT_WAIT.as_secs()),
+                    Err(_) => tracing::warn!("a worker connection did not finish its TLS handshake in time"),
                 }
             };
             tokio_rustls::TlsStream::from(stream)

@@ -205,3 +205,63 @@ fn a_failed_shard_keeps_the_job_and_mismatched_workers_are_refused() {
     no_spill(&b);
     drop((na, nb));
 }
+
+/// Nodes with external workers (`CONSORT_SHARD_WORKERS=external`, as on Kubernetes): the node
+/// names the prepared job in `DIR/shard-job.json` and waits; workers started on their own (no
+/// `--job`, fixed addresses, as an Indexed Job's pods) run the shards; the merged output is the
+/// plaintext intersection and nothing is left behind.
+#[test]
+fn external_workers_run_the_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let external = |c: &mut Command| {
+        small_buckets(c);
+        c.env("CONSORT_SHARD_WORKERS", "external");
+    };
+    let TwoNodes { a, b, na, nb, .. } = two_nodes_with(root, ROWS, OVERLAP, external);
+    let out = root.join("out.csv");
+    let submit = Command::new(env!("CARGO_BIN_EXE_consort"))
+        .args(rr22(&a, &out, &["--shards", "2"]))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Two free ports for the partner's workers (an Indexed Job's fixed names and port).
+    let ports: Vec<u16> =
+        (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
+    let worker = |dir: &Path, peer: &str, shard: usize, meet: [&str; 2]| {
+        Command::new(env!("CARGO_BIN_EXE_consort"))
+            .args(["worker", s(dir), "--peer", peer])
+            .env("JOB_COMPLETION_INDEX", shard.to_string())
+            .args(meet)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut workers = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let (listen, connect) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{port}"));
+        workers.push(worker(&b, "bank", i, ["--listen", &listen]));
+        workers.push(worker(&a, "partner", i, ["--connect", &connect]));
+    }
+    for w in workers {
+        let done = w.wait_with_output().unwrap();
+        assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    }
+    let submitted = submit.wait_with_output().unwrap();
+    assert!(submitted.status.success(), "{}", String::from_utf8_lossy(&submitted.stderr));
+    let done: serde_json::Value = serde_json::from_slice(&submitted.stdout).unwrap();
+    assert_eq!(done["state"], "done", "{done}");
+    let data = root.join("data");
+    let expected: BTreeSet<String> =
+        ids(&data.join("a.csv")).intersection(&ids(&data.join("b.csv"))).cloned().collect();
+    let got: Vec<String> = rows(&a, &out)[1..].iter().map(|l| l.split(',').next().unwrap().to_string()).collect();
+    assert_eq!(got.len(), expected.len());
+    assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), expected);
+    for dir in [&a, &b] {
+        no_spill(dir);
+        assert!(!dir.join("shard-job.json").exists());
+    }
+    drop((na, nb));
+}

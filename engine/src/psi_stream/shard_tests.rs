@@ -297,3 +297,51 @@ async fn a_failed_shard_is_resumed() {
     assert!(report.ok, "{:?}", report.problems);
     assert!(!case.spill("a").exists());
 }
+
+/// Malformed shard messages from a peer are refused: a short or wrong-tag shard count after the
+/// hello (nothing kept), a short or wrong-tag pairing frame (no record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_shard_messages_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = Case::new(tmp.path(), Reveal::Both, 0..100, 50..150);
+    for bad in [vec![], vec![COUNT], vec![COUNT, 4, 0], vec![PAIR, 4]] {
+        let (ia, _) = case.inputs();
+        let (ja, _) = case.jobs();
+        let (ca, cb) = memory_pair(64);
+        let config = Rr22Config {
+            role: Role::Responder,
+            reveal: Reveal::Both,
+            progress: None,
+            bucket_size: BUCKET,
+            max_peer_items: u64::MAX,
+            payload: PayloadMode::None,
+        };
+        let (ra, _) = tokio::join!(prepare_shards(&ca, &ia, &ja, &case.options("a"), &key(), 4), async {
+            let _session = rr22::start(&cb, 50, &config).await.unwrap();
+            cb.send(Bytes::from(bad.clone())).await.unwrap();
+            let _ = cb.recv().await;
+        });
+        let e = ra.unwrap_err().to_string();
+        assert!(e.contains("shard count message is malformed"), "{bad:?}: {e}");
+        assert!(!case.spill("a").exists());
+    }
+    let (pa, pb) = case.prepare((4, 4)).await;
+    let shards = pa.unwrap().shards;
+    assert_eq!(shards, pb.unwrap().shards);
+    for (bad, says) in [
+        (vec![], "malformed"),
+        (vec![PAIR], "malformed"),
+        (vec![COUNT; 49], "malformed"),
+        (vec![PAIR; 50], "malformed"),
+        (vec![PAIR; 49], "another job"),
+    ] {
+        let (ca, cb) = memory_pair(64);
+        let (ra, _) = tokio::join!(run_shard(&ca, &case.spill("a"), &key(), 0), async {
+            let _ = cb.recv().await;
+            cb.send(Bytes::from(bad.clone())).await.unwrap();
+        });
+        let e = ra.unwrap_err().to_string();
+        assert!(e.contains(says), "{bad:?}: {e}");
+    }
+    assert!(shard_records(&case.spill("a"), &key()).unwrap().iter().all(Option::is_none));
+}

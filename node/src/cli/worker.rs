@@ -10,9 +10,11 @@ use crate::worker::{Meet, WorkerTask};
 pub struct WorkerArgs {
     /// The node directory (config, TLS identity, pins, storage key, the job's state).
     dir: PathBuf,
-    /// The sharded job's id (its state is DIR/spill/JOB, prepared by the node).
+    /// The sharded job's id (its state is DIR/spill/JOB, prepared by the node). Without it the
+    /// worker waits (up to 10 minutes) for the job its node names in DIR/shard-job.json (a node
+    /// run with CONSORT_SHARD_WORKERS=external, e.g. on Kubernetes).
     #[arg(long)]
-    job: String,
+    job: Option<String>,
     /// This worker's shard, 0 to N-1 (default: $JOB_COMPLETION_INDEX, a Kubernetes Indexed
     /// Job's pod index).
     #[arg(long)]
@@ -42,7 +44,11 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
             Err(_) => bail!("give --shard I (or set JOB_COMPLETION_INDEX)"),
         },
     };
-    let task = WorkerTask { dir: args.dir, job: args.job, shard, peer: args.peer, meet };
+    let job = match args.job {
+        Some(job) => job,
+        None => crate::worker::current_job(&args.dir).await?,
+    };
+    let task = WorkerTask { dir: args.dir, job, shard, peer: args.peer, meet };
     let report = crate::worker::run(&task, |addr| println!("listening {addr}")).await?;
     // The last stdout line: the shard's figures, for the node (or a person).
     println!("{}", serde_json::to_string(&report)?);

@@ -399,6 +399,19 @@ mod tests {
         assert!(e.contains("line 1, column") && !e.contains("all"), "{e}");
     }
 
+    /// A shard count travels in the parameters and is bounded; both nodes check it in `plan`.
+    #[test]
+    fn shard_parameters_are_checked() {
+        assert_eq!(parse_params(r#"{"shards":4}"#).unwrap().shards, Some(4));
+        assert_eq!(parse_params("").unwrap().shards, None);
+        for bad in [r#"{"shards":0}"#, r#"{"shards":65}"#] {
+            assert!(parse_params(bad).unwrap_err().contains("1 to 64 shards"), "{bad}");
+        }
+        assert!(parse_params(r#"{"shards":-1}"#).is_err());
+        let p = PsiParams { shards: Some(2), ..Default::default() };
+        assert_eq!(serde_json::to_string(&p).unwrap(), r#"{"shards":2}"#);
+    }
+
     /// A resume names a job by a valid id; anything else is refused in `plan` without echoing it.
     #[test]
     fn resume_parameters_are_checked() {

@@ -89,8 +89,70 @@ pub async fn run(
     result
 }
 
+/// The node's environment variable that makes the workers external (`external`: Kubernetes
+/// runs them as an Indexed Job; the node does not start processes).
+pub const WORKERS_ENV: &str = "CONSORT_SHARD_WORKERS";
+/// The file naming the sharded job whose workers external workers are to run (`DIR/shard-job.json`).
+pub const CURRENT_FILE: &str = "shard-job.json";
+/// How long a node waits for external workers (`CONSORT_SHARD_WAIT_SECS`, default one day).
+fn external_wait() -> std::time::Duration {
+    let secs = std::env::var("CONSORT_SHARD_WAIT_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(86_400);
+    std::time::Duration::from_secs(secs)
+}
+
+/// What external workers read to find their job (`consort worker DIR` without `--job`).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Current {
+    pub job: String,
+    pub shards: usize,
+}
+
+/// External workers: names the job in `DIR/shard-job.json`, then waits until every shard has a
+/// record (or a worker marked its shard failed, or the wait ran out).
+async fn external(ctx: &Ctx<'_>, shards: usize) -> Result<Vec<WorkerReport>, Failure> {
+    let dir = &ctx.state.dir;
+    let spill = dir.join(crate::config::SPILL_DIR).join(&ctx.ask.job_id);
+    let current = serde_json::to_vec(&Current { job: ctx.ask.job_id.clone(), shards }).expect("serializable");
+    let path = dir.join(CURRENT_FILE);
+    consort_engine::storage::write_atomic(&path, &current, consort_engine::storage::Access::OwnerOnly)
+        .map_err(|e| Failure::private(anyhow::anyhow!("cannot write {}: {e}", path.display())))?;
+    let storage = &ctx.state.storage.key;
+    let key = consort_engine::psi_stream::resume::load_job_key(&spill, storage).map_err(Failure::private)?;
+    let deadline = Instant::now() + external_wait();
+    let result = loop {
+        let failed: Vec<String> =
+            (0..shards).filter(|i| spill.join(format!("failed-{i:05}")).exists()).map(|i| i.to_string()).collect();
+        if !failed.is_empty() {
+            break Err(failed);
+        }
+        let records =
+            consort_engine::psi_stream::resume::shard::shard_records(&spill, &key).map_err(Failure::private)?;
+        if records.iter().all(Option::is_some) {
+            let reports = records.into_iter().flatten();
+            break Ok(reports
+                .map(|r| WorkerReport { shard: r.shard, matched: r.matched, rows: r.rows, secs: r.secs, cpu_secs: 0.0 })
+                .collect());
+        }
+        if Instant::now() > deadline {
+            break Err(records.iter().enumerate().filter(|(_, r)| r.is_none()).map(|(i, _)| i.to_string()).collect());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let _ = std::fs::remove_file(&path);
+    result.map_err(|failed| {
+        shared(format!(
+            "shard(s) {} failed or did not finish (the workers' logs say why); the job's state is kept: run it again with --resume {}",
+            failed.join(", "),
+            ctx.ask.job_id
+        ))
+    })
+}
+
 /// Starts one worker per shard, exchanges the responder's ports, waits for all of them.
 async fn workers(ctx: &Ctx<'_>, shards: usize) -> Result<Vec<WorkerReport>, Failure> {
+    if std::env::var(WORKERS_ENV).is_ok_and(|v| v == "external") {
+        return external(ctx, shards).await;
+    }
     let exe = std::env::current_exe().map_err(|e| Failure::private(anyhow::anyhow!("cannot find consort: {e}")))?;
     let command = |shard: usize, meet: (&str, String)| {
         let mut c = tokio::process::Command::new(&exe);
@@ -126,17 +188,11 @@ async fn workers(ctx: &Ctx<'_>, shards: usize) -> Result<Vec<WorkerReport>, Fail
         }
         Role::Requester => {
             let frame = ctx.channel.recv().await.map_err(Failure::shared)?;
-            if frame.len() != 1 + 2 * shards || frame[0] != PORTS {
-                return Err(shared("the peer's worker ports message is malformed".into()));
-            }
+            let ports = parse_ports(&frame, shards).map_err(shared)?;
             let config = ctx.state.config();
             let peer = config.peer(&ctx.ask.peer).map_err(Failure::private)?;
             let host = peer_host(&peer.addr);
-            for (shard, port) in frame[1..].chunks_exact(2).enumerate() {
-                let port = u16::from_le_bytes([port[0], port[1]]);
-                if port == 0 {
-                    return Err(shared("the peer's worker ports message is malformed".into()));
-                }
+            for (shard, port) in ports.into_iter().enumerate() {
                 let mut child = command(shard, ("--connect", format!("{host}:{port}"))).spawn().map_err(spawn_err)?;
                 let lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
                 children.push((child, lines));
@@ -166,7 +222,39 @@ async fn workers(ctx: &Ctx<'_>, shards: usize) -> Result<Vec<WorkerReport>, Fail
     Ok(results.into_iter().map(|r| r.expect("checked")).collect())
 }
 
+/// The responder's worker ports (frame `0x76`): exactly one non-zero port per shard.
+fn parse_ports(frame: &[u8], shards: usize) -> Result<Vec<u16>, String> {
+    let malformed = || "the peer's worker ports message is malformed".to_string();
+    if frame.len() != 1 + 2 * shards || frame.first() != Some(&PORTS) {
+        return Err(malformed());
+    }
+    let ports: Vec<u16> = frame[1..].chunks_exact(2).map(|p| u16::from_le_bytes([p[0], p[1]])).collect();
+    if ports.contains(&0) {
+        return Err(malformed());
+    }
+    Ok(ports)
+}
+
 /// The host of a peer address `HOST:PORT` (`[V6]:PORT`).
 fn peer_host(addr: &str) -> &str {
     addr.rsplit_once(':').map_or(addr, |(host, _)| host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer's ports message is checked before any worker starts: its tag, one port per shard,
+    /// no port 0.
+    #[test]
+    fn worker_ports_from_the_peer_are_checked() {
+        assert_eq!(parse_ports(&[PORTS, 1, 0, 2, 0], 2).unwrap(), vec![1, 2]);
+        for bad in [&[][..], &[PORTS][..], &[PORTS, 1, 0][..], &[PORTS, 1, 0, 0, 0][..], &[0x70, 1, 0, 2, 0][..]] {
+            assert!(parse_ports(bad, 2).unwrap_err().contains("malformed"), "{bad:?}");
+        }
+        assert!(parse_ports(&[PORTS, 1, 0, 2, 0, 3], 2).is_err());
+        assert_eq!(peer_host("127.0.0.1:7001"), "127.0.0.1");
+        assert_eq!(peer_host("[::1]:7001"), "[::1]");
+        assert_eq!(peer_host("partner.example.com:7001"), "partner.example.com");
+    }
 }
