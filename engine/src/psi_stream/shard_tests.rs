@@ -316,7 +316,8 @@ async fn malformed_shard_messages_are_refused() {
             max_peer_items: u64::MAX,
             payload: PayloadMode::None,
         };
-        let (ra, _) = tokio::join!(prepare_shards(&ca, &ia, &ja, &case.options("a"), &key(), 4), async {
+        let (oa, k) = (case.options("a"), key());
+        let (ra, _) = tokio::join!(prepare_shards(&ca, &ia, &ja, &oa, &k, 4), async {
             let _session = rr22::start(&cb, 50, &config).await.unwrap();
             cb.send(Bytes::from(bad.clone())).await.unwrap();
             let _ = cb.recv().await;
@@ -336,7 +337,8 @@ async fn malformed_shard_messages_are_refused() {
         (vec![PAIR; 49], "another job"),
     ] {
         let (ca, cb) = memory_pair(64);
-        let (ra, _) = tokio::join!(run_shard(&ca, &case.spill("a"), &key(), 0), async {
+        let (sa, k) = (case.spill("a"), key());
+        let (ra, _) = tokio::join!(run_shard(&ca, &sa, &k, 0), async {
             let _ = cb.recv().await;
             cb.send(Bytes::from(bad.clone())).await.unwrap();
         });
