@@ -67,6 +67,10 @@ pub struct BenchPsiArgs {
     /// Columns of the outputs: rows or keys (see `consort psi --help`).
     #[arg(long, default_value = "rows", value_parser = super::psi::parse_output)]
     output: consort_engine::OutputColumns,
+    /// Run the job as N worker pairs (`consort psi --shards N`): each node starts N worker
+    /// processes; the stages give each shard's wall and CPU seconds.
+    #[arg(long, value_name = "N")]
+    shards: Option<u32>,
 }
 
 pub async fn run(cmd: BenchCommand) -> Result<()> {
@@ -128,14 +132,18 @@ impl NodeProcess {
         Ok(kb * 1024)
     }
 
-    /// CPU seconds (user + system) the process has used so far.
+    /// CPU seconds (user + system) the process and its waited-for children (a sharded job's
+    /// workers) have used so far.
     fn cpu_seconds(&self) -> Result<f64> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
+        // Fields after the parenthesized command name; utime, stime, cutime and cstime are
+        // fields 14 to 17.
         let rest = stat.rsplit_once(')').context("bad /proc stat")?.1;
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 =
-            fields.get(11).context("no utime")?.parse::<u64>()? + fields.get(12).context("no stime")?.parse::<u64>()?;
+        let mut ticks = 0u64;
+        for i in 11..15 {
+            ticks += fields.get(i).context("no CPU times in /proc stat")?.parse::<u64>()?;
+        }
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         Ok(ticks as f64 / hz)
@@ -239,11 +247,12 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
     let cpu_before = (a.cpu_seconds()?, b.cpu_seconds()?);
     let started = Instant::now();
     let mut request = consort_api::proto::SubmitRequest::psi(pair::B, "a", "b", protocol, args.reveal, &out_a);
-    if !args.peer_columns.is_empty() || !args.join.is_inner() || !args.output.is_rows() {
+    if !args.peer_columns.is_empty() || !args.join.is_inner() || !args.output.is_rows() || args.shards.is_some() {
         request.params = serde_json::to_string(&crate::job::psi::PsiParams {
             peer_columns: args.peer_columns.clone(),
             join: args.join,
             output: args.output,
+            shards: args.shards,
             ..Default::default()
         })?;
     }
@@ -364,6 +373,7 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
         "stages_a": status.stages.iter().map(|s| serde_json::json!([s.name, round(s.seconds, 3)])).collect::<Vec<_>>(),
         "stages_b": stages_b.iter().map(|s| serde_json::json!([s.name, round(s.seconds, 3)])).collect::<Vec<_>>(),
         "output_ok": check.ok,
+        "shards": args.shards,
     });
     let mut line = line;
     let floor = match protocol {

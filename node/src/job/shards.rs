@@ -58,7 +58,9 @@ pub async fn run(
     let dir = &options.spill_dir;
     let (key, _lock) = super::resume::job_key(ctx.state, ctx.ask, dir, false)?;
     let run = async {
+        let started = Instant::now();
         let plan = prepare_shards(ctx.channel, input, psi, options, &key, shards).await.map_err(super::psi::failure)?;
+        let prepare = started.elapsed().as_secs_f64();
         let started = Instant::now();
         let reports = workers(ctx, plan.shards).await;
         let wall = started.elapsed().as_secs_f64();
@@ -74,7 +76,8 @@ pub async fn run(
         };
         let (mut report, figures) =
             finish_shards(ctx.channel, input, psi, options, &key).await.map_err(super::psi::failure)?;
-        let mut stages = vec![("shards".to_string(), wall)];
+        // `prepare`: hello and scan; `shards`: the workers; then the merge's own stages.
+        let mut stages = vec![("prepare".to_string(), prepare), ("shards".to_string(), wall)];
         for r in &reports {
             stages.push((format!("shard/{}/wall", r.shard), r.secs));
             stages.push((format!("shard/{}/cpu", r.shard), r.cpu_secs));
