@@ -405,3 +405,14 @@ async fn resumable_runs_match_the_plaintext_on_edge_cases() {
         }
     }
 }
+
+#[test]
+fn default_ranges_are_few_and_large_at_small_n() {
+    // (buckets, range size, ranges)
+    for (buckets, size, ranges) in
+        [(1, 1, 1), (3, 3, 1), (4, 4, 1), (10, 4, 3), (96, 4, 24), (128, 4, 32), (1000, 32, 32)]
+    {
+        let r = default_range_buckets(buckets);
+        assert_eq!((r, buckets.div_ceil(r)), (size, ranges), "{buckets} buckets");
+    }
+}
