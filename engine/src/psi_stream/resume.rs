@@ -29,9 +29,18 @@
 //! **Ranges and the VOLE setup.** Ranges are at least [`MIN_RANGE_BUCKETS`] buckets by default
 //! (a boundary drains the bucket pipeline), and one run of the job does one VOLE setup for all
 //! the ranges it goes through ([`rr22::KeptVole`]: the same VOLE messages as one call over all
-//! their buckets); a resumed run starts with a fresh setup. The acknowledgement is a round trip
-//! but not a stall: both sides send theirs as soon as they recorded the range, and the side that
-//! finished first would wait at the next range's first message anyway.
+//! their buckets); a resumed run starts with a fresh setup.
+//!
+//! **Acknowledgements without a stall.** A side that recorded range r sends its acknowledgement
+//! (r, digest) and goes straight on with range r + 1; the peer's acknowledgement of r is the first
+//! frame it receives in range r + 1 (each side sends its acknowledgement before any frame of the
+//! next range, and the channel is ordered), checked when it arrives (outside the transcript), and
+//! the last range's is awaited at the end. Why this is as safe as the round trip: range r's spill
+//! is still deleted only after the peer's digest for r matched; a side can finish range r + 1 only
+//! after receiving range r + 1's frames, which the peer sends only after recording r, so the two
+//! sides' recorded counts differ by at most one at any crash, and a range one side may have to
+//! run again still has its spill on both (the resume's agreement runs from the first range not
+//! recorded on both). A wrong or missing acknowledgement fails the job as before.
 //!
 //! **Resuming**: both sides restore the session from their checkpoint (no new hello: the salt
 //! must stay, since the unfinished buckets' spill was hashed under it), check the input is
