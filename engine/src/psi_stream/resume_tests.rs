@@ -442,7 +442,8 @@ async fn forged_range_acknowledgements_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let case = Case::new(dir.path(), Reveal::Both, JoinType::Inner, false);
     state_after_scan(&case).await;
-    let forgeries: [(fn(Vec<u8>) -> Vec<u8>, &str); 3] = [
+    type Forge = fn(Vec<u8>) -> Vec<u8>;
+    let forgeries: [(Forge, &str); 3] = [
         (
             |mut f| {
                 f[36] ^= 1;
