@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Resume benchmark (issue 12 item 3): an RR22 PSI of ROWS x ROWS ids-only rows (half shared) run
 # once without a stop, then again with the partner's node killed (SIGKILL) once the bank has
-# recorded KILL_AT ranges (default 5: half of the 10 ranges of 10^7 rows), the node restarted and the job resumed with --resume.
+# recorded KILL_AT ranges (default 1: 10^7 rows are 3 ranges of 4, 4 and 2 buckets; 10^8 rows are 24
+# ranges of 4 buckets, so KILL_AT=12 is half), or, with KILL_AFTER=SECONDS, that many seconds into the
+# cut run (a kill in the middle of a range: the work of the unfinished range is lost), the node
+# restarted and the job resumed with --resume.
 # Prints the times (uninterrupted, until the kill, restart, resume, total) and the sha256 of
 # both outputs' sorted plaintext (two runs draw different salts, hence different joint orders).
 # Usage: scripts/bench-resume.sh BIN WORKDIR [ROWS]
 set -euo pipefail
-bin=$(realpath "$1"); work=$2; rows=${3:-10000000}; kill_at=${KILL_AT:-5}
+bin=$(realpath "$1"); work=$2; rows=${3:-10000000}; kill_at=${KILL_AT:-1}; kill_after=${KILL_AFTER:-}
 source "$(dirname "$0")/lib-nodes.sh"
 trap stop_nodes EXIT
 rm -rf "$work"; mkdir -p "$work"
@@ -28,7 +31,9 @@ while :; do
   d=$(ls -d "$work"/bank/spill/*/ 2>/dev/null | head -1 || true)
   if [ -n "$d" ]; then
     n=$(ls "$d" | grep -c '^segment-' || true)
-    if [ "$n" -ge "$kill_at" ]; then job=$(basename "$d"); break; fi
+    if [ -n "$kill_after" ]; then
+      if [ "$(echo "$(now) - $t0 >= $kill_after" | bc)" = 1 ]; then job=$(basename "$d"); break; fi
+    elif [ "$n" -ge "$kill_at" ]; then job=$(basename "$d"); break; fi
   fi
   sleep 0.05
 done

@@ -349,7 +349,7 @@ impl BucketSink for SpillSink {
                 .map(|(&i, row)| digests.get(i as usize).map(|&d| (d, row)))
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| s.fail(DataError::Invalid(format!("bucket {b}: a match without a digest"))))?;
-            keyed.sort_unstable_by_key(|&(d, row)| (d, row.2));
+            keyed.par_sort_unstable_by_key(|&(d, row)| (d, row.2));
             rows = keyed.into_iter().map(|(_, row)| row).collect();
         }
         if !s.keeps {

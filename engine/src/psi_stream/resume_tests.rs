@@ -405,3 +405,99 @@ async fn resumable_runs_match_the_plaintext_on_edge_cases() {
         }
     }
 }
+
+#[test]
+fn default_ranges_are_few_and_large_at_small_n() {
+    // (buckets, range size, ranges)
+    for (buckets, size, ranges) in
+        [(1, 1, 1), (3, 3, 1), (4, 4, 1), (10, 4, 3), (96, 4, 24), (128, 4, 32), (1000, 32, 32)]
+    {
+        let r = default_range_buckets(buckets);
+        assert_eq!((r, buckets.div_ceil(r)), (size, ranges), "{buckets} buckets");
+    }
+}
+
+/// A channel whose range acknowledgements (`0x71`) are altered by `forge` on the way out.
+struct ForgedAcks<F> {
+    inner: MemoryChannel,
+    forge: F,
+}
+
+impl<F: Fn(Vec<u8>) -> Vec<u8> + Send + Sync> Channel for ForgedAcks<F> {
+    fn send(&self, frame: Bytes) -> impl std::future::Future<Output = Result<(), ChannelError>> + Send {
+        let frame =
+            if frame.len() == 37 && frame[0] == RECORDED { Bytes::from((self.forge)(frame.to_vec())) } else { frame };
+        self.inner.send(frame)
+    }
+    fn recv(&self) -> impl std::future::Future<Output = Result<Bytes, ChannelError>> + Send {
+        self.inner.recv()
+    }
+}
+
+/// The acknowledgements are checked when they arrive (the next range's first frame, or at the
+/// end): a forged or malformed one fails the job with no output, the job's state stays, and an
+/// honest resume then writes the plaintext's rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_range_acknowledgements_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = Case::new(dir.path(), Reveal::Both, JoinType::Inner, false);
+    state_after_scan(&case).await;
+    type Forge = fn(Vec<u8>) -> Vec<u8>;
+    let forgeries: [(Forge, &str); 3] = [
+        (
+            |mut f| {
+                f[36] ^= 1;
+                f
+            },
+            "digests differ",
+        ),
+        (
+            |mut f| {
+                f[1] ^= 1;
+                f
+            },
+            "another range",
+        ),
+        (|f| f[..36].to_vec(), "malformed"),
+    ];
+    for (forge, expected) in forgeries {
+        case.restore("s0");
+        let (ia, ib) = (StreamInput::open(&case.a).unwrap(), StreamInput::open(&case.b).unwrap());
+        let ja = job(Role::Requester, case.reveal, case.join, case.out("a"));
+        let jb = job(Role::Responder, case.reveal, case.join, case.out("b"));
+        let oa = StreamOptions { spill_dir: case.spill("a"), bucket_size: BUCKET };
+        let ob = StreamOptions { spill_dir: case.spill("b"), bucket_size: BUCKET };
+        let (ca, cb) = memory_pair(64);
+        let cb = ForgedAcks { inner: cb, forge };
+        let resumable = || Resumable { key: key(), range_buckets: RANGE, resume: true };
+        let (ra, rb) = tokio::join!(
+            async {
+                let r = run_psi_resumable(&ca, &ia, &ja, &oa, resumable()).await;
+                drop(ca);
+                r
+            },
+            async {
+                let r = run_psi_resumable(&cb, &ib, &jb, &ob, resumable()).await;
+                drop(cb);
+                r
+            }
+        );
+        let e = ra.map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains(expected), "{e}");
+        assert!(rb.is_err());
+        assert_eq!(case.outputs(), (None, None), "no output");
+        assert!(case.spill("a").exists() && case.spill("b").exists(), "the state stays");
+        // A recorded range 0 but never saw its acknowledgement: its spill is still there.
+        assert!(bucket_path(&case.spill("a"), 0).exists() || order_path(&case.spill("a"), 0).exists());
+        let (ra, rb) = case.run(true, None).await;
+        assert!(ra.is_ok() && rb.is_ok(), "{ra:?} {rb:?}");
+        let report = verify_psi_outputs(
+            &case.a,
+            &case.b,
+            Some(OutputFile::plain(&case.out("a"))),
+            Some(OutputFile::plain(&case.out("b"))),
+        )
+        .unwrap();
+        assert!(report.ok, "{:?}", report.problems);
+    }
+}

@@ -531,6 +531,43 @@ pub struct BucketsDone {
     pub payloads: Option<payload::Payloads>,
 }
 
+/// The VOLE base setup (128 base OTs and the sender's Δ) a job keeps between the ranges it runs
+/// one after another on one channel ([`run_buckets_keeping`]), so only its first range pays the
+/// setup. Nothing of it is ever written anywhere: a restarted job starts with a fresh one.
+///
+/// **Why this is sound.** A job that keeps its setup across ranges `r0, r1, …` sends exactly
+/// the VOLE messages of one [`run_buckets`] call over all their buckets: one setup, then one
+/// extension per bucket with the OT index running on, one Δ for the job, which is the protocol
+/// as analysed (the paper's Π_psi uses one VOLE Δ per run; our VOLE's extensions are independent
+/// given the setup). The per-range extras (positions per range, the caller's acknowledgements)
+/// carry nothing that depends on the VOLE secrets. A range run *again* after a resume uses a
+/// fresh setup (a fresh Δ), as before.
+///
+/// Both sides must keep or drop their setups in step: a call takes the setup and gives it back
+/// only if the range succeeded, so a caller must stop the job (not run another range) after any
+/// error on either side — otherwise one side runs a setup the other does not expect, which ends
+/// in a protocol error.
+#[derive(Default)]
+pub struct KeptVole(Option<KeptSetup>);
+
+enum KeptSetup {
+    Sender(crate::vole::VoleSender),
+    Receiver(crate::vole::VoleReceiver),
+}
+
+impl KeptVole {
+    /// Whether a setup is kept (the next range will not run one).
+    pub fn is_kept(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl std::fmt::Debug for KeptVole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeptVole").field("kept", &self.is_kept()).finish()
+    }
+}
+
 /// Runs the buckets `range` of a [`Session`] one after another: each bucket's items come from
 /// `source` when the bucket (or, on the requester, the bucket before it) starts, and each
 /// bucket's matches go to `sink` as soon as they are known, so memory is fixed per bucket
@@ -544,6 +581,20 @@ pub async fn run_buckets<C: Channel>(
     source: std::sync::Arc<dyn BucketSource>,
     sink: &mut dyn BucketSink,
     range: std::ops::Range<usize>,
+) -> Result<BucketsDone, Rr22Error> {
+    run_buckets_keeping(channel, session, source, sink, range, &mut KeptVole::default()).await
+}
+
+/// [`run_buckets`] reusing the VOLE setup in `kept` (from this job's previous range on this
+/// channel) if there is one, and leaving this range's setup in it if the range succeeds; see
+/// [`KeptVole`] for why that is sound and what the caller must do after an error.
+pub async fn run_buckets_keeping<C: Channel>(
+    channel: &C,
+    session: &Session,
+    source: std::sync::Arc<dyn BucketSource>,
+    sink: &mut dyn BucketSink,
+    range: std::ops::Range<usize>,
+    kept: &mut KeptVole,
 ) -> Result<BucketsDone, Rr22Error> {
     if range.start > range.end || range.end > session.layout.buckets {
         return Err(Rr22Error::Input(format!(
@@ -565,6 +616,13 @@ pub async fn run_buckets<C: Channel>(
                 sink.matched(b, own)
             };
             let total = session.own_size as usize;
+            let mut vole = match kept.0.take() {
+                Some(KeptSetup::Receiver(v)) => Some(v),
+                Some(KeptSetup::Sender(_)) => {
+                    return Err(Rr22Error::Input("a kept VOLE setup of the other role".into()));
+                }
+                None => None,
+            };
             let run = run_receiver(
                 channel,
                 &source,
@@ -575,6 +633,7 @@ pub async fn run_buckets<C: Channel>(
                 &progress,
                 &mut timings,
                 &mut matched,
+                &mut vole,
             );
             payloads = run.await?;
             if session.reveal == Reveal::Both {
@@ -582,6 +641,7 @@ pub async fn run_buckets<C: Channel>(
                 send_positions(channel, &positions).await?;
                 timings.add("send matched positions", clock);
             }
+            kept.0 = vole.map(KeptSetup::Receiver);
         }
         Role::Responder => {
             let sent = match (&session.payload, session.payload_width) {
@@ -590,13 +650,21 @@ pub async fn run_buckets<C: Channel>(
             };
             let keep = session.reveal == Reveal::Both;
             let total = session.own_size as usize;
-            run_sender(channel, &source, layout, range.clone(), sent, keep, sink, total, &progress, &mut timings)
-                .await?;
+            let mut vole = match kept.0.take() {
+                Some(KeptSetup::Sender(v)) => Some(v),
+                Some(KeptSetup::Receiver(_)) => {
+                    return Err(Rr22Error::Input("a kept VOLE setup of the other role".into()));
+                }
+                None => None,
+            };
+            let (r, t) = (range.clone(), &mut timings);
+            run_sender(channel, &source, layout, r, sent, keep, sink, total, &progress, t, &mut vole).await?;
             if keep {
                 let clock = Instant::now();
                 recv_positions(channel, sink, layout, range).await?;
                 timings.add("wait for and receive matched positions", clock);
             }
+            kept.0 = vole.map(KeptSetup::Sender);
         }
     }
     Ok(BucketsDone { timings: timings.into_vec(), payloads })

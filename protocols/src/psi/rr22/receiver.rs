@@ -77,9 +77,14 @@ pub(super) async fn run_receiver<C: Channel>(
     progress: &Progress<'_>,
     timings: &mut Timings,
     on_matched: &mut OnMatched<'_>,
+    kept: &mut Option<VoleReceiver>,
 ) -> Result<Option<Payloads>, Rr22Error> {
     let clock = Instant::now();
-    let mut vole = VoleReceiver::setup(channel).await?;
+    // A setup kept from the job's previous range (taken: put back only if this range succeeds).
+    let mut vole = match kept.take() {
+        Some(vole) => vole,
+        None => VoleReceiver::setup(channel).await?,
+    };
     timings.add("vole setup", clock);
     let mask = value_mask(layout.value_bytes);
     let cap = layout.cap_receiver;
@@ -205,6 +210,7 @@ pub(super) async fn run_receiver<C: Channel>(
         done += real;
         progress.report("intersect buckets", done, total);
     }
+    *kept = Some(vole);
     Ok(payloads)
 }
 

@@ -48,9 +48,14 @@ pub(super) async fn run_sender<C: Channel>(
     total: usize,
     progress: &Progress<'_>,
     timings: &mut Timings,
+    kept: &mut Option<VoleSender>,
 ) -> Result<(), Rr22Error> {
     let clock = Instant::now();
-    let mut vole = VoleSender::setup(channel).await?;
+    // A setup kept from the job's previous range (taken: put back only if this range succeeds).
+    let mut vole = match kept.take() {
+        Some(vole) => vole,
+        None => VoleSender::setup(channel).await?,
+    };
     timings.add("vole setup", clock);
     let delta = vole.delta();
     let mask = value_mask(layout.value_bytes);
@@ -153,6 +158,7 @@ pub(super) async fn run_sender<C: Channel>(
         done += real_items;
         progress.report("intersect buckets", done, total);
     }
+    *kept = Some(vole);
     Ok(())
 }
 
