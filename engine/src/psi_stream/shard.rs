@@ -397,6 +397,8 @@ pub async fn run_shard<C: Channel>(
     let text = serde_json::to_vec(&done).map_err(|e| DataError::Invalid(e.to_string()))?;
     write_sealed(&record_path(&dir, shard), key, &text)?;
     recorded(channel, shard, &digest).await?;
+    let peer = channel.recv().await.map_err(closed)?;
+    check_recorded(&peer, shard, &digest)?;
     // The range's spill stays until the merge: if another shard fails, a resume runs this range
     // again (the ranges after the first failed one), from this spill.
     Ok(done)
