@@ -201,22 +201,26 @@ impl Permutation {
     /// The body of [`Permutation::apply_all`], compiled once per instruction set.
     #[inline(always)]
     fn apply_all_with(&self, xs: &mut [u64]) {
-        let rounds = |values: &mut [u64]| {
-            for x in values.iter_mut() {
-                *x = self.feistel_inline(*x);
-            }
-        };
-        rounds(xs);
+        self.rounds(xs);
         let mut outside: Vec<usize> = (0..xs.len()).filter(|&i| xs[i] >= self.n).collect();
         let mut walk = Vec::with_capacity(outside.len());
         while !outside.is_empty() {
             walk.clear();
             walk.extend(outside.iter().map(|&i| xs[i]));
-            rounds(&mut walk);
+            self.rounds(&mut walk);
             for (&i, &y) in outside.iter().zip(&walk) {
                 xs[i] = y;
             }
             outside.retain(|&i| xs[i] >= self.n);
+        }
+    }
+
+    /// The network on every value (a method, not a closure, so that it is inlined into each
+    /// `target_feature` copy of [`Permutation::apply_all_with`]).
+    #[inline(always)]
+    fn rounds(&self, values: &mut [u64]) {
+        for x in values.iter_mut() {
+            *x = self.feistel_inline(*x);
         }
     }
 
