@@ -64,8 +64,10 @@ use crate::psi::{PayloadJob, PsiJob, PsiProtocol, PsiReport};
 use crate::sealed::{SealedReader, SealedWriter, StorageKey};
 use crate::storage::{Access, DataWriter};
 
-/// Bytes of one spill record: digest (16), row offset (8), row length (4), row number (4).
-const RECORD: usize = 32;
+/// Most bytes of one spill record ([`put_record`]): digest (16), then LEB128 varints of the row
+/// number's step (≤ 5), the row offset's step (≤ 10) and the row length (≤ 5). A typical record
+/// is 19–22 bytes (ids-only rows, 10^7–10^9 rows), against 32 with fixed-width fields.
+const RECORD: usize = 16 + 5 + 10 + 5;
 /// Bytes of one kept position of a responder's order: row offset (8), length (4), number (4).
 const KEPT: usize = 16;
 /// Rows hashed per parallel block during the scan.
@@ -92,12 +94,22 @@ impl StreamInput {
         self.parquet
     }
 
-    /// Validates every row and counts them, in constant memory.
+    /// The file's size in bytes when it was checked.
+    pub fn bytes(&self) -> u64 {
+        self.stamp.len
+    }
+
+    /// Validates every row and counts them, in constant memory (also `dataset add`'s check): the
+    /// file must be unchanged (size, modification time) at the end of the pass.
     pub fn open(spec: &DatasetSpec) -> Result<StreamInput, DataError> {
         if crate::parquet_io::is_parquet(&spec.file) {
             let file = crate::storage::open_regular(&spec.file).map_err(|e| DataError::io(&spec.file, e))?;
             let stamp = FileStamp::of(&file, &spec.file)?;
+            let checked = file.try_clone().map_err(|e| DataError::io(&spec.file, e))?;
             let (columns, rows) = crate::parquet_io::check(spec, file)?;
+            if FileStamp::of(&checked, &spec.file)? != stamp {
+                return Err(changed(&spec.file));
+            }
             if rows >= u32::MAX as u64 {
                 return Err(DataError::file(&spec.file, "more than 2^32 - 2 rows"));
             }
@@ -114,6 +126,9 @@ impl StreamInput {
             if keys.len() >= SCAN_BLOCK {
                 keys = KeyArena::new();
             }
+        }
+        if FileStamp::of(scanner.file(), &spec.file)? != stamp {
+            return Err(changed(&spec.file));
         }
         if rows >= u32::MAX as u64 {
             return Err(DataError::file(&spec.file, "more than 2^32 - 2 rows"));
@@ -222,6 +237,47 @@ impl Shared {
     }
 }
 
+/// The last row written to a bucket's spill: (offset, row number). Records of a bucket are in
+/// file order, so each record stores its row's steps from the previous one, which are small (a
+/// bucket gets about every B-th row).
+type Last = (u64, u32);
+
+/// Appends one spill record to `out`: the digest (16 bytes, little endian), then LEB128 varints
+/// (prost's) of the row number's and the row offset's step from `last` (both rows of the same
+/// bucket, in file order) and of the row's length; updates `last`. Rows out of file order are an
+/// internal error (the scans push rows in order).
+fn put_record(out: &mut Vec<u8>, last: &mut Last, digest: u128, place: Place) -> Result<(), DataError> {
+    let (offset, len, number) = place;
+    let (Some(offset_step), Some(number_step)) = (offset.checked_sub(last.0), number.checked_sub(last.1)) else {
+        return Err(DataError::Invalid("spill records out of file order".into()));
+    };
+    out.extend_from_slice(&digest.to_le_bytes());
+    prost::encoding::encode_varint(u64::from(number_step), out);
+    prost::encoding::encode_varint(offset_step, out);
+    prost::encoding::encode_varint(u64::from(len), out);
+    *last = (offset, number);
+    Ok(())
+}
+
+/// Decodes a bucket's spill records ([`put_record`]); `None` if they are malformed.
+fn read_records(mut bytes: &[u8]) -> Option<(Vec<u128>, Vec<Place>)> {
+    let mut digests = Vec::with_capacity(bytes.len() / 20);
+    let mut places = Vec::with_capacity(bytes.len() / 20);
+    let mut last: Last = (0, 0);
+    while !bytes.is_empty() {
+        let (digest, rest) = bytes.split_first_chunk::<16>()?;
+        bytes = rest;
+        let mut varint = || prost::encoding::decode_varint(&mut bytes).ok();
+        let number = last.1.checked_add(u32::try_from(varint()?).ok()?)?;
+        let offset = last.0.checked_add(varint()?)?;
+        let len = u32::try_from(varint()?).ok()?;
+        digests.push(u128::from_le_bytes(*digest));
+        places.push((offset, len, number));
+        last = (offset, number);
+    }
+    Some((digests, places))
+}
+
 /// Reads buckets back from their spill files.
 struct SpillSource(Arc<Shared>);
 
@@ -230,19 +286,8 @@ impl BucketSource for SpillSource {
         let s = &self.0;
         let path = bucket_path(&s.dir, b);
         let bytes = s.read_sealed(&path).map_err(|e| s.fail(e))?;
-        if !bytes.len().is_multiple_of(RECORD) {
-            return Err(s.fail(DataError::file(&path, "spill file damaged")));
-        }
-        let mut digests = Vec::with_capacity(bytes.len() / RECORD);
-        let mut rows = Vec::with_capacity(bytes.len() / RECORD);
-        for r in bytes.chunks_exact(RECORD) {
-            digests.push(u128::from_le_bytes(r[..16].try_into().expect("16")));
-            rows.push((
-                u64::from_le_bytes(r[16..24].try_into().expect("8")),
-                u32::from_le_bytes(r[24..28].try_into().expect("4")),
-                u32::from_le_bytes(r[28..].try_into().expect("4")),
-            ));
-        }
+        let (mut digests, mut rows) =
+            read_records(&bytes).ok_or_else(|| s.fail(DataError::file(&path, "spill file damaged")))?;
         drop(bytes);
         // Duplicate keys share a digest, hence a bucket: found here, in file order.
         let mut by_digest: Vec<u32> = (0..digests.len() as u32).collect();
@@ -602,6 +647,9 @@ struct Spiller<'a> {
     hasher: &'a ItemHasher,
     cap: usize,
     writers: Vec<std::io::BufWriter<SealedWriter>>,
+    /// Each bucket's last row written ([`put_record`]).
+    last: Vec<Last>,
+    record: Vec<u8>,
     fill: Vec<usize>,
     keys: KeyArena,
     places: Vec<Place>,
@@ -622,6 +670,8 @@ impl<'a> Spiller<'a> {
             hasher,
             cap,
             writers,
+            last: vec![(0, 0); buckets],
+            record: Vec::with_capacity(RECORD),
             fill: vec![0; buckets],
             keys: KeyArena::with_capacity(SCAN_BLOCK, SCAN_BLOCK * 16),
             places: Vec::with_capacity(SCAN_BLOCK),
@@ -641,12 +691,9 @@ impl<'a> Spiller<'a> {
                     self.cap
                 )));
             }
-            let mut record = [0u8; RECORD];
-            record[..16].copy_from_slice(&d.to_le_bytes());
-            record[16..24].copy_from_slice(&offset.to_le_bytes());
-            record[24..28].copy_from_slice(&len.to_le_bytes());
-            record[28..].copy_from_slice(&number.to_le_bytes());
-            self.writers[b].write_all(&record).map_err(|e| DataError::io(bucket_path(&self.shared.dir, b), e))?;
+            self.record.clear();
+            put_record(&mut self.record, &mut self.last[b], *d, (offset, len, number))?;
+            self.writers[b].write_all(&self.record).map_err(|e| DataError::io(bucket_path(&self.shared.dir, b), e))?;
         }
         self.keys = KeyArena::with_capacity(SCAN_BLOCK, SCAN_BLOCK * 16);
         self.places.clear();
@@ -691,13 +738,44 @@ fn scan(
 /// it is the file of `stamp` before and after the copy (a learning side's rows come from the
 /// snapshot, so they are exactly the rows it hashed); returns the snapshot at offset 0.
 fn private_snapshot(source: &File, path: &Path, stamp: &FileStamp, dir: &Path) -> Result<File, DataError> {
+    Ok(snapshot_counted(source, path, stamp, dir)?.0)
+}
+
+/// [`private_snapshot`], also returning the bytes of new disk it took: none when the file
+/// system made it a reflink (`FICLONE`: XFS, btrfs, bcachefs, OCFS2 share the blocks copy on
+/// write, so a later write to the input does not reach the snapshot — the guarantee of a copy),
+/// the input's size when its bytes were copied (ext4, tmpfs, another file system than the
+/// input's: the ioctl fails and `std::io::copy` copies, in kernel where it can).
+fn snapshot_counted(source: &File, path: &Path, stamp: &FileStamp, dir: &Path) -> Result<(File, u64), DataError> {
     let mut copy = tempfile::tempfile_in(dir).map_err(|e| DataError::io(dir, e))?;
-    let copied = std::io::copy(&mut source.take(stamp.len + 1), &mut copy).map_err(|e| DataError::io(dir, e))?;
+    let (copied, new_bytes) = if reflink(source, &copy) {
+        (copy.metadata().map_err(|e| DataError::io(dir, e))?.len(), 0)
+    } else {
+        let copied = std::io::copy(&mut source.take(stamp.len + 1), &mut copy).map_err(|e| DataError::io(dir, e))?;
+        (copied, copied)
+    };
     if copied != stamp.len || FileStamp::of(source, path)? != *stamp {
         return Err(changed(path));
     }
     copy.seek(std::io::SeekFrom::Start(0)).map_err(|e| DataError::io(dir, e))?;
-    Ok(copy)
+    Ok((copy, new_bytes))
+}
+
+/// Makes the empty file `copy` a reflink of `source` (Linux `FICLONE`); false where the file
+/// system cannot (then nothing was changed).
+fn reflink(source: &File, copy: &File) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: both descriptors are open files owned by the caller for the call's duration;
+        // FICLONE takes the source descriptor as its argument and touches no memory of ours.
+        unsafe { libc::ioctl(copy.as_raw_fd(), libc::FICLONE, source.as_raw_fd()) == 0 }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (source, copy);
+        false
+    }
 }
 
 fn scan_csv(input: &StreamInput, spill: &mut Spiller, learns: bool, keys_only: bool) -> Result<Scanned, DataError> {
@@ -705,8 +783,8 @@ fn scan_csv(input: &StreamInput, spill: &mut Spiller, learns: bool, keys_only: b
     let shared = spill.shared;
     let source = open_unchanged(&spec.file, &input.stamp)?;
     let (mut scanner, snapshot) = if learns && !keys_only {
-        let copy = private_snapshot(&source, &spec.file, &input.stamp, &shared.dir)?;
-        shared.added(input.stamp.len);
+        let (copy, new_bytes) = snapshot_counted(&source, &spec.file, &input.stamp, &shared.dir)?;
+        shared.added(new_bytes);
         let scanner = RowScanner::from_file(&spec.file, copy.try_clone().map_err(|e| DataError::io(&shared.dir, e))?);
         (scanner, Some(copy))
     } else {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use consort_api::JobKind;
-use consort_engine::{Dataset, DatasetSpec};
+use consort_engine::DatasetSpec;
 
 use crate::config::{self, DatasetEntry, Grant, NodeConfig, PeerEntry};
 use crate::identity;
@@ -190,13 +190,24 @@ pub fn apply_shares(grants: &mut [Grant], shares: &[String], columns: &[String])
 #[derive(Debug)]
 pub struct DatasetCheck {
     pub columns: Vec<String>,
-    /// Rows that will take part in jobs (after dedup), if the whole file was checked.
+    /// Data rows in the file (duplicates included), if the whole file was checked.
     pub rows: Option<u64>,
-    pub duplicates_dropped: u64,
+    /// Always `None` now: registration is a constant-memory pass and does not look for duplicate
+    /// keys; a job finds them (kept for the JSON answer's shape: `null` = "checked by jobs").
+    pub duplicates_dropped: Option<u64>,
+    /// The file's size in bytes when it was checked (with `full_check`).
+    pub bytes: Option<u64>,
 }
 
-/// Registers (or with `replace`, re-registers) a dataset. `full_check` reads the whole file now so
-/// bad rows or duplicate keys are reported at registration, not in the middle of a job.
+/// Registers (or with `replace`, re-registers) a dataset. `full_check` reads the whole file now,
+/// in constant memory ([`consort_engine::psi_stream::StreamInput::open`], CSV and Parquet): every
+/// row is parsed, its key normalized and checked, the rows counted, and the file must be unchanged
+/// (size, modification time) at the end of the pass, so a bad row is reported at registration
+/// (file, line, column; never the value) and nothing is registered. Duplicate keys are **not**
+/// looked for here (that needs memory or disk per row): every job finds them — the in-memory
+/// paths when they load the file (before the peer is contacted), the streaming RR22 path when it
+/// reaches the bucket the duplicates share — and fails naming both lines, or keeps the first row
+/// of each key with `dedup`.
 pub fn dataset_add(
     dir: &Path,
     mut spec: DatasetSpec,
@@ -225,20 +236,17 @@ pub fn dataset_add(
     if existing.is_some() && !replace {
         bail!("dataset '{}' is already registered (pass --replace to change it)", spec.name);
     }
-    let check = if full_check && consort_engine::parquet_io::is_parquet(&spec.file) {
-        // Parquet: a constant-memory validation pass (schema, key types, nulls, keys) row group
-        // by row group; duplicate keys are found when a job runs (the streaming path's rule).
+    let check = if full_check {
+        // CSV or Parquet: one constant-memory validation pass; duplicate keys are found by jobs.
         let input = consort_engine::psi_stream::StreamInput::open(&spec)?;
-        DatasetCheck { columns: input.columns.clone(), rows: Some(input.rows), duplicates_dropped: 0 }
-    } else if full_check {
-        let loaded = Dataset::load(&spec)?;
         DatasetCheck {
-            columns: loaded.columns.clone(),
-            rows: Some(loaded.len() as u64),
-            duplicates_dropped: loaded.duplicates_dropped,
+            columns: input.columns.clone(),
+            rows: Some(input.rows),
+            duplicates_dropped: None,
+            bytes: Some(input.bytes()),
         }
     } else {
-        DatasetCheck { columns: spec.check_header()?, rows: None, duplicates_dropped: 0 }
+        DatasetCheck { columns: spec.check_header()?, rows: None, duplicates_dropped: None, bytes: None }
     };
     let entry = DatasetEntry { spec, grants };
     match existing {
@@ -260,5 +268,70 @@ pub async fn notify_node(dir: &Path) -> Result<bool> {
             Ok(true)
         }
         Err(_) => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, _b) = crate::pair::init_pair(tmp.path()).unwrap();
+        (tmp, a)
+    }
+
+    fn registered(dir: &Path) -> Vec<String> {
+        NodeConfig::load(dir).unwrap().datasets.into_iter().map(|d| d.spec.name).collect()
+    }
+
+    #[test]
+    fn a_bad_row_names_file_line_and_column_never_the_value_and_registers_nothing() {
+        let (tmp, dir) = node();
+        let file = tmp.path().join("bad.csv");
+        // Line 4, column 'id': a control character in the key (the value must not be echoed).
+        std::fs::write(&file, "id,v\nk1,1\nk2,2\nSECRET\u{1}X,3\nk4,4\n").unwrap();
+        let err = dataset_add(&dir, DatasetSpec::new("bad", &file, &["id"]), vec![], false, true).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("bad.csv:4: column 'id': the key contains a control character"), "{msg}");
+        assert!(!msg.contains("SECRET"), "{msg}");
+        assert!(registered(&dir).is_empty());
+
+        // Line 3: a missing field, named by the column that is missing.
+        std::fs::write(&file, "id,v\nk1,1\nk2\n").unwrap();
+        let msg = format!(
+            "{:#}",
+            dataset_add(&dir, DatasetSpec::new("bad", &file, &["id"]), vec![], false, true).unwrap_err()
+        );
+        assert!(msg.contains("bad.csv:3: column 'v': missing"), "{msg}");
+        assert!(registered(&dir).is_empty());
+
+        // Parquet: the same pass (a garbled file is an error naming it).
+        let pq = tmp.path().join("bad.parquet");
+        std::fs::write(&pq, b"PAR1 not really").unwrap();
+        let msg =
+            format!("{:#}", dataset_add(&dir, DatasetSpec::new("bad", &pq, &["id"]), vec![], false, true).unwrap_err());
+        assert!(msg.contains("bad.parquet"), "{msg}");
+        assert!(registered(&dir).is_empty());
+    }
+
+    #[test]
+    fn registration_counts_rows_and_leaves_duplicates_to_jobs() {
+        let (tmp, dir) = node();
+        let file = tmp.path().join("dups.csv");
+        let text = "id,v\nk1,1\nk2,2\n K1 ,3\n";
+        std::fs::write(&file, text).unwrap();
+        let mut spec = DatasetSpec::new("dups", &file, &["id"]);
+        spec.normalize.case_fold = true;
+        let check = dataset_add(&dir, spec.clone(), vec![], false, true).unwrap();
+        assert_eq!(check.columns, ["id", "v"]);
+        assert_eq!((check.rows, check.duplicates_dropped, check.bytes), (Some(3), None, Some(text.len() as u64)));
+        assert_eq!(registered(&dir), ["dups"]);
+        // A job still refuses the duplicate (the in-memory load names both lines) ...
+        let err = consort_engine::Dataset::load(&spec).unwrap_err().to_string();
+        assert!(err.contains("dups.csv:4: column 'id': duplicate key, first seen on line 2"), "{err}");
+        // ... and keeps the first row with dedup.
+        spec.dedup = true;
+        assert_eq!(consort_engine::Dataset::load(&spec).unwrap().len(), 2);
     }
 }

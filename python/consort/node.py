@@ -98,11 +98,11 @@ class Node:
         ``DIR/datasets/NAME-TIMESTAMP.csv`` — in plain text, like any dataset file; the node
         encrypts outputs, not inputs. ``key`` is a column or a list of columns (composite key);
         ``grant`` is ``"PEER"`` (PSI) or ``"PEER:psi,train,score"``, or a list of them. With
-        ``check`` (default) the whole file is read now, so a bad row or a duplicate key is
+        ``check`` (default) the whole file is read now in constant memory, so a bad row is
         reported here (:class:`consort.DatasetError`, naming the line and column) rather than in
-        a job.
+        a job; duplicate keys are found when a job runs (``dedup`` keeps the first row of each).
 
-        Returns the columns, the rows and the duplicate rows dropped (``dedup``).
+        Returns the columns and the rows (``duplicates_dropped`` is ``None``: not checked here).
         """
         keys = _frames.keys_list(key)
         grants = [grant] if isinstance(grant, str) else list(grant)

@@ -100,7 +100,7 @@ impl NativeNode {
 
     /// Registers a CSV file as a dataset exactly as `consort dataset add` does
     /// (`setup::dataset_add`, then the running node re-reads its config). Returns the columns,
-    /// the rows and the duplicates dropped (JSON).
+    /// the rows and `duplicates_dropped: null` (duplicates are found by jobs) (JSON).
     #[pyo3(signature = (name, file, keys, grants, dedup, case_fold, trim, replace, check))]
     fn add_dataset(
         &self,

@@ -291,11 +291,14 @@ fn spill_files_hold_no_raw_id() {
         }
         // Decrypted, it holds each row's digest and place, nothing else.
         let plain = shared.read_sealed(f).unwrap();
-        assert!(plain.len().is_multiple_of(RECORD));
         for id in ["customer-", "example.org"] {
             assert!(!plain.windows(id.len()).any(|w| w == id.as_bytes()));
         }
-        records += plain.len() / RECORD;
+        let (digests, places) = read_records(&plain).expect("well-formed records");
+        assert_eq!(digests.len(), places.len());
+        // Compact: the digest and three small varints (short rows, neighbours ~B rows apart).
+        assert!(plain.len() <= digests.len() * 22, "{} bytes for {} records", plain.len(), digests.len());
+        records += digests.len();
     }
     assert_eq!(records, 2000);
     // Reading a bucket back gives its digests (and, not learning, deletes its spill).
@@ -319,4 +322,77 @@ fn test_hasher(buckets: usize) -> ItemHasher {
         assert_eq!(session.layout.buckets, buckets);
         session.hasher()
     })
+}
+
+#[test]
+fn spill_records_round_trip_and_refuse_damage() {
+    // Places of one bucket in file order: first row, neighbours, large steps, the largest values.
+    let places: Vec<Place> = vec![
+        (7, 12, 0),
+        (19, 12, 1),
+        (19 + 954 * 12, 200_000, 955),
+        (1 << 40, 1, 1 << 20),
+        (u64::MAX - 1, u32::MAX - 1, u32::MAX - 1),
+    ];
+    let digests: Vec<u128> = (0..places.len() as u128).map(|i| (u128::MAX / 3).wrapping_mul(i + 1) ^ i).collect();
+    let mut bytes = Vec::new();
+    let mut last = (0, 0);
+    for (&d, &p) in digests.iter().zip(&places) {
+        let before = bytes.len();
+        put_record(&mut bytes, &mut last, d, p).unwrap();
+        assert!(bytes.len() - before <= RECORD);
+    }
+    assert_eq!(read_records(&bytes), Some((digests.clone(), places.clone())));
+    assert_eq!(read_records(&[]), Some((vec![], vec![])));
+    // Neighbouring short rows take 16 + 3 bytes.
+    let mut small = Vec::new();
+    put_record(&mut small, &mut (7, 0), 1, (19, 12, 1)).unwrap();
+    assert_eq!(small.len(), 19);
+    // Every truncation is refused (a record cut short), never a panic.
+    for cut in 1..bytes.len() {
+        let (d, p) = match read_records(&bytes[..cut]) {
+            Some(x) => x,
+            None => continue,
+        };
+        // A cut can only end on a record boundary if it parses.
+        assert!(d.len() < digests.len() && places[..p.len()] == p[..], "cut {cut}");
+    }
+    assert_eq!(read_records(&bytes[..bytes.len() - 1]), None);
+    // A step past the u32 row number or a varint that never ends is refused.
+    let mut bad = 1u128.to_le_bytes().to_vec();
+    prost::encoding::encode_varint(1 << 32, &mut bad);
+    bad.extend_from_slice(&[0, 0]);
+    assert_eq!(read_records(&bad), None);
+    let mut endless = 1u128.to_le_bytes().to_vec();
+    endless.extend_from_slice(&[0xff; 11]);
+    assert_eq!(read_records(&endless), None);
+    // Rows out of file order are an error when writing.
+    let mut last = (100, 10);
+    assert!(put_record(&mut Vec::new(), &mut last, 0, (99, 1, 11)).is_err());
+    assert!(put_record(&mut Vec::new(), &mut last, 0, (101, 1, 9)).is_err());
+}
+
+#[test]
+fn a_snapshot_is_the_input_and_counts_only_new_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.csv");
+    let text = b"id\n1\n2\n3\n".repeat(1000);
+    std::fs::write(&path, &text).unwrap();
+    let source = File::open(&path).unwrap();
+    let stamp = FileStamp::of(&source, &path).unwrap();
+    let (mut snap, new_bytes) = snapshot_counted(&source, &path, &stamp, dir.path()).unwrap();
+    // A reflink (XFS, btrfs) takes no new blocks; a copy (ext4, tmpfs: this box) the file's size.
+    assert!(new_bytes == 0 || new_bytes == text.len() as u64, "{new_bytes}");
+    let mut got = Vec::new();
+    snap.read_to_end(&mut got).unwrap();
+    assert_eq!(got, text);
+    // Later writes to the input do not reach the snapshot (copy and reflink alike).
+    std::fs::write(&path, b"id\n9\n").unwrap();
+    snap.seek(std::io::SeekFrom::Start(0)).unwrap();
+    got.clear();
+    snap.read_to_end(&mut got).unwrap();
+    assert_eq!(got, text);
+    // A stamp that is not the file's (changed before the snapshot): refused.
+    let source = File::open(&path).unwrap();
+    assert!(snapshot_counted(&source, &path, &stamp, dir.path()).is_err());
 }

@@ -46,7 +46,8 @@ pub struct AddArgs {
     /// --peer-columns`): PEER:COL[,COL]. Repeatable; PEER needs a --grant with psi.
     #[arg(long = "share", value_name = "PEER:COL,...")]
     shares: Vec<String>,
-    /// Keep the first row of each duplicate key instead of rejecting the file.
+    /// Keep the first row of each duplicate key instead of failing the job (duplicates are found
+    /// when a job runs, not at registration).
     #[arg(long)]
     dedup: bool,
     /// Lower-case keys before matching.
@@ -55,7 +56,9 @@ pub struct AddArgs {
     /// Do not trim whitespace around keys.
     #[arg(long)]
     no_trim: bool,
-    /// Only check the header now (the full file is checked when a job runs).
+    /// Only check the header now (the full file is checked when a job runs). Without it the
+    /// whole file is read once in constant memory: every row and key (errors name the line and
+    /// column), the row count; duplicate keys are always found by the job.
     #[arg(long)]
     no_check: bool,
     /// Replace an existing dataset of the same name.
@@ -92,6 +95,7 @@ pub async fn run(cmd: DatasetCommand) -> Result<()> {
 async fn add(a: AddArgs) -> Result<()> {
     let mut grants = a.grants.iter().map(|g| setup::parse_grant(g)).collect::<Result<Vec<_>>>()?;
     let name = a.name;
+    let spec_dedup = a.dedup;
     let spec = DatasetSpec {
         name: name.clone(),
         file: a.file,
@@ -112,17 +116,15 @@ async fn add(a: AddArgs) -> Result<()> {
             "rows": check.rows,
             "duplicates_dropped": check.duplicates_dropped,
             "reloaded": reloaded,
+            "bytes": check.bytes,
+            "duplicates": "checked when a job runs",
         }));
     }
     let columns = check.columns.join(",");
     match check.rows {
         Some(rows) => println!(
-            "registered dataset '{name}': {rows} rows, columns {columns}{}{}",
-            if check.duplicates_dropped > 0 {
-                format!(", {} duplicate rows dropped", check.duplicates_dropped)
-            } else {
-                String::new()
-            },
+            "registered dataset '{name}': {rows} rows, columns {columns} (duplicate keys are checked when a job runs{}){}",
+            if spec_dedup { ": the first row of each is kept" } else { "" },
             reloaded_note(reloaded)
         ),
         None => println!("registered dataset '{name}': columns {columns}"),
