@@ -102,6 +102,7 @@ fn main() {
         labels: Some(y),
         train: train_rows.clone(),
         holdout: holdout.clone(),
+        onehot: None,
     };
     let input_b = LrInput {
         party: Party::B,
@@ -176,3 +177,4 @@ fn main() {
         if dealer { "dealer" } else { "dealer-free" },
     );
 }
+onehot: None,

@@ -135,6 +135,12 @@ pub struct LrInput {
     pub train: Vec<u32>,
     /// Holdout rows (the same on both sides; may be empty, then no loss and no early stopping).
     pub holdout: Vec<u32>,
+    /// The one-hot groups of `features` (every column in one group; entries 0 or the groups'
+    /// scale, at most one set per group and row), e.g. a scorecard's bin indicators: announced
+    /// to the peer, and in dealer-free runs this matrix's products then run on correlations kept
+    /// across epochs ([`ot_mul::onehot`](crate::mpc::ot_mul::onehot)) instead of fresh OTs.
+    /// `None`: a general matrix.
+    pub onehot: Option<crate::mpc::ot_mul::onehot::Groups>,
 }
 
 /// Progress, for progress bars: called after every batch and after every epoch's loss.
