@@ -110,6 +110,7 @@ fn main() {
         labels: None,
         train: train_rows,
         holdout,
+        onehot: None,
     };
     let (ca, cb) = memory_pair(64);
     let (ca, cb) = (Metered::new(ca), Metered::new(cb));
@@ -177,4 +178,3 @@ fn main() {
         if dealer { "dealer" } else { "dealer-free" },
     );
 }
-onehot: None,

@@ -10,9 +10,7 @@ use super::state::{Ctx, gather};
 use crate::channel::Channel;
 use crate::cpu;
 use crate::mpc::dealer::{DealerClient, DealerSession, List, SessionId};
-use crate::mpc::ot_mul::onehot::{
-    OneHotChooser, OneHotChooserSession, OneHotSender, OneHotSenderSession,
-};
+use crate::mpc::ot_mul::onehot::{OneHotChooser, OneHotChooserSession, OneHotSender, OneHotSenderSession};
 use crate::mpc::ot_mul::{self, Matrix, chooser_backward, chooser_forward, sender_backward, sender_forward};
 use crate::mpc::{MpcError, Party};
 
@@ -229,9 +227,9 @@ pub(super) async fn correlations<C: Channel, D: Channel>(
         };
         let peer = match peer {
             Some(p) => Peer::OneHot(p),
-            None => Peer::Ot(
-                ot_mul::sender_prepare_layout(ctx.channel, &mut ctx.sender, m, ctx.peer_layout.clone()).await?,
-            ),
+            None => {
+                Peer::Ot(ot_mul::sender_prepare_layout(ctx.channel, &mut ctx.sender, m, ctx.peer_layout.clone()).await?)
+            }
         };
         return Ok(Some(Corr::Split(own, peer)));
     }

@@ -11,8 +11,8 @@ use crate::mpc::{MpcError, Party};
 
 mod dealer;
 mod early_stopping;
-mod sigmoid;
 mod onehot;
+mod sigmoid;
 mod widths;
 
 /// Synthetic vertical data with a known logistic ground truth: encoded features of A and B,

@@ -322,14 +322,10 @@ async fn exchange_groups<C: Channel>(
     let (sent, theirs) = futures::join!(send_bytes(channel, &head), recv_bytes(channel, 12));
     sent?;
     let (n, scale) = Groups::count_from_header(&theirs?, peer_cols)?;
-    let (sent, theirs) = futures::join!(
-        async {
-            if sizes.is_empty() { Ok(()) } else { send_bytes(channel, &sizes).await }
-        },
-        async {
+    let (sent, theirs) =
+        futures::join!(async { if sizes.is_empty() { Ok(()) } else { send_bytes(channel, &sizes).await } }, async {
             if n == 0 { Ok(Vec::new()) } else { recv_bytes(channel, n).await }
-        }
-    );
+        });
     sent?;
     let theirs = theirs?;
     if n == 0 {

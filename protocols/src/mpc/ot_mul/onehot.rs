@@ -409,7 +409,12 @@ impl OneHotChooser {
 
     /// Setup for the rows of `x` (one-hot per the groups; the sender runs
     /// [`OneHotSender::extend`] with as many rows).
-    pub async fn extend<C: Channel>(&mut self, channel: &C, ext: &mut IknpReceiver, x: &Matrix) -> Result<(), MpcError> {
+    pub async fn extend<C: Channel>(
+        &mut self,
+        channel: &C,
+        ext: &mut IknpReceiver,
+        x: &Matrix,
+    ) -> Result<(), MpcError> {
         let groups = self.groups.clone();
         let leaves = groups.leaves_of(x)?;
         let (rows, g_n, per) = (x.rows, groups.len(), groups.per_row);

@@ -41,7 +41,7 @@ fn onehot_data(n: usize, a_bins: &[u32], b_bins: &[u32], seed: u64, config: &LrC
     for i in 0..n {
         let mut z = -0.2;
         for (f, &b) in bb[i].iter().chain(&ba[i]).enumerate() {
-            z += if (b as usize + f) % 3 == 0 { 0.8 } else { -0.4 };
+            z += if (b as usize + f).is_multiple_of(3) { 0.8 } else { -0.4 };
         }
         if a_bins.is_empty() {
             z += 0.7 * config.decode_feature(qa[i]);
@@ -90,7 +90,8 @@ async fn onehot_training_matches_the_plaintext_mirror() {
     // B one-hot (the scorecard case, A a normal column), A one-hot too, both, with poly3; batch
     // size 1 on few rows; 1000 rows with batches of 128 (not a multiple); the OT cache on or off
     // for the side that is not one-hot.
-    let cases: [(usize, &[u32], bool, bool, Sigmoid, usize, u64); 5] = [
+    type Case<'a> = (usize, &'a [u32], bool, bool, Sigmoid, usize, u64);
+    let cases: [Case; 5] = [
         (1000, &[], false, true, Sigmoid::Taylor1, 128, 1 << 30),
         (1000, &[], false, true, Sigmoid::Taylor1, 128, 0),
         (1000, &a_bins, true, false, Sigmoid::Taylor1, 128, 0),
