@@ -237,17 +237,29 @@ fn level_len(k: usize, d: u32, l: u32) -> usize {
     k.div_ceil(1 << (d - l))
 }
 
+/// Work buffers of the tree expansion and the hashes, made once per task (not per call: zeroing
+/// 4 KiB arrays per node level cost more than the AES).
+pub(super) struct Scratch {
+    y: [u128; 256],
+    z: [u128; 256],
+}
+
+impl Scratch {
+    fn new() -> Box<Self> {
+        Box::new(Self { y: [0; 256], z: [0; 256] })
+    }
+}
+
 /// Children of the nodes of level l − 1 into level l (heap offsets), batched through the AES:
 /// G(s) = (π(π(s) ⊕ t_L) ⊕ π(s), π(π(s) ⊕ t_R) ⊕ π(s)).
 #[inline]
-fn expand_level(tree: &mut [u128; TREE], k: usize, d: u32, l: u32) {
+fn expand_level(tree: &mut [u128; TREE], k: usize, d: u32, l: u32, sc: &mut Scratch) {
     let aes = FixedKeyAes::fixed();
     let (parents, children) = (level_len(k, d, l - 1), level_len(k, d, l));
     let (po, co) = ((1usize << (l - 1)) - 1, (1usize << l) - 1);
-    let mut y = [0u128; 256];
+    let (y, z) = (&mut sc.y, &mut sc.z);
     y[..parents].copy_from_slice(&tree[po..po + parents]);
     aes.permute_blocks(&mut y[..parents]);
-    let mut z = [0u128; 256];
     for v in 0..children {
         z[v] = y[v >> 1] ^ if v & 1 == 0 { T_LEFT } else { T_RIGHT };
     }
@@ -258,21 +270,21 @@ fn expand_level(tree: &mut [u128; TREE], k: usize, d: u32, l: u32) {
 }
 
 /// The whole (pruned) tree from its root: the sender's view.
-fn expand_full(root: u128, k: usize, tree: &mut [u128; TREE]) {
+fn expand_full(root: u128, k: usize, tree: &mut [u128; TREE], sc: &mut Scratch) {
     let d = depth(k);
     tree[0] = root;
     for l in 1..=d {
-        expand_level(tree, k, d, l);
+        expand_level(tree, k, d, l, sc);
     }
 }
 
 /// Every leaf but `b` from the co-path keys (`copath[l − 1]` the sibling of the path node at level
 /// l): the chooser's view. Nodes on the path are left 0.
-fn expand_punctured(copath: &[u128], b: usize, k: usize, tree: &mut [u128; TREE]) {
+fn expand_punctured(copath: &[u128], b: usize, k: usize, tree: &mut [u128; TREE], sc: &mut Scratch) {
     let d = depth(k);
     tree[0] = 0;
     for l in 1..=d {
-        expand_level(tree, k, d, l);
+        expand_level(tree, k, d, l, sc);
         let co = (1usize << l) - 1;
         let p = b >> (d - l);
         tree[co + p] = 0;
@@ -290,9 +302,9 @@ fn leaf_at(k: usize) -> usize {
 
 /// TCCR hashes of `xs` under tweaks `base + j` (j = index), in place, batched.
 #[inline]
-fn hash_leaves(base: u128, xs: &mut [u128]) {
+fn hash_leaves(base: u128, xs: &mut [u128], sc: &mut Scratch) {
     let aes = FixedKeyAes::fixed();
-    let mut y = [0u128; 256];
+    let y = &mut sc.y;
     let n = xs.len();
     y[..n].copy_from_slice(xs);
     aes.permute_blocks(&mut y[..n]);
@@ -351,11 +363,11 @@ impl OneHotSender {
             let mut msg = vec![0u64; rows * per * 4];
             if per > 0 {
                 msg.par_chunks_mut(per * 4).zip(roots.par_chunks(g_n)).enumerate().for_each(|(i, (m, r))| {
-                    let mut tree = [0u128; TREE];
+                    let (mut tree, mut sc) = ([0u128; TREE], Scratch::new());
                     for (g, &root) in r.iter().enumerate() {
                         let k = g2.leaves(g);
                         let d = depth(k);
-                        expand_full(root, k, &mut tree);
+                        expand_full(root, k, &mut tree, &mut sc);
                         for l in 1..=d {
                             let off = (1usize << l) - 1;
                             let (mut left, mut right) = (0u128, 0u128);
@@ -434,14 +446,14 @@ impl OneHotChooser {
             let mut copath = Zeroizing::new(vec![0u128; rows * per]);
             if per > 0 {
                 copath.par_chunks_mut(per).zip(lv.par_chunks(g_n)).enumerate().for_each(|(i, (cp, lv))| {
-                    let mut tree = [0u128; TREE];
+                    let (mut tree, mut sc) = ([0u128; TREE], Scratch::new());
                     for (g, &b) in lv.iter().enumerate() {
                         let (k, b) = (g2.leaves(g), b as usize);
                         let d = depth(k);
                         let at = g2.at[g] as usize;
                         tree[0] = 0;
                         for l in 1..=d {
-                            expand_level(&mut tree, k, d, l);
+                            expand_level(&mut tree, k, d, l, &mut sc);
                             let off = (1usize << l) - 1;
                             let p = b >> (d - l);
                             let sib = p ^ 1;
@@ -537,15 +549,15 @@ impl OneHotSenderSession {
         if cols > 0 {
             msg.par_chunks_mut(cols).zip(out.par_iter_mut()).zip(roots.par_chunks(g_n)).enumerate().for_each(
                 |(r, ((msg, out), roots))| {
-                    let mut tree = [0u128; TREE];
+                    let (mut tree, mut sc) = ([0u128; TREE], Scratch::new());
                     let mut acc = 0u64;
                     for (g, &root) in roots.iter().enumerate() {
                         let k = gs.leaves(g);
-                        expand_full(root, k, &mut tree);
+                        expand_full(root, k, &mut tree, &mut sc);
                         let leaves = &mut tree[leaf_at(k)..leaf_at(k) + k];
                         let s = leaves.iter().fold(0u128, |a, &x| a ^ x);
                         leaves.iter_mut().for_each(|x| *x ^= s);
-                        hash_leaves(tweak(self.use_id, T_FORWARD, self.at + r, g, 0), leaves);
+                        hash_leaves(tweak(self.use_id, T_FORWARD, self.at + r, g, 0), leaves, &mut sc);
                         let p0 = leaves[0] as u64;
                         let f = gs.first[g] as usize;
                         for j in 1..k {
@@ -581,14 +593,14 @@ impl OneHotSenderSession {
             .enumerate()
             .map(|(blk, (msg, roots))| {
                 let mut acc = vec![0u64; cols];
-                let mut tree = [0u128; TREE];
+                let (mut tree, mut sc) = ([0u128; TREE], Scratch::new());
                 for (rr, (msg, roots)) in msg.chunks_mut(g_n).zip(roots.chunks(g_n)).enumerate() {
                     let r = blk * super::PAR_ROWS + rr;
                     for (g, &root) in roots.iter().enumerate() {
                         let k = gs.leaves(g);
-                        expand_full(root, k, &mut tree);
+                        expand_full(root, k, &mut tree, &mut sc);
                         let leaves = &mut tree[leaf_at(k)..leaf_at(k) + k];
-                        hash_leaves(tweak(self.use_id, T_BACKWARD, self.at + r, g, 0), leaves);
+                        hash_leaves(tweak(self.use_id, T_BACKWARD, self.at + r, g, 0), leaves, &mut sc);
                         let mut c = y[r];
                         let f = gs.first[g] as usize;
                         for (j, &q) in leaves.iter().enumerate() {
@@ -638,15 +650,15 @@ impl OneHotChooserSession {
         let mut out = vec![0u64; self.m];
         if g_n > 0 {
             out.par_iter_mut().enumerate().for_each(|(r, out)| {
-                let mut tree = [0u128; TREE];
+                let (mut tree, mut sc) = ([0u128; TREE], Scratch::new());
                 let mut acc = 0u64;
                 for g in 0..g_n {
                     let (k, b) = (gs.leaves(g), leaves[r * g_n + g] as usize);
                     let at = r * per + gs.at[g] as usize;
-                    expand_punctured(&copath[at..at + depth(k) as usize], b, k, &mut tree);
+                    expand_punctured(&copath[at..at + depth(k) as usize], b, k, &mut tree, &mut sc);
                     let s = tree[leaf_at(k)..leaf_at(k) + k].iter().fold(0u128, |a, &x| a ^ x);
                     let mut pb = [s];
-                    hash_leaves(tweak(self.use_id, T_FORWARD, self.at + r, g, b), &mut pb);
+                    hash_leaves(tweak(self.use_id, T_FORWARD, self.at + r, g, b), &mut pb, &mut sc);
                     let pb = pb[0] as u64;
                     acc = if b == 0 {
                         acc.wrapping_sub(pb)
@@ -677,15 +689,15 @@ impl OneHotChooserSession {
             .enumerate()
             .map(|(blk, msg)| {
                 let mut acc = vec![0u64; cols];
-                let mut tree = [0u128; TREE];
+                let (mut tree, mut sc) = ([0u128; TREE], Scratch::new());
                 for (rr, msg) in msg.chunks(g_n).enumerate() {
                     let r = blk * super::PAR_ROWS + rr;
                     for (g, &c) in msg.iter().enumerate() {
                         let (k, b) = (gs.leaves(g), leaves[r * g_n + g] as usize);
                         let at = r * per + gs.at[g] as usize;
-                        expand_punctured(&copath[at..at + depth(k) as usize], b, k, &mut tree);
+                        expand_punctured(&copath[at..at + depth(k) as usize], b, k, &mut tree, &mut sc);
                         let leaves = &mut tree[leaf_at(k)..leaf_at(k) + k];
-                        hash_leaves(tweak(self.use_id, T_BACKWARD, self.at + r, g, 0), leaves);
+                        hash_leaves(tweak(self.use_id, T_BACKWARD, self.at + r, g, 0), leaves, &mut sc);
                         let f = gs.first[g] as usize;
                         let mut mine = c;
                         for (j, &q) in leaves.iter().enumerate() {

@@ -180,7 +180,7 @@ fn the_chooser_cannot_open_its_own_leaf() {
     for k in [2usize, 3, 5, 10, 16, 17, 256] {
         let root = 0x1234_5678_9abc_def0_u128 * k as u128;
         let mut full = [0u128; TREE];
-        expand_full(root, k, &mut full);
+        expand_full(root, k, &mut full, &mut Scratch::new());
         let d = depth(k);
         for b in [0, k / 2, k - 1] {
             // The co-path as the setup delivers it: the sibling of the path node per level.
@@ -191,7 +191,7 @@ fn the_chooser_cannot_open_its_own_leaf() {
                 })
                 .collect();
             let mut punct = [0u128; TREE];
-            expand_punctured(&copath, b, k, &mut punct);
+            expand_punctured(&copath, b, k, &mut punct, &mut Scratch::new());
             let at = leaf_at(k);
             for j in 0..k {
                 if j == b {
