@@ -103,11 +103,20 @@ pub async fn run_train_card<C: Channel, D: Channel>(
     })
 }
 
+/// Whether B announces its indicators as one-hot groups (kept correlations). Off: measured at
+/// 10^5 × (30 + 300) it cuts the bytes per epoch 8.85 → 3.2 GB, but its one-time setup (6 GB and
+/// the GGM trees) and its per-epoch AES work made one and two epochs slower than fresh OTs on the
+/// shared box (docs/architecture.md, "Speed, stop 23"); off until that CPU is cut.
+const KEPT_ONEHOT: bool = false;
+
 /// B's bin indicators as one-hot groups (one per feature with at least two bins; a one-bin
 /// feature has no column), so that the LR products run on correlations kept across epochs
 /// ([`consort_protocols::mpc::ot_mul::onehot`]); `None` for A's WOE columns, or when a feature has
 /// more bins than a group allows.
 pub(crate) fn onehot_groups(planned: &[Planned], config: &LrConfig) -> Option<Groups> {
+    if !KEPT_ONEHOT {
+        return None;
+    }
     let mut sizes = Vec::new();
     for p in planned {
         match &p.encoding {
