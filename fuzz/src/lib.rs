@@ -180,6 +180,7 @@ pub mod lr {
             labels: (party == Party::A).then(|| (0..ROWS).map(|i| (i % 2) as u8).collect()),
             train: (0..6).collect(),
             holdout: vec![6, 7],
+            onehot: None,
         }
     }
 }

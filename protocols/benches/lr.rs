@@ -102,6 +102,7 @@ fn main() {
         labels: Some(y),
         train: train_rows.clone(),
         holdout: holdout.clone(),
+        onehot: None,
     };
     let input_b = LrInput {
         party: Party::B,
@@ -109,6 +110,7 @@ fn main() {
         labels: None,
         train: train_rows,
         holdout,
+        onehot: None,
     };
     let (ca, cb) = memory_pair(64);
     let (ca, cb) = (Metered::new(ca), Metered::new(cb));

@@ -170,6 +170,7 @@ impl TrainingData {
             labels: self.table.labels.clone(),
             train: self.train_rows.clone(),
             holdout: self.holdout_rows.clone(),
+            onehot: None,
         }
     }
 }

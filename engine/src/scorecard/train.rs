@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use consort_protocols::mpc::Party;
 use consort_protocols::mpc::lr::{self, LrConfig, LrInput, LrOutput};
 use consort_protocols::mpc::ot_mul::Matrix;
+use consort_protocols::mpc::ot_mul::onehot::Groups;
 use consort_protocols::{Channel, cpu};
 
 use super::file::{CARD_FORMAT, CardBin, CardFeature, Scaling, ScorecardFile};
@@ -54,7 +55,9 @@ pub async fn run_train_card<C: Channel, D: Channel>(
         .await
     };
     stages.end("features");
-    let input = LrInput { party, features: matrix, labels: table.labels.clone(), train, holdout: holdout.clone() };
+    let onehot = onehot_groups(&planned, &config);
+    let input =
+        LrInput { party, features: matrix, labels: table.labels.clone(), train, holdout: holdout.clone(), onehot };
     let out = match dealer {
         Some(d) => lr::train_with_dealer(channel, d, input, &config, job.progress.clone()).await?,
         None => lr::train(channel, input, &config, job.progress.clone()).await?,
@@ -98,6 +101,31 @@ pub async fn run_train_card<C: Channel, D: Channel>(
         stages: stages.into_vec(),
         ecdh_evidence: aligned.ecdh_evidence,
     })
+}
+
+/// Whether B announces its indicators as one-hot groups (kept correlations). Off: measured at
+/// 10^5 × (30 + 300) it cuts the bytes per epoch 8.85 → 3.2 GB, but its one-time setup (6 GB and
+/// the GGM trees) and its per-epoch AES work made one and two epochs slower than fresh OTs on the
+/// shared box (docs/architecture.md, "Speed, stop 23"); off until that CPU is cut.
+const KEPT_ONEHOT: bool = false;
+
+/// B's bin indicators as one-hot groups (one per feature with at least two bins; a one-bin
+/// feature has no column), so that the LR products run on correlations kept across epochs
+/// ([`consort_protocols::mpc::ot_mul::onehot`]); `None` for A's WOE columns, or when a feature has
+/// more bins than a group allows.
+pub(crate) fn onehot_groups(planned: &[Planned], config: &LrConfig) -> Option<Groups> {
+    if !KEPT_ONEHOT {
+        return None;
+    }
+    let mut sizes = Vec::new();
+    for p in planned {
+        match &p.encoding {
+            Encoding::Woe(_) => return None,
+            Encoding::Indicators { bins, .. } if *bins > 1 => sizes.push(bins - 1),
+            Encoding::Indicators { .. } => {}
+        }
+    }
+    Groups::new(&sizes, config.encode_feature(1.0)).ok()
 }
 
 fn matrix_cols(planned: &[Planned]) -> usize {

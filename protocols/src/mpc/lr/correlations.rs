@@ -10,6 +10,7 @@ use super::state::{Ctx, gather};
 use crate::channel::Channel;
 use crate::cpu;
 use crate::mpc::dealer::{DealerClient, DealerSession, List, SessionId};
+use crate::mpc::ot_mul::onehot::{OneHotChooser, OneHotChooserSession, OneHotSender, OneHotSenderSession};
 use crate::mpc::ot_mul::{self, Matrix, chooser_backward, chooser_forward, sender_backward, sender_forward};
 use crate::mpc::{MpcError, Party};
 
@@ -30,6 +31,8 @@ pub(super) async fn prepare_correlations<'a, C: Channel, D: Channel>(
     let rows_used = lists[0].len() + lists[1].len();
     if let Some(d) = dealer {
         ctx.dealer = Some(connect_dealer(ctx, d, lists).await?);
+    } else if ctx.own_groups.is_some() || ctx.peer_groups.is_some() {
+        ctx.kept = Some(fill_kept(ctx, lists).await?);
     } else if cache_bytes(rows_used, ots_a, ots_b) <= ctx.config.ot_cache_bytes {
         ctx.caches = Some(fill_caches(ctx, lists).await?);
     }
@@ -71,18 +74,70 @@ async fn fill_caches<C: Channel, D: Channel>(
     Ok([it.next().unwrap(), it.next().unwrap()])
 }
 
+/// The one-hot correlations kept across epochs (train list, holdout list), for this party's own
+/// matrix (chooser) and for the peer's (sender), whichever is one-hot
+/// ([`ot_mul::onehot`]).
+pub(super) struct Kept {
+    own: Option<[Arc<OneHotChooser>; 2]>,
+    peer: Option<[Arc<OneHotSender>; 2]>,
+}
+
+/// Sets up the kept one-hot correlations of both lists, in chunks of rows: A's matrix first (if
+/// one-hot), then B's, so both parties run the OT extensions in the same order.
+async fn fill_kept<C: Channel, D: Channel>(ctx: &mut Ctx<'_, C, D>, lists: [&[u32]; 2]) -> Result<Kept, MpcError> {
+    let (mut own, mut peer) = (Vec::new(), Vec::new());
+    for list in lists {
+        let mut o = ctx.own_groups.clone().map(|g| OneHotChooser::new(g, list.len()));
+        let mut p = ctx.peer_groups.clone().map(|g| OneHotSender::new(g, list.len()));
+        for chunk in list.chunks(CACHE_CHUNK_ROWS) {
+            for matrix_of in [Party::A, Party::B] {
+                if matrix_of == ctx.party
+                    && let Some(o) = o.as_mut()
+                {
+                    let (features, rows) = (ctx.features.clone(), chunk.to_vec());
+                    let x = cpu::run(move || gather(&features, &rows)).await;
+                    o.extend(ctx.channel, &mut ctx.receiver, &x).await?;
+                } else if matrix_of != ctx.party
+                    && let Some(p) = p.as_mut()
+                {
+                    p.extend(ctx.channel, &mut ctx.sender, chunk.len()).await?;
+                }
+            }
+        }
+        own.extend(o.map(Arc::new));
+        peer.extend(p.map(Arc::new));
+    }
+    Ok(Kept { own: own.try_into().ok(), peer: peer.try_into().ok() })
+}
+
+/// This party's side of its own matrix's products in a batch.
+pub(super) enum Own {
+    Ot(ot_mul::ChooserOts),
+    OneHot(OneHotChooserSession),
+}
+
+/// This party's side of the peer's matrix's products in a batch.
+pub(super) enum Peer {
+    Ot(ot_mul::SenderOts),
+    OneHot(OneHotSenderSession),
+}
+
 /// The correlations of one batch: re-keyed cached OTs, fresh OTs (`None` here: extended in
-/// [`forward`](super::products::forward)) or the dealer's.
+/// [`forward`](super::products::forward)), the dealer's, or with a one-hot matrix on either side
+/// its kept correlations and, for the other side, fresh OTs (`Split`).
 pub(super) enum Corr {
     Ot(ot_mul::ChooserOts, ot_mul::SenderOts),
     Dealer(DealerSession),
+    Split(Own, Peer),
 }
 
 impl Corr {
     /// Length of the peer's message for our own matrix (m rows).
     pub(super) fn msg_len(&self, forward: bool, x: &Matrix) -> usize {
         match (self, forward) {
-            (Corr::Ot(..), _) => x.rows() * x.layout().per_row(),
+            (Corr::Ot(..) | Corr::Split(Own::Ot(_), _), _) => x.rows() * x.layout().per_row(),
+            (Corr::Split(Own::OneHot(c), _), true) => c.forward_len(),
+            (Corr::Split(Own::OneHot(c), _), false) => c.backward_len(),
             (Corr::Dealer(_), true) => x.cols(),
             (Corr::Dealer(_), false) => x.rows(),
         }
@@ -91,8 +146,10 @@ impl Corr {
     /// Our message for the peer's matrix and our share of its product with `y`.
     pub(super) fn peer_side(&self, forward: bool, y: &[u64]) -> Result<(Vec<u64>, Vec<u64>), MpcError> {
         match (self, forward) {
-            (Corr::Ot(_, s), true) => sender_forward(s, y),
-            (Corr::Ot(_, s), false) => sender_backward(s, y),
+            (Corr::Ot(_, s) | Corr::Split(_, Peer::Ot(s)), true) => sender_forward(s, y),
+            (Corr::Ot(_, s) | Corr::Split(_, Peer::Ot(s)), false) => sender_backward(s, y),
+            (Corr::Split(_, Peer::OneHot(s)), true) => s.forward(y),
+            (Corr::Split(_, Peer::OneHot(s)), false) => s.backward(y),
             (Corr::Dealer(d), true) => Ok(d.peer_forward(y)),
             (Corr::Dealer(d), false) => Ok(d.peer_backward(y)),
         }
@@ -101,8 +158,10 @@ impl Corr {
     /// Our share of the product of our own matrix with the peer's vector, given its message.
     pub(super) fn own_side(&self, forward: bool, x: &Matrix, msg: &[u64]) -> Result<Vec<u64>, MpcError> {
         match (self, forward) {
-            (Corr::Ot(c, _), true) => chooser_forward(c, x, msg),
-            (Corr::Ot(c, _), false) => chooser_backward(c, x, msg),
+            (Corr::Ot(c, _) | Corr::Split(Own::Ot(c), _), true) => chooser_forward(c, x, msg),
+            (Corr::Ot(c, _) | Corr::Split(Own::Ot(c), _), false) => chooser_backward(c, x, msg),
+            (Corr::Split(Own::OneHot(c), _), true) => c.forward(msg),
+            (Corr::Split(Own::OneHot(c), _), false) => c.backward(msg),
             (Corr::Dealer(d), true) => Ok(d.owner_forward(x, msg)),
             (Corr::Dealer(d), false) => Ok(d.owner_backward(x, msg)),
         }
@@ -143,15 +202,37 @@ async fn connect_dealer<'a, C: Channel, D: Channel>(
     Ok((client, [it.next().unwrap(), it.next().unwrap()]))
 }
 
-/// The correlations for `m` rows at position `at` of `list` in `epoch`, if they come from the
-/// cache or the dealer (`None`: extend fresh OTs).
+/// The correlations for the rows `rows` at position `at` of `list` in `epoch`, if they come from
+/// the cache, the dealer or the kept one-hot correlations (`None`: extend fresh OTs).
 pub(super) async fn correlations<C: Channel, D: Channel>(
-    ctx: &Ctx<'_, C, D>,
+    ctx: &mut Ctx<'_, C, D>,
     epoch: u64,
     list: List,
     at: usize,
-    m: usize,
+    rows: &[u32],
 ) -> Result<Option<Corr>, MpcError> {
+    let m = rows.len();
+    if let Some(kept) = &ctx.kept {
+        let l = list as usize;
+        let own = kept.own.as_ref().map(|o| o[l].session(epoch, at, m));
+        let peer = kept.peer.as_ref().map(|p| p[l].session(epoch, at, m));
+        // The side that is not one-hot: fresh OTs, one direction only.
+        let own = match own {
+            Some(o) => Own::OneHot(o),
+            None => {
+                let (features, rows_v) = (ctx.features.clone(), rows.to_vec());
+                let x = Arc::new(cpu::run(move || gather(&features, &rows_v)).await);
+                Own::Ot(ot_mul::chooser_prepare(ctx.channel, &mut ctx.receiver, x).await?)
+            }
+        };
+        let peer = match peer {
+            Some(p) => Peer::OneHot(p),
+            None => {
+                Peer::Ot(ot_mul::sender_prepare_layout(ctx.channel, &mut ctx.sender, m, ctx.peer_layout.clone()).await?)
+            }
+        };
+        return Ok(Some(Corr::Split(own, peer)));
+    }
     if let Some(caches) = &ctx.caches {
         let (own, peer) = &caches[list as usize];
         return Ok(Some(Corr::Ot(own.session(epoch, at..at + m), peer.session(epoch, at..at + m))));

@@ -27,7 +27,7 @@ pub(super) async fn holdout_loss<C: Channel, D: Channel>(
     // poly3: S₄ = Σ z⁴ (20 fraction bits) from z'² (as in [`sigmoid_part`]) squared again.
     let mut s4 = 0u64;
     for (k, chunk) in rows.chunks(ctx.config.batch_size).enumerate() {
-        let corr = correlations(ctx, epoch, List::Holdout, k * ctx.config.batch_size, chunk.len()).await?;
+        let corr = correlations(ctx, epoch, List::Holdout, k * ctx.config.batch_size, chunk).await?;
         let (_, corr, zc) = forward(ctx, w, chunk, corr).await?;
         if ctx.config.sigmoid == Sigmoid::Poly3 {
             let party = ctx.party;

@@ -33,6 +33,14 @@
 //!    column over all of the party's rows (a 0/1 indicator: 1 OT per entry instead of ℓ; a column
 //!    of small integers 0..3: 2; an all-zero column: none), announced to the peer after the
 //!    handshake (2 bytes per column); otherwise all ℓ bits.
+//!
+//!    **One-hot matrices** ([`LrInput::onehot`], e.g. a scorecard's bin indicators): a party whose
+//!    columns are one-hot groups announces the group sizes after the layouts, and in dealer-free
+//!    runs both products of its matrix (forward here, backward in step 3) run on correlations made
+//!    once per job and re-keyed per epoch ([`super::ot_mul::onehot`]: a punctured GGM tree per
+//!    (row, group); forward 8 bytes per column, backward 8 bytes per group per row, no OT
+//!    extension after the setup) instead of one fresh OT per entry; the other party's matrix keeps
+//!    the fresh (or cached) OTs. Exact, like the Gilboa products.
 //! 2. r' = 4(σ̂(z) − y): `taylor1` 2 + z − 4y, local (A adds the public constant and its
 //!    labels); `poly3` 2 + trunc(q₁·z − q₃·z³) − 4y, where z³ comes from two elementwise
 //!    products of shares (z² then z²·z, each truncated; `step::sigmoid_part`) by Gilboa OT
@@ -73,6 +81,9 @@
 //! - A: per epoch, the holdout aggregates S₁, S₂, S₃ (and S₄ with `poly3`), so the holdout loss;
 //!   at the end w_A, w₀.
 //! - B: at the end w_B.
+//! - Both, for a party that passes [`LrInput::onehot`]: that its columns are one-hot, the number
+//!   of columns of each group and the encoded value of a set entry (nothing about any row; the
+//!   kept correlations' security: [`super::ot_mul::onehot`]).
 //! - Nothing else: every message is an OT-extension message, a choice-bit correction masked by a
 //!   random choice bit, a τ masked by a pseudorandom pad, or a uniformly random share. No
 //!   gradient, residual, score or label is revealed during training.
@@ -135,6 +146,12 @@ pub struct LrInput {
     pub train: Vec<u32>,
     /// Holdout rows (the same on both sides; may be empty, then no loss and no early stopping).
     pub holdout: Vec<u32>,
+    /// The one-hot groups of `features` (every column in one group; entries 0 or the groups'
+    /// scale, at most one set per group and row), e.g. a scorecard's bin indicators: announced
+    /// to the peer, and in dealer-free runs this matrix's products then run on correlations kept
+    /// across epochs ([`ot_mul::onehot`](crate::mpc::ot_mul::onehot)) instead of fresh OTs.
+    /// `None`: a general matrix.
+    pub onehot: Option<crate::mpc::ot_mul::onehot::Groups>,
 }
 
 /// Progress, for progress bars: called after every batch and after every epoch's loss.

@@ -6,6 +6,7 @@ use zeroize::Zeroizing;
 use super::LrConfig;
 use crate::mpc::Party;
 use crate::mpc::dealer::DealerClient;
+use crate::mpc::ot_mul::onehot::Groups;
 use crate::mpc::ot_mul::{self, Layout, Matrix};
 use crate::ot::{IknpReceiver, IknpSender};
 
@@ -34,6 +35,12 @@ pub(super) struct Ctx<'a, C, D> {
     pub(super) peer_layout: Arc<Layout>,
     /// OTs of the training rows (in batch order) and of the holdout rows, kept across epochs.
     pub(super) caches: Option<[(ot_mul::ChooserCache, ot_mul::SenderCache); 2]>,
+    /// The one-hot groups of this party's own columns and of the peer's, when announced
+    /// ([`LrInput::onehot`](super::LrInput::onehot)).
+    pub(super) own_groups: Option<Arc<Groups>>,
+    pub(super) peer_groups: Option<Arc<Groups>>,
+    /// The kept one-hot correlations (dealer-free runs with a one-hot matrix on either side).
+    pub(super) kept: Option<super::correlations::Kept>,
 }
 
 /// The rows `rows` of the own feature matrix (with its layout).

@@ -11,6 +11,7 @@ use crate::mpc::{MpcError, Party};
 
 mod dealer;
 mod early_stopping;
+mod onehot;
 mod sigmoid;
 mod widths;
 
@@ -67,6 +68,7 @@ async fn run(
         labels: Some(d.y.clone()),
         train: train_rows.to_vec(),
         holdout: holdout.to_vec(),
+        onehot: None,
     };
     let input_b = LrInput {
         party: Party::B,
@@ -74,6 +76,7 @@ async fn run(
         labels: None,
         train: train_rows.to_vec(),
         holdout: holdout.to_vec(),
+        onehot: None,
     };
     let (ca, cb) = memory_pair(16);
     futures::join!(train(&ca, input_a, config, None), train(&cb, input_b, cfg_b, None))
@@ -174,6 +177,7 @@ async fn a_peer_announcing_too_many_features_is_refused_before_any_ot() {
         labels: Some(vec![0, 1, 0, 1]),
         train: (0..n as u32).collect(),
         holdout: vec![],
+        onehot: None,
     };
     let input_b = LrInput {
         party: Party::B,
@@ -181,6 +185,7 @@ async fn a_peer_announcing_too_many_features_is_refused_before_any_ot() {
         labels: None,
         train: (0..n as u32).collect(),
         holdout: vec![],
+        onehot: None,
     };
     let (ca, cb) = memory_pair(16);
     let config_b = config.clone();

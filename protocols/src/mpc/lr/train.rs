@@ -13,6 +13,7 @@ use super::{LrConfig, LrInput, LrOutput, LrProgress, LrProgressFn};
 use crate::channel::Channel;
 use crate::cpu;
 use crate::mpc::dealer::List;
+use crate::mpc::ot_mul::onehot::Groups;
 use crate::mpc::ot_mul::{ColBits, Layout};
 use crate::mpc::wire::{recv_bytes, recv_u64s, send_bytes, send_u64s};
 use crate::mpc::{FRAC_BITS, MpcError, Party, decode, violation};
@@ -54,11 +55,21 @@ async fn train_inner<C: Channel, D: Channel>(
 ) -> Result<LrOutput, MpcError> {
     config.validate()?;
     check_input(&input, config)?;
-    let features = if config.narrow_bits { cpu::run(move || input.features.tightened()).await } else { input.features };
+    let (narrow, onehot, features) = (config.narrow_bits, input.onehot, input.features);
+    // A one-hot matrix is checked against its groups here, before any message.
+    let (features, own_groups) = cpu::run(move || {
+        let f = if narrow { features.tightened() } else { features };
+        let checked = onehot.map(|g| g.leaves_of(&f).map(|_| Arc::new(g))).transpose();
+        (f, checked)
+    })
+    .await;
+    // No groups (no columns) is announced as none: both sides then agree there is nothing kept.
+    let own_groups = own_groups?.filter(|g| !g.is_empty());
     let peer_cols =
         handshake(channel, &input.train, &input.holdout, features.rows(), features.cols(), config, dealer.is_some())
             .await?;
     let peer_layout = exchange_layouts(channel, features.layout(), peer_cols, config).await?;
+    let peer_groups = exchange_groups(channel, own_groups.as_deref(), peer_cols).await?.map(Arc::new);
     let (receiver, sender) = setup_ots(channel, input.party, config).await?;
     let mut ctx = Ctx {
         channel,
@@ -72,6 +83,9 @@ async fn train_inner<C: Channel, D: Channel>(
         peer_layout,
         caches: None,
         dealer: None,
+        own_groups,
+        peer_groups,
+        kept: None,
     };
     prepare_correlations(&mut ctx, dealer, [&input.train, &input.holdout]).await?;
     let run = run_epochs(&mut ctx, &input.train, &input.holdout, progress).await?;
@@ -137,7 +151,7 @@ async fn run_epochs<C: Channel, D: Channel>(
     let mut best: Option<(u32, Shares)> = None;
     for epoch in 0..config.epochs {
         for (b, rows) in batches.iter().enumerate() {
-            let corr = correlations(ctx, epoch as u64, List::Train, b * config.batch_size, rows.len()).await?;
+            let corr = correlations(ctx, epoch as u64, List::Train, b * config.batch_size, rows).await?;
             step(ctx, &mut w, rows, corr).await?;
             if let Some(p) = &progress {
                 p(LrProgress { epoch, epochs: config.epochs, batch: b + 1, batches: batches.len(), loss: None });
@@ -293,6 +307,33 @@ async fn exchange_layouts<C: Channel>(
     Ok(Arc::new(Layout::new(cols)))
 }
 
+/// Each party announces the one-hot groups of its columns ([`LrInput::onehot`]; a 12-byte header
+/// with the group count, 0 for none, and the scale, then one byte per group). The peer's count is
+/// checked against its column count before its sizes are received, the sizes before use.
+async fn exchange_groups<C: Channel>(
+    channel: &C,
+    own: Option<&Groups>,
+    peer_cols: usize,
+) -> Result<Option<Groups>, MpcError> {
+    let (head, sizes) = match own {
+        Some(g) => g.to_bytes(),
+        None => (vec![0; 12], Vec::new()),
+    };
+    let (sent, theirs) = futures::join!(send_bytes(channel, &head), recv_bytes(channel, 12));
+    sent?;
+    let (n, scale) = Groups::count_from_header(&theirs?, peer_cols)?;
+    let (sent, theirs) =
+        futures::join!(async { if sizes.is_empty() { Ok(()) } else { send_bytes(channel, &sizes).await } }, async {
+            if n == 0 { Ok(Vec::new()) } else { recv_bytes(channel, n).await }
+        });
+    sent?;
+    let theirs = theirs?;
+    if n == 0 {
+        return Ok(None);
+    }
+    Ok(Some(Groups::from_peer(&theirs, scale, peer_cols)?))
+}
+
 /// Each party sends its share of the other's weights (B also its share of w₀).
 async fn reveal_weights<C: Channel, D: Channel>(
     ctx: &Ctx<'_, C, D>,
@@ -338,6 +379,7 @@ mod tests {
             labels,
             train: vec![0, 1],
             holdout: vec![],
+            onehot: None,
         };
         assert!(check_input(&input(Some(vec![0, 2]), Party::A), &config).is_err());
         assert!(check_input(&input(None, Party::A), &config).is_err());

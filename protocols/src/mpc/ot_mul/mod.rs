@@ -66,6 +66,7 @@ use crate::ot::{IknpReceiver, IknpSender, RandomSenderOutput};
 
 mod cache;
 mod matrix;
+pub mod onehot;
 
 pub use cache::{ChooserCache, SenderCache};
 pub use matrix::{ColBits, Layout, Matrix};

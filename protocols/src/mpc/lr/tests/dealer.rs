@@ -15,6 +15,7 @@ async fn dealer_mode_matches_the_plaintext_mirror_and_survives_early_stopping() 
             labels,
             train: train_rows.clone(),
             holdout: holdout.clone(),
+            onehot: None,
         };
         let (ab_a, ab_b) = memory_pair(16);
         let ((a_d, d_a), (b_d, d_b)) = (memory_pair(16), memory_pair(16));
@@ -61,6 +62,7 @@ async fn poly3_in_dealer_mode_matches_its_plaintext_mirror() {
         labels,
         train: train_rows.clone(),
         holdout: holdout.clone(),
+        onehot: None,
     };
     let (ab_a, ab_b) = memory_pair(16);
     let ab_a = crate::channel::Metered::new(ab_a);

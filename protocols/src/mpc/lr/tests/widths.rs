@@ -98,6 +98,7 @@ async fn a_with_peer_layout(layout: &[u8]) -> MpcError {
         labels: Some(vec![0, 1, 0, 1]),
         train: rows.clone(),
         holdout: vec![],
+        onehot: None,
     };
     let (ca, cb) = memory_pair(16);
     let cfg = config.clone();

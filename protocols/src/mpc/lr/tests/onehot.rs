@@ -1,0 +1,179 @@
+//! One-hot matrices ([`LrInput::onehot`]): products on kept correlations train to the plaintext
+//! mirror's model (B one-hot, A one-hot, both), with poly3, batch size 1 and rows not a multiple of
+//! the batch; a one-hot announcement that does not fit is refused.
+use super::*;
+use crate::mpc::ot_mul::onehot::Groups;
+use crate::mpc::wire::send_bytes;
+
+/// `d` one-hot features of `bins` bins each (bin 0 the reference: no column), as indicator
+/// columns encoded with `config`, and the bins (for the labels).
+fn indicators(n: usize, bins: &[u32], rng: &mut StdRng, config: &LrConfig) -> (Vec<u64>, Vec<Vec<u32>>) {
+    let (one, zero) = (config.encode_feature(1.0), config.encode_feature(0.0));
+    let (mut q, mut rows) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let b: Vec<u32> = bins.iter().map(|&k| rng.random_range(0..k)).collect();
+        for (&k, &bi) in bins.iter().zip(&b) {
+            q.extend((1..k).map(|c| if c == bi { one } else { zero }));
+        }
+        rows.push(b);
+    }
+    (q, rows)
+}
+
+fn groups(bins: &[u32], config: &LrConfig) -> Groups {
+    let sizes: Vec<u32> = bins.iter().map(|k| k - 1).collect();
+    Groups::new(&sizes, config.encode_feature(1.0)).unwrap()
+}
+
+/// A: `a_bins` one-hot features (or one normal column if empty); B: `b_bins` one-hot features.
+fn onehot_data(n: usize, a_bins: &[u32], b_bins: &[u32], seed: u64, config: &LrConfig) -> Data {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (qb, bb) = indicators(n, b_bins, &mut rng, config);
+    let (qa, ba, d_a) = if a_bins.is_empty() {
+        let v: Vec<u64> = (0..n).map(|_| config.encode_feature(normal(&mut rng))).collect();
+        (v, vec![vec![]; n], 1)
+    } else {
+        let (q, b) = indicators(n, a_bins, &mut rng, config);
+        (q, b, a_bins.iter().map(|k| (k - 1) as usize).sum())
+    };
+    let d_b = b_bins.iter().map(|k| (k - 1) as usize).sum();
+    let mut y = Vec::new();
+    for i in 0..n {
+        let mut z = -0.2;
+        for (f, &b) in bb[i].iter().chain(&ba[i]).enumerate() {
+            z += if (b as usize + f).is_multiple_of(3) { 0.8 } else { -0.4 };
+        }
+        if a_bins.is_empty() {
+            z += 0.7 * config.decode_feature(qa[i]);
+        }
+        y.push(u8::from(rng.random::<f64>() < 1.0 / (1.0 + (-z).exp())));
+    }
+    let fa = qa.iter().map(|&q| config.decode_feature(q)).collect();
+    let fb = qb.iter().map(|&q| config.decode_feature(q)).collect();
+    Data { qa, qb, fa, fb, y, d_a, d_b }
+}
+
+async fn run_onehot(
+    d: &Data,
+    config: &LrConfig,
+    ga: Option<Groups>,
+    gb: Option<Groups>,
+    train_rows: &[u32],
+    holdout: &[u32],
+) -> (Result<LrOutput, MpcError>, Result<LrOutput, MpcError>) {
+    let n = d.y.len();
+    let input_a = LrInput {
+        party: Party::A,
+        features: Matrix::new(d.qa.clone(), n, d.d_a, config.feature_bits),
+        labels: Some(d.y.clone()),
+        train: train_rows.to_vec(),
+        holdout: holdout.to_vec(),
+        onehot: ga,
+    };
+    let input_b = LrInput {
+        party: Party::B,
+        features: Matrix::new(d.qb.clone(), n, d.d_b, config.feature_bits),
+        labels: None,
+        train: train_rows.to_vec(),
+        holdout: holdout.to_vec(),
+        onehot: gb,
+    };
+    let (ca, cb) = memory_pair(16);
+    futures::join!(train(&ca, input_a, config, None), train(&cb, input_b, config, None))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onehot_training_matches_the_plaintext_mirror() {
+    let base = LrConfig { epochs: 3, batch_size: 128, learning_rate: 0.3, l2: 0.01, ..LrConfig::default() };
+    let b_bins = [10u32, 2, 5, 1 + 1, 17];
+    let a_bins = [3u32, 10];
+    // B one-hot (the scorecard case, A a normal column), A one-hot too, both, with poly3; batch
+    // size 1 on few rows; 1000 rows with batches of 128 (not a multiple); the OT cache on or off
+    // for the side that is not one-hot.
+    type Case<'a> = (usize, &'a [u32], bool, bool, Sigmoid, usize, u64);
+    let cases: [Case; 5] = [
+        (1000, &[], false, true, Sigmoid::Taylor1, 128, 1 << 30),
+        (1000, &[], false, true, Sigmoid::Taylor1, 128, 0),
+        (1000, &a_bins, true, false, Sigmoid::Taylor1, 128, 0),
+        (1000, &a_bins, true, true, Sigmoid::Poly3, 128, 0),
+        (30, &[], false, true, Sigmoid::Taylor1, 1, 0),
+    ];
+    for (n, a_bins, a_hot, b_hot, sigmoid, batch, cache) in cases {
+        let config = LrConfig { sigmoid, batch_size: batch, ot_cache_bytes: cache, ..base.clone() };
+        let d = onehot_data(n, a_bins, &b_bins, 5, &config);
+        let (train_rows, holdout) = split(n);
+        let ga = a_hot.then(|| groups(a_bins, &config));
+        let gb = b_hot.then(|| groups(&b_bins, &config));
+        let (a, b) = run_onehot(&d, &config, ga, gb, &train_rows, &holdout).await;
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let p = train_plain(&d.fa, d.d_a, &d.fb, d.d_b, &d.y, &train_rows, &holdout, &config, false);
+        let case = format!("n {n}, A one-hot {a_hot}, B one-hot {b_hot}, {sigmoid:?}, batch {batch}");
+        let close = |x: &[f64], y: &[f64]| x.iter().zip(y).all(|(a, b)| (a - b).abs() < 3e-3);
+        assert!(close(&a.weights, &p.weights_a), "{case}: {:?} vs {:?}", a.weights, p.weights_a);
+        assert!(close(&b.weights, &p.weights_b), "{case}: {:?} vs {:?}", b.weights, p.weights_b);
+        assert!((a.intercept.unwrap() - p.intercept).abs() < 3e-3, "{case}");
+        assert!(close(&a.holdout_loss, &p.holdout_loss), "{case}");
+        // It learned something: the weights are not all zero.
+        assert!(b.weights.iter().any(|w| w.abs() > 0.01), "{case}: {:?}", b.weights);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_matrix_that_is_not_one_hot_is_refused_before_any_message() {
+    let config = LrConfig { epochs: 1, ..LrConfig::default() };
+    let d = onehot_data(20, &[], &[4], 1, &config);
+    // Groups of the wrong shape for B's 3 columns; and a row with two bins set.
+    let input = |q: Vec<u64>, g| LrInput {
+        party: Party::B,
+        features: Matrix::new(q, 20, 3, 12),
+        labels: None,
+        train: (0..20).collect(),
+        holdout: vec![],
+        onehot: Some(g),
+    };
+    let (ca, _cb) = memory_pair(16);
+    let wrong = Groups::new(&[2], 256).unwrap();
+    assert!(matches!(train(&ca, input(d.qb.clone(), wrong), &config, None).await, Err(MpcError::Invalid(_))));
+    let mut q = d.qb.clone();
+    q[0] = 256;
+    q[1] = 256;
+    let g = groups(&[4], &config);
+    assert!(matches!(train(&ca, input(q, g), &config, None).await, Err(MpcError::Invalid(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_announcing_bad_groups_is_refused() {
+    let config = LrConfig { epochs: 1, batch_size: 10, ..LrConfig::default() };
+    let d = onehot_data(20, &[], &[4], 1, &config);
+    let (train_rows, holdout) = split(20);
+    // header: count, scale; then the sizes. Too many groups (checked before the sizes are read);
+    // sizes that do not cover the peer's 3 columns; a zero size.
+    let bad: [(u32, Vec<u8>); 3] = [(u32::MAX, vec![]), (1, vec![2]), (2, vec![0, 3])];
+    for (count, sizes) in bad {
+        let (ca, cb) = memory_pair(16);
+        let input_a = LrInput {
+            party: Party::A,
+            features: Matrix::new(d.qa.clone(), 20, 1, 12),
+            labels: Some(d.y.clone()),
+            train: train_rows.clone(),
+            holdout: holdout.clone(),
+            onehot: None,
+        };
+        let rogue = async {
+            // B's handshake and layouts as an honest B, then the bad announcement.
+            crate::mpc::lr::train::handshake(&cb, &train_rows, &holdout, 20, 3, &config, false).await.unwrap();
+            let layout: Vec<u8> = (0..3).flat_map(|_| [8u8, 9]).collect();
+            send_bytes(&cb, &layout).await.unwrap();
+            let _ = crate::mpc::wire::recv_bytes(&cb, 2).await;
+            let mut head = count.to_le_bytes().to_vec();
+            head.extend_from_slice(&256u64.to_le_bytes());
+            send_bytes(&cb, &head).await.unwrap();
+            let _ = crate::mpc::wire::recv_bytes(&cb, 12).await;
+            if !sizes.is_empty() {
+                send_bytes(&cb, &sizes).await.unwrap();
+            }
+        };
+        let (a, ()) = futures::join!(train(&ca, input_a, &config, None), rogue);
+        assert!(matches!(&a, Err(MpcError::Protocol(m)) if m.contains("one-hot")), "{count}: {:?}", a.err());
+    }
+}

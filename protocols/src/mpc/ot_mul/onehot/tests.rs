@@ -1,0 +1,205 @@
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::{Rng, RngExt, SeedableRng};
+
+use super::*;
+use crate::memory_pair;
+use crate::ot::Security;
+
+/// A one-hot matrix: per row and group a leaf in 0..=cols (0: none set), from `pick`.
+fn onehot(rows: usize, sizes: &[u32], scale: u64, mut pick: impl FnMut(usize, usize) -> usize) -> Matrix {
+    let total: usize = sizes.iter().map(|&c| c as usize).sum();
+    let mut data = Vec::with_capacity(rows * total);
+    for i in 0..rows {
+        for (g, &c) in sizes.iter().enumerate() {
+            let b = pick(i, g) % (c as usize + 1);
+            data.extend((1..=c as usize).map(|j| if j == b { scale } else { 0 }));
+        }
+    }
+    Matrix::new(data, rows, total, 64)
+}
+
+fn add(a: &[u64], b: &[u64]) -> Vec<u64> {
+    a.iter().zip(b).map(|(x, y)| x.wrapping_add(*y)).collect()
+}
+
+/// Sets up kept correlations for `x` (in chunks of `chunk` rows), then runs `uses` uses of
+/// batches of `batch` rows, each a forward and a backward product; returns per use the summed
+/// shares and the plaintext answers.
+async fn run(x: Matrix, sizes: &[u32], scale: u64, chunk: usize, batch: usize, uses: u64, seed: u64) {
+    let groups = Arc::new(Groups::new(sizes, scale).unwrap());
+    let (rows, cols) = (x.rows(), x.cols());
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (ca, cb) = memory_pair(8);
+    let xs: Vec<Matrix> = (0..rows.div_ceil(chunk))
+        .map(|c| x.select_rows(&((c * chunk) as u32..((c + 1) * chunk).min(rows) as u32).collect::<Vec<_>>()))
+        .collect();
+    let chooser_setup = async {
+        let mut ext = IknpReceiver::setup(&ca, Security::SemiHonest).await.unwrap();
+        let mut st = OneHotChooser::new(groups.clone(), rows);
+        for part in &xs {
+            st.extend(&ca, &mut ext, part).await.unwrap();
+        }
+        Arc::new(st)
+    };
+    let sender_setup = async {
+        let mut ext = IknpSender::setup(&cb, Security::SemiHonest).await.unwrap();
+        let mut st = OneHotSender::new(groups.clone(), rows);
+        for c in 0..rows.div_ceil(chunk) {
+            st.extend(&cb, &mut ext, ((c + 1) * chunk).min(rows) - c * chunk).await.unwrap();
+        }
+        Arc::new(st)
+    };
+    let (ch, se) = futures::join!(chooser_setup, sender_setup);
+    assert_eq!(se.kept_bytes(), rows * groups.len() * 16);
+    for u in 0..uses {
+        for at in (0..rows).step_by(batch) {
+            let m = batch.min(rows - at);
+            let y_fwd: Vec<u64> = (0..cols).map(|_| rng.next_u64()).collect();
+            let y_bwd: Vec<u64> = (0..m).map(|_| rng.next_u64()).collect();
+            let xb = x.select_rows(&(at as u32..(at + m) as u32).collect::<Vec<_>>());
+            let (mut want_f, want_b) = (xb.mul_vec(&y_fwd), xb.mul_t_vec(&y_bwd));
+            if cols == 0 {
+                // (`mul_vec` of a matrix without columns is empty: X·y is a zero per row.)
+                want_f = vec![0; m];
+            }
+            let (s, c) = (se.session(u, at, m), ch.session(u, at, m));
+            let (msg, sf) = s.forward(&y_fwd).unwrap();
+            let cf = c.forward(&msg).unwrap();
+            assert_eq!(add(&cf, &sf), want_f, "forward, use {u}, rows {at}+{m}");
+            let (msg, sb) = s.backward(&y_bwd).unwrap();
+            let cbk = c.backward(&msg).unwrap();
+            assert_eq!(add(&cbk, &sb), want_b, "backward, use {u}, rows {at}+{m}");
+            // Single use per session.
+            assert!(s.forward(&y_fwd).is_err() && c.backward(&msg).is_err());
+            // Shares are not the answer in the clear.
+            if m > 8 && want_f.iter().any(|&v| v != 0) {
+                assert_ne!(cf, want_f);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn products_match_plaintext_random_groups() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let sizes = [9u32, 9, 3, 1, 2, 15, 16, 31, 200, 255];
+    let x = onehot(300, &sizes, 256, |_, _| rng.random_range(0..256usize));
+    run(x, &sizes, 256, 128, 64, 3, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn products_match_plaintext_edges() {
+    // k = 2 (one column), scale 1, batch size 1, rows not a multiple of the batch or the chunk.
+    let x = onehot(7, &[1], 1, |i, _| i);
+    run(x, &[1], 1, 3, 1, 2, 2).await;
+    // All rows in one bin: the reference (no column set) and the last column.
+    let x = onehot(50, &[9, 4], 256, |_, _| 0);
+    run(x, &[9, 4], 256, 16, 7, 2, 3).await;
+    let x = onehot(50, &[9, 4], 256, |_, g| [9, 4][g]);
+    run(x, &[9, 4], 256, 16, 7, 2, 4).await;
+    // One row; a scale beyond 2^63.
+    let x = onehot(1, &[5, 1, 2], 3 << 62, |_, g| g + 1);
+    run(x, &[5, 1, 2], 3 << 62, 1, 1, 1, 5).await;
+    // No groups at all (a party without columns).
+    let x = Matrix::new(vec![], 4, 0, 12);
+    run(x, &[], 256, 4, 2, 1, 6).await;
+}
+
+#[test]
+fn bad_matrices_and_announcements_are_refused() {
+    let g = Groups::new(&[2, 3], 256).unwrap();
+    // Two set in a group; a value other than the scale; a column count that does not match.
+    let two = Matrix::new(vec![256, 256, 0, 0, 0], 1, 5, 12);
+    assert!(g.leaves_of(&two).is_err());
+    let odd = Matrix::new(vec![0, 1, 0, 0, 0], 1, 5, 12);
+    assert!(g.leaves_of(&odd).is_err());
+    assert!(g.leaves_of(&Matrix::new(vec![0; 4], 1, 4, 12)).is_err());
+    assert_eq!(&**g.leaves_of(&Matrix::new(vec![0, 256, 0, 0, 256], 1, 5, 12)).unwrap(), &[2, 3]);
+    // Group sizes 0 or above 255 locally; a peer's that do not cover its columns or a zero size.
+    assert!(Groups::new(&[0], 1).is_err() && Groups::new(&[256], 1).is_err());
+    assert!(Groups::from_peer(&[2, 3], 256, 6).is_err());
+    assert!(Groups::from_peer(&[2, 0, 3], 256, 5).is_err());
+    assert_eq!(Groups::from_peer(&[2, 3], 256, 5).unwrap(), g);
+    let (head, sizes) = g.to_bytes();
+    assert_eq!(Groups::count_from_header(&head, 5).unwrap(), (2, 256));
+    assert_eq!(sizes, vec![2, 3]);
+    // A count beyond the peer's columns is refused before anything is received.
+    let mut huge = u32::MAX.to_le_bytes().to_vec();
+    huge.extend_from_slice(&1u64.to_le_bytes());
+    assert!(Groups::count_from_header(&huge, 5).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_or_tampered_messages_are_errors() {
+    let sizes = [3u32, 2];
+    let groups = Arc::new(Groups::new(&sizes, 1).unwrap());
+    let x = onehot(10, &sizes, 1, |i, g| i + g);
+    let (ca, cb) = memory_pair(8);
+    let chooser = async {
+        let mut ext = IknpReceiver::setup(&ca, Security::SemiHonest).await.unwrap();
+        let mut st = OneHotChooser::new(groups.clone(), 10);
+        st.extend(&ca, &mut ext, &x).await.unwrap();
+        // A second setup whose level sums come short: an error, not a panic.
+        let mut st2 = OneHotChooser::new(groups.clone(), 10);
+        assert!(st2.extend(&ca, &mut ext, &x).await.is_err());
+        Arc::new(st)
+    };
+    let sender = async {
+        let mut ext = IknpSender::setup(&cb, Security::SemiHonest).await.unwrap();
+        let mut st = OneHotSender::new(groups.clone(), 10);
+        st.extend(&cb, &mut ext, 10).await.unwrap();
+        // The rogue second setup: the OTs, then a short vector of level sums.
+        let ots = sender_prepare_layout(&cb, &mut ext, 10, Arc::new(groups.layout())).await.unwrap();
+        drop(ots);
+        send_u64s(&cb, &[1, 2, 3]).await.unwrap();
+        Arc::new(st)
+    };
+    let (ch, se) = futures::join!(chooser, sender);
+    let c = ch.session(0, 0, 10);
+    // Short messages and out-of-range rows.
+    assert!(c.forward(&[0; 49]).is_err());
+    assert!(c.backward(&[0; 19]).is_err());
+    assert!(ch.session(0, 5, 6).forward(&[0; 30]).is_err());
+    assert!(se.session(0, 8, 3).backward(&[0; 3]).is_err());
+    assert!(se.session(0, 0, 10).forward(&[0; 4]).is_err());
+    // A tampered message gives wrong shares (semi-honest), never a panic.
+    let s = se.session(1, 0, 10);
+    let (mut msg, sf) = s.forward(&[5, 6, 7, 8, 9]).unwrap();
+    msg[0] ^= 1;
+    let c = ch.session(1, 0, 10);
+    let cf = c.forward(&msg).unwrap();
+    assert_eq!(cf.len(), sf.len());
+}
+
+#[test]
+fn the_chooser_cannot_open_its_own_leaf() {
+    // The punctured expansion agrees with the full one everywhere but on the chooser's leaf, and
+    // the key there differs (it is not derivable from the co-path).
+    for k in [2usize, 3, 5, 10, 16, 17, 256] {
+        let root = 0x1234_5678_9abc_def0_u128 * k as u128;
+        let mut full = [0u128; TREE];
+        expand_full(root, k, &mut full, &mut Scratch::new());
+        let d = depth(k);
+        for b in [0, k / 2, k - 1] {
+            // The co-path as the setup delivers it: the sibling of the path node per level.
+            let copath: Vec<u128> = (1..=d)
+                .map(|l| {
+                    let p = b >> (d - l);
+                    full[(1usize << l) - 1 + (p ^ 1)]
+                })
+                .collect();
+            let mut punct = [0u128; TREE];
+            expand_punctured(&copath, b, k, &mut punct, &mut Scratch::new());
+            let at = leaf_at(k);
+            for j in 0..k {
+                if j == b {
+                    assert_ne!(punct[at + j], full[at + j]);
+                } else {
+                    assert_eq!(punct[at + j], full[at + j], "k {k} b {b} leaf {j}");
+                }
+            }
+        }
+    }
+}
