@@ -408,6 +408,42 @@ fn snapshot(input: &StreamInput, dir: &Path, stamp: &FileStamp) -> Result<Scanne
 }
 
 /// One range's output segment: its rows copied from the snapshot, sealed under the spill key.
+/// The thread that writes a range's output segment (a learning side's rows, from the snapshot):
+/// `tx` feeds it; no thread and no sender when this side writes no rows.
+pub(super) struct SegmentWriter {
+    pub(super) handle: Option<std::thread::JoinHandle<Result<u64, DataError>>>,
+    pub(super) tx: Option<std::sync::mpsc::SyncSender<RowBatch>>,
+}
+
+impl SegmentWriter {
+    pub(super) fn start(
+        snapshot: Option<File>,
+        terminator: &'static [u8],
+        tagged: bool,
+        path: PathBuf,
+        shared: &Arc<Shared>,
+    ) -> Result<SegmentWriter, DataError> {
+        let Some(snap) = snapshot else { return Ok(SegmentWriter { handle: None, tx: None }) };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<RowBatch>(2);
+        let shared = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("psi-segment".into())
+            .spawn(move || write_segment(&snap, terminator, tagged, &path, &shared.key, rx))
+            .map_err(|e| DataError::Invalid(format!("cannot start the output writer: {e}")))?;
+        Ok(SegmentWriter { handle: Some(handle), tx: Some(tx) })
+    }
+
+    /// Waits for the writer (after the sender was dropped): the rows it wrote, 0 without one.
+    pub(super) fn join(
+        handle: Option<std::thread::JoinHandle<Result<u64, DataError>>>,
+    ) -> Result<Result<u64, DataError>, DataError> {
+        match handle {
+            Some(h) => h.join().map_err(|_| DataError::Invalid("the output writer panicked".into())),
+            None => Ok(Ok(0)),
+        }
+    }
+}
+
 fn write_segment(
     snapshot: &File,
     terminator: &[u8],
@@ -607,23 +643,12 @@ pub async fn run_psi_resumable<C: Channel>(
     let mut unconfirmed: Option<(usize, [u8; 32])> = None;
     for r in first..ranges {
         let range = range_of(r);
-        let writer = match (&snapshot, learns) {
-            (Some(snap), true) => {
-                let (tx, rx) = std::sync::mpsc::sync_channel::<RowBatch>(2);
-                let snap = snap.try_clone().map_err(|e| DataError::io(&dir, e))?;
-                let (shared, path) = (shared.clone(), segment_path(&dir, r));
-                let handle = std::thread::Builder::new()
-                    .name("psi-segment".into())
-                    .spawn(move || write_segment(&snap, terminator, tagged, &path, &shared.key, rx))
-                    .map_err(|e| DataError::Invalid(format!("cannot start the output writer: {e}")))?;
-                Some((handle, tx))
-            }
+        let snap = match (&snapshot, learns) {
+            (Some(snap), true) => Some(snap.try_clone().map_err(|e| DataError::io(&dir, e))?),
             _ => None,
         };
-        let (handle, tx) = match writer {
-            Some((h, tx)) => (Some(h), Some(tx)),
-            None => (None, None),
-        };
+        let SegmentWriter { handle, tx } =
+            SegmentWriter::start(snap, terminator, tagged, segment_path(&dir, r), &shared)?;
         let source: Arc<dyn BucketSource> = Arc::new(SpillSource(shared.clone()));
         let mut sink =
             SpillSink { shared: shared.clone(), writer: tx, positions: Vec::new(), position_digests: Vec::new() };
@@ -633,10 +658,7 @@ pub async fn run_psi_resumable<C: Channel>(
         if let Some(e) = transcript.ack_error.lock().expect("not poisoned").take() {
             return Err(e);
         }
-        let written = match handle {
-            Some(h) => h.join().map_err(|_| DataError::Invalid("the output writer panicked".into()))?,
-            None => Ok(0),
-        };
+        let written = SegmentWriter::join(handle)?;
         if let Some(e) = shared.failure.lock().expect("not poisoned").take() {
             return Err(e.into());
         }

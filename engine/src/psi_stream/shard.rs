@@ -351,35 +351,20 @@ pub async fn run_shard<C: Channel>(
     }
     let learns = session.learns() && m.snapshot.is_some();
     let shared = new_shared(&dir, copy_key(key), &m.input(), &job, learns, true);
-    let writer = match &m.snapshot {
-        Some(stamp) if learns => {
-            let path = snapshot_path(&dir);
-            let snap = open_unchanged(&path, stamp)?;
-            let (tx, rx) = std::sync::mpsc::sync_channel::<RowBatch>(2);
-            let (shared, seg) = (shared.clone(), segment_path(&dir, shard));
-            let terminator: &'static [u8] = if m.crlf { b"\r\n" } else { b"\n" };
-            let handle = std::thread::Builder::new()
-                .name("psi-segment".into())
-                .spawn(move || write_segment(&snap, terminator, false, &seg, &shared.key, rx))
-                .map_err(|e| DataError::Invalid(format!("cannot start the output writer: {e}")))?;
-            Some((handle, tx))
-        }
+    let snap = match &m.snapshot {
+        Some(stamp) if learns => Some(open_unchanged(&snapshot_path(&dir), stamp)?),
         _ => None,
     };
-    let (handle, tx) = match writer {
-        Some((h, tx)) => (Some(h), Some(tx)),
-        None => (None, None),
-    };
+    let terminator: &'static [u8] = if m.crlf { b"\r\n" } else { b"\n" };
+    let SegmentWriter { handle, tx } =
+        SegmentWriter::start(snap, terminator, false, segment_path(&dir, shard), &shared)?;
     let source: Arc<dyn BucketSource> = Arc::new(SpillSource(shared.clone()));
     let mut sink =
         SpillSink { shared: shared.clone(), writer: tx, positions: Vec::new(), position_digests: Vec::new() };
     let transcript = Transcript::new(channel);
     let run = rr22::run_buckets(&transcript, &session, source, &mut sink, range.clone()).await;
     drop(sink);
-    let written = match handle {
-        Some(h) => h.join().map_err(|_| DataError::Invalid("the output writer panicked".into()))?,
-        None => Ok(0),
-    };
+    let written = SegmentWriter::join(handle)?;
     if let Some(e) = shared.failure.lock().expect("not poisoned").take() {
         return Err(e.into());
     }
