@@ -573,8 +573,8 @@ impl std::fmt::Debug for KeptVole {
 /// bucket's matches go to `sink` as soon as they are known, so memory is fixed per bucket
 /// whatever the job's size. With [`Reveal::Both`] the matched positions go back at the end of
 /// the range. The range is its own unit (its own VOLE setup, its own positions), so a range can
-/// run alone when both sides agree on it (how resuming a job and shards will split the work);
-/// today callers run `0..layout.buckets`.
+/// run alone when both sides agree on it: a resumable job runs its ranges through
+/// [`run_buckets_keeping`] (one setup per run), a shard worker runs its range here.
 pub async fn run_buckets<C: Channel>(
     channel: &C,
     session: &Session,
