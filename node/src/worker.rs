@@ -23,8 +23,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use consort_protocols::{Channel, ChannelError};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::sync::Mutex;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LengthDelimitedCodecError};
 
 use crate::config::{self, NodeConfig};
 use crate::{identity, tls};
@@ -38,22 +40,36 @@ pub const CONNECT_WAIT: Duration = Duration::from_secs(60);
 /// How long a listening worker gives one connection to finish its TLS handshake.
 pub const HANDSHAKE_WAIT: Duration = Duration::from_secs(10);
 
-/// A framed [`Channel`] over a byte stream (a worker's TLS connection).
+/// A framed [`Channel`] over a byte stream (a worker's TLS connection): tokio-util's
+/// length-delimited codec (u32 little-endian lengths), a frame over [`MAX_FRAME`] refused before
+/// its buffer is sized.
 pub struct StreamChannel<S> {
-    read: Mutex<ReadHalf<S>>,
-    write: Mutex<WriteHalf<S>>,
+    read: Mutex<FramedRead<ReadHalf<S>, LengthDelimitedCodec>>,
+    write: Mutex<FramedWrite<WriteHalf<S>, LengthDelimitedCodec>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Send> StreamChannel<S> {
     pub fn new(stream: S) -> Self {
+        let codec = || {
+            LengthDelimitedCodec::builder()
+                .length_field_length(4)
+                .little_endian()
+                .max_frame_length(MAX_FRAME)
+                .new_codec()
+        };
         let (read, write) = tokio::io::split(stream);
-        StreamChannel { read: Mutex::new(read), write: Mutex::new(write) }
+        StreamChannel {
+            read: Mutex::new(FramedRead::new(read, codec())),
+            write: Mutex::new(FramedWrite::new(write, codec())),
+        }
     }
 }
 
 fn transport(e: std::io::Error) -> ChannelError {
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
         ChannelError::Closed
+    } else if e.get_ref().is_some_and(|inner| inner.is::<LengthDelimitedCodecError>()) {
+        ChannelError::Transport(format!("the peer sent a frame over the limit of {MAX_FRAME} bytes"))
     } else {
         ChannelError::Transport(e.to_string())
     }
@@ -64,23 +80,14 @@ impl<S: AsyncRead + AsyncWrite + Send> Channel for StreamChannel<S> {
         if frame.len() > MAX_FRAME {
             return Err(ChannelError::Transport(format!("a frame of {} bytes is over the limit", frame.len())));
         }
-        let mut w = self.write.lock().await;
-        w.write_all(&(frame.len() as u32).to_le_bytes()).await.map_err(transport)?;
-        w.write_all(&frame).await.map_err(transport)?;
-        w.flush().await.map_err(transport)
+        self.write.lock().await.send(frame).await.map_err(transport)
     }
 
     async fn recv(&self) -> Result<Bytes, ChannelError> {
-        let mut r = self.read.lock().await;
-        let mut len = [0u8; 4];
-        r.read_exact(&mut len).await.map_err(transport)?;
-        let len = u32::from_le_bytes(len) as usize;
-        if len > MAX_FRAME {
-            return Err(ChannelError::Transport(format!("the peer sent a frame of {len} bytes, over the limit")));
+        match self.read.lock().await.next().await {
+            Some(frame) => frame.map(|f| f.freeze()).map_err(transport),
+            None => Err(ChannelError::Closed),
         }
-        let mut frame = vec![0u8; len];
-        r.read_exact(&mut frame).await.map_err(transport)?;
-        Ok(Bytes::from(frame))
     }
 }
 
@@ -261,6 +268,8 @@ async fn run_inner(task: &WorkerTask, on_listen: impl FnOnce(SocketAddr)) -> Res
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncWriteExt;
+
     use super::*;
 
     /// Frames round-trip; a frame length above the limit is refused before a buffer is sized.
