@@ -31,6 +31,9 @@ const HEADER_A: &str = "id,name,age,income\n";
 const HEADER_B: &str = "id,region,score,balance\n";
 const ID_SPACE: u64 = 10_000_000_000;
 
+#[path = "synth_check.rs"]
+pub mod check;
+
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct PsiGenSpec {
@@ -95,13 +98,27 @@ fn generate(spec: &PsiGenSpec, ids_only: bool, parquet: bool) -> Result<GenSumma
     let dir = &spec.out_dir;
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
     let ids = Permutation::new(ID_SPACE, seed, 1);
+    let (gen_a, gen_b) = file_gens(spec, ids_only, &ids);
+    let ext = if parquet { "parquet" } else { "csv" };
+    let (a, b) = (dir.join(format!("a.{ext}")), dir.join(format!("b.{ext}")));
+    let write = |g: &FileGen| if parquet { g.write_parquet(dir) } else { g.write(dir) };
+    let (tmp_a, bytes_a) = write(&gen_a)?;
+    let (tmp_b, bytes_b) = write(&gen_b)?;
+    tmp_a.persist(&a).map_err(|e| DataError::io(&a, e.error))?;
+    tmp_b.persist(&b).map_err(|e| DataError::io(&b, e.error))?;
+    Ok(GenSummary { a, b, rows_a, rows_b, overlap, bytes_a, bytes_b, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// The two files' generators (`ids`: the id permutation, `Permutation::new(ID_SPACE, seed, 1)`).
+fn file_gens<'a>(spec: &PsiGenSpec, ids_only: bool, ids: &'a Permutation) -> (FileGen<'a>, FileGen<'a>) {
+    let PsiGenSpec { rows_a, rows_b, overlap, seed, .. } = *spec;
     let gen_a = FileGen {
         header: if ids_only { "id\n" } else { HEADER_A },
         rows: rows_a,
         scatter: Permutation::new(rows_a, seed, 2),
         payload_key: fmix64(seed ^ 0xa11ce),
         entity: Box::new(|l| l),
-        ids: &ids,
+        ids,
         row: if ids_only { None } else { Some(payload_a) },
     };
     let b_only_base = rows_a - overlap;
@@ -111,17 +128,10 @@ fn generate(spec: &PsiGenSpec, ids_only: bool, parquet: bool) -> Result<GenSumma
         scatter: Permutation::new(rows_b, seed, 3),
         payload_key: fmix64(seed ^ 0xb0b),
         entity: Box::new(move |l| if l < overlap { l } else { l + b_only_base }),
-        ids: &ids,
+        ids,
         row: if ids_only { None } else { Some(payload_b) },
     };
-    let ext = if parquet { "parquet" } else { "csv" };
-    let (a, b) = (dir.join(format!("a.{ext}")), dir.join(format!("b.{ext}")));
-    let write = |g: &FileGen| if parquet { g.write_parquet(dir) } else { g.write(dir) };
-    let (tmp_a, bytes_a) = write(&gen_a)?;
-    let (tmp_b, bytes_b) = write(&gen_b)?;
-    tmp_a.persist(&a).map_err(|e| DataError::io(&a, e.error))?;
-    tmp_b.persist(&b).map_err(|e| DataError::io(&b, e.error))?;
-    Ok(GenSummary { a, b, rows_a, rows_b, overlap, bytes_a, bytes_b, seconds: started.elapsed().as_secs_f64() })
+    (gen_a, gen_b)
 }
 
 /// A keyed permutation of [0, n): a Feistel network on `2 * half_bits` bits with cycle walking.
@@ -213,6 +223,68 @@ impl Permutation {
             }
             outside.retain(|&i| xs[i] >= self.n);
         }
+    }
+
+    /// The inverse of [`Permutation::apply_all`] on every value of `xs` in place (each < n):
+    /// the rounds backwards, walking values outside the domain back the same way (the streaming
+    /// output check, [`check`]).
+    fn invert_all(&self, xs: &mut [u64]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let cpu = consort_protocols::simd::features();
+            if cpu.avx512f {
+                // SAFETY: the CPU has AVX-512F (asked once by `simd::features`).
+                return unsafe { self.invert_all_avx512(xs) };
+            }
+            if cpu.avx2 {
+                // SAFETY: the CPU has AVX2.
+                return unsafe { self.invert_all_avx2(xs) };
+            }
+        }
+        self.invert_all_with(xs)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn invert_all_avx512(&self, xs: &mut [u64]) {
+        self.invert_all_with(xs)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn invert_all_avx2(&self, xs: &mut [u64]) {
+        self.invert_all_with(xs)
+    }
+
+    #[inline(always)]
+    fn invert_all_with(&self, xs: &mut [u64]) {
+        for x in xs.iter_mut() {
+            *x = self.feistel_inverse(*x);
+        }
+        let mut outside: Vec<usize> = (0..xs.len()).filter(|&i| xs[i] >= self.n).collect();
+        while !outside.is_empty() {
+            for &i in &outside {
+                xs[i] = self.feistel_inverse(xs[i]);
+            }
+            outside.retain(|&i| xs[i] >= self.n);
+        }
+    }
+
+    /// The inverse of one pass of the network: `(l, r) ← (r ⊕ F(l ⊕ k), l)`, keys backwards.
+    #[inline(always)]
+    fn feistel_inverse(&self, x: u64) -> u64 {
+        let mask = (1u64 << self.half_bits) - 1;
+        let (mut l, mut r) = (x >> self.half_bits, x & mask);
+        for k in self.keys.iter().rev() {
+            let mut h = l ^ k;
+            h ^= h >> 33;
+            h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+            h ^= h >> 33;
+            h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+            h ^= h >> 33;
+            (l, r) = (r ^ (h & mask), l);
+        }
+        (l << self.half_bits) | r
     }
 
     /// The network on every value (a method, not a closure, so that it is inlined into each
