@@ -59,6 +59,9 @@ pub struct JobHandle {
     /// Serializes this job's table writes so a later state never loses to an earlier one.
     persist_lock: tokio::sync::Mutex<()>,
     metrics: Arc<crate::metrics::JobMetrics>,
+    /// Bytes of the job's other connections (a sharded job's workers): payload sent and
+    /// received, wire sent and received; added to the job channel's in [`JobHandle::record_stats`].
+    other_bytes: std::sync::Mutex<[u64; 4]>,
 }
 
 /// Whether `path` is a file last modified at or after unix second `since`.
@@ -146,6 +149,7 @@ impl JobTable {
             file,
             persist_lock: Default::default(),
             metrics: self.metrics.clone(),
+            other_bytes: Default::default(),
         })
     }
 
@@ -290,12 +294,22 @@ impl JobHandle {
     }
 
     pub fn record_stats(&self, stats: &ChannelStats, wire: (u64, u64)) {
+        let other = *self.other_bytes.lock().unwrap_or_else(|p| p.into_inner());
         self.update(|s| {
-            s.bytes_sent = stats.bytes_sent;
-            s.bytes_received = stats.bytes_received;
-            s.wire_bytes_sent = wire.0;
-            s.wire_bytes_received = wire.1;
+            s.bytes_sent = stats.bytes_sent + other[0];
+            s.bytes_received = stats.bytes_received + other[1];
+            s.wire_bytes_sent = wire.0 + other[2];
+            s.wire_bytes_received = wire.1 + other[3];
         });
+    }
+
+    /// Counts another connection of the job (a shard worker's) in its bytes: `payload` and
+    /// `wire` (sent, received).
+    pub fn add_connection_bytes(&self, payload: (u64, u64), wire: (u64, u64)) {
+        let mut other = self.other_bytes.lock().unwrap_or_else(|p| p.into_inner());
+        for (o, v) in other.iter_mut().zip([payload.0, payload.1, wire.0, wire.1]) {
+            *o += v;
+        }
     }
 
     pub fn add_stage(&self, name: &str, seconds: f64) {

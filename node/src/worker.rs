@@ -121,6 +121,69 @@ pub struct WorkerReport {
     pub secs: f64,
     /// CPU seconds of the worker process (user + system).
     pub cpu_secs: f64,
+    /// The shard's connection, for the job's status (bytes) and audit log (`shard` entries).
+    #[serde(default)]
+    pub evidence: Option<ShardEvidence>,
+}
+
+/// What a worker's connection leaves for its node: who the peer worker was, what was said, how
+/// many bytes. The node logs it as the job's `shard` entry and adds the bytes to the job's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShardEvidence {
+    /// The fingerprint (`sha256:…`) of the certificate the peer worker presented (one of the
+    /// peer's pinned certificates, or the handshake fails).
+    pub peer_certificate: String,
+    /// The shard's range transcript digest, compared with the peer worker's (and again by the
+    /// nodes at the merge), hex.
+    pub range_digest: String,
+    /// The connection's frames, as the job channel's `transcript` entry: digests (hex) and counts.
+    pub sent_digest: String,
+    pub received_digest: String,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub frames_sent: u64,
+    pub frames_received: u64,
+    /// Bytes on the TCP connection (TLS records, framing), as the job's wire bytes.
+    pub wire_bytes_sent: u64,
+    pub wire_bytes_received: u64,
+}
+
+/// The sealed file in the job's spill directory where a worker leaves its report (the node
+/// waiting on external workers reads it).
+pub fn report_path(spill: &Path, shard: usize) -> PathBuf {
+    spill.join(format!("worker-{shard:05}"))
+}
+
+/// Reads a worker's sealed report (`None`: not written).
+pub fn read_report(spill: &Path, shard: usize, key: &consort_engine::sealed::StorageKey) -> Result<Option<WorkerReport>> {
+    use std::io::Read;
+    let path = report_path(spill, shard);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let mut bytes = Vec::new();
+    consort_engine::sealed::SealedReader::open(&path, key)
+        .and_then(|mut r| r.read_to_end(&mut bytes))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let report: WorkerReport =
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))?;
+    if report.shard as usize != shard {
+        bail!("{} is damaged", path.display());
+    }
+    Ok(Some(report))
+}
+
+fn write_report(spill: &Path, report: &WorkerReport, key: &consort_engine::sealed::StorageKey) -> Result<()> {
+    use std::io::Write;
+    let path = report_path(spill, report.shard as usize);
+    let bytes = serde_json::to_vec(report).expect("serializable");
+    consort_engine::sealed::SealedWriter::create(&path, key, consort_engine::storage::Access::OwnerOnly)
+        .and_then(|mut w| {
+            w.write_all(&bytes)?;
+            w.finish()
+        })
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 /// CPU seconds (user + system) this process used so far.
@@ -204,6 +267,8 @@ async fn run_inner(task: &WorkerTask, on_listen: impl FnOnce(SocketAddr)) -> Res
     }
     let (server, client) = tls_configs(&dir, &config, &task.peer)?;
     let started = Instant::now();
+    let wire = Arc::new(crate::tls::WireCounters::default());
+    let counted = |tcp| crate::tls::Counting::new(tcp, wire.clone());
     let stream = match &task.meet {
         Meet::Listen(addr) => {
             let listener =
@@ -220,7 +285,7 @@ async fn run_inner(task: &WorkerTask, on_listen: impl FnOnce(SocketAddr)) -> Res
                 let _ = tcp.set_nodelay(true);
                 // A connection that stalls its handshake is dropped after HANDSHAKE_WAIT.
                 let until = deadline.min(tokio::time::Instant::now() + HANDSHAKE_WAIT);
-                match tokio::time::timeout_at(until, acceptor.accept(tcp)).await {
+                match tokio::time::timeout_at(until, acceptor.accept(counted(tcp))).await {
                     Ok(Ok(s)) => break s,
                     Ok(Err(e)) => tracing::warn!("a worker connection was refused: {e}"),
                     Err(_) => tracing::warn!("a worker connection did not finish its TLS handshake in time"),
@@ -244,12 +309,16 @@ async fn run_inner(task: &WorkerTask, on_listen: impl FnOnce(SocketAddr)) -> Res
             let _ = tcp.set_nodelay(true);
             let name = rustls::pki_types::ServerName::try_from(identity::tls_server_name(&task.peer))
                 .map_err(|e| anyhow!("invalid peer name: {e}"))?;
-            let stream =
-                connector.connect(name, tcp).await.context("the TLS handshake with the peer's worker failed")?;
+            let stream = connector
+                .connect(name, counted(tcp))
+                .await
+                .context("the TLS handshake with the peer's worker failed")?;
             tokio_rustls::TlsStream::from(stream)
         }
     };
-    let channel = StreamChannel::new(stream);
+    let peer_certificate =
+        stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(identity::fingerprint).unwrap_or_default();
+    let channel = consort_protocols::channel::Metered::new(StreamChannel::new(stream));
     // Fault injection for tests: this shard's worker stops once connected (its peer worker then
     // fails too, the other shards finish).
     if std::env::var("CONSORT_TEST_FAIL_SHARD").ok().and_then(|v| v.parse::<usize>().ok()) == Some(task.shard) {
@@ -257,13 +326,28 @@ async fn run_inner(task: &WorkerTask, on_listen: impl FnOnce(SocketAddr)) -> Res
     }
     let done = consort_engine::psi_stream::resume::shard::run_shard(&channel, &spill, &key, task.shard).await;
     let done = done.map_err(|e| anyhow!("shard {}: {e}", task.shard))?;
-    Ok(WorkerReport {
+    let (stats, (wire_sent, wire_received)) = (channel.stats(), wire.get());
+    let report = WorkerReport {
         shard: done.shard,
         matched: done.matched,
         rows: done.rows,
         secs: started.elapsed().as_secs_f64(),
         cpu_secs: cpu_secs(),
-    })
+        evidence: Some(ShardEvidence {
+            peer_certificate,
+            range_digest: identity::hex(&done.digest()),
+            sent_digest: identity::hex(&stats.sent_digest),
+            received_digest: identity::hex(&stats.received_digest),
+            bytes_sent: stats.bytes_sent,
+            bytes_received: stats.bytes_received,
+            frames_sent: stats.frames_sent,
+            frames_received: stats.frames_received,
+            wire_bytes_sent: wire_sent,
+            wire_bytes_received: wire_received,
+        }),
+    };
+    write_report(&spill, &report, &key)?;
+    Ok(report)
 }
 
 #[cfg(test)]

@@ -298,6 +298,9 @@ struct Facts {
     transcript: Option<(String, String, String)>,
     ecdh: Option<EcdhSummary>,
     outcome: Option<String>,
+    /// A sharded job's `shard` entries: per shard, its connection's sent and received digests and
+    /// its range digest.
+    shards: std::collections::BTreeMap<u64, (String, String, String)>,
 }
 
 /// Verifies one or more bundles (paths are used in messages and to find points files).
@@ -313,6 +316,9 @@ pub fn verify_bundles(bundles: &[(PathBuf, Bundle)], options: &VerifyOptions) ->
         report.push(format!("{name}: same job, two nodes"), same_job(a, b));
         if let [Some(fa), Some(fb)] = [&facts[0], &facts[1]] {
             report.push(format!("{name}: transcript digests agree"), transcripts_agree(fa, fb, &a.node, &b.node));
+            if !fa.shards.is_empty() || !fb.shards.is_empty() {
+                report.push(format!("{name}: shard transcripts agree"), shards_agree(fa, fb, &a.node, &b.node));
+            }
             if fa.ecdh.is_some() || fb.ecdh.is_some() {
                 report.push(format!("{name}: ECDH commitments and proofs agree"), ecdh_agree(fa, fb, &a.node, &b.node));
             }
@@ -351,6 +357,29 @@ fn transcripts_agree(a: &Facts, b: &Facts, na: &str, nb: &str) -> Result<String,
         ));
     }
     Ok(format!("{a_alg}: {na}→{nb} {a_sent}, {nb}→{na} {b_sent}"))
+}
+
+/// Every shard's worker connection: what one side's worker sent the other's received, and both
+/// recorded the same range digest; both logs name the same shards.
+fn shards_agree(a: &Facts, b: &Facts, na: &str, nb: &str) -> Result<String, String> {
+    if a.shards.keys().ne(b.shards.keys()) {
+        return Err(format!(
+            "the logs name different shards: '{na}' {:?}, '{nb}' {:?}",
+            a.shards.keys().collect::<Vec<_>>(),
+            b.shards.keys().collect::<Vec<_>>()
+        ));
+    }
+    for ((i, (a_sent, a_recv, a_range)), (b_sent, b_recv, b_range)) in a.shards.iter().zip(b.shards.values()) {
+        if a_sent != b_recv || b_sent != a_recv {
+            return Err(format!(
+                "shard {i}: mismatched transcript digests between '{na}' and '{nb}' (frames were altered, dropped or injected, or a log lies)"
+            ));
+        }
+        if a_range != b_range {
+            return Err(format!("shard {i}: the range digests differ between '{na}' and '{nb}'"));
+        }
+    }
+    Ok(format!("{} shards: each worker connection's digests cross-match", a.shards.len()))
 }
 
 fn ecdh_agree(a: &Facts, b: &Facts, na: &str, nb: &str) -> Result<String, String> {
@@ -519,6 +548,16 @@ fn check_entries(bundle: &Bundle, root: &Hash) -> Result<Facts, String> {
                 let summary = serde_json::from_value(value.get("ecdh").cloned().unwrap_or_default())
                     .map_err(|e| format!("{place}: the proofs entry is malformed: {e}"))?;
                 facts.ecdh = Some(summary);
+            }
+            Some("shard") => {
+                let shard = value
+                    .get("shard")
+                    .and_then(|v| v.as_u64())
+                    .ok_or_else(|| format!("{place}: the shard entry has no shard number"))?;
+                let entry = (text("sent_digest"), text("received_digest"), text("range_digest"));
+                if facts.shards.insert(shard, entry).is_some() {
+                    return Err(format!("{place}: shard {shard} is logged twice"));
+                }
             }
             Some("end") => facts.outcome = Some("done".into()),
             Some("failure") => facts.outcome = Some(format!("failed: {}", text("reason"))),

@@ -274,3 +274,54 @@ async fn a_signed_forged_proof_is_caught() {
     let report = verify_bundles(&bundles[1..], &trusted(&a, &b, true));
     assert_fails(&report, &["the proof this node made (sent) does not verify"]);
 }
+
+/// A sharded job's logs: each node logs one `shard` entry per worker connection (as the node's
+/// `job::shards` does). Honest entries cross-match; an altered connection, a different range
+/// digest, a shard one side did not log, or a shard logged twice is caught.
+#[test]
+fn shard_entries_cross_match_and_mismatches_are_caught() {
+    let out = tempfile::tempdir().unwrap();
+    let digest = |c: u8| "ab".repeat(31) + &format!("{c:02x}");
+    // (shard, sent, received, range) per node.
+    let log_job = |node: &Node, shards: &[(u64, String, String, String)], job_digests: (u8, u8)| {
+        let mut log = AuditLog::open(node.dir.path(), node.key.clone()).unwrap();
+        log.append("j1", "request", json!({"role": "requester", "protocol": "rr22"})).unwrap();
+        log.append("j1", "start", json!({})).unwrap();
+        for (shard, sent, received, range) in shards {
+            let fields = json!({"shard": shard, "peer": "p", "peer_certificate": "sha256:00", "range_digest": range,
+                "sent_digest": sent, "received_digest": received, "digest": "blake3", "bytes_sent": 10,
+                "bytes_received": 20, "wire_bytes_sent": 15, "wire_bytes_received": 25});
+            log.append("j1", "shard", fields).unwrap();
+        }
+        log.append("j1", "transcript", json!({"sent_digest": digest(job_digests.0), "received_digest": digest(job_digests.1), "digest": "blake3"}))
+            .unwrap();
+        log.append("j1", "end", json!({})).unwrap();
+        drop(log);
+        node.export("j1", out.path())
+    };
+    let honest_a: Vec<_> = (0..3).map(|i| (i, digest(10 + i as u8), digest(20 + i as u8), digest(30 + i as u8))).collect();
+    let mirror = |v: &[(u64, String, String, String)]| -> Vec<_> {
+        v.iter().map(|(i, s, r, g)| (*i, r.clone(), s.clone(), g.clone())).collect()
+    };
+    let honest_b = mirror(&honest_a);
+    let check = |shards_a: &[(u64, String, String, String)], shards_b: &[(u64, String, String, String)]| {
+        let (a, b) = (Node::new("a", 1), Node::new("b", 2));
+        let bundles = vec![log_job(&a, shards_a, (1, 2)), log_job(&b, shards_b, (2, 1))];
+        verify_bundles(&bundles, &trusted(&a, &b, false))
+    };
+    let report = check(&honest_a, &honest_b);
+    assert!(report.ok(), "{report:#?}");
+    let agree = report.checks.iter().find(|c| c.name.contains("shard transcripts agree")).unwrap();
+    assert!(agree.detail.contains("3 shards"), "{agree:?}");
+
+    let mut altered = honest_b.clone();
+    altered[1].2 = digest(99);
+    assert_fails(&check(&honest_a, &altered), &["shard transcripts agree", "shard 1: mismatched transcript digests"]);
+    let mut other_range = honest_b.clone();
+    other_range[2].3 = digest(98);
+    assert_fails(&check(&honest_a, &other_range), &["shard 2: the range digests differ"]);
+    assert_fails(&check(&honest_a, &honest_b[..2]), &["the logs name different shards"]);
+    let mut twice = honest_b.clone();
+    twice.push(honest_b[0].clone());
+    assert_fails(&check(&honest_a, &twice), &["b.json: log entries", "shard 0 is logged twice"]);
+}

@@ -148,6 +148,13 @@ pub struct ShardDone {
     pub secs: f64,
 }
 
+impl ShardDone {
+    /// The shard's range transcript digest (both workers compared it; the audit log keeps it).
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+}
+
 /// Another handle on a key (the shared state owns one; the bytes are zeroized on drop).
 fn copy_key(key: &StorageKey) -> StorageKey {
     StorageKey::from_bytes(*key.secret_bytes())

@@ -243,7 +243,11 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
     let client_b = NodeClient::connect(&b_dir).await?;
     client_b.reload().await?;
 
-    let out_a = root.join(format!("out-a-{}.{ext}", std::process::id()));
+    // Outputs in their own directory, so that the disk sampler sees them and their temp files.
+    let outs = root.join(format!("out-{}", std::process::id()));
+    std::fs::create_dir_all(&outs)?;
+    let _cleanup = Cleanup { spill: [a_dir.join(config::SPILL_DIR), b_dir.join(config::SPILL_DIR)], outs: outs.clone() };
+    let out_a = outs.join(format!("out-a.{ext}"));
     let cpu_before = (a.cpu_seconds()?, b.cpu_seconds()?);
     let started = Instant::now();
     let mut request = consort_api::proto::SubmitRequest::psi(pair::B, "a", "b", protocol, args.reveal, &out_a);
@@ -256,16 +260,25 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
             ..Default::default()
         })?;
     }
-    // Peak spill on disk per node, sampled while the job runs (streaming jobs' bucket files; a
-    // learning side's input snapshot is an unlinked file, not seen here: add its input's size).
+    // Disk sampled while the job runs: per node its spill directory plus the unlinked files the
+    // node and its workers hold open (a learning side's input snapshot, output segments: not
+    // seen in any directory); for the whole run also both inputs, both node directories (the
+    // responder's output is there) and the requester's output directory (its temp file too).
     let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let inputs_bytes: u64 = [&file_a, &file_b].iter().map(|f| std::fs::metadata(data.join(f)).map_or(0, |m| m.len())).sum();
     let sampler = {
-        let (sampling, spill_a, spill_b) =
-            (sampling.clone(), a_dir.join(config::SPILL_DIR), b_dir.join(config::SPILL_DIR));
+        let sampling = sampling.clone();
+        let (spill_a, spill_b) = (a_dir.join(config::SPILL_DIR), b_dir.join(config::SPILL_DIR));
+        let (pids, nodes, outs) = ([a.child.id(), b.child.id()], nodes.clone(), outs.clone());
         tokio::task::spawn_blocking(move || {
-            let mut peak = (0u64, 0u64);
+            let mut peak = DiskPeaks::default();
             while sampling.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = (peak.0.max(dir_bytes(&spill_a)), peak.1.max(dir_bytes(&spill_b)));
+                let unlinked = pids.map(unlinked_open_bytes);
+                let temp = [dir_bytes(&spill_a) + unlinked[0], dir_bytes(&spill_b) + unlinked[1]];
+                peak.spill = [peak.spill[0].max(dir_bytes(&spill_a)), peak.spill[1].max(dir_bytes(&spill_b))];
+                peak.temp = [peak.temp[0].max(temp[0]), peak.temp[1].max(temp[1])];
+                let run = inputs_bytes + dir_bytes(&nodes) + dir_bytes(&outs) + unlinked[0] + unlinked[1];
+                peak.run = peak.run.max(run);
                 std::thread::sleep(Duration::from_millis(200));
             }
             peak
@@ -275,7 +288,8 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
     let status = super::status::watch_with_progress(&client_a, &job_id, args.json).await?;
     let wall_s = started.elapsed().as_secs_f64();
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
-    let (spill_a, spill_b) = sampler.await?;
+    let disk = sampler.await?;
+    let (spill_a, spill_b) = (disk.spill[0], disk.spill[1]);
     let (rss_a, rss_b) = (a.peak_rss()?, b.peak_rss()?);
     let cpu = (a.cpu_seconds()? - cpu_before.0, b.cpu_seconds()? - cpu_before.1);
     let stages_b = client_b.job(&job_id).await.map(|s| s.stages).unwrap_or_default();
@@ -296,6 +310,7 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
         JoinType::Full => 2 * args.rows - overlap,
         JoinType::Difference => args.rows - overlap,
     };
+    let check_started = Instant::now();
     let check = if !args.join.is_inner() {
         consort_engine::check::VerifyReport {
             expected: join_rows,
@@ -311,20 +326,31 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
             problems: vec![format!("{} output rows, {overlap} expected", status.output_rows)],
         }
     } else {
-        let (sa, sb, oa, ob) = (spec("a", &file_a), spec("b", &file_b), out_a.clone(), out_b.clone());
+        // Whole-row CSV outputs: every row checked in constant memory against the generator
+        // (`synth::check`): the inputs are never loaded, so this works at 10^9.
+        let gen_spec = consort_engine::synth::PsiGenSpec {
+            rows_a: args.rows,
+            rows_b: args.rows,
+            overlap,
+            seed: 42,
+            out_dir: data.clone(),
+        };
+        let (oa, ob, ids_only) = (out_a.clone(), out_b.clone(), args.ids_only);
         consort_protocols::cpu::run(move || {
-            use consort_engine::check::{OutputFile, verify_psi_outputs};
+            use consort_engine::check::OutputFile;
             let oa = OutputFile::sealed(&oa, &key_a);
-            verify_psi_outputs(&sa, &sb, Some(oa), ob.as_deref().map(|p| OutputFile::sealed(p, &key_b)))
+            let ob = ob.as_deref().map(|p| OutputFile::sealed(p, &key_b));
+            consort_engine::synth::check::verify_generated_outputs(&gen_spec, ids_only, Some(oa), ob)
         })
         .await?
     };
+    let check_s = check_started.elapsed().as_secs_f64();
     drop((a, b));
     if let Some(dir) = &args.evidence {
         super::audit::export_pair(&a_dir, &b_dir, &job_id, dir).await?;
     }
     let output_bytes = std::fs::metadata(&out_a).map(|m| m.len()).unwrap_or(0);
-    let _ = std::fs::remove_file(&out_a);
+    let _ = std::fs::remove_dir_all(&outs);
     let _ = std::fs::remove_dir_all(&nodes);
 
     let n = args.rows as f64;
@@ -374,6 +400,13 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
         "stages_b": stages_b.iter().map(|s| serde_json::json!([s.name, round(s.seconds, 3)])).collect::<Vec<_>>(),
         "output_ok": check.ok,
         "shards": args.shards,
+        "check_s": round(check_s, 3),
+        "peak_temp_disk_a_mib": round(disk.temp[0] as f64 / 1048576.0, 1),
+        "peak_temp_disk_b_mib": round(disk.temp[1] as f64 / 1048576.0, 1),
+        "peak_temp_disk_a_per_input": round(disk.temp[0] as f64 / (inputs_bytes as f64 / 2.0).max(1.0), 2),
+        "peak_temp_disk_b_per_input": round(disk.temp[1] as f64 / (inputs_bytes as f64 / 2.0).max(1.0), 2),
+        "run_disk_peak_mib": round(disk.run as f64 / 1048576.0, 1),
+        "inputs_mib": round(inputs_bytes as f64 / 1048576.0, 1),
     });
     let mut line = line;
     let floor = match protocol {
@@ -395,6 +428,64 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
     Ok(())
 }
 
+/// Peaks of the disk sampled during a job (bytes).
+#[derive(Default)]
+struct DiskPeaks {
+    /// Each node's spill directory.
+    spill: [u64; 2],
+    /// Each node's temporary disk: spill directory and unlinked open files (node and workers).
+    temp: [u64; 2],
+    /// The whole run: inputs, node directories, the requester's outputs, unlinked files.
+    run: u64,
+}
+
+/// What a benchmark leaves behind whatever happens: a failed run at 10^9 would otherwise keep
+/// tens of GB of spill (a failed streaming job keeps its state for a resume) and output.
+struct Cleanup {
+    spill: [PathBuf; 2],
+    outs: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for dir in self.spill.iter().chain([&self.outs]) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Bytes of the unlinked files that process `pid` and its descendants (a node's workers) hold
+/// open: temporary files that no directory listing shows.
+fn unlinked_open_bytes(pid: u32) -> u64 {
+    let mut total = 0;
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        if let Ok(fds) = std::fs::read_dir(format!("/proc/{p}/fd")) {
+            for fd in fds.flatten() {
+                let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+                if target.to_string_lossy().ends_with(" (deleted)")
+                    && let Ok(m) = std::fs::metadata(fd.path())
+                    && m.is_file()
+                {
+                    use std::os::unix::fs::MetadataExt;
+                    // The same file open twice (or in two processes) counts once.
+                    if seen.insert((m.dev(), m.ino())) {
+                        total += m.blocks() * 512;
+                    }
+                }
+            }
+        }
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for task in tasks.flatten() {
+                let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+                stack.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+            }
+        }
+    }
+    total
+}
+
 /// RR22's single-thread rate in the paper (2^24 items in 6.99 s, one core per party).
 const RR22_PAPER_NS_PER_ITEM: f64 = 6.99e9 / (1u64 << 24) as f64;
 
@@ -405,7 +496,7 @@ fn dir_bytes(dir: &Path) -> u64 {
         .flatten()
         .map(|e| match e.file_type() {
             Ok(t) if t.is_dir() => dir_bytes(&e.path()),
-            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => e.metadata().map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512).unwrap_or(0),
         })
         .sum()
 }

@@ -74,6 +74,7 @@ pub async fn run(
                 return Err(e);
             }
         };
+        record_evidence(ctx, &reports).await?;
         let (mut report, figures) =
             finish_shards(ctx.channel, input, psi, options, &key).await.map_err(super::psi::failure)?;
         // `prepare`: hello and scan; `shards`: the workers; then the merge's own stages.
@@ -90,6 +91,42 @@ pub async fn run(
         let _ = discard(dir);
     }
     result
+}
+
+/// Logs each shard's connection as the job's `shard` entry (the peer worker's certificate, the
+/// range digest both workers compared, the connection's transcript digests and bytes) and counts
+/// its bytes in the job's. A worker that reported no evidence fails the job: its connection
+/// would be missing from the evidence.
+async fn record_evidence(ctx: &Ctx<'_>, reports: &[WorkerReport]) -> Result<(), Failure> {
+    let handle = ctx.state.jobs.get(&ctx.ask.job_id);
+    for r in reports {
+        let Some(e) = &r.evidence else {
+            return Err(Failure::private(anyhow::anyhow!("worker {} reported no connection evidence", r.shard)));
+        };
+        let fields = serde_json::json!({
+            "shard": r.shard,
+            "peer": ctx.ask.peer,
+            "peer_certificate": e.peer_certificate,
+            "range_digest": e.range_digest,
+            "sent_digest": e.sent_digest,
+            "received_digest": e.received_digest,
+            "digest": consort_protocols::TRANSCRIPT_DIGEST,
+            "bytes_sent": e.bytes_sent,
+            "bytes_received": e.bytes_received,
+            "frames_sent": e.frames_sent,
+            "frames_received": e.frames_received,
+            "wire_bytes_sent": e.wire_bytes_sent,
+            "wire_bytes_received": e.wire_bytes_received,
+            "rows": r.rows,
+        });
+        if let Err(err) = ctx.state.audit.append_async(&ctx.ask.job_id, "shard", fields).await {
+            return Err(Failure::context("the node could not write its audit log", err));
+        }
+        if let Some(h) = &handle {
+            h.add_connection_bytes((e.bytes_sent, e.bytes_received), (e.wire_bytes_sent, e.wire_bytes_received));
+        }
+    }
+    Ok(())
 }
 
 /// The node's environment variable that makes the workers external (`external`: Kubernetes
@@ -131,10 +168,14 @@ async fn external(ctx: &Ctx<'_>, shards: usize) -> Result<Vec<WorkerReport>, Fai
         let records =
             consort_engine::psi_stream::resume::shard::shard_records(&spill, &key).map_err(Failure::private)?;
         if records.iter().all(Option::is_some) {
-            let reports = records.into_iter().flatten();
-            break Ok(reports
-                .map(|r| WorkerReport { shard: r.shard, matched: r.matched, rows: r.rows, secs: r.secs, cpu_secs: 0.0 })
-                .collect());
+            // Each worker leaves its report (with its connection's evidence) after its record.
+            let reports: Vec<Option<WorkerReport>> = (0..shards)
+                .map(|i| crate::worker::read_report(&spill, i, &key))
+                .collect::<anyhow::Result<_>>()
+                .map_err(Failure::private)?;
+            if reports.iter().all(Option::is_some) {
+                break Ok(reports.into_iter().flatten().collect());
+            }
         }
         if Instant::now() > deadline {
             break Err(records.iter().enumerate().filter(|(_, r)| r.is_none()).map(|(i, _)| i.to_string()).collect());
