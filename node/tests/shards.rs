@@ -48,6 +48,43 @@ fn run_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(ok(args).trim()).unwrap()
 }
 
+/// A node's audit entries of `job` with event `event`.
+fn audit_entries(dir: &Path, job: &str, event: &str) -> Vec<serde_json::Value> {
+    let log = std::fs::read_to_string(dir.join("audit").join("log.jsonl")).unwrap();
+    log.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["job"] == job && v["event"] == event)
+        .collect()
+}
+
+/// Both nodes logged one `shard` entry per worker connection: the peer worker's certificate is
+/// the peer's pinned one (as in the job's request entry), what one worker sent the other
+/// received, both have the range digest, bytes were counted; the evidence bundles verify with
+/// the shard cross-check.
+fn shard_evidence_checks(root: &Path, a: &Path, b: &Path, job: &str, shards: usize) {
+    let (sa, sb) = (audit_entries(a, job, "shard"), audit_entries(b, job, "shard"));
+    assert_eq!((sa.len(), sb.len()), (shards, shards), "{sa:?}");
+    for (dir, entries, other) in [(a, &sa, &sb), (b, &sb, &sa)] {
+        let pinned = audit_entries(dir, job, "request")[0]["peer_certificate"].clone();
+        for (i, e) in entries.iter().enumerate() {
+            assert_eq!(e["shard"], i, "{e}");
+            assert!(pinned.as_str().unwrap().starts_with("sha256:"), "{pinned}");
+            assert_eq!(e["peer_certificate"], pinned, "the peer worker presented the pinned certificate");
+            assert_eq!(e["sent_digest"], other[i]["received_digest"], "shard {i}");
+            assert_eq!(e["range_digest"], other[i]["range_digest"], "shard {i}");
+            assert_eq!(e["bytes_sent"], other[i]["bytes_received"], "shard {i}");
+            assert!(e["wire_bytes_sent"].as_u64().unwrap() > e["bytes_sent"].as_u64().unwrap(), "{e}");
+        }
+    }
+    let evidence = root.join(format!("evidence-{job}"));
+    std::fs::create_dir_all(&evidence).unwrap();
+    let (ea, eb) = (evidence.join("a.json"), evidence.join("b.json"));
+    ok(&["audit", "export", s(a), "--job", job, "--out", s(&ea)]);
+    ok(&["audit", "export", s(b), "--job", job, "--out", s(&eb)]);
+    let report = ok(&["audit", "verify", s(&ea), s(&eb)]);
+    assert!(report.contains("shard transcripts agree") && report.contains("evidence verifies"), "{report}");
+}
+
 fn no_spill(dir: &Path) {
     let left = std::fs::read_dir(dir.join("spill")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(left, 0, "{} left spill", dir.display());
@@ -93,6 +130,12 @@ fn four_worker_pairs_give_the_one_pair_output() {
     for i in 0..4 {
         assert!(stages.contains(&format!("shard/{i}/cpu")), "{stages}");
     }
+    shard_evidence_checks(root, &a, &b, id4, 4);
+    // The job's bytes count the workers' connections: about the one-pair job's (not just the
+    // node connection's prepare and merge).
+    let wire = |j: &serde_json::Value| j["wire_bytes_sent"].as_u64().unwrap() + j["wire_bytes_received"].as_u64().unwrap();
+    let (w1, w4) = (wire(&common::job(&a, id1).unwrap()), wire(&job));
+    assert!(w4 * 10 > w1 * 8, "sharded {w4} B, one pair {w1} B");
     no_spill(&a);
     no_spill(&b);
 
@@ -259,6 +302,7 @@ fn external_workers_run_the_shards() {
     let got: Vec<String> = rows(&a, &out)[1..].iter().map(|l| l.split(',').next().unwrap().to_string()).collect();
     assert_eq!(got.len(), expected.len());
     assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), expected);
+    shard_evidence_checks(root, &a, &b, done["job_id"].as_str().unwrap(), 2);
     for dir in [&a, &b] {
         no_spill(dir);
         assert!(!dir.join("shard-job.json").exists());
