@@ -100,4 +100,10 @@ impl NodeClient {
         let decision = crate::proto::Decision { job_id: job_id.into(), approve, reason: reason.into() };
         Ok(self.inner.clone().decide(decision).await?.into_inner())
     }
+
+    /// Removes an interrupted job's resumable state; false if the node had none.
+    pub async fn discard(&self, job_id: &str) -> Result<bool, ClientError> {
+        let job = crate::proto::JobRef { job_id: job_id.into() };
+        Ok(self.inner.clone().discard(job).await?.into_inner().removed)
+    }
 }

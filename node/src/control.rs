@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::job::JobHandle;
 use crate::policy::Verdict;
-use crate::proto::{Decision, Empty, JobList, JobRef, JobStatus, NodeInfo, SubmitRequest};
+use crate::proto::{Decision, Discarded, Empty, JobList, JobRef, JobStatus, NodeInfo, SubmitRequest};
 use crate::state::NodeState;
 
 pub struct ControlService {
@@ -75,6 +75,14 @@ impl crate::proto::control_server::Control for ControlService {
     async fn reload(&self, _: Request<Empty>) -> Result<Response<NodeInfo>, Status> {
         self.state.reload().map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
         Ok(Response::new(self.info()))
+    }
+
+    async fn discard(&self, request: Request<JobRef>) -> Result<Response<Discarded>, Status> {
+        let job = request.into_inner().job_id;
+        let removed = crate::job::resume::discard_logged(&self.state.dir, &self.state.audit, &job)
+            .await
+            .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+        Ok(Response::new(Discarded { removed }))
     }
 
     async fn decide(&self, request: Request<Decision>) -> Result<Response<JobStatus>, Status> {

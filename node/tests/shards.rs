@@ -309,3 +309,47 @@ fn external_workers_run_the_shards() {
     }
     drop((na, nb));
 }
+
+/// `consort discard` logs a `discard` entry in the node's audit log before removing the state:
+/// through the running node, and by the CLI itself when the node is stopped (which then starts
+/// again on a log that verifies). No state: nothing removed, nothing logged.
+#[test]
+fn discard_is_logged_with_the_node_running_or_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let fail_shard_1 = |c: &mut Command| {
+        small_buckets(c);
+        c.env("CONSORT_TEST_FAIL_SHARD", "1");
+    };
+    let TwoNodes { a, b, na, nb, .. } = two_nodes_with(root, ROWS, OVERLAP, fail_shard_1);
+    let out = root.join("j.csv");
+    let failed = Command::new(env!("CARGO_BIN_EXE_consort")).args(rr22(&a, &out, &["--shards", "2"])).output().unwrap();
+    assert!(!failed.status.success());
+    let id = std::fs::read_dir(a.join("spill")).unwrap().next().unwrap().unwrap().file_name();
+    let id = id.to_str().unwrap().to_string();
+    let verify_log = |dir: &Path| {
+        let key = ok(&["audit", "key", s(dir)]).trim().to_string();
+        ok(&["audit", "verify", "--log", s(&dir.join("audit")), "--key", &key]);
+    };
+
+    // Node a runs: its control service discards and logs.
+    assert!(ok(&["discard", s(&a), &id]).contains("removed"));
+    no_spill(&a);
+    let entries = audit_entries(&a, &id, "discard");
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!((&entries[0]["peer"], &entries[0]["resumable"]), (&serde_json::json!("partner"), &serde_json::json!(true)));
+    assert!(ok(&["discard", s(&a), &id]).contains("no resumable state"));
+    assert_eq!(audit_entries(&a, &id, "discard").len(), 1, "nothing logged without state");
+    verify_log(&a);
+
+    // Node b is stopped: the CLI logs it in b's log itself.
+    drop(nb);
+    assert!(b.join("spill").join(&id).exists());
+    assert!(ok(&["discard", s(&b), &id]).contains("removed"));
+    no_spill(&b);
+    assert_eq!(audit_entries(&b, &id, "discard").len(), 1);
+    verify_log(&b);
+    assert!(!b.join("control.sock").exists(), "the socket held meanwhile is gone");
+    let (nb, _) = common::start_node(&b);
+    drop((na, nb));
+}

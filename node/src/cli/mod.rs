@@ -279,7 +279,12 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Approve { dir, job, json } => admin::decide(dir, job, true, None, json).await,
         Command::Deny { dir, job, reason, json } => admin::decide(dir, job, false, reason, json).await,
         Command::Discard { dir, job } => {
-            let removed = crate::job::resume::discard(&config::absolute(&dir)?, &job)?;
+            let dir = config::absolute(&dir)?;
+            // A running node discards and logs it; else this process logs it in the node's log.
+            let removed = match crate::client::NodeClient::connect(&dir).await {
+                Ok(client) => client.discard(&job).await?,
+                Err(_) => crate::job::resume::discard_offline(&dir, &job).await?,
+            };
             println!(
                 "{}",
                 if removed { "removed the job's resumable state" } else { "no resumable state for that job" }

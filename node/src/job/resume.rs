@@ -95,8 +95,11 @@ pub fn keep_resumable(spill: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Removes a job's resumable state (`consort discard JOB`).
-pub fn discard(node_dir: &Path, job_id: &str) -> Result<bool> {
+/// Removes a job's resumable state, logging it first as the job's `discard` audit entry (nothing
+/// is removed that the log does not record; no state, nothing logged). The node's control
+/// service runs it for `consort discard` while the node runs, the CLI itself while it does not
+/// ([`discard_offline`]).
+pub async fn discard_logged(node_dir: &Path, audit: &Arc<crate::audit::NodeAudit>, job_id: &str) -> Result<bool> {
     crate::config::check_name("job id", job_id)?;
     let dir = node_dir.join(crate::config::SPILL_DIR).join(job_id);
     if !dir.exists() {
@@ -108,8 +111,43 @@ pub fn discard(node_dir: &Path, job_id: &str) -> Result<bool> {
     {
         bail!("that job is running: stop it first");
     }
+    let meta: Option<Meta> = std::fs::read(dir.join(META)).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let fields = serde_json::json!({
+        "peer": meta.as_ref().map(|m| m.peer.clone()),
+        "dataset": meta.as_ref().map(|m| m.dataset.clone()),
+        "resumable": is_resumable(&dir),
+    });
+    audit.append_async(job_id, "discard", fields).await.context("cannot log the discard in the audit log")?;
     consort_engine::psi_stream::resume::discard(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
     Ok(true)
+}
+
+/// `consort discard` with no node running in `node_dir`: the CLI logs the discard in the node's
+/// audit log itself. It holds the node's control socket meanwhile, so a node started at the same
+/// time finds it taken and refuses to start (one writer of the log at a time).
+pub async fn discard_offline(node_dir: &Path, job_id: &str) -> Result<bool> {
+    crate::config::check_name("job id", job_id)?;
+    if !node_dir.join(crate::config::SPILL_DIR).join(job_id).exists() {
+        return Ok(false);
+    }
+    let socket = node_dir.join(crate::config::CONTROL_SOCKET);
+    if socket.exists() {
+        if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+            bail!("a node is running in {}: it discards the job itself (try again)", node_dir.display());
+        }
+        std::fs::remove_file(&socket).with_context(|| format!("cannot remove stale {}", socket.display()))?;
+    }
+    let _held = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("a node is starting in {} (try again)", node_dir.display()))?;
+    let result = async {
+        let config = crate::config::NodeConfig::load(node_dir)?;
+        let storage = crate::at_rest::NodeStorage::open(node_dir, &config)?;
+        let audit = crate::audit::NodeAudit::open(node_dir, Some(storage.key.clone()))?;
+        discard_logged(node_dir, &audit, job_id).await
+    }
+    .await;
+    let _ = std::fs::remove_file(&socket);
+    result
 }
 
 #[cfg(test)]
