@@ -170,7 +170,10 @@ fn check_block(expect: &Expect<'_>, shown: &str, block: &Block) -> Vec<Result<u6
             }
             expect.row(id, positions[i], buf);
             if block.row(i) != &buf[..] {
-                return Err(format!("{shown}:{line}: the row differs from the generated {} row of its id", expect.name));
+                return Err(format!(
+                    "{shown}:{line}: the row differs from the generated {} row of its id",
+                    expect.name
+                ));
             }
             Ok(j)
         })

@@ -155,7 +155,11 @@ pub fn report_path(spill: &Path, shard: usize) -> PathBuf {
 }
 
 /// Reads a worker's sealed report (`None`: not written).
-pub fn read_report(spill: &Path, shard: usize, key: &consort_engine::sealed::StorageKey) -> Result<Option<WorkerReport>> {
+pub fn read_report(
+    spill: &Path,
+    shard: usize,
+    key: &consort_engine::sealed::StorageKey,
+) -> Result<Option<WorkerReport>> {
     use std::io::Read;
     let path = report_path(spill, shard);
     if !path.exists() {

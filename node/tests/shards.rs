@@ -133,7 +133,8 @@ fn four_worker_pairs_give_the_one_pair_output() {
     shard_evidence_checks(root, &a, &b, id4, 4);
     // The job's bytes count the workers' connections: about the one-pair job's (not just the
     // node connection's prepare and merge).
-    let wire = |j: &serde_json::Value| j["wire_bytes_sent"].as_u64().unwrap() + j["wire_bytes_received"].as_u64().unwrap();
+    let wire =
+        |j: &serde_json::Value| j["wire_bytes_sent"].as_u64().unwrap() + j["wire_bytes_received"].as_u64().unwrap();
     let (w1, w4) = (wire(&common::job(&a, id1).unwrap()), wire(&job));
     assert!(w4 * 10 > w1 * 8, "sharded {w4} B, one pair {w1} B");
     no_spill(&a);
@@ -337,7 +338,10 @@ fn discard_is_logged_with_the_node_running_or_stopped() {
     no_spill(&a);
     let entries = audit_entries(&a, &id, "discard");
     assert_eq!(entries.len(), 1, "{entries:?}");
-    assert_eq!((&entries[0]["peer"], &entries[0]["resumable"]), (&serde_json::json!("partner"), &serde_json::json!(true)));
+    assert_eq!(
+        (&entries[0]["peer"], &entries[0]["resumable"]),
+        (&serde_json::json!("partner"), &serde_json::json!(true))
+    );
     assert!(ok(&["discard", s(&a), &id]).contains("no resumable state"));
     assert_eq!(audit_entries(&a, &id, "discard").len(), 1, "nothing logged without state");
     verify_log(&a);

@@ -293,13 +293,18 @@ fn shard_entries_cross_match_and_mismatches_are_caught() {
                 "bytes_received": 20, "wire_bytes_sent": 15, "wire_bytes_received": 25});
             log.append("j1", "shard", fields).unwrap();
         }
-        log.append("j1", "transcript", json!({"sent_digest": digest(job_digests.0), "received_digest": digest(job_digests.1), "digest": "blake3"}))
-            .unwrap();
+        log.append(
+            "j1",
+            "transcript",
+            json!({"sent_digest": digest(job_digests.0), "received_digest": digest(job_digests.1), "digest": "blake3"}),
+        )
+        .unwrap();
         log.append("j1", "end", json!({})).unwrap();
         drop(log);
         node.export("j1", out.path())
     };
-    let honest_a: Vec<_> = (0..3).map(|i| (i, digest(10 + i as u8), digest(20 + i as u8), digest(30 + i as u8))).collect();
+    let honest_a: Vec<_> =
+        (0..3).map(|i| (i, digest(10 + i as u8), digest(20 + i as u8), digest(30 + i as u8))).collect();
     let mirror = |v: &[(u64, String, String, String)]| -> Vec<_> {
         v.iter().map(|(i, s, r, g)| (*i, r.clone(), s.clone(), g.clone())).collect()
     };

@@ -246,7 +246,8 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
     // Outputs in their own directory, so that the disk sampler sees them and their temp files.
     let outs = root.join(format!("out-{}", std::process::id()));
     std::fs::create_dir_all(&outs)?;
-    let _cleanup = Cleanup { spill: [a_dir.join(config::SPILL_DIR), b_dir.join(config::SPILL_DIR)], outs: outs.clone() };
+    let _cleanup =
+        Cleanup { spill: [a_dir.join(config::SPILL_DIR), b_dir.join(config::SPILL_DIR)], outs: outs.clone() };
     let out_a = outs.join(format!("out-a.{ext}"));
     let cpu_before = (a.cpu_seconds()?, b.cpu_seconds()?);
     let started = Instant::now();
@@ -265,7 +266,8 @@ async fn bench_psi(args: BenchPsiArgs) -> Result<()> {
     // seen in any directory); for the whole run also both inputs, both node directories (the
     // responder's output is there) and the requester's output directory (its temp file too).
     let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let inputs_bytes: u64 = [&file_a, &file_b].iter().map(|f| std::fs::metadata(data.join(f)).map_or(0, |m| m.len())).sum();
+    let inputs_bytes: u64 =
+        [&file_a, &file_b].iter().map(|f| std::fs::metadata(data.join(f)).map_or(0, |m| m.len())).sum();
     let sampler = {
         let sampling = sampling.clone();
         let (spill_a, spill_b) = (a_dir.join(config::SPILL_DIR), b_dir.join(config::SPILL_DIR));
