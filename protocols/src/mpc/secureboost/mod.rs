@@ -87,6 +87,7 @@ use crate::mpc::Party;
 pub(crate) mod active;
 mod binning;
 mod config;
+mod ot_hist;
 pub(crate) mod passive;
 pub mod plain;
 mod predict;
@@ -95,7 +96,7 @@ mod split;
 mod wire;
 
 pub use binning::{BinnedFeatures, FeatureBins};
-pub use config::{MAX_BINS, MAX_DEPTH, MAX_TREES, SbConfig};
+pub use config::{Histograms, MAX_BINS, MAX_DEPTH, MAX_TREES, SbConfig};
 pub use predict::predict;
 pub use split::{
     GH_FRAC_BITS, Layout, MAX_ROWS, SLOT_BITS, best_split, gradient, leaf_weight, log_loss, pack, quantize,
@@ -150,10 +151,13 @@ pub struct Tree {
 pub struct SbTimings {
     /// A: encrypting gradients.
     pub encrypt: f64,
-    /// B: summing ciphertexts into histograms.
+    /// B: summing ciphertexts into histograms (`he`); both: the histogram exchanges, computing
+    /// and waiting (`ot`).
     pub histograms: f64,
     /// A: decrypting histograms.
     pub decrypt: f64,
+    /// `ot` backend, both: the one-time setup of the kept correlations.
+    pub setup: f64,
 }
 
 /// One party's result.
