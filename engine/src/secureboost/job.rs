@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use consort_protocols::he::{KeyPair, KeySize};
 use consort_protocols::mpc::Party;
-use consort_protocols::mpc::secureboost::{self, BinnedFeatures, FeatureBins, Histograms, SbConfig, SbInput, SbTimings};
+use consort_protocols::mpc::secureboost::{
+    self, BinnedFeatures, FeatureBins, Histograms, SbConfig, SbInput, SbTimings,
+};
 use consort_protocols::psi::ecdh::EcdhEvidence;
 use consort_protocols::{Channel, ProgressFn, Role, cpu};
 use serde::{Deserialize, Serialize};

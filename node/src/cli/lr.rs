@@ -558,10 +558,8 @@ fn sb_lines(r: &serde_json::Value, s: &JobStatus, lines: &mut Vec<String>) {
     }
     if let Some(he) = r["he_seconds"].as_array() {
         let v: Vec<f64> = he.iter().filter_map(|x| x.as_f64()).collect();
-        if v.len() == 3 && r["party"] == "A" {
-            if r["histograms"] != "ot" {
-                lines.push(format!("  encrypt {:.2}s, decrypt {:.2}s (the peer's histograms are timed there)", v[0], v[2]));
-            }
+        if v.len() == 3 && r["party"] == "A" && r["histograms"] != "ot" {
+            lines.push(format!("  encrypt {:.2}s, decrypt {:.2}s (the peer's histograms are timed there)", v[0], v[2]));
         }
     }
     if let (Some("ot"), Some(ot)) = (r["histograms"].as_str(), r["ot_seconds"].as_array()) {

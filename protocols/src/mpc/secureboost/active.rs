@@ -269,13 +269,16 @@ async fn ot_histograms<C: Channel>(
     let (channel, t) = (ctx.channel, ctx.tree);
     let answer_len = ot_hist::answer_len(&ot.cols, &ctx.peer_feats);
     let started = Instant::now();
+    let mut backward = 0.0;
     let send = async {
         let mut own = Vec::with_capacity(plan.len());
         for &(computed, _) in &plan {
             let (at, rows) = ot_hist::positions(&ot.pos, &level[computed].rows);
             let y: [Vec<u64>; 2] = [0, 1].map(|k| rows.iter().map(|&r| gh[r as usize][k] as u64).collect());
             let (store, id) = (ot.store.clone(), level[computed].id);
+            let computing = Instant::now();
             let (msgs, shares) = cpu::run(move || ot_hist::sender_node(&store, t, id, at, y)).await?;
+            backward += computing.elapsed().as_secs_f64();
             ot_hist::send_msgs(channel, &msgs).await?;
             own.push(shares);
         }
@@ -291,6 +294,7 @@ async fn ot_histograms<C: Channel>(
     let (own, answers) = futures::join!(send, recv);
     let (own, answers) = (own?, answers?);
     ctx.timings.histograms += started.elapsed().as_secs_f64();
+    ctx.timings.backward += backward;
     let mut out: Vec<Option<Hist>> = vec![None; level.len()];
     for ((&(computed, sibling), own), answer) in plan.iter().zip(&own).zip(&answers) {
         let rows = &level[computed].rows;

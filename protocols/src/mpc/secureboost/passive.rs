@@ -148,8 +148,10 @@ async fn grow_tree<C: Channel>(ctx: &mut Ctx<'_, C>, input: &SbInput) -> Result<
                     let (at, _) = ot_hist::positions(pos, &rows);
                     let msgs = ot_hist::recv_msgs(ctx.channel, rows.len() * x.features()).await?;
                     let (store, cols, t, id) = (store.clone(), cols.clone(), ctx.tree, level[computed].id);
+                    let computing = Instant::now();
                     let answer =
                         cpu::run(move || ot_hist::chooser_node(&store, t, id, at, msgs, &cols, &feats)).await?;
+                    ctx.timings.backward += computing.elapsed().as_secs_f64();
                     ctx.timings.histograms += started.elapsed().as_secs_f64();
                     send_u64s(ctx.channel, &answer).await?;
                 }
