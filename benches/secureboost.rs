@@ -14,7 +14,11 @@
 //! - `SB_BINS` [32]: value bins per feature (+ the missing-value bin);
 //! - `SB_TREES` [5], `SB_DEPTH` [5];
 //! - `SB_KEY_BITS` [3072]: key sizes to train with, comma-separated (2048 and/or 3072);
-//! - `SB_OPS` [1]: 0 skips the per-operation figures.
+//! - `SB_OPS` [1]: 0 skips the per-operation figures;
+//! - `SB_HISTOGRAMS` [he,ot]: histogram backends to train with, comma-separated. With `ot` the
+//!   one-time setup of the kept correlations is reported apart (its time from the protocol's
+//!   timings, its bytes from the channel's counters sampled every 20 ms, read at that time), and the
+//!   per-tree figures exclude it.
 //!
 //! The issue's target shapes: `SB_ROWS=100000 SB_A_FEATURES=30 SB_B_FEATURES=300 SB_TREES=1` and
 //! `SB_ROWS=285000 SB_A_FEATURES=10 SB_B_FEATURES=20 SB_TREES=3`.
@@ -23,7 +27,7 @@ use std::time::Instant;
 
 use consort_protocols::he::{Encryptor, KeyPair, KeySize};
 use consort_protocols::mpc::Party;
-use consort_protocols::mpc::secureboost::{BinnedFeatures, SbConfig, SbInput, train};
+use consort_protocols::mpc::secureboost::{BinnedFeatures, Histograms, SbConfig, SbInput, train};
 use consort_protocols::{Metered, memory_pair};
 use num_bigint::BigUint;
 use rand::rngs::StdRng;
@@ -141,7 +145,7 @@ struct Shape {
     depth: u32,
 }
 
-fn training(rt: &tokio::runtime::Runtime, key: Arc<KeyPair>, s: &Shape) {
+fn training(rt: &tokio::runtime::Runtime, key: Arc<KeyPair>, s: &Shape, histograms: Histograms) {
     let n = s.rows;
     let mut rng = StdRng::seed_from_u64(n as u64);
     let (xa, xb) = (synthetic(n, s.a_features, &mut rng), synthetic(n, s.b_features, &mut rng));
@@ -152,7 +156,8 @@ fn training(rt: &tokio::runtime::Runtime, key: Arc<KeyPair>, s: &Shape) {
         })
         .collect();
     let train_rows: Vec<u32> = (0..n as u32).collect();
-    let config = SbConfig { trees: s.trees, max_depth: s.depth, max_bins: s.bins + 1, ..SbConfig::default() };
+    let config =
+        SbConfig { trees: s.trees, max_depth: s.depth, max_bins: s.bins + 1, histograms, ..SbConfig::default() };
     let (_, ba) = BinnedFeatures::fit(&xa, n, &train_rows, config.max_bins);
     let (_, bb) = BinnedFeatures::fit(&xb, n, &train_rows, config.max_bins);
     drop((xa, xb));
@@ -169,19 +174,60 @@ fn training(rt: &tokio::runtime::Runtime, key: Arc<KeyPair>, s: &Shape) {
     let (ca, cb) = memory_pair(16);
     let (ca, cb) = (Metered::new(ca), Metered::new(cb));
     let t = Instant::now();
-    let (ra, rb) = rt.block_on(async { futures::join!(train(&ca, a, &config), train(&cb, b, &config)) });
-    let wall = t.elapsed().as_secs_f64();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    // (seconds, bytes A sent, bytes A received), every 20 ms: the setup's bytes.
+    let mut samples: Vec<(f64, u64, u64)> = Vec::new();
+    let (ra, rb) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let st = ca.stats();
+                samples.push((t.elapsed().as_secs_f64(), st.bytes_sent, st.bytes_received));
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        let r = rt.block_on(async { futures::join!(train(&ca, a, &config), train(&cb, b, &config)) });
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        r
+    });
+    let total_wall = t.elapsed().as_secs_f64();
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
-    let st = ca.stats();
+    let mut st = ca.stats();
+    let setup = ra.timings.setup.max(rb.timings.setup);
+    let wall = total_wall - setup;
+    if histograms == Histograms::Ot {
+        let at = samples.iter().rev().find(|x| x.0 <= setup).copied().unwrap_or((0.0, 0, 0));
+        println!(
+            "ot setup n={n} B features={} bins={}: {:.2} s, A→B {:.1} MB, B→A {:.1} MB (bytes sampled at {:.2} s)",
+            s.b_features,
+            s.bins,
+            setup,
+            at.1 as f64 / 1e6,
+            at.2 as f64 / 1e6,
+            at.0
+        );
+        st.bytes_sent -= at.1;
+        st.bytes_received -= at.2;
+    }
     let trees = f64::from(ra.trees_run);
+    if histograms == Histograms::Ot {
+        println!(
+            "  ot per tree: A backward {:.2} s, B backward {:.2} s, A histogram exchanges {:.2} s; setup A {:.2} s B {:.2} s",
+            ra.timings.backward / trees,
+            rb.timings.backward / trees,
+            ra.timings.histograms / trees,
+            ra.timings.setup,
+            rb.timings.setup
+        );
+    }
     let per_tree = |x: f64| x / trees;
     let splits =
         |o: &consort_protocols::mpc::secureboost::SbOutput| o.trees.iter().map(|t| t.nodes.len()).sum::<usize>();
     let (enc, hist, dec) = (ra.timings.encrypt, rb.timings.histograms, ra.timings.decrypt);
     println!(
-        "train key={bits} n={n} features={}+{} bins={} trees={} depth={}: {:.2} s per tree, {:.3} trees/s; \
+        "train {} key={bits} n={n} features={}+{} bins={} trees={} depth={}: {:.2} s per tree, {:.3} trees/s; \
          wire per tree A→B {:.1} MB, B→A {:.1} MB; per tree: A encrypt {:.2} s, B histograms {:.2} s, \
          A decrypt {:.2} s, rest {:.2} s (A nodes {}, B splits {})",
+        histograms.name(),
         s.a_features,
         s.b_features,
         s.bins,
@@ -219,8 +265,13 @@ fn main() {
             trees: env("SB_TREES", 5),
             depth: env("SB_DEPTH", 5),
         };
-        for k in &keys {
-            training(&rt, k.clone(), &shape);
+        for h in std::env::var("SB_HISTOGRAMS").unwrap_or_else(|_| "he,ot".into()).split(',') {
+            let h = Histograms::parse(h.trim()).expect("SB_HISTOGRAMS: he and/or ot");
+            // The key matters only to `he`: `ot` trains once.
+            let keys = if h == Histograms::Ot { &keys[..1] } else { &keys[..] };
+            for k in keys {
+                training(&rt, k.clone(), &shape, h);
+            }
         }
     }
 }

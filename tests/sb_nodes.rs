@@ -49,6 +49,11 @@ fn params() -> SbParamsWire {
     SbParamsWire { trees: 3, max_depth: 3, max_bins: 17, holdout: 0.25, seed: 9, ..SbParamsWire::default() }
 }
 
+/// [`params`] with histogram backend `h` (`he` or `ot`).
+fn params_in(h: &str) -> SbParamsWire {
+    SbParamsWire { histograms: h.into(), ..params() }
+}
+
 fn train_request(p: &Pair, label: &str, params: SbParamsWire) -> SubmitRequest {
     let train = SbTrainRequest { label: label.into(), features: vec![], params };
     let parties = (pair::B, "loans", "features");
@@ -80,11 +85,22 @@ fn predictions(p: &Pair, out: &Path) -> HashMap<String, f64> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn secureboost_train_then_score_matches_the_plaintext_mirror() {
+async fn secureboost_train_then_score_matches_the_plaintext_mirror_he() {
+    train_then_score_matches_the_plaintext_mirror("he").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secureboost_train_then_score_matches_the_plaintext_mirror_ot() {
+    train_then_score_matches_the_plaintext_mirror("ot").await
+}
+
+async fn train_then_score_matches_the_plaintext_mirror(h: &str) {
     // B lacks 150 of A's ids.
     let p = pair_with_data(1200, 150, "secureboost,secureboost-score", "secureboost,secureboost-score").await;
-    let status = run(&p.a_dir, train_request(&p, "y", params())).await.unwrap();
+    let status = run(&p.a_dir, train_request(&p, "y", params_in(h))).await.unwrap();
     assert_eq!(status.job_state(), JobState::Done, "{}", status.error);
+    let report: serde_json::Value = serde_json::from_str(&status.summary).unwrap();
+    assert_eq!(report["histograms"], h);
     assert_eq!((status.local_rows, status.peer_rows, status.intersection), (1200, 1050, 1050));
     let report: serde_json::Value = serde_json::from_str(&status.summary).unwrap();
     assert_eq!((report["features"].as_u64(), report["peer_features"].as_u64()), (Some(2), Some(3)));
@@ -106,7 +122,7 @@ async fn secureboost_train_then_score_matches_the_plaintext_mirror() {
     // The plaintext mirror: same keys, split, bins and hyper-parameters.
     let spec = |f: &str| DatasetSpec::new("x", p.root.join("data").join(f), &["id"]);
     let (da, db) = (Dataset::load(&spec("a.csv")).unwrap(), Dataset::load(&spec("b.csv")).unwrap());
-    let cmp = plaintext_comparison(&da, &db, &ma, &mb, &params()).await.unwrap();
+    let cmp = plaintext_comparison(&da, &db, &ma, &mb, &params_in(h)).await.unwrap();
     assert!(cmp.same_bins);
     assert_eq!((cmp.aligned_rows, cmp.holdout_rows), (1050, report["holdout_rows"].as_u64().unwrap()));
     assert!(cmp.max_prediction_diff < 1e-9, "{}", cmp.max_prediction_diff);

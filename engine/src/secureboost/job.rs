@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use consort_protocols::he::{KeyPair, KeySize};
 use consort_protocols::mpc::Party;
-use consort_protocols::mpc::secureboost::{self, BinnedFeatures, FeatureBins, SbConfig, SbInput, SbTimings};
+use consort_protocols::mpc::secureboost::{
+    self, BinnedFeatures, FeatureBins, Histograms, SbConfig, SbInput, SbTimings,
+};
 use consort_protocols::psi::ecdh::EcdhEvidence;
 use consort_protocols::{Channel, ProgressFn, Role, cpu};
 use serde::{Deserialize, Serialize};
@@ -47,6 +49,14 @@ pub struct SbParamsWire {
     pub holdout: f64,
     /// Seed of the holdout split, row and column sampling (public).
     pub seed: u64,
+    /// How B's histograms are computed: `ot` (kept one-hot correlations) or `he` (Okamoto–Uchiyama);
+    /// absent in requests from nodes that predate the choice, which used `he`.
+    #[serde(default = "he_name")]
+    pub histograms: String,
+}
+
+fn he_name() -> String {
+    Histograms::He.name().into()
 }
 
 impl Default for SbParamsWire {
@@ -65,6 +75,7 @@ impl Default for SbParamsWire {
             tolerance: c.tolerance,
             holdout: 0.2,
             seed: 0,
+            histograms: c.histograms.name().into(),
         }
     }
 }
@@ -88,6 +99,8 @@ impl SbParamsWire {
             colsample: self.colsample,
             tolerance: self.tolerance,
             seed: self.seed,
+            histograms: Histograms::parse(&self.histograms)
+                .ok_or_else(|| DataError::Invalid("histograms must be he or ot".into()))?,
             ..SbConfig::default()
         };
         c.validate().map_err(|e| DataError::Invalid(e.to_string()))?;
@@ -139,6 +152,11 @@ pub struct SbTrainReport {
     pub stages: Vec<(String, f64)>,
     /// Seconds A spent encrypting, B summing histograms, A decrypting.
     pub he_seconds: [f64; 3],
+    /// The histogram backend (`he` or `ot`).
+    pub histograms: String,
+    /// `ot`: seconds of the one-time setup of the kept correlations and of the per-node histogram
+    /// exchanges (computing and waiting).
+    pub ot_seconds: [f64; 2],
     #[serde(skip)]
     pub ecdh_evidence: Option<EcdhEvidence>,
 }
@@ -205,9 +223,9 @@ pub async fn run_sb_train<C: Channel>(
         cpu::run(move || BinnedFeatures::fit(&cols, n, &fit, max_bins)).await
     };
     stages.end("features");
-    let key = match party {
-        Party::A => Some(fresh_key(KeySize::default()).await),
-        Party::B => None,
+    let key = match (party, config.histograms) {
+        (Party::A, Histograms::He) => Some(fresh_key(KeySize::default()).await),
+        _ => None,
     };
     stages.end("keygen");
     let input = SbInput {
@@ -267,6 +285,8 @@ pub async fn run_sb_train<C: Channel>(
         model: job.model_out.clone(),
         stages: stages.into_vec(),
         he_seconds: [t.encrypt, t.histograms, t.decrypt],
+        histograms: config.histograms.name().into(),
+        ot_seconds: [t.setup, t.histograms],
         ecdh_evidence: aligned.ecdh_evidence,
     })
 }

@@ -350,6 +350,8 @@ mod tests {
             "0.8",
             "--colsample",
             "0.9",
+            "--histograms",
+            "he",
             "--seed",
             "5",
             "--out",
@@ -358,6 +360,7 @@ mod tests {
         let (before, after) = round_trip(&argv, JobKind::Train);
         assert_eq!(before, after);
         assert!(after.contains("Secureboost") && after.contains("trees: Some(7)"), "{after}");
+        assert!(after.contains(r#"histograms: Some("he")"#), "{after}");
         // An LR job file names none of the SecureBoost keys (files saved before stay the same).
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("j.toml");

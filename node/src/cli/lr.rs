@@ -157,6 +157,11 @@ pub struct SbArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub colsample: Option<f64>,
+    /// SecureBoost: how the peer's histograms are computed: `ot` (kept one-hot correlations,
+    /// default) or `he` (Okamoto–Uchiyama encryption; docs/security.md).
+    #[arg(long, value_parser = ["he", "ot"])]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub histograms: Option<String>,
 }
 
 impl SbArgs {
@@ -169,6 +174,7 @@ impl SbArgs {
             || self.min_child_weight.is_some()
             || self.subsample.is_some()
             || self.colsample.is_some()
+            || self.histograms.is_some()
     }
 }
 
@@ -189,6 +195,7 @@ pub fn sb_params(hyper: &HyperArgs, t: &SbArgs) -> SbParamsWire {
         tolerance: hyper.tolerance,
         holdout: hyper.holdout,
         seed: hyper.seed.unwrap_or_else(rand::random),
+        histograms: t.histograms.clone().unwrap_or(d.histograms),
     }
 }
 
@@ -551,8 +558,14 @@ fn sb_lines(r: &serde_json::Value, s: &JobStatus, lines: &mut Vec<String>) {
     }
     if let Some(he) = r["he_seconds"].as_array() {
         let v: Vec<f64> = he.iter().filter_map(|x| x.as_f64()).collect();
-        if v.len() == 3 && r["party"] == "A" {
+        if v.len() == 3 && r["party"] == "A" && r["histograms"] != "ot" {
             lines.push(format!("  encrypt {:.2}s, decrypt {:.2}s (the peer's histograms are timed there)", v[0], v[2]));
+        }
+    }
+    if let (Some("ot"), Some(ot)) = (r["histograms"].as_str(), r["ot_seconds"].as_array()) {
+        let v: Vec<f64> = ot.iter().filter_map(|x| x.as_f64()).collect();
+        if v.len() == 2 {
+            lines.push(format!("  histograms (ot): setup {:.2}s, per-node exchanges {:.2}s", v[0], v[1]));
         }
     }
     lines.push(format!("  model: {}", s.output));

@@ -399,7 +399,20 @@ impl OneHotSender {
 
     /// One use of rows `at..at + m` (each use id at most once per row).
     pub fn session(self: &Arc<Self>, use_id: u64, at: usize, m: usize) -> OneHotSenderSession {
-        OneHotSenderSession { store: self.clone(), use_id, at, m, used: Default::default() }
+        OneHotSenderSession { store: self.clone(), use_id, at, m, used: Default::default(), pick: None }
+    }
+
+    /// One use of the kept rows `rows` (positions in this store, strictly ascending; each use id
+    /// at most once per row). Checked when the session is used.
+    pub fn session_rows(self: &Arc<Self>, use_id: u64, rows: Arc<[u32]>) -> OneHotSenderSession {
+        OneHotSenderSession {
+            store: self.clone(),
+            use_id,
+            at: 0,
+            m: rows.len(),
+            used: Default::default(),
+            pick: Some(rows),
+        }
     }
 }
 
@@ -491,8 +504,38 @@ impl OneHotChooser {
     }
 
     pub fn session(self: &Arc<Self>, use_id: u64, at: usize, m: usize) -> OneHotChooserSession {
-        OneHotChooserSession { store: self.clone(), use_id, at, m, used: Default::default() }
+        OneHotChooserSession { store: self.clone(), use_id, at, m, used: Default::default(), pick: None }
     }
+
+    /// One use of the kept rows `rows` (positions in this store, strictly ascending; each use id
+    /// at most once per row). Checked when the session is used.
+    pub fn session_rows(self: &Arc<Self>, use_id: u64, rows: Arc<[u32]>) -> OneHotChooserSession {
+        OneHotChooserSession {
+            store: self.clone(),
+            use_id,
+            at: 0,
+            m: rows.len(),
+            used: Default::default(),
+            pick: Some(rows),
+        }
+    }
+}
+
+/// A [`session_rows`](OneHotSender::session_rows) list: strictly ascending, below `rows`.
+fn check_pick(pick: &[u32], rows: usize) -> Result<(), MpcError> {
+    if pick.windows(2).any(|w| w[0] >= w[1]) || pick.last().is_some_and(|&r| r as usize >= rows) {
+        return Err(MpcError::Invalid(format!("a row list that is not strictly ascending below {rows}")));
+    }
+    Ok(())
+}
+
+/// The entries of `per` words of each picked row (a copy, zeroized on drop).
+fn gather<T: Copy + Default + zeroize::Zeroize>(data: &[T], per: usize, pick: &[u32]) -> Zeroizing<Vec<T>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(pick.len() * per));
+    for &r in pick {
+        out.extend_from_slice(&data[r as usize * per..(r as usize + 1) * per]);
+    }
+    out
 }
 
 fn take(used: &[AtomicBool; 2], backward: bool) -> Result<(), MpcError> {
@@ -521,6 +564,8 @@ pub struct OneHotSenderSession {
     at: usize,
     m: usize,
     used: [AtomicBool; 2],
+    /// Kept rows of a [`OneHotSender::session_rows`] use (else rows `at..at + m`).
+    pick: Option<Arc<[u32]>>,
 }
 
 /// The chooser's side of one use.
@@ -530,9 +575,32 @@ pub struct OneHotChooserSession {
     at: usize,
     m: usize,
     used: [AtomicBool; 2],
+    /// Kept rows of a [`OneHotSender::session_rows`] use (else rows `at..at + m`).
+    pick: Option<Arc<[u32]>>,
 }
 
 impl OneHotSenderSession {
+    /// The kept position of this use's row r.
+    fn row(&self, r: usize) -> usize {
+        self.pick.as_ref().map_or(self.at + r, |p| p[r] as usize)
+    }
+
+    /// The picked rows' roots (a [`OneHotSender::session_rows`] use), after the range checks.
+    fn roots(&self) -> Result<Option<Zeroizing<Vec<u128>>>, MpcError> {
+        match &self.pick {
+            None => check_range(self.store.rows(), self.at, self.m).map(|_| None),
+            Some(p) => {
+                check_pick(p, self.store.rows())?;
+                Ok(Some(gather(&self.store.roots, self.store.groups.len(), p)))
+            }
+        }
+    }
+
+    fn slice<'a>(&'a self, picked: &'a Option<Zeroizing<Vec<u128>>>) -> &'a [u128] {
+        let g_n = self.store.groups.len();
+        picked.as_deref().map_or(&self.store.roots[self.at * g_n..(self.at + self.m) * g_n], |v| v.as_slice())
+    }
+
     /// Forward: the message (k − 1 words per (row, group): one per column) and the sender's share
     /// of X·y (one per row), for y of one entry per column.
     pub fn forward(&self, y: &[u64]) -> Result<(Vec<u64>, Vec<u64>), MpcError> {
@@ -540,12 +608,12 @@ impl OneHotSenderSession {
         if y.len() != gs.total {
             return Err(MpcError::Invalid(format!("forward vector of {} entries for {} columns", y.len(), gs.total)));
         }
-        check_range(self.store.rows(), self.at, self.m)?;
+        let picked = self.roots()?;
         take(&self.used, false)?;
         let (g_n, cols) = (gs.len(), gs.total);
         let mut msg = vec![0u64; self.m * cols];
         let mut out = vec![0u64; self.m];
-        let roots = &self.store.roots[self.at * g_n..(self.at + self.m) * g_n];
+        let roots = self.slice(&picked);
         if cols > 0 {
             msg.par_chunks_mut(cols).zip(out.par_iter_mut()).zip(roots.par_chunks(g_n)).enumerate().for_each(
                 |(r, ((msg, out), roots))| {
@@ -557,7 +625,7 @@ impl OneHotSenderSession {
                         let leaves = &mut tree[leaf_at(k)..leaf_at(k) + k];
                         let s = leaves.iter().fold(0u128, |a, &x| a ^ x);
                         leaves.iter_mut().for_each(|x| *x ^= s);
-                        hash_leaves(tweak(self.use_id, T_FORWARD, self.at + r, g, 0), leaves, &mut sc);
+                        hash_leaves(tweak(self.use_id, T_FORWARD, self.row(r), g, 0), leaves, &mut sc);
                         let p0 = leaves[0] as u64;
                         let f = gs.first[g] as usize;
                         for j in 1..k {
@@ -579,14 +647,14 @@ impl OneHotSenderSession {
         if y.len() != self.m {
             return Err(MpcError::Invalid(format!("backward vector of {} entries for {} rows", y.len(), self.m)));
         }
-        check_range(self.store.rows(), self.at, self.m)?;
+        let picked = self.roots()?;
         take(&self.used, true)?;
         let (g_n, cols) = (gs.len(), gs.total);
         let mut msg = vec![0u64; self.m * g_n];
         if g_n == 0 {
             return Ok((msg, vec![0; cols]));
         }
-        let roots = &self.store.roots[self.at * g_n..(self.at + self.m) * g_n];
+        let roots = self.slice(&picked);
         let out = msg
             .par_chunks_mut(g_n * super::PAR_ROWS)
             .zip(roots.par_chunks(g_n * super::PAR_ROWS))
@@ -600,7 +668,7 @@ impl OneHotSenderSession {
                         let k = gs.leaves(g);
                         expand_full(root, k, &mut tree, &mut sc);
                         let leaves = &mut tree[leaf_at(k)..leaf_at(k) + k];
-                        hash_leaves(tweak(self.use_id, T_BACKWARD, self.at + r, g, 0), leaves, &mut sc);
+                        hash_leaves(tweak(self.use_id, T_BACKWARD, self.row(r), g, 0), leaves, &mut sc);
                         let mut c = y[r];
                         let f = gs.first[g] as usize;
                         for (j, &q) in leaves.iter().enumerate() {
@@ -619,6 +687,21 @@ impl OneHotSenderSession {
     }
 }
 
+/// A chooser use's leaves and co-path keys: slices of the store, or copies of picked rows.
+enum Picked<'a> {
+    Range(&'a [u8], &'a [u128]),
+    Copied(Zeroizing<Vec<u8>>, Zeroizing<Vec<u128>>),
+}
+
+impl Picked<'_> {
+    fn get(&self) -> (&[u8], &[u128]) {
+        match self {
+            Picked::Range(l, c) => (l, c),
+            Picked::Copied(l, c) => (l, c),
+        }
+    }
+}
+
 impl OneHotChooserSession {
     /// Words of the sender's forward message.
     pub fn forward_len(&self) -> usize {
@@ -630,12 +713,29 @@ impl OneHotChooserSession {
         self.m * self.store.groups.len()
     }
 
-    /// The leaves and co-path keys of this use's rows.
-    fn rows(&self) -> Result<(&[u8], &[u128]), MpcError> {
+    /// The leaves and co-path keys of this use's rows (copies for a
+    /// [`OneHotChooser::session_rows`] use).
+    fn rows(&self) -> Result<Picked<'_>, MpcError> {
         let st = &self.store;
         let (g_n, per) = (st.groups.len(), st.groups.per_row);
-        check_range(st.rows, self.at, self.m)?;
-        Ok((&st.leaves[self.at * g_n..(self.at + self.m) * g_n], &st.copath[self.at * per..(self.at + self.m) * per]))
+        match &self.pick {
+            None => {
+                check_range(st.rows, self.at, self.m)?;
+                Ok(Picked::Range(
+                    &st.leaves[self.at * g_n..(self.at + self.m) * g_n],
+                    &st.copath[self.at * per..(self.at + self.m) * per],
+                ))
+            }
+            Some(p) => {
+                check_pick(p, st.rows)?;
+                Ok(Picked::Copied(gather(&st.leaves, g_n, p), gather(&st.copath, per, p)))
+            }
+        }
+    }
+
+    /// The kept position of this use's row r.
+    fn row(&self, r: usize) -> usize {
+        self.pick.as_ref().map_or(self.at + r, |p| p[r] as usize)
     }
 
     /// Forward: the chooser's share of X·y (one per row) given the sender's message.
@@ -644,7 +744,8 @@ impl OneHotChooserSession {
         if msg.len() != self.forward_len() {
             return Err(violation(format!("{} forward words for {}", msg.len(), self.forward_len())));
         }
-        let (leaves, copath) = self.rows()?;
+        let picked = self.rows()?;
+        let (leaves, copath) = picked.get();
         take(&self.used, false)?;
         let (g_n, cols, per) = (gs.len(), gs.total, gs.per_row);
         let mut out = vec![0u64; self.m];
@@ -658,7 +759,7 @@ impl OneHotChooserSession {
                     expand_punctured(&copath[at..at + depth(k) as usize], b, k, &mut tree, &mut sc);
                     let s = tree[leaf_at(k)..leaf_at(k) + k].iter().fold(0u128, |a, &x| a ^ x);
                     let mut pb = [s];
-                    hash_leaves(tweak(self.use_id, T_FORWARD, self.at + r, g, b), &mut pb, &mut sc);
+                    hash_leaves(tweak(self.use_id, T_FORWARD, self.row(r), g, b), &mut pb, &mut sc);
                     let pb = pb[0] as u64;
                     acc = if b == 0 {
                         acc.wrapping_sub(pb)
@@ -678,7 +779,8 @@ impl OneHotChooserSession {
         if msg.len() != self.backward_len() {
             return Err(violation(format!("{} backward words for {}", msg.len(), self.backward_len())));
         }
-        let (leaves, copath) = self.rows()?;
+        let picked = self.rows()?;
+        let (leaves, copath) = picked.get();
         take(&self.used, true)?;
         let (g_n, cols, per) = (gs.len(), gs.total, gs.per_row);
         if g_n == 0 {
@@ -697,7 +799,7 @@ impl OneHotChooserSession {
                         let at = r * per + gs.at[g] as usize;
                         expand_punctured(&copath[at..at + depth(k) as usize], b, k, &mut tree, &mut sc);
                         let leaves = &mut tree[leaf_at(k)..leaf_at(k) + k];
-                        hash_leaves(tweak(self.use_id, T_BACKWARD, self.at + r, g, 0), leaves, &mut sc);
+                        hash_leaves(tweak(self.use_id, T_BACKWARD, self.row(r), g, 0), leaves, &mut sc);
                         let f = gs.first[g] as usize;
                         let mut mine = c;
                         for (j, &q) in leaves.iter().enumerate() {

@@ -8,17 +8,19 @@ use rand::rngs::{StdRng, SysRng};
 use rayon::prelude::*;
 
 use super::binning::BinnedFeatures;
+use super::ot_hist::{self, ColumnLayout};
 use super::setup::{LevelNode, check_input, digest, histogram_plan, may_split, partition, routed_rows};
 use super::split::{
     Layout, best_split, gradient, histogram, leaf_weight, log_loss, pack, sample_features, sample_rows, subtract,
     unpack,
 };
 use super::wire::{Decision, encode_decisions, exchange_hello, pack_bits, unpack_bits};
-use super::{Node, SbConfig, SbInput, SbOutput, SbTimings, Split, Tree};
+use super::{Histograms, Node, SbConfig, SbInput, SbOutput, SbTimings, Split, Tree};
 use crate::channel::Channel;
 use crate::cpu;
 use crate::he::{Encryptor, KeyPair};
-use crate::mpc::wire::{recv_bytes, send_bytes};
+use crate::mpc::ot_mul::onehot::OneHotSender;
+use crate::mpc::wire::{recv_bytes, recv_u64s, send_bytes};
 use crate::mpc::{MpcError, Party, violation};
 
 type Hist = Vec<[i64; 2]>;
@@ -32,8 +34,12 @@ struct Ctx<'a, C> {
     config: &'a SbConfig,
     x: &'a BinnedFeatures,
     labels: &'a [u8],
-    key: Arc<KeyPair>,
-    encryptor: Encryptor,
+    /// The HE backend's key and encryptor (None with `ot`).
+    he: Option<(Arc<KeyPair>, Encryptor)>,
+    /// The `ot` backend's kept correlations (None with `he`).
+    ot: Option<OtCtx>,
+    /// The tree being grown (the `ot` backend's use ids).
+    tree: u32,
     own: Layout,
     peer: Layout,
     /// This tree's features of each party (column subsampling).
@@ -42,27 +48,51 @@ struct Ctx<'a, C> {
     timings: SbTimings,
 }
 
+/// The `ot` backend at A: the kept correlations over the training rows (ascending), each row's
+/// position in them, and where B's features' columns lie.
+struct OtCtx {
+    store: Arc<OneHotSender>,
+    pos: Vec<u32>,
+    cols: ColumnLayout,
+}
+
 pub(super) async fn train<C: Channel>(channel: &C, input: SbInput, config: &SbConfig) -> Result<SbOutput, MpcError> {
     check_input(&input, config)?;
-    let key = input.key.clone().expect("checked");
     let peer_bins = exchange_hello(channel, digest(&input, config), &input.features.bins, config).await?;
-    send_bytes(channel, &(key.public.size().bits() as u16).to_le_bytes()).await?;
-    send_bytes(channel, &key.public.to_bytes()).await?;
-    let holder = key.clone();
-    let encryptor =
-        cpu::run(move || Encryptor::for_key_holder(&holder)).await.map_err(|e| MpcError::Invalid(e.to_string()))?;
+    let (mut he, mut ot, mut timings) = (None, None, SbTimings::default());
+    match config.histograms {
+        Histograms::He => {
+            let key = input.key.clone().expect("checked");
+            send_bytes(channel, &(key.public.size().bits() as u16).to_le_bytes()).await?;
+            send_bytes(channel, &key.public.to_bytes()).await?;
+            let holder = key.clone();
+            let encryptor = cpu::run(move || Encryptor::for_key_holder(&holder))
+                .await
+                .map_err(|e| MpcError::Invalid(e.to_string()))?;
+            he = Some((key, encryptor));
+        }
+        Histograms::Ot => {
+            let started = Instant::now();
+            let kept = ot_hist::kept_rows(&input.train);
+            let store = ot_hist::setup_sender(channel, &peer_bins, kept.len()).await?;
+            let pos = ot_hist::position_map(input.features.rows, &kept);
+            ot = Some(OtCtx { store, pos, cols: ColumnLayout::new(&peer_bins) });
+            timings.setup = started.elapsed().as_secs_f64();
+        }
+    }
     let mut ctx = Ctx {
         channel,
         config,
         x: &input.features,
         labels: input.labels.as_deref().expect("checked"),
-        key,
-        encryptor,
+        he,
+        ot,
+        tree: 0,
         own: Layout::new(&input.features.bins),
         peer: Layout::new(&peer_bins),
         own_feats: Vec::new(),
         peer_feats: Vec::new(),
-        timings: SbTimings::default(),
+        timings,
     };
     let mut margins = vec![0.0; input.features.rows];
     let (mut trees, mut losses, mut best) = (Vec::new(), Vec::new(), None);
@@ -110,6 +140,7 @@ async fn grow_tree<C: Channel>(
     t: u32,
     margins: &mut [f64],
 ) -> Result<Tree, MpcError> {
+    ctx.tree = t;
     let sample = sample_rows(&input.train, ctx.config, t);
     ctx.own_feats = sample_features(ctx.own.features(), ctx.config, t, Party::A);
     ctx.peer_feats = sample_features(ctx.peer.features(), ctx.config, t, Party::B);
@@ -122,13 +153,14 @@ async fn grow_tree<C: Channel>(
     for &r in &input.train {
         gh[r as usize] = gradient(margins[r as usize], ctx.labels[r as usize]);
     }
-    let started = Instant::now();
-    let plain: Vec<i128> = sample.iter().map(|&r| pack(gh[r as usize])).collect();
-    let encryptor = ctx.encryptor.clone();
-    let bytes = cpu::run(move || encrypt_all(&encryptor, &plain)).await?;
-    ctx.timings.encrypt += started.elapsed().as_secs_f64();
-    send_bytes(ctx.channel, &bytes).await?;
-    drop(bytes);
+    if let Some((_, encryptor)) = &ctx.he {
+        let started = Instant::now();
+        let plain: Vec<i128> = sample.iter().map(|&r| pack(gh[r as usize])).collect();
+        let encryptor = encryptor.clone();
+        let bytes = cpu::run(move || encrypt_all(&encryptor, &plain)).await?;
+        ctx.timings.encrypt += started.elapsed().as_secs_f64();
+        send_bytes(ctx.channel, &bytes).await?;
+    }
 
     let mut nodes = Vec::new();
     let mut leaves: Vec<(u32, Vec<u32>)> = Vec::new();
@@ -138,7 +170,11 @@ async fn grow_tree<C: Channel>(
         if level.is_empty() {
             break;
         }
-        let peer_hists = peer_histograms(ctx, &level, depth, &parent_hists).await?;
+        let peer_hists = if ctx.ot.is_some() {
+            ot_histograms(ctx, &gh, &level, depth, &parent_hists).await?
+        } else {
+            peer_histograms(ctx, &level, depth, &parent_hists).await?
+        };
         let (next, hists) = split_level(ctx, &gh, level, depth, peer_hists, &mut nodes, &mut leaves).await?;
         level = next;
         parent_hists = hists;
@@ -192,12 +228,13 @@ async fn peer_histograms<C: Channel>(
     parents: &HashMap<u32, Hist>,
 ) -> Result<Vec<Option<Hist>>, MpcError> {
     let mut out: Vec<Option<Hist>> = vec![None; level.len()];
-    let w = ctx.key.public.ciphertext_bytes();
+    let key = ctx.he.as_ref().expect("the HE backend").0.clone();
+    let w = key.public.ciphertext_bytes();
     for (computed, sibling) in histogram_plan(level, depth, ctx.config) {
         let cells: usize = ctx.peer_feats.iter().map(|&f| ctx.peer.range(f as usize).len()).sum();
         let bytes = recv_bytes(ctx.channel, cells * w).await?;
         let started = Instant::now();
-        let key = ctx.key.clone();
+        let key = key.clone();
         let sent = cpu::run(move || decrypt_histogram(&key, &bytes)).await?;
         ctx.timings.decrypt += started.elapsed().as_secs_f64();
         // B sends this tree's features only; the others stay empty (never considered).
@@ -208,6 +245,61 @@ async fn peer_histograms<C: Channel>(
             hist[range.clone()].copy_from_slice(&sent[at..at + range.len()]);
             at += range.len();
         }
+        if let Some(s) = sibling {
+            let parent = parents.get(&((level[computed].id - 1) / 2)).expect("a split parent's histogram is kept");
+            out[s] = Some(subtract(parent, &hist));
+        }
+        out[computed] = Some(hist);
+    }
+    Ok(out)
+}
+
+/// Step 2 with the `ot` backend: per computed node, A sends the two backward messages (g, h) and
+/// B answers with its shares; A sends every node's messages while it receives the answers (B
+/// computes one node while A prepares the next). Siblings by subtraction, as with HE.
+async fn ot_histograms<C: Channel>(
+    ctx: &mut Ctx<'_, C>,
+    gh: &[[i64; 2]],
+    level: &[LevelNode],
+    depth: u32,
+    parents: &HashMap<u32, Hist>,
+) -> Result<Vec<Option<Hist>>, MpcError> {
+    let plan = histogram_plan(level, depth, ctx.config);
+    let ot = ctx.ot.as_ref().expect("the ot backend");
+    let (channel, t) = (ctx.channel, ctx.tree);
+    let answer_len = ot_hist::answer_len(&ot.cols, &ctx.peer_feats);
+    let started = Instant::now();
+    let mut backward = 0.0;
+    let send = async {
+        let mut own = Vec::with_capacity(plan.len());
+        for &(computed, _) in &plan {
+            let (at, rows) = ot_hist::positions(&ot.pos, &level[computed].rows);
+            let y: [Vec<u64>; 2] = [0, 1].map(|k| rows.iter().map(|&r| gh[r as usize][k] as u64).collect());
+            let (store, id) = (ot.store.clone(), level[computed].id);
+            let computing = Instant::now();
+            let (msgs, shares) = cpu::run(move || ot_hist::sender_node(&store, t, id, at, y)).await?;
+            backward += computing.elapsed().as_secs_f64();
+            ot_hist::send_msgs(channel, &msgs).await?;
+            own.push(shares);
+        }
+        Ok::<_, MpcError>(own)
+    };
+    let recv = async {
+        let mut answers = Vec::with_capacity(plan.len());
+        for _ in &plan {
+            answers.push(recv_u64s(channel, answer_len).await?);
+        }
+        Ok::<_, MpcError>(answers)
+    };
+    let (own, answers) = futures::join!(send, recv);
+    let (own, answers) = (own?, answers?);
+    ctx.timings.histograms += started.elapsed().as_secs_f64();
+    ctx.timings.backward += backward;
+    let mut out: Vec<Option<Hist>> = vec![None; level.len()];
+    for ((&(computed, sibling), own), answer) in plan.iter().zip(&own).zip(&answers) {
+        let rows = &level[computed].rows;
+        let total = rows.iter().fold([0, 0], |a, &r| [a[0] + gh[r as usize][0], a[1] + gh[r as usize][1]]);
+        let hist = ot_hist::reconstruct(own, answer, &ot.cols, &ctx.peer, &ctx.peer_feats, total)?;
         if let Some(s) = sibling {
             let parent = parents.get(&((level[computed].id - 1) / 2)).expect("a split parent's histogram is kept");
             out[s] = Some(subtract(parent, &hist));

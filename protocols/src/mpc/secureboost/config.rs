@@ -10,6 +10,34 @@ pub const MAX_TREES: u32 = 10_000;
 /// Most bins per feature, the missing-value bin included (bins are one byte).
 pub const MAX_BINS: u32 = 256;
 
+/// How A gets B's histograms (agreed: in the digest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Histograms {
+    /// Okamoto–Uchiyama: A encrypts g and h per row, B sums ciphertexts per bin.
+    He,
+    /// Kept one-hot correlations ([`crate::mpc::ot_mul::onehot`]): per node the backward product
+    /// of B's one-hot bins with g and with h, in additive shares; B sends its share.
+    #[default]
+    Ot,
+}
+
+impl Histograms {
+    pub fn name(self) -> &'static str {
+        match self {
+            Histograms::He => "he",
+            Histograms::Ot => "ot",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "he" => Some(Histograms::He),
+            "ot" => Some(Histograms::Ot),
+            _ => None,
+        }
+    }
+}
+
 /// SecureBoost hyper-parameters (XGBoost's names and meaning).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SbConfig {
@@ -40,6 +68,8 @@ pub struct SbConfig {
     /// checks it. Default 2048 (≈ 112-bit security, the floor the issue allows; the key protects
     /// A's own gradients).
     pub min_key_bits: u32,
+    /// How B's histograms are computed (agreed).
+    pub histograms: Histograms,
 }
 
 impl Default for SbConfig {
@@ -57,6 +87,7 @@ impl Default for SbConfig {
             tolerance: 0.0,
             max_bins: 33,
             min_key_bits: 2048,
+            histograms: Histograms::default(),
         }
     }
 }
@@ -113,5 +144,6 @@ impl SbConfig {
             h.update(v.to_bits().to_le_bytes());
         }
         h.update(self.seed.to_le_bytes());
+        h.update([self.histograms as u8]);
     }
 }

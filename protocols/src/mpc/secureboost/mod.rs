@@ -44,6 +44,32 @@
 //!    With holdout rows A computes the holdout log-loss and sends one flag byte (stop; best so
 //!    far), as the LR protocol does: with `tolerance` > 0 both keep the trees up to the best loss.
 //!
+//! ## Histogram backends
+//!
+//! Steps 0–2 above are the `he` backend ([`Histograms::He`]). The default `ot` backend
+//! ([`Histograms::Ot`], module `ot_hist`) replaces them; steps 3–4, prediction and the model files
+//! are the same, and the trees are identical (both give A the exact integer sums):
+//!
+//! 0. Once per job, after the hello: IKNP (KOS consistency check; B is the OT receiver) and the
+//!    kept one-hot correlations of [`crate::mpc::ot_mul::onehot`] over the training rows in
+//!    ascending order — A is the sender, B the chooser of its bins as one-hot groups (feature f
+//!    is a group of `bins_f − 1` columns; bin 0 is the group's reference leaf). No OU key.
+//! 1. A → B: the sample bits only.
+//! 2. Per level, per computed node N (the same plan as above): two uses of the kept correlations
+//!    over N's rows, unique use ids ((tree·2^20 + node id)·2 + 0 for g, + 1 for h). A sends the
+//!    two backward messages (8 bytes per (row of N, B feature) each, y = g or h as u64); B
+//!    answers with its additive shares (mod 2^64) of this tree's features' columns (8 bytes per
+//!    (feature, bin ≥ 1) each for g and h). A adds its own shares: ΣG and ΣH per (feature,
+//!    bin ≥ 1), exact as i64 (|ΣG| ≤ 2^52, 0 ≤ ΣH ≤ 2^50 over ≤ [`MAX_ROWS`] rows; a cell
+//!    outside is an error), bin 0 as the node's total minus the rest. A sends every node's
+//!    messages of a level while it receives the answers, so B's work on one node overlaps A's on
+//!    the next.
+//!
+//! Kept memory: A 16 bytes per (training row, B feature); B ⌈log₂ bins⌉·16 + 1 bytes. Setup
+//! traffic ⌈log₂ bins⌉ random OTs (16 bytes) and 32 bytes of level sums per (training row, B
+//! feature); per tree 16 bytes per (row of a computed node, B feature) A → B, 16 bytes per
+//! (computed node, B cell) B → A.
+//!
 //! Prediction ([`predict`]): B sends, per split node of its own, the direction of every row; A
 //! walks the trees and adds the leaf weights.
 //!
@@ -60,8 +86,13 @@
 //!   they induce, and the direction of B's splits for unsampled and holdout rows (and, in
 //!   prediction, for the rows scored). Not B's feature values or thresholds.
 //! - B: the instance sets above, its own chosen splits, the number of trees and the early-stopping
-//!   flags. Nothing about labels, gradients, margins or leaf weights: it sees only OU ciphertexts
-//!   under A's key (IND-CPA, [`crate::he`]).
+//!   flags. Nothing about labels, gradients, margins or leaf weights: with `he` it sees only OU
+//!   ciphertexts under A's key (IND-CPA, [`crate::he`]); with `ot` only the backward messages,
+//!   each word masked by a TCCR pad under a tweak used once (the use id, row, feature), which B
+//!   cannot compute for its own bin ([`crate::mpc::ot_mul::onehot`]: the punctured leaf).
+//! - The two backends leak the same: A learns the same per-node histograms (exact sums either
+//!   way), B the same instance sets; `ot` adds the setup's OT messages, which reveal nothing about
+//!   B's bins to A (B's choice bits are masked by IKNP) nor about g, h to B.
 //!
 //! # Security model
 //!
@@ -73,11 +104,20 @@
 //! bits and at least B's `min_key_bits` (checked before the key is read), its modulus of that size
 //! and its generators in range, decisions name an existing feature and a bin that leaves rows on the
 //! right, bit vectors have zero padding, decrypted sums must fit the packing bounds: a malformed
-//! message is an [`MpcError`], never a panic. What a malicious peer can still do: B can return
-//! wrong histograms or partitions consistent with them (a worse model, or steering which rows
-//! share leaves); A can send ciphertexts of anything, choose its splits and samples freely, and
-//! learn B's split directions for any rows it asks to have scored. Neither learns the other's
-//! feature values beyond what is listed above.
+//! message is an [`MpcError`], never a panic; with `ot`, B's answers must have exactly one word
+//! per (this tree's feature, bin ≥ 1) and value, and every reconstructed cell (bin 0 included)
+//! must be a possible sum. What a malicious peer can still do: B can return wrong histograms
+//! (with `ot`: wrong shares, which only change A's reconstructed cells) or partitions consistent
+//! with them (a worse model, or steering which rows share leaves); A's check of B's partitions
+//! against the histograms stays. A can send ciphertexts (`he`) or backward messages (`ot`) of
+//! any values instead of g and h, choose its splits and samples freely, and learn B's split
+//! directions for any rows it asks to have scored. In particular a malicious A that puts
+//! distinct powers of two in place of g, h learns from one node's histogram which bin of each
+//! B feature up to about 128 of the node's rows fall in (`ot`: two 64-bit words per cell; `he`: the
+//! ~2^126 plaintext range), i.e. B's binned values, not only the splits — in both backends, as in
+//! the original SecureBoost, whose privacy assumes a semi-honest A. With `ot` a malicious B gains
+//! nothing from the setup beyond KOS's bounded leakage on A's Δ; a wrong derandomization bit only
+//! changes which leaf B cannot open (wrong shares, caught as above or a worse model).
 
 use std::sync::Arc;
 
@@ -87,6 +127,7 @@ use crate::mpc::Party;
 pub(crate) mod active;
 mod binning;
 mod config;
+mod ot_hist;
 pub(crate) mod passive;
 pub mod plain;
 mod predict;
@@ -95,7 +136,7 @@ mod split;
 mod wire;
 
 pub use binning::{BinnedFeatures, FeatureBins};
-pub use config::{MAX_BINS, MAX_DEPTH, MAX_TREES, SbConfig};
+pub use config::{Histograms, MAX_BINS, MAX_DEPTH, MAX_TREES, SbConfig};
 pub use predict::predict;
 pub use split::{
     GH_FRAC_BITS, Layout, MAX_ROWS, SLOT_BITS, best_split, gradient, leaf_weight, log_loss, pack, quantize,
@@ -150,10 +191,15 @@ pub struct Tree {
 pub struct SbTimings {
     /// A: encrypting gradients.
     pub encrypt: f64,
-    /// B: summing ciphertexts into histograms.
+    /// B: summing ciphertexts into histograms (`he`); both: the histogram exchanges, computing
+    /// and waiting (`ot`).
     pub histograms: f64,
     /// A: decrypting histograms.
     pub decrypt: f64,
+    /// `ot` backend, both: the one-time setup of the kept correlations.
+    pub setup: f64,
+    /// `ot`: computing the backward products (A: the messages and its shares; B: its shares).
+    pub backward: f64,
 }
 
 /// One party's result.

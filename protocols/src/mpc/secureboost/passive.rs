@@ -6,21 +6,27 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::binning::BinnedFeatures;
+use super::ot_hist::{self, ColumnLayout};
 use super::setup::{LevelNode, check_input, digest, histogram_plan, may_split, partition, routed_rows};
 use super::split::sample_features;
 use super::wire::{Decision, decode_decisions, exchange_hello, pack_bits, unpack_bits};
-use super::{Node, SbConfig, SbInput, SbOutput, SbTimings, Split, Tree};
+use super::{Histograms, Node, SbConfig, SbInput, SbOutput, SbTimings, Split, Tree};
 use crate::channel::Channel;
 use crate::cpu;
 use crate::he::{Adder, Ciphertext, KeySize, PublicKey};
-use crate::mpc::wire::{recv_bytes, send_bytes};
+use crate::mpc::ot_mul::onehot::OneHotChooser;
+use crate::mpc::wire::{recv_bytes, send_bytes, send_u64s};
 use crate::mpc::{MpcError, Party, violation};
 
 struct Ctx<'a, C> {
     channel: &'a C,
     config: &'a SbConfig,
     x: Arc<BinnedFeatures>,
-    key: Arc<PublicKey>,
+    /// A's key (the `he` backend).
+    key: Option<Arc<PublicKey>>,
+    /// The kept correlations, each row's position in them, the column layout (the `ot` backend).
+    ot: Option<(Arc<OneHotChooser>, Vec<u32>, Arc<ColumnLayout>)>,
+    tree: u32,
     /// This tree's features (column subsampling).
     feats: Arc<Vec<u32>>,
     timings: SbTimings,
@@ -29,18 +35,24 @@ struct Ctx<'a, C> {
 pub(super) async fn train<C: Channel>(channel: &C, input: SbInput, config: &SbConfig) -> Result<SbOutput, MpcError> {
     check_input(&input, config)?;
     let peer_bins = exchange_hello(channel, digest(&input, config), &input.features.bins, config).await?;
-    let key = receive_key(channel, config.min_key_bits).await?;
-    let mut ctx = Ctx {
-        channel,
-        config,
-        x: Arc::new(input.features.clone()),
-        key: Arc::new(key),
-        feats: Arc::new(Vec::new()),
-        timings: SbTimings::default(),
-    };
+    let x = Arc::new(input.features.clone());
+    let (mut key, mut ot, mut timings) = (None, None, SbTimings::default());
+    match config.histograms {
+        Histograms::He => key = Some(Arc::new(receive_key(channel, config.min_key_bits).await?)),
+        Histograms::Ot => {
+            let started = Instant::now();
+            let kept = ot_hist::kept_rows(&input.train);
+            let store = ot_hist::setup_chooser(channel, &x, &kept).await?;
+            let pos = ot_hist::position_map(input.features.rows, &kept);
+            ot = Some((store, pos, Arc::new(ColumnLayout::new(&x.bins))));
+            timings.setup = started.elapsed().as_secs_f64();
+        }
+    }
+    let mut ctx = Ctx { channel, config, x, key, ot, tree: 0, feats: Arc::new(Vec::new()), timings };
     let (mut trees, mut best, mut stopped_early) = (Vec::new(), None, false);
     for t in 0..config.trees {
         ctx.feats = Arc::new(sample_features(ctx.x.features(), config, t, Party::B));
+        ctx.tree = t;
         trees.push(grow_tree(&mut ctx, &input).await?);
         if input.holdout.is_empty() {
             continue;
@@ -98,19 +110,24 @@ async fn grow_tree<C: Channel>(ctx: &mut Ctx<'_, C>, input: &SbInput) -> Result<
     let bits = unpack_bits(&recv_bytes(ctx.channel, input.train.len().div_ceil(8)).await?, input.train.len())?;
     let mut sample: Vec<u32> = input.train.iter().zip(&bits).filter(|x| *x.1).map(|x| *x.0).collect();
     sample.sort_unstable();
-    let w = ctx.key.ciphertext_bytes();
-    let bytes = recv_bytes(ctx.channel, sample.len() * w).await?;
-    let key = ctx.key.clone();
-    let cts: Vec<Ciphertext> =
-        cpu::run(move || bytes.par_chunks_exact(w).map(|c| key.ciphertext(c)).collect::<Result<Vec<_>, _>>())
-            .await
-            .map_err(|e| violation(e.to_string()))?;
-    // Position of each sampled row's ciphertext.
-    let mut slot = vec![u32::MAX; input.features.rows];
-    for (i, &r) in sample.iter().enumerate() {
-        slot[r as usize] = i as u32;
-    }
-    let (cts, slot) = (Arc::new(cts), Arc::new(slot));
+    let he = match ctx.key.clone() {
+        Some(key) => {
+            let w = key.ciphertext_bytes();
+            let bytes = recv_bytes(ctx.channel, sample.len() * w).await?;
+            let k2 = key.clone();
+            let cts: Vec<Ciphertext> =
+                cpu::run(move || bytes.par_chunks_exact(w).map(|c| k2.ciphertext(c)).collect::<Result<Vec<_>, _>>())
+                    .await
+                    .map_err(|e| violation(e.to_string()))?;
+            // Position of each sampled row's ciphertext.
+            let mut slot = vec![u32::MAX; input.features.rows];
+            for (i, &r) in sample.iter().enumerate() {
+                slot[r as usize] = i as u32;
+            }
+            Some((key, Arc::new(cts), Arc::new(slot)))
+        }
+        None => None,
+    };
     let mut nodes = Vec::new();
     let mut level = vec![LevelNode { id: 0, rows: sample.clone() }];
     for depth in 0..=ctx.config.max_depth {
@@ -119,11 +136,27 @@ async fn grow_tree<C: Channel>(ctx: &mut Ctx<'_, C>, input: &SbInput) -> Result<
         }
         for (computed, _) in histogram_plan(&level, depth, ctx.config) {
             let started = Instant::now();
-            let (x, key, cts, slot) = (ctx.x.clone(), ctx.key.clone(), cts.clone(), slot.clone());
-            let (rows, feats) = (level[computed].rows.clone(), ctx.feats.clone());
-            let bytes = cpu::run(move || encrypted_histogram(&x, &feats, &key, &cts, &slot, &rows)).await;
-            ctx.timings.histograms += started.elapsed().as_secs_f64();
-            send_bytes(ctx.channel, &bytes).await?;
+            let (x, rows, feats) = (ctx.x.clone(), level[computed].rows.clone(), ctx.feats.clone());
+            match (&he, &ctx.ot) {
+                (Some((key, cts, slot)), _) => {
+                    let (key, cts, slot) = (key.clone(), cts.clone(), slot.clone());
+                    let bytes = cpu::run(move || encrypted_histogram(&x, &feats, &key, &cts, &slot, &rows)).await;
+                    ctx.timings.histograms += started.elapsed().as_secs_f64();
+                    send_bytes(ctx.channel, &bytes).await?;
+                }
+                (None, Some((store, pos, cols))) => {
+                    let (at, _) = ot_hist::positions(pos, &rows);
+                    let msgs = ot_hist::recv_msgs(ctx.channel, rows.len() * x.features()).await?;
+                    let (store, cols, t, id) = (store.clone(), cols.clone(), ctx.tree, level[computed].id);
+                    let computing = Instant::now();
+                    let answer =
+                        cpu::run(move || ot_hist::chooser_node(&store, t, id, at, msgs, &cols, &feats)).await?;
+                    ctx.timings.backward += computing.elapsed().as_secs_f64();
+                    ctx.timings.histograms += started.elapsed().as_secs_f64();
+                    send_u64s(ctx.channel, &answer).await?;
+                }
+                (None, None) => unreachable!("one backend is set up"),
+            }
         }
         level = split_level(ctx, level, depth, &mut nodes).await?;
     }

@@ -3,7 +3,7 @@
 use sha2::{Digest, Sha256};
 
 use super::split::MAX_ROWS;
-use super::{SbConfig, SbInput};
+use super::{Histograms, SbConfig, SbInput};
 use crate::mpc::{MpcError, Party};
 
 pub(super) fn check_input(input: &SbInput, config: &SbConfig) -> Result<(), MpcError> {
@@ -25,8 +25,13 @@ pub(super) fn check_input(input: &SbInput, config: &SbConfig) -> Result<(), MpcE
         }
     }
     match (input.party, &input.labels, &input.key) {
-        (Party::A, Some(y), Some(_)) if y.len() == rows && y.iter().all(|&v| v <= 1) => Ok(()),
-        (Party::A, Some(_), Some(_)) => Err(MpcError::Invalid("labels must be one 0/1 value per row".into())),
+        (Party::A, Some(y), key) if key.is_some() || config.histograms == Histograms::Ot => {
+            if y.len() == rows && y.iter().all(|&v| v <= 1) {
+                Ok(())
+            } else {
+                Err(MpcError::Invalid("labels must be one 0/1 value per row".into()))
+            }
+        }
         (Party::A, _, _) => Err(MpcError::Invalid("party A must provide labels and a key".into())),
         (Party::B, None, None) => Ok(()),
         (Party::B, _, _) => Err(MpcError::Invalid("party B holds no labels and no key".into())),

@@ -41,6 +41,11 @@ fn data(n: usize, a_weights: &[f64], b_weights: &[f64], missing: f64, seed: u64)
     Data { a, b, labels }
 }
 
+/// The default hyper-parameters with histogram backend `h`.
+fn mode(h: Histograms) -> SbConfig {
+    SbConfig { histograms: h, ..SbConfig::default() }
+}
+
 struct Run {
     a: Result<SbOutput, MpcError>,
     b: Result<SbOutput, MpcError>,
@@ -153,10 +158,19 @@ async fn check_prediction(run: &Run, d: &Data, config: &SbConfig, train: &[u32],
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trees_and_predictions_equal_the_plaintext_reference() {
+async fn trees_and_predictions_equal_the_plaintext_reference_he() {
+    trees_and_predictions_equal_the_plaintext_reference(Histograms::He).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trees_and_predictions_equal_the_plaintext_reference_ot() {
+    trees_and_predictions_equal_the_plaintext_reference(Histograms::Ot).await
+}
+
+async fn trees_and_predictions_equal_the_plaintext_reference(h: Histograms) {
     let d = data(400, &[1.5, -1.0, 0.0], &[2.0, 0.0, -1.5, 0.5], 0.05, 1);
     let (train_rows, holdout) = split_rows(400, 60);
-    let config = SbConfig { trees: 3, max_depth: 3, subsample: 0.8, seed: 9, max_bins: 9, ..SbConfig::default() };
+    let config = SbConfig { trees: 3, max_depth: 3, subsample: 0.8, seed: 9, max_bins: 9, ..mode(h) };
     let (a, b) = inputs(&d, &train_rows, &holdout, &config);
     let run = run_with(a, b, &config, None, None).await;
     let (a_splits, b_splits) = check_against_plain(&run, &d, &train_rows, &holdout, &config);
@@ -186,8 +200,17 @@ async fn trees_and_predictions_equal_the_plaintext_reference() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn edge_cases_match_the_reference() {
-    let base = SbConfig { trees: 2, max_depth: 3, max_bins: 5, ..SbConfig::default() };
+async fn edge_cases_match_the_reference_he() {
+    edge_cases_match_the_reference(Histograms::He).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_cases_match_the_reference_ot() {
+    edge_cases_match_the_reference(Histograms::Ot).await
+}
+
+async fn edge_cases_match_the_reference(h: Histograms) {
+    let base = SbConfig { trees: 2, max_depth: 3, max_bins: 5, ..mode(h) };
     // (what, rows, A's weights, B's weights, missing share, config)
     type Case = (&'static str, usize, Vec<f64>, Vec<f64>, f64, SbConfig);
     let cases: Vec<Case> = vec![
@@ -222,8 +245,17 @@ async fn edge_cases_match_the_reference() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn constant_labels_and_useless_b_features_give_no_b_splits() {
-    let config = SbConfig { trees: 2, max_depth: 3, max_bins: 9, ..SbConfig::default() };
+async fn constant_labels_and_useless_b_features_give_no_b_splits_he() {
+    constant_labels_and_useless_b_features_give_no_b_splits(Histograms::He).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn constant_labels_and_useless_b_features_give_no_b_splits_ot() {
+    constant_labels_and_useless_b_features_give_no_b_splits(Histograms::Ot).await
+}
+
+async fn constant_labels_and_useless_b_features_give_no_b_splits(h: Histograms) {
+    let config = SbConfig { trees: 2, max_depth: 3, max_bins: 9, ..mode(h) };
     // B's features are constant: it never wins a split; all labels equal: nothing splits at all.
     let mut d = data(200, &[2.0, -2.0], &[0.0, 0.0], 0.0, 3);
     d.b.iter_mut().for_each(|c| c.fill(1.5));
@@ -240,7 +272,16 @@ async fn constant_labels_and_useless_b_features_give_no_b_splits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn early_stopping_keeps_the_best_trees_on_both_sides() {
+async fn early_stopping_keeps_the_best_trees_on_both_sides_he() {
+    early_stopping_keeps_the_best_trees_on_both_sides(Histograms::He).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_stopping_keeps_the_best_trees_on_both_sides_ot() {
+    early_stopping_keeps_the_best_trees_on_both_sides(Histograms::Ot).await
+}
+
+async fn early_stopping_keeps_the_best_trees_on_both_sides(h: Histograms) {
     let d = data(300, &[1.0], &[1.0], 0.0, 4);
     let (train_rows, holdout) = split_rows(300, 80);
     // A large tolerance stops after the second tree; a large learning rate overfits quickly.
@@ -252,7 +293,7 @@ async fn early_stopping_keeps_the_best_trees_on_both_sides() {
         min_child_weight: 0.0,
         tolerance: 0.05,
         max_bins: 17,
-        ..SbConfig::default()
+        ..mode(h)
     };
     let (a, b) = inputs(&d, &train_rows, &holdout, &config);
     let run = run_with(a, b, &config, None, None).await;
@@ -317,9 +358,13 @@ async fn attack(from: Party, what: &str, expect: &str, tamper: TamperFn) {
 }
 
 async fn attack_depth(from: Party, what: &str, expect: &str, tamper: TamperFn, max_depth: u32) {
+    attack_in(Histograms::He, from, what, expect, tamper, max_depth).await
+}
+
+async fn attack_in(h: Histograms, from: Party, what: &str, expect: &str, tamper: TamperFn, max_depth: u32) {
     let d = data(120, &[1.0, -1.0], &[2.0, 1.0, 0.0], 0.0, 5);
     let (train_rows, holdout) = split_rows(120, 17);
-    let config = SbConfig { trees: 2, max_depth, max_bins: 9, ..SbConfig::default() };
+    let config = SbConfig { trees: 2, max_depth, max_bins: 9, ..mode(h) };
     let (a, b) = inputs(&d, &train_rows, &holdout, &config);
     let run = match from {
         Party::A => run_with(a, b, &config, Some(tamper), None).await,
@@ -561,12 +606,21 @@ async fn malformed_messages_from_b_are_errors_at_a() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partition_that_contradicts_the_histogram_is_refused() {
+async fn a_partition_that_contradicts_the_histogram_is_refused_he() {
+    a_partition_that_contradicts_the_histogram_is_refused(Histograms::He).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_that_contradicts_the_histogram_is_refused_ot() {
+    a_partition_that_contradicts_the_histogram_is_refused(Histograms::Ot).await
+}
+
+async fn a_partition_that_contradicts_the_histogram_is_refused(h: Histograms) {
     // B's first partition frame (13 bytes for the 104-row root would be the root's, if B wins it):
     // flip one row's direction.
     let d = data(120, &[0.0], &[3.0], 0.0, 6);
     let (train_rows, holdout) = split_rows(120, 16);
-    let config = SbConfig { trees: 1, max_depth: 2, max_bins: 9, ..SbConfig::default() };
+    let config = SbConfig { trees: 1, max_depth: 2, max_bins: 9, ..mode(h) };
     let (a, b) = inputs(&d, &train_rows, &holdout, &config);
     let tamper: TamperFn = Box::new(|_, f| (f.len() == 13).then(|| with(f, |v| v[0] ^= 1)).flatten());
     let run = run_with(a, b, &config, None, Some(tamper)).await;
@@ -575,10 +629,19 @@ async fn a_partition_that_contradicts_the_histogram_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prediction_refuses_a_mismatched_or_malformed_peer() {
+async fn prediction_refuses_a_mismatched_or_malformed_peer_he() {
+    prediction_refuses_a_mismatched_or_malformed_peer(Histograms::He).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prediction_refuses_a_mismatched_or_malformed_peer_ot() {
+    prediction_refuses_a_mismatched_or_malformed_peer(Histograms::Ot).await
+}
+
+async fn prediction_refuses_a_mismatched_or_malformed_peer(h: Histograms) {
     let d = data(100, &[1.0], &[2.0], 0.0, 7);
     let (train_rows, holdout) = split_rows(100, 0);
-    let config = SbConfig { trees: 2, max_depth: 2, max_bins: 9, ..SbConfig::default() };
+    let config = SbConfig { trees: 2, max_depth: 2, max_bins: 9, ..mode(h) };
     let (a, b) = inputs(&d, &train_rows, &holdout, &config);
     let run = run_with(a, b, &config, None, None).await;
     let (ta, tb) = (run.a.as_ref().unwrap().trees.clone(), run.b.as_ref().unwrap().trees.clone());
@@ -654,7 +717,7 @@ fn encrypted_histograms_equal_plaintext_histograms() {
 async fn a_2048_bit_key_gives_the_same_trees_and_b_can_refuse_it() {
     let d = data(200, &[1.5, -1.0], &[2.0, -1.5, 0.5], 0.05, 4);
     let (train_rows, holdout) = split_rows(200, 30);
-    let config = SbConfig { trees: 2, max_depth: 3, max_bins: 9, ..SbConfig::default() };
+    let config = SbConfig { trees: 2, max_depth: 3, max_bins: 9, ..mode(Histograms::He) };
     let (mut a, b) = inputs(&d, &train_rows, &holdout, &config);
     a.key = Some(test_key_2048());
     let run = run_with(a, b, &config, None, None).await;
@@ -674,4 +737,138 @@ async fn a_2048_bit_key_gives_the_same_trees_and_b_can_refuse_it() {
     let run = run_with(a, b, &strict, None, None).await;
     check_against_plain(&run, &d, &train_rows, &holdout, &strict);
     assert!(SbConfig { min_key_bits: 1024, ..config }.validate().is_err());
+}
+
+// ---- the `ot` histogram backend ----
+
+/// The attack fixture's B features, binned as [`attack_in`] bins them: the length in bytes of B's
+/// answer for one node (g and h shares of every column, bins 1.. of each feature).
+fn ot_answer_bytes() -> usize {
+    let d = data(120, &[1.0, -1.0], &[2.0, 1.0, 0.0], 0.0, 5);
+    let (train_rows, _) = split_rows(120, 17);
+    let (_, xb) = BinnedFeatures::fit(&d.b, 120, &train_rows, 9);
+    2 * 8 * xb.bins.iter().map(|&b| b as usize - 1).sum::<usize>()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_ot_histogram_frames_are_errors() {
+    let ans = ot_answer_bytes();
+    // B's answers: a cell out of range, short, long (the next frame A expects is a partition or
+    // direction frame, so an extra word is a frame of the wrong length).
+    let cases: Vec<(&str, &str, TamperFn)> = vec![
+        (
+            "answer cell out of range",
+            "out of range",
+            Box::new(move |_, f| {
+                (f.len() == ans).then(|| with(f, |v| v[..8].copy_from_slice(&(1u64 << 62).to_le_bytes()))).flatten()
+            }),
+        ),
+        (
+            "short answer",
+            "vector frame",
+            Box::new(move |_, f| (f.len() == ans).then(|| with(f, |v| v.truncate(ans - 8))).flatten()),
+        ),
+        (
+            "long answer",
+            "vector frame",
+            Box::new(move |_, f| (f.len() == ans).then(|| with(f, |v| v.extend_from_slice(&[0; 8]))).flatten()),
+        ),
+    ];
+    for (what, expect, tamper) in cases {
+        attack_in(Histograms::Ot, Party::B, what, expect, tamper, 3).await;
+    }
+    // A's root message: 103 rows × 3 B features, 8 bytes each.
+    let msg = 103 * 3 * 8;
+    attack_in(
+        Histograms::Ot,
+        Party::A,
+        "short message",
+        "vector frame",
+        Box::new(move |_, f| (f.len() == msg).then(|| with(f, |v| v.truncate(msg - 8))).flatten()),
+        3,
+    )
+    .await;
+    // A's parameters say `he`, B's `ot`: the hello's digest differs.
+    let d = data(60, &[1.0], &[1.0], 0.0, 8);
+    let (train_rows, holdout) = split_rows(60, 0);
+    let config = SbConfig { trees: 1, max_depth: 2, max_bins: 5, ..mode(Histograms::Ot) };
+    let (a, b) = inputs(&d, &train_rows, &holdout, &config);
+    let (ca, cb) = memory_pair(64);
+    let he = SbConfig { histograms: Histograms::He, ..config.clone() };
+    let (ra, rb) = futures::join!(train(&ca, a, &he), train(&cb, b, &config));
+    assert!(ra.unwrap_err().to_string().contains("disagree"));
+    assert!(rb.unwrap_err().to_string().contains("disagree"));
+}
+
+/// With `ot`, A needs no OU key; the trees are the reference's, and the unsorted training list
+/// (the kept correlations follow the ascending order on both sides) does not matter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ot_needs_no_key_and_any_training_order() {
+    let d = data(250, &[1.0, -0.5], &[2.0, -1.5, 0.5], 0.1, 11);
+    let (mut train_rows, holdout) = split_rows(250, 40);
+    train_rows.reverse();
+    train_rows.swap(3, 100);
+    let config = SbConfig { trees: 2, max_depth: 4, max_bins: 17, subsample: 0.7, seed: 3, ..mode(Histograms::Ot) };
+    let (mut a, b) = inputs(&d, &train_rows, &holdout, &config);
+    a.key = None;
+    let run = run_with(a, b, &config, None, None).await;
+    let (_, b_splits) = check_against_plain(&run, &d, &train_rows, &holdout, &config);
+    assert!(b_splits > 0);
+    check_prediction(&run, &d, &config, &train_rows, &holdout).await;
+    let t = run.a.as_ref().unwrap().timings;
+    assert!(t.setup > 0.0 && t.encrypt == 0.0 && t.decrypt == 0.0, "{t:?}");
+    // With `he`, A must bring a key.
+    let he = SbConfig { histograms: Histograms::He, ..config };
+    let (mut a, _) = inputs(&d, &train_rows, &holdout, &he);
+    a.key = None;
+    assert!(super::setup::check_input(&a, &he).is_err());
+}
+
+/// The kept one-hot correlations over picked rows: the backward product of B's one-hot bins with y
+/// equals the plaintext per-bin sums, for subsets from empty to all rows; a list that is not
+/// strictly ascending, or out of range, is refused; a use id is single-use per session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn picked_row_backward_products_equal_plaintext_bin_sums() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let n = 300;
+    let bins = [5u32, 2, 33, 9];
+    let columns: Vec<Vec<u8>> = bins.iter().map(|&b| (0..n).map(|_| rng.random_range(0..b) as u8).collect()).collect();
+    let x = Arc::new(BinnedFeatures { rows: n, columns, bins: bins.to_vec() });
+    let kept: Vec<u32> = (0..n as u32).filter(|r| r % 7 != 3).collect();
+    let (ca, cb) = memory_pair(64);
+    let (s, c) = futures::join!(
+        super::ot_hist::setup_sender(&ca, &bins, kept.len()),
+        super::ot_hist::setup_chooser(&cb, &x, &kept)
+    );
+    let (s, c) = (s.unwrap(), c.unwrap());
+    let cols = super::ot_hist::ColumnLayout::new(&bins);
+    let all: Vec<u32> = (0..kept.len() as u32).collect();
+    for (k, pick) in
+        [all.clone(), all.iter().copied().filter(|p| p % 3 == 0).collect(), vec![5], vec![]].into_iter().enumerate()
+    {
+        let y: Vec<u64> = pick.iter().map(|_| rng.random::<u64>()).collect();
+        let pick: Arc<[u32]> = pick.into();
+        let (msg, mine) = s.session_rows(k as u64, pick.clone()).backward(&y).unwrap();
+        let theirs = c.session_rows(k as u64, pick.clone()).backward(&msg).unwrap();
+        for (f, &b) in bins.iter().enumerate() {
+            for bin in 1..b as usize {
+                let col = cols.range(f).start + bin - 1;
+                let expected = pick
+                    .iter()
+                    .zip(&y)
+                    .filter(|(p, _)| x.columns[f][kept[**p as usize] as usize] as usize == bin)
+                    .fold(0u64, |a, (_, v)| a.wrapping_add(*v));
+                assert_eq!(mine[col].wrapping_add(theirs[col]), expected, "pick {k}, feature {f}, bin {bin}");
+            }
+        }
+    }
+    let session = s.session_rows(9, vec![1, 2].into());
+    assert!(session.backward(&[1, 2]).is_ok());
+    assert!(session.backward(&[1, 2]).is_err(), "a use is single-use");
+    for bad in [vec![2u32, 1], vec![1, 1], vec![kept.len() as u32]] {
+        let y = vec![0u64; bad.len()];
+        assert!(s.session_rows(10, bad.clone().into()).backward(&y).is_err(), "{bad:?}");
+        let msg = vec![0u64; bad.len() * bins.len()];
+        assert!(c.session_rows(10, bad.clone().into()).backward(&msg).is_err(), "{bad:?}");
+    }
 }
