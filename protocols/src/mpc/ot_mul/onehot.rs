@@ -399,7 +399,14 @@ impl OneHotSender {
 
     /// One use of rows `at..at + m` (each use id at most once per row).
     pub fn session(self: &Arc<Self>, use_id: u64, at: usize, m: usize) -> OneHotSenderSession {
-        OneHotSenderSession { store: self.clone(), use_id, at, m, used: Default::default() }
+        OneHotSenderSession { store: self.clone(), use_id, rows: Rows::Range { at, m }, used: Default::default() }
+    }
+
+    /// One use of the listed rows (absolute indices into the rows set up, strictly increasing;
+    /// checked when the session is used). The tweak carries the absolute row index, so uses with
+    /// distinct use ids never repeat a pad, whichever rows they list.
+    pub fn session_rows(self: &Arc<Self>, use_id: u64, rows: Arc<[u32]>) -> OneHotSenderSession {
+        OneHotSenderSession { store: self.clone(), use_id, rows: Rows::List(rows), used: Default::default() }
     }
 }
 
@@ -490,8 +497,14 @@ impl OneHotChooser {
         Ok(())
     }
 
+    /// One use of rows `at..at + m` (each use id at most once per row).
     pub fn session(self: &Arc<Self>, use_id: u64, at: usize, m: usize) -> OneHotChooserSession {
-        OneHotChooserSession { store: self.clone(), use_id, at, m, used: Default::default() }
+        OneHotChooserSession { store: self.clone(), use_id, rows: Rows::Range { at, m }, used: Default::default() }
+    }
+
+    /// One use of the listed rows, as [`OneHotSender::session_rows`].
+    pub fn session_rows(self: &Arc<Self>, use_id: u64, rows: Arc<[u32]>) -> OneHotChooserSession {
+        OneHotChooserSession { store: self.clone(), use_id, rows: Rows::List(rows), used: Default::default() }
     }
 }
 
@@ -502,11 +515,51 @@ fn take(used: &[AtomicBool; 2], backward: bool) -> Result<(), MpcError> {
     Ok(())
 }
 
-fn check_range(rows: usize, at: usize, m: usize) -> Result<(), MpcError> {
-    if at.checked_add(m).is_none_or(|e| e > rows) {
-        return Err(MpcError::Invalid(format!("rows {at}..{} of {rows} kept", at.saturating_add(m))));
+/// The rows of one use: a range, or a list of absolute row indices.
+#[derive(Clone)]
+enum Rows {
+    Range { at: usize, m: usize },
+    List(Arc<[u32]>),
+}
+
+impl Rows {
+    fn len(&self) -> usize {
+        match self {
+            Rows::Range { m, .. } => *m,
+            Rows::List(l) => l.len(),
+        }
     }
-    Ok(())
+
+    /// The absolute index of the use's r-th row.
+    #[inline]
+    fn abs(&self, r: usize) -> usize {
+        match self {
+            Rows::Range { at, .. } => at + r,
+            Rows::List(l) => l[r] as usize,
+        }
+    }
+
+    /// Errors unless every row is below `kept` (and a list strictly increasing).
+    fn check(&self, kept: usize) -> Result<(), MpcError> {
+        match self {
+            Rows::Range { at, m } => {
+                if at.checked_add(*m).is_none_or(|e| e > kept) {
+                    return Err(MpcError::Invalid(format!("rows {at}..{} of {kept} kept", at.saturating_add(*m))));
+                }
+            }
+            Rows::List(l) => {
+                if l.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(MpcError::Invalid("a row list that is not strictly increasing".into()));
+                }
+                if let Some(&last) = l.last()
+                    && last as usize >= kept
+                {
+                    return Err(MpcError::Invalid(format!("row {last} of {kept} kept")));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn scaled(mut v: Vec<u64>, scale: u64) -> Vec<u64> {
@@ -518,8 +571,7 @@ fn scaled(mut v: Vec<u64>, scale: u64) -> Vec<u64> {
 pub struct OneHotSenderSession {
     store: Arc<OneHotSender>,
     use_id: u64,
-    at: usize,
-    m: usize,
+    rows: Rows,
     used: [AtomicBool; 2],
 }
 
@@ -527,8 +579,7 @@ pub struct OneHotSenderSession {
 pub struct OneHotChooserSession {
     store: Arc<OneHotChooser>,
     use_id: u64,
-    at: usize,
-    m: usize,
+    rows: Rows,
     used: [AtomicBool; 2],
 }
 
@@ -540,34 +591,33 @@ impl OneHotSenderSession {
         if y.len() != gs.total {
             return Err(MpcError::Invalid(format!("forward vector of {} entries for {} columns", y.len(), gs.total)));
         }
-        check_range(self.store.rows(), self.at, self.m)?;
+        self.rows.check(self.store.rows())?;
         take(&self.used, false)?;
-        let (g_n, cols) = (gs.len(), gs.total);
-        let mut msg = vec![0u64; self.m * cols];
-        let mut out = vec![0u64; self.m];
-        let roots = &self.store.roots[self.at * g_n..(self.at + self.m) * g_n];
+        let (g_n, cols, m) = (gs.len(), gs.total, self.rows.len());
+        let mut msg = vec![0u64; m * cols];
+        let mut out = vec![0u64; m];
         if cols > 0 {
-            msg.par_chunks_mut(cols).zip(out.par_iter_mut()).zip(roots.par_chunks(g_n)).enumerate().for_each(
-                |(r, ((msg, out), roots))| {
-                    let (mut tree, mut sc) = ([0u128; TREE], Scratch::new());
-                    let mut acc = 0u64;
-                    for (g, &root) in roots.iter().enumerate() {
-                        let k = gs.leaves(g);
-                        expand_full(root, k, &mut tree, &mut sc);
-                        let leaves = &mut tree[leaf_at(k)..leaf_at(k) + k];
-                        let s = leaves.iter().fold(0u128, |a, &x| a ^ x);
-                        leaves.iter_mut().for_each(|x| *x ^= s);
-                        hash_leaves(tweak(self.use_id, T_FORWARD, self.at + r, g, 0), leaves, &mut sc);
-                        let p0 = leaves[0] as u64;
-                        let f = gs.first[g] as usize;
-                        for j in 1..k {
-                            msg[f + j - 1] = y[f + j - 1].wrapping_add(leaves[j] as u64).wrapping_sub(p0);
-                        }
-                        acc = acc.wrapping_add(p0);
+            msg.par_chunks_mut(cols).zip(out.par_iter_mut()).enumerate().for_each(|(r, (msg, out))| {
+                let i = self.rows.abs(r);
+                let roots = &self.store.roots[i * g_n..(i + 1) * g_n];
+                let (mut tree, mut sc) = ([0u128; TREE], Scratch::new());
+                let mut acc = 0u64;
+                for (g, &root) in roots.iter().enumerate() {
+                    let k = gs.leaves(g);
+                    expand_full(root, k, &mut tree, &mut sc);
+                    let leaves = &mut tree[leaf_at(k)..leaf_at(k) + k];
+                    let s = leaves.iter().fold(0u128, |a, &x| a ^ x);
+                    leaves.iter_mut().for_each(|x| *x ^= s);
+                    hash_leaves(tweak(self.use_id, T_FORWARD, i, g, 0), leaves, &mut sc);
+                    let p0 = leaves[0] as u64;
+                    let f = gs.first[g] as usize;
+                    for j in 1..k {
+                        msg[f + j - 1] = y[f + j - 1].wrapping_add(leaves[j] as u64).wrapping_sub(p0);
                     }
-                    *out = acc;
-                },
-            );
+                    acc = acc.wrapping_add(p0);
+                }
+                *out = acc;
+            });
         }
         Ok((msg, scaled(out, gs.scale)))
     }
@@ -576,31 +626,32 @@ impl OneHotSenderSession {
     /// column), for y of one entry per row.
     pub fn backward(&self, y: &[u64]) -> Result<(Vec<u64>, Vec<u64>), MpcError> {
         let gs = &self.store.groups;
-        if y.len() != self.m {
-            return Err(MpcError::Invalid(format!("backward vector of {} entries for {} rows", y.len(), self.m)));
+        let m = self.rows.len();
+        if y.len() != m {
+            return Err(MpcError::Invalid(format!("backward vector of {} entries for {m} rows", y.len())));
         }
-        check_range(self.store.rows(), self.at, self.m)?;
+        self.rows.check(self.store.rows())?;
         take(&self.used, true)?;
         let (g_n, cols) = (gs.len(), gs.total);
-        let mut msg = vec![0u64; self.m * g_n];
+        let mut msg = vec![0u64; m * g_n];
         if g_n == 0 {
             return Ok((msg, vec![0; cols]));
         }
-        let roots = &self.store.roots[self.at * g_n..(self.at + self.m) * g_n];
         let out = msg
             .par_chunks_mut(g_n * super::PAR_ROWS)
-            .zip(roots.par_chunks(g_n * super::PAR_ROWS))
             .enumerate()
-            .map(|(blk, (msg, roots))| {
+            .map(|(blk, msg)| {
                 let mut acc = vec![0u64; cols];
                 let (mut tree, mut sc) = ([0u128; TREE], Scratch::new());
-                for (rr, (msg, roots)) in msg.chunks_mut(g_n).zip(roots.chunks(g_n)).enumerate() {
+                for (rr, msg) in msg.chunks_mut(g_n).enumerate() {
                     let r = blk * super::PAR_ROWS + rr;
+                    let i = self.rows.abs(r);
+                    let roots = &self.store.roots[i * g_n..(i + 1) * g_n];
                     for (g, &root) in roots.iter().enumerate() {
                         let k = gs.leaves(g);
                         expand_full(root, k, &mut tree, &mut sc);
                         let leaves = &mut tree[leaf_at(k)..leaf_at(k) + k];
-                        hash_leaves(tweak(self.use_id, T_BACKWARD, self.at + r, g, 0), leaves, &mut sc);
+                        hash_leaves(tweak(self.use_id, T_BACKWARD, i, g, 0), leaves, &mut sc);
                         let mut c = y[r];
                         let f = gs.first[g] as usize;
                         for (j, &q) in leaves.iter().enumerate() {
@@ -622,20 +673,20 @@ impl OneHotSenderSession {
 impl OneHotChooserSession {
     /// Words of the sender's forward message.
     pub fn forward_len(&self) -> usize {
-        self.m * self.store.groups.total
+        self.rows.len() * self.store.groups.total
     }
 
     /// Words of the sender's backward message.
     pub fn backward_len(&self) -> usize {
-        self.m * self.store.groups.len()
+        self.rows.len() * self.store.groups.len()
     }
 
-    /// The leaves and co-path keys of this use's rows.
-    fn rows(&self) -> Result<(&[u8], &[u128]), MpcError> {
+    /// The leaves and co-path keys of row `i` (absolute).
+    #[inline]
+    fn row(&self, i: usize) -> (&[u8], &[u128]) {
         let st = &self.store;
         let (g_n, per) = (st.groups.len(), st.groups.per_row);
-        check_range(st.rows, self.at, self.m)?;
-        Ok((&st.leaves[self.at * g_n..(self.at + self.m) * g_n], &st.copath[self.at * per..(self.at + self.m) * per]))
+        (&st.leaves[i * g_n..(i + 1) * g_n], &st.copath[i * per..(i + 1) * per])
     }
 
     /// Forward: the chooser's share of X·y (one per row) given the sender's message.
@@ -644,21 +695,23 @@ impl OneHotChooserSession {
         if msg.len() != self.forward_len() {
             return Err(violation(format!("{} forward words for {}", msg.len(), self.forward_len())));
         }
-        let (leaves, copath) = self.rows()?;
+        self.rows.check(self.store.rows)?;
         take(&self.used, false)?;
-        let (g_n, cols, per) = (gs.len(), gs.total, gs.per_row);
-        let mut out = vec![0u64; self.m];
+        let (g_n, cols) = (gs.len(), gs.total);
+        let mut out = vec![0u64; self.rows.len()];
         if g_n > 0 {
             out.par_iter_mut().enumerate().for_each(|(r, out)| {
+                let i = self.rows.abs(r);
+                let (leaves, copath) = self.row(i);
                 let (mut tree, mut sc) = ([0u128; TREE], Scratch::new());
                 let mut acc = 0u64;
                 for g in 0..g_n {
-                    let (k, b) = (gs.leaves(g), leaves[r * g_n + g] as usize);
-                    let at = r * per + gs.at[g] as usize;
+                    let (k, b) = (gs.leaves(g), leaves[g] as usize);
+                    let at = gs.at[g] as usize;
                     expand_punctured(&copath[at..at + depth(k) as usize], b, k, &mut tree, &mut sc);
                     let s = tree[leaf_at(k)..leaf_at(k) + k].iter().fold(0u128, |a, &x| a ^ x);
                     let mut pb = [s];
-                    hash_leaves(tweak(self.use_id, T_FORWARD, self.at + r, g, b), &mut pb, &mut sc);
+                    hash_leaves(tweak(self.use_id, T_FORWARD, i, g, b), &mut pb, &mut sc);
                     let pb = pb[0] as u64;
                     acc = if b == 0 {
                         acc.wrapping_sub(pb)
@@ -678,9 +731,9 @@ impl OneHotChooserSession {
         if msg.len() != self.backward_len() {
             return Err(violation(format!("{} backward words for {}", msg.len(), self.backward_len())));
         }
-        let (leaves, copath) = self.rows()?;
+        self.rows.check(self.store.rows)?;
         take(&self.used, true)?;
-        let (g_n, cols, per) = (gs.len(), gs.total, gs.per_row);
+        let (g_n, cols) = (gs.len(), gs.total);
         if g_n == 0 {
             return Ok(vec![0; cols]);
         }
@@ -691,13 +744,14 @@ impl OneHotChooserSession {
                 let mut acc = vec![0u64; cols];
                 let (mut tree, mut sc) = ([0u128; TREE], Scratch::new());
                 for (rr, msg) in msg.chunks(g_n).enumerate() {
-                    let r = blk * super::PAR_ROWS + rr;
+                    let i = self.rows.abs(blk * super::PAR_ROWS + rr);
+                    let (leaves, copath) = self.row(i);
                     for (g, &c) in msg.iter().enumerate() {
-                        let (k, b) = (gs.leaves(g), leaves[r * g_n + g] as usize);
-                        let at = r * per + gs.at[g] as usize;
+                        let (k, b) = (gs.leaves(g), leaves[g] as usize);
+                        let at = gs.at[g] as usize;
                         expand_punctured(&copath[at..at + depth(k) as usize], b, k, &mut tree, &mut sc);
                         let leaves = &mut tree[leaf_at(k)..leaf_at(k) + k];
-                        hash_leaves(tweak(self.use_id, T_BACKWARD, self.at + r, g, 0), leaves, &mut sc);
+                        hash_leaves(tweak(self.use_id, T_BACKWARD, i, g, 0), leaves, &mut sc);
                         let f = gs.first[g] as usize;
                         let mut mine = c;
                         for (j, &q) in leaves.iter().enumerate() {

@@ -203,3 +203,90 @@ fn the_chooser_cannot_open_its_own_leaf() {
         }
     }
 }
+
+/// Sets up kept correlations for `x` in one chunk (both sides).
+async fn setup(x: &Matrix, groups: &Arc<Groups>) -> (Arc<OneHotSender>, Arc<OneHotChooser>) {
+    let rows = x.rows();
+    let (ca, cb) = memory_pair(8);
+    let chooser = async {
+        let mut ext = IknpReceiver::setup(&ca, Security::SemiHonest).await.unwrap();
+        let mut st = OneHotChooser::new(groups.clone(), rows);
+        st.extend(&ca, &mut ext, x).await.unwrap();
+        Arc::new(st)
+    };
+    let sender = async {
+        let mut ext = IknpSender::setup(&cb, Security::SemiHonest).await.unwrap();
+        let mut st = OneHotSender::new(groups.clone(), rows);
+        st.extend(&cb, &mut ext, rows).await.unwrap();
+        Arc::new(st)
+    };
+    let (ch, se) = futures::join!(chooser, sender);
+    (se, ch)
+}
+
+/// Forward, backward and the paired backward on a list of rows against the plaintext.
+fn check_rows(se: &Arc<OneHotSender>, ch: &Arc<OneHotChooser>, x: &Matrix, list: &[u32], use_id: u64, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (m, cols) = (list.len(), x.cols());
+    let xb = x.select_rows(list);
+    let y_fwd: Vec<u64> = (0..cols).map(|_| rng.next_u64()).collect();
+    let y_bwd: Vec<u64> = (0..m).map(|_| rng.next_u64()).collect();
+    let mut want_f = xb.mul_vec(&y_fwd);
+    if cols == 0 {
+        want_f = vec![0; m];
+    }
+    let want_b = xb.mul_t_vec(&y_bwd);
+    let rows: Arc<[u32]> = list.into();
+    let (s, c) = (se.session_rows(use_id, rows.clone()), ch.session_rows(use_id, rows.clone()));
+    let (msg, sf) = s.forward(&y_fwd).unwrap();
+    assert_eq!(add(&c.forward(&msg).unwrap(), &sf), want_f, "forward of rows {list:?}");
+    let (msg, sb) = s.backward(&y_bwd).unwrap();
+    assert_eq!(add(&c.backward(&msg).unwrap(), &sb), want_b, "backward of rows {list:?}");
+    // A session without a forward product: the backward alone.
+    let (s, c) = (se.session_rows(use_id + 1, rows.clone()), ch.session_rows(use_id + 1, rows));
+    let (msg, sb) = s.backward(&y_bwd).unwrap();
+    assert_eq!(add(&c.backward(&msg).unwrap(), &sb), want_b, "backward alone of rows {list:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listed_rows_match_plaintext() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let sizes = [9u32, 1, 255, 3, 16];
+    let x = onehot(600, &sizes, 256, |_, _| rng.random_range(0..256usize));
+    let groups = Arc::new(Groups::new(&sizes, 256).unwrap());
+    let (se, ch) = setup(&x, &groups).await;
+    let every_third: Vec<u32> = (0..600).step_by(3).collect();
+    let sparse: Vec<u32> = vec![0, 1, 7, 64, 65, 300, 599];
+    let all: Vec<u32> = (0..600).collect();
+    for (u, list) in [vec![], vec![0], vec![599], vec![313], sparse, every_third, all].iter().enumerate() {
+        check_rows(&se, &ch, &x, list, 10 * u as u64, u as u64);
+    }
+    // One group with k = 2, and one with k = 256 alone.
+    for sizes in [[1u32], [255]] {
+        let x = onehot(70, &sizes, 3 << 62, |i, _| i * 37);
+        let groups = Arc::new(Groups::new(&sizes, 3 << 62).unwrap());
+        let (se, ch) = setup(&x, &groups).await;
+        check_rows(&se, &ch, &x, &[5], 0, 1);
+        check_rows(&se, &ch, &x, &[0, 2, 3, 40, 69], 2, 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_row_lists_are_errors() {
+    let sizes = [3u32, 2];
+    let x = onehot(10, &sizes, 1, |i, g| i + g);
+    let groups = Arc::new(Groups::new(&sizes, 1).unwrap());
+    let (se, ch) = setup(&x, &groups).await;
+    for bad in [vec![3u32, 3], vec![4, 2], vec![0, 10], vec![u32::MAX]] {
+        let rows: Arc<[u32]> = bad.into();
+        let (s, c) = (se.session_rows(0, rows.clone()), ch.session_rows(0, rows.clone()));
+        assert!(s.forward(&[1; 5]).is_err());
+        assert!(s.backward(&vec![1; rows.len()]).is_err());
+        assert!(c.forward(&vec![0; rows.len() * 5]).is_err());
+        assert!(c.backward(&vec![0; rows.len() * 2]).is_err());
+    }
+    // Messages of the wrong length for a list.
+    let rows: Arc<[u32]> = vec![1u32, 4, 9].into();
+    let c = ch.session_rows(0, rows);
+    assert!(c.forward(&[0; 14]).is_err() && c.backward(&[0; 5]).is_err());
+}
