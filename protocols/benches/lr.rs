@@ -52,6 +52,9 @@ fn peak_rss() -> u64 {
     kb.and_then(|k| k.parse::<u64>().ok()).unwrap_or(0) * 1024
 }
 
+/// At the end of an epoch: (time, bytes A sent, bytes A received, CPU seconds).
+type Mark = (f64, u64, u64, f64);
+
 /// CPU seconds of this process so far (user + system, from /proc/self/stat).
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -136,7 +139,7 @@ fn main() {
     let counter = ca.byte_counter();
     // Per epoch: (end time, bytes A sent, bytes A received, CPU seconds), from A's progress
     // callback.
-    let marks: Arc<Mutex<Vec<(f64, u64, u64, f64)>>> = Arc::default();
+    let marks: Arc<Mutex<Vec<Mark>>> = Arc::default();
     let cpu0 = cpu_seconds();
     let start = Instant::now();
     let (m2, batches_per_epoch) = (marks.clone(), n.div_ceil(config.batch_size));

@@ -120,8 +120,10 @@ impl FixedKeyAes {
         // invalid bit patterns; the view covers exactly `src`'s memory, borrowed shared.
         let src = unsafe { std::slice::from_raw_parts(src.as_ptr().cast::<aes::Block>(), src.len()) };
         #[cfg(target_endian = "big")]
-        let src: Vec<aes::Block> = src.iter().map(|b| to_aes(u128::from_ne_bytes(b.0))).collect();
-        with_aes_blocks(dst, |dst| self.aes.encrypt_blocks_b2b(&src[..], dst).expect("equal lengths"));
+        let owned: Vec<aes::Block> = src.iter().map(|b| to_aes(u128::from_ne_bytes(b.0))).collect();
+        #[cfg(target_endian = "big")]
+        let src: &[aes::Block] = &owned;
+        with_aes_blocks(dst, |dst| self.aes.encrypt_blocks_b2b(src, dst).expect("equal lengths"));
     }
 
     /// The correlation-robust hash π(x) ⊕ x (GKWY20 §7.2).

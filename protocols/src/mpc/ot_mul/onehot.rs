@@ -638,6 +638,9 @@ fn scaled(mut v: Vec<u64>, scale: u64) -> Vec<u64> {
     v
 }
 
+/// A paired backward's sender output: the message and the shares of Xᵀ·y0 and Xᵀ·y1.
+pub type PairOut = (Vec<u64>, Vec<u64>, Vec<u64>);
+
 /// The sender's side of one use (a batch of rows in one epoch).
 pub struct OneHotSenderSession {
     store: Arc<OneHotSender>,
@@ -787,7 +790,7 @@ impl OneHotSenderSession {
     /// Backward for two vectors at once (e.g. gradients and hessians) from one expansion: the
     /// message (two words per (row, group): y0's then y1's correction) and the sender's shares of
     /// Xᵀ·y0 and Xᵀ·y1. Uses the low and the high half of each pad; one backward per session.
-    pub fn backward_pair(&self, y0: &[u64], y1: &[u64]) -> Result<(Vec<u64>, Vec<u64>, Vec<u64>), MpcError> {
+    pub fn backward_pair(&self, y0: &[u64], y1: &[u64]) -> Result<PairOut, MpcError> {
         let (msg, mut outs) = self.backward_of(&[y0, y1])?;
         let o1 = outs.pop().expect("two outputs");
         Ok((msg, outs.pop().expect("two outputs"), o1))
