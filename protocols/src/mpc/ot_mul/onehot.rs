@@ -89,7 +89,8 @@
 //! 173 CPU-ns per (row, group) (410 M AES blocks per CPU-s), chooser 190 CPU-ns (279 M), the
 //! backwards after them 3.3 CPU-ns each; a backward alone 108 (sender) and 160 (chooser) CPU-ns,
 //! a pair the same. One LR epoch's products of a 10^5 × 300-feature one-hot matrix: ~11 CPU-s
-//! for both sides (the previous per-tree code: ~80).
+//! for both sides (stop 23's whole epoch with the per-tree code was ~83 CPU-s for both nodes;
+//! that code's kernel alone was not measured).
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
