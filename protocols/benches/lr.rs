@@ -16,7 +16,12 @@
 //! - `LR_EPOCHS` [1], `LR_BATCH` [1024], `LR_LR` [0.5] (learning rate: with many indicator columns
 //!   ‖x‖² is large and plain gradient descent needs a smaller one, e.g. 0.01 for 3000);
 //! - `LR_DEALER` [0]: 1 trains with a dealer (three parties in this process);
-//! - `LR_CACHE_MB` [1536]: [`LrConfig::ot_cache_bytes`] in MiB.
+//! - `LR_CACHE_MB` [1536]: [`LrConfig::ot_cache_bytes`] in MiB;
+//! - `LR_ONEHOT` [0]: 1 (with `LR_B_KIND=bin`) announces B's groups of 10 as one-hot
+//!   ([`LrInput::onehot`]): its products run on the kept correlations instead of fresh OTs.
+//!
+//! Each epoch line also gives the process's CPU seconds (both parties, user + system) in it; the
+//! first epoch's figures include the setup of the kept correlations or the OT cache.
 //!
 //! The target shapes: `LR_ROWS=100000 LR_A=30 LR_B=300` (raw), the same with
 //! `LR_B_KIND=bin`, and `LR_ROWS=100000 LR_A=30 LR_B=3000 LR_B_KIND=bin LR_EPOCHS=10`.
@@ -27,6 +32,7 @@ use consort_protocols::mpc::Party;
 use consort_protocols::mpc::dealer::run_dealer;
 use consort_protocols::mpc::lr::{LrConfig, LrInput, LrProgress, train, train_with_dealer};
 use consort_protocols::mpc::ot_mul::Matrix;
+use consort_protocols::mpc::ot_mul::onehot::Groups;
 use consort_protocols::{Metered, memory_pair};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -46,12 +52,25 @@ fn peak_rss() -> u64 {
     kb.and_then(|k| k.parse::<u64>().ok()).unwrap_or(0) * 1024
 }
 
+/// At the end of an epoch: (time, bytes A sent, bytes A received, CPU seconds).
+type Mark = (f64, u64, u64, f64);
+
+/// CPU seconds of this process so far (user + system, from /proc/self/stat).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(") ").map_or("", |(_, s)| s);
+    let f: Vec<f64> = after.split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
+    // Fields 14 and 15 (utime, stime) are 11 and 12 after the command name, in clock ticks.
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
+}
+
 fn main() {
     let n: usize = env("LR_ROWS", 100_000);
     let n_hold: usize = env("LR_HOLDOUT", 0);
     let (d_a, d_b): (usize, usize) = (env("LR_A", 30), env("LR_B", 300));
     let kind: String = env("LR_B_KIND", "raw".to_string());
     let dealer = env("LR_DEALER", 0u8) == 1;
+    let onehot = env("LR_ONEHOT", 0u8) == 1 && kind == "bin";
     let config = LrConfig {
         epochs: env("LR_EPOCHS", 1),
         batch_size: env("LR_BATCH", 1024),
@@ -110,19 +129,24 @@ fn main() {
         labels: None,
         train: train_rows,
         holdout,
-        onehot: None,
+        onehot: onehot.then(|| {
+            let sizes: Vec<u32> = (0..d_b).step_by(10).map(|j| 10.min(d_b - j) as u32).collect();
+            Groups::new(&sizes, 1 << config.feature_frac_bits).expect("groups of 10")
+        }),
     };
     let (ca, cb) = memory_pair(64);
     let (ca, cb) = (Metered::new(ca), Metered::new(cb));
     let counter = ca.byte_counter();
-    // Per epoch: (end time, bytes A sent, bytes A received), from A's progress callback.
-    let marks: Arc<Mutex<Vec<(f64, u64, u64)>>> = Arc::default();
+    // Per epoch: (end time, bytes A sent, bytes A received, CPU seconds), from A's progress
+    // callback.
+    let marks: Arc<Mutex<Vec<Mark>>> = Arc::default();
+    let cpu0 = cpu_seconds();
     let start = Instant::now();
     let (m2, batches_per_epoch) = (marks.clone(), n.div_ceil(config.batch_size));
     let progress = Arc::new(move |p: LrProgress| {
         if p.loss.is_none() && p.batch == batches_per_epoch {
             let (s, r) = counter.get();
-            m2.lock().unwrap().push((start.elapsed().as_secs_f64(), s, r));
+            m2.lock().unwrap().push((start.elapsed().as_secs_f64(), s, r, cpu_seconds()));
         }
     });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -152,16 +176,17 @@ fn main() {
         }
     });
     let total_s = start.elapsed().as_secs_f64();
-    let mut prev = (0.0, 0, 0);
-    for (e, &(t, s, r)) in marks.lock().unwrap().iter().enumerate() {
+    let mut prev = (0.0, 0, 0, cpu0);
+    for (e, &(t, s, r, c)) in marks.lock().unwrap().iter().enumerate() {
         let (dt, bytes) = (t - prev.0, (s - prev.1) + (r - prev.2));
         println!(
-            "epoch {:>3}: {dt:8.2} s  {:>10.0} rows/s  {:>8.1} MB on the wire (both directions)",
+            "epoch {:>3}: {dt:8.2} s  {:>10.0} rows/s  {:>8.1} MB on the wire (both directions)  {:7.1} CPU-s",
             e + 1,
             n as f64 / dt,
-            bytes as f64 / 1e6
+            bytes as f64 / 1e6,
+            c - prev.3
         );
-        prev = (t, s, r);
+        prev = (t, s, r, c);
     }
     let (a, b) = (a.expect("party A"), b.expect("party B"));
     assert_eq!(b.weights.len(), d_b);

@@ -103,11 +103,12 @@ pub async fn run_train_card<C: Channel, D: Channel>(
     })
 }
 
-/// Whether B announces its indicators as one-hot groups (kept correlations). Off: measured at
-/// 10^5 × (30 + 300) it cuts the bytes per epoch 8.85 → 3.2 GB, but its one-time setup (6 GB and
-/// the GGM trees) and its per-epoch AES work made one and two epochs slower than fresh OTs on the
-/// shared box (docs/architecture.md, "Speed, stop 23"); off until that CPU is cut.
-const KEPT_ONEHOT: bool = false;
+/// Whether B announces its indicators as one-hot groups (kept correlations). On since the
+/// batched kernel (one expansion per (row, feature) per epoch for both products, every level of
+/// 128 rows' trees in one cipher call): at 10^5 × (30 + 300) it cuts the bytes per epoch
+/// 8.85 → 3.2 GB and the CPU per epoch below fresh OTs' (docs/architecture.md, scorecard cost
+/// model). Kept as a switch: off, B's indicators go through fresh IKNP OTs as before.
+const KEPT_ONEHOT: bool = true;
 
 /// B's bin indicators as one-hot groups (one per feature with at least two bins; a one-bin
 /// feature has no column), so that the LR products run on correlations kept across epochs

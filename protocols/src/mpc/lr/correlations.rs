@@ -214,8 +214,12 @@ pub(super) async fn correlations<C: Channel, D: Channel>(
     let m = rows.len();
     if let Some(kept) = &ctx.kept {
         let l = list as usize;
-        let own = kept.own.as_ref().map(|o| o[l].session(epoch, at, m));
-        let peer = kept.peer.as_ref().map(|p| p[l].session(epoch, at, m));
+        // A holdout batch has no backward product: its forward skips the backward's pads.
+        let holdout = list == List::Holdout;
+        let own =
+            kept.own.as_ref().map(|o| o[l].session(epoch, at, m)).map(|s| if holdout { s.forward_only() } else { s });
+        let peer =
+            kept.peer.as_ref().map(|p| p[l].session(epoch, at, m)).map(|s| if holdout { s.forward_only() } else { s });
         // The side that is not one-hot: fresh OTs, one direction only.
         let own = match own {
             Some(o) => Own::OneHot(o),

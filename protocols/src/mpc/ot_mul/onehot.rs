@@ -38,7 +38,17 @@
 //!   group) and keeps Q_j for column j; the chooser keeps −Q_j for j ≠ b and
 //!   c + Σ_{j≠b} Q_j = y_i − Q_b for j = b.
 //!
+//! - backward of two vectors at once ([`OneHotSenderSession::backward_pair`], e.g. SecureBoost's
+//!   gradients and hessians): the 128-bit Q_j split into two 64-bit pads, the low half for y0 and
+//!   the high half for y1, so c0 = y0_i − Σ_j lo(Q_j) and c1 = y1_i − Σ_j hi(Q_j) (16 bytes per
+//!   group); the two halves of one TCCR output are independent pseudorandom pads.
+//!
 //! Both then multiply their shares by `scale`. Exact (no error term).
+//!
+//! A use covers a range of rows ([`OneHotSender::session`], the LR's batches) or a strictly
+//! increasing list of absolute rows ([`OneHotSender::session_rows`], a tree node's rows); the
+//! tweak carries the absolute row index and the use id, so a pad is never used twice as long as
+//! every use of a row has its own use id. One forward and one backward (single or paired) per use.
 //!
 //! # What each party learns; what is kept
 //!
@@ -64,10 +74,25 @@
 //! # Cost
 //!
 //! Setup: d random OTs (16 bytes each), d bits and 32·d bytes per (row, group). Per use: forward
-//! 8 bytes per column (k − 1 per group), backward 8 bytes per group; CPU about 2k TCCR hashes and
-//! ~k PRG calls per (row, group) on either side.
-use std::sync::Arc;
+//! 8 bytes per column (k − 1 per group), backward 8 bytes per group (16 for a pair).
+//!
+//! CPU: one expansion per (row, group) per use serves both products (the forward makes the
+//! backward's y-independent part, [`Prep`], and keeps it in the session; a backward without a
+//! forward expands on its own). Per (row, group) and use, in AES blocks: the expansion
+//! Σ_l (parents + children) (31 at k = 10), then the sender 2k (forward) + 2k (backward), the
+//! chooser 2 (forward: one hash) + 2k (backward). The kernel ([`expand_many`], [`tccr_trees`])
+//! takes a group's trees of 128 rows together: each level is two calls into the cipher over all
+//! of them (128–32 768 blocks, pipelined by the VAES/AES-NI backend), the hashes one call per
+//! slice, no per-tree calls. Measured (`cargo bench -p consort-protocols --bench onehot`,
+//! `RAYON_NUM_THREADS=1`, 2·10^4 rows × 300 groups of k = 10, batches of 1 024 rows, on a shared
+//! 2-vCPU box at load ~10, so CPU seconds are the figures): sender forward + backward pads
+//! 173 CPU-ns per (row, group) (410 M AES blocks per CPU-s), chooser 190 CPU-ns (279 M), the
+//! backwards after them 3.3 CPU-ns each; a backward alone 108 (sender) and 160 (chooser) CPU-ns,
+//! a pair the same. One LR epoch's products of a 10^5 × 300-feature one-hot matrix: ~11 CPU-s
+//! for both sides (stop 23's whole epoch with the per-tree code was ~83 CPU-s for both nodes;
+//! that code's kernel alone was not measured).
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 use zeroize::Zeroizing;
@@ -82,9 +107,6 @@ use crate::ot::{IknpReceiver, IknpSender};
 
 /// Most columns in one group (k ≤ 256 leaves, trees of depth ≤ 8).
 pub const MAX_GROUP_COLS: u32 = 255;
-
-/// Nodes of a full tree of depth 8 in heap order (level l at offsets 2^l − 1 ..).
-const TREE: usize = 511;
 
 /// Tweak purposes (bits 56..64 of a tweak).
 const T_LEFT: u128 = 1 << 56;
@@ -159,6 +181,11 @@ impl Groups {
 
     fn leaves(&self, g: usize) -> usize {
         self.cols[g] as usize + 1
+    }
+
+    /// The most leaves of a group (2 without groups).
+    fn max_leaves(&self) -> usize {
+        self.cols.iter().max().map_or(2, |&c| c as usize + 1)
     }
 
     /// The announcement: group count (u32), scale (u64), then one byte per group.
@@ -237,84 +264,124 @@ fn level_len(k: usize, d: u32, l: u32) -> usize {
     k.div_ceil(1 << (d - l))
 }
 
-/// Work buffers of the tree expansion and the hashes, made once per task (not per call: zeroing
-/// 4 KiB arrays per node level cost more than the AES).
-pub(super) struct Scratch {
-    y: [u128; 256],
-    z: [u128; 256],
+/// Rows per task of the batched kernel: each level of one group's trees of these rows goes
+/// through the cipher in one call (≥ 128 blocks per call; up to 32,768 at k = 256).
+const KERNEL_ROWS: usize = 128;
+
+/// Work buffers of the batched kernel, made once per task with room for the widest group (never
+/// grown, so no stray copies of keys are left behind), zeroized on drop.
+struct Bufs {
+    /// The current level of every tree (tree-major), the leaves at the end.
+    nodes: Zeroizing<Vec<u128>>,
+    next: Zeroizing<Vec<u128>>,
+    y: Zeroizing<Vec<u128>>,
+    h: Zeroizing<Vec<u128>>,
+    /// A tweak per tree.
+    base: Vec<u128>,
 }
 
-impl Scratch {
-    fn new() -> Box<Self> {
-        Box::new(Self { y: [0; 256], z: [0; 256] })
+impl Bufs {
+    fn new(trees: usize, max_k: usize) -> Self {
+        let v = || Zeroizing::new(Vec::with_capacity(trees * max_k));
+        Self { nodes: v(), next: v(), y: v(), h: v(), base: Vec::with_capacity(trees) }
     }
 }
 
-/// Children of the nodes of level l − 1 into level l (heap offsets), batched through the AES:
-/// G(s) = (π(π(s) ⊕ t_L) ⊕ π(s), π(π(s) ⊕ t_R) ⊕ π(s)).
-#[inline]
-fn expand_level(tree: &mut [u128; TREE], k: usize, d: u32, l: u32, sc: &mut Scratch) {
+/// Expands the trees of k leaves whose roots are in `b.nodes`, all of them level by level (two
+/// calls into the cipher per level for all trees together):
+/// G(s) = (π(π(s) ⊕ t_L) ⊕ π(s), π(π(s) ⊕ t_R) ⊕ π(s)), pruned to the nodes that have a leaf below
+/// k. `hook(t, l, nodes)` sees tree t's nodes of level l as soon as they are made and may change
+/// them (the chooser's puncturing, the setup's level sums). Ends with the leaves in `b.nodes`, k
+/// per tree.
+fn expand_many(b: &mut Bufs, k: usize, mut hook: impl FnMut(usize, u32, &mut [u128])) {
     let aes = FixedKeyAes::fixed();
-    let (parents, children) = (level_len(k, d, l - 1), level_len(k, d, l));
-    let (po, co) = ((1usize << (l - 1)) - 1, (1usize << l) - 1);
-    let (y, z) = (&mut sc.y, &mut sc.z);
-    y[..parents].copy_from_slice(&tree[po..po + parents]);
-    aes.permute_blocks(&mut y[..parents]);
-    for v in 0..children {
-        z[v] = y[v >> 1] ^ if v & 1 == 0 { T_LEFT } else { T_RIGHT };
-    }
-    aes.permute_blocks(&mut z[..children]);
-    for v in 0..children {
-        tree[co + v] = z[v] ^ y[v >> 1];
+    let (t, d) = (b.nodes.len(), depth(k));
+    for l in 1..=d {
+        let (np, nc) = (level_len(k, d, l - 1), level_len(k, d, l));
+        b.y.resize(t * np, 0);
+        aes.permute_to(&b.nodes, &mut b.y);
+        b.next.clear();
+        for y in b.y.chunks(np) {
+            b.next.extend((0..nc).map(|v| y[v >> 1] ^ if v & 1 == 0 { T_LEFT } else { T_RIGHT }));
+        }
+        aes.permute_in_place(&mut b.next);
+        for (tr, (z, y)) in b.next.chunks_mut(nc).zip(b.y.chunks(np)).enumerate() {
+            for (v, z) in z.iter_mut().enumerate() {
+                *z ^= y[v >> 1];
+            }
+            hook(tr, l, z);
+        }
+        std::mem::swap(&mut b.nodes, &mut b.next);
     }
 }
 
-/// The whole (pruned) tree from its root: the sender's view.
-fn expand_full(root: u128, k: usize, tree: &mut [u128; TREE], sc: &mut Scratch) {
-    let d = depth(k);
-    tree[0] = root;
-    for l in 1..=d {
-        expand_level(tree, k, d, l, sc);
-    }
-}
-
-/// Every leaf but `b` from the co-path keys (`copath[l − 1]` the sibling of the path node at level
-/// l): the chooser's view. Nodes on the path are left 0.
-fn expand_punctured(copath: &[u128], b: usize, k: usize, tree: &mut [u128; TREE], sc: &mut Scratch) {
-    let d = depth(k);
-    tree[0] = 0;
-    for l in 1..=d {
-        expand_level(tree, k, d, l, sc);
-        let co = (1usize << l) - 1;
-        let p = b >> (d - l);
-        tree[co + p] = 0;
-        if (p ^ 1) < level_len(k, d, l) {
-            tree[co + (p ^ 1)] = copath[l as usize - 1];
+/// `xs[t·k + j] ← H(base[t] + j, xs[t·k + j])` with H the TCCR hash π(π(x) ⊕ i) ⊕ π(x): the whole
+/// slice in two calls into the cipher.
+fn tccr_trees(xs: &mut [u128], k: usize, base: &[u128], y: &mut Vec<u128>) {
+    let aes = FixedKeyAes::fixed();
+    y.resize(xs.len(), 0);
+    aes.permute_to(xs, y);
+    for ((x, y), &b) in xs.chunks_mut(k).zip(y.chunks(k)).zip(base) {
+        for (j, (x, y)) in x.iter_mut().zip(y).enumerate() {
+            *x = y ^ (b + j as u128);
         }
     }
-}
-
-/// The leaves' heap offset for k leaves.
-#[inline]
-fn leaf_at(k: usize) -> usize {
-    (1usize << depth(k)) - 1
-}
-
-/// TCCR hashes of `xs` under tweaks `base + j` (j = index), in place, batched.
-#[inline]
-fn hash_leaves(base: u128, xs: &mut [u128], sc: &mut Scratch) {
-    let aes = FixedKeyAes::fixed();
-    let y = &mut sc.y;
-    let n = xs.len();
-    y[..n].copy_from_slice(xs);
-    aes.permute_blocks(&mut y[..n]);
-    for (j, x) in xs.iter_mut().enumerate() {
-        *x = y[j] ^ (base + j as u128);
-    }
-    aes.permute_blocks(xs);
-    for (x, y) in xs.iter_mut().zip(&y[..n]) {
+    aes.permute_in_place(xs);
+    for (x, y) in xs.iter_mut().zip(y.iter()) {
         *x ^= y;
     }
+}
+
+/// The backward product's y-independent part of a use, made from the forward's expansion (or by
+/// the backward itself when there was no forward).
+struct Prep {
+    /// Per (row, group), low then high 64 bits of the pads' sum: the sender's Σ_j Q_j, the
+    /// chooser's Σ_{j≠b} Q_j.
+    sums: Vec<u64>,
+    /// Per column, the low halves then the high halves (2 · cols): the sender's Σ_rows Q_j, the
+    /// chooser's −Σ_rows Q_j over the rows whose leaf is not j.
+    acc: Vec<u64>,
+}
+
+/// One task's rows of a use and its slices of the outputs.
+struct Part<'a> {
+    r0: usize,
+    n: usize,
+    /// Forward message (sender) and shares, one chunk each.
+    msg: Option<&'a mut [u64]>,
+    out: Option<&'a mut [u64]>,
+    sums: Option<&'a mut [u64]>,
+}
+
+/// The use's rows cut into tasks of [`KERNEL_ROWS`], with their chunks of each output (`per_row`
+/// words per row; outputs that are not computed are empty).
+fn parts<'a>(
+    m: usize,
+    msg: &'a mut [u64],
+    msg_row: usize,
+    out: &'a mut [u64],
+    sums: &'a mut [u64],
+    sums_row: usize,
+) -> Vec<Part<'a>> {
+    let mut parts: Vec<Part> = (0..m.div_ceil(KERNEL_ROWS))
+        .map(|t| Part {
+            r0: t * KERNEL_ROWS,
+            n: KERNEL_ROWS.min(m - t * KERNEL_ROWS),
+            msg: None,
+            out: None,
+            sums: None,
+        })
+        .collect();
+    for (p, c) in parts.iter_mut().zip(msg.chunks_mut(KERNEL_ROWS * msg_row.max(1))) {
+        p.msg = Some(c);
+    }
+    for (p, c) in parts.iter_mut().zip(out.chunks_mut(KERNEL_ROWS)) {
+        p.out = Some(c);
+    }
+    for (p, c) in parts.iter_mut().zip(sums.chunks_mut(KERNEL_ROWS * sums_row.max(1))) {
+        p.sums = Some(c);
+    }
+    parts
 }
 
 /// The sender's kept correlations: a root per (row, group) of a list of rows.
@@ -362,31 +429,35 @@ impl OneHotSender {
             let per = g2.per_row;
             let mut msg = vec![0u64; rows * per * 4];
             if per > 0 {
-                msg.par_chunks_mut(per * 4).zip(roots.par_chunks(g_n)).enumerate().for_each(|(i, (m, r))| {
-                    let (mut tree, mut sc) = ([0u128; TREE], Scratch::new());
-                    for (g, &root) in r.iter().enumerate() {
-                        let k = g2.leaves(g);
-                        let d = depth(k);
-                        expand_full(root, k, &mut tree, &mut sc);
-                        for l in 1..=d {
-                            let off = (1usize << l) - 1;
-                            let (mut left, mut right) = (0u128, 0u128);
-                            for v in 0..level_len(k, d, l) {
-                                if v & 1 == 0 {
-                                    left ^= tree[off + v];
-                                } else {
-                                    right ^= tree[off + v];
+                msg.par_chunks_mut(per * 4 * KERNEL_ROWS)
+                    .zip(roots.par_chunks(g_n * KERNEL_ROWS))
+                    .enumerate()
+                    .for_each(|(c, (m, r))| {
+                        let n = r.len() / g_n;
+                        let mut b = Bufs::new(n, g2.max_leaves());
+                        for g in 0..g_n {
+                            let (k, at) = (g2.leaves(g), g2.at[g] as usize);
+                            let d = depth(k);
+                            b.nodes.clear();
+                            b.nodes.extend((0..n).map(|t| r[t * g_n + g]));
+                            expand_many(&mut b, k, |t, l, z| {
+                                let (mut left, mut right) = (0u128, 0u128);
+                                for (v, &x) in z.iter().enumerate() {
+                                    if v & 1 == 0 {
+                                        left ^= x;
+                                    } else {
+                                        right ^= x;
+                                    }
                                 }
-                            }
-                            // Level l is bit d − l of the leaf, the OT of that bit.
-                            let slot = g2.at[g] as usize + (d - l) as usize;
-                            let o = i * per + slot;
-                            let (a, b) = (left ^ ots.m0[o], right ^ ots.m1[o]);
-                            let w = &mut m[slot * 4..slot * 4 + 4];
-                            w.copy_from_slice(&[a as u64, (a >> 64) as u64, b as u64, (b >> 64) as u64]);
+                                // Level l is bit d − l of the leaf, the OT of that bit.
+                                let slot = at + (d - l) as usize;
+                                let o = (c * KERNEL_ROWS + t) * per + slot;
+                                let (a, b) = (left ^ ots.m0[o], right ^ ots.m1[o]);
+                                let w = &mut m[(t * per + slot) * 4..(t * per + slot) * 4 + 4];
+                                w.copy_from_slice(&[a as u64, (a >> 64) as u64, b as u64, (b >> 64) as u64]);
+                            });
                         }
-                    }
-                });
+                    });
             }
             (roots, msg)
         })
@@ -399,20 +470,14 @@ impl OneHotSender {
 
     /// One use of rows `at..at + m` (each use id at most once per row).
     pub fn session(self: &Arc<Self>, use_id: u64, at: usize, m: usize) -> OneHotSenderSession {
-        OneHotSenderSession { store: self.clone(), use_id, at, m, used: Default::default(), pick: None }
+        OneHotSenderSession::new(self.clone(), use_id, Rows::Range { at, m })
     }
 
-    /// One use of the kept rows `rows` (positions in this store, strictly ascending; each use id
-    /// at most once per row). Checked when the session is used.
+    /// One use of the listed rows (absolute indices into the rows set up, strictly increasing;
+    /// checked when the session is used). The tweak carries the absolute row index, so uses with
+    /// distinct use ids never repeat a pad, whichever rows they list.
     pub fn session_rows(self: &Arc<Self>, use_id: u64, rows: Arc<[u32]>) -> OneHotSenderSession {
-        OneHotSenderSession {
-            store: self.clone(),
-            use_id,
-            at: 0,
-            m: rows.len(),
-            used: Default::default(),
-            pick: Some(rows),
-        }
+        OneHotSenderSession::new(self.clone(), use_id, Rows::List(rows))
     }
 }
 
@@ -458,41 +523,42 @@ impl OneHotChooser {
         let copath = cpu::run(move || {
             let mut copath = Zeroizing::new(vec![0u128; rows * per]);
             if per > 0 {
-                copath.par_chunks_mut(per).zip(lv.par_chunks(g_n)).enumerate().for_each(|(i, (cp, lv))| {
-                    let (mut tree, mut sc) = ([0u128; TREE], Scratch::new());
-                    for (g, &b) in lv.iter().enumerate() {
-                        let (k, b) = (g2.leaves(g), b as usize);
-                        let d = depth(k);
-                        let at = g2.at[g] as usize;
-                        tree[0] = 0;
-                        for l in 1..=d {
-                            expand_level(&mut tree, k, d, l, &mut sc);
-                            let off = (1usize << l) - 1;
-                            let p = b >> (d - l);
-                            let sib = p ^ 1;
-                            tree[off + p] = 0;
-                            let slot = at + (d - l) as usize;
-                            let o = i * per + slot;
-                            let w = &msg[o * 4..o * 4 + 4];
-                            let side = (sib & 1) as u128;
-                            let sum = if side == 0 {
-                                w[0] as u128 | (w[1] as u128) << 64
-                            } else {
-                                w[2] as u128 | (w[3] as u128) << 64
-                            };
-                            let mut s = sum ^ ots.msgs[o];
-                            for v in (side as usize..level_len(k, d, l)).step_by(2) {
-                                if v != sib {
-                                    s ^= tree[off + v];
+                copath.par_chunks_mut(per * KERNEL_ROWS).zip(lv.par_chunks(g_n * KERNEL_ROWS)).enumerate().for_each(
+                    |(c, (cp, lv))| {
+                        let n = lv.len() / g_n;
+                        let mut b = Bufs::new(n, g2.max_leaves());
+                        for g in 0..g_n {
+                            let (k, at) = (g2.leaves(g), g2.at[g] as usize);
+                            let d = depth(k);
+                            b.nodes.clear();
+                            b.nodes.resize(n, 0);
+                            expand_many(&mut b, k, |t, l, z| {
+                                let p = lv[t * g_n + g] as usize >> (d - l);
+                                let sib = p ^ 1;
+                                z[p] = 0;
+                                let slot = at + (d - l) as usize;
+                                let o = (c * KERNEL_ROWS + t) * per + slot;
+                                let w = &msg[o * 4..o * 4 + 4];
+                                let side = sib & 1;
+                                let sum = if side == 0 {
+                                    w[0] as u128 | (w[1] as u128) << 64
+                                } else {
+                                    w[2] as u128 | (w[3] as u128) << 64
+                                };
+                                let mut s = sum ^ ots.msgs[o];
+                                for v in (side..z.len()).step_by(2) {
+                                    if v != sib {
+                                        s ^= z[v];
+                                    }
                                 }
-                            }
-                            if sib < level_len(k, d, l) {
-                                tree[off + sib] = s;
-                            }
-                            cp[at + l as usize - 1] = s;
+                                if sib < z.len() {
+                                    z[sib] = s;
+                                }
+                                cp[t * per + at + l as usize - 1] = s;
+                            });
                         }
-                    }
-                });
+                    },
+                );
             }
             copath
         })
@@ -503,39 +569,15 @@ impl OneHotChooser {
         Ok(())
     }
 
+    /// One use of rows `at..at + m` (each use id at most once per row).
     pub fn session(self: &Arc<Self>, use_id: u64, at: usize, m: usize) -> OneHotChooserSession {
-        OneHotChooserSession { store: self.clone(), use_id, at, m, used: Default::default(), pick: None }
+        OneHotChooserSession::new(self.clone(), use_id, Rows::Range { at, m })
     }
 
-    /// One use of the kept rows `rows` (positions in this store, strictly ascending; each use id
-    /// at most once per row). Checked when the session is used.
+    /// One use of the listed rows, as [`OneHotSender::session_rows`].
     pub fn session_rows(self: &Arc<Self>, use_id: u64, rows: Arc<[u32]>) -> OneHotChooserSession {
-        OneHotChooserSession {
-            store: self.clone(),
-            use_id,
-            at: 0,
-            m: rows.len(),
-            used: Default::default(),
-            pick: Some(rows),
-        }
+        OneHotChooserSession::new(self.clone(), use_id, Rows::List(rows))
     }
-}
-
-/// A [`session_rows`](OneHotSender::session_rows) list: strictly ascending, below `rows`.
-fn check_pick(pick: &[u32], rows: usize) -> Result<(), MpcError> {
-    if pick.windows(2).any(|w| w[0] >= w[1]) || pick.last().is_some_and(|&r| r as usize >= rows) {
-        return Err(MpcError::Invalid(format!("a row list that is not strictly ascending below {rows}")));
-    }
-    Ok(())
-}
-
-/// The entries of `per` words of each picked row (a copy, zeroized on drop).
-fn gather<T: Copy + Default + zeroize::Zeroize>(data: &[T], per: usize, pick: &[u32]) -> Zeroizing<Vec<T>> {
-    let mut out = Zeroizing::new(Vec::with_capacity(pick.len() * per));
-    for &r in pick {
-        out.extend_from_slice(&data[r as usize * per..(r as usize + 1) * per]);
-    }
-    out
 }
 
 fn take(used: &[AtomicBool; 2], backward: bool) -> Result<(), MpcError> {
@@ -545,11 +587,51 @@ fn take(used: &[AtomicBool; 2], backward: bool) -> Result<(), MpcError> {
     Ok(())
 }
 
-fn check_range(rows: usize, at: usize, m: usize) -> Result<(), MpcError> {
-    if at.checked_add(m).is_none_or(|e| e > rows) {
-        return Err(MpcError::Invalid(format!("rows {at}..{} of {rows} kept", at.saturating_add(m))));
+/// The rows of one use: a range, or a list of absolute row indices.
+#[derive(Clone)]
+enum Rows {
+    Range { at: usize, m: usize },
+    List(Arc<[u32]>),
+}
+
+impl Rows {
+    fn len(&self) -> usize {
+        match self {
+            Rows::Range { m, .. } => *m,
+            Rows::List(l) => l.len(),
+        }
     }
-    Ok(())
+
+    /// The absolute index of the use's r-th row.
+    #[inline]
+    fn abs(&self, r: usize) -> usize {
+        match self {
+            Rows::Range { at, .. } => at + r,
+            Rows::List(l) => l[r] as usize,
+        }
+    }
+
+    /// Errors unless every row is below `kept` (and a list strictly increasing).
+    fn check(&self, kept: usize) -> Result<(), MpcError> {
+        match self {
+            Rows::Range { at, m } => {
+                if at.checked_add(*m).is_none_or(|e| e > kept) {
+                    return Err(MpcError::Invalid(format!("rows {at}..{} of {kept} kept", at.saturating_add(*m))));
+                }
+            }
+            Rows::List(l) => {
+                if l.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(MpcError::Invalid("a row list that is not strictly increasing".into()));
+                }
+                if let Some(&last) = l.last()
+                    && last as usize >= kept
+                {
+                    return Err(MpcError::Invalid(format!("row {last} of {kept} kept")));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn scaled(mut v: Vec<u64>, scale: u64) -> Vec<u64> {
@@ -557,269 +639,374 @@ fn scaled(mut v: Vec<u64>, scale: u64) -> Vec<u64> {
     v
 }
 
+/// A paired backward's sender output: the message and the shares of Xᵀ·y0 and Xᵀ·y1.
+pub type PairOut = (Vec<u64>, Vec<u64>, Vec<u64>);
+
 /// The sender's side of one use (a batch of rows in one epoch).
 pub struct OneHotSenderSession {
     store: Arc<OneHotSender>,
     use_id: u64,
-    at: usize,
-    m: usize,
+    rows: Rows,
     used: [AtomicBool; 2],
-    /// Kept rows of a [`OneHotSender::session_rows`] use (else rows `at..at + m`).
-    pick: Option<Arc<[u32]>>,
+    forward_only: bool,
+    prep: Mutex<Option<Prep>>,
 }
 
 /// The chooser's side of one use.
 pub struct OneHotChooserSession {
     store: Arc<OneHotChooser>,
     use_id: u64,
-    at: usize,
-    m: usize,
+    rows: Rows,
     used: [AtomicBool; 2],
-    /// Kept rows of a [`OneHotSender::session_rows`] use (else rows `at..at + m`).
-    pick: Option<Arc<[u32]>>,
+    forward_only: bool,
+    prep: Mutex<Option<Prep>>,
+}
+
+/// Adds the chunks' column sums.
+fn add_acc(a: Vec<u64>, b: Vec<u64>) -> Vec<u64> {
+    if a.is_empty() {
+        b
+    } else if b.is_empty() {
+        a
+    } else {
+        super::add_vecs(a, b)
+    }
 }
 
 impl OneHotSenderSession {
-    /// The kept position of this use's row r.
-    fn row(&self, r: usize) -> usize {
-        self.pick.as_ref().map_or(self.at + r, |p| p[r] as usize)
+    fn new(store: Arc<OneHotSender>, use_id: u64, rows: Rows) -> Self {
+        Self { store, use_id, rows, used: Default::default(), forward_only: false, prep: Mutex::new(None) }
     }
 
-    /// The picked rows' roots (a [`OneHotSender::session_rows`] use), after the range checks.
-    fn roots(&self) -> Result<Option<Zeroizing<Vec<u128>>>, MpcError> {
-        match &self.pick {
-            None => check_range(self.store.rows(), self.at, self.m).map(|_| None),
-            Some(p) => {
-                check_pick(p, self.store.rows())?;
-                Ok(Some(gather(&self.store.roots, self.store.groups.len(), p)))
+    /// A session whose backward product will not be asked for (a holdout's): the forward then
+    /// skips the backward pads it would otherwise make from the same expansion.
+    pub fn forward_only(mut self) -> Self {
+        self.forward_only = true;
+        self
+    }
+
+    /// The batched kernel over the use's rows: the forward message and shares when `y` is given,
+    /// the backward pads ([`Prep`]) when `bwd`, from one expansion of each tree.
+    fn kernel(&self, y: Option<&[u64]>, bwd: bool) -> (Vec<u64>, Vec<u64>, Option<Prep>) {
+        let gs = &*self.store.groups;
+        let (g_n, cols, m) = (gs.len(), gs.total, self.rows.len());
+        let fw = y.is_some();
+        let mut msg = vec![0u64; if fw { m * cols } else { 0 }];
+        let mut out = vec![0u64; if fw { m } else { 0 }];
+        let mut sums = vec![0u64; if bwd { m * g_n * 2 } else { 0 }];
+        let acc = if g_n == 0 {
+            Vec::new()
+        } else {
+            parts(m, &mut msg, cols, &mut out, &mut sums, 2 * g_n)
+                .into_par_iter()
+                .map(|p| self.part(p, y, bwd))
+                .reduce(Vec::new, add_acc)
+        };
+        let acc = if acc.is_empty() { vec![0; 2 * cols] } else { acc };
+        (msg, out, bwd.then_some(Prep { sums, acc }))
+    }
+
+    /// One task of [`Self::kernel`]: its rows' trees, group by group.
+    fn part(&self, p: Part, y: Option<&[u64]>, bwd: bool) -> Vec<u64> {
+        let st = &*self.store;
+        let gs = &*st.groups;
+        let (g_n, cols) = (gs.len(), gs.total);
+        let mut acc = vec![0u64; if bwd { 2 * cols } else { 0 }];
+        let mut b = Bufs::new(p.n, gs.max_leaves());
+        let abs: Vec<usize> = (p.r0..p.r0 + p.n).map(|r| self.rows.abs(r)).collect();
+        let (mut msg, mut out, mut sums) = (p.msg, p.out, p.sums);
+        for g in 0..g_n {
+            let (k, f) = (gs.leaves(g), gs.first[g] as usize);
+            b.nodes.clear();
+            b.nodes.extend(abs.iter().map(|&i| st.roots[i * g_n + g]));
+            expand_many(&mut b, k, |_, _, _| {});
+            if let (Some(y), Some(msg), Some(out)) = (y, msg.as_deref_mut(), out.as_deref_mut()) {
+                // P_j = H(t_F + j, S ⊕ K_j); u_j = T[j] + P_j − P_0.
+                b.h.clear();
+                b.h.extend_from_slice(&b.nodes);
+                for t in b.h.chunks_mut(k) {
+                    let s = t.iter().fold(0u128, |a, &x| a ^ x);
+                    t.iter_mut().for_each(|x| *x ^= s);
+                }
+                b.base.clear();
+                b.base.extend(abs.iter().map(|&i| tweak(self.use_id, T_FORWARD, i, g, 0)));
+                tccr_trees(&mut b.h, k, &b.base, &mut b.y);
+                for (t, pads) in b.h.chunks(k).enumerate() {
+                    let p0 = pads[0] as u64;
+                    let row = &mut msg[t * cols + f..t * cols + f + k - 1];
+                    for (j, w) in row.iter_mut().enumerate() {
+                        *w = y[f + j].wrapping_add(pads[j + 1] as u64).wrapping_sub(p0);
+                    }
+                    out[t] = out[t].wrapping_add(p0);
+                }
+            }
+            if let Some(sums) = sums.as_deref_mut() {
+                // Q_j = H(t_B + j, K_j): the low half pads the first backward vector, the high
+                // half the second.
+                b.base.clear();
+                b.base.extend(abs.iter().map(|&i| tweak(self.use_id, T_BACKWARD, i, g, 0)));
+                tccr_trees(&mut b.nodes, k, &b.base, &mut b.y);
+                for (t, q) in b.nodes.chunks(k).enumerate() {
+                    let (mut lo, mut hi) = (0u64, 0u64);
+                    for (j, &q) in q.iter().enumerate() {
+                        let (ql, qh) = (q as u64, (q >> 64) as u64);
+                        lo = lo.wrapping_add(ql);
+                        hi = hi.wrapping_add(qh);
+                        if j > 0 {
+                            acc[f + j - 1] = acc[f + j - 1].wrapping_add(ql);
+                            acc[cols + f + j - 1] = acc[cols + f + j - 1].wrapping_add(qh);
+                        }
+                    }
+                    sums[(t * g_n + g) * 2] = lo;
+                    sums[(t * g_n + g) * 2 + 1] = hi;
+                }
             }
         }
-    }
-
-    fn slice<'a>(&'a self, picked: &'a Option<Zeroizing<Vec<u128>>>) -> &'a [u128] {
-        let g_n = self.store.groups.len();
-        picked.as_deref().map_or(&self.store.roots[self.at * g_n..(self.at + self.m) * g_n], |v| v.as_slice())
+        acc
     }
 
     /// Forward: the message (k − 1 words per (row, group): one per column) and the sender's share
-    /// of X·y (one per row), for y of one entry per column.
+    /// of X·y (one per row), for y of one entry per column. Makes the backward's pads from the
+    /// same expansion (unless [`Self::forward_only`]).
     pub fn forward(&self, y: &[u64]) -> Result<(Vec<u64>, Vec<u64>), MpcError> {
         let gs = &self.store.groups;
         if y.len() != gs.total {
             return Err(MpcError::Invalid(format!("forward vector of {} entries for {} columns", y.len(), gs.total)));
         }
-        let picked = self.roots()?;
+        self.rows.check(self.store.rows())?;
         take(&self.used, false)?;
-        let (g_n, cols) = (gs.len(), gs.total);
-        let mut msg = vec![0u64; self.m * cols];
-        let mut out = vec![0u64; self.m];
-        let roots = self.slice(&picked);
-        if cols > 0 {
-            msg.par_chunks_mut(cols).zip(out.par_iter_mut()).zip(roots.par_chunks(g_n)).enumerate().for_each(
-                |(r, ((msg, out), roots))| {
-                    let (mut tree, mut sc) = ([0u128; TREE], Scratch::new());
-                    let mut acc = 0u64;
-                    for (g, &root) in roots.iter().enumerate() {
-                        let k = gs.leaves(g);
-                        expand_full(root, k, &mut tree, &mut sc);
-                        let leaves = &mut tree[leaf_at(k)..leaf_at(k) + k];
-                        let s = leaves.iter().fold(0u128, |a, &x| a ^ x);
-                        leaves.iter_mut().for_each(|x| *x ^= s);
-                        hash_leaves(tweak(self.use_id, T_FORWARD, self.row(r), g, 0), leaves, &mut sc);
-                        let p0 = leaves[0] as u64;
-                        let f = gs.first[g] as usize;
-                        for j in 1..k {
-                            msg[f + j - 1] = y[f + j - 1].wrapping_add(leaves[j] as u64).wrapping_sub(p0);
-                        }
-                        acc = acc.wrapping_add(p0);
-                    }
-                    *out = acc;
-                },
-            );
-        }
+        let bwd = !self.forward_only && !self.used[1].load(Ordering::SeqCst);
+        let (msg, out, prep) = self.kernel(Some(y), bwd);
+        *self.prep.lock().expect("not poisoned") = prep;
         Ok((msg, scaled(out, gs.scale)))
     }
 
     /// Backward: the message (one word per (row, group)) and the sender's share of Xᵀ·y (one per
     /// column), for y of one entry per row.
     pub fn backward(&self, y: &[u64]) -> Result<(Vec<u64>, Vec<u64>), MpcError> {
+        let (msg, mut outs) = self.backward_of(&[y])?;
+        Ok((msg, outs.swap_remove(0)))
+    }
+
+    /// Backward for two vectors at once (e.g. gradients and hessians) from one expansion: the
+    /// message (two words per (row, group): y0's then y1's correction) and the sender's shares of
+    /// Xᵀ·y0 and Xᵀ·y1. Uses the low and the high half of each pad; one backward per session.
+    pub fn backward_pair(&self, y0: &[u64], y1: &[u64]) -> Result<PairOut, MpcError> {
+        let (msg, mut outs) = self.backward_of(&[y0, y1])?;
+        let o1 = outs.pop().expect("two outputs");
+        Ok((msg, outs.pop().expect("two outputs"), o1))
+    }
+
+    fn backward_of(&self, ys: &[&[u64]]) -> Result<(Vec<u64>, Vec<Vec<u64>>), MpcError> {
         let gs = &self.store.groups;
-        if y.len() != self.m {
-            return Err(MpcError::Invalid(format!("backward vector of {} entries for {} rows", y.len(), self.m)));
+        let (g_n, cols, m, w) = (gs.len(), gs.total, self.rows.len(), ys.len());
+        if let Some(y) = ys.iter().find(|y| y.len() != m) {
+            return Err(MpcError::Invalid(format!("backward vector of {} entries for {m} rows", y.len())));
         }
-        let picked = self.roots()?;
+        self.rows.check(self.store.rows())?;
         take(&self.used, true)?;
-        let (g_n, cols) = (gs.len(), gs.total);
-        let mut msg = vec![0u64; self.m * g_n];
-        if g_n == 0 {
-            return Ok((msg, vec![0; cols]));
-        }
-        let roots = self.slice(&picked);
-        let out = msg
-            .par_chunks_mut(g_n * super::PAR_ROWS)
-            .zip(roots.par_chunks(g_n * super::PAR_ROWS))
-            .enumerate()
-            .map(|(blk, (msg, roots))| {
-                let mut acc = vec![0u64; cols];
-                let (mut tree, mut sc) = ([0u128; TREE], Scratch::new());
-                for (rr, (msg, roots)) in msg.chunks_mut(g_n).zip(roots.chunks(g_n)).enumerate() {
-                    let r = blk * super::PAR_ROWS + rr;
-                    for (g, &root) in roots.iter().enumerate() {
-                        let k = gs.leaves(g);
-                        expand_full(root, k, &mut tree, &mut sc);
-                        let leaves = &mut tree[leaf_at(k)..leaf_at(k) + k];
-                        hash_leaves(tweak(self.use_id, T_BACKWARD, self.row(r), g, 0), leaves, &mut sc);
-                        let mut c = y[r];
-                        let f = gs.first[g] as usize;
-                        for (j, &q) in leaves.iter().enumerate() {
-                            c = c.wrapping_sub(q as u64);
-                            if j > 0 {
-                                acc[f + j - 1] = acc[f + j - 1].wrapping_add(q as u64);
-                            }
-                        }
-                        msg[g] = c;
+        let prep = self.prep.lock().expect("not poisoned").take();
+        let prep = match prep {
+            Some(p) => p,
+            None => self.kernel(None, true).2.expect("backward pads"),
+        };
+        // c = y_i − Σ_j Q_j per (row, group) and vector.
+        let mut msg = vec![0u64; m * g_n * w];
+        if g_n > 0 {
+            msg.par_chunks_mut(g_n * w).zip(prep.sums.par_chunks(2 * g_n)).enumerate().for_each(|(r, (msg, sums))| {
+                for (g, c) in msg.chunks_mut(w).enumerate() {
+                    for (v, c) in c.iter_mut().enumerate() {
+                        *c = ys[v][r].wrapping_sub(sums[2 * g + v]);
                     }
                 }
-                acc
-            })
-            .reduce(|| vec![0u64; cols], super::add_vecs);
-        Ok((msg, scaled(out, gs.scale)))
-    }
-}
-
-/// A chooser use's leaves and co-path keys: slices of the store, or copies of picked rows.
-enum Picked<'a> {
-    Range(&'a [u8], &'a [u128]),
-    Copied(Zeroizing<Vec<u8>>, Zeroizing<Vec<u128>>),
-}
-
-impl Picked<'_> {
-    fn get(&self) -> (&[u8], &[u128]) {
-        match self {
-            Picked::Range(l, c) => (l, c),
-            Picked::Copied(l, c) => (l, c),
+            });
         }
+        let outs = (0..w).map(|v| scaled(prep.acc[v * cols..(v + 1) * cols].to_vec(), gs.scale)).collect();
+        Ok((msg, outs))
     }
 }
 
 impl OneHotChooserSession {
+    fn new(store: Arc<OneHotChooser>, use_id: u64, rows: Rows) -> Self {
+        Self { store, use_id, rows, used: Default::default(), forward_only: false, prep: Mutex::new(None) }
+    }
+
+    /// As [`OneHotSenderSession::forward_only`].
+    pub fn forward_only(mut self) -> Self {
+        self.forward_only = true;
+        self
+    }
+
     /// Words of the sender's forward message.
     pub fn forward_len(&self) -> usize {
-        self.m * self.store.groups.total
+        self.rows.len() * self.store.groups.total
     }
 
     /// Words of the sender's backward message.
     pub fn backward_len(&self) -> usize {
-        self.m * self.store.groups.len()
+        self.rows.len() * self.store.groups.len()
     }
 
-    /// The leaves and co-path keys of this use's rows (copies for a
-    /// [`OneHotChooser::session_rows`] use).
-    fn rows(&self) -> Result<Picked<'_>, MpcError> {
-        let st = &self.store;
-        let (g_n, per) = (st.groups.len(), st.groups.per_row);
-        match &self.pick {
-            None => {
-                check_range(st.rows, self.at, self.m)?;
-                Ok(Picked::Range(
-                    &st.leaves[self.at * g_n..(self.at + self.m) * g_n],
-                    &st.copath[self.at * per..(self.at + self.m) * per],
-                ))
+    /// Words of the sender's [`OneHotSenderSession::backward_pair`] message.
+    pub fn backward_pair_len(&self) -> usize {
+        2 * self.backward_len()
+    }
+
+    /// The batched kernel over the use's rows: the forward shares given the sender's message, the
+    /// backward pads when `bwd`, from one punctured expansion of each tree.
+    fn kernel(&self, msg: Option<&[u64]>, bwd: bool) -> (Vec<u64>, Option<Prep>) {
+        let gs = &*self.store.groups;
+        let (g_n, cols, m) = (gs.len(), gs.total, self.rows.len());
+        let mut out = vec![0u64; if msg.is_some() { m } else { 0 }];
+        let mut sums = vec![0u64; if bwd { m * g_n * 2 } else { 0 }];
+        let acc = if g_n == 0 {
+            Vec::new()
+        } else {
+            parts(m, &mut [], 0, &mut out, &mut sums, 2 * g_n)
+                .into_par_iter()
+                .map(|p| self.part(p, msg, bwd))
+                .reduce(Vec::new, add_acc)
+        };
+        let acc = if acc.is_empty() { vec![0; 2 * cols] } else { acc };
+        (out, bwd.then_some(Prep { sums, acc }))
+    }
+
+    /// One task of [`Self::kernel`].
+    fn part(&self, p: Part, msg: Option<&[u64]>, bwd: bool) -> Vec<u64> {
+        let st = &*self.store;
+        let gs = &*st.groups;
+        let (g_n, cols, per) = (gs.len(), gs.total, gs.per_row);
+        let mut acc = vec![0u64; if bwd { 2 * cols } else { 0 }];
+        let mut b = Bufs::new(p.n, gs.max_leaves());
+        let abs: Vec<usize> = (p.r0..p.r0 + p.n).map(|r| self.rows.abs(r)).collect();
+        let (mut out, mut sums) = (p.out, p.sums);
+        let mut leaf = vec![0usize; p.n];
+        for g in 0..g_n {
+            let (k, f, at) = (gs.leaves(g), gs.first[g] as usize, gs.at[g] as usize);
+            let d = depth(k);
+            for (l, &i) in leaf.iter_mut().zip(&abs) {
+                *l = st.leaves[i * g_n + g] as usize;
             }
-            Some(p) => {
-                check_pick(p, st.rows)?;
-                Ok(Picked::Copied(gather(&st.leaves, g_n, p), gather(&st.copath, per, p)))
+            b.nodes.clear();
+            b.nodes.resize(p.n, 0);
+            expand_many(&mut b, k, |t, l, z| {
+                let q = leaf[t] >> (d - l);
+                z[q] = 0;
+                if (q ^ 1) < z.len() {
+                    z[q ^ 1] = st.copath[abs[t] * per + at + l as usize - 1];
+                }
+            });
+            if let (Some(msg), Some(out)) = (msg, out.as_deref_mut()) {
+                // S ⊕ K_b = ⊕ of the leaves but b (b's is 0 here); P_b = H(t_F + b, S ⊕ K_b).
+                b.h.clear();
+                b.h.extend(b.nodes.chunks(k).map(|t| t.iter().fold(0u128, |a, &x| a ^ x)));
+                b.base.clear();
+                b.base.extend(abs.iter().zip(&leaf).map(|(&i, &l)| tweak(self.use_id, T_FORWARD, i, g, l)));
+                tccr_trees(&mut b.h, 1, &b.base, &mut b.y);
+                for (t, (o, &pb)) in out.iter_mut().zip(b.h.iter()).enumerate() {
+                    let u = if leaf[t] == 0 { 0 } else { msg[(p.r0 + t) * cols + f + leaf[t] - 1] };
+                    *o = o.wrapping_add(u).wrapping_sub(pb as u64);
+                }
+            }
+            if let Some(sums) = sums.as_deref_mut() {
+                b.base.clear();
+                b.base.extend(abs.iter().map(|&i| tweak(self.use_id, T_BACKWARD, i, g, 0)));
+                tccr_trees(&mut b.nodes, k, &b.base, &mut b.y);
+                for (t, q) in b.nodes.chunks(k).enumerate() {
+                    let (mut lo, mut hi) = (0u64, 0u64);
+                    for (j, &q) in q.iter().enumerate() {
+                        if j == leaf[t] {
+                            continue;
+                        }
+                        let (ql, qh) = (q as u64, (q >> 64) as u64);
+                        lo = lo.wrapping_add(ql);
+                        hi = hi.wrapping_add(qh);
+                        if j > 0 {
+                            acc[f + j - 1] = acc[f + j - 1].wrapping_sub(ql);
+                            acc[cols + f + j - 1] = acc[cols + f + j - 1].wrapping_sub(qh);
+                        }
+                    }
+                    sums[(t * g_n + g) * 2] = lo;
+                    sums[(t * g_n + g) * 2 + 1] = hi;
+                }
             }
         }
+        acc
     }
 
-    /// The kept position of this use's row r.
-    fn row(&self, r: usize) -> usize {
-        self.pick.as_ref().map_or(self.at + r, |p| p[r] as usize)
-    }
-
-    /// Forward: the chooser's share of X·y (one per row) given the sender's message.
+    /// Forward: the chooser's share of X·y (one per row) given the sender's message. Makes the
+    /// backward's pads from the same expansion (unless [`Self::forward_only`]).
     pub fn forward(&self, msg: &[u64]) -> Result<Vec<u64>, MpcError> {
         let gs = &self.store.groups;
         if msg.len() != self.forward_len() {
             return Err(violation(format!("{} forward words for {}", msg.len(), self.forward_len())));
         }
-        let picked = self.rows()?;
-        let (leaves, copath) = picked.get();
+        self.rows.check(self.store.rows)?;
         take(&self.used, false)?;
-        let (g_n, cols, per) = (gs.len(), gs.total, gs.per_row);
-        let mut out = vec![0u64; self.m];
-        if g_n > 0 {
-            out.par_iter_mut().enumerate().for_each(|(r, out)| {
-                let (mut tree, mut sc) = ([0u128; TREE], Scratch::new());
-                let mut acc = 0u64;
-                for g in 0..g_n {
-                    let (k, b) = (gs.leaves(g), leaves[r * g_n + g] as usize);
-                    let at = r * per + gs.at[g] as usize;
-                    expand_punctured(&copath[at..at + depth(k) as usize], b, k, &mut tree, &mut sc);
-                    let s = tree[leaf_at(k)..leaf_at(k) + k].iter().fold(0u128, |a, &x| a ^ x);
-                    let mut pb = [s];
-                    hash_leaves(tweak(self.use_id, T_FORWARD, self.row(r), g, b), &mut pb, &mut sc);
-                    let pb = pb[0] as u64;
-                    acc = if b == 0 {
-                        acc.wrapping_sub(pb)
-                    } else {
-                        acc.wrapping_add(msg[r * cols + gs.first[g] as usize + b - 1]).wrapping_sub(pb)
-                    };
-                }
-                *out = acc;
-            });
-        }
+        let bwd = !self.forward_only && !self.used[1].load(Ordering::SeqCst);
+        let (out, prep) = self.kernel(Some(msg), bwd);
+        *self.prep.lock().expect("not poisoned") = prep;
         Ok(scaled(out, gs.scale))
     }
 
     /// Backward: the chooser's share of Xᵀ·y (one per column) given the sender's message.
     pub fn backward(&self, msg: &[u64]) -> Result<Vec<u64>, MpcError> {
-        let gs = &self.store.groups;
-        if msg.len() != self.backward_len() {
-            return Err(violation(format!("{} backward words for {}", msg.len(), self.backward_len())));
+        let mut outs = self.backward_of(msg, 1)?;
+        Ok(outs.swap_remove(0))
+    }
+
+    /// The chooser's shares of Xᵀ·y0 and Xᵀ·y1 given the sender's
+    /// [`OneHotSenderSession::backward_pair`] message.
+    pub fn backward_pair(&self, msg: &[u64]) -> Result<(Vec<u64>, Vec<u64>), MpcError> {
+        let mut outs = self.backward_of(msg, 2)?;
+        let o1 = outs.pop().expect("two outputs");
+        Ok((outs.pop().expect("two outputs"), o1))
+    }
+
+    fn backward_of(&self, msg: &[u64], w: usize) -> Result<Vec<Vec<u64>>, MpcError> {
+        let st = &*self.store;
+        let gs = &*st.groups;
+        let (g_n, cols) = (gs.len(), gs.total);
+        if msg.len() != w * self.backward_len() {
+            return Err(violation(format!("{} backward words for {}", msg.len(), w * self.backward_len())));
         }
-        let picked = self.rows()?;
-        let (leaves, copath) = picked.get();
+        self.rows.check(st.rows)?;
         take(&self.used, true)?;
-        let (g_n, cols, per) = (gs.len(), gs.total, gs.per_row);
-        if g_n == 0 {
-            return Ok(vec![0; cols]);
-        }
-        let out = msg
-            .par_chunks(g_n * super::PAR_ROWS)
-            .enumerate()
-            .map(|(blk, msg)| {
-                let mut acc = vec![0u64; cols];
-                let (mut tree, mut sc) = ([0u128; TREE], Scratch::new());
-                for (rr, msg) in msg.chunks(g_n).enumerate() {
-                    let r = blk * super::PAR_ROWS + rr;
-                    for (g, &c) in msg.iter().enumerate() {
-                        let (k, b) = (gs.leaves(g), leaves[r * g_n + g] as usize);
-                        let at = r * per + gs.at[g] as usize;
-                        expand_punctured(&copath[at..at + depth(k) as usize], b, k, &mut tree, &mut sc);
-                        let leaves = &mut tree[leaf_at(k)..leaf_at(k) + k];
-                        hash_leaves(tweak(self.use_id, T_BACKWARD, self.row(r), g, 0), leaves, &mut sc);
-                        let f = gs.first[g] as usize;
-                        let mut mine = c;
-                        for (j, &q) in leaves.iter().enumerate() {
-                            if j == b {
+        let prep = self.prep.lock().expect("not poisoned").take();
+        let prep = match prep {
+            Some(p) => p,
+            None => self.kernel(None, true).1.expect("backward pads"),
+        };
+        // Column b of each (row, group) with b ≠ 0 gets c + Σ_{j≠b} Q_j = y_i − Q_b.
+        const ROWS: usize = 4096;
+        let mut acc = if g_n == 0 {
+            vec![0u64; 2 * cols]
+        } else {
+            msg.par_chunks(ROWS * g_n * w)
+                .zip(prep.sums.par_chunks(ROWS * g_n * 2))
+                .enumerate()
+                .map(|(c, (msg, sums))| {
+                    let mut acc = vec![0u64; 2 * cols];
+                    for (r, (msg, sums)) in msg.chunks(g_n * w).zip(sums.chunks(g_n * 2)).enumerate() {
+                        let i = self.rows.abs(c * ROWS + r);
+                        for g in 0..g_n {
+                            let b = st.leaves[i * g_n + g] as usize;
+                            if b == 0 {
                                 continue;
                             }
-                            mine = mine.wrapping_add(q as u64);
-                            if j > 0 {
-                                acc[f + j - 1] = acc[f + j - 1].wrapping_sub(q as u64);
+                            let col = gs.first[g] as usize + b - 1;
+                            for v in 0..w {
+                                let add = msg[g * w + v].wrapping_add(sums[2 * g + v]);
+                                acc[v * cols + col] = acc[v * cols + col].wrapping_add(add);
                             }
                         }
-                        if b > 0 {
-                            acc[f + b - 1] = acc[f + b - 1].wrapping_add(mine);
-                        }
                     }
-                }
-                acc
-            })
-            .reduce(|| vec![0u64; cols], super::add_vecs);
-        Ok(scaled(out, gs.scale))
+                    acc
+                })
+                .reduce(|| vec![0u64; 2 * cols], super::add_vecs)
+        };
+        acc = super::add_vecs(acc, prep.acc);
+        Ok((0..w).map(|v| scaled(acc[v * cols..(v + 1) * cols].to_vec(), gs.scale)).collect())
     }
 }
 

@@ -176,30 +176,154 @@ async fn short_or_tampered_messages_are_errors() {
 #[test]
 fn the_chooser_cannot_open_its_own_leaf() {
     // The punctured expansion agrees with the full one everywhere but on the chooser's leaf, and
-    // the key there differs (it is not derivable from the co-path).
+    // the key there differs (it is not derivable from the co-path). Several trees at once, as
+    // the batched kernel expands them.
     for k in [2usize, 3, 5, 10, 16, 17, 256] {
-        let root = 0x1234_5678_9abc_def0_u128 * k as u128;
-        let mut full = [0u128; TREE];
-        expand_full(root, k, &mut full, &mut Scratch::new());
         let d = depth(k);
+        let roots: Vec<u128> = (1..=4u128).map(|t| 0x1234_5678_9abc_def0_u128 * (k as u128) * t).collect();
+        let mut full = Bufs::new(roots.len(), k);
+        full.nodes.extend_from_slice(&roots);
+        let mut levels = vec![vec![Vec::new(); d as usize + 1]; roots.len()];
+        expand_many(&mut full, k, |t, l, z| levels[t][l as usize] = z.to_vec());
         for b in [0, k / 2, k - 1] {
             // The co-path as the setup delivers it: the sibling of the path node per level.
-            let copath: Vec<u128> = (1..=d)
-                .map(|l| {
-                    let p = b >> (d - l);
-                    full[(1usize << l) - 1 + (p ^ 1)]
-                })
+            let copath: Vec<Vec<u128>> = levels
+                .iter()
+                .map(|lv| (1..=d).map(|l| lv[l as usize].get((b >> (d - l)) ^ 1).copied().unwrap_or(0)).collect())
                 .collect();
-            let mut punct = [0u128; TREE];
-            expand_punctured(&copath, b, k, &mut punct, &mut Scratch::new());
-            let at = leaf_at(k);
-            for j in 0..k {
-                if j == b {
-                    assert_ne!(punct[at + j], full[at + j]);
-                } else {
-                    assert_eq!(punct[at + j], full[at + j], "k {k} b {b} leaf {j}");
+            let mut punct = Bufs::new(roots.len(), k);
+            punct.nodes.resize(roots.len(), 0);
+            expand_many(&mut punct, k, |t, l, z| {
+                let p = b >> (d - l);
+                z[p] = 0;
+                if (p ^ 1) < z.len() {
+                    z[p ^ 1] = copath[t][l as usize - 1];
+                }
+            });
+            for t in 0..roots.len() {
+                for j in 0..k {
+                    let (p, f) = (punct.nodes[t * k + j], full.nodes[t * k + j]);
+                    if j == b {
+                        assert_ne!(p, f);
+                    } else {
+                        assert_eq!(p, f, "k {k} b {b} leaf {j}");
+                    }
                 }
             }
         }
+        // Distinct roots give distinct leaves.
+        assert_ne!(full.nodes[..k], full.nodes[k..2 * k]);
     }
+}
+
+/// Sets up kept correlations for `x` in one chunk (both sides).
+async fn setup(x: &Matrix, groups: &Arc<Groups>) -> (Arc<OneHotSender>, Arc<OneHotChooser>) {
+    let rows = x.rows();
+    let (ca, cb) = memory_pair(8);
+    let chooser = async {
+        let mut ext = IknpReceiver::setup(&ca, Security::SemiHonest).await.unwrap();
+        let mut st = OneHotChooser::new(groups.clone(), rows);
+        st.extend(&ca, &mut ext, x).await.unwrap();
+        Arc::new(st)
+    };
+    let sender = async {
+        let mut ext = IknpSender::setup(&cb, Security::SemiHonest).await.unwrap();
+        let mut st = OneHotSender::new(groups.clone(), rows);
+        st.extend(&cb, &mut ext, rows).await.unwrap();
+        Arc::new(st)
+    };
+    let (ch, se) = futures::join!(chooser, sender);
+    (se, ch)
+}
+
+/// Forward, backward and the paired backward on a list of rows against the plaintext.
+fn check_rows(se: &Arc<OneHotSender>, ch: &Arc<OneHotChooser>, x: &Matrix, list: &[u32], use_id: u64, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (m, cols) = (list.len(), x.cols());
+    let xb = x.select_rows(list);
+    let y_fwd: Vec<u64> = (0..cols).map(|_| rng.next_u64()).collect();
+    let y_bwd: Vec<u64> = (0..m).map(|_| rng.next_u64()).collect();
+    let mut want_f = xb.mul_vec(&y_fwd);
+    if cols == 0 {
+        want_f = vec![0; m];
+    }
+    let want_b = xb.mul_t_vec(&y_bwd);
+    let rows: Arc<[u32]> = list.into();
+    let (s, c) = (se.session_rows(use_id, rows.clone()), ch.session_rows(use_id, rows.clone()));
+    let (msg, sf) = s.forward(&y_fwd).unwrap();
+    assert_eq!(add(&c.forward(&msg).unwrap(), &sf), want_f, "forward of rows {list:?}");
+    let (msg, sb) = s.backward(&y_bwd).unwrap();
+    assert_eq!(add(&c.backward(&msg).unwrap(), &sb), want_b, "backward of rows {list:?}");
+    // A session without a forward product: the backward alone.
+    let (s, c) = (se.session_rows(use_id + 1, rows.clone()), ch.session_rows(use_id + 1, rows.clone()));
+    let (msg, sb) = s.backward(&y_bwd).unwrap();
+    assert_eq!(add(&c.backward(&msg).unwrap(), &sb), want_b, "backward alone of rows {list:?}");
+    // Two vectors at once, alone and after a forward product.
+    let y2: Vec<u64> = (0..m).map(|_| rng.next_u64()).collect();
+    let want_2 = xb.mul_t_vec(&y2);
+    for (u, with_forward) in [(2, false), (3, true)] {
+        let (s, c) = (se.session_rows(use_id + u, rows.clone()), ch.session_rows(use_id + u, rows.clone()));
+        if with_forward {
+            let (msg, sf) = s.forward(&y_fwd).unwrap();
+            assert_eq!(add(&c.forward(&msg).unwrap(), &sf), want_f);
+        }
+        let (msg, s0, s1) = s.backward_pair(&y_bwd, &y2).unwrap();
+        assert_eq!(msg.len(), c.backward_pair_len());
+        let (c0, c1) = c.backward_pair(&msg).unwrap();
+        assert_eq!(add(&c0, &s0), want_b, "paired backward (first) of rows {list:?}");
+        assert_eq!(add(&c1, &s1), want_2, "paired backward (second) of rows {list:?}");
+        // One backward per session.
+        assert!(s.backward(&y_bwd).is_err() && c.backward_pair(&msg).is_err());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listed_rows_match_plaintext() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let sizes = [9u32, 1, 255, 3, 16];
+    let x = onehot(600, &sizes, 256, |_, _| rng.random_range(0..256usize));
+    let groups = Arc::new(Groups::new(&sizes, 256).unwrap());
+    let (se, ch) = setup(&x, &groups).await;
+    let every_third: Vec<u32> = (0..600).step_by(3).collect();
+    let sparse: Vec<u32> = vec![0, 1, 7, 64, 65, 300, 599];
+    let all: Vec<u32> = (0..600).collect();
+    for (u, list) in [vec![], vec![0], vec![599], vec![313], sparse, every_third, all].iter().enumerate() {
+        check_rows(&se, &ch, &x, list, 10 * u as u64, u as u64);
+    }
+    // One group with k = 2, and one with k = 256 alone.
+    for sizes in [[1u32], [255]] {
+        let x = onehot(70, &sizes, 3 << 62, |i, _| i * 37);
+        let groups = Arc::new(Groups::new(&sizes, 3 << 62).unwrap());
+        let (se, ch) = setup(&x, &groups).await;
+        check_rows(&se, &ch, &x, &[5], 0, 1);
+        check_rows(&se, &ch, &x, &[0, 2, 3, 40, 69], 2, 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_row_lists_are_errors() {
+    let sizes = [3u32, 2];
+    let x = onehot(10, &sizes, 1, |i, g| i + g);
+    let groups = Arc::new(Groups::new(&sizes, 1).unwrap());
+    let (se, ch) = setup(&x, &groups).await;
+    for bad in [vec![3u32, 3], vec![4, 2], vec![0, 10], vec![u32::MAX]] {
+        let rows: Arc<[u32]> = bad.into();
+        let (s, c) = (se.session_rows(0, rows.clone()), ch.session_rows(0, rows.clone()));
+        assert!(s.forward(&[1; 5]).is_err());
+        assert!(s.backward(&vec![1; rows.len()]).is_err());
+        assert!(c.forward(&vec![0; rows.len() * 5]).is_err());
+        assert!(c.backward(&vec![0; rows.len() * 2]).is_err());
+    }
+    // Messages of the wrong length for a list (a single backward's for a pair and back).
+    let rows: Arc<[u32]> = vec![1u32, 4, 9].into();
+    let c = ch.session_rows(0, rows.clone());
+    assert!(c.forward(&[0; 14]).is_err() && c.backward(&[0; 5]).is_err());
+    assert!(ch.session_rows(1, rows.clone()).backward_pair(&[0; 6]).is_err());
+    assert!(ch.session_rows(2, rows.clone()).backward(&[0; 12]).is_err());
+    assert!(se.session_rows(3, rows.clone()).backward_pair(&[0; 3], &[0; 2]).is_err());
+    // A tampered pair message: wrong shares, no panic.
+    let (s, c) = (se.session_rows(4, rows.clone()), ch.session_rows(4, rows));
+    let (mut msg, ..) = s.backward_pair(&[1, 2, 3], &[4, 5, 6]).unwrap();
+    msg[5] ^= 1;
+    assert!(c.backward_pair(&msg).is_ok());
 }
