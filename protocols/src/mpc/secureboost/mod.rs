@@ -55,9 +55,10 @@
 //!    ascending order — A is the sender, B the chooser of its bins as one-hot groups (feature f
 //!    is a group of `bins_f − 1` columns; bin 0 is the group's reference leaf). No OU key.
 //! 1. A → B: the sample bits only.
-//! 2. Per level, per computed node N (the same plan as above): two uses of the kept correlations
-//!    over N's rows, unique use ids ((tree·2^20 + node id)·2 + 0 for g, + 1 for h). A sends the
-//!    two backward messages (8 bytes per (row of N, B feature) each, y = g or h as u64); B
+//! 2. Per level, per computed node N (the same plan as above): one paired use of the kept
+//!    correlations over N's rows, unique use id (tree·2^20 + node id)·2 (g and h from one
+//!    expansion, the halves of each 128-bit pad). A sends the paired backward message (16 bytes
+//!    per (row of N, B feature), y = g and h as u64); B
 //!    answers with its additive shares (mod 2^64) of this tree's features' columns (8 bytes per
 //!    (feature, bin ≥ 1) each for g and h). A adds its own shares: ΣG and ΣH per (feature,
 //!    bin ≥ 1), exact as i64 (|ΣG| ≤ 2^52, 0 ≤ ΣH ≤ 2^50 over ≤ [`MAX_ROWS`] rows; a cell

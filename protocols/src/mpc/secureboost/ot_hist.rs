@@ -6,10 +6,11 @@
 //! receiver), then the kept correlations over the training rows in ascending order — A is the
 //! [`OneHotSender`], B the [`OneHotChooser`] of the matrix whose group f has `bins_f − 1` columns
 //! (bin 0, the missing-value bin, is the group's reference leaf: no column). Per computed node N
-//! (the root, or the smaller child of a pair) of tree t: two uses with ids
-//! ((t·2^20 + id_N)·2 + {0, 1}) over N's rows (their positions in the kept list), y = g and y = h
-//! as u64 (two's complement of the fixed-point values). A sends the two backward messages (8
-//! bytes per (row, B feature) each); B answers with its shares of this tree's features' columns
+//! (the root, or the smaller child of a pair) of tree t: one paired use
+//! (`backward_pair`: one expansion, the two 64-bit halves of each 128-bit pad) with id
+//! (t·2^20 + id_N)·2 over N's rows (their positions in the kept list), y₀ = g and y₁ = h as u64
+//! (two's complement of the fixed-point values). A sends the paired backward message (16 bytes
+//! per (row, B feature)); B answers with its shares of this tree's features' columns
 //! (all g shares, then all h shares, 8 bytes each); A adds its own shares and gets every cell's
 //! exact (ΣG, ΣH) mod 2^64 — exact as i64, since over at most 2^20 rows |ΣG| ≤ 2^52 and
 //! 0 ≤ ΣH ≤ 2^50 ([`super::MAX_ROWS`]); cells outside those bounds are an error — and bin 0 as the
@@ -122,10 +123,12 @@ pub(super) fn position_map(rows: usize, kept: &[u32]) -> Vec<u32> {
     pos
 }
 
-/// A's side of one node: the two messages (g, h) and A's shares of every column (g, h).
-pub(super) type SenderNode = ([Vec<u64>; 2], [Vec<u64>; 2]);
+/// A's side of one node: the paired message (g, h interleaved per (row, feature)) and A's
+/// shares of every column (g, h).
+pub(super) type SenderNode = (Vec<u64>, [Vec<u64>; 2]);
 
-/// A: the backward messages and A's shares for one node.
+/// A: the backward message and A's shares for one node: one use for g and h together
+/// (`backward_pair`: one expansion, the two halves of each 128-bit pad).
 pub(super) fn sender_node(
     store: &Arc<OneHotSender>,
     t: u32,
@@ -134,9 +137,8 @@ pub(super) fn sender_node(
     gh: [Vec<u64>; 2],
 ) -> Result<SenderNode, MpcError> {
     let [g, h] = gh;
-    let (mg, sg) = store.session_rows(use_id(t, id, 0), at.clone()).backward(&g)?;
-    let (mh, sh) = store.session_rows(use_id(t, id, 1), at).backward(&h)?;
-    Ok(([mg, mh], [sg, sh]))
+    let (msg, sg, sh) = store.session_rows(use_id(t, id, 0), at).backward_pair(&g, &h)?;
+    Ok((msg, [sg, sh]))
 }
 
 /// B: its shares of this tree's features' columns (g shares, then h shares) for one node.
@@ -145,13 +147,13 @@ pub(super) fn chooser_node(
     t: u32,
     id: u32,
     at: Arc<[u32]>,
-    msgs: [Vec<u64>; 2],
+    msg: Vec<u64>,
     layout: &ColumnLayout,
     feats: &[u32],
 ) -> Result<Vec<u64>, MpcError> {
     let mut out = Vec::with_capacity(2 * layout.cols_of(feats));
-    for (which, msg) in msgs.iter().enumerate() {
-        let shares = store.session_rows(use_id(t, id, which as u64), at.clone()).backward(msg)?;
+    let (sg, sh) = store.session_rows(use_id(t, id, 0), at).backward_pair(&msg)?;
+    for shares in [sg, sh] {
         for &f in feats {
             out.extend_from_slice(&shares[layout.range(f as usize)]);
         }
@@ -221,13 +223,12 @@ pub(super) fn reconstruct(
     Ok(hist)
 }
 
-/// Sends A's messages of one node.
-pub(super) async fn send_msgs<C: Channel>(channel: &C, msgs: &[Vec<u64>; 2]) -> Result<(), MpcError> {
-    send_u64s(channel, &msgs[0]).await?;
-    send_u64s(channel, &msgs[1]).await
+/// Sends A's paired message of one node.
+pub(super) async fn send_msgs<C: Channel>(channel: &C, msg: &[u64]) -> Result<(), MpcError> {
+    send_u64s(channel, msg).await
 }
 
-/// Receives A's messages of one node (`words` each: rows × B's features).
-pub(super) async fn recv_msgs<C: Channel>(channel: &C, words: usize) -> Result<[Vec<u64>; 2], MpcError> {
-    Ok([recv_u64s(channel, words).await?, recv_u64s(channel, words).await?])
+/// Receives A's paired message of one node (`words` per value: rows × B's features, so 2·words).
+pub(super) async fn recv_msgs<C: Channel>(channel: &C, words: usize) -> Result<Vec<u64>, MpcError> {
+    recv_u64s(channel, 2 * words).await
 }

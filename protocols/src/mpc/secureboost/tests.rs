@@ -777,8 +777,8 @@ async fn malformed_ot_histogram_frames_are_errors() {
     for (what, expect, tamper) in cases {
         attack_in(Histograms::Ot, Party::B, what, expect, tamper, 3).await;
     }
-    // A's root message: 103 rows × 3 B features, 8 bytes each.
-    let msg = 103 * 3 * 8;
+    // A's root message: 103 rows × 3 B features, g and h paired, 8 bytes each.
+    let msg = 103 * 3 * 2 * 8;
     attack_in(
         Histograms::Ot,
         Party::A,
