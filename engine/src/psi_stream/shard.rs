@@ -352,7 +352,11 @@ pub async fn run_shard<C: Channel>(
     let learns = session.learns() && m.snapshot.is_some();
     let shared = new_shared(&dir, copy_key(key), &m.input(), &job, learns, true);
     let snap = match &m.snapshot {
-        Some(stamp) if learns => Some(open_unchanged(&snapshot_path(&dir), stamp)?),
+        Some(stamp) if learns => {
+            let mut spec = m.spec.clone();
+            spec.file = snapshot_path(&dir);
+            Some(super::rows::RowReader::open(&spec, stamp, session.hasher())?)
+        }
         _ => None,
     };
     let terminator: &'static [u8] = if m.crlf { b"\r\n" } else { b"\n" };
@@ -364,11 +368,11 @@ pub async fn run_shard<C: Channel>(
     let transcript = Transcript::new(channel);
     let run = rr22::run_buckets(&transcript, &session, source, &mut sink, range.clone()).await;
     drop(sink);
-    let written = SegmentWriter::join(handle)?;
+    // The writer's error first: a row it refused stops the sink ("the writer stopped").
+    let rows = SegmentWriter::join(handle)??;
     if let Some(e) = shared.failure.lock().expect("not poisoned").take() {
         return Err(e.into());
     }
-    let rows = written?;
     run.map_err(psi_err)?;
     let digest = transcript.digest(&fingerprint, job.role, shard, &range);
     let done = ShardDone {

@@ -610,9 +610,14 @@ pub async fn run_buckets_keeping<C: Channel>(
     match session.role {
         Role::Requester => {
             let keys = session.payload_width.map(|width| PayloadKeys { salt, width });
+            // S's matched positions go back only with `Reveal::Both`: kept (4 bytes per match of
+            // the range) only then.
             let mut positions = Vec::new();
+            let sends_positions = session.reveal == Reveal::Both;
             let mut matched = |b: usize, own: Vec<u32>, peer: Vec<u32>| -> Result<(), Rr22Error> {
-                positions.extend(peer);
+                if sends_positions {
+                    positions.extend(peer);
+                }
                 sink.matched(b, own)
             };
             let total = session.own_size as usize;
