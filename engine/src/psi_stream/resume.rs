@@ -498,7 +498,7 @@ pub async fn run_psi_resumable<C: Channel>(
     let mut stages = Vec::new();
     let started = Instant::now();
     // The session, the spill and the checkpoint: made now, or found from the first run.
-    let (session, checkpoint, shared, scanned) = if resume {
+    let (mut session, checkpoint, shared, scanned) = if resume {
         let c = Checkpoint::load(&dir, &key)?;
         if (c.role.as_str(), c.reveal.as_str(), c.join) != (names(job).0.as_str(), names(job).1.as_str(), job.join) {
             return Err(
@@ -558,6 +558,9 @@ pub async fn run_psi_resumable<C: Channel>(
         (session, c, shared, scanned)
     };
     stages.push(("scan".to_string(), started.elapsed().as_secs_f64()));
+    // Each bucket's matches are put in digest order here (`SpillSink::matched`): the protocol's
+    // own joint-order sorts would be undone, so they are skipped.
+    session.matches_in_any_order();
     let mut checkpoint = checkpoint;
     let learns = shared.learns;
     let buckets = session.layout.buckets;

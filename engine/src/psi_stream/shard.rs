@@ -299,7 +299,9 @@ pub async fn run_shard<C: Channel>(
         payload: PayloadMode::None,
     };
     let psi_err = |e: Rr22Error| EngineError::Psi(PsiError::Rr22(e));
-    let session = rr22::resume_session(&c.state(), &config).map_err(psi_err)?;
+    let mut session = rr22::resume_session(&c.state(), &config).map_err(psi_err)?;
+    // Matches are put in digest order by the sink (as in every resumable range).
+    session.matches_in_any_order();
     let ranges = shard_ranges(session.layout.buckets, shards);
     if ranges.len() != shards || ranges[0].len() as u64 != c.range_buckets {
         return Err(DataError::file(manifest_path(&dir), "the shard manifest is damaged").into());
