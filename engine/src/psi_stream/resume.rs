@@ -242,6 +242,9 @@ struct Transcript<'a, C> {
     /// Whether that acknowledgement arrived and matched; why not, if it did not.
     acked: std::sync::atomic::AtomicBool,
     ack_error: Mutex<Option<EngineError>>,
+    /// Run once when that acknowledgement matched: deletes the previous range's spill at once
+    /// (not at the end of this range), so a node holds one range's spill less.
+    on_ack: Mutex<Option<Box<dyn FnOnce() + Send + 'a>>>,
 }
 
 impl<'a, C: Channel> Transcript<'a, C> {
@@ -254,6 +257,7 @@ impl<'a, C: Channel> Transcript<'a, C> {
             ack: Mutex::new(None),
             acked: std::sync::atomic::AtomicBool::new(false),
             ack_error: Mutex::new(None),
+            on_ack: Mutex::new(None),
         }
     }
 
@@ -307,6 +311,9 @@ impl<C: Channel> Channel for Transcript<'_, C> {
                 return Err(ChannelError::Transport("the peer's range acknowledgement failed".into()));
             }
             self.acked.store(true, Ordering::Relaxed);
+            if let Some(f) = self.on_ack.lock().expect("not poisoned").take() {
+                f();
+            }
         }
         let frame = self.inner.recv().await?;
         self.absorb(&self.received, &frame);
@@ -644,6 +651,10 @@ pub async fn run_psi_resumable<C: Channel>(
         let mut sink =
             SpillSink { shared: shared.clone(), writer: tx, positions: Vec::new(), position_digests: Vec::new() };
         let transcript = Transcript::expecting(channel, unconfirmed);
+        if let Some((previous, _)) = unconfirmed {
+            let (shared, dir, range) = (shared.clone(), dir.clone(), range_of(previous));
+            *transcript.on_ack.lock().expect("not poisoned") = Some(Box::new(move || confirmed(&shared, &dir, range)));
+        }
         let run = rr22::run_buckets_keeping(&transcript, &session, source, &mut sink, range.clone(), &mut kept).await;
         drop(sink);
         if let Some(e) = transcript.ack_error.lock().expect("not poisoned").take() {
