@@ -404,7 +404,16 @@ fn output_rows_are_read_from_the_input_and_their_keys_checked() {
     spans.reverse();
     let mut reader = rows::RowReader::open(&spec, &input.stamp, hasher.clone()).unwrap();
     let mut got = Vec::new();
-    reader.rows(&batch, |r| Ok(got.push(r.to_vec())), &path).unwrap();
+    reader
+        .rows(
+            &batch,
+            |r| {
+                got.push(r.to_vec());
+                Ok(())
+            },
+            &path,
+        )
+        .unwrap();
     assert_eq!(got, spans);
     // A wrong digest for one row (as if its key had changed): refused, line named.
     let mut wrong = batch.clone();
