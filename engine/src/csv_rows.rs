@@ -318,6 +318,62 @@ pub(crate) fn fields_of(raw: &[u8]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Parses single rows given as their bytes (as [`RowScanner`] spans them, terminator included),
+/// reusing its buffers: how the streaming output re-reads a row it copies out by its span.
+pub(crate) struct RowParser {
+    core: csv_core::Reader,
+    fields: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl RowParser {
+    pub(crate) fn new() -> Self {
+        Self { core: csv_core::Reader::new(), fields: vec![0; 4096], ends: vec![0; 64] }
+    }
+
+    /// `raw` as one row at `line` and file offset `start`; `None` if `raw` is not exactly one
+    /// row (more than one record, or none).
+    pub(crate) fn parse<'a>(&'a mut self, raw: &'a [u8], line: u64, start: u64) -> Option<Row<'a>> {
+        self.core.reset();
+        let mut input = raw;
+        let (mut nout, mut nend) = (0, 0);
+        loop {
+            let (res, nin, o, e) = self.core.read_record(input, &mut self.fields[nout..], &mut self.ends[nend..]);
+            input = &input[nin..];
+            nout += o;
+            nend += e;
+            match res {
+                ReadRecordResult::OutputFull => {
+                    let n = self.fields.len() * 2;
+                    self.fields.resize(n, 0);
+                }
+                ReadRecordResult::OutputEndsFull => {
+                    let n = self.ends.len() * 2;
+                    self.ends.resize(n, 0);
+                }
+                ReadRecordResult::InputEmpty if input.is_empty() => {
+                    // A last row without a terminator: tell csv-core the input is over.
+                    let (res, _, o, e) = self.core.read_record(&[], &mut self.fields[nout..], &mut self.ends[nend..]);
+                    nout += o;
+                    nend += e;
+                    if res != ReadRecordResult::Record {
+                        return None;
+                    }
+                    break;
+                }
+                ReadRecordResult::InputEmpty => {}
+                ReadRecordResult::Record => break,
+                ReadRecordResult::End => return None,
+            }
+        }
+        // Only a row's own terminator may follow the record (a `\r\n` row ends at the `\r`).
+        if !(input.is_empty() || input == b"\n") {
+            return None;
+        }
+        Some(Row { line, start, raw, fields: &self.fields[..nout], ends: &self.ends[..nend] })
+    }
+}
+
 pub(crate) fn count_newlines(bytes: &[u8]) -> u64 {
     bytes.iter().filter(|&&b| b == b'\n').count() as u64
 }

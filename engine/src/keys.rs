@@ -156,6 +156,12 @@ impl KeyArena {
         encode_column(value, &mut self.bytes);
     }
 
+    /// Removes every key (keeping the buffers).
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
     /// Ends the key being built.
     pub fn finish_key(&mut self) {
         self.ends.push(self.bytes.len() as u64);

@@ -331,9 +331,8 @@ impl BucketSource for SpillSource {
         }
         let ids = (0..digests.len() as u32).collect();
         if s.learns {
-            if s.keeps {
-                s.digests.lock().expect("not poisoned").insert(b, digests.clone());
-            }
+            // The digests a learning side's output rows are checked against (see `rows`).
+            s.digests.lock().expect("not poisoned").insert(b, digests.clone());
             s.rows.lock().expect("not poisoned").insert(b, rows);
         } else if !s.keeps {
             s.remove(&path);
@@ -342,8 +341,9 @@ impl BucketSource for SpillSource {
     }
 }
 
-/// A bucket's rows to append to the output, in the joint order.
-type RowBatch = Vec<Place>;
+/// A bucket's rows to append to the output, in the joint order, each with the digest it was
+/// matched by (the output checks the row's key against it: [`rows`]).
+type RowBatch = Vec<(u128, Place)>;
 
 /// Hands finished buckets to the output writer and keeps the responder's orders.
 struct SpillSink {
@@ -372,7 +372,7 @@ impl BucketSink for SpillSink {
             return Ok(());
         }
         let stashed = s.rows.lock().expect("not poisoned").remove(&b);
-        let mut rows = match &stashed {
+        let rows = match &stashed {
             Some(rows) => ids.iter().map(|&i| rows.get(i as usize).copied()).collect::<Option<Vec<_>>>(),
             // The responder: ids are stream positions of the order taken last.
             None => ids
@@ -381,21 +381,21 @@ impl BucketSink for SpillSink {
                 .collect::<Option<Vec<_>>>(),
         }
         .ok_or_else(|| s.fail(DataError::Invalid(format!("bucket {b}: a match without a row"))))?;
+        let digests = match &stashed {
+            Some(_) => s.digests.lock().expect("not poisoned").remove(&b).unwrap_or_default(),
+            None => std::mem::take(&mut self.position_digests),
+        };
+        let mut rows: RowBatch = ids
+            .iter()
+            .zip(rows)
+            .map(|(&i, row)| digests.get(i as usize).map(|&d| (d, row)))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| s.fail(DataError::Invalid(format!("bucket {b}: a match without a digest"))))?;
+        drop(digests);
         if s.keeps {
             // A resumable job's order within a bucket: by digest (equal on both sides for a
             // match, fixed by the salt alone), so a range run again writes the same bytes.
-            let digests = match &stashed {
-                Some(_) => s.digests.lock().expect("not poisoned").remove(&b).unwrap_or_default(),
-                None => std::mem::take(&mut self.position_digests),
-            };
-            let mut keyed = ids
-                .iter()
-                .zip(rows)
-                .map(|(&i, row)| digests.get(i as usize).map(|&d| (d, row)))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| s.fail(DataError::Invalid(format!("bucket {b}: a match without a digest"))))?;
-            keyed.par_sort_unstable_by_key(|&(d, row)| (d, row.2));
-            rows = keyed.into_iter().map(|(_, row)| row).collect();
+            rows.par_sort_unstable_by_key(|&(d, row)| (d, row.2));
         }
         if !s.keeps {
             s.remove(&bucket_path(&s.dir, b));
@@ -404,7 +404,7 @@ impl BucketSink for SpillSink {
         self.positions = Vec::new();
         s.matched.fetch_add(rows.len() as u64, Ordering::Relaxed);
         if let Some(done) = &s.done {
-            set_bits(&mut done.lock().expect("not poisoned"), rows.iter().map(|r| r.2)).map_err(|e| s.fail(e))?;
+            set_bits(&mut done.lock().expect("not poisoned"), rows.iter().map(|r| r.1.2)).map_err(|e| s.fail(e))?;
         }
         if !s.writes_matched {
             return Ok(());
@@ -415,7 +415,7 @@ impl BucketSink for SpillSink {
     fn keep_order(&mut self, b: usize, order: Vec<u32>) -> Result<(), Rr22Error> {
         let s = self.shared.clone();
         let rows = s.rows.lock().expect("not poisoned").remove(&b).unwrap_or_default();
-        let digests = if s.keeps { s.digests.lock().expect("not poisoned").remove(&b) } else { None };
+        let digests = if s.learns { s.digests.lock().expect("not poisoned").remove(&b) } else { None };
         let path = order_path(&s.dir, b);
         let written = (|| -> std::io::Result<u64> {
             let mut w =
@@ -425,8 +425,9 @@ impl BucketSink for SpillSink {
                 w.write_all(&offset.to_le_bytes())?;
                 w.write_all(&len.to_le_bytes())?;
                 w.write_all(&number.to_le_bytes())?;
-                if let Some(digests) = &digests {
-                    w.write_all(&digests.get(k as usize).copied().unwrap_or(0).to_le_bytes())?;
+                if s.learns {
+                    let digest = digests.as_ref().and_then(|d| d.get(k as usize)).copied().unwrap_or(0);
+                    w.write_all(&digest.to_le_bytes())?;
                 }
             }
             w.into_inner().map_err(|e| e.into_error())?.finish()?;
@@ -444,11 +445,11 @@ impl BucketSink for SpillSink {
         let s = self.shared.clone();
         let path = order_path(&s.dir, b);
         let bytes = s.read_sealed(&path).map_err(|e| s.fail(e))?;
-        let kept = if s.keeps { KEPT + 16 } else { KEPT };
+        let kept = if s.learns { KEPT + 16 } else { KEPT };
         if !bytes.len().is_multiple_of(kept) {
             return Err(s.fail(DataError::file(&path, "spill file damaged")));
         }
-        if s.keeps {
+        if s.learns {
             self.position_digests =
                 bytes.chunks_exact(kept).map(|r| u128::from_le_bytes(r[KEPT..].try_into().expect("16"))).collect();
         }
@@ -533,23 +534,46 @@ async fn run_streaming_observed<C: Channel>(
     stages.push(("scan".to_string(), started.elapsed().as_secs_f64()));
     // The writer: one thread appending finished buckets' rows to the output's temp file.
     let started = Instant::now();
-    let tail_input = match &snapshot {
+    // The rows a learning side copies out: its row store (Parquet), its key-column CSV
+    // (`--output keys`), else the input itself, opened again under the job's stamp.
+    let rows_file = match (&snapshot, learns) {
+        (Some(f), _) => Some(f.try_clone().map_err(|e| DataError::io(&options.spill_dir, e))?),
+        (None, true) if parquet.is_none() => Some(open_unchanged(&input.spec.file, &input.stamp)?),
+        (None, _) => None,
+    };
+    let tail_input = match &rows_file {
         Some(f) => Some(f.try_clone().map_err(|e| DataError::io(&options.spill_dir, e))?),
         None => None,
+    };
+    // The input, whose stamp is checked again before the output is renamed into place.
+    let stamped = match (&snapshot, &rows_file) {
+        (None, Some(f)) => Some(f.try_clone().map_err(|e| DataError::io(&input.spec.file, e))?),
+        _ => None,
     };
     let tagged = job.join.tagged();
     let (writer, rows_tx) = match (learns, &job.output) {
         (true, Some(out)) => {
             let (tx, rx) = std::sync::mpsc::sync_channel::<RowBatch>(2);
             let (out, at_rest) = (out.clone(), job.at_rest.clone());
-            let snapshot = snapshot.expect("a learning party snapshots");
+            let file = rows_file.expect("a learning party has its rows");
             let header = header.clone();
             let parquet = parquet.clone();
+            let reader = match parquet {
+                Some(_) => None,
+                None => Some(rows::RowReader::from_file(
+                    file.try_clone().map_err(|e| DataError::io(out.as_path(), e))?,
+                    &input.spec,
+                    session.hasher(),
+                )?),
+            };
             let handle = std::thread::Builder::new()
                 .name("psi-output".into())
-                .spawn(move || match parquet {
-                    Some(schema) => write_rows_parquet(&snapshot, &schema, tagged, &out, &at_rest, rx, fail_after),
-                    None => write_rows(&snapshot, &header, terminator, tagged, &out, &at_rest, rx, fail_after),
+                .spawn(move || match (parquet, reader) {
+                    (Some(schema), _) => write_rows_parquet(&file, &schema, tagged, &out, &at_rest, rx, fail_after),
+                    (None, Some(reader)) => {
+                        write_rows(reader, &header, terminator, tagged, &out, &at_rest, rx, fail_after)
+                    }
+                    (None, None) => Err(DataError::Invalid("no rows to write".into())),
                 })
                 .map_err(|e| DataError::Invalid(format!("cannot start the output writer: {e}")))?;
             (Some(handle), Some(tx))
@@ -602,6 +626,11 @@ async fn run_streaming_observed<C: Channel>(
             .await?;
             pending = w;
             rows += tail;
+        }
+        if let Some(f) = &stamped
+            && FileStamp::of(f, &input.spec.file)? != input.stamp
+        {
+            return Err(changed(&input.spec.file).into());
         }
         let out = job.output.clone().expect("learns");
         cpu::run(move || pending.finish()).await.map_err(|e| DataError::io(&out, e))?;
@@ -734,62 +763,13 @@ fn scan(
     Ok(scanned)
 }
 
-/// Copies the input `source` (at `path`) to an unlinked private snapshot in `dir`, checking that
-/// it is the file of `stamp` before and after the copy (a learning side's rows come from the
-/// snapshot, so they are exactly the rows it hashed); returns the snapshot at offset 0.
-fn private_snapshot(source: &File, path: &Path, stamp: &FileStamp, dir: &Path) -> Result<File, DataError> {
-    Ok(snapshot_counted(source, path, stamp, dir)?.0)
-}
-
-/// [`private_snapshot`], also returning the bytes of new disk it took: none when the file
-/// system made it a reflink (`FICLONE`: XFS, btrfs, bcachefs, OCFS2 share the blocks copy on
-/// write, so a later write to the input does not reach the snapshot — the guarantee of a copy),
-/// the input's size when its bytes were copied (ext4, tmpfs, another file system than the
-/// input's: the ioctl fails and `std::io::copy` copies, in kernel where it can).
-fn snapshot_counted(source: &File, path: &Path, stamp: &FileStamp, dir: &Path) -> Result<(File, u64), DataError> {
-    let mut copy = tempfile::tempfile_in(dir).map_err(|e| DataError::io(dir, e))?;
-    let (copied, new_bytes) = if reflink(source, &copy) {
-        (copy.metadata().map_err(|e| DataError::io(dir, e))?.len(), 0)
-    } else {
-        let copied = std::io::copy(&mut source.take(stamp.len + 1), &mut copy).map_err(|e| DataError::io(dir, e))?;
-        (copied, copied)
-    };
-    if copied != stamp.len || FileStamp::of(source, path)? != *stamp {
-        return Err(changed(path));
-    }
-    copy.seek(std::io::SeekFrom::Start(0)).map_err(|e| DataError::io(dir, e))?;
-    Ok((copy, new_bytes))
-}
-
-/// Makes the empty file `copy` a reflink of `source` (Linux `FICLONE`); false where the file
-/// system cannot (then nothing was changed).
-fn reflink(source: &File, copy: &File) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: both descriptors are open files owned by the caller for the call's duration;
-        // FICLONE takes the source descriptor as its argument and touches no memory of ours.
-        unsafe { libc::ioctl(copy.as_raw_fd(), libc::FICLONE, source.as_raw_fd()) == 0 }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = (source, copy);
-        false
-    }
-}
-
 fn scan_csv(input: &StreamInput, spill: &mut Spiller, learns: bool, keys_only: bool) -> Result<Scanned, DataError> {
     let spec = &input.spec;
     let shared = spill.shared;
     let source = open_unchanged(&spec.file, &input.stamp)?;
-    let (mut scanner, snapshot) = if learns && !keys_only {
-        let (copy, new_bytes) = snapshot_counted(&source, &spec.file, &input.stamp, &shared.dir)?;
-        shared.added(new_bytes);
-        let scanner = RowScanner::from_file(&spec.file, copy.try_clone().map_err(|e| DataError::io(&shared.dir, e))?);
-        (scanner, Some(copy))
-    } else {
-        (RowScanner::from_file(&spec.file, source), None)
-    };
+    // No snapshot: a learning side copies its rows from the input itself, checking each row's
+    // key against the digest it was matched by and the file's stamp ([`rows`]).
+    let mut scanner = RowScanner::from_file(&spec.file, source);
     let header = spec.read_header(&mut scanner)?;
     let terminator: &'static [u8] = if header.raw.ends_with(b"\r\n") { b"\r\n" } else { b"\n" };
     // `--output keys`: the snapshot is a CSV of the key columns (file order), written here.
@@ -836,7 +816,12 @@ fn scan_csv(input: &StreamInput, spill: &mut Spiller, learns: bool, keys_only: b
             shared.added(size);
             (Some(file), key_header, key_positions.len())
         }
-        None => (snapshot, header.raw, header.columns.len()),
+        None => {
+            if FileStamp::of(scanner.file(), &spec.file)? != input.stamp {
+                return Err(changed(&spec.file));
+            }
+            (None, header.raw, header.columns.len())
+        }
     };
     Ok(Scanned { snapshot, header: raw, terminator, parquet: None, columns })
 }
@@ -926,18 +911,19 @@ fn write_rows_parquet(
         if fail_after == Some(buckets) {
             return Err(DataError::Invalid("injected failure".into()));
         }
-        let places: Vec<(u64, u32)> = batch.iter().map(|&(offset, len, _)| (offset, len)).collect();
+        let places: Vec<(u64, u32)> = batch.iter().map(|&(_, (offset, len, _))| (offset, len)).collect();
         w.write_rows(&map, &places, side)?;
         rows += batch.len() as u64;
     }
     Ok((Pending::Parquet(Box::new(w)), rows))
 }
 
-/// The output writer: the header, then each finished bucket's rows copied from the snapshot, into
-/// a temp file; returns it unfinished (renamed only once the job succeeded) with its row count.
+/// The output writer: the header, then each finished bucket's rows copied from the input (or
+/// the key-column CSV), each row's key checked against its digest ([`rows`]), into a temp file;
+/// returns it unfinished (renamed only once the job succeeded) with its row count.
 #[allow(clippy::too_many_arguments)]
 fn write_rows(
-    snapshot: &File,
+    mut reader: rows::RowReader,
     header: &[u8],
     terminator: &[u8],
     tagged: bool,
@@ -948,11 +934,6 @@ fn write_rows(
 ) -> Result<(Pending, u64), DataError> {
     let dir = crate::storage::parent_dir(out);
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-    // SAFETY: the map is only read, and it maps our private, unlinked snapshot, which no other
-    // process can truncate.
-    let map = unsafe { memmap2::Mmap::map(snapshot) }.map_err(|e| DataError::io(dir, e))?;
-    #[cfg(unix)]
-    let _ = map.advise(memmap2::Advice::Random);
     let io_err = |e| DataError::io(out, e);
     let mut w = DataWriter::create(out, at_rest).map_err(|e| DataError::io(dir, e))?;
     let tag = if tagged { crate::join::Side::Both.tag() } else { &[][..] };
@@ -968,20 +949,21 @@ fn write_rows(
         if fail_after == Some(buckets) {
             return Err(DataError::Invalid("injected failure".into()));
         }
-        for &(offset, len, _) in &batch {
-            let row = usize::try_from(offset)
-                .ok()
-                .and_then(|s| map.get(s..s + len as usize))
-                .ok_or_else(|| DataError::Invalid("a spilled row lies outside the input".into()))?;
-            w.write_all(tag).map_err(io_err)?;
-            w.write_all(row).map_err(io_err)?;
-            if !row.ends_with(b"\n") && !row.ends_with(b"\r") {
-                w.write_all(terminator).map_err(io_err)?;
-            }
-        }
+        reader.rows(&batch, |row| copy_row(&mut w, tag, row, terminator), out)?;
         rows += batch.len() as u64;
     }
     Ok((Pending::Csv(w), rows))
+}
+
+/// Appends one output row: the side tag (a tagged join), the row's bytes, a terminator if the
+/// row (the file's last) had none.
+fn copy_row(w: &mut impl Write, tag: &[u8], row: &[u8], terminator: &[u8]) -> std::io::Result<()> {
+    w.write_all(tag)?;
+    w.write_all(row)?;
+    if !row.ends_with(b"\n") && !row.ends_with(b"\r") {
+        w.write_all(terminator)?;
+    }
+    Ok(())
 }
 
 enum TailError {
@@ -1178,5 +1160,6 @@ fn write_tail_csv(
 }
 
 pub mod resume;
+mod rows;
 #[cfg(test)]
 mod tests;

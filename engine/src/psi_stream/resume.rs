@@ -242,6 +242,9 @@ struct Transcript<'a, C> {
     /// Whether that acknowledgement arrived and matched; why not, if it did not.
     acked: std::sync::atomic::AtomicBool,
     ack_error: Mutex<Option<EngineError>>,
+    /// Run once when that acknowledgement matched: deletes the previous range's spill at once
+    /// (not at the end of this range), so a node holds one range's spill less.
+    on_ack: Mutex<Option<Box<dyn FnOnce() + Send + 'a>>>,
 }
 
 impl<'a, C: Channel> Transcript<'a, C> {
@@ -254,6 +257,7 @@ impl<'a, C: Channel> Transcript<'a, C> {
             ack: Mutex::new(None),
             acked: std::sync::atomic::AtomicBool::new(false),
             ack_error: Mutex::new(None),
+            on_ack: Mutex::new(None),
         }
     }
 
@@ -307,6 +311,9 @@ impl<C: Channel> Channel for Transcript<'_, C> {
                 return Err(ChannelError::Transport("the peer's range acknowledgement failed".into()));
             }
             self.acked.store(true, Ordering::Relaxed);
+            if let Some(f) = self.on_ack.lock().expect("not poisoned").take() {
+                f();
+            }
         }
         let frame = self.inner.recv().await?;
         self.absorb(&self.received, &frame);
@@ -394,21 +401,21 @@ fn check_recorded(peer: &[u8], r: usize, digest: &[u8; 32]) -> Result<(), Engine
     Ok(())
 }
 
-/// Copies the input to an unlinked private snapshot (a learning side's rows come from it),
-/// checking it is the file the job started with; returns it with its header and terminator.
-fn snapshot(input: &StreamInput, dir: &Path, stamp: &FileStamp) -> Result<Scanned, DataError> {
+/// A learning side's input on resume: the file the job started with (its stamp checked: a file
+/// appended to, truncated or rewritten since is refused), read for its header; its rows are read
+/// again from it for the ranges still to run ([`rows`]). No copy.
+fn reopen(input: &StreamInput, stamp: &FileStamp) -> Result<Scanned, DataError> {
     let spec = &input.spec;
     let source = open_unchanged(&spec.file, stamp)?;
-    let copy = private_snapshot(&source, &spec.file, stamp, dir)?;
-    let mut scanner = RowScanner::from_file(&spec.file, copy.try_clone().map_err(|e| DataError::io(dir, e))?);
+    let mut scanner = RowScanner::from_file(&spec.file, source);
     let header = spec.read_header(&mut scanner)?;
     let terminator: &'static [u8] = if header.raw.ends_with(b"\r\n") { b"\r\n" } else { b"\n" };
     let columns = header.columns.len();
-    Ok(Scanned { snapshot: Some(copy), header: header.raw, terminator, parquet: None, columns })
+    Ok(Scanned { snapshot: None, header: header.raw, terminator, parquet: None, columns })
 }
 
-/// One range's output segment: its rows copied from the snapshot, sealed under the spill key.
-/// The thread that writes a range's output segment (a learning side's rows, from the snapshot):
+/// The thread that writes a range's output segment (a learning side's rows, from its input,
+/// each row's key checked against its digest: [`rows`]), sealed under the spill key:
 /// `tx` feeds it; no thread and no sender when this side writes no rows.
 pub(super) struct SegmentWriter {
     pub(super) handle: Option<std::thread::JoinHandle<Result<u64, DataError>>>,
@@ -417,18 +424,18 @@ pub(super) struct SegmentWriter {
 
 impl SegmentWriter {
     pub(super) fn start(
-        snapshot: Option<File>,
+        rows: Option<super::rows::RowReader>,
         terminator: &'static [u8],
         tagged: bool,
         path: PathBuf,
         shared: &Arc<Shared>,
     ) -> Result<SegmentWriter, DataError> {
-        let Some(snap) = snapshot else { return Ok(SegmentWriter { handle: None, tx: None }) };
+        let Some(rows) = rows else { return Ok(SegmentWriter { handle: None, tx: None }) };
         let (tx, rx) = std::sync::mpsc::sync_channel::<RowBatch>(2);
         let shared = shared.clone();
         let handle = std::thread::Builder::new()
             .name("psi-segment".into())
-            .spawn(move || write_segment(&snap, terminator, tagged, &path, &shared.key, rx))
+            .spawn(move || write_segment(rows, terminator, tagged, &path, &shared.key, rx))
             .map_err(|e| DataError::Invalid(format!("cannot start the output writer: {e}")))?;
         Ok(SegmentWriter { handle: Some(handle), tx: Some(tx) })
     }
@@ -445,32 +452,20 @@ impl SegmentWriter {
 }
 
 fn write_segment(
-    snapshot: &File,
+    mut reader: super::rows::RowReader,
     terminator: &[u8],
     tagged: bool,
     path: &Path,
     key: &StorageKey,
     batches: std::sync::mpsc::Receiver<RowBatch>,
 ) -> Result<u64, DataError> {
-    // SAFETY: the map is only read, and it maps our private, unlinked snapshot.
-    let map = unsafe { memmap2::Mmap::map(snapshot) }.map_err(|e| DataError::io(path, e))?;
     let io_err = |e| DataError::io(path, e);
     let mut w =
         std::io::BufWriter::with_capacity(1 << 16, SealedWriter::create(path, key, Access::OwnerOnly).map_err(io_err)?);
     let tag = if tagged { crate::join::Side::Both.tag() } else { &[][..] };
     let mut rows = 0u64;
     for batch in batches {
-        for &(offset, len, _) in &batch {
-            let row = usize::try_from(offset)
-                .ok()
-                .and_then(|s| map.get(s..s + len as usize))
-                .ok_or_else(|| DataError::Invalid("a spilled row lies outside the input".into()))?;
-            w.write_all(tag).map_err(io_err)?;
-            w.write_all(row).map_err(io_err)?;
-            if !row.ends_with(b"\n") && !row.ends_with(b"\r") {
-                w.write_all(terminator).map_err(io_err)?;
-            }
-        }
+        reader.rows(&batch, |row| copy_row(&mut w, tag, row, terminator), path)?;
         rows += batch.len() as u64;
     }
     w.into_inner().map_err(|e| e.into_error()).and_then(|w| w.finish()).map_err(io_err)?;
@@ -510,7 +505,7 @@ pub async fn run_psi_resumable<C: Channel>(
     let mut stages = Vec::new();
     let started = Instant::now();
     // The session, the spill and the checkpoint: made now, or found from the first run.
-    let (session, checkpoint, shared, scanned) = if resume {
+    let (mut session, checkpoint, shared, scanned) = if resume {
         let c = Checkpoint::load(&dir, &key)?;
         if (c.role.as_str(), c.reveal.as_str(), c.join) != (names(job).0.as_str(), names(job).1.as_str(), job.join) {
             return Err(
@@ -528,7 +523,7 @@ pub async fn run_psi_resumable<C: Channel>(
         let learns = session.learns() && job.output.is_some();
         let shared = new_shared(&dir, key, input, job, learns, true);
         let scanned = if learns {
-            snapshot(input, &dir, &c.stamp)?
+            reopen(input, &c.stamp)?
         } else {
             Scanned { snapshot: None, header: Vec::new(), terminator: b"\n", parquet: None, columns: 0 }
         };
@@ -570,6 +565,9 @@ pub async fn run_psi_resumable<C: Channel>(
         (session, c, shared, scanned)
     };
     stages.push(("scan".to_string(), started.elapsed().as_secs_f64()));
+    // Each bucket's matches are put in digest order here (`SpillSink::matched`): the protocol's
+    // own joint-order sorts would be undone, so they are skipped.
+    session.matches_in_any_order();
     let mut checkpoint = checkpoint;
     let learns = shared.learns;
     let buckets = session.layout.buckets;
@@ -622,7 +620,7 @@ pub async fn run_psi_resumable<C: Channel>(
             *word = u64::from_le_bytes(b.try_into().expect("8"));
         }
     }
-    let Scanned { snapshot, header, terminator, .. } = scanned;
+    let Scanned { header, terminator, .. } = scanned;
     let tagged = job.join.tagged();
     // The ranges: each runs, writes its segment, is recorded, then confirmed by both sides.
     let started = Instant::now();
@@ -643,26 +641,30 @@ pub async fn run_psi_resumable<C: Channel>(
     let mut unconfirmed: Option<(usize, [u8; 32])> = None;
     for r in first..ranges {
         let range = range_of(r);
-        let snap = match (&snapshot, learns) {
-            (Some(snap), true) => Some(snap.try_clone().map_err(|e| DataError::io(&dir, e))?),
-            _ => None,
+        let rows = match learns {
+            true => Some(super::rows::RowReader::open(&input.spec, &checkpoint.stamp, session.hasher())?),
+            false => None,
         };
         let SegmentWriter { handle, tx } =
-            SegmentWriter::start(snap, terminator, tagged, segment_path(&dir, r), &shared)?;
+            SegmentWriter::start(rows, terminator, tagged, segment_path(&dir, r), &shared)?;
         let source: Arc<dyn BucketSource> = Arc::new(SpillSource(shared.clone()));
         let mut sink =
             SpillSink { shared: shared.clone(), writer: tx, positions: Vec::new(), position_digests: Vec::new() };
         let transcript = Transcript::expecting(channel, unconfirmed);
+        if let Some((previous, _)) = unconfirmed {
+            let (shared, dir, range) = (shared.clone(), dir.clone(), range_of(previous));
+            *transcript.on_ack.lock().expect("not poisoned") = Some(Box::new(move || confirmed(&shared, &dir, range)));
+        }
         let run = rr22::run_buckets_keeping(&transcript, &session, source, &mut sink, range.clone(), &mut kept).await;
         drop(sink);
         if let Some(e) = transcript.ack_error.lock().expect("not poisoned").take() {
             return Err(e);
         }
-        let written = SegmentWriter::join(handle)?;
+        // The writer's error first: a row it refused stops the sink ("the writer stopped").
+        let written = SegmentWriter::join(handle)??;
         if let Some(e) = shared.failure.lock().expect("not poisoned").take() {
             return Err(e.into());
         }
-        let written = written?;
         let done = run.map_err(psi_err)?;
         for (step, secs) in done.timings {
             add(&mut timings, step, secs);
@@ -709,7 +711,12 @@ pub async fn run_psi_resumable<C: Channel>(
     let (matched, dropped) = (shared.matched.load(Ordering::Relaxed), shared.dropped.load(Ordering::Relaxed));
     let (sections, done_bits) = tail_sections(channel, job, &session, &shared, input.rows).await?;
     let (mut output, mut output_rows) = (None, 0);
-    if let (true, Some(out), Some(snap)) = (learns, job.output.clone(), snapshot) {
+    let input_file = match learns {
+        true => Some(open_unchanged(&input.spec.file, &checkpoint.stamp)?),
+        false => None,
+    };
+    if let (true, Some(out), Some(snap)) = (learns, job.output.clone(), input_file) {
+        let stamp = checkpoint.stamp.clone();
         let (spec, columns, at_rest) = (input.spec.clone(), input.columns.len(), job.at_rest.clone());
         let (shared, dir, bits) = (shared.clone(), dir.clone(), done_bits.unwrap_or_default());
         let segment_rows = checkpoint.finished.last().map_or(0, |f| f.rows);
@@ -733,11 +740,17 @@ pub async fn run_psi_resumable<C: Channel>(
                         .map_err(|e| DataError::io(&path, e))?;
                 }
             }
+            let stamped = snap.try_clone().map_err(|e| DataError::io(&spec.file, e))?;
             let (w, tail) =
                 write_tail_csv(snap, &spec, w, &bits, &sections, columns, tagged, terminator).map_err(|e| match e {
                     TailError::Data(d) => d,
                     TailError::Io(e) => DataError::io(&out, e),
                 })?;
+            // The input is still the file the job started with (its other columns than the keys
+            // are covered by this stamp; the keys were checked row by row).
+            if FileStamp::of(&stamped, &spec.file)? != stamp {
+                return Err(changed(&spec.file));
+            }
             w.finish().map_err(|e| DataError::io(&out, e))?;
             Ok(tail)
         })

@@ -501,3 +501,47 @@ async fn forged_range_acknowledgements_are_refused() {
         assert!(report.ok, "{:?}", report.problems);
     }
 }
+
+/// No snapshot: a resumed learning side reads its rows from the input again, so an input whose
+/// key bytes changed in place (same length, modification time put back: the stamp cannot tell)
+/// fails the job at the first changed row it copies, with no output and the state kept; an input
+/// appended to or truncated is refused by its stamp before anything runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_input_fails_the_resume_without_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = Case::new(dir.path(), Reveal::Both, JoinType::Inner, false);
+    state_after_scan(&case).await;
+    let original = std::fs::read(&case.a.file).unwrap();
+    let mtime = std::fs::metadata(&case.a.file).unwrap().modified().unwrap();
+    // id00200 is in both sets: its key becomes id00201 (in both sets too), same length.
+    let text = String::from_utf8(original.clone()).unwrap().replace("id00200,", "id00201,");
+    std::fs::write(&case.a.file, &text).unwrap();
+    std::fs::File::options().write(true).open(&case.a.file).unwrap().set_modified(mtime).unwrap();
+    case.restore("s0");
+    let (ra, rb) = case.run(true, None).await;
+    let err = ra.unwrap_err();
+    assert!(err.contains("modified during the job") && err.contains(":202:"), "{err}");
+    assert!(!err.contains("id0020"), "{err}");
+    assert!(rb.is_err());
+    assert_eq!(case.outputs(), (None, None));
+    assert!(case.spill("a").exists() && case.spill("b").exists(), "state kept");
+    // Appended to, then truncated: refused by the stamp.
+    for changed in [[original.as_slice(), b"id99999,more\r\n"].concat(), original[..original.len() - 2].to_vec()] {
+        std::fs::write(&case.a.file, &changed).unwrap();
+        case.restore("s0");
+        let (ra, rb) = case.run(true, None).await;
+        assert!(ra.as_ref().unwrap_err().contains("changed"), "{ra:?}");
+        assert!(rb.is_err());
+        assert_eq!(case.outputs(), (None, None));
+    }
+    // The original file back (modification time too): the resume finishes with the plaintext's rows.
+    std::fs::write(&case.a.file, &original).unwrap();
+    std::fs::File::options().write(true).open(&case.a.file).unwrap().set_modified(mtime).unwrap();
+    case.restore("s0");
+    let (ra, rb) = case.run(true, None).await;
+    assert!(ra.is_ok() && rb.is_ok(), "{ra:?} {rb:?}");
+    let (pa, pb) = (case.out("a"), case.out("b"));
+    let report =
+        verify_psi_outputs(&case.a, &case.b, Some(OutputFile::plain(&pa)), Some(OutputFile::plain(&pb))).unwrap();
+    assert!(report.ok, "{:?}", report.problems);
+}

@@ -7,10 +7,11 @@
 //!    hello (joint salt and layout, agreed once), the scan into the job's sealed bucket spill and
 //!    the resumable job's checkpoint ([`super`]) with a range size of `ceil(B / N)` buckets, so
 //!    range `i` is shard `i` — the same function on both sides, since both derive it from the
-//!    same layout and the `N` both nodes agreed. A learning side copies its input once to a
-//!    named snapshot in the spill directory (owner-only) and scans that copy, so every worker
-//!    copies out exactly the rows that were hashed. A sealed `shards` manifest records what a
-//!    worker needs (shard count, role, reveal mode, the peer-size bound, the snapshot's stamp).
+//!    same layout and the `N` both nodes agreed. No snapshot: a learning side's workers read their
+//!    rows from the input itself, each row's key checked against the digest it was matched by
+//!    and the input's stamp checked ([`super::rows`]). A sealed `shards` manifest records what a
+//!    worker needs (shard count, role, reveal mode, the peer-size bound, the input's stamp when
+//!    this side learns).
 //! 2. **Shards** ([`run_shard`], one worker process per shard, over its own connection): the
 //!    workers first exchange a pairing frame (the session fingerprint, shard index, shard count
 //!    and bucket range) and refuse a peer worker of another job or shard; then the range runs
@@ -47,11 +48,6 @@ fn manifest_path(dir: &Path) -> PathBuf {
     dir.join("shards")
 }
 
-/// The learning side's input copy that the scan hashed and the workers copy rows from.
-fn snapshot_path(dir: &Path) -> PathBuf {
-    dir.join("snapshot")
-}
-
 fn record_path(dir: &Path, i: usize) -> PathBuf {
     dir.join(format!("shard-{i:05}"))
 }
@@ -69,7 +65,8 @@ struct Manifest {
     rows: u64,
     /// The input's stamp when the job started.
     stamp: FileStamp,
-    /// A learning side's snapshot ([`snapshot_path`]) stamp.
+    /// A learning side's input stamp (the rows come from the input: [`super::rows`]); `None` on
+    /// a side that writes no rows. (Named for the snapshot earlier versions copied.)
     snapshot: Option<FileStamp>,
     /// The input's line terminator is CRLF (for a last row without one).
     crlf: bool,
@@ -172,26 +169,6 @@ fn check_sharded(input: &StreamInput, job: &PsiJob, shards: usize) -> Result<(),
     Ok(())
 }
 
-/// Copies `input` to the named snapshot in `dir` (owner-only), checking it is the file of the
-/// input's stamp before and after the copy; returns the snapshot's stamp.
-fn named_snapshot(input: &StreamInput, dir: &Path) -> Result<FileStamp, DataError> {
-    let path = snapshot_path(dir);
-    let source = open_unchanged(&input.spec.file, &input.stamp)?;
-    let copied = (|| -> std::io::Result<u64> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut w = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
-        let n = std::io::copy(&mut (&source).take(input.stamp.len + 1), &mut w)?;
-        w.sync_all()?;
-        Ok(n)
-    })()
-    .map_err(|e| DataError::io(&path, e))?;
-    if copied != input.stamp.len || FileStamp::of(&source, &input.spec.file)? != input.stamp {
-        return Err(changed(&input.spec.file));
-    }
-    let file = File::open(&path).map_err(|e| DataError::io(&path, e))?;
-    FileStamp::of(&file, &path)
-}
-
 /// Step 1 on a coordinating node: the hello, the scan and the checkpoint of a job to run in
 /// `shards` shards (its spill directory `options.spill_dir` made by the caller with `key`,
 /// [`create_job_key`]). Returns the plan both nodes derive. On error the state is discarded.
@@ -249,18 +226,11 @@ async fn prepare<C: Channel>(
     let dir2 = dir.clone();
     let job2 = job.clone();
     let (snapshot, crlf) = cpu::run(move || -> Result<(Option<FileStamp>, bool), DataError> {
-        // A learning side scans its named snapshot: the rows the workers copy are the rows hashed.
-        let (scanned, snapshot) = if learns {
-            let stamp = named_snapshot(&input2, &dir2)?;
-            let mut spec = input2.spec.clone();
-            spec.file = snapshot_path(&dir2);
-            (StreamInput { spec, stamp: stamp.clone(), ..input2.clone() }, Some(stamp))
-        } else {
-            (input2.clone(), None)
-        };
-        let shared = new_shared(&dir2, key2, &scanned, &job2, false, true);
-        let done = scan(&scanned, &shared, &hasher, buckets, cap, false, false)?;
-        Ok((snapshot, done.terminator == b"\r\n"))
+        // No snapshot: a learning side's workers read their rows from the input itself, each
+        // row's key checked against its digest and the input's stamp checked ([`super::rows`]).
+        let shared = new_shared(&dir2, key2, &input2, &job2, false, true);
+        let done = scan(&input2, &shared, &hasher, buckets, cap, false, false)?;
+        Ok((learns.then(|| input2.stamp.clone()), done.terminator == b"\r\n"))
     })
     .await?;
     let state = session.state(options.bucket_size).expect("no payloads");
@@ -336,7 +306,9 @@ pub async fn run_shard<C: Channel>(
         payload: PayloadMode::None,
     };
     let psi_err = |e: Rr22Error| EngineError::Psi(PsiError::Rr22(e));
-    let session = rr22::resume_session(&c.state(), &config).map_err(psi_err)?;
+    let mut session = rr22::resume_session(&c.state(), &config).map_err(psi_err)?;
+    // Matches are put in digest order by the sink (as in every resumable range).
+    session.matches_in_any_order();
     let ranges = shard_ranges(session.layout.buckets, shards);
     if ranges.len() != shards || ranges[0].len() as u64 != c.range_buckets {
         return Err(DataError::file(manifest_path(&dir), "the shard manifest is damaged").into());
@@ -359,7 +331,7 @@ pub async fn run_shard<C: Channel>(
     let learns = session.learns() && m.snapshot.is_some();
     let shared = new_shared(&dir, copy_key(key), &m.input(), &job, learns, true);
     let snap = match &m.snapshot {
-        Some(stamp) if learns => Some(open_unchanged(&snapshot_path(&dir), stamp)?),
+        Some(stamp) if learns => Some(super::rows::RowReader::open(&m.spec, stamp, session.hasher())?),
         _ => None,
     };
     let terminator: &'static [u8] = if m.crlf { b"\r\n" } else { b"\n" };
@@ -371,11 +343,11 @@ pub async fn run_shard<C: Channel>(
     let transcript = Transcript::new(channel);
     let run = rr22::run_buckets(&transcript, &session, source, &mut sink, range.clone()).await;
     drop(sink);
-    let written = SegmentWriter::join(handle)?;
+    // The writer's error first: a row it refused stops the sink ("the writer stopped").
+    let rows = SegmentWriter::join(handle)??;
     if let Some(e) = shared.failure.lock().expect("not poisoned").take() {
         return Err(e.into());
     }
-    let rows = written?;
     run.map_err(psi_err)?;
     let digest = transcript.digest(&fingerprint, job.role, shard, &range);
     let done = ShardDone {
@@ -448,7 +420,6 @@ pub async fn finish_shards<C: Channel>(
         ))
         .into());
     }
-    let _ = std::fs::remove_file(snapshot_path(&options.spill_dir));
     run_psi_resumable(channel, input, job, options, Resumable { key: copy_key(key), range_buckets: 0, resume: true })
         .await
 }

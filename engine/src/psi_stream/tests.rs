@@ -4,6 +4,7 @@ use consort_protocols::{Reveal, Role, memory_pair};
 
 use super::*;
 use crate::check::{OutputFile, verify_psi_outputs};
+use crate::csv_rows::RowScanner;
 use crate::psi::{JobLimits, run_psi};
 use crate::storage::AtRest;
 use crate::synth::{PsiGenSpec, generate_psi};
@@ -372,27 +373,67 @@ fn spill_records_round_trip_and_refuse_damage() {
     assert!(put_record(&mut Vec::new(), &mut last, 0, (101, 1, 9)).is_err());
 }
 
+/// The output's rows come from the input itself: read by their spans (CRLF, quoted fields with
+/// embedded newlines, a last row without a terminator), each row's key checked against its
+/// digest; a key changed in place (same length, modification time put back) is an error naming
+/// the file and line but not the value; a changed stamp is refused.
 #[test]
-fn a_snapshot_is_the_input_and_counts_only_new_disk() {
+fn output_rows_are_read_from_the_input_and_their_keys_checked() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("in.csv");
-    let text = b"id\n1\n2\n3\n".repeat(1000);
-    std::fs::write(&path, &text).unwrap();
-    let source = File::open(&path).unwrap();
-    let stamp = FileStamp::of(&source, &path).unwrap();
-    let (mut snap, new_bytes) = snapshot_counted(&source, &path, &stamp, dir.path()).unwrap();
-    // A reflink (XFS, btrfs) takes no new blocks; a copy (ext4, tmpfs: this box) the file's size.
-    assert!(new_bytes == 0 || new_bytes == text.len() as u64, "{new_bytes}");
+    let text = b"id,v\r\nk1,plain\r\n\"k,2\",\"two\r\nlines\"\r\n k3 ,x\r\n\r\nk4,last";
+    std::fs::write(&path, text).unwrap();
+    let mut spec = DatasetSpec::new("in", path.clone(), &["id"]);
+    spec.normalize.trim = true;
+    let input = StreamInput::open(&spec).unwrap();
+    assert_eq!(input.rows, 4);
+    let hasher = test_hasher(2);
+    // The places and digests the scan would spill (its own parser's spans).
+    let mut scanner = RowScanner::open(&path).unwrap();
+    let header = spec.read_header(&mut scanner).unwrap();
+    let mut batch: RowBatch = Vec::new();
+    let mut spans = Vec::new();
+    while let Some(row) = scanner.next_row().unwrap() {
+        let mut keys = KeyArena::new();
+        push_key(&spec, &header, &row, &mut keys).unwrap();
+        batch.push((hasher.digest(keys.get(0)), (row.start, row.raw.len() as u32, batch.len() as u32)));
+        spans.push(row.raw.to_vec());
+    }
+    // In a joint order unlike the file's.
+    batch.reverse();
+    spans.reverse();
+    let mut reader = rows::RowReader::open(&spec, &input.stamp, hasher.clone()).unwrap();
     let mut got = Vec::new();
-    snap.read_to_end(&mut got).unwrap();
-    assert_eq!(got, text);
-    // Later writes to the input do not reach the snapshot (copy and reflink alike).
-    std::fs::write(&path, b"id\n9\n").unwrap();
-    snap.seek(std::io::SeekFrom::Start(0)).unwrap();
-    got.clear();
-    snap.read_to_end(&mut got).unwrap();
-    assert_eq!(got, text);
-    // A stamp that is not the file's (changed before the snapshot): refused.
-    let source = File::open(&path).unwrap();
-    assert!(snapshot_counted(&source, &path, &stamp, dir.path()).is_err());
+    reader
+        .rows(
+            &batch,
+            |r| {
+                got.push(r.to_vec());
+                Ok(())
+            },
+            &path,
+        )
+        .unwrap();
+    assert_eq!(got, spans);
+    // A wrong digest for one row (as if its key had changed): refused, line named.
+    let mut wrong = batch.clone();
+    wrong[2].0 ^= 1;
+    let err = reader.rows(&wrong, |_| Ok(()), &path).unwrap_err().to_string();
+    assert!(err.contains(":3:") && err.contains("modified during the job"), "{err}");
+    // A span outside the file: refused, never a panic.
+    let mut outside = batch.clone();
+    outside[0].1.0 = text.len() as u64;
+    assert!(reader.rows(&outside, |_| Ok(()), &path).is_err());
+    // The key bytes change in place, same length, the modification time put back: the stamp
+    // cannot tell, the key check does (and the message does not hold the value).
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let changed_text = String::from_utf8(text.to_vec()).unwrap().replace("k1,", "k9,");
+    std::fs::write(&path, &changed_text).unwrap();
+    std::fs::File::options().write(true).open(&path).unwrap().set_modified(mtime).unwrap();
+    let mut reader = rows::RowReader::open(&spec, &input.stamp, hasher.clone()).unwrap();
+    let err = reader.rows(&batch, |_| Ok(()), &path).unwrap_err().to_string();
+    assert!(err.contains(":2:") && !err.contains("k9") && !err.contains("k1"), "{err}");
+    // Appended to: the stamp differs, refused before any row is read.
+    std::fs::write(&path, [text.as_slice(), b"\r\nk5,more"].concat()).unwrap();
+    assert!(rows::RowReader::open(&spec, &input.stamp, hasher).is_err());
 }

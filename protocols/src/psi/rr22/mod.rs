@@ -264,6 +264,9 @@ pub struct Session {
     /// Labeled PSI: the padded payload width both agreed, and the responder's payloads.
     payload_width: Option<usize>,
     payload: PayloadMode,
+    /// R hands a bucket's matches over in the joint order (by F value); off
+    /// ([`Session::matches_in_any_order`]) when the caller orders them itself.
+    joint_order: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -279,6 +282,14 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
+    /// R's matches (its own ids and S's positions) of a bucket come in any order, the same
+    /// matches as otherwise: for a caller that puts each bucket's matches in an order of its own
+    /// on both sides (a resumable job's digest order), which saves R two sorts per bucket. Without
+    /// payloads only (a payload join keeps the joint order).
+    pub fn matches_in_any_order(&mut self) {
+        self.joint_order = self.payload_width.is_some();
+    }
+
     /// How this job hashes and buckets items (a copy that can move to another thread).
     pub fn hasher(&self) -> ItemHasher {
         ItemHasher { salt: self.salt, buckets: self.layout.buckets }
@@ -390,6 +401,7 @@ pub fn resume_session(state: &SessionState, config: &Rr22Config) -> Result<Sessi
         progress: config.progress.clone(),
         payload_width: None,
         payload: PayloadMode::None,
+        joint_order: true,
     })
 }
 
@@ -441,6 +453,7 @@ pub async fn start<C: Channel>(channel: &C, n: usize, config: &Rr22Config) -> Re
         progress: config.progress.clone(),
         payload_width,
         payload: config.payload.clone(),
+        joint_order: true,
     })
 }
 
@@ -610,9 +623,14 @@ pub async fn run_buckets_keeping<C: Channel>(
     match session.role {
         Role::Requester => {
             let keys = session.payload_width.map(|width| PayloadKeys { salt, width });
+            // S's matched positions go back only with `Reveal::Both`: kept (4 bytes per match of
+            // the range) only then.
             let mut positions = Vec::new();
+            let sends_positions = session.reveal == Reveal::Both;
             let mut matched = |b: usize, own: Vec<u32>, peer: Vec<u32>| -> Result<(), Rr22Error> {
-                positions.extend(peer);
+                if sends_positions {
+                    positions.extend(peer);
+                }
                 sink.matched(b, own)
             };
             let total = session.own_size as usize;
@@ -634,6 +652,7 @@ pub async fn run_buckets_keeping<C: Channel>(
                 &mut timings,
                 &mut matched,
                 &mut vole,
+                session.joint_order,
             );
             payloads = run.await?;
             if session.reveal == Reveal::Both {

@@ -78,6 +78,7 @@ pub(super) async fn run_receiver<C: Channel>(
     timings: &mut Timings,
     on_matched: &mut OnMatched<'_>,
     kept: &mut Option<VoleReceiver>,
+    joint_order: bool,
 ) -> Result<Option<Payloads>, Rr22Error> {
     let clock = Instant::now();
     // A setup kept from the job's previous range (taken: put back only if this range succeeds).
@@ -188,9 +189,12 @@ pub(super) async fn run_receiver<C: Channel>(
         // Fig. 4, step 5: R keeps its items whose value is among S's.
         let matching = cpu::spawn(move || {
             // The joint order within a bucket: by F value (ties: copies of one item, by index).
+            // (Any order will do when the caller orders the matches itself.)
             let (mut own, mut peer) = join_values(&own_values, &indices, &peer_values, base);
-            own.par_sort_unstable();
-            peer.par_sort_unstable();
+            if joint_order {
+                own.par_sort_unstable();
+                peer.par_sort_unstable();
+            }
             (
                 own.into_iter().map(|(_, i)| i).collect::<Vec<u32>>(),
                 peer.into_iter().map(|(_, p)| p).collect::<Vec<u32>>(),
