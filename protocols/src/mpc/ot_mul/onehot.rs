@@ -258,6 +258,46 @@ impl Groups {
     }
 }
 
+/// One group's backward pads Q_j (j < k) of each tree in `pads` (k per tree): per tree their sum
+/// (low and high 64-bit halves) into `sums`, and each column's pad (leaves 1..k; column
+/// f + j − 1 of `cols`, the high halves `cols` further) into `acc`. The sender (`skip` = None)
+/// adds them; the chooser subtracts them and skips the leaf it cannot open (`skip[t]`).
+#[inline]
+fn fold_pads(
+    pads: &[u128],
+    k: usize,
+    skip: Option<&[usize]>,
+    acc: &mut [u64],
+    (f, cols): (usize, usize),
+    sums: &mut [u64],
+    (g, g_n): (usize, usize),
+) {
+    for (t, q) in pads.chunks(k).enumerate() {
+        let own = skip.map(|s| s[t]);
+        let (mut lo, mut hi) = (0u64, 0u64);
+        for (j, &q) in q.iter().enumerate() {
+            if own == Some(j) {
+                continue;
+            }
+            let (ql, qh) = (q as u64, (q >> 64) as u64);
+            lo = lo.wrapping_add(ql);
+            hi = hi.wrapping_add(qh);
+            if j > 0 {
+                let (al, ah) = (&mut acc[f + j - 1], cols + f + j - 1);
+                if own.is_some() {
+                    *al = al.wrapping_sub(ql);
+                    acc[ah] = acc[ah].wrapping_sub(qh);
+                } else {
+                    *al = al.wrapping_add(ql);
+                    acc[ah] = acc[ah].wrapping_add(qh);
+                }
+            }
+        }
+        sums[(t * g_n + g) * 2] = lo;
+        sums[(t * g_n + g) * 2 + 1] = hi;
+    }
+}
+
 /// Nodes of level l (0..=d) that have a leaf below k.
 #[inline]
 fn level_len(k: usize, d: u32, l: u32) -> usize {
@@ -746,20 +786,7 @@ impl OneHotSenderSession {
                 b.base.clear();
                 b.base.extend(abs.iter().map(|&i| tweak(self.use_id, T_BACKWARD, i, g, 0)));
                 tccr_trees(&mut b.nodes, k, &b.base, &mut b.y);
-                for (t, q) in b.nodes.chunks(k).enumerate() {
-                    let (mut lo, mut hi) = (0u64, 0u64);
-                    for (j, &q) in q.iter().enumerate() {
-                        let (ql, qh) = (q as u64, (q >> 64) as u64);
-                        lo = lo.wrapping_add(ql);
-                        hi = hi.wrapping_add(qh);
-                        if j > 0 {
-                            acc[f + j - 1] = acc[f + j - 1].wrapping_add(ql);
-                            acc[cols + f + j - 1] = acc[cols + f + j - 1].wrapping_add(qh);
-                        }
-                    }
-                    sums[(t * g_n + g) * 2] = lo;
-                    sums[(t * g_n + g) * 2 + 1] = hi;
-                }
+                fold_pads(&b.nodes, k, None, &mut acc, (f, cols), &mut sums[..], (g, g_n));
             }
         }
         acc
@@ -912,23 +939,7 @@ impl OneHotChooserSession {
                 b.base.clear();
                 b.base.extend(abs.iter().map(|&i| tweak(self.use_id, T_BACKWARD, i, g, 0)));
                 tccr_trees(&mut b.nodes, k, &b.base, &mut b.y);
-                for (t, q) in b.nodes.chunks(k).enumerate() {
-                    let (mut lo, mut hi) = (0u64, 0u64);
-                    for (j, &q) in q.iter().enumerate() {
-                        if j == leaf[t] {
-                            continue;
-                        }
-                        let (ql, qh) = (q as u64, (q >> 64) as u64);
-                        lo = lo.wrapping_add(ql);
-                        hi = hi.wrapping_add(qh);
-                        if j > 0 {
-                            acc[f + j - 1] = acc[f + j - 1].wrapping_sub(ql);
-                            acc[cols + f + j - 1] = acc[cols + f + j - 1].wrapping_sub(qh);
-                        }
-                    }
-                    sums[(t * g_n + g) * 2] = lo;
-                    sums[(t * g_n + g) * 2 + 1] = hi;
-                }
+                fold_pads(&b.nodes, k, Some(&leaf), &mut acc, (f, cols), &mut sums[..], (g, g_n));
             }
         }
         acc
