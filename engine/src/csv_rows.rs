@@ -204,13 +204,8 @@ impl RowScanner {
                 ReadRecordResult::InputEmpty => {
                     at_eof = !self.fill()?;
                 }
-                ReadRecordResult::OutputFull => {
-                    let n = self.fields.len() * 2;
-                    self.fields.resize(n, 0);
-                }
-                ReadRecordResult::OutputEndsFull => {
-                    let n = self.ends.len() * 2;
-                    self.ends.resize(n, 0);
+                ReadRecordResult::OutputFull | ReadRecordResult::OutputEndsFull => {
+                    grow(res, &mut self.fields, &mut self.ends)
                 }
                 ReadRecordResult::Record => break,
                 ReadRecordResult::End => return Ok(None),
@@ -294,8 +289,7 @@ pub(crate) fn fields_of(raw: &[u8]) -> Vec<Vec<u8>> {
         nout += o;
         nend += e;
         match res {
-            ReadRecordResult::OutputEndsFull => ends.resize(ends.len() * 2, 0),
-            ReadRecordResult::OutputFull => fields.resize(fields.len() * 2, 0),
+            ReadRecordResult::OutputFull | ReadRecordResult::OutputEndsFull => grow(res, &mut fields, &mut ends),
             ReadRecordResult::InputEmpty if input.is_empty() => {
                 // End of the row: tell csv-core the input is over.
                 let (_, _, o, e) = core.read_record(&[], &mut fields[nout..], &mut ends[nend..]);
@@ -343,13 +337,8 @@ impl RowParser {
             nout += o;
             nend += e;
             match res {
-                ReadRecordResult::OutputFull => {
-                    let n = self.fields.len() * 2;
-                    self.fields.resize(n, 0);
-                }
-                ReadRecordResult::OutputEndsFull => {
-                    let n = self.ends.len() * 2;
-                    self.ends.resize(n, 0);
+                ReadRecordResult::OutputFull | ReadRecordResult::OutputEndsFull => {
+                    grow(res, &mut self.fields, &mut self.ends)
                 }
                 ReadRecordResult::InputEmpty if input.is_empty() => {
                     // A last row without a terminator: tell csv-core the input is over.
@@ -371,6 +360,15 @@ impl RowParser {
             return None;
         }
         Some(Row { line, start, raw, fields: &self.fields[..nout], ends: &self.ends[..nend] })
+    }
+}
+
+/// Doubles the buffer csv-core ran out of (`OutputFull`: fields, else the field ends).
+fn grow(res: ReadRecordResult, fields: &mut Vec<u8>, ends: &mut Vec<usize>) {
+    if res == ReadRecordResult::OutputFull {
+        fields.resize(fields.len() * 2, 0);
+    } else {
+        ends.resize(ends.len() * 2, 0);
     }
 }
 
