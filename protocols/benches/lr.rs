@@ -25,6 +25,8 @@
 //!
 //! The target shapes: `LR_ROWS=100000 LR_A=30 LR_B=300` (raw), the same with
 //! `LR_B_KIND=bin`, and `LR_ROWS=100000 LR_A=30 LR_B=3000 LR_B_KIND=bin LR_EPOCHS=10`.
+mod common;
+use common::cpu_seconds;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -54,15 +56,6 @@ fn peak_rss() -> u64 {
 
 /// At the end of an epoch: (time, bytes A sent, bytes A received, CPU seconds).
 type Mark = (f64, u64, u64, f64);
-
-/// CPU seconds of this process so far (user + system, from /proc/self/stat).
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(") ").map_or("", |(_, s)| s);
-    let f: Vec<f64> = after.split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
-    // Fields 14 and 15 (utime, stime) are 11 and 12 after the command name, in clock ticks.
-    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
-}
 
 fn main() {
     let n: usize = env("LR_ROWS", 100_000);

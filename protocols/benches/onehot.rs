@@ -13,6 +13,8 @@
 //! Environment (defaults in brackets): `OH_ROWS` [100000], `OH_GROUPS` [300], `OH_COLS` [9]
 //! (columns per group: a feature of 10 bins, the reference bin has no column), `OH_USES` [3],
 //! `OH_BATCH` [1024] (rows per session, as the LR's batch).
+mod common;
+use common::cpu_seconds;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,14 +33,6 @@ fn env(name: &str, default: usize) -> usize {
 fn expansion_blocks(k: usize) -> usize {
     let d = k.next_power_of_two().trailing_zeros();
     (1..=d).map(|l| k.div_ceil(1 << (d - l + 1)) + k.div_ceil(1 << (d - l))).sum()
-}
-
-/// CPU seconds of this process so far (user + system, from /proc/self/stat).
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(") ").map_or("", |(_, s)| s);
-    let f: Vec<f64> = after.split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
-    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
 }
 
 fn main() {
