@@ -181,6 +181,10 @@ pub struct DatasetEntry {
     pub spec: DatasetSpec,
     #[serde(default)]
     pub grants: Vec<Grant>,
+    /// What `dataset add`'s full check found (file stamp, rows, columns): streaming jobs on the
+    /// unchanged file take their count from it instead of reading the file once more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked: Option<consort_engine::psi_stream::CheckRecord>,
 }
 
 /// Permission for one peer to run jobs of the listed kinds on a dataset (and so learn what those

@@ -236,19 +236,21 @@ pub fn dataset_add(
     if existing.is_some() && !replace {
         bail!("dataset '{}' is already registered (pass --replace to change it)", spec.name);
     }
-    let check = if full_check {
+    let (check, checked) = if full_check {
         // CSV or Parquet: one constant-memory validation pass; duplicate keys are found by jobs.
+        // Its record is kept: streaming jobs on the unchanged file skip their own count pass.
         let input = consort_engine::psi_stream::StreamInput::open(&spec)?;
-        DatasetCheck {
+        let check = DatasetCheck {
             columns: input.columns.clone(),
             rows: Some(input.rows),
             duplicates_dropped: None,
             bytes: Some(input.bytes()),
-        }
+        };
+        (check, Some(input.record()))
     } else {
-        DatasetCheck { columns: spec.check_header()?, rows: None, duplicates_dropped: None, bytes: None }
+        (DatasetCheck { columns: spec.check_header()?, rows: None, duplicates_dropped: None, bytes: None }, None)
     };
-    let entry = DatasetEntry { spec, grants };
+    let entry = DatasetEntry { spec, grants, checked };
     match existing {
         Some(i) => config.datasets[i] = entry,
         None => config.datasets.push(entry),
@@ -313,6 +315,23 @@ mod tests {
             format!("{:#}", dataset_add(&dir, DatasetSpec::new("bad", &pq, &["id"]), vec![], false, true).unwrap_err());
         assert!(msg.contains("bad.parquet"), "{msg}");
         assert!(registered(&dir).is_empty());
+    }
+
+    #[test]
+    fn a_full_check_is_recorded_and_survives_the_config_round_trip() {
+        let (tmp, dir) = node();
+        let file = tmp.path().join("ids.csv");
+        std::fs::write(&file, "id,v\nk1,1\nk2,2\n").unwrap();
+        let spec = DatasetSpec::new("ids", &file, &["id"]);
+        dataset_add(&dir, spec.clone(), vec![], false, true).unwrap();
+        let entry = NodeConfig::load(&dir).unwrap().datasets.remove(0);
+        let record = entry.checked.expect("recorded");
+        assert_eq!(record, consort_engine::psi_stream::StreamInput::open(&entry.spec).unwrap().record());
+        let input = consort_engine::psi_stream::StreamInput::open_checked(&entry.spec, Some(&record)).unwrap();
+        assert_eq!(input.rows, 2);
+        // A quick registration (header only) keeps no record, and replaces the old one.
+        dataset_add(&dir, spec, vec![], true, false).unwrap();
+        assert!(NodeConfig::load(&dir).unwrap().datasets[0].checked.is_none());
     }
 
     #[test]

@@ -156,7 +156,7 @@ where
 {
     let (dataset, grant) = match dataset {
         Some((spec, grant)) if job.loads_dataset() => {
-            (Some(load_dataset(handle, spec, job.streams()).await.map_err(Failure::private)?), Some(grant))
+            (Some(load_dataset(state, handle, spec, job.streams()).await.map_err(Failure::private)?), Some(grant))
         }
         Some((_, grant)) => (None, Some(grant)),
         None => (None, None),
@@ -224,7 +224,7 @@ pub async fn respond(state: Arc<NodeState>, peer: PeerInfo, request: JobRequest,
     let _slot = queue(&state, &handle, dataset.is_some()).await;
     let result = async {
         let dataset = match dataset {
-            Some(spec) if job.loads_dataset() => match load_dataset(&handle, spec, job.streams()).await {
+            Some(spec) if job.loads_dataset() => match load_dataset(&state, &handle, spec, job.streams()).await {
                 Ok(d) => Some(d),
                 Err(e) => {
                     let reason = format!(
@@ -703,12 +703,23 @@ impl Loaded {
     }
 }
 
-pub(crate) async fn load_dataset(handle: &JobHandle, spec: DatasetSpec, streams: bool) -> Result<Loaded> {
+/// Loads (or, for a streaming job, checks and counts) the job's dataset. A streaming job takes the
+/// count from the registration's full check when the file's stamp is unchanged
+/// ([`StreamInput::open_checked`]: its scan still validates every row).
+pub(crate) async fn load_dataset(
+    state: &NodeState,
+    handle: &JobHandle,
+    spec: DatasetSpec,
+    streams: bool,
+) -> Result<Loaded> {
     let started = Instant::now();
     let name = spec.name.clone();
     let loaded = if streams {
         handle.stage("check dataset", 0, 0);
-        let input = cpu::run(move || StreamInput::open(&spec)).await.with_context(|| format!("dataset '{name}'"))?;
+        let record = state.config().datasets.iter().find(|d| d.spec == spec).and_then(|d| d.checked.clone());
+        let input = cpu::run(move || StreamInput::open_checked(&spec, record.as_ref()))
+            .await
+            .with_context(|| format!("dataset '{name}'"))?;
         handle.add_stage("check", started.elapsed().as_secs_f64());
         Loaded::Stream(input)
     } else {
