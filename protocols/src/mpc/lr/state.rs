@@ -50,7 +50,13 @@ pub(super) enum Features {
     /// its leaves, one byte per (row, group) instead of 8 per column (at 10^5 rows × 300
     /// features of 10 bins: 30 MB instead of 2.2 GB); a batch's rows are expanded back to a
     /// matrix when they are used ([`Groups::matrix_of`]).
-    OneHot { leaves: Zeroizing<Vec<u8>>, groups: Arc<Groups>, rows: usize, bits: u32, layout: Arc<Layout> },
+    OneHot {
+        leaves: Zeroizing<Vec<u8>>,
+        groups: Arc<Groups>,
+        rows: usize,
+        bits: u32,
+        layout: Arc<Layout>,
+    },
 }
 
 impl Features {
