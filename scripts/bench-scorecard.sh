@@ -33,10 +33,15 @@ start=$(date +%s.%N)
 "$bin" bin "$work/bank" --peer partner --dataset loans --peer-dataset features --label y --bins 10 --key-bits 2048 \
   "${psi[@]}" --out "$work/bins.json" --json | python3 -c "$summary"
 cpu_before=($(node_cpu))
+# Every 0.5 s during the train job, both nodes' CPU seconds (to see whether they work at the same
+# time or take turns: the summary below).
+(while :; do echo "$(date +%s.%N) $(node_cpu)"; sleep 0.5; done) >"$work/train.cpu" &
+sampler=$!
 "$bin" train "$work/bank" --peer partner --dataset loans --peer-dataset features --label y --scorecard \
   --bins "$work/bins.json" --base-score 600 --base-odds 50 --pdo 20 --epochs "$epochs" "${psi[@]}" "$@" \
   --out "$work/card.json" --json | python3 -c "$summary"
 cpu_after=($(node_cpu))
+kill "$sampler" 2>/dev/null || true
 "$bin" score "$work/bank" --peer partner --dataset loans --peer-dataset features --model "$work/card.json" \
   "${psi[@]}" --out "$work/scored.csv" --json | python3 -c "$summary"
 "$bin" export "$work/bank" "$work/scored.csv" --out "$work/scored.plain.csv" >/dev/null
@@ -52,6 +57,13 @@ for n in bank partner; do
   echo "$n CPU seconds during the train job: $(python3 -c "print(round(${cpu_after[$i]} - ${cpu_before[$i]}, 1))")"
   i=$((i + 1))
 done
+# Per 0.5 s sample of the train job, each node's cores in use: mean per node, and the share of the
+# samples where both worked at once (≥ 0.5 core each) or one worked (≥ 0.5) while the other idled
+# (< 0.2): taking turns shows as the latter.
+awk 'NR > 1 { dt = $1 - t; if (dt > 0) { a = ($2 - pa) / dt; b = ($3 - pb) / dt; n++; sa += a; sb += b;
+  both += (a >= 0.5 && b >= 0.5); turn += ((a >= 0.5 && b < 0.2) || (b >= 0.5 && a < 0.2)) } }
+  { t = $1; pa = $2; pb = $3 }
+  END { if (n) printf "train job, per 0.5 s sample: bank %.2f cores, partner %.2f cores on average; both busy %.0f%%, one busy while the other idles %.0f%% of %d samples\n", sa / n, sb / n, 100 * both / n, 100 * turn / n, n }' "$work/train.cpu"
 i=0
 for n in bank partner; do
   echo "$n peak RSS: $(grep VmHWM /proc/"${pids[$i]}"/status | awk '{print $2, $3}')"

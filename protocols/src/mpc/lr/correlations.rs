@@ -113,13 +113,64 @@ async fn fill_kept<C: Channel, D: Channel>(ctx: &mut Ctx<'_, C, D>, lists: [&[u3
 /// This party's side of its own matrix's products in a batch.
 pub(super) enum Own {
     Ot(ot_mul::ChooserOts),
-    OneHot(OneHotChooserSession),
+    OneHot(Arc<OneHotChooserSession>),
 }
 
 /// This party's side of the peer's matrix's products in a batch.
 pub(super) enum Peer {
     Ot(ot_mul::SenderOts),
-    OneHot(OneHotSenderSession),
+    OneHot(Arc<OneHotSenderSession>),
+}
+
+/// The kept one-hot sessions of a batch made ahead of it, their expansion already running on
+/// rayon ([`OneHotSenderSession::precompute`], [`OneHotChooserSession::precompute`]). The LR
+/// starts batch b + 1's while batch b's messages are exchanged: the expansion does not depend on
+/// the weights, so both parties expand at the same time instead of A (the sender, before its
+/// forward message) and then B (the chooser, after it). Local only: nothing on the wire changes.
+pub(super) struct Ahead {
+    own: Option<Arc<OneHotChooserSession>>,
+    peer: Option<Arc<OneHotSenderSession>>,
+    task: cpu::Task<Result<(), MpcError>>,
+}
+
+/// The kept one-hot sessions of the rows at `at..at + m` of `list` in `epoch` (holdout sessions
+/// forward-only: a holdout batch has no backward product).
+fn kept_sessions(
+    kept: &Kept,
+    epoch: u64,
+    list: List,
+    at: usize,
+    m: usize,
+) -> (Option<Arc<OneHotChooserSession>>, Option<Arc<OneHotSenderSession>>) {
+    let l = list as usize;
+    let holdout = list == List::Holdout;
+    let own = kept.own.as_ref().map(|o| o[l].session(epoch, at, m)).map(|s| if holdout { s.forward_only() } else { s });
+    let peer =
+        kept.peer.as_ref().map(|p| p[l].session(epoch, at, m)).map(|s| if holdout { s.forward_only() } else { s });
+    (own.map(Arc::new), peer.map(Arc::new))
+}
+
+/// Starts the kept one-hot sessions of the rows at `at..at + m` of `list` in `epoch` ahead
+/// ([`Ahead`]); `None` without kept correlations.
+pub(super) fn ahead<C: Channel, D: Channel>(
+    ctx: &Ctx<'_, C, D>,
+    epoch: u64,
+    list: List,
+    at: usize,
+    m: usize,
+) -> Option<Ahead> {
+    let (own, peer) = kept_sessions(ctx.kept.as_ref()?, epoch, list, at, m);
+    let (o, p) = (own.clone(), peer.clone());
+    let task = cpu::spawn(move || {
+        if let Some(o) = o {
+            o.precompute()?;
+        }
+        if let Some(p) = p {
+            p.precompute()?;
+        }
+        Ok(())
+    });
+    Some(Ahead { own, peer, task })
 }
 
 /// The correlations of one batch: re-keyed cached OTs, fresh OTs (`None` here: extended in
@@ -203,23 +254,25 @@ async fn connect_dealer<'a, C: Channel, D: Channel>(
 }
 
 /// The correlations for the rows `rows` at position `at` of `list` in `epoch`, if they come from
-/// the cache, the dealer or the kept one-hot correlations (`None`: extend fresh OTs).
+/// the cache, the dealer or the kept one-hot correlations (`None`: extend fresh OTs). `ahead`:
+/// this batch's kept sessions started by [`ahead`] with the same arguments.
 pub(super) async fn correlations<C: Channel, D: Channel>(
     ctx: &mut Ctx<'_, C, D>,
     epoch: u64,
     list: List,
     at: usize,
     rows: &[u32],
+    ahead: Option<Ahead>,
 ) -> Result<Option<Corr>, MpcError> {
     let m = rows.len();
     if let Some(kept) = &ctx.kept {
-        let l = list as usize;
-        // A holdout batch has no backward product: its forward skips the backward's pads.
-        let holdout = list == List::Holdout;
-        let own =
-            kept.own.as_ref().map(|o| o[l].session(epoch, at, m)).map(|s| if holdout { s.forward_only() } else { s });
-        let peer =
-            kept.peer.as_ref().map(|p| p[l].session(epoch, at, m)).map(|s| if holdout { s.forward_only() } else { s });
+        let (own, peer) = match ahead {
+            Some(a) => {
+                a.task.await?;
+                (a.own, a.peer)
+            }
+            None => kept_sessions(kept, epoch, list, at, m),
+        };
         // The side that is not one-hot: fresh OTs, one direction only.
         let own = match own {
             Some(o) => Own::OneHot(o),

@@ -6,7 +6,7 @@ use zeroize::Zeroizing;
 
 use super::Sigmoid;
 use super::config::POLY_FRAC_BITS;
-use super::correlations::correlations;
+use super::correlations::{ahead, correlations};
 use super::products::{forward, mul_shared};
 use super::state::{Ctx, Shares};
 use crate::channel::Channel;
@@ -26,8 +26,14 @@ pub(super) async fn holdout_loss<C: Channel, D: Channel>(
     let mut z = Zeroizing::new(Vec::with_capacity(rows.len()));
     // poly3: S₄ = Σ z⁴ (20 fraction bits) from z'² (as in [`sigmoid_part`]) squared again.
     let mut s4 = 0u64;
-    for (k, chunk) in rows.chunks(ctx.config.batch_size).enumerate() {
-        let corr = correlations(ctx, epoch, List::Holdout, k * ctx.config.batch_size, chunk).await?;
+    let (bs, mut next) = (ctx.config.batch_size, None);
+    let chunks: Vec<&[u32]> = rows.chunks(bs).collect();
+    for (k, &chunk) in chunks.iter().enumerate() {
+        let corr = correlations(ctx, epoch, List::Holdout, k * bs, chunk, next.take()).await?;
+        // The next chunk's kept one-hot expansion runs while this one's messages go.
+        if let Some(n) = chunks.get(k + 1) {
+            next = ahead(ctx, epoch, List::Holdout, (k + 1) * bs, n.len());
+        }
         let (_, corr, zc) = forward(ctx, w, chunk, corr).await?;
         if ctx.config.sigmoid == Sigmoid::Poly3 {
             let party = ctx.party;

@@ -40,7 +40,11 @@
 //!    once per job and re-keyed per epoch ([`super::ot_mul::onehot`]: a punctured GGM tree per
 //!    (row, group); forward 8 bytes per column, backward 8 bytes per group per row, no OT
 //!    extension after the setup) instead of one fresh OT per entry; the other party's matrix keeps
-//!    the fresh (or cached) OTs. Exact, like the Gilboa products.
+//!    the fresh (or cached) OTs. Exact, like the Gilboa products. Such a matrix is kept as its
+//!    leaves (one byte per (row, group), `state::Features::OneHot`; a batch's rows are expanded
+//!    back when used), and each batch's kept expansion runs ahead, while the previous batch's
+//!    messages are exchanged (`correlations::Ahead`): it does not depend on the weights, so
+//!    both parties expand at once instead of taking turns. Nothing on the wire changes.
 //! 2. r' = 4(σ̂(z) − y): `taylor1` 2 + z − 4y, local (A adds the public constant and its
 //!    labels); `poly3` 2 + trunc(q₁·z − q₃·z³) − 4y, where z³ comes from two elementwise
 //!    products of shares (z² then z²·z, each truncated; `step::sigmoid_part`) by Gilboa OT

@@ -28,7 +28,7 @@ pub(super) struct Ctx<'a, C, D> {
     pub(super) config: &'a LrConfig,
     pub(super) receiver: IknpReceiver,
     pub(super) sender: IknpSender,
-    pub(super) features: Arc<Matrix>,
+    pub(super) features: Arc<Features>,
     pub(super) labels: Option<&'a [u8]>,
     pub(super) peer_cols: usize,
     /// Which bits of the peer's columns get an OT (announced by the peer in the handshake).
@@ -43,7 +43,49 @@ pub(super) struct Ctx<'a, C, D> {
     pub(super) kept: Option<super::correlations::Kept>,
 }
 
+/// A party's own feature matrix as the run keeps it.
+pub(super) enum Features {
+    Dense(Matrix),
+    /// A matrix of one-hot groups covering every column (a scorecard's bin indicators) kept as
+    /// its leaves, one byte per (row, group) instead of 8 per column (at 10^5 rows × 300
+    /// features of 10 bins: 30 MB instead of 2.2 GB); a batch's rows are expanded back to a
+    /// matrix when they are used ([`Groups::matrix_of`]).
+    OneHot {
+        leaves: Zeroizing<Vec<u8>>,
+        groups: Arc<Groups>,
+        rows: usize,
+        bits: u32,
+        layout: Arc<Layout>,
+    },
+}
+
+impl Features {
+    pub(super) fn rows(&self) -> usize {
+        match self {
+            Features::Dense(m) => m.rows(),
+            Features::OneHot { rows, .. } => *rows,
+        }
+    }
+
+    pub(super) fn cols(&self) -> usize {
+        match self {
+            Features::Dense(m) => m.cols(),
+            Features::OneHot { groups, .. } => groups.total_cols(),
+        }
+    }
+
+    pub(super) fn layout(&self) -> &Arc<Layout> {
+        match self {
+            Features::Dense(m) => m.layout(),
+            Features::OneHot { layout, .. } => layout,
+        }
+    }
+}
+
 /// The rows `rows` of the own feature matrix (with its layout).
-pub(super) fn gather(features: &Matrix, rows: &[u32]) -> Matrix {
-    features.select_rows(rows)
+pub(super) fn gather(features: &Features, rows: &[u32]) -> Matrix {
+    match features {
+        Features::Dense(m) => m.select_rows(rows),
+        Features::OneHot { leaves, groups, bits, layout, .. } => groups.matrix_of(leaves, rows, *bits, layout.clone()),
+    }
 }

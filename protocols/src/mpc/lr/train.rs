@@ -5,9 +5,9 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::correlations::{correlations, prepare_correlations};
+use super::correlations::{ahead, correlations, prepare_correlations};
 use super::holdout::holdout_loss;
-use super::state::{Ctx, Shares};
+use super::state::{Ctx, Features, Shares};
 use super::step::step;
 use super::{LrConfig, LrInput, LrOutput, LrProgress, LrProgressFn};
 use crate::channel::Channel;
@@ -57,10 +57,19 @@ async fn train_inner<C: Channel, D: Channel>(
     check_input(&input, config)?;
     let (narrow, onehot, features) = (config.narrow_bits, input.onehot, input.features);
     // A one-hot matrix is checked against its groups here, before any message.
+    // A one-hot matrix is then kept as its leaves ([`Features::OneHot`]); the dense matrix is
+    // dropped here, before the kept correlations are made.
     let (features, own_groups) = cpu::run(move || {
         let f = if narrow { features.tightened() } else { features };
-        let checked = onehot.map(|g| g.leaves_of(&f).map(|_| Arc::new(g))).transpose();
-        (f, checked)
+        match onehot.map(|g| g.leaves_of(&f).map(|l| (Arc::new(g), l))).transpose() {
+            Err(e) => (Features::Dense(f), Err(e)),
+            Ok(Some((g, leaves))) if !g.is_empty() => {
+                let (rows, bits, layout) = (f.rows(), f.bits(), f.layout().clone());
+                drop(f);
+                (Features::OneHot { leaves, groups: g.clone(), rows, bits, layout }, Ok(Some(g)))
+            }
+            Ok(g) => (Features::Dense(f), Ok(g.map(|(g, _)| g))),
+        }
     })
     .await;
     // No groups (no columns) is announced as none: both sides then agree there is nothing kept.
@@ -150,8 +159,13 @@ async fn run_epochs<C: Channel, D: Channel>(
     // With early stopping: the epoch (1-based) with the lowest holdout loss and the shares after it.
     let mut best: Option<(u32, Shares)> = None;
     for epoch in 0..config.epochs {
+        let mut next = None;
         for (b, rows) in batches.iter().enumerate() {
-            let corr = correlations(ctx, epoch as u64, List::Train, b * config.batch_size, rows).await?;
+            let corr = correlations(ctx, epoch as u64, List::Train, b * config.batch_size, rows, next.take()).await?;
+            // The next batch's kept one-hot expansion runs while this one's messages go.
+            if let Some(n) = batches.get(b + 1) {
+                next = ahead(ctx, epoch as u64, List::Train, (b + 1) * config.batch_size, n.len());
+            }
             step(ctx, &mut w, rows, corr).await?;
             if let Some(p) = &progress {
                 p(LrProgress { epoch, epochs: config.epochs, batch: b + 1, batches: batches.len(), loss: None });

@@ -78,7 +78,11 @@
 //!
 //! CPU: one expansion per (row, group) per use serves both products (the forward makes the
 //! backward's y-independent part, [`Prep`], and keeps it in the session; a backward without a
-//! forward expands on its own). Per (row, group) and use, in AES blocks: the expansion
+//! forward expands on its own). Neither side's expansion depends on y or on the message, so it can
+//! run ahead of them ([`OneHotSenderSession::precompute`], [`OneHotChooserSession::precompute`]:
+//! the LR expands its next batch while the current batch's messages are exchanged); the forward
+//! is then one addition per column (sender) or per (row, group) (chooser), with the same message
+//! and shares. Per (row, group) and use, in AES blocks: the expansion
 //! Σ_l (parents + children) (31 at k = 10), then the sender 2k (forward) + 2k (backward), the
 //! chooser 2 (forward: one hash) + 2k (backward). The kernel ([`expand_many`], [`tccr_trees`])
 //! takes a group's trees of 128 rows together: each level is two calls into the cipher over all
@@ -248,6 +252,29 @@ impl Groups {
             return Err(MpcError::Invalid("a one-hot group has an entry other than 0 or its scale, or two set".into()));
         }
         Ok(out)
+    }
+
+    /// The rows `rows` of the one-hot matrix whose leaves are `leaves` (one byte per (row,
+    /// group), as [`Self::leaves_of`] makes them), entries `bits` wide, with `layout` (the matrix
+    /// the leaves came from had it). Lets a party keep the leaves instead of the matrix.
+    ///
+    /// # Panics
+    ///
+    /// If a row is out of range of `leaves`, or `layout` has another column count.
+    pub fn matrix_of(&self, leaves: &[u8], rows: &[u32], bits: u32, layout: Arc<Layout>) -> Matrix {
+        assert_eq!(layout.cols().len(), self.total, "layout of another column count");
+        let (g_n, cols) = (self.cols.len(), self.total);
+        let mut data = Zeroizing::new(vec![0u64; rows.len() * cols]);
+        if g_n > 0 {
+            data.par_chunks_mut(cols.max(1)).zip(rows.par_iter()).for_each(|(row, &i)| {
+                for (g, &b) in leaves[i as usize * g_n..(i as usize + 1) * g_n].iter().enumerate() {
+                    if b != 0 {
+                        row[self.first[g] as usize + b as usize - 1] = self.scale;
+                    }
+                }
+            });
+        }
+        Matrix { data, rows: rows.len(), cols, bits, layout }
     }
 
     /// The setup's OT layout: per group its depth's bits (unsigned, from bit 0).
@@ -690,6 +717,8 @@ pub struct OneHotSenderSession {
     used: [AtomicBool; 2],
     forward_only: bool,
     prep: Mutex<Option<Prep>>,
+    /// The forward's message without y and the sender's shares ([`Self::precompute`]).
+    pre: Mutex<Option<(Vec<u64>, Vec<u64>)>>,
 }
 
 /// The chooser's side of one use.
@@ -700,6 +729,14 @@ pub struct OneHotChooserSession {
     used: [AtomicBool; 2],
     forward_only: bool,
     prep: Mutex<Option<Prep>>,
+    /// The forward's shares without the message's words ([`Self::precompute`]).
+    pre: Mutex<Option<Vec<u64>>>,
+}
+
+fn add_into(acc: &mut [u64], v: &[u64]) {
+    for (a, &b) in acc.iter_mut().zip(v) {
+        *a = a.wrapping_add(b);
+    }
 }
 
 /// Adds the chunks' column sums.
@@ -715,7 +752,15 @@ fn add_acc(a: Vec<u64>, b: Vec<u64>) -> Vec<u64> {
 
 impl OneHotSenderSession {
     fn new(store: Arc<OneHotSender>, use_id: u64, rows: Rows) -> Self {
-        Self { store, use_id, rows, used: Default::default(), forward_only: false, prep: Mutex::new(None) }
+        Self {
+            store,
+            use_id,
+            rows,
+            used: Default::default(),
+            forward_only: false,
+            prep: Mutex::new(None),
+            pre: Mutex::new(None),
+        }
     }
 
     /// A session whose backward product will not be asked for (a holdout's): the forward then
@@ -802,10 +847,33 @@ impl OneHotSenderSession {
         }
         self.rows.check(self.store.rows())?;
         take(&self.used, false)?;
+        if let Some((mut msg, out)) = self.pre.lock().expect("not poisoned").take() {
+            // u_j = T[j] + (P_j − P_0): only y is left to add.
+            msg.par_chunks_mut(gs.total.max(1)).for_each(|row| add_into(row, y));
+            return Ok((msg, scaled(out, gs.scale)));
+        }
         let bwd = !self.forward_only && !self.used[1].load(Ordering::SeqCst);
         let (msg, out, prep) = self.kernel(Some(y), bwd);
         *self.prep.lock().expect("not poisoned") = prep;
         Ok((msg, scaled(out, gs.scale)))
+    }
+
+    /// Does the forward's expansion and hashing now, before y is known (the LR runs it for the
+    /// next batch while this batch's messages are exchanged, so that the two parties expand at
+    /// the same time): [`Self::forward`] then only adds y to the message, the same message and
+    /// shares as without it. The backward's pads are made too (unless [`Self::forward_only`]).
+    /// Errors after the forward.
+    pub fn precompute(&self) -> Result<(), MpcError> {
+        let gs = &self.store.groups;
+        self.rows.check(self.store.rows())?;
+        if self.used[0].load(Ordering::SeqCst) {
+            return Err(violation("one-hot correlations used twice"));
+        }
+        let bwd = !self.forward_only && !self.used[1].load(Ordering::SeqCst);
+        let (msg, out, prep) = self.kernel(Some(&vec![0; gs.total]), bwd);
+        *self.prep.lock().expect("not poisoned") = prep;
+        *self.pre.lock().expect("not poisoned") = Some((msg, out));
+        Ok(())
     }
 
     /// Backward: the message (one word per (row, group)) and the sender's share of Xᵀ·y (one per
@@ -855,7 +923,15 @@ impl OneHotSenderSession {
 
 impl OneHotChooserSession {
     fn new(store: Arc<OneHotChooser>, use_id: u64, rows: Rows) -> Self {
-        Self { store, use_id, rows, used: Default::default(), forward_only: false, prep: Mutex::new(None) }
+        Self {
+            store,
+            use_id,
+            rows,
+            used: Default::default(),
+            forward_only: false,
+            prep: Mutex::new(None),
+            pre: Mutex::new(None),
+        }
     }
 
     /// As [`OneHotSenderSession::forward_only`].
@@ -931,7 +1007,8 @@ impl OneHotChooserSession {
                 b.base.extend(abs.iter().zip(&leaf).map(|(&i, &l)| tweak(self.use_id, T_FORWARD, i, g, l)));
                 tccr_trees(&mut b.h, 1, &b.base, &mut b.y);
                 for (t, (o, &pb)) in out.iter_mut().zip(b.h.iter()).enumerate() {
-                    let u = if leaf[t] == 0 { 0 } else { msg[(p.r0 + t) * cols + f + leaf[t] - 1] };
+                    // An empty message: the precomputation (the message's words come later).
+                    let u = if leaf[t] == 0 || msg.is_empty() { 0 } else { msg[(p.r0 + t) * cols + f + leaf[t] - 1] };
                     *o = o.wrapping_add(u).wrapping_sub(pb as u64);
                 }
             }
@@ -954,10 +1031,38 @@ impl OneHotChooserSession {
         }
         self.rows.check(self.store.rows)?;
         take(&self.used, false)?;
+        if let Some(mut out) = self.pre.lock().expect("not poisoned").take() {
+            // Add u_b of each (row, group) with b ≠ 0 to the precomputed −Σ P_b.
+            let (st, g_n, cols) = (&*self.store, gs.len(), gs.total);
+            out.par_iter_mut().enumerate().for_each(|(r, o)| {
+                let i = self.rows.abs(r);
+                for g in 0..g_n {
+                    let b = st.leaves[i * g_n + g] as usize;
+                    if b != 0 {
+                        *o = o.wrapping_add(msg[r * cols + gs.first[g] as usize + b - 1]);
+                    }
+                }
+            });
+            return Ok(scaled(out, gs.scale));
+        }
         let bwd = !self.forward_only && !self.used[1].load(Ordering::SeqCst);
         let (out, prep) = self.kernel(Some(msg), bwd);
         *self.prep.lock().expect("not poisoned") = prep;
         Ok(scaled(out, gs.scale))
+    }
+
+    /// As [`OneHotSenderSession::precompute`]: the punctured expansion and the hashes now, before
+    /// the sender's message; [`Self::forward`] then adds the message's word of each (row, group).
+    pub fn precompute(&self) -> Result<(), MpcError> {
+        self.rows.check(self.store.rows)?;
+        if self.used[0].load(Ordering::SeqCst) {
+            return Err(violation("one-hot correlations used twice"));
+        }
+        let bwd = !self.forward_only && !self.used[1].load(Ordering::SeqCst);
+        let (out, prep) = self.kernel(Some(&[]), bwd);
+        *self.prep.lock().expect("not poisoned") = prep;
+        *self.pre.lock().expect("not poisoned") = Some(out);
+        Ok(())
     }
 
     /// Backward: the chooser's share of Xᵀ·y (one per column) given the sender's message.

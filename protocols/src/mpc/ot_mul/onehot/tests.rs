@@ -65,6 +65,11 @@ async fn run(x: Matrix, sizes: &[u32], scale: u64, chunk: usize, batch: usize, u
                 want_f = vec![0; m];
             }
             let (s, c) = (se.session(u, at, m), ch.session(u, at, m));
+            // Every other use expands ahead (as the LR does for its next batch).
+            if u % 2 == 1 {
+                s.precompute().unwrap();
+                c.precompute().unwrap();
+            }
             let (msg, sf) = s.forward(&y_fwd).unwrap();
             let cf = c.forward(&msg).unwrap();
             assert_eq!(add(&cf, &sf), want_f, "forward, use {u}, rows {at}+{m}");
@@ -326,4 +331,84 @@ async fn bad_row_lists_are_errors() {
     let (mut msg, ..) = s.backward_pair(&[1, 2, 3], &[4, 5, 6]).unwrap();
     msg[5] ^= 1;
     assert!(c.backward_pair(&msg).is_ok());
+}
+
+/// Kept stores of `rows` rows over a memory channel (chooser with `x`).
+async fn stores(x: &Matrix, sizes: &[u32], scale: u64) -> (Arc<OneHotChooser>, Arc<OneHotSender>) {
+    let groups = Arc::new(Groups::new(sizes, scale).unwrap());
+    let (ca, cb) = memory_pair(8);
+    let chooser = async {
+        let mut ext = IknpReceiver::setup(&ca, Security::SemiHonest).await.unwrap();
+        let mut st = OneHotChooser::new(groups.clone(), x.rows());
+        st.extend(&ca, &mut ext, x).await.unwrap();
+        Arc::new(st)
+    };
+    let sender = async {
+        let mut ext = IknpSender::setup(&cb, Security::SemiHonest).await.unwrap();
+        let mut st = OneHotSender::new(groups.clone(), x.rows());
+        st.extend(&cb, &mut ext, x.rows()).await.unwrap();
+        Arc::new(st)
+    };
+    futures::join!(chooser, sender)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn precomputed_uses_give_the_same_messages_and_shares() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let sizes = [9u32, 1, 4, 255];
+    let x = onehot(70, &sizes, 256, |_, _| rng.random_range(0..256usize));
+    let (ch, se) = stores(&x, &sizes, 256).await;
+    let cols = x.cols();
+    for (at, m, fwd_only) in [(0, 70, false), (5, 1, false), (60, 10, true), (3, 0, false)] {
+        let y_fwd: Vec<u64> = (0..cols).map(|_| rng.next_u64()).collect();
+        let y_bwd: Vec<u64> = (0..m).map(|_| rng.next_u64()).collect();
+        let (s0, c0) = (se.session(7, at, m), ch.session(7, at, m));
+        let (s1, c1) = (se.session(7, at, m), ch.session(7, at, m));
+        let (s0, c0, s1, c1) = if fwd_only {
+            (s0.forward_only(), c0.forward_only(), s1.forward_only(), c1.forward_only())
+        } else {
+            (s0, c0, s1, c1)
+        };
+        s1.precompute().unwrap();
+        c1.precompute().unwrap();
+        let (msg0, sf0) = s0.forward(&y_fwd).unwrap();
+        let (msg1, sf1) = s1.forward(&y_fwd).unwrap();
+        assert_eq!((&msg0, &sf0), (&msg1, &sf1), "sender forward, rows {at}+{m}");
+        let (cf0, cf1) = (c0.forward(&msg0).unwrap(), c1.forward(&msg1).unwrap());
+        assert_eq!(cf0, cf1, "chooser forward, rows {at}+{m}");
+        let xb = x.select_rows(&(at as u32..(at + m) as u32).collect::<Vec<_>>());
+        assert_eq!(add(&cf1, &sf1), xb.mul_vec(&y_fwd));
+        // Precomputing after the forward is refused; a forward after a precompute is the one use.
+        assert!(s1.precompute().is_err() && c1.precompute().is_err());
+        assert!(s1.forward(&y_fwd).is_err() && c1.forward(&msg1).is_err());
+        if !fwd_only {
+            let (b0, sb0) = s0.backward(&y_bwd).unwrap();
+            let (b1, sb1) = s1.backward(&y_bwd).unwrap();
+            assert_eq!((&b0, &sb0), (&b1, &sb1));
+            let cb1 = c1.backward(&b1).unwrap();
+            assert_eq!(c0.backward(&b0).unwrap(), cb1);
+            assert_eq!(add(&cb1, &sb1), xb.mul_t_vec(&y_bwd));
+        }
+    }
+    // A precomputed chooser still checks the message's length; a session beyond the kept rows
+    // cannot be precomputed.
+    let c = ch.session(8, 0, 4);
+    c.precompute().unwrap();
+    assert!(c.forward(&[0; 3]).is_err());
+    assert!(se.session(8, 69, 2).precompute().is_err() && ch.session(8, 69, 2).precompute().is_err());
+}
+
+#[test]
+fn matrix_of_leaves_is_the_matrix() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let sizes = [9u32, 1, 4, 255, 2];
+    let x = onehot(40, &sizes, 256, |_, _| rng.random_range(0..256usize)).tightened();
+    let g = Groups::new(&sizes, 256).unwrap();
+    let leaves = g.leaves_of(&x).unwrap();
+    for rows in [vec![], vec![0], vec![39, 0, 17, 17], (0..40).collect::<Vec<u32>>()] {
+        let m = g.matrix_of(&leaves, &rows, x.bits(), x.layout().clone());
+        let want = x.select_rows(&rows);
+        assert_eq!((m.data(), m.rows(), m.cols(), m.bits()), (want.data(), want.rows(), want.cols(), want.bits()));
+        assert_eq!(m.layout().cols(), want.layout().cols());
+    }
 }
