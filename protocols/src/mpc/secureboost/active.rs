@@ -10,11 +10,11 @@ use rayon::prelude::*;
 use super::binning::BinnedFeatures;
 use super::ot_hist::{self, ColumnLayout};
 use super::setup::{LevelNode, check_input, digest, histogram_plan, may_split, partition, routed_rows};
-use super::stats::{Counted, PhaseStats};
 use super::split::{
     Layout, best_split, gradient, histogram, leaf_weight, log_loss, pack, sample_features, sample_rows, subtract,
     unpack,
 };
+use super::stats::{Counted, PhaseStats};
 use super::wire::{Decision, encode_decisions, exchange_hello, pack_bits, unpack_bits};
 use super::{Histograms, Node, SbConfig, SbInput, SbOutput, SbTimings, Split, Tree};
 use crate::channel::Channel;

@@ -140,11 +140,11 @@ mod wire;
 pub use binning::{BinnedFeatures, FeatureBins};
 pub use config::{Histograms, MAX_BINS, MAX_DEPTH, MAX_TREES, SbConfig};
 pub use predict::predict;
-pub use stats::PhaseStats;
 pub use split::{
     GH_FRAC_BITS, Layout, MAX_ROWS, SLOT_BITS, best_split, gradient, leaf_weight, log_loss, pack, quantize,
     sample_features, sample_rows, unpack,
 };
+pub use stats::PhaseStats;
 pub use wire::{MAX_PEER_CELLS, MAX_PEER_FEATURES};
 
 /// One party's inputs.
