@@ -8,7 +8,9 @@
 # missing-value bin); add e.g. `--histograms he` to compare backends. Prints the train job's JSON summary (wall seconds,
 # wire bytes, stages, the `ot` backend's setup and per-node timings), each node's CPU seconds
 # during the job (user + system: the figure to compare on a shared box) and peak RSS (VmHWM).
-# CONSORT=path/to/consort overrides the binary (default target/release/consort).
+# CONSORT=path/to/consort overrides the binary (default target/release/consort); BINS=32 sets
+# `--max-bins` (default 33). The summary adds the setup's and each tree's wall seconds and bytes
+# (A's view: sent, received; `tree_*_mean` over the trees run).
 set -euo pipefail
 data=$1
 trees=$2
@@ -25,10 +27,11 @@ start_nodes "$work" bank partner
 pin_pair "$work" bank partner
 "$bin" dataset add "$work/bank" --name loans --file "$data/a.csv" --key id --grant partner:secureboost >/dev/null
 "$bin" dataset add "$work/partner" --name features --file "$data/b.csv" --key id --grant bank:secureboost >/dev/null
-summary='import json,sys; j=json.load(sys.stdin); r=j.get("report",{}); print(json.dumps({k: j.get(k) for k in ("job_id","kind","seconds","bytes_sent","bytes_received")} | {k: r.get(k) for k in ("stages","histograms","ot_seconds","holdout_auc","auc")}))'
+summary='import json,sys; j=json.load(sys.stdin); r=j.get("report",{}); t=r.get("tree_seconds") or [0]; b=r.get("tree_bytes") or [[0,0]]
+print(json.dumps({k: j.get(k) for k in ("job_id","kind","seconds","bytes_sent","bytes_received")} | {k: r.get(k) for k in ("stages","histograms","ot_seconds","holdout_auc","auc","setup_seconds","setup_bytes","trees_run")} | {"tree_seconds_mean": sum(t)/len(t), "tree_seconds_max": max(t), "tree_bytes_mean": [sum(x[i] for x in b)/len(b) for i in (0,1)]}))'
 cpu_before=($(node_cpu))
 "$bin" train "$work/bank" --peer partner --dataset loans --peer-dataset features --label y --model secureboost \
-  --trees "$trees" --max-depth 5 --max-bins 33 "$@" --out "$work/sb.json" --json | python3 -c "$summary"
+  --trees "$trees" --max-depth 5 --max-bins "${BINS:-33}" "$@" --out "$work/sb.json" --json | python3 -c "$summary"
 cpu_after=($(node_cpu))
 i=0
 for n in bank partner; do

@@ -157,6 +157,14 @@ pub struct SbTrainReport {
     /// `ot`: seconds of the one-time setup of the kept correlations and of the per-node histogram
     /// exchanges (computing and waiting).
     pub ot_seconds: [f64; 2],
+    /// Wall seconds and bytes (sent, received: this party's view, the protocol's frames only)
+    /// of everything before the first tree (the hello and, with `ot`, the kept correlations'
+    /// setup; with `he`, A's key).
+    pub setup_seconds: f64,
+    pub setup_bytes: [u64; 2],
+    /// Wall seconds and bytes (sent, received) of each tree run.
+    pub tree_seconds: Vec<f64>,
+    pub tree_bytes: Vec<[u64; 2]>,
     #[serde(skip)]
     pub ecdh_evidence: Option<EcdhEvidence>,
 }
@@ -287,6 +295,10 @@ pub async fn run_sb_train<C: Channel>(
         he_seconds: [t.encrypt, t.histograms, t.decrypt],
         histograms: config.histograms.name().into(),
         ot_seconds: [t.setup, t.histograms],
+        setup_seconds: out.setup.seconds,
+        setup_bytes: [out.setup.bytes_sent, out.setup.bytes_received],
+        tree_seconds: out.per_tree.iter().map(|p| p.seconds).collect(),
+        tree_bytes: out.per_tree.iter().map(|p| [p.bytes_sent, p.bytes_received]).collect(),
         ecdh_evidence: aligned.ecdh_evidence,
     })
 }

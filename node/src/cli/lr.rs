@@ -568,6 +568,17 @@ fn sb_lines(r: &serde_json::Value, s: &JobStatus, lines: &mut Vec<String>) {
             lines.push(format!("  histograms (ot): setup {:.2}s, per-node exchanges {:.2}s", v[0], v[1]));
         }
     }
+    if let Some(trees) = r["tree_seconds"].as_array().filter(|t| !t.is_empty()) {
+        let secs: f64 = trees.iter().filter_map(|x| x.as_f64()).sum();
+        let sent: u64 = r["tree_bytes"].as_array().into_iter().flatten().filter_map(|b| b[0].as_u64()).sum();
+        let n = trees.len() as f64;
+        lines.push(format!(
+            "  per tree: {:.2}s, {:.1} MB sent (setup before the first tree {:.2}s)",
+            secs / n,
+            sent as f64 / n / 1e6,
+            r["setup_seconds"].as_f64().unwrap_or(0.0)
+        ));
+    }
     lines.push(format!("  model: {}", s.output));
     if !s.peer_output.is_empty() {
         lines.push(format!("  the peer's model: {} (under its node directory)", s.peer_output));

@@ -18,7 +18,8 @@
 //!
 //! *Once per job* (setup, [`OneHotSender::extend`] / [`OneHotChooser::extend`]), per (row, group)
 //! with d = ⌈log₂ k⌉: the sender draws a root key R (OS randomness via an AES PRG) and expands a
-//! GGM tree (Goldreich–Goldwasser–Micali) of depth d, children G(s) = (H(t_L, s), H(t_R, s)),
+//! GGM tree (Goldreich–Goldwasser–Micali) of depth d, children G(s) = (E(s, t_L), E(s, t_R)) with
+//! E(s, t) = π(s ⊕ t) ⊕ s ⊕ t (one AES call per child; [`expand_many`]),
 //! pruned to the nodes that have a leaf below k; its leaves are K_0..K_{k−1}. The chooser learns
 //! every leaf but K_b by the standard puncturing of a GGM tree (as in the single-point COT of
 //! Boyle et al. CCS 2019 / Ferret, Yang et al. CCS 2020): d random OTs from the IKNP extension,
@@ -34,7 +35,8 @@
 //!   ⊕ of the leaves it knows): P_j = H(t_F, S ⊕ K_j); the sender sends u_j = T[j] + P_j − P_0 for
 //!   j = 1..k−1 (8 bytes per column) and keeps P_0; the chooser keeps −P_0 if b = 0, else
 //!   u_b − P_b = T[b] − P_0.
-//! - backward (all-but-one): Q_j = H(t_B, K_j); the sender sends c = y_i − Σ_{j<k} Q_j (8 bytes per
+//! - backward (all-but-one): Q_j = E(K_j, t_B + j) (one AES call: the leaves are independent
+//!   uniform keys, so the tweakable PRF E(K, ·) suffices; [`em_trees`]); the sender sends c = y_i − Σ_{j<k} Q_j (8 bytes per
 //!   group) and keeps Q_j for column j; the chooser keeps −Q_j for j ≠ b and
 //!   c + Σ_{j≠b} Q_j = y_i − Q_b for j = b.
 //!
@@ -56,8 +58,9 @@
 //! random choice bit): nothing about the leaves. The chooser sees, per level, its OT's opened side
 //! (a sum it can predict) and the other side masked by an OT output it does not have; so K_b
 //! stays pseudorandom to it (GGM puncturing). Per use it sees u_j (j ≠ b) masked by P_j, and c
-//! masked by Q_b: P_j for j ≠ b and Q_b are TCCR hashes of inputs that contain K_b (K_b ⊕ known
-//! values), each under a tweak used once; so they are independent pseudorandom pads and u, c say
+//! masked by Q_b: P_j for j ≠ b are TCCR hashes of inputs that contain K_b (K_b ⊕ known values),
+//! Q_b = E(K_b, ·) is single-key Even–Mansour under the key K_b (a PRF in the random-permutation
+//! model while K_b is unknown), each under a tweak used once; so they are independent pseudorandom pads and u, c say
 //! nothing about y. Its outputs T[b] − P_0 (b ≠ 0), −P_0 are uniformly random to it.
 //! Reuse across epochs: a key is never hashed twice under one tweak (the tweak carries the use,
 //! purpose, row position, group and leaf; uses of different lists have different roots), which is
@@ -83,9 +86,10 @@
 //! the LR expands its next batch while the current batch's messages are exchanged); the forward
 //! is then one addition per column (sender) or per (row, group) (chooser), with the same message
 //! and shares. Per (row, group) and use, in AES blocks: the expansion
-//! Σ_l (parents + children) (31 at k = 10), then the sender 2k (forward) + 2k (backward), the
-//! chooser 2 (forward: one hash) + 2k (backward). The kernel ([`expand_many`], [`tccr_trees`])
-//! takes a group's trees of 128 rows together: each level is two calls into the cipher over all
+//! Σ_l children (20 at k = 10; until the `sbfast` change Σ_l (parents + children), 31), then the
+//! sender 2k (forward) + k (backward; 2k before), the chooser 2 (forward: one hash) + k
+//! (backward). The kernel ([`expand_many`], [`tccr_trees`], [`em_trees`])
+//! takes a group's trees of 128 rows together: each level is one call into the cipher over all
 //! of them (128–32 768 blocks, pipelined by the VAES/AES-NI backend), the hashes one call per
 //! slice, no per-tree calls. Measured (`cargo bench -p consort-protocols --bench onehot`,
 //! `RAYON_NUM_THREADS=1`, 2·10^4 rows × 300 groups of k = 10, batches of 1 024 rows, on a shared
@@ -94,7 +98,9 @@
 //! backwards after them 3.3 CPU-ns each; a backward alone 108 (sender) and 160 (chooser) CPU-ns,
 //! a pair the same. One LR epoch's products of a 10^5 × 300-feature one-hot matrix: ~11 CPU-s
 //! for both sides (stop 23's whole epoch with the per-tree code was ~83 CPU-s for both nodes;
-//! that code's kernel alone was not measured).
+//! that code's kernel alone was not measured). Those figures predate the one-call expansion and
+//! backward pads (`sbfast`: 102 instead of 172 AES blocks per (row, group) and backward use at
+//! k = 33; SecureBoost's per-tree time at 2.85·10^5 × 20 B features fell ≈ 25% on a shared box).
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -354,31 +360,51 @@ impl Bufs {
     }
 }
 
-/// Expands the trees of k leaves whose roots are in `b.nodes`, all of them level by level (two
-/// calls into the cipher per level for all trees together):
-/// G(s) = (π(π(s) ⊕ t_L) ⊕ π(s), π(π(s) ⊕ t_R) ⊕ π(s)), pruned to the nodes that have a leaf below
-/// k. `hook(t, l, nodes)` sees tree t's nodes of level l as soon as they are made and may change
-/// them (the chooser's puncturing, the setup's level sums). Ends with the leaves in `b.nodes`, k
-/// per tree.
+/// Expands the trees of k leaves whose roots are in `b.nodes`, all of them level by level (one
+/// call into the cipher per level for all trees together):
+/// G(s) = (E(s, t_L), E(s, t_R)) with E(s, t) = π(s ⊕ t) ⊕ s ⊕ t, one block cipher call per child
+/// (the fixed-key-AES PRG of MMO form: for a uniform secret s, E(s, ·) is single-key
+/// Even–Mansour under key s, XORed with its public input, so a PRF in the random-permutation
+/// model), pruned to the nodes that have a leaf below k. `hook(t, l, nodes)` sees tree t's nodes
+/// of level l as soon as they are made and may change them (the chooser's puncturing, the setup's
+/// level sums). Ends with the leaves in `b.nodes`, k per tree.
 fn expand_many(b: &mut Bufs, k: usize, mut hook: impl FnMut(usize, u32, &mut [u128])) {
     let aes = FixedKeyAes::fixed();
     let (t, d) = (b.nodes.len(), depth(k));
     for l in 1..=d {
         let (np, nc) = (level_len(k, d, l - 1), level_len(k, d, l));
-        b.y.resize(t * np, 0);
-        aes.permute_to(&b.nodes, &mut b.y);
         b.next.clear();
-        for y in b.y.chunks(np) {
-            b.next.extend((0..nc).map(|v| y[v >> 1] ^ if v & 1 == 0 { T_LEFT } else { T_RIGHT }));
+        for s in b.nodes.chunks(np) {
+            b.next.extend((0..nc).map(|v| s[v >> 1] ^ if v & 1 == 0 { T_LEFT } else { T_RIGHT }));
         }
-        aes.permute_in_place(&mut b.next);
-        for (tr, (z, y)) in b.next.chunks_mut(nc).zip(b.y.chunks(np)).enumerate() {
-            for (v, z) in z.iter_mut().enumerate() {
-                *z ^= y[v >> 1];
+        b.y.resize(t * nc, 0);
+        aes.permute_to(&b.next, &mut b.y);
+        for (tr, (z, y)) in b.next.chunks_mut(nc).zip(b.y.chunks(nc)).enumerate() {
+            for (z, y) in z.iter_mut().zip(y) {
+                *z ^= y;
             }
             hook(tr, l, z);
         }
         std::mem::swap(&mut b.nodes, &mut b.next);
+    }
+}
+
+/// `xs[t·k + j] ← E(xs[t·k + j], base[t] + j)` with E(x, i) = π(x ⊕ i) ⊕ x ⊕ i (as in
+/// [`expand_many`]): the backward pads, one call into the cipher for the whole slice. The keys
+/// hashed here are GGM leaves — independent and uniform, never related by a global offset as IKNP
+/// outputs are — so the tweakable PRF E(K, ·) (Even–Mansour under key K) suffices where
+/// [`tccr_trees`]' two-call TCCR hash is needed for correlated inputs.
+fn em_trees(xs: &mut [u128], k: usize, base: &[u128], y: &mut Vec<u128>) {
+    let aes = FixedKeyAes::fixed();
+    for (x, &b) in xs.chunks_mut(k).zip(base) {
+        for (j, x) in x.iter_mut().enumerate() {
+            *x ^= b + j as u128;
+        }
+    }
+    y.resize(xs.len(), 0);
+    aes.permute_to(xs, y);
+    for (x, y) in xs.iter_mut().zip(y.iter()) {
+        *x ^= y;
     }
 }
 
@@ -830,7 +856,7 @@ impl OneHotSenderSession {
                 // half the second.
                 b.base.clear();
                 b.base.extend(abs.iter().map(|&i| tweak(self.use_id, T_BACKWARD, i, g, 0)));
-                tccr_trees(&mut b.nodes, k, &b.base, &mut b.y);
+                em_trees(&mut b.nodes, k, &b.base, &mut b.y);
                 fold_pads(&b.nodes, k, None, &mut acc, (f, cols), &mut sums[..], (g, g_n));
             }
         }
@@ -1015,7 +1041,7 @@ impl OneHotChooserSession {
             if let Some(sums) = sums.as_deref_mut() {
                 b.base.clear();
                 b.base.extend(abs.iter().map(|&i| tweak(self.use_id, T_BACKWARD, i, g, 0)));
-                tccr_trees(&mut b.nodes, k, &b.base, &mut b.y);
+                em_trees(&mut b.nodes, k, &b.base, &mut b.y);
                 fold_pads(&b.nodes, k, Some(&leaf), &mut acc, (f, cols), &mut sums[..], (g, g_n));
             }
         }

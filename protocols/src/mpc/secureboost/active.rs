@@ -14,6 +14,7 @@ use super::split::{
     Layout, best_split, gradient, histogram, leaf_weight, log_loss, pack, sample_features, sample_rows, subtract,
     unpack,
 };
+use super::stats::{Counted, PhaseStats};
 use super::wire::{Decision, encode_decisions, exchange_hello, pack_bits, unpack_bits};
 use super::{Histograms, Node, SbConfig, SbInput, SbOutput, SbTimings, Split, Tree};
 use crate::channel::Channel;
@@ -58,6 +59,9 @@ struct OtCtx {
 
 pub(super) async fn train<C: Channel>(channel: &C, input: SbInput, config: &SbConfig) -> Result<SbOutput, MpcError> {
     check_input(&input, config)?;
+    let counted = Counted::new(channel);
+    let channel = &counted;
+    let begin = channel.mark();
     let peer_bins = exchange_hello(channel, digest(&input, config), &input.features.bins, config).await?;
     let (mut he, mut ot, mut timings) = (None, None, SbTimings::default());
     match config.histograms {
@@ -97,9 +101,12 @@ pub(super) async fn train<C: Channel>(channel: &C, input: SbInput, config: &SbCo
     let mut margins = vec![0.0; input.features.rows];
     let (mut trees, mut losses, mut best) = (Vec::new(), Vec::new(), None);
     let mut stopped_early = false;
+    let (setup, mut per_tree) = (channel.since(&begin), Vec::<PhaseStats>::new());
     for t in 0..config.trees {
+        let mark = channel.mark();
         let tree = grow_tree(&mut ctx, &input, t, &mut margins).await?;
         trees.push(tree);
+        per_tree.push(channel.since(&mark));
         if input.holdout.is_empty() {
             continue;
         }
@@ -113,6 +120,7 @@ pub(super) async fn train<C: Channel>(channel: &C, input: SbInput, config: &SbCo
             best = Some(t + 1);
         }
         send_bytes(channel, &[stop as u8 | (is_best as u8) << 1]).await?;
+        *per_tree.last_mut().expect("pushed") = channel.since(&mark);
         if stop {
             stopped_early = t + 1 < config.trees;
             break;
@@ -129,6 +137,8 @@ pub(super) async fn train<C: Channel>(channel: &C, input: SbInput, config: &SbCo
         holdout_loss: losses,
         peer_features: peer_bins.len(),
         timings: ctx.timings,
+        setup,
+        per_tree,
     })
 }
 

@@ -134,6 +134,7 @@ pub mod plain;
 mod predict;
 mod setup;
 mod split;
+mod stats;
 mod wire;
 
 pub use binning::{BinnedFeatures, FeatureBins};
@@ -143,6 +144,7 @@ pub use split::{
     GH_FRAC_BITS, Layout, MAX_ROWS, SLOT_BITS, best_split, gradient, leaf_weight, log_loss, pack, quantize,
     sample_features, sample_rows, unpack,
 };
+pub use stats::PhaseStats;
 pub use wire::{MAX_PEER_CELLS, MAX_PEER_FEATURES};
 
 /// One party's inputs.
@@ -214,6 +216,11 @@ pub struct SbOutput {
     pub holdout_loss: Vec<f64>,
     pub peer_features: usize,
     pub timings: SbTimings,
+    /// Wall time and bytes (this party's view) of everything before the first tree: the hello
+    /// and, with `ot`, the kept correlations' setup (`he`: A's key).
+    pub setup: PhaseStats,
+    /// Wall time and bytes of each tree run (its levels, step 4 and the early-stopping flag).
+    pub per_tree: Vec<PhaseStats>,
 }
 
 /// Runs one party's side of the training over `channel`.

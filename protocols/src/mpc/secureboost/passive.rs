@@ -9,6 +9,7 @@ use super::binning::BinnedFeatures;
 use super::ot_hist::{self, ColumnLayout};
 use super::setup::{LevelNode, check_input, digest, histogram_plan, may_split, partition, routed_rows};
 use super::split::sample_features;
+use super::stats::{Counted, PhaseStats};
 use super::wire::{Decision, decode_decisions, exchange_hello, pack_bits, unpack_bits};
 use super::{Histograms, Node, SbConfig, SbInput, SbOutput, SbTimings, Split, Tree};
 use crate::channel::Channel;
@@ -34,6 +35,9 @@ struct Ctx<'a, C> {
 
 pub(super) async fn train<C: Channel>(channel: &C, input: SbInput, config: &SbConfig) -> Result<SbOutput, MpcError> {
     check_input(&input, config)?;
+    let counted = Counted::new(channel);
+    let channel = &counted;
+    let begin = channel.mark();
     let peer_bins = exchange_hello(channel, digest(&input, config), &input.features.bins, config).await?;
     let x = Arc::new(input.features.clone());
     let (mut key, mut ot, mut timings) = (None, None, SbTimings::default());
@@ -50,10 +54,13 @@ pub(super) async fn train<C: Channel>(channel: &C, input: SbInput, config: &SbCo
     }
     let mut ctx = Ctx { channel, config, x, key, ot, tree: 0, feats: Arc::new(Vec::new()), timings };
     let (mut trees, mut best, mut stopped_early) = (Vec::new(), None, false);
+    let (setup, mut per_tree) = (channel.since(&begin), Vec::<PhaseStats>::new());
     for t in 0..config.trees {
+        let mark = channel.mark();
         ctx.feats = Arc::new(sample_features(ctx.x.features(), config, t, Party::B));
         ctx.tree = t;
         trees.push(grow_tree(&mut ctx, &input).await?);
+        per_tree.push(channel.since(&mark));
         if input.holdout.is_empty() {
             continue;
         }
@@ -61,6 +68,7 @@ pub(super) async fn train<C: Channel>(channel: &C, input: SbInput, config: &SbCo
             f @ 0..=3 => f,
             _ => return Err(violation("bad early-stopping flag")),
         };
+        *per_tree.last_mut().expect("pushed") = channel.since(&mark);
         if flag & 2 != 0 {
             best = Some(t + 1);
         }
@@ -80,6 +88,8 @@ pub(super) async fn train<C: Channel>(channel: &C, input: SbInput, config: &SbCo
         holdout_loss: Vec::new(),
         peer_features: peer_bins.len(),
         timings: ctx.timings,
+        setup,
+        per_tree,
     })
 }
 

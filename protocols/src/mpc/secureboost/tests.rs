@@ -143,6 +143,21 @@ fn check_against_plain(run: &Run, d: &Data, train: &[u32], holdout: &[u32], conf
     (a_splits, b_splits)
 }
 
+/// The setup and per-tree figures: one entry per tree run, and every byte one party counts as
+/// sent in a phase the other counts as received in the same phase (the phases line up: each ends
+/// with a message the other waits for).
+fn check_phase_stats(run: &Run) {
+    let (a, b) = (run.a.as_ref().unwrap(), run.b.as_ref().unwrap());
+    assert_eq!(a.per_tree.len(), a.trees_run as usize);
+    assert_eq!(b.per_tree.len(), b.trees_run as usize);
+    assert!(a.setup.bytes_sent > 0 && a.setup.bytes_received > 0);
+    for (pa, pb) in std::iter::once((&a.setup, &b.setup)).chain(a.per_tree.iter().zip(&b.per_tree)) {
+        assert!(pa.bytes_sent > 0 && pa.seconds >= 0.0);
+        assert_eq!(pa.bytes_sent, pb.bytes_received);
+        assert_eq!(pa.bytes_received, pb.bytes_sent);
+    }
+}
+
 /// Joint prediction of every row equals the reference's scores.
 async fn check_prediction(run: &Run, d: &Data, config: &SbConfig, train: &[u32], holdout: &[u32]) {
     let (a, b) = (run.a.as_ref().unwrap(), run.b.as_ref().unwrap());
@@ -179,6 +194,7 @@ async fn trees_and_predictions_equal_the_plaintext_reference(h: Histograms) {
     assert_eq!(out.holdout_loss.len(), 3);
     assert!(out.holdout_loss[2] < out.holdout_loss[0], "the model learns: {:?}", out.holdout_loss);
     assert_eq!(out.peer_features, 4);
+    check_phase_stats(&run);
     check_prediction(&run, &d, &config, &train_rows, &holdout).await;
     // Column subsampling: 2 of A's 3 and 2 of B's 4 features per tree.
     let config = SbConfig { colsample: 0.5, seed: 10, ..config };
