@@ -668,12 +668,14 @@ pub async fn run_psi_resumable<C: Channel>(
             *transcript.on_ack.lock().expect("not poisoned") = Some(Box::new(move || confirmed(&shared, &dir, range)));
         }
         let run = rr22::run_buckets_keeping(&transcript, &session, source, &mut sink, range.clone(), &mut kept).await;
+        let protocol_done = started.elapsed().as_secs_f64();
         drop(sink);
         if let Some(e) = transcript.ack_error.lock().expect("not poisoned").take() {
             return Err(e);
         }
         // The writer's error first: a row it refused stops the sink ("the writer stopped").
         let (written, back) = SegmentWriter::join(handle)??;
+        let segment_done = started.elapsed().as_secs_f64();
         reader = back;
         if let Some(e) = shared.failure.lock().expect("not poisoned").take() {
             return Err(e.into());
@@ -706,6 +708,16 @@ pub async fn run_psi_resumable<C: Channel>(
         });
         checkpoint.save(&dir, &shared.key)?;
         add(&mut timings, "record range", clock.elapsed().as_secs_f64());
+        // When each side's range ends, its rows are written and it is recorded (seconds since
+        // this part's ranges began): what a kill at a given moment makes the resume run again.
+        tracing::info!(
+            range = r,
+            role = ?job.role,
+            protocol_done_s = protocol_done,
+            segment_done_s = segment_done,
+            recorded_s = started.elapsed().as_secs_f64(),
+            "range recorded"
+        );
         recorded(channel, r, &digest).await?;
         unconfirmed = Some((r, digest));
     }
