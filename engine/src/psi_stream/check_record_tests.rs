@@ -92,7 +92,7 @@ async fn a_forged_stamp_fails_the_job_in_its_scan() {
                 r
             }
         );
-        let err = ra.err().expect("the scan fails").to_string();
+        let err = ra.expect_err("the scan fails").to_string();
         assert!(err.contains("a.csv"), "{err}");
         assert!(!err.contains("1020"), "never the value: {err}");
         assert!(!out.exists(), "no output");

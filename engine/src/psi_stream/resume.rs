@@ -44,7 +44,7 @@
 //!
 //! **Resuming**: both sides restore the session from their checkpoint (no new hello: the salt
 //! must stay, since the unfinished buckets' spill was hashed under it), check the input is
-//! unchanged (a learning side copies it to a fresh private snapshot and checks the stamp again),
+//! unchanged (its stamp; a learning side reads its rows from it again, each row's key checked),
 //! and exchange their fingerprint, range size and finished ranges' digests. The job goes on from
 //! the first range not finished on both sides, after comparing the digests of the ranges both
 //! finished; a side that had recorded more rolls back (drops those segments and counts). The
@@ -418,7 +418,7 @@ fn reopen(input: &StreamInput, stamp: &FileStamp) -> Result<Scanned, DataError> 
 /// each row's key checked against its digest: [`rows`]), sealed under the spill key:
 /// `tx` feeds it; no thread and no sender when this side writes no rows.
 pub(super) struct SegmentWriter {
-    pub(super) handle: Option<std::thread::JoinHandle<Result<u64, DataError>>>,
+    pub(super) handle: Option<std::thread::JoinHandle<Result<(u64, super::rows::RowReader), DataError>>>,
     pub(super) tx: Option<std::sync::mpsc::SyncSender<RowBatch>>,
 }
 
@@ -440,13 +440,17 @@ impl SegmentWriter {
         Ok(SegmentWriter { handle: Some(handle), tx: Some(tx) })
     }
 
-    /// Waits for the writer (after the sender was dropped): the rows it wrote, 0 without one.
+    /// Waits for the writer (after the sender was dropped): the rows it wrote (0 without one) and
+    /// its row reader back, for the next range (the input stays mapped once per job).
     pub(super) fn join(
-        handle: Option<std::thread::JoinHandle<Result<u64, DataError>>>,
-    ) -> Result<Result<u64, DataError>, DataError> {
+        handle: Option<std::thread::JoinHandle<Result<(u64, super::rows::RowReader), DataError>>>,
+    ) -> Result<Result<(u64, Option<super::rows::RowReader>), DataError>, DataError> {
         match handle {
-            Some(h) => h.join().map_err(|_| DataError::Invalid("the output writer panicked".into())),
-            None => Ok(Ok(0)),
+            Some(h) => h
+                .join()
+                .map(|r| r.map(|(rows, reader)| (rows, Some(reader))))
+                .map_err(|_| DataError::Invalid("the output writer panicked".into())),
+            None => Ok(Ok((0, None))),
         }
     }
 }
@@ -458,7 +462,7 @@ fn write_segment(
     path: &Path,
     key: &StorageKey,
     batches: std::sync::mpsc::Receiver<RowBatch>,
-) -> Result<u64, DataError> {
+) -> Result<(u64, super::rows::RowReader), DataError> {
     let io_err = |e| DataError::io(path, e);
     let mut w =
         std::io::BufWriter::with_capacity(1 << 16, SealedWriter::create(path, key, Access::OwnerOnly).map_err(io_err)?);
@@ -469,7 +473,7 @@ fn write_segment(
         rows += batch.len() as u64;
     }
     w.into_inner().map_err(|e| e.into_error()).and_then(|w| w.finish()).map_err(io_err)?;
-    Ok(rows)
+    Ok((rows, reader))
 }
 
 /// Runs (or, with [`Resumable::resume`], takes up) a resumable streaming RR22 job: as
@@ -639,11 +643,19 @@ pub async fn run_psi_resumable<C: Channel>(
     // The previous range, recorded here and acknowledged to the peer, whose acknowledgement is
     // still to come (the first frame of the next range): its spill stays until then.
     let mut unconfirmed: Option<(usize, [u8; 32])> = None;
+    // The input, mapped once for the job's ranges (its stamp checked again before each range).
+    let mut reader = match learns {
+        true => Some(super::rows::RowReader::open(&input.spec, &checkpoint.stamp, session.hasher())?),
+        false => None,
+    };
     for r in first..ranges {
         let range = range_of(r);
-        let rows = match learns {
-            true => Some(super::rows::RowReader::open(&input.spec, &checkpoint.stamp, session.hasher())?),
-            false => None,
+        let rows = match reader.take() {
+            Some(rows) => {
+                rows.check_unchanged()?;
+                Some(rows)
+            }
+            None => None,
         };
         let SegmentWriter { handle, tx } =
             SegmentWriter::start(rows, terminator, tagged, segment_path(&dir, r), &shared)?;
@@ -656,12 +668,15 @@ pub async fn run_psi_resumable<C: Channel>(
             *transcript.on_ack.lock().expect("not poisoned") = Some(Box::new(move || confirmed(&shared, &dir, range)));
         }
         let run = rr22::run_buckets_keeping(&transcript, &session, source, &mut sink, range.clone(), &mut kept).await;
+        let protocol_done = started.elapsed().as_secs_f64();
         drop(sink);
         if let Some(e) = transcript.ack_error.lock().expect("not poisoned").take() {
             return Err(e);
         }
         // The writer's error first: a row it refused stops the sink ("the writer stopped").
-        let written = SegmentWriter::join(handle)??;
+        let (written, back) = SegmentWriter::join(handle)??;
+        let segment_done = started.elapsed().as_secs_f64();
+        reader = back;
         if let Some(e) = shared.failure.lock().expect("not poisoned").take() {
             return Err(e.into());
         }
@@ -693,6 +708,16 @@ pub async fn run_psi_resumable<C: Channel>(
         });
         checkpoint.save(&dir, &shared.key)?;
         add(&mut timings, "record range", clock.elapsed().as_secs_f64());
+        // When each side's range ends, its rows are written and it is recorded (seconds since
+        // this part's ranges began): what a kill at a given moment makes the resume run again.
+        tracing::info!(
+            range = r,
+            role = ?job.role,
+            protocol_done_s = protocol_done,
+            segment_done_s = segment_done,
+            recorded_s = started.elapsed().as_secs_f64(),
+            "range recorded"
+        );
         recorded(channel, r, &digest).await?;
         unconfirmed = Some((r, digest));
     }

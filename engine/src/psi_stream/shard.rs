@@ -344,7 +344,7 @@ pub async fn run_shard<C: Channel>(
     let run = rr22::run_buckets(&transcript, &session, source, &mut sink, range.clone()).await;
     drop(sink);
     // The writer's error first: a row it refused stops the sink ("the writer stopped").
-    let rows = SegmentWriter::join(handle)??;
+    let (rows, _) = SegmentWriter::join(handle)??;
     if let Some(e) = shared.failure.lock().expect("not poisoned").take() {
         return Err(e.into());
     }

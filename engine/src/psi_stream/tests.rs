@@ -415,6 +415,30 @@ fn output_rows_are_read_from_the_input_and_their_keys_checked() {
         )
         .unwrap();
     assert_eq!(got, spans);
+    // The same through chunks of a row or two and page drops after every byte of file passed
+    // (every chunk boundary and mid-chunk drop crossed): the same rows, in the same order.
+    for (chunk, drop) in [(1, 1), (12, 1), (40, 4096), (1 << 20, 1)] {
+        let mut small = rows::RowReader::open(&spec, &input.stamp, hasher.clone()).unwrap().with_sizes(chunk, drop);
+        let mut again = Vec::new();
+        small
+            .rows(
+                &batch,
+                |r| {
+                    again.push(r.to_vec());
+                    Ok(())
+                },
+                &path,
+            )
+            .unwrap();
+        assert_eq!(again, spans, "chunk {chunk}, drop {drop}");
+    }
+    // A span that ends past the file, or whose end overflows: refused, never a panic.
+    for (offset, len) in [(text.len() as u64 - 2, 3), (u64::MAX - 1, 4)] {
+        let mut bad = batch.clone();
+        bad[1].1 = (offset, len, bad[1].1.2);
+        let err = reader.rows(&bad, |_| Ok(()), &path).unwrap_err().to_string();
+        assert!(err.contains("outside the input"), "{err}");
+    }
     // A wrong digest for one row (as if its key had changed): refused, line named.
     let mut wrong = batch.clone();
     wrong[2].0 ^= 1;
@@ -433,6 +457,26 @@ fn output_rows_are_read_from_the_input_and_their_keys_checked() {
     let mut reader = rows::RowReader::open(&spec, &input.stamp, hasher.clone()).unwrap();
     let err = reader.rows(&batch, |_| Ok(()), &path).unwrap_err().to_string();
     assert!(err.contains(":2:") && !err.contains("k9") && !err.contains("k1"), "{err}");
+    // Truncated while mapped (between two chunks): the next chunk's stamp check refuses it
+    // before any mapped byte past the new end is touched (no SIGBUS).
+    let mut mapped = rows::RowReader::open(&spec, &input.stamp, hasher.clone()).unwrap().with_sizes(1, 1);
+    let mut seen = 0;
+    let err = mapped
+        .rows(
+            &batch,
+            |_| {
+                seen += 1;
+                if seen == 1 {
+                    std::fs::File::options().write(true).open(&path)?.set_len(4)?;
+                }
+                Ok(())
+            },
+            &path,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(seen == 1 && err.contains("changed after it was loaded"), "{seen} {err}");
+    std::fs::write(&path, &changed_text).unwrap();
     // Appended to: the stamp differs, refused before any row is read.
     std::fs::write(&path, [text.as_slice(), b"\r\nk5,more"].concat()).unwrap();
     assert!(rows::RowReader::open(&spec, &input.stamp, hasher).is_err());
