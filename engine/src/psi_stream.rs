@@ -1211,8 +1211,6 @@ fn write_tail_csv(
     Ok((w, rows))
 }
 
-#[cfg(test)]
-mod check_record_tests;
 pub mod resume;
 mod rows;
 #[cfg(test)]

@@ -48,20 +48,30 @@ async fn run_both(
     reveal: Reveal,
     bucket_size: usize,
 ) -> Result<(PsiReport, PsiReport), String> {
+    run_opened(dir, &StreamInput::open(a).unwrap(), &StreamInput::open(b).unwrap(), reveal, bucket_size).await
+}
+
+/// [`run_both`] on inputs already opened (checked, or taken from a registration's record).
+async fn run_opened(
+    dir: &Path,
+    ia: &StreamInput,
+    ib: &StreamInput,
+    reveal: Reveal,
+    bucket_size: usize,
+) -> Result<(PsiReport, PsiReport), String> {
     let _ = std::fs::remove_dir_all(dir.join("out"));
-    let (ia, ib) = (StreamInput::open(a).unwrap(), StreamInput::open(b).unwrap());
     let (ja, jb) =
         (job(Role::Requester, reveal, dir.join("out/a.csv")), job(Role::Responder, reveal, dir.join("out/b.csv")));
     let (oa, ob) = (options(dir, "a", bucket_size), options(dir, "b", bucket_size));
     let (ca, cb) = memory_pair(64);
     let (ra, rb) = tokio::join!(
         async {
-            let r = run_psi_streaming(&ca, &ia, &ja, &oa).await;
+            let r = run_psi_streaming(&ca, ia, &ja, &oa).await;
             drop(ca);
             r
         },
         async {
-            let r = run_psi_streaming(&cb, &ib, &jb, &ob).await;
+            let r = run_psi_streaming(&cb, ib, &jb, &ob).await;
             drop(cb);
             r
         }
@@ -480,4 +490,53 @@ fn output_rows_are_read_from_the_input_and_their_keys_checked() {
     // Appended to: the stamp differs, refused before any row is read.
     std::fs::write(&path, [text.as_slice(), b"\r\nk5,more"].concat()).unwrap();
     assert!(rows::RowReader::open(&spec, &input.stamp, hasher).is_err());
+}
+
+#[test]
+fn a_check_record_is_used_only_for_its_spec_and_an_unchanged_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = csv(dir.path(), "a", &["1", "2", "3"]);
+    let record = StreamInput::open(&spec).unwrap().record();
+    let trusted = StreamInput::open_checked(&spec, Some(&record)).unwrap();
+    assert_eq!((trusted.rows, trusted.columns.clone()), (3, vec!["id".to_string(), "v".to_string()]));
+    // Another spec (other key column): the record is not for it, so the file is checked.
+    let other = DatasetSpec::new("a", &spec.file, &["v"]);
+    assert_eq!(StreamInput::open_checked(&other, Some(&record)).unwrap().rows, 3);
+    // An appended row changes the stamp: a full check counts it, and a bad row is reported.
+    csv(dir.path(), "a", &["1", "2", "3", "4"]);
+    assert_eq!(StreamInput::open_checked(&spec, Some(&record)).unwrap().rows, 4);
+    std::fs::write(&spec.file, "id,v\n1,x\n,x\n").unwrap();
+    let err = StreamInput::open_checked(&spec, Some(&record)).unwrap_err().to_string();
+    assert!(err.contains("a.csv") && err.contains('3'), "{err}");
+    // No record: a full check.
+    csv(dir.path(), "a", &["1"]);
+    assert_eq!(StreamInput::open_checked(&spec, None).unwrap().rows, 1);
+}
+
+/// The file is rewritten in place to the same length with its modification time put back, so
+/// a registration's record is trusted; the job's scan counts other rows (or finds a bad key) and
+/// fails, with no output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_stamp_fails_the_job_in_its_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (csv(dir.path(), "a", &["10", "20", "30"]), csv(dir.path(), "b", &["10", "30", "40"]));
+    let record = StreamInput::open(&a).unwrap().record();
+    let meta = std::fs::metadata(&a.file).unwrap();
+    let good = std::fs::read(&a.file).unwrap();
+    // Two rows instead of three (the count differs), and a row with a field too many.
+    let fewer = format!("id,v\r\n1020,row 0 of a\r\n30,{}\r\n", "x".repeat(good.len() - 28));
+    let extra = String::from_utf8(good.clone()).unwrap().replace("20,row 1", "20,row,1");
+    for forged in [fewer, extra] {
+        assert_eq!(forged.len() as u64, meta.len(), "same length");
+        std::fs::write(&a.file, &forged).unwrap();
+        std::fs::File::options().write(true).open(&a.file).unwrap().set_modified(meta.modified().unwrap()).unwrap();
+        let ia = StreamInput::open_checked(&a, Some(&record)).unwrap();
+        assert_eq!(ia.rows, 3, "the record was trusted");
+        let err = run_opened(dir.path(), &ia, &StreamInput::open(&b).unwrap(), Reveal::RequesterOnly, 4)
+            .await
+            .expect_err("the scan fails");
+        assert!(err.contains("a.csv"), "{err}");
+        assert!(!err.contains("1020"), "never the value: {err}");
+        assert!(!dir.path().join("out/a.csv").exists(), "no output");
+    }
 }
