@@ -328,6 +328,42 @@ impl RowParser {
     /// `raw` as one row at `line` and file offset `start`; `None` if `raw` is not exactly one
     /// row (more than one record, or none).
     pub(crate) fn parse<'a>(&'a mut self, raw: &'a [u8], line: u64, start: u64) -> Option<Row<'a>> {
+        if let Some((nout, nend)) = self.split_plain(raw) {
+            return Some(Row { line, start, raw, fields: &self.fields[..nout], ends: &self.ends[..nend] });
+        }
+        self.parse_with_core(raw, line, start)
+    }
+
+    /// `raw`'s fields if it is a plain row: something, then at most its own terminator (`\n`,
+    /// `\r\n` or `\r`), and no quote or line break before it. csv-core (the default reader, as
+    /// the scan's: `,` delimiter, `"` quote, no escape, no comments) reads such a row as exactly
+    /// its comma-separated pieces, so the common row skips the state machine; anything else is
+    /// left to [`Self::parse_with_core`]. Returns the lengths of `fields` and `ends` used.
+    fn split_plain(&mut self, raw: &[u8]) -> Option<(usize, usize)> {
+        let body = raw
+            .strip_suffix(b"\r\n")
+            .or_else(|| raw.strip_suffix(b"\n"))
+            .or_else(|| raw.strip_suffix(b"\r"))
+            .unwrap_or(raw);
+        if body.is_empty() || body.len() > self.fields.len() || body.iter().any(|&b| matches!(b, b'"' | b'\r' | b'\n'))
+        {
+            return None;
+        }
+        let (mut nout, mut nend) = (0, 0);
+        for piece in body.split(|&b| b == b',') {
+            if nend == self.ends.len() {
+                return None;
+            }
+            self.fields[nout..nout + piece.len()].copy_from_slice(piece);
+            nout += piece.len();
+            self.ends[nend] = nout;
+            nend += 1;
+        }
+        Some((nout, nend))
+    }
+
+    /// [`Self::parse`] by csv-core, for any row.
+    fn parse_with_core<'a>(&'a mut self, raw: &'a [u8], line: u64, start: u64) -> Option<Row<'a>> {
         self.core.reset();
         let mut input = raw;
         let (mut nout, mut nend) = (0, 0);
@@ -403,6 +439,39 @@ pub(crate) fn lines_at(path: &Path, offsets: &[u64]) -> Result<Vec<u64>, DataErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The plain-row shortcut reads every row as csv-core does: random rows over the characters
+    /// that matter (delimiter, quote, CR, LF, blank, letters), compared field by field, with the
+    /// same rows refused.
+    #[test]
+    fn plain_rows_are_parsed_as_by_csv_core() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let alphabet = b"ab,\"\r\n x";
+        let fields = |row: &Row<'_>| (0..row.len()).map(|i| row.field(i).to_vec()).collect::<Vec<_>>();
+        let (mut plain, mut other) = (RowParser::new(), RowParser::new());
+        let mut shortcut = 0;
+        for k in 0..200_000 {
+            let len = rng.random_range(0..12);
+            let mut raw: Vec<u8> = (0..len).map(|_| alphabet[rng.random_range(0..alphabet.len())]).collect();
+            if k % 2 == 0 {
+                // Mostly plain rows, with each terminator.
+                raw.retain(|b| !matches!(b, b'"' | b'\r' | b'\n'));
+                raw.extend_from_slice([&b"\n"[..], b"\r\n", b"\r", b""][k / 2 % 4]);
+            }
+            let took = plain.split_plain(&raw).is_some();
+            shortcut += usize::from(took);
+            let a = plain.parse(&raw, 1, 0).map(|r| fields(&r));
+            let b = other.parse_with_core(&raw, 1, 0).map(|r| fields(&r));
+            assert_eq!(a, b, "{:?}", String::from_utf8_lossy(&raw));
+        }
+        assert!(shortcut > 80_000, "the shortcut is taken for plain rows ({shortcut})");
+        // Rows longer than the reused buffers go through csv-core, which grows them.
+        let long = [vec![b'x'; 10_000], b",y\n".to_vec()].concat();
+        assert_eq!(plain.parse(&long, 1, 0).map(|r| r.len()), Some(2));
+        let wide = [",".repeat(100).into_bytes(), b"\n".to_vec()].concat();
+        assert_eq!(RowParser::new().parse(&wide, 1, 0).map(|r| r.len()), Some(101));
+    }
 
     /// `(line, start, raw, fields)` of each row.
     type Scanned = (u64, u64, Vec<u8>, Vec<Vec<u8>>);

@@ -342,14 +342,7 @@ impl BucketSource for SpillSource {
             read_records(&bytes).ok_or_else(|| s.fail(DataError::file(&path, "spill file damaged")))?;
         drop(bytes);
         // Duplicate keys share a digest, hence a bucket: found here, in file order.
-        let mut by_digest: Vec<u32> = (0..digests.len() as u32).collect();
-        by_digest.par_sort_unstable_by_key(|&k| (digests[k as usize], k));
-        let repeats: Vec<(u32, u32)> = by_digest
-            .windows(2)
-            .filter(|w| digests[w[0] as usize] == digests[w[1] as usize])
-            .map(|w| (w[0], w[1]))
-            .collect();
-        drop(by_digest);
+        let repeats = repeated_digests(&digests);
         if !repeats.is_empty() {
             if !s.spec.dedup {
                 let &(first, again) = repeats.iter().min_by_key(|&&(_, r)| rows[r as usize].0).expect("one");
@@ -391,6 +384,45 @@ impl BucketSource for SpillSource {
         }
         Ok((digests, ids))
     }
+}
+
+/// Pairs `(first, again)` of indices of equal digests: within each group of equal digests, every
+/// index with the next larger one. Almost every bucket has none, so that is checked first in
+/// linear time ([`any_repeat`]); only a bucket with a repeat pays for the sort by digest.
+fn repeated_digests(digests: &[u128]) -> Vec<(u32, u32)> {
+    if !any_repeat(digests) {
+        return Vec::new();
+    }
+    let mut by_digest: Vec<u32> = (0..digests.len() as u32).collect();
+    by_digest.par_sort_unstable_by_key(|&k| (digests[k as usize], k));
+    by_digest.windows(2).filter(|w| digests[w[0] as usize] == digests[w[1] as usize]).map(|w| (w[0], w[1])).collect()
+}
+
+/// Whether two of `digests` are equal, in linear time: a counting sort spreads them over bins of
+/// about four by their low bits (SHA-256 outputs: uniform; equal digests share a bin), and each
+/// bin is then sorted alone and its neighbours compared.
+fn any_repeat(digests: &[u128]) -> bool {
+    let bins = (digests.len() / 4).max(1).next_power_of_two();
+    let bin = |d: u128| d as usize & (bins - 1);
+    let mut ends = vec![0u32; bins + 1];
+    for &d in digests {
+        ends[bin(d) + 1] += 1;
+    }
+    for b in 0..bins {
+        ends[b + 1] += ends[b];
+    }
+    let mut next = ends.clone();
+    let mut spread = vec![0u128; digests.len()];
+    for &d in digests {
+        let at = &mut next[bin(d)];
+        spread[*at as usize] = d;
+        *at += 1;
+    }
+    ends.windows(2).any(|w| {
+        let group = &mut spread[w[0] as usize..w[1] as usize];
+        group.sort_unstable();
+        group.windows(2).any(|p| p[0] == p[1])
+    })
 }
 
 /// A bucket's rows to append to the output, in the joint order, each with the digest it was

@@ -540,3 +540,46 @@ async fn a_forged_stamp_fails_the_job_in_its_scan() {
         assert!(!dir.path().join("out/a.csv").exists(), "no output");
     }
 }
+
+/// The linear-time duplicate check finds exactly the repeats the sort by digest finds: none in
+/// distinct digests (also with equal low bits, i.e. the same bin), every pair of every group
+/// otherwise, wherever the copies lie.
+#[test]
+fn repeated_digests_are_found_as_by_the_sort() {
+    use rand::{RngExt, SeedableRng};
+    let by_sort = |digests: &[u128]| {
+        let mut by_digest: Vec<u32> = (0..digests.len() as u32).collect();
+        by_digest.sort_unstable_by_key(|&k| (digests[k as usize], k));
+        by_digest
+            .windows(2)
+            .filter(|w| digests[w[0] as usize] == digests[w[1] as usize])
+            .map(|w| (w[0], w[1]))
+            .collect::<Vec<_>>()
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    for n in [0usize, 1, 2, 3, 7, 100, 5000] {
+        let distinct: Vec<u128> = (0..n).map(|_| rng.random()).collect();
+        assert!(!any_repeat(&distinct), "n = {n}");
+        assert!(repeated_digests(&distinct).is_empty());
+        // The same low 64 bits everywhere: one bin, still no repeat.
+        let same_bin: Vec<u128> = (0..n as u128).map(|i| (i << 64) | 5).collect();
+        assert!(!any_repeat(&same_bin), "n = {n}");
+        if n < 2 {
+            continue;
+        }
+        for copies in [2usize, 3] {
+            let mut with = distinct.clone();
+            for _ in 1..copies {
+                let (from, to) = (rng.random_range(0..n), rng.random_range(0..n));
+                with[to] = with[from];
+            }
+            let expected = by_sort(&with);
+            assert_eq!(any_repeat(&with), !expected.is_empty(), "n = {n}");
+            assert_eq!(repeated_digests(&with), expected, "n = {n}");
+        }
+        let mut last_first = distinct.clone();
+        last_first[n - 1] = last_first[0];
+        assert_eq!(repeated_digests(&last_first), vec![(0, n as u32 - 1)]);
+        assert!(any_repeat(&vec![7u128; n]));
+    }
+}
