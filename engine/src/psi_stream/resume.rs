@@ -12,12 +12,16 @@
 //!   rows). Written atomically (sealed temp file, fsync, rename, directory fsync);
 //! - `bucket-B` / `order-B`: the spill of every bucket whose range is not known to be recorded
 //!   by both sides (a bucket's spill is deleted only once the peer confirmed its range);
-//! - `segment-R`: range R's output rows, sealed, written before the checkpoint records R;
+//! - `segment-R`: range R's output rows, sealed; the requester writes it before the checkpoint
+//!   records R, a learning responder (reveal both) after (see below);
+//! - `positions-R`: a learning responder's matched stream positions of range R (4 bytes per
+//!   match, per bucket), sealed and fsynced before the checkpoint records R, deleted once
+//!   `segment-R` is written;
 //! - `bits`: a join's matched/dropped-row bitmap after the last recorded range (setting a bit
 //!   twice is harmless, so a bitmap newer than the checkpoint is fine).
 //!
-//! **After each range** both sides finish its output segment, record the range in the checkpoint,
-//! then exchange an acknowledgement carrying the range's digest: SHA-256 over the session's
+//! **After each range** both sides record the range in the checkpoint, then exchange an
+//! acknowledgement carrying the range's digest: SHA-256 over the session's
 //! fingerprint, the range's index and bounds and the BLAKE3 hashes of the frames each way during
 //! the range (length-prefixed, in order; BLAKE3 rather than SHA-256 because it runs over every
 //! byte of the protocol on the critical path, ~4× faster here with AVX-512, and is as collision
@@ -25,6 +29,21 @@
 //! equal; a difference means the two sides did not run the same range (another session, a
 //! different salt or layout, a lost or altered frame, a forged record) and the job stops. The
 //! digest is computed from frames the peer itself sent or received: it tells it nothing new.
+//!
+//! **When a range is recorded.** The requester learns its matches during the range and its
+//! segment is written meanwhile (the writer keeps pace through a bounded channel): it finishes
+//! the segment, then records. The responder with reveal both learns its matches only when the
+//! requester's positions arrive, at the end of the range; writing its rows then took ~1.7 s after
+//! the requester recorded (10^7, branch `outmap`), a window in which a kill made the resume run the
+//! range again and lose what the requester had begun of the next. So it seals and fsyncs the
+//! positions as they arrive (`positions-R`), records the range as soon as they are in, and writes
+//! `segment-R` from them and the kept `order-B` spill in the background while the next range
+//! runs (the orders stay until the segment is written, not only until the peer confirms). A
+//! resume rebuilds the segment of a range recorded without one the same way before the output is
+//! assembled; a damaged, truncated or inconsistent positions file fails the job with an error
+//! naming it. The segment's bytes are those an uninterrupted run writes (each bucket's rows in
+//! digest order), and nothing the peer sees changes: the frames, hence the digests, the
+//! acknowledgements and the resume exchange are as before.
 //!
 //! **Ranges and the VOLE setup.** Ranges are at least [`MIN_RANGE_BUCKETS`] buckets by default
 //! (a boundary drains the bucket pipeline), and one run of the job does one VOLE setup for all
