@@ -684,7 +684,11 @@ pub async fn run_psi_resumable<C: Channel>(
     // the job.
     let mut pending = PendingGuard(None);
     for r in rebuild {
-        let rows = checkpoint.finished[r].rows - r.checked_sub(1).map_or(0, |p| checkpoint.finished[p].rows);
+        let before = r.checked_sub(1).map_or(0, |p| checkpoint.finished[p].rows);
+        let rows = checkpoint.finished[r]
+            .rows
+            .checked_sub(before)
+            .ok_or_else(|| DataError::file(checkpoint_path(&dir), "the checkpoint is damaged"))?;
         let rows_reader = match reader.take() {
             Some(rows) => Some(rows),
             None => finish_pending(&mut pending, &shared, &dir, &range_of)?,
