@@ -280,6 +280,32 @@ impl Shared {
         let _ = std::fs::remove_file(path);
     }
 
+    /// Bucket `b`'s kept order (a responder's, [`SpillSink::keep_order`]): each stream position's
+    /// row ([`DUMMY_LEN`] for a dummy) and, on a learning side, its digest.
+    fn read_order(&self, b: usize) -> Result<(Vec<Place>, Vec<u128>), DataError> {
+        let path = order_path(&self.dir, b);
+        let bytes = self.read_sealed(&path)?;
+        let kept = if self.learns { KEPT + 16 } else { KEPT };
+        if !bytes.len().is_multiple_of(kept) {
+            return Err(DataError::file(&path, "spill file damaged"));
+        }
+        let digests = match self.learns {
+            true => bytes.chunks_exact(kept).map(|r| u128::from_le_bytes(r[KEPT..].try_into().expect("16"))).collect(),
+            false => Vec::new(),
+        };
+        let places = bytes
+            .chunks_exact(kept)
+            .map(|r| {
+                (
+                    u64::from_le_bytes(r[..8].try_into().expect("8")),
+                    u32::from_le_bytes(r[8..12].try_into().expect("4")),
+                    u32::from_le_bytes(r[12..16].try_into().expect("4")),
+                )
+            })
+            .collect();
+        Ok((places, digests))
+    }
+
     fn read_sealed(&self, path: &Path) -> Result<Vec<u8>, DataError> {
         let mut bytes = Vec::new();
         SealedReader::open(path, &self.key)
@@ -437,9 +463,44 @@ struct SpillSink {
     positions: Vec<Place>,
     /// A resumable job's responder: the digests of `positions`.
     position_digests: Vec<u128>,
+    /// A resumable job's learning responder: its matches go to the range's sealed positions,
+    /// not to a writer; its segment is written from them once the range is recorded ([`resume`]).
+    deferred: Option<Deferred>,
+}
+
+/// Where a learning responder of a resumable job puts a range's matches ([`SpillSink`]).
+struct Deferred {
+    /// The range's sealed positions file (`positions-R`), finished when the range's run ends.
+    out: std::io::BufWriter<SealedWriter>,
+    path: PathBuf,
+    /// Rows the range's segment will hold.
+    rows: u64,
 }
 
 impl SpillSink {
+    /// A learning responder of a resumable job: bucket `b`'s matches (stream positions within
+    /// the bucket) are counted, marked in the join's bitmap and appended to the range's sealed
+    /// positions; their rows are written after the range is recorded.
+    fn defer(&mut self, b: usize, ids: Vec<u32>) -> Result<(), Rr22Error> {
+        let s = self.shared.clone();
+        let numbers = ids
+            .iter()
+            .map(|&p| self.positions.get(p as usize).filter(|row| row.1 != DUMMY_LEN).map(|row| row.2))
+            .collect::<Option<Vec<u32>>>()
+            .ok_or_else(|| s.fail(DataError::Invalid(format!("bucket {b}: a match without a row"))))?;
+        self.positions = Vec::new();
+        self.position_digests = Vec::new();
+        s.matched.fetch_add(numbers.len() as u64, Ordering::Relaxed);
+        if let Some(done) = &s.done {
+            set_bits(&mut done.lock().expect("not poisoned"), numbers.into_iter()).map_err(|e| s.fail(e))?;
+        }
+        let d = self.deferred.as_mut().expect("deferred");
+        if s.writes_matched {
+            d.rows += ids.len() as u64;
+        }
+        resume::put_positions(&mut d.out, b, &ids).map_err(|e| s.fail(DataError::io(&d.path, e)))
+    }
+
     fn send(&mut self, rows: RowBatch) -> Result<(), Rr22Error> {
         let s = self.shared.clone();
         match &self.writer {
@@ -454,6 +515,9 @@ impl BucketSink for SpillSink {
         let s = self.shared.clone();
         if !s.learns {
             return Ok(());
+        }
+        if self.deferred.is_some() {
+            return self.defer(b, ids);
         }
         let stashed = s.rows.lock().expect("not poisoned").remove(&b);
         let rows = match &stashed {
@@ -527,26 +591,7 @@ impl BucketSink for SpillSink {
 
     fn take_order(&mut self, b: usize) -> Result<Vec<u32>, Rr22Error> {
         let s = self.shared.clone();
-        let path = order_path(&s.dir, b);
-        let bytes = s.read_sealed(&path).map_err(|e| s.fail(e))?;
-        let kept = if s.learns { KEPT + 16 } else { KEPT };
-        if !bytes.len().is_multiple_of(kept) {
-            return Err(s.fail(DataError::file(&path, "spill file damaged")));
-        }
-        if s.learns {
-            self.position_digests =
-                bytes.chunks_exact(kept).map(|r| u128::from_le_bytes(r[KEPT..].try_into().expect("16"))).collect();
-        }
-        self.positions = bytes
-            .chunks_exact(kept)
-            .map(|r| {
-                (
-                    u64::from_le_bytes(r[..8].try_into().expect("8")),
-                    u32::from_le_bytes(r[8..12].try_into().expect("4")),
-                    u32::from_le_bytes(r[12..16].try_into().expect("4")),
-                )
-            })
-            .collect();
+        (self.positions, self.position_digests) = s.read_order(b).map_err(|e| s.fail(e))?;
         Ok((0..self.positions.len() as u32)
             .map(|p| if self.positions[p as usize].1 == DUMMY_LEN { u32::MAX } else { p })
             .collect())
@@ -665,8 +710,13 @@ async fn run_streaming_observed<C: Channel>(
         _ => (None, None),
     };
     let source: Arc<dyn BucketSource> = Arc::new(SpillSource(shared.clone()));
-    let mut sink =
-        SpillSink { shared: shared.clone(), writer: rows_tx, positions: Vec::new(), position_digests: Vec::new() };
+    let mut sink = SpillSink {
+        shared: shared.clone(),
+        writer: rows_tx,
+        positions: Vec::new(),
+        position_digests: Vec::new(),
+        deferred: None,
+    };
     let all = 0..session.layout.buckets;
     let run = rr22::run_buckets(channel, &session, source, &mut sink, all).await;
     drop(sink);

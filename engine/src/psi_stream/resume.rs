@@ -12,12 +12,16 @@
 //!   rows). Written atomically (sealed temp file, fsync, rename, directory fsync);
 //! - `bucket-B` / `order-B`: the spill of every bucket whose range is not known to be recorded
 //!   by both sides (a bucket's spill is deleted only once the peer confirmed its range);
-//! - `segment-R`: range R's output rows, sealed, written before the checkpoint records R;
+//! - `segment-R`: range R's output rows, sealed; the requester writes it before the checkpoint
+//!   records R, a learning responder (reveal both) after (see below);
+//! - `positions-R`: a learning responder's matched stream positions of range R (4 bytes per
+//!   match, per bucket), sealed and fsynced before the checkpoint records R, deleted once
+//!   `segment-R` is written;
 //! - `bits`: a join's matched/dropped-row bitmap after the last recorded range (setting a bit
 //!   twice is harmless, so a bitmap newer than the checkpoint is fine).
 //!
-//! **After each range** both sides finish its output segment, record the range in the checkpoint,
-//! then exchange an acknowledgement carrying the range's digest: SHA-256 over the session's
+//! **After each range** both sides record the range in the checkpoint, then exchange an
+//! acknowledgement carrying the range's digest: SHA-256 over the session's
 //! fingerprint, the range's index and bounds and the BLAKE3 hashes of the frames each way during
 //! the range (length-prefixed, in order; BLAKE3 rather than SHA-256 because it runs over every
 //! byte of the protocol on the critical path, ~4× faster here with AVX-512, and is as collision
@@ -25,6 +29,21 @@
 //! equal; a difference means the two sides did not run the same range (another session, a
 //! different salt or layout, a lost or altered frame, a forged record) and the job stops. The
 //! digest is computed from frames the peer itself sent or received: it tells it nothing new.
+//!
+//! **When a range is recorded.** The requester learns its matches during the range and its
+//! segment is written meanwhile (the writer keeps pace through a bounded channel): it finishes
+//! the segment, then records. The responder with reveal both learns its matches only when the
+//! requester's positions arrive, at the end of the range; writing its rows then took ~1.7 s after
+//! the requester recorded (10^7, branch `outmap`), a window in which a kill made the resume run the
+//! range again and lose what the requester had begun of the next. So it seals and fsyncs the
+//! positions as they arrive (`positions-R`), records the range as soon as they are in, and writes
+//! `segment-R` from them and the kept `order-B` spill in the background while the next range
+//! runs (the orders stay until the segment is written, not only until the peer confirms). A
+//! resume rebuilds the segment of a range recorded without one the same way before the output is
+//! assembled; a damaged, truncated or inconsistent positions file fails the job with an error
+//! naming it. The segment's bytes are those an uninterrupted run writes (each bucket's rows in
+//! digest order), and nothing the peer sees changes: the frames, hence the digests, the
+//! acknowledgements and the resume exchange are as before.
 //!
 //! **Ranges and the VOLE setup.** Ranges are at least [`MIN_RANGE_BUCKETS`] buckets by default
 //! (a boundary drains the bucket pipeline), and one run of the job does one VOLE setup for all
@@ -586,9 +605,20 @@ pub async fn run_psi_resumable<C: Channel>(
     let fingerprint = session.fingerprint();
     let first = agree(channel, &fingerprint, range_buckets, ranges, &checkpoint.finished).await?;
     let range_of = |r: usize| r * range_buckets..((r + 1) * range_buckets).min(buckets);
-    // Ranges before `first` are recorded on both sides: their spill can go. Ranges from `first`
-    // on run (again): their spill must be here, their segments and counts are dropped.
+    // A learning responder records a range before its segment is written (from the range's
+    // sealed positions and orders, during the next range): see `PendingSegment`.
+    let deferred = learns && job.role == Role::Responder;
+    // Ranges before `first` are recorded on both sides: their spill can go, once their segments
+    // are there (a learning responder's range recorded but not written is rebuilt first, below).
+    // Ranges from `first` on run (again): their spill must be here, their segments, positions and
+    // counts are dropped.
+    let mut rebuild = Vec::new();
     for r in 0..first {
+        if deferred && !segment_path(&dir, r).exists() {
+            rebuild.push(r);
+            continue;
+        }
+        shared.remove(&positions_path(&dir, r));
         for b in range_of(r) {
             shared.remove(&bucket_path(&dir, b));
             shared.remove(&order_path(&dir, b));
@@ -604,6 +634,7 @@ pub async fn run_psi_resumable<C: Channel>(
             }
         }
         let _ = std::fs::remove_file(segment_path(&dir, r));
+        let _ = std::fs::remove_file(positions_path(&dir, r));
     }
     if checkpoint.finished.len() > first {
         checkpoint.finished.truncate(first);
@@ -648,39 +679,78 @@ pub async fn run_psi_resumable<C: Channel>(
         true => Some(super::rows::RowReader::open(&input.spec, &checkpoint.stamp, session.hasher())?),
         false => None,
     };
+    // A learning responder's segment being written from its sealed positions (after its range
+    // was recorded, during the next range); joined even when the job fails, so no writer outlives
+    // the job.
+    let mut pending = PendingGuard(None);
+    for r in rebuild {
+        let before = r.checked_sub(1).map_or(0, |p| checkpoint.finished[p].rows);
+        let rows = checkpoint.finished[r]
+            .rows
+            .checked_sub(before)
+            .ok_or_else(|| DataError::file(checkpoint_path(&dir), "the checkpoint is damaged"))?;
+        let rows_reader = match reader.take() {
+            Some(rows) => Some(rows),
+            None => finish_pending(&mut pending, &shared, &dir, &range_of)?,
+        };
+        let rows_reader = rows_reader.ok_or_else(|| DataError::Invalid("no reader for a learning side".into()))?;
+        pending.0 =
+            Some(PendingSegment::start(rows_reader, r, range_of(r), rows, terminator, tagged, &shared, started)?);
+        tracing::info!(range = r, "rebuilding a recorded range's segment from its sealed positions");
+    }
     for r in first..ranges {
         let range = range_of(r);
-        let rows = match reader.take() {
-            Some(rows) => {
+        let rows = match (deferred, reader.take()) {
+            (false, Some(rows)) => {
                 rows.check_unchanged()?;
                 Some(rows)
             }
-            None => None,
+            (_, rows) => {
+                reader = rows;
+                None
+            }
         };
         let SegmentWriter { handle, tx } =
             SegmentWriter::start(rows, terminator, tagged, segment_path(&dir, r), &shared)?;
         let source: Arc<dyn BucketSource> = Arc::new(SpillSource(shared.clone()));
-        let mut sink =
-            SpillSink { shared: shared.clone(), writer: tx, positions: Vec::new(), position_digests: Vec::new() };
+        let positions = match deferred {
+            true => Some(Deferred::create(positions_path(&dir, r), &shared.key)?),
+            false => None,
+        };
+        let mut sink = SpillSink {
+            shared: shared.clone(),
+            writer: tx,
+            positions: Vec::new(),
+            position_digests: Vec::new(),
+            deferred: positions,
+        };
         let transcript = Transcript::expecting(channel, unconfirmed);
         if let Some((previous, _)) = unconfirmed {
             let (shared, dir, range) = (shared.clone(), dir.clone(), range_of(previous));
-            *transcript.on_ack.lock().expect("not poisoned") = Some(Box::new(move || confirmed(&shared, &dir, range)));
+            *transcript.on_ack.lock().expect("not poisoned") =
+                Some(Box::new(move || confirmed(&shared, &dir, range, deferred)));
         }
         let run = rr22::run_buckets_keeping(&transcript, &session, source, &mut sink, range.clone(), &mut kept).await;
         let protocol_done = started.elapsed().as_secs_f64();
+        let positions = sink.deferred.take();
         drop(sink);
         if let Some(e) = transcript.ack_error.lock().expect("not poisoned").take() {
             return Err(e);
         }
         // The writer's error first: a row it refused stops the sink ("the writer stopped").
-        let (written, back) = SegmentWriter::join(handle)??;
+        let (mut written, back) = SegmentWriter::join(handle)??;
         let segment_done = started.elapsed().as_secs_f64();
-        reader = back;
+        if back.is_some() {
+            reader = back;
+        }
         if let Some(e) = shared.failure.lock().expect("not poisoned").take() {
             return Err(e.into());
         }
         let done = run.map_err(psi_err)?;
+        if let Some(positions) = positions {
+            // Durable before the range is recorded: a recorded range's segment can be rebuilt.
+            written = positions.finish()?;
+        }
         for (step, secs) in done.timings {
             add(&mut timings, step, secs);
         }
@@ -691,7 +761,7 @@ pub async fn run_psi_resumable<C: Channel>(
             if !transcript.acked.load(Ordering::Relaxed) {
                 return Err(peer_err(format!("range {previous}: no acknowledgement from the peer")));
             }
-            confirmed(&shared, &dir, range_of(previous));
+            confirmed(&shared, &dir, range_of(previous), deferred);
         }
         let digest = transcript.digest(&fingerprint, job.role, r, &range);
         if let Some(done) = &shared.done {
@@ -710,25 +780,66 @@ pub async fn run_psi_resumable<C: Channel>(
         add(&mut timings, "record range", clock.elapsed().as_secs_f64());
         // When each side's range ends, its rows are written and it is recorded (seconds since
         // this part's ranges began): what a kill at a given moment makes the resume run again.
-        tracing::info!(
-            range = r,
-            role = ?job.role,
-            protocol_done_s = protocol_done,
-            segment_done_s = segment_done,
-            recorded_s = started.elapsed().as_secs_f64(),
-            "range recorded"
-        );
+        // A learning responder records a range before its segment is written ("range segment
+        // written" says when that happened).
+        match deferred {
+            false => tracing::info!(
+                range = r,
+                role = ?job.role,
+                protocol_done_s = protocol_done,
+                segment_done_s = segment_done,
+                recorded_s = started.elapsed().as_secs_f64(),
+                "range recorded"
+            ),
+            true => tracing::info!(
+                range = r,
+                role = ?job.role,
+                protocol_done_s = protocol_done,
+                recorded_s = started.elapsed().as_secs_f64(),
+                "range recorded"
+            ),
+        }
         recorded(channel, r, &digest).await?;
         unconfirmed = Some((r, digest));
+        if deferred {
+            // The previous range's segment (written meanwhile), then this range's, in the
+            // background while the next range runs.
+            let clock = Instant::now();
+            let rows_reader = match reader.take() {
+                Some(rows) => Some(rows),
+                None => finish_pending(&mut pending, &shared, &dir, &range_of)?,
+            };
+            let rows_reader = rows_reader.ok_or_else(|| DataError::Invalid("no reader for a learning side".into()))?;
+            rows_reader.check_unchanged()?;
+            pending.0 = Some(PendingSegment::start(
+                rows_reader,
+                r,
+                range.clone(),
+                written,
+                terminator,
+                tagged,
+                &shared,
+                started,
+            )?);
+            add(&mut timings, "wait for the previous segment", clock.elapsed().as_secs_f64());
+        }
     }
     // The last range's acknowledgement.
     if let Some((r, digest)) = unconfirmed {
         let clock = Instant::now();
         let peer = channel.recv().await.map_err(closed)?;
         check_recorded(&peer, r, &digest)?;
-        confirmed(&shared, &dir, range_of(r));
+        confirmed(&shared, &dir, range_of(r), deferred);
         add(&mut timings, "acknowledge last range", clock.elapsed().as_secs_f64());
     }
+    // The last segment written from positions (a learning responder; also a rebuilt one when no
+    // range was left to run).
+    let clock = Instant::now();
+    let rows_reader = finish_pending(&mut pending, &shared, &dir, &range_of)?;
+    if deferred {
+        add(&mut timings, "wait for the last segment", clock.elapsed().as_secs_f64());
+    }
+    drop(rows_reader);
     stages.push(("protocol".to_string(), started.elapsed().as_secs_f64()));
     stages.extend(timings.iter().map(|&(step, secs)| (format!("protocol/{step}"), secs)));
     // The output: header, segments in range order, the join's tail; renamed at the end.
@@ -757,13 +868,12 @@ pub async fn run_psi_resumable<C: Channel>(
             if !header.ends_with(b"\n") && !header.ends_with(b"\r") {
                 w.write_all(terminator).map_err(io_err)?;
             }
+            // Every range's segment: a learning side writes one per range, empty or not.
             for r in 0..ranges {
                 let path = segment_path(&dir, r);
-                if path.exists() {
-                    SealedReader::open(&path, &shared.key)
-                        .and_then(|mut seg| std::io::copy(&mut seg, &mut w))
-                        .map_err(|e| DataError::io(&path, e))?;
-                }
+                SealedReader::open(&path, &shared.key)
+                    .and_then(|mut seg| std::io::copy(&mut seg, &mut w))
+                    .map_err(|e| DataError::io(&path, e))?;
             }
             let stamped = snap.try_clone().map_err(|e| DataError::io(&spec.file, e))?;
             let (w, tail) =
@@ -799,12 +909,191 @@ pub async fn run_psi_resumable<C: Channel>(
     Ok((report, figures))
 }
 
-/// Both sides recorded `range`: its spill can go.
-fn confirmed(shared: &Shared, dir: &Path, range: std::ops::Range<usize>) {
+/// Both sides recorded `range`: its spill can go; a learning responder's orders stay until the
+/// range's segment is written (`keep_orders`: [`finish_pending`] removes them).
+fn confirmed(shared: &Shared, dir: &Path, range: std::ops::Range<usize>, keep_orders: bool) {
     for b in range {
+        shared.remove(&bucket_path(dir, b));
+        if !keep_orders {
+            shared.remove(&order_path(dir, b));
+        }
+    }
+}
+
+fn positions_path(dir: &Path, r: usize) -> PathBuf {
+    dir.join(format!("positions-{r:05}"))
+}
+
+/// Appends bucket `b`'s matched stream positions (within the bucket) to a range's positions
+/// file: the bucket (u32), the count (u32), the positions (u32 each), all little endian. Every
+/// bucket of the range is there once, in order (empty ones with a count of 0).
+pub(super) fn put_positions(w: &mut impl Write, b: usize, ids: &[u32]) -> std::io::Result<()> {
+    w.write_all(&(b as u32).to_le_bytes())?;
+    w.write_all(&(ids.len() as u32).to_le_bytes())?;
+    for id in ids {
+        w.write_all(&id.to_le_bytes())?;
+    }
+    Ok(())
+}
+
+impl Deferred {
+    fn create(path: PathBuf, key: &StorageKey) -> Result<Deferred, DataError> {
+        let w = SealedWriter::create(&path, key, Access::OwnerOnly).map_err(|e| DataError::io(&path, e))?;
+        Ok(Deferred { out: std::io::BufWriter::with_capacity(1 << 16, w), path, rows: 0 })
+    }
+
+    /// Seals, fsyncs and renames the range's positions into place; the rows its segment will
+    /// hold.
+    fn finish(self) -> Result<u64, DataError> {
+        let Deferred { out, path, rows } = self;
+        out.into_inner().map_err(|e| e.into_error()).and_then(|w| w.finish()).map_err(|e| DataError::io(&path, e))?;
+        Ok(rows)
+    }
+}
+
+type SegmentResult = Result<(u64, super::rows::RowReader, f64), DataError>;
+
+/// A recorded range's segment being written from its sealed positions ([`write_from_positions`]).
+struct PendingSegment {
+    range: usize,
+    /// The rows the checkpoint recorded for the range.
+    rows: u64,
+    handle: std::thread::JoinHandle<SegmentResult>,
+}
+
+/// Joins a [`PendingSegment`] left behind by a failing job (errors ignored: the job's own error
+/// is the one reported; the state stays for a resume).
+struct PendingGuard(Option<PendingSegment>);
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = p.handle.join();
+        }
+    }
+}
+
+impl PendingSegment {
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        reader: super::rows::RowReader,
+        r: usize,
+        range: std::ops::Range<usize>,
+        rows: u64,
+        terminator: &'static [u8],
+        tagged: bool,
+        shared: &Arc<Shared>,
+        started: Instant,
+    ) -> Result<PendingSegment, DataError> {
+        let shared = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("psi-segment".into())
+            .spawn(move || {
+                let (rows, reader) = write_from_positions(reader, r, range, terminator, tagged, &shared)?;
+                Ok((rows, reader, started.elapsed().as_secs_f64()))
+            })
+            .map_err(|e| DataError::Invalid(format!("cannot start the output writer: {e}")))?;
+        Ok(PendingSegment { range: r, rows, handle })
+    }
+}
+
+/// Waits for the pending segment, if any: checks it holds the rows recorded, then drops the
+/// range's positions and orders (the range is recorded on both sides: its acknowledgement was
+/// checked before, or the resume agreed on it). The row reader back.
+fn finish_pending(
+    pending: &mut PendingGuard,
+    shared: &Shared,
+    dir: &Path,
+    range_of: &dyn Fn(usize) -> std::ops::Range<usize>,
+) -> Result<Option<super::rows::RowReader>, DataError> {
+    let Some(p) = pending.0.take() else { return Ok(None) };
+    let (rows, reader, done_s) =
+        p.handle.join().map_err(|_| DataError::Invalid("the output writer panicked".into()))??;
+    if rows != p.rows {
+        return Err(DataError::file(
+            segment_path(dir, p.range),
+            "the segment rebuilt holds another number of rows than the checkpoint recorded",
+        ));
+    }
+    tracing::info!(range = p.range, segment_done_s = done_s, "range segment written");
+    shared.remove(&positions_path(dir, p.range));
+    for b in range_of(p.range) {
         shared.remove(&bucket_path(dir, b));
         shared.remove(&order_path(dir, b));
     }
+    Ok(Some(reader))
+}
+
+/// Writes recorded range `r`'s segment from its sealed positions ([`put_positions`]) and its
+/// buckets' kept orders: each bucket's rows in digest order, as [`SpillSink::matched`] writes
+/// them, so the segment is the bytes an uninterrupted run writes. The positions file is checked
+/// as it is read (every bucket once, in order, no more positions than the bucket's order holds,
+/// each a real row of the order, nothing after the last bucket): a damaged or truncated file is
+/// an error naming it, and no segment is written.
+fn write_from_positions(
+    mut reader: super::rows::RowReader,
+    r: usize,
+    range: std::ops::Range<usize>,
+    terminator: &[u8],
+    tagged: bool,
+    shared: &Shared,
+) -> Result<(u64, super::rows::RowReader), DataError> {
+    let (path, seg) = (positions_path(&shared.dir, r), segment_path(&shared.dir, r));
+    let damaged = || {
+        DataError::file(
+            &path,
+            "the sealed matched positions of a recorded range are damaged or cut short: the job cannot be resumed (discard it and run it again)",
+        )
+    };
+    let sealed = SealedReader::open(&path, &shared.key).map_err(|_| damaged())?;
+    let mut input = std::io::BufReader::with_capacity(1 << 16, sealed);
+    let io_err = |e| DataError::io(&seg, e);
+    let mut w = std::io::BufWriter::with_capacity(
+        1 << 16,
+        SealedWriter::create(&seg, &shared.key, Access::OwnerOnly).map_err(io_err)?,
+    );
+    let tag = if tagged { crate::join::Side::Both.tag() } else { &[][..] };
+    let mut rows = 0u64;
+    let mut ids = Vec::new();
+    for b in range {
+        let mut head = [0u8; 8];
+        input.read_exact(&mut head).map_err(|_| damaged())?;
+        let bucket = u32::from_le_bytes(head[..4].try_into().expect("4")) as usize;
+        let count = u32::from_le_bytes(head[4..].try_into().expect("4")) as usize;
+        if bucket != b {
+            return Err(damaged());
+        }
+        let (places, digests) = shared.read_order(b)?;
+        // Checked against the bucket's own order before anything is sized by it.
+        if count > places.len() {
+            return Err(damaged());
+        }
+        ids.resize(count * 4, 0);
+        input.read_exact(&mut ids).map_err(|_| damaged())?;
+        let mut batch: RowBatch = ids
+            .chunks_exact(4)
+            .map(|p| {
+                let p = u32::from_le_bytes(p.try_into().expect("4")) as usize;
+                let row = places.get(p).copied().filter(|row| row.1 != DUMMY_LEN)?;
+                digests.get(p).map(|&d| (d, row))
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(damaged)?;
+        drop((places, digests));
+        if !shared.writes_matched {
+            continue;
+        }
+        batch.par_sort_unstable_by_key(|&(d, row)| (d, row.2));
+        reader.rows(&batch, |row| copy_row(&mut w, tag, row, terminator), &seg)?;
+        rows += batch.len() as u64;
+    }
+    // Nothing after the last bucket (reading to the end also checks the file is not cut short).
+    let mut rest = [0u8; 1];
+    if !matches!(input.read(&mut rest), Ok(0)) {
+        return Err(damaged());
+    }
+    w.into_inner().map_err(|e| e.into_error()).and_then(|w| w.finish()).map_err(io_err)?;
+    Ok((rows, reader))
 }
 
 /// The role's and reveal mode's names, as the checkpoint keeps them.
