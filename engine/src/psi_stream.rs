@@ -478,6 +478,15 @@ struct Deferred {
 }
 
 impl SpillSink {
+    /// A sink writing matched rows to `writer`; `deferred`: a resumable job's learning responder.
+    fn new(
+        shared: Arc<Shared>,
+        writer: Option<std::sync::mpsc::SyncSender<RowBatch>>,
+        deferred: Option<Deferred>,
+    ) -> SpillSink {
+        SpillSink { shared, writer, positions: Vec::new(), position_digests: Vec::new(), deferred }
+    }
+
     /// A learning responder of a resumable job: bucket `b`'s matches (stream positions within
     /// the bucket) are counted, marked in the join's bitmap and appended to the range's sealed
     /// positions; their rows are written after the range is recorded.
@@ -710,13 +719,7 @@ async fn run_streaming_observed<C: Channel>(
         _ => (None, None),
     };
     let source: Arc<dyn BucketSource> = Arc::new(SpillSource(shared.clone()));
-    let mut sink = SpillSink {
-        shared: shared.clone(),
-        writer: rows_tx,
-        positions: Vec::new(),
-        position_digests: Vec::new(),
-        deferred: None,
-    };
+    let mut sink = SpillSink::new(shared.clone(), rows_tx, None);
     let all = 0..session.layout.buckets;
     let run = rr22::run_buckets(channel, &session, source, &mut sink, all).await;
     drop(sink);

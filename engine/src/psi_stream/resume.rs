@@ -689,11 +689,7 @@ pub async fn run_psi_resumable<C: Channel>(
             .rows
             .checked_sub(before)
             .ok_or_else(|| DataError::file(checkpoint_path(&dir), "the checkpoint is damaged"))?;
-        let rows_reader = match reader.take() {
-            Some(rows) => Some(rows),
-            None => finish_pending(&mut pending, &shared, &dir, &range_of)?,
-        };
-        let rows_reader = rows_reader.ok_or_else(|| DataError::Invalid("no reader for a learning side".into()))?;
+        let rows_reader = take_reader(&mut reader, &mut pending, &shared, &dir, &range_of)?;
         pending.0 =
             Some(PendingSegment::start(rows_reader, r, range_of(r), rows, terminator, tagged, &shared, started)?);
         tracing::info!(range = r, "rebuilding a recorded range's segment from its sealed positions");
@@ -717,13 +713,7 @@ pub async fn run_psi_resumable<C: Channel>(
             true => Some(Deferred::create(positions_path(&dir, r), &shared.key)?),
             false => None,
         };
-        let mut sink = SpillSink {
-            shared: shared.clone(),
-            writer: tx,
-            positions: Vec::new(),
-            position_digests: Vec::new(),
-            deferred: positions,
-        };
+        let mut sink = SpillSink::new(shared.clone(), tx, positions);
         let transcript = Transcript::expecting(channel, unconfirmed);
         if let Some((previous, _)) = unconfirmed {
             let (shared, dir, range) = (shared.clone(), dir.clone(), range_of(previous));
@@ -782,34 +772,21 @@ pub async fn run_psi_resumable<C: Channel>(
         // this part's ranges began): what a kill at a given moment makes the resume run again.
         // A learning responder records a range before its segment is written ("range segment
         // written" says when that happened).
-        match deferred {
-            false => tracing::info!(
-                range = r,
-                role = ?job.role,
-                protocol_done_s = protocol_done,
-                segment_done_s = segment_done,
-                recorded_s = started.elapsed().as_secs_f64(),
-                "range recorded"
-            ),
-            true => tracing::info!(
-                range = r,
-                role = ?job.role,
-                protocol_done_s = protocol_done,
-                recorded_s = started.elapsed().as_secs_f64(),
-                "range recorded"
-            ),
-        }
+        tracing::info!(
+            range = r,
+            role = ?job.role,
+            protocol_done_s = protocol_done,
+            segment_done_s = (!deferred).then_some(segment_done),
+            recorded_s = started.elapsed().as_secs_f64(),
+            "range recorded"
+        );
         recorded(channel, r, &digest).await?;
         unconfirmed = Some((r, digest));
         if deferred {
             // The previous range's segment (written meanwhile), then this range's, in the
             // background while the next range runs.
             let clock = Instant::now();
-            let rows_reader = match reader.take() {
-                Some(rows) => Some(rows),
-                None => finish_pending(&mut pending, &shared, &dir, &range_of)?,
-            };
-            let rows_reader = rows_reader.ok_or_else(|| DataError::Invalid("no reader for a learning side".into()))?;
+            let rows_reader = take_reader(&mut reader, &mut pending, &shared, &dir, &range_of)?;
             rows_reader.check_unchanged()?;
             pending.0 = Some(PendingSegment::start(
                 rows_reader,
@@ -1022,6 +999,22 @@ fn finish_pending(
         shared.remove(&order_path(dir, b));
     }
     Ok(Some(reader))
+}
+
+/// The row reader for the next segment written from positions: the one at hand, or the one the
+/// pending segment's writer hands back once it is done ([`finish_pending`]).
+fn take_reader(
+    reader: &mut Option<super::rows::RowReader>,
+    pending: &mut PendingGuard,
+    shared: &Shared,
+    dir: &Path,
+    range_of: &dyn Fn(usize) -> std::ops::Range<usize>,
+) -> Result<super::rows::RowReader, DataError> {
+    let rows = match reader.take() {
+        Some(rows) => Some(rows),
+        None => finish_pending(pending, shared, dir, range_of)?,
+    };
+    rows.ok_or_else(|| DataError::Invalid("no reader for a learning side".into()))
 }
 
 /// Writes recorded range `r`'s segment from its sealed positions ([`put_positions`]) and its

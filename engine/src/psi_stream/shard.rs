@@ -338,13 +338,7 @@ pub async fn run_shard<C: Channel>(
     let SegmentWriter { handle, tx } =
         SegmentWriter::start(snap, terminator, false, segment_path(&dir, shard), &shared)?;
     let source: Arc<dyn BucketSource> = Arc::new(SpillSource(shared.clone()));
-    let mut sink = SpillSink {
-        shared: shared.clone(),
-        writer: tx,
-        positions: Vec::new(),
-        position_digests: Vec::new(),
-        deferred: None,
-    };
+    let mut sink = SpillSink::new(shared.clone(), tx, None);
     let transcript = Transcript::new(channel);
     let run = rr22::run_buckets(&transcript, &session, source, &mut sink, range.clone()).await;
     drop(sink);
