@@ -272,6 +272,16 @@ fn kill_at(side: Side, stage: Stage) -> bool {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut args = psi_args(&nodes.a, &out);
     args.extend(["--protocol", "rr22"]);
+    if stage == Stage::Load {
+        // Registration recorded a full check of each file, which a job on the unchanged file
+        // reuses: its check stage then takes no time and the kill cannot land in it. A new
+        // modification time makes the record stale, so the job checks the file itself.
+        let data = tmp.path().join("data");
+        for file in ["a.csv", "b.csv"] {
+            let f = std::fs::File::options().write(true).open(data.join(file)).unwrap();
+            f.set_modified(std::time::SystemTime::now() + Duration::from_secs(60)).unwrap();
+        }
+    }
     let submitter: Child = Command::new(env!("CARGO_BIN_EXE_consort"))
         .args(&args)
         .stdout(Stdio::null())
