@@ -466,6 +466,11 @@ struct SpillSink {
     /// A resumable job's learning responder: its matches go to the range's sealed positions,
     /// not to a writer; its segment is written from them once the range is recorded ([`resume`]).
     deferred: Option<Deferred>,
+    /// A deferred sink without a join bitmap: each kept bucket's dummy positions (one bit per
+    /// stream position, and the order's length), so the matched positions are checked and
+    /// recorded the moment they arrive without reading the bucket's sealed order back (the
+    /// background segment writer reads it). ~1 bit per item of the range in memory.
+    dummies: std::collections::HashMap<usize, (usize, Vec<u64>)>,
 }
 
 /// Where a learning responder of a resumable job puts a range's matches ([`SpillSink`]).
@@ -484,7 +489,14 @@ impl SpillSink {
         writer: Option<std::sync::mpsc::SyncSender<RowBatch>>,
         deferred: Option<Deferred>,
     ) -> SpillSink {
-        SpillSink { shared, writer, positions: Vec::new(), position_digests: Vec::new(), deferred }
+        let dummies = std::collections::HashMap::new();
+        SpillSink { shared, writer, positions: Vec::new(), position_digests: Vec::new(), deferred, dummies }
+    }
+
+    /// Whether the matched positions need only the dummy bits kept in memory ([`Self::dummies`]):
+    /// a deferred sink with no join bitmap (which needs the row numbers from the order).
+    fn orders_in_memory(&self) -> bool {
+        self.deferred.is_some() && self.shared.done.is_none()
     }
 
     /// A learning responder of a resumable job: bucket `b`'s matches (stream positions within
@@ -492,6 +504,16 @@ impl SpillSink {
     /// positions; their rows are written after the range is recorded.
     fn defer(&mut self, b: usize, ids: Vec<u32>) -> Result<(), Rr22Error> {
         let s = self.shared.clone();
+        if self.orders_in_memory() {
+            // The positions were checked against the dummy bits by the protocol (a dummy is
+            // skipped there, as ever); the rows are checked again when the segment is written.
+            s.matched.fetch_add(ids.len() as u64, Ordering::Relaxed);
+            let d = self.deferred.as_mut().expect("deferred");
+            if s.writes_matched {
+                d.rows += ids.len() as u64;
+            }
+            return resume::put_positions(&mut d.out, b, &ids).map_err(|e| s.fail(DataError::io(&d.path, e)));
+        }
         let numbers = ids
             .iter()
             .map(|&p| self.positions.get(p as usize).filter(|row| row.1 != DUMMY_LEN).map(|row| row.2))
@@ -572,6 +594,15 @@ impl BucketSink for SpillSink {
     fn keep_order(&mut self, b: usize, order: Vec<u32>) -> Result<(), Rr22Error> {
         let s = self.shared.clone();
         let rows = s.rows.lock().expect("not poisoned").remove(&b).unwrap_or_default();
+        if self.orders_in_memory() {
+            let mut bits = vec![0u64; order.len().div_ceil(64)];
+            for (p, &k) in order.iter().enumerate() {
+                if k as usize >= rows.len() {
+                    bits[p / 64] |= 1 << (p % 64);
+                }
+            }
+            self.dummies.insert(b, (order.len(), bits));
+        }
         let digests = if s.learns { s.digests.lock().expect("not poisoned").remove(&b) } else { None };
         let path = order_path(&s.dir, b);
         let written = (|| -> std::io::Result<u64> {
@@ -600,6 +631,15 @@ impl BucketSink for SpillSink {
 
     fn take_order(&mut self, b: usize) -> Result<Vec<u32>, Rr22Error> {
         let s = self.shared.clone();
+        if self.orders_in_memory() {
+            let (len, bits) = self
+                .dummies
+                .remove(&b)
+                .ok_or_else(|| s.fail(DataError::Invalid(format!("bucket {b}: no order kept"))))?;
+            return Ok((0..len as u32)
+                .map(|p| if bits[p as usize / 64] >> (p % 64) & 1 == 1 { u32::MAX } else { p })
+                .collect());
+        }
         (self.positions, self.position_digests) = s.read_order(b).map_err(|e| s.fail(e))?;
         Ok((0..self.positions.len() as u32)
             .map(|p| if self.positions[p as usize].1 == DUMMY_LEN { u32::MAX } else { p })
