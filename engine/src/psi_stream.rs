@@ -489,8 +489,8 @@ impl SpillSink {
         writer: Option<std::sync::mpsc::SyncSender<RowBatch>>,
         deferred: Option<Deferred>,
     ) -> SpillSink {
-        let dummies = std::collections::HashMap::new();
-        SpillSink { shared, writer, positions: Vec::new(), position_digests: Vec::new(), deferred, dummies }
+        let (positions, position_digests, dummies) = (Vec::new(), Vec::new(), Default::default());
+        SpillSink { shared, writer, positions, position_digests, deferred, dummies }
     }
 
     /// Whether the matched positions need only the dummy bits kept in memory ([`Self::dummies`]):
@@ -504,27 +504,22 @@ impl SpillSink {
     /// positions; their rows are written after the range is recorded.
     fn defer(&mut self, b: usize, ids: Vec<u32>) -> Result<(), Rr22Error> {
         let s = self.shared.clone();
-        if self.orders_in_memory() {
-            // The positions were checked against the dummy bits by the protocol (a dummy is
-            // skipped there, as ever); the rows are checked again when the segment is written.
-            s.matched.fetch_add(ids.len() as u64, Ordering::Relaxed);
-            let d = self.deferred.as_mut().expect("deferred");
-            if s.writes_matched {
-                d.rows += ids.len() as u64;
+        // With the orders in memory the positions were checked against the dummy bits by the
+        // protocol (a dummy is skipped there, as ever) and there is no bitmap to mark; the rows
+        // are checked again when the segment is written.
+        if !self.orders_in_memory() {
+            let numbers = ids
+                .iter()
+                .map(|&p| self.positions.get(p as usize).filter(|row| row.1 != DUMMY_LEN).map(|row| row.2))
+                .collect::<Option<Vec<u32>>>()
+                .ok_or_else(|| s.fail(DataError::Invalid(format!("bucket {b}: a match without a row"))))?;
+            self.positions = Vec::new();
+            self.position_digests = Vec::new();
+            if let Some(done) = &s.done {
+                set_bits(&mut done.lock().expect("not poisoned"), numbers.into_iter()).map_err(|e| s.fail(e))?;
             }
-            return resume::put_positions(&mut d.out, b, &ids).map_err(|e| s.fail(DataError::io(&d.path, e)));
         }
-        let numbers = ids
-            .iter()
-            .map(|&p| self.positions.get(p as usize).filter(|row| row.1 != DUMMY_LEN).map(|row| row.2))
-            .collect::<Option<Vec<u32>>>()
-            .ok_or_else(|| s.fail(DataError::Invalid(format!("bucket {b}: a match without a row"))))?;
-        self.positions = Vec::new();
-        self.position_digests = Vec::new();
-        s.matched.fetch_add(numbers.len() as u64, Ordering::Relaxed);
-        if let Some(done) = &s.done {
-            set_bits(&mut done.lock().expect("not poisoned"), numbers.into_iter()).map_err(|e| s.fail(e))?;
-        }
+        s.matched.fetch_add(ids.len() as u64, Ordering::Relaxed);
         let d = self.deferred.as_mut().expect("deferred");
         if s.writes_matched {
             d.rows += ids.len() as u64;
@@ -596,11 +591,8 @@ impl BucketSink for SpillSink {
         let rows = s.rows.lock().expect("not poisoned").remove(&b).unwrap_or_default();
         if self.orders_in_memory() {
             let mut bits = vec![0u64; order.len().div_ceil(64)];
-            for (p, &k) in order.iter().enumerate() {
-                if k as usize >= rows.len() {
-                    bits[p / 64] |= 1 << (p % 64);
-                }
-            }
+            let dummies = (0..order.len() as u32).filter(|&p| order[p as usize] as usize >= rows.len());
+            set_bits(&mut bits, dummies).map_err(|e| s.fail(e))?;
             self.dummies.insert(b, (order.len(), bits));
         }
         let digests = if s.learns { s.digests.lock().expect("not poisoned").remove(&b) } else { None };
