@@ -513,14 +513,19 @@ fn unlinked_open_bytes(pid: u32) -> u64 {
 const RR22_PAPER_NS_PER_ITEM: f64 = 6.99e9 / (1u64 << 24) as f64;
 
 /// Bytes of the files under `dir` (recursively); 0 if it does not exist.
+fn dir_bytes(dir: &Path) -> u64 {
+    walk_bytes(dir, &[], None, &mut [])
+}
+
 /// [`dir_bytes`] of `dir`, and of each of `parts` (directories somewhere under it), in one walk.
 fn dir_bytes_within(dir: &Path, parts: [&Path; 2]) -> (u64, [u64; 2]) {
     let mut within = [0; 2];
-    let total = walk_bytes(dir, parts, None, &mut within);
+    let total = walk_bytes(dir, &parts, None, &mut within);
     (total, within)
 }
 
-fn walk_bytes(dir: &Path, parts: [&Path; 2], part: Option<usize>, within: &mut [u64; 2]) -> u64 {
+/// Bytes under `dir`; those under `parts[i]` also added to `within[i]` (`part`: the one `dir` is in).
+fn walk_bytes(dir: &Path, parts: &[&Path], part: Option<usize>, within: &mut [u64]) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     let mut total = 0;
     for e in entries.flatten() {
@@ -540,17 +545,6 @@ fn walk_bytes(dir: &Path, parts: [&Path; 2], part: Option<usize>, within: &mut [
         };
     }
     total
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
-            _ => e.metadata().map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512).unwrap_or(0),
-        })
-        .sum()
 }
 
 fn round(x: f64, digits: i32) -> f64 {
@@ -574,8 +568,20 @@ mod tests {
                 std::fs::write(dir.join("deeper").join(format!("g{i}")), vec![1u8; 9000]).unwrap();
             }
         }
+        // A reference walk of its own: every file's allocated bytes under a directory.
+        fn reference(dir: &Path) -> u64 {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .map(|p| match p.is_dir() {
+                    true => reference(&p),
+                    false => std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&p).unwrap()) * 512,
+                })
+                .sum()
+        }
         let (total, parts) = dir_bytes_within(&root, [&a, &b]);
-        assert_eq!((total, parts), (dir_bytes(&root), [dir_bytes(&a), dir_bytes(&b)]));
+        assert_eq!((total, parts), (reference(&root), [reference(&a), reference(&b)]));
+        assert_eq!((dir_bytes(&root), dir_bytes(&a), dir_bytes(&b)), (total, parts[0], parts[1]));
         assert!(parts[0] > parts[1] && parts[1] > 0 && total > parts[0] + parts[1]);
     }
 }
