@@ -427,8 +427,20 @@ fn output_rows_are_read_from_the_input_and_their_keys_checked() {
     assert_eq!(got, spans);
     // The same through chunks of a row or two and page drops after every byte of file passed
     // (every chunk boundary and mid-chunk drop crossed): the same rows, in the same order.
-    for (chunk, drop) in [(1, 1), (12, 1), (40, 4096), (1 << 20, 1)] {
+    // And with positioned reads instead of the map (inputs too large for the page cache).
+    for (chunk, drop, reads) in [
+        (1, 1, false),
+        (12, 1, false),
+        (40, 4096, false),
+        (1 << 20, 1, false),
+        (1, 1, true),
+        (12, 1, true),
+        (1 << 20, 1, true),
+    ] {
         let mut small = rows::RowReader::open(&spec, &input.stamp, hasher.clone()).unwrap().with_sizes(chunk, drop);
+        if reads {
+            small = small.with_reads();
+        }
         let mut again = Vec::new();
         small
             .rows(
@@ -440,13 +452,16 @@ fn output_rows_are_read_from_the_input_and_their_keys_checked() {
                 &path,
             )
             .unwrap();
-        assert_eq!(again, spans, "chunk {chunk}, drop {drop}");
+        assert_eq!(again, spans, "chunk {chunk}, drop {drop}, positioned reads {reads}");
     }
-    // A span that ends past the file, or whose end overflows: refused, never a panic.
+    // A span that ends past the file, or whose end overflows: refused, never a panic (mapped or read).
+    let mut reads = rows::RowReader::open(&spec, &input.stamp, hasher.clone()).unwrap().with_reads();
     for (offset, len) in [(text.len() as u64 - 2, 3), (u64::MAX - 1, 4)] {
         let mut bad = batch.clone();
         bad[1].1 = (offset, len, bad[1].1.2);
         let err = reader.rows(&bad, |_| Ok(()), &path).unwrap_err().to_string();
+        assert!(err.contains("outside the input"), "{err}");
+        let err = reads.rows(&bad, |_| Ok(()), &path).unwrap_err().to_string();
         assert!(err.contains("outside the input"), "{err}");
     }
     // A wrong digest for one row (as if its key had changed): refused, line named.
