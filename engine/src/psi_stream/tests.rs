@@ -598,3 +598,46 @@ fn repeated_digests_are_found_as_by_the_sort() {
         assert!(any_repeat(&vec![7u128; n]));
     }
 }
+
+/// A learning responder of a resumable inner join keeps only each order's dummy bits in memory;
+/// `take_order` answers exactly as from the order read back from its sealed spill (a real item's
+/// stream position, or a dummy), so a dummy position a requester claims is skipped by the
+/// protocol on both paths (`claimed_dummy_positions_are_skipped` in the protocol's tests), and
+/// each kept order is taken once.
+#[test]
+fn dummy_bits_kept_in_memory_answer_as_the_sealed_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = csv(dir.path(), "b", &["x", "y"]);
+    let input = StreamInput::open(&spec).unwrap();
+    let job = job(Role::Responder, Reveal::Both, dir.path().join("out.csv"));
+    let spill = dir.path().join("spill");
+    std::fs::create_dir_all(&spill).unwrap();
+    let key = || StorageKey::from_bytes([3; 32]);
+    let shared = new_shared(&spill, key(), &input, &job, true, true);
+    // Bucket 2: 5 rows in a stream of 70 (so the bits span two words); the rest are dummies.
+    let rows: Vec<Place> = (0..5).map(|i| (i * 10, 9, i as u32)).collect();
+    // The protocol marks a dummy's place in an order with u32::MAX.
+    let mut order = vec![u32::MAX; 70];
+    for (k, p) in [(0u32, 3usize), (1, 64), (2, 0), (3, 69), (4, 41)] {
+        order[p] = k;
+    }
+    let expected: Vec<u32> = (0..70).map(|p| if order[p] == u32::MAX { u32::MAX } else { p as u32 }).collect();
+    for in_memory in [true, false] {
+        shared.rows.lock().unwrap().insert(2, rows.clone());
+        shared.digests.lock().unwrap().insert(2, (1..=5).collect());
+        let deferred = in_memory.then(|| {
+            let path = spill.join("positions-test");
+            let out = std::io::BufWriter::new(SealedWriter::create(&path, &key(), Access::OwnerOnly).unwrap());
+            Deferred { out, path, rows: 0 }
+        });
+        let mut sink = SpillSink::new(shared.clone(), None, deferred);
+        assert_eq!(sink.orders_in_memory(), in_memory);
+        sink.keep_order(2, order.clone()).unwrap();
+        assert!(order_path(&spill, 2).exists(), "the sealed order is written either way");
+        assert_eq!(sink.take_order(2).unwrap(), expected, "in memory: {in_memory}");
+        if in_memory {
+            assert!(sink.take_order(2).is_err(), "an order is taken once");
+            assert!(sink.take_order(3).is_err(), "no order was kept for bucket 3");
+        }
+    }
+}

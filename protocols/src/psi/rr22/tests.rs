@@ -350,6 +350,34 @@ async fn bad_matched_positions_are_errors_not_panics() {
     protocol_error(positions_tampered(cut).await, "bad positions frame");
 }
 
+/// A requester that claims every stream position of its buckets as a match (a malicious one, or
+/// a false positive on a dummy) gets the responder to hand over real items only: a position whose
+/// kept order entry is a dummy is skipped, whatever the sink (the engine's spill sink keeps only
+/// each order's dummy bits and answers `take_order` in this same form).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claimed_dummy_positions_are_skipped() {
+    let layout = Layout::new(40, 40, 8);
+    let cap = layout.cap_sender;
+    let mut sink = CollectMatches::default();
+    let mut expected = Vec::new();
+    // Buckets 0 and 1: an even position holds a real id, an odd one a dummy.
+    for b in 0..2 {
+        let order = (0..cap).map(|p| if p % 2 == 0 { (b * cap + p) as u32 } else { DUMMY }).collect::<Vec<_>>();
+        expected.extend(order.iter().copied().filter(|&id| id != DUMMY));
+        sink.keep_order(b, order).unwrap();
+    }
+    let claimed = (0..2 * cap as u32).collect::<Vec<_>>();
+    let (requester, responder) = memory_pair(8);
+    let (sent, received) = futures::join!(
+        send_positions(&requester, &claimed),
+        recv_positions(&responder, &mut sink, &layout, 0..2)
+    );
+    sent.unwrap();
+    received.unwrap();
+    assert!(expected.len() < claimed.len() && !expected.is_empty());
+    assert_eq!(sink.matched, expected);
+}
+
 #[test]
 fn run_is_send() {
     fn assert_send<T: Send>(_: T) {}
