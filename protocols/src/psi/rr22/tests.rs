@@ -368,10 +368,8 @@ async fn claimed_dummy_positions_are_skipped() {
     }
     let claimed = (0..2 * cap as u32).collect::<Vec<_>>();
     let (requester, responder) = memory_pair(8);
-    let (sent, received) = futures::join!(
-        send_positions(&requester, &claimed),
-        recv_positions(&responder, &mut sink, &layout, 0..2)
-    );
+    let (sent, received) =
+        futures::join!(send_positions(&requester, &claimed), recv_positions(&responder, &mut sink, &layout, 0..2));
     sent.unwrap();
     received.unwrap();
     assert!(expected.len() < claimed.len() && !expected.is_empty());
