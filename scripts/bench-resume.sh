@@ -4,12 +4,15 @@
 # recorded KILL_AT ranges (default 1: 10^7 rows are 3 ranges of 4, 4 and 2 buckets; 10^8 rows are 24
 # ranges of 4 buckets, so KILL_AT=12 is half), or, with KILL_AFTER=SECONDS (whole), that many seconds into the
 # cut run (a kill in the middle of a range: the work of the unfinished range is lost), the node
-# restarted and the job resumed with --resume.
+# restarted and the job resumed with --resume. KILL_NODE=bank kills the requester's node instead
+# (the job is submitted to it; the partner's side then fails and keeps its state).
 # Prints the times (uninterrupted, until the kill, restart, resume, total) and the sha256 of
 # both outputs' sorted plaintext (two runs draw different salts, hence different joint orders).
 # Usage: scripts/bench-resume.sh BIN WORKDIR [ROWS]
 set -euo pipefail
 bin=$(realpath "$1"); work=$2; rows=${3:-10000000}; kill_at=${KILL_AT:-1}; kill_after=${KILL_AFTER:-}
+kill_node=${KILL_NODE:-partner}
+case $kill_node in bank) victim=0 other=partner ;; partner) victim=1 other=bank ;; *) echo "KILL_NODE: bank or partner" >&2; exit 2 ;; esac
 source "$(dirname "$0")/lib-nodes.sh"
 trap stop_nodes EXIT
 rm -rf "$work"; mkdir -p "$work"
@@ -44,18 +47,18 @@ while :; do
   sleep 0.2
 done
 shopt -u nullglob
-kill -9 "${pids[1]}"; t_kill=$(now)
+kill -9 "${pids[$victim]}"; t_kill=$(now)
 wait "$submitter" || true
 t2=$(now)
-rm -f "$work/partner/listen.addr"
-"$bin" node "$work/partner" 2>>"$work/partner.log" &
-pids[1]=$!
-for _ in $(seq 200); do [ -S "$work/partner/control.sock" ] && [ -s "$work/partner/listen.addr" ] && break; sleep 0.05; done
-"$bin" peer add "$work/bank" --name partner --addr "$(cat "$work/partner/listen.addr")" --cert "$work/partner/node.crt" --replace >/dev/null
+rm -f "$work/$kill_node/listen.addr"
+"$bin" node "$work/$kill_node" 2>>"$work/$kill_node.log" &
+pids[$victim]=$!
+for _ in $(seq 200); do [ -S "$work/$kill_node/control.sock" ] && [ -s "$work/$kill_node/listen.addr" ] && break; sleep 0.05; done
+"$bin" peer add "$work/$other" --name "$kill_node" --addr "$(cat "$work/$kill_node/listen.addr")" --cert "$work/$kill_node/node.crt" --replace >/dev/null
 t3=$(now)
 psi --out "$work/out.csv" --resume "$job" >"$work/resumed.json"; t4=$(now)
 sorted_sha() { "$bin" export "$work/bank" "$1" --out - | LC_ALL=C sort | sha256sum | cut -d' ' -f1; }
-echo "rows $rows job $job segments_at_kill $n"
+echo "rows $rows job $job killed $kill_node segments_at_kill $n"
 echo "uninterrupted_s $uninterrupted"
 echo "until_kill_s $(echo "$t_kill - $t0" | bc)  restart_s $(echo "$t3 - $t2" | bc)  resume_s $(echo "$t4 - $t3" | bc)  total_s $(echo "$t4 - $t0" | bc)"
 echo "ref_sorted_sha256 $(sorted_sha "$work/ref.csv")"

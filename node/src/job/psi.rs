@@ -333,7 +333,7 @@ impl Job for PsiPlan {
                         bucket_size: spill_bucket_size(),
                     };
                     let (key, _lock) =
-                        super::resume::job_key(ctx.state, ctx.ask, &options.spill_dir, self.resume.is_some())?;
+                        super::resume::job_key(ctx.state, ctx.ask, &options.spill_dir, self.resume.is_some()).await?;
                     let resumable = Resumable { key, range_buckets: range_buckets(), resume: self.resume.is_some() };
                     let run = run_psi_resumable(&*ctx.channel, input, &psi, &options, resumable).await;
                     if run.is_err() && !is_resumable(&options.spill_dir) {

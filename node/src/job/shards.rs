@@ -56,7 +56,7 @@ pub async fn run(
     shards: usize,
 ) -> Result<(PsiReport, StreamFigures), Failure> {
     let dir = &options.spill_dir;
-    let (key, _lock) = super::resume::job_key(ctx.state, ctx.ask, dir, false)?;
+    let (key, _lock) = super::resume::job_key(ctx.state, ctx.ask, dir, false).await?;
     let run = async {
         let started = Instant::now();
         let plan = prepare_shards(ctx.channel, input, psi, options, &key, shards).await.map_err(super::psi::failure)?;
