@@ -1118,9 +1118,10 @@ fn write_rows(
         if fail_after == Some(buckets) {
             return Err(DataError::Invalid("injected failure".into()));
         }
-        reader.rows(&batch, |row| copy_row(&mut w, tag, row, terminator), out)?;
         rows += batch.len() as u64;
+        reader.push(batch, |row| copy_row(&mut w, tag, row, terminator), out)?;
     }
+    reader.flush(|row| copy_row(&mut w, tag, row, terminator), out)?;
     Ok((Pending::Csv(w), rows))
 }
 

@@ -492,9 +492,10 @@ fn write_segment(
     let tag = if tagged { crate::join::Side::Both.tag() } else { &[][..] };
     let mut rows = 0u64;
     for batch in batches {
-        reader.rows(&batch, |row| copy_row(&mut w, tag, row, terminator), path)?;
         rows += batch.len() as u64;
+        reader.push(batch, |row| copy_row(&mut w, tag, row, terminator), path)?;
     }
+    reader.flush(|row| copy_row(&mut w, tag, row, terminator), path)?;
     w.into_inner().map_err(|e| e.into_error()).and_then(|w| w.finish()).map_err(io_err)?;
     Ok((rows, reader))
 }
@@ -1081,14 +1082,15 @@ fn write_from_positions(
             continue;
         }
         batch.par_sort_unstable_by_key(|&(d, row)| (d, row.2));
-        reader.rows(&batch, |row| copy_row(&mut w, tag, row, terminator), &seg)?;
         rows += batch.len() as u64;
+        reader.push(batch, |row| copy_row(&mut w, tag, row, terminator), &seg)?;
     }
     // Nothing after the last bucket (reading to the end also checks the file is not cut short).
     let mut rest = [0u8; 1];
     if !matches!(input.read(&mut rest), Ok(0)) {
         return Err(damaged());
     }
+    reader.flush(|row| copy_row(&mut w, tag, row, terminator), &seg)?;
     w.into_inner().map_err(|e| e.into_error()).and_then(|w| w.finish()).map_err(io_err)?;
     Ok((rows, reader))
 }

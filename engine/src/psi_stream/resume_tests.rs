@@ -245,6 +245,50 @@ async fn interrupted_everywhere(case: &Case) {
     assert!(saved_s1);
 }
 
+/// Rows read with positioned reads (inputs larger than the page cache), gathered across a range's
+/// buckets, give the bytes the map gives: the same session run to the end both ways, resumable
+/// (the requester's segments, a learning responder's rebuilt from its positions) and not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn positioned_reads_write_the_bytes_the_map_writes() {
+    for (reveal, join) in [(Reveal::Both, JoinType::Inner), (Reveal::Both, JoinType::Full)] {
+        let dir = tempfile::tempdir().unwrap();
+        let case = Case::new(dir.path(), reveal, join, true);
+        state_after_scan(&case).await;
+        case.restore("s0");
+        let (ra, rb) = case.run(true, None).await;
+        assert!(ra.is_ok() && rb.is_ok(), "{ra:?} {rb:?}");
+        let mapped = case.outputs();
+        assert!(mapped.0.is_some() && mapped.1.is_some());
+        case.restore("s0");
+        let (ra, rb) = super::rows::READS_ONLY.scope(true, case.run(true, None)).await;
+        assert!(ra.is_ok() && rb.is_ok(), "{ra:?} {rb:?}");
+        assert_eq!(case.outputs(), mapped, "{join:?}: positioned reads");
+        // A learning responder's segment rebuilt from its sealed positions, with reads.
+        if join == JoinType::Inner {
+            state_recorded_without_segment(&case).await;
+            let (ra, rb) = super::rows::READS_ONLY.scope(true, case.run(true, None)).await;
+            assert!(ra.is_ok() && rb.is_ok(), "{ra:?} {rb:?}");
+            assert_eq!(case.outputs(), mapped, "rebuilt with positioned reads");
+        }
+        // The non-resumable path: the plaintext's rows.
+        let (ia, ib) = (StreamInput::open(&case.a).unwrap(), StreamInput::open(&case.b).unwrap());
+        let plain = case.dir.join("plain");
+        let ja = job(Role::Requester, reveal, JoinType::Inner, plain.join("a.csv"));
+        let jb = job(Role::Responder, reveal, JoinType::Inner, plain.join("b.csv"));
+        let oa = StreamOptions { spill_dir: plain.join("spill-a"), bucket_size: BUCKET };
+        let ob = StreamOptions { spill_dir: plain.join("spill-b"), bucket_size: BUCKET };
+        let (ca, cb) = memory_pair(64);
+        let both = async { tokio::join!(run_psi_streaming(&ca, &ia, &ja, &oa), run_psi_streaming(&cb, &ib, &jb, &ob)) };
+        let (ra, rb) = super::rows::READS_ONLY.scope(true, both).await;
+        ra.unwrap();
+        rb.unwrap();
+        let (pa, pb) = (plain.join("a.csv"), plain.join("b.csv"));
+        let report =
+            verify_psi_outputs(&case.a, &case.b, Some(OutputFile::plain(&pa)), Some(OutputFile::plain(&pb))).unwrap();
+        assert!(report.ok, "{:?}", report.problems);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_and_resumed_jobs_write_the_same_bytes() {
     for (reveal, join, dedup) in [

@@ -453,6 +453,32 @@ fn output_rows_are_read_from_the_input_and_their_keys_checked() {
             )
             .unwrap();
         assert_eq!(again, spans, "chunk {chunk}, drop {drop}, positioned reads {reads}");
+        // Pushed in pieces (as the writers hand over one bucket at a time) and flushed: gathered
+        // across pieces with reads (a chunk's limit crossed inside a piece), at once with the map;
+        // the same rows in the same order either way, nothing held back after the flush.
+        let mut pushed = Vec::new();
+        for piece in [&batch[..1], &batch[1..1], &batch[1..3], &batch[3..]] {
+            small
+                .push(
+                    piece.to_vec(),
+                    |r| {
+                        pushed.push(r.to_vec());
+                        Ok(())
+                    },
+                    &path,
+                )
+                .unwrap();
+        }
+        small
+            .flush(
+                |r| {
+                    pushed.push(r.to_vec());
+                    Ok(())
+                },
+                &path,
+            )
+            .unwrap();
+        assert_eq!(pushed, spans, "pushed: chunk {chunk}, drop {drop}, positioned reads {reads}");
     }
     // A span that ends past the file, or whose end overflows: refused, never a panic (mapped or read).
     let mut reads = rows::RowReader::open(&spec, &input.stamp, hasher.clone()).unwrap().with_reads();
