@@ -42,6 +42,7 @@ use std::path::Path;
 
 use consort_protocols::psi::rr22::ItemHasher;
 use memmap2::{Mmap, UncheckedAdvice};
+use rayon::prelude::*;
 
 use super::Place;
 use crate::csv_rows::{RowParser, lines_at};
@@ -74,6 +75,10 @@ const GAP: u64 = 4 << 10;
 /// digests, 32 B each, their bytes, ends and order).
 const GATHER_ROWS: usize = 1 << 24;
 const GATHER_BYTES: usize = 256 << 20;
+/// Chunks of at least this many rows read with positioned reads have their keys checked on all
+/// cores before the rows are handed out (the requester waits for a range's gathered rows before
+/// it records the range, so nothing else runs meanwhile).
+const PAR_CHECK_ROWS: usize = 1 << 16;
 /// Most bytes of one positioned read (a longer row is read alone).
 const MAX_READ: u64 = 1 << 20;
 
@@ -114,6 +119,7 @@ pub(super) struct RowReader {
     read: Vec<u8>,
     stamp: FileStamp,
     check: Check,
+    scratch: Scratch,
     /// The chunk's rows' bytes, in the batch's order, and their ends.
     bytes: Vec<u8>,
     ends: Vec<usize>,
@@ -162,7 +168,8 @@ impl RowReader {
             map,
             read: Vec::new(),
             stamp,
-            check: Check { spec: spec.clone(), header, hasher, parser: RowParser::new(), keys: KeyArena::new() },
+            check: Check { spec: spec.clone(), header, hasher },
+            scratch: Scratch::default(),
             bytes: Vec::new(),
             ends: Vec::new(),
             by_offset: Vec::new(),
@@ -260,12 +267,18 @@ impl RowReader {
             }
             let chunk = &batch[at..end];
             self.read_chunk(chunk)?;
+            // A gathered chunk (positioned reads) is read while the requester waits to record
+            // its range: its keys are checked on all cores first, then the rows handed out.
+            let checked = self.map.is_none() && chunk.len() >= PAR_CHECK_ROWS;
+            if checked && let Some(k) = self.first_changed(chunk) {
+                return Err(self.key_changed(chunk[k].1));
+            }
             let mut start = 0;
             for (k, &(digest, place)) in chunk.iter().enumerate() {
                 let end = self.ends[k];
                 let raw = &self.bytes[start..end];
                 start = end;
-                if !key_matches(&mut self.check, raw, place, digest) {
+                if !checked && !key_matches(&self.check, &mut self.scratch, raw, place, digest) {
                     return Err(self.key_changed(place));
                 }
                 emit(raw).map_err(|e| DataError::io(out, e))?;
@@ -273,6 +286,20 @@ impl RowReader {
             at = end;
         }
         Ok(())
+    }
+
+    /// The first row of the chunk just read whose key does not match its digest, checked on all
+    /// cores (each thread with its own parser and key buffer).
+    fn first_changed(&self, chunk: &[(u128, Place)]) -> Option<usize> {
+        let (check, bytes, ends) = (&self.check, &self.bytes, &self.ends);
+        (0..chunk.len())
+            .into_par_iter()
+            .with_min_len(PAR_CHECK_ROWS / 4)
+            .map_init(Scratch::default, |scratch, k| {
+                let start = if k == 0 { 0 } else { ends[k - 1] };
+                key_matches(check, scratch, &bytes[start..ends[k]], chunk[k].1, chunk[k].0)
+            })
+            .position_first(|ok| !ok)
     }
 
     /// Copies `chunk`'s rows from the map (in file order) into `bytes`, in the chunk's order,
@@ -388,16 +415,26 @@ struct Check {
     spec: DatasetSpec,
     header: Header,
     hasher: ItemHasher,
+}
+
+/// A thread's reused buffers for checking keys.
+struct Scratch {
     parser: RowParser,
     keys: KeyArena,
 }
 
+impl Default for Scratch {
+    fn default() -> Scratch {
+        Scratch { parser: RowParser::new(), keys: KeyArena::new() }
+    }
+}
+
 /// Whether `raw` is one row whose key digests to `digest` under the job's salt.
-fn key_matches(c: &mut Check, raw: &[u8], place: Place, digest: u128) -> bool {
-    let Some(row) = c.parser.parse(raw, 0, place.0) else { return false };
-    c.keys.clear();
-    if push_key(&c.spec, &c.header, &row, &mut c.keys).is_err() || c.keys.len() != 1 {
+fn key_matches(c: &Check, s: &mut Scratch, raw: &[u8], place: Place, digest: u128) -> bool {
+    let Some(row) = s.parser.parse(raw, 0, place.0) else { return false };
+    s.keys.clear();
+    if push_key(&c.spec, &c.header, &row, &mut s.keys).is_err() || s.keys.len() != 1 {
         return false;
     }
-    c.hasher.digest(c.keys.get(0)) == digest
+    c.hasher.digest(s.keys.get(0)) == digest
 }

@@ -383,6 +383,57 @@ fn spill_records_round_trip_and_refuse_damage() {
     assert!(put_record(&mut Vec::new(), &mut last, 0, (101, 1, 9)).is_err());
 }
 
+/// Rows gathered across batches with positioned reads (a chunk large enough to have its keys
+/// checked on all cores): the rows come out in the batches' order, and a changed key anywhere in
+/// the chunk fails it naming the first such row's line, whichever thread found it.
+#[test]
+fn gathered_rows_are_checked_on_all_cores() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.csv");
+    let n = 3 * (1 << 16) / 2;
+    let text: String = std::iter::once("id\n".to_string()).chain((0..n).map(|i| format!("u{i:07}\n"))).collect();
+    std::fs::write(&path, &text).unwrap();
+    let spec = DatasetSpec::new("in", path.clone(), &["id"]);
+    let input = StreamInput::open(&spec).unwrap();
+    let hasher = test_hasher(2);
+    let mut scanner = RowScanner::open(&path).unwrap();
+    let header = spec.read_header(&mut scanner).unwrap();
+    let mut rows: RowBatch = Vec::new();
+    let mut spans = Vec::new();
+    while let Some(row) = scanner.next_row().unwrap() {
+        let mut keys = KeyArena::new();
+        push_key(&spec, &header, &row, &mut keys).unwrap();
+        rows.push((hasher.digest(keys.get(0)), (row.start, row.raw.len() as u32, rows.len() as u32)));
+        spans.push(row.raw.to_vec());
+    }
+    // Batches (as buckets) in an order unlike the file's: every 7th row from each start.
+    let order: Vec<usize> = (0..7).flat_map(|s| (s..n).step_by(7)).collect();
+    let batches: Vec<RowBatch> = order.chunks(10_000).map(|c| c.iter().map(|&i| rows[i]).collect()).collect();
+    let expected: Vec<Vec<u8>> = order.iter().map(|&i| spans[i].clone()).collect();
+    let run = |batches: &[RowBatch]| {
+        let mut reader = rows::RowReader::open(&spec, &input.stamp, hasher.clone()).unwrap().with_reads();
+        let mut got = Vec::new();
+        let mut emit = |r: &[u8]| {
+            got.push(r.to_vec());
+            Ok(())
+        };
+        for b in batches {
+            reader.push(b.clone(), &mut emit, &path)?;
+        }
+        reader.flush(&mut emit, &path)?;
+        Ok::<_, DataError>(got)
+    };
+    assert_eq!(run(&batches).unwrap(), expected);
+    // Two wrong digests late in the chunk: the error names the first of them in the output's order.
+    let mut bad = batches.clone();
+    let last = bad.len() - 1;
+    bad[last][5].0 ^= 1;
+    bad[last - 1][9].0 ^= 1;
+    let line = bad[last - 1][9].1.2 + 2;
+    let err = run(&bad).unwrap_err().to_string();
+    assert!(err.contains(&format!(":{line}:")) && err.contains("modified during the job"), "{err}");
+}
+
 /// The output's rows come from the input itself: read by their spans (CRLF, quoted fields with
 /// embedded newlines, a last row without a terminator), each row's key checked against its
 /// digest; a key changed in place (same length, modification time put back) is an error naming
