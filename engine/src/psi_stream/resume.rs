@@ -737,6 +737,8 @@ pub async fn run_psi_resumable<C: Channel>(
         let segment_done = started.elapsed().as_secs_f64();
         if back.is_some() {
             reader = back;
+            // The rows gathered with positioned reads are read when the range's last bucket is in.
+            add(&mut timings, "finish range segment", segment_done - protocol_done);
         }
         if let Some(e) = shared.failure.lock().expect("not poisoned").take() {
             return Err(e.into());
