@@ -383,6 +383,21 @@ fn spill_records_round_trip_and_refuse_damage() {
     assert!(put_record(&mut Vec::new(), &mut last, 0, (101, 1, 9)).is_err());
 }
 
+/// The places and digests the scan would spill for `spec`'s file (its own parser's spans), in file
+/// order, and each row's bytes.
+fn scanned_rows(spec: &DatasetSpec, hasher: &ItemHasher) -> (RowBatch, Vec<Vec<u8>>) {
+    let mut scanner = RowScanner::open(&spec.file).unwrap();
+    let header = spec.read_header(&mut scanner).unwrap();
+    let (mut rows, mut spans): (RowBatch, _) = (Vec::new(), Vec::new());
+    while let Some(row) = scanner.next_row().unwrap() {
+        let mut keys = KeyArena::new();
+        push_key(spec, &header, &row, &mut keys).unwrap();
+        rows.push((hasher.digest(keys.get(0)), (row.start, row.raw.len() as u32, rows.len() as u32)));
+        spans.push(row.raw.to_vec());
+    }
+    (rows, spans)
+}
+
 /// Rows gathered across batches with positioned reads (a chunk large enough to have its keys
 /// checked on all cores): the rows come out in the batches' order, and a changed key anywhere in
 /// the chunk fails it naming the first such row's line, whichever thread found it.
@@ -396,16 +411,7 @@ fn gathered_rows_are_checked_on_all_cores() {
     let spec = DatasetSpec::new("in", path.clone(), &["id"]);
     let input = StreamInput::open(&spec).unwrap();
     let hasher = test_hasher(2);
-    let mut scanner = RowScanner::open(&path).unwrap();
-    let header = spec.read_header(&mut scanner).unwrap();
-    let mut rows: RowBatch = Vec::new();
-    let mut spans = Vec::new();
-    while let Some(row) = scanner.next_row().unwrap() {
-        let mut keys = KeyArena::new();
-        push_key(&spec, &header, &row, &mut keys).unwrap();
-        rows.push((hasher.digest(keys.get(0)), (row.start, row.raw.len() as u32, rows.len() as u32)));
-        spans.push(row.raw.to_vec());
-    }
+    let (rows, spans) = scanned_rows(&spec, &hasher);
     // Batches (as buckets) in an order unlike the file's: every 7th row from each start.
     let order: Vec<usize> = (0..7).flat_map(|s| (s..n).step_by(7)).collect();
     let batches: Vec<RowBatch> = order.chunks(10_000).map(|c| c.iter().map(|&i| rows[i]).collect()).collect();
@@ -449,17 +455,7 @@ fn output_rows_are_read_from_the_input_and_their_keys_checked() {
     let input = StreamInput::open(&spec).unwrap();
     assert_eq!(input.rows, 4);
     let hasher = test_hasher(2);
-    // The places and digests the scan would spill (its own parser's spans).
-    let mut scanner = RowScanner::open(&path).unwrap();
-    let header = spec.read_header(&mut scanner).unwrap();
-    let mut batch: RowBatch = Vec::new();
-    let mut spans = Vec::new();
-    while let Some(row) = scanner.next_row().unwrap() {
-        let mut keys = KeyArena::new();
-        push_key(&spec, &header, &row, &mut keys).unwrap();
-        batch.push((hasher.digest(keys.get(0)), (row.start, row.raw.len() as u32, batch.len() as u32)));
-        spans.push(row.raw.to_vec());
-    }
+    let (mut batch, mut spans) = scanned_rows(&spec, &hasher);
     // In a joint order unlike the file's.
     batch.reverse();
     spans.reverse();
