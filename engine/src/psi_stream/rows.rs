@@ -75,9 +75,10 @@ const GAP: u64 = 4 << 10;
 /// digests, 32 B each, their bytes, ends and order).
 const GATHER_ROWS: usize = 1 << 24;
 const GATHER_BYTES: usize = 256 << 20;
-/// Chunks of at least this many rows read with positioned reads have their keys checked on all
-/// cores before the rows are handed out (the requester waits for a range's gathered rows before
-/// it records the range, so nothing else runs meanwhile).
+/// Chunks of at least this many rows read with positioned reads have their keys checked on the
+/// rayon pool before the rows are handed out: the requester waits for a range's gathered rows
+/// before it records the range, so its own protocol is idle then (the peer may be computing its
+/// next range, and a learning responder's background writer shares the pool with the protocol).
 const PAR_CHECK_ROWS: usize = 1 << 16;
 /// Most bytes of one positioned read (a longer row is read alone).
 const MAX_READ: u64 = 1 << 20;
@@ -267,8 +268,8 @@ impl RowReader {
             }
             let chunk = &batch[at..end];
             self.read_chunk(chunk)?;
-            // A gathered chunk (positioned reads) is read while the requester waits to record
-            // its range: its keys are checked on all cores first, then the rows handed out.
+            // A gathered chunk (positioned reads): its keys are checked on the pool first, then
+            // the rows handed out.
             let checked = self.map.is_none() && chunk.len() >= PAR_CHECK_ROWS;
             if checked && let Some(k) = self.first_changed(chunk) {
                 return Err(self.key_changed(chunk[k].1));

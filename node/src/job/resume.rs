@@ -29,7 +29,7 @@ use crate::state::NodeState;
 pub const RESUMABLE_DAYS: u64 = 7;
 /// How long a resume waits for the job's previous part on this node to end. When the peer's node
 /// was killed, this node's part notices only at its next frame (after the bucket it is computing:
-/// ~2.5 s at 10^8 rows), and a resume that comes sooner would otherwise be refused.
+/// ~1.8 s at 10^8 rows, measured), and a resume that comes sooner would otherwise be refused.
 pub const RESUME_WAIT: Duration = Duration::from_secs(30);
 const META: &str = "job.json";
 
