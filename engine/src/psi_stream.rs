@@ -362,43 +362,12 @@ struct SpillSource(Arc<Shared>);
 impl BucketSource for SpillSource {
     fn bucket(&self, b: usize) -> Result<(Vec<u128>, Vec<u32>), Rr22Error> {
         let s = &self.0;
-        let path = bucket_path(&s.dir, b);
-        let bytes = s.read_sealed(&path).map_err(|e| s.fail(e))?;
-        let (mut digests, mut rows) =
-            read_records(&bytes).ok_or_else(|| s.fail(DataError::file(&path, "spill file damaged")))?;
-        drop(bytes);
-        // Duplicate keys share a digest, hence a bucket: found here, in file order.
-        let repeats = repeated_digests(&digests);
-        if !repeats.is_empty() {
-            if !s.spec.dedup {
-                let &(first, again) = repeats.iter().min_by_key(|&&(_, r)| rows[r as usize].0).expect("one");
-                let lines = lines_at(&s.spec.file, &[rows[first as usize].0, rows[again as usize].0]);
-                let e = match lines {
-                    Ok(lines) => DataError::DuplicateKey {
-                        path: s.spec.file.clone(),
-                        columns: s.spec.keys.iter().map(|k| k.trim().to_string()).collect(),
-                        first_line: lines[0],
-                        line: lines[1],
-                        more: 0,
-                    },
-                    Err(e) => e,
-                };
-                return Err(s.fail(e));
-            }
-            // Keep the first row of each key (the smallest offset: records are in file order).
-            let mut drop_row = vec![false; digests.len()];
-            for &(_, again) in &repeats {
-                drop_row[again as usize] = true;
-            }
+        let (digests, rows, dropped) = s.read_bucket(b).map_err(|e| s.fail(e))?;
+        if !dropped.is_empty() {
             if let Some(done) = &s.done {
-                let dropped = repeats.iter().map(|&(_, again)| rows[again as usize].2);
-                set_bits(&mut done.lock().expect("not poisoned"), dropped).map_err(|e| s.fail(e))?;
+                set_bits(&mut done.lock().expect("not poisoned"), dropped.iter().copied()).map_err(|e| s.fail(e))?;
             }
-            let mut keep = drop_row.iter().map(|d| !d);
-            digests.retain(|_| keep.next().expect("one flag each"));
-            let mut keep = drop_row.iter().map(|d| !d);
-            rows.retain(|_| keep.next().expect("one flag each"));
-            s.dropped.fetch_add(repeats.len() as u64, Ordering::Relaxed);
+            s.dropped.fetch_add(dropped.len() as u64, Ordering::Relaxed);
         }
         let ids = (0..digests.len() as u32).collect();
         if s.learns {
@@ -406,9 +375,50 @@ impl BucketSource for SpillSource {
             s.digests.lock().expect("not poisoned").insert(b, digests.clone());
             s.rows.lock().expect("not poisoned").insert(b, rows);
         } else if !s.keeps {
-            s.remove(&path);
+            s.remove(&bucket_path(&s.dir, b));
         }
         Ok((digests, ids))
+    }
+}
+
+impl Shared {
+    /// Bucket `b`'s items from its spill, in file order, duplicates of a key dropped (the first
+    /// row of each key kept: the smallest offset) when the dataset allows them, else refused with
+    /// an error naming both lines: each kept item's digest and place, and the row numbers
+    /// dropped. No side effect, so a resumable requester's segment can be rebuilt from the
+    /// same bucket ([`resume`]): the indices the protocol matched are indices into this list.
+    fn read_bucket(&self, b: usize) -> Result<(Vec<u128>, Vec<Place>, Vec<u32>), DataError> {
+        let path = bucket_path(&self.dir, b);
+        let bytes = self.read_sealed(&path)?;
+        let (mut digests, mut rows) = read_records(&bytes).ok_or_else(|| DataError::file(&path, "spill file damaged"))?;
+        drop(bytes);
+        // Duplicate keys share a digest, hence a bucket: found here, in file order.
+        let repeats = repeated_digests(&digests);
+        if repeats.is_empty() {
+            return Ok((digests, rows, Vec::new()));
+        }
+        if !self.spec.dedup {
+            let &(first, again) = repeats.iter().min_by_key(|&&(_, r)| rows[r as usize].0).expect("one");
+            let lines = lines_at(&self.spec.file, &[rows[first as usize].0, rows[again as usize].0])?;
+            return Err(DataError::DuplicateKey {
+                path: self.spec.file.clone(),
+                columns: self.spec.keys.iter().map(|k| k.trim().to_string()).collect(),
+                first_line: lines[0],
+                line: lines[1],
+                more: 0,
+            });
+        }
+        // Keep the first row of each key (the smallest offset: records are in file order).
+        let mut drop_row = vec![false; digests.len()];
+        for &(_, again) in &repeats {
+            drop_row[again as usize] = true;
+        }
+        let dropped = repeats.iter().map(|&(_, again)| rows[again as usize].2).collect();
+        let mut keep = drop_row.iter().map(|d| !d);
+        digests.retain(|_| keep.next().expect("one flag each"));
+        let mut keep = drop_row.iter().map(|d| !d);
+        rows.retain(|_| keep.next().expect("one flag each"));
+        Ok((digests, rows, dropped))
     }
 }
 
@@ -504,10 +514,22 @@ impl SpillSink {
     /// positions; their rows are written after the range is recorded.
     fn defer(&mut self, b: usize, ids: Vec<u32>) -> Result<(), Rr22Error> {
         let s = self.shared.clone();
-        // With the orders in memory the positions were checked against the dummy bits by the
-        // protocol (a dummy is skipped there, as ever) and there is no bitmap to mark; the rows
-        // are checked again when the segment is written.
-        if !self.orders_in_memory() {
+        // The requester: `ids` index its bucket's items as loaded (`Shared::read_bucket`).
+        let stashed = s.rows.lock().expect("not poisoned").remove(&b);
+        if let Some(rows) = stashed {
+            s.digests.lock().expect("not poisoned").remove(&b);
+            let numbers = ids
+                .iter()
+                .map(|&i| rows.get(i as usize).map(|row| row.2))
+                .collect::<Option<Vec<u32>>>()
+                .ok_or_else(|| s.fail(DataError::Invalid(format!("bucket {b}: a match without a row"))))?;
+            if let Some(done) = &s.done {
+                set_bits(&mut done.lock().expect("not poisoned"), numbers.into_iter()).map_err(|e| s.fail(e))?;
+            }
+        } else if !self.orders_in_memory() {
+            // With the orders in memory the positions were checked against the dummy bits by the
+            // protocol (a dummy is skipped there, as ever) and there is no bitmap to mark; the
+            // rows are checked again when the segment is written.
             let numbers = ids
                 .iter()
                 .map(|&p| self.positions.get(p as usize).filter(|row| row.1 != DUMMY_LEN).map(|row| row.2))

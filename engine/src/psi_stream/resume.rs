@@ -11,12 +11,13 @@
 //!   per finished range, its digest and the running counts (matches, duplicates dropped, output
 //!   rows). Written atomically (sealed temp file, fsync, rename, directory fsync);
 //! - `bucket-B` / `order-B`: the spill of every bucket whose range is not known to be recorded
-//!   by both sides (a bucket's spill is deleted only once the peer confirmed its range);
-//! - `segment-R`: range R's output rows, sealed; the requester writes it before the checkpoint
-//!   records R, a learning responder (reveal both) after (see below);
-//! - `positions-R`: a learning responder's matched stream positions of range R (4 bytes per
-//!   match, per bucket), sealed and fsynced before the checkpoint records R, deleted once
-//!   `segment-R` is written;
+//!   by both sides (a bucket's spill is deleted only once the peer confirmed its range, and what a
+//!   learning side builds its segment from only once that is written);
+//! - `segment-R`: range R's output rows, sealed; a learning side writes it after the checkpoint
+//!   records R (see below);
+//! - `positions-R`: a learning side's matches of range R (4 bytes per match, per bucket: the
+//!   requester's indices into the bucket's items, a responder's stream positions), sealed and
+//!   fsynced before the checkpoint records R, deleted once `segment-R` is written;
 //! - `bits`: a join's matched/dropped-row bitmap after the last recorded range (setting a bit
 //!   twice is harmless, so a bitmap newer than the checkpoint is fine).
 //!
@@ -30,15 +31,20 @@
 //! different salt or layout, a lost or altered frame, a forged record) and the job stops. The
 //! digest is computed from frames the peer itself sent or received: it tells it nothing new.
 //!
-//! **When a range is recorded.** The requester learns its matches during the range and its
-//! segment is written meanwhile (the writer keeps pace through a bounded channel): it finishes
-//! the segment, then records. The responder with reveal both learns its matches only when the
-//! requester's positions arrive, at the end of the range; writing its rows then took ~1.7 s after
-//! the requester recorded (10^7, branch `outmap`), a window in which a kill made the resume run the
-//! range again and lose what the requester had begun of the next. So it seals and fsyncs the
-//! positions as they arrive (`positions-R`), records the range as soon as they are in, and writes
-//! `segment-R` from them and the kept `order-B` spill in the background while the next range
-//! runs (the orders stay until the segment is written, not only until the peer confirms). Without
+//! **When a range is recorded.** A learning side seals and fsyncs its matches as they come
+//! (`positions-R`), records the range as soon as they are in, and writes `segment-R` from them in
+//! the background while the next range runs: the requester from its kept `bucket-B` spill (read
+//! again and its duplicates dropped as the protocol's load dropped them, so the indices point at
+//! the same items), a responder with reveal both from its kept `order-B` spill (what it builds
+//! from stays until the segment is written, not only until the peer confirms). Why: the responder
+//! learns its matches only when the requester's positions arrive, at the end of the range; writing
+//! its rows then took ~1.7 s after the requester recorded (10^7, branch `outmap`), a window in
+//! which a kill made the resume run the range again. The requester wrote its segment during the
+//! range and recorded after it; above RAM / 2.8 its rows are read in one pass per range once the
+//! range's last bucket is in ([`super::rows`]), and waiting for that pass before recording cost
+//! ~9.6 s per range at 10^9 (~300 s of 960) with the peer idle; now the pass overlaps the next
+//! range's protocol. Re-reading a range's buckets costs a decryption and parse of ~20 B per item
+//! of spill that is usually still in the page cache (it was read during the range). Without
 //! a join bitmap (which needs each match's row number) the positions are checked against each
 //! bucket's dummy bits, kept in memory since its values were sent (1 bit per position), not
 //! against the order read back from disk: the record follows the last positions frame by the
@@ -610,9 +616,11 @@ pub async fn run_psi_resumable<C: Channel>(
     let fingerprint = session.fingerprint();
     let first = agree(channel, &fingerprint, range_buckets, ranges, &checkpoint.finished).await?;
     let range_of = |r: usize| r * range_buckets..((r + 1) * range_buckets).min(buckets);
-    // A learning responder records a range before its segment is written (from the range's
-    // sealed positions and orders, during the next range): see `PendingSegment`.
-    let deferred = learns && job.role == Role::Responder;
+    // A learning side records a range before its segment is written (from the range's sealed
+    // positions and its kept spill, during the next range): see `PendingSegment`.
+    let deferred = learns;
+    let requester = job.role == Role::Requester;
+    let keep = deferred.then_some(job.role);
     // Ranges before `first` are recorded on both sides: their spill can go, once their segments
     // are there (a learning responder's range recorded but not written is rebuilt first, below).
     // Ranges from `first` on run (again): their spill must be here, their segments, positions and
@@ -695,35 +703,31 @@ pub async fn run_psi_resumable<C: Channel>(
             .checked_sub(before)
             .ok_or_else(|| DataError::file(checkpoint_path(&dir), "the checkpoint is damaged"))?;
         let rows_reader = take_reader(&mut reader, &mut pending, &shared, &dir, &range_of)?;
-        pending.0 =
-            Some(PendingSegment::start(rows_reader, r, range_of(r), rows, terminator, tagged, &shared, started)?);
+        pending.0 = Some(PendingSegment::start(
+            rows_reader,
+            r,
+            range_of(r),
+            rows,
+            (terminator, tagged, requester),
+            &shared,
+            started,
+        )?);
         tracing::info!(range = r, "rebuilding a recorded range's segment from its sealed positions");
     }
     for r in first..ranges {
         let range = range_of(r);
-        let rows = match (deferred, reader.take()) {
-            (false, Some(rows)) => {
-                rows.check_unchanged()?;
-                Some(rows)
-            }
-            (_, rows) => {
-                reader = rows;
-                None
-            }
-        };
-        let SegmentWriter { handle, tx } =
-            SegmentWriter::start(rows, terminator, tagged, segment_path(&dir, r), &shared)?;
         let source: Arc<dyn BucketSource> = Arc::new(SpillSource(shared.clone()));
         let positions = match deferred {
             true => Some(Deferred::create(positions_path(&dir, r), &shared.key)?),
             false => None,
         };
-        let mut sink = SpillSink::new(shared.clone(), tx, positions);
+        // No rows are written during the range: its segment is written once it is recorded.
+        let mut sink = SpillSink::new(shared.clone(), None, positions);
         let transcript = Transcript::expecting(channel, unconfirmed);
         if let Some((previous, _)) = unconfirmed {
             let (shared, dir, range) = (shared.clone(), dir.clone(), range_of(previous));
             *transcript.on_ack.lock().expect("not poisoned") =
-                Some(Box::new(move || confirmed(&shared, &dir, range, deferred)));
+                Some(Box::new(move || confirmed(&shared, &dir, range, keep)));
         }
         let run = rr22::run_buckets_keeping(&transcript, &session, source, &mut sink, range.clone(), &mut kept).await;
         let protocol_done = started.elapsed().as_secs_f64();
@@ -732,22 +736,15 @@ pub async fn run_psi_resumable<C: Channel>(
         if let Some(e) = transcript.ack_error.lock().expect("not poisoned").take() {
             return Err(e);
         }
-        // The writer's error first: a row it refused stops the sink ("the writer stopped").
-        let (mut written, back) = SegmentWriter::join(handle)??;
-        let segment_done = started.elapsed().as_secs_f64();
-        if back.is_some() {
-            reader = back;
-            // The rows gathered with positioned reads are read when the range's last bucket is in.
-            add(&mut timings, "finish range segment", segment_done - protocol_done);
-        }
         if let Some(e) = shared.failure.lock().expect("not poisoned").take() {
             return Err(e.into());
         }
         let done = run.map_err(psi_err)?;
-        if let Some(positions) = positions {
-            // Durable before the range is recorded: a recorded range's segment can be rebuilt.
-            written = positions.finish()?;
-        }
+        // Durable before the range is recorded: a recorded range's segment can be built.
+        let written = match positions {
+            Some(positions) => positions.finish()?,
+            None => 0,
+        };
         for (step, secs) in done.timings {
             add(&mut timings, step, secs);
         }
@@ -758,7 +755,7 @@ pub async fn run_psi_resumable<C: Channel>(
             if !transcript.acked.load(Ordering::Relaxed) {
                 return Err(peer_err(format!("range {previous}: no acknowledgement from the peer")));
             }
-            confirmed(&shared, &dir, range_of(previous), deferred);
+            confirmed(&shared, &dir, range_of(previous), keep);
         }
         let digest = transcript.digest(&fingerprint, job.role, r, &range);
         if let Some(done) = &shared.done {
@@ -775,15 +772,14 @@ pub async fn run_psi_resumable<C: Channel>(
         });
         checkpoint.save(&dir, &shared.key)?;
         add(&mut timings, "record range", clock.elapsed().as_secs_f64());
-        // When each side's range ends, its rows are written and it is recorded (seconds since
-        // this part's ranges began): what a kill at a given moment makes the resume run again.
-        // A learning responder records a range before its segment is written ("range segment
-        // written" says when that happened).
+        // When each side's range ends and it is recorded (seconds since this part's ranges
+        // began): what a kill at a given moment makes the resume run again. A learning side
+        // records a range before its segment is written ("range segment written" says when that
+        // happened).
         tracing::info!(
             range = r,
             role = ?job.role,
             protocol_done_s = protocol_done,
-            segment_done_s = (!deferred).then_some(segment_done),
             recorded_s = started.elapsed().as_secs_f64(),
             "range recorded"
         );
@@ -800,8 +796,7 @@ pub async fn run_psi_resumable<C: Channel>(
                 r,
                 range.clone(),
                 written,
-                terminator,
-                tagged,
+                (terminator, tagged, requester),
                 &shared,
                 started,
             )?);
@@ -813,7 +808,7 @@ pub async fn run_psi_resumable<C: Channel>(
         let clock = Instant::now();
         let peer = channel.recv().await.map_err(closed)?;
         check_recorded(&peer, r, &digest)?;
-        confirmed(&shared, &dir, range_of(r), deferred);
+        confirmed(&shared, &dir, range_of(r), keep);
         add(&mut timings, "acknowledge last range", clock.elapsed().as_secs_f64());
     }
     // The last segment written from positions (a learning responder; also a rebuilt one when no
@@ -893,12 +888,15 @@ pub async fn run_psi_resumable<C: Channel>(
     Ok((report, figures))
 }
 
-/// Both sides recorded `range`: its spill can go; a learning responder's orders stay until the
-/// range's segment is written (`keep_orders`: [`finish_pending`] removes them).
-fn confirmed(shared: &Shared, dir: &Path, range: std::ops::Range<usize>, keep_orders: bool) {
+/// Both sides recorded `range`: its spill can go, but for what the range's segment is still to
+/// be written from (`keep`, a learning side's role: [`finish_pending`] removes it then): a
+/// requester's buckets, a responder's orders.
+fn confirmed(shared: &Shared, dir: &Path, range: std::ops::Range<usize>, keep: Option<Role>) {
     for b in range {
-        shared.remove(&bucket_path(dir, b));
-        if !keep_orders {
+        if keep != Some(Role::Requester) {
+            shared.remove(&bucket_path(dir, b));
+        }
+        if keep != Some(Role::Responder) {
             shared.remove(&order_path(dir, b));
         }
     }
@@ -958,14 +956,14 @@ impl Drop for PendingGuard {
 }
 
 impl PendingSegment {
-    #[allow(clippy::too_many_arguments)]
+    /// `how`: the rows' terminator, whether they are tagged (a join) and whether this side is
+    /// the requester (its positions index its buckets' items, not a kept order).
     fn start(
         reader: super::rows::RowReader,
         r: usize,
         range: std::ops::Range<usize>,
         rows: u64,
-        terminator: &'static [u8],
-        tagged: bool,
+        how: (&'static [u8], bool, bool),
         shared: &Arc<Shared>,
         started: Instant,
     ) -> Result<PendingSegment, DataError> {
@@ -973,7 +971,7 @@ impl PendingSegment {
         let handle = std::thread::Builder::new()
             .name("psi-segment".into())
             .spawn(move || {
-                let (rows, reader) = write_from_positions(reader, r, range, terminator, tagged, &shared)?;
+                let (rows, reader) = write_from_positions(reader, r, range, how, &shared)?;
                 Ok((rows, reader, started.elapsed().as_secs_f64()))
             })
             .map_err(|e| DataError::Invalid(format!("cannot start the output writer: {e}")))?;
@@ -1034,8 +1032,7 @@ fn write_from_positions(
     mut reader: super::rows::RowReader,
     r: usize,
     range: std::ops::Range<usize>,
-    terminator: &[u8],
-    tagged: bool,
+    (terminator, tagged, requester): (&[u8], bool, bool),
     shared: &Shared,
 ) -> Result<(u64, super::rows::RowReader), DataError> {
     let (path, seg) = (positions_path(&shared.dir, r), segment_path(&shared.dir, r));
@@ -1063,7 +1060,11 @@ fn write_from_positions(
         if bucket != b {
             return Err(damaged());
         }
-        let (places, digests) = shared.read_order(b)?;
+        let (places, digests) = match requester {
+            // The bucket's items as the protocol loaded them (duplicates dropped the same way).
+            true => shared.read_bucket(b).map(|(digests, places, _)| (places, digests))?,
+            false => shared.read_order(b)?,
+        };
         // Checked against the bucket's own order before anything is sized by it.
         if count > places.len() {
             return Err(damaged());

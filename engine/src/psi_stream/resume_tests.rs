@@ -602,24 +602,28 @@ async fn state_recorded_without_segment(case: &Case) {
         let (ra, rb) = case.run(true, Some(("a", n))).await;
         assert!(ra.is_err() && rb.is_err(), "never cut ({n} frames)");
         let both = case.finished("a").unwrap() >= 1 && case.finished("b").unwrap() >= 1;
-        if both && positions_path(&case.spill("b"), 0).exists() {
+        if both && ["a", "b"].iter().all(|side| positions_path(&case.spill(side), 0).exists()) {
             break;
         }
         n += 1;
         assert!(n < 10_000, "never reached a recorded range with its positions");
     }
-    let b = case.spill("b");
+    let (a, b) = (case.spill("a"), case.spill("b"));
     assert!((0..RANGE).all(|bucket| order_path(&b, bucket).exists()), "the orders stay with the positions");
+    assert!((0..RANGE).all(|bucket| bucket_path(&a, bucket).exists()), "the buckets stay with the positions");
     // Absent already when the job failed between the record and the segment's start.
-    let _ = std::fs::remove_file(segment_path(&b, 0));
-    assert!(!segment_path(&b, 0).exists());
+    for side in [&a, &b] {
+        let _ = std::fs::remove_file(segment_path(side, 0));
+        assert!(!segment_path(side, 0).exists());
+    }
     case.save("cut");
 }
 
-/// A learning responder records a range as soon as its matched positions are sealed, before its
-/// segment is written: a job cut there resumes (the segment rebuilt from the sealed positions and
-/// the kept orders) to the bytes of the same session run without a stop; sealed positions that
-/// are tampered with, cut short or that do not fit the range fail the resume with no output.
+/// A learning side records a range as soon as its matched positions are sealed, before its
+/// segment is written: a job cut there resumes (each segment rebuilt from the sealed positions and
+/// the kept orders (responder) or buckets, duplicates dropped again (requester)) to the bytes of
+/// the same session run without a stop; sealed positions that are tampered with, cut short or
+/// that do not fit the range fail the resume with no output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recorded_range_without_its_segment_is_rebuilt_from_its_positions() {
     for (join, dedup) in [(JoinType::Inner, false), (JoinType::Full, true)] {
@@ -645,44 +649,49 @@ async fn damaged_sealed_positions_fail_the_resume_without_output() {
     let case = Case::new(dir.path(), Reveal::Both, JoinType::Inner, false);
     state_after_scan(&case).await;
     state_recorded_without_segment(&case).await;
-    let path = positions_path(&case.spill("b"), 0);
-    let sealed = std::fs::read(&path).unwrap();
-    let plain = read_sealed(&path, &key()).unwrap();
-    // The honest positions file: one bucket header per bucket of range 0, in order.
-    assert_eq!(u32::from_le_bytes(plain[..4].try_into().unwrap()), 0);
-    let count = u32::from_le_bytes(plain[4..8].try_into().unwrap()) as usize;
-    let resealed = |bytes: Vec<u8>| move |p: &Path| write_sealed(p, &key(), &bytes).unwrap();
-    let mut flipped = sealed.clone();
-    flipped[sealed.len() / 2] ^= 1;
-    let mut wrong_bucket = plain.clone();
-    wrong_bucket[..4].copy_from_slice(&1u32.to_le_bytes());
-    let mut too_many = plain.clone();
-    too_many[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
-    let mut outside = plain.clone();
-    assert!(count > 0, "bucket 0 has matches");
-    outside[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-    let mut trailing = plain.clone();
-    trailing.push(0);
-    type Damage = Box<dyn Fn(&Path)>;
-    let damages: Vec<(&str, Damage)> = vec![
-        ("a flipped bit", Box::new(move |p: &Path| std::fs::write(p, &flipped).unwrap())),
-        ("cut short", Box::new(move |p: &Path| std::fs::write(p, &sealed[..sealed.len() - 20]).unwrap())),
-        ("truncated plaintext", Box::new(resealed(plain[..plain.len() - 4].to_vec()))),
-        ("another bucket", Box::new(resealed(wrong_bucket))),
-        ("more positions than the bucket", Box::new(resealed(too_many))),
-        ("a position outside the bucket", Box::new(resealed(outside))),
-        ("bytes after the last bucket", Box::new(resealed(trailing))),
-        ("missing", Box::new(|p: &Path| std::fs::remove_file(p).unwrap())),
-    ];
-    for (what, damage) in damages {
+    // The responder's positions index its kept orders, the requester's its buckets.
+    for side in ["b", "a"] {
         case.restore("cut");
-        damage(&path);
-        let (ra, rb) = case.run(true, None).await;
-        let e = rb.unwrap_err();
-        assert!(e.contains("sealed matched positions") && e.contains("positions-00000"), "{what}: {e}");
-        assert!(ra.is_err(), "{what}");
-        assert_eq!(case.outputs(), (None, None), "{what}: no output");
-        assert!(case.spill("b").exists(), "{what}: the state stays");
+        let path = positions_path(&case.spill(side), 0);
+        let sealed = std::fs::read(&path).unwrap();
+        let plain = read_sealed(&path, &key()).unwrap();
+        // The honest positions file: one bucket header per bucket of range 0, in order.
+        assert_eq!(u32::from_le_bytes(plain[..4].try_into().unwrap()), 0);
+        let count = u32::from_le_bytes(plain[4..8].try_into().unwrap()) as usize;
+        let resealed = |bytes: Vec<u8>| move |p: &Path| write_sealed(p, &key(), &bytes).unwrap();
+        let mut flipped = sealed.clone();
+        flipped[sealed.len() / 2] ^= 1;
+        let mut wrong_bucket = plain.clone();
+        wrong_bucket[..4].copy_from_slice(&1u32.to_le_bytes());
+        let mut too_many = plain.clone();
+        too_many[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut outside = plain.clone();
+        assert!(count > 0, "bucket 0 has matches");
+        outside[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut trailing = plain.clone();
+        trailing.push(0);
+        type Damage = Box<dyn Fn(&Path)>;
+        let damages: Vec<(&str, Damage)> = vec![
+            ("a flipped bit", Box::new(move |p: &Path| std::fs::write(p, &flipped).unwrap())),
+            ("cut short", Box::new(move |p: &Path| std::fs::write(p, &sealed[..sealed.len() - 20]).unwrap())),
+            ("truncated plaintext", Box::new(resealed(plain[..plain.len() - 4].to_vec()))),
+            ("another bucket", Box::new(resealed(wrong_bucket))),
+            ("more positions than the bucket", Box::new(resealed(too_many))),
+            ("a position outside the bucket", Box::new(resealed(outside))),
+            ("bytes after the last bucket", Box::new(resealed(trailing))),
+            ("missing", Box::new(|p: &Path| std::fs::remove_file(p).unwrap())),
+        ];
+        for (what, damage) in damages {
+            case.restore("cut");
+            damage(&path);
+            let (ra, rb) = case.run(true, None).await;
+            let (mine, theirs) = if side == "b" { (rb, ra) } else { (ra, rb) };
+            let e = mine.unwrap_err();
+            assert!(e.contains("sealed matched positions") && e.contains("positions-00000"), "{side} {what}: {e}");
+            assert!(theirs.is_err(), "{side} {what}");
+            assert_eq!(case.outputs(), (None, None), "{side} {what}: no output");
+            assert!(case.spill(side).exists(), "{side} {what}: the state stays");
+        }
     }
     // The honest file: the resume finishes with the plaintext's rows.
     case.restore("cut");
