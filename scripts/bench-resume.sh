@@ -37,8 +37,11 @@ while :; do
   dirs=("$work"/bank/spill/*/)
   if [ ${#dirs[@]} -gt 0 ]; then
     d=${dirs[0]}
-    segments=("$d"segment-*)
-    n=${#segments[@]}
+    # A range is recorded once its sealed positions are in place; its segment is written during
+    # the next range and its positions then removed: the ranges with either file are recorded.
+    declare -A recorded=()
+    for f in "$d"segment-* "$d"positions-*; do recorded[${f##*-}]=1; done
+    n=${#recorded[@]}
     if [ -n "$kill_after" ]; then
       elapsed_ms=$(( (${EPOCHREALTIME/./} - ${t0/./}) / 1000 ))
       if [ "$elapsed_ms" -ge "$(( ${kill_after%.*} * 1000 ))" ]; then job=$(basename "$d"); break; fi
@@ -58,7 +61,7 @@ for _ in $(seq 200); do [ -S "$work/$kill_node/control.sock" ] && [ -s "$work/$k
 t3=$(now)
 psi --out "$work/out.csv" --resume "$job" >"$work/resumed.json"; t4=$(now)
 sorted_sha() { "$bin" export "$work/bank" "$1" --out - | LC_ALL=C sort | sha256sum | cut -d' ' -f1; }
-echo "rows $rows job $job killed $kill_node segments_at_kill $n"
+echo "rows $rows job $job killed $kill_node recorded_at_kill $n"
 echo "uninterrupted_s $uninterrupted"
 echo "until_kill_s $(echo "$t_kill - $t0" | bc)  restart_s $(echo "$t3 - $t2" | bc)  resume_s $(echo "$t4 - $t3" | bc)  total_s $(echo "$t4 - $t0" | bc)"
 echo "ref_sorted_sha256 $(sorted_sha "$work/ref.csv")"
