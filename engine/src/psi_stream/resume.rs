@@ -971,7 +971,7 @@ impl PendingSegment {
         let handle = std::thread::Builder::new()
             .name("psi-segment".into())
             .spawn(move || {
-                let (rows, reader) = write_from_positions(reader, r, range, rows, how, &shared)?;
+                let (rows, reader) = write_from_positions(reader, r, range, how, &shared)?;
                 Ok((rows, reader, started.elapsed().as_secs_f64()))
             })
             .map_err(|e| DataError::Invalid(format!("cannot start the output writer: {e}")))?;
@@ -1022,18 +1022,17 @@ fn take_reader(
     rows.ok_or_else(|| DataError::Invalid("no reader for a learning side".into()))
 }
 
-/// Writes recorded range `r`'s segment (`expected` rows, as recorded) from its sealed positions
-/// ([`put_positions`]) and its buckets' kept orders (a responder) or items (the requester,
-/// [`Shared::read_bucket`]): each bucket's rows in digest order, as [`SpillSink::matched`] writes
-/// them, so the segment is the bytes an uninterrupted run writes. The positions file is checked
-/// as it is read (every bucket once, in order, no more positions than the bucket's order or items
-/// hold, each a real row, nothing after the last bucket): a damaged or truncated file is an error
-/// naming it, and no segment is written.
+/// Writes recorded range `r`'s segment from its sealed positions ([`put_positions`]) and its
+/// buckets' kept orders (a responder) or items (the requester, [`Shared::read_bucket`]): each
+/// bucket's rows in digest order, as [`SpillSink::matched`] writes them, so the segment is the
+/// bytes an uninterrupted run writes. The positions file is checked as it is read (every bucket
+/// once, in order, no more positions than the bucket's order or items hold, each a real row,
+/// nothing after the last bucket): a damaged or truncated file is an error naming it, and no
+/// segment is written.
 fn write_from_positions(
     mut reader: super::rows::RowReader,
     r: usize,
     range: std::ops::Range<usize>,
-    expected: u64,
     (terminator, tagged, requester): (&[u8], bool, bool),
     shared: &Shared,
 ) -> Result<(u64, super::rows::RowReader), DataError> {
@@ -1054,8 +1053,6 @@ fn write_from_positions(
     let tag = if tagged { crate::join::Side::Both.tag() } else { &[][..] };
     let mut rows = 0u64;
     let mut ids = Vec::new();
-    // The rows the checkpoint recorded (its own sealed record; checked against what is written).
-    reader.expect_rows(expected);
     for b in range {
         let mut head = [0u8; 8];
         input.read_exact(&mut head).map_err(|_| damaged())?;

@@ -221,17 +221,6 @@ impl RowReader {
         Ok(())
     }
 
-    /// The rows the next pushes will bring, if known: with positioned reads the gathered rows'
-    /// vector is sized for them (at most a pass's [`GATHER_ROWS`]) at once, so it does not grow
-    /// by doubling (at 10^9 a range's ~1.5·10^7 rows of 32 B: 480 MB, where doubling held 768 MiB
-    /// at its last step and kept 512 MiB).
-    pub(super) fn expect_rows(&mut self, rows: u64) {
-        if self.map.is_none() {
-            let rows = usize::try_from(rows).unwrap_or(usize::MAX).min(self.chunk_rows);
-            self.pending.reserve_exact(rows.saturating_sub(self.pending.len()));
-        }
-    }
-
     /// Hands the rows gathered by [`Self::push`] to `emit`.
     pub(super) fn flush(
         &mut self,
