@@ -390,7 +390,8 @@ impl Shared {
     fn read_bucket(&self, b: usize) -> Result<(Vec<u128>, Vec<Place>, Vec<u32>), DataError> {
         let path = bucket_path(&self.dir, b);
         let bytes = self.read_sealed(&path)?;
-        let (mut digests, mut rows) = read_records(&bytes).ok_or_else(|| DataError::file(&path, "spill file damaged"))?;
+        let (mut digests, mut rows) =
+            read_records(&bytes).ok_or_else(|| DataError::file(&path, "spill file damaged"))?;
         drop(bytes);
         // Duplicate keys share a digest, hence a bucket: found here, in file order.
         let repeats = repeated_digests(&digests);
