@@ -381,13 +381,17 @@ impl BucketSource for SpillSource {
     }
 }
 
+/// A bucket's items as loaded ([`Shared::read_bucket`]): their digests and places, and the row
+/// numbers dropped as duplicate keys.
+type LoadedBucket = (Vec<u128>, Vec<Place>, Vec<u32>);
+
 impl Shared {
     /// Bucket `b`'s items from its spill, in file order, duplicates of a key dropped (the first
     /// row of each key kept: the smallest offset) when the dataset allows them, else refused with
     /// an error naming both lines: each kept item's digest and place, and the row numbers
     /// dropped. No side effect, so a resumable requester's segment can be rebuilt from the
     /// same bucket ([`resume`]): the indices the protocol matched are indices into this list.
-    fn read_bucket(&self, b: usize) -> Result<(Vec<u128>, Vec<Place>, Vec<u32>), DataError> {
+    fn read_bucket(&self, b: usize) -> Result<LoadedBucket, DataError> {
         let path = bucket_path(&self.dir, b);
         let bytes = self.read_sealed(&path)?;
         let (mut digests, mut rows) =
