@@ -44,7 +44,10 @@
 //! range's last bucket is in ([`super::rows`]), and waiting for that pass before recording cost
 //! ~9.6 s per range at 10^9 (~300 s of 960) with the peer idle; now the pass overlaps the next
 //! range's protocol. Re-reading a range's buckets costs a decryption and parse of ~20 B per item
-//! of spill that is usually still in the page cache (it was read during the range). Without
+//! of spill that is usually still in the page cache (it was read during the range). The **last**
+//! range's segment is written before that range's acknowledgement is sent: a segment that fails
+//! (a key changed in place in the input) must fail the job while the peer still waits, so that
+//! both keep their state, rather than after the peer has finished and discarded its own. Without
 //! a join bitmap (which needs each match's row number) the positions are checked against each
 //! bucket's dummy bits, kept in memory since its values were sent (1 bit per position), not
 //! against the order read back from disk: the record follows the last positions frame by the
@@ -783,9 +786,30 @@ pub async fn run_psi_resumable<C: Channel>(
             recorded_s = started.elapsed().as_secs_f64(),
             "range recorded"
         );
+        let last = r + 1 == ranges;
+        if deferred && last {
+            // The last range's segment is written before its acknowledgement: a segment that
+            // fails (a key changed in place) then fails the job while the peer still waits for
+            // that acknowledgement, so both keep their state (else the peer would finish and
+            // discard its own). Its positions and spill go once the peer's acknowledgement is in.
+            let clock = Instant::now();
+            let rows_reader = take_reader(&mut reader, &mut pending, &shared, &dir, &range_of)?;
+            rows_reader.check_unchanged()?;
+            let segment = PendingSegment::start(
+                rows_reader,
+                r,
+                range.clone(),
+                written,
+                (terminator, tagged, requester),
+                &shared,
+                started,
+            )?;
+            reader = Some(segment.wait(&dir)?);
+            add(&mut timings, "wait for the last segment", clock.elapsed().as_secs_f64());
+        }
         recorded(channel, r, &digest).await?;
         unconfirmed = Some((r, digest));
-        if deferred {
+        if deferred && !last {
             // The previous range's segment (written meanwhile), then this range's, in the
             // background while the next range runs.
             let clock = Instant::now();
@@ -808,17 +832,13 @@ pub async fn run_psi_resumable<C: Channel>(
         let clock = Instant::now();
         let peer = channel.recv().await.map_err(closed)?;
         check_recorded(&peer, r, &digest)?;
-        confirmed(&shared, &dir, range_of(r), keep);
+        // The last range's segment is written (above): nothing of it is needed any more.
+        confirmed(&shared, &dir, range_of(r), None);
+        shared.remove(&positions_path(&dir, r));
         add(&mut timings, "acknowledge last range", clock.elapsed().as_secs_f64());
     }
-    // The last segment written from positions (a learning responder; also a rebuilt one when no
-    // range was left to run).
-    let clock = Instant::now();
-    let rows_reader = finish_pending(&mut pending, &shared, &dir, &range_of)?;
-    if deferred {
-        add(&mut timings, "wait for the last segment", clock.elapsed().as_secs_f64());
-    }
-    drop(rows_reader);
+    // A segment rebuilt from positions when no range was left to run.
+    drop(finish_pending(&mut pending, &shared, &dir, &range_of)?);
     stages.push(("protocol".to_string(), started.elapsed().as_secs_f64()));
     stages.extend(timings.iter().map(|&(step, secs)| (format!("protocol/{step}"), secs)));
     // The output: header, segments in range order, the join's tail; renamed at the end.
@@ -956,6 +976,20 @@ impl Drop for PendingGuard {
 }
 
 impl PendingSegment {
+    /// Waits for the segment and checks it holds the rows recorded; the row reader back.
+    fn wait(self, dir: &Path) -> Result<super::rows::RowReader, DataError> {
+        let (rows, reader, done_s) =
+            self.handle.join().map_err(|_| DataError::Invalid("the output writer panicked".into()))??;
+        if rows != self.rows {
+            return Err(DataError::file(
+                segment_path(dir, self.range),
+                "the segment rebuilt holds another number of rows than the checkpoint recorded",
+            ));
+        }
+        tracing::info!(range = self.range, segment_done_s = done_s, "range segment written");
+        Ok(reader)
+    }
+
     /// `how`: the rows' terminator, whether they are tagged (a join) and whether this side is
     /// the requester (its positions index its buckets' items, not a kept order).
     fn start(
@@ -989,17 +1023,10 @@ fn finish_pending(
     range_of: &dyn Fn(usize) -> std::ops::Range<usize>,
 ) -> Result<Option<super::rows::RowReader>, DataError> {
     let Some(p) = pending.0.take() else { return Ok(None) };
-    let (rows, reader, done_s) =
-        p.handle.join().map_err(|_| DataError::Invalid("the output writer panicked".into()))??;
-    if rows != p.rows {
-        return Err(DataError::file(
-            segment_path(dir, p.range),
-            "the segment rebuilt holds another number of rows than the checkpoint recorded",
-        ));
-    }
-    tracing::info!(range = p.range, segment_done_s = done_s, "range segment written");
-    shared.remove(&positions_path(dir, p.range));
-    for b in range_of(p.range) {
+    let range = p.range;
+    let reader = p.wait(dir)?;
+    shared.remove(&positions_path(dir, range));
+    for b in range_of(range) {
         shared.remove(&bucket_path(dir, b));
         shared.remove(&order_path(dir, b));
     }
