@@ -787,23 +787,20 @@ pub async fn run_psi_resumable<C: Channel>(
             "range recorded"
         );
         let last = r + 1 == ranges;
+        // This range's segment, started once the previous one is written (its row reader back).
+        let next_segment = |reader: &mut Option<super::rows::RowReader>, pending: &mut PendingGuard| {
+            let rows_reader = take_reader(reader, pending, &shared, &dir, &range_of)?;
+            rows_reader.check_unchanged()?;
+            let how = (terminator, tagged, requester);
+            PendingSegment::start(rows_reader, r, range.clone(), written, how, &shared, started)
+        };
         if deferred && last {
             // The last range's segment is written before its acknowledgement: a segment that
             // fails (a key changed in place) then fails the job while the peer still waits for
             // that acknowledgement, so both keep their state (else the peer would finish and
             // discard its own). Its positions and spill go once the peer's acknowledgement is in.
             let clock = Instant::now();
-            let rows_reader = take_reader(&mut reader, &mut pending, &shared, &dir, &range_of)?;
-            rows_reader.check_unchanged()?;
-            let segment = PendingSegment::start(
-                rows_reader,
-                r,
-                range.clone(),
-                written,
-                (terminator, tagged, requester),
-                &shared,
-                started,
-            )?;
+            let segment = next_segment(&mut reader, &mut pending)?;
             reader = Some(segment.wait(&dir)?);
             add(&mut timings, "wait for the last segment", clock.elapsed().as_secs_f64());
         }
@@ -813,17 +810,7 @@ pub async fn run_psi_resumable<C: Channel>(
             // The previous range's segment (written meanwhile), then this range's, in the
             // background while the next range runs.
             let clock = Instant::now();
-            let rows_reader = take_reader(&mut reader, &mut pending, &shared, &dir, &range_of)?;
-            rows_reader.check_unchanged()?;
-            pending.0 = Some(PendingSegment::start(
-                rows_reader,
-                r,
-                range.clone(),
-                written,
-                (terminator, tagged, requester),
-                &shared,
-                started,
-            )?);
+            pending.0 = Some(next_segment(&mut reader, &mut pending)?);
             add(&mut timings, "wait for the previous segment", clock.elapsed().as_secs_f64());
         }
     }
