@@ -232,9 +232,8 @@ struct Shared {
     dropped: AtomicU64,
     /// This party writes rows (else a bucket's spill goes as soon as it is read).
     learns: bool,
-    /// Bytes of spill on disk now and at most.
-    disk: AtomicU64,
-    peak_disk: AtomicU64,
+    /// Bytes of spill on disk now and at most (shared with the row reader's pass files).
+    disk: Arc<DiskUse>,
     /// A join that shows this side's unmatched rows: one bit per row (by row number), set for
     /// rows matched or dropped as duplicates; the rest are written after the buckets.
     done: Option<Mutex<Vec<u64>>>,
@@ -251,6 +250,33 @@ struct Shared {
 
 /// A row's place in the input: file offset, length (terminator included), row number.
 type Place = (u64, u32, u32);
+
+/// A job's temporary disk: the bytes of its spill directory's files now and at most (the job
+/// report's `peak_temp_bytes`).
+#[derive(Default)]
+struct DiskUse {
+    now: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl DiskUse {
+    fn add(&self, bytes: u64) {
+        let now = self.now.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Removes the file at `path` (if there) and takes its bytes off the account.
+    fn remove(&self, path: &Path) {
+        if let Ok(meta) = std::fs::metadata(path) {
+            self.now.fetch_sub(meta.len().min(self.now.load(Ordering::Relaxed)), Ordering::Relaxed);
+        }
+        let _ = std::fs::remove_file(path);
+    }
+
+    fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+}
 
 fn set_bits(bits: &mut [u64], rows: impl Iterator<Item = u32>) -> Result<(), DataError> {
     for r in rows {
@@ -269,15 +295,16 @@ impl Shared {
     }
 
     fn added(&self, bytes: u64) {
-        let now = self.disk.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        self.peak_disk.fetch_max(now, Ordering::Relaxed);
+        self.disk.add(bytes);
     }
 
     fn remove(&self, path: &Path) {
-        if let Ok(meta) = std::fs::metadata(path) {
-            self.disk.fetch_sub(meta.len().min(self.disk.load(Ordering::Relaxed)), Ordering::Relaxed);
-        }
-        let _ = std::fs::remove_file(path);
+        self.disk.remove(path);
+    }
+
+    /// Where a row reader's pass files go: this spill directory, counted in its disk.
+    fn pass_dir(&self) -> rows::PassDir {
+        rows::PassDir { dir: self.dir.clone(), disk: self.disk.clone() }
     }
 
     /// Bucket `b`'s kept order (a responder's, [`SpillSink::keep_order`]): each stream position's
@@ -761,6 +788,7 @@ async fn run_streaming_observed<C: Channel>(
                     file.try_clone().map_err(|e| DataError::io(out.as_path(), e))?,
                     &input.spec,
                     session.hasher(),
+                    shared.pass_dir(),
                 )?),
             };
             let handle = std::thread::Builder::new()
@@ -835,7 +863,7 @@ async fn run_streaming_observed<C: Channel>(
         stages.push(("output".to_string(), started.elapsed().as_secs_f64()));
     }
     let figures = StreamFigures {
-        peak_temp_bytes: shared.peak_disk.load(Ordering::Relaxed),
+        peak_temp_bytes: shared.disk.peak(),
         duplicates_dropped: shared.dropped.load(Ordering::Relaxed),
     };
     drop(guard);
@@ -1192,8 +1220,7 @@ fn new_shared(
         failure: Mutex::new(None),
         dropped: AtomicU64::new(0),
         learns,
-        disk: AtomicU64::new(0),
-        peak_disk: AtomicU64::new(0),
+        disk: Arc::default(),
         done: (learns && job.join.needs_unmatched(job.role))
             .then(|| Mutex::new(vec![0u64; (input.rows as usize).div_ceil(64)])),
         matched: AtomicU64::new(0),

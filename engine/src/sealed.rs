@@ -256,6 +256,18 @@ impl SealedWriter {
     }
 }
 
+impl SealedWriter {
+    /// Seals the last chunk and renames the file over the target, without the fsyncs of
+    /// [`Self::finish`]: for scratch files a job deletes within seconds and never needs after a
+    /// crash (the page cache may drop them to disk or not; either way they are sealed).
+    pub fn finish_scratch(mut self) -> io::Result<PathBuf> {
+        self.seal_chunk(true)?;
+        let path = self.path.clone();
+        self.tmp.persist(&path).map_err(|e| e.error)?;
+        Ok(path)
+    }
+}
+
 impl Write for SealedWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if self.failed {

@@ -692,7 +692,9 @@ pub async fn run_psi_resumable<C: Channel>(
     let mut unconfirmed: Option<(usize, [u8; 32])> = None;
     // The input, mapped once for the job's ranges (its stamp checked again before each range).
     let mut reader = match learns {
-        true => Some(super::rows::RowReader::open(&input.spec, &checkpoint.stamp, session.hasher())?),
+        true => {
+            Some(super::rows::RowReader::open(&input.spec, &checkpoint.stamp, session.hasher(), shared.pass_dir())?)
+        }
         false => None,
     };
     // A learning responder's segment being written from its sealed positions (after its range
@@ -880,8 +882,7 @@ pub async fn run_psi_resumable<C: Channel>(
         output_rows = segment_rows + tail;
         stages.push(("output".to_string(), started.elapsed().as_secs_f64()));
     }
-    let figures =
-        StreamFigures { peak_temp_bytes: shared.peak_disk.load(Ordering::Relaxed), duplicates_dropped: dropped };
+    let figures = StreamFigures { peak_temp_bytes: shared.disk.peak(), duplicates_dropped: dropped };
     discard(&dir).map_err(|e| DataError::io(&dir, e))?;
     let report = PsiReport {
         local_rows: input.rows - dropped,

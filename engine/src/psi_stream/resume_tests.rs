@@ -245,8 +245,8 @@ async fn interrupted_everywhere(case: &Case) {
     assert!(saved_s1);
 }
 
-/// Rows read with positioned reads (inputs larger than the page cache), gathered across a range's
-/// buckets, give the bytes the map gives: the same session run to the end both ways, resumable
+/// Rows read with positioned reads (inputs larger than the page cache), a range's buckets served
+/// by one pass over the input, give the bytes the map gives: the same session run to the end both ways, resumable
 /// (the requester's segments, a learning responder's rebuilt from its positions) and not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn positioned_reads_write_the_bytes_the_map_writes() {

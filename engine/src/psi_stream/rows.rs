@@ -25,11 +25,26 @@
 //! into the process at any time, whatever the input's size.
 //!
 //! An input larger than [`map_limit`] (one that cannot stay in the page cache beside its spill)
-//! is read with positioned reads instead, a chunk's rows in file order, rows less than [`GAP`]
-//! apart in one read: no page-table work and no mapped pages for the kernel to reclaim (measured
-//! at 10^9: see [`map_limit`]). The writers hand their rows over a bucket at a time
-//! ([`RowReader::push`]); with reads they are gathered across buckets ([`GATHER_ROWS`]) so that a
-//! pass reads the file in long runs rather than one system call per row.
+//! is read with positioned reads instead: no page-table work and no mapped pages for the kernel
+//! to reclaim (measured at 10^9: see [`map_limit`]). One bucket's rows lie ~24 KB apart in a
+//! 12 GB input (10^9 ids), a read each; a range's (~1.5·10^7 rows at 10^9, half the ids shared)
+//! lie ~800 B apart, so the writers' batches (buckets) are served together, in one pass over the
+//! file per [`MAX_RUNS`] batches, in memory that does not grow with the batches' rows:
+//! - [`RowReader::push`] sorts a batch's rows by file offset, each with its place in the batch,
+//!   and writes them to a sealed *run* file in the job's spill directory (32 B a row);
+//! - [`RowReader::flush`] merges the runs by offset and reads the rows in file order,
+//!   [`MERGE_ROWS`] at a time, rows less than [`GAP`] apart in one read of at most [`MAX_READ`];
+//!   each chunk's keys are checked on the rayon pool, then each row goes to its batch's sealed
+//!   *rows* file with its place in the batch; then each batch's rows file is read back, a
+//!   [`WINDOW_BYTES`] window of the batch's order at a time, and its rows handed out in the
+//!   batch's order.
+//!
+//! The pass files are sealed under a key of the reader's own (made from OS randomness when the
+//! reader opens, never stored: after a crash they are unreadable and the resume rebuilds the
+//! segment from the sealed positions), written without fsync (deleted within seconds), counted
+//! in the job's temporary disk, and deleted when the pass ends, whether it succeeds or not. At
+//! 10^9 a range's pass writes and reads back ~0.8 GB of them (32 B + the row's bytes + 8 B a
+//! row) instead of holding ~0.9 GB of rows, spans and digests in memory.
 //!
 //! The file is also re-stamped (`fstat`) before each chunk: a file truncated since the last
 //! chunk is an error, not a fault. A truncation *during* a chunk's copy (milliseconds) makes the
@@ -37,18 +52,22 @@
 //! temp file renamed only at the end) and the stamp check on restart or resume refuses the
 //! changed file (docs/security.md).
 use std::fs::File;
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use consort_protocols::psi::rr22::ItemHasher;
 use memmap2::{Mmap, UncheckedAdvice};
 use rayon::prelude::*;
 
-use super::Place;
+use super::{DiskUse, Place};
 use crate::csv_rows::{RowParser, lines_at};
 use crate::dataset::{DatasetSpec, FileStamp, Header, changed, push_key};
 use crate::error::DataError;
 use crate::keys::KeyArena;
+use crate::sealed::{SealedReader, SealedWriter, StorageKey};
+use crate::storage::Access;
 
 /// Most row bytes copied per chunk (a longer row is a chunk alone). At 10^8 ids-only rows a
 /// bucket's ~5·10^5 output rows are one chunk: one pass over the file in offset order, faulting
@@ -66,19 +85,20 @@ const FAULT_AROUND: u64 = 64 << 10;
 /// Rows closer than this many bytes share one positioned read: copying a 4 KiB gap from the page
 /// cache (~0.4 µs here) costs less than the system call a read of its own takes (~0.7 µs).
 const GAP: u64 = 4 << 10;
-/// With positioned reads the writers gather rows across buckets ([`RowReader::push`]) up to this
-/// many rows or row bytes, then read them in one pass over the file. One bucket's rows lie ~24 KB
-/// apart in a 12 GB input (10^9 ids): a read each, ~5·10^8 system calls (~350 CPU-s) for the
-/// job. A range's rows (~1.5·10^7 at 10^9, half the ids shared) lie ~800 B apart: the pass reads
-/// the file in [`MAX_READ`] runs, ~12,000 reads per range. The same pages are read either way
-/// (every page holds a row), in file order here. At most ~1 GiB in memory (the rows' spans and
-/// digests, 32 B each, their bytes, ends and order).
-const GATHER_ROWS: usize = 1 << 24;
-const GATHER_BYTES: usize = 256 << 20;
-/// Chunks of at least this many rows read with positioned reads have their keys checked on the
-/// rayon pool before the rows are handed out (a resumable job's segments are written in the
-/// background during the next range, so the check shares the pool with the protocol; a range's
-/// pass, ~10 s at 10^9, then ends well within the next range's ~25 s rather than trailing it).
+/// With positioned reads a pass's rows are read this many rows (or [`MERGE_BYTES`] of row bytes)
+/// at a time, in file order ([`RowReader::flush`]).
+const MERGE_ROWS: usize = 1 << 18;
+const MERGE_BYTES: usize = 16 << 20;
+/// Most batches (buckets) one pass over the file serves ([`RowReader::push`]); each has a run
+/// file and a rows file open during the pass.
+const MAX_RUNS: usize = 64;
+/// Most row bytes put back in their batch's order at a time (a longer row is a window alone).
+const WINDOW_BYTES: usize = 32 << 20;
+/// Chunks of at least this many rows handed to [`RowReader::rows`] with positioned reads have
+/// their keys checked on the rayon pool before the rows are handed out; a pass's chunks always
+/// are (a resumable job's segments are written in the background during the next range, so the
+/// check shares the pool with the protocol; a range's pass, ~10 s at 10^9, then ends well within
+/// the next range's ~25 s rather than trailing it).
 const PAR_CHECK_ROWS: usize = 1 << 16;
 /// Most bytes of one positioned read (a longer row is read alone).
 const MAX_READ: u64 = 1 << 20;
@@ -125,27 +145,67 @@ pub(super) struct RowReader {
     bytes: Vec<u8>,
     ends: Vec<usize>,
     by_offset: Vec<u32>,
-    /// Rows handed to [`Self::push`] and not yet read (positioned reads only), their row bytes.
-    pending: Vec<(u128, Place)>,
-    pending_bytes: usize,
+    /// Positioned reads: the batches handed to [`Self::push`] and not yet read, and where their
+    /// pass files go.
+    runs: Vec<Run>,
+    pass: Option<Pass>,
     /// Most row bytes and rows per chunk ([`CHUNK_BYTES`], [`CHUNK_ROWS`] with the map,
-    /// [`GATHER_BYTES`], [`GATHER_ROWS`] with reads) and [`DROP_BYTES`] (smaller in tests, to
-    /// cross their boundaries).
+    /// [`MERGE_BYTES`], [`MERGE_ROWS`] with reads), [`DROP_BYTES`], [`WINDOW_BYTES`] and
+    /// [`MAX_RUNS`] (smaller in tests, to cross their boundaries).
     chunk_bytes: usize,
     chunk_rows: usize,
     drop_bytes: u64,
+    window_bytes: usize,
+    max_runs: usize,
 }
+
+/// Where a reader's pass files go: the job's spill directory, whose disk account counts them.
+pub(super) struct PassDir {
+    pub(super) dir: PathBuf,
+    pub(super) disk: Arc<DiskUse>,
+}
+
+/// A reader's pass files: their directory and account, the key they are sealed under (the
+/// reader's own) and the name prefix that keeps two readers' files apart.
+struct Pass {
+    at: PassDir,
+    key: StorageKey,
+    prefix: String,
+}
+
+/// A batch handed to [`RowReader::push`] with positioned reads: its rows (sorted by offset) in
+/// the run file, and where each window of its order starts.
+struct Run {
+    rows: u32,
+    windows: Vec<u32>,
+    run: PathBuf,
+    rows_file: PathBuf,
+}
+
+/// A run file's record: the row's offset and length, its place in its batch, its digest.
+const RECORD: usize = 32;
 
 impl RowReader {
     /// Opens the input of `stamp` (refused if it changed) and reads its header.
-    pub(super) fn open(spec: &DatasetSpec, stamp: &FileStamp, hasher: ItemHasher) -> Result<RowReader, DataError> {
+    /// Pass files (positioned reads) go to `pass`.
+    pub(super) fn open(
+        spec: &DatasetSpec,
+        stamp: &FileStamp,
+        hasher: ItemHasher,
+        pass: PassDir,
+    ) -> Result<RowReader, DataError> {
         let file = crate::dataset::open_unchanged(&spec.file, stamp)?;
-        Self::from_file(file, spec, hasher)
+        Self::from_file(file, spec, hasher, pass)
     }
 
     /// Reads rows from `file` (at its start; a CSV with `spec`'s key columns), whose present
     /// stamp is the one later checks compare with; errors name `spec`'s file.
-    pub(super) fn from_file(file: File, spec: &DatasetSpec, hasher: ItemHasher) -> Result<RowReader, DataError> {
+    pub(super) fn from_file(
+        file: File,
+        spec: &DatasetSpec,
+        hasher: ItemHasher,
+        pass: PassDir,
+    ) -> Result<RowReader, DataError> {
         let stamp = FileStamp::of(&file, &spec.file)?;
         let mut scanner = crate::csv_rows::RowScanner::from_file(
             &spec.file,
@@ -162,8 +222,9 @@ impl RowReader {
         };
         let (chunk_bytes, chunk_rows) = match map {
             Some(_) => (CHUNK_BYTES, CHUNK_ROWS),
-            None => (GATHER_BYTES, GATHER_ROWS),
+            None => (MERGE_BYTES, MERGE_ROWS),
         };
+        let pass = Pass::new(pass)?;
         Ok(RowReader {
             file,
             map,
@@ -174,18 +235,27 @@ impl RowReader {
             bytes: Vec::new(),
             ends: Vec::new(),
             by_offset: Vec::new(),
-            pending: Vec::new(),
-            pending_bytes: 0,
+            runs: Vec::new(),
+            pass: Some(pass),
             chunk_bytes,
             chunk_rows,
             drop_bytes: DROP_BYTES,
+            window_bytes: WINDOW_BYTES,
+            max_runs: MAX_RUNS,
         })
     }
 
     /// This reader with other chunk and drop sizes (tests).
     #[cfg(test)]
     pub(super) fn with_sizes(mut self, chunk_bytes: usize, drop_bytes: u64) -> RowReader {
-        (self.chunk_bytes, self.drop_bytes) = (chunk_bytes, drop_bytes);
+        (self.chunk_bytes, self.drop_bytes, self.window_bytes) = (chunk_bytes, drop_bytes, chunk_bytes);
+        self
+    }
+
+    /// This reader serving at most `runs` batches a pass (tests).
+    #[cfg(test)]
+    pub(super) fn with_max_runs(mut self, runs: usize) -> RowReader {
+        self.max_runs = runs;
         self
     }
 
@@ -193,14 +263,15 @@ impl RowReader {
     #[cfg(test)]
     pub(super) fn with_reads(mut self) -> RowReader {
         self.map = None;
-        self.chunk_rows = GATHER_ROWS;
+        (self.chunk_bytes, self.chunk_rows) = (MERGE_BYTES, MERGE_ROWS);
         self
     }
 
     /// Hands `batch`'s rows to `emit` as [`Self::rows`] does, at once with the map; with
-    /// positioned reads they are gathered with the next batches' ([`GATHER_ROWS`]) and handed over
-    /// in order by a later `push` or by [`Self::flush`], which the caller must call after its last
-    /// batch. Rows reach `emit` in the order of the batches and within each batch.
+    /// positioned reads the batch is written to a run file and its rows handed over, in order, by
+    /// the pass of a later `push` (every [`MAX_RUNS`] batches) or of [`Self::flush`], which the
+    /// caller must call after its last batch. Rows reach `emit` in the order of the batches and
+    /// within each batch.
     pub(super) fn push(
         &mut self,
         batch: Vec<(u128, Place)>,
@@ -210,29 +281,198 @@ impl RowReader {
         if self.map.is_some() {
             return self.rows(&batch, emit, out);
         }
-        self.pending_bytes += batch.iter().map(|r| r.1.1 as usize).sum::<usize>();
-        match self.pending.capacity() {
-            0 => self.pending = batch,
-            _ => self.pending.extend_from_slice(&batch),
+        if batch.is_empty() {
+            return Ok(());
         }
-        if self.pending.len() >= self.chunk_rows || self.pending_bytes >= self.chunk_bytes {
+        let run = self.write_run(batch)?;
+        self.runs.push(run);
+        if self.runs.len() >= self.max_runs {
             return self.flush(emit, out);
         }
         Ok(())
     }
 
-    /// Hands the rows gathered by [`Self::push`] to `emit`.
+    /// Hands the rows of the batches pushed since the last pass to `emit` (one pass over the
+    /// file); the pass files are deleted whether it succeeds or not.
     pub(super) fn flush(
         &mut self,
         emit: impl FnMut(&[u8]) -> std::io::Result<()>,
         out: &Path,
     ) -> Result<(), DataError> {
-        let mut pending = std::mem::take(&mut self.pending);
-        self.pending_bytes = 0;
-        let done = self.rows(&pending, emit, out);
-        pending.clear();
-        self.pending = pending;
+        let runs = std::mem::take(&mut self.runs);
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let done = self.merge(&runs).and_then(|()| self.put_back(&runs, emit, out));
+        let pass = self.pass.as_ref().expect("a reader with reads has its pass files");
+        for run in &runs {
+            pass.at.disk.remove(&run.run);
+            pass.at.disk.remove(&run.rows_file);
+        }
         done
+    }
+
+    /// Writes `batch` (rows in the batch's order) as the next run: its rows sorted by offset,
+    /// each with its place in the batch.
+    fn write_run(&mut self, batch: Vec<(u128, Place)>) -> Result<Run, DataError> {
+        let pass = self.pass.as_ref().expect("a reader with reads has its pass files");
+        let k = self.runs.len();
+        let rows = u32::try_from(batch.len()).map_err(|_| DataError::Invalid("a bucket too large to output".into()))?;
+        let mut windows = vec![0u32];
+        let mut bytes = 0usize;
+        for (i, &(_, (_, len, _))) in batch.iter().enumerate() {
+            if bytes > 0 && bytes + len as usize > self.window_bytes {
+                windows.push(i as u32);
+                bytes = 0;
+            }
+            bytes += len as usize;
+        }
+        let mut records: Vec<(u64, u32, u32, u128)> =
+            batch.iter().enumerate().map(|(i, &(digest, (offset, len, _)))| (offset, len, i as u32, digest)).collect();
+        drop(batch);
+        records.par_sort_unstable_by_key(|r| (r.0, r.2));
+        let (run, rows_file) = (pass.path("run", k), pass.path("rows", k));
+        let io_err = |e| DataError::io(&run, e);
+        let mut w = std::io::BufWriter::with_capacity(
+            1 << 16,
+            SealedWriter::create(&run, &pass.key, Access::OwnerOnly).map_err(io_err)?,
+        );
+        for &(offset, len, at, digest) in &records {
+            let mut record = [0u8; RECORD];
+            record[..8].copy_from_slice(&offset.to_le_bytes());
+            record[8..12].copy_from_slice(&len.to_le_bytes());
+            record[12..16].copy_from_slice(&at.to_le_bytes());
+            record[16..].copy_from_slice(&digest.to_le_bytes());
+            w.write_all(&record).map_err(io_err)?;
+        }
+        w.into_inner().map_err(|e| e.into_error()).and_then(|w| w.finish_scratch()).map_err(io_err)?;
+        pass.account(&run);
+        Ok(Run { rows, windows, run, rows_file })
+    }
+
+    /// The pass's first half: the runs merged by offset, their rows read in file order a chunk
+    /// at a time, keys checked, each row written to its batch's rows file with its place.
+    fn merge(&mut self, runs: &[Run]) -> Result<(), DataError> {
+        let pass = self.pass.take().expect("a reader with reads has its pass files");
+        let done = self.merge_with(&pass, runs);
+        self.pass = Some(pass);
+        done
+    }
+
+    fn merge_with(&mut self, pass: &Pass, runs: &[Run]) -> Result<(), DataError> {
+        let mut readers = Vec::with_capacity(runs.len());
+        let mut writers = Vec::with_capacity(runs.len());
+        for run in runs {
+            let reader = SealedReader::open(&run.run, &pass.key).map_err(|e| DataError::io(&run.run, e))?;
+            readers.push((std::io::BufReader::with_capacity(1 << 16, reader), run.rows));
+            let w = SealedWriter::create(&run.rows_file, &pass.key, Access::OwnerOnly)
+                .map_err(|e| DataError::io(&run.rows_file, e))?;
+            writers.push(std::io::BufWriter::with_capacity(1 << 16, w));
+        }
+        // The next record of each run, smallest offset first.
+        let mut heads = std::collections::BinaryHeap::new();
+        for (k, reader) in readers.iter_mut().enumerate() {
+            if let Some(r) = next_record(reader, &runs[k].run)? {
+                heads.push(std::cmp::Reverse((r, k as u32)));
+            }
+        }
+        let mut chunk: Vec<(u128, Place)> = Vec::new();
+        let mut to: Vec<(u32, u32)> = Vec::new();
+        loop {
+            chunk.clear();
+            to.clear();
+            let mut bytes = 0usize;
+            while let Some(&std::cmp::Reverse(((offset, len, at, digest), k))) = heads.peek() {
+                if !chunk.is_empty() && (chunk.len() >= self.chunk_rows || bytes + len as usize > self.chunk_bytes) {
+                    break;
+                }
+                heads.pop();
+                chunk.push((digest, (offset, len, 0)));
+                to.push((k, at));
+                bytes += len as usize;
+                if let Some(r) = next_record(&mut readers[k as usize], &runs[k as usize].run)? {
+                    heads.push(std::cmp::Reverse((r, k)));
+                }
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            self.read_chunk(&chunk)?;
+            if let Some(i) = self.first_changed(&chunk) {
+                return Err(self.key_changed(chunk[i].1));
+            }
+            let mut start = 0;
+            for (i, &(k, at)) in to.iter().enumerate() {
+                let end = self.ends[i];
+                let (run, w) = (&runs[k as usize], &mut writers[k as usize]);
+                let io_err = |e| DataError::io(&run.rows_file, e);
+                w.write_all(&at.to_le_bytes()).map_err(io_err)?;
+                w.write_all(&((end - start) as u32).to_le_bytes()).map_err(io_err)?;
+                w.write_all(&self.bytes[start..end]).map_err(io_err)?;
+                start = end;
+            }
+        }
+        for ((reader, left), run) in readers.iter_mut().zip(runs) {
+            let mut rest = [0u8; 1];
+            if *left != 0 || !matches!(reader.read(&mut rest), Ok(0)) {
+                return Err(DataError::file(&run.run, "a pass file of the output's rows is damaged"));
+            }
+        }
+        for (w, run) in writers.into_iter().zip(runs) {
+            let io_err = |e| DataError::io(&run.rows_file, e);
+            w.into_inner().map_err(|e| e.into_error()).and_then(|w| w.finish_scratch()).map_err(io_err)?;
+            pass.account(&run.rows_file);
+        }
+        Ok(())
+    }
+
+    /// The pass's second half: each batch's rows file read back a window of the batch's order
+    /// at a time, its rows handed to `emit` in the batch's order.
+    fn put_back(
+        &mut self,
+        runs: &[Run],
+        mut emit: impl FnMut(&[u8]) -> std::io::Result<()>,
+        out: &Path,
+    ) -> Result<(), DataError> {
+        let pass = self.pass.as_ref().expect("a reader with reads has its pass files");
+        let mut index: Vec<(u32, usize, u32)> = Vec::new();
+        for run in runs {
+            let damaged = || DataError::file(&run.rows_file, "a pass file of the output's rows is damaged");
+            for (w, &lo) in run.windows.iter().enumerate() {
+                let hi = run.windows.get(w + 1).copied().unwrap_or(run.rows);
+                let sealed =
+                    SealedReader::open(&run.rows_file, &pass.key).map_err(|e| DataError::io(&run.rows_file, e))?;
+                let mut reader = std::io::BufReader::with_capacity(1 << 16, sealed);
+                self.bytes.clear();
+                index.clear();
+                for _ in 0..run.rows {
+                    let mut head = [0u8; 8];
+                    reader.read_exact(&mut head).map_err(|_| damaged())?;
+                    let at = u32::from_le_bytes(head[..4].try_into().expect("4"));
+                    let len = u32::from_le_bytes(head[4..].try_into().expect("4"));
+                    if (lo..hi).contains(&at) {
+                        let start = self.bytes.len();
+                        self.bytes.resize(start + len as usize, 0);
+                        reader.read_exact(&mut self.bytes[start..]).map_err(|_| damaged())?;
+                        index.push((at, start, len));
+                    } else {
+                        let skipped = std::io::copy(&mut (&mut reader).take(u64::from(len)), &mut std::io::sink())
+                            .map_err(|_| damaged())?;
+                        if skipped != u64::from(len) {
+                            return Err(damaged());
+                        }
+                    }
+                }
+                index.sort_unstable_by_key(|e| e.0);
+                if index.len() != (hi - lo) as usize || index.iter().zip(lo..).any(|(e, at)| e.0 != at) {
+                    return Err(damaged());
+                }
+                for &(_, start, len) in &index {
+                    emit(&self.bytes[start..start + len as usize]).map_err(|e| DataError::io(out, e))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Checks that the input still has the stamp the reader opened it with, at its path and in
@@ -268,8 +508,8 @@ impl RowReader {
             }
             let chunk = &batch[at..end];
             self.read_chunk(chunk)?;
-            // A gathered chunk (positioned reads): its keys are checked on the pool first, then
-            // the rows handed out.
+            // A large chunk read with positioned reads: its keys are checked on the pool first,
+            // then the rows handed out.
             let checked = self.map.is_none() && chunk.len() >= PAR_CHECK_ROWS;
             if checked && let Some(k) = self.first_changed(chunk) {
                 return Err(self.key_changed(chunk[k].1));
@@ -438,4 +678,60 @@ fn key_matches(c: &Check, s: &mut Scratch, raw: &[u8], place: Place, digest: u12
         return false;
     }
     c.hasher.digest(s.keys.get(0)) == digest
+}
+
+impl Pass {
+    /// A fresh key of the reader's own and a prefix no other reader in this process uses. Pass
+    /// files another process left in the directory (a node killed during a pass: sealed under a
+    /// key that died with it) are deleted; no other process uses a job's spill directory at the
+    /// same time (the job's lock).
+    fn new(at: PassDir) -> Result<Pass, DataError> {
+        static READERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let key = StorageKey::generate().map_err(|e| DataError::io(&at.dir, e))?;
+        let n = READERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ours = format!("pass-{}-", std::process::id());
+        if let Ok(entries) = std::fs::read_dir(&at.dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with("pass-") && !name.starts_with(&ours) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(Pass { at, key, prefix: format!("{ours}{n}") })
+    }
+
+    fn path(&self, what: &str, k: usize) -> PathBuf {
+        self.at.dir.join(format!("{}-{what}-{k}", self.prefix))
+    }
+
+    /// Counts the file at `path` in the job's temporary disk.
+    fn account(&self, path: &Path) {
+        if let Ok(meta) = std::fs::metadata(path) {
+            self.at.disk.add(meta.len());
+        }
+    }
+}
+
+/// The next record of a run file (offset, length, place in the batch, digest), `None` once the
+/// run's rows were read; `left` counts them down.
+type Record = (u64, u32, u32, u128);
+
+fn next_record(
+    (reader, left): &mut (std::io::BufReader<SealedReader<File>>, u32),
+    path: &Path,
+) -> Result<Option<Record>, DataError> {
+    if *left == 0 {
+        return Ok(None);
+    }
+    let mut r = [0u8; RECORD];
+    reader.read_exact(&mut r).map_err(|_| DataError::file(path, "a pass file of the output's rows is damaged"))?;
+    *left -= 1;
+    Ok(Some((
+        u64::from_le_bytes(r[..8].try_into().expect("8")),
+        u32::from_le_bytes(r[8..12].try_into().expect("4")),
+        u32::from_le_bytes(r[12..16].try_into().expect("4")),
+        u128::from_le_bytes(r[16..].try_into().expect("16")),
+    )))
 }

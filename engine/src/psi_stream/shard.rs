@@ -331,7 +331,9 @@ pub async fn run_shard<C: Channel>(
     let learns = session.learns() && m.snapshot.is_some();
     let shared = new_shared(&dir, copy_key(key), &m.input(), &job, learns, true);
     let snap = match &m.snapshot {
-        Some(stamp) if learns => Some(super::rows::RowReader::open(&m.spec, stamp, session.hasher())?),
+        Some(stamp) if learns => {
+            Some(super::rows::RowReader::open(&m.spec, stamp, session.hasher(), shared.pass_dir())?)
+        }
         _ => None,
     };
     let terminator: &'static [u8] = if m.crlf { b"\r\n" } else { b"\n" };

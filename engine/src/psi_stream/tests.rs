@@ -277,8 +277,7 @@ fn spill_files_hold_no_raw_id() {
         failure: Mutex::new(None),
         dropped: AtomicU64::new(0),
         learns: false,
-        disk: AtomicU64::new(0),
-        peak_disk: AtomicU64::new(0),
+        disk: Arc::default(),
         done: None,
         matched: AtomicU64::new(0),
         writes_matched: true,
@@ -398,11 +397,27 @@ fn scanned_rows(spec: &DatasetSpec, hasher: &ItemHasher) -> (RowBatch, Vec<Vec<u
     (rows, spans)
 }
 
-/// Rows gathered across batches with positioned reads (a chunk large enough to have its keys
-/// checked on all cores): the rows come out in the batches' order, and a changed key anywhere in
-/// the chunk fails it naming the first such row's line, whichever thread found it.
+/// A row reader's pass files go to `dir`, counted in an account of their own.
+fn pass_dir(dir: &Path) -> rows::PassDir {
+    rows::PassDir { dir: dir.to_path_buf(), disk: Arc::default() }
+}
+
+/// The pass files left in `dir`.
+fn pass_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("pass-") || n.starts_with(".consort-"))
+        .collect()
+}
+
+/// Rows served by passes with positioned reads (runs merged by offset, chunks large enough to
+/// have their keys checked on all cores, rows put back a window at a time): the rows come out
+/// in the batches' order, whatever the passes' sizes, with the pass files counted in the disk
+/// account and gone after each pass (another process's left-overs when the reader opens); a changed key anywhere fails the pass naming the first
+/// such row's line in file order, whichever thread found it, and leaves no pass file.
 #[test]
-fn gathered_rows_are_checked_on_all_cores() {
+fn rows_read_in_passes_come_out_in_the_batches_order_and_are_checked() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("in.csv");
     let n = 3 * (1 << 16) / 2;
@@ -416,27 +431,43 @@ fn gathered_rows_are_checked_on_all_cores() {
     let order: Vec<usize> = (0..7).flat_map(|s| (s..n).step_by(7)).collect();
     let batches: Vec<RowBatch> = order.chunks(10_000).map(|c| c.iter().map(|&i| rows[i]).collect()).collect();
     let expected: Vec<Vec<u8>> = order.iter().map(|&i| spans[i].clone()).collect();
-    let run = |batches: &[RowBatch]| {
-        let mut reader = rows::RowReader::open(&spec, &input.stamp, hasher.clone()).unwrap().with_reads();
+    let pass = dir.path().join("pass");
+    std::fs::create_dir_all(&pass).unwrap();
+    // A pass file another process left (killed during a pass): deleted when a reader opens.
+    std::fs::write(pass.join("pass-1-0-rows-3"), b"stale").unwrap();
+    let run = |batches: &[RowBatch], sizes: Option<(usize, usize)>| {
+        let disk: Arc<DiskUse> = Arc::default();
+        let at = rows::PassDir { dir: pass.clone(), disk: disk.clone() };
+        let mut reader = rows::RowReader::open(&spec, &input.stamp, hasher.clone(), at).unwrap().with_reads();
+        if let Some((bytes, runs)) = sizes {
+            reader = reader.with_sizes(bytes, 1).with_max_runs(runs);
+        }
         let mut got = Vec::new();
         let mut emit = |r: &[u8]| {
             got.push(r.to_vec());
             Ok(())
         };
-        for b in batches {
-            reader.push(b.clone(), &mut emit, &path)?;
-        }
-        reader.flush(&mut emit, &path)?;
-        Ok::<_, DataError>(got)
+        let done = batches
+            .iter()
+            .try_for_each(|b| reader.push(b.clone(), &mut emit, &path))
+            .and_then(|()| reader.flush(&mut emit, &path));
+        assert!(pass_files(&pass).is_empty(), "pass files left: {:?}", pass_files(&pass));
+        done.map(|()| (got, disk.peak()))
     };
-    assert_eq!(run(&batches).unwrap(), expected);
-    // Two wrong digests late in the chunk: the error names the first of them in the output's order.
+    let (got, peak) = run(&batches, None).unwrap();
+    assert_eq!(got, expected);
+    // Every row's record (32 B) was on disk at once, then its bytes.
+    assert!(peak >= 32 * n as u64, "{peak}");
+    // Passes of three batches, merge chunks and put-back windows of ~4 KB (rows of 9 B).
+    let (got, _) = run(&batches, Some((4000, 3))).unwrap();
+    assert_eq!(got, expected);
+    // Two wrong digests: the error names the one first in file order.
     let mut bad = batches.clone();
     let last = bad.len() - 1;
     bad[last][5].0 ^= 1;
     bad[last - 1][9].0 ^= 1;
-    let line = bad[last - 1][9].1.2 + 2;
-    let err = run(&bad).unwrap_err().to_string();
+    let line = bad[last][5].1.2.min(bad[last - 1][9].1.2) + 2;
+    let err = run(&bad, None).unwrap_err().to_string();
     assert!(err.contains(&format!(":{line}:")) && err.contains("modified during the job"), "{err}");
 }
 
@@ -459,7 +490,7 @@ fn output_rows_are_read_from_the_input_and_their_keys_checked() {
     // In a joint order unlike the file's.
     batch.reverse();
     spans.reverse();
-    let mut reader = rows::RowReader::open(&spec, &input.stamp, hasher.clone()).unwrap();
+    let mut reader = rows::RowReader::open(&spec, &input.stamp, hasher.clone(), pass_dir(dir.path())).unwrap();
     let mut got = Vec::new();
     reader
         .rows(
@@ -484,7 +515,9 @@ fn output_rows_are_read_from_the_input_and_their_keys_checked() {
         (12, 1, true),
         (1 << 20, 1, true),
     ] {
-        let mut small = rows::RowReader::open(&spec, &input.stamp, hasher.clone()).unwrap().with_sizes(chunk, drop);
+        let mut small = rows::RowReader::open(&spec, &input.stamp, hasher.clone(), pass_dir(dir.path()))
+            .unwrap()
+            .with_sizes(chunk, drop);
         if reads {
             small = small.with_reads();
         }
@@ -500,8 +533,8 @@ fn output_rows_are_read_from_the_input_and_their_keys_checked() {
             )
             .unwrap();
         assert_eq!(again, spans, "chunk {chunk}, drop {drop}, positioned reads {reads}");
-        // Pushed in pieces (as the writers hand over one bucket at a time) and flushed: gathered
-        // across pieces with reads (a chunk's limit crossed inside a piece), at once with the map;
+        // Pushed in pieces (as the writers hand over one bucket at a time) and flushed: served by
+        // one pass with reads (chunk and window limits crossed inside a piece), at once with the map;
         // the same rows in the same order either way, nothing held back after the flush.
         let mut pushed = Vec::new();
         for piece in [&batch[..1], &batch[1..1], &batch[1..3], &batch[3..]] {
@@ -528,7 +561,8 @@ fn output_rows_are_read_from_the_input_and_their_keys_checked() {
         assert_eq!(pushed, spans, "pushed: chunk {chunk}, drop {drop}, positioned reads {reads}");
     }
     // A span that ends past the file, or whose end overflows: refused, never a panic (mapped or read).
-    let mut reads = rows::RowReader::open(&spec, &input.stamp, hasher.clone()).unwrap().with_reads();
+    let mut reads =
+        rows::RowReader::open(&spec, &input.stamp, hasher.clone(), pass_dir(dir.path())).unwrap().with_reads();
     for (offset, len) in [(text.len() as u64 - 2, 3), (u64::MAX - 1, 4)] {
         let mut bad = batch.clone();
         bad[1].1 = (offset, len, bad[1].1.2);
@@ -552,12 +586,13 @@ fn output_rows_are_read_from_the_input_and_their_keys_checked() {
     let changed_text = String::from_utf8(text.to_vec()).unwrap().replace("k1,", "k9,");
     std::fs::write(&path, &changed_text).unwrap();
     std::fs::File::options().write(true).open(&path).unwrap().set_modified(mtime).unwrap();
-    let mut reader = rows::RowReader::open(&spec, &input.stamp, hasher.clone()).unwrap();
+    let mut reader = rows::RowReader::open(&spec, &input.stamp, hasher.clone(), pass_dir(dir.path())).unwrap();
     let err = reader.rows(&batch, |_| Ok(()), &path).unwrap_err().to_string();
     assert!(err.contains(":2:") && !err.contains("k9") && !err.contains("k1"), "{err}");
     // Truncated while mapped (between two chunks): the next chunk's stamp check refuses it
     // before any mapped byte past the new end is touched (no SIGBUS).
-    let mut mapped = rows::RowReader::open(&spec, &input.stamp, hasher.clone()).unwrap().with_sizes(1, 1);
+    let mut mapped =
+        rows::RowReader::open(&spec, &input.stamp, hasher.clone(), pass_dir(dir.path())).unwrap().with_sizes(1, 1);
     let mut seen = 0;
     let err = mapped
         .rows(
@@ -577,7 +612,7 @@ fn output_rows_are_read_from_the_input_and_their_keys_checked() {
     std::fs::write(&path, &changed_text).unwrap();
     // Appended to: the stamp differs, refused before any row is read.
     std::fs::write(&path, [text.as_slice(), b"\r\nk5,more"].concat()).unwrap();
-    assert!(rows::RowReader::open(&spec, &input.stamp, hasher).is_err());
+    assert!(rows::RowReader::open(&spec, &input.stamp, hasher, pass_dir(dir.path())).is_err());
 }
 
 #[test]
