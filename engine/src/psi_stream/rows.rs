@@ -29,15 +29,15 @@
 //! to reclaim (measured at 10^9: see [`map_limit`]). One bucket's rows lie ~24 KB apart in a
 //! 12 GB input (10^9 ids), a read each; a range's (~1.5·10^7 rows at 10^9, half the ids shared)
 //! lie ~800 B apart, so the writers' batches (buckets) are served together, in one pass over the
-//! file per [`MAX_RUNS`] batches, in memory that does not grow with the batches' rows:
+//! file per up to [`MAX_FILES`] batches, in memory that does not grow with the batches' rows:
 //! - [`RowReader::push`] sorts a batch's rows by file offset, each with its place in the batch,
 //!   and writes them to a sealed *run* file in the job's spill directory (32 B a row);
 //! - [`RowReader::flush`] merges the runs by offset and reads the rows in file order,
 //!   [`MERGE_ROWS`] at a time, rows less than [`GAP`] apart in one read of at most [`MAX_READ`];
-//!   each chunk's keys are checked on the rayon pool, then each row goes to its batch's sealed
-//!   *rows* file with its place in the batch; then each batch's rows file is read back, a
-//!   [`WINDOW_BYTES`] window of the batch's order at a time, and its rows handed out in the
-//!   batch's order.
+//!   each chunk's keys are checked on the rayon pool, then each row goes, with its place in the
+//!   batch, to the sealed *rows* file of its window of the batch's order ([`WINDOW_BYTES`] of
+//!   rows); then each window's file is read back once and its rows handed out in the batch's
+//!   order.
 //!
 //! The pass files are sealed under a key of the reader's own (made from OS randomness when the
 //! reader opens, never stored: after a crash they are unreadable and the resume rebuilds the
@@ -89,10 +89,11 @@ const GAP: u64 = 4 << 10;
 /// at a time, in file order ([`RowReader::flush`]).
 const MERGE_ROWS: usize = 1 << 18;
 const MERGE_BYTES: usize = 16 << 20;
-/// Most batches (buckets) one pass over the file serves ([`RowReader::push`]); each has a run
-/// file and a rows file open during the pass.
-const MAX_RUNS: usize = 64;
-/// Most row bytes put back in their batch's order at a time (a longer row is a window alone).
+/// Most rows files (windows) one pass over the file writes ([`RowReader::push`]), so at most
+/// this many batches a pass, each with its run file open: ~130 open files, ~8 MiB of buffers.
+const MAX_FILES: usize = 64;
+/// Most row bytes put back in their batch's order at a time (a longer row is a window alone); a
+/// batch of more than [`MAX_FILES`] such windows has proportionally larger ones.
 const WINDOW_BYTES: usize = 32 << 20;
 /// Chunks of at least this many rows handed to [`RowReader::rows`] with positioned reads have
 /// their keys checked on the rayon pool before the rows are handed out; a pass's chunks always
@@ -151,12 +152,12 @@ pub(super) struct RowReader {
     pass: Option<Pass>,
     /// Most row bytes and rows per chunk ([`CHUNK_BYTES`], [`CHUNK_ROWS`] with the map,
     /// [`MERGE_BYTES`], [`MERGE_ROWS`] with reads), [`DROP_BYTES`], [`WINDOW_BYTES`] and
-    /// [`MAX_RUNS`] (smaller in tests, to cross their boundaries).
+    /// [`MAX_FILES`] (smaller in tests, to cross their boundaries).
     chunk_bytes: usize,
     chunk_rows: usize,
     drop_bytes: u64,
     window_bytes: usize,
-    max_runs: usize,
+    max_files: usize,
 }
 
 /// Where a reader's pass files go: the job's spill directory, whose disk account counts them.
@@ -174,12 +175,12 @@ struct Pass {
 }
 
 /// A batch handed to [`RowReader::push`] with positioned reads: its rows (sorted by offset) in
-/// the run file, and where each window of its order starts.
+/// the run file, where each window of its order starts, and each window's rows file.
 struct Run {
     rows: u32,
     windows: Vec<u32>,
     run: PathBuf,
-    rows_file: PathBuf,
+    rows_files: Vec<PathBuf>,
 }
 
 /// A run file's record: the row's offset and length, its place in its batch, its digest.
@@ -241,7 +242,7 @@ impl RowReader {
             chunk_rows,
             drop_bytes: DROP_BYTES,
             window_bytes: WINDOW_BYTES,
-            max_runs: MAX_RUNS,
+            max_files: MAX_FILES,
         })
     }
 
@@ -252,10 +253,10 @@ impl RowReader {
         self
     }
 
-    /// This reader serving at most `runs` batches a pass (tests).
+    /// This reader writing at most `files` rows files a pass (tests).
     #[cfg(test)]
-    pub(super) fn with_max_runs(mut self, runs: usize) -> RowReader {
-        self.max_runs = runs;
+    pub(super) fn with_max_files(mut self, files: usize) -> RowReader {
+        self.max_files = files;
         self
     }
 
@@ -269,7 +270,7 @@ impl RowReader {
 
     /// Hands `batch`'s rows to `emit` as [`Self::rows`] does, at once with the map; with
     /// positioned reads the batch is written to a run file and its rows handed over, in order, by
-    /// the pass of a later `push` (every [`MAX_RUNS`] batches) or of [`Self::flush`], which the
+    /// the pass of a later `push` (every [`MAX_FILES`] windows) or of [`Self::flush`], which the
     /// caller must call after its last batch. Rows reach `emit` in the order of the batches and
     /// within each batch.
     pub(super) fn push(
@@ -286,7 +287,7 @@ impl RowReader {
         }
         let run = self.write_run(batch)?;
         self.runs.push(run);
-        if self.runs.len() >= self.max_runs {
+        if self.runs.iter().map(|r| r.windows.len()).sum::<usize>() >= self.max_files {
             return self.flush(emit, out);
         }
         Ok(())
@@ -307,7 +308,7 @@ impl RowReader {
         let pass = self.pass.as_ref().expect("a reader with reads has its pass files");
         for run in &runs {
             pass.at.disk.remove(&run.run);
-            pass.at.disk.remove(&run.rows_file);
+            run.rows_files.iter().for_each(|f| pass.at.disk.remove(f));
         }
         done
     }
@@ -318,10 +319,12 @@ impl RowReader {
         let pass = self.pass.as_ref().expect("a reader with reads has its pass files");
         let k = self.runs.len();
         let rows = u32::try_from(batch.len()).map_err(|_| DataError::Invalid("a bucket too large to output".into()))?;
+        let total = batch.iter().map(|r| r.1.1 as usize).sum::<usize>();
+        let window = self.window_bytes.max(total.div_ceil(self.max_files));
         let mut windows = vec![0u32];
         let mut bytes = 0usize;
         for (i, &(_, (_, len, _))) in batch.iter().enumerate() {
-            if bytes > 0 && bytes + len as usize > self.window_bytes {
+            if bytes > 0 && bytes + len as usize > window {
                 windows.push(i as u32);
                 bytes = 0;
             }
@@ -331,7 +334,8 @@ impl RowReader {
             batch.iter().enumerate().map(|(i, &(digest, (offset, len, _)))| (offset, len, i as u32, digest)).collect();
         drop(batch);
         records.par_sort_unstable_by_key(|r| (r.0, r.2));
-        let (run, rows_file) = (pass.path("run", k), pass.path("rows", k));
+        let run = pass.path(&format!("run-{k}"));
+        let rows_files = (0..windows.len()).map(|w| pass.path(&format!("rows-{k}-{w}"))).collect();
         let io_err = |e| DataError::io(&run, e);
         let mut w = std::io::BufWriter::with_capacity(
             1 << 16,
@@ -347,11 +351,11 @@ impl RowReader {
         }
         w.into_inner().map_err(|e| e.into_error()).and_then(|w| w.finish_scratch()).map_err(io_err)?;
         pass.account(&run);
-        Ok(Run { rows, windows, run, rows_file })
+        Ok(Run { rows, windows, run, rows_files })
     }
 
     /// The pass's first half: the runs merged by offset, their rows read in file order a chunk
-    /// at a time, keys checked, each row written to its batch's rows file with its place.
+    /// at a time, keys checked, each row written to its window's rows file with its place.
     fn merge(&mut self, runs: &[Run]) -> Result<(), DataError> {
         let pass = self.pass.take().expect("a reader with reads has its pass files");
         let done = self.merge_with(&pass, runs);
@@ -365,9 +369,12 @@ impl RowReader {
         for run in runs {
             let reader = SealedReader::open(&run.run, &pass.key).map_err(|e| DataError::io(&run.run, e))?;
             readers.push((std::io::BufReader::with_capacity(1 << 16, reader), run.rows));
-            let w = SealedWriter::create(&run.rows_file, &pass.key, Access::OwnerOnly)
-                .map_err(|e| DataError::io(&run.rows_file, e))?;
-            writers.push(std::io::BufWriter::with_capacity(1 << 16, w));
+            let mut windows = Vec::with_capacity(run.rows_files.len());
+            for f in &run.rows_files {
+                let w = SealedWriter::create(f, &pass.key, Access::OwnerOnly).map_err(|e| DataError::io(f, e))?;
+                windows.push(std::io::BufWriter::with_capacity(1 << 16, w));
+            }
+            writers.push(windows);
         }
         // The next record of each run, smallest offset first.
         let mut heads = std::collections::BinaryHeap::new();
@@ -404,8 +411,11 @@ impl RowReader {
             let mut start = 0;
             for (i, &(k, at)) in to.iter().enumerate() {
                 let end = self.ends[i];
-                let (run, w) = (&runs[k as usize], &mut writers[k as usize]);
-                let io_err = |e| DataError::io(&run.rows_file, e);
+                let run = &runs[k as usize];
+                // The window holding place `at` (the first window starts at 0).
+                let window = run.windows.partition_point(|&from| from <= at) - 1;
+                let w = &mut writers[k as usize][window];
+                let io_err = |e| DataError::io(&run.rows_files[window], e);
                 w.write_all(&at.to_le_bytes()).map_err(io_err)?;
                 w.write_all(&((end - start) as u32).to_le_bytes()).map_err(io_err)?;
                 w.write_all(&self.bytes[start..end]).map_err(io_err)?;
@@ -418,16 +428,18 @@ impl RowReader {
                 return Err(DataError::file(&run.run, "a pass file of the output's rows is damaged"));
             }
         }
-        for (w, run) in writers.into_iter().zip(runs) {
-            let io_err = |e| DataError::io(&run.rows_file, e);
-            w.into_inner().map_err(|e| e.into_error()).and_then(|w| w.finish_scratch()).map_err(io_err)?;
-            pass.account(&run.rows_file);
+        for (windows, run) in writers.into_iter().zip(runs) {
+            for (w, f) in windows.into_iter().zip(&run.rows_files) {
+                let io_err = |e| DataError::io(f, e);
+                w.into_inner().map_err(|e| e.into_error()).and_then(|w| w.finish_scratch()).map_err(io_err)?;
+                pass.account(f);
+            }
         }
         Ok(())
     }
 
-    /// The pass's second half: each batch's rows file read back a window of the batch's order
-    /// at a time, its rows handed to `emit` in the batch's order.
+    /// The pass's second half: each window's rows file read back once, its rows handed to
+    /// `emit` in the batch's order.
     fn put_back(
         &mut self,
         runs: &[Run],
@@ -437,34 +449,29 @@ impl RowReader {
         let pass = self.pass.as_ref().expect("a reader with reads has its pass files");
         let mut index: Vec<(u32, usize, u32)> = Vec::new();
         for run in runs {
-            let damaged = || DataError::file(&run.rows_file, "a pass file of the output's rows is damaged");
-            for (w, &lo) in run.windows.iter().enumerate() {
+            for (w, (&lo, file)) in run.windows.iter().zip(&run.rows_files).enumerate() {
                 let hi = run.windows.get(w + 1).copied().unwrap_or(run.rows);
-                let sealed =
-                    SealedReader::open(&run.rows_file, &pass.key).map_err(|e| DataError::io(&run.rows_file, e))?;
+                let damaged = || DataError::file(file, "a pass file of the output's rows is damaged");
+                let sealed = SealedReader::open(file, &pass.key).map_err(|e| DataError::io(file, e))?;
                 let mut reader = std::io::BufReader::with_capacity(1 << 16, sealed);
                 self.bytes.clear();
                 index.clear();
-                for _ in 0..run.rows {
+                for _ in lo..hi {
                     let mut head = [0u8; 8];
                     reader.read_exact(&mut head).map_err(|_| damaged())?;
                     let at = u32::from_le_bytes(head[..4].try_into().expect("4"));
                     let len = u32::from_le_bytes(head[4..].try_into().expect("4"));
-                    if (lo..hi).contains(&at) {
-                        let start = self.bytes.len();
-                        self.bytes.resize(start + len as usize, 0);
-                        reader.read_exact(&mut self.bytes[start..]).map_err(|_| damaged())?;
-                        index.push((at, start, len));
-                    } else {
-                        let skipped = std::io::copy(&mut (&mut reader).take(u64::from(len)), &mut std::io::sink())
-                            .map_err(|_| damaged())?;
-                        if skipped != u64::from(len) {
-                            return Err(damaged());
-                        }
-                    }
+                    let start = self.bytes.len();
+                    self.bytes.resize(start + len as usize, 0);
+                    reader.read_exact(&mut self.bytes[start..]).map_err(|_| damaged())?;
+                    index.push((at, start, len));
+                }
+                let mut rest = [0u8; 1];
+                if !matches!(reader.read(&mut rest), Ok(0)) {
+                    return Err(damaged());
                 }
                 index.sort_unstable_by_key(|e| e.0);
-                if index.len() != (hi - lo) as usize || index.iter().zip(lo..).any(|(e, at)| e.0 != at) {
+                if index.iter().zip(lo..).any(|(e, at)| e.0 != at) {
                     return Err(damaged());
                 }
                 for &(_, start, len) in &index {
@@ -702,8 +709,8 @@ impl Pass {
         Ok(Pass { at, key, prefix: format!("{ours}{n}") })
     }
 
-    fn path(&self, what: &str, k: usize) -> PathBuf {
-        self.at.dir.join(format!("{}-{what}-{k}", self.prefix))
+    fn path(&self, what: &str) -> PathBuf {
+        self.at.dir.join(format!("{}-{what}", self.prefix))
     }
 
     /// Counts the file at `path` in the job's temporary disk.

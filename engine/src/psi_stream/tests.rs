@@ -440,7 +440,7 @@ fn rows_read_in_passes_come_out_in_the_batches_order_and_are_checked() {
         let at = rows::PassDir { dir: pass.clone(), disk: disk.clone() };
         let mut reader = rows::RowReader::open(&spec, &input.stamp, hasher.clone(), at).unwrap().with_reads();
         if let Some((bytes, runs)) = sizes {
-            reader = reader.with_sizes(bytes, 1).with_max_runs(runs);
+            reader = reader.with_sizes(bytes, 1).with_max_files(runs);
         }
         let mut got = Vec::new();
         let mut emit = |r: &[u8]| {
@@ -458,9 +458,12 @@ fn rows_read_in_passes_come_out_in_the_batches_order_and_are_checked() {
     assert_eq!(got, expected);
     // Every row's record (32 B) was on disk at once, then its bytes.
     assert!(peak >= 32 * n as u64, "{peak}");
-    // Passes of three batches, merge chunks and put-back windows of ~4 KB (rows of 9 B).
-    let (got, _) = run(&batches, Some((4000, 3))).unwrap();
-    assert_eq!(got, expected);
+    // Merge chunks of ~4 KB (rows of 9 B); at most three rows files a pass (a pass per batch, its
+    // windows widened to three), or 64 (windows of ~4 KB, ~23 a batch: a pass per three batches).
+    for files in [3, 64] {
+        let (got, _) = run(&batches, Some((4000, files))).unwrap();
+        assert_eq!(got, expected, "{files} files a pass");
+    }
     // Two wrong digests: the error names the one first in file order.
     let mut bad = batches.clone();
     let last = bad.len() - 1;
