@@ -149,7 +149,7 @@ pub(super) struct RowReader {
     /// Positioned reads: the batches handed to [`Self::push`] and not yet read, and where their
     /// pass files go.
     runs: Vec<Run>,
-    pass: Option<Pass>,
+    pass: Arc<Pass>,
     /// Most row bytes and rows per chunk ([`CHUNK_BYTES`], [`CHUNK_ROWS`] with the map,
     /// [`MERGE_BYTES`], [`MERGE_ROWS`] with reads), [`DROP_BYTES`], [`WINDOW_BYTES`] and
     /// [`MAX_FILES`] (smaller in tests, to cross their boundaries).
@@ -237,7 +237,7 @@ impl RowReader {
             ends: Vec::new(),
             by_offset: Vec::new(),
             runs: Vec::new(),
-            pass: Some(pass),
+            pass: Arc::new(pass),
             chunk_bytes,
             chunk_rows,
             drop_bytes: DROP_BYTES,
@@ -305,7 +305,7 @@ impl RowReader {
             return Ok(());
         }
         let done = self.merge(&runs).and_then(|()| self.put_back(&runs, emit, out));
-        let pass = self.pass.as_ref().expect("a reader with reads has its pass files");
+        let pass = self.pass.clone();
         for run in &runs {
             pass.at.disk.remove(&run.run);
             run.rows_files.iter().for_each(|f| pass.at.disk.remove(f));
@@ -316,7 +316,7 @@ impl RowReader {
     /// Writes `batch` (rows in the batch's order) as the next run: its rows sorted by offset,
     /// each with its place in the batch.
     fn write_run(&mut self, batch: Vec<(u128, Place)>) -> Result<Run, DataError> {
-        let pass = self.pass.as_ref().expect("a reader with reads has its pass files");
+        let pass = self.pass.clone();
         let k = self.runs.len();
         let rows = u32::try_from(batch.len()).map_err(|_| DataError::Invalid("a bucket too large to output".into()))?;
         let total = batch.iter().map(|r| r.1.1 as usize).sum::<usize>();
@@ -357,13 +357,7 @@ impl RowReader {
     /// The pass's first half: the runs merged by offset, their rows read in file order a chunk
     /// at a time, keys checked, each row written to its window's rows file with its place.
     fn merge(&mut self, runs: &[Run]) -> Result<(), DataError> {
-        let pass = self.pass.take().expect("a reader with reads has its pass files");
-        let done = self.merge_with(&pass, runs);
-        self.pass = Some(pass);
-        done
-    }
-
-    fn merge_with(&mut self, pass: &Pass, runs: &[Run]) -> Result<(), DataError> {
+        let pass = self.pass.clone();
         let mut readers = Vec::with_capacity(runs.len());
         let mut writers = Vec::with_capacity(runs.len());
         for run in runs {
@@ -446,7 +440,7 @@ impl RowReader {
         mut emit: impl FnMut(&[u8]) -> std::io::Result<()>,
         out: &Path,
     ) -> Result<(), DataError> {
-        let pass = self.pass.as_ref().expect("a reader with reads has its pass files");
+        let pass = self.pass.clone();
         let mut index: Vec<(u32, usize, u32)> = Vec::new();
         for run in runs {
             for (w, (&lo, file)) in run.windows.iter().zip(&run.rows_files).enumerate() {
