@@ -15,6 +15,7 @@ pub mod join;
 pub mod keys;
 pub mod lr;
 pub mod lr_synth;
+pub mod memory;
 pub mod multi_join;
 pub mod parquet_io;
 pub mod payload;

@@ -12,7 +12,9 @@
 //!
 //! Environment (defaults in brackets): `OH_ROWS` [100000], `OH_GROUPS` [300], `OH_COLS` [9]
 //! (columns per group: a feature of 10 bins, the reference bin has no column), `OH_USES` [3],
-//! `OH_BATCH` [1024] (rows per session, as the LR's batch).
+//! `OH_BATCH` [1024] (rows per session, as the LR's batch), `OH_KEEP` [0] (1: both sides keep every
+//! group's leaves expanded, `keep_leaves`, so uses skip the expansion), `OH_PAIR_ONLY` [0] (1: time
+//! only the paired backward, SecureBoost's use, e.g. under a profiler).
 mod common;
 use common::cpu_seconds;
 use std::sync::Arc;
@@ -29,16 +31,18 @@ fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default)
 }
 
-/// AES blocks of one tree's expansion: per level, one per parent and one per child.
-fn expansion_blocks(k: usize) -> usize {
+/// AES blocks of one tree's expansion: one per child (0 when the leaves are kept).
+fn expansion_blocks(k: usize, keep: bool) -> usize {
     let d = k.next_power_of_two().trailing_zeros();
-    (1..=d).map(|l| k.div_ceil(1 << (d - l + 1)) + k.div_ceil(1 << (d - l))).sum()
+    if keep { 0 } else { (1..=d).map(|l| k.div_ceil(1 << (d - l))).sum() }
 }
 
 fn main() {
     let (rows, g_n, cols, uses, batch) =
         (env("OH_ROWS", 100_000), env("OH_GROUPS", 300), env("OH_COLS", 9), env("OH_USES", 3), env("OH_BATCH", 1024));
     let k = cols + 1;
+    let keep = env("OH_KEEP", 0) == 1;
+    let pair_only = env("OH_PAIR_ONLY", 0) == 1;
     let threads = rayon::current_num_threads();
     let sizes = vec![cols as u32; g_n];
     let groups = Arc::new(Groups::new(&sizes, 1).expect("groups"));
@@ -63,6 +67,9 @@ fn main() {
                 let part = x.select_rows(&(at as u32..(at + 4096).min(rows) as u32).collect::<Vec<_>>());
                 st.extend(&ca, &mut ext, &part).await.unwrap();
             }
+            if keep {
+                st.keep_leaves(usize::MAX);
+            }
             Arc::new(st)
         };
         let sender = async {
@@ -71,23 +78,30 @@ fn main() {
             for at in (0..rows).step_by(4096) {
                 st.extend(&cb, &mut ext, (at + 4096).min(rows) - at).await.unwrap();
             }
+            if keep {
+                st.keep_leaves(usize::MAX);
+            }
             Arc::new(st)
         };
         futures::join!(chooser, sender)
     });
-    println!("setup (both parties together, with the IKNP OTs): {:.2} s", t.elapsed().as_secs_f64());
+    println!(
+        "setup (both parties together, with the IKNP OTs{}): {:.2} s",
+        if keep { " and kept leaves" } else { "" },
+        t.elapsed().as_secs_f64()
+    );
     let trees = (rows * g_n) as f64;
-    let e = expansion_blocks(k);
+    let e = expansion_blocks(k, keep);
     // Blocks per tree of each step: the forward expands once and hashes for both products.
     let steps = [
-        ("sender forward + backward pads", e + 4 * k),
-        ("chooser forward + backward pads", e + 2 + 2 * k),
+        ("sender forward + backward pads", e + 3 * k),
+        ("chooser forward + backward pads", e + 2 + k),
         ("sender backward (pads kept)", 0),
         ("chooser backward (pads kept)", 0),
-        ("sender backward alone", e + 2 * k),
-        ("chooser backward alone", e + 2 * k),
-        ("sender backward_pair alone", e + 2 * k),
-        ("chooser backward_pair alone", e + 2 * k),
+        ("sender backward alone", e + k),
+        ("chooser backward alone", e + k),
+        ("sender backward_pair alone", e + k),
+        ("chooser backward_pair alone", e + k),
     ];
     let (mut secs, mut cpu) = (vec![0f64; steps.len()], vec![0f64; steps.len()]);
     for u in 0..uses as u64 {
@@ -101,16 +115,18 @@ fn main() {
                 secs[i] += t.elapsed().as_secs_f64();
                 cpu[i] += cpu_seconds() - c;
             };
-            let (s, c) = (se.session(2 * u, at, m), ch.session(2 * u, at, m));
             let mut msg = Vec::new();
-            time(0, &mut || msg = s.forward(&y_fwd).unwrap().0);
-            time(1, &mut || drop(c.forward(&msg).unwrap()));
-            time(2, &mut || msg = s.backward(&y).unwrap().0);
-            time(3, &mut || drop(c.backward(&msg).unwrap()));
             let rows: Arc<[u32]> = (at as u32..(at + m) as u32).collect();
-            let (s, c) = (se.session_rows(2 * u + 1, rows.clone()), ch.session_rows(2 * u + 1, rows.clone()));
-            time(4, &mut || msg = s.backward(&y).unwrap().0);
-            time(5, &mut || drop(c.backward(&msg).unwrap()));
+            if !pair_only {
+                let (s, c) = (se.session(2 * u, at, m), ch.session(2 * u, at, m));
+                time(0, &mut || msg = s.forward(&y_fwd).unwrap().0);
+                time(1, &mut || drop(c.forward(&msg).unwrap()));
+                time(2, &mut || msg = s.backward(&y).unwrap().0);
+                time(3, &mut || drop(c.backward(&msg).unwrap()));
+                let (s, c) = (se.session_rows(2 * u + 1, rows.clone()), ch.session_rows(2 * u + 1, rows.clone()));
+                time(4, &mut || msg = s.backward(&y).unwrap().0);
+                time(5, &mut || drop(c.backward(&msg).unwrap()));
+            }
             let (s, c) =
                 (se.session_rows(2 * u + 1 + (1 << 40), rows.clone()), ch.session_rows(2 * u + 1 + (1 << 40), rows));
             time(6, &mut || msg = s.backward_pair(&y, &y).unwrap().0);

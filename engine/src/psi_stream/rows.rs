@@ -116,13 +116,7 @@ fn map_limit() -> u64 {
     if READS_ONLY.try_with(|reads| *reads).unwrap_or(false) {
         return 0;
     }
-    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-        m.lines()
-            .find_map(|l| l.strip_prefix("MemTotal:"))
-            .and_then(|v| v.trim().strip_suffix("kB"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-    });
-    total.map_or(8 << 30, |kib| kib * 1024 * 10 / 28)
+    crate::memory::total_bytes().map_or(8 << 30, |b| b * 10 / 28)
 }
 
 #[cfg(test)]

@@ -210,7 +210,9 @@ pub async fn run_sb_train<C: Channel>(
     job: &SbTrainJob,
 ) -> Result<SbTrainReport, LrError> {
     let party = party_of(job.role);
-    let config = job.params.config()?;
+    let mut config = job.params.config()?;
+    // This node's own choice (the peer sees the same messages either way).
+    config.kept_leaves_bytes = crate::memory::kept_leaves_budget();
     check_label_side(party, &job.columns)?;
     let mut stages = Stages::start();
     let aligned = align(channel, dataset, job.role, job.psi, job.psi_progress.clone(), job.limits).await?;

@@ -78,7 +78,7 @@ pub(super) async fn train<C: Channel>(channel: &C, input: SbInput, config: &SbCo
         Histograms::Ot => {
             let started = Instant::now();
             let kept = ot_hist::kept_rows(&input.train);
-            let store = ot_hist::setup_sender(channel, &peer_bins, kept.len()).await?;
+            let store = ot_hist::setup_sender(channel, &peer_bins, kept.len(), config.kept_leaves_bytes).await?;
             let pos = ot_hist::position_map(input.features.rows, &kept);
             ot = Some(OtCtx { store, pos, cols: ColumnLayout::new(&peer_bins) });
             timings.setup = started.elapsed().as_secs_f64();

@@ -70,6 +70,12 @@ pub struct SbConfig {
     pub min_key_bits: u32,
     /// How B's histograms are computed (agreed).
     pub histograms: Histograms,
+    /// This party's memory budget (bytes) for one-hot trees kept expanded across the job with
+    /// the `ot` backend ([`crate::mpc::ot_mul::onehot::OneHotSender::keep_leaves`]: 33 · 16
+    /// bytes per (training row, B feature) at 33 bins; B's features from the first while they
+    /// fit). A node's local choice, not agreed: kept or not, the messages are the same. 0 (the
+    /// default) expands every tree per use.
+    pub kept_leaves_bytes: u64,
 }
 
 impl Default for SbConfig {
@@ -88,6 +94,7 @@ impl Default for SbConfig {
             max_bins: 33,
             min_key_bits: 2048,
             histograms: Histograms::default(),
+            kept_leaves_bytes: 0,
         }
     }
 }

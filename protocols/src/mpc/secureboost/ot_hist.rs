@@ -48,11 +48,13 @@ fn chunk_rows(cols: usize) -> usize {
     (CHUNK_ENTRIES / cols.max(1)).clamp(64, 8192)
 }
 
-/// A's setup over `rows` kept rows of B's features with `peer_bins`.
+/// A's setup over `rows` kept rows of B's features with `peer_bins`, then the leaves of as many
+/// features as `keep` bytes hold expanded ([`OneHotSender::keep_leaves`]).
 pub(super) async fn setup_sender<C: Channel>(
     channel: &C,
     peer_bins: &[u32],
     rows: usize,
+    keep: u64,
 ) -> Result<Arc<OneHotSender>, MpcError> {
     let groups = groups(peer_bins)?;
     let mut ext = IknpSender::setup(channel, Security::Malicious).await?;
@@ -64,14 +66,19 @@ pub(super) async fn setup_sender<C: Channel>(
         store.extend(channel, &mut ext, m).await?;
         done += m;
     }
-    Ok(Arc::new(store))
+    Ok(cpu::run(move || {
+        store.keep_leaves(usize::try_from(keep).unwrap_or(usize::MAX));
+        Arc::new(store)
+    })
+    .await)
 }
 
-/// B's setup over its features of the `kept` rows.
+/// B's setup over its features of the `kept` rows, then its leaves kept as A's.
 pub(super) async fn setup_chooser<C: Channel>(
     channel: &C,
     x: &Arc<BinnedFeatures>,
     kept: &[u32],
+    keep: u64,
 ) -> Result<Arc<OneHotChooser>, MpcError> {
     let groups = groups(&x.bins)?;
     let mut ext = IknpReceiver::setup(channel, Security::Malicious).await?;
@@ -81,7 +88,11 @@ pub(super) async fn setup_chooser<C: Channel>(
         let matrix = cpu::run(move || one_hot(&x, &rows)).await;
         store.extend(channel, &mut ext, &matrix).await?;
     }
-    Ok(Arc::new(store))
+    Ok(cpu::run(move || {
+        store.keep_leaves(usize::try_from(keep).unwrap_or(usize::MAX));
+        Arc::new(store)
+    })
+    .await)
 }
 
 /// The one-hot matrix of `rows`: per feature, column (first_f + bin − 1) is 1 for bins ≥ 1.

@@ -46,7 +46,7 @@ pub(super) async fn train<C: Channel>(channel: &C, input: SbInput, config: &SbCo
         Histograms::Ot => {
             let started = Instant::now();
             let kept = ot_hist::kept_rows(&input.train);
-            let store = ot_hist::setup_chooser(channel, &x, &kept).await?;
+            let store = ot_hist::setup_chooser(channel, &x, &kept, config.kept_leaves_bytes).await?;
             let pos = ot_hist::position_map(input.features.rows, &kept);
             ot = Some((store, pos, Arc::new(ColumnLayout::new(&x.bins))));
             timings.setup = started.elapsed().as_secs_f64();

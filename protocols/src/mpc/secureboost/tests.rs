@@ -215,6 +215,23 @@ async fn trees_and_predictions_equal_the_plaintext_reference(h: Histograms) {
     }
 }
 
+/// With the `ot` backend, trees kept expanded for all of B's features, for some (a budget of
+/// two of its four features: 340 training rows × 9 leaves × 16 bytes each) or none give the
+/// reference's trees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_leaves_give_the_reference_trees() {
+    let d = data(400, &[1.5, -1.0, 0.0], &[2.0, 0.0, -1.5, 0.5], 0.05, 3);
+    let (train_rows, holdout) = split_rows(400, 60);
+    for keep in [u64::MAX, 2 * 340 * 9 * 16 + 100, 0] {
+        let config = SbConfig { trees: 2, max_depth: 3, max_bins: 9, kept_leaves_bytes: keep, ..mode(Histograms::Ot) };
+        let (a, b) = inputs(&d, &train_rows, &holdout, &config);
+        let run = run_with(a, b, &config, None, None).await;
+        let (_, b_splits) = check_against_plain(&run, &d, &train_rows, &holdout, &config);
+        assert!(b_splits > 0, "B's features split");
+        check_prediction(&run, &d, &config, &train_rows, &holdout).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_cases_match_the_reference_he() {
     edge_cases_match_the_reference(Histograms::He).await
@@ -842,7 +859,8 @@ async fn ot_needs_no_key_and_any_training_order() {
 
 /// The kept one-hot correlations over picked rows: the backward product of B's one-hot bins with y
 /// equals the plaintext per-bin sums, for subsets from empty to all rows; a list that is not
-/// strictly ascending, or out of range, is refused; a use id is single-use per session.
+/// strictly ascending, or out of range, is refused; a use id is single-use per session. A keeps
+/// every feature's leaves expanded and B two of its four.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn picked_row_backward_products_equal_plaintext_bin_sums() {
     let mut rng = StdRng::seed_from_u64(12);
@@ -853,8 +871,9 @@ async fn picked_row_backward_products_equal_plaintext_bin_sums() {
     let kept: Vec<u32> = (0..n as u32).filter(|r| r % 7 != 3).collect();
     let (ca, cb) = memory_pair(64);
     let (s, c) = futures::join!(
-        super::ot_hist::setup_sender(&ca, &bins, kept.len()),
-        super::ot_hist::setup_chooser(&cb, &x, &kept)
+        // A keeps every feature's leaves, B its first two features' (a local choice each).
+        super::ot_hist::setup_sender(&ca, &bins, kept.len(), u64::MAX),
+        super::ot_hist::setup_chooser(&cb, &x, &kept, (kept.len() * (5 + 2) * 16) as u64)
     );
     let (s, c) = (s.unwrap(), c.unwrap());
     let cols = super::ot_hist::ColumnLayout::new(&bins);

@@ -412,3 +412,50 @@ fn matrix_of_leaves_is_the_matrix() {
         assert_eq!(m.layout().cols(), want.layout().cols());
     }
 }
+
+/// Leaves kept by either side (all groups, some, none) give the same messages and shares as the
+/// expansion per use, and products equal to the plaintext's; the budget picks a prefix of the
+/// groups; a store whose leaves are kept cannot be extended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_leaves_give_the_same_messages_and_shares() {
+    let mut rng = StdRng::seed_from_u64(13);
+    let sizes = [32u32, 1, 255, 3, 9];
+    let rows = 300;
+    let x = onehot(rows, &sizes, 1, |_, _| rng.random_range(0..256usize));
+    let groups = Arc::new(Groups::new(&sizes, 1).unwrap());
+    let (se, ch) = setup(&x, &groups).await;
+    let list: Arc<[u32]> = (0..rows as u32).filter(|i| i % 3 != 1).collect();
+    let y0: Vec<u64> = (0..list.len()).map(|_| rng.next_u64()).collect();
+    let y1: Vec<u64> = (0..list.len()).map(|_| rng.next_u64()).collect();
+    let pair = |se: &Arc<OneHotSender>, ch: &Arc<OneHotChooser>| {
+        let (msg, s0, s1) = se.session_rows(7, list.clone()).backward_pair(&y0, &y1).unwrap();
+        let (c0, c1) = ch.session_rows(7, list.clone()).backward_pair(&msg).unwrap();
+        (msg, s0, s1, c0, c1)
+    };
+    let before = pair(&se, &ch);
+    let xb = x.select_rows(&list);
+    assert_eq!(add(&before.1, &before.3), xb.mul_t_vec(&y0));
+    assert_eq!(add(&before.2, &before.4), xb.mul_t_vec(&y1));
+    let (mut se, mut ch) = (Arc::try_unwrap(se).ok().unwrap(), Arc::try_unwrap(ch).ok().unwrap());
+    let bytes = |g: usize| rows * (sizes[..g].iter().map(|&c| c as usize + 1).sum::<usize>()) * 16;
+    // The sender keeps every group, the chooser the first two (a budget a byte short of three).
+    assert_eq!(se.keep_leaves(usize::MAX), sizes.len());
+    assert_eq!(ch.keep_leaves(bytes(3) - 1), 2);
+    assert_eq!(se.kept_bytes(), rows * sizes.len() * 16 + bytes(sizes.len()));
+    let (ca, cb) = memory_pair(8);
+    let (er, es) =
+        futures::join!(IknpReceiver::setup(&ca, Security::SemiHonest), IknpSender::setup(&cb, Security::SemiHonest));
+    let (mut er, mut es) = (er.unwrap(), es.unwrap());
+    assert!(se.extend(&cb, &mut es, 10).await.is_err() && ch.extend(&ca, &mut er, &x).await.is_err());
+    let (se, ch) = (Arc::new(se), Arc::new(ch));
+    assert_eq!(pair(&se, &ch), before, "kept leaves changed the paired backward");
+    // Every other product on the listed rows, and the other way round (the chooser keeps all,
+    // the sender none).
+    check_rows(&se, &ch, &x, &list, 100, 1);
+    let (se2, ch2) = setup(&x, &groups).await;
+    let mut ch2 = Arc::try_unwrap(ch2).ok().unwrap();
+    assert_eq!(ch2.keep_leaves(bytes(sizes.len())), sizes.len());
+    let ch2 = Arc::new(ch2);
+    check_rows(&se2, &ch2, &x, &list, 200, 2);
+    check_rows(&se2, &ch2, &x, &[0, 299], 300, 3);
+}
