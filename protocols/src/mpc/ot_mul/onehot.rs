@@ -47,6 +47,12 @@
 //!
 //! Both then multiply their shares by `scale`. Exact (no error term).
 //!
+//! *Kept expansion* ([`OneHotSender::keep_leaves`], [`OneHotChooser::keep_leaves`]): after the
+//! setup a party may expand its trees once and keep the leaves (the chooser's own leaf as 0) for
+//! as many groups as a local memory budget allows (k · 16 bytes per (row, group)); a use of such
+//! a group gathers them (with prefetches: it is bound by memory, not by AES) and hashes its pads
+//! in one pass. The leaves are the ones a use would expand, so the messages are the same.
+//!
 //! A use covers a range of rows ([`OneHotSender::session`], the LR's batches) or a strictly
 //! increasing list of absolute rows ([`OneHotSender::session_rows`], a tree node's rows); the
 //! tweak carries the absolute row index and the use id, so a pad is never used twice as long as
