@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::Sigmoid;
-use super::state::{Ctx, gather};
+use super::state::{Batch, Ctx, gather};
 use crate::channel::Channel;
 use crate::cpu;
 use crate::mpc::dealer::{DealerClient, DealerSession, List, SessionId};
@@ -184,7 +184,7 @@ pub(super) enum Corr {
 
 impl Corr {
     /// Length of the peer's message for our own matrix (m rows).
-    pub(super) fn msg_len(&self, forward: bool, x: &Matrix) -> usize {
+    pub(super) fn msg_len(&self, forward: bool, x: &Batch) -> usize {
         match (self, forward) {
             (Corr::Ot(..) | Corr::Split(Own::Ot(_), _), _) => x.rows() * x.layout().per_row(),
             (Corr::Split(Own::OneHot(c), _), true) => c.forward_len(),
@@ -207,14 +207,14 @@ impl Corr {
     }
 
     /// Our share of the product of our own matrix with the peer's vector, given its message.
-    pub(super) fn own_side(&self, forward: bool, x: &Matrix, msg: &[u64]) -> Result<Vec<u64>, MpcError> {
+    pub(super) fn own_side(&self, forward: bool, x: &Batch, msg: &[u64]) -> Result<Vec<u64>, MpcError> {
         match (self, forward) {
-            (Corr::Ot(c, _) | Corr::Split(Own::Ot(c), _), true) => chooser_forward(c, x, msg),
-            (Corr::Ot(c, _) | Corr::Split(Own::Ot(c), _), false) => chooser_backward(c, x, msg),
+            (Corr::Ot(c, _) | Corr::Split(Own::Ot(c), _), true) => chooser_forward(c, x.matrix()?, msg),
+            (Corr::Ot(c, _) | Corr::Split(Own::Ot(c), _), false) => chooser_backward(c, x.matrix()?, msg),
             (Corr::Split(Own::OneHot(c), _), true) => c.forward(msg),
             (Corr::Split(Own::OneHot(c), _), false) => c.backward(msg),
-            (Corr::Dealer(d), true) => Ok(d.owner_forward(x, msg)),
-            (Corr::Dealer(d), false) => Ok(d.owner_backward(x, msg)),
+            (Corr::Dealer(d), true) => Ok(d.owner_forward(x.matrix()?, msg)),
+            (Corr::Dealer(d), false) => Ok(d.owner_backward(x.matrix()?, msg)),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use super::correlations::Corr;
-use super::state::{Ctx, Shares, gather};
+use super::state::{Batch, Ctx, Features, Shares, batch};
 use crate::channel::Channel;
 use crate::cpu;
 use crate::mpc::ot_mul::{self, Layout, Matrix, chooser_forward};
@@ -24,7 +24,7 @@ pub(super) fn add_into(acc: &mut [u64], other: &[u64]) {
 pub(super) async fn product<C: Channel, D: Channel>(
     ctx: &Ctx<'_, C, D>,
     corr: &Arc<Corr>,
-    x: &Arc<Matrix>,
+    x: &Arc<Batch>,
     y: Vec<u64>,
     forward: bool,
 ) -> Result<(Vec<u64>, Vec<u64>), MpcError> {
@@ -44,9 +44,11 @@ pub(super) async fn forward<C: Channel, D: Channel>(
     w: &Shares,
     rows: &[u32],
     corr: Option<Corr>,
-) -> Result<(Arc<Matrix>, Arc<Corr>, Vec<u64>), MpcError> {
+) -> Result<(Arc<Batch>, Arc<Corr>, Vec<u64>), MpcError> {
+    // A one-hot matrix with kept correlations is always on them (never fresh OTs or a dealer).
+    let leaves = ctx.kept.is_some() && matches!(*ctx.features, Features::OneHot { .. });
     let (features, rows_v) = (ctx.features.clone(), rows.to_vec());
-    let x = Arc::new(cpu::run(move || gather(&features, &rows_v)).await);
+    let x = Arc::new(cpu::run(move || batch(&features, &rows_v, leaves)).await);
     let m = rows.len();
     let corr = match corr {
         Some(c) => c,
@@ -55,7 +57,7 @@ pub(super) async fn forward<C: Channel, D: Channel>(
                 ctx.channel,
                 &mut ctx.receiver,
                 &mut ctx.sender,
-                x.clone(),
+                x.matrix()?.clone(),
                 m,
                 ctx.peer_layout.clone(),
             )

@@ -4,10 +4,10 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use super::LrConfig;
-use crate::mpc::Party;
 use crate::mpc::dealer::DealerClient;
 use crate::mpc::ot_mul::onehot::Groups;
 use crate::mpc::ot_mul::{self, Layout, Matrix};
+use crate::mpc::{MpcError, Party};
 use crate::ot::{IknpReceiver, IknpSender};
 
 /// The shared state: this party's shares of both weight vectors and the intercept.
@@ -79,6 +79,80 @@ impl Features {
             Features::Dense(m) => m.layout(),
             Features::OneHot { layout, .. } => layout,
         }
+    }
+}
+
+/// A batch's rows of the own feature matrix, as its products read them.
+pub(super) enum Batch {
+    Dense(Arc<Matrix>),
+    /// The rows of a one-hot matrix whose products run on the kept one-hot correlations: those
+    /// read the leaves in their own sessions, never the matrix, so the batch keeps only its
+    /// leaves for the local products (one byte per (row, group); expanding a batch of 1 024 rows
+    /// × 3 000 columns to a matrix wrote, multiplied and zeroized 24 MB per product).
+    Leaves {
+        leaves: Zeroizing<Vec<u8>>,
+        groups: Arc<Groups>,
+        layout: Arc<Layout>,
+    },
+}
+
+impl Batch {
+    pub(super) fn rows(&self) -> usize {
+        match self {
+            Batch::Dense(m) => m.rows(),
+            Batch::Leaves { leaves, groups, .. } => leaves.len() / groups.len(),
+        }
+    }
+
+    pub(super) fn cols(&self) -> usize {
+        match self {
+            Batch::Dense(m) => m.cols(),
+            Batch::Leaves { groups, .. } => groups.total_cols(),
+        }
+    }
+
+    pub(super) fn layout(&self) -> &Arc<Layout> {
+        match self {
+            Batch::Dense(m) => m.layout(),
+            Batch::Leaves { layout, .. } => layout,
+        }
+    }
+
+    /// The dense matrix, for the products that read it (OT and dealer correlations).
+    pub(super) fn matrix(&self) -> Result<&Arc<Matrix>, MpcError> {
+        match self {
+            Batch::Dense(m) => Ok(m),
+            Batch::Leaves { .. } => Err(MpcError::Invalid("a one-hot batch on OT or dealer correlations".into())),
+        }
+    }
+
+    /// Local X·v (mod 2^64).
+    pub(super) fn mul_vec(&self, v: &[u64]) -> Vec<u64> {
+        match self {
+            Batch::Dense(m) => m.mul_vec(v),
+            Batch::Leaves { leaves, groups, .. } => groups.leaves_mul_vec(leaves, v),
+        }
+    }
+
+    /// Local Xᵀ·v (mod 2^64).
+    pub(super) fn mul_t_vec(&self, v: &[u64]) -> Vec<u64> {
+        match self {
+            Batch::Dense(m) => m.mul_t_vec(v),
+            Batch::Leaves { leaves, groups, .. } => groups.leaves_mul_t_vec(leaves, v),
+        }
+    }
+}
+
+/// The rows `rows` of the own feature matrix for a batch's products: its leaves when the matrix
+/// is one-hot and `kept` (its products run on the kept one-hot correlations), else dense.
+pub(super) fn batch(features: &Features, rows: &[u32], kept: bool) -> Batch {
+    match features {
+        Features::OneHot { leaves, groups, layout, .. } if kept => Batch::Leaves {
+            leaves: groups.leaves_of_rows(leaves, rows),
+            groups: groups.clone(),
+            layout: layout.clone(),
+        },
+        _ => Batch::Dense(Arc::new(gather(features, rows))),
     }
 }
 

@@ -155,6 +155,9 @@ pub struct Groups {
 /// Most groups a chooser may announce (as the LR's peer feature bound).
 pub const MAX_GROUPS: usize = 1 << 16;
 
+/// Rows per rayon task of [`Groups::leaves_mul_t_vec`] (each task sums into its own column vector).
+const SUM_ROWS: usize = 512;
+
 fn depth(k: usize) -> u32 {
     (k as u32).next_power_of_two().trailing_zeros()
 }
@@ -287,6 +290,89 @@ impl Groups {
             });
         }
         Matrix { data, rows: rows.len(), cols, bits, layout }
+    }
+
+    /// The leaves of the rows `rows` of `leaves` (one byte per (row, group)), in that order.
+    ///
+    /// # Panics
+    ///
+    /// If a row is out of range of `leaves`.
+    pub fn leaves_of_rows(&self, leaves: &[u8], rows: &[u32]) -> Zeroizing<Vec<u8>> {
+        let g_n = self.cols.len();
+        let mut out = Zeroizing::new(Vec::with_capacity(rows.len() * g_n));
+        for &i in rows {
+            out.extend_from_slice(&leaves[i as usize * g_n..(i as usize + 1) * g_n]);
+        }
+        out
+    }
+
+    /// Local X·v (mod 2^64) of the one-hot rows whose leaves are `leaves` (one byte per (row,
+    /// group)): per row Σ over its set groups of scale·v[column]; what
+    /// [`Self::matrix_of`]`(..).mul_vec(v)` gives, without the matrix (8 bytes per column).
+    ///
+    /// # Panics
+    ///
+    /// If `v` is not one entry per column, or `leaves` not whole rows.
+    pub fn leaves_mul_vec(&self, leaves: &[u8], v: &[u64]) -> Vec<u64> {
+        assert_eq!(v.len(), self.total, "one entry per column");
+        let g_n = self.cols.len();
+        if g_n == 0 {
+            return Vec::new();
+        }
+        assert_eq!(leaves.len() % g_n, 0, "whole rows of leaves");
+        leaves
+            .par_chunks(g_n)
+            .map(|row| {
+                let mut s = 0u64;
+                for (&b, &f) in row.iter().zip(&self.first) {
+                    if b != 0 {
+                        s = s.wrapping_add(v[f as usize + b as usize - 1]);
+                    }
+                }
+                s.wrapping_mul(self.scale)
+            })
+            .collect()
+    }
+
+    /// Local Xᵀ·v (mod 2^64) of the one-hot rows whose leaves are `leaves`: per column the sum
+    /// of scale·v[row] over the rows that set it; what [`Self::matrix_of`]`(..).mul_t_vec(v)`
+    /// gives, without the matrix.
+    ///
+    /// # Panics
+    ///
+    /// If `leaves` is not one row of leaves per entry of `v`.
+    pub fn leaves_mul_t_vec(&self, leaves: &[u8], v: &[u64]) -> Vec<u64> {
+        let (g_n, cols) = (self.cols.len(), self.total);
+        assert_eq!(leaves.len(), v.len() * g_n, "one row of leaves per entry");
+        if cols == 0 {
+            return Vec::new();
+        }
+        let add = |mut a: Vec<u64>, b: Vec<u64>| {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x = x.wrapping_add(y);
+            }
+            a
+        };
+        let mut out = leaves
+            .par_chunks(g_n * SUM_ROWS)
+            .zip(v.par_chunks(SUM_ROWS))
+            .map(|(block, vs)| {
+                let mut acc = vec![0u64; cols];
+                for (row, &vi) in block.chunks(g_n).zip(vs) {
+                    for (&b, &f) in row.iter().zip(&self.first) {
+                        if b != 0 {
+                            let a = &mut acc[f as usize + b as usize - 1];
+                            *a = a.wrapping_add(vi);
+                        }
+                    }
+                }
+                acc
+            })
+            .reduce(|| vec![0u64; cols], add);
+        for a in &mut out {
+            *a = a.wrapping_mul(self.scale);
+        }
+        out
     }
 
     /// The setup's OT layout: per group its depth's bits (unsigned, from bit 0).

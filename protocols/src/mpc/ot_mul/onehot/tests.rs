@@ -413,6 +413,33 @@ fn matrix_of_leaves_is_the_matrix() {
     }
 }
 
+/// The local products on leaves equal the matrix's, with random full-range vectors (so the
+/// mod-2^64 wrap is exercised) and blocks of more rows than one rayon task.
+#[test]
+fn local_products_on_leaves_are_the_matrix_products() {
+    let mut rng = StdRng::seed_from_u64(13);
+    let sizes = [9u32, 1, 4, 255, 2];
+    let rows = 2 * SUM_ROWS + 37;
+    let scale = 3u64 << 20;
+    let x = onehot(rows, &sizes, scale, |_, _| rng.random_range(0..256usize));
+    let g = Groups::new(&sizes, scale).unwrap();
+    let leaves = g.leaves_of(&x).unwrap();
+    let all: Vec<u32> = (0..rows as u32).collect();
+    for list in [vec![], vec![5], vec![rows as u32 - 1, 0, 17, 17], all] {
+        let batch = g.leaves_of_rows(&leaves, &list);
+        let want = x.select_rows(&list);
+        let v: Vec<u64> = (0..g.total_cols()).map(|_| rng.next_u64()).collect();
+        assert_eq!(g.leaves_mul_vec(&batch, &v), want.mul_vec(&v));
+        let r: Vec<u64> = (0..list.len()).map(|_| rng.next_u64()).collect();
+        assert_eq!(g.leaves_mul_t_vec(&batch, &r), want.mul_t_vec(&r));
+    }
+    // All rows in one bin, and none set: a column gets every row or none.
+    let x = onehot(300, &sizes, scale, |_, g| if g == 0 { 3 } else { 0 });
+    let leaves = g.leaves_of(&x).unwrap();
+    let r: Vec<u64> = (0..300).map(|_| rng.next_u64()).collect();
+    let list: Vec<u32> = (0..300).collect();
+    assert_eq!(g.leaves_mul_t_vec(&g.leaves_of_rows(&leaves, &list), &r), x.mul_t_vec(&r));
+}
 /// Leaves kept by either side (all groups, some, none) give the same messages and shares as the
 /// expansion per use, and products equal to the plaintext's; the budget picks a prefix of the
 /// groups; a store whose leaves are kept cannot be extended.
