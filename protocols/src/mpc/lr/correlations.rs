@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::Sigmoid;
-use super::state::{Batch, Ctx, gather};
+use super::state::{Batch, Ctx, batch, gather};
 use crate::channel::Channel;
 use crate::cpu;
 use crate::mpc::dealer::{DealerClient, DealerSession, List, SessionId};
@@ -94,9 +94,14 @@ async fn fill_kept<C: Channel, D: Channel>(ctx: &mut Ctx<'_, C, D>, lists: [&[u3
                 if matrix_of == ctx.party
                     && let Some(o) = o.as_mut()
                 {
+                    // The own matrix is one-hot (it has groups), so it is kept as leaves.
                     let (features, rows) = (ctx.features.clone(), chunk.to_vec());
-                    let x = cpu::run(move || gather(&features, &rows)).await;
-                    o.extend(ctx.channel, &mut ctx.receiver, &x).await?;
+                    match cpu::run(move || batch(&features, &rows, true)).await {
+                        Batch::Leaves { leaves, .. } => {
+                            o.extend_leaves(ctx.channel, &mut ctx.receiver, chunk.len(), leaves).await?
+                        }
+                        Batch::Dense(x) => o.extend(ctx.channel, &mut ctx.receiver, &x).await?,
+                    }
                 } else if matrix_of != ctx.party
                     && let Some(p) = p.as_mut()
                 {

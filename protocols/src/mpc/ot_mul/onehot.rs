@@ -859,12 +859,30 @@ impl OneHotChooser {
         ext: &mut IknpReceiver,
         x: &Matrix,
     ) -> Result<(), MpcError> {
+        let leaves = self.groups.leaves_of(x)?;
+        self.extend_leaves(channel, ext, x.rows, leaves).await
+    }
+
+    /// [`Self::extend`] for `rows` rows given as their leaves (one byte per (row, group), as
+    /// [`Groups::leaves_of`] makes them): a party that keeps its one-hot matrix as leaves does
+    /// not expand it to a matrix for the setup. Errors on a leaf beyond its group.
+    pub async fn extend_leaves<C: Channel>(
+        &mut self,
+        channel: &C,
+        ext: &mut IknpReceiver,
+        rows: usize,
+        leaves: Zeroizing<Vec<u8>>,
+    ) -> Result<(), MpcError> {
         if !self.kept.is_empty() {
             return Err(MpcError::Invalid("one-hot correlations extended after their leaves were kept".into()));
         }
         let groups = self.groups.clone();
-        let leaves = groups.leaves_of(x)?;
-        let (rows, g_n, per) = (x.rows, groups.len(), groups.per_row);
+        let (g_n, per) = (groups.len(), groups.per_row);
+        if leaves.len() != rows * g_n
+            || (g_n > 0 && leaves.chunks(g_n).any(|r| r.iter().zip(&groups.cols).any(|(&b, &c)| b > c)))
+        {
+            return Err(MpcError::Invalid("one-hot leaves that are not whole rows of their groups".into()));
+        }
         // Choice bits: the negated bits of each leaf (the side off the path), as a matrix whose
         // layout gives each group its depth's bits.
         let data: Vec<u64> = leaves

@@ -136,6 +136,22 @@ fn bad_matrices_and_announcements_are_refused() {
     assert!(Groups::count_from_header(&huge, 5).is_err());
 }
 
+/// Leaves given directly are checked before any message: whole rows, each leaf within its group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_leaves_are_refused_before_any_message() {
+    let groups = Arc::new(Groups::new(&[3u32, 2], 1).unwrap());
+    let (ca, cb) = memory_pair(8);
+    let (ext, _s) =
+        futures::join!(IknpReceiver::setup(&ca, Security::SemiHonest), IknpSender::setup(&cb, Security::SemiHonest));
+    let mut ext = ext.unwrap();
+    let mut st = OneHotChooser::new(groups.clone(), 4);
+    for (rows, leaves) in [(2, vec![0u8, 1, 3]), (2, vec![0, 1, 3, 0, 0]), (1, vec![4, 0]), (1, vec![0, 3])] {
+        let e = st.extend_leaves(&ca, &mut ext, rows, Zeroizing::new(leaves)).await.unwrap_err();
+        assert!(matches!(e, MpcError::Invalid(_)), "{e:?}");
+    }
+    assert_eq!((st.rows, st.kept_bytes()), (0, 0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_or_tampered_messages_are_errors() {
     let sizes = [3u32, 2];
