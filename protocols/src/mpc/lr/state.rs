@@ -48,8 +48,9 @@ pub(super) enum Features {
     Dense(Matrix),
     /// A matrix of one-hot groups covering every column (a scorecard's bin indicators) kept as
     /// its leaves, one byte per (row, group) instead of 8 per column (at 10^5 rows × 300
-    /// features of 10 bins: 30 MB instead of 2.2 GB); a batch's rows are expanded back to a
-    /// matrix when they are used ([`Groups::matrix_of`]).
+    /// features of 10 bins: 30 MB instead of 2.2 GB). On kept correlations a batch stays as its
+    /// rows' leaves ([`Batch::Leaves`]); otherwise its rows are expanded back to a matrix
+    /// ([`Groups::matrix_of`]).
     OneHot {
         leaves: Zeroizing<Vec<u8>>,
         groups: Arc<Groups>,
