@@ -11,8 +11,10 @@ pub fn total_bytes() -> Option<u64> {
     })
 }
 
-/// Bytes a SecureBoost job with the `ot` backend may keep as expanded one-hot leaves
-/// ([`consort_protocols::mpc::secureboost::SbConfig::kept_leaves_bytes`]): a quarter of the
+/// Bytes a SecureBoost job with the `ot` backend, or an LR job on one-hot groups (the
+/// scorecard's), may keep as expanded one-hot leaves
+/// ([`consort_protocols::mpc::secureboost::SbConfig::kept_leaves_bytes`],
+/// [`consort_protocols::mpc::lr::LrConfig::kept_leaves_bytes`]): a quarter of the
 /// machine's memory (2 GiB if it cannot be read), so two nodes on one machine and their other
 /// state fit beside each other.
 pub fn kept_leaves_budget() -> u64 {

@@ -90,6 +90,9 @@ impl LrParams {
             tolerance: self.tolerance,
             sigmoid: self.sigmoid,
             security: Security::SemiHonest,
+            // Only used with one-hot groups (the scorecard's indicators): local memory, as
+            // SecureBoost's ([`crate::memory::kept_leaves_budget`]).
+            kept_leaves_bytes: crate::memory::kept_leaves_budget(),
             ..LrConfig::default()
         };
         c.validate().map_err(|e| DataError::Invalid(e.to_string()))?;

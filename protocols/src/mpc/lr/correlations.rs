@@ -32,7 +32,12 @@ pub(super) async fn prepare_correlations<'a, C: Channel, D: Channel>(
     if let Some(d) = dealer {
         ctx.dealer = Some(connect_dealer(ctx, d, lists).await?);
     } else if ctx.own_groups.is_some() || ctx.peer_groups.is_some() {
-        ctx.kept = Some(fill_kept(ctx, lists).await?);
+        // The side that is not one-hot (e.g. A's WOE columns next to B's indicators) keeps its
+        // OTs too when they fit: the same rule as below with only the dense side's OTs.
+        let dense_a = if ctx.party == Party::A { ctx.own_groups.is_none() } else { ctx.peer_groups.is_none() };
+        let dense_b = if ctx.party == Party::B { ctx.own_groups.is_none() } else { ctx.peer_groups.is_none() };
+        let dense = cache_bytes(rows_used, if dense_a { ots_a } else { 0 }, if dense_b { ots_b } else { 0 });
+        ctx.kept = Some(fill_kept(ctx, lists, dense <= ctx.config.ot_cache_bytes).await?);
     } else if cache_bytes(rows_used, ots_a, ots_b) <= ctx.config.ot_cache_bytes {
         ctx.caches = Some(fill_caches(ctx, lists).await?);
     }
@@ -76,43 +81,92 @@ async fn fill_caches<C: Channel, D: Channel>(
 
 /// The one-hot correlations kept across epochs (train list, holdout list), for this party's own
 /// matrix (chooser) and for the peer's (sender), whichever is one-hot
-/// ([`ot_mul::onehot`]).
+/// ([`ot_mul::onehot`]); and, when they fit, the random OTs of the side that is not one-hot
+/// ([`ot_mul::ChooserCache`], [`ot_mul::SenderCache`]: re-keyed per epoch as in the dense runs'
+/// cache), so that no batch extends fresh OTs.
 pub(super) struct Kept {
     own: Option<[Arc<OneHotChooser>; 2]>,
     peer: Option<[Arc<OneHotSender>; 2]>,
+    own_ots: Option<Arc<[ot_mul::ChooserCache; 2]>>,
+    peer_ots: Option<Arc<[ot_mul::SenderCache; 2]>>,
 }
 
-/// Sets up the kept one-hot correlations of both lists, in chunks of rows: A's matrix first (if
-/// one-hot), then B's, so both parties run the OT extensions in the same order.
-async fn fill_kept<C: Channel, D: Channel>(ctx: &mut Ctx<'_, C, D>, lists: [&[u32]; 2]) -> Result<Kept, MpcError> {
-    let (mut own, mut peer) = (Vec::new(), Vec::new());
+/// Sets up the kept one-hot correlations of both lists, in chunks of rows: A's matrix first, then
+/// B's, so both parties run the OT extensions in the same order. With `cache_dense`, the matrix
+/// that is not one-hot gets its random OTs here too (its owner the chooser), chunk by chunk in the
+/// same order.
+async fn fill_kept<C: Channel, D: Channel>(
+    ctx: &mut Ctx<'_, C, D>,
+    lists: [&[u32]; 2],
+    cache_dense: bool,
+) -> Result<Kept, MpcError> {
+    let (mut own, mut peer, mut own_ots, mut peer_ots) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let own_dense = cache_dense && ctx.own_groups.is_none();
+    let peer_dense = cache_dense && ctx.peer_groups.is_none();
+    let all_rows = (lists[0].len() + lists[1].len()).max(1) as u64;
     for list in lists {
         let mut o = ctx.own_groups.clone().map(|g| OneHotChooser::new(g, list.len()));
         let mut p = ctx.peer_groups.clone().map(|g| OneHotSender::new(g, list.len()));
+        let mut oc = own_dense.then(|| ot_mul::ChooserCache::with_layout(list.len(), ctx.features.layout().clone()));
+        let mut pc = peer_dense.then(|| ot_mul::SenderCache::with_layout(list.len(), ctx.peer_layout.clone()));
         for chunk in list.chunks(CACHE_CHUNK_ROWS) {
             for matrix_of in [Party::A, Party::B] {
-                if matrix_of == ctx.party
-                    && let Some(o) = o.as_mut()
-                {
-                    // The own matrix is one-hot (it has groups), so it is kept as leaves.
+                if matrix_of == ctx.party {
                     let (features, rows) = (ctx.features.clone(), chunk.to_vec());
-                    match cpu::run(move || batch(&features, &rows, true)).await {
-                        Batch::Leaves { leaves, .. } => {
-                            o.extend_leaves(ctx.channel, &mut ctx.receiver, chunk.len(), leaves).await?
+                    if let Some(o) = o.as_mut() {
+                        // The own matrix is one-hot (it has groups), so it is kept as leaves.
+                        match cpu::run(move || batch(&features, &rows, true)).await {
+                            Batch::Leaves { leaves, .. } => {
+                                o.extend_leaves(ctx.channel, &mut ctx.receiver, chunk.len(), leaves).await?
+                            }
+                            Batch::Dense(x) => o.extend(ctx.channel, &mut ctx.receiver, &x).await?,
                         }
-                        Batch::Dense(x) => o.extend(ctx.channel, &mut ctx.receiver, &x).await?,
+                    } else if let Some(mut c) = oc.take() {
+                        let x = Arc::new(cpu::run(move || gather(&features, &rows)).await);
+                        let ots = ot_mul::chooser_prepare(ctx.channel, &mut ctx.receiver, x).await?;
+                        oc = Some(cpu::run(move || (c.append(ots), c).1).await);
                     }
-                } else if matrix_of != ctx.party
-                    && let Some(p) = p.as_mut()
-                {
+                } else if let Some(p) = p.as_mut() {
                     p.extend(ctx.channel, &mut ctx.sender, chunk.len()).await?;
+                } else if let Some(mut c) = pc.take() {
+                    let layout = ctx.peer_layout.clone();
+                    let ots = ot_mul::sender_prepare_layout(ctx.channel, &mut ctx.sender, chunk.len(), layout).await?;
+                    pc = Some(cpu::run(move || (c.append(ots), c).1).await);
                 }
             }
         }
-        own.extend(o.map(Arc::new));
-        peer.extend(p.map(Arc::new));
+        // Kept leaves (local): the list's share of the budget by its rows, the own matrix's
+        // trees first.
+        let mut budget = usize::try_from(ctx.config.kept_leaves_bytes / all_rows * list.len() as u64).unwrap_or(0);
+        if budget > 0 {
+            let (o, p) = cpu::run(move || {
+                let (mut o, mut p) = (o, p);
+                if let Some(o) = o.as_mut() {
+                    let before = o.kept_bytes();
+                    o.keep_leaves(budget);
+                    budget = budget.saturating_sub(o.kept_bytes() - before);
+                }
+                if let Some(p) = p.as_mut() {
+                    p.keep_leaves(budget);
+                }
+                (o, p)
+            })
+            .await;
+            own.extend(o.map(Arc::new));
+            peer.extend(p.map(Arc::new));
+        } else {
+            own.extend(o.map(Arc::new));
+            peer.extend(p.map(Arc::new));
+        }
+        own_ots.extend(oc);
+        peer_ots.extend(pc);
     }
-    Ok(Kept { own: own.try_into().ok(), peer: peer.try_into().ok() })
+    Ok(Kept {
+        own: own.try_into().ok(),
+        peer: peer.try_into().ok(),
+        own_ots: own_ots.try_into().ok().map(Arc::new),
+        peer_ots: peer_ots.try_into().ok().map(Arc::new),
+    })
 }
 
 /// This party's side of its own matrix's products in a batch.
@@ -135,7 +189,25 @@ pub(super) enum Peer {
 pub(super) struct Ahead {
     own: Option<Arc<OneHotChooserSession>>,
     peer: Option<Arc<OneHotSenderSession>>,
-    task: cpu::Task<Result<(), MpcError>>,
+    task: cpu::Task<Result<DenseOts, MpcError>>,
+}
+
+/// The kept OTs of the side that is not one-hot, re-keyed for one batch (each `None` when that
+/// side is one-hot or its OTs are not kept).
+type DenseOts = (Option<ot_mul::ChooserOts>, Option<ot_mul::SenderOts>);
+
+/// Re-keys the kept dense-side OTs of rows `at..at + m` of `list` for `epoch` (CPU work: run on
+/// rayon).
+fn dense_sessions(
+    own: Option<Arc<[ot_mul::ChooserCache; 2]>>,
+    peer: Option<Arc<[ot_mul::SenderCache; 2]>>,
+    epoch: u64,
+    list: List,
+    at: usize,
+    m: usize,
+) -> DenseOts {
+    let l = list as usize;
+    (own.map(|c| c[l].session(epoch, at..at + m)), peer.map(|c| c[l].session(epoch, at..at + m)))
 }
 
 /// The kept one-hot sessions of the rows at `at..at + m` of `list` in `epoch` (holdout sessions
@@ -164,8 +236,9 @@ pub(super) fn ahead<C: Channel, D: Channel>(
     at: usize,
     m: usize,
 ) -> Option<Ahead> {
-    let (own, peer) = kept_sessions(ctx.kept.as_ref()?, epoch, list, at, m);
-    let (o, p) = (own.clone(), peer.clone());
+    let kept = ctx.kept.as_ref()?;
+    let (own, peer) = kept_sessions(kept, epoch, list, at, m);
+    let (o, p, oc, pc) = (own.clone(), peer.clone(), kept.own_ots.clone(), kept.peer_ots.clone());
     let task = cpu::spawn(move || {
         if let Some(o) = o {
             o.precompute()?;
@@ -173,7 +246,7 @@ pub(super) fn ahead<C: Channel, D: Channel>(
         if let Some(p) = p {
             p.precompute()?;
         }
-        Ok(())
+        Ok(dense_sessions(oc, pc, epoch, list, at, m))
     });
     Some(Ahead { own, peer, task })
 }
@@ -271,25 +344,31 @@ pub(super) async fn correlations<C: Channel, D: Channel>(
 ) -> Result<Option<Corr>, MpcError> {
     let m = rows.len();
     if let Some(kept) = &ctx.kept {
-        let (own, peer) = match ahead {
+        let (own, peer, (own_ots, peer_ots)) = match ahead {
             Some(a) => {
-                a.task.await?;
-                (a.own, a.peer)
+                let dense = a.task.await?;
+                (a.own, a.peer, dense)
             }
-            None => kept_sessions(kept, epoch, list, at, m),
-        };
-        // The side that is not one-hot: fresh OTs, one direction only.
-        let own = match own {
-            Some(o) => Own::OneHot(o),
             None => {
+                let (o, p) = kept_sessions(kept, epoch, list, at, m);
+                let (oc, pc) = (kept.own_ots.clone(), kept.peer_ots.clone());
+                (o, p, cpu::run(move || dense_sessions(oc, pc, epoch, list, at, m)).await)
+            }
+        };
+        // The side that is not one-hot: its kept OTs, else fresh OTs, one direction only.
+        let own = match (own, own_ots) {
+            (Some(o), _) => Own::OneHot(o),
+            (None, Some(c)) => Own::Ot(c),
+            (None, None) => {
                 let (features, rows_v) = (ctx.features.clone(), rows.to_vec());
                 let x = Arc::new(cpu::run(move || gather(&features, &rows_v)).await);
                 Own::Ot(ot_mul::chooser_prepare(ctx.channel, &mut ctx.receiver, x).await?)
             }
         };
-        let peer = match peer {
-            Some(p) => Peer::OneHot(p),
-            None => {
+        let peer = match (peer, peer_ots) {
+            (Some(p), _) => Peer::OneHot(p),
+            (None, Some(s)) => Peer::Ot(s),
+            (None, None) => {
                 Peer::Ot(ot_mul::sender_prepare_layout(ctx.channel, &mut ctx.sender, m, ctx.peer_layout.clone()).await?)
             }
         };

@@ -89,17 +89,28 @@ async fn onehot_training_matches_the_plaintext_mirror() {
     let a_bins = [3u32, 10];
     // B one-hot (the scorecard case, A a normal column), A one-hot too, both, with poly3; batch
     // size 1 on few rows; 1000 rows with batches of 128 (not a multiple); the OT cache on or off
-    // for the side that is not one-hot.
-    type Case<'a> = (usize, &'a [u32], bool, bool, Sigmoid, usize, u64);
-    let cases: [Case; 5] = [
-        (1000, &[], false, true, Sigmoid::Taylor1, 128, 1 << 30),
-        (1000, &[], false, true, Sigmoid::Taylor1, 128, 0),
-        (1000, &a_bins, true, false, Sigmoid::Taylor1, 128, 0),
-        (1000, &a_bins, true, true, Sigmoid::Poly3, 128, 0),
-        (30, &[], false, true, Sigmoid::Taylor1, 1, 0),
+    // for the side that is not one-hot (on: its OTs are kept and re-keyed per epoch, on A's side
+    // as the chooser and on B's side); the trees' leaves kept (local: all groups, the first few,
+    // none).
+    type Case<'a> = (usize, &'a [u32], bool, bool, Sigmoid, usize, u64, u64);
+    let all = 1u64 << 30;
+    // 1000 rows (800 training, 200 holdout) × the first two of B's groups (10 + 2 leaves).
+    let some = 16 * 1000 * 12 + 16;
+    let cases: [Case; 10] = [
+        (1000, &[], false, true, Sigmoid::Taylor1, 128, 1 << 30, 0),
+        (1000, &[], false, true, Sigmoid::Taylor1, 128, 0, 0),
+        (1000, &a_bins, true, false, Sigmoid::Taylor1, 128, 0, 0),
+        (1000, &a_bins, true, false, Sigmoid::Taylor1, 128, 1 << 30, all),
+        (1000, &[], false, true, Sigmoid::Poly3, 128, 1 << 30, all),
+        (1000, &a_bins, true, true, Sigmoid::Poly3, 128, 0, 0),
+        (1000, &a_bins, true, true, Sigmoid::Taylor1, 128, 0, all),
+        (1000, &[], false, true, Sigmoid::Taylor1, 128, 1 << 30, some),
+        (30, &[], false, true, Sigmoid::Taylor1, 1, 0, 0),
+        (30, &[], false, true, Sigmoid::Taylor1, 1, 1 << 30, all),
     ];
-    for (n, a_bins, a_hot, b_hot, sigmoid, batch, cache) in cases {
-        let config = LrConfig { sigmoid, batch_size: batch, ot_cache_bytes: cache, ..base.clone() };
+    for (n, a_bins, a_hot, b_hot, sigmoid, batch, cache, kept) in cases {
+        let config =
+            LrConfig { sigmoid, batch_size: batch, ot_cache_bytes: cache, kept_leaves_bytes: kept, ..base.clone() };
         let d = onehot_data(n, a_bins, &b_bins, 5, &config);
         let (train_rows, holdout) = split(n);
         let ga = a_hot.then(|| groups(a_bins, &config));
@@ -107,7 +118,7 @@ async fn onehot_training_matches_the_plaintext_mirror() {
         let (a, b) = run_onehot(&d, &config, ga, gb, &train_rows, &holdout).await;
         let (a, b) = (a.unwrap(), b.unwrap());
         let p = train_plain(&d.fa, d.d_a, &d.fb, d.d_b, &d.y, &train_rows, &holdout, &config, false);
-        let case = format!("n {n}, A one-hot {a_hot}, B one-hot {b_hot}, {sigmoid:?}, batch {batch}");
+        let case = format!("n {n}, A one-hot {a_hot}, B one-hot {b_hot}, {sigmoid:?}, batch {batch}, kept {kept}");
         let close = |x: &[f64], y: &[f64]| x.iter().zip(y).all(|(a, b)| (a - b).abs() < 3e-3);
         assert!(close(&a.weights, &p.weights_a), "{case}: {:?} vs {:?}", a.weights, p.weights_a);
         assert!(close(&b.weights, &p.weights_b), "{case}: {:?} vs {:?}", b.weights, p.weights_b);
