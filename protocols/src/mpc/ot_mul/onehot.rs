@@ -454,7 +454,7 @@ fn level_len(k: usize, d: u32, l: u32) -> usize {
 /// through the cipher in one call (≥ 128 blocks per call; up to 32,768 at k = 256).
 const KERNEL_ROWS: usize = 128;
 
-/// Work buffers of the batched kernel, made once per task with room for the widest group (never
+/// Work buffers of the batched kernel, made once per rayon job of a kernel call with room for the widest group (never
 /// grown, so no stray copies of keys are left behind), zeroized on drop.
 struct Bufs {
     /// The current level of every tree (tree-major), the leaves at the end.
@@ -1104,12 +1104,15 @@ impl OneHotSenderSession {
         } else {
             parts(m, &mut msg, cols, &mut out, &mut sums, 2 * g_n)
                 .into_par_iter()
-                .map(|p| {
-                    let (mut b, mut acc) =
-                        (Bufs::new(KERNEL_ROWS, gs.max_leaves()), vec![0u64; if bwd { 2 * cols } else { 0 }]);
-                    self.part(p, y, &mut b, &mut acc);
-                    acc
-                })
+                // One set of work buffers per rayon job, reused across its tasks.
+                .map_init(
+                    || Bufs::new(KERNEL_ROWS, gs.max_leaves()),
+                    |b, p| {
+                        let mut acc = vec![0u64; if bwd { 2 * cols } else { 0 }];
+                        self.part(p, y, b, &mut acc);
+                        acc
+                    },
+                )
                 .reduce(Vec::new, add_acc)
         };
         let acc = if acc.is_empty() { vec![0; 2 * cols] } else { acc };
@@ -1117,7 +1120,8 @@ impl OneHotSenderSession {
     }
 
     /// One task of [`Self::kernel`]: its rows' trees, group by group, the column sums added to
-    /// `acc` (work buffers `b`, reused across a thread's tasks).
+    /// `acc` (work buffers `b`, reused across the tasks of one rayon job: every buffer is cleared or
+    /// resized before it is read).
     fn part(&self, p: Part, y: Option<&[u64]>, b: &mut Bufs, acc: &mut [u64]) {
         let st = &*self.store;
         let gs = &*st.groups;
@@ -1305,12 +1309,15 @@ impl OneHotChooserSession {
         } else {
             parts(m, &mut [], 0, &mut out, &mut sums, 2 * g_n)
                 .into_par_iter()
-                .map(|p| {
-                    let (mut b, mut acc) =
-                        (Bufs::new(KERNEL_ROWS, gs.max_leaves()), vec![0u64; if bwd { 2 * cols } else { 0 }]);
-                    self.part(p, msg, &mut b, &mut acc);
-                    acc
-                })
+                // One set of work buffers per rayon job, reused across its tasks.
+                .map_init(
+                    || Bufs::new(KERNEL_ROWS, gs.max_leaves()),
+                    |b, p| {
+                        let mut acc = vec![0u64; if bwd { 2 * cols } else { 0 }];
+                        self.part(p, msg, b, &mut acc);
+                        acc
+                    },
+                )
                 .reduce(Vec::new, add_acc)
         };
         let acc = if acc.is_empty() { vec![0; 2 * cols] } else { acc };
