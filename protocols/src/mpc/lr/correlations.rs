@@ -138,8 +138,10 @@ async fn fill_kept<C: Channel, D: Channel>(
         // Kept leaves (local): the list's share of the budget by its rows, the own matrix's
         // trees first.
         let mut budget = usize::try_from(ctx.config.kept_leaves_bytes / all_rows * list.len() as u64).unwrap_or(0);
-        if budget > 0 {
-            let (o, p) = cpu::run(move || {
+        let (o, p) = if budget == 0 {
+            (o, p)
+        } else {
+            cpu::run(move || {
                 let (mut o, mut p) = (o, p);
                 if let Some(o) = o.as_mut() {
                     let before = o.kept_bytes();
@@ -151,13 +153,10 @@ async fn fill_kept<C: Channel, D: Channel>(
                 }
                 (o, p)
             })
-            .await;
-            own.extend(o.map(Arc::new));
-            peer.extend(p.map(Arc::new));
-        } else {
-            own.extend(o.map(Arc::new));
-            peer.extend(p.map(Arc::new));
-        }
+            .await
+        };
+        own.extend(o.map(Arc::new));
+        peer.extend(p.map(Arc::new));
         own_ots.extend(oc);
         peer_ots.extend(pc);
     }

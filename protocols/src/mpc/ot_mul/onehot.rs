@@ -454,8 +454,8 @@ fn level_len(k: usize, d: u32, l: u32) -> usize {
 /// through the cipher in one call (≥ 128 blocks per call; up to 32,768 at k = 256).
 const KERNEL_ROWS: usize = 128;
 
-/// Work buffers of the batched kernel, made once per rayon job of a kernel call with room for the widest group (never
-/// grown, so no stray copies of keys are left behind), zeroized on drop.
+/// Work buffers of the batched kernel, made once per rayon job of a kernel call with room for the
+/// widest group (never grown, so no stray copies of keys are left behind), zeroized on drop.
 struct Bufs {
     /// The current level of every tree (tree-major), the leaves at the end.
     nodes: Zeroizing<Vec<u128>>,
