@@ -29,13 +29,23 @@ pub async fn send_u64s<C: Channel>(channel: &C, words: &[u64]) -> Result<(), Mpc
 
 /// Receives exactly `n` words sent by [`send_u64s`].
 pub async fn recv_u64s<C: Channel>(channel: &C, n: usize) -> Result<Vec<u64>, MpcError> {
-    let mut out = Vec::with_capacity(n);
+    let mut out = Vec::new();
+    recv_u64s_into(channel, n, &mut out).await?;
+    Ok(out)
+}
+
+/// [`recv_u64s`] into `out` (cleared first; its capacity reused): for callers that receive
+/// messages of the same size again and again, whose fresh buffers would each be paid in page
+/// faults. `n` must be known locally, never announced by the peer.
+pub async fn recv_u64s_into<C: Channel>(channel: &C, n: usize, out: &mut Vec<u64>) -> Result<(), MpcError> {
+    out.clear();
+    out.reserve(n);
     if n == 0 {
         let frame = channel.recv().await?;
         if !frame.is_empty() {
             return Err(violation("expected an empty vector frame"));
         }
-        return Ok(out);
+        return Ok(());
     }
     while out.len() < n {
         let frame = channel.recv().await?;
@@ -45,7 +55,7 @@ pub async fn recv_u64s<C: Channel>(channel: &C, n: usize) -> Result<Vec<u64>, Mp
         }
         out.extend(frame.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Sends raw bytes in frames of at most 1 MiB (an empty slice sends one empty frame).

@@ -116,7 +116,7 @@ use zeroize::Zeroizing;
 use super::{ColBits, Layout, Matrix, chooser_prepare, sender_prepare_layout};
 use crate::channel::Channel;
 use crate::cpu;
-use crate::mpc::wire::{recv_u64s, send_u64s};
+use crate::mpc::wire::{recv_u64s_into, send_u64s};
 use crate::mpc::{MpcError, violation};
 use crate::ot::aes_hash::{AesPrg, FixedKeyAes};
 use crate::ot::{IknpReceiver, IknpSender};
@@ -533,17 +533,46 @@ const PREFETCH_ROWS: usize = 8;
 
 /// Asks for every cache line of `xs` (a hint: no effect on results).
 #[inline]
-fn prefetch(xs: &[u128]) {
+fn prefetch<T>(xs: &[T]) {
     #[cfg(target_arch = "x86_64")]
-    for x in xs.iter().step_by(4) {
-        // SAFETY: a prefetch is a hint that never faults nor changes memory; the address lies
-        // inside `xs`.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((x as *const u128).cast::<i8>())
-        };
+    {
+        let p = xs.as_ptr().cast::<i8>();
+        for off in (0..std::mem::size_of_val(xs)).step_by(64) {
+            // SAFETY: a prefetch is a hint that never faults nor changes memory; the address lies
+            // inside `xs` (off < its size).
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.add(off)) };
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = xs;
+}
+
+/// The setup's prefetch of the next group's OT slots, `at..at + len` of each of the `n` rows of a
+/// kernel task (`per` slots a row, the task's first row `row0`) in `ots`, and of `words` items a
+/// slot in `msg` (task-local rows: the message or the co-path keys): the slots of a group are 19 KB apart from row to row at 300
+/// groups of 10 bins, so every row's first touch of a group missed the caches and the setup's
+/// kernel waited on those loads (~45% of its samples) — no hardware prefetcher follows that
+/// stride.
+#[allow(clippy::too_many_arguments)]
+fn prefetch_slots<M>(
+    ots: [&[u128]; 2],
+    msg: &[M],
+    words: usize,
+    row0: usize,
+    n: usize,
+    per: usize,
+    at: usize,
+    len: usize,
+) {
+    for t in 0..n {
+        let o = (row0 + t) * per + at;
+        for m in ots {
+            if !m.is_empty() {
+                prefetch(&m[o..o + len]);
+            }
+        }
+        prefetch(&msg[(t * per + at) * words..(t * per + at + len) * words]);
+    }
 }
 
 /// [`em_trees`] of kept leaves: `xs[t·k + j] ← E(lv[abs[t]·k + j], base[t] + j)`, gathering
@@ -696,6 +725,10 @@ pub struct OneHotSender {
     /// The first `kept.len()` groups' trees expanded once to [`kept_level`]
     /// ([`Self::keep_leaves`]): per group, that level's nodes of each row.
     kept: Vec<Zeroizing<Vec<u128>>>,
+    /// The last [`Self::extend`]'s level-sum message (sent, so not secret), overwritten by the
+    /// next: a setup of 10^5 rows × 300 groups sends 157 MB per 4 096-row chunk, and a fresh
+    /// buffer each time was paid in page faults (the kernel's `clear_page`).
+    msg: Vec<u64>,
 }
 
 /// The chooser's kept correlations: per (row, group) its leaf and co-path keys.
@@ -706,13 +739,15 @@ pub struct OneHotChooser {
     rows: usize,
     /// As [`OneHotSender`]'s: the punctured expansion (0 in the own leaf's slot).
     kept: Vec<Zeroizing<Vec<u128>>>,
+    /// The last [`Self::extend_leaves`]'s received level sums, as [`OneHotSender`]'s `msg`.
+    msg: Vec<u64>,
 }
 
 impl OneHotSender {
     /// An empty store for up to `rows` rows (reserved: growing would leave copies of keys).
     pub fn new(groups: Arc<Groups>, rows: usize) -> Self {
         let n = rows * groups.len();
-        Self { groups, roots: Zeroizing::new(Vec::with_capacity(n)), rows: 0, kept: Vec::new() }
+        Self { groups, roots: Zeroizing::new(Vec::with_capacity(n)), rows: 0, kept: Vec::new(), msg: Vec::new() }
     }
 
     /// Expands the trees of every row set up to [`kept_level`] (the leaves), group by group from
@@ -752,12 +787,20 @@ impl OneHotSender {
         let layout = Arc::new(groups.layout());
         let ots = sender_prepare_layout(channel, ext, rows, layout).await?;
         let g_n = groups.len();
-        let mut roots = Zeroizing::new(vec![0u128; rows * g_n]);
-        AesPrg::from_entropy().fill_blocks(0, &mut roots);
-        let (g2, roots) = (groups.clone(), roots);
-        let (roots, msg) = cpu::run(move || {
+        // The new roots go straight into the store (reserved by `new`, so no reallocation
+        // leaves a copy of keys behind), the message into the last call's buffer, and the spent
+        // OTs back to the extension: no fresh buffer per chunk.
+        let mut store = std::mem::take(&mut self.roots);
+        let first = store.len();
+        store.resize(first + rows * g_n, 0);
+        AesPrg::from_entropy().fill_blocks(0, &mut store[first..]);
+        let mut msg = std::mem::take(&mut self.msg);
+        msg.clear();
+        msg.resize(rows * groups.per_row * 4, 0);
+        let g2 = groups.clone();
+        let (store, msg, ots) = cpu::run(move || {
             let per = g2.per_row;
-            let mut msg = vec![0u64; rows * per * 4];
+            let roots = &store[first..];
             if per > 0 {
                 msg.par_chunks_mut(per * 4 * KERNEL_ROWS)
                     .zip(roots.par_chunks(g_n * KERNEL_ROWS))
@@ -768,6 +811,10 @@ impl OneHotSender {
                         for g in 0..g_n {
                             let (k, at) = (g2.leaves(g), g2.at[g] as usize);
                             let d = depth(k);
+                            if g + 1 < g_n {
+                                let (at, len) = (g2.at[g + 1] as usize, depth(g2.leaves(g + 1)) as usize);
+                                prefetch_slots([&ots.m0, &ots.m1], m, 4, c * KERNEL_ROWS, n, per, at, len);
+                            }
                             b.nodes.clear();
                             b.nodes.extend((0..n).map(|t| r[t * g_n + g]));
                             expand_many(&mut b, k, |t, l, z| {
@@ -789,11 +836,20 @@ impl OneHotSender {
                         }
                     });
             }
-            (roots, msg)
+            (store, msg, ots)
         })
         .await;
-        send_u64s(channel, &msg).await?;
-        self.roots.extend_from_slice(&roots);
+        self.roots = store;
+        let sent = send_u64s(channel, &msg).await;
+        self.msg = msg;
+        for buf in ots.into_buffers() {
+            ext.recycle(buf);
+        }
+        if let Err(e) = sent {
+            // The rows were not set up: drop their roots (the capacity is zeroized with the store).
+            self.roots.truncate(first);
+            return Err(e);
+        }
         self.rows += rows;
         Ok(())
     }
@@ -820,6 +876,7 @@ impl OneHotChooser {
             copath: Zeroizing::new(Vec::with_capacity(p)),
             rows: 0,
             kept: Vec::new(),
+            msg: Vec::new(),
         }
     }
 
@@ -893,18 +950,34 @@ impl OneHotChooser {
         let mut choice = Matrix::new(data, rows, g_n, 10);
         choice.layout = Arc::new(groups.layout());
         let ots = chooser_prepare(channel, ext, Arc::new(choice)).await?;
-        let msg = recv_u64s(channel, rows * per * 4).await?;
-        let (g2, lv) = (groups.clone(), leaves.clone());
-        let copath = cpu::run(move || {
-            let mut copath = Zeroizing::new(vec![0u128; rows * per]);
+        // Received into the last call's buffer, the co-path keys written straight into the
+        // store (reserved by `new`), the spent OTs handed back: no fresh buffer per chunk.
+        let mut msg = std::mem::take(&mut self.msg);
+        let got = recv_u64s_into(channel, rows * per * 4, &mut msg).await;
+        if let Err(e) = got {
+            self.msg = msg;
+            return Err(e);
+        }
+        let mut store = std::mem::take(&mut self.copath);
+        let first = store.len();
+        store.resize(first + rows * per, 0);
+        let g2 = groups.clone();
+        let (store, leaves, msg, ots) = cpu::run(move || {
+            let copath = &mut store[first..];
             if per > 0 {
-                copath.par_chunks_mut(per * KERNEL_ROWS).zip(lv.par_chunks(g_n * KERNEL_ROWS)).enumerate().for_each(
+                copath.par_chunks_mut(per * KERNEL_ROWS).zip(leaves.par_chunks(g_n * KERNEL_ROWS)).enumerate().for_each(
                     |(c, (cp, lv))| {
                         let n = lv.len() / g_n;
                         let mut b = Bufs::new(n, g2.max_leaves());
                         for g in 0..g_n {
                             let (k, at) = (g2.leaves(g), g2.at[g] as usize);
                             let d = depth(k);
+                            if g + 1 < g_n {
+                                let (at, len) = (g2.at[g + 1] as usize, depth(g2.leaves(g + 1)) as usize);
+                                let row0 = c * KERNEL_ROWS;
+                                prefetch_slots([&ots.msgs, &[]], &msg[row0 * per * 4..], 4, row0, n, per, at, len);
+                                prefetch_slots([&[], &[]], &*cp, 1, 0, n, per, at, len);
+                            }
                             b.nodes.clear();
                             b.nodes.resize(n, 0);
                             expand_many(&mut b, k, |t, l, z| {
@@ -935,11 +1008,13 @@ impl OneHotChooser {
                     },
                 );
             }
-            copath
+            (store, leaves, msg, ots)
         })
         .await;
+        self.copath = store;
+        self.msg = msg;
+        ext.recycle(ots.into_buffer());
         self.leaves.extend_from_slice(&leaves);
-        self.copath.extend_from_slice(&copath);
         self.rows += rows;
         Ok(())
     }
