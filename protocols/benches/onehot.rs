@@ -13,7 +13,8 @@
 //! Environment (defaults in brackets): `OH_ROWS` [100000], `OH_GROUPS` [300], `OH_COLS` [9]
 //! (columns per group: a feature of 10 bins, the reference bin has no column), `OH_USES` [3],
 //! `OH_BATCH` [1024] (rows per session, as the LR's batch), `OH_KEEP` [0] (1: both sides keep every
-//! group's leaves expanded, `keep_leaves`, so uses skip the expansion), `OH_PAIR_ONLY` [0] (1: time
+//! group's leaves as the setup expands them, `keep_during_setup` on normal pages as the LR does,
+//! so uses skip the expansion), `OH_PAIR_ONLY` [0] (1: time
 //! only the paired backward, SecureBoost's use, e.g. under a profiler).
 mod common;
 use common::cpu_seconds;
@@ -63,23 +64,23 @@ fn main() {
         let chooser = async {
             let mut ext = IknpReceiver::setup(&ca, Security::SemiHonest).await.unwrap();
             let mut st = OneHotChooser::new(groups.clone(), rows);
+            if keep {
+                st.keep_during_setup(usize::MAX, false).unwrap();
+            }
             for at in (0..rows).step_by(4096) {
                 let part = x.select_rows(&(at as u32..(at + 4096).min(rows) as u32).collect::<Vec<_>>());
                 st.extend(&ca, &mut ext, &part).await.unwrap();
-            }
-            if keep {
-                st.keep_leaves(usize::MAX);
             }
             Arc::new(st)
         };
         let sender = async {
             let mut ext = IknpSender::setup(&cb, Security::SemiHonest).await.unwrap();
             let mut st = OneHotSender::new(groups.clone(), rows);
+            if keep {
+                st.keep_during_setup(usize::MAX, false).unwrap();
+            }
             for at in (0..rows).step_by(4096) {
                 st.extend(&cb, &mut ext, (at + 4096).min(rows) - at).await.unwrap();
-            }
-            if keep {
-                st.keep_leaves(usize::MAX);
             }
             Arc::new(st)
         };

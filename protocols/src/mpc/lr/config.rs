@@ -132,10 +132,10 @@ pub struct LrConfig {
     /// ℓ bits of every column, which reveals nothing about the values' range. Each party's own
     /// choice for its own columns (not part of the handshake digest).
     pub narrow_bits: bool,
-    /// With kept one-hot correlations ([`crate::mpc::ot_mul::onehot`]), expand this party's trees
-    /// once after the setup and keep their leaves (16 bytes per leaf, per (row, group)) for as
-    /// many groups as fit in this many bytes, so that no epoch expands them again
-    /// ([`OneHotSender::keep_leaves`](crate::mpc::ot_mul::onehot::OneHotSender::keep_leaves)).
+    /// With kept one-hot correlations ([`crate::mpc::ot_mul::onehot`]), keep the leaves of this
+    /// party's trees as the setup expands them (16 bytes per leaf, per (row, group)) for as many
+    /// groups as fit in this many bytes, so that no epoch expands them again
+    /// ([`OneHotSender::keep_during_setup`](crate::mpc::ot_mul::onehot::OneHotSender::keep_during_setup)).
     /// Local (not part of the handshake digest): the messages are the same either way. 0: keep
     /// none.
     pub kept_leaves_bytes: u64,

@@ -107,6 +107,16 @@ async fn fill_kept<C: Channel, D: Channel>(
     for list in lists {
         let mut o = ctx.own_groups.clone().map(|g| OneHotChooser::new(g, list.len()));
         let mut p = ctx.peer_groups.clone().map(|g| OneHotSender::new(g, list.len()));
+        // Kept leaves (local): the list's share of the budget by its rows, the own matrix's
+        // trees first, kept by the setup itself from the expansion it makes anyway; on normal
+        // pages (a batch reads a contiguous range of rows).
+        let mut budget = usize::try_from(ctx.config.kept_leaves_bytes / all_rows * list.len() as u64).unwrap_or(0);
+        if let Some(o) = o.as_mut() {
+            budget = budget.saturating_sub(o.keep_during_setup(budget, false)?);
+        }
+        if let Some(p) = p.as_mut() {
+            p.keep_during_setup(budget, false)?;
+        }
         let mut oc = own_dense.then(|| ot_mul::ChooserCache::with_layout(list.len(), ctx.features.layout().clone()));
         let mut pc = peer_dense.then(|| ot_mul::SenderCache::with_layout(list.len(), ctx.peer_layout.clone()));
         for chunk in list.chunks(CACHE_CHUNK_ROWS) {
@@ -135,26 +145,6 @@ async fn fill_kept<C: Channel, D: Channel>(
                 }
             }
         }
-        // Kept leaves (local): the list's share of the budget by its rows, the own matrix's
-        // trees first.
-        let mut budget = usize::try_from(ctx.config.kept_leaves_bytes / all_rows * list.len() as u64).unwrap_or(0);
-        let (o, p) = if budget == 0 {
-            (o, p)
-        } else {
-            cpu::run(move || {
-                let (mut o, mut p) = (o, p);
-                if let Some(o) = o.as_mut() {
-                    let before = o.kept_bytes();
-                    o.keep_leaves(budget);
-                    budget = budget.saturating_sub(o.kept_bytes() - before);
-                }
-                if let Some(p) = p.as_mut() {
-                    p.keep_leaves(budget);
-                }
-                (o, p)
-            })
-            .await
-        };
         own.extend(o.map(Arc::new));
         peer.extend(p.map(Arc::new));
         own_ots.extend(oc);

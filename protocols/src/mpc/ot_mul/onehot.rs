@@ -47,11 +47,11 @@
 //!
 //! Both then multiply their shares by `scale`. Exact (no error term).
 //!
-//! *Kept expansion* ([`OneHotSender::keep_leaves`], [`OneHotChooser::keep_leaves`]): after the
-//! setup a party may expand its trees once and keep the leaves (the chooser's own leaf as 0) for
-//! as many groups as a local memory budget allows (k · 16 bytes per (row, group)); a use of such
-//! a group gathers them (with prefetches: it is bound by memory, not by AES) and hashes its pads
-//! in one pass. The leaves are the ones a use would expand, so the messages are the same.
+//! *Kept expansion* ([`OneHotSender::keep_during_setup`], [`OneHotChooser::keep_during_setup`]):
+//! a party may keep the leaves its setup expands anyway (the chooser's own leaf as 0) for as many
+//! groups as a local memory budget allows (k · 16 bytes per (row, group)); a use of such a group
+//! gathers them (with prefetches: it is bound by memory, not by AES) and hashes its pads in one
+//! pass. The leaves are the ones a use would expand, so the messages are the same.
 //!
 //! A use covers a range of rows ([`OneHotSender::session`], the LR's batches) or a strictly
 //! increasing list of absolute rows ([`OneHotSender::session_rows`], a tree node's rows); the
@@ -674,7 +674,7 @@ fn parts<'a>(
     parts
 }
 
-/// The level of the trees [`OneHotSender::keep_leaves`] keeps: the leaves (k per (row, group)).
+/// The level of the trees [`OneHotSender::keep_during_setup`] keeps: the leaves (k per (row, group)).
 /// A use then only gathers them (bound by memory: 528 bytes per (row, group) at k = 33, read
 /// with prefetches) and hashes its pads. Keeping the level above (⌈k/2⌉ nodes, half the memory)
 /// and expanding the last level per use was measured slower: SecureBoost at 2.85·10^5 rows ×
@@ -685,15 +685,16 @@ fn kept_level(k: usize) -> u32 {
     depth(k)
 }
 
-/// The kept level of the first groups whose trees fit in `budget` bytes ([`kept_level`]), each
-/// group's rows expanded in tasks of [`KERNEL_ROWS`] by `expand(g, first row, bufs)` (which
-/// leaves the task's nodes of that level in `bufs.nodes`).
-fn keep_groups(
-    gs: &Groups,
-    rows: usize,
-    budget: usize,
-    expand: impl Fn(usize, usize, &mut Bufs) + Sync,
-) -> Vec<Zeroizing<Vec<u128>>> {
+/// Zeroed (untouched) stores for the kept level of the first groups whose trees fit in `budget`
+/// bytes at `rows` rows, on transparent huge pages with `huge`.
+///
+/// Huge pages suit uses that read scattered rows (SecureBoost's nodes: one TLB miss per (row,
+/// group) with 4 KiB pages), but their first touch can cost more: on the Firecracker VM of the
+/// benchmarks (a virtio balloon; freed memory goes back to the host), touching 2 GiB took
+/// 6.4–7.8 s on huge pages against 0.85–0.95 s on 4 KiB pages, and 8 GiB 26.1 s against
+/// 12.1 s. A use of contiguous row ranges (the LR's batches: 160 KB a group a batch) gains
+/// nothing from them.
+fn plan_groups(gs: &Groups, rows: usize, budget: usize, huge: bool) -> Vec<Zeroizing<Vec<u128>>> {
     let mut kept = Vec::new();
     let mut left = budget;
     for g in 0..gs.len() {
@@ -704,17 +705,51 @@ fn keep_groups(
             break;
         }
         left -= bytes;
-        // Huge pages: a node's rows are scattered across the whole vector (one TLB miss per
-        // (row, group) use with 4 KiB pages).
-        let mut lv = Zeroizing::new(crate::mem::zeroed_blocks(rows * h));
+        kept.push(Zeroizing::new(if huge { crate::mem::zeroed_blocks(rows * h) } else { vec![0u128; rows * h] }));
+    }
+    kept
+}
+
+/// The kept level of the first groups whose trees fit in `budget` bytes ([`kept_level`]), each
+/// group's rows expanded in tasks of [`KERNEL_ROWS`] by `expand(g, first row, bufs)` (which
+/// leaves the task's nodes of that level in `bufs.nodes`): the tests' reference for the leaves
+/// the setup keeps.
+#[cfg(test)]
+fn keep_groups(
+    gs: &Groups,
+    rows: usize,
+    budget: usize,
+    expand: impl Fn(usize, usize, &mut Bufs) + Sync,
+) -> Vec<Zeroizing<Vec<u128>>> {
+    let mut kept = plan_groups(gs, rows, budget, true);
+    for (g, lv) in kept.iter_mut().enumerate() {
+        let k = gs.leaves(g);
+        let h = level_len(k, depth(k), kept_level(k));
         lv.par_chunks_mut(KERNEL_ROWS * h).enumerate().for_each(|(c, out)| {
             let mut b = Bufs::new(KERNEL_ROWS, k);
             expand(g, c * KERNEL_ROWS, &mut b);
             out.copy_from_slice(&b.nodes);
         });
-        kept.push(lv);
     }
     kept
+}
+
+/// Splits the rows `at..at + rows` of each kept group's store (the leaves, k blocks a row) into
+/// the setup kernel's tasks of [`KERNEL_ROWS`] rows: per task, one slice per kept group.
+fn kept_tasks<'a>(
+    gs: &Groups,
+    kept: &'a mut [Zeroizing<Vec<u128>>],
+    at: usize,
+    rows: usize,
+) -> Vec<Vec<&'a mut [u128]>> {
+    let mut tasks: Vec<Vec<&mut [u128]>> = (0..rows.div_ceil(KERNEL_ROWS)).map(|_| Vec::new()).collect();
+    for (g, lv) in kept.iter_mut().enumerate() {
+        let k = gs.leaves(g);
+        for (task, out) in tasks.iter_mut().zip(lv[at * k..(at + rows) * k].chunks_mut(KERNEL_ROWS * k)) {
+            task.push(out);
+        }
+    }
+    tasks
 }
 
 /// The sender's kept correlations: a root per (row, group) of a list of rows.
@@ -723,12 +758,20 @@ pub struct OneHotSender {
     roots: Zeroizing<Vec<u128>>,
     rows: usize,
     /// The first `kept.len()` groups' trees expanded once to [`kept_level`]
-    /// ([`Self::keep_leaves`]): per group, that level's nodes of each row.
+    /// ([`Self::keep_during_setup`]): per group, that level's nodes of each row.
     kept: Vec<Zeroizing<Vec<u128>>>,
     /// The last [`Self::extend`]'s level-sum message (sent, so not secret), overwritten by the
     /// next: a setup of 10^5 rows × 300 groups sends 157 MB per 4 096-row chunk, and a fresh
     /// buffer each time was paid in page faults (the kernel's `clear_page`).
     msg: Vec<u64>,
+    /// Rows reserved by [`Self::new`].
+    capacity: usize,
+    /// [`Self::keep_during_setup`] was called: [`Self::extend`] fills `kept` as it goes (else a
+    /// non-empty `kept` was made by `keep_leaves` after the setup, and extending is refused).
+    filling: bool,
+    /// The last call's roots when every group is kept (then `roots` stays empty: no use reads
+    /// them).
+    scratch: Zeroizing<Vec<u128>>,
 }
 
 /// The chooser's kept correlations: per (row, group) its leaf and co-path keys.
@@ -741,22 +784,61 @@ pub struct OneHotChooser {
     kept: Vec<Zeroizing<Vec<u128>>>,
     /// The last [`Self::extend_leaves`]'s received level sums, as [`OneHotSender`]'s `msg`.
     msg: Vec<u64>,
+    /// As [`OneHotSender`]'s.
+    capacity: usize,
+    filling: bool,
+    /// The last call's co-path keys when every group is kept (then `copath` stays empty).
+    scratch: Zeroizing<Vec<u128>>,
 }
 
 impl OneHotSender {
     /// An empty store for up to `rows` rows (reserved: growing would leave copies of keys).
     pub fn new(groups: Arc<Groups>, rows: usize) -> Self {
         let n = rows * groups.len();
-        Self { groups, roots: Zeroizing::new(Vec::with_capacity(n)), rows: 0, kept: Vec::new(), msg: Vec::new() }
+        Self {
+            groups,
+            roots: Zeroizing::new(Vec::with_capacity(n)),
+            rows: 0,
+            kept: Vec::new(),
+            msg: Vec::new(),
+            capacity: rows,
+            filling: false,
+            scratch: Zeroizing::new(Vec::new()),
+        }
     }
 
-    /// Expands the trees of every row set up to [`kept_level`] (the leaves), group by group from
-    /// the first while they fit in `budget` bytes (k · 16 bytes per (row, group)), and keeps
-    /// them: a use of a kept group then skips the expansion (at k = 33 it is 69 of the 102 AES
-    /// blocks of a backward, and most of the scalar work). The same leaves as a use's own
-    /// expansion, so nothing the peer sees changes; each party decides alone. Returns the groups
-    /// kept. Call after the last [`Self::extend`] (which then errors).
+    /// Keeps the trees' [`kept_level`] (the leaves) of the first groups whose leaves fit in
+    /// `budget` bytes at the rows reserved (k · 16 bytes per (row, group)): [`Self::extend`]
+    /// stores them from the expansion it makes anyway for its level sums, and when every group is
+    /// kept the roots are not stored at all. A use of a kept group then skips the expansion (at
+    /// k = 33 it is 69 of the 102 AES blocks of a backward, and most of the scalar work). The
+    /// same leaves as a use's own expansion, so nothing the peer sees changes; each party decides
+    /// alone. `huge`: the stores on transparent huge pages, for uses of scattered rows
+    /// (SecureBoost's nodes), not for contiguous row ranges (the LR's batches; see
+    /// [`plan_groups`]). Call before the first [`Self::extend`] (else an error). Returns the
+    /// bytes planned.
+    pub fn keep_during_setup(&mut self, budget: usize, huge: bool) -> Result<usize, MpcError> {
+        if self.rows > 0 || !self.kept.is_empty() {
+            return Err(MpcError::Invalid("one-hot leaves planned after the setup began".into()));
+        }
+        if self.groups.per_row == 0 {
+            // Trees of one leaf only: nothing to expand, nothing gained.
+            return Ok(0);
+        }
+        self.kept = plan_groups(&self.groups, self.capacity, budget, huge);
+        self.filling = true;
+        if self.kept.len() == self.groups.len() {
+            self.roots = Zeroizing::new(Vec::new());
+        }
+        Ok(self.kept.iter().map(|l| l.len() * 16).sum())
+    }
+
+    /// The tests' reference for [`Self::keep_during_setup`]: expands the trees of every row set
+    /// up and keeps the leaves of the groups that fit in `budget`. Returns the groups kept; the
+    /// store cannot be extended after it.
+    #[cfg(test)]
     pub fn keep_leaves(&mut self, budget: usize) -> usize {
+        assert!(!self.filling, "leaves already kept by the setup");
         let (gs, rows) = (self.groups.clone(), self.rows);
         let g_n = gs.len();
         let roots = &self.roots;
@@ -780,32 +862,43 @@ impl OneHotSender {
 
     /// Setup for `rows` further rows (the chooser runs [`OneHotChooser::extend`] on them).
     pub async fn extend<C: Channel>(&mut self, channel: &C, ext: &mut IknpSender, rows: usize) -> Result<(), MpcError> {
-        if !self.kept.is_empty() {
+        if !self.kept.is_empty() && !self.filling {
             return Err(MpcError::Invalid("one-hot correlations extended after their leaves were kept".into()));
+        }
+        if self.filling && self.rows + rows > self.capacity {
+            return Err(MpcError::Invalid("one-hot rows beyond those reserved".into()));
         }
         let groups = self.groups.clone();
         let layout = Arc::new(groups.layout());
         let ots = sender_prepare_layout(channel, ext, rows, layout).await?;
         let g_n = groups.len();
         // The new roots go straight into the store (reserved by `new`, so no reallocation
-        // leaves a copy of keys behind), the message into the last call's buffer, and the spent
-        // OTs back to the extension: no fresh buffer per chunk.
-        let mut store = std::mem::take(&mut self.roots);
+        // leaves a copy of keys behind) or, when every group is kept, into the last call's
+        // scratch; the message into the last call's buffer, the kept leaves into their stores,
+        // and the spent OTs back to the extension: no fresh buffer per chunk.
+        let stored = self.kept.len() < g_n;
+        let mut store = std::mem::take(if stored { &mut self.roots } else { &mut self.scratch });
+        if !stored {
+            store.clear();
+        }
         let first = store.len();
         store.resize(first + rows * g_n, 0);
         AesPrg::from_entropy().fill_blocks(0, &mut store[first..]);
         let mut msg = std::mem::take(&mut self.msg);
         msg.clear();
         msg.resize(rows * groups.per_row * 4, 0);
-        let g2 = groups.clone();
-        let (store, msg, ots) = cpu::run(move || {
+        let mut kept = std::mem::take(&mut self.kept);
+        let (g2, at_row) = (groups.clone(), self.rows);
+        let (store, msg, kept, ots) = cpu::run(move || {
             let per = g2.per_row;
             let roots = &store[first..];
+            let tasks = kept_tasks(&g2, &mut kept, at_row, rows);
             if per > 0 {
                 msg.par_chunks_mut(per * 4 * KERNEL_ROWS)
                     .zip(roots.par_chunks(g_n * KERNEL_ROWS))
+                    .zip(tasks.into_par_iter())
                     .enumerate()
-                    .for_each(|(c, (m, r))| {
+                    .for_each(|(c, ((m, r), mut keep))| {
                         let n = r.len() / g_n;
                         let mut b = Bufs::new(n, g2.max_leaves());
                         for g in 0..g_n {
@@ -833,13 +926,21 @@ impl OneHotSender {
                                 let w = &mut m[(t * per + slot) * 4..(t * per + slot) * 4 + 4];
                                 w.copy_from_slice(&[a as u64, (a >> 64) as u64, b as u64, (b >> 64) as u64]);
                             });
+                            if let Some(out) = keep.get_mut(g) {
+                                out.copy_from_slice(&b.nodes);
+                            }
                         }
                     });
             }
-            (store, msg, ots)
+            (store, msg, kept, ots)
         })
         .await;
-        self.roots = store;
+        if stored {
+            self.roots = store;
+        } else {
+            self.scratch = store;
+        }
+        self.kept = kept;
         let sent = send_u64s(channel, &msg).await;
         self.msg = msg;
         for buf in ots.into_buffers() {
@@ -847,7 +948,9 @@ impl OneHotSender {
         }
         if let Err(e) = sent {
             // The rows were not set up: drop their roots (the capacity is zeroized with the store).
-            self.roots.truncate(first);
+            if stored {
+                self.roots.truncate(first);
+            }
             return Err(e);
         }
         self.rows += rows;
@@ -877,12 +980,35 @@ impl OneHotChooser {
             rows: 0,
             kept: Vec::new(),
             msg: Vec::new(),
+            capacity: rows,
+            filling: false,
+            scratch: Zeroizing::new(Vec::new()),
         }
+    }
+
+    /// As [`OneHotSender::keep_during_setup`]: [`Self::extend_leaves`] keeps the punctured
+    /// leaves (0 in the own leaf's slot) it expands anyway to find the co-path keys, which are
+    /// then not stored when every group is kept.
+    pub fn keep_during_setup(&mut self, budget: usize, huge: bool) -> Result<usize, MpcError> {
+        if self.rows > 0 || !self.kept.is_empty() {
+            return Err(MpcError::Invalid("one-hot leaves planned after the setup began".into()));
+        }
+        if self.groups.per_row == 0 {
+            return Ok(0);
+        }
+        self.kept = plan_groups(&self.groups, self.capacity, budget, huge);
+        self.filling = true;
+        if self.kept.len() == self.groups.len() {
+            self.copath = Zeroizing::new(Vec::new());
+        }
+        Ok(self.kept.iter().map(|l| l.len() * 16).sum())
     }
 
     /// As [`OneHotSender::keep_leaves`]: the punctured trees' kept level (0 on the row's path;
     /// the levels below it, if any, are punctured per use with the kept co-path keys).
+    #[cfg(test)]
     pub fn keep_leaves(&mut self, budget: usize) -> usize {
+        assert!(!self.filling, "leaves already kept by the setup");
         let (gs, rows) = (self.groups.clone(), self.rows);
         let (g_n, per) = (gs.len(), gs.per_row);
         let (leaves, copath) = (&self.leaves, &self.copath);
@@ -930,8 +1056,11 @@ impl OneHotChooser {
         rows: usize,
         leaves: Zeroizing<Vec<u8>>,
     ) -> Result<(), MpcError> {
-        if !self.kept.is_empty() {
+        if !self.kept.is_empty() && !self.filling {
             return Err(MpcError::Invalid("one-hot correlations extended after their leaves were kept".into()));
+        }
+        if self.filling && self.rows + rows > self.capacity {
+            return Err(MpcError::Invalid("one-hot rows beyond those reserved".into()));
         }
         let groups = self.groups.clone();
         let (g_n, per) = (groups.len(), groups.per_row);
@@ -958,15 +1087,25 @@ impl OneHotChooser {
             self.msg = msg;
             return Err(e);
         }
-        let mut store = std::mem::take(&mut self.copath);
+        let stored = self.kept.len() < g_n;
+        let mut store = std::mem::take(if stored { &mut self.copath } else { &mut self.scratch });
+        if !stored {
+            store.clear();
+        }
         let first = store.len();
         store.resize(first + rows * per, 0);
-        let g2 = groups.clone();
-        let (store, leaves, msg, ots) = cpu::run(move || {
+        let mut kept = std::mem::take(&mut self.kept);
+        let (g2, at_row) = (groups.clone(), self.rows);
+        let (store, leaves, msg, kept, ots) = cpu::run(move || {
+            let tasks = kept_tasks(&g2, &mut kept, at_row, rows);
             let copath = &mut store[first..];
             if per > 0 {
-                copath.par_chunks_mut(per * KERNEL_ROWS).zip(leaves.par_chunks(g_n * KERNEL_ROWS)).enumerate().for_each(
-                    |(c, (cp, lv))| {
+                copath
+                    .par_chunks_mut(per * KERNEL_ROWS)
+                    .zip(leaves.par_chunks(g_n * KERNEL_ROWS))
+                    .zip(tasks.into_par_iter())
+                    .enumerate()
+                    .for_each(|(c, ((cp, lv), mut keep))| {
                         let n = lv.len() / g_n;
                         let mut b = Bufs::new(n, g2.max_leaves());
                         for g in 0..g_n {
@@ -1004,14 +1143,21 @@ impl OneHotChooser {
                                 }
                                 cp[t * per + at + l as usize - 1] = s;
                             });
+                            if let Some(out) = keep.get_mut(g) {
+                                out.copy_from_slice(&b.nodes);
+                            }
                         }
-                    },
-                );
+                    });
             }
-            (store, leaves, msg, ots)
+            (store, leaves, msg, kept, ots)
         })
         .await;
-        self.copath = store;
+        if stored {
+            self.copath = store;
+        } else {
+            self.scratch = store;
+        }
+        self.kept = kept;
         self.msg = msg;
         ext.recycle(ots.into_buffer());
         self.leaves.extend_from_slice(&leaves);

@@ -502,3 +502,83 @@ async fn kept_leaves_give_the_same_messages_and_shares() {
     check_rows(&se2, &ch2, &x, &list, 200, 2);
     check_rows(&se2, &ch2, &x, &[0, 299], 300, 3);
 }
+
+/// Stores set up in chunks of `chunk` rows (the last one shorter) with each side's leaves kept by
+/// the setup itself within its budget ([`OneHotSender::keep_during_setup`]).
+async fn setup_keeping(
+    x: &Matrix,
+    groups: &Arc<Groups>,
+    chunk: usize,
+    budgets: (usize, usize),
+) -> (Arc<OneHotSender>, Arc<OneHotChooser>) {
+    let rows = x.rows();
+    let (ca, cb) = memory_pair(8);
+    let chooser = async {
+        let mut ext = IknpReceiver::setup(&ca, Security::SemiHonest).await.unwrap();
+        let mut st = OneHotChooser::new(groups.clone(), rows);
+        st.keep_during_setup(budgets.1, chunk.is_multiple_of(2)).unwrap();
+        for at in (0..rows).step_by(chunk) {
+            let part = x.select_rows(&(at as u32..(at + chunk).min(rows) as u32).collect::<Vec<_>>());
+            st.extend(&ca, &mut ext, &part).await.unwrap();
+        }
+        st
+    };
+    let sender = async {
+        let mut ext = IknpSender::setup(&cb, Security::SemiHonest).await.unwrap();
+        let mut st = OneHotSender::new(groups.clone(), rows);
+        st.keep_during_setup(budgets.0, !chunk.is_multiple_of(2)).unwrap();
+        for at in (0..rows).step_by(chunk) {
+            st.extend(&cb, &mut ext, (at + chunk).min(rows) - at).await.unwrap();
+        }
+        st
+    };
+    let (ch, se) = futures::join!(chooser, sender);
+    (Arc::new(se), Arc::new(ch))
+}
+
+/// Leaves kept by the setup itself (all groups, some, none; either side; several chunks over
+/// kernel tasks of 128 rows) give products equal to the plaintext's; when every group is kept
+/// the roots or co-path keys are not stored; planning after the setup began, or rows beyond those
+/// reserved, are errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaves_kept_during_the_setup_give_the_plaintext_products() {
+    let mut rng = StdRng::seed_from_u64(14);
+    let sizes = [32u32, 1, 255, 3, 9];
+    let rows = 300;
+    let x = onehot(rows, &sizes, 1, |_, _| rng.random_range(0..256usize));
+    let groups = Arc::new(Groups::new(&sizes, 1).unwrap());
+    let bytes = |g: usize| rows * (sizes[..g].iter().map(|&c| c as usize + 1).sum::<usize>()) * 16;
+    let list: Vec<u32> = (0..rows as u32).filter(|i| i % 3 != 1).collect();
+    for (case, (budgets, chunk)) in
+        [((usize::MAX, bytes(3) - 1), 130), ((bytes(1), usize::MAX), 300), ((0, 0), 77), ((usize::MAX, usize::MAX), 1)]
+            .into_iter()
+            .enumerate()
+    {
+        let (se, ch) = setup_keeping(&x, &groups, chunk, budgets).await;
+        let kept = |b: usize| (0..=sizes.len()).rev().find(|&g| bytes(g) <= b).unwrap();
+        let (ks, kc) = (kept(budgets.0), kept(budgets.1));
+        let roots = if ks == sizes.len() { 0 } else { rows * sizes.len() * 16 };
+        assert_eq!(se.kept_bytes(), roots + bytes(ks), "case {case}");
+        let per: usize = sizes.iter().map(|&c| (c as usize + 1).next_power_of_two().trailing_zeros() as usize).sum();
+        let copath = if kc == sizes.len() { 0 } else { rows * per * 16 };
+        assert_eq!(ch.kept_bytes(), rows * sizes.len() + copath + bytes(kc), "case {case}");
+        check_rows(&se, &ch, &x, &list, 10 * case as u64, case as u64);
+        check_rows(&se, &ch, &x, &[0, 299], 10 * case as u64 + 5, case as u64);
+    }
+    // Planning after the first extend, and extending beyond the reserved rows while filling.
+    let (ca, cb) = memory_pair(8);
+    let (er, es) =
+        futures::join!(IknpReceiver::setup(&ca, Security::SemiHonest), IknpSender::setup(&cb, Security::SemiHonest));
+    let (mut er, mut es) = (er.unwrap(), es.unwrap());
+    let part = x.select_rows(&[0, 1]);
+    let (mut ch, mut se) = (OneHotChooser::new(groups.clone(), 2), OneHotSender::new(groups.clone(), 2));
+    let (c, s) = futures::join!(ch.extend(&ca, &mut er, &part), se.extend(&cb, &mut es, 2));
+    c.unwrap();
+    s.unwrap();
+    assert!(ch.keep_during_setup(usize::MAX, false).is_err() && se.keep_during_setup(usize::MAX, true).is_err());
+    let (mut ch, mut se) = (OneHotChooser::new(groups.clone(), 1), OneHotSender::new(groups.clone(), 1));
+    assert!(
+        ch.keep_during_setup(usize::MAX, true).unwrap() > 0 && se.keep_during_setup(usize::MAX, false).unwrap() > 0
+    );
+    assert!(ch.extend(&ca, &mut er, &part).await.is_err() && se.extend(&cb, &mut es, 2).await.is_err());
+}
