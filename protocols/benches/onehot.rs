@@ -14,7 +14,8 @@
 //! (columns per group: a feature of 10 bins, the reference bin has no column), `OH_USES` [3],
 //! `OH_BATCH` [1024] (rows per session, as the LR's batch), `OH_KEEP` [0] (1: both sides keep every
 //! group's leaves as the setup expands them, `keep_during_setup` on normal pages as the LR does,
-//! so uses skip the expansion), `OH_PAIR_ONLY` [0] (1: time
+//! so uses skip the expansion; 2: expanded again after the setup, `keep_leaves` on huge pages, as
+//! SecureBoost does), `OH_PAIR_ONLY` [0] (1: time
 //! only the paired backward, SecureBoost's use, e.g. under a profiler).
 mod common;
 use common::cpu_seconds;
@@ -42,7 +43,8 @@ fn main() {
     let (rows, g_n, cols, uses, batch) =
         (env("OH_ROWS", 100_000), env("OH_GROUPS", 300), env("OH_COLS", 9), env("OH_USES", 3), env("OH_BATCH", 1024));
     let k = cols + 1;
-    let keep = env("OH_KEEP", 0) == 1;
+    let keep_mode = env("OH_KEEP", 0);
+    let keep = keep_mode > 0;
     let pair_only = env("OH_PAIR_ONLY", 0) == 1;
     let threads = rayon::current_num_threads();
     let sizes = vec![cols as u32; g_n];
@@ -64,23 +66,29 @@ fn main() {
         let chooser = async {
             let mut ext = IknpReceiver::setup(&ca, Security::SemiHonest).await.unwrap();
             let mut st = OneHotChooser::new(groups.clone(), rows);
-            if keep {
+            if keep_mode == 1 {
                 st.keep_during_setup(usize::MAX, false).unwrap();
             }
             for at in (0..rows).step_by(4096) {
                 let part = x.select_rows(&(at as u32..(at + 4096).min(rows) as u32).collect::<Vec<_>>());
                 st.extend(&ca, &mut ext, &part).await.unwrap();
             }
+            if keep_mode == 2 {
+                st.keep_leaves(usize::MAX);
+            }
             Arc::new(st)
         };
         let sender = async {
             let mut ext = IknpSender::setup(&cb, Security::SemiHonest).await.unwrap();
             let mut st = OneHotSender::new(groups.clone(), rows);
-            if keep {
+            if keep_mode == 1 {
                 st.keep_during_setup(usize::MAX, false).unwrap();
             }
             for at in (0..rows).step_by(4096) {
                 st.extend(&cb, &mut ext, (at + 4096).min(rows) - at).await.unwrap();
+            }
+            if keep_mode == 2 {
+                st.keep_leaves(usize::MAX);
             }
             Arc::new(st)
         };

@@ -71,7 +71,7 @@ pub struct SbConfig {
     /// How B's histograms are computed (agreed).
     pub histograms: Histograms,
     /// This party's memory budget (bytes) for one-hot trees kept expanded across the job with
-    /// the `ot` backend ([`crate::mpc::ot_mul::onehot::OneHotSender::keep_during_setup`]: 33 · 16
+    /// the `ot` backend ([`crate::mpc::ot_mul::onehot::OneHotSender::keep_leaves`]: 33 · 16
     /// bytes per (training row, B feature) at 33 bins; B's features from the first while they
     /// fit). A node's local choice, not agreed: kept or not, the messages are the same. 0 (the
     /// default) expands every tree per use.

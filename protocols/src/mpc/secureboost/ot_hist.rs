@@ -48,8 +48,8 @@ fn chunk_rows(cols: usize) -> usize {
     (CHUNK_ENTRIES / cols.max(1)).clamp(64, 8192)
 }
 
-/// A's setup over `rows` kept rows of B's features with `peer_bins`, keeping the leaves of as many
-/// features as `keep` bytes hold as it expands them ([`OneHotSender::keep_during_setup`]).
+/// A's setup over `rows` kept rows of B's features with `peer_bins`, then the leaves of as many
+/// features as `keep` bytes hold expanded ([`OneHotSender::keep_leaves`]).
 pub(super) async fn setup_sender<C: Channel>(
     channel: &C,
     peer_bins: &[u32],
@@ -60,18 +60,20 @@ pub(super) async fn setup_sender<C: Channel>(
     let mut ext = IknpSender::setup(channel, Security::Malicious).await?;
     let step = chunk_rows(groups.total_cols());
     let mut store = OneHotSender::new(groups, rows);
-    // Kept by the setup itself, on huge pages (a node's rows are scattered).
-    store.keep_during_setup(usize::try_from(keep).unwrap_or(usize::MAX), true)?;
     let mut done = 0;
     while done < rows {
         let m = step.min(rows - done);
         store.extend(channel, &mut ext, m).await?;
         done += m;
     }
-    Ok(Arc::new(store))
+    Ok(cpu::run(move || {
+        store.keep_leaves(usize::try_from(keep).unwrap_or(usize::MAX));
+        Arc::new(store)
+    })
+    .await)
 }
 
-/// B's setup over its features of the `kept` rows, its leaves kept as A's.
+/// B's setup over its features of the `kept` rows, then its leaves kept as A's.
 pub(super) async fn setup_chooser<C: Channel>(
     channel: &C,
     x: &Arc<BinnedFeatures>,
@@ -81,13 +83,16 @@ pub(super) async fn setup_chooser<C: Channel>(
     let groups = groups(&x.bins)?;
     let mut ext = IknpReceiver::setup(channel, Security::Malicious).await?;
     let mut store = OneHotChooser::new(groups.clone(), kept.len());
-    store.keep_during_setup(usize::try_from(keep).unwrap_or(usize::MAX), true)?;
     for chunk in kept.chunks(chunk_rows(groups.total_cols())) {
         let (x, rows) = (x.clone(), chunk.to_vec());
         let matrix = cpu::run(move || one_hot(&x, &rows)).await;
         store.extend(channel, &mut ext, &matrix).await?;
     }
-    Ok(Arc::new(store))
+    Ok(cpu::run(move || {
+        store.keep_leaves(usize::try_from(keep).unwrap_or(usize::MAX));
+        Arc::new(store)
+    })
+    .await)
 }
 
 /// The one-hot matrix of `rows`: per feature, column (first_f + bin − 1) is 1 for bins ≥ 1.
