@@ -550,10 +550,10 @@ fn prefetch<T>(xs: &[T]) {
 
 /// The setup's prefetch of the next group's OT slots, `at..at + len` of each of the `n` rows of a
 /// kernel task (`per` slots a row, the task's first row `row0`) in `ots`, and of `words` items a
-/// slot in `msg` (task-local rows: the message or the co-path keys): the slots of a group are 19 KB apart from row to row at 300
-/// groups of 10 bins, so every row's first touch of a group missed the caches and the setup's
-/// kernel waited on those loads (~45% of its samples) — no hardware prefetcher follows that
-/// stride.
+/// slot in `msg` (task-local rows: the message or the co-path keys). The slots of a group are
+/// 19 KB apart from row to row at 300 groups of 10 bins, so every row's first touch of a group
+/// missed the caches and the setup's kernel waited on those loads (~45% of its samples): no
+/// hardware prefetcher follows that stride.
 #[allow(clippy::too_many_arguments)]
 fn prefetch_slots<M>(
     ots: [&[u128]; 2],
@@ -751,6 +751,89 @@ fn kept_tasks<'a>(
     tasks
 }
 
+/// What both sides' setups keep between [`OneHotSender::extend`] calls (and
+/// [`OneHotChooser::extend_leaves`] calls): the reused message buffer, the plan of
+/// `keep_during_setup`, and the scratch for the per-row keys that are not stored.
+struct Setup {
+    /// The last call's level-sum message (sent, so not secret), overwritten by the next: a setup
+    /// of 10^5 rows × 300 groups sends 157 MB per 4 096-row chunk, and a fresh buffer each time
+    /// was paid in page faults (the kernel's `clear_page`).
+    msg: Vec<u64>,
+    /// Rows reserved by `new`.
+    capacity: usize,
+    /// `keep_during_setup` was called: the calls fill `kept` as they go (else a non-empty `kept`
+    /// was made by `keep_leaves` after the setup, and extending is refused).
+    filling: bool,
+    /// The last call's per-row keys (roots, co-path keys) when every group is kept: the side's
+    /// store of them then stays empty (no use reads them).
+    scratch: Zeroizing<Vec<u128>>,
+}
+
+impl Setup {
+    fn new(capacity: usize) -> Self {
+        Self { msg: Vec::new(), capacity, filling: false, scratch: Zeroizing::new(Vec::new()) }
+    }
+
+    /// `keep_during_setup` for either side: `kept` planned for `gs` (refused once the setup
+    /// began; nothing for trees of one leaf only, which have nothing to expand). When every group
+    /// is kept, the side's store of per-row `keys` is dropped. Returns the bytes planned.
+    fn plan(
+        &mut self,
+        kept: &mut Vec<Zeroizing<Vec<u128>>>,
+        keys: &mut Zeroizing<Vec<u128>>,
+        gs: &Groups,
+        rows_set_up: usize,
+        budget: usize,
+        huge: bool,
+    ) -> Result<usize, MpcError> {
+        if rows_set_up > 0 || !kept.is_empty() {
+            return Err(MpcError::Invalid("one-hot leaves planned after the setup began".into()));
+        }
+        if gs.per_row == 0 {
+            return Ok(0);
+        }
+        *kept = plan_groups(gs, self.capacity, budget, huge);
+        self.filling = true;
+        if kept.len() == gs.len() {
+            *keys = Zeroizing::new(Vec::new());
+        }
+        Ok(kept.iter().map(|l| l.len() * 16).sum())
+    }
+
+    /// Errors unless `rows` more rows may be set up.
+    fn check(&self, kept: &[Zeroizing<Vec<u128>>], rows_set_up: usize, rows: usize) -> Result<(), MpcError> {
+        if !kept.is_empty() && !self.filling {
+            return Err(MpcError::Invalid("one-hot correlations extended after their leaves were kept".into()));
+        }
+        if self.filling && rows_set_up + rows > self.capacity {
+            return Err(MpcError::Invalid("one-hot rows beyond those reserved".into()));
+        }
+        Ok(())
+    }
+
+    /// The buffer a call writes its `len` new per-row keys into, from the returned offset: the
+    /// side's store `keys` itself (reserved by `new`, so no reallocation leaves a copy of keys
+    /// behind) while it is `stored`, else the scratch. Hand it back with [`Self::put_keys`].
+    fn take_keys(
+        &mut self,
+        keys: &mut Zeroizing<Vec<u128>>,
+        stored: bool,
+        len: usize,
+    ) -> (Zeroizing<Vec<u128>>, usize) {
+        let mut buf = std::mem::take(if stored { keys } else { &mut self.scratch });
+        if !stored {
+            buf.clear();
+        }
+        let first = buf.len();
+        buf.resize(first + len, 0);
+        (buf, first)
+    }
+
+    fn put_keys(&mut self, keys: &mut Zeroizing<Vec<u128>>, stored: bool, buf: Zeroizing<Vec<u128>>) {
+        *(if stored { keys } else { &mut self.scratch }) = buf;
+    }
+}
+
 /// The sender's kept correlations: a root per (row, group) of a list of rows.
 pub struct OneHotSender {
     groups: Arc<Groups>,
@@ -759,19 +842,7 @@ pub struct OneHotSender {
     /// The first `kept.len()` groups' trees expanded once to [`kept_level`]
     /// ([`Self::keep_during_setup`]): per group, that level's nodes of each row.
     kept: Vec<Zeroizing<Vec<u128>>>,
-    /// The last [`Self::extend`]'s level-sum message (sent, so not secret), overwritten by the
-    /// next: a setup of 10^5 rows × 300 groups sends 157 MB per 4 096-row chunk, and a fresh
-    /// buffer each time was paid in page faults (the kernel's `clear_page`).
-    msg: Vec<u64>,
-    /// Rows reserved by [`Self::new`].
-    capacity: usize,
-    /// [`Self::keep_during_setup`] was called: [`Self::extend`] fills `kept` as it goes (else a
-    /// non-empty `kept` was made by [`Self::keep_leaves`] after the setup, and extending is
-    /// refused).
-    filling: bool,
-    /// The last call's roots when every group is kept (then `roots` stays empty: no use reads
-    /// them).
-    scratch: Zeroizing<Vec<u128>>,
+    setup: Setup,
 }
 
 /// The chooser's kept correlations: per (row, group) its leaf and co-path keys.
@@ -782,13 +853,7 @@ pub struct OneHotChooser {
     rows: usize,
     /// As [`OneHotSender`]'s: the punctured expansion (0 in the own leaf's slot).
     kept: Vec<Zeroizing<Vec<u128>>>,
-    /// The last [`Self::extend_leaves`]'s received level sums, as [`OneHotSender`]'s `msg`.
-    msg: Vec<u64>,
-    /// As [`OneHotSender`]'s.
-    capacity: usize,
-    filling: bool,
-    /// The last call's co-path keys when every group is kept (then `copath` stays empty).
-    scratch: Zeroizing<Vec<u128>>,
+    setup: Setup,
 }
 
 impl OneHotSender {
@@ -800,10 +865,7 @@ impl OneHotSender {
             roots: Zeroizing::new(Vec::with_capacity(n)),
             rows: 0,
             kept: Vec::new(),
-            msg: Vec::new(),
-            capacity: rows,
-            filling: false,
-            scratch: Zeroizing::new(Vec::new()),
+            setup: Setup::new(rows),
         }
     }
 
@@ -817,19 +879,7 @@ impl OneHotSender {
     /// contiguous row ranges (the LR's batches; see [`plan_groups`]). Call before the first
     /// [`Self::extend`] (else an error). Returns the bytes planned.
     pub fn keep_during_setup(&mut self, budget: usize, huge: bool) -> Result<usize, MpcError> {
-        if self.rows > 0 || !self.kept.is_empty() {
-            return Err(MpcError::Invalid("one-hot leaves planned after the setup began".into()));
-        }
-        if self.groups.per_row == 0 {
-            // Trees of one leaf only: nothing to expand, nothing gained.
-            return Ok(0);
-        }
-        self.kept = plan_groups(&self.groups, self.capacity, budget, huge);
-        self.filling = true;
-        if self.kept.len() == self.groups.len() {
-            self.roots = Zeroizing::new(Vec::new());
-        }
-        Ok(self.kept.iter().map(|l| l.len() * 16).sum())
+        self.setup.plan(&mut self.kept, &mut self.roots, &self.groups, self.rows, budget, huge)
     }
 
     /// [`Self::keep_during_setup`] after the setup: expands the trees of every row set up once
@@ -838,7 +888,7 @@ impl OneHotSender {
     /// (fraud shape, 2.51–2.71 s against 3.31–3.45 s per tree, not explained yet), the LR's
     /// epochs not. Returns the groups kept; the store cannot be extended after it.
     pub fn keep_leaves(&mut self, budget: usize) -> usize {
-        if self.filling {
+        if self.setup.filling {
             // Already kept by the setup.
             return self.kept.len();
         }
@@ -865,29 +915,17 @@ impl OneHotSender {
 
     /// Setup for `rows` further rows (the chooser runs [`OneHotChooser::extend`] on them).
     pub async fn extend<C: Channel>(&mut self, channel: &C, ext: &mut IknpSender, rows: usize) -> Result<(), MpcError> {
-        if !self.kept.is_empty() && !self.filling {
-            return Err(MpcError::Invalid("one-hot correlations extended after their leaves were kept".into()));
-        }
-        if self.filling && self.rows + rows > self.capacity {
-            return Err(MpcError::Invalid("one-hot rows beyond those reserved".into()));
-        }
+        self.setup.check(&self.kept, self.rows, rows)?;
         let groups = self.groups.clone();
         let layout = Arc::new(groups.layout());
         let ots = sender_prepare_layout(channel, ext, rows, layout).await?;
         let g_n = groups.len();
-        // The new roots go straight into the store (reserved by `new`, so no reallocation
-        // leaves a copy of keys behind) or, when every group is kept, into the last call's
-        // scratch; the message into the last call's buffer, the kept leaves into their stores,
-        // and the spent OTs back to the extension: no fresh buffer per chunk.
+        // The new roots, the message, the kept leaves go into the buffers kept for them
+        // ([`Setup`]), the spent OTs back to the extension: no fresh buffer per chunk.
         let stored = self.kept.len() < g_n;
-        let mut store = std::mem::take(if stored { &mut self.roots } else { &mut self.scratch });
-        if !stored {
-            store.clear();
-        }
-        let first = store.len();
-        store.resize(first + rows * g_n, 0);
+        let (mut store, first) = self.setup.take_keys(&mut self.roots, stored, rows * g_n);
         AesPrg::from_entropy().fill_blocks(0, &mut store[first..]);
-        let mut msg = std::mem::take(&mut self.msg);
+        let mut msg = std::mem::take(&mut self.setup.msg);
         msg.clear();
         msg.resize(rows * groups.per_row * 4, 0);
         let mut kept = std::mem::take(&mut self.kept);
@@ -938,14 +976,10 @@ impl OneHotSender {
             (store, msg, kept, ots)
         })
         .await;
-        if stored {
-            self.roots = store;
-        } else {
-            self.scratch = store;
-        }
+        self.setup.put_keys(&mut self.roots, stored, store);
         self.kept = kept;
         let sent = send_u64s(channel, &msg).await;
-        self.msg = msg;
+        self.setup.msg = msg;
         for buf in ots.into_buffers() {
             ext.recycle(buf);
         }
@@ -982,10 +1016,7 @@ impl OneHotChooser {
             copath: Zeroizing::new(Vec::with_capacity(p)),
             rows: 0,
             kept: Vec::new(),
-            msg: Vec::new(),
-            capacity: rows,
-            filling: false,
-            scratch: Zeroizing::new(Vec::new()),
+            setup: Setup::new(rows),
         }
     }
 
@@ -993,24 +1024,13 @@ impl OneHotChooser {
     /// leaves (0 in the own leaf's slot) it expands anyway to find the co-path keys, which are
     /// then not stored when every group is kept.
     pub fn keep_during_setup(&mut self, budget: usize, huge: bool) -> Result<usize, MpcError> {
-        if self.rows > 0 || !self.kept.is_empty() {
-            return Err(MpcError::Invalid("one-hot leaves planned after the setup began".into()));
-        }
-        if self.groups.per_row == 0 {
-            return Ok(0);
-        }
-        self.kept = plan_groups(&self.groups, self.capacity, budget, huge);
-        self.filling = true;
-        if self.kept.len() == self.groups.len() {
-            self.copath = Zeroizing::new(Vec::new());
-        }
-        Ok(self.kept.iter().map(|l| l.len() * 16).sum())
+        self.setup.plan(&mut self.kept, &mut self.copath, &self.groups, self.rows, budget, huge)
     }
 
     /// As [`OneHotSender::keep_leaves`]: the punctured trees' kept level (0 on the row's path;
     /// the levels below it, if any, are punctured per use with the kept co-path keys).
     pub fn keep_leaves(&mut self, budget: usize) -> usize {
-        if self.filling {
+        if self.setup.filling {
             // Already kept by the setup.
             return self.kept.len();
         }
@@ -1061,12 +1081,7 @@ impl OneHotChooser {
         rows: usize,
         leaves: Zeroizing<Vec<u8>>,
     ) -> Result<(), MpcError> {
-        if !self.kept.is_empty() && !self.filling {
-            return Err(MpcError::Invalid("one-hot correlations extended after their leaves were kept".into()));
-        }
-        if self.filling && self.rows + rows > self.capacity {
-            return Err(MpcError::Invalid("one-hot rows beyond those reserved".into()));
-        }
+        self.setup.check(&self.kept, self.rows, rows)?;
         let groups = self.groups.clone();
         let (g_n, per) = (groups.len(), groups.per_row);
         if leaves.len() != rows * g_n
@@ -1084,21 +1099,15 @@ impl OneHotChooser {
         let mut choice = Matrix::new(data, rows, g_n, 10);
         choice.layout = Arc::new(groups.layout());
         let ots = chooser_prepare(channel, ext, Arc::new(choice)).await?;
-        // Received into the last call's buffer, the co-path keys written straight into the
-        // store (reserved by `new`), the spent OTs handed back: no fresh buffer per chunk.
-        let mut msg = std::mem::take(&mut self.msg);
+        // As the sender's: the buffers kept for them ([`Setup`]), the spent OTs handed back.
+        let mut msg = std::mem::take(&mut self.setup.msg);
         let got = recv_u64s_into(channel, rows * per * 4, &mut msg).await;
         if let Err(e) = got {
-            self.msg = msg;
+            self.setup.msg = msg;
             return Err(e);
         }
         let stored = self.kept.len() < g_n;
-        let mut store = std::mem::take(if stored { &mut self.copath } else { &mut self.scratch });
-        if !stored {
-            store.clear();
-        }
-        let first = store.len();
-        store.resize(first + rows * per, 0);
+        let (mut store, first) = self.setup.take_keys(&mut self.copath, stored, rows * per);
         let mut kept = std::mem::take(&mut self.kept);
         let (g2, at_row) = (groups.clone(), self.rows);
         let (store, leaves, msg, kept, ots) = cpu::run(move || {
@@ -1157,13 +1166,9 @@ impl OneHotChooser {
             (store, leaves, msg, kept, ots)
         })
         .await;
-        if stored {
-            self.copath = store;
-        } else {
-            self.scratch = store;
-        }
+        self.setup.put_keys(&mut self.copath, stored, store);
         self.kept = kept;
-        self.msg = msg;
+        self.setup.msg = msg;
         ext.recycle(ots.into_buffer());
         self.leaves.extend_from_slice(&leaves);
         self.rows += rows;
