@@ -273,6 +273,19 @@ impl Corr {
         }
     }
 
+    /// Hands a product's spent messages (the one we sent, the one we received) to the kept one-hot
+    /// stores they came from or went to, for the next batch's buffers.
+    pub(super) fn recycle(&self, sent: Vec<u64>, received: Vec<u64>) {
+        if let Corr::Split(own, peer) = self {
+            if let Own::OneHot(c) = own {
+                c.recycle(received);
+            }
+            if let Peer::OneHot(s) = peer {
+                s.recycle(sent);
+            }
+        }
+    }
+
     /// Our share of the product of our own matrix with the peer's vector, given its message.
     pub(super) fn own_side(&self, forward: bool, x: &Batch, msg: &[u64]) -> Result<Vec<u64>, MpcError> {
         match (self, forward) {

@@ -33,7 +33,12 @@ pub(super) async fn product<C: Channel, D: Channel>(
     let n = corr.msg_len(forward, x);
     let theirs = ot_mul::exchange_tau(ctx.channel, &msg, n).await?;
     let (c2, x2) = (corr.clone(), x.clone());
-    let own_part = cpu::run(move || c2.own_side(forward, &x2, &theirs)).await?;
+    let own_part = cpu::run(move || {
+        let own = c2.own_side(forward, &x2, &theirs);
+        c2.recycle(msg, theirs);
+        own
+    })
+    .await?;
     Ok((own_part, peer_part))
 }
 

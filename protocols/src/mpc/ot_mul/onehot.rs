@@ -834,6 +834,63 @@ impl Setup {
     }
 }
 
+/// Spare buffers of a store's uses: the kernels' pad sums and messages, a backward's message, a
+/// received message. A use as large as an earlier one then writes memory that is already mapped:
+/// SecureBoost's root uses allocated and freed ~90 MB buffers per node each time, and their fresh
+/// pages (the kernel's `clear_page`) were ~7% of the nodes' CPU during trees on a VM whose
+/// balloon takes freed memory back. Holds the pads' sums, so it lives as long as its store.
+#[derive(Default)]
+struct Spare(Mutex<Vec<Vec<u64>>>);
+
+impl Spare {
+    /// Most buffers kept.
+    const KEEP: usize = 4;
+
+    /// A buffer of `len` words for a caller that writes every one of them: a kept one if one is
+    /// large enough, with its old words left in place (zeroing 90 MB again cost ~4% of the
+    /// nodes' CPU), else a fresh zeroed one.
+    fn take(&self, len: usize) -> Vec<u64> {
+        let mut v = self.pick(len);
+        if v.len() >= len {
+            v.truncate(len);
+        } else {
+            v.clear();
+            v.resize(len, 0);
+        }
+        v
+    }
+
+    /// The smallest kept buffer with room for `len` words (its old words in place), else an
+    /// empty one.
+    fn pick(&self, len: usize) -> Vec<u64> {
+        if len == 0 {
+            return Vec::new();
+        }
+        let mut s = self.0.lock().expect("not poisoned");
+        let fit = (0..s.len()).filter(|&i| s[i].capacity() >= len).min_by_key(|&i| s[i].capacity());
+        fit.map(|i| s.swap_remove(i)).unwrap_or_default()
+    }
+
+    /// An empty buffer with room for `len` words (for [`recv_u64s_into`]).
+    fn room(&self, len: usize) -> Vec<u64> {
+        let mut v = self.pick(len);
+        v.clear();
+        v
+    }
+
+    fn give(&self, v: Vec<u64>) {
+        if v.capacity() == 0 {
+            return;
+        }
+        let mut s = self.0.lock().expect("not poisoned");
+        if s.len() < Self::KEEP {
+            s.push(v);
+        } else if let Some(small) = s.iter_mut().min_by_key(|k| k.capacity()).filter(|k| k.capacity() < v.capacity()) {
+            *small = v;
+        }
+    }
+}
+
 /// The sender's kept correlations: a root per (row, group) of a list of rows.
 pub struct OneHotSender {
     groups: Arc<Groups>,
@@ -843,6 +900,7 @@ pub struct OneHotSender {
     /// ([`Self::keep_during_setup`]): per group, that level's nodes of each row.
     kept: Vec<Zeroizing<Vec<u128>>>,
     setup: Setup,
+    spare: Spare,
 }
 
 /// The chooser's kept correlations: per (row, group) its leaf and co-path keys.
@@ -854,6 +912,7 @@ pub struct OneHotChooser {
     /// As [`OneHotSender`]'s: the punctured expansion (0 in the own leaf's slot).
     kept: Vec<Zeroizing<Vec<u128>>>,
     setup: Setup,
+    spare: Spare,
 }
 
 impl OneHotSender {
@@ -866,6 +925,7 @@ impl OneHotSender {
             rows: 0,
             kept: Vec::new(),
             setup: Setup::new(rows),
+            spare: Spare::default(),
         }
     }
 
@@ -1005,6 +1065,11 @@ impl OneHotSender {
     pub fn session_rows(self: &Arc<Self>, use_id: u64, rows: Arc<[u32]>) -> OneHotSenderSession {
         OneHotSenderSession::new(self.clone(), use_id, Rows::List(rows))
     }
+
+    /// Hands a use's message back once it is sent, for the next use's buffers.
+    pub fn recycle(&self, msg: Vec<u64>) {
+        self.spare.give(msg);
+    }
 }
 
 impl OneHotChooser {
@@ -1017,6 +1082,7 @@ impl OneHotChooser {
             rows: 0,
             kept: Vec::new(),
             setup: Setup::new(rows),
+            spare: Spare::default(),
         }
     }
 
@@ -1184,6 +1250,17 @@ impl OneHotChooser {
     pub fn session_rows(self: &Arc<Self>, use_id: u64, rows: Arc<[u32]>) -> OneHotChooserSession {
         OneHotChooserSession::new(self.clone(), use_id, Rows::List(rows))
     }
+
+    /// An empty buffer with room for a message of `len` words (a spare one if any is large
+    /// enough); hand it back with [`Self::recycle`] once the use is done.
+    pub fn buffer(&self, len: usize) -> Vec<u64> {
+        self.spare.room(len)
+    }
+
+    /// Hands a received message back once its use is done, for the next use's buffers.
+    pub fn recycle(&self, msg: Vec<u64>) {
+        self.spare.give(msg);
+    }
 }
 
 fn take(used: &[AtomicBool; 2], backward: bool) -> Result<(), MpcError> {
@@ -1321,15 +1398,20 @@ impl OneHotSenderSession {
         self
     }
 
+    /// [`OneHotSender::recycle`]: a sent message's buffer back to the store.
+    pub fn recycle(&self, msg: Vec<u64>) {
+        self.store.recycle(msg);
+    }
+
     /// The batched kernel over the use's rows: the forward message and shares when `y` is given,
     /// the backward pads ([`Prep`]) when `bwd`, from one expansion of each tree.
     fn kernel(&self, y: Option<&[u64]>, bwd: bool) -> (Vec<u64>, Vec<u64>, Option<Prep>) {
         let gs = &*self.store.groups;
         let (g_n, cols, m) = (gs.len(), gs.total, self.rows.len());
         let fw = y.is_some();
-        let mut msg = vec![0u64; if fw { m * cols } else { 0 }];
+        let mut msg = self.store.spare.take(if fw { m * cols } else { 0 });
         let mut out = vec![0u64; if fw { m } else { 0 }];
-        let mut sums = vec![0u64; if bwd { m * g_n * 2 } else { 0 }];
+        let mut sums = self.store.spare.take(if bwd { m * g_n * 2 } else { 0 });
         let acc = if g_n == 0 {
             Vec::new()
         } else {
@@ -1479,7 +1561,7 @@ impl OneHotSenderSession {
             None => self.kernel(None, true).2.expect("backward pads"),
         };
         // c = y_i − Σ_j Q_j per (row, group) and vector.
-        let mut msg = vec![0u64; m * g_n * w];
+        let mut msg = self.store.spare.take(m * g_n * w);
         if g_n > 0 {
             msg.par_chunks_mut(g_n * w).zip(prep.sums.par_chunks(2 * g_n)).enumerate().for_each(|(r, (msg, sums))| {
                 for (g, c) in msg.chunks_mut(w).enumerate() {
@@ -1489,6 +1571,7 @@ impl OneHotSenderSession {
                 }
             });
         }
+        self.store.spare.give(prep.sums);
         let outs = (0..w).map(|v| scaled(half(&prep.acc, v), gs.scale)).collect();
         Ok((msg, outs))
     }
@@ -1514,6 +1597,11 @@ impl OneHotChooserSession {
     }
 
     /// Words of the sender's forward message.
+    /// [`OneHotChooser::recycle`]: a received message's buffer back to the store.
+    pub fn recycle(&self, msg: Vec<u64>) {
+        self.store.recycle(msg);
+    }
+
     pub fn forward_len(&self) -> usize {
         self.rows.len() * self.store.groups.total
     }
@@ -1534,7 +1622,7 @@ impl OneHotChooserSession {
         let gs = &*self.store.groups;
         let (g_n, cols, m) = (gs.len(), gs.total, self.rows.len());
         let mut out = vec![0u64; if msg.is_some() { m } else { 0 }];
-        let mut sums = vec![0u64; if bwd { m * g_n * 2 } else { 0 }];
+        let mut sums = self.store.spare.take(if bwd { m * g_n * 2 } else { 0 });
         let acc = if g_n == 0 {
             Vec::new()
         } else {
@@ -1718,6 +1806,7 @@ impl OneHotChooserSession {
                 .reduce(|| vec![0u64; 2 * cols], super::add_vecs)
         };
         acc = super::add_vecs(acc, prep.acc);
+        st.spare.give(prep.sums);
         Ok((0..w).map(|v| scaled(half(&acc, v), gs.scale)).collect())
     }
 }

@@ -290,6 +290,7 @@ async fn ot_histograms<C: Channel>(
             let (msgs, shares) = cpu::run(move || ot_hist::sender_node(&store, t, id, at, y)).await?;
             backward += computing.elapsed().as_secs_f64();
             ot_hist::send_msgs(channel, &msgs).await?;
+            ot.store.recycle(msgs);
             own.push(shares);
         }
         Ok::<_, MpcError>(own)

@@ -22,7 +22,7 @@ use crate::channel::Channel;
 use crate::cpu;
 use crate::mpc::ot_mul::Matrix;
 use crate::mpc::ot_mul::onehot::{Groups, OneHotChooser, OneHotSender};
-use crate::mpc::wire::{recv_u64s, send_u64s};
+use crate::mpc::wire::{recv_u64s_into, send_u64s};
 use crate::mpc::{MpcError, violation};
 use crate::ot::{IknpReceiver, IknpSender, Security};
 
@@ -164,6 +164,7 @@ pub(super) fn chooser_node(
 ) -> Result<Vec<u64>, MpcError> {
     let mut out = Vec::with_capacity(2 * layout.cols_of(feats));
     let (sg, sh) = store.session_rows(use_id(t, id, 0), at).backward_pair(&msg)?;
+    store.recycle(msg);
     for shares in [sg, sh] {
         for &f in feats {
             out.extend_from_slice(&shares[layout.range(f as usize)]);
@@ -239,7 +240,14 @@ pub(super) async fn send_msgs<C: Channel>(channel: &C, msg: &[u64]) -> Result<()
     send_u64s(channel, msg).await
 }
 
-/// Receives A's paired message of one node (`words` per value: rows × B's features, so 2·words).
-pub(super) async fn recv_msgs<C: Channel>(channel: &C, words: usize) -> Result<Vec<u64>, MpcError> {
-    recv_u64s(channel, 2 * words).await
+/// Receives A's paired message of one node (`words` per value: rows × B's features, so 2·words),
+/// into one of the store's spare buffers ([`chooser_node`] hands it back).
+pub(super) async fn recv_msgs<C: Channel>(
+    channel: &C,
+    store: &OneHotChooser,
+    words: usize,
+) -> Result<Vec<u64>, MpcError> {
+    let mut msg = store.buffer(2 * words);
+    recv_u64s_into(channel, 2 * words, &mut msg).await?;
+    Ok(msg)
 }

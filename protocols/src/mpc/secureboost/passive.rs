@@ -156,7 +156,7 @@ async fn grow_tree<C: Channel>(ctx: &mut Ctx<'_, C>, input: &SbInput) -> Result<
                 }
                 (None, Some((store, pos, cols))) => {
                     let (at, _) = ot_hist::positions(pos, &rows);
-                    let msgs = ot_hist::recv_msgs(ctx.channel, rows.len() * x.features()).await?;
+                    let msgs = ot_hist::recv_msgs(ctx.channel, store, rows.len() * x.features()).await?;
                     let (store, cols, t, id) = (store.clone(), cols.clone(), ctx.tree, level[computed].id);
                     let computing = Instant::now();
                     let answer =

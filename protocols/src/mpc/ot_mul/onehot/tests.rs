@@ -582,3 +582,69 @@ async fn leaves_kept_during_the_setup_give_the_plaintext_products() {
     );
     assert!(ch.extend(&ca, &mut er, &part).await.is_err() && se.extend(&cb, &mut es, 2).await.is_err());
 }
+
+#[test]
+fn spare_buffers_are_reused_and_bounded() {
+    let spare = Spare::default();
+    assert!(spare.take(0).is_empty() && spare.take(0).capacity() == 0);
+    spare.give(vec![u64::MAX; 100]);
+    let v = spare.take(60);
+    assert_eq!(v.len(), 60);
+    assert!(v.capacity() >= 100, "the spare buffer was reused");
+    spare.give(v);
+    // A spare buffer with room but too few words is zero-filled.
+    let mut short = spare.room(90);
+    short.extend([5; 10]);
+    spare.give(short);
+    let v = spare.take(90);
+    assert!(v.capacity() >= 100 && v == [0; 90]);
+    spare.give(v);
+    // Too small a spare is not used (nor grown: that would copy it); a larger request allocates.
+    assert_eq!(spare.take(500), vec![0; 500]);
+    let room = spare.room(80);
+    assert!(room.is_empty() && room.capacity() >= 80);
+    for n in [10, 20, 30, 40, 50, 60] {
+        spare.give(vec![7; n]);
+    }
+    // The smallest that fits is taken.
+    assert_eq!(spare.take(35).capacity(), 40);
+    spare.give(vec![7; 40]);
+    let kept = spare.0.lock().unwrap();
+    assert_eq!(kept.len(), Spare::KEEP, "at most KEEP buffers");
+    let mut caps: Vec<usize> = kept.iter().map(|v| v.capacity()).collect();
+    caps.sort_unstable();
+    assert!(caps[0] >= 30, "the largest are kept: {caps:?}");
+}
+
+/// As SecureBoost runs its uses: every message handed back to its store once sent or used, dirty
+/// spare buffers of other sizes in both stores, received messages in the chooser's buffers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recycled_buffers_give_the_plaintext_products() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let sizes = [9u32, 2, 32, 1];
+    let x = onehot(500, &sizes, 1, |_, _| rng.random_range(0..64usize));
+    let groups = Arc::new(Groups::new(&sizes, 1).unwrap());
+    let (se, ch) = setup(&x, &groups).await;
+    for n in [3, 4_000, 40_000] {
+        se.recycle(vec![u64::MAX; n]);
+        ch.recycle(vec![u64::MAX; n]);
+    }
+    let lists: [Vec<u32>; 4] =
+        [(0..500).collect(), (0..500).step_by(2).collect(), vec![3, 99, 400], (0..500).collect()];
+    for (u, list) in lists.iter().enumerate() {
+        let m = list.len();
+        let xb = x.select_rows(list);
+        let y: [Vec<u64>; 2] = [0, 1].map(|_| (0..m).map(|_| rng.next_u64()).collect());
+        let rows: Arc<[u32]> = list.as_slice().into();
+        let (msg, s0, s1) = se.session_rows(u as u64, rows.clone()).backward_pair(&y[0], &y[1]).unwrap();
+        let mut got = ch.buffer(msg.len());
+        got.extend_from_slice(&msg);
+        se.recycle(msg);
+        let (c0, c1) = ch.session_rows(u as u64, rows).backward_pair(&got).unwrap();
+        ch.recycle(got);
+        assert_eq!(add(&c0, &s0), xb.mul_t_vec(&y[0]), "use {u}");
+        assert_eq!(add(&c1, &s1), xb.mul_t_vec(&y[1]), "use {u}");
+    }
+    // The forward and the single backward of a batch on the same stores.
+    check_rows(&se, &ch, &x, &(0..500).collect::<Vec<_>>(), 100, 9);
+}
