@@ -176,7 +176,7 @@ pub mod lr {
         let values = (0..ROWS * cols).map(|i| config.encode_feature(i as f64 / 7.0 - 0.5)).collect();
         LrInput {
             party,
-            features: Matrix::new(values, ROWS, cols, config.feature_bits),
+            features: Matrix::new(values, ROWS, cols, config.feature_bits).into(),
             labels: (party == Party::A).then(|| (0..ROWS).map(|i| (i % 2) as u8).collect()),
             train: (0..6).collect(),
             holdout: vec![6, 7],

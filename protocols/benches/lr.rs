@@ -110,7 +110,7 @@ fn main() {
     let holdout: Vec<u32> = (n as u32..total as u32).collect();
     let input_a = LrInput {
         party: Party::A,
-        features: Matrix::new(qa, total, d_a, config.feature_bits),
+        features: Matrix::new(qa, total, d_a, config.feature_bits).into(),
         labels: Some(y),
         train: train_rows.clone(),
         holdout: holdout.clone(),
@@ -118,7 +118,7 @@ fn main() {
     };
     let input_b = LrInput {
         party: Party::B,
-        features: Matrix::new(qb, total, d_b, config.feature_bits),
+        features: Matrix::new(qb, total, d_b, config.feature_bits).into(),
         labels: None,
         train: train_rows,
         holdout,

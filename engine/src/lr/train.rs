@@ -166,7 +166,7 @@ impl TrainingData {
             .collect();
         LrInput {
             party,
-            features: Matrix::new(encoded, n, d, config.feature_bits),
+            features: Matrix::new(encoded, n, d, config.feature_bits).into(),
             labels: self.table.labels.clone(),
             train: self.train_rows.clone(),
             holdout: self.holdout_rows.clone(),

@@ -411,3 +411,34 @@ fn three_hundred_peer_features_fit_in_the_job_parameters() {
     assert!(text.contains("[1000,12,10]"));
     assert_eq!(serde_json::from_str::<LrParams>(&text).unwrap(), p);
 }
+
+/// B's bin indicators given to the LR as leaves are the leaves of the matrix `encode` makes:
+/// reference bins first, in the middle and last, one-bin features (no group), bins past the
+/// last (no column set).
+#[test]
+fn onehot_leaves_are_the_leaves_of_the_encoded_matrix() {
+    use super::train::{encode, onehot_groups, onehot_leaves};
+    let config = mpc::lr::LrConfig::default();
+    let feature = |k: u32, reference: u32| Planned {
+        name: format!("f{k}_{reference}"),
+        index: 0,
+        edges: Vec::new(),
+        ranges: Vec::new(),
+        encoding: Encoding::Indicators { bins: k, reference },
+    };
+    let planned = vec![feature(10, 0), feature(1, 0), feature(5, 2), feature(33, 32), feature(2, 1), feature(4, 3)];
+    let (n, d) = (400, planned.len());
+    let mut rng = StdRng::seed_from_u64(3);
+    let bins: Vec<u8> = (0..n * d)
+        .map(|i| match &planned[i % d].encoding {
+            Encoding::Indicators { bins: k, .. } => rng.random_range(0..*k as u8 + 1),
+            Encoding::Woe(_) => 0,
+        })
+        .collect();
+    let groups = onehot_groups(&planned, &config).expect("indicator-only features are one-hot groups");
+    assert_eq!(groups.len(), 5, "the one-bin feature has no group");
+    let leaves = onehot_leaves(&planned, &bins, n);
+    assert_eq!(*leaves, *groups.leaves_of(&encode(&planned, &bins, n, &config)).unwrap());
+    assert!(leaves.contains(&32) && leaves.iter().filter(|&&l| l == 0).count() > n);
+    groups.check_leaves(&leaves, n, config.feature_bits).unwrap();
+}

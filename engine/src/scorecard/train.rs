@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 
 use consort_protocols::mpc::Party;
-use consort_protocols::mpc::lr::{self, LrConfig, LrInput, LrOutput};
+use consort_protocols::mpc::lr::{self, LrConfig, LrFeatures, LrInput, LrOutput};
 use consort_protocols::mpc::ot_mul::Matrix;
 use consort_protocols::mpc::ot_mul::onehot::Groups;
 use consort_protocols::{Channel, cpu};
 use rayon::prelude::*;
+use zeroize::Zeroizing;
 
 use super::file::{CARD_FORMAT, CardBin, CardFeature, Scaling, ScorecardFile};
 use super::{CardParams, Encoding, Planned, plan_columns};
@@ -46,19 +47,24 @@ pub async fn run_train_card<C: Channel, D: Channel>(
     let choice = ColumnChoice { label: job.columns.label.clone(), features: Some(names) };
     let table = load_features_as(dataset, &aligned.order, &choice, Missing::Keep).await?;
     let (train, holdout) = split(n, job.params.holdout, job.params.split_seed);
-    let (bins_of_rows, matrix) = {
-        let (p, values, c) = (planned.clone(), table.values, config.clone());
+    let onehot = onehot_groups(&planned, &config);
+    let (bins_of_rows, features) = {
+        let (p, values, c, leaves) = (planned.clone(), table.values, config.clone(), onehot.is_some());
         cpu::run(move || {
             let b = bin_rows(&p, &values, n);
-            let m = encode(&p, &b, n, &c);
-            (b, m)
+            // B's bin indicators go to the LR as their leaves: the dense matrix (2.2 GB at
+            // 10^5 × 300 features of 10 bins) was built, scanned and dropped while A waited.
+            let f = if leaves {
+                LrFeatures::Leaves { leaves: onehot_leaves(&p, &b, n), rows: n, bits: c.feature_bits }
+            } else {
+                encode(&p, &b, n, &c).into()
+            };
+            (b, f)
         })
         .await
     };
     stages.end("features");
-    let onehot = onehot_groups(&planned, &config);
-    let input =
-        LrInput { party, features: matrix, labels: table.labels.clone(), train, holdout: holdout.clone(), onehot };
+    let input = LrInput { party, features, labels: table.labels.clone(), train, holdout: holdout.clone(), onehot };
     let out = match dealer {
         Some(d) => lr::train_with_dealer(channel, d, input, &config, job.progress.clone()).await?,
         None => lr::train(channel, input, &config, job.progress.clone()).await?,
@@ -144,6 +150,33 @@ pub(crate) fn bin_rows(planned: &[Planned], values: &[f64], n: usize) -> Vec<u8>
         out.par_chunks_mut(d).zip(values.par_chunks(d)).for_each(|(row, v)| {
             for ((o, e), &x) in row.iter_mut().zip(&edges).zip(v) {
                 *o = e.bin(x);
+            }
+        });
+    }
+    out
+}
+
+/// The leaves of the one-hot matrix [`encode`] makes of indicator-only features (the groups of
+/// [`onehot_groups`]: one per feature with at least two bins): per row and group 0 when the row
+/// is in the reference bin, else its bin's column within the group + 1.
+pub(crate) fn onehot_leaves(planned: &[Planned], bins: &[u8], n: usize) -> Zeroizing<Vec<u8>> {
+    let d = planned.len();
+    let groups: Vec<(usize, u32, u32)> = planned
+        .iter()
+        .enumerate()
+        .filter_map(|(j, p)| match p.encoding {
+            Encoding::Indicators { bins: k, reference } if k > 1 => Some((j, k, reference)),
+            _ => None,
+        })
+        .collect();
+    let g_n = groups.len();
+    let mut out = Zeroizing::new(vec![0u8; n * g_n]);
+    if g_n > 0 {
+        out.par_chunks_mut(g_n).zip(bins.par_chunks(d.max(1))).for_each(|(leaves, bins)| {
+            for (leaf, &(j, k, reference)) in leaves.iter_mut().zip(&groups) {
+                let b = bins[j] as u32;
+                // Column order as `encode`'s: bins 0..k but the reference.
+                *leaf = if b == reference || b >= k { 0 } else { (b - u32::from(b > reference) + 1) as u8 };
             }
         });
     }

@@ -124,6 +124,7 @@ use std::sync::Arc;
 
 use crate::mpc::Party;
 use crate::mpc::ot_mul::Matrix;
+use zeroize::Zeroizing;
 
 mod config;
 mod correlations;
@@ -139,11 +140,44 @@ pub use config::{LrConfig, MAX_EPOCHS, Sigmoid};
 pub use scores::exchange_partial_scores;
 pub use train::{train, train_with_dealer};
 
+/// A party's features.
+pub enum LrFeatures {
+    /// Encoded features of every aligned row ([`LrConfig::encode_feature`]), row-major.
+    Matrix(Matrix),
+    /// A one-hot matrix ([`LrInput::onehot`] required) given as its leaves: per row, per group
+    /// one byte, 0 when no column of the group is set, p + 1 when its column p is (what
+    /// [`Groups::leaves_of`](crate::mpc::ot_mul::onehot::Groups::leaves_of) makes of the matrix),
+    /// entries `bits` wide. The same model and messages as the matrix it stands for, without
+    /// building it (a scorecard's 300 binned features at 10^5 rows: 30 MB instead of 2.2 GB).
+    Leaves { leaves: Zeroizing<Vec<u8>>, rows: usize, bits: u32 },
+}
+
+impl From<Matrix> for LrFeatures {
+    fn from(m: Matrix) -> Self {
+        LrFeatures::Matrix(m)
+    }
+}
+
+impl LrFeatures {
+    pub fn rows(&self) -> usize {
+        match self {
+            LrFeatures::Matrix(m) => m.rows(),
+            LrFeatures::Leaves { rows, .. } => *rows,
+        }
+    }
+
+    pub fn bits(&self) -> u32 {
+        match self {
+            LrFeatures::Matrix(m) => m.bits(),
+            LrFeatures::Leaves { bits, .. } => *bits,
+        }
+    }
+}
+
 /// One party's inputs.
 pub struct LrInput {
     pub party: Party,
-    /// Encoded features of every aligned row ([`LrConfig::encode_feature`]), row-major.
-    pub features: Matrix,
+    pub features: LrFeatures,
     /// Labels (A only), one per row, 0 or 1.
     pub labels: Option<Vec<u8>>,
     /// Training rows in batch order (the same on both sides).

@@ -64,7 +64,7 @@ async fn run(
     let n = d.y.len();
     let input_a = LrInput {
         party: Party::A,
-        features: Matrix::new(d.qa.clone(), n, d.d_a, config.feature_bits),
+        features: Matrix::new(d.qa.clone(), n, d.d_a, config.feature_bits).into(),
         labels: Some(d.y.clone()),
         train: train_rows.to_vec(),
         holdout: holdout.to_vec(),
@@ -72,7 +72,7 @@ async fn run(
     };
     let input_b = LrInput {
         party: Party::B,
-        features: Matrix::new(d.qb.clone(), n, d.d_b, cfg_b.feature_bits),
+        features: Matrix::new(d.qb.clone(), n, d.d_b, cfg_b.feature_bits).into(),
         labels: None,
         train: train_rows.to_vec(),
         holdout: holdout.to_vec(),
@@ -173,7 +173,7 @@ async fn a_peer_announcing_too_many_features_is_refused_before_any_ot() {
     let (n, d_a, d_b) = (4, 2, 20_000);
     let input_a = LrInput {
         party: Party::A,
-        features: Matrix::new(vec![0; n * d_a], n, d_a, config.feature_bits),
+        features: Matrix::new(vec![0; n * d_a], n, d_a, config.feature_bits).into(),
         labels: Some(vec![0, 1, 0, 1]),
         train: (0..n as u32).collect(),
         holdout: vec![],
@@ -181,7 +181,7 @@ async fn a_peer_announcing_too_many_features_is_refused_before_any_ot() {
     };
     let input_b = LrInput {
         party: Party::B,
-        features: Matrix::new(vec![0; n * d_b], n, d_b, config.feature_bits),
+        features: Matrix::new(vec![0; n * d_b], n, d_b, config.feature_bits).into(),
         labels: None,
         train: (0..n as u32).collect(),
         holdout: vec![],

@@ -9,12 +9,12 @@ use super::correlations::{ahead, correlations, prepare_correlations};
 use super::holdout::holdout_loss;
 use super::state::{Ctx, Features, Shares};
 use super::step::step;
-use super::{LrConfig, LrInput, LrOutput, LrProgress, LrProgressFn};
+use super::{LrConfig, LrFeatures, LrInput, LrOutput, LrProgress, LrProgressFn};
 use crate::channel::Channel;
 use crate::cpu;
 use crate::mpc::dealer::List;
 use crate::mpc::ot_mul::onehot::Groups;
-use crate::mpc::ot_mul::{ColBits, Layout};
+use crate::mpc::ot_mul::{ColBits, Layout, Matrix};
 use crate::mpc::wire::{recv_bytes, recv_u64s, send_bytes, send_u64s};
 use crate::mpc::{FRAC_BITS, MpcError, Party, decode, violation};
 use crate::ot::{IknpReceiver, IknpSender};
@@ -56,20 +56,41 @@ async fn train_inner<C: Channel, D: Channel>(
     config.validate()?;
     check_input(&input, config)?;
     let (narrow, onehot, features) = (config.narrow_bits, input.onehot, input.features);
-    // A one-hot matrix is checked against its groups here, before any message.
-    // A one-hot matrix is then kept as its leaves ([`Features::OneHot`]); the dense matrix is
-    // dropped here, before the kept correlations are made.
-    let (features, own_groups) = cpu::run(move || {
-        let f = if narrow { features.tightened() } else { features };
-        match onehot.map(|g| g.leaves_of(&f).map(|l| (Arc::new(g), l))).transpose() {
-            Err(e) => (Features::Dense(f), Err(e)),
-            Ok(Some((g, leaves))) if !g.is_empty() => {
-                let (rows, bits, layout) = (f.rows(), f.bits(), f.layout().clone());
-                drop(f);
-                (Features::OneHot { leaves, groups: g.clone(), rows, bits, layout }, Ok(Some(g)))
+    // A one-hot matrix is checked against its groups here, before any message, and then kept as
+    // its leaves ([`Features::OneHot`]); the dense matrix is dropped here, before the kept
+    // correlations are made. Leaves given as such are checked against the groups.
+    let (features, own_groups) = cpu::run(move || match (features, onehot) {
+        (LrFeatures::Matrix(m), onehot) => {
+            let f = if narrow { m.tightened() } else { m };
+            match onehot.map(|g| g.leaves_of(&f).map(|l| (Arc::new(g), l))).transpose() {
+                Err(e) => (Features::Dense(f), Err(e)),
+                Ok(Some((g, leaves))) if !g.is_empty() => {
+                    let (rows, bits, layout) = (f.rows(), f.bits(), f.layout().clone());
+                    drop(f);
+                    (Features::OneHot { leaves, groups: g.clone(), rows, bits, layout }, Ok(Some(g)))
+                }
+                Ok(g) => (Features::Dense(f), Ok(g.map(|(g, _)| g))),
             }
-            Ok(g) => (Features::Dense(f), Ok(g.map(|(g, _)| g))),
         }
+        (LrFeatures::Leaves { leaves, rows, bits }, Some(g)) if !g.is_empty() => {
+            let g = Arc::new(g);
+            match g.check_leaves(&leaves, rows, bits) {
+                Ok(()) => {
+                    let layout = Arc::new(g.layout_of_leaves(&leaves, rows, bits, narrow));
+                    (Features::OneHot { leaves, groups: g.clone(), rows, bits, layout }, Ok(Some(g)))
+                }
+                Err(e) => (Features::Dense(Matrix::new(Vec::new(), rows, 0, bits)), Err(e)),
+            }
+        }
+        (LrFeatures::Leaves { leaves, rows, bits }, Some(g)) => {
+            // No columns: nothing kept, as for a matrix of no columns.
+            let checked = g.check_leaves(&leaves, rows, bits);
+            (Features::Dense(Matrix::new(Vec::new(), rows, 0, bits)), checked.map(|()| Some(Arc::new(g))))
+        }
+        (LrFeatures::Leaves { rows, bits, .. }, None) => (
+            Features::Dense(Matrix::new(Vec::new(), rows, 0, bits)),
+            Err(MpcError::Invalid("features given as one-hot leaves without their groups".into())),
+        ),
     })
     .await;
     // No groups (no columns) is announced as none: both sides then agree there is nothing kept.
@@ -389,7 +410,7 @@ mod tests {
         assert!(LrConfig { feature_bits: 8, feature_frac_bits: 7, ..config.clone() }.validate().is_err());
         let input = |labels: Option<Vec<u8>>, party| LrInput {
             party,
-            features: Matrix::new(vec![0; 4], 2, 2, 12),
+            features: Matrix::new(vec![0; 4], 2, 2, 12).into(),
             labels,
             train: vec![0, 1],
             holdout: vec![],

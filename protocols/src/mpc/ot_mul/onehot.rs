@@ -54,6 +54,11 @@
 //! prefetches: it is bound by memory, not by AES) and hashes its pads in one pass. The leaves are
 //! the ones a use would expand, so the messages are the same.
 //!
+//! *Buffers*: a store keeps a few spare buffers ([`OneHotSender::recycle`],
+//! [`OneHotChooser::buffer`]) that its uses take their pad sums and messages from, and that the
+//! callers hand their sent and received messages back to, so a use does not fault in fresh pages
+//! for buffers as large as the last one's (SecureBoost's root: ~90 MB each). Local only.
+//!
 //! A use covers a range of rows ([`OneHotSender::session`], the LR's batches) or a strictly
 //! increasing list of absolute rows ([`OneHotSender::session_rows`], a tree node's rows); the
 //! tweak carries the absolute row index and the use id, so a pad is never used twice as long as
@@ -268,6 +273,48 @@ impl Groups {
             return Err(MpcError::Invalid("a one-hot group has an entry other than 0 or its scale, or two set".into()));
         }
         Ok(out)
+    }
+
+    /// Errors unless `leaves` are `rows` rows of leaves of these groups (one byte per (row,
+    /// group), each at most its group's column count), as [`Self::leaves_of`] makes them, and the
+    /// scale is a `bits`-bit entry.
+    pub fn check_leaves(&self, leaves: &[u8], rows: usize, bits: u32) -> Result<(), MpcError> {
+        let g_n = self.cols.len();
+        let s = self.scale as i64;
+        if !(1..=64).contains(&bits) || (bits < 64 && !(-(1i64 << (bits - 1))..(1i64 << (bits - 1))).contains(&s)) {
+            return Err(MpcError::Invalid(format!("a one-hot scale that is not a {bits}-bit entry")));
+        }
+        if Some(leaves.len()) != rows.checked_mul(g_n) {
+            return Err(MpcError::Invalid(format!("{} one-hot leaves for {rows} rows of {g_n} groups", leaves.len())));
+        }
+        if g_n > 0 && leaves.par_chunks(g_n).any(|row| row.iter().zip(&self.cols).any(|(&l, &c)| l > c)) {
+            return Err(MpcError::Invalid("a one-hot leaf beyond its group's columns".into()));
+        }
+        Ok(())
+    }
+
+    /// The bit [`Layout`] of the matrix whose leaves are `leaves` (checked: [`Self::check_leaves`]),
+    /// entries `bits` wide: as [`Matrix::new`] gives it (every column all `bits` bits), or when
+    /// `narrow` as [`Matrix::tightened`] does (a column some row sets has the bits of `scale`;
+    /// one that no row sets has none).
+    pub fn layout_of_leaves(&self, leaves: &[u8], rows: usize, bits: u32, narrow: bool) -> Layout {
+        if !narrow {
+            return Layout::full(self.total, bits);
+        }
+        let g_n = self.cols.len();
+        let mut set = vec![false; self.total];
+        if g_n > 0 {
+            for row in leaves.chunks(g_n).take(rows) {
+                for (g, &l) in row.iter().enumerate() {
+                    if l > 0 {
+                        set[self.first[g] as usize + l as usize - 1] = true;
+                    }
+                }
+            }
+        }
+        let one = ColBits::of(std::iter::once(self.scale));
+        let none = ColBits::of(std::iter::empty());
+        Layout::new(set.into_iter().map(|s| if s { one } else { none }).collect())
     }
 
     /// The rows `rows` of the one-hot matrix whose leaves are `leaves` (one byte per (row,

@@ -11,7 +11,7 @@ async fn dealer_mode_matches_the_plaintext_mirror_and_survives_early_stopping() 
         let n = d.y.len();
         let input = |party, q: &Vec<u64>, cols, labels| LrInput {
             party,
-            features: Matrix::new(q.clone(), n, cols, config.feature_bits),
+            features: Matrix::new(q.clone(), n, cols, config.feature_bits).into(),
             labels,
             train: train_rows.clone(),
             holdout: holdout.clone(),
@@ -58,7 +58,7 @@ async fn poly3_in_dealer_mode_matches_its_plaintext_mirror() {
     let n = d.y.len();
     let input = |party, q: &Vec<u64>, cols, labels| LrInput {
         party,
-        features: Matrix::new(q.clone(), n, cols, config.feature_bits),
+        features: Matrix::new(q.clone(), n, cols, config.feature_bits).into(),
         labels,
         train: train_rows.clone(),
         holdout: holdout.clone(),

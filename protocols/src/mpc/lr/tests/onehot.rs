@@ -64,7 +64,7 @@ async fn run_onehot(
     let n = d.y.len();
     let input_a = LrInput {
         party: Party::A,
-        features: Matrix::new(d.qa.clone(), n, d.d_a, config.feature_bits),
+        features: Matrix::new(d.qa.clone(), n, d.d_a, config.feature_bits).into(),
         labels: Some(d.y.clone()),
         train: train_rows.to_vec(),
         holdout: holdout.to_vec(),
@@ -72,7 +72,7 @@ async fn run_onehot(
     };
     let input_b = LrInput {
         party: Party::B,
-        features: Matrix::new(d.qb.clone(), n, d.d_b, config.feature_bits),
+        features: Matrix::new(d.qb.clone(), n, d.d_b, config.feature_bits).into(),
         labels: None,
         train: train_rows.to_vec(),
         holdout: holdout.to_vec(),
@@ -136,7 +136,7 @@ async fn a_matrix_that_is_not_one_hot_is_refused_before_any_message() {
     // Groups of the wrong shape for B's 3 columns; and a row with two bins set.
     let input = |q: Vec<u64>, g| LrInput {
         party: Party::B,
-        features: Matrix::new(q, 20, 3, 12),
+        features: Matrix::new(q, 20, 3, 12).into(),
         labels: None,
         train: (0..20).collect(),
         holdout: vec![],
@@ -164,7 +164,7 @@ async fn a_peer_announcing_bad_groups_is_refused() {
         let (ca, cb) = memory_pair(16);
         let input_a = LrInput {
             party: Party::A,
-            features: Matrix::new(d.qa.clone(), 20, 1, 12),
+            features: Matrix::new(d.qa.clone(), 20, 1, 12).into(),
             labels: Some(d.y.clone()),
             train: train_rows.clone(),
             holdout: holdout.clone(),
@@ -186,5 +186,83 @@ async fn a_peer_announcing_bad_groups_is_refused() {
         };
         let (a, ()) = futures::join!(train(&ca, input_a, &config, None), rogue);
         assert!(matches!(&a, Err(MpcError::Protocol(m)) if m.contains("one-hot")), "{count}: {:?}", a.err());
+    }
+}
+
+/// B's one-hot matrix given as its leaves ([`LrFeatures::Leaves`], as the scorecard's engine
+/// passes it) trains to the plaintext mirror's model as the matrix does, with the narrow layout
+/// (a bin no row falls in: a column without bits) and the full one; bad leaves are refused
+/// before any message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaves_given_as_such_train_as_the_matrix() {
+    let b_bins = [10u32, 2, 5, 17];
+    for narrow in [true, false] {
+        let config = LrConfig {
+            epochs: 2,
+            batch_size: 128,
+            learning_rate: 0.3,
+            l2: 0.01,
+            narrow_bits: narrow,
+            kept_leaves_bytes: 1 << 30,
+            ..LrConfig::default()
+        };
+        let mut d = onehot_data(600, &[], &b_bins, 8, &config);
+        // No row in B's last bin of its last feature: that column is all zero.
+        let (n, last) = (600, d.d_b - 1);
+        for i in 0..n {
+            if d.qb[i * d.d_b + last] != 0 {
+                d.qb[i * d.d_b + last] = 0;
+                d.fb[i * d.d_b + last] = 0.0;
+            }
+        }
+        let gb = groups(&b_bins, &config);
+        let m = Matrix::new(d.qb.clone(), n, d.d_b, config.feature_bits);
+        let m = if narrow { m.tightened() } else { m };
+        let leaves = gb.leaves_of(&m).unwrap();
+        assert_eq!(gb.layout_of_leaves(&leaves, n, config.feature_bits, narrow), **m.layout());
+        let (train_rows, holdout) = split(n);
+        let input_a = LrInput {
+            party: Party::A,
+            features: Matrix::new(d.qa.clone(), n, d.d_a, config.feature_bits).into(),
+            labels: Some(d.y.clone()),
+            train: train_rows.clone(),
+            holdout: holdout.clone(),
+            onehot: None,
+        };
+        let input_b = LrInput {
+            party: Party::B,
+            features: LrFeatures::Leaves { leaves, rows: n, bits: config.feature_bits },
+            labels: None,
+            train: train_rows.clone(),
+            holdout: holdout.clone(),
+            onehot: Some(gb),
+        };
+        let (ca, cb) = memory_pair(16);
+        let (a, b) = futures::join!(train(&ca, input_a, &config, None), train(&cb, input_b, &config, None));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let p = train_plain(&d.fa, d.d_a, &d.fb, d.d_b, &d.y, &train_rows, &holdout, &config, false);
+        let close = |x: &[f64], y: &[f64]| x.iter().zip(y).all(|(a, b)| (a - b).abs() < 3e-3);
+        assert!(close(&a.weights, &p.weights_a) && close(&b.weights, &p.weights_b), "narrow {narrow}");
+        assert!((a.intercept.unwrap() - p.intercept).abs() < 3e-3 && close(&a.holdout_loss, &p.holdout_loss));
+        assert!(b.weights.iter().any(|w| w.abs() > 0.01));
+    }
+    // Refused before any message (the peer end stays silent): a leaf past its group's columns,
+    // leaves of the wrong length, a scale that is not a feature-bits entry, no groups.
+    let config = LrConfig { epochs: 1, ..LrConfig::default() };
+    let input = |leaves: Vec<u8>, g: Option<Groups>| LrInput {
+        party: Party::B,
+        features: LrFeatures::Leaves { leaves: Zeroizing::new(leaves), rows: 20, bits: config.feature_bits },
+        labels: None,
+        train: (0..20).collect(),
+        holdout: vec![],
+        onehot: g,
+    };
+    let g = || Some(groups(&[4, 2], &config));
+    let mut past = vec![1u8; 40];
+    past[39] = 2;
+    let huge_scale = Some(Groups::new(&[3, 1], 1 << 40).unwrap());
+    for (leaves, g) in [(past, g()), (vec![0; 39], g()), (vec![0; 40], huge_scale), (vec![0; 40], None)] {
+        let (ca, _cb) = memory_pair(16);
+        assert!(matches!(train(&ca, input(leaves, g), &config, None).await, Err(MpcError::Invalid(_))));
     }
 }

@@ -94,7 +94,7 @@ async fn a_with_peer_layout(layout: &[u8]) -> MpcError {
     let rows: Vec<u32> = (0..n as u32).collect();
     let input_a = LrInput {
         party: Party::A,
-        features: Matrix::new(vec![0, 1, 0, 1], n, 1, config.feature_bits),
+        features: Matrix::new(vec![0, 1, 0, 1], n, 1, config.feature_bits).into(),
         labels: Some(vec![0, 1, 0, 1]),
         train: rows.clone(),
         holdout: vec![],
