@@ -9,7 +9,7 @@
 # wire bytes, stages, the `ot` backend's setup and per-node timings), each node's CPU seconds
 # during the job (user + system: the figure to compare on a shared box) and peak RSS (VmHWM).
 # CONSORT=path/to/consort overrides the binary (default target/release/consort); BINS=32 sets
-# `--max-bins` (default 33). The summary adds the setup's and each tree's wall seconds and bytes
+# `--max-bins` (default 33; BINS=11 is SecretFlow SGB's default of 10 buckets plus the missing-value bin). The summary adds the setup's and each tree's wall seconds and bytes
 # (A's view: sent, received; `tree_*_mean` over the trees run).
 set -euo pipefail
 data=$1
