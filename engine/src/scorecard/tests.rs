@@ -439,6 +439,11 @@ fn onehot_leaves_are_the_leaves_of_the_encoded_matrix() {
     assert_eq!(groups.len(), 5, "the one-bin feature has no group");
     let leaves = onehot_leaves(&planned, &bins, n);
     assert_eq!(*leaves, *groups.leaves_of(&encode(&planned, &bins, n, &config)).unwrap());
+    // And of the plaintext mirror's columns (written independently of `encode`).
+    let mirror: Vec<u64> = decoded(&planned, &bins, n, &config).iter().map(|&v| config.encode_feature(v)).collect();
+    let cols = mirror.len() / n;
+    let mirror = consort_protocols::mpc::ot_mul::Matrix::new(mirror, n, cols, config.feature_bits);
+    assert_eq!(*leaves, *groups.leaves_of(&mirror).unwrap());
     assert!(leaves.contains(&32) && leaves.iter().filter(|&&l| l == 0).count() > n);
     groups.check_leaves(&leaves, n, config.feature_bits).unwrap();
 }

@@ -156,6 +156,12 @@ pub(crate) fn bin_rows(planned: &[Planned], values: &[f64], n: usize) -> Vec<u8>
     out
 }
 
+/// The column of bin `b` among an indicator feature's k − 1 columns (bins 0..k but the
+/// reference, in order); `None` for the reference bin (and a bin past the last): no column set.
+fn indicator_column(b: u32, k: u32, reference: u32) -> Option<u32> {
+    (b != reference && b < k).then(|| b - u32::from(b > reference))
+}
+
 /// The leaves of the one-hot matrix [`encode`] makes of indicator-only features (the groups of
 /// [`onehot_groups`]: one per feature with at least two bins): per row and group 0 when the row
 /// is in the reference bin, else its bin's column within the group + 1.
@@ -174,9 +180,7 @@ pub(crate) fn onehot_leaves(planned: &[Planned], bins: &[u8], n: usize) -> Zeroi
     if g_n > 0 {
         out.par_chunks_mut(g_n).zip(bins.par_chunks(d.max(1))).for_each(|(leaves, bins)| {
             for (leaf, &(j, k, reference)) in leaves.iter_mut().zip(&groups) {
-                let b = bins[j] as u32;
-                // Column order as `encode`'s: bins 0..k but the reference.
-                *leaf = if b == reference || b >= k { 0 } else { (b - u32::from(b > reference) + 1) as u8 };
+                *leaf = indicator_column(bins[j] as u32, k, reference).map_or(0, |c| c as u8 + 1);
             }
         });
     }
@@ -208,12 +212,10 @@ pub(crate) fn encode(planned: &[Planned], bins: &[u8], n: usize, config: &LrConf
                         at += 1;
                     }
                     Encoding::Indicators { bins: k, reference } => {
-                        for c in (0..*k).filter(|c| c != reference) {
-                            if c == b {
-                                row[at] = one;
-                            }
-                            at += 1;
+                        if let Some(c) = indicator_column(b, *k, *reference) {
+                            row[at + c as usize] = one;
                         }
+                        at += *k as usize - 1;
                     }
                 }
             }

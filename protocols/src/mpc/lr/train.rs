@@ -44,6 +44,41 @@ pub async fn train_with_dealer<C: Channel, D: Channel>(
     train_inner(channel, Some(dealer), input, config, progress).await
 }
 
+/// This party's features as the protocol keeps them, checked before any message: a one-hot
+/// matrix against its groups, then kept as its leaves ([`Features::OneHot`]; the dense matrix is
+/// dropped here, before the kept correlations are made); leaves given as such against the groups.
+/// Groups of no columns keep nothing, as for a matrix of no columns.
+fn own_features(
+    features: LrFeatures,
+    onehot: Option<Groups>,
+    narrow: bool,
+) -> Result<(Features, Option<Arc<Groups>>), MpcError> {
+    let g = onehot.map(Arc::new);
+    match features {
+        LrFeatures::Matrix(m) => {
+            let f = if narrow { m.tightened() } else { m };
+            let Some(g) = g else { return Ok((Features::Dense(f), None)) };
+            let leaves = g.leaves_of(&f)?;
+            if g.is_empty() {
+                return Ok((Features::Dense(f), Some(g)));
+            }
+            let (rows, bits, layout) = (f.rows(), f.bits(), f.layout().clone());
+            drop(f);
+            Ok((Features::OneHot { leaves, groups: g.clone(), rows, bits, layout }, Some(g)))
+        }
+        LrFeatures::Leaves { leaves, rows, bits } => {
+            let g =
+                g.ok_or_else(|| MpcError::Invalid("features given as one-hot leaves without their groups".into()))?;
+            g.check_leaves(&leaves, rows, bits)?;
+            if g.is_empty() {
+                return Ok((Features::Dense(Matrix::new(Vec::new(), rows, 0, bits)), Some(g)));
+            }
+            let layout = Arc::new(g.layout_of_leaves(&leaves, rows, bits, narrow));
+            Ok((Features::OneHot { leaves, groups: g.clone(), rows, bits, layout }, Some(g)))
+        }
+    }
+}
+
 /// Both entry points: checks, the handshake, the OT setup, the source of the correlations, the
 /// epochs and the reveal.
 async fn train_inner<C: Channel, D: Channel>(
@@ -56,45 +91,9 @@ async fn train_inner<C: Channel, D: Channel>(
     config.validate()?;
     check_input(&input, config)?;
     let (narrow, onehot, features) = (config.narrow_bits, input.onehot, input.features);
-    // A one-hot matrix is checked against its groups here, before any message, and then kept as
-    // its leaves ([`Features::OneHot`]); the dense matrix is dropped here, before the kept
-    // correlations are made. Leaves given as such are checked against the groups.
-    let (features, own_groups) = cpu::run(move || match (features, onehot) {
-        (LrFeatures::Matrix(m), onehot) => {
-            let f = if narrow { m.tightened() } else { m };
-            match onehot.map(|g| g.leaves_of(&f).map(|l| (Arc::new(g), l))).transpose() {
-                Err(e) => (Features::Dense(f), Err(e)),
-                Ok(Some((g, leaves))) if !g.is_empty() => {
-                    let (rows, bits, layout) = (f.rows(), f.bits(), f.layout().clone());
-                    drop(f);
-                    (Features::OneHot { leaves, groups: g.clone(), rows, bits, layout }, Ok(Some(g)))
-                }
-                Ok(g) => (Features::Dense(f), Ok(g.map(|(g, _)| g))),
-            }
-        }
-        (LrFeatures::Leaves { leaves, rows, bits }, Some(g)) if !g.is_empty() => {
-            let g = Arc::new(g);
-            match g.check_leaves(&leaves, rows, bits) {
-                Ok(()) => {
-                    let layout = Arc::new(g.layout_of_leaves(&leaves, rows, bits, narrow));
-                    (Features::OneHot { leaves, groups: g.clone(), rows, bits, layout }, Ok(Some(g)))
-                }
-                Err(e) => (Features::Dense(Matrix::new(Vec::new(), rows, 0, bits)), Err(e)),
-            }
-        }
-        (LrFeatures::Leaves { leaves, rows, bits }, Some(g)) => {
-            // No columns: nothing kept, as for a matrix of no columns.
-            let checked = g.check_leaves(&leaves, rows, bits);
-            (Features::Dense(Matrix::new(Vec::new(), rows, 0, bits)), checked.map(|()| Some(Arc::new(g))))
-        }
-        (LrFeatures::Leaves { rows, bits, .. }, None) => (
-            Features::Dense(Matrix::new(Vec::new(), rows, 0, bits)),
-            Err(MpcError::Invalid("features given as one-hot leaves without their groups".into())),
-        ),
-    })
-    .await;
+    let (features, own_groups) = cpu::run(move || own_features(features, onehot, narrow)).await?;
     // No groups (no columns) is announced as none: both sides then agree there is nothing kept.
-    let own_groups = own_groups?.filter(|g| !g.is_empty());
+    let own_groups = own_groups.filter(|g| !g.is_empty());
     let peer_cols =
         handshake(channel, &input.train, &input.holdout, features.rows(), features.cols(), config, dealer.is_some())
             .await?;
