@@ -119,6 +119,11 @@ async fn train_inner<C: Channel, D: Channel>(
     prepare_correlations(&mut ctx, dealer, [&input.train, &input.holdout]).await?;
     let run = run_epochs(&mut ctx, &input.train, &input.holdout, progress).await?;
     let (weights, intercept) = reveal_weights(&ctx, &run.shares).await?;
+    // The kept correlations (GBs at the scorecard's shape) are zeroized on rayon as they drop,
+    // off the async runtime.
+    if let Some(kept) = ctx.kept.take() {
+        cpu::run(move || drop(kept)).await;
+    }
     Ok(LrOutput {
         weights,
         intercept,

@@ -117,7 +117,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::{ColBits, Layout, Matrix, chooser_prepare, sender_prepare_layout};
 use crate::channel::Channel;
@@ -741,7 +741,9 @@ fn kept_level(k: usize) -> u32 {
 /// benchmarks (a virtio balloon; freed memory goes back to the host), touching 2 GiB took
 /// 6.4–7.8 s on huge pages against 0.85–0.95 s on 4 KiB pages, and 8 GiB 26.1 s against
 /// 12.1 s. A use of contiguous row ranges (the LR's batches: 160 KB a group a batch) gains
-/// nothing from them.
+/// nothing from them. Without `huge` the store is on 4 KiB pages only if the allocator does not
+/// advise huge pages on its own memory: mimalloc does unless built with `no_thp`, as the node
+/// is (until stop 37 the LR's stores were on huge pages after all).
 fn plan_groups(gs: &Groups, rows: usize, budget: usize, huge: bool) -> Vec<Zeroizing<Vec<u128>>> {
     let mut kept = Vec::new();
     let mut left = budget;
@@ -948,6 +950,27 @@ pub struct OneHotSender {
     kept: Vec<Zeroizing<Vec<u128>>>,
     setup: Setup,
     spare: Spare,
+}
+
+/// Zeroizes kept stores on rayon before they are freed (a store is up to several GB, and
+/// `Zeroizing` alone would zeroize it on one core at the end of the job while the peer waits).
+fn zeroize_kept(kept: &mut [Zeroizing<Vec<u128>>]) {
+    for store in kept {
+        let mut v = std::mem::take(&mut **store);
+        v.par_chunks_mut(1 << 16).for_each(|c| c.zeroize());
+    }
+}
+
+impl Drop for OneHotSender {
+    fn drop(&mut self) {
+        zeroize_kept(&mut self.kept);
+    }
+}
+
+impl Drop for OneHotChooser {
+    fn drop(&mut self) {
+        zeroize_kept(&mut self.kept);
+    }
 }
 
 /// The chooser's kept correlations: per (row, group) its leaf and co-path keys.
