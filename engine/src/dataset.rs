@@ -408,10 +408,7 @@ impl Dataset {
 
     /// The bytes of kept row `i` as in the file (terminator included, if it has one).
     pub fn row_bytes(&self, i: usize) -> Result<Vec<u8>, DataError> {
-        if self.parquet {
-            return Err(crate::parquet_io::psi_only(&self.spec.file));
-        }
-        let file = self.open_unchanged()?;
+        let file = self.open_csv_rows()?;
         let mut buf = vec![0; self.lens[i] as usize];
         file.read_exact_at(&mut buf, self.starts[i]).map_err(|e| DataError::io(&self.spec.file, e))?;
         Ok(buf)
@@ -437,6 +434,15 @@ impl Dataset {
     /// Bytes of memory held per dataset (keys plus row spans), for reports.
     pub fn heap_bytes(&self) -> usize {
         self.keys.heap_bytes() + self.starts.capacity() * 8 + self.lens.capacity() * 4 + self.header.capacity()
+    }
+
+    /// Opens the file to read rows by their spans: a CSV (a Parquet dataset is PSI-only), checked
+    /// to be the one that was loaded.
+    pub(crate) fn open_csv_rows(&self) -> Result<File, DataError> {
+        if self.parquet {
+            return Err(crate::parquet_io::psi_only(&self.spec.file));
+        }
+        self.open_unchanged()
     }
 
     /// Opens the file, checking it is the one that was loaded.

@@ -52,6 +52,9 @@ fn detected_by_extension_or_magic() {
     assert_eq!(err, "a.data: a Parquet dataset: only PSI jobs read Parquet (convert it to CSV for this job)");
     let ds = Dataset::load(&DatasetSpec::new("a", &renamed, &["id"])).unwrap();
     assert!(ds.row_bytes(0).is_err());
+    // The LR's, scorecard's and SecureBoost's feature read opens its rows through this.
+    let err = ds.open_csv_rows().err().unwrap().to_string();
+    assert_eq!(err, "a.data: a Parquet dataset: only PSI jobs read Parquet (convert it to CSV for this job)");
 }
 
 /// Integers are keyed by their decimal text: a Parquet int 42 and a CSV "42" are one key;

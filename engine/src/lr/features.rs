@@ -55,12 +55,7 @@ pub async fn load_features_as(
     let columns = dataset.columns.clone();
     let keys: Vec<String> = dataset.spec.keys.iter().map(|k| k.trim().to_string()).collect();
     // Fails if the file changed since the dataset was loaded (row offsets would be stale).
-    let file = if dataset.is_empty() {
-        None
-    } else {
-        dataset.row_bytes(0)?;
-        Some(dataset.open_unchanged()?)
-    };
+    let file = if dataset.is_empty() { None } else { Some(dataset.open_csv_rows()?) };
     let spans: Vec<(u64, u32)> = rows.iter().map(|&r| dataset.row_span(r as usize)).collect();
     let choice = choice.clone();
     cpu::run(move || {

@@ -39,7 +39,7 @@ impl ColBits {
     }
 
     /// Whether every entry of `values` is Σ_{lo≤k<hi} w_k·x_k for its bits x_k.
-    fn holds(self, v: u64) -> bool {
+    pub(super) fn holds(self, v: u64) -> bool {
         if self.lo == self.hi {
             return v == 0;
         }

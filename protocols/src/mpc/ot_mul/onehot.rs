@@ -280,8 +280,7 @@ impl Groups {
     /// scale is a `bits`-bit entry.
     pub fn check_leaves(&self, leaves: &[u8], rows: usize, bits: u32) -> Result<(), MpcError> {
         let g_n = self.cols.len();
-        let s = self.scale as i64;
-        if !(1..=64).contains(&bits) || (bits < 64 && !(-(1i64 << (bits - 1))..(1i64 << (bits - 1))).contains(&s)) {
+        if !(1..=64).contains(&bits) || !ColBits::full(bits).holds(self.scale) {
             return Err(MpcError::Invalid(format!("a one-hot scale that is not a {bits}-bit entry")));
         }
         if Some(leaves.len()) != rows.checked_mul(g_n) {
