@@ -4,6 +4,7 @@
 use super::*;
 use crate::mpc::ot_mul::onehot::Groups;
 use crate::mpc::wire::send_bytes;
+use crate::ot::Security;
 
 /// `d` one-hot features of `bins` bins each (bin 0 the reference: no column), as indicator
 /// columns encoded with `config`, and the bins (for the labels).
@@ -125,6 +126,53 @@ async fn onehot_training_matches_the_plaintext_mirror() {
         assert!((a.intercept.unwrap() - p.intercept).abs() < 3e-3, "{case}");
         assert!(close(&a.holdout_loss, &p.holdout_loss), "{case}");
         // It learned something: the weights are not all zero.
+        assert!(b.weights.iter().any(|w| w.abs() > 0.01), "{case}: {:?}", b.weights);
+    }
+}
+
+/// Lists of several setup chunks (4 096 rows each; the test above has one chunk per list), with
+/// the semi-honest and the malicious OT extension: the same model as the plaintext mirror, over a
+/// channel that holds one frame per direction (a setup whose parties both wrote without reading
+/// would deadlock on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setups_of_several_chunks_train_to_the_plaintext_mirror() {
+    let base = LrConfig { epochs: 1, batch_size: 1024, learning_rate: 0.3, l2: 0.01, ..LrConfig::default() };
+    let (a_bins, b_bins) = ([3u32, 10], [10u32, 5, 2]);
+    // 11 000 rows: 8 800 training rows (3 chunks, the last short) and 2 200 holdout rows (1).
+    let n = 11_000;
+    for (security, a_hot, cache) in [
+        (Security::SemiHonest, true, 0),
+        (Security::SemiHonest, false, 1u64 << 30),
+        (Security::SemiHonest, false, 0),
+        (Security::Malicious, true, 0),
+        (Security::Malicious, false, 1 << 30),
+    ] {
+        let config = LrConfig { security, ot_cache_bytes: cache, kept_leaves_bytes: 1 << 30, ..base.clone() };
+        let a_bins: &[u32] = if a_hot { &a_bins } else { &[] };
+        let d = onehot_data(n, a_bins, &b_bins, 9, &config);
+        let (train_rows, holdout) = split(n);
+        let input = |party, q: &[u64], d_x, labels, g| LrInput {
+            party,
+            features: Matrix::new(q.to_vec(), n, d_x, config.feature_bits).into(),
+            labels,
+            train: train_rows.clone(),
+            holdout: holdout.clone(),
+            onehot: g,
+        };
+        let ia = input(Party::A, &d.qa, d.d_a, Some(d.y.clone()), a_hot.then(|| groups(a_bins, &config)));
+        let ib = input(Party::B, &d.qb, d.d_b, None, Some(groups(&b_bins, &config)));
+        let (ca, cb) = memory_pair(1);
+        let case = format!("{security:?}, A one-hot {a_hot}, OT cache {cache}");
+        let both = async { futures::join!(train(&ca, ia, &config, None), train(&cb, ib, &config, None)) };
+        let (a, b) = tokio::time::timeout(std::time::Duration::from_secs(300), both)
+            .await
+            .unwrap_or_else(|_| panic!("{case}: the parties deadlocked"));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let p = train_plain(&d.fa, d.d_a, &d.fb, d.d_b, &d.y, &train_rows, &holdout, &config, false);
+        let close = |x: &[f64], y: &[f64]| x.iter().zip(y).all(|(a, b)| (a - b).abs() < 3e-3);
+        assert!(close(&a.weights, &p.weights_a), "{case}: {:?} vs {:?}", a.weights, p.weights_a);
+        assert!(close(&b.weights, &p.weights_b), "{case}: {:?} vs {:?}", b.weights, p.weights_b);
+        assert!(close(&a.holdout_loss, &p.holdout_loss), "{case}");
         assert!(b.weights.iter().any(|w| w.abs() > 0.01), "{case}: {:?}", b.weights);
     }
 }
