@@ -197,6 +197,8 @@ async fn bin_bad_inputs_fail_cleanly_with_no_output() {
     let status = run(&p.a_dir, bin_request(&p, params())).await.unwrap();
     assert_eq!(status.job_state(), JobState::Failed);
     assert!(!status.error.contains("SECRET"), "{}", status.error);
+    // The partner's reason, whether this side was sending or receiving when it failed.
+    assert!(status.error.contains("the peer aborted"), "{}", status.error);
     let theirs = settled(&p.b, &status.job_id).await;
     assert!(theirs.error.contains("b.csv:3: column 'b1': not a number"), "{}", theirs.error);
     assert!(!theirs.error.contains("SECRET"));

@@ -247,6 +247,8 @@ async fn secureboost_bad_inputs_fail_cleanly_with_no_output() {
     let status = run(&p.a_dir, train_request(&p, "y", params())).await.unwrap();
     assert_eq!(status.job_state(), JobState::Failed);
     assert!(!status.error.contains("SECRET"), "{}", status.error);
+    // The partner's reason, whether this side was sending or receiving when it failed.
+    assert!(status.error.contains("the peer aborted"), "{}", status.error);
     let theirs = settled(&p.b, &status.job_id).await;
     assert!(theirs.error.contains("b.csv:3: column 'b0': not a number"), "{}", theirs.error);
     assert!(!theirs.error.contains("SECRET"));

@@ -17,6 +17,9 @@ use tokio::sync::{Mutex, mpsc};
 
 type Inbound = Pin<Box<dyn Stream<Item = Result<PeerFrame, tonic::Status>> + Send>>;
 
+/// How long a side whose send failed waits for the peer's `Abort` among the frames left inbound.
+const ABORT_WAIT: Duration = Duration::from_secs(2);
+
 pub struct JobChannel {
     tx: mpsc::Sender<PeerFrame>,
     rx: Mutex<Inbound>,
@@ -33,9 +36,33 @@ impl JobChannel {
         Self { tx, rx: Mutex::new(Box::pin(rx)), idle }
     }
 
-    /// Sends a job-layer frame.
+    /// Sends a job-layer frame. When the peer has gone, the error is its `Abort` if one is waiting
+    /// inbound ([`Self::abort_left`]), so a side that was sending when its peer failed reports the
+    /// peer's reason, as a side that was receiving does, not a bare "closed".
     pub async fn send_kind(&self, kind: Kind) -> Result<(), ChannelError> {
-        self.tx.send(PeerFrame { kind: Some(kind) }).await.map_err(|_| ChannelError::Closed)
+        match self.tx.send(PeerFrame { kind: Some(kind) }).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.abort_left().await.unwrap_or(ChannelError::Closed)),
+        }
+    }
+
+    /// The peer's `Abort`, if it sent one before its stream ended: reads (and drops) what is left
+    /// inbound for at most [`ABORT_WAIT`]. None if the inbound stream is being read elsewhere (that
+    /// reader gets the `Abort` itself), ends without one, or stays open.
+    async fn abort_left(&self) -> Option<ChannelError> {
+        let mut rx = self.rx.try_lock().ok()?;
+        let drain = async {
+            while let Some(frame) = rx.next().await {
+                if let Ok(PeerFrame { kind: Some(Kind::Abort(a)) }) = frame {
+                    return Some(ChannelError::Aborted(a.reason));
+                }
+                if frame.is_err() {
+                    return None;
+                }
+            }
+            None
+        };
+        tokio::time::timeout(ABORT_WAIT, drain).await.ok().flatten()
     }
 
     /// Tells the peer this side failed. Best effort: the peer may already be gone.
@@ -112,4 +139,38 @@ pub fn memory_pair_idle(buffer: usize, idle: Duration) -> (JobChannel, JobChanne
     let (b_tx, b_rx) = mpsc::channel(buffer);
     let inbound = |rx| tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<PeerFrame, tonic::Status>);
     (JobChannel::new(a_tx, inbound(b_rx), idle), JobChannel::new(b_tx, inbound(a_rx), idle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A side that was sending when its peer aborted and went away reports the peer's reason
+    /// (the frames before the `Abort` are dropped); without an `Abort` it is "closed"; a side
+    /// whose inbound stream is being read elsewhere leaves the `Abort` to that reader.
+    #[tokio::test]
+    async fn a_send_to_a_peer_that_aborted_and_left_reports_its_reason() {
+        let (a, b) = memory_pair(4);
+        b.send(Bytes::from_static(b"frame")).await.unwrap();
+        b.send(Bytes::from_static(b"frame")).await.unwrap();
+        b.abort("the peer's input failed its checks").await;
+        drop(b);
+        assert_eq!(
+            a.send(Bytes::from_static(b"x")).await,
+            Err(ChannelError::Aborted("the peer's input failed its checks".into()))
+        );
+
+        let (a, b) = memory_pair(4);
+        b.send(Bytes::from_static(b"frame")).await.unwrap();
+        drop(b);
+        assert_eq!(a.send(Bytes::from_static(b"x")).await, Err(ChannelError::Closed));
+
+        let (a, b) = memory_pair(4);
+        b.abort("why").await;
+        drop(b);
+        let held = a.rx.lock().await;
+        assert_eq!(a.send(Bytes::from_static(b"x")).await, Err(ChannelError::Closed));
+        drop(held);
+        assert_eq!(a.recv().await, Err(ChannelError::Aborted("why".into())));
+    }
 }
