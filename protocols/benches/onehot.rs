@@ -16,7 +16,8 @@
 //! group's leaves as the setup expands them, `keep_during_setup` on normal pages as the LR does,
 //! so uses skip the expansion; 2: expanded again after the setup, `keep_leaves` on huge pages, as
 //! SecureBoost does), `OH_PAIR_ONLY` [0] (1: time
-//! only the paired backward, SecureBoost's use, e.g. under a profiler).
+//! only the paired backward, SecureBoost's use, e.g. under a profiler), `OH_SCATTER` [0] (P > 0: one
+//! session a use over a random P% of all rows, as a SecureBoost node's; with `OH_PAIR_ONLY=1`).
 mod common;
 use common::cpu_seconds;
 use std::sync::Arc;
@@ -46,6 +47,8 @@ fn main() {
     let keep_mode = env("OH_KEEP", 0);
     let keep = keep_mode > 0;
     let pair_only = env("OH_PAIR_ONLY", 0) == 1;
+    // A SecureBoost node's rows: each row in with this probability (percent), one session a use.
+    let scatter = env("OH_SCATTER", 0);
     let threads = rayon::current_num_threads();
     let sizes = vec![cols as u32; g_n];
     let groups = Arc::new(Groups::new(&sizes, 1).expect("groups"));
@@ -125,7 +128,12 @@ fn main() {
                 cpu[i] += cpu_seconds() - c;
             };
             let mut msg = Vec::new();
-            let rows: Arc<[u32]> = (at as u32..(at + m) as u32).collect();
+            let rows: Arc<[u32]> = if scatter > 0 {
+                (0..rows as u32).filter(|_| rng.random_range(0..100) < scatter).collect()
+            } else {
+                (at as u32..(at + m) as u32).collect()
+            };
+            let y: Vec<u64> = if scatter > 0 { (0..rows.len()).map(|_| rng.next_u64()).collect() } else { y };
             if !pair_only {
                 let (s, c) = (se.session(2 * u, at, m), ch.session(2 * u, at, m));
                 time(0, &mut || msg = s.forward(&y_fwd).unwrap().0);
@@ -140,6 +148,9 @@ fn main() {
                 (se.session_rows(2 * u + 1 + (1 << 40), rows.clone()), ch.session_rows(2 * u + 1 + (1 << 40), rows));
             time(6, &mut || msg = s.backward_pair(&y, &y).unwrap().0);
             time(7, &mut || drop(c.backward_pair(&msg).unwrap()));
+            if scatter > 0 {
+                break;
+            }
         }
     }
     for (((name, blocks), s), c) in steps.iter().zip(&secs).zip(&cpu) {
