@@ -67,7 +67,8 @@ impl JobChannel {
 
     /// Tells the peer this side failed. Best effort: the peer may already be gone.
     pub async fn abort(&self, reason: &str) {
-        let _ = self.send_kind(Kind::Abort(Abort { reason: reason.to_string() })).await;
+        // Not `send_kind`: a side that is failing has no use for the peer's own `Abort`.
+        let _ = self.tx.send(PeerFrame { kind: Some(Kind::Abort(Abort { reason: reason.to_string() })) }).await;
     }
 
     /// Receives the next frame of any kind; an `Abort` from the peer becomes an error.

@@ -577,11 +577,15 @@ pub(super) async fn run_accepted(
 /// Sends this side's `JobEnd` and waits for the peer's. The requester then waits for the responder
 /// to close the stream, so that dropping the connection cannot cut off its own `JobEnd`.
 pub async fn end_exchange(channel: &JobChannel, role: Role, end: JobEnd) -> Result<JobEnd> {
-    if channel.send_kind(Frame::End(end)).await.is_err() {
-        // The stream is closed for sending; the peer may have said why before it closed it.
-        let why = match tokio::time::timeout(std::time::Duration::from_secs(2), channel.recv_kind()).await {
-            Ok(Err(ChannelError::Aborted(reason))) => format!(": {}", bounded(reason)),
-            _ => String::new(),
+    if let Err(e) = channel.send_kind(Frame::End(end)).await {
+        // The stream is closed for sending; the peer may have said why before it closed it (the
+        // failed send reports an `Abort` left inbound; else one may still arrive).
+        let why = match e {
+            ChannelError::Aborted(reason) => format!(": {}", bounded(reason)),
+            _ => match tokio::time::timeout(std::time::Duration::from_secs(2), channel.recv_kind()).await {
+                Ok(Err(ChannelError::Aborted(reason))) => format!(": {}", bounded(reason)),
+                _ => String::new(),
+            },
         };
         bail!("the peer failed at the end of the job{why}");
     }
