@@ -185,7 +185,7 @@ fn training(rt: &tokio::runtime::Runtime, key: Arc<KeyPair>, s: &Shape, histogra
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
         });
-        let r = rt.block_on(async { futures::join!(train(&ca, a, &config), train(&cb, b, &config)) });
+        let r = rt.block_on(async { futures::join!(train(&ca, a, &config, None), train(&cb, b, &config, None)) });
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         r
     });

@@ -213,6 +213,34 @@ async fn secureboost_needs_its_own_grant() {
     assert!(err.contains("not train"), "{err}");
 }
 
+/// The responder's `max_split_nodes` bounds trees × (2^depth − 1) before any protocol message;
+/// a job within it runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn secureboost_split_nodes_are_bounded_by_the_responders_grant() {
+    let p = pair_with_data(200, 0, "secureboost", "secureboost").await;
+    let bounded = consort_node::config::Grant {
+        max_split_nodes: Some(20),
+        ..consort_node::config::Grant::new(pair::A, vec![JobKind::Secureboost])
+    };
+    setup::grant_set(&p.b_dir, "features", bounded).unwrap();
+    p.b.state.reload().unwrap();
+    // 3 trees of depth 3: 21 split nodes.
+    let status = run(&p.a_dir, train_request(&p, "y", params())).await.unwrap();
+    assert_eq!(status.job_state(), JobState::Failed);
+    assert!(status.refused_by_peer, "{}", status.error);
+    assert!(
+        status.error.contains("may grow 21 split nodes") && status.error.contains("at most 20"),
+        "{}",
+        status.error
+    );
+    assert_eq!((status.bytes_sent, status.bytes_received), (0, 0), "no protocol message");
+    assert_eq!(p.b.state.jobs.get(&status.job_id).unwrap().status().job_state(), JobState::Refused);
+    assert!(!p.root.join("sb-a.json").exists());
+    // 2 trees of depth 3: 14.
+    let status = run(&p.a_dir, train_request(&p, "y", SbParamsWire { trees: 2, ..params() })).await.unwrap();
+    assert_eq!(status.job_state(), JobState::Done, "{}", status.error);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn secureboost_bad_inputs_fail_cleanly_with_no_output() {
     let p = pair_with_data(300, 0, "secureboost", "secureboost").await;

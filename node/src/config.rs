@@ -240,6 +240,13 @@ pub struct Grant {
     /// membership test of the list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queries: Option<u64>,
+    /// SecureBoost: split nodes a train job of this peer may ask for when this node is the
+    /// responder, counted as trees × (2^max_depth − 1). Each split on this node's features shows
+    /// the label holder how that feature's threshold divides the node's rows (docs/security.md),
+    /// so this bounds how many such partitions one job can reveal. None: only the protocol's
+    /// own bounds (`MAX_TREES`, `MAX_DEPTH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_split_nodes: Option<u64>,
 }
 
 /// A grant's peer set size bound when it names none.
@@ -268,6 +275,7 @@ impl Grant {
             approval: false,
             share: Vec::new(),
             queries: None,
+            max_split_nodes: None,
         }
     }
 
@@ -313,6 +321,9 @@ impl Grant {
         }
         if self.jobs.contains(&JobKind::Train) || self.jobs.contains(&JobKind::Secureboost) {
             parts.push(format!("models={}", self.models()));
+        }
+        if let Some(n) = self.max_split_nodes {
+            parts.push(format!("max-split-nodes={n}"));
         }
         if let Some(e) = &self.expires {
             parts.push(format!("expires={e}"));

@@ -66,6 +66,15 @@ pub fn check(
             if grant.share.is_empty() { String::new() } else { format!(" (shared: {})", grant.share.join(", ")) }
         )));
     }
+    // SecureBoost: the partitions of its rows by this node's thresholds the label holder may see.
+    if ask.role == Role::Responder
+        && let (Some(max), Some(asked)) = (grant.max_split_nodes, job.split_nodes())
+        && asked > max
+    {
+        return Err(on(format!(
+            "the job may grow {asked} split nodes (trees × (2^depth − 1)); this grant allows at most {max}"
+        )));
+    }
     if let Some(dealer) = job.dealer()
         && !grant.dealers.iter().any(|d| d == dealer)
     {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use consort_protocols::he::{KeyPair, KeySize};
 use consort_protocols::mpc::Party;
 use consort_protocols::mpc::secureboost::{
-    self, BinnedFeatures, FeatureBins, Histograms, SbConfig, SbInput, SbTimings,
+    self, BinnedFeatures, FeatureBins, Histograms, SbConfig, SbInput, SbProgressFn, SbTimings,
 };
 use consort_protocols::psi::ecdh::EcdhEvidence;
 use consort_protocols::{Channel, ProgressFn, Role, cpu};
@@ -124,6 +124,8 @@ pub struct SbTrainJob {
     pub job_id: String,
     pub peer: String,
     pub psi_progress: Option<ProgressFn>,
+    /// Called when the protocol's setup begins and after every tree ([`secureboost::SbProgress`]).
+    pub progress: Option<SbProgressFn>,
     pub limits: JobLimits,
 }
 
@@ -246,7 +248,7 @@ pub async fn run_sb_train<C: Channel>(
         holdout: holdout_rows.clone(),
         key,
     };
-    let out = secureboost::train(channel, input, &config).await?;
+    let out = secureboost::train(channel, input, &config, job.progress.clone()).await?;
     stages.end("train");
     let features: Vec<SbFeature> =
         data.names.iter().zip(edges).map(|(name, e)| SbFeature { name: name.clone(), edges: e.edges }).collect();

@@ -54,8 +54,8 @@ async fn trained() -> Trained {
     };
     let (pa, pb) = memory_pair(32);
     let (oa, ob) = tokio::join!(
-        secureboost::train(&pa, input(Party::A, &xa), &config),
-        secureboost::train(&pb, input(Party::B, &xb), &config)
+        secureboost::train(&pa, input(Party::A, &xa), &config, None),
+        secureboost::train(&pb, input(Party::B, &xb), &config, None)
     );
     let feats = |prefix: &str, e: Vec<secureboost::FeatureBins>| {
         e.into_iter().enumerate().map(|(i, f)| SbFeature { name: format!("{prefix}{i}"), edges: f.edges }).collect()

@@ -78,6 +78,11 @@ pub struct GrantArgs {
     /// in all (default: only the setup's budget). Each item is one membership test of the list.
     #[arg(long)]
     queries: Option<u64>,
+    /// SecureBoost: split nodes one train job may ask for, counted as trees × (2^max-depth − 1)
+    /// (e.g. 100 trees of depth 5: 3100). Each split on this dataset's features shows the label
+    /// holder how a threshold divides that node's rows (default: no bound but the protocol's).
+    #[arg(long)]
+    max_split_nodes: Option<u64>,
     /// When the grant ends: YYYY-MM-DD (midnight UTC) or RFC 3339.
     #[arg(long)]
     expires: Option<String>,
@@ -109,6 +114,7 @@ pub async fn grant(cmd: GrantCommand) -> Result<()> {
                 jobs_per_day: a.jobs_per_day,
                 models: a.models,
                 queries: a.queries,
+                max_split_nodes: a.max_split_nodes,
                 expires: a.expires,
                 approval: a.approval,
                 ..Grant::new(&a.peer, a.jobs)

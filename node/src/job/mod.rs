@@ -129,6 +129,12 @@ pub trait Job: Send + Sync {
         &[]
     }
 
+    /// SecureBoost train jobs: the split nodes the job may grow, trees × (2^max_depth − 1)
+    /// (checked against the responder's `Grant::max_split_nodes`).
+    fn split_nodes(&self) -> Option<u64> {
+        None
+    }
+
     /// Whether the job streams its dataset from disk (RR22 PSI, `consort_engine::psi_stream`):
     /// the envelope then only validates and counts the rows instead of loading them.
     fn streams(&self) -> bool {

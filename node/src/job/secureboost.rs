@@ -20,12 +20,13 @@ use consort_api::JobKind;
 use consort_engine::PsiProtocol;
 use consort_engine::lr::ColumnChoice;
 use consort_engine::secureboost::{SbModelFile, SbParamsWire, SbScoreJob, SbTrainJob, run_sb_score, run_sb_train};
+use consort_protocols::mpc::secureboost::{SbProgress, SbProgressFn};
 use consort_protocols::{Reveal, Role};
 use serde::{Deserialize, Serialize};
 
 use super::psi::progress_fn;
 use super::train::{alignment, lr_failure};
-use super::{Ask, Failure, Job, Kind, Outcome, Output, RunCtx};
+use super::{Ask, Failure, Job, JobHandle, Kind, Outcome, Output, RunCtx};
 use crate::config;
 use crate::state::NodeState;
 
@@ -92,6 +93,11 @@ impl Job for SbTrainPlan {
         serde_json::to_string(&self.params).expect("SecureBoost parameters serialize")
     }
 
+    fn split_nodes(&self) -> Option<u64> {
+        // `plan` bounded both (trees ≤ MAX_TREES, depth ≤ MAX_DEPTH = 16): no overflow.
+        Some(u64::from(self.params.trees) * ((1u64 << self.params.max_depth.min(63)) - 1))
+    }
+
     fn audited(&self) -> serde_json::Value {
         super::train::audited_training(&self.params, &self.columns)
     }
@@ -117,6 +123,7 @@ impl Job for SbTrainPlan {
             job_id: ctx.ask.job_id.clone(),
             peer: ctx.ask.peer.clone(),
             psi_progress: Some(progress_fn(ctx.handle)),
+            progress: Some(sb_progress(ctx.handle)),
             limits: ctx.limits,
         };
         let mut report = run_sb_train(&*ctx.channel, &dataset, &job).await.map_err(lr_failure)?;
@@ -133,6 +140,20 @@ impl Job for SbTrainPlan {
             other_channels: Vec::new(),
         })
     }
+}
+
+/// The job's stage while it trains: `secureboost setup`, then `tree N/T` (with A's holdout loss
+/// when there is a holdout) and trees done of trees asked for as the progress bar's position.
+pub(crate) fn sb_progress(handle: &Arc<JobHandle>) -> SbProgressFn {
+    let handle = handle.clone();
+    Arc::new(move |p: SbProgress| {
+        let stage = match (p.setup, p.loss) {
+            (true, _) => "secureboost setup".to_string(),
+            (false, Some(loss)) => format!("tree {}/{} holdout loss {loss:.4}", p.trees_done, p.trees),
+            (false, None) => format!("tree {}/{}", p.trees_done, p.trees),
+        };
+        handle.stage(&stage, p.trees_done as u64, p.trees as u64);
+    })
 }
 
 pub struct SbScore;

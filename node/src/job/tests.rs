@@ -753,3 +753,27 @@ async fn a_peer_column_not_shared_is_refused_before_any_protocol_message() {
         assert!(!out.exists());
     }
 }
+
+/// A SecureBoost train job's stage follows the protocol: the setup, then every tree with trees
+/// done of trees asked for, and A's holdout loss when there is one.
+#[tokio::test(flavor = "multi_thread")]
+async fn secureboost_progress_sets_the_stage_per_tree() {
+    use consort_protocols::mpc::secureboost::SbProgress;
+    let t = two().await;
+    let handle = test_handle(&t.a, "jsb").await;
+    let progress = super::secureboost::sb_progress(&handle);
+    let seen = |p: SbProgress| {
+        progress(p);
+        let s = handle.status();
+        (s.stage, s.done, s.total)
+    };
+    assert_eq!(
+        seen(SbProgress { trees_done: 0, trees: 40, setup: true, loss: None }),
+        ("secureboost setup".into(), 0, 40)
+    );
+    assert_eq!(
+        seen(SbProgress { trees_done: 3, trees: 40, setup: false, loss: Some(0.41234) }),
+        ("tree 3/40 holdout loss 0.4123".into(), 3, 40)
+    );
+    assert_eq!(seen(SbProgress { trees_done: 4, trees: 40, setup: false, loss: None }), ("tree 4/40".into(), 4, 40));
+}

@@ -16,7 +16,7 @@ use super::split::{
 };
 use super::stats::{Counted, PhaseStats};
 use super::wire::{Decision, encode_decisions, exchange_hello, pack_bits, unpack_bits};
-use super::{Histograms, Node, SbConfig, SbInput, SbOutput, SbTimings, Split, Tree};
+use super::{Histograms, Node, SbConfig, SbInput, SbOutput, SbProgress, SbTimings, Split, Tree};
 use crate::channel::Channel;
 use crate::cpu;
 use crate::he::{Encryptor, KeyPair};
@@ -57,8 +57,14 @@ struct OtCtx {
     cols: ColumnLayout,
 }
 
-pub(super) async fn train<C: Channel>(channel: &C, input: SbInput, config: &SbConfig) -> Result<SbOutput, MpcError> {
+pub(super) async fn train<C: Channel>(
+    channel: &C,
+    input: SbInput,
+    config: &SbConfig,
+    progress: &(dyn Fn(SbProgress) + Sync),
+) -> Result<SbOutput, MpcError> {
     check_input(&input, config)?;
+    progress(SbProgress { trees_done: 0, trees: config.trees, setup: true, loss: None });
     let counted = Counted::new(channel);
     let channel = &counted;
     let begin = channel.mark();
@@ -108,6 +114,7 @@ pub(super) async fn train<C: Channel>(channel: &C, input: SbInput, config: &SbCo
         trees.push(tree);
         per_tree.push(channel.since(&mark));
         if input.holdout.is_empty() {
+            progress(SbProgress { trees_done: t + 1, trees: config.trees, setup: false, loss: None });
             continue;
         }
         let z: Vec<f64> = input.holdout.iter().map(|&r| margins[r as usize]).collect();
@@ -121,6 +128,7 @@ pub(super) async fn train<C: Channel>(channel: &C, input: SbInput, config: &SbCo
         }
         send_bytes(channel, &[stop as u8 | (is_best as u8) << 1]).await?;
         *per_tree.last_mut().expect("pushed") = channel.since(&mark);
+        progress(SbProgress { trees_done: t + 1, trees: config.trees, setup: false, loss: Some(loss) });
         if stop {
             stopped_early = t + 1 < config.trees;
             break;

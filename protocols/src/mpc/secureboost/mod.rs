@@ -223,16 +223,39 @@ pub struct SbOutput {
     pub per_tree: Vec<PhaseStats>,
 }
 
-/// Runs one party's side of the training over `channel`.
+/// Progress, for progress bars: called when the setup begins (`trees_done` 0, `setup` true)
+/// and after every tree (its early-stopping flag included), on both sides.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SbProgress {
+    /// Trees finished so far.
+    pub trees_done: u32,
+    /// Trees asked for (early stopping may end the run before).
+    pub trees: u32,
+    /// True for the call before the setup (the hello and the kept correlations or A's key).
+    pub setup: bool,
+    /// Holdout log-loss after the last finished tree (A only, with a holdout).
+    pub loss: Option<f64>,
+}
+
+pub type SbProgressFn = Arc<dyn Fn(SbProgress) + Send + Sync>;
+
+/// Runs one party's side of the training over `channel`, reporting to `progress` (if any) when
+/// the setup begins and after every tree.
 pub async fn train<C: crate::channel::Channel>(
     channel: &C,
     input: SbInput,
     config: &SbConfig,
+    progress: Option<SbProgressFn>,
 ) -> Result<SbOutput, crate::mpc::MpcError> {
     config.validate()?;
+    let report = move |p: SbProgress| {
+        if let Some(f) = &progress {
+            f(p)
+        }
+    };
     match input.party {
-        Party::A => active::train(channel, input, config).await,
-        Party::B => passive::train(channel, input, config).await,
+        Party::A => active::train(channel, input, config, &report).await,
+        Party::B => passive::train(channel, input, config, &report).await,
     }
 }
 

@@ -11,7 +11,7 @@ use super::setup::{LevelNode, check_input, digest, histogram_plan, may_split, pa
 use super::split::sample_features;
 use super::stats::{Counted, PhaseStats};
 use super::wire::{Decision, decode_decisions, exchange_hello, pack_bits, unpack_bits};
-use super::{Histograms, Node, SbConfig, SbInput, SbOutput, SbTimings, Split, Tree};
+use super::{Histograms, Node, SbConfig, SbInput, SbOutput, SbProgress, SbTimings, Split, Tree};
 use crate::channel::Channel;
 use crate::cpu;
 use crate::he::{Adder, Ciphertext, KeySize, PublicKey};
@@ -33,8 +33,14 @@ struct Ctx<'a, C> {
     timings: SbTimings,
 }
 
-pub(super) async fn train<C: Channel>(channel: &C, input: SbInput, config: &SbConfig) -> Result<SbOutput, MpcError> {
+pub(super) async fn train<C: Channel>(
+    channel: &C,
+    input: SbInput,
+    config: &SbConfig,
+    progress: &(dyn Fn(SbProgress) + Sync),
+) -> Result<SbOutput, MpcError> {
     check_input(&input, config)?;
+    progress(SbProgress { trees_done: 0, trees: config.trees, setup: true, loss: None });
     let counted = Counted::new(channel);
     let channel = &counted;
     let begin = channel.mark();
@@ -62,6 +68,7 @@ pub(super) async fn train<C: Channel>(channel: &C, input: SbInput, config: &SbCo
         trees.push(grow_tree(&mut ctx, &input).await?);
         per_tree.push(channel.since(&mark));
         if input.holdout.is_empty() {
+            progress(SbProgress { trees_done: t + 1, trees: config.trees, setup: false, loss: None });
             continue;
         }
         let flag = match recv_bytes(channel, 1).await?[0] {
@@ -69,6 +76,7 @@ pub(super) async fn train<C: Channel>(channel: &C, input: SbInput, config: &SbCo
             _ => return Err(violation("bad early-stopping flag")),
         };
         *per_tree.last_mut().expect("pushed") = channel.since(&mark);
+        progress(SbProgress { trees_done: t + 1, trees: config.trees, setup: false, loss: None });
         if flag & 2 != 0 {
             best = Some(t + 1);
         }

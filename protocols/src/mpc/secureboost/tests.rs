@@ -93,12 +93,12 @@ async fn run_with(
     let (ca, cb) = memory_pair(64);
     let (ca, cb) = (Tampered::new(ca, tamper_a), Tampered::new(cb, tamper_b));
     let fa = async move {
-        let r = train(&ca, a, config).await;
+        let r = train(&ca, a, config, None).await;
         drop(ca);
         r
     };
     let fb = async move {
-        let r = train(&cb, b, config).await;
+        let r = train(&cb, b, config, None).await;
         drop(cb);
         r
     };
@@ -828,9 +828,43 @@ async fn malformed_ot_histogram_frames_are_errors() {
     let (a, b) = inputs(&d, &train_rows, &holdout, &config);
     let (ca, cb) = memory_pair(64);
     let he = SbConfig { histograms: Histograms::He, ..config.clone() };
-    let (ra, rb) = futures::join!(train(&ca, a, &he), train(&cb, b, &config));
+    let (ra, rb) = futures::join!(train(&ca, a, &he, None), train(&cb, b, &config, None));
     assert!(ra.unwrap_err().to_string().contains("disagree"));
     assert!(rb.unwrap_err().to_string().contains("disagree"));
+}
+
+/// Progress: both sides report the setup, then every tree run (early stopping included) in
+/// order; A's losses are the output's holdout losses, B never gets one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_reports_the_setup_and_every_tree() {
+    use std::sync::Mutex;
+    let d = data(300, &[1.0, -0.5], &[2.0, -1.5], 0.1, 5);
+    for (tolerance, holdout_share) in [(0.0, 60), (0.05, 60), (0.0, 0)] {
+        let (train_rows, holdout) = split_rows(300, holdout_share);
+        let config = SbConfig { trees: 6, max_depth: 2, max_bins: 5, tolerance, ..mode(Histograms::Ot) };
+        let (a, b) = inputs(&d, &train_rows, &holdout, &config);
+        let (ca, cb) = memory_pair(64);
+        let seen: [Arc<Mutex<Vec<SbProgress>>>; 2] = Default::default();
+        let hook = |i: usize| -> Option<SbProgressFn> {
+            let seen = seen[i].clone();
+            Some(Arc::new(move |p| seen.lock().unwrap().push(p)))
+        };
+        let (ra, rb) = futures::join!(train(&ca, a, &config, hook(0)), train(&cb, b, &config, hook(1)));
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        assert_eq!(ra.trees_run, rb.trees_run);
+        if tolerance > 0.0 {
+            assert!(ra.stopped_early, "tolerance {tolerance}: the run should stop early");
+        }
+        for (i, seen) in seen.iter().enumerate() {
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.len(), ra.trees_run as usize + 1, "party {i}");
+            assert_eq!(seen[0], SbProgress { trees_done: 0, trees: 6, setup: true, loss: None });
+            for (t, p) in seen[1..].iter().enumerate() {
+                let loss = (i == 0 && !holdout.is_empty()).then(|| ra.holdout_loss[t]);
+                assert_eq!(*p, SbProgress { trees_done: t as u32 + 1, trees: 6, setup: false, loss }, "party {i}");
+            }
+        }
+    }
 }
 
 /// With `ot`, A needs no OU key; the trees are the reference's, and the unsorted training list
