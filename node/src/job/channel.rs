@@ -15,6 +15,8 @@ use consort_protocols::{Channel, ChannelError};
 use futures::{Stream, StreamExt};
 use tokio::sync::{Mutex, mpsc};
 
+use super::envelope::peer_text;
+
 type Inbound = Pin<Box<dyn Stream<Item = Result<PeerFrame, tonic::Status>> + Send>>;
 
 /// How long a side whose send failed waits for the peer's `Abort` among the frames left inbound.
@@ -54,7 +56,7 @@ impl JobChannel {
         let drain = async {
             while let Some(frame) = rx.next().await {
                 if let Ok(PeerFrame { kind: Some(Kind::Abort(a)) }) = frame {
-                    return Some(ChannelError::Aborted(a.reason));
+                    return Some(ChannelError::Aborted(peer_text(&a.reason)));
                 }
                 if frame.is_err() {
                     return None;
@@ -85,7 +87,9 @@ impl JobChannel {
                 .await
                 .map_err(|_| ChannelError::Transport(format!("the peer sent nothing for {} s", idle.as_secs())))?;
             match next {
-                Some(Ok(PeerFrame { kind: Some(Kind::Abort(a)) })) => return Err(ChannelError::Aborted(a.reason)),
+                Some(Ok(PeerFrame { kind: Some(Kind::Abort(a)) })) => {
+                    return Err(ChannelError::Aborted(peer_text(&a.reason)));
+                }
                 Some(Ok(PeerFrame { kind: Some(kind) })) => return Ok(kind),
                 Some(Ok(PeerFrame { kind: None })) => continue,
                 None => return Err(ChannelError::Closed),
@@ -98,7 +102,7 @@ impl JobChannel {
 fn status_error(status: tonic::Status) -> ChannelError {
     match status.code() {
         tonic::Code::Cancelled | tonic::Code::Unavailable => ChannelError::Closed,
-        _ => ChannelError::Transport(status.message().to_string()),
+        _ => ChannelError::Transport(peer_text(status.message())),
     }
 }
 
@@ -173,5 +177,32 @@ mod tests {
         assert_eq!(a.send(Bytes::from_static(b"x")).await, Err(ChannelError::Closed));
         drop(held);
         assert_eq!(a.recv().await, Err(ChannelError::Aborted("why".into())));
+    }
+
+    /// A peer's abort reason is its own text: a megabyte of it, with line breaks and terminal
+    /// escapes, reaches this side's error (and so its log, job table and the CLI) cut to
+    /// `MAX_REASON_CHARS` with no control character, on the receive and on the send path.
+    #[tokio::test]
+    async fn a_peers_abort_reason_is_cut_and_cleaned() {
+        use super::super::envelope::MAX_REASON_CHARS;
+        let hostile = format!("fake\n2026-12-05 INFO job done\x1b[2J{}", "x".repeat(1 << 20));
+        let check = |e: Result<_, ChannelError>| {
+            let Err(ChannelError::Aborted(r)) = e else { panic!("not an abort: {e:?}") };
+            assert!(r.chars().count() <= MAX_REASON_CHARS, "{} chars", r.chars().count());
+            assert!(!r.chars().any(char::is_control), "{r:?}");
+            assert!(r.starts_with("fake\u{FFFD}2026-12-05 INFO job done\u{FFFD}[2J"), "{r:?}");
+            assert!(r.ends_with(&format!("… ({} bytes in all)", hostile.len())), "{r:?}");
+        };
+        let (a, b) = memory_pair(4);
+        b.abort(&hostile).await;
+        check(a.recv().await.map(|_| ()));
+        let (a, b) = memory_pair(4);
+        b.abort(&hostile).await;
+        drop(b);
+        check(a.send(Bytes::from_static(b"x")).await);
+        // A short reason keeps every printable character.
+        let (a, b) = memory_pair(4);
+        b.abort("bad label «2» at row 7\tend").await;
+        assert_eq!(a.recv().await, Err(ChannelError::Aborted("bad label «2» at row 7\u{FFFD}end".into())));
     }
 }

@@ -73,7 +73,7 @@ pub async fn open(
     let answer = match answer {
         Err(_) => bail!("peer '{}' did not answer the job request within {wait:?}", peer.name),
         Ok(Ok(Kind::Accept(a))) => Answer::Accepted(a),
-        Ok(Ok(Kind::Reject(r))) => Answer::Refused(r.reason),
+        Ok(Ok(Kind::Reject(r))) => Answer::Refused(super::envelope::peer_text(&r.reason)),
         Ok(Ok(other)) => bail!("peer '{}' answered the job request with a {} frame", peer.name, kind_name(&other)),
         Ok(Err(e)) => bail!(
             "peer '{}' dropped the job request: {e} (is this node's certificate pinned there with `consort peer add`?)",

@@ -491,6 +491,21 @@ async fn refuse(channel: &JobChannel, reason: String) {
 /// message about its parameters), and a refusal must not echo a large request.
 pub const MAX_REASON_CHARS: usize = 300;
 
+/// What this node keeps of a text its peer sent (an `Abort` or `Reject` reason, a transport
+/// status) before it can reach an error, a log line, the job table, the CLI's terminal or the
+/// audit log: control characters (line breaks, terminal escapes) become U+FFFD and a longer text
+/// is cut so the result, with its "… (N bytes in all)" note, stays within [`MAX_REASON_CHARS`].
+/// A peer's frame may be as large as the transport allows; what it says is its own claim.
+pub(crate) fn peer_text(text: &str) -> String {
+    const NOTE: usize = 40; // "… (" + up to 20 digits + " bytes in all)"
+    let clean = |c: char| if c.is_control() { '\u{FFFD}' } else { c };
+    if text.chars().nth(MAX_REASON_CHARS).is_none() {
+        return text.chars().map(clean).collect();
+    }
+    let head: String = text.chars().take(MAX_REASON_CHARS - NOTE).map(clean).collect();
+    format!("{head}… ({} bytes in all)", text.len())
+}
+
 pub(crate) fn bounded(reason: String) -> String {
     if reason.chars().count() <= MAX_REASON_CHARS {
         return reason;
