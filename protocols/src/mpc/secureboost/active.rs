@@ -9,14 +9,14 @@ use rayon::prelude::*;
 
 use super::binning::BinnedFeatures;
 use super::ot_hist::{self, ColumnLayout};
-use super::setup::{LevelNode, check_input, digest, histogram_plan, may_split, partition, routed_rows};
+use super::setup::{LevelNode, histogram_plan, may_split, partition, routed_rows};
 use super::split::{
     Layout, best_split, gradient, histogram, leaf_weight, log_loss, pack, sample_features, sample_rows, subtract,
     unpack,
 };
-use super::stats::{Counted, PhaseStats};
-use super::wire::{Decision, encode_decisions, exchange_hello, pack_bits, unpack_bits};
-use super::{Histograms, Node, SbConfig, SbInput, SbOutput, SbProgress, SbTimings, Split, Tree};
+use super::stats::PhaseStats;
+use super::wire::{Decision, encode_decisions, pack_bits, unpack_bits};
+use super::{Histograms, Node, SbConfig, SbInput, SbOutput, SbProgress, SbTimings, Split, Start, Tree};
 use crate::channel::Channel;
 use crate::cpu;
 use crate::he::{Encryptor, KeyPair};
@@ -57,18 +57,8 @@ struct OtCtx {
     cols: ColumnLayout,
 }
 
-pub(super) async fn train<C: Channel>(
-    channel: &C,
-    input: SbInput,
-    config: &SbConfig,
-    progress: &(dyn Fn(SbProgress) + Sync),
-) -> Result<SbOutput, MpcError> {
-    check_input(&input, config)?;
-    progress(SbProgress { trees_done: 0, trees: config.trees, setup: true, loss: None });
-    let counted = Counted::new(channel);
-    let channel = &counted;
-    let begin = channel.mark();
-    let peer_bins = exchange_hello(channel, digest(&input, config), &input.features.bins, config).await?;
+pub(super) async fn train<C: Channel>(start: Start<'_, C>, input: SbInput) -> Result<SbOutput, MpcError> {
+    let Start { channel, config, progress, begin, peer_bins } = start;
     let (mut he, mut ot, mut timings) = (None, None, SbTimings::default());
     match config.histograms {
         Histograms::He => {

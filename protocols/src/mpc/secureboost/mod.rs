@@ -248,15 +248,34 @@ pub async fn train<C: crate::channel::Channel>(
     progress: Option<SbProgressFn>,
 ) -> Result<SbOutput, crate::mpc::MpcError> {
     config.validate()?;
+    setup::check_input(&input, config)?;
     let report = move |p: SbProgress| {
         if let Some(f) = &progress {
             f(p)
         }
     };
+    report(SbProgress { trees_done: 0, trees: config.trees, setup: true, loss: None });
+    let channel = stats::Counted::new(channel);
+    let begin = channel.mark();
+    let peer_bins = wire::exchange_hello(&channel, setup::digest(&input, config), &input.features.bins, config).await?;
+    let start = Start { channel: &channel, config, progress: &report, begin, peer_bins };
     match input.party {
-        Party::A => active::train(channel, input, config, &report).await,
-        Party::B => passive::train(channel, input, config, &report).await,
+        Party::A => active::train(start, input).await,
+        Party::B => passive::train(start, input).await,
     }
+}
+
+/// What both sides have after the steps they share (checks, the setup's progress call, the
+/// hello), for their own.
+struct Start<'a, C> {
+    /// The channel, counting bytes per phase.
+    channel: &'a stats::Counted<'a, C>,
+    config: &'a SbConfig,
+    progress: &'a (dyn Fn(SbProgress) + Sync),
+    /// Where the setup's time and bytes start (before the hello).
+    begin: stats::Mark,
+    /// The peer's bins per feature, from its hello.
+    peer_bins: Vec<u32>,
 }
 
 #[cfg(test)]

@@ -7,11 +7,11 @@ use rayon::prelude::*;
 
 use super::binning::BinnedFeatures;
 use super::ot_hist::{self, ColumnLayout};
-use super::setup::{LevelNode, check_input, digest, histogram_plan, may_split, partition, routed_rows};
+use super::setup::{LevelNode, histogram_plan, may_split, partition, routed_rows};
 use super::split::sample_features;
-use super::stats::{Counted, PhaseStats};
-use super::wire::{Decision, decode_decisions, exchange_hello, pack_bits, unpack_bits};
-use super::{Histograms, Node, SbConfig, SbInput, SbOutput, SbProgress, SbTimings, Split, Tree};
+use super::stats::PhaseStats;
+use super::wire::{Decision, decode_decisions, pack_bits, unpack_bits};
+use super::{Histograms, Node, SbConfig, SbInput, SbOutput, SbProgress, SbTimings, Split, Start, Tree};
 use crate::channel::Channel;
 use crate::cpu;
 use crate::he::{Adder, Ciphertext, KeySize, PublicKey};
@@ -33,18 +33,8 @@ struct Ctx<'a, C> {
     timings: SbTimings,
 }
 
-pub(super) async fn train<C: Channel>(
-    channel: &C,
-    input: SbInput,
-    config: &SbConfig,
-    progress: &(dyn Fn(SbProgress) + Sync),
-) -> Result<SbOutput, MpcError> {
-    check_input(&input, config)?;
-    progress(SbProgress { trees_done: 0, trees: config.trees, setup: true, loss: None });
-    let counted = Counted::new(channel);
-    let channel = &counted;
-    let begin = channel.mark();
-    let peer_bins = exchange_hello(channel, digest(&input, config), &input.features.bins, config).await?;
+pub(super) async fn train<C: Channel>(start: Start<'_, C>, input: SbInput) -> Result<SbOutput, MpcError> {
+    let Start { channel, config, progress, begin, peer_bins } = start;
     let x = Arc::new(input.features.clone());
     let (mut key, mut ot, mut timings) = (None, None, SbTimings::default());
     match config.histograms {
