@@ -579,7 +579,8 @@ pub(super) async fn run_accepted(
     match end_exchange(channel.inner(), ask.role, end).await {
         Ok(peer_end) => {
             handle.record_stats(&channel.stats(), wire.get());
-            handle.update(|s| s.peer_output = peer_end.output);
+            // The peer's own text: kept cut and cleaned (the job table is persisted and shown).
+            handle.update(|s| s.peer_output = peer_text(&peer_end.output));
             Ok(channel)
         }
         Err(e) => {

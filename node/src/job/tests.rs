@@ -446,6 +446,37 @@ async fn a_peer_that_aborts_at_the_end_rolls_back_this_sides_output() {
     assert_eq!(handle.status().job_state(), JobState::Failed);
 }
 
+/// The peer's `JobEnd` names where it wrote its output: its own text, which this side's job table
+/// (persisted, shown by `consort job` and the CLI's summary) keeps cut and cleaned.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peers_output_path_is_cut_and_cleaned() {
+    let t = two().await;
+    let handle = test_handle(&t.a, "jt9").await;
+    let (mine, theirs) = memory_pair(8);
+    let sent = format!("outputs/x\n\x1b[2J{}", "y".repeat(1 << 20));
+    let peer = tokio::spawn(async move {
+        let ours = theirs.recv_kind().await.unwrap();
+        assert!(matches!(ours, Frame::End(_)), "{ours:?}");
+        theirs.send_kind(Frame::End(proto::JobEnd { output_rows: 1, output: sent })).await.unwrap();
+    });
+    let result = envelope::run_accepted(
+        &t.a,
+        &handle,
+        &test_ask("jt9"),
+        Box::new(TestJob { fail: false }),
+        mine,
+        None,
+        &WireCounters::default(),
+        consort_engine::JobLimits::default(),
+    )
+    .await;
+    peer.await.unwrap();
+    assert!(result.is_ok(), "the job should succeed");
+    let shown = handle.status().peer_output;
+    assert!(shown.chars().count() <= envelope::MAX_REASON_CHARS, "{} chars", shown.chars().count());
+    assert!(shown.starts_with("outputs/x\u{FFFD}\u{FFFD}[2J") && !shown.chars().any(char::is_control), "{shown:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_job_tells_the_peer_only_the_safe_reason() {
     let t = two().await;
