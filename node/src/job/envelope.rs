@@ -199,7 +199,7 @@ where
     .map_err(|e| Failure::context(AUDIT_FAILED, e))?;
     if let Answer::Refused(reason) = answer {
         handle.update(|s| s.refused_by_peer = true);
-        return Err(Failure::shared(anyhow!("peer '{}' refused the job: {}", ask.peer, bounded(reason))));
+        return Err(Failure::shared(anyhow!("peer '{}' refused the job: {reason}", ask.peer)));
     }
     if let Some(why) = too_large {
         channel.abort(&why).await;
@@ -497,21 +497,26 @@ pub const MAX_REASON_CHARS: usize = 300;
 /// is cut so the result, with its "… (N bytes in all)" note, stays within [`MAX_REASON_CHARS`].
 /// A peer's frame may be as large as the transport allows; what it says is its own claim.
 pub(crate) fn peer_text(text: &str) -> String {
-    const NOTE: usize = 40; // "… (" + up to 20 digits + " bytes in all)"
-    let clean = |c: char| if c.is_control() { '\u{FFFD}' } else { c };
-    if text.chars().nth(MAX_REASON_CHARS).is_none() {
-        return text.chars().map(clean).collect();
-    }
-    let head: String = text.chars().take(MAX_REASON_CHARS - NOTE).map(clean).collect();
-    format!("{head}… ({} bytes in all)", text.len())
+    cut(text, |c| if c.is_control() { '\u{FFFD}' } else { c })
 }
 
+/// This node's own reason (a refusal, a failure told to the peer), cut as [`peer_text`] cuts.
 pub(crate) fn bounded(reason: String) -> String {
-    if reason.chars().count() <= MAX_REASON_CHARS {
+    if reason.chars().nth(MAX_REASON_CHARS).is_none() {
         return reason;
     }
-    let head: String = reason.chars().take(MAX_REASON_CHARS).collect();
-    format!("{head}… ({} bytes in all)", reason.len())
+    cut(&reason, |c| c)
+}
+
+/// `text` with `map` applied to each character, at most [`MAX_REASON_CHARS`] characters with the
+/// "… (N bytes in all)" note of a longer text.
+fn cut(text: &str, map: impl Fn(char) -> char) -> String {
+    const NOTE: usize = 40; // "… (" + up to 20 digits + " bytes in all)"
+    if text.chars().nth(MAX_REASON_CHARS).is_none() {
+        return text.chars().map(map).collect();
+    }
+    let head: String = text.chars().take(MAX_REASON_CHARS - NOTE).map(map).collect();
+    format!("{head}… ({} bytes in all)", text.len())
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -597,9 +602,9 @@ pub async fn end_exchange(channel: &JobChannel, role: Role, end: JobEnd) -> Resu
         // The stream is closed for sending; the peer may have said why before it closed it (the
         // failed send reports an `Abort` left inbound; else one may still arrive).
         let why = match e {
-            ChannelError::Aborted(reason) => format!(": {}", bounded(reason)),
+            ChannelError::Aborted(reason) => format!(": {reason}"),
             _ => match tokio::time::timeout(std::time::Duration::from_secs(2), channel.recv_kind()).await {
-                Ok(Err(ChannelError::Aborted(reason))) => format!(": {}", bounded(reason)),
+                Ok(Err(ChannelError::Aborted(reason))) => format!(": {reason}"),
                 _ => String::new(),
             },
         };
@@ -608,7 +613,7 @@ pub async fn end_exchange(channel: &JobChannel, role: Role, end: JobEnd) -> Resu
     let peer_end = match tokio::time::timeout(ANSWER_TIMEOUT, channel.recv_kind()).await {
         Ok(Ok(Frame::End(end))) => end,
         Ok(Ok(other)) => bail!("the peer sent a {} frame instead of ending the job", kind_name(&other)),
-        Ok(Err(ChannelError::Aborted(reason))) => bail!("the peer failed at the end of the job: {}", bounded(reason)),
+        Ok(Err(ChannelError::Aborted(reason))) => bail!("the peer failed at the end of the job: {reason}"),
         Ok(Err(e)) => bail!("the peer did not end the job: {e}"),
         Err(_) => bail!("the peer did not end the job within {ANSWER_TIMEOUT:?}"),
     };
