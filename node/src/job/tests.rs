@@ -409,6 +409,27 @@ fn test_ask(id: &str) -> Ask {
     }
 }
 
+/// [`TestJob`] (failing with `fail`) through the envelope's accepted path over `channel`.
+async fn run_test_job(
+    state: &Arc<NodeState>,
+    handle: &Arc<super::JobHandle>,
+    ask: &Ask,
+    fail: bool,
+    channel: JobChannel,
+) -> Result<envelope::Stream, Failure> {
+    envelope::run_accepted(
+        state,
+        handle,
+        ask,
+        Box::new(TestJob { fail }),
+        channel,
+        None,
+        &WireCounters::default(),
+        consort_engine::JobLimits::default(),
+    )
+    .await
+}
+
 async fn test_handle(state: &NodeState, id: &str) -> Arc<super::JobHandle> {
     let status = proto::JobStatus { job_id: id.into(), state: JobState::Pending as i32, ..Default::default() };
     state.jobs.insert(status).await.unwrap().unwrap()
@@ -426,17 +447,7 @@ async fn a_peer_that_aborts_at_the_end_rolls_back_this_sides_output() {
         theirs.abort("could not write its output").await;
     });
     let ask = test_ask("jt1");
-    let result = envelope::run_accepted(
-        &t.a,
-        &handle,
-        &ask,
-        Box::new(TestJob { fail: false }),
-        mine,
-        None,
-        &WireCounters::default(),
-        consort_engine::JobLimits::default(),
-    )
-    .await;
+    let result = run_test_job(&t.a, &handle, &ask, false, mine).await;
     peer.await.unwrap();
     let Err(e) = result else { panic!("the job should fail") };
     assert!(format!("{:#}", e.local).contains("the peer failed at the end of the job: could not write"), "{e:?}");
@@ -459,17 +470,7 @@ async fn a_peers_output_path_is_cut_and_cleaned() {
         assert!(matches!(ours, Frame::End(_)), "{ours:?}");
         theirs.send_kind(Frame::End(proto::JobEnd { output_rows: 1, output: sent })).await.unwrap();
     });
-    let result = envelope::run_accepted(
-        &t.a,
-        &handle,
-        &test_ask("jt9"),
-        Box::new(TestJob { fail: false }),
-        mine,
-        None,
-        &WireCounters::default(),
-        consort_engine::JobLimits::default(),
-    )
-    .await;
+    let result = run_test_job(&t.a, &handle, &test_ask("jt9"), false, mine).await;
     peer.await.unwrap();
     assert!(result.is_ok(), "the job should succeed");
     let shown = handle.status().peer_output;
@@ -483,17 +484,7 @@ async fn a_failing_job_tells_the_peer_only_the_safe_reason() {
     let handle = test_handle(&t.a, "jt2").await;
     let (mine, theirs) = memory_pair(8);
     let ask = test_ask("jt2");
-    let result = envelope::run_accepted(
-        &t.a,
-        &handle,
-        &ask,
-        Box::new(TestJob { fail: true }),
-        mine,
-        None,
-        &WireCounters::default(),
-        consort_engine::JobLimits::default(),
-    )
-    .await;
+    let result = run_test_job(&t.a, &handle, &ask, true, mine).await;
     let Err(failure) = result else { panic!("the job should fail") };
     let local = format!("{:#}", failure.local);
     assert!(local.contains("secret.csv:7"), "the operator sees why: {local}");
