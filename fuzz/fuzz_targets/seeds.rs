@@ -37,6 +37,7 @@ fn write_seeds() {
         rr22_seeds(&root.join("rr22")).await;
         lr_seeds(&root.join("lr")).await;
         unbalanced_seeds(&root.join("unbalanced")).await;
+        sb_seeds(&root.join("sb")).await;
     });
     job_seeds(&root);
     csv_seeds(&root.join("csv_rows"));
@@ -182,6 +183,37 @@ async fn lr_seeds(dir: &Path) {
     write(dir, "options-3", &encode_script(3, &first(a.frames())));
 }
 
+/// The frames a real peer sends the party the `sb` target plays: training with either backend
+/// (kept trees or not) as A and as B, and the prediction exchange.
+async fn sb_seeds(dir: &Path) {
+    use consort_fuzz::sb::{HE, KEEP, PARTY_B, PREDICT, config, features, input, model, party};
+    use consort_protocols::mpc::secureboost::{predict, train};
+    for options in [0u8, PARTY_B, HE, HE | PARTY_B, KEEP, KEEP | PARTY_B] {
+        let (a, b) = memory_pair(64);
+        let a = Recording::new(a);
+        let theirs = options ^ PARTY_B;
+        let (ours_config, theirs_config) = (config(options), config(theirs));
+        let (x, y) = futures::join!(
+            train(&a, input(options), &ours_config, None),
+            train(&b, input(theirs), &theirs_config, None)
+        );
+        x.unwrap();
+        y.unwrap();
+        write(dir, &format!("options-{options}"), &encode_script(options, &first(a.frames())));
+    }
+    for options in [PREDICT, PREDICT | PARTY_B] {
+        let (ours, theirs) = (party(options), party(options ^ PARTY_B));
+        let (our_model, their_model) = (model(ours), model(theirs));
+        let (our_x, their_x) = (features(ours), features(theirs));
+        let (a, b) = memory_pair(64);
+        let a = Recording::new(a);
+        let (x, y) = futures::join!(predict(&a, ours, &our_model, &our_x), predict(&b, theirs, &their_model, &their_x));
+        x.unwrap();
+        y.unwrap();
+        write(dir, &format!("options-{options}"), &encode_script(options, &first(a.frames())));
+    }
+}
+
 fn job_seeds(root: &Path) {
     let train = consort_engine::lr::LrParams::default();
     let train_json = serde_json::to_string(&train).unwrap();
@@ -219,7 +251,8 @@ fn job_seeds(root: &Path) {
     let dir = root.join("sb_params");
     let sb = consort_engine::secureboost::SbParamsWire::default();
     write(&dir, "secureboost-responder", &with(0, &serde_json::to_string(&sb).unwrap()));
-    let request = consort_node::job::secureboost::SbTrainRequest { label: "y".into(), features: vec!["x1".into()], params: sb };
+    let request =
+        consort_node::job::secureboost::SbTrainRequest { label: "y".into(), features: vec!["x1".into()], params: sb };
     write(&dir, "secureboost-requester", &with(2, &serde_json::to_string(&request).unwrap()));
     write(&dir, "secureboost-score-responder", &with(1, r#"{"model_job":"j2","model_id":"00"}"#));
     write(&dir, "secureboost-score-requester", &with(3, r#"{"model":"/nonexistent/model.json"}"#));

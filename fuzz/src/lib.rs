@@ -214,3 +214,89 @@ pub mod unbalanced {
         })
     }
 }
+
+/// The SecureBoost fixture of the `sb` target and of its seeds: small binned inputs, a config per
+/// options byte, and a fixed model for the prediction exchange.
+pub mod sb {
+    use std::sync::{Arc, OnceLock};
+
+    use consort_protocols::he::{KeyPair, KeySize};
+    use consort_protocols::mpc::Party;
+    use consort_protocols::mpc::secureboost::{BinnedFeatures, Histograms, Node, SbConfig, SbInput, Split, Tree};
+    use rand::SeedableRng;
+
+    /// Aligned rows of both parties: rows 0..9 train, 9..12 holdout.
+    pub const ROWS: usize = 12;
+    /// Options: party B (else A).
+    pub const PARTY_B: u8 = 1;
+    /// Options: the `he` histograms (else `ot`).
+    pub const HE: u8 = 2;
+    /// Options: the prediction exchange (else training).
+    pub const PREDICT: u8 = 4;
+    /// Options: with `ot`, keep the one-hot trees expanded (the other kernel path).
+    pub const KEEP: u8 = 8;
+
+    pub fn party(options: u8) -> Party {
+        if options & PARTY_B != 0 { Party::B } else { Party::A }
+    }
+
+    /// Two trees of depth 2 over at most 4 bins, early stopping on; kept leaves with `KEEP`.
+    pub fn config(options: u8) -> SbConfig {
+        SbConfig {
+            trees: 2,
+            max_depth: 2,
+            max_bins: 4,
+            tolerance: 1e-9,
+            histograms: if options & HE != 0 { Histograms::He } else { Histograms::Ot },
+            kept_leaves_bytes: if options & KEEP != 0 { 1 << 20 } else { 0 },
+            ..SbConfig::default()
+        }
+    }
+
+    /// A's 2048-bit key, made once from a fixed seed (the fuzzer needs runs to repeat).
+    pub fn key() -> Arc<KeyPair> {
+        static KEY: OnceLock<Arc<KeyPair>> = OnceLock::new();
+        KEY.get_or_init(|| {
+            Arc::new(KeyPair::generate_sized(&mut rand::rngs::StdRng::seed_from_u64(7), KeySize::Bits2048))
+        })
+        .clone()
+    }
+
+    /// A party's binned features: A two columns of 4 bins and the labels, B two columns of 3 and 4.
+    pub fn features(party: Party) -> BinnedFeatures {
+        let bins: &[u32] = if party == Party::A { &[4, 4] } else { &[3, 4] };
+        let columns = bins
+            .iter()
+            .enumerate()
+            .map(|(f, &b)| (0..ROWS).map(|r| ((r * (f + 2) + f) % b as usize) as u8).collect())
+            .collect();
+        BinnedFeatures { rows: ROWS, columns, bins: bins.to_vec() }
+    }
+
+    pub fn input(options: u8) -> SbInput {
+        let party = party(options);
+        let a = party == Party::A;
+        SbInput {
+            party,
+            features: features(party),
+            labels: a.then(|| (0..ROWS).map(|r| u8::from(r % 3 == 0)).collect()),
+            train: (0..9).collect(),
+            holdout: (9..ROWS as u32).collect(),
+            key: (a && options & HE != 0).then(key),
+        }
+    }
+
+    /// One tree split on B's feature 0 at bin 1 (A's view: a peer split and two leaves; B's: its
+    /// split), and one split on A's own feature 1.
+    pub fn model(party: Party) -> Vec<Tree> {
+        let node = |id, split| Node { id, split, gain: 0.0 };
+        let leaf = |id, weight| node(id, Split::Leaf { weight });
+        match party {
+            Party::A => vec![
+                Tree { nodes: vec![node(0, Split::Peer { feature: 0, bin: 1 }), leaf(1, 0.5), leaf(2, -0.5)] },
+                Tree { nodes: vec![node(0, Split::Own { feature: 1, bin: 2 }), leaf(1, 0.25), leaf(2, -0.25)] },
+            ],
+            Party::B => vec![Tree { nodes: vec![node(0, Split::Own { feature: 0, bin: 1 })] }, Tree::default()],
+        }
+    }
+}
