@@ -240,23 +240,22 @@ impl NativeNode {
     }
 
     /// Follows a job until it reaches a final state; returns its status (JSON). `progress` is
-    /// called with `(stage, done, total)` when the status changes. Ctrl-C stops the wait (the
-    /// control API has no cancel: the job runs on in the node).
+    /// called with `(stage, done, total)` for each stage the node reported (a stage shorter than
+    /// one wake-up included: SecureBoost's trees can take milliseconds), and with the latest
+    /// `done`/`total` of the current stage at each wake-up. Ctrl-C stops the wait (the control
+    /// API has no cancel: the job runs on in the node).
     #[pyo3(signature = (job_id, progress=None))]
     fn wait(&self, py: Python<'_>, job_id: String, progress: Option<PyObject>) -> PyResult<String> {
         let client = self.client.clone();
-        let latest: Arc<Mutex<Option<JobStatus>>> = Arc::default();
-        let seen = latest.clone();
+        let pending: Arc<Mutex<Vec<Update>>> = Arc::default();
+        let seen = pending.clone();
         // Called at each wake-up and once at the end, so even a job shorter than one wake-up
         // reports its final state.
         let mut report = |py: Python<'_>| {
-            let update = latest.lock().unwrap_or_else(|p| p.into_inner()).take();
-            match (&progress, update) {
-                (Some(callback), Some(s)) => {
-                    let stage = if s.stage.is_empty() { s.job_state().to_string() } else { s.stage.clone() };
-                    callback.call1(py, (stage, s.done, s.total)).map(drop)
-                }
-                _ => Ok(()),
+            let updates = std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()));
+            match &progress {
+                Some(callback) => updates.into_iter().try_for_each(|u| callback.call1(py, u).map(drop)),
+                None => Ok(()),
             }
         };
         let status = block_on(
@@ -264,7 +263,18 @@ impl NativeNode {
             async move {
                 let status = client
                     .watch(&job_id, |s| {
-                        *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.clone());
+                        let stage = if s.stage.is_empty() { s.job_state().to_string() } else { s.stage.clone() };
+                        let mut pending = seen.lock().unwrap_or_else(|p| p.into_inner());
+                        match pending.last_mut() {
+                            // The same stage again: only its latest position is reported.
+                            Some(last) if last.0 == stage => *last = (stage, s.done, s.total),
+                            _ => {
+                                if pending.len() == MAX_PENDING_STAGES {
+                                    pending.remove(0);
+                                }
+                                pending.push((stage, s.done, s.total));
+                            }
+                        }
                     })
                     .await?;
                 Ok(to_json(&status))
@@ -329,6 +339,13 @@ fn model_kind(model: &str) -> Result<ModelKind, Failure> {
 fn bad_params(e: &dyn std::fmt::Display) -> Failure {
     Failure::Invalid(format!("train parameters: {e}"))
 }
+
+/// A progress report: stage, done, total.
+type Update = (String, u64, u64);
+
+/// Stages kept between two wake-ups of a wait (the oldest are dropped past it): a job does not
+/// change stage this often, the bound is against a runaway stream.
+const MAX_PENDING_STAGES: usize = 64;
 
 /// The engine's default hyper-parameters with the fields of `overrides` (a JSON object) replaced,
 /// validated as the CLI validates its flags. A split seed is drawn if none is given.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -83,6 +85,55 @@ def test_train_writes_a_model_and_reports_trees(pair, sb_datasets, trained):
     on_b = pair.b.job(result.job_id)
     assert on_b["role"] == "responder" and on_b["report"]["party"] == "B"
     assert (pair.b.dir / on_b["output"]).is_file()
+
+
+TREE_STAGE = re.compile(r"tree (\d+)/(\d+) holdout loss \d+\.\d{4}")
+
+
+def secureboost_stages(updates):
+    """The SecureBoost stages among progress updates, each checked against its position (a stage
+    is reported again at a wake-up when the job's status changed within it: counted once)."""
+    seen = []
+    for stage, done, total in updates:
+        if stage == "secureboost setup":
+            assert (done, total) == (0, TREES)
+            name = stage
+        elif stage.startswith("tree "):
+            m = TREE_STAGE.fullmatch(stage)
+            assert m, stage
+            assert (int(m.group(1)), int(m.group(2))) == (done, total) == (done, TREES), stage
+            name = f"tree {done}"
+        else:
+            continue
+        if not seen or seen[-1] != name:
+            seen.append(name)
+    return seen
+
+
+def test_progress_reports_setup_and_every_tree(pair, sb_datasets):
+    # Trees with `he` histograms take long enough (encryption) that no stage is coalesced away
+    # by the node's status stream; the wait reports every stage it streams.
+    _, partner, _ = sb_datasets
+    pair.b.add_dataset("sb_features_he", partner, key="id", grant="bank:secureboost")
+    updates = []
+    result = pair.a.train(
+        peer="partner", dataset="sb_loans", peer_dataset="sb_features_he", label="y", model="secureboost",
+        trees=TREES, max_depth=2, histograms="he", tolerance=0.0, seed=9,
+        progress=lambda stage, done, total: updates.append((stage, done, total)),
+    )
+    assert result.report["histograms"] == "he"
+    assert secureboost_stages(updates) == ["secureboost setup"] + [f"tree {i}" for i in range(1, TREES + 1)], [
+        u[0] for u in updates
+    ]
+    assert updates[-1][0] == "done"
+
+
+def test_progress_of_a_fast_job_is_well_formed(trained):
+    # With `ot` histograms 600 rows take milliseconds a tree: some stages may be coalesced, but
+    # whatever is reported is in order.
+    _, updates = trained
+    seen = secureboost_stages(updates)
+    assert seen == sorted(seen, key=lambda s: (s != "secureboost setup", s)), updates
 
 
 def test_score_with_the_model(pair, sb_datasets, trained):
