@@ -68,10 +68,13 @@ class Node:
     :class:`consort.NodeUnavailable` if no node answers there.
 
     Jobs submitted here have this node as the requester. Each job method waits for the job to
-    end, with a progress bar (tqdm, if installed) unless ``progress=False``; it raises
-    :class:`consort.JobRefused` or :class:`consort.JobFailed` with the node's message if the job
-    does not end ``done``. Ctrl-C stops the wait with ``KeyboardInterrupt``; the job itself runs on
-    in the node (the control API has no cancel) and ``node.job(id)`` follows it.
+    end, with a progress bar (tqdm, if installed) unless ``progress=False``; ``progress`` may
+    also be a callable, called with ``(stage, done, total)`` for each stage the node reports
+    (e.g. ``match``, ``secureboost setup``, ``tree 2/5 holdout loss 0.5739``) and as a stage's
+    ``done`` advances. It raises :class:`consort.JobRefused` or :class:`consort.JobFailed` with
+    the node's message if the job does not end ``done``. Ctrl-C stops the wait with
+    ``KeyboardInterrupt``; the job itself runs on in the node (the control API has no cancel) and
+    ``node.job(id)`` follows it.
     """
 
     def __init__(self, dir: PathLike):
