@@ -414,7 +414,11 @@ fn refuse_other_models(
             ModelKind::Lr => (key == sb).then_some(lr),
             ModelKind::Secureboost => (key == lr).then_some(sb),
         })
-        .map(|name| format!(" ({} takes `{name}`)", model_name(model)))
+        .map(|name| match name {
+            // Python cannot write `lambda=`: point at what it can write.
+            "lambda" => format!(" ({} takes `{SB_LAMBDA_ALIAS}`, the engine's `lambda`)", model_name(model)),
+            _ => format!(" ({} takes `{name}`)", model_name(model)),
+        })
         .unwrap_or_default();
     Err(Failure::Invalid(format!(
         "train parameters: `{key}` is a parameter of model=\"{}\", not of model=\"{}\"{instead}",

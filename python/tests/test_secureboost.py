@@ -177,8 +177,10 @@ def test_other_models_parameters_are_invalid(pair, sb_datasets):
     epochs = r'`epochs` is a parameter of model="lr", not of model="secureboost"'
     with pytest.raises(consort.InvalidArgument, match=epochs):
         pair.a.train(**train, model="secureboost", epochs=3)
-    with pytest.raises(consort.InvalidArgument, match="SecureBoost takes `lambda`"):
+    with pytest.raises(consort.InvalidArgument, match="SecureBoost takes `reg_lambda`, the engine's `lambda`"):
         pair.a.train(**train, model="secureboost", l2=0.1)
+    with pytest.raises(consort.InvalidArgument, match="logistic regression takes `split_seed`"):
+        pair.a.train(**train, seed=1)
     trees = r'`trees` is a parameter of model="secureboost", not of model="lr"'
     with pytest.raises(consort.InvalidArgument, match=trees):
         pair.a.train(**train, trees=3)
