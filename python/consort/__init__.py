@@ -1,5 +1,5 @@
-"""consort from Python: private set intersection, joint logistic regression and audit evidence,
-driven from pandas.
+"""consort from Python: private set intersection, joint models (logistic regression and
+SecureBoost gradient-boosted trees) and audit evidence, driven from pandas.
 
 - :class:`Node` — a client of a running node's control socket (``DIR/control.sock``): register
   datasets (files or DataFrames), run PSI, train and score jobs with a peer node, list jobs.

@@ -34,6 +34,7 @@ class NativeNode:
         label: str,
         features: List[str],
         protocol: str,
+        model: str,
         params: str,
         out: str,
     ) -> str: ...

@@ -24,15 +24,31 @@ Progress = Union[bool, Callable[[str, int, int], None]]
 DATASETS_DIR = "datasets"
 
 
+#: The job kind of each ``model`` of :meth:`Node.train`, as the node records it.
+_TRAIN_KINDS = {"lr": "train", "secureboost": "secureboost"}
+
+
 @dataclass
 class TrainResult:
-    """A finished train job: this node's model file, and the engine's report (holdout AUC, KS,
-    losses per epoch, features used)."""
+    """A finished train job: this node's model file, and the engine's report.
+
+    For logistic regression (``model="lr"``) the report has the holdout AUC and KS, the holdout
+    loss per epoch and the features used. For SecureBoost (``model="secureboost"``) it has
+    ``trees_run`` and ``trees_kept`` (fewer when early stopping dropped the last trees),
+    ``stopped_early``, ``holdout_loss`` (one per tree), ``auc``, ``ks``, ``holdout_rows``,
+    ``features`` and ``peer_features``, ``importance`` (a list of ``{"feature", "splits",
+    "gain"}``; the peer's features appear as ``peer:K``), ``model_id``, and timings per tree.
+    """
 
     job_id: str
     model: Path
     report: Dict[str, Any]
     status: Dict[str, Any] = field(repr=False)
+
+    @property
+    def model_kind(self) -> str:
+        """``"lr"`` or ``"secureboost"``."""
+        return "secureboost" if self.status.get("kind") == "secureboost" else "lr"
 
     @property
     def auc(self) -> Optional[float]:
@@ -52,10 +68,13 @@ class Node:
     :class:`consort.NodeUnavailable` if no node answers there.
 
     Jobs submitted here have this node as the requester. Each job method waits for the job to
-    end, with a progress bar (tqdm, if installed) unless ``progress=False``; it raises
-    :class:`consort.JobRefused` or :class:`consort.JobFailed` with the node's message if the job
-    does not end ``done``. Ctrl-C stops the wait with ``KeyboardInterrupt``; the job itself runs on
-    in the node (the control API has no cancel) and ``node.job(id)`` follows it.
+    end, with a progress bar (tqdm, if installed) unless ``progress=False``; ``progress`` may
+    also be a callable, called with ``(stage, done, total)`` for each stage the node reports
+    (e.g. ``match``, ``secureboost setup``, ``tree 2/5 holdout loss 0.5739``) and as a stage's
+    ``done`` advances. It raises :class:`consort.JobRefused` or :class:`consort.JobFailed` with
+    the node's message if the job does not end ``done``. Ctrl-C stops the wait with
+    ``KeyboardInterrupt``; the job itself runs on in the node (the control API has no cancel) and
+    ``node.job(id)`` follows it.
     """
 
     def __init__(self, dir: PathLike):
@@ -172,24 +191,42 @@ class Node:
         label: str,
         features: Sequence[str] = (),
         protocol: str = "ecdh",
+        model: str = "lr",
         out: Optional[PathLike] = None,
         progress: Progress = True,
         **params: Any,
     ) -> TrainResult:
-        """Trains a joint logistic regression: this node holds ``label`` (0/1) and its
-        ``features`` (default: every column but keys and label), the peer its own features.
+        """Trains a joint model: this node holds ``label`` (0/1) and its ``features`` (default:
+        every column but keys and label), the peer its own features.
 
-        ``params`` are the hyper-parameters of ``consort train`` (``epochs``, ``batch_size``,
-        ``learning_rate``, ``l2``, ``holdout``, ``tolerance``, ``feature_bits``,
-        ``feature_frac_bits``, ``split_seed``, ``sigmoid``, ``dealer``); unknown names raise
-        :class:`consort.InvalidArgument`. The model is written (sealed) to ``out``, default
-        ``DIR/outputs/model-DATASET-TIMESTAMP.json``.
+        ``model="lr"`` (default) is a joint logistic regression (a ``train`` job);
+        ``model="secureboost"`` gradient-boosted trees (a ``secureboost`` job, as
+        ``consort train --model secureboost``). The peer's dataset must grant this node the job
+        kind: ``train`` for LR, ``secureboost`` for SecureBoost (and ``score`` /
+        ``secureboost-score`` to score with the model).
+
+        ``params`` are the model's hyper-parameters, defaults the engine's:
+
+        - LR: ``epochs``, ``batch_size``, ``learning_rate``, ``l2``, ``holdout``, ``tolerance``,
+          ``feature_bits``, ``feature_frac_bits``, ``split_seed``, ``sigmoid``, ``dealer``.
+        - SecureBoost: ``trees``, ``max_depth``, ``learning_rate``, ``max_bins``, ``reg_lambda``
+          (the L2 penalty of leaf weights, the engine's ``lambda``: a Python keyword;
+          ``**{"lambda": 1.0}`` works too), ``gamma``, ``min_child_weight``, ``subsample``,
+          ``colsample``, ``tolerance``, ``holdout``, ``seed``, ``histograms`` (``"ot"`` or
+          ``"he"``).
+
+        The seed of the holdout split (``split_seed`` / ``seed``) is drawn at random unless
+        given. An unknown name, or the other model's parameter (``epochs`` with SecureBoost,
+        ``trees`` with LR), raises :class:`consort.InvalidArgument`, as does a value out of
+        bounds. The model is written (sealed) to ``out``, default
+        ``DIR/outputs/model-DATASET-TIMESTAMP.json``; the peer writes its half under its own node
+        directory.
         """
-        model = Path(os.fspath(out)) if out is not None else self._default_out(f"model-{dataset}", "json")
+        target = Path(os.fspath(out)) if out is not None else self._default_out(f"model-{dataset}", "json")
         job_id = self._native.submit_train(
-            peer, dataset, peer_dataset, label, list(features), protocol, json.dumps(params), os.fspath(model)
+            peer, dataset, peer_dataset, label, list(features), protocol, model, json.dumps(params), os.fspath(target)
         )
-        status = self._finish(job_id, progress, "train")
+        status = self._finish(job_id, progress, _TRAIN_KINDS.get(model, "train"))
         return TrainResult(job_id, Path(status["output"]), status.get("report") or {}, status)
 
     def score(
@@ -206,7 +243,12 @@ class Node:
         """Scores the aligned rows of ``dataset`` and the peer's ``peer_dataset`` with a model of
         a train job (this node's model file, or the :class:`TrainResult`). Returns the
         predictions (key columns and ``score``, the probability) as a DataFrame, or with ``out``
-        the path the node wrote them to (sealed)."""
+        the path the node wrote them to (sealed).
+
+        The job kind follows the model file, as ``consort score`` chooses it: a SecureBoost
+        model (read with the node's storage key) runs a ``secureboost-score`` job, which the
+        peer scores with its half of the same train job, on the dataset it was trained on; any
+        other file a logistic-regression ``score`` job."""
         model_path = model.model if isinstance(model, TrainResult) else Path(os.fspath(model))
         target = Path(os.fspath(out)) if out is not None else self._default_out(f"predictions-{dataset}", "csv")
         job_id = self._native.submit_score(
@@ -222,7 +264,8 @@ class Node:
         return json.loads(self._native.jobs())
 
     def job(self, job_id: str) -> Dict[str, Any]:
-        """One job's record (as ``consort job --json``; train and score jobs add ``report``)."""
+        """One job's record (as ``consort job --json``; train and score jobs, LR and SecureBoost,
+        add ``report``)."""
         return json.loads(self._native.job(job_id))
 
     def wait(self, job_id: str, progress: Progress = True) -> Dict[str, Any]:

@@ -5,17 +5,23 @@
 // The methods mirror the Python API's keyword arguments one for one.
 #![allow(clippy::too_many_arguments)]
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use clap::ValueEnum;
 
 use consort_api::proto::{JobStatus, SubmitRequest};
 use consort_api::vocab::Vocabulary;
 use consort_api::{JobKind, NodeClient};
 use consort_engine::lr::LrParams;
+use consort_engine::scorecard::CardParams;
+use consort_engine::secureboost::SbParamsWire;
 use consort_engine::{DatasetSpec, Normalization, PsiProtocol};
-use consort_node::cli::lr::{status_json, submit_request};
+use consort_node::cli::lr::{ModelKind, is_secureboost_model, status_json, submit_request};
 use consort_node::config::NodeConfig;
 use consort_node::job::score::ScoreRequest;
+use consort_node::job::secureboost::{SbScoreRequest, SbTrainRequest};
 use consort_node::job::train::TrainRequest;
 use consort_node::{at_rest, setup};
 use consort_protocols::Reveal;
@@ -164,10 +170,11 @@ impl NativeNode {
         self.submit(py, request)
     }
 
-    /// Submits a train job (this node holds the label). `params` is a JSON object of
-    /// hyper-parameters overriding the engine's defaults (the fields of the CLI's flags; unknown
-    /// ones are an error). Returns its id.
-    #[pyo3(signature = (peer, dataset, peer_dataset, label, features, protocol, params, out))]
+    /// Submits a train job (this node holds the label): `model` `lr` (a `train` job) or
+    /// `secureboost` (a `secureboost` job), as `consort train --model`. `params` is a JSON object
+    /// of hyper-parameters overriding the engine's defaults (the fields of that model's
+    /// parameters; unknown ones, and the other model's, are an error). Returns its id.
+    #[pyo3(signature = (peer, dataset, peer_dataset, label, features, protocol, model, params, out))]
     fn submit_train(
         &self,
         py: Python<'_>,
@@ -177,22 +184,34 @@ impl NativeNode {
         label: String,
         features: Vec<String>,
         protocol: String,
+        model: String,
         params: String,
         out: PathBuf,
     ) -> PyResult<String> {
         let request = (|| {
             let protocol: PsiProtocol = vocab(&protocol)?;
-            let params = lr_params(&params)?;
-            let train = TrainRequest { label, features, params };
+            let model = model_kind(&model)?;
             let out = absolute(&out)?;
-            submit_request(JobKind::Train, (&peer, &dataset, &peer_dataset), protocol, &train, &out)
-                .map_err(|e| Failure::Invalid(one_line(&e)))
+            let names = (&peer[..], &dataset[..], &peer_dataset[..]);
+            match model {
+                ModelKind::Lr => {
+                    let train = TrainRequest { label, features, params: lr_params(&params)? };
+                    submit_request(JobKind::Train, names, protocol, &train, &out)
+                }
+                ModelKind::Secureboost => {
+                    let train = SbTrainRequest { label, features, params: sb_params(&params)? };
+                    submit_request(JobKind::Secureboost, names, protocol, &train, &out)
+                }
+            }
+            .map_err(|e| Failure::Invalid(one_line(&e)))
         })()
         .map_err(|f: Failure| f.into_py_err(py))?;
         self.submit(py, request)
     }
 
-    /// Submits a score job with this node's model file from a train job; returns its id.
+    /// Submits a score job with this node's model file from a train job; returns its id. The
+    /// kind is chosen from the model file as `consort score` chooses it: `secureboost-score` for
+    /// a SecureBoost model (read with the node's storage key), else `score`.
     #[pyo3(signature = (peer, dataset, peer_dataset, model, protocol, out))]
     fn submit_score(
         &self,
@@ -206,33 +225,37 @@ impl NativeNode {
     ) -> PyResult<String> {
         let request = (|| {
             let protocol: PsiProtocol = vocab(&protocol)?;
-            let score = ScoreRequest { model: absolute(&model)? };
+            let model = absolute(&model)?;
             let out = absolute(&out)?;
-            submit_request(JobKind::Score, (&peer, &dataset, &peer_dataset), protocol, &score, &out)
-                .map_err(|e| Failure::Invalid(one_line(&e)))
+            let names = (&peer[..], &dataset[..], &peer_dataset[..]);
+            if is_secureboost_model(&self.dir, &model) {
+                submit_request(JobKind::SecureboostScore, names, protocol, &SbScoreRequest { model }, &out)
+            } else {
+                submit_request(JobKind::Score, names, protocol, &ScoreRequest { model }, &out)
+            }
+            .map_err(|e| Failure::Invalid(one_line(&e)))
         })()
         .map_err(|f: Failure| f.into_py_err(py))?;
         self.submit(py, request)
     }
 
     /// Follows a job until it reaches a final state; returns its status (JSON). `progress` is
-    /// called with `(stage, done, total)` when the status changes. Ctrl-C stops the wait (the
-    /// control API has no cancel: the job runs on in the node).
+    /// called with `(stage, done, total)` for each stage the node reported (a stage shorter than
+    /// one wake-up included: SecureBoost's trees can take milliseconds), and with the latest
+    /// `done`/`total` of the current stage at each wake-up. Ctrl-C stops the wait (the control
+    /// API has no cancel: the job runs on in the node).
     #[pyo3(signature = (job_id, progress=None))]
     fn wait(&self, py: Python<'_>, job_id: String, progress: Option<PyObject>) -> PyResult<String> {
         let client = self.client.clone();
-        let latest: Arc<Mutex<Option<JobStatus>>> = Arc::default();
-        let seen = latest.clone();
+        let pending: Arc<Mutex<Vec<Update>>> = Arc::default();
+        let seen = pending.clone();
         // Called at each wake-up and once at the end, so even a job shorter than one wake-up
         // reports its final state.
         let mut report = |py: Python<'_>| {
-            let update = latest.lock().unwrap_or_else(|p| p.into_inner()).take();
-            match (&progress, update) {
-                (Some(callback), Some(s)) => {
-                    let stage = if s.stage.is_empty() { s.job_state().to_string() } else { s.stage.clone() };
-                    callback.call1(py, (stage, s.done, s.total)).map(drop)
-                }
-                _ => Ok(()),
+            let updates = std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()));
+            match &progress {
+                Some(callback) => updates.into_iter().try_for_each(|u| callback.call1(py, u).map(drop)),
+                None => Ok(()),
             }
         };
         let status = block_on(
@@ -240,7 +263,18 @@ impl NativeNode {
             async move {
                 let status = client
                     .watch(&job_id, |s| {
-                        *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.clone());
+                        let stage = if s.stage.is_empty() { s.job_state().to_string() } else { s.stage.clone() };
+                        let mut pending = seen.lock().unwrap_or_else(|p| p.into_inner());
+                        match pending.last_mut() {
+                            // The same stage again: only its latest position is reported.
+                            Some(last) if last.0 == stage => *last = (stage, s.done, s.total),
+                            _ => {
+                                if pending.len() == MAX_PENDING_STAGES {
+                                    pending.remove(0);
+                                }
+                                pending.push((stage, s.done, s.total));
+                            }
+                        }
                     })
                     .await?;
                 Ok(to_json(&status))
@@ -294,19 +328,139 @@ impl NativeNode {
     }
 }
 
+/// `model` of `Node.train`: the names of `consort train --model`.
+fn model_kind(model: &str) -> Result<ModelKind, Failure> {
+    ModelKind::from_str(model, false).map_err(|_| {
+        let names: Vec<String> = ModelKind::value_variants().iter().map(|&m| cli_name(m)).collect();
+        Failure::Invalid(format!("unknown model (expected one of: {})", names.join(", ")))
+    })
+}
+
+fn bad_params(e: &dyn std::fmt::Display) -> Failure {
+    Failure::Invalid(format!("train parameters: {e}"))
+}
+
+/// A progress report: stage, done, total.
+type Update = (String, u64, u64);
+
+/// Stages kept between two wake-ups of a wait (the oldest are dropped past it): a job does not
+/// change stage this often, the bound is against a runaway stream.
+const MAX_PENDING_STAGES: usize = 64;
+
 /// The engine's default hyper-parameters with the fields of `overrides` (a JSON object) replaced,
 /// validated as the CLI validates its flags. A split seed is drawn if none is given.
 fn lr_params(overrides: &str) -> Result<LrParams, Failure> {
-    let bad = |e: &dyn std::fmt::Display| Failure::Invalid(format!("train parameters: {e}"));
-    let mut params =
-        serde_json::to_value(LrParams { split_seed: rand::random(), ..LrParams::default() }).map_err(|e| bad(&e))?;
-    let overrides: serde_json::Map<String, serde_json::Value> = serde_json::from_str(overrides).map_err(|e| bad(&e))?;
+    let overrides = parse_overrides(overrides)?;
+    refuse_other_models(&overrides, (ModelKind::Lr, &lr_names()), (ModelKind::Secureboost, &sb_names()))?;
+    let params: LrParams = merged(LrParams { split_seed: rand::random(), ..LrParams::default() }, overrides)?;
+    params.config().map_err(|e| bad_params(&e))?;
+    Ok(params)
+}
+
+/// SecureBoost's hyper-parameters as `consort train --model secureboost` takes them
+/// ([`SbParamsWire`]: its defaults, a random seed unless given) with the fields of `overrides`
+/// replaced, validated as the CLI validates them ([`SbParamsWire::config`], which the peer repeats).
+/// `reg_lambda` is taken for `lambda`, a Python keyword.
+fn sb_params(overrides: &str) -> Result<SbParamsWire, Failure> {
+    let mut overrides = parse_overrides(overrides)?;
+    refuse_other_models(&overrides, (ModelKind::Secureboost, &sb_names()), (ModelKind::Lr, &lr_names()))?;
+    if let Some(value) = overrides.remove(SB_LAMBDA_ALIAS) {
+        if overrides.contains_key("lambda") {
+            return Err(Failure::Invalid(format!(
+                "train parameters: `lambda` and `{SB_LAMBDA_ALIAS}` are the same parameter: pass one"
+            )));
+        }
+        overrides.insert("lambda".into(), value);
+    }
+    let params: SbParamsWire = merged(SbParamsWire { seed: rand::random(), ..SbParamsWire::default() }, overrides)?;
+    params.config().map_err(|e| bad_params(&e))?;
+    Ok(params)
+}
+
+/// What Python can pass for SecureBoost's `lambda` without `**{"lambda": ...}` (XGBoost's name).
+const SB_LAMBDA_ALIAS: &str = "reg_lambda";
+
+type Overrides = serde_json::Map<String, serde_json::Value>;
+
+fn parse_overrides(overrides: &str) -> Result<Overrides, Failure> {
+    serde_json::from_str(overrides).map_err(|e| bad_params(&e))
+}
+
+/// `defaults` with the fields of `overrides` replaced; an unknown field is an error (the
+/// parameters' `deny_unknown_fields`).
+fn merged<T: serde::Serialize + serde::de::DeserializeOwned>(defaults: T, overrides: Overrides) -> Result<T, Failure> {
+    let mut params = serde_json::to_value(defaults).map_err(|e| bad_params(&e))?;
     for (key, value) in overrides {
         params[key.as_str()] = value;
     }
-    let params: LrParams = serde_json::from_value(params).map_err(|e| bad(&e))?;
-    params.config().map_err(|e| bad(&e))?;
-    Ok(params)
+    serde_json::from_value(params).map_err(|e| bad_params(&e))
+}
+
+/// A parameter of the other model that this one does not take is refused naming both models,
+/// rather than as an unknown field.
+fn refuse_other_models(
+    overrides: &Overrides,
+    (model, own): (ModelKind, &BTreeSet<String>),
+    (other_model, other): (ModelKind, &BTreeSet<String>),
+) -> Result<(), Failure> {
+    // The two models' names for the same thing (LR's, SecureBoost's), to point at the right one.
+    const SAME: [(&str, &str); 2] = [("l2", "lambda"), ("split_seed", "seed")];
+    let Some(key) = overrides.keys().find(|k| !own.contains(*k) && other.contains(*k)) else {
+        return Ok(());
+    };
+    let instead = SAME
+        .iter()
+        .find_map(|&(lr, sb)| match model {
+            ModelKind::Lr => (key == sb).then_some(lr),
+            ModelKind::Secureboost => (key == lr).then_some(sb),
+        })
+        .map(|name| match name {
+            // Python cannot write `lambda=`: point at what it can write.
+            "lambda" => format!(" ({} takes `{SB_LAMBDA_ALIAS}`, the engine's `lambda`)", model_name(model)),
+            _ => format!(" ({} takes `{name}`)", model_name(model)),
+        })
+        .unwrap_or_default();
+    Err(Failure::Invalid(format!(
+        "train parameters: `{key}` is a parameter of model=\"{}\", not of model=\"{}\"{instead}",
+        cli_name(other_model),
+        cli_name(model)
+    )))
+}
+
+/// `lr` or `secureboost`, as `model` takes them.
+fn cli_name(model: ModelKind) -> String {
+    model.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
+}
+
+fn model_name(model: ModelKind) -> &'static str {
+    match model {
+        ModelKind::Lr => "logistic regression",
+        ModelKind::Secureboost => "SecureBoost",
+    }
+}
+
+/// The fields of a parameter struct, as its JSON object has them.
+fn field_names(params: impl serde::Serialize) -> BTreeSet<String> {
+    match serde_json::to_value(params) {
+        Ok(serde_json::Value::Object(fields)) => fields.into_iter().map(|(k, _)| k).collect(),
+        _ => BTreeSet::new(),
+    }
+}
+
+/// LR's parameter names, the optional ones (skipped when absent) included.
+fn lr_names() -> BTreeSet<String> {
+    field_names(LrParams {
+        dealer: Some(String::new()),
+        scorecard: Some(CardParams::new(600.0, 50.0, 20.0)),
+        ..LrParams::default()
+    })
+}
+
+/// SecureBoost's parameter names, and the alias of `lambda`.
+fn sb_names() -> BTreeSet<String> {
+    let mut names = field_names(SbParamsWire::default());
+    names.insert(SB_LAMBDA_ALIAS.into());
+    names
 }
 
 /// A registration that failed on the data (a row, a key, the header, reading the file) is a

@@ -130,6 +130,7 @@ def test_train_and_score(pair, lr_frames):
         peer="partner", dataset="loans", peer_dataset="features", label="y",
         epochs=5, batch_size=256, learning_rate=0.5, l2=0.0, holdout=0.25, split_seed=3, progress=False,
     )
+    assert result.model_kind == "lr" and pair.a.job(result.job_id)["kind"] == "train"
     assert result.report["features"] == 3 and result.report["peer_features"] == 3
     aligned = bank[bank["id"].isin(partner["id"])]
     truth = auc(aligned["y"].to_numpy(), logit.loc[aligned["id"]].to_numpy())

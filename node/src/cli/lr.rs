@@ -391,8 +391,9 @@ async fn train_secureboost(args: TrainArgs) -> Result<()> {
 
 /// Whether the model file declares the SecureBoost format (read with the node's storage key when
 /// sealed). A file this command cannot read goes to the node as an LR score job, whose error
-/// names what is wrong with it, as before SecureBoost existed.
-fn is_secureboost_model(dir: &Path, model: &Path) -> bool {
+/// names what is wrong with it, as before SecureBoost existed. Public for the Python package's
+/// `Node.score`, which picks the job kind the same way.
+pub fn is_secureboost_model(dir: &Path, model: &Path) -> bool {
     #[derive(serde::Deserialize)]
     struct Format {
         format: String,
