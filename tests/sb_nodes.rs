@@ -86,21 +86,28 @@ fn predictions(p: &Pair, out: &Path) -> HashMap<String, f64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn secureboost_train_then_score_matches_the_plaintext_mirror_he() {
-    train_then_score_matches_the_plaintext_mirror("he").await
+    train_then_score_matches_the_plaintext_mirror(params_in("he")).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn secureboost_train_then_score_matches_the_plaintext_mirror_ot() {
-    train_then_score_matches_the_plaintext_mirror("ot").await
+    train_then_score_matches_the_plaintext_mirror(params_in("ot")).await
 }
 
-async fn train_then_score_matches_the_plaintext_mirror(h: &str) {
+/// The privacy-enhanced mode through both nodes: the same checks (the mirror does not hide).
+#[tokio::test(flavor = "multi_thread")]
+async fn secureboost_train_then_score_matches_the_plaintext_mirror_hidden_partitions() {
+    train_then_score_matches_the_plaintext_mirror(SbParamsWire { hide_partitions: true, ..params_in("ot") }).await
+}
+
+async fn train_then_score_matches_the_plaintext_mirror(params: SbParamsWire) {
     // B lacks 150 of A's ids.
     let p = pair_with_data(1200, 150, "secureboost,secureboost-score", "secureboost,secureboost-score").await;
-    let status = run(&p.a_dir, train_request(&p, "y", params_in(h))).await.unwrap();
+    let status = run(&p.a_dir, train_request(&p, "y", params.clone())).await.unwrap();
     assert_eq!(status.job_state(), JobState::Done, "{}", status.error);
     let report: serde_json::Value = serde_json::from_str(&status.summary).unwrap();
-    assert_eq!(report["histograms"], h);
+    assert_eq!(report["histograms"], params.histograms.as_str());
+    assert_eq!(report["hide_partitions"], params.hide_partitions);
     assert_eq!((status.local_rows, status.peer_rows, status.intersection), (1200, 1050, 1050));
     let report: serde_json::Value = serde_json::from_str(&status.summary).unwrap();
     assert_eq!((report["features"].as_u64(), report["peer_features"].as_u64()), (Some(2), Some(3)));
@@ -122,7 +129,7 @@ async fn train_then_score_matches_the_plaintext_mirror(h: &str) {
     // The plaintext mirror: same keys, split, bins and hyper-parameters.
     let spec = |f: &str| DatasetSpec::new("x", p.root.join("data").join(f), &["id"]);
     let (da, db) = (Dataset::load(&spec("a.csv")).unwrap(), Dataset::load(&spec("b.csv")).unwrap());
-    let cmp = plaintext_comparison(&da, &db, &ma, &mb, &params_in(h)).await.unwrap();
+    let cmp = plaintext_comparison(&da, &db, &ma, &mb, &params).await.unwrap();
     assert!(cmp.same_bins);
     assert_eq!((cmp.aligned_rows, cmp.holdout_rows), (1050, report["holdout_rows"].as_u64().unwrap()));
     assert!(cmp.max_prediction_diff < 1e-9, "{}", cmp.max_prediction_diff);

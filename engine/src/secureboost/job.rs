@@ -53,6 +53,10 @@ pub struct SbParamsWire {
     /// absent in requests from nodes that predate the choice, which used `he`.
     #[serde(default = "he_name")]
     pub histograms: String,
+    /// The privacy-enhanced mode: A never sends B its partitions ([`SbConfig::hide_partitions`];
+    /// `ot` only). Absent when off, so standard requests and job files are as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hide_partitions: bool,
 }
 
 fn he_name() -> String {
@@ -76,6 +80,7 @@ impl Default for SbParamsWire {
             holdout: 0.2,
             seed: 0,
             histograms: c.histograms.name().into(),
+            hide_partitions: c.hide_partitions,
         }
     }
 }
@@ -101,6 +106,7 @@ impl SbParamsWire {
             seed: self.seed,
             histograms: Histograms::parse(&self.histograms)
                 .ok_or_else(|| DataError::Invalid("histograms must be he or ot".into()))?,
+            hide_partitions: self.hide_partitions,
             ..SbConfig::default()
         };
         c.validate().map_err(|e| DataError::Invalid(e.to_string()))?;
@@ -156,6 +162,9 @@ pub struct SbTrainReport {
     pub he_seconds: [f64; 3],
     /// The histogram backend (`he` or `ot`).
     pub histograms: String,
+    /// Whether A's partitions were hidden from B (the privacy-enhanced mode).
+    #[serde(default)]
+    pub hide_partitions: bool,
     /// `ot`: seconds of the one-time setup of the kept correlations and of the per-node histogram
     /// exchanges (computing and waiting).
     pub ot_seconds: [f64; 2],
@@ -298,6 +307,7 @@ pub async fn run_sb_train<C: Channel>(
         stages: stages.into_vec(),
         he_seconds: [t.encrypt, t.histograms, t.decrypt],
         histograms: config.histograms.name().into(),
+        hide_partitions: config.hide_partitions,
         ot_seconds: [t.setup, t.histograms],
         setup_seconds: out.setup.seconds,
         setup_bytes: [out.setup.bytes_sent, out.setup.bytes_received],

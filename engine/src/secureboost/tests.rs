@@ -131,3 +131,18 @@ async fn damaged_model_files_are_refused() {
     // Scoring refuses rows without the model's features.
     assert!(t.models[0].bin(&t.columns[0][..1], 300).is_err());
 }
+
+/// The privacy-enhanced mode's wire parameter: absent when off (standard requests are as
+/// before), read back when on, and refused with the `he` histograms.
+#[test]
+fn hidden_partitions_parameter() {
+    let standard = SbParamsWire::default();
+    let text = serde_json::to_string(&standard).unwrap();
+    assert!(!text.contains("hide_partitions"), "{text}");
+    assert!(!standard.config().unwrap().hide_partitions);
+    let hidden = SbParamsWire { hide_partitions: true, ..SbParamsWire::default() };
+    let back: SbParamsWire = serde_json::from_str(&serde_json::to_string(&hidden).unwrap()).unwrap();
+    assert!(back.config().unwrap().hide_partitions);
+    let he = SbParamsWire { histograms: "he".into(), ..hidden };
+    assert!(he.config().unwrap_err().to_string().contains("ot histograms"));
+}

@@ -162,6 +162,12 @@ pub struct SbArgs {
     #[arg(long, value_parser = ["he", "ot"])]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub histograms: Option<String>,
+    /// SecureBoost: the privacy-enhanced mode: this node never sends the peer the partitions of
+    /// its own splits, so the peer learns no node's rows beyond its own splits' (needs `ot`;
+    /// each histogram then costs the peer's view of the node's rows: slower, docs/security.md).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hide_partitions: bool,
 }
 
 impl SbArgs {
@@ -175,6 +181,7 @@ impl SbArgs {
             || self.subsample.is_some()
             || self.colsample.is_some()
             || self.histograms.is_some()
+            || self.hide_partitions
     }
 }
 
@@ -196,6 +203,7 @@ pub fn sb_params(hyper: &HyperArgs, t: &SbArgs) -> SbParamsWire {
         holdout: hyper.holdout,
         seed: hyper.seed.unwrap_or_else(rand::random),
         histograms: t.histograms.clone().unwrap_or(d.histograms),
+        hide_partitions: t.hide_partitions,
     }
 }
 
@@ -531,6 +539,9 @@ fn sb_lines(r: &serde_json::Value, s: &JobStatus, lines: &mut Vec<String>) {
         if r["stopped_early"] == true { " (stopped early)" } else { "" },
         r["model_id"].as_str().unwrap_or("?")
     ));
+    if r["hide_partitions"] == true {
+        lines.push("  partitions hidden: the passive party learned no node's rows beyond its own splits'".into());
+    }
     if let Some(losses) = r["holdout_loss"].as_array().filter(|l| !l.is_empty()) {
         let l: Vec<String> = losses.iter().filter_map(|v| v.as_f64()).map(|v| format!("{v:.4}")).collect();
         lines.push(format!("  holdout loss per tree: {}", l.join(" ")));

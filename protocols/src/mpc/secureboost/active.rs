@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::binning::BinnedFeatures;
 use super::ot_hist::{self, ColumnLayout};
-use super::setup::{LevelNode, histogram_plan, may_split, partition, routed_rows};
+use super::setup::{LevelNode, candidates, child_views, histogram_plan, may_split, partition, restrict, routed_rows};
 use super::split::{
     Layout, best_split, gradient, histogram, leaf_weight, log_loss, pack, sample_features, sample_rows, subtract,
     unpack,
@@ -172,7 +172,8 @@ async fn grow_tree<C: Channel>(
 
     let mut nodes = Vec::new();
     let mut leaves: Vec<(u32, Vec<u32>)> = Vec::new();
-    let mut level = vec![LevelNode { id: 0, rows: sample }];
+    let known = ctx.config.hide_partitions.then(|| Arc::new(sample.clone()));
+    let mut level = vec![LevelNode { id: 0, rows: sample, known }];
     let mut parent_hists: HashMap<u32, Hist> = HashMap::new();
     for depth in 0..=ctx.config.max_depth {
         if level.is_empty() {
@@ -281,8 +282,9 @@ async fn ot_histograms<C: Channel>(
     let send = async {
         let mut own = Vec::with_capacity(plan.len());
         for &(computed, _) in &plan {
-            let (at, rows) = ot_hist::positions(&ot.pos, &level[computed].rows);
-            let y: [Vec<u64>; 2] = [0, 1].map(|k| rows.iter().map(|&r| gh[r as usize][k] as u64).collect());
+            let node = &level[computed];
+            let (at, rows) = ot_hist::positions(&ot.pos, node.view());
+            let y = node_values(gh, &rows, node.known.as_ref().map(|_| node.rows.as_slice()));
             let (store, id) = (ot.store.clone(), level[computed].id);
             let computing = Instant::now();
             let (msgs, shares) = cpu::run(move || ot_hist::sender_node(&store, t, id, at, y)).await?;
@@ -318,6 +320,24 @@ async fn ot_histograms<C: Channel>(
     Ok(out)
 }
 
+/// The (g, h) the backward use of a node carries for each of `rows` (ascending): each row's own,
+/// or, when partitions are hidden (`rows` is B's superset of the node), 0 for the rows outside
+/// the node's `members` (ascending), so that B's sums over the superset are the node's.
+fn node_values(gh: &[[i64; 2]], rows: &[u32], members: Option<&[u32]>) -> [Vec<u64>; 2] {
+    let Some(members) = members else {
+        return [0, 1].map(|k| rows.iter().map(|&r| gh[r as usize][k] as u64).collect());
+    };
+    let mut out = [Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len())];
+    let mut next = members.iter().peekable();
+    for &r in rows {
+        let member = next.next_if_eq(&&r).is_some();
+        for (k, v) in out.iter_mut().enumerate() {
+            v.push(if member { gh[r as usize][k] as u64 } else { 0 });
+        }
+    }
+    out
+}
+
 fn decrypt_histogram(key: &KeyPair, bytes: &[u8]) -> Result<Hist, MpcError> {
     let w = key.public.ciphertext_bytes();
     bytes
@@ -344,8 +364,12 @@ async fn split_level<C: Channel>(
     let mut own_bits = Vec::new();
     // (index in the level, decision, A's own (feature, bin) when A splits)
     let mut chosen: Vec<Chosen> = Vec::new();
-    for (i, node) in level.iter().enumerate() {
+    for i in candidates(&level, depth, ctx.config) {
+        let node = &level[i];
         if !may_split(node, depth, ctx.config) {
+            // Hidden partitions only: B expects a decision for every node it cannot count.
+            decisions.push(Decision::Leaf);
+            chosen.push((i, Decision::Leaf, None));
             continue;
         }
         let total = node.rows.iter().fold([0, 0], |a, &r| [a[0] + gh[r as usize][0], a[1] + gh[r as usize][1]]);
@@ -377,12 +401,14 @@ async fn split_level<C: Channel>(
     }
     if !decisions.is_empty() {
         send_bytes(ctx.channel, &encode_decisions(&decisions)).await?;
-        send_bytes(ctx.channel, &own_bits).await?;
+        if !ctx.config.hide_partitions {
+            send_bytes(ctx.channel, &own_bits).await?;
+        }
     }
     let peer_len: usize = chosen
         .iter()
         .filter(|c| matches!(c.1, Decision::SplitB { .. }))
-        .map(|c| level[c.0].rows.len().div_ceil(8))
+        .map(|c| level[c.0].view().len().div_ceil(8))
         .sum();
     let peer_bits = if peer_len > 0 { recv_bytes(ctx.channel, peer_len).await? } else { Vec::new() };
     next_level(ctx, gh, level, &chosen, &peer_bits, &mut peer_hists, leaves)
@@ -406,6 +432,8 @@ fn next_level<C>(
     }
     let (mut next, mut kept, mut at) = (Vec::new(), HashMap::new(), 0usize);
     for (i, node) in level.into_iter().enumerate() {
+        // B's partition of its view of the node (B's splits only).
+        let mut peer_view_bits = None;
         let left: Vec<bool> = match decision_of[i] {
             None | Some((Decision::Leaf, _)) => {
                 leaves.push((node.id, node.rows));
@@ -417,9 +445,14 @@ fn next_level<C>(
                 node.rows.iter().map(|&r| col[r as usize] <= b).collect()
             }
             Some((Decision::SplitB { feature, bin }, _)) => {
-                let len = node.rows.len().div_ceil(8);
-                let bits = unpack_bits(&peer_bits[at..at + len], node.rows.len())?;
+                let view = node.view();
+                let len = view.len().div_ceil(8);
+                let bits = unpack_bits(&peer_bits[at..at + len], view.len())?;
                 at += len;
+                let bits = match &node.known {
+                    Some(_) => restrict(view, peer_view_bits.insert(bits), &node.rows)?,
+                    None => bits,
+                };
                 let hist = peer_hists[i].as_ref().expect("kept");
                 check_partition(gh, &node.rows, &bits, &hist[ctx.peer.range(feature as usize)], bin)?;
                 bits
@@ -429,8 +462,15 @@ fn next_level<C>(
         if let Some(h) = peer_hists[i].take() {
             kept.insert(node.id, h);
         }
-        next.push(LevelNode { id: 2 * node.id + 1, rows: l });
-        next.push(LevelNode { id: 2 * node.id + 2, rows: r });
+        let (kl, kr) = match &node.known {
+            Some(known) => {
+                let (kl, kr) = child_views(known, peer_view_bits.as_deref());
+                (Some(kl), Some(kr))
+            }
+            None => (None, None),
+        };
+        next.push(LevelNode { id: 2 * node.id + 1, rows: l, known: kl });
+        next.push(LevelNode { id: 2 * node.id + 2, rows: r, known: kr });
     }
     Ok((next, kept))
 }

@@ -70,6 +70,10 @@ pub struct SbConfig {
     pub min_key_bits: u32,
     /// How B's histograms are computed (agreed).
     pub histograms: Histograms,
+    /// The privacy-enhanced mode (agreed; `ot` only): A never sends B its partitions, so B learns
+    /// the instance sets only of the nodes whose every ancestor split is B's own (module docs).
+    /// Each histogram then costs a use over B's superset of the node's rows instead of the rows.
+    pub hide_partitions: bool,
     /// This party's memory budget (bytes) for one-hot trees kept expanded across the job with
     /// the `ot` backend ([`crate::mpc::ot_mul::onehot::OneHotSender::keep_leaves`]: 33 · 16
     /// bytes per (training row, B feature) at 33 bins; B's features from the first while they
@@ -94,6 +98,7 @@ impl Default for SbConfig {
             max_bins: 33,
             min_key_bits: 2048,
             histograms: Histograms::default(),
+            hide_partitions: false,
             kept_leaves_bytes: 0,
         }
     }
@@ -132,6 +137,9 @@ impl SbConfig {
         if ![2048, 3072].contains(&self.min_key_bits) {
             return bad("min key bits must be 2048 or 3072");
         }
+        if self.hide_partitions && self.histograms != Histograms::Ot {
+            return bad("hiding partitions needs the ot histograms");
+        }
         Ok(())
     }
 
@@ -152,5 +160,9 @@ impl SbConfig {
         }
         h.update(self.seed.to_le_bytes());
         h.update([self.histograms as u8]);
+        // Absent in the standard mode, so its digest is the one of nodes that predate the mode.
+        if self.hide_partitions {
+            h.update(b"hide-partitions");
+        }
     }
 }

@@ -71,6 +71,21 @@
 //! feature); per tree 16 bytes per (row of a computed node, B feature) A → B, 16 bytes per
 //! (computed node, B cell) B → A.
 //!
+//! ## Hidden partitions (`hide_partitions`, the privacy-enhanced mode; `ot` only)
+//!
+//! In the standard mode B knows every node's rows, because A sends the partition of each of its
+//! splits (step 3). With `hide_partitions` (agreed, in the digest) A never sends them. B's view of
+//! a node is then the rows of its nearest ancestor reached through B's own splits only: the sample
+//! at the root; both children of A's split keep their parent's view; B's split divides its view
+//! by B's threshold (B sends that partition of its view, which A restricts to the node's rows and
+//! checks against the histogram as before). Each computed node's backward use runs over B's view,
+//! A putting g = h = 0 in place of the rows outside the node — masked like every other word, so B
+//! cannot tell them apart — and the sums are the node's. Without row counts B cannot plan by size,
+//! so the computed child of each pair is the left one, and A sends a decision for every node above
+//! the maximum depth (a leaf for one with fewer than two rows). The trees, messages' meaning and
+//! A's view are unchanged; the cost: a use costs B's view instead of the node's rows (at depth 5
+//! with only A's splits, 16 uses over the whole sample per tree instead of about 2).
+//!
 //! Prediction ([`predict`]): B sends, per split node of its own, the direction of every row; A
 //! walks the trees and adds the leaf weights.
 //!
@@ -78,15 +93,18 @@
 //!
 //! - Both: the row count, the training and holdout rows, the hyper-parameters, the other's feature
 //!   count and bins per feature, every tree's shape (which nodes split, and which party's split
-//!   each is) and the instance set of every node: B computes histograms for nodes split by A, so
-//!   A's partitions are revealed to B, as in the original SecureBoost (SGB's privacy-enhanced
-//!   mode, which hides them, is not built).
+//!   each is) and, in the standard mode, the instance set of every node: B computes histograms
+//!   for nodes split by A, so A's partitions are revealed to B, as in the original SecureBoost.
+//!   With hidden partitions B learns no node's instance set beyond its own view (the sample split
+//!   by its own thresholds) — A's partitions, node sizes and which rows reach which leaf stay A's;
+//!   B still learns every decision (leaf, A's split, its own split with feature and bin), so the
+//!   tree's shape and that a node is a leaf (no gain, or fewer than two rows).
 //! - A: for every node, B's per-(feature, bin) sums of g and h (the decrypted histograms — for a
 //!   bin with few rows, A can sometimes tell which of its rows they are by their gradients, a
 //!   known SecureBoost leakage); which of B's (feature, bin) splits are chosen, the partitions
 //!   they induce, and the direction of B's splits for unsampled and holdout rows (and, in
 //!   prediction, for the rows scored). Not B's feature values or thresholds.
-//! - B: the instance sets above, its own chosen splits, the number of trees and the early-stopping
+//! - B: the instance sets above (its views with hidden partitions), its own chosen splits, the number of trees and the early-stopping
 //!   flags. Nothing about labels, gradients, margins or leaf weights: with `he` it sees only OU
 //!   ciphertexts under A's key (IND-CPA, [`crate::he`]); with `ot` only the backward messages,
 //!   each word masked by a TCCR pad under a tweak used once (the use id, row, feature), which B

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::binning::BinnedFeatures;
 use super::ot_hist::{self, ColumnLayout};
-use super::setup::{LevelNode, histogram_plan, may_split, partition, routed_rows};
+use super::setup::{LevelNode, candidates, child_views, histogram_plan, partition, routed_rows};
 use super::split::sample_features;
 use super::stats::PhaseStats;
 use super::wire::{Decision, decode_decisions, pack_bits, unpack_bits};
@@ -137,14 +137,18 @@ async fn grow_tree<C: Channel>(ctx: &mut Ctx<'_, C>, input: &SbInput) -> Result<
         None => None,
     };
     let mut nodes = Vec::new();
-    let mut level = vec![LevelNode { id: 0, rows: sample.clone() }];
+    // With hidden partitions B never has a node's rows, only its view of them.
+    let mut level = vec![match ctx.config.hide_partitions {
+        true => LevelNode::hidden(0, Arc::new(sample.clone())),
+        false => LevelNode::new(0, sample.clone()),
+    }];
     for depth in 0..=ctx.config.max_depth {
         if level.is_empty() {
             break;
         }
         for (computed, _) in histogram_plan(&level, depth, ctx.config) {
             let started = Instant::now();
-            let (x, rows, feats) = (ctx.x.clone(), level[computed].rows.clone(), ctx.feats.clone());
+            let (x, rows, feats) = (ctx.x.clone(), level[computed].view().to_vec(), ctx.feats.clone());
             match (&he, &ctx.ot) {
                 (Some((key, cts, slot)), _) => {
                     let (key, cts, slot) = (key.clone(), cts.clone(), slot.clone());
@@ -281,38 +285,42 @@ async fn split_level<C: Channel>(
     depth: u32,
     nodes: &mut Vec<Node>,
 ) -> Result<Vec<LevelNode>, MpcError> {
-    let candidates: Vec<usize> = (0..level.len()).filter(|&i| may_split(&level[i], depth, ctx.config)).collect();
+    let candidates = candidates(&level, depth, ctx.config);
     if candidates.is_empty() {
         return Ok(Vec::new());
     }
     let decisions =
         decode_decisions(&recv_bytes(ctx.channel, candidates.len() * 6).await?, candidates.len(), &ctx.x.bins)?;
+    let hidden = ctx.config.hide_partitions;
     let a_len: usize = candidates
         .iter()
         .zip(&decisions)
         .filter(|x| *x.1 == Decision::SplitA)
         .map(|x| level[*x.0].rows.len().div_ceil(8))
         .sum();
-    let a_bits = recv_bytes(ctx.channel, a_len).await?;
+    // With hidden partitions A sends none (and B's rows are empty: a_len is 0).
+    let a_bits = if hidden { Vec::new() } else { recv_bytes(ctx.channel, a_len).await? };
     let mut own_bits = Vec::new();
-    let mut lefts: Vec<Option<Vec<bool>>> = vec![None; level.len()];
+    // Per node: split or not, and the flags of its rows (None for A's split with hidden partitions).
+    let mut lefts: Vec<Option<Option<Vec<bool>>>> = vec![None; level.len()];
     let mut at = 0;
     for (&i, &d) in candidates.iter().zip(&decisions) {
-        let rows = &level[i].rows;
+        let rows = level[i].view();
         lefts[i] = match d {
             Decision::Leaf => None,
+            Decision::SplitA if hidden => Some(None),
             Decision::SplitA => {
                 let len = rows.len().div_ceil(8);
                 let bits = unpack_bits(&a_bits[at..at + len], rows.len())?;
                 at += len;
-                Some(bits)
+                Some(Some(bits))
             }
             Decision::SplitB { feature, bin } => {
                 let col = &ctx.x.columns[feature as usize];
                 let bits: Vec<bool> = rows.iter().map(|&r| col[r as usize] <= bin).collect();
                 own_bits.extend(pack_bits(bits.iter().copied()));
                 nodes.push(Node { id: level[i].id, split: Split::Own { feature, bin }, gain: 0.0 });
-                Some(bits)
+                Some(Some(bits))
             }
         };
     }
@@ -323,10 +331,18 @@ async fn split_level<C: Channel>(
     }
     let mut next = Vec::new();
     for (node, left) in level.into_iter().zip(lefts) {
-        if let Some(left) = left {
-            let (l, r) = partition(&node.rows, &left);
-            next.push(LevelNode { id: 2 * node.id + 1, rows: l });
-            next.push(LevelNode { id: 2 * node.id + 2, rows: r });
+        let Some(left) = left else { continue };
+        let (l, r) = (2 * node.id + 1, 2 * node.id + 2);
+        match (&node.known, left) {
+            (Some(known), left) => {
+                let (kl, kr) = child_views(known, left.as_deref());
+                next.extend([LevelNode::hidden(l, kl), LevelNode::hidden(r, kr)]);
+            }
+            (None, Some(left)) => {
+                let (rl, rr) = partition(&node.rows, &left);
+                next.extend([LevelNode::new(l, rl), LevelNode::new(r, rr)]);
+            }
+            (None, None) => unreachable!("A's partition comes unless partitions are hidden"),
         }
     }
     Ok(next)

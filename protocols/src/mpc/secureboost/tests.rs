@@ -7,6 +7,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use super::plain::{self, PlainNode};
+use super::wire::pack_bits;
 use super::*;
 use crate::channel::{Channel, ChannelError, MemoryChannel, memory_pair};
 use crate::he::{Encryptor, test_key, test_key_2048};
@@ -940,4 +941,106 @@ async fn picked_row_backward_products_equal_plaintext_bin_sums() {
         let msg = vec![0u64; bad.len() * bins.len()];
         assert!(c.session_rows(10, bad.clone().into()).backward(&msg).is_err(), "{bad:?}");
     }
+}
+
+// ---- hidden partitions (the privacy-enhanced mode) ----
+
+fn hidden(config: SbConfig) -> SbConfig {
+    SbConfig { hide_partitions: true, ..config }
+}
+
+/// With hidden partitions the trees, losses and predictions are still the reference's: with row
+/// and column sampling, kept trees or not, early stopping, and the edge cases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hidden_partitions_give_the_reference_trees() {
+    let d = data(400, &[1.5, -1.0, 0.0], &[2.0, 0.0, -1.5, 0.5], 0.05, 1);
+    let (train_rows, holdout) = split_rows(400, 60);
+    let base = hidden(SbConfig { trees: 3, max_depth: 3, max_bins: 9, ..mode(Histograms::Ot) });
+    let configs = [
+        SbConfig { subsample: 0.8, seed: 9, ..base.clone() },
+        SbConfig { colsample: 0.5, seed: 10, kept_leaves_bytes: u64::MAX, ..base.clone() },
+        SbConfig { max_depth: 5, min_child_weight: 0.0, lambda: 0.1, ..base.clone() },
+    ];
+    for config in configs {
+        let (a, b) = inputs(&d, &train_rows, &holdout, &config);
+        let run = run_with(a, b, &config, None, None).await;
+        let (a_splits, b_splits) = check_against_plain(&run, &d, &train_rows, &holdout, &config);
+        assert!(a_splits > 0 && b_splits > 0, "both parties' features split ({a_splits}, {b_splits})");
+        check_phase_stats(&run);
+        check_prediction(&run, &d, &config, &train_rows, &holdout).await;
+    }
+    let edge = hidden(SbConfig { trees: 2, max_depth: 3, max_bins: 5, ..mode(Histograms::Ot) });
+    // (rows, A's weights, B's weights, missing share, config)
+    let cases: Vec<(usize, Vec<f64>, Vec<f64>, f64, SbConfig)> = vec![
+        (1, vec![1.0], vec![1.0], 0.0, edge.clone()),
+        (120, vec![1.0, 1.0], vec![2.0], 0.0, SbConfig { max_depth: 1, ..edge.clone() }),
+        (150, vec![1.0, 1.0], vec![2.0, -2.0], 0.4, edge.clone()),
+        (100, vec![2.0, -1.0], vec![], 0.0, edge.clone()),
+        (150, vec![2.0], vec![2.0], 0.0, SbConfig { min_child_weight: 5.0, gamma: 0.5, lambda: 3.0, ..edge.clone() }),
+        (
+            300,
+            vec![1.0],
+            vec![1.0],
+            0.0,
+            SbConfig { trees: 6, max_depth: 4, learning_rate: 1.0, lambda: 0.0, tolerance: 0.05, ..edge.clone() },
+        ),
+    ];
+    for (n, wa, wb, missing, config) in cases {
+        let d = data(n, &wa, &wb, missing, 2);
+        let (train_rows, holdout) = split_rows(n, n / 5);
+        let (a, b) = inputs(&d, &train_rows, &holdout, &config);
+        let run = run_with(a, b, &config, None, None).await;
+        check_against_plain(&run, &d, &train_rows, &holdout, &config);
+        check_prediction(&run, &d, &config, &train_rows, &holdout).await;
+    }
+}
+
+/// A splits the root on its own feature: in the standard mode B receives that partition of the
+/// sample (a frame of its bits), with hidden partitions no frame A sends holds it, and A sends
+/// one frame fewer per level it decides on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hidden_partitions_send_b_none_of_as_partitions() {
+    let d = data(200, &[3.0], &[0.5], 0.0, 7);
+    let (train_rows, holdout) = split_rows(200, 40);
+    let mut frames = Vec::new();
+    for hide in [false, true] {
+        let config = SbConfig { trees: 1, max_depth: 2, max_bins: 9, hide_partitions: hide, ..mode(Histograms::Ot) };
+        let (a, b) = inputs(&d, &train_rows, &holdout, &config);
+        let xa = a.features.clone();
+        let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Bytes>::new()));
+        let keep = sent.clone();
+        let record: TamperFn = Box::new(move |_, f| {
+            keep.lock().unwrap().push(f.clone());
+            None
+        });
+        let run = run_with(a, b, &config, Some(record), None).await;
+        check_against_plain(&run, &d, &train_rows, &holdout, &config);
+        let root = run.a.as_ref().unwrap().trees[0].nodes[0];
+        let Split::Own { feature, bin } = root.split else { panic!("A splits the root: {root:?}") };
+        let root_bits = pack_bits(train_rows.iter().map(|&r| xa.columns[feature as usize][r as usize] <= bin));
+        let sent = sent.lock().unwrap().clone();
+        let found = sent.iter().any(|f| f[..] == root_bits[..]);
+        assert_eq!(found, !hide, "hide {hide}: A's root partition on the wire");
+        frames.push(sent.len());
+    }
+    assert!(frames[1] < frames[0], "frames A sends: {frames:?}");
+}
+
+/// With hidden partitions, B's partition of its view is still checked against its histogram.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hidden_partitions_still_check_bs_partition() {
+    let d = data(120, &[0.0], &[3.0], 0.0, 6);
+    let (train_rows, holdout) = split_rows(120, 16);
+    let config = hidden(SbConfig { trees: 1, max_depth: 2, max_bins: 9, ..mode(Histograms::Ot) });
+    let (a, b) = inputs(&d, &train_rows, &holdout, &config);
+    let tamper: TamperFn = Box::new(|_, f| (f.len() == 13).then(|| with(f, |v| v[0] ^= 1)).flatten());
+    let run = run_with(a, b, &config, None, Some(tamper)).await;
+    let err = run.a.expect_err("tampered partition").to_string();
+    assert!(err.contains("does not match its histogram"), "{err}");
+}
+
+#[test]
+fn hidden_partitions_need_the_ot_histograms() {
+    assert!(hidden(mode(Histograms::He)).validate().is_err());
+    assert!(hidden(mode(Histograms::Ot)).validate().is_ok());
 }
