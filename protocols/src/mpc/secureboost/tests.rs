@@ -235,16 +235,22 @@ async fn kept_leaves_give_the_reference_trees() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_cases_match_the_reference_he() {
-    edge_cases_match_the_reference(Histograms::He).await
+    edge_cases_match_the_reference(mode(Histograms::He)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_cases_match_the_reference_ot() {
-    edge_cases_match_the_reference(Histograms::Ot).await
+    edge_cases_match_the_reference(mode(Histograms::Ot)).await
 }
 
-async fn edge_cases_match_the_reference(h: Histograms) {
-    let base = SbConfig { trees: 2, max_depth: 3, max_bins: 5, ..mode(h) };
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_cases_match_the_reference_hidden_partitions() {
+    edge_cases_match_the_reference(hidden(mode(Histograms::Ot))).await
+}
+
+/// `modes`: the backend and mode (other fields are the cases').
+async fn edge_cases_match_the_reference(modes: SbConfig) {
+    let base = SbConfig { trees: 2, max_depth: 3, max_bins: 5, ..modes };
     // (what, rows, A's weights, B's weights, missing share, config)
     type Case = (&'static str, usize, Vec<f64>, Vec<f64>, f64, SbConfig);
     let cases: Vec<Case> = vec![
@@ -307,15 +313,21 @@ async fn constant_labels_and_useless_b_features_give_no_b_splits(h: Histograms) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_stopping_keeps_the_best_trees_on_both_sides_he() {
-    early_stopping_keeps_the_best_trees_on_both_sides(Histograms::He).await
+    early_stopping_keeps_the_best_trees_on_both_sides(mode(Histograms::He)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_stopping_keeps_the_best_trees_on_both_sides_ot() {
-    early_stopping_keeps_the_best_trees_on_both_sides(Histograms::Ot).await
+    early_stopping_keeps_the_best_trees_on_both_sides(mode(Histograms::Ot)).await
 }
 
-async fn early_stopping_keeps_the_best_trees_on_both_sides(h: Histograms) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_stopping_keeps_the_best_trees_on_both_sides_hidden_partitions() {
+    early_stopping_keeps_the_best_trees_on_both_sides(hidden(mode(Histograms::Ot))).await
+}
+
+/// `modes`: the backend and mode (other fields are the test's).
+async fn early_stopping_keeps_the_best_trees_on_both_sides(modes: SbConfig) {
     let d = data(300, &[1.0], &[1.0], 0.0, 4);
     let (train_rows, holdout) = split_rows(300, 80);
     // A large tolerance stops after the second tree; a large learning rate overfits quickly.
@@ -327,7 +339,7 @@ async fn early_stopping_keeps_the_best_trees_on_both_sides(h: Histograms) {
         min_child_weight: 0.0,
         tolerance: 0.05,
         max_bins: 17,
-        ..mode(h)
+        ..modes
     };
     let (a, b) = inputs(&d, &train_rows, &holdout, &config);
     let run = run_with(a, b, &config, None, None).await;
@@ -950,7 +962,8 @@ fn hidden(config: SbConfig) -> SbConfig {
 }
 
 /// With hidden partitions the trees, losses and predictions are still the reference's: with row
-/// and column sampling, kept trees or not, early stopping, and the edge cases.
+/// and column sampling, kept trees or not, and deeper trees (the edge cases and early stopping:
+/// the tests above, in this mode too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hidden_partitions_give_the_reference_trees() {
     let d = data(400, &[1.5, -1.0, 0.0], &[2.0, 0.0, -1.5, 0.5], 0.05, 1);
@@ -967,30 +980,6 @@ async fn hidden_partitions_give_the_reference_trees() {
         let (a_splits, b_splits) = check_against_plain(&run, &d, &train_rows, &holdout, &config);
         assert!(a_splits > 0 && b_splits > 0, "both parties' features split ({a_splits}, {b_splits})");
         check_phase_stats(&run);
-        check_prediction(&run, &d, &config, &train_rows, &holdout).await;
-    }
-    let edge = hidden(SbConfig { trees: 2, max_depth: 3, max_bins: 5, ..mode(Histograms::Ot) });
-    // (rows, A's weights, B's weights, missing share, config)
-    let cases: Vec<(usize, Vec<f64>, Vec<f64>, f64, SbConfig)> = vec![
-        (1, vec![1.0], vec![1.0], 0.0, edge.clone()),
-        (120, vec![1.0, 1.0], vec![2.0], 0.0, SbConfig { max_depth: 1, ..edge.clone() }),
-        (150, vec![1.0, 1.0], vec![2.0, -2.0], 0.4, edge.clone()),
-        (100, vec![2.0, -1.0], vec![], 0.0, edge.clone()),
-        (150, vec![2.0], vec![2.0], 0.0, SbConfig { min_child_weight: 5.0, gamma: 0.5, lambda: 3.0, ..edge.clone() }),
-        (
-            300,
-            vec![1.0],
-            vec![1.0],
-            0.0,
-            SbConfig { trees: 6, max_depth: 4, learning_rate: 1.0, lambda: 0.0, tolerance: 0.05, ..edge.clone() },
-        ),
-    ];
-    for (n, wa, wb, missing, config) in cases {
-        let d = data(n, &wa, &wb, missing, 2);
-        let (train_rows, holdout) = split_rows(n, n / 5);
-        let (a, b) = inputs(&d, &train_rows, &holdout, &config);
-        let run = run_with(a, b, &config, None, None).await;
-        check_against_plain(&run, &d, &train_rows, &holdout, &config);
         check_prediction(&run, &d, &config, &train_rows, &holdout).await;
     }
 }
