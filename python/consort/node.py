@@ -213,7 +213,9 @@ class Node:
           (the L2 penalty of leaf weights, the engine's ``lambda``: a Python keyword;
           ``**{"lambda": 1.0}`` works too), ``gamma``, ``min_child_weight``, ``subsample``,
           ``colsample``, ``tolerance``, ``holdout``, ``seed``, ``histograms`` (``"ot"`` or
-          ``"he"``).
+          ``"he"``), ``hide_partitions`` (``True``: the peer never receives the partitions of
+          this node's splits, so it learns no node's rows beyond its own splits'; ``"ot"``
+          only, and slower: each histogram costs the peer's view of the node's rows).
 
         The seed of the holdout split (``split_seed`` / ``seed``) is drawn at random unless
         given. An unknown name, or the other model's parameter (``epochs`` with SecureBoost,

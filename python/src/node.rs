@@ -458,7 +458,7 @@ fn lr_names() -> BTreeSet<String> {
 
 /// SecureBoost's parameter names, and the alias of `lambda`.
 fn sb_names() -> BTreeSet<String> {
-    let mut names = field_names(SbParamsWire::default());
+    let mut names = field_names(SbParamsWire { hide_partitions: true, ..SbParamsWire::default() });
     names.insert(SB_LAMBDA_ALIAS.into());
     names
 }

@@ -215,3 +215,24 @@ def test_grant_without_secureboost_is_refused(pair, sb_datasets):
         "peer 'partner' refused the job: dataset 'sb_lr_only' grants peer 'bank' only train, score jobs, "
         "not secureboost"
     )
+
+
+def test_hidden_partitions_train_the_same_trees(pair, sb_datasets, trained):
+    # The privacy-enhanced mode (the partner never learns the bank's partitions) with the same
+    # data, seed and hyper-parameters gives the same trees: the same holdout losses and AUC.
+    _, partner, _ = sb_datasets
+    pair.b.add_dataset("sb_features_hidden", partner, key="id", grant="bank:secureboost")
+    result = pair.a.train(
+        peer="partner", dataset="sb_loans", peer_dataset="sb_features_hidden", label="y", model="secureboost",
+        trees=TREES, max_depth=3, learning_rate=0.5, reg_lambda=1.0, holdout=0.25, tolerance=0.0, seed=5,
+        hide_partitions=True, progress=False,
+    )
+    standard, _ = trained
+    assert result.report["hide_partitions"] is True and standard.report["hide_partitions"] is False
+    assert result.report["holdout_loss"] == standard.report["holdout_loss"]
+    assert result.auc == standard.auc
+    with pytest.raises(consort.InvalidArgument, match="ot histograms"):
+        pair.a.train(
+            peer="partner", dataset="sb_loans", peer_dataset="sb_features_hidden", label="y", model="secureboost",
+            histograms="he", hide_partitions=True, progress=False,
+        )
