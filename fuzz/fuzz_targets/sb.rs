@@ -4,7 +4,7 @@
 //! histograms or shares, decisions, partitions and their check), the trees' directions for
 //! unsampled and holdout rows, the early-stopping flag, and the prediction exchange.
 //! Options byte (`consort_fuzz::sb`): bit 0 party B (else A), bit 1 `he` (else `ot`), bit 2 the
-//! prediction exchange (else training), bit 3 kept one-hot trees.
+//! prediction exchange (else training), bit 3 kept one-hot trees, bit 4 hidden partitions (`ot`).
 #![no_main]
 
 use consort_fuzz::sb::{PREDICT, config, features, input, model, party};
@@ -15,7 +15,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let Some(script) = Script::parse(data) else { return };
     let peer = ScriptedPeer::new(script.first);
-    let options = script.options & 15;
+    let options = script.options & 31;
     futures::executor::block_on(async {
         if options & PREDICT != 0 {
             let party = party(options);

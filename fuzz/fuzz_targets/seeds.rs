@@ -186,9 +186,9 @@ async fn lr_seeds(dir: &Path) {
 /// The frames a real peer sends the party the `sb` target plays: training with either backend
 /// (kept trees or not) as A and as B, and the prediction exchange.
 async fn sb_seeds(dir: &Path) {
-    use consort_fuzz::sb::{HE, KEEP, PARTY_B, PREDICT, config, features, input, model, party};
+    use consort_fuzz::sb::{HE, HIDE, KEEP, PARTY_B, PREDICT, config, features, input, model, party};
     use consort_protocols::mpc::secureboost::{predict, train};
-    for options in [0u8, PARTY_B, HE, HE | PARTY_B, KEEP, KEEP | PARTY_B] {
+    for options in [0u8, PARTY_B, HE, HE | PARTY_B, KEEP, KEEP | PARTY_B, HIDE, HIDE | PARTY_B] {
         let (a, b) = memory_pair(64);
         let a = Recording::new(a);
         let theirs = options ^ PARTY_B;

@@ -235,12 +235,15 @@ pub mod sb {
     pub const PREDICT: u8 = 4;
     /// Options: with `ot`, keep the one-hot trees expanded (the other kernel path).
     pub const KEEP: u8 = 8;
+    /// Options: with `ot`, hide A's partitions from B (the privacy-enhanced mode).
+    pub const HIDE: u8 = 16;
 
     pub fn party(options: u8) -> Party {
         if options & PARTY_B != 0 { Party::B } else { Party::A }
     }
 
-    /// Two trees of depth 2 over at most 4 bins, early stopping on; kept leaves with `KEEP`.
+    /// Two trees of depth 2 over at most 4 bins, early stopping on; kept leaves with `KEEP`,
+    /// hidden partitions with `HIDE` (`ot` only).
     pub fn config(options: u8) -> SbConfig {
         SbConfig {
             trees: 2,
@@ -249,6 +252,7 @@ pub mod sb {
             tolerance: 1e-9,
             histograms: if options & HE != 0 { Histograms::He } else { Histograms::Ot },
             kept_leaves_bytes: if options & KEEP != 0 { 1 << 20 } else { 0 },
+            hide_partitions: options & (HE | HIDE) == HIDE,
             ..SbConfig::default()
         }
     }
