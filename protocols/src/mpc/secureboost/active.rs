@@ -379,8 +379,10 @@ async fn split_level<C: Channel>(
         let peer = best_split(peer_hist, &ctx.peer, &ctx.peer_feats, total, ctx.config);
         let (decision, gain) = match (own, peer) {
             (Some((f, b, g)), p) if p.is_none_or(|p| p.2 <= g) => {
-                let col = &ctx.x.columns[f as usize];
-                own_bits.extend(pack_bits(node.rows.iter().map(|&r| col[r as usize] <= b)));
+                if !ctx.config.hide_partitions {
+                    let col = &ctx.x.columns[f as usize];
+                    own_bits.extend(pack_bits(node.rows.iter().map(|&r| col[r as usize] <= b)));
+                }
                 (Decision::SplitA, g)
             }
             (_, Some((f, b, g))) => (Decision::SplitB { feature: f, bin: b }, g),
