@@ -148,16 +148,16 @@ async fn grow_tree<C: Channel>(ctx: &mut Ctx<'_, C>, input: &SbInput) -> Result<
         }
         for (computed, _) in histogram_plan(&level, depth, ctx.config) {
             let started = Instant::now();
-            let (x, rows, feats) = (ctx.x.clone(), level[computed].view().to_vec(), ctx.feats.clone());
+            let (x, rows, feats) = (ctx.x.clone(), level[computed].view(), ctx.feats.clone());
             match (&he, &ctx.ot) {
                 (Some((key, cts, slot)), _) => {
-                    let (key, cts, slot) = (key.clone(), cts.clone(), slot.clone());
+                    let (key, cts, slot, rows) = (key.clone(), cts.clone(), slot.clone(), rows.to_vec());
                     let bytes = cpu::run(move || encrypted_histogram(&x, &feats, &key, &cts, &slot, &rows)).await;
                     ctx.timings.histograms += started.elapsed().as_secs_f64();
                     send_bytes(ctx.channel, &bytes).await?;
                 }
                 (None, Some((store, pos, cols))) => {
-                    let (at, _) = ot_hist::positions(pos, &rows);
+                    let (at, _) = ot_hist::positions(pos, rows);
                     let msgs = ot_hist::recv_msgs(ctx.channel, store, rows.len() * x.features()).await?;
                     let (store, cols, t, id) = (store.clone(), cols.clone(), ctx.tree, level[computed].id);
                     let computing = Instant::now();
@@ -292,14 +292,18 @@ async fn split_level<C: Channel>(
     let decisions =
         decode_decisions(&recv_bytes(ctx.channel, candidates.len() * 6).await?, candidates.len(), &ctx.x.bins)?;
     let hidden = ctx.config.hide_partitions;
-    let a_len: usize = candidates
-        .iter()
-        .zip(&decisions)
-        .filter(|x| *x.1 == Decision::SplitA)
-        .map(|x| level[*x.0].rows.len().div_ceil(8))
-        .sum();
-    // With hidden partitions A sends none (and B's rows are empty: a_len is 0).
-    let a_bits = if hidden { Vec::new() } else { recv_bytes(ctx.channel, a_len).await? };
+    // A's partitions of the nodes it splits (none with hidden partitions).
+    let a_bits = if hidden {
+        Vec::new()
+    } else {
+        let a_len: usize = candidates
+            .iter()
+            .zip(&decisions)
+            .filter(|x| *x.1 == Decision::SplitA)
+            .map(|x| level[*x.0].rows.len().div_ceil(8))
+            .sum();
+        recv_bytes(ctx.channel, a_len).await?
+    };
     let mut own_bits = Vec::new();
     // Per node: split or not, and the flags of its rows (None for A's split with hidden partitions).
     let mut lefts: Vec<Option<Option<Vec<bool>>>> = vec![None; level.len()];
