@@ -345,7 +345,7 @@ pub async fn train(mut args: TrainArgs) -> Result<()> {
     }
     if args.trees.any() {
         bail!(
-            "--trees, --max-depth, --max-bins, --lambda, --gamma, --min-child-weight, --subsample and --colsample are SecureBoost flags: add --model secureboost"
+            "--trees, --max-depth, --max-bins, --lambda, --gamma, --min-child-weight, --subsample, --colsample, --histograms and --hide-partitions are SecureBoost flags: add --model secureboost"
         );
     }
     let mut params = args.hyper.params();
